@@ -1,0 +1,3 @@
+from sandboxctl.cli.main import main
+
+main()

@@ -1,0 +1,105 @@
+"""Entry point: assemble the command groups and turn every failure into one line + exit code.
+
+`sandboxctl run ...` takes a fast path that never imports typer (see cli/runopts.py); every other
+command goes through the typer app built in `build_app`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from sandboxctl.cli.output import error, report
+from sandboxctl.errors import EXIT_SANDBOX_FAILED, SandboxError
+
+
+def build_app():
+    import typer
+
+    from sandboxctl import __version__
+    from sandboxctl.cli import doctor, logcmd, policycmd, run, selftest
+
+    app = typer.Typer(
+        name="sandboxctl",
+        help="Run AI coding agents, and the commands they run, inside a layered Linux sandbox "
+        "(bubblewrap + Landlock + seccomp).",
+        no_args_is_help=True,
+        add_completion=False,
+        rich_markup_mode=None,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+
+    def _version(value: bool) -> None:
+        if value:
+            print(f"sandboxctl {__version__}")
+            raise typer.Exit(0)
+
+    @app.callback()
+    def _root(
+        version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                     help="Print the version and exit."),
+        debug: bool = typer.Option(False, "--debug", help="Show tracebacks for internal errors."),
+    ) -> None:
+        if debug:
+            from sandboxctl.cli import output
+
+            output.DEBUG = True
+
+    run.register(app)
+    app.add_typer(policycmd.app, name="policy")
+    logcmd.register(app)
+    doctor.register(app)
+    selftest.register(app)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; usage errors and sandbox failures exit 125 with one line, never a traceback."""
+    args = list(argv if argv is not None else sys.argv[1:])
+    if args[:1] == ["--debug"]:
+        from sandboxctl.cli import output
+
+        output.DEBUG = True
+        args = args[1:]
+    try:
+        if args and args[0] == "run":
+            from sandboxctl.cli.runopts import parse_fast, wants_slow_path
+
+            if not wants_slow_path(args[1:]):
+                from sandboxctl.cli.run import execute_run
+
+                options, command = parse_fast(args[1:])
+                sys.exit(execute_run(options, command))
+        from typer.main import get_command
+
+        command = get_command(build_app())
+        code = command.main(args=args, prog_name="sandboxctl", standalone_mode=False)
+    except SandboxError as exc:
+        code = report(exc)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        code = 130
+    except Exception as exc:
+        if type(exc).__name__ == "Exit" and hasattr(exc, "exit_code"):  # typer.Exit
+            sys.exit(exc.exit_code)
+        # click's own errors (bad option, missing argument): duck-typed, click is vendored by typer
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            name = type(exc).__name__
+            if name == "Abort":
+                code = 130
+            else:
+                ctx = getattr(exc, "ctx", None)
+                where = f"{ctx.command_path} --help" if ctx is not None else "sandboxctl --help"
+                error(exc.format_message(), f"see `{where}`")
+                code = EXIT_SANDBOX_FAILED
+        else:
+            from sandboxctl.cli import output
+
+            if output.DEBUG:
+                raise
+            error(f"internal error: {type(exc).__name__}: {exc}",
+                  "re-run with --debug for a traceback, and please report it")
+            code = EXIT_SANDBOX_FAILED
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,31 @@
+"""One place that prints errors and hints, so every failure looks the same (SPEC: one line + hint)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from sandboxctl.errors import SandboxError
+
+DEBUG = os.environ.get("SANDBOXCTL_DEBUG") == "1"
+
+
+def error(message: str, hint: str | None = None) -> None:
+    print(f"sandboxctl: error: {message}", file=sys.stderr)
+    if hint:
+        print(f"  hint: {hint}", file=sys.stderr)
+
+
+def report(exc: SandboxError) -> int:
+    error(exc.message, exc.hint)
+    return exc.exit_code
+
+
+def warn(message: str) -> None:
+    print(f"sandboxctl: {message}", file=sys.stderr)
+
+
+def console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=False)

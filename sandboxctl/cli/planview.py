@@ -1,0 +1,109 @@
+"""Print a Plan for humans (rich) or machines (JSON), with the bubblewrap argv it renders to."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+
+from sandboxctl import units
+from sandboxctl.launch import bwrap
+from sandboxctl.plan.model import Plan
+
+# fds the real launch assigns dynamically; the dry-run shows placeholders in their place
+DRY_FDS = bwrap.LaunchFds(seccomp=10, info=11, control=12, stderr=13, empty_file="{state}/empty")
+CREDENTIAL_VALUE = re.compile(r".*(TOKEN|SECRET|KEY|PASSWORD|PASSWD|CREDENTIAL|AUTH).*", re.IGNORECASE)
+
+
+def redacted_env(plan: Plan) -> list[tuple[str, str]]:
+    return [(k, "***" if CREDENTIAL_VALUE.match(k) else v) for k, v in plan.env]
+
+
+def plan_json(plan: Plan) -> dict:
+    data = plan.to_dict()
+    data["env"] = dict(redacted_env(plan))
+    data["bwrap_argv"] = bwrap.render(plan, DRY_FDS)
+    return data
+
+
+def show(plan: Plan, as_json: bool = False) -> None:
+    if as_json:
+        print(json.dumps(plan_json(plan), indent=2))
+        return
+    from rich.table import Table
+
+    from sandboxctl.cli.output import console
+
+    out = console()
+    out.print(f"[bold]Plan[/bold] for run {plan.run_id} — policy [bold]{plan.policy}[/bold] "
+              f"({plan.policy_source}, sha256 {plan.policy_sha256[:12]}…)")
+    out.print(f"command: {' '.join(plan.command)}   cwd: {plan.cwd}   HOME: {plan.home}")
+
+    mounts = Table(title="Mounts (in order)", show_lines=False)
+    for col in ("kind", "target", "source", "why"):
+        mounts.add_column(col)
+    for m in plan.mounts:
+        mounts.add_row(m.kind, m.target, "" if m.source in (None, m.target) else m.source, m.reason)
+    out.print(mounts)
+
+    ll = plan.landlock
+    rules = Table(title=f"Landlock ({'required' if ll.required else 'best-effort'}, "
+                        f"minimum ABI {ll.minimum_abi})")
+    rules.add_column("path")
+    rules.add_column("access")
+    for rule in ll.paths:
+        rules.add_row(rule.path, ", ".join(rule.access))
+    out.print(rules)
+    tcp = "not restricted" if not ll.restrict_tcp else (
+        f"connect only to ports {list(ll.connect_tcp_ports)}" if ll.connect_tcp_ports else "no connect, no bind")
+    out.print(f"Landlock TCP (ABI ≥ 4): {tcp};  scopes (ABI ≥ 6): {', '.join(ll.scopes)}")
+
+    grouped: dict[tuple[str, str, str], int] = defaultdict(int)
+    for rule in plan.seccomp.rules:
+        grouped[(rule.syscall, rule.action, rule.why)] += 1
+    sc = Table(title=f"seccomp (default {plan.seccomp.default_action}, foreign architectures: "
+                     f"{plan.seccomp.bad_arch_action})")
+    for col in ("syscall", "action", "why"):
+        sc.add_column(col)
+    for (name, action, why), count in grouped.items():
+        sc.add_row(name + (f" ({count} argument rules)" if count > 1 else ""), action, why)
+    out.print(sc)
+
+    env = Table(title="Environment (nothing else is inherited)")
+    env.add_column("name")
+    env.add_column("value")
+    for name, value in redacted_env(plan):
+        env.add_row(name, value)
+    out.print(env)
+    for secret in plan.secrets:
+        ttl = units.format_duration(secret.ttl) if secret.ttl else "none"
+        out.print(f"secret {secret.name}: from {secret.source.partition(':')[0]}, as {secret.deliver_as}, "
+                  f"ttl {ttl}{' (an env secret cannot expire)' if secret.deliver_as == 'env' and secret.ttl else ''}")
+
+    net = plan.network
+    out.print(f"[bold]Network[/bold]: {net.mode}; allow: {', '.join(net.allow) or '-'}; "
+              f"deny: {', '.join(net.deny) or '-'}; private addresses: "
+              f"{'allowed' if net.allow_private else 'blocked'}")
+    lim = plan.limits
+    out.print("[bold]Limits[/bold]: "
+              f"timeout {units.format_duration(lim.timeout) if lim.timeout else 'none'}, "
+              f"memory {units.format_size(lim.memory) + ' via ' + str(lim.memory_method) if lim.memory else 'none'}, "
+              f"pids {lim.pids or 'none'}, file size {units.format_size(lim.file_size) if lim.file_size else 'none'}, "
+              f"open files {lim.open_files or 'none'}")
+    out.print(f"[bold]Approvals[/bold]: {plan.approval_mode} via {plan.approval_via} "
+              f"(unanswered after {units.format_duration(plan.approval_timeout)}: deny)")
+    out.print(f"[bold]Action log[/bold]: {plan.log_path} (file events: {plan.file_events})")
+    for warning in plan.warnings:
+        out.print(f"[red]warning[/red]: {warning}")
+    for note in plan.notes:
+        out.print(f"[yellow]note[/yellow]: {note}")
+    for item in plan.confirmations:
+        out.print(f"[red]needs confirmation[/red]: {item}")
+    out.print("[bold]bubblewrap[/bold] (fds 10-13 stand for the real descriptors):")
+    out.print(" ".join(_quote(a) for a in bwrap.render(plan, DRY_FDS)), soft_wrap=True)
+
+
+def _quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)

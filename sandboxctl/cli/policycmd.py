@@ -1,0 +1,144 @@
+"""`sandboxctl policy list|show|validate|init|trust`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from sandboxctl.errors import SandboxError
+
+app = typer.Typer(help="List, show, validate, create and trust policies.", no_args_is_help=True)
+
+
+@app.command("list")
+def list_policies() -> None:
+    """Built-in policies, and the workspace policy if there is one."""
+    from rich.table import Table
+
+    from sandboxctl.cli.output import console
+    from sandboxctl.policy.discover import WORKSPACE_POLICY, is_trusted
+    from sandboxctl.policy.load import builtin_names, builtin_source, load_source, read_source
+
+    table = Table()
+    for col in ("name", "description", "source"):
+        table.add_column(col)
+    for name in builtin_names():
+        loaded = load_source(builtin_source(name))
+        table.add_row(name, loaded.policy.description, "built-in")
+    local = Path.cwd() / WORKSPACE_POLICY
+    if local.is_file():
+        try:
+            loaded = load_source(read_source(local, str(local)))
+            state = "workspace, trusted" if is_trusted(loaded) else "workspace, NOT trusted"
+            table.add_row(loaded.policy.name, loaded.policy.description, state)
+        except SandboxError as exc:
+            table.add_row(WORKSPACE_POLICY, f"invalid: {exc.message}", "workspace")
+    console().print(table)
+
+
+@app.command("show")
+def show(spec: str = typer.Argument(..., metavar="NAME|PATH")) -> None:
+    """The merged policy (after extends), as YAML."""
+    import yaml
+
+    from sandboxctl.policy.discover import load_named
+
+    loaded = load_named(spec)
+    print(f"# {loaded.policy.name}: merged from {' <- '.join(loaded.policy.chain)}")
+    print(f"# sha256 {loaded.policy.sha256}")
+    data = {k: v for k, v in loaded.data.items() if k != "extends"}
+    for secret in data.get("secrets", {}).values():
+        secret["from"] = secret["from"].partition(":")[0] + ":…"
+    print(yaml.safe_dump(data, sort_keys=False, default_flow_style=False), end="")
+
+
+@app.command("validate")
+def validate(files: list[str] = typer.Argument(..., metavar="PATH...")) -> None:
+    """Check policy files; report every problem in every file; exit 0 or 125."""
+    from sandboxctl.cli.output import error
+    from sandboxctl.policy.errors import PolicyError
+    from sandboxctl.policy.load import load_source, read_source
+
+    failed = 0
+    for name in files:
+        try:
+            load_source(read_source(Path(name).resolve(), name))
+            print(f"{name}: ok")
+        except PolicyError as exc:
+            failed += 1
+            for problem in exc.problems:
+                print(f"sandboxctl: error: {problem}", file=sys.stderr)
+                if problem.hint:
+                    print(f"  hint: {problem.hint}", file=sys.stderr)
+        except SandboxError as exc:
+            failed += 1
+            error(exc.message, exc.hint)
+    if failed:
+        raise typer.Exit(125)
+
+
+STARTER = """\
+# yaml-language-server: $schema=https://sandboxctl.dev/schema/policy-v1.json
+# sandboxctl policy for this project. sandboxctl uses it only after you trust it:
+#   sandboxctl policy trust
+# and again after every change. Reference: `sandboxctl policy show default`.
+version: 1
+name: {name}
+description: Project policy for {name}.
+extends: default          # base system read-only, workspace read-write, network by approval
+
+filesystem:
+  read: []                # extra read-only paths, e.g. ~/.config/some-tool
+  write: []               # extra writable paths (must exist)
+  tmpfs: []               # fresh empty writable dirs, e.g. ~/.npm
+  deny: []                # hidden even under a granted parent
+
+network:
+  mode: proxy
+  allow: []               # e.g. pypi.org:443, files.pythonhosted.org:443
+
+env:
+  pass: []                # variables copied from your environment
+  set: {{}}
+
+limits:
+  timeout: 2h
+"""
+
+
+@app.command("init")
+def init(force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+         yes: bool = typer.Option(False, "--yes", "-y", help="Trust the new file without asking.")) -> None:
+    """Write a commented starter .sandboxctl.yaml here, and offer to trust it."""
+    import re
+
+    from sandboxctl.policy.discover import WORKSPACE_POLICY, trust
+    from sandboxctl.policy.load import load_source, read_source
+
+    target = Path.cwd() / WORKSPACE_POLICY
+    if target.exists() and not force:
+        raise SandboxError(f"{target} already exists", "pass --force to overwrite it")
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", Path.cwd().name).strip("-._") or "project"
+    target.write_text(STARTER.format(name=name[:60]))
+    print(f"wrote {target}")
+    loaded = load_source(read_source(target, str(target)))
+    if yes or (sys.stdin.isatty() and input("Trust it now? [y/N] ").strip().lower() in ("y", "yes")):
+        trust(loaded)
+        print(f"trusted {target}")
+    else:
+        print(f"review it, then run: sandboxctl policy trust {target}")
+
+
+@app.command("trust")
+def trust_cmd(path: str = typer.Argument(None, metavar="[PATH]",
+                                         help="Default: ./.sandboxctl.yaml")) -> None:
+    """Trust the exact current content of a workspace policy (and the files it extends)."""
+    from sandboxctl.policy.discover import WORKSPACE_POLICY, trust
+    from sandboxctl.policy.load import load_source, read_source
+
+    target = Path(path) if path else Path.cwd() / WORKSPACE_POLICY
+    loaded = load_source(read_source(target.resolve(), str(target)))
+    trust(loaded)
+    print(f"trusted {target} (sha256 {loaded.chain_sha256[:16]}…); a changed file must be trusted again")

@@ -1,0 +1,183 @@
+"""`sandboxctl run`: policy -> plan -> (dry-run | confirm -> launch -> supervise) -> exit code.
+
+The work is in `execute_run`, which both the typer command and the fast path (cli.main) call.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from sandboxctl.cli.runopts import RUN_OPTIONS, defaults
+from sandboxctl.errors import SandboxError
+
+
+def _run_id() -> str:
+    import secrets
+    import time
+
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def _workspace(path: str | None) -> Path:
+    candidate = Path(path or os.getcwd()).expanduser()
+    if not candidate.is_dir():
+        raise SandboxError(f"workspace {candidate} is not a directory", "pass -w DIR with an existing directory")
+    return candidate.resolve()
+
+
+def _parse(parse, value: str | None, option: str, example: str):
+    if value is None:
+        return None
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise SandboxError(f"{option}: {exc}", f"for example {option} {example}") from None
+
+
+def _confirm(confirmations: tuple[str, ...], yes: bool) -> None:
+    """Launch-time confirmations: --yes accepts; a terminal asks; otherwise refuse."""
+    if not confirmations or yes:
+        return
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        raise SandboxError("this run widens the policy: " + "; ".join(confirmations),
+                           "pass --yes to accept (non-interactive runs never widen silently)")
+    for item in confirmations:
+        print(f"sandboxctl: {item}", file=sys.stderr)
+    answer = input("Run anyway? [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        raise SandboxError("not confirmed; nothing was run")
+
+
+def _check_options(opts: dict[str, Any]) -> None:
+    from sandboxctl import units
+
+    for option in RUN_OPTIONS:
+        value = opts.get(option.dest)
+        if option.choices and value is not None and value not in option.choices:
+            raise SandboxError(f"{option.flags[-1]} {value!r}: must be one of {', '.join(option.choices)}")
+    if opts["backend"] == "gvisor":
+        raise SandboxError("the gvisor backend is not available in this version",
+                           "use the default bubblewrap backend")
+    for item in opts["env"]:
+        name = item.partition("=")[0]
+        if not name or not (name[0].isalpha() or name[0] == "_") or not name.replace("_", "a").isalnum():
+            raise SandboxError(f"--env {item!r}: not NAME or NAME=VALUE")
+    for host in opts["allow_net"]:
+        _parse(units.parse_host_pattern, host, "--allow-net", "pypi.org:443")
+    for path in opts["allow_read"] + opts["allow_write"]:
+        if not os.path.isabs(os.path.expanduser(path)):
+            raise SandboxError(f"{path}: extra paths must be absolute (or start with ~)")
+
+
+def execute_run(opts: dict[str, Any], command: list[str]) -> int:
+    from sandboxctl import units
+    from sandboxctl.plan.inputs import Invocation
+    from sandboxctl.policy.discover import choose_policy
+
+    opts = {**defaults(), **opts}
+    if not command:
+        raise SandboxError("no command given", "usage: sandboxctl run [OPTIONS] -- COMMAND [ARG...]")
+    _check_options(opts)
+    space = _workspace(opts["workspace"])
+    loaded, _how = choose_policy(opts["policy"], space)
+
+    def absolute(path: str) -> str:
+        return os.path.abspath(os.path.expanduser(path))
+
+    invocation = Invocation(
+        command=tuple(command),
+        workspace=str(space),
+        run_id=_run_id(),
+        allow_read=tuple(absolute(p) for p in opts["allow_read"]),
+        allow_write=tuple(absolute(p) for p in opts["allow_write"]),
+        allow_net=tuple(opts["allow_net"]),
+        net=opts["net"],
+        env=tuple(opts["env"]),
+        timeout=_parse(units.parse_duration, opts["timeout"], "--timeout", "30m"),
+        memory=_parse(units.parse_size, opts["memory"], "--memory", "4G"),
+        approve=opts["approve"],
+        log_path=absolute(opts["log"]) if opts["log"] else None,
+    )
+    from sandboxctl.plan.build import build_plan
+    from sandboxctl.plan.facts import gather
+
+    plan = build_plan(loaded.policy, invocation, gather())
+    if opts["dry_run"]:
+        from sandboxctl.cli import planview
+
+        planview.show(plan, as_json=opts["json"])
+        return 0
+    if not opts["quiet"]:
+        for warning in plan.warnings:
+            print(f"sandboxctl: warning: {warning}", file=sys.stderr)
+        if opts["verbose"]:
+            for note in plan.notes:
+                print(f"sandboxctl: note: {note}", file=sys.stderr)
+    _confirm(plan.confirmations, opts["yes"])
+    from sandboxctl.paths import state_dir
+    from sandboxctl.supervise.runner import execute
+
+    result = execute(plan, state_dir(), list(command))
+    if opts["summary_json"]:
+        _write_summary(opts["summary_json"], plan, result)
+    if result.error:
+        from sandboxctl.cli.output import report
+
+        report(result.error)
+    if result.timed_out and not opts["quiet"]:
+        print(f"sandboxctl: timeout: the run exceeded {units.format_duration(plan.limits.timeout or 0)};"
+              " the whole sandbox was killed", file=sys.stderr)
+    return result.exit_code
+
+
+def _write_summary(path: str, plan, result) -> None:
+    import json
+
+    summary = {
+        "run": plan.run_id, "policy": plan.policy, "command": list(plan.command),
+        "exit_code": result.exit_code, "timed_out": result.timed_out,
+        "duration_s": round(result.duration_s, 3), "denials": result.denials,
+        "error": result.error.message if result.error else None, "log": plan.log_path,
+    }
+    Path(path).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def register(app) -> None:
+    """Build the typer `run` command from RUN_OPTIONS (so help and completion match the fast path)."""
+    import typer
+
+    def run(**kwargs: Any) -> None:
+        command = kwargs.pop("command") or []
+        raise typer.Exit(execute_run(kwargs, list(command)))
+
+    params = [inspect.Parameter(
+        "command", inspect.Parameter.KEYWORD_ONLY, annotation=list[str] | None,
+        default=typer.Argument(None, metavar="-- COMMAND [ARG...]", help="The command to run."))]
+    for option in RUN_OPTIONS:
+        if option.kind == "flag":
+            annotation: Any = bool
+            default: Any = typer.Option(False, *option.flags, help=option.help)
+        elif option.kind == "multi":
+            annotation = list[str] | None
+            default = typer.Option(None, *option.flags, help=option.help, metavar=option.metavar)
+        else:
+            annotation = str | None
+            default = typer.Option(None, *option.flags, help=option.help, metavar=option.metavar)
+        params.append(inspect.Parameter(option.dest, inspect.Parameter.KEYWORD_ONLY,
+                                        annotation=annotation, default=default))
+    run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    run.__doc__ = "Run COMMAND inside the sandbox described by the policy."
+
+    def normalised(**kwargs: Any) -> None:
+        for option in RUN_OPTIONS:
+            if option.kind == "multi" and kwargs.get(option.dest) is None:
+                kwargs[option.dest] = []
+        run(**kwargs)
+
+    normalised.__signature__ = run.__signature__  # type: ignore[attr-defined]
+    normalised.__doc__ = run.__doc__
+    app.command("run", context_settings={"allow_interspersed_args": False}, no_args_is_help=True)(normalised)

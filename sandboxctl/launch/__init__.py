@@ -1,0 +1,1 @@
+"""Turning a Plan into processes: bubblewrap argv, the seccomp program, the in-sandbox shim."""

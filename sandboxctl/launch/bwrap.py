@@ -1,0 +1,58 @@
+"""Render a Plan as a bubblewrap command line. Pure: the same plan and fds give the same argv.
+
+The environment is not on this command line (--clearenv only): values travel to the shim over
+its control socket, so no variable — and no secret — shows up in `ps`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sandboxctl.plan.build import SHIM_DIR
+from sandboxctl.plan.model import Mount, Plan
+
+
+@dataclass(frozen=True)
+class LaunchFds:
+    seccomp: int
+    info: int
+    control: int
+    stderr: int
+    empty_file: str  # host path of an empty read-only file used to mask denied files
+
+
+def mount_args(mount: Mount, empty_file: str) -> list[str]:
+    kind, target = mount.kind, mount.target
+    if kind == "proc":
+        return ["--proc", target]
+    if kind == "dev":
+        return ["--dev", target]
+    if kind == "tmpfs":
+        return ["--tmpfs", target]
+    if kind == "ro":
+        return ["--ro-bind", mount.source or target, target]
+    if kind == "rw":
+        return ["--bind", mount.source or target, target]
+    if kind == "symlink":
+        return ["--symlink", mount.source or "", target]
+    if kind == "mask-dir":
+        return ["--perms", "0555", "--tmpfs", target, "--remount-ro", target]
+    if kind == "mask-file":
+        return ["--ro-bind", empty_file, target]
+    raise ValueError(f"unknown mount kind {kind!r}")
+
+
+def render(plan: Plan, fds: LaunchFds, bwrap: str = "bwrap") -> list[str]:
+    argv = [
+        bwrap,
+        "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+    ]
+    if plan.network.mode != "host":
+        argv.append("--unshare-net")
+    argv += ["--die-with-parent", "--cap-drop", "ALL", "--clearenv", "--hostname", "sandbox"]
+    for mount in plan.mounts:
+        argv += mount_args(mount, fds.empty_file)
+    argv += ["--chdir", plan.cwd, "--seccomp", str(fds.seccomp), "--info-fd", str(fds.info)]
+    argv += ["--", plan.shim_python, "-I", "-S", "-B", f"{SHIM_DIR}/shim.py",
+             str(fds.control), str(fds.stderr)]
+    return argv

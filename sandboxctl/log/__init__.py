@@ -1,0 +1,1 @@
+"""The tamper-evident JSONL action log: writer, reader, chain verification."""

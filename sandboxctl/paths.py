@@ -1,0 +1,56 @@
+"""Where sandboxctl keeps its own files, and how policy paths expand.
+
+The state directory holds what the sandbox must never touch (trust store, action log, caches,
+remembered approvals); the planner masks it inside every sandbox.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def home_dir() -> Path:
+    home = os.environ.get("HOME")
+    if home and os.path.isabs(home):
+        return Path(home)
+    import pwd
+
+    return Path(pwd.getpwuid(os.getuid()).pw_dir)
+
+
+def state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME")
+    root = Path(base) if base and os.path.isabs(base) else home_dir() / ".local" / "state"
+    return root / "sandboxctl"
+
+
+def runtime_dir() -> Path:
+    """Per-user runtime dir (sockets); falls back to a private dir under /tmp."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base and os.path.isdir(base):
+        return Path(base) / "sandboxctl"
+    return Path(f"/tmp/sandboxctl-{os.getuid()}")
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create a 0700 directory we own, refusing one another user could tamper with."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.stat()
+    if st.st_uid != os.getuid():
+        from sandboxctl.errors import SandboxError
+
+        raise SandboxError(f"{path} belongs to another user", "remove it or set XDG_STATE_HOME")
+    if st.st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
+def expand(path: str, *, workspace: str, home: str, state: str | None = None) -> str:
+    """Expand ~, {home}, {workspace} (and {state} for built-in defaults) into a normalised path."""
+    if path == "~" or path.startswith("~/"):
+        path = home + path[1:]
+    path = path.replace("{workspace}", workspace).replace("{home}", home)
+    if state is not None:
+        path = path.replace("{state}", state)
+    return os.path.normpath(path) if path.startswith("/") else path

@@ -1,0 +1,1 @@
+"""Policy + invocation + host facts -> Plan: pure data that every later stage executes."""

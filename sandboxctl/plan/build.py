@@ -1,0 +1,385 @@
+"""Build the Plan from a Policy, an Invocation and HostFacts. Pure: no I/O beyond the facts given."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+
+from sandboxctl import paths, units
+from sandboxctl.errors import SandboxError
+from sandboxctl.plan import syscalls
+from sandboxctl.plan.inputs import HostFacts, Invocation
+from sandboxctl.plan.model import (
+    LandlockPathRule,
+    LandlockPlan,
+    LimitsPlan,
+    Mount,
+    NetworkPlan,
+    Plan,
+    SeccompPlan,
+    SecretPlan,
+)
+from sandboxctl.policy.model import Policy
+
+SHIM_DIR = "/run/sandboxctl"
+PROXY_PORT = 3128
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Written inside a writable grant, these run later *outside* the sandbox (git hooks, direnv,
+# shells, editors, agents): always read-only. SPEC principle 3.
+PROTECTED_NAMES = (
+    ".git/hooks", ".git/config", ".gitmodules", ".sandboxctl.yaml", ".envrc", ".mcp.json",
+    ".vscode", ".idea", ".claude", ".gitconfig", ".bashrc", ".bash_profile", ".bash_login",
+    ".bash_logout", ".profile", ".zshrc", ".zshenv", ".zprofile", ".zlogin", ".config/fish",
+)
+# Looks like a credential: never passed by a glob, only when named exactly.
+CREDENTIAL_LIKE = re.compile(
+    r".*(_TOKEN|_SECRET|_KEY|PASSWORD|PASSWD|_CREDENTIALS?|_AUTH)$|^(AWS|GITHUB|GH|AZURE|GOOGLE|GCP)_.*",
+    re.IGNORECASE,
+)
+
+_STRENGTH = {"ro": 0, "tmpfs": 1, "rw": 2}
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _depth(path: str) -> int:
+    return 0 if path == "/" else path.rstrip("/").count("/")
+
+
+class _Planner:
+    def __init__(self, policy: Policy, inv: Invocation, facts: HostFacts):
+        self.policy = policy
+        self.inv = inv
+        self.facts = facts
+        self.notes: list[str] = []
+        self.warnings: list[str] = []
+        self.confirmations: list[str] = []
+        self.workspace = inv.workspace if policy.workspace != "none" else None
+
+    def expand(self, path: str) -> str:
+        return paths.expand(path, workspace=self.inv.workspace, home=self.facts.home,
+                            state=self.facts.state_dir)
+
+    # ---------------------------------------------------------------- mounts
+    def grants(self) -> dict[str, tuple[str, str]]:
+        """target -> (kind, reason): the strongest grant wins when one path is listed twice."""
+        fs = self.policy.filesystem
+        wanted: list[tuple[str, str, str, bool]] = []  # (path, kind, reason, from_cli)
+        wanted += [(p, "ro", "filesystem.read", False) for p in fs.read]
+        wanted += [(p, "rw", "filesystem.write", False) for p in fs.write]
+        wanted += [(p, "tmpfs", "filesystem.tmpfs", False) for p in fs.tmpfs]
+        if self.policy.workspace in ("rw", "ro"):
+            wanted.append((self.inv.workspace, self.policy.workspace, "workspace", False))
+        wanted += [(p, "ro", "--allow-read", True) for p in self.inv.allow_read]
+        wanted += [(p, "rw", "--allow-write", True) for p in self.inv.allow_write]
+        denied = self.denied_paths()
+        result: dict[str, tuple[str, str]] = {}
+        for raw, kind, reason, from_cli in wanted:
+            target = self.expand(raw)
+            under_deny = [d for d in denied if _within(target, d)]
+            if under_deny and not from_cli:
+                self.notes.append(f"{reason} {target}: not mounted, it lies under denied {under_deny[0]}")
+                continue
+            if under_deny:
+                self.confirmations.append(f"{reason} {target} opens a path the policy denies ({under_deny[0]})")
+            if from_cli and kind == "rw" and not (self.workspace and _within(target, self.inv.workspace)):
+                self.confirmations.append(f"--allow-write {target} is outside the workspace")
+            present = self.facts.kind(target)
+            if present == "missing" and kind in ("ro", "rw"):
+                if kind == "rw":
+                    raise SandboxError(f"{reason}: {target} does not exist",
+                                       "create it first, or list it under filesystem.tmpfs")
+                self.notes.append(f"{reason} {target}: absent on this host, skipped")
+                continue
+            if target == "/" and kind != "ro":
+                raise SandboxError("refusing to make / writable inside the sandbox",
+                                   "grant the directories the command needs instead")
+            old = result.get(target)
+            if old is None or _STRENGTH[kind] >= _STRENGTH[old[0]]:
+                result[target] = (kind, reason)
+        return result
+
+    def denied_paths(self) -> list[str]:
+        found: list[str] = []
+        for raw in self.policy.filesystem.deny:
+            pattern = self.expand(raw)
+            matches = self.facts.glob(pattern) if set("*?[") & set(pattern) else [pattern]
+            found += [m for m in matches if self.facts.kind(m) != "missing"]
+        return sorted(set(found))
+
+    def build_mounts(self) -> list[Mount]:
+        grants = self.grants()
+        self.grant_kinds = grants
+        mounts: list[Mount] = [Mount("proc", "/proc", reason="fresh /proc for the sandbox's PID namespace"),
+                               Mount("dev", "/dev", reason="minimal /dev: null, zero, random, tty, pts")]
+        home = self.facts.home
+        if home not in grants:
+            mounts.append(Mount("tmpfs", home, reason="HOME: private and empty unless granted"))
+        for target in sorted(grants, key=lambda t: (_depth(t), t)):
+            kind, reason = grants[target]
+            parent = self.covering(target, grants, strict=True)
+            if kind == "ro" and parent and grants[parent][0] == "ro":
+                continue  # already visible read-only through its parent
+            if (self.facts.kind(target) == "symlink" and kind == "ro"
+                    and self.covering(self.facts.realpath(target), grants)):
+                mounts.append(Mount("symlink", target, self.facts.readlink(target), reason))
+                continue
+            source = target if kind != "tmpfs" else None
+            mounts.append(Mount(kind, target, source, reason))
+        # host content shows only through binds; a tmpfs shows nothing of the host
+        visible = {m.target: m.kind for m in mounts if m.kind in ("ro", "rw")}
+        mounts += self.masks(visible)
+        mounts += self.protections(visible)
+        mounts += self.runtime_mounts(visible)
+        order = {"proc": 0, "dev": 0, "tmpfs": 1, "ro": 1, "rw": 1, "symlink": 1,
+                 "mask-dir": 2, "mask-file": 2}
+        return sorted(mounts, key=lambda m: (_depth(m.target), order.get(m.kind, 1)))
+
+    def covering(self, path: str, grants: dict, strict: bool = False) -> str | None:
+        holders = [t for t in grants if _within(path, t) and not (strict and t == path)]
+        return max(holders, key=len) if holders else None
+
+    def masks(self, visible: dict[str, str]) -> list[Mount]:
+        result = []
+        for path in self.denied_paths():
+            if not self.covering(path, visible):
+                continue
+            kind = "mask-dir" if self.facts.kind(path) == "dir" else "mask-file"
+            result.append(Mount(kind, path, reason="filesystem.deny"))
+        # What the supervisor owns is never visible: state (trust, log, caches) and a custom log dir.
+        owned = {self.facts.state_dir: "sandboxctl state: trust store, action log, caches"}
+        log_dir = os.path.dirname(self.log_path())
+        owned.setdefault(log_dir, "the action log's directory")
+        for path, why in owned.items():
+            if self.covering(path, visible) and self.facts.kind(path) == "dir":
+                result.append(Mount("mask-dir", path, reason=why))
+        return result
+
+    def writable_roots(self, visible: dict[str, str]) -> list[str]:
+        return [t for t, k in visible.items() if k == "rw"]
+
+    def protections(self, visible: dict[str, str]) -> list[Mount]:
+        """Protected paths become read-only binds; their parents up to the grant are pinned
+        (bound onto themselves), so renaming a parent away fails with EBUSY."""
+        result: list[Mount] = []
+        pinned: set[str] = set()
+        candidates: list[tuple[str, str]] = []
+        for root in self.writable_roots(visible):
+            if self.facts.kind(os.path.join(root, ".git")) == "file":
+                candidates.append((os.path.join(root, ".git"), "protected: .git file (points git elsewhere)"))
+            candidates += [(os.path.join(root, name), f"protected: {name}") for name in PROTECTED_NAMES]
+        for raw in self.policy.filesystem.protect:
+            pattern = self.expand(raw)
+            matches = self.facts.glob(pattern) if set("*?[") & set(pattern) else [pattern]
+            candidates += [(m, "filesystem.protect") for m in matches]
+        candidates += [(p, "sandboxctl's own code and policies") for p in self.facts.protected_code]
+        candidates += [(self.expand(f), "the policy in use") for f in self.policy_files()]
+        absent: list[str] = []
+        for path, why in candidates:
+            root = self.covering(path, visible)
+            if root is None or visible[root] != "rw" or any(m.target == path for m in result):
+                continue
+            if self.facts.kind(path) == "missing":
+                absent.append(os.path.relpath(path, root) if _within(path, root) else path)
+                continue
+            ancestor = os.path.dirname(path)
+            while ancestor != root and _within(ancestor, root) and ancestor not in pinned:
+                pinned.add(ancestor)
+                result.append(Mount("rw", ancestor, ancestor, "pinned: parent of a protected path"))
+                ancestor = os.path.dirname(ancestor)
+            result.append(Mount("ro", path, path, why))
+        if absent:
+            self.notes.append(
+                "protected paths absent when the run started (not covered; may be created inside): "
+                + ", ".join(sorted(set(absent)))
+            )
+        return result
+
+    def policy_files(self) -> list[str]:
+        return [c for c in self.policy.chain if not c.startswith("builtin:")]
+
+    def runtime_mounts(self, visible: dict[str, str]) -> list[Mount]:
+        mounts = [
+            Mount("ro", f"{SHIM_DIR}/shim.py", self.facts.shim_file, "sandboxctl's launcher (applies Landlock)"),
+            Mount("ro", f"{SHIM_DIR}/lib/landlockpy", self.facts.landlock_lib, "the launcher's Landlock library"),
+        ]
+        prefix = self.facts.shim_python_prefix
+        if not self.covering(self.facts.shim_python, visible):
+            mounts.append(Mount("ro", prefix, prefix, "the launcher's Python interpreter"))
+        return mounts
+
+    # ---------------------------------------------------------------- landlock
+    def landlock(self, mounts: list[Mount]) -> LandlockPlan:
+        exec_anywhere = self.policy.exec_allow is None
+        rules: list[LandlockPathRule] = []
+        for mount in mounts:
+            if mount.kind in ("ro", "rw", "tmpfs") and not mount.target.startswith(SHIM_DIR):
+                access = ["read"] if mount.kind == "ro" else ["read", "write"]
+                if exec_anywhere:
+                    access.append("execute")
+                rules.append(LandlockPathRule(mount.target, tuple(access)))
+            elif mount.kind == "proc":
+                rules.append(LandlockPathRule("/proc", ("read", "write_file")))
+            elif mount.kind == "dev":
+                rules.append(LandlockPathRule("/dev", ("read", "write_file", "ioctl_dev")))
+        if not exec_anywhere:
+            allowed = [self.expand(p) for p in self.policy.exec_allow or ()]
+            for path in allowed + list(self.facts.elf_loaders):
+                if self.facts.kind(path) != "missing":
+                    rules.append(LandlockPathRule(path, ("read", "execute")))
+        mode = self.network_mode()
+        restrict_tcp = mode != "host"
+        # What `landlock: required` insists on: the file-system rules (ABI 1). TCP rules (ABI 4)
+        # and scopes (ABI 6) back up walls the namespaces already build, so they are applied
+        # when the kernel has them and reported as such — except under network: host, where the
+        # abstract-socket scope is the only wall between the sandbox and the host's sockets.
+        minimum = 6 if mode == "host" else 1
+        return LandlockPlan(
+            required=self.policy.landlock == "required",
+            minimum_abi=minimum,
+            paths=tuple(rules),
+            restrict_tcp=restrict_tcp,
+            connect_tcp_ports=(PROXY_PORT,) if mode == "proxy" else (),
+            bind_tcp_ports=(),
+            scopes=("signal", "abstract_unix_socket"),
+        )
+
+    # ---------------------------------------------------------------- the rest
+    def network_mode(self) -> str:
+        if self.inv.net:
+            return self.inv.net
+        if self.inv.allow_net and self.policy.network.mode == "none":
+            return "proxy"
+        return self.policy.network.mode
+
+    def network(self) -> NetworkPlan:
+        mode = self.network_mode()
+        if mode == "host":
+            self.confirmations.append("network: host shares the host's whole network with the command")
+        extra = tuple(str(units.parse_host_pattern(h)) for h in self.inv.allow_net)
+        if extra:
+            self.confirmations.append(f"--allow-net {', '.join(extra)} widens the network allowlist")
+        if mode == "proxy":
+            self.warnings.append(
+                "network: proxy — the allowlisting proxy is not part of this version yet, so the sandbox "
+                "has no network at all (fail closed)"
+            )
+        return NetworkPlan(
+            mode=mode,
+            allow=tuple(str(h) for h in self.policy.network.allow) + extra,
+            deny=tuple(str(h) for h in self.policy.network.deny),
+            allow_private=self.policy.network.allow_private,
+        )
+
+    def environment(self) -> tuple[tuple[str, str], ...]:
+        caller = self.facts.caller_env
+        env: dict[str, str] = {"PATH": DEFAULT_PATH, "HOME": self.facts.home,
+                               "USER": self.facts.user, "LOGNAME": self.facts.user}
+        if self.facts.interactive and "TERM" in caller:
+            env["TERM"] = caller["TERM"]
+        skipped: list[str] = []
+        for pattern in self.policy.env.passthrough:
+            if pattern.endswith("*"):
+                for name in sorted(caller):
+                    if fnmatch.fnmatchcase(name, pattern):
+                        if CREDENTIAL_LIKE.match(name):
+                            skipped.append(name)
+                        else:
+                            env[name] = caller[name]
+            elif pattern in caller:
+                env[pattern] = caller[pattern]
+        if skipped:
+            self.warnings.append("not passed (look like credentials; name them exactly to pass): "
+                              + ", ".join(sorted(set(skipped))))
+        env.update(dict(self.policy.env.set))
+        for item in self.inv.env:
+            name, sep, value = item.partition("=")
+            if sep:
+                env[name] = value
+            elif name in caller:
+                env[name] = caller[name]
+            else:
+                self.notes.append(f"--env {name}: not set in the caller's environment")
+        env["SANDBOXCTL"] = "1"
+        env["SANDBOXCTL_RUN"] = self.inv.run_id
+        return tuple(sorted(env.items()))
+
+    def log_path(self) -> str:
+        return self.expand(self.inv.log_path or self.policy.log.path)
+
+    def limits(self) -> LimitsPlan:
+        lim = self.policy.limits
+        memory = self.inv.memory or lim.memory
+        return LimitsPlan(
+            timeout=self.inv.timeout or lim.timeout,
+            memory=memory,
+            memory_method=None if memory is None else ("cgroup" if self.facts.cgroup_memory else "rlimit-as"),
+            pids=lim.pids,
+            file_size=lim.file_size,
+            open_files=lim.open_files,
+        )
+
+    def approval_mode(self) -> str:
+        if self.inv.approve:
+            return self.inv.approve
+        mode = self.policy.approval.mode
+        if mode == "ask" and (self.facts.ci or not self.facts.interactive):
+            return "deny"
+        return mode
+
+    def seccomp(self) -> SeccompPlan:
+        if self.policy.syscalls_allow:
+            self.confirmations.append(
+                "syscalls.allow takes out of the seccomp baseline: " + ", ".join(self.policy.syscalls_allow))
+        rules = syscalls.apply_policy(syscalls.baseline_rules(), self.policy.syscalls_deny,
+                                      self.policy.syscalls_allow)
+        return SeccompPlan("allow", "kill_process", tuple(rules))
+
+    def cwd(self) -> str:
+        return self.inv.workspace if self.workspace else self.facts.home
+
+
+def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan:
+    if not invocation.command:
+        raise SandboxError("no command given", "usage: sandboxctl run [OPTIONS] -- COMMAND [ARG...]")
+    if policy.backend != "bwrap":
+        raise SandboxError(f"backend {policy.backend!r} is not available in this version",
+                           "use the default bubblewrap backend (backend: bwrap)")
+    planner = _Planner(policy, invocation, facts)
+    if planner.workspace == "/":
+        raise SandboxError("refusing to use / as the workspace", "run from a project directory or pass -w DIR")
+    mounts = planner.build_mounts()
+    network = planner.network()
+    landlock = planner.landlock(mounts)
+    seccomp = planner.seccomp()
+    env = planner.environment()
+    return Plan(
+        run_id=invocation.run_id,
+        policy=policy.name,
+        policy_source=policy.source,
+        policy_sha256=policy.sha256,
+        command=tuple(invocation.command),
+        workspace=planner.workspace,
+        cwd=planner.cwd(),
+        home=facts.home,
+        mounts=tuple(mounts),
+        landlock=landlock,
+        seccomp=seccomp,
+        env=env,
+        secrets=tuple(SecretPlan(s.name, s.source, s.deliver_as, s.ttl) for s in policy.secrets),
+        network=network,
+        limits=planner.limits(),
+        approval_mode=planner.approval_mode(),
+        approval_via=policy.approval.via,
+        approval_timeout=policy.approval.timeout,
+        log_path=planner.log_path(),
+        file_events=policy.log.file_events,
+        shim_python=facts.shim_python,
+        warnings=tuple(planner.warnings),
+        notes=tuple(planner.notes),
+        confirmations=tuple(dict.fromkeys(planner.confirmations)),
+    )

@@ -1,0 +1,82 @@
+"""Gather HostFacts from the real machine: the one impure input of the planner."""
+
+from __future__ import annotations
+
+import glob as globlib
+import importlib.util
+import os
+import pwd
+import stat
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from sandboxctl.paths import home_dir, state_dir
+from sandboxctl.plan.inputs import HostFacts
+
+_LOADER_PATTERNS = ("/lib64/ld-linux*.so*", "/lib/ld-linux*.so*", "/lib/ld-musl-*.so*",
+                    "/lib/*-linux-gnu/ld-linux*.so*")
+
+
+def path_kind(path: str) -> str:
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return "missing"
+    except OSError:
+        return "missing"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISREG(mode):
+        return "file"
+    return "other"
+
+
+def _landlock_lib() -> str:
+    spec = importlib.util.find_spec("landlockpy")
+    if spec is None or not spec.submodule_search_locations:
+        from sandboxctl.errors import SandboxError
+
+        raise SandboxError("the Python package landlockpy is not installed", "pip install landlockpy")
+    return os.path.realpath(next(iter(spec.submodule_search_locations)))
+
+
+def _shim_python() -> tuple[str, str]:
+    """The interpreter that runs the shim, and the directory tree it needs to be visible."""
+    executable = os.path.realpath(sys.executable)
+    return executable, os.path.realpath(sys.base_prefix)
+
+
+def gather(environ: Mapping[str, str] | None = None) -> HostFacts:
+    env = dict(os.environ if environ is None else environ)
+    package = Path(__file__).resolve().parent.parent
+    from sandboxctl.policy.load import builtin_dir
+
+    python, prefix = _shim_python()
+    loaders = sorted({os.path.realpath(p) for pattern in _LOADER_PATTERNS for p in globlib.glob(pattern)})
+    try:
+        user = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        user = str(os.getuid())
+    return HostFacts(
+        home=os.path.realpath(home_dir()),
+        user=user,
+        uid=os.getuid(),
+        state_dir=str(state_dir()),
+        caller_env=env,
+        interactive=os.isatty(0) or os.isatty(1),
+        ci=env.get("CI", "").lower() in ("true", "1", "yes"),
+        shim_python=python,
+        shim_python_prefix=prefix,
+        shim_file=str(package / "launch" / "shim.py"),
+        landlock_lib=_landlock_lib(),
+        protected_code=(str(package), str(builtin_dir().resolve())),
+        elf_loaders=tuple(loaders),
+        cgroup_memory=False,
+        kind=path_kind,
+        readlink=os.readlink,
+        realpath=os.path.realpath,
+        glob=lambda pattern: sorted(globlib.glob(pattern, include_hidden=True)),
+    )

@@ -1,0 +1,47 @@
+"""What the planner reads besides the policy: the invocation, and facts about the host.
+
+Facts are gathered once at the edge (facts.gather); tests hand the planner invented ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Invocation:
+    command: tuple[str, ...]
+    workspace: str
+    run_id: str
+    allow_read: tuple[str, ...] = ()
+    allow_write: tuple[str, ...] = ()
+    allow_net: tuple[str, ...] = ()
+    net: str | None = None
+    env: tuple[str, ...] = ()  # NAME (pass from caller) or NAME=VALUE
+    timeout: float | None = None
+    memory: int | None = None
+    approve: str | None = None
+    log_path: str | None = None
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    home: str
+    user: str
+    uid: int
+    state_dir: str
+    caller_env: Mapping[str, str]
+    interactive: bool  # stdin and stderr are terminals: TERM is passed, approvals can ask
+    ci: bool
+    shim_python: str
+    shim_python_prefix: str
+    shim_file: str
+    landlock_lib: str
+    protected_code: tuple[str, ...]  # sandboxctl's own code and policies: never writable inside
+    elf_loaders: tuple[str, ...]
+    cgroup_memory: bool
+    kind: Callable[[str], str]  # dir | file | symlink | missing | other
+    readlink: Callable[[str], str]
+    realpath: Callable[[str], str]
+    glob: Callable[[str], list[str]] = field(default=lambda pattern: [])

@@ -1,0 +1,123 @@
+"""The plan of one run: plain, immutable, JSON-serialisable data with no side effects.
+
+`--dry-run` prints it; the launcher renders it to bubblewrap arguments and the shim's
+configuration; unit tests check it without launching anything. Secret *values* never enter it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One mount-tree directive, applied in order (parents before children).
+
+    kind: ro | rw | tmpfs | mask-dir (empty read-only tmpfs) | mask-file (empty read-only file)
+          | symlink (source is the link text) | proc | dev
+    """
+
+    kind: str
+    target: str
+    source: str | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class LandlockPathRule:
+    """Rights granted beneath a path: groups read/write/execute/ioctl_dev, mapped to the kernel's ABI."""
+
+    path: str
+    access: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LandlockPlan:
+    required: bool
+    minimum_abi: int
+    paths: tuple[LandlockPathRule, ...]
+    restrict_tcp: bool  # handle TCP bind/connect (all but network: host)
+    connect_tcp_ports: tuple[int, ...]
+    bind_tcp_ports: tuple[int, ...]
+    scopes: tuple[str, ...]  # signal, abstract_unix_socket
+
+
+@dataclass(frozen=True)
+class SeccompCondition:
+    arg: int
+    op: str  # eq | ne | lt | le | gt | ge | masked_eq
+    value: int
+    mask: int = 0
+
+
+@dataclass(frozen=True)
+class SeccompRule:
+    syscall: str
+    action: str  # errno:NAME | kill_process
+    why: str
+    conditions: tuple[SeccompCondition, ...] = ()
+
+
+@dataclass(frozen=True)
+class SeccompPlan:
+    default_action: str
+    bad_arch_action: str
+    rules: tuple[SeccompRule, ...]
+
+
+@dataclass(frozen=True)
+class NetworkPlan:
+    mode: str
+    allow: tuple[str, ...]
+    deny: tuple[str, ...]
+    allow_private: bool
+
+
+@dataclass(frozen=True)
+class LimitsPlan:
+    timeout: float | None
+    memory: int | None
+    memory_method: str | None  # cgroup | rlimit-as
+    pids: int | None
+    file_size: int | None
+    open_files: int | None
+
+
+@dataclass(frozen=True)
+class SecretPlan:
+    name: str
+    source: str  # env:NAME / file:PATH / command:... (a reference, never the value)
+    deliver_as: str
+    ttl: float | None
+
+
+@dataclass(frozen=True)
+class Plan:
+    run_id: str
+    policy: str
+    policy_source: str
+    policy_sha256: str
+    command: tuple[str, ...]
+    workspace: str | None
+    cwd: str
+    home: str
+    mounts: tuple[Mount, ...]
+    landlock: LandlockPlan
+    seccomp: SeccompPlan
+    env: tuple[tuple[str, str], ...]
+    secrets: tuple[SecretPlan, ...]
+    network: NetworkPlan
+    limits: LimitsPlan
+    approval_mode: str
+    approval_via: str
+    approval_timeout: float
+    log_path: str
+    file_events: str
+    shim_python: str
+    warnings: tuple[str, ...] = field(default=())  # shown on every run
+    notes: tuple[str, ...] = field(default=())  # shown by --dry-run and --verbose
+    confirmations: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

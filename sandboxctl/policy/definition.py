@@ -1,0 +1,163 @@
+"""The version-1 policy schema (SPEC "Policy file"), and the small parsers for its value types."""
+
+from __future__ import annotations
+
+import re
+
+from sandboxctl import units
+from sandboxctl.policy.schema import (
+    Boolean,
+    Choice,
+    Integer,
+    ListOf,
+    MapOf,
+    OneOrMany,
+    Record,
+    SizeValue,
+    Text,
+    Version,
+)
+
+PATH_VARIABLES = ("{workspace}", "{home}")
+_VARIABLE = re.compile(r"\{[^}]*\}")
+_GLOB_CHARS = set("*?[")
+ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+SYSCALL_NAME = r"[a-z_][a-z0-9_]{0,63}"
+
+
+def check_path(text: str, *, allow_glob: bool = False) -> str:
+    """Policy paths are absolute, or start with ~, {home} or {workspace}; nothing else is meaningful."""
+    if not text:
+        raise ValueError("empty path")
+    if "\0" in text or "\n" in text:
+        raise ValueError(f"{text!r}: control characters in a path")
+    for variable in _VARIABLE.findall(text):
+        if variable not in PATH_VARIABLES:
+            raise ValueError(f"{text!r}: unknown variable {variable} (known: {', '.join(PATH_VARIABLES)})")
+    if "{" in _VARIABLE.sub("", text) or "}" in _VARIABLE.sub("", text):
+        raise ValueError(f"{text!r}: unbalanced braces")
+    if not (text.startswith("/") or text == "~" or text.startswith("~/")
+            or any(text.startswith(v) for v in PATH_VARIABLES)):
+        if text.startswith("~"):
+            raise ValueError(f"{text!r}: only ~ and ~/ are supported (not ~user)")
+        raise ValueError(f"{text!r}: relative path; write it as {{workspace}}/{text} or an absolute path")
+    for variable in PATH_VARIABLES:
+        if variable in text[1:] and not text.startswith(variable):
+            raise ValueError(f"{text!r}: {variable} may only start a path")
+    after_root = text.split("/", 1)[1] if "/" in text else ""
+    if ".." in after_root.split("/"):
+        raise ValueError(f"{text!r}: '..' is not allowed in policy paths")
+    if not allow_glob and _GLOB_CHARS & set(text):
+        raise ValueError(f"{text!r}: wildcards are only allowed in filesystem.deny and filesystem.protect")
+    return text
+
+
+def check_env_pattern(text: str) -> str:
+    if not re.fullmatch(rf"{ENV_NAME}\*?", text):
+        raise ValueError(f"{text!r}: not a variable name or a PREFIX_* pattern")
+    return text
+
+
+SECRET_SOURCES = ("env", "file", "command")
+
+
+def check_secret_source(text: str) -> str:
+    kind, sep, value = text.partition(":")
+    if not sep or kind not in SECRET_SOURCES or not value.strip():
+        raise ValueError(f"{text!r}: a secret source is env:NAME, file:PATH or command:CMD")
+    if kind == "env" and not re.fullmatch(ENV_NAME, value):
+        raise ValueError(f"{text!r}: {value!r} is not a variable name")
+    if kind == "file":
+        check_path(value)
+    return text
+
+
+def check_extends(text: str) -> str:
+    if not text or "\0" in text or "\n" in text:
+        raise ValueError(f"{text!r}: not a policy name or relative path")
+    if text.startswith("/"):
+        raise ValueError(f"{text!r}: extends takes a built-in name or a path relative to this file")
+    return text
+
+
+_path = Text(parse=check_path, description="A path: absolute, ~/…, {home}/… or {workspace}/…")
+_path_glob = Text(parse=lambda t: check_path(t, allow_glob=True),
+                  description="A path as above; * ? [ ] wildcards allowed")
+_duration = Text(parse=units.parse_duration, pattern=r"(?:\d+(?:ms|s|m|h|d))+",
+                 description="A duration such as 90s, 30m, 2h")
+_host = Text(parse=units.parse_host_pattern,
+             description="host, host:port, *.domain[:port], IPv4[:port] or [IPv6][:port]")
+
+POLICY_SCHEMA = Record(
+    description="A sandboxctl policy (version 1).",
+    required=("version",),
+    fields={
+        "version": Version(),
+        "name": Text(pattern=r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", description="Short name of the policy."),
+        "description": Text(max_length=500, description="One sentence: what the policy grants."),
+        "extends": OneOrMany(Text(parse=check_extends, max_length=1024),
+                             description="Built-in policy names or paths relative to this file."),
+        "workspace": Choice(("rw", "ro", "none"), "How the --workspace directory is mounted."),
+        "backend": Choice(("bwrap", "gvisor"), "Isolation backend (gvisor: not yet available)."),
+        "filesystem": Record(description="File-system grants.", fields={
+            "read": ListOf(_path, description="Visible, read-only."),
+            "write": ListOf(_path, description="Visible, writable; must exist."),
+            "tmpfs": ListOf(_path, description="Fresh empty writable directories, gone at exit."),
+            "deny": ListOf(_path_glob, description="Hidden even under a granted parent."),
+            "protect": ListOf(_path_glob, description="Read-only even under a writable parent."),
+        }),
+        "exec": Record(description="Where executables may run from.", fields={
+            "allow": ListOf(_path, description="Directories or files that may be executed."),
+        }),
+        "network": Record(description="Network access.", fields={
+            "mode": Choice(("none", "proxy", "host"), "none: loopback only; proxy: allowlist; host: shared."),
+            "allow": ListOf(_host),
+            "deny": ListOf(_host, description="Wins over allow."),
+            "allow_private": Boolean(description="Allow loopback, private and metadata addresses."),
+        }),
+        "env": Record(description="Environment of the command.", fields={
+            "pass": ListOf(Text(parse=check_env_pattern), description="Copied from the caller when set."),
+            "set": MapOf(Text(max_length=32768), description="Set to these values."),
+        }),
+        "secrets": MapOf(
+            Record(required=("from",), fields={
+                "from": Text(parse=check_secret_source, max_length=4096,
+                             description="env:NAME, file:PATH or command:CMD"),
+                "as": Choice(("file", "env"), "file: /run/secrets/NAME (0400); env: the variable."),
+                "ttl": _duration,
+            }),
+            description="Secrets injected for this run only; values never logged.",
+        ),
+        "syscalls": Record(description="Adjustments to the seccomp baseline.", fields={
+            "deny": ListOf(Text(pattern=SYSCALL_NAME), description="Added to the baseline."),
+            "allow": ListOf(Text(pattern=SYSCALL_NAME), description="Taken out of the baseline."),
+        }),
+        "limits": Record(description="Resource limits.", fields={
+            "timeout": _duration,
+            "memory": SizeValue(),
+            "pids": Integer(1, 1 << 22),
+            "file_size": SizeValue(),
+            "open_files": Integer(16, 1 << 20),
+        }),
+        "approval": Record(description="How boundary escapes are answered.", fields={
+            "mode": Choice(("ask", "deny", "allow")),
+            "via": Choice(("tty", "socket")),
+            "timeout": _duration,
+        }),
+        "landlock": Choice(("required", "best-effort"), "Refuse to run without full Landlock, or degrade."),
+        "log": Record(description="The action log.", fields={
+            "path": _path,
+            "file_events": Choice(("none", "write", "all")),
+        }),
+    },
+)
+
+
+def json_schema() -> dict:
+    schema = POLICY_SCHEMA.json_schema()
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://sandboxctl.dev/schema/policy-v1.json",
+        "title": "sandboxctl policy",
+        **schema,
+    }

@@ -1,0 +1,83 @@
+"""Which policy a run uses: --policy, else a *trusted* workspace .sandboxctl.yaml, else `default`.
+
+A workspace policy is written by whoever wrote the repository, so it is used only after the user
+has pinned its exact bytes with `sandboxctl policy trust`; a changed file must be trusted again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from sandboxctl.errors import SandboxError
+from sandboxctl.paths import ensure_private_dir, state_dir
+from sandboxctl.policy.load import (
+    LoadedPolicy,
+    builtin_names,
+    builtin_source,
+    load_source,
+    read_source,
+)
+
+WORKSPACE_POLICY = ".sandboxctl.yaml"
+DEFAULT_POLICY = "default"
+
+
+def _trust_file() -> Path:
+    return state_dir() / "trust.json"
+
+
+def trusted_digests() -> dict[str, str]:
+    try:
+        data = json.loads(_trust_file().read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def is_trusted(loaded: LoadedPolicy) -> bool:
+    path = str(loaded.files[0].path.resolve())
+    return trusted_digests().get(path) == loaded.chain_sha256
+
+
+def trust(loaded: LoadedPolicy) -> None:
+    """Record the digest atomically in the private state dir (never in the workspace)."""
+    digests = trusted_digests()
+    digests[str(loaded.files[0].path.resolve())] = loaded.chain_sha256
+    ensure_private_dir(state_dir())
+    target = _trust_file()
+    tmp = target.with_name(f".trust.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(digests, handle, indent=1, sort_keys=True)
+    os.replace(tmp, target)
+
+
+def load_named(spec: str) -> LoadedPolicy:
+    """A built-in name, or a path to a YAML file."""
+    looks_like_path = "/" in spec or spec.endswith((".yaml", ".yml")) or os.path.exists(spec)
+    if not looks_like_path:
+        if spec in builtin_names():
+            return load_source(builtin_source(spec))
+        raise SandboxError(f"no built-in policy named {spec!r}",
+                           f"built-in policies: {', '.join(builtin_names())}; or give a path to a YAML file")
+    return load_source(read_source(Path(spec).resolve(), spec))
+
+
+def choose_policy(spec: str | None, workspace: Path) -> tuple[LoadedPolicy, str]:
+    """Return the policy for a run and how it was chosen."""
+    if spec:
+        return load_named(spec), "--policy"
+    candidate = workspace / WORKSPACE_POLICY
+    if candidate.is_file():
+        loaded = load_source(read_source(candidate, str(candidate)))
+        if not is_trusted(loaded):
+            changed = str(candidate.resolve()) in trusted_digests()
+            state = "has changed since it was trusted" if changed else "is not trusted yet"
+            raise SandboxError(
+                f"workspace policy {candidate} {state}",
+                f"review it, then run: sandboxctl policy trust {candidate}  (or pick one with -p NAME)",
+            )
+        return loaded, "workspace"
+    return load_source(builtin_source(DEFAULT_POLICY)), "default"

@@ -1,0 +1,162 @@
+"""Load policy files, validate them, and resolve `extends` into one merged policy."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sandboxctl.policy.definition import POLICY_SCHEMA
+from sandboxctl.policy.errors import PolicyError, Problem, format_key
+from sandboxctl.policy.model import Policy, policy_from_data
+from sandboxctl.policy.schema import Report
+from sandboxctl.policy.yamlpos import load_yaml
+
+BUILTIN_PREFIX = "builtin:"
+
+
+def builtin_dir() -> Path:
+    """Built-ins ship inside the wheel as sandboxctl/policies; a source checkout has them at the root."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "policies", here.parent / "policies"):
+        if candidate.is_dir():
+            return candidate
+    return here / "policies"
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in builtin_dir().glob("*.yaml"))
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One policy file as read: its bytes are hashed and parsed from the same read (no TOCTOU)."""
+
+    label: str  # what messages call it: a path, or builtin:NAME
+    path: Path
+    content: bytes
+
+    @property
+    def builtin(self) -> bool:
+        return self.label.startswith(BUILTIN_PREFIX)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.content).hexdigest()
+
+
+def read_source(path: Path, label: str | None = None) -> SourceFile:
+    from sandboxctl.errors import SandboxError
+
+    try:
+        with open(path, "rb") as handle:
+            content = handle.read(512 * 1024 + 1)
+    except FileNotFoundError:
+        raise SandboxError(f"{label or path}: no such policy file",
+                           f"built-in policies: {', '.join(builtin_names())}") from None
+    except IsADirectoryError:
+        raise SandboxError(f"{label or path}: is a directory, not a policy file") from None
+    except OSError as exc:
+        raise SandboxError(f"{label or path}: cannot read: {exc.strerror}") from None
+    return SourceFile(label or str(path), path, content)
+
+
+def builtin_source(name: str) -> SourceFile:
+    return read_source(builtin_dir() / f"{name}.yaml", f"{BUILTIN_PREFIX}{name}")
+
+
+def validate_source(source: SourceFile) -> dict[str, Any]:
+    """Parse and check one file; raises PolicyError listing every problem in it."""
+    document = load_yaml(source.content, source.label)
+    report = Report()
+    data = POLICY_SCHEMA.check(document.data, (), report)
+    if report.problems:
+        raise PolicyError([
+            Problem(source.label, document.line_of(key), format_key(key), message, hint)
+            for key, message, hint in report.problems
+        ])
+    return data
+
+
+def merge(parent: Any, child: Any) -> Any:
+    """SPEC: maps merge key by key, lists are joined without duplicates, the child's scalars win."""
+    if isinstance(parent, dict) and isinstance(child, dict):
+        merged = dict(parent)
+        for key, value in child.items():
+            merged[key] = merge(parent[key], value) if key in parent else value
+        return merged
+    if isinstance(parent, list) and isinstance(child, list):
+        return parent + [item for item in child if item not in parent]
+    return child
+
+
+def _resolve_parent(reference: str, child: SourceFile) -> SourceFile:
+    is_path = "/" in reference or reference.endswith((".yaml", ".yml"))
+    if not is_path:
+        if reference not in builtin_names():
+            raise PolicyError([Problem(child.label, None, "extends",
+                                       f"{reference!r}: no built-in policy of that name",
+                                       f"built-in policies: {', '.join(builtin_names())}")])
+        return builtin_source(reference)
+    target = (child.path.parent / reference).resolve()
+    label = f"{BUILTIN_PREFIX}{target.stem}" if child.builtin else str(target)
+    if not target.is_file():
+        raise PolicyError([Problem(child.label, None, "extends", f"{reference!r}: no such file ({target})")])
+    return read_source(target, label)
+
+
+def resolve(source: SourceFile) -> tuple[dict[str, Any], list[SourceFile]]:
+    """Validate a file and its ancestors; return the merged data and every file involved."""
+    files: list[SourceFile] = []
+
+    def walk(current: SourceFile, stack: tuple[str, ...]) -> dict[str, Any]:
+        key = str(current.path.resolve())
+        if key in stack:
+            names = [*stack[stack.index(key):], key]
+            raise PolicyError([Problem(current.label, None, "extends",
+                                       "extends cycle: " + " -> ".join(Path(n).name for n in names))])
+        if len(stack) >= 16:
+            raise PolicyError([Problem(current.label, None, "extends", "extends chain deeper than 16 files")])
+        data = validate_source(current)
+        files.append(current)
+        merged: dict[str, Any] = {}
+        for reference in data.get("extends", []):
+            merged = merge(merged, walk(_resolve_parent(reference, current), (*stack, key)))
+        own = {k: v for k, v in data.items() if k != "extends"}
+        return merge(merged, own)
+
+    return walk(source, ()), files
+
+
+def canonical_digest(data: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def chain_digest(files: list[SourceFile]) -> str:
+    """What trust pins: the exact bytes of every non-built-in file the policy is made of."""
+    digest = hashlib.sha256()
+    for item in sorted((f for f in files if not f.builtin), key=lambda f: str(f.path)):
+        digest.update(f"{item.path.resolve()}\0{item.sha256}\n".encode())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    policy: Policy
+    data: dict[str, Any]
+    files: tuple[SourceFile, ...]
+
+    @property
+    def chain_sha256(self) -> str:
+        return chain_digest(list(self.files))
+
+
+def load_source(source: SourceFile) -> LoadedPolicy:
+    data, files = resolve(source)
+    data.setdefault("name", source.path.stem)
+    policy = policy_from_data(
+        data, source=source.label, chain=tuple(f.label for f in files), sha256=canonical_digest(data)
+    )
+    return LoadedPolicy(policy, data, tuple(files))

@@ -1,0 +1,149 @@
+"""The merged, validated policy as frozen data: what the plan builder reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sandboxctl import units
+from sandboxctl.units import HostPattern
+
+
+@dataclass(frozen=True)
+class Filesystem:
+    read: tuple[str, ...] = ()
+    write: tuple[str, ...] = ()
+    tmpfs: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    protect: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Network:
+    mode: str = "none"
+    allow: tuple[HostPattern, ...] = ()
+    deny: tuple[HostPattern, ...] = ()
+    allow_private: bool = False
+
+
+@dataclass(frozen=True)
+class Env:
+    passthrough: tuple[str, ...] = ()
+    set: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Secret:
+    name: str
+    source: str  # "env:NAME" | "file:PATH" | "command:CMD" — a reference, never a value
+    deliver_as: str = "file"
+    ttl: float | None = None
+
+    @property
+    def source_kind(self) -> str:
+        return self.source.partition(":")[0]
+
+    @property
+    def source_ref(self) -> str:
+        return self.source.partition(":")[2]
+
+
+@dataclass(frozen=True)
+class Limits:
+    timeout: float | None = None
+    memory: int | None = None
+    pids: int | None = None
+    file_size: int | None = None
+    open_files: int | None = None
+
+
+@dataclass(frozen=True)
+class Approval:
+    mode: str = "ask"
+    via: str = "tty"
+    timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    path: str = "{state}/actions.jsonl"
+    file_events: str = "write"
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    description: str = ""
+    source: str = ""
+    chain: tuple[str, ...] = ()
+    sha256: str = ""
+    workspace: str = "none"
+    backend: str = "bwrap"
+    filesystem: Filesystem = field(default_factory=Filesystem)
+    exec_allow: tuple[str, ...] | None = None  # None: anything readable may be executed
+    network: Network = field(default_factory=Network)
+    env: Env = field(default_factory=Env)
+    secrets: tuple[Secret, ...] = ()
+    syscalls_deny: tuple[str, ...] = ()
+    syscalls_allow: tuple[str, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+    approval: Approval = field(default_factory=Approval)
+    landlock: str = "required"
+    log: LogSettings = field(default_factory=LogSettings)
+
+
+def policy_from_data(data: dict[str, Any], *, source: str, chain: tuple[str, ...], sha256: str) -> Policy:
+    """Build the frozen Policy from merged, already-validated data (missing keys take safe defaults)."""
+    fs = data.get("filesystem", {})
+    net = data.get("network", {})
+    env = data.get("env", {})
+    limits = data.get("limits", {})
+    approval = data.get("approval", {})
+    log = data.get("log", {})
+    syscalls = data.get("syscalls", {})
+    exec_allow = data.get("exec", {}).get("allow")
+
+    def size(value: Any) -> int | None:
+        return None if value is None else units.parse_size(value)
+
+    def duration(value: Any) -> float | None:
+        return None if value is None else units.parse_duration(value)
+
+    return Policy(
+        name=data.get("name", "unnamed"),
+        description=data.get("description", ""),
+        source=source,
+        chain=chain,
+        sha256=sha256,
+        workspace=data.get("workspace", "none"),
+        backend=data.get("backend", "bwrap"),
+        filesystem=Filesystem(**{k: tuple(fs.get(k, ())) for k in ("read", "write", "tmpfs", "deny", "protect")}),
+        exec_allow=None if exec_allow is None else tuple(exec_allow),
+        network=Network(
+            mode=net.get("mode", "none"),
+            allow=tuple(units.parse_host_pattern(h) for h in net.get("allow", ())),
+            deny=tuple(units.parse_host_pattern(h) for h in net.get("deny", ())),
+            allow_private=net.get("allow_private", False),
+        ),
+        env=Env(passthrough=tuple(env.get("pass", ())), set=tuple(sorted(env.get("set", {}).items()))),
+        secrets=tuple(
+            Secret(name, spec["from"], spec.get("as", "file"), duration(spec.get("ttl")))
+            for name, spec in sorted(data.get("secrets", {}).items())
+        ),
+        syscalls_deny=tuple(syscalls.get("deny", ())),
+        syscalls_allow=tuple(syscalls.get("allow", ())),
+        limits=Limits(
+            timeout=duration(limits.get("timeout")),
+            memory=size(limits.get("memory")),
+            pids=limits.get("pids"),
+            file_size=size(limits.get("file_size")),
+            open_files=limits.get("open_files"),
+        ),
+        approval=Approval(
+            mode=approval.get("mode", "ask"),
+            via=approval.get("via", "tty"),
+            timeout=duration(approval.get("timeout")) or 60.0,
+        ),
+        landlock=data.get("landlock", "required"),
+        log=LogSettings(path=log.get("path", LogSettings.path), file_events=log.get("file_events", "write")),
+    )

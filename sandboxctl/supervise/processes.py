@@ -1,0 +1,57 @@
+"""Finding and ending the processes of one sandbox, from outside it.
+
+Every process of a sandbox descends from bubblewrap's PID-namespace init (orphans are reparented
+to it, never to the host), so that init's descendants are the whole sandbox, and killing the init
+makes the kernel kill everything else in the namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+
+
+def descendants(pid: int) -> list[int]:
+    """Children first-level to leaves, read from /proc (cheap), psutil as the fallback."""
+    found: list[int] = []
+    queue = [pid]
+    while queue:
+        current = queue.pop()
+        try:
+            children: list[int] = []
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as handle:
+                    children += [int(c) for c in handle.read().split()]
+        except FileNotFoundError:
+            continue
+        except OSError:
+            import psutil
+
+            try:
+                children = [c.pid for c in psutil.Process(current).children()]
+            except psutil.Error:
+                continue
+        found += children
+        queue += children
+    return found
+
+
+def command_pids(init_pid: int) -> list[int]:
+    """The direct children of the sandbox init: the command (and anything it left at top level)."""
+    try:
+        with open(f"/proc/{init_pid}/task/{init_pid}/children") as handle:
+            return [int(c) for c in handle.read().split()]
+    except OSError:
+        return []
+
+
+def signal_all(init_pid: int, signum: int) -> None:
+    for pid in descendants(init_pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
+
+
+def kill_sandbox(init_pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(init_pid, signal.SIGKILL)

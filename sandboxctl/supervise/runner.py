@@ -1,0 +1,369 @@
+"""Run one Plan: launch bubblewrap, hand the shim its configuration, supervise until the end.
+
+One event loop (selectors) watches the bwrap process (pidfd), the shim's control socket,
+bubblewrap's own stderr, the info pipe (the sandbox init's pid) and signals. There are no
+threads, so nothing outlives the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import marshal
+import os
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sandboxctl.errors import EXIT_SANDBOX_FAILED, EXIT_TIMEOUT, SandboxError
+from sandboxctl.launch import bwrap, seccomp
+from sandboxctl.log.writer import ActionLog, LogWriteError
+from sandboxctl.paths import ensure_private_dir
+from sandboxctl.plan.model import Plan
+from sandboxctl.supervise import processes
+
+TERM_GRACE_S = 2.0
+FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+
+
+@dataclass
+class RunResult:
+    exit_code: int
+    duration_s: float
+    timed_out: bool = False
+    error: SandboxError | None = None
+    layers: dict[str, Any] = field(default_factory=dict)
+    denials: list[dict[str, Any]] = field(default_factory=list)
+
+
+def find_bwrap() -> str:
+    path = shutil.which("bwrap")
+    if not path:
+        raise SandboxError("bubblewrap (bwrap) is not installed",
+                           "Debian/Ubuntu: sudo apt-get install bubblewrap; then run sandboxctl doctor")
+    return path
+
+
+def _empty_file(state: Path) -> str:
+    """An empty read-only file that masks denied files; it lives where no sandbox can reach."""
+    path = state / "empty"
+    try:
+        st = path.lstat()
+        if st.st_size == 0 and st.st_uid == os.getuid() and path.is_file() and not path.is_symlink():
+            return str(path)
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+    os.close(fd)
+    return str(path)
+
+
+def _memfd(data: bytes, name: str) -> int:
+    fd = os.memfd_create(name, 0)  # inheritable on purpose: bubblewrap reads it
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def shim_config(plan: Plan) -> dict[str, Any]:
+    limits = plan.limits
+    return {
+        "argv": list(plan.command),
+        "env": dict(plan.env),
+        "landlock": {
+            "required": plan.landlock.required,
+            "minimum_abi": plan.landlock.minimum_abi,
+            "paths": [[rule.path, list(rule.access)] for rule in plan.landlock.paths],
+            "restrict_tcp": plan.landlock.restrict_tcp,
+            "connect_tcp_ports": list(plan.landlock.connect_tcp_ports),
+            "bind_tcp_ports": list(plan.landlock.bind_tcp_ports),
+            "scopes": list(plan.landlock.scopes),
+        },
+        "limits": {
+            "pids": limits.pids,
+            "file_size": limits.file_size,
+            "open_files": limits.open_files,
+            "memory": limits.memory if limits.memory_method == "rlimit-as" else None,
+        },
+    }
+
+
+class Supervisor:
+    def __init__(self, plan: Plan, state: Path, log: ActionLog, argv_for_log: list[str]):
+        self.plan = plan
+        self.state = state
+        self.log = log
+        self.argv_for_log = argv_for_log
+        self.init_pid: int | None = None
+        self.ready = False
+        self.exec_error: dict[str, Any] | None = None
+        self.shim_error: dict[str, Any] | None = None
+        self.bwrap_stderr = b""
+        self.layers: dict[str, Any] = {}
+        self.pending_signals: list[int] = []
+        self.kill_at: float | None = None
+        self.timed_out = False
+
+    # ------------------------------------------------------------------ launch
+    def launch(self) -> RunResult:
+        plan = self.plan
+        bwrap_path = find_bwrap()
+        program = seccomp.load_or_compile(plan.seccomp, self.state / "cache")
+        empty = _empty_file(self.state)
+        control, shim_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        info_r, info_w = os.pipe()
+        err_r, err_w = os.pipe()
+        seccomp_fd = _memfd(program, "sandboxctl-seccomp")
+        stderr_copy = os.dup(2)
+        fds = bwrap.LaunchFds(seccomp=seccomp_fd, info=info_w, control=shim_end.fileno(),
+                              stderr=stderr_copy, empty_file=empty)
+        argv = bwrap.render(plan, fds, bwrap_path)
+        started = time.monotonic()
+        handlers = self._install_signal_handlers()
+        try:
+            try:
+                proc = subprocess.Popen(argv, stderr=err_w, close_fds=True,
+                                        pass_fds=(seccomp_fd, info_w, shim_end.fileno(), stderr_copy))
+            except OSError as exc:
+                raise SandboxError(f"cannot start bubblewrap: {exc.strerror}", "run sandboxctl doctor") from None
+            finally:
+                for fd in (seccomp_fd, info_w, err_w, stderr_copy):
+                    os.close(fd)
+                shim_end.close()
+            control.sendall(marshal.dumps(shim_config(plan)))
+            self._loop(proc, control, info_r, err_r, started)
+        finally:
+            self._restore_signal_handlers(handlers)
+            control.close()
+            os.close(info_r)
+            os.close(err_r)
+        return self._result(proc.returncode, time.monotonic() - started)
+
+    # ------------------------------------------------------------------ loop
+    def _loop(self, proc: subprocess.Popen, control: socket.socket, info_r: int, err_r: int,
+              started: float) -> None:
+        sel = selectors.DefaultSelector()
+        pidfd = os.pidfd_open(proc.pid)
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        old_wakeup = signal.set_wakeup_fd(wake_w)
+        sel.register(pidfd, selectors.EVENT_READ, "exit")
+        sel.register(control, selectors.EVENT_READ, "control")
+        sel.register(info_r, selectors.EVENT_READ, "info")
+        sel.register(err_r, selectors.EVENT_READ, "stderr")
+        sel.register(wake_r, selectors.EVENT_READ, "signal")
+        deadline = started + self.plan.limits.timeout if self.plan.limits.timeout else None
+        try:
+            while True:
+                now = time.monotonic()
+                wakeups = [t for t in (deadline if not self.timed_out else None, self.kill_at) if t]
+                timeout = max(0.0, min(wakeups) - now) if wakeups else None
+                for key, _ in sel.select(timeout):
+                    what = key.data
+                    if what == "exit":
+                        proc.wait()
+                        self._drain(control, err_r)
+                        return
+                    if what == "control":
+                        self._on_control(control, sel)
+                    elif what == "info":
+                        self._on_info(info_r, sel)
+                    elif what == "stderr":
+                        self._on_stderr(err_r, sel)
+                    elif what == "signal":
+                        with contextlib.suppress(BlockingIOError):
+                            os.read(wake_r, 512)
+                        self._on_signals()
+                now = time.monotonic()
+                if deadline and not self.timed_out and now >= deadline:
+                    self._on_timeout()
+                if self.kill_at and now >= self.kill_at and self.init_pid:
+                    processes.kill_sandbox(self.init_pid)
+                    self.kill_at = None
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            sel.close()
+            for fd in (pidfd, wake_r, wake_w):
+                os.close(fd)
+
+    def _on_control(self, control: socket.socket, sel: selectors.BaseSelector) -> None:
+        try:
+            data = control.recv(1 << 20)
+        except ConnectionError:
+            data = b""
+        if not data:
+            sel.unregister(control)
+            return
+        message = marshal.loads(data)
+        if "ready" in message:
+            self.layers = self._layers(message["ready"]["landlock"])
+            degraded = self.layers["landlock"].get("degraded")
+            if degraded:
+                print(f"sandboxctl: warning: {degraded}; running with `landlock: best-effort`",
+                      file=sys.stderr)
+            try:
+                self.log.write("run.start", argv=self.argv_for_log, workspace=self.plan.workspace,
+                               policy=self.plan.policy, policy_sha256=self.plan.policy_sha256,
+                               layers=self.layers, limits=self._limits_for_log())
+            except LogWriteError:
+                control.sendall(marshal.dumps({"go": False}))
+                raise
+            self.ready = True
+            control.sendall(marshal.dumps({"go": True}))
+        elif "error" in message:
+            self.shim_error = message
+        elif "exec_error" in message:
+            self.exec_error = message
+
+    def _on_info(self, info_r: int, sel: selectors.BaseSelector) -> None:
+        data = os.read(info_r, 65536)
+        if not data:
+            sel.unregister(info_r)
+            return
+        with contextlib.suppress(ValueError):
+            self.init_pid = int(json.loads(data)["child-pid"])
+
+    def _on_stderr(self, err_r: int, sel: selectors.BaseSelector) -> None:
+        data = os.read(err_r, 65536)
+        if not data:
+            sel.unregister(err_r)
+            return
+        if self.ready:
+            os.write(2, data)
+        else:
+            self.bwrap_stderr += data
+
+    def _drain(self, control: socket.socket, err_r: int) -> None:
+        control.setblocking(False)
+        with contextlib.suppress(BlockingIOError, ConnectionError):
+            while data := control.recv(1 << 20):
+                message = marshal.loads(data)
+                if "exec_error" in message:
+                    self.exec_error = message
+                elif "error" in message:
+                    self.shim_error = message
+        os.set_blocking(err_r, False)
+        with contextlib.suppress(BlockingIOError):
+            while data := os.read(err_r, 65536):
+                if self.ready:
+                    os.write(2, data)
+                else:
+                    self.bwrap_stderr += data
+
+    # ------------------------------------------------------------------ signals and limits
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        def remember(signum: int, _frame: Any) -> None:
+            self.pending_signals.append(signum)
+
+        return {s: signal.signal(s, remember) for s in FORWARDED}
+
+    @staticmethod
+    def _restore_signal_handlers(handlers: dict[int, Any]) -> None:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+    def _on_signals(self) -> None:
+        pending, self.pending_signals = self.pending_signals, []
+        for signum in pending:
+            if signum in (signal.SIGINT, signal.SIGQUIT) and _terminal_delivered():
+                continue  # the terminal sent it to the whole foreground group, command included
+            if self.init_pid:
+                for pid in processes.command_pids(self.init_pid):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signum)
+            if signum in (signal.SIGTERM, signal.SIGHUP) and self.kill_at is None:
+                self.kill_at = time.monotonic() + 10.0
+
+    def _on_timeout(self) -> None:
+        self.timed_out = True
+        with contextlib.suppress(LogWriteError):
+            self.log.write("limit", kind="timeout", action="kill",
+                           limit_s=self.plan.limits.timeout)
+        if self.init_pid:
+            processes.signal_all(self.init_pid, signal.SIGTERM)
+        self.kill_at = time.monotonic() + TERM_GRACE_S
+
+    # ------------------------------------------------------------------ result
+    def _layers(self, landlock: dict[str, Any]) -> dict[str, Any]:
+        plan = self.plan
+        return {
+            "bubblewrap": {
+                "namespaces": ["user", "pid", "ipc", "uts", "cgroup",
+                               *([] if plan.network.mode == "host" else ["net"])],
+                "mounts": len(plan.mounts),
+                "capabilities": "all dropped",
+            },
+            "landlock": landlock,
+            "seccomp": {"rules": len(plan.seccomp.rules), "default": plan.seccomp.default_action,
+                        "foreign_arch": plan.seccomp.bad_arch_action},
+            "network": {"mode": plan.network.mode,
+                        "proxy": "not available: no network" if plan.network.mode == "proxy" else None},
+            "memory": plan.limits.memory_method,
+        }
+
+    def _limits_for_log(self) -> dict[str, Any]:
+        lim = self.plan.limits
+        return {"timeout_s": lim.timeout, "memory": lim.memory, "memory_method": lim.memory_method,
+                "pids": lim.pids, "file_size": lim.file_size, "open_files": lim.open_files}
+
+    def _result(self, returncode: int, duration: float) -> RunResult:
+        code = 128 - returncode if returncode < 0 else returncode
+        error = None
+        if self.timed_out:
+            code = EXIT_TIMEOUT
+        elif self.shim_error:
+            error = SandboxError(self.shim_error["error"], self.shim_error.get("hint"))
+            code = EXIT_SANDBOX_FAILED
+        elif not self.ready:
+            detail = self.bwrap_stderr.decode(errors="replace").strip().splitlines()
+            first = detail[0].removeprefix("bwrap: ") if detail else f"exit status {code}"
+            error = SandboxError(f"bubblewrap could not build the sandbox: {first}",
+                                 "run `sandboxctl doctor` to see what this machine lacks")
+            code = EXIT_SANDBOX_FAILED
+        elif self.exec_error:
+            code = int(self.exec_error.get("code", 126))
+            error = SandboxError(self.exec_error["exec_error"],
+                                 "check the command name and the policy's exec.allow", code)
+        return RunResult(code, duration, self.timed_out, error, self.layers)
+
+
+def _terminal_delivered() -> bool:
+    """True when we are in the terminal's foreground group: the kernel signalled the command too."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def execute(plan: Plan, state: Path, argv_for_log: list[str]) -> RunResult:
+    """Everything that must hold before the command may start, then the run itself."""
+    ensure_private_dir(state)
+    if plan.secrets:
+        raise SandboxError("this policy injects secrets, which this version cannot deliver yet",
+                           "remove the secrets: section, or pass values with --env NAME")
+    log = ActionLog(plan.log_path, plan.run_id)
+    try:
+        supervisor = Supervisor(plan, state, log, argv_for_log)
+        result = supervisor.launch()
+        with contextlib.suppress(LogWriteError):
+            if supervisor.ready:
+                log.write("run.end", exit_code=result.exit_code,
+                          signal=result.exit_code - 128 if result.exit_code > 128 else None,
+                          duration_s=round(result.duration_s, 6), denied=len(result.denials),
+                          timed_out=result.timed_out)
+        return result
+    finally:
+        log.close()

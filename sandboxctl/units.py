@@ -1,0 +1,136 @@
+"""Parsing of the small value languages in policies: durations, sizes, host patterns.
+
+Kept dependency-free because the policy validator, the CLI and the shim-side planner all use it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+_DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d)")
+_DURATION_FULL = re.compile(r"(?:\d+(?:ms|s|m|h|d))+")
+_DURATION_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+_SIZE = re.compile(r"(\d+)\s*([KMGT]?)(i?B)?", re.IGNORECASE)
+_SIZE_FACTOR = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '30m', '2h', '1h30m', '500ms' -> seconds. Bare numbers are refused as ambiguous."""
+    value = text.strip().lower()
+    if not _DURATION_FULL.fullmatch(value):
+        raise ValueError(f"{text!r}: not a duration (use e.g. 90s, 30m, 2h)")
+    seconds = sum(int(n) * _DURATION_UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(value))
+    if seconds <= 0:
+        raise ValueError(f"{text!r}: a duration must be longer than zero")
+    return seconds
+
+
+def parse_size(text: str | int) -> int:
+    """'512M', '4G', '1GiB', or a plain byte count -> bytes (binary multiples)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text <= 0:
+            raise ValueError(f"{text!r}: a size must be larger than zero")
+        return text
+    match = _SIZE.fullmatch(str(text).strip())
+    if not match:
+        raise ValueError(f"{text!r}: not a size (use e.g. 512M, 4G)")
+    number, unit, _suffix = match.groups()
+    size = int(number) * _SIZE_FACTOR[unit.upper()]
+    if size <= 0:
+        raise ValueError(f"{text!r}: a size must be larger than zero")
+    return size
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    for unit, factor in (("h", 3600), ("m", 60)):
+        if seconds >= factor and seconds % factor == 0:
+            return f"{int(seconds // factor)}{unit}"
+    return f"{seconds:g}s"
+
+
+def format_size(size: int) -> str:
+    for unit in ("T", "G", "M", "K"):
+        factor = _SIZE_FACTOR[unit]
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
+@dataclass(frozen=True, order=True)
+class HostPattern:
+    """One network destination rule: an exact name, a '*.' wildcard, or an IP literal; any port if None."""
+
+    host: str
+    port: int | None = None
+
+    @property
+    def wildcard(self) -> bool:
+        return self.host.startswith("*.")
+
+    def matches(self, host: str, port: int) -> bool:
+        if self.port is not None and self.port != port:
+            return False
+        host = host.lower().rstrip(".")
+        if self.wildcard:
+            return host.endswith(self.host[1:])
+        return host == self.host
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port is None else f"{host}:{self.port}"
+
+
+def _parse_port(text: str, original: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise ValueError(f"{original!r}: port must be 1-65535")
+    return int(text)
+
+
+def parse_host_pattern(text: str) -> HostPattern:
+    """host | host:port | *.domain[:port] | IPv4[:port] | [IPv6][:port]."""
+    original = text
+    text = text.strip().lower()
+    if not text:
+        raise ValueError("empty host pattern")
+    port: int | None = None
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"{original!r}: unclosed '[' in IPv6 address")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"{original!r}: expected ':PORT' after ']'")
+            port = _parse_port(rest[1:], original)
+        try:
+            return HostPattern(str(ipaddress.IPv6Address(host)), port)
+        except ValueError:
+            raise ValueError(f"{original!r}: not an IPv6 address") from None
+    if text.count(":") > 1:
+        raise ValueError(f"{original!r}: write IPv6 addresses in brackets, e.g. [::1]:443")
+    host, sep, port_text = text.partition(":")
+    if sep:
+        port = _parse_port(port_text, original)
+    try:
+        return HostPattern(str(ipaddress.IPv4Address(host)), port)
+    except ValueError:
+        pass
+    name = host[2:] if host.startswith("*.") else host
+    labels = name.rstrip(".").split(".")
+    if (
+        not name
+        or len(name) > 253
+        or not all(_LABEL.fullmatch(label) for label in labels)
+        or (host.startswith("*.") and not labels[-1])
+    ):
+        raise ValueError(f"{original!r}: not a host pattern (use host, host:port or *.domain[:port])")
+    if labels[-1].isdigit():
+        raise ValueError(f"{original!r}: not a valid IPv4 address or host name")
+    return HostPattern(host.rstrip("."), port)
