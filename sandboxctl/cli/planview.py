@@ -11,7 +11,7 @@ from sandboxctl.launch import bwrap
 from sandboxctl.plan.model import Plan
 
 # fds the real launch assigns dynamically; the dry-run shows placeholders in their place
-DRY_FDS = bwrap.LaunchFds(seccomp=10, info=11, control=12, stderr=13, empty_file="{state}/empty")
+DRY_FDS = bwrap.LaunchFds(seccomp=10, control=11, stderr=12, empty_file="{state}/empty")
 CREDENTIAL_VALUE = re.compile(r".*(TOKEN|SECRET|KEY|PASSWORD|PASSWD|CREDENTIAL|AUTH).*", re.IGNORECASE)
 
 
@@ -99,7 +99,7 @@ def show(plan: Plan, as_json: bool = False) -> None:
         out.print(f"[yellow]note[/yellow]: {note}")
     for item in plan.confirmations:
         out.print(f"[red]needs confirmation[/red]: {item}")
-    out.print("[bold]bubblewrap[/bold] (fds 10-13 stand for the real descriptors):")
+    out.print("[bold]bubblewrap[/bold] (fds 10-12 stand for the real descriptors):")
     out.print(" ".join(_quote(a) for a in bwrap.render(plan, DRY_FDS)), soft_wrap=True)
 
 

@@ -73,6 +73,15 @@ def _check_options(opts: dict[str, Any]) -> None:
             raise SandboxError(f"{path}: extra paths must be absolute (or start with ~)")
 
 
+def _create_owned_dirs(log_path: str | None) -> None:
+    """The state and log dirs exist before planning, so the plan masks what is really there."""
+    from sandboxctl.paths import ensure_private_dir, state_dir
+
+    ensure_private_dir(state_dir())
+    if log_path:
+        Path(log_path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
 def execute_run(opts: dict[str, Any], command: list[str]) -> int:
     from sandboxctl import units
     from sandboxctl.plan.inputs import Invocation
@@ -105,6 +114,8 @@ def execute_run(opts: dict[str, Any], command: list[str]) -> int:
     from sandboxctl.plan.build import build_plan
     from sandboxctl.plan.facts import gather
 
+    if not opts["dry_run"]:
+        _create_owned_dirs(invocation.log_path)
     plan = build_plan(loaded.policy, invocation, gather())
     if opts["dry_run"]:
         from sandboxctl.cli import planview

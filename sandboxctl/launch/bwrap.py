@@ -15,7 +15,6 @@ from sandboxctl.plan.model import Mount, Plan
 @dataclass(frozen=True)
 class LaunchFds:
     seccomp: int
-    info: int
     control: int
     stderr: int
     empty_file: str  # host path of an empty read-only file used to mask denied files
@@ -52,7 +51,7 @@ def render(plan: Plan, fds: LaunchFds, bwrap: str = "bwrap") -> list[str]:
     argv += ["--die-with-parent", "--cap-drop", "ALL", "--clearenv", "--hostname", "sandbox"]
     for mount in plan.mounts:
         argv += mount_args(mount, fds.empty_file)
-    argv += ["--chdir", plan.cwd, "--seccomp", str(fds.seccomp), "--info-fd", str(fds.info)]
+    argv += ["--chdir", plan.cwd, "--seccomp", str(fds.seccomp)]
     argv += ["--", plan.shim_python, "-I", "-S", "-B", f"{SHIM_DIR}/shim.py",
              str(fds.control), str(fds.stderr)]
     return argv

@@ -128,12 +128,15 @@ class _Planner:
                     and self.covering(self.facts.realpath(target), grants)):
                 mounts.append(Mount("symlink", target, self.facts.readlink(target), reason))
                 continue
+            if kind == "tmpfs" and self.facts.kind(target) == "missing" and parent and grants[parent][0] == "ro":
+                self.notes.append(f"{reason} {target}: skipped, it does not exist under read-only {parent}")
+                continue
             source = target if kind != "tmpfs" else None
             mounts.append(Mount(kind, target, source, reason))
         # host content shows only through binds; a tmpfs shows nothing of the host
         visible = {m.target: m.kind for m in mounts if m.kind in ("ro", "rw")}
-        mounts += self.masks(visible)
-        mounts += self.protections(visible)
+        guards = self.masks(visible) + self.protections(visible)
+        mounts += self.pins(guards, visible) + guards
         mounts += self.runtime_mounts(visible)
         order = {"proc": 0, "dev": 0, "tmpfs": 1, "ro": 1, "rw": 1, "symlink": 1,
                  "mask-dir": 2, "mask-file": 2}
@@ -155,7 +158,9 @@ class _Planner:
         log_dir = os.path.dirname(self.log_path())
         owned.setdefault(log_dir, "the action log's directory")
         for path, why in owned.items():
-            if self.covering(path, visible) and self.facts.kind(path) == "dir":
+            holder = self.covering(path, visible)
+            # a missing dir under a writable grant could be created inside: mask it all the same
+            if holder and (self.facts.kind(path) == "dir" or visible[holder] == "rw"):
                 result.append(Mount("mask-dir", path, reason=why))
         return result
 
@@ -163,10 +168,8 @@ class _Planner:
         return [t for t, k in visible.items() if k == "rw"]
 
     def protections(self, visible: dict[str, str]) -> list[Mount]:
-        """Protected paths become read-only binds; their parents up to the grant are pinned
-        (bound onto themselves), so renaming a parent away fails with EBUSY."""
+        """Protected paths under a writable grant become read-only binds of themselves."""
         result: list[Mount] = []
-        pinned: set[str] = set()
         candidates: list[tuple[str, str]] = []
         for root in self.writable_roots(visible):
             if self.facts.kind(os.path.join(root, ".git")) == "file":
@@ -186,11 +189,6 @@ class _Planner:
             if self.facts.kind(path) == "missing":
                 absent.append(os.path.relpath(path, root) if _within(path, root) else path)
                 continue
-            ancestor = os.path.dirname(path)
-            while ancestor != root and _within(ancestor, root) and ancestor not in pinned:
-                pinned.add(ancestor)
-                result.append(Mount("rw", ancestor, ancestor, "pinned: parent of a protected path"))
-                ancestor = os.path.dirname(ancestor)
             result.append(Mount("ro", path, path, why))
         if absent:
             self.notes.append(
@@ -198,6 +196,24 @@ class _Planner:
                 + ", ".join(sorted(set(absent)))
             )
         return result
+
+    def pins(self, guards: list[Mount], visible: dict[str, str]) -> list[Mount]:
+        """Bind each parent of a mask or protected path (up to its writable grant) onto itself.
+
+        A mount point cannot be renamed (EBUSY), so `mv .git x && mkdir -p .git/hooks` cannot
+        move a guard out of the way and plant a fresh path where the guard used to be.
+        """
+        pinned: dict[str, Mount] = {}
+        for guard in guards:
+            root = self.covering(guard.target, visible)
+            if root is None or visible[root] != "rw":
+                continue
+            ancestor = os.path.dirname(guard.target)
+            while ancestor != root and _within(ancestor, root) and ancestor not in pinned:
+                if self.facts.kind(ancestor) == "dir":
+                    pinned[ancestor] = Mount("rw", ancestor, ancestor, "pinned: parent of a guarded path")
+                ancestor = os.path.dirname(ancestor)
+        return list(pinned.values())
 
     def policy_files(self) -> list[str]:
         return [c for c in self.policy.chain if not c.startswith("builtin:")]
@@ -314,11 +330,20 @@ class _Planner:
     def limits(self) -> LimitsPlan:
         lim = self.policy.limits
         memory = self.inv.memory or lim.memory
+        cgroup = self.facts.cgroup is not None
+        pids_method = None
+        if lim.pids:
+            # the kernel never applies RLIMIT_NPROC to uid 0, so root needs a cgroup for it
+            pids_method = "cgroup" if cgroup else ("unenforced" if self.facts.uid == 0 else "rlimit")
+            if pids_method == "unenforced":
+                self.warnings.append(f"limits.pids {lim.pids} is not enforced: running as root with no "
+                                     "writable cgroup, and the kernel ignores RLIMIT_NPROC for root")
         return LimitsPlan(
             timeout=self.inv.timeout or lim.timeout,
             memory=memory,
-            memory_method=None if memory is None else ("cgroup" if self.facts.cgroup_memory else "rlimit-as"),
+            memory_method=None if memory is None else ("cgroup" if cgroup else "rlimit-as"),
             pids=lim.pids,
+            pids_method=pids_method,
             file_size=lim.file_size,
             open_files=lim.open_files,
         )

@@ -49,6 +49,13 @@ def _shim_python() -> tuple[str, str]:
     return executable, os.path.realpath(sys.base_prefix)
 
 
+def _cgroup_version() -> str | None:
+    from sandboxctl.supervise.cgroups import detect
+
+    layout = detect()
+    return layout.version if layout else None
+
+
 def gather(environ: Mapping[str, str] | None = None) -> HostFacts:
     env = dict(os.environ if environ is None else environ)
     package = Path(__file__).resolve().parent.parent
@@ -74,7 +81,7 @@ def gather(environ: Mapping[str, str] | None = None) -> HostFacts:
         landlock_lib=_landlock_lib(),
         protected_code=(str(package), str(builtin_dir().resolve())),
         elf_loaders=tuple(loaders),
-        cgroup_memory=False,
+        cgroup=_cgroup_version(),
         kind=path_kind,
         readlink=os.readlink,
         realpath=os.path.realpath,

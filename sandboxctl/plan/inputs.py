@@ -40,7 +40,7 @@ class HostFacts:
     landlock_lib: str
     protected_code: tuple[str, ...]  # sandboxctl's own code and policies: never writable inside
     elf_loaders: tuple[str, ...]
-    cgroup_memory: bool
+    cgroup: str | None  # v1 | v2: a writable cgroup tree for pids/memory limits; None: rlimits only
     kind: Callable[[str], str]  # dir | file | symlink | missing | other
     readlink: Callable[[str], str]
     realpath: Callable[[str], str]

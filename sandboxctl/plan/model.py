@@ -80,6 +80,7 @@ class LimitsPlan:
     memory: int | None
     memory_method: str | None  # cgroup | rlimit-as
     pids: int | None
+    pids_method: str | None  # cgroup | rlimit | unenforced
     file_size: int | None
     open_files: int | None
 

@@ -1,14 +1,13 @@
 """Run one Plan: launch bubblewrap, hand the shim its configuration, supervise until the end.
 
 One event loop (selectors) watches the bwrap process (pidfd), the shim's control socket,
-bubblewrap's own stderr, the info pipe (the sandbox init's pid) and signals. There are no
+bubblewrap's own stderr and signals. There are no
 threads, so nothing outlives the run.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import marshal
 import os
 import selectors
@@ -28,6 +27,8 @@ from sandboxctl.log.writer import ActionLog, LogWriteError
 from sandboxctl.paths import ensure_private_dir
 from sandboxctl.plan.model import Plan
 from sandboxctl.supervise import processes
+from sandboxctl.supervise.cgroups import RunCgroup
+from sandboxctl.supervise.cgroups import detect as detect_cgroups
 
 TERM_GRACE_S = 2.0
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
@@ -88,7 +89,7 @@ def shim_config(plan: Plan) -> dict[str, Any]:
             "scopes": list(plan.landlock.scopes),
         },
         "limits": {
-            "pids": limits.pids,
+            "pids": limits.pids if limits.pids_method == "rlimit" else None,
             "file_size": limits.file_size,
             "open_files": limits.open_files,
             "memory": limits.memory if limits.memory_method == "rlimit-as" else None,
@@ -97,8 +98,11 @@ def shim_config(plan: Plan) -> dict[str, Any]:
 
 
 class Supervisor:
-    def __init__(self, plan: Plan, state: Path, log: ActionLog, argv_for_log: list[str]):
+    def __init__(self, plan: Plan, state: Path, log: ActionLog, argv_for_log: list[str],
+                 cgroup: RunCgroup | None = None):
         self.plan = plan
+        self.cgroup = cgroup
+        self.bwrap_pid: int | None = None
         self.state = state
         self.log = log
         self.argv_for_log = argv_for_log
@@ -119,11 +123,10 @@ class Supervisor:
         program = seccomp.load_or_compile(plan.seccomp, self.state / "cache")
         empty = _empty_file(self.state)
         control, shim_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        info_r, info_w = os.pipe()
         err_r, err_w = os.pipe()
         seccomp_fd = _memfd(program, "sandboxctl-seccomp")
         stderr_copy = os.dup(2)
-        fds = bwrap.LaunchFds(seccomp=seccomp_fd, info=info_w, control=shim_end.fileno(),
+        fds = bwrap.LaunchFds(seccomp=seccomp_fd, control=shim_end.fileno(),
                               stderr=stderr_copy, empty_file=empty)
         argv = bwrap.render(plan, fds, bwrap_path)
         started = time.monotonic()
@@ -131,32 +134,31 @@ class Supervisor:
         try:
             try:
                 proc = subprocess.Popen(argv, stderr=err_w, close_fds=True,
-                                        pass_fds=(seccomp_fd, info_w, shim_end.fileno(), stderr_copy))
+                                        pass_fds=(seccomp_fd, shim_end.fileno(), stderr_copy))
             except OSError as exc:
                 raise SandboxError(f"cannot start bubblewrap: {exc.strerror}", "run sandboxctl doctor") from None
+            else:
+                self.bwrap_pid = proc.pid
             finally:
-                for fd in (seccomp_fd, info_w, err_w, stderr_copy):
+                for fd in (seccomp_fd, err_w, stderr_copy):
                     os.close(fd)
                 shim_end.close()
             control.sendall(marshal.dumps(shim_config(plan)))
-            self._loop(proc, control, info_r, err_r, started)
+            self._loop(proc, control, err_r, started)
         finally:
             self._restore_signal_handlers(handlers)
             control.close()
-            os.close(info_r)
             os.close(err_r)
         return self._result(proc.returncode, time.monotonic() - started)
 
     # ------------------------------------------------------------------ loop
-    def _loop(self, proc: subprocess.Popen, control: socket.socket, info_r: int, err_r: int,
-              started: float) -> None:
+    def _loop(self, proc: subprocess.Popen, control: socket.socket, err_r: int, started: float) -> None:
         sel = selectors.DefaultSelector()
         pidfd = os.pidfd_open(proc.pid)
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         old_wakeup = signal.set_wakeup_fd(wake_w)
         sel.register(pidfd, selectors.EVENT_READ, "exit")
         sel.register(control, selectors.EVENT_READ, "control")
-        sel.register(info_r, selectors.EVENT_READ, "info")
         sel.register(err_r, selectors.EVENT_READ, "stderr")
         sel.register(wake_r, selectors.EVENT_READ, "signal")
         deadline = started + self.plan.limits.timeout if self.plan.limits.timeout else None
@@ -173,8 +175,6 @@ class Supervisor:
                         return
                     if what == "control":
                         self._on_control(control, sel)
-                    elif what == "info":
-                        self._on_info(info_r, sel)
                     elif what == "stderr":
                         self._on_stderr(err_r, sel)
                     elif what == "signal":
@@ -184,8 +184,8 @@ class Supervisor:
                 now = time.monotonic()
                 if deadline and not self.timed_out and now >= deadline:
                     self._on_timeout()
-                if self.kill_at and now >= self.kill_at and self.init_pid:
-                    processes.kill_sandbox(self.init_pid)
+                if self.kill_at and now >= self.kill_at:
+                    self._kill()
                     self.kill_at = None
         finally:
             signal.set_wakeup_fd(old_wakeup)
@@ -208,6 +208,9 @@ class Supervisor:
             if degraded:
                 print(f"sandboxctl: warning: {degraded}; running with `landlock: best-effort`",
                       file=sys.stderr)
+            if self.cgroup and self.bwrap_pid:
+                # everything alive now (bwrap, its init, the shim) joins before the command may fork
+                self.cgroup.add([self.bwrap_pid, *processes.descendants(self.bwrap_pid)])
             try:
                 self.log.write("run.start", argv=self.argv_for_log, workspace=self.plan.workspace,
                                policy=self.plan.policy, policy_sha256=self.plan.policy_sha256,
@@ -221,14 +224,6 @@ class Supervisor:
             self.shim_error = message
         elif "exec_error" in message:
             self.exec_error = message
-
-    def _on_info(self, info_r: int, sel: selectors.BaseSelector) -> None:
-        data = os.read(info_r, 65536)
-        if not data:
-            sel.unregister(info_r)
-            return
-        with contextlib.suppress(ValueError):
-            self.init_pid = int(json.loads(data)["child-pid"])
 
     def _on_stderr(self, err_r: int, sel: selectors.BaseSelector) -> None:
         data = os.read(err_r, 65536)
@@ -274,8 +269,9 @@ class Supervisor:
         for signum in pending:
             if signum in (signal.SIGINT, signal.SIGQUIT) and _terminal_delivered():
                 continue  # the terminal sent it to the whole foreground group, command included
-            if self.init_pid:
-                for pid in processes.command_pids(self.init_pid):
+            init = self._init_pid()
+            if init:
+                for pid in processes.command_pids(init):
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.kill(pid, signum)
             if signum in (signal.SIGTERM, signal.SIGHUP) and self.kill_at is None:
@@ -286,9 +282,25 @@ class Supervisor:
         with contextlib.suppress(LogWriteError):
             self.log.write("limit", kind="timeout", action="kill",
                            limit_s=self.plan.limits.timeout)
-        if self.init_pid:
-            processes.signal_all(self.init_pid, signal.SIGTERM)
+        init = self._init_pid()
+        if init:
+            processes.signal_all(init, signal.SIGTERM)
         self.kill_at = time.monotonic() + TERM_GRACE_S
+
+    def _init_pid(self) -> int | None:
+        """bubblewrap's PID-namespace init: the outer bwrap's only child."""
+        if self.init_pid is None and self.bwrap_pid:
+            children = processes.command_pids(self.bwrap_pid)
+            self.init_pid = children[0] if children else None
+        return self.init_pid
+
+    def _kill(self) -> None:
+        """SIGKILL the namespace init (the kernel then kills every process in it) and bwrap."""
+        init = self._init_pid()
+        if init:
+            processes.kill_sandbox(init)
+        if self.bwrap_pid:
+            processes.kill_sandbox(self.bwrap_pid)  # --die-with-parent takes the rest down
 
     # ------------------------------------------------------------------ result
     def _layers(self, landlock: dict[str, Any]) -> dict[str, Any]:
@@ -306,16 +318,22 @@ class Supervisor:
             "network": {"mode": plan.network.mode,
                         "proxy": "not available: no network" if plan.network.mode == "proxy" else None},
             "memory": plan.limits.memory_method,
+            "pids": plan.limits.pids_method,
         }
 
     def _limits_for_log(self) -> dict[str, Any]:
         lim = self.plan.limits
         return {"timeout_s": lim.timeout, "memory": lim.memory, "memory_method": lim.memory_method,
-                "pids": lim.pids, "file_size": lim.file_size, "open_files": lim.open_files}
+                "pids": lim.pids, "pids_method": lim.pids_method, "file_size": lim.file_size,
+                "open_files": lim.open_files}
 
     def _result(self, returncode: int, duration: float) -> RunResult:
         code = 128 - returncode if returncode < 0 else returncode
         error = None
+        if self.cgroup and self.cgroup.oom_killed():
+            with contextlib.suppress(LogWriteError):
+                self.log.write("limit", kind="memory", action="oom-kill", limit=self.plan.limits.memory)
+            code = 137
         if self.timed_out:
             code = EXIT_TIMEOUT
         elif self.shim_error:
@@ -355,8 +373,22 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str]) -> RunResult:
         raise SandboxError("this policy injects secrets, which this version cannot deliver yet",
                            "remove the secrets: section, or pass values with --env NAME")
     log = ActionLog(plan.log_path, plan.run_id)
+    cgroup = None
     try:
-        supervisor = Supervisor(plan, state, log, argv_for_log)
+        lim = plan.limits
+        if "cgroup" in (lim.memory_method, lim.pids_method):
+            layout = detect_cgroups()
+            if layout is None:
+                raise SandboxError("the cgroup tree this plan relies on is no longer writable",
+                                   "run sandboxctl doctor")
+            try:
+                cgroup = RunCgroup(layout, plan.run_id,
+                                   lim.pids + 2 if lim.pids_method == "cgroup" and lim.pids else None,
+                                   lim.memory if lim.memory_method == "cgroup" else None)
+            except OSError as exc:
+                raise SandboxError(f"cannot create the run's cgroup for its limits: {exc.strerror}",
+                                   "run sandboxctl doctor") from None
+        supervisor = Supervisor(plan, state, log, argv_for_log, cgroup)
         result = supervisor.launch()
         with contextlib.suppress(LogWriteError):
             if supervisor.ready:
@@ -366,4 +398,6 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str]) -> RunResult:
                           timed_out=result.timed_out)
         return result
     finally:
+        if cgroup:
+            cgroup.remove()
         log.close()

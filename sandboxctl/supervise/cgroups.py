@@ -1,0 +1,133 @@
+"""Per-run cgroups for the pids and memory limits, where this user may create them.
+
+RLIMIT_NPROC does not bind uid 0 (the kernel exempts root), and RLIMIT_AS limits address space,
+not memory; a cgroup does both properly, and its OOM kill gives exit 137 as SPEC says. We use
+one when the cgroup tree is writable (root, or a delegated cgroup v2 subtree) and fall back to
+rlimits otherwise; the plan and the log say which.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+
+ROOT = "/sys/fs/cgroup"
+PREFIX = "sandboxctl-"
+
+
+@dataclass(frozen=True)
+class CgroupLayout:
+    """Where a run's cgroup directories go, per controller (v1) or once (v2)."""
+
+    version: str  # v1 | v2
+    parents: dict[str, str]  # controller -> directory to create the run's cgroup in
+
+
+def _own_paths() -> dict[str, str]:
+    paths = {}
+    with contextlib.suppress(OSError), open("/proc/self/cgroup") as handle:
+        for line in handle:
+            _id, controllers, path = line.rstrip("\n").split(":", 2)
+            for name in controllers.split(",") if controllers else ["unified"]:
+                paths[name] = path
+    return paths
+
+
+def detect() -> CgroupLayout | None:
+    """Which writable cgroup layout serves pids and memory limits here, if any."""
+    own = _own_paths()
+    if os.path.exists(f"{ROOT}/cgroup.controllers"):  # pure v2
+        parent = os.path.normpath(ROOT + own.get("unified", "/"))
+        try:
+            with open(f"{parent}/cgroup.controllers") as handle:
+                available = set(handle.read().split())
+        except OSError:
+            return None
+        if {"pids", "memory"} <= available and os.access(parent, os.W_OK) \
+                and os.access(f"{parent}/cgroup.subtree_control", os.W_OK):
+            return CgroupLayout("v2", {"pids": parent, "memory": parent})
+        return None
+    parents = {}
+    for controller in ("pids", "memory"):
+        parent = os.path.normpath(f"{ROOT}/{controller}" + own.get(controller, "/"))
+        if os.path.isdir(parent) and os.access(parent, os.W_OK):
+            parents[controller] = parent
+    return CgroupLayout("v1", parents) if len(parents) == 2 else None
+
+
+class RunCgroup:
+    """The cgroup(s) of one run: created before the command starts, removed after the run."""
+
+    def __init__(self, layout: CgroupLayout, run_id: str, pids: int | None, memory: int | None):
+        self.layout = layout
+        self.dirs: list[str] = []
+        name = PREFIX + run_id
+        _sweep_stale(layout)
+        if layout.version == "v2":
+            parent = layout.parents["pids"]
+            _write(f"{parent}/cgroup.subtree_control", "+pids +memory")
+            path = f"{parent}/{name}"
+            os.mkdir(path, 0o755)
+            self.dirs.append(path)
+            if pids:
+                _write(f"{path}/pids.max", str(pids))
+            if memory:
+                _write(f"{path}/memory.max", str(memory))
+                with contextlib.suppress(OSError):
+                    _write(f"{path}/memory.swap.max", "0")
+        else:
+            for parent in layout.parents.values():
+                path = f"{parent}/{name}"
+                os.mkdir(path, 0o755)
+                self.dirs.append(path)
+            if pids:
+                _write(f"{layout.parents['pids']}/{name}/pids.max", str(pids))
+            if memory:
+                base = f"{layout.parents['memory']}/{name}"
+                _write(f"{base}/memory.limit_in_bytes", str(memory))
+                with contextlib.suppress(OSError):
+                    _write(f"{base}/memory.memsw.limit_in_bytes", str(memory))
+
+    def add(self, pids: list[int]) -> None:
+        for path in self.dirs:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    _write(f"{path}/cgroup.procs", str(pid))
+
+    def oom_killed(self) -> bool:
+        for path in self.dirs:
+            for name, key in (("memory.events", "oom_kill"), ("memory.oom_control", "oom_kill")):
+                with contextlib.suppress(OSError), open(f"{path}/{name}") as handle:
+                    for line in handle:
+                        field, _, value = line.partition(" ")
+                        if field == key and int(value or 0) > 0:
+                            return True
+        return False
+
+    def remove(self) -> None:
+        for path in self.dirs:
+            for _ in range(50):  # tasks of a killed namespace take a moment to leave
+                try:
+                    os.rmdir(path)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.01)
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as handle:
+        handle.write(value)
+
+
+def _sweep_stale(layout: CgroupLayout) -> None:
+    """Remove cgroups left by supervisors that were killed; rmdir fails on any still in use."""
+    for parent in set(layout.parents.values()):
+        with contextlib.suppress(OSError):
+            for entry in os.listdir(parent):
+                if entry.startswith(PREFIX):
+                    with contextlib.suppress(OSError):
+                        os.rmdir(f"{parent}/{entry}")

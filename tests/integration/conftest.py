@@ -1,0 +1,88 @@
+"""Helpers that launch real sandboxes. Everything is judged from outside the sandbox."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+if not shutil.which("bwrap"):
+    pytest.skip("bubblewrap is not installed (apt-get install bubblewrap)", allow_module_level=True)
+
+
+class Sandbox:
+    """Runs `sandboxctl run` in a subprocess with a private HOME/state/workspace."""
+
+    def __init__(self, workspace: Path, home: Path, state: Path):
+        self.workspace = workspace
+        self.home = home
+        self.state = state
+
+    @property
+    def log_path(self) -> Path:
+        return self.state / "sandboxctl" / "actions.jsonl"
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.home),
+            "XDG_STATE_HOME": str(self.state),
+            "LANG": "C.UTF-8",
+        }
+        env.update(extra or {})
+        return env
+
+    def argv(self, *args: str, policy: str | None = "default") -> list[str]:
+        head = [sys.executable, "-m", "sandboxctl", "run", "-q"]
+        if policy:
+            head += ["-p", policy]
+        return head + list(args)
+
+    def run(self, *args: str, policy: str | None = "default", env: dict[str, str] | None = None,
+            timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.argv(*args, policy=policy), cwd=self.workspace, env=self.env(env),
+                              capture_output=True, text=True, timeout=timeout, input=input)
+
+    def sh(self, script: str, **kwargs) -> subprocess.CompletedProcess[str]:
+        return self.run("--", "/bin/sh", "-c", script, **kwargs)
+
+    def py(self, code: str, **kwargs) -> subprocess.CompletedProcess[str]:
+        return self.run("--", "python3", "-c", code, **kwargs)
+
+    def records(self) -> list[dict]:
+        if not self.log_path.exists():
+            return []
+        return [json.loads(line) for line in self.log_path.read_text().splitlines()]
+
+    def write_policy(self, name: str, text: str) -> Path:
+        path = self.home.parent / name
+        path.write_text(text)
+        return path
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path, workspace: Path, home: Path) -> Sandbox:
+    return Sandbox(workspace, home, tmp_path / "state")
+
+
+def processes_with(command_line: str) -> list[int]:
+    """Host pids whose whole command line is exactly this (the judge of 'nothing survives')."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read().rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if cmdline == command_line and int(entry) != os.getpid():
+            found.append(int(entry))
+    return found

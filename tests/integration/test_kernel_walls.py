@@ -1,0 +1,195 @@
+"""Landlock and seccomp walls: each escape attempted for real, with a control that the allowed
+path still works."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+
+import pytest
+
+EXEC_POLICY = """\
+version: 1
+extends: default
+exec:
+  allow: [/usr/bin, /usr/local/bin]
+"""
+
+
+def test_exec_outside_exec_allow_is_denied_by_landlock(sandbox):
+    shutil.copy("/bin/true", sandbox.workspace / "mytrue")
+    os.chmod(sandbox.workspace / "mytrue", 0o755)
+    policy = sandbox.write_policy("exec.yaml", EXEC_POLICY)
+    allowed = sandbox.run("--", "/usr/bin/true", policy=str(policy))
+    assert allowed.returncode == 0, allowed.stderr
+    denied = sandbox.run("--", "./mytrue", policy=str(policy))
+    assert denied.returncode == 126
+    assert "permission denied" in denied.stderr
+    # and from inside a shell the same binary cannot run either
+    shell = sandbox.run("--", "/usr/bin/sh", "-c", "./mytrue; echo rc=$?", policy=str(policy))
+    assert "rc=126" in shell.stdout
+    # without exec.allow, the same file runs (the wall, not the file, made the difference)
+    assert sandbox.run("--", "./mytrue").returncode == 0
+
+
+def _errno_of(sandbox, code: str) -> str:
+    result = sandbox.py("import ctypes, os, errno\nlibc = ctypes.CDLL(None, use_errno=True)\n" + code +
+                        "\nprint(errno.errorcode.get(ctypes.get_errno(), 'OK'))")
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_ptrace_is_denied(sandbox):
+    assert _errno_of(sandbox, "libc.ptrace(16, os.getppid(), 0, 0)") == "EPERM"  # PTRACE_ATTACH
+
+
+def test_process_vm_readv_is_denied(sandbox):
+    assert _errno_of(sandbox, "libc.process_vm_readv(os.getppid(), 0, 0, 0, 0, 0)") == "EPERM"
+
+
+def test_new_user_namespace_is_denied(sandbox):
+    assert _errno_of(sandbox, "libc.unshare(0x10000000)") == "EPERM"  # CLONE_NEWUSER
+    result = sandbox.sh("unshare -U true; echo rc=$?")
+    assert "rc=0" not in result.stdout
+
+
+def test_mount_is_denied(sandbox):
+    assert _errno_of(sandbox, "libc.mount(b'none', b'/tmp', b'tmpfs', 0, None)") == "EPERM"
+
+
+def test_terminal_injection_is_denied(sandbox):
+    assert _errno_of(sandbox, "import fcntl\nlibc.ioctl(0, 0x5412, ctypes.c_char_p(b'x'))") == "EPERM"
+
+
+def test_io_uring_is_denied(sandbox):
+    assert _errno_of(sandbox, "libc.syscall(425, 8, None)") == "EPERM"
+
+
+def test_bpf_and_keyctl_and_perf_are_denied(sandbox):
+    assert _errno_of(sandbox, "libc.syscall(321, 0, None, 0)") == "EPERM"  # bpf
+    assert _errno_of(sandbox, "libc.syscall(250, 0, 0, 0, 0, 0)") == "EPERM"  # keyctl
+    assert _errno_of(sandbox, "libc.syscall(298, None, 0, -1, -1, 0)") == "EPERM"  # perf_event_open
+
+
+def test_personality_flags_denied_but_query_allowed(sandbox):
+    assert _errno_of(sandbox, "libc.personality(0x0040000)") == "EPERM"  # ADDR_NO_RANDOMIZE
+    assert _errno_of(sandbox, "libc.personality(0xffffffff)") == "OK"
+
+
+def test_exotic_socket_families_are_refused(sandbox):
+    result = sandbox.py(
+        "import socket\n"
+        "for fam in (socket.AF_PACKET, 38, socket.AF_BLUETOOTH if hasattr(socket,'AF_BLUETOOTH') else 31):\n"
+        "    try:\n        socket.socket(fam, socket.SOCK_RAW); print('opened', fam)\n"
+        "    except OSError as e:\n        print(e.errno)\n"
+        "s = socket.socket(socket.AF_UNIX); print('unix ok')\n"
+        "try:\n    socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 9); print('audit opened')\n"
+        "except OSError as e:\n    print('audit', e.errno)\n"
+        "socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0); print('route ok')\n")
+    lines = result.stdout.split()
+    assert "opened" not in result.stdout
+    assert "unix" in lines and "route" in lines
+    assert "audit opened" not in result.stdout
+
+
+def test_signals_to_host_processes_do_not_arrive(sandbox):
+    victim = subprocess.Popen(["sleep", "30"])
+    try:
+        result = sandbox.py(f"import os\ntry:\n    os.kill({victim.pid}, 9); print('sent')\n"
+                            "except OSError as e:\n    print(e.errno)")
+        assert "sent" not in result.stdout
+        assert victim.poll() is None  # still alive
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_the_sandbox_sees_only_its_own_processes(sandbox):
+    result = sandbox.sh("ls /proc | grep -c '^[0-9]'")
+    assert int(result.stdout.strip()) <= 4
+
+
+class _Server:
+    """A TCP server on the host's loopback: the target every network escape aims at."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.hits = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.hits += 1
+            conn.sendall(b"hello\n")
+            conn.close()
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def server():
+    srv = _Server()
+    yield srv
+    srv.close()
+
+
+CONNECT = ("import socket\ntry:\n    s = socket.create_connection(('127.0.0.1', {port}), timeout=3)\n"
+           "    print('connected', s.recv(10))\nexcept OSError as e:\n    print('refused', e.errno)")
+
+
+@pytest.mark.parametrize("policy", ["default", "offline", "ci", "base"])
+def test_network_is_closed_without_a_grant(sandbox, server, policy):
+    result = sandbox.run("--", "python3", "-c", CONNECT.format(port=server.port), policy=policy)
+    assert "refused" in result.stdout, result.stderr
+    assert server.hits == 0
+
+
+def test_host_network_mode_really_connects(sandbox, server):
+    """The control: same program, network: host (a launch-time confirmation) reaches the server."""
+    result = sandbox.run("--net", "host", "--yes", "--", "python3", "-c", CONNECT.format(port=server.port))
+    assert "connected" in result.stdout, result.stderr
+    assert server.hits == 1
+
+
+def test_widening_without_yes_is_refused_non_interactively(sandbox):
+    result = sandbox.run("--net", "host", "--", "true")
+    assert result.returncode == 125
+    assert "--yes" in result.stderr
+
+
+def test_dns_fails_cleanly_inside(sandbox):
+    result = sandbox.py("import socket\ntry:\n    socket.getaddrinfo('example.com', 443); print('resolved')\n"
+                        "except OSError as e:\n    print('no dns')")
+    assert result.stdout.strip() == "no dns"
+
+
+def test_run_start_records_the_layers_really_applied(sandbox):
+    assert sandbox.run("--", "true").returncode == 0
+    start = next(r for r in sandbox.records() if r["event"] == "run.start")
+    landlock = start["layers"]["landlock"]
+    assert landlock["enforced"] is True and landlock["abi"] >= 1
+    assert "EXECUTE" in landlock["fs_rights"] and "WRITE_FILE" in landlock["fs_rights"]
+    assert start["layers"]["seccomp"]["rules"] > 30
+    assert start["layers"]["bubblewrap"]["capabilities"] == "all dropped"
+    json.dumps(start)
+
+
+def test_landlock_is_a_second_wall_behind_the_mounts(sandbox):
+    """The launcher's own files are mounted (the shim needs them) but not granted to Landlock:
+    reading them is refused by Landlock alone."""
+    result = sandbox.py("try:\n    open('/run/sandboxctl/shim.py').read(); print('read')\n"
+                        "except OSError as e:\n    print(e.errno)")
+    assert result.stdout.strip() == "13"  # EACCES from Landlock, the file exists
