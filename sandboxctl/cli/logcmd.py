@@ -1,7 +1,242 @@
-"""placeholder"""
+"""`sandboxctl log [runs]`: show, filter, follow and verify the action log.
+
+Without --run or --since the view is the last run (the one that started last); `log runs` lists
+every run. --json prints the raw lines (or one object per run), exactly as written, for pipes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
 
 import typer
 
+from sandboxctl.errors import SandboxError
+
+VIEWS = ("runs",)
+
+
+def default_log_path() -> Path:
+    from sandboxctl.paths import state_dir
+
+    return state_dir() / "actions.jsonl"
+
+
+def _log_path(option: str | None) -> Path:
+    return Path(option).expanduser() if option else default_log_path()
+
+
+def _require(path: Path) -> None:
+    from sandboxctl.log.reader import log_files
+
+    if not log_files(path):
+        raise SandboxError(f"no action log at {path}",
+                           "nothing has run yet with this log; pass --log PATH to read another one")
+
+
+def _since(text: str | None):
+    if text is None:
+        return None
+    from sandboxctl.log.reader import since_cutoff
+
+    try:
+        return since_cutoff(text)
+    except ValueError as exc:
+        raise SandboxError(f"--since {exc}", "use a duration such as 90s, 30m, 1h or 2d") from None
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    @app.command("log")
+    def log(
+        view: str = typer.Argument(None, metavar="[runs]",
+                                   help="`runs`: one line per run instead of the records of one run."),
+        log_path: str = typer.Option(None, "--log", metavar="PATH",
+                                     help="The action log (default: $XDG_STATE_HOME/sandboxctl/actions.jsonl)."),
+        run: str = typer.Option(None, "--run", metavar="ID", help="Only this run (an id prefix is enough)."),
+        denied: bool = typer.Option(False, "--denied", help="Only denied actions and denied/unanswered approvals."),
+        event: str = typer.Option(None, "--event", metavar="TYPE",
+                                  help="Only these events: exec, file, net, syscall, approval, secret, limit, "
+                                       "run (comma-separated)."),
+        since: str = typer.Option(None, "--since", metavar="DURATION", help="Only the last DURATION, e.g. 1h."),
+        all_runs: bool = typer.Option(False, "--all", help="Every run, not only the last one."),
+        follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new records (Ctrl-C stops)."),
+        as_json: bool = typer.Option(False, "--json", help="Raw JSON lines, for pipes."),
+        verify: bool = typer.Option(False, "--verify",
+                                    help="Check the hash chain across all files; exit 0 if intact, 1 if not."),
+    ) -> None:
+        """Show the action log: the last run by default, `log runs` for all runs, --verify the chain."""
+        if view is not None and view not in VIEWS:
+            raise SandboxError(f"unknown log view {view!r}",
+                               "use `sandboxctl log` for records or `sandboxctl log runs` for runs")
+        path = _log_path(log_path)
+        cutoff = _since(since)
+        try:
+            if verify:
+                _verify(path, as_json)
+            elif view == "runs":
+                if follow:
+                    raise SandboxError("--follow does not apply to `log runs`", "use `sandboxctl log --follow`")
+                _require(path)
+                _runs(path, run=run, denied=denied, since=cutoff, as_json=as_json)
+            else:
+                if not follow:  # following waits for a log that does not exist yet, like tail -F
+                    _require(path)
+                _records(path, run=run, event=event, denied=denied, since=cutoff, all_runs=all_runs,
+                         follow=follow, as_json=as_json)
+        except BrokenPipeError:  # `sandboxctl log --json | head`: the reader went away, not an error
+            import os
+
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(0) from None
+
+
+# -- verify ------------------------------------------------------------------------------------
+
+
+def _verify(path: Path, as_json: bool) -> None:
+    from sandboxctl.log.reader import verify
+
+    _require(path)
+    try:
+        result = verify(path)
+    except OSError as exc:
+        raise SandboxError(f"cannot read the action log {path}: {exc.strerror}", "pass --log PATH") from None
+    if as_json:
+        print(json.dumps(result.as_dict()))
+    elif result.ok:
+        files = "file" if result.files == 1 else "files"
+        print(f"chain intact: {result.records} records in {result.files} {files}")
+        if result.note:
+            print(f"note: {result.note}")
+    else:
+        print(f"chain broken at {result.where}: {result.reason}")
+        print(f"({result.records} records verified before it)")
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+# -- records -----------------------------------------------------------------------------------
+
+
+def _records(path: Path, *, run: str | None, event: str | None, denied: bool, since, all_runs: bool,
+             follow: bool, as_json: bool) -> None:
+    from sandboxctl.log import reader
+
+    scope = run
+    if scope is None and since is None and not all_runs:
+        scope = reader.last_run_id(path)  # None for an empty (or not yet created) log
+    keep = reader.Filter(run=scope, event=event, denied=denied, since=since)
+    if not follow:
+        selected = [r for r in reader.iter_records(path, run=scope) if keep(r)]
+        if as_json:
+            _print_raw(selected)
+        else:
+            _table(selected, path, scope)
+        return
+    # Following: what is there now in the selected scope, then every new record that matches the
+    # filters (with no --run, new runs too). One Follower reads both, so nothing is missed or doubled.
+    keep_new = reader.Filter(run=run, event=event, denied=denied, since=since)
+    printer = _print_raw if as_json else _print_lines
+    follower = reader.Follower(path, from_start=True)
+    try:
+        printer([r for r in follower.drain() if keep(r)])
+        for record in follower:
+            if keep_new(record):
+                printer([record])
+    finally:
+        follower.close()
+
+
+def _print_raw(records) -> None:
+    out = sys.stdout
+    for record in records:
+        out.write(record.text() + "\n")
+    out.flush()
+
+
+def _row(record) -> tuple[str, str, str, str, str]:
+    from sandboxctl.log.reader import clean, decision, local_time, summarize
+
+    data = record.data
+    return (local_time(data.get("ts")), clean(record.event, 20), clean(summarize(data)),
+            clean(decision(data), 12), clean(data.get("rule") or "", 60))
+
+
+def _print_lines(records) -> None:
+    out = sys.stdout
+    for record in records:
+        time_, event, what, verdict, rule = _row(record)
+        line = f"{time_}  {event:<10} {what}"
+        if verdict:
+            line += f"  [{verdict}]"
+        if rule:
+            line += f"  rule: {rule}"
+        out.write(line + "\n")
+    out.flush()
+
+
+def _table(records, path: Path, scope: str | None) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    from sandboxctl.cli.output import console
+
+    if not records:
+        print("no matching records" + (f" in run {scope}" if scope else ""), file=sys.stderr)
+        return
+    runs = sorted({r.run for r in records})
+    title = f"run {runs[0]}" if len(runs) == 1 else f"{len(runs)} runs"
+    table = Table(title=Text(f"{title} — {path}"), title_justify="left")
+    for col in ("time", "event", "what", "decision", "rule"):
+        table.add_column(col, overflow="fold")
+    styles = {"deny": "red", "timeout": "red", "allow": "green"}
+    for record in records:
+        time_, event, what, verdict, rule = _row(record)
+        table.add_row(Text(time_), Text(event), Text(what), Text(verdict, style=styles.get(verdict, "")),
+                      Text(rule))
+    console().print(table)
+
+
+# -- runs --------------------------------------------------------------------------------------
+
+
+def _runs(path: Path, *, run: str | None, denied: bool, since, as_json: bool) -> None:
+    from sandboxctl.log import reader
+
+    runs = reader.list_runs(reader.iter_records(path, run=run))
+    if since is not None:
+        runs = [r for r in runs if (reader.parse_ts(r.start) or since) >= since]
+    if denied:
+        runs = [r for r in runs if r.denied]
+    if as_json:
+        for summary in runs:
+            print(json.dumps(summary.as_dict()))
+        return
+    if not runs:
+        print("no matching runs", file=sys.stderr)
+        return
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    from sandboxctl.cli.output import console
+
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0))
+    table.add_column("run", no_wrap=True)
+    table.add_column("started", no_wrap=True)
+    table.add_column("command", overflow="fold", min_width=10, ratio=3)
+    table.add_column("policy", overflow="fold", min_width=6, ratio=1)
+    table.add_column("exit", overflow="fold", min_width=8)
+    table.add_column("duration", no_wrap=True, justify="right")
+    table.add_column("denied", no_wrap=True, justify="right")
+    for s in runs:
+        exit_text = Text("running/crashed", style="yellow") if not s.finished else Text(
+            "timeout" if s.timed_out else str(s.exit_code), style="" if s.exit_code == 0 else "red")
+        table.add_row(Text(s.run), Text(reader.local_time(s.start, with_date=True)[5:16]),
+                      Text(reader.clean(reader.format_argv(s.argv) or "?", 60)),
+                      Text(reader.clean(s.policy or "?", 30)), exit_text,
+                      Text(reader.format_seconds(s.duration_s) if s.finished else "-"),
+                      Text(str(s.denied), style="red" if s.denied else ""))
+    console().print(table)

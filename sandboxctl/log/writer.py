@@ -3,10 +3,22 @@
 The lock covers reading the previous line's hash and appending the new line, so parallel runs
 sharing a log never interleave and the chain stays intact. The file is 0600 in a 0700 dir and is
 masked inside every sandbox.
+
+Rotation by size happens under the same lock: the record that would push the file past
+`max_bytes` is written first into a fresh file (`<log>.new`), whose `prev` is the hash of the old
+file's last line; then `<log>.N` shift up (at most `keep` are kept), the old file is hard-linked to
+`<log>.1` and the fresh file is renamed over `<log>`. The path therefore always names a complete
+log, and the chain verifies across files (reader.verify walks `<log>.N` ... `<log>.1`, `<log>`).
+
+Every writer checks, while it holds the lock, that its descriptor is still the file the path
+names; a writer whose file was rotated away (by another process or another ActionLog) re-opens
+the path before appending. The lock is per open file description, so an ActionLog must not be
+shared across fork(): each process opens its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -17,6 +29,10 @@ from typing import Any
 from sandboxctl.errors import SandboxError
 from sandboxctl.log.chain import GENESIS, last_line, line_hash
 
+DEFAULT_MAX_BYTES = 64 << 20
+DEFAULT_KEEP = 5
+_OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+
 
 class LogWriteError(SandboxError):
     pass
@@ -26,55 +42,171 @@ def timestamp() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def rotated_name(path: str, n: int) -> str:
+    return f"{path}.{n}"
+
+
+def _why(exc: OSError) -> str:
+    if exc.strerror:
+        return exc.strerror
+    if exc.args and isinstance(exc.args[0], int):
+        return os.strerror(exc.args[0])
+    return str(exc) or type(exc).__name__
+
+
 class ActionLog:
-    def __init__(self, path: str, run_id: str, redact: tuple[str, ...] = ()):
-        self.path = path
+    def __init__(self, path: str, run_id: str, redact: tuple[str, ...] = (),
+                 max_bytes: int | None = DEFAULT_MAX_BYTES, keep: int = DEFAULT_KEEP):
+        self.path = str(path)
+        self._real = os.path.realpath(self.path)  # a symlinked log rotates where it really lives
         self.run_id = run_id
         self.seq = 0
         self.redact = tuple(v for v in redact if v)
+        self.max_bytes = max_bytes if max_bytes and max_bytes > 0 else None
+        self.keep = max(1, keep)
         self._known: tuple[int, str] | None = None  # (file size, hash of last line) after our write
-        directory = Path(path).parent
+        self.fd = -1
         try:
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self.fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            Path(self._real).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
-            raise LogWriteError(f"cannot open the action log {path}: {exc.strerror}",
+            raise LogWriteError(f"cannot open the action log {self.path}: {_why(exc)}",
                                 "pass --log PATH to a writable place") from None
-        st = os.fstat(self.fd)
-        if st.st_uid != os.getuid():
-            raise LogWriteError(f"the action log {path} belongs to another user", "pass --log PATH")
-        if st.st_mode & 0o077:
-            os.fchmod(self.fd, 0o600)
+        self.fd = self._open()
 
-    def _prev(self) -> str:
-        size = os.fstat(self.fd).st_size
+    def _open(self) -> int:
+        try:
+            fd = os.open(self._real, _OPEN_FLAGS, 0o600)
+        except OSError as exc:
+            raise LogWriteError(f"cannot open the action log {self.path}: {_why(exc)}",
+                                "pass --log PATH to a writable place") from None
+        st = os.fstat(fd)
+        if st.st_uid != os.getuid():
+            os.close(fd)
+            raise LogWriteError(f"the action log {self.path} belongs to another user", "pass --log PATH")
+        if st.st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+        return fd
+
+    def _lock_current(self) -> os.stat_result:
+        """Take the lock on the file the path names now, re-opening it if it was rotated away."""
+        for _ in range(100):
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            mine = os.fstat(self.fd)
+            try:
+                now = os.stat(self._real)
+            except FileNotFoundError:
+                now = None
+            if now is not None and (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+                return mine
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            fd = self._open()
+            os.close(self.fd)
+            self.fd, self._known = fd, None
+        raise LogWriteError(f"the action log {self.path} keeps being replaced", "pass --log PATH")
+
+    def _prev(self, size: int) -> tuple[str, bool]:
+        """The hash of the file's last line, and whether the file ends in a torn (unterminated) line."""
         if self._known and self._known[0] == size:
-            return self._known[1]
+            return self._known[1], False
+        if size == 0:
+            return GENESIS, False
         line = last_line(self.fd)
-        return GENESIS if line is None else line_hash(line)
+        torn = os.pread(self.fd, 1, size - 1) != b"\n"
+        return (GENESIS if line is None else line_hash(line)), torn
 
     def _scrub(self, text: str) -> str:
         for value in self.redact:
             text = text.replace(json.dumps(value)[1:-1], "***").replace(value, "***")
         return text
 
+    def _encode(self, record: dict[str, Any], prev: str) -> bytes:
+        record["prev"] = prev
+        return (self._scrub(json.dumps(record, separators=(",", ":"), default=str)) + "\n").encode()
+
     def write(self, event: str, **fields: Any) -> None:
         record = {"ts": timestamp(), "run": self.run_id, "seq": self.seq, "event": event, **fields}
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            st = self._lock_current()
             try:
-                record["prev"] = self._prev()
-                data = (self._scrub(json.dumps(record, separators=(",", ":"), default=str)) + "\n").encode()
-                written = os.write(self.fd, data)
-                if written != len(data):
-                    raise OSError(28, "short write (disk full?)")
-                self._known = (os.fstat(self.fd).st_size, line_hash(data))
+                prev, torn = self._prev(st.st_size)
+                data = self._encode(record, prev)
+                if torn:  # a crash left half a line: end it, so this record stays a line of its own
+                    data = b"\n" + data
+                if self.max_bytes and st.st_size > 0 and st.st_size + len(data) > self.max_bytes:
+                    self._rotate(data.lstrip(b"\n"))
+                else:
+                    self._append(data, st.st_size)
             finally:
                 fcntl.flock(self.fd, fcntl.LOCK_UN)
         except OSError as exc:
-            raise LogWriteError(f"cannot write the action log {self.path}: {exc.strerror}",
+            raise LogWriteError(f"cannot write the action log {self.path}: {_why(exc)}",
                                 "free some space or pass --log PATH; the run was stopped") from None
         self.seq += 1
 
+    def _append(self, data: bytes, size: int) -> None:
+        try:
+            written = os.write(self.fd, data)
+            if written != len(data):
+                raise OSError(28, "short write (disk full?)")
+        except OSError:
+            # Never leave half a record behind: we hold the lock, so nobody appended after us.
+            with contextlib.suppress(OSError):
+                if os.fstat(self.fd).st_size > size:
+                    os.ftruncate(self.fd, size)
+            raise
+        self._known = (size + len(data), line_hash(data))
+
+    def _rotate(self, data: bytes) -> None:
+        """Called with the lock held on the current file; `data` chains onto its last line."""
+        path = self._real
+        fresh = f"{path}.new"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(fresh)  # left over from a writer that died mid-rotation
+        fd = os.open(fresh, _OPEN_FLAGS | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            written = os.write(fd, data)
+            if written != len(data):
+                raise OSError(28, "short write (disk full?)")
+            for n in range(self.keep - 1, 0, -1):
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(rotated_name(path, n), rotated_name(path, n + 1))
+            first = rotated_name(path, 1)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(first)  # only when keep == 1
+            try:
+                os.link(path, first)
+                linked = True
+            except OSError:
+                linked = False  # no hard links here (some FUSE/network filesystems)
+            try:
+                if not linked:  # then the path is briefly missing; writers opening it then lose a race
+                    os.rename(path, first)
+                os.rename(fresh, path)  # with the link first, this is atomic: the path never goes missing
+            except OSError:
+                with contextlib.suppress(OSError):
+                    if linked:
+                        os.unlink(first)
+                    elif not os.path.exists(path):
+                        os.rename(first, path)
+                raise
+        except OSError:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(fresh)
+            raise
+        old = self.fd
+        self.fd, self._known = fd, (len(data), line_hash(data))
+        fcntl.flock(old, fcntl.LOCK_UN)
+        os.close(old)
+        # the caller unlocks self.fd (the new file), which we never locked: harmless
+
     def close(self) -> None:
-        os.close(self.fd)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> ActionLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

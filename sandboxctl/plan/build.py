@@ -308,6 +308,7 @@ class _Planner:
                             env[name] = caller[name]
             elif pattern in caller:
                 env[pattern] = caller[pattern]
+        skipped = [name for name in skipped if name not in self.policy.env.passthrough]  # named: passed
         if skipped:
             self.warnings.append("not passed (look like credentials; name them exactly to pass): "
                               + ", ".join(sorted(set(skipped))))

@@ -12,7 +12,7 @@ from sandboxctl.policy.definition import POLICY_SCHEMA
 from sandboxctl.policy.errors import PolicyError, Problem, format_key
 from sandboxctl.policy.model import Policy, policy_from_data
 from sandboxctl.policy.schema import Report
-from sandboxctl.policy.yamlpos import load_yaml
+from sandboxctl.policy.yamlpos import Document, load_yaml
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -69,6 +69,11 @@ def builtin_source(name: str) -> SourceFile:
 
 def validate_source(source: SourceFile) -> dict[str, Any]:
     """Parse and check one file; raises PolicyError listing every problem in it."""
+    return _validate(source)[0]
+
+
+def _validate(source: SourceFile) -> tuple[dict[str, Any], Document]:
+    """As validate_source, also returning the lines, so `extends` problems can point at theirs."""
     document = load_yaml(source.content, source.label)
     report = Report()
     data = POLICY_SCHEMA.check(document.data, (), report)
@@ -77,7 +82,7 @@ def validate_source(source: SourceFile) -> dict[str, Any]:
             Problem(source.label, document.line_of(key), format_key(key), message, hint)
             for key, message, hint in report.problems
         ])
-    return data
+    return data, document
 
 
 def merge(parent: Any, child: Any) -> Any:
@@ -92,38 +97,52 @@ def merge(parent: Any, child: Any) -> Any:
     return child
 
 
-def _resolve_parent(reference: str, child: SourceFile) -> SourceFile:
+def _resolve_parent(reference: str, child: SourceFile, where: tuple[int | None, str]) -> SourceFile:
+    """Find the file `reference` names; any failure is a PolicyError at the child's `extends` line."""
+    from sandboxctl.errors import SandboxError
+
+    line, key = where
     is_path = "/" in reference or reference.endswith((".yaml", ".yml"))
     if not is_path:
         if reference not in builtin_names():
-            raise PolicyError([Problem(child.label, None, "extends",
+            raise PolicyError([Problem(child.label, line, key,
                                        f"{reference!r}: no built-in policy of that name",
                                        f"built-in policies: {', '.join(builtin_names())}")])
         return builtin_source(reference)
     target = (child.path.parent / reference).resolve()
     label = f"{BUILTIN_PREFIX}{target.stem}" if child.builtin else str(target)
     if not target.is_file():
-        raise PolicyError([Problem(child.label, None, "extends", f"{reference!r}: no such file ({target})")])
-    return read_source(target, label)
+        raise PolicyError([Problem(child.label, line, key, f"{reference!r}: no such file ({target})")])
+    try:
+        return read_source(target, label)
+    except SandboxError as exc:  # unreadable: still a problem of this policy, reported like the others
+        raise PolicyError([Problem(child.label, line, key, exc.message)]) from None
 
 
 def resolve(source: SourceFile) -> tuple[dict[str, Any], list[SourceFile]]:
     """Validate a file and its ancestors; return the merged data and every file involved."""
     files: list[SourceFile] = []
+    # where each file on the current chain names its parents, for the cycle message
+    extends_line: dict[str, int | None] = {}
 
     def walk(current: SourceFile, stack: tuple[str, ...]) -> dict[str, Any]:
         key = str(current.path.resolve())
         if key in stack:
             names = [*stack[stack.index(key):], key]
-            raise PolicyError([Problem(current.label, None, "extends",
-                                       "extends cycle: " + " -> ".join(Path(n).name for n in names))])
+            raise PolicyError([Problem(current.label, extends_line.get(key), "extends",
+                                       "extends cycle: " + " -> ".join(Path(n).name for n in names),
+                                       "a policy may not extend itself, directly or through its parents")])
         if len(stack) >= 16:
             raise PolicyError([Problem(current.label, None, "extends", "extends chain deeper than 16 files")])
-        data = validate_source(current)
+        data, document = _validate(current)
         files.append(current)
+        extends_line[key] = document.line_of(("extends",))
         merged: dict[str, Any] = {}
-        for reference in data.get("extends", []):
-            merged = merge(merged, walk(_resolve_parent(reference, current), (*stack, key)))
+        single = isinstance(document.data.get("extends"), str)
+        for index, reference in enumerate(data.get("extends", [])):
+            item = ("extends",) if single else ("extends", index)
+            parent = _resolve_parent(reference, current, (document.line_of(item), format_key(item)))
+            merged = merge(merged, walk(parent, (*stack, key)))
         own = {k: v for k, v in data.items() if k != "extends"}
         return merge(merged, own)
 

@@ -65,18 +65,17 @@ class Text(Node):
         if len(value) > self.max_length:
             report.add(key, f"string longer than {self.max_length} characters")
             return _INVALID
-        if self.pattern and not re.fullmatch(self.pattern, value):
-            report.add(key, f"{value!r}: does not match {self.pattern}")
-            return _INVALID
-        if self.parse:
+        parsed = value
+        if self.parse:  # first: its message explains ("not a duration (use e.g. 90s…)"), a regex does not
             try:
                 parsed = self.parse(value)
             except ValueError as exc:
                 report.add(key, str(exc))
                 return _INVALID
-            if self.keep_parsed:
-                return parsed
-        return value
+        if self.pattern and not re.fullmatch(self.pattern, value):
+            report.add(key, f"{value!r}: does not match {self.pattern}")
+            return _INVALID
+        return parsed if self.keep_parsed else value
 
     def json_schema(self) -> dict[str, Any]:
         schema: dict[str, Any] = {"type": "string", "maxLength": self.max_length}
@@ -91,9 +90,13 @@ class Choice(Node):
     description: str = ""
 
     def check(self, value: Any, key: Key, report: Report) -> Any:
-        if not isinstance(value, str) or value not in self.options:
-            shown = value if isinstance(value, str) else _type_name(value)
-            report.add(key, f"{shown!r}: must be one of {', '.join(self.options)}")
+        if not isinstance(value, str):
+            # YAML 1.1 reads yes/no/on/off as booleans: say what was read, not a made-up value
+            hint = "quote the word: YAML reads yes/no/on/off as true/false" if isinstance(value, bool) else None
+            report.add(key, f"expected one of {', '.join(self.options)}, got {_type_name(value)}", hint)
+            return _INVALID
+        if value not in self.options:
+            report.add(key, f"{value!r}: must be one of {', '.join(self.options)}")
             return _INVALID
         return value
 
@@ -154,7 +157,7 @@ class SizeValue(Node):
     def json_schema(self) -> dict[str, Any]:
         return self._described({
             "anyOf": [
-                {"type": "string", "pattern": r"^\d+\s*([KMGTkmgt]?)(i?[Bb])?$"},
+                {"type": "string", "pattern": r"^\d+\s*([KMGTkmgt]?)([Ii]?[Bb])?$"},  # as units._SIZE
                 {"type": "integer", "minimum": 1},
             ]
         })
@@ -260,6 +263,7 @@ class OneOrMany(Node):
     """A single string or a list of them (used by 'extends')."""
 
     item: Text = field(default_factory=Text)
+    max_items: int = 16
     description: str = ""
 
     def check(self, value: Any, key: Key, report: Report) -> Any:
@@ -267,13 +271,13 @@ class OneOrMany(Node):
             checked = self.item.check(value, key, report)
             return _INVALID if checked is _INVALID else [checked]
         if isinstance(value, list):
-            return ListOf(self.item, max_items=16).check(value, key, report)
+            return ListOf(self.item, max_items=self.max_items).check(value, key, report)
         report.add(key, f"expected a name or a list of names, got {_type_name(value)}")
         return _INVALID
 
     def json_schema(self) -> dict[str, Any]:
         return self._described({"anyOf": [self.item.json_schema(),
-                                           {"type": "array", "items": self.item.json_schema()}]})
+                                           ListOf(self.item, max_items=self.max_items).json_schema()]})
 
 
 @dataclass

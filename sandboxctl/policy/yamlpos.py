@@ -17,7 +17,7 @@ from sandboxctl.policy.errors import PolicyError, Problem, format_key
 
 MAX_BYTES = 256 * 1024
 MAX_DEPTH = 32
-MAX_NODES = 20_000
+MAX_NODES = 10_000
 
 _PLAIN_TAGS = {
     "tag:yaml.org,2002:str",
@@ -28,18 +28,39 @@ _PLAIN_TAGS = {
 }
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 _MAP_TAG = "tag:yaml.org,2002:map"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 class _NoAliasLoader(yaml.SafeLoader):
-    """Refuses aliases while composing, so an alias bomb never expands."""
+    """Refuses aliases while composing, so an alias bomb never expands.
+
+    Depth and size are also limited here, as the parser goes: checked only after composing, a
+    250 KiB file of tiny values or deep brackets kept the pure-Python parser busy for seconds.
+    """
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.depth = 0
+        self.nodes = 0
 
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:  # type: ignore[override]
-        if self.check_event(AliasEvent):
-            event = self.peek_event()
+        event = self.peek_event()
+        if isinstance(event, AliasEvent):
             raise yaml.composer.ComposerError(
                 None, None, "YAML aliases (*name) are not allowed in policies", event.start_mark
             )
-        return super().compose_node(parent, index)
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise yaml.composer.ComposerError(None, None, f"too many values (more than {MAX_NODES})",
+                                              event.start_mark)
+        if self.depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                                              event.start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 @dataclass
@@ -87,6 +108,8 @@ class _Builder:
                 self.fail(node, key, f"unsupported YAML tag {_short_tag(node.tag)}")
             result: dict[str, Any] = {}
             for key_node, value_node in node.value:
+                if key_node.tag == _MERGE_TAG:  # the resolver tags '<<' itself; say why, and what instead
+                    self.fail(key_node, key, "YAML merge keys (<<) are not allowed; use 'extends'")
                 if not isinstance(key_node, ScalarNode) or key_node.tag not in _PLAIN_TAGS:
                     self.fail(key_node, key, "map keys must be plain strings")
                 name = self.constructor.construct_object(key_node)
