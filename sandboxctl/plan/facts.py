@@ -43,6 +43,21 @@ def _landlock_lib() -> str:
     return os.path.realpath(next(iter(spec.submodule_search_locations)))
 
 
+SUPERVISOR_DEPENDENCIES = ("landlockpy", "pyseccomp", "yaml", "typer", "rich", "psutil")
+
+
+def _supervisor_code(package: Path, policies: Path) -> tuple[str, ...]:
+    """Everything the next run's supervisor will import or read: never writable inside a sandbox
+    (say, a .venv inside the workspace), or a sandbox could rewrite the code that confines the next."""
+    places = {str(package), str(policies), os.path.realpath(sys.prefix)}
+    for name in SUPERVISOR_DEPENDENCIES:
+        spec = importlib.util.find_spec(name)
+        origin = spec.origin if spec else None
+        if origin and origin not in ("built-in", "frozen"):
+            places.add(os.path.dirname(os.path.realpath(origin)))
+    return tuple(sorted(places))
+
+
 def _shim_python() -> tuple[str, str]:
     """The interpreter that runs the shim, and the directory tree it needs to be visible."""
     executable = os.path.realpath(sys.executable)
@@ -79,7 +94,7 @@ def gather(environ: Mapping[str, str] | None = None) -> HostFacts:
         shim_python_prefix=prefix,
         shim_file=str(package / "launch" / "shim.py"),
         landlock_lib=_landlock_lib(),
-        protected_code=(str(package), str(builtin_dir().resolve())),
+        protected_code=_supervisor_code(package, builtin_dir().resolve()),
         elf_loaders=tuple(loaders),
         cgroup=_cgroup_version(),
         kind=path_kind,

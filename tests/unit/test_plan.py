@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import os
 
 import pytest
 
@@ -18,6 +19,7 @@ WS = "/home/ann/proj"
 
 
 def fake_facts(files: dict[str, str], *, uid: int = 1000, cgroup: str | None = None,
+               protected_code: tuple[str, ...] = ("/pkg/sandboxctl",),
                caller_env: dict[str, str] | None = None, interactive: bool = False) -> HostFacts:
     """files maps path -> dir | file | symlink:TARGET."""
 
@@ -39,7 +41,7 @@ def fake_facts(files: dict[str, str], *, uid: int = 1000, cgroup: str | None = N
         home=HOME, user="ann", uid=uid, state_dir=f"{HOME}/.local/state/sandboxctl",
         caller_env=caller_env or {}, interactive=interactive, ci=False,
         shim_python="/usr/bin/python3.11", shim_python_prefix="/usr", shim_file="/pkg/sandboxctl/launch/shim.py",
-        landlock_lib="/pkg/landlockpy", protected_code=("/pkg/sandboxctl",),
+        landlock_lib="/pkg/landlockpy", protected_code=protected_code,
         elf_loaders=("/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",), cgroup=cgroup,
         kind=kind, readlink=readlink, realpath=realpath,
         glob=lambda pattern: sorted(p for p in files if fnmatch.fnmatch(p, pattern)),
@@ -246,3 +248,15 @@ def test_refuses_root_as_workspace():
     policy = load_named("default").policy
     with pytest.raises(SandboxError):
         build_plan(policy, Invocation(command=("true",), workspace="/", run_id="r"), fake_facts(BASE_FILES))
+
+
+def test_supervisor_code_and_venv_are_protected():
+    import sys
+
+    from sandboxctl.plan.facts import gather
+
+    facts = gather({})
+    assert os.path.realpath(sys.prefix) in facts.protected_code
+    assert any(p.endswith("sandboxctl") for p in facts.protected_code)
+    plan = plan_for(files={f"{WS}/.venv": "dir"}, protected_code=(f"{WS}/.venv",))
+    assert ("ro", f"{WS}/.venv") in mounts(plan)
