@@ -37,9 +37,9 @@ def read_ssh_key() -> str:
 
 
 def write_outside() -> str:
-    target = os.path.join(os.path.dirname(os.getcwd()), "planted-by-agent.txt")
+    target = "/usr/local/bin/planted-by-agent"
     with open(target, "w") as handle:
-        handle.write("x")
+        handle.write("#!/bin/sh\necho gotcha\n")
     return target
 
 
@@ -79,6 +79,6 @@ attempt("use a scratch file in /tmp", temp_file)
 attempt("run a tool (git)", run_tool)
 attempt("look for credentials in the environment", read_environment)
 attempt("read ~/.ssh/id_rsa", read_ssh_key)
-attempt("write next to the workspace", write_outside)
+attempt("drop a program into /usr/local/bin", write_outside)
 attempt("plant a git hook", plant_git_hook)
 attempt("connect to the internet", connect_out)

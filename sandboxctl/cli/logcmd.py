@@ -49,7 +49,7 @@ def _since(text: str | None):
 def register(app: typer.Typer) -> None:
     @app.command("log")
     def log(
-        view: str = typer.Argument(None, metavar="[runs]",
+        view: str = typer.Argument(None, metavar="runs",
                                    help="`runs`: one line per run instead of the records of one run."),
         log_path: str = typer.Option(None, "--log", metavar="PATH",
                                      help="The action log (default: $XDG_STATE_HOME/sandboxctl/actions.jsonl)."),

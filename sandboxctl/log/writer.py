@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import json
 import os
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,7 @@ class ActionLog:
         self.keep = max(1, keep)
         self._known: tuple[int, str] | None = None  # (file size, hash of last line) after our write
         self.fd = -1
+        self._mutex = threading.Lock()  # flock does not exclude threads sharing one descriptor
         try:
             Path(self._real).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
@@ -124,6 +126,10 @@ class ActionLog:
         return (self._scrub(json.dumps(record, separators=(",", ":"), default=str)) + "\n").encode()
 
     def write(self, event: str, **fields: Any) -> None:
+        with self._mutex:
+            self._write(event, fields)
+
+    def _write(self, event: str, fields: dict[str, Any]) -> None:
         record = {"ts": timestamp(), "run": self.run_id, "seq": self.seq, "event": event, **fields}
         try:
             st = self._lock_current()
@@ -167,7 +173,11 @@ class ActionLog:
             written = os.write(fd, data)
             if written != len(data):
                 raise OSError(28, "short write (disk full?)")
-            for n in range(self.keep - 1, 0, -1):
+            # shift .1 .. .m up by one, where .m+1 is free or the one dropped (.keep is overwritten)
+            top = 0
+            while top < self.keep - 1 and os.path.lexists(rotated_name(path, top + 1)):
+                top += 1
+            for n in range(top, 0, -1):
                 with contextlib.suppress(FileNotFoundError):
                     os.rename(rotated_name(path, n), rotated_name(path, n + 1))
             first = rotated_name(path, 1)
@@ -201,9 +211,10 @@ class ActionLog:
         # the caller unlocks self.fd (the new file), which we never locked: harmless
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        with self._mutex:
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
 
     def __enter__(self) -> ActionLog:
         return self
