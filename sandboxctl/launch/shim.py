@@ -179,6 +179,10 @@ def main():
     except Exception as exc:  # any failure here must stop the run, never skip the layer
         fail(control, f"cannot apply Landlock: {exc}",
              "run `sandboxctl doctor`; on an older kernel set `landlock: best-effort` to run without it")
+    import signal
+
+    for signum in config.get("default_signals", ()):
+        signal.signal(signum, signal.SIG_DFL)
     send(control, {"ready": {"landlock": landlock, "pid": os.getpid()}})
     answer = os.read(control, 4096)
     if not answer or marshal.loads(answer).get("go") is not True:

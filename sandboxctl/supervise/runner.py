@@ -31,6 +31,7 @@ from sandboxctl.supervise.cgroups import RunCgroup
 from sandboxctl.supervise.cgroups import detect as detect_cgroups
 
 TERM_GRACE_S = 2.0
+TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
@@ -74,10 +75,12 @@ def _memfd(data: bytes, name: str) -> int:
     return fd
 
 
-def shim_config(plan: Plan) -> dict[str, Any]:
+def shim_config(plan: Plan, caller_dispositions: dict[int, Any]) -> dict[str, Any]:
     limits = plan.limits
     return {
         "argv": list(plan.command),
+        # the command gets the caller's own SIGINT/SIGQUIT disposition back (ignored stays ignored)
+        "default_signals": [int(s) for s in TERMINAL_SIGNALS if caller_dispositions.get(s) is not signal.SIG_IGN],
         "env": dict(plan.env),
         "landlock": {
             "required": plan.landlock.required,
@@ -130,7 +133,11 @@ class Supervisor:
                               stderr=stderr_copy, empty_file=empty)
         argv = bwrap.render(plan, fds, bwrap_path)
         started = time.monotonic()
-        handlers = self._install_signal_handlers()
+        # bubblewrap is started with the terminal's SIGINT/SIGQUIT ignored: Ctrl-C must reach the
+        # command (the shim restores its dispositions), not kill bwrap and the sandbox under it.
+        originals = {s: signal.getsignal(s) for s in FORWARDED}
+        for signum in TERMINAL_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
         try:
             try:
                 proc = subprocess.Popen(argv, stderr=err_w, close_fds=True,
@@ -143,10 +150,12 @@ class Supervisor:
                 for fd in (seccomp_fd, err_w, stderr_copy):
                     os.close(fd)
                 shim_end.close()
-            control.sendall(marshal.dumps(shim_config(plan)))
+            self._install_signal_handlers()
+            control.sendall(marshal.dumps(shim_config(plan, originals)))
             self._loop(proc, control, err_r, started)
         finally:
-            self._restore_signal_handlers(handlers)
+            for signum, handler in originals.items():
+                signal.signal(signum, handler)
             control.close()
             os.close(err_r)
         return self._result(proc.returncode, time.monotonic() - started)
@@ -253,16 +262,13 @@ class Supervisor:
                     self.bwrap_stderr += data
 
     # ------------------------------------------------------------------ signals and limits
-    def _install_signal_handlers(self) -> dict[int, Any]:
+    def _install_signal_handlers(self) -> None:
+        """Handlers only note a signal; the loop acts on it (forward, or ignore a terminal's)."""
         def remember(signum: int, _frame: Any) -> None:
             self.pending_signals.append(signum)
 
-        return {s: signal.signal(s, remember) for s in FORWARDED}
-
-    @staticmethod
-    def _restore_signal_handlers(handlers: dict[int, Any]) -> None:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
+        for signum in FORWARDED:
+            signal.signal(signum, remember)
 
     def _on_signals(self) -> None:
         pending, self.pending_signals = self.pending_signals, []

@@ -193,3 +193,31 @@ def test_landlock_is_a_second_wall_behind_the_mounts(sandbox):
     result = sandbox.py("try:\n    open('/run/sandboxctl/shim.py').read(); print('read')\n"
                         "except OSError as e:\n    print(e.errno)")
     assert result.stdout.strip() == "13"  # EACCES from Landlock, the file exists
+
+
+I386_GETPID = """
+import ctypes, mmap
+code = bytes([0xb8, 0x14, 0, 0, 0, 0xcd, 0x80, 0xc3])  # mov eax, 20 (i386 getpid); int 0x80; ret
+buf = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+buf.write(code)
+fn = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(buf)))
+print('pid', fn(), flush=True)
+"""
+
+X32_GETPID = "import ctypes\nprint('pid', ctypes.CDLL(None).syscall(0x40000000 + 39), flush=True)"
+
+
+def _runs_on_host(code: str) -> bool:
+    result = subprocess.run(["python3", "-c", code], capture_output=True, text=True)
+    return result.returncode == 0 and result.stdout.startswith("pid ") and int(result.stdout.split()[1]) > 0
+
+
+@pytest.mark.parametrize("name,code", [("i386 int 0x80", I386_GETPID), ("x32", X32_GETPID)])
+def test_foreign_architecture_syscalls_kill_the_process(sandbox, name, code):
+    if os.uname().machine != "x86_64":
+        pytest.skip("x86_64 only")
+    if not _runs_on_host(code):
+        pytest.skip(f"this kernel has no {name} system call entry (nothing to escape through)")
+    result = sandbox.run("--", "python3", "-c", code)
+    assert result.returncode == 128 + 31, result  # SIGSYS: killed by the filter, not EPERM
+    assert "pid" not in result.stdout

@@ -11,8 +11,8 @@ from sandboxctl.errors import SandboxError
 from sandboxctl.launch import bwrap
 from sandboxctl.plan.build import build_plan
 from sandboxctl.plan.inputs import HostFacts, Invocation
-from sandboxctl.policy.load import SourceFile, load_source
 from sandboxctl.policy.discover import load_named
+from sandboxctl.policy.load import SourceFile, load_source
 
 HOME = "/home/ann"
 WS = "/home/ann/proj"
