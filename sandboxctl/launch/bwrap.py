@@ -18,10 +18,15 @@ class LaunchFds:
     control: int
     stderr: int
     empty_file: str  # host path of an empty read-only file used to mask denied files
+    secrets: dict[str, int] | None = None  # secret name -> memfd with its value (for --file)
 
 
-def mount_args(mount: Mount, empty_file: str) -> list[str]:
+def mount_args(mount: Mount, empty_file: str, secret_fds: dict[str, int] | None = None) -> list[str]:
     kind, target = mount.kind, mount.target
+    if kind == "secret-file":
+        name = (mount.source or "").removeprefix("secret:")
+        fd = (secret_fds or {}).get(name)
+        return ["--perms", "0400", "--file", "{fd:" + name + "}" if fd is None else str(fd), target]
     if kind == "proc":
         return ["--proc", target]
     if kind == "dev":
@@ -50,7 +55,7 @@ def render(plan: Plan, fds: LaunchFds, bwrap: str = "bwrap") -> list[str]:
         argv.append("--unshare-net")
     argv += ["--die-with-parent", "--cap-drop", "ALL", "--clearenv", "--hostname", "sandbox"]
     for mount in plan.mounts:
-        argv += mount_args(mount, fds.empty_file)
+        argv += mount_args(mount, fds.empty_file, fds.secrets)
     argv += ["--chdir", plan.cwd, "--seccomp", str(fds.seccomp)]
     argv += ["--", plan.shim_python, "-I", "-S", "-B", f"{SHIM_DIR}/shim.py",
              str(fds.control), str(fds.stderr)]

@@ -30,6 +30,18 @@ def send(fd, message):
     os.write(fd, marshal.dumps(message))
 
 
+def send_with_fd(fd, message, handle):
+    """The supervisor expires file secrets through this handle into the sandbox's /run/secrets."""
+    import socket
+
+    sock = socket.socket(fileno=fd)
+    try:
+        socket.send_fds(sock, [marshal.dumps(message)], [handle])
+    finally:
+        sock.detach()
+        os.close(handle)
+
+
 def fail(fd, message, hint=None, code=125):
     send(fd, {"error": message, "hint": hint, "code": code})
     os._exit(code)
@@ -183,7 +195,11 @@ def main():
 
     for signum in config.get("default_signals", ()):
         signal.signal(signum, signal.SIG_DFL)
-    send(control, {"ready": {"landlock": landlock, "pid": os.getpid()}})
+    ready = {"ready": {"landlock": landlock, "pid": os.getpid()}}
+    if config.get("secrets_dir"):
+        send_with_fd(control, ready, os.open("/run/secrets", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+    else:
+        send(control, ready)
     answer = os.read(control, 4096)
     if not answer or marshal.loads(answer).get("go") is not True:
         os._exit(125)

@@ -23,6 +23,7 @@ from sandboxctl.plan.model import (
 from sandboxctl.policy.model import Policy
 
 SHIM_DIR = "/run/sandboxctl"
+SECRETS_DIR = "/run/secrets"
 PROXY_PORT = 3128
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -138,8 +139,13 @@ class _Planner:
         guards = self.masks(visible) + self.protections(visible)
         mounts += self.pins(guards, visible) + guards
         mounts += self.runtime_mounts(visible)
+        file_secrets = [s for s in self.policy.secrets if s.deliver_as == "file"]
+        if file_secrets:
+            mounts.append(Mount("tmpfs", SECRETS_DIR, reason="secrets: private, gone with the sandbox"))
+            mounts += [Mount("secret-file", f"{SECRETS_DIR}/{s.name}", f"secret:{s.name}",
+                             f"secrets.{s.name} (mode 0400)") for s in file_secrets]
         order = {"proc": 0, "dev": 0, "tmpfs": 1, "ro": 1, "rw": 1, "symlink": 1,
-                 "mask-dir": 2, "mask-file": 2}
+                 "mask-dir": 2, "mask-file": 2, "secret-file": 3}
         return sorted(mounts, key=lambda m: (_depth(m.target), order.get(m.kind, 1)))
 
     def covering(self, path: str, grants: dict, strict: bool = False) -> str | None:
@@ -233,7 +239,7 @@ class _Planner:
         exec_anywhere = self.policy.exec_allow is None
         rules: list[LandlockPathRule] = []
         for mount in mounts:
-            if mount.kind in ("ro", "rw", "tmpfs") and not mount.target.startswith(SHIM_DIR):
+            if mount.kind in ("ro", "rw", "tmpfs") and not mount.target.startswith((SHIM_DIR, SECRETS_DIR)):
                 access = ["read"] if mount.kind == "ro" else ["read", "write"]
                 if exec_anywhere:
                     access.append("execute")
@@ -242,6 +248,8 @@ class _Planner:
                 rules.append(LandlockPathRule("/proc", ("read", "write_file")))
             elif mount.kind == "dev":
                 rules.append(LandlockPathRule("/dev", ("read", "write_file", "ioctl_dev")))
+            elif mount.target == SECRETS_DIR:
+                rules.append(LandlockPathRule(SECRETS_DIR, ("read",)))
         if not exec_anywhere:
             allowed = [self.expand(p) for p in self.policy.exec_allow or ()]
             for path in allowed + list(self.facts.elf_loaders):
@@ -321,6 +329,10 @@ class _Planner:
                 env[name] = caller[name]
             else:
                 self.notes.append(f"--env {name}: not set in the caller's environment")
+        for secret in self.policy.secrets:
+            if secret.deliver_as == "file":
+                env[f"{secret.name}_FILE"] = f"{SECRETS_DIR}/{secret.name}"
+            env.pop(secret.name, None)  # the value arrives at launch, never through the plan
         env["SANDBOXCTL"] = "1"
         env["SANDBOXCTL_RUN"] = self.inv.run_id
         return tuple(sorted(env.items()))

@@ -27,6 +27,7 @@ from sandboxctl.log.writer import ActionLog, LogWriteError
 from sandboxctl.paths import ensure_private_dir
 from sandboxctl.plan.model import Plan
 from sandboxctl.supervise import processes
+from sandboxctl.supervise import secrets as secret_store
 from sandboxctl.supervise.cgroups import RunCgroup
 from sandboxctl.supervise.cgroups import detect as detect_cgroups
 
@@ -102,8 +103,11 @@ def shim_config(plan: Plan, caller_dispositions: dict[int, Any]) -> dict[str, An
 
 class Supervisor:
     def __init__(self, plan: Plan, state: Path, log: ActionLog, argv_for_log: list[str],
-                 cgroup: RunCgroup | None = None):
+                 cgroup: RunCgroup | None = None, secret_values: dict[str, str] | None = None):
         self.plan = plan
+        self.secret_values = secret_values or {}
+        self.secrets_dir_fd: int | None = None
+        self.expiries: list[tuple[float, str]] = []
         self.cgroup = cgroup
         self.bwrap_pid: int | None = None
         self.state = state
@@ -129,8 +133,10 @@ class Supervisor:
         err_r, err_w = os.pipe()
         seccomp_fd = _memfd(program, "sandboxctl-seccomp")
         stderr_copy = os.dup(2)
+        secret_fds = {s.name: secret_store.memfd_with(self.secret_values[s.name], s.name)
+                      for s in plan.secrets if s.deliver_as == "file"}
         fds = bwrap.LaunchFds(seccomp=seccomp_fd, control=shim_end.fileno(),
-                              stderr=stderr_copy, empty_file=empty)
+                              stderr=stderr_copy, empty_file=empty, secrets=secret_fds)
         argv = bwrap.render(plan, fds, bwrap_path)
         started = time.monotonic()
         # bubblewrap is started with the terminal's SIGINT/SIGQUIT ignored: Ctrl-C must reach the
@@ -141,22 +147,29 @@ class Supervisor:
         try:
             try:
                 proc = subprocess.Popen(argv, stderr=err_w, close_fds=True,
-                                        pass_fds=(seccomp_fd, shim_end.fileno(), stderr_copy))
+                                        pass_fds=(seccomp_fd, shim_end.fileno(), stderr_copy,
+                                                  *secret_fds.values()))
             except OSError as exc:
                 raise SandboxError(f"cannot start bubblewrap: {exc.strerror}", "run sandboxctl doctor") from None
             else:
                 self.bwrap_pid = proc.pid
             finally:
-                for fd in (seccomp_fd, err_w, stderr_copy):
+                for fd in (seccomp_fd, err_w, stderr_copy, *secret_fds.values()):
                     os.close(fd)
                 shim_end.close()
             self._install_signal_handlers()
-            control.sendall(marshal.dumps(shim_config(plan, originals)))
+            config = shim_config(plan, originals)
+            config["env"].update({s.name: self.secret_values[s.name] for s in plan.secrets
+                                  if s.deliver_as == "env"})
+            config["secrets_dir"] = any(s.ttl and s.deliver_as == "file" for s in plan.secrets)
+            control.sendall(marshal.dumps(config))
             self._loop(proc, control, err_r, started)
         finally:
             for signum, handler in originals.items():
                 signal.signal(signum, handler)
             control.close()
+            if self.secrets_dir_fd is not None:
+                os.close(self.secrets_dir_fd)
             os.close(err_r)
         return self._result(proc.returncode, time.monotonic() - started)
 
@@ -175,6 +188,7 @@ class Supervisor:
             while True:
                 now = time.monotonic()
                 wakeups = [t for t in (deadline if not self.timed_out else None, self.kill_at) if t]
+                wakeups += [t for t, _ in self.expiries]
                 timeout = max(0.0, min(wakeups) - now) if wakeups else None
                 for key, _ in sel.select(timeout):
                     what = key.data
@@ -193,6 +207,8 @@ class Supervisor:
                 now = time.monotonic()
                 if deadline and not self.timed_out and now >= deadline:
                     self._on_timeout()
+                while self.expiries and now >= self.expiries[0][0]:
+                    self._expire(self.expiries.pop(0)[1])
                 if self.kill_at and now >= self.kill_at:
                     self._kill()
                     self.kill_at = None
@@ -204,13 +220,20 @@ class Supervisor:
 
     def _on_control(self, control: socket.socket, sel: selectors.BaseSelector) -> None:
         try:
-            data = control.recv(1 << 20)
+            data, fds, _flags, _addr = socket.recv_fds(control, 1 << 20, 4)
         except ConnectionError:
-            data = b""
+            data, fds = b"", []
         if not data:
             sel.unregister(control)
             return
         message = marshal.loads(data)
+        if fds and "ready" in message and self.secrets_dir_fd is None:
+            self.secrets_dir_fd, *extra = fds
+            for fd in extra:
+                os.close(fd)
+        else:
+            for fd in fds:
+                os.close(fd)
         if "ready" in message:
             self.layers = self._layers(message["ready"]["landlock"])
             degraded = self.layers["landlock"].get("degraded")
@@ -227,12 +250,32 @@ class Supervisor:
             except LogWriteError:
                 control.sendall(marshal.dumps({"go": False}))
                 raise
+            self._log_secrets()
             self.ready = True
             control.sendall(marshal.dumps({"go": True}))
         elif "error" in message:
             self.shim_error = message
         elif "exec_error" in message:
             self.exec_error = message
+
+    def _log_secrets(self) -> None:
+        now = time.monotonic()
+        for secret in self.plan.secrets:
+            note = "an env secret cannot expire" if secret.deliver_as == "env" and secret.ttl else None
+            self.log.write("secret", name=secret.name, **{"as": secret.deliver_as}, action="inject",
+                           ttl_s=secret.ttl, note=note)
+            if secret.ttl and secret.deliver_as == "file":
+                self.expiries.append((now + secret.ttl, secret.name))
+        self.expiries.sort()
+
+    def _expire(self, name: str) -> None:
+        """Delete an expired file secret through the handle the shim gave us into the sandbox."""
+        if self.secrets_dir_fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=self.secrets_dir_fd)
+        with contextlib.suppress(LogWriteError):
+            self.log.write("secret", name=name, **{"as": "file"}, action="expire")
 
     def _on_stderr(self, err_r: int, sel: selectors.BaseSelector) -> None:
         data = os.read(err_r, 65536)
@@ -375,10 +418,8 @@ def _terminal_delivered() -> bool:
 def execute(plan: Plan, state: Path, argv_for_log: list[str]) -> RunResult:
     """Everything that must hold before the command may start, then the run itself."""
     ensure_private_dir(state)
-    if plan.secrets:
-        raise SandboxError("this policy injects secrets, which this version cannot deliver yet",
-                           "remove the secrets: section, or pass values with --env NAME")
-    log = ActionLog(plan.log_path, plan.run_id)
+    values = {s.name: secret_store.resolve(s, os.environ, plan.home) for s in plan.secrets}
+    log = ActionLog(plan.log_path, plan.run_id, redact=tuple(values.values()))
     cgroup = None
     try:
         lim = plan.limits
@@ -394,7 +435,7 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str]) -> RunResult:
             except OSError as exc:
                 raise SandboxError(f"cannot create the run's cgroup for its limits: {exc.strerror}",
                                    "run sandboxctl doctor") from None
-        supervisor = Supervisor(plan, state, log, argv_for_log, cgroup)
+        supervisor = Supervisor(plan, state, log, argv_for_log, cgroup, values)
         result = supervisor.launch()
         with contextlib.suppress(LogWriteError):
             if supervisor.ready:

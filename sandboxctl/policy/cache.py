@@ -1,0 +1,69 @@
+"""A cache of validated, merged policies, so a run does not import YAML or the schema.
+
+An entry is keyed by the exact bytes of the policy file, and records the path and SHA-256 of
+every file its `extends` chain read; it is used only while each of them still has those bytes,
+and only if written by this version of the policy engine. Entries live in the private state
+dir, which no sandbox can see, and are marshal data (plain dicts and lists), never code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import marshal
+import os
+from pathlib import Path
+from typing import Any
+
+ENGINE_FILES = ("definition.py", "schema.py", "model.py", "load.py", "yamlpos.py", "cache.py")
+
+
+def _engine_stamp() -> str:
+    """Changes whenever the policy engine's code changes (also in an editable checkout)."""
+    here = os.path.dirname(__file__)
+    parts = []
+    for name in ENGINE_FILES:
+        try:
+            st = os.stat(os.path.join(here, name))
+            parts.append(f"{name}:{st.st_size}:{st.st_mtime_ns}")
+        except OSError:
+            parts.append(f"{name}:-")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _entry_path(cache_dir: Path, label: str, content: bytes) -> Path:
+    key = hashlib.sha256(f"{_engine_stamp()}\0{label}\0".encode() + content).hexdigest()[:40]
+    return cache_dir / f"policy-{key}.marshal"
+
+
+def lookup(cache_dir: Path, label: str, content: bytes) -> dict[str, Any] | None:
+    """The cached {data, files} for this file if every file of its chain is unchanged."""
+    path = _entry_path(cache_dir, label, content)
+    try:
+        st = path.lstat()
+        if st.st_uid != os.getuid() or st.st_mode & 0o022 or not path.is_file():
+            return None
+        entry = marshal.loads(path.read_bytes())
+    except (OSError, ValueError, EOFError, TypeError):
+        return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("files"), list):
+        return None
+    for item in entry["files"][1:]:  # the first is the file whose bytes we were given
+        try:
+            with open(item["path"], "rb") as handle:
+                if hashlib.sha256(handle.read()).hexdigest() != item["sha256"]:
+                    return None
+        except (OSError, KeyError, TypeError):
+            return None
+    return entry
+
+
+def store(cache_dir: Path, label: str, content: bytes, data: dict[str, Any], files: list[dict[str, str]]) -> None:
+    path = _entry_path(cache_dir, label, content)
+    try:
+        cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_bytes(marshal.dumps({"data": data, "files": files}))
+        tmp.chmod(0o600)
+        os.replace(tmp, path)
+    except (OSError, ValueError):
+        pass  # a cache we cannot write only costs time
