@@ -47,12 +47,15 @@ def parse_size(text: str | int) -> int:
 
 
 def format_duration(seconds: float) -> str:
-    if seconds < 1:
-        return f"{round(seconds * 1000)}ms"
+    """Text that parse_duration reads back (never '1e+06s' or '1.5s'): 500ms, 90s, 30m, 2h."""
+    millis = round(seconds * 1000)
+    if millis % 1000:
+        return f"{millis}ms"
+    whole = millis // 1000
     for unit, factor in (("h", 3600), ("m", 60)):
-        if seconds >= factor and seconds % factor == 0:
-            return f"{int(seconds // factor)}{unit}"
-    return f"{seconds:g}s"
+        if whole >= factor and whole % factor == 0:
+            return f"{whole // factor}{unit}"
+    return f"{whole}s"
 
 
 def format_size(size: int) -> str:
@@ -75,9 +78,13 @@ class HostPattern:
         return self.host.startswith("*.")
 
     def matches(self, host: str, port: int) -> bool:
+        """IP literals compare as addresses, so '[::1]', '0:0::1' or '::ffff:10.0.0.1' cannot slip past a rule."""
         if self.port is not None and self.port != port:
             return False
         host = host.lower().rstrip(".")
+        address = _ip(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
+        if address is not None:
+            return not self.wildcard and address == _ip(self.host)
         if self.wildcard:
             return host.endswith(self.host[1:])
         return host == self.host
@@ -85,6 +92,17 @@ class HostPattern:
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return host if self.port is None else f"{host}:{self.port}"
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a literal names (an IPv4-mapped IPv6 address is its IPv4 one), or None for a name."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def _parse_port(text: str, original: str) -> int:
