@@ -36,7 +36,8 @@ def _entry_path(cache_dir: Path, label: str, content: bytes) -> Path:
 
 
 def lookup(cache_dir: Path, label: str, content: bytes) -> dict[str, Any] | None:
-    """The cached {data, files} for this file if every file of its chain is unchanged."""
+    """The cached {data, sha256, files} if every file of its chain is unchanged; each file entry
+    also gets the `content` just read, so the caller re-hashes nothing."""
     path = _entry_path(cache_dir, label, content)
     try:
         st = path.lstat()
@@ -50,19 +51,22 @@ def lookup(cache_dir: Path, label: str, content: bytes) -> dict[str, Any] | None
     for item in entry["files"][1:]:  # the first is the file whose bytes we were given
         try:
             with open(item["path"], "rb") as handle:
-                if hashlib.sha256(handle.read()).hexdigest() != item["sha256"]:
-                    return None
+                content = handle.read()
+            if hashlib.sha256(content).hexdigest() != item["sha256"]:
+                return None
+            item["content"] = content
         except (OSError, KeyError, TypeError):
             return None
-    return entry
+    return entry if isinstance(entry.get("data"), dict) and isinstance(entry.get("sha256"), str) else None
 
 
-def store(cache_dir: Path, label: str, content: bytes, data: dict[str, Any], files: list[dict[str, str]]) -> None:
+def store(cache_dir: Path, label: str, content: bytes, data: dict[str, Any], sha256: str,
+          files: list[dict[str, str]]) -> None:
     path = _entry_path(cache_dir, label, content)
     try:
         cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_bytes(marshal.dumps({"data": data, "files": files}))
+        tmp.write_bytes(marshal.dumps({"data": data, "sha256": sha256, "files": files}))
         tmp.chmod(0o600)
         os.replace(tmp, path)
     except (OSError, ValueError):

@@ -54,24 +54,24 @@ def trust(loaded: LoadedPolicy) -> None:
     os.replace(tmp, target)
 
 
-def load_named(spec: str) -> LoadedPolicy:
+def load_named(spec: str, cache_dir: Path | None = None) -> LoadedPolicy:
     """A built-in name, or a path to a YAML file."""
     looks_like_path = "/" in spec or spec.endswith((".yaml", ".yml")) or os.path.exists(spec)
     if not looks_like_path:
         if spec in builtin_names():
-            return load_source(builtin_source(spec))
+            return load_source(builtin_source(spec), cache_dir)
         raise SandboxError(f"no built-in policy named {spec!r}",
                            f"built-in policies: {', '.join(builtin_names())}; or give a path to a YAML file")
-    return load_source(read_source(Path(spec).resolve(), spec))
+    return load_source(read_source(Path(spec).resolve(), spec), cache_dir)
 
 
-def choose_policy(spec: str | None, workspace: Path) -> tuple[LoadedPolicy, str]:
-    """Return the policy for a run and how it was chosen."""
+def choose_policy(spec: str | None, workspace: Path, cache_dir: Path | None = None) -> tuple[LoadedPolicy, str]:
+    """Return the policy for a run and how it was chosen (cache_dir: reuse validated policies)."""
     if spec:
-        return load_named(spec), "--policy"
+        return load_named(spec, cache_dir), "--policy"
     candidate = workspace / WORKSPACE_POLICY
     if candidate.is_file():
-        loaded = load_source(read_source(candidate, str(candidate)))
+        loaded = load_source(read_source(candidate, str(candidate)), cache_dir)
         if not is_trusted(loaded):
             changed = str(candidate.resolve()) in trusted_digests()
             state = "has changed since it was trusted" if changed else "is not trusted yet"
@@ -80,4 +80,4 @@ def choose_policy(spec: str | None, workspace: Path) -> tuple[LoadedPolicy, str]
                 f"review it, then run: sandboxctl policy trust {candidate}  (or pick one with -p NAME)",
             )
         return loaded, "workspace"
-    return load_source(builtin_source(DEFAULT_POLICY)), "default"
+    return load_source(builtin_source(DEFAULT_POLICY), cache_dir), "default"

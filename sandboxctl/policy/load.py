@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sandboxctl.policy.definition import POLICY_SCHEMA
 from sandboxctl.policy.errors import PolicyError, Problem, format_key
 from sandboxctl.policy.model import Policy, policy_from_data
-from sandboxctl.policy.schema import Report
-from sandboxctl.policy.yamlpos import Document, load_yaml
+
+if TYPE_CHECKING:
+    from sandboxctl.policy.yamlpos import Document
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -74,6 +73,10 @@ def validate_source(source: SourceFile) -> dict[str, Any]:
 
 def _validate(source: SourceFile) -> tuple[dict[str, Any], Document]:
     """As validate_source, also returning the lines, so `extends` problems can point at theirs."""
+    from sandboxctl.policy.definition import POLICY_SCHEMA  # the parser and schema load only on a
+    from sandboxctl.policy.schema import Report  # cache miss: a run normally skips both
+    from sandboxctl.policy.yamlpos import load_yaml
+
     document = load_yaml(source.content, source.label)
     report = Report()
     data = POLICY_SCHEMA.check(document.data, (), report)
@@ -150,6 +153,8 @@ def resolve(source: SourceFile) -> tuple[dict[str, Any], list[SourceFile]]:
 
 
 def canonical_digest(data: dict[str, Any]) -> str:
+    import json
+
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -172,10 +177,20 @@ class LoadedPolicy:
         return chain_digest(list(self.files))
 
 
-def load_source(source: SourceFile) -> LoadedPolicy:
-    data, files = resolve(source)
-    data.setdefault("name", source.path.stem)
-    policy = policy_from_data(
-        data, source=source.label, chain=tuple(f.label for f in files), sha256=canonical_digest(data)
-    )
+def load_source(source: SourceFile, cache_dir: Path | None = None) -> LoadedPolicy:
+    """Validate and merge; with cache_dir, reuse a validated result while every file is unchanged."""
+    from sandboxctl.policy import cache
+
+    entry = cache.lookup(cache_dir, source.label, source.content) if cache_dir else None
+    if entry is not None:
+        files = [source] + [SourceFile(f["label"], Path(f["path"]), f["content"]) for f in entry["files"][1:]]
+        data, digest = entry["data"], entry["sha256"]
+    else:
+        data, files = resolve(source)
+        data.setdefault("name", source.path.stem)
+        digest = canonical_digest(data)
+        if cache_dir:
+            cache.store(cache_dir, source.label, source.content, data, digest,
+                        [{"label": f.label, "path": str(f.path), "sha256": f.sha256} for f in files])
+    policy = policy_from_data(data, source=source.label, chain=tuple(f.label for f in files), sha256=digest)
     return LoadedPolicy(policy, data, tuple(files))

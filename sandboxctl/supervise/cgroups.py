@@ -63,7 +63,7 @@ class RunCgroup:
     def __init__(self, layout: CgroupLayout, run_id: str, pids: int | None, memory: int | None):
         self.layout = layout
         self.dirs: list[str] = []
-        name = PREFIX + run_id
+        name = f"{PREFIX}{os.getpid()}-{run_id}"  # the pid tells a later sweep whether we are gone
         _sweep_stale(layout)
         if layout.version == "v2":
             parent = layout.parents["pids"]
@@ -91,10 +91,20 @@ class RunCgroup:
                     _write(f"{base}/memory.memsw.limit_in_bytes", str(memory))
 
     def add(self, pids: list[int]) -> None:
+        """Move the sandbox's processes in; one that cannot join (and still lives) stops the run."""
+        from sandboxctl.errors import SandboxError
+
         for path in self.dirs:
             for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
+                try:
                     _write(f"{path}/cgroup.procs", str(pid))
+                except ProcessLookupError:
+                    continue
+                except OSError as exc:
+                    if os.path.exists(f"/proc/{pid}"):
+                        raise SandboxError(f"cannot move the sandbox into its cgroup ({path}): {exc.strerror}",
+                                           "the pids/memory limits could not be applied; run sandboxctl doctor"
+                                           ) from None
 
     def oom_killed(self) -> bool:
         for path in self.dirs:
@@ -124,10 +134,22 @@ def _write(path: str, value: str) -> None:
 
 
 def _sweep_stale(layout: CgroupLayout) -> None:
-    """Remove cgroups left by supervisors that were killed; rmdir fails on any still in use."""
+    """Remove cgroups left by supervisors that were killed (never a live run's, even an empty one)."""
     for parent in set(layout.parents.values()):
         with contextlib.suppress(OSError):
             for entry in os.listdir(parent):
-                if entry.startswith(PREFIX):
-                    with contextlib.suppress(OSError):
-                        os.rmdir(f"{parent}/{entry}")
+                owner = entry.removeprefix(PREFIX).split("-", 1)[0]
+                if not entry.startswith(PREFIX) or not owner.isdigit() or _alive(int(owner)):
+                    continue
+                with contextlib.suppress(OSError):
+                    os.rmdir(f"{parent}/{entry}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
