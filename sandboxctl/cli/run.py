@@ -92,7 +92,11 @@ def execute_run(opts: dict[str, Any], command: list[str]) -> int:
         raise SandboxError("no command given", "usage: sandboxctl run [OPTIONS] -- COMMAND [ARG...]")
     _check_options(opts)
     space = _workspace(opts["workspace"])
-    loaded, _how = choose_policy(opts["policy"], space)
+    if not opts["dry_run"]:
+        _create_owned_dirs(os.path.abspath(os.path.expanduser(opts["log"])) if opts["log"] else None)
+    from sandboxctl.paths import state_dir
+
+    loaded, _how = choose_policy(opts["policy"], space, cache_dir=state_dir() / "cache")
 
     def absolute(path: str) -> str:
         return os.path.abspath(os.path.expanduser(path))
@@ -114,8 +118,6 @@ def execute_run(opts: dict[str, Any], command: list[str]) -> int:
     from sandboxctl.plan.build import build_plan
     from sandboxctl.plan.facts import gather
 
-    if not opts["dry_run"]:
-        _create_owned_dirs(invocation.log_path)
     plan = build_plan(loaded.policy, invocation, gather())
     if opts["dry_run"]:
         from sandboxctl.cli import planview
@@ -139,10 +141,28 @@ def execute_run(opts: dict[str, Any], command: list[str]) -> int:
         from sandboxctl.cli.output import report
 
         report(result.error)
+    if result.denials and not opts["quiet"]:
+        _print_denials(result.denials, plan.run_id)
     if result.timed_out and not opts["quiet"]:
         print(f"sandboxctl: timeout: the run exceeded {units.format_duration(plan.limits.timeout or 0)};"
               " the whole sandbox was killed", file=sys.stderr)
     return result.exit_code
+
+
+def _print_denials(denials: list[dict], run_id: str) -> None:
+    """SPEC: at the end of every run with denials, a short summary table on stderr."""
+    from rich.table import Table
+
+    from sandboxctl.cli.output import console
+
+    table = Table(title=f"sandboxctl: {len(denials)} denied in run {run_id}", title_justify="left")
+    for column in ("kind", "target", "rule"):
+        table.add_column(column)
+    for item in denials[:20]:
+        table.add_row(str(item.get("kind")), str(item.get("target")), str(item.get("rule")))
+    if len(denials) > 20:
+        table.add_row("…", f"{len(denials) - 20} more", "sandboxctl log --denied")
+    console(stderr=True).print(table)
 
 
 def _write_summary(path: str, plan, result) -> None:

@@ -12,13 +12,27 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from sandboxctl.errors import SandboxError
-from sandboxctl.plan.model import SeccompPlan
+from sandboxctl.plan.model import SeccompPlan, SeccompRule
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
+# __NR_seccomp per machine: the shim makes the raw call (libseccomp is not reachable inside)
+SECCOMP_SYSCALL = {"x86_64": 317, "aarch64": 277, "riscv64": 277, "ppc64le": 358, "s390x": 348}
+
+
+def syscall_numbers(names: list[str]) -> dict[int, str]:
+    """Native numbers of the given calls (for reading notifications)."""
+    import pyseccomp
+
+    numbers = {}
+    for name in names:
+        number = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)
+        if number >= 0:
+            numbers[number] = name
+    return numbers
 _OPS = {"eq": "EQ", "ne": "NE", "lt": "LT", "le": "LE", "gt": "GT", "ge": "GE", "masked_eq": "MASKED_EQ"}
 
 
@@ -32,13 +46,16 @@ def _action(pyseccomp, name: str) -> int:
         return pyseccomp.ALLOW
     if name == "kill_process":
         return pyseccomp.KILL_PROCESS
+    if name == "notify":
+        return pyseccomp.NOTIFY
     if name.startswith("errno:"):
         return pyseccomp.ERRNO(getattr(errno, name.split(":", 1)[1]))
     raise ValueError(f"unknown seccomp action {name!r}")
 
 
-def build_filter(plan: SeccompPlan):
-    """The libseccomp filter object; also used by tests to inspect the pseudo-code."""
+def build_filter(plan: SeccompPlan, which: str = "static"):
+    """The libseccomp filter object (static: for bubblewrap; notify: loaded by the shim with a
+    listener); also used by tests to inspect the pseudo-code."""
     try:
         import pyseccomp
     except (ImportError, RuntimeError, OSError) as exc:
@@ -46,7 +63,13 @@ def build_filter(plan: SeccompPlan):
                            "install libseccomp2 (Debian/Ubuntu: apt-get install libseccomp2)") from None
     flt = pyseccomp.SyscallFilter(_action(pyseccomp, plan.default_action))
     flt.set_attr(pyseccomp.Attr.ACT_BADARCH, _action(pyseccomp, plan.bad_arch_action))
-    for rule in plan.rules:
+    if which == "notify":
+        rules = [replace(r, action="notify") for r in plan.rules if plan.trapped(r)]
+        if plan.notify_exec:
+            rules += [SeccompRule(name, "notify", "exec event") for name in ("execve", "execveat")]
+    else:
+        rules = [r for r in plan.rules if not plan.trapped(r)]
+    for rule in rules:
         number = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, rule.syscall)
         if number == -1:  # __NR_SCMP_ERROR: libseccomp has never heard of it
             raise SandboxError(f"seccomp: unknown system call {rule.syscall!r}",
@@ -66,8 +89,8 @@ def build_filter(plan: SeccompPlan):
     return flt
 
 
-def compile_bpf(plan: SeccompPlan) -> bytes:
-    flt = build_filter(plan)
+def compile_bpf(plan: SeccompPlan, which: str = "static") -> bytes:
+    flt = build_filter(plan, which)
     with tempfile.TemporaryFile() as handle:
         flt.export_bpf(handle)
         handle.seek(0)
@@ -77,16 +100,16 @@ def compile_bpf(plan: SeccompPlan) -> bytes:
     return program
 
 
-def load_or_compile(plan: SeccompPlan, cache_dir: Path) -> bytes:
+def load_or_compile(plan: SeccompPlan, cache_dir: Path, which: str = "static") -> bytes:
     """Cached BPF bytes for this rule set; the cache lives in the sandbox-invisible state dir."""
-    path = cache_dir / f"seccomp-{plan_digest(plan)[:32]}.bpf"
+    path = cache_dir / f"seccomp-{which}-{plan_digest(plan)[:32]}.bpf"
     try:
         st = path.lstat()
         if st.st_uid == os.getuid() and not st.st_mode & 0o022 and st.st_size % 8 == 0 and st.st_size:
             return path.read_bytes()
     except OSError:
         pass
-    program = compile_bpf(plan)
+    program = compile_bpf(plan, which)
     try:
         cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
@@ -96,3 +119,39 @@ def load_or_compile(plan: SeccompPlan, cache_dir: Path) -> bytes:
     except OSError:
         pass  # a cache we cannot write only costs time
     return program
+
+
+def load_or_compile_notify(plan: SeccompPlan, cache_dir: Path) -> tuple[bytes, dict[int, str]]:
+    """The shim's notify program and the number -> name map to read its notifications, cached
+    together so a run imports neither pyseccomp nor libseccomp when nothing changed."""
+    import marshal
+
+    path = cache_dir / f"seccomp-notify-{plan_digest(plan)[:32]}.marshal"
+    try:
+        st = path.lstat()
+        if st.st_uid == os.getuid() and not st.st_mode & 0o022:
+            entry = marshal.loads(path.read_bytes())
+            return entry["program"], entry["numbers"]
+    except (OSError, ValueError, EOFError, KeyError, TypeError):
+        pass
+    program = compile_bpf(plan, "notify")
+    names = sorted({r.syscall for r in plan.rules if plan.trapped(r)} | {"execve", "execveat"})
+    numbers = syscall_numbers(names)
+    try:
+        cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_bytes(marshal.dumps({"program": program, "numbers": numbers}))
+        tmp.chmod(0o600)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return program, numbers
+
+
+def matches(condition, args: list[int]) -> bool:
+    """Evaluate one rule condition the way the BPF program did (for naming the rule that denied)."""
+    value = args[condition.arg]
+    if condition.op == "masked_eq":
+        return value & condition.mask == condition.value
+    return {"eq": value == condition.value, "ne": value != condition.value, "lt": value < condition.value,
+            "le": value <= condition.value, "gt": value > condition.value, "ge": value >= condition.value}[condition.op]

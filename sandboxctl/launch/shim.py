@@ -30,16 +30,56 @@ def send(fd, message):
     os.write(fd, marshal.dumps(message))
 
 
-def send_with_fd(fd, message, handle):
-    """The supervisor expires file secrets through this handle into the sandbox's /run/secrets."""
+def send_with_fds(fd, message, handles):
+    """Hand descriptors made inside the sandbox to the supervisor (SCM_RIGHTS), then drop ours."""
     import socket
 
     sock = socket.socket(fileno=fd)
     try:
-        socket.send_fds(sock, [marshal.dumps(message)], [handle])
+        socket.send_fds(sock, [marshal.dumps(message)], list(handles.values()))
     finally:
         sock.detach()
-        os.close(handle)
+        for handle in handles.values():
+            os.close(handle)
+
+
+def load_notify_filter(program, seccomp_nr):
+    """Load the notify filter with a listener (seccomp(2), SECCOMP_FILTER_FLAG_NEW_LISTENER).
+
+    bubblewrap's --seccomp cannot return a listener and libseccomp is not reachable in here, so
+    this is the raw call. no_new_privs is already set (bubblewrap, Landlock).
+    """
+    import ctypes
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    buffer = ctypes.create_string_buffer(program, len(program))
+    prog = SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    fd = libc.syscall(seccomp_nr, 1, 8, ctypes.byref(prog))  # SET_MODE_FILTER, FLAG_NEW_LISTENER
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return fd
+
+
+def proxy_listener(port):
+    """The proxy's listening socket, bound on the sandbox's own loopback.
+
+    Made here because only a process inside the sandbox's network namespace can bind there, and
+    before Landlock, which forbids binding afterwards. The supervisor accepts on it from the
+    host side and dials out from the host: no forwarder process, and no route out for anything
+    that ignores the proxy variables.
+    """
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(256)
+    return sock.detach()
 
 
 def fail(fd, message, hint=None, code=125):
@@ -158,6 +198,8 @@ def exec_command(control, argv, env):
     ]
     denied = None
     for path in candidates:
+        if "/" not in name and not os.path.isfile(path):
+            continue  # probing PATH by stat keeps failed attempts out of the exec log
         try:
             os.execve(path, argv, env)
         except OSError as exc:
@@ -186,6 +228,12 @@ def main():
         set_rlimits(config["limits"])
     except (OSError, ValueError) as exc:
         fail(control, f"cannot set resource limits: {exc}")
+    handles = {}
+    if config.get("proxy_port"):
+        try:
+            handles["proxy"] = proxy_listener(config["proxy_port"])
+        except OSError as exc:
+            fail(control, f"cannot open the network proxy's port inside the sandbox: {exc}")
     try:
         landlock = apply_landlock(config["landlock"])
     except Exception as exc:  # any failure here must stop the run, never skip the layer
@@ -195,9 +243,17 @@ def main():
 
     for signum in config.get("default_signals", ()):
         signal.signal(signum, signal.SIG_DFL)
-    ready = {"ready": {"landlock": landlock, "pid": os.getpid()}}
+    if config.get("notify_program"):
+        try:
+            handles["notify"] = load_notify_filter(config["notify_program"], config["seccomp_nr"])
+        except OSError as exc:
+            fail(control, f"cannot load the seccomp notification filter: {exc}",
+                 "kernel 5.0 or newer is needed (sandboxctl doctor)")
     if config.get("secrets_dir"):
-        send_with_fd(control, ready, os.open("/run/secrets", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+        handles["secrets_dir"] = os.open("/run/secrets", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    ready = {"ready": {"landlock": landlock, "pid": os.getpid()}, "fds": list(handles)}
+    if handles:
+        send_with_fds(control, ready, handles)
     else:
         send(control, ready)
     answer = os.read(control, 4096)

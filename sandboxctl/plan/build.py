@@ -287,11 +287,6 @@ class _Planner:
         extra = tuple(str(units.parse_host_pattern(h)) for h in self.inv.allow_net)
         if extra:
             self.confirmations.append(f"--allow-net {', '.join(extra)} widens the network allowlist")
-        if mode == "proxy":
-            self.warnings.append(
-                "network: proxy — the allowlisting proxy is not part of this version yet, so the sandbox "
-                "has no network at all (fail closed)"
-            )
         return NetworkPlan(
             mode=mode,
             allow=tuple(str(h) for h in self.policy.network.allow) + extra,
@@ -333,6 +328,12 @@ class _Planner:
             if secret.deliver_as == "file":
                 env[f"{secret.name}_FILE"] = f"{SECRETS_DIR}/{secret.name}"
             env.pop(secret.name, None)  # the value arrives at launch, never through the plan
+        if self.network_mode() == "proxy":
+            proxy = f"http://127.0.0.1:{PROXY_PORT}"
+            for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+                env[name] = proxy
+            env["ALL_PROXY"] = env["all_proxy"] = f"socks5h://127.0.0.1:{PROXY_PORT}"
+            env["NO_PROXY"] = env["no_proxy"] = ""
         env["SANDBOXCTL"] = "1"
         env["SANDBOXCTL_RUN"] = self.inv.run_id
         return tuple(sorted(env.items()))
@@ -375,7 +376,8 @@ class _Planner:
                 "syscalls.allow takes out of the seccomp baseline: " + ", ".join(self.policy.syscalls_allow))
         rules = syscalls.apply_policy(syscalls.baseline_rules(), self.policy.syscalls_deny,
                                       self.policy.syscalls_allow)
-        return SeccompPlan("allow", "kill_process", tuple(rules))
+        return SeccompPlan("allow", "kill_process", tuple(rules), trap_denials=True,
+                           notify_exec=self.policy.log.exec_events)
 
     def cwd(self) -> str:
         return self.inv.workspace if self.workspace else self.facts.home

@@ -64,6 +64,15 @@ class SeccompPlan:
     default_action: str
     bad_arch_action: str
     rules: tuple[SeccompRule, ...]
+    # Denials the supervisor answers (and logs as `syscall` events) through user notification,
+    # and whether every execve/execveat is reported to it (`exec` events). The rest stays in the
+    # static filter bubblewrap loads.
+    trap_denials: bool = True
+    notify_exec: bool = True
+
+    def trapped(self, rule: SeccompRule) -> bool:
+        """ENOSYS rules are compatibility fallbacks (clone3 -> clone), not denials worth an event."""
+        return self.trap_denials and rule.action.startswith("errno:") and rule.action != "errno:ENOSYS"
 
 
 @dataclass(frozen=True)

@@ -148,6 +148,7 @@ POLICY_SCHEMA = Record(
         "log": Record(description="The action log.", fields={
             "path": _path,
             "file_events": Choice(("none", "write", "all")),
+            "exec_events": Boolean(description="Log every program executed inside (seccomp notification)."),
         }),
     },
 )

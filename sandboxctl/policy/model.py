@@ -68,6 +68,7 @@ class Approval:
 class LogSettings:
     path: str = "{state}/actions.jsonl"
     file_events: str = "write"
+    exec_events: bool = True
 
 
 @dataclass(frozen=True)
@@ -145,5 +146,6 @@ def policy_from_data(data: dict[str, Any], *, source: str, chain: tuple[str, ...
             timeout=duration(approval.get("timeout")) or 60.0,
         ),
         landlock=data.get("landlock", "required"),
-        log=LogSettings(path=log.get("path", LogSettings.path), file_events=log.get("file_events", "write")),
+        log=LogSettings(path=log.get("path", LogSettings.path), file_events=log.get("file_events", "write"),
+                        exec_events=log.get("exec_events", True)),
     )

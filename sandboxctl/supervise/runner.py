@@ -8,6 +8,7 @@ threads, so nothing outlives the run.
 from __future__ import annotations
 
 import contextlib
+import errno
 import marshal
 import os
 import selectors
@@ -16,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +27,9 @@ from sandboxctl.errors import EXIT_SANDBOX_FAILED, EXIT_TIMEOUT, SandboxError
 from sandboxctl.launch import bwrap, seccomp
 from sandboxctl.log.writer import ActionLog, LogWriteError
 from sandboxctl.paths import ensure_private_dir
+from sandboxctl.plan.build import PROXY_PORT
 from sandboxctl.plan.model import Plan
-from sandboxctl.supervise import processes
+from sandboxctl.supervise import notify, processes
 from sandboxctl.supervise import secrets as secret_store
 from sandboxctl.supervise.cgroups import RunCgroup
 from sandboxctl.supervise.cgroups import detect as detect_cgroups
@@ -107,6 +110,13 @@ class Supervisor:
         self.plan = plan
         self.secret_values = secret_values or {}
         self.secrets_dir_fd: int | None = None
+        self.proxy = None
+        self.notify_fd: int | None = None
+        self.dispatcher: notify.Dispatcher | None = None
+        self.log_lock = threading.Lock()
+        self.log_failed = False
+        self.setup_error: SandboxError | None = None
+        self.denials: list[dict[str, Any]] = []
         self.expiries: list[tuple[float, str]] = []
         self.cgroup = cgroup
         self.bwrap_pid: int | None = None
@@ -128,6 +138,7 @@ class Supervisor:
         plan = self.plan
         bwrap_path = find_bwrap()
         program = seccomp.load_or_compile(plan.seccomp, self.state / "cache")
+        notify_program, self.syscall_names = seccomp.load_or_compile_notify(plan.seccomp, self.state / "cache")
         empty = _empty_file(self.state)
         control, shim_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         err_r, err_w = os.pipe()
@@ -162,6 +173,9 @@ class Supervisor:
             config["env"].update({s.name: self.secret_values[s.name] for s in plan.secrets
                                   if s.deliver_as == "env"})
             config["secrets_dir"] = any(s.ttl and s.deliver_as == "file" for s in plan.secrets)
+            config["proxy_port"] = PROXY_PORT if plan.network.mode == "proxy" else None
+            config["notify_program"] = notify_program
+            config["seccomp_nr"] = seccomp.SECCOMP_SYSCALL.get(os.uname().machine, 317)
             control.sendall(marshal.dumps(config))
             self._loop(proc, control, err_r, started)
         finally:
@@ -170,6 +184,10 @@ class Supervisor:
             control.close()
             if self.secrets_dir_fd is not None:
                 os.close(self.secrets_dir_fd)
+            if self.proxy is not None:
+                self.proxy.stop()
+            if self.notify_fd is not None:
+                os.close(self.notify_fd)
             os.close(err_r)
         return self._result(proc.returncode, time.monotonic() - started)
 
@@ -200,6 +218,8 @@ class Supervisor:
                         self._on_control(control, sel)
                     elif what == "stderr":
                         self._on_stderr(err_r, sel)
+                    elif what == "notify":
+                        self.dispatcher.handle()
                     elif what == "signal":
                         with contextlib.suppress(BlockingIOError):
                             os.read(wake_r, 512)
@@ -227,13 +247,16 @@ class Supervisor:
             sel.unregister(control)
             return
         message = marshal.loads(data)
-        if fds and "ready" in message and self.secrets_dir_fd is None:
-            self.secrets_dir_fd, *extra = fds
-            for fd in extra:
-                os.close(fd)
-        else:
-            for fd in fds:
-                os.close(fd)
+        received = dict(zip(message.get("fds", ()), fds, strict=False)) if "ready" in message else {}
+        for fd in fds[len(received):]:
+            os.close(fd)
+        self.secrets_dir_fd = received.pop("secrets_dir", None)
+        if "proxy" in received:
+            self._start_proxy(received.pop("proxy"))
+        if "notify" in received:
+            self._start_notify(received.pop("notify"), sel)
+        for fd in received.values():
+            os.close(fd)
         if "ready" in message:
             self.layers = self._layers(message["ready"]["landlock"])
             degraded = self.layers["landlock"].get("degraded")
@@ -242,7 +265,12 @@ class Supervisor:
                       file=sys.stderr)
             if self.cgroup and self.bwrap_pid:
                 # everything alive now (bwrap, its init, the shim) joins before the command may fork
-                self.cgroup.add([self.bwrap_pid, *processes.descendants(self.bwrap_pid)])
+                try:
+                    self.cgroup.add([self.bwrap_pid, *processes.descendants(self.bwrap_pid)])
+                except SandboxError as exc:
+                    self.setup_error = exc
+                    control.sendall(marshal.dumps({"go": False}))
+                    return
             try:
                 self.log.write("run.start", argv=self.argv_for_log, workspace=self.plan.workspace,
                                policy=self.plan.policy, policy_sha256=self.plan.policy_sha256,
@@ -257,6 +285,57 @@ class Supervisor:
             self.shim_error = message
         elif "exec_error" in message:
             self.exec_error = message
+
+    def _start_notify(self, fd: int, sel: selectors.BaseSelector) -> None:
+        """Watch the sandbox's notification listener from the loop (exec and denial events)."""
+        exec_numbers = {nr: name for nr, name in self.syscall_names.items() if name in ("execve", "execveat")}
+        self.notify_fd = fd
+        self.dispatcher = notify.Dispatcher(fd, exec_numbers, self._which_rule, self._write_log)
+        sel.register(fd, selectors.EVENT_READ, "notify")
+
+    def _which_rule(self, notification: notify.Notification) -> tuple[str, int, str]:
+        """The baseline rule that trapped this call, and the errno it prescribes."""
+        name = self.syscall_names.get(notification.nr, f"#{notification.nr}")
+        for rule in self.plan.seccomp.rules:
+            if rule.syscall == name and self.plan.seccomp.trapped(rule) and all(
+                    seccomp.matches(c, notification.args) for c in rule.conditions):
+                return name, getattr(errno, rule.action.split(":", 1)[1]), rule.why
+        return name, errno.EPERM, "seccomp baseline"
+
+    def _start_proxy(self, fd: int) -> None:
+        """Serve the sandbox's proxy port from here; every connection becomes a `net` event."""
+        from sandboxctl.supervise.proxy import NetPolicy, ProxyServer
+
+        net = self.plan.network
+        listener = socket.socket(fileno=fd)
+        listener.setblocking(True)
+        mode = self.plan.approval_mode
+
+        def ask(host: str, port: int) -> bool:
+            allowed = mode == "allow"  # "ask" needs the approval prompt, not part of this version
+            self._write_log("approval", kind="network", target=f"{host}:{port}",
+                            answer="once" if allowed else "deny", via=f"mode:{mode}")
+            return allowed
+
+        self.proxy = ProxyServer(listener, NetPolicy(net.allow, net.deny, net.allow_private),
+                                 log=lambda record: self._on_net(record), ask=ask)
+        self.proxy.start()
+
+    def _on_net(self, record: dict[str, Any]) -> None:
+        if record.get("decision") == "deny":
+            self.denials.append({"kind": "net", "target": f"{record.get('host')}:{record.get('port')}",
+                                 "rule": record.get("rule")})
+        self._write_log("net", **record)
+
+    def _write_log(self, event: str, **fields: Any) -> None:
+        """Proxy threads and the loop share the log; one lock keeps seq and the chain in order.
+        A write failure stops the sandbox rather than letting it go on unobserved."""
+        try:
+            with self.log_lock:
+                self.log.write(event, **fields)
+        except LogWriteError:
+            self.log_failed = True
+            self._kill()
 
     def _log_secrets(self) -> None:
         now = time.monotonic()
@@ -274,8 +353,7 @@ class Supervisor:
             return
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=self.secrets_dir_fd)
-        with contextlib.suppress(LogWriteError):
-            self.log.write("secret", name=name, **{"as": "file"}, action="expire")
+        self._write_log("secret", name=name, **{"as": "file"}, action="expire")
 
     def _on_stderr(self, err_r: int, sel: selectors.BaseSelector) -> None:
         data = os.read(err_r, 65536)
@@ -328,9 +406,7 @@ class Supervisor:
 
     def _on_timeout(self) -> None:
         self.timed_out = True
-        with contextlib.suppress(LogWriteError):
-            self.log.write("limit", kind="timeout", action="kill",
-                           limit_s=self.plan.limits.timeout)
+        self._write_log("limit", kind="timeout", action="kill", limit_s=self.plan.limits.timeout)
         init = self._init_pid()
         if init:
             processes.signal_all(init, signal.SIGTERM)
@@ -363,9 +439,12 @@ class Supervisor:
             },
             "landlock": landlock,
             "seccomp": {"rules": len(plan.seccomp.rules), "default": plan.seccomp.default_action,
-                        "foreign_arch": plan.seccomp.bad_arch_action},
+                        "foreign_arch": plan.seccomp.bad_arch_action,
+                        "denials_trapped": plan.seccomp.trap_denials and self.notify_fd is not None,
+                        "exec_events": plan.seccomp.notify_exec and self.notify_fd is not None},
             "network": {"mode": plan.network.mode,
-                        "proxy": "not available: no network" if plan.network.mode == "proxy" else None},
+                        "proxy": f"127.0.0.1:{PROXY_PORT} inside, served by the supervisor"
+                        if plan.network.mode == "proxy" else None},
             "memory": plan.limits.memory_method,
             "pids": plan.limits.pids_method,
         }
@@ -385,6 +464,8 @@ class Supervisor:
             code = 137
         if self.timed_out:
             code = EXIT_TIMEOUT
+        elif self.setup_error:
+            error, code = self.setup_error, EXIT_SANDBOX_FAILED
         elif self.shim_error:
             error = SandboxError(self.shim_error["error"], self.shim_error.get("hint"))
             code = EXIT_SANDBOX_FAILED
@@ -398,7 +479,13 @@ class Supervisor:
             code = int(self.exec_error.get("code", 126))
             error = SandboxError(self.exec_error["exec_error"],
                                  "check the command name and the policy's exec.allow", code)
-        return RunResult(code, duration, self.timed_out, error, self.layers)
+        if self.log_failed:
+            error = SandboxError("the action log could not be written; the sandbox was stopped",
+                                 "free some space or pass --log PATH")
+            code = EXIT_SANDBOX_FAILED
+        if self.dispatcher:
+            self.denials.extend(self.dispatcher.denied)
+        return RunResult(code, duration, self.timed_out, error, self.layers, self.denials)
 
 
 def _terminal_delivered() -> bool:

@@ -221,3 +221,27 @@ def test_foreign_architecture_syscalls_kill_the_process(sandbox, name, code):
     result = sandbox.run("--", "python3", "-c", code)
     assert result.returncode == 128 + 31, result  # SIGSYS: killed by the filter, not EPERM
     assert "pid" not in result.stdout
+
+
+def test_every_program_run_inside_is_logged_even_through_shells(sandbox):
+    result = sandbox.sh("ls | wc -l")
+    assert result.returncode == 0, result.stderr
+    execs = [r for r in sandbox.records() if r["event"] == "exec"]
+    names = [os.path.basename(r["path"]) for r in execs]
+    assert names[0] == "sh" and "ls" in names and "wc" in names
+    assert all(r["pid"] > 0 and r["argv"] for r in execs)
+
+
+def test_a_denied_system_call_becomes_a_syscall_event(sandbox):
+    assert _errno_of(sandbox, "libc.ptrace(16, os.getppid(), 0, 0)") == "EPERM"
+    events = [r for r in sandbox.records() if r["event"] == "syscall"]
+    assert events and events[0]["name"] == "ptrace" and events[0]["decision"] == "deny"
+    assert events[0]["rule"] and events[0]["errno"] == "EPERM"
+    end = next(r for r in sandbox.records() if r["event"] == "run.end")
+    assert end["denied"] >= 1
+
+
+def test_exec_events_can_be_switched_off(sandbox):
+    policy = sandbox.write_policy("quiet.yaml", "version: 1\nextends: default\nlog:\n  exec_events: false\n")
+    assert sandbox.run("--", "/bin/sh", "-c", "ls >/dev/null", policy=str(policy)).returncode == 0
+    assert not [r for r in sandbox.records() if r["event"] == "exec"]

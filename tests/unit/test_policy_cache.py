@@ -14,7 +14,7 @@ def _write(path, text):
 
 
 def test_cache_hit_skips_the_yaml_parser(tmp_path):
-    parent = _write(tmp_path / "parent.yaml", "version: 1\nextends: default\nlimits:\n  pids: 7\n")
+    _write(tmp_path / "parent.yaml", "version: 1\nextends: default\nlimits:\n  pids: 7\n")
     child = _write(tmp_path / "child.yaml", "version: 1\nextends: parent.yaml\nworkspace: ro\n")
     cache = tmp_path / "cache"
     first = load_source(read_source(child), cache)

@@ -1,0 +1,153 @@
+"""Seccomp user notifications: the supervisor sees chosen system calls before the kernel runs them.
+
+The shim loads a small filter with SECCOMP_FILTER_FLAG_NEW_LISTENER and hands us the listener
+(bubblewrap's --seccomp cannot return one). We use it to record every program the sandbox
+executes (execve/execveat: read path and argv from the process, log, let the kernel continue —
+Landlock still decides) and to turn the baseline's denials into logged `syscall` events.
+
+pyseccomp wraps notifications only for a filter object it loaded itself, so the three ioctls are
+made here directly, with the kernel's struct layouts spelled out below.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import struct
+from collections.abc import Callable
+
+# include/uapi/linux/seccomp.h: _IOWR('!', 0, struct seccomp_notif) etc.
+NOTIF_RECV = 0xC0502100
+NOTIF_SEND = 0xC0182101
+NOTIF_ID_VALID = 0x40082102
+FLAG_CONTINUE = 1
+_NOTIF = struct.Struct("<QIIiIQ6Q")  # id, pid, flags, data.nr, data.arch, data.ip, data.args[6]
+_RESP = struct.Struct("<QqiI")  # id, val, error, flags
+MAX_ARGS = 256
+MAX_STRING = 4096
+
+
+class Notification:
+    __slots__ = ("args", "id", "nr", "pid")
+
+    def __init__(self, raw: bytes):
+        self.id, self.pid, _flags, self.nr, _arch, _ip, *args = _NOTIF.unpack(raw)
+        self.args = args
+
+
+def receive(fd: int) -> Notification | None:
+    buffer = bytearray(_NOTIF.size)
+    try:
+        fcntl.ioctl(fd, NOTIF_RECV, buffer, True)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.EINTR, errno.EAGAIN):  # the caller died meanwhile
+            return None
+        raise
+    return Notification(bytes(buffer))
+
+
+def still_valid(fd: int, notification_id: int) -> bool:
+    try:
+        fcntl.ioctl(fd, NOTIF_ID_VALID, struct.pack("<Q", notification_id))
+        return True
+    except OSError:
+        return False
+
+
+def respond(fd: int, notification_id: int, *, error: int = 0, allow: bool = False) -> None:
+    """Either let the kernel run the call (allow) or fail it with -error."""
+    flags = FLAG_CONTINUE if allow else 0
+    with contextlib.suppress(OSError):  # ENOENT: the caller died; nothing left to answer
+        fcntl.ioctl(fd, NOTIF_SEND, bytearray(_RESP.pack(notification_id, 0, -error if error else 0, flags)))
+
+
+class ProcessMemory:
+    """Reads strings and pointer arrays from a stopped caller through /proc/PID/mem."""
+
+    def __init__(self, pid: int):
+        self.fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def string(self, address: int) -> str:
+        if not address:
+            return ""
+        data = b""
+        while len(data) < MAX_STRING:
+            page_left = 4096 - (address + len(data)) % 4096  # never read across into an unmapped page
+            chunk = os.pread(self.fd, page_left, address + len(data))
+            if not chunk:
+                break
+            end = chunk.find(b"\0")
+            if end >= 0:
+                return (data + chunk[:end]).decode(errors="replace")
+            data += chunk
+        return data[:MAX_STRING].decode(errors="replace") + "…"
+
+    def string_array(self, address: int) -> list[str]:
+        items: list[str] = []
+        while address and len(items) < MAX_ARGS:
+            pointer = struct.unpack("<Q", os.pread(self.fd, 8, address))[0]
+            if not pointer:
+                return items
+            items.append(self.string(pointer))
+            address += 8
+        return items
+
+
+class Dispatcher:
+    """Answers each notification: exec calls are logged and continued; others are denied rules."""
+
+    def __init__(self, fd: int, exec_numbers: dict[int, str], deny: Callable[[Notification], tuple[str, int, str]],
+                 log: Callable[..., None]):
+        self.fd = fd
+        self.exec_numbers = exec_numbers  # syscall number -> "execve" | "execveat"
+        self.deny = deny  # notification -> (syscall name, errno, rule)
+        self.log = log
+        self.denied: list[dict[str, object]] = []
+
+    def handle(self) -> None:
+        notification = receive(self.fd)
+        if notification is None:
+            return
+        name = self.exec_numbers.get(notification.nr)
+        if name is None:
+            syscall, error, rule = self.deny(notification)
+            respond(self.fd, notification.id, error=error)
+            self.denied.append({"kind": "syscall", "target": syscall, "rule": rule})
+            self.log("syscall", pid=notification.pid, name=syscall, decision="deny", rule=rule,
+                     errno=errno.errorcode.get(error, str(error)))
+            return
+        path, argv = self._exec_details(notification, name)
+        if still_valid(self.fd, notification.id):  # read before the answer; a dead caller is skipped
+            # answer first, log second: the event only observes (Landlock decides), so the
+            # sandboxed process need not wait for the log write
+            respond(self.fd, notification.id, allow=True)
+            self.log("exec", pid=notification.pid, path=path, argv=argv)
+
+    def _exec_details(self, notification: Notification, name: str) -> tuple[str, list[str]]:
+        path_arg, argv_arg = (0, 1) if name == "execve" else (1, 2)
+        try:
+            memory = ProcessMemory(notification.pid)
+        except OSError:
+            return "?", []
+        try:
+            path = memory.string(notification.args[path_arg])
+            argv = memory.string_array(notification.args[argv_arg])
+        except OSError:
+            path, argv = "?", []
+        finally:
+            memory.close()
+        if name == "execveat" and not path.startswith("/"):
+            dirfd = notification.args[0] & 0xFFFFFFFF
+            base = "cwd" if dirfd == 0xFFFFFF9C else f"fd/{dirfd}"  # AT_FDCWD
+            with contextlib.suppress(OSError):
+                path = os.path.join(os.readlink(f"/proc/{notification.pid}/{base}"), path) if path else \
+                    os.readlink(f"/proc/{notification.pid}/{base}")
+        elif not path.startswith("/"):
+            with contextlib.suppress(OSError):
+                path = os.path.join(os.readlink(f"/proc/{notification.pid}/cwd"), path)
+        return path, argv
