@@ -16,9 +16,9 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from sandboxctl.errors import SandboxError
-from sandboxctl.plan.model import SeccompPlan, SeccompRule
+from sandboxctl.plan.model import SeccompCondition, SeccompPlan, SeccompRule
 
-CACHE_VERSION = "2"
+CACHE_VERSION = "3"
 # __NR_seccomp per machine: the shim makes the raw call (libseccomp is not reachable inside)
 SECCOMP_SYSCALL = {"x86_64": 317, "aarch64": 277, "riscv64": 277, "ppc64le": 358, "s390x": 348}
 
@@ -67,6 +67,7 @@ def build_filter(plan: SeccompPlan, which: str = "static"):
         rules = [replace(r, action="notify") for r in plan.rules if plan.trapped(r)]
         if plan.notify_exec:
             rules += [SeccompRule(name, "notify", "exec event") for name in ("execve", "execveat")]
+        rules += file_open_rules(plan.file_events)
     else:
         rules = [r for r in plan.rules if not plan.trapped(r)]
     for rule in rules:
@@ -87,6 +88,27 @@ def build_filter(plan: SeccompPlan, which: str = "static"):
             raise SandboxError(f"seccomp: cannot add the rule for {rule.syscall}: {exc.strerror}",
                                "report this: the baseline should always compile") from None
     return flt
+
+
+# open(2) flags that mean the caller intends to write or create
+WRITE_INTENT = {"O_WRONLY": 0o1, "O_RDWR": 0o2, "O_CREAT": 0o100, "O_TRUNC": 0o1000}
+OPEN_FLAGS_ARG = {"open": 1, "openat": 2}
+
+
+def file_open_rules(mode: str) -> list[SeccompRule]:
+    """Notify rules for file events. In `write` mode the flags are tested in BPF, so opens for
+    reading never leave the kernel; openat2 keeps its flags in memory BPF cannot see, and creat
+    always creates, so both are always trapped."""
+    if mode == "none":
+        return []
+    rules = [SeccompRule("creat", "notify", "file event"), SeccompRule("openat2", "notify", "file event")]
+    for name, arg in OPEN_FLAGS_ARG.items():
+        if mode == "all":
+            rules.append(SeccompRule(name, "notify", "file event"))
+            continue
+        rules += [SeccompRule(name, "notify", f"file event: {flag}", (SeccompCondition(arg, "masked_eq", bit, bit),))
+                  for flag, bit in WRITE_INTENT.items()]
+    return rules
 
 
 def compile_bpf(plan: SeccompPlan, which: str = "static") -> bytes:
@@ -135,7 +157,8 @@ def load_or_compile_notify(plan: SeccompPlan, cache_dir: Path) -> tuple[bytes, d
     except (OSError, ValueError, EOFError, KeyError, TypeError):
         pass
     program = compile_bpf(plan, "notify")
-    names = sorted({r.syscall for r in plan.rules if plan.trapped(r)} | {"execve", "execveat"})
+    names = sorted({r.syscall for r in plan.rules if plan.trapped(r)} | {"execve", "execveat"}
+                   | {r.syscall for r in file_open_rules(plan.file_events)})
     numbers = syscall_numbers(names)
     try:
         cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -377,7 +377,7 @@ class _Planner:
         rules = syscalls.apply_policy(syscalls.baseline_rules(), self.policy.syscalls_deny,
                                       self.policy.syscalls_allow)
         return SeccompPlan("allow", "kill_process", tuple(rules), trap_denials=True,
-                           notify_exec=self.policy.log.exec_events)
+                           notify_exec=self.policy.log.exec_events, file_events=self.policy.log.file_events)
 
     def cwd(self) -> str:
         return self.inv.workspace if self.workspace else self.facts.home

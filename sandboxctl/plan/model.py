@@ -69,6 +69,7 @@ class SeccompPlan:
     # static filter bubblewrap loads.
     trap_denials: bool = True
     notify_exec: bool = True
+    file_events: str = "none"  # none | write (write-intent opens) | all (every open)
 
     def trapped(self, rule: SeccompRule) -> bool:
         """ENOSYS rules are compatibility fallbacks (clone3 -> clone), not denials worth an event."""

@@ -98,14 +98,21 @@ class ProcessMemory:
         return items
 
 
-class Dispatcher:
-    """Answers each notification: exec calls are logged and continued; others are denied rules."""
+AT_FDCWD = 0xFFFFFF9C
+O_ACCMODE, O_CREAT, O_TRUNC = 0o3, 0o100, 0o1000
+FILE_CALLS = ("open", "openat", "openat2", "creat")
 
-    def __init__(self, fd: int, exec_numbers: dict[int, str], deny: Callable[[Notification], tuple[str, int, str]],
-                 log: Callable[..., None]):
+
+class Dispatcher:
+    """Answers each notification: exec and file opens are logged and continued (or, for writes
+    outside the writable set, denied); anything else is a baseline denial."""
+
+    def __init__(self, fd: int, names: dict[int, str], deny: Callable[[Notification], tuple[str, int, str]],
+                 judge_write: Callable[[str], tuple[bool, str]], log: Callable[..., None]):
         self.fd = fd
-        self.exec_numbers = exec_numbers  # syscall number -> "execve" | "execveat"
+        self.names = names  # syscall number -> name, for the calls we trap
         self.deny = deny  # notification -> (syscall name, errno, rule)
+        self.judge_write = judge_write  # sandbox path -> (inside the writable set, rule)
         self.log = log
         self.denied: list[dict[str, object]] = []
 
@@ -113,8 +120,11 @@ class Dispatcher:
         notification = receive(self.fd)
         if notification is None:
             return
-        name = self.exec_numbers.get(notification.nr)
-        if name is None:
+        name = self.names.get(notification.nr)
+        if name in FILE_CALLS:
+            self._file(notification, name)
+            return
+        if name not in ("execve", "execveat"):
             syscall, error, rule = self.deny(notification)
             respond(self.fd, notification.id, error=error)
             self.denied.append({"kind": "syscall", "target": syscall, "rule": rule})
@@ -127,6 +137,56 @@ class Dispatcher:
             # sandboxed process need not wait for the log write
             respond(self.fd, notification.id, allow=True)
             self.log("exec", pid=notification.pid, path=path, argv=argv)
+
+    def _file(self, notification: Notification, name: str) -> None:
+        """A write-intent open inside the writable set continues (the mounts and Landlock still
+        decide, so a path swapped after we read it gains nothing); outside it, EACCES and an event.
+        Reads (file_events: all) are only logged."""
+        args = notification.args
+        try:
+            memory = ProcessMemory(notification.pid)
+        except OSError:
+            respond(self.fd, notification.id, allow=True)  # the caller is gone or exiting
+            return
+        try:
+            if name == "creat":
+                dirfd, path, flags = AT_FDCWD, memory.string(args[0]), O_CREAT | O_TRUNC | 1
+            elif name == "open":
+                dirfd, path, flags = AT_FDCWD, memory.string(args[0]), args[1]
+            elif name == "openat":
+                dirfd, path, flags = args[0] & 0xFFFFFFFF, memory.string(args[1]), args[2]
+            else:  # openat2: struct open_how starts with the u64 flags
+                dirfd, path = args[0] & 0xFFFFFFFF, memory.string(args[1])
+                flags = struct.unpack("<Q", os.pread(memory.fd, 8, args[2]))[0] if args[2] else 0
+        except OSError:
+            respond(self.fd, notification.id, allow=True)
+            return
+        finally:
+            memory.close()
+        full = self._absolute(notification.pid, dirfd, path)
+        writes = bool(flags & O_ACCMODE) or bool(flags & (O_CREAT | O_TRUNC))
+        op = "create" if flags & O_CREAT else "truncate" if flags & O_TRUNC else "write" if writes else "read"
+        if not still_valid(self.fd, notification.id):
+            return
+        inside, rule = self.judge_write(full) if writes else (True, "read")
+        if inside:
+            respond(self.fd, notification.id, allow=True)
+            self.log("file", pid=notification.pid, path=full, op=op, decision="allow", rule=rule)
+        else:
+            respond(self.fd, notification.id, error=errno.EACCES)
+            self.denied.append({"kind": "file", "target": f"{op} {full}", "rule": rule})
+            self.log("file", pid=notification.pid, path=full, op=op, decision="deny", rule=rule)
+
+    @staticmethod
+    def _absolute(pid: int, dirfd: int, path: str) -> str:
+        """The path as the sandbox sees it (readlink of /proc/PID/cwd and fd/N is in its view)."""
+        if path.startswith("/"):
+            return os.path.normpath(path)
+        base = "cwd" if dirfd == AT_FDCWD else f"fd/{dirfd}"
+        try:
+            return os.path.normpath(os.path.join(os.readlink(f"/proc/{pid}/{base}"), path))
+        except OSError:
+            return path
 
     def _exec_details(self, notification: Notification, name: str) -> tuple[str, list[str]]:
         path_arg, argv_arg = (0, 1) if name == "execve" else (1, 2)

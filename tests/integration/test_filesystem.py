@@ -26,7 +26,21 @@ def test_write_outside_the_workspace_fails_and_leaves_nothing(sandbox, tmp_path)
     assert result.stdout.strip() == "done"
     assert not (outside / "x").exists()
     assert not os.path.exists("/etc/pwned") and not os.path.exists("/usr/pwned")
-    assert "Read-only file system" in result.stderr or "No such file" in result.stderr
+    assert "Permission denied" in result.stderr  # the supervisor refused the write-intent open
+    denied = [r for r in sandbox.records() if r["event"] == "file" and r["decision"] == "deny"]
+    assert {r["path"] for r in denied} >= {"/etc/pwned", "/usr/pwned"}
+    assert all("outside the writable set" in r["rule"] for r in denied)
+
+
+def test_writes_outside_are_still_refused_by_the_kernel_without_file_events(sandbox, tmp_path):
+    """With the supervisor out of the way (file_events: none), the mounts alone still hold."""
+    policy = sandbox.write_policy("nofile.yaml", "version: 1\nextends: default\nlog:\n  file_events: none\n")
+    result = sandbox.run("--", "/bin/sh", "-c", "echo x > /etc/pwned; echo x > /usr/pwned; echo done",
+                         policy=str(policy))
+    assert result.stdout.strip() == "done"
+    assert "Read-only file system" in result.stderr
+    assert not os.path.exists("/etc/pwned") and not os.path.exists("/usr/pwned")
+    assert not [r for r in sandbox.records() if r["event"] == "file"]
 
 
 def test_paths_not_granted_are_absent(sandbox, tmp_path):

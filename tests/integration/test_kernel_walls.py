@@ -245,3 +245,11 @@ def test_exec_events_can_be_switched_off(sandbox):
     policy = sandbox.write_policy("quiet.yaml", "version: 1\nextends: default\nlog:\n  exec_events: false\n")
     assert sandbox.run("--", "/bin/sh", "-c", "ls >/dev/null", policy=str(policy)).returncode == 0
     assert not [r for r in sandbox.records() if r["event"] == "exec"]
+
+
+def test_file_events_record_writes_and_reads_cost_nothing(sandbox):
+    result = sandbox.sh("echo a > made.txt; cat made.txt > /dev/null; : > made.txt; cat /etc/hostname >/dev/null")
+    assert result.returncode == 0, result.stderr
+    files = [(r["path"], r["op"], r["decision"]) for r in sandbox.records() if r["event"] == "file"]
+    assert (str(sandbox.workspace / "made.txt"), "create", "allow") in files
+    assert not [f for f in files if f[1] == "read"]  # file_events: write never traps a read

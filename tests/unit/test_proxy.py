@@ -19,10 +19,11 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sandboxctl.supervise import netcheck
+from sandboxctl.supervise import proxy as proxy_module
 from sandboxctl.supervise.netcheck import NetPolicy
 from sandboxctl.supervise.proxy import (
     HEAD_LIMIT,
@@ -597,6 +598,10 @@ def socks5(proxy: Proxy, atyp: int, address: bytes, port: int, methods: bytes = 
     return sock, recv_exact(sock, 10)
 
 
+def proxy_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("sandboxctl-proxy")]
+
+
 def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -978,25 +983,35 @@ def test_slow_client_times_out_with_408(make_proxy: Callable[..., Proxy]) -> Non
     assert len(proxy.wait_records(1)) == 1
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@contextlib.contextmanager
+def running_proxy(allow: tuple[str, ...] = (), **kwargs: Any) -> Iterator[Proxy]:
+    listener = socket.create_server(("127.0.0.1", 0))
+    records: list[dict[str, Any]] = []
+    server = ProxyServer(listener, NetPolicy(allow, (), True), records.append, **kwargs)
+    server.start()
+    try:
+        yield Proxy(server, listener.getsockname()[1], records)
+    finally:
+        server.stop()
+
+
+@settings(max_examples=40, deadline=None)
 @given(data=st.binary(min_size=1, max_size=512))
-def test_fuzz_garbage_over_the_wire(make_proxy: Callable[..., Proxy], data: bytes) -> None:
-    proxy = getattr(test_fuzz_garbage_over_the_wire, "_proxy", None)
-    if proxy is None or proxy.server._stopping:
-        proxy = make_proxy(allow=("127.0.0.1:1",), head_timeout=0.3)
-        test_fuzz_garbage_over_the_wire._proxy = proxy  # type: ignore[attr-defined]
-    sock = proxy.connect()
-    with contextlib.suppress(OSError):
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-    with contextlib.suppress(OSError):
-        reply = recv_all(sock)
-        if reply.startswith(b"HTTP/"):
-            _assert_well_formed_error(reply)
-    sock.close()
-    probe = proxy.connect()  # and the proxy still answers
-    probe.sendall(b"GET http://127.0.0.1:1/ HTTP/1.1\r\n\r\n")
-    assert recv_all(probe).startswith(b"HTTP/1.1 ")
+def test_fuzz_garbage_over_the_wire(data: bytes) -> None:
+    with running_proxy(allow=("127.0.0.1:1",), head_timeout=0.3) as proxy:
+        sock = proxy.connect()
+        with contextlib.suppress(OSError):
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(OSError):
+            reply = recv_all(sock)
+            if reply.startswith(b"HTTP/"):
+                _assert_well_formed_error(reply)
+        sock.close()
+        probe = proxy.connect()  # and the proxy still answers
+        probe.sendall(b"GET http://127.0.0.1:1/ HTTP/1.1\r\n\r\n")
+        assert recv_all(probe).startswith(b"HTTP/1.1 ")
+        probe.close()
 
 
 def test_half_close_propagates(make_proxy: Callable[..., Proxy], echo: EchoServer) -> None:
@@ -1010,6 +1025,29 @@ def test_half_close_propagates(make_proxy: Callable[..., Proxy], echo: EchoServe
     sock.close()
     (record,) = proxy.wait_records(1)
     assert record["bytes_out"] == 5 and record["bytes_in"] == 10
+
+
+@pytest.mark.parametrize("splice", [True, False], ids=["splice", "copy"])
+def test_bulk_transfer_both_ways_is_intact(
+    make_proxy: Callable[..., Proxy], echo: EchoServer, monkeypatch: pytest.MonkeyPatch, splice: bool
+) -> None:
+    pipes: list[object] = []
+    real_open_pipe = proxy_module._open_pipe
+    monkeypatch.setattr(proxy_module, "_open_pipe", lambda: pipes.append(real_open_pipe()) or pipes[-1])
+    monkeypatch.setattr(proxy_module, "_splice_ok", splice and hasattr(os, "splice"))
+    proxy = make_proxy(allow=("127.0.0.1",))
+    sock, reply = connect_tunnel(proxy, f"127.0.0.1:{echo.port}")
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    payload = os.urandom(1 << 20) * 8
+    sender = threading.Thread(target=lambda: (sock.sendall(payload), sock.shutdown(socket.SHUT_WR)))
+    sender.start()
+    received = recv_all(sock)
+    sender.join()
+    sock.close()
+    assert received == payload + f"BYE {len(payload)}".encode()
+    (record,) = proxy.wait_records(1)
+    assert record["bytes_out"] == len(payload) and record["bytes_in"] == len(received)
+    assert any(pipes) == (splice and hasattr(os, "splice"))  # bulk went through splice(2), or was copied
 
 
 def test_client_vanishing_mid_transfer(make_proxy: Callable[..., Proxy], http_port: int, echo: EchoServer) -> None:
@@ -1122,6 +1160,9 @@ def test_stop_closes_everything(echo: EchoServer, http_port: int) -> None:
     assert fd_count() == before
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", proxy.port), timeout=1)
+    while proxy_threads() and time.monotonic() < end:
+        time.sleep(0.02)  # the one stuck in ask() ends once the human answers
+    assert proxy_threads() == []
 
 
 def test_start_and_stop_are_idempotent_and_stop_without_start_is_fine() -> None:
@@ -1138,3 +1179,4 @@ def test_start_and_stop_are_idempotent_and_stop_without_start_is_fine() -> None:
     server.stop()
     server.stop()
     assert fd_count() == before
+    assert proxy_threads() == []
