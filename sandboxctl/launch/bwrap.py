@@ -33,10 +33,11 @@ def mount_args(mount: Mount, empty_file: str, secret_fds: dict[str, int] | None 
         return ["--dev", target]
     if kind == "tmpfs":
         return ["--tmpfs", target]
+    source = target if not mount.source or mount.source.startswith("placeholder:") else mount.source
     if kind == "ro":
-        return ["--ro-bind", mount.source or target, target]
+        return ["--ro-bind", source, target]
     if kind == "rw":
-        return ["--bind", mount.source or target, target]
+        return ["--bind", source, target]
     if kind == "symlink":
         return ["--symlink", mount.source or "", target]
     if kind == "mask-dir":

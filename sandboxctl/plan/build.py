@@ -31,9 +31,15 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # shells, editors, agents): always read-only. SPEC principle 3.
 PROTECTED_NAMES = (
     ".git/hooks", ".git/config", ".gitmodules", ".sandboxctl.yaml", ".envrc", ".mcp.json",
-    ".vscode", ".idea", ".claude", ".gitconfig", ".bashrc", ".bash_profile", ".bash_login",
-    ".bash_logout", ".profile", ".zshrc", ".zshenv", ".zprofile", ".zlogin", ".config/fish",
+    ".vscode", ".idea", ".claude",
 )
+# Start-up files run by shells, git and fish for the user: protected where HOME itself is writable.
+HOME_PROTECTED_NAMES = (
+    ".gitconfig", ".bashrc", ".bash_profile", ".bash_login", ".bash_logout", ".profile", ".zshrc",
+    ".zshenv", ".zprofile", ".zlogin", ".config/fish", ".config/git",
+)
+# Absent protected paths get a placeholder of this kind (so that they cannot be created inside).
+PROTECTED_DIRS = {".git", ".git/hooks", ".vscode", ".idea", ".claude", ".config/fish", ".config/git"}
 # Looks like a credential: never passed by a glob, only when named exactly.
 CREDENTIAL_LIKE = re.compile(
     r".*(_TOKEN|_SECRET|_KEY|PASSWORD|PASSWD|_CREDENTIALS?|_AUTH)$|^(AWS|GITHUB|GH|AZURE|GOOGLE|GCP)_.*",
@@ -178,29 +184,35 @@ class _Planner:
         result: list[Mount] = []
         candidates: list[tuple[str, str]] = []
         for root in self.writable_roots(visible):
-            if self.facts.kind(os.path.join(root, ".git")) == "file":
-                candidates.append((os.path.join(root, ".git"), "protected: .git file (points git elsewhere)"))
-            candidates += [(os.path.join(root, name), f"protected: {name}") for name in PROTECTED_NAMES]
+            git = self.facts.kind(os.path.join(root, ".git"))
+            if git in ("file", "missing"):  # a .git file points git elsewhere; a new .git is a new repo
+                candidates.append((os.path.join(root, ".git"), "protected: .git"))
+            names = PROTECTED_NAMES + (HOME_PROTECTED_NAMES if root == self.facts.home else ())
+            candidates += [(os.path.join(root, name), f"protected: {name}") for name in names
+                           if not (git == "missing" and name.startswith(".git/"))]
         for raw in self.policy.filesystem.protect:
             pattern = self.expand(raw)
             matches = self.facts.glob(pattern) if set("*?[") & set(pattern) else [pattern]
             candidates += [(m, "filesystem.protect") for m in matches]
         candidates += [(p, "sandboxctl's own code and policies") for p in self.facts.protected_code]
         candidates += [(self.expand(f), "the policy in use") for f in self.policy_files()]
-        absent: list[str] = []
+        held: list[str] = []
         for path, why in candidates:
             root = self.covering(path, visible)
             if root is None or visible[root] != "rw" or any(m.target == path for m in result):
                 continue
             if self.facts.kind(path) == "missing":
-                absent.append(os.path.relpath(path, root) if _within(path, root) else path)
+                # an absent protected path is held by an empty read-only placeholder for the run,
+                # created by the supervisor before launch and removed after it
+                relative = os.path.relpath(path, root)
+                kind = "dir" if relative in PROTECTED_DIRS or relative.endswith("/") else "file"
+                result.append(Mount("ro", path, f"placeholder:{kind}", f"{why} (absent: empty placeholder)"))
+                held.append(relative)
                 continue
             result.append(Mount("ro", path, path, why))
-        if absent:
-            self.notes.append(
-                "protected paths absent when the run started (not covered; may be created inside): "
-                + ", ".join(sorted(set(absent)))
-            )
+        if held:
+            self.notes.append("absent protected paths held by empty placeholders during the run: "
+                              + ", ".join(sorted(set(held))))
         return result
 
     def pins(self, guards: list[Mount], visible: dict[str, str]) -> list[Mount]:
@@ -215,9 +227,12 @@ class _Planner:
             if root is None or visible[root] != "rw":
                 continue
             ancestor = os.path.dirname(guard.target)
+            placeholder = (guard.source or "").startswith("placeholder:")
             while ancestor != root and _within(ancestor, root) and ancestor not in pinned:
-                if self.facts.kind(ancestor) == "dir":
-                    pinned[ancestor] = Mount("rw", ancestor, ancestor, "pinned: parent of a guarded path")
+                kind = self.facts.kind(ancestor)
+                if kind == "dir" or (kind == "missing" and placeholder):  # the supervisor creates it
+                    source = ancestor if kind == "dir" else "placeholder:parent"
+                    pinned[ancestor] = Mount("rw", ancestor, source, "pinned: parent of a guarded path")
                 ancestor = os.path.dirname(ancestor)
         return list(pinned.values())
 

@@ -281,18 +281,22 @@ def screen_address(
 ) -> Verdict | None:
     """Why a resolved address may not be dialled (a refusing Verdict), or None if it may.
 
-    An IP-literal deny pattern refuses the address whatever name led to it. A non-public or
-    host-interface address is refused unless allow_private is set or an IP-literal allow pattern
-    lists exactly that address (and port).
+    An IP-literal deny pattern refuses the address whatever name led to it, and so does a deny of
+    the IPv4 address that an IPv6 form carries. A non-public or host-interface address (the IPv4
+    one an IPv6 form carries included) is refused unless allow_private is set or an IP-literal
+    allow pattern lists exactly that address (and port).
     """
     addr = _plain(addr)
-    denied = _literal_match(policy.deny_patterns, addr, port)
-    if denied is not None:
-        return Verdict(False, f"network.deny: {denied}", "deny", denied, addr)
+    embedded = embedded_ipv4(addr) if isinstance(addr, IPv6Address) else None
+    reaches = [addr] if embedded is None else [addr, embedded[0]]
+    for target in reaches:
+        denied = _literal_match(policy.deny_patterns, target, port)
+        if denied is not None:
+            return Verdict(False, f"network.deny: {denied}", "deny", denied, addr)
     if policy.allow_private:
         return None
     label = address_class(addr)
-    if label is None and addr in local:
+    if label is None and any(target in local for target in reaches):
         label = "host interface"
     if label is None or _literal_match(policy.allow_patterns, addr, port) is not None:
         return None

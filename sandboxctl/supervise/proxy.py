@@ -11,7 +11,8 @@ What it speaks — the three ways tools reach a proxy, told apart by the first b
 - plain HTTP with an absolute URI (`GET http://host/path HTTP/1.1`; what HTTP_PROXY clients send),
   rewritten to origin form with the hop-by-hop and Proxy-* headers removed, Host set from the URI
   (so a Host header cannot point an allowed server's virtual hosting elsewhere) and
-  `Connection: close`, so one client connection carries one request,
+  `Connection: close`, so one client connection carries one request (anything the client sends
+  after it goes to the same, already checked, upstream, which stops reading after a close request),
 - SOCKS5 without authentication (first byte 0x05), names included (socks5h), CONNECT only.
 
 A refusal tells the agent, in one sentence, which rule refused it and how a human would allow it:
@@ -23,11 +24,16 @@ connection gets a thread that reads the request, waits for a human's approval if
 take a while), resolves and dials — all blocking steps — and then relays one direction while a
 second thread relays the other. Blocking relays give back-pressure for free (a slow reader stalls
 its writer, nothing is buffered without bound), half-close is simply "EOF on one side, shutdown
-(SHUT_WR) on the other", both directions run in parallel because recv/send release the GIL, and
-measured throughput equals a poll loop's (bench/proxy). The cost is two threads and at most
-2 x 256 KiB of buffer per connection (buffers start at 16 KiB and grow only for bulk transfers),
-bounded by `max_connections`. stop() shuts every socket down, which wakes every blocked thread,
-so the threads close what they own and end.
+(SHUT_WR) on the other", both directions run in parallel because recv/send/splice release the GIL,
+and a blocking loop can hand bulk transfers to splice(2), which a poll loop over non-blocking
+sockets would make much harder. A select loop was measured too: it relayed no faster than the
+copying threads, and needs buffering and wake-up bookkeeping of its own. The cost is two threads
+per connection and a small buffer (16 KiB, growing to 64 KiB before a bulk transfer switches to a
+pipe), bounded by `max_connections`. stop() shuts every socket down, which wakes every blocked
+thread, so the threads close what they own and end.
+
+The proxy relies on SIGPIPE being ignored, as Python arranges at start-up (a write to a closed
+socket is then an EPIPE error, handled as the end of that connection).
 """
 
 from __future__ import annotations

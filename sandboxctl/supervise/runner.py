@@ -33,6 +33,7 @@ from sandboxctl.supervise import notify, processes
 from sandboxctl.supervise import secrets as secret_store
 from sandboxctl.supervise.cgroups import RunCgroup
 from sandboxctl.supervise.cgroups import detect as detect_cgroups
+from sandboxctl.supervise.placeholders import Placeholders
 
 TERM_GRACE_S = 2.0
 TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
@@ -523,7 +524,9 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str]) -> RunResult:
     values = {s.name: secret_store.resolve(s, os.environ, plan.home) for s in plan.secrets}
     log = ActionLog(plan.log_path, plan.run_id, redact=tuple(values.values()))
     cgroup = None
+    placeholders = Placeholders(state, plan.run_id)
     try:
+        placeholders.create(plan)
         lim = plan.limits
         if "cgroup" in (lim.memory_method, lim.pids_method):
             layout = detect_cgroups()
@@ -549,4 +552,5 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str]) -> RunResult:
     finally:
         if cgroup:
             cgroup.remove()
+        placeholders.remove()
         log.close()

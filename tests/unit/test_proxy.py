@@ -165,6 +165,9 @@ def test_a_public_address_of_this_host_is_refused() -> None:
     verdict = netcheck.screen_address(policy, ip_address("8.8.4.4"), 443, mine)
     assert verdict is not None and verdict.rule == "private address 8.8.4.4 (host interface; allow_private: false)"
     assert netcheck.screen_address(policy, ip_address("8.8.8.8"), 443, mine) is None
+    for form in ("::ffff:8.8.4.4", "64:ff9b::808:404", "2002:808:404::1"):  # the same host in IPv6 clothing
+        verdict = netcheck.screen_address(policy, ip_address(form), 443, mine)
+        assert verdict is not None and verdict.kind == "private", form
     assert netcheck.screen_address(NetPolicy(allow_private=True), ip_address("8.8.4.4"), 443, mine) is None
 
 
@@ -241,6 +244,7 @@ def test_ip_literal_deny_applies_to_resolved_addresses_and_beats_allow_private()
     assert netcheck.screen_address(policy, ip_address("::1"), 22) is not None
     assert netcheck.screen_address(policy, ip_address("::1"), 23) is None
     assert netcheck.screen_address(policy, ip_address("::ffff:93.184.216.34"), 443) is not None
+    assert netcheck.screen_address(policy, ip_address("64:ff9b::5db8:d822"), 443) is not None  # NAT64 form
 
 
 def test_screen_addresses_keeps_order_drops_duplicates_and_reports_first_refusal() -> None:
