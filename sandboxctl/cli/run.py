@@ -145,6 +145,10 @@ def execute_run(opts: dict[str, Any], command: list[str]) -> int:
         report(result.error)
     if result.denials and not opts["quiet"]:
         _print_denials(result.denials, plan.run_id)
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        from sandboxctl.cli import ci
+
+        ci.annotate(plan, result)
     if result.timed_out and not opts["quiet"]:
         print(f"sandboxctl: timeout: the run exceeded {units.format_duration(plan.limits.timeout or 0)};"
               " the whole sandbox was killed", file=sys.stderr)

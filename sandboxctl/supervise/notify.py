@@ -108,13 +108,14 @@ class Dispatcher:
     outside the writable set, denied); anything else is a baseline denial."""
 
     def __init__(self, fd: int, names: dict[int, str], deny: Callable[[Notification], tuple[str, int, str]],
-                 judge_write: Callable[[str], tuple[bool, str]], log: Callable[..., None]):
+                 judge_write: Callable[[str], tuple[bool, str]], log: Callable[..., None],
+                 denied: list[dict[str, object]] | None = None):
         self.fd = fd
         self.names = names  # syscall number -> name, for the calls we trap
         self.deny = deny  # notification -> (syscall name, errno, rule)
         self.judge_write = judge_write  # sandbox path -> (inside the writable set, rule)
         self.log = log
-        self.denied: list[dict[str, object]] = []
+        self.denied = denied if denied is not None else []  # shared with the proxy: in time order
 
     def handle(self) -> None:
         notification = receive(self.fd)

@@ -291,7 +291,7 @@ class Supervisor:
         """Watch the sandbox's notification listener from the loop (exec and denial events)."""
         self.notify_fd = fd
         self.dispatcher = notify.Dispatcher(fd, self.syscall_names, self._which_rule, self._judge_write,
-                                            self._write_log)
+                                            self._write_log, self.denials)
         sel.register(fd, selectors.EVENT_READ, "notify")
 
     def _judge_write(self, path: str) -> tuple[bool, str]:
@@ -499,8 +499,6 @@ class Supervisor:
             error = SandboxError("the action log could not be written; the sandbox was stopped",
                                  "free some space or pass --log PATH")
             code = EXIT_SANDBOX_FAILED
-        if self.dispatcher:
-            self.denials.extend(self.dispatcher.denied)
         return RunResult(code, duration, self.timed_out, error, self.layers, self.denials)
 
 
