@@ -9,17 +9,19 @@ import inspect
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from sandboxctl.cli.runopts import RUN_OPTIONS, defaults
 from sandboxctl.errors import SandboxError
 
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
+if TYPE_CHECKING:
+    from typing import Any
+
 
 def _run_id() -> str:
-    import secrets
     import time
 
-    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + os.urandom(3).hex()
 
 
 def _workspace(path: str | None) -> Path:
@@ -187,7 +189,7 @@ def register(app) -> None:
     """Build the typer `run` command from RUN_OPTIONS (so help and completion match the fast path)."""
     import typer
 
-    def run(**kwargs: Any) -> None:
+    def run(**kwargs):  # the real signature is __signature__, built below
         command = kwargs.pop("command") or []
         raise typer.Exit(execute_run(kwargs, list(command)))
 
@@ -209,7 +211,7 @@ def register(app) -> None:
     run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     run.__doc__ = "Run COMMAND inside the sandbox described by the policy."
 
-    def normalised(**kwargs: Any) -> None:
+    def normalised(**kwargs):
         for option in RUN_OPTIONS:
             if option.kind == "multi" and kwargs.get(option.dest) is None:
                 kwargs[option.dest] = []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import glob as globlib
-import importlib.util
+import importlib.machinery
 import os
 import pwd
 import stat
@@ -34,8 +34,13 @@ def path_kind(path: str) -> str:
     return "other"
 
 
+def _find_spec(name: str):
+    """Where a top-level package would be imported from, without importing it (or importlib.util)."""
+    return importlib.machinery.PathFinder.find_spec(name, sys.path)
+
+
 def _landlock_lib() -> str:
-    spec = importlib.util.find_spec("landlockpy")
+    spec = _find_spec("landlockpy")
     if spec is None or not spec.submodule_search_locations:
         from sandboxctl.errors import SandboxError
 
@@ -51,7 +56,7 @@ def _supervisor_code(package: Path, policies: Path) -> tuple[str, ...]:
     (say, a .venv inside the workspace), or a sandbox could rewrite the code that confines the next."""
     places = {str(package), str(policies), os.path.realpath(sys.prefix)}
     for name in SUPERVISOR_DEPENDENCIES:
-        spec = importlib.util.find_spec(name)
+        spec = _find_spec(name)
         origin = spec.origin if spec else None
         if origin and origin not in ("built-in", "frozen"):
             places.add(os.path.dirname(os.path.realpath(origin)))

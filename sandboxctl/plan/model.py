@@ -7,7 +7,10 @@ configuration; unit tests check it without launching anything. Secret *values* n
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
+if TYPE_CHECKING:
+    from typing import Any
 
 
 @dataclass(frozen=True)

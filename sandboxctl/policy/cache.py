@@ -12,7 +12,10 @@ import hashlib
 import marshal
 import os
 from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
+if TYPE_CHECKING:
+    from typing import Any
 
 ENGINE_FILES = ("definition.py", "schema.py", "model.py", "load.py", "yamlpos.py", "cache.py")
 

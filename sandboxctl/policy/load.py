@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from sandboxctl.policy.errors import PolicyError, Problem, format_key
 from sandboxctl.policy.model import Policy, policy_from_data
 
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
 if TYPE_CHECKING:
+    from typing import Any
+
     from sandboxctl.policy.yamlpos import Document
 
 BUILTIN_PREFIX = "builtin:"

@@ -76,6 +76,7 @@ _CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # control characters other than
 _TARGET_BAD = re.compile(rb"[^\x21-\x7e]")
 _PORT = re.compile(r"[0-9]{1,5}")
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
+_CONTROL_TEXT = re.compile(r"[\x00-\x1f\x7f]")
 _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-connection", "proxy-authorization", "proxy-authenticate", "te", "upgrade"}
 )
@@ -115,16 +116,19 @@ class HttpError:
     detail: str = ""  # what was wrong, for the log's rule
 
     def to_bytes(self) -> bytes:
+        """The reply; the message is also in the reason phrase, the only part many clients show for a
+        failed CONNECT (Python: "Tunnel connection failed: 403 Forbidden: sandboxctl: …")."""
         body = (self.message + "\n").encode("utf-8", "replace")
+        reason = _CONTROL_TEXT.sub(" ", f"{_REASONS.get(self.status, 'Error')}: {self.message}")
         head = (
-            f"HTTP/1.1 {self.status} {_REASONS.get(self.status, 'Error')}\r\n"
+            f"HTTP/1.1 {self.status} {reason}\r\n"
             "Content-Type: text/plain; charset=utf-8\r\n"
             f"Content-Length: {len(body)}\r\n"
             "Connection: close\r\n"
         )
         if self.proxy_status:
             head += f"Proxy-Status: sandboxctl; error={self.proxy_status}\r\n"
-        return (head + "\r\n").encode("ascii") + body
+        return (head + "\r\n").encode("ascii", "replace") + body
 
 
 @dataclass(frozen=True)
@@ -950,6 +954,13 @@ class ProxyServer:
         for conn in conns:
             if conn.thread is not None and conn.thread.is_alive():
                 conn.force_close()
+
+    @property
+    def serving(self) -> bool:
+        """True while new connections are accepted. After start(), False means it could not start
+        (no thread or pipe to be had): the sandbox then has no network, and the caller should say so."""
+        thread = self._accept_thread
+        return thread is not None and thread.is_alive() and not self._stopping
 
     @property
     def active_connections(self) -> int:
