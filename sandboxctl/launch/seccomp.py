@@ -11,7 +11,6 @@ import errno
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -112,6 +111,8 @@ def file_open_rules(mode: str) -> list[SeccompRule]:
 
 
 def compile_bpf(plan: SeccompPlan, which: str = "static") -> bytes:
+    import tempfile
+
     flt = build_filter(plan, which)
     with tempfile.TemporaryFile() as handle:
         flt.export_bpf(handle)

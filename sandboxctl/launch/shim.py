@@ -241,7 +241,9 @@ def main():
              "run `sandboxctl doctor`; on an older kernel set `landlock: best-effort` to run without it")
     import signal
 
-    for signum in config.get("default_signals", ()):
+    # Python ignores SIGPIPE and SIGXFSZ for itself, and exec keeps ignored signals: give the
+    # command the defaults (as subprocess does), plus the caller's own SIGINT/SIGQUIT
+    for signum in (signal.SIGPIPE, signal.SIGXFSZ, *config.get("default_signals", ())):
         signal.signal(signum, signal.SIG_DFL)
     if config.get("notify_program"):
         try:

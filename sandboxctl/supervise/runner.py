@@ -15,7 +15,6 @@ import selectors
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -81,6 +80,35 @@ def _memfd(data: bytes, name: str) -> int:
     os.write(fd, data)
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
+
+
+def spawn(argv: list[str], *, stderr: int, pass_fds: tuple[int, ...]) -> int:
+    """posix_spawn bubblewrap with exactly stdin, stdout, our stderr pipe and pass_fds.
+
+    Every other descriptor this process holds is closed in the child, including ones inherited
+    from whoever started sandboxctl, so nothing of the caller leaks into the sandbox. (This is
+    subprocess.Popen(close_fds=True, pass_fds=...) without importing subprocess on the hot path.)
+    """
+    keep = {0, 1, 2, *pass_fds}
+    actions: list[tuple] = [(os.POSIX_SPAWN_DUP2, stderr, 2)]
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep and fd != stderr:
+            try:
+                if os.get_inheritable(fd):
+                    actions.append((os.POSIX_SPAWN_CLOSE, fd))
+            except OSError:
+                continue  # the directory listing's own descriptor, closed by now
+    for fd in pass_fds:
+        os.set_inheritable(fd, True)
+    try:
+        # Python ignores SIGPIPE and SIGXFSZ for itself; the sandbox gets the defaults back (as
+        # Popen's restore_signals does), or `yes | head` and the file-size limit behave oddly
+        return os.posix_spawn(argv[0], argv, dict(os.environ), file_actions=actions,
+                              setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
+    finally:
+        for fd in pass_fds:
+            os.set_inheritable(fd, False)
 
 
 def shim_config(plan: Plan, caller_dispositions: dict[int, Any]) -> dict[str, Any]:
@@ -161,13 +189,10 @@ class Supervisor:
             signal.signal(signum, signal.SIG_IGN)
         try:
             try:
-                proc = subprocess.Popen(argv, stderr=err_w, close_fds=True,
-                                        pass_fds=(seccomp_fd, shim_end.fileno(), stderr_copy,
-                                                  *secret_fds.values()))
+                self.bwrap_pid = spawn(argv, stderr=err_w,
+                                       pass_fds=(seccomp_fd, shim_end.fileno(), stderr_copy, *secret_fds.values()))
             except OSError as exc:
                 raise SandboxError(f"cannot start bubblewrap: {exc.strerror}", "run sandboxctl doctor") from None
-            else:
-                self.bwrap_pid = proc.pid
             finally:
                 for fd in (seccomp_fd, err_w, stderr_copy, *secret_fds.values()):
                     os.close(fd)
@@ -181,7 +206,7 @@ class Supervisor:
             config["notify_program"] = notify_program
             config["seccomp_nr"] = seccomp.SECCOMP_SYSCALL.get(os.uname().machine, 317)
             control.sendall(marshal.dumps(config))
-            self._loop(proc, control, err_r, started)
+            returncode = self._loop(self.bwrap_pid, control, err_r, started)
         finally:
             for signum, handler in originals.items():
                 signal.signal(signum, handler)
@@ -193,12 +218,13 @@ class Supervisor:
             if self.notify_fd is not None:
                 os.close(self.notify_fd)
             os.close(err_r)
-        return self._result(proc.returncode, time.monotonic() - started)
+        return self._result(returncode, time.monotonic() - started)
 
     # ------------------------------------------------------------------ loop
-    def _loop(self, proc: subprocess.Popen, control: socket.socket, err_r: int, started: float) -> None:
+    def _loop(self, pid: int, control: socket.socket, err_r: int, started: float) -> int:
+        """Run until bubblewrap exits; returns its exit code as a shell reports it."""
         sel = selectors.DefaultSelector()
-        pidfd = os.pidfd_open(proc.pid)
+        pidfd = os.pidfd_open(pid)
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         old_wakeup = signal.set_wakeup_fd(wake_w)
         sel.register(pidfd, selectors.EVENT_READ, "exit")
@@ -215,9 +241,10 @@ class Supervisor:
                 for key, _ in sel.select(timeout):
                     what = key.data
                     if what == "exit":
-                        proc.wait()
+                        _, status = os.waitpid(pid, 0)
                         self._drain(control, err_r)
-                        return
+                        code = os.waitstatus_to_exitcode(status)
+                        return 128 - code if code < 0 else code
                     if what == "control":
                         self._on_control(control, sel)
                     elif what == "stderr":
@@ -259,6 +286,9 @@ class Supervisor:
             self._start_proxy(received.pop("proxy"))
         if "notify" in received:
             self._start_notify(received.pop("notify"), sel)
+        if self.setup_error:
+            control.sendall(marshal.dumps({"go": False}))
+            return
         for fd in received.values():
             os.close(fd)
         if "ready" in message:
@@ -339,11 +369,13 @@ class Supervisor:
         self.proxy = ProxyServer(listener, NetPolicy(net.allow, net.deny, net.allow_private),
                                  log=lambda record: self._on_net(record), ask=ask)
         self.proxy.start()
+        if not self.proxy.serving:
+            self.setup_error = SandboxError("the network proxy could not start", "run sandboxctl doctor")
 
     def _on_net(self, record: dict[str, Any]) -> None:
         if record.get("decision") == "deny":
-            self.denials.append({"kind": "net", "target": f"{record.get('host')}:{record.get('port')}",
-                                 "rule": record.get("rule")})
+            target = f"{record['host']}:{record.get('port')}" if record.get("host") else "unparsable request"
+            self.denials.append({"kind": "net", "target": target, "rule": record.get("rule")})
         self._write_log("net", **record)
 
     def _write_log(self, event: str, **fields: Any) -> None:
@@ -474,8 +506,7 @@ class Supervisor:
                 "pids": lim.pids, "pids_method": lim.pids_method, "file_size": lim.file_size,
                 "open_files": lim.open_files}
 
-    def _result(self, returncode: int, duration: float) -> RunResult:
-        code = 128 - returncode if returncode < 0 else returncode
+    def _result(self, code: int, duration: float) -> RunResult:
         error = None
         if self.cgroup and self.cgroup.oom_killed():
             with contextlib.suppress(LogWriteError):

@@ -175,3 +175,11 @@ def test_full_disk_log_fails_before_the_command_starts(sandbox):
     result = sandbox.run("--log", "/dev/full", "--", "/bin/sh", "-c", "touch ran")
     assert result.returncode == 125
     assert not (sandbox.workspace / "ran").exists()
+
+
+def test_the_command_gets_default_sigpipe_and_sigxfsz(sandbox):
+    """The launcher is Python, which ignores both; a command must not inherit that."""
+    result = sandbox.sh("grep SigIgn /proc/self/status; yes | head -1")
+    mask = int(result.stdout.split()[1], 16)
+    assert not mask & (1 << (13 - 1)) and not mask & (1 << (25 - 1))
+    assert "Broken pipe" not in result.stderr

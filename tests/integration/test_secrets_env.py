@@ -104,3 +104,18 @@ def test_secret_value_is_not_on_any_command_line(sandbox):
                     pass
     finally:
         proc.wait(timeout=10)
+
+
+def test_descriptors_open_in_the_caller_do_not_reach_the_sandbox(sandbox, tmp_path):
+    secret = tmp_path / "host-secret.txt"
+    secret.write_text(CANARY)
+    fd = os.open(secret, os.O_RDONLY)  # inheritable on purpose: a careless caller's descriptor
+    os.set_inheritable(fd, True)
+    try:
+        result = subprocess.run(sandbox.argv("--", "/bin/sh", "-c", f"cat <&{fd}; ls /proc/self/fd"),
+                                cwd=sandbox.workspace, env=sandbox.env(), capture_output=True, text=True,
+                                pass_fds=(fd,), timeout=60)
+    finally:
+        os.close(fd)
+    assert CANARY not in result.stdout
+    assert str(fd) not in result.stdout.split()

@@ -407,16 +407,52 @@ _PIECES = st.sampled_from(
 )
 
 
-@settings(max_examples=400, deadline=None)
-@given(st.lists(_PIECES, max_size=24).map(b"".join))
+
+@st.composite
+def _requests(draw: st.DrawFn) -> bytes:
+    """Requests assembled from parts that are each valid four times out of five."""
+
+    def part(valid: tuple[bytes, ...], broken: tuple[bytes, ...]) -> bytes:
+        return draw(st.sampled_from(valid if draw(st.integers(0, 4)) else broken))
+
+    method = part((b"GET", b"CONNECT", b"POST"), (b"get", b"G T", b"", b"CONNECT"))
+    connect = method == b"CONNECT"
+    scheme = part((b"",) if connect else (b"http://", b"HTTP://"), (b"https://", b"", b"ftp://", b"http://"))
+    host = part((b"example.com", b"[::1]", b"127.0.0.1", b"a_b.example", b"xn--bcher-kva.de"),
+                (b"127.1", b"", b"[::1", b"ex ample", b"\xff", b"user@host"))
+    port = part((b":443", b":8080") if connect else (b"", b":80", b":8080"), (b":0", b":65536", b":", b":8o", b""))
+    path = part((b"",) if connect else (b"", b"/", b"/a?b", b"?q", b"/p#f"), (b"/\x01", b"/a b", b"/"))
+    version = part((b"HTTP/1.1", b"HTTP/1.0"), (b"HTTP/2.0", b"http/1.1", b""))
+    headers = draw(st.lists(st.sampled_from([
+        b"Host: x", b"Connection: close, te", b"Content-Length: 5", b"Transfer-Encoding: chunked",
+        b"Proxy-Authorization: Basic x", b"Upgrade: websocket", b"Connection: upgrade", b"X-Empty:",
+        b"Proxy-Connection: keep-alive", b"Keep-Alive: 5", b"X-Obs: caf\xe9",
+    ]), max_size=6))
+    if not draw(st.integers(0, 4)):
+        headers.append(draw(st.sampled_from([b" folded", b"X: \x00", b"Bad Name: y", b"NoColon",
+                                             b"Content-Length: 6", b"Content-Length: x"])))
+    eol = draw(st.sampled_from([b"\r\n", b"\n"]))
+    line = method + b" " + scheme + host + port + path + b" " + version
+    return line + eol + b"".join(h + eol for h in headers) + eol
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.one_of(_requests(), st.lists(_PIECES, max_size=24).map(b"".join)))
 def test_fuzz_parser_structured(data: bytes) -> None:
     result = parse_request_head(data)
     assert isinstance(result, ProxyRequest | HttpError)
     if isinstance(result, HttpError):
         _assert_well_formed_error(result.to_bytes())
+    elif result.protocol == "connect":
+        assert result.port and netcheck.normalize_host(result.host) == result.host
     else:
         head = result.upstream_head()
         assert head.endswith(b"\r\n\r\n") and b"\r\n\r\n" not in head[:-4]
+        lines = head.decode("latin-1").lower().split("\r\n")[:-2]
+        assert lines[0].split(" ")[1].startswith("/") and lines[1].startswith("host: ")
+        assert sum(line.startswith("host:") for line in lines) == 1
+        assert sum(line.startswith("connection:") for line in lines) == 1
+        assert not any(line.startswith(("proxy-", "keep-alive:", "te:")) for line in lines)
 
 
 # ====================================================================== live fixtures
@@ -747,6 +783,8 @@ def test_port_not_allowed_is_403_naming_the_rule(make_proxy: Callable[..., Proxy
     text = _assert_well_formed_error(reply + recv_all(sock), 403)
     assert f"localhost:{echo.port} is not in this sandbox's network.allow" in text
     assert f"--allow-net localhost:{echo.port}" in text
+    # Many clients show only the status line of a failed CONNECT, so it carries the sentence too.
+    assert reply.split(b"\r\n")[0] == f"HTTP/1.1 403 Forbidden: {text.strip()}".encode()
     (record,) = proxy.wait_records(1)
     assert record["decision"] == "deny" and record["rule"] == "not in network.allow"
     assert record["address"] is None and record["bytes_in"] == record["bytes_out"] == 0
@@ -1125,7 +1163,12 @@ def test_connection_limit_gives_a_clear_refusal(make_proxy: Callable[..., Proxy]
 # ====================================================================== live: lifecycle
 
 
-def test_stop_closes_everything(echo: EchoServer, http_port: int) -> None:
+@pytest.mark.parametrize("splice", [True, False], ids=["splice", "copy"])
+def test_stop_closes_everything(
+    echo: EchoServer, http_port: int, monkeypatch: pytest.MonkeyPatch, splice: bool
+) -> None:
+    if not splice:
+        monkeypatch.setattr(proxy_module, "_splice_ok", False)
     before = fd_count()
     gate = threading.Event()
 
@@ -1178,9 +1221,12 @@ def test_start_and_stop_are_idempotent_and_stop_without_start_is_fine() -> None:
     assert listener.fileno() == -1
     listener = socket.create_server(("127.0.0.1", 0))
     server = ProxyServer(listener, NetPolicy(), lambda r: None)
+    assert not server.serving
     server.start()
     server.start()
+    assert server.serving
     server.stop()
     server.stop()
+    assert not server.serving
     assert fd_count() == before
     assert proxy_threads() == []
