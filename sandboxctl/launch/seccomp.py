@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 from sandboxctl.errors import SandboxError
@@ -35,9 +34,18 @@ def syscall_numbers(names: list[str]) -> dict[int, str]:
 _OPS = {"eq": "EQ", "ne": "NE", "lt": "LT", "le": "LE", "gt": "GT", "ge": "GE", "masked_eq": "MASKED_EQ"}
 
 
+_digests: dict[int, tuple[SeccompPlan, str]] = {}
+
+
 def plan_digest(plan: SeccompPlan) -> str:
-    text = json.dumps(asdict(plan), sort_keys=True)
-    return hashlib.sha256(f"{CACHE_VERSION}\0{os.uname().machine}\0{text}".encode()).hexdigest()
+    """Cache key of a rule set: the repr of frozen dataclasses is complete and deterministic
+    (and much cheaper than asdict + JSON for a few hundred rules); computed once per plan."""
+    known = _digests.get(id(plan))
+    if known and known[0] is plan:
+        return known[1]
+    digest = hashlib.sha256(f"{CACHE_VERSION}\0{os.uname().machine}\0{plan!r}".encode()).hexdigest()
+    _digests[id(plan)] = (plan, digest)
+    return digest
 
 
 def _action(pyseccomp, name: str) -> int:
