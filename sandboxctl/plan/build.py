@@ -197,9 +197,16 @@ class _Planner:
         candidates += [(p, "sandboxctl's own code and policies") for p in self.facts.protected_code]
         candidates += [(self.expand(f), "the policy in use") for f in self.policy_files()]
         held: list[str] = []
+        explicit = {t for t, (kind, reason) in self.grant_kinds.items()
+                    if kind == "rw" and reason in ("filesystem.write", "--allow-write")}
         for path, why in candidates:
             root = self.covering(path, visible)
             if root is None or visible[root] != "rw" or any(m.target == path for m in result):
+                continue
+            if path in explicit and why.startswith("protected:"):
+                # granting a protected path by name releases it, never silently
+                self.confirmations.append(f"{self.grant_kinds[path][1]} {path} releases a protected path "
+                                          "(it could plant something that runs later outside the sandbox)")
                 continue
             if self.facts.kind(path) == "missing":
                 # an absent protected path is held by an empty read-only placeholder for the run,

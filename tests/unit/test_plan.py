@@ -270,3 +270,12 @@ def test_supervisor_code_and_venv_are_protected():
     assert any(p.endswith("sandboxctl") for p in facts.protected_code)
     plan = plan_for(files={f"{WS}/.venv": "dir"}, protected_code=(f"{WS}/.venv",))
     assert ("ro", f"{WS}/.venv") in mounts(plan)
+
+
+def test_granting_a_protected_path_by_name_releases_it_with_a_confirmation():
+    hooks = f"{WS}/.git/hooks"
+    files = {f"{WS}/.git": "dir", hooks: "dir", f"{WS}/.git/config": "file"}
+    plan = plan_for(files=files, allow_write=(hooks,))
+    assert ("rw", hooks) in mounts(plan) and ("ro", hooks) not in mounts(plan)
+    assert any("releases a protected path" in c for c in plan.confirmations)
+    assert ("ro", f"{WS}/.git/config") in mounts(plan)  # only what was named is released
