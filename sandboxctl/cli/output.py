@@ -25,6 +25,19 @@ def warn(message: str) -> None:
     print(f"sandboxctl: {message}", file=sys.stderr)
 
 
+def progress(enabled: bool):
+    """A factory of status lines for slow set-up steps: rich on a terminal, nothing otherwise."""
+    import contextlib
+
+    if not enabled:
+        return lambda message: contextlib.nullcontext()
+
+    def status(message: str):
+        return console(stderr=True).status(message)
+
+    return status
+
+
 def console(stderr: bool = False):
     from rich.console import Console
 

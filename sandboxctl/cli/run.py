@@ -135,10 +135,12 @@ def execute_run(opts: dict[str, Any], command: list[str]) -> int:
             for note in plan.notes:
                 print(f"sandboxctl: note: {note}", file=sys.stderr)
     _confirm(plan.confirmations, opts["yes"])
+    from sandboxctl.cli.output import progress
     from sandboxctl.paths import state_dir
     from sandboxctl.supervise.runner import execute
 
-    result = execute(plan, state_dir(), list(command))
+    interactive = sys.stderr.isatty() and not opts["quiet"] and os.environ.get("CI", "").lower() not in ("true", "1")
+    result = execute(plan, state_dir(), list(command), status=progress(interactive))
     if opts["summary_json"]:
         _write_summary(opts["summary_json"], plan, result)
     if result.error:

@@ -131,6 +131,12 @@ def compile_bpf(plan: SeccompPlan, which: str = "static") -> bytes:
     return program
 
 
+def is_cached(plan: SeccompPlan, cache_dir: Path) -> bool:
+    digest = plan_digest(plan)[:32]
+    return (cache_dir / f"seccomp-static-{digest}.bpf").exists() and \
+        (cache_dir / f"seccomp-notify-{digest}.marshal").exists()
+
+
 def load_or_compile(plan: SeccompPlan, cache_dir: Path, which: str = "static") -> bytes:
     """Cached BPF bytes for this rule set; the cache lives in the sandbox-invisible state dir."""
     path = cache_dir / f"seccomp-{which}-{plan_digest(plan)[:32]}.bpf"

@@ -550,10 +550,19 @@ def _terminal_delivered() -> bool:
         os.close(fd)
 
 
-def execute(plan: Plan, state: Path, argv_for_log: list[str]) -> RunResult:
-    """Everything that must hold before the command may start, then the run itself."""
+def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None) -> RunResult:
+    """Everything that must hold before the command may start, then the run itself.
+
+    status(message) gives a context manager around slow set-up steps (a status line on a TTY)."""
+    import contextlib as _contextlib
+
+    status = status or (lambda message: _contextlib.nullcontext())
     ensure_private_dir(state)
-    values = {s.name: secret_store.resolve(s, os.environ, plan.home) for s in plan.secrets}
+    values = {}
+    for secret in plan.secrets:
+        slow = secret.source.startswith("command:")
+        with status(f"getting secret {secret.name}…") if slow else _contextlib.nullcontext():
+            values[secret.name] = secret_store.resolve(secret, os.environ, plan.home)
     log = ActionLog(plan.log_path, plan.run_id, redact=tuple(values.values()))
     cgroup = None
     placeholders = Placeholders(state, plan.run_id)
@@ -573,6 +582,10 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str]) -> RunResult:
                 raise SandboxError(f"cannot create the run's cgroup for its limits: {exc.strerror}",
                                    "run sandboxctl doctor") from None
         supervisor = Supervisor(plan, state, log, argv_for_log, cgroup, values)
+        if not seccomp.is_cached(plan.seccomp, state / "cache"):
+            with status("building the seccomp filters (first run with this policy)…"):
+                seccomp.load_or_compile(plan.seccomp, state / "cache")
+                seccomp.load_or_compile_notify(plan.seccomp, state / "cache")
         result = supervisor.launch()
         with contextlib.suppress(LogWriteError):
             if supervisor.ready:
