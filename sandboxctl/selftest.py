@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from sandboxctl.errors import SandboxError
+from sandboxctl.supervise import processes
 
 BLOCKED = "blocked"
 ESCAPED = "ESCAPED"
@@ -110,20 +111,7 @@ class Listener:
         self.thread.join(2)
 
 
-def processes_with(command_line: str) -> list[int]:
-    """Host pids whose whole command line is exactly this."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                cmdline = handle.read().rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if cmdline == command_line:
-            found.append(int(entry))
-    return found
+processes_with = processes.with_command_line
 
 
 def _wait_for(predicate, timeout: float) -> bool:

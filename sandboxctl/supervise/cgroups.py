@@ -13,6 +13,8 @@ import os
 import time
 from dataclasses import dataclass
 
+from sandboxctl.supervise.processes import alive
+
 ROOT = "/sys/fs/cgroup"
 PREFIX = "sandboxctl-"
 
@@ -139,17 +141,8 @@ def _sweep_stale(layout: CgroupLayout) -> None:
         with contextlib.suppress(OSError):
             for entry in os.listdir(parent):
                 owner = entry.removeprefix(PREFIX).split("-", 1)[0]
-                if not entry.startswith(PREFIX) or not owner.isdigit() or _alive(int(owner)):
+                if not entry.startswith(PREFIX) or not owner.isdigit() or alive(int(owner)):
                     continue
                 with contextlib.suppress(OSError):
                     os.rmdir(f"{parent}/{entry}")
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

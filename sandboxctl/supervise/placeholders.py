@@ -16,6 +16,7 @@ from pathlib import Path
 
 from sandboxctl.errors import SandboxError
 from sandboxctl.plan.model import Plan
+from sandboxctl.supervise.processes import alive
 
 
 class Placeholders:
@@ -67,18 +68,9 @@ def sweep(directory: Path) -> None:
     with contextlib.suppress(OSError):
         for entry in directory.iterdir():
             owner = entry.name.split("-", 1)[0]
-            if not owner.isdigit() or _alive(int(owner)):
+            if not owner.isdigit() or alive(int(owner)):
                 continue
             with contextlib.suppress(OSError, ValueError):
                 _remove_if_empty(json.loads(entry.read_text()))
                 entry.unlink()
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

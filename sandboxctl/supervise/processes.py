@@ -55,3 +55,31 @@ def signal_all(init_pid: int, signum: int) -> None:
 def kill_sandbox(init_pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(init_pid, signal.SIGKILL)
+
+
+def alive(pid: int) -> bool:
+    """Whether a process exists (one we may not signal still exists)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def with_command_line(command_line: str) -> list[int]:
+    """Host pids whose whole command line is exactly this (how tests and selftest judge that
+    nothing survived a run)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read().rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if cmdline == command_line:
+            found.append(int(entry))
+    return found

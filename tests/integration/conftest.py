@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from sandboxctl.supervise.processes import with_command_line
+
 pytestmark = pytest.mark.integration
 
 if not shutil.which("bwrap"):
@@ -72,17 +74,4 @@ def sandbox(tmp_path: Path, workspace: Path, home: Path) -> Sandbox:
     return Sandbox(workspace, home, tmp_path / "state")
 
 
-def processes_with(command_line: str) -> list[int]:
-    """Host pids whose whole command line is exactly this (the judge of 'nothing survives')."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                cmdline = handle.read().rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if cmdline == command_line and int(entry) != os.getpid():
-            found.append(int(entry))
-    return found
+processes_with = with_command_line  # exact command lines: the judge of "nothing survives"
