@@ -48,6 +48,14 @@ def receive(fd: int) -> Notification | None:
     return Notification(bytes(buffer))
 
 
+def hung_up(fd: int) -> bool:
+    import select
+
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return any(events & select.POLLHUP for _fd, events in poller.poll(0))
+
+
 def still_valid(fd: int, notification_id: int) -> bool:
     try:
         fcntl.ioctl(fd, NOTIF_ID_VALID, struct.pack("<Q", notification_id))
@@ -117,27 +125,30 @@ class Dispatcher:
         self.log = log
         self.denied = denied if denied is not None else []  # shared with the proxy: in time order
 
-    def handle(self) -> None:
+    def handle(self) -> bool:
+        """Answer one notification; False once no sandboxed process can send any more (the
+        listener then polls as hung up, and must leave the loop instead of spinning it)."""
         notification = receive(self.fd)
         if notification is None:
-            return
+            return not hung_up(self.fd)
         name = self.names.get(notification.nr)
         if name in FILE_CALLS:
             self._file(notification, name)
-            return
+            return True
         if name not in ("execve", "execveat"):
             syscall, error, rule = self.deny(notification)
             respond(self.fd, notification.id, error=error)
             self.denied.append({"kind": "syscall", "target": syscall, "rule": rule})
             self.log("syscall", pid=notification.pid, name=syscall, decision="deny", rule=rule,
                      errno=errno.errorcode.get(error, str(error)))
-            return
+            return True
         path, argv = self._exec_details(notification, name)
         if still_valid(self.fd, notification.id):  # read before the answer; a dead caller is skipped
             # answer first, log second: the event only observes (Landlock decides), so the
             # sandboxed process need not wait for the log write
             respond(self.fd, notification.id, allow=True)
             self.log("exec", pid=notification.pid, path=path, argv=argv)
+        return True
 
     def _file(self, notification: Notification, name: str) -> None:
         """A write-intent open inside the writable set continues (the mounts and Landlock still

@@ -249,8 +249,8 @@ class Supervisor:
                         self._on_control(control, sel)
                     elif what == "stderr":
                         self._on_stderr(err_r, sel)
-                    elif what == "notify":
-                        self.dispatcher.handle()
+                    elif what == "notify" and not self.dispatcher.handle():
+                        sel.unregister(key.fd)
                     elif what == "signal":
                         with contextlib.suppress(BlockingIOError):
                             os.read(wake_r, 512)

@@ -7,8 +7,6 @@ Values go to the shim over its control socket (env delivery) or to bubblewrap th
 from __future__ import annotations
 
 import os
-import shlex
-import subprocess
 from collections.abc import Mapping
 
 from sandboxctl.errors import SandboxError
@@ -47,6 +45,9 @@ def resolve(secret: SecretPlan, caller_env: Mapping[str, str], home: str) -> str
 
 
 def _from_command(name: str, command: str, caller_env: Mapping[str, str]) -> str:
+    import shlex
+    import subprocess
+
     try:
         argv = shlex.split(command)
     except ValueError as exc:
