@@ -137,7 +137,7 @@ def execute_run(opts: dict[str, Any], command: list[str]) -> int:
     _confirm(plan.confirmations, opts["yes"])
     from sandboxctl.cli.output import progress
     from sandboxctl.paths import state_dir
-    from sandboxctl.supervise.runner import execute
+    from sandboxctl.supervise.lifecycle import execute
 
     interactive = sys.stderr.isatty() and not opts["quiet"] and os.environ.get("CI", "").lower() not in ("true", "1")
     result = execute(plan, state_dir(), list(command), status=progress(interactive))

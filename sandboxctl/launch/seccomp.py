@@ -185,11 +185,3 @@ def load_or_compile_notify(plan: SeccompPlan, cache_dir: Path) -> tuple[bytes, d
         pass
     return program, numbers
 
-
-def matches(condition, args: list[int]) -> bool:
-    """Evaluate one rule condition the way the BPF program did (for naming the rule that denied)."""
-    value = args[condition.arg]
-    if condition.op == "masked_eq":
-        return value & condition.mask == condition.value
-    return {"eq": value == condition.value, "ne": value != condition.value, "lt": value < condition.value,
-            "le": value <= condition.value, "gt": value > condition.value, "ge": value >= condition.value}[condition.op]

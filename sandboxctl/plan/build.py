@@ -177,7 +177,8 @@ class _Planner:
         return result
 
     def writable_roots(self, visible: dict[str, str]) -> list[str]:
-        return [t for t, k in visible.items() if k == "rw"]
+        """Writable directories (a writable *file* grant, like ~/.claude.json, holds no names)."""
+        return [t for t, k in visible.items() if k == "rw" and self.facts.kind(t) == "dir"]
 
     def protections(self, visible: dict[str, str]) -> list[Mount]:
         """Protected paths under a writable grant become read-only binds of themselves."""

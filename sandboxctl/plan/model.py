@@ -53,6 +53,14 @@ class SeccompCondition:
     value: int
     mask: int = 0
 
+    def matches(self, args: list[int]) -> bool:
+        """Evaluate the condition as the BPF program does (to name the rule that trapped a call)."""
+        value = args[self.arg]
+        if self.op == "masked_eq":
+            return value & self.mask == self.value
+        return {"eq": value == self.value, "ne": value != self.value, "lt": value < self.value,
+                "le": value <= self.value, "gt": value > self.value, "ge": value >= self.value}[self.op]
+
 
 @dataclass(frozen=True)
 class SeccompRule:
@@ -73,6 +81,13 @@ class SeccompPlan:
     trap_denials: bool = True
     notify_exec: bool = True
     file_events: str = "none"  # none | write (write-intent opens) | all (every open)
+
+    def rule_for(self, syscall: str, args: list[int]) -> SeccompRule | None:
+        """The trapped rule a notification for this call and these arguments came from."""
+        for rule in self.rules:
+            if rule.syscall == syscall and self.trapped(rule) and all(c.matches(args) for c in rule.conditions):
+                return rule
+        return None
 
     def trapped(self, rule: SeccompRule) -> bool:
         """ENOSYS rules are compatibility fallbacks (clone3 -> clone), not denials worth an event."""
@@ -135,3 +150,19 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def judge_write(self, path: str) -> tuple[bool, str]:
+        """Is this path (as the sandbox sees it) in the writable set? The deepest mount holding it
+        decides; the answer names the mount, for the file event and the denial table."""
+        holder = None
+        for mount in self.mounts:
+            holds = path == mount.target or path.startswith(mount.target.rstrip("/") + "/")
+            if mount.kind != "symlink" and holds and (holder is None or len(mount.target) >= len(holder.target)):
+                holder = mount
+        if holder is not None and holder.kind in ("rw", "tmpfs", "dev", "proc"):
+            return True, f"{holder.reason or holder.kind} ({holder.kind} {holder.target})"
+        where = f"{holder.kind} {holder.target}: {holder.reason}" if holder else "not granted"
+        rule = f"outside the writable set ({where})"
+        if self.approval_mode != "deny":
+            rule += f"; approval mode {self.approval_mode} cannot approve writes in this version"
+        return False, rule

@@ -1,8 +1,8 @@
 """Run one Plan: launch bubblewrap, hand the shim its configuration, supervise until the end.
 
 One event loop (selectors) watches the bwrap process (pidfd), the shim's control socket,
-bubblewrap's own stderr and signals. There are no
-threads, so nothing outlives the run.
+bubblewrap's own stderr, seccomp notifications and signals; only the network proxy has threads
+of its own, and it is stopped before the run ends.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import errno
 import marshal
 import os
 import selectors
-import shutil
 import signal
 import socket
 import sys
@@ -24,21 +23,17 @@ from pathlib import Path
 from sandboxctl.errors import EXIT_SANDBOX_FAILED, EXIT_TIMEOUT, SandboxError
 from sandboxctl.launch import bwrap, seccomp
 from sandboxctl.log.writer import ActionLog, LogWriteError
-from sandboxctl.paths import ensure_private_dir
 from sandboxctl.plan.build import PROXY_PORT
 from sandboxctl.plan.model import Plan
-from sandboxctl.supervise import notify, processes
+from sandboxctl.supervise import notify, processes, spawn
 from sandboxctl.supervise import secrets as secret_store
 from sandboxctl.supervise.cgroups import RunCgroup
-from sandboxctl.supervise.cgroups import detect as detect_cgroups
-from sandboxctl.supervise.placeholders import Placeholders
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
 if TYPE_CHECKING:
     from typing import Any
 
 TERM_GRACE_S = 2.0
-TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
@@ -50,90 +45,6 @@ class RunResult:
     error: SandboxError | None = None
     layers: dict[str, Any] = field(default_factory=dict)
     denials: list[dict[str, Any]] = field(default_factory=list)
-
-
-def find_bwrap() -> str:
-    path = shutil.which("bwrap")
-    if not path:
-        raise SandboxError("bubblewrap (bwrap) is not installed",
-                           "Debian/Ubuntu: sudo apt-get install bubblewrap; then run sandboxctl doctor")
-    return path
-
-
-def _empty_file(state: Path) -> str:
-    """An empty read-only file that masks denied files; it lives where no sandbox can reach."""
-    path = state / "empty"
-    try:
-        st = path.lstat()
-        if st.st_size == 0 and st.st_uid == os.getuid() and path.is_file() and not path.is_symlink():
-            return str(path)
-        path.unlink()
-    except FileNotFoundError:
-        pass
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
-    os.close(fd)
-    return str(path)
-
-
-def _memfd(data: bytes, name: str) -> int:
-    fd = os.memfd_create(name, 0)  # inheritable on purpose: bubblewrap reads it
-    os.write(fd, data)
-    os.lseek(fd, 0, os.SEEK_SET)
-    return fd
-
-
-def spawn(argv: list[str], *, stderr: int, pass_fds: tuple[int, ...]) -> int:
-    """posix_spawn bubblewrap with exactly stdin, stdout, our stderr pipe and pass_fds.
-
-    Every other descriptor this process holds is closed in the child, including ones inherited
-    from whoever started sandboxctl, so nothing of the caller leaks into the sandbox. (This is
-    subprocess.Popen(close_fds=True, pass_fds=...) without importing subprocess on the hot path.)
-    """
-    keep = {0, 1, 2, *pass_fds}
-    actions: list[tuple] = [(os.POSIX_SPAWN_DUP2, stderr, 2)]
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd not in keep and fd != stderr:
-            try:
-                if os.get_inheritable(fd):
-                    actions.append((os.POSIX_SPAWN_CLOSE, fd))
-            except OSError:
-                continue  # the directory listing's own descriptor, closed by now
-    for fd in pass_fds:
-        os.set_inheritable(fd, True)
-    try:
-        # Python ignores SIGPIPE and SIGXFSZ for itself; the sandbox gets the defaults back (as
-        # Popen's restore_signals does), or `yes | head` and the file-size limit behave oddly
-        return os.posix_spawn(argv[0], argv, dict(os.environ), file_actions=actions,
-                              setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
-    finally:
-        for fd in pass_fds:
-            os.set_inheritable(fd, False)
-
-
-def shim_config(plan: Plan, caller_dispositions: dict[int, Any]) -> dict[str, Any]:
-    limits = plan.limits
-    return {
-        "argv": list(plan.command),
-        # the command gets the caller's own SIGINT/SIGQUIT disposition back (ignored stays ignored)
-        "default_signals": [int(s) for s in TERMINAL_SIGNALS if caller_dispositions.get(s) is not signal.SIG_IGN],
-        "env": dict(plan.env),
-        "landlock": {
-            "required": plan.landlock.required,
-            "minimum_abi": plan.landlock.minimum_abi,
-            "paths": [[rule.path, list(rule.access)] for rule in plan.landlock.paths],
-            "restrict_tcp": plan.landlock.restrict_tcp,
-            "connect_tcp_ports": list(plan.landlock.connect_tcp_ports),
-            "bind_tcp_ports": list(plan.landlock.bind_tcp_ports),
-            "scopes": list(plan.landlock.scopes),
-        },
-        "limits": {
-            "pids": limits.pids if limits.pids_method == "rlimit" else None,
-            "file_size": limits.file_size,
-            "open_files": limits.open_files,
-            "memory": limits.memory if limits.memory_method == "rlimit-as" else None,
-        },
-    }
 
 
 class Supervisor:
@@ -168,13 +79,13 @@ class Supervisor:
     # ------------------------------------------------------------------ launch
     def launch(self) -> RunResult:
         plan = self.plan
-        bwrap_path = find_bwrap()
+        bwrap_path = spawn.find_bwrap()
         program = seccomp.load_or_compile(plan.seccomp, self.state / "cache")
         notify_program, self.syscall_names = seccomp.load_or_compile_notify(plan.seccomp, self.state / "cache")
-        empty = _empty_file(self.state)
+        empty = spawn.empty_file(self.state)
         control, shim_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         err_r, err_w = os.pipe()
-        seccomp_fd = _memfd(program, "sandboxctl-seccomp")
+        seccomp_fd = spawn.memfd(program, "sandboxctl-seccomp")
         stderr_copy = os.dup(2)
         secret_fds = {s.name: secret_store.memfd_with(self.secret_values[s.name], s.name)
                       for s in plan.secrets if s.deliver_as == "file"}
@@ -185,11 +96,11 @@ class Supervisor:
         # bubblewrap is started with the terminal's SIGINT/SIGQUIT ignored: Ctrl-C must reach the
         # command (the shim restores its dispositions), not kill bwrap and the sandbox under it.
         originals = {s: signal.getsignal(s) for s in FORWARDED}
-        for signum in TERMINAL_SIGNALS:
+        for signum in spawn.TERMINAL_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
         try:
             try:
-                self.bwrap_pid = spawn(argv, stderr=err_w,
+                self.bwrap_pid = spawn.spawn(argv, stderr=err_w,
                                        pass_fds=(seccomp_fd, shim_end.fileno(), stderr_copy, *secret_fds.values()))
             except OSError as exc:
                 raise SandboxError(f"cannot start bubblewrap: {exc.strerror}", "run sandboxctl doctor") from None
@@ -198,7 +109,7 @@ class Supervisor:
                     os.close(fd)
                 shim_end.close()
             self._install_signal_handlers()
-            config = shim_config(plan, originals)
+            config = spawn.shim_config(plan, originals)
             config["env"].update({s.name: self.secret_values[s.name] for s in plan.secrets
                                   if s.deliver_as == "env"})
             config["secrets_dir"] = any(s.ttl and s.deliver_as == "file" for s in plan.secrets)
@@ -323,33 +234,17 @@ class Supervisor:
     def _start_notify(self, fd: int, sel: selectors.BaseSelector) -> None:
         """Watch the sandbox's notification listener from the loop (exec and denial events)."""
         self.notify_fd = fd
-        self.dispatcher = notify.Dispatcher(fd, self.syscall_names, self._which_rule, self._judge_write,
+        self.dispatcher = notify.Dispatcher(fd, self.syscall_names, self._which_rule, self.plan.judge_write,
                                             self._write_log, self.denials)
         sel.register(fd, selectors.EVENT_READ, "notify")
-
-    def _judge_write(self, path: str) -> tuple[bool, str]:
-        """Is this sandbox path inside the writable set? The deepest mount holding it decides."""
-        holder = None
-        for mount in self.plan.mounts:
-            holds = path == mount.target or path.startswith(mount.target.rstrip("/") + "/")
-            if mount.kind != "symlink" and holds and (holder is None or len(mount.target) >= len(holder.target)):
-                holder = mount
-        if holder is not None and holder.kind in ("rw", "tmpfs", "dev", "proc"):
-            return True, f"{holder.reason or holder.kind} ({holder.kind} {holder.target})"
-        where = f"{holder.kind} {holder.target}: {holder.reason}" if holder else "not granted"
-        rule = f"outside the writable set ({where})"
-        if self.plan.approval_mode != "deny":
-            rule += f"; approval mode {self.plan.approval_mode} cannot approve writes in this version"
-        return False, rule
 
     def _which_rule(self, notification: notify.Notification) -> tuple[str, int, str]:
         """The baseline rule that trapped this call, and the errno it prescribes."""
         name = self.syscall_names.get(notification.nr, f"#{notification.nr}")
-        for rule in self.plan.seccomp.rules:
-            if rule.syscall == name and self.plan.seccomp.trapped(rule) and all(
-                    seccomp.matches(c, notification.args) for c in rule.conditions):
-                return name, getattr(errno, rule.action.split(":", 1)[1]), rule.why
-        return name, errno.EPERM, "seccomp baseline"
+        rule = self.plan.seccomp.rule_for(name, notification.args)
+        if rule is None:
+            return name, errno.EPERM, "seccomp baseline"
+        return name, getattr(errno, rule.action.split(":", 1)[1]), rule.why
 
     def _start_proxy(self, fd: int) -> None:
         """Serve the sandbox's proxy port from here; every connection becomes a `net` event."""
@@ -548,54 +443,3 @@ def _terminal_delivered() -> bool:
         return False
     finally:
         os.close(fd)
-
-
-def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None) -> RunResult:
-    """Everything that must hold before the command may start, then the run itself.
-
-    status(message) gives a context manager around slow set-up steps (a status line on a TTY)."""
-    import contextlib as _contextlib
-
-    status = status or (lambda message: _contextlib.nullcontext())
-    ensure_private_dir(state)
-    values = {}
-    for secret in plan.secrets:
-        slow = secret.source.startswith("command:")
-        with status(f"getting secret {secret.name}…") if slow else _contextlib.nullcontext():
-            values[secret.name] = secret_store.resolve(secret, os.environ, plan.home)
-    log = ActionLog(plan.log_path, plan.run_id, redact=tuple(values.values()))
-    cgroup = None
-    placeholders = Placeholders(state, plan.run_id)
-    try:
-        placeholders.create(plan)
-        lim = plan.limits
-        if "cgroup" in (lim.memory_method, lim.pids_method):
-            layout = detect_cgroups()
-            if layout is None:
-                raise SandboxError("the cgroup tree this plan relies on is no longer writable",
-                                   "run sandboxctl doctor")
-            try:
-                cgroup = RunCgroup(layout, plan.run_id,
-                                   lim.pids + 2 if lim.pids_method == "cgroup" and lim.pids else None,
-                                   lim.memory if lim.memory_method == "cgroup" else None)
-            except OSError as exc:
-                raise SandboxError(f"cannot create the run's cgroup for its limits: {exc.strerror}",
-                                   "run sandboxctl doctor") from None
-        supervisor = Supervisor(plan, state, log, argv_for_log, cgroup, values)
-        if not seccomp.is_cached(plan.seccomp, state / "cache"):
-            with status("building the seccomp filters (first run with this policy)…"):
-                seccomp.load_or_compile(plan.seccomp, state / "cache")
-                seccomp.load_or_compile_notify(plan.seccomp, state / "cache")
-        result = supervisor.launch()
-        with contextlib.suppress(LogWriteError):
-            if supervisor.ready:
-                log.write("run.end", exit_code=result.exit_code,
-                          signal=result.exit_code - 128 if result.exit_code > 128 else None,
-                          duration_s=round(result.duration_s, 6), denied=len(result.denials),
-                          timed_out=result.timed_out)
-        return result
-    finally:
-        if cgroup:
-            cgroup.remove()
-        placeholders.remove()
-        log.close()

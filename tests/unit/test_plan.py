@@ -279,3 +279,29 @@ def test_granting_a_protected_path_by_name_releases_it_with_a_confirmation():
     assert ("rw", hooks) in mounts(plan) and ("ro", hooks) not in mounts(plan)
     assert any("releases a protected path" in c for c in plan.confirmations)
     assert ("ro", f"{WS}/.git/config") in mounts(plan)  # only what was named is released
+
+
+def test_judge_write_names_the_mount_that_decides():
+    plan = plan_for(files={f"{WS}/.git": "dir", f"{WS}/.git/config": "file"})
+    assert plan.judge_write(f"{WS}/src/main.py")[0] is True
+    assert plan.judge_write("/tmp/scratch")[0] is True
+    inside, rule = plan.judge_write(f"{WS}/.git/config")
+    assert not inside and "protected: .git/config" in rule
+    inside, rule = plan.judge_write("/etc/passwd")
+    assert not inside and "ro /etc" in rule
+    assert plan.judge_write("/opt/nowhere")[1].startswith("outside the writable set (not granted")
+
+
+def test_seccomp_rule_for_a_trapped_call():
+    seccomp = plan_for().seccomp
+    assert seccomp.rule_for("ptrace", [0] * 6).action == "errno:EPERM"
+    packet = seccomp.rule_for("socket", [17, 3, 0, 0, 0, 0])  # AF_PACKET
+    assert packet is not None and packet.action == "errno:EAFNOSUPPORT"
+    assert seccomp.rule_for("socket", [2, 1, 0, 0, 0, 0]) is None  # AF_INET is allowed
+    assert seccomp.rule_for("clone3", [0] * 6) is None  # ENOSYS fallback: static, not trapped
+
+
+def test_a_writable_file_grant_is_not_a_root_for_protected_names(tmp_path):
+    policy = policy_from_text("version: 1\nextends: default\nfilesystem:\n  write: ['~/.tool.json']\n", tmp_path)
+    plan = plan_for(policy, files={f"{HOME}/.tool.json": "file"})
+    assert not [m for m in plan.mounts if m.target.startswith(f"{HOME}/.tool.json/")]

@@ -1,0 +1,74 @@
+"""One run from end to end: what must hold before the command may start, and the clean-up after.
+
+Secrets are resolved, the log is proven writable, limits get their cgroup and absent protected
+paths their placeholders before anything is launched; whatever way the run ends, the cgroup and
+placeholders are removed and run.end is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from sandboxctl.errors import SandboxError
+from sandboxctl.launch import seccomp
+from sandboxctl.log.writer import ActionLog, LogWriteError
+from sandboxctl.paths import ensure_private_dir
+from sandboxctl.plan.model import Plan
+from sandboxctl.supervise import secrets as secret_store
+from sandboxctl.supervise.cgroups import RunCgroup
+from sandboxctl.supervise.cgroups import detect as detect_cgroups
+from sandboxctl.supervise.placeholders import Placeholders
+from sandboxctl.supervise.runner import RunResult, Supervisor
+
+
+def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None) -> RunResult:
+    """Everything that must hold before the command may start, then the run itself.
+
+    status(message) gives a context manager around slow set-up steps (a status line on a TTY)."""
+    import contextlib as _contextlib
+
+    status = status or (lambda message: _contextlib.nullcontext())
+    ensure_private_dir(state)
+    values = {}
+    for secret in plan.secrets:
+        slow = secret.source.startswith("command:")
+        with status(f"getting secret {secret.name}…") if slow else _contextlib.nullcontext():
+            values[secret.name] = secret_store.resolve(secret, os.environ, plan.home)
+    log = ActionLog(plan.log_path, plan.run_id, redact=tuple(values.values()))
+    cgroup = None
+    placeholders = Placeholders(state, plan.run_id)
+    try:
+        placeholders.create(plan)
+        lim = plan.limits
+        if "cgroup" in (lim.memory_method, lim.pids_method):
+            layout = detect_cgroups()
+            if layout is None:
+                raise SandboxError("the cgroup tree this plan relies on is no longer writable",
+                                   "run sandboxctl doctor")
+            try:
+                cgroup = RunCgroup(layout, plan.run_id,
+                                   lim.pids + 2 if lim.pids_method == "cgroup" and lim.pids else None,
+                                   lim.memory if lim.memory_method == "cgroup" else None)
+            except OSError as exc:
+                raise SandboxError(f"cannot create the run's cgroup for its limits: {exc.strerror}",
+                                   "run sandboxctl doctor") from None
+        supervisor = Supervisor(plan, state, log, argv_for_log, cgroup, values)
+        if not seccomp.is_cached(plan.seccomp, state / "cache"):
+            with status("building the seccomp filters (first run with this policy)…"):
+                seccomp.load_or_compile(plan.seccomp, state / "cache")
+                seccomp.load_or_compile_notify(plan.seccomp, state / "cache")
+        result = supervisor.launch()
+        with contextlib.suppress(LogWriteError):
+            if supervisor.ready:
+                log.write("run.end", exit_code=result.exit_code,
+                          signal=result.exit_code - 128 if result.exit_code > 128 else None,
+                          duration_s=round(result.duration_s, 6), denied=len(result.denials),
+                          timed_out=result.timed_out)
+        return result
+    finally:
+        if cgroup:
+            cgroup.remove()
+        placeholders.remove()
+        log.close()
