@@ -16,7 +16,7 @@ def build_app():
     import typer
 
     from sandboxctl import __version__
-    from sandboxctl.cli import doctor, logcmd, policycmd, run, selftest
+    from sandboxctl.cli import completion, doctor, logcmd, policycmd, run, selftest, shellinit
 
     app = typer.Typer(
         name="sandboxctl",
@@ -50,6 +50,8 @@ def build_app():
     logcmd.register(app)
     doctor.register(app)
     selftest.register(app)
+    completion.register(app)  # after the commands whose -p/--policy it completes
+    shellinit.register(app)
     return app
 
 
