@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,15 +111,7 @@ class Listener:
 
 
 processes_with = processes.with_command_line
-
-
-def _wait_for(predicate, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
+_wait_for = processes.wait_for
 
 
 def _granted_by(plan: dict[str, Any], path: str) -> str:

@@ -83,3 +83,15 @@ def with_command_line(command_line: str) -> list[int]:
         if cmdline == command_line:
             found.append(int(entry))
     return found
+
+
+def wait_for(predicate, timeout: float = 10.0, step: float = 0.05) -> bool:
+    """Poll predicate until it holds or timeout passes (processes take a moment to appear or go)."""
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(step)
+    return bool(predicate())

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
-import threading
 
 import pytest
+
+from sandboxctl.selftest import Listener
 
 EXEC_POLICY = """\
 version: 1
@@ -113,35 +113,9 @@ def test_the_sandbox_sees_only_its_own_processes(sandbox):
     assert int(result.stdout.strip()) <= 4
 
 
-class _Server:
-    """A TCP server on the host's loopback: the target every network escape aims at."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        self.hits = 0
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.hits += 1
-            conn.sendall(b"hello\n")
-            conn.close()
-
-    def close(self):
-        self.sock.close()
-
-
 @pytest.fixture
 def server():
-    srv = _Server()
+    srv = Listener()
     yield srv
     srv.close()
 

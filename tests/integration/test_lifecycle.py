@@ -9,16 +9,10 @@ import time
 
 import pytest
 
+from sandboxctl.supervise.processes import wait_for
 from tests.integration.conftest import processes_with
 
-
-def _wait_for(predicate, timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
+_wait_for = wait_for
 
 
 @pytest.mark.parametrize("script,code", [("exit 0", 0), ("exit 7", 7), ("kill -9 $$", 137), ("kill -15 $$", 143)])
