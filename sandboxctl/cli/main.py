@@ -39,6 +39,8 @@ def build_app():
         version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                      help="Print the version and exit."),
         debug: bool = typer.Option(False, "--debug", help="Show tracebacks for internal errors."),
+        quiet: bool = typer.Option(False, "-q", "--quiet", help="No notes, status lines or summaries on stderr."),
+        verbose: bool = typer.Option(False, "-v", "--verbose", help="Every note on stderr."),
     ) -> None:
         if debug:
             from sandboxctl.cli import output
@@ -57,12 +59,9 @@ def build_app():
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; usage errors and sandbox failures exit 125 with one line, never a traceback."""
-    args = list(argv if argv is not None else sys.argv[1:])
-    if args[:1] == ["--debug"]:
-        from sandboxctl.cli import output
+    from sandboxctl.cli import output
 
-        output.DEBUG = True
-        args = args[1:]
+    args = output.take_global_flags(list(argv if argv is not None else sys.argv[1:]))
     try:
         if args and args[0] == "run":
             from sandboxctl.cli.runopts import parse_fast, wants_slow_path

@@ -8,6 +8,20 @@ import sys
 from sandboxctl.errors import SandboxError
 
 DEBUG = os.environ.get("SANDBOXCTL_DEBUG") == "1"
+QUIET = False  # -q/--quiet before any command: no notes, status lines or summaries on stderr
+VERBOSE = False  # -v/--verbose before any command: every note
+GLOBAL_FLAGS = {"--debug": "DEBUG", "-q": "QUIET", "--quiet": "QUIET", "-v": "VERBOSE", "--verbose": "VERBOSE"}
+
+
+def take_global_flags(args: list[str]) -> list[str]:
+    """Global flags may precede any command (`sandboxctl -q run …`); consume them here so every
+    command, the fast `run` path included, sees them."""
+    import sys
+
+    module = sys.modules[__name__]
+    while args and args[0] in GLOBAL_FLAGS:
+        setattr(module, GLOBAL_FLAGS[args.pop(0)], True)
+    return args
 
 
 def error(message: str, hint: str | None = None) -> None:
@@ -22,7 +36,8 @@ def report(exc: SandboxError) -> int:
 
 
 def warn(message: str) -> None:
-    print(f"sandboxctl: {message}", file=sys.stderr)
+    if not QUIET:
+        print(f"sandboxctl: {message}", file=sys.stderr)
 
 
 def progress(enabled: bool):

@@ -88,10 +88,13 @@ def _create_owned_dirs(log_path: str | None) -> None:
 
 def execute_run(opts: dict[str, Any], command: list[str]) -> int:
     from sandboxctl import units
+    from sandboxctl.cli import output
     from sandboxctl.plan.inputs import Invocation
     from sandboxctl.policy.discover import choose_policy
 
     opts = {**defaults(), **opts}
+    opts["quiet"] = opts["quiet"] or output.QUIET
+    opts["verbose"] = (opts["verbose"] or output.VERBOSE) and not opts["quiet"]
     if not command:
         raise SandboxError("no command given", "usage: sandboxctl run [OPTIONS] -- COMMAND [ARG...]")
     _check_options(opts)

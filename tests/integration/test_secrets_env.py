@@ -11,8 +11,17 @@ import pytest
 CANARY = "canary-7f3a9b2c41"
 
 
-@pytest.mark.parametrize("policy", ["base", "default", "ci", "offline"])
+@pytest.mark.parametrize("policy", ["base", "default", "ci", "offline", "claude-code", "codex", "aider"])
 def test_caller_environment_does_not_leak(sandbox, policy):
+    from sandboxctl.paths import expand
+    from sandboxctl.policy.discover import load_named
+
+    for grant in load_named(policy).policy.filesystem.write:  # agent policies need their state dirs
+        path = expand(grant, workspace=str(sandbox.workspace), home=str(sandbox.home))
+        if path.endswith(".json"):
+            open(path, "a").close()
+        else:
+            os.makedirs(path, exist_ok=True)
     result = sandbox.run("--", "/bin/sh", "-c", "env; cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n'",
                          policy=policy, env={"SECRET_CANARY": CANARY, "AWS_SECRET_ACCESS_KEY": CANARY})
     assert result.returncode == 0, result.stderr

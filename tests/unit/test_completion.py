@@ -319,3 +319,15 @@ def test_shell_init_refuses_a_name_that_is_not_a_function_name() -> None:
 
     with pytest.raises(SandboxError):
         shellinit.render("bash", [("rm -rf", "default")], ["sandboxctl"])
+
+
+def test_global_quiet_and_verbose_precede_any_command(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state"), "HOME": str(tmp_path)}
+    for args in (["-q", "policy", "list"], ["--verbose", "policy", "list"], ["-q", "run", "--dry-run", "--", "true"]):
+        result = subprocess.run([sys.executable, "-m", "sandboxctl", *args], capture_output=True, text=True,
+                                env=env, cwd=tmp_path, timeout=60)
+        assert result.returncode == 0, (args, result.stderr)
