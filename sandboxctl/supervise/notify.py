@@ -95,10 +95,17 @@ class ProcessMemory:
             data += chunk
         return data[:MAX_STRING].decode(errors="replace") + "…"
 
+    def word(self, address: int) -> int:
+        """One 64-bit value; a short read (the caller is exiting, or lied) is an OSError."""
+        data = os.pread(self.fd, 8, address)
+        if len(data) != 8:
+            raise OSError(errno.EFAULT, "short read from the caller's memory")
+        return struct.unpack("<Q", data)[0]
+
     def string_array(self, address: int) -> list[str]:
         items: list[str] = []
         while address and len(items) < MAX_ARGS:
-            pointer = struct.unpack("<Q", os.pread(self.fd, 8, address))[0]
+            pointer = self.word(address)
             if not pointer:
                 return items
             items.append(self.string(pointer))
@@ -131,6 +138,16 @@ class Dispatcher:
         notification = receive(self.fd)
         if notification is None:
             return not hung_up(self.fd)
+        try:
+            return self._answer(notification)
+        except Exception as exc:  # never crash the supervisor over one call: refuse it instead
+            respond(self.fd, notification.id, error=errno.EPERM)
+            self.log("syscall", pid=notification.pid, name=self.names.get(notification.nr, "?"),
+                     decision="deny", rule=f"sandboxctl could not examine the call ({type(exc).__name__})",
+                     errno="EPERM")
+            return True
+
+    def _answer(self, notification: Notification) -> bool:
         name = self.names.get(notification.nr)
         if name in FILE_CALLS:
             self._file(notification, name)
@@ -169,7 +186,7 @@ class Dispatcher:
                 dirfd, path, flags = args[0] & 0xFFFFFFFF, memory.string(args[1]), args[2]
             else:  # openat2: struct open_how starts with the u64 flags
                 dirfd, path = args[0] & 0xFFFFFFFF, memory.string(args[1])
-                flags = struct.unpack("<Q", os.pread(memory.fd, 8, args[2]))[0] if args[2] else 0
+                flags = memory.word(args[2]) if args[2] else 0
         except OSError:
             respond(self.fd, notification.id, allow=True)
             return

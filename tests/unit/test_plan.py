@@ -305,3 +305,17 @@ def test_a_writable_file_grant_is_not_a_root_for_protected_names(tmp_path):
     policy = policy_from_text("version: 1\nextends: default\nfilesystem:\n  write: ['~/.tool.json']\n", tmp_path)
     plan = plan_for(policy, files={f"{HOME}/.tool.json": "file"})
     assert not [m for m in plan.mounts if m.target.startswith(f"{HOME}/.tool.json/")]
+
+
+def test_reading_a_short_or_vanished_caller_memory_is_an_oserror(tmp_path):
+    import pytest as _pytest
+
+    from sandboxctl.supervise.notify import ProcessMemory
+
+    memory = ProcessMemory(os.getpid())
+    try:
+        with _pytest.raises(OSError):
+            memory.word(8)  # unmapped page: nothing to read
+        assert memory.string(0) == ""
+    finally:
+        memory.close()
