@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 _DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d)")
 _DURATION_FULL = re.compile(r"(?:\d+(?:ms|s|m|h|d))+")
@@ -66,8 +66,7 @@ def format_size(size: int) -> str:
     return str(size)
 
 
-@dataclass(frozen=True, order=True)
-class HostPattern:
+class HostPattern(NamedTuple):
     """One network destination rule: an exact name, a '*.' wildcard, or an IP literal; any port if None."""
 
     host: str

@@ -5,7 +5,6 @@ The work is in `execute_run`, which both the typer command and the fast path (cl
 
 from __future__ import annotations
 
-import inspect
 import os
 import sys
 from pathlib import Path
@@ -192,6 +191,8 @@ def _write_summary(path: str, plan, result) -> None:
 
 def register(app) -> None:
     """Build the typer `run` command from RUN_OPTIONS (so help and completion match the fast path)."""
+    import inspect
+
     import typer
 
     def run(**kwargs):  # the real signature is __signature__, built below

@@ -7,11 +7,10 @@ budget, so `sandboxctl run ...` must not pay for it. A test checks both parse al
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class RunOption:
+class RunOption(NamedTuple):
     dest: str
     flags: tuple[str, ...]
     help: str

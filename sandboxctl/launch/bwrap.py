@@ -6,14 +6,13 @@ its control socket, so no variable — and no secret — shows up in `ps`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from sandboxctl.plan.build import SHIM_DIR
 from sandboxctl.plan.model import Mount, Plan
 
 
-@dataclass(frozen=True)
-class LaunchFds:
+class LaunchFds(NamedTuple):
     seccomp: int
     control: int
     stderr: int

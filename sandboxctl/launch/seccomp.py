@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-from dataclasses import replace
 from pathlib import Path
 
 from sandboxctl.errors import SandboxError
@@ -71,7 +70,7 @@ def build_filter(plan: SeccompPlan, which: str = "static"):
     flt = pyseccomp.SyscallFilter(_action(pyseccomp, plan.default_action))
     flt.set_attr(pyseccomp.Attr.ACT_BADARCH, _action(pyseccomp, plan.bad_arch_action))
     if which == "notify":
-        rules = [replace(r, action="notify") for r in plan.rules if plan.trapped(r)]
+        rules = [r._replace(action="notify") for r in plan.rules if plan.trapped(r)]
         if plan.notify_exec:
             rules += [SeccompRule(name, "notify", "exec event") for name in ("execve", "execveat")]
         rules += file_open_rules(plan.file_events)

@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 GENESIS = "0" * 64
 
@@ -34,8 +34,7 @@ def last_line(fd: int) -> bytes | None:
     return tail.rstrip(b"\n")
 
 
-@dataclass(frozen=True)
-class Break:
+class Break(NamedTuple):
     line: int
     reason: str
 

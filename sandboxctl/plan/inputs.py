@@ -6,11 +6,10 @@ Facts are gathered once at the edge (facts.gather); tests hand the planner inven
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Invocation:
+class Invocation(NamedTuple):
     command: tuple[str, ...]
     workspace: str
     run_id: str
@@ -25,8 +24,7 @@ class Invocation:
     log_path: str | None = None
 
 
-@dataclass(frozen=True)
-class HostFacts:
+class HostFacts(NamedTuple):
     home: str
     user: str
     uid: int
@@ -44,4 +42,4 @@ class HostFacts:
     kind: Callable[[str], str]  # dir | file | symlink | missing | other
     readlink: Callable[[str], str]
     realpath: Callable[[str], str]
-    glob: Callable[[str], list[str]] = field(default=lambda pattern: [])
+    glob: Callable[[str], list[str]] = lambda pattern: []

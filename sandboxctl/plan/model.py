@@ -6,15 +6,10 @@ configuration; unit tests check it without launching anything. Secret *values* n
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-
-TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
-if TYPE_CHECKING:
-    from typing import Any
+from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(NamedTuple):
     """One mount-tree directive, applied in order (parents before children).
 
     kind: ro | rw | tmpfs | mask-dir (empty read-only tmpfs) | mask-file (empty read-only file)
@@ -27,16 +22,14 @@ class Mount:
     reason: str = ""
 
 
-@dataclass(frozen=True)
-class LandlockPathRule:
+class LandlockPathRule(NamedTuple):
     """Rights granted beneath a path: groups read/write/execute/ioctl_dev, mapped to the kernel's ABI."""
 
     path: str
     access: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class LandlockPlan:
+class LandlockPlan(NamedTuple):
     required: bool
     minimum_abi: int
     paths: tuple[LandlockPathRule, ...]
@@ -46,8 +39,7 @@ class LandlockPlan:
     scopes: tuple[str, ...]  # signal, abstract_unix_socket
 
 
-@dataclass(frozen=True)
-class SeccompCondition:
+class SeccompCondition(NamedTuple):
     arg: int
     op: str  # eq | ne | lt | le | gt | ge | masked_eq
     value: int
@@ -62,16 +54,14 @@ class SeccompCondition:
                 "le": value <= self.value, "gt": value > self.value, "ge": value >= self.value}[self.op]
 
 
-@dataclass(frozen=True)
-class SeccompRule:
+class SeccompRule(NamedTuple):
     syscall: str
     action: str  # errno:NAME | kill_process
     why: str
     conditions: tuple[SeccompCondition, ...] = ()
 
 
-@dataclass(frozen=True)
-class SeccompPlan:
+class SeccompPlan(NamedTuple):
     default_action: str
     bad_arch_action: str
     rules: tuple[SeccompRule, ...]
@@ -94,16 +84,14 @@ class SeccompPlan:
         return self.trap_denials and rule.action.startswith("errno:") and rule.action != "errno:ENOSYS"
 
 
-@dataclass(frozen=True)
-class NetworkPlan:
+class NetworkPlan(NamedTuple):
     mode: str
     allow: tuple[str, ...]
     deny: tuple[str, ...]
     allow_private: bool
 
 
-@dataclass(frozen=True)
-class LimitsPlan:
+class LimitsPlan(NamedTuple):
     timeout: float | None
     memory: int | None
     memory_method: str | None  # cgroup | rlimit-as
@@ -113,16 +101,14 @@ class LimitsPlan:
     open_files: int | None
 
 
-@dataclass(frozen=True)
-class SecretPlan:
+class SecretPlan(NamedTuple):
     name: str
     source: str  # env:NAME / file:PATH / command:... (a reference, never the value)
     deliver_as: str
     ttl: float | None
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     run_id: str
     policy: str
     policy_source: str
@@ -144,12 +130,12 @@ class Plan:
     log_path: str
     file_events: str
     shim_python: str
-    warnings: tuple[str, ...] = field(default=())  # shown on every run
-    notes: tuple[str, ...] = field(default=())  # shown by --dry-run and --verbose
-    confirmations: tuple[str, ...] = field(default=())
+    warnings: tuple[str, ...] = ()  # shown on every run
+    notes: tuple[str, ...] = ()  # shown by --dry-run and --verbose
+    confirmations: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return _plain(self)
 
     def judge_write(self, path: str) -> tuple[bool, str]:
         """Is this path (as the sandbox sees it) in the writable set? The deepest mount holding it
@@ -166,3 +152,14 @@ class Plan:
         if self.approval_mode != "deny":
             rule += f"; approval mode {self.approval_mode} cannot approve writes in this version"
         return False, rule
+
+
+def _plain(value: Any) -> Any:
+    """Records -> dicts, tuples -> lists, all the way down (for JSON)."""
+    if hasattr(value, "_asdict"):
+        return {k: _plain(v) for k, v in value._asdict().items()}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from sandboxctl.errors import SandboxError
 
 
-@dataclass(frozen=True)
-class Problem:
+class Problem(NamedTuple):
     source: str
     line: int | None
     key: str

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sandboxctl.policy.errors import PolicyError, Problem, format_key
 from sandboxctl.policy.model import Policy, policy_from_data
 
-TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
 if TYPE_CHECKING:
-    from typing import Any
-
     from sandboxctl.policy.yamlpos import Document
 
 BUILTIN_PREFIX = "builtin:"
@@ -31,8 +28,7 @@ def builtin_names() -> list[str]:
     return sorted(p.stem for p in builtin_dir().glob("*.yaml"))
 
 
-@dataclass(frozen=True)
-class SourceFile:
+class SourceFile(NamedTuple):
     """One policy file as read: its bytes are hashed and parsed from the same read (no TOCTOU)."""
 
     label: str  # what messages call it: a path, or builtin:NAME
@@ -168,8 +164,7 @@ def chain_digest(files: list[SourceFile]) -> str:
     return digest.hexdigest()
 
 
-@dataclass(frozen=True)
-class LoadedPolicy:
+class LoadedPolicy(NamedTuple):
     policy: Policy
     data: dict[str, Any]
     files: tuple[SourceFile, ...]

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from sandboxctl import units
 from sandboxctl.units import HostPattern
 
-TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
-if TYPE_CHECKING:
-    from typing import Any
 
-
-@dataclass(frozen=True)
-class Filesystem:
+class Filesystem(NamedTuple):
     read: tuple[str, ...] = ()
     write: tuple[str, ...] = ()
     tmpfs: tuple[str, ...] = ()
@@ -21,22 +16,19 @@ class Filesystem:
     protect: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class Network:
+class Network(NamedTuple):
     mode: str = "none"
     allow: tuple[HostPattern, ...] = ()
     deny: tuple[HostPattern, ...] = ()
     allow_private: bool = False
 
 
-@dataclass(frozen=True)
-class Env:
+class Env(NamedTuple):
     passthrough: tuple[str, ...] = ()
     set: tuple[tuple[str, str], ...] = ()
 
 
-@dataclass(frozen=True)
-class Secret:
+class Secret(NamedTuple):
     name: str
     source: str  # "env:NAME" | "file:PATH" | "command:CMD" — a reference, never a value
     deliver_as: str = "file"
@@ -51,8 +43,7 @@ class Secret:
         return self.source.partition(":")[2]
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(NamedTuple):
     timeout: float | None = None
     memory: int | None = None
     pids: int | None = None
@@ -60,22 +51,19 @@ class Limits:
     open_files: int | None = None
 
 
-@dataclass(frozen=True)
-class Approval:
+class Approval(NamedTuple):
     mode: str = "ask"
     via: str = "tty"
     timeout: float = 60.0
 
 
-@dataclass(frozen=True)
-class LogSettings:
+class LogSettings(NamedTuple):
     path: str = "{state}/actions.jsonl"
     file_events: str = "write"
     exec_events: bool = True
 
 
-@dataclass(frozen=True)
-class Policy:
+class Policy(NamedTuple):
     name: str
     description: str = ""
     source: str = ""
@@ -83,17 +71,17 @@ class Policy:
     sha256: str = ""
     workspace: str = "none"
     backend: str = "bwrap"
-    filesystem: Filesystem = field(default_factory=Filesystem)
+    filesystem: Filesystem = Filesystem()
     exec_allow: tuple[str, ...] | None = None  # None: anything readable may be executed
-    network: Network = field(default_factory=Network)
-    env: Env = field(default_factory=Env)
+    network: Network = Network()
+    env: Env = Env()
     secrets: tuple[Secret, ...] = ()
     syscalls_deny: tuple[str, ...] = ()
     syscalls_allow: tuple[str, ...] = ()
-    limits: Limits = field(default_factory=Limits)
-    approval: Approval = field(default_factory=Approval)
+    limits: Limits = Limits()
+    approval: Approval = Approval()
     landlock: str = "required"
-    log: LogSettings = field(default_factory=LogSettings)
+    log: LogSettings = LogSettings()
 
 
 def policy_from_data(data: dict[str, Any], *, source: str, chain: tuple[str, ...], sha256: str) -> Policy:
@@ -149,6 +137,6 @@ def policy_from_data(data: dict[str, Any], *, source: str, chain: tuple[str, ...
             timeout=duration(approval.get("timeout")) or 60.0,
         ),
         landlock=data.get("landlock", "required"),
-        log=LogSettings(path=log.get("path", LogSettings.path), file_events=log.get("file_events", "write"),
+        log=LogSettings(path=log.get("path", LogSettings._field_defaults["path"]), file_events=log.get("file_events", "write"),
                         exec_events=log.get("exec_events", True)),
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from sandboxctl.supervise.processes import alive
 
@@ -19,8 +19,7 @@ ROOT = "/sys/fs/cgroup"
 PREFIX = "sandboxctl-"
 
 
-@dataclass(frozen=True)
-class CgroupLayout:
+class CgroupLayout(NamedTuple):
     """Where a run's cgroup directories go, per controller (v1) or once (v2)."""
 
     version: str  # v1 | v2

@@ -17,8 +17,8 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from sandboxctl.errors import EXIT_SANDBOX_FAILED, EXIT_TIMEOUT, SandboxError
 from sandboxctl.launch import bwrap, seccomp
@@ -29,22 +29,17 @@ from sandboxctl.supervise import notify, processes, spawn
 from sandboxctl.supervise import secrets as secret_store
 from sandboxctl.supervise.cgroups import RunCgroup
 
-TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
-if TYPE_CHECKING:
-    from typing import Any
-
 TERM_GRACE_S = 2.0
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
-@dataclass
-class RunResult:
+class RunResult(NamedTuple):
     exit_code: int
     duration_s: float
     timed_out: bool = False
     error: SandboxError | None = None
-    layers: dict[str, Any] = field(default_factory=dict)
-    denials: list[dict[str, Any]] = field(default_factory=list)
+    layers: dict[str, Any] | None = None
+    denials: tuple[dict[str, Any], ...] | list[dict[str, Any]] = ()
 
 
 class Supervisor:

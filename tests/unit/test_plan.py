@@ -65,7 +65,7 @@ def policy_from_text(text: str, tmp_path):
 def plan_for(policy="default", files=None, **kwargs):
     loaded = load_named(policy) if isinstance(policy, str) else None
     pol = loaded.policy if loaded else policy
-    inv_fields = {k: kwargs.pop(k) for k in list(kwargs) if k in Invocation.__dataclass_fields__}
+    inv_fields = {k: kwargs.pop(k) for k in list(kwargs) if k in Invocation._fields}
     inv = Invocation(command=("true",), workspace=WS, run_id="r1", **inv_fields)
     return build_plan(pol, inv, fake_facts({**BASE_FILES, **(files or {})}, **kwargs))
 
