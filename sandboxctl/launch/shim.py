@@ -102,10 +102,26 @@ def import_landlockpy():
     - ctypes.util.find_library runs ldconfig (a process, ~20 ms, often absent in a sandbox) and
       imports subprocess; the running interpreter already has libc, so CDLL(None) is exact.
     - the package's __init__ also imports its test helpers (dataclasses, pathlib, inspect: ~40 ms).
-    Both are start-up cost only; the Landlock calls are landlockpy's own.
+    - its flags module imports typing only to declare a TypeVar for annotations (~5 ms with re and
+      collections); a stand-in answers TypeVar and loads the real typing for anything else.
+    All are start-up cost only; the Landlock calls are landlockpy's own.
     """
     import ctypes
     import types
+
+    class LazyTyping(types.ModuleType):
+        @staticmethod
+        def TypeVar(name, *constraints, **options):  # typing's own name
+            return name
+
+        def __getattr__(self, attribute):
+            del sys.modules["typing"]
+            import typing
+
+            return getattr(typing, attribute)
+
+    if "typing" not in sys.modules:
+        sys.modules["typing"] = LazyTyping("typing")
 
     finder = types.ModuleType("ctypes.util")
     finder.find_library = lambda name: None

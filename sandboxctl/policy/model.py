@@ -137,6 +137,6 @@ def policy_from_data(data: dict[str, Any], *, source: str, chain: tuple[str, ...
             timeout=duration(approval.get("timeout")) or 60.0,
         ),
         landlock=data.get("landlock", "required"),
-        log=LogSettings(path=log.get("path", LogSettings._field_defaults["path"]), file_events=log.get("file_events", "write"),
-                        exec_events=log.get("exec_events", True)),
+        log=LogSettings(path=log.get("path", LogSettings._field_defaults["path"]),
+                        file_events=log.get("file_events", "write"), exec_events=log.get("exec_events", True)),
     )
