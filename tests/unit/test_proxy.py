@@ -22,8 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sandboxctl.supervise import netcheck
-from sandboxctl.supervise import proxy as proxy_module
+from sandboxctl.supervise import netcheck, proxy_connection
 from sandboxctl.supervise.netcheck import NetPolicy
 from sandboxctl.supervise.proxy import (
     HEAD_LIMIT,
@@ -1074,9 +1073,9 @@ def test_bulk_transfer_both_ways_is_intact(
     make_proxy: Callable[..., Proxy], echo: EchoServer, monkeypatch: pytest.MonkeyPatch, splice: bool
 ) -> None:
     pipes: list[object] = []
-    real_open_pipe = proxy_module._open_pipe
-    monkeypatch.setattr(proxy_module, "_open_pipe", lambda: pipes.append(real_open_pipe()) or pipes[-1])
-    monkeypatch.setattr(proxy_module, "_splice_ok", splice and hasattr(os, "splice"))
+    real_open_pipe = proxy_connection._open_pipe
+    monkeypatch.setattr(proxy_connection, "_open_pipe", lambda: pipes.append(real_open_pipe()) or pipes[-1])
+    monkeypatch.setattr(proxy_connection, "_splice_ok", splice and hasattr(os, "splice"))
     proxy = make_proxy(allow=("127.0.0.1",))
     sock, reply = connect_tunnel(proxy, f"127.0.0.1:{echo.port}")
     assert reply.startswith(b"HTTP/1.1 200 ")
@@ -1168,7 +1167,7 @@ def test_stop_closes_everything(
     echo: EchoServer, http_port: int, monkeypatch: pytest.MonkeyPatch, splice: bool
 ) -> None:
     if not splice:
-        monkeypatch.setattr(proxy_module, "_splice_ok", False)
+        monkeypatch.setattr(proxy_connection, "_splice_ok", False)
     before = fd_count()
     gate = threading.Event()
 

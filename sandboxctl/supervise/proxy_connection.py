@@ -1,0 +1,604 @@
+"""One proxied connection: read the request, decide, dial, relay both ways, log one record.
+
+Split from proxy.py (which accepts connections and owns their lifetimes); the reasoning for
+threads and splice(2) is in proxy.py's docstring.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
+from typing import TYPE_CHECKING, Any
+
+from sandboxctl.supervise import netcheck
+from sandboxctl.supervise.netcheck import IPAddress, Verdict
+from sandboxctl.supervise.proxy_wire import (
+    _HEAD_END,
+    HEAD_LIMIT,
+    SOCKS_BAD_ADDRESS_TYPE,
+    SOCKS_BAD_COMMAND,
+    SOCKS_FAILURE,
+    SOCKS_HOST_UNREACHABLE,
+    SOCKS_NET_UNREACHABLE,
+    SOCKS_NOT_ALLOWED,
+    SOCKS_OK,
+    SOCKS_REFUSED,
+    HttpError,
+    bad_request,
+    parse_request_head,
+    socks_reply,
+)
+
+if TYPE_CHECKING:
+    from sandboxctl.supervise.proxy import ProxyServer
+
+HEAD_TIMEOUT_S = 30.0
+CONNECT_TIMEOUT_S = 10.0
+_BUF_MIN = 16 * 1024
+_BUF_BULK = 64 * 1024
+_BUF_MAX = 256 * 1024
+_SPLICE_CHUNK = 1 << 20
+_DRAIN_LIMIT = 256 * 1024
+_DRAIN_S = 1.0
+_DRAIN_IDLE_S = 0.25
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Reader:
+    """Buffered reads from the client, all under one deadline (the head timeout)."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock = sock
+        self.deadline = deadline
+        self.buf = bytearray()
+        self._scanned = 0
+
+    def fill(self) -> bool:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        self.sock.settimeout(remaining)
+        data = self.sock.recv(65536)
+        if not data:
+            return False
+        self.buf += data
+        return True
+
+    def exact(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            if not self.fill():
+                raise EOFError
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+    def head(self, limit: int) -> bytes:
+        """Up to and including the blank line that ends an HTTP head; the rest stays in buf."""
+        while True:
+            match = _HEAD_END.search(self.buf, max(0, self._scanned - 3))
+            if match is not None and match.end() <= limit:
+                out = bytes(self.buf[: match.end()])
+                del self.buf[: match.end()]
+                return out
+            if match is not None or len(self.buf) > limit:
+                raise _TooLarge
+            self._scanned = len(self.buf)
+            if not self.fill():
+                raise EOFError
+
+
+# ------------------------------------------------------------------ one connection
+@dataclass
+class _Refusal:
+    """Why a connection was not relayed, in every form it is reported."""
+
+    status: int
+    socks: int
+    message: str
+    proxy_status: str
+    error: str | None = None
+
+    def http(self) -> bytes:
+        return HttpError(self.status, self.message, self.proxy_status).to_bytes()
+
+
+_splice_ok = hasattr(os, "splice")
+
+
+def _open_pipe() -> tuple[int, int] | None:
+    """A pipe for splice(2), or None (no splice here, or out of descriptors: the caller copies instead)."""
+    if not _splice_ok:
+        return None
+    try:
+        return os.pipe()  # close-on-exec, like every descriptor Python opens
+    except OSError:
+        return None
+
+
+def _close_pipe(pipe: tuple[int, int]) -> None:
+    for fd in pipe:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _disable_splice() -> None:
+    global _splice_ok
+    _splice_ok = False
+
+
+def _errno_name(exc: OSError) -> str:
+    return exc.strerror or (errno.errorcode.get(exc.errno, "") if exc.errno else "") or type(exc).__name__
+
+
+class _Connection:
+    """One client connection: the request, the decision, the dial, the relay, and its log record."""
+
+    def __init__(self, server: ProxyServer, client: socket.socket) -> None:
+        self.server = server
+        self.client = client
+        self.upstream: socket.socket | None = None
+        self.lock = threading.Lock()
+        self.aborted = False
+        self.relaying = False
+        self.reset = False
+        self.thread: threading.Thread | None = None
+        self.started = time.monotonic()
+        self.seen = False
+        self.host: str | None = None
+        self.port: int | None = None
+        self.address: str | None = None
+        self.decision = "deny"
+        self.rule = ""
+        self.protocol: str | None = None
+        self.error: str | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    # -------------------------------------------------------------- lifecycle
+    def run(self) -> None:
+        try:
+            self._serve()
+        except Exception as exc:  # a bug must cost one connection, never the supervisor
+            self.error = self.error or f"internal error: {exc!r}"
+        finally:
+            self._close_all()
+            self.server._finished(self)
+            if self.seen:
+                self.server._emit(self.record())
+
+    def record(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "host": self.host,
+            "port": self.port,
+            "address": self.address,
+            "decision": self.decision,
+            "rule": self.rule,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "duration_s": round(time.monotonic() - self.started, 6),
+            "protocol": self.protocol,
+        }
+        if self.error:
+            out["error"] = self.error
+        return out
+
+    def attach(self, sock: socket.socket) -> bool:
+        """Register the upstream socket so that abort() reaches it; False once the connection is aborted."""
+        with self.lock:
+            if self.aborted:
+                return False
+            self.upstream = sock
+            return True
+
+    def abort(self, reset: bool = False) -> None:
+        """Wake every thread blocked on this connection's sockets; they then close them."""
+        with self.lock:
+            self.aborted = True
+            self.reset = self.reset or reset
+            socks = [self.client, self.upstream]
+        for sock in socks:
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def force_close(self) -> None:
+        """Close the sockets of a thread stuck outside them (resolver, approval); never during a relay."""
+        with self.lock:
+            if self.relaying:
+                return
+            socks = [self.client, self.upstream]
+        for sock in socks:
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def _close_all(self) -> None:
+        with self.lock:
+            socks = [self.client, self.upstream]
+            reset = self.reset
+        for sock in socks:
+            if sock is None:
+                continue
+            if reset:  # pass a reset on, so a truncated transfer is not taken for a complete one
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    # -------------------------------------------------------------- protocol dispatch
+    def _serve(self) -> None:
+        reader = _Reader(self.client, self.started + self.server.head_timeout)
+        try:
+            if not reader.fill():
+                return  # connected and left without a word: nothing to decide, nothing to log
+        except (OSError, TimeoutError):
+            return
+        self.seen = True
+        with contextlib.suppress(OSError):
+            self.client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        first = reader.buf[0]
+        if first == 5:
+            self._socks5(reader)
+        elif first == 4:
+            self.protocol = "socks4"
+            self.rule = "bad request: SOCKS4 is not supported"
+            self._refuse_raw(b"\x00\x5b" + bytes(6))
+        else:
+            self._http(reader)
+
+    def _http(self, reader: _Reader) -> None:
+        self.protocol = "http"
+        try:
+            head = reader.head(HEAD_LIMIT)
+        except _TooLarge:
+            self._bad(bad_request("request head larger than 64 KiB", 431))
+            return
+        except TimeoutError:
+            timeout = self.server.head_timeout
+            self._bad(HttpError(408, f"sandboxctl: the request head did not arrive within {timeout:g} s.",
+                                "http_request_error", "request head timed out"))
+            return
+        except (EOFError, OSError):
+            self.rule = "bad request: connection closed before the request head was complete"
+            return
+        request = parse_request_head(head)
+        if isinstance(request, HttpError):
+            self._bad(request)
+            return
+        self.protocol = request.protocol
+        self.host, self.port = request.host, request.port
+        outcome = self._open(request.host, request.port)
+        if isinstance(outcome, _Refusal):
+            self._refuse_raw(outcome.http())
+            return
+        if request.method == "CONNECT":
+            if self._reply(b"HTTP/1.1 200 Connection established\r\n\r\n"):
+                self._relay(bytes(reader.buf), tunnel=True)
+        else:
+            self._relay(request.upstream_head() + bytes(reader.buf), tunnel=False)
+
+    def _socks5(self, reader: _Reader) -> None:
+        self.protocol = "socks5"
+        try:
+            _version, count = reader.exact(2)
+            methods = reader.exact(count)
+            if 0 not in methods:
+                self.rule = "bad request: SOCKS5 client offers no unauthenticated method"
+                self._refuse_raw(b"\x05\xff")
+                return
+            self.client.sendall(b"\x05\x00")
+            version, command, _reserved, kind = reader.exact(4)
+            host: str | None
+            if kind == 1:
+                host = str(IPv4Address(reader.exact(4)))
+            elif kind == 4:
+                host = str(IPv6Address(reader.exact(16)))
+            elif kind == 3:
+                raw = reader.exact(reader.exact(1)[0])
+                host = netcheck.normalize_host(raw.decode("ascii")) if raw.isascii() else None
+            else:
+                self.rule = "bad request: unknown SOCKS5 address type"
+                self._refuse_raw(socks_reply(SOCKS_BAD_ADDRESS_TYPE))
+                return
+            port = int.from_bytes(reader.exact(2), "big")
+        except (EOFError, OSError, TimeoutError):
+            self.rule = "bad request: incomplete SOCKS5 handshake"
+            return
+        problem = (
+            "malformed SOCKS5 request" if version != 5
+            else "unsupported SOCKS5 command (only CONNECT)" if command != 1
+            else "invalid host name" if host is None
+            else "port 0" if port == 0
+            else None
+        )
+        if problem is not None:
+            self.rule = f"bad request: {problem}"
+            self._refuse_raw(socks_reply(SOCKS_BAD_COMMAND if version == 5 and command != 1 else SOCKS_FAILURE))
+            return
+        self.host, self.port = host, port
+        outcome = self._open(host, port)
+        if isinstance(outcome, _Refusal):
+            self._refuse_raw(socks_reply(outcome.socks))
+            return
+        if self._reply(socks_reply(SOCKS_OK)):
+            self._relay(bytes(reader.buf), tunnel=True)
+
+    # -------------------------------------------------------------- decision and dial
+    def _open(self, host: str, port: int) -> socket.socket | _Refusal:
+        """Decide, resolve once, screen the addresses and dial the first that passed and answers."""
+        server = self.server
+        dest = netcheck.format_destination(host, port)
+        verdict = netcheck.match_destination(server.policy, host, port)
+        self.rule = verdict.rule
+        if verdict.kind == "deny":
+            return self._policy_refusal(verdict, host, dest)
+        if verdict.kind == "unlisted":
+            asked = server.ask is not None
+            if not self._ask(host, port):
+                self.rule = "not in network.allow (not approved)" if asked else "not in network.allow"
+                return self._policy_refusal(verdict, host, dest, declined=asked)
+            self.rule = "not in network.allow (approved)"
+        if self.aborted:
+            return self._stopped()
+        literal = netcheck.parse_ip(host)
+        try:
+            infos = server.resolver(host, port, 0, socket.SOCK_STREAM, socket.IPPROTO_TCP,
+                                    socket.AI_NUMERICHOST if literal is not None else 0)
+        except (OSError, UnicodeError) as exc:
+            self.decision = "allow"
+            self.error = f"could not resolve {host}: {_errno_name(exc) if isinstance(exc, OSError) else exc}"
+            return _Refusal(502, SOCKS_HOST_UNREACHABLE, f"sandboxctl: {self.error}.", "dns_error", self.error)
+        sockaddrs: dict[IPAddress, tuple[Any, ...]] = {}
+        order: list[IPAddress] = []
+        for family, _type, _proto, _name, sockaddr in infos:
+            if family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            addr = netcheck.parse_ip(str(sockaddr[0]))
+            if addr is not None and addr not in sockaddrs:
+                sockaddrs[addr] = sockaddr
+                order.append(addr)
+        local = frozenset() if server.policy.allow_private else netcheck.local_addresses()
+        passed, refusal = netcheck.screen_addresses(server.policy, order, port, local)
+        if not passed:
+            if refusal is None:
+                self.decision = "allow"
+                self.error = f"could not resolve {host}: no IPv4 or IPv6 address"
+                return _Refusal(502, SOCKS_HOST_UNREACHABLE, f"sandboxctl: {self.error}.", "dns_error", self.error)
+            self.rule = refusal.rule
+            return self._policy_refusal(refusal, host, dest)
+        self.decision = "allow"
+        return self._dial(passed, sockaddrs, port, dest)
+
+    def _dial(self, passed: list[IPAddress], sockaddrs: dict[IPAddress, tuple[Any, ...]], port: int,
+              dest: str) -> socket.socket | _Refusal:
+        deadline = time.monotonic() + 2 * self.server.connect_timeout
+        failure: tuple[IPAddress, OSError] | None = None
+        for addr in passed:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                sock = socket.socket(socket.AF_INET6 if addr.version == 6 else socket.AF_INET, socket.SOCK_STREAM)
+            except OSError as exc:
+                failure = (addr, exc)
+                continue
+            if not self.attach(sock):
+                sock.close()
+                return self._stopped()
+            try:
+                sock.settimeout(min(self.server.connect_timeout, remaining))
+                sock.connect(sockaddrs[addr])
+                sock.settimeout(None)
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError as exc:
+                failure = (addr, exc)
+                with self.lock:
+                    self.upstream = None
+                sock.close()
+                if self.aborted:
+                    return self._stopped()
+                continue
+            self.address = str(addr)
+            return sock
+        if failure is None:
+            self.error = f"could not connect to {dest}: timed out"
+            return _Refusal(504, SOCKS_HOST_UNREACHABLE, f"sandboxctl: {self.error}.", "connection_timeout",
+                            self.error)
+        addr, exc = failure
+        if isinstance(exc, TimeoutError):
+            self.error = f"could not connect to {dest} ({addr}): no answer within {self.server.connect_timeout:g} s"
+            return _Refusal(504, SOCKS_HOST_UNREACHABLE, f"sandboxctl: {self.error}.", "connection_timeout",
+                            self.error)
+        self.error = f"could not connect to {dest} ({addr}): {_errno_name(exc)}"
+        code = {errno.ECONNREFUSED: SOCKS_REFUSED, errno.ENETUNREACH: SOCKS_NET_UNREACHABLE}.get(
+            exc.errno or 0, SOCKS_HOST_UNREACHABLE)
+        status = "connection_refused" if code == SOCKS_REFUSED else "destination_unavailable"
+        return _Refusal(502, code, f"sandboxctl: {self.error}.", status, self.error)
+
+    def _ask(self, host: str, port: int) -> bool:
+        """The approval hook's answer; only a literal True approves (fail closed)."""
+        ask = self.server.ask
+        if ask is None:
+            return False
+        try:
+            return ask(host, port) is True
+        except Exception as exc:  # a failing approval channel denies, it does not crash
+            self.error = f"approval failed: {exc!r}"
+            return False
+
+    def _stopped(self) -> _Refusal:
+        self.decision = "deny"
+        self.error = self.error or "the proxy was stopped"
+        return _Refusal(503, SOCKS_FAILURE, "sandboxctl: the sandbox's proxy is shutting down.",
+                        "proxy_internal_error", self.error)
+
+    def _policy_refusal(self, verdict: Verdict, host: str, dest: str, declined: bool = False) -> _Refusal:
+        """The one sentence an agent gets back: the rule that refused, and how a human would allow it."""
+        self.decision = "deny"
+        if verdict.kind == "deny" and verdict.address is None:
+            message = (f"sandboxctl: {dest} is blocked by this sandbox's network.deny rule {verdict.pattern}; "
+                       "only a human can change that, by editing the policy.")
+            kind = "http_request_denied"
+        elif verdict.kind == "deny":
+            message = (f"sandboxctl: {host} resolves to {verdict.address}, which this sandbox's network.deny rule "
+                       f"{verdict.pattern} blocks; only a human can change that, by editing the policy.")
+            kind = "destination_ip_prohibited"
+        elif verdict.kind == "private":
+            listed = netcheck.format_destination(str(verdict.address), self.port)
+            subject = (f"{host} resolves to {verdict.address} ({verdict.address_label}),"
+                       if str(verdict.address) != host else f"{host} ({verdict.address_label}) is")
+            message = (f"sandboxctl: {subject} an address this sandbox does not dial (network.allow_private: false); "
+                       f"a human can allow it with --allow-net {listed} or with network.allow_private: true "
+                       "in the policy.")
+            kind = "destination_ip_prohibited"
+        else:
+            approval = " and the request to reach it was not approved" if declined else ""
+            message = (f"sandboxctl: {dest} is not in this sandbox's network.allow{approval}; "
+                       f"a human can allow it with --allow-net {dest} or in the policy.")
+            kind = "http_request_denied"
+        return _Refusal(403, SOCKS_NOT_ALLOWED, message, kind)
+
+    # -------------------------------------------------------------- replies
+    def _reply(self, data: bytes) -> bool:
+        """Tell the client its tunnel is open; False if it has gone away meanwhile."""
+        try:
+            self.client.settimeout(10.0)
+            self.client.sendall(data)
+            return True
+        except OSError as exc:
+            self.error = f"client connection failed: {_errno_name(exc)}"
+            return False
+
+    def _bad(self, error: HttpError) -> None:
+        self.rule = f"bad request: {error.detail}"
+        self._refuse_raw(error.to_bytes())
+
+    def _refuse_raw(self, payload: bytes) -> None:
+        """Send a refusal, then read what the client already sent, so that close() does not become a
+        reset that destroys the reply before the client has read it."""
+        client = self.client
+        try:
+            client.settimeout(5.0)
+            client.sendall(payload)
+            client.shutdown(socket.SHUT_WR)
+            end = time.monotonic() + _DRAIN_S
+            drained = 0
+            while drained < _DRAIN_LIMIT:
+                remaining = end - time.monotonic()
+                if remaining <= 0:
+                    break
+                client.settimeout(min(remaining, _DRAIN_IDLE_S))
+                data = client.recv(65536)
+                if not data:
+                    break
+                drained += len(data)
+        except OSError:  # includes the idle timeout: the client has stopped sending
+            pass
+
+    # -------------------------------------------------------------- relay
+    def _count(self, outbound: bool, n: int) -> None:
+        if outbound:
+            self.bytes_out += n
+        else:
+            self.bytes_in += n
+
+    def _relay(self, first_out: bytes, tunnel: bool) -> None:
+        """Relay both ways until both sides are done: this thread carries client->upstream, a helper the reverse."""
+        upstream = self.upstream
+        assert upstream is not None
+        with self.lock:
+            if self.aborted:
+                return
+            self.relaying = True
+        self.client.settimeout(None)
+        try:
+            if first_out:
+                upstream.sendall(first_out)
+                self.bytes_out += len(first_out)
+        except OSError as exc:
+            self.error = f"upstream closed: {_errno_name(exc)}"
+            self.abort(reset=True)
+            return
+        helper = threading.Thread(target=self._pump, args=(upstream, self.client, False, tunnel),
+                                  name="sandboxctl-proxy-in", daemon=True)
+        try:
+            helper.start()
+        except RuntimeError:
+            self.error = "could not start a relay thread"
+            self.abort(reset=True)
+            return
+        self._pump(self.client, upstream, True, tunnel)
+        helper.join()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, outbound: bool, tunnel: bool) -> None:
+        """Copy src to dst until EOF (then half-close dst) or an error (then abort both ways).
+
+        Small transfers are copied through a buffer that grows from 16 to 64 KiB. Once a read fills
+        64 KiB the transfer is bulk, and the bytes go through a pipe with splice(2) instead, never
+        entering Python (less CPU and GIL, ~20% more throughput in bench/proxy). A pipe costs two
+        descriptors, so interactive connections never get one; without one (EMFILE, no splice for
+        these sockets) the copy simply goes on with a 256 KiB buffer.
+        """
+        pipe: tuple[int, int] | None = None
+        try:
+            size = _BUF_MIN
+            view = memoryview(bytearray(size))
+            while True:
+                if pipe is None:
+                    n = src.recv_into(view)
+                    if not n:
+                        break
+                    dst.sendall(view[:n])
+                    self._count(outbound, n)
+                    if n == size and size < _BUF_MAX:
+                        pipe = _open_pipe() if size >= _BUF_BULK else None
+                        size = 0 if pipe is not None else size * 4
+                        view = memoryview(bytearray(size))
+                    continue
+                try:
+                    n = os.splice(src.fileno(), pipe[1], _SPLICE_CHUNK)
+                except OSError as exc:
+                    if exc.errno not in (errno.EINVAL, errno.ENOSYS):
+                        raise
+                    _disable_splice()  # this kernel or socket type cannot splice: copy from now on
+                    _close_pipe(pipe)
+                    pipe, size = None, _BUF_MAX
+                    view = memoryview(bytearray(size))
+                    continue
+                if not n:
+                    break
+                while n:
+                    moved = os.splice(pipe[0], dst.fileno(), n)
+                    self._count(outbound, moved)
+                    n -= moved
+        except OSError as exc:
+            if not self.aborted:
+                side = "client" if outbound else "upstream"
+                self.error = self.error or f"{side} connection failed: {_errno_name(exc)}"
+            self.abort(reset=True)
+            return
+        finally:
+            if pipe is not None:
+                _close_pipe(pipe)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+        if not tunnel and not outbound:
+            # Plain HTTP: the response is complete (the request said Connection: close), so the
+            # client's side of this connection is over too; wake the other pump.
+            with contextlib.suppress(OSError):
+                src.shutdown(socket.SHUT_RD)
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_RD)
+
+
+# ------------------------------------------------------------------ the server
