@@ -25,14 +25,6 @@ def state_dir() -> Path:
     return root / "sandboxctl"
 
 
-def runtime_dir() -> Path:
-    """Per-user runtime dir (sockets); falls back to a private dir under /tmp."""
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    if base and os.path.isdir(base):
-        return Path(base) / "sandboxctl"
-    return Path(f"/tmp/sandboxctl-{os.getuid()}")
-
-
 def ensure_private_dir(path: Path) -> Path:
     """Create a 0700 directory we own, refusing one another user could tamper with."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 import re
 
@@ -83,7 +84,7 @@ class _Planner:
             wanted.append((self.inv.workspace, self.policy.workspace, "workspace", False))
         wanted += [(p, "ro", "--allow-read", True) for p in self.inv.allow_read]
         wanted += [(p, "rw", "--allow-write", True) for p in self.inv.allow_write]
-        denied = self.denied_paths()
+        denied = self.denied_paths
         result: dict[str, tuple[str, str]] = {}
         for raw, kind, reason, from_cli in wanted:
             target = self.expand(raw)
@@ -110,7 +111,9 @@ class _Planner:
                 result[target] = (kind, reason)
         return result
 
+    @functools.cached_property
     def denied_paths(self) -> list[str]:
+        """Existing paths the deny list names (globs expanded): read from the host once per plan."""
         found: list[str] = []
         for raw in self.policy.filesystem.deny:
             pattern = self.expand(raw)
@@ -160,7 +163,7 @@ class _Planner:
 
     def masks(self, visible: dict[str, str]) -> list[Mount]:
         result = []
-        for path in self.denied_paths():
+        for path in self.denied_paths:
             if not self.covering(path, visible):
                 continue
             kind = "mask-dir" if self.facts.kind(path) == "dir" else "mask-file"

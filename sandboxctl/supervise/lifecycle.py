@@ -27,14 +27,12 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None) -> Ru
     """Everything that must hold before the command may start, then the run itself.
 
     status(message) gives a context manager around slow set-up steps (a status line on a TTY)."""
-    import contextlib as _contextlib
-
-    status = status or (lambda message: _contextlib.nullcontext())
+    status = status or (lambda message: contextlib.nullcontext())
     ensure_private_dir(state)
     values = {}
     for secret in plan.secrets:
         slow = secret.source.startswith("command:")
-        with status(f"getting secret {secret.name}…") if slow else _contextlib.nullcontext():
+        with status(f"getting secret {secret.name}…") if slow else contextlib.nullcontext():
             values[secret.name] = secret_store.resolve(secret, os.environ, plan.home)
     log = ActionLog(plan.log_path, plan.run_id, redact=tuple(values.values()))
     cgroup = None

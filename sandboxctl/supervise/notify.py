@@ -230,13 +230,5 @@ class Dispatcher:
             path, argv = "?", []
         finally:
             memory.close()
-        if name == "execveat" and not path.startswith("/"):
-            dirfd = notification.args[0] & 0xFFFFFFFF
-            base = "cwd" if dirfd == 0xFFFFFF9C else f"fd/{dirfd}"  # AT_FDCWD
-            with contextlib.suppress(OSError):
-                path = os.path.join(os.readlink(f"/proc/{notification.pid}/{base}"), path) if path else \
-                    os.readlink(f"/proc/{notification.pid}/{base}")
-        elif not path.startswith("/"):
-            with contextlib.suppress(OSError):
-                path = os.path.join(os.readlink(f"/proc/{notification.pid}/cwd"), path)
-        return path, argv
+        dirfd = notification.args[0] & 0xFFFFFFFF if name == "execveat" else AT_FDCWD
+        return self._absolute(notification.pid, dirfd, path), argv

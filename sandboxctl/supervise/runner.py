@@ -301,6 +301,11 @@ class Supervisor:
         if not data:
             sel.unregister(err_r)
             return
+        self._take_stderr(data)
+
+    def _take_stderr(self, data: bytes) -> None:
+        """After the shim is ready it is the command's business: pass it on. Before, it explains
+        a failed launch: keep it for the error message."""
         if self.ready:
             os.write(2, data)
         else:
@@ -318,10 +323,7 @@ class Supervisor:
         os.set_blocking(err_r, False)
         with contextlib.suppress(BlockingIOError):
             while data := os.read(err_r, 65536):
-                if self.ready:
-                    os.write(2, data)
-                else:
-                    self.bwrap_stderr += data
+                self._take_stderr(data)
 
     # ------------------------------------------------------------------ signals and limits
     def _install_signal_handlers(self) -> None:
