@@ -24,6 +24,7 @@ from sandboxctl.plan.model import (
 from sandboxctl.policy.model import Policy
 
 SHIM_DIR = "/run/sandboxctl"
+GVISOR_INIT = f"{SHIM_DIR}/init.py"  # the gvisor backend's in-sandbox launcher
 SECRETS_DIR = "/run/secrets"
 PROXY_PORT = 3128
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -67,6 +68,8 @@ class _Planner:
         self.warnings: list[str] = []
         self.confirmations: list[str] = []
         self.workspace = inv.workspace if policy.workspace != "none" else None
+        self.backend = inv.backend or policy.backend
+        self.gvisor = self.backend == "gvisor"
 
     def expand(self, path: str) -> str:
         return paths.expand(path, workspace=self.inv.workspace, home=self.facts.home,
@@ -251,10 +254,14 @@ class _Planner:
         return [c for c in self.policy.chain if not c.startswith("builtin:")]
 
     def runtime_mounts(self, visible: dict[str, str]) -> list[Mount]:
-        mounts = [
-            Mount("ro", f"{SHIM_DIR}/shim.py", self.facts.shim_file, "sandboxctl's launcher (applies Landlock)"),
-            Mount("ro", f"{SHIM_DIR}/lib/landlockpy", self.facts.landlock_lib, "the launcher's Landlock library"),
-        ]
+        if self.gvisor:
+            init = self.facts.gvisor_init_file or os.path.join(os.path.dirname(self.facts.shim_file), "gvisor_init.py")
+            mounts = [Mount("ro", GVISOR_INIT, init, "sandboxctl's launcher inside gVisor (loads seccomp)")]
+        else:
+            mounts = [
+                Mount("ro", f"{SHIM_DIR}/shim.py", self.facts.shim_file, "sandboxctl's launcher (applies Landlock)"),
+                Mount("ro", f"{SHIM_DIR}/lib/landlockpy", self.facts.landlock_lib, "the launcher's Landlock library"),
+            ]
         prefix = self.facts.shim_python_prefix
         if not self.covering(self.facts.shim_python, visible):
             mounts.append(Mount("ro", prefix, prefix, "the launcher's Python interpreter"))
@@ -262,6 +269,8 @@ class _Planner:
 
     # ---------------------------------------------------------------- landlock
     def landlock(self, mounts: list[Mount]) -> LandlockPlan:
+        if self.gvisor:
+            return self.gvisor_landlock()
         exec_anywhere = self.policy.exec_allow is None
         rules: list[LandlockPathRule] = []
         for mount in mounts:
@@ -298,6 +307,22 @@ class _Planner:
             scopes=("signal", "abstract_unix_socket"),
         )
 
+    def gvisor_landlock(self) -> LandlockPlan:
+        """gVisor does not implement Landlock (landlock_create_ruleset answers ENOSYS inside it),
+        so there is nothing to apply: the file-system grants rest on gVisor's own kernel (the
+        sentry) and its file proxy (the gofer). exec.allow has no other enforcer: refused unless
+        the policy itself allows running without Landlock."""
+        if self.policy.exec_allow is not None:
+            if self.policy.landlock == "required":
+                raise SandboxError("exec.allow cannot be enforced under gVisor: it needs Landlock, which gVisor "
+                                   "does not implement",
+                                   "use the bubblewrap backend (--backend bwrap), or set `landlock: best-effort` "
+                                   "to run under gVisor without the exec.allow limit")
+            self.warnings.append("exec.allow is not enforced under gVisor (it needs Landlock); "
+                                 "running without it (`landlock: best-effort`)")
+        return LandlockPlan(required=False, minimum_abi=0, paths=(), restrict_tcp=False,
+                            connect_tcp_ports=(), bind_tcp_ports=(), scopes=())
+
     # ---------------------------------------------------------------- the rest
     def network_mode(self) -> str:
         if self.inv.net:
@@ -308,6 +333,10 @@ class _Planner:
 
     def network(self) -> NetworkPlan:
         mode = self.network_mode()
+        if mode == "host" and self.gvisor:
+            raise SandboxError("network: host is not available under gVisor: rootless runsc cannot share the "
+                               "host's network (its host network stack answers 'network unreachable')",
+                               "use network: proxy with an allowlist, or the bubblewrap backend (--backend bwrap)")
         if mode == "host":
             self.confirmations.append("network: host shares the host's whole network with the command")
         extra = tuple(str(units.parse_host_pattern(h)) for h in self.inv.allow_net)
@@ -370,6 +399,14 @@ class _Planner:
     def limits(self) -> LimitsPlan:
         lim = self.policy.limits
         memory = self.inv.memory or lim.memory
+        if self.gvisor:
+            # rlimits set on the OCI process, enforced by gVisor's kernel: RLIMIT_NPROC binds uid 0
+            # there too (measured), so the pids limit holds even for root; no cgroup (runsc runs
+            # with --ignore-cgroups: its own cgroups would outlive a killed run and need root)
+            return LimitsPlan(timeout=self.inv.timeout or lim.timeout, memory=memory,
+                              memory_method=None if memory is None else "rlimit-as", pids=lim.pids,
+                              pids_method="rlimit" if lim.pids else None, file_size=lim.file_size,
+                              open_files=lim.open_files)
         cgroup = self.facts.cgroup is not None
         pids_method = None
         if lim.pids:
@@ -402,6 +439,11 @@ class _Planner:
                 "syscalls.allow takes out of the seccomp baseline: " + ", ".join(self.policy.syscalls_allow))
         rules = syscalls.apply_policy(syscalls.baseline_rules(), self.policy.syscalls_deny,
                                       self.policy.syscalls_allow)
+        if self.gvisor:
+            # one static filter, loaded inside gVisor by its launcher: gVisor implements seccomp-bpf
+            # for the sandboxed program but not user notification (NEW_LISTENER answers EINVAL)
+            return SeccompPlan("allow", "kill_process", tuple(rules), trap_denials=False, notify_exec=False,
+                               file_events="none")
         return SeccompPlan("allow", "kill_process", tuple(rules), trap_denials=True,
                            notify_exec=self.policy.log.exec_events, file_events=self.policy.log.file_events)
 
@@ -409,13 +451,17 @@ class _Planner:
         return self.inv.workspace if self.workspace else self.facts.home
 
 
+GVISOR_WARNING = ("gvisor backend: Landlock is not applied (gVisor does not implement it; the file-system grants "
+                  "rest on gVisor's kernel and its file proxy), and there are no exec, file or syscall events and "
+                  "no file-write approvals (gVisor has no seccomp user notification)")
+
+
 def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan:
     if not invocation.command:
         raise SandboxError("no command given", "usage: sandboxctl run [OPTIONS] -- COMMAND [ARG...]")
-    if policy.backend != "bwrap":
-        raise SandboxError(f"backend {policy.backend!r} is not available in this version",
-                           "use the default bubblewrap backend (backend: bwrap)")
     planner = _Planner(policy, invocation, facts)
+    if planner.backend not in ("bwrap", "gvisor"):
+        raise SandboxError(f"unknown backend {planner.backend!r}", "use bwrap or gvisor")
     if planner.workspace == "/":
         raise SandboxError("refusing to use / as the workspace", "run from a project directory or pass -w DIR")
     mounts = planner.build_mounts()
@@ -423,6 +469,8 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
     landlock = planner.landlock(mounts)
     seccomp = planner.seccomp()
     env = planner.environment()
+    if planner.gvisor:
+        planner.warnings.insert(0, GVISOR_WARNING)
     return Plan(
         run_id=invocation.run_id,
         policy=policy.name,
@@ -443,9 +491,10 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
         approval_via=policy.approval.via,
         approval_timeout=policy.approval.timeout,
         log_path=planner.log_path(),
-        file_events=policy.log.file_events,
+        file_events="none" if planner.gvisor else policy.log.file_events,
         shim_python=facts.shim_python,
         warnings=tuple(planner.warnings),
         notes=tuple(planner.notes),
         confirmations=tuple(dict.fromkeys(planner.confirmations)),
+        backend=planner.backend,
     )

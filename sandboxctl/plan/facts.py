@@ -98,6 +98,7 @@ def gather(environ: Mapping[str, str] | None = None) -> HostFacts:
         shim_python=python,
         shim_python_prefix=prefix,
         shim_file=str(package / "launch" / "shim.py"),
+        gvisor_init_file=str(package / "launch" / "gvisor_init.py"),
         landlock_lib=_landlock_lib(),
         protected_code=_supervisor_code(package, builtin_dir().resolve()),
         elf_loaders=tuple(loaders),

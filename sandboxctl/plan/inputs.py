@@ -22,6 +22,7 @@ class Invocation(NamedTuple):
     memory: int | None = None
     approve: str | None = None
     log_path: str | None = None
+    backend: str | None = None  # --backend: overrides the policy's
 
 
 class HostFacts(NamedTuple):
@@ -43,3 +44,4 @@ class HostFacts(NamedTuple):
     readlink: Callable[[str], str]
     realpath: Callable[[str], str]
     glob: Callable[[str], list[str]] = lambda pattern: []
+    gvisor_init_file: str = ""  # the in-sandbox launcher of the gvisor backend (launch/gvisor_init.py)

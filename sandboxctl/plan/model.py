@@ -133,6 +133,7 @@ class Plan(NamedTuple):
     warnings: tuple[str, ...] = ()  # shown on every run
     notes: tuple[str, ...] = ()  # shown by --dry-run and --verbose
     confirmations: tuple[str, ...] = ()
+    backend: str = "bwrap"  # bwrap | gvisor (launch/oci.py renders the same plan for runsc)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(self)
