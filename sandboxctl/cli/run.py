@@ -60,9 +60,6 @@ def _check_options(opts: dict[str, Any]) -> None:
         value = opts.get(option.dest)
         if option.choices and value is not None and value not in option.choices:
             raise SandboxError(f"{option.flags[-1]} {value!r}: must be one of {', '.join(option.choices)}")
-    if opts["backend"] == "gvisor":
-        raise SandboxError("the gvisor backend is not available in this version",
-                           "use the default bubblewrap backend")
     for item in opts["env"]:
         name = item.partition("=")[0]
         if not name or not (name[0].isalpha() or name[0] == "_") or not name.replace("_", "a").isalnum():
@@ -120,6 +117,7 @@ def execute_run(opts: dict[str, Any], command: list[str]) -> int:
         memory=_parse(units.parse_size, opts["memory"], "--memory", "4G"),
         approve=opts["approve"],
         log_path=absolute(opts["log"]) if opts["log"] else None,
+        backend=opts["backend"],
     )
     from sandboxctl.plan.build import build_plan
     from sandboxctl.plan.facts import gather

@@ -52,7 +52,12 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None) -> Ru
             except OSError as exc:
                 raise SandboxError(f"cannot create the run's cgroup for its limits: {exc.strerror}",
                                    "run sandboxctl doctor") from None
-        supervisor = Supervisor(plan, state, log, argv_for_log, cgroup, values)
+        supervisor_class = Supervisor
+        if plan.backend == "gvisor":  # the same plan under runsc (supervise/gvisor.py)
+            from sandboxctl.supervise.gvisor import GvisorSupervisor
+
+            supervisor_class = GvisorSupervisor
+        supervisor = supervisor_class(plan, state, log, argv_for_log, cgroup, values)
         if not seccomp.is_cached(plan.seccomp, state / "cache"):
             with status("building the seccomp filters (first run with this policy)…"):
                 seccomp.load_or_compile(plan.seccomp, state / "cache")

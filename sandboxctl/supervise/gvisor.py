@@ -1,0 +1,315 @@
+"""Run one Plan under gVisor's runsc: the bubblewrap supervisor's run, with another launcher.
+
+What stays the same (inherited from runner.Supervisor): the action log and its run.start/run.end,
+secrets (env and file, file ones expiring), the timeout, the network proxy with its policy,
+approvals and `net` events, forwarded signals, the denial summary.
+
+What differs, and why:
+- the sandbox is an OCI bundle rendered from the plan (launch/oci.py) in a private run directory
+  (launch/runsc.py) that is removed at the end; a watchdog removes it if the supervisor is killed;
+- there is no control socket: nothing can be handed out of gVisor (its kernel owns every
+  descriptor), so no seccomp listener (gVisor has no user notification anyway: no exec, file or
+  syscall events) and no proxy listener; under network: proxy the sandbox reaches the supervisor's
+  proxy through a host UNIX socket (runsc --host-uds=open) and a forwarder on 127.0.0.1:3128;
+- run.start is written once runsc has started: the layers are what the bundle configures; if the
+  launcher inside cannot apply one, the command never runs (exit 125);
+- signals reach the command through `runsc kill` (it is not a host process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import socket
+import time
+from typing import Any
+
+from sandboxctl.errors import EXIT_SANDBOX_FAILED, EXIT_TIMEOUT, SandboxError
+from sandboxctl.launch import oci, runsc, seccomp
+from sandboxctl.log.writer import LogWriteError
+from sandboxctl.plan.build import PROXY_PORT
+from sandboxctl.supervise.runner import FORWARDED, TERM_GRACE_S, RunResult, Supervisor
+
+KILL_GRACE_S = 2.0
+TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
+
+
+class GvisorSupervisor(Supervisor):
+    """Supervisor for `backend: gvisor` (see the module docstring)."""
+
+    runsc_path: str = ""
+    platform: str = "ptrace"
+    version: str = "unknown"
+    runsc_pid: int | None = None
+    run_dir: runsc.RunDir | None = None
+    runsc_started = False
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.relays: dict[int, int] = {}  # pipe read end -> the regular file it is copied to
+
+    # ------------------------------------------------------------------ launch
+    def launch(self) -> RunResult:
+        plan = self.plan
+        self.runsc_path = runsc.require()
+        self.platform, self.version = runsc.platform_for_run(self.runsc_path)
+        program = seccomp.load_or_compile(plan.seccomp, self.state / "cache")
+        base = runsc.runtime_base()
+        runsc.sweep(base)
+        self.run_dir = runsc.RunDir(base, plan.run_id)
+        watchdog = runsc.Watchdog(self.run_dir.path)  # before any thread, before anything is on disk
+        listener: socket.socket | None = None
+        originals = {s: signal.getsignal(s) for s in FORWARDED}
+        started = time.monotonic()
+        try:
+            env = dict(plan.env)
+            env.update({s.name: self.secret_values[s.name] for s in plan.secrets if s.deliver_as == "env"})
+            default_signals = [int(s) for s in TERMINAL_SIGNALS if originals.get(s) is not signal.SIG_IGN]
+            launch = oci.launch_config(plan, program, env, default_signals,
+                                       seccomp.SECCOMP_SYSCALL.get(os.uname().machine, 317))
+            files = {s.name: self.secret_values[s.name] for s in plan.secrets if s.deliver_as == "file"}
+            try:
+                paths = self.run_dir.create(plan, launch, files)
+            except OSError as exc:
+                raise SandboxError(f"cannot prepare the gVisor bundle in {self.run_dir.path}: {exc.strerror}",
+                                   "check the runtime directory (XDG_RUNTIME_DIR, /dev/shm) and run sandboxctl "
+                                   "doctor") from None
+            if paths.secrets:
+                self.secrets_dir_fd = os.open(paths.secrets, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            if paths.proxy:
+                listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                listener.bind(f"{paths.proxy}/{oci.PROXY_SOCKET_NAME}")
+                listener.listen(256)
+            argv = oci.runsc_argv(plan, paths, runsc=self.runsc_path, platform=self.platform)
+            stdio = self._relay_regular_files()
+            started = time.monotonic()
+            try:
+                self.runsc_pid = runsc.spawn(argv, stdio)
+            except OSError as exc:
+                raise SandboxError(f"cannot start runsc: {exc.strerror}", "run sandboxctl doctor") from None
+            finally:
+                for fd in stdio.values():
+                    os.close(fd)
+            self.runsc_started = True
+            self._install_signal_handlers()
+            self.layers = self._layers({})
+            try:
+                self.log.write("run.start", argv=self.argv_for_log, workspace=plan.workspace, policy=plan.policy,
+                               policy_sha256=plan.policy_sha256, backend="gvisor", layers=self.layers,
+                               limits=self._limits_for_log())
+                self._log_secrets()
+            except LogWriteError:
+                self._kill()
+                raise
+            self.ready = True
+            if listener is not None:
+                self._start_proxy(listener.detach())
+                listener = None
+                if self.setup_error:
+                    self._kill()
+            returncode = self._wait(self.runsc_pid, started)
+        finally:
+            for signum, handler in originals.items():
+                signal.signal(signum, handler)
+            if listener is not None:
+                listener.close()
+            if self.proxy is not None:
+                self.proxy.stop()
+            if self.secrets_dir_fd is not None:
+                os.close(self.secrets_dir_fd)
+                self.secrets_dir_fd = None
+            for fd in self.relays:
+                os.close(fd)
+            if self.runsc_pid and self.returncode_unknown():
+                self._kill()
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(self.runsc_pid, 0)
+            self.runsc_error = self.run_dir.runsc_error()
+            self.run_dir.destroy()
+            watchdog.done()
+        return self._result(returncode, time.monotonic() - started)
+
+    def _relay_regular_files(self) -> dict[int, int]:
+        """Pipes for a stdout/stderr that is a regular file, copied to it from the loop.
+
+        gVisor (runsc 20221219) writes to a regular-file stdio descriptor at an offset of its own,
+        from 0, not at the file's shared offset: `cmd > log 2>&1` lost output, `(echo a; cmd) > f`
+        overwrote. Through a pipe, the writes land where the caller's descriptor points.
+        """
+        import stat
+
+        stdio: dict[int, int] = {}
+        for fd in (1, 2):
+            try:
+                regular = stat.S_ISREG(os.fstat(fd).st_mode)
+            except OSError:
+                continue
+            if regular:
+                read, write = os.pipe()
+                self.relays[read] = fd
+                stdio[fd] = write
+        return stdio
+
+    def _pass_on(self, source: int, sel: selectors.BaseSelector | None) -> bool:
+        """Copy what is in one relay pipe to its file; False at end of file."""
+        try:
+            data = os.read(source, 65536)
+        except BlockingIOError:
+            return True
+        if not data:
+            if sel is not None:
+                sel.unregister(source)
+            return False
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self.relays[source], view):]
+            except OSError:
+                break  # the file is gone or full: the command's output is lost, as it would be
+        return True
+
+    def _drain_relays(self) -> None:
+        """After runsc exits: the rest of the output (the sandbox's end of the pipes closes with it)."""
+        import select
+
+        end = time.monotonic() + 2.0
+        open_fds = list(self.relays)
+        while open_fds and time.monotonic() < end:
+            ready, _, _ = select.select(open_fds, [], [], max(0.0, end - time.monotonic()))
+            for fd in ready:
+                if not self._pass_on(fd, None):
+                    open_fds.remove(fd)
+
+    def returncode_unknown(self) -> bool:
+        """True while runsc has not been reaped (an exception left the loop early)."""
+        try:
+            pid, _ = os.waitpid(self.runsc_pid or -1, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        return pid == 0
+
+    # ------------------------------------------------------------------ loop
+    def _wait(self, pid: int, started: float) -> int:
+        """Run until runsc exits; returns its exit code as a shell reports it."""
+        sel = selectors.DefaultSelector()
+        pidfd = os.pidfd_open(pid)
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        old_wakeup = signal.set_wakeup_fd(wake_w)
+        sel.register(pidfd, selectors.EVENT_READ, "exit")
+        sel.register(wake_r, selectors.EVENT_READ, "signal")
+        for fd in self.relays:
+            sel.register(fd, selectors.EVENT_READ, "relay")
+        deadline = started + self.plan.limits.timeout if self.plan.limits.timeout else None
+        try:
+            while True:
+                now = time.monotonic()
+                wakeups = [t for t in (deadline if not self.timed_out else None, self.kill_at) if t]
+                wakeups += [t for t, _ in self.expiries]
+                timeout = max(0.0, min(wakeups) - now) if wakeups else None
+                for key, _ in sel.select(timeout):
+                    if key.data == "exit":
+                        _, status = os.waitpid(pid, 0)
+                        code = os.waitstatus_to_exitcode(status)
+                        self._drain_relays()
+                        return 128 - code if code < 0 else code
+                    if key.data == "relay":
+                        self._pass_on(key.fd, sel)
+                        continue
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(wake_r, 512)
+                    self._on_signals()
+                now = time.monotonic()
+                if deadline and not self.timed_out and now >= deadline:
+                    self._on_timeout()
+                while self.expiries and now >= self.expiries[0][0]:
+                    self._expire(self.expiries.pop(0)[1])
+                if self.kill_at and now >= self.kill_at:
+                    self._kill()
+                    self.kill_at = None
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            sel.close()
+            for fd in (pidfd, wake_r, wake_w):
+                os.close(fd)
+
+    def _runsc_kill(self, signum: int, everyone: bool = False) -> None:
+        """`runsc kill`: the command is a process of gVisor's kernel, not of the host's."""
+        import subprocess
+
+        if not (self.run_dir and self.run_dir.paths):
+            return
+        argv = [self.runsc_path, f"--root={self.run_dir.paths.state}", "kill",
+                *(["--all"] if everyone else []), oci.container_id(self.plan), str(int(signum))]
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           timeout=5, check=False)
+
+    def _on_signals(self) -> None:
+        """The command is in no host process group: the terminal's SIGINT/SIGQUIT reach it only
+        from here (to every process, as a terminal would); others go to the command itself."""
+        pending, self.pending_signals = self.pending_signals, []
+        for signum in pending:
+            self._runsc_kill(signum, everyone=signum in TERMINAL_SIGNALS)
+            if signum in (signal.SIGTERM, signal.SIGHUP) and self.kill_at is None:
+                self.kill_at = time.monotonic() + 10.0
+
+    def _on_timeout(self) -> None:
+        self.timed_out = True
+        self._write_log("limit", kind="timeout", action="kill", limit_s=self.plan.limits.timeout)
+        self._runsc_kill(signal.SIGTERM, everyone=True)
+        self.kill_at = time.monotonic() + TERM_GRACE_S
+
+    def _kill(self) -> None:
+        """SIGKILL runsc's process group: the sandbox is attached to `runsc run` and dies with it;
+        destroy() at the end kills anything still naming the run directory."""
+        if self.runsc_pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.runsc_pid, signal.SIGKILL)
+
+    # ------------------------------------------------------------------ result
+    def _layers(self, landlock: dict[str, Any]) -> dict[str, Any]:
+        plan = self.plan
+        proxy = plan.network.mode == "proxy"
+        return {
+            "gvisor": {
+                "runsc": self.runsc_path, "version": self.version, "platform": self.platform, "rootless": True,
+                "mounts": len(plan.mounts), "capabilities": "none",
+                "user": "uid 0 inside gVisor, mapped to the calling user",
+                "host_unix_sockets": "open (the proxy's socket; also any other visible in the granted paths)"
+                if proxy else "none",
+                "masks_not_needed": sorted(self.run_dir.skipped_masks) if self.run_dir else [],
+            },
+            "landlock": {"enforced": False, "why": "gVisor does not implement Landlock; the file-system grants "
+                         "are enforced by gVisor's kernel and its file proxy"},
+            "seccomp": {"rules": len(plan.seccomp.rules), "default": plan.seccomp.default_action,
+                        "foreign_arch": plan.seccomp.bad_arch_action,
+                        "enforced_by": "gVisor's kernel (loaded by sandboxctl's launcher before the command)",
+                        "denials_trapped": False, "exec_events": False, "file_events": False,
+                        "why": "gVisor has no seccomp user notification"},
+            "network": {"mode": plan.network.mode,
+                        "proxy": f"127.0.0.1:{PROXY_PORT} inside, relayed over a host UNIX socket to the "
+                                 "supervisor" if proxy else None},
+            "memory": plan.limits.memory_method,
+            "pids": plan.limits.pids_method,
+        }
+
+    runsc_error: str | None = None
+
+    def _result(self, code: int, duration: float) -> RunResult:
+        error = None
+        if self.timed_out:
+            code = EXIT_TIMEOUT
+        elif self.setup_error:
+            error, code = self.setup_error, EXIT_SANDBOX_FAILED
+        elif code == 128 and self.runsc_error:
+            error = SandboxError(f"gVisor (runsc) could not run the sandbox: {self.runsc_error}",
+                                 "run `sandboxctl doctor` to see whether the gvisor backend works here")
+            code = EXIT_SANDBOX_FAILED
+        if self.log_failed:
+            error = SandboxError("the action log could not be written; the sandbox was stopped",
+                                 "free some space or pass --log PATH")
+            code = EXIT_SANDBOX_FAILED
+        return RunResult(code, duration, self.timed_out, error, self.layers, self.denials)
+
