@@ -19,10 +19,28 @@ def redacted_env(plan: Plan) -> list[tuple[str, str]]:
     return [(k, "***" if CREDENTIAL_VALUE.match(k) else v) for k, v in plan.env]
 
 
+def gvisor_bundle(plan: Plan) -> dict:
+    """What the gvisor backend would hand runsc: config.json, the runsc command line, and the
+    symlinks made in the private root ({run} stands for the run's private directory)."""
+    from sandboxctl.launch import oci, runsc
+
+    paths = oci.dry_paths(plan)
+    path = runsc.find()
+    return {
+        "oci_config": oci.config(plan, paths, runsc.unmaskable(plan)),
+        "runsc_argv": oci.runsc_argv(plan, paths, runsc=path or "runsc",
+                                     platform=runsc.cached_platform(path)),
+        "rootfs_symlinks": [{"path": target, "to": text} for target, text in oci.rootfs_symlinks(plan)],
+    }
+
+
 def plan_json(plan: Plan) -> dict:
     data = plan.to_dict()
     data["env"] = dict(redacted_env(plan))
-    data["bwrap_argv"] = bwrap.render(plan, DRY_FDS)
+    if plan.backend == "gvisor":
+        data.update(gvisor_bundle(plan))
+    else:
+        data["bwrap_argv"] = bwrap.render(plan, DRY_FDS)
     return data
 
 
@@ -47,22 +65,27 @@ def show(plan: Plan, as_json: bool = False) -> None:
     out.print(mounts)
 
     ll = plan.landlock
-    rules = Table(title=f"Landlock ({'required' if ll.required else 'best-effort'}, "
-                        f"minimum ABI {ll.minimum_abi})")
-    rules.add_column("path")
-    rules.add_column("access")
-    for rule in ll.paths:
-        rules.add_row(rule.path, ", ".join(rule.access))
-    out.print(rules)
-    tcp = "not restricted" if not ll.restrict_tcp else (
-        f"connect only to ports {list(ll.connect_tcp_ports)}" if ll.connect_tcp_ports else "no connect, no bind")
-    out.print(f"Landlock TCP (ABI ≥ 4): {tcp};  scopes (ABI ≥ 6): {', '.join(ll.scopes)}")
+    if plan.backend == "gvisor":
+        out.print("[bold]Landlock[/bold]: not applied — gVisor does not implement it; the mounts above are "
+                  "enforced by gVisor's kernel and its file proxy")
+    else:
+        rules = Table(title=f"Landlock ({'required' if ll.required else 'best-effort'}, "
+                            f"minimum ABI {ll.minimum_abi})")
+        rules.add_column("path")
+        rules.add_column("access")
+        for rule in ll.paths:
+            rules.add_row(rule.path, ", ".join(rule.access))
+        out.print(rules)
+        tcp = "not restricted" if not ll.restrict_tcp else (
+            f"connect only to ports {list(ll.connect_tcp_ports)}" if ll.connect_tcp_ports else "no connect, no bind")
+        out.print(f"Landlock TCP (ABI ≥ 4): {tcp};  scopes (ABI ≥ 6): {', '.join(ll.scopes)}")
 
     grouped: dict[tuple[str, str, str], int] = defaultdict(int)
     for rule in plan.seccomp.rules:
         grouped[(rule.syscall, rule.action, rule.why)] += 1
+    where = ", loaded inside gVisor; no user notification" if plan.backend == "gvisor" else ""
     sc = Table(title=f"seccomp (default {plan.seccomp.default_action}, foreign architectures: "
-                     f"{plan.seccomp.bad_arch_action})")
+                     f"{plan.seccomp.bad_arch_action}{where})")
     for col in ("syscall", "action", "why"):
         sc.add_column(col)
     for (name, action, why), count in grouped.items():
@@ -99,6 +122,15 @@ def show(plan: Plan, as_json: bool = False) -> None:
         out.print(f"[yellow]note[/yellow]: {note}")
     for item in plan.confirmations:
         out.print(f"[red]needs confirmation[/red]: {item}")
+    if plan.backend == "gvisor":
+        bundle = gvisor_bundle(plan)
+        out.print("[bold]gVisor[/bold] ({run} stands for the run's private directory, made at launch):")
+        out.print(" ".join(_quote(a) for a in bundle["runsc_argv"]), soft_wrap=True)
+        for link in bundle["rootfs_symlinks"]:
+            out.print(f"symlink in the private root: {link['path']} -> {link['to']}")
+        out.print("[bold]OCI config.json[/bold]:")
+        out.print(json.dumps(bundle["oci_config"], indent=2), soft_wrap=True, markup=False)
+        return
     out.print("[bold]bubblewrap[/bold] (fds 10-12 stand for the real descriptors):")
     out.print(" ".join(_quote(a) for a in bwrap.render(plan, DRY_FDS)), soft_wrap=True)
 
