@@ -52,8 +52,8 @@ def render(results: list, user: str, uid: int, kernel: str) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("doctor")
     def doctor(json_output: bool = typer.Option(False, "--json", help="Print the checks as JSON.")) -> None:
-        """Check bubblewrap, user namespaces, Landlock, seccomp, cgroups and the state dir; say how to fix
-        what is missing. Exit 0 when `sandboxctl run` would work with the default policy, else 1."""
+        """Check bubblewrap, user namespaces, Landlock, seccomp, cgroups, the state dir and gVisor; say how
+        to fix what is missing. Exit 0 when `sandboxctl run` would work with the default policy, else 1."""
         import json
         import os
 
