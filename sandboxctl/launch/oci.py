@@ -75,11 +75,17 @@ def rootfs_symlinks(plan: Plan) -> list[tuple[str, str]]:
             if m.kind == "symlink" and os.path.dirname(m.target) == "/"]
 
 
-def mounts(plan: Plan, paths: BundlePaths) -> list[dict[str, Any]]:
-    """The plan's mount directives as OCI mounts, in the plan's order (parents before children)."""
+def mounts(plan: Plan, paths: BundlePaths, skip: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    """The plan's mount directives as OCI mounts, in the plan's order (parents before children).
+
+    skip: masks left out because runsc cannot mount over them and they need no mask (see
+    runsc.unmaskable: the caller can neither read nor enter them, and gVisor reads host files only
+    as the caller)."""
     result: list[dict[str, Any]] = []
     for mount in plan.mounts:
         kind, target = mount.kind, mount.target
+        if kind in ("mask-file", "mask-dir") and target in skip:
+            continue
         source = target if not mount.source or mount.source.startswith("placeholder:") else mount.source
         if kind == "proc":
             result.append({"destination": target, "type": "proc", "source": "proc"})
@@ -122,7 +128,7 @@ def rlimits(plan: Plan) -> list[dict[str, Any]]:
     return [{"type": name, "hard": int(value), "soft": int(value)} for name, value in wanted if value]
 
 
-def config(plan: Plan, paths: BundlePaths) -> dict[str, Any]:
+def config(plan: Plan, paths: BundlePaths, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
     """config.json for runsc. The command runs as uid 0 *inside* gVisor, which rootless runsc maps
     to the calling user (so files it writes are the caller's), with no capabilities at all."""
     no_caps: dict[str, list[str]] = {k: [] for k in ("bounding", "effective", "inheritable", "permitted", "ambient")}
@@ -140,7 +146,7 @@ def config(plan: Plan, paths: BundlePaths) -> dict[str, Any]:
         },
         "root": {"path": paths.rootfs, "readonly": True},
         "hostname": "sandbox",
-        "mounts": mounts(plan, paths),
+        "mounts": mounts(plan, paths, skip),
         "linux": {"namespaces": [{"type": name} for name in NAMESPACES]},
     }
 
