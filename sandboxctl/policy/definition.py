@@ -98,7 +98,7 @@ POLICY_SCHEMA = Record(
         "extends": OneOrMany(Text(parse=check_extends, max_length=1024),
                              description="Built-in policy names or paths relative to this file."),
         "workspace": Choice(("rw", "ro", "none"), "How the --workspace directory is mounted."),
-        "backend": Choice(("bwrap", "gvisor"), "Isolation backend (gvisor: not yet available)."),
+        "backend": Choice(("bwrap", "gvisor"), "Isolation backend: bwrap, or gvisor (the same plan under runsc)."),
         "filesystem": Record(description="File-system grants.", fields={
             "read": ListOf(_path, description="Visible, read-only."),
             "write": ListOf(_path, description="Visible, writable; must exist."),
