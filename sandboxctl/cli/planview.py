@@ -27,7 +27,7 @@ def gvisor_bundle(plan: Plan) -> dict:
     paths = oci.dry_paths(plan)
     path = runsc.find()
     return {
-        "oci_config": oci.config(plan, paths, runsc.unmaskable(plan)),
+        "oci_config": oci.config(plan, paths, runsc.unmaskable(plan), runsc.one_terminal()),
         "runsc_argv": oci.runsc_argv(plan, paths, runsc=path or "runsc",
                                      platform=runsc.cached_platform(path)),
         "rootfs_symlinks": [{"path": target, "to": text} for target, text in oci.rootfs_symlinks(plan)],

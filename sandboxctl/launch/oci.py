@@ -128,14 +128,19 @@ def rlimits(plan: Plan) -> list[dict[str, Any]]:
     return [{"type": name, "hard": int(value), "soft": int(value)} for name, value in wanted if value]
 
 
-def config(plan: Plan, paths: BundlePaths, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+def config(plan: Plan, paths: BundlePaths, skip: frozenset[str] = frozenset(), terminal: bool = False
+           ) -> dict[str, Any]:
     """config.json for runsc. The command runs as uid 0 *inside* gVisor, which rootless runsc maps
-    to the calling user (so files it writes are the caller's), with no capabilities at all."""
+    to the calling user (so files it writes are the caller's), with no capabilities at all.
+
+    terminal: stdin, stdout and stderr are one terminal. Without it gVisor treats a terminal as a
+    plain file (no size, no raw mode); with it, runsc gives the command that terminal for all
+    three (so it is only right when all three are it)."""
     no_caps: dict[str, list[str]] = {k: [] for k in ("bounding", "effective", "inheritable", "permitted", "ambient")}
     return {
         "ociVersion": "1.0.2",
         "process": {
-            "terminal": False,
+            "terminal": terminal,
             "user": {"uid": 0, "gid": 0},
             "args": [plan.shim_python, "-I", "-S", "-B", GVISOR_INIT, LAUNCH_FILE],
             "env": [],

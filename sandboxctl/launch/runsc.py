@@ -171,7 +171,8 @@ class RunDir:
         self.paths: oci.BundlePaths | None = None
         self.skipped_masks: frozenset[str] = frozenset()
 
-    def create(self, plan: Plan, launch: dict[str, Any], file_secrets: dict[str, str]) -> oci.BundlePaths:
+    def create(self, plan: Plan, launch: dict[str, Any], file_secrets: dict[str, str], terminal: bool = False
+               ) -> oci.BundlePaths:
         root = self.path
         paths = oci.dry_paths(plan, str(root))
         self.skipped_masks = unmaskable(plan)
@@ -195,7 +196,7 @@ class RunDir:
                     os.close(fd)
         _write_private(paths.launch, marshal.dumps(launch))
         _write_private(os.path.join(paths.bundle, "config.json"),
-                       json.dumps(oci.config(plan, paths, self.skipped_masks), indent=1).encode())
+                       json.dumps(oci.config(plan, paths, self.skipped_masks, terminal), indent=1).encode())
         self.paths = paths
         return paths
 
@@ -239,6 +240,15 @@ def _write_private(path: str, data: bytes) -> None:
         os.write(fd, data)
     finally:
         os.close(fd)
+
+
+def one_terminal() -> bool:
+    """stdin, stdout and stderr are the same terminal (an interactive run)."""
+    try:
+        devices = {os.fstat(fd).st_rdev for fd in (0, 1, 2) if os.isatty(fd)}
+    except OSError:
+        return False
+    return len(devices) == 1 and all(os.isatty(fd) for fd in (0, 1, 2))
 
 
 # ------------------------------------------------------------------ processes

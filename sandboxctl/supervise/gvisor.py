@@ -32,8 +32,10 @@ from sandboxctl.log.writer import LogWriteError
 from sandboxctl.plan.build import PROXY_PORT
 from sandboxctl.supervise.runner import FORWARDED, TERM_GRACE_S, RunResult, Supervisor
 
-KILL_GRACE_S = 2.0
 TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
+# what a terminal sends its foreground group; the command is in no host group, so these go to
+# every process of the sandbox from here (SIGWINCH too: the kernel would not deliver it inside)
+TO_EVERYONE = (*TERMINAL_SIGNALS, signal.SIGWINCH)
 
 
 class GvisorSupervisor(Supervisor):
@@ -61,7 +63,7 @@ class GvisorSupervisor(Supervisor):
         self.run_dir = runsc.RunDir(base, plan.run_id)
         watchdog = runsc.Watchdog(self.run_dir.path)  # before any thread, before anything is on disk
         listener: socket.socket | None = None
-        originals = {s: signal.getsignal(s) for s in FORWARDED}
+        originals = {s: signal.getsignal(s) for s in (*FORWARDED, signal.SIGWINCH)}
         started = time.monotonic()
         try:
             env = dict(plan.env)
@@ -71,7 +73,7 @@ class GvisorSupervisor(Supervisor):
                                        seccomp.SECCOMP_SYSCALL.get(os.uname().machine, 317))
             files = {s.name: self.secret_values[s.name] for s in plan.secrets if s.deliver_as == "file"}
             try:
-                paths = self.run_dir.create(plan, launch, files)
+                paths = self.run_dir.create(plan, launch, files, runsc.one_terminal())
             except OSError as exc:
                 raise SandboxError(f"cannot prepare the gVisor bundle in {self.run_dir.path}: {exc.strerror}",
                                    "check the runtime directory (XDG_RUNTIME_DIR, /dev/shm) and run sandboxctl "
@@ -246,12 +248,16 @@ class GvisorSupervisor(Supervisor):
             subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            timeout=5, check=False)
 
+    def _install_signal_handlers(self) -> None:
+        super()._install_signal_handlers()
+        signal.signal(signal.SIGWINCH, lambda signum, _frame: self.pending_signals.append(signum))
+
     def _on_signals(self) -> None:
-        """The command is in no host process group: the terminal's SIGINT/SIGQUIT reach it only
-        from here (to every process, as a terminal would); others go to the command itself."""
+        """The command is in no host process group: the terminal's SIGINT/SIGQUIT/SIGWINCH reach
+        it only from here (to every process, as a terminal would); others go to the command."""
         pending, self.pending_signals = self.pending_signals, []
         for signum in pending:
-            self._runsc_kill(signum, everyone=signum in TERMINAL_SIGNALS)
+            self._runsc_kill(signum, everyone=signum in TO_EVERYONE)
             if signum in (signal.SIGTERM, signal.SIGHUP) and self.kill_at is None:
                 self.kill_at = time.monotonic() + 10.0
 

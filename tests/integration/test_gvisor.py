@@ -446,3 +446,43 @@ def test_every_exec_is_logged():
 def test_no_exec_or_file_events_are_claimed(gv):
     gv.sh("echo x > /etc/nope; true")
     assert not [r for r in gv.records() if r["event"] in ("exec", "file", "syscall")]
+
+
+# ------------------------------------------------------------------ a terminal
+def test_terminal_size_resize_and_ctrl_c_reach_the_command(gv):
+    """The command is not in the terminal's process group: the supervisor forwards Ctrl-C and
+    SIGWINCH, and the terminal itself is the caller's (ioctls pass through gVisor)."""
+    from tests.integration.test_terminal import RESIZE_PROBE, _read_until, _set_size, _spawn_on_pty
+
+    proc, master = _spawn_on_pty(gv, ["--", "python3", "-c", RESIZE_PROBE])
+    try:
+        out = _read_until(master, b"tty True")
+        assert b"columns=111, lines=33" in out and b"xterm" in out, out
+        _set_size(master, 40, 132)
+        os.killpg(os.getpgid(proc.pid), signal.SIGWINCH)  # what the kernel does on a resize
+        out = _read_until(master, b"resized")
+        assert b"columns=132, lines=40" in out, out
+        os.write(master, b"\x03")  # Ctrl-C typed on the terminal
+        out = _read_until(master, b"got-ctrl-c")
+        assert b"got-ctrl-c" in out, out
+        assert proc.wait(timeout=15) == 42
+    finally:
+        proc.kill()
+        os.close(master)
+
+
+@pytest.mark.skipif(not shutil.which("less"), reason="less is not installed")
+def test_full_screen_program_runs_on_the_terminal(gv):
+    from tests.integration.test_terminal import _read_until, _spawn_on_pty
+
+    (gv.workspace / "text.txt").write_text("".join(f"line {i}\n" for i in range(200)))
+    proc, master = _spawn_on_pty(gv, ["--", "less", "text.txt"])
+    try:
+        assert b"line 0" in _read_until(master, b"line 20")
+        os.write(master, b"G")
+        assert b"line 199" in _read_until(master, b"line 199")
+        os.write(master, b"q")
+        assert proc.wait(timeout=15) == 0
+    finally:
+        proc.kill()
+        os.close(master)
