@@ -173,6 +173,8 @@ class _Planner:
             result.append(Mount(kind, path, reason="filesystem.deny"))
         # What the supervisor owns is never visible: state (trust, log, caches) and a custom log dir.
         owned = {self.facts.state_dir: "sandboxctl state: trust store, action log, caches"}
+        for runtime in self.facts.runtime_dirs:
+            owned[runtime] = "sandboxctl runtime dir: gvisor bundles and file secrets of running sandboxes"
         log_dir = os.path.dirname(self.log_path())
         owned.setdefault(log_dir, "the action log's directory")
         for path, why in owned.items():

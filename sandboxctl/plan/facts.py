@@ -76,6 +76,19 @@ def _cgroup_version() -> str | None:
     return layout.version if layout else None
 
 
+def _runtime_dirs(env: Mapping[str, str]) -> tuple[str, ...]:
+    """Where gvisor runs keep their bundles and file secrets (launch/runsc.runtime_base's choices),
+    if they exist: masked in every sandbox, like the state dir."""
+    import tempfile
+
+    uid = os.getuid()
+    candidates = [f"/dev/shm/sandboxctl-{uid}", os.path.join(tempfile.gettempdir(), f"sandboxctl-{uid}")]
+    xdg = env.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isabs(xdg):
+        candidates.insert(0, os.path.join(xdg, "sandboxctl"))
+    return tuple(os.path.realpath(c) for c in candidates if os.path.isdir(c))
+
+
 def gather(environ: Mapping[str, str] | None = None) -> HostFacts:
     env = dict(os.environ if environ is None else environ)
     package = Path(__file__).resolve().parent.parent
@@ -99,6 +112,7 @@ def gather(environ: Mapping[str, str] | None = None) -> HostFacts:
         shim_python_prefix=prefix,
         shim_file=str(package / "launch" / "shim.py"),
         gvisor_init_file=str(package / "launch" / "gvisor_init.py"),
+        runtime_dirs=_runtime_dirs(env),
         landlock_lib=_landlock_lib(),
         protected_code=_supervisor_code(package, builtin_dir().resolve()),
         elf_loaders=tuple(loaders),

@@ -45,3 +45,4 @@ class HostFacts(NamedTuple):
     realpath: Callable[[str], str]
     glob: Callable[[str], list[str]] = lambda pattern: []
     gvisor_init_file: str = ""  # the in-sandbox launcher of the gvisor backend (launch/gvisor_init.py)
+    runtime_dirs: tuple[str, ...] = ()  # existing gvisor run-dir bases: bundles and file secrets of live runs

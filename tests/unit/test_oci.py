@@ -242,3 +242,18 @@ def test_dry_run_prints_the_bundle_not_the_bwrap_argv(workspace, capsys):
     assert data["backend"] == "gvisor" and "bwrap_argv" not in data
     assert data["oci_config"]["process"]["env"] == [] and data["runsc_argv"][-1] == f"sandboxctl-{data['run_id']}"
     assert "v4lue" not in out  # a credential-looking value is redacted, and never in the bundle
+
+
+def test_the_runtime_dir_of_gvisor_runs_is_masked_wherever_it_is_granted():
+    """It holds other runs' bundles and file secrets: never visible, like the state dir."""
+    from sandboxctl.plan.build import build_plan
+    from sandboxctl.plan.inputs import Invocation
+    from sandboxctl.policy.discover import load_named
+    from tests.unit.test_plan import BASE_FILES, fake_facts
+
+    shm = "/dev/shm/sandboxctl-1000"
+    facts = fake_facts({**BASE_FILES, "/dev/shm": "dir", shm: "dir"})._replace(runtime_dirs=(shm,))
+    for backend in ("bwrap", "gvisor"):
+        inv = Invocation(command=("true",), workspace=WS, run_id="r1", allow_read=("/dev/shm",), backend=backend)
+        plan = build_plan(load_named("default").policy, inv, facts)
+        assert ("mask-dir", shm) in [(m.kind, m.target) for m in plan.mounts]
