@@ -236,8 +236,9 @@ def test_dry_run_prints_the_bundle_not_the_bwrap_argv(workspace, capsys):
     with pytest.raises(SystemExit) as info:
         main(["run", "--backend", "gvisor", "--dry-run", "--json", "-w", str(workspace), "--env", "X_SECRET=v4lue",
               "--", "true"])
-    out = capsys.readouterr().out
-    assert info.value.code == 0
+    captured = capsys.readouterr()
+    out = captured.out
+    assert info.value.code == 0, captured.err
     data = json.loads(out)
     assert data["backend"] == "gvisor" and "bwrap_argv" not in data
     assert data["oci_config"]["process"]["env"] == [] and data["runsc_argv"][-1] == f"sandboxctl-{data['run_id']}"
