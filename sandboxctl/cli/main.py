@@ -16,7 +16,7 @@ def build_app():
     import typer
 
     from sandboxctl import __version__
-    from sandboxctl.cli import completion, doctor, logcmd, policycmd, run, selftest, shellinit
+    from sandboxctl.cli import approve, completion, doctor, logcmd, policycmd, run, selftest, shellinit
 
     app = typer.Typer(
         name="sandboxctl",
@@ -51,6 +51,7 @@ def build_app():
     app.add_typer(policycmd.app, name="policy")
     logcmd.register(app)
     doctor.register(app)
+    approve.register(app)
     selftest.register(app)
     completion.register(app)  # after the commands whose -p/--policy it completes
     shellinit.register(app)

@@ -43,3 +43,4 @@ class HostFacts(NamedTuple):
     readlink: Callable[[str], str]
     realpath: Callable[[str], str]
     glob: Callable[[str], list[str]] = lambda pattern: []
+    runtime_dir: str = ""  # where approval sockets live (masked inside like the state dir)
