@@ -96,7 +96,7 @@ def command_line(pid: int) -> str:
             parts = handle.read(4096).rstrip(b"\0").split(b"\0")
     except OSError:
         return ""
-    return " ".join(p.decode(errors="replace") for p in parts)[:300]
+    return " ".join(p.decode(errors="replace") for p in parts).replace("\n", "\\n")[:300]
 
 
 class FileEscapes:
