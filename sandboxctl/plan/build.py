@@ -397,7 +397,9 @@ class _Planner:
                    (os.path.dirname(self.log_path()), "the action log's directory"),
                    *[(p, "sandboxctl's own code and policies") for p in self.facts.protected_code],
                    *[(self.expand(f), "the policy in use") for f in self.policy_files()],
-                   *[(p, "filesystem.deny") for p in self.denied_paths]]
+                   *[(p, "filesystem.deny") for p in self.denied_paths],
+                   # absent ones too (an approval must not create ~/.ssh/authorized_keys), globs as patterns
+                   *[(self.expand(p), "filesystem.deny") for p in self.policy.filesystem.deny]]
         if self.facts.runtime_dir:
             guarded.append((self.facts.runtime_dir, "sandboxctl's approval sockets"))
         return tuple(dict.fromkeys(guarded))

@@ -159,7 +159,7 @@ class Plan(NamedTuple):
         where = f"{holder.kind} {holder.target}: {holder.reason}" if holder else "not granted"
         rule = f"outside the writable set ({where})"
         for guarded, why in self.never_writable:
-            if _within(path, guarded):
+            if _within(path, guarded) or (set("*?[") & set(guarded) and _matches(path, guarded)):
                 return WriteVerdict(False, f"{rule}; never approvable: {why}")
         source = holder.source if holder is not None else None
         if holder is None or holder.kind != "ro" or not source or not source.startswith("/"):
@@ -183,6 +183,13 @@ class WriteVerdict(NamedTuple):
         if self.host_source is None:
             return None
         return f"{self.host_source.rstrip('/')}/{self.relative}" if self.relative else self.host_source
+
+
+def _matches(path: str, pattern: str) -> bool:
+    """A glob deny entry covers what it matches and everything beneath."""
+    from fnmatch import fnmatchcase
+
+    return fnmatchcase(path, pattern) or fnmatchcase(path, pattern.rstrip("/") + "/*")
 
 
 def _within(path: str, root: str) -> bool:

@@ -279,3 +279,14 @@ def test_write_trapping_follows_the_approval_mode(tmp_path: Path) -> None:
     assert plan_for(policy, approve="allow").seccomp.file_events == "write"
     assert plan_for(policy, approve="deny").seccomp.file_events == "none"
     assert plan_for(policy, approve="ask").file_events == "none"  # what is logged stays the policy's
+
+
+def test_absent_and_glob_denied_paths_are_never_approvable(tmp_path: Path) -> None:
+    from tests.unit.test_plan import HOME, WS, plan_for, policy_from_text
+
+    policy = policy_from_text("version: 1\nname: t\nextends: default\nworkspace: ro\n", tmp_path)
+    plan = plan_for(policy, allow_read=(HOME,))
+    for path in (f"{HOME}/.ssh/authorized_keys", f"{WS}/.env.local"):
+        verdict = plan.write_verdict(path)
+        assert not verdict.approvable and "filesystem.deny" in verdict.rule, (path, verdict)
+    assert plan.write_verdict(f"{WS}/src/x.py").approvable
