@@ -11,7 +11,6 @@ made here directly, with the kernel's struct layouts spelled out below.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
@@ -65,11 +64,14 @@ def still_valid(fd: int, notification_id: int) -> bool:
         return False
 
 
-def respond(fd: int, notification_id: int, *, error: int = 0, allow: bool = False) -> None:
-    """Either let the kernel run the call (allow) or fail it with -error."""
+def respond(fd: int, notification_id: int, *, error: int = 0, allow: bool = False) -> bool:
+    """Either let the kernel run the call (allow) or fail it with -error; False if the caller is gone."""
     flags = FLAG_CONTINUE if allow else 0
-    with contextlib.suppress(OSError):  # ENOENT: the caller died; nothing left to answer
+    try:
         fcntl.ioctl(fd, NOTIF_SEND, bytearray(_RESP.pack(notification_id, 0, -error if error else 0, flags)))
+    except OSError:  # ENOENT: the caller died; nothing left to answer
+        return False
+    return True
 
 
 class ProcessMemory:
@@ -202,18 +204,18 @@ class Dispatcher:
         full = self._absolute(notification.pid, dirfd, path)
         writes = bool(flags & O_ACCMODE) or bool(flags & (O_CREAT | O_TRUNC))
         op = "create" if flags & O_CREAT else "truncate" if flags & O_TRUNC else "write" if writes else "read"
-        if not still_valid(self.fd, notification.id):
+        verdict = self.judge_write(full) if writes else None
+        if verdict is None or verdict.inside:
+            # "continue" is safe here whatever we read (the kernel re-reads the path, and the mounts
+            # and Landlock decide); a failed answer means the caller died, or its pid was reused
+            # while we read: then nothing is logged
+            if respond(self.fd, notification.id, allow=True) and (self.log_allowed or verdict is None):
+                self.log("file", pid=notification.pid, path=full, op=op, decision="allow",
+                         rule=verdict.rule if verdict else "read")
             return
-        if not writes:
-            respond(self.fd, notification.id, allow=True)
-            self.log("file", pid=notification.pid, path=full, op=op, decision="allow", rule="read")
+        if not still_valid(self.fd, notification.id):  # what we read must be the caller's own
             return
-        verdict = self.judge_write(full)
-        if verdict.inside:
-            respond(self.fd, notification.id, allow=True)
-            if self.log_allowed:
-                self.log("file", pid=notification.pid, path=full, op=op, decision="allow", rule=verdict.rule)
-        elif verdict.approvable and self.escalate is not None:
+        if verdict.approvable and self.escalate is not None:
             from sandboxctl.supervise.file_escape import FileEscape
 
             self.escalate(FileEscape(notification.id, notification.pid, full, op, flags, mode & 0o7777, verdict))

@@ -277,9 +277,12 @@ class Supervisor:
     def _start_notify(self, fd: int, sel: selectors.BaseSelector) -> None:
         """Watch the sandbox's notification listener from the loop (exec and denial events)."""
         self.notify_fd = fd
+        import functools
+
         from sandboxctl.supervise.file_escape import FileEscapes
 
-        self.dispatcher = notify.Dispatcher(fd, self.syscall_names, self._which_rule, self.plan.write_verdict,
+        verdicts = functools.lru_cache(maxsize=4096)(self.plan.write_verdict)  # the plan never changes
+        self.dispatcher = notify.Dispatcher(fd, self.syscall_names, self._which_rule, verdicts,
                                             self._write_log, self.denials,
                                             escalate=FileEscapes(fd, self.broker, self._write_log, self.denials),
                                             log_allowed=self.plan.file_events != "none")
