@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import struct
 import threading
@@ -42,10 +43,30 @@ class FileEscape(NamedTuple):
     verdict: WriteVerdict
 
 
-def open_beneath(verdict: WriteVerdict, flags: int, mode: int) -> int:
-    """Open the host file behind an approved path, never leaving the bind's host directory."""
+@functools.cache
+def _openat2():
+    """libc's syscall() and struct open_how, built once (ctypes is imported only on an escape)."""
     import ctypes
 
+    class OpenHow(ctypes.Structure):
+        _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def openat2(dirfd: int, path: str, flags: int, mode: int, resolve: int) -> int:
+        how = OpenHow(flags, mode, resolve)
+        fd = libc.syscall(ctypes.c_long(NR_OPENAT2), ctypes.c_long(dirfd), ctypes.c_char_p(os.fsencode(path)),
+                          ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
+        if fd < 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+        return fd
+
+    return openat2
+
+
+def open_beneath(verdict: WriteVerdict, flags: int, mode: int) -> int:
+    """Open the host file behind an approved path, never leaving the bind's host directory."""
     source = os.path.realpath(verdict.host_source or "")
     if os.path.isdir(source):
         root, relative = source, verdict.relative or "."
@@ -53,22 +74,13 @@ def open_beneath(verdict: WriteVerdict, flags: int, mode: int) -> int:
         if verdict.relative:
             raise OSError(errno.ENOTDIR, "not a directory")
         root, relative = os.path.dirname(source), os.path.basename(source)
-
-    class OpenHow(ctypes.Structure):
-        _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
-
     flags = (flags & VALID_FLAGS) | os.O_CLOEXEC
-    creates = flags & os.O_CREAT or (flags & getattr(os, "O_TMPFILE", 0)) == getattr(os, "O_TMPFILE", -1)
-    how = OpenHow(flags, mode & 0o7777 if creates else 0, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
-    libc = ctypes.CDLL(None, use_errno=True)
+    tmpfile = getattr(os, "O_TMPFILE", 0)
+    creates = bool(flags & os.O_CREAT) or (tmpfile and flags & tmpfile == tmpfile)
     dirfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fd = libc.syscall(ctypes.c_long(NR_OPENAT2), ctypes.c_long(dirfd), ctypes.c_char_p(os.fsencode(relative)),
-                          ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
-        if fd < 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code))
-        return fd
+        return _openat2()(dirfd, relative, flags, mode & 0o7777 if creates else 0,
+                          RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
     finally:
         os.close(dirfd)
 

@@ -290,3 +290,32 @@ def test_absent_and_glob_denied_paths_are_never_approvable(tmp_path: Path) -> No
         verdict = plan.write_verdict(path)
         assert not verdict.approvable and "filesystem.deny" in verdict.rule, (path, verdict)
     assert plan.write_verdict(f"{WS}/src/x.py").approvable
+
+
+def test_open_beneath_never_leaves_the_mount_source(tmp_path: Path) -> None:
+    """A symlink (or ..) under the read-only bind cannot carry an approved open elsewhere."""
+    import errno
+
+    from sandboxctl.plan.model import WriteVerdict
+    from sandboxctl.supervise.file_escape import open_beneath
+
+    root = tmp_path / "bound"
+    root.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (root / "link").symlink_to(tmp_path / "elsewhere")
+    (root / "inner").mkdir()
+    (root / "inner" / "up").symlink_to("..")  # a relative link that stays beneath is fine
+    for relative in ("link/x.txt", "../elsewhere/x.txt"):
+        with pytest.raises(OSError) as info:
+            open_beneath(WriteVerdict(False, "r", str(root), relative), os.O_WRONLY | os.O_CREAT, 0o644)
+        assert info.value.errno == errno.EXDEV, relative
+    assert not (tmp_path / "elsewhere" / "x.txt").exists()
+    fd = open_beneath(WriteVerdict(False, "r", str(root), "inner/up/new.txt"), os.O_WRONLY | os.O_CREAT, 0o640)
+    os.write(fd, b"ok")
+    os.close(fd)
+    assert (root / "new.txt").read_bytes() == b"ok"
+    single = tmp_path / "single.conf"
+    single.write_text("a")
+    fd = open_beneath(WriteVerdict(False, "r", str(single), ""), os.O_WRONLY | os.O_TRUNC, 0)
+    os.close(fd)
+    assert single.read_text() == ""
