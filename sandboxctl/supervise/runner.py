@@ -262,7 +262,8 @@ class Supervisor:
             try:
                 self.log.write("run.start", argv=self.argv_for_log, workspace=self.plan.workspace,
                                policy=self.plan.policy, policy_sha256=self.plan.policy_sha256,
-                               layers=self.layers, limits=self._limits_for_log())
+                               layers=self.layers, limits=self._limits_for_log(),
+                               confirmed=list(self.plan.confirmations) or None)
             except LogWriteError:
                 control.sendall(marshal.dumps({"go": False}))
                 raise
