@@ -33,7 +33,7 @@ def render(request: dict[str, Any], others: int, policy: str, width: int) -> str
         body.append(f"; {others} more waiting")
     body.append(")")
     buffer = StringIO()
-    console = Console(file=buffer, force_terminal=True, width=width, highlight=False)
+    console = Console(file=buffer, force_terminal=True, width=width, height=200, highlight=False)
     console.print(Panel(body, title=f"sandboxctl: approval needed ({request['id']})",
                         subtitle=f"policy {policy}" if policy else None, expand=False))
     return buffer.getvalue()

@@ -334,3 +334,40 @@ def test_tty_prompt_each_answer_and_a_timeout(sandbox, outside):
     always.unlink()
     after = sandbox.run("--approve", "deny", "--", "python3", "-c", WRITE, str(always), policy=policy)
     assert f"refused {always}" in after.stdout
+
+
+def test_live_approve_answers_from_another_terminal(sandbox, outside, runtime):
+    """`sandboxctl approve` on its own terminal follows the run and answers with one key."""
+    import fcntl
+    import termios
+
+    target = outside / "live.txt"
+    run = subprocess.Popen(sandbox.argv("--approve", "ask", "--", "python3", "-c", WRITE, str(target),
+                                        policy=_policy(sandbox, outside, via="socket")),
+                           cwd=sandbox.workspace, env=sandbox.env({"XDG_RUNTIME_DIR": str(runtime)}),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, b"\x28\x00\x78\x00\x00\x00\x00\x00")  # 40 rows, 120 columns
+
+    def own_terminal() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    approver = subprocess.Popen([sys.executable, "-m", "sandboxctl", "approve"], stdin=slave, stdout=slave,
+                                stderr=slave, preexec_fn=own_terminal,
+                                env={**sandbox.env(), "XDG_RUNTIME_DIR": str(runtime), "TERM": "xterm"})
+    os.close(slave)
+    try:
+        screen = _read_until(master, b"without an answer", 30)
+        assert b"approval needed" in screen and b"live.txt" in screen, screen[-1500:]
+        os.write(master, b"o")
+        assert b"allowed once" in _read_until(master, b"allowed once", 10)
+        out, err = run.communicate(timeout=30)
+        os.write(master, b"q")
+        assert approver.wait(timeout=10) == 0
+    finally:
+        run.kill()
+        approver.kill()
+        os.close(master)
+    assert f"wrote {target}" in out, err
+    assert target.read_text().startswith("written in the sandbox")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import tempfile
 import threading
@@ -319,3 +320,40 @@ def test_open_beneath_never_leaves_the_mount_source(tmp_path: Path) -> None:
     fd = open_beneath(WriteVerdict(False, "r", str(single), ""), os.O_WRONLY | os.O_TRUNC, 0)
     os.close(fd)
     assert single.read_text() == ""
+
+
+def test_tty_front_end_queues_requests_and_restores_the_terminal(tmp_path: Path) -> None:
+    """Two requests at once: one prompt at a time, each answered by a key; the mode comes back."""
+    import termios
+
+    from sandboxctl.approval.tty import TtyFrontEnd
+
+    master, slave = os.openpty()
+    slave_name = os.ttyname(slave)
+    before = termios.tcgetattr(slave)
+    broker = make_broker(tmp_path)
+    broker.attach(TtyFrontEnd(slave_name))
+    results: dict[str, str] = {}
+    threads = [threading.Thread(target=lambda t=t: results.__setitem__(t, broker.decide("network", t, "r").answer))
+               for t in ("a:1", "b:2")]
+    try:
+        for thread in threads:
+            thread.start()
+        screen = b""
+        for key in (b"o", b"d"):
+            deadline = time.monotonic() + 10
+            while b"without an answer" not in screen and time.monotonic() < deadline:
+                if select.select([master], [], [], 0.2)[0]:
+                    screen += os.read(master, 4096)
+            assert screen.count(b"approval needed") == 1, screen  # never two prompts at once
+            os.write(master, key)
+            screen = b""
+        for thread in threads:
+            thread.join(10)
+        assert sorted(results.values()) == ["deny", "once"]
+        time.sleep(0.2)
+        assert termios.tcgetattr(slave)[3] == before[3]  # ICANON/ECHO as they were
+    finally:
+        broker.stop()
+        os.close(master)
+        os.close(slave)
