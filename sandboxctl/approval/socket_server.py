@@ -17,9 +17,9 @@ import os
 import selectors
 import socket
 import struct
-import threading
 from pathlib import Path
 
+from sandboxctl.approval.frontend import ThreadedFrontEnd
 from sandboxctl.errors import SandboxError
 from sandboxctl.paths import ensure_private_dir, runtime_dir
 
@@ -42,21 +42,17 @@ def peer_is_outside(conn: socket.socket) -> bool:
         return False
 
 
-class SocketFrontEnd:
+class SocketFrontEnd(ThreadedFrontEnd):
     name = "socket"
 
     def __init__(self, run_id: str, directory: Path | None = None):
+        super().__init__()
         self.directory = directory or runtime_dir()
         self.path = socket_path(run_id, self.directory)
         self.listener: socket.socket | None = None
         self.clients: dict[socket.socket, bytes] = {}
-        self.broker = None
-        self.thread: threading.Thread | None = None
-        self.stopping = False
-        self.wake_r, self.wake_w = -1, -1
 
-    def start(self, broker) -> None:
-        self.broker = broker
+    def _open(self) -> None:
         try:
             ensure_private_dir(self.directory)
             with contextlib.suppress(FileNotFoundError):
@@ -72,30 +68,13 @@ class SocketFrontEnd:
             raise SandboxError(f"approval via socket: cannot listen on {self.path}: {exc.strerror}",
                                "check XDG_RUNTIME_DIR, or set approval.via: tty") from None
         self.listener = listener
-        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.thread = threading.Thread(target=self._serve, name="sandboxctl-approval-socket", daemon=True)
-        self.thread.start()
 
-    def changed(self) -> None:
-        if self.wake_w >= 0:
-            with contextlib.suppress(OSError):
-                os.write(self.wake_w, b"x")
-
-    def stop(self) -> None:
-        self.stopping = True
-        self.changed()
-        if self.thread is not None:
-            self.thread.join(timeout=2.0)
+    def _close(self) -> None:
         with contextlib.suppress(OSError):
             self.path.unlink()
         for sock in [*self.clients, *([self.listener] if self.listener else [])]:
             sock.close()
         self.clients.clear()
-        for fd in (self.wake_r, self.wake_w):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self.wake_r = self.wake_w = -1
 
     # ------------------------------------------------------------------ the thread
     def _serve(self) -> None:
@@ -108,8 +87,7 @@ class SocketFrontEnd:
                     if key.data == "accept":
                         self._accept(sel)
                     elif key.data == "wake":
-                        with contextlib.suppress(BlockingIOError):
-                            os.read(self.wake_r, 512)
+                        self.drain_wakeups()
                         self._broadcast(sel)
                     else:
                         self._on_client(key.fileobj, sel)

@@ -14,50 +14,33 @@ import contextlib
 import os
 import select
 import termios
-import threading
 import time
 
+from sandboxctl.approval.frontend import ThreadedFrontEnd
 from sandboxctl.approval.view import KEYS
 from sandboxctl.errors import SandboxError
 
 
-class TtyFrontEnd:
+class TtyFrontEnd(ThreadedFrontEnd):
     name = "tty"
 
     def __init__(self, device: str = "/dev/tty"):
+        super().__init__()
         self.device = device
         self.fd: int | None = None
-        self.thread: threading.Thread | None = None
-        self.broker = None
-        self.stopping = False
-        self.wake_r, self.wake_w = -1, -1
 
-    def start(self, broker) -> None:
+    def _open(self) -> None:
         try:
             self.fd = os.open(self.device, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
         except OSError as exc:
             raise SandboxError(f"approval via tty: cannot open {self.device}: {exc.strerror}",
                                "run in a terminal, set approval.via: socket, or pass --approve deny") from None
-        self.broker = broker
-        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.thread = threading.Thread(target=self._serve, name="sandboxctl-approval-tty", daemon=True)
-        self.thread.start()
 
-    def changed(self) -> None:
-        if self.wake_w >= 0:
+    def _close(self) -> None:
+        if self.fd is not None:
             with contextlib.suppress(OSError):
-                os.write(self.wake_w, b"x")
-
-    def stop(self) -> None:
-        self.stopping = True
-        self.changed()
-        if self.thread is not None:
-            self.thread.join(timeout=2.0)
-        for fd in (self.fd, self.wake_r, self.wake_w):
-            if fd is not None and fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self.fd, self.wake_r, self.wake_w = None, -1, -1
+                os.close(self.fd)
+        self.fd = None
 
     # ------------------------------------------------------------------ the thread
     def _serve(self) -> None:
@@ -78,8 +61,7 @@ class TtyFrontEnd:
         ready, _, _ = select.select([self.wake_r, self.fd] if timeout is not None else [self.wake_r], [], [],
                                     timeout)
         if self.wake_r in ready:
-            with contextlib.suppress(BlockingIOError):
-                os.read(self.wake_r, 512)
+            self.drain_wakeups()
         return ready
 
     def _prompt(self, request, others: int) -> None:

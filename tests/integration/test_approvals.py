@@ -170,6 +170,14 @@ def _approve(*args: str, env: dict | None = None) -> subprocess.CompletedProcess
                           timeout=30, env={**os.environ, **(env or {})})
 
 
+def _start_asking_run(sandbox, outside: Path, runtime: Path, *command: str) -> subprocess.Popen[str]:
+    """A run whose escapes wait for `sandboxctl approve` (approval.via: socket)."""
+    return subprocess.Popen(sandbox.argv("--approve", "ask", "--", "python3", "-c", *command,
+                                         policy=_policy(sandbox, outside, via="socket")),
+                            cwd=sandbox.workspace, env=sandbox.env({"XDG_RUNTIME_DIR": str(runtime)}),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def _next_request(timeout: float = 20.0) -> dict:
     listing = _approve("--list", "--json", "--wait", str(timeout))
     assert listing.returncode == 0, listing.stderr
@@ -178,10 +186,7 @@ def _next_request(timeout: float = 20.0) -> dict:
 
 def test_socket_front_end_network_approved_once_then_denied(sandbox, outside, runtime, echo_port):
     target = f"127.0.0.1:{echo_port}"
-    proc = subprocess.Popen(sandbox.argv("--approve", "ask", "--", "python3", "-c", CONNECT, target, target,
-                                         policy=_policy(sandbox, outside, via="socket")),
-                            cwd=sandbox.workspace, env=sandbox.env({"XDG_RUNTIME_DIR": str(runtime)}),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _start_asking_run(sandbox, outside, runtime, CONNECT, target, target)
     try:
         first = _next_request()
         assert first["kind"] == "network" and first["target"] == target
@@ -203,10 +208,7 @@ def test_socket_front_end_network_approved_once_then_denied(sandbox, outside, ru
 
 def test_socket_refuses_unknown_answers_and_requests(sandbox, outside, runtime):
     target = outside / "x.txt"
-    proc = subprocess.Popen(sandbox.argv("--approve", "ask", "--", "python3", "-c", WRITE, str(target),
-                                         policy=_policy(sandbox, outside, via="socket")),
-                            cwd=sandbox.workspace, env=sandbox.env({"XDG_RUNTIME_DIR": str(runtime)}),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _start_asking_run(sandbox, outside, runtime, WRITE, str(target))
     try:
         request = _next_request()
         bad = _approve(request["id"], "maybe")
@@ -242,10 +244,7 @@ for i in range(40):
 stop = True
 print("opened", opened, flush=True)
 """
-    proc = subprocess.Popen(sandbox.argv("--approve", "ask", "--", "python3", "-c", racer,
-                                         policy=_policy(sandbox, outside, via="socket")),
-                            cwd=sandbox.workspace, env=sandbox.env({"XDG_RUNTIME_DIR": str(runtime)}),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _start_asking_run(sandbox, outside, runtime, racer)
     shown: list[str] = []
     deadline = time.monotonic() + 60
     try:
@@ -342,10 +341,7 @@ def test_live_approve_answers_from_another_terminal(sandbox, outside, runtime):
     import termios
 
     target = outside / "live.txt"
-    run = subprocess.Popen(sandbox.argv("--approve", "ask", "--", "python3", "-c", WRITE, str(target),
-                                        policy=_policy(sandbox, outside, via="socket")),
-                           cwd=sandbox.workspace, env=sandbox.env({"XDG_RUNTIME_DIR": str(runtime)}),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = _start_asking_run(sandbox, outside, runtime, WRITE, str(target))
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, b"\x28\x00\x78\x00\x00\x00\x00\x00")  # 40 rows, 120 columns
 
