@@ -367,3 +367,15 @@ def test_live_approve_answers_from_another_terminal(sandbox, outside, runtime):
         os.close(master)
     assert f"wrote {target}" in out, err
     assert target.read_text().startswith("written in the sandbox")
+
+
+def test_untrusted_workspace_policy_is_a_launch_time_confirmation(sandbox):
+    (sandbox.workspace / ".sandboxctl.yaml").write_text("version: 1\nname: mine\nextends: default\n")
+    refused = sandbox.run("--", "true", policy=None)
+    assert refused.returncode == 125 and "not trusted yet" in refused.stderr and "--yes" in refused.stderr
+    accepted = sandbox.run("--yes", "--", "true", policy=None)
+    assert accepted.returncode == 0, accepted.stderr
+    [start] = [r for r in sandbox.records() if r["event"] == "run.start"]
+    assert start["policy"] == "mine"
+    again = sandbox.run("--", "true", policy=None)  # --yes accepted it once; it is still not trusted
+    assert again.returncode == 125
