@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from sandboxctl.approval.grants import GrantStore, Scope
 
 CHOICES = ("once", "run", "always", "deny")
+MAX_PENDING = 64  # a sandbox flooding the human with questions gets denials, not a longer queue
 APPROVING = frozenset(("once", "run", "always"))
 
 
@@ -114,6 +115,8 @@ class Broker:
             self._settle(request, "deny", "run ended")
         elif self.unavailable or not self.front_ends:
             self._settle(request, "deny", self.unavailable or "no approval front end")
+        elif len(self.pending()) >= MAX_PENDING:
+            self._settle(request, "deny", f"more than {MAX_PENDING} requests waiting")
         else:
             with self.condition:
                 self.queue.append(request)

@@ -357,3 +357,20 @@ def test_tty_front_end_queues_requests_and_restores_the_terminal(tmp_path: Path)
         broker.stop()
         os.close(master)
         os.close(slave)
+
+
+def test_a_flood_of_requests_is_denied_beyond_the_queue_limit(tmp_path: Path, monkeypatch) -> None:
+    from sandboxctl.approval import broker as broker_module
+
+    monkeypatch.setattr(broker_module, "MAX_PENDING", 2)
+    broker = make_broker(tmp_path, answers={}, timeout=3)
+    threads = [threading.Thread(target=broker.decide, args=("network", f"h:{i}", "r")) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    while len(broker.pending()) < 2:
+        time.sleep(0.01)
+    request = broker.decide("network", "h:9", "r")
+    assert (request.answer, request.via) == ("deny", "more than 2 requests waiting")
+    broker.stop()
+    for thread in threads:
+        thread.join(5)
