@@ -25,6 +25,19 @@ def state_dir() -> Path:
     return root / "sandboxctl"
 
 
+def runtime_dir() -> Path:
+    """Approval sockets: the user's runtime dir when it is really theirs, else a per-user dir in /tmp."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base and os.path.isabs(base):
+        try:
+            st = os.stat(base)
+            if st.st_uid == os.getuid() and not st.st_mode & 0o077:
+                return Path(base) / "sandboxctl"
+        except OSError:
+            pass
+    return Path(os.environ.get("TMPDIR") or "/tmp") / f"sandboxctl-{os.getuid()}"
+
+
 def ensure_private_dir(path: Path) -> Path:
     """Create a 0700 directory we own, refusing one another user could tamper with."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ def build_app():
     import typer
 
     from sandboxctl import __version__
-    from sandboxctl.cli import completion, doctor, logcmd, policycmd, run, selftest, shellinit
+    from sandboxctl.cli import approve, completion, doctor, exportcmd, logcmd, policycmd, run, selftest, shellinit
 
     app = typer.Typer(
         name="sandboxctl",
@@ -49,8 +49,10 @@ def build_app():
 
     run.register(app)
     app.add_typer(policycmd.app, name="policy")
+    app.add_typer(exportcmd.app, name="export")
     logcmd.register(app)
     doctor.register(app)
+    approve.register(app)
     selftest.register(app)
     completion.register(app)  # after the commands whose -p/--policy it completes
     shellinit.register(app)

@@ -1,4 +1,4 @@
-"""`sandboxctl policy list|show|validate|init|trust`."""
+"""`sandboxctl policy list|show|validate|init|trust|revoke`."""
 
 from __future__ import annotations
 
@@ -52,6 +52,42 @@ def show(spec: str = typer.Argument(..., metavar="NAME|PATH")) -> None:
     for secret in data.get("secrets", {}).values():
         secret["from"] = secret["from"].partition(":")[0] + ":…"
     print(yaml.safe_dump(data, sort_keys=False, default_flow_style=False), end="")
+    _show_grants(loaded.policy.name, loaded.policy.sha256)
+
+
+def _show_grants(name: str, sha256: str) -> None:
+    """Remembered "always" approvals, as comments so the output stays valid YAML."""
+    from sandboxctl.approval.grants import GrantStore
+
+    store = GrantStore()
+    grants = store.for_policy(name)
+    if not grants:
+        print(f"# no remembered approvals (\"always\") for {name}")
+        return
+    print(f"# remembered approvals (\"always\") for {name}, kept in {store.path}:")
+    for grant in grants:
+        state = "" if grant.scope.policy_sha256 == sha256 else "  [inactive: for an earlier version of the policy]"
+        print(f"#   {grant.kind} {grant.target}  in workspace {grant.scope.workspace}  since {grant.granted}{state}")
+    print(f"# revoke with: sandboxctl policy revoke {name} [--target TARGET] [--workspace DIR]")
+
+
+@app.command("revoke")
+def revoke(name: str = typer.Argument(..., metavar="NAME", help="The policy's name (as `policy show` prints it)."),
+           target: str = typer.Option(None, "--target", help="Only this destination or path."),
+           workspace: str = typer.Option(None, "--workspace", "-w", help="Only grants for this workspace.")) -> None:
+    """Forget remembered ("always") approvals of a policy."""
+    import os
+
+    from sandboxctl.approval.grants import GrantStore
+
+    if workspace:
+        workspace = os.path.realpath(os.path.expanduser(workspace))
+    removed = GrantStore().revoke(name, target, workspace)
+    if not removed:
+        raise SandboxError(f"no remembered approvals of {name} match",
+                           f"see them with: sandboxctl policy show {name}")
+    for grant in removed:
+        print(f"revoked: {grant.kind} {grant.target} (workspace {grant.scope.workspace})")
 
 
 @app.command("validate")

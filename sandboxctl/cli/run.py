@@ -53,6 +53,26 @@ def _confirm(confirmations: tuple[str, ...], yes: bool) -> None:
         raise SandboxError("not confirmed; nothing was run")
 
 
+def _accept_untrusted(loaded, why: str, yes: bool) -> bool:
+    """An untrusted workspace policy is a launch-time confirmation: --yes uses it for this run
+    (without pinning it); on a terminal the user may trust it (pinned, as `policy trust` does)."""
+    if yes:
+        print(f"sandboxctl: note: {why}; used for this run because of --yes", file=sys.stderr)
+        return True
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return False
+    print(f"sandboxctl: {why}", file=sys.stderr)
+    print(f"  policy {loaded.policy.name!r} ({loaded.policy.description or 'no description'}), "
+          f"merged from {' <- '.join(loaded.policy.chain)}", file=sys.stderr)
+    print("  review it with: sandboxctl policy show " + loaded.policy.chain[0], file=sys.stderr)
+    if input("Trust this exact content and run? [y/N] ").strip().lower() not in ("y", "yes"):
+        raise SandboxError("not confirmed; nothing was run")
+    from sandboxctl.policy.discover import trust
+
+    trust(loaded)
+    return True
+
+
 def _check_options(opts: dict[str, Any]) -> None:
     from sandboxctl import units
 
@@ -99,7 +119,8 @@ def execute_run(opts: dict[str, Any], command: list[str]) -> int:
         _create_owned_dirs(os.path.abspath(os.path.expanduser(opts["log"])) if opts["log"] else None)
     from sandboxctl.paths import state_dir
 
-    loaded, _how = choose_policy(opts["policy"], space, cache_dir=state_dir() / "cache")
+    loaded, _how = choose_policy(opts["policy"], space, cache_dir=state_dir() / "cache",
+                                 accept=lambda candidate, why: _accept_untrusted(candidate, why, opts["yes"]))
 
     def absolute(path: str) -> str:
         return os.path.abspath(os.path.expanduser(path))

@@ -44,11 +44,17 @@ class LogWriteError(SandboxError):
     pass
 
 
+_second: list = [None, ""]  # the last second formatted: one strftime per second, not per record
+
+
 def timestamp() -> str:
     """RFC 3339, UTC, microseconds (time.strftime: datetime costs start-up time)."""
     now = time.time_ns() // 1000
     seconds, micros = divmod(now, 1_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micros:06d}Z"
+    if _second[0] != seconds:
+        _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _second[0] = seconds
+    return f"{_second[1]}.{micros:06d}Z"
 
 
 def rotated_name(path: str, n: int) -> str:

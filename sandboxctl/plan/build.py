@@ -177,6 +177,8 @@ class _Planner:
             owned[runtime] = "sandboxctl runtime dir: gvisor bundles and file secrets of running sandboxes"
         log_dir = os.path.dirname(self.log_path())
         owned.setdefault(log_dir, "the action log's directory")
+        if self.facts.runtime_dir:  # approval sockets: a sandbox that reached one could answer itself
+            owned.setdefault(self.facts.runtime_dir, "sandboxctl's approval sockets")
         for path, why in owned.items():
             holder = self.covering(path, visible)
             # a missing dir under a writable grant could be created inside: mask it all the same
@@ -427,6 +429,21 @@ class _Planner:
             open_files=lim.open_files,
         )
 
+    def never_writable(self) -> tuple[tuple[str, str], ...]:
+        """What no approval may open for writing, whatever mount shows it: the next run's
+        supervisor code and policies, sandboxctl's state (trust, grants, log), denied paths."""
+        guarded = [(self.facts.state_dir, "sandboxctl state: trust store, remembered approvals, log"),
+                   (os.path.dirname(self.log_path()), "the action log's directory"),
+                   *[(p, "sandboxctl's own code and policies") for p in self.facts.protected_code],
+                   *[(self.expand(f), "the policy in use") for f in self.policy_files()],
+                   *[(p, "filesystem.deny") for p in self.denied_paths],
+                   # absent ones too (an approval must not create ~/.ssh/authorized_keys), globs as patterns
+                   *[(self.expand(p), "filesystem.deny") for p in self.policy.filesystem.deny]]
+        if self.facts.runtime_dir:
+            guarded.append((self.facts.runtime_dir, "sandboxctl's approval sockets"))
+        guarded += [(p, "sandboxctl runtime dir: gvisor bundles and file secrets") for p in self.facts.runtime_dirs]
+        return tuple(dict.fromkeys(guarded))
+
     def approval_mode(self) -> str:
         if self.inv.approve:
             return self.inv.approve
@@ -446,8 +463,11 @@ class _Planner:
             # for the sandboxed program but not user notification (NEW_LISTENER answers EINVAL)
             return SeccompPlan("allow", "kill_process", tuple(rules), trap_denials=False, notify_exec=False,
                                file_events="none")
+        trapped_opens = self.policy.log.file_events
+        if trapped_opens == "none" and self.approval_mode() != "deny":
+            trapped_opens = "write"  # a write outside the writable set must reach the approval broker
         return SeccompPlan("allow", "kill_process", tuple(rules), trap_denials=True,
-                           notify_exec=self.policy.log.exec_events, file_events=self.policy.log.file_events)
+                           notify_exec=self.policy.log.exec_events, file_events=trapped_opens)
 
     def cwd(self) -> str:
         return self.inv.workspace if self.workspace else self.facts.home
@@ -498,5 +518,6 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
         warnings=tuple(planner.warnings),
         notes=tuple(planner.notes),
         confirmations=tuple(dict.fromkeys(planner.confirmations)),
+        never_writable=planner.never_writable(),
         backend=planner.backend,
     )

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from sandboxctl.paths import home_dir, state_dir
+from sandboxctl.paths import home_dir, runtime_dir, state_dir
 from sandboxctl.plan.inputs import HostFacts
 
 _LOADER_PATTERNS = ("/lib64/ld-linux*.so*", "/lib/ld-linux*.so*", "/lib/ld-musl-*.so*",
@@ -121,4 +121,5 @@ def gather(environ: Mapping[str, str] | None = None) -> HostFacts:
         readlink=os.readlink,
         realpath=os.path.realpath,
         glob=lambda pattern: sorted(globlib.glob(pattern, include_hidden=True)),
+        runtime_dir=str(runtime_dir()),
     )

@@ -44,5 +44,6 @@ class HostFacts(NamedTuple):
     readlink: Callable[[str], str]
     realpath: Callable[[str], str]
     glob: Callable[[str], list[str]] = lambda pattern: []
+    runtime_dir: str = ""  # where approval sockets live (masked inside like the state dir)
     gvisor_init_file: str = ""  # the in-sandbox launcher of the gvisor backend (launch/gvisor_init.py)
     runtime_dirs: tuple[str, ...] = ()  # existing gvisor run-dir bases: bundles and file secrets of live runs

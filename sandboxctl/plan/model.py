@@ -133,6 +133,8 @@ class Plan(NamedTuple):
     warnings: tuple[str, ...] = ()  # shown on every run
     notes: tuple[str, ...] = ()  # shown by --dry-run and --verbose
     confirmations: tuple[str, ...] = ()
+    # paths no approval may open for writing (sandboxctl's code, policies, state; denied paths)
+    never_writable: tuple[tuple[str, str], ...] = ()
     backend: str = "bwrap"  # bwrap | gvisor (launch/oci.py renders the same plan for runsc)
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,18 +143,58 @@ class Plan(NamedTuple):
     def judge_write(self, path: str) -> tuple[bool, str]:
         """Is this path (as the sandbox sees it) in the writable set? The deepest mount holding it
         decides; the answer names the mount, for the file event and the denial table."""
+        verdict = self.write_verdict(path)
+        return verdict.inside, verdict.rule
+
+    def write_verdict(self, path: str) -> WriteVerdict:
+        """judge_write, plus where an approved write would land on the host. Only a path under a
+        read-only bind of a real host path can be approved: masks, placeholders, the shim's own
+        files and whatever the supervisor relies on (never_writable) are refused outright."""
         holder = None
         for mount in self.mounts:
-            holds = path == mount.target or path.startswith(mount.target.rstrip("/") + "/")
-            if mount.kind != "symlink" and holds and (holder is None or len(mount.target) >= len(holder.target)):
+            if mount.kind != "symlink" and _within(path, mount.target) and (
+                    holder is None or len(mount.target) >= len(holder.target)):
                 holder = mount
         if holder is not None and holder.kind in ("rw", "tmpfs", "dev", "proc"):
-            return True, f"{holder.reason or holder.kind} ({holder.kind} {holder.target})"
+            return WriteVerdict(True, f"{holder.reason or holder.kind} ({holder.kind} {holder.target})")
         where = f"{holder.kind} {holder.target}: {holder.reason}" if holder else "not granted"
         rule = f"outside the writable set ({where})"
-        if self.approval_mode != "deny":
-            rule += f"; approval mode {self.approval_mode} cannot approve writes in this version"
-        return False, rule
+        for guarded, why in self.never_writable:
+            if _within(path, guarded) or (set("*?[") & set(guarded) and _matches(path, guarded)):
+                return WriteVerdict(False, f"{rule}; never approvable: {why}")
+        source = holder.source if holder is not None else None
+        if holder is None or holder.kind != "ro" or not source or not source.startswith("/"):
+            return WriteVerdict(False, f"{rule}; not approvable: no host file behind it")
+        relative = "" if path == holder.target else path[len(holder.target.rstrip("/")) + 1:]
+        return WriteVerdict(False, rule, source, relative)
+
+
+class WriteVerdict(NamedTuple):
+    inside: bool  # in the writable set: the kernel may go on (mounts and Landlock still decide)
+    rule: str
+    host_source: str | None = None  # an approvable escape: the host path of the read-only bind...
+    relative: str = ""  # ...and the rest of the path beneath it
+
+    @property
+    def approvable(self) -> bool:
+        return self.host_source is not None
+
+    @property
+    def host_path(self) -> str | None:
+        if self.host_source is None:
+            return None
+        return f"{self.host_source.rstrip('/')}/{self.relative}" if self.relative else self.host_source
+
+
+def _matches(path: str, pattern: str) -> bool:
+    """A glob deny entry covers what it matches and everything beneath."""
+    from fnmatch import fnmatchcase
+
+    return fnmatchcase(path, pattern) or fnmatchcase(path, pattern.rstrip("/") + "/*")
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def _plain(value: Any) -> Any:

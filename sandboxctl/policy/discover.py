@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from sandboxctl.errors import SandboxError
@@ -65,8 +66,11 @@ def load_named(spec: str, cache_dir: Path | None = None) -> LoadedPolicy:
     return load_source(read_source(Path(spec).resolve(), spec), cache_dir)
 
 
-def choose_policy(spec: str | None, workspace: Path, cache_dir: Path | None = None) -> tuple[LoadedPolicy, str]:
-    """Return the policy for a run and how it was chosen (cache_dir: reuse validated policies)."""
+def choose_policy(spec: str | None, workspace: Path, cache_dir: Path | None = None,
+                  accept: Callable[[LoadedPolicy, str], bool] | None = None) -> tuple[LoadedPolicy, str]:
+    """Return the policy for a run and how it was chosen (cache_dir: reuse validated policies).
+    An untrusted workspace policy is used only when `accept(loaded, why)` says so (a launch-time
+    confirmation: --yes, or the user on a terminal)."""
     if spec:
         return load_named(spec, cache_dir), "--policy"
     candidate = workspace / WORKSPACE_POLICY
@@ -75,9 +79,12 @@ def choose_policy(spec: str | None, workspace: Path, cache_dir: Path | None = No
         if not is_trusted(loaded):
             changed = str(candidate.resolve()) in trusted_digests()
             state = "has changed since it was trusted" if changed else "is not trusted yet"
+            if accept is not None and accept(loaded, f"workspace policy {candidate} {state}"):
+                return loaded, "workspace"
             raise SandboxError(
                 f"workspace policy {candidate} {state}",
-                f"review it, then run: sandboxctl policy trust {candidate}  (or pick one with -p NAME)",
+                f"review it, then run: sandboxctl policy trust {candidate}  (or --yes for this run only, "
+                "or pick one with -p NAME)",
             )
         return loaded, "workspace"
     return load_source(builtin_source(DEFAULT_POLICY), cache_dir), "default"

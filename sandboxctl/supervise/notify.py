@@ -11,12 +11,12 @@ made here directly, with the kernel's struct layouts spelled out below.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
 import struct
 from collections.abc import Callable
+from typing import Any
 
 # include/uapi/linux/seccomp.h: _IOWR('!', 0, struct seccomp_notif) etc.
 NOTIF_RECV = 0xC0502100
@@ -64,11 +64,14 @@ def still_valid(fd: int, notification_id: int) -> bool:
         return False
 
 
-def respond(fd: int, notification_id: int, *, error: int = 0, allow: bool = False) -> None:
-    """Either let the kernel run the call (allow) or fail it with -error."""
+def respond(fd: int, notification_id: int, *, error: int = 0, allow: bool = False) -> bool:
+    """Either let the kernel run the call (allow) or fail it with -error; False if the caller is gone."""
     flags = FLAG_CONTINUE if allow else 0
-    with contextlib.suppress(OSError):  # ENOENT: the caller died; nothing left to answer
+    try:
         fcntl.ioctl(fd, NOTIF_SEND, bytearray(_RESP.pack(notification_id, 0, -error if error else 0, flags)))
+    except OSError:  # ENOENT: the caller died; nothing left to answer
+        return False
+    return True
 
 
 class ProcessMemory:
@@ -123,14 +126,17 @@ class Dispatcher:
     outside the writable set, denied); anything else is a baseline denial."""
 
     def __init__(self, fd: int, names: dict[int, str], deny: Callable[[Notification], tuple[str, int, str]],
-                 judge_write: Callable[[str], tuple[bool, str]], log: Callable[..., None],
-                 denied: list[dict[str, object]] | None = None):
+                 judge_write: Callable[[str], Any], log: Callable[..., None],
+                 denied: list[dict[str, object]] | None = None, escalate: Callable[[Any], None] | None = None,
+                 log_allowed: bool = True):
         self.fd = fd
         self.names = names  # syscall number -> name, for the calls we trap
         self.deny = deny  # notification -> (syscall name, errno, rule)
-        self.judge_write = judge_write  # sandbox path -> (inside the writable set, rule)
+        self.judge_write = judge_write  # sandbox path -> WriteVerdict (Plan.write_verdict)
         self.log = log
         self.denied = denied if denied is not None else []  # shared with the proxy: in time order
+        self.escalate = escalate  # an approvable write escape goes to the approval broker
+        self.log_allowed = log_allowed  # log.file_events: none still traps writes for approvals
 
     def handle(self) -> bool:
         """Answer one notification; False once no sandboxed process can send any more (the
@@ -169,7 +175,8 @@ class Dispatcher:
 
     def _file(self, notification: Notification, name: str) -> None:
         """A write-intent open inside the writable set continues (the mounts and Landlock still
-        decide, so a path swapped after we read it gains nothing); outside it, EACCES and an event.
+        decide, so a path swapped after we read it gains nothing); outside it, the approval broker
+        decides, and only the supervisor itself may then open the file (never "continue").
         Reads (file_events: all) are only logged."""
         args = notification.args
         try:
@@ -179,32 +186,43 @@ class Dispatcher:
             return
         try:
             if name == "creat":
-                dirfd, path, flags = AT_FDCWD, memory.string(args[0]), O_CREAT | O_TRUNC | 1
+                dirfd, path, flags, mode = AT_FDCWD, memory.string(args[0]), O_CREAT | O_TRUNC | 1, args[1]
             elif name == "open":
-                dirfd, path, flags = AT_FDCWD, memory.string(args[0]), args[1]
+                dirfd, path, flags, mode = AT_FDCWD, memory.string(args[0]), args[1], args[2]
             elif name == "openat":
-                dirfd, path, flags = args[0] & 0xFFFFFFFF, memory.string(args[1]), args[2]
-            else:  # openat2: struct open_how starts with the u64 flags
+                dirfd, path, flags, mode = args[0] & 0xFFFFFFFF, memory.string(args[1]), args[2], args[3]
+            else:  # openat2: struct open_how starts with the u64 flags, then the mode
                 dirfd, path = args[0] & 0xFFFFFFFF, memory.string(args[1])
                 flags = memory.word(args[2]) if args[2] else 0
+                mode = memory.word(args[2] + 8) if args[2] else 0
         except OSError:
             respond(self.fd, notification.id, allow=True)
             return
         finally:
             memory.close()
+        flags &= 0xFFFFFFFF
         full = self._absolute(notification.pid, dirfd, path)
         writes = bool(flags & O_ACCMODE) or bool(flags & (O_CREAT | O_TRUNC))
         op = "create" if flags & O_CREAT else "truncate" if flags & O_TRUNC else "write" if writes else "read"
-        if not still_valid(self.fd, notification.id):
+        verdict = self.judge_write(full) if writes else None
+        if verdict is None or verdict.inside:
+            # "continue" is safe here whatever we read (the kernel re-reads the path, and the mounts
+            # and Landlock decide); a failed answer means the caller died, or its pid was reused
+            # while we read: then nothing is logged
+            if respond(self.fd, notification.id, allow=True) and (self.log_allowed or verdict is None):
+                self.log("file", pid=notification.pid, path=full, op=op, decision="allow",
+                         rule=verdict.rule if verdict else "read")
             return
-        inside, rule = self.judge_write(full) if writes else (True, "read")
-        if inside:
-            respond(self.fd, notification.id, allow=True)
-            self.log("file", pid=notification.pid, path=full, op=op, decision="allow", rule=rule)
+        if not still_valid(self.fd, notification.id):  # what we read must be the caller's own
+            return
+        if verdict.approvable and self.escalate is not None:
+            from sandboxctl.supervise.file_escape import FileEscape
+
+            self.escalate(FileEscape(notification.id, notification.pid, full, op, flags, mode & 0o7777, verdict))
         else:
             respond(self.fd, notification.id, error=errno.EACCES)
-            self.denied.append({"kind": "file", "target": f"{op} {full}", "rule": rule})
-            self.log("file", pid=notification.pid, path=full, op=op, decision="deny", rule=rule)
+            self.denied.append({"kind": "file", "target": f"{op} {full}", "rule": verdict.rule})
+            self.log("file", pid=notification.pid, path=full, op=op, decision="deny", rule=verdict.rule)
 
     @staticmethod
     def _absolute(pid: int, dirfd: int, path: str) -> str:

@@ -95,3 +95,35 @@ def wait_for(predicate, timeout: float = 10.0, step: float = 0.05) -> bool:
             return True
         time.sleep(step)
     return bool(predicate())
+
+
+def socket_owner(init_pid: int, local_port: int) -> int | None:
+    """Which sandboxed process holds the TCP socket bound to this loopback port (the client end of
+    a proxy connection): its inode from the sandbox's /proc/net/tcp, then whose fd points at it."""
+    wanted = f":{local_port:04X}"
+    inode = None
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{init_pid}/net/{table}") as handle:
+                next(handle, None)
+                for line in handle:
+                    fields = line.split()
+                    if len(fields) > 9 and fields[1].endswith(wanted):
+                        inode = fields[9]
+                        break
+        except OSError:
+            continue
+        if inode:
+            break
+    if not inode or inode == "0":
+        return None
+    link = f"socket:[{inode}]"
+    for pid in descendants(init_pid):
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == link:
+                        return pid
+        except OSError:
+            continue
+    return None

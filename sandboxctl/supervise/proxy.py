@@ -68,7 +68,8 @@ class ProxyServer:
     """Serve the sandbox's proxy connections from a listening socket; see the module docstring.
 
     `log(record)` gets one `net` record per connection that sent anything (calls are serialized, but come
-    from proxy threads); `ask(host, port)` is asked about destinations the policy does not list (None: deny).
+    from proxy threads); `ask(host, port, client_port)` is asked about destinations the policy does not list
+    (None: deny); it may block while a human decides, holding the connection open.
     `resolver` has socket.getaddrinfo's signature (a seam for tests); it is called once per connection.
     """
 
@@ -77,7 +78,7 @@ class ProxyServer:
         listener: socket.socket,
         policy: NetPolicy,
         log: Callable[[dict[str, Any]], None],
-        ask: Callable[[str, int], bool] | None = None,
+        ask: Callable[[str, int, int | None], bool] | None = None,
         *,
         max_connections: int = MAX_CONNECTIONS,
         head_timeout: float = HEAD_TIMEOUT_S,

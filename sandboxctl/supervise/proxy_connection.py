@@ -431,7 +431,11 @@ class _Connection:
         if ask is None:
             return False
         try:
-            return ask(host, port) is True
+            try:
+                peer = self.client.getpeername()[1]
+            except (OSError, IndexError, TypeError):
+                peer = None
+            return ask(host, port, peer) is True
         except Exception as exc:  # a failing approval channel denies, it does not crash
             self.error = f"approval failed: {exc!r}"
             return False

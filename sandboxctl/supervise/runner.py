@@ -70,6 +70,45 @@ class Supervisor:
         self.pending_signals: list[int] = []
         self.kill_at: float | None = None
         self.timed_out = False
+        self.broker = None
+
+    # ------------------------------------------------------------------ approvals
+    def _start_broker(self) -> None:
+        """One broker for every escape; its front end starts before anything runs (a prompt that
+        cannot work is a failed launch, not a silent deny)."""
+        from sandboxctl.approval.broker import Broker
+        from sandboxctl.approval.grants import GrantStore, Scope
+
+        plan = self.plan
+        self.broker = Broker(
+            plan.approval_mode, plan.approval_timeout, self._write_log, run_id=plan.run_id,
+            scope=Scope(plan.policy, plan.policy_sha256, plan.workspace or ""), store=GrantStore(self.state),
+            describe={"run": plan.run_id, "policy": plan.policy, "command": list(plan.command),
+                      "workspace": plan.workspace, "supervisor_pid": os.getpid()})
+        if plan.approval_mode != "ask":
+            return
+        if plan.approval_via == "socket":
+            from sandboxctl.approval.socket_server import SocketFrontEnd
+
+            front_end = SocketFrontEnd(plan.run_id)
+            self.broker.attach(front_end)
+            print(f"sandboxctl: approvals for run {plan.run_id}: answer with `sandboxctl approve` "
+                  "in another terminal", file=sys.stderr)
+        else:
+            from sandboxctl.approval.tty import TtyFrontEnd
+
+            self.broker.attach(TtyFrontEnd())
+
+    def _ask_network(self, host: str, port: int, peer: int | None) -> bool:
+        from sandboxctl.supervise.file_escape import command_line
+
+        pid = None
+        init = self._init_pid()
+        if peer and init and self.broker.asks_human:
+            pid = processes.socket_owner(init, peer)
+        request = self.broker.decide("network", f"{host}:{port}", "not in network.allow", pid,
+                                     command_line(pid) if pid else "")
+        return request.approved
 
     # ------------------------------------------------------------------ launch
     def launch(self) -> RunResult:
@@ -87,6 +126,14 @@ class Supervisor:
         fds = bwrap.LaunchFds(seccomp=seccomp_fd, control=shim_end.fileno(),
                               stderr=stderr_copy, empty_file=empty, secrets=secret_fds)
         argv = bwrap.render(plan, fds, bwrap_path)
+        try:
+            self._start_broker()
+        except SandboxError:
+            for fd in (seccomp_fd, err_w, err_r, stderr_copy, *secret_fds.values()):
+                os.close(fd)
+            control.close()
+            shim_end.close()
+            raise
         started = time.monotonic()
         # bubblewrap is started with the terminal's SIGINT/SIGQUIT ignored: Ctrl-C must reach the
         # command (the shim restores its dispositions), not kill bwrap and the sandbox under it.
@@ -117,6 +164,7 @@ class Supervisor:
             for signum, handler in originals.items():
                 signal.signal(signum, handler)
             control.close()
+            self.broker.stop()  # waiting requests are denied, so proxy threads can finish
             if self.secrets_dir_fd is not None:
                 os.close(self.secrets_dir_fd)
             if self.proxy is not None:
@@ -214,7 +262,8 @@ class Supervisor:
             try:
                 self.log.write("run.start", argv=self.argv_for_log, workspace=self.plan.workspace,
                                policy=self.plan.policy, policy_sha256=self.plan.policy_sha256,
-                               layers=self.layers, limits=self._limits_for_log())
+                               layers=self.layers, limits=self._limits_for_log(),
+                               confirmed=list(self.plan.confirmations) or None)
             except LogWriteError:
                 control.sendall(marshal.dumps({"go": False}))
                 raise
@@ -229,8 +278,15 @@ class Supervisor:
     def _start_notify(self, fd: int, sel: selectors.BaseSelector) -> None:
         """Watch the sandbox's notification listener from the loop (exec and denial events)."""
         self.notify_fd = fd
-        self.dispatcher = notify.Dispatcher(fd, self.syscall_names, self._which_rule, self.plan.judge_write,
-                                            self._write_log, self.denials)
+        import functools
+
+        from sandboxctl.supervise.file_escape import FileEscapes
+
+        verdicts = functools.lru_cache(maxsize=4096)(self.plan.write_verdict)  # the plan never changes
+        self.dispatcher = notify.Dispatcher(fd, self.syscall_names, self._which_rule, verdicts,
+                                            self._write_log, self.denials,
+                                            escalate=FileEscapes(fd, self.broker, self._write_log, self.denials),
+                                            log_allowed=self.plan.file_events != "none")
         sel.register(fd, selectors.EVENT_READ, "notify")
 
     def _which_rule(self, notification: notify.Notification) -> tuple[str, int, str]:
@@ -248,16 +304,8 @@ class Supervisor:
         net = self.plan.network
         listener = socket.socket(fileno=fd)
         listener.setblocking(True)
-        mode = self.plan.approval_mode
-
-        def ask(host: str, port: int) -> bool:
-            allowed = mode == "allow"  # "ask" needs the approval prompt, not part of this version
-            self._write_log("approval", kind="network", target=f"{host}:{port}",
-                            answer="once" if allowed else "deny", via=f"mode:{mode}")
-            return allowed
-
         self.proxy = ProxyServer(listener, NetPolicy(net.allow, net.deny, net.allow_private),
-                                 log=lambda record: self._on_net(record), ask=ask)
+                                 log=lambda record: self._on_net(record), ask=self._ask_network)
         self.proxy.start()
         if not self.proxy.serving:
             self.setup_error = SandboxError("the network proxy could not start", "run sandboxctl doctor")
@@ -388,6 +436,10 @@ class Supervisor:
             "network": {"mode": plan.network.mode,
                         "proxy": f"127.0.0.1:{PROXY_PORT} inside, served by the supervisor"
                         if plan.network.mode == "proxy" else None},
+            "approvals": {"mode": plan.approval_mode,
+                          "via": plan.approval_via if plan.approval_mode == "ask" else None,
+                          "file_writes": "approved opens are made by the supervisor (seccomp ADDFD)"
+                          if self.notify_fd is not None and plan.seccomp.file_events != "none" else None},
             "memory": plan.limits.memory_method,
             "pids": plan.limits.pids_method,
         }

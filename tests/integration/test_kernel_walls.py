@@ -136,6 +136,8 @@ def test_host_network_mode_really_connects(sandbox, server):
     result = sandbox.run("--net", "host", "--yes", "--", "python3", "-c", CONNECT.format(port=server.port))
     assert "connected" in result.stdout, result.stderr
     assert server.hits == 1
+    [start] = [r for r in sandbox.records() if r["event"] == "run.start"]
+    assert any("network: host" in item for item in start["confirmed"])  # logged as such
 
 
 def test_widening_without_yes_is_refused_non_interactively(sandbox):

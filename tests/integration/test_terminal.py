@@ -15,7 +15,7 @@ def _set_size(fd: int, rows: int, cols: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
-def _spawn_on_pty(sandbox, args: list[str]):
+def _spawn_on_pty(sandbox, args: list[str], policy: str = "default"):
     master, slave = os.openpty()
     _set_size(slave, 33, 111)
 
@@ -23,7 +23,8 @@ def _spawn_on_pty(sandbox, args: list[str]):
         os.setsid()
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
-    proc = subprocess.Popen(sandbox.argv(*args), cwd=sandbox.workspace, env={**sandbox.env(), "TERM": "xterm"},
+    proc = subprocess.Popen(sandbox.argv(*args, policy=policy), cwd=sandbox.workspace,
+                            env={**sandbox.env(), "TERM": "xterm"},
                             stdin=slave, stdout=slave, stderr=slave, preexec_fn=become_terminal_owner)
     os.close(slave)
     return proc, master

@@ -908,7 +908,8 @@ def test_name_is_resolved_once_and_the_screened_address_is_dialled(
 def test_ask_hook(make_proxy: Callable[..., Proxy], echo: EchoServer) -> None:
     asked: list[tuple[str, int]] = []
 
-    def ask(host: str, port: int) -> bool:
+    def ask(host: str, port: int, peer: int | None) -> bool:
+        assert isinstance(peer, int)  # the client's port: how the supervisor finds who connected
         asked.append((host, port))
         time.sleep(0.2)  # a human takes a while; the client's connection stays open meanwhile
         return host == "localhost"
@@ -934,7 +935,7 @@ def test_ask_is_not_consulted_for_denied_or_allowed_destinations(
     make_proxy: Callable[..., Proxy], echo: EchoServer
 ) -> None:
     asked: list[tuple[str, int]] = []
-    proxy = make_proxy(allow=("127.0.0.1",), deny=("localhost",), ask=lambda h, p: asked.append((h, p)) or True)
+    proxy = make_proxy(allow=("127.0.0.1",), deny=("localhost",), ask=lambda h, p, _peer: asked.append((h, p)) or True)
     sock, reply = connect_tunnel(proxy, f"localhost:{echo.port}")
     assert reply.startswith(b"HTTP/1.1 403 ")
     sock.close()
@@ -945,7 +946,7 @@ def test_ask_is_not_consulted_for_denied_or_allowed_destinations(
 
 
 def test_failing_ask_and_log_callbacks_do_not_break_the_proxy(echo: EchoServer) -> None:
-    def ask(host: str, port: int) -> bool:
+    def ask(host: str, port: int, peer: int | None) -> bool:
         raise RuntimeError("approval channel gone")
 
     def log(record: dict[str, Any]) -> None:
@@ -1171,7 +1172,7 @@ def test_stop_closes_everything(
     before = fd_count()
     gate = threading.Event()
 
-    def ask(host: str, port: int) -> bool:
+    def ask(host: str, port: int, peer: int | None) -> bool:
         gate.wait(10)  # a human who never answers
         return False
 

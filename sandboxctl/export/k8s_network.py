@@ -1,0 +1,191 @@
+"""The policy's `network` section as the SandboxTemplate's `networkPolicy`, and as Cilium FQDN rules.
+
+Why a module of its own: this is where the export loses the most. sandboxctl's proxy decides per
+connection, by name, and can ask a human; a Kubernetes NetworkPolicy matches only addresses and
+ports, decided once. So literal addresses become ipBlock rules, names become nothing (or, with
+`--fqdn-policy cilium`, CiliumNetworkPolicy `toFQDNs` rules), and everything lost on the way is
+said in the header and, for names, on stderr. Pure: no look-ups, no sockets.
+
+The agent-sandbox controller turns `networkPolicy` into one NetworkPolicy per template with both
+policy types set, so an empty `egress` list denies all egress and an omitted `ingress` denies all
+ingress (extensions/controllers/sandboxtemplate_controller.go).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, NamedTuple
+
+from sandboxctl.policy.model import Network
+from sandboxctl.units import HostPattern
+
+# The controller's own default lets the sandbox router reach the pods; keep that one door open, or
+# the usual way of talking to a sandbox (router -> pod) stops working.
+ROUTER_INGRESS = {"from": [{"podSelector": {"matchLabels": {"app": "sandbox-router"}}}]}
+# Cilium's toFQDNs learns addresses from the DNS answers its proxy sees: DNS must go through it.
+KUBE_DNS = {"k8s:io.kubernetes.pod.namespace": "kube-system", "k8s:k8s-app": "kube-dns"}
+CILIUM_API_VERSION = "cilium.io/v2"
+
+
+class NetworkExport(NamedTuple):
+    network_policy: dict[str, Any]  # the SandboxTemplate's spec.networkPolicy
+    fqdn_rules: tuple[dict[str, Any], ...]  # CiliumNetworkPolicy egress rules; () when nothing is by name
+    names: tuple[HostPattern, ...]  # allowed by name: no NetworkPolicy can say them
+    mapped: tuple[str, ...]  # header lines: what became what
+    lost: tuple[str, ...]  # header lines: what could not be expressed
+    warnings: tuple[str, ...]  # stderr
+
+
+def is_address(pattern: HostPattern) -> bool:
+    try:
+        ipaddress.ip_address(pattern.host)
+    except ValueError:
+        return False
+    return True
+
+
+def _cidr(pattern: HostPattern) -> str:
+    """One address as a CIDR; an IPv4-mapped IPv6 address is its IPv4 one (as the proxy judges it)."""
+    address = ipaddress.ip_address(pattern.host)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return f"{address}/{address.max_prefixlen}"
+
+
+def _covers(deny: HostPattern, allow: HostPattern) -> bool:
+    """Every connection `allow` permits is one `deny` refuses: the allow entry can simply go."""
+    if deny.port is not None and deny.port != allow.port:
+        return False
+    return HostPattern(deny.host).matches(allow.host, 0)
+
+
+def _overlaps(deny: HostPattern, allow: HostPattern) -> bool:
+    if deny.port is not None and allow.port is not None and deny.port != allow.port:
+        return False
+    return HostPattern(deny.host).matches(allow.host, 0) or HostPattern(allow.host).matches(deny.host, 0)
+
+
+def _address_rule(pattern: HostPattern) -> dict[str, Any]:
+    # the proxy carries TCP only (HTTP CONNECT, SOCKS5 connect): no UDP, whatever the port
+    port: dict[str, Any] = {"protocol": "TCP"}
+    if pattern.port is not None:
+        port["port"] = pattern.port
+    return {"to": [{"ipBlock": {"cidr": _cidr(pattern)}}], "ports": [port]}
+
+
+def _fqdn_rules(names: tuple[HostPattern, ...]) -> tuple[dict[str, Any], ...]:
+    """toFQDNs rules, one per port (in the order the policy names them), after the DNS rule."""
+    dns = {
+        "toEndpoints": [{"matchLabels": dict(KUBE_DNS)}],
+        "toPorts": [{"ports": [{"port": "53", "protocol": "ANY"}], "rules": {"dns": [{"matchPattern": "*"}]}}],
+    }
+    by_port: dict[int | None, list[dict[str, str]]] = {}
+    for pattern in names:
+        selector = {"matchPattern": pattern.host} if pattern.wildcard else {"matchName": pattern.host}
+        if selector not in by_port.setdefault(pattern.port, []):
+            by_port[pattern.port].append(selector)
+    rules: list[dict[str, Any]] = [dns]
+    for port, selectors in by_port.items():
+        rule: dict[str, Any] = {"toFQDNs": selectors}
+        if port is not None:
+            rule["toPorts"] = [{"ports": [{"port": str(port), "protocol": "TCP"}]}]
+        rules.append(rule)
+    return tuple(rules)
+
+
+def _joined(patterns: tuple[HostPattern, ...] | list[HostPattern]) -> str:
+    return ", ".join(str(p) for p in patterns)
+
+
+def export_network(network: Network, fqdn_policy: str | None) -> NetworkExport:
+    mapped: list[str] = []
+    lost: list[str] = []
+    warnings: list[str] = []
+    ingress = [ROUTER_INGRESS]
+    mapped.append("ingress: only from the agent-sandbox router (pods labelled app: sandbox-router), as the "
+                  "controller's own default; nothing else may connect in")
+    if network.mode == "none":
+        mapped.append("network: none -> egress: [] (nothing leaves the pod; loopback only)")
+        return NetworkExport({"ingress": ingress, "egress": []}, (), (), tuple(mapped), tuple(lost), ())
+    if network.mode == "host":
+        mapped.append("network: host -> one egress rule without peers or ports: ALL destinations, "
+                      "cluster-internal and cloud metadata addresses included")
+        warnings.append("network: host is exported as allow-all egress (cluster services and metadata included)")
+        return NetworkExport({"ingress": ingress, "egress": [{}]}, (), (), tuple(mapped), tuple(lost),
+                             tuple(warnings))
+
+    kept: list[HostPattern] = []
+    dropped: list[HostPattern] = []
+    narrowed: list[str] = []
+    for allow in network.allow:
+        if any(_covers(deny, allow) for deny in network.deny):
+            dropped.append(allow)
+            continue
+        if allow not in kept:
+            kept.append(allow)
+            narrowed += [f"{deny} within {allow}" for deny in network.deny if _overlaps(deny, allow)]
+    addresses = tuple(p for p in kept if is_address(p))
+    names = tuple(p for p in kept if not is_address(p))
+    egress = [_address_rule(p) for p in addresses]
+
+    if not network.allow:
+        mapped.append("network: proxy with an empty allow list -> egress: []; locally every destination "
+                      "asks, here none is allowed")
+    if addresses:
+        mapped.append(f"network.allow addresses -> ipBlock egress rules (TCP): {_joined(addresses)}")
+    elif network.allow:
+        mapped.append("network.allow has no literal addresses: the NetworkPolicy allows no egress")
+    rules: tuple[dict[str, Any], ...] = ()
+    if names:
+        lost.append(f"network.allow host names: {_joined(names)} -- Kubernetes NetworkPolicy matches addresses, "
+                    "not names, so the networkPolicy does NOT allow them")
+        if fqdn_policy == "cilium":
+            rules = _fqdn_rules(names)
+            mapped.append("host names -> the CiliumNetworkPolicy (toFQDNs; needs Cilium as the CNI); DNS to "
+                          "kube-dns is allowed for any name, which Cilium needs to learn the addresses")
+            lost.append("DNS: any name may be looked up through kube-dns (a look-up can carry data out; "
+                        "sandboxctl's proxy resolves only allowed names)")
+            if any(p.wildcard for p in names):
+                lost.append("Cilium's '*' matches one label: *.example.com allows a.example.com, not "
+                            "a.b.example.com (sandboxctl's matches any depth)")
+            warnings.append(f"Kubernetes NetworkPolicy cannot match host names ({_joined(names)}): they are "
+                            "allowed only by the CiliumNetworkPolicy, which needs Cilium")
+        else:
+            lost[-1] += "; pass --fqdn-policy cilium for a CiliumNetworkPolicy that allows them by name"
+            warnings.append(f"Kubernetes NetworkPolicy cannot match host names; not allowed by the exported "
+                            f"networkPolicy: {_joined(names)} (pass --fqdn-policy cilium to allow them by name)")
+    elif fqdn_policy == "cilium":
+        mapped.append("--fqdn-policy cilium: no host names to allow, so no CiliumNetworkPolicy")
+
+    if network.allow_private:
+        lost.append("allow_private: true opens nothing by itself here: only the destinations listed are reachable")
+    else:
+        mapped.append("allow_private: false -> no private, loopback, link-local or metadata range is opened "
+                      "(addresses listed literally are, as locally)")
+        if rules:
+            lost.append("allow_private: false is not checked on what the names resolve to: a listed name "
+                        "that resolves to a private address is reachable")
+    if network.deny:
+        text = (f"network.deny ({_joined(network.deny)}): NetworkPolicy and toFQDNs only allow, they cannot "
+                "subtract")
+        if dropped:
+            text += f"; allow entries it covers entirely were left out: {_joined(dropped)}"
+        if narrowed:
+            text += f"; NOT enforced inside the allowed: {', '.join(narrowed)}"
+            warnings.append(f"network.deny cannot be expressed; still allowed: {', '.join(narrowed)}")
+        lost.append(text)
+    lost.append("approvals of other destinations at run time: none; what is not listed is refused")
+    return NetworkExport({"ingress": ingress, "egress": egress}, rules, names, tuple(mapped), tuple(lost),
+                         tuple(warnings))
+
+
+def cilium_policy(metadata: dict[str, Any], selector: dict[str, str],
+                  rules: tuple[dict[str, Any], ...]) -> dict[str, Any]:
+    """A CiliumNetworkPolicy for the pods of one template. Cilium adds up the allows of every policy
+    that selects a pod, so this widens the template's NetworkPolicy by exactly these rules."""
+    return {
+        "apiVersion": CILIUM_API_VERSION,
+        "kind": "CiliumNetworkPolicy",
+        "metadata": metadata,
+        "spec": {"endpointSelector": {"matchLabels": dict(selector)}, "egress": [dict(r) for r in rules]},
+    }

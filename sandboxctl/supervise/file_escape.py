@@ -1,0 +1,175 @@
+"""File-write escapes: ask the broker, then open the file ourselves and hand the caller the descriptor.
+
+The kernel is never told to "continue" an open outside the writable set: the path we showed the
+human is the path we open (a second thread rewriting the caller's buffer changes nothing), the
+open resolves beneath the host directory the read-only mount came from (RESOLVE_BENEATH: no
+symlink leads out of it), and the descriptor goes in with SECCOMP_IOCTL_NOTIF_ADDFD and
+SECCOMP_ADDFD_FLAG_SEND (Linux 5.14), which also answers the call with that descriptor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import functools
+import os
+import struct
+import threading
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from sandboxctl.plan.model import WriteVerdict
+from sandboxctl.supervise import notify
+
+NOTIF_ADDFD = 0x40182103  # _IOW('!', 3, struct seccomp_notif_addfd)
+ADDFD_FLAG_SEND = 2
+_ADDFD = struct.Struct("<QIIII")  # id, flags, srcfd, newfd, newfd_flags
+NR_OPENAT2 = 437  # the same number on every architecture that has it
+RESOLVE_NO_MAGICLINKS, RESOLVE_BENEATH = 0x02, 0x08
+# the open(2) flags openat2 accepts (it refuses unknown bits, which open silently ignores)
+VALID_FLAGS = (os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_APPEND | os.O_NONBLOCK
+               | os.O_DSYNC | os.O_SYNC | os.O_DIRECT | os.O_LARGEFILE | os.O_DIRECTORY | os.O_NOFOLLOW
+               | os.O_NOATIME | os.O_CLOEXEC | getattr(os, "O_TMPFILE", 0))
+
+
+class FileEscape(NamedTuple):
+    notification_id: int
+    pid: int
+    path: str  # as the sandbox sees it
+    op: str
+    flags: int
+    mode: int
+    verdict: WriteVerdict
+
+
+@functools.cache
+def _openat2():
+    """libc's syscall() and struct open_how, built once (ctypes is imported only on an escape)."""
+    import ctypes
+
+    class OpenHow(ctypes.Structure):
+        _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def openat2(dirfd: int, path: str, flags: int, mode: int, resolve: int) -> int:
+        how = OpenHow(flags, mode, resolve)
+        fd = libc.syscall(ctypes.c_long(NR_OPENAT2), ctypes.c_long(dirfd), ctypes.c_char_p(os.fsencode(path)),
+                          ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
+        if fd < 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+        return fd
+
+    return openat2
+
+
+def open_beneath(verdict: WriteVerdict, flags: int, mode: int) -> int:
+    """Open the host file behind an approved path, never leaving the bind's host directory."""
+    source = os.path.realpath(verdict.host_source or "")
+    if os.path.isdir(source):
+        root, relative = source, verdict.relative or "."
+    else:  # a single-file bind (~/.gitconfig): beneath its directory, that name only
+        if verdict.relative:
+            raise OSError(errno.ENOTDIR, "not a directory")
+        root, relative = os.path.dirname(source), os.path.basename(source)
+    flags = (flags & VALID_FLAGS) | os.O_CLOEXEC
+    tmpfile = getattr(os, "O_TMPFILE", 0)
+    creates = bool(flags & os.O_CREAT) or (tmpfile and flags & tmpfile == tmpfile)
+    dirfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return _openat2()(dirfd, relative, flags, mode & 0o7777 if creates else 0,
+                          RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
+    finally:
+        os.close(dirfd)
+
+
+def add_fd(listener: int, notification_id: int, fd: int, cloexec: bool) -> int:
+    """Install fd in the caller and answer its call with it (the caller's new descriptor number)."""
+    buffer = bytearray(_ADDFD.pack(notification_id, ADDFD_FLAG_SEND, fd, 0, os.O_CLOEXEC if cloexec else 0))
+    return fcntl.ioctl(listener, NOTIF_ADDFD, buffer, True)
+
+
+def caller_umask(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def command_line(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            parts = handle.read(4096).rstrip(b"\0").split(b"\0")
+    except OSError:
+        return ""
+    return " ".join(p.decode(errors="replace") for p in parts).replace("\n", "\\n")[:300]
+
+
+class FileEscapes:
+    """Takes escapes from the notification loop; a human's answer is awaited on a worker thread
+    so the loop (exec events, signals, timeouts) never waits for a person."""
+
+    def __init__(self, listener: int, broker, log: Callable[..., None], denied: list[dict[str, Any]]):
+        self.listener = listener
+        self.broker = broker
+        self.log = log
+        self.denied = denied
+
+    def __call__(self, escape: FileEscape) -> None:
+        if self.broker.asks_human:
+            threading.Thread(target=self._settle, args=(escape,), name="sandboxctl-file-escape", daemon=True).start()
+        else:
+            self._settle(escape)
+
+    def _settle(self, escape: FileEscape) -> None:
+        try:
+            self._decide(escape)
+        except Exception as exc:  # never leave the caller blocked: refuse
+            notify.respond(self.listener, escape.notification_id, error=errno.EACCES)
+            self._deny(escape, f"{escape.verdict.rule}; approval failed ({type(exc).__name__})")
+
+    def _decide(self, escape: FileEscape) -> None:
+        detail = f"{escape.op}; on the host: {escape.verdict.host_path}"
+        request = self.broker.decide("file", escape.path, escape.verdict.rule, escape.pid, command_line(escape.pid),
+                                     detail)
+        if not request.approved:
+            notify.respond(self.listener, escape.notification_id, error=errno.EACCES)
+            self._deny(escape, f"{escape.verdict.rule} ({'no answer' if request.answer == 'timeout' else 'denied'})")
+            return
+        if not notify.still_valid(self.listener, escape.notification_id):
+            self.log("file", pid=escape.pid, path=escape.path, op=escape.op, decision="deny",
+                     rule="approved, but the caller was gone")
+            return
+        mode = escape.mode & ~caller_umask(escape.pid)
+        try:
+            fd = open_beneath(escape.verdict, escape.flags, mode)
+        except OSError as exc:
+            notify.respond(self.listener, escape.notification_id, error=exc.errno or errno.EACCES)
+            self.log("file", pid=escape.pid, path=escape.path, op=escape.op, decision="deny",
+                     rule=f"approved ({request.answer}), but the host open failed: "
+                          f"{errno.errorcode.get(exc.errno or 0, exc.errno)}")
+            return
+        try:
+            add_fd(self.listener, escape.notification_id, fd, bool(escape.flags & os.O_CLOEXEC))
+        except OSError as exc:
+            notify.respond(self.listener, escape.notification_id, error=errno.EACCES)
+            why = "the kernel lacks SECCOMP_ADDFD_FLAG_SEND (Linux 5.14)" if exc.errno == errno.EINVAL \
+                else errno.errorcode.get(exc.errno or 0, str(exc.errno))
+            self._deny(escape, f"approved ({request.answer}), but the descriptor could not be handed over: {why}")
+            return
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.log("file", pid=escape.pid, path=escape.path, op=escape.op, decision="allow",
+                 rule=f"approved ({request.answer}, {request.via}); opened by the supervisor",
+                 host_path=escape.verdict.host_path)
+
+    def _deny(self, escape: FileEscape, rule: str) -> None:
+        self.denied.append({"kind": "file", "target": f"{escape.op} {escape.path}", "rule": rule})
+        self.log("file", pid=escape.pid, path=escape.path, op=escape.op, decision="deny", rule=rule)
