@@ -2,7 +2,8 @@
 
 What stays the same (inherited from runner.Supervisor): the action log and its run.start/run.end,
 secrets (env and file, file ones expiring), the timeout, the network proxy with its policy,
-approvals and `net` events, forwarded signals, the denial summary.
+network approvals (the same broker and front ends) and `net` events, forwarded signals, the
+denial summary.
 
 What differs, and why:
 - the sandbox is an OCI bundle rendered from the plan (launch/oci.py) in a private run directory
@@ -66,6 +67,7 @@ class GvisorSupervisor(Supervisor):
         originals = {s: signal.getsignal(s) for s in (*FORWARDED, signal.SIGWINCH)}
         started = time.monotonic()
         try:
+            self._start_broker()  # after the watchdog's fork: a front end may run threads
             env = dict(plan.env)
             env.update({s.name: self.secret_values[s.name] for s in plan.secrets if s.deliver_as == "env"})
             default_signals = [int(s) for s in TERMINAL_SIGNALS if originals.get(s) is not signal.SIG_IGN]
@@ -100,7 +102,7 @@ class GvisorSupervisor(Supervisor):
             try:
                 self.log.write("run.start", argv=self.argv_for_log, workspace=plan.workspace, policy=plan.policy,
                                policy_sha256=plan.policy_sha256, backend="gvisor", layers=self.layers,
-                               limits=self._limits_for_log())
+                               limits=self._limits_for_log(), confirmed=list(plan.confirmations) or None)
                 self._log_secrets()
             except LogWriteError:
                 self._kill()
@@ -117,6 +119,8 @@ class GvisorSupervisor(Supervisor):
                 signal.signal(signum, handler)
             if listener is not None:
                 listener.close()
+            if self.broker is not None:
+                self.broker.stop()  # waiting requests are denied, so proxy threads can finish
             if self.proxy is not None:
                 self.proxy.stop()
             if self.secrets_dir_fd is not None:
@@ -297,6 +301,11 @@ class GvisorSupervisor(Supervisor):
             "network": {"mode": plan.network.mode,
                         "proxy": f"127.0.0.1:{PROXY_PORT} inside, relayed over a host UNIX socket to the "
                                  "supervisor" if proxy else None},
+            "approvals": {"mode": plan.approval_mode,
+                          "via": plan.approval_via if plan.approval_mode == "ask" else None,
+                          "file_writes": None,
+                          "why": "network escapes only: file writes need seccomp user notification, which "
+                                 "gVisor does not have"},
             "memory": plan.limits.memory_method,
             "pids": plan.limits.pids_method,
         }

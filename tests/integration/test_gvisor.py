@@ -275,6 +275,62 @@ def test_proxy_allows_the_allowlist_and_logs_every_connection(gv, web):
     assert gv.start()["layers"]["network"]["proxy"].startswith("127.0.0.1:3128")
 
 
+CONNECT = """
+import socket, sys
+for target in sys.argv[1:]:
+    s = socket.create_connection(("127.0.0.1", 3128))
+    s.sendall(f"CONNECT {target} HTTP/1.1\\r\\nHost: {target}\\r\\n\\r\\n".encode())
+    print(target, s.recv(200).split(b"\\r\\n")[0].decode(), flush=True)
+    s.close()
+"""
+
+
+def _approval_policy(gv, via: str = "tty") -> str:
+    return str(gv.write_policy("approvals.yaml", "version: 1\nextends: default\nnetwork:\n  mode: proxy\n"
+                               f"  allow_private: true\napproval: {{mode: ask, via: {via}, timeout: 20s}}\n"))
+
+
+def test_network_escapes_are_answered_by_the_approval_mode(gv, web):
+    target = f"127.0.0.1:{web}"
+    for mode, status in (("allow", "200"), ("deny", "403")):
+        result = gv.run("--approve", mode, "--", "python3", "-c", CONNECT, target, policy=_approval_policy(gv))
+        assert result.stdout.split()[2] == status, result.stdout + result.stderr
+    answers = [(r["answer"], r["via"]) for r in gv.records() if r["event"] == "approval"]
+    assert answers == [("once", "mode:allow"), ("deny", "mode:deny")]
+    layers = gv.start()["layers"]["approvals"]
+    assert layers["file_writes"] is None and "gVisor" in layers["why"]
+
+
+def test_network_escape_waits_for_sandboxctl_approve(gv, web):
+    """The same broker and socket front end as under bubblewrap; only the connecting pid is
+    unknown (it is a process of gVisor's kernel)."""
+    import sys
+
+    target = f"127.0.0.1:{web}"
+    proc = subprocess.Popen(gv.argv("--approve", "ask", "--", "python3", "-c", CONNECT, target, target,
+                                    policy=_approval_policy(gv, via="socket")),
+                            cwd=gv.workspace, env=gv.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def approve(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "sandboxctl", "approve", *args], capture_output=True,
+                              text=True, timeout=30, env=gv.env())
+
+    try:
+        for answer in ("once", "deny"):
+            listing = approve("--list", "--json", "--wait", "20")
+            assert listing.returncode == 0, listing.stderr
+            request = json.loads(listing.stdout.splitlines()[0])
+            assert request["kind"] == "network" and request["target"] == target
+            assert approve(request["id"], answer).returncode == 0
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert [line.split()[2] for line in out.splitlines()] == ["200", "403"]
+    assert [(r["answer"], r["via"]) for r in gv.records() if r["event"] == "approval"] == [("once", "socket"),
+                                                                                              ("deny", "socket")]
+
+
 # ------------------------------------------------------------------ environment and secrets
 def test_environment_is_cleared(gv):
     result = gv.run("--", "/bin/sh", "-c", "env; cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n'",
