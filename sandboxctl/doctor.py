@@ -627,8 +627,8 @@ def gvisor_table(probe: dict) -> list[dict[str, str]]:
          "rlimits enforced by gVisor's kernel (pids even for root; memory as address space, no cgroup)"),
         ("timeout, secrets, action log", "yes" if chosen else "?", "the supervisor, outside gVisor"),
         ("stat with AT_NO_AUTOMOUNT (coreutils 9 `ls`, `stat`)", _verdict(automount, "ok"),
-         "" if automount in (None, "ok") else f"{automount} from this gVisor: `ls`/`stat` from coreutils 9 fail; "
-         "fixed in newer gVisor releases"),
+         "" if automount in (None, "ok") else f"{automount} from this gVisor: `ls -l`/`stat` from coreutils 9 fail; "
+         "newer gVisor releases (gVisor's apt repository) run them"),
     ]
     for name, result in sorted(probe.get("platforms", {}).items()):
         detail = f"{result.get('ms')} ms to start and stop a sandbox" if result.get("ok") else result.get("error", "")
