@@ -210,11 +210,7 @@ class GvisorSupervisor(Supervisor):
         deadline = started + self.plan.limits.timeout if self.plan.limits.timeout else None
         try:
             while True:
-                now = time.monotonic()
-                wakeups = [t for t in (deadline if not self.timed_out else None, self.kill_at) if t]
-                wakeups += [t for t, _ in self.expiries]
-                timeout = max(0.0, min(wakeups) - now) if wakeups else None
-                for key, _ in sel.select(timeout):
+                for key, _ in sel.select(self._until_next_timer(deadline)):
                     if key.data == "exit":
                         _, status = os.waitpid(pid, 0)
                         code = os.waitstatus_to_exitcode(status)
@@ -226,14 +222,7 @@ class GvisorSupervisor(Supervisor):
                     with contextlib.suppress(BlockingIOError):
                         os.read(wake_r, 512)
                     self._on_signals()
-                now = time.monotonic()
-                if deadline and not self.timed_out and now >= deadline:
-                    self._on_timeout()
-                while self.expiries and now >= self.expiries[0][0]:
-                    self._expire(self.expiries.pop(0)[1])
-                if self.kill_at and now >= self.kill_at:
-                    self._kill()
-                    self.kill_at = None
+                self._on_timers(deadline)
         finally:
             signal.set_wakeup_fd(old_wakeup)
             sel.close()
