@@ -486,6 +486,11 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
         raise SandboxError(f"unknown backend {planner.backend!r}", "use bwrap or gvisor")
     if planner.workspace == "/":
         raise SandboxError("refusing to use / as the workspace", "run from a project directory or pass -w DIR")
+    log_dir = os.path.dirname(planner.log_path())
+    if planner.workspace and _within(planner.workspace, log_dir):
+        # the log's directory is hidden inside the sandbox: it would hide the whole workspace
+        raise SandboxError(f"the action log's directory {log_dir} holds the workspace, and is hidden in the sandbox",
+                           "put the log in a directory of its own, e.g. --log ~/.local/state/sandboxctl/actions.jsonl")
     mounts = planner.build_mounts()
     network = planner.network()
     landlock = planner.landlock(mounts)

@@ -374,3 +374,4 @@ def test_a_flood_of_requests_is_denied_beyond_the_queue_limit(tmp_path: Path, mo
     broker.stop()
     for thread in threads:
         thread.join(5)
+

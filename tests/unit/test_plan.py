@@ -319,3 +319,13 @@ def test_reading_a_short_or_vanished_caller_memory_is_an_oserror(tmp_path):
         assert memory.string(0) == ""
     finally:
         memory.close()
+
+
+def test_a_log_dir_holding_the_workspace_is_refused() -> None:
+    """Its mask would hide the whole workspace: one clear error instead of a bubblewrap failure."""
+    with pytest.raises(SandboxError) as info:
+        plan_for(log_path=f"{WS}/actions.jsonl")
+    assert "holds the workspace" in info.value.message
+    with pytest.raises(SandboxError):
+        plan_for(log_path=f"{HOME}/actions.jsonl")  # the workspace lies under HOME
+    assert plan_for(log_path=f"{WS}/logs/actions.jsonl").log_path == f"{WS}/logs/actions.jsonl"
