@@ -24,7 +24,8 @@ def register(app) -> None:
     def approve(
         request: str = typer.Argument(None, help="A request id, as --list shows it."),
         answer: str = typer.Argument(None, help="once | run | always | deny"),
-        list_only: bool = typer.Option(False, "--list", help="Print the pending requests and exit."),
+        list_only: bool = typer.Option(False, "--list",
+                                       help="Print the pending requests and exit (1 when there are none, like grep)."),
         as_json: bool = typer.Option(False, "--json", help="With --list: one JSON object per request."),
         wait: float = typer.Option(0.0, "--wait", metavar="SECONDS",
                                    help="With --list: wait this long for a request to appear."),
