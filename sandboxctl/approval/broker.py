@@ -167,7 +167,7 @@ class Broker:
             if answer == "run":
                 self.run_grants.add((request.kind, request.target))
             self.condition.notify_all()
-        if answer == "always" and via not in ("remembered (always)",) and self.store and self.scope:
+        if answer == "always" and via != "remembered (always)" and self.store and self.scope:
             try:
                 self.store.add(self.scope, request.kind, request.target)
             except OSError as exc:  # the grant still holds for this run

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import os
 import shutil
+import socketserver
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -75,3 +79,24 @@ def sandbox(tmp_path: Path, workspace: Path, home: Path) -> Sandbox:
 
 
 processes_with = with_command_line  # exact command lines: the judge of "nothing survives"
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def web(tmp_path):
+    """A static HTTP server on 127.0.0.1 serving tmp_path/www."""
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "hello.txt").write_text("hello from the host\n")
+    handler = functools.partial(_Quiet, directory=str(root))
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1], root
+    server.shutdown()
+    server.server_close()

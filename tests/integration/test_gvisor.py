@@ -7,17 +7,13 @@ test of its own checks that the run says so instead of pretending.
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import os
 import shutil
 import signal
 import socket
-import socketserver
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -25,6 +21,7 @@ import pytest
 
 from sandboxctl.supervise.processes import wait_for
 from tests.integration.conftest import Sandbox
+from tests.integration.test_approvals import CONNECT  # one program for proxy escapes, both backends
 
 if not shutil.which("runsc"):
     pytest.skip("runsc (gVisor) is not installed: apt-get install runsc", allow_module_level=True)
@@ -243,31 +240,19 @@ def test_network_host_is_refused_under_gvisor(gv):
     assert not (gv.workspace / "ran").exists()
 
 
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
-def web(tmp_path):
-    root = tmp_path / "www"
-    root.mkdir()
-    (root / "hello.txt").write_text("hello from the host\n")
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+def web_port(web) -> int:
+    """The port of the static HTTP server the network tests also use (conftest)."""
+    return web[0]
 
 
 @pytest.mark.skipif(not shutil.which("curl"), reason="curl is not installed")
-def test_proxy_allows_the_allowlist_and_logs_every_connection(gv, web):
+def test_proxy_allows_the_allowlist_and_logs_every_connection(gv, web_port):
     policy = gv.write_policy("net.yaml", "version: 1\nextends: default\nnetwork:\n  mode: proxy\n"
-                             f"  allow: ['127.0.0.1:{web}']\n  allow_private: true\n")
-    result = gv.run("--", "/bin/sh", "-c", f"curl -s http://127.0.0.1:{web}/hello.txt; "
-                    f"curl -s -o /dev/null -w '%{{http_code}}\\n' http://127.0.0.1:{web + 1}/; "
-                    f"curl -s --max-time 3 --noproxy '*' http://127.0.0.1:{web}/hello.txt || echo direct-refused",
+                             f"  allow: ['127.0.0.1:{web_port}']\n  allow_private: true\n")
+    result = gv.run("--", "/bin/sh", "-c", f"curl -s http://127.0.0.1:{web_port}/hello.txt; "
+                    f"curl -s -o /dev/null -w '%{{http_code}}\\n' http://127.0.0.1:{web_port + 1}/; "
+                    f"curl -s --max-time 3 --noproxy '*' http://127.0.0.1:{web_port}/hello.txt || echo direct-refused",
                     policy=str(policy))
     assert result.stdout.splitlines() == ["hello from the host", "403", "direct-refused"], result.stderr
     events = [r for r in gv.records() if r["event"] == "net"]
@@ -275,14 +260,6 @@ def test_proxy_allows_the_allowlist_and_logs_every_connection(gv, web):
     assert gv.start()["layers"]["network"]["proxy"].startswith("127.0.0.1:3128")
 
 
-CONNECT = """
-import socket, sys
-for target in sys.argv[1:]:
-    s = socket.create_connection(("127.0.0.1", 3128))
-    s.sendall(f"CONNECT {target} HTTP/1.1\\r\\nHost: {target}\\r\\n\\r\\n".encode())
-    print(target, s.recv(200).split(b"\\r\\n")[0].decode(), flush=True)
-    s.close()
-"""
 
 
 def _approval_policy(gv, via: str = "tty") -> str:
@@ -290,8 +267,8 @@ def _approval_policy(gv, via: str = "tty") -> str:
                                f"  allow_private: true\napproval: {{mode: ask, via: {via}, timeout: 20s}}\n"))
 
 
-def test_network_escapes_are_answered_by_the_approval_mode(gv, web):
-    target = f"127.0.0.1:{web}"
+def test_network_escapes_are_answered_by_the_approval_mode(gv, web_port):
+    target = f"127.0.0.1:{web_port}"
     for mode, status in (("allow", "200"), ("deny", "403")):
         result = gv.run("--approve", mode, "--", "python3", "-c", CONNECT, target, policy=_approval_policy(gv))
         assert result.stdout.split()[2] == status, result.stdout + result.stderr
@@ -301,12 +278,12 @@ def test_network_escapes_are_answered_by_the_approval_mode(gv, web):
     assert layers["file_writes"] is None and "gVisor" in layers["why"]
 
 
-def test_network_escape_waits_for_sandboxctl_approve(gv, web):
+def test_network_escape_waits_for_sandboxctl_approve(gv, web_port):
     """The same broker and socket front end as under bubblewrap; only the connecting pid is
     unknown (it is a process of gVisor's kernel)."""
     import sys
 
-    target = f"127.0.0.1:{web}"
+    target = f"127.0.0.1:{web_port}"
     proc = subprocess.Popen(gv.argv("--approve", "ask", "--", "python3", "-c", CONNECT, target, target,
                                     policy=_approval_policy(gv, via="socket")),
                             cwd=gv.workspace, env=gv.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -4,35 +4,10 @@ All traffic stays on 127.0.0.1 (allow_private: true lets the proxy dial loopback
 
 from __future__ import annotations
 
-import functools
-import http.server
 import shutil
-import socketserver
 import subprocess
-import threading
 
 import pytest
-
-
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def web(tmp_path):
-    """A static HTTP server on 127.0.0.1 serving tmp_path/www."""
-    root = tmp_path / "www"
-    root.mkdir()
-    (root / "hello.txt").write_text("hello from the host\n")
-    handler = functools.partial(_Quiet, directory=str(root))
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1], root
-    server.shutdown()
-    server.server_close()
 
 
 def _policy(sandbox, allow: list[str], deny: list[str] = (), private: bool = True) -> str:
