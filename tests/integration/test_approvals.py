@@ -272,10 +272,17 @@ print("opened", opened, flush=True)
 
 # ---------------------------------------------------------------------- the terminal front end
 
+BOTTOM_RIGHT = "╯".encode()  # the panel's last character: the whole prompt has arrived
+
+
 def _prompted(master: int, request_no: int) -> bytes:
+    """Read up to the end of the prompt for request N (it may come in several chunks)."""
     seen = _read_until(master, f"-{request_no})".encode())
     assert f"-{request_no})".encode() in seen, seen.decode(errors="replace")[-2000:]
-    assert b"allow once" in seen or b"allow once" in _read_until(master, b"deny", 2)
+    title = seen.index(f"-{request_no})".encode())
+    if BOTTOM_RIGHT not in seen[title:]:
+        seen += _read_until(master, BOTTOM_RIGHT, 10)
+    assert b"allow once" in seen and BOTTOM_RIGHT in seen[title:], seen.decode(errors="replace")[-2000:]
     return seen
 
 
