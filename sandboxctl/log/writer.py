@@ -8,7 +8,7 @@ Rotation by size happens under the same lock: the record that would push the fil
 `max_bytes` is written first into a fresh file (`<log>.new`), whose `prev` is the hash of the old
 file's last line; then `<log>.N` shift up (at most `keep` are kept), the old file is hard-linked to
 `<log>.1` and the fresh file is renamed over `<log>`. The path therefore always names a complete
-log, and the chain verifies across files (reader.verify walks `<log>.N` ... `<log>.1`, `<log>`).
+log, and the chain verifies across files (log.verify walks `<log>.N` ... `<log>.1`, `<log>`).
 Readers take a shared flock on `<log>` while they list and open the files, so they never see the
 names half-shifted.
 
