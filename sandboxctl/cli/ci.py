@@ -18,27 +18,35 @@ def _escape_property(text: str) -> str:
     return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
-def _cell(text: object) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+def _cell(text: object, limit: int = 200) -> str:
+    from sandboxctl.inert import inert
+
+    return inert(text, limit).replace("|", "\\|").replace("`", "\\`")
 
 
 def annotate(plan, result) -> None:
-    for denial in result.denials:
-        title = _escape_property(f"sandboxctl denied {denial.get('kind')}")
-        message = _escape_data(f"{denial.get('target')} — {denial.get('rule')} (run {plan.run_id}, "
-                               f"policy {plan.policy})")
+    """One annotation per distinct denial (with its count); values inert, as on a terminal."""
+    from sandboxctl.inert import inert
+    from sandboxctl.supervise.denials import collapse, total
+
+    rows = collapse(result.denials)
+    for denial in rows:
+        title = _escape_property(f"sandboxctl denied {inert(denial.get('kind'), 20)}")
+        times = f" ×{denial['count']}" if denial["count"] > 1 else ""
+        message = _escape_data(f"{inert(denial.get('target'), 300)} — {inert(denial.get('rule'), 200)}{times} "
+                               f"(run {plan.run_id}, policy {inert(plan.policy, 60)})")
         print(f"::warning title={title}::{message}", file=sys.stdout, flush=True)
     path = os.environ.get("GITHUB_STEP_SUMMARY")
     if not path:
         return
-    lines = [f"### sandboxctl: `{_cell(' '.join(plan.command))[:200]}`", "",
+    lines = [f"### sandboxctl: `{_cell(' '.join(plan.command))}`", "",
              f"Policy **{plan.policy}**, run `{plan.run_id}`, exit code **{result.exit_code}**, "
-             f"{result.duration_s:.1f} s, **{len(result.denials)}** denied.", ""]
-    if result.denials:
-        lines += ["| kind | target | rule |", "|---|---|---|"]
-        lines += [f"| {_cell(d.get('kind'))} | {_cell(d.get('target'))} | {_cell(d.get('rule'))} |"
-                  for d in result.denials[:50]]
-        if len(result.denials) > 50:
-            lines.append(f"| … | {len(result.denials) - 50} more | `sandboxctl log --run {plan.run_id} --denied` |")
+             f"{result.duration_s:.1f} s, **{total(result.denials)}** denied.", ""]
+    if rows:
+        lines += ["| kind | target | rule | count |", "|---|---|---|---|"]
+        lines += [f"| {_cell(d.get('kind'))} | {_cell(d.get('target'))} | {_cell(d.get('rule'))} | {d['count']} |"
+                  for d in rows[:50]]
+        if len(rows) > 50:
+            lines.append(f"| … | {len(rows) - 50} more | `sandboxctl log --run {plan.run_id} --denied` | |")
     with open(path, "a", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n\n")

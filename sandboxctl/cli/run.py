@@ -181,28 +181,39 @@ def execute_run(opts: dict[str, Any], command: list[str]) -> int:
 
 
 def _print_denials(denials: list[dict], run_id: str) -> None:
-    """SPEC: at the end of every run with denials, a short summary table on stderr."""
+    """SPEC: at the end of every run with denials, a short summary table on stderr. Identical
+    denials are one row with a count; every value is shown inert (it comes from the sandbox)."""
     from rich.table import Table
+    from rich.text import Text
 
     from sandboxctl.cli.output import console
+    from sandboxctl.inert import inert
+    from sandboxctl.supervise.denials import collapse, total
 
-    table = Table(title=f"sandboxctl: {len(denials)} denied in run {run_id}", title_justify="left")
+    rows = collapse(denials)
+    table = Table(title=Text(f"sandboxctl: {total(denials)} denied in run {inert(run_id, 40)}"), title_justify="left")
     for column in ("kind", "target", "rule"):
-        table.add_column(column)
-    for item in denials[:20]:
-        table.add_row(str(item.get("kind")), str(item.get("target")), str(item.get("rule")))
-    if len(denials) > 20:
-        table.add_row("…", f"{len(denials) - 20} more", "sandboxctl log --denied")
+        table.add_column(column, overflow="fold")
+    table.add_column("count", justify="right", no_wrap=True)
+    for item in rows[:20]:
+        table.add_row(Text(inert(item.get("kind"), 12)), Text(inert(item.get("target"), 160)),
+                      Text(inert(item.get("rule"), 100)), Text(str(item["count"])))
+    if len(rows) > 20:
+        hidden = total(rows[20:])
+        table.add_row("…", f"{len(rows) - 20} more ({hidden} denials)", f"sandboxctl log --run {run_id} --denied", "")
     console(stderr=True).print(table)
 
 
 def _write_summary(path: str, plan, result) -> None:
     import json
 
+    from sandboxctl.supervise.denials import collapse, total
+
     summary = {
         "run": plan.run_id, "policy": plan.policy, "command": list(plan.command),
         "exit_code": result.exit_code, "timed_out": result.timed_out,
-        "duration_s": round(result.duration_s, 3), "denials": result.denials,
+        "duration_s": round(result.duration_s, 3), "denied": total(result.denials),
+        "denials": collapse(result.denials),
         "error": result.error.message if result.error else None, "log": plan.log_path,
     }
     Path(path).write_text(json.dumps(summary, indent=2) + "\n")
