@@ -81,16 +81,12 @@ def answer_one(request_id: str, choice: str | None) -> int:
             if any(r["id"] == request_id for r in connection.pending):
                 problem = connection.answer(request_id, choice)
                 if problem:
-                    from sandboxctl.inert import inert
-
-                    raise SandboxError(inert(problem, 200), "list what waits with: sandboxctl approve --list")
+                    raise SandboxError(problem, "list what waits with: sandboxctl approve --list")
                 return 0
     finally:
         for connection in connections:
             connection.close()
-    from sandboxctl.inert import inert
-
-    raise SandboxError(f"no pending request {inert(request_id, 40)}", "list what waits with: sandboxctl approve --list")
+    raise SandboxError(f"no pending request {request_id}", "list what waits with: sandboxctl approve --list")
 
 
 def follow() -> int:

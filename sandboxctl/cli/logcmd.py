@@ -154,9 +154,7 @@ def _records(path: Path, *, run: str | None, event: str | None, denied: bool, si
 
 
 def _unknown_run(run: str, path: Path) -> None:
-    from sandboxctl.inert import inert
-
-    raise SandboxError(f"no run {inert(run, 60)} in {inert(str(path), 200)}",
+    raise SandboxError(f"no run {run} in {path}",
                        "list the runs with: sandboxctl log runs", exit_code=1)
 
 

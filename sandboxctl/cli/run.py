@@ -46,8 +46,10 @@ def _confirm(confirmations: tuple[str, ...], yes: bool) -> None:
     if not (sys.stdin.isatty() and sys.stderr.isatty()):
         raise SandboxError("this run widens the policy: " + "; ".join(confirmations),
                            "pass --yes to accept (non-interactive runs never widen silently)")
-    for item in confirmations:
-        print(f"sandboxctl: {item}", file=sys.stderr)
+    from sandboxctl.inert import inert
+
+    for item in confirmations:  # they name paths and rules from the policy file (maybe the workspace's)
+        print(f"sandboxctl: {inert(item)}", file=sys.stderr)
     answer = input("Run anyway? [y/N] ").strip().lower()
     if answer not in ("y", "yes"):
         raise SandboxError("not confirmed; nothing was run")
@@ -56,15 +58,18 @@ def _confirm(confirmations: tuple[str, ...], yes: bool) -> None:
 def _accept_untrusted(loaded, why: str, yes: bool) -> bool:
     """An untrusted workspace policy is a launch-time confirmation: --yes uses it for this run
     (without pinning it); on a terminal the user may trust it (pinned, as `policy trust` does)."""
+    from sandboxctl.inert import inert  # the policy's name and description come from the workspace
+
     if yes:
-        print(f"sandboxctl: note: {why}; used for this run because of --yes", file=sys.stderr)
+        print(f"sandboxctl: note: {inert(why)}; used for this run because of --yes", file=sys.stderr)
         return True
     if not (sys.stdin.isatty() and sys.stderr.isatty()):
         return False
-    print(f"sandboxctl: {why}", file=sys.stderr)
-    print(f"  policy {loaded.policy.name!r} ({loaded.policy.description or 'no description'}), "
-          f"merged from {' <- '.join(loaded.policy.chain)}", file=sys.stderr)
-    print("  review it with: sandboxctl policy show " + loaded.policy.chain[0], file=sys.stderr)
+    print(f"sandboxctl: {inert(why)}", file=sys.stderr)
+    description = inert(loaded.policy.description or "no description", 200)
+    print(f"  policy {inert(repr(loaded.policy.name), 80)} ({description}), "
+          f"merged from {inert(' <- '.join(loaded.policy.chain), 400)}", file=sys.stderr)
+    print("  review it with: sandboxctl policy show " + inert(loaded.policy.chain[0]), file=sys.stderr)
     if input("Trust this exact content and run? [y/N] ").strip().lower() not in ("y", "yes"):
         raise SandboxError("not confirmed; nothing was run")
     from sandboxctl.policy.discover import trust
@@ -150,11 +155,13 @@ def execute_run(opts: dict[str, Any], command: list[str]) -> int:
         planview.show(plan, as_json=opts["json"])
         return 0
     if not opts["quiet"]:
-        for warning in plan.warnings:
-            print(f"sandboxctl: warning: {warning}", file=sys.stderr)
+        from sandboxctl.inert import inert
+
+        for warning in plan.warnings:  # they name paths from the policy
+            print(f"sandboxctl: warning: {inert(warning)}", file=sys.stderr)
         if opts["verbose"]:
             for note in plan.notes:
-                print(f"sandboxctl: note: {note}", file=sys.stderr)
+                print(f"sandboxctl: note: {inert(note)}", file=sys.stderr)
     _confirm(plan.confirmations, opts["yes"])
     from sandboxctl.cli.output import progress
     from sandboxctl.paths import state_dir
