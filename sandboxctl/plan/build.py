@@ -464,8 +464,10 @@ class _Planner:
             return SeccompPlan("allow", "kill_process", tuple(rules), trap_denials=False, notify_exec=False,
                                file_events="none")
         trapped_opens = self.policy.log.file_events
-        if trapped_opens == "none" and self.approval_mode() != "deny":
-            trapped_opens = "write"  # a write outside the writable set must reach the approval broker
+        if trapped_opens == "none" and (self.approval_mode() != "deny" or self.policy.log.exec_events):
+            # a write outside the writable set must reach the approval broker; and exec records
+            # rely on write-opens of /proc/PID/mem being refused (supervise/exec_events.py)
+            trapped_opens = "write"
         return SeccompPlan("allow", "kill_process", tuple(rules), trap_denials=True,
                            notify_exec=self.policy.log.exec_events, file_events=trapped_opens)
 

@@ -2,8 +2,8 @@
 
 The shim loads a small filter with SECCOMP_FILTER_FLAG_NEW_LISTENER and hands us the listener
 (bubblewrap's --seccomp cannot return one). We use it to record every program the sandbox
-executes (execve/execveat: read path and argv from the process, log, let the kernel continue —
-Landlock still decides) and to turn the baseline's denials into logged `syscall` events.
+executes (execve/execveat: supervise/exec_events.py), to see write-intent opens, and to turn the
+baseline's denials into logged `syscall` events.
 
 pyseccomp wraps notifications only for a filter object it loaded itself, so the three ioctls are
 made here directly, with the kernel's struct layouts spelled out below.
@@ -86,17 +86,25 @@ class ProcessMemory:
     def string(self, address: int) -> str:
         if not address:
             return ""
+        data, complete = self.cstring(address, MAX_STRING)
+        return data.decode(errors="replace") + ("" if complete else "…")
+
+    def cstring(self, address: int, limit: int) -> tuple[bytes, bool]:
+        """The NUL-terminated bytes at `address` (without the NUL) and whether the NUL came within
+        `limit` bytes. An unmapped page (the caller's bad pointer) is an OSError (EIO/EFAULT)."""
+        if not address:
+            raise OSError(errno.EFAULT, "NULL pointer")
         data = b""
-        while len(data) < MAX_STRING:
+        while len(data) < limit:
             page_left = 4096 - (address + len(data)) % 4096  # never read across into an unmapped page
-            chunk = os.pread(self.fd, page_left, address + len(data))
+            chunk = os.pread(self.fd, min(page_left, limit - len(data)), address + len(data))
             if not chunk:
-                break
+                raise OSError(errno.EFAULT, "unreadable memory")
             end = chunk.find(b"\0")
             if end >= 0:
-                return (data + chunk[:end]).decode(errors="replace")
+                return data + chunk[:end], True
             data += chunk
-        return data[:MAX_STRING].decode(errors="replace") + "…"
+        return data[:limit], False
 
     def word(self, address: int) -> int:
         """One 64-bit value; a short read (the caller is exiting, or lied) is an OSError."""
@@ -128,7 +136,8 @@ class Dispatcher:
     def __init__(self, fd: int, names: dict[int, str], deny: Callable[[Notification], tuple[str, int, str]],
                  judge_write: Callable[[str], Any], log: Callable[..., None],
                  denied: list[dict[str, object]] | None = None, escalate: Callable[[Any], None] | None = None,
-                 log_allowed: bool = True):
+                 log_allowed: bool = True, tasks: Callable[[], list[int]] | None = None,
+                 tampered: list[dict[str, Any]] | None = None, memory_writes_trapped: bool = True):
         self.fd = fd
         self.names = names  # syscall number -> name, for the calls we trap
         self.deny = deny  # notification -> (syscall name, errno, rule)
@@ -137,6 +146,10 @@ class Dispatcher:
         self.denied = denied if denied is not None else []  # shared with the proxy: in time order
         self.escalate = escalate  # an approvable write escape goes to the approval broker
         self.log_allowed = log_allowed  # log.file_events: none still traps writes for approvals
+        from sandboxctl.supervise.exec_events import ExecEvents
+
+        self.execs = ExecEvents(fd, log, self.denied, judge_write, tasks or (lambda: []), tampered,
+                                memory_writes_trapped)
 
     def handle(self) -> bool:
         """Answer one notification; False once no sandboxed process can send any more (the
@@ -155,6 +168,7 @@ class Dispatcher:
 
     def _answer(self, notification: Notification) -> bool:
         name = self.names.get(notification.nr)
+        self.execs.observe(notification.pid)  # did an earlier exec of this process run what its record says?
         if name in FILE_CALLS:
             self._file(notification, name)
             return True
@@ -165,13 +179,18 @@ class Dispatcher:
             self.log("syscall", pid=notification.pid, name=syscall, decision="deny", rule=rule,
                      errno=errno.errorcode.get(error, str(error)))
             return True
-        path, argv = self._exec_details(notification, name)
-        if still_valid(self.fd, notification.id):  # read before the answer; a dead caller is skipped
-            # answer first, log second: the event only observes (Landlock decides), so the
-            # sandboxed process need not wait for the log write
-            respond(self.fd, notification.id, allow=True)
-            self.log("exec", pid=notification.pid, path=path, argv=argv)
+        self.execs.handle(notification, name)
         return True
+
+    def _unexaminable(self, notification: Notification, name: str, exc: OSError) -> None:
+        """A call whose arguments cannot be read (the supervisor short of descriptors, say) is
+        refused and counted, never let through unrecorded; a caller that is gone needs nothing."""
+        if exc.errno in (errno.ENOENT, errno.ESRCH) or not still_valid(self.fd, notification.id):
+            return
+        if exc.errno in (errno.EFAULT, errno.EIO):  # the caller's own bad pointer: what the kernel would say
+            respond(self.fd, notification.id, error=errno.EFAULT)
+            return
+        self.execs.unexaminable(notification, name, exc)
 
     def _file(self, notification: Notification, name: str) -> None:
         """A write-intent open inside the writable set continues (the mounts and Landlock still
@@ -181,8 +200,8 @@ class Dispatcher:
         args = notification.args
         try:
             memory = ProcessMemory(notification.pid)
-        except OSError:
-            respond(self.fd, notification.id, allow=True)  # the caller is gone or exiting
+        except OSError as exc:
+            self._unexaminable(notification, name, exc)
             return
         try:
             if name == "creat":
@@ -195,8 +214,8 @@ class Dispatcher:
                 dirfd, path = args[0] & 0xFFFFFFFF, memory.string(args[1])
                 flags = memory.word(args[2]) if args[2] else 0
                 mode = memory.word(args[2] + 8) if args[2] else 0
-        except OSError:
-            respond(self.fd, notification.id, allow=True)
+        except OSError as exc:
+            self._unexaminable(notification, name, exc)
             return
         finally:
             memory.close()
@@ -205,6 +224,12 @@ class Dispatcher:
         writes = bool(flags & O_ACCMODE) or bool(flags & (O_CREAT | O_TRUNC))
         op = "create" if flags & O_CREAT else "truncate" if flags & O_TRUNC else "write" if writes else "read"
         verdict = self.judge_write(full) if writes else None
+        refused = self.execs.refuses_open(notification.pid, dirfd, path, writes)
+        if refused:
+            respond(self.fd, notification.id, error=errno.EACCES)
+            self.denied.append({"kind": "file", "target": f"{op} {full}", "rule": refused})
+            self.log("file", pid=notification.pid, path=full, op=op, decision="deny", rule=refused)
+            return
         if verdict is None or verdict.inside:
             # "continue" is safe here whatever we read (the kernel re-reads the path, and the mounts
             # and Landlock decide); a failed answer means the caller died, or its pid was reused
@@ -234,19 +259,3 @@ class Dispatcher:
             return os.path.normpath(os.path.join(os.readlink(f"/proc/{pid}/{base}"), path))
         except OSError:
             return path
-
-    def _exec_details(self, notification: Notification, name: str) -> tuple[str, list[str]]:
-        path_arg, argv_arg = (0, 1) if name == "execve" else (1, 2)
-        try:
-            memory = ProcessMemory(notification.pid)
-        except OSError:
-            return "?", []
-        try:
-            path = memory.string(notification.args[path_arg])
-            argv = memory.string_array(notification.args[argv_arg])
-        except OSError:
-            path, argv = "?", []
-        finally:
-            memory.close()
-        dirfd = notification.args[0] & 0xFFFFFFFF if name == "execveat" else AT_FDCWD
-        return self._absolute(notification.pid, dirfd, path), argv

@@ -55,6 +55,7 @@ class Supervisor:
         self.log_failed = False
         self.setup_error: SandboxError | None = None
         self.denials: list[dict[str, Any]] = []
+        self.tampered: list[dict[str, Any]] = []  # exec records contradicted by what ran
         self.expiries: list[tuple[float, str]] = []
         self.cgroup = cgroup
         self.bwrap_pid: int | None = None
@@ -292,8 +293,15 @@ class Supervisor:
         self.dispatcher = notify.Dispatcher(fd, self.syscall_names, self._which_rule, verdicts,
                                             self._write_log, self.denials,
                                             escalate=FileEscapes(fd, self.broker, self._write_log, self.denials),
-                                            log_allowed=self.plan.file_events != "none")
+                                            log_allowed=self.plan.file_events != "none",
+                                            tasks=self._sandbox_processes, tampered=self.tampered,
+                                            memory_writes_trapped=self.plan.seccomp.file_events != "none")
         sel.register(fd, selectors.EVENT_READ, "notify")
+
+    def _sandbox_processes(self) -> list[int]:
+        """Host pids of every process in the sandbox (for exec records: who could share memory)."""
+        init = self._init_pid()
+        return processes.descendants(init) if init else []
 
     def _which_rule(self, notification: notify.Notification) -> tuple[str, int, str]:
         """The baseline rule that trapped this call, and the errno it prescribes."""

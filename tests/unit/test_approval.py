@@ -325,8 +325,11 @@ def test_write_trapping_follows_the_approval_mode(tmp_path: Path) -> None:
     policy = policy_from_text("version: 1\nname: t\nextends: default\nlog: {file_events: none}\n", tmp_path)
     assert plan_for(policy, approve="ask").seccomp.file_events == "write"
     assert plan_for(policy, approve="allow").seccomp.file_events == "write"
-    assert plan_for(policy, approve="deny").seccomp.file_events == "none"
+    assert plan_for(policy, approve="deny").seccomp.file_events == "write"  # exec records need it (below)
     assert plan_for(policy, approve="ask").file_events == "none"  # what is logged stays the policy's
+    quiet = policy_from_text("version: 1\nname: t\nextends: default\nlog: {file_events: none, exec_events: false}\n",
+                             tmp_path)
+    assert plan_for(quiet, approve="deny").seccomp.file_events == "none"
 
 
 def test_absent_and_glob_denied_paths_are_never_approvable(tmp_path: Path) -> None:

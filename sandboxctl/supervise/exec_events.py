@@ -1,0 +1,481 @@
+"""Exec events that match what ran, however the caller's memory is raced.
+
+The supervisor reads the path and argv of a trapped execve from the caller's memory, then tells
+the kernel to continue, and the kernel reads that memory again. Anything able to write the
+memory in between (another thread, another process sharing it with CLONE_VM, a MAP_SHARED
+mapping, a writer of /proc/PID/mem) could make the record name one file while another runs. So
+each record says whether the read is provably what the kernel will use:
+
+- `verified: true` when the caller is single-threaded, no other task of the sandbox shares its
+  memory (kcmp KCMP_VM; its cwd/fd table too when the path depends on them) except the parent
+  that vfork()ed it and waits, blocked, for this exec; every byte read (path, argv array and
+  strings) lies in a private mapping that nobody else can change (anonymous, or a read-only
+  mapping of a file outside the writable set); and opening /proc/PID/mem for writing is denied
+  inside the sandbox (Dispatcher asks `refuses_open`);
+- otherwise `verified: false` with `unverified` saying why.
+
+After the fact, where possible: at the next trapped call of the same process the supervisor
+compares /proc/PID/exe (device and inode) with the file it resolved (the interpreter for a
+script, whose name the kernel also puts in argv); a mismatch is a `tamper` event.
+
+Failed lookups are not exec events: the supervisor resolves the path as the sandbox sees it, and
+a path that certainly does not resolve (ENOENT/ENOTDIR, as every miss of a PATH search) or names
+something that cannot be executed (a directory, no execute bit) is answered with that error by
+the supervisor itself, so the kernel runs nothing and nothing is logged. Every exec record is of
+a call handed to the kernel (`result: "continued"`): what is left for the kernel to refuse is
+Landlock's exec.allow, a binary format it does not know, or a noexec mount, which the caller
+sees as its own error (126 for the command of the run).
+
+A call whose memory cannot be read (the supervisor short of descriptors, a fault) is refused and
+logged as a `syscall` denial, never let through with a guessed record.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from sandboxctl.supervise import notify, sandbox_paths
+
+AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW = 0x1000, 0x100
+CLONE_VM, CLONE_VFORK = 0x100, 0x4000
+KCMP_VM, KCMP_FILES, KCMP_FS = 1, 2, 3  # include/uapi/linux/kcmp.h
+# per machine: kcmp, and the calls a vfork() parent waits in (clone3 is ENOSYS in the baseline)
+_MACHINE = {"x86_64": (312, {56: "clone", 58: "vfork"}), "aarch64": (272, {220: "clone"})}
+MAX_ARG_BYTES = 4096  # per argv string read for the record (longer ones are cut and marked)
+MAX_CLAIMS = 4096
+
+
+class ExecTarget(NamedTuple):
+    """What the supervisor resolved, to compare with /proc/PID/exe after the exec."""
+
+    path: str  # as the caller asked (absolute)
+    ident: tuple[int, int]  # (st_dev, st_ino) of the file
+    kind: str  # elf | script | other | unknown
+    expect: tuple[int, int] | None  # the file /proc/PID/exe should name: the ELF, or the script's interpreter
+    interpreter: str | None  # a script's #! line, as the kernel will put it in argv
+    previous: tuple[int, int] | None  # the caller's exe before the exec
+    started: str  # /proc/PID/stat starttime: a reused pid is another process
+
+
+class ExecEvents:
+    """Handles execve/execveat notifications for the Dispatcher and checks them afterwards."""
+
+    def __init__(self, listener: int, log: Callable[..., None], denied: list[dict[str, Any]],
+                 judge_write: Callable[[str], Any], tasks: Callable[[], list[int]],
+                 tampered: list[dict[str, Any]] | None = None, memory_writes_trapped: bool = True):
+        self.listener = listener
+        self.log = log
+        self.denied = denied
+        self.judge_write = judge_write  # sandbox path -> WriteVerdict (inside: writable in the sandbox)
+        self.tasks = tasks  # host pids of every process of the sandbox
+        self.tampered = tampered if tampered is not None else []
+        self.memory_writes_trapped = memory_writes_trapped  # write-intent opens reach refuses_open
+        self.claims: OrderedDict[int, ExecTarget] = OrderedDict()
+        machine = os.uname().machine
+        self._kcmp_nr, self._vfork_calls = _MACHINE.get(machine, (None, {}))
+
+    # ------------------------------------------------------------------ the call
+    def handle(self, notification: notify.Notification, name: str) -> None:
+        pid = notification.pid
+        path_arg, argv_arg = (0, 1) if name == "execve" else (1, 2)
+        dirfd = notification.args[0] & 0xFFFFFFFF if name == "execveat" else notify.AT_FDCWD
+        flags = notification.args[4] & 0xFFFFFFFF if name == "execveat" else 0
+        try:
+            memory = notify.ProcessMemory(pid)
+        except OSError as exc:
+            self.unexaminable(notification, name, exc)
+            return
+        try:
+            raw_path, path_done = memory.cstring(notification.args[path_arg], 4096)
+            ranges = [(notification.args[path_arg], len(raw_path) + 1)]
+            argv, truncated, argv_ranges = _read_argv(memory, notification.args[argv_arg])
+            ranges += argv_ranges
+        except OSError as exc:
+            memory.close()
+            if not notify.still_valid(self.listener, notification.id):
+                return  # the caller died meanwhile: nothing ran
+            if exc.errno == errno.EFAULT or exc.errno == errno.EIO:  # the caller's own bad pointer
+                notify.respond(self.listener, notification.id, error=errno.EFAULT)
+                return
+            self.unexaminable(notification, name, exc)
+            return
+        memory.close()
+        if not path_done:  # no NUL within PATH_MAX: the kernel would say the same
+            notify.respond(self.listener, notification.id, error=errno.ENAMETOOLONG)
+            return
+        path = os.fsdecode(raw_path)
+        status = _status(pid)
+        absolute = _absolute(pid, dirfd, path, flags)
+        target, refusal, unsure = self._resolve(pid, status, dirfd, path, absolute, flags)
+        if refusal is not None:  # a failed lookup: the kernel runs nothing, and it is no exec event
+            notify.respond(self.listener, notification.id, error=refusal)
+            return
+        why = unsure or self._unverifiable(pid, status, path, dirfd, flags, ranges)
+        if not notify.still_valid(self.listener, notification.id):
+            return  # read before the answer; a dead caller (or a reused pid) is skipped
+        if not notify.respond(self.listener, notification.id, allow=True):
+            return
+        fields: dict[str, Any] = {"pid": pid, "path": absolute, "argv": argv, "result": "continued",
+                                  "verified": why is None}
+        if why is not None:
+            fields["unverified"] = why
+        if truncated:
+            fields["argv_truncated"] = True
+        if target is not None:
+            self._remember(status.get("Tgid", pid), target)
+        self.log("exec", **fields)
+
+    def unexaminable(self, notification: notify.Notification, name: str, exc: OSError) -> None:
+        """Refuse a call the supervisor cannot read (never let it run with a guessed record)."""
+        if not notify.respond(self.listener, notification.id, error=errno.EPERM):
+            return
+        rule = f"sandboxctl could not examine the call ({errno.errorcode.get(exc.errno or 0, exc)})"
+        self.denied.append({"kind": "syscall", "target": name, "rule": rule})
+        self.log("syscall", pid=notification.pid, name=name, decision="deny", rule=rule, errno="EPERM")
+
+    # ------------------------------------------------------------------ what the kernel will open
+    def _resolve(self, pid: int, status: dict[str, str], dirfd: int, path: str, absolute: str,
+                 flags: int) -> tuple[ExecTarget | None, int | None, str | None]:
+        """(target, errno to answer with, why the target is unsure): the file as the sandbox sees it."""
+        try:
+            fd = _open_target(pid, status, dirfd, path, absolute, flags)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):  # openat2 is sure of neither through /proc
+                walked = sandbox_paths.walk(pid, int(status.get("Tgid", pid)), absolute)
+                if walked.state == "absent":
+                    return None, walked.error, None
+            return None, None, f"the supervisor could not resolve the path ({errno.errorcode.get(exc.errno or 0, exc)})"
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                return None, errno.EACCES, None
+            if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o111:
+                return None, errno.EACCES, None
+            kind, interpreter = _format(fd)
+            expect: tuple[int, int] | None = (st.st_dev, st.st_ino) if kind == "elf" else None
+            if kind == "script" and interpreter:
+                expect = _interpreter_ident(pid, status, interpreter.split()[0])
+        finally:
+            os.close(fd)
+        target = ExecTarget(absolute, (st.st_dev, st.st_ino), kind, expect, interpreter, _exe_ident(pid),
+                            _start_time(pid))
+        return target, None, None
+
+    # ------------------------------------------------------------------ is the read what the kernel reads?
+    def _unverifiable(self, pid: int, status: dict[str, str], path: str, dirfd: int, flags: int,
+                      ranges: list[tuple[int, int]]) -> str | None:
+        threads = status.get("Threads", "?")
+        if threads != "1":
+            return f"{threads} threads share the caller's memory"
+        if not self.memory_writes_trapped:
+            return "write opens are not trapped in this run, so /proc/PID/mem stays writable"
+        if self._kcmp_nr is None:
+            return f"no kcmp check on {os.uname().machine}"
+        kinds = [KCMP_VM]
+        if not path.startswith("/") and not (flags & AT_EMPTY_PATH and not path):
+            kinds.append(KCMP_FS if dirfd == notify.AT_FDCWD else KCMP_FILES)
+        elif flags & AT_EMPTY_PATH and not path:
+            kinds.append(KCMP_FILES)
+        sharer = self._sharer(pid, status, kinds)
+        if sharer:
+            return sharer
+        return _shared_pages(pid, ranges, self.judge_write)
+
+    def _sharer(self, pid: int, status: dict[str, str], kinds: list[int]) -> str | None:
+        own = int(status.get("Tgid", pid))
+        try:
+            others = [p for p in self.tasks() if p != own]
+        except OSError as exc:
+            return f"the sandbox's processes could not be listed ({exc.strerror})"
+        kcmp = _kcmp()
+        for other in others:
+            for kind in kinds:
+                result = kcmp(self._kcmp_nr, pid, other, kind)
+                if result == 0:
+                    if kind == KCMP_VM and self._waits_for_vfork(other, pid):
+                        continue
+                    what = {KCMP_VM: "memory", KCMP_FS: "working directory", KCMP_FILES: "descriptor table"}[kind]
+                    return f"process {other} shares the caller's {what}"
+                if result < 0 and os.path.exists(f"/proc/{other}"):
+                    return f"kcmp against process {other} failed"
+        return None
+
+    def _waits_for_vfork(self, parent: int, child: int) -> bool:
+        """Every thread of `parent` is either the one that vfork()ed `child` and now waits for its
+        exec (the kernel holds it until the exec has copied the arguments) — or there is none
+        other. Any other thread could run and write the shared memory."""
+        try:
+            threads = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            return False
+        if len(threads) != 1:
+            return False
+        thread = threads[0]
+        try:
+            with open(f"/proc/{parent}/task/{thread}/children") as handle:
+                if str(child) not in handle.read().split():
+                    return False
+            with open(f"/proc/{parent}/task/{thread}/syscall") as handle:
+                fields = handle.read().split()
+        except OSError:
+            return False
+        if not fields or not fields[0].isdigit() or int(fields[0]) not in self._vfork_calls:
+            return False
+        if self._vfork_calls[int(fields[0])] == "vfork":
+            return True
+        clone_flags = int(fields[1], 16) if len(fields) > 1 else 0
+        return clone_flags & (CLONE_VM | CLONE_VFORK) == CLONE_VM | CLONE_VFORK
+
+    # ------------------------------------------------------------------ after the fact
+    def _remember(self, tgid: int, target: ExecTarget) -> None:
+        if target.expect is None:
+            return
+        self.claims[tgid] = target
+        self.claims.move_to_end(tgid)
+        while len(self.claims) > MAX_CLAIMS:
+            self.claims.popitem(last=False)
+
+    def observe(self, pid: int) -> None:
+        """A trapped call from `pid`: if it exec'd since its last record, check what it runs."""
+        target = self.claims.get(pid)
+        if target is None:
+            return
+        if _start_time(pid) != target.started:
+            del self.claims[pid]  # not the process that exec'd (gone, its pid reused)
+            return
+        running = _exe_ident(pid)
+        if running is None or running == target.previous != target.expect:
+            return  # not exec'd yet (or that exec failed): check again at its next call
+        del self.claims[pid]
+        if running == target.expect and (target.kind != "script" or self._script_named(pid, target)):
+            return
+        ran = _readlink(f"/proc/{pid}/exe")
+        detail = (f"the exec record names {target.path} ({target.kind}), but the process runs {ran}"
+                  if running != target.expect else
+                  f"the exec record names the script {target.path}, but the kernel's argv names another file")
+        self.tampered.append({"kind": "exec", "target": target.path, "rule": detail})
+        self.log("tamper", kind="exec", pid=pid, path=target.path, ran=ran, what=detail)
+
+    @staticmethod
+    def _script_named(pid: int, target: ExecTarget) -> bool:
+        """binfmt_script makes argv [interpreter, (its argument), the script's name as the kernel
+        opened it, ...]; a process that rewrote its own argv since is not held against it."""
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                words = handle.read(16384).split(b"\0")
+        except OSError:
+            return True
+        line = (target.interpreter or "").split(None, 1)
+        expected_head = [os.fsencode(part) for part in line]
+        if words[: len(expected_head)] != expected_head:
+            return True  # argv rewritten by the process (setproctitle): nothing to compare
+        named = words[len(expected_head)] if len(words) > len(expected_head) else b""
+        return os.path.normpath(os.fsdecode(named)) == target.path or os.fsdecode(named) == target.path \
+            or not named.startswith(b"/")
+
+    # ------------------------------------------------------------------ /proc/PID/mem
+    @staticmethod
+    def refuses_open(pid: int, dirfd: int, path: str, writes: bool) -> str | None:
+        """Opening a process's memory for writing is how a sandboxed process could rewrite a
+        pending exec's path after the supervisor read it (there is no Yama here to stop a process
+        of the same user): such an open is refused. Returns the rule, or None."""
+        if not writes:
+            return None
+        if not path.startswith("/"):
+            base = _readlink(f"/proc/{pid}/cwd" if dirfd == notify.AT_FDCWD else f"/proc/{pid}/fd/{dirfd}")
+            path = f"{base}/{path}"
+        why = sandbox_paths.process_memory_open(pid, int(_status(pid).get("Tgid", pid)), path)
+        if why is None:
+            return None
+        return f"writing process memory through /proc/PID/mem is refused ({why})"
+
+
+# ---------------------------------------------------------------------- reading the caller
+
+def _read_argv(memory: notify.ProcessMemory, address: int) -> tuple[list[str], bool, list[tuple[int, int]]]:
+    """argv (raw, undecodable bytes kept by surrogateescape), whether it was cut, the ranges read."""
+    argv: list[str] = []
+    ranges: list[tuple[int, int]] = []
+    truncated = False
+    while address:
+        if len(argv) >= notify.MAX_ARGS:
+            truncated = True
+            break
+        pointer = memory.word(address)
+        ranges.append((address, 8))
+        if not pointer:
+            break
+        data, complete = memory.cstring(pointer, MAX_ARG_BYTES)
+        ranges.append((pointer, len(data) + 1 if complete else len(data)))
+        truncated = truncated or not complete
+        argv.append(os.fsdecode(data))
+        address += 8
+    return argv, truncated, ranges
+
+
+def _status(pid: int) -> dict[str, str]:
+    values: dict[str, str] = {}
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key in ("Tgid", "PPid", "Threads"):
+                    values[key] = value.strip()
+    except OSError:
+        pass
+    return values
+
+
+def _start_time(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return ""
+
+
+def _exe_ident(pid: int) -> tuple[int, int] | None:
+    try:
+        st = os.stat(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "?"
+
+
+def _absolute(pid: int, dirfd: int, path: str, flags: int) -> str:
+    """The path as the sandbox sees it (what the record names)."""
+    if not path and flags & AT_EMPTY_PATH:
+        return _readlink(f"/proc/{pid}/fd/{dirfd}")
+    return notify.Dispatcher._absolute(pid, dirfd, path)
+
+
+# ---------------------------------------------------------------------- resolving in the sandbox
+
+def _open_target(pid: int, status: dict[str, str], dirfd: int, path: str, absolute: str, flags: int) -> int:
+    """An O_PATH descriptor of the file the exec names, resolved in the caller's root."""
+    if not path and flags & AT_EMPTY_PATH:
+        return os.open(f"/proc/{pid}/fd/{dirfd}", os.O_PATH | os.O_CLOEXEC)
+    proc = _through_proc_self(pid, status, absolute)
+    if proc is not None:  # /proc/self/exe and friends: magic links, opened from our own /proc
+        return os.open(proc, os.O_PATH | os.O_CLOEXEC)
+    if not absolute.startswith("/"):
+        raise OSError(errno.ENOENT, "the caller's working directory is unknown")
+    nofollow = os.O_NOFOLLOW if flags & AT_SYMLINK_NOFOLLOW else 0
+    return sandbox_paths.openat2_in_root(pid, absolute, os.O_PATH | nofollow)
+
+
+def _through_proc_self(pid: int, status: dict[str, str], absolute: str) -> str | None:
+    tgid = status.get("Tgid", str(pid))
+    for prefix, host in (("/proc/self/", f"/proc/{tgid}/"), ("/proc/thread-self/", f"/proc/{tgid}/task/{pid}/"),
+                         ("/dev/fd/", f"/proc/{tgid}/fd/")):
+        if absolute.startswith(prefix):
+            return host + absolute[len(prefix):]
+    return None
+
+
+def _format(fd: int) -> tuple[str, str | None]:
+    """elf | script (with its #! line) | other | unknown (not readable by the supervisor)."""
+    try:
+        readable = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return "unknown", None
+    try:
+        head = os.pread(readable, 256, 0)  # BINPRM_BUF_SIZE: all the kernel reads of a #! line
+    except OSError:
+        return "unknown", None
+    finally:
+        os.close(readable)
+    if head.startswith(b"\x7fELF"):
+        return "elf", None
+    if head.startswith(b"#!"):
+        line = head[2:].split(b"\n", 1)[0].strip(b" \t")
+        return "script", os.fsdecode(line) if line else None
+    return "other", None
+
+
+def _interpreter_ident(pid: int, status: dict[str, str], interpreter: str) -> tuple[int, int] | None:
+    absolute = notify.Dispatcher._absolute(pid, notify.AT_FDCWD, interpreter)
+    try:
+        fd = _open_target(pid, status, notify.AT_FDCWD, interpreter, absolute, 0)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if _format(fd)[0] != "elf":
+            return None  # an interpreter that is itself a script: exe names its own interpreter
+        return st.st_dev, st.st_ino
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------- who else can write it
+
+def _shared_pages(pid: int, ranges: list[tuple[int, int]], judge_write: Callable[[str], Any]) -> str | None:
+    """Why a byte the record was read from could change under another process's hand, or None."""
+    try:
+        with open(f"/proc/{pid}/maps", "rb") as handle:
+            maps = handle.read()
+    except OSError as exc:
+        return f"the caller's memory map could not be read ({exc.strerror})"
+    areas = []
+    for line in maps.splitlines():
+        fields = line.split(None, 5)
+        if len(fields) < 5:
+            continue
+        start, _, end = fields[0].partition(b"-")
+        areas.append((int(start, 16), int(end, 16), fields[1].decode(), int(fields[4]),
+                      os.fsdecode(fields[5].strip()) if len(fields) > 5 else ""))
+    areas.sort()
+    for address, length in ranges:
+        end = address + max(length, 1)
+        covered = address
+        for start, stop, perms, inode, name in areas:
+            if stop <= covered or start >= end:
+                continue
+            if start > covered:
+                return "the exec's arguments are not in mapped memory"
+            if perms[3:4] != "p":
+                return f"the exec's arguments lie in shared memory ({name or 'anonymous'})"
+            if inode:
+                if name.endswith(" (deleted)") or not name.startswith("/"):
+                    return f"the exec's arguments lie in a mapping of a file that is gone ({name})"
+                if judge_write(name).inside:
+                    return f"the exec's arguments lie in a mapping of a writable file ({name})"
+            covered = stop
+            if covered >= end:
+                break
+        if covered < end:
+            return "the exec's arguments are not in mapped memory"
+    return None
+
+
+_KCMP: list[Any] = []
+
+
+def _kcmp() -> Callable[[int, int, int, int], int]:
+    """kcmp(2) through libc's syscall(); -1 on error (ctypes is loaded on the first exec)."""
+    if not _KCMP:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        syscall = libc.syscall
+        syscall.restype = ctypes.c_long
+
+        def kcmp(number: int, pid1: int, pid2: int, kind: int) -> int:
+            return syscall(ctypes.c_long(number), ctypes.c_long(pid1), ctypes.c_long(pid2), ctypes.c_long(kind),
+                           ctypes.c_long(0), ctypes.c_long(0))
+
+        _KCMP.append(kcmp)
+    return _KCMP[0]
