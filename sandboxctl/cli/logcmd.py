@@ -206,7 +206,8 @@ def _table(records, path: Path, scope: str | None) -> None:
     styles = {"deny": "red", "timeout": "red", "allow": "green"}
     for record in records:
         time_, event, what, verdict, rule = _row(record)
-        table.add_row(Text(time_), Text(event), Text(what), Text(verdict, style=styles.get(verdict, "")),
+        table.add_row(Text(time_), Text(event, style="bold red" if record.event == "tamper" else ""), Text(what),
+                      Text(verdict, style=styles.get(verdict, "")),
                       Text(rule))
     console().print(table)
 

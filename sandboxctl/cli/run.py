@@ -177,6 +177,9 @@ def execute_run(opts: dict[str, Any], command: list[str]) -> int:
         report(result.error)
     if result.denials and not opts["quiet"]:
         _print_denials(result.denials, plan.run_id)
+    if result.tampered and not opts["quiet"]:
+        print(f"sandboxctl: warning: {len(result.tampered)} exec records were contradicted by what ran (a path "
+              f"swapped during the exec); see: sandboxctl log --run {plan.run_id} --event tamper", file=sys.stderr)
     if os.environ.get("GITHUB_ACTIONS") == "true":
         from sandboxctl.cli import ci
 

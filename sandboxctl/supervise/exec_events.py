@@ -127,7 +127,7 @@ class ExecEvents:
         if truncated:
             fields["argv_truncated"] = True
         if target is not None:
-            self._remember(status.get("Tgid", pid), target)
+            self._remember(int(status.get("Tgid", pid)), target)
         self.log("exec", **fields)
 
     def unexaminable(self, notification: notify.Notification, name: str, exc: OSError) -> None:

@@ -40,6 +40,7 @@ class RunResult(NamedTuple):
     error: SandboxError | None = None
     layers: dict[str, Any] | None = None
     denials: tuple[dict[str, Any], ...] | list[dict[str, Any]] = ()
+    tampered: tuple[dict[str, Any], ...] | list[dict[str, Any]] = ()  # exec records contradicted by what ran
 
 
 class Supervisor:
@@ -491,7 +492,7 @@ class Supervisor:
             error = SandboxError("the action log could not be written; the sandbox was stopped",
                                  "free some space or pass --log PATH")
             code = EXIT_SANDBOX_FAILED
-        return RunResult(code, duration, self.timed_out, error, self.layers, self.denials)
+        return RunResult(code, duration, self.timed_out, error, self.layers, self.denials, self.tampered)
 
 
 def _terminal_delivered() -> bool:

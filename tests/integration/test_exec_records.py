@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 
 RACE = r"""
 import ctypes, os, sys, threading
@@ -63,12 +65,20 @@ def test_a_raced_exec_path_is_logged_as_what_ran_or_flagged(sandbox):
     evil_runs = set(canary.read_text().split()) if canary.exists() else set()
     records = sandbox.records()
     raced = {r["argv"][1]: r for r in records if r["event"] == "exec" and r["argv"][:1] == ["race-marker"]}
-    assert len(raced) == 300, "every spawn has its record"
+    spawned = int(result.stdout.split()[-1])
+    assert spawned > 200 and len(raced) >= spawned, "every spawn that ran has its record"
     tampered = {r["pid"] for r in records if r["event"] == "tamper"}
     # every run of evil.sh (judged by the canary) is logged as evil.sh, or its record is flagged
     lying = [raced[i] for i in evil_runs
              if raced[i]["path"] != evil and raced[i].get("verified") is not False and raced[i]["pid"] not in tampered]
     assert not lying, f"{len(lying)} of {len(evil_runs)} runs of evil.sh were logged as something else: {lying[:3]}"
+    # and after the fact: evil.sh's canary write is a trapped call, where /proc/PID/exe betrays the swap
+    mislabelled = [raced[i] for i in evil_runs if raced[i]["path"] != evil]
+    assert all(r["pid"] in tampered for r in mislabelled), (len(mislabelled), len(tampered))
+    shown = subprocess.run([sys.executable, "-m", "sandboxctl", "log", "--event", "tamper"],
+                           env=sandbox.env({"COLUMNS": "300"}),
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and (not mislabelled or "but the process runs" in shown.stdout), shown
     # the flipping thread shares the spawner's memory with every vfork child: no record is "verified"
     assert all(r.get("verified") is False and "shares the caller's memory" in r["unverified"] for r in raced.values())
 
