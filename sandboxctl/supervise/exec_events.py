@@ -423,41 +423,56 @@ def _interpreter_ident(pid: int, status: dict[str, str], interpreter: str) -> tu
 # ---------------------------------------------------------------------- who else can write it
 
 def _shared_pages(pid: int, ranges: list[tuple[int, int]], judge_write: Callable[[str], Any]) -> str | None:
-    """Why a byte the record was read from could change under another process's hand, or None."""
+    """Why a byte the record was read from could change under another process's hand, or None.
+
+    One pass over /proc/PID/maps (sorted by address), parsing only the areas the ranges touch."""
     try:
         with open(f"/proc/{pid}/maps", "rb") as handle:
             maps = handle.read()
     except OSError as exc:
         return f"the caller's memory map could not be read ({exc.strerror})"
-    areas = []
-    for line in maps.splitlines():
-        fields = line.split(None, 5)
-        if len(fields) < 5:
+    spans: list[list[int]] = []
+    for low, high in sorted((address, address + max(length, 1)) for address, length in ranges):
+        if spans and low <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], high)
+        else:
+            spans.append([low, high])
+    index = 0
+    for line in maps.split(b"\n"):
+        if index == len(spans):
+            return None
+        dash = line.find(b"-")
+        if dash < 0:
             continue
-        start, _, end = fields[0].partition(b"-")
-        areas.append((int(start, 16), int(end, 16), fields[1].decode(), int(fields[4]),
-                      os.fsdecode(fields[5].strip()) if len(fields) > 5 else ""))
-    areas.sort()
-    for address, length in ranges:
-        end = address + max(length, 1)
-        covered = address
-        for start, stop, perms, inode, name in areas:
-            if stop <= covered or start >= end:
-                continue
-            if start > covered:
+        space = line.index(b" ", dash)
+        start, stop = int(line[:dash], 16), int(line[dash + 1:space], 16)
+        while index < len(spans) and stop > spans[index][0]:
+            low, high = spans[index]
+            if start > low:
                 return "the exec's arguments are not in mapped memory"
-            if perms[3:4] != "p":
-                return f"the exec's arguments lie in shared memory ({name or 'anonymous'})"
-            if inode:
-                if name.endswith(" (deleted)") or not name.startswith("/"):
-                    return f"the exec's arguments lie in a mapping of a file that is gone ({name})"
-                if judge_write(name).inside:
-                    return f"the exec's arguments lie in a mapping of a writable file ({name})"
-            covered = stop
-            if covered >= end:
+            why = _area_risk(line[space + 1:], judge_write)
+            if why:
+                return why
+            if stop >= high:
+                index += 1
+            else:
+                spans[index][0] = stop  # the rest of this span must be in the next area
                 break
-        if covered < end:
-            return "the exec's arguments are not in mapped memory"
+    return None if index == len(spans) else "the exec's arguments are not in mapped memory"
+
+
+def _area_risk(rest: bytes, judge_write: Callable[[str], Any]) -> str | None:
+    """For one maps line after its address range ("perms offset dev inode name")."""
+    fields = rest.split(None, 4)
+    perms, inode = fields[0], int(fields[3])
+    name = os.fsdecode(fields[4].strip()) if len(fields) > 4 else ""
+    if perms[3:4] != b"p":
+        return f"the exec's arguments lie in shared memory ({name or 'anonymous'})"
+    if inode:
+        if name.endswith(" (deleted)") or not name.startswith("/"):
+            return f"the exec's arguments lie in a mapping of a file that is gone ({name})"
+        if judge_write(name).inside:
+            return f"the exec's arguments lie in a mapping of a writable file ({name})"
     return None
 
 
