@@ -198,10 +198,12 @@ def _print_denials(denials: list[dict], run_id: str) -> None:
 
 def _print_protected(changes, run_id: str) -> None:
     """Always shown, even with -q: a protected path changed behind the walls and was put back."""
+    from sandboxctl.inert import inert
+
     for change in changes:
-        where = f"; what was there is kept at {change['kept']}" if change.get("kept") else ""
-        run = f" (run {change['run']}, whose supervisor was killed)" if change.get("run") != run_id else ""
-        print(f"sandboxctl: protected path {change['path']} was {change['change']} during a run{run}: "
+        where = f"; what was there is kept at {inert(change['kept'])}" if change.get("kept") else ""
+        run = f" (run {inert(change['run'])}, whose supervisor was killed)" if change.get("run") != run_id else ""
+        print(f"sandboxctl: protected path {inert(change['path'])} was {change['change']} during a run{run}: "
               f"{change['action']}{where}", file=sys.stderr)
 
 
