@@ -25,10 +25,18 @@ def _cell(text: object, limit: int = 200) -> str:
 
 
 def annotate(plan, result) -> None:
-    """One annotation per distinct denial (with its count); values inert, as on a terminal."""
+    """One annotation per changed protected path and per distinct denial (with its count); values
+    inert, as on a terminal."""
     from sandboxctl.inert import inert
     from sandboxctl.supervise.denials import collapse, total
 
+    for change in getattr(result, "protected", ()):
+        title = _escape_property("sandboxctl: a protected path changed")
+        message = _escape_data(f"{inert(change['path'], 300)} {change['change']}; {change['action']}"
+                               + (f" (changed content kept at {inert(change['kept'], 300)})" if change.get("kept")
+                                  else "")
+                               + f" (run {plan.run_id})")
+        print(f"::error title={title}::{message}", file=sys.stdout, flush=True)
     rows = collapse(result.denials)
     for denial in rows:
         title = _escape_property(f"sandboxctl denied {inert(denial.get('kind'), 20)}")
@@ -42,6 +50,10 @@ def annotate(plan, result) -> None:
     lines = [f"### sandboxctl: `{_cell(' '.join(plan.command))}`", "",
              f"Policy **{plan.policy}**, run `{plan.run_id}`, exit code **{result.exit_code}**, "
              f"{result.duration_s:.1f} s, **{total(result.denials)}** denied.", ""]
+    if getattr(result, "protected", ()):
+        lines += ["**Protected paths changed (put back):**", "", "| path | change | action |", "|---|---|---|"]
+        lines += [f"| {_cell(c['path'])} | {_cell(c['change'])} | {_cell(c['action'])} |" for c in result.protected]
+        lines.append("")
     if rows:
         lines += ["| kind | target | rule | count |", "|---|---|---|---|"]
         lines += [f"| {_cell(d.get('kind'))} | {_cell(d.get('target'))} | {_cell(d.get('rule'))} | {d['count']} |"

@@ -18,6 +18,10 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from sandboxctl.plan.syscalls import MEDIATED_CALLS, OPEN_CALLS
+
+MEDIATED = frozenset(OPEN_CALLS + MEDIATED_CALLS)  # the calls supervise/mediate.py answers
+
 # include/uapi/linux/seccomp.h: _IOWR('!', 0, struct seccomp_notif) etc.
 NOTIF_RECV = 0xC0502100
 NOTIF_SEND = 0xC0182101
@@ -125,19 +129,21 @@ class ProcessMemory:
 
 
 AT_FDCWD = 0xFFFFFF9C
-O_ACCMODE, O_CREAT, O_TRUNC = 0o3, 0o100, 0o1000
-FILE_CALLS = ("open", "openat", "openat2", "creat")
 
 
 class Dispatcher:
-    """Answers each notification: exec and file opens are logged and continued (or, for writes
-    outside the writable set, denied); anything else is a baseline denial."""
+    """Answers each notification: exec calls are logged and continued; file-changing calls go to
+    the mediator (supervise/mediate.py), which performs those under writable host grants itself
+    and hands the rest back here (`outside`): writes outside the writable set are denied or go to
+    the approval broker; anything else is a baseline denial."""
 
     def __init__(self, fd: int, names: dict[int, str], deny: Callable[[Notification], tuple[str, int, str]],
                  judge_write: Callable[[str], Any], log: Callable[..., None],
                  denied: list[dict[str, object]] | None = None, escalate: Callable[[Any], None] | None = None,
-                 log_allowed: bool = True, tasks: Callable[[], list[int]] | None = None,
-                 tampered: list[dict[str, Any]] | None = None, memory_writes_trapped: bool = True):
+                 log_allowed: bool = True, mediator: Any = None,
+                 is_denial: Callable[[Notification], bool] = lambda notification: False,
+                 tasks: Callable[[], list[int]] | None = None, tampered: list[dict[str, Any]] | None = None,
+                 memory_writes_trapped: bool = True):
         self.fd = fd
         self.names = names  # syscall number -> name, for the calls we trap
         self.deny = deny  # notification -> (syscall name, errno, rule)
@@ -146,6 +152,8 @@ class Dispatcher:
         self.denied = denied if denied is not None else []  # shared with the proxy: in time order
         self.escalate = escalate  # an approvable write escape goes to the approval broker
         self.log_allowed = log_allowed  # log.file_events: none still traps writes for approvals
+        self.mediator = mediator  # supervise.mediate.Mediator: file-changing calls
+        self.is_denial = is_denial  # a call the baseline or syscalls.deny refuses (trapped to be logged)
         from sandboxctl.supervise.exec_events import ExecEvents
 
         self.execs = ExecEvents(fd, log, self.denied, judge_write, tasks or (lambda: []), tampered,
@@ -161,6 +169,8 @@ class Dispatcher:
             return self._answer(notification)
         except Exception as exc:  # never crash the supervisor over one call: refuse it instead
             respond(self.fd, notification.id, error=errno.EPERM)
+            self.denied.append({"kind": "syscall", "target": self.names.get(notification.nr, "?"),
+                                "rule": f"sandboxctl could not examine the call ({type(exc).__name__})"})
             self.log("syscall", pid=notification.pid, name=self.names.get(notification.nr, "?"),
                      decision="deny", rule=f"sandboxctl could not examine the call ({type(exc).__name__})",
                      errno="EPERM")
@@ -169,8 +179,8 @@ class Dispatcher:
     def _answer(self, notification: Notification) -> bool:
         name = self.names.get(notification.nr)
         self.execs.observe(notification.pid)  # did an earlier exec of this process run what its record says?
-        if name in FILE_CALLS:
-            self._file(notification, name)
+        if name in MEDIATED and self.mediator is not None and not self.is_denial(notification):
+            self.mediator.handle(notification, name)
             return True
         if name not in ("execve", "execveat"):
             syscall, error, rule = self.deny(notification)
@@ -182,58 +192,21 @@ class Dispatcher:
         self.execs.handle(notification, name)
         return True
 
-    def _unexaminable(self, notification: Notification, name: str, exc: OSError) -> None:
-        """A call whose arguments cannot be read (the supervisor short of descriptors, say) is
-        refused and counted, never let through unrecorded; a caller that is gone needs nothing."""
-        if exc.errno in (errno.ENOENT, errno.ESRCH) or not still_valid(self.fd, notification.id):
-            return
-        if exc.errno in (errno.EFAULT, errno.EIO):  # the caller's own bad pointer: what the kernel would say
-            respond(self.fd, notification.id, error=errno.EFAULT)
-            return
-        self.execs.unexaminable(notification, name, exc)
-
-    def _file(self, notification: Notification, name: str) -> None:
-        """A write-intent open inside the writable set continues (the mounts and Landlock still
-        decide, so a path swapped after we read it gains nothing); outside it, the approval broker
-        decides, and only the supervisor itself may then open the file (never "continue").
-        Reads (file_events: all) are only logged."""
-        args = notification.args
-        try:
-            memory = ProcessMemory(notification.pid)
-        except OSError as exc:
-            self._unexaminable(notification, name, exc)
-            return
-        try:
-            if name == "creat":
-                dirfd, path, flags, mode = AT_FDCWD, memory.string(args[0]), O_CREAT | O_TRUNC | 1, args[1]
-            elif name == "open":
-                dirfd, path, flags, mode = AT_FDCWD, memory.string(args[0]), args[1], args[2]
-            elif name == "openat":
-                dirfd, path, flags, mode = args[0] & 0xFFFFFFFF, memory.string(args[1]), args[2], args[3]
-            else:  # openat2: struct open_how starts with the u64 flags, then the mode
-                dirfd, path = args[0] & 0xFFFFFFFF, memory.string(args[1])
-                flags = memory.word(args[2]) if args[2] else 0
-                mode = memory.word(args[2] + 8) if args[2] else 0
-        except OSError as exc:
-            self._unexaminable(notification, name, exc)
-            return
-        finally:
-            memory.close()
-        flags &= 0xFFFFFFFF
-        full = self._absolute(notification.pid, dirfd, path)
-        writes = bool(flags & O_ACCMODE) or bool(flags & (O_CREAT | O_TRUNC))
-        op = "create" if flags & O_CREAT else "truncate" if flags & O_TRUNC else "write" if writes else "read"
-        verdict = self.judge_write(full) if writes else None
-        refused = self.execs.refuses_open(notification.pid, dirfd, path, writes)
-        if refused:
+    def outside(self, notification: Notification, full: str, op: str, flags: int, mode: int) -> None:
+        """An open that is not under a writable host grant: the kernel decides inside the
+        writable set (tmpfs, /proc, /dev: the mounts and Landlock hold whatever was read);
+        outside it the approval broker does, and only the supervisor itself may then open the
+        file (never "continue"). Reads (file_events: all) are only logged."""
+        verdict = self.judge_write(full) if op != "read" else None
+        refused = self.execs.refuses_open(notification.pid, AT_FDCWD, full, op != "read")
+        if refused:  # /proc/PID/mem (/proc is in the writable set): exec records rely on this
             respond(self.fd, notification.id, error=errno.EACCES)
             self.denied.append({"kind": "file", "target": f"{op} {full}", "rule": refused})
             self.log("file", pid=notification.pid, path=full, op=op, decision="deny", rule=refused)
             return
         if verdict is None or verdict.inside:
-            # "continue" is safe here whatever we read (the kernel re-reads the path, and the mounts
-            # and Landlock decide); a failed answer means the caller died, or its pid was reused
-            # while we read: then nothing is logged
+            # a failed answer means the caller died, or its pid was reused while we read: then
+            # nothing is logged
             if respond(self.fd, notification.id, allow=True) and (self.log_allowed or verdict is None):
                 self.log("file", pid=notification.pid, path=full, op=op, decision="allow",
                          rule=verdict.rule if verdict else "read")

@@ -325,11 +325,17 @@ def test_write_trapping_follows_the_approval_mode(tmp_path: Path) -> None:
     policy = policy_from_text("version: 1\nname: t\nextends: default\nlog: {file_events: none}\n", tmp_path)
     assert plan_for(policy, approve="ask").seccomp.file_events == "write"
     assert plan_for(policy, approve="allow").seccomp.file_events == "write"
-    assert plan_for(policy, approve="deny").seccomp.file_events == "write"  # exec records need it (below)
+    # a writable workspace: every write beneath it goes to the supervisor, which alone performs it
+    assert plan_for(policy, approve="deny").seccomp.file_events == "write"
     assert plan_for(policy, approve="ask").file_events == "none"  # what is logged stays the policy's
-    quiet = policy_from_text("version: 1\nname: t\nextends: default\nlog: {file_events: none, exec_events: false}\n",
+    bare = policy_from_text("version: 1\nname: t\nextends: default\nworkspace: none\n"
+                            "log: {file_events: none, exec_events: false}\n", tmp_path)
+    assert plan_for(bare, approve="deny").seccomp.file_events == "none"
+    assert not plan_for(bare, approve="deny").seccomp.mediate
+    # exec records rely on write opens of /proc/PID/mem reaching the supervisor (which refuses them)
+    execs = policy_from_text("version: 1\nname: t\nextends: default\nworkspace: none\nlog: {file_events: none}\n",
                              tmp_path)
-    assert plan_for(quiet, approve="deny").seccomp.file_events == "none"
+    assert plan_for(execs, approve="deny").seccomp.file_events == "write"
 
 
 def test_absent_and_glob_denied_paths_are_never_approvable(tmp_path: Path) -> None:
