@@ -39,7 +39,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from sandboxctl.supervise import notify, sandbox_paths
+from sandboxctl.supervise import fdops, notify, sandbox_paths
 
 AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW = 0x1000, 0x100
 CLONE_VM, CLONE_VFORK = 0x100, 0x4000
@@ -476,21 +476,12 @@ def _area_risk(rest: bytes, judge_write: Callable[[str], Any]) -> str | None:
     return None
 
 
-_KCMP: list[Any] = []
-
-
 def _kcmp() -> Callable[[int, int, int, int], int]:
-    """kcmp(2) through libc's syscall(); -1 on error (ctypes is loaded on the first exec)."""
-    if not _KCMP:
-        import ctypes
+    """kcmp(2) through libc's syscall(); -1 on error."""
+    ctypes, libc, _ = fdops._libc()
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        syscall = libc.syscall
-        syscall.restype = ctypes.c_long
+    def kcmp(number: int, pid1: int, pid2: int, kind: int) -> int:
+        return libc.syscall(ctypes.c_long(number), ctypes.c_long(pid1), ctypes.c_long(pid2), ctypes.c_long(kind),
+                            ctypes.c_long(0), ctypes.c_long(0))
 
-        def kcmp(number: int, pid1: int, pid2: int, kind: int) -> int:
-            return syscall(ctypes.c_long(number), ctypes.c_long(pid1), ctypes.c_long(pid2), ctypes.c_long(kind),
-                           ctypes.c_long(0), ctypes.c_long(0))
-
-        _KCMP.append(kcmp)
-    return _KCMP[0]
+    return kcmp

@@ -16,7 +16,8 @@ import re
 import stat
 from typing import NamedTuple
 
-RESOLVE_IN_ROOT = 0x10
+from sandboxctl.supervise import fdops
+
 MAX_LINKS = 40
 PROC_MEMORY = re.compile(r"^/proc/(self|thread-self|\d+)(/task/(\d+))?/mem$")
 _MAGIC = ("fd", "cwd", "root", "exe", "map_files")
@@ -29,11 +30,9 @@ class Walked(NamedTuple):
 
 
 def openat2_in_root(pid: int, path: str, flags: int) -> int:
-    from sandboxctl.supervise.file_escape import _openat2
-
     root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        return _openat2()(root, path, flags | os.O_CLOEXEC, 0, RESOLVE_IN_ROOT)
+        return fdops.openat2(root, path, flags | os.O_CLOEXEC, 0, fdops.RESOLVE_IN_ROOT)
     finally:
         os.close(root)
 
