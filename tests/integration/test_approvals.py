@@ -359,7 +359,7 @@ def test_prompt_spoofing_argv_is_shown_inert_on_a_real_pty(sandbox, outside):
     may reach the screen."""
     import re
 
-    target = outside / ".gitconfig"
+    target = outside / "settings.toml"
     target.write_text("[user]\n")
     decoy = sandbox.workspace / "NOTES.md"
     payload = "\x1bM\x1bM\x1bM│ what  write " + str(decoy) + "\u2800" * 80 + "\x1b[99G"
