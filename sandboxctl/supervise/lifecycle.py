@@ -22,6 +22,7 @@ from sandboxctl.protect.snapshot import Change, Snapshot, recover
 from sandboxctl.supervise import secrets as secret_store
 from sandboxctl.supervise.cgroups import RunCgroup
 from sandboxctl.supervise.cgroups import detect as detect_cgroups
+from sandboxctl.supervise.denials import total as denial_total
 from sandboxctl.supervise.processes import alive
 from sandboxctl.supervise.runner import RunResult, Supervisor
 
@@ -76,7 +77,7 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None) -> Ru
             if supervisor.ready:
                 log.write("run.end", exit_code=result.exit_code,
                           signal=result.exit_code - 128 if result.exit_code > 128 else None,
-                          duration_s=round(result.duration_s, 6), denied=len(result.denials),
+                          duration_s=round(result.duration_s, 6), denied=denial_total(result.denials),
                           timed_out=result.timed_out, protect_changes=len(changes) or None)
         return result._replace(protected=tuple(c._asdict() for c in changes))
     finally:

@@ -25,7 +25,7 @@ from sandboxctl.launch import bwrap, seccomp
 from sandboxctl.log.writer import ActionLog, LogWriteError
 from sandboxctl.plan.build import PROXY_PORT
 from sandboxctl.plan.model import Plan
-from sandboxctl.supervise import notify, processes, spawn
+from sandboxctl.supervise import fd_budget, notify, processes, spawn
 from sandboxctl.supervise import secrets as secret_store
 from sandboxctl.supervise.cgroups import RunCgroup
 
@@ -74,6 +74,7 @@ class Supervisor:
         self.kill_at: float | None = None
         self.timed_out = False
         self.broker = None
+        self.nofile = fd_budget.raise_nofile()  # before anything is opened: see fd_budget
         self.mediator = None
         self.protected_inodes: dict[tuple[int, int], str] = {}  # from the launch record (lifecycle)
 
@@ -336,15 +337,18 @@ class Supervisor:
         listener = socket.socket(fileno=fd)
         listener.setblocking(True)
         self.proxy = ProxyServer(listener, NetPolicy(net.allow, net.deny, net.allow_private),
-                                 log=lambda record: self._on_net(record), ask=self._ask_network)
+                                 log=lambda record: self._on_net(record), ask=self._ask_network,
+                                 max_connections=fd_budget.connection_cap(self.nofile))
         self.proxy.start()
         if not self.proxy.serving:
             self.setup_error = SandboxError("the network proxy could not start", "run sandboxctl doctor")
 
     def _on_net(self, record: dict[str, Any]) -> None:
         if record.get("decision") == "deny":
-            target = f"{record['host']}:{record.get('port')}" if record.get("host") else "unparsable request"
-            self.denials.append({"kind": "net", "target": target, "rule": record.get("rule")})
+            target = f"{record['host']}:{record.get('port')}" if record.get("host") else (
+                "any destination" if "count" in record else "unparsable request")
+            self.denials.append({"kind": "net", "target": target, "rule": record.get("rule"),
+                                 "count": int(record.get("count", 1))})
         self._write_log("net", **record)
 
     def _write_log(self, event: str, **fields: Any) -> None:

@@ -6,7 +6,6 @@ what the supervisor recorded.
 
 from __future__ import annotations
 
-import os
 import stat
 import subprocess
 import sys
