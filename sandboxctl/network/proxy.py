@@ -242,7 +242,14 @@ class ProxyServer:
                    "proxy, the limit; close some and retry.")
         try:
             client.setblocking(False)
-            client.send(HttpError(503, message, "proxy_internal_error").to_bytes())
+            try:
+                first = client.recv(1, socket.MSG_PEEK)
+            except OSError:
+                first = b""
+            if first == b"\x05":  # SOCKS5: "no acceptable methods", the refusal a SOCKS client understands
+                client.send(b"\x05\xff")
+            else:
+                client.send(HttpError(503, message, "proxy_internal_error").to_bytes())
             client.shutdown(socket.SHUT_WR)
         except OSError:
             pass
