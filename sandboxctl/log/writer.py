@@ -77,6 +77,11 @@ class ActionLog:
         self.run_id = run_id
         self.seq = 0
         self.redact = tuple(v for v in redact if v)
+        self.scrubber = None
+        if self.redact:  # only runs with secrets pay for it (import included)
+            from sandboxctl.log.scrub import Scrubber
+
+            self.scrubber = Scrubber(self.redact)
         self.max_bytes = max_bytes if max_bytes and max_bytes > 0 else None
         self.keep = max(1, keep)
         self._known: tuple[int, str] | None = None  # (file size, hash of last line) after our write
@@ -131,11 +136,15 @@ class ActionLog:
         return (GENESIS if line is None else line_hash(line)), torn
 
     def _scrub(self, text: str) -> str:
+        """The last pass, over the encoded line: the value and its JSON-escaped form anywhere
+        (the Scrubber has already taken split and encoded forms out of each field)."""
         for value in self.redact:
             text = text.replace(json.dumps(value)[1:-1], "***").replace(value, "***")
         return text
 
     def _encode(self, record: dict[str, Any], prev: str) -> bytes:
+        if self.scrubber is not None:
+            record = self.scrubber.record(record)
         record["prev"] = prev
         return (self._scrub(json.dumps(record, separators=(",", ":"), default=str)) + "\n").encode()
 

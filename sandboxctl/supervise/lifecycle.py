@@ -79,7 +79,11 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None) -> Ru
                           signal=result.exit_code - 128 if result.exit_code > 128 else None,
                           duration_s=round(result.duration_s, 6), denied=denial_total(result.denials),
                           timed_out=result.timed_out, protect_changes=len(changes) or None)
-        return result._replace(protected=tuple(c._asdict() for c in changes))
+        result = result._replace(protected=tuple(c._asdict() for c in changes))
+        if log.scrubber is not None:  # what the caller shows (stderr, --summary-json) holds no secret value
+            result = result._replace(denials=[log.scrubber.value(d) for d in result.denials],
+                                     tampered=[log.scrubber.value(d) for d in result.tampered])
+        return result
     finally:
         if result is None:  # launch failed or was interrupted: still compare (nothing ran, or it is gone)
             with contextlib.suppress(Exception):

@@ -90,7 +90,8 @@ class Supervisor:
             plan.approval_mode, plan.approval_timeout, self._write_log, run_id=plan.run_id,
             scope=Scope(plan.policy, plan.policy_sha256, plan.workspace or ""), store=GrantStore(self.state),
             describe={"run": plan.run_id, "policy": plan.policy, "command": list(plan.command),
-                      "workspace": plan.workspace, "supervisor_pid": os.getpid()})
+                      "workspace": plan.workspace, "supervisor_pid": os.getpid()},
+            scrub=self.log.scrubber.text if getattr(self.log, "scrubber", None) is not None else None)
         if plan.approval_mode != "ask":
             return
         if plan.approval_via == "socket":
