@@ -64,6 +64,9 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Raw JSON lines, for pipes."),
         verify: bool = typer.Option(False, "--verify",
                                     help="Check the hash chain across all files; exit 0 if intact, 1 if not."),
+        against: str = typer.Option(None, "--against", metavar="FILE",
+                                    help="With --verify: also check the local log against a collector's copy "
+                                         "(log.forward), which shows what was rewritten locally."),
     ) -> None:
         """Show the action log: the last run by default, `log runs` for all runs, --verify the chain."""
         if view is not None and view not in VIEWS:
@@ -71,9 +74,11 @@ def register(app: typer.Typer) -> None:
                                "use `sandboxctl log` for records or `sandboxctl log runs` for runs")
         path = _log_path(log_path)
         cutoff = _since(since)
+        if against and not verify:
+            raise SandboxError("--against needs --verify", "sandboxctl log --verify --against FILE")
         try:
             if verify:
-                _verify(path, as_json)
+                _verify(path, as_json, against)
             elif view == "runs":
                 if follow:
                     raise SandboxError("--follow does not apply to `log runs`", "use `sandboxctl log --follow`")
@@ -95,7 +100,7 @@ def register(app: typer.Typer) -> None:
 # -- verify ------------------------------------------------------------------------------------
 
 
-def _verify(path: Path, as_json: bool) -> None:
+def _verify(path: Path, as_json: bool, against: str | None = None) -> None:
     from sandboxctl.log.verify import verify
 
     _require(path)
@@ -103,18 +108,46 @@ def _verify(path: Path, as_json: bool) -> None:
         result = verify(path)
     except OSError as exc:
         raise SandboxError(f"cannot read the action log {path}: {exc.strerror}", "pass --log PATH") from None
+    compared = _against(path, against) if against else None
     if as_json:
-        print(json.dumps(result.as_dict()))
-    elif result.ok:
-        files = "file" if result.files == 1 else "files"
-        print(f"chain intact: {result.records} records in {result.files} {files}")
-        if result.note:
-            print(f"note: {result.note}")
+        print(json.dumps({**result.as_dict(), **({"against": compared.as_dict()} if compared else {})}))
     else:
-        print(f"chain broken at {result.where}: {result.reason}")
-        print(f"({result.records} records verified before it)")
-    if not result.ok:
+        if result.ok:
+            files = "file" if result.files == 1 else "files"
+            print(f"chain intact: {result.records} records in {result.files} {files}")
+            if result.note:
+                print(f"note: {result.note}")
+        else:
+            print(f"chain broken at {result.where}: {result.reason}")
+            print(f"({result.records} records verified before it)")
+        if compared is not None:
+            _print_against(compared, against)
+    if not result.ok or (compared is not None and not compared.ok):
         raise typer.Exit(1)
+
+
+def _against(path: Path, copy: str):
+    from sandboxctl.log.against import check
+
+    try:
+        return check(path, Path(copy).expanduser())
+    except OSError as exc:
+        raise SandboxError(f"cannot read the collector's copy {copy}: {exc.strerror}",
+                           "pass the file the collector writes (e.g. rsyslog's omfile target)") from None
+
+
+def _print_against(compared, copy: str) -> None:
+    from sandboxctl.inert import inert
+
+    if compared.ok:
+        print(f"matches the copy in {inert(copy)}: {compared.compared} records identical, "
+              f"{compared.heads} run heads checked")
+    else:
+        print(f"differs from the copy in {inert(copy)}:")
+        for problem in compared.problems:
+            print(f"  {inert(problem)}")
+    for note in compared.notes:
+        print(f"note: {inert(note)}")
 
 
 # -- records -----------------------------------------------------------------------------------

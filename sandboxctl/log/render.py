@@ -78,6 +78,11 @@ def summarize(data: dict[str, Any]) -> str:
     if event == "limit":
         kind = clean(g("kind", "?"), 40)
         return f"{kind} ({clean(g('action'), 40)})" if g("action") else kind
+    if event == "log.forward":
+        text = f"copy to {clean(g('target'), 80)} {clean(g('state', '?'), 12)}"
+        if g("reason"):
+            text += f": {clean(g('reason'), 80)}"
+        return text + (f" ({clean(g('lost'), 12)} records not delivered)" if g("lost") else "")
     if event == "run.end":
         text = f"exit {clean(g('exit_code'), 12)} after {format_seconds(g('duration_s'))}"
         if g("signal"):

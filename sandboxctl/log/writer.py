@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import threading
@@ -57,6 +58,12 @@ def timestamp() -> str:
     return f"{_second[1]}.{micros:06d}Z"
 
 
+def run_head(head: str, line: bytes) -> str:
+    """One step of a run's own chain: SHA-256 of the previous head and the line's hash (hex text).
+    run.end's `head` is this over every line the run wrote before it, from 64 zeros."""
+    return hashlib.sha256((head + line_hash(line)).encode()).hexdigest()
+
+
 def rotated_name(path: str, n: int) -> str:
     return f"{path}.{n}"
 
@@ -85,6 +92,8 @@ class ActionLog:
         self.max_bytes = max_bytes if max_bytes and max_bytes > 0 else None
         self.keep = max(1, keep)
         self._known: tuple[int, str] | None = None  # (file size, hash of last line) after our write
+        self.head = GENESIS  # this run's own chain over the lines it wrote (run.end carries it)
+        self.forward = None  # log.forward.Forwarder: copies of every line, sent as it is written
         self.fd = -1
         self._mutex = threading.Lock()  # flock does not exclude threads sharing one descriptor
         try:
@@ -171,6 +180,10 @@ class ActionLog:
             raise LogWriteError(f"cannot write the action log {self.path}: {_why(exc)}",
                                 "free some space or pass --log PATH; the run was stopped") from None
         self.seq += 1
+        line = data.strip(b"\n")
+        self.head = run_head(self.head, line)
+        if self.forward is not None:  # a queue put: a collector never slows or fails the run
+            self.forward.send(line, event, fields.get("decision") == "deny" or event == "tamper")
 
     def _append(self, data: bytes, size: int) -> None:
         try:

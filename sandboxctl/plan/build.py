@@ -469,6 +469,7 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
         approval_via=policy.approval.via,
         approval_timeout=policy.approval.timeout,
         log_path=planner.log_path(),
+        log_forward=tuple(dict.fromkeys(policy.log.forward)),
         file_events="none" if planner.gvisor else policy.log.file_events,
         shim_python=facts.shim_python,
         warnings=tuple(planner.warnings),

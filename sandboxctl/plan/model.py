@@ -154,6 +154,7 @@ class Plan(NamedTuple):
     # paths no approval may open for writing (sandboxctl's code, policies, state; denied paths)
     never_writable: tuple[tuple[str, str], ...] = ()
     backend: str = "bwrap"  # bwrap | gvisor (launch/oci.py renders the same plan for runsc)
+    log_forward: tuple[str, ...] = ()  # copies of every record: syslog targets (log/forward.py)
     protect: ProtectPlan = ProtectPlan()
 
     def protection(self):
