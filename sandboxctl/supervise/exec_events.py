@@ -109,13 +109,13 @@ class ExecEvents:
             notify.respond(self.listener, notification.id, error=errno.ENAMETOOLONG)
             return
         path = os.fsdecode(raw_path)
-        status = _status(pid)
+        caller = _caller(pid)
         absolute = _absolute(pid, dirfd, path, flags)
-        target, refusal, unsure = self._resolve(pid, status, dirfd, path, absolute, flags)
+        target, refusal, unsure = self._resolve(pid, caller, dirfd, path, absolute, flags)
         if refusal is not None:  # a failed lookup: the kernel runs nothing, and it is no exec event
             notify.respond(self.listener, notification.id, error=refusal)
             return
-        why = unsure or self._unverifiable(pid, status, path, dirfd, flags, ranges)
+        why = unsure or self._unverifiable(pid, caller, path, dirfd, flags, ranges)
         if not notify.still_valid(self.listener, notification.id):
             return  # read before the answer; a dead caller (or a reused pid) is skipped
         if not notify.respond(self.listener, notification.id, allow=True):
@@ -127,7 +127,7 @@ class ExecEvents:
         if truncated:
             fields["argv_truncated"] = True
         if target is not None:
-            self._remember(int(status.get("Tgid", pid)), target)
+            self._remember(caller.tgid, target)
         self.log("exec", **fields)
 
     def unexaminable(self, notification: notify.Notification, name: str, exc: OSError) -> None:
@@ -139,14 +139,14 @@ class ExecEvents:
         self.log("syscall", pid=notification.pid, name=name, decision="deny", rule=rule, errno="EPERM")
 
     # ------------------------------------------------------------------ what the kernel will open
-    def _resolve(self, pid: int, status: dict[str, str], dirfd: int, path: str, absolute: str,
+    def _resolve(self, pid: int, caller: Caller, dirfd: int, path: str, absolute: str,
                  flags: int) -> tuple[ExecTarget | None, int | None, str | None]:
         """(target, errno to answer with, why the target is unsure): the file as the sandbox sees it."""
         try:
-            fd = _open_target(pid, status, dirfd, path, absolute, flags)
+            fd = _open_target(pid, caller.tgid, dirfd, path, absolute, flags)
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR):  # openat2 is sure of neither through /proc
-                walked = sandbox_paths.walk(pid, int(status.get("Tgid", pid)), absolute)
+                walked = sandbox_paths.walk(pid, caller.tgid, absolute)
                 if walked.state == "absent":
                     return None, walked.error, None
             return None, None, f"the supervisor could not resolve the path ({errno.errorcode.get(exc.errno or 0, exc)})"
@@ -159,19 +159,18 @@ class ExecEvents:
             kind, interpreter = _format(fd)
             expect: tuple[int, int] | None = (st.st_dev, st.st_ino) if kind == "elf" else None
             if kind == "script" and interpreter:
-                expect = _interpreter_ident(pid, status, interpreter.split()[0])
+                expect = _interpreter_ident(pid, caller.tgid, interpreter.split()[0])
         finally:
             os.close(fd)
         target = ExecTarget(absolute, (st.st_dev, st.st_ino), kind, expect, interpreter, _exe_ident(pid),
-                            _start_time(pid))
+                            caller.started)
         return target, None, None
 
     # ------------------------------------------------------------------ is the read what the kernel reads?
-    def _unverifiable(self, pid: int, status: dict[str, str], path: str, dirfd: int, flags: int,
+    def _unverifiable(self, pid: int, caller: Caller, path: str, dirfd: int, flags: int,
                       ranges: list[tuple[int, int]]) -> str | None:
-        threads = status.get("Threads", "?")
-        if threads != "1":
-            return f"{threads} threads share the caller's memory"
+        if caller.threads != 1:
+            return f"{caller.threads or 'an unknown number of'} threads share the caller's memory"
         if not self.memory_writes_trapped:
             return "write opens are not trapped in this run, so /proc/PID/mem stays writable"
         if self._kcmp_nr is None:
@@ -181,13 +180,12 @@ class ExecEvents:
             kinds.append(KCMP_FS if dirfd == notify.AT_FDCWD else KCMP_FILES)
         elif flags & AT_EMPTY_PATH and not path:
             kinds.append(KCMP_FILES)
-        sharer = self._sharer(pid, status, kinds)
+        sharer = self._sharer(pid, caller.tgid, kinds)
         if sharer:
             return sharer
         return _shared_pages(pid, ranges, self.judge_write)
 
-    def _sharer(self, pid: int, status: dict[str, str], kinds: list[int]) -> str | None:
-        own = int(status.get("Tgid", pid))
+    def _sharer(self, pid: int, own: int, kinds: list[int]) -> str | None:
         try:
             others = [p for p in self.tasks() if p != own]
         except OSError as exc:
@@ -217,11 +215,9 @@ class ExecEvents:
             return False
         thread = threads[0]
         try:
-            with open(f"/proc/{parent}/task/{thread}/children") as handle:
-                if str(child) not in handle.read().split():
-                    return False
-            with open(f"/proc/{parent}/task/{thread}/syscall") as handle:
-                fields = handle.read().split()
+            if str(child).encode() not in _read(f"/proc/{parent}/task/{thread}/children").split():
+                return False
+            fields = _read(f"/proc/{parent}/task/{thread}/syscall").decode().split()
         except OSError:
             return False
         if not fields or not fields[0].isdigit() or int(fields[0]) not in self._vfork_calls:
@@ -289,7 +285,7 @@ class ExecEvents:
         if not path.startswith("/"):
             base = _readlink(f"/proc/{pid}/cwd" if dirfd == notify.AT_FDCWD else f"/proc/{pid}/fd/{dirfd}")
             path = f"{base}/{path}"
-        why = sandbox_paths.process_memory_open(pid, int(_status(pid).get("Tgid", pid)), path)
+        why = sandbox_paths.process_memory_open(pid, _caller(pid).tgid, path)
         if why is None:
             return None
         return f"writing process memory through /proc/PID/mem is refused ({why})"
@@ -318,25 +314,45 @@ def _read_argv(memory: notify.ProcessMemory, address: int) -> tuple[list[str], b
     return argv, truncated, ranges
 
 
-def _status(pid: int) -> dict[str, str]:
-    values: dict[str, str] = {}
+def _read(path: str, size: int = 8192) -> bytes:
+    """A small /proc file in as few system calls as possible (no buffered file object)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:  # /proc files are seq_files: a read may stop short of the end, only b"" means the end
+        chunks = []
+        while chunk := os.read(fd, size):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+class Caller(NamedTuple):
+    threads: int  # 0: unknown
+    tgid: int
+    started: str  # starttime: with the pid, which process this is
+
+
+def _caller(pid: int) -> Caller:
+    """Threads and start time from one read of /proc/PID/stat; the thread group id from status
+    only for a multi-threaded caller (a single thread is its own group)."""
     try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                if key in ("Tgid", "PPid", "Threads"):
-                    values[key] = value.strip()
-    except OSError:
-        pass
-    return values
+        fields = _read(f"/proc/{pid}/stat").rsplit(b")", 1)[1].split()
+        threads, started = int(fields[17]), fields[19].decode()
+    except (OSError, IndexError, ValueError):
+        return Caller(0, pid, "")
+    tgid = pid
+    if threads != 1:
+        try:
+            text = _read(f"/proc/{pid}/status")
+            start = text.index(b"\nTgid:") + 6
+            tgid = int(text[start:text.index(b"\n", start)])
+        except (OSError, ValueError):
+            pass
+    return Caller(threads, tgid, started)
 
 
 def _start_time(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].split()[19].decode()
-    except (OSError, IndexError):
-        return ""
+    return _caller(pid).started if os.path.exists(f"/proc/{pid}") else ""
 
 
 def _exe_ident(pid: int) -> tuple[int, int] | None:
@@ -363,11 +379,11 @@ def _absolute(pid: int, dirfd: int, path: str, flags: int) -> str:
 
 # ---------------------------------------------------------------------- resolving in the sandbox
 
-def _open_target(pid: int, status: dict[str, str], dirfd: int, path: str, absolute: str, flags: int) -> int:
+def _open_target(pid: int, tgid: int, dirfd: int, path: str, absolute: str, flags: int) -> int:
     """An O_PATH descriptor of the file the exec names, resolved in the caller's root."""
     if not path and flags & AT_EMPTY_PATH:
         return os.open(f"/proc/{pid}/fd/{dirfd}", os.O_PATH | os.O_CLOEXEC)
-    proc = _through_proc_self(pid, status, absolute)
+    proc = _through_proc_self(pid, tgid, absolute)
     if proc is not None:  # /proc/self/exe and friends: magic links, opened from our own /proc
         return os.open(proc, os.O_PATH | os.O_CLOEXEC)
     if not absolute.startswith("/"):
@@ -376,8 +392,7 @@ def _open_target(pid: int, status: dict[str, str], dirfd: int, path: str, absolu
     return sandbox_paths.openat2_in_root(pid, absolute, os.O_PATH | nofollow)
 
 
-def _through_proc_self(pid: int, status: dict[str, str], absolute: str) -> str | None:
-    tgid = status.get("Tgid", str(pid))
+def _through_proc_self(pid: int, tgid: int, absolute: str) -> str | None:
     for prefix, host in (("/proc/self/", f"/proc/{tgid}/"), ("/proc/thread-self/", f"/proc/{tgid}/task/{pid}/"),
                          ("/dev/fd/", f"/proc/{tgid}/fd/")):
         if absolute.startswith(prefix):
@@ -405,10 +420,10 @@ def _format(fd: int) -> tuple[str, str | None]:
     return "other", None
 
 
-def _interpreter_ident(pid: int, status: dict[str, str], interpreter: str) -> tuple[int, int] | None:
+def _interpreter_ident(pid: int, tgid: int, interpreter: str) -> tuple[int, int] | None:
     absolute = notify.Dispatcher._absolute(pid, notify.AT_FDCWD, interpreter)
     try:
-        fd = _open_target(pid, status, notify.AT_FDCWD, interpreter, absolute, 0)
+        fd = _open_target(pid, tgid, notify.AT_FDCWD, interpreter, absolute, 0)
     except OSError:
         return None
     try:
@@ -427,8 +442,7 @@ def _shared_pages(pid: int, ranges: list[tuple[int, int]], judge_write: Callable
 
     One pass over /proc/PID/maps (sorted by address), parsing only the areas the ranges touch."""
     try:
-        with open(f"/proc/{pid}/maps", "rb") as handle:
-            maps = handle.read()
+        maps = _read(f"/proc/{pid}/maps", 1 << 20)
     except OSError as exc:
         return f"the caller's memory map could not be read ({exc.strerror})"
     spans: list[list[int]] = []

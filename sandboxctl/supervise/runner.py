@@ -318,7 +318,11 @@ class Supervisor:
         return self.plan.seccomp.rule_for(name, notification.args) is not None
 
     def _sandbox_processes(self) -> list[int]:
-        """Host pids of every process in the sandbox (for exec records: who could share memory)."""
+        """Host pids of every process in the sandbox (for exec records: who could share memory):
+        the run's cgroup lists them in one read; without one, the process tree is walked."""
+        if self.cgroup is not None and self.cgroup.dirs and self.ready:
+            with contextlib.suppress(OSError):
+                return self.cgroup.processes()
         init = self._init_pid()
         return processes.descendants(init) if init else []
 
