@@ -106,6 +106,7 @@ class Mediator:
                              key=lambda item: len(item[0]), reverse=True)
         self.mediated_roots = set(protection.roots)
         self.as_caller = fdops.CallerPermissions()  # a root supervisor acts with the caller's permissions
+        self.umasks: dict[int, int] = {}
 
     def close(self) -> None:
         if self.root is not None:
@@ -285,9 +286,19 @@ class Mediator:
         respond(self.listener, n.id, allow=True)
 
     def _umask(self, pid: int) -> int:
-        from sandboxctl.supervise.file_escape import caller_umask
+        """The caller's umask, read from /proc once per process: umask() is trapped too (it only
+        clears this cache), and an exec (also trapped) forgets the pid, so a reused pid is read again."""
+        known = self.umasks.get(pid)
+        if known is None:
+            from sandboxctl.supervise.file_escape import caller_umask
 
-        return caller_umask(pid)
+            if len(self.umasks) > 4096:
+                self.umasks.clear()
+            known = self.umasks[pid] = caller_umask(pid)
+        return known
+
+    def forget(self, pid: int) -> None:
+        self.umasks.pop(pid, None)
 
     def _resolve(self, n: Notification, call: Call, index: int, opened: list[int], *,
                  follow: bool) -> tuple[str | None, Entry | str | None]:

@@ -441,3 +441,12 @@ def test_writes_outside_the_writable_set_that_are_not_opens_are_logged_denials(s
     assert {("mkdir", "/usr/x"), ("rename", "/etc/hosts"), ("unlink", "/etc/hostname"),
             ("chmod", "/etc/hosts")} <= ops
     assert not any(p == "/tmp/fine" for _, p in ops)
+
+
+def test_files_made_by_the_supervisor_keep_the_callers_umask(sandbox):
+    ws = sandbox.workspace
+    result = sandbox.sh("umask 077; echo s > secret; mkdir private; umask 022; echo p > public; mkdir shared; "
+                        "python3 -c \"import os; os.umask(0o027); open('py', 'w').close()\"; echo end")
+    assert "end" in result.stdout
+    modes = {name: (ws / name).stat().st_mode & 0o777 for name in ("secret", "private", "public", "shared", "py")}
+    assert modes == {"secret": 0o600, "private": 0o700, "public": 0o644, "shared": 0o755, "py": 0o640}
