@@ -15,7 +15,7 @@ from pathlib import Path
 from sandboxctl.errors import SandboxError
 from sandboxctl.plan.model import SeccompCondition, SeccompPlan, SeccompRule
 
-CACHE_VERSION = "4"
+CACHE_VERSION = "5"
 # __NR_seccomp per machine: the shim makes the raw call (libseccomp is not reachable inside)
 SECCOMP_SYSCALL = {"x86_64": 317, "aarch64": 277, "riscv64": 277, "ppc64le": 358, "s390x": 348}
 
@@ -42,7 +42,9 @@ def plan_digest(plan: SeccompPlan) -> str:
     known = _digests.get(id(plan))
     if known and known[0] is plan:
         return known[1]
-    digest = hashlib.sha256(f"{CACHE_VERSION}\0{os.uname().machine}\0{plan!r}".encode()).hexdigest()
+    from sandboxctl.plan.syscalls import MEDIATED_CALLS  # code, not plan data: part of the key all the same
+
+    digest = hashlib.sha256(f"{CACHE_VERSION}\0{os.uname().machine}\0{MEDIATED_CALLS}\0{plan!r}".encode()).hexdigest()
     _digests[id(plan)] = (plan, digest)
     return digest
 
@@ -74,9 +76,11 @@ def build_filter(plan: SeccompPlan, which: str = "static"):
         if plan.notify_exec:
             rules += [SeccompRule(name, "notify", "exec event") for name in ("execve", "execveat")]
         rules += file_open_rules(plan.file_events)
+        present = {r.syscall for r in rules if not r.conditions}
         if plan.mediate:
-            present = {r.syscall for r in rules if not r.conditions}
             rules += [r for r in mediated_rules() if r.syscall not in present]
+        if plan.exec_guard and "memfd_create" not in present:
+            rules.append(SeccompRule("memfd_create", "notify", "exec.allow: memory files made non-executable"))
     else:
         rules = [r for r in plan.rules if not plan.trapped(r)]
     for rule in rules:
@@ -189,7 +193,8 @@ def load_or_compile_notify(plan: SeccompPlan, cache_dir: Path) -> tuple[bytes, d
     program = compile_bpf(plan, "notify")
     names = sorted({r.syscall for r in plan.rules if plan.trapped(r)} | {"execve", "execveat"}
                    | {r.syscall for r in file_open_rules(plan.file_events)}
-                   | ({r.syscall for r in mediated_rules()} if plan.mediate else set()))
+                   | ({r.syscall for r in mediated_rules()} if plan.mediate else set())
+                   | ({"memfd_create"} if plan.exec_guard else set()))
     numbers = syscall_numbers(names)
     try:
         cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -80,7 +80,8 @@ class ExecEvents:
         self._kcmp_nr, self._vfork_calls = _MACHINE.get(machine, (None, {}))
 
     # ------------------------------------------------------------------ the call
-    def handle(self, notification: notify.Notification, name: str) -> None:
+    def handle(self, notification: notify.Notification, name: str, guard: Any = None) -> None:
+        """`guard`: supervise.exec_guard.ExecGuard under exec.allow (the ELF loader is refused)."""
         pid = notification.pid
         path_arg, argv_arg = (0, 1) if name == "execve" else (1, 2)
         dirfd = notification.args[0] & 0xFFFFFFFF if name == "execveat" else notify.AT_FDCWD
@@ -114,6 +115,9 @@ class ExecEvents:
         target, refusal, unsure = self._resolve(pid, caller, dirfd, path, absolute, flags)
         if refusal is not None:  # a failed lookup: the kernel runs nothing, and it is no exec event
             notify.respond(self.listener, notification.id, error=refusal)
+            return
+        if guard is not None and guard.runs_the_loader(pid, absolute):
+            guard.refuse_loader(notification, absolute)
             return
         why = unsure or self._unverifiable(pid, caller, path, dirfd, flags, ranges)
         if not notify.still_valid(self.listener, notification.id):

@@ -142,8 +142,8 @@ class Dispatcher:
                  denied: list[dict[str, object]] | None = None, escalate: Callable[[Any], None] | None = None,
                  log_allowed: bool = True, mediator: Any = None,
                  is_denial: Callable[[Notification], bool] = lambda notification: False,
-                 tasks: Callable[[], list[int]] | None = None, tampered: list[dict[str, Any]] | None = None,
-                 memory_writes_trapped: bool = True):
+                 exec_guard: Any = None, tasks: Callable[[], list[int]] | None = None,
+                 tampered: list[dict[str, Any]] | None = None, memory_writes_trapped: bool = True):
         self.fd = fd
         self.names = names  # syscall number -> name, for the calls we trap
         self.deny = deny  # notification -> (syscall name, errno, rule)
@@ -158,6 +158,7 @@ class Dispatcher:
 
         self.execs = ExecEvents(fd, log, self.denied, judge_write, tasks or (lambda: []), tampered,
                                 memory_writes_trapped)
+        self.exec_guard = exec_guard  # supervise.exec_guard.ExecGuard under exec.allow
 
     def handle(self) -> bool:
         """Answer one notification; False once no sandboxed process can send any more (the
@@ -179,8 +180,15 @@ class Dispatcher:
     def _answer(self, notification: Notification) -> bool:
         name = self.names.get(notification.nr)
         self.execs.observe(notification.pid)  # did an earlier exec of this process run what its record says?
+        if name == "umask" and self.mediator is not None:  # only to keep the mediator's umask cache true
+            self.mediator.forget(notification.pid)
+            respond(self.fd, notification.id, allow=True)
+            return True
         if name in MEDIATED and self.mediator is not None and not self.is_denial(notification):
             self.mediator.handle(notification, name)
+            return True
+        if name == "memfd_create" and self.exec_guard is not None and not self.is_denial(notification):
+            self.exec_guard.memfd_create(notification)
             return True
         if name not in ("execve", "execveat"):
             syscall, error, rule = self.deny(notification)
@@ -189,7 +197,9 @@ class Dispatcher:
             self.log("syscall", pid=notification.pid, name=syscall, decision="deny", rule=rule,
                      errno=errno.errorcode.get(error, str(error)))
             return True
-        self.execs.handle(notification, name)
+        if self.mediator is not None:
+            self.mediator.forget(notification.pid)
+        self.execs.handle(notification, name, self.exec_guard)
         return True
 
     def outside(self, notification: Notification, full: str, op: str, flags: int, mode: int) -> None:
