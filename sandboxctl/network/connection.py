@@ -151,6 +151,7 @@ class _Connection:
         self.relaying = False
         self.reset = False
         self.thread: threading.Thread | None = None
+        self.recorded = False  # its net record is written (ProxyServer._first_record)
         self.started = time.monotonic()
         self.seen = False
         self.host: str | None = None
@@ -172,7 +173,7 @@ class _Connection:
         finally:
             self._close_all()
             self.server._finished(self)
-            if self.seen:
+            if self.seen and self.server._first_record(self):
                 self.server._emit(self.record())
 
     def record(self) -> dict[str, Any]:

@@ -160,6 +160,10 @@ class ProxyServer:
         for conn in conns:
             if conn.thread is not None and conn.thread.is_alive():
                 conn.force_close()
+                if conn.seen and self._first_record(conn):  # still busy at the deadline: its record now,
+                    record = conn.record()                    # or it would be lost once stop() returns
+                    record.setdefault("error", "still open when the proxy stopped")
+                    self._emit(record)
 
     @property
     def serving(self) -> bool:
@@ -274,6 +278,14 @@ class ProxyServer:
         self._emit({"host": None, "port": None, "address": None, "decision": "deny",
                     "rule": f"connection limit ({self.max_connections}) reached", "count": count,
                     "bytes_in": 0, "bytes_out": 0, "duration_s": duration, "protocol": None})
+
+    def _first_record(self, conn: _Connection) -> bool:
+        """True once per connection: its `net` record is written by whoever gets here first."""
+        with self._lock:
+            if conn.recorded:
+                return False
+            conn.recorded = True
+            return True
 
     def _finished(self, conn: _Connection) -> None:
         with self._lock:

@@ -1190,6 +1190,28 @@ def test_a_burst_still_open_at_stop_is_recorded(echo: EchoServer) -> None:
     assert [r["count"] for r in records if r.get("count")] == [3]
 
 
+def test_a_connection_still_busy_at_stop_keeps_its_record(echo: EchoServer) -> None:
+    """A connection whose thread is stuck past stop()'s deadline (here: a human who never answers)
+    is recorded by stop() itself: once stop() returns, a late record would be lost."""
+    gate = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+    records: list[dict[str, Any]] = []
+    server = ProxyServer(listener, NetPolicy((), (), True), records.append, lambda *a: gate.wait(10))
+    server.start()
+    client = socket.create_connection(listener.getsockname(), timeout=10)
+    client.sendall(f"CONNECT 127.0.0.1:{echo.port} HTTP/1.1\r\n\r\n".encode())
+    end = time.monotonic() + 5
+    while not server.active_connections and time.monotonic() < end:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    server.stop(timeout=0.5)
+    gate.set()
+    assert len(records) == 1 and records[0]["error"] == "still open when the proxy stopped", records
+    time.sleep(0.3)
+    assert len(records) == 1  # the thread that wakes up later writes no second record
+    client.close()
+
+
 def test_the_descriptor_budget_caps_connections_below_the_limit() -> None:
     from sandboxctl.supervise import fd_budget
 
