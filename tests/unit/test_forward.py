@@ -219,3 +219,22 @@ def test_verify_against_catches_a_rewritten_local_log(tmp_path: Path, collector:
     assert verify(path).ok  # the chain alone cannot tell
     result = against.check(path, copy)
     assert not result.ok, result
+
+
+def test_the_local_syslog_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """"syslog" is the local /dev/log: a datagram UNIX socket (here one of our own)."""
+    from sandboxctl.log import forward
+
+    path = str(tmp_path / "log.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(path)
+    server.settimeout(5)
+    monkeypatch.setattr(forward, "DEV_LOG", path)
+    log = ActionLog(str(tmp_path / "log.jsonl"), "run-1")
+    log.forward = Forwarder(["syslog"])
+    log.write("exec", pid=1, path="/bin/true", argv=["true"])
+    log.forward.close(5)
+    log.close()
+    received = server.recv(70000)
+    server.close()
+    assert received.startswith(b"<86>1 ") and received.endswith((tmp_path / "log.jsonl").read_bytes().strip())
