@@ -101,6 +101,8 @@ class ProtectPlan(NamedTuple):
     record: tuple[str, ...] = ()  # existing protected entries the end-of-run check records and compares
     absent: tuple[str, ...] = ()  # protected names absent at launch: the end-of-run check says if they appeared
     mediated: bool = False  # Landlock + the supervisor enforce it (bwrap); False: binds + the check only (gvisor)
+    ephemeral: tuple[str, ...] = ()  # writable sandbox mounts above a root (tmpfs HOME, /tmp): mediated too
+    anchors: tuple[str, ...] = ()  # directories mounts hang from, in mediated areas: never moved or removed
 
 
 class NetworkPlan(NamedTuple):
@@ -246,7 +248,7 @@ def _protection(protect: ProtectPlan, roots: tuple[str, ...]):
         return known[1]
     from sandboxctl.protect.rules import Protection
 
-    value = Protection(roots, protect.gitdirs, dict(protect.explicit), protect.masked)
+    value = Protection(roots, protect.gitdirs, dict(protect.explicit), protect.masked, protect.anchors)
     _protections[key] = (protect, value)
     return value
 
