@@ -424,6 +424,22 @@ class _Planner:
                            notify_exec=self.policy.log.exec_events, file_events=trapped_opens, mediate=mediate,
                            exec_guard=self.policy.exec_allow is not None)
 
+    def noexec_mounts(self, mounts: list[Mount]) -> tuple[str, ...]:
+        """Under exec.allow, every writable mount (and /dev) that holds no allowed path becomes
+        noexec: Landlock checks execve only, while a noexec mount also refuses mmap(PROT_EXEC),
+        so LD_PRELOAD, dlopen and the ELF loader cannot run what the command wrote."""
+        if self.policy.exec_allow is None or self.gvisor:
+            return ()
+        allowed = [self.expand(p) for p in self.policy.exec_allow]
+        targets = [m.target for m in mounts if m.kind in ("tmpfs", "rw", "dev")]
+
+        def deepest(path: str) -> str | None:
+            holders = [t for t in targets if _within(path, t)]
+            return max(holders, key=len) if holders else None
+
+        keep = {deepest(path) for path in allowed}
+        return tuple(t for t in targets if t not in keep)
+
     def cwd(self) -> str:
         return self.inv.workspace if self.workspace else self.facts.home
 
@@ -503,4 +519,5 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
         backend=planner.backend,
         protect=planner.protect,
         exec_loaders=tuple(facts.elf_loaders) if policy.exec_allow is not None else (),
+        noexec_mounts=planner.noexec_mounts(mounts),
     )

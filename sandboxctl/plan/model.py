@@ -159,6 +159,7 @@ class Plan(NamedTuple):
     backend: str = "bwrap"  # bwrap | gvisor (launch/oci.py renders the same plan for runsc)
     protect: ProtectPlan = ProtectPlan()
     exec_loaders: tuple[str, ...] = ()  # the ELF loaders exec.allow keeps executable (never run as a command)
+    noexec_mounts: tuple[str, ...] = ()  # exec.allow: writable mounts remounted noexec before the command runs
 
     def protection(self):
         """The rules for changes beneath the writable roots (the mediator asks them)."""
