@@ -155,7 +155,10 @@ class Mediator:
     def handle(self, notification: Notification, name: str) -> None:
         try:
             call = self._read(notification, name)
-        except OSError:
+        except OSError as exc:
+            if exc.errno in (errno.ENAMETOOLONG, errno.EFAULT):  # what the kernel itself would answer
+                respond(self.listener, notification.id, error=exc.errno)
+                return
             self._refuse(notification, name, "?", "sandboxctl could not read the call's arguments", errno.EPERM)
             return
         if call is None:
@@ -178,13 +181,13 @@ class Mediator:
             memory = ProcessMemory(n.pid)
             try:
                 if name == "creat":
-                    return Call("open", ((AT_FDCWD, memory.string(a[0])),), O_CREAT | O_TRUNC | os.O_WRONLY, low[1])
+                    return Call("open", ((AT_FDCWD, memory.path(a[0])),), O_CREAT | O_TRUNC | os.O_WRONLY, low[1])
                 if name == "open":
-                    return Call("open", ((AT_FDCWD, memory.string(a[0])),), low[1], low[2])
+                    return Call("open", ((AT_FDCWD, memory.path(a[0])),), low[1], low[2])
                 if name == "openat":
-                    return Call("open", ((dirfd, memory.string(a[1])),), low[2], low[3])
+                    return Call("open", ((dirfd, memory.path(a[1])),), low[2], low[3])
                 flags = memory.word(a[2]) if a[2] else 0  # openat2: struct open_how {flags, mode, resolve}
-                return Call("open", ((dirfd, memory.string(a[1])),), flags & 0xFFFFFFFF,
+                return Call("open", ((dirfd, memory.path(a[1])),), flags & 0xFFFFFFFF,
                             memory.word(a[2] + 8) if a[2] else 0, memory.word(a[2] + 16) if a[2] else 0)
             finally:
                 memory.close()
@@ -192,7 +195,7 @@ class Mediator:
             return Call("fchmod", (), mode=low[1], extra=low[0])
         memory = ProcessMemory(n.pid)
         try:
-            text = memory.string
+            text = memory.path
             if name == "mkdir":
                 return Call("mkdir", ((AT_FDCWD, text(a[0])),), mode=low[1])
             if name == "mkdirat":
@@ -216,7 +219,7 @@ class Mediator:
                 return Call("link", ((AT_FDCWD, text(a[0])), (AT_FDCWD, text(a[1]))))
             if name == "linkat":
                 return Call("link", ((dirfd, text(a[1])), (low[2], text(a[3]))), flags=low[4])
-            if name == "symlink":
+            if name == "symlink":  # the target is text, not a path to resolve, but kept byte for byte too
                 return Call("symlink", ((AT_FDCWD, text(a[1])),), link_target=text(a[0]))
             if name == "symlinkat":
                 return Call("symlink", ((low[1], text(a[2])),), link_target=text(a[0]))
