@@ -1,0 +1,66 @@
+"""Red-team attacks on the protected-paths wall (issue 13), each judged from outside the sandbox:
+the host's own git leaving a canary, the host file's bytes, a canary a binary would write."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_protected_paths import git, hostile_config, repo
+
+
+@pytest.fixture
+def canary(tmp_path: Path) -> Path:
+    return tmp_path / "CANARY"
+
+
+def plant_commondir(canary: Path, how: str) -> str:
+    """A copy of .git with a hostile config, and .git/commondir pointing the host's git at it."""
+    return f"cp -r .git evil && printf '%s' '{hostile_config(canary)}' > evil/config && {how}; echo end"
+
+
+# ------------------------------------------------------------------ the kernel wall under a tmpfs
+def test_a_magic_link_path_cannot_plant_git_commondir(sandbox, canary):
+    """/proc/self/cwd/… fails the supervisor's RESOLVE_NO_MAGICLINKS resolution, so the call is
+    continued to the kernel; Landlock does not hold the workspace read-only when it lies beneath a
+    sandbox tmpfs (/tmp, HOME): the /tmp rule's write rights cover the bind mounted under it."""
+    ws = repo(sandbox.workspace, sandbox.home)
+    result = sandbox.sh(plant_commondir(canary, "echo ../evil > /proc/self/cwd/.git/commondir"))
+    assert "end" in result.stdout, result.stderr
+    git(ws, "status", home=sandbox.home)
+    assert not canary.exists()
+    assert not (ws / ".git" / "commondir").exists()
+
+
+RACE = textwrap.dedent("""
+    import ctypes, os, threading
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(256)
+    good, bad = b"/tmp/decoy", os.getcwd().encode() + b"/.git/commondir"
+    stop = False
+    def flip():
+        while not stop:
+            ctypes.memmove(buf, good + b"\\0", len(good) + 1)
+            ctypes.memmove(buf, bad + b"\\0", len(bad) + 1)
+    t = threading.Thread(target=flip); t.start()
+    for _ in range(20000):
+        fd = libc.open(buf, os.O_WRONLY | os.O_CREAT, 0o644)
+        if fd >= 0:
+            os.write(fd, b"../evil\\n"); os.close(fd)
+        if os.path.exists(".git/commondir"):
+            break
+    stop = True; t.join(); print("end")
+""")
+
+
+def test_a_racing_thread_cannot_swap_a_tmp_path_onto_git_commondir(sandbox, canary):
+    """A path in the sandbox's /tmp is continued to the kernel; a second thread swaps the buffer
+    to the workspace before the kernel reads it. Only Landlock could refuse it there."""
+    ws = repo(sandbox.workspace, sandbox.home)
+    result = sandbox.sh(plant_commondir(canary, f"python3 -c '{RACE}'"), timeout=180)
+    assert "end" in result.stdout, result.stderr
+    git(ws, "status", home=sandbox.home)
+    assert not canary.exists()
+    assert not (ws / ".git" / "commondir").exists()
