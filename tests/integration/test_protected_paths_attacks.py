@@ -3,6 +3,7 @@ the host's own git leaving a canary, the host file's bytes, a canary a binary wo
 
 from __future__ import annotations
 
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -60,6 +61,20 @@ def test_a_racing_thread_cannot_swap_a_tmp_path_onto_git_commondir(sandbox, cana
     to the workspace before the kernel reads it. Only Landlock could refuse it there."""
     ws = repo(sandbox.workspace, sandbox.home)
     result = sandbox.sh(plant_commondir(canary, f"python3 -c '{RACE}'"), timeout=180)
+    assert "end" in result.stdout, result.stderr
+    git(ws, "status", home=sandbox.home)
+    assert not canary.exists()
+    assert not (ws / ".git" / "commondir").exists()
+
+
+# ------------------------------------------------------------------ gVisor: absent git metadata is not held at all
+@pytest.mark.skipif(not shutil.which("runsc"), reason="runsc (gVisor) is not installed")
+def test_gvisor_cannot_plant_git_commondir(sandbox, canary):
+    """Under gVisor only existing protected entries are binds and only absent *root* names are
+    checked at the end; an absent .git/commondir (or config.worktree, hooks/…) is neither."""
+    ws = repo(sandbox.workspace, sandbox.home)
+    script = plant_commondir(canary, "echo ../evil > .git/commondir")
+    result = sandbox.run("--backend", "gvisor", "--", "/bin/sh", "-c", script)
     assert "end" in result.stdout, result.stderr
     git(ws, "status", home=sandbox.home)
     assert not canary.exists()
