@@ -79,3 +79,24 @@ def test_gvisor_cannot_plant_git_commondir(sandbox, canary):
     git(ws, "status", home=sandbox.home)
     assert not canary.exists()
     assert not (ws / ".git" / "commondir").exists()
+
+
+# ------------------------------------------------------------------ a repository made without the name .git
+SIGNED_COMMIT = ("tree %s\\nauthor a <a@a> 1 +0000\\ncommitter a <a@a> 1 +0000\\n"
+                 "gpgsig -----BEGIN PGP SIGNATURE-----\\n x\\n -----END PGP SIGNATURE-----\\n\\nm\\n")
+
+
+def test_a_new_bare_repository_in_a_subdirectory_cannot_be_planted(sandbox, canary):
+    """git takes any directory holding HEAD, objects/ and refs/ for a (bare) repository and reads
+    its config: the host's next `git log` run from docs/ runs gpg.program from it."""
+    ws = repo(sandbox.workspace, sandbox.home)
+    (ws / "docs").mkdir()
+    script = f"""cd docs && git init -q --bare /tmp/b && cp -r /tmp/b/HEAD /tmp/b/objects /tmp/b/refs . &&
+printf '#!/bin/sh\\ntouch {canary}\\n' > g.sh && chmod +x g.sh &&
+printf '[core]\\n\\tbare = true\\n[log]\\n\\tshowSignature = true\\n[gpg]\\n\\tprogram = %s/g.sh\\n' "$PWD" > config &&
+c=$(printf '{SIGNED_COMMIT}' $(git mktree </dev/null) | git hash-object -t commit -w --stdin) &&
+git update-ref refs/heads/master $c; echo end"""
+    result = sandbox.sh(script)
+    assert "end" in result.stdout, result.stderr
+    git(ws / "docs", "log", "-1", home=sandbox.home, check=False)
+    assert not canary.exists()
