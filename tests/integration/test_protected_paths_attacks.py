@@ -4,6 +4,7 @@ the host's own git leaving a canary, the host file's bytes, a canary a binary wo
 from __future__ import annotations
 
 import shutil
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -100,3 +101,26 @@ git update-ref refs/heads/master $c; echo end"""
     assert "end" in result.stdout, result.stderr
     git(ws / "docs", "log", "-1", home=sandbox.home, check=False)
     assert not canary.exists()
+
+
+# ------------------------------------------------------------------ exec.allow
+EXEC_POLICY = "version: 1\nextends: default\nexec:\n  allow: [/usr/bin, /bin]\n"
+CONSTRUCTOR_C = ('#include <stdio.h>\n#include <stdlib.h>\n__attribute__((constructor)) static void run(void) '
+                 '{ char *c = getenv("CANARY"); if (c) fclose(fopen(c, "w")); }\n')
+
+
+@pytest.mark.parametrize("how", ["LD_PRELOAD=./evil.so /usr/bin/true",
+                                 "python3 -c 'import ctypes; ctypes.CDLL(\"./evil.so\")'"])
+def test_exec_allow_holds_against_shared_objects_from_the_workspace(sandbox, how):
+    """Landlock checks execute rights on execve only; the loader maps a preloaded or dlopen()ed
+    file with PROT_EXEC on a read right alone, so native code from the workspace runs."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        pytest.skip("no C compiler on this machine")
+    (sandbox.workspace / "evil.c").write_text(CONSTRUCTOR_C)
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(sandbox.workspace / "evil.so"),
+                    str(sandbox.workspace / "evil.c")], check=True)
+    policy = sandbox.write_policy("exec.yaml", EXEC_POLICY)
+    ran = sandbox.workspace / "ran"
+    sandbox.run("--", "/bin/sh", "-c", f"CANARY={ran} {how}", policy=str(policy))
+    assert not ran.exists()
