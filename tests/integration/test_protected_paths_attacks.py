@@ -3,6 +3,8 @@ the host's own git leaving a canary, the host file's bytes, a canary a binary wo
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import subprocess
 import textwrap
@@ -133,3 +135,21 @@ def test_exec_allow_holds_against_shared_objects_from_the_workspace(sandbox, how
     ran = sandbox.workspace / "ran"
     sandbox.run("--", "/bin/sh", "-c", f"CANARY={ran} {how}", policy=str(policy))
     assert not ran.exists()
+
+
+# ------------------------------------------------------------------ the mediator itself
+def test_a_fifo_with_no_reader_does_not_stall_the_supervisor(sandbox):
+    """The supervisor opens a FIFO for writing itself and blocks until a reader comes: every other
+    trapped call (each exec) waits behind it, the run's --timeout never fires, SIGTERM does not
+    end it. (A read lease taken by the sandbox on its own file stalls it the same way, for the
+    kernel's lease-break-time, 45 s, per open.)"""
+    fifo = sandbox.workspace / "f"
+    try:
+        sandbox.run("--timeout", "20s", "--", "/bin/sh", "-c", "mkfifo f; (echo x > f &); sleep 0.2; echo ok > ok",
+                    timeout=40)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the run hung past its own --timeout")
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # release a blocked writer
+    assert (sandbox.workspace / "ok").exists()
