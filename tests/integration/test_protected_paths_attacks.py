@@ -153,3 +153,29 @@ def test_a_fifo_with_no_reader_does_not_stall_the_supervisor(sandbox):
         with contextlib.suppress(OSError):
             os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # release a blocked writer
     assert (sandbox.workspace / "ok").exists()
+
+
+NAMES_PROBE = textwrap.dedent("""
+    import errno, os
+    for name in (b"caf\\xe9.txt", b"d\\xff"):
+        os.close(os.open(name, os.O_WRONLY | os.O_CREAT, 0o644))
+    os.rename(b"d\\xff", b"e\\xfe"); os.mkdir(b"dir\\xe9"); os.unlink(b"caf\\xe9.txt")
+    top = os.getcwd()
+    for _ in range(2000):
+        os.mkdir("a"); os.chdir("a")
+    try:  # 4214 bytes: the kernel refuses any path of PATH_MAX (4096) or more
+        os.open(top + "/a" * 2000 + "/" + "b" * 200, os.O_WRONLY | os.O_CREAT, 0o644)
+    except OSError as exc:
+        print(errno.errorcode[exc.errno])
+""")
+
+
+def test_the_supervisor_acts_on_the_callers_exact_bytes(sandbox):
+    """Paths are read from the caller's memory as UTF-8 with errors replaced, and up to a page
+    past 4096 bytes: the supervisor creates, renames and removes other names than the caller
+    gave (dir\\ufffd; two different names become the same one), and creates a file through a
+    path the kernel would refuse as too long."""
+    result = sandbox.py(NAMES_PROBE)
+    assert result.stdout.split() == ["ENAMETOOLONG"], result.stderr
+    assert sorted(os.listdir(os.fsencode(sandbox.workspace))) == [b"a", b"dir\xe9", b"e\xfe"]
+    assert [files for _, _, files in os.walk(sandbox.workspace / "a") if files] == []
