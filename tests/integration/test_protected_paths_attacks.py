@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.test_exec_allow import CANARY_C
 from tests.integration.test_protected_paths import _start, _wait_for, git, hostile_config, repo
 
 
@@ -134,6 +135,47 @@ def test_exec_allow_holds_against_shared_objects_from_the_workspace(sandbox, how
     policy = sandbox.write_policy("exec.yaml", EXEC_POLICY)
     ran = sandbox.workspace / "ran"
     sandbox.run("--", "/bin/sh", "-c", f"CANARY={ran} {how}", policy=str(policy))
+    assert not ran.exists()
+
+
+LOADER_PROBE = textwrap.dedent("""
+    import ctypes, os, sys, threading
+    binary, canary, how = sys.argv[1].encode(), sys.argv[2].encode(), sys.argv[3]
+    loader = [p for p in (b"/lib64/ld-linux-x86-64.so.2", b"/lib/ld-linux-aarch64.so.1") if os.path.exists(p)][0]
+    if how == "non-utf8-name":  # the supervisor resolves /tmp/l\\ufffd, which does not exist
+        os.symlink(loader, b"/tmp/l\\xff")
+        os.execv(b"/tmp/l\\xff", [loader, binary, canary])
+    libc = ctypes.CDLL(None, use_errno=True)
+    for _ in range(300):  # race: the supervisor reads /usr/bin/true, the kernel the loader
+        if os.path.exists(canary):
+            break
+        if os.fork() == 0:
+            buf = ctypes.create_string_buffer(64)
+            def flip():
+                while True:
+                    ctypes.memmove(buf, loader + b"\\0", len(loader) + 1)
+                    ctypes.memmove(buf, b"/usr/bin/true\\0", 14)
+            threading.Thread(target=flip, daemon=True).start()
+            libc.execv(buf, (ctypes.c_char_p * 4)(loader, binary, canary, None))
+            os._exit(1)
+        os.wait()
+""")
+
+
+@pytest.mark.parametrize("how", ["non-utf8-name", "race"])
+def test_the_loader_refusal_holds(sandbox, how):
+    """The exec guard reads the exec path from the caller's memory, resolves it and continues:
+    a name that is not UTF-8 resolves to another (missing) name there, and a second thread
+    swaps the path between the guard's read and the kernel's."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        pytest.skip("no C compiler on this machine")
+    (sandbox.workspace / "c.c").write_text(CANARY_C)
+    subprocess.run([cc, "-o", str(sandbox.workspace / "bin"), str(sandbox.workspace / "c.c")], check=True)
+    (sandbox.workspace / "probe.py").write_text(LOADER_PROBE)
+    ran = sandbox.workspace / "ran"
+    policy = sandbox.write_policy("exec.yaml", EXEC_POLICY)
+    sandbox.run("--", "python3", "probe.py", "./bin", str(ran), how, policy=str(policy), timeout=120)
     assert not ran.exists()
 
 
