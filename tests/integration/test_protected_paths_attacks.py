@@ -202,11 +202,11 @@ NAMES_PROBE = textwrap.dedent("""
     for name in (b"caf\\xe9.txt", b"d\\xff"):
         os.close(os.open(name, os.O_WRONLY | os.O_CREAT, 0o644))
     os.rename(b"d\\xff", b"e\\xfe"); os.mkdir(b"dir\\xe9"); os.unlink(b"caf\\xe9.txt")
-    top = os.getcwd()
-    for _ in range(2000):
-        os.mkdir("a"); os.chdir("a")
-    try:  # 4214 bytes: the kernel refuses any path of PATH_MAX (4096) or more
-        os.open(top + "/a" * 2000 + "/" + "b" * 200, os.O_WRONLY | os.O_CREAT, 0o644)
+    path = os.getcwd()
+    while len(path) < 3850:
+        os.mkdir("a" * 200); os.chdir("a" * 200); path += "/" + "a" * 200
+    try:  # over 4100 bytes: the kernel refuses any path of PATH_MAX (4096) or more
+        os.open(path + "/" + "b" * 250, os.O_WRONLY | os.O_CREAT, 0o644)
     except OSError as exc:
         print(errno.errorcode[exc.errno])
 """)
@@ -219,5 +219,5 @@ def test_the_supervisor_acts_on_the_callers_exact_bytes(sandbox):
     path the kernel would refuse as too long."""
     result = sandbox.py(NAMES_PROBE)
     assert result.stdout.split() == ["ENAMETOOLONG"], result.stderr
-    assert sorted(os.listdir(os.fsencode(sandbox.workspace))) == [b"a", b"dir\xe9", b"e\xfe"]
-    assert [files for _, _, files in os.walk(sandbox.workspace / "a") if files] == []
+    assert sorted(os.listdir(os.fsencode(sandbox.workspace))) == [b"a" * 200, b"dir\xe9", b"e\xfe"]
+    assert [files for _, _, files in os.walk(sandbox.workspace / ("a" * 200)) if files] == []
