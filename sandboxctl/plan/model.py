@@ -101,6 +101,7 @@ class ProtectPlan(NamedTuple):
     record: tuple[str, ...] = ()  # existing protected entries the end-of-run check records and compares
     absent: tuple[str, ...] = ()  # protected names absent at launch: the end-of-run check says if they appeared
     mediated: bool = False  # Landlock + the supervisor enforce it (bwrap); False: binds + the check only (gvisor)
+    repositories: tuple[str, ...] = ()  # `.git` entries and bare repositories found at launch
     ephemeral: tuple[str, ...] = ()  # writable sandbox mounts above a root (tmpfs HOME, /tmp): mediated too
     anchors: tuple[str, ...] = ()  # directories mounts hang from, in mediated areas: never moved or removed
 

@@ -41,9 +41,11 @@ class ProtectionPlanner:
         absent: list[str] = []
         gitdirs: list[str] = []
         worktrees: list[str] = []
+        repositories: list[str] = []
         for root in roots:
             index = self.p.tree(root)
             gitdirs += index.gitdirs
+            repositories += index.repositories
             for repository in index.repositories:
                 worktree = os.path.dirname(repository) if repository.endswith("/" + names.GIT) else None
                 if worktree:
@@ -107,7 +109,8 @@ class ProtectionPlanner:
         plan = ProtectPlan(
             roots=tuple(sorted(roots)), guard_roots=tuple(guard_roots), gitdirs=tuple(sorted(set(gitdirs))),
             explicit=tuple(sorted(explicit.items())), masked=tuple(masked), record=tuple(record),
-            absent=tuple(sorted({a for a in absent if rules.reason(a)})), mediated=mediated and bool(roots))
+            absent=tuple(sorted({a for a in absent if rules.reason(a)})), mediated=mediated and bool(roots),
+            repositories=tuple(sorted(set(repositories))))
         if not mediated and absent:
             self.p.warnings.append(
                 "gvisor backend: protected paths that do not exist yet (" + ", ".join(
