@@ -6,6 +6,7 @@ what the supervisor recorded.
 
 from __future__ import annotations
 
+import os
 import stat
 import subprocess
 import sys
@@ -107,12 +108,16 @@ def test_failed_path_lookups_are_not_exec_events(sandbox):
     assert "/usr/bin/nosuch" not in [r["path"] for r in sandbox.records() if r["event"] == "exec"]
 
 
-def test_writing_process_memory_through_proc_is_refused_and_logged(sandbox):
+def test_writing_process_memory_through_proc_is_refused_and_logged(sandbox, tmp_path):
     """No Yama here: a sandboxed process could otherwise rewrite another's pending exec."""
-    code = """
+    links = tmp_path / "links"  # a read-only host directory: the link is resolved by the supervisor
+    links.mkdir()
+    os.symlink("/proc/self/mem", links / "mem-link")
+    os.chmod(tmp_path, 0o755)
+    policy = sandbox.write_policy("links.yaml", f"version: 1\nextends: default\nfilesystem:\n  read: [{links}]\n")
+    code = f"""
 import errno, os
-os.symlink("/proc/self/mem", "/tmp/mem-link")
-for path in ("/proc/self/mem", f"/proc/{os.getpid()}/task/{os.getpid()}/mem", "/tmp/mem-link"):
+for path in ("/proc/self/mem", f"/proc/{{os.getpid()}}/task/{{os.getpid()}}/mem", "{links}/mem-link"):
     try:
         os.close(os.open(path, os.O_RDWR))
         print("opened", path)
@@ -121,7 +126,7 @@ for path in ("/proc/self/mem", f"/proc/{os.getpid()}/task/{os.getpid()}/mem", "/
 os.close(os.open("/proc/self/mem", os.O_RDONLY))
 print("read ok")
 """
-    result = sandbox.run("--", "python3", "-c", code)
+    result = sandbox.run("--", "python3", "-c", code, policy=str(policy))
     assert result.returncode == 0, result.stderr
     assert "opened" not in result.stdout and result.stdout.count("refused") == 3 and "read ok" in result.stdout
     denials = [r for r in sandbox.records() if r["event"] == "file" and r["decision"] == "deny"]
