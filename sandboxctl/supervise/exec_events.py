@@ -39,14 +39,14 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from sandboxctl.supervise import fdops, notify, sandbox_paths
+from sandboxctl.supervise import exec_facts as facts
+from sandboxctl.supervise import notify, sandbox_paths
 
-AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW = 0x1000, 0x100
+AT_EMPTY_PATH = facts.AT_EMPTY_PATH
 CLONE_VM, CLONE_VFORK = 0x100, 0x4000
 KCMP_VM, KCMP_FILES, KCMP_FS = 1, 2, 3  # include/uapi/linux/kcmp.h
 # per machine: kcmp, and the calls a vfork() parent waits in (clone3 is ENOSYS in the baseline)
 _MACHINE = {"x86_64": (312, {56: "clone", 58: "vfork"}), "aarch64": (272, {220: "clone"})}
-MAX_ARG_BYTES = 4096  # per argv string read for the record (longer ones are cut and marked)
 MAX_CLAIMS = 4096
 
 
@@ -94,7 +94,7 @@ class ExecEvents:
         try:
             raw_path, path_done = memory.cstring(notification.args[path_arg], 4096)
             ranges = [(notification.args[path_arg], len(raw_path) + 1)]
-            argv, truncated, argv_ranges = _read_argv(memory, notification.args[argv_arg])
+            argv, truncated, argv_ranges = facts.read_argv(memory, notification.args[argv_arg])
             ranges += argv_ranges
         except OSError as exc:
             memory.close()
@@ -110,8 +110,8 @@ class ExecEvents:
             notify.respond(self.listener, notification.id, error=errno.ENAMETOOLONG)
             return
         path = os.fsdecode(raw_path)
-        caller = _caller(pid)
-        absolute = _absolute(pid, dirfd, path, flags)
+        caller = facts.caller_of(pid)
+        absolute = facts.absolute(pid, dirfd, path, flags)
         target, refusal, unsure = self._resolve(pid, caller, dirfd, path, absolute, flags)
         if refusal is not None:  # a failed lookup: the kernel runs nothing, and it is no exec event
             notify.respond(self.listener, notification.id, error=refusal)
@@ -143,11 +143,11 @@ class ExecEvents:
         self.log("syscall", pid=notification.pid, name=name, decision="deny", rule=rule, errno="EPERM")
 
     # ------------------------------------------------------------------ what the kernel will open
-    def _resolve(self, pid: int, caller: Caller, dirfd: int, path: str, absolute: str,
+    def _resolve(self, pid: int, caller: facts.Caller, dirfd: int, path: str, absolute: str,
                  flags: int) -> tuple[ExecTarget | None, int | None, str | None]:
         """(target, errno to answer with, why the target is unsure): the file as the sandbox sees it."""
         try:
-            fd = _open_target(pid, caller.tgid, dirfd, path, absolute, flags)
+            fd = facts.open_target(pid, caller.tgid, dirfd, path, absolute, flags)
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR):  # openat2 is sure of neither through /proc
                 walked = sandbox_paths.walk(pid, caller.tgid, absolute)
@@ -160,18 +160,18 @@ class ExecEvents:
                 return None, errno.EACCES, None
             if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o111:
                 return None, errno.EACCES, None
-            kind, interpreter = _format(fd)
+            kind, interpreter = facts.file_format(fd)
             expect: tuple[int, int] | None = (st.st_dev, st.st_ino) if kind == "elf" else None
             if kind == "script" and interpreter:
-                expect = _interpreter_ident(pid, caller.tgid, interpreter.split()[0])
+                expect = facts.interpreter_ident(pid, caller.tgid, interpreter.split()[0])
         finally:
             os.close(fd)
-        target = ExecTarget(absolute, (st.st_dev, st.st_ino), kind, expect, interpreter, _exe_ident(pid),
+        target = ExecTarget(absolute, (st.st_dev, st.st_ino), kind, expect, interpreter, facts.exe_ident(pid),
                             caller.started)
         return target, None, None
 
     # ------------------------------------------------------------------ is the read what the kernel reads?
-    def _unverifiable(self, pid: int, caller: Caller, path: str, dirfd: int, flags: int,
+    def _unverifiable(self, pid: int, caller: facts.Caller, path: str, dirfd: int, flags: int,
                       ranges: list[tuple[int, int]]) -> str | None:
         if caller.threads != 1:
             return f"{caller.threads or 'an unknown number of'} threads share the caller's memory"
@@ -187,14 +187,14 @@ class ExecEvents:
         sharer = self._sharer(pid, caller.tgid, kinds)
         if sharer:
             return sharer
-        return _shared_pages(pid, ranges, self.judge_write)
+        return facts.shared_pages(pid, ranges, self.judge_write)
 
     def _sharer(self, pid: int, own: int, kinds: list[int]) -> str | None:
         try:
             others = [p for p in self.tasks() if p != own]
         except OSError as exc:
             return f"the sandbox's processes could not be listed ({exc.strerror})"
-        kcmp = _kcmp()
+        kcmp = facts.kcmp()
         for other in others:
             for kind in kinds:
                 result = kcmp(self._kcmp_nr, pid, other, kind)
@@ -219,9 +219,9 @@ class ExecEvents:
             return False
         thread = threads[0]
         try:
-            if str(child).encode() not in _read(f"/proc/{parent}/task/{thread}/children").split():
+            if str(child).encode() not in facts.read_proc(f"/proc/{parent}/task/{thread}/children").split():
                 return False
-            fields = _read(f"/proc/{parent}/task/{thread}/syscall").decode().split()
+            fields = facts.read_proc(f"/proc/{parent}/task/{thread}/syscall").decode().split()
         except OSError:
             return False
         if not fields or not fields[0].isdigit() or int(fields[0]) not in self._vfork_calls:
@@ -245,16 +245,16 @@ class ExecEvents:
         target = self.claims.get(pid)
         if target is None:
             return
-        if _start_time(pid) != target.started:
+        if facts.start_time(pid) != target.started:
             del self.claims[pid]  # not the process that exec'd (gone, its pid reused)
             return
-        running = _exe_ident(pid)
+        running = facts.exe_ident(pid)
         if running is None or running == target.previous != target.expect:
             return  # not exec'd yet (or that exec failed): check again at its next call
         del self.claims[pid]
         if running == target.expect and (target.kind != "script" or self._script_named(pid, target)):
             return
-        ran = _readlink(f"/proc/{pid}/exe")
+        ran = facts.readlink(f"/proc/{pid}/exe")
         detail = (f"the exec record names {target.path} ({target.kind}), but the process runs {ran}"
                   if running != target.expect else
                   f"the exec record names the script {target.path}, but the kernel's argv names another file")
@@ -287,219 +287,9 @@ class ExecEvents:
         if not writes:
             return None
         if not path.startswith("/"):
-            base = _readlink(f"/proc/{pid}/cwd" if dirfd == notify.AT_FDCWD else f"/proc/{pid}/fd/{dirfd}")
+            base = facts.readlink(f"/proc/{pid}/cwd" if dirfd == notify.AT_FDCWD else f"/proc/{pid}/fd/{dirfd}")
             path = f"{base}/{path}"
-        why = sandbox_paths.process_memory_open(pid, _caller(pid).tgid, path)
+        why = sandbox_paths.process_memory_open(pid, facts.caller_of(pid).tgid, path)
         if why is None:
             return None
         return f"writing process memory through /proc/PID/mem is refused ({why})"
-
-
-# ---------------------------------------------------------------------- reading the caller
-
-def _read_argv(memory: notify.ProcessMemory, address: int) -> tuple[list[str], bool, list[tuple[int, int]]]:
-    """argv (raw, undecodable bytes kept by surrogateescape), whether it was cut, the ranges read."""
-    argv: list[str] = []
-    ranges: list[tuple[int, int]] = []
-    truncated = False
-    while address:
-        if len(argv) >= notify.MAX_ARGS:
-            truncated = True
-            break
-        pointer = memory.word(address)
-        ranges.append((address, 8))
-        if not pointer:
-            break
-        data, complete = memory.cstring(pointer, MAX_ARG_BYTES)
-        ranges.append((pointer, len(data) + 1 if complete else len(data)))
-        truncated = truncated or not complete
-        argv.append(os.fsdecode(data))
-        address += 8
-    return argv, truncated, ranges
-
-
-def _read(path: str, size: int = 8192) -> bytes:
-    """A small /proc file in as few system calls as possible (no buffered file object)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:  # /proc files are seq_files: a read may stop short of the end, only b"" means the end
-        chunks = []
-        while chunk := os.read(fd, size):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-class Caller(NamedTuple):
-    threads: int  # 0: unknown
-    tgid: int
-    started: str  # starttime: with the pid, which process this is
-
-
-def _caller(pid: int) -> Caller:
-    """Threads and start time from one read of /proc/PID/stat; the thread group id from status
-    only for a multi-threaded caller (a single thread is its own group)."""
-    try:
-        fields = _read(f"/proc/{pid}/stat").rsplit(b")", 1)[1].split()
-        threads, started = int(fields[17]), fields[19].decode()
-    except (OSError, IndexError, ValueError):
-        return Caller(0, pid, "")
-    tgid = pid
-    if threads != 1:
-        try:
-            text = _read(f"/proc/{pid}/status")
-            start = text.index(b"\nTgid:") + 6
-            tgid = int(text[start:text.index(b"\n", start)])
-        except (OSError, ValueError):
-            pass
-    return Caller(threads, tgid, started)
-
-
-def _start_time(pid: int) -> str:
-    return _caller(pid).started if os.path.exists(f"/proc/{pid}") else ""
-
-
-def _exe_ident(pid: int) -> tuple[int, int] | None:
-    try:
-        st = os.stat(f"/proc/{pid}/exe")
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def _readlink(path: str) -> str:
-    try:
-        return os.readlink(path)
-    except OSError:
-        return "?"
-
-
-def _absolute(pid: int, dirfd: int, path: str, flags: int) -> str:
-    """The path as the sandbox sees it (what the record names)."""
-    if not path and flags & AT_EMPTY_PATH:
-        return _readlink(f"/proc/{pid}/fd/{dirfd}")
-    return notify.Dispatcher._absolute(pid, dirfd, path)
-
-
-# ---------------------------------------------------------------------- resolving in the sandbox
-
-def _open_target(pid: int, tgid: int, dirfd: int, path: str, absolute: str, flags: int) -> int:
-    """An O_PATH descriptor of the file the exec names, resolved in the caller's root."""
-    if not path and flags & AT_EMPTY_PATH:
-        return os.open(f"/proc/{pid}/fd/{dirfd}", os.O_PATH | os.O_CLOEXEC)
-    proc = _through_proc_self(pid, tgid, absolute)
-    if proc is not None:  # /proc/self/exe and friends: magic links, opened from our own /proc
-        return os.open(proc, os.O_PATH | os.O_CLOEXEC)
-    if not absolute.startswith("/"):
-        raise OSError(errno.ENOENT, "the caller's working directory is unknown")
-    nofollow = os.O_NOFOLLOW if flags & AT_SYMLINK_NOFOLLOW else 0
-    return sandbox_paths.openat2_in_root(pid, absolute, os.O_PATH | nofollow)
-
-
-def _through_proc_self(pid: int, tgid: int, absolute: str) -> str | None:
-    for prefix, host in (("/proc/self/", f"/proc/{tgid}/"), ("/proc/thread-self/", f"/proc/{tgid}/task/{pid}/"),
-                         ("/dev/fd/", f"/proc/{tgid}/fd/")):
-        if absolute.startswith(prefix):
-            return host + absolute[len(prefix):]
-    return None
-
-
-def _format(fd: int) -> tuple[str, str | None]:
-    """elf | script (with its #! line) | other | unknown (not readable by the supervisor)."""
-    try:
-        readable = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
-    except OSError:
-        return "unknown", None
-    try:
-        head = os.pread(readable, 256, 0)  # BINPRM_BUF_SIZE: all the kernel reads of a #! line
-    except OSError:
-        return "unknown", None
-    finally:
-        os.close(readable)
-    if head.startswith(b"\x7fELF"):
-        return "elf", None
-    if head.startswith(b"#!"):
-        line = head[2:].split(b"\n", 1)[0].strip(b" \t")
-        return "script", os.fsdecode(line) if line else None
-    return "other", None
-
-
-def _interpreter_ident(pid: int, tgid: int, interpreter: str) -> tuple[int, int] | None:
-    absolute = notify.Dispatcher._absolute(pid, notify.AT_FDCWD, interpreter)
-    try:
-        fd = _open_target(pid, tgid, notify.AT_FDCWD, interpreter, absolute, 0)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if _format(fd)[0] != "elf":
-            return None  # an interpreter that is itself a script: exe names its own interpreter
-        return st.st_dev, st.st_ino
-    finally:
-        os.close(fd)
-
-
-# ---------------------------------------------------------------------- who else can write it
-
-def _shared_pages(pid: int, ranges: list[tuple[int, int]], judge_write: Callable[[str], Any]) -> str | None:
-    """Why a byte the record was read from could change under another process's hand, or None.
-
-    One pass over /proc/PID/maps (sorted by address), parsing only the areas the ranges touch."""
-    try:
-        maps = _read(f"/proc/{pid}/maps", 1 << 20)
-    except OSError as exc:
-        return f"the caller's memory map could not be read ({exc.strerror})"
-    spans: list[list[int]] = []
-    for low, high in sorted((address, address + max(length, 1)) for address, length in ranges):
-        if spans and low <= spans[-1][1]:
-            spans[-1][1] = max(spans[-1][1], high)
-        else:
-            spans.append([low, high])
-    index = 0
-    for line in maps.split(b"\n"):
-        if index == len(spans):
-            return None
-        dash = line.find(b"-")
-        if dash < 0:
-            continue
-        space = line.index(b" ", dash)
-        start, stop = int(line[:dash], 16), int(line[dash + 1:space], 16)
-        while index < len(spans) and stop > spans[index][0]:
-            low, high = spans[index]
-            if start > low:
-                return "the exec's arguments are not in mapped memory"
-            why = _area_risk(line[space + 1:], judge_write)
-            if why:
-                return why
-            if stop >= high:
-                index += 1
-            else:
-                spans[index][0] = stop  # the rest of this span must be in the next area
-                break
-    return None if index == len(spans) else "the exec's arguments are not in mapped memory"
-
-
-def _area_risk(rest: bytes, judge_write: Callable[[str], Any]) -> str | None:
-    """For one maps line after its address range ("perms offset dev inode name")."""
-    fields = rest.split(None, 4)
-    perms, inode = fields[0], int(fields[3])
-    name = os.fsdecode(fields[4].strip()) if len(fields) > 4 else ""
-    if perms[3:4] != b"p":
-        return f"the exec's arguments lie in shared memory ({name or 'anonymous'})"
-    if inode:
-        if name.endswith(" (deleted)") or not name.startswith("/"):
-            return f"the exec's arguments lie in a mapping of a file that is gone ({name})"
-        if judge_write(name).inside:
-            return f"the exec's arguments lie in a mapping of a writable file ({name})"
-    return None
-
-
-def _kcmp() -> Callable[[int, int, int, int], int]:
-    """kcmp(2) through libc's syscall(); -1 on error."""
-    ctypes, libc, _ = fdops._libc()
-
-    def kcmp(number: int, pid1: int, pid2: int, kind: int) -> int:
-        return libc.syscall(ctypes.c_long(number), ctypes.c_long(pid1), ctypes.c_long(pid2), ctypes.c_long(kind),
-                            ctypes.c_long(0), ctypes.c_long(0))
-
-    return kcmp

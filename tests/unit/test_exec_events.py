@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxctl.supervise import exec_events, sandbox_paths
+from sandboxctl.supervise import exec_facts, sandbox_paths
 from sandboxctl.supervise.exec_events import ExecEvents, ExecTarget
 
 
@@ -28,13 +28,13 @@ def _judge(writable: str):
 
 def test_bytes_on_the_heap_are_private_but_shared_memory_is_not():
     private = ctypes.create_string_buffer(b"/usr/bin/true")
-    assert exec_events._shared_pages(os.getpid(), [(ctypes.addressof(private), 14)], _judge("/nowhere")) is None
+    assert exec_facts.shared_pages(os.getpid(), [(ctypes.addressof(private), 14)], _judge("/nowhere")) is None
     shared = mmap.mmap(-1, 4096, flags=mmap.MAP_SHARED)
     shared.write(b"/usr/bin/true\0")
     address = ctypes.addressof(ctypes.c_char.from_buffer(shared))
-    why = exec_events._shared_pages(os.getpid(), [(address, 14)], _judge("/nowhere"))
+    why = exec_facts.shared_pages(os.getpid(), [(address, 14)], _judge("/nowhere"))
     assert why and "shared memory" in why
-    assert "not in mapped memory" in exec_events._shared_pages(os.getpid(), [(8, 4)], _judge("/nowhere"))
+    assert "not in mapped memory" in exec_facts.shared_pages(os.getpid(), [(8, 4)], _judge("/nowhere"))
 
 
 def test_a_read_only_mapping_of_a_writable_file_is_not_trusted(tmp_path):
@@ -45,9 +45,9 @@ def test_a_read_only_mapping_of_a_writable_file_is_not_trusted(tmp_path):
     maps = Path(f"/proc/{os.getpid()}/maps").read_text()
     line = next(line for line in maps.splitlines() if line.endswith(str(path)))
     start = int(line.split("-")[0], 16)
-    why = exec_events._shared_pages(os.getpid(), [(start, 14)], _judge(str(tmp_path)))
+    why = exec_facts.shared_pages(os.getpid(), [(start, 14)], _judge(str(tmp_path)))
     assert why and "writable file" in why
-    assert exec_events._shared_pages(os.getpid(), [(start, 14)], _judge("/nowhere")) is None
+    assert exec_facts.shared_pages(os.getpid(), [(start, 14)], _judge("/nowhere")) is None
     mapped.close()
 
 
@@ -88,7 +88,7 @@ def test_ordinary_writes_are_not_process_memory(tmp_path):
 def _target_for(pid: int, claimed: str, expect: str) -> ExecTarget:
     st = os.stat(expect)
     return ExecTarget(claimed, (st.st_dev, st.st_ino), "elf", (st.st_dev, st.st_ino), None,
-                      (0, 0), exec_events._start_time(pid))
+                      (0, 0), exec_facts.start_time(pid))
 
 
 def test_after_the_fact_a_swapped_exec_is_tampering():
