@@ -37,14 +37,16 @@ class Request:
         self.answer: str | None = None
         self.via: str | None = None
         self.done = threading.Event()
+        self.scrub: Callable[[str], str] = lambda text: text  # what a human is shown holds no secret value
 
     @property
     def approved(self) -> bool:
         return self.answer in APPROVING
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "kind": self.kind, "target": self.target, "rule": self.rule, "pid": self.pid,
-                "command": self.command, "detail": self.detail,
+        scrub = self.scrub
+        return {"id": self.id, "kind": self.kind, "target": scrub(self.target), "rule": scrub(self.rule),
+                "pid": self.pid, "command": scrub(self.command), "detail": scrub(self.detail),
                 "expires_in_s": round(max(0.0, self.deadline - time.monotonic()), 1)}
 
 
@@ -61,7 +63,7 @@ class FrontEnd(Protocol):
 class Broker:
     def __init__(self, mode: str, timeout: float, log: Callable[..., None], *, run_id: str = "",
                  scope: Scope | None = None, store: GrantStore | None = None,
-                 describe: dict[str, Any] | None = None):
+                 describe: dict[str, Any] | None = None, scrub: Callable[[str], str] | None = None):
         self.mode = mode  # ask | deny | allow
         self.timeout = timeout
         self.log = log
@@ -69,6 +71,7 @@ class Broker:
         self.scope = scope
         self.store = store
         self.describe = describe or {}  # run, policy, command, workspace: what front ends show
+        self.scrub = scrub  # secret values out of what front ends show (sandboxctl.log.scrub)
         self.condition = threading.Condition()
         self.queue: list[Request] = []
         self.run_grants: set[tuple[str, str]] = set()
@@ -104,6 +107,8 @@ class Broker:
             self.count += 1
             request = Request(f"{self.run_id[-6:] or 'r'}-{self.count}", kind, target, rule, pid, command, detail,
                               self.timeout)
+            if self.scrub is not None:
+                request.scrub = self.scrub
         remembered = self._remembered(kind, target)
         if self.mode == "deny":
             self._settle(request, "deny", "mode:deny")

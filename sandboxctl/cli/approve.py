@@ -54,12 +54,15 @@ def list_pending(as_json: bool, wait: float) -> int:
         if items or time.monotonic() >= deadline:
             break
         time.sleep(0.1)
+    from sandboxctl.inert import inert
+
     for connection, request in items:
         if as_json:
             print(json.dumps({**request, "run": connection.run.get("run"), "policy": connection.run.get("policy")}))
-        else:
-            print(f"{request['id']}  {request['kind']:<7}  {request['target']}  "
-                  f"(pid {request.get('pid') or '?'}, {request.get('expires_in_s')} s left)")
+        else:  # the target, as everything a run sends, is shown inert (it comes from the sandbox)
+            print(f"{inert(request.get('id'), 24)}  {inert(request.get('kind'), 7):<7}  "
+                  f"{inert(request.get('target'), 400)}  "
+                  f"(pid {inert(request.get('pid') or '?', 12)}, {inert(request.get('expires_in_s'), 12)} s left)")
     if not items and not as_json:
         print("no pending approval requests", file=sys.stderr)
     return 0 if items else 1
@@ -90,6 +93,7 @@ def follow() -> int:
     """Live: every run's requests, oldest first, one single-key question at a time."""
     from sandboxctl.approval.client import connect_all
     from sandboxctl.approval.view import KEYS, outcome, render
+    from sandboxctl.inert import inert
 
     if not sys.stdin.isatty():
         raise SandboxError("sandboxctl approve needs a terminal to ask",
@@ -119,7 +123,7 @@ def follow() -> int:
             if items and items[0][1]["id"] != shown:
                 connection, request = items[0]
                 width = max(40, min(100, os.get_terminal_size(fd).columns))
-                sys.stderr.write("\n" + render(request, len(items) - 1, connection.run.get("policy", ""), width))
+                sys.stderr.write("\n" + render(request, len(items) - 1, str(connection.run.get("policy") or ""), width))
                 sys.stderr.flush()
                 shown = request["id"]
             elif not items:
@@ -133,7 +137,7 @@ def follow() -> int:
                     if key in KEYS and items:
                         connection, request = items[0]
                         problem = connection.answer(request["id"], KEYS[key])
-                        print(f"  -> {problem or outcome(KEYS[key])}", file=sys.stderr)
+                        print(f"  -> {inert(problem, 200) if problem else outcome(KEYS[key])}", file=sys.stderr)
                         shown = None
                 else:
                     try:

@@ -116,6 +116,10 @@ def show(plan: Plan, as_json: bool = False) -> None:
     out.print(f"[bold]Approvals[/bold]: {plan.approval_mode} via {plan.approval_via} "
               f"(unanswered after {units.format_duration(plan.approval_timeout)}: deny)")
     out.print(f"[bold]Action log[/bold]: {plan.log_path} (file events: {plan.file_events})")
+    if plan.log_forward:
+        from rich.markup import escape
+
+        out.print(f"[bold]Log copies[/bold]: {escape(', '.join(plan.log_forward))}")
     protect = plan.protect
     if protect.roots:
         how = ("read-only to Landlock; the supervisor performs and checks every change" if protect.mediated

@@ -104,10 +104,8 @@ def validate(files: list[str] = typer.Argument(..., metavar="PATH...")) -> None:
             print(f"{name}: ok")
         except PolicyError as exc:
             failed += 1
-            for problem in exc.problems:
-                print(f"sandboxctl: error: {problem}", file=sys.stderr)
-                if problem.hint:
-                    print(f"  hint: {problem.hint}", file=sys.stderr)
+            for problem in exc.problems:  # they quote the file's own keys and values
+                error(str(problem), problem.hint)
         except SandboxError as exc:
             failed += 1
             error(exc.message, exc.hint)

@@ -416,9 +416,10 @@ class _Planner:
                                file_events="none")
         trapped_opens = self.policy.log.file_events
         mediate = self.protect.mediated
-        if trapped_opens == "none" and (self.approval_mode() != "deny" or mediate):
+        if trapped_opens == "none" and (self.approval_mode() != "deny" or mediate or self.policy.log.exec_events):
             # a write outside the writable set must reach the approval broker; one beneath a
-            # writable host grant must reach the supervisor, which alone may perform it
+            # writable host grant must reach the supervisor, which alone may perform it; and exec
+            # records rely on write opens of /proc/PID/mem being refused (supervise/exec_events.py)
             trapped_opens = "write"
         return SeccompPlan("allow", "kill_process", tuple(rules), trap_denials=True,
                            notify_exec=self.policy.log.exec_events, file_events=trapped_opens, mediate=mediate,
@@ -510,6 +511,7 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
         approval_via=policy.approval.via,
         approval_timeout=policy.approval.timeout,
         log_path=planner.log_path(),
+        log_forward=tuple(dict.fromkeys(policy.log.forward)),
         file_events="none" if planner.gvisor else policy.log.file_events,
         shim_python=facts.shim_python,
         warnings=tuple(planner.warnings),

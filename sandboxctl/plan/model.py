@@ -158,6 +158,7 @@ class Plan(NamedTuple):
     # paths no approval may open for writing (sandboxctl's code, policies, state; denied paths)
     never_writable: tuple[tuple[str, str], ...] = ()
     backend: str = "bwrap"  # bwrap | gvisor (launch/oci.py renders the same plan for runsc)
+    log_forward: tuple[str, ...] = ()  # copies of every record: syslog targets (log/forward.py)
     protect: ProtectPlan = ProtectPlan()
     exec_loaders: tuple[str, ...] = ()  # the ELF loaders exec.allow keeps executable (never run as a command)
     noexec_mounts: tuple[str, ...] = ()  # exec.allow: writable mounts remounted noexec before the command runs

@@ -77,6 +77,37 @@ def check_secret_source(text: str) -> str:
     return text
 
 
+FORWARD_SCHEMES = ("syslog+udp", "syslog+tcp")
+
+
+def check_forward(text: str) -> str:
+    """"syslog" (the local /dev/log), or syslog+udp://HOST:PORT / syslog+tcp://HOST:PORT (RFC 5424)."""
+    if text == "syslog":
+        return text
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme not in FORWARD_SCHEMES:
+        raise ValueError(f"{text!r}: a log copy goes to \"syslog\", \"syslog+udp://HOST:PORT\" or "
+                         "\"syslog+tcp://HOST:PORT\"")
+    host, port = split_host_port(rest)
+    if not host or port is None:
+        raise ValueError(f"{text!r}: give the collector as HOST:PORT (an IPv6 address in brackets)")
+    return text
+
+
+def split_host_port(text: str) -> tuple[str, int | None]:
+    """'host:514' or '[::1]:514' -> (host, port); port None when absent or not a number 1-65535."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port_text = text.rpartition(":")
+        if not host:
+            host, port_text = port_text, ""
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536 or "/" in host or not host.strip():
+        return host, None
+    return host, int(port_text)
+
+
 def check_extends(text: str) -> str:
     if not text or "\0" in text or "\n" in text:
         raise ValueError(f"{text!r}: not a policy name or relative path")
@@ -154,6 +185,9 @@ POLICY_SCHEMA = Record(
             "path": _path,
             "file_events": Choice(("none", "write", "all")),
             "exec_events": Boolean(description="Log every program executed inside (seccomp notification)."),
+            "forward": ListOf(Text(parse=check_forward, description="\"syslog\", \"syslog+udp://HOST:PORT\" or "
+                                                                   "\"syslog+tcp://HOST:PORT\""),
+                              description="Copies of every record, sent as it is written (RFC 5424)."),
         }),
     },
 )

@@ -61,6 +61,7 @@ class LogSettings(NamedTuple):
     path: str = "{state}/actions.jsonl"
     file_events: str = "write"
     exec_events: bool = True
+    forward: tuple[str, ...] = ()  # syslog | syslog+udp://HOST:PORT | syslog+tcp://HOST:PORT
 
 
 class Policy(NamedTuple):
@@ -138,5 +139,6 @@ def policy_from_data(data: dict[str, Any], *, source: str, chain: tuple[str, ...
         ),
         landlock=data.get("landlock", "required"),
         log=LogSettings(path=log.get("path", LogSettings._field_defaults["path"]),
-                        file_events=log.get("file_events", "write"), exec_events=log.get("exec_events", True)),
+                        file_events=log.get("file_events", "write"), exec_events=log.get("exec_events", True),
+                        forward=tuple(log.get("forward", ()))),
     )

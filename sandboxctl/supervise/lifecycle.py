@@ -22,8 +22,11 @@ from sandboxctl.protect.snapshot import Change, Snapshot, new_repositories, reco
 from sandboxctl.supervise import secrets as secret_store
 from sandboxctl.supervise.cgroups import RunCgroup
 from sandboxctl.supervise.cgroups import detect as detect_cgroups
+from sandboxctl.supervise.denials import total as denial_total
 from sandboxctl.supervise.processes import alive
 from sandboxctl.supervise.runner import RunResult, Supervisor
+
+FORWARD_FLUSH_S = 2.0
 
 
 def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None) -> RunResult:
@@ -38,6 +41,11 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None) -> Ru
         with status(f"getting secret {secret.name}…") if slow else contextlib.nullcontext():
             values[secret.name] = secret_store.resolve(secret, os.environ, plan.home)
     log = ActionLog(plan.log_path, plan.run_id, redact=tuple(values.values()))
+    forwarder = None
+    if plan.log_forward:  # copies outside the user's files (log/forward.py): never blocks the run
+        from sandboxctl.log.forward import Forwarder
+
+        forwarder = log.forward = Forwarder(plan.log_forward)
     cgroup = None
     snapshot = Snapshot(state, plan.run_id)
     changes: list[Change] = recover(state, alive)  # supervisors killed before their own check
@@ -64,6 +72,8 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None) -> Ru
 
             supervisor_class = GvisorSupervisor
         supervisor = supervisor_class(plan, state, log, argv_for_log, cgroup, values)
+        if forwarder is not None:  # an unreachable collector is a record of the local log, once per outage
+            forwarder.on_state = lambda **fields: supervisor._write_log("log.forward", **fields)
         supervisor.protected_inodes = snapshot.inodes()
         if not seccomp.is_cached(plan.seccomp, state / "cache"):
             with status("building the seccomp filters (first run with this policy)…"):
@@ -76,18 +86,28 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None) -> Ru
                                         plan.run_id)
         with contextlib.suppress(LogWriteError):
             _log_changes(log, changes)
+            if forwarder is not None:
+                forwarder.flush(FORWARD_FLUSH_S)
+                for loss in forwarder.losses():  # what a collector will not have, said before run.end
+                    log.write("log.forward", **loss)
             if supervisor.ready:
                 log.write("run.end", exit_code=result.exit_code,
                           signal=result.exit_code - 128 if result.exit_code > 128 else None,
-                          duration_s=round(result.duration_s, 6), denied=len(result.denials),
-                          timed_out=result.timed_out, protect_changes=len(changes) or None)
-        return result._replace(protected=tuple(c._asdict() for c in changes))
+                          duration_s=round(result.duration_s, 6), denied=denial_total(result.denials),
+                          timed_out=result.timed_out, protect_changes=len(changes) or None, head=log.head)
+        result = result._replace(protected=tuple(c._asdict() for c in changes))
+        if log.scrubber is not None:  # what the caller shows (stderr, --summary-json) holds no secret value
+            result = result._replace(denials=[log.scrubber.value(d) for d in result.denials],
+                                     tampered=[log.scrubber.value(d) for d in result.tampered])
+        return result
     finally:
         if result is None:  # launch failed or was interrupted: still compare (nothing ran, or it is gone)
             with contextlib.suppress(Exception):
                 _log_changes(log, snapshot.check() if snapshot.entries else [])
         if cgroup:
             cgroup.remove()
+        if forwarder is not None:
+            forwarder.close(FORWARD_FLUSH_S)  # run.end too, if the collector takes it in time
         log.close()
 
 
