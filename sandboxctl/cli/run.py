@@ -244,4 +244,4 @@ def register(app) -> None:
 
     normalised.__signature__ = run.__signature__  # type: ignore[attr-defined]
     normalised.__doc__ = run.__doc__
-    app.command("run", context_settings={"allow_interspersed_args": False}, no_args_is_help=True)(normalised)
+    app.command("run", context_settings={"allow_interspersed_args": False})(normalised)

@@ -94,6 +94,7 @@ def _command_after_options(args: list[str]) -> list[str]:
 
 
 def wants_slow_path(args: list[str]) -> bool:
-    """`run --help` (before any `--`) goes through typer for the full help text."""
+    """`run --help` (before any `--`) goes through typer for the full help text; a bare `run` stays on
+    the fast path, which answers it with one line (no command given) and the usage as a hint."""
     head = args[: args.index("--")] if "--" in args else args
-    return any(a in ("-h", "--help") for a in head) or not args
+    return any(a in ("-h", "--help") for a in head)

@@ -209,6 +209,21 @@ def parse_ts(ts: Any) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+# What `--event` selects (SPEC "Action log"); `run` stands for run.start and run.end.
+EVENT_TYPES: dict[str, str] = {
+    "run": "run.start and run.end",
+    "exec": "programs executed inside",
+    "file": "file opens (writes, or all with file_events: all)",
+    "net": "network connections through the proxy",
+    "http": "requests on inspected hosts",
+    "syscall": "system calls the seccomp baseline denied",
+    "approval": "answers to boundary escapes",
+    "secret": "secrets injected or expired (names only)",
+    "limit": "timeouts and resource limits",
+    "protect": "protected paths found changed after the run",
+}
+
+
 def event_matcher(spec: str | None) -> Callable[[str], bool]:
     """'net' or 'file,net' (exact names), 'run' matches run.start and run.end."""
     if not spec:
