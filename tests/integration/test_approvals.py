@@ -402,7 +402,7 @@ def test_live_approve_marks_a_request_answered_from_another_window(sandbox, outs
         assert _approve(request["id"], "deny", env={"XDG_RUNTIME_DIR": str(runtime)}).returncode == 0
         marked = _read_until(master, b"answered in another window", 10)
         assert f"{request['id']}: answered in another window: denied".encode() in marked, marked[-1500:]
-        out, err = run.communicate(timeout=30)
+        run.communicate(timeout=30)
         os.write(master, b"q")
         assert approver.wait(timeout=10) == 0
     finally:
