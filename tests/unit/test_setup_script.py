@@ -98,8 +98,8 @@ def test_a_user_with_sudo_installs_through_it(machine) -> None:
 
 
 @pytest.mark.parametrize(("sudo", "why"), [(None, "there is no sudo here"),
-                                           ("password", "sudo would need a password"),
-                                           ("refused", "sudo would need a password")])
+                                           ("password", "sudo cannot run them without a password here"),
+                                           ("refused", "sudo cannot run them without a password here")])
 def test_a_user_who_cannot_use_sudo_gets_one_clear_message(machine, sudo: str | None, why: str) -> None:
     """Without a terminal, a sudo that wants a password cannot be told apart from no rights: both stop here."""
     done, calls = machine(uid=1000, installed=("bubblewrap", "libseccomp2"), sudo=sudo)
