@@ -41,6 +41,17 @@ def mounts(plan: Plan) -> list[str]:
     return lines
 
 
+def creations(plan: Plan) -> list[str]:
+    if not plan.creations:
+        return []
+    lines = ["made on the host before the run, absent now (filesystem.create; never over anything that exists):"]
+    for item in plan.creations:
+        mode = format(item.mode, "04o") if item.mode is not None else "umask default"
+        size = f", {len(item.content.encode())} bytes" if item.kind == "file" else ""
+        lines.append(f"{INDENT}{item.kind} {inert(item.path)} ({mode}{size}): {inert(item.reason)}")
+    return lines
+
+
 def landlock(plan: Plan) -> list[str]:
     if plan.backend == "gvisor":
         return ["landlock: not applied (gVisor does not implement it; the mounts above are enforced by "
@@ -103,7 +114,7 @@ def settings(plan: Plan) -> list[str]:
 
 def render(plan: Plan, env: list[tuple[str, str]], argv_title: str, argv: list[str]) -> list[str]:
     """Every line of the plain form; argv is what the backend is handed (bwrap's or runsc's)."""
-    lines = [*header(plan), *mounts(plan), *landlock(plan), *seccomp(plan), *environment(env, plan),
+    lines = [*header(plan), *creations(plan), *mounts(plan), *landlock(plan), *seccomp(plan), *environment(env, plan),
              *settings(plan), argv_title, INDENT + inert(_joined(argv))]
     return lines
 

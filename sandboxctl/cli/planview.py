@@ -63,6 +63,10 @@ def show(plan: Plan, as_json: bool = False, terminal: bool | None = None) -> Non
               f"({plan.policy_source}, sha256 {plan.policy_sha256[:12]}…)")
     out.print(f"command: {' '.join(plan.command)}   cwd: {plan.cwd}   HOME: {plan.home}")
 
+    from sandboxctl.cli import plantext
+
+    for line in plantext.creations(plan):
+        out.print(line, markup=False, highlight=False)
     mounts = Table(title="Mounts (in order)", show_lines=False)
     for col in ("kind", "target", "source", "why"):
         mounts.add_column(col, overflow="fold")  # a path is folded, never cut

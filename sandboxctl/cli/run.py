@@ -161,7 +161,8 @@ def execute_run(opts: dict[str, Any], command: list[str]) -> int:
     from sandboxctl.supervise.lifecycle import execute
 
     interactive = sys.stderr.isatty() and not opts["quiet"] and os.environ.get("CI", "").lower() not in ("true", "1")
-    result = execute(plan, state_dir(), list(command), status=progress(interactive))
+    result = execute(plan, state_dir(), list(command), status=progress(interactive),
+                     notice=None if opts["quiet"] else lambda message: print(f"sandboxctl: {message}", file=sys.stderr))
     if opts["summary_json"]:
         _write_summary(opts["summary_json"], plan, result)
     if result.error:

@@ -221,6 +221,7 @@ EVENT_TYPES: dict[str, str] = {
     "secret": "secrets injected or expired (names only)",
     "limit": "timeouts and resource limits",
     "protect": "protected paths found changed after the run",
+    "create": "paths filesystem.create made on the host before the run",
 }
 
 
@@ -680,6 +681,8 @@ def summarize(data: dict[str, Any]) -> str:
         return f"{g('kind', '?')} {g('target', '')}".rstrip()
     if event == "secret":
         return f"{g('name', '?')} ({g('action')})" if g("action") else str(g("name", "?"))
+    if event == "create":
+        return f"made {g('kind', '?')} {g('path', '')}"
     if event == "limit":
         return f"{g('kind', '?')} ({g('action')})" if g("action") else str(g("kind", "?"))
     if event == "run.end":

@@ -108,6 +108,16 @@ class SecretPlan(NamedTuple):
     ttl: float | None
 
 
+class Creation(NamedTuple):
+    """An absent writable grant (or a parent of one) the supervisor makes before the launch."""
+
+    path: str
+    kind: str  # dir | file
+    mode: int | None  # None: as mkdir(0777)/open(0666) make it under the caller's umask
+    content: str = ""  # a new file's content
+    reason: str = ""  # filesystem.create, or "parent of …"
+
+
 class Plan(NamedTuple):
     run_id: str
     policy: str
@@ -136,6 +146,7 @@ class Plan(NamedTuple):
     # paths no approval may open for writing (sandboxctl's code, policies, state; denied paths)
     never_writable: tuple[tuple[str, str], ...] = ()
     backend: str = "bwrap"  # bwrap | gvisor (launch/oci.py renders the same plan for runsc)
+    creations: tuple[Creation, ...] = ()  # made on the host before the launch (filesystem.create)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(self)

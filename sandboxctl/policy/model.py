@@ -14,6 +14,7 @@ class Filesystem(NamedTuple):
     tmpfs: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
     protect: tuple[str, ...] = ()
+    create: tuple[dict, ...] = ()  # {path, kind, mode, content}: absent writable grants made before the run
 
 
 class Network(NamedTuple):
@@ -109,7 +110,8 @@ def policy_from_data(data: dict[str, Any], *, source: str, chain: tuple[str, ...
         sha256=sha256,
         workspace=data.get("workspace", "none"),
         backend=data.get("backend", "bwrap"),
-        filesystem=Filesystem(**{k: tuple(fs.get(k, ())) for k in ("read", "write", "tmpfs", "deny", "protect")}),
+        filesystem=Filesystem(**{k: tuple(fs.get(k, ())) for k in ("read", "write", "tmpfs", "deny", "protect",
+                                                                    "create")}),
         exec_allow=None if exec_allow is None else tuple(exec_allow),
         network=Network(
             mode=net.get("mode", "none"),

@@ -1,7 +1,8 @@
 """One run from end to end: what must hold before the command may start, and the clean-up after.
 
-Secrets are resolved, the log is proven writable, limits get their cgroup and absent protected
-paths their placeholders before anything is launched; whatever way the run ends, the cgroup and
+Secrets are resolved, the log is proven writable, absent writable grants the policy says how to
+make (filesystem.create) are made, limits get their cgroup and absent protected paths their
+placeholders before anything is launched; whatever way the run ends, the cgroup and
 placeholders are removed and run.end is written.
 """
 
@@ -19,14 +20,16 @@ from sandboxctl.plan.model import Plan
 from sandboxctl.supervise import secrets as secret_store
 from sandboxctl.supervise.cgroups import RunCgroup
 from sandboxctl.supervise.cgroups import detect as detect_cgroups
+from sandboxctl.supervise.create import make_all
 from sandboxctl.supervise.placeholders import Placeholders
 from sandboxctl.supervise.runner import RunResult, Supervisor
 
 
-def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None) -> RunResult:
+def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, notice=None) -> RunResult:
     """Everything that must hold before the command may start, then the run itself.
 
-    status(message) gives a context manager around slow set-up steps (a status line on a TTY)."""
+    status(message) gives a context manager around slow set-up steps (a status line on a TTY);
+    notice(message) is told of side effects on the host (the paths filesystem.create made)."""
     status = status or (lambda message: contextlib.nullcontext())
     ensure_private_dir(state)
     values = {}
@@ -38,6 +41,11 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None) -> Ru
     cgroup = None
     placeholders = Placeholders(state, plan.run_id)
     try:
+        if plan.creations:
+            made = make_all(plan.creations, plan.home, log.write)
+            if made and notice:
+                notice("made before the run (filesystem.create): " + ", ".join(
+                    f"{c.path} ({c.kind}{' ' + format(c.mode, '04o') if c.mode is not None else ''})" for c in made))
         placeholders.create(plan)
         lim = plan.limits
         if "cgroup" in (lim.memory_method, lim.pids_method):

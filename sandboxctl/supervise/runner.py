@@ -476,9 +476,11 @@ class Supervisor:
                                  "run `sandboxctl doctor` to see what this machine lacks")
             code = EXIT_SANDBOX_FAILED
         elif self.exec_error:
+            from sandboxctl.plan.locate import hint_for_exec_error
+
             code = int(self.exec_error.get("code", 126))
-            error = SandboxError(self.exec_error["exec_error"],
-                                 "check the command name and the policy's exec.allow", code)
+            hint = hint_for_exec_error(self.plan, code, self.plan.command[0], os.environ.get("PATH", ""))
+            error = SandboxError(self.exec_error["exec_error"], hint, code)
         if self.log_failed:
             error = SandboxError("the action log could not be written; the sandbox was stopped",
                                  "free some space or pass --log PATH")
