@@ -79,7 +79,9 @@ def locate(name: str, path_env: str, cwd: str) -> Location | None:
     interpreter = _interpreter(real, path_env)
     if interpreter and os.path.exists(interpreter):
         roots.append(install_root(os.path.realpath(interpreter)))
-    return Location(found, real, tuple(dict.fromkeys(roots)))
+    unique = list(dict.fromkeys(roots))
+    inside = [r for r in unique if any(r != o and r.startswith(o.rstrip("/") + "/") for o in unique)]
+    return Location(found, real, tuple(r for r in unique if r not in inside))  # a root inside another: once
 
 
 TOO_BROAD = ("/", "/home", "/root", "/tmp", "/var", "/opt", "/usr/local")
