@@ -171,6 +171,7 @@ def execute_run(opts: dict[str, Any], command: list[str]) -> int:
         report(result.error)
     if result.denials and not opts["quiet"]:
         _print_denials(result.denials, plan.run_id)
+        print(f"sandboxctl: the least grants for these denials: {suggest_command(plan)}", file=sys.stderr)
     if os.environ.get("GITHUB_ACTIONS") == "true":
         from sandboxctl.cli import ci
 
@@ -179,6 +180,17 @@ def execute_run(opts: dict[str, Any], command: list[str]) -> int:
         print(f"sandboxctl: timeout: the run exceeded {units.format_duration(plan.limits.timeout or 0)};"
               " the whole sandbox was killed", file=sys.stderr)
     return result.exit_code
+
+
+def suggest_command(plan) -> str:
+    """The command that turns this run's denials into a policy (named after the denial table)."""
+    import shlex
+
+    from sandboxctl.paths import state_dir
+
+    default = os.path.join(str(state_dir()), "actions.jsonl")
+    log = "" if os.path.abspath(plan.log_path) == os.path.abspath(default) else f" --log {shlex.quote(plan.log_path)}"
+    return f"sandboxctl policy suggest --run {plan.run_id}{log}"
 
 
 def _print_denials(denials: list[dict], run_id: str) -> None:

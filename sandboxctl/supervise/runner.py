@@ -267,7 +267,8 @@ class Supervisor:
                     return
             try:
                 self.log.write("run.start", argv=self.argv_for_log, workspace=self.plan.workspace,
-                               policy=self.plan.policy, policy_sha256=self.plan.policy_sha256,
+                               policy=self.plan.policy, policy_source=self.plan.policy_source,
+                               policy_sha256=self.plan.policy_sha256,
                                layers=self.layers, limits=self._limits_for_log(),
                                confirmed=list(self.plan.confirmations) or None)
             except LogWriteError:
