@@ -23,22 +23,33 @@ def _cell(text: object) -> str:
 
 
 def annotate(plan, result) -> None:
+    """One annotation per denial: an error when the run fails on denials (the step is red because of
+    them), else a warning; and the step summary."""
+    failed = result.command_exit_code is not None
+    level = "error" if failed else "warning"
     for denial in result.denials:
         title = _escape_property(f"sandboxctl denied {denial.get('kind')}")
         message = _escape_data(f"{denial.get('target')} — {denial.get('rule')} (run {plan.run_id}, "
                                f"policy {plan.policy})")
-        print(f"::warning title={title}::{message}", file=sys.stdout, flush=True)
+        print(f"::{level} title={title}::{message}", file=sys.stdout, flush=True)
     path = os.environ.get("GITHUB_STEP_SUMMARY")
     if not path:
         return
     lines = [f"### sandboxctl: `{_cell(' '.join(plan.command))[:200]}`", "",
              f"Policy **{plan.policy}**, run `{plan.run_id}`, exit code **{result.exit_code}**, "
              f"{result.duration_s:.1f} s, **{len(result.denials)}** denied.", ""]
+    if failed:
+        lines[2:2] = [f"**Failed on denials**: the command itself exited {result.command_exit_code}, but the run "
+                      f"fails when anything is denied (`--fail-on-denial` or `ci.fail_on_denial`); exit "
+                      f"{result.exit_code}.", ""]
     if result.denials:
         lines += ["| kind | target | rule |", "|---|---|---|"]
         lines += [f"| {_cell(d.get('kind'))} | {_cell(d.get('target'))} | {_cell(d.get('rule'))} |"
                   for d in result.denials[:50]]
         if len(result.denials) > 50:
             lines.append(f"| … | {len(result.denials) - 50} more | `sandboxctl log --run {plan.run_id} --denied` |")
+        from sandboxctl.cli.run import suggest_command
+
+        lines += ["", f"The least grants for these denials: `{suggest_command(plan)}`"]
     with open(path, "a", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n\n")

@@ -139,6 +139,7 @@ def execute_run(opts: dict[str, Any], command: list[str]) -> int:
         approve=opts["approve"],
         log_path=absolute(opts["log"]) if opts["log"] else None,
         backend=opts["backend"],
+        fail_on_denial=opts["fail_on_denial"],
     )
     from sandboxctl.plan.build import build_plan
     from sandboxctl.plan.facts import gather
@@ -172,6 +173,11 @@ def execute_run(opts: dict[str, Any], command: list[str]) -> int:
     if result.denials and not opts["quiet"]:
         _print_denials(result.denials, plan.run_id)
         print(f"sandboxctl: the least grants for these denials: {suggest_command(plan)}", file=sys.stderr)
+    if result.command_exit_code is not None:  # the denial gate (errors.EXIT_DENIED), never silent
+        from sandboxctl.cli.output import error
+
+        error(f"the command succeeded, but {len(result.denials)} action(s) were denied: the run fails on denials "
+              f"(exit {result.exit_code})", f"allow what it needs ({suggest_command(plan)}), or stop it trying")
     if os.environ.get("GITHUB_ACTIONS") == "true":
         from sandboxctl.cli import ci
 
@@ -215,6 +221,8 @@ def _write_summary(path: str, plan, result) -> None:
     summary = {
         "run": plan.run_id, "policy": plan.policy, "command": list(plan.command),
         "exit_code": result.exit_code, "timed_out": result.timed_out,
+        "command_exit_code": result.exit_code if result.command_exit_code is None else result.command_exit_code,
+        "failed_on_denial": result.command_exit_code is not None,
         "duration_s": round(result.duration_s, 3), "denials": result.denials,
         "error": result.error.message if result.error else None, "log": plan.log_path,
     }

@@ -536,6 +536,7 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
         never_writable=planner.never_writable(),
         backend=planner.backend,
         creations=creations,
+        fail_on_denial=invocation.fail_on_denial or policy.ci.fail_on_denial,
     )
 
 

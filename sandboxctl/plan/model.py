@@ -147,6 +147,7 @@ class Plan(NamedTuple):
     never_writable: tuple[tuple[str, str], ...] = ()
     backend: str = "bwrap"  # bwrap | gvisor (launch/oci.py renders the same plan for runsc)
     creations: tuple[Creation, ...] = ()  # made on the host before the launch (filesystem.create)
+    fail_on_denial: bool = False  # ci.fail_on_denial: a successful command with denials exits 123
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(self)

@@ -153,6 +153,10 @@ POLICY_SCHEMA = Record(
             "timeout": _duration,
         }),
         "landlock": Choice(("required", "best-effort"), "Refuse to run without full Landlock, or degrade."),
+        "ci": Record(description="Continuous integration.", fields={
+            "fail_on_denial": Boolean(description="A command that succeeds but was denied anything exits 123 "
+                                                  "(as run --fail-on-denial): the step fails and says which."),
+        }),
         "log": Record(description="The action log.", fields={
             "path": _path,
             "file_events": Choice(("none", "write", "all")),

@@ -58,6 +58,10 @@ class Approval(NamedTuple):
     timeout: float = 60.0
 
 
+class CiSettings(NamedTuple):
+    fail_on_denial: bool = False  # a successful command with denials exits 123 (errors.EXIT_DENIED)
+
+
 class LogSettings(NamedTuple):
     path: str = "{state}/actions.jsonl"
     file_events: str = "write"
@@ -83,6 +87,7 @@ class Policy(NamedTuple):
     approval: Approval = Approval()
     landlock: str = "required"
     log: LogSettings = LogSettings()
+    ci: CiSettings = CiSettings()
 
 
 def policy_from_data(data: dict[str, Any], *, source: str, chain: tuple[str, ...], sha256: str) -> Policy:
@@ -141,4 +146,5 @@ def policy_from_data(data: dict[str, Any], *, source: str, chain: tuple[str, ...
         landlock=data.get("landlock", "required"),
         log=LogSettings(path=log.get("path", LogSettings._field_defaults["path"]),
                         file_events=log.get("file_events", "write"), exec_events=log.get("exec_events", True)),
+        ci=CiSettings(fail_on_denial=data.get("ci", {}).get("fail_on_denial", False)),
     )

@@ -12,7 +12,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from sandboxctl.errors import SandboxError
+from sandboxctl.errors import EXIT_DENIED, SandboxError
 from sandboxctl.launch import seccomp
 from sandboxctl.log.writer import ActionLog, LogWriteError
 from sandboxctl.paths import ensure_private_dir
@@ -71,12 +71,15 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, notic
                 seccomp.load_or_compile(plan.seccomp, state / "cache")
                 seccomp.load_or_compile_notify(plan.seccomp, state / "cache")
         result = supervisor.launch()
+        gated = plan.fail_on_denial and bool(result.denials) and result.exit_code == 0 and result.error is None
         with contextlib.suppress(LogWriteError):
             if supervisor.ready:
                 log.write("run.end", exit_code=result.exit_code,
                           signal=result.exit_code - 128 if result.exit_code > 128 else None,
                           duration_s=round(result.duration_s, 6), denied=len(result.denials),
-                          timed_out=result.timed_out)
+                          timed_out=result.timed_out, **({"failed_on_denial": True} if gated else {}))
+        if gated:  # the CI gate: a successful command that was denied something fails the step
+            return result._replace(exit_code=EXIT_DENIED, command_exit_code=result.exit_code)
         return result
     finally:
         if cgroup:

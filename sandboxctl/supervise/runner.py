@@ -40,6 +40,7 @@ class RunResult(NamedTuple):
     error: SandboxError | None = None
     layers: dict[str, Any] | None = None
     denials: tuple[dict[str, Any], ...] | list[dict[str, Any]] = ()
+    command_exit_code: int | None = None  # set when exit_code is not the command's own (the denial gate: 123)
 
 
 class Supervisor:
