@@ -27,6 +27,12 @@ def annotate(plan, result) -> None:
     them), else a warning; and the step summary."""
     failed = result.command_exit_code is not None
     level = "error" if failed else "warning"
+    for change in getattr(result, "protected", ()):
+        title = _escape_property("sandboxctl: a protected path changed")
+        message = _escape_data(f"{change['path']} {change['change']}; {change['action']}"
+                               + (f" (changed content kept at {change['kept']})" if change.get("kept") else "")
+                               + f" (run {plan.run_id})")
+        print(f"::error title={title}::{message}", file=sys.stdout, flush=True)
     for denial in result.denials:
         title = _escape_property(f"sandboxctl denied {denial.get('kind')}")
         message = _escape_data(f"{denial.get('target')} — {denial.get('rule')} (run {plan.run_id}, "
@@ -42,6 +48,10 @@ def annotate(plan, result) -> None:
         lines[2:2] = [f"**Failed on denials**: the command itself exited {result.command_exit_code}, but the run "
                       f"fails when anything is denied (`--fail-on-denial` or `ci.fail_on_denial`); exit "
                       f"{result.exit_code}.", ""]
+    if getattr(result, "protected", ()):
+        lines += ["**Protected paths changed (put back):**", "", "| path | change | action |", "|---|---|---|"]
+        lines += [f"| {_cell(c['path'])} | {_cell(c['change'])} | {_cell(c['action'])} |" for c in result.protected]
+        lines.append("")
     if result.denials:
         lines += ["| kind | target | rule |", "|---|---|---|"]
         lines += [f"| {_cell(d.get('kind'))} | {_cell(d.get('target'))} | {_cell(d.get('rule'))} |"

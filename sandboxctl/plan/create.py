@@ -30,10 +30,12 @@ def parse_mode(text: str | None) -> int | None:
     return None if text is None else int(text, 8)
 
 
-def plan_creations(entries: tuple[dict, ...], write_grants: list[str], denied: list[str], protected: list[str],
-                   home: str, kind: Callable[[str], str], expand: Callable[[str], str]) -> tuple[Creation, ...]:
+def plan_creations(entries: tuple[dict, ...], write_grants: list[str], denied: list[str],
+                   protected: Callable[[str], str | None], home: str, kind: Callable[[str], str],
+                   expand: Callable[[str], str]) -> tuple[Creation, ...]:
     """What to make before the run, parents first; every entry that may not be made is a SandboxError
-    naming all of them. `protected` holds patterns; `denied` the deny entries, expanded."""
+    naming all of them. `protected(path)` says why a path is protected; `denied` holds the deny
+    entries, expanded."""
     creations: dict[str, Creation] = {}
     problems: list[str] = []
     for entry in entries:
@@ -69,7 +71,8 @@ def plan_creations(entries: tuple[dict, ...], write_grants: list[str], denied: l
     return tuple(creations.values())
 
 
-def _refusal(path: str, write_grants: list[str], denied: list[str], protected: list[str], home: str) -> str | None:
+def _refusal(path: str, write_grants: list[str], denied: list[str], protected: Callable[[str], str | None],
+             home: str) -> str | None:
     if not _within(path, home) or path == home:
         return f"outside your home ({home}): sandboxctl creates nothing else"
     if not any(_within(path, grant) for grant in write_grants):
@@ -77,9 +80,9 @@ def _refusal(path: str, write_grants: list[str], denied: list[str], protected: l
     for deny in denied:
         if _within(path, deny) or fnmatch.fnmatchcase(path, deny):
             return f"lies under the denied {deny}"
-    for pattern in protected:
-        if _within(path, pattern) or fnmatch.fnmatchcase(path, pattern) or fnmatch.fnmatchcase(path, pattern + "/*"):
-            return f"is the protected {pattern} or lies under it"
+    why = protected(path)
+    if why:
+        return f"protected ({why})"
     return None
 
 

@@ -98,11 +98,12 @@ def test_mode_must_be_quoted_octal(tmp_path):
 
 def test_planning_is_pure_the_parent_must_be_a_directory():
     with pytest.raises(SandboxError, match="not a directory"):
-        plan_creations(({"path": f"{HOME}/f/x"},), [f"{HOME}/f"], [], [], HOME,
+        plan_creations(({"path": f"{HOME}/f/x"},), [f"{HOME}/f"], [], lambda p: None, HOME,
                        lambda p: {HOME: "dir", f"{HOME}/f": "file"}.get(p, "missing"), lambda p: p)
 
 
 def test_workspace_paths_are_not_made():
     with pytest.raises(SandboxError, match="outside your home"):
-        plan_creations(({"path": "/srv/ws/.cache"},), ["/srv/ws"], [], [], HOME, lambda p: "missing", lambda p: p)
+        plan_creations(({"path": "/srv/ws/.cache"},), ["/srv/ws"], [], lambda p: None, HOME, lambda p: "missing",
+                       lambda p: p)
     assert WS.startswith(HOME)  # (a workspace inside HOME is HOME's, and follows the same rules)
