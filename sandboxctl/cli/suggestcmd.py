@@ -40,22 +40,18 @@ def _extends(source: str | None, name: str | None, output: str | None) -> tuple[
                        "a run logged by this sandboxctl records it; run the command again, then suggest")
 
 
-def _protected(home: str, workspace: str | None, patterns: list[str]):
-    from sandboxctl.plan.build import HOME_PROTECTED_NAMES, PROTECTED_NAMES
-
-    roots = [(home, (*HOME_PROTECTED_NAMES, *PROTECTED_NAMES))]
-    if workspace:
-        roots.append((workspace, PROTECTED_NAMES))
+def _protected(patterns: list[str]):
+    """Why a path is protected (protect/names.py), judged beneath each of its ancestors: a grant that
+    answered the denial would make that ancestor a writable root, where the name rules apply. This
+    errs towards refusing. The policy's own filesystem.protect patterns too."""
+    from sandboxctl.protect.names import protected_reason
 
     def why(path: str) -> str | None:
-        for root, names in roots:
-            for name in names:
-                full = os.path.join(root, name)
-                if path == full or path.startswith(full + "/"):
-                    return f"protected: {name}"
-        parts = path.split("/")
-        if ".git" in parts and parts[parts.index(".git") + 1: parts.index(".git") + 2] in (["hooks"], ["config"]):
-            return "protected: .git/" + parts[parts.index(".git") + 1]  # in a repository nested anywhere too
+        parts = path.strip("/").split("/")
+        for depth in range(len(parts)):
+            reason = protected_reason("/".join(parts[depth:]))
+            if reason:
+                return reason
         for pattern in patterns:
             if path == pattern or path.startswith(pattern.rstrip("/") + "/") or fnmatch.fnmatchcase(path, pattern):
                 return f"filesystem.protect {pattern}"
@@ -97,6 +93,6 @@ def suggest_for_run(run: str, log_option: str | None, output: str | None) -> str
     fs = loaded.policy.filesystem
     host = Host(home=home, workspace=workspace, kind=path_kind,
                 denied=(*[expand(p) for p in fs.deny], str(paths.state_dir()), str(log.parent)),
-                protected=_protected(home, workspace, [expand(p) for p in fs.protect]))
+                protected=_protected([expand(p) for p in fs.protect]))
     command = f"sandboxctl policy suggest --run {run_id}" + (f" --log {log_option}" if log_option else "")
     return render(suggest(records, host, loaded.policy.name, run_id), host, extends, command)

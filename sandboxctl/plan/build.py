@@ -508,8 +508,8 @@ def _creations(policy: Policy, inv: Invocation, facts: HostFacts):
     patterns = [expand(p) for p in fs.protect]
 
     def protected(path: str) -> str | None:
-        """protect/names.py's reasons at the root of HOME and of each write grant, or the policy's protect."""
-        for root in (facts.home, *writes):
+        """protect/names.py's reasons beneath each write grant (the roots they apply at), or the policy's protect."""
+        for root in writes:
             if path != root and path.startswith(root.rstrip("/") + "/"):
                 why = protected_reason(os.path.relpath(path, root))
                 if why:

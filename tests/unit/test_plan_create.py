@@ -21,8 +21,7 @@ def test_claude_code_on_a_fresh_account_plans_its_state_as_claude_makes_it():
     assert creations(plan) == [(f"{HOME}/.claude", "dir", None, ""), (f"{HOME}/.claude.json", "file", 0o600, "{}\n")]
     kinds = {m.target: m.kind for m in plan.mounts}
     assert kinds[f"{HOME}/.claude"] == "rw" and kinds[f"{HOME}/.claude.json"] == "rw"
-    # what is protected inside ~/.claude is planned as for an existing one: read-only placeholders
-    assert kinds[f"{HOME}/.claude/CLAUDE.md"] == "ro"
+    assert f"{HOME}/.claude" in plan.protect.roots  # planned as a writable root, protections inside
 
 
 def test_codex_and_aider_on_a_fresh_account():
@@ -61,7 +60,8 @@ def _policy(tmp_path, create: str, write: str = "[~/.tool]", extra: str = ""):
     ("[{path: /srv/tool}]", "[/srv/tool]", "outside your home"),
     ("[{path: ~/.other}]", "[~/.tool]", "not granted by filesystem.write"),
     ("[{path: ~/.ssh}]", "[~/.ssh]", "lies under the denied"),
-    ("[{path: ~/.bashrc, kind: file}]", "[~/.bashrc]", "protected"),
+    ("[{path: ~/.tool/.envrc, kind: file}]", "[~/.tool]", "protected"),
+    ("[{path: ~/.tool/.git/hooks}]", "[~/.tool]", "protected"),
     ("[{path: ~/.tool/hooks}]", "[~/.tool]", "protected"),
     ("[{path: ~/.tool, content: x}]", "[~/.tool]", "content is for a file"),
     ("[{path: ~/.local/state/sandboxctl/x}]", "[~/.local]", "denied"),
