@@ -95,7 +95,9 @@ def _settled_elsewhere(connection, request_id: str) -> str:
     item = getattr(connection, "settled", {}).get(request_id)
     if item is None:
         return "no longer pending"
-    answer, via = str(item.get("answer")), str(item.get("via") or "")
+    from sandboxctl.inert import inert
+
+    answer, via = str(item.get("answer")), inert(item.get("via") or "", 120)
     if via == "socket":
         return f"answered in another window: {outcome(answer)}"
     return f"{outcome(answer)} ({via})" if via else outcome(answer)
@@ -105,6 +107,7 @@ def follow() -> int:
     """Live: every run's requests, oldest first, one single-key question at a time."""
     from sandboxctl.approval.client import connect_all
     from sandboxctl.approval.view import KEYS, outcome, render
+    from sandboxctl.inert import inert
 
     if not sys.stdin.isatty():
         raise SandboxError("sandboxctl approve needs a terminal to ask",
@@ -136,7 +139,7 @@ def follow() -> int:
             if shown is not None and all(r["id"] != shown for _c, r in items):
                 # gone from the queue: say how, unless it was our own key
                 if shown not in answered_here:
-                    print(f"  -> {shown}: {_settled_elsewhere(connections.get(shown_on or ''), shown)}",
+                    print(f"  -> {inert(shown)}: {_settled_elsewhere(connections.get(shown_on or ''), shown)}",
                           file=sys.stderr)
                 answered_here.discard(shown)
                 shown = shown_on = None

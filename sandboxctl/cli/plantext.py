@@ -16,10 +16,10 @@ INDENT = "  "
 
 
 def inert(value: object) -> str:
-    """Control characters escaped: a path or an environment value must not drive the terminal."""
-    from sandboxctl.log.reader import clean
+    """Shown inert (sandboxctl.inert): a path or an environment value must not drive the terminal."""
+    from sandboxctl.inert import inert as shown
 
-    return clean(value, None)
+    return shown(value)
 
 
 def header(plan: Plan) -> list[str]:

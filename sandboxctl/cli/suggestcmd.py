@@ -20,7 +20,9 @@ def _records(path: Path, run: str) -> tuple[str, list[dict]]:
     if not runs:
         raise SandboxError(f"no run {run!r} in {path}", "list the runs with: sandboxctl log runs")
     if len(runs) > 1:
-        raise SandboxError(f"{run!r} matches {len(runs)} runs: {', '.join(runs[:5])}", "give more of the run id")
+        from sandboxctl.inert import inert
+
+        raise SandboxError(f"{run!r} matches {len(runs)} runs: {inert(', '.join(runs[:5]))}", "give more of the run id")
     return runs[0], [r for r in records if r.get("run") == runs[0]]
 
 

@@ -116,17 +116,19 @@ def hint_for_exec_error(plan, code: int, name: str, path_env: str) -> str:
         if exec_restricted(plan):
             return "the policy's exec.allow does not list it (or the file is not executable)"
         return "the file is not executable (chmod +x), or its interpreter is not"
+    from sandboxctl.inert import inert
+
     location = locate(name, path_env, plan.cwd)
     if location is None:
-        return f"{name!r} is not on your PATH outside the sandbox either: check the name"
-    where = location.command + (f" (-> {location.real})" if location.real != location.command else "")
+        return f"'{inert(name)}' is not on your PATH outside the sandbox either: check the name"
+    where = inert(location.command) + (f" (-> {inert(location.real)})" if location.real != location.command else "")
     hidden = [root for root in location.roots if not shown(plan.mounts, os.path.realpath(root))]
     if hidden:
         grants = [root for root in hidden if grantable(root, plan.home)]
         if not grants:
             return f"on the host it is {where}, which this sandbox does not show; grant its directory read-only"
         return (f"on the host it is {where}, which this sandbox does not show: grant it with "
-                + " ".join(f"--allow-read {root}" for root in grants) + " (or filesystem.read in the policy)")
+                + " ".join(f"--allow-read {inert(root)}" for root in grants) + " (or filesystem.read in the policy)")
     inside_path = dict(plan.env).get("PATH", "")
     if "/" not in name and os.path.dirname(location.command) not in inside_path.split(":"):
         return (f"on the host it is {where}; the sandbox shows it, but its directory is not on the sandbox's PATH: "

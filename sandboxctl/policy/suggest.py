@@ -65,7 +65,7 @@ def _within(path: str, root: str) -> bool:
 
 def _label(record: dict[str, Any]) -> str:
     """The denial in one line, as the comment above its grant (inert: control characters escaped)."""
-    from sandboxctl.log.reader import clean
+    from sandboxctl.inert import inert
 
     if record.get("event") == "file":
         text = f"file: {record.get('op', '?')} {record.get('path', '?')} ({record.get('rule', '')})"
@@ -73,7 +73,7 @@ def _label(record: dict[str, Any]) -> str:
         text = f"net: {record.get('host', '?')}:{record.get('port', '?')} ({record.get('rule', '')})"
     else:
         text = f"{record.get('event')}: {record.get('name') or record.get('target') or ''} ({record.get('rule', '')})"
-    return clean(text, 200)
+    return inert(text, 200)
 
 
 def suggest(records: Iterable[dict[str, Any]], host: Host, policy: str, run: str) -> Suggestion:
@@ -217,7 +217,7 @@ def _shown(path: str, host: Host) -> str:
 
 
 def render(result: Suggestion, host: Host, extends: str, command: str) -> str:
-    from sandboxctl.log.reader import clean
+    from sandboxctl.inert import inert as clean  # comments hold untrusted paths: never a line break in them
 
     lines = [
         "# yaml-language-server: $schema=https://sandboxctl.dev/schema/policy-v1.json",

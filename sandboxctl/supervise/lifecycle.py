@@ -49,8 +49,11 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, notic
         if plan.creations:
             made = make_all(plan.creations, plan.home, log.write)
             if made and notice:
+                from sandboxctl.inert import inert
+
                 notice("made before the run (filesystem.create): " + ", ".join(
-                    f"{c.path} ({c.kind}{' ' + format(c.mode, '04o') if c.mode is not None else ''})" for c in made))
+                    f"{inert(c.path)} ({c.kind}{' ' + format(c.mode, '04o') if c.mode is not None else ''})"
+                    for c in made))
         if plan.protect.record or plan.protect.absent:
             snapshot.take(plan.protect.record, plan.protect.absent)
         lim = plan.limits
