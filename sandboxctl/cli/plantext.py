@@ -106,10 +106,23 @@ def settings(plan: Plan) -> list[str]:
         f"approvals: {plan.approval_mode} via {plan.approval_via} "
         f"(unanswered after {units.format_duration(plan.approval_timeout)}: deny)",
         f"action log: {inert(plan.log_path)} (file events: {plan.file_events})",
+        *protected_paths(plan),
         *[f"warning: {inert(w)}" for w in plan.warnings],
         *[f"note: {inert(n)}" for n in plan.notes],
         *[f"needs confirmation: {inert(c)}" for c in plan.confirmations],
     ]
+
+
+def protected_paths(plan: Plan) -> list[str]:
+    """The same line as the terminal view: where protections hold, and how."""
+    protect = plan.protect
+    if not protect.roots:
+        return []
+    how = ("read-only to Landlock; the supervisor performs and checks every change" if protect.mediated
+           else "read-only binds over existing entries; absent ones checked at the end of the run")
+    return [f"protected paths: under {', '.join(inert(r) for r in protect.roots)}: {how}; {len(protect.gitdirs)} "
+            f"git directories, {len(protect.explicit)} explicit paths, {len(protect.record)} entries recorded for "
+            "the end-of-run check"]
 
 
 def render(plan: Plan, env: list[tuple[str, str]], argv_title: str, argv: list[str]) -> list[str]:
