@@ -10,7 +10,7 @@ import re
 from sandboxctl import paths, units
 from sandboxctl.errors import SandboxError
 from sandboxctl.plan import syscalls
-from sandboxctl.plan.create import overlay_kind, plan_creations
+from sandboxctl.plan.create import creations_for, overlay_kind
 from sandboxctl.plan.inputs import HostFacts, Invocation
 from sandboxctl.plan.model import (
     LandlockPathRule,
@@ -439,7 +439,7 @@ GVISOR_WARNING = ("gvisor backend: Landlock is not applied (gVisor does not impl
 def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan:
     if not invocation.command:
         raise SandboxError("no command given", "usage: sandboxctl run [OPTIONS] -- COMMAND [ARG...]")
-    creations = _creations(policy, invocation, facts)
+    creations = creations_for(policy, invocation, facts)
     if creations:  # plan the mounts for the host as it will be once they are made
         facts = facts._replace(kind=overlay_kind(facts.kind, creations))
     planner = _Planner(policy, invocation, facts)
@@ -492,32 +492,3 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
         exec_loaders=tuple(facts.elf_loaders) if policy.exec_allow is not None else (),
     )
 
-
-def _creations(policy: Policy, inv: Invocation, facts: HostFacts):
-    """filesystem.create, checked against the policy's own grants (plan/create.py)."""
-    fs = policy.filesystem
-    if not fs.create:
-        return ()
-
-    def expand(path: str) -> str:
-        return paths.expand(path, workspace=inv.workspace, home=facts.home, state=facts.state_dir)
-
-    from sandboxctl.protect.names import protected_reason
-
-    writes = [expand(p) for p in fs.write]
-    patterns = [expand(p) for p in fs.protect]
-
-    def protected(path: str) -> str | None:
-        """protect/names.py's reasons beneath each write grant (the roots they apply at), or the policy's protect."""
-        for root in writes:
-            if path != root and path.startswith(root.rstrip("/") + "/"):
-                why = protected_reason(os.path.relpath(path, root))
-                if why:
-                    return why
-        for pattern in patterns:
-            if path == pattern or path.startswith(pattern.rstrip("/") + "/") or fnmatch.fnmatchcase(path, pattern):
-                return f"filesystem.protect {pattern}"
-        return None
-
-    return plan_creations(fs.create, writes, [expand(p) for p in fs.deny] + [facts.state_dir], protected,
-                          facts.home, facts.kind, expand)

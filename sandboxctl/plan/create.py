@@ -18,8 +18,10 @@ import fnmatch
 import os
 from collections.abc import Callable
 
+from sandboxctl import paths
 from sandboxctl.errors import SandboxError
 from sandboxctl.plan.model import Creation
+from sandboxctl.protect.names import protected_reason
 
 
 def _within(path: str, root: str) -> bool:
@@ -94,3 +96,31 @@ def overlay_kind(kind: Callable[[str], str], creations: tuple[Creation, ...]) ->
         return made.get(os.path.normpath(path)) or kind(path)
 
     return planned
+
+
+def creations_for(policy, inv, facts) -> tuple[Creation, ...]:
+    """The policy's filesystem.create for this invocation and host (Policy, Invocation, HostFacts)."""
+    fs = policy.filesystem
+    if not fs.create:
+        return ()
+
+    def expand(path: str) -> str:
+        return paths.expand(path, workspace=inv.workspace, home=facts.home, state=facts.state_dir)
+
+    writes = [expand(p) for p in fs.write]
+    patterns = [expand(p) for p in fs.protect]
+
+    def protected(path: str) -> str | None:
+        """protect/names.py's reasons beneath each write grant (the roots they apply at), or the policy's protect."""
+        for root in writes:
+            if path != root and path.startswith(root.rstrip("/") + "/"):
+                why = protected_reason(os.path.relpath(path, root))
+                if why:
+                    return why
+        for pattern in patterns:
+            if path == pattern or path.startswith(pattern.rstrip("/") + "/") or fnmatch.fnmatchcase(path, pattern):
+                return f"filesystem.protect {pattern}"
+        return None
+
+    return plan_creations(fs.create, writes, [expand(p) for p in fs.deny] + [facts.state_dir], protected,
+                          facts.home, facts.kind, expand)

@@ -103,6 +103,7 @@ def test_ci_example_installs_runs_under_ci_and_uploads_the_summary(name: str) ->
     assert "sandboxctl doctor" in install
     options = command[2:command.index("--")]
     assert options[options.index("-p") + 1] == "ci"
+    assert "--fail-on-denial" in options  # the CI gate: a passing suite that was denied something fails
     summary = options[options.index("--summary-json") + 1]
     assert summary in artifacts
 
