@@ -101,6 +101,9 @@ class ProtectPlan(NamedTuple):
     record: tuple[str, ...] = ()  # existing protected entries the end-of-run check records and compares
     absent: tuple[str, ...] = ()  # protected names absent at launch: the end-of-run check says if they appeared
     mediated: bool = False  # Landlock + the supervisor enforce it (bwrap); False: binds + the check only (gvisor)
+    repositories: tuple[str, ...] = ()  # `.git` entries and bare repositories found at launch
+    ephemeral: tuple[str, ...] = ()  # writable sandbox mounts above a root (tmpfs HOME, /tmp): mediated too
+    anchors: tuple[str, ...] = ()  # directories mounts hang from, in mediated areas: never moved or removed
 
 
 class NetworkPlan(NamedTuple):
@@ -169,6 +172,7 @@ class Plan(NamedTuple):
     fail_on_denial: bool = False  # ci.fail_on_denial: a successful command with denials exits 123
     protect: ProtectPlan = ProtectPlan()
     exec_loaders: tuple[str, ...] = ()  # the ELF loaders exec.allow keeps executable (never run as a command)
+    noexec_mounts: tuple[str, ...] = ()  # exec.allow: writable mounts remounted noexec before the command runs
 
     def protection(self):
         """The rules for changes beneath the writable roots (the mediator asks them)."""
@@ -258,7 +262,7 @@ def _protection(protect: ProtectPlan, roots: tuple[str, ...]):
         return known[1]
     from sandboxctl.protect.rules import Protection
 
-    value = Protection(roots, protect.gitdirs, dict(protect.explicit), protect.masked)
+    value = Protection(roots, protect.gitdirs, dict(protect.explicit), protect.masked, protect.anchors)
     _protections[key] = (protect, value)
     return value
 
