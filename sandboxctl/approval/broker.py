@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -17,6 +18,7 @@ from sandboxctl.approval.grants import GrantStore, Scope
 
 CHOICES = ("once", "run", "always", "deny")
 MAX_PENDING = 64  # a sandbox flooding the human with questions gets denials, not a longer queue
+RECENT_SETTLED = 64  # answers front ends can still show ("answered in another window")
 APPROVING = frozenset(("once", "run", "always"))
 
 
@@ -79,6 +81,7 @@ class Broker:
         self.unavailable: str | None = None  # why no human can be asked (then: deny)
         self.closed = False
         self.count = 0
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_SETTLED)  # the last answers, for front ends
 
     # ------------------------------------------------------------------ set-up
     def attach(self, front_end: FrontEnd) -> None:
@@ -145,6 +148,12 @@ class Broker:
         with self.condition:
             return [r for r in self.queue if r.answer is None]
 
+    def settled(self) -> list[dict[str, Any]]:
+        """The last answers given (id, answer, via): a front end that showed a request learns how
+        it was settled elsewhere (another `sandboxctl approve`, the timeout, the end of the run)."""
+        with self.condition:
+            return list(self.recent)
+
     def answer(self, request_id: str, choice: str, via: str) -> str | None:
         """Answer a pending request; returns an error message, or None when it was taken."""
         if choice not in CHOICES:
@@ -169,6 +178,7 @@ class Broker:
             request.answer, request.via = answer, via
             if request in self.queue:
                 self.queue.remove(request)
+                self.recent.append({"id": request.id, "answer": answer, "via": via})
             if answer == "run":
                 self.run_grants.add((request.kind, request.target))
             self.condition.notify_all()

@@ -46,6 +46,17 @@ def _since(text: str | None):
         raise SandboxError(f"--since {exc}", "use a duration such as 90s, 30m, 1h or 2d") from None
 
 
+def complete_events(incomplete: str) -> list[tuple[str, str]]:
+    """--event values; after a comma, the list so far is kept and the next name completes."""
+    from sandboxctl.log.query import EVENT_TYPES
+
+    done, _, current = incomplete.rpartition(",")
+    chosen = {name for name in done.split(",") if name}
+    prefix = f"{done}," if done else ""
+    return [(prefix + name, about) for name, about in EVENT_TYPES.items()
+            if name.startswith(current) and name not in chosen]
+
+
 def register(app: typer.Typer) -> None:
     @app.command("log")
     def log(
@@ -55,9 +66,9 @@ def register(app: typer.Typer) -> None:
                                      help="The action log (default: $XDG_STATE_HOME/sandboxctl/actions.jsonl)."),
         run: str = typer.Option(None, "--run", metavar="ID", help="Only this run (an id prefix is enough)."),
         denied: bool = typer.Option(False, "--denied", help="Only denied actions and denied/unanswered approvals."),
-        event: str = typer.Option(None, "--event", metavar="TYPE",
-                                  help="Only these events: exec, file, net, syscall, approval, secret, limit, "
-                                       "run (comma-separated)."),
+        event: str = typer.Option(None, "--event", metavar="TYPE", autocompletion=complete_events,
+                                  help="Only these events: run, exec, file, net, http, syscall, approval, secret, "
+                                       "limit, protect (comma-separated)."),
         since: str = typer.Option(None, "--since", metavar="DURATION", help="Only the last DURATION, e.g. 1h."),
         all_runs: bool = typer.Option(False, "--all", help="Every run, not only the last one."),
         follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new records (Ctrl-C stops)."),

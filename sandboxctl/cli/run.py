@@ -141,6 +141,7 @@ def execute_run(opts: dict[str, Any], command: list[str]) -> int:
         approve=opts["approve"],
         log_path=absolute(opts["log"]) if opts["log"] else None,
         backend=opts["backend"],
+        fail_on_denial=opts["fail_on_denial"],
     )
     from sandboxctl.plan.build import build_plan
     from sandboxctl.plan.facts import gather
@@ -165,7 +166,8 @@ def execute_run(opts: dict[str, Any], command: list[str]) -> int:
     from sandboxctl.supervise.lifecycle import execute
 
     interactive = sys.stderr.isatty() and not opts["quiet"] and os.environ.get("CI", "").lower() not in ("true", "1")
-    result = execute(plan, state_dir(), list(command), status=progress(interactive))
+    result = execute(plan, state_dir(), list(command), status=progress(interactive),
+                     notice=None if opts["quiet"] else lambda message: print(f"sandboxctl: {message}", file=sys.stderr))
     if opts["summary_json"]:
         _write_summary(opts["summary_json"], plan, result)
     if result.error:
@@ -176,9 +178,16 @@ def execute_run(opts: dict[str, Any], command: list[str]) -> int:
         _print_protected(result.protected, plan.run_id)
     if result.denials and not opts["quiet"]:
         _print_denials(result.denials, plan.run_id)
+        print(f"sandboxctl: the least grants for these denials: {suggest_command(plan)}", file=sys.stderr)
     if result.tampered and not opts["quiet"]:
         print(f"sandboxctl: warning: {len(result.tampered)} exec records were contradicted by what ran (a path "
               f"swapped during the exec); see: sandboxctl log --run {plan.run_id} --event tamper", file=sys.stderr)
+    if result.command_exit_code is not None:  # the denial gate (errors.EXIT_DENIED), never silent
+        from sandboxctl.cli.output import error
+        from sandboxctl.supervise.denials import total
+
+        error(f"the command succeeded, but {total(result.denials)} action(s) were denied: the run fails on "
+              f"denials (exit {result.exit_code})", f"allow what it needs ({suggest_command(plan)}), or stop it trying")
     if os.environ.get("GITHUB_ACTIONS") == "true":
         from sandboxctl.cli import ci
 
@@ -187,6 +196,17 @@ def execute_run(opts: dict[str, Any], command: list[str]) -> int:
         print(f"sandboxctl: timeout: the run exceeded {units.format_duration(plan.limits.timeout or 0)};"
               " the whole sandbox was killed", file=sys.stderr)
     return result.exit_code
+
+
+def suggest_command(plan) -> str:
+    """The command that turns this run's denials into a policy (named after the denial table)."""
+    import shlex
+
+    from sandboxctl.paths import state_dir
+
+    default = os.path.join(str(state_dir()), "actions.jsonl")
+    log = "" if os.path.abspath(plan.log_path) == os.path.abspath(default) else f" --log {shlex.quote(plan.log_path)}"
+    return f"sandboxctl policy suggest --run {plan.run_id}{log}"
 
 
 def _print_denials(denials: list[dict], run_id: str) -> None:
@@ -232,6 +252,8 @@ def _write_summary(path: str, plan, result) -> None:
     summary = {
         "run": plan.run_id, "policy": plan.policy, "command": list(plan.command),
         "exit_code": result.exit_code, "timed_out": result.timed_out,
+        "command_exit_code": result.exit_code if result.command_exit_code is None else result.command_exit_code,
+        "failed_on_denial": result.command_exit_code is not None,
         "duration_s": round(result.duration_s, 3), "denied": total(result.denials),
         "denials": collapse(result.denials),
         "error": result.error.message if result.error else None, "log": plan.log_path,
@@ -276,4 +298,4 @@ def register(app) -> None:
 
     normalised.__signature__ = run.__signature__  # type: ignore[attr-defined]
     normalised.__doc__ = run.__doc__
-    app.command("run", context_settings={"allow_interspersed_args": False}, no_args_is_help=True)(normalised)
+    app.command("run", context_settings={"allow_interspersed_args": False})(normalised)

@@ -31,6 +31,24 @@ def parse_ts(ts: Any) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+# What `--event` selects (SPEC "Action log"); `run` stands for run.start and run.end.
+EVENT_TYPES: dict[str, str] = {
+    "run": "run.start and run.end",
+    "exec": "programs executed inside",
+    "file": "file opens and changes (writes, or all with file_events: all)",
+    "net": "network connections through the proxy",
+    "http": "requests on inspected hosts",
+    "syscall": "system calls the seccomp baseline denied",
+    "approval": "answers to boundary escapes",
+    "secret": "secrets injected or expired (names only)",
+    "limit": "timeouts and resource limits",
+    "protect": "protected paths found changed after the run",
+    "create": "paths filesystem.create made on the host before the run",
+    "tamper": "exec records contradicted by what ran",
+    "log.forward": "the syslog copy: outages and what a collector did not receive",
+}
+
+
 def event_matcher(spec: str | None) -> Callable[[str], bool]:
     """'net' or 'file,net' (exact names), 'run' matches run.start and run.end."""
     if not spec:

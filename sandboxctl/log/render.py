@@ -72,6 +72,8 @@ def summarize(data: dict[str, Any]) -> str:
         return clean(g("name", "?"), 40)
     if event == "approval":
         return f"{clean(g('kind', '?'), 12)} {clean(g('target', ''), FIELD)}".rstrip()
+    if event == "create":
+        return f"made {clean(g('kind', '?'), 12)} {clean(g('path', ''), FIELD)}"
     if event == "secret":
         name = clean(g("name", "?"), 60)
         return f"{name} ({clean(g('action'), 20)})" if g("action") else name

@@ -10,6 +10,7 @@ import re
 from sandboxctl import paths, units
 from sandboxctl.errors import SandboxError
 from sandboxctl.plan import syscalls
+from sandboxctl.plan.create import creations_for, overlay_kind
 from sandboxctl.plan.inputs import HostFacts, Invocation
 from sandboxctl.plan.model import (
     LandlockPathRule,
@@ -76,6 +77,7 @@ class _Planner:
         wanted += [(p, "rw", "--allow-write", True) for p in self.inv.allow_write]
         denied = self.denied_paths
         result: dict[str, tuple[str, str]] = {}
+        absent: list[str] = []  # writable grants that do not exist: all named in one error
         for raw, kind, reason, from_cli in wanted:
             target = self.expand(raw)
             under_deny = [d for d in denied if _within(target, d)]
@@ -89,9 +91,9 @@ class _Planner:
             present = self.facts.kind(target)
             if present == "missing" and kind in ("ro", "rw"):
                 if kind == "rw":
-                    raise SandboxError(f"{reason}: {target} does not exist",
-                                       "create it first, or list it under filesystem.tmpfs")
-                self.notes.append(f"{reason} {target}: absent on this host, skipped")
+                    absent.append(f"{reason} {target}")
+                else:
+                    self.notes.append(f"{reason} {target}: absent on this host, skipped")
                 continue
             if target == "/" and kind != "ro":
                 raise SandboxError("refusing to make / writable inside the sandbox",
@@ -99,6 +101,11 @@ class _Planner:
             old = result.get(target)
             if old is None or _STRENGTH[kind] >= _STRENGTH[old[0]]:
                 result[target] = (kind, reason)
+        if absent:
+            raise SandboxError(("these writable grants do not exist: " if len(absent) > 1 else "")
+                               + "; ".join(absent) + (" does not exist" if len(absent) == 1 else ""),
+                               "create them first, list them under filesystem.tmpfs, or under filesystem.create "
+                               "for sandboxctl to make them before the run")
         return result
 
     @functools.cached_property
@@ -474,6 +481,9 @@ GVISOR_WARNING = ("gvisor backend: Landlock is not applied (gVisor does not impl
 def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan:
     if not invocation.command:
         raise SandboxError("no command given", "usage: sandboxctl run [OPTIONS] -- COMMAND [ARG...]")
+    creations = creations_for(policy, invocation, facts)
+    if creations:  # plan the mounts for the host as it will be once they are made
+        facts = facts._replace(kind=overlay_kind(facts.kind, creations))
     planner = _Planner(policy, invocation, facts)
     if planner.backend not in ("bwrap", "gvisor"):
         raise SandboxError(f"unknown backend {planner.backend!r}", "use bwrap or gvisor")
@@ -519,7 +529,10 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
         confirmations=tuple(dict.fromkeys(planner.confirmations)),
         never_writable=planner.never_writable(),
         backend=planner.backend,
+        creations=creations,
+        fail_on_denial=invocation.fail_on_denial or policy.ci.fail_on_denial,
         protect=planner.protect,
         exec_loaders=tuple(facts.elf_loaders) if policy.exec_allow is not None else (),
         noexec_mounts=planner.noexec_mounts(mounts),
     )
+

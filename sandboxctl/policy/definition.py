@@ -137,10 +137,18 @@ POLICY_SCHEMA = Record(
         "backend": Choice(("bwrap", "gvisor"), "Isolation backend: bwrap, or gvisor (the same plan under runsc)."),
         "filesystem": Record(description="File-system grants.", fields={
             "read": ListOf(_path, description="Visible, read-only."),
-            "write": ListOf(_path, description="Visible, writable; must exist."),
+            "write": ListOf(_path, description="Visible, writable; must exist (or be listed in create)."),
             "tmpfs": ListOf(_path, description="Fresh empty writable directories, gone at exit."),
             "deny": ListOf(_path_glob, description="Hidden even under a granted parent."),
             "protect": ListOf(_path_glob, description="Read-only even under a writable parent."),
+            "create": ListOf(Record(required=("path",), fields={
+                "path": _path,
+                "kind": Choice(("dir", "file"), "What to make (default dir)."),
+                "mode": Text(pattern=r"0?[0-7]{3}", max_length=4,
+                             description='Octal, quoted ("0600"); default: what mkdir/open make under the umask.'),
+                "content": Text(max_length=65536, description="A new file's content (nothing is ever overwritten)."),
+            }), max_items=64, description="Absent filesystem.write grants in HOME that sandboxctl makes before the "
+                                          "run, as the program would on its first start; each one is logged."),
         }),
         "exec": Record(description="Where executables may run from.", fields={
             "allow": ListOf(_path, description="Directories or files that may be executed."),
@@ -181,6 +189,10 @@ POLICY_SCHEMA = Record(
             "timeout": _duration,
         }),
         "landlock": Choice(("required", "best-effort"), "Refuse to run without full Landlock, or degrade."),
+        "ci": Record(description="Continuous integration.", fields={
+            "fail_on_denial": Boolean(description="A command that succeeds but was denied anything exits 123 "
+                                                  "(as run --fail-on-denial): the step fails and says which."),
+        }),
         "log": Record(description="The action log.", fields={
             "path": _path,
             "file_events": Choice(("none", "write", "all")),

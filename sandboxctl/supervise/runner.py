@@ -42,6 +42,7 @@ class RunResult(NamedTuple):
     denials: tuple[dict[str, Any], ...] | list[dict[str, Any]] = ()
     protected: tuple[dict[str, Any], ...] = ()  # protect.snapshot.Change records: put back at the end
     tampered: tuple[dict[str, Any], ...] | list[dict[str, Any]] = ()  # exec records contradicted by what ran
+    command_exit_code: int | None = None  # set when exit_code is not the command's own (the denial gate: 123)
 
 
 class Supervisor:
@@ -289,7 +290,8 @@ class Supervisor:
                     return
             try:
                 self.log.write("run.start", argv=self.argv_for_log, workspace=self.plan.workspace,
-                               policy=self.plan.policy, policy_sha256=self.plan.policy_sha256,
+                               policy=self.plan.policy, policy_source=self.plan.policy_source,
+                               policy_sha256=self.plan.policy_sha256,
                                layers=self.layers, limits=self._limits_for_log(),
                                confirmed=list(self.plan.confirmations) or None)
             except LogWriteError:
@@ -544,9 +546,11 @@ class Supervisor:
                                  "run `sandboxctl doctor` to see what this machine lacks")
             code = EXIT_SANDBOX_FAILED
         elif self.exec_error:
+            from sandboxctl.plan.locate import hint_for_exec_error
+
             code = int(self.exec_error.get("code", 126))
-            error = SandboxError(self.exec_error["exec_error"],
-                                 "check the command name and the policy's exec.allow", code)
+            hint = hint_for_exec_error(self.plan, code, self.plan.command[0], os.environ.get("PATH", ""))
+            error = SandboxError(self.exec_error["exec_error"], hint, code)
         if self.log_failed:
             error = SandboxError("the action log could not be written; the sandbox was stopped",
                                  "free some space or pass --log PATH")

@@ -422,6 +422,43 @@ def test_live_approve_answers_from_another_terminal(sandbox, outside, runtime):
     assert target.read_text().startswith("written in the sandbox")
 
 
+def test_live_approve_marks_a_request_answered_from_another_window(sandbox, outside, runtime):
+    """The live view shows a request; `sandboxctl approve ID deny` from a script answers it: the live
+    view says so (and how), instead of leaving a stale question on screen."""
+    import fcntl
+    import termios
+
+    target = outside / "elsewhere.txt"
+    run = _start_asking_run(sandbox, outside, runtime, WRITE, str(target))
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, b"\x28\x00\x78\x00\x00\x00\x00\x00")
+
+    def own_terminal() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    approver = subprocess.Popen([sys.executable, "-m", "sandboxctl", "approve"], stdin=slave, stdout=slave,
+                                stderr=slave, preexec_fn=own_terminal,
+                                env={**sandbox.env(), "XDG_RUNTIME_DIR": str(runtime), "TERM": "xterm"})
+    os.close(slave)
+    try:
+        screen = _read_until(master, b"without an answer", 30)
+        assert b"elsewhere.txt" in screen, screen[-1500:]
+        request = _next_request()
+        assert _approve(request["id"], "deny", env={"XDG_RUNTIME_DIR": str(runtime)}).returncode == 0
+        marked = _read_until(master, b"answered in another window", 10)
+        assert f"{request['id']}: answered in another window: denied".encode() in marked, marked[-1500:]
+        run.communicate(timeout=30)
+        os.write(master, b"q")
+        assert approver.wait(timeout=10) == 0
+    finally:
+        run.kill()
+        approver.kill()
+        os.close(master)
+    assert not target.exists(), "denied from the other window: nothing written"
+    assert [(a["answer"], a["via"]) for a in _events(sandbox, "approval")] == [("deny", "socket")]
+
+
 def test_an_untrusted_workspace_policy_needs_policy_trust_never_yes(sandbox):
     (sandbox.workspace / ".sandboxctl.yaml").write_text("version: 1\nname: mine\nextends: default\n")
     refused = sandbox.run("--", "true", policy=None)
