@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import subprocess
 import sys
 import termios
@@ -101,8 +102,8 @@ def test_demo_on_a_terminal_asks_and_d_denies(sandbox, tmp_path: Path) -> None:
         os.close(master)
     prompts = screen.split(b"approval needed")[1:]
     assert answered == len(prompts) >= 2
-    seen = b"".join(prompts).replace(b"\r\n", b"\n")
-    assert b"notes.txt" in seen and b"connect to 127.0.0.1" in seen, seen.decode(errors="replace")[-2500:]
+    seen = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", b"".join(prompts).replace(b"\r\n", b"\n"))  # styles off
+    assert b"notes.txt" in seen and b"connect  127.0.0.1" in seen, seen.decode(errors="replace")[-2500:]
     text = screen.decode(errors="replace").replace("\r\n", "\n")
     _check(sandbox, tmp, text)
     answers = [(r["kind"], r["answer"], r["via"]) for r in sandbox.records() if r["event"] == "approval"]
