@@ -277,7 +277,33 @@ def main():
     answer = os.read(control, 4096)
     if not answer or marshal.loads(answer).get("go") is not True:
         os._exit(125)
+    if config.get("session"):  # a session: a small server starts each command from here
+        serve_session(control, config)
+    change_directory(control, config.get("cwd"))
     exec_command(control, config["argv"], config["env"])
+
+
+def change_directory(report, path):
+    """The library's cwd= (after Landlock, like the exec): failing, the command never starts."""
+    if not path:
+        return
+    try:
+        os.chdir(path)
+    except OSError as exc:
+        send(report, {"exec_error": f"cannot change to directory {path} inside the sandbox: {exc.strerror}",
+                      "hint": "pass a directory that exists in the sandbox (relative paths start at the workspace)",
+                      "code": 125})
+        os._exit(125)
+
+
+def serve_session(control, config):
+    """Load the session server beside this file (only sessions pay for it) and never return."""
+    path = SHIM_LIB.rsplit("/", 1)[0] + "/session_server.py"
+    namespace = {"__name__": "sandboxctl_session_server"}
+    with open(path, "rb") as handle:
+        exec(compile(handle.read(), path, "exec"), namespace)
+    namespace["serve"](control, config, exec_command, change_directory)
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ class Invocation(NamedTuple):
     approve: str | None = None
     log_path: str | None = None
     backend: str | None = None  # --backend: overrides the policy's
+    session: str | None = None  # a session's name: no command of its own; a server starts each one
 
 
 class HostFacts(NamedTuple):

@@ -136,6 +136,7 @@ class Plan(NamedTuple):
     # paths no approval may open for writing (sandboxctl's code, policies, state; denied paths)
     never_writable: tuple[tuple[str, str], ...] = ()
     backend: str = "bwrap"  # bwrap | gvisor (launch/oci.py renders the same plan for runsc)
+    session: str | None = None  # a session (supervise/session.py): commands come later, one by one
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(self)

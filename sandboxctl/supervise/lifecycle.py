@@ -23,10 +23,13 @@ from sandboxctl.supervise.placeholders import Placeholders
 from sandboxctl.supervise.runner import RunResult, Supervisor
 
 
-def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None) -> RunResult:
+def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, supervisor_class=None,
+            started=None, **supervisor_options) -> RunResult:
     """Everything that must hold before the command may start, then the run itself.
 
-    status(message) gives a context manager around slow set-up steps (a status line on a TTY)."""
+    status(message) gives a context manager around slow set-up steps (a status line on a TTY).
+    supervisor_options go to the Supervisor (io, forward_signals, approver, notice: the library's);
+    started(supervisor) is called once it exists (the library keeps it, to cancel the run)."""
     status = status or (lambda message: contextlib.nullcontext())
     ensure_private_dir(state)
     values = {}
@@ -36,6 +39,7 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None) -> Ru
             values[secret.name] = secret_store.resolve(secret, os.environ, plan.home)
     log = ActionLog(plan.log_path, plan.run_id, redact=tuple(values.values()))
     cgroup = None
+    supervisor = None
     placeholders = Placeholders(state, plan.run_id)
     try:
         placeholders.create(plan)
@@ -52,12 +56,15 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None) -> Ru
             except OSError as exc:
                 raise SandboxError(f"cannot create the run's cgroup for its limits: {exc.strerror}",
                                    "run sandboxctl doctor") from None
-        supervisor_class = Supervisor
-        if plan.backend == "gvisor":  # the same plan under runsc (supervise/gvisor.py)
-            from sandboxctl.supervise.gvisor import GvisorSupervisor
+        if supervisor_class is None:
+            supervisor_class = Supervisor
+            if plan.backend == "gvisor":  # the same plan under runsc (supervise/gvisor.py)
+                from sandboxctl.supervise.gvisor import GvisorSupervisor
 
-            supervisor_class = GvisorSupervisor
-        supervisor = supervisor_class(plan, state, log, argv_for_log, cgroup, values)
+                supervisor_class = GvisorSupervisor
+        supervisor = supervisor_class(plan, state, log, argv_for_log, cgroup, values, **supervisor_options)
+        if started is not None:
+            started(supervisor)
         if not seccomp.is_cached(plan.seccomp, state / "cache"):
             with status("building the seccomp filters (first run with this policy)…"):
                 seccomp.load_or_compile(plan.seccomp, state / "cache")
@@ -68,9 +75,11 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None) -> Ru
                 log.write("run.end", exit_code=result.exit_code,
                           signal=result.exit_code - 128 if result.exit_code > 128 else None,
                           duration_s=round(result.duration_s, 6), denied=len(result.denials),
-                          timed_out=result.timed_out)
+                          timed_out=result.timed_out, **supervisor.end_fields())
         return result
     finally:
+        if supervisor is not None:
+            supervisor.release()
         if cgroup:
             cgroup.remove()
         placeholders.remove()
