@@ -240,6 +240,7 @@ def main():
     os.close(real_stderr)
     os.set_inheritable(control, False)
     config = marshal.loads(os.read(control, 1 << 20))
+    server = read_session_server() if config.get("session") else None  # before Landlock hides it
     try:
         set_rlimits(config["limits"])
     except (OSError, ValueError) as exc:
@@ -278,7 +279,8 @@ def main():
     if not answer or marshal.loads(answer).get("go") is not True:
         os._exit(125)
     if config.get("session"):  # a session: a small server starts each command from here
-        serve_session(control, config)
+        config["session_scope_abi"] = landlock["abi"] if landlock.get("enforced") else 0
+        serve_session(control, config, server)
     change_directory(control, config.get("cwd"))
     exec_command(control, config["argv"], config["env"])
 
@@ -296,12 +298,17 @@ def change_directory(report, path):
         os._exit(125)
 
 
-def serve_session(control, config):
-    """Load the session server beside this file (only sessions pay for it) and never return."""
+def read_session_server():
+    """The session server's code, mounted beside this file (only sessions pay for it)."""
     path = SHIM_LIB.rsplit("/", 1)[0] + "/session_server.py"
-    namespace = {"__name__": "sandboxctl_session_server"}
     with open(path, "rb") as handle:
-        exec(compile(handle.read(), path, "exec"), namespace)
+        return compile(handle.read(), path, "exec")
+
+
+def serve_session(control, config, server):
+    """Run the session server in this process (after Landlock and the go): it never returns."""
+    namespace = {"__name__": "sandboxctl_session_server"}
+    exec(server, namespace)
     namespace["serve"](control, config, exec_command, change_directory)
     os._exit(0)
 

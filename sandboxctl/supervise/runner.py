@@ -283,6 +283,9 @@ class Supervisor:
             for fd in (pidfd, wake_r, wake_w):
                 os.close(fd)
 
+    def _on_ready(self) -> None:
+        """The command may run now (a session's server is up)."""
+
     def _register_sources(self, sel: selectors.BaseSelector) -> None:
         """More descriptors for the loop (a session's clients); their events go to _on_source."""
 
@@ -352,6 +355,7 @@ class Supervisor:
             self._log_secrets()
             self.ready = True
             control.sendall(marshal.dumps({"go": True}))
+            self._on_ready()
         elif "error" in message:
             self.shim_error = message
         elif "exec_error" in message:

@@ -1,0 +1,58 @@
+"""How a session's clients talk to its supervisor: one JSON object per SOCK_SEQPACKET message,
+descriptors alongside (SCM_RIGHTS). Stdlib only and tiny: `sandboxctl exec` imports it on its
+fast path.
+
+Requests (client -> supervisor), one per connection at a time:
+  {"exec": {"argv": [...], "cwd": DIR|null, "env": {NAME: VALUE}, "timeout": SECONDS|null,
+            "tty": [ROWS, COLS]|null}}  + the command's stdin, stdout, stderr (none with a tty)
+  {"status": true}   {"stop": true}
+Replies:
+  {"started": N} (+ the pty's master with a tty)   {"exited": N, "exit_code": C, "timed_out": B,
+  "denials": [...]}   {"error": TEXT, "hint": TEXT|null, "exit_code": C}   {"session": {...}}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+
+MAX_MESSAGE = 1 << 20
+MAX_FDS = 4
+
+
+def send(sock: socket.socket, message: dict, fds: list[int] | tuple[int, ...] = ()) -> None:
+    data = json.dumps(message, separators=(",", ":")).encode()
+    if fds:
+        socket.send_fds(sock, [data], list(fds))
+    else:
+        sock.sendall(data)
+
+
+def receive(sock: socket.socket) -> tuple[dict | None, list[int]]:
+    """One message and its descriptors (close-on-exec); (None, []) when the peer is gone. A message
+    that is not a JSON object counts as the peer gone (it is never guessed at)."""
+    try:
+        data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS, socket.MSG_CMSG_CLOEXEC)
+    except (ConnectionError, OSError):
+        return None, []
+    if not data:
+        for fd in fds:
+            os.close(fd)
+        return None, []
+    try:
+        message = json.loads(data)
+    except ValueError:
+        message = None
+    if not isinstance(message, dict):
+        for fd in fds:
+            os.close(fd)
+        return None, []
+    return message, list(fds)
+
+
+def close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
