@@ -101,7 +101,10 @@ def run_exec(args: list[str]) -> int:
     def forward(signum: int, _frame) -> None:
         pending.append(signum)
 
+    wake_r = wake_w = -1
     if not tty:
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w)
         for signum in FORWARDED:
             signal.signal(signum, forward)
     try:
@@ -113,7 +116,7 @@ def run_exec(args: list[str]) -> int:
             if relay is not None:
                 message, fds = relay.serve_until_message(sock)
             else:
-                message, fds = _receive_interruptible(sock)
+                message, fds = _receive_or_wake(sock, wake_r)
                 if message is False:
                     continue
             if message is None:
@@ -139,15 +142,17 @@ def run_exec(args: list[str]) -> int:
         sock.close()
 
 
-def _receive_interruptible(sock):
-    """A reply, or (False, []) when a signal interrupted the wait (so it can be forwarded)."""
+def _receive_or_wake(sock, wake_r: int):
+    """A reply, or (False, []) when a signal arrived first (so it can be forwarded)."""
     import select
 
-    try:
-        ready, _, _ = select.select([sock], [], [], None)
-    except InterruptedError:
-        return False, []
-    return wire.receive(sock) if ready else (False, [])
+    if wake_r < 0:
+        return wire.receive(sock)
+    ready, _, _ = select.select([sock, wake_r], [], [], None)
+    if wake_r in ready:
+        with contextlib.suppress(BlockingIOError):
+            os.read(wake_r, 512)
+    return wire.receive(sock) if sock in ready else (False, [])
 
 
 def _report(message: dict, name: str, quiet: bool) -> int:

@@ -50,6 +50,8 @@ class Supervisor:
     command); the library runs it in any thread (forward_signals=False: no handler is touched),
     with pipes for stdio (io) and its own approval front end (approver)."""
 
+    dispatcher_class = notify.Dispatcher
+
     def __init__(self, plan: Plan, state: Path, log: ActionLog, argv_for_log: list[str],
                  cgroup: RunCgroup | None = None, secret_values: dict[str, str] | None = None, *,
                  io: CommandIO | None = None, forward_signals: bool = True, approver: Any = None,
@@ -369,7 +371,7 @@ class Supervisor:
         from sandboxctl.supervise.file_escape import FileEscapes
 
         verdicts = functools.lru_cache(maxsize=4096)(self.plan.write_verdict)  # the plan never changes
-        self.dispatcher = notify.Dispatcher(fd, self.syscall_names, self._which_rule, verdicts,
+        self.dispatcher = self.dispatcher_class(fd, self.syscall_names, self._which_rule, verdicts,
                                             self._write_log, self.denials,
                                             escalate=FileEscapes(fd, self.broker, self._write_log, self.denials),
                                             log_allowed=self.plan.file_events != "none")

@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Any
 
-from sandboxctl.supervise import processes
+from sandboxctl.supervise import notify, processes
 from sandboxctl.supervise import session_wire as wire
 from sandboxctl.supervise.runner import TERM_GRACE_S, Supervisor
 
@@ -61,7 +61,21 @@ def _denial(event: str, fields: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+class SessionDispatcher(notify.Dispatcher):
+    """Attributes each notification's process to its command while the process is still stopped
+    in the call (the record is written after the answer, when it may be gone)."""
+
+    attribute: Any = None
+
+    def _answer(self, notification: notify.Notification) -> bool:
+        if self.attribute is not None:
+            self.attribute(notification.pid)
+        return super()._answer(notification)
+
+
 class SessionSupervisor(Supervisor):
+    dispatcher_class = SessionDispatcher
+
     def __init__(self, *args: Any, listener: socket.socket | None = None, connector: socket.socket | None = None,
                  idle_timeout: float | None = None, on_ready: Any = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -73,6 +87,7 @@ class SessionSupervisor(Supervisor):
         self.commands: dict[int, Command] = {}
         self.clients: dict[socket.socket, int | None] = {}  # connection -> its running command
         self.sids: dict[int, int] = {}  # the sandbox's session id of a command -> its number
+        self.recent = threading.local()  # per thread: (pid, command) of the call being handled
         self.count = 0
         self.last_activity = time.monotonic()
         self.end_reason: str | None = None
@@ -83,6 +98,10 @@ class SessionSupervisor(Supervisor):
     # ------------------------------------------------------------------ set-up
     def _extra_config(self) -> dict[str, Any]:
         return {"session": self.plan.session}
+
+    def _start_notify(self, fd: int, sel: selectors.BaseSelector) -> None:
+        super()._start_notify(fd, sel)
+        self.dispatcher.attribute = self._attribute
 
     def _register_sources(self, sel: selectors.BaseSelector) -> None:
         self.sel = sel
@@ -206,7 +225,8 @@ class SessionSupervisor(Supervisor):
         problem = self._bad_request(request, fds)
         if problem or self.end_reason or self.control is None or self.clients.get(conn) is not None:
             wire.close_all(fds)
-            self._reply(conn, {"error": problem or "the session is ending", "exit_code": 125})
+            why = problem or f"session {self.plan.session} is ending: {self.end_reason or 'its server stopped'}"
+            self._reply(conn, {"error": why, "exit_code": 125})
             return
         self.count += 1
         number = self.count
@@ -221,7 +241,8 @@ class SessionSupervisor(Supervisor):
             wire.send(self.control, {"start": number, "argv": argv, "env": request.get("env") or {},
                                      "cwd": request.get("cwd"), "tty": request.get("tty")}, fds)
         except OSError:
-            self._finish(number, {"code": 125, "error": "the session's server is gone"})
+            self._finish(number, {"code": 125, "error": f"session {self.plan.session}: its server inside the "
+                                                        "sandbox is gone"})
         finally:
             wire.close_all(fds)
 
@@ -341,6 +362,14 @@ class SessionSupervisor(Supervisor):
         its parents' (a child that called setsid); None for what no command started."""
         if not isinstance(pid, int) or pid <= 0:
             return None
+        recent = getattr(self.recent, "last", None)
+        if recent is not None and recent[0] == pid:
+            return recent[1]  # the same call's later record: the process may have exited by now
+        number = self._attribute_now(pid)
+        self.recent.last = (pid, number)
+        return number
+
+    def _attribute_now(self, pid: int) -> int | None:
         current = pid
         for _ in range(ANCESTRY_DEPTH):
             sid, parent = _session_and_parent(current)
