@@ -62,10 +62,8 @@ def check_options(opts: dict[str, Any]) -> None:
 def create_owned_dirs(log_path: str | None) -> None:
     """The state and log dirs exist before planning, so the plan masks what is really there."""
     from sandboxctl.paths import ensure_private_dir, state_dir
-    from sandboxctl.supervise.placeholders import sweep
 
     ensure_private_dir(state_dir())
-    sweep(state_dir() / "placeholders")
     if log_path:
         Path(log_path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
 

@@ -87,6 +87,8 @@ def execute_run(opts: dict[str, Any], command: list[str]) -> int:
         from sandboxctl.cli.output import report
 
         report(result.error)
+    if result.protected:
+        _print_protected(result.protected, plan.run_id)
     if result.denials and not opts["quiet"]:
         _print_denials(result.denials, plan.run_id)
     if os.environ.get("GITHUB_ACTIONS") == "true":
@@ -115,6 +117,17 @@ def _print_denials(denials: list[dict], run_id: str) -> None:
     console(stderr=True).print(table)
 
 
+def _print_protected(changes, run_id: str) -> None:
+    """Always shown, even with -q: a protected path changed behind the walls and was put back."""
+    from sandboxctl.inert import inert
+
+    for change in changes:
+        where = f"; what was there is kept at {inert(change['kept'])}" if change.get("kept") else ""
+        run = f" (run {inert(change['run'])}, whose supervisor was killed)" if change.get("run") != run_id else ""
+        print(f"sandboxctl: protected path {inert(change['path'])} was {change['change']} during a run{run}: "
+              f"{change['action']}{where}", file=sys.stderr)
+
+
 def _write_summary(path: str, plan, result) -> None:
     import json
 
@@ -123,6 +136,7 @@ def _write_summary(path: str, plan, result) -> None:
         "exit_code": result.exit_code, "timed_out": result.timed_out,
         "duration_s": round(result.duration_s, 3), "denials": result.denials,
         "error": result.error.message if result.error else None, "log": plan.log_path,
+        "protected": list(result.protected),
     }
     Path(path).write_text(json.dumps(summary, indent=2) + "\n")
 

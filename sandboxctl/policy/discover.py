@@ -74,7 +74,7 @@ def choose_policy(spec: str | None, workspace: Path, cache_dir: Path | None = No
     if spec:
         return load_named(spec, cache_dir), "--policy"
     candidate = workspace / WORKSPACE_POLICY
-    if candidate.is_file() and candidate.stat().st_size > 0:  # empty: a placeholder held by a run
+    if candidate.is_file():
         loaded = load_source(read_source(candidate, str(candidate)), cache_dir)
         if not is_trusted(loaded):
             changed = str(candidate.resolve()) in trusted_digests()
