@@ -61,6 +61,20 @@ def send(sock, message, fds=()):
         sock.sendall(data)
 
 
+def recv_fds(sock):
+    """One message and its descriptors, close-on-exec from the start (so no command inherits
+    another's; Python 3.11's socket.recv_fds ignores its flags)."""
+    import array
+
+    fds = array.array("i")
+    data, ancillary, _flags, _addr = sock.recvmsg(1 << 20, socket.CMSG_LEN(4 * fds.itemsize),
+                                                  socket.MSG_CMSG_CLOEXEC)
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    return data, list(fds)
+
+
 def session_pids(sid):
     """Processes of the sandbox in this command's session (its own /proc: the sandbox's)."""
     found = []
@@ -101,7 +115,7 @@ class Server:
 
     def on_request(self, events):
         try:
-            data, fds, _flags, _addr = socket.recv_fds(self.sock, 1 << 20, 4, socket.MSG_CMSG_CLOEXEC)
+            data, fds = recv_fds(self.sock)
         except OSError:
             data, fds = b"", []
         if not data:

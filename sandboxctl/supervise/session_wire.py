@@ -34,7 +34,7 @@ def receive(sock: socket.socket) -> tuple[dict | None, list[int]]:
     """One message and its descriptors (close-on-exec); (None, []) when the peer is gone. A message
     that is not a JSON object counts as the peer gone (it is never guessed at)."""
     try:
-        data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS, socket.MSG_CMSG_CLOEXEC)
+        data, fds = recv_fds(sock)
     except (ConnectionError, OSError):
         return None, []
     if not data:
@@ -50,6 +50,19 @@ def receive(sock: socket.socket) -> tuple[dict | None, list[int]]:
             os.close(fd)
         return None, []
     return message, list(fds)
+
+
+def recv_fds(sock: socket.socket, size: int = MAX_MESSAGE, most: int = MAX_FDS) -> tuple[bytes, list[int]]:
+    """socket.recv_fds, but close-on-exec from the start (Python 3.11's ignores its flags argument,
+    and a descriptor meant for one command must never be inherited by another)."""
+    import array
+
+    fds = array.array("i")
+    data, ancillary, _flags, _addr = sock.recvmsg(size, socket.CMSG_LEN(most * fds.itemsize), socket.MSG_CMSG_CLOEXEC)
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    return data, list(fds)
 
 
 def close_all(fds: list[int]) -> None:

@@ -182,3 +182,15 @@ def test_control_the_same_script_unconfined_does_reach_everything(workspace, hom
     assert "canary-9f3b" in outputs["read-key"]
     assert victim.read_text() == "planted\n"
     assert hits == ["/hello.txt"]
+
+
+def test_the_example_runs_offline(workspace, home):
+    import subprocess
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "openai_agents_sandbox.py"
+    result = subprocess.run([sys.executable, str(example)], cwd=workspace, capture_output=True, text=True, timeout=120,
+                            env={"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(home),
+                                 "XDG_STATE_HOME": str(home.parent / "state")})
+    assert result.returncode == 0, result.stderr
+    assert "test passed" in result.stdout and "refused" in result.stdout
+    assert [r["event"] for r in records(home)][-1] == "run.end"
