@@ -32,11 +32,10 @@ def _confirm(confirmations: tuple[str, ...], yes: bool) -> None:
 
 
 def _accept_untrusted(loaded, why: str, yes: bool) -> bool:
-    """An untrusted workspace policy is a launch-time confirmation: --yes uses it for this run
-    (without pinning it); on a terminal the user may trust it (pinned, as `policy trust` does)."""
-    if yes:
-        print(f"sandboxctl: note: {why}; used for this run because of --yes", file=sys.stderr)
-        return True
+    """An untrusted workspace policy is used only once the user trusts that exact content: on a
+    terminal they may do it here (pinned, as `policy trust` does). --yes never does: it accepts
+    the caller's own options, and a workspace policy is written by whoever wrote the repository
+    (a pull request could give its own CI run the network and the CI's tokens)."""
     if not (sys.stdin.isatty() and sys.stderr.isatty()):
         return False
     print(f"sandboxctl: {why}", file=sys.stderr)

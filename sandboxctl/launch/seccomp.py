@@ -74,9 +74,11 @@ def build_filter(plan: SeccompPlan, which: str = "static"):
         if plan.notify_exec:
             rules += [SeccompRule(name, "notify", "exec event") for name in ("execve", "execveat")]
         rules += file_open_rules(plan.file_events)
+        present = {r.syscall for r in rules if not r.conditions}
         if plan.mediate:
-            present = {r.syscall for r in rules if not r.conditions}
             rules += [r for r in mediated_rules() if r.syscall not in present]
+        if plan.exec_guard and "memfd_create" not in present:
+            rules.append(SeccompRule("memfd_create", "notify", "exec.allow: memory files made non-executable"))
     else:
         rules = [r for r in plan.rules if not plan.trapped(r)]
     for rule in rules:
@@ -189,7 +191,8 @@ def load_or_compile_notify(plan: SeccompPlan, cache_dir: Path) -> tuple[bytes, d
     program = compile_bpf(plan, "notify")
     names = sorted({r.syscall for r in plan.rules if plan.trapped(r)} | {"execve", "execveat"}
                    | {r.syscall for r in file_open_rules(plan.file_events)}
-                   | ({r.syscall for r in mediated_rules()} if plan.mediate else set()))
+                   | ({r.syscall for r in mediated_rules()} if plan.mediate else set())
+                   | ({"memfd_create"} if plan.exec_guard else set()))
     numbers = syscall_numbers(names)
     try:
         cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -422,7 +422,8 @@ class _Planner:
             # writable host grant must reach the supervisor, which alone may perform it
             trapped_opens = "write"
         return SeccompPlan("allow", "kill_process", tuple(rules), trap_denials=True,
-                           notify_exec=self.policy.log.exec_events, file_events=trapped_opens, mediate=mediate)
+                           notify_exec=self.policy.log.exec_events, file_events=trapped_opens, mediate=mediate,
+                           exec_guard=self.policy.exec_allow is not None)
 
     def cwd(self) -> str:
         return self.inv.workspace if self.workspace else self.facts.home
@@ -484,5 +485,6 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
         never_writable=planner.never_writable(),
         backend=planner.backend,
         protect=planner.protect,
+        exec_loaders=tuple(facts.elf_loaders) if policy.exec_allow is not None else (),
         session=invocation.session,
     )

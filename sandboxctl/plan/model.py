@@ -72,6 +72,7 @@ class SeccompPlan(NamedTuple):
     notify_exec: bool = True
     file_events: str = "none"  # none | write (write-intent opens) | all (every open)
     mediate: bool = False  # trap every file-changing call for the mediator (writable host grants)
+    exec_guard: bool = False  # exec.allow: memory files are made non-executable by the supervisor
 
     def rule_for(self, syscall: str, args: list[int]) -> SeccompRule | None:
         """The trapped rule a notification for this call and these arguments came from."""
@@ -155,6 +156,7 @@ class Plan(NamedTuple):
     never_writable: tuple[tuple[str, str], ...] = ()
     backend: str = "bwrap"  # bwrap | gvisor (launch/oci.py renders the same plan for runsc)
     protect: ProtectPlan = ProtectPlan()
+    exec_loaders: tuple[str, ...] = ()  # the ELF loaders exec.allow keeps executable (never run as a command)
     session: str | None = None  # a session (supervise/session.py): commands come later, one by one
 
     def protection(self):

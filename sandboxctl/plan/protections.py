@@ -86,6 +86,9 @@ class ProtectionPlanner:
                 explicit.setdefault(match, "filesystem.protect")
         for path in self.facts.protected_code:
             explicit.setdefault(path, "sandboxctl's own code and policies")
+        owned = [self.facts.state_dir, os.path.dirname(self.p.log_path()), *self.facts.runtime_dirs]
+        for path in [*owned, *([self.facts.runtime_dir] if self.facts.runtime_dir else [])]:
+            explicit.setdefault(path, "sandboxctl's state, log and sockets: never changed from inside")
         for path in self.p.policy_files():
             explicit.setdefault(self.p.expand(path), "the policy in use")
         explicit = self._release_granted(explicit, roots)

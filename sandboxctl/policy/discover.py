@@ -69,8 +69,8 @@ def load_named(spec: str, cache_dir: Path | None = None) -> LoadedPolicy:
 def choose_policy(spec: str | None, workspace: Path, cache_dir: Path | None = None,
                   accept: Callable[[LoadedPolicy, str], bool] | None = None) -> tuple[LoadedPolicy, str]:
     """Return the policy for a run and how it was chosen (cache_dir: reuse validated policies).
-    An untrusted workspace policy is used only when `accept(loaded, why)` says so (a launch-time
-    confirmation: --yes, or the user on a terminal)."""
+    An untrusted workspace policy is used only when `accept(loaded, why)` says so (the user on a
+    terminal trusting it; never --yes)."""
     if spec:
         return load_named(spec, cache_dir), "--policy"
     candidate = workspace / WORKSPACE_POLICY
@@ -83,8 +83,7 @@ def choose_policy(spec: str | None, workspace: Path, cache_dir: Path | None = No
                 return loaded, "workspace"
             raise SandboxError(
                 f"workspace policy {candidate} {state}",
-                f"review it, then run: sandboxctl policy trust {candidate}  (or --yes for this run only, "
-                "or pick one with -p NAME)",
+                f"review it, then run: sandboxctl policy trust {candidate}  (or pick one with -p NAME)",
             )
         return loaded, "workspace"
     return load_source(builtin_source(DEFAULT_POLICY), cache_dir), "default"

@@ -62,7 +62,8 @@ class Protection:
         if gitdir is None:
             return None
         if path == gitdir:
-            return "protected: a repository's git directory (a new one would run its config and hooks outside)"
+            return ("protected: a repository's git directory (a new one would run its config and hooks outside: "
+                    "create repositories outside the sandbox, with git init or git clone)")
         why = names.gitdir_reason(_parts(path, gitdir))
         return f"protected: {gitdir.rsplit('/', 1)[-1]}/{why}" if why else None
 

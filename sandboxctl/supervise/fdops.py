@@ -67,3 +67,61 @@ def add_fd(listener: int, notification_id: int, fd: int, cloexec: bool, *, send:
     flags = (ADDFD_FLAG_SEND if send else 0) | (ADDFD_FLAG_SETFD if target is not None else 0)
     buffer = bytearray(_ADDFD.pack(notification_id, flags, fd, target or 0, os.O_CLOEXEC if cloexec else 0))
     return fcntl.ioctl(listener, NOTIF_ADDFD, buffer, True)
+
+
+# Capabilities that let root ignore file permissions. A supervisor running as root drops them from
+# this thread's effective set while it acts for the sandbox, whose root has none of them: the
+# kernel then applies the permission checks the sandboxed caller would meet (capabilities are
+# per thread, so the rest of the supervisor keeps its own).
+_FILE_CAPS = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 27)  # CHOWN DAC_* FOWNER FSETID MKNOD
+_CAP_VERSION_3 = 0x20080522
+
+
+@functools.cache
+def _cap_structs():
+    ctypes, libc, _ = _libc()
+
+    class Header(ctypes.Structure):
+        _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
+
+    class Data(ctypes.Structure):
+        _fields_ = (("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32))
+
+    return ctypes, libc, Header, Data
+
+
+class CallerPermissions:
+    """with CallerPermissions(): … — file operations as the sandboxed caller would be allowed them."""
+
+    def __init__(self) -> None:
+        self.active = os.geteuid() == 0
+        self.saved = None
+
+    @staticmethod
+    def _caps():
+        return _cap_structs()
+
+    def __enter__(self) -> CallerPermissions:
+        if not self.active:
+            return self
+        ctypes, libc, Header, Data = self._caps()
+        header, data = Header(_CAP_VERSION_3, 0), (Data * 2)()
+        if libc.capget(ctypes.byref(header), data) != 0:
+            raise OSError(ctypes.get_errno(), "capget")
+        self.saved = (data[0].effective, data[1].effective)
+        data[0].effective &= ~_FILE_CAPS & 0xFFFFFFFF
+        data[1].effective &= ~(_FILE_CAPS >> 32) & 0xFFFFFFFF
+        if libc.capset(ctypes.byref(header), data) != 0:
+            raise OSError(ctypes.get_errno(), "capset")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.active or self.saved is None:
+            return
+        ctypes, libc, Header, Data = self._caps()
+        header, data = Header(_CAP_VERSION_3, 0), (Data * 2)()
+        libc.capget(ctypes.byref(header), data)
+        data[0].effective, data[1].effective = self.saved
+        if libc.capset(ctypes.byref(header), data) != 0:
+            raise OSError(ctypes.get_errno(), "capset (restoring the supervisor's capabilities)")
+        self.saved = None

@@ -105,6 +105,7 @@ class Mediator:
         self.mounts = sorted(((m.target, m.kind) for m in plan.mounts if m.kind != "symlink"),
                              key=lambda item: len(item[0]), reverse=True)
         self.mediated_roots = set(protection.roots)
+        self.as_caller = fdops.CallerPermissions()  # a root supervisor acts with the caller's permissions
 
     def close(self) -> None:
         if self.root is not None:
@@ -124,7 +125,8 @@ class Mediator:
             return
         opened: list[int] = []
         try:
-            getattr(self, f"_{call.op}")(notification, call, opened)
+            with self.as_caller:
+                getattr(self, f"_{call.op}")(notification, call, opened)
         finally:
             for fd in opened:
                 with contextlib.suppress(OSError):

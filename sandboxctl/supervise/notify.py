@@ -133,7 +133,8 @@ class Dispatcher:
                  judge_write: Callable[[str], Any], log: Callable[..., None],
                  denied: list[dict[str, object]] | None = None, escalate: Callable[[Any], None] | None = None,
                  log_allowed: bool = True, mediator: Any = None,
-                 is_denial: Callable[[Notification], bool] = lambda notification: False):
+                 is_denial: Callable[[Notification], bool] = lambda notification: False,
+                 exec_guard: Any = None):
         self.fd = fd
         self.names = names  # syscall number -> name, for the calls we trap
         self.deny = deny  # notification -> (syscall name, errno, rule)
@@ -144,6 +145,7 @@ class Dispatcher:
         self.log_allowed = log_allowed  # log.file_events: none still traps writes for approvals
         self.mediator = mediator  # supervise.mediate.Mediator: file-changing calls
         self.is_denial = is_denial  # a call the baseline or syscalls.deny refuses (trapped to be logged)
+        self.exec_guard = exec_guard  # supervise.exec_guard.ExecGuard under exec.allow
 
     def handle(self) -> bool:
         """Answer one notification; False once no sandboxed process can send any more (the
@@ -167,6 +169,9 @@ class Dispatcher:
         if name in MEDIATED and self.mediator is not None and not self.is_denial(notification):
             self.mediator.handle(notification, name)
             return True
+        if name == "memfd_create" and self.exec_guard is not None and not self.is_denial(notification):
+            self.exec_guard.memfd_create(notification)
+            return True
         if name not in ("execve", "execveat"):
             syscall, error, rule = self.deny(notification)
             respond(self.fd, notification.id, error=error)
@@ -175,6 +180,9 @@ class Dispatcher:
                      errno=errno.errorcode.get(error, str(error)))
             return True
         path, argv = self._exec_details(notification, name)
+        if self.exec_guard is not None and self.exec_guard.runs_the_loader(notification.pid, path):
+            self.exec_guard.refuse_loader(notification, path)
+            return True
         if still_valid(self.fd, notification.id):  # read before the answer; a dead caller is skipped
             # answer first, log second: the event only observes (Landlock decides), so the
             # sandboxed process need not wait for the log write

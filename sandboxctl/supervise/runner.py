@@ -209,6 +209,8 @@ class Supervisor:
                 self.proxy.stop()
             if self.mediator is not None:
                 self.mediator.close()
+            if self.dispatcher is not None and self.dispatcher.exec_guard is not None:
+                self.dispatcher.exec_guard.close()
             if self.notify_fd is not None:
                 os.close(self.notify_fd)
             os.close(err_r)
@@ -387,6 +389,10 @@ class Supervisor:
                                  outside=self.dispatcher.outside, protected_inodes=self.protected_inodes,
                                  log_allowed=log_allowed)
         self.dispatcher.mediator = self.mediator
+        if plan.seccomp.exec_guard:
+            from sandboxctl.supervise.exec_guard import ExecGuard
+
+            self.dispatcher.exec_guard = ExecGuard(fd, self._write_log, self.denials, plan.exec_loaders)
         sel.register(fd, selectors.EVENT_READ, "notify")
 
     def _is_denial(self, notification: notify.Notification) -> bool:
