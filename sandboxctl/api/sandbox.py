@@ -88,12 +88,9 @@ class Sandbox:
         return box
 
     def _settle(self, opts: dict[str, Any], accept: Callable[[Any, str], bool] | None = None) -> Settings:
-        def library_accept(_loaded: Any, why: str) -> bool:
-            if self.yes:
-                self.notes.append(f"{why}; used for this run because of yes=True")
-            return self.yes
-
-        return settle(opts, accept or library_accept)
+        """An untrusted workspace .sandboxctl.yaml is never used from here, yes=True or not: it is
+        written by whoever wrote the repository; `sandboxctl policy trust` pins it (as for --yes)."""
+        return settle(opts, accept or (lambda _loaded, _why: False))
 
     @property
     def policy(self) -> str:
