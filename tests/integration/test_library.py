@@ -293,3 +293,28 @@ def runtime_dir(monkeypatch, tmp_path):
     path.mkdir(mode=0o700)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(path))
     return path
+
+
+@pytest.mark.skipif(not __import__("shutil").which("runsc"), reason="runsc (gVisor) is not installed")
+def test_the_gvisor_backend_captures_and_cancels_too(workspace):
+    box = Sandbox(policy="base", workspace=workspace, backend="gvisor")
+    result = box.run(["sh", "-c", "cat; echo err >&2; exit 5"], input="through gVisor\n")
+    assert (result.exit_code, result.stdout, result.stderr) == (5, "through gVisor\n", "err\n")
+    assert "gvisor backend" in result.warnings[0]
+
+    async def cancelled():
+        task = asyncio.create_task(box.arun(["sleep", "8.5309"]))
+        await asyncio.sleep(3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    from sandboxctl.launch.runsc import RUN_DIR_PREFIX, pids_using, runtime_base
+
+    def ours() -> list[str]:
+        mine = f"{RUN_DIR_PREFIX}{os.getpid()}-"
+        return [str(p) for p in runtime_base().iterdir() if p.name.startswith(mine)]
+
+    asyncio.run(cancelled())
+    assert wait_for(lambda: not ours(), 10)  # the run directory is gone, and with it every process naming it
+    assert not pids_using(f"{runtime_base()}/{RUN_DIR_PREFIX}{os.getpid()}-")
