@@ -165,13 +165,13 @@ def test_a_killed_session_process_leaves_nothing(cli):
 
 
 def test_idle_and_session_timeouts_end_the_session_and_the_next_call_says_why(cli):
-    idle = cli.start("t-idle", "--idle-timeout", "1s")
-    whole = cli.start("t-whole", "--timeout", "2s")
-    marker = "9.27182"
-    for name in (idle, whole):
-        cli("exec", name, "--", "sh", "-c", f"sleep {marker} >/dev/null 2>&1 &")
-    assert wait_for(lambda: len(processes_with(f"sleep {marker}")) == 2)
-    assert wait_for(lambda: not processes_with(f"sleep {marker}"), 10)
+    idle = cli.start("t-idle", "--idle-timeout", "3s")
+    whole = cli.start("t-whole", "--timeout", "4s")
+    markers = {idle: "9.27182", whole: "9.14142"}
+    for name, marker in markers.items():
+        assert cli("exec", name, "--", "sh", "-c", f"sleep {marker} >/dev/null 2>&1 &").returncode == 0
+        assert wait_for(lambda marker=marker: bool(processes_with(f"sleep {marker}")), 2)
+    assert wait_for(lambda: not any(processes_with(f"sleep {m}") for m in markers.values()), 15)
     assert wait_for(lambda: cli.leftovers() == ["t-idle.ended", "t-whole.ended"], 5), cli.leftovers()
     first = cli("exec", idle, "--", "true")
     assert first.returncode == 125 and "session t-idle ended: idle" in first.stderr
