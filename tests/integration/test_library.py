@@ -259,18 +259,18 @@ def test_a_session_keeps_state_and_gives_each_command_its_own_result(box, home, 
 
 def test_a_session_ends_when_idle_and_says_so(box):
     with box.session(idle_timeout="3s") as s:
-        s.run(["sh", "-c", "sleep 4.6692 >/dev/null 2>&1 &"])
-        assert wait_for(lambda: bool(processes_with("sleep 4.6692")))
-        assert wait_for(lambda: not processes_with("sleep 4.6692"), 10)
+        s.run(["sh", "-c", "sleep 34.6692 >/dev/null 2>&1 &"])
+        assert wait_for(lambda: bool(processes_with("sleep 34.6692")))
+        assert wait_for(lambda: not processes_with("sleep 34.6692"), 10)
         with pytest.raises(SandboxError, match="ended: idle"):
             s.run(["true"])
 
 
 def test_a_session_timeout_ends_it(box):
     with box.session(timeout="4s") as s:
-        s.run(["sh", "-c", "sleep 2.7182 >/dev/null 2>&1 &"])
-        assert wait_for(lambda: bool(processes_with("sleep 2.7182")))
-        assert wait_for(lambda: not processes_with("sleep 2.7182"), 10)
+        s.run(["sh", "-c", "sleep 32.7182 >/dev/null 2>&1 &"])
+        assert wait_for(lambda: bool(processes_with("sleep 32.7182")))
+        assert wait_for(lambda: not processes_with("sleep 32.7182"), 10)
         with pytest.raises(SandboxError, match="ended: timeout"):
             s.run(["true"])
 
