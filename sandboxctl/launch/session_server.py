@@ -3,10 +3,11 @@
 The shim runs it in its own process once Landlock, rlimits, the seccomp filters and the
 supervisor's go are in place (launch/shim.py serve_session), so every command inherits all of
 them — nothing here can widen anything. It talks only to the supervisor, over the control socket
-bubblewrap was given: the socket has no name, the server is not dumpable (no /proc/PID/mem, no
-descriptor theft), and each command runs in a nested Landlock domain that cannot signal the
-server or the other commands (scopes, Landlock ABI 6). If the server dies, the sandbox dies
-with it (it is bubblewrap's command): the supervisor sees that and ends the session.
+bubblewrap was given, which has no name. The commands share the server's walls and may signal
+it (like any two processes of one sandbox, and so that a later command can stop what an earlier
+one left running): nothing the server holds widens the sandbox, a stopped server is continued by
+the supervisor, and if the server dies, the sandbox dies with it (it is bubblewrap's command) —
+the supervisor sees that and ends the session.
 
 Messages are JSON, one per SOCK_SEQPACKET message:
   in:  {"start": N, "argv": [...], "env": {...}, "cwd": DIR|null, "tty": [ROWS, COLS]|null} + 0, 1, 2
@@ -24,33 +25,7 @@ import select
 import socket
 import struct
 
-PR_SET_DUMPABLE = 4
-SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1, 2
-NR_CREATE_RULESET, NR_RESTRICT_SELF = 444, 446  # the same on every architecture
 TIOCSCTTY, TIOCSWINSZ = 0x540E, 0x5414
-
-
-class Landlock:
-    """A scope-only nested domain for each command (ABI >= 6), made with two system calls."""
-
-    def __init__(self, abi):
-        import ctypes
-
-        self.libc = ctypes.CDLL(None, use_errno=True)
-        self.libc.syscall.restype = ctypes.c_long
-        self.libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
-        self.attr = None
-        if abi >= 6:
-            self.attr = ctypes.create_string_buffer(struct.pack("QQQ", 0, 0, SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL),
-                                                    24)
-
-    def isolate(self):
-        if self.attr is None:
-            return
-        fd = self.libc.syscall(NR_CREATE_RULESET, self.attr, 24, 0)
-        if fd < 0 or self.libc.syscall(NR_RESTRICT_SELF, fd, 0) != 0:
-            raise OSError("cannot isolate the command in a Landlock domain of its own")
-        os.close(fd)
 
 
 def send(sock, message, fds=()):
@@ -98,7 +73,6 @@ class Server:
         self.env = config["env"]
         self.exec_command = exec_command
         self.change_directory = change_directory
-        self.landlock = Landlock(config.get("session_scope_abi", 0))
         self.poller = select.poll()
         self.poller.register(self.sock.fileno(), select.POLLIN)
         self.children = {}  # pidfd -> (number, pid, report pipe)
@@ -122,7 +96,10 @@ class Server:
             os._exit(0)  # the supervisor is gone: so is the session
         message = json.loads(data)
         if "start" in message:
-            self.start(message, fds)
+            try:
+                self.start(message, fds)
+            except Exception as exc:  # one command that cannot start must not end the session
+                self.failed(message["start"], exc)
         else:
             for fd in fds:
                 os.close(fd)
@@ -134,17 +111,28 @@ class Server:
             elif "kill" in message:
                 self.kill(message["kill"], int(message["signal"]))
 
+    def failed(self, number, exc):
+        send(self.sock, {"exited": number, "code": 125, "error": f"the session could not start the command: {exc}",
+                         "hint": "the session goes on; `sandboxctl log --denied` may say why"})
+
     def start(self, message, fds):
         number = message["start"]
         env = dict(self.env)
         env.update(message.get("env") or {})
         master = None
         if message.get("tty"):
-            master, slave = os.openpty()
-            rows, cols = message["tty"]
-            import fcntl
+            try:
+                master, slave = os.openpty()
+                rows, cols = message["tty"]
+                import fcntl
 
-            fcntl.ioctl(slave, TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+                fcntl.ioctl(slave, TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+            except OSError as exc:
+                for fd in [*fds, *([master, slave] if master is not None else [])]:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+                self.failed(number, exc)
+                return
             fds = [slave, slave, slave]
         go_r, go_w = os.pipe()
         report_r, report_w = os.pipe()
@@ -178,7 +166,6 @@ class Server:
             os.read(go_r, 1)
             os.close(go_r)
             self.sock.close()
-            self.landlock.isolate()
             self.change_directory(report_w, message.get("cwd"))
             self.exec_command(report_w, list(message["argv"]), env)
         except BaseException as exc:

@@ -279,7 +279,6 @@ def main():
     if not answer or marshal.loads(answer).get("go") is not True:
         os._exit(125)
     if config.get("session"):  # a session: a small server starts each command from here
-        config["session_scope_abi"] = landlock["abi"] if landlock.get("enforced") else 0
         serve_session(control, config, server)
     change_directory(control, config.get("cwd"))
     exec_command(control, config["argv"], config["env"])

@@ -30,6 +30,7 @@ from sandboxctl.supervise.runner import TERM_GRACE_S, Supervisor
 KILL_GRACE_S = 5.0  # after SIGKILL, a command the server does not report has a broken server
 MAX_CLIENTS = 64
 ANCESTRY_DEPTH = 32
+SERVER_CHECK_S = 1.0  # while commands run: a server stopped by one of them is continued
 FORWARDABLE = frozenset(int(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                                          signal.SIGUSR1, signal.SIGUSR2))
 
@@ -94,6 +95,8 @@ class SessionSupervisor(Supervisor):
         self.loop_thread: int | None = None
         self.net_owner = threading.local()
         self.sel: selectors.BaseSelector | None = None
+        self.server_pid: int | None = None  # the server's host pid (the shim's process)
+        self.next_server_check = 0.0
 
     # ------------------------------------------------------------------ set-up
     def _extra_config(self) -> dict[str, Any]:
@@ -114,16 +117,17 @@ class SessionSupervisor(Supervisor):
 
     def _on_ready(self) -> None:
         self.last_activity = time.monotonic()
+        init = self._init_pid()
+        children = processes.command_pids(init) if init else []
+        self.server_pid = children[0] if children else None  # nothing else runs yet
         if self.ready_callback is not None:
             self.ready_callback(self)
 
     def _layers(self, landlock: dict[str, Any]) -> dict[str, Any]:
         layers = super()._layers(landlock)
-        isolated = bool(landlock.get("enforced")) and landlock.get("abi", 0) >= 6
         layers["session"] = {
             "name": self.plan.session,
-            "commands": "each in a Landlock domain of its own (cannot signal the server or other commands)"
-            if isolated else "in the session's Landlock domain (Landlock ABI < 6: commands may signal each other)",
+            "commands": "started by a server inside the sandbox, after every layer above: they share the sandbox",
         }
         return layers
 
@@ -235,6 +239,7 @@ class SessionSupervisor(Supervisor):
         command = Command(number, conn, argv, float(timeout) if timeout else None)
         self.commands[number] = command
         self.clients[conn] = number
+        self._wake_server()
         self._write_log("command.start", session=self.plan.session, command_id=number, argv=argv,
                         cwd=request.get("cwd") or self.plan.cwd, timeout_s=command.timeout)
         try:
@@ -261,6 +266,19 @@ class SessionSupervisor(Supervisor):
         if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
             return "timeout must be a number of seconds"
         return None
+
+    def _wake_server(self) -> None:
+        """A command may have stopped the server (SIGSTOP: it shares the sandbox); continue it."""
+        if self.server_pid is None:
+            return
+        try:
+            with open(f"/proc/{self.server_pid}/stat", "rb") as handle:
+                state = handle.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return
+        if state in (b"T", b"t"):
+            with contextlib.suppress(OSError):
+                os.kill(self.server_pid, signal.SIGCONT)
 
     def _signal(self, number: int, signum: int) -> None:
         if self.control is not None:
@@ -392,11 +410,16 @@ class SessionSupervisor(Supervisor):
                 wakeups.append(max(0.0, when - now))
         if self.idle_timeout and self.ready and not self.commands:
             wakeups.append(max(0.0, self.last_activity + self.idle_timeout - now))
+        if self.commands:
+            wakeups.append(max(0.0, self.next_server_check - now))
         return min(wakeups) if wakeups else None
 
     def _on_timers(self, deadline: float | None) -> None:
         super()._on_timers(deadline)
         now = time.monotonic()
+        if self.commands and now >= self.next_server_check:
+            self.next_server_check = now + SERVER_CHECK_S
+            self._wake_server()
         for number, command in list(self.commands.items()):
             if command.escalation and now >= command.escalation[0]:
                 next_signal = command.escalation[1]
