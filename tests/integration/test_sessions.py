@@ -281,3 +281,29 @@ def test_sigterm_to_exec_reaches_the_command(cli):
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=15)
     assert proc.returncode == 42 and "got-term" in out
+
+
+def test_the_sessions_dir_is_hidden_in_every_sandbox_even_under_a_writable_grant(sandbox, monkeypatch):
+    """The runtime dir inside the workspace (granted rw): masked, so no sandbox — not even the
+    session's own — sees the socket, or can plant one."""
+    runtime = sandbox.workspace / "rt"
+    runtime.mkdir(mode=0o700)
+    cli = Cli(sandbox, runtime)
+    name = cli.start("t-hidden")
+    try:
+        sessions = runtime / "sandboxctl" / "sessions"
+        assert (sessions / f"{name}.sock").exists()
+        probe = (f"import os, socket\nprint(sorted(os.listdir({str(sessions.parent)!r})))\n"
+                 "s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n"
+                 f"try:\n    s.connect({str(sessions / (name + '.sock'))!r}); print('connected')\n"
+                 "except OSError as e:\n    print('refused', e.errno)\n"
+                 f"try:\n    open({str(sessions / 'planted.json')!r}, 'w'); print('planted')\n"
+                 "except OSError as e:\n    print('not planted', e.errno)\n")
+        inside_run = cli("run", "-q", "--", "python3", "-c", probe)
+        inside_session = cli("exec", name, "--", "python3", "-c", probe)
+        for result in (inside_run, inside_session):
+            assert result.stdout.startswith("[]\nrefused"), result.stdout + result.stderr
+            assert "connected" not in result.stdout and "not planted" in result.stdout
+        assert not (sessions / "planted.json").exists()
+    finally:
+        cli("session", "stop", name)
