@@ -137,7 +137,8 @@ class Sandbox:
         from sandboxctl.paths import state_dir
         from sandboxctl.supervise.lifecycle import execute
 
-        return execute(plan, state_dir(), list(plan.command), **options)
+        argv_for_log = list(plan.command) if plan.session is None else ["session", plan.session]
+        return execute(plan, state_dir(), argv_for_log, **options)
 
     def approver(self):
         if self.on_approval is None:

@@ -655,6 +655,11 @@ def summarize(data: dict[str, Any]) -> str:
         return f"{text} (policy {g('policy')})" if g("policy") else text
     if event == "exec":
         return format_argv(g("argv")) or str(g("path", ""))
+    if event == "command.start":  # a session's command
+        return f"#{g('command_id')} {format_argv(g('argv'))}"
+    if event == "command.end":
+        text = f"#{g('command_id')} exit {g('exit_code')} after {format_seconds(g('duration_s'))}"
+        return text + (", timed out" if g("timed_out") else "")
     if event == "file":
         return f"{g('op', '?')} {g('path', '')}"
     if event == "net":

@@ -225,6 +225,10 @@ class Supervisor:
                 os.close(fd)
         self.cancel_r = self.cancel_w = -1
 
+    def start_fields(self) -> dict[str, Any]:
+        """More for run.start (a session's name)."""
+        return {}
+
     def end_fields(self) -> dict[str, Any]:
         """More for run.end (a session's command count and why it ended)."""
         return {}
@@ -357,7 +361,7 @@ class Supervisor:
                 self.log.write("run.start", argv=self.argv_for_log, workspace=self.plan.workspace,
                                policy=self.plan.policy, policy_sha256=self.plan.policy_sha256,
                                layers=self.layers, limits=self._limits_for_log(),
-                               confirmed=list(self.plan.confirmations) or None)
+                               confirmed=list(self.plan.confirmations) or None, **self.start_fields())
             except LogWriteError:
                 control.sendall(marshal.dumps({"go": False}))
                 raise

@@ -131,6 +131,9 @@ class SessionSupervisor(Supervisor):
         }
         return layers
 
+    def start_fields(self) -> dict[str, Any]:
+        return {"session": self.plan.session}
+
     def end_fields(self) -> dict[str, Any]:
         return {"session": self.plan.session, "commands": self.count, "reason": self.end_reason or "server stopped"}
 

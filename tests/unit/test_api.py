@@ -207,3 +207,11 @@ def test_the_wire_drops_what_is_not_a_json_object():
         assert wire.receive(mine) == (None, [])
     finally:
         mine.close()
+
+
+def test_the_log_shows_a_sessions_commands_in_a_few_words():
+    from sandboxctl.log.reader import summarize
+
+    assert summarize({"event": "command.start", "command_id": 3, "argv": ["pytest", "-q"]}) == "#3 pytest -q"
+    assert summarize({"event": "command.end", "command_id": 3, "exit_code": 124, "duration_s": 1.5,
+                      "timed_out": True}) == "#3 exit 124 after 1.50s, timed out"
