@@ -23,13 +23,13 @@ import threading
 import time
 from typing import Any
 
-from sandboxctl.supervise import notify, processes
+from sandboxctl.supervise import processes
 from sandboxctl.supervise import session_wire as wire
 from sandboxctl.supervise.runner import TERM_GRACE_S, Supervisor
+from sandboxctl.supervise.session_attribution import Attribution, SessionDispatcher, denial
 
 KILL_GRACE_S = 5.0  # after SIGKILL, a command the server does not report has a broken server
 MAX_CLIENTS = 64
-ANCESTRY_DEPTH = 32
 SERVER_CHECK_S = 1.0  # while commands run: a server stopped by one of them is continued
 FORWARDABLE = frozenset(int(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                                          signal.SIGUSR1, signal.SIGUSR2))
@@ -48,32 +48,6 @@ class Command:
         self.denials: list[dict[str, Any]] = []
 
 
-def _denial(event: str, fields: dict[str, Any]) -> dict[str, Any] | None:
-    """The denial table's row for a record that refused something (as the run's own list has it)."""
-    if fields.get("decision") != "deny":
-        return None
-    if event == "file":
-        return {"kind": "file", "target": f"{fields.get('op')} {fields.get('path')}", "rule": fields.get("rule")}
-    if event == "syscall":
-        return {"kind": "syscall", "target": fields.get("name"), "rule": fields.get("rule")}
-    if event == "net":
-        target = f"{fields['host']}:{fields.get('port')}" if fields.get("host") else "unparsable request"
-        return {"kind": "net", "target": target, "rule": fields.get("rule")}
-    return None
-
-
-class SessionDispatcher(notify.Dispatcher):
-    """Attributes each notification's process to its command while the process is still stopped
-    in the call (the record is written after the answer, when it may be gone)."""
-
-    attribute: Any = None
-
-    def _answer(self, notification: notify.Notification) -> bool:
-        if self.attribute is not None:
-            self.attribute(notification.pid)
-        return super()._answer(notification)
-
-
 class SessionSupervisor(Supervisor):
     dispatcher_class = SessionDispatcher
 
@@ -87,12 +61,10 @@ class SessionSupervisor(Supervisor):
         self.control: socket.socket | None = None
         self.commands: dict[int, Command] = {}
         self.clients: dict[socket.socket, int | None] = {}  # connection -> its running command
-        self.sids: dict[int, int] = {}  # the sandbox's session id of a command -> its number
-        self.recent = threading.local()  # per thread: (pid, command) of the call being handled
+        self.attribution = Attribution()
         self.count = 0
         self.last_activity = time.monotonic()
         self.end_reason: str | None = None
-        self.loop_thread: int | None = None
         self.net_owner = threading.local()
         self.sel: selectors.BaseSelector | None = None
         self.server_pid: int | None = None  # the server's host pid (the shim's process)
@@ -104,11 +76,10 @@ class SessionSupervisor(Supervisor):
 
     def _start_notify(self, fd: int, sel: selectors.BaseSelector) -> None:
         super()._start_notify(fd, sel)
-        self.dispatcher.attribute = self._attribute
+        self.dispatcher.attribute = self.attribution.command_of
 
     def _register_sources(self, sel: selectors.BaseSelector) -> None:
         self.sel = sel
-        self.loop_thread = threading.get_ident()
         if self.listener is not None:
             self.listener.setblocking(False)
             sel.register(self.listener, selectors.EVENT_READ, "accept")
@@ -120,6 +91,7 @@ class SessionSupervisor(Supervisor):
         init = self._init_pid()
         children = processes.command_pids(init) if init else []
         self.server_pid = children[0] if children else None  # nothing else runs yet
+        self.attribution.stop_at = (init, self.bwrap_pid)
         if self.ready_callback is not None:
             self.ready_callback(self)
 
@@ -326,7 +298,7 @@ class SessionSupervisor(Supervisor):
             command = self.commands.get(number)
             pid = message.get("pid")
             if isinstance(pid, int):
-                self.sids[pid] = number
+                self.attribution.started(pid, number)
             if self.control is not None:  # the command waits for this: its pid is known before its exec
                 with contextlib.suppress(OSError):
                     wire.send(self.control, {"go": number})
@@ -360,48 +332,23 @@ class SessionSupervisor(Supervisor):
     # ------------------------------------------------------------------ attribution
     def _write_log(self, event: str, **fields: Any) -> None:
         if self.ready and "command_id" not in fields and event not in ("run.start", "run.end", "limit", "secret"):
-            number = self._attribute(fields.get("pid"))
+            number = self.attribution.command_of(fields.get("pid"))
             if number is None and event == "net":
                 number = getattr(self.net_owner, "command", None)
                 self.net_owner.command = None
             if number is not None:
                 fields["command_id"] = number
-                denial = _denial(event, fields)
+                row = denial(event, fields)
                 command = self.commands.get(number)
-                if denial is not None and command is not None:
-                    command.denials.append(denial)
+                if row is not None and command is not None:
+                    command.denials.append(row)
         super()._write_log(event, **fields)
 
     def _ask_network(self, host: str, port: int, peer: int | None) -> bool:
         init = self._init_pid()
         pid = processes.socket_owner(init, peer) if peer and init else None
-        self.net_owner.command = self._attribute(pid)
+        self.net_owner.command = self.attribution.command_of(pid)
         return super()._ask_network(host, port, peer)
-
-    def _attribute(self, pid: Any) -> int | None:
-        """Which command a host pid belongs to: by its session (each command leads one), else by
-        its parents' (a child that called setsid); None for what no command started."""
-        if not isinstance(pid, int) or pid <= 0:
-            return None
-        recent = getattr(self.recent, "last", None)
-        if recent is not None and recent[0] == pid:
-            return recent[1]  # the same call's later record: the process may have exited by now
-        number = self._attribute_now(pid)
-        self.recent.last = (pid, number)
-        return number
-
-    def _attribute_now(self, pid: int) -> int | None:
-        current = pid
-        for _ in range(ANCESTRY_DEPTH):
-            sid, parent = _session_and_parent(current)
-            if sid is None:
-                break
-            if sid in self.sids:
-                return self.sids[sid]
-            if parent is None or parent <= 1 or current in (self.init_pid, self.bwrap_pid):
-                break
-            current = parent
-        return None
 
     # ------------------------------------------------------------------ timers and the end
     def _until_next_timer(self, deadline: float | None) -> float | None:
@@ -471,18 +418,3 @@ class SessionSupervisor(Supervisor):
         if self.connector is not None:
             with contextlib.suppress(OSError):
                 self.connector.close()
-
-
-def _session_and_parent(pid: int) -> tuple[int | None, int | None]:
-    """A host process's session id as the sandbox sees it (the last NSsid) and its host parent."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            sid = parent = None
-            for line in status:
-                if line.startswith("NSsid:"):
-                    sid = int(line.split()[-1])
-                elif line.startswith("PPid:"):
-                    parent = int(line.split()[1])
-            return sid, parent
-    except (OSError, ValueError):
-        return None, None
