@@ -76,8 +76,8 @@ class SeccompPlan(NamedTuple):
 
     def rule_for(self, syscall: str, args: list[int]) -> SeccompRule | None:
         """The trapped rule a notification for this call and these arguments came from."""
-        for rule in self.rules:
-            if rule.syscall == syscall and self.trapped(rule) and all(c.matches(args) for c in rule.conditions):
+        for rule in _trapped_by_name(self).get(syscall, ()):
+            if all(c.matches(args) for c in rule.conditions):
                 return rule
         return None
 
@@ -218,6 +218,22 @@ class WriteVerdict(NamedTuple):
         if self.host_source is None:
             return None
         return f"{self.host_source.rstrip('/')}/{self.relative}" if self.relative else self.host_source
+
+
+_by_name: dict[int, tuple[SeccompPlan, dict[str, list[SeccompRule]]]] = {}
+
+
+def _trapped_by_name(plan: SeccompPlan) -> dict[str, list[SeccompRule]]:
+    """The trapped rules by syscall, built once per plan (asked on every notification)."""
+    known = _by_name.get(id(plan))
+    if known and known[0] is plan:
+        return known[1]
+    table: dict[str, list[SeccompRule]] = {}
+    for rule in plan.rules:
+        if plan.trapped(rule):
+            table.setdefault(rule.syscall, []).append(rule)
+    _by_name[id(plan)] = (plan, table)
+    return table
 
 
 _protections: dict[tuple[int, int], tuple[ProtectPlan, Any]] = {}

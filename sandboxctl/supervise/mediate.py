@@ -106,6 +106,7 @@ class Mediator:
                              key=lambda item: len(item[0]), reverse=True)
         self.mediated_roots = set(protection.roots)
         self.as_caller = fdops.CallerPermissions()  # a root supervisor acts with the caller's permissions
+        self.umasks: dict[int, int] = {}
 
     def close(self) -> None:
         if self.root is not None:
@@ -285,9 +286,19 @@ class Mediator:
         respond(self.listener, n.id, allow=True)
 
     def _umask(self, pid: int) -> int:
-        from sandboxctl.supervise.file_escape import caller_umask
+        """The caller's umask, read from /proc once per process: umask() is trapped too (it only
+        clears this cache), and an exec (also trapped) forgets the pid, so a reused pid is read again."""
+        known = self.umasks.get(pid)
+        if known is None:
+            from sandboxctl.supervise.file_escape import caller_umask
 
-        return caller_umask(pid)
+            if len(self.umasks) > 4096:
+                self.umasks.clear()
+            known = self.umasks[pid] = caller_umask(pid)
+        return known
+
+    def forget(self, pid: int) -> None:
+        self.umasks.pop(pid, None)
 
     def _resolve(self, n: Notification, call: Call, index: int, opened: list[int], *,
                  follow: bool) -> tuple[str | None, Entry | str | None]:
@@ -392,9 +403,20 @@ class Mediator:
             self._refuse(n, call.op, entry.path, why)
             return None
         if not self._mediated(entry.path):
-            self._continue(n)
+            self._elsewhere(n, call.op, entry.path)
             return None
         return entry
+
+    def _elsewhere(self, n: Notification, op: str, *paths: str) -> None:
+        """Not beneath a writable host grant: in the sandbox's own tmpfs, /proc or /dev the kernel
+        goes on; outside the writable set the call fails anyway (read-only), so it is refused here
+        and logged as the denial it is (never asked about: only opens are approvable)."""
+        for path in paths:
+            verdict = self.plan.write_verdict(path)
+            if not verdict.inside:
+                self._refuse(n, op, path, verdict.rule, errno.EROFS)
+                return
+        self._continue(n)
 
     def _mkdir(self, n: Notification, call: Call, opened: list[int]) -> None:
         entry = self._single(n, call, opened, follow=False)
@@ -467,8 +489,11 @@ class Mediator:
         except OSError:
             self._continue(n)
             return
-        if not real.startswith("/") or not self._mediated(real):
+        if not real.startswith("/"):
             self._continue(n)
+            return
+        if not self._mediated(real):
+            self._elsewhere(n, "chmod", real)
             return
         why = self._why_not(real, st)
         if why:
@@ -491,7 +516,7 @@ class Mediator:
                 self._continue(n)
             return
         if not (self._mediated(src.path) or self._mediated(dst.path)):
-            self._continue(n)
+            self._elsewhere(n, "rename", src.path, dst.path)
             return
         exchange = call.flags & RENAME_EXCHANGE
         why = self.protection.blocks_move(src.path) or self.protection.reason(dst.path)
