@@ -65,6 +65,7 @@ class Supervisor:
         self.cancel_r, self.cancel_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.cancelled = False
         self.command_cwd = cwd  # inside the sandbox; None: the plan's (the workspace)
+        self.init_pidfd: int | None = None  # opened when the sandbox is killed, to see it empty
         self.secret_values = secret_values or {}
         self.secrets_dir_fd: int | None = None
         self.proxy = None
@@ -190,12 +191,14 @@ class Supervisor:
             config.update(self._extra_config())
             control.sendall(marshal.dumps(config))
             returncode = self._loop(self.bwrap_pid, control, err_r, started)
+            self._await_namespace_end()
         except BaseException:
             # the library's caller goes on living: nothing of the sandbox may outlive this frame
             if self.bwrap_pid:
                 self._kill()
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(self.bwrap_pid, 0)
+                self._await_namespace_end()
             raise
         finally:
             if self.forward_signals:
@@ -217,9 +220,26 @@ class Supervisor:
             self.io.close()
         return self._result(returncode, time.monotonic() - started)
 
+    def _await_namespace_end(self, limit: float = 5.0) -> None:
+        """After a kill, bubblewrap is reaped at once, but the kernel empties the PID namespace as
+        its init exits: wait for that (the init's pidfd turns readable only once every process
+        in the namespace is gone), so that nothing of the sandbox is left when the run returns."""
+        if self.init_pidfd is None:
+            return
+        import select
+
+        try:
+            select.select([self.init_pidfd], [], [], limit)
+        finally:
+            os.close(self.init_pidfd)
+            self.init_pidfd = None
+
     def release(self) -> None:
         """Close what the supervisor holds beyond launch (called once the run is over)."""
         self.io.close()
+        if self.init_pidfd is not None:
+            os.close(self.init_pidfd)
+            self.init_pidfd = None
         for fd in (self.cancel_r, self.cancel_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -528,6 +548,9 @@ class Supervisor:
         """SIGKILL the namespace init (the kernel then kills every process in it) and bwrap."""
         init = self._init_pid()
         if init:
+            if self.init_pidfd is None:
+                with contextlib.suppress(OSError):
+                    self.init_pidfd = os.pidfd_open(init)
             processes.kill_sandbox(init)
         if self.bwrap_pid:
             processes.kill_sandbox(self.bwrap_pid)  # --die-with-parent takes the rest down
