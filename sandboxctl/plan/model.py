@@ -101,6 +101,9 @@ class ProtectPlan(NamedTuple):
     record: tuple[str, ...] = ()  # existing protected entries the end-of-run check records and compares
     absent: tuple[str, ...] = ()  # protected names absent at launch: the end-of-run check says if they appeared
     mediated: bool = False  # Landlock + the supervisor enforce it (bwrap); False: binds + the check only (gvisor)
+    repositories: tuple[str, ...] = ()  # `.git` entries and bare repositories found at launch
+    ephemeral: tuple[str, ...] = ()  # writable sandbox mounts above a root (tmpfs HOME, /tmp): mediated too
+    anchors: tuple[str, ...] = ()  # directories mounts hang from, in mediated areas: never moved or removed
 
 
 class NetworkPlan(NamedTuple):
@@ -157,6 +160,7 @@ class Plan(NamedTuple):
     backend: str = "bwrap"  # bwrap | gvisor (launch/oci.py renders the same plan for runsc)
     protect: ProtectPlan = ProtectPlan()
     exec_loaders: tuple[str, ...] = ()  # the ELF loaders exec.allow keeps executable (never run as a command)
+    noexec_mounts: tuple[str, ...] = ()  # exec.allow: writable mounts remounted noexec before the command runs
     session: str | None = None  # a session (supervise/session.py): commands come later, one by one
 
     def protection(self):
@@ -247,7 +251,7 @@ def _protection(protect: ProtectPlan, roots: tuple[str, ...]):
         return known[1]
     from sandboxctl.protect.rules import Protection
 
-    value = Protection(roots, protect.gitdirs, dict(protect.explicit), protect.masked)
+    value = Protection(roots, protect.gitdirs, dict(protect.explicit), protect.masked, protect.anchors)
     _protections[key] = (protect, value)
     return value
 

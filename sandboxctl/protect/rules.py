@@ -41,12 +41,14 @@ def _parts(path: str, root: str) -> tuple[str, ...]:
 
 class Protection:
     def __init__(self, roots: Iterable[str], gitdirs: Iterable[str] = (),
-                 explicit: Mapping[str, str] | None = None, masked: Iterable[str] = ()):
+                 explicit: Mapping[str, str] | None = None, masked: Iterable[str] = (),
+                 anchors: Iterable[str] = ()):
         # looked up by each ancestor of a path (a dict probe per level, not a scan per entry)
         self.roots = set(roots)
         self.gitdirs = set(gitdirs)
         self.explicit = {p.rstrip("/") or "/": why for p, why in (explicit or {}).items()}
         self.masked = {m.rstrip("/") or "/" for m in masked}  # filesystem.deny paths under a writable grant
+        self.anchors = set(anchors)  # directories the sandbox's mounts hang from (never moved or removed)
 
     def root_of(self, path: str) -> str | None:
         """The deepest writable root holding path."""
@@ -95,6 +97,8 @@ class Protection:
         why = self.reason(path)
         if why:
             return why
+        if path in self.anchors:
+            return "a mount of the sandbox hangs from it (the plan's paths must stay where they are)"
         prefix = path.rstrip("/") + "/"
         for held, why in self.explicit.items():
             if held.startswith(prefix):

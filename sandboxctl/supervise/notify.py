@@ -31,6 +31,7 @@ _NOTIF = struct.Struct("<QIIiIQ6Q")  # id, pid, flags, data.nr, data.arch, data.
 _RESP = struct.Struct("<QqiI")  # id, val, error, flags
 MAX_ARGS = 256
 MAX_STRING = 4096
+PATH_MAX = 4096  # bytes, with the terminating NUL
 
 
 class Notification:
@@ -101,6 +102,24 @@ class ProcessMemory:
                 return (data + chunk[:end]).decode(errors="replace")
             data += chunk
         return data[:MAX_STRING].decode(errors="replace") + "…"
+
+    def path(self, address: int) -> str:
+        """A path argument exactly as the kernel will take it: at most PATH_MAX bytes with the NUL
+        (longer: ENAMETOOLONG, as the kernel says), bytes that are not UTF-8 kept as they are
+        (surrogateescape: os functions give the same bytes back, and two names never merge)."""
+        if not address:
+            raise OSError(errno.EFAULT, "a NULL path")
+        data = b""
+        while len(data) < PATH_MAX:
+            page_left = 4096 - (address + len(data)) % 4096
+            chunk = os.pread(self.fd, min(page_left, PATH_MAX - len(data)), address + len(data))
+            if not chunk:
+                raise OSError(errno.EFAULT, "the path runs into unreadable memory")
+            end = chunk.find(b"\0")
+            if end >= 0:
+                return os.fsdecode(data + chunk[:end])
+            data += chunk
+        raise OSError(errno.ENAMETOOLONG, "path longer than PATH_MAX")
 
     def word(self, address: int) -> int:
         """One 64-bit value; a short read (the caller is exiting, or lied) is an OSError."""
@@ -238,7 +257,7 @@ class Dispatcher:
         except OSError:
             return "?", []
         try:
-            path = memory.string(notification.args[path_arg])
+            path = memory.path(notification.args[path_arg]) if notification.args[path_arg] else ""
             argv = memory.string_array(notification.args[argv_arg])
         except OSError:
             path, argv = "?", []
