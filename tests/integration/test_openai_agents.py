@@ -29,6 +29,14 @@ from sandboxctl.integrations.openai_agents import SandboxctlSandboxClient  # noq
 TEST_FILE = "def test_adds():\n    assert 1 + 1 == 2\n"
 
 
+@pytest.fixture(autouse=True)
+def no_tracing():
+    """The SDK's trace exporter is a thread of its own that would outlive the test (and open
+    connections to nowhere, offline): off, as every offline run should have it."""
+    agents.set_tracing_disabled(True)
+    yield
+
+
 def records(home: Path) -> list[dict]:
     log = home.parent / "state" / "sandboxctl" / "actions.jsonl"
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
