@@ -157,10 +157,12 @@ def _receive_or_wake(sock, wake_r: int):
 
 def _report(message: dict, name: str, quiet: bool) -> int:
     code = int(message.get("exit_code", 125))
-    if message.get("error"):
+    if message.get("error"):  # words of the server inside the sandbox, which its commands share: inert
         from sandboxctl.cli.output import error
+        from sandboxctl.inert import inert
 
-        error(str(message["error"]), message.get("hint") or "check the command name and the policy's exec.allow")
+        error(inert(message["error"], 500), inert(message.get("hint") or "check the command name and the "
+                                                  "policy's exec.allow", 300))
     denials = message.get("denials") or []
     if denials and not quiet:
         from sandboxctl.cli.run import _print_denials

@@ -29,8 +29,10 @@ STOP_WAIT_S = 15.0
 
 
 def printable(text: object) -> str:
-    """Untrusted text (paths, names from files) shown inert: control characters escaped."""
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in str(text))
+    """Untrusted text (a workspace path, a note from the session's process) shown inert."""
+    from sandboxctl.inert import inert
+
+    return inert(text)
 
 
 def default_name(workspace: str | None) -> str:
