@@ -174,6 +174,7 @@ class Plan(NamedTuple):
     protect: ProtectPlan = ProtectPlan()
     exec_loaders: tuple[str, ...] = ()  # the ELF loaders exec.allow keeps executable (never run as a command)
     noexec_mounts: tuple[str, ...] = ()  # exec.allow: writable mounts remounted noexec before the command runs
+    session: str | None = None  # a session (supervise/session.py): commands come later, one by one
 
     def protection(self):
         """The rules for changes beneath the writable roots (the mediator asks them)."""
