@@ -11,6 +11,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from sandboxctl.launch.shim_code import cached_path
 from sandboxctl.paths import home_dir, runtime_dir, state_dir
 from sandboxctl.plan.inputs import HostFacts
 
@@ -112,6 +113,7 @@ def gather(environ: Mapping[str, str] | None = None) -> HostFacts:
         shim_python=python,
         shim_python_prefix=prefix,
         shim_file=str(package / "launch" / "shim.py"),
+        shim_code=cached_path(str(package / "launch" / "shim.py"), str(state_dir() / "cache")),
         gvisor_init_file=str(package / "launch" / "gvisor_init.py"),
         runtime_dirs=_runtime_dirs(env),
         landlock_lib=_landlock_lib(),

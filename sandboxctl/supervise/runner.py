@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from sandboxctl.errors import EXIT_SANDBOX_FAILED, EXIT_TIMEOUT, SandboxError
-from sandboxctl.launch import bwrap, seccomp
+from sandboxctl.launch import bwrap, landlock_rights, seccomp, shim_code
 from sandboxctl.log.writer import ActionLog, LogWriteError
 from sandboxctl.plan.build import PROXY_PORT
 from sandboxctl.plan.model import Plan
@@ -97,6 +97,8 @@ class Supervisor:
         self.nofile = fd_budget.raise_nofile()  # before anything is opened: see fd_budget
         self.mediator = None
         self.protected_inodes: dict[tuple[int, int], str] = {}  # from the launch record (lifecycle)
+        self._cgroup_thread: threading.Thread | None = None  # the first move into the cgroup (bwrap)
+        self._cgroup_error: SandboxError | None = None
 
     # ------------------------------------------------------------------ approvals
     def _start_broker(self) -> None:
@@ -146,6 +148,7 @@ class Supervisor:
         program = seccomp.load_or_compile(plan.seccomp, self.state / "cache")
         notify_program, self.syscall_names = seccomp.load_or_compile_notify(plan.seccomp, self.state / "cache")
         empty = spawn.empty_file(self.state)
+        shim_code.ensure_for(plan)
         control, shim_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         err_r, err_w = os.pipe()
         seccomp_fd = spawn.memfd(program, "sandboxctl-seccomp")
@@ -195,6 +198,7 @@ class Supervisor:
             config["cwd"] = self.command_cwd
             config.update(self._extra_config())
             control.sendall(marshal.dumps(config))
+            self._prepare_while_it_starts()
             returncode = self._loop(self.bwrap_pid, control, err_r, started)
             self._await_namespace_end()
         except BaseException:
@@ -324,6 +328,35 @@ class Supervisor:
     def _on_ready(self) -> None:
         """The command may run now (a session's server is up)."""
 
+    def _prepare_while_it_starts(self) -> None:
+        """What needs no descriptor of the sandbox's, done while bubblewrap and the shim start (on
+        another core): the modules the handshake uses, and the first move into the run's cgroup.
+
+        The kernel makes the first cgroup.procs write of a while wait for an RCU grace period
+        (5-15 ms on cgroup v1 here); bwrap makes that wait on a thread of its own now, and the
+        move of everything alive at "ready" (which stays the rule) finds the lock warm."""
+        if self.cgroup is not None and self.bwrap_pid:
+            pid, cgroup = self.bwrap_pid, self.cgroup
+
+            def join() -> None:
+                try:
+                    cgroup.add([pid])
+                except SandboxError as exc:
+                    self._cgroup_error = exc
+
+            self._cgroup_thread = threading.Thread(target=join, name="sandboxctl-cgroup", daemon=True)
+            self._cgroup_thread.start()
+        if self.plan.network.mode == "proxy":  # for _start_proxy, at "ready"
+            from sandboxctl.network import proxy  # noqa: F401
+        from sandboxctl.supervise import file_escape, mediate  # noqa: F401 (_start_notify: there is always a listener)
+
+    def _cgroup_joined(self) -> None:
+        if self._cgroup_thread is not None:
+            self._cgroup_thread.join()
+            self._cgroup_thread = None
+        if self._cgroup_error is not None:
+            raise self._cgroup_error
+
     def _register_sources(self, sel: selectors.BaseSelector) -> None:
         """More descriptors for the loop (a session's clients); their events go to _on_source."""
 
@@ -381,13 +414,14 @@ class Supervisor:
                 control.sendall(marshal.dumps({"go": False}))
                 return
         if "ready" in message:
-            self.layers = self._layers(message["ready"]["landlock"])
+            self.layers = self._layers(landlock_rights.report(message["ready"]["landlock"]))
             degraded = self.layers["landlock"].get("degraded")
             if degraded:
                 self.notice(f"sandboxctl: warning: {degraded}; running with `landlock: best-effort`")
             if self.cgroup and self.bwrap_pid:
                 # everything alive now (bwrap, its init, the shim) joins before the command may fork
                 try:
+                    self._cgroup_joined()
                     self.cgroup.add([self.bwrap_pid, *processes.descendants(self.bwrap_pid)])
                 except SandboxError as exc:
                     self.setup_error = exc

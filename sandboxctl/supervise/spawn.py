@@ -12,6 +12,7 @@ import signal
 from pathlib import Path
 
 from sandboxctl.errors import SandboxError
+from sandboxctl.launch import landlock_rights
 from sandboxctl.plan.model import Plan
 
 TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
@@ -89,15 +90,7 @@ def shim_config(plan: Plan, caller_dispositions: dict[int, Any]) -> dict[str, An
         # the command gets the caller's own SIGINT/SIGQUIT disposition back (ignored stays ignored)
         "default_signals": [int(s) for s in TERMINAL_SIGNALS if caller_dispositions.get(s) is not signal.SIG_IGN],
         "env": dict(plan.env),
-        "landlock": {
-            "required": plan.landlock.required,
-            "minimum_abi": plan.landlock.minimum_abi,
-            "paths": [[rule.path, list(rule.access)] for rule in plan.landlock.paths],
-            "restrict_tcp": plan.landlock.restrict_tcp,
-            "connect_tcp_ports": list(plan.landlock.connect_tcp_ports),
-            "bind_tcp_ports": list(plan.landlock.bind_tcp_ports),
-            "scopes": list(plan.landlock.scopes),
-        },
+        "landlock": landlock_rights.shim_config(plan.landlock),
         "limits": {
             "pids": limits.pids if limits.pids_method == "rlimit" else None,
             "file_size": limits.file_size,

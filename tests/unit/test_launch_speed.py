@@ -1,0 +1,65 @@
+"""The launcher's shortcuts hold what they replace: the Landlock rights as numbers equal
+landlockpy's flags, and the compiled shim is the shim (keyed by its source and interpreter)."""
+
+from __future__ import annotations
+
+import marshal
+import os
+from pathlib import Path
+
+import landlockpy.flags as flags
+
+from sandboxctl.launch import landlock_rights, shim_code
+from sandboxctl.plan.model import LandlockPathRule, LandlockPlan
+
+SHIM = Path(shim_code.__file__).with_name("shim.py")
+
+
+def test_rights_are_landlockpys() -> None:
+    for table, kind, for_abi in ((landlock_rights.FS, flags.AccessFS, flags.fs_for_abi),
+                                 (landlock_rights.NET, flags.AccessNet, flags.net_for_abi),
+                                 (landlock_rights.SCOPE, flags.Scope, flags.scope_for_abi)):
+        assert {name: bit for name, (bit, _abi) in table.items()} == \
+            {f.name: int(f) for f in kind if f and f.name}
+        for abi in range(flags.LATEST_ABI + 1):
+            assert landlock_rights.for_abi(table, abi) == int(for_abi(abi)), (kind, abi)
+    bit, abi = landlock_rights.RESTRICT_NO_NEW_PRIVS
+    assert bit == int(flags.RestrictFlag.NO_NEW_PRIVS) and int(flags.restrict_for_abi(abi)) & bit
+    assert not int(flags.restrict_for_abi(abi - 1)) & bit
+
+
+def test_shim_config_and_report_name_what_the_plan_grants() -> None:
+    plan = LandlockPlan(required=True, minimum_abi=1, paths=(LandlockPathRule("/usr", ("read", "execute")),),
+                        restrict_tcp=True, connect_tcp_ports=(3128,), bind_tcp_ports=(), scopes=("signal",))
+    config = landlock_rights.shim_config(plan)
+    assert config["paths"] == [["/usr", int(flags.AccessFS.READ_FILE | flags.AccessFS.READ_DIR
+                                            | flags.AccessFS.EXECUTE)]]
+    assert [list(pair) for pair in config["scopes"]] == [[int(flags.Scope.SIGNAL), 6]]
+    report = landlock_rights.report({"abi": 7, "enforced": True, "handled_fs": int(flags.fs_for_abi(7)),
+                                     "handled_net": int(flags.net_for_abi(4)), "scoped": int(flags.Scope.SIGNAL)})
+    assert report["fs_rights"] == sorted(f.name for f in flags.AccessFS if f and f in flags.fs_for_abi(7))
+    assert report["net_rights"] == ["BIND_TCP", "CONNECT_TCP"] and report["scopes"] == ["SIGNAL"]
+    assert "handled_fs" not in report
+
+
+def test_compiled_shim_is_keyed_by_source_and_runs_it(tmp_path: Path) -> None:
+    source = tmp_path / "shim.py"
+    source.write_text("print('one')\n")
+    first = shim_code.cached_path(str(source), str(tmp_path / "cache"))
+    shim_code.ensure(str(source), first)
+    assert marshal.loads(Path(first).read_bytes()[16:]).co_filename == shim_code.SOURCE_INSIDE
+    assert os.stat(first).st_mode & 0o077 == 0
+    source.write_text("print('two')\n")
+    second = shim_code.cached_path(str(source), str(tmp_path / "cache"))
+    assert second != first  # an edited shim is another file: never the old code
+    shim_code.ensure(str(source), second)
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-I", "-S", second], capture_output=True, text=True, check=True)
+    assert out.stdout == "two\n"
+
+
+def test_the_real_shim_compiles_where_it_is_mounted() -> None:
+    path = shim_code.cached_path(str(SHIM), "/nonexistent")
+    assert path.startswith("/nonexistent/shim-") and path.endswith(".pyc")
