@@ -8,10 +8,10 @@ cached by a digest of the rules in the private state dir, which no sandbox can s
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 from pathlib import Path
 
+from sandboxctl.digest import sha256
 from sandboxctl.errors import SandboxError
 from sandboxctl.plan.model import SeccompCondition, SeccompPlan, SeccompRule
 
@@ -44,7 +44,7 @@ def plan_digest(plan: SeccompPlan) -> str:
         return known[1]
     from sandboxctl.plan.syscalls import MEDIATED_CALLS  # code, not plan data: part of the key all the same
 
-    digest = hashlib.sha256(f"{CACHE_VERSION}\0{os.uname().machine}\0{MEDIATED_CALLS}\0{plan!r}".encode()).hexdigest()
+    digest = sha256(f"{CACHE_VERSION}\0{os.uname().machine}\0{MEDIATED_CALLS}\0{plan!r}".encode()).hexdigest()
     _digests[id(plan)] = (plan, digest)
     return digest
 

@@ -9,8 +9,9 @@ so a traceback inside still shows the lines.
 
 from __future__ import annotations
 
-import hashlib
 import os
+
+from sandboxctl.digest import sha256
 
 ENTRY = "/run/sandboxctl/shim.pyc"
 SOURCE_INSIDE = "/run/sandboxctl/shim.py"
@@ -25,7 +26,7 @@ def _magic() -> bytes:
 def cached_path(source_file: str, cache_dir: str) -> str:
     """Where the compiled shim for this source and this interpreter lives (it may not exist yet)."""
     with open(source_file, "rb") as handle:
-        digest = hashlib.sha256(_magic() + handle.read()).hexdigest()[:32]
+        digest = sha256(_magic() + handle.read()).hexdigest()[:32]
     return os.path.join(cache_dir, f"shim-{digest}.pyc")
 
 

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import threading
 import time
 from pathlib import Path
 
+from sandboxctl.digest import sha256
 from sandboxctl.errors import SandboxError
 from sandboxctl.log.chain import GENESIS, last_line, line_hash
 
@@ -61,7 +61,7 @@ def timestamp() -> str:
 def run_head(head: str, line: bytes) -> str:
     """One step of a run's own chain: SHA-256 of the previous head and the line's hash (hex text).
     run.end's `head` is this over every line the run wrote before it, from 64 zeros."""
-    return hashlib.sha256((head + line_hash(line)).encode()).hexdigest()
+    return sha256((head + line_hash(line)).encode()).hexdigest()
 
 
 def rotated_name(path: str, n: int) -> str:

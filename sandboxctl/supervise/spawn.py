@@ -7,7 +7,6 @@ Everything here happens once per run, before the sandbox exists; the supervisor'
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 from pathlib import Path
 
@@ -22,8 +21,17 @@ if TYPE_CHECKING:
     from typing import Any
 
 
+def which(name: str) -> str | None:
+    """shutil.which for the one lookup of every run (shutil imports bz2, lzma and fnmatch)."""
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = os.path.join(directory or ".", name)
+        if os.path.exists(path) and os.access(path, os.X_OK) and not os.path.isdir(path):
+            return path
+    return None
+
+
 def find_bwrap() -> str:
-    path = shutil.which("bwrap")
+    path = which("bwrap")
     if not path:
         raise SandboxError("bubblewrap (bwrap) is not installed",
                            "Debian/Ubuntu: sudo apt-get install bubblewrap; then run sandboxctl doctor")

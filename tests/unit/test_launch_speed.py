@@ -63,3 +63,12 @@ def test_compiled_shim_is_keyed_by_source_and_runs_it(tmp_path: Path) -> None:
 def test_the_real_shim_compiles_where_it_is_mounted() -> None:
     path = shim_code.cached_path(str(SHIM), "/nonexistent")
     assert path.startswith("/nonexistent/shim-") and path.endswith(".pyc")
+
+
+def test_elf_loaders_are_what_glob_finds() -> None:
+    import glob
+
+    from sandboxctl.plan.facts import _LOADER_PATTERNS, _elf_loaders
+
+    expected = tuple(sorted({os.path.realpath(p) for pattern in _LOADER_PATTERNS for p in glob.glob(pattern)}))
+    assert _elf_loaders() == expected
