@@ -139,8 +139,13 @@ class RunCgroup:
 
 
 def _write(path: str, value: str) -> None:
-    with open(path, "w") as handle:
-        handle.write(value)
+    """One write(2) of the value, as the kernel wants for cgroup files (no buffered file object:
+    each system call is a point where a thread must win the GIL back, see runner's cgroup thread)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
 
 
 def _sweep_stale(layout: CgroupLayout) -> None:

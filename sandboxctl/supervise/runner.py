@@ -213,6 +213,8 @@ class Supervisor:
             if self.forward_signals:
                 for signum, handler in originals.items():
                     signal.signal(signum, handler)
+            with contextlib.suppress(SandboxError):  # a launch that ended before "ready"
+                self._cgroup_joined()
             control.close()
             self.broker.stop()  # waiting requests are denied, so proxy threads can finish
             if self.secrets_dir_fd is not None:
@@ -344,6 +346,10 @@ class Supervisor:
                 except SandboxError as exc:
                     self._cgroup_error = exc
 
+            # the thread needs the GIL back after each system call while this one imports: let it
+            # have it within 0.5 ms instead of the default 5 (restored once it is done)
+            self._switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(min(self._switch_interval, 0.0005))
             self._cgroup_thread = threading.Thread(target=join, name="sandboxctl-cgroup", daemon=True)
             self._cgroup_thread.start()
         if self.plan.network.mode == "proxy":  # for _start_proxy, at "ready"
@@ -354,6 +360,7 @@ class Supervisor:
         if self._cgroup_thread is not None:
             self._cgroup_thread.join()
             self._cgroup_thread = None
+            sys.setswitchinterval(self._switch_interval)
         if self._cgroup_error is not None:
             raise self._cgroup_error
 
