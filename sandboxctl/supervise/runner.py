@@ -223,8 +223,10 @@ class Supervisor:
                 self.proxy.stop()
             if self.mediator is not None:
                 self.mediator.close()
-            if self.dispatcher is not None and self.dispatcher.exec_guard is not None:
-                self.dispatcher.exec_guard.close()
+            if self.dispatcher is not None:
+                self.dispatcher.execs.close()
+                if self.dispatcher.exec_guard is not None:
+                    self.dispatcher.exec_guard.close()
             if self.notify_fd is not None:
                 os.close(self.notify_fd)
             os.close(err_r)
