@@ -113,11 +113,22 @@ def main(argv: list[str] | None = None) -> None:
             from sandboxctl.cli.runopts import parse_fast, wants_slow_path
 
             if not wants_slow_path(args[1:]):
-                from sandboxctl.cli.run import execute_run
+                early = None, ""
+                if argv is None:  # the process's own command line: bubblewrap may start before the plan
+                    from sandboxctl.launch.headstart import try_start
 
-                options, command = parse_fast(args[1:])
-                code = execute_run(options, command)
-                if argv is None:  # the process's own command line: nothing is left to do but exit
+                    key, head_start = try_start(args[1:])
+                    early = head_start, key
+                try:
+                    from sandboxctl.cli.run import execute_run
+
+                    options, command = parse_fast(args[1:])
+                except BaseException:
+                    if early[0] is not None:
+                        early[0].abort()
+                    raise
+                code = execute_run(options, command, *early)
+                if argv is None:  # nothing is left to do but exit
                     _exit_now(code)
                 sys.exit(code)
         from typer.main import get_command

@@ -264,11 +264,14 @@ def main():
     if config.get("secrets_dir"):
         handles["secrets_dir"] = os.open("/run/secrets", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     ready = {"ready": {"landlock": landlock, "pid": os.getpid()}, "fds": list(handles)}
-    if handles:
-        send_with_fds(control, ready, handles)
-    else:
-        send(control, ready)
-    answer = os.read(control, 4096)
+    try:
+        if handles:
+            send_with_fds(control, ready, handles)
+        else:
+            send(control, ready)
+        answer = os.read(control, 4096)
+    except OSError:  # the supervisor is gone, or dropped this sandbox (launch/headstart.py): no go
+        os._exit(125)
     if not answer or marshal.loads(answer).get("go") is not True:
         os._exit(125)
     if config.get("session"):  # a session: a small server starts each command from here

@@ -64,6 +64,9 @@ class RunCgroup:
     def __init__(self, layout: CgroupLayout, run_id: str, pids: int | None, memory: int | None):
         self.layout = layout
         self.dirs: list[str] = []
+        self._mover = None  # move_soon's thread
+        self._move_error: Exception | None = None
+        self._switch_interval = 0.005
         name = f"{PREFIX}{os.getpid()}-{run_id}"  # the pid tells a later sweep whether we are gone
         _sweep_stale(layout)
         if layout.version == "v2":
@@ -106,6 +109,45 @@ class RunCgroup:
                         raise SandboxError(f"cannot move the sandbox into its cgroup ({path}): {exc.strerror}",
                                            "the pids/memory limits could not be applied; run sandboxctl doctor"
                                            ) from None
+
+    def move_soon(self, pid: int) -> None:
+        """Start moving `pid` on a thread of its own: the kernel makes the first cgroup.procs write
+        of a while wait for an RCU grace period (5-15 ms on cgroup v1 here), which then overlaps
+        the sandbox's start; moved() waits for it. A later add() finds the lock warm."""
+        if self._mover is not None:
+            return
+        import sys
+        import threading
+
+        def move() -> None:
+            try:
+                self.add([pid])
+            except Exception as exc:  # SandboxError: reported by moved()
+                self._move_error = exc
+
+        # after each system call the thread needs the GIL back while the main thread imports:
+        # within 0.5 ms instead of the default 5 (restored by moved())
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch_interval, 0.0005))
+        self._mover = threading.Thread(target=move, name="sandboxctl-cgroup", daemon=True)
+        self._mover.start()
+
+    def moved(self) -> None:
+        """Wait for move_soon; its failure is raised here."""
+        if self._mover is None:
+            return
+        import sys
+
+        self._mover.join()
+        self._mover = None
+        sys.setswitchinterval(self._switch_interval)
+        error, self._move_error = self._move_error, None
+        if error is not None:
+            raise error
+
+    @property
+    def moving(self) -> bool:
+        return self._mover is not None
 
     def processes(self) -> list[int]:
         """Every process of the run, in one read (the kernel keeps the list: children join at fork)."""

@@ -58,17 +58,6 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
     result: RunResult | None = None
     supervisor = None
     try:
-        if plan.creations:
-            made = make_all(plan.creations, plan.home, log.write)
-            notice = supervisor_options.get("notice")
-            if made and notice:
-                from sandboxctl.inert import inert
-
-                notice("sandboxctl: made before the run (filesystem.create): " + ", ".join(
-                    f"{inert(c.path)} ({c.kind}{' ' + format(c.mode, '04o') if c.mode is not None else ''})"
-                    for c in made))
-        if plan.protect.record or plan.protect.absent:
-            snapshot.take(plan.protect.record, plan.protect.absent)
         lim = plan.limits
         if "cgroup" in (lim.memory_method, lim.pids_method):
             layout = detect_cgroups()
@@ -82,6 +71,20 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
             except OSError as exc:
                 raise SandboxError(f"cannot create the run's cgroup for its limits: {exc.strerror}",
                                    "run sandboxctl doctor") from None
+            early = supervisor_options.get("head_start")
+            if early is not None:  # bubblewrap runs already: its first move (the slow one) starts now
+                cgroup.move_soon(early.pid)
+        if plan.creations:
+            made = make_all(plan.creations, plan.home, log.write)
+            notice = supervisor_options.get("notice")
+            if made and notice:
+                from sandboxctl.inert import inert
+
+                notice("sandboxctl: made before the run (filesystem.create): " + ", ".join(
+                    f"{inert(c.path)} ({c.kind}{' ' + format(c.mode, '04o') if c.mode is not None else ''})"
+                    for c in made))
+        if plan.protect.record or plan.protect.absent:
+            snapshot.take(plan.protect.record, plan.protect.absent)
         if supervisor_class is None:
             supervisor_class = Supervisor
             if plan.backend == "gvisor":  # the same plan under runsc (supervise/gvisor.py)
@@ -124,12 +127,17 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
             return result._replace(exit_code=EXIT_DENIED, command_exit_code=result.exit_code)
         return result
     finally:
+        early = supervisor_options.get("head_start")
+        if early is not None:  # launch never adopted it (a failure before): kill it, nothing ran in it
+            early.abort()
         if supervisor is not None:
             supervisor.release()
         if result is None:  # launch failed or was interrupted: still compare (nothing ran, or it is gone)
             with contextlib.suppress(Exception):
                 _log_changes(log, snapshot.check() if snapshot.entries else [])
         if cgroup:
+            with contextlib.suppress(Exception):  # a move still under way (the launch failed before "ready")
+                cgroup.moved()
             cgroup.remove()
         if forwarder is not None:
             forwarder.close(FORWARD_FLUSH_S)  # run.end too, if the collector takes it in time

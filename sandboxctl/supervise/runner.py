@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from sandboxctl.errors import EXIT_SANDBOX_FAILED, EXIT_TIMEOUT, SandboxError
-from sandboxctl.launch import bwrap, landlock_rights, seccomp, shim_code
+from sandboxctl.launch import bwrap, headstart, landlock_rights, seccomp, shim_code
 from sandboxctl.log.writer import ActionLog, LogWriteError
 from sandboxctl.plan.build import PROXY_PORT
 from sandboxctl.plan.model import Plan
-from sandboxctl.supervise import fd_budget, notify, processes, spawn
+from sandboxctl.supervise import fd_budget, fdops, notify, processes, spawn
 from sandboxctl.supervise import secrets as secret_store
 from sandboxctl.supervise.cgroups import RunCgroup
 from sandboxctl.supervise.stdio import CommandIO
@@ -58,8 +58,11 @@ class Supervisor:
     def __init__(self, plan: Plan, state: Path, log: ActionLog, argv_for_log: list[str],
                  cgroup: RunCgroup | None = None, secret_values: dict[str, str] | None = None, *,
                  io: CommandIO | None = None, forward_signals: bool = True, approver: Any = None,
-                 notice: Any = None, cwd: str | None = None):
+                 notice: Any = None, cwd: str | None = None, head_start: Any = None, head_start_key: str = ""):
         self.plan = plan
+        self.head_start = head_start  # launch.headstart.HeadStart: a bubblewrap the CLI started early
+        self.head_start_key = head_start_key  # where this run's launch is remembered for the next one
+        self.head_started = False
         self.io = io or CommandIO(inherit=True)
         self.forward_signals = forward_signals
         self.approver = approver  # an approval front end of the caller's (the library's callback)
@@ -97,8 +100,7 @@ class Supervisor:
         self.nofile = fd_budget.raise_nofile()  # before anything is opened: see fd_budget
         self.mediator = None
         self.protected_inodes: dict[tuple[int, int], str] = {}  # from the launch record (lifecycle)
-        self._cgroup_thread: threading.Thread | None = None  # the first move into the cgroup (bwrap)
-        self._cgroup_error: SandboxError | None = None
+        self._proxy_listener: int | None = None  # the proxy's port until its first connection
 
     # ------------------------------------------------------------------ approvals
     def _start_broker(self) -> None:
@@ -149,55 +151,10 @@ class Supervisor:
         notify_program, self.syscall_names = seccomp.load_or_compile_notify(plan.seccomp, self.state / "cache")
         empty = spawn.empty_file(self.state)
         shim_code.ensure_for(plan)
-        control, shim_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        err_r, err_w = os.pipe()
-        seccomp_fd = spawn.memfd(program, "sandboxctl-seccomp")
-        stdin, stdout, stderr = self.io.child_fds()
-        stderr_copy = os.dup(stderr)
-        secret_fds = {s.name: secret_store.memfd_with(self.secret_values[s.name], s.name)
-                      for s in plan.secrets if s.deliver_as == "file"}
-        fds = bwrap.LaunchFds(seccomp=seccomp_fd, control=shim_end.fileno(),
-                              stderr=stderr_copy, empty_file=empty, secrets=secret_fds)
-        argv = bwrap.render(plan, fds, bwrap_path)
+        launched = self._head_start(plan, bwrap_path, empty, notify_program) \
+            or self._spawn(plan, bwrap_path, empty, program, notify_program)
+        control, err_r, started, originals = launched
         try:
-            self._start_broker()
-        except SandboxError:
-            for fd in (seccomp_fd, err_w, err_r, stderr_copy, *secret_fds.values()):
-                os.close(fd)
-            control.close()
-            shim_end.close()
-            self.io.close()
-            raise
-        started = time.monotonic()
-        # bubblewrap is started with the terminal's SIGINT/SIGQUIT ignored: Ctrl-C must reach the
-        # command (the shim restores its dispositions), not kill bwrap and the sandbox under it.
-        originals = {s: signal.getsignal(s) for s in FORWARDED}
-        if self.forward_signals:
-            for signum in spawn.TERMINAL_SIGNALS:
-                signal.signal(signum, signal.SIG_IGN)
-        try:
-            try:
-                self.bwrap_pid = spawn.spawn(argv, stderr=err_w, stdin=stdin, stdout=stdout,
-                                       pass_fds=(seccomp_fd, shim_end.fileno(), stderr_copy, *secret_fds.values()))
-            except OSError as exc:
-                raise SandboxError(f"cannot start bubblewrap: {exc.strerror}", "run sandboxctl doctor") from None
-            finally:
-                for fd in (seccomp_fd, err_w, stderr_copy, *secret_fds.values()):
-                    os.close(fd)
-                shim_end.close()
-                self.io.close_child_ends()
-            if self.forward_signals:
-                self._install_signal_handlers()
-            config = spawn.shim_config(plan, originals)
-            config["env"].update({s.name: self.secret_values[s.name] for s in plan.secrets
-                                  if s.deliver_as == "env"})
-            config["secrets_dir"] = any(s.ttl and s.deliver_as == "file" for s in plan.secrets)
-            config["proxy_port"] = PROXY_PORT if plan.network.mode == "proxy" else None
-            config["notify_program"] = notify_program
-            config["seccomp_nr"] = seccomp.SECCOMP_SYSCALL.get(os.uname().machine, 317)
-            config["cwd"] = self.command_cwd
-            config.update(self._extra_config())
-            control.sendall(marshal.dumps(config))
             self._prepare_while_it_starts()
             returncode = self._loop(self.bwrap_pid, control, err_r, started)
             self._await_namespace_end()
@@ -221,6 +178,9 @@ class Supervisor:
                 os.close(self.secrets_dir_fd)
             if self.proxy is not None:
                 self.proxy.stop()
+            if self._proxy_listener is not None:  # nobody connected: the proxy never had to start
+                os.close(self._proxy_listener)
+                self._proxy_listener = None
             if self.mediator is not None:
                 self.mediator.close()
             if self.dispatcher is not None:
@@ -232,6 +192,123 @@ class Supervisor:
             os.close(err_r)
             self.io.close()
         return self._result(returncode, time.monotonic() - started)
+
+    def _config(self, plan: Plan, originals: dict[int, Any], notify_program: bytes) -> dict[str, Any]:
+        """What the shim is sent: everything it applies inside, from the plan."""
+        config = spawn.shim_config(plan, originals)
+        config["env"].update({s.name: self.secret_values[s.name] for s in plan.secrets
+                              if s.deliver_as == "env"})
+        config["secrets_dir"] = any(s.ttl and s.deliver_as == "file" for s in plan.secrets)
+        config["proxy_port"] = PROXY_PORT if plan.network.mode == "proxy" else None
+        config["notify_program"] = notify_program
+        config["seccomp_nr"] = seccomp.SECCOMP_SYSCALL.get(os.uname().machine, 317)
+        config["cwd"] = self.command_cwd
+        config.update(self._extra_config())
+        return config
+
+    def _spawn(self, plan: Plan, bwrap_path: str, empty: str, program: bytes,
+               notify_program: bytes) -> tuple[socket.socket, int, float, dict[int, Any]]:
+        """Start bubblewrap from this plan and send the shim its configuration."""
+        control, shim_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        err_r, err_w = os.pipe()
+        seccomp_fd = spawn.memfd(program, "sandboxctl-seccomp")
+        stdin, stdout, stderr = self.io.child_fds()
+        stderr_copy = os.dup(stderr)
+        secret_fds = {s.name: secret_store.memfd_with(self.secret_values[s.name], s.name)
+                      for s in plan.secrets if s.deliver_as == "file"}
+        fds = bwrap.LaunchFds(seccomp=seccomp_fd, control=shim_end.fileno(),
+                              stderr=stderr_copy, empty_file=empty, secrets=secret_fds)
+        numbers = (seccomp_fd, shim_end.fileno(), stderr_copy)
+        argv = bwrap.render(plan, fds, bwrap_path)
+        try:
+            self._start_broker()
+        except SandboxError:
+            for fd in (seccomp_fd, err_w, err_r, stderr_copy, *secret_fds.values()):
+                os.close(fd)
+            control.close()
+            shim_end.close()
+            self.io.close()
+            raise
+        started = time.monotonic()
+        # bubblewrap is started with the terminal's SIGINT/SIGQUIT ignored: Ctrl-C must reach the
+        # command (the shim restores its dispositions), not kill bwrap and the sandbox under it.
+        originals = {s: signal.getsignal(s) for s in FORWARDED}
+        if self.forward_signals:
+            for signum in spawn.TERMINAL_SIGNALS:
+                signal.signal(signum, signal.SIG_IGN)
+        try:
+            try:
+                self.bwrap_pid = spawn.spawn(argv, stderr=err_w, stdin=stdin, stdout=stdout,
+                                             pass_fds=(seccomp_fd, shim_end.fileno(), stderr_copy,
+                                                       *secret_fds.values()))
+            except OSError as exc:
+                raise SandboxError(f"cannot start bubblewrap: {exc.strerror}", "run sandboxctl doctor") from None
+            finally:
+                for fd in (seccomp_fd, err_w, stderr_copy, *secret_fds.values()):
+                    os.close(fd)
+                shim_end.close()
+                self.io.close_child_ends()
+            if self.forward_signals:
+                self._install_signal_handlers()
+            config = self._config(plan, originals, notify_program)
+            control.sendall(marshal.dumps(config))
+        except BaseException:
+            self._abandon(control, err_r, originals)
+            self.broker.stop()
+            self.io.close()
+            raise
+        if self.head_start_key and headstart.eligible(plan, inherited_stdio=self.io.inherit,
+                                                      forwards_signals=self.forward_signals):
+            headstart.remember(self.head_start_key, plan, argv, numbers, config, program)
+        return control, err_r, started, originals
+
+    def _head_start(self, plan: Plan, bwrap_path: str, empty: str,
+                    notify_program: bytes) -> tuple[socket.socket, int, float, dict[int, Any]] | None:
+        """Adopt the bubblewrap the CLI started early (launch/headstart.py) if, and only if, it was
+        started with exactly the argv and the shim configuration this plan gives; else kill it."""
+        early = self.head_start
+        if early is None:
+            return None
+        self.head_start = None
+        originals = {s: signal.getsignal(s) for s in FORWARDED}
+        originals.update(early.originals)  # what the caller had, before the head start ignored them
+        fds = bwrap.LaunchFds(seccomp=early.fds[0], control=early.fds[1], stderr=early.fds[2], empty_file=empty,
+                              secrets={})
+        try:
+            argv, config = bwrap.render(plan, fds, bwrap_path), self._config(plan, originals, notify_program)
+            same = (self.io.inherit and self.forward_signals and not plan.secrets and early.matches(argv, config)
+                    and os.waitpid(early.pid, os.WNOHANG) == (0, 0))
+        except ChildProcessError:
+            same = False
+        if not same:
+            early.abort()
+            return None
+        early.adopt()
+        self.bwrap_pid = early.pid
+        self.head_started = True
+        try:
+            self._start_broker()
+        except SandboxError:
+            self._abandon(early.control, early.err_r, originals)
+            self.io.close()
+            raise
+        if self.forward_signals:
+            self._install_signal_handlers()
+        return early.control, early.err_r, early.started, originals
+
+    def _abandon(self, control: socket.socket, err_r: int, originals: dict[int, Any]) -> None:
+        """A launch that failed after bubblewrap started: nothing of it may outlive this frame."""
+        if self.bwrap_pid:
+            self._kill()
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.bwrap_pid, 0)
+            self._await_namespace_end()
+            self.bwrap_pid = None
+        if self.forward_signals:
+            for signum, handler in originals.items():
+                signal.signal(signum, handler)
+        control.close()
+        os.close(err_r)
 
     def _await_namespace_end(self, limit: float = 5.0) -> None:
         """After a kill, bubblewrap is reaped at once, but the kernel empties the PID namespace as
@@ -312,6 +389,8 @@ class Supervisor:
                         self._on_control(control, sel)
                     elif what == "stderr":
                         self._on_stderr(err_r, sel)
+                    elif what == "proxy":
+                        self._first_connection(sel)
                     elif what == "notify":
                         if not self.dispatcher.handle():
                             sel.unregister(key.fd)
@@ -336,35 +415,18 @@ class Supervisor:
         """What needs no descriptor of the sandbox's, done while bubblewrap and the shim start (on
         another core): the modules the handshake uses, and the first move into the run's cgroup.
 
-        The kernel makes the first cgroup.procs write of a while wait for an RCU grace period
-        (5-15 ms on cgroup v1 here); bwrap makes that wait on a thread of its own now, and the
-        move of everything alive at "ready" (which stays the rule) finds the lock warm."""
-        if self.cgroup is not None and self.bwrap_pid:
-            pid, cgroup = self.bwrap_pid, self.cgroup
-
-            def join() -> None:
-                try:
-                    cgroup.add([pid])
-                except SandboxError as exc:
-                    self._cgroup_error = exc
-
-            # the thread needs the GIL back after each system call while this one imports: let it
-            # have it within 0.5 ms instead of the default 5 (restored once it is done)
-            self._switch_interval = sys.getswitchinterval()
-            sys.setswitchinterval(min(self._switch_interval, 0.0005))
-            self._cgroup_thread = threading.Thread(target=join, name="sandboxctl-cgroup", daemon=True)
-            self._cgroup_thread.start()
-        if self.plan.network.mode == "proxy":  # for _start_proxy, at "ready"
-            from sandboxctl.network import proxy  # noqa: F401
-        from sandboxctl.supervise import file_escape, mediate  # noqa: F401 (_start_notify: there is always a listener)
+        The first move into the cgroup waits for the kernel (RunCgroup.move_soon): bwrap's is
+        started here (or already by lifecycle, for a head start), and the move of everything
+        alive at "ready" (which stays the rule) finds the lock warm."""
+        if self.cgroup is not None and self.bwrap_pid and not self.cgroup.moving:
+            self.cgroup.move_soon(self.bwrap_pid)
+        # for _start_notify, at "ready" (there is always a listener), and the first call it answers
+        from sandboxctl.supervise import exec_events, file_escape, mediate  # noqa: F401
+        fdops._libc()
 
     def _cgroup_joined(self) -> None:
-        if self._cgroup_thread is not None:
-            self._cgroup_thread.join()
-            self._cgroup_thread = None
-            sys.setswitchinterval(self._switch_interval)
-        if self._cgroup_error is not None:
-            raise self._cgroup_error
+        if self.cgroup is not None:
+            self.cgroup.moved()
 
     def _register_sources(self, sel: selectors.BaseSelector) -> None:
         """More descriptors for the loop (a session's clients); their events go to _on_source."""
@@ -402,8 +464,9 @@ class Supervisor:
         for fd in fds[len(received):]:
             os.close(fd)
         self.secrets_dir_fd = received.pop("secrets_dir", None)
-        if "proxy" in received:
-            self._start_proxy(received.pop("proxy"))
+        if "proxy" in received:  # served from the first connection on (launch/shim.py made it listen)
+            self._proxy_listener = received.pop("proxy")
+            sel.register(self._proxy_listener, selectors.EVENT_READ, "proxy")
         if "notify" in received:
             self._start_notify(received.pop("notify"), sel)
         if self.setup_error:
@@ -441,7 +504,8 @@ class Supervisor:
                                policy=self.plan.policy, policy_source=self.plan.policy_source,
                                policy_sha256=self.plan.policy_sha256,
                                layers=self.layers, limits=self._limits_for_log(),
-                               confirmed=list(self.plan.confirmations) or None, **self.start_fields())
+                               confirmed=list(self.plan.confirmations) or None,
+                               head_start=True if self.head_started else None, **self.start_fields())
             except LogWriteError:
                 control.sendall(marshal.dumps({"go": False}))
                 raise
@@ -501,6 +565,15 @@ class Supervisor:
         if rule is None:
             return name, errno.EPERM, "seccomp baseline"
         return name, getattr(errno, rule.action.split(":", 1)[1]), rule.why
+
+    def _first_connection(self, sel: selectors.BaseSelector) -> None:
+        """A connection waits on the proxy's port: start the proxy (its import and threads are
+        paid by runs that use the network, and never before the command may start)."""
+        fd, self._proxy_listener = self._proxy_listener, None
+        sel.unregister(fd)
+        self._start_proxy(fd)
+        if self.setup_error:
+            self._kill()  # fail closed: the sandbox would wait on a proxy that cannot serve
 
     def _start_proxy(self, fd: int) -> None:
         """Serve the sandbox's proxy port from here; every connection becomes a `net` event."""

@@ -6,19 +6,20 @@ Everything here happens once per run, before the sandbox exists; the supervisor'
 
 from __future__ import annotations
 
+import _signal  # signal's enum layer costs start-up time; the numbers are the same
 import os
-import signal
-from pathlib import Path
 
 from sandboxctl.errors import SandboxError
 from sandboxctl.launch import landlock_rights
-from sandboxctl.plan.model import Plan
 
-TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
+TERMINAL_SIGNALS = (_signal.SIGINT, _signal.SIGQUIT)
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Any
+
+    from sandboxctl.plan.model import Plan
 
 
 def which(name: str) -> str | None:
@@ -38,19 +39,21 @@ def find_bwrap() -> str:
     return path
 
 
-def empty_file(state: Path) -> str:
+def empty_file(state: str | Path) -> str:
     """An empty read-only file that masks denied files; it lives where no sandbox can reach."""
-    path = state / "empty"
+    import stat
+
+    path = os.path.join(os.fspath(state), "empty")
     try:
-        st = path.lstat()
-        if st.st_size == 0 and st.st_uid == os.getuid() and path.is_file() and not path.is_symlink():
-            return str(path)
-        path.unlink()
+        st = os.lstat(path)
+        if st.st_size == 0 and st.st_uid == os.getuid() and stat.S_ISREG(st.st_mode):
+            return path
+        os.unlink(path)
     except FileNotFoundError:
         pass
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
     os.close(fd)
-    return str(path)
+    return path
 
 
 def memfd(data: bytes, name: str) -> int:
@@ -85,7 +88,7 @@ def spawn(argv: list[str], *, stderr: int, pass_fds: tuple[int, ...], stdin: int
         # Python ignores SIGPIPE and SIGXFSZ for itself; the sandbox gets the defaults back (as
         # Popen's restore_signals does), or `yes | head` and the file-size limit behave oddly
         return os.posix_spawn(argv[0], argv, dict(os.environ), file_actions=actions,
-                              setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
+                              setsigdef=(_signal.SIGPIPE, _signal.SIGXFSZ))
     finally:
         for fd in pass_fds:
             os.set_inheritable(fd, False)
@@ -96,7 +99,7 @@ def shim_config(plan: Plan, caller_dispositions: dict[int, Any]) -> dict[str, An
     return {
         "argv": list(plan.command),
         # the command gets the caller's own SIGINT/SIGQUIT disposition back (ignored stays ignored)
-        "default_signals": [int(s) for s in TERMINAL_SIGNALS if caller_dispositions.get(s) is not signal.SIG_IGN],
+        "default_signals": [int(s) for s in TERMINAL_SIGNALS if caller_dispositions.get(s) is not _signal.SIG_IGN],
         "env": dict(plan.env),
         "landlock": landlock_rights.shim_config(plan.landlock),
         "limits": {

@@ -72,3 +72,56 @@ def test_elf_loaders_are_what_glob_finds() -> None:
 
     expected = tuple(sorted({os.path.realpath(p) for pattern in _LOADER_PATTERNS for p in glob.glob(pattern)}))
     assert _elf_loaders() == expected
+
+
+def test_head_start_cache_is_the_state_dirs(monkeypatch, tmp_path: Path) -> None:
+    from sandboxctl.launch import headstart
+    from sandboxctl.paths import state_dir
+
+    for env in ({"XDG_STATE_HOME": str(tmp_path / "s"), "HOME": str(tmp_path)}, {"HOME": str(tmp_path / "h")}):
+        monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        assert headstart.cache_dir() == str(state_dir() / "cache")
+
+
+def test_head_start_key_holds_what_a_launch_depends_on(monkeypatch, tmp_path: Path) -> None:
+    from sandboxctl.launch import headstart
+
+    base = headstart.key(["-q", "--", "true"])
+    assert headstart.key(["-q", "--", "true"]) == base
+    assert headstart.key(["--", "true"]) != base
+    monkeypatch.setenv("SOME_VARIABLE", "x")
+    assert headstart.key(["-q", "--", "true"]) != base
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SOME_VARIABLE")
+    assert headstart.key(["-q", "--", "true"]) != base
+
+
+def test_head_start_remembers_only_what_it_can_replay(tmp_path: Path, monkeypatch) -> None:
+    from sandboxctl.launch import headstart
+    from sandboxctl.plan.model import SecretPlan
+
+    class FakePlan:
+        backend, secrets, creations, session, confirmations = "bwrap", (), (), None, ()
+        policy_source = "builtin:default"
+
+    plan = FakePlan()
+    assert headstart.eligible(plan, inherited_stdio=True, forwards_signals=True)
+    assert not headstart.eligible(plan, inherited_stdio=False, forwards_signals=True)  # the library's pipes
+    plan.secrets = (SecretPlan("TOKEN", "env:TOKEN", "env", None),)
+    assert not headstart.eligible(plan, inherited_stdio=True, forwards_signals=True)
+    plan.secrets, plan.backend = (), "gvisor"
+    assert not headstart.eligible(plan, inherited_stdio=True, forwards_signals=True)
+    plan.backend, plan.policy_source = "bwrap", "/ws/.sandboxctl.yaml"
+    assert not headstart.eligible(plan, inherited_stdio=True, forwards_signals=True)
+
+
+def test_head_start_matches_only_exactly_what_it_started() -> None:
+    from sandboxctl.launch.headstart import HeadStart
+
+    early = HeadStart(1, None, -1, ["bwrap", "--", "x"], {"env": {"A": "1"}, "n": 1}, "r", 0.0, {}, (3, 4, 5))
+    assert early.matches(["bwrap", "--", "x"], {"env": {"A": "1"}, "n": 1})
+    assert not early.matches(["bwrap", "--", "y"], {"env": {"A": "1"}, "n": 1})
+    assert not early.matches(["bwrap", "--", "x"], {"env": {"A": "2"}, "n": 1})
+    assert not early.matches(["bwrap", "--", "x"], {"env": {"A": "1"}, "n": True})  # types count too
