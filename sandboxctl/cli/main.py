@@ -16,7 +16,18 @@ def build_app():
     import typer
 
     from sandboxctl import __version__
-    from sandboxctl.cli import approve, completion, doctor, exportcmd, logcmd, policycmd, run, selftest, shellinit
+    from sandboxctl.cli import (
+        approve,
+        completion,
+        doctor,
+        exportcmd,
+        logcmd,
+        policycmd,
+        run,
+        selftest,
+        shellinit,
+        workspacecmd,
+    )
 
     app = typer.Typer(
         name="sandboxctl",
@@ -54,6 +65,7 @@ def build_app():
     doctor.register(app)
     approve.register(app)
     selftest.register(app)
+    workspacecmd.register(app)
     completion.register(app)  # after the commands whose -p/--policy it completes
     shellinit.register(app)
     return app

@@ -139,6 +139,7 @@ def execute_run(opts: dict[str, Any], command: list[str]) -> int:
         approve=opts["approve"],
         log_path=absolute(opts["log"]) if opts["log"] else None,
         backend=opts["backend"],
+        workspace_mode="overlay" if opts["overlay"] else None,
     )
     from sandboxctl.plan.build import build_plan
     from sandboxctl.plan.facts import gather
@@ -174,6 +175,8 @@ def execute_run(opts: dict[str, Any], command: list[str]) -> int:
         from sandboxctl.cli import ci
 
         ci.annotate(plan, result)
+    if result.held and not opts["quiet"]:
+        _print_held(result.held)
     if result.timed_out and not opts["quiet"]:
         print(f"sandboxctl: timeout: the run exceeded {units.format_duration(plan.limits.timeout or 0)};"
               " the whole sandbox was killed", file=sys.stderr)
@@ -196,6 +199,25 @@ def _print_denials(denials: list[dict], run_id: str) -> None:
     console(stderr=True).print(table)
 
 
+def _print_held(held: dict) -> None:
+    """An overlay run ends by saying what it holds and how to decide about it."""
+    run = held["run"]
+    if not held.get("sealed"):
+        print(f"sandboxctl: run {run} holds its changes, but could not record them: {held.get('error')}; "
+              f"`sandboxctl changes {run}` records them once there is room", file=sys.stderr)
+        return
+    counts = held.get("counts") or {}
+    if not counts:
+        print(f"sandboxctl: run {run} changed nothing in the workspace", file=sys.stderr)
+        return
+    what = ", ".join(f"{n} {kind}" for kind, n in counts.items())
+    extra = "".join(f"; {held[k]} {label}" for k, label in (("conflicts", "in conflict"),
+                                                           ("protected", "protected")) if held.get(k))
+    print(f"sandboxctl: run {run} holds {held.get('changes')} changes ({what}{extra}); the workspace is untouched. "
+          f"Review: sandboxctl changes {run} -p; then sandboxctl apply {run} or sandboxctl discard {run}",
+          file=sys.stderr)
+
+
 def _write_summary(path: str, plan, result) -> None:
     import json
 
@@ -205,6 +227,8 @@ def _write_summary(path: str, plan, result) -> None:
         "duration_s": round(result.duration_s, 3), "denials": result.denials,
         "error": result.error.message if result.error else None, "log": plan.log_path,
     }
+    if plan.overlay is not None:  # what a later pipeline step may show, apply or discard
+        summary["changes"] = result.held
     Path(path).write_text(json.dumps(summary, indent=2) + "\n")
 
 

@@ -37,6 +37,8 @@ def mount_args(mount: Mount, empty_file: str, secret_fds: dict[str, int] | None 
         return ["--ro-bind", source, target]
     if kind == "rw":
         return ["--bind", source, target]
+    if kind == "overlay":  # mounted over the workspace path in bubblewrap's own mount namespace
+        return ["--bind", target, target]
     if kind == "symlink":
         return ["--symlink", mount.source or "", target]
     if kind == "mask-dir":

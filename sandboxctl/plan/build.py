@@ -17,6 +17,7 @@ from sandboxctl.plan.model import (
     LimitsPlan,
     Mount,
     NetworkPlan,
+    OverlayPlan,
     Plan,
     SeccompPlan,
     SecretPlan,
@@ -48,7 +49,10 @@ CREDENTIAL_LIKE = re.compile(
     re.IGNORECASE,
 )
 
-_STRENGTH = {"ro": 0, "tmpfs": 1, "rw": 2}
+# an overlay workspace wins over any other grant of the same path: writes there are held, never direct
+_STRENGTH = {"ro": 0, "tmpfs": 1, "rw": 2, "overlay": 3}
+WRITABLE = ("rw", "overlay")
+LAYERS_DIR = "workspaces"  # state/workspaces/RUN: an overlay run's layer (workspace/layer.py)
 
 
 def _within(path: str, root: str) -> bool:
@@ -67,7 +71,8 @@ class _Planner:
         self.notes: list[str] = []
         self.warnings: list[str] = []
         self.confirmations: list[str] = []
-        self.workspace = inv.workspace if policy.workspace != "none" else None
+        self.workspace_mode = inv.workspace_mode or policy.workspace
+        self.workspace = inv.workspace if self.workspace_mode != "none" else None
         self.backend = inv.backend or policy.backend
         self.gvisor = self.backend == "gvisor"
 
@@ -83,8 +88,10 @@ class _Planner:
         wanted += [(p, "ro", "filesystem.read", False) for p in fs.read]
         wanted += [(p, "rw", "filesystem.write", False) for p in fs.write]
         wanted += [(p, "tmpfs", "filesystem.tmpfs", False) for p in fs.tmpfs]
-        if self.policy.workspace in ("rw", "ro"):
-            wanted.append((self.inv.workspace, self.policy.workspace, "workspace", False))
+        if self.workspace_mode in ("rw", "ro", "overlay"):
+            reason = "workspace (overlay: writes held until `sandboxctl apply`)" \
+                if self.workspace_mode == "overlay" else "workspace"
+            wanted.append((self.inv.workspace, self.workspace_mode, reason, False))
         wanted += [(p, "ro", "--allow-read", True) for p in self.inv.allow_read]
         wanted += [(p, "rw", "--allow-write", True) for p in self.inv.allow_write]
         denied = self.denied_paths
@@ -147,7 +154,7 @@ class _Planner:
             source = target if kind != "tmpfs" else None
             mounts.append(Mount(kind, target, source, reason))
         # host content shows only through binds; a tmpfs shows nothing of the host
-        visible = {m.target: m.kind for m in mounts if m.kind in ("ro", "rw")}
+        visible = {m.target: m.kind for m in mounts if m.kind in ("ro", *WRITABLE)}
         guards = self.masks(visible) + self.protections(visible)
         mounts += self.pins(guards, visible) + guards
         mounts += self.runtime_mounts(visible)
@@ -156,7 +163,7 @@ class _Planner:
             mounts.append(Mount("tmpfs", SECRETS_DIR, reason="secrets: private, gone with the sandbox"))
             mounts += [Mount("secret-file", f"{SECRETS_DIR}/{s.name}", f"secret:{s.name}",
                              f"secrets.{s.name} (mode 0400)") for s in file_secrets]
-        order = {"proc": 0, "dev": 0, "tmpfs": 1, "ro": 1, "rw": 1, "symlink": 1,
+        order = {"proc": 0, "dev": 0, "tmpfs": 1, "ro": 1, "rw": 1, "overlay": 1, "symlink": 1,
                  "mask-dir": 2, "mask-file": 2, "secret-file": 3}
         return sorted(mounts, key=lambda m: (_depth(m.target), order.get(m.kind, 1)))
 
@@ -182,13 +189,13 @@ class _Planner:
         for path, why in owned.items():
             holder = self.covering(path, visible)
             # a missing dir under a writable grant could be created inside: mask it all the same
-            if holder and (self.facts.kind(path) == "dir" or visible[holder] == "rw"):
+            if holder and (self.facts.kind(path) == "dir" or visible[holder] in WRITABLE):
                 result.append(Mount("mask-dir", path, reason=why))
         return result
 
     def writable_roots(self, visible: dict[str, str]) -> list[str]:
         """Writable directories (a writable *file* grant, like ~/.claude.json, holds no names)."""
-        return [t for t, k in visible.items() if k == "rw" and self.facts.kind(t) == "dir"]
+        return [t for t, k in visible.items() if k in WRITABLE and self.facts.kind(t) == "dir"]
 
     def protections(self, visible: dict[str, str]) -> list[Mount]:
         """Protected paths under a writable grant become read-only binds of themselves."""
@@ -208,16 +215,22 @@ class _Planner:
         candidates += [(p, "sandboxctl's own code and policies") for p in self.facts.protected_code]
         candidates += [(self.expand(f), "the policy in use") for f in self.policy_files()]
         held: list[str] = []
+        held_back: list[str] = []
         explicit = {t for t, (kind, reason) in self.grant_kinds.items()
                     if kind == "rw" and reason in ("filesystem.write", "--allow-write")}
         for path, why in candidates:
             root = self.covering(path, visible)
-            if root is None or visible[root] != "rw" or any(m.target == path for m in result):
+            if root is None or visible[root] not in WRITABLE or any(m.target == path for m in result):
                 continue
             if path in explicit and why.startswith("protected:"):
                 # granting a protected path by name releases it, never silently
                 self.confirmations.append(f"{self.grant_kinds[path][1]} {path} releases a protected path "
                                           "(it could plant something that runs later outside the sandbox)")
+                continue
+            if self.facts.kind(path) == "missing" and visible[root] == "overlay":
+                # nothing is created on the host during an overlay run: what the run makes there
+                # stays in its layer, and `apply` never writes a protected path unless named
+                held_back.append(os.path.relpath(path, root))
                 continue
             if self.facts.kind(path) == "missing":
                 # an absent protected path is held by an empty read-only placeholder for the run,
@@ -231,6 +244,9 @@ class _Planner:
         if held:
             self.notes.append("absent protected paths held by empty placeholders during the run: "
                               + ", ".join(sorted(set(held))))
+        if held_back:
+            self.notes.append("absent protected paths may be created in the overlay, and are never applied "
+                              "unless named with `apply --include-protected`: " + ", ".join(sorted(set(held_back))))
         return result
 
     def pins(self, guards: list[Mount], visible: dict[str, str]) -> list[Mount]:
@@ -242,7 +258,7 @@ class _Planner:
         pinned: dict[str, Mount] = {}
         for guard in guards:
             root = self.covering(guard.target, visible)
-            if root is None or visible[root] != "rw":
+            if root is None or visible[root] not in WRITABLE:
                 continue
             ancestor = os.path.dirname(guard.target)
             placeholder = (guard.source or "").startswith("placeholder:")
@@ -278,7 +294,7 @@ class _Planner:
         exec_anywhere = self.policy.exec_allow is None
         rules: list[LandlockPathRule] = []
         for mount in mounts:
-            if mount.kind in ("ro", "rw", "tmpfs") and not mount.target.startswith((SHIM_DIR, SECRETS_DIR)):
+            if mount.kind in ("ro", *WRITABLE, "tmpfs") and not mount.target.startswith((SHIM_DIR, SECRETS_DIR)):
                 access = ["read"] if mount.kind == "ro" else ["read", "write"]
                 if exec_anywhere:
                     access.append("execute")
@@ -326,6 +342,27 @@ class _Planner:
                                  "running without it (`landlock: best-effort`)")
         return LandlockPlan(required=False, minimum_abi=0, paths=(), restrict_tcp=False,
                             connect_tcp_ports=(), bind_tcp_ports=(), scopes=())
+
+    # ---------------------------------------------------------------- overlay
+    def overlay(self) -> OverlayPlan | None:
+        """Where an overlay run's layer lives: its own directory in the state dir, which every
+        sandbox has masked (so the layer changes only through the overlay)."""
+        if self.workspace_mode != "overlay" or not self.workspace:
+            return None
+        if self.gvisor:
+            raise SandboxError("workspace: overlay is not available under gVisor: gVisor's own overlay (runsc "
+                               "--overlay2) keeps a run's writes in a file store of its own, which `sandboxctl "
+                               "changes` and `apply` cannot read",
+                               "use the bubblewrap backend (--backend bwrap) for overlay workspaces")
+        if self.policy.workspace == "none":
+            self.confirmations.append("--overlay shows the workspace, which the policy keeps out (workspace: none)")
+        state = self.facts.realpath(self.facts.state_dir)
+        if _within(state, self.workspace) or _within(self.workspace, state):
+            raise SandboxError(f"the workspace {self.workspace} and sandboxctl's state dir {state} overlap: an "
+                               "overlay's layer cannot lie inside the directory it covers",
+                               "run from a project directory, or set XDG_STATE_HOME outside the workspace")
+        layer = os.path.join(state, LAYERS_DIR, self.inv.run_id)
+        return OverlayPlan(lower=self.workspace, layer_dir=layer, upper=f"{layer}/upper", work=f"{layer}/work")
 
     # ---------------------------------------------------------------- the rest
     def network_mode(self) -> str:
@@ -441,6 +478,9 @@ class _Planner:
                    *[(self.expand(p), "filesystem.deny") for p in self.policy.filesystem.deny]]
         if self.facts.runtime_dir:
             guarded.append((self.facts.runtime_dir, "sandboxctl's approval sockets"))
+        if self.workspace_mode == "overlay" and self.workspace:
+            # the supervisor opens approved files on the host, beneath the overlay: never there
+            guarded.append((self.workspace, "an overlay workspace: its writes are held in the run's layer"))
         guarded += [(p, "sandboxctl runtime dir: gvisor bundles and file secrets") for p in self.facts.runtime_dirs]
         return tuple(dict.fromkeys(guarded))
 
@@ -491,6 +531,7 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
         # the log's directory is hidden inside the sandbox: it would hide the whole workspace
         raise SandboxError(f"the action log's directory {log_dir} holds the workspace, and is hidden in the sandbox",
                            "put the log in a directory of its own, e.g. --log ~/.local/state/sandboxctl/actions.jsonl")
+    overlay = planner.overlay()
     mounts = planner.build_mounts()
     network = planner.network()
     landlock = planner.landlock(mounts)
@@ -525,4 +566,5 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
         confirmations=tuple(dict.fromkeys(planner.confirmations)),
         never_writable=planner.never_writable(),
         backend=planner.backend,
+        overlay=overlay,
     )

@@ -23,6 +23,7 @@ class Invocation(NamedTuple):
     approve: str | None = None
     log_path: str | None = None
     backend: str | None = None  # --backend: overrides the policy's
+    workspace_mode: str | None = None  # --overlay: overrides the policy's `workspace`
 
 
 class HostFacts(NamedTuple):

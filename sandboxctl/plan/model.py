@@ -14,6 +14,7 @@ class Mount(NamedTuple):
 
     kind: ro | rw | tmpfs | mask-dir (empty read-only tmpfs) | mask-file (empty read-only file)
           | symlink (source is the link text) | proc | dev
+          | overlay (the workspace through the run's overlay: writable, held until `apply`)
     """
 
     kind: str
@@ -108,6 +109,18 @@ class SecretPlan(NamedTuple):
     ttl: float | None
 
 
+class OverlayPlan(NamedTuple):
+    """`workspace: overlay`: the workspace (the lower layer, never written) seen through overlayfs,
+    whose upper layer (every write, deletion and rename of the run) lives in the user's state dir.
+    The supervisor mounts it in a private mount namespace made for bubblewrap (workspace/mount.py),
+    so every bind of a workspace path in the plan shows the overlay."""
+
+    lower: str  # the workspace on the host
+    layer_dir: str  # state/workspaces/RUN: the run's own directory (meta, manifest, backups)
+    upper: str
+    work: str  # overlayfs' scratch dir, on the upper's file system
+
+
 class Plan(NamedTuple):
     run_id: str
     policy: str
@@ -136,6 +149,7 @@ class Plan(NamedTuple):
     # paths no approval may open for writing (sandboxctl's code, policies, state; denied paths)
     never_writable: tuple[tuple[str, str], ...] = ()
     backend: str = "bwrap"  # bwrap | gvisor (launch/oci.py renders the same plan for runsc)
+    overlay: OverlayPlan | None = None  # workspace: overlay
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(self)
@@ -155,7 +169,7 @@ class Plan(NamedTuple):
             if mount.kind != "symlink" and _within(path, mount.target) and (
                     holder is None or len(mount.target) >= len(holder.target)):
                 holder = mount
-        if holder is not None and holder.kind in ("rw", "tmpfs", "dev", "proc"):
+        if holder is not None and holder.kind in ("rw", "overlay", "tmpfs", "dev", "proc"):
             return WriteVerdict(True, f"{holder.reason or holder.kind} ({holder.kind} {holder.target})")
         where = f"{holder.kind} {holder.target}: {holder.reason}" if holder else "not granted"
         rule = f"outside the writable set ({where})"

@@ -37,8 +37,14 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None) -> Ru
     log = ActionLog(plan.log_path, plan.run_id, redact=tuple(values.values()))
     cgroup = None
     placeholders = Placeholders(state, plan.run_id)
+    layer = None
+    supervisor = None
     try:
         placeholders.create(plan)
+        if plan.overlay is not None:  # the run's own layer, before anything can write to it
+            from sandboxctl.workspace import layer as overlay_layer
+
+            layer = overlay_layer.create(plan, state)
         lim = plan.limits
         if "cgroup" in (lim.memory_method, lim.pids_method):
             layout = detect_cgroups()
@@ -63,15 +69,56 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None) -> Ru
                 seccomp.load_or_compile(plan.seccomp, state / "cache")
                 seccomp.load_or_compile_notify(plan.seccomp, state / "cache")
         result = supervisor.launch()
+        held = None
+        if layer is not None:
+            held = _hold(layer, supervisor.ready)
+            layer = None
+            result = result._replace(held=held)
         with contextlib.suppress(LogWriteError):
             if supervisor.ready:
                 log.write("run.end", exit_code=result.exit_code,
                           signal=result.exit_code - 128 if result.exit_code > 128 else None,
                           duration_s=round(result.duration_s, 6), denied=len(result.denials),
-                          timed_out=result.timed_out)
+                          timed_out=result.timed_out, changes=_logged(held))
+                if held and held.get("layer"):
+                    _remember_seq(held["layer"], log.seq)
         return result
     finally:
+        if layer is not None:  # the launch failed: nothing ran, so nothing is held
+            _hold(layer, supervisor is not None and supervisor.ready)
         if cgroup:
             cgroup.remove()
         placeholders.remove()
         log.close()
+
+
+def _hold(layer, started: bool) -> dict | None:
+    """Seal an overlay run's layer once its sandbox is gone: what it holds, for run.end, the
+    summary and the message on stderr (None: nothing ran, the layer is removed)."""
+    from sandboxctl.workspace import seal
+
+    if not started:
+        seal.finish_run(layer, False)
+        return None
+    try:
+        summary, found = seal.seal_at_end(layer)
+    except (OSError, SandboxError) as exc:
+        why = exc.message if isinstance(exc, SandboxError) else (exc.strerror or str(exc))
+        return {"run": layer.run_id, "layer": str(layer.path), "state": "held", "sealed": False, "error": why}
+    return {"run": layer.run_id, "layer": str(layer.path), "state": "held", "sealed": True, **summary,
+            "list": [{"path": c.path, "change": c.change, "conflict": c.conflict, "protected": c.protected}
+                     for c in found]}
+
+
+def _logged(held: dict | None) -> dict | None:
+    if held is None:
+        return None
+    return {k: v for k, v in held.items() if k != "list"}
+
+
+def _remember_seq(layer_dir: str, seq: int) -> None:
+    """apply/discard/undo continue the run's seq in the log: the next one is kept in the layer."""
+    from sandboxctl.workspace.layer import Layer
+
+    with contextlib.suppress(OSError, SandboxError):
+        Layer(Path(layer_dir)).update(log_seq=seq)

@@ -40,6 +40,7 @@ class RunResult(NamedTuple):
     error: SandboxError | None = None
     layers: dict[str, Any] | None = None
     denials: tuple[dict[str, Any], ...] | list[dict[str, Any]] = ()
+    held: dict[str, Any] | None = None  # workspace: overlay — what the run's layer holds (lifecycle)
 
 
 class Supervisor:
@@ -142,8 +143,9 @@ class Supervisor:
             signal.signal(signum, signal.SIG_IGN)
         try:
             try:
-                self.bwrap_pid = spawn.spawn(argv, stderr=err_w,
-                                       pass_fds=(seccomp_fd, shim_end.fileno(), stderr_copy, *secret_fds.values()))
+                self.bwrap_pid = self._spawn(argv, stderr=err_w,
+                                             pass_fds=(seccomp_fd, shim_end.fileno(), stderr_copy,
+                                                       *secret_fds.values()))
             except OSError as exc:
                 raise SandboxError(f"cannot start bubblewrap: {exc.strerror}", "run sandboxctl doctor") from None
             finally:
@@ -173,6 +175,20 @@ class Supervisor:
                 os.close(self.notify_fd)
             os.close(err_r)
         return self._result(returncode, time.monotonic() - started)
+
+    def _spawn(self, argv: list[str], *, stderr: int, pass_fds: tuple[int, ...]) -> int:
+        """bubblewrap, in a mount namespace of its own holding the overlay for workspace: overlay."""
+        overlay = self.plan.overlay
+        if overlay is None:
+            return spawn.spawn(argv, stderr=stderr, pass_fds=pass_fds)
+        from sandboxctl.workspace import mount
+
+        try:
+            return mount.spawn(argv, mount.OverlayLayers(overlay.lower, overlay.upper, overlay.work),
+                               stderr=stderr, pass_fds=pass_fds)
+        except mount.OverlayError as exc:
+            message, hint = mount.remedy(exc.failure, mount.filesystem_type(overlay.upper))
+            raise SandboxError(message, hint) from None
 
     # ------------------------------------------------------------------ loop
     def _loop(self, pid: int, control: socket.socket, err_r: int, started: float) -> int:
@@ -448,6 +464,9 @@ class Supervisor:
                           if self.notify_fd is not None and plan.seccomp.file_events != "none" else None},
             "memory": plan.limits.memory_method,
             "pids": plan.limits.pids_method,
+            **({"workspace": {"mode": "overlay", "layer": plan.overlay.layer_dir,
+                              "mount": "overlayfs (userxattr) in bubblewrap's own mount namespace; "
+                                       "the host's workspace is not written"}} if plan.overlay else {}),
         }
 
     def _limits_for_log(self) -> dict[str, Any]:

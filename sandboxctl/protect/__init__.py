@@ -1,0 +1,1 @@
+"""Protected paths (SPEC principle 3): files that run later outside the sandbox."""
