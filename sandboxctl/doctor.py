@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass, field
 OK, WARN, FAIL = "ok", "warn", "fail"
 PROBE_TIMEOUT_S = 5.0
 
-CHECK_NAMES = ("bubblewrap", "user-namespaces", "landlock", "seccomp", "cgroup", "state-dir", "shim-python", "gvisor")
+CHECK_NAMES = ("bubblewrap", "user-namespaces", "landlock", "seccomp", "cgroup", "state-dir", "shim-python", "gvisor",
+               "overlay")
 
 # Every bubblewrap option that launch/bwrap.py may put on a `default` policy's command line.
 REQUIRED_BWRAP_OPTIONS = (
@@ -670,6 +671,33 @@ def check_gvisor() -> CheckResult:
         return CheckResult("gvisor", WARN, f"{path}: cannot probe gVisor: {exc.message}", exc.hint or "")
 
 
+# ------------------------------------------------------------------ overlay workspaces
+def assess_overlay(why: str | None, fs: str | None, kernel: str) -> CheckResult:
+    """`workspace: overlay` (run --overlay): optional, the default policy does not need it."""
+    where = f"the state dir is on {fs}" if fs else "the state dir's file system is unknown"
+    if why is None:
+        return CheckResult("overlay", OK, f"`workspace: overlay` works here: an overlayfs with its layer in the "
+                           f"state dir mounts and records deletions and replaced directories ({where})")
+    remedy = ("unprivileged overlayfs needs Linux 5.11 or later" if kernel_version(kernel) < (5, 11)
+              else "put the state dir (XDG_STATE_HOME) on a local file system with user extended attributes: "
+                   "ext4, xfs, btrfs, or tmpfs on Linux 6.6+")
+    return CheckResult("overlay", WARN, f"`workspace: overlay` is unavailable: {why} ({where})", remedy)
+
+
+def check_overlay() -> CheckResult:
+    """`workspace: overlay` (run --overlay): optional, the default policy does not need it."""
+    from sandboxctl.errors import SandboxError
+    from sandboxctl.paths import ensure_private_dir, state_dir
+    from sandboxctl.workspace import mount
+
+    try:
+        scratch = ensure_private_dir(state_dir())
+        why, fs = mount.probe(str(scratch))
+    except (OSError, SandboxError) as exc:
+        why, fs = (exc.message if isinstance(exc, SandboxError) else exc.strerror or str(exc)), None
+    return assess_overlay(why, fs, os.uname().release)
+
+
 # ------------------------------------------------------------------ all of it
 def run_checks() -> list[CheckResult]:
     bwrap = check_bwrap()
@@ -684,6 +712,7 @@ def run_checks() -> list[CheckResult]:
         check_state_dir(),
         check_shim_python(),
         check_gvisor(),
+        check_overlay(),
     ]
 
 

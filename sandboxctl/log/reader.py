@@ -291,6 +291,7 @@ class RunSummary:
     timed_out: bool = False
     denied: int = 0
     records: int = 0
+    changes: str | None = None  # workspace: overlay — held | applied | partly applied | discarded | undone
     _counted: int = 0
 
     @property
@@ -309,7 +310,7 @@ class RunSummary:
         return {"run": self.run, "start": self.start, "argv": self.argv, "policy": self.policy,
                 "end": self.end, "exit_code": self.exit_code, "signal": self.signal,
                 "duration_s": self.duration_s, "timed_out": self.timed_out, "denied": self.denied,
-                "records": self.records, "status": self.status}
+                "records": self.records, "status": self.status, "changes": self.changes}
 
 
 def list_runs(records: Iterable[Record]) -> list[RunSummary]:
@@ -328,6 +329,9 @@ def list_runs(records: Iterable[Record]) -> list[RunSummary]:
             argv = data.get("argv")
             summary.argv = [str(a) for a in argv] if isinstance(argv, list) else []
             summary.policy = data.get("policy")
+            layers = data.get("layers")
+            if isinstance(layers, dict) and (layers.get("workspace") or {}).get("mode") == "overlay":
+                summary.changes = "held"
         elif event == "run.end":
             summary.end = data.get("ts")
             summary.exit_code = data.get("exit_code")
@@ -337,6 +341,8 @@ def list_runs(records: Iterable[Record]) -> list[RunSummary]:
             if isinstance(data.get("denied"), int):
                 summary.denied = data["denied"]
                 summary._counted = -1  # the supervisor's own count wins
+        elif event == "workspace" and data.get("action") in ("apply", "discard", "undo"):
+            summary.changes = "discarded" if data["action"] == "discard" else str(data.get("state") or "?")
         elif is_denial(data) and summary._counted >= 0:
             summary._counted += 1
             summary.denied = summary._counted
@@ -667,6 +673,8 @@ def summarize(data: dict[str, Any]) -> str:
         return f"{g('name', '?')} ({g('action')})" if g("action") else str(g("name", "?"))
     if event == "limit":
         return f"{g('kind', '?')} ({g('action')})" if g("action") else str(g("kind", "?"))
+    if event == "workspace":
+        return f"{g('action', '?')} ({g('state') or g('previous') or '?'})"
     if event == "run.end":
         text = f"exit {g('exit_code')} after {format_seconds(g('duration_s'))}"
         if g("signal"):

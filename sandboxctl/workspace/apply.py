@@ -114,7 +114,7 @@ def apply(layer: Layer, paths: list[str] | None = None, *, force: bool = False,
         if todo:
             _Applier(layer).run(todo, outcome)
         unselected = len(review.changes) - len(selected)
-        left = outcome.conflicts or outcome.failed or unselected
+        left = outcome.conflicts or outcome.failed or outcome.protected or unselected
         new_state = "partly applied" if left else "applied"
         if outcome.applied or new_state != state:
             layer.update(state=new_state)

@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -209,11 +210,15 @@ def create(plan, state: Path) -> Layer:
 def remove_tree(path: Path) -> None:
     """rmtree that also clears overlayfs' work dir (it leaves `work/work` with mode 0)."""
     def unlock(function, name, _exc):
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(name), 0o700)
-            os.chmod(name, 0o700)
+        for directory in (os.path.dirname(name), name):  # never chmod through a symlink
+            with contextlib.suppress(OSError):
+                if stat.S_ISDIR(os.lstat(directory).st_mode):
+                    os.chmod(directory, 0o700)
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            function(name)
+            if function in (os.rmdir, os.unlink, os.remove):
+                function(name)
+            elif stat.S_ISDIR(os.lstat(name).st_mode):  # a directory that could not be opened
+                shutil.rmtree(name, onerror=unlock)
 
     if path.is_symlink():
         path.unlink()

@@ -201,3 +201,71 @@ def filesystem_type(path: str) -> str | None:
     except OSError:
         return None
     return kind
+
+
+def probe(scratch: str) -> tuple[str | None, str | None]:
+    """Mount an overlay exactly as a run would, on a scratch tree under `scratch` (on the state
+    dir's file system), and do what a run does in it: write, delete (a whiteout) and replace a
+    directory (opaque). (None, fs type) when the layer then reads as it must; else (why, fs type)."""
+    import shutil
+    import tempfile
+
+    from sandboxctl.workspace import tree
+
+    base = tempfile.mkdtemp(prefix=".overlay-probe-", dir=scratch)
+    fs = filesystem_type(base)
+    try:
+        layers = OverlayLayers(*(os.path.join(base, d) for d in ("lower", "upper", "work")))
+        for path in layers:
+            os.mkdir(path, 0o700)
+        os.mkdir(os.path.join(layers.lower, "dir"))
+        for name in ("gone", "dir/old"):
+            with open(os.path.join(layers.lower, name), "w") as handle:
+                handle.write("lower\n")
+        prepared = _prepare(layers)
+        report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child exits
+            code = 1
+            try:
+                failure = _enter_and_mount(prepared)
+                if failure is not None:
+                    os.write(report_w, f"{failure.step}:{failure.errno}".encode())
+                else:
+                    top = layers.lower
+                    with open(os.path.join(top, "new"), "w") as handle:
+                        handle.write("upper\n")
+                    os.unlink(os.path.join(top, "gone"))
+                    shutil.rmtree(os.path.join(top, "dir"))
+                    os.mkdir(os.path.join(top, "dir"))
+                    code = 0
+            except OSError as exc:
+                os.write(report_w, f"use the overlay:{exc.errno or 0}".encode())
+            finally:
+                os._exit(code)
+        os.close(report_w)
+        report = os.read(report_r, 512).decode(errors="replace")
+        os.close(report_r)
+        os.waitpid(pid, 0)
+        if report:
+            step, _, code = report.rpartition(":")
+            return remedy(MountFailure(step, int(code) if code.isdigit() else errno.EPERM), fs)[0], fs
+        upper = tree.open_root(layers.upper)
+        try:
+            found = {name: tree.layer_node(upper, name) for name in tree.names(upper)}
+        finally:
+            os.close(upper)
+        if (found.get("gone") or tree.Node("?", 0)).kind != "whiteout":
+            return "a deletion left no whiteout in the layer", fs
+        if not (found.get("dir") or tree.Node("?", 0)).opaque:
+            return "a replaced directory was not marked opaque (no user.overlay.opaque xattr)", fs
+        if (found.get("new") or tree.Node("?", 0)).kind != "file":
+            return "a new file did not land in the layer", fs
+        return None, fs
+    finally:
+        from sandboxctl.workspace.layer import remove_tree
+
+        with contextlib.suppress(OSError):
+            from pathlib import Path
+
+            remove_tree(Path(base))

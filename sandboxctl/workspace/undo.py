@@ -54,7 +54,7 @@ class _Check(NamedTuple):
     refused: list[tuple[str, str]]
 
 
-def _check(ws: int, keep: int, ops: list[Op]) -> _Check:
+def _check(ws: int, keep: int, ops: list[Op], tag: str) -> _Check:
     """Which lines to reverse, and which cannot be (the host changed them, or a kept copy is gone)."""
     written = {op.path for op in ops if op.after is not None}
     todo, refused = [], []
@@ -67,7 +67,14 @@ def _check(ws: int, keep: int, ops: list[Op]) -> _Check:
             refused.append((op.path, "its directory is no longer there"))
             continue
         try:
-            if _matches(fd, name, op.after):
+            with contextlib.suppress(OSError):  # what a killed apply staged and never renamed
+                fileops.remove_at(fd, f".sandboxctl-apply-{tag}-{op.index}")
+            if _interrupted(fd, name, op):
+                if _matches(keep, str(op.backup), op.before):
+                    todo.append(op)
+                else:
+                    refused.append((op.path, "what apply kept of it is gone or changed"))
+            elif _matches(fd, name, op.after):
                 why = _foreign(fd, name, op, written)
                 if why is None and op.backup is not None and not _matches(keep, op.backup, op.before):
                     why = "what apply kept of it is gone or changed"
@@ -80,6 +87,14 @@ def _check(ws: int, keep: int, ops: list[Op]) -> _Check:
         finally:
             os.close(fd)
     return _Check(todo, refused)
+
+
+def _interrupted(fd: int, name: str, op: Op) -> bool:
+    """A change of kind (file <-> directory) has an instant with nothing at its path, after the old
+    entry was kept aside: a killed apply leaves it so, and undo puts the kept entry back."""
+    kinds = ((op.before or {}).get("kind"), (op.after or {}).get("kind"))
+    return (op.backup is not None and None not in kinds and "dir" in kinds and kinds[0] != kinds[1]
+            and tree.lstat_at(fd, name) is None)
 
 
 def _foreign(fd: int, name: str, op: Op, written: set[str]) -> str | None:
@@ -106,7 +121,7 @@ def undo(layer: Layer, *, force: bool = False) -> UndoOutcome:
             layer.backup.mkdir(mode=0o700, exist_ok=True)
             keep = tree.open_root(str(layer.backup))
             stack.callback(os.close, keep)
-            check = _check(ws, keep, ops)
+            check = _check(ws, keep, ops, layer.run_id[-6:])
             if check.refused and not force:
                 return UndoOutcome(layer.run_id, [], check.refused, [], state)
             blocked = {path for path, _ in check.refused}
