@@ -95,13 +95,18 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None) -> Ru
 def _hold(layer, started: bool) -> dict | None:
     """Seal an overlay run's layer once its sandbox is gone: what it holds, for run.end, the
     summary and the message on stderr (None: nothing ran, the layer is removed)."""
-    from sandboxctl.workspace import seal
-
     if not started:
-        seal.finish_run(layer, False)
+        from sandboxctl.workspace.layer import remove_tree
+
+        remove_tree(layer.path)
         return None
     try:
-        summary, found = seal.seal_at_end(layer)
+        if layer.seal_if_empty():  # `run --overlay -- true`: nothing to compare, nothing to import
+            summary, found = layer.meta["summary"], []
+        else:
+            from sandboxctl.workspace import seal
+
+            summary, found = seal.seal_at_end(layer)
     except (OSError, SandboxError) as exc:
         why = exc.message if isinstance(exc, SandboxError) else (exc.strerror or str(exc))
         return {"run": layer.run_id, "layer": str(layer.path), "state": "held", "sealed": False, "error": why}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from typing import NamedTuple
 
 from sandboxctl.errors import SandboxError
@@ -134,12 +135,11 @@ class _Applier:
         self.layer = layer
         self.tag = layer.run_id[-6:]
         self.dir_modes: list[tuple[str, str, int]] = []  # new/changed directory modes, set last
-        self.touched: set[str] = set()
 
     def run(self, todo: list[Change], outcome: Outcome) -> None:
         layer = self.layer
         layer.backup.mkdir(mode=0o700, exist_ok=True)
-        first = max((op.index for op in journal.read(layer.journal_path).ops), default=-1) + 1
+        first = journal.read(layer.journal_path).next_index
         with contextlib.ExitStack() as stack:
             self.ws = tree.open_root(layer.workspace)
             stack.callback(os.close, self.ws)
@@ -154,6 +154,8 @@ class _Applier:
                 raise SandboxError(f"cannot write the apply journal of run {layer.run_id}: {exc.strerror}; "
                                    "nothing was applied", "free some space in the state dir") from None
             stack.callback(self.journal.close)
+            self.parents = _Parents(self.ws, self.upper)
+            stack.callback(self.parents.close)
             blocked: dict[str, str] = {}  # a directory that was not applied: what is beneath it fails
             journal_broken: str | None = None
             for index, change in enumerate(todo, start=first):
@@ -184,16 +186,14 @@ class _Applier:
                     outcome.applied.remove(change)
                     outcome.failed.append((change, f"its mode could not be set: {_reason(exc)}"))
             with contextlib.suppress(OSError):
-                self.journal.write({"end": coarse_now_ns(), "dirs": sorted(self.touched)})
+                # a fine clock: every ctime our own writes got is before it (a coarse one may lag)
+                self.journal.write({"end": time.time_ns()})
 
     def one(self, index: int, change: Change) -> None:
         if change.change == "mode-changed":
             self.chmod(index, change)
         else:
             self.replace(index, change)
-        self.touched.add(os.path.dirname(change.path))
-        if change.new is not None and change.new.kind == "dir":
-            self.touched.add(change.path)
 
     def _record(self, entry: dict) -> None:
         try:
@@ -202,23 +202,20 @@ class _Applier:
             raise _JournalError(_reason(exc)) from None
 
     def chmod(self, index: int, change: Change) -> None:
-        fd, name = tree.open_parent(self.ws, change.path)
-        try:
-            if not fileops.same_entry(tree.node_at(fd, name), change.old):
-                raise OSError(116, "changed on the host while applying")  # ESTALE
-            self._record({"op": index, "how": "chmod", "path": change.path, "before": change.old.describe(),
-                          "after": _after(change.new), "backup": None})
-            if change.new.kind == "dir":
-                self.dir_modes.append((change.path, "dir", change.new.mode))
-            else:
-                fileops.set_mode(fd, name, change.new.kind, change.new.mode)
-        finally:
-            os.close(fd)
+        fd, name = self.parents.workspace(change.path)
+        if not fileops.same_entry(tree.node_at(fd, name), change.old):
+            raise OSError(116, "changed on the host while applying")  # ESTALE
+        self._record({"op": index, "how": "chmod", "path": change.path, "before": change.old.describe(),
+                      "after": _after(change.new), "backup": None})
+        if change.new.kind == "dir":
+            self.dir_modes.append((change.path, "dir", change.new.mode))
+        else:
+            fileops.set_mode(fd, name, change.new.kind, change.new.mode)
 
     def replace(self, index: int, change: Change) -> None:
         """Put the run's entry (or nothing, for a deletion) where the host's is (or is not)."""
         old, new = change.old, change.new
-        fd, name = tree.open_parent(self.ws, change.path)
+        fd, name = self.parents.workspace(change.path)
         temp = f".sandboxctl-apply-{self.tag}-{index}"
         staged = False
         try:
@@ -226,11 +223,7 @@ class _Applier:
             if not fileops.same_entry(current, old):
                 raise OSError(116, "changed on the host while applying")  # ESTALE
             if new is not None:
-                upper_fd, upper_name = tree.open_parent(self.upper, change.path)
-                try:
-                    fileops.stage(fd, temp, new, upper_fd, upper_name)
-                finally:
-                    os.close(upper_fd)
+                fileops.stage(fd, temp, new, *self.parents.layer(change.path))
                 staged = True
             before = self._before(fd, name, old)
             self._record({"op": index, "how": "replace", "path": change.path, "before": before,
@@ -247,7 +240,6 @@ class _Applier:
         finally:
             if staged:
                 fileops.discard_staged(fd, temp)
-            os.close(fd)
 
     @staticmethod
     def _before(fd: int, name: str, old) -> dict | None:
@@ -261,6 +253,39 @@ class _Applier:
             with tree.opened_dir(fd, name) as sub:
                 described["tree"], described["entries"] = tree.tree_digest(sub)
         return described
+
+
+class _Parents:
+    """The directory of the change at hand, open in the workspace and in the layer. Changes come
+    sorted, siblings one after another, so each directory is opened once, not once per file (a
+    change to a directory itself always comes before the changes beneath it)."""
+
+    def __init__(self, ws: int, upper: int):
+        self.roots = {"ws": ws, "upper": upper}
+        self.key: str | None = None
+        self.fds: dict[str, int] = {}
+
+    def _get(self, root: str, path: str) -> tuple[int, str]:
+        parent, _, name = path.rpartition("/")
+        if parent != self.key:
+            self.close()
+            self.key = parent
+        if root not in self.fds:
+            fd, name = tree.open_parent(self.roots[root], path)
+            self.fds[root] = fd
+        return self.fds[root], name
+
+    def workspace(self, path: str) -> tuple[int, str]:
+        return self._get("ws", path)
+
+    def layer(self, path: str) -> tuple[int, str]:
+        return self._get("upper", path)
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds = {}
+        self.key = None
 
 
 class _JournalError(Exception):

@@ -51,17 +51,16 @@ class Change(NamedTuple):
 
 
 class Thresholds:
-    """The instant after which a host change is a conflict: the run's start, or — for directories a
-    previous `apply` of this run wrote into — the end of that apply (its own writes are not
-    conflicts)."""
+    """The instant after which a host change is a conflict: the run's start, or — for paths that
+    sandboxctl itself wrote since (an apply or an undo of this run) and their directories — the
+    end of that write: its own writes are not conflicts."""
 
-    def __init__(self, started_ns: int, applied_dirs: dict[str, int] | None = None):
+    def __init__(self, started_ns: int, own_writes: dict[str, int] | None = None):
         self.started_ns = started_ns
-        self.applied_dirs = applied_dirs or {}
+        self.own_writes = own_writes or {}
 
     def changed(self, path: str, node: Node) -> bool:
-        return node.ctime_ns >= self.applied_dirs.get(path, self.started_ns) if node.kind == "dir" \
-            else node.ctime_ns >= self.started_ns
+        return node.ctime_ns >= max(self.started_ns, self.own_writes.get(path, 0))
 
 
 def compare(upper: str, workspace: str, thresholds: Thresholds,

@@ -2,11 +2,14 @@
 
     {"begin": NS}                                    an apply starts
     {"op": N, "path": P, "before": NODE, "after": NODE, "backup": NAME}   one change
-    {"end": NS, "dirs": [D, ...]}                   it ended; the directories it wrote into
+    {"end": NS}                                      that apply ended
+    {"undone": NS}                                   undo put back every change above
 
 NODE is `tree.Node.describe()` (plus "tree"/"entries" for a kept directory), or null: absent.
 A line is written before its change is made, so a killed apply leaves no change unrecorded:
 undo reverses a line whose path holds `after`, skips one whose path still holds `before`.
+The journal also says which paths sandboxctl itself wrote, and when: a conflict is a change by
+someone else, so for those paths (and their directories) only what came after counts.
 """
 
 from __future__ import annotations
@@ -26,38 +29,47 @@ class Op(NamedTuple):
 
 
 class Journal(NamedTuple):
-    ops: list[Op]
-    applied_dirs: dict[str, int]  # directory -> when the apply that wrote into it ended
+    ops: list[Op]  # the changes of the applies since the last undo, in order
+    own_writes: dict[str, int]  # path (or directory) -> when sandboxctl's last write to it ended
+    next_index: int  # backup names are never reused
 
 
 def read(path: Path) -> Journal:
     ops: list[Op] = []
-    dirs: dict[str, int] = {}
+    own: dict[str, int] = {}
+    current: list[Op] = []  # the pass being read
     begun: int | None = None
-    touched: set[str] = set()
+    highest = -1
     try:
         lines = path.read_bytes().splitlines()
     except FileNotFoundError:
-        return Journal([], {})
+        return Journal([], {}, 0)
+
+    def written(these: list[Op], when: int) -> None:
+        for op in these:
+            own[op.path] = own[os.path.dirname(op.path)] = when
+
     for raw in lines:
         try:
             entry = json.loads(raw)
         except ValueError:
             continue  # a line torn by a crash: its change was not made (lines come first)
         if "begin" in entry:
-            begun, touched = int(entry["begin"]), set()
+            begun, current = int(entry["begin"]), []
         elif "op" in entry:
             op = Op(int(entry["op"]), str(entry["path"]), entry.get("before"), entry.get("after"), entry.get("backup"))
             ops.append(op)
-            touched.add(os.path.dirname(op.path))
+            current.append(op)
+            highest = max(highest, op.index)
         elif "end" in entry:
-            for directory in entry.get("dirs", []):
-                dirs[str(directory)] = int(entry["end"])
-            begun = None
-        if begun is not None:  # an apply that never ended: its directories count from its start
-            for directory in touched:
-                dirs[directory] = begun
-    return Journal(ops, dirs)
+            written(current, int(entry["end"]))
+            begun, current = None, []
+        elif "undone" in entry:
+            written(ops, int(entry["undone"]))
+            ops = []
+    if begun is not None:  # an apply that never ended: what it wrote counts from its start
+        written(current, begun)
+    return Journal(ops, own, highest + 1)
 
 
 class Writer:

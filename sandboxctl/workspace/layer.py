@@ -20,7 +20,6 @@ import fcntl
 import json
 import os
 import re
-import shutil
 import stat
 import time
 from collections.abc import Iterator
@@ -123,6 +122,20 @@ class Layer:
         finally:
             os.close(fd)
 
+    def seal_if_empty(self) -> bool:
+        """Seal a layer the run left empty (what seal.seal would record, without reading a tree)."""
+        try:
+            if os.listdir(self.upper):
+                return False
+        except OSError:
+            return False
+        if not remove_empty_work(self.work):
+            remove_tree(self.work)
+        write_json(self.manifest_path, {"version": 1, "entries": {}})
+        self.update(state="held", sealed={"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "late": False},
+                    summary={"counts": {}, "changes": 0, "conflicts": 0, "protected": 0})
+        return True
+
     # ------------------------------------------------------------------ the action log
     def log(self, action: str, **fields: Any) -> None:
         """A `workspace` record of this run in the run's action log: apply, discard and undo are
@@ -201,7 +214,7 @@ def create(plan, state: Path) -> Layer:
                      command=list(plan.command), log=plan.log_path, state="running",
                      supervisor={"pid": os.getpid(), "start": process_start(os.getpid())})
     except OSError as exc:
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path)
         raise SandboxError(f"cannot record the run's overlay layer: {exc.strerror}",
                            "free some space in the state dir") from None
     return layer
@@ -209,6 +222,8 @@ def create(plan, state: Path) -> Layer:
 
 def remove_tree(path: Path) -> None:
     """rmtree that also clears overlayfs' work dir (it leaves `work/work` with mode 0)."""
+    import shutil  # not on the path of a run that wrote nothing: see remove_empty_work
+
     def unlock(function, name, _exc):
         for directory in (os.path.dirname(name), name):  # never chmod through a symlink
             with contextlib.suppress(OSError):
@@ -224,6 +239,17 @@ def remove_tree(path: Path) -> None:
         path.unlink()
     elif path.exists():
         shutil.rmtree(path, onerror=unlock)
+
+
+def remove_empty_work(work: Path) -> bool:
+    """overlayfs leaves work/work (mode 0) behind, empty after a clean unmount: two rmdirs."""
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(work / "work")
+        os.rmdir(work)
+        return True
+    except OSError:
+        return False
 
 
 # ---------------------------------------------------------------------- finding one

@@ -29,7 +29,7 @@ def manifest_entry(node: Node) -> dict[str, Any]:
 
 
 def thresholds(layer: Layer) -> Thresholds:
-    return Thresholds(layer.started_ns, journal.read(layer.journal_path).applied_dirs)
+    return Thresholds(layer.started_ns, journal.read(layer.journal_path).own_writes)
 
 
 def _compare(layer: Layer) -> tuple[list[Change], dict[str, Node]]:
@@ -111,12 +111,6 @@ def check(layer: Layer, seen: dict[str, Node]) -> list[str]:
         elif manifest_entry(seen[path]) != recorded[path]:
             problems.append(f"{path}: changed in the layer")
     return problems
-
-
-def finish_run(layer: Layer, started: bool) -> None:
-    """A launch that failed: nothing ran, nothing is held, the layer goes."""
-    if not started:
-        remove_tree(layer.path)
 
 
 def seal_at_end(layer: Layer) -> tuple[dict[str, Any], list[Change]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from typing import NamedTuple
 
 from sandboxctl.errors import SandboxError
@@ -153,8 +154,11 @@ def undo(layer: Layer, *, force: bool = False) -> UndoOutcome:
                     failed.append((op.path, exc.strerror or str(exc)))
         new_state = "undone" if not failed and not check.refused else "partly applied"
         if new_state == "undone":
-            with contextlib.suppress(OSError):
-                os.replace(layer.journal_path, layer.path / "undone.jsonl")
+            writer = journal.Writer(layer.journal_path)
+            try:
+                writer.write({"undone": time.time_ns()})  # a later apply starts afresh (fine clock: see apply)
+            finally:
+                writer.close()
             remove_tree(layer.backup)
         layer.update(state=new_state)
     layer.log("undo", state=new_state, restored=len(restored), paths=restored[:1000],

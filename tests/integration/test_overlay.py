@@ -276,6 +276,11 @@ print(json.dumps(snapshot(Path(sys.argv[2]))))
 """
 
 
+AGENT_BIG = ("head -c 1500000 /dev/zero > big.txt; echo new > keep.txt; echo n > d/x; echo add > added.txt; "
+             "head -c 300000 /dev/zero > second.bin")
+AGENT_FILLS_LAYER = 'echo new > f.txt; head -c 3000000 /dev/zero > big.bin; echo "write rc=$?"'
+
+
 def test_a_full_disk_while_applying_leaves_every_file_old_or_new(sandbox, tmp_path):
     small = tmp_path / "small"
     small.mkdir()
@@ -283,7 +288,7 @@ def test_a_full_disk_while_applying_leaves_every_file_old_or_new(sandbox, tmp_pa
 mount -t tmpfs -o size=3m none {small}
 mkdir {small}/ws && cd {small}/ws
 printf 'old\\n' > keep.txt; printf 'old\\n' > big.txt; mkdir -p d; printf 'old\\n' > d/x
-$PY -m sandboxctl run -q --overlay -- /bin/sh -c 'head -c 1500000 /dev/zero > big.txt; echo new > keep.txt; echo n > d/x; echo add > added.txt; head -c 300000 /dev/zero > second.bin'
+$PY -m sandboxctl run -q --overlay -- /bin/sh -c '{AGENT_BIG}'
 $PY -c '{JUDGE}' "$ROOT" {small}/ws > {tmp_path}/start.json
 head -c 2300000 /dev/zero > {small}/filler
 set +e
@@ -318,7 +323,7 @@ mount -t tmpfs -o size=1m none {small}
 export XDG_STATE_HOME={small}
 printf 'old\\n' > f.txt
 set +e
-$PY -m sandboxctl run --overlay -- /bin/sh -c 'echo new > f.txt; head -c 3000000 /dev/zero > big.bin; echo "write rc=$?"' > {tmp_path}/run.out 2> {tmp_path}/run.err
+$PY -m sandboxctl run --overlay -- /bin/sh -c '{AGENT_FILLS_LAYER}' > {tmp_path}/run.out 2> {tmp_path}/run.err
 echo "run rc=$?"
 set -e
 cat f.txt; test ! -e big.bin && echo host-untouched

