@@ -233,7 +233,7 @@ def _runs(path: Path, *, run: str | None, denied: bool, since, as_json: bool) ->
     table.add_column("denied", no_wrap=True, justify="right")
     with_changes = any(s.changes for s in runs)
     if with_changes:  # overlay runs: what became of their held changes
-        table.add_column("changes", no_wrap=True)
+        table.add_column("changes", overflow="fold", min_width=8)
     for s in runs:
         exit_text = Text("running/crashed", style="yellow") if not s.finished else Text(
             "timeout" if s.timed_out else str(s.exit_code), style="" if s.exit_code == 0 else "red")
