@@ -15,14 +15,7 @@ from pathlib import Path
 import typer
 
 from sandboxctl.errors import SandboxError
-
-try:
-    from sandboxctl.inert import inert
-except ImportError:  # pragma: no cover - until sandboxctl/inert.py (issue 14) is on this branch
-    from sandboxctl.log.reader import clean
-
-    def inert(value, limit=None):  # type: ignore[no-redef]
-        return clean(value, limit)
+from sandboxctl.inert import inert
 
 WORKSPACE_HELP = "The workspace (default: the current directory)."
 EXIT_HELD_BACK = 1  # something was not applied / put back: listed

@@ -14,7 +14,6 @@ class Mount(NamedTuple):
 
     kind: ro | rw | tmpfs | mask-dir (empty read-only tmpfs) | mask-file (empty read-only file)
           | symlink (source is the link text) | proc | dev
-          | overlay (the workspace through the run's overlay: writable, held until `apply`)
     """
 
     kind: str
@@ -72,6 +71,8 @@ class SeccompPlan(NamedTuple):
     trap_denials: bool = True
     notify_exec: bool = True
     file_events: str = "none"  # none | write (write-intent opens) | all (every open)
+    mediate: bool = False  # trap every file-changing call for the mediator (writable host grants)
+    exec_guard: bool = False  # exec.allow: memory files are made non-executable by the supervisor
 
     def rule_for(self, syscall: str, args: list[int]) -> SeccompRule | None:
         """The trapped rule a notification for this call and these arguments came from."""
@@ -83,6 +84,23 @@ class SeccompPlan(NamedTuple):
     def trapped(self, rule: SeccompRule) -> bool:
         """ENOSYS rules are compatibility fallbacks (clone3 -> clone), not denials worth an event."""
         return self.trap_denials and rule.action.startswith("errno:") and rule.action != "errno:ENOSYS"
+
+
+class ProtectPlan(NamedTuple):
+    """Protected paths (SPEC principle 3), judged by protect.rules.Protection.
+
+    Under the bubblewrap backend (mediated) the roots are read-only to Landlock and the
+    supervisor performs every change beneath them after asking the rules; existing protected
+    entries are also read-only binds, and the end-of-run check compares what `record` held."""
+
+    roots: tuple[str, ...] = ()  # writable host directories (the workspace, write grants, a writable home)
+    guard_roots: tuple[str, ...] = ()  # every granted directory: its protected names are never approvable
+    gitdirs: tuple[str, ...] = ()  # git directories found beneath the roots (nested, submodules, bare, gitdir:)
+    explicit: tuple[tuple[str, str], ...] = ()  # path -> why: hooksPath dirs, includes, symlink targets, protect:
+    masked: tuple[str, ...] = ()  # filesystem.deny paths beneath the roots
+    record: tuple[str, ...] = ()  # existing protected entries the end-of-run check records and compares
+    absent: tuple[str, ...] = ()  # protected names absent at launch: the end-of-run check says if they appeared
+    mediated: bool = False  # Landlock + the supervisor enforce it (bwrap); False: binds + the check only (gvisor)
 
 
 class NetworkPlan(NamedTuple):
@@ -112,8 +130,9 @@ class SecretPlan(NamedTuple):
 class OverlayPlan(NamedTuple):
     """`workspace: overlay`: the workspace (the lower layer, never written) seen through overlayfs,
     whose upper layer (every write, deletion and rename of the run) lives in the user's state dir.
-    The supervisor mounts it in a private mount namespace made for bubblewrap (workspace/mount.py),
-    so every bind of a workspace path in the plan shows the overlay."""
+    The supervisor mounts it over the workspace's own path in a private mount namespace made for
+    bubblewrap (workspace/mount.py), so the plan's `rw` bind of the workspace — and every change
+    the mediator performs in the sandbox's view — lands in the overlay."""
 
     lower: str  # the workspace on the host
     layer_dir: str  # state/workspaces/RUN: the run's own directory (meta, manifest, backups)
@@ -149,7 +168,18 @@ class Plan(NamedTuple):
     # paths no approval may open for writing (sandboxctl's code, policies, state; denied paths)
     never_writable: tuple[tuple[str, str], ...] = ()
     backend: str = "bwrap"  # bwrap | gvisor (launch/oci.py renders the same plan for runsc)
+    protect: ProtectPlan = ProtectPlan()
+    exec_loaders: tuple[str, ...] = ()  # the ELF loaders exec.allow keeps executable (never run as a command)
     overlay: OverlayPlan | None = None  # workspace: overlay
+
+    def protection(self):
+        """The rules for changes beneath the writable roots (the mediator asks them)."""
+        return _protection(self.protect, self.protect.roots)
+
+    def guard(self):
+        """The rules for approvals: protected names under any grant (read-only ones too) are
+        never approvable."""
+        return _protection(self.protect, self.protect.guard_roots or self.protect.roots)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(self)
@@ -169,13 +199,16 @@ class Plan(NamedTuple):
             if mount.kind != "symlink" and _within(path, mount.target) and (
                     holder is None or len(mount.target) >= len(holder.target)):
                 holder = mount
-        if holder is not None and holder.kind in ("rw", "overlay", "tmpfs", "dev", "proc"):
+        if holder is not None and holder.kind in ("rw", "tmpfs", "dev", "proc"):
             return WriteVerdict(True, f"{holder.reason or holder.kind} ({holder.kind} {holder.target})")
         where = f"{holder.kind} {holder.target}: {holder.reason}" if holder else "not granted"
         rule = f"outside the writable set ({where})"
         for guarded, why in self.never_writable:
             if _within(path, guarded) or (set("*?[") & set(guarded) and _matches(path, guarded)):
                 return WriteVerdict(False, f"{rule}; never approvable: {why}")
+        protected = self.guard().reason(path)
+        if protected:
+            return WriteVerdict(False, f"{rule}; never approvable: {protected}")
         source = holder.source if holder is not None else None
         if holder is None or holder.kind != "ro" or not source or not source.startswith("/"):
             return WriteVerdict(False, f"{rule}; not approvable: no host file behind it")
@@ -200,10 +233,28 @@ class WriteVerdict(NamedTuple):
         return f"{self.host_source.rstrip('/')}/{self.relative}" if self.relative else self.host_source
 
 
+_protections: dict[tuple[int, int], tuple[ProtectPlan, Any]] = {}
+
+
+def _protection(protect: ProtectPlan, roots: tuple[str, ...]):
+    """One Protection per plan and root set (built on first use; plans are immutable)."""
+    key = (id(protect), id(roots))
+    known = _protections.get(key)
+    if known and known[0] is protect:
+        return known[1]
+    from sandboxctl.protect.rules import Protection
+
+    value = Protection(roots, protect.gitdirs, dict(protect.explicit), protect.masked)
+    _protections[key] = (protect, value)
+    return value
+
+
 def _matches(path: str, pattern: str) -> bool:
     """A glob deny entry covers what it matches and everything beneath."""
     from fnmatch import fnmatchcase
 
+    if "/**/" in pattern and _matches(path, pattern.replace("/**/", "/", 1)):
+        return True  # DIR/**/NAME: NAME at any depth, DIR/NAME included
     return fnmatchcase(path, pattern) or fnmatchcase(path, pattern.rstrip("/") + "/*")
 
 

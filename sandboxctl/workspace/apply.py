@@ -94,24 +94,31 @@ def apply(layer: Layer, paths: list[str] | None = None, *, force: bool = False,
         included = include_protected or []
         outcome = Outcome(layer.run_id, [], [], [], [], [], state, review.late)
         todo: list[Change] = []
-        held_dirs: list[str] = []  # a new directory held back holds back what goes in it
+        held: dict[str, str] = {}  # a new directory held back -> why what goes in it is held back too
         for change in selected:
-            parent = next((d for d in held_dirs if _under(change.path, d + "/")), None)
-            if parent and not change.protected:
-                change = change._replace(conflict=change.conflict or f"in {parent}/, which is not applied")
-                outcome.conflicts.append(change)
+            parent = next((d for d in held if _under(change.path, d + "/")), None)
+            if parent is not None and held[parent] == "protected":
+                outcome.protected.append(change._replace(
+                    protected=change.protected or f"in {parent}/, which is protected"))
+                continue
+            if parent is not None:
+                outcome.conflicts.append(change._replace(
+                    conflict=change.conflict or f"in {parent}/, which is not applied"))
                 continue
             if change.protected and not any(_under(change.path, p) for p in included):
                 outcome.protected.append(change)
+                why = "protected"
             elif change.conflict and not force:
                 outcome.conflicts.append(change)
+                why = "conflict"
             elif not change.applicable:
                 outcome.skipped.append(change)
+                continue
             else:
                 todo.append(change)
                 continue
             if change.new is not None and change.new.kind == "dir":
-                held_dirs.append(change.path)
+                held[change.path] = why
         if todo:
             _Applier(layer).run(todo, outcome)
         unselected = len(review.changes) - len(selected)

@@ -47,7 +47,7 @@ rm -rf build && echo 'now a file' > build
 rm conf && mkdir conf && echo inner > conf/inner
 echo more >> README
 if echo hook > .git/hooks/pre-commit 2>/dev/null; then echo HOOK-WRITTEN; fi
-mkdir -p .vscode && echo '{"tasks": 1}' > .vscode/tasks.json
+if mkdir -p .vscode 2>/dev/null; then echo VSCODE-MADE; fi
 """
 
 
@@ -85,20 +85,20 @@ def test_overlay_run_apply_and_undo(sandbox):
     git_before = snapshot(ws / ".git")
     result = sandbox.run("--overlay", "--", "/bin/sh", "-c", AGENT + f"python3 -c {shlex.quote(SNAPSHOT)}")
     assert result.returncode == 0, result.stderr
-    assert "HOOK-WRITTEN" not in result.stdout  # git hooks stay read-only inside the overlay too
+    # protected paths are as protected in the overlay as in rw mode: changes there are refused
+    assert "HOOK-WRITTEN" not in result.stdout and "VSCODE-MADE" not in result.stdout
     seen = json.loads(result.stdout.splitlines()[-1])
     assert _host(ws) == start and snapshot(ws / ".git") == git_before  # nothing landed yet
 
     listed = json.loads(_cli(sandbox, "changes", "--json").stdout)
     by_path = {c["path"]: c["change"] for c in listed["changes"]}
     assert by_path == {
-        ".vscode": "added", ".vscode/tasks.json": "added", "README": "modified", "blob.bin": "added",
+        "README": "modified", "blob.bin": "added",
         "build": "type-changed", "conf": "type-changed", "conf/inner": "added", "links": "added",
         "links/out": "added", "links/readme": "added", "new.txt": "added", "notes.md": "added",
         "notes.txt": "deleted", "run.sh": "mode-changed", "src": "deleted", "docs": "deleted",
         "manual": "added", "manual/guide.md": "added", "hardlink.md": "added"}
-    protected = {c["path"] for c in listed["changes"] if c["protected"]}
-    assert protected == {".vscode", ".vscode/tasks.json"}
+    assert not [c for c in listed["changes"] if c["protected"] or c["conflict"]]
 
     patch = _cli(sandbox, "changes", "-p")
     assert "+more" in patch.stdout and "Binary files" not in patch.stdout.split("blob.bin")[0][-200:]
@@ -106,9 +106,7 @@ def test_overlay_run_apply_and_undo(sandbox):
 
     applied = _cli(sandbox, "apply")
     assert applied.returncode == 0, applied.stderr
-    assert "not applied, protected" in applied.stderr and ".vscode/tasks.json" in applied.stderr
-    expected = {k: v for k, v in seen.items() if not k.startswith(".vscode")}
-    assert _host(ws) == expected  # the tree the run saw, protected paths aside
+    assert _host(ws) == seen  # the tree the run saw
     assert os.readlink(ws / "links/out") == "/etc/passwd" and os.access(ws / "run.sh", os.X_OK)
     assert os.stat(ws / "hardlink.md").st_ino != os.stat(ws / "manual/guide.md").st_ino  # copies, not links
 
@@ -117,23 +115,25 @@ def test_overlay_run_apply_and_undo(sandbox):
     assert _host(ws) == start and snapshot(ws / ".git") == git_before
 
     events = [r for r in sandbox.records() if r["event"] == "workspace"]
-    assert [(r["action"], r["state"]) for r in events] == [("apply", "partly applied"), ("undo", "undone")]
+    assert [(r["action"], r["state"]) for r in events] == [("apply", "applied"), ("undo", "undone")]
     runs = json.loads(_cli(sandbox, "log", "runs", "--json").stdout.splitlines()[-1])
     assert runs["changes"] == "undone"
 
 
-def test_protected_file_is_applied_only_when_named(sandbox):
+def test_protected_paths_cannot_be_planted_in_the_overlay_either(sandbox):
+    """The layer never holds a protected path: the supervisor refuses the change in the sandbox's
+    view, as in rw mode (apply's own check of protected paths is a second wall: unit tests)."""
     ws = sandbox.workspace
     write(ws / "src/a.py", "a\n")
-    result = sandbox.run("--overlay", "--", "/bin/sh", "-c", "echo 'export PATH=/evil' > .envrc; echo b > src/b.py")
-    assert result.returncode == 0, result.stderr
-    applied = _cli(sandbox, "apply")
-    assert applied.returncode == 0, applied.stderr
-    assert ".envrc" in applied.stderr and "direnv" in applied.stderr
-    assert (ws / "src/b.py").exists() and not (ws / ".envrc").exists()
-    named = _cli(sandbox, "apply", "--include-protected", ".envrc")
-    assert named.returncode == 0, named.stderr
-    assert (ws / ".envrc").read_text() == "export PATH=/evil\n"
+    subprocess.run(["git", "init", "-q", str(ws)], check=True)
+    result = sandbox.run("--overlay", "--", "/bin/sh", "-c",
+                         "echo 'export PATH=/evil' > .envrc; echo evil > .git/hooks/pre-commit; "
+                         "mv .git .git-moved; echo b > src/b.py; echo done")
+    assert result.stdout.strip() == "done", result.stderr
+    layer = _layers(sandbox)[0]
+    assert sorted(p.name for p in (layer / "upper").iterdir()) == ["src"]
+    listed = json.loads(_cli(sandbox, "changes", "--json").stdout)
+    assert [c["path"] for c in listed["changes"]] == ["src/b.py"]
 
 
 def test_conflicts_are_listed_and_not_applied(sandbox):
@@ -237,7 +237,9 @@ def test_write_approvals_outside_the_workspace_are_unaffected(sandbox, tmp_path)
     assert not (sandbox.workspace / "w").exists()        # the workspace's are held
     assert (sandbox.workspace / ".git/config").read_text() == "[core]\n"
     denied = [r for r in sandbox.records() if r["event"] == "file" and r["decision"] == "deny"]
-    assert any(r["path"].endswith(".git/config") and "never approvable" in r["rule"] for r in denied)
+    # refused as in rw mode, even with --approve allow: protected paths are never approvable
+    assert [r["rule"] for r in denied if r["path"].endswith(".git/config")] == [
+        "protected: .git/config: git config: core.fsmonitor, core.hooksPath, aliases and filters run programs"]
 
 
 def test_names_with_escapes_are_inert_in_changes(sandbox):

@@ -12,9 +12,9 @@ STATE = f"{HOME}/.local/state/sandboxctl"
 
 
 def test_overlay_mounts_the_workspace_as_the_overlay_and_plans_its_layer():
+    """The workspace is bound like rw: in bubblewrap's namespace its path holds the overlay."""
     plan = plan_for(workspace_mode="overlay")
-    assert ("overlay", WS) in mounts(plan)
-    assert ("rw", WS) not in mounts(plan)
+    assert ("rw", WS) in mounts(plan)
     assert plan.overlay.lower == WS
     assert plan.overlay.layer_dir == f"{STATE}/workspaces/r1"
     assert plan.overlay.upper == f"{STATE}/workspaces/r1/upper"
@@ -29,10 +29,14 @@ def test_the_policy_key_does_the_same_as_the_flag(tmp_path):
     assert plan_for().overlay is None
 
 
-def test_overlay_workspace_is_writable_to_landlock_and_the_write_judge():
-    plan = plan_for(workspace_mode="overlay")
+def test_overlay_workspace_is_protected_as_rw_is_the_supervisor_performing_each_change():
+    """The same wall as rw: read-only to Landlock, every change mediated (in the sandbox's own
+    view, so in the overlay)."""
+    plan, rw = plan_for(workspace_mode="overlay"), plan_for()
     rule = next(r for r in plan.landlock.paths if r.path == WS)
-    assert "write" in rule.access
+    assert rule == next(r for r in rw.landlock.paths if r.path == WS)
+    assert plan.protect.roots == rw.protect.roots and WS in plan.protect.roots
+    assert plan.protect.mediated and plan.seccomp.mediate
     assert plan.judge_write(f"{WS}/src/a.py")[0] is True
 
 
@@ -47,18 +51,10 @@ def test_no_approval_may_open_anything_in_an_overlay_workspace_on_the_host():
     assert ("ro", f"{WS}/.git/hooks") in mounts(plan)
 
 
-def test_absent_protected_paths_get_no_placeholder_on_the_host_under_an_overlay():
-    plan = plan_for(workspace_mode="overlay")
-    assert not [m for m in plan.mounts if (m.source or "").startswith("placeholder:")]
-    assert any("never applied unless named" in note for note in plan.notes)
-    rw = plan_for()
-    assert [m for m in rw.mounts if (m.source or "").startswith("placeholder:")]  # rw still holds them
-
-
-def test_overlay_wins_over_a_write_grant_of_the_same_path(tmp_path):
+def test_a_write_grant_of_the_workspace_path_is_the_overlay_too(tmp_path):
     policy = policy_from_text(f"version: 1\nextends: default\nfilesystem:\n  write: ['{WS}']\n", tmp_path)
     plan = plan_for(policy, workspace_mode="overlay")
-    assert [k for k, t in mounts(plan) if t == WS] == ["overlay"]
+    assert [k for k, t in mounts(plan) if t == WS] == ["rw"] and plan.overlay is not None
 
 
 def test_overlay_under_gvisor_is_refused_with_the_reason():

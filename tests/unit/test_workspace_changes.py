@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from sandboxctl.protect.names import protected_reason
 from sandboxctl.workspace import seal, tree
 from tests.unit.workspace_helpers import later, make_layer, opaque, whiteout, write
 
@@ -167,13 +166,3 @@ def test_open_parent_never_follows_a_symlink_and_refuses_dot_dot(tmp_path, ws):
                 tree.open_parent(root, bad)
     finally:
         os.close(root)
-
-
-@pytest.mark.parametrize(("path", "protected"), [
-    (".git", True), ("a/b/.git/hooks/x", True), (".gitmodules", True), ("sub/.envrc", True),
-    (".vscode/settings.json", True), (".claude/settings.json", True), (".mcp.json", True),
-    (".bashrc", True), (".config/fish/config.fish", True), (".sandboxctl.yaml", True),
-    ("src/a.py", False), (".gitignore", False), (".config/other", False), ("git/x", False),
-])
-def test_protected_names(path, protected):
-    assert (protected_reason(path) is not None) == protected
