@@ -16,6 +16,7 @@ import time
 from typing import NamedTuple
 
 from sandboxctl.errors import SandboxError
+from sandboxctl.inert import inert
 from sandboxctl.workspace import fileops, journal, seal, tree
 from sandboxctl.workspace.changes import Change
 from sandboxctl.workspace.layer import Layer, coarse_now_ns
@@ -54,9 +55,9 @@ def select(changes: list[Change], wanted: list[str]) -> list[Change]:
         hits = [c.path for c in changes if _under(c.path, root)]
         if not hits:
             around = [c.path for c in changes if _under(root, c.path)]
-            hint = f"it lies in {around[0]}, which the run {_verb(changes, around[0])}: apply that" if around \
-                else "see `sandboxctl changes`"
-            raise SandboxError(f"the run changed nothing at {root}", hint)
+            hint = f"it lies in {inert(around[0])}, which the run {_verb(changes, around[0])}: apply that" \
+                if around else "see `sandboxctl changes`"
+            raise SandboxError(f"the run changed nothing at {inert(root)}", hint)
         chosen.update(hits)
     by_path = {c.path: c for c in changes}
     for path in list(chosen):
@@ -85,9 +86,9 @@ def apply(layer: Layer, paths: list[str] | None = None, *, force: bool = False,
             raise SandboxError(f"run {layer.run_id} is {state}: nothing to apply",
                                "`sandboxctl undo` puts back an applied run" if state == "applied" else None)
         review = seal.review(layer)  # under the lock: nobody applies or undoes in between
-        if review.tampered:
-            shown = "; ".join(review.tampered[:5]) + (f"; and {len(review.tampered) - 5} more"
-                                                      if len(review.tampered) > 5 else "")
+        if review.tampered:  # the layer's names are the run's: shown inert
+            shown = "; ".join(inert(t) for t in review.tampered[:5]) + (
+                f"; and {len(review.tampered) - 5} more" if len(review.tampered) > 5 else "")
             raise SandboxError(f"run {layer.run_id}: its layer is not what the run left ({shown}); refusing to "
                                "apply it", f"review it with `sandboxctl changes {layer.run_id}`, or discard it")
         selected = select(review.changes, paths or [])

@@ -19,6 +19,9 @@ from typing import NamedTuple
 
 OPAQUE_XATTRS = ("user.overlay.opaque", "trusted.overlay.opaque")
 WHITEOUT_XATTRS = ("user.overlay.whiteout", "trusted.overlay.whiteout")
+# a metacopy file holds metadata only, its bytes stay in the lower layer: overlayfs never makes one
+# with userxattr, so one in a layer was put there by hand, and its content cannot be read from it
+METACOPY_XATTRS = ("user.overlay.metacopy", "trusted.overlay.metacopy")
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 CHUNK = 1 << 20
@@ -27,7 +30,7 @@ CHUNK = 1 << 20
 class Node(NamedTuple):
     """One entry of a tree, as far as the workspace is concerned (owner and times are not)."""
 
-    kind: str  # file | dir | symlink | whiteout | fifo | socket | device
+    kind: str  # file | dir | symlink | whiteout | fifo | socket | device | metacopy (a layer's, see above)
     mode: int  # permission bits, 0o7777
     size: int = 0
     target: str | None = None  # a symlink's text
@@ -38,7 +41,7 @@ class Node(NamedTuple):
 
     @property
     def special(self) -> bool:
-        return self.kind in ("fifo", "socket", "device")
+        return self.kind in ("fifo", "socket", "device", "metacopy")
 
     def describe(self) -> dict:
         """What `changes --json`, the manifest and the apply journal record of a node."""
@@ -166,6 +169,8 @@ def layer_node(dir_fd: int, name: str, *, digest: bool = True) -> Node | None:
         node = node._replace(opaque=value == b"y")
     elif node.kind == "file" and node.size == 0 and _xattr(dir_fd, name, WHITEOUT_XATTRS) is not None:
         node = node._replace(kind="whiteout")
+    elif node.kind == "file" and _xattr(dir_fd, name, METACOPY_XATTRS) is not None:
+        node = node._replace(kind="metacopy")
     if node.kind == "file" and digest:
         node = node._replace(digest=hash_file(dir_fd, name))
     return node

@@ -351,3 +351,25 @@ def test_opaque_directory_replacing_a_tree(tmp_path, ws):
     seal.seal(layer)
     apply(layer)
     assert sorted(os.listdir(ws / "src")) == ["a.py", "new.py"]
+
+
+def test_a_crafted_journal_cannot_lead_undo_out_of_the_workspace(tmp_path, ws):
+    """Every journal path is walked beneath the workspace one name at a time: `..` is refused."""
+    outside = write(tmp_path / "outside.txt", "keep me\n")
+    layer = agent_run(tmp_path, ws)
+    apply(layer)
+    line = {"op": 999, "how": "replace", "path": "../outside.txt", "before": None,
+            "after": {"kind": "file", "mode": 0o644, "size": 8, "sha256": "0" * 64}, "backup": None}
+    with open(layer.journal_path, "a") as journal_file:
+        journal_file.write(json.dumps(line) + "\n")
+    outcome = undo(layer, force=True)
+    assert "../outside.txt" not in outcome.restored and outcome.state == "undone"
+    assert outside.read_text() == "keep me\n"
+
+
+def test_a_tampered_layer_is_named_inert(tmp_path, ws):
+    layer = agent_run(tmp_path, ws)
+    write(layer.upper / "evil\x1b[2Jname", "x")
+    with pytest.raises(SandboxError) as info:
+        apply(layer)
+    assert "\x1b" not in info.value.message and "\\x1b[2Jname" in info.value.message

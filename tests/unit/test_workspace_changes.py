@@ -82,6 +82,17 @@ def test_trusted_markers_of_a_privileged_mount_are_read_too(tmp_path, ws):
     assert {p: c.change for p, c in changes_of(layer).items()} == {"src/a.py": "deleted", "src/pkg": "deleted"}
 
 
+def test_a_metacopy_file_in_a_crafted_layer_is_never_applied(tmp_path, ws):
+    """Its bytes would come from the lower layer: read from the layer it is a hole, so it is listed
+    as what it is and left alone."""
+    layer = make_layer(tmp_path / "state", ws)
+    fake = write(layer.upper / "README", b"")
+    os.truncate(fake, 4096)
+    os.setxattr(fake, "user.overlay.metacopy", b"")
+    found = changes_of(layer)
+    assert found["README"].new.kind == "metacopy" and not found["README"].applicable
+
+
 def test_a_path_the_host_changed_after_the_run_started_is_a_conflict(tmp_path, ws):
     layer = make_layer(tmp_path / "state", ws)
     write(layer.upper / "README", "the run's\n")
