@@ -177,6 +177,8 @@ class _Planner:
             mounts.append(Mount("tmpfs", SECRETS_DIR, reason="secrets: private, gone with the sandbox"))
             mounts += [Mount("secret-file", f"{SECRETS_DIR}/{s.name}", f"secret:{s.name}",
                              f"secrets.{s.name} (mode 0400)") for s in file_secrets]
+        if self.protect.mediated:
+            self.protect = _anchor(self.protect, mounts)
         order = {"proc": 0, "dev": 0, "tmpfs": 1, "ro": 1, "rw": 1, "symlink": 1,
                  "mask-dir": 2, "mask-file": 2, "secret-file": 3}
         return sorted(mounts, key=lambda m: (_depth(m.target), order.get(m.kind, 1)))
@@ -230,8 +232,10 @@ class _Planner:
             return self.gvisor_landlock()
         exec_anywhere = self.policy.exec_allow is None
         rules: list[LandlockPathRule] = []
-        # writable host directories are read-only to the kernel: the supervisor performs each change
-        mediated = set(self.protect.roots) if self.protect.mediated else set()
+        # writable host directories are read-only to the kernel: the supervisor performs each change;
+        # so are the writable mounts above them (a Landlock right covers everything beneath its
+        # directory, across mount points: a writable /tmp would make a workspace under it writable)
+        mediated = set(self.protect.roots) | set(self.protect.ephemeral) if self.protect.mediated else set()
         for mount in mounts:
             if mount.kind in ("ro", "rw", "tmpfs") and not mount.target.startswith((SHIM_DIR, SECRETS_DIR)):
                 access = ["read"] if mount.kind == "ro" or mount.target in mediated else ["read", "write"]
@@ -452,8 +456,45 @@ class _Planner:
                            notify_exec=self.policy.log.exec_events, file_events=trapped_opens, mediate=mediate,
                            exec_guard=self.policy.exec_allow is not None)
 
+    def noexec_mounts(self, mounts: list[Mount]) -> tuple[str, ...]:
+        """Under exec.allow, every writable mount (and /dev) that holds no allowed path becomes
+        noexec: Landlock checks execve only, while a noexec mount also refuses mmap(PROT_EXEC),
+        so LD_PRELOAD, dlopen and the ELF loader cannot run what the command wrote."""
+        if self.policy.exec_allow is None or self.gvisor:
+            return ()
+        allowed = [self.expand(p) for p in self.policy.exec_allow]
+        targets = [m.target for m in mounts if m.kind in ("tmpfs", "rw", "dev")]
+
+        def deepest(path: str) -> str | None:
+            holders = [t for t in targets if _within(path, t)]
+            return max(holders, key=len) if holders else None
+
+        keep = {deepest(path) for path in allowed}
+        return tuple(t for t in targets if t not in keep)
+
     def cwd(self) -> str:
         return self.inv.workspace if self.workspace else self.facts.home
+
+
+def _anchor(protect, mounts: list[Mount]):
+    """The writable mounts above a writable root (a sandbox tmpfs HOME or /tmp holding the
+    workspace) join the mediated set, and every directory a mount hangs from becomes an anchor
+    the sandbox may not move or remove (the plan's paths must stay true for the whole run)."""
+    roots = set(protect.roots)
+    ephemeral = sorted({m.target for m in mounts if m.kind in ("tmpfs", "rw") and m.target not in roots
+                        and any(_within(r, m.target) for r in roots)})
+    zones = roots | set(ephemeral)
+    anchors: set[str] = set()
+    for mount in mounts:
+        if mount.kind in ("proc", "dev"):
+            continue
+        parent = os.path.dirname(mount.target)
+        while parent not in ("/", "") and any(_within(parent, z) for z in zones):
+            anchors.add(parent)
+            parent = os.path.dirname(parent)
+        if any(_within(mount.target, z) and mount.target != z for z in zones):
+            anchors.add(mount.target)
+    return protect._replace(ephemeral=tuple(ephemeral), anchors=tuple(sorted(anchors)))
 
 
 GVISOR_WARNING = ("gvisor backend: Landlock is not applied (gVisor does not implement it; the file-system grants "
@@ -512,4 +553,5 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
         overlay=overlay,
         protect=planner.protect,
         exec_loaders=tuple(facts.elf_loaders) if policy.exec_allow is not None else (),
+        noexec_mounts=planner.noexec_mounts(mounts),
     )

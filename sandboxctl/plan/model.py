@@ -76,8 +76,8 @@ class SeccompPlan(NamedTuple):
 
     def rule_for(self, syscall: str, args: list[int]) -> SeccompRule | None:
         """The trapped rule a notification for this call and these arguments came from."""
-        for rule in self.rules:
-            if rule.syscall == syscall and self.trapped(rule) and all(c.matches(args) for c in rule.conditions):
+        for rule in _trapped_by_name(self).get(syscall, ()):
+            if all(c.matches(args) for c in rule.conditions):
                 return rule
         return None
 
@@ -101,6 +101,9 @@ class ProtectPlan(NamedTuple):
     record: tuple[str, ...] = ()  # existing protected entries the end-of-run check records and compares
     absent: tuple[str, ...] = ()  # protected names absent at launch: the end-of-run check says if they appeared
     mediated: bool = False  # Landlock + the supervisor enforce it (bwrap); False: binds + the check only (gvisor)
+    repositories: tuple[str, ...] = ()  # `.git` entries and bare repositories found at launch
+    ephemeral: tuple[str, ...] = ()  # writable sandbox mounts above a root (tmpfs HOME, /tmp): mediated too
+    anchors: tuple[str, ...] = ()  # directories mounts hang from, in mediated areas: never moved or removed
 
 
 class NetworkPlan(NamedTuple):
@@ -170,6 +173,7 @@ class Plan(NamedTuple):
     backend: str = "bwrap"  # bwrap | gvisor (launch/oci.py renders the same plan for runsc)
     protect: ProtectPlan = ProtectPlan()
     exec_loaders: tuple[str, ...] = ()  # the ELF loaders exec.allow keeps executable (never run as a command)
+    noexec_mounts: tuple[str, ...] = ()  # exec.allow: writable mounts remounted noexec before the command runs
     overlay: OverlayPlan | None = None  # workspace: overlay
 
     def protection(self):
@@ -233,6 +237,22 @@ class WriteVerdict(NamedTuple):
         return f"{self.host_source.rstrip('/')}/{self.relative}" if self.relative else self.host_source
 
 
+_by_name: dict[int, tuple[SeccompPlan, dict[str, list[SeccompRule]]]] = {}
+
+
+def _trapped_by_name(plan: SeccompPlan) -> dict[str, list[SeccompRule]]:
+    """The trapped rules by syscall, built once per plan (asked on every notification)."""
+    known = _by_name.get(id(plan))
+    if known and known[0] is plan:
+        return known[1]
+    table: dict[str, list[SeccompRule]] = {}
+    for rule in plan.rules:
+        if plan.trapped(rule):
+            table.setdefault(rule.syscall, []).append(rule)
+    _by_name[id(plan)] = (plan, table)
+    return table
+
+
 _protections: dict[tuple[int, int], tuple[ProtectPlan, Any]] = {}
 
 
@@ -244,7 +264,7 @@ def _protection(protect: ProtectPlan, roots: tuple[str, ...]):
         return known[1]
     from sandboxctl.protect.rules import Protection
 
-    value = Protection(roots, protect.gitdirs, dict(protect.explicit), protect.masked)
+    value = Protection(roots, protect.gitdirs, dict(protect.explicit), protect.masked, protect.anchors)
     _protections[key] = (protect, value)
     return value
 

@@ -18,7 +18,7 @@ from sandboxctl.launch import seccomp
 from sandboxctl.log.writer import ActionLog, LogWriteError
 from sandboxctl.paths import ensure_private_dir
 from sandboxctl.plan.model import Plan
-from sandboxctl.protect.snapshot import Change, Snapshot, recover
+from sandboxctl.protect.snapshot import Change, Snapshot, new_repositories, recover
 from sandboxctl.supervise import secrets as secret_store
 from sandboxctl.supervise.cgroups import RunCgroup
 from sandboxctl.supervise.cgroups import detect as detect_cgroups
@@ -77,6 +77,9 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None) -> Ru
                 seccomp.load_or_compile_notify(plan.seccomp, state / "cache")
         result = supervisor.launch()
         changes += snapshot.check()  # every sandboxed process is gone: nothing can race this
+        if plan.protect.roots and not plan.protect.mediated:  # gVisor: nothing refused a new repository
+            changes += new_repositories(plan.protect.roots, plan.protect.repositories, plan.workspace, state,
+                                        plan.run_id)
         held = None
         if layer is not None:
             held = _hold(layer, supervisor.ready)

@@ -31,6 +31,7 @@ _NOTIF = struct.Struct("<QIIiIQ6Q")  # id, pid, flags, data.nr, data.arch, data.
 _RESP = struct.Struct("<QqiI")  # id, val, error, flags
 MAX_ARGS = 256
 MAX_STRING = 4096
+PATH_MAX = 4096  # bytes, with the terminating NUL
 
 
 class Notification:
@@ -102,6 +103,24 @@ class ProcessMemory:
             data += chunk
         return data[:MAX_STRING].decode(errors="replace") + "…"
 
+    def path(self, address: int) -> str:
+        """A path argument exactly as the kernel will take it: at most PATH_MAX bytes with the NUL
+        (longer: ENAMETOOLONG, as the kernel says), bytes that are not UTF-8 kept as they are
+        (surrogateescape: os functions give the same bytes back, and two names never merge)."""
+        if not address:
+            raise OSError(errno.EFAULT, "a NULL path")
+        data = b""
+        while len(data) < PATH_MAX:
+            page_left = 4096 - (address + len(data)) % 4096
+            chunk = os.pread(self.fd, min(page_left, PATH_MAX - len(data)), address + len(data))
+            if not chunk:
+                raise OSError(errno.EFAULT, "the path runs into unreadable memory")
+            end = chunk.find(b"\0")
+            if end >= 0:
+                return os.fsdecode(data + chunk[:end])
+            data += chunk
+        raise OSError(errno.ENAMETOOLONG, "path longer than PATH_MAX")
+
     def word(self, address: int) -> int:
         """One 64-bit value; a short read (the caller is exiting, or lied) is an OSError."""
         data = os.pread(self.fd, 8, address)
@@ -166,6 +185,10 @@ class Dispatcher:
 
     def _answer(self, notification: Notification) -> bool:
         name = self.names.get(notification.nr)
+        if name == "umask" and self.mediator is not None:  # only to keep the mediator's umask cache true
+            self.mediator.forget(notification.pid)
+            respond(self.fd, notification.id, allow=True)
+            return True
         if name in MEDIATED and self.mediator is not None and not self.is_denial(notification):
             self.mediator.handle(notification, name)
             return True
@@ -179,6 +202,8 @@ class Dispatcher:
             self.log("syscall", pid=notification.pid, name=syscall, decision="deny", rule=rule,
                      errno=errno.errorcode.get(error, str(error)))
             return True
+        if self.mediator is not None:
+            self.mediator.forget(notification.pid)
         path, argv = self._exec_details(notification, name)
         if self.exec_guard is not None and self.exec_guard.runs_the_loader(notification.pid, path):
             self.exec_guard.refuse_loader(notification, path)
@@ -232,7 +257,7 @@ class Dispatcher:
         except OSError:
             return "?", []
         try:
-            path = memory.string(notification.args[path_arg])
+            path = memory.path(notification.args[path_arg]) if notification.args[path_arg] else ""
             argv = memory.string_array(notification.args[argv_arg])
         except OSError:
             path, argv = "?", []

@@ -274,6 +274,17 @@ class Supervisor:
             return
         for fd in received.values():
             os.close(fd)
+        if "ready" in message and self.plan.noexec_mounts:
+            from sandboxctl.supervise.noexec import remount_noexec
+
+            try:  # before the command runs: bubblewrap has built the tree, the shim waits for "go"
+                remount_noexec(self._init_pid() or 0, self.plan.noexec_mounts)
+            except OSError as exc:
+                self.setup_error = SandboxError(
+                    f"exec.allow: cannot make the writable mounts noexec ({exc.strerror or exc})",
+                    "run `sandboxctl doctor`; without it an allowed program could map a written file as code")
+                control.sendall(marshal.dumps({"go": False}))
+                return
         if "ready" in message:
             self.layers = self._layers(message["ready"]["landlock"])
             degraded = self.layers["landlock"].get("degraded")
@@ -485,6 +496,10 @@ class Supervisor:
                           "file_writes": "approved opens are made by the supervisor (seccomp ADDFD)"
                           if self.notify_fd is not None and plan.seccomp.file_events != "none" else None},
             "protect": self._protect_layer(landlock),
+            "exec_allow": {"landlock_execute": bool(landlock.get("enforced")),
+                           "noexec_mounts": list(plan.noexec_mounts),
+                           "memory_files": "made non-executable by the supervisor (MFD_NOEXEC_SEAL)",
+                           "elf_loader": "refused as a command"} if plan.exec_loaders else None,
             "memory": plan.limits.memory_method,
             "pids": plan.limits.pids_method,
             **({"workspace": {"mode": "overlay", "layer": plan.overlay.layer_dir,
