@@ -10,6 +10,7 @@ import re
 from sandboxctl import paths, units
 from sandboxctl.errors import SandboxError
 from sandboxctl.plan import syscalls
+from sandboxctl.plan.create import creations_for, overlay_kind
 from sandboxctl.plan.inputs import HostFacts, Invocation
 from sandboxctl.plan.model import (
     LandlockPathRule,
@@ -84,6 +85,7 @@ class _Planner:
         wanted += [(p, "rw", "--allow-write", True) for p in self.inv.allow_write]
         denied = self.denied_paths
         result: dict[str, tuple[str, str]] = {}
+        absent: list[str] = []  # writable grants that do not exist: all named in one error
         for raw, kind, reason, from_cli in wanted:
             target = self.expand(raw)
             under_deny = [d for d in denied if _within(target, d)]
@@ -97,9 +99,9 @@ class _Planner:
             present = self.facts.kind(target)
             if present == "missing" and kind in ("ro", "rw"):
                 if kind == "rw":
-                    raise SandboxError(f"{reason}: {target} does not exist",
-                                       "create it first, or list it under filesystem.tmpfs")
-                self.notes.append(f"{reason} {target}: absent on this host, skipped")
+                    absent.append(f"{reason} {target}")
+                else:
+                    self.notes.append(f"{reason} {target}: absent on this host, skipped")
                 continue
             if target == "/" and kind != "ro":
                 raise SandboxError("refusing to make / writable inside the sandbox",
@@ -107,6 +109,11 @@ class _Planner:
             old = result.get(target)
             if old is None or _STRENGTH[kind] >= _STRENGTH[old[0]]:
                 result[target] = (kind, reason)
+        if absent:
+            raise SandboxError(("these writable grants do not exist: " if len(absent) > 1 else "")
+                               + "; ".join(absent) + (" does not exist" if len(absent) == 1 else ""),
+                               "create them first, list them under filesystem.tmpfs, or under filesystem.create "
+                               "for sandboxctl to make them before the run")
         return result
 
     @functools.cached_property
@@ -448,9 +455,10 @@ class _Planner:
                                file_events="none")
         trapped_opens = self.policy.log.file_events
         mediate = self.protect.mediated
-        if trapped_opens == "none" and (self.approval_mode() != "deny" or mediate):
+        if trapped_opens == "none" and (self.approval_mode() != "deny" or mediate or self.policy.log.exec_events):
             # a write outside the writable set must reach the approval broker; one beneath a
-            # writable host grant must reach the supervisor, which alone may perform it
+            # writable host grant must reach the supervisor, which alone may perform it; and exec
+            # records rely on write opens of /proc/PID/mem being refused (supervise/exec_events.py)
             trapped_opens = "write"
         return SeccompPlan("allow", "kill_process", tuple(rules), trap_denials=True,
                            notify_exec=self.policy.log.exec_events, file_events=trapped_opens, mediate=mediate,
@@ -505,6 +513,9 @@ GVISOR_WARNING = ("gvisor backend: Landlock is not applied (gVisor does not impl
 def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan:
     if not invocation.command:
         raise SandboxError("no command given", "usage: sandboxctl run [OPTIONS] -- COMMAND [ARG...]")
+    creations = creations_for(policy, invocation, facts)
+    if creations:  # plan the mounts for the host as it will be once they are made
+        facts = facts._replace(kind=overlay_kind(facts.kind, creations))
     planner = _Planner(policy, invocation, facts)
     if planner.backend not in ("bwrap", "gvisor"):
         raise SandboxError(f"unknown backend {planner.backend!r}", "use bwrap or gvisor")
@@ -543,6 +554,7 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
         approval_via=policy.approval.via,
         approval_timeout=policy.approval.timeout,
         log_path=planner.log_path(),
+        log_forward=tuple(dict.fromkeys(policy.log.forward)),
         file_events="none" if planner.gvisor else policy.log.file_events,
         shim_python=facts.shim_python,
         warnings=tuple(planner.warnings),
@@ -550,8 +562,11 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
         confirmations=tuple(dict.fromkeys(planner.confirmations)),
         never_writable=planner.never_writable(),
         backend=planner.backend,
+        creations=creations,
+        fail_on_denial=invocation.fail_on_denial or policy.ci.fail_on_denial,
         overlay=overlay,
         protect=planner.protect,
         exec_loaders=tuple(facts.elf_loaders) if policy.exec_allow is not None else (),
         noexec_mounts=planner.noexec_mounts(mounts),
     )
+

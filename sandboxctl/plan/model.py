@@ -143,6 +143,16 @@ class OverlayPlan(NamedTuple):
     work: str  # overlayfs' scratch dir, on the upper's file system
 
 
+class Creation(NamedTuple):
+    """An absent writable grant (or a parent of one) the supervisor makes before the launch."""
+
+    path: str
+    kind: str  # dir | file
+    mode: int | None  # None: as mkdir(0777)/open(0666) make it under the caller's umask
+    content: str = ""  # a new file's content
+    reason: str = ""  # filesystem.create, or "parent of …"
+
+
 class Plan(NamedTuple):
     run_id: str
     policy: str
@@ -171,6 +181,9 @@ class Plan(NamedTuple):
     # paths no approval may open for writing (sandboxctl's code, policies, state; denied paths)
     never_writable: tuple[tuple[str, str], ...] = ()
     backend: str = "bwrap"  # bwrap | gvisor (launch/oci.py renders the same plan for runsc)
+    log_forward: tuple[str, ...] = ()  # copies of every record: syslog targets (log/forward.py)
+    creations: tuple[Creation, ...] = ()  # made on the host before the launch (filesystem.create)
+    fail_on_denial: bool = False  # ci.fail_on_denial: a successful command with denials exits 123
     protect: ProtectPlan = ProtectPlan()
     exec_loaders: tuple[str, ...] = ()  # the ELF loaders exec.allow keeps executable (never run as a command)
     noexec_mounts: tuple[str, ...] = ()  # exec.allow: writable mounts remounted noexec before the command runs

@@ -156,10 +156,7 @@ class Mediator:
         try:
             call = self._read(notification, name)
         except OSError as exc:
-            if exc.errno in (errno.ENAMETOOLONG, errno.EFAULT):  # what the kernel itself would answer
-                respond(self.listener, notification.id, error=exc.errno)
-                return
-            self._refuse(notification, name, "?", "sandboxctl could not read the call's arguments", errno.EPERM)
+            self._unreadable(notification, name, exc)
             return
         if call is None:
             respond(self.listener, notification.id, allow=True)
@@ -328,6 +325,22 @@ class Mediator:
         return None
 
     # ------------------------------------------------------------------ outcomes
+    def _unreadable(self, n: Notification, name: str, exc: OSError) -> None:
+        """The call's arguments could not be read: a bad pointer gets what the kernel would say;
+        anything else (the supervisor short of descriptors) is refused and counted as a denial of
+        the call, never logged with a guessed path."""
+        from sandboxctl.supervise.notify import still_valid
+
+        if exc.errno in (errno.ENOENT, errno.ESRCH) or not still_valid(self.listener, n.id):
+            return  # the caller is gone
+        if exc.errno in (errno.EFAULT, errno.EIO, errno.ENAMETOOLONG):  # what the kernel itself would answer
+            respond(self.listener, n.id, error=errno.ENAMETOOLONG if exc.errno == errno.ENAMETOOLONG else errno.EFAULT)
+            return
+        respond(self.listener, n.id, error=errno.EPERM)
+        rule = f"sandboxctl could not read the call's arguments ({errno.errorcode.get(exc.errno or 0, exc)})"
+        self.denied.append({"kind": "syscall", "target": name, "rule": rule})
+        self.log("syscall", pid=n.pid, name=name, decision="deny", rule=rule, errno="EPERM")
+
     def _refuse(self, n: Notification, op: str, path: str, why: str, error: int = errno.EACCES) -> None:
         respond(self.listener, n.id, error=error)
         self.denied.append({"kind": "file", "target": f"{op} {path}", "rule": why})

@@ -25,7 +25,7 @@ from sandboxctl.launch import bwrap, seccomp
 from sandboxctl.log.writer import ActionLog, LogWriteError
 from sandboxctl.plan.build import PROXY_PORT
 from sandboxctl.plan.model import Plan
-from sandboxctl.supervise import notify, processes, spawn
+from sandboxctl.supervise import fd_budget, notify, processes, spawn
 from sandboxctl.supervise import secrets as secret_store
 from sandboxctl.supervise.cgroups import RunCgroup
 
@@ -41,6 +41,8 @@ class RunResult(NamedTuple):
     layers: dict[str, Any] | None = None
     denials: tuple[dict[str, Any], ...] | list[dict[str, Any]] = ()
     protected: tuple[dict[str, Any], ...] = ()  # protect.snapshot.Change records: put back at the end
+    tampered: tuple[dict[str, Any], ...] | list[dict[str, Any]] = ()  # exec records contradicted by what ran
+    command_exit_code: int | None = None  # set when exit_code is not the command's own (the denial gate: 123)
     held: dict[str, Any] | None = None  # workspace: overlay — what the run's layer holds (lifecycle)
 
 
@@ -57,6 +59,7 @@ class Supervisor:
         self.log_failed = False
         self.setup_error: SandboxError | None = None
         self.denials: list[dict[str, Any]] = []
+        self.tampered: list[dict[str, Any]] = []  # exec records contradicted by what ran
         self.expiries: list[tuple[float, str]] = []
         self.cgroup = cgroup
         self.bwrap_pid: int | None = None
@@ -73,6 +76,7 @@ class Supervisor:
         self.kill_at: float | None = None
         self.timed_out = False
         self.broker = None
+        self.nofile = fd_budget.raise_nofile()  # before anything is opened: see fd_budget
         self.mediator = None
         self.protected_inodes: dict[tuple[int, int], str] = {}  # from the launch record (lifecycle)
 
@@ -88,7 +92,8 @@ class Supervisor:
             plan.approval_mode, plan.approval_timeout, self._write_log, run_id=plan.run_id,
             scope=Scope(plan.policy, plan.policy_sha256, plan.workspace or ""), store=GrantStore(self.state),
             describe={"run": plan.run_id, "policy": plan.policy, "command": list(plan.command),
-                      "workspace": plan.workspace, "supervisor_pid": os.getpid()})
+                      "workspace": plan.workspace, "supervisor_pid": os.getpid()},
+            scrub=self.log.scrubber.text if getattr(self.log, "scrubber", None) is not None else None)
         if plan.approval_mode != "ask":
             return
         if plan.approval_via == "socket":
@@ -301,7 +306,8 @@ class Supervisor:
                     return
             try:
                 self.log.write("run.start", argv=self.argv_for_log, workspace=self.plan.workspace,
-                               policy=self.plan.policy, policy_sha256=self.plan.policy_sha256,
+                               policy=self.plan.policy, policy_source=self.plan.policy_source,
+                               policy_sha256=self.plan.policy_sha256,
                                layers=self.layers, limits=self._limits_for_log(),
                                confirmed=list(self.plan.confirmations) or None)
             except LogWriteError:
@@ -329,7 +335,9 @@ class Supervisor:
         self.dispatcher = notify.Dispatcher(fd, self.syscall_names, self._which_rule, verdicts,
                                             self._write_log, self.denials,
                                             escalate=FileEscapes(fd, self.broker, self._write_log, self.denials),
-                                            log_allowed=log_allowed, is_denial=self._is_denial)
+                                            log_allowed=log_allowed, is_denial=self._is_denial,
+                                            tasks=self._sandbox_processes, tampered=self.tampered,
+                                            memory_writes_trapped=plan.seccomp.file_events != "none")
         self.mediator = Mediator(fd, plan, plan.protection(), self._write_log, self.denials,
                                  outside=self.dispatcher.outside, protected_inodes=self.protected_inodes,
                                  log_allowed=log_allowed)
@@ -343,6 +351,15 @@ class Supervisor:
     def _is_denial(self, notification: notify.Notification) -> bool:
         name = self.syscall_names.get(notification.nr, "")
         return self.plan.seccomp.rule_for(name, notification.args) is not None
+
+    def _sandbox_processes(self) -> list[int]:
+        """Host pids of every process in the sandbox (for exec records: who could share memory):
+        the run's cgroup lists them in one read; without one, the process tree is walked."""
+        if self.cgroup is not None and self.cgroup.dirs and self.ready:
+            with contextlib.suppress(OSError):
+                return self.cgroup.processes()
+        init = self._init_pid()
+        return processes.descendants(init) if init else []
 
     def _which_rule(self, notification: notify.Notification) -> tuple[str, int, str]:
         """The baseline rule that trapped this call, and the errno it prescribes."""
@@ -360,15 +377,18 @@ class Supervisor:
         listener = socket.socket(fileno=fd)
         listener.setblocking(True)
         self.proxy = ProxyServer(listener, NetPolicy(net.allow, net.deny, net.allow_private),
-                                 log=lambda record: self._on_net(record), ask=self._ask_network)
+                                 log=lambda record: self._on_net(record), ask=self._ask_network,
+                                 max_connections=fd_budget.connection_cap(self.nofile))
         self.proxy.start()
         if not self.proxy.serving:
             self.setup_error = SandboxError("the network proxy could not start", "run sandboxctl doctor")
 
     def _on_net(self, record: dict[str, Any]) -> None:
         if record.get("decision") == "deny":
-            target = f"{record['host']}:{record.get('port')}" if record.get("host") else "unparsable request"
-            self.denials.append({"kind": "net", "target": target, "rule": record.get("rule")})
+            target = f"{record['host']}:{record.get('port')}" if record.get("host") else (
+                "any destination" if "count" in record else "unparsable request")
+            self.denials.append({"kind": "net", "target": target, "rule": record.get("rule"),
+                                 "count": int(record.get("count", 1))})
         self._write_log("net", **record)
 
     def _write_log(self, event: str, **fields: Any) -> None:
@@ -545,14 +565,16 @@ class Supervisor:
                                  "run `sandboxctl doctor` to see what this machine lacks")
             code = EXIT_SANDBOX_FAILED
         elif self.exec_error:
+            from sandboxctl.plan.locate import hint_for_exec_error
+
             code = int(self.exec_error.get("code", 126))
-            error = SandboxError(self.exec_error["exec_error"],
-                                 "check the command name and the policy's exec.allow", code)
+            hint = hint_for_exec_error(self.plan, code, self.plan.command[0], os.environ.get("PATH", ""))
+            error = SandboxError(self.exec_error["exec_error"], hint, code)
         if self.log_failed:
             error = SandboxError("the action log could not be written; the sandbox was stopped",
                                  "free some space or pass --log PATH")
             code = EXIT_SANDBOX_FAILED
-        return RunResult(code, duration, self.timed_out, error, self.layers, self.denials)
+        return RunResult(code, duration, self.timed_out, error, self.layers, self.denials, tampered=self.tampered)
 
 
 def _terminal_delivered() -> bool:

@@ -159,11 +159,11 @@ class Layer:
 
 
 def _next_seq(log_path: str, run_id: str) -> int:
-    from sandboxctl.log import reader
+    from sandboxctl.log.files import iter_records
 
     last = -1
     with contextlib.suppress(OSError):
-        for record in reader.iter_records(log_path, run=run_id):
+        for record in iter_records(log_path, run=run_id):
             if record.run == run_id and isinstance(record.data.get("seq"), int):
                 last = max(last, record.data["seq"])
     return last + 1
