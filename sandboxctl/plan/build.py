@@ -26,6 +26,7 @@ from sandboxctl.plan.model import (
 from sandboxctl.policy.model import Policy
 
 SHIM_DIR = "/run/sandboxctl"
+SESSION_SERVER = f"{SHIM_DIR}/session_server.py"  # a session's in-sandbox server (launch/session_server.py)
 GVISOR_INIT = f"{SHIM_DIR}/init.py"  # the gvisor backend's in-sandbox launcher
 SECRETS_DIR = "/run/secrets"
 PROXY_PORT = 3128
@@ -228,6 +229,10 @@ class _Planner:
                 Mount("ro", f"{SHIM_DIR}/shim.py", self.facts.shim_file, "sandboxctl's launcher (applies Landlock)"),
                 Mount("ro", f"{SHIM_DIR}/lib/landlockpy", self.facts.landlock_lib, "the launcher's Landlock library"),
             ]
+            if self.inv.session:
+                mounts.append(Mount("ro", SESSION_SERVER,
+                                    os.path.join(os.path.dirname(self.facts.shim_file), "session_server.py"),
+                                    "the session's server: starts each command inside the sandbox"))
         prefix = self.facts.shim_python_prefix
         if not self.covering(self.facts.shim_python, visible):
             mounts.append(Mount("ro", prefix, prefix, "the launcher's Python interpreter"))
@@ -511,7 +516,7 @@ GVISOR_WARNING = ("gvisor backend: Landlock is not applied (gVisor does not impl
 
 
 def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan:
-    if not invocation.command:
+    if not invocation.command and not invocation.session:
         raise SandboxError("no command given", "usage: sandboxctl run [OPTIONS] -- COMMAND [ARG...]")
     creations = creations_for(policy, invocation, facts)
     if creations:  # plan the mounts for the host as it will be once they are made
@@ -519,6 +524,9 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
     planner = _Planner(policy, invocation, facts)
     if planner.backend not in ("bwrap", "gvisor"):
         raise SandboxError(f"unknown backend {planner.backend!r}", "use bwrap or gvisor")
+    if invocation.session and planner.gvisor:
+        raise SandboxError("sessions need the bubblewrap backend: nothing can be handed out of gVisor to start "
+                           "commands in a running sandbox", "use --backend bwrap for the session")
     if planner.workspace == "/":
         raise SandboxError("refusing to use / as the workspace", "run from a project directory or pass -w DIR")
     log_dir = os.path.dirname(planner.log_path())
@@ -568,5 +576,6 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
         protect=planner.protect,
         exec_loaders=tuple(facts.elf_loaders) if policy.exec_allow is not None else (),
         noexec_mounts=planner.noexec_mounts(mounts),
+        session=invocation.session,
     )
 

@@ -187,6 +187,7 @@ class Plan(NamedTuple):
     protect: ProtectPlan = ProtectPlan()
     exec_loaders: tuple[str, ...] = ()  # the ELF loaders exec.allow keeps executable (never run as a command)
     noexec_mounts: tuple[str, ...] = ()  # exec.allow: writable mounts remounted noexec before the command runs
+    session: str | None = None  # a session (supervise/session.py): commands come later, one by one
     overlay: OverlayPlan | None = None  # workspace: overlay
 
     def protection(self):

@@ -31,11 +31,14 @@ from sandboxctl.supervise.runner import RunResult, Supervisor
 FORWARD_FLUSH_S = 2.0
 
 
-def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, notice=None) -> RunResult:
+def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, supervisor_class=None,
+            started=None, **supervisor_options) -> RunResult:
     """Everything that must hold before the command may start, then the run itself.
 
-    status(message) gives a context manager around slow set-up steps (a status line on a TTY);
-    notice(message) is told of side effects on the host (the paths filesystem.create made)."""
+    status(message) gives a context manager around slow set-up steps (a status line on a TTY).
+    supervisor_options go to the Supervisor (io, forward_signals, approver, notice: the library's; notice
+    is also told of side effects on the host: the paths filesystem.create made);
+    started(supervisor) is called once it exists (the library keeps it, to cancel the run)."""
     status = status or (lambda message: contextlib.nullcontext())
     ensure_private_dir(state)
     values = {}
@@ -58,10 +61,11 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, notic
     try:
         if plan.creations:
             made = make_all(plan.creations, plan.home, log.write)
+            notice = supervisor_options.get("notice")
             if made and notice:
                 from sandboxctl.inert import inert
 
-                notice("made before the run (filesystem.create): " + ", ".join(
+                notice("sandboxctl: made before the run (filesystem.create): " + ", ".join(
                     f"{inert(c.path)} ({c.kind}{' ' + format(c.mode, '04o') if c.mode is not None else ''})"
                     for c in made))
         if plan.protect.record or plan.protect.absent:
@@ -83,15 +87,18 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, notic
             except OSError as exc:
                 raise SandboxError(f"cannot create the run's cgroup for its limits: {exc.strerror}",
                                    "run sandboxctl doctor") from None
-        supervisor_class = Supervisor
-        if plan.backend == "gvisor":  # the same plan under runsc (supervise/gvisor.py)
-            from sandboxctl.supervise.gvisor import GvisorSupervisor
+        if supervisor_class is None:
+            supervisor_class = Supervisor
+            if plan.backend == "gvisor":  # the same plan under runsc (supervise/gvisor.py)
+                from sandboxctl.supervise.gvisor import GvisorSupervisor
 
-            supervisor_class = GvisorSupervisor
-        supervisor = supervisor_class(plan, state, log, argv_for_log, cgroup, values)
+                supervisor_class = GvisorSupervisor
+        supervisor = supervisor_class(plan, state, log, argv_for_log, cgroup, values, **supervisor_options)
         if forwarder is not None:  # an unreachable collector is a record of the local log, once per outage
             forwarder.on_state = lambda **fields: supervisor._write_log("log.forward", **fields)
         supervisor.protected_inodes = snapshot.inodes()
+        if started is not None:
+            started(supervisor)
         if not seccomp.is_cached(plan.seccomp, state / "cache"):
             with status("building the seccomp filters (first run with this policy)…"):
                 seccomp.load_or_compile(plan.seccomp, state / "cache")
@@ -118,7 +125,8 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, notic
                           signal=result.exit_code - 128 if result.exit_code > 128 else None,
                           duration_s=round(result.duration_s, 6), denied=denial_total(result.denials),
                           timed_out=result.timed_out, protect_changes=len(changes) or None, head=log.head,
-                          changes=_logged(held), **({"failed_on_denial": True} if gated else {}))
+                          changes=_logged(held), **({"failed_on_denial": True} if gated else {}),
+                          **supervisor.end_fields())
                 if held and held.get("layer"):
                     _remember_seq(held["layer"], log.seq)
         result = result._replace(protected=tuple(c._asdict() for c in changes))
@@ -132,6 +140,8 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, notic
     finally:
         if layer is not None:  # the launch failed: nothing ran, so nothing is held
             _hold(layer, supervisor is not None and supervisor.ready)
+        if supervisor is not None:
+            supervisor.release()
         if result is None:  # launch failed or was interrupted: still compare (nothing ran, or it is gone)
             with contextlib.suppress(Exception):
                 _log_changes(log, snapshot.check() if snapshot.entries else [])

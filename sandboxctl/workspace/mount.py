@@ -101,16 +101,17 @@ def _enter_and_mount(prepared: _Prepared) -> MountFailure | None:
     return None
 
 
-def spawn(argv: list[str], layers: OverlayLayers, *, stderr: int, pass_fds: tuple[int, ...]) -> int:
+def spawn(argv: list[str], layers: OverlayLayers, *, stderr: int, pass_fds: tuple[int, ...], stdin: int = 0,
+          stdout: int = 1) -> int:
     """Start bubblewrap (argv) with the overlay mounted in its mount namespace; its pid.
 
-    Descriptors as spawn.spawn: stdin, stdout, `stderr` as 2, and pass_fds; the rest closed.
-    A failure before exec raises OverlayError naming the step (the child reports it on a pipe)."""
+    Descriptors as spawn.spawn: `stdin`, `stdout` and `stderr` as 0, 1, 2, and pass_fds; the rest
+    closed. A failure before exec raises OverlayError naming the step (the child reports it on a pipe)."""
     keep = {0, 1, 2, *pass_fds}
     inherited = []
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
-        if fd not in keep and fd != stderr:
+        if fd not in keep and fd not in (stderr, stdin, stdout):
             with contextlib.suppress(OSError):
                 if os.get_inheritable(fd):
                     inherited.append(fd)
@@ -122,7 +123,7 @@ def spawn(argv: list[str], layers: OverlayLayers, *, stderr: int, pass_fds: tupl
     try:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child execs or exits
-            _child(prepared, argv, env, stderr, inherited, report_w)
+            _child(prepared, argv, env, (stdin, stdout, stderr), inherited, report_w)
     finally:
         for fd in pass_fds:
             os.set_inheritable(fd, False)
@@ -140,12 +141,14 @@ def spawn(argv: list[str], layers: OverlayLayers, *, stderr: int, pass_fds: tupl
     return pid
 
 
-def _child(prepared: _Prepared, argv: list[str], env: dict[str, str], stderr: int, inherited: list[int],
-           report: int) -> None:  # pragma: no cover - runs between fork and exec
+def _child(prepared: _Prepared, argv: list[str], env: dict[str, str], stdio: tuple[int, int, int],
+           inherited: list[int], report: int) -> None:  # pragma: no cover - runs between fork and exec
     try:
         failure = _enter_and_mount(prepared)
         if failure is None:
-            os.dup2(stderr, 2)
+            for target, fd in enumerate(stdio):
+                if fd != target:
+                    os.dup2(fd, target)
             for fd in inherited:
                 with contextlib.suppress(OSError):
                     os.close(fd)
