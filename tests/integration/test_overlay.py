@@ -362,3 +362,21 @@ ls {base}/merged/sandboxctl/workspaces | wc -l
     assert "overlayfs refused the run's layer" in result.stderr and "XDG_STATE_HOME" in result.stderr
     assert result.stdout.split()[-1] == "0"  # the failed run's layer is gone
     assert not canary.exists()
+
+
+def test_the_library_holds_an_overlay_run_too(sandbox, monkeypatch):
+    """Sandbox(overlay=True) is `run --overlay`: the same plan, the same layer."""
+    from sandboxctl import Sandbox
+    from sandboxctl.paths import state_dir
+    from sandboxctl.workspace.apply import apply
+    from sandboxctl.workspace.layer import find
+
+    for name, value in sandbox.env().items():
+        monkeypatch.setenv(name, value)
+    write(sandbox.workspace / "a.txt", "a\n")
+    result = Sandbox("default", sandbox.workspace, overlay=True).run(["/bin/sh", "-c", "echo b > a.txt; echo c > c"])
+    assert result.exit_code == 0, result.stderr
+    assert (sandbox.workspace / "a.txt").read_text() == "a\n" and not (sandbox.workspace / "c").exists()
+    layer = find(state_dir(), result.run_id, None)
+    assert [c.path for c in apply(layer).applied] == ["a.txt", "c"]
+    assert (sandbox.workspace / "a.txt").read_text() == "b\n"
