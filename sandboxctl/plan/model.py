@@ -130,6 +130,19 @@ class SecretPlan(NamedTuple):
     ttl: float | None
 
 
+class OverlayPlan(NamedTuple):
+    """`workspace: overlay`: the workspace (the lower layer, never written) seen through overlayfs,
+    whose upper layer (every write, deletion and rename of the run) lives in the user's state dir.
+    The supervisor mounts it over the workspace's own path in a private mount namespace made for
+    bubblewrap (workspace/mount.py), so the plan's `rw` bind of the workspace — and every change
+    the mediator performs in the sandbox's view — lands in the overlay."""
+
+    lower: str  # the workspace on the host
+    layer_dir: str  # state/workspaces/RUN: the run's own directory (meta, manifest, backups)
+    upper: str
+    work: str  # overlayfs' scratch dir, on the upper's file system
+
+
 class Creation(NamedTuple):
     """An absent writable grant (or a parent of one) the supervisor makes before the launch."""
 
@@ -175,6 +188,7 @@ class Plan(NamedTuple):
     exec_loaders: tuple[str, ...] = ()  # the ELF loaders exec.allow keeps executable (never run as a command)
     noexec_mounts: tuple[str, ...] = ()  # exec.allow: writable mounts remounted noexec before the command runs
     session: str | None = None  # a session (supervise/session.py): commands come later, one by one
+    overlay: OverlayPlan | None = None  # workspace: overlay
 
     def protection(self):
         """The rules for changes beneath the writable roots (the mediator asks them)."""

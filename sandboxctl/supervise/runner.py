@@ -44,6 +44,7 @@ class RunResult(NamedTuple):
     protected: tuple[dict[str, Any], ...] = ()  # protect.snapshot.Change records: put back at the end
     tampered: tuple[dict[str, Any], ...] | list[dict[str, Any]] = ()  # exec records contradicted by what ran
     command_exit_code: int | None = None  # set when exit_code is not the command's own (the denial gate: 123)
+    held: dict[str, Any] | None = None  # workspace: overlay — what the run's layer holds (lifecycle)
 
 
 class Supervisor:
@@ -174,8 +175,9 @@ class Supervisor:
                 signal.signal(signum, signal.SIG_IGN)
         try:
             try:
-                self.bwrap_pid = spawn.spawn(argv, stderr=err_w, stdin=stdin, stdout=stdout,
-                                       pass_fds=(seccomp_fd, shim_end.fileno(), stderr_copy, *secret_fds.values()))
+                self.bwrap_pid = self._spawn(argv, stderr=err_w, stdin=stdin, stdout=stdout,
+                                             pass_fds=(seccomp_fd, shim_end.fileno(), stderr_copy,
+                                                       *secret_fds.values()))
             except OSError as exc:
                 raise SandboxError(f"cannot start bubblewrap: {exc.strerror}", "run sandboxctl doctor") from None
             finally:
@@ -224,6 +226,20 @@ class Supervisor:
             os.close(err_r)
             self.io.close()
         return self._result(returncode, time.monotonic() - started)
+
+    def _spawn(self, argv: list[str], *, stderr: int, stdin: int, stdout: int, pass_fds: tuple[int, ...]) -> int:
+        """bubblewrap, in a mount namespace of its own holding the overlay for workspace: overlay."""
+        overlay = self.plan.overlay
+        if overlay is None:
+            return spawn.spawn(argv, stderr=stderr, stdin=stdin, stdout=stdout, pass_fds=pass_fds)
+        from sandboxctl.workspace import mount
+
+        try:
+            return mount.spawn(argv, mount.OverlayLayers(overlay.lower, overlay.upper, overlay.work),
+                               stderr=stderr, stdin=stdin, stdout=stdout, pass_fds=pass_fds)
+        except mount.OverlayError as exc:
+            message, hint = mount.remedy(exc.failure, mount.filesystem_type(overlay.upper))
+            raise SandboxError(message, hint) from None
 
     def _await_namespace_end(self, limit: float = 5.0) -> None:
         """After a kill, bubblewrap is reaped at once, but the kernel empties the PID namespace as
@@ -615,6 +631,9 @@ class Supervisor:
                            "elf_loader": "refused as a command"} if plan.exec_loaders else None,
             "memory": plan.limits.memory_method,
             "pids": plan.limits.pids_method,
+            **({"workspace": {"mode": "overlay", "layer": plan.overlay.layer_dir,
+                              "mount": "overlayfs (userxattr) in bubblewrap's own mount namespace; "
+                                       "the host's workspace is not written"}} if plan.overlay else {}),
         }
 
     def _protect_layer(self, landlock: dict[str, Any]) -> dict[str, Any] | None:
