@@ -7,6 +7,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -177,6 +178,39 @@ def test_the_loader_refusal_holds(sandbox, how):
     policy = sandbox.write_policy("exec.yaml", EXEC_POLICY)
     sandbox.run("--", "python3", "probe.py", "./bin", str(ran), how, policy=str(policy), timeout=120)
     assert not ran.exists()
+
+
+# ------------------------------------------------------------------ a writable HOME
+HOME_RW = "version: 1\nextends: default\nfilesystem:\n  write: ['~']\n"
+USER_SITE = f".local/lib/python{sys.version_info[0]}.{sys.version_info[1]}/site-packages"
+HOME_PLANTS = {  # (what /etc/skel must say, the attack, the host's command) from Debian's own skeleton
+    "bash_aliases": (".bash_aliases", "echo 'touch {canary}' > ~/.bash_aliases", ["bash", "-i", "-c", "true"]),
+    "local_bin": ("local/bin", "mkdir -p ~/.local/bin && printf '#!/bin/sh\\ntouch {canary}\\n' > ~/.local/bin/ls && "
+                  "chmod +x ~/.local/bin/ls", ["bash", "-l", "-c", "ls"]),
+    "python_pth": ("", f"mkdir -p ~/{USER_SITE} && echo 'import os; os.close(os.open(\"{{canary}}\", os.O_CREAT))' "
+                   f"> ~/{USER_SITE}/x.pth", ["python3", "-c", "pass"]),
+}
+
+
+@pytest.mark.parametrize("plant", sorted(HOME_PLANTS))
+def test_a_writable_home_cannot_plant_what_the_hosts_shell_or_python_runs(sandbox, canary, plant):
+    """The protected names cover .bashrc and .profile but not what they source or put first in
+    PATH (~/.bash_aliases, ~/.local/bin), nor Python's user site-packages (.pth files run at
+    every start), systemd user units, XDG autostart, ~/.claude.json's MCP servers, …"""
+    needs, attack, host_command = HOME_PLANTS[plant]
+    skeleton = ""
+    for name in (".bashrc", ".profile"):
+        if Path("/etc/skel", name).exists():
+            shutil.copy(Path("/etc/skel", name), sandbox.home / name)
+            skeleton += (sandbox.home / name).read_text(errors="replace")
+    if needs not in skeleton:
+        pytest.skip(f"this system's /etc/skel never mentions {needs}")
+    policy = sandbox.write_policy("home-rw.yaml", HOME_RW)
+    result = sandbox.run("--", "/bin/sh", "-c", attack.format(canary=canary) + "; echo end", policy=str(policy))
+    assert "end" in result.stdout, result.stderr
+    subprocess.run(host_command, env={"HOME": str(sandbox.home), "PATH": "/usr/bin:/bin", "TERM": "dumb"},
+                   cwd=sandbox.home, capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert not canary.exists()
 
 
 # ------------------------------------------------------------------ the mediator itself
