@@ -255,3 +255,16 @@ def test_the_supervisor_acts_on_the_callers_exact_bytes(sandbox):
     assert result.stdout.split() == ["ENAMETOOLONG"], result.stderr
     assert sorted(os.listdir(os.fsencode(sandbox.workspace))) == [b"a" * 200, b"dir\xe9", b"e\xfe"]
     assert [files for _, _, files in os.walk(sandbox.workspace / ("a" * 200)) if files] == []
+
+
+def test_a_flood_of_refused_calls_does_not_grow_the_log_and_memory_without_bound(sandbox):
+    """Each refused call is one JSON record (~360 bytes) and one dict kept in the supervisor:
+    a loop refusing ~4000 calls a second grows the user's log by ~1.5 MB/s (5 GB an hour) and
+    the supervisor's memory with it. Identical denials should be counted, not each kept."""
+    repo(sandbox.workspace, sandbox.home)
+    flood = "import os\nfor _ in range(20000):\n    try: os.open('.git/config', os.O_WRONLY)\n    except OSError: pass"
+    sandbox.py(flood, timeout=120)
+    records = sandbox.records()
+    assert next(r for r in records if r["event"] == "run.end")["denied"] == 20000  # still counted...
+    assert sum(r["event"] == "file" for r in records) < 1000  # ...not each one written
+    assert sandbox.log_path.stat().st_size < 1 << 20
