@@ -213,6 +213,28 @@ def test_a_writable_home_cannot_plant_what_the_hosts_shell_or_python_runs(sandbo
     assert not canary.exists()
 
 
+# ------------------------------------------------------------------ a protected name two levels down
+def test_the_end_of_run_check_never_follows_a_symlinked_parent(sandbox, canary):
+    """.config/git is protected, its parent .config is not: the sandbox moves .config away and
+    puts a symlink to the user's real ~/.config in its place. The end-of-run check then compares
+    and "restores" the workspace's recorded .config/git through that symlink: the repository's
+    own .config/git/config lands in the user's ~/.config/git/config, read by every git command."""
+    ws = repo(sandbox.workspace, sandbox.home)
+    (ws / ".config" / "git").mkdir(parents=True)  # shipped by the repository, inert in a workspace
+    (ws / ".config" / "git" / "config").write_text(hostile_config(canary))
+    mine = sandbox.home / ".config" / "git" / "config"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("[user]\n\tname = me\n")
+    (sandbox.home / ".config" / "nvim").mkdir()
+    (sandbox.home / ".config" / "nvim" / "init.lua").write_text("-- mine\n")
+    result = sandbox.sh('mv .config moved && ln -s "$HOME/.config" .config && echo end')
+    assert "end" in result.stdout, result.stderr
+    assert mine.read_text() == "[user]\n\tname = me\n"
+    assert (sandbox.home / ".config" / "nvim" / "init.lua").read_text() == "-- mine\n"  # not "removed"
+    git(sandbox.home, "status", home=sandbox.home, check=False)
+    assert not canary.exists()
+
+
 # ------------------------------------------------------------------ the mediator itself
 def test_a_fifo_with_no_reader_does_not_stall_the_supervisor(sandbox):
     """The supervisor opens a FIFO for writing itself and blocks until a reader comes: every other
