@@ -235,6 +235,29 @@ def test_the_end_of_run_check_never_follows_a_symlinked_parent(sandbox, canary):
     assert not canary.exists()
 
 
+def test_a_directory_moved_into_place_cannot_plant_a_protected_sub_name(sandbox, canary):
+    """rename checks the destination's own name, not what the moved directory holds: stage/git/
+    moved to ~/.config plants ~/.config/git/config (under a writable HOME), live for the host's
+    git while the run goes on; an empty .git/objects/info replaced the same way plants alternates."""
+    ws = repo(sandbox.workspace, sandbox.home)
+    policy = sandbox.write_policy("home-rw.yaml", HOME_RW)
+    attack = (f"mkdir -p ~/stage/git && printf '%s' '{hostile_config(canary)}' > ~/stage/git/config && "
+              "mv ~/.config ~/old-config 2>/dev/null; mv ~/stage ~/.config; "
+              "mkdir info && echo /tmp/elsewhere > info/alternates && mv -T info .git/objects/info")
+    proc = subprocess.Popen(sandbox.argv("-p", str(policy), "--", "/bin/sh", "-c",
+                                         f"{attack}; echo planted > planted; while [ ! -e go ]; do sleep 0.05; done",
+                                         policy=None), cwd=ws, env=sandbox.env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(ws / "planted")
+        git(ws, "status", home=sandbox.home)
+        assert not (ws / ".git" / "objects" / "info" / "alternates").exists()
+    finally:
+        (ws / "go").write_text("")
+        proc.communicate(timeout=60)
+    assert not canary.exists()
+
+
 # ------------------------------------------------------------------ the mediator itself
 def test_a_fifo_with_no_reader_does_not_stall_the_supervisor(sandbox):
     """The supervisor opens a FIFO for writing itself and blocks until a reader comes: every other
