@@ -313,3 +313,13 @@ def test_a_flood_of_refused_calls_does_not_grow_the_log_and_memory_without_bound
     assert next(r for r in records if r["event"] == "run.end")["denied"] == 20000  # still counted...
     assert sum(r["event"] == "file" for r in records) < 1000  # ...not each one written
     assert sandbox.log_path.stat().st_size < 1 << 20
+
+
+def test_truncate_performed_by_the_supervisor_keeps_the_file_size_limit(sandbox):
+    """truncate(2) is carried out by the supervisor, under its own RLIMIT_FSIZE, not the
+    sandbox's limits.file_size: the kernel would have refused it (EFBIG)."""
+    policy = sandbox.write_policy("fsize.yaml", "version: 1\nextends: default\nlimits:\n  file_size: 1M\n")
+    result = sandbox.run("--", "python3", "-c", "import os; os.truncate(open('big', 'w').name, 10 << 30)",
+                         policy=str(policy))
+    assert result.returncode != 0
+    assert (sandbox.workspace / "big").stat().st_size == 0
