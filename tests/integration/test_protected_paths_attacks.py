@@ -323,3 +323,25 @@ def test_truncate_performed_by_the_supervisor_keeps_the_file_size_limit(sandbox)
                          policy=str(policy))
     assert result.returncode != 0
     assert (sandbox.workspace / "big").stat().st_size == 0
+
+
+EMPTY_PATHS = textwrap.dedent("""
+    import ctypes, errno, os
+    libc = ctypes.CDLL(None, use_errno=True)
+    file = os.open("f", os.O_RDONLY)
+    os.chdir("sub")
+    for call in (lambda: libc.rmdir(b""), lambda: libc.openat(file, b"", os.O_WRONLY | os.O_TRUNC),
+                 lambda: libc.unlinkat(file, b"", 0)):
+        ctypes.set_errno(0); print(call(), errno.errorcode.get(ctypes.get_errno(), "none"))
+""")
+
+
+def test_an_empty_path_names_nothing(sandbox):
+    """The kernel answers ENOENT to an empty path (without AT_EMPTY_PATH); the supervisor took it
+    for the caller's cwd or dirfd itself: rmdir("") removed the cwd, openat(fd, "", O_TRUNC)
+    and unlinkat(fd, "") acted on the file behind a descriptor opened for reading."""
+    (sandbox.workspace / "sub").mkdir()
+    (sandbox.workspace / "f").write_text("keep\n")
+    result = sandbox.py(EMPTY_PATHS)
+    assert result.stdout.split() == ["-1", "ENOENT"] * 3, result.stderr
+    assert (sandbox.workspace / "sub").is_dir() and (sandbox.workspace / "f").read_text() == "keep\n"
