@@ -163,6 +163,11 @@ class Mediator:
         if call is None:
             respond(self.listener, notification.id, allow=True)
             return
+        empty_allowed = call.op in ("chmod", "link") and call.flags & AT_EMPTY_PATH
+        if not empty_allowed and any(not path for _dirfd, path in call.paths):
+            # the kernel's answer to an empty path; never the cwd or the dirfd itself
+            respond(self.listener, notification.id, error=errno.ENOENT)
+            return
         opened: list[int] = []
         try:
             with self.as_caller:
