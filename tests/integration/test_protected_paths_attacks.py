@@ -116,6 +116,30 @@ git update-ref refs/heads/master $c; echo end"""
     assert not canary.exists()
 
 
+HUSKY_H = '#!/bin/sh\nn=$(basename "$0")\ns=$(dirname "$(dirname "$0")")/$n\n[ ! -f "$s" ] && exit 0\nsh -e "$s" "$@"\n'
+
+
+def test_husky_v9_hooks_are_protected_not_only_its_stubs(sandbox, canary):
+    """husky 9 sets core.hooksPath = .husky/_, whose generated stubs run .husky/<hook>: only the
+    stub directory is protected, and the user's .husky/pre-commit, which the stub runs on the
+    host's next commit, is writable."""
+    ws = repo(sandbox.workspace, sandbox.home)
+    stubs = ws / ".husky" / "_"
+    stubs.mkdir(parents=True)
+    (stubs / "h").write_text(HUSKY_H)
+    (stubs / "pre-commit").write_text('#!/bin/sh\n. "$(dirname "$0")/h"\n')
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    (ws / ".husky" / "pre-commit").write_text("npm test\n")
+    git(ws, "config", "core.hooksPath", ".husky/_", home=sandbox.home)
+    result = sandbox.sh(f"echo 'touch {canary}' > .husky/pre-commit; echo end")
+    assert "end" in result.stdout, result.stderr
+    (ws / "f").write_text("f")
+    git(ws, "add", "f", home=sandbox.home)
+    git(ws, "commit", "-qm", "f", home=sandbox.home, check=False)
+    assert not canary.exists()
+
+
 # ------------------------------------------------------------------ exec.allow
 EXEC_POLICY = "version: 1\nextends: default\nexec:\n  allow: [/usr/bin, /bin]\n"
 CONSTRUCTOR_C = ('#include <stdio.h>\n#include <stdlib.h>\n__attribute__((constructor)) static void run(void) '
