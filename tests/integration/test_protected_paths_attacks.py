@@ -4,6 +4,7 @@ the host's own git leaving a canary, the host file's bytes, a canary a binary wo
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -280,6 +281,24 @@ def test_a_directory_moved_into_place_cannot_plant_a_protected_sub_name(sandbox,
         (ws / "go").write_text("")
         proc.communicate(timeout=60)
     assert not canary.exists()
+
+
+def test_a_writable_home_keeps_sandboxctls_own_log_and_state(sandbox):
+    """sandboxctl's state dir (~/.local/state/sandboxctl: the action log, the trust store, the
+    protect journal and blobs) is a protected path under a writable HOME, so it is recorded at
+    launch; the supervisor itself writes it during the run, and the end-of-run check then moves
+    the action log aside as 'modified' and removes its own journal and blobs as 'created'."""
+    from sandboxctl.log.chain import verify_lines
+
+    policy = sandbox.write_policy("home-rw.yaml", HOME_RW)
+    state = sandbox.home / ".local" / "state"
+    for _ in range(2):
+        result = sandbox.run("--", "true", policy=str(policy), env={"XDG_STATE_HOME": str(state)})
+        assert result.returncode == 0, result.stderr
+        assert "protected path" not in result.stderr
+    lines = (state / "sandboxctl" / "actions.jsonl").read_bytes().splitlines()
+    assert [json.loads(line)["event"] for line in lines].count("run.start") == 2
+    assert verify_lines(iter(lines))[1] is None
 
 
 # ------------------------------------------------------------------ the mediator itself
