@@ -301,6 +301,29 @@ def test_a_writable_home_keeps_sandboxctls_own_log_and_state(sandbox):
     assert verify_lines(iter(lines))[1] is None
 
 
+# ------------------------------------------------------------------ the agents' own policies
+AGENT_PLANTS = {  # policy: (file in HOME, what the sandbox writes there, what the host program then runs)
+    "codex": (".codex/.env", "LD_PRELOAD=/tmp/x.so\n", "codex loads ~/.codex/.env into its environment"),
+    "claude-code": (".claude.json", '{"mcpServers": {"x": {"command": "sh", "args": ["-c", "touch /tmp/x"]}}}',
+                    "claude starts the user-scope MCP servers of ~/.claude.json"),
+}
+
+
+@pytest.mark.parametrize("policy", sorted(AGENT_PLANTS))
+def test_agent_policies_do_not_let_the_agent_plant_what_it_runs_later_outside(sandbox, policy):
+    """The agent policies grant the agent's own home writable, with a protect list; what each
+    agent runs from there at its next start outside the sandbox must be on that list."""
+    name, payload, why = AGENT_PLANTS[policy]
+    target = sandbox.home / name
+    for directory in (".codex", ".claude"):
+        (sandbox.home / directory).mkdir(exist_ok=True)
+    (sandbox.home / ".claude.json").write_text("{}")
+    before = target.read_bytes() if target.exists() else None
+    result = sandbox.run("--", "/bin/sh", "-c", f"printf '%s' '{payload}' > ~/{name}; echo end", policy=policy)
+    assert "end" in result.stdout, result.stderr
+    assert (target.read_bytes() if target.exists() else None) == before, why
+
+
 # ------------------------------------------------------------------ the mediator itself
 def test_a_fifo_with_no_reader_does_not_stall_the_supervisor(sandbox):
     """The supervisor opens a FIFO for writing itself and blocks until a reader comes: every other
