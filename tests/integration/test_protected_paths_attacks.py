@@ -7,9 +7,11 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -322,6 +324,27 @@ def test_agent_policies_do_not_let_the_agent_plant_what_it_runs_later_outside(sa
     result = sandbox.run("--", "/bin/sh", "-c", f"printf '%s' '{payload}' > ~/{name}; echo end", policy=policy)
     assert "end" in result.stdout, result.stderr
     assert (target.read_bytes() if target.exists() else None) == before, why
+
+
+def test_the_next_run_does_not_undo_what_the_user_did_after_a_killed_run(sandbox):
+    """A killed supervisor's check is finished by the next run, against its launch record; but
+    once the supervisor is dead nothing of its sandbox can write any more (the sandbox dies with
+    it, and the writable grants are read-only to the kernel), so every change made since is the
+    user's: a hook installed and a remote added, hours later, are reverted by the next run."""
+    ws = repo(sandbox.workspace, sandbox.home)
+    proc = subprocess.Popen(sandbox.argv("--", "/bin/sh", "-c", "echo up > up; sleep 30"), cwd=ws,
+                            env=sandbox.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(ws / "up")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(1)
+    hook = ws / ".git" / "hooks" / "pre-commit"
+    hook.write_text("#!/bin/sh\nexec pre-commit\n")  # the user's `pre-commit install`, later
+    git(ws, "remote", "add", "origin", "https://example.com/r.git", home=sandbox.home)
+    result = sandbox.run("--", "true")
+    assert result.returncode == 0, result.stderr
+    assert hook.exists()
+    assert "origin" in git(ws, "remote", home=sandbox.home).stdout
 
 
 # ------------------------------------------------------------------ the mediator itself
