@@ -240,6 +240,27 @@ def test_a_writable_home_cannot_plant_what_the_hosts_shell_or_python_runs(sandbo
     assert not canary.exists()
 
 
+def test_repositories_elsewhere_in_a_writable_home_keep_their_hooks(sandbox, canary, tmp_path):
+    """Only the workspace is walked for repositories; other writable grants (a writable HOME) get
+    their top level only. A `.git` anywhere is still held by name, but another repository's
+    core.hooksPath (.husky) and a bare repository's hooks are not found, so they stay writable."""
+    other = repo(sandbox.home / "other", sandbox.home)
+    git(other, "config", "core.hooksPath", ".husky", home=sandbox.home)
+    (other / ".husky").mkdir()
+    bare = sandbox.home / "srv.git"
+    git(sandbox.home, "clone", "-q", "--bare", str(other), str(bare), home=sandbox.home)
+    policy = sandbox.write_policy("home-rw.yaml", HOME_RW)
+    hook = f"printf '#!/bin/sh\\ntouch {canary}\\n' > %s && chmod +x %s"
+    attack = " ; ".join(hook % (p, p) for p in ("~/other/.husky/pre-commit", "~/srv.git/hooks/pre-receive"))
+    result = sandbox.run("--", "/bin/sh", "-c", attack + "; echo end", policy=str(policy))
+    assert "end" in result.stdout, result.stderr
+    (other / "f").write_text("f")
+    git(other, "add", "f", home=sandbox.home)
+    git(other, "commit", "-qm", "f", home=sandbox.home, check=False)
+    git(other, "push", "-q", str(bare), "HEAD:refs/heads/x", home=sandbox.home, check=False)
+    assert not canary.exists()
+
+
 # ------------------------------------------------------------------ a protected name two levels down
 def test_the_end_of_run_check_never_follows_a_symlinked_parent(sandbox, canary):
     """.config/git is protected, its parent .config is not: the sandbox moves .config away and
