@@ -455,3 +455,45 @@ def test_an_empty_path_names_nothing(sandbox):
     result = sandbox.py(EMPTY_PATHS)
     assert result.stdout.split() == ["-1", "ENOENT"] * 3, result.stderr
     assert (sandbox.workspace / "sub").is_dir() and (sandbox.workspace / "f").read_text() == "keep\n"
+
+
+# ------------------------------------------------------------------ legitimate work that breaks
+def test_a_fifo_written_before_its_reader_starts_works(sandbox):
+    """The writer's open reaches the supervisor first and blocks it; the reader's exec (sleep,
+    cat) is trapped too and waits for the supervisor: a deadlock of an ordinary shell idiom."""
+    try:
+        sandbox.sh("mkfifo p; (sleep 0.3; cat p > got) & echo hi > p; wait", timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the run deadlocked")
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(os.open(sandbox.workspace / "p", os.O_RDONLY | os.O_NONBLOCK))
+    assert (sandbox.workspace / "got").read_text() == "hi\n"
+
+
+@pytest.fixture
+def outside_tmp(sandbox):
+    """A workspace where the sandbox has no tmpfs above it (not /tmp, not HOME), as most real
+    workspaces outside HOME are: there Landlock really holds the workspace read-only, and what
+    the supervisor does not carry out fails."""
+    import pwd
+    import tempfile
+
+    base = Path(pwd.getpwuid(os.getuid()).pw_dir)
+    if not os.access(base, os.W_OK) or base.resolve().is_relative_to("/tmp"):
+        pytest.skip(f"no writable directory outside /tmp to make a workspace in ({base})")
+    path = Path(tempfile.mkdtemp(prefix=".sandboxctl-test-", dir=base))
+    os.chmod(path, 0o755)
+    yield type(sandbox)(path, sandbox.home, sandbox.state)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.parametrize("work", [
+    "sh -c 'echo e > /dev/stderr' 2>> got && test -s got",  # stderr redirected to a workspace file, reopened
+    "python3 -c 'import socket; socket.socket(socket.AF_UNIX).bind(\"s\")' && touch got",  # a UNIX socket
+])
+def test_ordinary_work_in_a_workspace_outside_tmp(outside_tmp, work):
+    """/dev/stdout and /dev/stderr are magic links: the supervisor cannot resolve them (no magic
+    links) and hands the open to the kernel, which Landlock refuses; bind() is not trapped at all."""
+    result = outside_tmp.sh(work)
+    assert result.returncode == 0 and (outside_tmp.workspace / "got").exists(), result.stderr
