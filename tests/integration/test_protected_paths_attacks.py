@@ -368,6 +368,25 @@ def test_the_next_run_does_not_undo_what_the_user_did_after_a_killed_run(sandbox
     assert "origin" in git(ws, "remote", home=sandbox.home).stdout
 
 
+def test_an_ide_writing_its_own_project_files_during_a_run_keeps_its_work(sandbox):
+    """JetBrains IDEs rewrite .idea/workspace.xml (and add .idea/shelf/…) all the time while a
+    project is open. A change to a protected path during a bubblewrap run can only come from
+    outside (the sandbox is refused), yet the end-of-run check reverts it and moves the IDE's
+    files aside: every agent run undoes the open IDE's state (shelved changes included)."""
+    ws = repo(sandbox.workspace, sandbox.home)
+    (ws / ".idea").mkdir()
+    (ws / ".idea" / "workspace.xml").write_text("<project version='1'/>\n")
+    proc = _start(sandbox, "echo up > up; while [ ! -e go ]; do sleep 0.05; done")
+    _wait_for(ws / "up")
+    (ws / ".idea" / "workspace.xml").write_text("<project version='2'/>\n")  # the IDE, meanwhile
+    (ws / ".idea" / "shelf").mkdir()
+    (ws / ".idea" / "shelf" / "my_changes.patch").write_text("diff\n")
+    (ws / "go").write_text("")
+    proc.communicate(timeout=60)
+    assert (ws / ".idea" / "workspace.xml").read_text() == "<project version='2'/>\n"
+    assert (ws / ".idea" / "shelf" / "my_changes.patch").exists()
+
+
 # ------------------------------------------------------------------ the mediator itself
 def test_a_fifo_with_no_reader_does_not_stall_the_supervisor(sandbox):
     """The supervisor opens a FIFO for writing itself and blocks until a reader comes: every other
