@@ -173,6 +173,10 @@ LOADER_PROBE = textwrap.dedent("""
     if how == "non-utf8-name":  # the supervisor resolves /tmp/l\\ufffd, which does not exist
         os.symlink(loader, b"/tmp/l\\xff")
         os.execv(b"/tmp/l\\xff", [loader, binary, canary])
+    if how == "proc-fd":  # a magic link: the guard's RESOLVE_NO_MAGICLINKS lookup fails, the exec goes on
+        os.execv(f"/proc/self/fd/{os.open(loader, os.O_RDONLY)}", [loader, binary, canary])
+    if how == "proc-root":
+        os.execv(b"/proc/self/root" + loader, [loader, binary, canary])
     libc = ctypes.CDLL(None, use_errno=True)
     for _ in range(300):  # race: the supervisor reads /usr/bin/true, the kernel the loader
         if os.path.exists(canary):
@@ -190,10 +194,11 @@ LOADER_PROBE = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("how", ["non-utf8-name", "race"])
+@pytest.mark.parametrize("how", ["non-utf8-name", "proc-fd", "proc-root", "race"])
 def test_the_loader_refusal_holds(sandbox, how):
     """The exec guard reads the exec path from the caller's memory, resolves it and continues:
-    a name that is not UTF-8 resolves to another (missing) name there, and a second thread
+    a name that is not UTF-8 resolves to another (missing) name there, a path through a /proc
+    magic link does not resolve at all (and counts as "not the loader"), and a second thread
     swaps the path between the guard's read and the kernel's."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if not cc:
