@@ -280,7 +280,7 @@ def test_the_end_of_run_check_never_follows_a_symlinked_parent(sandbox, canary):
     mine.write_text("[user]\n\tname = me\n")
     (sandbox.home / ".config" / "nvim").mkdir()
     (sandbox.home / ".config" / "nvim" / "init.lua").write_text("-- mine\n")
-    result = sandbox.sh('mv .config moved && ln -s "$HOME/.config" .config && echo end')
+    result = sandbox.sh('mv .config moved; ln -s "$HOME/.config" .config; echo end')
     assert "end" in result.stdout, result.stderr
     assert mine.read_text() == "[user]\n\tname = me\n"
     assert (sandbox.home / ".config" / "nvim" / "init.lua").read_text() == "-- mine\n"  # not "removed"
