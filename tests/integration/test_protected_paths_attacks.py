@@ -267,14 +267,17 @@ def test_repositories_elsewhere_in_a_writable_home_keep_their_hooks(sandbox, can
 
 
 # ------------------------------------------------------------------ a protected name two levels down
-def test_the_end_of_run_check_never_follows_a_symlinked_parent(sandbox, canary):
-    """.config/git is protected, its parent .config is not: the sandbox moves .config away and
-    puts a symlink to the user's real ~/.config in its place. The end-of-run check then compares
-    and "restores" the workspace's recorded .config/git through that symlink: the repository's
-    own .config/git/config lands in the user's ~/.config/git/config, read by every git command."""
+@pytest.mark.parametrize("shipped", [True, False])
+def test_the_end_of_run_check_never_follows_a_symlinked_parent(sandbox, canary, shipped):
+    """.config/git is protected, its parent .config is not: the sandbox puts a symlink to the
+    user's real ~/.config in its place (moving a shipped .config away first). The end-of-run
+    check then compares and "restores" through that symlink: with a .config/git/config shipped
+    by the repository, that file lands in the user's ~/.config/git/config (read by every git
+    command); with none, the user's ~/.config/git and ~/.config/nvim are "removed" as created."""
     ws = repo(sandbox.workspace, sandbox.home)
-    (ws / ".config" / "git").mkdir(parents=True)  # shipped by the repository, inert in a workspace
-    (ws / ".config" / "git" / "config").write_text(hostile_config(canary))
+    if shipped:  # inert in a workspace
+        (ws / ".config" / "git").mkdir(parents=True)
+        (ws / ".config" / "git" / "config").write_text(hostile_config(canary))
     mine = sandbox.home / ".config" / "git" / "config"
     mine.parent.mkdir(parents=True)
     mine.write_text("[user]\n\tname = me\n")
@@ -283,7 +286,7 @@ def test_the_end_of_run_check_never_follows_a_symlinked_parent(sandbox, canary):
     result = sandbox.sh('mv .config moved; ln -s "$HOME/.config" .config; echo end')
     assert "end" in result.stdout, result.stderr
     assert mine.read_text() == "[user]\n\tname = me\n"
-    assert (sandbox.home / ".config" / "nvim" / "init.lua").read_text() == "-- mine\n"  # not "removed"
+    assert (sandbox.home / ".config" / "nvim" / "init.lua").read_text() == "-- mine\n"
     git(sandbox.home, "status", home=sandbox.home, check=False)
     assert not canary.exists()
 
