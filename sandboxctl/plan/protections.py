@@ -93,13 +93,17 @@ class ProtectionPlanner:
                 explicit.setdefault(match, "filesystem.protect")
         for path in self.facts.protected_code:
             explicit.setdefault(path, "sandboxctl's own code and policies")
-        owned = [self.facts.state_dir, os.path.dirname(self.p.log_path()), *self.facts.runtime_dirs]
-        for path in [*owned, *([self.facts.runtime_dir] if self.facts.runtime_dir else [])]:
+        owned = [self.facts.state_dir, os.path.dirname(self.p.log_path()), *self.facts.runtime_dirs,
+                 *([self.facts.runtime_dir] if self.facts.runtime_dir else [])]
+        for path in owned:
             explicit.setdefault(path, "sandboxctl's state, log and sockets: never changed from inside")
         for path in self.p.policy_files():
             explicit.setdefault(self.p.expand(path), "the policy in use")
         explicit = self._release_granted(explicit, roots)
-        record += [p for p in explicit if facts.kind(p) != "missing" and self.under_roots(p, roots)]
+        # sandboxctl's own dirs are masked inside, and the supervisor itself writes them during the
+        # run (the log, the protect journal): never recorded, or the end-of-run check would undo it
+        record += [p for p in explicit if facts.kind(p) != "missing" and self.under_roots(p, roots)
+                   and not any(within(p, mine) for mine in owned)]
         masked = [d for d in self.p.denied_paths if self.under_roots(d, roots)]
         rules = Protection(roots, gitdirs, explicit, masked)
         record = sorted({p for p in record if rules.reason(p)})  # what a grant released is the command's

@@ -145,6 +145,8 @@ class Snapshot:
         budget = [MAX_ENTRIES]
         self.entries = {path: _record(path, store, budget) for path in existing}
         self.entries.update({path: {"kind": "missing"} for path in absent if path not in self.entries})
+        for path, entry in self.entries.items():
+            entry["parent"] = os.path.realpath(os.path.dirname(path))  # checked again at the end
         store.save()
         self.journal.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = self.journal.with_suffix(".tmp")
@@ -180,6 +182,11 @@ def compare_and_restore(state: Path, run_id: str, entries: dict[str, dict[str, A
     store = Store(state)
     changes: list[Change] = []
     for path, before in entries.items():
+        if "parent" in before and os.path.realpath(os.path.dirname(path)) != before["parent"]:
+            # a parent was replaced (by a symlink, say .config -> ~/.config): comparing and restoring
+            # through it would write where the path now leads, outside the grant
+            changes.append(Change(path, "replaced", "reported", None, run_id))
+            continue
         _compare(path, before, store, state, run_id, changes, top=True)
     store.save()
     return changes

@@ -163,6 +163,11 @@ class Mediator:
         if call is None:
             respond(self.listener, notification.id, allow=True)
             return
+        empty_allowed = call.op in ("chmod", "link") and call.flags & AT_EMPTY_PATH
+        if not empty_allowed and any(not path for _dirfd, path in call.paths):
+            # the kernel's answer to an empty path; never the cwd or the dirfd itself
+            respond(self.listener, notification.id, error=errno.ENOENT)
+            return
         opened: list[int] = []
         try:
             with self.as_caller:
@@ -573,6 +578,12 @@ class Mediator:
         entry = self._single(n, call, opened, follow=True)
         if entry is None:
             return
+        if call.extra >= 1 << 63:  # a negative length
+            respond(self.listener, n.id, error=errno.EINVAL)
+            return
+        if call.extra > _file_size_limit(n.pid):  # ours would be the supervisor's limit, not the caller's
+            respond(self.listener, n.id, error=errno.EFBIG)
+            return
         try:
             fd = os.open(entry.name, os.O_WRONLY | O_NOFOLLOW | os.O_CLOEXEC, dir_fd=entry.parent)
             opened.append(fd)
@@ -705,3 +716,15 @@ def _attempt(function: Callable[..., Any], *args: Any, **kwargs: Any) -> int | O
     except OSError as exc:
         return exc
     return 0
+
+
+def _file_size_limit(pid: int) -> int:
+    """The caller's RLIMIT_FSIZE (limits.file_size): a length past it fails with EFBIG, as the
+    kernel answers the caller itself (which also sends SIGXFSZ; the error is enough here)."""
+    import resource
+
+    try:
+        soft, _hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
+    except OSError:
+        return -1  # the caller is gone (or unreadable): nothing is truncated for it
+    return soft if soft != resource.RLIM_INFINITY else 1 << 63
