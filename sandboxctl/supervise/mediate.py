@@ -45,6 +45,13 @@ MAX_WAITING = 32
 BUSY = "a mount point"  # a sentinel reason: answered EBUSY, as the kernel would
 
 
+def _is_dir(entry: Entry) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(entry.name, dir_fd=entry.parent).st_mode)
+    except OSError:
+        return False
+
+
 def _exists(dirfd: int, name: str) -> bool:
     try:
         os.lstat(name, dir_fd=dirfd)
@@ -652,6 +659,10 @@ class Mediator:
             or (self._makes_repository(dst) if src.parent_path != dst.parent_path or src.name != dst.name else None)
         if not why and (exchange or os.path.lexists(f"/proc/self/fd/{dst.parent}/{dst.name}")):
             why = self.protection.blocks_move(dst.path)  # what is replaced (or swapped) goes away
+        if not why and _is_dir(src):  # a directory moved in brings its whole tree: .config/git, objects/info/…
+            why = self.protection.holds_names(dst.path)
+        if not why and exchange and _is_dir(dst):
+            why = self.protection.holds_names(src.path)
         if why:
             self._refuse(n, "rename", f"{src.path} -> {dst.path}", why)
             return
