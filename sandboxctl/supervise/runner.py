@@ -25,6 +25,7 @@ from sandboxctl.launch import bwrap, seccomp
 from sandboxctl.log.writer import ActionLog, LogWriteError
 from sandboxctl.plan.build import PROXY_PORT
 from sandboxctl.plan.model import Plan
+from sandboxctl.protect.snapshot import HEARTBEAT_S
 from sandboxctl.supervise import fd_budget, notify, processes, spawn
 from sandboxctl.supervise import secrets as secret_store
 from sandboxctl.supervise.cgroups import RunCgroup
@@ -98,6 +99,8 @@ class Supervisor:
         self.nofile = fd_budget.raise_nofile()  # before anything is opened: see fd_budget
         self.mediator = None
         self.protected_inodes: dict[tuple[int, int], str] = {}  # from the launch record (lifecycle)
+        self.snapshot = None  # protect.snapshot.Snapshot of this run (lifecycle): marked, and beaten
+        self.next_beat: float | None = None
 
     # ------------------------------------------------------------------ approvals
     def _start_broker(self) -> None:
@@ -349,7 +352,7 @@ class Supervisor:
     def _until_next_timer(self, deadline: float | None) -> float | None:
         """Seconds the loop may sleep: until the run's timeout, the kill after the grace, or the
         next secret's expiry (None: nothing is due)."""
-        wakeups = [t for t in (deadline if not self.timed_out else None, self.kill_at) if t]
+        wakeups = [t for t in (deadline if not self.timed_out else None, self.kill_at, self.next_beat) if t]
         wakeups += [t for t, _ in self.expiries]
         return max(0.0, min(wakeups) - time.monotonic()) if wakeups else None
 
@@ -362,6 +365,9 @@ class Supervisor:
         if self.kill_at and now >= self.kill_at:
             self._kill()
             self.kill_at = None
+        if self.next_beat and now >= self.next_beat and self.snapshot is not None:
+            self.snapshot.beat()  # a killed supervisor's last beat bounds what its sandbox could change
+            self.next_beat = now + HEARTBEAT_S
 
     def _on_control(self, control: socket.socket, sel: selectors.BaseSelector) -> None:
         try:
@@ -398,6 +404,10 @@ class Supervisor:
                 return
         if "ready" in message:
             self.layers = self._layers(message["ready"]["landlock"])
+            if self.snapshot is not None and self.snapshot.entries:
+                protect = self.layers.get("protect") or {}
+                self.snapshot.mark(bool(protect.get("wall_whole")))
+                self.next_beat = time.monotonic() + HEARTBEAT_S
             degraded = self.layers["landlock"].get("degraded")
             if degraded:
                 self.notice(f"sandboxctl: warning: {degraded}; running with `landlock: best-effort`")
@@ -643,7 +653,7 @@ class Supervisor:
             return None
         enforced = protect.mediated and self.notify_fd is not None and bool(landlock.get("enforced"))
         return {"writable_roots": list(protect.roots), "git_directories": len(protect.gitdirs),
-                "recorded": len(protect.record),
+                "recorded": len(protect.record), "wall_whole": enforced,
                 "enforced_by": "Landlock (writable roots read-only to the kernel) + the supervisor performing "
                                "each change" if enforced else "read-only binds and the supervisor's checks only",
                 "end_of_run_check": True}
