@@ -116,6 +116,7 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
             layer = None
             result = result._replace(held=held)
         with contextlib.suppress(LogWriteError):
+            supervisor.flush_throttled()
             _log_changes(log, changes)
             if forwarder is not None:
                 forwarder.flush(FORWARD_FLUSH_S)

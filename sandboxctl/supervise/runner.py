@@ -29,6 +29,7 @@ from sandboxctl.protect.snapshot import HEARTBEAT_S
 from sandboxctl.supervise import fd_budget, notify, processes, spawn
 from sandboxctl.supervise import secrets as secret_store
 from sandboxctl.supervise.cgroups import RunCgroup
+from sandboxctl.supervise.denials import DenialList, LogThrottle
 from sandboxctl.supervise.stdio import CommandIO
 
 TERM_GRACE_S = 2.0
@@ -78,7 +79,8 @@ class Supervisor:
         self.log_lock = threading.Lock()
         self.log_failed = False
         self.setup_error: SandboxError | None = None
-        self.denials: list[dict[str, Any]] = []
+        self.denials: list[dict[str, Any]] = DenialList()  # bounded: identical ones past a few are counted
+        self.throttle = LogThrottle()  # and so are their log records
         self.tampered: list[dict[str, Any]] = []  # exec records contradicted by what ran
         self.expiries: list[tuple[float, str]] = []
         self.cgroup = cgroup
@@ -512,10 +514,16 @@ class Supervisor:
         A write failure stops the sandbox rather than letting it go on unobserved."""
         try:
             with self.log_lock:
-                self.log.write(event, **fields)
+                if self.throttle.admit(event, fields):
+                    self.log.write(event, **fields)
         except LogWriteError:
             self.log_failed = True
             self._kill()
+
+    def flush_throttled(self) -> None:
+        """One record per denial that repeated past what is written one by one (before run.end)."""
+        for event, fields in self.throttle.pending():
+            self.log.write(event, **fields)
 
     def _log_secrets(self) -> None:
         now = time.monotonic()
