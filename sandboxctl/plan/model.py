@@ -103,6 +103,7 @@ class ProtectPlan(NamedTuple):
     mediated: bool = False  # Landlock + the supervisor enforce it (bwrap); False: binds + the check only (gvisor)
     repositories: tuple[str, ...] = ()  # `.git` entries and bare repositories found at launch
     homes: tuple[str, ...] = ()  # writable roots that are the user's home (its start-up names too)
+    json_keys: tuple[tuple[str, str], ...] = ()  # (file, key path): put back at the end (protect_json)
     ephemeral: tuple[str, ...] = ()  # writable sandbox mounts above a root (tmpfs HOME, /tmp): mediated too
     anchors: tuple[str, ...] = ()  # directories mounts hang from, in mediated areas: never moved or removed
 

@@ -117,13 +117,21 @@ class ProtectionPlanner:
             roots=tuple(sorted(roots)), guard_roots=tuple(guard_roots), gitdirs=tuple(sorted(set(gitdirs))),
             explicit=tuple(sorted(explicit.items())), masked=tuple(masked), record=tuple(record),
             absent=tuple(sorted({a for a in absent if rules.reason(a)})), mediated=mediated and bool(roots),
-            repositories=tuple(sorted(set(repositories))), homes=tuple(homes))
+            repositories=tuple(sorted(set(repositories))), homes=tuple(homes), json_keys=self._json_keys())
         if not mediated and absent:
             self.p.warnings.append(
                 "gvisor backend: protected paths that do not exist yet (" + ", ".join(
                     sorted({os.path.basename(a) for a in absent})[:6]) + ", …) are not held during the run "
                 "(gVisor has no seccomp user notification); the end-of-run check removes any that appear")
         return mounts, plan
+
+    def _json_keys(self) -> tuple[tuple[str, str], ...]:
+        """filesystem.protect_json entries, expanded: (file, key path)."""
+        out = []
+        for raw in self.p.policy.filesystem.protect_json:
+            path, _, keys = raw.partition("#")
+            out.append((self.p.expand(path), keys))
+        return tuple(dict.fromkeys(out))
 
     def _git_refs(self, config: str, worktree: str | None, roots: list[str], explicit: dict[str, str],
                   worktrees: list[str]) -> None:

@@ -108,6 +108,20 @@ def split_host_port(text: str) -> tuple[str, int | None]:
     return host, int(port_text)
 
 
+_JSON_KEY = re.compile(r"(?:\*|[A-Za-z0-9_@.-]+)")
+
+
+def check_json_key(text: str) -> str:
+    """'~/.claude.json#mcpServers' or '~/.claude.json#projects.*.mcpServers'."""
+    path, sep, keys = text.partition("#")
+    if not sep or not keys:
+        raise ValueError(f"{text!r}: write it as PATH#KEY (e.g. ~/.claude.json#mcpServers)")
+    check_path(path)
+    if any(not part or not _JSON_KEY.fullmatch(part) or "." in part for part in keys.split(".")):
+        raise ValueError(f"{text!r}: KEY is names (or *) joined by dots")
+    return text
+
+
 def check_extends(text: str) -> str:
     if not text or "\0" in text or "\n" in text:
         raise ValueError(f"{text!r}: not a policy name or relative path")
@@ -143,6 +157,9 @@ POLICY_SCHEMA = Record(
             "tmpfs": ListOf(_path, description="Fresh empty writable directories, gone at exit."),
             "deny": ListOf(_path_glob, description="Hidden even under a granted parent."),
             "protect": ListOf(_path_glob, description="Read-only even under a writable parent."),
+            "protect_json": ListOf(Text(parse=check_json_key),
+                                   description="PATH#KEY.PATH: keys of a writable JSON file that are put back at "
+                                               "the end of the run (* matches any key at its level)."),
             "create": ListOf(Record(required=("path",), fields={
                 "path": _path,
                 "kind": Choice(("dir", "file"), "What to make (default dir)."),

@@ -14,6 +14,7 @@ class Filesystem(NamedTuple):
     tmpfs: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
     protect: tuple[str, ...] = ()
+    protect_json: tuple[str, ...] = ()  # PATH#KEY.PATH: keys of a writable JSON file put back at the end
     create: tuple[dict, ...] = ()  # {path, kind, mode, content}: absent writable grants made before the run
 
 
@@ -117,7 +118,7 @@ def policy_from_data(data: dict[str, Any], *, source: str, chain: tuple[str, ...
         workspace=data.get("workspace", "none"),
         backend=data.get("backend", "bwrap"),
         filesystem=Filesystem(**{k: tuple(fs.get(k, ())) for k in ("read", "write", "tmpfs", "deny", "protect",
-                                                                    "create")}),
+                                                                    "protect_json", "create")}),
         exec_allow=None if exec_allow is None else tuple(exec_allow),
         network=Network(
             mode=net.get("mode", "none"),

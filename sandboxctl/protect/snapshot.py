@@ -141,12 +141,21 @@ class Snapshot:
         self.journal = _pending(state) / f"{os.getpid()}-{run_id}.json"
         self.entries: dict[str, dict[str, Any]] = {}
         self.wall_whole = False  # until the supervisor knows the layers: assume the sandbox could write
+        self.json_patterns: dict[str, list[str]] = {}
+        self.json_values: dict[str, dict[str, Any]] = {}
 
-    def take(self, existing: tuple[str, ...], absent: tuple[str, ...]) -> None:
+    def take(self, existing: tuple[str, ...], absent: tuple[str, ...],
+             json_keys: tuple[tuple[str, str], ...] = ()) -> None:
+        from sandboxctl.protect import jsonkeys
+
         store = Store(self.state)
         budget = [MAX_ENTRIES]
         self.entries = {path: _record(path, store, budget) for path in existing}
         self.entries.update({path: {"kind": "missing"} for path in absent if path not in self.entries})
+        self.json_patterns = {}
+        for path, keys in json_keys:
+            self.json_patterns.setdefault(path, []).append(keys)
+        self.json_values = jsonkeys.record(json_keys)
         for path, entry in self.entries.items():
             entry["parent"] = os.path.realpath(os.path.dirname(path))  # checked again at the end
         store.save()
@@ -157,7 +166,8 @@ class Snapshot:
         tmp = self.journal.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w") as handle:
-            json.dump({"run": self.run_id, "entries": self.entries, "wall_whole": self.wall_whole}, handle)
+            json.dump({"run": self.run_id, "entries": self.entries, "wall_whole": self.wall_whole,
+                       "json_patterns": self.json_patterns, "json_values": self.json_values}, handle)
         os.replace(tmp, self.journal)
 
     def inodes(self) -> dict[tuple[int, int], str]:
@@ -174,6 +184,10 @@ class Snapshot:
         for path, entry in self.entries.items():
             walk(path, entry)
         return found
+
+    @property
+    def active(self) -> bool:
+        return bool(self.entries or self.json_patterns)
 
     def mark(self, wall_whole: bool) -> None:
         """Once the layers are known: whether the sandbox could write protected paths at all
@@ -193,6 +207,7 @@ class Snapshot:
         or the user's own work while the run went on). Then forget the journal."""
         whole = self.wall_whole
         changes = compare_and_restore(self.state, self.run_id, self.entries, lambda path: not whole)
+        changes += restore_json_keys(self.state, self.run_id, self.json_patterns, self.json_values)
         with contextlib.suppress(FileNotFoundError):
             self.journal.unlink()
         return changes
@@ -331,6 +346,40 @@ def _restore(path: str, before: dict[str, Any], store: Store) -> bool:
 HEARTBEAT_S = 2.0
 
 
+def _changed_before(path: str, last_beat: int) -> bool:
+    try:
+        return os.lstat(path).st_ctime_ns <= last_beat
+    except OSError:
+        return True
+
+
+def restore_json_keys(state: Path, run_id: str, patterns: dict[str, list[str]], before: dict[str, dict[str, Any]],
+                      restore: Callable[[str], bool] = lambda path: True) -> list[Change]:
+    """Keys of writable JSON files (filesystem.protect_json) the sandbox could change: put back,
+    with the changed file kept aside (its other contents, the agent's state, stay)."""
+    from sandboxctl.protect import jsonkeys
+
+    changes: list[Change] = []
+    for path, keys in patterns.items():
+        differ = jsonkeys.changed(path, before.get(path, {}), keys)
+        if not differ:
+            continue
+        label = f"{path}#{','.join(differ)}"
+        if not restore(path):
+            changes.append(Change(label, "modified", "reported", None, run_id))
+            continue
+        kept = state / "protect" / "kept" / run_id / path.lstrip("/")
+        try:
+            kept.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            shutil.copy2(path, kept)
+            kept_path: str | None = str(kept)
+        except OSError:
+            kept_path = None
+        done = jsonkeys.put_back(path, before.get(path, {}), differ)
+        changes.append(Change(label, "modified", "restored" if done else "reported", kept_path, run_id))
+    return changes
+
+
 def recover(state: Path, alive) -> list[Change]:
     """Finish the end-of-run check of supervisors that were killed (their journal remains). Only
     a change the sandbox could have made is put back: none where its kernel wall was whole, and
@@ -358,7 +407,10 @@ def recover(state: Path, alive) -> list[Change]:
                 except OSError:
                     return True  # removed: when is not known; the sandbox could have done it
 
-            changes += compare_and_restore(state, str(data.get("run", "")), data.get("entries") or {}, before_death)
+            run = str(data.get("run", ""))
+            changes += compare_and_restore(state, run, data.get("entries") or {}, before_death)
+            changes += restore_json_keys(state, run, data.get("json_patterns") or {}, data.get("json_values") or {},
+                                         lambda path, last_beat=last_beat: _changed_before(path, last_beat))
             journal.unlink(missing_ok=True)
     return changes
 

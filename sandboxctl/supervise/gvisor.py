@@ -104,7 +104,7 @@ class GvisorSupervisor(Supervisor):
             if self.forward_signals:
                 self._install_signal_handlers()
             self.layers = self._layers({})
-            if self.snapshot is not None and self.snapshot.entries:  # gVisor: the wall is never whole
+            if self.snapshot is not None and self.snapshot.active:  # gVisor: the wall is never whole
                 self.snapshot.mark(False)
                 self.next_beat = time.monotonic() + HEARTBEAT_S
             try:

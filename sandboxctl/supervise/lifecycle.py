@@ -68,8 +68,8 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
                 notice("sandboxctl: made before the run (filesystem.create): " + ", ".join(
                     f"{inert(c.path)} ({c.kind}{' ' + format(c.mode, '04o') if c.mode is not None else ''})"
                     for c in made))
-        if plan.protect.record or plan.protect.absent:
-            snapshot.take(plan.protect.record, plan.protect.absent)
+        if plan.protect.record or plan.protect.absent or plan.protect.json_keys:
+            snapshot.take(plan.protect.record, plan.protect.absent, plan.protect.json_keys)
         if plan.overlay is not None:  # the run's own layer, before anything can write to it
             from sandboxctl.workspace import layer as overlay_layer
 
@@ -146,7 +146,7 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
             supervisor.release()
         if result is None:  # launch failed or was interrupted: still compare (nothing ran, or it is gone)
             with contextlib.suppress(Exception):
-                _log_changes(log, snapshot.check() if snapshot.entries else [])
+                _log_changes(log, snapshot.check() if snapshot.active else [])
         if cgroup:
             cgroup.remove()
         if forwarder is not None:

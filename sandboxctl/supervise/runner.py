@@ -406,7 +406,7 @@ class Supervisor:
                 return
         if "ready" in message:
             self.layers = self._layers(message["ready"]["landlock"])
-            if self.snapshot is not None and self.snapshot.entries:
+            if self.snapshot is not None and self.snapshot.active:
                 protect = self.layers.get("protect") or {}
                 self.snapshot.mark(bool(protect.get("wall_whole")))
                 self.next_beat = time.monotonic() + HEARTBEAT_S
