@@ -22,6 +22,8 @@ from typing import Any
 NOTIF_RECV = 0xC0502100
 NOTIF_SEND = 0xC0182101
 NOTIF_ID_VALID = 0x40082102
+NOTIF_SET_FLAGS = 0x40082104  # _IOW('!', 4, __u64): its argument is the flags value itself
+FD_SYNC_WAKE_UP = 1
 FLAG_CONTINUE = 1
 _NOTIF = struct.Struct("<QIIiIQ6Q")  # id, pid, flags, data.nr, data.arch, data.ip, data.args[6]
 _RESP = struct.Struct("<QqiI")  # id, val, error, flags
@@ -128,7 +130,8 @@ class Dispatcher:
     def __init__(self, fd: int, names: dict[int, str], deny: Callable[[Notification], tuple[str, int, str]],
                  judge_write: Callable[[str], Any], log: Callable[..., None],
                  denied: list[dict[str, object]] | None = None, escalate: Callable[[Any], None] | None = None,
-                 log_allowed: bool = True):
+                 log_allowed: bool = True,
+                 routes: dict[str, Callable[[Notification, str], bool]] | None = None):
         self.fd = fd
         self.names = names  # syscall number -> name, for the calls we trap
         self.deny = deny  # notification -> (syscall name, errno, rule)
@@ -137,6 +140,9 @@ class Dispatcher:
         self.denied = denied if denied is not None else []  # shared with the proxy: in time order
         self.escalate = escalate  # an approvable write escape goes to the approval broker
         self.log_allowed = log_allowed  # log.file_events: none still traps writes for approvals
+        # syscall name -> a handler of its own (network/sockets.py: connect, sendto, …); it returns
+        # False to leave a call to the default path (a baseline denial)
+        self.routes = routes or {}
 
     def handle(self) -> bool:
         """Answer one notification; False once no sandboxed process can send any more (the
@@ -155,6 +161,9 @@ class Dispatcher:
 
     def _answer(self, notification: Notification) -> bool:
         name = self.names.get(notification.nr)
+        route = self.routes.get(name)
+        if route is not None and route(notification, name):
+            return True
         if name in FILE_CALLS:
             self._file(notification, name)
             return True

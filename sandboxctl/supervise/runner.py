@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import marshal
 import os
 import selectors
@@ -51,6 +52,9 @@ class Supervisor:
         self.proxy = None
         self.notify_fd: int | None = None
         self.dispatcher: notify.Dispatcher | None = None
+        self.socket_calls = None  # network.sockets.SocketCalls: connect/sendto answered here
+        self.sock_diag_fd: int | None = None
+        self.unix_wall = None  # network.unixwall.UnixWall, below Landlock ABI 9
         self.log_lock = threading.Lock()
         self.log_failed = False
         self.setup_error: SandboxError | None = None
@@ -157,6 +161,8 @@ class Supervisor:
             config["secrets_dir"] = any(s.ttl and s.deliver_as == "file" for s in plan.secrets)
             config["proxy_port"] = PROXY_PORT if plan.network.mode == "proxy" else None
             config["notify_program"] = notify_program
+            # the sandbox's own network namespace lists the UNIX sockets bound inside (network/unixwall.py)
+            config["sock_diag"] = bool(plan.seccomp.net_rules) and plan.network.mode != "host"
             config["seccomp_nr"] = seccomp.SECCOMP_SYSCALL.get(os.uname().machine, 317)
             control.sendall(marshal.dumps(config))
             returncode = self._loop(self.bwrap_pid, control, err_r, started)
@@ -169,8 +175,12 @@ class Supervisor:
                 os.close(self.secrets_dir_fd)
             if self.proxy is not None:
                 self.proxy.stop()
+            if self.socket_calls is not None:
+                self.socket_calls.close()  # its waiter answers through the listener: stop it first
             if self.notify_fd is not None:
                 os.close(self.notify_fd)
+            if self.sock_diag_fd is not None:
+                os.close(self.sock_diag_fd)
             os.close(err_r)
         return self._result(returncode, time.monotonic() - started)
 
@@ -242,10 +252,11 @@ class Supervisor:
         for fd in fds[len(received):]:
             os.close(fd)
         self.secrets_dir_fd = received.pop("secrets_dir", None)
+        self.sock_diag_fd = received.pop("sockdiag", None)
         if "proxy" in received:
             self._start_proxy(received.pop("proxy"))
         if "notify" in received:
-            self._start_notify(received.pop("notify"), sel)
+            self._start_notify(received.pop("notify"), sel, message["ready"]["landlock"])
         if self.setup_error:
             control.sendall(marshal.dumps({"go": False}))
             return
@@ -281,19 +292,53 @@ class Supervisor:
         elif "exec_error" in message:
             self.exec_error = message
 
-    def _start_notify(self, fd: int, sel: selectors.BaseSelector) -> None:
+    def _start_notify(self, fd: int, sel: selectors.BaseSelector, landlock: dict[str, Any]) -> None:
         """Watch the sandbox's notification listener from the loop (exec and denial events)."""
         self.notify_fd = fd
         import functools
 
         from sandboxctl.supervise.file_escape import FileEscapes
 
+        with contextlib.suppress(OSError):  # Linux 6.6: the caller and we switch CPUs less per call
+            fcntl.ioctl(fd, notify.NOTIF_SET_FLAGS, notify.FD_SYNC_WAKE_UP)
+        routes = {}
+        if self.plan.seccomp.net_rules:
+            try:
+                routes = self._socket_routes(fd, landlock)
+            except OSError as exc:
+                self.setup_error = SandboxError(f"cannot set up the checks of socket calls: {exc}",
+                                                "run sandboxctl doctor")
         verdicts = functools.lru_cache(maxsize=4096)(self.plan.write_verdict)  # the plan never changes
         self.dispatcher = notify.Dispatcher(fd, self.syscall_names, self._which_rule, verdicts,
                                             self._write_log, self.denials,
                                             escalate=FileEscapes(fd, self.broker, self._write_log, self.denials),
-                                            log_allowed=self.plan.file_events != "none")
+                                            log_allowed=self.plan.file_events != "none", routes=routes)
         sel.register(fd, selectors.EVENT_READ, "notify")
+
+    def _socket_routes(self, fd: int, landlock: dict[str, Any]) -> dict[str, Any]:
+        """connect/sendto/socket handlers (network/sockets.py). Where Landlock checks UNIX socket
+        paths itself (RESOLVE_UNIX, ABI 9) they only watch direct connections; below, the listed
+        sockets are found now, before the command runs, and every connect is made from here."""
+        from sandboxctl.network.sockets import SocketCalls
+        from sandboxctl.network.unixwall import UnixWall
+
+        private = self.plan.network.mode != "host"
+        wall = None
+        if "RESOLVE_UNIX" not in landlock.get("fs_rights", ()):
+            diag = self.sock_diag_fd
+            if diag is None:  # under host the namespace is ours: our own netlink socket sees it
+                self.sock_diag_fd = diag = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
+                                                         4).detach()
+            wall = UnixWall(self.plan.network.unix, private_netns=private, diag_fd=diag,
+                            sandbox_pids=lambda: processes.descendants(self._init_pid() or 0))
+            wall.pin(self._init_pid() or 0)
+        ports = landlock.get("tcp_connect_ports")
+        self.socket_calls = SocketCalls(fd, private_netns=private, wall=wall,
+                                        connect_ports=tuple(ports) if ports is not None else None,
+                                        log=self._write_log, denied=self.denials)
+        self.unix_wall = wall
+        route = self.socket_calls.route
+        return {"connect": route, "sendto": route, "socket": route, "socketpair": route}
 
     def _which_rule(self, notification: notify.Notification) -> tuple[str, int, str]:
         """The baseline rule that trapped this call, and the errno it prescribes."""
@@ -439,15 +484,43 @@ class Supervisor:
                         "foreign_arch": plan.seccomp.bad_arch_action,
                         "denials_trapped": plan.seccomp.trap_denials and self.notify_fd is not None,
                         "exec_events": plan.seccomp.notify_exec and self.notify_fd is not None},
-            "network": {"mode": plan.network.mode,
-                        "proxy": f"127.0.0.1:{PROXY_PORT} inside, served by the supervisor"
-                        if plan.network.mode == "proxy" else None},
+            "network": self._network_layer(landlock),
             "approvals": {"mode": plan.approval_mode,
                           "via": plan.approval_via if plan.approval_mode == "ask" else None,
                           "file_writes": "approved opens are made by the supervisor (seccomp ADDFD)"
                           if self.notify_fd is not None and plan.seccomp.file_events != "none" else None},
             "memory": plan.limits.memory_method,
             "pids": plan.limits.pids_method,
+        }
+
+    def _network_layer(self, landlock: dict[str, Any]) -> dict[str, Any]:
+        """What holds the network walls in this run, as applied (not as planned)."""
+        from sandboxctl.plan.network import describe_listen
+
+        plan = self.plan
+        net_rights = landlock.get("net_rights") or []
+        listen = describe_listen(plan.network.mode, plan.network.listen)
+        if plan.landlock.restrict_tcp_bind and "BIND_TCP" not in net_rights:
+            listen += " (not enforced: Landlock here has no TCP rules)"
+        trapped = self.socket_calls is not None
+        if not trapped:
+            unix = {"enforced_by": None, "why": "no seccomp user notification for socket calls"}
+        elif self.unix_wall is None:
+            unix = {"enforced_by": f"Landlock RESOLVE_UNIX (ABI {landlock.get('abi')})",
+                    "listed": list(plan.network.unix)}
+        else:
+            unix = {"enforced_by": f"the supervisor: it performs every connect (Landlock ABI {landlock.get('abi')} has "
+                                   "no UNIX socket rules)",
+                    "listed": list(plan.network.unix), "not_found_at_launch": self.unix_wall.missing or None,
+                    "datagram_sockets": "refused (their sendmsg could address any socket path)"}
+        return {
+            "mode": plan.network.mode,
+            "proxy": f"127.0.0.1:{PROXY_PORT} inside, served by the supervisor"
+            if plan.network.mode == "proxy" else None,
+            "listen": listen,
+            "unix_sockets": unix,
+            "direct_connections": ("denied and logged (connect and sendto, seccomp user notification)"
+                                   if trapped and plan.network.mode != "host" else None),
         }
 
     def _limits_for_log(self) -> dict[str, Any]:

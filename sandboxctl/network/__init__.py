@@ -1,0 +1,1 @@
+"""The network walls the supervisor holds: the proxy and the checks of socket calls."""

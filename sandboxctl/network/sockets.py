@@ -1,0 +1,398 @@
+"""The socket calls the supervisor answers (seccomp user notification; rules in plan/network.py).
+
+connect() — every one reaches us, since BPF cannot read an address:
+- under network none/proxy, a destination other than the sandbox's own loopback (the proxy is
+  there) is denied with EACCES and logged as a `net` event with that destination, counted with
+  the run's denials. The namespace has no route out anyway; we make the refusal seen.
+- below Landlock ABI 9 nothing in the kernel checks a UNIX socket path, so we perform every
+  connect ourselves on the caller's own socket (pidfd_getfd: same socket, same options, same
+  network namespace) with the address we read and checked — the kernel is never told to
+  "continue" and re-read a buffer a second thread may have rewritten, nor to look up a
+  descriptor number the caller may have swapped meanwhile. A pathname goes to the very socket
+  file unixwall.py judged (/proc/self/fd/N); the answer is the connect's own result.
+  Consequence: the server sees the supervisor as its peer (SO_PEERCRED: same uid, pid 0 inside
+  the sandbox's PID namespace).
+- with Landlock ABI 9 (RESOLVE_UNIX) the kernel checks socket paths itself, so anything not denied
+  above is continued: whatever a racing thread puts in the buffer, Landlock and the namespace
+  decide it.
+
+sendto() with an address (none/proxy): a datagram to a remote address is denied and logged; any
+other is continued (a rewritten buffer can only reach an address with no route).
+
+socket()/socketpair() of an AF_UNIX datagram socket, below ABI 9: refused. Its sendmsg() could
+address any socket path, and sendmsg() keeps the address where BPF cannot see it.
+
+A blocking connect is made non-blocking for the duration of our call (the flag lives on the open
+file the caller shares); one still in progress is finished by a waiter thread, so neither a slow
+handshake nor a full listen backlog ever stalls the supervisor's loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import select
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from sandboxctl.network import native, sockaddr
+from sandboxctl.network.unixwall import UnixWall
+from sandboxctl.plan.network import AF_UNIX, SOCK_DGRAM, SOCK_RAW, SOCK_TYPE_MASK
+from sandboxctl.supervise import notify
+
+LOW32 = 0xFFFFFFFF
+DIRECT_RULE = "direct connection: only the proxy and the sandbox's own loopback are reachable"
+DATAGRAM_RULE = ("AF_UNIX datagram sockets need Landlock ABI 9 here (one could send to any socket path, "
+                 "and seccomp cannot read sendmsg's address)")
+MAX_PENDING = 256  # blocking connects in progress at once; beyond, EAGAIN
+
+
+def _int(value: int) -> int:
+    """An int argument: the kernel reads the low 32 bits, signed."""
+    value &= LOW32
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+def _unix_sockaddr(fd: int) -> bytes:
+    return struct.pack("<H", AF_UNIX) + f"/proc/self/fd/{fd}".encode() + b"\0"
+
+
+class Decision(NamedTuple):
+    allowed: bool
+    rule: str
+    errno: int = errno.EACCES
+    log_allowed: bool = False  # a listed host socket is a boundary crossing worth a record
+
+
+class SocketCalls:
+    """Routes for the notification dispatcher: connect, sendto, socket, socketpair."""
+
+    def __init__(self, listener: int, *, private_netns: bool, wall: UnixWall | None,
+                 connect_ports: tuple[int, ...] | None, log: Callable[..., None], denied: list[dict[str, Any]]):
+        self.listener = listener
+        self.private_netns = private_netns  # none/proxy: the namespace is the wall, direct connections are denied
+        self.wall = wall  # None: Landlock (ABI 9) checks UNIX socket paths in the kernel
+        self.connect_ports = connect_ports  # Landlock's TCP connect rule, mirrored for connects we make ourselves
+        self.log = log
+        self.denied = denied
+        self.waiter = PendingConnects(listener)
+
+    def route(self, notification: notify.Notification, name: str) -> bool:
+        """Answer the call; False leaves it to the dispatcher (a socket() no rule here is for)."""
+        if name == "connect":
+            self._connect(notification)
+        elif name == "sendto":
+            self._sendto(notification)
+        elif name in ("socket", "socketpair"):
+            args = notification.args
+            datagram = _int(args[0]) == AF_UNIX and args[1] & SOCK_TYPE_MASK in (SOCK_DGRAM, SOCK_RAW)
+            if not datagram:
+                return False
+            self._datagram_socket(notification, name)
+        else:
+            return False
+        return True
+
+    def close(self) -> None:
+        self.waiter.stop()
+
+    # ------------------------------------------------------------------ connect
+    def _connect(self, notification: notify.Notification) -> None:
+        target_fd, pointer, length = _int(notification.args[0]), notification.args[1], _int(notification.args[2])
+        if length < 0 or length > sockaddr.MAX_SOCKADDR:
+            notify.respond(self.listener, notification.id, error=errno.EINVAL)
+            return
+        if self.wall is None:
+            self._connect_checked_by_kernel(notification, pointer, length)
+            return
+        try:
+            pidfd = os.pidfd_open(notification.pid)
+        except OSError:
+            return  # the caller is gone
+        sock = -1
+        try:
+            raw = native.read_memory(notification.pid, pointer, length) if pointer or length else b""
+            sock = native.pidfd_getfd(pidfd, target_fd)
+        except OSError as exc:
+            if notify.still_valid(self.listener, notification.id):
+                notify.respond(self.listener, notification.id, error=exc.errno or errno.EFAULT)
+            if sock >= 0:
+                os.close(sock)
+            return
+        finally:
+            os.close(pidfd)
+        handed_over = False
+        try:
+            if notify.still_valid(self.listener, notification.id):  # what we read is the caller's own
+                handed_over = self._connect_for(notification, sock, raw)
+        finally:
+            if not handed_over:
+                os.close(sock)
+
+    def _connect_for(self, notification: notify.Notification, sock: int, raw: bytes) -> bool:
+        """Decide and connect on the caller's behalf; True when the waiter now owns sock."""
+        address = sockaddr.parse(raw)
+        target = -1
+        try:
+            if address.path is not None:
+                try:
+                    target = self.wall.resolve(notification.pid, address.path)
+                except OSError as exc:  # nothing there (ENOENT, ELOOP, ...): what the kernel would say
+                    notify.respond(self.listener, notification.id, error=exc.errno or errno.ENOENT)
+                    return False
+                if not _is_socket(target):
+                    notify.respond(self.listener, notification.id, error=errno.ECONNREFUSED)
+                    return False
+                allowed, rule = self.wall.pathname_verdict(target)
+                decision = Decision(allowed, rule, log_allowed=allowed and rule.startswith("network.unix"))
+                raw = _unix_sockaddr(target)
+            else:
+                decision = self._decide(sock, address)
+            if not decision.allowed:
+                notify.respond(self.listener, notification.id, error=decision.errno)
+                self._record(notification.pid, address, decision, "connect")
+                return False
+            if decision.log_allowed:
+                self._record(notification.pid, address, decision, "connect")
+            return self._perform(notification.id, sock, raw)
+        finally:
+            if target >= 0:
+                os.close(target)
+
+    def _decide(self, sock: int, address: sockaddr.Address) -> Decision:
+        if address.abstract is not None:
+            allowed, rule = self.wall.abstract_verdict(address.abstract)
+            return Decision(allowed, rule, errno.EPERM)
+        if not address.inet:
+            return Decision(True, "")  # AF_UNSPEC, or a family the kernel will refuse for this socket
+        if not sockaddr.is_local(address):
+            return Decision(not self.private_netns, DIRECT_RULE)
+        if self.connect_ports is not None and address.port not in self.connect_ports and _is_tcp(sock):
+            return Decision(False, "network.listen: only ports "
+                            f"{', '.join(map(str, self.connect_ports)) or '(none)'} may be dialled (Landlock's rule, "
+                            "kept for the connects the supervisor makes)")
+        return Decision(True, "")
+
+    def _connect_checked_by_kernel(self, notification: notify.Notification, pointer: int, length: int) -> None:
+        """Landlock ABI 9 checks socket paths: only a direct connection needs us (never continued)."""
+        try:
+            raw = native.read_memory(notification.pid, pointer, length) if pointer else b""
+        except OSError:
+            raw = b""
+        address = sockaddr.parse(raw)
+        if not notify.still_valid(self.listener, notification.id):
+            return
+        if self.private_netns and address.inet and not sockaddr.is_local(address):
+            notify.respond(self.listener, notification.id, error=errno.EACCES)
+            self._record(notification.pid, address, Decision(False, DIRECT_RULE), "connect")
+            return
+        notify.respond(self.listener, notification.id, allow=True)
+
+    def _perform(self, notification_id: int, sock: int, raw: bytes) -> bool:
+        """connect(2) on the caller's socket with the checked address; answer with its result."""
+        flags = fcntl.fcntl(sock, fcntl.F_GETFL)
+        blocking = not flags & os.O_NONBLOCK
+        if blocking:
+            fcntl.fcntl(sock, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+        try:
+            result = native.connect(sock, raw)
+        finally:
+            if blocking:
+                fcntl.fcntl(sock, fcntl.F_SETFL, flags)
+        if blocking and result in (errno.EINPROGRESS, errno.EALREADY):
+            ready = select.poll()
+            ready.register(sock, select.POLLOUT)
+            if ready.poll(0):
+                result = _socket_error(sock)
+            else:
+                return self.waiter.add(notification_id, sock, raw, retry=False)
+        elif blocking and result == errno.EAGAIN:  # a UNIX listener's backlog is full: retried
+            return self.waiter.add(notification_id, sock, raw, retry=True)
+        notify.respond(self.listener, notification_id, error=result)
+        return False
+
+    # ------------------------------------------------------------------ sendto, socket
+    def _sendto(self, notification: notify.Notification) -> None:
+        pointer, length = notification.args[4], _int(notification.args[5])
+        if not pointer or length <= 0 or length > sockaddr.MAX_SOCKADDR:
+            notify.respond(self.listener, notification.id, allow=True)  # the kernel ignores or refuses it
+            return
+        try:
+            address = sockaddr.parse(native.read_memory(notification.pid, pointer, length))
+        except OSError:
+            address = sockaddr.Address(-1)
+        if not notify.still_valid(self.listener, notification.id):
+            return
+        if self.private_netns and address.inet and not sockaddr.is_local(address):
+            notify.respond(self.listener, notification.id, error=errno.EACCES)
+            self._record(notification.pid, address, Decision(False, DIRECT_RULE), "sendto")
+            return
+        notify.respond(self.listener, notification.id, allow=True)
+
+    def _datagram_socket(self, notification: notify.Notification, name: str) -> None:
+        if self.wall is None:  # Landlock checks every path such a socket sends to
+            notify.respond(self.listener, notification.id, allow=True)
+            return
+        if notify.respond(self.listener, notification.id, error=errno.EACCES):
+            self.denied.append({"kind": "syscall", "target": f"{name}(AF_UNIX, SOCK_DGRAM)", "rule": DATAGRAM_RULE})
+            self.log("syscall", pid=notification.pid, name=name, decision="deny", rule=DATAGRAM_RULE, errno="EACCES")
+
+    # ------------------------------------------------------------------ records
+    def _record(self, pid: int, address: sockaddr.Address, decision: Decision, via: str) -> None:
+        """A `net` event with the destination; a denial also joins the run's denials."""
+        if address.inet:
+            host, port = address.host, address.port
+        else:
+            host, port = sockaddr.describe(address), None
+        outcome = "allow" if decision.allowed else "deny"
+        if not decision.allowed:
+            self.denied.append({"kind": "net", "target": sockaddr.describe(address), "rule": decision.rule})
+        self.log("net", host=host, port=port, decision=outcome, rule=decision.rule, pid=pid, via=via,
+                 errno=None if decision.allowed else errno.errorcode.get(decision.errno, str(decision.errno)))
+
+
+def _is_socket(fd: int) -> bool:
+    import stat
+
+    return stat.S_ISSOCK(os.fstat(fd).st_mode)
+
+
+def _is_tcp(fd: int) -> bool:
+    """Landlock's TCP rules are for stream sockets of IPPROTO_TCP only (UDP connects are not theirs)."""
+    try:
+        kind = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return False
+    try:
+        return kind.type == socket.SOCK_STREAM and kind.proto in (0, socket.IPPROTO_TCP)
+    finally:
+        kind.close()
+
+
+def _socket_error(fd: int) -> int:
+    return struct.unpack("<i", _getsockopt(fd, socket.SO_ERROR, 4))[0]
+
+
+def _getsockopt(fd: int, option: int, size: int) -> bytes:
+    holder = socket.socket(fileno=os.dup(fd))
+    try:
+        return holder.getsockopt(socket.SOL_SOCKET, option, size)
+    finally:
+        holder.close()
+
+
+class _Pending(NamedTuple):
+    notification_id: int
+    sock: int
+    raw: bytes
+    retry: bool  # a UNIX backlog was full: try again; else wait for the handshake (POLLOUT)
+    deadline: float | None  # the caller's SO_SNDTIMEO
+
+
+class PendingConnects:
+    """Finishes blocking connects that could not complete at once, off the supervisor's loop."""
+
+    RETRY_S = 0.02
+    SWEEP_S = 1.0
+
+    def __init__(self, listener: int):
+        self.listener = listener
+        self.entries: dict[int, _Pending] = {}
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+        self.wake_r = self.wake_w = -1
+        self.stopping = False
+
+    def add(self, notification_id: int, sock: int, raw: bytes, *, retry: bool) -> bool:
+        """True: the waiter owns sock now. False (too many in flight): the caller got EAGAIN."""
+        seconds, micros = struct.unpack("<qq", _getsockopt(sock, socket.SO_SNDTIMEO, 16))
+        timeout = seconds + micros / 1e6
+        with self.lock:
+            if len(self.entries) >= MAX_PENDING or self.stopping:
+                notify.respond(self.listener, notification_id, error=errno.EAGAIN)
+                return False
+            self.entries[sock] = _Pending(notification_id, sock, raw, retry,
+                                          time.monotonic() + timeout if timeout > 0 else None)
+            if self.thread is None:
+                self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+                self.thread = threading.Thread(target=self._run, name="sandboxctl-connects", daemon=True)
+                self.thread.start()
+        with contextlib.suppress(OSError):
+            os.write(self.wake_w, b"\0")
+        return True
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopping = True
+            thread = self.thread
+        if thread is not None:
+            with contextlib.suppress(OSError):
+                os.write(self.wake_w, b"\0")
+            thread.join(timeout=5)
+            for fd in (self.wake_r, self.wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        with self.lock:
+            for entry in self.entries.values():
+                os.close(entry.sock)
+            self.entries.clear()
+
+    def _run(self) -> None:
+        last_sweep = time.monotonic()
+        while True:
+            with self.lock:
+                if self.stopping:
+                    return
+                entries = list(self.entries.values())
+            poller = select.poll()
+            poller.register(self.wake_r, select.POLLIN)
+            for entry in entries:
+                if not entry.retry:
+                    poller.register(entry.sock, select.POLLOUT)
+            waits = [self.SWEEP_S] + [self.RETRY_S for e in entries if e.retry]
+            waits += [max(0.0, e.deadline - time.monotonic()) for e in entries if e.deadline]
+            events = dict(poller.poll(min(waits) * 1000))
+            if self.wake_r in events:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self.wake_r, 512)
+            now = time.monotonic()
+            for entry in entries:
+                if entry.sock in events:
+                    self._finish(entry, _socket_error(entry.sock))
+                elif entry.retry:
+                    self._retry(entry)
+                elif entry.deadline is not None and now >= entry.deadline:
+                    self._finish(entry, errno.EINPROGRESS)  # what a timed-out blocking connect says
+            if now - last_sweep >= self.SWEEP_S:
+                last_sweep = now
+                for entry in entries:
+                    if entry.sock in self.entries and not notify.still_valid(self.listener, entry.notification_id):
+                        self._drop(entry)  # the caller was interrupted or killed
+
+    def _retry(self, entry: _Pending) -> None:
+        flags = fcntl.fcntl(entry.sock, fcntl.F_GETFL)
+        fcntl.fcntl(entry.sock, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+        try:
+            result = native.connect(entry.sock, entry.raw)
+        finally:
+            fcntl.fcntl(entry.sock, fcntl.F_SETFL, flags)
+        if result != errno.EAGAIN:
+            self._finish(entry, result)
+        elif entry.deadline is not None and time.monotonic() >= entry.deadline:
+            self._finish(entry, errno.EAGAIN)
+
+    def _finish(self, entry: _Pending, result: int) -> None:
+        notify.respond(self.listener, entry.notification_id, error=result)
+        self._drop(entry)
+
+    def _drop(self, entry: _Pending) -> None:
+        with self.lock:
+            if self.entries.get(entry.sock) is entry:  # not a newer entry that reuses the number
+                del self.entries[entry.sock]
+                os.close(entry.sock)
