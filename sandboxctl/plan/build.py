@@ -423,8 +423,15 @@ class _Planner:
                 env[name] = proxy
             env["ALL_PROXY"] = env["all_proxy"] = f"socks5h://127.0.0.1:{PROXY_PORT}"
             # the loopback inside is the sandbox's own (servers of a test suite: network.listen), and
-            # the proxy would refuse it anyway (it resolves on the host, where loopback is private)
-            env["NO_PROXY"] = env["no_proxy"] = LOOPBACK_NAMES
+            # the proxy would refuse it anyway (loopback is private on the host) — unless the policy
+            # names the host's loopback: then 127.0.0.1 goes to the proxy, which may reach it
+            allowed = [h.host for h in self.policy.network.allow] + [h.partition(":")[0] for h in self.inv.allow_net]
+            host_loopback = netwalls.names_host_loopback(allowed)
+            if host_loopback:
+                self.notes.append("network.allow names the host's loopback: HTTP clients send 127.0.0.1 and localhost "
+                                  "to the proxy (NO_PROXY is empty), so servers inside the sandbox are reached only "
+                                  "by programs that ignore the proxy variables")
+            env["NO_PROXY"] = env["no_proxy"] = "" if host_loopback else LOOPBACK_NAMES
         env["SANDBOXCTL"] = "1"
         env["SANDBOXCTL_RUN"] = self.inv.run_id
         return tuple(sorted(env.items()))

@@ -51,6 +51,25 @@ def tcp_rules(mode: str, listen: bool | tuple[int, ...], proxy_port: int) -> Tcp
     return TcpRules(True, ports, True, dialable)
 
 
+def names_host_loopback(hosts: list[str]) -> bool:
+    """Does network.allow name the *host's* loopback (reached through the proxy, allow_private)?
+    Then 127.0.0.1 inside goes to the proxy, as before servers inside existed."""
+    import ipaddress
+
+    for host in hosts:
+        name = host.lower().rstrip(".")
+        if name == "localhost" or name.endswith(".localhost"):
+            return True
+        try:
+            address = ipaddress.ip_address(name)
+        except ValueError:
+            continue
+        if address.is_loopback or (isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None
+                                   and address.ipv4_mapped.is_loopback):
+            return True
+    return False
+
+
 def describe_listen(mode: str, listen: bool | tuple[int, ...]) -> str:
     """One line for --dry-run and run.start: which servers the command may run."""
     if isinstance(listen, tuple):
