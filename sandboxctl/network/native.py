@@ -40,26 +40,64 @@ def _fail() -> OSError:
     return OSError(code, os.strerror(code))
 
 
-def read_memory(pid: int, address: int, size: int) -> bytes:
-    """size bytes of the caller's memory (one process_vm_readv); a short read is EFAULT, as the
-    kernel would answer for an address the caller cannot read either."""
-    if size == 0:
-        return b""
-    buffer = ctypes.create_string_buffer(size)
-    local = _Iovec(ctypes.cast(buffer, ctypes.c_void_p), size)
-    remote = _Iovec(address, size)
-    done = _libc().process_vm_readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
-    if done < 0:
-        raise _fail()
-    if done != size:
-        raise OSError(14, "short read from the caller's memory")  # EFAULT
-    return buffer.raw
+class MemoryReader:
+    """Reads a few bytes of a caller's memory with one process_vm_readv, through buffers made once
+    (this runs for every trapped connect). One reader per thread."""
+
+    def __init__(self, capacity: int = 128):
+        self.capacity = capacity
+        self.buffer = ctypes.create_string_buffer(capacity)
+        self.local = _Iovec(ctypes.cast(self.buffer, ctypes.c_void_p), capacity)
+        self.remote = _Iovec(0, 0)
+        self.call = _libc().process_vm_readv
+        self.local_ref, self.remote_ref = ctypes.byref(self.local), ctypes.byref(self.remote)
+
+    def read(self, pid: int, address: int, size: int) -> bytes:
+        """size bytes at address; a short read is EFAULT, as the kernel would answer for an address
+        the caller cannot read either."""
+        if size <= 0:
+            return b""
+        if size > self.capacity:
+            raise OSError(22, "longer than any socket address")  # EINVAL, as the kernel says
+        self.local.len = size
+        self.remote.base, self.remote.len = address, size
+        done = self.call(pid, self.local_ref, 1, self.remote_ref, 1, 0)
+        if done != size:
+            raise _fail() if done < 0 else OSError(14, "short read from the caller's memory")  # EFAULT
+        return self.buffer.raw[:size]
+
+
+PIDFD_THREAD = os.O_EXCL  # Linux 6.9: a pidfd of this very thread, not of its thread group
+_thread_pidfds = True
+
+
+def pidfd_of_thread(tid: int) -> int:
+    """A pidfd for the thread that made the call (notifications name threads). Its descriptor table
+    is the one the call uses, even for a thread made without CLONE_FILES. Before Linux 6.9 only a
+    thread-group leader has a pidfd: its group's leader is used, whose table a thread shares
+    unless it was made without CLONE_FILES (then the descriptor got is the leader's; what is
+    connected is still only an address that was checked)."""
+    global _thread_pidfds
+    if _thread_pidfds:
+        try:
+            return os.pidfd_open(tid, PIDFD_THREAD)
+        except OSError as exc:
+            if exc.errno != 22:  # EINVAL: the flag is unknown here
+                raise
+            _thread_pidfds = False
+    try:
+        return os.pidfd_open(tid)
+    except OSError as exc:
+        if exc.errno != 22:  # EINVAL: a thread that is not its group's leader
+            raise
+    with open(f"/proc/{tid}/status") as status:
+        leader = next(int(line.split()[1]) for line in status if line.startswith("Tgid:"))
+    return os.pidfd_open(leader)
 
 
 def pidfd_getfd(pidfd: int, target_fd: int) -> int:
     """A duplicate of the caller's descriptor (the same open file: same socket, same flags)."""
-    fd = _libc().syscall(ctypes.c_long(NR_PIDFD_GETFD), ctypes.c_int(pidfd), ctypes.c_int(target_fd),
-                         ctypes.c_uint(0))
+    fd = _libc().syscall(NR_PIDFD_GETFD, pidfd, target_fd, 0)
     if fd < 0:
         raise _fail()
     return fd

@@ -82,6 +82,7 @@ class SocketCalls:
         self.log = log
         self.denied = denied
         self.waiter = PendingConnects(listener)
+        self.reader = native.MemoryReader(sockaddr.MAX_SOCKADDR)  # the loop's own (one per thread)
 
     def route(self, notification: notify.Notification, name: str) -> bool:
         """Answer the call; False leaves it to the dispatcher (a socket() no rule here is for)."""
@@ -112,12 +113,16 @@ class SocketCalls:
             self._connect_checked_by_kernel(notification, pointer, length)
             return
         try:
-            pidfd = os.pidfd_open(notification.pid)
-        except OSError:
-            return  # the caller is gone
+            pidfd = native.pidfd_of_thread(notification.pid)
+        except OSError as exc:  # the caller is gone, or this kernel cannot name a thread
+            if notify.still_valid(self.listener, notification.id):
+                notify.respond(self.listener, notification.id, error=errno.EPERM)
+                self.log("syscall", pid=notification.pid, name="connect", decision="deny",
+                         rule=f"sandboxctl could not reach the caller's descriptors ({exc.strerror})", errno="EPERM")
+            return
         sock = -1
         try:
-            raw = native.read_memory(notification.pid, pointer, length) if pointer or length else b""
+            raw = self.reader.read(notification.pid, pointer, length)
             sock = native.pidfd_getfd(pidfd, target_fd)
         except OSError as exc:
             if notify.still_valid(self.listener, notification.id):
@@ -130,7 +135,10 @@ class SocketCalls:
         handed_over = False
         try:
             if notify.still_valid(self.listener, notification.id):  # what we read is the caller's own
-                handed_over = self._connect_for(notification, sock, raw)
+                if sockaddr.local_inet(raw) and self.connect_ports is None:
+                    handed_over = self._perform(notification.id, sock, raw)  # the loopback: most calls
+                else:
+                    handed_over = self._connect_for(notification, sock, raw)
         finally:
             if not handed_over:
                 os.close(sock)
@@ -160,7 +168,10 @@ class SocketCalls:
                 return False
             if decision.log_allowed:
                 self._record(notification.pid, address, decision, "connect")
-            return self._perform(notification.id, sock, raw)
+            handed_over = self._perform(notification.id, sock, raw, keep=target)
+            if handed_over:
+                target = -1  # the waiter holds it: the address names it (/proc/self/fd/N)
+            return handed_over
         finally:
             if target >= 0:
                 os.close(target)
@@ -182,7 +193,7 @@ class SocketCalls:
     def _connect_checked_by_kernel(self, notification: notify.Notification, pointer: int, length: int) -> None:
         """Landlock ABI 9 checks socket paths: only a direct connection needs us (never continued)."""
         try:
-            raw = native.read_memory(notification.pid, pointer, length) if pointer else b""
+            raw = self.reader.read(notification.pid, pointer, length)
         except OSError:
             raw = b""
         address = sockaddr.parse(raw)
@@ -194,26 +205,18 @@ class SocketCalls:
             return
         notify.respond(self.listener, notification.id, allow=True)
 
-    def _perform(self, notification_id: int, sock: int, raw: bytes) -> bool:
-        """connect(2) on the caller's socket with the checked address; answer with its result."""
+    def _perform(self, notification_id: int, sock: int, raw: bytes, keep: int = -1) -> bool:
+        """connect(2) on the caller's socket with the checked address; answer with its result.
+        keep: the socket file a UNIX address names (/proc/self/fd/N), held as long as the connect."""
         flags = fcntl.fcntl(sock, fcntl.F_GETFL)
-        blocking = not flags & os.O_NONBLOCK
-        if blocking:
-            fcntl.fcntl(sock, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-        try:
-            result = native.connect(sock, raw)
-        finally:
-            if blocking:
-                fcntl.fcntl(sock, fcntl.F_SETFL, flags)
-        if blocking and result in (errno.EINPROGRESS, errno.EALREADY):
-            ready = select.poll()
-            ready.register(sock, select.POLLOUT)
-            if ready.poll(0):
-                result = _socket_error(sock)
-            else:
-                return self.waiter.add(notification_id, sock, raw, retry=False)
-        elif blocking and result == errno.EAGAIN:  # a UNIX listener's backlog is full: retried
-            return self.waiter.add(notification_id, sock, raw, retry=True)
+        if flags & os.O_NONBLOCK:  # the caller's own semantics: EINPROGRESS is its answer
+            notify.respond(self.listener, notification_id, error=native.connect(sock, raw))
+            return False
+        result = connect_now(sock, raw, flags)
+        if result in (errno.EINPROGRESS, errno.EALREADY):  # a handshake still on its way
+            return self.waiter.add(notification_id, sock, raw, keep, retry=False)
+        if result == errno.EAGAIN:  # a UNIX listener's backlog is full: tried again until it is not
+            return self.waiter.add(notification_id, sock, raw, keep, retry=True)
         notify.respond(self.listener, notification_id, error=result)
         return False
 
@@ -224,7 +227,7 @@ class SocketCalls:
             notify.respond(self.listener, notification.id, allow=True)  # the kernel ignores or refuses it
             return
         try:
-            address = sockaddr.parse(native.read_memory(notification.pid, pointer, length))
+            address = sockaddr.parse(self.reader.read(notification.pid, pointer, length))
         except OSError:
             address = sockaddr.Address(-1)
         if not notify.still_valid(self.listener, notification.id):
@@ -257,6 +260,20 @@ class SocketCalls:
                  errno=None if decision.allowed else errno.errorcode.get(decision.errno, str(decision.errno)))
 
 
+def connect_now(sock: int, raw: bytes, flags: int) -> int:
+    """A blocking socket's connect, made without blocking: 0 or the errno, or EINPROGRESS/EALREADY
+    while the handshake is under way. On the loopback it is usually done by the time connect
+    returns; the second call says so (0 once established: what a blocking connect returns)."""
+    fcntl.fcntl(sock, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+    try:
+        result = native.connect(sock, raw)
+        if result in (errno.EINPROGRESS, errno.EALREADY):
+            result = native.connect(sock, raw)
+        return 0 if result == errno.EISCONN else result
+    finally:
+        fcntl.fcntl(sock, fcntl.F_SETFL, flags)
+
+
 def _is_socket(fd: int) -> bool:
     import stat
 
@@ -275,10 +292,6 @@ def _is_tcp(fd: int) -> bool:
         kind.close()
 
 
-def _socket_error(fd: int) -> int:
-    return struct.unpack("<i", _getsockopt(fd, socket.SO_ERROR, 4))[0]
-
-
 def _getsockopt(fd: int, option: int, size: int) -> bytes:
     holder = socket.socket(fileno=os.dup(fd))
     try:
@@ -291,6 +304,7 @@ class _Pending(NamedTuple):
     notification_id: int
     sock: int
     raw: bytes
+    keep: int  # the socket file raw names (/proc/self/fd/N), or -1
     retry: bool  # a UNIX backlog was full: try again; else wait for the handshake (POLLOUT)
     deadline: float | None  # the caller's SO_SNDTIMEO
 
@@ -309,15 +323,15 @@ class PendingConnects:
         self.wake_r = self.wake_w = -1
         self.stopping = False
 
-    def add(self, notification_id: int, sock: int, raw: bytes, *, retry: bool) -> bool:
-        """True: the waiter owns sock now. False (too many in flight): the caller got EAGAIN."""
+    def add(self, notification_id: int, sock: int, raw: bytes, keep: int, *, retry: bool) -> bool:
+        """True: the waiter owns sock and keep now. False (too many in flight): the caller got EAGAIN."""
         seconds, micros = struct.unpack("<qq", _getsockopt(sock, socket.SO_SNDTIMEO, 16))
         timeout = seconds + micros / 1e6
         with self.lock:
             if len(self.entries) >= MAX_PENDING or self.stopping:
                 notify.respond(self.listener, notification_id, error=errno.EAGAIN)
                 return False
-            self.entries[sock] = _Pending(notification_id, sock, raw, retry,
+            self.entries[sock] = _Pending(notification_id, sock, raw, keep, retry,
                                           time.monotonic() + timeout if timeout > 0 else None)
             if self.thread is None:
                 self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -340,7 +354,7 @@ class PendingConnects:
                     os.close(fd)
         with self.lock:
             for entry in self.entries.values():
-                os.close(entry.sock)
+                _close(entry)
             self.entries.clear()
 
     def _run(self) -> None:
@@ -363,10 +377,11 @@ class PendingConnects:
                     os.read(self.wake_r, 512)
             now = time.monotonic()
             for entry in entries:
-                if entry.sock in events:
-                    self._finish(entry, _socket_error(entry.sock))
-                elif entry.retry:
-                    self._retry(entry)
+                if entry.sock in events or entry.retry:
+                    try:
+                        self._retry(entry)
+                    except OSError:  # never leave a caller waiting on us
+                        self._finish(entry, errno.EPERM)
                 elif entry.deadline is not None and now >= entry.deadline:
                     self._finish(entry, errno.EINPROGRESS)  # what a timed-out blocking connect says
             if now - last_sweep >= self.SWEEP_S:
@@ -376,16 +391,11 @@ class PendingConnects:
                         self._drop(entry)  # the caller was interrupted or killed
 
     def _retry(self, entry: _Pending) -> None:
-        flags = fcntl.fcntl(entry.sock, fcntl.F_GETFL)
-        fcntl.fcntl(entry.sock, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-        try:
-            result = native.connect(entry.sock, entry.raw)
-        finally:
-            fcntl.fcntl(entry.sock, fcntl.F_SETFL, flags)
-        if result != errno.EAGAIN:
+        result = connect_now(entry.sock, entry.raw, fcntl.fcntl(entry.sock, fcntl.F_GETFL))
+        if result not in (errno.EAGAIN, errno.EINPROGRESS, errno.EALREADY):
             self._finish(entry, result)
         elif entry.deadline is not None and time.monotonic() >= entry.deadline:
-            self._finish(entry, errno.EAGAIN)
+            self._finish(entry, errno.EAGAIN if entry.retry else errno.EINPROGRESS)
 
     def _finish(self, entry: _Pending, result: int) -> None:
         notify.respond(self.listener, entry.notification_id, error=result)
@@ -395,4 +405,10 @@ class PendingConnects:
         with self.lock:
             if self.entries.get(entry.sock) is entry:  # not a newer entry that reuses the number
                 del self.entries[entry.sock]
-                os.close(entry.sock)
+                _close(entry)
+
+
+def _close(entry: _Pending) -> None:
+    os.close(entry.sock)
+    if entry.keep >= 0:
+        os.close(entry.keep)
