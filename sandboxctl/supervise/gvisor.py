@@ -29,8 +29,10 @@ from typing import Any
 
 from sandboxctl.errors import EXIT_SANDBOX_FAILED, EXIT_TIMEOUT, SandboxError
 from sandboxctl.launch import oci, runsc, seccomp
+from sandboxctl.launch.gvisor_init import FORWARDER_UID
 from sandboxctl.log.writer import LogWriteError
 from sandboxctl.plan.build import PROXY_PORT
+from sandboxctl.plan.network import describe_listen
 from sandboxctl.supervise.runner import FORWARDED, TERM_GRACE_S, RunResult, Supervisor
 
 TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
@@ -52,6 +54,9 @@ class GvisorSupervisor(Supervisor):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.relays: dict[int, int] = {}  # pipe read end -> the regular file it is copied to
+        self.heartbeat_listener: socket.socket | None = None  # the proxy forwarder's lifeline (see _wait)
+        self.heartbeat: socket.socket | None = None
+        self.forwarder_lost_at: float | None = None
 
     # ------------------------------------------------------------------ launch
     def launch(self) -> RunResult:
@@ -86,6 +91,11 @@ class GvisorSupervisor(Supervisor):
                 listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 listener.bind(f"{paths.proxy}/{oci.PROXY_SOCKET_NAME}")
                 listener.listen(256)
+                self.heartbeat_listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.heartbeat_listener.bind(f"{paths.proxy}/{oci.ALIVE_SOCKET_NAME}")
+                self.heartbeat_listener.listen(4)
+                for name in (oci.PROXY_SOCKET_NAME, oci.ALIVE_SOCKET_NAME):  # the forwarder is another user
+                    os.chmod(f"{paths.proxy}/{name}", 0o666)
             argv = oci.runsc_argv(plan, paths, runsc=self.runsc_path, platform=self.platform)
             stdio = self._relay_regular_files()
             started = time.monotonic()
@@ -126,6 +136,9 @@ class GvisorSupervisor(Supervisor):
             if self.secrets_dir_fd is not None:
                 os.close(self.secrets_dir_fd)
                 self.secrets_dir_fd = None
+            for held in (self.heartbeat_listener, self.heartbeat):
+                if held is not None:
+                    held.close()
             for fd in self.relays:
                 os.close(fd)
             if self.runsc_pid and self.returncode_unknown():
@@ -207,10 +220,15 @@ class GvisorSupervisor(Supervisor):
         sel.register(wake_r, selectors.EVENT_READ, "signal")
         for fd in self.relays:
             sel.register(fd, selectors.EVENT_READ, "relay")
+        if self.heartbeat_listener is not None:
+            sel.register(self.heartbeat_listener, selectors.EVENT_READ, "forwarder")
         deadline = started + self.plan.limits.timeout if self.plan.limits.timeout else None
         try:
             while True:
-                for key, _ in sel.select(self._until_next_timer(deadline)):
+                wait = self._until_next_timer(deadline)
+                if self.forwarder_lost_at is not None:
+                    wait = max(0.0, min(wait if wait is not None else 1.0, self.forwarder_lost_at - time.monotonic()))
+                for key, _ in sel.select(wait):
                     if key.data == "exit":
                         _, status = os.waitpid(pid, 0)
                         code = os.waitstatus_to_exitcode(status)
@@ -219,15 +237,52 @@ class GvisorSupervisor(Supervisor):
                     if key.data == "relay":
                         self._pass_on(key.fd, sel)
                         continue
+                    if key.data in ("forwarder", "heartbeat"):
+                        self._on_forwarder(key.data, sel)
+                        continue
                     with contextlib.suppress(BlockingIOError):
                         os.read(wake_r, 512)
                     self._on_signals()
                 self._on_timers(deadline)
+                if self.forwarder_lost_at is not None and time.monotonic() >= self.forwarder_lost_at:
+                    self.forwarder_lost_at = None
+                    self.setup_error = SandboxError(
+                        "the network proxy's forwarder inside gVisor stopped while the command ran; the run was "
+                        "ended (nothing else may hold 127.0.0.1:3128)", "run it again; report it if it recurs")
+                    self._write_log("limit", kind="forwarder", action="kill")
+                    self._kill()
         finally:
             signal.set_wakeup_fd(old_wakeup)
             sel.close()
             for fd in (pidfd, wake_r, wake_w):
                 os.close(fd)
+
+    def _on_forwarder(self, what: str, sel: selectors.BaseSelector) -> None:
+        """The forwarder's lifeline: the first connection to alive.sock is the forwarder's (the
+        command starts only after it connected), and no other is accepted. When it closes while
+        the sandbox still runs, the forwarder is gone and 127.0.0.1:3128 could be taken: the run
+        ends. (It also closes when the sandbox ends: a second's grace tells the two apart.)"""
+        if what == "forwarder" and self.heartbeat_listener is not None:
+            connection, _ = self.heartbeat_listener.accept()
+            sel.unregister(self.heartbeat_listener)
+            self.heartbeat_listener.close()
+            self.heartbeat_listener = None
+            if self.run_dir and self.run_dir.paths and self.run_dir.paths.proxy:
+                with contextlib.suppress(OSError):
+                    os.unlink(f"{self.run_dir.paths.proxy}/{oci.ALIVE_SOCKET_NAME}")
+            self.heartbeat = connection
+            sel.register(connection, selectors.EVENT_READ, "heartbeat")
+            return
+        if self.heartbeat is not None:
+            try:
+                data = self.heartbeat.recv(4096)
+            except OSError:
+                data = b""
+            if not data:
+                sel.unregister(self.heartbeat)
+                self.heartbeat.close()
+                self.heartbeat = None
+                self.forwarder_lost_at = time.monotonic() + 1.0
 
     def _runsc_kill(self, signum: int, everyone: bool = False) -> None:
         """`runsc kill`: the command is a process of gVisor's kernel, not of the host's."""
@@ -288,8 +343,16 @@ class GvisorSupervisor(Supervisor):
                         "denials_trapped": False, "exec_events": False, "file_events": False,
                         "why": "gVisor has no seccomp user notification"},
             "network": {"mode": plan.network.mode,
-                        "proxy": f"127.0.0.1:{PROXY_PORT} inside, relayed over a host UNIX socket to the "
-                                 "supervisor" if proxy else None},
+                        "proxy": f"127.0.0.1:{PROXY_PORT} inside, held by a forwarder running as uid "
+                                 f"{FORWARDER_UID} (out of the command's signal reach; the run ends if it stops), "
+                                 "relayed over a host UNIX socket to the supervisor" if proxy else None,
+                        "listen": describe_listen(plan.network.mode, plan.network.listen)
+                        + ("" if plan.network.listen is True else " (not enforced: no Landlock under gVisor)"),
+                        "unix_sockets": {"enforced_by": None,
+                                         "why": "runsc opens every host socket a granted path shows, or none"},
+                        "direct_connections": "no route (gVisor's own network stack, --network=none); not logged"},
+            "capabilities": "none for the command (the launcher's, used to start the forwarder, are dropped "
+                            "before it)" if proxy else "none",
             "approvals": {"mode": plan.approval_mode,
                           "via": plan.approval_via if plan.approval_mode == "ask" else None,
                           "file_writes": None,
