@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 AF_UNSPEC, AF_UNIX, AF_INET, AF_INET6 = 0, 1, 2, 10
 MAX_SOCKADDR = 128  # sizeof(struct sockaddr_storage): the kernel refuses longer ones (EINVAL)
+MAX_UNIX = 110  # sizeof(struct sockaddr_un): a longer AF_UNIX address is EINVAL
 
 
 class Address(NamedTuple):

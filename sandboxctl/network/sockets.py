@@ -148,6 +148,9 @@ class SocketCalls:
         address = sockaddr.parse(raw)
         target = -1
         try:
+            if address.family == sockaddr.AF_UNIX and len(raw) > sockaddr.MAX_UNIX:
+                notify.respond(self.listener, notification.id, error=errno.EINVAL)  # as the kernel would
+                return False
             if address.path is not None:
                 try:
                     target = self.wall.resolve(notification.pid, address.path)
