@@ -292,6 +292,38 @@ def test_a_host_socket_in_the_writable_workspace_is_unreachable(sandbox):
         server.close()
 
 
+INSIDE_AND_HOST = r"""
+import socket, sys, threading
+listener = socket.socket(socket.AF_UNIX)
+listener.bind("inside.sock")  # in the workspace, like the host's dev.sock beside it
+listener.listen()
+threading.Thread(target=lambda: listener.accept()[0].recv(10), daemon=True).start()
+for path in ("inside.sock", "dev.sock"):
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(path)
+        s.send(b"takeover")
+        print("connected")
+    except OSError as e:
+        print("refused", e.errno)
+"""
+
+
+@pytest.mark.parametrize("name", ["ci", "host"])
+def test_a_socket_bound_inside_is_reachable_and_its_host_neighbour_is_not(sandbox, name):
+    """Under host the sandbox shares the host's socket list: what makes a socket its own is that a
+    sandboxed process holds it."""
+    server = SocketServer(sandbox.workspace / "dev.sock")
+    try:
+        args = ("--yes", "--net", "host") if name == "host" else ()
+        result = sandbox.run(*args, "--", "python3", "-c", INSIDE_AND_HOST, policy="ci")
+        server.settle()
+        assert result.stdout.split("\n")[:2] == ["connected", "refused 13"], result.stdout + result.stderr
+        assert server.connections == 0
+    finally:
+        server.close()
+
+
 def test_a_listed_socket_is_reachable_and_logged(sandbox, host_sockets):
     directory, servers = host_sockets
     listed = policy(sandbox, f"extends: ci\nnetwork: {{unix: [{directory}/app.sock]}}\n")
@@ -482,14 +514,35 @@ def test_datagram_unix_sockets_are_refused_below_landlock_abi_9(sandbox):
     assert run_end(sandbox)["denied"] == 2
 
 
-def test_a_host_abstract_socket_is_unreachable(sandbox):
+ABSTRACT = r"""
+import socket, threading
+inside = socket.socket(socket.AF_UNIX)
+inside.bind(b"\0sandboxctl-test-inside")
+inside.listen()
+threading.Thread(target=lambda: inside.accept()[0].recv(10), daemon=True).start()
+for name in (b"\0sandboxctl-test-host-abstract", b"\0sandboxctl-test-inside"):
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(name)
+        s.send(b"takeover")
+        print("connected")
+    except OSError as e:
+        print("refused", e.errno)
+"""
+
+
+@pytest.mark.parametrize("name", ["ci", "offline", "host"])
+def test_a_host_abstract_socket_is_unreachable_and_the_sandboxs_own_is(sandbox, name):
+    """Under none/proxy the sandbox has abstract names of its own; under host they are the host's,
+    and only those of sockets held inside may be reached (what Landlock's scope says, ABI 6)."""
     server = SocketServer(Path("unused"), abstract=b"\0sandboxctl-test-host-abstract")
     try:
-        for name in ("ci", "offline"):
-            result = sandbox.py(CONNECT_UNIX.replace("sys.argv[1]", "'\\0sandboxctl-test-host-abstract'"), policy=name)
-            assert result.stdout.startswith("refused"), result.stdout + result.stderr
+        args = ("--yes", "--net", "host") if name == "host" else ()
+        result = sandbox.run(*args, "--", "python3", "-c", ABSTRACT, policy="ci" if name == "host" else name)
         server.settle()
         assert server.connections == 0
+        refused, own = result.stdout.split("\n")[:2]
+        assert refused.startswith("refused") and own == "connected", result.stdout + result.stderr
     finally:
         server.close()
 
