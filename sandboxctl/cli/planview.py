@@ -117,6 +117,17 @@ def show(plan: Plan, as_json: bool = False) -> None:
     out.print(f"[bold]Approvals[/bold]: {plan.approval_mode} via {plan.approval_via} "
               f"(unanswered after {units.format_duration(plan.approval_timeout)}: deny)")
     out.print(f"[bold]Action log[/bold]: {plan.log_path} (file events: {plan.file_events})")
+    protect = plan.protect
+    if protect.roots:
+        how = ("read-only to Landlock; the supervisor performs and checks every change" if protect.mediated
+               else "read-only binds over existing entries; absent ones checked at the end of the run")
+        from rich.text import Text
+
+        from sandboxctl.inert import inert
+
+        out.print(Text.assemble(("Protected paths", "bold"), f": under {', '.join(inert(r) for r in protect.roots)} — "
+                                f"{how}; {len(protect.gitdirs)} git directories, {len(protect.explicit)} explicit "
+                                f"paths, {len(protect.record)} entries recorded for the end-of-run check"))
     for warning in plan.warnings:
         out.print(f"[red]warning[/red]: {warning}")
     for note in plan.notes:

@@ -41,6 +41,7 @@ class RunResult(NamedTuple):
     error: SandboxError | None = None
     layers: dict[str, Any] | None = None
     denials: tuple[dict[str, Any], ...] | list[dict[str, Any]] = ()
+    protected: tuple[dict[str, Any], ...] = ()  # protect.snapshot.Change records: put back at the end
 
 
 class Supervisor:
@@ -75,6 +76,8 @@ class Supervisor:
         self.kill_at: float | None = None
         self.timed_out = False
         self.broker = None
+        self.mediator = None
+        self.protected_inodes: dict[tuple[int, int], str] = {}  # from the launch record (lifecycle)
 
     # ------------------------------------------------------------------ approvals
     def _start_broker(self) -> None:
@@ -175,6 +178,10 @@ class Supervisor:
                 os.close(self.secrets_dir_fd)
             if self.proxy is not None:
                 self.proxy.stop()
+            if self.mediator is not None:
+                self.mediator.close()
+            if self.dispatcher is not None and self.dispatcher.exec_guard is not None:
+                self.dispatcher.exec_guard.close()
             if self.socket_calls is not None:
                 self.socket_calls.close()  # its waiter answers through the listener: stop it first
             if self.notify_fd is not None:
@@ -262,6 +269,17 @@ class Supervisor:
             return
         for fd in received.values():
             os.close(fd)
+        if "ready" in message and self.plan.noexec_mounts:
+            from sandboxctl.supervise.noexec import remount_noexec
+
+            try:  # before the command runs: bubblewrap has built the tree, the shim waits for "go"
+                remount_noexec(self._init_pid() or 0, self.plan.noexec_mounts)
+            except OSError as exc:
+                self.setup_error = SandboxError(
+                    f"exec.allow: cannot make the writable mounts noexec ({exc.strerror or exc})",
+                    "run `sandboxctl doctor`; without it an allowed program could map a written file as code")
+                control.sendall(marshal.dumps({"go": False}))
+                return
         if "ready" in message:
             self.layers = self._layers(message["ready"]["landlock"])
             degraded = self.layers["landlock"].get("degraded")
@@ -298,6 +316,7 @@ class Supervisor:
         import functools
 
         from sandboxctl.supervise.file_escape import FileEscapes
+        from sandboxctl.supervise.mediate import Mediator
 
         with contextlib.suppress(OSError):  # Linux 6.6: the caller and we switch CPUs less per call
             fcntl.ioctl(fd, notify.NOTIF_SET_FLAGS, notify.FD_SYNC_WAKE_UP)
@@ -308,12 +327,27 @@ class Supervisor:
             except OSError as exc:
                 self.setup_error = SandboxError(f"cannot set up the checks of socket calls: {exc}",
                                                 "run sandboxctl doctor")
-        verdicts = functools.lru_cache(maxsize=4096)(self.plan.write_verdict)  # the plan never changes
+        plan = self.plan
+        verdicts = functools.lru_cache(maxsize=4096)(plan.write_verdict)  # the plan never changes
+        log_allowed = plan.file_events != "none"
         self.dispatcher = notify.Dispatcher(fd, self.syscall_names, self._which_rule, verdicts,
                                             self._write_log, self.denials,
                                             escalate=FileEscapes(fd, self.broker, self._write_log, self.denials),
-                                            log_allowed=self.plan.file_events != "none", routes=routes)
+                                            log_allowed=log_allowed, is_denial=self._is_denial,
+                                            routes=routes)
+        self.mediator = Mediator(fd, plan, plan.protection(), self._write_log, self.denials,
+                                 outside=self.dispatcher.outside, protected_inodes=self.protected_inodes,
+                                 log_allowed=log_allowed)
+        self.dispatcher.mediator = self.mediator
+        if plan.seccomp.exec_guard:
+            from sandboxctl.supervise.exec_guard import ExecGuard
+
+            self.dispatcher.exec_guard = ExecGuard(fd, self._write_log, self.denials, plan.exec_loaders)
         sel.register(fd, selectors.EVENT_READ, "notify")
+
+    def _is_denial(self, notification: notify.Notification) -> bool:
+        name = self.syscall_names.get(notification.nr, "")
+        return self.plan.seccomp.rule_for(name, notification.args) is not None
 
     def _socket_routes(self, fd: int, landlock: dict[str, Any]) -> dict[str, Any]:
         """connect/sendto/socket handlers (network/sockets.py). Where Landlock checks UNIX socket
@@ -350,7 +384,7 @@ class Supervisor:
 
     def _start_proxy(self, fd: int) -> None:
         """Serve the sandbox's proxy port from here; every connection becomes a `net` event."""
-        from sandboxctl.supervise.proxy import NetPolicy, ProxyServer
+        from sandboxctl.network.proxy import NetPolicy, ProxyServer
 
         net = self.plan.network
         listener = socket.socket(fileno=fd)
@@ -489,6 +523,11 @@ class Supervisor:
                           "via": plan.approval_via if plan.approval_mode == "ask" else None,
                           "file_writes": "approved opens are made by the supervisor (seccomp ADDFD)"
                           if self.notify_fd is not None and plan.seccomp.file_events != "none" else None},
+            "protect": self._protect_layer(landlock),
+            "exec_allow": {"landlock_execute": bool(landlock.get("enforced")),
+                           "noexec_mounts": list(plan.noexec_mounts),
+                           "memory_files": "made non-executable by the supervisor (MFD_NOEXEC_SEAL)",
+                           "elf_loader": "refused as a command"} if plan.exec_loaders else None,
             "memory": plan.limits.memory_method,
             "pids": plan.limits.pids_method,
         }
@@ -522,6 +561,18 @@ class Supervisor:
             "direct_connections": ("denied and logged (connect and sendto, seccomp user notification)"
                                    if trapped and plan.network.mode != "host" else None),
         }
+
+    def _protect_layer(self, landlock: dict[str, Any]) -> dict[str, Any] | None:
+        """What holds the protected paths in this run, as it really is."""
+        protect = self.plan.protect
+        if not protect.roots:
+            return None
+        enforced = protect.mediated and self.notify_fd is not None and bool(landlock.get("enforced"))
+        return {"writable_roots": list(protect.roots), "git_directories": len(protect.gitdirs),
+                "recorded": len(protect.record),
+                "enforced_by": "Landlock (writable roots read-only to the kernel) + the supervisor performing "
+                               "each change" if enforced else "read-only binds and the supervisor's checks only",
+                "end_of_run_check": True}
 
     def _limits_for_log(self) -> dict[str, Any]:
         lim = self.plan.limits

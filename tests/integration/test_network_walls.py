@@ -125,7 +125,7 @@ for _ in range(20):  # a test suite talks to it many times, a new connection eac
     assert urllib.request.urlopen("http://localhost:8000/", timeout=5).status == 200
 server.terminate()
 print("http ok")
-for address in ("/tmp/inside.sock", "\0sandboxctl-inside"):  # pathname and abstract, bound inside
+for address in ("/var/tmp/inside.sock", "\0sandboxctl-inside"):  # pathname and abstract, bound inside
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(address)
     listener.listen()
@@ -295,10 +295,10 @@ def test_a_host_socket_in_the_writable_workspace_is_unreachable(sandbox):
 INSIDE_AND_HOST = r"""
 import socket, sys, threading
 listener = socket.socket(socket.AF_UNIX)
-listener.bind("inside.sock")  # in the workspace, like the host's dev.sock beside it
+listener.bind("/var/tmp/inside.sock")  # the sandbox's own tmpfs
 listener.listen()
 threading.Thread(target=lambda: listener.accept()[0].recv(10), daemon=True).start()
-for path in ("inside.sock", "dev.sock"):
+for path in ("/var/tmp/inside.sock", "dev.sock"):
     s = socket.socket(socket.AF_UNIX)
     try:
         s.connect(path)
@@ -628,7 +628,7 @@ def test_a_raced_address_is_never_logged_as_one_thing_and_connected_to_another(s
 
 BLOCKING = r"""
 import socket, threading, time
-path = "/tmp/full.sock"
+path = "/var/tmp/full.sock"
 server = socket.socket(socket.AF_UNIX)
 server.bind(path)
 server.listen(0)
