@@ -1,6 +1,7 @@
 """The few system calls the socket-call handler needs that Python's os module lacks, via ctypes.
 
-Built once per supervisor, on the first trapped socket call (ctypes is not on the start-up path).
+Imported on the first trapped socket call (or at launch, to find the listed sockets): ctypes is
+not on the start-up path of a run that makes none.
 Each returns a value or raises OSError with the kernel's errno, except connect, whose errno *is*
 the answer the sandboxed caller gets.
 """

@@ -6,7 +6,6 @@ does uses the same bytes, so a second thread rewriting the buffer changes nothin
 
 from __future__ import annotations
 
-import ipaddress
 import struct
 from typing import NamedTuple
 
@@ -30,6 +29,8 @@ class Address(NamedTuple):
 def parse(raw: bytes) -> Address:
     """What the kernel will see in these bytes. Too short to hold an address: family only (the
     kernel answers EINVAL for it, so the call is performed as given)."""
+    import ipaddress
+
     if len(raw) < 2:
         return Address(AF_UNSPEC if not raw else -1)
     family = struct.unpack_from("<H", raw)[0]
@@ -66,6 +67,8 @@ def local_inet(raw: bytes) -> bool | None:
 def is_local(address: Address) -> bool:
     """The sandbox's own loopback: 127/8 and ::1, and the unspecified address (a connect to
     0.0.0.0 or :: goes to the local host); IPv4-mapped forms count as their IPv4 address."""
+    import ipaddress
+
     if not address.inet:
         return False
     ip = ipaddress.ip_address(address.host)

@@ -21,7 +21,7 @@ import os
 import stat
 from collections.abc import Callable
 
-from sandboxctl.network import native, sockdiag
+from sandboxctl.network import sockdiag
 
 
 class UnixWall:
@@ -39,6 +39,10 @@ class UnixWall:
     def pin(self, root_pid: int) -> None:
         """Resolve the listed paths in the sandbox before the command runs (nothing inside can have
         moved anything yet): a listed socket is that file for the whole run, as with Landlock."""
+        if not self.listed:
+            return
+        from sandboxctl.network import native
+
         root = os.open(f"/proc/{root_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             for path in self.listed:
@@ -64,6 +68,8 @@ class UnixWall:
     @staticmethod
     def resolve(pid: int, path: bytes) -> int:
         """O_PATH descriptor of the caller's socket path, as the caller would have found it."""
+        from sandboxctl.network import native
+
         if not path.startswith(b"/"):
             cwd = os.readlink(f"/proc/{pid}/cwd")
             if not cwd.startswith("/") or cwd.endswith(" (deleted)"):

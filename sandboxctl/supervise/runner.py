@@ -53,9 +53,8 @@ class Supervisor:
         self.proxy = None
         self.notify_fd: int | None = None
         self.dispatcher: notify.Dispatcher | None = None
-        self.socket_calls = None  # network.sockets.SocketCalls: connect/sendto answered here
-        self.sock_diag_fd: int | None = None
-        self.unix_wall = None  # network.unixwall.UnixWall, below Landlock ABI 9
+        self.socket_checks = None  # network.checks.SocketChecks: connect/sendto answered here
+        self.sock_diag_fd: int | None = None  # the sandbox's own netlink socket (none/proxy)
         self.log_lock = threading.Lock()
         self.log_failed = False
         self.setup_error: SandboxError | None = None
@@ -182,8 +181,8 @@ class Supervisor:
                 self.mediator.close()
             if self.dispatcher is not None and self.dispatcher.exec_guard is not None:
                 self.dispatcher.exec_guard.close()
-            if self.socket_calls is not None:
-                self.socket_calls.close()  # its waiter answers through the listener: stop it first
+            if self.socket_checks is not None:
+                self.socket_checks.close()  # its waiter answers through the listener: stop it first
             if self.notify_fd is not None:
                 os.close(self.notify_fd)
             if self.sock_diag_fd is not None:
@@ -321,9 +320,15 @@ class Supervisor:
         with contextlib.suppress(OSError):  # Linux 6.6: the caller and we switch CPUs less per call
             fcntl.ioctl(fd, notify.NOTIF_SET_FLAGS, notify.FD_SYNC_WAKE_UP)
         routes = {}
-        if self.plan.seccomp.net_rules:
+        if self.plan.seccomp.net_rules:  # connect/sendto answered here (network/checks.py)
+            from sandboxctl.network.checks import SocketChecks
+
             try:
-                routes = self._socket_routes(fd, landlock)
+                self.socket_checks = SocketChecks(
+                    self.plan, fd, landlock, sock_diag_fd=self.sock_diag_fd, root_pid=self._init_pid() or 0,
+                    sandbox_pids=lambda: processes.descendants(self._init_pid() or 0), log=self._write_log,
+                    denied=self.denials)
+                routes = self.socket_checks.routes()
             except OSError as exc:
                 self.setup_error = SandboxError(f"cannot set up the checks of socket calls: {exc}",
                                                 "run sandboxctl doctor")
@@ -348,31 +353,6 @@ class Supervisor:
     def _is_denial(self, notification: notify.Notification) -> bool:
         name = self.syscall_names.get(notification.nr, "")
         return self.plan.seccomp.rule_for(name, notification.args) is not None
-
-    def _socket_routes(self, fd: int, landlock: dict[str, Any]) -> dict[str, Any]:
-        """connect/sendto/socket handlers (network/sockets.py). Where Landlock checks UNIX socket
-        paths itself (RESOLVE_UNIX, ABI 9) they only watch direct connections; below, the listed
-        sockets are found now, before the command runs, and every connect is made from here."""
-        from sandboxctl.network.sockets import SocketCalls
-        from sandboxctl.network.unixwall import UnixWall
-
-        private = self.plan.network.mode != "host"
-        wall = None
-        if "RESOLVE_UNIX" not in landlock.get("fs_rights", ()):
-            diag = self.sock_diag_fd
-            if diag is None:  # under host the namespace is ours: our own netlink socket sees it
-                self.sock_diag_fd = diag = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
-                                                         4).detach()
-            wall = UnixWall(self.plan.network.unix, private_netns=private, diag_fd=diag,
-                            sandbox_pids=lambda: processes.descendants(self._init_pid() or 0))
-            wall.pin(self._init_pid() or 0)
-        ports = landlock.get("tcp_connect_ports")
-        self.socket_calls = SocketCalls(fd, private_netns=private, wall=wall,
-                                        connect_ports=tuple(ports) if ports is not None else None,
-                                        log=self._write_log, denied=self.denials)
-        self.unix_wall = wall
-        route = self.socket_calls.route
-        return {"connect": route, "sendto": route, "socket": route, "socketpair": route}
 
     def _which_rule(self, notification: notify.Notification) -> tuple[str, int, str]:
         """The baseline rule that trapped this call, and the errno it prescribes."""
@@ -505,6 +485,8 @@ class Supervisor:
 
     # ------------------------------------------------------------------ result
     def _layers(self, landlock: dict[str, Any]) -> dict[str, Any]:
+        from sandboxctl.network import checks
+
         plan = self.plan
         return {
             "bubblewrap": {
@@ -518,7 +500,9 @@ class Supervisor:
                         "foreign_arch": plan.seccomp.bad_arch_action,
                         "denials_trapped": plan.seccomp.trap_denials and self.notify_fd is not None,
                         "exec_events": plan.seccomp.notify_exec and self.notify_fd is not None},
-            "network": self._network_layer(landlock),
+            "network": checks.network_layer(plan, landlock, self.socket_checks,
+                                     f"127.0.0.1:{PROXY_PORT} inside, served by the supervisor"
+                                     if plan.network.mode == "proxy" else None),
             "approvals": {"mode": plan.approval_mode,
                           "via": plan.approval_via if plan.approval_mode == "ask" else None,
                           "file_writes": "approved opens are made by the supervisor (seccomp ADDFD)"
@@ -530,36 +514,6 @@ class Supervisor:
                            "elf_loader": "refused as a command"} if plan.exec_loaders else None,
             "memory": plan.limits.memory_method,
             "pids": plan.limits.pids_method,
-        }
-
-    def _network_layer(self, landlock: dict[str, Any]) -> dict[str, Any]:
-        """What holds the network walls in this run, as applied (not as planned)."""
-        from sandboxctl.plan.network import describe_listen
-
-        plan = self.plan
-        net_rights = landlock.get("net_rights") or []
-        listen = describe_listen(plan.network.mode, plan.network.listen)
-        if plan.landlock.restrict_tcp_bind and "BIND_TCP" not in net_rights:
-            listen += " (not enforced: Landlock here has no TCP rules)"
-        trapped = self.socket_calls is not None
-        if not trapped:
-            unix = {"enforced_by": None, "why": "no seccomp user notification for socket calls"}
-        elif self.unix_wall is None:
-            unix = {"enforced_by": f"Landlock RESOLVE_UNIX (ABI {landlock.get('abi')})",
-                    "listed": list(plan.network.unix)}
-        else:
-            unix = {"enforced_by": f"the supervisor: it performs every connect (Landlock ABI {landlock.get('abi')} has "
-                                   "no UNIX socket rules)",
-                    "listed": list(plan.network.unix), "not_found_at_launch": self.unix_wall.missing or None,
-                    "datagram_sockets": "refused (their sendmsg could address any socket path)"}
-        return {
-            "mode": plan.network.mode,
-            "proxy": f"127.0.0.1:{PROXY_PORT} inside, served by the supervisor"
-            if plan.network.mode == "proxy" else None,
-            "listen": listen,
-            "unix_sockets": unix,
-            "direct_connections": ("denied and logged (connect and sendto, seccomp user notification)"
-                                   if trapped and plan.network.mode != "host" else None),
         }
 
     def _protect_layer(self, landlock: dict[str, Any]) -> dict[str, Any] | None:
