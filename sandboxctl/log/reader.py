@@ -657,8 +657,10 @@ def summarize(data: dict[str, Any]) -> str:
         return format_argv(g("argv")) or str(g("path", ""))
     if event == "file":
         return f"{g('op', '?')} {g('path', '')}"
-    if event == "net":
-        return f"{g('host', '?')}:{g('port', '?')}"
+    if event == "net":  # a UNIX socket has no port (host: unix:/path); an IPv6 address is bracketed
+        host, port = str(g("host", "?")), g("port")
+        host = f"[{host}]" if ":" in host and not host.startswith(("unix:", "[")) else host
+        return host if port is None else f"{host}:{port}"
     if event == "syscall":
         return str(g("name", "?"))
     if event == "approval":
