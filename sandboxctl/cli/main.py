@@ -16,7 +16,19 @@ def build_app():
     import typer
 
     from sandboxctl import __version__
-    from sandboxctl.cli import approve, completion, doctor, exportcmd, logcmd, policycmd, run, selftest, shellinit
+    from sandboxctl.cli import (
+        approve,
+        completion,
+        doctor,
+        execcmd,
+        exportcmd,
+        logcmd,
+        policycmd,
+        run,
+        selftest,
+        session,
+        shellinit,
+    )
 
     app = typer.Typer(
         name="sandboxctl",
@@ -54,9 +66,24 @@ def build_app():
     doctor.register(app)
     approve.register(app)
     selftest.register(app)
+    session.register(app)
+    execcmd.register(app)
     completion.register(app)  # after the commands whose -p/--policy it completes
     shellinit.register(app)
     return app
+
+
+def missing_command(ctx) -> None:
+    """A group called without its command: name what it takes, in one line and a hint."""
+    path = ctx.command_path if ctx is not None else "sandboxctl"
+    names = ctx.command.list_commands(ctx) if ctx is not None and hasattr(ctx.command, "list_commands") else []
+    hint = f"`{path} COMMAND`, COMMAND one of: {', '.join(names)}; " if names else ""
+    error("no command given", f"{hint}see `{path} --help`")
+
+
+def _wants_help(args: list[str]) -> bool:
+    head = args[: args.index("--")] if "--" in args else args
+    return not args or any(a in ("-h", "--help") for a in head)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,6 +92,10 @@ def main(argv: list[str] | None = None) -> None:
 
     args = output.take_global_flags(list(argv if argv is not None else sys.argv[1:]))
     try:
+        if args and args[0] == "exec" and not _wants_help(args[1:]):
+            from sandboxctl.cli.execcmd import run_exec  # the hot path of sessions: no typer
+
+            sys.exit(run_exec(args[1:]))
         if args and args[0] == "run":
             from sandboxctl.cli.runopts import parse_fast, wants_slow_path
 
@@ -84,6 +115,11 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print(file=sys.stderr)
         code = 130
+    except BrokenPipeError:  # `sandboxctl run --dry-run | head`: the reader went away, not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
     except Exception as exc:
         if type(exc).__name__ == "Exit" and hasattr(exc, "exit_code"):  # typer.Exit
             sys.exit(exc.exit_code)
@@ -92,6 +128,9 @@ def main(argv: list[str] | None = None) -> None:
             name = type(exc).__name__
             if name == "Abort":
                 code = 130
+            elif name == "NoArgsIsHelpError":  # `sandboxctl policy`: one line and the commands, not the help
+                missing_command(getattr(exc, "ctx", None))
+                code = EXIT_SANDBOX_FAILED
             else:
                 ctx = getattr(exc, "ctx", None)
                 where = f"{ctx.command_path} --help" if ctx is not None else "sandboxctl --help"

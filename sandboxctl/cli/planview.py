@@ -44,9 +44,15 @@ def plan_json(plan: Plan) -> dict:
     return data
 
 
-def show(plan: Plan, as_json: bool = False) -> None:
+def show(plan: Plan, as_json: bool = False, terminal: bool | None = None) -> None:
+    """JSON; rich tables on a terminal; else the plain form of cli/plantext (complete, never cut)."""
     if as_json:
         print(json.dumps(plan_json(plan), indent=2))
+        return
+    import sys
+
+    if not (sys.stdout.isatty() if terminal is None else terminal):
+        print("\n".join(plain_lines(plan)))
         return
     from rich.table import Table
 
@@ -57,9 +63,13 @@ def show(plan: Plan, as_json: bool = False) -> None:
               f"({plan.policy_source}, sha256 {plan.policy_sha256[:12]}…)")
     out.print(f"command: {' '.join(plan.command)}   cwd: {plan.cwd}   HOME: {plan.home}")
 
+    from sandboxctl.cli import plantext
+
+    for line in plantext.creations(plan):
+        out.print(line, markup=False, highlight=False)
     mounts = Table(title="Mounts (in order)", show_lines=False)
     for col in ("kind", "target", "source", "why"):
-        mounts.add_column(col)
+        mounts.add_column(col, overflow="fold")  # a path is folded, never cut
     for m in plan.mounts:
         mounts.add_row(m.kind, m.target, "" if m.source in (None, m.target) else m.source, m.reason)
     out.print(mounts)
@@ -71,13 +81,14 @@ def show(plan: Plan, as_json: bool = False) -> None:
     else:
         rules = Table(title=f"Landlock ({'required' if ll.required else 'best-effort'}, "
                             f"minimum ABI {ll.minimum_abi})")
-        rules.add_column("path")
-        rules.add_column("access")
+        rules.add_column("path", overflow="fold")
+        rules.add_column("access", overflow="fold")
         for rule in ll.paths:
             rules.add_row(rule.path, ", ".join(rule.access))
         out.print(rules)
-        out.print(f"Landlock TCP (ABI ≥ 4): bind {_ports(ll.restrict_tcp_bind, ll.bind_tcp_ports)}, connect "
-                  f"{_ports(ll.restrict_tcp_connect, ll.connect_tcp_ports)};  scopes (ABI ≥ 6): {', '.join(ll.scopes)}")
+        out.print(f"Landlock TCP (ABI ≥ 4): bind {tcp_ports(ll.restrict_tcp_bind, ll.bind_tcp_ports)}, connect "
+                  f"{tcp_ports(ll.restrict_tcp_connect, ll.connect_tcp_ports)};  scopes (ABI ≥ 6): "
+                  f"{', '.join(ll.scopes)}")
 
     grouped: dict[tuple[str, str, str], int] = defaultdict(int)
     for rule in (*plan.seccomp.rules, *plan.seccomp.net_rules):
@@ -86,14 +97,14 @@ def show(plan: Plan, as_json: bool = False) -> None:
     sc = Table(title=f"seccomp (default {plan.seccomp.default_action}, foreign architectures: "
                      f"{plan.seccomp.bad_arch_action}{where})")
     for col in ("syscall", "action", "why"):
-        sc.add_column(col)
+        sc.add_column(col, overflow="fold")
     for (name, action, why), count in grouped.items():
         sc.add_row(name + (f" ({count} argument rules)" if count > 1 else ""), action, why)
     out.print(sc)
 
     env = Table(title="Environment (nothing else is inherited)")
-    env.add_column("name")
-    env.add_column("value")
+    env.add_column("name", overflow="fold")
+    env.add_column("value", overflow="fold")
     for name, value in redacted_env(plan):
         env.add_row(name, value)
     out.print(env)
@@ -106,8 +117,10 @@ def show(plan: Plan, as_json: bool = False) -> None:
     out.print(f"[bold]Network[/bold]: {net.mode}; allow: {', '.join(net.allow) or '-'}; "
               f"deny: {', '.join(net.deny) or '-'}; private addresses: "
               f"{'allowed' if net.allow_private else 'blocked'}")
-    for line in network_walls(plan):
-        out.print(f"  {line}", markup=False)
+    from sandboxctl.inert import inert
+
+    for line in network_walls(plan):  # listed socket paths come from the policy: shown inert
+        out.print(f"  {inert(line)}", markup=False)
     lim = plan.limits
     out.print("[bold]Limits[/bold]: "
               f"timeout {units.format_duration(lim.timeout) if lim.timeout else 'none'}, "
@@ -117,6 +130,10 @@ def show(plan: Plan, as_json: bool = False) -> None:
     out.print(f"[bold]Approvals[/bold]: {plan.approval_mode} via {plan.approval_via} "
               f"(unanswered after {units.format_duration(plan.approval_timeout)}: deny)")
     out.print(f"[bold]Action log[/bold]: {plan.log_path} (file events: {plan.file_events})")
+    if plan.log_forward:
+        from rich.markup import escape
+
+        out.print(f"[bold]Log copies[/bold]: {escape(', '.join(plan.log_forward))}")
     protect = plan.protect
     if protect.roots:
         how = ("read-only to Landlock; the supervisor performs and checks every change" if protect.mediated
@@ -147,7 +164,7 @@ def show(plan: Plan, as_json: bool = False) -> None:
     out.print(" ".join(_quote(a) for a in bwrap.render(plan, DRY_FDS)), soft_wrap=True)
 
 
-def _ports(restricted: bool, ports: tuple[int, ...]) -> str:
+def tcp_ports(restricted: bool, ports: tuple[int, ...]) -> str:
     if not restricted:
         return "any port"
     return f"only ports {', '.join(map(str, ports))}" if ports else "no port"
@@ -170,6 +187,20 @@ def network_walls(plan: Plan) -> list[str]:
     if net.mode != "host":
         lines.append("direct connections (anywhere but the sandbox's own loopback): denied and logged as net events")
     return lines
+
+
+def plain_lines(plan: Plan) -> list[str]:
+    from sandboxctl.cli import plantext
+
+    if plan.backend == "gvisor":
+        bundle = gvisor_bundle(plan)
+        lines = plantext.render(plan, redacted_env(plan), "gVisor ({run} stands for the run's private directory, "
+                                "made at launch):", bundle["runsc_argv"])
+        lines += [f"symlink in the private root: {plantext.inert(link['path'])} -> {plantext.inert(link['to'])}"
+                  for link in bundle["rootfs_symlinks"]]
+        return [*lines, "OCI config.json:", json.dumps(bundle["oci_config"], indent=2)]
+    return plantext.render(plan, redacted_env(plan), "bubblewrap (fds 10-12 stand for the real descriptors):",
+                           bwrap.render(plan, DRY_FDS))
 
 
 def _quote(arg: str) -> str:

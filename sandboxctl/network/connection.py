@@ -151,6 +151,7 @@ class _Connection:
         self.relaying = False
         self.reset = False
         self.thread: threading.Thread | None = None
+        self.recorded = False  # its net record is written (ProxyServer._first_record)
         self.started = time.monotonic()
         self.seen = False
         self.host: str | None = None
@@ -171,9 +172,11 @@ class _Connection:
             self.error = self.error or f"internal error: {exc!r}"
         finally:
             self._close_all()
-            self.server._finished(self)
-            if self.seen:
-                self.server._emit(self.record())
+            try:  # recorded while still listed: a stop() meanwhile waits for it (or records it itself)
+                if self.seen and self.server._first_record(self):
+                    self.server._emit(self.record())
+            finally:
+                self.server._finished(self)
 
     def record(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -92,3 +92,11 @@ def describe(address: Address) -> str:
     if address.abstract is not None:
         return f"unix:@{text(address.abstract)}"
     return f"family {address.family}"
+
+
+def destination(host: object, port: object) -> str:
+    """A net record's destination as text: host:port, [v6]:port, or a UNIX socket (no port)."""
+    text = str(host)
+    if ":" in text and not text.startswith(("unix:", "[")):
+        text = f"[{text}]"
+    return text if port is None else f"{text}:{port}"

@@ -11,6 +11,7 @@ from sandboxctl import paths, units
 from sandboxctl.errors import SandboxError
 from sandboxctl.plan import network as netwalls
 from sandboxctl.plan import syscalls
+from sandboxctl.plan.create import creations_for, overlay_kind
 from sandboxctl.plan.inputs import HostFacts, Invocation
 from sandboxctl.plan.model import (
     LandlockPathRule,
@@ -25,6 +26,7 @@ from sandboxctl.plan.model import (
 from sandboxctl.policy.model import Policy
 
 SHIM_DIR = "/run/sandboxctl"
+SESSION_SERVER = f"{SHIM_DIR}/session_server.py"  # a session's in-sandbox server (launch/session_server.py)
 GVISOR_INIT = f"{SHIM_DIR}/init.py"  # the gvisor backend's in-sandbox launcher
 SECRETS_DIR = "/run/secrets"
 PROXY_PORT = 3128
@@ -79,6 +81,7 @@ class _Planner:
         wanted += [(p, "rw", "--allow-write", True) for p in self.inv.allow_write]
         denied = self.denied_paths
         result: dict[str, tuple[str, str]] = {}
+        absent: list[str] = []  # writable grants that do not exist: all named in one error
         for raw, kind, reason, from_cli in wanted:
             target = self.expand(raw)
             under_deny = [d for d in denied if _within(target, d)]
@@ -92,9 +95,9 @@ class _Planner:
             present = self.facts.kind(target)
             if present == "missing" and kind in ("ro", "rw"):
                 if kind == "rw":
-                    raise SandboxError(f"{reason}: {target} does not exist",
-                                       "create it first, or list it under filesystem.tmpfs")
-                self.notes.append(f"{reason} {target}: absent on this host, skipped")
+                    absent.append(f"{reason} {target}")
+                else:
+                    self.notes.append(f"{reason} {target}: absent on this host, skipped")
                 continue
             if target == "/" and kind != "ro":
                 raise SandboxError("refusing to make / writable inside the sandbox",
@@ -102,6 +105,11 @@ class _Planner:
             old = result.get(target)
             if old is None or _STRENGTH[kind] >= _STRENGTH[old[0]]:
                 result[target] = (kind, reason)
+        if absent:
+            raise SandboxError(("these writable grants do not exist: " if len(absent) > 1 else "")
+                               + "; ".join(absent) + (" does not exist" if len(absent) == 1 else ""),
+                               "create them first, list them under filesystem.tmpfs, or under filesystem.create "
+                               "for sandboxctl to make them before the run")
         return result
 
     @functools.cached_property
@@ -223,6 +231,10 @@ class _Planner:
                 Mount("ro", f"{SHIM_DIR}/shim.py", self.facts.shim_file, "sandboxctl's launcher (applies Landlock)"),
                 Mount("ro", f"{SHIM_DIR}/lib/landlockpy", self.facts.landlock_lib, "the launcher's Landlock library"),
             ]
+            if self.inv.session:
+                mounts.append(Mount("ro", SESSION_SERVER,
+                                    os.path.join(os.path.dirname(self.facts.shim_file), "session_server.py"),
+                                    "the session's server: starts each command inside the sandbox"))
         prefix = self.facts.shim_python_prefix
         if not self.covering(self.facts.shim_python, visible):
             mounts.append(Mount("ro", prefix, prefix, "the launcher's Python interpreter"))
@@ -455,9 +467,10 @@ class _Planner:
                                file_events="none")
         trapped_opens = self.policy.log.file_events
         mediate = self.protect.mediated
-        if trapped_opens == "none" and (self.approval_mode() != "deny" or mediate):
+        if trapped_opens == "none" and (self.approval_mode() != "deny" or mediate or self.policy.log.exec_events):
             # a write outside the writable set must reach the approval broker; one beneath a
-            # writable host grant must reach the supervisor, which alone may perform it
+            # writable host grant must reach the supervisor, which alone may perform it; and exec
+            # records rely on write opens of /proc/PID/mem being refused (supervise/exec_events.py)
             trapped_opens = "write"
         return SeccompPlan("allow", "kill_process", tuple(rules), trap_denials=True,
                            notify_exec=self.policy.log.exec_events, file_events=trapped_opens, mediate=mediate,
@@ -511,11 +524,17 @@ GVISOR_WARNING = ("gvisor backend: Landlock is not applied (gVisor does not impl
 
 
 def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan:
-    if not invocation.command:
+    if not invocation.command and not invocation.session:
         raise SandboxError("no command given", "usage: sandboxctl run [OPTIONS] -- COMMAND [ARG...]")
+    creations = creations_for(policy, invocation, facts)
+    if creations:  # plan the mounts for the host as it will be once they are made
+        facts = facts._replace(kind=overlay_kind(facts.kind, creations))
     planner = _Planner(policy, invocation, facts)
     if planner.backend not in ("bwrap", "gvisor"):
         raise SandboxError(f"unknown backend {planner.backend!r}", "use bwrap or gvisor")
+    if invocation.session and planner.gvisor:
+        raise SandboxError("sessions need the bubblewrap backend: nothing can be handed out of gVisor to start "
+                           "commands in a running sandbox", "use --backend bwrap for the session")
     if planner.workspace == "/":
         raise SandboxError("refusing to use / as the workspace", "run from a project directory or pass -w DIR")
     log_dir = os.path.dirname(planner.log_path())
@@ -550,6 +569,7 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
         approval_via=policy.approval.via,
         approval_timeout=policy.approval.timeout,
         log_path=planner.log_path(),
+        log_forward=tuple(dict.fromkeys(policy.log.forward)),
         file_events="none" if planner.gvisor else policy.log.file_events,
         shim_python=facts.shim_python,
         warnings=tuple(planner.warnings),
@@ -557,7 +577,11 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
         confirmations=tuple(dict.fromkeys(planner.confirmations)),
         never_writable=planner.never_writable(),
         backend=planner.backend,
+        creations=creations,
+        fail_on_denial=invocation.fail_on_denial or policy.ci.fail_on_denial,
         protect=planner.protect,
         exec_loaders=tuple(facts.elf_loaders) if policy.exec_allow is not None else (),
         noexec_mounts=planner.noexec_mounts(mounts),
+        session=invocation.session,
     )
+

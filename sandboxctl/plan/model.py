@@ -136,6 +136,16 @@ class SecretPlan(NamedTuple):
     ttl: float | None
 
 
+class Creation(NamedTuple):
+    """An absent writable grant (or a parent of one) the supervisor makes before the launch."""
+
+    path: str
+    kind: str  # dir | file
+    mode: int | None  # None: as mkdir(0777)/open(0666) make it under the caller's umask
+    content: str = ""  # a new file's content
+    reason: str = ""  # filesystem.create, or "parent of …"
+
+
 class Plan(NamedTuple):
     run_id: str
     policy: str
@@ -164,9 +174,13 @@ class Plan(NamedTuple):
     # paths no approval may open for writing (sandboxctl's code, policies, state; denied paths)
     never_writable: tuple[tuple[str, str], ...] = ()
     backend: str = "bwrap"  # bwrap | gvisor (launch/oci.py renders the same plan for runsc)
+    log_forward: tuple[str, ...] = ()  # copies of every record: syslog targets (log/forward.py)
+    creations: tuple[Creation, ...] = ()  # made on the host before the launch (filesystem.create)
+    fail_on_denial: bool = False  # ci.fail_on_denial: a successful command with denials exits 123
     protect: ProtectPlan = ProtectPlan()
     exec_loaders: tuple[str, ...] = ()  # the ELF loaders exec.allow keeps executable (never run as a command)
     noexec_mounts: tuple[str, ...] = ()  # exec.allow: writable mounts remounted noexec before the command runs
+    session: str | None = None  # a session (supervise/session.py): commands come later, one by one
 
     def protection(self):
         """The rules for changes beneath the writable roots (the mediator asks them)."""

@@ -26,9 +26,10 @@ from sandboxctl.launch import bwrap, seccomp
 from sandboxctl.log.writer import ActionLog, LogWriteError
 from sandboxctl.plan.build import PROXY_PORT
 from sandboxctl.plan.model import Plan
-from sandboxctl.supervise import notify, processes, spawn
+from sandboxctl.supervise import fd_budget, notify, processes, spawn
 from sandboxctl.supervise import secrets as secret_store
 from sandboxctl.supervise.cgroups import RunCgroup
+from sandboxctl.supervise.stdio import CommandIO
 
 TERM_GRACE_S = 2.0
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
@@ -42,12 +43,32 @@ class RunResult(NamedTuple):
     layers: dict[str, Any] | None = None
     denials: tuple[dict[str, Any], ...] | list[dict[str, Any]] = ()
     protected: tuple[dict[str, Any], ...] = ()  # protect.snapshot.Change records: put back at the end
+    tampered: tuple[dict[str, Any], ...] | list[dict[str, Any]] = ()  # exec records contradicted by what ran
+    command_exit_code: int | None = None  # set when exit_code is not the command's own (the denial gate: 123)
 
 
 class Supervisor:
+    """One sandbox from launch to its end.
+
+    The CLI runs it in its main thread with its own stdio and signal handlers (forwarded to the
+    command); the library runs it in any thread (forward_signals=False: no handler is touched),
+    with pipes for stdio (io) and its own approval front end (approver)."""
+
+    dispatcher_class = notify.Dispatcher
+
     def __init__(self, plan: Plan, state: Path, log: ActionLog, argv_for_log: list[str],
-                 cgroup: RunCgroup | None = None, secret_values: dict[str, str] | None = None):
+                 cgroup: RunCgroup | None = None, secret_values: dict[str, str] | None = None, *,
+                 io: CommandIO | None = None, forward_signals: bool = True, approver: Any = None,
+                 notice: Any = None, cwd: str | None = None):
         self.plan = plan
+        self.io = io or CommandIO(inherit=True)
+        self.forward_signals = forward_signals
+        self.approver = approver  # an approval front end of the caller's (the library's callback)
+        self.notice = notice or (lambda message: print(message, file=sys.stderr))
+        self.cancel_r, self.cancel_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.cancelled = False
+        self.command_cwd = cwd  # inside the sandbox; None: the plan's (the workspace)
+        self.init_pidfd: int | None = None  # opened when the sandbox is killed, to see it empty
         self.secret_values = secret_values or {}
         self.secrets_dir_fd: int | None = None
         self.proxy = None
@@ -59,6 +80,7 @@ class Supervisor:
         self.log_failed = False
         self.setup_error: SandboxError | None = None
         self.denials: list[dict[str, Any]] = []
+        self.tampered: list[dict[str, Any]] = []  # exec records contradicted by what ran
         self.expiries: list[tuple[float, str]] = []
         self.cgroup = cgroup
         self.bwrap_pid: int | None = None
@@ -75,6 +97,7 @@ class Supervisor:
         self.kill_at: float | None = None
         self.timed_out = False
         self.broker = None
+        self.nofile = fd_budget.raise_nofile()  # before anything is opened: see fd_budget
         self.mediator = None
         self.protected_inodes: dict[tuple[int, int], str] = {}  # from the launch record (lifecycle)
 
@@ -90,16 +113,19 @@ class Supervisor:
             plan.approval_mode, plan.approval_timeout, self._write_log, run_id=plan.run_id,
             scope=Scope(plan.policy, plan.policy_sha256, plan.workspace or ""), store=GrantStore(self.state),
             describe={"run": plan.run_id, "policy": plan.policy, "command": list(plan.command),
-                      "workspace": plan.workspace, "supervisor_pid": os.getpid()})
+                      "workspace": plan.workspace, "supervisor_pid": os.getpid()},
+            scrub=self.log.scrubber.text if getattr(self.log, "scrubber", None) is not None else None)
         if plan.approval_mode != "ask":
             return
-        if plan.approval_via == "socket":
+        if self.approver is not None:
+            self.broker.attach(self.approver)
+        elif plan.approval_via == "socket":
             from sandboxctl.approval.socket_server import SocketFrontEnd
 
             front_end = SocketFrontEnd(plan.run_id)
             self.broker.attach(front_end)
-            print(f"sandboxctl: approvals for run {plan.run_id}: answer with `sandboxctl approve` "
-                  "in another terminal", file=sys.stderr)
+            self.notice(f"sandboxctl: approvals for run {plan.run_id}: answer with `sandboxctl approve` "
+                        "in another terminal")
         else:
             from sandboxctl.approval.tty import TtyFrontEnd
 
@@ -126,7 +152,8 @@ class Supervisor:
         control, shim_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         err_r, err_w = os.pipe()
         seccomp_fd = spawn.memfd(program, "sandboxctl-seccomp")
-        stderr_copy = os.dup(2)
+        stdin, stdout, stderr = self.io.child_fds()
+        stderr_copy = os.dup(stderr)
         secret_fds = {s.name: secret_store.memfd_with(self.secret_values[s.name], s.name)
                       for s in plan.secrets if s.deliver_as == "file"}
         fds = bwrap.LaunchFds(seccomp=seccomp_fd, control=shim_end.fileno(),
@@ -139,16 +166,18 @@ class Supervisor:
                 os.close(fd)
             control.close()
             shim_end.close()
+            self.io.close()
             raise
         started = time.monotonic()
         # bubblewrap is started with the terminal's SIGINT/SIGQUIT ignored: Ctrl-C must reach the
         # command (the shim restores its dispositions), not kill bwrap and the sandbox under it.
         originals = {s: signal.getsignal(s) for s in FORWARDED}
-        for signum in spawn.TERMINAL_SIGNALS:
-            signal.signal(signum, signal.SIG_IGN)
+        if self.forward_signals:
+            for signum in spawn.TERMINAL_SIGNALS:
+                signal.signal(signum, signal.SIG_IGN)
         try:
             try:
-                self.bwrap_pid = spawn.spawn(argv, stderr=err_w,
+                self.bwrap_pid = spawn.spawn(argv, stderr=err_w, stdin=stdin, stdout=stdout,
                                        pass_fds=(seccomp_fd, shim_end.fileno(), stderr_copy, *secret_fds.values()))
             except OSError as exc:
                 raise SandboxError(f"cannot start bubblewrap: {exc.strerror}", "run sandboxctl doctor") from None
@@ -156,7 +185,9 @@ class Supervisor:
                 for fd in (seccomp_fd, err_w, stderr_copy, *secret_fds.values()):
                     os.close(fd)
                 shim_end.close()
-            self._install_signal_handlers()
+                self.io.close_child_ends()
+            if self.forward_signals:
+                self._install_signal_handlers()
             config = spawn.shim_config(plan, originals)
             config["env"].update({s.name: self.secret_values[s.name] for s in plan.secrets
                                   if s.deliver_as == "env"})
@@ -166,11 +197,23 @@ class Supervisor:
             # the sandbox's own network namespace lists the UNIX sockets bound inside (network/unixwall.py)
             config["sock_diag"] = bool(plan.seccomp.net_rules) and plan.network.mode != "host"
             config["seccomp_nr"] = seccomp.SECCOMP_SYSCALL.get(os.uname().machine, 317)
+            config["cwd"] = self.command_cwd
+            config.update(self._extra_config())
             control.sendall(marshal.dumps(config))
             returncode = self._loop(self.bwrap_pid, control, err_r, started)
+            self._await_namespace_end()
+        except BaseException:
+            # the library's caller goes on living: nothing of the sandbox may outlive this frame
+            if self.bwrap_pid:
+                self._kill()
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(self.bwrap_pid, 0)
+                self._await_namespace_end()
+            raise
         finally:
-            for signum, handler in originals.items():
-                signal.signal(signum, handler)
+            if self.forward_signals:
+                for signum, handler in originals.items():
+                    signal.signal(signum, handler)
             control.close()
             self.broker.stop()  # waiting requests are denied, so proxy threads can finish
             if self.secrets_dir_fd is not None:
@@ -188,7 +231,52 @@ class Supervisor:
             if self.sock_diag_fd is not None:
                 os.close(self.sock_diag_fd)
             os.close(err_r)
+            self.io.close()
         return self._result(returncode, time.monotonic() - started)
+
+    def _await_namespace_end(self, limit: float = 5.0) -> None:
+        """After a kill, bubblewrap is reaped at once, but the kernel empties the PID namespace as
+        its init exits: wait for that (the init's pidfd turns readable only once every process
+        in the namespace is gone), so that nothing of the sandbox is left when the run returns."""
+        if self.init_pidfd is None:
+            return
+        import select
+
+        try:
+            select.select([self.init_pidfd], [], [], limit)
+        finally:
+            os.close(self.init_pidfd)
+            self.init_pidfd = None
+
+    def release(self) -> None:
+        """Close what the supervisor holds beyond launch (called once the run is over)."""
+        self.io.close()
+        if self.init_pidfd is not None:
+            os.close(self.init_pidfd)
+            self.init_pidfd = None
+        for fd in (self.cancel_r, self.cancel_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.cancel_r = self.cancel_w = -1
+
+    def start_fields(self) -> dict[str, Any]:
+        """More for run.start (a session's name)."""
+        return {}
+
+    def end_fields(self) -> dict[str, Any]:
+        """More for run.end (a session's command count and why it ended)."""
+        return {}
+
+    def _extra_config(self) -> dict[str, Any]:
+        """More for the shim's configuration (a session's server)."""
+        return {}
+
+    def cancel(self) -> None:
+        """Stop the sandbox now, from any thread (the library's asyncio cancellation)."""
+        self.cancelled = True
+        if self.cancel_w >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self.cancel_w, b"x")
 
     # ------------------------------------------------------------------ loop
     def _loop(self, pid: int, control: socket.socket, err_r: int, started: float) -> int:
@@ -196,11 +284,14 @@ class Supervisor:
         sel = selectors.DefaultSelector()
         pidfd = os.pidfd_open(pid)
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        old_wakeup = signal.set_wakeup_fd(wake_w)
+        old_wakeup = signal.set_wakeup_fd(wake_w) if self.forward_signals else None
         sel.register(pidfd, selectors.EVENT_READ, "exit")
         sel.register(control, selectors.EVENT_READ, "control")
         sel.register(err_r, selectors.EVENT_READ, "stderr")
         sel.register(wake_r, selectors.EVENT_READ, "signal")
+        sel.register(self.cancel_r, selectors.EVENT_READ, "cancel")
+        self.io.register(sel)
+        self._register_sources(sel)
         deadline = started + self.plan.limits.timeout if self.plan.limits.timeout else None
         try:
             while True:
@@ -209,24 +300,44 @@ class Supervisor:
                     if what == "exit":
                         _, status = os.waitpid(pid, 0)
                         self._drain(control, err_r)
+                        self.io.drain()
                         code = os.waitstatus_to_exitcode(status)
                         return 128 - code if code < 0 else code
-                    if what == "control":
+                    if what == "io":
+                        self.io.handle(key.fd, sel)
+                    elif what == "cancel":
+                        with contextlib.suppress(BlockingIOError):
+                            os.read(self.cancel_r, 512)
+                        self._kill()
+                    elif what == "control":
                         self._on_control(control, sel)
                     elif what == "stderr":
                         self._on_stderr(err_r, sel)
-                    elif what == "notify" and not self.dispatcher.handle():
-                        sel.unregister(key.fd)
+                    elif what == "notify":
+                        if not self.dispatcher.handle():
+                            sel.unregister(key.fd)
                     elif what == "signal":
                         with contextlib.suppress(BlockingIOError):
                             os.read(wake_r, 512)
                         self._on_signals()
+                    else:
+                        self._on_source(key, sel)
                 self._on_timers(deadline)
         finally:
-            signal.set_wakeup_fd(old_wakeup)
+            if old_wakeup is not None:
+                signal.set_wakeup_fd(old_wakeup)
             sel.close()
             for fd in (pidfd, wake_r, wake_w):
                 os.close(fd)
+
+    def _on_ready(self) -> None:
+        """The command may run now (a session's server is up)."""
+
+    def _register_sources(self, sel: selectors.BaseSelector) -> None:
+        """More descriptors for the loop (a session's clients); their events go to _on_source."""
+
+    def _on_source(self, key: selectors.SelectorKey, sel: selectors.BaseSelector) -> None:
+        raise AssertionError(f"unexpected loop event {key.data!r}")
 
     def _until_next_timer(self, deadline: float | None) -> float | None:
         """Seconds the loop may sleep: until the run's timeout, the kill after the grace, or the
@@ -283,8 +394,7 @@ class Supervisor:
             self.layers = self._layers(message["ready"]["landlock"])
             degraded = self.layers["landlock"].get("degraded")
             if degraded:
-                print(f"sandboxctl: warning: {degraded}; running with `landlock: best-effort`",
-                      file=sys.stderr)
+                self.notice(f"sandboxctl: warning: {degraded}; running with `landlock: best-effort`")
             if self.cgroup and self.bwrap_pid:
                 # everything alive now (bwrap, its init, the shim) joins before the command may fork
                 try:
@@ -295,15 +405,17 @@ class Supervisor:
                     return
             try:
                 self.log.write("run.start", argv=self.argv_for_log, workspace=self.plan.workspace,
-                               policy=self.plan.policy, policy_sha256=self.plan.policy_sha256,
+                               policy=self.plan.policy, policy_source=self.plan.policy_source,
+                               policy_sha256=self.plan.policy_sha256,
                                layers=self.layers, limits=self._limits_for_log(),
-                               confirmed=list(self.plan.confirmations) or None)
+                               confirmed=list(self.plan.confirmations) or None, **self.start_fields())
             except LogWriteError:
                 control.sendall(marshal.dumps({"go": False}))
                 raise
             self._log_secrets()
             self.ready = True
             control.sendall(marshal.dumps({"go": True}))
+            self._on_ready()
         elif "error" in message:
             self.shim_error = message
         elif "exec_error" in message:
@@ -335,10 +447,12 @@ class Supervisor:
         plan = self.plan
         verdicts = functools.lru_cache(maxsize=4096)(plan.write_verdict)  # the plan never changes
         log_allowed = plan.file_events != "none"
-        self.dispatcher = notify.Dispatcher(fd, self.syscall_names, self._which_rule, verdicts,
+        self.dispatcher = self.dispatcher_class(fd, self.syscall_names, self._which_rule, verdicts,
                                             self._write_log, self.denials,
                                             escalate=FileEscapes(fd, self.broker, self._write_log, self.denials),
                                             log_allowed=log_allowed, is_denial=self._is_denial,
+                                            tasks=self._sandbox_processes, tampered=self.tampered,
+                                            memory_writes_trapped=plan.seccomp.file_events != "none",
                                             routes=routes)
         self.mediator = Mediator(fd, plan, plan.protection(), self._write_log, self.denials,
                                  outside=self.dispatcher.outside, protected_inodes=self.protected_inodes,
@@ -353,6 +467,15 @@ class Supervisor:
     def _is_denial(self, notification: notify.Notification) -> bool:
         name = self.syscall_names.get(notification.nr, "")
         return self.plan.seccomp.rule_for(name, notification.args) is not None
+
+    def _sandbox_processes(self) -> list[int]:
+        """Host pids of every process in the sandbox (for exec records: who could share memory):
+        the run's cgroup lists them in one read; without one, the process tree is walked."""
+        if self.cgroup is not None and self.cgroup.dirs and self.ready:
+            with contextlib.suppress(OSError):
+                return self.cgroup.processes()
+        init = self._init_pid()
+        return processes.descendants(init) if init else []
 
     def _which_rule(self, notification: notify.Notification) -> tuple[str, int, str]:
         """The baseline rule that trapped this call, and the errno it prescribes."""
@@ -370,15 +493,18 @@ class Supervisor:
         listener = socket.socket(fileno=fd)
         listener.setblocking(True)
         self.proxy = ProxyServer(listener, NetPolicy(net.allow, net.deny, net.allow_private),
-                                 log=lambda record: self._on_net(record), ask=self._ask_network)
+                                 log=lambda record: self._on_net(record), ask=self._ask_network,
+                                 max_connections=fd_budget.connection_cap(self.nofile))
         self.proxy.start()
         if not self.proxy.serving:
             self.setup_error = SandboxError("the network proxy could not start", "run sandboxctl doctor")
 
     def _on_net(self, record: dict[str, Any]) -> None:
         if record.get("decision") == "deny":
-            target = f"{record['host']}:{record.get('port')}" if record.get("host") else "unparsable request"
-            self.denials.append({"kind": "net", "target": target, "rule": record.get("rule")})
+            target = f"{record['host']}:{record.get('port')}" if record.get("host") else (
+                "any destination" if "count" in record else "unparsable request")
+            self.denials.append({"kind": "net", "target": target, "rule": record.get("rule"),
+                                 "count": int(record.get("count", 1))})
         self._write_log("net", **record)
 
     def _write_log(self, event: str, **fields: Any) -> None:
@@ -420,7 +546,7 @@ class Supervisor:
         """After the shim is ready it is the command's business: pass it on. Before, it explains
         a failed launch: keep it for the error message."""
         if self.ready:
-            os.write(2, data)
+            self.io.emit(2, data)
         else:
             self.bwrap_stderr += data
 
@@ -479,6 +605,9 @@ class Supervisor:
         """SIGKILL the namespace init (the kernel then kills every process in it) and bwrap."""
         init = self._init_pid()
         if init:
+            if self.init_pidfd is None:
+                with contextlib.suppress(OSError):
+                    self.init_pidfd = os.pidfd_open(init)
             processes.kill_sandbox(init)
         if self.bwrap_pid:
             processes.kill_sandbox(self.bwrap_pid)  # --die-with-parent takes the rest down
@@ -554,14 +683,17 @@ class Supervisor:
                                  "run `sandboxctl doctor` to see what this machine lacks")
             code = EXIT_SANDBOX_FAILED
         elif self.exec_error:
+            from sandboxctl.plan.locate import hint_for_exec_error
+
             code = int(self.exec_error.get("code", 126))
-            error = SandboxError(self.exec_error["exec_error"],
-                                 "check the command name and the policy's exec.allow", code)
+            hint = self.exec_error.get("hint") or hint_for_exec_error(self.plan, code, self.plan.command[0],
+                                                                      os.environ.get("PATH", ""))
+            error = SandboxError(self.exec_error["exec_error"], hint, code)
         if self.log_failed:
             error = SandboxError("the action log could not be written; the sandbox was stopped",
                                  "free some space or pass --log PATH")
             code = EXIT_SANDBOX_FAILED
-        return RunResult(code, duration, self.timed_out, error, self.layers, self.denials)
+        return RunResult(code, duration, self.timed_out, error, self.layers, self.denials, tampered=self.tampered)
 
 
 def _terminal_delivered() -> bool:

@@ -15,9 +15,9 @@ def _set_size(fd: int, rows: int, cols: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
-def _spawn_on_pty(sandbox, args: list[str], policy: str = "default"):
+def _spawn_on_pty(sandbox, args: list[str], policy: str = "default", columns: int = 111):
     master, slave = os.openpty()
-    _set_size(slave, 33, 111)
+    _set_size(slave, 33, columns)
 
     def become_terminal_owner() -> None:
         os.setsid()

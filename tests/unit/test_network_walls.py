@@ -316,7 +316,7 @@ def test_sock_diag_finds_a_bound_socket_by_its_file(tmp_path):
 
 
 def test_the_log_viewer_names_destinations_as_the_events_do():
-    from sandboxctl.log.reader import summarize
+    from sandboxctl.log.render import summarize
 
     assert summarize({"event": "net", "host": "1.1.1.1", "port": 443}) == "1.1.1.1:443"
     assert summarize({"event": "net", "host": "2606:4700::1111", "port": 443}) == "[2606:4700::1111]:443"

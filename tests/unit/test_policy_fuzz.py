@@ -121,6 +121,7 @@ PLAUSIBLE = [
     "rw", "ro", "none", "proxy", "host", "ask", "deny", "allow", "tty", "socket", "file", "env",
     "required", "best-effort", "write", "all", "bwrap", "gvisor", "ptrace", "PTRACE",
     "base", "default", "ci", "offline", "nosuch", "./parent.yaml", "/abs.yaml", "",
+    "syslog", "syslog+udp://127.0.0.1:514", "syslog+tcp://[::1]:6514", "udp://x:1", "syslog+tcp://h",
 ]
 SCALARS = (
     st.sampled_from(PLAUSIBLE)
