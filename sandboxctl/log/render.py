@@ -92,6 +92,8 @@ def summarize(data: dict[str, Any]) -> str:
         if g("reason"):
             text += f": {clean(g('reason'), 80)}"
         return text + (f" ({clean(g('lost'), 12)} records not delivered)" if g("lost") else "")
+    if event == "workspace":
+        return f"{clean(g('action'), 12)} ({clean(g('state') or g('previous') or '?', 20)})"
     if event == "run.end":
         text = f"exit {clean(g('exit_code'), 12)} after {format_seconds(g('duration_s'))}"
         if g("signal"):

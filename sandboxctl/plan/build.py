@@ -19,6 +19,7 @@ from sandboxctl.plan.model import (
     LimitsPlan,
     Mount,
     NetworkPlan,
+    OverlayPlan,
     Plan,
     SeccompPlan,
     SecretPlan,
@@ -40,6 +41,7 @@ CREDENTIAL_LIKE = re.compile(
 )
 
 _STRENGTH = {"ro": 0, "tmpfs": 1, "rw": 2}
+LAYERS_DIR = "workspaces"  # state/workspaces/RUN: an overlay run's layer (workspace/layer.py)
 
 
 def _within(path: str, root: str) -> bool:
@@ -58,7 +60,8 @@ class _Planner:
         self.notes: list[str] = []
         self.warnings: list[str] = []
         self.confirmations: list[str] = []
-        self.workspace = inv.workspace if policy.workspace != "none" else None
+        self.workspace_mode = inv.workspace_mode or policy.workspace
+        self.workspace = inv.workspace if self.workspace_mode != "none" else None
         self.backend = inv.backend or policy.backend
         self.gvisor = self.backend == "gvisor"
         self.unix_paths: list[str] = []  # network.unix, expanded and present (set with the mounts)
@@ -75,8 +78,13 @@ class _Planner:
         wanted += [(p, "ro", "filesystem.read", False) for p in fs.read]
         wanted += [(p, "rw", "filesystem.write", False) for p in fs.write]
         wanted += [(p, "tmpfs", "filesystem.tmpfs", False) for p in fs.tmpfs]
-        if self.policy.workspace in ("rw", "ro"):
-            wanted.append((self.inv.workspace, self.policy.workspace, "workspace", False))
+        if self.workspace_mode in ("rw", "ro"):
+            wanted.append((self.inv.workspace, self.workspace_mode, "workspace", False))
+        elif self.workspace_mode == "overlay":
+            # a writable grant like rw (the same protections, mediated in the sandbox's own view),
+            # whose writes land in the overlay mounted over this path (workspace/mount.py)
+            wanted.append((self.inv.workspace, "rw", "workspace (overlay: writes held until `sandboxctl apply`)",
+                           False))
         wanted += [(p, "ro", "--allow-read", True) for p in self.inv.allow_read]
         wanted += [(p, "rw", "--allow-write", True) for p in self.inv.allow_write]
         denied = self.denied_paths
@@ -135,15 +143,18 @@ class _Planner:
         return sorted(set(found))
 
     def tree(self, root: str):
-        """The index of a writable root (the workspace: its whole tree; others: their top), with
-        the names the deny list masks at any depth; one walk per root and plan."""
+        """The index of a writable root (its whole tree: repositories anywhere in a writable home
+        keep their protections too), with the names the deny list masks at any depth (for the
+        workspace); one walk per root and plan, cached by directory ctime across runs."""
         cache = self.__dict__.setdefault("_trees", {})
         if root not in cache:
-            deep = root == self.workspace
             patterns = tuple(sorted({self.expand(raw).partition("/**/")[2] for raw in self.policy.filesystem.deny
-                                     if "/**/" in raw})) if deep else ()
-            workspace_root = self.workspace if deep else root
-            cache[root] = self.facts.tree(workspace_root, patterns, deep)
+                                     if "/**/" in raw})) if root == self.workspace else ()
+            index = self.facts.tree(root, patterns, True)
+            if not index.complete:
+                raise SandboxError(f"{root} holds more than {index.directories} directories: too many to find its "
+                                   "repositories and masked files", "narrow the workspace or the writable grant")
+            cache[root] = index
         return cache[root]
 
     def build_mounts(self) -> list[Mount]:
@@ -318,6 +329,27 @@ class _Planner:
         return LandlockPlan(required=False, minimum_abi=0, paths=(), restrict_tcp_bind=False,
                             restrict_tcp_connect=False, connect_tcp_ports=(), bind_tcp_ports=(), scopes=())
 
+    # ---------------------------------------------------------------- overlay
+    def overlay(self) -> OverlayPlan | None:
+        """Where an overlay run's layer lives: its own directory in the state dir, which every
+        sandbox has masked (so the layer changes only through the overlay)."""
+        if self.workspace_mode != "overlay" or not self.workspace:
+            return None
+        if self.gvisor:
+            raise SandboxError("workspace: overlay is not available under gVisor: gVisor's own overlay (runsc "
+                               "--overlay2) keeps a run's writes in a file store of its own, which `sandboxctl "
+                               "changes` and `apply` cannot read",
+                               "use the bubblewrap backend (--backend bwrap) for overlay workspaces")
+        if self.policy.workspace == "none":
+            self.confirmations.append("--overlay shows the workspace, which the policy keeps out (workspace: none)")
+        state = self.facts.realpath(self.facts.state_dir)
+        if _within(state, self.workspace) or _within(self.workspace, state):
+            raise SandboxError(f"the workspace {self.workspace} and sandboxctl's state dir {state} overlap: an "
+                               "overlay's layer cannot lie inside the directory it covers",
+                               "run from a project directory, or set XDG_STATE_HOME outside the workspace")
+        layer = os.path.join(state, LAYERS_DIR, self.inv.run_id)
+        return OverlayPlan(lower=self.workspace, layer_dir=layer, upper=f"{layer}/upper", work=f"{layer}/work")
+
     # ---------------------------------------------------------------- the rest
     def network_mode(self) -> str:
         if self.inv.net:
@@ -444,6 +476,9 @@ class _Planner:
         if self.facts.runtime_dir:
             guarded.append((self.facts.runtime_dir, "sandboxctl's approval sockets"))
         guarded += [(p, "sandboxctl runtime dir: gvisor bundles and file secrets") for p in self.facts.runtime_dirs]
+        if self.workspace_mode == "overlay" and self.workspace:
+            # an approved open is made on the host, beneath the overlay: never in an overlay workspace
+            guarded.append((self.workspace, "an overlay workspace: its writes are held in the run's layer"))
         return tuple(dict.fromkeys(guarded))
 
     def approval_mode(self) -> str:
@@ -542,6 +577,7 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
         # the log's directory is hidden inside the sandbox: it would hide the whole workspace
         raise SandboxError(f"the action log's directory {log_dir} holds the workspace, and is hidden in the sandbox",
                            "put the log in a directory of its own, e.g. --log ~/.local/state/sandboxctl/actions.jsonl")
+    overlay = planner.overlay()
     mounts = planner.build_mounts()
     network = planner.network()
     landlock = planner.landlock(mounts)
@@ -579,6 +615,7 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
         backend=planner.backend,
         creations=creations,
         fail_on_denial=invocation.fail_on_denial or policy.ci.fail_on_denial,
+        overlay=overlay,
         protect=planner.protect,
         exec_loaders=tuple(facts.elf_loaders) if policy.exec_allow is not None else (),
         noexec_mounts=planner.noexec_mounts(mounts),

@@ -106,6 +106,7 @@ class ProtectPlan(NamedTuple):
     absent: tuple[str, ...] = ()  # protected names absent at launch: the end-of-run check says if they appeared
     mediated: bool = False  # Landlock + the supervisor enforce it (bwrap); False: binds + the check only (gvisor)
     repositories: tuple[str, ...] = ()  # `.git` entries and bare repositories found at launch
+    homes: tuple[str, ...] = ()  # writable roots that are the user's home (its start-up names too)
     ephemeral: tuple[str, ...] = ()  # writable sandbox mounts above a root (tmpfs HOME, /tmp): mediated too
     anchors: tuple[str, ...] = ()  # directories mounts hang from, in mediated areas: never moved or removed
 
@@ -134,6 +135,19 @@ class SecretPlan(NamedTuple):
     source: str  # env:NAME / file:PATH / command:... (a reference, never the value)
     deliver_as: str
     ttl: float | None
+
+
+class OverlayPlan(NamedTuple):
+    """`workspace: overlay`: the workspace (the lower layer, never written) seen through overlayfs,
+    whose upper layer (every write, deletion and rename of the run) lives in the user's state dir.
+    The supervisor mounts it over the workspace's own path in a private mount namespace made for
+    bubblewrap (workspace/mount.py), so the plan's `rw` bind of the workspace — and every change
+    the mediator performs in the sandbox's view — lands in the overlay."""
+
+    lower: str  # the workspace on the host
+    layer_dir: str  # state/workspaces/RUN: the run's own directory (meta, manifest, backups)
+    upper: str
+    work: str  # overlayfs' scratch dir, on the upper's file system
 
 
 class Creation(NamedTuple):
@@ -181,6 +195,7 @@ class Plan(NamedTuple):
     exec_loaders: tuple[str, ...] = ()  # the ELF loaders exec.allow keeps executable (never run as a command)
     noexec_mounts: tuple[str, ...] = ()  # exec.allow: writable mounts remounted noexec before the command runs
     session: str | None = None  # a session (supervise/session.py): commands come later, one by one
+    overlay: OverlayPlan | None = None  # workspace: overlay
 
     def protection(self):
         """The rules for changes beneath the writable roots (the mediator asks them)."""
@@ -270,7 +285,8 @@ def _protection(protect: ProtectPlan, roots: tuple[str, ...]):
         return known[1]
     from sandboxctl.protect.rules import Protection
 
-    value = Protection(roots, protect.gitdirs, dict(protect.explicit), protect.masked, protect.anchors)
+    value = Protection(roots, protect.gitdirs, dict(protect.explicit), protect.masked, protect.anchors,
+                       protect.homes)
     _protections[key] = (protect, value)
     return value
 

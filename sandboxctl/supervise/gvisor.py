@@ -33,6 +33,7 @@ from sandboxctl.launch.gvisor_init import FORWARDER_UID
 from sandboxctl.log.writer import LogWriteError
 from sandboxctl.plan.build import PROXY_PORT
 from sandboxctl.plan.network import describe_listen
+from sandboxctl.protect.snapshot import HEARTBEAT_S
 from sandboxctl.supervise.runner import FORWARDED, TERM_GRACE_S, RunResult, Supervisor
 
 TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
@@ -54,8 +55,8 @@ class GvisorSupervisor(Supervisor):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.relays: dict[int, int] = {}  # pipe read end -> the regular file it is copied to
-        self.heartbeat_listener: socket.socket | None = None  # the proxy forwarder's lifeline (see _wait)
-        self.heartbeat: socket.socket | None = None
+        self.lifeline_listener: socket.socket | None = None  # the proxy forwarder's lifeline (see _wait)
+        self.lifeline: socket.socket | None = None
         self.forwarder_lost_at: float | None = None
 
     # ------------------------------------------------------------------ launch
@@ -91,9 +92,9 @@ class GvisorSupervisor(Supervisor):
                 listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 listener.bind(f"{paths.proxy}/{oci.PROXY_SOCKET_NAME}")
                 listener.listen(256)
-                self.heartbeat_listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.heartbeat_listener.bind(f"{paths.proxy}/{oci.ALIVE_SOCKET_NAME}")
-                self.heartbeat_listener.listen(4)
+                self.lifeline_listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.lifeline_listener.bind(f"{paths.proxy}/{oci.ALIVE_SOCKET_NAME}")
+                self.lifeline_listener.listen(4)
                 for name in (oci.PROXY_SOCKET_NAME, oci.ALIVE_SOCKET_NAME):  # the forwarder is another user
                     os.chmod(f"{paths.proxy}/{name}", 0o666)
             argv = oci.runsc_argv(plan, paths, runsc=self.runsc_path, platform=self.platform)
@@ -113,6 +114,9 @@ class GvisorSupervisor(Supervisor):
             if self.forward_signals:
                 self._install_signal_handlers()
             self.layers = self._layers({})
+            if self.snapshot is not None and self.snapshot.entries:  # gVisor: the wall is never whole
+                self.snapshot.mark(False)
+                self.next_beat = time.monotonic() + HEARTBEAT_S
             try:
                 self.log.write("run.start", argv=self.argv_for_log, workspace=plan.workspace, policy=plan.policy,
                                policy_source=plan.policy_source, policy_sha256=plan.policy_sha256, backend="gvisor",
@@ -142,7 +146,7 @@ class GvisorSupervisor(Supervisor):
             if self.secrets_dir_fd is not None:
                 os.close(self.secrets_dir_fd)
                 self.secrets_dir_fd = None
-            for held in (self.heartbeat_listener, self.heartbeat):
+            for held in (self.lifeline_listener, self.lifeline):
                 if held is not None:
                     held.close()
             for fd in self.relays:
@@ -228,8 +232,8 @@ class GvisorSupervisor(Supervisor):
         for fd in self.relays:
             sel.register(fd, selectors.EVENT_READ, "relay")
         self.io.register(sel)
-        if self.heartbeat_listener is not None:
-            sel.register(self.heartbeat_listener, selectors.EVENT_READ, "forwarder")
+        if self.lifeline_listener is not None:
+            sel.register(self.lifeline_listener, selectors.EVENT_READ, "forwarder")
         deadline = started + self.plan.limits.timeout if self.plan.limits.timeout else None
         try:
             while True:
@@ -246,7 +250,7 @@ class GvisorSupervisor(Supervisor):
                     if key.data == "relay":
                         self._pass_on(key.fd, sel)
                         continue
-                    if key.data in ("forwarder", "heartbeat"):
+                    if key.data in ("forwarder", "lifeline"):
                         self._on_forwarder(key.data, sel)
                         continue
                     if key.data == "io":
@@ -280,26 +284,26 @@ class GvisorSupervisor(Supervisor):
         command starts only after it connected), and no other is accepted. When it closes while
         the sandbox still runs, the forwarder is gone and 127.0.0.1:3128 could be taken: the run
         ends. (It also closes when the sandbox ends: a second's grace tells the two apart.)"""
-        if what == "forwarder" and self.heartbeat_listener is not None:
-            connection, _ = self.heartbeat_listener.accept()
-            sel.unregister(self.heartbeat_listener)
-            self.heartbeat_listener.close()
-            self.heartbeat_listener = None
+        if what == "forwarder" and self.lifeline_listener is not None:
+            connection, _ = self.lifeline_listener.accept()
+            sel.unregister(self.lifeline_listener)
+            self.lifeline_listener.close()
+            self.lifeline_listener = None
             if self.run_dir and self.run_dir.paths and self.run_dir.paths.proxy:
                 with contextlib.suppress(OSError):
                     os.unlink(f"{self.run_dir.paths.proxy}/{oci.ALIVE_SOCKET_NAME}")
-            self.heartbeat = connection
-            sel.register(connection, selectors.EVENT_READ, "heartbeat")
+            self.lifeline = connection
+            sel.register(connection, selectors.EVENT_READ, "lifeline")
             return
-        if self.heartbeat is not None:
+        if self.lifeline is not None:
             try:
-                data = self.heartbeat.recv(4096)
+                data = self.lifeline.recv(4096)
             except OSError:
                 data = b""
             if not data:
-                sel.unregister(self.heartbeat)
-                self.heartbeat.close()
-                self.heartbeat = None
+                sel.unregister(self.lifeline)
+                self.lifeline.close()
+                self.lifeline = None
                 self.forwarder_lost_at = time.monotonic() + 1.0
 
     def _runsc_kill(self, signum: int, everyone: bool = False) -> None:

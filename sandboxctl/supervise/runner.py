@@ -26,9 +26,11 @@ from sandboxctl.launch import bwrap, seccomp
 from sandboxctl.log.writer import ActionLog, LogWriteError
 from sandboxctl.plan.build import PROXY_PORT
 from sandboxctl.plan.model import Plan
+from sandboxctl.protect.snapshot import HEARTBEAT_S
 from sandboxctl.supervise import fd_budget, notify, processes, spawn
 from sandboxctl.supervise import secrets as secret_store
 from sandboxctl.supervise.cgroups import RunCgroup
+from sandboxctl.supervise.denials import DenialList, LogThrottle
 from sandboxctl.supervise.stdio import CommandIO
 
 TERM_GRACE_S = 2.0
@@ -45,6 +47,7 @@ class RunResult(NamedTuple):
     protected: tuple[dict[str, Any], ...] = ()  # protect.snapshot.Change records: put back at the end
     tampered: tuple[dict[str, Any], ...] | list[dict[str, Any]] = ()  # exec records contradicted by what ran
     command_exit_code: int | None = None  # set when exit_code is not the command's own (the denial gate: 123)
+    held: dict[str, Any] | None = None  # workspace: overlay — what the run's layer holds (lifecycle)
 
 
 class Supervisor:
@@ -79,7 +82,8 @@ class Supervisor:
         self.log_lock = threading.Lock()
         self.log_failed = False
         self.setup_error: SandboxError | None = None
-        self.denials: list[dict[str, Any]] = []
+        self.denials: list[dict[str, Any]] = DenialList()  # bounded: identical ones past a few are counted
+        self.throttle = LogThrottle()  # and so are their log records
         self.tampered: list[dict[str, Any]] = []  # exec records contradicted by what ran
         self.expiries: list[tuple[float, str]] = []
         self.cgroup = cgroup
@@ -100,6 +104,8 @@ class Supervisor:
         self.nofile = fd_budget.raise_nofile()  # before anything is opened: see fd_budget
         self.mediator = None
         self.protected_inodes: dict[tuple[int, int], str] = {}  # from the launch record (lifecycle)
+        self.snapshot = None  # protect.snapshot.Snapshot of this run (lifecycle): marked, and beaten
+        self.next_beat: float | None = None
 
     # ------------------------------------------------------------------ approvals
     def _start_broker(self) -> None:
@@ -177,8 +183,9 @@ class Supervisor:
                 signal.signal(signum, signal.SIG_IGN)
         try:
             try:
-                self.bwrap_pid = spawn.spawn(argv, stderr=err_w, stdin=stdin, stdout=stdout,
-                                       pass_fds=(seccomp_fd, shim_end.fileno(), stderr_copy, *secret_fds.values()))
+                self.bwrap_pid = self._spawn(argv, stderr=err_w, stdin=stdin, stdout=stdout,
+                                             pass_fds=(seccomp_fd, shim_end.fileno(), stderr_copy,
+                                                       *secret_fds.values()))
             except OSError as exc:
                 raise SandboxError(f"cannot start bubblewrap: {exc.strerror}", "run sandboxctl doctor") from None
             finally:
@@ -233,6 +240,20 @@ class Supervisor:
             os.close(err_r)
             self.io.close()
         return self._result(returncode, time.monotonic() - started)
+
+    def _spawn(self, argv: list[str], *, stderr: int, stdin: int, stdout: int, pass_fds: tuple[int, ...]) -> int:
+        """bubblewrap, in a mount namespace of its own holding the overlay for workspace: overlay."""
+        overlay = self.plan.overlay
+        if overlay is None:
+            return spawn.spawn(argv, stderr=stderr, stdin=stdin, stdout=stdout, pass_fds=pass_fds)
+        from sandboxctl.workspace import mount
+
+        try:
+            return mount.spawn(argv, mount.OverlayLayers(overlay.lower, overlay.upper, overlay.work),
+                               stderr=stderr, stdin=stdin, stdout=stdout, pass_fds=pass_fds)
+        except mount.OverlayError as exc:
+            message, hint = mount.remedy(exc.failure, mount.filesystem_type(overlay.upper))
+            raise SandboxError(message, hint) from None
 
     def _await_namespace_end(self, limit: float = 5.0) -> None:
         """After a kill, bubblewrap is reaped at once, but the kernel empties the PID namespace as
@@ -342,7 +363,7 @@ class Supervisor:
     def _until_next_timer(self, deadline: float | None) -> float | None:
         """Seconds the loop may sleep: until the run's timeout, the kill after the grace, or the
         next secret's expiry (None: nothing is due)."""
-        wakeups = [t for t in (deadline if not self.timed_out else None, self.kill_at) if t]
+        wakeups = [t for t in (deadline if not self.timed_out else None, self.kill_at, self.next_beat) if t]
         wakeups += [t for t, _ in self.expiries]
         return max(0.0, min(wakeups) - time.monotonic()) if wakeups else None
 
@@ -355,6 +376,9 @@ class Supervisor:
         if self.kill_at and now >= self.kill_at:
             self._kill()
             self.kill_at = None
+        if self.next_beat and now >= self.next_beat and self.snapshot is not None:
+            self.snapshot.beat()  # a killed supervisor's last beat bounds what its sandbox could change
+            self.next_beat = now + HEARTBEAT_S
 
     def _on_control(self, control: socket.socket, sel: selectors.BaseSelector) -> None:
         try:
@@ -392,6 +416,10 @@ class Supervisor:
                 return
         if "ready" in message:
             self.layers = self._layers(message["ready"]["landlock"])
+            if self.snapshot is not None and self.snapshot.entries:
+                protect = self.layers.get("protect") or {}
+                self.snapshot.mark(bool(protect.get("wall_whole")))
+                self.next_beat = time.monotonic() + HEARTBEAT_S
             degraded = self.layers["landlock"].get("degraded")
             if degraded:
                 self.notice(f"sandboxctl: warning: {degraded}; running with `landlock: best-effort`")
@@ -512,10 +540,16 @@ class Supervisor:
         A write failure stops the sandbox rather than letting it go on unobserved."""
         try:
             with self.log_lock:
-                self.log.write(event, **fields)
+                if self.throttle.admit(event, fields):
+                    self.log.write(event, **fields)
         except LogWriteError:
             self.log_failed = True
             self._kill()
+
+    def flush_throttled(self) -> None:
+        """One record per denial that repeated past what is written one by one (before run.end)."""
+        for event, fields in self.throttle.pending():
+            self.log.write(event, **fields)
 
     def _log_secrets(self) -> None:
         now = time.monotonic()
@@ -643,6 +677,9 @@ class Supervisor:
                            "elf_loader": "refused as a command"} if plan.exec_loaders else None,
             "memory": plan.limits.memory_method,
             "pids": plan.limits.pids_method,
+            **({"workspace": {"mode": "overlay", "layer": plan.overlay.layer_dir,
+                              "mount": "overlayfs (userxattr) in bubblewrap's own mount namespace; "
+                                       "the host's workspace is not written"}} if plan.overlay else {}),
         }
 
     def _protect_layer(self, landlock: dict[str, Any]) -> dict[str, Any] | None:
@@ -652,7 +689,7 @@ class Supervisor:
             return None
         enforced = protect.mediated and self.notify_fd is not None and bool(landlock.get("enforced"))
         return {"writable_roots": list(protect.roots), "git_directories": len(protect.gitdirs),
-                "recorded": len(protect.record),
+                "recorded": len(protect.record), "wall_whole": enforced,
                 "enforced_by": "Landlock (writable roots read-only to the kernel) + the supervisor performing "
                                "each change" if enforced else "read-only binds and the supervisor's checks only",
                 "end_of_run_check": True}
