@@ -92,12 +92,12 @@ def show(plan: Plan, as_json: bool = False, terminal: bool | None = None) -> Non
         for rule in ll.paths:
             rules.add_row(rule.path, ", ".join(rule.access))
         out.print(rules)
-        tcp = "not restricted" if not ll.restrict_tcp else (
-            f"connect only to ports {list(ll.connect_tcp_ports)}" if ll.connect_tcp_ports else "no connect, no bind")
-        out.print(f"Landlock TCP (ABI ≥ 4): {tcp};  scopes (ABI ≥ 6): {', '.join(ll.scopes)}")
+        out.print(f"Landlock TCP (ABI ≥ 4): bind {tcp_ports(ll.restrict_tcp_bind, ll.bind_tcp_ports)}, connect "
+                  f"{tcp_ports(ll.restrict_tcp_connect, ll.connect_tcp_ports)};  scopes (ABI ≥ 6): "
+                  f"{', '.join(ll.scopes)}")
 
     grouped: dict[tuple[str, str, str], int] = defaultdict(int)
-    for rule in plan.seccomp.rules:
+    for rule in (*plan.seccomp.rules, *plan.seccomp.net_rules):
         grouped[(rule.syscall, rule.action, rule.why)] += 1
     where = ", loaded inside gVisor; no user notification" if plan.backend == "gvisor" else ""
     sc = Table(title=f"seccomp (default {plan.seccomp.default_action}, foreign architectures: "
@@ -123,6 +123,10 @@ def show(plan: Plan, as_json: bool = False, terminal: bool | None = None) -> Non
     out.print(f"[bold]Network[/bold]: {net.mode}; allow: {', '.join(net.allow) or '-'}; "
               f"deny: {', '.join(net.deny) or '-'}; private addresses: "
               f"{'allowed' if net.allow_private else 'blocked'}")
+    from sandboxctl.inert import inert
+
+    for line in network_walls(plan):  # listed socket paths come from the policy: shown inert
+        out.print(f"  {inert(line)}", markup=False)
     lim = plan.limits
     out.print("[bold]Limits[/bold]: "
               f"timeout {units.format_duration(lim.timeout) if lim.timeout else 'none'}, "
@@ -164,6 +168,31 @@ def show(plan: Plan, as_json: bool = False, terminal: bool | None = None) -> Non
         return
     out.print("[bold]bubblewrap[/bold] (fds 10-12 stand for the real descriptors):")
     out.print(" ".join(_quote(a) for a in bwrap.render(plan, DRY_FDS)), soft_wrap=True)
+
+
+def tcp_ports(restricted: bool, ports: tuple[int, ...]) -> str:
+    if not restricted:
+        return "any port"
+    return f"only ports {', '.join(map(str, ports))}" if ports else "no port"
+
+
+def network_walls(plan: Plan) -> list[str]:
+    """Servers inside, UNIX sockets and direct connections: who answers what (README "Network walls")."""
+    from sandboxctl.plan.network import describe_listen
+
+    net = plan.network
+    lines = [f"servers inside: {describe_listen(net.mode, net.listen)}"]
+    if plan.backend == "gvisor":
+        lines.append("UNIX sockets: "
+                     + ("none of the host's (runsc --host-uds=none)" if net.mode != "proxy" else
+                        "the proxy's socket, and any other host socket a granted path shows (runsc --host-uds=open)"))
+        return lines
+    listed = ", ".join(net.unix) if net.unix else "none listed"
+    lines.append(f"UNIX sockets: {listed}; sockets bound inside are reachable, a read grant never is "
+                 "(Landlock RESOLVE_UNIX on ABI ≥ 9; below, the supervisor performs every connect)")
+    if net.mode != "host":
+        lines.append("direct connections (anywhere but the sandbox's own loopback): denied and logged as net events")
+    return lines
 
 
 def plain_lines(plan: Plan) -> list[str]:

@@ -22,6 +22,9 @@ from sandboxctl.plan.model import Mount, Plan
 LAUNCH_FILE = f"{SHIM_DIR}/launch"
 PROXY_DIR = f"{SHIM_DIR}/proxy"
 PROXY_SOCKET_NAME = "proxy.sock"
+ALIVE_SOCKET_NAME = "alive.sock"  # the forwarder's heartbeat connection to the supervisor
+# what the launcher needs to start the forwarder as another user; it drops them before the command
+LAUNCHER_CAPABILITIES = ["CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"]
 NAMESPACES = ("pid", "network", "ipc", "uts", "mount")
 BIND_RO = ("rbind", "ro", "nosuid", "nodev")
 BIND_RW = ("rbind", "rw", "nosuid", "nodev")
@@ -131,12 +134,17 @@ def rlimits(plan: Plan) -> list[dict[str, Any]]:
 def config(plan: Plan, paths: BundlePaths, skip: frozenset[str] = frozenset(), terminal: bool = False
            ) -> dict[str, Any]:
     """config.json for runsc. The command runs as uid 0 *inside* gVisor, which rootless runsc maps
-    to the calling user (so files it writes are the caller's), with no capabilities at all.
+    to the calling user (so files it writes are the caller's), with no capabilities at all. Under
+    network: proxy the launcher starts with LAUNCHER_CAPABILITIES, to run the proxy's forwarder as
+    another user, and drops them all before the command (gvisor_init.py checks none is left).
 
     terminal: stdin, stdout and stderr are one terminal. Without it gVisor treats a terminal as a
     plain file (no size, no raw mode); with it, runsc gives the command that terminal for all
     three (so it is only right when all three are it)."""
-    no_caps: dict[str, list[str]] = {k: [] for k in ("bounding", "effective", "inheritable", "permitted", "ambient")}
+    forwarder = plan.network.mode == "proxy"
+    caps: dict[str, list[str]] = {k: list(LAUNCHER_CAPABILITIES) if forwarder and k in ("bounding", "effective",
+                                                                                       "permitted") else []
+                                  for k in ("bounding", "effective", "inheritable", "permitted", "ambient")}
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -145,7 +153,7 @@ def config(plan: Plan, paths: BundlePaths, skip: frozenset[str] = frozenset(), t
             "args": [plan.shim_python, "-I", "-S", "-B", GVISOR_INIT, LAUNCH_FILE],
             "env": [],
             "cwd": plan.cwd,
-            "capabilities": no_caps,
+            "capabilities": caps,
             "rlimits": rlimits(plan),
             "noNewPrivileges": True,
         },
@@ -180,6 +188,8 @@ def launch_config(plan: Plan, seccomp_program: bytes | None, env: dict[str, str]
         "seccomp": seccomp_program,
         "seccomp_nr": seccomp_nr,
         "default_signals": default_signals,
-        "proxy": {"port": PROXY_PORT, "socket": f"{PROXY_DIR}/{PROXY_SOCKET_NAME}"}
+        "proxy": {"port": PROXY_PORT, "socket": f"{PROXY_DIR}/{PROXY_SOCKET_NAME}",
+                  "alive": f"{PROXY_DIR}/{ALIVE_SOCKET_NAME}"}
         if plan.network.mode == "proxy" else None,
+        "drop_capabilities": plan.network.mode == "proxy",
     }

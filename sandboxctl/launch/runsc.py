@@ -183,6 +183,9 @@ class RunDir:
         for directory in (paths.rootfs, paths.state, paths.secrets, paths.proxy):
             if directory:
                 os.mkdir(directory, 0o700)
+        if paths.proxy:  # the forwarder inside is another user: it must walk from / to the sockets in
+            os.chmod(paths.rootfs, 0o755)  # here (the run directory itself stays 0700 on the host)
+            os.chmod(paths.proxy, 0o711)
         os.mkdir(paths.empty_dir, 0o555)
         os.close(os.open(paths.empty_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444))
         for target, text in oci.rootfs_symlinks(plan):

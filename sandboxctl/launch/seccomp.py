@@ -15,7 +15,7 @@ from pathlib import Path
 from sandboxctl.errors import SandboxError
 from sandboxctl.plan.model import SeccompCondition, SeccompPlan, SeccompRule
 
-CACHE_VERSION = "5"
+CACHE_VERSION = "6"
 # __NR_seccomp per machine: the shim makes the raw call (libseccomp is not reachable inside)
 SECCOMP_SYSCALL = {"x86_64": 317, "aarch64": 277, "riscv64": 277, "ppc64le": 358, "s390x": 348}
 
@@ -81,6 +81,7 @@ def build_filter(plan: SeccompPlan, which: str = "static"):
             rules += [r for r in mediated_rules() if r.syscall not in present]
         if plan.exec_guard and "memfd_create" not in present:
             rules.append(SeccompRule("memfd_create", "notify", "exec.allow: memory files made non-executable"))
+        rules += plan.net_rules
     else:
         rules = [r for r in plan.rules if not plan.trapped(r)]
     for rule in rules:
@@ -194,7 +195,7 @@ def load_or_compile_notify(plan: SeccompPlan, cache_dir: Path) -> tuple[bytes, d
     names = sorted({r.syscall for r in plan.rules if plan.trapped(r)} | {"execve", "execveat"}
                    | {r.syscall for r in file_open_rules(plan.file_events)}
                    | ({r.syscall for r in mediated_rules()} if plan.mediate else set())
-                   | ({"memfd_create"} if plan.exec_guard else set()))
+                   | ({"memfd_create"} if plan.exec_guard else set()) | {r.syscall for r in plan.net_rules})
     numbers = syscall_numbers(names)
     try:
         cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

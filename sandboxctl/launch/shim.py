@@ -13,11 +13,13 @@ import os
 import sys
 
 SHIM_LIB = "/run/sandboxctl/lib"
-FILE_ONLY = ("EXECUTE", "WRITE_FILE", "READ_FILE", "TRUNCATE", "IOCTL_DEV")
+FILE_ONLY = ("EXECUTE", "WRITE_FILE", "READ_FILE", "TRUNCATE", "IOCTL_DEV", "RESOLVE_UNIX")
 GROUPS = {
     "read": ("READ_FILE", "READ_DIR"),
+    # no RESOLVE_UNIX: a grant never lets the command connect to the host's sockets in it
     "write": ("WRITE_FILE", "REMOVE_DIR", "REMOVE_FILE", "MAKE_DIR", "MAKE_REG", "MAKE_SOCK",
-              "MAKE_FIFO", "MAKE_SYM", "REFER", "TRUNCATE", "RESOLVE_UNIX"),
+              "MAKE_FIFO", "MAKE_SYM", "REFER", "TRUNCATE"),
+    "unix": ("RESOLVE_UNIX",),  # network.unix (ABI 9; below it the supervisor answers each connect)
     "write_file": ("WRITE_FILE", "TRUNCATE"),
     "execute": ("EXECUTE",),
     "ioctl_dev": ("IOCTL_DEV",),
@@ -79,6 +81,16 @@ def proxy_listener(port):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     sock.listen(256)
+    return sock.detach()
+
+
+def sock_diag_socket():
+    """A NETLINK_SOCK_DIAG socket in the sandbox's own network namespace: the supervisor asks it
+    which UNIX sockets were bound inside (those may be connected to without being listed). Made
+    before the notify filter, whose baseline refuses netlink families other than route."""
+    import socket
+
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 4)  # NETLINK_SOCK_DIAG
     return sock.detach()
 
 
@@ -165,8 +177,11 @@ def apply_landlock(plan):
             return report
     handled_fs = flags.fs_for_abi(abi)
     handled_net = AccessNet.NONE
-    if plan["restrict_tcp"] and abi >= 4:
-        handled_net = AccessNet.BIND_TCP | AccessNet.CONNECT_TCP
+    if abi >= 4:
+        if plan["restrict_tcp_bind"]:
+            handled_net |= AccessNet.BIND_TCP
+        if plan["restrict_tcp_connect"]:
+            handled_net |= AccessNet.CONNECT_TCP
     scoped = Scope.NONE
     if abi >= 6:
         for name in plan["scopes"]:
@@ -175,6 +190,7 @@ def apply_landlock(plan):
     for name in FILE_ONLY:
         file_mask |= AccessFS[name]
     skipped = []
+    applied = 0
     with Ruleset(handled_fs=handled_fs, handled_net=handled_net, scoped=scoped, best_effort=False) as rs:
         for path, groups in plan["paths"]:
             access = AccessFS.NONE
@@ -182,24 +198,30 @@ def apply_landlock(plan):
                 for name in GROUPS[group]:
                     access |= AccessFS[name]
             access &= handled_fs
+            if access == AccessFS.NONE:
+                continue  # a right this kernel does not have (RESOLVE_UNIX below ABI 9)
             try:
                 if not os.path.isdir(path):
                     access &= file_mask
                 rs.allow_path(path, access)
+                applied += 1
             except FileNotFoundError:
                 skipped.append(path)
-        for port in plan["connect_tcp_ports"]:
-            rs.allow_port(port, AccessNet.CONNECT_TCP)
-        for port in plan["bind_tcp_ports"]:
-            rs.allow_port(port, AccessNet.BIND_TCP)
+        if AccessNet.CONNECT_TCP in handled_net:
+            for port in plan["connect_tcp_ports"]:
+                rs.allow_port(port, AccessNet.CONNECT_TCP)
+        if AccessNet.BIND_TCP in handled_net:
+            for port in plan["bind_tcp_ports"]:
+                rs.allow_port(port, AccessNet.BIND_TCP)
         rs.restrict()
     report.update(
         enforced=True,
         fs_rights=sorted(f.name for f in AccessFS if f and f in handled_fs),
         net_rights=sorted(f.name for f in AccessNet if f and f in handled_net),
         scopes=sorted(f.name for f in Scope if f and f in scoped),
-        path_rules=len(plan["paths"]) - len(skipped),
-        tcp_connect_ports=list(plan["connect_tcp_ports"]) if handled_net else None,
+        path_rules=applied,
+        tcp_connect_ports=list(plan["connect_tcp_ports"]) if AccessNet.CONNECT_TCP in handled_net else None,
+        tcp_bind_ports=list(plan["bind_tcp_ports"]) if AccessNet.BIND_TCP in handled_net else None,
         skipped=skipped,
     )
     return report
@@ -251,6 +273,11 @@ def main():
             handles["proxy"] = proxy_listener(config["proxy_port"])
         except OSError as exc:
             fail(control, f"cannot open the network proxy's port inside the sandbox: {exc}")
+    if config.get("sock_diag"):
+        try:
+            handles["sockdiag"] = sock_diag_socket()
+        except OSError as exc:
+            fail(control, f"cannot open the socket-diagnostics socket the UNIX socket wall needs: {exc}")
     try:
         landlock = apply_landlock(config["landlock"])
     except Exception as exc:  # any failure here must stop the run, never skip the layer

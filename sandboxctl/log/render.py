@@ -69,7 +69,9 @@ def summarize(data: dict[str, Any]) -> str:
     if event == "file":
         return f"{clean(g('op', '?'), 12)} {clean(g('path', ''), FIELD)}"
     if event == "net":
-        text = f"{clean(g('host', '?'), 100)}:{clean(g('port', '?'), 8)}"
+        from sandboxctl.network.sockaddr import destination  # a UNIX socket has no port
+
+        text = clean(destination(g("host", "?"), g("port")), 110)
         if isinstance(g("count"), int) and g("count") > 1:
             text += f" ({g('count')} connections)"
         return text

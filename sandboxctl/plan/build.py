@@ -9,6 +9,7 @@ import re
 
 from sandboxctl import paths, units
 from sandboxctl.errors import SandboxError
+from sandboxctl.plan import network as netwalls
 from sandboxctl.plan import syscalls
 from sandboxctl.plan.create import creations_for, overlay_kind
 from sandboxctl.plan.inputs import HostFacts, Invocation
@@ -30,6 +31,7 @@ SESSION_SERVER = f"{SHIM_DIR}/session_server.py"  # a session's in-sandbox serve
 GVISOR_INIT = f"{SHIM_DIR}/init.py"  # the gvisor backend's in-sandbox launcher
 SECRETS_DIR = "/run/secrets"
 PROXY_PORT = 3128
+LOOPBACK_NAMES = "localhost,127.0.0.1,::1"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # Looks like a credential: never passed by a glob, only when named exactly.
@@ -62,6 +64,7 @@ class _Planner:
         self.workspace = inv.workspace if self.workspace_mode != "none" else None
         self.backend = inv.backend or policy.backend
         self.gvisor = self.backend == "gvisor"
+        self.unix_paths: list[str] = []  # network.unix, expanded and present (set with the mounts)
 
     def expand(self, path: str) -> str:
         return paths.expand(path, workspace=self.inv.workspace, home=self.facts.home,
@@ -182,6 +185,7 @@ class _Planner:
 
         protected, self.protect = ProtectionPlanner(self).build(visible)
         mounts += self.masks(visible) + protected
+        mounts += self.unix_socket_mounts(mounts)
         mounts += self.runtime_mounts(visible)
         file_secrets = [s for s in self.policy.secrets if s.deliver_as == "file"]
         if file_secrets:
@@ -219,6 +223,12 @@ class _Planner:
             if holder and (self.facts.kind(path) == "dir" or visible[holder] == "rw"):
                 result.append(Mount("mask-dir", path, reason=why))
         return result
+
+    def unix_socket_mounts(self, mounts: list[Mount]) -> list[Mount]:
+        listed = [self.expand(raw) for raw in self.policy.network.unix]
+        added, self.unix_paths, notes = netwalls.unix_sockets(listed, self.denied_paths, mounts, self.facts)
+        self.notes.extend(notes)
+        return added
 
     def policy_files(self) -> list[str]:
         return [c for c in self.policy.chain if not c.startswith("builtin:")]
@@ -268,20 +278,26 @@ class _Planner:
             for path in allowed + list(self.facts.elf_loaders):
                 if self.facts.kind(path) != "missing":
                     rules.append(LandlockPathRule(path, ("read", "execute")))
+        # listed UNIX sockets: RESOLVE_UNIX where the kernel has it (ABI 9); below, the supervisor
+        # answers every connect (network/sockets.py) and this rule is simply not applied
+        rules += [LandlockPathRule(path, ("unix",)) for path in self.unix_paths]
         mode = self.network_mode()
-        restrict_tcp = mode != "host"
+        tcp = netwalls.tcp_rules(mode, self.policy.network.listen, PROXY_PORT)
+        self.notes.extend(tcp.notes)
         # What `landlock: required` insists on: the file-system rules (ABI 1). TCP rules (ABI 4)
         # and scopes (ABI 6) back up walls the namespaces already build, so they are applied
         # when the kernel has them and reported as such — except under network: host, where the
-        # abstract-socket scope is the only wall between the sandbox and the host's sockets.
+        # abstract-socket scope is the only wall between the sandbox and the host's sockets, and
+        # the bind rule the only one between a server inside and the host's interfaces.
         minimum = 6 if mode == "host" else 1
         return LandlockPlan(
             required=self.policy.landlock == "required",
             minimum_abi=minimum,
             paths=tuple(rules),
-            restrict_tcp=restrict_tcp,
-            connect_tcp_ports=(PROXY_PORT,) if mode == "proxy" else (),
-            bind_tcp_ports=(),
+            restrict_tcp_bind=tcp.restrict_bind,
+            restrict_tcp_connect=tcp.restrict_connect,
+            connect_tcp_ports=tcp.connect_ports,
+            bind_tcp_ports=tcp.bind_ports,
             scopes=("signal", "abstract_unix_socket"),
         )
 
@@ -298,8 +314,20 @@ class _Planner:
                                    "to run under gVisor without the exec.allow limit")
             self.warnings.append("exec.allow is not enforced under gVisor (it needs Landlock); "
                                  "running without it (`landlock: best-effort`)")
-        return LandlockPlan(required=False, minimum_abi=0, paths=(), restrict_tcp=False,
-                            connect_tcp_ports=(), bind_tcp_ports=(), scopes=())
+        if self.policy.network.listen is not True:
+            # gVisor's network stack is private (no route out) but nothing limits its ports
+            if self.policy.landlock == "required":
+                raise SandboxError("network.listen limits cannot be enforced under gVisor: they need Landlock's TCP "
+                                   "rules, which gVisor does not implement",
+                                   "use the bubblewrap backend, drop network.listen, or set `landlock: best-effort`")
+            self.warnings.append("network.listen is not enforced under gVisor (it needs Landlock): any port of the "
+                                 "sandbox's own loopback may be bound")
+        if self.unix_paths:
+            raise SandboxError("network.unix cannot be enforced under gVisor: runsc opens either every host socket "
+                               "a granted path shows, or none",
+                               "use the bubblewrap backend (--backend bwrap) to reach listed sockets")
+        return LandlockPlan(required=False, minimum_abi=0, paths=(), restrict_tcp_bind=False,
+                            restrict_tcp_connect=False, connect_tcp_ports=(), bind_tcp_ports=(), scopes=())
 
     # ---------------------------------------------------------------- overlay
     def overlay(self) -> OverlayPlan | None:
@@ -346,6 +374,8 @@ class _Planner:
             allow=tuple(str(h) for h in self.policy.network.allow) + extra,
             deny=tuple(str(h) for h in self.policy.network.deny),
             allow_private=self.policy.network.allow_private,
+            listen=self.policy.network.listen,
+            unix=tuple(self.unix_paths),
         )
 
     def environment(self) -> tuple[tuple[str, str], ...]:
@@ -387,7 +417,16 @@ class _Planner:
             for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
                 env[name] = proxy
             env["ALL_PROXY"] = env["all_proxy"] = f"socks5h://127.0.0.1:{PROXY_PORT}"
-            env["NO_PROXY"] = env["no_proxy"] = ""
+            # the loopback inside is the sandbox's own (servers of a test suite: network.listen), and
+            # the proxy would refuse it anyway (loopback is private on the host) — unless the policy
+            # names the host's loopback: then 127.0.0.1 goes to the proxy, which may reach it
+            allowed = [h.host for h in self.policy.network.allow] + [h.partition(":")[0] for h in self.inv.allow_net]
+            host_loopback = netwalls.names_host_loopback(allowed)
+            if host_loopback:
+                self.notes.append("network.allow names the host's loopback: HTTP clients send 127.0.0.1 and localhost "
+                                  "to the proxy (NO_PROXY is empty), so servers inside the sandbox are reached only "
+                                  "by programs that ignore the proxy variables")
+            env["NO_PROXY"] = env["no_proxy"] = "" if host_loopback else LOOPBACK_NAMES
         env["SANDBOXCTL"] = "1"
         env["SANDBOXCTL_RUN"] = self.inv.run_id
         return tuple(sorted(env.items()))
@@ -470,7 +509,8 @@ class _Planner:
             trapped_opens = "write"
         return SeccompPlan("allow", "kill_process", tuple(rules), trap_denials=True,
                            notify_exec=self.policy.log.exec_events, file_events=trapped_opens, mediate=mediate,
-                           exec_guard=self.policy.exec_allow is not None)
+                           exec_guard=self.policy.exec_allow is not None,
+                           net_rules=netwalls.trap_rules(self.network_mode()))
 
     def noexec_mounts(self, mounts: list[Mount]) -> tuple[str, ...]:
         """Under exec.allow, every writable mount (and /dev) that holds no allowed path becomes

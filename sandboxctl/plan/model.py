@@ -33,7 +33,8 @@ class LandlockPlan(NamedTuple):
     required: bool
     minimum_abi: int
     paths: tuple[LandlockPathRule, ...]
-    restrict_tcp: bool  # handle TCP bind/connect (all but network: host)
+    restrict_tcp_bind: bool  # handle TCP bind (ABI 4): only bind_tcp_ports may be bound
+    restrict_tcp_connect: bool  # handle TCP connect (ABI 4): only connect_tcp_ports may be dialled
     connect_tcp_ports: tuple[int, ...]
     bind_tcp_ports: tuple[int, ...]
     scopes: tuple[str, ...]  # signal, abstract_unix_socket
@@ -73,6 +74,9 @@ class SeccompPlan(NamedTuple):
     file_events: str = "none"  # none | write (write-intent opens) | all (every open)
     mediate: bool = False  # trap every file-changing call for the mediator (writable host grants)
     exec_guard: bool = False  # exec.allow: memory files are made non-executable by the supervisor
+    # connect/sendto/socket calls the supervisor answers (network/sockets.py): UNIX sockets only
+    # when listed, direct connections denied and logged (plan/network.py says why each is there)
+    net_rules: tuple[SeccompRule, ...] = ()
 
     def rule_for(self, syscall: str, args: list[int]) -> SeccompRule | None:
         """The trapped rule a notification for this call and these arguments came from."""
@@ -113,6 +117,8 @@ class NetworkPlan(NamedTuple):
     allow: tuple[str, ...]
     deny: tuple[str, ...]
     allow_private: bool
+    listen: bool | tuple[int, ...] = True  # network.listen as the policy says it (landlock has the ports)
+    unix: tuple[str, ...] = ()  # listed UNIX socket paths (or directories), as the sandbox sees them
 
 
 class LimitsPlan(NamedTuple):

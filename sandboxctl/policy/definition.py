@@ -8,6 +8,7 @@ from sandboxctl import units
 from sandboxctl.policy.schema import (
     Boolean,
     Choice,
+    FlagOrList,
     Integer,
     ListOf,
     MapOf,
@@ -133,6 +134,8 @@ def check_extends(text: str) -> str:
 _path = Text(parse=check_path, description="A path: absolute, ~/…, {home}/… or {workspace}/…")
 _path_glob = Text(parse=lambda t: check_path(t, allow_glob=True),
                   description="A path as above; * ? [ ] wildcards allowed")
+_unix_path = Text(parse=check_path, max_length=4000,
+                  description="A socket path (or a directory of sockets): absolute, ~/…, {home}/… or {workspace}/…")
 _duration = Text(parse=units.parse_duration, pattern=r"(?:\d+(?:ms|s|m|h|d))+",
                  description="A duration such as 90s, 30m, 2h")
 _host = Text(parse=units.parse_host_pattern,
@@ -177,6 +180,12 @@ POLICY_SCHEMA = Record(
             "allow": ListOf(_host),
             "deny": ListOf(_host, description="Wins over allow."),
             "allow_private": Boolean(description="Allow loopback, private and metadata addresses."),
+            "listen": FlagOrList(Integer(0, 65535), max_items=64, description=(
+                "Servers inside: true (any port on the sandbox's own loopback; none/proxy modes), false, or only "
+                "these TCP ports (0: a port the kernel picks). Under network: host only listed ports may bind.")),
+            "unix": ListOf(_unix_path, max_items=64, description=(
+                "Pathname UNIX sockets (or directories of them) the command may connect to; a read grant never "
+                "implies it.")),
         }),
         "env": Record(description="Environment of the command.", fields={
             "pass": ListOf(Text(parse=check_env_pattern), description="Copied from the caller when set."),

@@ -23,6 +23,8 @@ class Network(NamedTuple):
     allow: tuple[HostPattern, ...] = ()
     deny: tuple[HostPattern, ...] = ()
     allow_private: bool = False
+    listen: bool | tuple[int, ...] = True  # servers inside: any port (none/proxy), none, or these ports
+    unix: tuple[str, ...] = ()  # pathname UNIX sockets (or directories of them) the command may connect to
 
 
 class Env(NamedTuple):
@@ -125,6 +127,8 @@ def policy_from_data(data: dict[str, Any], *, source: str, chain: tuple[str, ...
             allow=tuple(units.parse_host_pattern(h) for h in net.get("allow", ())),
             deny=tuple(units.parse_host_pattern(h) for h in net.get("deny", ())),
             allow_private=net.get("allow_private", False),
+            listen=_listen(net.get("listen", True)),
+            unix=tuple(net.get("unix", ())),
         ),
         env=Env(passthrough=tuple(env.get("pass", ())), set=tuple(sorted(env.get("set", {}).items()))),
         secrets=tuple(
@@ -151,3 +155,8 @@ def policy_from_data(data: dict[str, Any], *, source: str, chain: tuple[str, ...
                         forward=tuple(log.get("forward", ()))),
         ci=CiSettings(fail_on_denial=data.get("ci", {}).get("fail_on_denial", False)),
     )
+
+
+def _listen(value: Any) -> bool | tuple[int, ...]:
+    """true/false stay flags; a list is the sorted set of ports (duplicates from `extends` dropped)."""
+    return value if isinstance(value, bool) else tuple(sorted(set(value)))

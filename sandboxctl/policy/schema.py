@@ -281,6 +281,27 @@ class OneOrMany(Node):
 
 
 @dataclass
+class FlagOrList(Node):
+    """true, false, or a list (network.listen: any port, none, or only these)."""
+
+    item: Node = field(default_factory=Text)
+    max_items: int = 512
+    description: str = ""
+
+    def check(self, value: Any, key: Key, report: Report) -> Any:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, list):
+            return ListOf(self.item, max_items=self.max_items).check(value, key, report)
+        report.add(key, f"expected true, false or a list, got {_type_name(value)}")
+        return _INVALID
+
+    def json_schema(self) -> dict[str, Any]:
+        return self._described({"anyOf": [{"type": "boolean"},
+                                           ListOf(self.item, max_items=self.max_items).json_schema()]})
+
+
+@dataclass
 class Version(Node):
     description: str = "Schema version of this policy file; only 1 exists."
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import marshal
 import os
 import selectors
@@ -76,6 +77,8 @@ class Supervisor:
         self.proxy = None
         self.notify_fd: int | None = None
         self.dispatcher: notify.Dispatcher | None = None
+        self.socket_checks = None  # network.checks.SocketChecks: connect/sendto answered here
+        self.sock_diag_fd: int | None = None  # the sandbox's own netlink socket (none/proxy)
         self.log_lock = threading.Lock()
         self.log_failed = False
         self.setup_error: SandboxError | None = None
@@ -198,6 +201,8 @@ class Supervisor:
             config["secrets_dir"] = any(s.ttl and s.deliver_as == "file" for s in plan.secrets)
             config["proxy_port"] = PROXY_PORT if plan.network.mode == "proxy" else None
             config["notify_program"] = notify_program
+            # the sandbox's own network namespace lists the UNIX sockets bound inside (network/unixwall.py)
+            config["sock_diag"] = bool(plan.seccomp.net_rules) and plan.network.mode != "host"
             config["seccomp_nr"] = seccomp.SECCOMP_SYSCALL.get(os.uname().machine, 317)
             config["cwd"] = self.command_cwd
             config.update(self._extra_config())
@@ -226,8 +231,12 @@ class Supervisor:
                 self.mediator.close()
             if self.dispatcher is not None and self.dispatcher.exec_guard is not None:
                 self.dispatcher.exec_guard.close()
+            if self.socket_checks is not None:
+                self.socket_checks.close()  # its waiter answers through the listener: stop it first
             if self.notify_fd is not None:
                 os.close(self.notify_fd)
+            if self.sock_diag_fd is not None:
+                os.close(self.sock_diag_fd)
             os.close(err_r)
             self.io.close()
         return self._result(returncode, time.monotonic() - started)
@@ -384,10 +393,11 @@ class Supervisor:
         for fd in fds[len(received):]:
             os.close(fd)
         self.secrets_dir_fd = received.pop("secrets_dir", None)
+        self.sock_diag_fd = received.pop("sockdiag", None)
         if "proxy" in received:
             self._start_proxy(received.pop("proxy"))
         if "notify" in received:
-            self._start_notify(received.pop("notify"), sel)
+            self._start_notify(received.pop("notify"), sel, message["ready"]["landlock"])
         if self.setup_error:
             control.sendall(marshal.dumps({"go": False}))
             return
@@ -439,7 +449,7 @@ class Supervisor:
         elif "exec_error" in message:
             self.exec_error = message
 
-    def _start_notify(self, fd: int, sel: selectors.BaseSelector) -> None:
+    def _start_notify(self, fd: int, sel: selectors.BaseSelector, landlock: dict[str, Any]) -> None:
         """Watch the sandbox's notification listener from the loop (exec and denial events)."""
         self.notify_fd = fd
         import functools
@@ -447,6 +457,21 @@ class Supervisor:
         from sandboxctl.supervise.file_escape import FileEscapes
         from sandboxctl.supervise.mediate import Mediator
 
+        with contextlib.suppress(OSError):  # Linux 6.6: the caller and we switch CPUs less per call
+            fcntl.ioctl(fd, notify.NOTIF_SET_FLAGS, notify.FD_SYNC_WAKE_UP)
+        routes = {}
+        if self.plan.seccomp.net_rules:  # connect/sendto answered here (network/checks.py)
+            from sandboxctl.network.checks import SocketChecks
+
+            try:
+                self.socket_checks = SocketChecks(
+                    self.plan, fd, landlock, sock_diag_fd=self.sock_diag_fd, root_pid=self._init_pid() or 0,
+                    sandbox_pids=lambda: processes.descendants(self._init_pid() or 0), log=self._write_log,
+                    denied=self.denials)
+                routes = self.socket_checks.routes()
+            except OSError as exc:
+                self.setup_error = SandboxError(f"cannot set up the checks of socket calls: {exc}",
+                                                "run sandboxctl doctor")
         plan = self.plan
         verdicts = functools.lru_cache(maxsize=4096)(plan.write_verdict)  # the plan never changes
         log_allowed = plan.file_events != "none"
@@ -455,7 +480,8 @@ class Supervisor:
                                             escalate=FileEscapes(fd, self.broker, self._write_log, self.denials),
                                             log_allowed=log_allowed, is_denial=self._is_denial,
                                             tasks=self._sandbox_processes, tampered=self.tampered,
-                                            memory_writes_trapped=plan.seccomp.file_events != "none")
+                                            memory_writes_trapped=plan.seccomp.file_events != "none",
+                                            routes=routes)
         self.mediator = Mediator(fd, plan, plan.protection(), self._write_log, self.denials,
                                  outside=self.dispatcher.outside, protected_inodes=self.protected_inodes,
                                  log_allowed=log_allowed)
@@ -622,6 +648,8 @@ class Supervisor:
 
     # ------------------------------------------------------------------ result
     def _layers(self, landlock: dict[str, Any]) -> dict[str, Any]:
+        from sandboxctl.network import checks
+
         plan = self.plan
         return {
             "bubblewrap": {
@@ -635,9 +663,9 @@ class Supervisor:
                         "foreign_arch": plan.seccomp.bad_arch_action,
                         "denials_trapped": plan.seccomp.trap_denials and self.notify_fd is not None,
                         "exec_events": plan.seccomp.notify_exec and self.notify_fd is not None},
-            "network": {"mode": plan.network.mode,
-                        "proxy": f"127.0.0.1:{PROXY_PORT} inside, served by the supervisor"
-                        if plan.network.mode == "proxy" else None},
+            "network": checks.network_layer(plan, landlock, self.socket_checks,
+                                     f"127.0.0.1:{PROXY_PORT} inside, served by the supervisor"
+                                     if plan.network.mode == "proxy" else None),
             "approvals": {"mode": plan.approval_mode,
                           "via": plan.approval_via if plan.approval_mode == "ask" else None,
                           "file_writes": "approved opens are made by the supervisor (seccomp ADDFD)"

@@ -20,6 +20,7 @@ from sandboxctl.policy.load import SourceFile, load_source, validate_source
 from sandboxctl.policy.schema import (
     Boolean,
     Choice,
+    FlagOrList,
     Integer,
     ListOf,
     MapOf,
@@ -178,6 +179,8 @@ def from_schema(node, key: str = "") -> st.SearchStrategy:
     if isinstance(node, OneOrMany):
         one = st.sampled_from(["base", "default", "ci", "offline"]) if key == "extends" else from_schema(node.item)
         return one | st.lists(one, max_size=3)
+    if isinstance(node, FlagOrList):
+        return st.booleans() | st.lists(_mostly(from_schema(node.item)), max_size=4)
     if isinstance(node, Choice):
         return st.sampled_from(node.options)
     if isinstance(node, Integer):
