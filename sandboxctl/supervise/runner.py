@@ -305,7 +305,7 @@ class Supervisor:
 
     def _start_proxy(self, fd: int) -> None:
         """Serve the sandbox's proxy port from here; every connection becomes a `net` event."""
-        from sandboxctl.supervise.proxy import NetPolicy, ProxyServer
+        from sandboxctl.network.proxy import NetPolicy, ProxyServer
 
         net = self.plan.network
         listener = socket.socket(fileno=fd)

@@ -1,4 +1,4 @@
-"""The network proxy (sandboxctl.supervise.proxy) and its decisions (sandboxctl.supervise.netcheck).
+"""The network proxy (sandboxctl.network.proxy) and its decisions (sandboxctl.network.addresses).
 
 Everything runs on 127.0.0.1: a ProxyServer on a listener made here, a small HTTP server and a TCP
 echo server as upstreams. A fake resolver stands in for DNS where a name must resolve to a chosen
@@ -22,9 +22,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sandboxctl.supervise import netcheck, proxy_connection
-from sandboxctl.supervise.netcheck import NetPolicy
-from sandboxctl.supervise.proxy import (
+from sandboxctl.network import addresses, connection
+from sandboxctl.network.addresses import NetPolicy
+from sandboxctl.network.proxy import (
     HEAD_LIMIT,
     HttpError,
     ProxyRequest,
@@ -32,7 +32,7 @@ from sandboxctl.supervise.proxy import (
     parse_request_head,
 )
 
-# ====================================================================== netcheck: address classes
+# ====================================================================== addresses: address classes
 
 PRIVATE = [
     # IPv4
@@ -111,25 +111,25 @@ PUBLIC = [
 
 @pytest.mark.parametrize(("address", "label"), PRIVATE)
 def test_address_class_private(address: str, label: str) -> None:
-    assert netcheck.address_class(ip_address(address)) == label
+    assert addresses.address_class(ip_address(address)) == label
 
 
 @pytest.mark.parametrize(("ipv6", "ipv4", "form", "label"), EMBEDDED)
 def test_embedded_ipv4_forms_are_judged_by_the_ipv4_address(ipv6: str, ipv4: str, form: str, label: str) -> None:
     addr = IPv6Address(ipv6)
-    assert netcheck.embedded_ipv4(addr) == (IPv4Address(ipv4), form)
-    assert netcheck.address_class(addr) == f"{label} via {form} {ipv4}"
+    assert addresses.embedded_ipv4(addr) == (IPv4Address(ipv4), form)
+    assert addresses.address_class(addr) == f"{label} via {form} {ipv4}"
 
 
 @pytest.mark.parametrize("address", PUBLIC)
 def test_address_class_public(address: str) -> None:
-    assert netcheck.address_class(ip_address(address)) is None
+    assert addresses.address_class(ip_address(address)) is None
 
 
 def test_embedded_ipv4_of_plain_ipv6_is_none() -> None:
-    assert netcheck.embedded_ipv4(IPv6Address("2606:4700:4700::1111")) is None
-    assert netcheck.embedded_ipv4(IPv6Address("::1")) is None
-    assert netcheck.embedded_ipv4(IPv6Address("::")) is None
+    assert addresses.embedded_ipv4(IPv6Address("2606:4700:4700::1111")) is None
+    assert addresses.embedded_ipv4(IPv6Address("::1")) is None
+    assert addresses.embedded_ipv4(IPv6Address("::")) is None
 
 
 @dataclass
@@ -148,29 +148,29 @@ def test_interface_addresses_from_psutil_shape() -> None:
             _IfAddr(getattr(socket, "AF_PACKET", 17), "02:00:00:00:00:01"),
         ],
     }
-    found = netcheck.interface_addresses(raw)
+    found = addresses.interface_addresses(raw)
     assert found == {ip_address(a) for a in ("127.0.0.1", "::1", "203.0.113.7", "fe80::1", "2001:db8:1::7")}
 
 
 def test_local_addresses_reads_the_hosts_interfaces() -> None:
-    found = netcheck.local_addresses(max_age_s=0)
+    found = addresses.local_addresses(max_age_s=0)
     assert IPv4Address("127.0.0.1") in found
-    assert netcheck.local_addresses() is netcheck.local_addresses()  # cached
+    assert addresses.local_addresses() is addresses.local_addresses()  # cached
 
 
 def test_a_public_address_of_this_host_is_refused() -> None:
     policy = NetPolicy(allow=("example.com",))
     mine = frozenset({ip_address("8.8.4.4")})
-    verdict = netcheck.screen_address(policy, ip_address("8.8.4.4"), 443, mine)
+    verdict = addresses.screen_address(policy, ip_address("8.8.4.4"), 443, mine)
     assert verdict is not None and verdict.rule == "private address 8.8.4.4 (host interface; allow_private: false)"
-    assert netcheck.screen_address(policy, ip_address("8.8.8.8"), 443, mine) is None
+    assert addresses.screen_address(policy, ip_address("8.8.8.8"), 443, mine) is None
     for form in ("::ffff:8.8.4.4", "64:ff9b::808:404", "2002:808:404::1"):  # the same host in IPv6 clothing
-        verdict = netcheck.screen_address(policy, ip_address(form), 443, mine)
+        verdict = addresses.screen_address(policy, ip_address(form), 443, mine)
         assert verdict is not None and verdict.kind == "private", form
-    assert netcheck.screen_address(NetPolicy(allow_private=True), ip_address("8.8.4.4"), 443, mine) is None
+    assert addresses.screen_address(NetPolicy(allow_private=True), ip_address("8.8.4.4"), 443, mine) is None
 
 
-# ====================================================================== netcheck: names and rules
+# ====================================================================== addresses: names and rules
 
 
 @pytest.mark.parametrize(
@@ -200,7 +200,7 @@ def test_a_public_address_of_this_host_is_refused() -> None:
     ],
 )
 def test_normalize_host(text: str, expected: str | None) -> None:
-    assert netcheck.normalize_host(text) == expected
+    assert addresses.normalize_host(text) == expected
 
 
 def test_match_destination_allow_wildcard_and_deny_precedence() -> None:
@@ -208,51 +208,51 @@ def test_match_destination_allow_wildcard_and_deny_precedence() -> None:
         allow=("pypi.org", "files.pythonhosted.org:443", "*.github.com:443", "*.example.com"),
         deny=("evil.example.com", "*.gist.github.com"),
     )
-    assert netcheck.match_destination(policy, "pypi.org", 80).rule == "network.allow: pypi.org"
-    assert netcheck.match_destination(policy, "files.pythonhosted.org", 443).allowed
-    assert netcheck.match_destination(policy, "files.pythonhosted.org", 80).rule == "not in network.allow"
-    assert netcheck.match_destination(policy, "api.github.com", 443).rule == "network.allow: *.github.com:443"
-    assert not netcheck.match_destination(policy, "github.com", 443).allowed  # *.x does not cover x
-    verdict = netcheck.match_destination(policy, "evil.example.com", 443)
+    assert addresses.match_destination(policy, "pypi.org", 80).rule == "network.allow: pypi.org"
+    assert addresses.match_destination(policy, "files.pythonhosted.org", 443).allowed
+    assert addresses.match_destination(policy, "files.pythonhosted.org", 80).rule == "not in network.allow"
+    assert addresses.match_destination(policy, "api.github.com", 443).rule == "network.allow: *.github.com:443"
+    assert not addresses.match_destination(policy, "github.com", 443).allowed  # *.x does not cover x
+    verdict = addresses.match_destination(policy, "evil.example.com", 443)
     assert (verdict.allowed, verdict.kind, verdict.rule) == (False, "deny", "network.deny: evil.example.com")
-    assert netcheck.match_destination(policy, "a.gist.github.com", 443).rule == "network.deny: *.gist.github.com"
-    assert netcheck.match_destination(policy, "www.example.com", 8080).rule == "network.allow: *.example.com"
+    assert addresses.match_destination(policy, "a.gist.github.com", 443).rule == "network.deny: *.gist.github.com"
+    assert addresses.match_destination(policy, "www.example.com", 8080).rule == "network.allow: *.example.com"
 
 
 def test_screen_address_private_unless_allowed() -> None:
     strict = NetPolicy(allow=("localhost",))
-    verdict = netcheck.screen_address(strict, ip_address("127.0.0.1"), 8080)
+    verdict = addresses.screen_address(strict, ip_address("127.0.0.1"), 8080)
     assert verdict is not None
     assert verdict.rule == "private address 127.0.0.1 (loopback; allow_private: false)"
-    assert netcheck.screen_address(NetPolicy(allow=("localhost",), allow_private=True),
+    assert addresses.screen_address(NetPolicy(allow=("localhost",), allow_private=True),
                                    ip_address("127.0.0.1"), 8080) is None
     # The literal address itself listed: allowed, for the listed port only.
     listed = NetPolicy(allow=("127.0.0.1:8080", "[::1]"))
-    assert netcheck.screen_address(listed, ip_address("127.0.0.1"), 8080) is None
-    assert netcheck.screen_address(listed, ip_address("127.0.0.1"), 8081) is not None
-    assert netcheck.screen_address(listed, ip_address("::1"), 1) is None
+    assert addresses.screen_address(listed, ip_address("127.0.0.1"), 8080) is None
+    assert addresses.screen_address(listed, ip_address("127.0.0.1"), 8081) is not None
+    assert addresses.screen_address(listed, ip_address("::1"), 1) is None
     # Its IPv4-mapped spelling is the same destination (units.HostPattern compares addresses).
-    assert netcheck.screen_address(listed, ip_address("::ffff:127.0.0.1"), 8080) is None
-    assert netcheck.screen_address(listed, ip_address("::ffff:127.0.0.1"), 8081) is not None
+    assert addresses.screen_address(listed, ip_address("::ffff:127.0.0.1"), 8080) is None
+    assert addresses.screen_address(listed, ip_address("::ffff:127.0.0.1"), 8081) is not None
 
 
 def test_ip_literal_deny_applies_to_resolved_addresses_and_beats_allow_private() -> None:
     policy = NetPolicy(allow=("*.example.com",), deny=("93.184.216.34", "[::1]:22"), allow_private=True)
-    verdict = netcheck.screen_address(policy, ip_address("93.184.216.34"), 443)
+    verdict = addresses.screen_address(policy, ip_address("93.184.216.34"), 443)
     assert verdict is not None and verdict.rule == "network.deny: 93.184.216.34" and verdict.kind == "deny"
-    assert netcheck.screen_address(policy, ip_address("::1"), 22) is not None
-    assert netcheck.screen_address(policy, ip_address("::1"), 23) is None
-    assert netcheck.screen_address(policy, ip_address("::ffff:93.184.216.34"), 443) is not None
-    assert netcheck.screen_address(policy, ip_address("64:ff9b::5db8:d822"), 443) is not None  # NAT64 form
+    assert addresses.screen_address(policy, ip_address("::1"), 22) is not None
+    assert addresses.screen_address(policy, ip_address("::1"), 23) is None
+    assert addresses.screen_address(policy, ip_address("::ffff:93.184.216.34"), 443) is not None
+    assert addresses.screen_address(policy, ip_address("64:ff9b::5db8:d822"), 443) is not None  # NAT64 form
 
 
 def test_screen_addresses_keeps_order_drops_duplicates_and_reports_first_refusal() -> None:
     policy = NetPolicy(allow=("x.example",))
     addrs = [ip_address(a) for a in ("10.0.0.1", "8.8.8.8", "127.0.0.1", "8.8.8.8", "1.1.1.1")]
-    passed, refusal = netcheck.screen_addresses(policy, addrs, 443)
+    passed, refusal = addresses.screen_addresses(policy, addrs, 443)
     assert passed == [ip_address("8.8.8.8"), ip_address("1.1.1.1")]
     assert refusal is not None and "10.0.0.1" in refusal.rule
-    assert netcheck.screen_addresses(policy, [], 443) == ([], None)
+    assert addresses.screen_addresses(policy, [], 443) == ([], None)
 
 
 def test_net_policy_rejects_bad_patterns_and_accepts_lists() -> None:
@@ -394,7 +394,7 @@ def test_fuzz_parser_random_bytes(data: bytes) -> None:
     if isinstance(result, HttpError):
         _assert_well_formed_error(result.to_bytes())
     else:
-        assert netcheck.normalize_host(result.host) == result.host and 1 <= result.port <= 65535
+        assert addresses.normalize_host(result.host) == result.host and 1 <= result.port <= 65535
         result.upstream_head()
 
 
@@ -443,7 +443,7 @@ def test_fuzz_parser_structured(data: bytes) -> None:
     if isinstance(result, HttpError):
         _assert_well_formed_error(result.to_bytes())
     elif result.protocol == "connect":
-        assert result.port and netcheck.normalize_host(result.host) == result.host
+        assert result.port and addresses.normalize_host(result.host) == result.host
     else:
         head = result.upstream_head()
         assert head.endswith(b"\r\n\r\n") and b"\r\n\r\n" not in head[:-4]
@@ -1074,9 +1074,9 @@ def test_bulk_transfer_both_ways_is_intact(
     make_proxy: Callable[..., Proxy], echo: EchoServer, monkeypatch: pytest.MonkeyPatch, splice: bool
 ) -> None:
     pipes: list[object] = []
-    real_open_pipe = proxy_connection._open_pipe
-    monkeypatch.setattr(proxy_connection, "_open_pipe", lambda: pipes.append(real_open_pipe()) or pipes[-1])
-    monkeypatch.setattr(proxy_connection, "_splice_ok", splice and hasattr(os, "splice"))
+    real_open_pipe = connection._open_pipe
+    monkeypatch.setattr(connection, "_open_pipe", lambda: pipes.append(real_open_pipe()) or pipes[-1])
+    monkeypatch.setattr(connection, "_splice_ok", splice and hasattr(os, "splice"))
     proxy = make_proxy(allow=("127.0.0.1",))
     sock, reply = connect_tunnel(proxy, f"127.0.0.1:{echo.port}")
     assert reply.startswith(b"HTTP/1.1 200 ")
@@ -1168,7 +1168,7 @@ def test_stop_closes_everything(
     echo: EchoServer, http_port: int, monkeypatch: pytest.MonkeyPatch, splice: bool
 ) -> None:
     if not splice:
-        monkeypatch.setattr(proxy_connection, "_splice_ok", False)
+        monkeypatch.setattr(connection, "_splice_ok", False)
     before = fd_count()
     gate = threading.Event()
 

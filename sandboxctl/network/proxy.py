@@ -3,7 +3,7 @@
 Why it exists: under `network: proxy` the sandbox has a network namespace of its own with nothing
 in it but a listening socket on 127.0.0.1:3128. The supervisor receives that socket (the sandbox
 never sees the host's network), accepts the sandbox's connections on it, decides each destination
-against the policy (netcheck.py), and dials out from the host. Every connection, allowed or
+against the policy (addresses.py), and dials out from the host. Every connection, allowed or
 refused, becomes one `net` record of the action log.
 
 What it speaks — the three ways tools reach a proxy, told apart by the first byte:
@@ -49,9 +49,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sandboxctl.supervise.netcheck import NetPolicy
-from sandboxctl.supervise.proxy_connection import CONNECT_TIMEOUT_S, HEAD_TIMEOUT_S, _Connection
-from sandboxctl.supervise.proxy_wire import (
+from sandboxctl.network.addresses import NetPolicy
+from sandboxctl.network.connection import CONNECT_TIMEOUT_S, HEAD_TIMEOUT_S, _Connection
+from sandboxctl.network.wire import (
     HEAD_LIMIT,
     HttpError,
     ProxyRequest,

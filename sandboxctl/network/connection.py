@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING, Any
 
-from sandboxctl.supervise import netcheck
-from sandboxctl.supervise.netcheck import IPAddress, Verdict
-from sandboxctl.supervise.proxy_wire import (
+from sandboxctl.network import addresses
+from sandboxctl.network.addresses import IPAddress, Verdict
+from sandboxctl.network.wire import (
     _HEAD_END,
     HEAD_LIMIT,
     SOCKS_BAD_ADDRESS_TYPE,
@@ -36,7 +36,7 @@ from sandboxctl.supervise.proxy_wire import (
 )
 
 if TYPE_CHECKING:
-    from sandboxctl.supervise.proxy import ProxyServer
+    from sandboxctl.network.proxy import ProxyServer
 
 HEAD_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
@@ -304,7 +304,7 @@ class _Connection:
                 host = str(IPv6Address(reader.exact(16)))
             elif kind == 3:
                 raw = reader.exact(reader.exact(1)[0])
-                host = netcheck.normalize_host(raw.decode("ascii")) if raw.isascii() else None
+                host = addresses.normalize_host(raw.decode("ascii")) if raw.isascii() else None
             else:
                 self.rule = "bad request: unknown SOCKS5 address type"
                 self._refuse_raw(socks_reply(SOCKS_BAD_ADDRESS_TYPE))
@@ -336,8 +336,8 @@ class _Connection:
     def _open(self, host: str, port: int) -> socket.socket | _Refusal:
         """Decide, resolve once, screen the addresses and dial the first that passed and answers."""
         server = self.server
-        dest = netcheck.format_destination(host, port)
-        verdict = netcheck.match_destination(server.policy, host, port)
+        dest = addresses.format_destination(host, port)
+        verdict = addresses.match_destination(server.policy, host, port)
         self.rule = verdict.rule
         if verdict.kind == "deny":
             return self._policy_refusal(verdict, host, dest)
@@ -349,7 +349,7 @@ class _Connection:
             self.rule = "not in network.allow (approved)"
         if self.aborted:
             return self._stopped()
-        literal = netcheck.parse_ip(host)
+        literal = addresses.parse_ip(host)
         try:
             infos = server.resolver(host, port, 0, socket.SOCK_STREAM, socket.IPPROTO_TCP,
                                     socket.AI_NUMERICHOST if literal is not None else 0)
@@ -362,12 +362,12 @@ class _Connection:
         for family, _type, _proto, _name, sockaddr in infos:
             if family not in (socket.AF_INET, socket.AF_INET6):
                 continue
-            addr = netcheck.parse_ip(str(sockaddr[0]))
+            addr = addresses.parse_ip(str(sockaddr[0]))
             if addr is not None and addr not in sockaddrs:
                 sockaddrs[addr] = sockaddr
                 order.append(addr)
-        local = frozenset() if server.policy.allow_private else netcheck.local_addresses()
-        passed, refusal = netcheck.screen_addresses(server.policy, order, port, local)
+        local = frozenset() if server.policy.allow_private else addresses.local_addresses()
+        passed, refusal = addresses.screen_addresses(server.policy, order, port, local)
         if not passed:
             if refusal is None:
                 self.decision = "allow"
@@ -458,7 +458,7 @@ class _Connection:
                        f"{verdict.pattern} blocks; only a human can change that, by editing the policy.")
             kind = "destination_ip_prohibited"
         elif verdict.kind == "private":
-            listed = netcheck.format_destination(str(verdict.address), self.port)
+            listed = addresses.format_destination(str(verdict.address), self.port)
             subject = (f"{host} resolves to {verdict.address} ({verdict.address_label}),"
                        if str(verdict.address) != host else f"{host} ({verdict.address_label}) is")
             message = (f"sandboxctl: {subject} an address this sandbox does not dial (network.allow_private: false); "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sandboxctl.supervise import netcheck
+from sandboxctl.network import addresses
 
 HEAD_LIMIT = 64 * 1024  # a request head larger than this is refused (431)
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -77,7 +77,7 @@ class HttpError:
 
 @dataclass(frozen=True)
 class ProxyRequest:
-    """A parsed proxy request. host is normalized (netcheck.normalize_host); target is the origin form."""
+    """A parsed proxy request. host is normalized (addresses.normalize_host); target is the origin form."""
 
     method: str
     host: str
@@ -100,7 +100,7 @@ class ProxyRequest:
         }
         upgrade = "upgrade" in tokens and any(name.lower() == "upgrade" for name, _ in self.headers)
         strip = (_HOP_BY_HOP | tokens) - _FRAMING
-        host = netcheck.format_destination(self.host, None if self.port == 80 else self.port)
+        host = addresses.format_destination(self.host, None if self.port == 80 else self.port)
         lines = [f"{self.method} {self.target} {self.version}", f"Host: {host}"]
         for name, value in self.headers:
             lowered = name.lower()
@@ -158,7 +158,7 @@ def _split_authority(text: str, default_port: int | None) -> tuple[str, int]:
         raise _BadRequest("CONNECT needs host:port")
     else:
         port = default_port
-    host = netcheck.normalize_host(host_text)
+    host = addresses.normalize_host(host_text)
     if host is None:
         raise _BadRequest("not a valid host name or IP address")
     return host, port
