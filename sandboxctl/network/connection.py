@@ -162,6 +162,7 @@ class _Connection:
         self.error: str | None = None
         self.bytes_in = 0
         self.bytes_out = 0
+        self.inspected = False
 
     # -------------------------------------------------------------- lifecycle
     def run(self) -> None:
@@ -175,6 +176,15 @@ class _Connection:
             if self.seen:
                 self.server._emit(self.record())
 
+    def begin_destination(self, host: str, port: int) -> None:
+        """A plain-HTTP connection moves on to another host: log the destination it is done with."""
+        if self.host is not None:
+            self.server._emit(self.record())
+        self.host, self.port, self.address, self.error = host, port, None, None
+        self.decision, self.rule = "deny", ""
+        self.bytes_in = self.bytes_out = 0
+        self.started = time.monotonic()
+
     def record(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "host": self.host,
@@ -187,6 +197,8 @@ class _Connection:
             "duration_s": round(time.monotonic() - self.started, 6),
             "protocol": self.protocol,
         }
+        if self.inspected:
+            out["inspected"] = True
         if self.error:
             out["error"] = self.error
         return out
@@ -275,16 +287,33 @@ class _Connection:
             self._bad(request)
             return
         self.protocol = request.protocol
+        if request.method != "CONNECT":
+            # Plain HTTP is read request by request (h11): each one is parsed, framed and ruled on,
+            # so nothing the client sends reaches an upstream unparsed.
+            from sandboxctl.network.exchange import Exchange
+            from sandboxctl.network.tls import PlainStream
+
+            Exchange(self, PlainStream(self.client), head + bytes(reader.buf)).run()
+            return
         self.host, self.port = request.host, request.port
         outcome = self._open(request.host, request.port)
         if isinstance(outcome, _Refusal):
             self._refuse_raw(outcome.http())
             return
-        if request.method == "CONNECT":
-            if self._reply(b"HTTP/1.1 200 Connection established\r\n\r\n"):
-                self._relay(bytes(reader.buf), tunnel=True)
-        else:
-            self._relay(request.upstream_head() + bytes(reader.buf), tunnel=False)
+        if self._reply(b"HTTP/1.1 200 Connection established\r\n\r\n"):
+            self._tunnel(bytes(reader.buf))
+
+    def _tunnel(self, first: bytes) -> None:
+        """An open tunnel to host:port: read request by request when the host is inspected, else relay."""
+        inspection = self.server.inspection
+        assert self.host is not None and self.port is not None
+        if inspection is None or inspection.rules_for(self.host, self.port) is None:
+            self._relay(first, tunnel=True)
+            return
+        from sandboxctl.network.exchange import inspect_tunnel
+
+        self.inspected = True
+        inspect_tunnel(self, first)
 
     def _socks5(self, reader: _Reader) -> None:
         self.protocol = "socks5"
@@ -330,13 +359,24 @@ class _Connection:
             self._refuse_raw(socks_reply(outcome.socks))
             return
         if self._reply(socks_reply(SOCKS_OK)):
-            self._relay(bytes(reader.buf), tunnel=True)
+            self._tunnel(bytes(reader.buf))
 
     # -------------------------------------------------------------- decision and dial
     def _open(self, host: str, port: int) -> socket.socket | _Refusal:
         """Decide, resolve once, screen the addresses and dial the first that passed and answers."""
+        refusal = self.decide(host, port)
+        return refusal if refusal is not None else self.connect(host, port)
+
+    def decide(self, host: str, port: int) -> _Refusal | None:
+        """The policy's (or a human's) answer for host:port; None: allowed. Sets rule and decision."""
         server = self.server
         dest = addresses.format_destination(host, port)
+        leaked = server.inspection.phantoms.leaks_in(host.encode(), host, port) if server.inspection else []
+        if leaked:  # the placeholder as a host name would reach a DNS server
+            self.rule = f"leak: {leaked[0]}"
+            self.decision = "deny"
+            return _Refusal(403, SOCKS_NOT_ALLOWED, f"sandboxctl: the host name carries the placeholder of the "
+                            f"secret {leaked[0]}; refused.", "http_request_denied")
         verdict = addresses.match_destination(server.policy, host, port)
         self.rule = verdict.rule
         if verdict.kind == "deny":
@@ -347,6 +387,12 @@ class _Connection:
                 self.rule = "not in network.allow (not approved)" if asked else "not in network.allow"
                 return self._policy_refusal(verdict, host, dest, declined=asked)
             self.rule = "not in network.allow (approved)"
+        return None
+
+    def connect(self, host: str, port: int) -> socket.socket | _Refusal:
+        """Resolve once, screen the addresses and dial the first that passed (host:port is allowed)."""
+        server = self.server
+        dest = addresses.format_destination(host, port)
         if self.aborted:
             return self._stopped()
         literal = addresses.parse_ip(host)
@@ -431,14 +477,17 @@ class _Connection:
         if ask is None:
             return False
         try:
-            try:
-                peer = self.client.getpeername()[1]
-            except (OSError, IndexError, TypeError):
-                peer = None
-            return ask(host, port, peer) is True
+            return ask(host, port, self.peer_port()) is True
         except Exception as exc:  # a failing approval channel denies, it does not crash
             self.error = f"approval failed: {exc!r}"
             return False
+
+    def peer_port(self) -> int | None:
+        """The client's TCP port (the approval prompt finds the process behind it), None over a UNIX socket."""
+        try:
+            return self.client.getpeername()[1]
+        except (OSError, IndexError, TypeError):
+            return None
 
     def _stopped(self) -> _Refusal:
         self.decision = "deny"

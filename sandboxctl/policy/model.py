@@ -21,6 +21,9 @@ class Network(NamedTuple):
     allow: tuple[HostPattern, ...] = ()
     deny: tuple[HostPattern, ...] = ()
     allow_private: bool = False
+    upstream_ca: tuple[str, ...] = ()
+    # host pattern -> request rules ("GET /repos/**"); None: every request allowed (read and logged)
+    inspect: tuple[tuple[str, tuple[str, ...] | None], ...] = ()
 
 
 class Env(NamedTuple):
@@ -31,8 +34,9 @@ class Env(NamedTuple):
 class Secret(NamedTuple):
     name: str
     source: str  # "env:NAME" | "file:PATH" | "command:CMD" — a reference, never a value
-    deliver_as: str = "file"
+    deliver_as: str = "file"  # file | env | proxy
     ttl: float | None = None
+    hosts: tuple[str, ...] = ()  # as: proxy: the host patterns whose requests get the value
 
     @property
     def source_kind(self) -> str:
@@ -116,10 +120,13 @@ def policy_from_data(data: dict[str, Any], *, source: str, chain: tuple[str, ...
             allow=tuple(units.parse_host_pattern(h) for h in net.get("allow", ())),
             deny=tuple(units.parse_host_pattern(h) for h in net.get("deny", ())),
             allow_private=net.get("allow_private", False),
+            upstream_ca=tuple(net.get("upstream_ca", ())),
+            inspect=_inspect_entries(net.get("inspect", {})),
         ),
         env=Env(passthrough=tuple(env.get("pass", ())), set=tuple(sorted(env.get("set", {}).items()))),
         secrets=tuple(
-            Secret(name, spec["from"], spec.get("as", "file"), duration(spec.get("ttl")))
+            Secret(name, spec["from"], spec.get("as", "file"), duration(spec.get("ttl")),
+                   tuple(spec.get("hosts", ())) if spec.get("as") == "proxy" else ())
             for name, spec in sorted(data.get("secrets", {}).items())
         ),
         syscalls_deny=tuple(syscalls.get("deny", ())),
@@ -140,3 +147,18 @@ def policy_from_data(data: dict[str, Any], *, source: str, chain: tuple[str, ...
         log=LogSettings(path=log.get("path", LogSettings._field_defaults["path"]),
                         file_events=log.get("file_events", "write"), exec_events=log.get("exec_events", True)),
     )
+
+
+def _inspect_entries(raw: dict[str, Any]) -> tuple[tuple[str, tuple[str, ...] | None], ...]:
+    """network.inspect by normalized host pattern; two spellings of one host (API.x and api.x, from
+    different files) join their rules."""
+    merged: dict[str, tuple[str, ...] | None] = {}
+    for host, spec in raw.items():
+        key = str(units.parse_host_pattern(host))
+        rules = None if not spec or "allow" not in spec else tuple(spec["allow"])
+        if key in merged:
+            before = merged[key]
+            rules = before if rules is None else rules if before is None else (
+                *before, *(r for r in rules if r not in before))
+        merged[key] = rules
+    return tuple(sorted(merged.items()))
