@@ -113,13 +113,16 @@ class RunAuthority:
         """A new leaf certificate for host (a DNS name or an IP address literal)."""
         try:
             san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
+            # no CN: OpenSSL would hold an address in the CN against the DNS name constraints
+            subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "sandboxctl")])
         except ValueError:
             san = x509.DNSName(host)
+            subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host[:64])])
         now = _now()
         public = self._leaf_key.public_key()
         builder = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host[:64])]))
+            .subject_name(subject)
             .issuer_name(self.certificate.subject).public_key(public)
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - BACKDATE)
