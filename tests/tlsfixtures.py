@@ -32,7 +32,7 @@ class UpstreamCA:
     key_file: Path = field(init=False)
 
     def __post_init__(self) -> None:
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sandboxctl test upstream CA")])
         ca = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
@@ -43,7 +43,8 @@ class UpstreamCA:
               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
               .sign(key, hashes.SHA256()))
         leaf_key = ec.generate_private_key(ec.SECP256R1())
-        san = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+        san = x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                           x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
         leaf = (x509.CertificateBuilder()
                 .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])).issuer_name(name)
                 .public_key(leaf_key.public_key()).serial_number(x509.random_serial_number())

@@ -453,7 +453,7 @@ def test_name_constraints_hold_even_for_a_leaked_key(tmp_path: Path) -> None:
         if ok:
             client.wrap_socket(sock, server_hostname=host).close()
         else:
-            with pytest.raises(ssl.SSLCertVerificationError, match="name constraint|permitted"):
+            with pytest.raises(ssl.SSLCertVerificationError, match=r"name constraint|permitted"):
                 client.wrap_socket(sock, server_hostname=host)
         thread.join(5)
         server.close()
