@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -35,53 +34,18 @@ import h11
 
 from sandboxctl.network import messages
 from sandboxctl.network.messages import Refusal
-from sandboxctl.network.tls import PlainStream, StreamClosed, TlsStream, describe_tls_error
+from sandboxctl.network.terminate import StreamRelay
+from sandboxctl.network.tls import StreamClosed
+from sandboxctl.network.upstream import Broken, Upstream
 from sandboxctl.network.wire import HEAD_LIMIT, parse_absolute_target
 
 if TYPE_CHECKING:
     from sandboxctl.network.connection import _Connection
     from sandboxctl.network.rules import HostRules
-
-    Stream = PlainStream | TlsStream
+    from sandboxctl.network.tls import Stream
 
 IDLE_TIMEOUT_S = 300.0  # a keep-alive connection with no request for this long is closed
-HANDSHAKE_TIMEOUT_S = 15.0
 PATH_LOG_LIMIT = 2048
-
-
-class _Broken(Exception):
-    """The exchange cannot go on; the message says why (for the log)."""
-
-
-def inspect_tunnel(conn: _Connection, first: bytes) -> None:
-    """Terminate the client's TLS with the run's CA (or read plain HTTP inside the tunnel)."""
-    inspection = conn.server.inspection
-    assert inspection is not None and conn.host is not None and conn.port is not None
-    client: Stream = PlainStream(conn.client)
-    if not first:
-        try:
-            conn.client.settimeout(HANDSHAKE_TIMEOUT_S)
-            first = client.recv()
-        except (TimeoutError, StreamClosed):
-            return
-        if not first:
-            return
-    if first[:1] == b"\x16":  # a TLS handshake record
-        try:
-            context = inspection.authority.server_context(conn.host)
-        except Exception as exc:  # a certificate that cannot be made costs this connection only
-            conn.error = f"cannot make a certificate for {conn.host}: {exc}"
-            return
-        tls = TlsStream(conn.client, context, server_side=True, first=first)
-        try:
-            tls.handshake(HANDSHAKE_TIMEOUT_S)
-        except Exception as exc:
-            conn.error = (f"TLS handshake with the sandboxed client failed ({describe_tls_error(exc)}); a client "
-                          "that does not trust the run's CA (its own CA bundle, certificate pinning) cannot reach "
-                          "an inspected host")
-            return
-        client, first = tls, b""
-    Exchange(conn, client, first, tunnel=(conn.host, conn.port)).run()
 
 
 class Exchange:
@@ -98,9 +62,7 @@ class Exchange:
         self.cl = h11.Connection(h11.SERVER, max_incomplete_event_size=HEAD_LIMIT)
         if first:
             self.cl.receive_data(first)
-        # the upstream: conn.upstream is its socket (a tunnel's is open already), wrapped in up/hu once used
-        self.up: Stream | None = None
-        self.hu: h11.Connection | None = None
+        self.upstream = Upstream(conn, client.tls)
         self.dest: tuple[str, int] | None = tunnel
 
     # ------------------------------------------------------------------ the loop
@@ -113,7 +75,7 @@ class Exchange:
                 if self.cl.our_state is not h11.DONE or self.cl.their_state is not h11.DONE:
                     return
                 self.cl.start_next_cycle()
-        except _Broken as exc:
+        except Broken as exc:
             self.conn.error = self.conn.error or str(exc)
         finally:
             if self.client.tls and not self.conn.aborted:
@@ -183,8 +145,9 @@ class Exchange:
                 logged = logged or bool(injected)
             upgrade = self._upgrade(headers, rules is not None)
             forward = messages.upstream_request_headers(send_headers, host, port, self.default_port, upgrade)
-            if not self._ensure_upstream(host, port, event):
-                return False
+            refusal = self.upstream.ensure(host, port)
+            if refusal is not None:
+                return self._upstream_failed(refusal, event)
             return self._forward(request, path_target, forward, injected, host, port, event, started)
         finally:
             event["duration_s"] = round(time.monotonic() - started, 6)
@@ -218,7 +181,7 @@ class Exchange:
                 return None
             host, port, target = parsed
             if (host, port) != self.dest:
-                self._drop_upstream()
+                self.upstream.drop()
                 self.conn.begin_destination(host, port)
                 refusal = self.conn.decide(host, port)
                 outcome = refusal if refusal is not None else self.conn.connect(host, port)
@@ -279,80 +242,10 @@ class Exchange:
             return None  # h2c and friends would carry requests past the rules: not offered upstream
         return protocols[0]
 
-    # ------------------------------------------------------------------ upstream
-    def _ensure_upstream(self, host: str, port: int, event: dict[str, Any]) -> bool:
-        """An upstream ready for a request: the idle one, the socket dialled for it, or a new one."""
-        if self.hu is not None:
-            if self.hu.our_state is h11.IDLE and self.hu.their_state is h11.IDLE:
-                return True
-            self._drop_upstream()
-        with self.conn.lock:
-            sock = self.conn.upstream
-        if sock is None:
-            outcome = self.conn.connect(host, port)
-            if not isinstance(outcome, socket.socket):
-                return self._upstream_failed(Refusal(outcome.status, outcome.message, outcome.proxy_status), event)
-            sock = outcome
-        sock.settimeout(None)
-        stream: Stream = PlainStream(sock)
-        if self.client.tls:
-            assert self.inspection is not None
-            try:
-                tls = TlsStream(sock, self.inspection.upstream_context(), server_side=False, server_hostname=host)
-                tls.handshake(HANDSHAKE_TIMEOUT_S)
-            except Exception as exc:
-                self._drop_upstream()
-                detail = describe_tls_error(exc)
-                self.conn.error = f"TLS to {host}:{port} failed: {detail}"
-                certificate = "certificate" in detail
-                hint = "; if it is signed by a private CA, add that CA to network.upstream_ca" if certificate else ""
-                return self._upstream_failed(Refusal(
-                    502, f"sandboxctl: could not open a verified TLS connection to {host}:{port} ({detail}){hint}.",
-                    "tls_certificate_error" if certificate else "tls_protocol_error"), event)
-            sock.settimeout(None)
-            stream = tls
-        self.up, self.hu = stream, h11.Connection(h11.CLIENT, max_incomplete_event_size=HEAD_LIMIT)
-        return True
-
     def _upstream_failed(self, refusal: Refusal, event: dict[str, Any]) -> bool:
         event.update(status=refusal.status, error=refusal.message.removeprefix("sandboxctl: "))
         self._send_refusal(refusal, close=True, count=event)
         return False
-
-    def _drop_upstream(self) -> None:
-        """Close the upstream connection (there is none to reuse, or the next request goes elsewhere)."""
-        with self.conn.lock:
-            sock, self.conn.upstream = self.conn.upstream, None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.close()
-        self.up = self.hu = None
-
-    def _up_event(self) -> Any:
-        assert self.hu is not None and self.up is not None
-        while True:
-            try:
-                event = self.hu.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise _Broken(f"the upstream's answer is not valid HTTP/1.1: {exc}") from None
-            if event is not h11.NEED_DATA:
-                return event
-            try:
-                data = self.up.recv()
-            except (StreamClosed, TimeoutError):
-                data = b""
-            self.hu.receive_data(data)
-
-    def _send_up(self, event: Any, count: dict[str, Any]) -> None:
-        assert self.hu is not None and self.up is not None
-        data = self.hu.send(event)
-        if data:
-            try:
-                self.up.sendall(data)
-            except StreamClosed as exc:
-                raise _Broken(f"upstream closed: {exc}") from None
-            count["bytes_out"] += len(data)
-            self.conn.bytes_out += len(data)
 
     def _send_client(self, event: Any, count: dict[str, Any]) -> None:
         data = self.cl.send(event)
@@ -360,14 +253,14 @@ class Exchange:
             try:
                 self.client.sendall(data)
             except StreamClosed as exc:
-                raise _Broken(f"client connection failed: {exc}") from None
+                raise Broken(f"client connection failed: {exc}") from None
             count["bytes_in"] += len(data)
             self.conn.bytes_in += len(data)
 
     # ------------------------------------------------------------------ forwarding
     def _forward(self, request: h11.Request, target: str, headers: messages.Headers, injected: list[str],
                  host: str, port: int, event: dict[str, Any], started: float) -> bool:
-        self._send_up(h11.Request(method=request.method, target=target.encode("ascii"), headers=headers), event)
+        self.upstream.send(h11.Request(method=request.method, target=target.encode("ascii"), headers=headers), event)
         if self.cl.client_is_waiting_for_100_continue:
             self._send_client(h11.InformationalResponse(status_code=100, headers=[]), event)
         scanner = self.inspection.phantoms.body_scanner(host, port) if self.inspection else None
@@ -382,13 +275,13 @@ class Exchange:
                 body_event = self.cl.next_event()
             except h11.RemoteProtocolError as exc:
                 self.conn.abort(reset=True)
-                raise _Broken(f"bad request body: {exc}") from None
+                raise Broken(f"bad request body: {exc}") from None
             if body_event is h11.NEED_DATA:
                 data = self._recv_client(IDLE_TIMEOUT_S)
                 self.cl.receive_data(data)
                 if not data and self.cl.their_state is h11.SEND_BODY:
                     self.conn.abort(reset=True)  # a truncated body must not reach the upstream as complete
-                    raise _Broken("the client closed the connection in the middle of a request body")
+                    raise Broken("the client closed the connection in the middle of a request body")
                 continue
             if isinstance(body_event, h11.Data):
                 data = bytes(body_event.data)
@@ -397,24 +290,19 @@ class Exchange:
                     if scanner.leaked:
                         return self._body_leak(scanner.leaked, event)
                 if data:
-                    self._send_up(h11.Data(data=data), event)
+                    self.upstream.send(h11.Data(data=data), event)
                 continue
             if isinstance(body_event, h11.EndOfMessage):
                 if scanner is not None and (rest := scanner.finish()):
-                    self._send_up(h11.Data(data=rest), event)
-                self._send_up(h11.EndOfMessage(headers=body_event.headers), event)
+                    self.upstream.send(h11.Data(data=rest), event)
+                self.upstream.send(h11.EndOfMessage(headers=body_event.headers), event)
                 return True
-            raise _Broken("the client closed the connection in the middle of a request")
+            raise Broken("the client closed the connection in the middle of a request")
 
     def _body_leak(self, name: str, event: dict[str, Any]) -> bool:
         """A placeholder in the body: the upstream gets a reset instead of the rest of the request."""
         event.update(decision="deny", rule=f"leak: {name}", leak=name, status=403)
-        with self.conn.lock:
-            sock = self.conn.upstream
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-        self._drop_upstream()
+        self.upstream.reset()
         self._send_refusal(Refusal(403, f"sandboxctl: this request's body carries the placeholder of the secret "
                                         f"{name}, which is only sent to its own hosts; refused and logged."),
                            close=True)
@@ -422,7 +310,7 @@ class Exchange:
 
     def _answer(self, masker: Any, event: dict[str, Any]) -> bool:
         while True:
-            answer = self._up_event()
+            answer = self.upstream.next_event()
             if isinstance(answer, h11.InformationalResponse):
                 if answer.status_code == 101:
                     return self._switch(answer, event)
@@ -443,15 +331,15 @@ class Exchange:
                                                reason=answer.reason), event)
                 break
             if answer is h11.PAUSED:
-                raise _Broken("the upstream switched protocols without a 101")
+                raise Broken("the upstream switched protocols without a 101")
             if event.get("status") is None and self.cl.our_state is h11.SEND_RESPONSE:
                 event.update(status=502, error="the upstream closed the connection without an answer")
                 self._send_refusal(Refusal(502, "sandboxctl: the server closed the connection without an answer.",
                                            "connection_terminated"), close=True)
                 return False
-            raise _Broken("the upstream closed the connection")
+            raise Broken("the upstream closed the connection")
         while True:
-            part = self._up_event()
+            part = self.upstream.next_event()
             if isinstance(part, h11.Data):
                 data = masker.feed(bytes(part.data)) if masker is not None else part.data
                 if data:
@@ -463,11 +351,8 @@ class Exchange:
                 self._send_client(h11.EndOfMessage(headers=part.headers), event)
                 break
             self.conn.abort(reset=True)  # a truncated answer must look truncated to the client
-            raise _Broken("the upstream closed the connection in the middle of its answer")
-        if self.hu is not None and self.hu.our_state is h11.DONE and self.hu.their_state is h11.DONE:
-            self.hu.start_next_cycle()
-        else:
-            self._drop_upstream()
+            raise Broken("the upstream closed the connection in the middle of its answer")
+        self.upstream.finished()
         return True
 
     def _switch(self, answer: h11.InformationalResponse, event: dict[str, Any]) -> bool:
@@ -477,10 +362,10 @@ class Exchange:
                                 None)
         self._send_client(h11.InformationalResponse(status_code=101, headers=messages.response_headers(
             list(answer.headers.raw_items()), switching=True), reason=answer.reason), event)
-        assert self.up is not None and self.hu is not None
-        client_rest, up_rest = self.cl.trailing_data[0], self.hu.trailing_data[0]
-        relay = _Relay(self, event)
-        relay.run(self.client, self.up, client_rest, up_rest)
+        upstream = self.upstream
+        assert upstream.stream is not None and upstream.h11 is not None
+        client_rest, up_rest = self.cl.trailing_data[0], upstream.h11.trailing_data[0]
+        StreamRelay(self.conn, event).run(self.client, upstream.stream, client_rest, up_rest)
         return False
 
     # ------------------------------------------------------------------ refusals
@@ -514,45 +399,7 @@ class Exchange:
                                            reason=refusal.reason), count)
             self._send_client(h11.Data(data=refusal.body()), count)
             self._send_client(h11.EndOfMessage(), count)
-        except (h11.LocalProtocolError, _Broken):
+        except (h11.LocalProtocolError, Broken):
             return
         if close:
             self.client.shutdown_write()
-
-
-class _Relay:
-    """After a 101: both directions as they are, one thread each, until both sides are done."""
-
-    def __init__(self, exchange: Exchange, event: dict[str, Any]) -> None:
-        self.exchange = exchange
-        self.event = event
-
-    def run(self, client: Stream, upstream: Stream, client_rest: bytes, up_rest: bytes) -> None:
-        helper = threading.Thread(target=self._pump, args=(upstream, client, up_rest, False),
-                                  name="sandboxctl-proxy-in", daemon=True)
-        try:
-            helper.start()
-        except RuntimeError:
-            self.exchange.conn.abort(reset=True)
-            return
-        self._pump(client, upstream, client_rest, True)
-        helper.join()
-
-    def _pump(self, src: Stream, dst: Stream, first: bytes, outbound: bool) -> None:
-        conn = self.exchange.conn
-        key = "bytes_out" if outbound else "bytes_in"
-        try:
-            data = first
-            src.settimeout(None)
-            while True:
-                if data:
-                    dst.sendall(data)
-                    self.event[key] += len(data)
-                    setattr(conn, key, getattr(conn, key) + len(data))
-                data = src.recv()
-                if not data:
-                    break
-        except (StreamClosed, OSError):
-            conn.abort(reset=True)
-            return
-        dst.shutdown_write()

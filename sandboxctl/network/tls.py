@@ -183,6 +183,9 @@ class TlsStream:
                 self._flush()
 
 
+Stream = PlainStream | TlsStream  # what the HTTP exchange reads and writes
+
+
 def upstream_context(extra_cas: Sequence[str] = ()) -> ssl.SSLContext:
     """How the proxy checks real servers: the host's trust plus network.upstream_ca (OSError / ssl.SSLError
     name a CA file that cannot be loaded)."""

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sandboxctl.network import addresses, connection, messages
+from sandboxctl.network import addresses, messages, relay
 from sandboxctl.network.addresses import NetPolicy
 from sandboxctl.network.proxy import (
     HEAD_LIMIT,
@@ -1093,9 +1093,9 @@ def test_bulk_transfer_both_ways_is_intact(
     make_proxy: Callable[..., Proxy], echo: EchoServer, monkeypatch: pytest.MonkeyPatch, splice: bool
 ) -> None:
     pipes: list[object] = []
-    real_open_pipe = connection._open_pipe
-    monkeypatch.setattr(connection, "_open_pipe", lambda: pipes.append(real_open_pipe()) or pipes[-1])
-    monkeypatch.setattr(connection, "_splice_ok", splice and hasattr(os, "splice"))
+    real_open_pipe = relay._open_pipe
+    monkeypatch.setattr(relay, "_open_pipe", lambda: pipes.append(real_open_pipe()) or pipes[-1])
+    monkeypatch.setattr(relay, "_splice_ok", splice and hasattr(os, "splice"))
     proxy = make_proxy(allow=("127.0.0.1",))
     sock, reply = connect_tunnel(proxy, f"127.0.0.1:{echo.port}")
     assert reply.startswith(b"HTTP/1.1 200 ")
@@ -1189,7 +1189,7 @@ def test_stop_closes_everything(
     echo: EchoServer, http_port: int, monkeypatch: pytest.MonkeyPatch, splice: bool
 ) -> None:
     if not splice:
-        monkeypatch.setattr(connection, "_splice_ok", False)
+        monkeypatch.setattr(relay, "_splice_ok", False)
     before = fd_count()
     gate = threading.Event()
 
