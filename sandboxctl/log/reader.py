@@ -659,6 +659,17 @@ def summarize(data: dict[str, Any]) -> str:
         return f"{g('op', '?')} {g('path', '')}"
     if event == "net":
         return f"{g('host', '?')}:{g('port', '?')}"
+    if event == "http":
+        port = g("port")
+        host = f"{g('host', '?')}" + ("" if port in (80, 443, None) else f":{port}")
+        text = f"{g('method', '?')} {host}{g('path', '')}"
+        if g("status") is not None:
+            text += f" -> {g('status')}"
+        if g("secrets"):
+            text += f" (secrets: {', '.join(str(n) for n in g('secrets'))})"
+        if g("leak"):
+            text += f" (leak: {g('leak')})"
+        return text
     if event == "syscall":
         return str(g("name", "?"))
     if event == "approval":

@@ -168,7 +168,7 @@ class Exchange:
                     self._refuse_bad("inside a tunnel a request names a path, or the tunnel's own URL")
                     return None
                 target = parsed[2]
-            if not messages.host_header_matches(headers, host, port, self.default_port):
+            if not messages.host_header_matches(headers, host):
                 self._send_refusal(Refusal(403, f"sandboxctl: this request's Host header names another host than "
                                                 f"{host}, where the connection goes; refused."), close=True)
                 event.update(host=host, port=port, status=403, rule="Host header names another host")

@@ -81,8 +81,9 @@ def response_headers(headers: Headers, switching: bool = False) -> Headers:
     return [(name, value) for name, value in headers if name.lower() not in strip]
 
 
-def host_header_matches(headers: Headers, host: str, port: int, default_port: int) -> bool:
-    """In a tunnel, the Host header (when sent) must name the tunnel's destination."""
+def host_header_matches(headers: Headers, host: str) -> bool:
+    """In a tunnel, the Host header (when sent) must name the tunnel's host. Its port is not compared:
+    the connection goes to the tunnel's port whatever it says, and the forwarded Host names that."""
     values = [value for name, value in headers if name.lower() == b"host"]
     if not values:
         return True
@@ -97,7 +98,7 @@ def host_header_matches(headers: Headers, host: str, port: int, default_port: in
         rest = ":" + rest if sep else ""
     if rest and (not rest.startswith(":") or not rest[1:].isdigit()):
         return False
-    return addresses.normalize_host(name) == host and (int(rest[1:]) if rest else default_port) == port
+    return addresses.normalize_host(name) == host
 
 
 @dataclass(frozen=True)

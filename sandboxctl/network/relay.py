@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import socket
 import threading
@@ -20,6 +21,7 @@ _BUF_MIN = 16 * 1024
 _BUF_BULK = 64 * 1024
 _BUF_MAX = 256 * 1024
 _SPLICE_CHUNK = 1 << 20
+_PIPE_SIZE = 1 << 20  # the default /proc/sys/fs/pipe-max-size
 
 _splice_ok = hasattr(os, "splice")
 
@@ -29,9 +31,12 @@ def _open_pipe() -> tuple[int, int] | None:
     if not _splice_ok:
         return None
     try:
-        return os.pipe()  # close-on-exec, like every descriptor Python opens
+        pipe = os.pipe()  # close-on-exec, like every descriptor Python opens
     except OSError:
         return None
+    with contextlib.suppress(OSError):  # a larger pipe: fewer splice calls per megabyte
+        fcntl.fcntl(pipe[1], fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+    return pipe
 
 
 def _close_pipe(pipe: tuple[int, int]) -> None:

@@ -425,6 +425,13 @@ def test_summaries_never_show_secret_values_and_escape_control_characters():
     assert reader.summarize({"event": "file", "op": "write", "path": "/w/x"}) == "write /w/x"
     assert reader.summarize({"event": "approval", "kind": "net", "target": "a.b:443"}) == "net a.b:443"
     assert reader.summarize({"event": "syscall", "name": "ptrace"}) == "ptrace"
+    assert reader.summarize({"event": "http", "method": "GET", "host": "api.github.com", "port": 443,
+                             "path": "/repos/acme/x", "status": 200, "secrets": ["GITHUB_TOKEN"]}) == \
+        "GET api.github.com/repos/acme/x -> 200 (secrets: GITHUB_TOKEN)"
+    assert reader.summarize({"event": "http", "method": "POST", "host": "h", "port": 8443, "path": "/p",
+                             "status": 403, "leak": "T"}) == "POST h:8443/p -> 403 (leak: T)"
+    assert reader.clean(reader.summarize({"event": "http", "method": "GET", "host": "h", "port": 443,
+                                          "path": "/\x1b[2J"})) == "GET h/\\x1b[2J"
     assert reader.summarize({"event": "limit", "kind": "memory", "action": "kill"}) == "memory (kill)"
     assert reader.summarize({"event": "run.start", "argv": ["ls", "a b"], "policy": "ci"}) == "ls 'a b' (policy ci)"
     assert reader.summarize({"event": "run.end", "exit_code": 137, "signal": 9, "duration_s": 75}) == \
