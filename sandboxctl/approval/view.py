@@ -17,7 +17,8 @@ def render(request: dict[str, Any], others: int, policy: str, width: int) -> str
     from rich.text import Text
 
     body = Text()
-    what = f"connect to {request['target']}" if request["kind"] == "network" else f"write {request['target']}"
+    verb = {"network": "connect to", "http": "send the request"}.get(request["kind"], "write")
+    what = f"{verb} {request['target']}"
     body.append("what  ", style="bold").append(what + "\n")
     if request.get("detail"):
         body.append("      " + request["detail"] + "\n", style="dim")
