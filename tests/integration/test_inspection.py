@@ -263,3 +263,28 @@ def test_a_proxy_secret_needs_the_proxy(sandbox, upstream_ca, servers):
     policy = _policy(sandbox, upstream_ca, bound, other)
     result = sandbox.run("--net", "none", "--", "true", policy=policy, env={"REAL_TOKEN": REAL})
     assert result.returncode == 125 and "as: proxy needs network mode proxy" in result.stderr
+
+
+@pytest.mark.skipif(not shutil.which("runsc"), reason="runsc (gVisor) is not installed: apt-get install runsc")
+def test_inspection_under_gvisor(sandbox, upstream_ca, servers, tmp_path):
+    """The same plan under runsc: the bundle is bound over the system's, the phantom injected."""
+    import os
+    import tempfile
+
+    bound, other = servers
+    policy = _policy(sandbox, upstream_ca, bound, other)
+    runtime = Path(tempfile.mkdtemp(prefix="gv", dir="/tmp"))
+    os.chmod(runtime, 0o700)
+    try:
+        argv = sandbox.argv("--backend", "gvisor", "-p", policy, "--", "/bin/sh", "-c",
+                            f'curl -sS -H "Authorization: Bearer $TOKEN" https://localhost:{bound.port}/api/gv; '
+                            f'curl -sS -o /dev/null -w "%{{http_code}}" https://localhost:{bound.port}/nope',
+                            policy=None)
+        result = subprocess.run(argv, cwd=sandbox.workspace, capture_output=True, text=True, timeout=120,
+                                env=sandbox.env({"REAL_TOKEN": REAL, "XDG_RUNTIME_DIR": str(runtime)}))
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith("403") and REAL not in result.stdout
+    assert bound.headers_of(0)["authorization"] == f"Bearer {REAL}" and len(bound.seen) == 1
+    assert [e["status"] for e in _events(sandbox, "http")] == [200, 403]
