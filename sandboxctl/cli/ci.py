@@ -23,6 +23,12 @@ def _cell(text: object) -> str:
 
 
 def annotate(plan, result) -> None:
+    for change in getattr(result, "protected", ()):
+        title = _escape_property("sandboxctl: a protected path changed")
+        message = _escape_data(f"{change['path']} {change['change']}; {change['action']}"
+                               + (f" (changed content kept at {change['kept']})" if change.get("kept") else "")
+                               + f" (run {plan.run_id})")
+        print(f"::error title={title}::{message}", file=sys.stdout, flush=True)
     for denial in result.denials:
         title = _escape_property(f"sandboxctl denied {denial.get('kind')}")
         message = _escape_data(f"{denial.get('target')} — {denial.get('rule')} (run {plan.run_id}, "
@@ -34,6 +40,10 @@ def annotate(plan, result) -> None:
     lines = [f"### sandboxctl: `{_cell(' '.join(plan.command))[:200]}`", "",
              f"Policy **{plan.policy}**, run `{plan.run_id}`, exit code **{result.exit_code}**, "
              f"{result.duration_s:.1f} s, **{len(result.denials)}** denied.", ""]
+    if getattr(result, "protected", ()):
+        lines += ["**Protected paths changed (put back):**", "", "| path | change | action |", "|---|---|---|"]
+        lines += [f"| {_cell(c['path'])} | {_cell(c['change'])} | {_cell(c['action'])} |" for c in result.protected]
+        lines.append("")
     if result.denials:
         lines += ["| kind | target | rule |", "|---|---|---|"]
         lines += [f"| {_cell(d.get('kind'))} | {_cell(d.get('target'))} | {_cell(d.get('rule'))} |"

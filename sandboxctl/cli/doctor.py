@@ -59,6 +59,7 @@ def register(app: typer.Typer) -> None:
 
         from sandboxctl.doctor import current_user, exit_code, run_checks, to_json
 
+        _finish_killed_runs()
         results = run_checks()
         if json_output:
             print(json.dumps(to_json(results), indent=2, ensure_ascii=False))
@@ -66,3 +67,19 @@ def register(app: typer.Typer) -> None:
             user, uid = current_user()
             render(results, user, uid, os.uname().release)
         raise typer.Exit(exit_code(results))
+
+
+def _finish_killed_runs() -> None:
+    """A run whose supervisor was killed left its end-of-run check of protected paths undone:
+    finish it here (as the next run would), and say what was put back."""
+    import sys
+
+    from sandboxctl.inert import inert
+    from sandboxctl.paths import state_dir
+    from sandboxctl.protect.snapshot import recover
+    from sandboxctl.supervise.processes import alive
+
+    for change in recover(state_dir(), alive):
+        kept = f"; what was there is kept at {inert(change.kept)}" if change.kept else ""
+        print(f"sandboxctl: protected path {inert(change.path)} was {change.change} during run {inert(change.run)}, "
+              f"whose supervisor was killed: {change.action}{kept}", file=sys.stderr)

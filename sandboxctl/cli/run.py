@@ -54,11 +54,10 @@ def _confirm(confirmations: tuple[str, ...], yes: bool) -> None:
 
 
 def _accept_untrusted(loaded, why: str, yes: bool) -> bool:
-    """An untrusted workspace policy is a launch-time confirmation: --yes uses it for this run
-    (without pinning it); on a terminal the user may trust it (pinned, as `policy trust` does)."""
-    if yes:
-        print(f"sandboxctl: note: {why}; used for this run because of --yes", file=sys.stderr)
-        return True
+    """An untrusted workspace policy is used only once the user trusts that exact content: on a
+    terminal they may do it here (pinned, as `policy trust` does). --yes never does: it accepts
+    the caller's own options, and a workspace policy is written by whoever wrote the repository
+    (a pull request could give its own CI run the network and the CI's tokens)."""
     if not (sys.stdin.isatty() and sys.stderr.isatty()):
         return False
     print(f"sandboxctl: {why}", file=sys.stderr)
@@ -94,10 +93,8 @@ def _check_options(opts: dict[str, Any]) -> None:
 def _create_owned_dirs(log_path: str | None) -> None:
     """The state and log dirs exist before planning, so the plan masks what is really there."""
     from sandboxctl.paths import ensure_private_dir, state_dir
-    from sandboxctl.supervise.placeholders import sweep
 
     ensure_private_dir(state_dir())
-    sweep(state_dir() / "placeholders")
     if log_path:
         Path(log_path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
 
@@ -168,6 +165,8 @@ def execute_run(opts: dict[str, Any], command: list[str]) -> int:
         from sandboxctl.cli.output import report
 
         report(result.error)
+    if result.protected:
+        _print_protected(result.protected, plan.run_id)
     if result.denials and not opts["quiet"]:
         _print_denials(result.denials, plan.run_id)
     if os.environ.get("GITHUB_ACTIONS") == "true":
@@ -196,6 +195,17 @@ def _print_denials(denials: list[dict], run_id: str) -> None:
     console(stderr=True).print(table)
 
 
+def _print_protected(changes, run_id: str) -> None:
+    """Always shown, even with -q: a protected path changed behind the walls and was put back."""
+    from sandboxctl.inert import inert
+
+    for change in changes:
+        where = f"; what was there is kept at {inert(change['kept'])}" if change.get("kept") else ""
+        run = f" (run {inert(change['run'])}, whose supervisor was killed)" if change.get("run") != run_id else ""
+        print(f"sandboxctl: protected path {inert(change['path'])} was {change['change']} during a run{run}: "
+              f"{change['action']}{where}", file=sys.stderr)
+
+
 def _write_summary(path: str, plan, result) -> None:
     import json
 
@@ -204,6 +214,7 @@ def _write_summary(path: str, plan, result) -> None:
         "exit_code": result.exit_code, "timed_out": result.timed_out,
         "duration_s": round(result.duration_s, 3), "denials": result.denials,
         "error": result.error.message if result.error else None, "log": plan.log_path,
+        "protected": list(result.protected),
     }
     Path(path).write_text(json.dumps(summary, indent=2) + "\n")
 

@@ -263,7 +263,7 @@ def lost_locally_enforced(policy: Policy, notes: Notes) -> None:
             text += f", but these stay visible in the workspace volume: {', '.join(in_workspace)}"
         notes.lost.append(text)
     if policy.workspace == "rw":
-        from sandboxctl.plan.build import PROTECTED_NAMES
+        from sandboxctl.protect.names import ROOT_NAMES as PROTECTED_NAMES
 
         protected = ", ".join((*PROTECTED_NAMES, *fs.protect))
         notes.lost.append(f"protected paths ({protected}): not held read-only; whatever a volume makes "

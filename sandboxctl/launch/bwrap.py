@@ -38,7 +38,7 @@ def mount_args(mount: Mount, empty_file: str, secret_fds: dict[str, int] | None 
         return ["--dev", target]
     if kind == "tmpfs":
         return ["--tmpfs", target]
-    source = target if not mount.source or mount.source.startswith("placeholder:") else mount.source
+    source = mount.source or target
     if kind == "ro":
         return ["--ro-bind", source, target]
     if kind == "rw":

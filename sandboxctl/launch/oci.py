@@ -1,8 +1,8 @@
 """Render a Plan as an OCI bundle for gVisor's runsc. Pure: the same plan and paths give the same config.
 
 The gvisor backend runs the very plan the bubblewrap backend runs: the same mounts in the same
-order (read-only and writable binds, fresh tmpfs, masks over denied paths, placeholders over
-absent protected paths), the same working directory, limits and environment. What differs is
+order (read-only and writable binds, fresh tmpfs, masks over denied paths, read-only binds over
+protected paths), the same working directory, limits and environment. What differs is
 who enforces it: gVisor's own kernel (the sentry) serves every system call of the command, and
 its file proxy (the gofer) is the only thing that touches the host's files.
 
@@ -93,7 +93,7 @@ def mounts(plan: Plan, paths: BundlePaths, skip: frozenset[str] = frozenset()) -
         kind, target = mount.kind, mount.target
         if kind in ("mask-file", "mask-dir") and target in skip:
             continue
-        source = target if not mount.source or mount.source.startswith("placeholder:") else mount.source
+        source = mount.source or target
         if kind == "proc":
             result.append({"destination": target, "type": "proc", "source": "proc"})
         elif kind == "dev":  # gVisor populates its own /dev (null, zero, random, tty, pts, shm, …)

@@ -15,7 +15,7 @@ from pathlib import Path
 from sandboxctl.errors import SandboxError
 from sandboxctl.plan.model import SeccompCondition, SeccompPlan, SeccompRule
 
-CACHE_VERSION = "3"
+CACHE_VERSION = "4"
 # __NR_seccomp per machine: the shim makes the raw call (libseccomp is not reachable inside)
 SECCOMP_SYSCALL = {"x86_64": 317, "aarch64": 277, "riscv64": 277, "ppc64le": 358, "s390x": 348}
 
@@ -74,10 +74,17 @@ def build_filter(plan: SeccompPlan, which: str = "static"):
         if plan.notify_exec:
             rules += [SeccompRule(name, "notify", "exec event") for name in ("execve", "execveat")]
         rules += file_open_rules(plan.file_events)
+        present = {r.syscall for r in rules if not r.conditions}
+        if plan.mediate:
+            rules += [r for r in mediated_rules() if r.syscall not in present]
+        if plan.exec_guard and "memfd_create" not in present:
+            rules.append(SeccompRule("memfd_create", "notify", "exec.allow: memory files made non-executable"))
     else:
         rules = [r for r in plan.rules if not plan.trapped(r)]
     for rule in rules:
         number = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, rule.syscall)
+        if number < 0 and rule.why == MEDIATED_WHY:
+            continue  # not on this architecture (aarch64 has only the *at calls)
         if number == -1:  # __NR_SCMP_ERROR: libseccomp has never heard of it
             raise SandboxError(f"seccomp: unknown system call {rule.syscall!r}",
                                "check the spelling in syscalls.deny / syscalls.allow")
@@ -115,6 +122,17 @@ def file_open_rules(mode: str) -> list[SeccompRule]:
         rules += [SeccompRule(name, "notify", f"file event: {flag}", (SeccompCondition(arg, "masked_eq", bit, bit),))
                   for flag, bit in WRITE_INTENT.items()]
     return rules
+
+
+MEDIATED_WHY = "changes beneath a writable grant are made by the supervisor"
+
+
+def mediated_rules() -> list[SeccompRule]:
+    """Every call that can create, remove, rename, truncate or re-mode a directory entry (opens
+    come from file_open_rules): the mediator performs them under writable host grants."""
+    from sandboxctl.plan.syscalls import MEDIATED_CALLS
+
+    return [SeccompRule(name, "notify", MEDIATED_WHY) for name in MEDIATED_CALLS]
 
 
 def compile_bpf(plan: SeccompPlan, which: str = "static") -> bytes:
@@ -172,7 +190,9 @@ def load_or_compile_notify(plan: SeccompPlan, cache_dir: Path) -> tuple[bytes, d
         pass
     program = compile_bpf(plan, "notify")
     names = sorted({r.syscall for r in plan.rules if plan.trapped(r)} | {"execve", "execveat"}
-                   | {r.syscall for r in file_open_rules(plan.file_events)})
+                   | {r.syscall for r in file_open_rules(plan.file_events)}
+                   | ({r.syscall for r in mediated_rules()} if plan.mediate else set())
+                   | ({"memfd_create"} if plan.exec_guard else set()))
     numbers = syscall_numbers(names)
     try:
         cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -38,19 +38,6 @@ CA_BUNDLE_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", 
                        "AWS_CA_BUNDLE", "CARGO_HTTP_CAINFO", "DENO_CERT")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-# Written inside a writable grant, these run later *outside* the sandbox (git hooks, direnv,
-# shells, editors, agents): always read-only. SPEC principle 3.
-PROTECTED_NAMES = (
-    ".git/hooks", ".git/config", ".gitmodules", ".sandboxctl.yaml", ".envrc", ".mcp.json",
-    ".vscode", ".idea", ".claude",
-)
-# Start-up files run by shells, git and fish for the user: protected where HOME itself is writable.
-HOME_PROTECTED_NAMES = (
-    ".gitconfig", ".bashrc", ".bash_profile", ".bash_login", ".bash_logout", ".profile", ".zshrc",
-    ".zshenv", ".zprofile", ".zlogin", ".config/fish", ".config/git",
-)
-# Absent protected paths get a placeholder of this kind (so that they cannot be created inside).
-PROTECTED_DIRS = {".git", ".git/hooks", ".vscode", ".idea", ".claude", ".config/fish", ".config/git"}
 # Looks like a credential: never passed by a glob, only when named exactly.
 CREDENTIAL_LIKE = re.compile(
     r".*(_TOKEN|_SECRET|_KEY|PASSWORD|PASSWD|_CREDENTIALS?|_AUTH)$|^(AWS|GITHUB|GH|AZURE|GOOGLE|GCP)_.*",
@@ -125,13 +112,37 @@ class _Planner:
 
     @functools.cached_property
     def denied_paths(self) -> list[str]:
-        """Existing paths the deny list names (globs expanded): read from the host once per plan."""
+        """Existing paths the deny list names (globs expanded): read from the host once per plan.
+        DIR/**/NAME patterns under the workspace come from the workspace's index (any depth)."""
         found: list[str] = []
         for raw in self.policy.filesystem.deny:
             pattern = self.expand(raw)
-            matches = self.facts.glob(pattern) if set("*?[") & set(pattern) else [pattern]
+            if pattern.endswith("/**") and "*" not in pattern[:-3]:
+                pattern = pattern[:-3]  # DIR/**: the directory and everything beneath it
+            if "/**/" in pattern:
+                prefix, _, name = pattern.partition("/**/")
+                if self.workspace and _within(prefix, self.workspace):
+                    index = self.tree(self.workspace)
+                else:
+                    index = self.facts.tree(prefix, (name,), True)
+                matches = [m for m in index.matches if _within(m, prefix)
+                           and fnmatch.fnmatchcase(os.path.basename(m), name)]
+            else:
+                matches = self.facts.glob(pattern) if set("*?[") & set(pattern) else [pattern]
             found += [m for m in matches if self.facts.kind(m) != "missing"]
         return sorted(set(found))
+
+    def tree(self, root: str):
+        """The index of a writable root (the workspace: its whole tree; others: their top), with
+        the names the deny list masks at any depth; one walk per root and plan."""
+        cache = self.__dict__.setdefault("_trees", {})
+        if root not in cache:
+            deep = root == self.workspace
+            patterns = tuple(sorted({self.expand(raw).partition("/**/")[2] for raw in self.policy.filesystem.deny
+                                     if "/**/" in raw})) if deep else ()
+            workspace_root = self.workspace if deep else root
+            cache[root] = self.facts.tree(workspace_root, patterns, deep)
+        return cache[root]
 
     def build_mounts(self) -> list[Mount]:
         grants = self.grants()
@@ -157,8 +168,10 @@ class _Planner:
             mounts.append(Mount(kind, target, source, reason))
         # host content shows only through binds; a tmpfs shows nothing of the host
         visible = {m.target: m.kind for m in mounts if m.kind in ("ro", "rw")}
-        guards = self.masks(visible) + self.protections(visible)
-        mounts += self.pins(guards, visible) + guards
+        from sandboxctl.plan.protections import ProtectionPlanner
+
+        protected, self.protect = ProtectionPlanner(self).build(visible)
+        mounts += self.masks(visible) + protected
         mounts += self.runtime_mounts(visible)
         file_secrets = [s for s in self.policy.secrets if s.deliver_as == "file"]
         if file_secrets:
@@ -224,74 +237,6 @@ class _Planner:
                 result.append(Mount("mask-dir", path, reason=why))
         return result
 
-    def writable_roots(self, visible: dict[str, str]) -> list[str]:
-        """Writable directories (a writable *file* grant, like ~/.claude.json, holds no names)."""
-        return [t for t, k in visible.items() if k == "rw" and self.facts.kind(t) == "dir"]
-
-    def protections(self, visible: dict[str, str]) -> list[Mount]:
-        """Protected paths under a writable grant become read-only binds of themselves."""
-        result: list[Mount] = []
-        candidates: list[tuple[str, str]] = []
-        for root in self.writable_roots(visible):
-            git = self.facts.kind(os.path.join(root, ".git"))
-            if git in ("file", "missing"):  # a .git file points git elsewhere; a new .git is a new repo
-                candidates.append((os.path.join(root, ".git"), "protected: .git"))
-            names = PROTECTED_NAMES + (HOME_PROTECTED_NAMES if root == self.facts.home else ())
-            candidates += [(os.path.join(root, name), f"protected: {name}") for name in names
-                           if not (git == "missing" and name.startswith(".git/"))]
-        for raw in self.policy.filesystem.protect:
-            pattern = self.expand(raw)
-            matches = self.facts.glob(pattern) if set("*?[") & set(pattern) else [pattern]
-            candidates += [(m, "filesystem.protect") for m in matches]
-        candidates += [(p, "sandboxctl's own code and policies") for p in self.facts.protected_code]
-        candidates += [(self.expand(f), "the policy in use") for f in self.policy_files()]
-        held: list[str] = []
-        explicit = {t for t, (kind, reason) in self.grant_kinds.items()
-                    if kind == "rw" and reason in ("filesystem.write", "--allow-write")}
-        for path, why in candidates:
-            root = self.covering(path, visible)
-            if root is None or visible[root] != "rw" or any(m.target == path for m in result):
-                continue
-            if path in explicit and why.startswith("protected:"):
-                # granting a protected path by name releases it, never silently
-                self.confirmations.append(f"{self.grant_kinds[path][1]} {path} releases a protected path "
-                                          "(it could plant something that runs later outside the sandbox)")
-                continue
-            if self.facts.kind(path) == "missing":
-                # an absent protected path is held by an empty read-only placeholder for the run,
-                # created by the supervisor before launch and removed after it
-                relative = os.path.relpath(path, root)
-                kind = "dir" if relative in PROTECTED_DIRS or relative.endswith("/") else "file"
-                result.append(Mount("ro", path, f"placeholder:{kind}", f"{why} (absent: empty placeholder)"))
-                held.append(relative)
-                continue
-            result.append(Mount("ro", path, path, why))
-        if held:
-            self.notes.append("absent protected paths held by empty placeholders during the run: "
-                              + ", ".join(sorted(set(held))))
-        return result
-
-    def pins(self, guards: list[Mount], visible: dict[str, str]) -> list[Mount]:
-        """Bind each parent of a mask or protected path (up to its writable grant) onto itself.
-
-        A mount point cannot be renamed (EBUSY), so `mv .git x && mkdir -p .git/hooks` cannot
-        move a guard out of the way and plant a fresh path where the guard used to be.
-        """
-        pinned: dict[str, Mount] = {}
-        for guard in guards:
-            root = self.covering(guard.target, visible)
-            if root is None or visible[root] != "rw":
-                continue
-            ancestor = os.path.dirname(guard.target)
-            placeholder = (guard.source or "").startswith("placeholder:")
-            while ancestor != root and _within(ancestor, root) and ancestor not in pinned:
-                kind = self.facts.kind(ancestor)
-                if kind == "dir" or (kind == "missing" and placeholder):  # the supervisor creates it
-                    source = ancestor if kind == "dir" else "placeholder:parent"
-                    pinned[ancestor] = Mount("rw", ancestor, source, "pinned: parent of a guarded path")
-                ancestor = os.path.dirname(ancestor)
-        return list(pinned.values())
-
     def policy_files(self) -> list[str]:
         return [c for c in self.policy.chain if not c.startswith("builtin:")]
 
@@ -315,9 +260,11 @@ class _Planner:
             return self.gvisor_landlock()
         exec_anywhere = self.policy.exec_allow is None
         rules: list[LandlockPathRule] = []
+        # writable host directories are read-only to the kernel: the supervisor performs each change
+        mediated = set(self.protect.roots) if self.protect.mediated else set()
         for mount in mounts:
             if mount.kind in ("ro", "rw", "tmpfs") and not mount.target.startswith((SHIM_DIR, SECRETS_DIR)):
-                access = ["read"] if mount.kind == "ro" else ["read", "write"]
+                access = ["read"] if mount.kind == "ro" or mount.target in mediated else ["read", "write"]
                 if exec_anywhere:
                     access.append("execute")
                 rules.append(LandlockPathRule(mount.target, tuple(access)))
@@ -533,10 +480,14 @@ class _Planner:
             return SeccompPlan("allow", "kill_process", tuple(rules), trap_denials=False, notify_exec=False,
                                file_events="none")
         trapped_opens = self.policy.log.file_events
-        if trapped_opens == "none" and self.approval_mode() != "deny":
-            trapped_opens = "write"  # a write outside the writable set must reach the approval broker
+        mediate = self.protect.mediated
+        if trapped_opens == "none" and (self.approval_mode() != "deny" or mediate):
+            # a write outside the writable set must reach the approval broker; one beneath a
+            # writable host grant must reach the supervisor, which alone may perform it
+            trapped_opens = "write"
         return SeccompPlan("allow", "kill_process", tuple(rules), trap_denials=True,
-                           notify_exec=self.policy.log.exec_events, file_events=trapped_opens)
+                           notify_exec=self.policy.log.exec_events, file_events=trapped_opens, mediate=mediate,
+                           exec_guard=self.policy.exec_allow is not None)
 
     def cwd(self) -> str:
         return self.inv.workspace if self.workspace else self.facts.home
@@ -594,6 +545,8 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
         confirmations=tuple(dict.fromkeys(planner.confirmations)),
         never_writable=planner.never_writable(),
         backend=planner.backend,
+        protect=planner.protect,
+        exec_loaders=tuple(facts.elf_loaders) if policy.exec_allow is not None else (),
     )
 
 

@@ -95,13 +95,14 @@ def gather(environ: Mapping[str, str] | None = None) -> HostFacts:
     from sandboxctl.policy.load import builtin_dir
 
     python, prefix = _shim_python()
+    home = os.path.realpath(home_dir())
     loaders = sorted({os.path.realpath(p) for pattern in _LOADER_PATTERNS for p in globlib.glob(pattern)})
     try:
         user = pwd.getpwuid(os.getuid()).pw_name
     except KeyError:
         user = str(os.getuid())
     return HostFacts(
-        home=os.path.realpath(home_dir()),
+        home=home,
         user=user,
         uid=os.getuid(),
         state_dir=str(state_dir()),
@@ -122,4 +123,18 @@ def gather(environ: Mapping[str, str] | None = None) -> HostFacts:
         realpath=os.path.realpath,
         glob=lambda pattern: sorted(globlib.glob(pattern, include_hidden=True)),
         runtime_dir=str(runtime_dir()),
+        tree=_tree,
+        git_refs=lambda config, worktree: _git_refs(config, worktree, home),
     )
+
+
+def _tree(root: str, patterns: tuple[str, ...], deep: bool):
+    from sandboxctl.protect.index import scan
+
+    return scan(root, patterns, state_dir() / "cache", deep)
+
+
+def _git_refs(config: str, worktree: str | None, home: str):
+    from sandboxctl.protect.gitconfig import references
+
+    return references(config, home, worktree)

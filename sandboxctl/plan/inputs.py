@@ -6,7 +6,13 @@ Facts are gathered once at the edge (facts.gather); tests hand the planner inven
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+
+def _no_tree(root: str) -> Any:
+    from sandboxctl.protect.index import TreeIndex
+
+    return TreeIndex(root, (), (), (), 0)
 
 
 class Invocation(NamedTuple):
@@ -47,3 +53,8 @@ class HostFacts(NamedTuple):
     runtime_dir: str = ""  # where approval sockets live (masked inside like the state dir)
     gvisor_init_file: str = ""  # the in-sandbox launcher of the gvisor backend (launch/gvisor_init.py)
     runtime_dirs: tuple[str, ...] = ()  # existing gvisor run-dir bases: bundles and file secrets of live runs
+    # protect.index.scan: repositories and names matching patterns beneath a root (deep: the whole
+    # tree, else only the root's own entries); an empty index where the tests give none
+    tree: Callable[[str, tuple[str, ...], bool], Any] = lambda root, patterns, deep: _no_tree(root)
+    # protect.gitconfig.references: (core.hooksPath, included files) that a git config file leads to
+    git_refs: Callable[[str, str | None], tuple[str | None, list[str]]] = lambda config, worktree: (None, [])

@@ -72,6 +72,8 @@ class SeccompPlan(NamedTuple):
     trap_denials: bool = True
     notify_exec: bool = True
     file_events: str = "none"  # none | write (write-intent opens) | all (every open)
+    mediate: bool = False  # trap every file-changing call for the mediator (writable host grants)
+    exec_guard: bool = False  # exec.allow: memory files are made non-executable by the supervisor
 
     def rule_for(self, syscall: str, args: list[int]) -> SeccompRule | None:
         """The trapped rule a notification for this call and these arguments came from."""
@@ -83,6 +85,23 @@ class SeccompPlan(NamedTuple):
     def trapped(self, rule: SeccompRule) -> bool:
         """ENOSYS rules are compatibility fallbacks (clone3 -> clone), not denials worth an event."""
         return self.trap_denials and rule.action.startswith("errno:") and rule.action != "errno:ENOSYS"
+
+
+class ProtectPlan(NamedTuple):
+    """Protected paths (SPEC principle 3), judged by protect.rules.Protection.
+
+    Under the bubblewrap backend (mediated) the roots are read-only to Landlock and the
+    supervisor performs every change beneath them after asking the rules; existing protected
+    entries are also read-only binds, and the end-of-run check compares what `record` held."""
+
+    roots: tuple[str, ...] = ()  # writable host directories (the workspace, write grants, a writable home)
+    guard_roots: tuple[str, ...] = ()  # every granted directory: its protected names are never approvable
+    gitdirs: tuple[str, ...] = ()  # git directories found beneath the roots (nested, submodules, bare, gitdir:)
+    explicit: tuple[tuple[str, str], ...] = ()  # path -> why: hooksPath dirs, includes, symlink targets, protect:
+    masked: tuple[str, ...] = ()  # filesystem.deny paths beneath the roots
+    record: tuple[str, ...] = ()  # existing protected entries the end-of-run check records and compares
+    absent: tuple[str, ...] = ()  # protected names absent at launch: the end-of-run check says if they appeared
+    mediated: bool = False  # Landlock + the supervisor enforce it (bwrap); False: binds + the check only (gvisor)
 
 
 class NetworkPlan(NamedTuple):
@@ -141,6 +160,17 @@ class Plan(NamedTuple):
     # paths no approval may open for writing (sandboxctl's code, policies, state; denied paths)
     never_writable: tuple[tuple[str, str], ...] = ()
     backend: str = "bwrap"  # bwrap | gvisor (launch/oci.py renders the same plan for runsc)
+    protect: ProtectPlan = ProtectPlan()
+    exec_loaders: tuple[str, ...] = ()  # the ELF loaders exec.allow keeps executable (never run as a command)
+
+    def protection(self):
+        """The rules for changes beneath the writable roots (the mediator asks them)."""
+        return _protection(self.protect, self.protect.roots)
+
+    def guard(self):
+        """The rules for approvals: protected names under any grant (read-only ones too) are
+        never approvable."""
+        return _protection(self.protect, self.protect.guard_roots or self.protect.roots)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(self)
@@ -173,6 +203,9 @@ class Plan(NamedTuple):
         for guarded, why in self.never_writable:
             if _within(path, guarded) or (set("*?[") & set(guarded) and _matches(path, guarded)):
                 return WriteVerdict(False, f"{rule}; never approvable: {why}")
+        protected = self.guard().reason(path)
+        if protected:
+            return WriteVerdict(False, f"{rule}; never approvable: {protected}")
         source = holder.source if holder is not None else None
         if holder is None or holder.kind != "ro" or not source or not source.startswith("/"):
             return WriteVerdict(False, f"{rule}; not approvable: no host file behind it")
@@ -197,10 +230,28 @@ class WriteVerdict(NamedTuple):
         return f"{self.host_source.rstrip('/')}/{self.relative}" if self.relative else self.host_source
 
 
+_protections: dict[tuple[int, int], tuple[ProtectPlan, Any]] = {}
+
+
+def _protection(protect: ProtectPlan, roots: tuple[str, ...]):
+    """One Protection per plan and root set (built on first use; plans are immutable)."""
+    key = (id(protect), id(roots))
+    known = _protections.get(key)
+    if known and known[0] is protect:
+        return known[1]
+    from sandboxctl.protect.rules import Protection
+
+    value = Protection(roots, protect.gitdirs, dict(protect.explicit), protect.masked)
+    _protections[key] = (protect, value)
+    return value
+
+
 def _matches(path: str, pattern: str) -> bool:
     """A glob deny entry covers what it matches and everything beneath."""
     from fnmatch import fnmatchcase
 
+    if "/**/" in pattern and _matches(path, pattern.replace("/**/", "/", 1)):
+        return True  # DIR/**/NAME: NAME at any depth, DIR/NAME included
     return fnmatchcase(path, pattern) or fnmatchcase(path, pattern.rstrip("/") + "/*")
 
 

@@ -112,6 +112,13 @@ def _personality_rules() -> list[SeccompRule]:
     return rules
 
 
+# Calls that can create, remove, rename, truncate or re-mode a directory entry, besides opens:
+# under writable host grants the supervisor performs them (supervise/mediate.py).
+MEDIATED_CALLS = ("mkdir", "mkdirat", "mknod", "mknodat", "unlink", "unlinkat", "rmdir", "rename", "renameat",
+                  "renameat2", "link", "linkat", "symlink", "symlinkat", "truncate", "chmod", "fchmod",
+                  "fchmodat", "fchmodat2")
+OPEN_CALLS = ("open", "openat", "openat2", "creat")
+
 # What each relaxing `syscalls.allow` entry takes out of the baseline, so related calls go together.
 RELEASE_GROUPS = {
     "ptrace": ("ptrace", "process_vm_readv", "process_vm_writev"),

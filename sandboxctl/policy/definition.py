@@ -50,6 +50,11 @@ def check_path(text: str, *, allow_glob: bool = False) -> str:
         raise ValueError(f"{text!r}: '..' is not allowed in policy paths")
     if not allow_glob and _GLOB_CHARS & set(text):
         raise ValueError(f"{text!r}: wildcards are only allowed in filesystem.deny and filesystem.protect")
+    if ("**" in text and not text.endswith("/**")) or text.count("**") > 1:
+        prefix, _, name = text.partition("/**/")
+        if not name or "/" in name or "**" in name or _GLOB_CHARS & set(prefix):
+            raise ValueError(f"{text!r}: '**' is supported as DIR/**/NAME (NAME at any depth under DIR) and "
+                             "DIR/** (DIR and all beneath it), e.g. {workspace}/**/.env*")
     return text
 
 

@@ -69,12 +69,12 @@ def load_named(spec: str, cache_dir: Path | None = None) -> LoadedPolicy:
 def choose_policy(spec: str | None, workspace: Path, cache_dir: Path | None = None,
                   accept: Callable[[LoadedPolicy, str], bool] | None = None) -> tuple[LoadedPolicy, str]:
     """Return the policy for a run and how it was chosen (cache_dir: reuse validated policies).
-    An untrusted workspace policy is used only when `accept(loaded, why)` says so (a launch-time
-    confirmation: --yes, or the user on a terminal)."""
+    An untrusted workspace policy is used only when `accept(loaded, why)` says so (the user on a
+    terminal trusting it; never --yes)."""
     if spec:
         return load_named(spec, cache_dir), "--policy"
     candidate = workspace / WORKSPACE_POLICY
-    if candidate.is_file() and candidate.stat().st_size > 0:  # empty: a placeholder held by a run
+    if candidate.is_file():
         loaded = load_source(read_source(candidate, str(candidate)), cache_dir)
         if not is_trusted(loaded):
             changed = str(candidate.resolve()) in trusted_digests()
@@ -83,8 +83,7 @@ def choose_policy(spec: str | None, workspace: Path, cache_dir: Path | None = No
                 return loaded, "workspace"
             raise SandboxError(
                 f"workspace policy {candidate} {state}",
-                f"review it, then run: sandboxctl policy trust {candidate}  (or --yes for this run only, "
-                "or pick one with -p NAME)",
+                f"review it, then run: sandboxctl policy trust {candidate}  (or pick one with -p NAME)",
             )
         return loaded, "workspace"
     return load_source(builtin_source(DEFAULT_POLICY), cache_dir), "default"

@@ -11,26 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
-import functools
 import os
-import struct
 import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from sandboxctl.plan.model import WriteVerdict
-from sandboxctl.supervise import notify
-
-NOTIF_ADDFD = 0x40182103  # _IOW('!', 3, struct seccomp_notif_addfd)
-ADDFD_FLAG_SEND = 2
-_ADDFD = struct.Struct("<QIIII")  # id, flags, srcfd, newfd, newfd_flags
-NR_OPENAT2 = 437  # the same number on every architecture that has it
-RESOLVE_NO_MAGICLINKS, RESOLVE_BENEATH = 0x02, 0x08
-# the open(2) flags openat2 accepts (it refuses unknown bits, which open silently ignores)
-VALID_FLAGS = (os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_APPEND | os.O_NONBLOCK
-               | os.O_DSYNC | os.O_SYNC | os.O_DIRECT | os.O_LARGEFILE | os.O_DIRECTORY | os.O_NOFOLLOW
-               | os.O_NOATIME | os.O_CLOEXEC | getattr(os, "O_TMPFILE", 0))
+from sandboxctl.supervise import fdops, notify
 
 
 class FileEscape(NamedTuple):
@@ -43,28 +30,6 @@ class FileEscape(NamedTuple):
     verdict: WriteVerdict
 
 
-@functools.cache
-def _openat2():
-    """libc's syscall() and struct open_how, built once (ctypes is imported only on an escape)."""
-    import ctypes
-
-    class OpenHow(ctypes.Structure):
-        _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
-
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def openat2(dirfd: int, path: str, flags: int, mode: int, resolve: int) -> int:
-        how = OpenHow(flags, mode, resolve)
-        fd = libc.syscall(ctypes.c_long(NR_OPENAT2), ctypes.c_long(dirfd), ctypes.c_char_p(os.fsencode(path)),
-                          ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)))
-        if fd < 0:
-            code = ctypes.get_errno()
-            raise OSError(code, os.strerror(code))
-        return fd
-
-    return openat2
-
-
 def open_beneath(verdict: WriteVerdict, flags: int, mode: int) -> int:
     """Open the host file behind an approved path, never leaving the bind's host directory."""
     source = os.path.realpath(verdict.host_source or "")
@@ -74,21 +39,15 @@ def open_beneath(verdict: WriteVerdict, flags: int, mode: int) -> int:
         if verdict.relative:
             raise OSError(errno.ENOTDIR, "not a directory")
         root, relative = os.path.dirname(source), os.path.basename(source)
-    flags = (flags & VALID_FLAGS) | os.O_CLOEXEC
+    flags = (flags & fdops.VALID_OPEN_FLAGS & ~os.O_PATH) | os.O_CLOEXEC
     tmpfile = getattr(os, "O_TMPFILE", 0)
     creates = bool(flags & os.O_CREAT) or (tmpfile and flags & tmpfile == tmpfile)
     dirfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        return _openat2()(dirfd, relative, flags, mode & 0o7777 if creates else 0,
-                          RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
+        return fdops.openat2(dirfd, relative, flags, mode & 0o7777 if creates else 0,
+                             fdops.RESOLVE_BENEATH | fdops.RESOLVE_NO_MAGICLINKS)
     finally:
         os.close(dirfd)
-
-
-def add_fd(listener: int, notification_id: int, fd: int, cloexec: bool) -> int:
-    """Install fd in the caller and answer its call with it (the caller's new descriptor number)."""
-    buffer = bytearray(_ADDFD.pack(notification_id, ADDFD_FLAG_SEND, fd, 0, os.O_CLOEXEC if cloexec else 0))
-    return fcntl.ioctl(listener, NOTIF_ADDFD, buffer, True)
 
 
 def caller_umask(pid: int) -> int:
@@ -156,7 +115,7 @@ class FileEscapes:
                           f"{errno.errorcode.get(exc.errno or 0, exc.errno)}")
             return
         try:
-            add_fd(self.listener, escape.notification_id, fd, bool(escape.flags & os.O_CLOEXEC))
+            fdops.add_fd(self.listener, escape.notification_id, fd, bool(escape.flags & os.O_CLOEXEC))
         except OSError as exc:
             notify.respond(self.listener, escape.notification_id, error=errno.EACCES)
             why = "the kernel lacks SECCOMP_ADDFD_FLAG_SEND (Linux 5.14)" if exc.errno == errno.EINVAL \

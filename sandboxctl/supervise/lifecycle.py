@@ -1,8 +1,10 @@
 """One run from end to end: what must hold before the command may start, and the clean-up after.
 
-Secrets are resolved, the log is proven writable, limits get their cgroup and absent protected
-paths their placeholders before anything is launched; whatever way the run ends, the cgroup and
-placeholders are removed and run.end is written.
+Secrets are resolved, the log is proven writable, limits get their cgroup and the protected
+paths are recorded before anything is launched; whatever way the run ends, the cgroup is
+removed, the protected paths are compared with that record (a change is put back, kept aside
+and reported as a `protect` event) and run.end is written. A run also finishes the check of
+supervisors that were killed before they could.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from sandboxctl.launch import seccomp
 from sandboxctl.log.writer import ActionLog, LogWriteError
 from sandboxctl.paths import ensure_private_dir
 from sandboxctl.plan.model import Plan
+from sandboxctl.protect.snapshot import Change, Snapshot, recover
 from sandboxctl.supervise import secrets as secret_store
 from sandboxctl.supervise.cgroups import RunCgroup
 from sandboxctl.supervise.cgroups import detect as detect_cgroups
-from sandboxctl.supervise.placeholders import Placeholders
+from sandboxctl.supervise.processes import alive
 from sandboxctl.supervise.runner import RunResult, Supervisor
 
 
@@ -36,9 +39,12 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None) -> Ru
             values[secret.name] = secret_store.resolve(secret, os.environ, plan.home)
     log = ActionLog(plan.log_path, plan.run_id, redact=tuple(values.values()))
     cgroup = None
-    placeholders = Placeholders(state, plan.run_id)
+    snapshot = Snapshot(state, plan.run_id)
+    changes: list[Change] = recover(state, alive)  # supervisors killed before their own check
+    result: RunResult | None = None
     try:
-        placeholders.create(plan)
+        if plan.protect.record or plan.protect.absent:
+            snapshot.take(plan.protect.record, plan.protect.absent)
         lim = plan.limits
         if "cgroup" in (lim.memory_method, lim.pids_method):
             layout = detect_cgroups()
@@ -58,20 +64,31 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None) -> Ru
 
             supervisor_class = GvisorSupervisor
         supervisor = supervisor_class(plan, state, log, argv_for_log, cgroup, values)
+        supervisor.protected_inodes = snapshot.inodes()
         if not seccomp.is_cached(plan.seccomp, state / "cache"):
             with status("building the seccomp filters (first run with this policy)…"):
                 seccomp.load_or_compile(plan.seccomp, state / "cache")
                 seccomp.load_or_compile_notify(plan.seccomp, state / "cache")
         result = supervisor.launch()
+        changes += snapshot.check()  # every sandboxed process is gone: nothing can race this
         with contextlib.suppress(LogWriteError):
+            _log_changes(log, changes)
             if supervisor.ready:
                 log.write("run.end", exit_code=result.exit_code,
                           signal=result.exit_code - 128 if result.exit_code > 128 else None,
                           duration_s=round(result.duration_s, 6), denied=len(result.denials),
-                          timed_out=result.timed_out)
-        return result
+                          timed_out=result.timed_out, protect_changes=len(changes) or None)
+        return result._replace(protected=tuple(c._asdict() for c in changes))
     finally:
+        if result is None:  # launch failed or was interrupted: still compare (nothing ran, or it is gone)
+            with contextlib.suppress(Exception):
+                _log_changes(log, snapshot.check() if snapshot.entries else [])
         if cgroup:
             cgroup.remove()
-        placeholders.remove()
         log.close()
+
+
+def _log_changes(log: ActionLog, changes: list[Change]) -> None:
+    for change in changes:
+        log.write("protect", path=change.path, change=change.change, action=change.action, kept=change.kept,
+                  for_run=change.run if change.run != log.run_id else None)

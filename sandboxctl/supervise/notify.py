@@ -18,6 +18,10 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from sandboxctl.plan.syscalls import MEDIATED_CALLS, OPEN_CALLS
+
+MEDIATED = frozenset(OPEN_CALLS + MEDIATED_CALLS)  # the calls supervise/mediate.py answers
+
 # include/uapi/linux/seccomp.h: _IOWR('!', 0, struct seccomp_notif) etc.
 NOTIF_RECV = 0xC0502100
 NOTIF_SEND = 0xC0182101
@@ -117,18 +121,20 @@ class ProcessMemory:
 
 
 AT_FDCWD = 0xFFFFFF9C
-O_ACCMODE, O_CREAT, O_TRUNC = 0o3, 0o100, 0o1000
-FILE_CALLS = ("open", "openat", "openat2", "creat")
 
 
 class Dispatcher:
-    """Answers each notification: exec and file opens are logged and continued (or, for writes
-    outside the writable set, denied); anything else is a baseline denial."""
+    """Answers each notification: exec calls are logged and continued; file-changing calls go to
+    the mediator (supervise/mediate.py), which performs those under writable host grants itself
+    and hands the rest back here (`outside`): writes outside the writable set are denied or go to
+    the approval broker; anything else is a baseline denial."""
 
     def __init__(self, fd: int, names: dict[int, str], deny: Callable[[Notification], tuple[str, int, str]],
                  judge_write: Callable[[str], Any], log: Callable[..., None],
                  denied: list[dict[str, object]] | None = None, escalate: Callable[[Any], None] | None = None,
-                 log_allowed: bool = True):
+                 log_allowed: bool = True, mediator: Any = None,
+                 is_denial: Callable[[Notification], bool] = lambda notification: False,
+                 exec_guard: Any = None):
         self.fd = fd
         self.names = names  # syscall number -> name, for the calls we trap
         self.deny = deny  # notification -> (syscall name, errno, rule)
@@ -137,6 +143,9 @@ class Dispatcher:
         self.denied = denied if denied is not None else []  # shared with the proxy: in time order
         self.escalate = escalate  # an approvable write escape goes to the approval broker
         self.log_allowed = log_allowed  # log.file_events: none still traps writes for approvals
+        self.mediator = mediator  # supervise.mediate.Mediator: file-changing calls
+        self.is_denial = is_denial  # a call the baseline or syscalls.deny refuses (trapped to be logged)
+        self.exec_guard = exec_guard  # supervise.exec_guard.ExecGuard under exec.allow
 
     def handle(self) -> bool:
         """Answer one notification; False once no sandboxed process can send any more (the
@@ -148,6 +157,8 @@ class Dispatcher:
             return self._answer(notification)
         except Exception as exc:  # never crash the supervisor over one call: refuse it instead
             respond(self.fd, notification.id, error=errno.EPERM)
+            self.denied.append({"kind": "syscall", "target": self.names.get(notification.nr, "?"),
+                                "rule": f"sandboxctl could not examine the call ({type(exc).__name__})"})
             self.log("syscall", pid=notification.pid, name=self.names.get(notification.nr, "?"),
                      decision="deny", rule=f"sandboxctl could not examine the call ({type(exc).__name__})",
                      errno="EPERM")
@@ -155,8 +166,11 @@ class Dispatcher:
 
     def _answer(self, notification: Notification) -> bool:
         name = self.names.get(notification.nr)
-        if name in FILE_CALLS:
-            self._file(notification, name)
+        if name in MEDIATED and self.mediator is not None and not self.is_denial(notification):
+            self.mediator.handle(notification, name)
+            return True
+        if name == "memfd_create" and self.exec_guard is not None and not self.is_denial(notification):
+            self.exec_guard.memfd_create(notification)
             return True
         if name not in ("execve", "execveat"):
             syscall, error, rule = self.deny(notification)
@@ -166,6 +180,9 @@ class Dispatcher:
                      errno=errno.errorcode.get(error, str(error)))
             return True
         path, argv = self._exec_details(notification, name)
+        if self.exec_guard is not None and self.exec_guard.runs_the_loader(notification.pid, path):
+            self.exec_guard.refuse_loader(notification, path)
+            return True
         if still_valid(self.fd, notification.id):  # read before the answer; a dead caller is skipped
             # answer first, log second: the event only observes (Landlock decides), so the
             # sandboxed process need not wait for the log write
@@ -173,42 +190,15 @@ class Dispatcher:
             self.log("exec", pid=notification.pid, path=path, argv=argv)
         return True
 
-    def _file(self, notification: Notification, name: str) -> None:
-        """A write-intent open inside the writable set continues (the mounts and Landlock still
-        decide, so a path swapped after we read it gains nothing); outside it, the approval broker
-        decides, and only the supervisor itself may then open the file (never "continue").
-        Reads (file_events: all) are only logged."""
-        args = notification.args
-        try:
-            memory = ProcessMemory(notification.pid)
-        except OSError:
-            respond(self.fd, notification.id, allow=True)  # the caller is gone or exiting
-            return
-        try:
-            if name == "creat":
-                dirfd, path, flags, mode = AT_FDCWD, memory.string(args[0]), O_CREAT | O_TRUNC | 1, args[1]
-            elif name == "open":
-                dirfd, path, flags, mode = AT_FDCWD, memory.string(args[0]), args[1], args[2]
-            elif name == "openat":
-                dirfd, path, flags, mode = args[0] & 0xFFFFFFFF, memory.string(args[1]), args[2], args[3]
-            else:  # openat2: struct open_how starts with the u64 flags, then the mode
-                dirfd, path = args[0] & 0xFFFFFFFF, memory.string(args[1])
-                flags = memory.word(args[2]) if args[2] else 0
-                mode = memory.word(args[2] + 8) if args[2] else 0
-        except OSError:
-            respond(self.fd, notification.id, allow=True)
-            return
-        finally:
-            memory.close()
-        flags &= 0xFFFFFFFF
-        full = self._absolute(notification.pid, dirfd, path)
-        writes = bool(flags & O_ACCMODE) or bool(flags & (O_CREAT | O_TRUNC))
-        op = "create" if flags & O_CREAT else "truncate" if flags & O_TRUNC else "write" if writes else "read"
-        verdict = self.judge_write(full) if writes else None
+    def outside(self, notification: Notification, full: str, op: str, flags: int, mode: int) -> None:
+        """An open that is not under a writable host grant: the kernel decides inside the
+        writable set (tmpfs, /proc, /dev: the mounts and Landlock hold whatever was read);
+        outside it the approval broker does, and only the supervisor itself may then open the
+        file (never "continue"). Reads (file_events: all) are only logged."""
+        verdict = self.judge_write(full) if op != "read" else None
         if verdict is None or verdict.inside:
-            # "continue" is safe here whatever we read (the kernel re-reads the path, and the mounts
-            # and Landlock decide); a failed answer means the caller died, or its pid was reused
-            # while we read: then nothing is logged
+            # a failed answer means the caller died, or its pid was reused while we read: then
+            # nothing is logged
             if respond(self.fd, notification.id, allow=True) and (self.log_allowed or verdict is None):
                 self.log("file", pid=notification.pid, path=full, op=op, decision="allow",
                          rule=verdict.rule if verdict else "read")

@@ -40,6 +40,7 @@ class RunResult(NamedTuple):
     error: SandboxError | None = None
     layers: dict[str, Any] | None = None
     denials: tuple[dict[str, Any], ...] | list[dict[str, Any]] = ()
+    protected: tuple[dict[str, Any], ...] = ()  # protect.snapshot.Change records: put back at the end
 
 
 class Supervisor:
@@ -72,6 +73,8 @@ class Supervisor:
         self.timed_out = False
         self.broker = None
         self.inspection = None  # network/inspection.py, when the proxy reads some hosts request by request
+        self.mediator = None
+        self.protected_inodes: dict[tuple[int, int], str] = {}  # from the launch record (lifecycle)
 
     # ------------------------------------------------------------------ approvals
     def _start_broker(self) -> None:
@@ -216,6 +219,10 @@ class Supervisor:
                 os.close(self.secrets_dir_fd)
             if self.proxy is not None:
                 self.proxy.stop()
+            if self.mediator is not None:
+                self.mediator.close()
+            if self.dispatcher is not None and self.dispatcher.exec_guard is not None:
+                self.dispatcher.exec_guard.close()
             if self.notify_fd is not None:
                 os.close(self.notify_fd)
             os.close(err_r)
@@ -334,13 +341,28 @@ class Supervisor:
         import functools
 
         from sandboxctl.supervise.file_escape import FileEscapes
+        from sandboxctl.supervise.mediate import Mediator
 
-        verdicts = functools.lru_cache(maxsize=4096)(self.plan.write_verdict)  # the plan never changes
+        plan = self.plan
+        verdicts = functools.lru_cache(maxsize=4096)(plan.write_verdict)  # the plan never changes
+        log_allowed = plan.file_events != "none"
         self.dispatcher = notify.Dispatcher(fd, self.syscall_names, self._which_rule, verdicts,
                                             self._write_log, self.denials,
                                             escalate=FileEscapes(fd, self.broker, self._write_log, self.denials),
-                                            log_allowed=self.plan.file_events != "none")
+                                            log_allowed=log_allowed, is_denial=self._is_denial)
+        self.mediator = Mediator(fd, plan, plan.protection(), self._write_log, self.denials,
+                                 outside=self.dispatcher.outside, protected_inodes=self.protected_inodes,
+                                 log_allowed=log_allowed)
+        self.dispatcher.mediator = self.mediator
+        if plan.seccomp.exec_guard:
+            from sandboxctl.supervise.exec_guard import ExecGuard
+
+            self.dispatcher.exec_guard = ExecGuard(fd, self._write_log, self.denials, plan.exec_loaders)
         sel.register(fd, selectors.EVENT_READ, "notify")
+
+    def _is_denial(self, notification: notify.Notification) -> bool:
+        name = self.syscall_names.get(notification.nr, "")
+        return self.plan.seccomp.rule_for(name, notification.args) is not None
 
     def _which_rule(self, notification: notify.Notification) -> tuple[str, int, str]:
         """The baseline rule that trapped this call, and the errno it prescribes."""
@@ -507,9 +529,22 @@ class Supervisor:
                           "via": plan.approval_via if plan.approval_mode == "ask" else None,
                           "file_writes": "approved opens are made by the supervisor (seccomp ADDFD)"
                           if self.notify_fd is not None and plan.seccomp.file_events != "none" else None},
+            "protect": self._protect_layer(landlock),
             "memory": plan.limits.memory_method,
             "pids": plan.limits.pids_method,
         }
+
+    def _protect_layer(self, landlock: dict[str, Any]) -> dict[str, Any] | None:
+        """What holds the protected paths in this run, as it really is."""
+        protect = self.plan.protect
+        if not protect.roots:
+            return None
+        enforced = protect.mediated and self.notify_fd is not None and bool(landlock.get("enforced"))
+        return {"writable_roots": list(protect.roots), "git_directories": len(protect.gitdirs),
+                "recorded": len(protect.record),
+                "enforced_by": "Landlock (writable roots read-only to the kernel) + the supervisor performing "
+                               "each change" if enforced else "read-only binds and the supervisor's checks only",
+                "end_of_run_check": True}
 
     def _limits_for_log(self) -> dict[str, Any]:
         lim = self.plan.limits

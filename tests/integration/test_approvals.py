@@ -376,13 +376,17 @@ def test_live_approve_answers_from_another_terminal(sandbox, outside, runtime):
     assert target.read_text().startswith("written in the sandbox")
 
 
-def test_untrusted_workspace_policy_is_a_launch_time_confirmation(sandbox):
+def test_an_untrusted_workspace_policy_needs_policy_trust_never_yes(sandbox):
     (sandbox.workspace / ".sandboxctl.yaml").write_text("version: 1\nname: mine\nextends: default\n")
     refused = sandbox.run("--", "true", policy=None)
-    assert refused.returncode == 125 and "not trusted yet" in refused.stderr and "--yes" in refused.stderr
-    accepted = sandbox.run("--yes", "--", "true", policy=None)
+    assert refused.returncode == 125 and "not trusted yet" in refused.stderr
+    assert "sandboxctl policy trust" in refused.stderr and "--yes" not in refused.stderr
+    assert sandbox.run("--yes", "--", "true", policy=None).returncode == 125  # --yes is not trust
+    trusted = subprocess.run([sys.executable, "-m", "sandboxctl", "policy", "trust",
+                              str(sandbox.workspace / ".sandboxctl.yaml")],
+                             cwd=sandbox.workspace, env=sandbox.env(), capture_output=True, text=True)
+    assert trusted.returncode == 0, trusted.stderr
+    accepted = sandbox.run("--", "true", policy=None)
     assert accepted.returncode == 0, accepted.stderr
     [start] = [r for r in sandbox.records() if r["event"] == "run.start"]
     assert start["policy"] == "mine"
-    again = sandbox.run("--", "true", policy=None)  # --yes accepted it once; it is still not trusted
-    assert again.returncode == 125

@@ -115,8 +115,9 @@ def test_git_clone_over_http_through_the_proxy(sandbox, web, tmp_path):
                    check=True)
     subprocess.run(["git", "clone", "-q", "--bare", str(source), str(root / "repo.git")], check=True)
     subprocess.run(["git", "-C", str(root / "repo.git"), "update-server-info"], check=True)  # dumb HTTP
-    subprocess.run(["git", "init", "-q", str(sandbox.workspace)], check=True)
-    result = sandbox.run("--", "git", "clone", "-q", f"http://127.0.0.1:{port}/repo.git", "clone",
-                         policy=_policy(sandbox, [f"127.0.0.1:{port}"]))
+    # a new repository is never made inside the workspace (its config and hooks would run outside
+    # later): clone into the sandbox's own /tmp, and copy out what is needed
+    result = sandbox.run("--", "/bin/sh", "-c", f"git clone -q http://127.0.0.1:{port}/repo.git /tmp/clone && "
+                         "cp /tmp/clone/README got.txt", policy=_policy(sandbox, [f"127.0.0.1:{port}"]))
     assert result.returncode == 0, result.stderr
-    assert (sandbox.workspace / "clone" / "README").read_text() == "cloned through the proxy\n"
+    assert (sandbox.workspace / "got.txt").read_text() == "cloned through the proxy\n"

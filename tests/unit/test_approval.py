@@ -281,8 +281,13 @@ def test_write_trapping_follows_the_approval_mode(tmp_path: Path) -> None:
     policy = policy_from_text("version: 1\nname: t\nextends: default\nlog: {file_events: none}\n", tmp_path)
     assert plan_for(policy, approve="ask").seccomp.file_events == "write"
     assert plan_for(policy, approve="allow").seccomp.file_events == "write"
-    assert plan_for(policy, approve="deny").seccomp.file_events == "none"
+    # a writable workspace: every write beneath it goes to the supervisor, which alone performs it
+    assert plan_for(policy, approve="deny").seccomp.file_events == "write"
     assert plan_for(policy, approve="ask").file_events == "none"  # what is logged stays the policy's
+    bare = policy_from_text("version: 1\nname: t\nextends: default\nworkspace: none\nlog: {file_events: none}\n",
+                            tmp_path)
+    assert plan_for(bare, approve="deny").seccomp.file_events == "none"
+    assert not plan_for(bare, approve="deny").seccomp.mediate
 
 
 def test_absent_and_glob_denied_paths_are_never_approvable(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from sandboxctl.export import k8s
 from sandboxctl.export.k8s import K8sOptions, export_k8s, render
 from sandboxctl.policy.discover import load_named
 from sandboxctl.policy.load import builtin_names
+from sandboxctl.protect.names import ROOT_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = ROOT / "tests" / "data" / "k8s-crds"
@@ -470,7 +471,7 @@ def test_host_names_go_to_cilium_only_when_asked(full_policy) -> None:
 def test_header_lists_what_cannot_be_expressed(full_policy) -> None:
     header = "\n".join(export(builtin("default")).header)
     for words in ("approvals (approval: ask", "the action log", "Landlock", "seccomp", "filesystem.deny",
-                  "protected paths (.git/hooks", "env.pass: LANG, LANGUAGE, LC_*", "limits.pids 1024",
+                  "protected paths (.git, .gitmodules", "env.pass: LANG, LANGUAGE, LC_*", "limits.pids 1024",
                   "limits.open_files 4096", "limits.file_size 16G"):
         assert words in header, words
     full = "\n".join(export(full_policy).header)
@@ -490,7 +491,7 @@ def test_paths_and_protected_names_are_the_local_ones() -> None:
 
     assert k8s_pod.SECRETS_DIR == build.SECRETS_DIR
     header = "\n".join(export(builtin("default")).header)
-    assert all(name in header for name in build.PROTECTED_NAMES)
+    assert all(name in header for name in ROOT_NAMES)
 
 
 def test_object_names_and_option_checks() -> None:

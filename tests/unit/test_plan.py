@@ -37,6 +37,17 @@ def fake_facts(files: dict[str, str], *, uid: int = 1000, cgroup: str | None = N
             return target if target.startswith("/") else "/" + target
         return path
 
+    def tree(root: str, patterns: tuple[str, ...], deep: bool):
+        """protect.index.scan over the invented files: `.git` entries, and names matching patterns."""
+        from sandboxctl.protect.index import TreeIndex
+
+        inside = [p for p in files if p.startswith(root + "/") and (deep or "/" not in p[len(root) + 1:])
+                  and ".git/" not in p[len(root):]]
+        repositories = sorted(p for p in inside if os.path.basename(p) == ".git")
+        gitdirs = sorted(p for p in repositories if files[p] == "dir")
+        matches = sorted(p for p in inside if any(fnmatch.fnmatchcase(os.path.basename(p), pat) for pat in patterns))
+        return TreeIndex(root, tuple(repositories), tuple(gitdirs), tuple(matches), 1)
+
     return HostFacts(
         home=HOME, user="ann", uid=uid, state_dir=f"{HOME}/.local/state/sandboxctl",
         caller_env=caller_env or {}, interactive=interactive, ci=False,
@@ -45,6 +56,7 @@ def fake_facts(files: dict[str, str], *, uid: int = 1000, cgroup: str | None = N
         elf_loaders=("/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",), cgroup=cgroup,
         kind=kind, readlink=readlink, realpath=realpath,
         glob=lambda pattern: sorted(p for p in files if fnmatch.fnmatch(p, pattern)),
+        tree=tree,
     )
 
 
@@ -107,33 +119,44 @@ def test_credential_like_names_are_not_passed_by_globs(tmp_path):
     assert not any("MY_NAMED_TOKEN" in w for w in plan.warnings)
 
 
-def test_deny_glob_masks_dotenv_in_workspace():
-    plan = plan_for(files={f"{WS}/.env": "file", f"{WS}/.env.prod": "file", f"{WS}/env.txt": "file"})
+def test_deny_glob_masks_dotenv_at_any_depth_in_workspace():
+    plan = plan_for(files={f"{WS}/.env": "file", f"{WS}/.env.prod": "file", f"{WS}/env.txt": "file",
+                           f"{WS}/sub": "dir", f"{WS}/sub/deep": "dir", f"{WS}/sub/deep/.env.local": "file"})
     masked = {t for k, t in mounts(plan) if k == "mask-file"}
-    assert {f"{WS}/.env", f"{WS}/.env.prod"} <= masked and f"{WS}/env.txt" not in masked
+    assert {f"{WS}/.env", f"{WS}/.env.prod", f"{WS}/sub/deep/.env.local"} <= masked
+    assert f"{WS}/env.txt" not in masked
+    assert f"{WS}/sub/deep/.env.local" in plan.protect.masked  # never written by the supervisor either
 
 
-def test_protected_paths_are_read_only_and_their_parents_pinned():
-    plan = plan_for(files={f"{WS}/.git": "dir", f"{WS}/.git/hooks": "dir", f"{WS}/.git/config": "file"})
+def test_protected_paths_are_read_only_binds_and_the_workspace_read_only_to_landlock():
+    plan = plan_for(files={f"{WS}/.git": "dir", f"{WS}/.git/hooks": "dir", f"{WS}/.git/config": "file",
+                           f"{WS}/.vscode": "dir"})
     kinds = {t: k for k, t in mounts(plan)}
     assert kinds[f"{WS}/.git/hooks"] == "ro" and kinds[f"{WS}/.git/config"] == "ro"
-    assert kinds[f"{WS}/.git"] == "rw"  # pinned: cannot be renamed away
-    assert ("ro", f"{WS}/.envrc") in mounts(plan)  # absent: held by a placeholder
-    placeholder = next(m for m in plan.mounts if m.target == f"{WS}/.envrc")
-    assert placeholder.source == "placeholder:file"
-    assert next(m for m in plan.mounts if m.target == f"{WS}/.vscode").source == "placeholder:dir"
+    assert kinds[f"{WS}/.vscode"] == "ro"
+    assert f"{WS}/.git" not in kinds  # no pin: the supervisor refuses moving it
+    assert f"{WS}/.envrc" not in kinds  # absent: no placeholder, the supervisor refuses creating it
+    assert f"{WS}/.envrc" in plan.protect.absent and f"{WS}/.git/config" in plan.protect.record
+    assert plan.protect.mediated and plan.seccomp.mediate and plan.protect.roots == (WS,)
+    rules = {r.path: r.access for r in plan.landlock.paths}
+    assert rules[WS] == ("read", "execute")  # the kernel writes nothing there itself
 
 
-def test_missing_git_is_held_whole_and_home_startup_files_only_in_home():
-    plan = plan_for()
-    targets = {m.target: m.source for m in plan.mounts}
-    assert targets[f"{WS}/.git"] == "placeholder:dir" and f"{WS}/.git/hooks" not in targets
-    assert f"{WS}/.bashrc" not in targets
+def test_every_writable_grant_gets_the_start_up_file_protections():
+    plan = plan_for(files={f"{WS}/.bashrc": "file"})
+    protection = plan.protection()
+    for name in (".bashrc", ".zshrc", ".profile", ".gitconfig", ".codex/config.toml", ".cursor/mcp.json",
+                 ".gemini/settings.json", ".continue/config.yaml", ".aider.conf.yml", ".windsurf/rules.md",
+                 ".envrc", ".mcp.json", ".claude/settings.json", ".vscode/tasks.json", ".git", ".gitmodules"):
+        assert protection.reason(f"{WS}/{name}"), name
+    assert protection.reason(f"{WS}/src/main.py") is None
+    assert ("ro", f"{WS}/.bashrc") in mounts(plan)
 
 
 def test_git_file_is_protected_itself():
     plan = plan_for(files={f"{WS}/.git": "file"})
     assert ("ro", f"{WS}/.git") in mounts(plan)
+    assert plan.protection().reason(f"{WS}/.git")
 
 
 def test_state_dir_inside_a_writable_grant_is_masked_even_before_it_exists():
@@ -183,7 +206,8 @@ def test_exec_allow_restricts_landlock_execute_and_adds_the_elf_loader(tmp_path)
 def test_landlock_mirrors_the_mounts():
     plan = plan_for()
     rules = {r.path: r.access for r in plan.landlock.paths}
-    assert rules[WS] == ("read", "write", "execute")
+    assert rules[WS] == ("read", "execute")  # writable through the supervisor only
+    assert rules["/tmp"] == ("read", "write", "execute")
     assert rules["/usr"] == ("read", "execute")
     assert "write" not in rules["/etc"]
     assert plan.landlock.restrict_tcp and plan.landlock.minimum_abi == 1
@@ -279,6 +303,9 @@ def test_granting_a_protected_path_by_name_releases_it_with_a_confirmation():
     assert ("rw", hooks) in mounts(plan) and ("ro", hooks) not in mounts(plan)
     assert any("releases a protected path" in c for c in plan.confirmations)
     assert ("ro", f"{WS}/.git/config") in mounts(plan)  # only what was named is released
+    assert plan.protection().reason(f"{hooks}/pre-commit") is None
+    assert plan.protection().reason(f"{WS}/.git/config")
+    assert hooks not in plan.protect.record
 
 
 def test_judge_write_names_the_mount_that_decides():

@@ -1,0 +1,172 @@
+"""The planner's part of the protected-paths wall (SPEC principle 3). Pure: the host is read only
+through HostFacts (kind, realpath, glob, tree, git_refs).
+
+For every writable host directory (a root) it finds what must not change: the protected names
+at its top, every git directory beneath it (the index walks the workspace), what git's config
+points at (core.hooksPath, includes), the targets of protected names that are symlinks, and the
+policy's own `filesystem.protect`. Existing protected entries become read-only binds (a second
+wall) and are recorded for the end-of-run check. Under bubblewrap the roots themselves are
+read-only to Landlock and the supervisor mediates every change (plan.seccomp.mediate); under
+gVisor, which has neither, the binds and the end-of-run check are all there is, and the plan
+says so.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from sandboxctl.plan.model import Mount, ProtectPlan
+from sandboxctl.protect import names
+from sandboxctl.protect.rules import Protection, within
+
+GLOBAL_GIT_CONFIGS = ("{home}/.gitconfig", "{home}/.config/git/config", "/etc/gitconfig")
+
+
+class ProtectionPlanner:
+    def __init__(self, planner: Any):
+        self.p = planner
+        self.facts = planner.facts
+
+    def under_roots(self, path: str, roots: list[str]) -> bool:
+        return any(within(path, r) for r in roots)
+
+    def build(self, visible: dict[str, str]) -> tuple[list[Mount], ProtectPlan]:
+        facts = self.facts
+        roots = [t for t, k in visible.items() if k == "rw" and facts.kind(t) == "dir"]
+        guard_roots = sorted({*[t for t in visible if facts.kind(t) == "dir"], facts.home,
+                              *([self.p.workspace] if self.p.workspace else [])})
+        explicit: dict[str, str] = {}
+        record: list[str] = []
+        absent: list[str] = []
+        gitdirs: list[str] = []
+        worktrees: list[str] = []
+        for root in roots:
+            index = self.p.tree(root)
+            gitdirs += index.gitdirs
+            for repository in index.repositories:
+                worktree = os.path.dirname(repository) if repository.endswith("/" + names.GIT) else None
+                if worktree:
+                    worktrees.append(worktree)
+                    if worktree != root:
+                        explicit.setdefault(f"{worktree}/.gitmodules", "protected: .gitmodules of a nested repository")
+                    if facts.kind(repository) in ("file", "symlink"):
+                        record.append(repository)  # a gitdir: pointer is a protected file of its own
+                else:
+                    explicit.setdefault(repository, "protected: a bare repository (its hooks run on push)")
+            for name in names.ROOT_NAMES:
+                path = f"{root}/{name}"
+                kind = facts.kind(path)
+                if kind == "missing":
+                    absent.append(path)
+                    continue
+                if name == names.GIT:
+                    continue  # a git directory is judged entry by entry (gitdirs below)
+                record.append(path)
+                if kind == "symlink":
+                    target = facts.realpath(path)
+                    if target != path and self.under_roots(target, roots):
+                        explicit.setdefault(target, f"protected: what {name} points to ({names.ROOT_NAMES[name]})")
+        for gitdir in sorted(set(gitdirs)):
+            for name in names.GITDIR_NAMES:
+                if facts.kind(f"{gitdir}/{name}") != "missing" and name not in ("modules", "worktrees"):
+                    record.append(f"{gitdir}/{name}")
+            for deep in names.GITDIR_DEEP:
+                if facts.kind(f"{gitdir}/{'/'.join(deep)}") != "missing":
+                    record.append(f"{gitdir}/{'/'.join(deep)}")
+            worktree = os.path.dirname(gitdir) if gitdir.endswith("/" + names.GIT) else None
+            for config in ("config", "config.worktree"):
+                self._git_refs(f"{gitdir}/{config}", worktree, roots, explicit, [worktree] if worktree else [])
+        for template in GLOBAL_GIT_CONFIGS:  # the host's own git reads these in every repository
+            self._git_refs(template.replace("{home}", facts.home), None, roots, explicit, worktrees)
+        for raw in self.p.policy.filesystem.protect:
+            pattern = self.p.expand(raw)
+            matches = facts.glob(pattern) if set("*?[") & set(pattern) else [pattern]
+            for match in matches:
+                explicit.setdefault(match, "filesystem.protect")
+        for path in self.facts.protected_code:
+            explicit.setdefault(path, "sandboxctl's own code and policies")
+        owned = [self.facts.state_dir, os.path.dirname(self.p.log_path()), *self.facts.runtime_dirs]
+        for path in [*owned, *([self.facts.runtime_dir] if self.facts.runtime_dir else [])]:
+            explicit.setdefault(path, "sandboxctl's state, log and sockets: never changed from inside")
+        for path in self.p.policy_files():
+            explicit.setdefault(self.p.expand(path), "the policy in use")
+        explicit = self._release_granted(explicit, roots)
+        record += [p for p in explicit if facts.kind(p) != "missing" and self.under_roots(p, roots)]
+        masked = [d for d in self.p.denied_paths if self.under_roots(d, roots)]
+        rules = Protection(roots, gitdirs, explicit, masked)
+        record = sorted({p for p in record if rules.reason(p)})  # what a grant released is the command's
+        mediated = not self.p.gvisor
+        binds = self._binds(record, roots)
+        mounts = binds + ([] if mediated else self._pins(binds, visible))
+        plan = ProtectPlan(
+            roots=tuple(sorted(roots)), guard_roots=tuple(guard_roots), gitdirs=tuple(sorted(set(gitdirs))),
+            explicit=tuple(sorted(explicit.items())), masked=tuple(masked), record=tuple(record),
+            absent=tuple(sorted({a for a in absent if rules.reason(a)})), mediated=mediated and bool(roots))
+        if not mediated and absent:
+            self.p.warnings.append(
+                "gvisor backend: protected paths that do not exist yet (" + ", ".join(
+                    sorted({os.path.basename(a) for a in absent})[:6]) + ", …) are not held during the run "
+                "(gVisor has no seccomp user notification); the end-of-run check removes any that appear")
+        return mounts, plan
+
+    def _git_refs(self, config: str, worktree: str | None, roots: list[str], explicit: dict[str, str],
+                  worktrees: list[str]) -> None:
+        if self.facts.kind(config) == "missing":
+            return
+        hooks, includes = self.facts.git_refs(config, worktree)
+        if hooks:
+            raw_relative = not hooks.startswith("/")
+            bases = worktrees if raw_relative else [None]
+            for base in bases:
+                target = os.path.normpath(os.path.join(base, hooks)) if base else hooks
+                if self.under_roots(target, roots):
+                    explicit.setdefault(target, f"protected: core.hooksPath of {config} (hooks run outside)")
+        for target in includes:
+            if self.under_roots(target, roots):
+                explicit.setdefault(target, f"protected: included by {config} (git config)")
+
+    def _release_granted(self, explicit: dict[str, str], roots: list[str]) -> dict[str, str]:
+        """Granting a protected path by name releases it, never silently (a confirmation)."""
+        granted = {t for t, (kind, reason) in self.p.grant_kinds.items()
+                   if kind == "rw" and reason in ("filesystem.write", "--allow-write")}
+        for path in sorted(granted):
+            others = [r for r in roots if r != path and within(path, r)]
+            why = Protection(others).reason(path) if others else None
+            why = why or explicit.get(path)
+            if why and why.startswith("protected"):
+                self.p.confirmations.append(f"{self.p.grant_kinds[path][1]} {path} releases a protected path "
+                                            "(it could plant something that runs later outside the sandbox)")
+                explicit.pop(path, None)
+        return explicit
+
+    def _binds(self, record: list[str], roots: list[str]) -> list[Mount]:
+        """Existing protected files and directories, read-only binds of themselves (symlinks are
+        held by the rules, their targets by their own entries)."""
+        mounts: list[Mount] = []
+        for path in record:
+            if self.facts.kind(path) not in ("file", "dir") or not self.under_roots(path, roots):
+                continue
+            if any(within(path, m.target) for m in mounts):
+                continue
+            if path in roots:
+                continue  # a root that is itself protected (filesystem.write of it) is released above
+            mounts.append(Mount("ro", path, path, "protected"))
+        return mounts
+
+    def _pins(self, guards: list[Mount], visible: dict[str, str]) -> list[Mount]:
+        """gVisor only: bind each existing parent of a protected bind (up to its writable grant)
+        onto itself. A mount point cannot be renamed (EBUSY), so `mv .git x && mkdir -p
+        .git/hooks` cannot move a bind out of the way. (Under bubblewrap the supervisor refuses
+        such moves itself.)"""
+        pinned: dict[str, Mount] = {}
+        for guard in guards:
+            root = self.p.covering(guard.target, visible)
+            if root is None or visible[root] != "rw":
+                continue
+            ancestor = os.path.dirname(guard.target)
+            while ancestor != root and within(ancestor, root) and ancestor not in pinned:
+                if self.facts.kind(ancestor) == "dir":
+                    pinned[ancestor] = Mount("rw", ancestor, ancestor, "pinned: parent of a protected path")
+                ancestor = os.path.dirname(ancestor)
+        return list(pinned.values())

@@ -1,0 +1,112 @@
+"""Read the two things a protection needs from git's config files: core.hooksPath and includes.
+
+A hooks directory elsewhere (husky: `core.hooksPath = .husky`) and an included config file run
+code just like .git/hooks and .git/config do, so where they lie under a writable grant they are
+protected too. Spawning `git config` per repository costs milliseconds each; this reads the INI
+dialect directly: sections `[core]`, `[include]`, `[includeIf "…"]`, quoted values with
+escapes, `;`/`#` comments, and continuation lines. Only the host's own files are read (the
+sandbox cannot write them: they are protected), so a parse that errs only loses precision for
+files a human wrote; it errs towards reporting more paths, never fewer.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+MAX_DEPTH = 10  # git's own include depth limit
+
+
+class GitConfigRefs(NamedTuple):
+    hooks_path: str | None  # the last core.hooksPath, as written
+    includes: tuple[str, ...]  # include.path and includeIf.*.path values, as written, in order
+
+
+def _value(raw: str) -> str:
+    """A config value: strip comments outside quotes, handle quotes and backslash escapes."""
+    out: list[str] = []
+    quoted = False
+    i = 0
+    while i < len(raw):
+        ch = raw[i]
+        if ch == "\\" and i + 1 < len(raw):
+            nxt = raw[i + 1]
+            out.append({"n": "\n", "t": "\t", "b": "\b"}.get(nxt, nxt))
+            i += 2
+            continue
+        if ch == '"':
+            quoted = not quoted
+        elif ch in "#;" and not quoted:
+            break
+        else:
+            out.append(ch)
+        i += 1
+    return "".join(out).strip()
+
+
+def parse(text: str) -> GitConfigRefs:
+    hooks_path: str | None = None
+    includes: list[str] = []
+    section = ""
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i].strip()
+        while line.endswith("\\") and i + 1 < len(lines):  # continuation
+            i += 1
+            line = line[:-1] + lines[i].strip()
+        i += 1
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("["):
+            end = line.find("]")
+            header = line[1:end] if end > 0 else line[1:]
+            name, _, sub = header.partition(" ")
+            if "." in name and not sub:  # [section.subsection] (deprecated syntax)
+                name, _, sub = name.partition(".")
+            section = name.strip().lower() + ("\0" + sub.strip().strip('"') if sub else "")
+            line = line[end + 1:].strip() if end > 0 else ""
+            if not line:
+                continue
+        key, sep, raw = line.partition("=")
+        key = key.strip().lower()
+        value = _value(raw) if sep else ""
+        base = section.split("\0", 1)[0]
+        if base == "core" and "\0" not in section and key == "hookspath" and sep:
+            hooks_path = value
+        elif key == "path" and sep and (section == "include" or base == "includeif"):
+            includes.append(value)
+    return GitConfigRefs(hooks_path, tuple(includes))
+
+
+def _expand(path: str, relative_to: str, home: str) -> str:
+    if path == "~" or path.startswith("~/"):
+        path = home + path[1:]
+    return os.path.normpath(os.path.join(relative_to, path))
+
+
+def references(config_file: str, home: str, worktree: str | None) -> tuple[str | None, list[str]]:
+    """The hooks directory (absolute) and every included file (absolute, followed to MAX_DEPTH)
+    that config_file leads to. includeIf conditions are not evaluated: each candidate counts."""
+    hooks: str | None = None
+    included: list[str] = []
+    seen: set[str] = set()
+    queue = [(config_file, 0)]
+    while queue:
+        path, depth = queue.pop(0)
+        if path in seen or depth > MAX_DEPTH:
+            continue
+        seen.add(path)
+        try:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                refs = parse(handle.read(1 << 20))
+        except OSError:
+            continue
+        if refs.hooks_path:
+            # git: a relative core.hooksPath is taken from where hooks run (the worktree's top)
+            hooks = _expand(refs.hooks_path, worktree or os.path.dirname(path), home)
+        for item in refs.includes:
+            target = _expand(item, os.path.dirname(path), home)
+            included.append(target)
+            queue.append((target, depth + 1))
+    return hooks, included

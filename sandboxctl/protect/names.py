@@ -1,0 +1,138 @@
+"""Which entries are protected, and why (pure data and one pure function).
+
+Two kinds of names:
+
+- at the root of every writable grant (the workspace, a writable home, any filesystem.write
+  directory): start-up files of shells and tools, editor and agent configuration, the
+  repository's `.git` and `.gitmodules`, sandboxctl's own workspace policy. Each runs code, or
+  makes a program run code, the next time the user works there outside the sandbox.
+- inside a repository's git directory (any `.git`, a submodule's `.git/modules/<name>`, a
+  worktree's `.git/worktrees/<name>`, a bare repository): everything that makes git run a
+  program or look elsewhere. What git writes in normal work (objects, refs, index, HEAD, logs,
+  the rebase and merge state) stays writable.
+
+A new `.git` is refused anywhere: a repository created inside would have its config and hooks
+run by the host's git (or an editor's git integration scanning sub-folders) later.
+"""
+
+from __future__ import annotations
+
+GIT = ".git"
+
+# Names at the root of every writable grant. Multi-part names protect that sub-path.
+ROOT_NAMES: dict[str, str] = {
+    ".git": "the repository: its config and hooks run on every git command",
+    ".gitmodules": "submodule paths and URLs that git follows",
+    ".gitconfig": "git's configuration where this is a home (aliases, pager, hooks, filters run programs)",
+    ".config/git": "git's XDG configuration (config, attributes, hooks)",
+    ".sandboxctl.yaml": "sandboxctl's workspace policy",
+    # shells and what they source
+    ".bashrc": "run by every interactive bash",
+    ".bash_profile": "run by bash login shells",
+    ".bash_login": "run by bash login shells",
+    ".bash_logout": "run when a bash login shell exits",
+    ".profile": "run by sh/bash/dash login shells",
+    ".zshrc": "run by every interactive zsh",
+    ".zshenv": "run by every zsh",
+    ".zprofile": "run by zsh login shells",
+    ".zlogin": "run by zsh login shells",
+    ".zlogout": "run when a zsh login shell exits",
+    ".kshrc": "run by interactive ksh",
+    ".cshrc": "run by csh/tcsh",
+    ".tcshrc": "run by tcsh",
+    ".config/fish": "fish's config.fish and functions run in every fish",
+    ".inputrc": "readline key bindings can type commands",
+    ".envrc": "direnv runs it on entering the directory",
+    # tools that read project config and run programs from it
+    ".npmrc": "npm config can set script-shell, node-options and git",
+    ".yarnrc": "yarn 1 config (yarn-path runs a program)",
+    ".yarnrc.yml": "yarn berry config (yarnPath runs a program)",
+    ".pnpmfile.cjs": "pnpm runs its hooks on every install",
+    ".ripgreprc": "ripgrep options (--pre runs a program)",
+    ".pre-commit-config.yaml": "the pre-commit hook runs what it lists at the next commit",
+    "lefthook.yml": "the lefthook git hook runs what it lists",
+    ".lefthook.yml": "the lefthook git hook runs what it lists",
+    # editors
+    ".vscode": "VS Code tasks (runOn: folderOpen), launch configs and settings that run programs",
+    ".idea": "JetBrains run configurations and startup tasks",
+    ".zed": "Zed tasks and language-server commands",
+    ".devcontainer": "devcontainer.json initializeCommand runs on the host",
+    ".devcontainer.json": "initializeCommand runs on the host",
+    ".vimrc": "vim's startup file (and exrc in the project)",
+    ".exrc": "vi/vim exrc, read in the project with 'exrc' set",
+    ".nvimrc": "neovim exrc",
+    ".nvim.lua": "neovim exrc",
+    ".config/nvim": "neovim's configuration",
+    ".emacs": "Emacs' init file",
+    ".emacs.d": "Emacs' init directory",
+    ".dir-locals.el": "Emacs directory-local variables (eval forms)",
+    # coding agents
+    ".claude": "Claude Code project settings: hooks and permissions run commands",
+    ".mcp.json": "Claude Code project MCP servers (commands it starts)",
+    ".codex": "Codex CLI project config: MCP servers and sandbox settings",
+    ".cursor": "Cursor project MCP servers and rules",
+    ".gemini": "Gemini CLI settings: MCP servers, tool discovery and call commands",
+    ".continue": "Continue config: MCP servers and commands",
+    ".aider.conf.yml": "aider config: lint-cmd and test-cmd run commands",
+    ".windsurf": "Windsurf rules and workflows",
+    ".windsurfrules": "Windsurf rules",
+}
+
+# Inside a git directory: entries that make git run programs or look elsewhere.
+GITDIR_NAMES: dict[str, str] = {
+    "config": "git config: core.fsmonitor, core.hooksPath, aliases and filters run programs",
+    "config.lock": "the lock through which config is rewritten",
+    "config.worktree": "per-worktree git config",
+    "config.worktree.lock": "the lock through which config.worktree is rewritten",
+    "hooks": "git hooks run on commit, checkout, merge and push",
+    "commondir": "points git at another repository's config and hooks",
+    "gitdir": "a worktree's pointer to its checkout",
+    "info": "attributes, excludes, grafts and sparse-checkout rules git applies",
+    "modules": "submodules' own repositories",
+    "worktrees": "linked worktrees' repositories",
+}
+GITDIR_DEEP: dict[tuple[str, ...], str] = {
+    ("objects", "info", "alternates"): "makes git read objects from another place",
+    ("objects", "info", "http-alternates"): "makes git fetch objects from another place",
+    ("refs", "replace"): "replace refs change the history git shows",
+}
+
+
+def root_name_reason(parts: tuple[str, ...]) -> str | None:
+    """Why parts (relative to the root of a writable grant) fall under a protected root name."""
+    for length in (2, 1):
+        name = "/".join(parts[:length])
+        if len(parts) >= length and name in ROOT_NAMES and name != GIT:
+            return f"{name}: {ROOT_NAMES[name]}"
+    return None
+
+
+def gitdir_reason(parts: tuple[str, ...]) -> str | None:
+    """Why a path inside a git directory (parts relative to it) is protected, if it is.
+
+    modules/ and worktrees/ hold other git directories: the ones the index found are judged on
+    their own (rules.Protection picks the innermost git directory); anything else there is
+    protected, so a new submodule or worktree repository cannot be made."""
+    if not parts:
+        return None
+    for deep, why in GITDIR_DEEP.items():
+        if parts[:len(deep)] == deep:
+            return f"{'/'.join(deep)}: {why}"
+    head = parts[0]
+    if head in GITDIR_NAMES:
+        return f"{head}: {GITDIR_NAMES[head]}"
+    return None
+
+
+def protected_reason(relative_path: str) -> str | None:
+    """Why a path relative to the root of a writable grant is protected, or None.
+
+    Name rules only, without the index (which directories under .git/modules are submodule
+    repositories is not known here, so all of modules/ and worktrees/ counts as protected: this
+    errs on the side of the protection). For `sandboxctl apply` and other offline checks."""
+    from sandboxctl.protect.rules import Protection
+
+    parts = [p for p in relative_path.strip("/").split("/") if p and p != "."]
+    if not parts:
+        return None
+    return Protection(roots=("/",)).reason("/" + "/".join(parts))

@@ -1,0 +1,92 @@
+"""`Protection`: may the sandbox change this entry? Pure; built from the plan's ProtectPlan.
+
+Paths are the sandbox's own absolute, canonical paths (the supervisor gets them from the kernel,
+via readlink of a descriptor it resolved, never from the sandboxed process's memory). Three
+sources of protection, checked in this order:
+
+1. explicit paths: discovered git directories that are not named `.git` (bare repositories,
+   `gitdir:` targets), core.hooksPath directories, config include targets, targets of protected
+   names that are symlinks, filesystem.protect, the policy in use, sandboxctl's own code;
+2. names at the root of every writable grant (names.ROOT_NAMES);
+3. git directories: any `.git` component, and the discovered ones, judged by names.gitdir_reason.
+
+`blocks_move(path)` also refuses moving a directory that holds an explicit protected path or a
+discovered git directory, so the explicit list stays true for the whole run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from sandboxctl.protect import names
+
+
+def within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _parts(path: str, root: str) -> tuple[str, ...]:
+    rest = path[len(root.rstrip("/")) + 1:] if path != root else ""
+    return tuple(p for p in rest.split("/") if p)
+
+
+class Protection:
+    def __init__(self, roots: Iterable[str], gitdirs: Iterable[str] = (),
+                 explicit: Mapping[str, str] | None = None, masked: Iterable[str] = ()):
+        # deepest first, so the nearest root or git directory decides
+        self.roots = sorted(set(roots), key=len, reverse=True)
+        self.gitdirs = sorted(set(gitdirs), key=len, reverse=True)
+        self.explicit = dict(explicit or {})
+        self.masked = tuple(masked)  # filesystem.deny paths under a writable grant (masks)
+
+    def root_of(self, path: str) -> str | None:
+        return next((r for r in self.roots if within(path, r)), None)
+
+    def reason(self, path: str) -> str | None:
+        """Why the entry at `path` (and whatever lies beneath it) may not be created, written,
+        removed, renamed or re-moded by the sandbox; None if it may."""
+        for held, why in self.explicit.items():
+            if within(path, held):
+                return why
+        for mask in self.masked:
+            if within(path, mask):
+                return "filesystem.deny: masked inside the sandbox"
+        root = self.root_of(path)
+        if root is None:
+            return None
+        parts = _parts(path, root)
+        why = names.root_name_reason(parts)
+        if why:
+            return f"protected: {why}"
+        gitdir = self._gitdir_of(path, root)
+        if gitdir is None:
+            return None
+        if path == gitdir:
+            return ("protected: a repository's git directory (a new one would run its config and hooks outside: "
+                    "create repositories outside the sandbox, with git init or git clone)")
+        why = names.gitdir_reason(_parts(path, gitdir))
+        return f"protected: {gitdir.rsplit('/', 1)[-1]}/{why}" if why else None
+
+    def _gitdir_of(self, path: str, root: str) -> str | None:
+        """The innermost git directory holding path (or being it) within its root: a discovered
+        one, or any `.git` component of the path itself (a repository the index did not see is
+        still one). One above the root does not count: granting .git/hooks by name releases it."""
+        candidates = [g for g in self.gitdirs if within(path, g) and within(g, root)]
+        parts = path.split("/")
+        candidates += [p for p in ("/".join(parts[:i + 1]) for i, part in enumerate(parts) if part == names.GIT)
+                       if within(p, root) and p != root]
+        return max(candidates, key=len) if candidates else None
+
+    def blocks_move(self, path: str) -> str | None:
+        """Moving or removing `path` away: refused if it is protected, or if it holds an explicit
+        protected path or a discovered git directory (their rules are tied to where they are)."""
+        why = self.reason(path)
+        if why:
+            return why
+        for held, why in self.explicit.items():
+            if within(held, path):
+                return f"holds {held} ({why})"
+        for gitdir in self.gitdirs:
+            if within(gitdir, path) and not gitdir.endswith("/" + names.GIT):
+                return f"holds the repository {gitdir}"
+        return None

@@ -1,0 +1,310 @@
+"""The end-of-run check: what each protected path held at launch, compared when the run ends.
+
+At launch every existing protected entry is recorded (kind, mode, identity, and for files the
+SHA-256 of the content, whose bytes are kept in a content-addressed store in the private state
+dir so they can be put back); absent protected names are recorded as absent. When the run ends
+— after every sandboxed process is gone — each one is compared. A change is put back and the
+changed content is kept aside (`<state>/protect/kept/<run>/…`), each reported as a `protect`
+event. The record is a journal in the state dir: if the supervisor is killed, the next run (or
+`sandboxctl doctor`) finishes the check for it.
+
+Hashes are cached by (device, inode, size, mtime, ctime), so a warm launch only stats.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import marshal
+import os
+import shutil
+import stat
+from pathlib import Path
+from typing import Any, NamedTuple
+
+MAX_BLOB = 4 << 20  # larger protected files are compared by hash but cannot be put back
+MAX_ENTRIES = 20_000  # a protected directory larger than this is recorded down to this many entries
+
+
+class Change(NamedTuple):
+    path: str
+    change: str  # created | modified | removed | replaced
+    action: str  # restored | kept aside | removed | reported
+    kept: str | None = None  # where the changed content was kept
+    run: str = ""  # the run whose launch record this compares against
+
+
+def _pending(state: Path) -> Path:
+    return state / "protect" / "pending"
+
+
+class Store:
+    """Blobs by SHA-256 and the hash cache, in the private state dir."""
+
+    def __init__(self, state: Path):
+        self.root = state / "protect"
+        self.blobs = self.root / "blobs"
+        self.cache_path = self.root / "hashes.marshal"
+        try:
+            self.cache: dict[tuple, str] = marshal.loads(self.cache_path.read_bytes())
+        except (OSError, ValueError, EOFError, TypeError):
+            self.cache = {}
+        self.dirty = False
+
+    def digest(self, path: str, st: os.stat_result) -> str:
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        known = self.cache.get(key)
+        if known and (st.st_size > MAX_BLOB or (self.blobs / known).exists()):
+            return known
+        digest = hashlib.sha256()
+        keep = st.st_size <= MAX_BLOB
+        chunks: list[bytes] = []
+        with open(path, "rb", buffering=0) as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+                if keep:
+                    chunks.append(chunk)
+        value = digest.hexdigest()
+        if keep:
+            self._put(value, b"".join(chunks))
+        self.cache[key] = value
+        self.dirty = True
+        return value
+
+    def _put(self, digest: str, data: bytes) -> None:
+        target = self.blobs / digest
+        if target.exists():
+            return
+        self.blobs.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = target.with_name(f".{digest}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, target)
+
+    def blob(self, digest: str) -> bytes | None:
+        try:
+            return (self.blobs / digest).read_bytes()
+        except OSError:
+            return None
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        with contextlib.suppress(OSError):
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            tmp = self.cache_path.with_name(f".hashes.{os.getpid()}")
+            tmp.write_bytes(marshal.dumps(self.cache))
+            os.replace(tmp, self.cache_path)
+        self.dirty = False
+
+
+def _record(path: str, store: Store, budget: list[int]) -> dict[str, Any]:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return {"kind": "missing"}
+    except OSError:
+        return {"kind": "unreadable"}
+    entry: dict[str, Any] = {"mode": stat.S_IMODE(st.st_mode), "dev": st.st_dev, "ino": st.st_ino}
+    if stat.S_ISLNK(st.st_mode):
+        entry.update(kind="symlink", target=os.readlink(path))
+    elif stat.S_ISDIR(st.st_mode):
+        children: dict[str, Any] = {}
+        complete = True
+        with contextlib.suppress(OSError), os.scandir(path) as listing:
+            for child in sorted(listing, key=lambda e: e.name):
+                if budget[0] <= 0:
+                    complete = False  # what was not recorded is neither compared nor removed
+                    break
+                budget[0] -= 1
+                children[child.name] = _record(child.path, store, budget)
+        entry.update(kind="dir", children=children, complete=complete)
+    elif stat.S_ISREG(st.st_mode):
+        try:
+            entry.update(kind="file", size=st.st_size, sha256=store.digest(path, st))
+        except OSError:
+            entry.update(kind="unreadable")
+    else:
+        entry.update(kind="other")
+    return entry
+
+
+class Snapshot:
+    """One run's launch record of its protected paths, and the check at its end."""
+
+    def __init__(self, state: Path, run_id: str):
+        self.state = state
+        self.run_id = run_id
+        self.journal = _pending(state) / f"{os.getpid()}-{run_id}.json"
+        self.entries: dict[str, dict[str, Any]] = {}
+
+    def take(self, existing: tuple[str, ...], absent: tuple[str, ...]) -> None:
+        store = Store(self.state)
+        budget = [MAX_ENTRIES]
+        self.entries = {path: _record(path, store, budget) for path in existing}
+        self.entries.update({path: {"kind": "missing"} for path in absent if path not in self.entries})
+        store.save()
+        self.journal.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = self.journal.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump({"run": self.run_id, "entries": self.entries}, handle)
+        os.replace(tmp, self.journal)
+
+    def inodes(self) -> dict[tuple[int, int], str]:
+        """(device, inode) of every protected file at launch: another name for one (a hardlink
+        made before the run) is just as protected."""
+        found: dict[tuple[int, int], str] = {}
+
+        def walk(path: str, entry: dict[str, Any]) -> None:
+            if entry.get("kind") in ("file", "dir") and "ino" in entry:
+                found[(entry["dev"], entry["ino"])] = f"protected: {path}"
+            for name, child in (entry.get("children") or {}).items():
+                walk(f"{path}/{name}", child)
+
+        for path, entry in self.entries.items():
+            walk(path, entry)
+        return found
+
+    def check(self) -> list[Change]:
+        """Compare, put back, keep aside; then forget the journal."""
+        changes = compare_and_restore(self.state, self.run_id, self.entries)
+        with contextlib.suppress(FileNotFoundError):
+            self.journal.unlink()
+        return changes
+
+
+def compare_and_restore(state: Path, run_id: str, entries: dict[str, dict[str, Any]]) -> list[Change]:
+    store = Store(state)
+    changes: list[Change] = []
+    for path, before in entries.items():
+        _compare(path, before, store, state, run_id, changes, top=True)
+    store.save()
+    return changes
+
+
+def _same(before: dict[str, Any], now: dict[str, Any]) -> bool:
+    if before.get("kind") != now.get("kind"):
+        return False
+    kind = before.get("kind")
+    if kind == "file":
+        return before.get("sha256") == now.get("sha256") and before.get("mode") == now.get("mode")
+    if kind == "symlink":
+        return before.get("target") == now.get("target")
+    if kind == "dir":
+        return before.get("mode") == now.get("mode")
+    return True
+
+
+def _compare(path: str, before: dict[str, Any], store: Store, state: Path, run_id: str,
+             changes: list[Change], top: bool = False) -> None:
+    now = _record(path, store, [0])  # children are compared one by one below
+    if before.get("kind") in ("unreadable", "other"):
+        return
+    if before.get("kind") == "dir" and now.get("kind") == "dir":
+        if before.get("mode") != now.get("mode"):
+            with contextlib.suppress(OSError):
+                os.chmod(path, before["mode"])
+            changes.append(Change(path, "modified", "restored", None, run_id))
+        old = before.get("children") or {}
+        try:
+            current = set(os.listdir(path))
+        except OSError:
+            current = set()
+        for name, child in old.items():
+            _compare(f"{path}/{name}", child, store, state, run_id, changes)
+        for name in sorted(current - set(old)) if before.get("complete", True) else ():
+            added = f"{path}/{name}"
+            kept = _keep_aside(added, state, run_id)
+            changes.append(Change(added, "created", "removed" if kept else "reported", kept, run_id))
+        return
+    if _same(before, now):
+        return
+    if now.get("kind") == "missing":
+        change = "removed"
+    elif before.get("kind") == "missing":
+        change = "created"
+    elif before.get("kind") != now.get("kind"):
+        change = "replaced"
+    else:
+        change = "modified"
+    kept = _keep_aside(path, state, run_id) if now.get("kind") != "missing" else None
+    if now.get("kind") != "missing" and kept is None:
+        changes.append(Change(path, change, "reported", None, run_id))
+        return
+    restored = _restore(path, before, store)
+    action = "removed" if before.get("kind") == "missing" else "restored" if restored else "kept aside"
+    changes.append(Change(path, change, action, kept, run_id))
+
+
+def _keep_aside(path: str, state: Path, run_id: str) -> str | None:
+    """Move what a run left at a protected path into <state>/protect/kept/<run>/ (a copy when the
+    state dir is on another file system); None if it could not be moved."""
+    target = state / "protect" / "kept" / run_id / path.lstrip("/")
+    try:
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        n = 1
+        while os.path.lexists(target):
+            target = target.with_name(f"{target.name}.{n}")
+            n += 1
+        try:
+            os.rename(path, target)
+        except OSError:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.copytree(path, target, symlinks=True)
+                shutil.rmtree(path)
+            else:
+                shutil.copy2(path, target, follow_symlinks=False)
+                os.unlink(path)
+    except OSError:
+        return None
+    return str(target)
+
+
+def _restore(path: str, before: dict[str, Any], store: Store) -> bool:
+    kind = before.get("kind")
+    try:
+        if kind == "missing":
+            return True
+        if kind == "symlink":
+            os.symlink(before["target"], path)
+            return True
+        if kind == "dir":
+            os.mkdir(path, before.get("mode", 0o755))
+            for name, child in (before.get("children") or {}).items():
+                _restore(f"{path}/{name}", child, store)
+            return True
+        if kind == "file":
+            data = store.blob(before.get("sha256", ""))
+            if data is None:
+                return False
+            tmp = f"{path}.sandboxctl-restore.{os.getpid()}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, before.get("mode", 0o644))
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.chmod(tmp, before.get("mode", 0o644))
+            os.replace(tmp, path)
+            return True
+    except OSError:
+        return False
+    return False
+
+
+def recover(state: Path, alive) -> list[Change]:
+    """Finish the end-of-run check of supervisors that were killed (their journal remains)."""
+    changes: list[Change] = []
+    with contextlib.suppress(OSError):
+        for journal in sorted(_pending(state).glob("*.json")):
+            owner = journal.name.split("-", 1)[0]
+            if not owner.isdigit() or alive(int(owner)):
+                continue
+            try:
+                data = json.loads(journal.read_text())
+            except (OSError, ValueError):
+                journal.unlink(missing_ok=True)
+                continue
+            changes += compare_and_restore(state, str(data.get("run", "")), data.get("entries") or {})
+            journal.unlink(missing_ok=True)
+    return changes

@@ -1,0 +1,115 @@
+"""exec.allow beyond what Landlock sees: memory files, and the ELF loader run as a command.
+
+Landlock checks the path of every file the kernel executes (execve, execveat with AT_EMPTY_PATH,
+/proc/self/fd/N), but a memory file (memfd_create) lives on an internal mount that Landlock does
+not restrict, so `memfd_create` + write + exec ran any binary. Under exec.allow the filter traps
+memfd_create and the supervisor makes the file itself with MFD_NOEXEC_SEAL (Linux 6.3): the
+kernel then refuses to execute it, and the seal cannot be lifted. A caller asking for MFD_EXEC is
+refused. (On an older kernel memfd_create is refused outright under exec.allow.)
+
+The ELF loader (ld.so) must stay executable for every dynamic program (the kernel opens it with
+exec rights as the interpreter), and run as a command it maps any readable file as a program.
+So an exec whose target is the loader itself is refused (`loader`, by device and inode, in the
+sandbox's own view).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable
+from typing import Any
+
+from sandboxctl.supervise import fdops
+from sandboxctl.supervise.notify import Notification, ProcessMemory, respond
+
+MFD_CLOEXEC, MFD_ALLOW_SEALING, MFD_HUGETLB, MFD_NOEXEC_SEAL, MFD_EXEC = 0x1, 0x2, 0x4, 0x8, 0x10
+NAME_MAX = 249  # memfd names are at most 249 bytes (the kernel adds "memfd:")
+
+
+class ExecGuard:
+    def __init__(self, listener: int, log: Callable[..., None], denied: list[dict[str, Any]],
+                 loaders: tuple[str, ...] = ()):
+        self.listener = listener
+        self.log = log
+        self.denied = denied
+        self.loaders: set[tuple[int, int]] = set()
+        for path in loaders:
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            self.loaders.add((st.st_dev, st.st_ino))
+        self.root: int | None = None
+
+    def runs_the_loader(self, pid: int, path: str) -> bool:
+        """Is path (absolute, as the caller sees it) the ELF loader? Resolved in the sandbox's view."""
+        if not self.loaders or not path.startswith("/"):
+            return False
+        try:
+            if self.root is None:
+                self.root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            fd = fdops.openat2(self.root, path, os.O_PATH | os.O_CLOEXEC, 0,
+                               fdops.RESOLVE_IN_ROOT | fdops.RESOLVE_NO_MAGICLINKS)
+        except OSError:
+            return False
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        return (st.st_dev, st.st_ino) in self.loaders
+
+    def refuse_loader(self, n: Notification, path: str) -> None:
+        why = ("exec.allow: the ELF loader run as a command would map any file as a program "
+               "(it stays allowed as every dynamic program's interpreter)")
+        respond(self.listener, n.id, error=errno.EACCES)
+        self.denied.append({"kind": "exec", "target": path, "rule": why})
+        self.log("exec", pid=n.pid, path=path, decision="deny", rule=why)
+
+    def close(self) -> None:
+        if self.root is not None:
+            os.close(self.root)
+            self.root = None
+
+    def memfd_create(self, n: Notification) -> None:
+        flags = n.args[1] & 0xFFFFFFFF
+        try:
+            memory = ProcessMemory(n.pid)
+            try:
+                name = memory.string(n.args[0])[:NAME_MAX]
+            finally:
+                memory.close()
+        except OSError:
+            name = "sandbox"
+        if flags & MFD_EXEC:
+            self._deny(n, name, "exec.allow: an executable memory file would run code from outside the list")
+            return
+        try:
+            fd = os.memfd_create(name or "sandbox", (flags & ~MFD_CLOEXEC) | MFD_NOEXEC_SEAL | MFD_CLOEXEC)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL and _kernel() < (6, 3):
+                self._deny(n, name, "exec.allow: this kernel cannot make memory files non-executable "
+                                    "(MFD_NOEXEC_SEAL needs Linux 6.3)", errno.EPERM)
+            else:
+                respond(self.listener, n.id, error=exc.errno or errno.EINVAL)
+            return
+        try:
+            fdops.add_fd(self.listener, n.id, fd, bool(flags & MFD_CLOEXEC))
+        except OSError:
+            respond(self.listener, n.id, error=errno.EMFILE)
+        finally:
+            os.close(fd)
+
+    def _deny(self, n: Notification, name: str, why: str, error: int = errno.EACCES) -> None:
+        respond(self.listener, n.id, error=error)
+        self.denied.append({"kind": "syscall", "target": f"memfd_create {name}", "rule": why})
+        self.log("syscall", pid=n.pid, name="memfd_create", decision="deny", rule=why,
+                 errno=errno.errorcode.get(error, str(error)))
+
+
+def _kernel() -> tuple[int, int]:
+    try:
+        major, minor = os.uname().release.split(".")[:2]
+        return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+    except ValueError:
+        return (0, 0)

@@ -1,0 +1,127 @@
+"""System calls the standard library does not wrap, made on descriptors (ctypes, built lazily).
+
+openat2 (resolution limited to a root, no magic links), renameat2 (its flags), and the seccomp
+ADDFD ioctl that installs a descriptor in a trapped caller (optionally answering its call).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import os
+import struct
+
+NR_OPENAT2 = 437  # the same number on every architecture that has it
+NR_RENAMEAT2 = {"x86_64": 316, "aarch64": 276, "riscv64": 276, "ppc64le": 357, "s390x": 347}
+RESOLVE_NO_XDEV, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, RESOLVE_BENEATH, RESOLVE_IN_ROOT = 1, 2, 4, 8, 16
+NOTIF_ADDFD = 0x40182103  # _IOW('!', 3, struct seccomp_notif_addfd)
+ADDFD_FLAG_SETFD, ADDFD_FLAG_SEND = 1, 2
+_ADDFD = struct.Struct("<QIIII")  # id, flags, srcfd, newfd, newfd_flags
+# the open(2) flags openat2 accepts (it refuses unknown bits, which open silently ignores)
+VALID_OPEN_FLAGS = (os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_APPEND | os.O_NONBLOCK
+                    | os.O_DSYNC | os.O_SYNC | os.O_DIRECT | os.O_LARGEFILE | os.O_DIRECTORY | os.O_NOFOLLOW
+                    | os.O_NOATIME | os.O_CLOEXEC | getattr(os, "O_TMPFILE", 0) | getattr(os, "O_PATH", 0))
+
+
+@functools.cache
+def _libc():
+    import ctypes
+
+    class OpenHow(ctypes.Structure):
+        _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    return ctypes, libc, OpenHow
+
+
+def _check(result: int) -> int:
+    if result < 0:
+        ctypes, _libc_handle, _ = _libc()
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return result
+
+
+def openat2(dirfd: int, path: str, flags: int, mode: int, resolve: int) -> int:
+    ctypes, libc, OpenHow = _libc()
+    how = OpenHow(flags, mode, resolve)
+    return _check(libc.syscall(ctypes.c_long(NR_OPENAT2), ctypes.c_long(dirfd), ctypes.c_char_p(os.fsencode(path)),
+                               ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))))
+
+
+def renameat2(old_dirfd: int, old: str, new_dirfd: int, new: str, flags: int) -> None:
+    if not flags:
+        os.rename(old, new, src_dir_fd=old_dirfd, dst_dir_fd=new_dirfd)
+        return
+    ctypes, libc, _ = _libc()
+    number = NR_RENAMEAT2.get(os.uname().machine, 316)
+    _check(libc.syscall(ctypes.c_long(number), ctypes.c_long(old_dirfd), ctypes.c_char_p(os.fsencode(old)),
+                        ctypes.c_long(new_dirfd), ctypes.c_char_p(os.fsencode(new)), ctypes.c_uint(flags)))
+
+
+def add_fd(listener: int, notification_id: int, fd: int, cloexec: bool, *, send: bool = True,
+           target: int | None = None) -> int:
+    """Install fd in the caller (as `target` if given: SETFD replaces that descriptor) and, with
+    send, answer its call with the new descriptor number. Returns that number."""
+    flags = (ADDFD_FLAG_SEND if send else 0) | (ADDFD_FLAG_SETFD if target is not None else 0)
+    buffer = bytearray(_ADDFD.pack(notification_id, flags, fd, target or 0, os.O_CLOEXEC if cloexec else 0))
+    return fcntl.ioctl(listener, NOTIF_ADDFD, buffer, True)
+
+
+# Capabilities that let root ignore file permissions. A supervisor running as root drops them from
+# this thread's effective set while it acts for the sandbox, whose root has none of them: the
+# kernel then applies the permission checks the sandboxed caller would meet (capabilities are
+# per thread, so the rest of the supervisor keeps its own).
+_FILE_CAPS = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 27)  # CHOWN DAC_* FOWNER FSETID MKNOD
+_CAP_VERSION_3 = 0x20080522
+
+
+@functools.cache
+def _cap_structs():
+    ctypes, libc, _ = _libc()
+
+    class Header(ctypes.Structure):
+        _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
+
+    class Data(ctypes.Structure):
+        _fields_ = (("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32))
+
+    return ctypes, libc, Header, Data
+
+
+class CallerPermissions:
+    """with CallerPermissions(): … — file operations as the sandboxed caller would be allowed them."""
+
+    def __init__(self) -> None:
+        self.active = os.geteuid() == 0
+        self.saved = None
+
+    @staticmethod
+    def _caps():
+        return _cap_structs()
+
+    def __enter__(self) -> CallerPermissions:
+        if not self.active:
+            return self
+        ctypes, libc, Header, Data = self._caps()
+        header, data = Header(_CAP_VERSION_3, 0), (Data * 2)()
+        if libc.capget(ctypes.byref(header), data) != 0:
+            raise OSError(ctypes.get_errno(), "capget")
+        self.saved = (data[0].effective, data[1].effective)
+        data[0].effective &= ~_FILE_CAPS & 0xFFFFFFFF
+        data[1].effective &= ~(_FILE_CAPS >> 32) & 0xFFFFFFFF
+        if libc.capset(ctypes.byref(header), data) != 0:
+            raise OSError(ctypes.get_errno(), "capset")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.active or self.saved is None:
+            return
+        ctypes, libc, Header, Data = self._caps()
+        header, data = Header(_CAP_VERSION_3, 0), (Data * 2)()
+        libc.capget(ctypes.byref(header), data)
+        data[0].effective, data[1].effective = self.saved
+        if libc.capset(ctypes.byref(header), data) != 0:
+            raise OSError(ctypes.get_errno(), "capset (restoring the supervisor's capabilities)")
+        self.saved = None

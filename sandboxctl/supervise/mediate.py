@@ -1,0 +1,563 @@
+"""Changes under writable host grants are carried out by the supervisor, after checking them.
+
+Landlock makes every writable host directory read-only to the kernel (the plan grants it read
+and execute only); the notification filter traps each call that could change one: write-intent
+opens, mkdir, mknod, unlink, rmdir, rename, link, symlink, truncate and chmod. For each call:
+
+1. its path arguments are read once from the caller's memory;
+2. they are resolved here, in the sandbox's own view: from the sandbox's root (/proc/PID/root)
+   with RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS, relative paths joined to the caller's cwd or
+   dirfd as the kernel reports them (readlink of /proc/PID/cwd, /proc/PID/fd/N);
+3. where the result lies is read back from the kernel (readlink of our own descriptor), never
+   taken from the caller's string;
+4. under a writable host grant: protect.rules decides, and the call is performed here on the
+   descriptors just resolved (the final component is a plain name) — opens hand the caller our
+   descriptor with SECCOMP_IOCTL_NOTIF_ADDFD — or refused; elsewhere the kernel runs the call
+   ("continue"): Landlock and the mounts decide there, so a buffer rewritten after step 1 can
+   only land on a denial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import stat
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+from sandboxctl.plan.model import Plan
+from sandboxctl.plan.syscalls import OPEN_CALLS
+from sandboxctl.protect.rules import Protection, within
+from sandboxctl.supervise import fdops
+from sandboxctl.supervise.notify import AT_FDCWD, Notification, ProcessMemory, respond
+
+O_ACCMODE, O_CREAT, O_EXCL, O_TRUNC, O_NOFOLLOW = os.O_ACCMODE, os.O_CREAT, os.O_EXCL, os.O_TRUNC, os.O_NOFOLLOW
+O_TMPFILE = getattr(os, "O_TMPFILE", 0o20200000)
+AT_SYMLINK_NOFOLLOW, AT_REMOVEDIR, AT_SYMLINK_FOLLOW, AT_EMPTY_PATH = 0x100, 0x200, 0x400, 0x1000
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+MAX_SYMLINKS = 40
+_MAGIC_FD = re.compile(r"^/proc/(self|\d+)/fd/(\d+)$")
+
+
+class Entry(NamedTuple):
+    """A resolved directory entry: our O_PATH descriptor of its parent, the parent's path as the
+    kernel names it inside the sandbox, and the entry's name in it."""
+
+    parent: int
+    parent_path: str
+    name: str
+
+    @property
+    def path(self) -> str:
+        return f"{self.parent_path.rstrip('/')}/{self.name}"
+
+
+class Call(NamedTuple):
+    op: str  # open | mkdir | mknod | unlink | rmdir | rename | link | symlink | truncate | chmod | fchmod
+    paths: tuple[tuple[int, str], ...]  # (dirfd, path) as the caller gave them
+    flags: int = 0
+    mode: int = 0
+    extra: int = 0  # dev for mknod, length for truncate, resolve for openat2, fd for fchmod
+    link_target: str = ""  # symlink's contents
+
+
+def _sandbox_path(pid: int, dirfd: int, path: str) -> str | None:
+    """The caller's path made absolute in its own view (None: its base is not a directory path)."""
+    if path.startswith("/"):
+        return path
+    base = "cwd" if dirfd == AT_FDCWD else f"fd/{dirfd}"
+    try:
+        where = os.readlink(f"/proc/{pid}/{base}")
+    except OSError:
+        return None
+    if not where.startswith("/") or where.endswith(" (deleted)"):
+        return None
+    return f"{where.rstrip('/')}/{path}" if path else where
+
+
+def _split(path: str) -> tuple[str, str] | None:
+    trimmed = path.rstrip("/")
+    if not trimmed:
+        return None
+    parent, _, name = trimmed.rpartition("/")
+    if name in ("", ".", ".."):
+        return None
+    return (parent or "/"), name
+
+
+class Mediator:
+    """Answers write-class calls: performs, refuses, or lets the kernel decide (outside the grants)."""
+
+    def __init__(self, listener: int, plan: Plan, protection: Protection, log: Callable[..., None],
+                 denied: list[dict[str, Any]], outside: Callable[[Notification, str, str, int, int], None],
+                 protected_inodes: Mapping[tuple[int, int], str] | None = None, log_allowed: bool = True):
+        self.listener = listener
+        self.plan = plan
+        self.protection = protection
+        self.log = log
+        self.denied = denied
+        self.outside = outside  # a write-intent open outside the grants: approvals (file_escape)
+        self.protected_inodes = dict(protected_inodes or {})
+        self.log_allowed = log_allowed
+        self.root: int | None = None  # the sandbox's root directory, opened once
+        self.mounts = sorted(((m.target, m.kind) for m in plan.mounts if m.kind != "symlink"),
+                             key=lambda item: len(item[0]), reverse=True)
+        self.mediated_roots = set(protection.roots)
+        self.as_caller = fdops.CallerPermissions()  # a root supervisor acts with the caller's permissions
+
+    def close(self) -> None:
+        if self.root is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.root)
+            self.root = None
+
+    # ------------------------------------------------------------------ entry point
+    def handle(self, notification: Notification, name: str) -> None:
+        try:
+            call = self._read(notification, name)
+        except OSError:
+            self._refuse(notification, name, "?", "sandboxctl could not read the call's arguments", errno.EPERM)
+            return
+        if call is None:
+            respond(self.listener, notification.id, allow=True)
+            return
+        opened: list[int] = []
+        try:
+            with self.as_caller:
+                getattr(self, f"_{call.op}")(notification, call, opened)
+        finally:
+            for fd in opened:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def _read(self, n: Notification, name: str) -> Call | None:
+        a = n.args
+        low = [x & 0xFFFFFFFF for x in a]
+        dirfd = low[0]
+        if name in OPEN_CALLS:
+            memory = ProcessMemory(n.pid)
+            try:
+                if name == "creat":
+                    return Call("open", ((AT_FDCWD, memory.string(a[0])),), O_CREAT | O_TRUNC | os.O_WRONLY, low[1])
+                if name == "open":
+                    return Call("open", ((AT_FDCWD, memory.string(a[0])),), low[1], low[2])
+                if name == "openat":
+                    return Call("open", ((dirfd, memory.string(a[1])),), low[2], low[3])
+                flags = memory.word(a[2]) if a[2] else 0  # openat2: struct open_how {flags, mode, resolve}
+                return Call("open", ((dirfd, memory.string(a[1])),), flags & 0xFFFFFFFF,
+                            memory.word(a[2] + 8) if a[2] else 0, memory.word(a[2] + 16) if a[2] else 0)
+            finally:
+                memory.close()
+        if name == "fchmod":
+            return Call("fchmod", (), mode=low[1], extra=low[0])
+        memory = ProcessMemory(n.pid)
+        try:
+            text = memory.string
+            if name == "mkdir":
+                return Call("mkdir", ((AT_FDCWD, text(a[0])),), mode=low[1])
+            if name == "mkdirat":
+                return Call("mkdir", ((dirfd, text(a[1])),), mode=low[2])
+            if name == "mknod":
+                return Call("mknod", ((AT_FDCWD, text(a[0])),), mode=low[1], extra=a[2])
+            if name == "mknodat":
+                return Call("mknod", ((dirfd, text(a[1])),), mode=low[2], extra=a[3])
+            if name == "unlink":
+                return Call("unlink", ((AT_FDCWD, text(a[0])),))
+            if name == "rmdir":
+                return Call("rmdir", ((AT_FDCWD, text(a[0])),))
+            if name == "unlinkat":
+                return Call("rmdir" if low[2] & AT_REMOVEDIR else "unlink", ((dirfd, text(a[1])),))
+            if name == "rename":
+                return Call("rename", ((AT_FDCWD, text(a[0])), (AT_FDCWD, text(a[1]))))
+            if name in ("renameat", "renameat2"):
+                return Call("rename", ((dirfd, text(a[1])), (low[2], text(a[3]))),
+                            flags=low[4] if name == "renameat2" else 0)
+            if name == "link":
+                return Call("link", ((AT_FDCWD, text(a[0])), (AT_FDCWD, text(a[1]))))
+            if name == "linkat":
+                return Call("link", ((dirfd, text(a[1])), (low[2], text(a[3]))), flags=low[4])
+            if name == "symlink":
+                return Call("symlink", ((AT_FDCWD, text(a[1])),), link_target=text(a[0]))
+            if name == "symlinkat":
+                return Call("symlink", ((low[1], text(a[2])),), link_target=text(a[0]))
+            if name == "truncate":
+                return Call("truncate", ((AT_FDCWD, text(a[0])),), extra=a[1])
+            if name == "chmod":
+                return Call("chmod", ((AT_FDCWD, text(a[0])),), mode=low[1])
+            if name == "fchmodat":
+                return Call("chmod", ((dirfd, text(a[1])),), mode=low[2])
+            if name == "fchmodat2":
+                return Call("chmod", ((dirfd, text(a[1])),), mode=low[2], flags=low[3])
+        finally:
+            memory.close()
+        return None
+
+    # ------------------------------------------------------------------ resolution
+    def _root(self, pid: int) -> int:
+        if self.root is None:
+            self.root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        return self.root
+
+    def _entry(self, pid: int, path: str, opened: list[int], *, follow: bool) -> Entry | str | None:
+        """Resolve path (absolute, in the sandbox's view) to its parent directory and name;
+        with follow, a final symlink is followed (inside the sandbox's root). An errno name
+        string when the kernel would fail the lookup itself; None when we cannot resolve it."""
+        for _hop in range(MAX_SYMLINKS):
+            split = _split(path)
+            if split is None:
+                return None
+            parent_path, name = split
+            try:
+                parent = fdops.openat2(self._root(pid), parent_path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0,
+                                       fdops.RESOLVE_IN_ROOT | fdops.RESOLVE_NO_MAGICLINKS)
+            except OSError as exc:
+                return errno.errorcode.get(exc.errno or 0) if exc.errno in (errno.ENOENT, errno.ENOTDIR) else None
+            opened.append(parent)
+            try:
+                real = os.readlink(f"/proc/self/fd/{parent}")
+            except OSError:
+                return None
+            if not real.startswith("/"):
+                return None
+            entry = Entry(parent, real, name)
+            if not follow:
+                return entry
+            try:
+                st = os.lstat(name, dir_fd=parent)
+            except FileNotFoundError:
+                return entry
+            except OSError:
+                return None
+            if not stat.S_ISLNK(st.st_mode):
+                return entry
+            try:
+                target = os.readlink(name, dir_fd=parent)
+            except OSError:
+                return None
+            path = target if target.startswith("/") else f"{real.rstrip('/')}/{target}"
+        return "ELOOP"
+
+    def _holder(self, path: str) -> tuple[str, str] | None:
+        return next(((t, k) for t, k in self.mounts if within(path, t)), None)
+
+    def _mediated(self, path: str) -> bool:
+        """Under a writable host grant (read-only to Landlock): ours to perform or refuse."""
+        holder = self._holder(path)
+        return holder is not None and holder[1] == "rw" and holder[0] in self.mediated_roots
+
+    @staticmethod
+    def _lstat(entry: Entry) -> os.stat_result | None:
+        try:
+            return os.lstat(entry.name, dir_fd=entry.parent)
+        except OSError:
+            return None
+
+    def _why_not(self, path: str, st: os.stat_result | None = None) -> str | None:
+        """Why the sandbox may not change this entry: the rules (by path) or the launch record
+        (by identity: a hardlink made before the run is another name for the same file)."""
+        if self.protection.root_of(path) is None:
+            return None  # not beneath a writable grant: the mounts and Landlock decide there
+        why = self.protection.reason(path)
+        if why is None and st is not None:
+            why = self.protected_inodes.get((st.st_dev, st.st_ino))
+            if why:
+                why = f"{why} (another name for a protected file)"
+        return why
+
+    # ------------------------------------------------------------------ outcomes
+    def _refuse(self, n: Notification, op: str, path: str, why: str, error: int = errno.EACCES) -> None:
+        respond(self.listener, n.id, error=error)
+        self.denied.append({"kind": "file", "target": f"{op} {path}", "rule": why})
+        self.log("file", pid=n.pid, path=path, op=op, decision="deny", rule=why)
+
+    def _done(self, n: Notification, op: str, path: str, result: int | OSError, **more: Any) -> None:
+        if isinstance(result, OSError):
+            respond(self.listener, n.id, error=result.errno or errno.EIO)
+            return
+        respond(self.listener, n.id)
+        if self.log_allowed:
+            self.log("file", pid=n.pid, path=path, op=op, decision="allow",
+                     rule="writable grant; carried out by the supervisor", **more)
+
+    def _continue(self, n: Notification) -> None:
+        respond(self.listener, n.id, allow=True)
+
+    def _umask(self, pid: int) -> int:
+        from sandboxctl.supervise.file_escape import caller_umask
+
+        return caller_umask(pid)
+
+    def _resolve(self, n: Notification, call: Call, index: int, opened: list[int], *,
+                 follow: bool) -> tuple[str | None, Entry | str | None]:
+        dirfd, raw = call.paths[index]
+        full = _sandbox_path(n.pid, dirfd, raw)
+        if full is None:
+            return None, None
+        return full, self._entry(n.pid, full, opened, follow=follow)
+
+    # ------------------------------------------------------------------ the calls
+    def _open(self, n: Notification, call: Call, opened: list[int]) -> None:
+        flags = call.flags
+        writes = bool(flags & O_ACCMODE) or bool(flags & (O_CREAT | O_TRUNC)) or flags & O_TMPFILE == O_TMPFILE
+        if not writes:  # file_events: all, or openat2 for reading: nothing to mediate, only to log
+            self.outside(n, _sandbox_path(n.pid, *call.paths[0]) or call.paths[0][1], "read", flags, call.mode)
+            return
+        op = "create" if flags & O_CREAT else "truncate" if flags & O_TRUNC else "write"
+        if call.extra:  # openat2 with the caller's own RESOLVE_* limits: honour them by letting the kernel judge
+            full = _sandbox_path(n.pid, *call.paths[0])
+            if full and self._mediated(full):
+                self._refuse(n, op, full, "openat2 with RESOLVE_* flags under a writable grant is not supported")
+            else:
+                self.outside(n, full or call.paths[0][1], op, flags, call.mode)
+            return
+        if flags & O_TMPFILE == O_TMPFILE:
+            self._open_tmpfile(n, call, opened)
+            return
+        follow = not (flags & O_NOFOLLOW) and not (flags & O_CREAT and flags & O_EXCL)
+        full, entry = self._resolve(n, call, 0, opened, follow=follow)
+        if not isinstance(entry, Entry):
+            if full and entry is not None and self._mediated(full):
+                respond(self.listener, n.id, error=getattr(errno, entry, errno.ENOENT))
+            else:
+                self.outside(n, full or call.paths[0][1], op, flags, call.mode)
+            return
+        path = entry.path
+        st = self._lstat(entry)
+        why = self._why_not(path, st)
+        if why:
+            self._refuse(n, op, path, why)
+            return
+        if not self._mediated(path):
+            self.outside(n, path, op, flags, call.mode)
+            return
+        mode = call.mode & 0o7777 & ~self._umask(n.pid) if flags & O_CREAT else 0
+        try:
+            fd = os.open(entry.name, (flags & fdops.VALID_OPEN_FLAGS & ~os.O_PATH) | O_NOFOLLOW | os.O_CLOEXEC,
+                         mode, dir_fd=entry.parent)
+        except OSError as exc:
+            self._done(n, op, path, exc)
+            return
+        opened.append(fd)
+        self._hand_over(n, op, path, fd, bool(flags & os.O_CLOEXEC))
+
+    def _open_tmpfile(self, n: Notification, call: Call, opened: list[int]) -> None:
+        full = _sandbox_path(n.pid, *call.paths[0])
+        if full is None or not self._mediated(full):
+            self.outside(n, full or call.paths[0][1], "create", call.flags, call.mode)
+            return
+        try:
+            fd = fdops.openat2(self._root(n.pid), full, (call.flags & fdops.VALID_OPEN_FLAGS) | os.O_CLOEXEC,
+                               call.mode & 0o7777 & ~self._umask(n.pid),
+                               fdops.RESOLVE_IN_ROOT | fdops.RESOLVE_NO_MAGICLINKS)
+        except OSError as exc:
+            self._done(n, "create", full, exc)
+            return
+        opened.append(fd)
+        real = os.readlink(f"/proc/self/fd/{fd}")
+        if not self._mediated(real.removesuffix(" (deleted)").rsplit("/", 1)[0]):
+            respond(self.listener, n.id, error=errno.EACCES)
+            return
+        self._hand_over(n, "create", full, fd, bool(call.flags & os.O_CLOEXEC))
+
+    def _hand_over(self, n: Notification, op: str, path: str, fd: int, cloexec: bool) -> None:
+        try:
+            fdops.add_fd(self.listener, n.id, fd, cloexec)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return  # the caller died meanwhile
+            respond(self.listener, n.id, error=errno.EACCES)
+            why = "the kernel lacks SECCOMP_ADDFD_FLAG_SEND (Linux 5.14)" if exc.errno == errno.EINVAL \
+                else f"the descriptor could not be handed over ({errno.errorcode.get(exc.errno or 0, exc.errno)})"
+            self.denied.append({"kind": "file", "target": f"{op} {path}", "rule": why})
+            self.log("file", pid=n.pid, path=path, op=op, decision="deny", rule=why)
+            return
+        if self.log_allowed:
+            self.log("file", pid=n.pid, path=path, op=op, decision="allow",
+                     rule="writable grant; opened by the supervisor")
+
+    def _single(self, n: Notification, call: Call, opened: list[int], *, follow: bool,
+                guard: Callable[[str], str | None] | None = None) -> Entry | None:
+        """Resolve a one-path call; answer it here unless it is ours to perform (then return it)."""
+        full, entry = self._resolve(n, call, 0, opened, follow=follow)
+        if not isinstance(entry, Entry):
+            if full and entry is not None and self._mediated(full):
+                respond(self.listener, n.id, error=getattr(errno, entry, errno.ENOENT))
+            else:
+                self._continue(n)
+            return None
+        why = guard(entry.path) if guard else self._why_not(entry.path, self._lstat(entry))
+        if why:
+            self._refuse(n, call.op, entry.path, why)
+            return None
+        if not self._mediated(entry.path):
+            self._continue(n)
+            return None
+        return entry
+
+    def _mkdir(self, n: Notification, call: Call, opened: list[int]) -> None:
+        entry = self._single(n, call, opened, follow=False)
+        if entry is not None:
+            self._done(n, "mkdir", entry.path, _attempt(os.mkdir, entry.name, call.mode & 0o7777
+                                                        & ~self._umask(n.pid), dir_fd=entry.parent))
+
+    def _mknod(self, n: Notification, call: Call, opened: list[int]) -> None:
+        kind = stat.S_IFMT(call.mode)
+        if kind in (stat.S_IFCHR, stat.S_IFBLK):
+            full = _sandbox_path(n.pid, *call.paths[0]) or call.paths[0][1]
+            if self._mediated(full):  # no device nodes: the sandbox has no CAP_MKNOD, the supervisor may
+                respond(self.listener, n.id, error=errno.EPERM)
+            else:
+                self._continue(n)
+            return
+        entry = self._single(n, call, opened, follow=False)
+        if entry is not None:
+            mode = (kind or stat.S_IFREG) | (call.mode & 0o7777 & ~self._umask(n.pid))
+            self._done(n, "mknod", entry.path, _attempt(os.mknod, entry.name, mode, 0, dir_fd=entry.parent))
+
+    def _unlink(self, n: Notification, call: Call, opened: list[int]) -> None:
+        entry = self._single(n, call, opened, follow=False, guard=self.protection.blocks_move)
+        if entry is not None:
+            self._done(n, "unlink", entry.path, _attempt(os.unlink, entry.name, dir_fd=entry.parent))
+
+    def _rmdir(self, n: Notification, call: Call, opened: list[int]) -> None:
+        entry = self._single(n, call, opened, follow=False, guard=self.protection.blocks_move)
+        if entry is not None:
+            self._done(n, "rmdir", entry.path, _attempt(os.rmdir, entry.name, dir_fd=entry.parent))
+
+    def _symlink(self, n: Notification, call: Call, opened: list[int]) -> None:
+        entry = self._single(n, call, opened, follow=False)
+        if entry is not None:
+            self._done(n, "symlink", entry.path, _attempt(os.symlink, call.link_target, entry.name,
+                                                          dir_fd=entry.parent), target=call.link_target)
+
+    def _truncate(self, n: Notification, call: Call, opened: list[int]) -> None:
+        entry = self._single(n, call, opened, follow=True)
+        if entry is None:
+            return
+        try:
+            fd = os.open(entry.name, os.O_WRONLY | O_NOFOLLOW | os.O_CLOEXEC, dir_fd=entry.parent)
+            opened.append(fd)
+            os.ftruncate(fd, call.extra)
+        except OSError as exc:
+            self._done(n, "truncate", entry.path, exc)
+            return
+        self._done(n, "truncate", entry.path, 0)
+
+    def _chmod(self, n: Notification, call: Call, opened: list[int]) -> None:
+        if call.flags & AT_EMPTY_PATH and not call.paths[0][1]:
+            self._fchmod(n, call._replace(extra=call.paths[0][0]), opened)
+            return
+        entry = self._single(n, call, opened, follow=not call.flags & AT_SYMLINK_NOFOLLOW)
+        if entry is not None:
+            self._done(n, "chmod", entry.path, _attempt(os.chmod, entry.name, call.mode & 0o7777,
+                                                        dir_fd=entry.parent), mode=oct(call.mode & 0o7777))
+
+    def _fchmod(self, n: Notification, call: Call, opened: list[int]) -> None:
+        try:
+            fd = os.open(f"/proc/{n.pid}/fd/{call.extra}", os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            self._continue(n)
+            return
+        opened.append(fd)
+        try:
+            real = os.readlink(f"/proc/self/fd/{fd}")
+            st = os.fstat(fd)
+        except OSError:
+            self._continue(n)
+            return
+        if not real.startswith("/") or not self._mediated(real):
+            self._continue(n)
+            return
+        why = self._why_not(real, st)
+        if why:
+            self._refuse(n, "chmod", real, why)
+            return
+        self._done(n, "chmod", real, _attempt(os.chmod, f"/proc/self/fd/{fd}", call.mode & 0o7777),
+                   mode=oct(call.mode & 0o7777))
+
+    def _rename(self, n: Notification, call: Call, opened: list[int]) -> None:
+        src_full, src = self._resolve(n, call, 0, opened, follow=False)
+        dst_full, dst = self._resolve(n, call, 1, opened, follow=False)
+        if not isinstance(src, Entry) or not isinstance(dst, Entry):
+            mediated = any(p and self._mediated(p) for p in (src_full, dst_full))
+            failed = next((e for e in (src, dst) if isinstance(e, str)), None)
+            if mediated and failed:
+                respond(self.listener, n.id, error=getattr(errno, failed, errno.ENOENT))
+            elif mediated:
+                self._refuse(n, "rename", src_full or "?", "the path could not be resolved in the sandbox")
+            else:
+                self._continue(n)
+            return
+        if not (self._mediated(src.path) or self._mediated(dst.path)):
+            self._continue(n)
+            return
+        exchange = call.flags & RENAME_EXCHANGE
+        why = self.protection.blocks_move(src.path) or self.protection.reason(dst.path)
+        if not why and (exchange or os.path.lexists(f"/proc/self/fd/{dst.parent}/{dst.name}")):
+            why = self.protection.blocks_move(dst.path)  # what is replaced (or swapped) goes away
+        if why:
+            self._refuse(n, "rename", f"{src.path} -> {dst.path}", why)
+            return
+        self._done(n, "rename", src.path, _attempt(fdops.renameat2, src.parent, src.name, dst.parent, dst.name,
+                                                   call.flags), to=dst.path)
+
+    def _link(self, n: Notification, call: Call, opened: list[int]) -> None:
+        dst_full, dst = self._resolve(n, call, 1, opened, follow=False)
+        if not isinstance(dst, Entry) or not self._mediated(dst.path):
+            if dst_full and isinstance(dst, str) and self._mediated(dst_full):
+                respond(self.listener, n.id, error=getattr(errno, dst, errno.ENOENT))
+            else:
+                self._continue(n)
+            return
+        if call.flags & AT_EMPTY_PATH:  # needs CAP_DAC_READ_SEARCH, which the sandbox does not have
+            respond(self.listener, n.id, error=errno.ENOENT)
+            return
+        why = self.protection.reason(dst.path)
+        if why:
+            self._refuse(n, "link", dst.path, why)
+            return
+        source = self._link_source(n, call, opened)
+        if source is None:
+            self._refuse(n, "link", dst.path, "the link's source could not be resolved in the sandbox")
+            return
+        src_path, src_ref, st = source
+        why = self._why_not(src_path, st)
+        if why:
+            self._refuse(n, "link", f"{src_path} -> {dst.path}", why)
+            return
+        self._done(n, "link", dst.path, _attempt(os.link, src_ref[1], dst.name, src_dir_fd=src_ref[0],
+                                                 dst_dir_fd=dst.parent, follow_symlinks=src_ref[2]), source=src_path)
+
+    def _link_source(self, n: Notification, call: Call, opened: list[int]):
+        """(path, (dirfd, name, follow), stat) of a link's source; a /proc/…/fd/N source with
+        AT_SYMLINK_FOLLOW (how an O_TMPFILE file gets its name) is taken from the caller's fd."""
+        raw = call.paths[0][1]
+        follow = bool(call.flags & AT_SYMLINK_FOLLOW)
+        magic = _MAGIC_FD.match(raw)
+        if magic and follow:
+            owner = n.pid if magic.group(1) == "self" else int(magic.group(1))
+            try:
+                fd = os.open(f"/proc/{owner}/fd/{magic.group(2)}", os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                return None
+            opened.append(fd)
+            real = os.readlink(f"/proc/self/fd/{fd}").removesuffix(" (deleted)")
+            return real, (None, f"/proc/self/fd/{fd}", True), os.fstat(fd)
+        _full, entry = self._resolve(n, call, 0, opened, follow=follow)
+        if not isinstance(entry, Entry):
+            return None
+        try:
+            st = os.lstat(entry.name, dir_fd=entry.parent)
+        except OSError:
+            return None
+        return entry.path, (entry.parent, entry.name, False), st
+
+
+def _attempt(function: Callable[..., Any], *args: Any, **kwargs: Any) -> int | OSError:
+    try:
+        function(*args, **kwargs)
+    except OSError as exc:
+        return exc
+    return 0
