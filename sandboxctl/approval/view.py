@@ -17,8 +17,10 @@ def render(request: dict[str, Any], others: int, policy: str, width: int) -> str
     from rich.text import Text
 
     body = Text()
+    from sandboxctl.inert import inert
+
     verb = {"network": "connect to", "http": "send the request"}.get(request["kind"], "write")
-    what = f"{verb} {request['target']}"
+    what = f"{verb} {inert(request['target'])}"
     body.append("what  ", style="bold").append(what + "\n")
     if request.get("detail"):
         body.append("      " + request["detail"] + "\n", style="dim")

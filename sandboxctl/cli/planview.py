@@ -7,6 +7,7 @@ import re
 from collections import defaultdict
 
 from sandboxctl import units
+from sandboxctl.inert import inert
 from sandboxctl.launch import bwrap
 from sandboxctl.plan.model import Plan
 
@@ -100,7 +101,8 @@ def show(plan: Plan, as_json: bool = False) -> None:
     out.print(env)
     for secret in plan.secrets:
         ttl = units.format_duration(secret.ttl) if secret.ttl else "none"
-        hosts = f", to {', '.join(secret.hosts)} only (a placeholder inside)" if secret.deliver_as == "proxy" else ""
+        hosts = f", to {inert(', '.join(secret.hosts))} only (a placeholder inside)" \
+            if secret.deliver_as == "proxy" else ""
         out.print(f"secret {secret.name}: from {secret.source.partition(':')[0]}, as {secret.deliver_as}{hosts}, "
                   f"ttl {ttl}{' (an env secret cannot expire)' if secret.deliver_as == 'env' and secret.ttl else ''}",
                   markup=False)
@@ -110,10 +112,10 @@ def show(plan: Plan, as_json: bool = False) -> None:
               f"deny: {', '.join(net.deny) or '-'}; private addresses: "
               f"{'allowed' if net.allow_private else 'blocked'}")
     for host, rules in net.inspect:
-        what = "every request" if rules is None else (", ".join(rules) or "no request")
-        out.print(f"  inspected (HTTPS terminated with the run's CA): {host}: {what}", markup=False)
+        what = "every request" if rules is None else (", ".join(inert(r) for r in rules) or "no request")
+        out.print(f"  inspected (HTTPS terminated with the run's CA): {inert(host)}: {what}", markup=False)
     for path in net.upstream_ca:
-        out.print(f"  trusted upstream CA: {path}", markup=False)
+        out.print(f"  trusted upstream CA: {inert(path)}", markup=False)
     lim = plan.limits
     out.print("[bold]Limits[/bold]: "
               f"timeout {units.format_duration(lim.timeout) if lim.timeout else 'none'}, "

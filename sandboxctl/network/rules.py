@@ -56,6 +56,8 @@ class RequestRule:
 
 def parse_rule(text: str) -> RequestRule:
     """A rule from the policy, or ValueError naming what is wrong with it."""
+    if not text.isprintable():
+        raise ValueError(f"{text!r}: a control or format character in a request rule")
     parts = text.split(" ")
     if len(parts) != 2 or not parts[0] or not parts[1]:
         raise ValueError(f"{text!r}: a request rule is METHOD PATH, e.g. 'GET /repos/acme/**' ('*' for any method)")

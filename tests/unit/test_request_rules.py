@@ -61,6 +61,8 @@ def test_rule_matching(rule: str, method: str, path: str, expected: bool) -> Non
     ("GET /a/../b", "'.' and '..' segments"),
     ("GET /a/./b", "'.' and '..' segments"),
     ("GET /a**", "'**' must be a whole segment"),
+    ("GET /a\x1b[2Jb", "control or format character"),
+    ("GET /a\u202eb", "control or format character"),
 ])
 def test_bad_rules_say_why(text: str, reason: str) -> None:
     with pytest.raises(ValueError, match=re.escape(reason)):
