@@ -122,7 +122,7 @@ class Exchange:
         if where is None:
             return False
         host, port, path_target, rules = where
-        event.update(host=host, port=port)
+        event.update(host=host, port=port, path=path_target.split("?", 1)[0][:PATH_LOG_LIMIT])
         logged = rules is not None
         try:
             verdict = self._judge(rules, method, path_target, event)

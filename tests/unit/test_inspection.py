@@ -303,7 +303,7 @@ def test_phantom_in_a_url_or_plain_http_body_is_refused(make_proxy: Callable[...
     assert status == 403 and b"body carries the placeholder" in text
     time.sleep(0.2)
     assert plain.seen == []  # the upstream never got a complete request
-    assert [e["leak"] for e in proxy.http_events(2)] == ["TOKEN", "TOKEN"]
+    assert [(e["leak"], e["path"]) for e in proxy.http_events(2)] == [("TOKEN", "/q"), ("TOKEN", "/p")]
     # toward its own host, but in clear text: not injected, refused
     sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
     sock.sendall(f"GET http://localhost:{upstream.port}/ HTTP/1.1\r\nHost: x\r\nAuthorization: {placeholder}\r\n\r\n"
@@ -515,3 +515,32 @@ print(sorted(m for m in ("h11", "cryptography") if m in sys.modules))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_plain_http_to_an_inspected_host_is_ruled_request_by_request(make_proxy: Callable[..., Proxy],
+                                                                     plain: RecordingServer) -> None:
+    proxy = make_proxy({f"127.0.0.1:{plain.port}": ["GET /ok"]}, allow=("127.0.0.1",))
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    base = f"http://127.0.0.1:{plain.port}"
+    sock.sendall(f"GET {base}/ok HTTP/1.1\r\nHost: x\r\n\r\nGET {base}/no HTTP/1.1\r\nHost: x\r\n\r\n"
+                 f"GET {base}/ok?again HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    responses = Responses(sock)
+    assert [responses.next()[0] for _ in range(3)] == [200, 403, 200]
+    assert [s["path"] for s in plain.seen] == ["/ok", "/ok?again"]
+    assert [(e["path"], e["status"]) for e in proxy.http_events(3)] == [("/ok", 200), ("/no", 403), ("/ok", 200)]
+
+
+def test_socks5_to_an_inspected_host_is_terminated_too(make_proxy: Callable[..., Proxy],
+                                                       upstream: RecordingServer) -> None:
+    proxy = make_proxy({f"localhost:{upstream.port}": ["GET /s"]})
+    sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    sock.sendall(b"\x05\x01\x00")
+    assert sock.recv(2) == b"\x05\x00"
+    sock.sendall(b"\x05\x01\x00\x03\x09localhost" + upstream.port.to_bytes(2, "big"))
+    assert sock.recv(10)[:2] == b"\x05\x00"
+    tls = proxy.client_context().wrap_socket(sock, server_hostname="localhost")
+    tls.sendall(f"GET /s HTTP/1.1\r\nHost: localhost:{upstream.port}\r\n\r\nGET /t HTTP/1.1\r\n"
+                f"Host: localhost:{upstream.port}\r\n\r\n".encode())
+    responses = Responses(tls)
+    assert [responses.next()[0] for _ in range(2)] == [200, 403]
+    assert [s["path"] for s in upstream.seen] == ["/s"]
