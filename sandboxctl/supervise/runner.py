@@ -148,8 +148,8 @@ class Supervisor:
         except (OSError, ssl.SSLError) as exc:
             raise SandboxError(f"network.upstream_ca: cannot load the CA certificates: {exc}",
                                "name PEM files of CA certificates the proxy should trust upstream") from None
-        except ValueError as exc:  # the policy validator lets nothing through that fails here
-            raise SandboxError(f"network.inspect: {exc}") from None
+        except ValueError as exc:  # a proxy secret's value that cannot go into a header
+            raise SandboxError(str(exc), "a proxy secret is one line of text (a token)") from None
         self.inspection = inspection
         ca = inspection.ca_pem
         bundle = combined_bundle(ca, system_bundle())

@@ -87,9 +87,11 @@ def test_never_over_cleartext_and_not_after_expiry(phantoms: PhantomSecrets, clo
                                     tls=True).expired == ["OTHER"]
 
 
-def test_a_proxy_secret_needs_hosts() -> None:
+def test_a_proxy_secret_needs_hosts_and_a_value_that_fits_a_header() -> None:
     with pytest.raises(ValueError, match="needs hosts"):
         PhantomSecrets([PhantomSpec("A", "v", [])])
+    with pytest.raises(ValueError, match="line break"):
+        PhantomSecrets([PhantomSpec("A", "line1\r\nX-Injected: 1", ["x.com"])])
 
 
 @settings(max_examples=300, deadline=None)
