@@ -55,7 +55,7 @@ class Inspection:
     @property
     def patterns(self) -> list[HostPattern]:
         """Every host pattern that is inspected (what the CA's name constraints permit)."""
-        return [entry.pattern for entry in (*self.entries, *self._bound)]
+        return list(dict.fromkeys(entry.pattern for entry in (*self.entries, *self._bound)))
 
     @property
     def placeholders(self) -> dict[str, str]:

@@ -94,7 +94,7 @@ class PhantomSecrets:
                 raise ValueError(f"secret {spec.name}: a proxy secret needs hosts")
             if not spec.value or PREFIX in spec.value:
                 raise ValueError(f"secret {spec.name}: unusable value for a proxy secret")
-            if any(ord(c) < 0x20 and c != "\t" or ord(c) == 0x7F for c in spec.value):
+            if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in spec.value):
                 raise ValueError(f"secret {spec.name}: the value has a line break or a control character, and "
                                  "as: proxy puts it into a request header")
             self.items.append(Phantom(spec.name, spec.value, tuple(parse_host_pattern(h) for h in spec.hosts),

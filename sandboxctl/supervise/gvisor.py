@@ -292,7 +292,8 @@ class GvisorSupervisor(Supervisor):
                         "why": "gVisor has no seccomp user notification"},
             "network": {"mode": plan.network.mode,
                         "proxy": f"127.0.0.1:{PROXY_PORT} inside, relayed over a host UNIX socket to the "
-                                 "supervisor" if proxy else None},
+                                 "supervisor" if proxy else None,
+                        "inspected": [str(p) for p in self.inspection.patterns] if self.inspection else None},
             "approvals": {"mode": plan.approval_mode,
                           "via": plan.approval_via if plan.approval_mode == "ask" else None,
                           "file_writes": None,

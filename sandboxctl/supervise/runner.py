@@ -524,7 +524,8 @@ class Supervisor:
                         "exec_events": plan.seccomp.notify_exec and self.notify_fd is not None},
             "network": {"mode": plan.network.mode,
                         "proxy": f"127.0.0.1:{PROXY_PORT} inside, served by the supervisor"
-                        if plan.network.mode == "proxy" else None},
+                        if plan.network.mode == "proxy" else None,
+                        "inspected": [str(p) for p in self.inspection.patterns] if self.inspection else None},
             "approvals": {"mode": plan.approval_mode,
                           "via": plan.approval_via if plan.approval_mode == "ask" else None,
                           "file_writes": "approved opens are made by the supervisor (seccomp ADDFD)"

@@ -112,6 +112,9 @@ def test_clients_reach_an_inspected_host_and_the_phantom_becomes_real(sandbox, u
                                                                                    "allow")
     assert event["secrets"] == ["TOKEN"] and event["host"] == "localhost"
     assert REAL not in sandbox.log_path.read_text()
+    start = next(r for r in sandbox.records() if r["event"] == "run.start")
+    assert sorted(start["layers"]["network"]["inspected"]) == sorted([f"localhost:{bound.port}",
+                                                                       f"localhost:{other.port}"])
 
 
 def test_the_real_value_is_nowhere_inside(sandbox, upstream_ca, servers, tmp_path):
