@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+EXIT_DENIED = 123  # the command succeeded, but the sandbox denied something and the run fails on denials
 EXIT_TIMEOUT = 124
 EXIT_SANDBOX_FAILED = 125
 EXIT_CANNOT_EXECUTE = 126

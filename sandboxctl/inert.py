@@ -18,11 +18,12 @@ import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-__all__ = ["display_width", "inert", "inert_argv"]
+__all__ = ["display_width", "inert", "inert_argv", "inert_lines"]
 
 # Blank or invisible in most fonts although Unicode calls them letters or symbols, plus the
 # Default_Ignorable_Code_Point set (which `unicodedata` does not expose): a terminal draws these as
-# nothing, so they can pad a fake line or split a word without the reader seeing it.
+# nothing, so they can pad a fake line or split a word without the reader seeing it. Also the
+# frame-drawing characters, with which a value could draw a fake border inside a prompt.
 _INVISIBLE_RANGES: tuple[tuple[int, int], ...] = (
     (0x00AD, 0x00AD),    # soft hyphen
     (0x034F, 0x034F),    # combining grapheme joiner
@@ -33,6 +34,7 @@ _INVISIBLE_RANGES: tuple[tuple[int, int], ...] = (
     (0x200B, 0x200F),    # zero-width space/joiners, LRM, RLM
     (0x202A, 0x202E),    # bidi embeddings and overrides
     (0x2060, 0x206F),    # word joiner, invisible operators, bidi isolates
+    (0x2500, 0x259F),    # box drawing and block elements: they fake the frame of our own panels
     (0x2800, 0x2800),    # braille pattern blank
     (0x3164, 0x3164),    # Hangul filler
     (0xFE00, 0xFE0F),    # variation selectors
@@ -160,6 +162,53 @@ def inert_argv(argv: Sequence[Any] | Any, limit: int | None = None) -> str:
             pieces.append((" ", 1, 1))
         pieces.extend(_word(word))
     return _cut(pieces, sum(map(len, words)) + max(len(words) - 1, 0), limit)
+
+
+def _fold(pieces: list[tuple[str, int]], width: int) -> list[str]:
+    lines: list[str] = []
+    line: list[str] = []
+    used = 0
+    for shown, columns in pieces:
+        if line and used + columns > width:
+            lines.append("".join(line))
+            line, used = [], 0
+        line.append(shown)
+        used += columns
+    if line or not lines:
+        lines.append("".join(line))
+    return lines
+
+
+def inert_lines(value: Any, width: int, max_lines: int = 3) -> list[str]:
+    """`value` inert, folded into lines of at most `width` columns (never splitting an escape).
+
+    For what a human must read whole, such as the target of an approval: when it needs more than
+    `max_lines`, the middle is cut (`…[+N chars]…` on the last line) so that both its start and
+    its end (the file name) stay on the screen."""
+    text = _as_text(value)
+    width = max(width, 24)
+    pieces = list(_pieces(text))
+    folded = _fold(pieces, width)
+    if len(folded) <= max_lines:
+        return folded
+    head_lines = folded[: max_lines - 1]
+    head_count = 0  # how many pieces (characters of the value) those lines hold
+    for line in head_lines:
+        rest = line
+        while rest:
+            shown = pieces[head_count][0]
+            rest = rest[len(shown):]
+            head_count += 1
+    tail_budget = width - len(_marker(len(text))) - 1
+    tail: list[tuple[str, int]] = []
+    used = 0
+    for piece in reversed(pieces[head_count:]):
+        if used + piece[1] > tail_budget:
+            break
+        tail.insert(0, piece)
+        used += piece[1]
+    hidden = len(pieces) - head_count - len(tail)  # one piece per character of the value
+    return [*head_lines, _marker(hidden) + "…" + "".join(shown for shown, _ in tail)]
 
 
 def display_width(shown: str) -> int:

@@ -110,12 +110,36 @@ def _parse_port(text: str, original: str) -> int:
     return int(text)
 
 
+_SCHEME_PORTS = {"https": 443, "http": 80, "wss": 443, "ws": 80, "ftp": 21, "ssh": 22, "git": 9418}
+
+
+def _url_destination(url: str) -> str:
+    """What a URL means as a destination: its host and port (the scheme's default port)."""
+    scheme, _, rest = url.partition("://")
+    authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0].rpartition("@")[2]
+    host, port = authority, None
+    if authority.startswith("[") and "]" in authority:
+        end = authority.index("]") + 1
+        host, port = authority[:end], authority[end + 1:] if authority[end:end + 1] == ":" else None
+    elif authority.count(":") == 1:
+        host, port = authority.split(":")
+    port = port or _SCHEME_PORTS.get(scheme)
+    suggestion = f"{host}:{port or 443}"
+    try:  # only a destination that parses is suggested (never raw bytes of the URL)
+        parse_host_pattern(suggestion)
+    except ValueError:
+        return "host:port, e.g. pypi.org:443"
+    return suggestion if port else f"{host}:PORT"
+
+
 def parse_host_pattern(text: str) -> HostPattern:
     """host | host:port | *.domain[:port] | IPv4[:port] | [IPv6][:port]."""
     original = text
     text = text.strip().lower()
     if not text:
         raise ValueError("empty host pattern")
+    if "://" in text:
+        raise ValueError(f"{original!r}: a URL, not a host pattern; write {_url_destination(text)}")
     port: int | None = None
     if text.startswith("["):
         end = text.find("]")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -17,6 +18,7 @@ from sandboxctl.approval.grants import GrantStore, Scope
 
 CHOICES = ("once", "run", "always", "deny")
 MAX_PENDING = 64  # a sandbox flooding the human with questions gets denials, not a longer queue
+RECENT_SETTLED = 64  # answers front ends can still show ("answered in another window")
 APPROVING = frozenset(("once", "run", "always"))
 
 
@@ -37,14 +39,16 @@ class Request:
         self.answer: str | None = None
         self.via: str | None = None
         self.done = threading.Event()
+        self.scrub: Callable[[str], str] = lambda text: text  # what a human is shown holds no secret value
 
     @property
     def approved(self) -> bool:
         return self.answer in APPROVING
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "kind": self.kind, "target": self.target, "rule": self.rule, "pid": self.pid,
-                "command": self.command, "detail": self.detail,
+        scrub = self.scrub
+        return {"id": self.id, "kind": self.kind, "target": scrub(self.target), "rule": scrub(self.rule),
+                "pid": self.pid, "command": scrub(self.command), "detail": scrub(self.detail),
                 "expires_in_s": round(max(0.0, self.deadline - time.monotonic()), 1)}
 
 
@@ -61,7 +65,7 @@ class FrontEnd(Protocol):
 class Broker:
     def __init__(self, mode: str, timeout: float, log: Callable[..., None], *, run_id: str = "",
                  scope: Scope | None = None, store: GrantStore | None = None,
-                 describe: dict[str, Any] | None = None):
+                 describe: dict[str, Any] | None = None, scrub: Callable[[str], str] | None = None):
         self.mode = mode  # ask | deny | allow
         self.timeout = timeout
         self.log = log
@@ -69,6 +73,7 @@ class Broker:
         self.scope = scope
         self.store = store
         self.describe = describe or {}  # run, policy, command, workspace: what front ends show
+        self.scrub = scrub  # secret values out of what front ends show (sandboxctl.log.scrub)
         self.condition = threading.Condition()
         self.queue: list[Request] = []
         self.run_grants: set[tuple[str, str]] = set()
@@ -76,6 +81,7 @@ class Broker:
         self.unavailable: str | None = None  # why no human can be asked (then: deny)
         self.closed = False
         self.count = 0
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_SETTLED)  # the last answers, for front ends
 
     # ------------------------------------------------------------------ set-up
     def attach(self, front_end: FrontEnd) -> None:
@@ -104,6 +110,8 @@ class Broker:
             self.count += 1
             request = Request(f"{self.run_id[-6:] or 'r'}-{self.count}", kind, target, rule, pid, command, detail,
                               self.timeout)
+            if self.scrub is not None:
+                request.scrub = self.scrub
         remembered = self._remembered(kind, target)
         if self.mode == "deny":
             self._settle(request, "deny", "mode:deny")
@@ -140,6 +148,12 @@ class Broker:
         with self.condition:
             return [r for r in self.queue if r.answer is None]
 
+    def settled(self) -> list[dict[str, Any]]:
+        """The last answers given (id, answer, via): a front end that showed a request learns how
+        it was settled elsewhere (another `sandboxctl approve`, the timeout, the end of the run)."""
+        with self.condition:
+            return list(self.recent)
+
     def answer(self, request_id: str, choice: str, via: str) -> str | None:
         """Answer a pending request; returns an error message, or None when it was taken."""
         if choice not in CHOICES:
@@ -164,6 +178,7 @@ class Broker:
             request.answer, request.via = answer, via
             if request in self.queue:
                 self.queue.remove(request)
+                self.recent.append({"id": request.id, "answer": answer, "via": via})
             if answer == "run":
                 self.run_grants.add((request.kind, request.target))
             self.condition.notify_all()

@@ -25,6 +25,7 @@ class RunConnection:
             raise ConnectionError("the run closed the connection")
         self.run: dict[str, Any] = first.get("run") or {}
         self.pending: list[dict[str, Any]] = first.get("pending") or []
+        self.settled: dict[str, dict[str, Any]] = {}  # request id -> how it was answered (the last few)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -40,6 +41,9 @@ class RunConnection:
         message = json.loads(line)
         if "pending" in message:
             self.pending = message["pending"]
+        for item in message.get("settled") or ():
+            if isinstance(item, dict) and "id" in item:
+                self.settled[str(item["id"])] = item
         return message
 
     def answer(self, request_id: str, choice: str) -> str | None:

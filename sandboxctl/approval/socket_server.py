@@ -5,7 +5,8 @@ masked inside every sandbox); a peer must be the same user, in our own user and 
 (a sandboxed process is in neither), or it is dropped before it reads anything.
 
 Wire format: one JSON object per line. The server sends {"run": {...}, "pending": [...]} on
-connect and {"pending": [...]} whenever the queue changes; a client sends
+connect and {"pending": [...], "settled": [{"id", "answer", "via"}, ...]} whenever the queue
+changes (settled: the last answers, so a client that shows a request learns how it ended); a client sends
 {"answer": ID, "choice": once|run|always|deny} and gets {"answered": ID} or {"error": TEXT}.
 """
 
@@ -111,7 +112,7 @@ class SocketFrontEnd(ThreadedFrontEnd):
         return [r.to_dict() for r in self.broker.pending()]
 
     def _broadcast(self, sel: selectors.BaseSelector) -> None:
-        message = {"pending": self._pending()}
+        message = {"pending": self._pending(), "settled": self.broker.settled()}
         for conn in list(self.clients):
             self._send(conn, message, sel)
 

@@ -54,12 +54,15 @@ def list_pending(as_json: bool, wait: float) -> int:
         if items or time.monotonic() >= deadline:
             break
         time.sleep(0.1)
+    from sandboxctl.inert import inert
+
     for connection, request in items:
         if as_json:
             print(json.dumps({**request, "run": connection.run.get("run"), "policy": connection.run.get("policy")}))
-        else:
-            print(f"{request['id']}  {request['kind']:<7}  {request['target']}  "
-                  f"(pid {request.get('pid') or '?'}, {request.get('expires_in_s')} s left)")
+        else:  # the target, as everything a run sends, is shown inert (it comes from the sandbox)
+            print(f"{inert(request.get('id'), 24)}  {inert(request.get('kind'), 7):<7}  "
+                  f"{inert(request.get('target'), 400)}  "
+                  f"(pid {inert(request.get('pid') or '?', 12)}, {inert(request.get('expires_in_s'), 12)} s left)")
     if not items and not as_json:
         print("no pending approval requests", file=sys.stderr)
     return 0 if items else 1
@@ -86,10 +89,28 @@ def answer_one(request_id: str, choice: str | None) -> int:
     raise SandboxError(f"no pending request {request_id}", "list what waits with: sandboxctl approve --list")
 
 
+def _settled_elsewhere(connection, request_id: str) -> str:
+    """How a request on screen was settled without our key: another window, the timeout, the run's end."""
+    from sandboxctl.approval.view import outcome
+
+    if connection is None:
+        return "the run ended"
+    item = getattr(connection, "settled", {}).get(request_id)
+    if item is None:
+        return "no longer pending"
+    from sandboxctl.inert import inert
+
+    answer, via = str(item.get("answer")), inert(item.get("via") or "", 120)
+    if via == "socket":
+        return f"answered in another window: {outcome(answer)}"
+    return f"{outcome(answer)} ({via})" if via else outcome(answer)
+
+
 def follow() -> int:
     """Live: every run's requests, oldest first, one single-key question at a time."""
     from sandboxctl.approval.client import connect_all
     from sandboxctl.approval.view import KEYS, outcome, render
+    from sandboxctl.inert import inert
 
     if not sys.stdin.isatty():
         raise SandboxError("sandboxctl approve needs a terminal to ask",
@@ -101,7 +122,9 @@ def follow() -> int:
     quiet[6] = list(saved[6])
     quiet[6][termios.VMIN], quiet[6][termios.VTIME] = 1, 0
     connections: dict[str, object] = {}
-    shown: str | None = None
+    shown: str | None = None  # the request on screen...
+    shown_on: str | None = None  # ...and the socket of its run
+    answered_here: set[str] = set()
     print("sandboxctl approve: waiting for requests (q to quit)", file=sys.stderr)
     termios.tcsetattr(fd, termios.TCSANOW, quiet)
     try:
@@ -116,14 +139,19 @@ def follow() -> int:
                         connections[str(connection.path)] = connection
                 last_scan = time.monotonic()
             items = _pending(connections.values())
+            if shown is not None and all(r["id"] != shown for _c, r in items):
+                # gone from the queue: say how, unless it was our own key
+                if shown not in answered_here:
+                    print(f"  -> {inert(shown)}: {_settled_elsewhere(connections.get(shown_on or ''), shown)}",
+                          file=sys.stderr)
+                answered_here.discard(shown)
+                shown = shown_on = None
             if items and items[0][1]["id"] != shown:
                 connection, request = items[0]
                 width = max(40, min(100, os.get_terminal_size(fd).columns))
-                sys.stderr.write("\n" + render(request, len(items) - 1, connection.run.get("policy", ""), width))
+                sys.stderr.write("\n" + render(request, len(items) - 1, str(connection.run.get("policy") or ""), width))
                 sys.stderr.flush()
-                shown = request["id"]
-            elif not items:
-                shown = None
+                shown, shown_on = request["id"], str(connection.path)
             ready, _, _ = select.select([fd, *connections.values()], [], [], 0.5)
             for source in ready:
                 if source == fd:
@@ -133,8 +161,8 @@ def follow() -> int:
                     if key in KEYS and items:
                         connection, request = items[0]
                         problem = connection.answer(request["id"], KEYS[key])
-                        print(f"  -> {problem or outcome(KEYS[key])}", file=sys.stderr)
-                        shown = None
+                        print(f"  -> {inert(problem, 200) if problem else outcome(KEYS[key])}", file=sys.stderr)
+                        answered_here.add(request["id"])
                 else:
                     try:
                         message = source.read()

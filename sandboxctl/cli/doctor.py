@@ -1,4 +1,4 @@
-"""`sandboxctl doctor`: the machine checks of sandboxctl/doctor.py, as a table or as JSON."""
+"""`sandboxctl doctor`: the machine checks of sandboxctl/checks/, as a table or as JSON."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ def render(results: list, user: str, uid: int, kernel: str) -> None:
     from rich.table import Table
     from rich.text import Text
 
+    from sandboxctl.checks.common import FAIL, OK
+    from sandboxctl.checks.doctor import exit_code
     from sandboxctl.cli.output import console
-    from sandboxctl.doctor import FAIL, OK, exit_code
 
     out = console()
     out.print(Text(f"sandboxctl doctor: checked as {user} (uid {uid}), kernel {kernel}"))
@@ -57,7 +58,8 @@ def register(app: typer.Typer) -> None:
         import json
         import os
 
-        from sandboxctl.doctor import current_user, exit_code, run_checks, to_json
+        from sandboxctl.checks.common import current_user
+        from sandboxctl.checks.doctor import exit_code, run_checks, to_json
 
         _finish_killed_runs()
         results = run_checks()

@@ -28,7 +28,7 @@ def _log_path(option: str | None) -> Path:
 
 
 def _require(path: Path) -> None:
-    from sandboxctl.log.reader import log_files
+    from sandboxctl.log.files import log_files
 
     if not log_files(path):
         raise SandboxError(f"no action log at {path}",
@@ -38,12 +38,23 @@ def _require(path: Path) -> None:
 def _since(text: str | None):
     if text is None:
         return None
-    from sandboxctl.log.reader import since_cutoff
+    from sandboxctl.log.query import since_cutoff
 
     try:
         return since_cutoff(text)
     except ValueError as exc:
         raise SandboxError(f"--since {exc}", "use a duration such as 90s, 30m, 1h or 2d") from None
+
+
+def complete_events(incomplete: str) -> list[tuple[str, str]]:
+    """--event values; after a comma, the list so far is kept and the next name completes."""
+    from sandboxctl.log.query import EVENT_TYPES
+
+    done, _, current = incomplete.rpartition(",")
+    chosen = {name for name in done.split(",") if name}
+    prefix = f"{done}," if done else ""
+    return [(prefix + name, about) for name, about in EVENT_TYPES.items()
+            if name.startswith(current) and name not in chosen]
 
 
 def register(app: typer.Typer) -> None:
@@ -55,15 +66,18 @@ def register(app: typer.Typer) -> None:
                                      help="The action log (default: $XDG_STATE_HOME/sandboxctl/actions.jsonl)."),
         run: str = typer.Option(None, "--run", metavar="ID", help="Only this run (an id prefix is enough)."),
         denied: bool = typer.Option(False, "--denied", help="Only denied actions and denied/unanswered approvals."),
-        event: str = typer.Option(None, "--event", metavar="TYPE",
-                                  help="Only these events: exec, file, net, syscall, approval, secret, limit, "
-                                       "run (comma-separated)."),
+        event: str = typer.Option(None, "--event", metavar="TYPE", autocompletion=complete_events,
+                                  help="Only these events: run, exec, file, net, http, syscall, approval, secret, "
+                                       "limit, protect (comma-separated)."),
         since: str = typer.Option(None, "--since", metavar="DURATION", help="Only the last DURATION, e.g. 1h."),
         all_runs: bool = typer.Option(False, "--all", help="Every run, not only the last one."),
         follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new records (Ctrl-C stops)."),
         as_json: bool = typer.Option(False, "--json", help="Raw JSON lines, for pipes."),
         verify: bool = typer.Option(False, "--verify",
                                     help="Check the hash chain across all files; exit 0 if intact, 1 if not."),
+        against: str = typer.Option(None, "--against", metavar="FILE",
+                                    help="With --verify: also check the local log against a collector's copy "
+                                         "(log.forward), which shows what was rewritten locally."),
     ) -> None:
         """Show the action log: the last run by default, `log runs` for all runs, --verify the chain."""
         if view is not None and view not in VIEWS:
@@ -71,9 +85,11 @@ def register(app: typer.Typer) -> None:
                                "use `sandboxctl log` for records or `sandboxctl log runs` for runs")
         path = _log_path(log_path)
         cutoff = _since(since)
+        if against and not verify:
+            raise SandboxError("--against needs --verify", "sandboxctl log --verify --against FILE")
         try:
             if verify:
-                _verify(path, as_json)
+                _verify(path, as_json, against)
             elif view == "runs":
                 if follow:
                     raise SandboxError("--follow does not apply to `log runs`", "use `sandboxctl log --follow`")
@@ -95,26 +111,54 @@ def register(app: typer.Typer) -> None:
 # -- verify ------------------------------------------------------------------------------------
 
 
-def _verify(path: Path, as_json: bool) -> None:
-    from sandboxctl.log.reader import verify
+def _verify(path: Path, as_json: bool, against: str | None = None) -> None:
+    from sandboxctl.log.verify import verify
 
     _require(path)
     try:
         result = verify(path)
     except OSError as exc:
         raise SandboxError(f"cannot read the action log {path}: {exc.strerror}", "pass --log PATH") from None
+    compared = _against(path, against) if against else None
     if as_json:
-        print(json.dumps(result.as_dict()))
-    elif result.ok:
-        files = "file" if result.files == 1 else "files"
-        print(f"chain intact: {result.records} records in {result.files} {files}")
-        if result.note:
-            print(f"note: {result.note}")
+        print(json.dumps({**result.as_dict(), **({"against": compared.as_dict()} if compared else {})}))
     else:
-        print(f"chain broken at {result.where}: {result.reason}")
-        print(f"({result.records} records verified before it)")
-    if not result.ok:
+        if result.ok:
+            files = "file" if result.files == 1 else "files"
+            print(f"chain intact: {result.records} records in {result.files} {files}")
+            if result.note:
+                print(f"note: {result.note}")
+        else:
+            print(f"chain broken at {result.where}: {result.reason}")
+            print(f"({result.records} records verified before it)")
+        if compared is not None:
+            _print_against(compared, against)
+    if not result.ok or (compared is not None and not compared.ok):
         raise typer.Exit(1)
+
+
+def _against(path: Path, copy: str):
+    from sandboxctl.log.against import check
+
+    try:
+        return check(path, Path(copy).expanduser())
+    except OSError as exc:
+        raise SandboxError(f"cannot read the collector's copy {copy}: {exc.strerror}",
+                           "pass the file the collector writes (e.g. rsyslog's omfile target)") from None
+
+
+def _print_against(compared, copy: str) -> None:
+    from sandboxctl.inert import inert
+
+    if compared.ok:
+        print(f"matches the copy in {inert(copy)}: {compared.compared} records identical, "
+              f"{compared.heads} run heads checked")
+    else:
+        print(f"differs from the copy in {inert(copy)}:")
+        for problem in compared.problems:
+            print(f"  {inert(problem)}")
+    for note in compared.notes:
+        print(f"note: {inert(note)}")
 
 
 # -- records -----------------------------------------------------------------------------------
@@ -122,14 +166,18 @@ def _verify(path: Path, as_json: bool) -> None:
 
 def _records(path: Path, *, run: str | None, event: str | None, denied: bool, since, all_runs: bool,
              follow: bool, as_json: bool) -> None:
-    from sandboxctl.log import reader
+    from sandboxctl.log import files, query
+    from sandboxctl.log import follow as following
 
     scope = run
     if scope is None and since is None and not all_runs:
-        scope = reader.last_run_id(path)  # None for an empty (or not yet created) log
-    keep = reader.Filter(run=scope, event=event, denied=denied, since=since)
+        scope = query.last_run_id(path)  # None for an empty (or not yet created) log
+    keep = query.Filter(run=scope, event=event, denied=denied, since=since)
     if not follow:
-        selected = [r for r in reader.iter_records(path, run=scope) if keep(r)]
+        in_scope = list(files.iter_records(path, run=scope))
+        if run is not None and not in_scope:
+            _unknown_run(run, path)
+        selected = [r for r in in_scope if keep(r)]
         if as_json:
             _print_raw(selected)
         else:
@@ -137,9 +185,9 @@ def _records(path: Path, *, run: str | None, event: str | None, denied: bool, si
         return
     # Following: what is there now in the selected scope, then every new record that matches the
     # filters (with no --run, new runs too). One Follower reads both, so nothing is missed or doubled.
-    keep_new = reader.Filter(run=run, event=event, denied=denied, since=since)
+    keep_new = query.Filter(run=run, event=event, denied=denied, since=since)
     printer = _print_raw if as_json else _print_lines
-    follower = reader.Follower(path, from_start=True)
+    follower = following.Follower(path, from_start=True)
     try:
         printer([r for r in follower.drain() if keep(r)])
         for record in follower:
@@ -147,6 +195,11 @@ def _records(path: Path, *, run: str | None, event: str | None, denied: bool, si
                 printer([record])
     finally:
         follower.close()
+
+
+def _unknown_run(run: str, path: Path) -> None:
+    raise SandboxError(f"no run {run} in {path}",
+                       "list the runs with: sandboxctl log runs", exit_code=1)
 
 
 def _print_raw(records) -> None:
@@ -157,11 +210,12 @@ def _print_raw(records) -> None:
 
 
 def _row(record) -> tuple[str, str, str, str, str]:
-    from sandboxctl.log.reader import clean, decision, local_time, summarize
+    """The columns of one record, each already inert (see log.render): print them as they are."""
+    from sandboxctl.log.render import clean, decision, local_time, summarize
 
     data = record.data
-    return (local_time(data.get("ts")), clean(record.event, 20), clean(summarize(data)),
-            clean(decision(data), 12), clean(data.get("rule") or "", 60))
+    return (local_time(data.get("ts")), clean(record.event, 20), summarize(data), decision(data),
+            clean(data.get("rule") or "", 60))
 
 
 def _print_lines(records) -> None:
@@ -182,19 +236,22 @@ def _table(records, path: Path, scope: str | None) -> None:
     from rich.text import Text
 
     from sandboxctl.cli.output import console
+    from sandboxctl.log.render import clean
 
     if not records:
-        print("no matching records" + (f" in run {scope}" if scope else ""), file=sys.stderr)
+        print("no matching records" + (f" in run {clean(scope, 40)}" if scope else ""), file=sys.stderr)
         return
+
     runs = sorted({r.run for r in records})
-    title = f"run {runs[0]}" if len(runs) == 1 else f"{len(runs)} runs"
-    table = Table(title=Text(f"{title} — {path}"), title_justify="left")
+    title = f"run {clean(runs[0], 40)}" if len(runs) == 1 else f"{len(runs)} runs"
+    table = Table(title=Text(f"{title} — {clean(str(path), 200)}"), title_justify="left")
     for col in ("time", "event", "what", "decision", "rule"):
         table.add_column(col, overflow="fold")
     styles = {"deny": "red", "timeout": "red", "allow": "green"}
     for record in records:
         time_, event, what, verdict, rule = _row(record)
-        table.add_row(Text(time_), Text(event), Text(what), Text(verdict, style=styles.get(verdict, "")),
+        table.add_row(Text(time_), Text(event, style="bold red" if record.event == "tamper" else ""), Text(what),
+                      Text(verdict, style=styles.get(verdict, "")),
                       Text(rule))
     console().print(table)
 
@@ -203,11 +260,13 @@ def _table(records, path: Path, scope: str | None) -> None:
 
 
 def _runs(path: Path, *, run: str | None, denied: bool, since, as_json: bool) -> None:
-    from sandboxctl.log import reader
+    from sandboxctl.log import files, query, render
 
-    runs = reader.list_runs(reader.iter_records(path, run=run))
+    runs = query.list_runs(files.iter_records(path, run=run))
+    if run is not None and not runs:
+        _unknown_run(run, path)
     if since is not None:
-        runs = [r for r in runs if (reader.parse_ts(r.start) or since) >= since]
+        runs = [r for r in runs if (query.parse_ts(r.start) or since) >= since]
     if denied:
         runs = [r for r in runs if r.denied]
     if as_json:
@@ -234,9 +293,9 @@ def _runs(path: Path, *, run: str | None, denied: bool, since, as_json: bool) ->
     for s in runs:
         exit_text = Text("running/crashed", style="yellow") if not s.finished else Text(
             "timeout" if s.timed_out else str(s.exit_code), style="" if s.exit_code == 0 else "red")
-        table.add_row(Text(s.run), Text(reader.local_time(s.start, with_date=True)[5:16]),
-                      Text(reader.clean(reader.format_argv(s.argv) or "?", 60)),
-                      Text(reader.clean(s.policy or "?", 30)), exit_text,
-                      Text(reader.format_seconds(s.duration_s) if s.finished else "-"),
+        table.add_row(Text(render.clean(s.run, 40)), Text(render.local_time(s.start, with_date=True)[5:16]),
+                      Text(render.format_argv(s.argv, 60) or "?"),
+                      Text(render.clean(s.policy or "?", 30)), exit_text,
+                      Text(render.format_seconds(s.duration_s) if s.finished else "-"),
                       Text(str(s.denied), style="red" if s.denied else ""))
     console().print(table)

@@ -59,6 +59,14 @@ def build_app():
     return app
 
 
+def missing_command(ctx) -> None:
+    """A group called without its command: name what it takes, in one line and a hint."""
+    path = ctx.command_path if ctx is not None else "sandboxctl"
+    names = ctx.command.list_commands(ctx) if ctx is not None and hasattr(ctx.command, "list_commands") else []
+    hint = f"`{path} COMMAND`, COMMAND one of: {', '.join(names)}; " if names else ""
+    error("no command given", f"{hint}see `{path} --help`")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; usage errors and sandbox failures exit 125 with one line, never a traceback."""
     from sandboxctl.cli import output
@@ -84,6 +92,11 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print(file=sys.stderr)
         code = 130
+    except BrokenPipeError:  # `sandboxctl run --dry-run | head`: the reader went away, not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
     except Exception as exc:
         if type(exc).__name__ == "Exit" and hasattr(exc, "exit_code"):  # typer.Exit
             sys.exit(exc.exit_code)
@@ -92,6 +105,9 @@ def main(argv: list[str] | None = None) -> None:
             name = type(exc).__name__
             if name == "Abort":
                 code = 130
+            elif name == "NoArgsIsHelpError":  # `sandboxctl policy`: one line and the commands, not the help
+                missing_command(getattr(exc, "ctx", None))
+                code = EXIT_SANDBOX_FAILED
             else:
                 ctx = getattr(exc, "ctx", None)
                 where = f"{ctx.command_path} --help" if ctx is not None else "sandboxctl --help"

@@ -25,9 +25,13 @@ def take_global_flags(args: list[str]) -> list[str]:
 
 
 def error(message: str, hint: str | None = None) -> None:
-    print(f"sandboxctl: error: {message}", file=sys.stderr)
+    """Messages name paths, commands and hosts that may come from a sandbox: shown inert, each on
+    one line (callers pass raw values and never escape them themselves)."""
+    from sandboxctl.inert import inert
+
+    print(f"sandboxctl: error: {inert(message)}", file=sys.stderr)
     if hint:
-        print(f"  hint: {hint}", file=sys.stderr)
+        print(f"  hint: {inert(hint)}", file=sys.stderr)
 
 
 def report(exc: SandboxError) -> int:

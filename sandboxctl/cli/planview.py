@@ -45,9 +45,15 @@ def plan_json(plan: Plan) -> dict:
     return data
 
 
-def show(plan: Plan, as_json: bool = False) -> None:
+def show(plan: Plan, as_json: bool = False, terminal: bool | None = None) -> None:
+    """JSON; rich tables on a terminal; else the plain form of cli/plantext (complete, never cut)."""
     if as_json:
         print(json.dumps(plan_json(plan), indent=2))
+        return
+    import sys
+
+    if not (sys.stdout.isatty() if terminal is None else terminal):
+        print("\n".join(plain_lines(plan)))
         return
     from rich.table import Table
 
@@ -58,9 +64,13 @@ def show(plan: Plan, as_json: bool = False) -> None:
               f"({plan.policy_source}, sha256 {plan.policy_sha256[:12]}…)")
     out.print(f"command: {' '.join(plan.command)}   cwd: {plan.cwd}   HOME: {plan.home}")
 
+    from sandboxctl.cli import plantext
+
+    for line in plantext.creations(plan):
+        out.print(line, markup=False, highlight=False)
     mounts = Table(title="Mounts (in order)", show_lines=False)
     for col in ("kind", "target", "source", "why"):
-        mounts.add_column(col)
+        mounts.add_column(col, overflow="fold")  # a path is folded, never cut
     for m in plan.mounts:
         mounts.add_row(m.kind, m.target, "" if m.source in (None, m.target) else m.source, m.reason)
     out.print(mounts)
@@ -72,8 +82,8 @@ def show(plan: Plan, as_json: bool = False) -> None:
     else:
         rules = Table(title=f"Landlock ({'required' if ll.required else 'best-effort'}, "
                             f"minimum ABI {ll.minimum_abi})")
-        rules.add_column("path")
-        rules.add_column("access")
+        rules.add_column("path", overflow="fold")
+        rules.add_column("access", overflow="fold")
         for rule in ll.paths:
             rules.add_row(rule.path, ", ".join(rule.access))
         out.print(rules)
@@ -88,14 +98,14 @@ def show(plan: Plan, as_json: bool = False) -> None:
     sc = Table(title=f"seccomp (default {plan.seccomp.default_action}, foreign architectures: "
                      f"{plan.seccomp.bad_arch_action}{where})")
     for col in ("syscall", "action", "why"):
-        sc.add_column(col)
+        sc.add_column(col, overflow="fold")
     for (name, action, why), count in grouped.items():
         sc.add_row(name + (f" ({count} argument rules)" if count > 1 else ""), action, why)
     out.print(sc)
 
     env = Table(title="Environment (nothing else is inherited)")
-    env.add_column("name")
-    env.add_column("value")
+    env.add_column("name", overflow="fold")
+    env.add_column("value", overflow="fold")
     for name, value in redacted_env(plan):
         env.add_row(name, value)
     out.print(env)
@@ -125,6 +135,20 @@ def show(plan: Plan, as_json: bool = False) -> None:
     out.print(f"[bold]Approvals[/bold]: {plan.approval_mode} via {plan.approval_via} "
               f"(unanswered after {units.format_duration(plan.approval_timeout)}: deny)")
     out.print(f"[bold]Action log[/bold]: {plan.log_path} (file events: {plan.file_events})")
+    if plan.log_forward:
+        from rich.markup import escape
+
+        out.print(f"[bold]Log copies[/bold]: {escape(', '.join(plan.log_forward))}")
+    protect = plan.protect
+    if protect.roots:
+        how = ("read-only to Landlock; the supervisor performs and checks every change" if protect.mediated
+               else "read-only binds over existing entries; absent ones checked at the end of the run")
+        from rich.text import Text
+
+
+        out.print(Text.assemble(("Protected paths", "bold"), f": under {', '.join(inert(r) for r in protect.roots)} — "
+                                f"{how}; {len(protect.gitdirs)} git directories, {len(protect.explicit)} explicit "
+                                f"paths, {len(protect.record)} entries recorded for the end-of-run check"))
     for warning in plan.warnings:
         out.print(f"[red]warning[/red]: {warning}")
     for note in plan.notes:
@@ -142,6 +166,20 @@ def show(plan: Plan, as_json: bool = False) -> None:
         return
     out.print("[bold]bubblewrap[/bold] (fds 10-12 stand for the real descriptors):")
     out.print(" ".join(_quote(a) for a in bwrap.render(plan, DRY_FDS)), soft_wrap=True)
+
+
+def plain_lines(plan: Plan) -> list[str]:
+    from sandboxctl.cli import plantext
+
+    if plan.backend == "gvisor":
+        bundle = gvisor_bundle(plan)
+        lines = plantext.render(plan, redacted_env(plan), "gVisor ({run} stands for the run's private directory, "
+                                "made at launch):", bundle["runsc_argv"])
+        lines += [f"symlink in the private root: {plantext.inert(link['path'])} -> {plantext.inert(link['to'])}"
+                  for link in bundle["rootfs_symlinks"]]
+        return [*lines, "OCI config.json:", json.dumps(bundle["oci_config"], indent=2)]
+    return plantext.render(plan, redacted_env(plan), "bubblewrap (fds 10-12 stand for the real descriptors):",
+                           bwrap.render(plan, DRY_FDS))
 
 
 def _quote(arg: str) -> str:

@@ -104,10 +104,8 @@ def validate(files: list[str] = typer.Argument(..., metavar="PATH...")) -> None:
             print(f"{name}: ok")
         except PolicyError as exc:
             failed += 1
-            for problem in exc.problems:
-                print(f"sandboxctl: error: {problem}", file=sys.stderr)
-                if problem.hint:
-                    print(f"  hint: {problem.hint}", file=sys.stderr)
+            for problem in exc.problems:  # they quote the file's own keys and values
+                error(str(problem), problem.hint)
         except SandboxError as exc:
             failed += 1
             error(exc.message, exc.hint)
@@ -178,3 +176,26 @@ def trust_cmd(path: str = typer.Argument(None, metavar="[PATH]",
     loaded = load_source(read_source(target.resolve(), str(target)))
     trust(loaded)
     print(f"trusted {target} (sha256 {loaded.chain_sha256[:16]}…); a changed file must be trusted again")
+
+
+@app.command("suggest")
+def suggest_cmd(
+    run: str = typer.Option(..., "--run", metavar="ID",
+                            help="The run whose denials to answer (an id prefix is enough)."),
+    log_path: str = typer.Option(None, "--log", metavar="PATH", help="The action log the run wrote to."),
+    output: str = typer.Option(None, "-o", "--output", metavar="FILE",
+                               help="Write the policy here (its `extends` is then relative to this file)."),
+) -> None:
+    """A policy that extends the run's own with the least grants its denials needed, each grant
+    commented with the denial it answers; protected paths and masked credential stores are never
+    suggested (listed as refused, with why). Review it before you use it: `-p FILE`."""
+    from sandboxctl.cli.suggestcmd import suggest_for_run
+
+    text = suggest_for_run(run, log_path, output)
+    if text is None:
+        return
+    if output:
+        Path(output).write_text(text)
+        print(f"wrote {output}; review it, then: sandboxctl run -p {output} -- …", file=sys.stderr)
+    else:
+        print(text, end="")

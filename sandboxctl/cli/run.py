@@ -46,8 +46,10 @@ def _confirm(confirmations: tuple[str, ...], yes: bool) -> None:
     if not (sys.stdin.isatty() and sys.stderr.isatty()):
         raise SandboxError("this run widens the policy: " + "; ".join(confirmations),
                            "pass --yes to accept (non-interactive runs never widen silently)")
-    for item in confirmations:
-        print(f"sandboxctl: {item}", file=sys.stderr)
+    from sandboxctl.inert import inert
+
+    for item in confirmations:  # they name paths and rules from the policy file (maybe the workspace's)
+        print(f"sandboxctl: {inert(item)}", file=sys.stderr)
     answer = input("Run anyway? [y/N] ").strip().lower()
     if answer not in ("y", "yes"):
         raise SandboxError("not confirmed; nothing was run")
@@ -58,12 +60,15 @@ def _accept_untrusted(loaded, why: str, yes: bool) -> bool:
     terminal they may do it here (pinned, as `policy trust` does). --yes never does: it accepts
     the caller's own options, and a workspace policy is written by whoever wrote the repository
     (a pull request could give its own CI run the network and the CI's tokens)."""
+    from sandboxctl.inert import inert  # the policy's name and description come from the workspace
+
     if not (sys.stdin.isatty() and sys.stderr.isatty()):
         return False
-    print(f"sandboxctl: {why}", file=sys.stderr)
-    print(f"  policy {loaded.policy.name!r} ({loaded.policy.description or 'no description'}), "
-          f"merged from {' <- '.join(loaded.policy.chain)}", file=sys.stderr)
-    print("  review it with: sandboxctl policy show " + loaded.policy.chain[0], file=sys.stderr)
+    print(f"sandboxctl: {inert(why)}", file=sys.stderr)
+    description = inert(loaded.policy.description or "no description", 200)
+    print(f"  policy {inert(repr(loaded.policy.name), 80)} ({description}), "
+          f"merged from {inert(' <- '.join(loaded.policy.chain), 400)}", file=sys.stderr)
+    print("  review it with: sandboxctl policy show " + inert(loaded.policy.chain[0]), file=sys.stderr)
     if input("Trust this exact content and run? [y/N] ").strip().lower() not in ("y", "yes"):
         raise SandboxError("not confirmed; nothing was run")
     from sandboxctl.policy.discover import trust
@@ -136,6 +141,7 @@ def execute_run(opts: dict[str, Any], command: list[str]) -> int:
         approve=opts["approve"],
         log_path=absolute(opts["log"]) if opts["log"] else None,
         backend=opts["backend"],
+        fail_on_denial=opts["fail_on_denial"],
     )
     from sandboxctl.plan.build import build_plan
     from sandboxctl.plan.facts import gather
@@ -147,18 +153,21 @@ def execute_run(opts: dict[str, Any], command: list[str]) -> int:
         planview.show(plan, as_json=opts["json"])
         return 0
     if not opts["quiet"]:
-        for warning in plan.warnings:
-            print(f"sandboxctl: warning: {warning}", file=sys.stderr)
+        from sandboxctl.inert import inert
+
+        for warning in plan.warnings:  # they name paths from the policy
+            print(f"sandboxctl: warning: {inert(warning)}", file=sys.stderr)
         if opts["verbose"]:
             for note in plan.notes:
-                print(f"sandboxctl: note: {note}", file=sys.stderr)
+                print(f"sandboxctl: note: {inert(note)}", file=sys.stderr)
     _confirm(plan.confirmations, opts["yes"])
     from sandboxctl.cli.output import progress
     from sandboxctl.paths import state_dir
     from sandboxctl.supervise.lifecycle import execute
 
     interactive = sys.stderr.isatty() and not opts["quiet"] and os.environ.get("CI", "").lower() not in ("true", "1")
-    result = execute(plan, state_dir(), list(command), status=progress(interactive))
+    result = execute(plan, state_dir(), list(command), status=progress(interactive),
+                     notice=None if opts["quiet"] else lambda message: print(f"sandboxctl: {message}", file=sys.stderr))
     if opts["summary_json"]:
         _write_summary(opts["summary_json"], plan, result)
     if result.error:
@@ -169,6 +178,16 @@ def execute_run(opts: dict[str, Any], command: list[str]) -> int:
         _print_protected(result.protected, plan.run_id)
     if result.denials and not opts["quiet"]:
         _print_denials(result.denials, plan.run_id)
+        print(f"sandboxctl: the least grants for these denials: {suggest_command(plan)}", file=sys.stderr)
+    if result.tampered and not opts["quiet"]:
+        print(f"sandboxctl: warning: {len(result.tampered)} exec records were contradicted by what ran (a path "
+              f"swapped during the exec); see: sandboxctl log --run {plan.run_id} --event tamper", file=sys.stderr)
+    if result.command_exit_code is not None:  # the denial gate (errors.EXIT_DENIED), never silent
+        from sandboxctl.cli.output import error
+        from sandboxctl.supervise.denials import total
+
+        error(f"the command succeeded, but {total(result.denials)} action(s) were denied: the run fails on "
+              f"denials (exit {result.exit_code})", f"allow what it needs ({suggest_command(plan)}), or stop it trying")
     if os.environ.get("GITHUB_ACTIONS") == "true":
         from sandboxctl.cli import ci
 
@@ -179,19 +198,38 @@ def execute_run(opts: dict[str, Any], command: list[str]) -> int:
     return result.exit_code
 
 
+def suggest_command(plan) -> str:
+    """The command that turns this run's denials into a policy (named after the denial table)."""
+    import shlex
+
+    from sandboxctl.paths import state_dir
+
+    default = os.path.join(str(state_dir()), "actions.jsonl")
+    log = "" if os.path.abspath(plan.log_path) == os.path.abspath(default) else f" --log {shlex.quote(plan.log_path)}"
+    return f"sandboxctl policy suggest --run {plan.run_id}{log}"
+
+
 def _print_denials(denials: list[dict], run_id: str) -> None:
-    """SPEC: at the end of every run with denials, a short summary table on stderr."""
+    """SPEC: at the end of every run with denials, a short summary table on stderr. Identical
+    denials are one row with a count; every value is shown inert (it comes from the sandbox)."""
     from rich.table import Table
+    from rich.text import Text
 
     from sandboxctl.cli.output import console
+    from sandboxctl.inert import inert
+    from sandboxctl.supervise.denials import collapse, total
 
-    table = Table(title=f"sandboxctl: {len(denials)} denied in run {run_id}", title_justify="left")
+    rows = collapse(denials)
+    table = Table(title=Text(f"sandboxctl: {total(denials)} denied in run {inert(run_id, 40)}"), title_justify="left")
     for column in ("kind", "target", "rule"):
-        table.add_column(column)
-    for item in denials[:20]:
-        table.add_row(str(item.get("kind")), str(item.get("target")), str(item.get("rule")))
-    if len(denials) > 20:
-        table.add_row("…", f"{len(denials) - 20} more", "sandboxctl log --denied")
+        table.add_column(column, overflow="fold")
+    table.add_column("count", justify="right", no_wrap=True)
+    for item in rows[:20]:
+        table.add_row(Text(inert(item.get("kind"), 12)), Text(inert(item.get("target"), 160)),
+                      Text(inert(item.get("rule"), 100)), Text(str(item["count"])))
+    if len(rows) > 20:
+        hidden = total(rows[20:])
+        table.add_row("…", f"{len(rows) - 20} more ({hidden} denials)", f"sandboxctl log --run {run_id} --denied", "")
     console(stderr=True).print(table)
 
 
@@ -209,10 +247,15 @@ def _print_protected(changes, run_id: str) -> None:
 def _write_summary(path: str, plan, result) -> None:
     import json
 
+    from sandboxctl.supervise.denials import collapse, total
+
     summary = {
         "run": plan.run_id, "policy": plan.policy, "command": list(plan.command),
         "exit_code": result.exit_code, "timed_out": result.timed_out,
-        "duration_s": round(result.duration_s, 3), "denials": result.denials,
+        "command_exit_code": result.exit_code if result.command_exit_code is None else result.command_exit_code,
+        "failed_on_denial": result.command_exit_code is not None,
+        "duration_s": round(result.duration_s, 3), "denied": total(result.denials),
+        "denials": collapse(result.denials),
         "error": result.error.message if result.error else None, "log": plan.log_path,
         "protected": list(result.protected),
     }
@@ -255,4 +298,4 @@ def register(app) -> None:
 
     normalised.__signature__ = run.__signature__  # type: ignore[attr-defined]
     normalised.__doc__ = run.__doc__
-    app.command("run", context_settings={"allow_interspersed_args": False}, no_args_is_help=True)(normalised)
+    app.command("run", context_settings={"allow_interspersed_args": False})(normalised)

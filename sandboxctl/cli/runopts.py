@@ -42,6 +42,9 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
     RunOption("yes", ("-y", "--yes"), "Accept launch-time confirmations (not runtime escapes).", "flag"),
     RunOption("summary_json", ("--summary-json",), "Write a machine-readable run summary here.",
               metavar="PATH"),
+    RunOption("fail_on_denial", ("--fail-on-denial",),
+              "Exit 123 when the command succeeds but anything was denied (a CI gate; policy: ci.fail_on_denial).",
+              "flag"),
     RunOption("backend", ("--backend",), "Isolation backend.", metavar="bwrap|gvisor",
               choices=("bwrap", "gvisor")),
     RunOption("quiet", ("-q", "--quiet"), "No notes or summaries on stderr.", "flag"),
@@ -94,6 +97,7 @@ def _command_after_options(args: list[str]) -> list[str]:
 
 
 def wants_slow_path(args: list[str]) -> bool:
-    """`run --help` (before any `--`) goes through typer for the full help text."""
+    """`run --help` (before any `--`) goes through typer for the full help text; a bare `run` stays on
+    the fast path, which answers it with one line (no command given) and the usage as a hint."""
     head = args[: args.index("--")] if "--" in args else args
-    return any(a in ("-h", "--help") for a in head) or not args
+    return any(a in ("-h", "--help") for a in head)

@@ -50,8 +50,8 @@ def register(app: typer.Typer) -> None:
         judge each from outside. Exit 0 if nothing escaped, 1 if anything did, 125 on setup errors."""
         import json
 
+        from sandboxctl.checks.selftest import run_selftest
         from sandboxctl.cli import output
-        from sandboxctl.selftest import run_selftest
 
         def progress(message: str) -> None:
             if not json_output and not output.QUIET:

@@ -63,11 +63,42 @@ def fish_quote(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def render(shell: str, pairs: list[tuple[str, str]] | None = None, sandboxctl: list[str] | None = None) -> str:
+def install_grants(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """command -> the read grants its install needs beyond its policy: an agent installed with npm
+    --prefix, in a venv or under pyenv lies outside every built-in policy, and without them the
+    function would end in `command not found` (127). Found now, on this shell's PATH."""
+    import tempfile
+
+    from sandboxctl.plan.build import build_plan
+    from sandboxctl.plan.facts import gather
+    from sandboxctl.plan.inputs import Invocation
+    from sandboxctl.plan.locate import grantable, locate, shown
+    from sandboxctl.policy.load import builtin_source, load_source
+
+    found: dict[str, list[str]] = {}
+    path_env = os.environ.get("PATH", "")
+    with tempfile.TemporaryDirectory(prefix="sandboxctl-shell-init-") as workspace:  # not the cwd: a neutral one
+        for command, policy in pairs:
+            location = locate(command, path_env, workspace)
+            if location is None:
+                continue
+            try:
+                loaded = load_source(builtin_source(policy))
+                plan = build_plan(loaded.policy, Invocation((command,), workspace, "shell-init"), gather())
+            except SandboxError:
+                continue  # the run itself will say what is wrong with the policy here
+            found[command] = [root for root in location.roots
+                              if not shown(plan.mounts, os.path.realpath(root)) and grantable(root, plan.home)]
+    return found
+
+
+def render(shell: str, pairs: list[tuple[str, str]] | None = None, sandboxctl: list[str] | None = None,
+           grants: dict[str, list[str]] | None = None) -> str:
     if shell not in SHELLS:
         raise SandboxError(f"shell-init: unsupported shell {shell!r}", f"choose one of: {', '.join(SHELLS)}")
     pairs = agents() if pairs is None else pairs
     sandboxctl = launcher() if sandboxctl is None else sandboxctl
+    grants = install_grants(pairs) if grants is None else grants
     for command, _policy in pairs:
         if not _NAME.match(command):
             raise SandboxError(f"shell-init: {command!r} cannot be a shell function name")
@@ -77,7 +108,8 @@ def render(shell: str, pairs: list[tuple[str, str]] | None = None, sandboxctl: l
     lines = [
         f"# sandboxctl shell-init {shell}: run coding agents inside their sandboxctl policies.",
         f"# Load it from your {'config.fish' if shell == 'fish' else f'~/.{shell}rc'} with:  {load}",
-        "# A function is defined only if its agent is on PATH when this runs.",
+        "# A function is defined only if its agent is on PATH when this runs; an agent installed outside the",
+        "# system directories (npm --prefix, a venv, pyenv) gets its install directory read-only (--allow-read).",
         f"# Escape hatch: `command {example}` runs the agent itself, without the sandbox.",
     ]
     if shell == "fish":
@@ -85,10 +117,11 @@ def render(shell: str, pairs: list[tuple[str, str]] | None = None, sandboxctl: l
         call = " ".join(["command", *map(quote, sandboxctl)])
         for command, policy in pairs:
             about = f"{command} inside the sandboxctl {policy} policy (`command {command}` runs it unsandboxed)"
+            extra = "".join(f" --allow-read {quote(root)}" for root in grants.get(command, ()))
             lines += [
                 f"if command -sq {quote(command)}",
                 f"    function {command} --wraps {quote(command)} --description {quote(about)}",
-                f"        {call} run -p {quote(policy)} -- {quote(command)} $argv",
+                f"        {call} run -p {quote(policy)}{extra} -- {quote(command)} $argv",
                 "    end",
                 "end",
             ]
@@ -100,9 +133,10 @@ def render(shell: str, pairs: list[tuple[str, str]] | None = None, sandboxctl: l
         # `NAME() {`: an alias of the same name (`alias claude='sandboxctl run …'`) is not expanded.
         found = "type -P" if shell == "bash" else "whence -p"
         for command, policy in pairs:
+            extra = "".join(f" --allow-read {quote(root)}" for root in grants.get(command, ()))
             lines += [
                 f"if {found} {quote(command)} >/dev/null 2>&1; then",
-                f"  function {command} {{ {call} run -p {quote(policy)} -- {quote(command)} \"$@\"; }}",
+                f"  function {command} {{ {call} run -p {quote(policy)}{extra} -- {quote(command)} \"$@\"; }}",
                 "fi",
             ]
     return "\n".join(lines) + "\n"

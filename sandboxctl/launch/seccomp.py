@@ -15,7 +15,7 @@ from pathlib import Path
 from sandboxctl.errors import SandboxError
 from sandboxctl.plan.model import SeccompCondition, SeccompPlan, SeccompRule
 
-CACHE_VERSION = "4"
+CACHE_VERSION = "5"
 # __NR_seccomp per machine: the shim makes the raw call (libseccomp is not reachable inside)
 SECCOMP_SYSCALL = {"x86_64": 317, "aarch64": 277, "riscv64": 277, "ppc64le": 358, "s390x": 348}
 
@@ -42,7 +42,9 @@ def plan_digest(plan: SeccompPlan) -> str:
     known = _digests.get(id(plan))
     if known and known[0] is plan:
         return known[1]
-    digest = hashlib.sha256(f"{CACHE_VERSION}\0{os.uname().machine}\0{plan!r}".encode()).hexdigest()
+    from sandboxctl.plan.syscalls import MEDIATED_CALLS  # code, not plan data: part of the key all the same
+
+    digest = hashlib.sha256(f"{CACHE_VERSION}\0{os.uname().machine}\0{MEDIATED_CALLS}\0{plan!r}".encode()).hexdigest()
     _digests[id(plan)] = (plan, digest)
     return digest
 

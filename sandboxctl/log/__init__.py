@@ -1,1 +1,1 @@
-"""The tamper-evident JSONL action log: writer, reader, chain verification."""
+"""The tamper-evident JSONL action log: writer (append, chain, forward), files, query, verify, follow, render."""

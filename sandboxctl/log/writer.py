@@ -8,7 +8,7 @@ Rotation by size happens under the same lock: the record that would push the fil
 `max_bytes` is written first into a fresh file (`<log>.new`), whose `prev` is the hash of the old
 file's last line; then `<log>.N` shift up (at most `keep` are kept), the old file is hard-linked to
 `<log>.1` and the fresh file is renamed over `<log>`. The path therefore always names a complete
-log, and the chain verifies across files (reader.verify walks `<log>.N` ... `<log>.1`, `<log>`).
+log, and the chain verifies across files (log.verify walks `<log>.N` ... `<log>.1`, `<log>`).
 Readers take a shared flock on `<log>` while they list and open the files, so they never see the
 names half-shifted.
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import threading
@@ -57,6 +58,12 @@ def timestamp() -> str:
     return f"{_second[1]}.{micros:06d}Z"
 
 
+def run_head(head: str, line: bytes) -> str:
+    """One step of a run's own chain: SHA-256 of the previous head and the line's hash (hex text).
+    run.end's `head` is this over every line the run wrote before it, from 64 zeros."""
+    return hashlib.sha256((head + line_hash(line)).encode()).hexdigest()
+
+
 def rotated_name(path: str, n: int) -> str:
     return f"{path}.{n}"
 
@@ -77,9 +84,16 @@ class ActionLog:
         self.run_id = run_id
         self.seq = 0
         self.redact = tuple(v for v in redact if v)
+        self.scrubber = None
+        if self.redact:  # only runs with secrets pay for it (import included)
+            from sandboxctl.log.scrub import Scrubber
+
+            self.scrubber = Scrubber(self.redact)
         self.max_bytes = max_bytes if max_bytes and max_bytes > 0 else None
         self.keep = max(1, keep)
         self._known: tuple[int, str] | None = None  # (file size, hash of last line) after our write
+        self.head = GENESIS  # this run's own chain over the lines it wrote (run.end carries it)
+        self.forward = None  # log.forward.Forwarder: copies of every line, sent as it is written
         self.fd = -1
         self._mutex = threading.Lock()  # flock does not exclude threads sharing one descriptor
         try:
@@ -131,11 +145,15 @@ class ActionLog:
         return (GENESIS if line is None else line_hash(line)), torn
 
     def _scrub(self, text: str) -> str:
+        """The last pass, over the encoded line: the value and its JSON-escaped form anywhere
+        (the Scrubber has already taken split and encoded forms out of each field)."""
         for value in self.redact:
             text = text.replace(json.dumps(value)[1:-1], "***").replace(value, "***")
         return text
 
     def _encode(self, record: dict[str, Any], prev: str) -> bytes:
+        if self.scrubber is not None:
+            record = self.scrubber.record(record)
         record["prev"] = prev
         return (self._scrub(json.dumps(record, separators=(",", ":"), default=str)) + "\n").encode()
 
@@ -162,6 +180,10 @@ class ActionLog:
             raise LogWriteError(f"cannot write the action log {self.path}: {_why(exc)}",
                                 "free some space or pass --log PATH; the run was stopped") from None
         self.seq += 1
+        line = data.strip(b"\n")
+        self.head = run_head(self.head, line)
+        if self.forward is not None:  # a queue put: a collector never slows or fails the run
+            self.forward.send(line, event, fields.get("decision") == "deny" or event == "tamper")
 
     def _append(self, data: bytes, size: int) -> None:
         try:

@@ -122,6 +122,7 @@ class _Connection:
         self.relaying = False
         self.reset = False
         self.thread: threading.Thread | None = None
+        self.recorded = False  # its net record is written (ProxyServer._first_record)
         self.started = time.monotonic()
         self.seen = False
         self.host: str | None = None
@@ -143,9 +144,11 @@ class _Connection:
             self.error = self.error or f"internal error: {exc!r}"
         finally:
             self._close_all()
-            self.server._finished(self)
-            if self.seen:
-                self.server._emit(self.record())
+            try:  # recorded while still listed: a stop() meanwhile waits for it (or records it itself)
+                if self.seen and self.server._first_record(self):
+                    self.server._emit(self.record())
+            finally:
+                self.server._finished(self)
 
     def begin_destination(self, host: str, port: int) -> None:
         """A plain-HTTP connection moves on to another host: log the destination it is done with."""

@@ -65,6 +65,7 @@ __all__ = ["HEAD_LIMIT", "HttpError", "NetPolicy", "ProxyRequest", "ProxyServer"
 
 MAX_CONNECTIONS = 256
 STOP_JOIN_S = 3.0
+BURST_QUIET_S = 1.0  # refusals closer than this to each other are one burst: one `net` record
 
 
 class ProxyServer:
@@ -115,6 +116,8 @@ class ProxyServer:
         self._started = False
         self._stopping = False
         self._stopped = False
+        self._busy = 0  # connections refused at the limit since the last record of them
+        self._busy_first = self._busy_last = 0.0
 
     def start(self) -> None:
         """Serve in the background; returns at once. A second call does nothing."""
@@ -151,6 +154,7 @@ class ProxyServer:
                 os.write(self._wake[1], b"x")
         if self._accept_thread is not None:
             self._accept_thread.join(max(0.0, deadline - time.monotonic()))
+        self._flush_busy(force=True)
         with contextlib.suppress(OSError):
             self.listener.close()
         if self._wake is not None and (self._accept_thread is None or not self._accept_thread.is_alive()):
@@ -169,6 +173,10 @@ class ProxyServer:
         for conn in conns:
             if conn.thread is not None and conn.thread.is_alive():
                 conn.force_close()
+                if conn.seen and self._first_record(conn):  # still busy at the deadline: its record now,
+                    record = conn.record()                    # or it would be lost once stop() returns
+                    record.setdefault("error", "still open when the proxy stopped")
+                    self._emit(record)
 
     @property
     def serving(self) -> bool:
@@ -194,9 +202,10 @@ class ProxyServer:
         listener_fd = self.listener.fileno()
         while not self._stopping:
             try:
-                events = poller.poll()
+                events = poller.poll(BURST_QUIET_S * 1000 if self._busy else None)
             except OSError:
                 return
+            self._flush_busy()
             if self._stopping:
                 return
             for fd, event in events:
@@ -250,16 +259,46 @@ class ProxyServer:
                    "proxy, the limit; close some and retry.")
         try:
             client.setblocking(False)
-            client.send(HttpError(503, message, "proxy_internal_error").to_bytes())
+            try:
+                first = client.recv(1, socket.MSG_PEEK)
+            except OSError:
+                first = b""
+            if first == b"\x05":  # SOCKS5: "no acceptable methods", the refusal a SOCKS client understands
+                client.send(b"\x05\xff")
+            else:
+                client.send(HttpError(503, message, "proxy_internal_error").to_bytes())
             client.shutdown(socket.SHUT_WR)
         except OSError:
             pass
         finally:
             with contextlib.suppress(OSError):
                 client.close()
+        now = time.monotonic()
+        with self._lock:
+            if not self._busy:
+                self._busy_first = now
+            self._busy += 1
+            self._busy_last = now
+
+    def _flush_busy(self, force: bool = False) -> None:
+        """One `net` record for a burst of refusals at the limit (a flood is not worth a record per
+        connection, and records cost descriptors too), with how many there were."""
+        with self._lock:
+            if not self._busy or (not force and time.monotonic() - self._busy_last < BURST_QUIET_S):
+                return
+            count, self._busy = self._busy, 0
+            duration = round(self._busy_last - self._busy_first, 6)
         self._emit({"host": None, "port": None, "address": None, "decision": "deny",
-                    "rule": f"connection limit ({self.max_connections}) reached", "bytes_in": 0, "bytes_out": 0,
-                    "duration_s": 0.0, "protocol": None})
+                    "rule": f"connection limit ({self.max_connections}) reached", "count": count,
+                    "bytes_in": 0, "bytes_out": 0, "duration_s": duration, "protocol": None})
+
+    def _first_record(self, conn: _Connection) -> bool:
+        """True once per connection: its `net` record is written by whoever gets here first."""
+        with self._lock:
+            if conn.recorded:
+                return False
+            conn.recorded = True
+            return True
 
     def _finished(self, conn: _Connection) -> None:
         with self._lock:

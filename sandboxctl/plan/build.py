@@ -10,6 +10,7 @@ import re
 from sandboxctl import paths, units
 from sandboxctl.errors import SandboxError
 from sandboxctl.plan import syscalls
+from sandboxctl.plan.create import creations_for, overlay_kind
 from sandboxctl.plan.inputs import HostFacts, Invocation
 from sandboxctl.plan.model import (
     LandlockPathRule,
@@ -85,6 +86,7 @@ class _Planner:
         wanted += [(p, "rw", "--allow-write", True) for p in self.inv.allow_write]
         denied = self.denied_paths
         result: dict[str, tuple[str, str]] = {}
+        absent: list[str] = []  # writable grants that do not exist: all named in one error
         for raw, kind, reason, from_cli in wanted:
             target = self.expand(raw)
             under_deny = [d for d in denied if _within(target, d)]
@@ -98,9 +100,9 @@ class _Planner:
             present = self.facts.kind(target)
             if present == "missing" and kind in ("ro", "rw"):
                 if kind == "rw":
-                    raise SandboxError(f"{reason}: {target} does not exist",
-                                       "create it first, or list it under filesystem.tmpfs")
-                self.notes.append(f"{reason} {target}: absent on this host, skipped")
+                    absent.append(f"{reason} {target}")
+                else:
+                    self.notes.append(f"{reason} {target}: absent on this host, skipped")
                 continue
             if target == "/" and kind != "ro":
                 raise SandboxError("refusing to make / writable inside the sandbox",
@@ -108,6 +110,11 @@ class _Planner:
             old = result.get(target)
             if old is None or _STRENGTH[kind] >= _STRENGTH[old[0]]:
                 result[target] = (kind, reason)
+        if absent:
+            raise SandboxError(("these writable grants do not exist: " if len(absent) > 1 else "")
+                               + "; ".join(absent) + (" does not exist" if len(absent) == 1 else ""),
+                               "create them first, list them under filesystem.tmpfs, or under filesystem.create "
+                               "for sandboxctl to make them before the run")
         return result
 
     @functools.cached_property
@@ -179,6 +186,8 @@ class _Planner:
             mounts += [Mount("secret-file", f"{SECRETS_DIR}/{s.name}", f"secret:{s.name}",
                              f"secrets.{s.name} (mode 0400)") for s in file_secrets]
         mounts += self.tls_mounts(visible)
+        if self.protect.mediated:
+            self.protect = _anchor(self.protect, mounts)
         order = {"proc": 0, "dev": 0, "tmpfs": 1, "ro": 1, "rw": 1, "symlink": 1,
                  "mask-dir": 2, "mask-file": 2, "secret-file": 3, "data-file": 3}
         return sorted(mounts, key=lambda m: (_depth(m.target), order.get(m.kind, 1)))
@@ -260,8 +269,10 @@ class _Planner:
             return self.gvisor_landlock()
         exec_anywhere = self.policy.exec_allow is None
         rules: list[LandlockPathRule] = []
-        # writable host directories are read-only to the kernel: the supervisor performs each change
-        mediated = set(self.protect.roots) if self.protect.mediated else set()
+        # writable host directories are read-only to the kernel: the supervisor performs each change;
+        # so are the writable mounts above them (a Landlock right covers everything beneath its
+        # directory, across mount points: a writable /tmp would make a workspace under it writable)
+        mediated = set(self.protect.roots) | set(self.protect.ephemeral) if self.protect.mediated else set()
         for mount in mounts:
             if mount.kind in ("ro", "rw", "tmpfs") and not mount.target.startswith((SHIM_DIR, SECRETS_DIR)):
                 access = ["read"] if mount.kind == "ro" or mount.target in mediated else ["read", "write"]
@@ -481,16 +492,54 @@ class _Planner:
                                file_events="none")
         trapped_opens = self.policy.log.file_events
         mediate = self.protect.mediated
-        if trapped_opens == "none" and (self.approval_mode() != "deny" or mediate):
+        if trapped_opens == "none" and (self.approval_mode() != "deny" or mediate or self.policy.log.exec_events):
             # a write outside the writable set must reach the approval broker; one beneath a
-            # writable host grant must reach the supervisor, which alone may perform it
+            # writable host grant must reach the supervisor, which alone may perform it; and exec
+            # records rely on write opens of /proc/PID/mem being refused (supervise/exec_events.py)
             trapped_opens = "write"
         return SeccompPlan("allow", "kill_process", tuple(rules), trap_denials=True,
                            notify_exec=self.policy.log.exec_events, file_events=trapped_opens, mediate=mediate,
                            exec_guard=self.policy.exec_allow is not None)
 
+    def noexec_mounts(self, mounts: list[Mount]) -> tuple[str, ...]:
+        """Under exec.allow, every writable mount (and /dev) that holds no allowed path becomes
+        noexec: Landlock checks execve only, while a noexec mount also refuses mmap(PROT_EXEC),
+        so LD_PRELOAD, dlopen and the ELF loader cannot run what the command wrote."""
+        if self.policy.exec_allow is None or self.gvisor:
+            return ()
+        allowed = [self.expand(p) for p in self.policy.exec_allow]
+        targets = [m.target for m in mounts if m.kind in ("tmpfs", "rw", "dev")]
+
+        def deepest(path: str) -> str | None:
+            holders = [t for t in targets if _within(path, t)]
+            return max(holders, key=len) if holders else None
+
+        keep = {deepest(path) for path in allowed}
+        return tuple(t for t in targets if t not in keep)
+
     def cwd(self) -> str:
         return self.inv.workspace if self.workspace else self.facts.home
+
+
+def _anchor(protect, mounts: list[Mount]):
+    """The writable mounts above a writable root (a sandbox tmpfs HOME or /tmp holding the
+    workspace) join the mediated set, and every directory a mount hangs from becomes an anchor
+    the sandbox may not move or remove (the plan's paths must stay true for the whole run)."""
+    roots = set(protect.roots)
+    ephemeral = sorted({m.target for m in mounts if m.kind in ("tmpfs", "rw") and m.target not in roots
+                        and any(_within(r, m.target) for r in roots)})
+    zones = roots | set(ephemeral)
+    anchors: set[str] = set()
+    for mount in mounts:
+        if mount.kind in ("proc", "dev"):
+            continue
+        parent = os.path.dirname(mount.target)
+        while parent not in ("/", "") and any(_within(parent, z) for z in zones):
+            anchors.add(parent)
+            parent = os.path.dirname(parent)
+        if any(_within(mount.target, z) and mount.target != z for z in zones):
+            anchors.add(mount.target)
+    return protect._replace(ephemeral=tuple(ephemeral), anchors=tuple(sorted(anchors)))
 
 
 GVISOR_WARNING = ("gvisor backend: Landlock is not applied (gVisor does not implement it; the file-system grants "
@@ -501,6 +550,9 @@ GVISOR_WARNING = ("gvisor backend: Landlock is not applied (gVisor does not impl
 def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan:
     if not invocation.command:
         raise SandboxError("no command given", "usage: sandboxctl run [OPTIONS] -- COMMAND [ARG...]")
+    creations = creations_for(policy, invocation, facts)
+    if creations:  # plan the mounts for the host as it will be once they are made
+        facts = facts._replace(kind=overlay_kind(facts.kind, creations))
     planner = _Planner(policy, invocation, facts)
     if planner.backend not in ("bwrap", "gvisor"):
         raise SandboxError(f"unknown backend {planner.backend!r}", "use bwrap or gvisor")
@@ -538,6 +590,7 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
         approval_via=policy.approval.via,
         approval_timeout=policy.approval.timeout,
         log_path=planner.log_path(),
+        log_forward=tuple(dict.fromkeys(policy.log.forward)),
         file_events="none" if planner.gvisor else policy.log.file_events,
         shim_python=facts.shim_python,
         warnings=tuple(planner.warnings),
@@ -545,8 +598,11 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
         confirmations=tuple(dict.fromkeys(planner.confirmations)),
         never_writable=planner.never_writable(),
         backend=planner.backend,
+        creations=creations,
+        fail_on_denial=invocation.fail_on_denial or policy.ci.fail_on_denial,
         protect=planner.protect,
         exec_loaders=tuple(facts.elf_loaders) if policy.exec_allow is not None else (),
+        noexec_mounts=planner.noexec_mounts(mounts),
     )
 
 

@@ -29,6 +29,7 @@ class Invocation(NamedTuple):
     approve: str | None = None
     log_path: str | None = None
     backend: str | None = None  # --backend: overrides the policy's
+    fail_on_denial: bool = False  # --fail-on-denial (or the policy's ci.fail_on_denial)
 
 
 class HostFacts(NamedTuple):

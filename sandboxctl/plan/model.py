@@ -77,8 +77,8 @@ class SeccompPlan(NamedTuple):
 
     def rule_for(self, syscall: str, args: list[int]) -> SeccompRule | None:
         """The trapped rule a notification for this call and these arguments came from."""
-        for rule in self.rules:
-            if rule.syscall == syscall and self.trapped(rule) and all(c.matches(args) for c in rule.conditions):
+        for rule in _trapped_by_name(self).get(syscall, ()):
+            if all(c.matches(args) for c in rule.conditions):
                 return rule
         return None
 
@@ -102,6 +102,9 @@ class ProtectPlan(NamedTuple):
     record: tuple[str, ...] = ()  # existing protected entries the end-of-run check records and compares
     absent: tuple[str, ...] = ()  # protected names absent at launch: the end-of-run check says if they appeared
     mediated: bool = False  # Landlock + the supervisor enforce it (bwrap); False: binds + the check only (gvisor)
+    repositories: tuple[str, ...] = ()  # `.git` entries and bare repositories found at launch
+    ephemeral: tuple[str, ...] = ()  # writable sandbox mounts above a root (tmpfs HOME, /tmp): mediated too
+    anchors: tuple[str, ...] = ()  # directories mounts hang from, in mediated areas: never moved or removed
 
 
 class NetworkPlan(NamedTuple):
@@ -132,6 +135,16 @@ class SecretPlan(NamedTuple):
     hosts: tuple[str, ...] = ()  # proxy: the hosts whose requests get the value (the sandbox: a placeholder)
 
 
+class Creation(NamedTuple):
+    """An absent writable grant (or a parent of one) the supervisor makes before the launch."""
+
+    path: str
+    kind: str  # dir | file
+    mode: int | None  # None: as mkdir(0777)/open(0666) make it under the caller's umask
+    content: str = ""  # a new file's content
+    reason: str = ""  # filesystem.create, or "parent of …"
+
+
 class Plan(NamedTuple):
     run_id: str
     policy: str
@@ -160,8 +173,12 @@ class Plan(NamedTuple):
     # paths no approval may open for writing (sandboxctl's code, policies, state; denied paths)
     never_writable: tuple[tuple[str, str], ...] = ()
     backend: str = "bwrap"  # bwrap | gvisor (launch/oci.py renders the same plan for runsc)
+    log_forward: tuple[str, ...] = ()  # copies of every record: syslog targets (log/forward.py)
+    creations: tuple[Creation, ...] = ()  # made on the host before the launch (filesystem.create)
+    fail_on_denial: bool = False  # ci.fail_on_denial: a successful command with denials exits 123
     protect: ProtectPlan = ProtectPlan()
     exec_loaders: tuple[str, ...] = ()  # the ELF loaders exec.allow keeps executable (never run as a command)
+    noexec_mounts: tuple[str, ...] = ()  # exec.allow: writable mounts remounted noexec before the command runs
 
     def protection(self):
         """The rules for changes beneath the writable roots (the mediator asks them)."""
@@ -230,6 +247,22 @@ class WriteVerdict(NamedTuple):
         return f"{self.host_source.rstrip('/')}/{self.relative}" if self.relative else self.host_source
 
 
+_by_name: dict[int, tuple[SeccompPlan, dict[str, list[SeccompRule]]]] = {}
+
+
+def _trapped_by_name(plan: SeccompPlan) -> dict[str, list[SeccompRule]]:
+    """The trapped rules by syscall, built once per plan (asked on every notification)."""
+    known = _by_name.get(id(plan))
+    if known and known[0] is plan:
+        return known[1]
+    table: dict[str, list[SeccompRule]] = {}
+    for rule in plan.rules:
+        if plan.trapped(rule):
+            table.setdefault(rule.syscall, []).append(rule)
+    _by_name[id(plan)] = (plan, table)
+    return table
+
+
 _protections: dict[tuple[int, int], tuple[ProtectPlan, Any]] = {}
 
 
@@ -241,7 +274,7 @@ def _protection(protect: ProtectPlan, roots: tuple[str, ...]):
         return known[1]
     from sandboxctl.protect.rules import Protection
 
-    value = Protection(roots, protect.gitdirs, dict(protect.explicit), protect.masked)
+    value = Protection(roots, protect.gitdirs, dict(protect.explicit), protect.masked, protect.anchors)
     _protections[key] = (protect, value)
     return value
 

@@ -41,9 +41,11 @@ class ProtectionPlanner:
         absent: list[str] = []
         gitdirs: list[str] = []
         worktrees: list[str] = []
+        repositories: list[str] = []
         for root in roots:
             index = self.p.tree(root)
             gitdirs += index.gitdirs
+            repositories += index.repositories
             for repository in index.repositories:
                 worktree = os.path.dirname(repository) if repository.endswith("/" + names.GIT) else None
                 if worktree:
@@ -68,12 +70,17 @@ class ProtectionPlanner:
                     if target != path and self.under_roots(target, roots):
                         explicit.setdefault(target, f"protected: what {name} points to ({names.ROOT_NAMES[name]})")
         for gitdir in sorted(set(gitdirs)):
-            for name in names.GITDIR_NAMES:
-                if facts.kind(f"{gitdir}/{name}") != "missing" and name not in ("modules", "worktrees"):
-                    record.append(f"{gitdir}/{name}")
-            for deep in names.GITDIR_DEEP:
-                if facts.kind(f"{gitdir}/{'/'.join(deep)}") != "missing":
-                    record.append(f"{gitdir}/{'/'.join(deep)}")
+            # absent ones are recorded too, so the end-of-run check removes a planted commondir
+            # (under gVisor nothing else holds them); not the locks, modules/ and worktrees/,
+            # which the host's own git creates in normal work while a run goes on
+            for entry in [*names.GITDIR_NAMES, *("/".join(deep) for deep in names.GITDIR_DEEP)]:
+                path = f"{gitdir}/{entry}"
+                if entry in ("modules", "worktrees"):
+                    continue
+                if facts.kind(path) != "missing":
+                    record.append(path)
+                elif not entry.endswith(".lock"):
+                    absent.append(path)
             worktree = os.path.dirname(gitdir) if gitdir.endswith("/" + names.GIT) else None
             for config in ("config", "config.worktree"):
                 self._git_refs(f"{gitdir}/{config}", worktree, roots, explicit, [worktree] if worktree else [])
@@ -102,7 +109,8 @@ class ProtectionPlanner:
         plan = ProtectPlan(
             roots=tuple(sorted(roots)), guard_roots=tuple(guard_roots), gitdirs=tuple(sorted(set(gitdirs))),
             explicit=tuple(sorted(explicit.items())), masked=tuple(masked), record=tuple(record),
-            absent=tuple(sorted({a for a in absent if rules.reason(a)})), mediated=mediated and bool(roots))
+            absent=tuple(sorted({a for a in absent if rules.reason(a)})), mediated=mediated and bool(roots),
+            repositories=tuple(sorted(set(repositories))))
         if not mediated and absent:
             self.p.warnings.append(
                 "gvisor backend: protected paths that do not exist yet (" + ", ".join(

@@ -97,6 +97,37 @@ def check_secret(spec: dict) -> list[tuple[str, str | None]]:
     return problems
 
 
+FORWARD_SCHEMES = ("syslog+udp", "syslog+tcp")
+
+
+def check_forward(text: str) -> str:
+    """"syslog" (the local /dev/log), or syslog+udp://HOST:PORT / syslog+tcp://HOST:PORT (RFC 5424)."""
+    if text == "syslog":
+        return text
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme not in FORWARD_SCHEMES:
+        raise ValueError(f"{text!r}: a log copy goes to \"syslog\", \"syslog+udp://HOST:PORT\" or "
+                         "\"syslog+tcp://HOST:PORT\"")
+    host, port = split_host_port(rest)
+    if not host or port is None:
+        raise ValueError(f"{text!r}: give the collector as HOST:PORT (an IPv6 address in brackets)")
+    return text
+
+
+def split_host_port(text: str) -> tuple[str, int | None]:
+    """'host:514' or '[::1]:514' -> (host, port); port None when absent or not a number 1-65535."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port_text = text.rpartition(":")
+        if not host:
+            host, port_text = port_text, ""
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536 or "/" in host or not host.strip():
+        return host, None
+    return host, int(port_text)
+
+
 def check_extends(text: str) -> str:
     if not text or "\0" in text or "\n" in text:
         raise ValueError(f"{text!r}: not a policy name or relative path")
@@ -126,10 +157,18 @@ POLICY_SCHEMA = Record(
         "backend": Choice(("bwrap", "gvisor"), "Isolation backend: bwrap, or gvisor (the same plan under runsc)."),
         "filesystem": Record(description="File-system grants.", fields={
             "read": ListOf(_path, description="Visible, read-only."),
-            "write": ListOf(_path, description="Visible, writable; must exist."),
+            "write": ListOf(_path, description="Visible, writable; must exist (or be listed in create)."),
             "tmpfs": ListOf(_path, description="Fresh empty writable directories, gone at exit."),
             "deny": ListOf(_path_glob, description="Hidden even under a granted parent."),
             "protect": ListOf(_path_glob, description="Read-only even under a writable parent."),
+            "create": ListOf(Record(required=("path",), fields={
+                "path": _path,
+                "kind": Choice(("dir", "file"), "What to make (default dir)."),
+                "mode": Text(pattern=r"0?[0-7]{3}", max_length=4,
+                             description='Octal, quoted ("0600"); default: what mkdir/open make under the umask.'),
+                "content": Text(max_length=65536, description="A new file's content (nothing is ever overwritten)."),
+            }), max_items=64, description="Absent filesystem.write grants in HOME that sandboxctl makes before the "
+                                          "run, as the program would on its first start; each one is logged."),
         }),
         "exec": Record(description="Where executables may run from.", fields={
             "allow": ListOf(_path, description="Directories or files that may be executed."),
@@ -182,10 +221,17 @@ POLICY_SCHEMA = Record(
             "timeout": _duration,
         }),
         "landlock": Choice(("required", "best-effort"), "Refuse to run without full Landlock, or degrade."),
+        "ci": Record(description="Continuous integration.", fields={
+            "fail_on_denial": Boolean(description="A command that succeeds but was denied anything exits 123 "
+                                                  "(as run --fail-on-denial): the step fails and says which."),
+        }),
         "log": Record(description="The action log.", fields={
             "path": _path,
             "file_events": Choice(("none", "write", "all")),
             "exec_events": Boolean(description="Log every program executed inside (seccomp notification)."),
+            "forward": ListOf(Text(parse=check_forward, description="\"syslog\", \"syslog+udp://HOST:PORT\" or "
+                                                                   "\"syslog+tcp://HOST:PORT\""),
+                              description="Copies of every record, sent as it is written (RFC 5424)."),
         }),
     },
 )

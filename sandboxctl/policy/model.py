@@ -14,6 +14,7 @@ class Filesystem(NamedTuple):
     tmpfs: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
     protect: tuple[str, ...] = ()
+    create: tuple[dict, ...] = ()  # {path, kind, mode, content}: absent writable grants made before the run
 
 
 class Network(NamedTuple):
@@ -61,10 +62,15 @@ class Approval(NamedTuple):
     timeout: float = 60.0
 
 
+class CiSettings(NamedTuple):
+    fail_on_denial: bool = False  # a successful command with denials exits 123 (errors.EXIT_DENIED)
+
+
 class LogSettings(NamedTuple):
     path: str = "{state}/actions.jsonl"
     file_events: str = "write"
     exec_events: bool = True
+    forward: tuple[str, ...] = ()  # syslog | syslog+udp://HOST:PORT | syslog+tcp://HOST:PORT
 
 
 class Policy(NamedTuple):
@@ -86,6 +92,7 @@ class Policy(NamedTuple):
     approval: Approval = Approval()
     landlock: str = "required"
     log: LogSettings = LogSettings()
+    ci: CiSettings = CiSettings()
 
 
 def policy_from_data(data: dict[str, Any], *, source: str, chain: tuple[str, ...], sha256: str) -> Policy:
@@ -113,7 +120,8 @@ def policy_from_data(data: dict[str, Any], *, source: str, chain: tuple[str, ...
         sha256=sha256,
         workspace=data.get("workspace", "none"),
         backend=data.get("backend", "bwrap"),
-        filesystem=Filesystem(**{k: tuple(fs.get(k, ())) for k in ("read", "write", "tmpfs", "deny", "protect")}),
+        filesystem=Filesystem(**{k: tuple(fs.get(k, ())) for k in ("read", "write", "tmpfs", "deny", "protect",
+                                                                    "create")}),
         exec_allow=None if exec_allow is None else tuple(exec_allow),
         network=Network(
             mode=net.get("mode", "none"),
@@ -145,7 +153,9 @@ def policy_from_data(data: dict[str, Any], *, source: str, chain: tuple[str, ...
         ),
         landlock=data.get("landlock", "required"),
         log=LogSettings(path=log.get("path", LogSettings._field_defaults["path"]),
-                        file_events=log.get("file_events", "write"), exec_events=log.get("exec_events", True)),
+                        file_events=log.get("file_events", "write"), exec_events=log.get("exec_events", True),
+                        forward=tuple(log.get("forward", ()))),
+        ci=CiSettings(fail_on_denial=data.get("ci", {}).get("fail_on_denial", False)),
     )
 
 

@@ -25,6 +25,15 @@ def within(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
+def ancestors(path: str) -> list[str]:
+    """path and every directory above it, deepest first ("/a/b" -> ["/a/b", "/a", "/"])."""
+    out = [path]
+    while path not in ("/", ""):
+        path = path.rsplit("/", 1)[0] or "/"
+        out.append(path)
+    return out
+
+
 def _parts(path: str, root: str) -> tuple[str, ...]:
     rest = path[len(root.rstrip("/")) + 1:] if path != root else ""
     return tuple(p for p in rest.split("/") if p)
@@ -32,33 +41,37 @@ def _parts(path: str, root: str) -> tuple[str, ...]:
 
 class Protection:
     def __init__(self, roots: Iterable[str], gitdirs: Iterable[str] = (),
-                 explicit: Mapping[str, str] | None = None, masked: Iterable[str] = ()):
-        # deepest first, so the nearest root or git directory decides
-        self.roots = sorted(set(roots), key=len, reverse=True)
-        self.gitdirs = sorted(set(gitdirs), key=len, reverse=True)
-        self.explicit = dict(explicit or {})
-        self.masked = tuple(masked)  # filesystem.deny paths under a writable grant (masks)
+                 explicit: Mapping[str, str] | None = None, masked: Iterable[str] = (),
+                 anchors: Iterable[str] = ()):
+        # looked up by each ancestor of a path (a dict probe per level, not a scan per entry)
+        self.roots = set(roots)
+        self.gitdirs = set(gitdirs)
+        self.explicit = {p.rstrip("/") or "/": why for p, why in (explicit or {}).items()}
+        self.masked = {m.rstrip("/") or "/" for m in masked}  # filesystem.deny paths under a writable grant
+        self.anchors = set(anchors)  # directories the sandbox's mounts hang from (never moved or removed)
 
     def root_of(self, path: str) -> str | None:
-        return next((r for r in self.roots if within(path, r)), None)
+        """The deepest writable root holding path."""
+        return next((a for a in ancestors(path) if a in self.roots), None)
 
     def reason(self, path: str) -> str | None:
         """Why the entry at `path` (and whatever lies beneath it) may not be created, written,
         removed, renamed or re-moded by the sandbox; None if it may."""
-        for held, why in self.explicit.items():
-            if within(path, held):
+        chain = ancestors(path)
+        for level in chain:
+            why = self.explicit.get(level)
+            if why:
                 return why
-        for mask in self.masked:
-            if within(path, mask):
-                return "filesystem.deny: masked inside the sandbox"
-        root = self.root_of(path)
+        if any(level in self.masked for level in chain):
+            return "filesystem.deny: masked inside the sandbox"
+        root = next((a for a in chain if a in self.roots), None)
         if root is None:
             return None
         parts = _parts(path, root)
         why = names.root_name_reason(parts)
         if why:
             return f"protected: {why}"
-        gitdir = self._gitdir_of(path, root)
+        gitdir = self._gitdir_of(path, root, chain)
         if gitdir is None:
             return None
         if path == gitdir:
@@ -67,15 +80,16 @@ class Protection:
         why = names.gitdir_reason(_parts(path, gitdir))
         return f"protected: {gitdir.rsplit('/', 1)[-1]}/{why}" if why else None
 
-    def _gitdir_of(self, path: str, root: str) -> str | None:
+    def _gitdir_of(self, path: str, root: str, chain: list[str]) -> str | None:
         """The innermost git directory holding path (or being it) within its root: a discovered
         one, or any `.git` component of the path itself (a repository the index did not see is
         still one). One above the root does not count: granting .git/hooks by name releases it."""
-        candidates = [g for g in self.gitdirs if within(path, g) and within(g, root)]
-        parts = path.split("/")
-        candidates += [p for p in ("/".join(parts[:i + 1]) for i, part in enumerate(parts) if part == names.GIT)
-                       if within(p, root) and p != root]
-        return max(candidates, key=len) if candidates else None
+        for level in chain:  # deepest first
+            if level == root or not within(level, root):
+                return None
+            if level in self.gitdirs or level.rsplit("/", 1)[-1] == names.GIT:
+                return level
+        return None
 
     def blocks_move(self, path: str) -> str | None:
         """Moving or removing `path` away: refused if it is protected, or if it holds an explicit
@@ -83,10 +97,13 @@ class Protection:
         why = self.reason(path)
         if why:
             return why
+        if path in self.anchors:
+            return "a mount of the sandbox hangs from it (the plan's paths must stay where they are)"
+        prefix = path.rstrip("/") + "/"
         for held, why in self.explicit.items():
-            if within(held, path):
+            if held.startswith(prefix):
                 return f"holds {held} ({why})"
         for gitdir in self.gitdirs:
-            if within(gitdir, path) and not gitdir.endswith("/" + names.GIT):
+            if gitdir.startswith(prefix) and not gitdir.endswith("/" + names.GIT):
                 return f"holds the repository {gitdir}"
         return None

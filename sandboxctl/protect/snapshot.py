@@ -308,3 +308,34 @@ def recover(state: Path, alive) -> list[Change]:
             changes += compare_and_restore(state, str(data.get("run", "")), data.get("entries") or {})
             journal.unlink(missing_ok=True)
     return changes
+
+
+def new_repositories(roots: tuple[str, ...], known: tuple[str, ...], workspace: str | None, state: Path,
+                     run_id: str) -> list[Change]:
+    """Where nothing stopped a repository being made during the run (gVisor has no mediation):
+    find the ones that were not there at launch and keep aside what of them runs code or looks
+    elsewhere (config, hooks, commondir, info, alternates, or a `gitdir:` file itself). What is
+    left (objects, refs, HEAD) is still a repository, one that runs nothing of its own."""
+    from sandboxctl.protect import names
+    from sandboxctl.protect.index import scan
+
+    changes: list[Change] = []
+    seen = set(known)
+    for root in roots:
+        index = scan(root, (), state / "cache", deep=root == workspace)
+        for repository in index.repositories:
+            if repository in seen:
+                continue
+            gitdir = repository
+            if os.path.islink(repository) or os.path.isfile(repository):
+                kept = _keep_aside(repository, state, run_id)
+                changes.append(Change(repository, "created", "removed" if kept else "reported", kept, run_id))
+                continue
+            for name in (*names.GITDIR_NAMES, "objects/info/alternates", "objects/info/http-alternates"):
+                if name in ("modules", "worktrees", "config.lock", "config.worktree.lock"):
+                    continue
+                path = f"{gitdir}/{name}"
+                if os.path.lexists(path):
+                    kept = _keep_aside(path, state, run_id)
+                    changes.append(Change(path, "created", "removed" if kept else "reported", kept, run_id))
+    return changes

@@ -107,6 +107,15 @@ class RunCgroup:
                                            "the pids/memory limits could not be applied; run sandboxctl doctor"
                                            ) from None
 
+    def processes(self) -> list[int]:
+        """Every process of the run, in one read (the kernel keeps the list: children join at fork)."""
+        fd = os.open(f"{self.dirs[0]}/cgroup.procs", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = b"".join(iter(lambda: os.read(fd, 65536), b""))
+        finally:
+            os.close(fd)
+        return [int(pid) for pid in data.split()]
+
     def oom_killed(self) -> bool:
         for path in self.dirs:
             for name, key in (("memory.events", "oom_kill"), ("memory.oom_control", "oom_kill")):

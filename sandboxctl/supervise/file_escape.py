@@ -62,12 +62,14 @@ def caller_umask(pid: int) -> int:
 
 
 def command_line(pid: int) -> str:
+    """The caller's command line, raw (bytes that are not UTF-8 kept by surrogateescape): the log
+    keeps it as it is, and whoever shows it to a human renders it with sandboxctl.inert."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
             parts = handle.read(4096).rstrip(b"\0").split(b"\0")
     except OSError:
         return ""
-    return " ".join(p.decode(errors="replace") for p in parts).replace("\n", "\\n")[:300]
+    return " ".join(os.fsdecode(p) for p in parts)
 
 
 class FileEscapes:

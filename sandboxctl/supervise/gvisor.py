@@ -104,8 +104,9 @@ class GvisorSupervisor(Supervisor):
             self.layers = self._layers({})
             try:
                 self.log.write("run.start", argv=self.argv_for_log, workspace=plan.workspace, policy=plan.policy,
-                               policy_sha256=plan.policy_sha256, backend="gvisor", layers=self.layers,
-                               limits=self._limits_for_log(), confirmed=list(plan.confirmations) or None)
+                               policy_source=plan.policy_source, policy_sha256=plan.policy_sha256, backend="gvisor",
+                               layers=self.layers, limits=self._limits_for_log(),
+                               confirmed=list(plan.confirmations) or None)
                 self._log_secrets()
             except LogWriteError:
                 self._kill()

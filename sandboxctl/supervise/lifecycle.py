@@ -1,7 +1,8 @@
 """One run from end to end: what must hold before the command may start, and the clean-up after.
 
-Secrets are resolved, the log is proven writable, limits get their cgroup and the protected
-paths are recorded before anything is launched; whatever way the run ends, the cgroup is
+Secrets are resolved, the log is proven writable, absent writable grants the policy says how to
+make (filesystem.create) are made, limits get their cgroup and the protected paths are recorded
+before anything is launched; whatever way the run ends, the cgroup is
 removed, the protected paths are compared with that record (a change is put back, kept aside
 and reported as a `protect` event) and run.end is written. A run also finishes the check of
 supervisors that were killed before they could.
@@ -13,23 +14,28 @@ import contextlib
 import os
 from pathlib import Path
 
-from sandboxctl.errors import SandboxError
+from sandboxctl.errors import EXIT_DENIED, SandboxError
 from sandboxctl.launch import seccomp
 from sandboxctl.log.writer import ActionLog, LogWriteError
 from sandboxctl.paths import ensure_private_dir
 from sandboxctl.plan.model import Plan
-from sandboxctl.protect.snapshot import Change, Snapshot, recover
+from sandboxctl.protect.snapshot import Change, Snapshot, new_repositories, recover
 from sandboxctl.supervise import secrets as secret_store
 from sandboxctl.supervise.cgroups import RunCgroup
 from sandboxctl.supervise.cgroups import detect as detect_cgroups
+from sandboxctl.supervise.create import make_all
+from sandboxctl.supervise.denials import total as denial_total
 from sandboxctl.supervise.processes import alive
 from sandboxctl.supervise.runner import RunResult, Supervisor
 
+FORWARD_FLUSH_S = 2.0
 
-def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None) -> RunResult:
+
+def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, notice=None) -> RunResult:
     """Everything that must hold before the command may start, then the run itself.
 
-    status(message) gives a context manager around slow set-up steps (a status line on a TTY)."""
+    status(message) gives a context manager around slow set-up steps (a status line on a TTY);
+    notice(message) is told of side effects on the host (the paths filesystem.create made)."""
     status = status or (lambda message: contextlib.nullcontext())
     ensure_private_dir(state)
     values = {}
@@ -38,11 +44,24 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None) -> Ru
         with status(f"getting secret {secret.name}…") if slow else contextlib.nullcontext():
             values[secret.name] = secret_store.resolve(secret, os.environ, plan.home)
     log = ActionLog(plan.log_path, plan.run_id, redact=tuple(values.values()))
+    forwarder = None
+    if plan.log_forward:  # copies outside the user's files (log/forward.py): never blocks the run
+        from sandboxctl.log.forward import Forwarder
+
+        forwarder = log.forward = Forwarder(plan.log_forward)
     cgroup = None
     snapshot = Snapshot(state, plan.run_id)
     changes: list[Change] = recover(state, alive)  # supervisors killed before their own check
     result: RunResult | None = None
     try:
+        if plan.creations:
+            made = make_all(plan.creations, plan.home, log.write)
+            if made and notice:
+                from sandboxctl.inert import inert
+
+                notice("made before the run (filesystem.create): " + ", ".join(
+                    f"{inert(c.path)} ({c.kind}{' ' + format(c.mode, '04o') if c.mode is not None else ''})"
+                    for c in made))
         if plan.protect.record or plan.protect.absent:
             snapshot.take(plan.protect.record, plan.protect.absent)
         lim = plan.limits
@@ -64,6 +83,8 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None) -> Ru
 
             supervisor_class = GvisorSupervisor
         supervisor = supervisor_class(plan, state, log, argv_for_log, cgroup, values)
+        if forwarder is not None:  # an unreachable collector is a record of the local log, once per outage
+            forwarder.on_state = lambda **fields: supervisor._write_log("log.forward", **fields)
         supervisor.protected_inodes = snapshot.inodes()
         if not seccomp.is_cached(plan.seccomp, state / "cache"):
             with status("building the seccomp filters (first run with this policy)…"):
@@ -71,20 +92,37 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None) -> Ru
                 seccomp.load_or_compile_notify(plan.seccomp, state / "cache")
         result = supervisor.launch()
         changes += snapshot.check()  # every sandboxed process is gone: nothing can race this
+        if plan.protect.roots and not plan.protect.mediated:  # gVisor: nothing refused a new repository
+            changes += new_repositories(plan.protect.roots, plan.protect.repositories, plan.workspace, state,
+                                        plan.run_id)
+        gated = plan.fail_on_denial and bool(result.denials) and result.exit_code == 0 and result.error is None
         with contextlib.suppress(LogWriteError):
             _log_changes(log, changes)
+            if forwarder is not None:
+                forwarder.flush(FORWARD_FLUSH_S)
+                for loss in forwarder.losses():  # what a collector will not have, said before run.end
+                    log.write("log.forward", **loss)
             if supervisor.ready:
                 log.write("run.end", exit_code=result.exit_code,
                           signal=result.exit_code - 128 if result.exit_code > 128 else None,
-                          duration_s=round(result.duration_s, 6), denied=len(result.denials),
-                          timed_out=result.timed_out, protect_changes=len(changes) or None)
-        return result._replace(protected=tuple(c._asdict() for c in changes))
+                          duration_s=round(result.duration_s, 6), denied=denial_total(result.denials),
+                          timed_out=result.timed_out, protect_changes=len(changes) or None, head=log.head,
+                          **({"failed_on_denial": True} if gated else {}))
+        result = result._replace(protected=tuple(c._asdict() for c in changes))
+        if log.scrubber is not None:  # what the caller shows (stderr, --summary-json) holds no secret value
+            result = result._replace(denials=[log.scrubber.value(d) for d in result.denials],
+                                     tampered=[log.scrubber.value(d) for d in result.tampered])
+        if gated:  # the CI gate: a successful command that was denied something fails the step
+            return result._replace(exit_code=EXIT_DENIED, command_exit_code=result.exit_code)
+        return result
     finally:
         if result is None:  # launch failed or was interrupted: still compare (nothing ran, or it is gone)
             with contextlib.suppress(Exception):
                 _log_changes(log, snapshot.check() if snapshot.entries else [])
         if cgroup:
             cgroup.remove()
+        if forwarder is not None:
+            forwarder.close(FORWARD_FLUSH_S)  # run.end too, if the collector takes it in time
         log.close()
 
 

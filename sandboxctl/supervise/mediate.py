@@ -24,12 +24,13 @@ import errno
 import os
 import re
 import stat
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from sandboxctl.plan.model import Plan
 from sandboxctl.plan.syscalls import OPEN_CALLS
-from sandboxctl.protect.rules import Protection, within
+from sandboxctl.protect.rules import Protection, ancestors, within
 from sandboxctl.supervise import fdops
 from sandboxctl.supervise.notify import AT_FDCWD, Notification, ProcessMemory, respond
 
@@ -39,6 +40,16 @@ AT_SYMLINK_NOFOLLOW, AT_REMOVEDIR, AT_SYMLINK_FOLLOW, AT_EMPTY_PATH = 0x100, 0x2
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
 MAX_SYMLINKS = 40
 _MAGIC_FD = re.compile(r"^/proc/(self|\d+)/fd/(\d+)$")
+GITDIR_MARKERS = ("HEAD", "objects", "refs", "commondir")
+MAX_WAITING = 32
+
+
+def _exists(dirfd: int, name: str) -> bool:
+    try:
+        os.lstat(name, dir_fd=dirfd)
+    except OSError:
+        return False
+    return True
 
 
 class Entry(NamedTuple):
@@ -77,6 +88,31 @@ def _sandbox_path(pid: int, dirfd: int, path: str) -> str | None:
     return f"{where.rstrip('/')}/{path}" if path else where
 
 
+_MAGIC = re.compile(r"^/(?:proc/(?:self|thread-self)/(fd/\d+|cwd|root)|dev/(fd/\d+|stdin|stdout|stderr))(/.*)?$")
+_STDIO = {"stdin": "fd/0", "stdout": "fd/1", "stderr": "fd/2"}
+
+
+def _unmagic(pid: int, path: str) -> str | None:
+    """A path through the caller's own magic links (/proc/self/fd/N, /dev/stdout, /proc/self/cwd)
+    made into the plain path the kernel names for it, in the sandbox's view. The same path when it
+    has none; None when the link does not lead to a path (a pipe, a deleted file)."""
+    match = _MAGIC.match(path)
+    if not match:
+        return path
+    link = match.group(1) or match.group(2)
+    link = _STDIO.get(link, link)
+    rest = match.group(3) or ""
+    if link == "root":
+        return rest or "/"
+    try:
+        where = os.readlink(f"/proc/{pid}/{link}")
+    except OSError:
+        return None
+    if not where.startswith("/") or where.endswith(" (deleted)"):
+        return None
+    return where + rest
+
+
 def _split(path: str) -> tuple[str, str] | None:
     trimmed = path.rstrip("/")
     if not trimmed:
@@ -104,8 +140,10 @@ class Mediator:
         self.root: int | None = None  # the sandbox's root directory, opened once
         self.mounts = sorted(((m.target, m.kind) for m in plan.mounts if m.kind != "symlink"),
                              key=lambda item: len(item[0]), reverse=True)
-        self.mediated_roots = set(protection.roots)
+        self.mediated_roots = set(protection.roots) | set(plan.protect.ephemeral)
         self.as_caller = fdops.CallerPermissions()  # a root supervisor acts with the caller's permissions
+        self.umasks: dict[int, int] = {}
+        self.waiting = threading.BoundedSemaphore(MAX_WAITING)  # FIFO opens waiting on threads of their own
 
     def close(self) -> None:
         if self.root is not None:
@@ -117,8 +155,8 @@ class Mediator:
     def handle(self, notification: Notification, name: str) -> None:
         try:
             call = self._read(notification, name)
-        except OSError:
-            self._refuse(notification, name, "?", "sandboxctl could not read the call's arguments", errno.EPERM)
+        except OSError as exc:
+            self._unreadable(notification, name, exc)
             return
         if call is None:
             respond(self.listener, notification.id, allow=True)
@@ -140,13 +178,13 @@ class Mediator:
             memory = ProcessMemory(n.pid)
             try:
                 if name == "creat":
-                    return Call("open", ((AT_FDCWD, memory.string(a[0])),), O_CREAT | O_TRUNC | os.O_WRONLY, low[1])
+                    return Call("open", ((AT_FDCWD, memory.path(a[0])),), O_CREAT | O_TRUNC | os.O_WRONLY, low[1])
                 if name == "open":
-                    return Call("open", ((AT_FDCWD, memory.string(a[0])),), low[1], low[2])
+                    return Call("open", ((AT_FDCWD, memory.path(a[0])),), low[1], low[2])
                 if name == "openat":
-                    return Call("open", ((dirfd, memory.string(a[1])),), low[2], low[3])
+                    return Call("open", ((dirfd, memory.path(a[1])),), low[2], low[3])
                 flags = memory.word(a[2]) if a[2] else 0  # openat2: struct open_how {flags, mode, resolve}
-                return Call("open", ((dirfd, memory.string(a[1])),), flags & 0xFFFFFFFF,
+                return Call("open", ((dirfd, memory.path(a[1])),), flags & 0xFFFFFFFF,
                             memory.word(a[2] + 8) if a[2] else 0, memory.word(a[2] + 16) if a[2] else 0)
             finally:
                 memory.close()
@@ -154,7 +192,7 @@ class Mediator:
             return Call("fchmod", (), mode=low[1], extra=low[0])
         memory = ProcessMemory(n.pid)
         try:
-            text = memory.string
+            text = memory.path
             if name == "mkdir":
                 return Call("mkdir", ((AT_FDCWD, text(a[0])),), mode=low[1])
             if name == "mkdirat":
@@ -178,7 +216,7 @@ class Mediator:
                 return Call("link", ((AT_FDCWD, text(a[0])), (AT_FDCWD, text(a[1]))))
             if name == "linkat":
                 return Call("link", ((dirfd, text(a[1])), (low[2], text(a[3]))), flags=low[4])
-            if name == "symlink":
+            if name == "symlink":  # the target is text, not a path to resolve, but kept byte for byte too
                 return Call("symlink", ((AT_FDCWD, text(a[1])),), link_target=text(a[0]))
             if name == "symlinkat":
                 return Call("symlink", ((low[1], text(a[2])),), link_target=text(a[0]))
@@ -205,6 +243,10 @@ class Mediator:
         with follow, a final symlink is followed (inside the sandbox's root). An errno name
         string when the kernel would fail the lookup itself; None when we cannot resolve it."""
         for _hop in range(MAX_SYMLINKS):
+            plain = _unmagic(pid, path)
+            if plain is None:
+                return None
+            path = plain
             split = _split(path)
             if split is None:
                 return None
@@ -245,7 +287,7 @@ class Mediator:
     def _mediated(self, path: str) -> bool:
         """Under a writable host grant (read-only to Landlock): ours to perform or refuse."""
         holder = self._holder(path)
-        return holder is not None and holder[1] == "rw" and holder[0] in self.mediated_roots
+        return holder is not None and holder[1] in ("rw", "tmpfs") and holder[0] in self.mediated_roots
 
     @staticmethod
     def _lstat(entry: Entry) -> os.stat_result | None:
@@ -266,7 +308,39 @@ class Mediator:
                 why = f"{why} (another name for a protected file)"
         return why
 
+    def _makes_repository(self, entry: Entry) -> str | None:
+        """git takes any directory holding HEAD with objects/ and refs/ (or a commondir) for a
+        repository and runs what its config says; a directory under a writable grant must not
+        become one during the run (name rules cannot see it: the entries have ordinary names)."""
+        if entry.name not in GITDIR_MARKERS or self.protection.root_of(entry.path) is None:
+            return None
+        root = self.protection.root_of(entry.path)
+        if self.protection._gitdir_of(entry.parent_path, root, ancestors(entry.parent_path)):
+            return None  # inside a git directory: git's own work
+        present = {name for name in GITDIR_MARKERS if name != entry.name and _exists(entry.parent, name)}
+        after = present | {entry.name}
+        if "HEAD" in after and ({"objects", "refs"} <= after or "commondir" in after):
+            return ("protected: this would make the directory a git repository (HEAD with objects/ and refs/): "
+                    "its config would run on the host's next git command there")
+        return None
+
     # ------------------------------------------------------------------ outcomes
+    def _unreadable(self, n: Notification, name: str, exc: OSError) -> None:
+        """The call's arguments could not be read: a bad pointer gets what the kernel would say;
+        anything else (the supervisor short of descriptors) is refused and counted as a denial of
+        the call, never logged with a guessed path."""
+        from sandboxctl.supervise.notify import still_valid
+
+        if exc.errno in (errno.ENOENT, errno.ESRCH) or not still_valid(self.listener, n.id):
+            return  # the caller is gone
+        if exc.errno in (errno.EFAULT, errno.EIO, errno.ENAMETOOLONG):  # what the kernel itself would answer
+            respond(self.listener, n.id, error=errno.ENAMETOOLONG if exc.errno == errno.ENAMETOOLONG else errno.EFAULT)
+            return
+        respond(self.listener, n.id, error=errno.EPERM)
+        rule = f"sandboxctl could not read the call's arguments ({errno.errorcode.get(exc.errno or 0, exc)})"
+        self.denied.append({"kind": "syscall", "target": name, "rule": rule})
+        self.log("syscall", pid=n.pid, name=name, decision="deny", rule=rule, errno="EPERM")
+
     def _refuse(self, n: Notification, op: str, path: str, why: str, error: int = errno.EACCES) -> None:
         respond(self.listener, n.id, error=error)
         self.denied.append({"kind": "file", "target": f"{op} {path}", "rule": why})
@@ -285,9 +359,19 @@ class Mediator:
         respond(self.listener, n.id, allow=True)
 
     def _umask(self, pid: int) -> int:
-        from sandboxctl.supervise.file_escape import caller_umask
+        """The caller's umask, read from /proc once per process: umask() is trapped too (it only
+        clears this cache), and an exec (also trapped) forgets the pid, so a reused pid is read again."""
+        known = self.umasks.get(pid)
+        if known is None:
+            from sandboxctl.supervise.file_escape import caller_umask
 
-        return caller_umask(pid)
+            if len(self.umasks) > 4096:
+                self.umasks.clear()
+            known = self.umasks[pid] = caller_umask(pid)
+        return known
+
+    def forget(self, pid: int) -> None:
+        self.umasks.pop(pid, None)
 
     def _resolve(self, n: Notification, call: Call, index: int, opened: list[int], *,
                  follow: bool) -> tuple[str | None, Entry | str | None]:
@@ -326,6 +410,8 @@ class Mediator:
         path = entry.path
         st = self._lstat(entry)
         why = self._why_not(path, st)
+        if not why and st is None and flags & O_CREAT:
+            why = self._makes_repository(entry)
         if why:
             self._refuse(n, op, path, why)
             return
@@ -333,14 +419,42 @@ class Mediator:
             self.outside(n, path, op, flags, call.mode)
             return
         mode = call.mode & 0o7777 & ~self._umask(n.pid) if flags & O_CREAT else 0
+        open_flags = (flags & fdops.VALID_OPEN_FLAGS & ~os.O_PATH) | O_NOFOLLOW | os.O_CLOEXEC
+        if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            self._open_waiting(n, op, path, entry, open_flags)  # a FIFO or a device may block: not in the loop
+            return
         try:
-            fd = os.open(entry.name, (flags & fdops.VALID_OPEN_FLAGS & ~os.O_PATH) | O_NOFOLLOW | os.O_CLOEXEC,
-                         mode, dir_fd=entry.parent)
+            fd = os.open(entry.name, open_flags, mode, dir_fd=entry.parent)
         except OSError as exc:
             self._done(n, op, path, exc)
             return
         opened.append(fd)
         self._hand_over(n, op, path, fd, bool(flags & os.O_CLOEXEC))
+
+    def _open_waiting(self, n: Notification, op: str, path: str, entry: Entry, flags: int) -> None:
+        """Opening a FIFO for writing waits for a reader: done on a thread of its own (at most
+        MAX_WAITING at once), so the loop — exec events, timeouts, signals — never waits with it."""
+        if not self.waiting.acquire(blocking=False):
+            respond(self.listener, n.id, error=errno.EAGAIN)
+            return
+        parent = os.dup(entry.parent)
+
+        def wait() -> None:
+            try:
+                with self.as_caller:
+                    fd = os.open(entry.name, flags, 0, dir_fd=parent)
+            except OSError as exc:
+                respond(self.listener, n.id, error=exc.errno or errno.EIO)
+                return
+            finally:
+                os.close(parent)
+                self.waiting.release()
+            try:
+                self._hand_over(n, op, path, fd, bool(flags & os.O_CLOEXEC))
+            finally:
+                os.close(fd)
+
+        threading.Thread(target=wait, name="sandboxctl-fifo-open", daemon=True).start()
 
     def _open_tmpfile(self, n: Notification, call: Call, opened: list[int]) -> None:
         full = _sandbox_path(n.pid, *call.paths[0])
@@ -378,7 +492,7 @@ class Mediator:
                      rule="writable grant; opened by the supervisor")
 
     def _single(self, n: Notification, call: Call, opened: list[int], *, follow: bool,
-                guard: Callable[[str], str | None] | None = None) -> Entry | None:
+                guard: Callable[[str], str | None] | None = None, creates: bool = False) -> Entry | None:
         """Resolve a one-path call; answer it here unless it is ours to perform (then return it)."""
         full, entry = self._resolve(n, call, 0, opened, follow=follow)
         if not isinstance(entry, Entry):
@@ -387,17 +501,31 @@ class Mediator:
             else:
                 self._continue(n)
             return None
-        why = guard(entry.path) if guard else self._why_not(entry.path, self._lstat(entry))
+        st = self._lstat(entry)
+        why = guard(entry.path) if guard else self._why_not(entry.path, st)
+        if not why and creates and st is None:
+            why = self._makes_repository(entry)
         if why:
             self._refuse(n, call.op, entry.path, why)
             return None
         if not self._mediated(entry.path):
-            self._continue(n)
+            self._elsewhere(n, call.op, entry.path)
             return None
         return entry
 
+    def _elsewhere(self, n: Notification, op: str, *paths: str) -> None:
+        """Not beneath a writable host grant: in the sandbox's own tmpfs, /proc or /dev the kernel
+        goes on; outside the writable set the call fails anyway (read-only), so it is refused here
+        and logged as the denial it is (never asked about: only opens are approvable)."""
+        for path in paths:
+            verdict = self.plan.write_verdict(path)
+            if not verdict.inside:
+                self._refuse(n, op, path, verdict.rule, errno.EROFS)
+                return
+        self._continue(n)
+
     def _mkdir(self, n: Notification, call: Call, opened: list[int]) -> None:
-        entry = self._single(n, call, opened, follow=False)
+        entry = self._single(n, call, opened, follow=False, creates=True)
         if entry is not None:
             self._done(n, "mkdir", entry.path, _attempt(os.mkdir, entry.name, call.mode & 0o7777
                                                         & ~self._umask(n.pid), dir_fd=entry.parent))
@@ -411,7 +539,7 @@ class Mediator:
             else:
                 self._continue(n)
             return
-        entry = self._single(n, call, opened, follow=False)
+        entry = self._single(n, call, opened, follow=False, creates=True)
         if entry is not None:
             mode = (kind or stat.S_IFREG) | (call.mode & 0o7777 & ~self._umask(n.pid))
             self._done(n, "mknod", entry.path, _attempt(os.mknod, entry.name, mode, 0, dir_fd=entry.parent))
@@ -427,7 +555,7 @@ class Mediator:
             self._done(n, "rmdir", entry.path, _attempt(os.rmdir, entry.name, dir_fd=entry.parent))
 
     def _symlink(self, n: Notification, call: Call, opened: list[int]) -> None:
-        entry = self._single(n, call, opened, follow=False)
+        entry = self._single(n, call, opened, follow=False, creates=True)
         if entry is not None:
             self._done(n, "symlink", entry.path, _attempt(os.symlink, call.link_target, entry.name,
                                                           dir_fd=entry.parent), target=call.link_target)
@@ -467,8 +595,11 @@ class Mediator:
         except OSError:
             self._continue(n)
             return
-        if not real.startswith("/") or not self._mediated(real):
+        if not real.startswith("/"):
             self._continue(n)
+            return
+        if not self._mediated(real):
+            self._elsewhere(n, "chmod", real)
             return
         why = self._why_not(real, st)
         if why:
@@ -491,10 +622,11 @@ class Mediator:
                 self._continue(n)
             return
         if not (self._mediated(src.path) or self._mediated(dst.path)):
-            self._continue(n)
+            self._elsewhere(n, "rename", src.path, dst.path)
             return
         exchange = call.flags & RENAME_EXCHANGE
-        why = self.protection.blocks_move(src.path) or self.protection.reason(dst.path)
+        why = self.protection.blocks_move(src.path) or self.protection.reason(dst.path) \
+            or (self._makes_repository(dst) if src.parent_path != dst.parent_path or src.name != dst.name else None)
         if not why and (exchange or os.path.lexists(f"/proc/self/fd/{dst.parent}/{dst.name}")):
             why = self.protection.blocks_move(dst.path)  # what is replaced (or swapped) goes away
         if why:
@@ -514,7 +646,7 @@ class Mediator:
         if call.flags & AT_EMPTY_PATH:  # needs CAP_DAC_READ_SEARCH, which the sandbox does not have
             respond(self.listener, n.id, error=errno.ENOENT)
             return
-        why = self.protection.reason(dst.path)
+        why = self.protection.reason(dst.path) or self._makes_repository(dst)
         if why:
             self._refuse(n, "link", dst.path, why)
             return

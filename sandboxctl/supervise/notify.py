@@ -2,8 +2,8 @@
 
 The shim loads a small filter with SECCOMP_FILTER_FLAG_NEW_LISTENER and hands us the listener
 (bubblewrap's --seccomp cannot return one). We use it to record every program the sandbox
-executes (execve/execveat: read path and argv from the process, log, let the kernel continue —
-Landlock still decides) and to turn the baseline's denials into logged `syscall` events.
+executes (execve/execveat: supervise/exec_events.py), to see write-intent opens, and to turn the
+baseline's denials into logged `syscall` events.
 
 pyseccomp wraps notifications only for a filter object it loaded itself, so the three ioctls are
 made here directly, with the kernel's struct layouts spelled out below.
@@ -31,6 +31,7 @@ _NOTIF = struct.Struct("<QIIiIQ6Q")  # id, pid, flags, data.nr, data.arch, data.
 _RESP = struct.Struct("<QqiI")  # id, val, error, flags
 MAX_ARGS = 256
 MAX_STRING = 4096
+PATH_MAX = 4096  # bytes, with the terminating NUL
 
 
 class Notification:
@@ -90,17 +91,43 @@ class ProcessMemory:
     def string(self, address: int) -> str:
         if not address:
             return ""
+        data, complete = self.cstring(address, MAX_STRING)
+        return data.decode(errors="replace") + ("" if complete else "…")
+
+    def cstring(self, address: int, limit: int) -> tuple[bytes, bool]:
+        """The NUL-terminated bytes at `address` (without the NUL) and whether the NUL came within
+        `limit` bytes. An unmapped page (the caller's bad pointer) is an OSError (EIO/EFAULT)."""
+        if not address:
+            raise OSError(errno.EFAULT, "NULL pointer")
         data = b""
-        while len(data) < MAX_STRING:
+        while len(data) < limit:
             page_left = 4096 - (address + len(data)) % 4096  # never read across into an unmapped page
-            chunk = os.pread(self.fd, page_left, address + len(data))
+            chunk = os.pread(self.fd, min(page_left, limit - len(data)), address + len(data))
             if not chunk:
-                break
+                raise OSError(errno.EFAULT, "unreadable memory")
             end = chunk.find(b"\0")
             if end >= 0:
-                return (data + chunk[:end]).decode(errors="replace")
+                return data + chunk[:end], True
             data += chunk
-        return data[:MAX_STRING].decode(errors="replace") + "…"
+        return data[:limit], False
+
+    def path(self, address: int) -> str:
+        """A path argument exactly as the kernel will take it: at most PATH_MAX bytes with the NUL
+        (longer: ENAMETOOLONG, as the kernel says), bytes that are not UTF-8 kept as they are
+        (surrogateescape: os functions give the same bytes back, and two names never merge)."""
+        if not address:
+            raise OSError(errno.EFAULT, "a NULL path")
+        data = b""
+        while len(data) < PATH_MAX:
+            page_left = 4096 - (address + len(data)) % 4096
+            chunk = os.pread(self.fd, min(page_left, PATH_MAX - len(data)), address + len(data))
+            if not chunk:
+                raise OSError(errno.EFAULT, "the path runs into unreadable memory")
+            end = chunk.find(b"\0")
+            if end >= 0:
+                return os.fsdecode(data + chunk[:end])
+            data += chunk
+        raise OSError(errno.ENAMETOOLONG, "path longer than PATH_MAX")
 
     def word(self, address: int) -> int:
         """One 64-bit value; a short read (the caller is exiting, or lied) is an OSError."""
@@ -134,7 +161,8 @@ class Dispatcher:
                  denied: list[dict[str, object]] | None = None, escalate: Callable[[Any], None] | None = None,
                  log_allowed: bool = True, mediator: Any = None,
                  is_denial: Callable[[Notification], bool] = lambda notification: False,
-                 exec_guard: Any = None):
+                 exec_guard: Any = None, tasks: Callable[[], list[int]] | None = None,
+                 tampered: list[dict[str, Any]] | None = None, memory_writes_trapped: bool = True):
         self.fd = fd
         self.names = names  # syscall number -> name, for the calls we trap
         self.deny = deny  # notification -> (syscall name, errno, rule)
@@ -145,6 +173,10 @@ class Dispatcher:
         self.log_allowed = log_allowed  # log.file_events: none still traps writes for approvals
         self.mediator = mediator  # supervise.mediate.Mediator: file-changing calls
         self.is_denial = is_denial  # a call the baseline or syscalls.deny refuses (trapped to be logged)
+        from sandboxctl.supervise.exec_events import ExecEvents
+
+        self.execs = ExecEvents(fd, log, self.denied, judge_write, tasks or (lambda: []), tampered,
+                                memory_writes_trapped)
         self.exec_guard = exec_guard  # supervise.exec_guard.ExecGuard under exec.allow
 
     def handle(self) -> bool:
@@ -166,6 +198,11 @@ class Dispatcher:
 
     def _answer(self, notification: Notification) -> bool:
         name = self.names.get(notification.nr)
+        self.execs.observe(notification.pid)  # did an earlier exec of this process run what its record says?
+        if name == "umask" and self.mediator is not None:  # only to keep the mediator's umask cache true
+            self.mediator.forget(notification.pid)
+            respond(self.fd, notification.id, allow=True)
+            return True
         if name in MEDIATED and self.mediator is not None and not self.is_denial(notification):
             self.mediator.handle(notification, name)
             return True
@@ -179,15 +216,9 @@ class Dispatcher:
             self.log("syscall", pid=notification.pid, name=syscall, decision="deny", rule=rule,
                      errno=errno.errorcode.get(error, str(error)))
             return True
-        path, argv = self._exec_details(notification, name)
-        if self.exec_guard is not None and self.exec_guard.runs_the_loader(notification.pid, path):
-            self.exec_guard.refuse_loader(notification, path)
-            return True
-        if still_valid(self.fd, notification.id):  # read before the answer; a dead caller is skipped
-            # answer first, log second: the event only observes (Landlock decides), so the
-            # sandboxed process need not wait for the log write
-            respond(self.fd, notification.id, allow=True)
-            self.log("exec", pid=notification.pid, path=path, argv=argv)
+        if self.mediator is not None:
+            self.mediator.forget(notification.pid)
+        self.execs.handle(notification, name, self.exec_guard)
         return True
 
     def outside(self, notification: Notification, full: str, op: str, flags: int, mode: int) -> None:
@@ -196,6 +227,12 @@ class Dispatcher:
         outside it the approval broker does, and only the supervisor itself may then open the
         file (never "continue"). Reads (file_events: all) are only logged."""
         verdict = self.judge_write(full) if op != "read" else None
+        refused = self.execs.refuses_open(notification.pid, AT_FDCWD, full, op != "read")
+        if refused:  # /proc/PID/mem (/proc is in the writable set): exec records rely on this
+            respond(self.fd, notification.id, error=errno.EACCES)
+            self.denied.append({"kind": "file", "target": f"{op} {full}", "rule": refused})
+            self.log("file", pid=notification.pid, path=full, op=op, decision="deny", rule=refused)
+            return
         if verdict is None or verdict.inside:
             # a failed answer means the caller died, or its pid was reused while we read: then
             # nothing is logged
@@ -224,19 +261,3 @@ class Dispatcher:
             return os.path.normpath(os.path.join(os.readlink(f"/proc/{pid}/{base}"), path))
         except OSError:
             return path
-
-    def _exec_details(self, notification: Notification, name: str) -> tuple[str, list[str]]:
-        path_arg, argv_arg = (0, 1) if name == "execve" else (1, 2)
-        try:
-            memory = ProcessMemory(notification.pid)
-        except OSError:
-            return "?", []
-        try:
-            path = memory.string(notification.args[path_arg])
-            argv = memory.string_array(notification.args[argv_arg])
-        except OSError:
-            path, argv = "?", []
-        finally:
-            memory.close()
-        dirfd = notification.args[0] & 0xFFFFFFFF if name == "execveat" else AT_FDCWD
-        return self._absolute(notification.pid, dirfd, path), argv

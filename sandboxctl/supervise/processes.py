@@ -21,8 +21,11 @@ def descendants(pid: int) -> list[int]:
         try:
             children: list[int] = []
             for task in os.listdir(f"/proc/{current}/task"):
-                with open(f"/proc/{current}/task/{task}/children") as handle:
-                    children += [int(c) for c in handle.read().split()]
+                fd = os.open(f"/proc/{current}/task/{task}/children", os.O_RDONLY | os.O_CLOEXEC)
+                try:  # os-level reads: this runs for every exec record (supervise/exec_events.py)
+                    children += [int(c) for c in b"".join(iter(lambda fd=fd: os.read(fd, 65536), b"")).split()]
+                finally:
+                    os.close(fd)
         except FileNotFoundError:
             continue
         except OSError:

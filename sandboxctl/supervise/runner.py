@@ -25,7 +25,7 @@ from sandboxctl.launch import bwrap, seccomp
 from sandboxctl.log.writer import ActionLog, LogWriteError
 from sandboxctl.plan.build import PROXY_PORT
 from sandboxctl.plan.model import Plan
-from sandboxctl.supervise import notify, processes, spawn
+from sandboxctl.supervise import fd_budget, notify, processes, spawn
 from sandboxctl.supervise import secrets as secret_store
 from sandboxctl.supervise.cgroups import RunCgroup
 
@@ -41,6 +41,8 @@ class RunResult(NamedTuple):
     layers: dict[str, Any] | None = None
     denials: tuple[dict[str, Any], ...] | list[dict[str, Any]] = ()
     protected: tuple[dict[str, Any], ...] = ()  # protect.snapshot.Change records: put back at the end
+    tampered: tuple[dict[str, Any], ...] | list[dict[str, Any]] = ()  # exec records contradicted by what ran
+    command_exit_code: int | None = None  # set when exit_code is not the command's own (the denial gate: 123)
 
 
 class Supervisor:
@@ -56,6 +58,7 @@ class Supervisor:
         self.log_failed = False
         self.setup_error: SandboxError | None = None
         self.denials: list[dict[str, Any]] = []
+        self.tampered: list[dict[str, Any]] = []  # exec records contradicted by what ran
         self.expiries: list[tuple[float, str]] = []
         self.cgroup = cgroup
         self.bwrap_pid: int | None = None
@@ -73,6 +76,7 @@ class Supervisor:
         self.timed_out = False
         self.broker = None
         self.inspection = None  # network/inspection.py, when the proxy reads some hosts request by request
+        self.nofile = fd_budget.raise_nofile()  # before anything is opened: see fd_budget
         self.mediator = None
         self.protected_inodes: dict[tuple[int, int], str] = {}  # from the launch record (lifecycle)
 
@@ -88,7 +92,8 @@ class Supervisor:
             plan.approval_mode, plan.approval_timeout, self._write_log, run_id=plan.run_id,
             scope=Scope(plan.policy, plan.policy_sha256, plan.workspace or ""), store=GrantStore(self.state),
             describe={"run": plan.run_id, "policy": plan.policy, "command": list(plan.command),
-                      "workspace": plan.workspace, "supervisor_pid": os.getpid()})
+                      "workspace": plan.workspace, "supervisor_pid": os.getpid()},
+            scrub=self.log.scrubber.text if getattr(self.log, "scrubber", None) is not None else None)
         if plan.approval_mode != "ask":
             return
         if plan.approval_via == "socket":
@@ -305,6 +310,17 @@ class Supervisor:
             return
         for fd in received.values():
             os.close(fd)
+        if "ready" in message and self.plan.noexec_mounts:
+            from sandboxctl.supervise.noexec import remount_noexec
+
+            try:  # before the command runs: bubblewrap has built the tree, the shim waits for "go"
+                remount_noexec(self._init_pid() or 0, self.plan.noexec_mounts)
+            except OSError as exc:
+                self.setup_error = SandboxError(
+                    f"exec.allow: cannot make the writable mounts noexec ({exc.strerror or exc})",
+                    "run `sandboxctl doctor`; without it an allowed program could map a written file as code")
+                control.sendall(marshal.dumps({"go": False}))
+                return
         if "ready" in message:
             self.layers = self._layers(message["ready"]["landlock"])
             degraded = self.layers["landlock"].get("degraded")
@@ -321,7 +337,8 @@ class Supervisor:
                     return
             try:
                 self.log.write("run.start", argv=self.argv_for_log, workspace=self.plan.workspace,
-                               policy=self.plan.policy, policy_sha256=self.plan.policy_sha256,
+                               policy=self.plan.policy, policy_source=self.plan.policy_source,
+                               policy_sha256=self.plan.policy_sha256,
                                layers=self.layers, limits=self._limits_for_log(),
                                confirmed=list(self.plan.confirmations) or None)
             except LogWriteError:
@@ -349,7 +366,9 @@ class Supervisor:
         self.dispatcher = notify.Dispatcher(fd, self.syscall_names, self._which_rule, verdicts,
                                             self._write_log, self.denials,
                                             escalate=FileEscapes(fd, self.broker, self._write_log, self.denials),
-                                            log_allowed=log_allowed, is_denial=self._is_denial)
+                                            log_allowed=log_allowed, is_denial=self._is_denial,
+                                            tasks=self._sandbox_processes, tampered=self.tampered,
+                                            memory_writes_trapped=plan.seccomp.file_events != "none")
         self.mediator = Mediator(fd, plan, plan.protection(), self._write_log, self.denials,
                                  outside=self.dispatcher.outside, protected_inodes=self.protected_inodes,
                                  log_allowed=log_allowed)
@@ -363,6 +382,15 @@ class Supervisor:
     def _is_denial(self, notification: notify.Notification) -> bool:
         name = self.syscall_names.get(notification.nr, "")
         return self.plan.seccomp.rule_for(name, notification.args) is not None
+
+    def _sandbox_processes(self) -> list[int]:
+        """Host pids of every process in the sandbox (for exec records: who could share memory):
+        the run's cgroup lists them in one read; without one, the process tree is walked."""
+        if self.cgroup is not None and self.cgroup.dirs and self.ready:
+            with contextlib.suppress(OSError):
+                return self.cgroup.processes()
+        init = self._init_pid()
+        return processes.descendants(init) if init else []
 
     def _which_rule(self, notification: notify.Notification) -> tuple[str, int, str]:
         """The baseline rule that trapped this call, and the errno it prescribes."""
@@ -381,15 +409,18 @@ class Supervisor:
         listener.setblocking(True)
         self.proxy = ProxyServer(listener, NetPolicy(net.allow, net.deny, net.allow_private),
                                  log=lambda record: self._on_net(record), ask=self._ask_network,
-                                 inspection=self.inspection, log_http=self._on_http, ask_request=self._ask_request)
+                                 inspection=self.inspection, log_http=self._on_http, ask_request=self._ask_request,
+                                 max_connections=fd_budget.connection_cap(self.nofile))
         self.proxy.start()
         if not self.proxy.serving:
             self.setup_error = SandboxError("the network proxy could not start", "run sandboxctl doctor")
 
     def _on_net(self, record: dict[str, Any]) -> None:
         if record.get("decision") == "deny":
-            target = f"{record['host']}:{record.get('port')}" if record.get("host") else "unparsable request"
-            self.denials.append({"kind": "net", "target": target, "rule": record.get("rule")})
+            target = f"{record['host']}:{record.get('port')}" if record.get("host") else (
+                "any destination" if "count" in record else "unparsable request")
+            self.denials.append({"kind": "net", "target": target, "rule": record.get("rule"),
+                                 "count": int(record.get("count", 1))})
         self._write_log("net", **record)
 
     def _on_http(self, record: dict[str, Any]) -> None:
@@ -531,6 +562,10 @@ class Supervisor:
                           "file_writes": "approved opens are made by the supervisor (seccomp ADDFD)"
                           if self.notify_fd is not None and plan.seccomp.file_events != "none" else None},
             "protect": self._protect_layer(landlock),
+            "exec_allow": {"landlock_execute": bool(landlock.get("enforced")),
+                           "noexec_mounts": list(plan.noexec_mounts),
+                           "memory_files": "made non-executable by the supervisor (MFD_NOEXEC_SEAL)",
+                           "elf_loader": "refused as a command"} if plan.exec_loaders else None,
             "memory": plan.limits.memory_method,
             "pids": plan.limits.pids_method,
         }
@@ -573,14 +608,16 @@ class Supervisor:
                                  "run `sandboxctl doctor` to see what this machine lacks")
             code = EXIT_SANDBOX_FAILED
         elif self.exec_error:
+            from sandboxctl.plan.locate import hint_for_exec_error
+
             code = int(self.exec_error.get("code", 126))
-            error = SandboxError(self.exec_error["exec_error"],
-                                 "check the command name and the policy's exec.allow", code)
+            hint = hint_for_exec_error(self.plan, code, self.plan.command[0], os.environ.get("PATH", ""))
+            error = SandboxError(self.exec_error["exec_error"], hint, code)
         if self.log_failed:
             error = SandboxError("the action log could not be written; the sandbox was stopped",
                                  "free some space or pass --log PATH")
             code = EXIT_SANDBOX_FAILED
-        return RunResult(code, duration, self.timed_out, error, self.layers, self.denials)
+        return RunResult(code, duration, self.timed_out, error, self.layers, self.denials, tampered=self.tampered)
 
 
 def _terminal_delivered() -> bool:

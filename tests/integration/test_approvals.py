@@ -342,6 +342,52 @@ def test_tty_prompt_each_answer_and_a_timeout(sandbox, outside):
     assert f"refused {always}" in after.stdout
 
 
+SPOOF_WRITE = """
+import sys
+try:
+    open(sys.argv[2], "w").write("spoofed")
+    print("wrote", flush=True)
+except OSError as exc:
+    print("refused", exc.errno, flush=True)
+"""
+
+
+def test_prompt_spoofing_argv_is_shown_inert_on_a_real_pty(sandbox, outside):
+    """The issue's attack: the caller's argv holds three ESC M (cursor up), a fake 'what' line
+    padded with U+2800 and ESC[99G, to repaint the panel on a 100-column terminal. The panel must
+    name the real target first and show the payload escaped; no byte of the payload's escapes
+    may reach the screen."""
+    import re
+
+    target = outside / "settings.toml"
+    target.write_text("[user]\n")
+    decoy = sandbox.workspace / "NOTES.md"
+    payload = "\x1bM\x1bM\x1bM│ what  write " + str(decoy) + "\u2800" * 80 + "\x1b[99G"
+    (sandbox.workspace / "docs.py").write_text(SPOOF_WRITE)
+    proc, master = _spawn_on_pty(sandbox, ["--", "python3", "docs.py", payload, str(target)],
+                                 policy=_policy(sandbox, outside), columns=100)
+    try:
+        screen = _prompted(master, 1)
+        os.write(master, b"d")
+        screen += _read_until(master, b"refused", 15)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        os.close(master)
+    assert b"refused 13" in screen, screen.decode(errors="replace")[-2000:]
+    assert target.read_text() == "[user]\n" and not decoy.exists()
+    panel = screen[screen.index(b"approval needed"):]
+    assert b"\x1bM" not in panel and b"\x1b[99G" not in panel and "\u2800".encode() not in panel
+    assert re.sub(rb"\x1b\[[0-9;]*m", b"", panel).count(b"\x1b") == 0  # only rich's own colours
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", panel.decode()).replace("\r", "").splitlines()
+    frame = lines[: next(i for i, line in enumerate(lines) if line.startswith("╰")) + 1]
+    assert all(len(line) <= 100 for line in frame), frame
+    assert re.fullmatch(rf"│ write +{re.escape(str(target))} *│", frame[1]), frame
+    who = next(line for line in frame if line.startswith("│ who"))
+    assert "python3 docs.py " in who and "\\x1bM\\x1bM\\x1bM\\u2502 what  write" in who  # shown as it is
+    assert sum(str(decoy) in line for line in frame) <= 1 and str(decoy) not in frame[1]
+
+
 def test_live_approve_answers_from_another_terminal(sandbox, outside, runtime):
     """`sandboxctl approve` on its own terminal follows the run and answers with one key."""
     import fcntl
@@ -374,6 +420,43 @@ def test_live_approve_answers_from_another_terminal(sandbox, outside, runtime):
         os.close(master)
     assert f"wrote {target}" in out, err
     assert target.read_text().startswith("written in the sandbox")
+
+
+def test_live_approve_marks_a_request_answered_from_another_window(sandbox, outside, runtime):
+    """The live view shows a request; `sandboxctl approve ID deny` from a script answers it: the live
+    view says so (and how), instead of leaving a stale question on screen."""
+    import fcntl
+    import termios
+
+    target = outside / "elsewhere.txt"
+    run = _start_asking_run(sandbox, outside, runtime, WRITE, str(target))
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, b"\x28\x00\x78\x00\x00\x00\x00\x00")
+
+    def own_terminal() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    approver = subprocess.Popen([sys.executable, "-m", "sandboxctl", "approve"], stdin=slave, stdout=slave,
+                                stderr=slave, preexec_fn=own_terminal,
+                                env={**sandbox.env(), "XDG_RUNTIME_DIR": str(runtime), "TERM": "xterm"})
+    os.close(slave)
+    try:
+        screen = _read_until(master, b"without an answer", 30)
+        assert b"elsewhere.txt" in screen, screen[-1500:]
+        request = _next_request()
+        assert _approve(request["id"], "deny", env={"XDG_RUNTIME_DIR": str(runtime)}).returncode == 0
+        marked = _read_until(master, b"answered in another window", 10)
+        assert f"{request['id']}: answered in another window: denied".encode() in marked, marked[-1500:]
+        run.communicate(timeout=30)
+        os.write(master, b"q")
+        assert approver.wait(timeout=10) == 0
+    finally:
+        run.kill()
+        approver.kill()
+        os.close(master)
+    assert not target.exists(), "denied from the other window: nothing written"
+    assert [(a["answer"], a["via"]) for a in _events(sandbox, "approval")] == [("deny", "socket")]
 
 
 def test_an_untrusted_workspace_policy_needs_policy_trust_never_yes(sandbox):

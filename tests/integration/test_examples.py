@@ -100,12 +100,51 @@ def _ci_example(name: str) -> tuple[str, list[str], list[str]]:
 def test_ci_example_installs_runs_under_ci_and_uploads_the_summary(name: str) -> None:
     install, command, artifacts = _ci_example(name)
     assert re.search(r"apt-get install\b.*\bbubblewrap\b", install)
-    assert re.search(r"pip install\b.*\bsandboxctl\b", install)
+    assert 'pip" install "agent-sandboxctl @ git+${SANDBOXCTL_GIT}@${SANDBOXCTL_COMMIT}"' in install \
+        or 'pip install "agent-sandboxctl @ git+${SANDBOXCTL_GIT}@${SANDBOXCTL_COMMIT}"' in install
     assert "sandboxctl doctor" in install
     options = command[2:command.index("--")]
     assert options[options.index("-p") + 1] == "ci"
+    assert "--fail-on-denial" in options  # the CI gate: a passing suite that was denied something fails
     summary = options[options.index("--summary-json") + 1]
     assert summary in artifacts
+
+
+def _pin_guard(name: str) -> str:
+    """The example's first shell command: the check that the sandboxctl source is pinned."""
+    data = yaml.safe_load((EXAMPLES / name).read_text())
+    if name == "github-actions.yml":
+        steps = next(iter(data["jobs"].values()))["steps"]
+        script = next(s["run"] for s in steps if "Install bubblewrap" in s.get("name", ""))
+        return script.split("\nsudo apt-get", 1)[0].replace("::error::", "")
+    return next(iter(data.values()))["before_script"][0]
+
+
+@pytest.mark.parametrize("name", ["github-actions.yml", "gitlab-ci.yml"])
+def test_ci_example_stops_until_the_source_is_pinned(name: str) -> None:
+    """As shipped (OWNER, a zero SHA) the job stops before installing anything; a branch name is no pin."""
+    guard = _pin_guard(name)
+    data = yaml.safe_load((EXAMPLES / name).read_text())
+    shipped = data["env"] if name == "github-actions.yml" else next(iter(data.values()))["variables"]
+
+    def run(git: str, commit: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["sh", "-c", guard], capture_output=True, text=True, timeout=10,
+                              env={"PATH": "/usr/bin:/bin", "SANDBOXCTL_GIT": git, "SANDBOXCTL_COMMIT": commit})
+
+    as_shipped = run(shipped["SANDBOXCTL_GIT"], str(shipped["SANDBOXCTL_COMMIT"]))
+    assert as_shipped.returncode == 1 and "a full commit SHA" in as_shipped.stdout
+    assert run("https://github.com/acme/sandboxctl", "main").returncode == 1
+    assert run("https://github.com/acme/sandboxctl", "0123456789abcdef0123456789abcdef01234567").returncode == 0
+
+
+def test_no_instruction_installs_the_other_projects_name() -> None:
+    """PyPI's `sandboxctl` is another project: no README line or example may `pip install sandboxctl`."""
+    texts = {path: path.read_text() for path in [ROOT / "README.md", *EXAMPLES.glob("*.yml")]}
+    for path, text in texts.items():
+        for line in text.splitlines():
+            if re.search(r"\bpip\S*\s+install\b", line) and "never" not in line.lower():  # not a warning
+                assert not re.search(r"install\s+(-\S+\s+)*[\"']?sandboxctl\b", line), f"{path.name}: {line}"
+    assert 'name = "agent-sandboxctl"' in (ROOT / "pyproject.toml").read_text()
 
 
 @pytest.mark.parametrize("name", ["github-actions.yml", "gitlab-ci.yml"])

@@ -92,3 +92,29 @@ def test_the_loader_is_refused_and_logged(sandbox, binary):
     sandbox.run("--", "python3", "probe.py", str(binary), "x", "loader", policy=str(policy))
     denied = [r for r in sandbox.records() if r.get("event") == "exec" and r.get("decision") == "deny"]
     assert denied and "ELF loader" in denied[0]["rule"]
+
+
+SHARED_C = ('#include <stdio.h>\n__attribute__((constructor)) static void run(void) {\n'
+            '  FILE *f = fopen(CANARY, "w"); if (f) fclose(f); }\n')
+
+
+@pytest.mark.parametrize("how", ["ld_preload", "dlopen", "loader-maps"])
+def test_native_code_written_inside_is_never_mapped_as_code(sandbox, binary, how):
+    """Landlock checks execve only; the writable mounts are also noexec, so mmap(PROT_EXEC) of a
+    file the command can write fails too: LD_PRELOAD, dlopen and the loader map nothing."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    canary = sandbox.workspace / f"ran-{how}"
+    (sandbox.workspace / "lib.c").write_text(SHARED_C.replace("CANARY", f'"{canary}"'))
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(sandbox.workspace / "lib.so"),
+                    str(sandbox.workspace / "lib.c")], check=True)
+    policy = sandbox.write_policy("exec.yaml", POLICY)
+    scripts = {
+        "ld_preload": f"LD_PRELOAD={sandbox.workspace}/lib.so /usr/bin/true; cp lib.so /tmp/l.so; "
+                      "LD_PRELOAD=/tmp/l.so /usr/bin/true",
+        "dlopen": f"python3 -c \"import ctypes; ctypes.CDLL('{sandbox.workspace}/lib.so')\"",
+        "loader-maps": "python3 probe.py canary-bin ran-loader-maps loader",
+    }
+    sandbox.run("--", "/bin/sh", "-c", scripts[how], policy=str(policy))
+    assert not canary.exists(), how
+    [start] = [r for r in sandbox.records() if r["event"] == "run.start"]
+    assert str(sandbox.workspace) in start["layers"]["exec_allow"]["noexec_mounts"]

@@ -33,10 +33,11 @@ def test_write_outside_the_workspace_fails_and_leaves_nothing(sandbox, tmp_path)
 
 
 def test_writes_outside_are_still_refused_by_the_kernel_without_file_events(sandbox, tmp_path):
-    """With the supervisor out of the way (file_events: none, and no writable host directory whose
-    changes it would carry out), the mounts alone still hold."""
+    """With the supervisor out of the way (file_events: none, no exec events, which keep write opens
+    trapped, and no writable host directory whose changes it would carry out), the mounts alone
+    still hold."""
     policy = sandbox.write_policy("nofile.yaml", "version: 1\nextends: default\nworkspace: none\n"
-                                  "log:\n  file_events: none\n")
+                                  "log:\n  file_events: none\n  exec_events: false\n")
     result = sandbox.run("--", "/bin/sh", "-c", "echo x > /etc/pwned; echo x > /usr/pwned; echo done",
                          policy=str(policy))
     assert result.stdout.strip() == "done"

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from sandboxctl.selftest import Listener
+from sandboxctl.checks.selftest_bed import Listener
 
 EXEC_POLICY = """\
 version: 1

@@ -413,3 +413,40 @@ def test_summary_json_lists_protected_changes(sandbox, tmp_path):
     summary = json.loads((tmp_path / "s.json").read_text())
     assert [c["path"] for c in summary["protected"]] == [str(ws / ".git" / "hooks" / "pre-commit")]
     assert not (ws / ".git" / "hooks" / "pre-commit").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only a supervisor running as root could bypass file permissions")
+def test_a_root_supervisor_writes_only_what_the_sandboxed_root_could(sandbox):
+    ws = sandbox.workspace
+    (ws / "ro.txt").write_text("ro\n")
+    (ws / "ro.txt").chmod(0o444)
+    other = ws / "other"
+    other.mkdir()
+    (other / "f").write_text("o\n")
+    os.chown(other, 65534, 65534)
+    os.chown(other / "f", 65534, 65534)
+    result = sandbox.sh("echo x >> ro.txt; echo y >> other/f; echo z > other/new; mkdir other/d; "
+                        "chmod 777 other/f; echo ok > mine.txt; echo end")
+    assert "end" in result.stdout
+    assert (ws / "ro.txt").read_text() == "ro\n" and (other / "f").read_text() == "o\n"
+    assert sorted(p.name for p in other.iterdir()) == ["f"] and (other / "f").stat().st_mode & 0o777 == 0o644
+    assert (ws / "mine.txt").read_text() == "ok\n"
+
+
+def test_writes_outside_the_writable_set_that_are_not_opens_are_logged_denials(sandbox):
+    result = sandbox.sh("mkdir /usr/x; mv /etc/hosts /etc/h2; rm /etc/hostname; chmod 777 /etc/hosts; "
+                        "mkdir /tmp/fine && echo end")
+    assert "end" in result.stdout
+    ops = {(d["op"], d["path"]) for d in denials(sandbox)}
+    assert {("mkdir", "/usr/x"), ("rename", "/etc/hosts"), ("unlink", "/etc/hostname"),
+            ("chmod", "/etc/hosts")} <= ops
+    assert not any(p == "/tmp/fine" for _, p in ops)
+
+
+def test_files_made_by_the_supervisor_keep_the_callers_umask(sandbox):
+    ws = sandbox.workspace
+    result = sandbox.sh("umask 077; echo s > secret; mkdir private; umask 022; echo p > public; mkdir shared; "
+                        "python3 -c \"import os; os.umask(0o027); open('py', 'w').close()\"; echo end")
+    assert "end" in result.stdout
+    modes = {name: (ws / name).stat().st_mode & 0o777 for name in ("secret", "private", "public", "shared", "py")}
+    assert modes == {"secret": 0o600, "private": 0o700, "public": 0o644, "shared": 0o755, "py": 0o640}

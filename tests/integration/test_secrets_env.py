@@ -138,3 +138,40 @@ def test_descriptors_open_in_the_caller_do_not_reach_the_sandbox(sandbox, tmp_pa
         os.close(fd)
     assert CANARY not in result.stdout
     assert str(fd) not in result.stdout.split()
+
+
+ENCODE_AND_LEAK = r"""
+import base64, os, subprocess, urllib.parse
+token = os.environ["TOKEN"]
+data = token.encode()
+words = ["/bin/true", token[:6], token[6:], base64.b64encode(b"user:" + data).decode(),
+         base64.urlsafe_b64encode(data).decode().rstrip("="), base64.b32encode(data).decode().lower(),
+         data.hex(), data.hex().upper(), urllib.parse.quote(token, safe="")]
+subprocess.run(words, check=True)
+try:
+    open("/etc/" + data.hex(), "w")
+except OSError:
+    pass
+"""
+
+
+def test_split_and_encoded_secret_values_are_scrubbed_from_the_log(sandbox):
+    """The command holds the secret and puts it, split and encoded, in argv and in a path."""
+    import base64
+    import urllib.parse
+
+    token = "tok_" + "Q7x+/9aZ" * 3
+    policy = _policy(sandbox, "  TOKEN:\n    from: env:SRC\n    as: env\n")
+    result = sandbox.run("--", "python3", "-c", ENCODE_AND_LEAK, policy=policy, env={"SRC": token})
+    assert result.returncode == 0, result.stderr
+    text = sandbox.log_path.read_text()
+    data = token.encode()
+    forms = [token, token[:6] + '","' + token[6:], data.hex(), data.hex().upper(), urllib.parse.quote(token, safe="")]
+    for encoded in (base64.b64encode(b"user:" + data), base64.urlsafe_b64encode(data), base64.b32encode(data)):
+        middle = encoded.decode().rstrip("=")[8:-8]
+        forms += [middle, middle.lower()]
+    assert not [form for form in forms if form in text], [form for form in forms if form in text]
+    [record] = [r for r in sandbox.records() if r["event"] == "exec" and r["path"] == "/bin/true"]
+    assert record["argv"][0] == "/bin/true" and all("***" in word for word in record["argv"][1:]), record["argv"]
+    [denied] = [r for r in sandbox.records() if r["event"] == "file" and r["path"].startswith("/etc/")]
+    assert denied["path"] == "/etc/***"

@@ -15,9 +15,9 @@ def _set_size(fd: int, rows: int, cols: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
-def _spawn_on_pty(sandbox, args: list[str], policy: str = "default"):
+def _spawn_on_pty(sandbox, args: list[str], policy: str = "default", columns: int = 111):
     master, slave = os.openpty()
-    _set_size(slave, 33, 111)
+    _set_size(slave, 33, columns)
 
     def become_terminal_owner() -> None:
         os.setsid()
@@ -48,9 +48,9 @@ def _read_until(master: int, needle: bytes, timeout: float = 15.0) -> bytes:
 
 RESIZE_PROBE = """
 import os, signal, sys, time
-print('size', os.get_terminal_size(), 'tty', os.isatty(0), os.environ.get('TERM'), flush=True)
 got = []
-signal.signal(signal.SIGWINCH, lambda *a: got.append(os.get_terminal_size()))
+signal.signal(signal.SIGWINCH, lambda *a: got.append(os.get_terminal_size()))  # before the test may resize
+print('size', os.get_terminal_size(), 'tty', os.isatty(0), os.environ.get('TERM'), flush=True)
 try:
     for _ in range(200):
         time.sleep(0.05)

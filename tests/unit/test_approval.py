@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import socket
 import tempfile
@@ -157,12 +158,58 @@ def test_render_shows_what_who_rule_and_choices() -> None:
     text = render({"id": "r-1", "kind": "file", "target": "/etc/x", "detail": "create", "pid": 42,
                    "command": "python3 agent.py", "rule": "outside the writable set", "expires_in_s": 60}, 2,
                   "default", 100)
-    for needle in ("write /etc/x", "pid 42: python3 agent.py", "outside the writable set", "[o]", "allow once",
+    assert re.search(r"write +/etc/x", _SGR.sub("", text))
+    for needle in ("pid 42: python3 agent.py", "outside the writable set", "[o]", "allow once",
                    "[r]", "[a]", "always", "[d]", "deny", "2 more waiting", "r-1"):
         assert needle in text
     text = render({"id": "r-2", "kind": "http", "target": "DELETE api.github.com/repos/acme/x", "pid": None,
                    "rule": "not in network.inspect allow rules", "expires_in_s": 60}, 0, "default", 100)
     assert "send the request DELETE api.github.com/repos/acme/x" in text
+
+
+_SGR = re.compile(r"\x1b\[[0-9;]*m")  # rich's own styles: the only escape sequences a panel may hold
+
+
+def _panel_lines(text: str) -> list[str]:
+    return _SGR.sub("", text).splitlines()
+
+
+SPOOF = "\x1bM\x1bM\x1bM│ what  write /home/u/w/NOTES.md" + "\u2800" * 80 + "\x1b[99G"
+
+
+@pytest.mark.parametrize("field", ["target", "command", "detail", "rule"])
+def test_render_every_field_is_inert(field: str) -> None:
+    """The issue's payload in any field: shown escaped, never a raw ESC or a blank-looking pad."""
+    request = {"id": "r-1", "kind": "file", "target": "/home/u/.gitconfig", "detail": "write", "pid": 77,
+               "command": "python3 docs.py", "rule": "outside the writable set", "expires_in_s": 60}
+    request[field] = request[field] + " " + SPOOF
+    text = render(request, 0, "default", 100)
+    assert "\x1b" not in _SGR.sub("", text) and "\u2800" not in text and "\u2502 what" not in text
+    assert "\\x1bM\\x1bM\\x1bM" in text
+    lines = _panel_lines(text)
+    assert all(len(line) <= 100 for line in lines)
+    assert re.fullmatch(r"│ write +/home/u/\.gitconfig.*│", lines[1]), lines  # the target: first, whole
+    assert lines[-1].startswith("╰") and lines[0].startswith("╭")
+
+
+def test_render_long_target_keeps_its_start_and_end_on_screen() -> None:
+    target = "/home/u/" + "a/" * 500 + "authorized_keys"
+    request = {"id": "r-1", "kind": "file", "target": target, "pid": 1, "command": "x" * 5000,
+               "rule": "r" * 5000, "expires_in_s": 1}
+    lines = _panel_lines(render(request, 0, "p", 60))
+    assert lines[1].startswith("│ write    /home/u/a/") and "authorized_keys" in lines[4]
+    assert "…[+" in lines[4] and len(lines) == 10
+    assert all(len(line) == 60 for line in lines)  # nothing wraps: each field is one line (cut)
+
+
+def test_render_wide_characters_do_not_break_the_frame() -> None:
+    request = {"id": "r-1", "kind": "network", "target": "例え.jp:443", "pid": 1, "command": "日本" * 200,
+               "rule": "not in network.allow", "expires_in_s": 1}
+    lines = _panel_lines(render(request, 0, "p", 80))
+    from sandboxctl.inert import display_width
+
+    assert all(display_width(line) == 80 for line in lines), lines
+    assert re.match(r"│ connect +例え\.jp:443", lines[1])
 
 
 # ---------------------------------------------------------------------- write verdicts
@@ -284,10 +331,14 @@ def test_write_trapping_follows_the_approval_mode(tmp_path: Path) -> None:
     # a writable workspace: every write beneath it goes to the supervisor, which alone performs it
     assert plan_for(policy, approve="deny").seccomp.file_events == "write"
     assert plan_for(policy, approve="ask").file_events == "none"  # what is logged stays the policy's
-    bare = policy_from_text("version: 1\nname: t\nextends: default\nworkspace: none\nlog: {file_events: none}\n",
-                            tmp_path)
+    bare = policy_from_text("version: 1\nname: t\nextends: default\nworkspace: none\n"
+                            "log: {file_events: none, exec_events: false}\n", tmp_path)
     assert plan_for(bare, approve="deny").seccomp.file_events == "none"
     assert not plan_for(bare, approve="deny").seccomp.mediate
+    # exec records rely on write opens of /proc/PID/mem reaching the supervisor (which refuses them)
+    execs = policy_from_text("version: 1\nname: t\nextends: default\nworkspace: none\nlog: {file_events: none}\n",
+                             tmp_path)
+    assert plan_for(execs, approve="deny").seccomp.file_events == "write"
 
 
 def test_absent_and_glob_denied_paths_are_never_approvable(tmp_path: Path) -> None:

@@ -331,3 +331,13 @@ def test_global_quiet_and_verbose_precede_any_command(tmp_path):
         result = subprocess.run([sys.executable, "-m", "sandboxctl", *args], capture_output=True, text=True,
                                 env=env, cwd=tmp_path, timeout=60)
         assert result.returncode == 0, (args, result.stderr)
+
+
+def test_log_event_completes_the_event_types_after_each_comma(values) -> None:
+    from sandboxctl.log.query import EVENT_TYPES
+
+    assert values("bash", "sandboxctl log --event ") == list(EVENT_TYPES)
+    assert values("bash", "sandboxctl log --event n") == ["net"]
+    assert values("bash", "sandboxctl log --event net,fi") == ["net,file"]
+    assert "net,net" not in values("bash", "sandboxctl log --event net,")  # a chosen type is not offered again
+    assert values("fish", "sandboxctl log --event ap") == ["approval"]

@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from sandboxctl import doctor
+from sandboxctl.checks import common, doctor, host, namespaces
+from sandboxctl.checks import landlock as landlock_check
+from sandboxctl.checks import seccomp as seccomp_check
+from sandboxctl.checks.common import FAIL, OK, WARN, CheckResult
+from sandboxctl.checks.seccomp import SeccompFacts
 from sandboxctl.cli.main import main
-from sandboxctl.doctor import FAIL, OK, WARN, CheckResult, SeccompFacts
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -46,7 +49,7 @@ def test_doctor_json_has_every_check(home: Path, capsys: pytest.CaptureFixture[s
             assert check["remedy"]
     by_name = {c["name"]: c for c in data["checks"]}
     assert "Landlock ABI" in by_name["landlock"]["found"]
-    assert len(by_name["landlock"]["details"]) == len(doctor.LANDLOCK_FEATURES)
+    assert len(by_name["landlock"]["details"]) == len(landlock_check.LANDLOCK_FEATURES)
     assert "libseccomp" in by_name["seccomp"]["found"]
     assert "memory limits via" in by_name["cgroup"]["found"]
 
@@ -88,7 +91,7 @@ def test_table_output_names_the_failure(home: Path, tmp_path: Path, monkeypatch:
 def test_real_libseccomp_version() -> None:
     import pyseccomp
 
-    version = doctor.libseccomp_version(pyseccomp)
+    version = seccomp_check.libseccomp_version(pyseccomp)
     assert version is not None and version >= (2, 0, 0)
 
 
@@ -102,28 +105,29 @@ def test_exit_code_ignores_warnings() -> None:
 
 # ------------------------------------------------------------------ bubblewrap
 def test_bwrap_missing_fails_with_install_hint() -> None:
-    result = doctor.assess_bwrap(None)
+    result = namespaces.assess_bwrap(None)
     assert result.status == FAIL
     assert "sudo apt-get install bubblewrap" in result.remedy
 
 
 def test_bwrap_present_reports_version() -> None:
-    result = doctor.assess_bwrap("/usr/bin/bwrap", 0, "bubblewrap 0.8.0\n",
-                                 "\n".join(f"    {o} ARG   text" for o in doctor.REQUIRED_BWRAP_OPTIONS))
+    result = namespaces.assess_bwrap("/usr/bin/bwrap", 0, "bubblewrap 0.8.0\n",
+                                 "\n".join(f"    {o} ARG   text" for o in namespaces.REQUIRED_BWRAP_OPTIONS))
     assert result.status == OK
     assert "bubblewrap 0.8.0" in result.found
 
 
 def test_bwrap_too_old_fails() -> None:
-    help_text = "\n".join(f"    {o}  text" for o in doctor.REQUIRED_BWRAP_OPTIONS if o not in ("--clearenv", "--perms"))
-    result = doctor.assess_bwrap("/usr/bin/bwrap", 0, "bubblewrap 0.4.0", help_text)
+    help_text = "\n".join(f"    {o}  text" for o in namespaces.REQUIRED_BWRAP_OPTIONS
+                          if o not in ("--clearenv", "--perms"))
+    result = namespaces.assess_bwrap("/usr/bin/bwrap", 0, "bubblewrap 0.4.0", help_text)
     assert result.status == FAIL
     assert "--clearenv" in result.found and "--perms" in result.found
     assert "upgrade" in result.remedy
 
 
 def test_bwrap_that_does_not_run_fails() -> None:
-    result = doctor.assess_bwrap("/usr/bin/bwrap", 126, "Permission denied")
+    result = namespaces.assess_bwrap("/usr/bin/bwrap", 126, "Permission denied")
     assert result.status == FAIL
 
 
@@ -136,14 +140,14 @@ NO_LIMITS: dict[str, int | None] = {
 
 
 def test_userns_ok_as_user_names_the_user() -> None:
-    result = doctor.assess_userns("/usr/bin/bwrap", 0, "", 1000, "alice", NO_LIMITS)
+    result = namespaces.assess_userns("/usr/bin/bwrap", 0, "", 1000, "alice", NO_LIMITS)
     assert result.status == OK
     assert "alice (uid 1000)" in result.found
     assert "root" not in result.found
 
 
 def test_userns_ok_as_root_says_so() -> None:
-    result = doctor.assess_userns("/usr/bin/bwrap", 0, "", 0, "root", NO_LIMITS)
+    result = namespaces.assess_userns("/usr/bin/bwrap", 0, "", 0, "root", NO_LIMITS)
     assert result.status == OK
     assert "checked as root" in result.found
 
@@ -151,7 +155,7 @@ def test_userns_ok_as_root_says_so() -> None:
 def test_userns_apparmor_restriction_fails_with_remedy() -> None:
     sysctls = {**NO_LIMITS, "kernel.apparmor_restrict_unprivileged_userns": 1}
     stderr = "bwrap: setting up uid map: Permission denied\n"
-    result = doctor.assess_userns("/usr/bin/bwrap", 1, stderr, 1000, "alice", sysctls)
+    result = namespaces.assess_userns("/usr/bin/bwrap", 1, stderr, 1000, "alice", sysctls)
     assert result.status == FAIL
     assert "setting up uid map: Permission denied" in result.found
     assert "alice (uid 1000)" in result.found
@@ -164,14 +168,14 @@ def test_userns_apparmor_restriction_fails_with_remedy() -> None:
 
 def test_userns_apparmor_restriction_with_a_profile_is_ok() -> None:
     sysctls = {**NO_LIMITS, "kernel.apparmor_restrict_unprivileged_userns": 1}
-    result = doctor.assess_userns("/usr/bin/bwrap", 0, "", 1000, "alice", sysctls)
+    result = namespaces.assess_userns("/usr/bin/bwrap", 0, "", 1000, "alice", sysctls)
     assert result.status == OK
     assert "AppArmor" in result.found
 
 
 def test_userns_root_warns_when_unprivileged_users_are_blocked() -> None:
     sysctls = {**NO_LIMITS, "kernel.apparmor_restrict_unprivileged_userns": 1}
-    result = doctor.assess_userns("/usr/bin/bwrap", 0, "", 0, "root", sysctls)
+    result = namespaces.assess_userns("/usr/bin/bwrap", 0, "", 0, "root", sysctls)
     assert result.status == WARN
     assert "unprivileged" in result.found
     assert "/etc/apparmor.d/bwrap" in result.remedy
@@ -179,7 +183,7 @@ def test_userns_root_warns_when_unprivileged_users_are_blocked() -> None:
 
 def test_userns_debian_sysctl() -> None:
     sysctls = {**NO_LIMITS, "kernel.unprivileged_userns_clone": 0}
-    result = doctor.assess_userns("/usr/bin/bwrap", 1, "bwrap: No permissions to creating new namespace", 1000,
+    result = namespaces.assess_userns("/usr/bin/bwrap", 1, "bwrap: No permissions to creating new namespace", 1000,
                                   "alice", sysctls)
     assert result.status == FAIL
     assert "sysctl -w kernel.unprivileged_userns_clone=1" in result.remedy
@@ -187,15 +191,15 @@ def test_userns_debian_sysctl() -> None:
 
 def test_userns_max_zero() -> None:
     sysctls = {**NO_LIMITS, "user.max_user_namespaces": 0}
-    result = doctor.assess_userns("/usr/bin/bwrap", 1, "bwrap: Creating new namespace failed: No space left on device",
-                                  1000, "alice", sysctls)
+    stderr = "bwrap: Creating new namespace failed: No space left on device"
+    result = namespaces.assess_userns("/usr/bin/bwrap", 1, stderr, 1000, "alice", sysctls)
     assert result.status == FAIL
     assert "user.max_user_namespaces=15000" in result.remedy
 
 
 def test_userns_unknown_cause_lists_the_usual_suspects() -> None:
-    result = doctor.assess_userns("/usr/bin/bwrap", 1, "bwrap: Creating new namespace failed: Operation not permitted",
-                                  1000, "alice", NO_LIMITS, in_container=True)
+    stderr = "bwrap: Creating new namespace failed: Operation not permitted"
+    result = namespaces.assess_userns("/usr/bin/bwrap", 1, stderr, 1000, "alice", NO_LIMITS, in_container=True)
     assert result.status == FAIL
     assert "Operation not permitted" in result.found
     assert "apparmor_restrict_unprivileged_userns" in result.remedy
@@ -203,20 +207,20 @@ def test_userns_unknown_cause_lists_the_usual_suspects() -> None:
 
 
 def test_userns_timeout_fails() -> None:
-    result = doctor.assess_userns("/usr/bin/bwrap", None, "", 1000, "alice", NO_LIMITS)
+    result = namespaces.assess_userns("/usr/bin/bwrap", None, "", 1000, "alice", NO_LIMITS)
     assert result.status == FAIL
     assert "timed out" in result.found
 
 
 def test_userns_not_checked_without_bwrap() -> None:
-    result = doctor.assess_userns(None, None, "", 1000, "alice", NO_LIMITS)
+    result = namespaces.assess_userns(None, None, "", 1000, "alice", NO_LIMITS)
     assert result.status == WARN
     assert "not checked" in result.found
 
 
 # ------------------------------------------------------------------ Landlock
 def test_landlock_abi_0_fails_with_remedy() -> None:
-    result = doctor.assess_landlock(0, "lockdown,capability,yama,apparmor\n")
+    result = landlock_check.assess_landlock(0, "lockdown,capability,yama,apparmor\n")
     assert result.status == FAIL
     assert "landlock is not in it" in result.found
     assert "lsm=lockdown,capability,yama,apparmor,landlock" in result.remedy
@@ -225,13 +229,13 @@ def test_landlock_abi_0_fails_with_remedy() -> None:
 
 
 def test_landlock_abi_0_with_unknown_lsm_list() -> None:
-    result = doctor.assess_landlock(0, None)
+    result = landlock_check.assess_landlock(0, None)
     assert result.status == FAIL
     assert "lsm=...,landlock" in result.remedy
 
 
 def test_landlock_abi_3_warns() -> None:
-    result = doctor.assess_landlock(3, "capability,landlock,yama\n")
+    result = landlock_check.assess_landlock(3, "capability,landlock,yama\n")
     assert result.status == WARN
     assert "ABI 3" in result.found
     assert "TCP bind/connect rules" in result.found
@@ -242,14 +246,14 @@ def test_landlock_abi_3_warns() -> None:
 
 
 def test_landlock_abi_6_and_later_ok() -> None:
-    assert doctor.assess_landlock(6, None).status == OK
-    result = doctor.assess_landlock(9, "landlock")
+    assert landlock_check.assess_landlock(6, None).status == OK
+    result = landlock_check.assess_landlock(9, "landlock")
     assert result.status == OK
     assert all(row["here"] == "yes" for row in result.details)
 
 
 def test_landlock_binding_missing_fails() -> None:
-    result = doctor.assess_landlock(0, None, "ModuleNotFoundError: No module named 'landlockpy'")
+    result = landlock_check.assess_landlock(0, None, "ModuleNotFoundError: No module named 'landlockpy'")
     assert result.status == FAIL
     assert "landlockpy" in result.remedy
 
@@ -263,7 +267,7 @@ GOOD_SECCOMP = SeccompFacts(
 
 
 def test_seccomp_good() -> None:
-    result = doctor.assess_seccomp(GOOD_SECCOMP)
+    result = seccomp_check.assess_seccomp(GOOD_SECCOMP)
     assert result.status == OK
     assert "libseccomp 2.5.4, API level 6" in result.found
     assert "6.8.0-45-generic" in result.found
@@ -271,32 +275,33 @@ def test_seccomp_good() -> None:
 
 
 def test_seccomp_without_libseccomp_fails() -> None:
-    result = doctor.assess_seccomp(replace(GOOD_SECCOMP, import_error="RuntimeError: Unable to find libseccomp"))
+    result = seccomp_check.assess_seccomp(replace(GOOD_SECCOMP, import_error="RuntimeError: Unable to find libseccomp"))
     assert result.status == FAIL
     assert "libseccomp2" in result.remedy
 
 
 def test_seccomp_kernel_without_seccomp_fails() -> None:
     facts = replace(GOOD_SECCOMP, prctl=None, prctl_errno=22, status_mode=None, status_filters=None)
-    result = doctor.assess_seccomp(facts)
+    result = seccomp_check.assess_seccomp(facts)
     assert result.status == FAIL
     assert "CONFIG_SECCOMP" in result.remedy
 
 
 def test_seccomp_baseline_that_does_not_compile_fails() -> None:
-    result = doctor.assess_seccomp(replace(GOOD_SECCOMP, compile_error="seccomp: unknown system call 'fsmount'"))
+    result = seccomp_check.assess_seccomp(replace(GOOD_SECCOMP, compile_error="seccomp: unknown system call 'fsmount'"))
     assert result.status == FAIL
     assert "fsmount" in result.found
 
 
 def test_seccomp_filter_that_bwrap_cannot_load_fails() -> None:
-    result = doctor.assess_seccomp(replace(GOOD_SECCOMP, load_error="bwrap: prctl(PR_SET_SECCOMP): Invalid argument"))
+    facts = replace(GOOD_SECCOMP, load_error="bwrap: prctl(PR_SET_SECCOMP): Invalid argument")
+    result = seccomp_check.assess_seccomp(facts)
     assert result.status == FAIL
     assert "Invalid argument" in result.found
 
 
 def test_seccomp_old_api_warns_about_notification() -> None:
-    result = doctor.assess_seccomp(replace(GOOD_SECCOMP, api=5, lib_version=(2, 4, 4)))
+    result = seccomp_check.assess_seccomp(replace(GOOD_SECCOMP, api=5, lib_version=(2, 4, 4)))
     assert result.status == WARN
     assert "user notification" in result.found
     here = {row["feature"]: row["here"] for row in result.details}
@@ -304,7 +309,7 @@ def test_seccomp_old_api_warns_about_notification() -> None:
 
 
 def test_seccomp_old_kernel_has_no_addfd_send() -> None:
-    result = doctor.assess_seccomp(replace(GOOD_SECCOMP, kernel="5.10.0-28-amd64"))
+    result = seccomp_check.assess_seccomp(replace(GOOD_SECCOMP, kernel="5.10.0-28-amd64"))
     assert result.status == WARN
     here = {row["feature"]: row["here"] for row in result.details}
     assert here["user notification (approvals)"] == "yes"
@@ -312,15 +317,15 @@ def test_seccomp_old_kernel_has_no_addfd_send() -> None:
 
 
 def test_seccomp_nested_filters_are_mentioned() -> None:
-    result = doctor.assess_seccomp(replace(GOOD_SECCOMP, status_mode="2", status_filters="1"))
+    result = seccomp_check.assess_seccomp(replace(GOOD_SECCOMP, status_mode="2", status_filters="1"))
     assert result.status == OK
     assert "already under 1 filter" in result.found
 
 
 def test_kernel_version_parse() -> None:
-    assert doctor.kernel_version("6.18.44-fc-v782") == (6, 18, 44)
-    assert doctor.kernel_version("5.4-rc1") == (5, 4, 0)
-    assert doctor.kernel_version("weird") == (0, 0, 0)
+    assert common.kernel_version("6.18.44-fc-v782") == (6, 18, 44)
+    assert common.kernel_version("5.4-rc1") == (5, 4, 0)
+    assert common.kernel_version("weird") == (0, 0, 0)
 
 
 # ------------------------------------------------------------------ cgroup
@@ -337,41 +342,41 @@ LEGACY = (
 
 
 def test_cgroup_layouts() -> None:
-    assert doctor.cgroup_layout(UNIFIED) == ("unified", "/sys/fs/cgroup")
-    assert doctor.cgroup_layout(HYBRID) == ("hybrid", "/sys/fs/cgroup/unified")
-    assert doctor.cgroup_layout(LEGACY) == ("legacy", None)
-    assert doctor.cgroup_layout("") == ("none", None)
+    assert host.cgroup_layout(UNIFIED) == ("unified", "/sys/fs/cgroup")
+    assert host.cgroup_layout(HYBRID) == ("hybrid", "/sys/fs/cgroup/unified")
+    assert host.cgroup_layout(LEGACY) == ("legacy", None)
+    assert host.cgroup_layout("") == ("none", None)
 
 
 def test_own_cgroup() -> None:
-    assert doctor.own_cgroup("4:memory:/x\n0::/user.slice/user-1000.slice/session-2.scope\n") == \
+    assert host.own_cgroup("4:memory:/x\n0::/user.slice/user-1000.slice/session-2.scope\n") == \
         "/user.slice/user-1000.slice/session-2.scope"
-    assert doctor.own_cgroup("4:memory:/x\n") is None
+    assert host.own_cgroup("4:memory:/x\n") is None
 
 
 def test_cgroup_delegated_memory_is_ok() -> None:
-    result = doctor.assess_cgroup("unified", "/sys/fs/cgroup/user.slice/user-1000.slice/user@1000.service",
+    result = host.assess_cgroup("unified", "/sys/fs/cgroup/user.slice/user-1000.slice/user@1000.service",
                                   {"cpu", "memory", "pids"}, {"memory", "pids"}, True, "alice")
     assert result.status == OK
     assert "memory limits via cgroup" in result.found
 
 
 def test_cgroup_not_delegated_warns() -> None:
-    result = doctor.assess_cgroup("unified", "/sys/fs/cgroup/user.slice", {"cpu", "memory"}, set(), False, "alice")
+    result = host.assess_cgroup("unified", "/sys/fs/cgroup/user.slice", {"cpu", "memory"}, set(), False, "alice")
     assert result.status == WARN
     assert "memory limits via RLIMIT_AS (address space; coarser)" in result.found
     assert "Delegate=" in result.remedy
 
 
 def test_cgroup_hybrid_warns() -> None:
-    result = doctor.assess_cgroup("hybrid", "/sys/fs/cgroup/unified", set(), set(), True, "root")
+    result = host.assess_cgroup("hybrid", "/sys/fs/cgroup/unified", set(), set(), True, "root")
     assert result.status == WARN
     assert "RLIMIT_AS" in result.found
     assert "systemd.unified_cgroup_hierarchy=1" in result.remedy
 
 
 def test_cgroup_legacy_warns() -> None:
-    result = doctor.assess_cgroup("legacy", None, None, None, False, "alice")
+    result = host.assess_cgroup("legacy", None, None, None, False, "alice")
     assert result.status == WARN
 
 
@@ -380,18 +385,18 @@ def test_state_dir_unwritable_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     monkeypatch.setenv("XDG_STATE_HOME", str(blocker / "state"))  # under a file: not creatable, even by root
-    result = doctor.check_state_dir()
+    result = host.check_state_dir()
     assert result.status == FAIL
     assert "XDG_STATE_HOME" in result.remedy
 
 
 def test_state_dir_ok(home: Path) -> None:
-    result = doctor.check_state_dir()
+    result = host.check_state_dir()
     assert result.status == OK
 
 
 def test_shim_python_is_informational() -> None:
-    under = doctor.assess_shim_python("/venv/bin/python", "/usr/bin/python3.11", "/usr")
+    under = host.assess_shim_python("/venv/bin/python", "/usr/bin/python3.11", "/usr")
     assert under.status == OK and "under /usr" in under.found
-    outside = doctor.assess_shim_python("/opt/py/bin/python3", "/opt/py/bin/python3.12", "/opt/py")
+    outside = host.assess_shim_python("/opt/py/bin/python3", "/opt/py/bin/python3.12", "/opt/py")
     assert outside.status == OK and "/opt/py read-only" in outside.found

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sandboxctl.inert import display_width, inert, inert_argv
+from sandboxctl.inert import display_width, inert, inert_argv, inert_lines
 
 _ESCAPE = re.compile(r"\\(\\|n|r|t|x[0-9a-f]{2}|u[0-9a-f]{4}|U[0-9a-f]{8})")
 
@@ -63,6 +63,7 @@ def visible_only(shown: str) -> bool:
     ("e\u0301\u0302\u0303\u0304", "e\u0301\u0302\\u0303\\u0304"),  # a stack of them is not
     ("\u0301x", "\\u0301x"),                                   # nothing to combine with
     ("日本語", "日本語"),
+    ("│ what ╰─", "\\u2502 what \\u2570\\u2500"),            # frame characters could fake a panel
 ])
 def test_characters(raw: str, shown: str):
     assert inert(raw) == shown
@@ -176,3 +177,36 @@ def test_property_limit(text: str, limit: int):
 def test_property_argv(argv: list[str], limit: int):
     shown = inert_argv(argv, limit=limit)
     assert visible_only(shown) and display_width(shown) <= limit
+
+
+# -- folded (for the target of an approval) -----------------------------------------------------
+
+
+def test_lines_fold_on_escape_boundaries():
+    lines = inert_lines("/w/" + "\x1b" * 15 + "name.txt", width=30)
+    assert all(display_width(line) <= 30 for line in lines)
+    assert undo("".join(lines)) == "/w/" + "\x1b" * 15 + "name.txt"
+    assert all(re.fullmatch(r"(\\x1b|[^\\])*", line) for line in lines)  # no escape cut in two
+
+
+def test_lines_keep_start_and_end_of_a_long_value():
+    path = "/home/u/" + "d/" * 400 + "secret-target.txt"
+    lines = inert_lines(path, width=40, max_lines=3)
+    assert len(lines) == 3 and all(display_width(line) <= 40 for line in lines)
+    assert lines[0].startswith("/home/u/") and lines[-1].endswith("secret-target.txt")
+    hidden = int(re.search(r"\+(\d+) chars", lines[-1]).group(1))
+    shown = "".join(lines[:-1]) + lines[-1].split("…", 2)[-1]
+    assert len(shown) + hidden == len(path)
+
+
+def test_lines_short_value_is_one_line():
+    assert inert_lines("/w/notes.md", width=40) == ["/w/notes.md"]
+    assert inert_lines("", width=40) == [""]
+
+
+@settings(max_examples=200, deadline=None)
+@given(_ANY_TEXT, st.integers(min_value=24, max_value=90), st.integers(min_value=1, max_value=4))
+def test_property_lines(text: str, width: int, max_lines: int):
+    lines = inert_lines(text * 3, width=width, max_lines=max_lines)
+    assert len(lines) <= max_lines
+    assert all(visible_only(line) and display_width(line) <= width for line in lines)

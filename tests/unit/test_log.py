@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from sandboxctl.errors import SandboxError
-from sandboxctl.log import reader
+from sandboxctl.log import files as logfiles
+from sandboxctl.log import follow, query, render, verify
 from sandboxctl.log.chain import GENESIS, line_hash, verify_lines
 from sandboxctl.log.writer import ActionLog, LogWriteError
 
@@ -89,7 +90,7 @@ def test_write_failure_raises_log_write_error(logfile: Path, monkeypatch: pytest
     monkeypatch.undo()
     log.write("run.end", exit_code=0)  # the seq that failed is reused; the chain is intact
     log.close()
-    assert reader.verify(logfile).ok
+    assert verify.verify(logfile).ok
     assert [json.loads(x)["seq"] for x in lines_of(logfile)] == [0, 1]
 
 
@@ -105,7 +106,7 @@ def test_short_write_is_rolled_back(logfile: Path, monkeypatch: pytest.MonkeyPat
     assert logfile.stat().st_size == size  # no torn line left behind
     log.write("run.end", exit_code=0)
     log.close()
-    assert reader.verify(logfile).ok
+    assert verify.verify(logfile).ok
 
 
 def test_write_after_a_torn_line_starts_a_new_line(logfile: Path):
@@ -116,7 +117,7 @@ def test_write_after_a_torn_line_starts_a_new_line(logfile: Path):
         log.write("run.start", argv=["true"])
     raw = lines_of(logfile)
     assert json.loads(raw[-1])["run"] == RUN_B  # its own line, not glued to the torn one
-    result = reader.verify(logfile)
+    result = verify.verify(logfile)
     assert not result.ok and result.broken_line == len(raw) - 1 and "not a JSON record" in result.reason
 
 
@@ -136,7 +137,7 @@ def put(path: Path, lines: list[bytes], newline: bool = True) -> None:
 
 
 def test_verify_intact(logfile: Path, chain: list[bytes]):
-    result = reader.verify(logfile)
+    result = verify.verify(logfile)
     assert result.ok and result.records == len(chain) and result.files == 1
 
 
@@ -144,7 +145,7 @@ def test_verify_detects_edited_line(logfile: Path, chain: list[bytes]):
     edited = list(chain)
     edited[3] = edited[3].replace(b"pypi.org", b"evil.org")
     put(logfile, edited)
-    result = reader.verify(logfile)
+    result = verify.verify(logfile)
     assert not result.ok and result.broken_file == logfile and result.broken_line == 5
     assert "actions.jsonl:4 was edited" in result.reason
     assert result.records == 4 and result.where == f"{logfile}:5"
@@ -152,13 +153,13 @@ def test_verify_detects_edited_line(logfile: Path, chain: list[bytes]):
 
 def test_verify_detects_deleted_line(logfile: Path, chain: list[bytes]):
     put(logfile, chain[:4] + chain[5:])
-    result = reader.verify(logfile)
+    result = verify.verify(logfile)
     assert not result.ok and result.broken_line == 5 and "removed" in result.reason
 
 
 def test_verify_detects_deleted_first_line(logfile: Path, chain: list[bytes]):
     put(logfile, chain[1:])
-    result = reader.verify(logfile)
+    result = verify.verify(logfile)
     assert not result.ok and result.broken_line == 1 and "start the chain" in result.reason
 
 
@@ -167,7 +168,7 @@ def test_verify_detects_inserted_line(logfile: Path, chain: list[bytes]):
     forged.update(path="/innocent", prev=line_hash(chain[2]))  # even with a correct prev of its own
     forged_line = json.dumps(forged, separators=(",", ":")).encode()
     put(logfile, [*chain[:3], forged_line, *chain[3:]])
-    result = reader.verify(logfile)
+    result = verify.verify(logfile)
     assert not result.ok and result.broken_line == 5 and "actions.jsonl:4 was inserted" in result.reason
 
 
@@ -175,25 +176,25 @@ def test_verify_detects_reordered_lines(logfile: Path, chain: list[bytes]):
     swapped = list(chain)
     swapped[3], swapped[4] = swapped[4], swapped[3]
     put(logfile, swapped)
-    result = reader.verify(logfile)
+    result = verify.verify(logfile)
     assert not result.ok and result.broken_line == 4 and "reordered" in result.reason
 
 
 def test_verify_detects_torn_last_line(logfile: Path, chain: list[bytes]):
     put(logfile, [*chain[:-1], chain[-1][: len(chain[-1]) // 2]], newline=False)
-    result = reader.verify(logfile)
+    result = verify.verify(logfile)
     assert not result.ok and result.broken_line == len(chain) and "incomplete" in result.reason
     # a last line whose newline alone is missing is torn as well
     put(logfile, chain, newline=False)
-    result = reader.verify(logfile)
+    result = verify.verify(logfile)
     assert not result.ok and result.broken_line == len(chain) and "incomplete" in result.reason
 
 
 def test_verify_detects_garbage_and_empty_lines(logfile: Path, chain: list[bytes]):
     put(logfile, [*chain[:2], b"", *chain[2:]])
-    assert "empty line" in reader.verify(logfile).reason
+    assert "empty line" in verify.verify(logfile).reason
     put(logfile, [*chain[:2], b"not json", *chain[2:]])
-    result = reader.verify(logfile)
+    result = verify.verify(logfile)
     assert result.broken_line == 3 and "not a JSON record" in result.reason
 
 
@@ -233,7 +234,7 @@ def test_parallel_writers_keep_the_chain(logfile: Path):
     raw = data.splitlines()
     assert len(raw) == 8000
     records = [json.loads(line) for line in raw]  # no torn or interleaved line
-    result = reader.verify(logfile)
+    result = verify.verify(logfile)
     assert result.ok and result.records == 8000 and result.files == 1
     for n in range(8):
         assert [r["seq"] for r in records if r["run"] == f"run-{n}"] == list(range(1000))
@@ -254,9 +255,9 @@ def test_threads_sharing_one_log(logfile: Path):
     for thread in threads:
         thread.join()
     log.close()
-    result = reader.verify(logfile)
+    result = verify.verify(logfile)
     assert result.ok and result.records == 1000
-    assert [r.data["seq"] for r in reader.iter_records(logfile)] == list(range(1000))
+    assert [r.data["seq"] for r in logfiles.iter_records(logfile)] == list(range(1000))
 
 
 # -- rotation ----------------------------------------------------------------------------------
@@ -266,17 +267,17 @@ def test_rotation_keeps_the_chain_across_files(logfile: Path):
     with ActionLog(str(logfile), RUN_A, max_bytes=2000) as log:
         for i in range(60):
             log.write("exec", pid=1, path="/bin/true", argv=["true", str(i)])
-    files = reader.log_files(logfile)
+    files = logfiles.log_files(logfile)
     assert len(files) == 6 and files[-1] == logfile.resolve()
     assert [f.name for f in files[:-1]] == [f"actions.jsonl.{n}" for n in (5, 4, 3, 2, 1)]
     for file in files:
         assert file.stat().st_size <= 2000 and oct(file.stat().st_mode & 0o777) == oct(0o600)
     first_new = json.loads(lines_of(logfile)[0])
     assert first_new["prev"] == line_hash(lines_of(files[-2])[-1])
-    result = reader.verify(logfile)
+    result = verify.verify(logfile)
     assert result.ok and result.files == 6
     assert result.note and "no longer kept" in result.note  # the oldest file continues a dropped one
-    seqs = [r.data["seq"] for r in reader.iter_records(logfile)]
+    seqs = [r.data["seq"] for r in logfiles.iter_records(logfile)]
     assert seqs == list(range(60 - len(seqs), 60))  # consecutive, newest kept
     assert not (logfile.parent / "actions.jsonl.new").exists()
 
@@ -285,15 +286,15 @@ def test_rotation_detects_a_removed_rotated_file(logfile: Path):
     with ActionLog(str(logfile), RUN_A, max_bytes=1500, keep=10) as log:
         for i in range(30):
             log.write("exec", pid=1, path="/bin/true", argv=["true", str(i)])
-    assert reader.verify(logfile).ok and reader.verify(logfile).note is None
+    assert verify.verify(logfile).ok and verify.verify(logfile).note is None
     middle = Path(f"{logfile}.2")
     middle.unlink()
-    result = reader.verify(logfile)
+    result = verify.verify(logfile)
     assert not result.ok and result.broken_file.name == "actions.jsonl.1" and result.broken_line == 1
     Path(f"{logfile}.1").unlink()
     for n in range(3, 20):
         Path(f"{logfile}.{n}").unlink(missing_ok=True)
-    result = reader.verify(logfile)
+    result = verify.verify(logfile)
     assert not result.ok and result.broken_file == logfile.resolve() and "start the chain" in result.reason
 
 
@@ -310,17 +311,17 @@ def test_writer_holding_a_rotated_file_reopens_the_path(logfile: Path):
     assert json.loads(lines_of(logfile)[-1])["run"] == RUN_B
     a.close()
     b.close()
-    assert reader.verify(logfile).ok
+    assert verify.verify(logfile).ok
 
 
 def test_rotation_with_parallel_writers(logfile: Path):
     # two processes cross the rotation boundary many times; keep enough files to see every record
     _run_parallel(logfile, workers=2, count=400, max_bytes=4096, keep=1000)
-    files = reader.log_files(logfile)
+    files = logfiles.log_files(logfile)
     assert len(files) > 10
-    result = reader.verify(logfile)
+    result = verify.verify(logfile)
     assert result.ok and result.records == 800 and result.note is None
-    records = list(reader.iter_records(logfile))
+    records = list(logfiles.iter_records(logfile))
     for n in range(2):
         assert [r.data["seq"] for r in records if r.run == f"run-{n}"] == list(range(400))
     for file in files:
@@ -329,8 +330,8 @@ def test_rotation_with_parallel_writers(logfile: Path):
 
 def test_rotation_drops_the_oldest_with_parallel_writers(logfile: Path):
     _run_parallel(logfile, workers=2, count=300, max_bytes=2048, keep=3)
-    assert len(reader.log_files(logfile)) == 4
-    assert reader.verify(logfile).ok
+    assert len(logfiles.log_files(logfile)) == 4
+    assert verify.verify(logfile).ok
 
 
 def test_verify_while_writers_rotate(logfile: Path):
@@ -340,7 +341,7 @@ def test_verify_while_writers_rotate(logfile: Path):
     writer.start()
     checks = 0
     while writer.is_alive() or checks < 3:
-        result = reader.verify(logfile)  # a consistent set of files, never a false alarm
+        result = verify.verify(logfile)  # a consistent set of files, never a false alarm
         assert result.ok, (result.where, result.reason)
         checks += 1
     writer.join(30)
@@ -360,7 +361,7 @@ def test_rotation_write_failure(logfile: Path, monkeypatch: pytest.MonkeyPatch):
     for _ in range(10):
         log.write("exec", pid=1, path="/bin/true", argv=["true"])
     log.close()
-    assert reader.verify(logfile).ok
+    assert verify.verify(logfile).ok
 
 
 # -- reader ------------------------------------------------------------------------------------
@@ -376,7 +377,7 @@ def two_runs(logfile: Path) -> Path:
 
 def test_filters(two_runs: Path):
     def events(**kw) -> list[tuple[str, str]]:
-        return [(r.run[-1], r.event) for r in reader.select(two_runs, **kw)]
+        return [(r.run[-1], r.event) for r in query.select(two_runs, **kw)]
 
     assert {run for run, _ in events(run="20240101T0001")} == {"b"}
     assert events(event="net") == [("a", "net"), ("b", "net")]
@@ -385,24 +386,24 @@ def test_filters(two_runs: Path):
     # denials: decision deny, approval deny/timeout; run.end with denied > 0 is not one itself
     assert events(denied=True) == [("a", "file"), ("a", "syscall"), ("a", "approval"),
                                    ("b", "file"), ("b", "approval")]
-    assert reader.is_denial({"event": "approval", "answer": "deny"})
-    assert not reader.is_denial({"event": "approval", "answer": "once"})
-    assert not reader.is_denial({"event": "run.end", "denied": 3})
+    assert query.is_denial({"event": "approval", "answer": "deny"})
+    assert not query.is_denial({"event": "approval", "answer": "once"})
+    assert not query.is_denial({"event": "run.end", "denied": 3})
     assert events(since=datetime.now(UTC) - timedelta(hours=1)) == events()
     assert events(since=datetime.now(UTC) + timedelta(seconds=5)) == []
-    assert reader.last_run_id(two_runs) == RUN_B
+    assert query.last_run_id(two_runs) == RUN_B
 
 
 def test_since_cutoff():
     now = datetime(2024, 1, 1, 12, tzinfo=UTC)
-    assert reader.since_cutoff("1h", now) == datetime(2024, 1, 1, 11, tzinfo=UTC)
-    assert reader.since_cutoff("1h30m", now) == datetime(2024, 1, 1, 10, 30, tzinfo=UTC)
+    assert query.since_cutoff("1h", now) == datetime(2024, 1, 1, 11, tzinfo=UTC)
+    assert query.since_cutoff("1h30m", now) == datetime(2024, 1, 1, 10, 30, tzinfo=UTC)
     with pytest.raises(ValueError):
-        reader.since_cutoff("yesterday", now)
+        query.since_cutoff("yesterday", now)
 
 
 def test_list_runs(two_runs: Path):
-    runs = reader.list_runs(reader.iter_records(two_runs))
+    runs = query.list_runs(logfiles.iter_records(two_runs))
     assert [r.run for r in runs] == [RUN_A, RUN_B]
     a, b = runs
     assert a.finished and a.exit_code == 0 and a.duration_s == 1.25 and a.status == "exit 0"
@@ -415,28 +416,28 @@ def test_reader_reads_across_rotation(logfile: Path):
     with ActionLog(str(logfile), RUN_A, max_bytes=1500, keep=20) as log:
         for i in range(40):
             log.write("exec", pid=1, path="/bin/true", argv=["true", str(i)])
-    assert len(reader.log_files(logfile)) > 2
-    assert [r.data["seq"] for r in reader.iter_records(logfile)] == list(range(40))
+    assert len(logfiles.log_files(logfile)) > 2
+    assert [r.data["seq"] for r in logfiles.iter_records(logfile)] == list(range(40))
 
 
 def test_summaries_never_show_secret_values_and_escape_control_characters():
-    assert reader.summarize({"event": "secret", "name": "TOKEN", "action": "inject"}) == "TOKEN (inject)"
-    assert reader.summarize({"event": "net", "host": "pypi.org", "port": 443}) == "pypi.org:443"
-    assert reader.summarize({"event": "file", "op": "write", "path": "/w/x"}) == "write /w/x"
-    assert reader.summarize({"event": "approval", "kind": "net", "target": "a.b:443"}) == "net a.b:443"
-    assert reader.summarize({"event": "syscall", "name": "ptrace"}) == "ptrace"
-    assert reader.summarize({"event": "http", "method": "GET", "host": "api.github.com", "port": 443,
+    assert render.summarize({"event": "secret", "name": "TOKEN", "action": "inject"}) == "TOKEN (inject)"
+    assert render.summarize({"event": "net", "host": "pypi.org", "port": 443}) == "pypi.org:443"
+    assert render.summarize({"event": "file", "op": "write", "path": "/w/x"}) == "write /w/x"
+    assert render.summarize({"event": "approval", "kind": "net", "target": "a.b:443"}) == "net a.b:443"
+    assert render.summarize({"event": "syscall", "name": "ptrace"}) == "ptrace"
+    assert render.summarize({"event": "http", "method": "GET", "host": "api.github.com", "port": 443,
                              "path": "/repos/acme/x", "status": 200, "secrets": ["GITHUB_TOKEN"]}) == \
         "GET api.github.com/repos/acme/x -> 200 (secrets: GITHUB_TOKEN)"
-    assert reader.summarize({"event": "http", "method": "POST", "host": "h", "port": 8443, "path": "/p",
+    assert render.summarize({"event": "http", "method": "POST", "host": "h", "port": 8443, "path": "/p",
                              "status": 403, "leak": "T"}) == "POST h:8443/p -> 403 (leak: T)"
-    assert reader.clean(reader.summarize({"event": "http", "method": "GET", "host": "h", "port": 443,
-                                          "path": "/\x1b[2J"})) == "GET h/\\x1b[2J"
-    assert reader.summarize({"event": "limit", "kind": "memory", "action": "kill"}) == "memory (kill)"
-    assert reader.summarize({"event": "run.start", "argv": ["ls", "a b"], "policy": "ci"}) == "ls 'a b' (policy ci)"
-    assert reader.summarize({"event": "run.end", "exit_code": 137, "signal": 9, "duration_s": 75}) == \
+    assert render.summarize({"event": "http", "method": "GET", "host": "h", "port": 443,
+                             "path": "/\x1b[2J"}) == "GET h/\\x1b[2J"
+    assert render.summarize({"event": "limit", "kind": "memory", "action": "kill"}) == "memory (kill)"
+    assert render.summarize({"event": "run.start", "argv": ["ls", "a b"], "policy": "ci"}) == "ls 'a b' (policy ci)"
+    assert render.summarize({"event": "run.end", "exit_code": 137, "signal": 9, "duration_s": 75}) == \
         "exit 137 after 1m15s (signal 9)"
-    assert reader.clean("a\x1b[31mb\u202e") == "a\\x1b[31mb\\u202e"
+    assert render.clean("a\x1b[31mb\u202e") == "a\\x1b[31mb\\u202e"
 
 
 # -- follow ------------------------------------------------------------------------------------
@@ -446,7 +447,7 @@ def test_follow_survives_rotation(logfile: Path):
     log = ActionLog(str(logfile), RUN_A, max_bytes=1200, keep=50)
     log.write("exec", pid=1, path="/bin/true", argv=["true", "old"])
     stop = threading.Event()
-    follower = reader.Follower(logfile, poll=0.01, stop=stop)  # from the end: "old" is not shown
+    follower = follow.Follower(logfile, poll=0.01, stop=stop)  # from the end: "old" is not shown
     seen: list[int] = []
 
     def consume() -> None:
@@ -465,7 +466,7 @@ def test_follow_survives_rotation(logfile: Path):
     stop.set()
     log.close()
     assert not thread.is_alive()
-    assert len(reader.log_files(logfile)) > 5
+    assert len(logfiles.log_files(logfile)) > 5
     assert seen == list(range(1, 101))
 
 
@@ -475,7 +476,7 @@ def test_follow_sees_every_record_once_while_two_processes_rotate(logfile: Path)
     seen: list[tuple[str, int]] = []
 
     def consume() -> None:
-        for record in reader.Follower(logfile, from_start=True, poll=0.002, stop=stop):
+        for record in follow.Follower(logfile, from_start=True, poll=0.002, stop=stop):
             seen.append((record.run, record.data["seq"]))
             if len(seen) == 1 + 2 * 1500:
                 stop.set()
@@ -485,7 +486,7 @@ def test_follow_sees_every_record_once_while_two_processes_rotate(logfile: Path)
     _run_parallel(logfile, workers=2, count=1500, max_bytes=3000, keep=10_000)
     thread.join(20)
     stop.set()
-    assert len(reader.log_files(logfile)) > 50
+    assert len(logfiles.log_files(logfile)) > 50
     assert sorted(seen) == sorted([(RUN_A, 0)] + [(f"run-{n}", i) for n in range(2) for i in range(1500)])
 
 
@@ -493,7 +494,7 @@ def test_follow_from_start_and_rotation_between_polls(logfile: Path):
     log = ActionLog(str(logfile), RUN_A, max_bytes=800, keep=50)
     for i in range(10):
         log.write("exec", pid=1, path="/bin/true", argv=["true", str(i)])
-    follower = reader.Follower(logfile, from_start=True)
+    follower = follow.Follower(logfile, from_start=True)
     assert [r.data["seq"] for r in follower.drain()] == list(range(10))
     for i in range(40):  # several rotations before the next poll
         log.write("exec", pid=1, path="/bin/true", argv=["true", str(i)])
@@ -504,7 +505,7 @@ def test_follow_from_start_and_rotation_between_polls(logfile: Path):
 
 
 def test_follow_waits_for_the_log(logfile: Path):
-    follower = reader.Follower(logfile)
+    follower = follow.Follower(logfile)
     assert list(follower.drain()) == []
     write_run(logfile, RUN_A).close()
     assert next(r.event for r in follower.drain()) == "run.start"

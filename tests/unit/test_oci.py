@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from sandboxctl import doctor
+from sandboxctl.checks import gvisor as gvisor_check
+from sandboxctl.checks.common import OK, WARN
 from sandboxctl.errors import SandboxError
 from sandboxctl.launch import oci
 from sandboxctl.launch.runsc import first_error
@@ -209,8 +210,8 @@ PROBE = {
 
 
 def test_doctor_reports_what_the_probe_measured():
-    result = doctor.assess_gvisor("/usr/bin/runsc", PROBE)
-    assert result.status == doctor.OK and "platform ptrace" in result.found
+    result = gvisor_check.assess_gvisor("/usr/bin/runsc", PROBE)
+    assert result.status == OK and "platform ptrace" in result.found
     rows = {row["feature"]: row for row in result.details}
     assert rows["Landlock (second file-system wall, exec.allow)"]["here"] == "no"
     assert "ENOSYS" in rows["Landlock (second file-system wall, exec.allow)"]["how"]
@@ -223,11 +224,11 @@ def test_doctor_reports_what_the_probe_measured():
 
 
 def test_doctor_without_runsc_or_without_a_working_platform_only_warns():
-    absent = doctor.assess_gvisor(None, None)
-    assert absent.status == doctor.WARN and "apt-get install runsc" in absent.remedy
-    broken = doctor.assess_gvisor("/usr/bin/runsc", {"platform": None, "platforms": {
+    absent = gvisor_check.assess_gvisor(None, None)
+    assert absent.status == WARN and "apt-get install runsc" in absent.remedy
+    broken = gvisor_check.assess_gvisor("/usr/bin/runsc", {"platform": None, "platforms": {
         "ptrace": {"ok": False, "error": "boom"}}})
-    assert broken.status == doctor.WARN and "boom" in broken.found
+    assert broken.status == WARN and "boom" in broken.found
     assert all(row["here"] in ("?", "no") for row in broken.details if row["feature"] != "network: host")
 
 

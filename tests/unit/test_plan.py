@@ -265,17 +265,18 @@ def test_plan_is_json_serialisable():
 
 @pytest.mark.parametrize("name", ["base", "default", "ci", "offline", "claude-code", "codex", "aider"])
 def test_every_builtin_policy_plans(name):
+    """On an account where nothing ever ran (filesystem.create covers the agents' state) and on one
+    where the agents' state exists."""
     from sandboxctl.paths import expand
 
     policy = load_named(name).policy
-    writable = {expand(p, workspace=WS, home=HOME): "dir" for p in policy.filesystem.write}
-    plan = plan_for(name, files=writable)
-    assert plan.mounts and plan.seccomp.rules
-
-
-def test_missing_write_grant_of_an_agent_policy_is_a_clear_error():
-    with pytest.raises(SandboxError, match="does not exist"):
-        plan_for("claude-code")
+    fresh = plan_for(name)
+    assert fresh.mounts and fresh.seccomp.rules
+    made = {c.path: c.kind for c in fresh.creations}
+    writable = {expand(p, workspace=WS, home=HOME): made.get(expand(p, workspace=WS, home=HOME), "dir")
+                for p in policy.filesystem.write}
+    existing = plan_for(name, files=writable)
+    assert existing.creations == () and existing.mounts and existing.seccomp.rules
 
 
 def test_refuses_root_as_workspace():

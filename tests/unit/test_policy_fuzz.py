@@ -124,6 +124,7 @@ PLAUSIBLE = [
     "required", "best-effort", "write", "all", "bwrap", "gvisor", "ptrace", "PTRACE",
     "base", "default", "ci", "offline", "nosuch", "./parent.yaml", "/abs.yaml", "",
     "GET /repos/acme/**", "* /**", "POST /a/*/b", "get /x", "GET /a?b", "GET /../x", "GET /a/**b",
+    "syslog", "syslog+udp://127.0.0.1:514", "syslog+tcp://[::1]:6514", "udp://x:1", "syslog+tcp://h",
 ]
 SCALARS = (
     st.sampled_from(PLAUSIBLE)

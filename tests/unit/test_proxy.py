@@ -1181,6 +1181,68 @@ def test_connection_limit_gives_a_clear_refusal(make_proxy: Callable[..., Proxy]
     assert reply.startswith(b"HTTP/1.1 200 ")
 
 
+def test_a_flood_beyond_the_limit_is_one_record_with_a_count(make_proxy: Callable[..., Proxy],
+                                                              echo: EchoServer) -> None:
+    """Refusals at the limit are counted into one `net` record per burst, not one per connection."""
+    proxy = make_proxy(allow=("127.0.0.1",), max_connections=2)
+    held = [connect_tunnel(proxy, f"127.0.0.1:{echo.port}") for _ in range(2)]
+    for _ in range(30):
+        _assert_well_formed_error(recv_all(proxy.connect()), 503)
+    end = time.monotonic() + 10
+    while time.monotonic() < end and not any(r.get("count") for r in proxy.records):
+        time.sleep(0.05)
+    busy = [r for r in proxy.records if r.get("rule", "").startswith("connection limit")]
+    assert len(busy) == 1 and busy[0]["count"] == 30 and busy[0]["decision"] == "deny", busy
+    for sock, _ in held:
+        sock.close()
+
+
+def test_a_burst_still_open_at_stop_is_recorded(echo: EchoServer) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    records: list[dict[str, Any]] = []
+    server = ProxyServer(listener, NetPolicy(("127.0.0.1",), (), True), records.append, max_connections=1)
+    server.start()
+    proxy = Proxy(server, listener.getsockname()[1], records)
+    held, _ = connect_tunnel(proxy, f"127.0.0.1:{echo.port}")
+    for _ in range(3):
+        recv_all(proxy.connect())
+    server.stop()
+    held.close()
+    assert [r["count"] for r in records if r.get("count")] == [3]
+
+
+def test_a_connection_still_busy_at_stop_keeps_its_record(echo: EchoServer) -> None:
+    """A connection whose thread is stuck past stop()'s deadline (here: a human who never answers)
+    is recorded by stop() itself: once stop() returns, a late record would be lost."""
+    gate = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+    records: list[dict[str, Any]] = []
+    server = ProxyServer(listener, NetPolicy((), (), True), records.append, lambda *a: gate.wait(10))
+    server.start()
+    client = socket.create_connection(listener.getsockname(), timeout=10)
+    client.sendall(f"CONNECT 127.0.0.1:{echo.port} HTTP/1.1\r\n\r\n".encode())
+    end = time.monotonic() + 5
+    while not server.active_connections and time.monotonic() < end:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    server.stop(timeout=0.5)
+    gate.set()
+    assert len(records) == 1 and records[0]["error"] == "still open when the proxy stopped", records
+    time.sleep(0.3)
+    assert len(records) == 1  # the thread that wakes up later writes no second record
+    client.close()
+
+
+def test_the_descriptor_budget_caps_connections_below_the_limit() -> None:
+    from sandboxctl.supervise import fd_budget
+
+    assert fd_budget.connection_cap(1024) == (1024 - fd_budget.RESERVE) // fd_budget.FDS_PER_CONNECTION == 128
+    assert fd_budget.connection_cap(1 << 20) == fd_budget.MAX_CONNECTIONS
+    assert fd_budget.connection_cap(300) == fd_budget.MIN_CONNECTIONS
+    cap = fd_budget.connection_cap(1024)
+    assert cap * fd_budget.FDS_PER_CONNECTION + fd_budget.RESERVE <= 1024
+
+
 # ====================================================================== live: lifecycle
 
 

@@ -125,7 +125,7 @@ def test_parse_host_pattern(text: str, host: str, port: int | None) -> None:
     ("a b.com", "not a host pattern"),
     ("x" * 64 + ".com", "not a host pattern"),
     (".".join(["abcdefgh"] * 30), "not a host pattern"),
-    ("http://pypi.org", "port must be 1-65535"),
+    ("http://pypi.org", "a URL, not a host pattern; write pypi.org:80"),
     ("host:0", "port must be 1-65535"),
     ("host:70000", "port must be 1-65535"),
     ("host:", "port must be 1-65535"),

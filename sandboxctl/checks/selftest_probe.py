@@ -2,7 +2,7 @@
 
 Standard library only (it runs under the sandbox's own python3, not sandboxctl's interpreter).
 It is given one JSON argument (what to aim at) and prints one JSON object of raw observations
-on its last stdout line. It judges nothing: the verdicts are made outside, by `sandboxctl.selftest`,
+on its last stdout line. It judges nothing: the verdicts are made outside, by `sandboxctl.checks.selftest`,
 mostly from what the host shows after the run. Risky calls run in a forked child, so a call that
 unexpectedly succeeds (a new user namespace, a mount) cannot change what the later attempts see.
 """

@@ -1,0 +1,295 @@
+"""Exec events that match what ran, however the caller's memory is raced.
+
+The supervisor reads the path and argv of a trapped execve from the caller's memory, then tells
+the kernel to continue, and the kernel reads that memory again. Anything able to write the
+memory in between (another thread, another process sharing it with CLONE_VM, a MAP_SHARED
+mapping, a writer of /proc/PID/mem) could make the record name one file while another runs. So
+each record says whether the read is provably what the kernel will use:
+
+- `verified: true` when the caller is single-threaded, no other task of the sandbox shares its
+  memory (kcmp KCMP_VM; its cwd/fd table too when the path depends on them) except the parent
+  that vfork()ed it and waits, blocked, for this exec; every byte read (path, argv array and
+  strings) lies in a private mapping that nobody else can change (anonymous, or a read-only
+  mapping of a file outside the writable set); and opening /proc/PID/mem for writing is denied
+  inside the sandbox (Dispatcher asks `refuses_open`);
+- otherwise `verified: false` with `unverified` saying why.
+
+After the fact, where possible: at the next trapped call of the same process the supervisor
+compares /proc/PID/exe (device and inode) with the file it resolved (the interpreter for a
+script, whose name the kernel also puts in argv); a mismatch is a `tamper` event.
+
+Failed lookups are not exec events: the supervisor resolves the path as the sandbox sees it, and
+a path that certainly does not resolve (ENOENT/ENOTDIR, as every miss of a PATH search) or names
+something that cannot be executed (a directory, no execute bit) is answered with that error by
+the supervisor itself, so the kernel runs nothing and nothing is logged. Every exec record is of
+a call handed to the kernel (`result: "continued"`): what is left for the kernel to refuse is
+Landlock's exec.allow, a binary format it does not know, or a noexec mount, which the caller
+sees as its own error (126 for the command of the run).
+
+A call whose memory cannot be read (the supervisor short of descriptors, a fault) is refused and
+logged as a `syscall` denial, never let through with a guessed record.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from sandboxctl.supervise import exec_facts as facts
+from sandboxctl.supervise import notify, sandbox_paths
+
+AT_EMPTY_PATH = facts.AT_EMPTY_PATH
+CLONE_VM, CLONE_VFORK = 0x100, 0x4000
+KCMP_VM, KCMP_FILES, KCMP_FS = 1, 2, 3  # include/uapi/linux/kcmp.h
+# per machine: kcmp, and the calls a vfork() parent waits in (clone3 is ENOSYS in the baseline)
+_MACHINE = {"x86_64": (312, {56: "clone", 58: "vfork"}), "aarch64": (272, {220: "clone"})}
+MAX_CLAIMS = 4096
+
+
+class ExecTarget(NamedTuple):
+    """What the supervisor resolved, to compare with /proc/PID/exe after the exec."""
+
+    path: str  # as the caller asked (absolute)
+    ident: tuple[int, int]  # (st_dev, st_ino) of the file
+    kind: str  # elf | script | other | unknown
+    expect: tuple[int, int] | None  # the file /proc/PID/exe should name: the ELF, or the script's interpreter
+    interpreter: str | None  # a script's #! line, as the kernel will put it in argv
+    previous: tuple[int, int] | None  # the caller's exe before the exec
+    started: str  # /proc/PID/stat starttime: a reused pid is another process
+
+
+class ExecEvents:
+    """Handles execve/execveat notifications for the Dispatcher and checks them afterwards."""
+
+    def __init__(self, listener: int, log: Callable[..., None], denied: list[dict[str, Any]],
+                 judge_write: Callable[[str], Any], tasks: Callable[[], list[int]],
+                 tampered: list[dict[str, Any]] | None = None, memory_writes_trapped: bool = True):
+        self.listener = listener
+        self.log = log
+        self.denied = denied
+        self.judge_write = judge_write  # sandbox path -> WriteVerdict (inside: writable in the sandbox)
+        self.tasks = tasks  # host pids of every process of the sandbox
+        self.tampered = tampered if tampered is not None else []
+        self.memory_writes_trapped = memory_writes_trapped  # write-intent opens reach refuses_open
+        self.claims: OrderedDict[int, ExecTarget] = OrderedDict()
+        machine = os.uname().machine
+        self._kcmp_nr, self._vfork_calls = _MACHINE.get(machine, (None, {}))
+
+    # ------------------------------------------------------------------ the call
+    def handle(self, notification: notify.Notification, name: str, guard: Any = None) -> None:
+        """`guard`: supervise.exec_guard.ExecGuard under exec.allow (the ELF loader is refused)."""
+        pid = notification.pid
+        path_arg, argv_arg = (0, 1) if name == "execve" else (1, 2)
+        dirfd = notification.args[0] & 0xFFFFFFFF if name == "execveat" else notify.AT_FDCWD
+        flags = notification.args[4] & 0xFFFFFFFF if name == "execveat" else 0
+        try:
+            memory = notify.ProcessMemory(pid)
+        except OSError as exc:
+            self.unexaminable(notification, name, exc)
+            return
+        try:
+            raw_path, path_done = memory.cstring(notification.args[path_arg], 4096)
+            ranges = [(notification.args[path_arg], len(raw_path) + 1)]
+            argv, truncated, argv_ranges = facts.read_argv(memory, notification.args[argv_arg])
+            ranges += argv_ranges
+        except OSError as exc:
+            memory.close()
+            if not notify.still_valid(self.listener, notification.id):
+                return  # the caller died meanwhile: nothing ran
+            if exc.errno == errno.EFAULT or exc.errno == errno.EIO:  # the caller's own bad pointer
+                notify.respond(self.listener, notification.id, error=errno.EFAULT)
+                return
+            self.unexaminable(notification, name, exc)
+            return
+        memory.close()
+        if not path_done:  # no NUL within PATH_MAX: the kernel would say the same
+            notify.respond(self.listener, notification.id, error=errno.ENAMETOOLONG)
+            return
+        path = os.fsdecode(raw_path)
+        caller = facts.caller_of(pid)
+        absolute = facts.absolute(pid, dirfd, path, flags)
+        target, refusal, unsure = self._resolve(pid, caller, dirfd, path, absolute, flags)
+        if refusal is not None:  # a failed lookup: the kernel runs nothing, and it is no exec event
+            notify.respond(self.listener, notification.id, error=refusal)
+            return
+        if guard is not None and guard.runs_the_loader(pid, absolute):
+            guard.refuse_loader(notification, absolute)
+            return
+        why = unsure or self._unverifiable(pid, caller, path, dirfd, flags, ranges)
+        if not notify.still_valid(self.listener, notification.id):
+            return  # read before the answer; a dead caller (or a reused pid) is skipped
+        if not notify.respond(self.listener, notification.id, allow=True):
+            return
+        fields: dict[str, Any] = {"pid": pid, "path": absolute, "argv": argv, "result": "continued",
+                                  "verified": why is None}
+        if why is not None:
+            fields["unverified"] = why
+        if truncated:
+            fields["argv_truncated"] = True
+        if target is not None:
+            self._remember(caller.tgid, target)
+        self.log("exec", **fields)
+
+    def unexaminable(self, notification: notify.Notification, name: str, exc: OSError) -> None:
+        """Refuse a call the supervisor cannot read (never let it run with a guessed record)."""
+        if not notify.respond(self.listener, notification.id, error=errno.EPERM):
+            return
+        rule = f"sandboxctl could not examine the call ({errno.errorcode.get(exc.errno or 0, exc)})"
+        self.denied.append({"kind": "syscall", "target": name, "rule": rule})
+        self.log("syscall", pid=notification.pid, name=name, decision="deny", rule=rule, errno="EPERM")
+
+    # ------------------------------------------------------------------ what the kernel will open
+    def _resolve(self, pid: int, caller: facts.Caller, dirfd: int, path: str, absolute: str,
+                 flags: int) -> tuple[ExecTarget | None, int | None, str | None]:
+        """(target, errno to answer with, why the target is unsure): the file as the sandbox sees it."""
+        try:
+            fd = facts.open_target(pid, caller.tgid, dirfd, path, absolute, flags)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):  # openat2 is sure of neither through /proc
+                walked = sandbox_paths.walk(pid, caller.tgid, absolute)
+                if walked.state == "absent":
+                    return None, walked.error, None
+            return None, None, f"the supervisor could not resolve the path ({errno.errorcode.get(exc.errno or 0, exc)})"
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                return None, errno.EACCES, None
+            if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o111:
+                return None, errno.EACCES, None
+            kind, interpreter = facts.file_format(fd)
+            expect: tuple[int, int] | None = (st.st_dev, st.st_ino) if kind == "elf" else None
+            if kind == "script" and interpreter:
+                expect = facts.interpreter_ident(pid, caller.tgid, interpreter.split()[0])
+        finally:
+            os.close(fd)
+        target = ExecTarget(absolute, (st.st_dev, st.st_ino), kind, expect, interpreter, facts.exe_ident(pid),
+                            caller.started)
+        return target, None, None
+
+    # ------------------------------------------------------------------ is the read what the kernel reads?
+    def _unverifiable(self, pid: int, caller: facts.Caller, path: str, dirfd: int, flags: int,
+                      ranges: list[tuple[int, int]]) -> str | None:
+        if caller.threads != 1:
+            return f"{caller.threads or 'an unknown number of'} threads share the caller's memory"
+        if not self.memory_writes_trapped:
+            return "write opens are not trapped in this run, so /proc/PID/mem stays writable"
+        if self._kcmp_nr is None:
+            return f"no kcmp check on {os.uname().machine}"
+        kinds = [KCMP_VM]
+        if not path.startswith("/") and not (flags & AT_EMPTY_PATH and not path):
+            kinds.append(KCMP_FS if dirfd == notify.AT_FDCWD else KCMP_FILES)
+        elif flags & AT_EMPTY_PATH and not path:
+            kinds.append(KCMP_FILES)
+        sharer = self._sharer(pid, caller.tgid, kinds)
+        if sharer:
+            return sharer
+        return facts.shared_pages(pid, ranges, self.judge_write)
+
+    def _sharer(self, pid: int, own: int, kinds: list[int]) -> str | None:
+        try:
+            others = [p for p in self.tasks() if p != own]
+        except OSError as exc:
+            return f"the sandbox's processes could not be listed ({exc.strerror})"
+        kcmp = facts.kcmp()
+        for other in others:
+            for kind in kinds:
+                result = kcmp(self._kcmp_nr, pid, other, kind)
+                if result == 0:
+                    if kind == KCMP_VM and self._waits_for_vfork(other, pid):
+                        continue
+                    what = {KCMP_VM: "memory", KCMP_FS: "working directory", KCMP_FILES: "descriptor table"}[kind]
+                    return f"process {other} shares the caller's {what}"
+                if result < 0 and os.path.exists(f"/proc/{other}"):
+                    return f"kcmp against process {other} failed"
+        return None
+
+    def _waits_for_vfork(self, parent: int, child: int) -> bool:
+        """Every thread of `parent` is either the one that vfork()ed `child` and now waits for its
+        exec (the kernel holds it until the exec has copied the arguments) — or there is none
+        other. Any other thread could run and write the shared memory."""
+        try:
+            threads = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            return False
+        if len(threads) != 1:
+            return False
+        thread = threads[0]
+        try:
+            if str(child).encode() not in facts.read_proc(f"/proc/{parent}/task/{thread}/children").split():
+                return False
+            fields = facts.read_proc(f"/proc/{parent}/task/{thread}/syscall").decode().split()
+        except OSError:
+            return False
+        if not fields or not fields[0].isdigit() or int(fields[0]) not in self._vfork_calls:
+            return False
+        if self._vfork_calls[int(fields[0])] == "vfork":
+            return True
+        clone_flags = int(fields[1], 16) if len(fields) > 1 else 0
+        return clone_flags & (CLONE_VM | CLONE_VFORK) == CLONE_VM | CLONE_VFORK
+
+    # ------------------------------------------------------------------ after the fact
+    def _remember(self, tgid: int, target: ExecTarget) -> None:
+        if target.expect is None:
+            return
+        self.claims[tgid] = target
+        self.claims.move_to_end(tgid)
+        while len(self.claims) > MAX_CLAIMS:
+            self.claims.popitem(last=False)
+
+    def observe(self, pid: int) -> None:
+        """A trapped call from `pid`: if it exec'd since its last record, check what it runs."""
+        target = self.claims.get(pid)
+        if target is None:
+            return
+        if facts.start_time(pid) != target.started:
+            del self.claims[pid]  # not the process that exec'd (gone, its pid reused)
+            return
+        running = facts.exe_ident(pid)
+        if running is None or running == target.previous != target.expect:
+            return  # not exec'd yet (or that exec failed): check again at its next call
+        del self.claims[pid]
+        if running == target.expect and (target.kind != "script" or self._script_named(pid, target)):
+            return
+        ran = facts.readlink(f"/proc/{pid}/exe")
+        detail = (f"the exec record names {target.path} ({target.kind}), but the process runs {ran}"
+                  if running != target.expect else
+                  f"the exec record names the script {target.path}, but the kernel's argv names another file")
+        self.tampered.append({"kind": "exec", "target": target.path, "rule": detail})
+        self.log("tamper", kind="exec", pid=pid, path=target.path, ran=ran, what=detail)
+
+    @staticmethod
+    def _script_named(pid: int, target: ExecTarget) -> bool:
+        """binfmt_script makes argv [interpreter, (its argument), the script's name as the kernel
+        opened it, ...]; a process that rewrote its own argv since is not held against it."""
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                words = handle.read(16384).split(b"\0")
+        except OSError:
+            return True
+        line = (target.interpreter or "").split(None, 1)
+        expected_head = [os.fsencode(part) for part in line]
+        if words[: len(expected_head)] != expected_head:
+            return True  # argv rewritten by the process (setproctitle): nothing to compare
+        named = words[len(expected_head)] if len(words) > len(expected_head) else b""
+        return os.path.normpath(os.fsdecode(named)) == target.path or os.fsdecode(named) == target.path \
+            or not named.startswith(b"/")
+
+    # ------------------------------------------------------------------ /proc/PID/mem
+    @staticmethod
+    def refuses_open(pid: int, dirfd: int, path: str, writes: bool) -> str | None:
+        """Opening a process's memory for writing is how a sandboxed process could rewrite a
+        pending exec's path after the supervisor read it (there is no Yama here to stop a process
+        of the same user): such an open is refused. Returns the rule, or None."""
+        if not writes:
+            return None
+        if not path.startswith("/"):
+            base = facts.readlink(f"/proc/{pid}/cwd" if dirfd == notify.AT_FDCWD else f"/proc/{pid}/fd/{dirfd}")
+            path = f"{base}/{path}"
+        why = sandbox_paths.process_memory_open(pid, facts.caller_of(pid).tgid, path)
+        if why is None:
+            return None
+        return f"writing process memory through /proc/PID/mem is refused ({why})"

@@ -1,0 +1,228 @@
+"""What the supervisor learns about an exec's caller and target, from outside the sandbox.
+
+/proc reads (in as few system calls as possible: this runs for every exec record), the target
+resolved in the caller's root, its format (ELF or #! script), the caller's memory map (who else
+could change the bytes a record was read from) and kcmp. Used by supervise/exec_events.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from sandboxctl.supervise import fdops, notify, sandbox_paths
+
+AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW = 0x1000, 0x100
+MAX_ARG_BYTES = 4096  # per argv string read for the record (longer ones are cut and marked)
+
+
+# ---------------------------------------------------------------------- reading the caller
+
+def read_argv(memory: notify.ProcessMemory, address: int) -> tuple[list[str], bool, list[tuple[int, int]]]:
+    """argv (raw, undecodable bytes kept by surrogateescape), whether it was cut, the ranges read."""
+    argv: list[str] = []
+    ranges: list[tuple[int, int]] = []
+    truncated = False
+    while address:
+        if len(argv) >= notify.MAX_ARGS:
+            truncated = True
+            break
+        pointer = memory.word(address)
+        ranges.append((address, 8))
+        if not pointer:
+            break
+        data, complete = memory.cstring(pointer, MAX_ARG_BYTES)
+        ranges.append((pointer, len(data) + 1 if complete else len(data)))
+        truncated = truncated or not complete
+        argv.append(os.fsdecode(data))
+        address += 8
+    return argv, truncated, ranges
+
+
+def read_proc(path: str, size: int = 8192) -> bytes:
+    """A small /proc file in as few system calls as possible (no buffered file object)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:  # /proc files are seq_files: a read may stop short of the end, only b"" means the end
+        chunks = []
+        while chunk := os.read(fd, size):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+class Caller(NamedTuple):
+    threads: int  # 0: unknown
+    tgid: int
+    started: str  # starttime: with the pid, which process this is
+
+
+def caller_of(pid: int) -> Caller:
+    """Threads and start time from one read of /proc/PID/stat; the thread group id from status
+    only for a multi-threaded caller (a single thread is its own group)."""
+    try:
+        fields = read_proc(f"/proc/{pid}/stat").rsplit(b")", 1)[1].split()
+        threads, started = int(fields[17]), fields[19].decode()
+    except (OSError, IndexError, ValueError):
+        return Caller(0, pid, "")
+    tgid = pid
+    if threads != 1:
+        try:
+            text = read_proc(f"/proc/{pid}/status")
+            start = text.index(b"\nTgid:") + 6
+            tgid = int(text[start:text.index(b"\n", start)])
+        except (OSError, ValueError):
+            pass
+    return Caller(threads, tgid, started)
+
+
+def start_time(pid: int) -> str:
+    return caller_of(pid).started if os.path.exists(f"/proc/{pid}") else ""
+
+
+def exe_ident(pid: int) -> tuple[int, int] | None:
+    try:
+        st = os.stat(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "?"
+
+
+def absolute(pid: int, dirfd: int, path: str, flags: int) -> str:
+    """The path as the sandbox sees it (what the record names)."""
+    if not path and flags & AT_EMPTY_PATH:
+        return readlink(f"/proc/{pid}/fd/{dirfd}")
+    return notify.Dispatcher._absolute(pid, dirfd, path)
+
+
+# ---------------------------------------------------------------------- resolving in the sandbox
+
+def open_target(pid: int, tgid: int, dirfd: int, path: str, absolute: str, flags: int) -> int:
+    """An O_PATH descriptor of the file the exec names, resolved in the caller's root."""
+    if not path and flags & AT_EMPTY_PATH:
+        return os.open(f"/proc/{pid}/fd/{dirfd}", os.O_PATH | os.O_CLOEXEC)
+    proc = through_proc_self(pid, tgid, absolute)
+    if proc is not None:  # /proc/self/exe and friends: magic links, opened from our own /proc
+        return os.open(proc, os.O_PATH | os.O_CLOEXEC)
+    if not absolute.startswith("/"):
+        raise OSError(errno.ENOENT, "the caller's working directory is unknown")
+    nofollow = os.O_NOFOLLOW if flags & AT_SYMLINK_NOFOLLOW else 0
+    return sandbox_paths.openat2_in_root(pid, absolute, os.O_PATH | nofollow)
+
+
+def through_proc_self(pid: int, tgid: int, absolute: str) -> str | None:
+    for prefix, host in (("/proc/self/", f"/proc/{tgid}/"), ("/proc/thread-self/", f"/proc/{tgid}/task/{pid}/"),
+                         ("/dev/fd/", f"/proc/{tgid}/fd/")):
+        if absolute.startswith(prefix):
+            return host + absolute[len(prefix):]
+    return None
+
+
+def file_format(fd: int) -> tuple[str, str | None]:
+    """elf | script (with its #! line) | other | unknown (not readable by the supervisor)."""
+    try:
+        readable = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return "unknown", None
+    try:
+        head = os.pread(readable, 256, 0)  # BINPRM_BUF_SIZE: all the kernel reads of a #! line
+    except OSError:
+        return "unknown", None
+    finally:
+        os.close(readable)
+    if head.startswith(b"\x7fELF"):
+        return "elf", None
+    if head.startswith(b"#!"):
+        line = head[2:].split(b"\n", 1)[0].strip(b" \t")
+        return "script", os.fsdecode(line) if line else None
+    return "other", None
+
+
+def interpreter_ident(pid: int, tgid: int, interpreter: str) -> tuple[int, int] | None:
+    absolute = notify.Dispatcher._absolute(pid, notify.AT_FDCWD, interpreter)
+    try:
+        fd = open_target(pid, tgid, notify.AT_FDCWD, interpreter, absolute, 0)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if file_format(fd)[0] != "elf":
+            return None  # an interpreter that is itself a script: exe names its own interpreter
+        return st.st_dev, st.st_ino
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------- who else can write it
+
+def shared_pages(pid: int, ranges: list[tuple[int, int]], judge_write: Callable[[str], Any]) -> str | None:
+    """Why a byte the record was read from could change under another process's hand, or None.
+
+    One pass over /proc/PID/maps (sorted by address), parsing only the areas the ranges touch."""
+    try:
+        maps = read_proc(f"/proc/{pid}/maps", 1 << 20)
+    except OSError as exc:
+        return f"the caller's memory map could not be read ({exc.strerror})"
+    spans: list[list[int]] = []
+    for low, high in sorted((address, address + max(length, 1)) for address, length in ranges):
+        if spans and low <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], high)
+        else:
+            spans.append([low, high])
+    index = 0
+    for line in maps.split(b"\n"):
+        if index == len(spans):
+            return None
+        dash = line.find(b"-")
+        if dash < 0:
+            continue
+        space = line.index(b" ", dash)
+        start, stop = int(line[:dash], 16), int(line[dash + 1:space], 16)
+        while index < len(spans) and stop > spans[index][0]:
+            low, high = spans[index]
+            if start > low:
+                return "the exec's arguments are not in mapped memory"
+            why = area_risk(line[space + 1:], judge_write)
+            if why:
+                return why
+            if stop >= high:
+                index += 1
+            else:
+                spans[index][0] = stop  # the rest of this span must be in the next area
+                break
+    return None if index == len(spans) else "the exec's arguments are not in mapped memory"
+
+
+def area_risk(rest: bytes, judge_write: Callable[[str], Any]) -> str | None:
+    """For one maps line after its address range ("perms offset dev inode name")."""
+    fields = rest.split(None, 4)
+    perms, inode = fields[0], int(fields[3])
+    name = os.fsdecode(fields[4].strip()) if len(fields) > 4 else ""
+    if perms[3:4] != b"p":
+        return f"the exec's arguments lie in shared memory ({name or 'anonymous'})"
+    if inode:
+        if name.endswith(" (deleted)") or not name.startswith("/"):
+            return f"the exec's arguments lie in a mapping of a file that is gone ({name})"
+        if judge_write(name).inside:
+            return f"the exec's arguments lie in a mapping of a writable file ({name})"
+    return None
+
+
+def kcmp() -> Callable[[int, int, int, int], int]:
+    """kcmp(2) through libc's syscall(); -1 on error."""
+    ctypes, libc, _ = fdops._libc()
+
+    def kcmp(number: int, pid1: int, pid2: int, kind: int) -> int:
+        return libc.syscall(ctypes.c_long(number), ctypes.c_long(pid1), ctypes.c_long(pid2), ctypes.c_long(kind),
+                            ctypes.c_long(0), ctypes.c_long(0))
+
+    return kcmp
