@@ -145,7 +145,6 @@ def show(plan: Plan, as_json: bool = False, terminal: bool | None = None) -> Non
                else "read-only binds over existing entries; absent ones checked at the end of the run")
         from rich.text import Text
 
-
         out.print(Text.assemble(("Protected paths", "bold"), f": under {', '.join(inert(r) for r in protect.roots)} — "
                                 f"{how}; {len(protect.gitdirs)} git directories, {len(protect.explicit)} explicit "
                                 f"paths, {len(protect.record)} entries recorded for the end-of-run check"))
