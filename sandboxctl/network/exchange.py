@@ -199,15 +199,18 @@ class Exchange:
             event.update(decision="allow", rule=self.conn.rule)
             return None
         verdict = rules.judge(method, target)
-        if not verdict.allowed and verdict.askable and self._ask(method, event["host"], event["port"], target):
+        asked = not verdict.allowed and verdict.askable and self.server.ask_request is not None
+        if asked and self._ask(method, event["host"], event["port"], target):
             event.update(decision="allow", rule=f"{verdict.rule} (approved)")
             return None
-        event.update(decision="allow" if verdict.allowed else "deny", rule=verdict.rule)
+        event.update(decision="allow" if verdict.allowed else "deny",
+                     rule=f"{verdict.rule} (not approved)" if asked else verdict.rule)
         if verdict.allowed:
             return None
-        hint = (" a human can allow it in the policy" if verdict.askable
-                else " only a human can change that, by editing the policy")
-        return Refusal(403, f"sandboxctl: {verdict.reason};{hint}.")
+        if not verdict.askable:
+            return Refusal(403, f"sandboxctl: {verdict.reason}; only a human can change that, by editing the policy.")
+        declined = " and sending it was not approved" if asked else ""
+        return Refusal(403, f"sandboxctl: {verdict.reason}{declined}; a human can allow it in the policy.")
 
     def _ask(self, method: str, host: str, port: int, target: str) -> bool:
         ask = self.server.ask_request

@@ -201,6 +201,10 @@ def test_unmatched_request_can_be_approved(make_proxy: Callable[..., Proxy], ups
     conn = proxy2.https(upstream.port)
     conn.request("GET", "/b/../a")  # a refused path is never put to a human
     assert conn.getresponse().status == 403 and proxy2.asked == []
+    conn.request("GET", "/c")
+    response = conn.getresponse()
+    assert response.status == 403 and b"and sending it was not approved" in response.read()
+    assert proxy2.http_events(2)[1]["rule"].endswith(".allow (not approved)")
 
 
 def test_pipelined_requests_after_a_refused_one_are_each_judged(make_proxy: Callable[..., Proxy],
