@@ -77,6 +77,10 @@ class _Recorder(http.server.BaseHTTPRequestHandler):
     server: RecordingServer
 
     def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(30)
+            self.request.do_handshake()
+            self.request.settimeout(None)
         super().setup()
         with contextlib.suppress(OSError):
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -140,10 +144,17 @@ class RecordingServer(http.server.ThreadingHTTPServer):
     def __init__(self, context: ssl.SSLContext | None) -> None:
         super().__init__(("127.0.0.1", 0), _Recorder)
         self.seen: list[dict[str, Any]] = []
-        if context is not None:
-            self.socket = context.wrap_socket(self.socket, server_side=True)
+        self.context = context
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
         self.thread.start()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """The TLS handshake happens in the request's own thread (setup), never in the accept loop:
+        a client that connects and waits must not stop the server from accepting others."""
+        conn, address = super().get_request()
+        if self.context is not None:
+            conn = self.context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        return conn, address
 
     @property
     def port(self) -> int:
