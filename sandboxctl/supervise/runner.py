@@ -425,7 +425,9 @@ class Supervisor:
 
     def _on_http(self, record: dict[str, Any]) -> None:
         if record.get("decision") == "deny":
-            target = f"{record.get('method')} {record.get('host')}{record.get('path', '')}"
+            port = record.get("port")
+            host = f"{record.get('host')}" + ("" if port in (80, 443, None) else f":{port}")
+            target = f"{record.get('method')} {host}{record.get('path', '')}"
             self.denials.append({"kind": "http", "target": target, "rule": record.get("rule")})
         self._write_log("http", **record)
 
