@@ -16,7 +16,20 @@ def build_app():
     import typer
 
     from sandboxctl import __version__
-    from sandboxctl.cli import approve, completion, doctor, exportcmd, logcmd, policycmd, run, selftest, shellinit
+    from sandboxctl.cli import (
+        approve,
+        completion,
+        doctor,
+        execcmd,
+        exportcmd,
+        logcmd,
+        policycmd,
+        run,
+        selftest,
+        session,
+        shellinit,
+        workspacecmd,
+    )
 
     app = typer.Typer(
         name="sandboxctl",
@@ -54,6 +67,9 @@ def build_app():
     doctor.register(app)
     approve.register(app)
     selftest.register(app)
+    session.register(app)
+    execcmd.register(app)
+    workspacecmd.register(app)
     completion.register(app)  # after the commands whose -p/--policy it completes
     shellinit.register(app)
     return app
@@ -67,12 +83,21 @@ def missing_command(ctx) -> None:
     error("no command given", f"{hint}see `{path} --help`")
 
 
+def _wants_help(args: list[str]) -> bool:
+    head = args[: args.index("--")] if "--" in args else args
+    return not args or any(a in ("-h", "--help") for a in head)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; usage errors and sandbox failures exit 125 with one line, never a traceback."""
     from sandboxctl.cli import output
 
     args = output.take_global_flags(list(argv if argv is not None else sys.argv[1:]))
     try:
+        if args and args[0] == "exec" and not _wants_help(args[1:]):
+            from sandboxctl.cli.execcmd import run_exec  # the hot path of sessions: no typer
+
+            sys.exit(run_exec(args[1:]))
         if args and args[0] == "run":
             from sandboxctl.cli.runopts import parse_fast, wants_slow_path
 

@@ -74,6 +74,12 @@ def show(plan: Plan, as_json: bool = False, terminal: bool | None = None) -> Non
     for m in plan.mounts:
         mounts.add_row(m.kind, m.target, "" if m.source in (None, m.target) else m.source, m.reason)
     out.print(mounts)
+    if plan.overlay is not None:
+        from rich.text import Text
+
+        out.print(Text(f"Workspace overlay: {plan.overlay.lower} is overlayfs' lower layer (never written) "
+                       f"in bubblewrap's own mount namespace; every write lands in {plan.overlay.upper} "
+                       f"(work dir {plan.overlay.work}) until `sandboxctl apply {plan.run_id}`"))
 
     ll = plan.landlock
     if plan.backend == "gvisor":

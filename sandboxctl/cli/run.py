@@ -17,28 +17,6 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-def _run_id() -> str:
-    import time
-
-    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + os.urandom(3).hex()
-
-
-def _workspace(path: str | None) -> Path:
-    candidate = Path(path or os.getcwd()).expanduser()
-    if not candidate.is_dir():
-        raise SandboxError(f"workspace {candidate} is not a directory", "pass -w DIR with an existing directory")
-    return candidate.resolve()
-
-
-def _parse(parse, value: str | None, option: str, example: str):
-    if value is None:
-        return None
-    try:
-        return parse(value)
-    except ValueError as exc:
-        raise SandboxError(f"{option}: {exc}", f"for example {option} {example}") from None
-
-
 def _confirm(confirmations: tuple[str, ...], yes: bool) -> None:
     """Launch-time confirmations: --yes accepts; a terminal asks; otherwise refuse."""
     if not confirmations or yes:
@@ -77,76 +55,20 @@ def _accept_untrusted(loaded, why: str, yes: bool) -> bool:
     return True
 
 
-def _check_options(opts: dict[str, Any]) -> None:
-    from sandboxctl import units
-
-    for option in RUN_OPTIONS:
-        value = opts.get(option.dest)
-        if option.choices and value is not None and value not in option.choices:
-            raise SandboxError(f"{option.flags[-1]} {value!r}: must be one of {', '.join(option.choices)}")
-    for item in opts["env"]:
-        name = item.partition("=")[0]
-        if not name or not (name[0].isalpha() or name[0] == "_") or not name.replace("_", "a").isalnum():
-            raise SandboxError(f"--env {item!r}: not NAME or NAME=VALUE")
-    for host in opts["allow_net"]:
-        _parse(units.parse_host_pattern, host, "--allow-net", "pypi.org:443")
-    for path in opts["allow_read"] + opts["allow_write"]:
-        if not os.path.isabs(os.path.expanduser(path)):
-            raise SandboxError(f"{path}: extra paths must be absolute (or start with ~)")
-
-
-def _create_owned_dirs(log_path: str | None) -> None:
-    """The state and log dirs exist before planning, so the plan masks what is really there."""
-    from sandboxctl.paths import ensure_private_dir, state_dir
-
-    ensure_private_dir(state_dir())
-    if log_path:
-        Path(log_path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-
-
 def execute_run(opts: dict[str, Any], command: list[str]) -> int:
+    """`run` as a client of the library: the same Sandbox, plan and supervisor; the terminal's
+    part (plan view, warnings, confirmation, denial table, CI annotations) stays here."""
     from sandboxctl import units
+    from sandboxctl.api.sandbox import Sandbox
     from sandboxctl.cli import output
-    from sandboxctl.plan.inputs import Invocation
-    from sandboxctl.policy.discover import choose_policy
 
     opts = {**defaults(), **opts}
     opts["quiet"] = opts["quiet"] or output.QUIET
     opts["verbose"] = (opts["verbose"] or output.VERBOSE) and not opts["quiet"]
     if not command:
         raise SandboxError("no command given", "usage: sandboxctl run [OPTIONS] -- COMMAND [ARG...]")
-    _check_options(opts)
-    space = _workspace(opts["workspace"])
-    if not opts["dry_run"]:
-        _create_owned_dirs(os.path.abspath(os.path.expanduser(opts["log"])) if opts["log"] else None)
-    from sandboxctl.paths import state_dir
-
-    loaded, _how = choose_policy(opts["policy"], space, cache_dir=state_dir() / "cache",
-                                 accept=lambda candidate, why: _accept_untrusted(candidate, why, opts["yes"]))
-
-    def absolute(path: str) -> str:
-        return os.path.abspath(os.path.expanduser(path))
-
-    invocation = Invocation(
-        command=tuple(command),
-        workspace=str(space),
-        run_id=_run_id(),
-        allow_read=tuple(absolute(p) for p in opts["allow_read"]),
-        allow_write=tuple(absolute(p) for p in opts["allow_write"]),
-        allow_net=tuple(opts["allow_net"]),
-        net=opts["net"],
-        env=tuple(opts["env"]),
-        timeout=_parse(units.parse_duration, opts["timeout"], "--timeout", "30m"),
-        memory=_parse(units.parse_size, opts["memory"], "--memory", "4G"),
-        approve=opts["approve"],
-        log_path=absolute(opts["log"]) if opts["log"] else None,
-        backend=opts["backend"],
-        fail_on_denial=opts["fail_on_denial"],
-    )
-    from sandboxctl.plan.build import build_plan
-    from sandboxctl.plan.facts import gather
-
-    plan = build_plan(loaded.policy, invocation, gather())
+    box = Sandbox.from_options(opts, accept=lambda candidate, why: _accept_untrusted(candidate, why, opts["yes"]))
+    plan = box.plan(command)
     if opts["dry_run"]:
         from sandboxctl.cli import planview
 
@@ -162,12 +84,10 @@ def execute_run(opts: dict[str, Any], command: list[str]) -> int:
                 print(f"sandboxctl: note: {inert(note)}", file=sys.stderr)
     _confirm(plan.confirmations, opts["yes"])
     from sandboxctl.cli.output import progress
-    from sandboxctl.paths import state_dir
-    from sandboxctl.supervise.lifecycle import execute
 
     interactive = sys.stderr.isatty() and not opts["quiet"] and os.environ.get("CI", "").lower() not in ("true", "1")
-    result = execute(plan, state_dir(), list(command), status=progress(interactive),
-                     notice=None if opts["quiet"] else lambda message: print(f"sandboxctl: {message}", file=sys.stderr))
+    result = box.execute(plan, status=progress(interactive),
+                         notice=None if opts["quiet"] else lambda message: print(message, file=sys.stderr))
     if opts["summary_json"]:
         _write_summary(opts["summary_json"], plan, result)
     if result.error:
@@ -192,6 +112,8 @@ def execute_run(opts: dict[str, Any], command: list[str]) -> int:
         from sandboxctl.cli import ci
 
         ci.annotate(plan, result)
+    if result.held and not opts["quiet"]:
+        _print_held(result.held)
     if result.timed_out and not opts["quiet"]:
         print(f"sandboxctl: timeout: the run exceeded {units.format_duration(plan.limits.timeout or 0)};"
               " the whole sandbox was killed", file=sys.stderr)
@@ -233,6 +155,27 @@ def _print_denials(denials: list[dict], run_id: str) -> None:
     console(stderr=True).print(table)
 
 
+def _print_held(held: dict) -> None:
+    """An overlay run ends by saying what it holds and how to decide about it."""
+    run = held["run"]
+    if not held.get("sealed"):
+        from sandboxctl.inert import inert
+
+        print(f"sandboxctl: run {run} holds its changes, but could not record them: {inert(held.get('error'))}; "
+              f"`sandboxctl changes {run}` records them once there is room", file=sys.stderr)
+        return
+    counts = held.get("counts") or {}
+    if not counts:
+        print(f"sandboxctl: run {run} changed nothing in the workspace", file=sys.stderr)
+        return
+    what = ", ".join(f"{n} {kind}" for kind, n in counts.items())
+    extra = "".join(f"; {held[k]} {label}" for k, label in (("conflicts", "in conflict"),
+                                                           ("protected", "protected")) if held.get(k))
+    print(f"sandboxctl: run {run} holds {held.get('changes')} changes ({what}{extra}); the workspace is untouched. "
+          f"Review: sandboxctl changes {run} -p; then sandboxctl apply {run} or sandboxctl discard {run}",
+          file=sys.stderr)
+
+
 def _print_protected(changes, run_id: str) -> None:
     """Always shown, even with -q: a protected path changed behind the walls and was put back."""
     from sandboxctl.inert import inert
@@ -259,6 +202,8 @@ def _write_summary(path: str, plan, result) -> None:
         "error": result.error.message if result.error else None, "log": plan.log_path,
         "protected": list(result.protected),
     }
+    if plan.overlay is not None:  # what a later pipeline step may show, apply or discard
+        summary["changes"] = result.held
     Path(path).write_text(json.dumps(summary, indent=2) + "\n")
 
 

@@ -240,6 +240,7 @@ def main():
     os.close(real_stderr)
     os.set_inheritable(control, False)
     config = marshal.loads(os.read(control, 1 << 20))
+    server = read_session_server() if config.get("session") else None  # before Landlock hides it
     try:
         set_rlimits(config["limits"])
     except (OSError, ValueError) as exc:
@@ -277,7 +278,38 @@ def main():
     answer = os.read(control, 4096)
     if not answer or marshal.loads(answer).get("go") is not True:
         os._exit(125)
+    if config.get("session"):  # a session: a small server starts each command from here
+        serve_session(control, config, server)
+    change_directory(control, config.get("cwd"))
     exec_command(control, config["argv"], config["env"])
+
+
+def change_directory(report, path):
+    """The library's cwd= (after Landlock, like the exec): failing, the command never starts."""
+    if not path:
+        return
+    try:
+        os.chdir(path)
+    except OSError as exc:
+        send(report, {"exec_error": f"cannot change to directory {path} inside the sandbox: {exc.strerror}",
+                      "hint": "pass a directory that exists in the sandbox (relative paths start at the workspace)",
+                      "code": 125})
+        os._exit(125)
+
+
+def read_session_server():
+    """The session server's code, mounted beside this file (only sessions pay for it)."""
+    path = SHIM_LIB.rsplit("/", 1)[0] + "/session_server.py"
+    with open(path, "rb") as handle:
+        return compile(handle.read(), path, "exec")
+
+
+def serve_session(control, config, server):
+    """Run the session server in this process (after Landlock and the go): it never returns."""
+    namespace = {"__name__": "sandboxctl_session_server"}
+    exec(server, namespace)
+    namespace["serve"](control, config, exec_command, change_directory)
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,11 @@ def summarize(data: dict[str, Any]) -> str:
         return f"{text} (policy {clean(g('policy'), 40)})" if g("policy") else text
     if event == "exec":
         return _exec(g)
+    if event == "command.start":  # a session's command
+        return f"#{clean(g('command_id'), 12)} {format_argv(g('argv'))}"
+    if event == "command.end":
+        text = f"#{clean(g('command_id'), 12)} exit {clean(g('exit_code'), 12)} after {format_seconds(g('duration_s'))}"
+        return text + (", timed out" if g("timed_out") else "")
     if event == "tamper":
         return f"{clean(g('kind', '?'), 20)}: {clean(g('what', ''), FIELD)}"
     if event == "file":
@@ -96,6 +101,8 @@ def summarize(data: dict[str, Any]) -> str:
         if g("reason"):
             text += f": {clean(g('reason'), 80)}"
         return text + (f" ({clean(g('lost'), 12)} records not delivered)" if g("lost") else "")
+    if event == "workspace":
+        return f"{clean(g('action'), 12)} ({clean(g('state') or g('previous') or '?', 20)})"
     if event == "run.end":
         text = f"exit {clean(g('exit_code'), 12)} after {format_seconds(g('duration_s'))}"
         if g("signal"):

@@ -18,6 +18,7 @@ from sandboxctl.plan.model import (
     LimitsPlan,
     Mount,
     NetworkPlan,
+    OverlayPlan,
     Plan,
     SeccompPlan,
     SecretPlan,
@@ -25,6 +26,7 @@ from sandboxctl.plan.model import (
 from sandboxctl.policy.model import Policy
 
 SHIM_DIR = "/run/sandboxctl"
+SESSION_SERVER = f"{SHIM_DIR}/session_server.py"  # a session's in-sandbox server (launch/session_server.py)
 GVISOR_INIT = f"{SHIM_DIR}/init.py"  # the gvisor backend's in-sandbox launcher
 SECRETS_DIR = "/run/secrets"
 PROXY_PORT = 3128
@@ -46,6 +48,7 @@ CREDENTIAL_LIKE = re.compile(
 )
 
 _STRENGTH = {"ro": 0, "tmpfs": 1, "rw": 2}
+LAYERS_DIR = "workspaces"  # state/workspaces/RUN: an overlay run's layer (workspace/layer.py)
 
 
 def _within(path: str, root: str) -> bool:
@@ -64,7 +67,8 @@ class _Planner:
         self.notes: list[str] = []
         self.warnings: list[str] = []
         self.confirmations: list[str] = []
-        self.workspace = inv.workspace if policy.workspace != "none" else None
+        self.workspace_mode = inv.workspace_mode or policy.workspace
+        self.workspace = inv.workspace if self.workspace_mode != "none" else None
         self.backend = inv.backend or policy.backend
         self.gvisor = self.backend == "gvisor"
 
@@ -80,8 +84,13 @@ class _Planner:
         wanted += [(p, "ro", "filesystem.read", False) for p in fs.read]
         wanted += [(p, "rw", "filesystem.write", False) for p in fs.write]
         wanted += [(p, "tmpfs", "filesystem.tmpfs", False) for p in fs.tmpfs]
-        if self.policy.workspace in ("rw", "ro"):
-            wanted.append((self.inv.workspace, self.policy.workspace, "workspace", False))
+        if self.workspace_mode in ("rw", "ro"):
+            wanted.append((self.inv.workspace, self.workspace_mode, "workspace", False))
+        elif self.workspace_mode == "overlay":
+            # a writable grant like rw (the same protections, mediated in the sandbox's own view),
+            # whose writes land in the overlay mounted over this path (workspace/mount.py)
+            wanted.append((self.inv.workspace, "rw", "workspace (overlay: writes held until `sandboxctl apply`)",
+                           False))
         wanted += [(p, "ro", "--allow-read", True) for p in self.inv.allow_read]
         wanted += [(p, "rw", "--allow-write", True) for p in self.inv.allow_write]
         denied = self.denied_paths
@@ -258,6 +267,10 @@ class _Planner:
                 Mount("ro", f"{SHIM_DIR}/shim.py", self.facts.shim_file, "sandboxctl's launcher (applies Landlock)"),
                 Mount("ro", f"{SHIM_DIR}/lib/landlockpy", self.facts.landlock_lib, "the launcher's Landlock library"),
             ]
+            if self.inv.session:
+                mounts.append(Mount("ro", SESSION_SERVER,
+                                    os.path.join(os.path.dirname(self.facts.shim_file), "session_server.py"),
+                                    "the session's server: starts each command inside the sandbox"))
         prefix = self.facts.shim_python_prefix
         if not self.covering(self.facts.shim_python, visible):
             mounts.append(Mount("ro", prefix, prefix, "the launcher's Python interpreter"))
@@ -324,6 +337,27 @@ class _Planner:
                                  "running without it (`landlock: best-effort`)")
         return LandlockPlan(required=False, minimum_abi=0, paths=(), restrict_tcp=False,
                             connect_tcp_ports=(), bind_tcp_ports=(), scopes=())
+
+    # ---------------------------------------------------------------- overlay
+    def overlay(self) -> OverlayPlan | None:
+        """Where an overlay run's layer lives: its own directory in the state dir, which every
+        sandbox has masked (so the layer changes only through the overlay)."""
+        if self.workspace_mode != "overlay" or not self.workspace:
+            return None
+        if self.gvisor:
+            raise SandboxError("workspace: overlay is not available under gVisor: gVisor's own overlay (runsc "
+                               "--overlay2) keeps a run's writes in a file store of its own, which `sandboxctl "
+                               "changes` and `apply` cannot read",
+                               "use the bubblewrap backend (--backend bwrap) for overlay workspaces")
+        if self.policy.workspace == "none":
+            self.confirmations.append("--overlay shows the workspace, which the policy keeps out (workspace: none)")
+        state = self.facts.realpath(self.facts.state_dir)
+        if _within(state, self.workspace) or _within(self.workspace, state):
+            raise SandboxError(f"the workspace {self.workspace} and sandboxctl's state dir {state} overlap: an "
+                               "overlay's layer cannot lie inside the directory it covers",
+                               "run from a project directory, or set XDG_STATE_HOME outside the workspace")
+        layer = os.path.join(state, LAYERS_DIR, self.inv.run_id)
+        return OverlayPlan(lower=self.workspace, layer_dir=layer, upper=f"{layer}/upper", work=f"{layer}/work")
 
     # ---------------------------------------------------------------- the rest
     def network_mode(self) -> str:
@@ -469,6 +503,9 @@ class _Planner:
         if self.facts.runtime_dir:
             guarded.append((self.facts.runtime_dir, "sandboxctl's approval sockets"))
         guarded += [(p, "sandboxctl runtime dir: gvisor bundles and file secrets") for p in self.facts.runtime_dirs]
+        if self.workspace_mode == "overlay" and self.workspace:
+            # an approved open is made on the host, beneath the overlay: never in an overlay workspace
+            guarded.append((self.workspace, "an overlay workspace: its writes are held in the run's layer"))
         return tuple(dict.fromkeys(guarded))
 
     def approval_mode(self) -> str:
@@ -548,7 +585,7 @@ GVISOR_WARNING = ("gvisor backend: Landlock is not applied (gVisor does not impl
 
 
 def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan:
-    if not invocation.command:
+    if not invocation.command and not invocation.session:
         raise SandboxError("no command given", "usage: sandboxctl run [OPTIONS] -- COMMAND [ARG...]")
     creations = creations_for(policy, invocation, facts)
     if creations:  # plan the mounts for the host as it will be once they are made
@@ -556,6 +593,9 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
     planner = _Planner(policy, invocation, facts)
     if planner.backend not in ("bwrap", "gvisor"):
         raise SandboxError(f"unknown backend {planner.backend!r}", "use bwrap or gvisor")
+    if invocation.session and planner.gvisor:
+        raise SandboxError("sessions need the bubblewrap backend: nothing can be handed out of gVisor to start "
+                           "commands in a running sandbox", "use --backend bwrap for the session")
     if planner.workspace == "/":
         raise SandboxError("refusing to use / as the workspace", "run from a project directory or pass -w DIR")
     log_dir = os.path.dirname(planner.log_path())
@@ -563,6 +603,7 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
         # the log's directory is hidden inside the sandbox: it would hide the whole workspace
         raise SandboxError(f"the action log's directory {log_dir} holds the workspace, and is hidden in the sandbox",
                            "put the log in a directory of its own, e.g. --log ~/.local/state/sandboxctl/actions.jsonl")
+    overlay = planner.overlay()
     mounts = planner.build_mounts()
     network = planner.network()
     landlock = planner.landlock(mounts)
@@ -600,9 +641,11 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
         backend=planner.backend,
         creations=creations,
         fail_on_denial=invocation.fail_on_denial or policy.ci.fail_on_denial,
+        overlay=overlay,
         protect=planner.protect,
         exec_loaders=tuple(facts.elf_loaders) if policy.exec_allow is not None else (),
         noexec_mounts=planner.noexec_mounts(mounts),
+        session=invocation.session,
     )
 
 

@@ -135,6 +135,19 @@ class SecretPlan(NamedTuple):
     hosts: tuple[str, ...] = ()  # proxy: the hosts whose requests get the value (the sandbox: a placeholder)
 
 
+class OverlayPlan(NamedTuple):
+    """`workspace: overlay`: the workspace (the lower layer, never written) seen through overlayfs,
+    whose upper layer (every write, deletion and rename of the run) lives in the user's state dir.
+    The supervisor mounts it over the workspace's own path in a private mount namespace made for
+    bubblewrap (workspace/mount.py), so the plan's `rw` bind of the workspace — and every change
+    the mediator performs in the sandbox's view — lands in the overlay."""
+
+    lower: str  # the workspace on the host
+    layer_dir: str  # state/workspaces/RUN: the run's own directory (meta, manifest, backups)
+    upper: str
+    work: str  # overlayfs' scratch dir, on the upper's file system
+
+
 class Creation(NamedTuple):
     """An absent writable grant (or a parent of one) the supervisor makes before the launch."""
 
@@ -179,6 +192,8 @@ class Plan(NamedTuple):
     protect: ProtectPlan = ProtectPlan()
     exec_loaders: tuple[str, ...] = ()  # the ELF loaders exec.allow keeps executable (never run as a command)
     noexec_mounts: tuple[str, ...] = ()  # exec.allow: writable mounts remounted noexec before the command runs
+    session: str | None = None  # a session (supervise/session.py): commands come later, one by one
+    overlay: OverlayPlan | None = None  # workspace: overlay
 
     def protection(self):
         """The rules for changes beneath the writable roots (the mediator asks them)."""

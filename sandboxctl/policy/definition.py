@@ -153,7 +153,9 @@ POLICY_SCHEMA = Record(
         "description": Text(max_length=500, description="One sentence: what the policy grants."),
         "extends": OneOrMany(Text(parse=check_extends, max_length=1024),
                              description="Built-in policy names or paths relative to this file."),
-        "workspace": Choice(("rw", "ro", "none"), "How the --workspace directory is mounted."),
+        "workspace": Choice(("rw", "ro", "none", "overlay"),
+                            "How the --workspace directory is mounted; overlay: writes are held in a layer of "
+                            "their own until `sandboxctl apply`."),
         "backend": Choice(("bwrap", "gvisor"), "Isolation backend: bwrap, or gvisor (the same plan under runsc)."),
         "filesystem": Record(description="File-system grants.", fields={
             "read": ListOf(_path, description="Visible, read-only."),

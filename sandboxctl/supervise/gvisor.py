@@ -90,17 +90,21 @@ class GvisorSupervisor(Supervisor):
                 listener.bind(f"{paths.proxy}/{oci.PROXY_SOCKET_NAME}")
                 listener.listen(256)
             argv = oci.runsc_argv(plan, paths, runsc=self.runsc_path, platform=self.platform)
-            stdio = self._relay_regular_files()
+            stdio = self._relay_regular_files() if self.io.inherit else {}
             started = time.monotonic()
             try:
-                self.runsc_pid = runsc.spawn(argv, stdio)
+                # the library's pipes (supervise/stdio.py) replace 0, 1, 2 (the CLI passes its own)
+                self.runsc_pid = runsc.spawn(argv, {**stdio, **dict(enumerate(self.io.child_fds()))}
+                                             if not self.io.inherit else stdio)
             except OSError as exc:
                 raise SandboxError(f"cannot start runsc: {exc.strerror}", "run sandboxctl doctor") from None
             finally:
                 for fd in stdio.values():
                     os.close(fd)
+                self.io.close_child_ends()
             self.runsc_started = True
-            self._install_signal_handlers()
+            if self.forward_signals:
+                self._install_signal_handlers()
             self.layers = self._layers({})
             try:
                 self.log.write("run.start", argv=self.argv_for_log, workspace=plan.workspace, policy=plan.policy,
@@ -119,8 +123,9 @@ class GvisorSupervisor(Supervisor):
                     self._kill()
             returncode = self._wait(self.runsc_pid, started)
         finally:
-            for signum, handler in originals.items():
-                signal.signal(signum, handler)
+            if self.forward_signals:
+                for signum, handler in originals.items():
+                    signal.signal(signum, handler)
             if listener is not None:
                 listener.close()
             if self.broker is not None:
@@ -206,11 +211,13 @@ class GvisorSupervisor(Supervisor):
         sel = selectors.DefaultSelector()
         pidfd = os.pidfd_open(pid)
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        old_wakeup = signal.set_wakeup_fd(wake_w)
+        old_wakeup = signal.set_wakeup_fd(wake_w) if self.forward_signals else None
         sel.register(pidfd, selectors.EVENT_READ, "exit")
         sel.register(wake_r, selectors.EVENT_READ, "signal")
+        sel.register(self.cancel_r, selectors.EVENT_READ, "cancel")
         for fd in self.relays:
             sel.register(fd, selectors.EVENT_READ, "relay")
+        self.io.register(sel)
         deadline = started + self.plan.limits.timeout if self.plan.limits.timeout else None
         try:
             while True:
@@ -219,16 +226,26 @@ class GvisorSupervisor(Supervisor):
                         _, status = os.waitpid(pid, 0)
                         code = os.waitstatus_to_exitcode(status)
                         self._drain_relays()
+                        self.io.drain()
                         return 128 - code if code < 0 else code
                     if key.data == "relay":
                         self._pass_on(key.fd, sel)
+                        continue
+                    if key.data == "io":
+                        self.io.handle(key.fd, sel)
+                        continue
+                    if key.data == "cancel":
+                        with contextlib.suppress(BlockingIOError):
+                            os.read(self.cancel_r, 512)
+                        self._kill()
                         continue
                     with contextlib.suppress(BlockingIOError):
                         os.read(wake_r, 512)
                     self._on_signals()
                 self._on_timers(deadline)
         finally:
-            signal.set_wakeup_fd(old_wakeup)
+            if old_wakeup is not None:
+                signal.set_wakeup_fd(old_wakeup)
             sel.close()
             for fd in (pidfd, wake_r, wake_w):
                 os.close(fd)

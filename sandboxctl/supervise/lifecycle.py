@@ -31,11 +31,14 @@ from sandboxctl.supervise.runner import RunResult, Supervisor
 FORWARD_FLUSH_S = 2.0
 
 
-def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, notice=None) -> RunResult:
+def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, supervisor_class=None,
+            started=None, **supervisor_options) -> RunResult:
     """Everything that must hold before the command may start, then the run itself.
 
-    status(message) gives a context manager around slow set-up steps (a status line on a TTY);
-    notice(message) is told of side effects on the host (the paths filesystem.create made)."""
+    status(message) gives a context manager around slow set-up steps (a status line on a TTY).
+    supervisor_options go to the Supervisor (io, forward_signals, approver, notice: the library's; notice
+    is also told of side effects on the host: the paths filesystem.create made);
+    started(supervisor) is called once it exists (the library keeps it, to cancel the run)."""
     status = status or (lambda message: contextlib.nullcontext())
     ensure_private_dir(state)
     values = {}
@@ -53,17 +56,24 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, notic
     snapshot = Snapshot(state, plan.run_id)
     changes: list[Change] = recover(state, alive)  # supervisors killed before their own check
     result: RunResult | None = None
+    layer = None
+    supervisor = None
     try:
         if plan.creations:
             made = make_all(plan.creations, plan.home, log.write)
+            notice = supervisor_options.get("notice")
             if made and notice:
                 from sandboxctl.inert import inert
 
-                notice("made before the run (filesystem.create): " + ", ".join(
+                notice("sandboxctl: made before the run (filesystem.create): " + ", ".join(
                     f"{inert(c.path)} ({c.kind}{' ' + format(c.mode, '04o') if c.mode is not None else ''})"
                     for c in made))
         if plan.protect.record or plan.protect.absent:
             snapshot.take(plan.protect.record, plan.protect.absent)
+        if plan.overlay is not None:  # the run's own layer, before anything can write to it
+            from sandboxctl.workspace import layer as overlay_layer
+
+            layer = overlay_layer.create(plan, state)
         lim = plan.limits
         if "cgroup" in (lim.memory_method, lim.pids_method):
             layout = detect_cgroups()
@@ -77,15 +87,18 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, notic
             except OSError as exc:
                 raise SandboxError(f"cannot create the run's cgroup for its limits: {exc.strerror}",
                                    "run sandboxctl doctor") from None
-        supervisor_class = Supervisor
-        if plan.backend == "gvisor":  # the same plan under runsc (supervise/gvisor.py)
-            from sandboxctl.supervise.gvisor import GvisorSupervisor
+        if supervisor_class is None:
+            supervisor_class = Supervisor
+            if plan.backend == "gvisor":  # the same plan under runsc (supervise/gvisor.py)
+                from sandboxctl.supervise.gvisor import GvisorSupervisor
 
-            supervisor_class = GvisorSupervisor
-        supervisor = supervisor_class(plan, state, log, argv_for_log, cgroup, values)
+                supervisor_class = GvisorSupervisor
+        supervisor = supervisor_class(plan, state, log, argv_for_log, cgroup, values, **supervisor_options)
         if forwarder is not None:  # an unreachable collector is a record of the local log, once per outage
             forwarder.on_state = lambda **fields: supervisor._write_log("log.forward", **fields)
         supervisor.protected_inodes = snapshot.inodes()
+        if started is not None:
+            started(supervisor)
         if not seccomp.is_cached(plan.seccomp, state / "cache"):
             with status("building the seccomp filters (first run with this policy)…"):
                 seccomp.load_or_compile(plan.seccomp, state / "cache")
@@ -96,6 +109,11 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, notic
             changes += new_repositories(plan.protect.roots, plan.protect.repositories, plan.workspace, state,
                                         plan.run_id)
         gated = plan.fail_on_denial and bool(result.denials) and result.exit_code == 0 and result.error is None
+        held = None
+        if layer is not None:
+            held = _hold(layer, supervisor.ready)
+            layer = None
+            result = result._replace(held=held)
         with contextlib.suppress(LogWriteError):
             _log_changes(log, changes)
             if forwarder is not None:
@@ -107,15 +125,23 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, notic
                           signal=result.exit_code - 128 if result.exit_code > 128 else None,
                           duration_s=round(result.duration_s, 6), denied=denial_total(result.denials),
                           timed_out=result.timed_out, protect_changes=len(changes) or None, head=log.head,
-                          **({"failed_on_denial": True} if gated else {}))
+                          changes=_logged(held), **({"failed_on_denial": True} if gated else {}),
+                          **supervisor.end_fields())
+                if held and held.get("layer"):
+                    _remember_seq(held["layer"], log.seq)
         result = result._replace(protected=tuple(c._asdict() for c in changes))
         if log.scrubber is not None:  # what the caller shows (stderr, --summary-json) holds no secret value
             result = result._replace(denials=[log.scrubber.value(d) for d in result.denials],
-                                     tampered=[log.scrubber.value(d) for d in result.tampered])
+                                     tampered=[log.scrubber.value(d) for d in result.tampered],
+                                     held=log.scrubber.value(result.held) if result.held else None)
         if gated:  # the CI gate: a successful command that was denied something fails the step
             return result._replace(exit_code=EXIT_DENIED, command_exit_code=result.exit_code)
         return result
     finally:
+        if layer is not None:  # the launch failed: nothing ran, so nothing is held
+            _hold(layer, supervisor is not None and supervisor.ready)
+        if supervisor is not None:
+            supervisor.release()
         if result is None:  # launch failed or was interrupted: still compare (nothing ran, or it is gone)
             with contextlib.suppress(Exception):
                 _log_changes(log, snapshot.check() if snapshot.entries else [])
@@ -124,6 +150,43 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, notic
         if forwarder is not None:
             forwarder.close(FORWARD_FLUSH_S)  # run.end too, if the collector takes it in time
         log.close()
+
+
+def _hold(layer, started: bool) -> dict | None:
+    """Seal an overlay run's layer once its sandbox is gone: what it holds, for run.end, the
+    summary and the message on stderr (None: nothing ran, the layer is removed)."""
+    if not started:
+        from sandboxctl.workspace.layer import remove_tree
+
+        remove_tree(layer.path)
+        return None
+    try:
+        if layer.seal_if_empty():  # `run --overlay -- true`: nothing to compare, nothing to import
+            summary, found = layer.meta["summary"], []
+        else:
+            from sandboxctl.workspace import seal
+
+            summary, found = seal.seal_at_end(layer)
+    except (OSError, SandboxError) as exc:
+        why = exc.message if isinstance(exc, SandboxError) else (exc.strerror or str(exc))
+        return {"run": layer.run_id, "layer": str(layer.path), "state": "held", "sealed": False, "error": why}
+    return {"run": layer.run_id, "layer": str(layer.path), "state": "held", "sealed": True, **summary,
+            "list": [{"path": c.path, "change": c.change, "conflict": c.conflict, "protected": c.protected}
+                     for c in found]}
+
+
+def _logged(held: dict | None) -> dict | None:
+    if held is None:
+        return None
+    return {k: v for k, v in held.items() if k != "list"}
+
+
+def _remember_seq(layer_dir: str, seq: int) -> None:
+    """apply/discard/undo continue the run's seq in the log: the next one is kept in the layer."""
+    from sandboxctl.workspace.layer import Layer
+
+    with contextlib.suppress(OSError, SandboxError):
+        Layer(Path(layer_dir)).update(log_seq=seq)
 
 
 def _log_changes(log: ActionLog, changes: list[Change]) -> None:

@@ -42,6 +42,7 @@ MAX_SYMLINKS = 40
 _MAGIC_FD = re.compile(r"^/proc/(self|\d+)/fd/(\d+)$")
 GITDIR_MARKERS = ("HEAD", "objects", "refs", "commondir")
 MAX_WAITING = 32
+BUSY = "a mount point"  # a sentinel reason: answered EBUSY, as the kernel would
 
 
 def _exists(dirfd: int, name: str) -> bool:
@@ -141,6 +142,7 @@ class Mediator:
         self.mounts = sorted(((m.target, m.kind) for m in plan.mounts if m.kind != "symlink"),
                              key=lambda item: len(item[0]), reverse=True)
         self.mediated_roots = set(protection.roots) | set(plan.protect.ephemeral)
+        self.mount_points = {m.target for m in plan.mounts}
         self.as_caller = fdops.CallerPermissions()  # a root supervisor acts with the caller's permissions
         self.umasks: dict[int, int] = {}
         self.waiting = threading.BoundedSemaphore(MAX_WAITING)  # FIFO opens waiting on threads of their own
@@ -505,6 +507,9 @@ class Mediator:
         why = guard(entry.path) if guard else self._why_not(entry.path, st)
         if not why and creates and st is None:
             why = self._makes_repository(entry)
+        if why is BUSY:
+            respond(self.listener, n.id, error=errno.EBUSY)
+            return None
         if why:
             self._refuse(n, call.op, entry.path, why)
             return None
@@ -544,13 +549,17 @@ class Mediator:
             mode = (kind or stat.S_IFREG) | (call.mode & 0o7777 & ~self._umask(n.pid))
             self._done(n, "mknod", entry.path, _attempt(os.mknod, entry.name, mode, 0, dir_fd=entry.parent))
 
+    def _busy(self, path: str) -> str | None:
+        """A mount point cannot be removed or renamed over: the kernel's EBUSY, not a denial."""
+        return BUSY if path in self.mount_points else self.protection.blocks_move(path)
+
     def _unlink(self, n: Notification, call: Call, opened: list[int]) -> None:
-        entry = self._single(n, call, opened, follow=False, guard=self.protection.blocks_move)
+        entry = self._single(n, call, opened, follow=False, guard=self._busy)
         if entry is not None:
             self._done(n, "unlink", entry.path, _attempt(os.unlink, entry.name, dir_fd=entry.parent))
 
     def _rmdir(self, n: Notification, call: Call, opened: list[int]) -> None:
-        entry = self._single(n, call, opened, follow=False, guard=self.protection.blocks_move)
+        entry = self._single(n, call, opened, follow=False, guard=self._busy)
         if entry is not None:
             self._done(n, "rmdir", entry.path, _attempt(os.rmdir, entry.name, dir_fd=entry.parent))
 
@@ -623,6 +632,9 @@ class Mediator:
             return
         if not (self._mediated(src.path) or self._mediated(dst.path)):
             self._elsewhere(n, "rename", src.path, dst.path)
+            return
+        if src.path in self.mount_points or dst.path in self.mount_points:
+            respond(self.listener, n.id, error=errno.EBUSY)  # as the kernel answers: callers fall back on it
             return
         exchange = call.flags & RENAME_EXCHANGE
         why = self.protection.blocks_move(src.path) or self.protection.reason(dst.path) \

@@ -28,6 +28,7 @@ from sandboxctl.plan.model import Plan
 from sandboxctl.supervise import fd_budget, notify, processes, spawn
 from sandboxctl.supervise import secrets as secret_store
 from sandboxctl.supervise.cgroups import RunCgroup
+from sandboxctl.supervise.stdio import CommandIO
 
 TERM_GRACE_S = 2.0
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
@@ -43,12 +44,31 @@ class RunResult(NamedTuple):
     protected: tuple[dict[str, Any], ...] = ()  # protect.snapshot.Change records: put back at the end
     tampered: tuple[dict[str, Any], ...] | list[dict[str, Any]] = ()  # exec records contradicted by what ran
     command_exit_code: int | None = None  # set when exit_code is not the command's own (the denial gate: 123)
+    held: dict[str, Any] | None = None  # workspace: overlay — what the run's layer holds (lifecycle)
 
 
 class Supervisor:
+    """One sandbox from launch to its end.
+
+    The CLI runs it in its main thread with its own stdio and signal handlers (forwarded to the
+    command); the library runs it in any thread (forward_signals=False: no handler is touched),
+    with pipes for stdio (io) and its own approval front end (approver)."""
+
+    dispatcher_class = notify.Dispatcher
+
     def __init__(self, plan: Plan, state: Path, log: ActionLog, argv_for_log: list[str],
-                 cgroup: RunCgroup | None = None, secret_values: dict[str, str] | None = None):
+                 cgroup: RunCgroup | None = None, secret_values: dict[str, str] | None = None, *,
+                 io: CommandIO | None = None, forward_signals: bool = True, approver: Any = None,
+                 notice: Any = None, cwd: str | None = None):
         self.plan = plan
+        self.io = io or CommandIO(inherit=True)
+        self.forward_signals = forward_signals
+        self.approver = approver  # an approval front end of the caller's (the library's callback)
+        self.notice = notice or (lambda message: print(message, file=sys.stderr))
+        self.cancel_r, self.cancel_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.cancelled = False
+        self.command_cwd = cwd  # inside the sandbox; None: the plan's (the workspace)
+        self.init_pidfd: int | None = None  # opened when the sandbox is killed, to see it empty
         self.secret_values = secret_values or {}
         self.secrets_dir_fd: int | None = None
         self.proxy = None
@@ -96,13 +116,15 @@ class Supervisor:
             scrub=self.log.scrubber.text if getattr(self.log, "scrubber", None) is not None else None)
         if plan.approval_mode != "ask":
             return
-        if plan.approval_via == "socket":
+        if self.approver is not None:
+            self.broker.attach(self.approver)
+        elif plan.approval_via == "socket":
             from sandboxctl.approval.socket_server import SocketFrontEnd
 
             front_end = SocketFrontEnd(plan.run_id)
             self.broker.attach(front_end)
-            print(f"sandboxctl: approvals for run {plan.run_id}: answer with `sandboxctl approve` "
-                  "in another terminal", file=sys.stderr)
+            self.notice(f"sandboxctl: approvals for run {plan.run_id}: answer with `sandboxctl approve` "
+                        "in another terminal")
         else:
             from sandboxctl.approval.tty import TtyFrontEnd
 
@@ -170,7 +192,8 @@ class Supervisor:
         control, shim_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         err_r, err_w = os.pipe()
         seccomp_fd = spawn.memfd(program, "sandboxctl-seccomp")
-        stderr_copy = os.dup(2)
+        stdin, stdout, stderr = self.io.child_fds()
+        stderr_copy = os.dup(stderr)
         secret_fds = {s.name: secret_store.memfd_with(self.secret_values[s.name], s.name)
                       for s in plan.secrets if s.deliver_as == "file"}
         data_fds: dict[str, int] = {}
@@ -183,6 +206,7 @@ class Supervisor:
                 os.close(fd)
             control.close()
             shim_end.close()
+            self.io.close()
             raise
         fds = bwrap.LaunchFds(seccomp=seccomp_fd, control=shim_end.fileno(),
                               stderr=stderr_copy, empty_file=empty, secrets=secret_fds, data=data_fds)
@@ -192,18 +216,21 @@ class Supervisor:
         # bubblewrap is started with the terminal's SIGINT/SIGQUIT ignored: Ctrl-C must reach the
         # command (the shim restores its dispositions), not kill bwrap and the sandbox under it.
         originals = {s: signal.getsignal(s) for s in FORWARDED}
-        for signum in spawn.TERMINAL_SIGNALS:
-            signal.signal(signum, signal.SIG_IGN)
+        if self.forward_signals:
+            for signum in spawn.TERMINAL_SIGNALS:
+                signal.signal(signum, signal.SIG_IGN)
         try:
             try:
-                self.bwrap_pid = spawn.spawn(argv, stderr=err_w, pass_fds=passed)
+                self.bwrap_pid = self._spawn(argv, stderr=err_w, stdin=stdin, stdout=stdout, pass_fds=passed)
             except OSError as exc:
                 raise SandboxError(f"cannot start bubblewrap: {exc.strerror}", "run sandboxctl doctor") from None
             finally:
                 for fd in (seccomp_fd, err_w, stderr_copy, *secret_fds.values(), *data_fds.values()):
                     os.close(fd)
                 shim_end.close()
-            self._install_signal_handlers()
+                self.io.close_child_ends()
+            if self.forward_signals:
+                self._install_signal_handlers()
             config = spawn.shim_config(plan, originals)
             config["env"].update({s.name: self.secret_values[s.name] for s in plan.secrets
                                   if s.deliver_as == "env"})
@@ -213,11 +240,23 @@ class Supervisor:
             config["proxy_port"] = PROXY_PORT if plan.network.mode == "proxy" else None
             config["notify_program"] = notify_program
             config["seccomp_nr"] = seccomp.SECCOMP_SYSCALL.get(os.uname().machine, 317)
+            config["cwd"] = self.command_cwd
+            config.update(self._extra_config())
             control.sendall(marshal.dumps(config))
             returncode = self._loop(self.bwrap_pid, control, err_r, started)
+            self._await_namespace_end()
+        except BaseException:
+            # the library's caller goes on living: nothing of the sandbox may outlive this frame
+            if self.bwrap_pid:
+                self._kill()
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(self.bwrap_pid, 0)
+                self._await_namespace_end()
+            raise
         finally:
-            for signum, handler in originals.items():
-                signal.signal(signum, handler)
+            if self.forward_signals:
+                for signum, handler in originals.items():
+                    signal.signal(signum, handler)
             control.close()
             self.broker.stop()  # waiting requests are denied, so proxy threads can finish
             if self.secrets_dir_fd is not None:
@@ -231,7 +270,66 @@ class Supervisor:
             if self.notify_fd is not None:
                 os.close(self.notify_fd)
             os.close(err_r)
+            self.io.close()
         return self._result(returncode, time.monotonic() - started)
+
+    def _spawn(self, argv: list[str], *, stderr: int, stdin: int, stdout: int, pass_fds: tuple[int, ...]) -> int:
+        """bubblewrap, in a mount namespace of its own holding the overlay for workspace: overlay."""
+        overlay = self.plan.overlay
+        if overlay is None:
+            return spawn.spawn(argv, stderr=stderr, stdin=stdin, stdout=stdout, pass_fds=pass_fds)
+        from sandboxctl.workspace import mount
+
+        try:
+            return mount.spawn(argv, mount.OverlayLayers(overlay.lower, overlay.upper, overlay.work),
+                               stderr=stderr, stdin=stdin, stdout=stdout, pass_fds=pass_fds)
+        except mount.OverlayError as exc:
+            message, hint = mount.remedy(exc.failure, mount.filesystem_type(overlay.upper))
+            raise SandboxError(message, hint) from None
+
+    def _await_namespace_end(self, limit: float = 5.0) -> None:
+        """After a kill, bubblewrap is reaped at once, but the kernel empties the PID namespace as
+        its init exits: wait for that (the init's pidfd turns readable only once every process
+        in the namespace is gone), so that nothing of the sandbox is left when the run returns."""
+        if self.init_pidfd is None:
+            return
+        import select
+
+        try:
+            select.select([self.init_pidfd], [], [], limit)
+        finally:
+            os.close(self.init_pidfd)
+            self.init_pidfd = None
+
+    def release(self) -> None:
+        """Close what the supervisor holds beyond launch (called once the run is over)."""
+        self.io.close()
+        if self.init_pidfd is not None:
+            os.close(self.init_pidfd)
+            self.init_pidfd = None
+        for fd in (self.cancel_r, self.cancel_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.cancel_r = self.cancel_w = -1
+
+    def start_fields(self) -> dict[str, Any]:
+        """More for run.start (a session's name)."""
+        return {}
+
+    def end_fields(self) -> dict[str, Any]:
+        """More for run.end (a session's command count and why it ended)."""
+        return {}
+
+    def _extra_config(self) -> dict[str, Any]:
+        """More for the shim's configuration (a session's server)."""
+        return {}
+
+    def cancel(self) -> None:
+        """Stop the sandbox now, from any thread (the library's asyncio cancellation)."""
+        self.cancelled = True
+        if self.cancel_w >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self.cancel_w, b"x")
 
     # ------------------------------------------------------------------ loop
     def _loop(self, pid: int, control: socket.socket, err_r: int, started: float) -> int:
@@ -239,11 +337,14 @@ class Supervisor:
         sel = selectors.DefaultSelector()
         pidfd = os.pidfd_open(pid)
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        old_wakeup = signal.set_wakeup_fd(wake_w)
+        old_wakeup = signal.set_wakeup_fd(wake_w) if self.forward_signals else None
         sel.register(pidfd, selectors.EVENT_READ, "exit")
         sel.register(control, selectors.EVENT_READ, "control")
         sel.register(err_r, selectors.EVENT_READ, "stderr")
         sel.register(wake_r, selectors.EVENT_READ, "signal")
+        sel.register(self.cancel_r, selectors.EVENT_READ, "cancel")
+        self.io.register(sel)
+        self._register_sources(sel)
         deadline = started + self.plan.limits.timeout if self.plan.limits.timeout else None
         try:
             while True:
@@ -252,24 +353,44 @@ class Supervisor:
                     if what == "exit":
                         _, status = os.waitpid(pid, 0)
                         self._drain(control, err_r)
+                        self.io.drain()
                         code = os.waitstatus_to_exitcode(status)
                         return 128 - code if code < 0 else code
-                    if what == "control":
+                    if what == "io":
+                        self.io.handle(key.fd, sel)
+                    elif what == "cancel":
+                        with contextlib.suppress(BlockingIOError):
+                            os.read(self.cancel_r, 512)
+                        self._kill()
+                    elif what == "control":
                         self._on_control(control, sel)
                     elif what == "stderr":
                         self._on_stderr(err_r, sel)
-                    elif what == "notify" and not self.dispatcher.handle():
-                        sel.unregister(key.fd)
+                    elif what == "notify":
+                        if not self.dispatcher.handle():
+                            sel.unregister(key.fd)
                     elif what == "signal":
                         with contextlib.suppress(BlockingIOError):
                             os.read(wake_r, 512)
                         self._on_signals()
+                    else:
+                        self._on_source(key, sel)
                 self._on_timers(deadline)
         finally:
-            signal.set_wakeup_fd(old_wakeup)
+            if old_wakeup is not None:
+                signal.set_wakeup_fd(old_wakeup)
             sel.close()
             for fd in (pidfd, wake_r, wake_w):
                 os.close(fd)
+
+    def _on_ready(self) -> None:
+        """The command may run now (a session's server is up)."""
+
+    def _register_sources(self, sel: selectors.BaseSelector) -> None:
+        """More descriptors for the loop (a session's clients); their events go to _on_source."""
+
+    def _on_source(self, key: selectors.SelectorKey, sel: selectors.BaseSelector) -> None:
+        raise AssertionError(f"unexpected loop event {key.data!r}")
 
     def _until_next_timer(self, deadline: float | None) -> float | None:
         """Seconds the loop may sleep: until the run's timeout, the kill after the grace, or the
@@ -325,8 +446,7 @@ class Supervisor:
             self.layers = self._layers(message["ready"]["landlock"])
             degraded = self.layers["landlock"].get("degraded")
             if degraded:
-                print(f"sandboxctl: warning: {degraded}; running with `landlock: best-effort`",
-                      file=sys.stderr)
+                self.notice(f"sandboxctl: warning: {degraded}; running with `landlock: best-effort`")
             if self.cgroup and self.bwrap_pid:
                 # everything alive now (bwrap, its init, the shim) joins before the command may fork
                 try:
@@ -340,13 +460,14 @@ class Supervisor:
                                policy=self.plan.policy, policy_source=self.plan.policy_source,
                                policy_sha256=self.plan.policy_sha256,
                                layers=self.layers, limits=self._limits_for_log(),
-                               confirmed=list(self.plan.confirmations) or None)
+                               confirmed=list(self.plan.confirmations) or None, **self.start_fields())
             except LogWriteError:
                 control.sendall(marshal.dumps({"go": False}))
                 raise
             self._log_secrets()
             self.ready = True
             control.sendall(marshal.dumps({"go": True}))
+            self._on_ready()
         elif "error" in message:
             self.shim_error = message
         elif "exec_error" in message:
@@ -363,7 +484,7 @@ class Supervisor:
         plan = self.plan
         verdicts = functools.lru_cache(maxsize=4096)(plan.write_verdict)  # the plan never changes
         log_allowed = plan.file_events != "none"
-        self.dispatcher = notify.Dispatcher(fd, self.syscall_names, self._which_rule, verdicts,
+        self.dispatcher = self.dispatcher_class(fd, self.syscall_names, self._which_rule, verdicts,
                                             self._write_log, self.denials,
                                             escalate=FileEscapes(fd, self.broker, self._write_log, self.denials),
                                             log_allowed=log_allowed, is_denial=self._is_denial,
@@ -477,7 +598,7 @@ class Supervisor:
         """After the shim is ready it is the command's business: pass it on. Before, it explains
         a failed launch: keep it for the error message."""
         if self.ready:
-            os.write(2, data)
+            self.io.emit(2, data)
         else:
             self.bwrap_stderr += data
 
@@ -536,6 +657,9 @@ class Supervisor:
         """SIGKILL the namespace init (the kernel then kills every process in it) and bwrap."""
         init = self._init_pid()
         if init:
+            if self.init_pidfd is None:
+                with contextlib.suppress(OSError):
+                    self.init_pidfd = os.pidfd_open(init)
             processes.kill_sandbox(init)
         if self.bwrap_pid:
             processes.kill_sandbox(self.bwrap_pid)  # --die-with-parent takes the rest down
@@ -570,6 +694,9 @@ class Supervisor:
                            "elf_loader": "refused as a command"} if plan.exec_loaders else None,
             "memory": plan.limits.memory_method,
             "pids": plan.limits.pids_method,
+            **({"workspace": {"mode": "overlay", "layer": plan.overlay.layer_dir,
+                              "mount": "overlayfs (userxattr) in bubblewrap's own mount namespace; "
+                                       "the host's workspace is not written"}} if plan.overlay else {}),
         }
 
     def _protect_layer(self, landlock: dict[str, Any]) -> dict[str, Any] | None:
@@ -613,7 +740,8 @@ class Supervisor:
             from sandboxctl.plan.locate import hint_for_exec_error
 
             code = int(self.exec_error.get("code", 126))
-            hint = hint_for_exec_error(self.plan, code, self.plan.command[0], os.environ.get("PATH", ""))
+            hint = self.exec_error.get("hint") or hint_for_exec_error(self.plan, code, self.plan.command[0],
+                                                                      os.environ.get("PATH", ""))
             error = SandboxError(self.exec_error["exec_error"], hint, code)
         if self.log_failed:
             error = SandboxError("the action log could not be written; the sandbox was stopped",

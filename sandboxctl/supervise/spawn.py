@@ -51,7 +51,7 @@ def memfd(data: bytes, name: str) -> int:
     return fd
 
 
-def spawn(argv: list[str], *, stderr: int, pass_fds: tuple[int, ...]) -> int:
+def spawn(argv: list[str], *, stderr: int, pass_fds: tuple[int, ...], stdin: int = 0, stdout: int = 1) -> int:
     """posix_spawn bubblewrap with exactly stdin, stdout, our stderr pipe and pass_fds.
 
     Every other descriptor this process holds is closed in the child, including ones inherited
@@ -59,10 +59,12 @@ def spawn(argv: list[str], *, stderr: int, pass_fds: tuple[int, ...]) -> int:
     subprocess.Popen(close_fds=True, pass_fds=...) without importing subprocess on the hot path.)
     """
     keep = {0, 1, 2, *pass_fds}
-    actions: list[tuple] = [(os.POSIX_SPAWN_DUP2, stderr, 2)]
+    actions: list[tuple] = [(os.POSIX_SPAWN_DUP2, fd, target)
+                            for fd, target in ((stdin, 0), (stdout, 1)) if fd != target]
+    actions.append((os.POSIX_SPAWN_DUP2, stderr, 2))
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
-        if fd not in keep and fd != stderr:
+        if fd not in keep and fd not in (stderr, stdin, stdout):
             try:
                 if os.get_inheritable(fd):
                     actions.append((os.POSIX_SPAWN_CLOSE, fd))

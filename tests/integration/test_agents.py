@@ -199,10 +199,9 @@ def test_claude_starts_on_a_fresh_account_and_stops_at_authentication(sandbox):
     assert "corrupted" not in prompt.stdout + prompt.stderr
 
 
-@pytest.mark.xfail(reason="the mediator refuses a rename over the ~/.claude.json bind with EACCES; the kernel says "
-                          "EBUSY there, on which claude falls back to writing the file in place (supervise/mediate.py "
-                          "_rename, the lead's: answer EBUSY when blocks_move names the mount anchor)", strict=False)
 def test_claude_keeps_its_configuration(sandbox):
+    """A rename over the ~/.claude.json bind gets EBUSY, as the kernel answers for a mount point,
+    and claude falls back to writing the file in place."""
     claude = _agent("claude")
     _run_agent(sandbox, "claude-code", claude, "-p", "say hi")
     config = json.loads((sandbox.home / ".claude.json").read_text())  # claude filled in what we made

@@ -1,0 +1,1 @@
+"""Adapters for agent SDKs: each one runs the SDK's tools under a sandboxctl policy."""
