@@ -177,14 +177,19 @@ def _print_held(held: dict) -> None:
 
 
 def _print_protected(changes, run_id: str) -> None:
-    """Always shown, even with -q: a protected path changed behind the walls and was put back."""
+    """Always shown, even with -q: a protected path changed while a run went on. Put back where the
+    sandbox could have done it; otherwise (the kernel wall was whole) somebody outside did: said,
+    and left as it is."""
     from sandboxctl.inert import inert
 
     for change in changes:
         where = f"; what was there is kept at {inert(change['kept'])}" if change.get("kept") else ""
         run = f" (run {inert(change['run'])}, whose supervisor was killed)" if change.get("run") != run_id else ""
+        action = change["action"]
+        if action == "reported":
+            action = "changed from outside the sandbox (it could not write there), left as it is"
         print(f"sandboxctl: protected path {inert(change['path'])} was {change['change']} during a run{run}: "
-              f"{change['action']}{where}", file=sys.stderr)
+              f"{action}{where}", file=sys.stderr)
 
 
 def _write_summary(path: str, plan, result) -> None:

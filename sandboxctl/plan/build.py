@@ -149,15 +149,18 @@ class _Planner:
         return sorted(set(found))
 
     def tree(self, root: str):
-        """The index of a writable root (the workspace: its whole tree; others: their top), with
-        the names the deny list masks at any depth; one walk per root and plan."""
+        """The index of a writable root (its whole tree: repositories anywhere in a writable home
+        keep their protections too), with the names the deny list masks at any depth (for the
+        workspace); one walk per root and plan, cached by directory ctime across runs."""
         cache = self.__dict__.setdefault("_trees", {})
         if root not in cache:
-            deep = root == self.workspace
             patterns = tuple(sorted({self.expand(raw).partition("/**/")[2] for raw in self.policy.filesystem.deny
-                                     if "/**/" in raw})) if deep else ()
-            workspace_root = self.workspace if deep else root
-            cache[root] = self.facts.tree(workspace_root, patterns, deep)
+                                     if "/**/" in raw})) if root == self.workspace else ()
+            index = self.facts.tree(root, patterns, True)
+            if not index.complete:
+                raise SandboxError(f"{root} holds more than {index.directories} directories: too many to find its "
+                                   "repositories and masked files", "narrow the workspace or the writable grant")
+            cache[root] = index
         return cache[root]
 
     def build_mounts(self) -> list[Mount]:

@@ -103,6 +103,7 @@ class ProtectPlan(NamedTuple):
     absent: tuple[str, ...] = ()  # protected names absent at launch: the end-of-run check says if they appeared
     mediated: bool = False  # Landlock + the supervisor enforce it (bwrap); False: binds + the check only (gvisor)
     repositories: tuple[str, ...] = ()  # `.git` entries and bare repositories found at launch
+    homes: tuple[str, ...] = ()  # writable roots that are the user's home (its start-up names too)
     ephemeral: tuple[str, ...] = ()  # writable sandbox mounts above a root (tmpfs HOME, /tmp): mediated too
     anchors: tuple[str, ...] = ()  # directories mounts hang from, in mediated areas: never moved or removed
 
@@ -289,7 +290,8 @@ def _protection(protect: ProtectPlan, roots: tuple[str, ...]):
         return known[1]
     from sandboxctl.protect.rules import Protection
 
-    value = Protection(roots, protect.gitdirs, dict(protect.explicit), protect.masked, protect.anchors)
+    value = Protection(roots, protect.gitdirs, dict(protect.explicit), protect.masked, protect.anchors,
+                       protect.homes)
     _protections[key] = (protect, value)
     return value
 

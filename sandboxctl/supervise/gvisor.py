@@ -31,6 +31,7 @@ from sandboxctl.errors import EXIT_SANDBOX_FAILED, EXIT_TIMEOUT, SandboxError
 from sandboxctl.launch import oci, runsc, seccomp
 from sandboxctl.log.writer import LogWriteError
 from sandboxctl.plan.build import PROXY_PORT
+from sandboxctl.protect.snapshot import HEARTBEAT_S
 from sandboxctl.supervise.runner import FORWARDED, TERM_GRACE_S, RunResult, Supervisor
 
 TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
@@ -106,6 +107,9 @@ class GvisorSupervisor(Supervisor):
             if self.forward_signals:
                 self._install_signal_handlers()
             self.layers = self._layers({})
+            if self.snapshot is not None and self.snapshot.entries:  # gVisor: the wall is never whole
+                self.snapshot.mark(False)
+                self.next_beat = time.monotonic() + HEARTBEAT_S
             try:
                 self.log.write("run.start", argv=self.argv_for_log, workspace=plan.workspace, policy=plan.policy,
                                policy_source=plan.policy_source, policy_sha256=plan.policy_sha256, backend="gvisor",

@@ -97,6 +97,7 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
         if forwarder is not None:  # an unreachable collector is a record of the local log, once per outage
             forwarder.on_state = lambda **fields: supervisor._write_log("log.forward", **fields)
         supervisor.protected_inodes = snapshot.inodes()
+        supervisor.snapshot = snapshot
         if started is not None:
             started(supervisor)
         if not seccomp.is_cached(plan.seccomp, state / "cache"):
@@ -115,6 +116,7 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
             layer = None
             result = result._replace(held=held)
         with contextlib.suppress(LogWriteError):
+            supervisor.flush_throttled()
             _log_changes(log, changes)
             if forwarder is not None:
                 forwarder.flush(FORWARD_FLUSH_S)

@@ -45,6 +45,13 @@ MAX_WAITING = 32
 BUSY = "a mount point"  # a sentinel reason: answered EBUSY, as the kernel would
 
 
+def _is_dir(entry: Entry) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(entry.name, dir_fd=entry.parent).st_mode)
+    except OSError:
+        return False
+
+
 def _exists(dirfd: int, name: str) -> bool:
     try:
         os.lstat(name, dir_fd=dirfd)
@@ -162,6 +169,11 @@ class Mediator:
             return
         if call is None:
             respond(self.listener, notification.id, allow=True)
+            return
+        empty_allowed = call.op in ("chmod", "link") and call.flags & AT_EMPTY_PATH
+        if not empty_allowed and any(not path for _dirfd, path in call.paths):
+            # the kernel's answer to an empty path; never the cwd or the dirfd itself
+            respond(self.listener, notification.id, error=errno.ENOENT)
             return
         opened: list[int] = []
         try:
@@ -573,6 +585,12 @@ class Mediator:
         entry = self._single(n, call, opened, follow=True)
         if entry is None:
             return
+        if call.extra >= 1 << 63:  # a negative length
+            respond(self.listener, n.id, error=errno.EINVAL)
+            return
+        if call.extra > _file_size_limit(n.pid):  # ours would be the supervisor's limit, not the caller's
+            respond(self.listener, n.id, error=errno.EFBIG)
+            return
         try:
             fd = os.open(entry.name, os.O_WRONLY | O_NOFOLLOW | os.O_CLOEXEC, dir_fd=entry.parent)
             opened.append(fd)
@@ -641,6 +659,10 @@ class Mediator:
             or (self._makes_repository(dst) if src.parent_path != dst.parent_path or src.name != dst.name else None)
         if not why and (exchange or os.path.lexists(f"/proc/self/fd/{dst.parent}/{dst.name}")):
             why = self.protection.blocks_move(dst.path)  # what is replaced (or swapped) goes away
+        if not why and _is_dir(src):  # a directory moved in brings its whole tree: .config/git, objects/info/…
+            why = self.protection.holds_names(dst.path)
+        if not why and exchange and _is_dir(dst):
+            why = self.protection.holds_names(src.path)
         if why:
             self._refuse(n, "rename", f"{src.path} -> {dst.path}", why)
             return
@@ -705,3 +727,15 @@ def _attempt(function: Callable[..., Any], *args: Any, **kwargs: Any) -> int | O
     except OSError as exc:
         return exc
     return 0
+
+
+def _file_size_limit(pid: int) -> int:
+    """The caller's RLIMIT_FSIZE (limits.file_size): a length past it fails with EFBIG, as the
+    kernel answers the caller itself (which also sends SIGXFSZ; the error is enough here)."""
+    import resource
+
+    try:
+        soft, _hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
+    except OSError:
+        return -1  # the caller is gone (or unreadable): nothing is truncated for it
+    return soft if soft != resource.RLIM_INFINITY else 1 << 63

@@ -25,9 +25,11 @@ from sandboxctl.launch import bwrap, seccomp
 from sandboxctl.log.writer import ActionLog, LogWriteError
 from sandboxctl.plan.build import PROXY_PORT
 from sandboxctl.plan.model import Plan
+from sandboxctl.protect.snapshot import HEARTBEAT_S
 from sandboxctl.supervise import fd_budget, notify, processes, spawn
 from sandboxctl.supervise import secrets as secret_store
 from sandboxctl.supervise.cgroups import RunCgroup
+from sandboxctl.supervise.denials import DenialList, LogThrottle
 from sandboxctl.supervise.stdio import CommandIO
 
 TERM_GRACE_S = 2.0
@@ -77,7 +79,8 @@ class Supervisor:
         self.log_lock = threading.Lock()
         self.log_failed = False
         self.setup_error: SandboxError | None = None
-        self.denials: list[dict[str, Any]] = []
+        self.denials: list[dict[str, Any]] = DenialList()  # bounded: identical ones past a few are counted
+        self.throttle = LogThrottle()  # and so are their log records
         self.tampered: list[dict[str, Any]] = []  # exec records contradicted by what ran
         self.expiries: list[tuple[float, str]] = []
         self.cgroup = cgroup
@@ -99,6 +102,8 @@ class Supervisor:
         self.nofile = fd_budget.raise_nofile()  # before anything is opened: see fd_budget
         self.mediator = None
         self.protected_inodes: dict[tuple[int, int], str] = {}  # from the launch record (lifecycle)
+        self.snapshot = None  # protect.snapshot.Snapshot of this run (lifecycle): marked, and beaten
+        self.next_beat: float | None = None
 
     # ------------------------------------------------------------------ approvals
     def _start_broker(self) -> None:
@@ -395,7 +400,7 @@ class Supervisor:
     def _until_next_timer(self, deadline: float | None) -> float | None:
         """Seconds the loop may sleep: until the run's timeout, the kill after the grace, or the
         next secret's expiry (None: nothing is due)."""
-        wakeups = [t for t in (deadline if not self.timed_out else None, self.kill_at) if t]
+        wakeups = [t for t in (deadline if not self.timed_out else None, self.kill_at, self.next_beat) if t]
         wakeups += [t for t, _ in self.expiries]
         return max(0.0, min(wakeups) - time.monotonic()) if wakeups else None
 
@@ -408,6 +413,9 @@ class Supervisor:
         if self.kill_at and now >= self.kill_at:
             self._kill()
             self.kill_at = None
+        if self.next_beat and now >= self.next_beat and self.snapshot is not None:
+            self.snapshot.beat()  # a killed supervisor's last beat bounds what its sandbox could change
+            self.next_beat = now + HEARTBEAT_S
 
     def _on_control(self, control: socket.socket, sel: selectors.BaseSelector) -> None:
         try:
@@ -444,6 +452,10 @@ class Supervisor:
                 return
         if "ready" in message:
             self.layers = self._layers(message["ready"]["landlock"])
+            if self.snapshot is not None and self.snapshot.entries:
+                protect = self.layers.get("protect") or {}
+                self.snapshot.mark(bool(protect.get("wall_whole")))
+                self.next_beat = time.monotonic() + HEARTBEAT_S
             degraded = self.layers["landlock"].get("degraded")
             if degraded:
                 self.notice(f"sandboxctl: warning: {degraded}; running with `landlock: best-effort`")
@@ -557,10 +569,16 @@ class Supervisor:
         A write failure stops the sandbox rather than letting it go on unobserved."""
         try:
             with self.log_lock:
-                self.log.write(event, **fields)
+                if self.throttle.admit(event, fields):
+                    self.log.write(event, **fields)
         except LogWriteError:
             self.log_failed = True
             self._kill()
+
+    def flush_throttled(self) -> None:
+        """One record per denial that repeated past what is written one by one (before run.end)."""
+        for event, fields in self.throttle.pending():
+            self.log.write(event, **fields)
 
     def _log_secrets(self) -> None:
         now = time.monotonic()
@@ -706,7 +724,7 @@ class Supervisor:
             return None
         enforced = protect.mediated and self.notify_fd is not None and bool(landlock.get("enforced"))
         return {"writable_roots": list(protect.roots), "git_directories": len(protect.gitdirs),
-                "recorded": len(protect.record),
+                "recorded": len(protect.record), "wall_whole": enforced,
                 "enforced_by": "Landlock (writable roots read-only to the kernel) + the supervisor performing "
                                "each change" if enforced else "read-only binds and the supervisor's checks only",
                 "end_of_run_check": True}
