@@ -7,6 +7,7 @@ import re
 from collections import defaultdict
 
 from sandboxctl import units
+from sandboxctl.inert import inert
 from sandboxctl.launch import bwrap
 from sandboxctl.plan.model import Plan
 
@@ -116,17 +117,23 @@ def show(plan: Plan, as_json: bool = False, terminal: bool | None = None) -> Non
     out.print(env)
     for secret in plan.secrets:
         ttl = units.format_duration(secret.ttl) if secret.ttl else "none"
-        out.print(f"secret {secret.name}: from {secret.source.partition(':')[0]}, as {secret.deliver_as}, "
-                  f"ttl {ttl}{' (an env secret cannot expire)' if secret.deliver_as == 'env' and secret.ttl else ''}")
+        hosts = f", to {inert(', '.join(secret.hosts))} only (a placeholder inside)" \
+            if secret.deliver_as == "proxy" else ""
+        out.print(f"secret {secret.name}: from {secret.source.partition(':')[0]}, as {secret.deliver_as}{hosts}, "
+                  f"ttl {ttl}{' (an env secret cannot expire)' if secret.deliver_as == 'env' and secret.ttl else ''}",
+                  markup=False)
 
     net = plan.network
     out.print(f"[bold]Network[/bold]: {net.mode}; allow: {', '.join(net.allow) or '-'}; "
               f"deny: {', '.join(net.deny) or '-'}; private addresses: "
               f"{'allowed' if net.allow_private else 'blocked'}")
-    from sandboxctl.inert import inert
-
     for line in network_walls(plan):  # listed socket paths come from the policy: shown inert
         out.print(f"  {inert(line)}", markup=False)
+    for host, rules in net.inspect:
+        what = "every request" if rules is None else (", ".join(inert(r) for r in rules) or "no request")
+        out.print(f"  inspected (HTTPS terminated with the run's CA): {inert(host)}: {what}", markup=False)
+    for path in net.upstream_ca:
+        out.print(f"  trusted upstream CA: {inert(path)}", markup=False)
     lim = plan.limits
     out.print("[bold]Limits[/bold]: "
               f"timeout {units.format_duration(lim.timeout) if lim.timeout else 'none'}, "
@@ -145,8 +152,6 @@ def show(plan: Plan, as_json: bool = False, terminal: bool | None = None) -> Non
         how = ("read-only to Landlock; the supervisor performs and checks every change" if protect.mediated
                else "read-only binds over existing entries; absent ones checked at the end of the run")
         from rich.text import Text
-
-        from sandboxctl.inert import inert
 
         out.print(Text.assemble(("Protected paths", "bold"), f": under {', '.join(inert(r) for r in protect.roots)} — "
                                 f"{how}; {len(protect.gitdirs)} git directories, {len(protect.explicit)} explicit "

@@ -43,6 +43,7 @@ class BundlePaths(NamedTuple):
     log: str  # runsc --log: its own errors, read to explain a failed start
     secrets: str | None = None  # the file secrets, bound read-only at /run/secrets
     proxy: str | None = None  # the directory of the supervisor's proxy socket (network: proxy)
+    data: str | None = None  # files made at launch (the run's CA bundle), each bound over its target
 
 
 def dry_paths(plan: Plan, root: str = "{run}") -> BundlePaths:
@@ -50,7 +51,13 @@ def dry_paths(plan: Plan, root: str = "{run}") -> BundlePaths:
     return BundlePaths(bundle=root, rootfs=f"{root}/rootfs", empty_file=f"{root}/empty-file",
                        empty_dir=f"{root}/empty-dir", launch=f"{root}/launch", state=f"{root}/state",
                        log=f"{root}/runsc.log", secrets=f"{root}/secrets" if _file_secrets(plan) else None,
-                       proxy=f"{root}/proxy" if plan.network.mode == "proxy" else None)
+                       proxy=f"{root}/proxy" if plan.network.mode == "proxy" else None,
+                       data=f"{root}/data" if any(m.kind == "data-file" for m in plan.mounts) else None)
+
+
+def data_file_name(target: str) -> str:
+    """The name, in the run's data directory, of the file bound over target."""
+    return target.strip("/").replace("/", "_")
 
 
 def _file_secrets(plan: Plan) -> bool:
@@ -109,6 +116,10 @@ def mounts(plan: Plan, paths: BundlePaths, skip: frozenset[str] = frozenset()) -
         elif kind == "symlink":
             if os.path.dirname(target) != "/":
                 result.append(_bind(target, symlink_target(mount), BIND_RO))
+        elif kind == "data-file":
+            if not paths.data:
+                raise ValueError("the plan has data files but the bundle has no data directory")
+            result.append(_bind(target, f"{paths.data}/{data_file_name(target)}", BIND_DATA))
         elif kind == "secret-file":
             if not paths.secrets:
                 raise ValueError("the plan has file secrets but the bundle has no secrets directory")

@@ -75,6 +75,17 @@ def summarize(data: dict[str, Any]) -> str:
         if isinstance(g("count"), int) and g("count") > 1:
             text += f" ({g('count')} connections)"
         return text
+    if event == "http":
+        port = g("port")
+        host = clean(g("host", "?"), 100) + ("" if port in (80, 443, None) else f":{clean(port, 8)}")
+        text = f"{clean(g('method', '?'), 16)} {host}{clean(g('path', ''), FIELD)}"
+        if g("status") is not None:
+            text += f" -> {clean(g('status'), 4)}"
+        if isinstance(g("secrets"), list) and g("secrets"):
+            text += f" (secrets: {', '.join(clean(n, 60) for n in g('secrets'))})"
+        if g("leak"):
+            text += f" (leak: {clean(g('leak'), 60)})"
+        return text
     if event == "syscall":
         return clean(g("name", "?"), 40)
     if event == "approval":

@@ -32,6 +32,15 @@ GVISOR_INIT = f"{SHIM_DIR}/init.py"  # the gvisor backend's in-sandbox launcher
 SECRETS_DIR = "/run/secrets"
 PROXY_PORT = 3128
 LOOPBACK_NAMES = "localhost,127.0.0.1,::1"
+TLS_DIR = f"{SHIM_DIR}/tls"  # the run's CA and the combined bundle, made at launch (network/certs.py)
+TLS_BUNDLE = f"{TLS_DIR}/ca-bundle.pem"  # the run's CA followed by the system's
+TLS_CA = f"{TLS_DIR}/run-ca.pem"  # the run's CA alone
+# The system bundles the combined one replaces inside (where the host has them).
+SYSTEM_CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem")
+# What common tools read to find their CA bundle (Python ssl, requests, curl, git, pip, AWS, cargo, Deno);
+# Node adds NODE_EXTRA_CA_CERTS to its own store.
+CA_BUNDLE_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO", "PIP_CERT",
+                       "AWS_CA_BUNDLE", "CARGO_HTTP_CAINFO", "DENO_CERT")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # Looks like a credential: never passed by a glob, only when named exactly.
@@ -192,11 +201,40 @@ class _Planner:
             mounts.append(Mount("tmpfs", SECRETS_DIR, reason="secrets: private, gone with the sandbox"))
             mounts += [Mount("secret-file", f"{SECRETS_DIR}/{s.name}", f"secret:{s.name}",
                              f"secrets.{s.name} (mode 0400)") for s in file_secrets]
+        mounts += self.tls_mounts(visible)
         if self.protect.mediated:
             self.protect = _anchor(self.protect, mounts)
         order = {"proc": 0, "dev": 0, "tmpfs": 1, "ro": 1, "rw": 1, "symlink": 1,
-                 "mask-dir": 2, "mask-file": 2, "secret-file": 3}
+                 "mask-dir": 2, "mask-file": 2, "secret-file": 3, "data-file": 3}
         return sorted(mounts, key=lambda m: (_depth(m.target), order.get(m.kind, 1)))
+
+    @property
+    def inspecting(self) -> bool:
+        return self.network_mode() == "proxy" and (bool(self.policy.network.inspect) or bool(self.proxy_secrets))
+
+    @property
+    def proxy_secrets(self) -> list:
+        return [s for s in self.policy.secrets if s.deliver_as == "proxy"]
+
+    def tls_mounts(self, visible: dict[str, str]) -> list[Mount]:
+        """The run's CA for the sandbox to trust: its own files, and the combined bundle over each system
+        bundle the sandbox can see (a symlink's target instead of the link: a mount follows it)."""
+        if not self.inspecting:
+            return []
+        reason = "the run's CA (network.inspect): made at launch, its key stays in the supervisor"
+        result = [Mount("data-file", TLS_CA, "tls:ca", reason),
+                  Mount("data-file", TLS_BUNDLE, "tls:bundle", reason + "; followed by the system's CAs")]
+        done: set[str] = set()
+        for path in SYSTEM_CA_BUNDLES:
+            target = self.facts.realpath(path) if self.facts.kind(path) == "symlink" else path
+            if target in done or self.facts.kind(target) != "file" or not self.covering(target, visible):
+                continue
+            if any(_within(target, d) for d in self.denied_paths):
+                continue
+            done.add(target)
+            result.append(Mount("data-file", target, "tls:bundle",
+                                "the system CA bundle with the run's CA added (network.inspect)"))
+        return result
 
     def covering(self, path: str, grants: dict, strict: bool = False) -> str | None:
         holders = [t for t in grants if _within(path, t) and not (strict and t == path)]
@@ -273,6 +311,8 @@ class _Planner:
                 rules.append(LandlockPathRule("/dev", ("read", "write_file", "ioctl_dev")))
             elif mount.target == SECRETS_DIR:
                 rules.append(LandlockPathRule(SECRETS_DIR, ("read",)))
+            elif mount.kind == "data-file":
+                rules.append(LandlockPathRule(mount.target, ("read",)))
         if not exec_anywhere:
             allowed = [self.expand(p) for p in self.policy.exec_allow or ()]
             for path in allowed + list(self.facts.elf_loaders):
@@ -369,12 +409,35 @@ class _Planner:
         extra = tuple(str(units.parse_host_pattern(h)) for h in self.inv.allow_net)
         if extra:
             self.confirmations.append(f"--allow-net {', '.join(extra)} widens the network allowlist")
+        net = self.policy.network
+        for secret in self.proxy_secrets:
+            if mode != "proxy":
+                raise SandboxError(f"secrets.{secret.name}: as: proxy needs network mode proxy (the proxy puts the "
+                                   f"value into requests), and this run's network is {mode}",
+                                   "use network.mode: proxy (or --net proxy), or deliver the secret as: file")
+        if net.inspect and mode == "host":
+            self.notes.append("network.inspect has no effect under network: host (no proxy reads the traffic)")
+        upstream_ca = tuple(self.expand(p) for p in net.upstream_ca)
+        for path in upstream_ca if self.inspecting else ():
+            if self.facts.kind(path) not in ("file", "symlink"):
+                raise SandboxError(f"network.upstream_ca: {path} is not a file",
+                                   "name a PEM file of CA certificates the proxy should trust upstream")
+        allow = tuple(str(h) for h in net.allow) + extra
+        if self.inspecting:
+            patterns = [units.parse_host_pattern(h) for h in allow]
+            wanted = [host for host, _ in net.inspect] + [h for s in self.proxy_secrets for h in s.hosts]
+            for host in dict.fromkeys(wanted):
+                if not _listed(units.parse_host_pattern(host), patterns):
+                    self.notes.append(f"{host} is inspected but not in network.allow: connecting to it needs an "
+                                      "approval")
         return NetworkPlan(
             mode=mode,
-            allow=tuple(str(h) for h in self.policy.network.allow) + extra,
-            deny=tuple(str(h) for h in self.policy.network.deny),
-            allow_private=self.policy.network.allow_private,
-            listen=self.policy.network.listen,
+            allow=allow,
+            deny=tuple(str(h) for h in net.deny),
+            allow_private=net.allow_private,
+            inspect=net.inspect if mode == "proxy" else (),
+            upstream_ca=upstream_ca if self.inspecting else (),
+            listen=net.listen,
             unix=tuple(self.unix_paths),
         )
 
@@ -411,7 +474,13 @@ class _Planner:
         for secret in self.policy.secrets:
             if secret.deliver_as == "file":
                 env[f"{secret.name}_FILE"] = f"{SECRETS_DIR}/{secret.name}"
-            env.pop(secret.name, None)  # the value arrives at launch, never through the plan
+            elif secret.deliver_as == "proxy":
+                self.notes.append(f"secrets.{secret.name}: ${secret.name} holds a per-run placeholder; the proxy "
+                                  f"puts the real value into requests to {', '.join(secret.hosts)} only")
+            env.pop(secret.name, None)  # the value (or placeholder) arrives at launch, never through the plan
+        if self.inspecting:
+            env.update({name: TLS_BUNDLE for name in CA_BUNDLE_VARIABLES})
+            env["NODE_EXTRA_CA_CERTS"] = TLS_CA
         if self.network_mode() == "proxy":
             proxy = f"http://127.0.0.1:{PROXY_PORT}"
             for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
@@ -598,7 +667,7 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
         landlock=landlock,
         seccomp=seccomp,
         env=env,
-        secrets=tuple(SecretPlan(s.name, s.source, s.deliver_as, s.ttl) for s in policy.secrets),
+        secrets=tuple(SecretPlan(s.name, s.source, s.deliver_as, s.ttl, s.hosts) for s in policy.secrets),
         network=network,
         limits=planner.limits(),
         approval_mode=planner.approval_mode(),
@@ -622,3 +691,9 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
         session=invocation.session,
     )
 
+
+def _listed(pattern: units.HostPattern, allow: list[units.HostPattern]) -> bool:
+    """Does some allow entry cover every destination pattern covers (roughly: for a note only)?"""
+    host = pattern.host[2:] if pattern.wildcard else pattern.host
+    port = pattern.port or 443
+    return any(rule.matches(host if not pattern.wildcard else "x." + host, port) for rule in allow)

@@ -13,7 +13,8 @@ class Mount(NamedTuple):
     """One mount-tree directive, applied in order (parents before children).
 
     kind: ro | rw | tmpfs | mask-dir (empty read-only tmpfs) | mask-file (empty read-only file)
-          | symlink (source is the link text) | proc | dev
+          | symlink (source is the link text) | proc | dev | secret-file (source secret:NAME)
+          | data-file (a read-only file made at launch; source names it, e.g. tls:bundle)
     """
 
     kind: str
@@ -119,6 +120,9 @@ class NetworkPlan(NamedTuple):
     allow_private: bool
     listen: bool | tuple[int, ...] = True  # network.listen as the policy says it (landlock has the ports)
     unix: tuple[str, ...] = ()  # listed UNIX socket paths (or directories), as the sandbox sees them
+    # hosts read request by request: (host pattern, request rules or None for every request)
+    inspect: tuple[tuple[str, tuple[str, ...] | None], ...] = ()
+    upstream_ca: tuple[str, ...] = ()  # extra CA files the proxy trusts upstream (host paths)
 
 
 class LimitsPlan(NamedTuple):
@@ -134,8 +138,9 @@ class LimitsPlan(NamedTuple):
 class SecretPlan(NamedTuple):
     name: str
     source: str  # env:NAME / file:PATH / command:... (a reference, never the value)
-    deliver_as: str
+    deliver_as: str  # file | env | proxy
     ttl: float | None
+    hosts: tuple[str, ...] = ()  # proxy: the hosts whose requests get the value (the sandbox: a placeholder)
 
 
 class OverlayPlan(NamedTuple):
@@ -209,6 +214,12 @@ class Plan(NamedTuple):
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(self)
+
+    @property
+    def inspecting(self) -> bool:
+        """The proxy terminates TLS for some hosts (network.inspect, or the hosts of a proxy secret)."""
+        return self.network.mode == "proxy" and (bool(self.network.inspect)
+                                                 or any(s.deliver_as == "proxy" for s in self.secrets))
 
     def judge_write(self, path: str) -> tuple[bool, str]:
         """Is this path (as the sandbox sees it) in the writable set? The deepest mount holding it

@@ -12,6 +12,7 @@ from sandboxctl.policy.schema import (
     Integer,
     ListOf,
     MapOf,
+    Nullable,
     OneOrMany,
     Record,
     SizeValue,
@@ -76,6 +77,25 @@ def check_secret_source(text: str) -> str:
     if kind == "file":
         check_path(value)
     return text
+
+
+def check_request_rule(text: str) -> str:
+    from sandboxctl.network.rules import parse_rule  # pure: a regex per rule
+
+    parse_rule(text)
+    return text
+
+
+def check_secret(spec: dict) -> list[tuple[str, str | None]]:
+    """as: proxy and hosts go together, in the same file (one place says where a secret may go)."""
+    problems: list[tuple[str, str | None]] = []
+    if spec.get("as") == "proxy" and not spec.get("hosts"):
+        problems.append(("as: proxy needs hosts: the hosts whose requests get the real value",
+                         "e.g. hosts: [api.anthropic.com]"))
+    if "hosts" in spec and spec.get("as") != "proxy":
+        problems.append(("hosts is only for as: proxy (the value never enters the sandbox)",
+                         "add as: proxy, or remove hosts"))
+    return problems
 
 
 FORWARD_SCHEMES = ("syslog+udp", "syslog+tcp")
@@ -186,16 +206,28 @@ POLICY_SCHEMA = Record(
             "unix": ListOf(_unix_path, max_items=64, description=(
                 "Pathname UNIX sockets (or directories of them) the command may connect to; a read grant never "
                 "implies it.")),
+            "upstream_ca": ListOf(_path, max_items=32,
+                                  description="Extra CA files the proxy trusts when it dials out."),
+            "inspect": MapOf(
+                Nullable(Record(fields={
+                    "allow": ListOf(Text(parse=check_request_rule, max_length=8200), max_items=256,
+                                    description="METHOD PATH-GLOB ('*' any method; * within a segment, ** across)"),
+                }, description="Request rules; without allow, every request is allowed (and logged).")),
+                key_pattern=r"[A-Za-z0-9*.:\[\]_-]{1,260}", key_meaning="a host pattern",
+                key_parse=units.parse_host_pattern, max_items=128,
+                description="Hosts read request by request (HTTPS terminated with a per-run CA)."),
         }),
         "env": Record(description="Environment of the command.", fields={
             "pass": ListOf(Text(parse=check_env_pattern), description="Copied from the caller when set."),
             "set": MapOf(Text(max_length=32768), description="Set to these values."),
         }),
         "secrets": MapOf(
-            Record(required=("from",), fields={
+            Record(required=("from",), consistency=check_secret, fields={
                 "from": Text(parse=check_secret_source, max_length=4096,
                              description="env:NAME, file:PATH or command:CMD"),
-                "as": Choice(("file", "env"), "file: /run/secrets/NAME (0400); env: the variable."),
+                "as": Choice(("file", "env", "proxy"), "file: /run/secrets/NAME (0400); env: the variable; "
+                             "proxy: a placeholder inside, the real value put into requests to hosts by the proxy."),
+                "hosts": ListOf(_host, max_items=64, description="as: proxy: the hosts whose requests get the value."),
                 "ttl": _duration,
             }),
             description="Secrets injected for this run only; values never logged.",

@@ -74,14 +74,17 @@ class GvisorSupervisor(Supervisor):
         started = time.monotonic()
         try:
             self._start_broker()  # after the watchdog's fork: a front end may run threads
+            data_files = self._prepare_inspection()
             env = dict(plan.env)
             env.update({s.name: self.secret_values[s.name] for s in plan.secrets if s.deliver_as == "env"})
+            if self.inspection is not None:
+                env.update(self.inspection.placeholders)  # never the values
             default_signals = [int(s) for s in TERMINAL_SIGNALS if originals.get(s) is not signal.SIG_IGN]
             launch = oci.launch_config(plan, program, env, default_signals,
                                        seccomp.SECCOMP_SYSCALL.get(os.uname().machine, 317))
             files = {s.name: self.secret_values[s.name] for s in plan.secrets if s.deliver_as == "file"}
             try:
-                paths = self.run_dir.create(plan, launch, files, runsc.one_terminal())
+                paths = self.run_dir.create(plan, launch, files, runsc.one_terminal(), data_files)
             except OSError as exc:
                 raise SandboxError(f"cannot prepare the gVisor bundle in {self.run_dir.path}: {exc.strerror}",
                                    "check the runtime directory (XDG_RUNTIME_DIR, /dev/shm) and run sandboxctl "
@@ -372,7 +375,8 @@ class GvisorSupervisor(Supervisor):
                         + ("" if plan.network.listen is True else " (not enforced: no Landlock under gVisor)"),
                         "unix_sockets": {"enforced_by": None,
                                          "why": "runsc opens every host socket a granted path shows, or none"},
-                        "direct_connections": "no route (gVisor's own network stack, --network=none); not logged"},
+                        "direct_connections": "no route (gVisor's own network stack, --network=none); not logged",
+                        "inspected": [str(p) for p in self.inspection.patterns] if self.inspection else None},
             "capabilities": "none for the command (the launcher's, used to start the forwarder, are dropped "
                             "before it)" if proxy else "none",
             "approvals": {"mode": plan.approval_mode,

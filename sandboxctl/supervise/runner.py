@@ -101,6 +101,7 @@ class Supervisor:
         self.kill_at: float | None = None
         self.timed_out = False
         self.broker = None
+        self.inspection = None  # network/inspection.py, when the proxy reads some hosts request by request
         self.nofile = fd_budget.raise_nofile()  # before anything is opened: see fd_budget
         self.mediator = None
         self.protected_inodes: dict[tuple[int, int], str] = {}  # from the launch record (lifecycle)
@@ -148,6 +149,47 @@ class Supervisor:
                                      command_line(pid) if pid else "")
         return request.approved
 
+    def _ask_request(self, method: str, host: str, port: int, path: str, peer: int | None) -> bool:
+        """An inspected request its host's rules do not list: asked like a destination (kind http)."""
+        from sandboxctl.network.addresses import format_destination
+        from sandboxctl.supervise.file_escape import command_line
+
+        pid = None
+        init = self._init_pid()
+        if peer and init and self.broker.asks_human:
+            pid = processes.socket_owner(init, peer)
+        target = f"{method} {format_destination(host, None if port in (80, 443) else port)}{path}"
+        request = self.broker.decide("http", target, "not in network.inspect allow rules", pid,
+                                     command_line(pid) if pid else "")
+        return request.approved
+
+    def _prepare_inspection(self) -> dict[str, bytes]:
+        """The run's CA and phantom secrets (network.inspect, as: proxy): made before the sandbox exists,
+        because the sandbox starts out trusting the CA. Returns the content of each data-file mount."""
+        plan = self.plan
+        if not plan.inspecting:
+            return {}
+        import ssl
+
+        from sandboxctl.network.certs import combined_bundle, system_bundle
+        from sandboxctl.network.inspection import Inspection, PhantomSpec
+
+        specs = [PhantomSpec(s.name, self.secret_values[s.name], s.hosts, s.ttl)
+                 for s in plan.secrets if s.deliver_as == "proxy"]
+        try:
+            inspection = Inspection(dict(plan.network.inspect), specs, plan.network.upstream_ca,
+                                    label=f"sandboxctl {plan.run_id}")
+            inspection.check()
+        except (OSError, ssl.SSLError) as exc:
+            raise SandboxError(f"network.upstream_ca: cannot load the CA certificates: {exc}",
+                               "name PEM files of CA certificates the proxy should trust upstream") from None
+        except ValueError as exc:  # a proxy secret's value that cannot go into a header
+            raise SandboxError(str(exc), "a proxy secret is one line of text (a token)") from None
+        self.inspection = inspection
+        ca = inspection.ca_pem
+        bundle = combined_bundle(ca, system_bundle())
+        return {m.target: ca if m.source == "tls:ca" else bundle for m in plan.mounts if m.kind == "data-file"}
+
     # ------------------------------------------------------------------ launch
     def launch(self) -> RunResult:
         plan = self.plan
@@ -162,18 +204,22 @@ class Supervisor:
         stderr_copy = os.dup(stderr)
         secret_fds = {s.name: secret_store.memfd_with(self.secret_values[s.name], s.name)
                       for s in plan.secrets if s.deliver_as == "file"}
-        fds = bwrap.LaunchFds(seccomp=seccomp_fd, control=shim_end.fileno(),
-                              stderr=stderr_copy, empty_file=empty, secrets=secret_fds)
-        argv = bwrap.render(plan, fds, bwrap_path)
+        data_fds: dict[str, int] = {}
         try:
+            data_fds = {target: spawn.memfd(content, "sandboxctl-tls")
+                        for target, content in self._prepare_inspection().items()}
             self._start_broker()
         except SandboxError:
-            for fd in (seccomp_fd, err_w, err_r, stderr_copy, *secret_fds.values()):
+            for fd in (seccomp_fd, err_w, err_r, stderr_copy, *secret_fds.values(), *data_fds.values()):
                 os.close(fd)
             control.close()
             shim_end.close()
             self.io.close()
             raise
+        fds = bwrap.LaunchFds(seccomp=seccomp_fd, control=shim_end.fileno(),
+                              stderr=stderr_copy, empty_file=empty, secrets=secret_fds, data=data_fds)
+        argv = bwrap.render(plan, fds, bwrap_path)
+        passed = (seccomp_fd, shim_end.fileno(), stderr_copy, *secret_fds.values(), *data_fds.values())
         started = time.monotonic()
         # bubblewrap is started with the terminal's SIGINT/SIGQUIT ignored: Ctrl-C must reach the
         # command (the shim restores its dispositions), not kill bwrap and the sandbox under it.
@@ -183,13 +229,11 @@ class Supervisor:
                 signal.signal(signum, signal.SIG_IGN)
         try:
             try:
-                self.bwrap_pid = self._spawn(argv, stderr=err_w, stdin=stdin, stdout=stdout,
-                                             pass_fds=(seccomp_fd, shim_end.fileno(), stderr_copy,
-                                                       *secret_fds.values()))
+                self.bwrap_pid = self._spawn(argv, stderr=err_w, stdin=stdin, stdout=stdout, pass_fds=passed)
             except OSError as exc:
                 raise SandboxError(f"cannot start bubblewrap: {exc.strerror}", "run sandboxctl doctor") from None
             finally:
-                for fd in (seccomp_fd, err_w, stderr_copy, *secret_fds.values()):
+                for fd in (seccomp_fd, err_w, stderr_copy, *secret_fds.values(), *data_fds.values()):
                     os.close(fd)
                 shim_end.close()
                 self.io.close_child_ends()
@@ -198,6 +242,8 @@ class Supervisor:
             config = spawn.shim_config(plan, originals)
             config["env"].update({s.name: self.secret_values[s.name] for s in plan.secrets
                                   if s.deliver_as == "env"})
+            if self.inspection is not None:
+                config["env"].update(self.inspection.placeholders)  # never the values
             config["secrets_dir"] = any(s.ttl and s.deliver_as == "file" for s in plan.secrets)
             config["proxy_port"] = PROXY_PORT if plan.network.mode == "proxy" else None
             config["notify_program"] = notify_program
@@ -522,6 +568,7 @@ class Supervisor:
         listener.setblocking(True)
         self.proxy = ProxyServer(listener, NetPolicy(net.allow, net.deny, net.allow_private),
                                  log=lambda record: self._on_net(record), ask=self._ask_network,
+                                 inspection=self.inspection, log_http=self._on_http, ask_request=self._ask_request,
                                  max_connections=fd_budget.connection_cap(self.nofile))
         self.proxy.start()
         if not self.proxy.serving:
@@ -534,6 +581,14 @@ class Supervisor:
             self.denials.append({"kind": "net", "target": target, "rule": record.get("rule"),
                                  "count": int(record.get("count", 1))})
         self._write_log("net", **record)
+
+    def _on_http(self, record: dict[str, Any]) -> None:
+        if record.get("decision") == "deny":
+            port = record.get("port")
+            host = f"{record.get('host')}" + ("" if port in (80, 443, None) else f":{port}")
+            target = f"{record.get('method')} {host}{record.get('path', '')}"
+            self.denials.append({"kind": "http", "target": target, "rule": record.get("rule")})
+        self._write_log("http", **record)
 
     def _write_log(self, event: str, **fields: Any) -> None:
         """Proxy threads and the loop share the log; one lock keeps seq and the chain in order.
@@ -556,13 +611,20 @@ class Supervisor:
         for secret in self.plan.secrets:
             note = "an env secret cannot expire" if secret.deliver_as == "env" and secret.ttl else None
             self.log.write("secret", name=secret.name, **{"as": secret.deliver_as}, action="inject",
-                           ttl_s=secret.ttl, note=note)
-            if secret.ttl and secret.deliver_as == "file":
+                           ttl_s=secret.ttl, note=note, hosts=list(secret.hosts) or None)
+            if secret.ttl and secret.deliver_as in ("file", "proxy"):
                 self.expiries.append((now + secret.ttl, secret.name))
         self.expiries.sort()
 
     def _expire(self, name: str) -> None:
-        """Delete an expired file secret through the handle the shim gave us into the sandbox."""
+        """Delete an expired file secret through the handle the shim gave us into the sandbox; a proxy
+        secret is no longer put into requests."""
+        secret = next((s for s in self.plan.secrets if s.name == name), None)
+        if secret is not None and secret.deliver_as == "proxy":
+            if self.inspection is not None:
+                self.inspection.phantoms.expire(name)
+            self._write_log("secret", name=name, **{"as": "proxy"}, action="expire")
+            return
         if self.secrets_dir_fd is None:
             return
         with contextlib.suppress(FileNotFoundError):
@@ -663,9 +725,10 @@ class Supervisor:
                         "foreign_arch": plan.seccomp.bad_arch_action,
                         "denials_trapped": plan.seccomp.trap_denials and self.notify_fd is not None,
                         "exec_events": plan.seccomp.notify_exec and self.notify_fd is not None},
-            "network": checks.network_layer(plan, landlock, self.socket_checks,
+            "network": {**checks.network_layer(plan, landlock, self.socket_checks,
                                      f"127.0.0.1:{PROXY_PORT} inside, served by the supervisor"
                                      if plan.network.mode == "proxy" else None),
+                        "inspected": [str(p) for p in self.inspection.patterns] if self.inspection else None},
             "approvals": {"mode": plan.approval_mode,
                           "via": plan.approval_via if plan.approval_mode == "ask" else None,
                           "file_writes": "approved opens are made by the supervisor (seccomp ADDFD)"

@@ -38,11 +38,13 @@ REGISTRIES = {
     "python-pip": {"pypi.org:443", "files.pythonhosted.org:443"},
     "node-npm": {"registry.npmjs.org:443"},
     "rust-cargo": {"index.crates.io:443", "static.crates.io:443", "crates.io:443"},
+    "github-api": {"api.github.com:443"},
 }
 CACHES = {
     "python-pip": {"~/.cache/pip"},
     "node-npm": {"~/.npm"},
     "rust-cargo": {"~/.cargo/registry", "~/.cargo/git"},
+    "github-api": set(),
 }
 
 
