@@ -204,6 +204,8 @@ class Mediator:
                 memory.close()
         if name == "fchmod":
             return Call("fchmod", (), mode=low[1], extra=low[0])
+        if name == "bind":
+            return self._read_bind(n, a, low)
         memory = ProcessMemory(n.pid)
         try:
             text = memory.path
@@ -245,6 +247,21 @@ class Mediator:
         finally:
             memory.close()
         return None
+
+    def _read_bind(self, n: Notification, a: list[int], low: list[int]) -> Call | None:
+        """bind(2) of a pathname UNIX socket creates an entry; anything else is the kernel's."""
+        length = min(low[2], 110)
+        if length <= 2 or not a[1]:
+            return None
+        memory = ProcessMemory(n.pid)
+        try:
+            raw = os.pread(memory.fd, length, a[1])
+        finally:
+            memory.close()
+        if len(raw) < 3 or int.from_bytes(raw[:2], "little") != 1 or raw[2] == 0:  # not AF_UNIX, or abstract
+            return None
+        path = raw[2:].split(b"\0", 1)[0]
+        return Call("bind", ((AT_FDCWD, os.fsdecode(path)),), extra=low[0])
 
     # ------------------------------------------------------------------ resolution
     def _root(self, pid: int) -> int:
@@ -546,6 +563,39 @@ class Mediator:
         if entry is not None:
             self._done(n, "mkdir", entry.path, _attempt(os.mkdir, entry.name, call.mode & 0o7777
                                                         & ~self._umask(n.pid), dir_fd=entry.parent))
+
+    def _bind(self, n: Notification, call: Call, opened: list[int]) -> None:
+        """A pathname UNIX socket bound beneath a writable grant: the supervisor binds the caller's
+        own socket (pidfd_getfd) at the entry it resolved, with the caller's umask."""
+        entry = self._single(n, call, opened, follow=False, creates=True)
+        if entry is None:
+            return
+        from sandboxctl.network.native import pidfd_getfd, pidfd_of_thread
+
+        target = f"/proc/self/fd/{entry.parent}/{entry.name}"
+        if len(os.fsencode(target)) > 107:
+            respond(self.listener, n.id, error=errno.ENAMETOOLONG)
+            return
+        try:
+            pidfd = pidfd_of_thread(n.pid)
+            opened.append(pidfd)
+            theirs = pidfd_getfd(pidfd, call.extra)
+        except OSError as exc:
+            respond(self.listener, n.id, error=exc.errno or errno.EBADF)
+            return
+        import socket
+
+        sock = socket.socket(fileno=theirs)
+        mask = os.umask(self._umask(n.pid))
+        try:
+            sock.bind(target)
+            result: int | OSError = 0
+        except OSError as exc:
+            result = exc
+        finally:
+            os.umask(mask)
+            sock.close()  # our duplicate; the caller's socket stays bound
+        self._done(n, "bind", entry.path, result)
 
     def _mknod(self, n: Notification, call: Call, opened: list[int]) -> None:
         kind = stat.S_IFMT(call.mode)

@@ -465,3 +465,18 @@ def test_files_made_by_the_supervisor_keep_the_callers_umask(sandbox):
     assert "end" in result.stdout
     modes = {name: (ws / name).stat().st_mode & 0o777 for name in ("secret", "private", "public", "shared", "py")}
     assert modes == {"secret": 0o600, "private": 0o700, "public": 0o644, "shared": 0o755, "py": 0o640}
+
+
+def test_a_unix_socket_bound_in_the_workspace_is_made_by_the_supervisor_and_reachable(sandbox):
+    code = ("import socket\ns = socket.socket(socket.AF_UNIX); s.bind('srv.sock'); s.listen(1)\n"
+            "c = socket.socket(socket.AF_UNIX); c.connect('srv.sock'); a, _ = s.accept(); c.send(b'hi')\n"
+            "print(a.recv(2).decode())\n"
+            "for name in ('.envrc', '.git'):\n"
+            "    try:\n        socket.socket(socket.AF_UNIX).bind(name)\n    except OSError as e:\n"
+            "        print(name, e.errno)\n")
+    result = sandbox.py(code)
+    assert result.stdout.split() == ["hi", ".envrc", "13", ".git", "13"], result.stderr
+    import stat as stat_module
+
+    assert stat_module.S_ISSOCK((sandbox.workspace / "srv.sock").lstat().st_mode)
+    assert not (sandbox.workspace / ".envrc").exists()
