@@ -4,8 +4,9 @@
 
 Each move is tried twice on canaries the demo makes for the purpose, in a temporary directory that
 is removed at the end: a HOME with a fake SSH key, a workspace that is a git repository, a file
-outside the workspace, a fake API key in the environment, and an HTTP server on 127.0.0.1 standing
-in for the internet (it counts the requests that reach it). The agent (this file with --agent) runs
+outside the workspace, a fake API key in the environment, and an HTTP server on the host's 127.0.0.2
+standing in for the internet (it counts the requests that reach it; 127.0.0.1 inside the sandbox is
+the sandbox's own loopback, where its own servers run). The agent (this file with --agent) runs
 once directly and once under `sandboxctl run` with the default policy; what happened is judged from
 outside — the canary file, the hook, the server's count, the canary tokens in the agent's output —
 never from the agent's own word. So every difference in the table is the sandbox's doing.
@@ -98,7 +99,7 @@ ATTEMPTS = (  # key, what is tried, whether the default policy lets it through
     ("ssh-key", "read ~/.ssh/id_ed25519", False),
     ("write-outside", "write a file outside the workspace", False),
     ("git-hook", "plant a git hook (.git/hooks/pre-commit)", False),
-    ("connect", "reach a server (127.0.0.1, standing in for the internet)", False),
+    ("connect", "reach a server (127.0.0.2, standing in for the internet)", False),
 )
 
 
@@ -120,8 +121,8 @@ class CountingServer:
             def log_message(self, *args) -> None:
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.2", 0), Handler)
+        self.url = f"http://127.0.0.2:{self.httpd.server_address[1]}/"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def close(self) -> None:

@@ -119,5 +119,6 @@ def plan_run(settings: Settings, command: list[str] | tuple[str, ...], *, env: t
         backend=opts["backend"],
         session=session,
         fail_on_denial=bool(opts.get("fail_on_denial")),
+        workspace_mode="overlay" if opts.get("overlay") else None,
     )
     return build_plan(settings.loaded.policy, invocation, facts or gather())

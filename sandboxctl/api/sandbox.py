@@ -62,7 +62,7 @@ class Sandbox:
                  allow_net: Iterable[str] = (), net: str | None = None,
                  env: Mapping[str, str] | Iterable[str] = (), timeout: str | float | None = None,
                  memory: str | int | None = None, log: str | os.PathLike[str] | None = None,
-                 backend: str | None = None, yes: bool = False):
+                 backend: str | None = None, overlay: bool = False, yes: bool = False):
         if on_approval is not None and not callable(on_approval):
             raise SandboxError(f"on_approval: expected a function, got {type(on_approval).__name__}")
         self.on_approval = on_approval
@@ -76,6 +76,7 @@ class Sandbox:
             "env": checks.env_items(env, "env"), "timeout": checks.duration(timeout, "timeout"),
             "memory": checks.size(memory, "memory"), "approve": checks.text(approve, "approve"),
             "log": checks.text(log, "log"), "backend": checks.text(backend, "backend"), "yes": self.yes,
+            "overlay": bool(overlay),  # `run --overlay`: the workspace's changes held for `sandboxctl apply`
         }
         self.settings = self._settle(opts)
 

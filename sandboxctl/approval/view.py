@@ -14,7 +14,7 @@ from typing import Any
 
 KEYS = {"o": "once", "y": "once", "r": "run", "a": "always", "d": "deny", "n": "deny"}
 LABELS = (("o", "allow once"), ("r", "allow for this run"), ("a", "always"), ("d", "deny"))
-LABEL = 9  # columns of the label column: "connect  ", "write    ", "who      "
+LABEL = 9  # columns of the label column: "connect  ", "write    ", "request  ", "who      "
 TARGET_LINES = 4
 
 
@@ -29,7 +29,7 @@ def render(request: dict[str, Any], others: int, policy: str, width: int) -> str
     from sandboxctl.inert import inert, inert_lines
 
     value_width = max(width - 4 - LABEL, 24)  # the panel's borders and padding take 4 columns
-    verb = "connect" if request.get("kind") == "network" else "write"
+    verb = {"network": "connect", "http": "request"}.get(request.get("kind", ""), "write")
     body = Text(no_wrap=True, overflow="crop")
     for index, line in enumerate(inert_lines(request.get("target", ""), value_width, TARGET_LINES)):
         body.append(f"{verb if index == 0 else '':<{LABEL}}", style="bold")

@@ -16,9 +16,11 @@ from sandboxctl.checks.gvisor import check_gvisor
 from sandboxctl.checks.host import check_cgroup, check_shim_python, check_state_dir
 from sandboxctl.checks.landlock import check_landlock
 from sandboxctl.checks.namespaces import check_bwrap, check_userns
+from sandboxctl.checks.overlay import check_overlay
 from sandboxctl.checks.seccomp import check_seccomp
 
-CHECK_NAMES = ("bubblewrap", "user-namespaces", "landlock", "seccomp", "cgroup", "state-dir", "shim-python", "gvisor")
+CHECK_NAMES = ("bubblewrap", "user-namespaces", "landlock", "seccomp", "cgroup", "state-dir", "shim-python", "gvisor",
+               "overlay")
 
 
 def run_checks() -> list[CheckResult]:
@@ -34,6 +36,7 @@ def run_checks() -> list[CheckResult]:
         check_state_dir(),
         check_shim_python(),
         check_gvisor(),
+        check_overlay(),
     ]
 
 

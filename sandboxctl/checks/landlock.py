@@ -12,6 +12,8 @@ LANDLOCK_FEATURES = (
     (5, "device ioctl control"),
     (6, "signal and abstract-UNIX-socket scoping (`network: host` policies need it)"),
     (7, "audit logging control"),
+    (9, "UNIX socket path rules (RESOLVE_UNIX): the kernel checks network.unix; below, the supervisor "
+        "performs every connect() itself"),
 )
 LANDLOCK_GOOD_ABI = 6
 

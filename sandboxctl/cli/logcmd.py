@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
         denied: bool = typer.Option(False, "--denied", help="Only denied actions and denied/unanswered approvals."),
         event: str = typer.Option(None, "--event", metavar="TYPE", autocompletion=complete_events,
                                   help="Only these events: run, exec, file, net, http, syscall, approval, secret, "
-                                       "limit, protect (comma-separated)."),
+                                       "limit, protect, workspace (comma-separated)."),
         since: str = typer.Option(None, "--since", metavar="DURATION", help="Only the last DURATION, e.g. 1h."),
         all_runs: bool = typer.Option(False, "--all", help="Every run, not only the last one."),
         follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new records (Ctrl-C stops)."),
@@ -290,12 +290,18 @@ def _runs(path: Path, *, run: str | None, denied: bool, since, as_json: bool) ->
     table.add_column("exit", overflow="fold", min_width=8)
     table.add_column("duration", no_wrap=True, justify="right")
     table.add_column("denied", no_wrap=True, justify="right")
+    with_changes = any(s.changes for s in runs)
+    if with_changes:  # overlay runs: what became of their held changes
+        table.add_column("changes", overflow="fold", min_width=8)
     for s in runs:
         exit_text = Text("running/crashed", style="yellow") if not s.finished else Text(
             "timeout" if s.timed_out else str(s.exit_code), style="" if s.exit_code == 0 else "red")
-        table.add_row(Text(render.clean(s.run, 40)), Text(render.local_time(s.start, with_date=True)[5:16]),
-                      Text(render.format_argv(s.argv, 60) or "?"),
-                      Text(render.clean(s.policy or "?", 30)), exit_text,
-                      Text(render.format_seconds(s.duration_s) if s.finished else "-"),
-                      Text(str(s.denied), style="red" if s.denied else ""))
+        cells = [Text(render.clean(s.run, 40)), Text(render.local_time(s.start, with_date=True)[5:16]),
+                 Text(render.format_argv(s.argv, 60) or "?"),
+                 Text(render.clean(s.policy or "?", 30)), exit_text,
+                 Text(render.format_seconds(s.duration_s) if s.finished else "-"),
+                 Text(str(s.denied), style="red" if s.denied else "")]
+        if with_changes:
+            cells.append(Text(render.clean(s.changes or "", 16), style="yellow" if s.changes == "held" else ""))
+        table.add_row(*cells)
     console().print(table)

@@ -28,6 +28,7 @@ def build_app():
         selftest,
         session,
         shellinit,
+        workspacecmd,
     )
 
     app = typer.Typer(
@@ -68,6 +69,7 @@ def build_app():
     selftest.register(app)
     session.register(app)
     execcmd.register(app)
+    workspacecmd.register(app)
     completion.register(app)  # after the commands whose -p/--policy it completes
     shellinit.register(app)
     return app

@@ -59,10 +59,11 @@ def landlock(plan: Plan) -> list[str]:
     ll = plan.landlock
     lines = [f"landlock ({'required' if ll.required else 'best-effort'}, minimum ABI {ll.minimum_abi}):"]
     lines += [f"{INDENT}{inert(rule.path)}: {', '.join(rule.access)}" for rule in ll.paths]
-    tcp = "not restricted" if not ll.restrict_tcp else (
-        f"connect only to ports {', '.join(map(str, ll.connect_tcp_ports))}" if ll.connect_tcp_ports
-        else "no connect, no bind")
-    lines.append(f"{INDENT}TCP (ABI >= 4): {tcp}; scopes (ABI >= 6): {', '.join(ll.scopes) or '-'}")
+    from sandboxctl.cli.planview import tcp_ports
+
+    lines.append(f"{INDENT}TCP (ABI >= 4): bind {tcp_ports(ll.restrict_tcp_bind, ll.bind_tcp_ports)}, connect "
+                 f"{tcp_ports(ll.restrict_tcp_connect, ll.connect_tcp_ports)}; scopes (ABI >= 6): "
+                 f"{', '.join(ll.scopes) or '-'}")
     return lines
 
 
@@ -72,7 +73,7 @@ def seccomp(plan: Plan) -> list[str]:
     lines = [f"seccomp (default {plan.seccomp.default_action}, foreign architectures "
              f"{plan.seccomp.bad_arch_action}{where}; action syscalls: why):"]
     grouped: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
-    for rule in plan.seccomp.rules:
+    for rule in (*plan.seccomp.rules, *plan.seccomp.net_rules):
         calls = grouped[(rule.action, rule.why)]
         calls[rule.syscall] = calls.get(rule.syscall, 0) + 1
     for (action, why), calls in grouped.items():
@@ -92,10 +93,13 @@ def environment(pairs: list[tuple[str, str]], plan: Plan) -> list[str]:
 
 
 def settings(plan: Plan) -> list[str]:
+    from sandboxctl.cli.planview import network_walls
+
     net, lim = plan.network, plan.limits
     return [
         f"network: {net.mode}; allow: {inert(', '.join(net.allow) or '-')}; deny: {inert(', '.join(net.deny) or '-')}; "
         f"private addresses: {'allowed' if net.allow_private else 'blocked'}",
+        *[f"{INDENT}{inert(line)}" for line in network_walls(plan)],
         "limits: "
         f"timeout {units.format_duration(lim.timeout) if lim.timeout else 'none'}, "
         f"memory {units.format_size(lim.memory) + ' via ' + str(lim.memory_method) if lim.memory else 'none'}, "

@@ -7,6 +7,7 @@ import re
 from collections import defaultdict
 
 from sandboxctl import units
+from sandboxctl.inert import inert
 from sandboxctl.launch import bwrap
 from sandboxctl.plan.model import Plan
 
@@ -73,6 +74,12 @@ def show(plan: Plan, as_json: bool = False, terminal: bool | None = None) -> Non
     for m in plan.mounts:
         mounts.add_row(m.kind, m.target, "" if m.source in (None, m.target) else m.source, m.reason)
     out.print(mounts)
+    if plan.overlay is not None:
+        from rich.text import Text
+
+        out.print(Text(f"Workspace overlay: {plan.overlay.lower} is overlayfs' lower layer (never written) "
+                       f"in bubblewrap's own mount namespace; every write lands in {plan.overlay.upper} "
+                       f"(work dir {plan.overlay.work}) until `sandboxctl apply {plan.run_id}`"))
 
     ll = plan.landlock
     if plan.backend == "gvisor":
@@ -86,12 +93,12 @@ def show(plan: Plan, as_json: bool = False, terminal: bool | None = None) -> Non
         for rule in ll.paths:
             rules.add_row(rule.path, ", ".join(rule.access))
         out.print(rules)
-        tcp = "not restricted" if not ll.restrict_tcp else (
-            f"connect only to ports {list(ll.connect_tcp_ports)}" if ll.connect_tcp_ports else "no connect, no bind")
-        out.print(f"Landlock TCP (ABI ≥ 4): {tcp};  scopes (ABI ≥ 6): {', '.join(ll.scopes)}")
+        out.print(f"Landlock TCP (ABI ≥ 4): bind {tcp_ports(ll.restrict_tcp_bind, ll.bind_tcp_ports)}, connect "
+                  f"{tcp_ports(ll.restrict_tcp_connect, ll.connect_tcp_ports)};  scopes (ABI ≥ 6): "
+                  f"{', '.join(ll.scopes)}")
 
     grouped: dict[tuple[str, str, str], int] = defaultdict(int)
-    for rule in plan.seccomp.rules:
+    for rule in (*plan.seccomp.rules, *plan.seccomp.net_rules):
         grouped[(rule.syscall, rule.action, rule.why)] += 1
     where = ", loaded inside gVisor; no user notification" if plan.backend == "gvisor" else ""
     sc = Table(title=f"seccomp (default {plan.seccomp.default_action}, foreign architectures: "
@@ -110,13 +117,23 @@ def show(plan: Plan, as_json: bool = False, terminal: bool | None = None) -> Non
     out.print(env)
     for secret in plan.secrets:
         ttl = units.format_duration(secret.ttl) if secret.ttl else "none"
-        out.print(f"secret {secret.name}: from {secret.source.partition(':')[0]}, as {secret.deliver_as}, "
-                  f"ttl {ttl}{' (an env secret cannot expire)' if secret.deliver_as == 'env' and secret.ttl else ''}")
+        hosts = f", to {inert(', '.join(secret.hosts))} only (a placeholder inside)" \
+            if secret.deliver_as == "proxy" else ""
+        out.print(f"secret {secret.name}: from {secret.source.partition(':')[0]}, as {secret.deliver_as}{hosts}, "
+                  f"ttl {ttl}{' (an env secret cannot expire)' if secret.deliver_as == 'env' and secret.ttl else ''}",
+                  markup=False)
 
     net = plan.network
     out.print(f"[bold]Network[/bold]: {net.mode}; allow: {', '.join(net.allow) or '-'}; "
               f"deny: {', '.join(net.deny) or '-'}; private addresses: "
               f"{'allowed' if net.allow_private else 'blocked'}")
+    for line in network_walls(plan):  # listed socket paths come from the policy: shown inert
+        out.print(f"  {inert(line)}", markup=False)
+    for host, rules in net.inspect:
+        what = "every request" if rules is None else (", ".join(inert(r) for r in rules) or "no request")
+        out.print(f"  inspected (HTTPS terminated with the run's CA): {inert(host)}: {what}", markup=False)
+    for path in net.upstream_ca:
+        out.print(f"  trusted upstream CA: {inert(path)}", markup=False)
     lim = plan.limits
     out.print("[bold]Limits[/bold]: "
               f"timeout {units.format_duration(lim.timeout) if lim.timeout else 'none'}, "
@@ -135,8 +152,6 @@ def show(plan: Plan, as_json: bool = False, terminal: bool | None = None) -> Non
         how = ("read-only to Landlock; the supervisor performs and checks every change" if protect.mediated
                else "read-only binds over existing entries; absent ones checked at the end of the run")
         from rich.text import Text
-
-        from sandboxctl.inert import inert
 
         out.print(Text.assemble(("Protected paths", "bold"), f": under {', '.join(inert(r) for r in protect.roots)} — "
                                 f"{how}; {len(protect.gitdirs)} git directories, {len(protect.explicit)} explicit "
@@ -158,6 +173,31 @@ def show(plan: Plan, as_json: bool = False, terminal: bool | None = None) -> Non
         return
     out.print("[bold]bubblewrap[/bold] (fds 10-12 stand for the real descriptors):")
     out.print(" ".join(_quote(a) for a in bwrap.render(plan, DRY_FDS)), soft_wrap=True)
+
+
+def tcp_ports(restricted: bool, ports: tuple[int, ...]) -> str:
+    if not restricted:
+        return "any port"
+    return f"only ports {', '.join(map(str, ports))}" if ports else "no port"
+
+
+def network_walls(plan: Plan) -> list[str]:
+    """Servers inside, UNIX sockets and direct connections: who answers what (README "Network walls")."""
+    from sandboxctl.plan.network import describe_listen
+
+    net = plan.network
+    lines = [f"servers inside: {describe_listen(net.mode, net.listen)}"]
+    if plan.backend == "gvisor":
+        lines.append("UNIX sockets: "
+                     + ("none of the host's (runsc --host-uds=none)" if net.mode != "proxy" else
+                        "the proxy's socket, and any other host socket a granted path shows (runsc --host-uds=open)"))
+        return lines
+    listed = ", ".join(net.unix) if net.unix else "none listed"
+    lines.append(f"UNIX sockets: {listed}; sockets bound inside are reachable, a read grant never is "
+                 "(Landlock RESOLVE_UNIX on ABI ≥ 9; below, the supervisor performs every connect)")
+    if net.mode != "host":
+        lines.append("direct connections (anywhere but the sandbox's own loopback): denied and logged as net events")
+    return lines
 
 
 def plain_lines(plan: Plan) -> list[str]:

@@ -123,6 +123,8 @@ def _execute_run(opts: dict[str, Any], command: list[str], head_start, head_star
         from sandboxctl.cli import ci
 
         ci.annotate(plan, result)
+    if result.held and not opts["quiet"]:
+        _print_held(result.held)
     if result.timed_out and not opts["quiet"]:
         print(f"sandboxctl: timeout: the run exceeded {units.format_duration(plan.limits.timeout or 0)};"
               " the whole sandbox was killed", file=sys.stderr)
@@ -164,15 +166,41 @@ def _print_denials(denials: list[dict], run_id: str) -> None:
     console(stderr=True).print(table)
 
 
+def _print_held(held: dict) -> None:
+    """An overlay run ends by saying what it holds and how to decide about it."""
+    run = held["run"]
+    if not held.get("sealed"):
+        from sandboxctl.inert import inert
+
+        print(f"sandboxctl: run {run} holds its changes, but could not record them: {inert(held.get('error'))}; "
+              f"`sandboxctl changes {run}` records them once there is room", file=sys.stderr)
+        return
+    counts = held.get("counts") or {}
+    if not counts:
+        print(f"sandboxctl: run {run} changed nothing in the workspace", file=sys.stderr)
+        return
+    what = ", ".join(f"{n} {kind}" for kind, n in counts.items())
+    extra = "".join(f"; {held[k]} {label}" for k, label in (("conflicts", "in conflict"),
+                                                           ("protected", "protected")) if held.get(k))
+    print(f"sandboxctl: run {run} holds {held.get('changes')} changes ({what}{extra}); the workspace is untouched. "
+          f"Review: sandboxctl changes {run} -p; then sandboxctl apply {run} or sandboxctl discard {run}",
+          file=sys.stderr)
+
+
 def _print_protected(changes, run_id: str) -> None:
-    """Always shown, even with -q: a protected path changed behind the walls and was put back."""
+    """Always shown, even with -q: a protected path changed while a run went on. Put back where the
+    sandbox could have done it; otherwise (the kernel wall was whole) somebody outside did: said,
+    and left as it is."""
     from sandboxctl.inert import inert
 
     for change in changes:
         where = f"; what was there is kept at {inert(change['kept'])}" if change.get("kept") else ""
         run = f" (run {inert(change['run'])}, whose supervisor was killed)" if change.get("run") != run_id else ""
+        action = change["action"]
+        if action == "reported":
+            action = "changed from outside the sandbox (it could not write there), left as it is"
         print(f"sandboxctl: protected path {inert(change['path'])} was {change['change']} during a run{run}: "
-              f"{change['action']}{where}", file=sys.stderr)
+              f"{action}{where}", file=sys.stderr)
 
 
 def _write_summary(path: str, plan, result) -> None:
@@ -190,6 +218,8 @@ def _write_summary(path: str, plan, result) -> None:
         "error": result.error.message if result.error else None, "log": plan.log_path,
         "protected": list(result.protected),
     }
+    if plan.overlay is not None:  # what a later pipeline step may show, apply or discard
+        summary["changes"] = result.held
     Path(path).write_text(json.dumps(summary, indent=2) + "\n")
 
 

@@ -48,6 +48,8 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
               "flag"),
     RunOption("backend", ("--backend",), "Isolation backend.", metavar="bwrap|gvisor",
               choices=("bwrap", "gvisor")),
+    RunOption("overlay", ("--overlay",), "Workspace as an overlay: the command's writes are held for "
+              "`sandboxctl changes` / `apply` / `discard` (workspace: overlay).", "flag"),
     RunOption("quiet", ("-q", "--quiet"), "No notes or summaries on stderr.", "flag"),
     RunOption("verbose", ("-v", "--verbose"), "More detail on stderr (all plan notes).", "flag"),
 )

@@ -157,6 +157,10 @@ def export_network(network: Network, fqdn_policy: str | None) -> NetworkExport:
     elif fqdn_policy == "cilium":
         mapped.append("--fqdn-policy cilium: no host names to allow, so no CiliumNetworkPolicy")
 
+    if network.inspect:
+        lost.append(f"network.inspect ({', '.join(host for host, _ in network.inspect)}): request rules and TLS "
+                    "inspection need sandboxctl's proxy; the networkPolicy allows or blocks whole destinations")
+        warnings.append("network.inspect request rules are not enforced by the exported manifests")
     if network.allow_private:
         lost.append("allow_private: true opens nothing by itself here: only the destinations listed are reachable")
     else:

@@ -135,17 +135,22 @@ def _environment(policy: Policy, options: K8sOptions, notes: Notes) -> list[dict
         notes.mapped.append(f"env.set -> env: {', '.join(name for name, _ in policy.env.set)}")
     for secret in policy.secrets:
         entries.pop(secret.name, None)
+        if secret.deliver_as == "proxy":  # the value must never reach the pod: it is left out
+            notes.lost.append(f"secrets.{secret.name} (as: proxy): needs sandboxctl's proxy to put the value "
+                              "into requests; not exported (the pod gets neither the value nor a placeholder)")
+            continue
         if secret.deliver_as == "env":
             entries[secret.name] = {"name": secret.name, "valueFrom": {"secretKeyRef": {
                 "name": options.secret_name, "key": secret.name}}}
         else:
             entries[f"{secret.name}_FILE"] = {"name": f"{secret.name}_FILE", "value": f"{SECRETS_DIR}/{secret.name}"}
-    if policy.secrets:
-        kinds = ", ".join(f"{s.name} (as {s.deliver_as}, from {s.source_kind}:...)" for s in policy.secrets)
+    exported = [s for s in policy.secrets if s.deliver_as != "proxy"]
+    if exported:
+        kinds = ", ".join(f"{s.name} (as {s.deliver_as}, from {s.source_kind}:...)" for s in exported)
         notes.mapped.append(f"secrets -> keys of the Secret {options.secret_name}, which you create "
                             f"(no value is written here): {kinds}; files at {SECRETS_DIR}/NAME, mode 0400 "
                             "(the kubelet adds group read for fsGroup 1000, so the non-root user can read them)")
-        timed = [f"{s.name} ({units.format_duration(s.ttl)})" for s in policy.secrets if s.ttl is not None]
+        timed = [f"{s.name} ({units.format_duration(s.ttl)})" for s in exported if s.ttl is not None]
         if timed:
             notes.lost.append(f"secrets ttl: {', '.join(timed)}: a Secret stays mounted while the pod runs")
     if policy.env.passthrough:

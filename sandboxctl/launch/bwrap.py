@@ -17,10 +17,16 @@ class LaunchFds(NamedTuple):
     stderr: int
     empty_file: str  # host path of an empty read-only file used to mask denied files
     secrets: dict[str, int] | None = None  # secret name -> memfd with its value (for --file)
+    data: dict[str, int] | None = None  # data-file target -> memfd with its content (--ro-bind-data)
 
 
-def mount_args(mount: Mount, empty_file: str, secret_fds: dict[str, int] | None = None) -> list[str]:
+def mount_args(mount: Mount, empty_file: str, secret_fds: dict[str, int] | None = None,
+               data_fds: dict[str, int] | None = None) -> list[str]:
     kind, target = mount.kind, mount.target
+    if kind == "data-file":
+        fd = (data_fds or {}).get(target)
+        return ["--perms", "0444", "--ro-bind-data", "{fd:" + (mount.source or "") + "}" if fd is None else str(fd),
+                target]
     if kind == "secret-file":
         name = (mount.source or "").removeprefix("secret:")
         fd = (secret_fds or {}).get(name)
@@ -54,7 +60,7 @@ def render(plan: Plan, fds: LaunchFds, bwrap: str = "bwrap") -> list[str]:
         argv.append("--unshare-net")
     argv += ["--die-with-parent", "--cap-drop", "ALL", "--clearenv", "--hostname", "sandbox"]
     for mount in plan.mounts:
-        argv += mount_args(mount, fds.empty_file, fds.secrets)
+        argv += mount_args(mount, fds.empty_file, fds.secrets, fds.data)
     argv += ["--chdir", plan.cwd, "--seccomp", str(fds.seccomp)]
     argv += ["--", plan.shim_python, "-I", "-S", "-B", plan.shim_entry, str(fds.control), str(fds.stderr)]
     return argv

@@ -1,11 +1,20 @@
 """Runs inside gVisor, between runsc and the command (python3 -I -S -B, stdlib only).
 
 In order: read the configuration the supervisor left in /run/sandboxctl/launch, give the
-command default signal dispositions, open the proxy port and start its forwarder (network:
-proxy), load the seccomp baseline, exec the command. gVisor implements seccomp-bpf for the
-programs it runs (not user notification), so the filter is loaded here with a raw seccomp(2)
-call; Landlock does not exist inside gVisor, so there is nothing else to apply. Any failure
-exits 125 (126/127 for the command itself) and never runs the command.
+command default signal dispositions, load the seccomp baseline, open the proxy port and start
+its forwarder (network: proxy), drop every capability, exec the command. gVisor implements
+seccomp-bpf for the programs it runs (not user notification), so the filter is loaded here with
+a raw seccomp(2) call; Landlock does not exist inside gVisor, so there is nothing else to apply.
+Any failure exits 125 (126/127 for the command itself) and never runs the command.
+
+The forwarder must stay out of the command's reach: the command is uid 0 in here, so a
+forwarder of the same uid dies to kill(-1, SIGKILL), and the command could then bind
+127.0.0.1:3128 itself and read every other process's proxied requests. So the forwarder becomes
+another user (FORWARDER_UID, with CAP_SETUID/CAP_SETGID the bundle grants this launcher only),
+which a capability-less uid 0 can neither signal, trace nor read; it holds the port for the whole
+run, and a connection it keeps open to the supervisor ends the run if it ever stops. Then this
+launcher empties its bounding set and its capabilities, so the command starts with none (an
+exec as uid 0 would otherwise regain the bounding set).
 """
 
 import marshal
@@ -38,14 +47,64 @@ def load_seccomp(program, seccomp_nr):
 
 
 def proxy_listener(port):
-    """The proxy port on the sandbox's own loopback (gVisor's network stack, nothing else on it)."""
+    """The proxy port, on every address of the sandbox's own network stack (gVisor's: a loopback
+    and nothing else). The wildcard address and no SO_REUSEADDR/SO_REUSEPORT leave no address
+    and no option with which the command could bind the same port next to it and be handed
+    some of the connections meant for 127.0.0.1:3128 (gVisor, measured: with the listener on
+    127.0.0.1 and SO_REUSEADDR, the command could bind 0.0.0.0:3128)."""
     import socket
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
+    sock.bind(("0.0.0.0", port))
     sock.listen(256)
     return sock
+
+
+FORWARDER_UID = 65534  # "nobody": not the command's uid, so out of its kill(), ptrace and /proc reach
+PR_CAPBSET_READ, PR_CAPBSET_DROP, PR_SET_DUMPABLE = 23, 24, 4
+CAP_SETPCAP, CAP_LAST = 8, 63
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+CAPGET_CAPSET = {"x86_64": (125, 126), "aarch64": (90, 91)}  # the machines runsc runs on
+
+
+def _libc():
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    return libc
+
+
+def become(uid):
+    """Every id of this process set to uid; changing the uid from 0 clears its capabilities."""
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (uid, uid, uid):
+        raise OSError("the ids did not change")
+
+
+def drop_capabilities():
+    """Empty the bounding set (CAP_SETPCAP last: it is what allows it), then every capability set,
+    and check that none is left: the command must not start with any."""
+    import ctypes
+    import errno
+
+    libc = _libc()
+    if libc.prctl(PR_CAPBSET_READ, CAP_SETPCAP, 0, 0, 0) == 1:
+        for cap in [c for c in range(CAP_LAST + 1) if c != CAP_SETPCAP] + [CAP_SETPCAP]:
+            if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() != errno.EINVAL:
+                raise OSError(ctypes.get_errno(), f"cannot drop capability {cap} from the bounding set")
+    capget, capset = CAPGET_CAPSET[os.uname().machine]
+    header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()  # two of {effective, permitted, inheritable}, all zero
+    if libc.syscall(capset, header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
+    left = [c for c in range(CAP_LAST + 1) if libc.prctl(PR_CAPBSET_READ, c, 0, 0, 0) == 1]
+    if libc.syscall(capget, header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capget failed")
+    if left or any(data):
+        raise OSError(f"capabilities left after dropping: bounding {left}, sets {list(data)}")
 
 
 def forward(listener, path):
@@ -95,27 +154,53 @@ def forward(listener, path):
 
 
 def start_forwarder(proxy):
-    """Fork the forwarder before the command starts; it dies with the sandbox."""
+    """Fork the forwarder before the command starts, as another user (see the module docstring);
+    the command starts only once it holds the port and the supervisor's heartbeat connection."""
+    import select
+    import signal
+    import socket
+    import threading  # the forwarder's imports, while this launcher can still read anything
+
+    del threading
     try:
         listener = proxy_listener(proxy["port"])
     except OSError as exc:
         fail(f"cannot open the network proxy's port inside the sandbox: {exc}")
+    ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        import signal
-
-        # it lives as long as the sandbox: a dead peer or a signal meant for the command must not end it
-        for signum in (signal.SIGPIPE, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_IGN)
-        null = os.open("/dev/null", os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)
-        os.close(null)
+        os.close(ready_r)
+        try:
+            os.setsid()
+            become(FORWARDER_UID)
+            _libc().prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+            # its lifeline: the supervisor ends the run when this connection closes
+            heartbeat = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            heartbeat.connect(proxy["alive"])
+            # it lives as long as the sandbox: a dead peer or a signal meant for the command must not end it
+            for signum in (signal.SIGPIPE, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP,
+                           signal.SIGUSR1, signal.SIGUSR2):
+                signal.signal(signum, signal.SIG_IGN)
+            null = os.open("/dev/null", os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            os.close(null)
+            os.write(ready_w, b"ok")
+            os.close(ready_w)
+        except OSError as exc:
+            os.write(ready_w, f"{exc}".encode(errors="replace")[:500])
+            os._exit(1)
         try:
             forward(listener, proxy["socket"])
         finally:
             os._exit(0)
+    os.close(ready_w)
     listener.close()
+    readable, _, _ = select.select([ready_r], [], [], 20)
+    answer = os.read(ready_r, 512) if readable else b"no answer within 20 s"
+    os.close(ready_r)
+    if answer != b"ok":
+        fail(f"the network proxy's forwarder could not start: {answer.decode(errors='replace')}")
 
 
 def exec_command(argv, env):
@@ -161,6 +246,11 @@ def main():
             fail(f"cannot load the seccomp filter inside gVisor: {exc}")
     if config.get("proxy"):
         start_forwarder(config["proxy"])  # after seccomp: the forwarder is filtered too
+    if config.get("drop_capabilities"):
+        try:
+            drop_capabilities()
+        except OSError as exc:
+            fail(f"cannot drop the launcher's capabilities before the command: {exc}")
     exec_command(config["argv"], config["env"])
 
 

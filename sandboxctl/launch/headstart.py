@@ -15,8 +15,8 @@ decides is only whether the work of building them started early.
 Nothing of it may touch the host: bubblewrap creates a missing mount point, and inside a
 writable bind that would be on the host, so a remembered launch is used only when every mount
 point beneath a writable bind still exists with the kind it had. Runs with secrets, host-side
-creations, sessions, launch-time confirmations, a workspace policy or the gvisor backend are
-never remembered. Entries live in the state dir's cache (which no sandbox can see or write),
+creations, sessions, launch-time confirmations, TLS inspection, an overlay workspace, a
+workspace policy or the gvisor backend are never remembered, nor a launch naming its run id. Entries live in the state dir's cache (which no sandbox can see or write),
 named by the SHA-256 of everything the key holds; at most MAX_ENTRIES are kept.
 """
 
@@ -199,6 +199,8 @@ def eligible(plan, *, inherited_stdio: bool, forwards_signals: bool) -> bool:
     """Runs whose launch is remembered: none of what the head start cannot do before planning."""
     return (plan.backend == "bwrap" and not plan.secrets and not plan.creations and plan.session is None
             and not plan.confirmations and inherited_stdio and forwards_signals
+            and not getattr(plan, "inspecting", False)  # a CA of the run's own, phantom secrets
+            and getattr(plan, "overlay", None) is None  # a layer of the run's own
             and not plan.policy_source.endswith(".sandboxctl.yaml"))
 
 
@@ -229,8 +231,8 @@ def remember(this: str, plan, argv: list[str], fds: tuple[int, int, int], config
     template = dict(config)
     template["env"] = {name: RUN_MARK if name == "SANDBOXCTL_RUN" and value == plan.run_id else value
                        for name, value in config["env"].items()}
-    if plan.run_id in repr(template):  # the run id somewhere else: not a launch to replay
-        return
+    if plan.run_id in repr(template) or any(plan.run_id in word for word in argv):
+        return  # the run id somewhere else (a path of the run's own): not a launch to replay
     entry = {"format": FORMAT, "argv": [numbers.get(word, word) for word in argv], "config": template,
              "seccomp": program, "mount_points": mount_points(plan)}
     directory = cache_dir()

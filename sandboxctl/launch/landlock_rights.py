@@ -25,13 +25,15 @@ RESTRICT_NO_NEW_PRIVS = (1 << 4, 11)  # landlock_restrict_self sets no_new_privs
 # the plan's groups of rights (plan.model.LandlockPathRule.access)
 GROUPS = {
     "read": ("READ_FILE", "READ_DIR"),
+    # no RESOLVE_UNIX: a grant never lets the command connect to the host's sockets in it
     "write": ("WRITE_FILE", "REMOVE_DIR", "REMOVE_FILE", "MAKE_DIR", "MAKE_REG", "MAKE_SOCK",
-              "MAKE_FIFO", "MAKE_SYM", "REFER", "TRUNCATE", "RESOLVE_UNIX"),
+              "MAKE_FIFO", "MAKE_SYM", "REFER", "TRUNCATE"),
+    "unix": ("RESOLVE_UNIX",),  # network.unix (ABI 9; below it the supervisor answers each connect)
     "write_file": ("WRITE_FILE", "TRUNCATE"),
     "execute": ("EXECUTE",),
     "ioctl_dev": ("IOCTL_DEV",),
 }
-FILE_ONLY = ("EXECUTE", "WRITE_FILE", "READ_FILE", "TRUNCATE", "IOCTL_DEV")  # what a rule on a file may hold
+FILE_ONLY = ("EXECUTE", "WRITE_FILE", "READ_FILE", "TRUNCATE", "IOCTL_DEV", "RESOLVE_UNIX")  # a rule on a file
 
 
 def mask(table: dict[str, tuple[int, int]], names) -> int:
@@ -57,8 +59,8 @@ def shim_config(landlock) -> dict:
         "required": landlock.required,
         "minimum_abi": landlock.minimum_abi,
         "fs": list(FS.values()),
-        "tcp": [mask(NET, ("BIND_TCP", "CONNECT_TCP")), NET["CONNECT_TCP"][1]] if landlock.restrict_tcp else None,
-        "connect_bit": NET["CONNECT_TCP"][0], "bind_bit": NET["BIND_TCP"][0],
+        "restrict_tcp_bind": landlock.restrict_tcp_bind, "restrict_tcp_connect": landlock.restrict_tcp_connect,
+        "bind": list(NET["BIND_TCP"]), "connect": list(NET["CONNECT_TCP"]),
         "scopes": [SCOPE[name.upper()] for name in landlock.scopes],
         "no_new_privs": list(RESTRICT_NO_NEW_PRIVS),
         "file_only": mask(FS, FILE_ONLY),

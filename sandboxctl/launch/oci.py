@@ -22,6 +22,9 @@ from sandboxctl.plan.model import Mount, Plan
 LAUNCH_FILE = f"{SHIM_DIR}/launch"
 PROXY_DIR = f"{SHIM_DIR}/proxy"
 PROXY_SOCKET_NAME = "proxy.sock"
+ALIVE_SOCKET_NAME = "alive.sock"  # the forwarder's heartbeat connection to the supervisor
+# what the launcher needs to start the forwarder as another user; it drops them before the command
+LAUNCHER_CAPABILITIES = ["CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"]
 NAMESPACES = ("pid", "network", "ipc", "uts", "mount")
 BIND_RO = ("rbind", "ro", "nosuid", "nodev")
 BIND_RW = ("rbind", "rw", "nosuid", "nodev")
@@ -40,6 +43,7 @@ class BundlePaths(NamedTuple):
     log: str  # runsc --log: its own errors, read to explain a failed start
     secrets: str | None = None  # the file secrets, bound read-only at /run/secrets
     proxy: str | None = None  # the directory of the supervisor's proxy socket (network: proxy)
+    data: str | None = None  # files made at launch (the run's CA bundle), each bound over its target
 
 
 def dry_paths(plan: Plan, root: str = "{run}") -> BundlePaths:
@@ -47,7 +51,13 @@ def dry_paths(plan: Plan, root: str = "{run}") -> BundlePaths:
     return BundlePaths(bundle=root, rootfs=f"{root}/rootfs", empty_file=f"{root}/empty-file",
                        empty_dir=f"{root}/empty-dir", launch=f"{root}/launch", state=f"{root}/state",
                        log=f"{root}/runsc.log", secrets=f"{root}/secrets" if _file_secrets(plan) else None,
-                       proxy=f"{root}/proxy" if plan.network.mode == "proxy" else None)
+                       proxy=f"{root}/proxy" if plan.network.mode == "proxy" else None,
+                       data=f"{root}/data" if any(m.kind == "data-file" for m in plan.mounts) else None)
+
+
+def data_file_name(target: str) -> str:
+    """The name, in the run's data directory, of the file bound over target."""
+    return target.strip("/").replace("/", "_")
 
 
 def _file_secrets(plan: Plan) -> bool:
@@ -106,6 +116,10 @@ def mounts(plan: Plan, paths: BundlePaths, skip: frozenset[str] = frozenset()) -
         elif kind == "symlink":
             if os.path.dirname(target) != "/":
                 result.append(_bind(target, symlink_target(mount), BIND_RO))
+        elif kind == "data-file":
+            if not paths.data:
+                raise ValueError("the plan has data files but the bundle has no data directory")
+            result.append(_bind(target, f"{paths.data}/{data_file_name(target)}", BIND_DATA))
         elif kind == "secret-file":
             if not paths.secrets:
                 raise ValueError("the plan has file secrets but the bundle has no secrets directory")
@@ -131,12 +145,17 @@ def rlimits(plan: Plan) -> list[dict[str, Any]]:
 def config(plan: Plan, paths: BundlePaths, skip: frozenset[str] = frozenset(), terminal: bool = False
            ) -> dict[str, Any]:
     """config.json for runsc. The command runs as uid 0 *inside* gVisor, which rootless runsc maps
-    to the calling user (so files it writes are the caller's), with no capabilities at all.
+    to the calling user (so files it writes are the caller's), with no capabilities at all. Under
+    network: proxy the launcher starts with LAUNCHER_CAPABILITIES, to run the proxy's forwarder as
+    another user, and drops them all before the command (gvisor_init.py checks none is left).
 
     terminal: stdin, stdout and stderr are one terminal. Without it gVisor treats a terminal as a
     plain file (no size, no raw mode); with it, runsc gives the command that terminal for all
     three (so it is only right when all three are it)."""
-    no_caps: dict[str, list[str]] = {k: [] for k in ("bounding", "effective", "inheritable", "permitted", "ambient")}
+    forwarder = plan.network.mode == "proxy"
+    caps: dict[str, list[str]] = {k: list(LAUNCHER_CAPABILITIES) if forwarder and k in ("bounding", "effective",
+                                                                                       "permitted") else []
+                                  for k in ("bounding", "effective", "inheritable", "permitted", "ambient")}
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -145,7 +164,7 @@ def config(plan: Plan, paths: BundlePaths, skip: frozenset[str] = frozenset(), t
             "args": [plan.shim_python, "-I", "-S", "-B", GVISOR_INIT, LAUNCH_FILE],
             "env": [],
             "cwd": plan.cwd,
-            "capabilities": no_caps,
+            "capabilities": caps,
             "rlimits": rlimits(plan),
             "noNewPrivileges": True,
         },
@@ -180,6 +199,8 @@ def launch_config(plan: Plan, seccomp_program: bytes | None, env: dict[str, str]
         "seccomp": seccomp_program,
         "seccomp_nr": seccomp_nr,
         "default_signals": default_signals,
-        "proxy": {"port": PROXY_PORT, "socket": f"{PROXY_DIR}/{PROXY_SOCKET_NAME}"}
+        "proxy": {"port": PROXY_PORT, "socket": f"{PROXY_DIR}/{PROXY_SOCKET_NAME}",
+                  "alive": f"{PROXY_DIR}/{ALIVE_SOCKET_NAME}"}
         if plan.network.mode == "proxy" else None,
+        "drop_capabilities": plan.network.mode == "proxy",
     }

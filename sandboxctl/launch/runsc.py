@@ -171,8 +171,8 @@ class RunDir:
         self.paths: oci.BundlePaths | None = None
         self.skipped_masks: frozenset[str] = frozenset()
 
-    def create(self, plan: Plan, launch: dict[str, Any], file_secrets: dict[str, str], terminal: bool = False
-               ) -> oci.BundlePaths:
+    def create(self, plan: Plan, launch: dict[str, Any], file_secrets: dict[str, str], terminal: bool = False,
+               data_files: dict[str, bytes] | None = None) -> oci.BundlePaths:
         root = self.path
         paths = oci.dry_paths(plan, str(root))
         self.skipped_masks = unmaskable(plan)
@@ -180,9 +180,12 @@ class RunDir:
             raise SandboxError(f"the run directory {root} is too deep for a UNIX socket path",
                                "set XDG_RUNTIME_DIR to a shorter directory")
         root.mkdir(mode=0o700)
-        for directory in (paths.rootfs, paths.state, paths.secrets, paths.proxy):
+        for directory in (paths.rootfs, paths.state, paths.secrets, paths.proxy, paths.data):
             if directory:
                 os.mkdir(directory, 0o700)
+        if paths.proxy:  # the forwarder inside is another user: it must walk from / to the sockets in
+            os.chmod(paths.rootfs, 0o755)  # here (the run directory itself stays 0700 on the host)
+            os.chmod(paths.proxy, 0o711)
         os.mkdir(paths.empty_dir, 0o555)
         os.close(os.open(paths.empty_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444))
         for target, text in oci.rootfs_symlinks(plan):
@@ -194,6 +197,8 @@ class RunDir:
                     os.write(fd, value.encode())
                 finally:
                     os.close(fd)
+        for target, content in (data_files or {}).items() if paths.data else ():
+            _write_private(os.path.join(paths.data, oci.data_file_name(target)), content)
         _write_private(paths.launch, marshal.dumps(launch))
         _write_private(os.path.join(paths.bundle, "config.json"),
                        json.dumps(oci.config(plan, paths, self.skipped_masks, terminal), indent=1).encode())

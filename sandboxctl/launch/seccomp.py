@@ -87,6 +87,7 @@ def build_filter(plan: SeccompPlan, which: str = "static"):
             rules += [r for r in mediated_rules() if r.syscall not in present]
         if plan.exec_guard and "memfd_create" not in present:
             rules.append(SeccompRule("memfd_create", "notify", "exec.allow: memory files made non-executable"))
+        rules += plan.net_rules
     else:
         rules = [r for r in plan.rules if not plan.trapped(r)]
     for rule in rules:
@@ -200,7 +201,7 @@ def load_or_compile_notify(plan: SeccompPlan, cache_dir: Path) -> tuple[bytes, d
     names = sorted({r.syscall for r in plan.rules if plan.trapped(r)} | {"execve", "execveat"}
                    | {r.syscall for r in file_open_rules(plan.file_events)}
                    | ({r.syscall for r in mediated_rules()} if plan.mediate else set())
-                   | ({"memfd_create"} if plan.exec_guard else set()))
+                   | ({"memfd_create"} if plan.exec_guard else set()) | {r.syscall for r in plan.net_rules})
     numbers = syscall_numbers(names)
     try:
         cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -79,6 +79,16 @@ def proxy_listener(port):
     return sock.detach()
 
 
+def sock_diag_socket():
+    """A NETLINK_SOCK_DIAG socket in the sandbox's own network namespace: the supervisor asks it
+    which UNIX sockets were bound inside (those may be connected to without being listed). Made
+    before the notify filter, whose baseline refuses netlink families other than route."""
+    import _socket
+
+    sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC, 4)  # NETLINK_SOCK_DIAG
+    return sock.detach()
+
+
 def fail(fd, message, hint=None, code=125):
     send(fd, {"error": message, "hint": hint, "code": code})
     os._exit(code)
@@ -155,29 +165,37 @@ def apply_landlock(plan):
             report["enforced"] = False
             return report
     handled_fs = for_abi(plan["fs"], abi)
-    handled_net = plan["tcp"][0] if plan["tcp"] and abi >= plan["tcp"][1] else 0
+    handled_net = 0
+    for wanted, (bit, first) in ((plan["restrict_tcp_bind"], plan["bind"]),
+                                 (plan["restrict_tcp_connect"], plan["connect"])):
+        if wanted and abi >= first:
+            handled_net |= bit
     scoped = for_abi(plan["scopes"], abi)
     fd = _syscall.create_ruleset(_syscall.RulesetAttr(handled_access_fs=handled_fs, handled_access_net=handled_net,
                                                       scoped=scoped))
     skipped = []
+    applied = 0
     try:
         os.set_inheritable(fd, False)
         for path, wanted in plan["paths"]:
+            access = wanted & handled_fs
+            if not access:
+                continue  # a right this kernel does not have (RESOLVE_UNIX below ABI 9)
             try:
                 parent = os.open(path, os.O_PATH | os.O_CLOEXEC)
             except FileNotFoundError:
                 skipped.append(path)
                 continue
             try:
-                access = wanted & handled_fs
                 if not stat.S_ISDIR(os.fstat(parent).st_mode):
                     access &= plan["file_only"]
                 if access:
                     _syscall.add_path_beneath(fd, _syscall.PathBeneathAttr(allowed_access=access, parent_fd=parent))
+                applied += 1
             finally:
                 os.close(parent)
-        for ports, bit in ((plan["connect_tcp_ports"], plan["connect_bit"]),
-                           (plan["bind_tcp_ports"], plan["bind_bit"])):
+        for ports, (bit, _first) in ((plan["connect_tcp_ports"], plan["connect"]),
+                                     (plan["bind_tcp_ports"], plan["bind"])):
             if handled_net & bit:
                 for port in ports:
                     _syscall.add_net_port(fd, _syscall.NetPortAttr(allowed_access=bit, port=port))
@@ -191,8 +209,9 @@ def apply_landlock(plan):
         os.close(fd)
     report.update(
         enforced=True, handled_fs=handled_fs, handled_net=handled_net, scoped=scoped,
-        path_rules=len(plan["paths"]) - len(skipped),
-        tcp_connect_ports=list(plan["connect_tcp_ports"]) if handled_net else None,
+        path_rules=applied,
+        tcp_connect_ports=list(plan["connect_tcp_ports"]) if handled_net & plan["connect"][0] else None,
+        tcp_bind_ports=list(plan["bind_tcp_ports"]) if handled_net & plan["bind"][0] else None,
         skipped=skipped,
     )
     return report
@@ -244,6 +263,11 @@ def main():
             handles["proxy"] = proxy_listener(config["proxy_port"])
         except OSError as exc:
             fail(control, f"cannot open the network proxy's port inside the sandbox: {exc}")
+    if config.get("sock_diag"):
+        try:
+            handles["sockdiag"] = sock_diag_socket()
+        except OSError as exc:
+            fail(control, f"cannot open the socket-diagnostics socket the UNIX socket wall needs: {exc}")
     try:
         landlock = apply_landlock(config["landlock"])
     except Exception as exc:  # any failure here must stop the run, never skip the layer

@@ -46,6 +46,7 @@ EVENT_TYPES: dict[str, str] = {
     "create": "paths filesystem.create made on the host before the run",
     "tamper": "exec records contradicted by what ran",
     "log.forward": "the syslog copy: outages and what a collector did not receive",
+    "workspace": "an overlay run's changes applied, undone or discarded",
 }
 
 
@@ -131,6 +132,7 @@ class RunSummary:
     timed_out: bool = False
     denied: int = 0
     records: int = 0
+    changes: str | None = None  # workspace: overlay — held | applied | partly applied | discarded | undone
     _counted: int = 0
 
     @property
@@ -149,7 +151,7 @@ class RunSummary:
         return {"run": self.run, "start": self.start, "argv": self.argv, "policy": self.policy,
                 "end": self.end, "exit_code": self.exit_code, "signal": self.signal,
                 "duration_s": self.duration_s, "timed_out": self.timed_out, "denied": self.denied,
-                "records": self.records, "status": self.status}
+                "records": self.records, "status": self.status, "changes": self.changes}
 
 
 def list_runs(records: Iterable[Record]) -> list[RunSummary]:
@@ -168,6 +170,10 @@ def list_runs(records: Iterable[Record]) -> list[RunSummary]:
             argv = data.get("argv")
             summary.argv = [str(a) for a in argv] if isinstance(argv, list) else []
             summary.policy = data.get("policy")
+            layers = data.get("layers")
+            if isinstance(layers, dict) and isinstance(layers.get("workspace"), dict) \
+                    and layers["workspace"].get("mode") == "overlay":
+                summary.changes = "held"
         elif event == "run.end":
             summary.end = data.get("ts")
             summary.exit_code = data.get("exit_code")
@@ -177,6 +183,8 @@ def list_runs(records: Iterable[Record]) -> list[RunSummary]:
             if isinstance(data.get("denied"), int):
                 summary.denied = data["denied"]
                 summary._counted = -1  # the supervisor's own count wins
+        elif event == "workspace" and data.get("action") in ("apply", "discard", "undo"):
+            summary.changes = "discarded" if data["action"] == "discard" else str(data.get("state") or "?")
         elif is_denial(data) and summary._counted >= 0:
             summary._counted += 1
             summary.denied = summary._counted

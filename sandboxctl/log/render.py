@@ -69,9 +69,22 @@ def summarize(data: dict[str, Any]) -> str:
     if event == "file":
         return f"{clean(g('op', '?'), 12)} {clean(g('path', ''), FIELD)}"
     if event == "net":
-        text = f"{clean(g('host', '?'), 100)}:{clean(g('port', '?'), 8)}"
+        from sandboxctl.network.sockaddr import destination  # a UNIX socket has no port
+
+        text = clean(destination(g("host", "?"), g("port")), 110)
         if isinstance(g("count"), int) and g("count") > 1:
             text += f" ({g('count')} connections)"
+        return text
+    if event == "http":
+        port = g("port")
+        host = clean(g("host", "?"), 100) + ("" if port in (80, 443, None) else f":{clean(port, 8)}")
+        text = f"{clean(g('method', '?'), 16)} {host}{clean(g('path', ''), FIELD)}"
+        if g("status") is not None:
+            text += f" -> {clean(g('status'), 4)}"
+        if isinstance(g("secrets"), list) and g("secrets"):
+            text += f" (secrets: {', '.join(clean(n, 60) for n in g('secrets'))})"
+        if g("leak"):
+            text += f" (leak: {clean(g('leak'), 60)})"
         return text
     if event == "syscall":
         return clean(g("name", "?"), 40)
@@ -90,6 +103,8 @@ def summarize(data: dict[str, Any]) -> str:
         if g("reason"):
             text += f": {clean(g('reason'), 80)}"
         return text + (f" ({clean(g('lost'), 12)} records not delivered)" if g("lost") else "")
+    if event == "workspace":
+        return f"{clean(g('action'), 12)} ({clean(g('state') or g('previous') or '?', 20)})"
     if event == "run.end":
         text = f"exit {clean(g('exit_code'), 12)} after {format_seconds(g('duration_s'))}"
         if g("signal"):

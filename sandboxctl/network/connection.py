@@ -1,14 +1,16 @@
-"""One proxied connection: read the request, decide, dial, relay both ways, log one record.
+"""One proxied connection: read the entry request, decide, dial, and hand the connection on.
 
-Split from proxy.py (which accepts connections and owns their lifetimes); the reasoning for
-threads and splice(2) is in proxy.py's docstring.
+Split from proxy.py (which accepts connections and owns their lifetimes). After the entry
+(CONNECT, SOCKS5 or a plain-HTTP request) a connection goes to one of three: the opaque relay
+(relay.py) for a tunnel to a host that is not inspected, TLS termination and the request-by-request
+exchange (terminate.py, exchange.py) for an inspected one, and the exchange for plain HTTP.
+Each destination it reached or was refused becomes one `net` record.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import os
 import socket
 import threading
 import time
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from sandboxctl.network import addresses
 from sandboxctl.network.addresses import IPAddress, Verdict
+from sandboxctl.network.relay import _errno_name, relay
 from sandboxctl.network.wire import (
     _HEAD_END,
     HEAD_LIMIT,
@@ -40,10 +43,6 @@ if TYPE_CHECKING:
 
 HEAD_TIMEOUT_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
-_BUF_MIN = 16 * 1024
-_BUF_BULK = 64 * 1024
-_BUF_MAX = 256 * 1024
-_SPLICE_CHUNK = 1 << 20
 _DRAIN_LIMIT = 256 * 1024
 _DRAIN_S = 1.0
 _DRAIN_IDLE_S = 0.25
@@ -111,34 +110,6 @@ class _Refusal:
         return HttpError(self.status, self.message, self.proxy_status).to_bytes()
 
 
-_splice_ok = hasattr(os, "splice")
-
-
-def _open_pipe() -> tuple[int, int] | None:
-    """A pipe for splice(2), or None (no splice here, or out of descriptors: the caller copies instead)."""
-    if not _splice_ok:
-        return None
-    try:
-        return os.pipe()  # close-on-exec, like every descriptor Python opens
-    except OSError:
-        return None
-
-
-def _close_pipe(pipe: tuple[int, int]) -> None:
-    for fd in pipe:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-
-
-def _disable_splice() -> None:
-    global _splice_ok
-    _splice_ok = False
-
-
-def _errno_name(exc: OSError) -> str:
-    return exc.strerror or (errno.errorcode.get(exc.errno, "") if exc.errno else "") or type(exc).__name__
-
-
 class _Connection:
     """One client connection: the request, the decision, the dial, the relay, and its log record."""
 
@@ -163,6 +134,7 @@ class _Connection:
         self.error: str | None = None
         self.bytes_in = 0
         self.bytes_out = 0
+        self.inspected = False
 
     # -------------------------------------------------------------- lifecycle
     def run(self) -> None:
@@ -178,6 +150,15 @@ class _Connection:
             finally:
                 self.server._finished(self)
 
+    def begin_destination(self, host: str, port: int) -> None:
+        """A plain-HTTP connection moves on to another host: log the destination it is done with."""
+        if self.host is not None:
+            self.server._emit(self.record())
+        self.host, self.port, self.address, self.error = host, port, None, None
+        self.decision, self.rule = "deny", ""
+        self.bytes_in = self.bytes_out = 0
+        self.started = time.monotonic()
+
     def record(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "host": self.host,
@@ -190,6 +171,8 @@ class _Connection:
             "duration_s": round(time.monotonic() - self.started, 6),
             "protocol": self.protocol,
         }
+        if self.inspected:
+            out["inspected"] = True
         if self.error:
             out["error"] = self.error
         return out
@@ -278,16 +261,33 @@ class _Connection:
             self._bad(request)
             return
         self.protocol = request.protocol
+        if request.method != "CONNECT":
+            # Plain HTTP is read request by request (h11): each one is parsed, framed and ruled on,
+            # so nothing the client sends reaches an upstream unparsed.
+            from sandboxctl.network.exchange import Exchange
+            from sandboxctl.network.tls import PlainStream
+
+            Exchange(self, PlainStream(self.client), head + bytes(reader.buf)).run()
+            return
         self.host, self.port = request.host, request.port
         outcome = self._open(request.host, request.port)
         if isinstance(outcome, _Refusal):
             self._refuse_raw(outcome.http())
             return
-        if request.method == "CONNECT":
-            if self._reply(b"HTTP/1.1 200 Connection established\r\n\r\n"):
-                self._relay(bytes(reader.buf), tunnel=True)
-        else:
-            self._relay(request.upstream_head() + bytes(reader.buf), tunnel=False)
+        if self._reply(b"HTTP/1.1 200 Connection established\r\n\r\n"):
+            self._tunnel(bytes(reader.buf))
+
+    def _tunnel(self, first: bytes) -> None:
+        """An open tunnel to host:port: read request by request when the host is inspected, else relay."""
+        inspection = self.server.inspection
+        assert self.host is not None and self.port is not None
+        if inspection is None or inspection.rules_for(self.host, self.port) is None:
+            relay(self, first)
+            return
+        from sandboxctl.network.terminate import inspect_tunnel
+
+        self.inspected = True
+        inspect_tunnel(self, first)
 
     def _socks5(self, reader: _Reader) -> None:
         self.protocol = "socks5"
@@ -333,13 +333,24 @@ class _Connection:
             self._refuse_raw(socks_reply(outcome.socks))
             return
         if self._reply(socks_reply(SOCKS_OK)):
-            self._relay(bytes(reader.buf), tunnel=True)
+            self._tunnel(bytes(reader.buf))
 
     # -------------------------------------------------------------- decision and dial
     def _open(self, host: str, port: int) -> socket.socket | _Refusal:
         """Decide, resolve once, screen the addresses and dial the first that passed and answers."""
+        refusal = self.decide(host, port)
+        return refusal if refusal is not None else self.connect(host, port)
+
+    def decide(self, host: str, port: int) -> _Refusal | None:
+        """The policy's (or a human's) answer for host:port; None: allowed. Sets rule and decision."""
         server = self.server
         dest = addresses.format_destination(host, port)
+        leaked = server.inspection.phantoms.leaks_in(host.encode(), host, port) if server.inspection else []
+        if leaked:  # the placeholder as a host name would reach a DNS server
+            self.rule = f"leak: {leaked[0]}"
+            self.decision = "deny"
+            return _Refusal(403, SOCKS_NOT_ALLOWED, f"sandboxctl: the host name carries the placeholder of the "
+                            f"secret {leaked[0]}; refused.", "http_request_denied")
         verdict = addresses.match_destination(server.policy, host, port)
         self.rule = verdict.rule
         if verdict.kind == "deny":
@@ -350,6 +361,12 @@ class _Connection:
                 self.rule = "not in network.allow (not approved)" if asked else "not in network.allow"
                 return self._policy_refusal(verdict, host, dest, declined=asked)
             self.rule = "not in network.allow (approved)"
+        return None
+
+    def connect(self, host: str, port: int) -> socket.socket | _Refusal:
+        """Resolve once, screen the addresses and dial the first that passed (host:port is allowed)."""
+        server = self.server
+        dest = addresses.format_destination(host, port)
         if self.aborted:
             return self._stopped()
         literal = addresses.parse_ip(host)
@@ -434,14 +451,17 @@ class _Connection:
         if ask is None:
             return False
         try:
-            try:
-                peer = self.client.getpeername()[1]
-            except (OSError, IndexError, TypeError):
-                peer = None
-            return ask(host, port, peer) is True
+            return ask(host, port, self.peer_port()) is True
         except Exception as exc:  # a failing approval channel denies, it does not crash
             self.error = f"approval failed: {exc!r}"
             return False
+
+    def peer_port(self) -> int | None:
+        """The client's TCP port (the approval prompt finds the process behind it), None over a UNIX socket."""
+        try:
+            return self.client.getpeername()[1]
+        except (OSError, IndexError, TypeError):
+            return None
 
     def _stopped(self) -> _Refusal:
         self.decision = "deny"
@@ -511,101 +531,3 @@ class _Connection:
                 drained += len(data)
         except OSError:  # includes the idle timeout: the client has stopped sending
             pass
-
-    # -------------------------------------------------------------- relay
-    def _count(self, outbound: bool, n: int) -> None:
-        if outbound:
-            self.bytes_out += n
-        else:
-            self.bytes_in += n
-
-    def _relay(self, first_out: bytes, tunnel: bool) -> None:
-        """Relay both ways until both sides are done: this thread carries client->upstream, a helper the reverse."""
-        upstream = self.upstream
-        assert upstream is not None
-        with self.lock:
-            if self.aborted:
-                return
-            self.relaying = True
-        self.client.settimeout(None)
-        try:
-            if first_out:
-                upstream.sendall(first_out)
-                self.bytes_out += len(first_out)
-        except OSError as exc:
-            self.error = f"upstream closed: {_errno_name(exc)}"
-            self.abort(reset=True)
-            return
-        helper = threading.Thread(target=self._pump, args=(upstream, self.client, False, tunnel),
-                                  name="sandboxctl-proxy-in", daemon=True)
-        try:
-            helper.start()
-        except RuntimeError:
-            self.error = "could not start a relay thread"
-            self.abort(reset=True)
-            return
-        self._pump(self.client, upstream, True, tunnel)
-        helper.join()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, outbound: bool, tunnel: bool) -> None:
-        """Copy src to dst until EOF (then half-close dst) or an error (then abort both ways).
-
-        Small transfers are copied through a buffer that grows from 16 to 64 KiB. Once a read fills
-        64 KiB the transfer is bulk, and the bytes go through a pipe with splice(2) instead, never
-        entering Python (less CPU and GIL, ~20% more throughput in bench/proxy). A pipe costs two
-        descriptors, so interactive connections never get one; without one (EMFILE, no splice for
-        these sockets) the copy simply goes on with a 256 KiB buffer.
-        """
-        pipe: tuple[int, int] | None = None
-        try:
-            size = _BUF_MIN
-            view = memoryview(bytearray(size))
-            while True:
-                if pipe is None:
-                    n = src.recv_into(view)
-                    if not n:
-                        break
-                    dst.sendall(view[:n])
-                    self._count(outbound, n)
-                    if n == size and size < _BUF_MAX:
-                        pipe = _open_pipe() if size >= _BUF_BULK else None
-                        size = 0 if pipe is not None else size * 4
-                        view = memoryview(bytearray(size))
-                    continue
-                try:
-                    n = os.splice(src.fileno(), pipe[1], _SPLICE_CHUNK)
-                except OSError as exc:
-                    if exc.errno not in (errno.EINVAL, errno.ENOSYS):
-                        raise
-                    _disable_splice()  # this kernel or socket type cannot splice: copy from now on
-                    _close_pipe(pipe)
-                    pipe, size = None, _BUF_MAX
-                    view = memoryview(bytearray(size))
-                    continue
-                if not n:
-                    break
-                while n:
-                    moved = os.splice(pipe[0], dst.fileno(), n)
-                    self._count(outbound, moved)
-                    n -= moved
-        except OSError as exc:
-            if not self.aborted:
-                side = "client" if outbound else "upstream"
-                self.error = self.error or f"{side} connection failed: {_errno_name(exc)}"
-            self.abort(reset=True)
-            return
-        finally:
-            if pipe is not None:
-                _close_pipe(pipe)
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
-        if not tunnel and not outbound:
-            # Plain HTTP: the response is complete (the request said Connection: close), so the
-            # client's side of this connection is over too; wake the other pump.
-            with contextlib.suppress(OSError):
-                src.shutdown(socket.SHUT_RD)
-            with contextlib.suppress(OSError):
-                dst.shutdown(socket.SHUT_RD)
-
-
-# ------------------------------------------------------------------ the server

@@ -47,7 +47,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sandboxctl.network.addresses import NetPolicy
 from sandboxctl.network.connection import CONNECT_TIMEOUT_S, HEAD_TIMEOUT_S, _Connection
@@ -57,6 +57,9 @@ from sandboxctl.network.wire import (
     ProxyRequest,
     parse_request_head,
 )
+
+if TYPE_CHECKING:
+    from sandboxctl.network.inspection import Inspection
 
 __all__ = ["HEAD_LIMIT", "HttpError", "NetPolicy", "ProxyRequest", "ProxyServer", "parse_request_head"]
 
@@ -68,10 +71,14 @@ BURST_QUIET_S = 1.0  # refusals closer than this to each other are one burst: on
 class ProxyServer:
     """Serve the sandbox's proxy connections from a listening socket; see the module docstring.
 
-    `log(record)` gets one `net` record per connection that sent anything (calls are serialized, but come
-    from proxy threads); `ask(host, port, client_port)` is asked about destinations the policy does not list
-    (None: deny); it may block while a human decides, holding the connection open.
-    `resolver` has socket.getaddrinfo's signature (a seam for tests); it is called once per connection.
+    `log(record)` gets one `net` record per destination a connection reached or was refused (calls are
+    serialized, but come from proxy threads); `ask(host, port, client_port)` is asked about destinations the
+    policy does not list (None: deny); it may block while a human decides, holding the connection open.
+    `inspection` (network/inspection.py) names the hosts read request by request, their rules and the phantom
+    secrets; `log_http(record)` gets one `http` record per request to such a host (None: they go to `log`,
+    marked `"event": "http"`), and `ask_request(method, host, port, path, client_port)` is asked about
+    requests their rules do not list (None: deny).
+    `resolver` has socket.getaddrinfo's signature (a seam for tests); it is called once per dial.
     """
 
     def __init__(
@@ -81,6 +88,9 @@ class ProxyServer:
         log: Callable[[dict[str, Any]], None],
         ask: Callable[[str, int, int | None], bool] | None = None,
         *,
+        inspection: Inspection | None = None,
+        log_http: Callable[[dict[str, Any]], None] | None = None,
+        ask_request: Callable[[str, str, int, str, int | None], bool] | None = None,
         max_connections: int = MAX_CONNECTIONS,
         head_timeout: float = HEAD_TIMEOUT_S,
         connect_timeout: float = CONNECT_TIMEOUT_S,
@@ -90,6 +100,9 @@ class ProxyServer:
         self.policy = policy
         self.log = log
         self.ask = ask
+        self.inspection = inspection if inspection else None
+        self.log_http = log_http
+        self.ask_request = ask_request
         self.max_connections = max_connections
         self.head_timeout = head_timeout
         self.connect_timeout = connect_timeout
@@ -297,6 +310,20 @@ class ProxyServer:
         with self._log_lock:
             try:
                 self.log(record)
+            except Exception:
+                self.log_failures += 1
+                if self.log_failures == 1:
+                    self._report("sandboxctl: the network proxy could not write a log record")
+
+    def _emit_http(self, record: dict[str, Any]) -> None:
+        if self.log_http is None:
+            self._emit({"event": "http", **record})
+            return
+        if self._stopped:
+            return
+        with self._log_lock:
+            try:
+                self.log_http(record)
             except Exception:
                 self.log_failures += 1
                 if self.log_failures == 1:

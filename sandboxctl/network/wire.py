@@ -21,10 +21,6 @@ _TARGET_BAD = re.compile(rb"[^\x21-\x7e]")
 _PORT = re.compile(r"[0-9]{1,5}")
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _CONTROL_TEXT = re.compile(r"[\x00-\x1f\x7f]")
-_HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-connection", "proxy-authorization", "proxy-authenticate", "te", "upgrade"}
-)
-_FRAMING = frozenset({"content-length", "transfer-encoding", "host"})
 _REASONS = {
     400: "Bad Request",
     403: "Forbidden",
@@ -89,30 +85,6 @@ class ProxyRequest:
     @property
     def protocol(self) -> str:
         return "connect" if self.method == "CONNECT" else "http"
-
-    def upstream_head(self) -> bytes:
-        """The head to send upstream: origin form, Host from the URI, hop-by-hop headers removed."""
-        tokens = {
-            token.strip().lower()
-            for name, value in self.headers
-            if name.lower() in ("connection", "proxy-connection")
-            for token in value.split(",")
-        }
-        upgrade = "upgrade" in tokens and any(name.lower() == "upgrade" for name, _ in self.headers)
-        strip = (_HOP_BY_HOP | tokens) - _FRAMING
-        host = addresses.format_destination(self.host, None if self.port == 80 else self.port)
-        lines = [f"{self.method} {self.target} {self.version}", f"Host: {host}"]
-        for name, value in self.headers:
-            lowered = name.lower()
-            if lowered == "host" or lowered in strip:
-                continue
-            lines.append(f"{name}: {value}")
-        if upgrade:
-            lines += [f"{name}: {value}" for name, value in self.headers if name.lower() == "upgrade"]
-            lines.append("Connection: upgrade")
-        else:
-            lines.append("Connection: close")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 class _BadRequest(Exception):
@@ -221,23 +193,38 @@ def _parse(head: bytes) -> ProxyRequest:
     if method == "CONNECT":
         host, port = _split_authority(target, None)
         return ProxyRequest(method, host, port, target, version_text, tuple(headers))
+    host, port, path = _absolute(target, "http", 80)
+    _check_framing(headers)
+    return ProxyRequest(method, host, port, path, version_text, tuple(headers))
+
+
+def _absolute(target: str, scheme_wanted: str, default_port: int) -> tuple[str, int, str]:
+    """'http://host[:port]/path?query' -> (normalized host, port, origin-form target)."""
     scheme, sep, rest = target.partition("://")
     if not sep:
         if target.startswith("/") or target == "*":
             raise _BadRequest("this is a proxy, so the request needs an absolute URI")
         raise _BadRequest("malformed request target")
     scheme = scheme.lower()
-    if scheme == "https":
-        raise _BadRequest("https:// URLs go through CONNECT (set HTTPS_PROXY)")
-    if scheme != "http":
-        raise _BadRequest("only http:// URLs are forwarded; use CONNECT for other protocols")
+    if scheme != scheme_wanted:
+        if scheme == "https":
+            raise _BadRequest("https:// URLs go through CONNECT (set HTTPS_PROXY)")
+        raise _BadRequest(f"only {scheme_wanted}:// URLs are forwarded; use CONNECT for other protocols")
     cut = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
     authority, path = rest[:cut], rest[cut:].split("#", 1)[0]
     if not path.startswith("/"):
         path = "/" + path
-    host, port = _split_authority(authority, 80)
-    _check_framing(headers)
-    return ProxyRequest(method, host, port, path, version_text, tuple(headers))
+    host, port = _split_authority(authority, default_port)
+    return host, port, path
+
+
+def parse_absolute_target(target: str, default_port: int = 80) -> tuple[str, int, str] | str:
+    """An absolute-form request target (http://, or https:// when default_port is 443) as
+    (host, port, origin-form target), or the reason it is refused."""
+    try:
+        return _absolute(target, "https" if default_port == 443 else "http", default_port)
+    except _BadRequest as exc:
+        return exc.detail
 
 
 def parse_request_head(head: bytes) -> ProxyRequest | HttpError:

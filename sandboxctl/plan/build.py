@@ -9,6 +9,7 @@ import re
 
 from sandboxctl import paths, units
 from sandboxctl.errors import SandboxError
+from sandboxctl.plan import network as netwalls
 from sandboxctl.plan import syscalls
 from sandboxctl.plan.create import creations_for, overlay_kind
 from sandboxctl.plan.inputs import HostFacts, Invocation
@@ -18,6 +19,7 @@ from sandboxctl.plan.model import (
     LimitsPlan,
     Mount,
     NetworkPlan,
+    OverlayPlan,
     Plan,
     SeccompPlan,
     SecretPlan,
@@ -30,6 +32,16 @@ SESSION_SERVER = f"{SHIM_DIR}/session_server.py"  # a session's in-sandbox serve
 GVISOR_INIT = f"{SHIM_DIR}/init.py"  # the gvisor backend's in-sandbox launcher
 SECRETS_DIR = "/run/secrets"
 PROXY_PORT = 3128
+LOOPBACK_NAMES = "localhost,127.0.0.1,::1"
+TLS_DIR = f"{SHIM_DIR}/tls"  # the run's CA and the combined bundle, made at launch (network/certs.py)
+TLS_BUNDLE = f"{TLS_DIR}/ca-bundle.pem"  # the run's CA followed by the system's
+TLS_CA = f"{TLS_DIR}/run-ca.pem"  # the run's CA alone
+# The system bundles the combined one replaces inside (where the host has them).
+SYSTEM_CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem")
+# What common tools read to find their CA bundle (Python ssl, requests, curl, git, pip, AWS, cargo, Deno);
+# Node adds NODE_EXTRA_CA_CERTS to its own store.
+CA_BUNDLE_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO", "PIP_CERT",
+                       "AWS_CA_BUNDLE", "CARGO_HTTP_CAINFO", "DENO_CERT")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # Looks like a credential: never passed by a glob, only when named exactly.
@@ -39,6 +51,7 @@ CREDENTIAL_LIKE = re.compile(
 )
 
 _STRENGTH = {"ro": 0, "tmpfs": 1, "rw": 2}
+LAYERS_DIR = "workspaces"  # state/workspaces/RUN: an overlay run's layer (workspace/layer.py)
 
 
 def _within(path: str, root: str) -> bool:
@@ -57,9 +70,11 @@ class _Planner:
         self.notes: list[str] = []
         self.warnings: list[str] = []
         self.confirmations: list[str] = []
-        self.workspace = inv.workspace if policy.workspace != "none" else None
+        self.workspace_mode = inv.workspace_mode or policy.workspace
+        self.workspace = inv.workspace if self.workspace_mode != "none" else None
         self.backend = inv.backend or policy.backend
         self.gvisor = self.backend == "gvisor"
+        self.unix_paths: list[str] = []  # network.unix, expanded and present (set with the mounts)
 
     def expand(self, path: str) -> str:
         return paths.expand(path, workspace=self.inv.workspace, home=self.facts.home,
@@ -73,8 +88,13 @@ class _Planner:
         wanted += [(p, "ro", "filesystem.read", False) for p in fs.read]
         wanted += [(p, "rw", "filesystem.write", False) for p in fs.write]
         wanted += [(p, "tmpfs", "filesystem.tmpfs", False) for p in fs.tmpfs]
-        if self.policy.workspace in ("rw", "ro"):
-            wanted.append((self.inv.workspace, self.policy.workspace, "workspace", False))
+        if self.workspace_mode in ("rw", "ro"):
+            wanted.append((self.inv.workspace, self.workspace_mode, "workspace", False))
+        elif self.workspace_mode == "overlay":
+            # a writable grant like rw (the same protections, mediated in the sandbox's own view),
+            # whose writes land in the overlay mounted over this path (workspace/mount.py)
+            wanted.append((self.inv.workspace, "rw", "workspace (overlay: writes held until `sandboxctl apply`)",
+                           False))
         wanted += [(p, "ro", "--allow-read", True) for p in self.inv.allow_read]
         wanted += [(p, "rw", "--allow-write", True) for p in self.inv.allow_write]
         denied = self.denied_paths
@@ -133,15 +153,18 @@ class _Planner:
         return sorted(set(found))
 
     def tree(self, root: str):
-        """The index of a writable root (the workspace: its whole tree; others: their top), with
-        the names the deny list masks at any depth; one walk per root and plan."""
+        """The index of a writable root (its whole tree: repositories anywhere in a writable home
+        keep their protections too), with the names the deny list masks at any depth (for the
+        workspace); one walk per root and plan, cached by directory ctime across runs."""
         cache = self.__dict__.setdefault("_trees", {})
         if root not in cache:
-            deep = root == self.workspace
             patterns = tuple(sorted({self.expand(raw).partition("/**/")[2] for raw in self.policy.filesystem.deny
-                                     if "/**/" in raw})) if deep else ()
-            workspace_root = self.workspace if deep else root
-            cache[root] = self.facts.tree(workspace_root, patterns, deep)
+                                     if "/**/" in raw})) if root == self.workspace else ()
+            index = self.facts.tree(root, patterns, True)
+            if not index.complete:
+                raise SandboxError(f"{root} holds more than {index.directories} directories: too many to find its "
+                                   "repositories and masked files", "narrow the workspace or the writable grant")
+            cache[root] = index
         return cache[root]
 
     def build_mounts(self) -> list[Mount]:
@@ -172,17 +195,47 @@ class _Planner:
 
         protected, self.protect = ProtectionPlanner(self).build(visible)
         mounts += self.masks(visible) + protected
+        mounts += self.unix_socket_mounts(mounts)
         mounts += self.runtime_mounts(visible)
         file_secrets = [s for s in self.policy.secrets if s.deliver_as == "file"]
         if file_secrets:
             mounts.append(Mount("tmpfs", SECRETS_DIR, reason="secrets: private, gone with the sandbox"))
             mounts += [Mount("secret-file", f"{SECRETS_DIR}/{s.name}", f"secret:{s.name}",
                              f"secrets.{s.name} (mode 0400)") for s in file_secrets]
+        mounts += self.tls_mounts(visible)
         if self.protect.mediated:
             self.protect = _anchor(self.protect, mounts)
         order = {"proc": 0, "dev": 0, "tmpfs": 1, "ro": 1, "rw": 1, "symlink": 1,
-                 "mask-dir": 2, "mask-file": 2, "secret-file": 3}
+                 "mask-dir": 2, "mask-file": 2, "secret-file": 3, "data-file": 3}
         return sorted(mounts, key=lambda m: (_depth(m.target), order.get(m.kind, 1)))
+
+    @property
+    def inspecting(self) -> bool:
+        return self.network_mode() == "proxy" and (bool(self.policy.network.inspect) or bool(self.proxy_secrets))
+
+    @property
+    def proxy_secrets(self) -> list:
+        return [s for s in self.policy.secrets if s.deliver_as == "proxy"]
+
+    def tls_mounts(self, visible: dict[str, str]) -> list[Mount]:
+        """The run's CA for the sandbox to trust: its own files, and the combined bundle over each system
+        bundle the sandbox can see (a symlink's target instead of the link: a mount follows it)."""
+        if not self.inspecting:
+            return []
+        reason = "the run's CA (network.inspect): made at launch, its key stays in the supervisor"
+        result = [Mount("data-file", TLS_CA, "tls:ca", reason),
+                  Mount("data-file", TLS_BUNDLE, "tls:bundle", reason + "; followed by the system's CAs")]
+        done: set[str] = set()
+        for path in SYSTEM_CA_BUNDLES:
+            target = self.facts.realpath(path) if self.facts.kind(path) == "symlink" else path
+            if target in done or self.facts.kind(target) != "file" or not self.covering(target, visible):
+                continue
+            if any(_within(target, d) for d in self.denied_paths):
+                continue
+            done.add(target)
+            result.append(Mount("data-file", target, "tls:bundle",
+                                "the system CA bundle with the run's CA added (network.inspect)"))
+        return result
 
     def covering(self, path: str, grants: dict, strict: bool = False) -> str | None:
         holders = [t for t in grants if _within(path, t) and not (strict and t == path)]
@@ -209,6 +262,12 @@ class _Planner:
             if holder and (self.facts.kind(path) == "dir" or visible[holder] == "rw"):
                 result.append(Mount("mask-dir", path, reason=why))
         return result
+
+    def unix_socket_mounts(self, mounts: list[Mount]) -> list[Mount]:
+        listed = [self.expand(raw) for raw in self.policy.network.unix]
+        added, self.unix_paths, notes = netwalls.unix_sockets(listed, self.denied_paths, mounts, self.facts)
+        self.notes.extend(notes)
+        return added
 
     def policy_files(self) -> list[str]:
         return [c for c in self.policy.chain if not c.startswith("builtin:")]
@@ -255,25 +314,33 @@ class _Planner:
                 rules.append(LandlockPathRule("/dev", ("read", "write_file", "ioctl_dev")))
             elif mount.target == SECRETS_DIR:
                 rules.append(LandlockPathRule(SECRETS_DIR, ("read",)))
+            elif mount.kind == "data-file":
+                rules.append(LandlockPathRule(mount.target, ("read",)))
         if not exec_anywhere:
             allowed = [self.expand(p) for p in self.policy.exec_allow or ()]
             for path in allowed + list(self.facts.elf_loaders):
                 if self.facts.kind(path) != "missing":
                     rules.append(LandlockPathRule(path, ("read", "execute")))
+        # listed UNIX sockets: RESOLVE_UNIX where the kernel has it (ABI 9); below, the supervisor
+        # answers every connect (network/sockets.py) and this rule is simply not applied
+        rules += [LandlockPathRule(path, ("unix",)) for path in self.unix_paths]
         mode = self.network_mode()
-        restrict_tcp = mode != "host"
+        tcp = netwalls.tcp_rules(mode, self.policy.network.listen, PROXY_PORT)
+        self.notes.extend(tcp.notes)
         # What `landlock: required` insists on: the file-system rules (ABI 1). TCP rules (ABI 4)
         # and scopes (ABI 6) back up walls the namespaces already build, so they are applied
         # when the kernel has them and reported as such — except under network: host, where the
-        # abstract-socket scope is the only wall between the sandbox and the host's sockets.
+        # abstract-socket scope is the only wall between the sandbox and the host's sockets, and
+        # the bind rule the only one between a server inside and the host's interfaces.
         minimum = 6 if mode == "host" else 1
         return LandlockPlan(
             required=self.policy.landlock == "required",
             minimum_abi=minimum,
             paths=tuple(rules),
-            restrict_tcp=restrict_tcp,
-            connect_tcp_ports=(PROXY_PORT,) if mode == "proxy" else (),
-            bind_tcp_ports=(),
+            restrict_tcp_bind=tcp.restrict_bind,
+            restrict_tcp_connect=tcp.restrict_connect,
+            connect_tcp_ports=tcp.connect_ports,
+            bind_tcp_ports=tcp.bind_ports,
             scopes=("signal", "abstract_unix_socket"),
         )
 
@@ -290,8 +357,41 @@ class _Planner:
                                    "to run under gVisor without the exec.allow limit")
             self.warnings.append("exec.allow is not enforced under gVisor (it needs Landlock); "
                                  "running without it (`landlock: best-effort`)")
-        return LandlockPlan(required=False, minimum_abi=0, paths=(), restrict_tcp=False,
-                            connect_tcp_ports=(), bind_tcp_ports=(), scopes=())
+        if self.policy.network.listen is not True:
+            # gVisor's network stack is private (no route out) but nothing limits its ports
+            if self.policy.landlock == "required":
+                raise SandboxError("network.listen limits cannot be enforced under gVisor: they need Landlock's TCP "
+                                   "rules, which gVisor does not implement",
+                                   "use the bubblewrap backend, drop network.listen, or set `landlock: best-effort`")
+            self.warnings.append("network.listen is not enforced under gVisor (it needs Landlock): any port of the "
+                                 "sandbox's own loopback may be bound")
+        if self.unix_paths:
+            raise SandboxError("network.unix cannot be enforced under gVisor: runsc opens either every host socket "
+                               "a granted path shows, or none",
+                               "use the bubblewrap backend (--backend bwrap) to reach listed sockets")
+        return LandlockPlan(required=False, minimum_abi=0, paths=(), restrict_tcp_bind=False,
+                            restrict_tcp_connect=False, connect_tcp_ports=(), bind_tcp_ports=(), scopes=())
+
+    # ---------------------------------------------------------------- overlay
+    def overlay(self) -> OverlayPlan | None:
+        """Where an overlay run's layer lives: its own directory in the state dir, which every
+        sandbox has masked (so the layer changes only through the overlay)."""
+        if self.workspace_mode != "overlay" or not self.workspace:
+            return None
+        if self.gvisor:
+            raise SandboxError("workspace: overlay is not available under gVisor: gVisor's own overlay (runsc "
+                               "--overlay2) keeps a run's writes in a file store of its own, which `sandboxctl "
+                               "changes` and `apply` cannot read",
+                               "use the bubblewrap backend (--backend bwrap) for overlay workspaces")
+        if self.policy.workspace == "none":
+            self.confirmations.append("--overlay shows the workspace, which the policy keeps out (workspace: none)")
+        state = self.facts.realpath(self.facts.state_dir)
+        if _within(state, self.workspace) or _within(self.workspace, state):
+            raise SandboxError(f"the workspace {self.workspace} and sandboxctl's state dir {state} overlap: an "
+                               "overlay's layer cannot lie inside the directory it covers",
+                               "run from a project directory, or set XDG_STATE_HOME outside the workspace")
+        layer = os.path.join(state, LAYERS_DIR, self.inv.run_id)
+        return OverlayPlan(lower=self.workspace, layer_dir=layer, upper=f"{layer}/upper", work=f"{layer}/work")
 
     # ---------------------------------------------------------------- the rest
     def network_mode(self) -> str:
@@ -312,11 +412,36 @@ class _Planner:
         extra = tuple(str(units.parse_host_pattern(h)) for h in self.inv.allow_net)
         if extra:
             self.confirmations.append(f"--allow-net {', '.join(extra)} widens the network allowlist")
+        net = self.policy.network
+        for secret in self.proxy_secrets:
+            if mode != "proxy":
+                raise SandboxError(f"secrets.{secret.name}: as: proxy needs network mode proxy (the proxy puts the "
+                                   f"value into requests), and this run's network is {mode}",
+                                   "use network.mode: proxy (or --net proxy), or deliver the secret as: file")
+        if net.inspect and mode == "host":
+            self.notes.append("network.inspect has no effect under network: host (no proxy reads the traffic)")
+        upstream_ca = tuple(self.expand(p) for p in net.upstream_ca)
+        for path in upstream_ca if self.inspecting else ():
+            if self.facts.kind(path) not in ("file", "symlink"):
+                raise SandboxError(f"network.upstream_ca: {path} is not a file",
+                                   "name a PEM file of CA certificates the proxy should trust upstream")
+        allow = tuple(str(h) for h in net.allow) + extra
+        if self.inspecting:
+            patterns = [units.parse_host_pattern(h) for h in allow]
+            wanted = [host for host, _ in net.inspect] + [h for s in self.proxy_secrets for h in s.hosts]
+            for host in dict.fromkeys(wanted):
+                if not _listed(units.parse_host_pattern(host), patterns):
+                    self.notes.append(f"{host} is inspected but not in network.allow: connecting to it needs an "
+                                      "approval")
         return NetworkPlan(
             mode=mode,
-            allow=tuple(str(h) for h in self.policy.network.allow) + extra,
-            deny=tuple(str(h) for h in self.policy.network.deny),
-            allow_private=self.policy.network.allow_private,
+            allow=allow,
+            deny=tuple(str(h) for h in net.deny),
+            allow_private=net.allow_private,
+            inspect=net.inspect if mode == "proxy" else (),
+            upstream_ca=upstream_ca if self.inspecting else (),
+            listen=net.listen,
+            unix=tuple(self.unix_paths),
         )
 
     def environment(self) -> tuple[tuple[str, str], ...]:
@@ -352,13 +477,28 @@ class _Planner:
         for secret in self.policy.secrets:
             if secret.deliver_as == "file":
                 env[f"{secret.name}_FILE"] = f"{SECRETS_DIR}/{secret.name}"
-            env.pop(secret.name, None)  # the value arrives at launch, never through the plan
+            elif secret.deliver_as == "proxy":
+                self.notes.append(f"secrets.{secret.name}: ${secret.name} holds a per-run placeholder; the proxy "
+                                  f"puts the real value into requests to {', '.join(secret.hosts)} only")
+            env.pop(secret.name, None)  # the value (or placeholder) arrives at launch, never through the plan
+        if self.inspecting:
+            env.update({name: TLS_BUNDLE for name in CA_BUNDLE_VARIABLES})
+            env["NODE_EXTRA_CA_CERTS"] = TLS_CA
         if self.network_mode() == "proxy":
             proxy = f"http://127.0.0.1:{PROXY_PORT}"
             for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
                 env[name] = proxy
             env["ALL_PROXY"] = env["all_proxy"] = f"socks5h://127.0.0.1:{PROXY_PORT}"
-            env["NO_PROXY"] = env["no_proxy"] = ""
+            # the loopback inside is the sandbox's own (servers of a test suite: network.listen), and
+            # the proxy would refuse it anyway (loopback is private on the host) — unless the policy
+            # names the host's loopback: then 127.0.0.1 goes to the proxy, which may reach it
+            allowed = [h.host for h in self.policy.network.allow] + [h.partition(":")[0] for h in self.inv.allow_net]
+            host_loopback = netwalls.names_host_loopback(allowed)
+            if host_loopback:
+                self.notes.append("network.allow names the host's loopback: HTTP clients send 127.0.0.1 and localhost "
+                                  "to the proxy (NO_PROXY is empty), so servers inside the sandbox are reached only "
+                                  "by programs that ignore the proxy variables")
+            env["NO_PROXY"] = env["no_proxy"] = "" if host_loopback else LOOPBACK_NAMES
         env["SANDBOXCTL"] = "1"
         env["SANDBOXCTL_RUN"] = self.inv.run_id
         return tuple(sorted(env.items()))
@@ -408,6 +548,9 @@ class _Planner:
         if self.facts.runtime_dir:
             guarded.append((self.facts.runtime_dir, "sandboxctl's approval sockets"))
         guarded += [(p, "sandboxctl runtime dir: gvisor bundles and file secrets") for p in self.facts.runtime_dirs]
+        if self.workspace_mode == "overlay" and self.workspace:
+            # an approved open is made on the host, beneath the overlay: never in an overlay workspace
+            guarded.append((self.workspace, "an overlay workspace: its writes are held in the run's layer"))
         return tuple(dict.fromkeys(guarded))
 
     def approval_mode(self) -> str:
@@ -438,7 +581,8 @@ class _Planner:
             trapped_opens = "write"
         return SeccompPlan("allow", "kill_process", tuple(rules), trap_denials=True,
                            notify_exec=self.policy.log.exec_events, file_events=trapped_opens, mediate=mediate,
-                           exec_guard=self.policy.exec_allow is not None)
+                           exec_guard=self.policy.exec_allow is not None,
+                           net_rules=netwalls.trap_rules(self.network_mode()))
 
     def noexec_mounts(self, mounts: list[Mount]) -> tuple[str, ...]:
         """Under exec.allow, every writable mount (and /dev) that holds no allowed path becomes
@@ -505,6 +649,7 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
         # the log's directory is hidden inside the sandbox: it would hide the whole workspace
         raise SandboxError(f"the action log's directory {log_dir} holds the workspace, and is hidden in the sandbox",
                            "put the log in a directory of its own, e.g. --log ~/.local/state/sandboxctl/actions.jsonl")
+    overlay = planner.overlay()
     mounts = planner.build_mounts()
     network = planner.network()
     landlock = planner.landlock(mounts)
@@ -525,7 +670,7 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
         landlock=landlock,
         seccomp=seccomp,
         env=env,
-        secrets=tuple(SecretPlan(s.name, s.source, s.deliver_as, s.ttl) for s in policy.secrets),
+        secrets=tuple(SecretPlan(s.name, s.source, s.deliver_as, s.ttl, s.hosts) for s in policy.secrets),
         network=network,
         limits=planner.limits(),
         approval_mode=planner.approval_mode(),
@@ -543,9 +688,16 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
         backend=planner.backend,
         creations=creations,
         fail_on_denial=invocation.fail_on_denial or policy.ci.fail_on_denial,
+        overlay=overlay,
         protect=planner.protect,
         exec_loaders=tuple(facts.elf_loaders) if policy.exec_allow is not None else (),
         noexec_mounts=planner.noexec_mounts(mounts),
         session=invocation.session,
     )
 
+
+def _listed(pattern: units.HostPattern, allow: list[units.HostPattern]) -> bool:
+    """Does some allow entry cover every destination pattern covers (roughly: for a note only)?"""
+    host = pattern.host[2:] if pattern.wildcard else pattern.host
+    port = pattern.port or 443
+    return any(rule.matches(host if not pattern.wildcard else "x." + host, port) for rule in allow)

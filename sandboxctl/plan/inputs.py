@@ -31,6 +31,7 @@ class Invocation(NamedTuple):
     backend: str | None = None  # --backend: overrides the policy's
     fail_on_denial: bool = False  # --fail-on-denial (or the policy's ci.fail_on_denial)
     session: str | None = None  # a session's name: no command of its own; a server starts each one
+    workspace_mode: str | None = None  # --overlay: overrides the policy's `workspace`
 
 
 class HostFacts(NamedTuple):

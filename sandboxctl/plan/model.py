@@ -13,7 +13,8 @@ class Mount(NamedTuple):
     """One mount-tree directive, applied in order (parents before children).
 
     kind: ro | rw | tmpfs | mask-dir (empty read-only tmpfs) | mask-file (empty read-only file)
-          | symlink (source is the link text) | proc | dev
+          | symlink (source is the link text) | proc | dev | secret-file (source secret:NAME)
+          | data-file (a read-only file made at launch; source names it, e.g. tls:bundle)
     """
 
     kind: str
@@ -33,7 +34,8 @@ class LandlockPlan(NamedTuple):
     required: bool
     minimum_abi: int
     paths: tuple[LandlockPathRule, ...]
-    restrict_tcp: bool  # handle TCP bind/connect (all but network: host)
+    restrict_tcp_bind: bool  # handle TCP bind (ABI 4): only bind_tcp_ports may be bound
+    restrict_tcp_connect: bool  # handle TCP connect (ABI 4): only connect_tcp_ports may be dialled
     connect_tcp_ports: tuple[int, ...]
     bind_tcp_ports: tuple[int, ...]
     scopes: tuple[str, ...]  # signal, abstract_unix_socket
@@ -73,6 +75,9 @@ class SeccompPlan(NamedTuple):
     file_events: str = "none"  # none | write (write-intent opens) | all (every open)
     mediate: bool = False  # trap every file-changing call for the mediator (writable host grants)
     exec_guard: bool = False  # exec.allow: memory files are made non-executable by the supervisor
+    # connect/sendto/socket calls the supervisor answers (network/sockets.py): UNIX sockets only
+    # when listed, direct connections denied and logged (plan/network.py says why each is there)
+    net_rules: tuple[SeccompRule, ...] = ()
 
     def rule_for(self, syscall: str, args: list[int]) -> SeccompRule | None:
         """The trapped rule a notification for this call and these arguments came from."""
@@ -102,6 +107,8 @@ class ProtectPlan(NamedTuple):
     absent: tuple[str, ...] = ()  # protected names absent at launch: the end-of-run check says if they appeared
     mediated: bool = False  # Landlock + the supervisor enforce it (bwrap); False: binds + the check only (gvisor)
     repositories: tuple[str, ...] = ()  # `.git` entries and bare repositories found at launch
+    homes: tuple[str, ...] = ()  # writable roots that are the user's home (its start-up names too)
+    json_keys: tuple[tuple[str, str], ...] = ()  # (file, key path): put back at the end (protect_json)
     ephemeral: tuple[str, ...] = ()  # writable sandbox mounts above a root (tmpfs HOME, /tmp): mediated too
     anchors: tuple[str, ...] = ()  # directories mounts hang from, in mediated areas: never moved or removed
 
@@ -111,6 +118,11 @@ class NetworkPlan(NamedTuple):
     allow: tuple[str, ...]
     deny: tuple[str, ...]
     allow_private: bool
+    listen: bool | tuple[int, ...] = True  # network.listen as the policy says it (landlock has the ports)
+    unix: tuple[str, ...] = ()  # listed UNIX socket paths (or directories), as the sandbox sees them
+    # hosts read request by request: (host pattern, request rules or None for every request)
+    inspect: tuple[tuple[str, tuple[str, ...] | None], ...] = ()
+    upstream_ca: tuple[str, ...] = ()  # extra CA files the proxy trusts upstream (host paths)
 
 
 class LimitsPlan(NamedTuple):
@@ -126,8 +138,22 @@ class LimitsPlan(NamedTuple):
 class SecretPlan(NamedTuple):
     name: str
     source: str  # env:NAME / file:PATH / command:... (a reference, never the value)
-    deliver_as: str
+    deliver_as: str  # file | env | proxy
     ttl: float | None
+    hosts: tuple[str, ...] = ()  # proxy: the hosts whose requests get the value (the sandbox: a placeholder)
+
+
+class OverlayPlan(NamedTuple):
+    """`workspace: overlay`: the workspace (the lower layer, never written) seen through overlayfs,
+    whose upper layer (every write, deletion and rename of the run) lives in the user's state dir.
+    The supervisor mounts it over the workspace's own path in a private mount namespace made for
+    bubblewrap (workspace/mount.py), so the plan's `rw` bind of the workspace — and every change
+    the mediator performs in the sandbox's view — lands in the overlay."""
+
+    lower: str  # the workspace on the host
+    layer_dir: str  # state/workspaces/RUN: the run's own directory (meta, manifest, backups)
+    upper: str
+    work: str  # overlayfs' scratch dir, on the upper's file system
 
 
 class Creation(NamedTuple):
@@ -176,6 +202,7 @@ class Plan(NamedTuple):
     exec_loaders: tuple[str, ...] = ()  # the ELF loaders exec.allow keeps executable (never run as a command)
     noexec_mounts: tuple[str, ...] = ()  # exec.allow: writable mounts remounted noexec before the command runs
     session: str | None = None  # a session (supervise/session.py): commands come later, one by one
+    overlay: OverlayPlan | None = None  # workspace: overlay
 
     def protection(self):
         """The rules for changes beneath the writable roots (the mediator asks them)."""
@@ -188,6 +215,12 @@ class Plan(NamedTuple):
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(self)
+
+    @property
+    def inspecting(self) -> bool:
+        """The proxy terminates TLS for some hosts (network.inspect, or the hosts of a proxy secret)."""
+        return self.network.mode == "proxy" and (bool(self.network.inspect)
+                                                 or any(s.deliver_as == "proxy" for s in self.secrets))
 
     def judge_write(self, path: str) -> tuple[bool, str]:
         """Is this path (as the sandbox sees it) in the writable set? The deepest mount holding it
@@ -265,7 +298,8 @@ def _protection(protect: ProtectPlan, roots: tuple[str, ...]):
         return known[1]
     from sandboxctl.protect.rules import Protection
 
-    value = Protection(roots, protect.gitdirs, dict(protect.explicit), protect.masked, protect.anchors)
+    value = Protection(roots, protect.gitdirs, dict(protect.explicit), protect.masked, protect.anchors,
+                       protect.homes)
     _protections[key] = (protect, value)
     return value
 

@@ -56,7 +56,8 @@ class ProtectionPlanner:
                         record.append(repository)  # a gitdir: pointer is a protected file of its own
                 else:
                     explicit.setdefault(repository, "protected: a bare repository (its hooks run on push)")
-            for name in names.ROOT_NAMES:
+            is_home = root == facts.home
+            for name in (*names.ROOT_NAMES, *(names.HOME_NAMES if is_home else ())):
                 path = f"{root}/{name}"
                 kind = facts.kind(path)
                 if kind == "missing":
@@ -68,7 +69,8 @@ class ProtectionPlanner:
                 if kind == "symlink":
                     target = facts.realpath(path)
                     if target != path and self.under_roots(target, roots):
-                        explicit.setdefault(target, f"protected: what {name} points to ({names.ROOT_NAMES[name]})")
+                        why = names.ROOT_NAMES.get(name) or names.HOME_NAMES.get(name, "")
+                        explicit.setdefault(target, f"protected: what {name} points to ({why})")
         for gitdir in sorted(set(gitdirs)):
             # absent ones are recorded too, so the end-of-run check removes a planted commondir
             # (under gVisor nothing else holds them); not the locks, modules/ and worktrees/,
@@ -93,15 +95,20 @@ class ProtectionPlanner:
                 explicit.setdefault(match, "filesystem.protect")
         for path in self.facts.protected_code:
             explicit.setdefault(path, "sandboxctl's own code and policies")
-        owned = [self.facts.state_dir, os.path.dirname(self.p.log_path()), *self.facts.runtime_dirs]
-        for path in [*owned, *([self.facts.runtime_dir] if self.facts.runtime_dir else [])]:
+        owned = [self.facts.state_dir, os.path.dirname(self.p.log_path()), *self.facts.runtime_dirs,
+                 *([self.facts.runtime_dir] if self.facts.runtime_dir else [])]
+        for path in owned:
             explicit.setdefault(path, "sandboxctl's state, log and sockets: never changed from inside")
         for path in self.p.policy_files():
             explicit.setdefault(self.p.expand(path), "the policy in use")
         explicit = self._release_granted(explicit, roots)
-        record += [p for p in explicit if facts.kind(p) != "missing" and self.under_roots(p, roots)]
+        # sandboxctl's own dirs are masked inside, and the supervisor itself writes them during the
+        # run (the log, the protect journal): never recorded, or the end-of-run check would undo it
+        record += [p for p in explicit if facts.kind(p) != "missing" and self.under_roots(p, roots)
+                   and not any(within(p, mine) for mine in owned)]
         masked = [d for d in self.p.denied_paths if self.under_roots(d, roots)]
-        rules = Protection(roots, gitdirs, explicit, masked)
+        homes = [r for r in roots if r == facts.home]
+        rules = Protection(roots, gitdirs, explicit, masked, homes=homes)
         record = sorted({p for p in record if rules.reason(p)})  # what a grant released is the command's
         mediated = not self.p.gvisor
         binds = self._binds(record, roots)
@@ -110,13 +117,21 @@ class ProtectionPlanner:
             roots=tuple(sorted(roots)), guard_roots=tuple(guard_roots), gitdirs=tuple(sorted(set(gitdirs))),
             explicit=tuple(sorted(explicit.items())), masked=tuple(masked), record=tuple(record),
             absent=tuple(sorted({a for a in absent if rules.reason(a)})), mediated=mediated and bool(roots),
-            repositories=tuple(sorted(set(repositories))))
+            repositories=tuple(sorted(set(repositories))), homes=tuple(homes), json_keys=self._json_keys())
         if not mediated and absent:
             self.p.warnings.append(
                 "gvisor backend: protected paths that do not exist yet (" + ", ".join(
                     sorted({os.path.basename(a) for a in absent})[:6]) + ", …) are not held during the run "
                 "(gVisor has no seccomp user notification); the end-of-run check removes any that appear")
         return mounts, plan
+
+    def _json_keys(self) -> tuple[tuple[str, str], ...]:
+        """filesystem.protect_json entries, expanded: (file, key path)."""
+        out = []
+        for raw in self.p.policy.filesystem.protect_json:
+            path, _, keys = raw.partition("#")
+            out.append((self.p.expand(path), keys))
+        return tuple(dict.fromkeys(out))
 
     def _git_refs(self, config: str, worktree: str | None, roots: list[str], explicit: dict[str, str],
                   worktrees: list[str]) -> None:
@@ -128,6 +143,10 @@ class ProtectionPlanner:
             bases = worktrees if raw_relative else [None]
             for base in bases:
                 target = os.path.normpath(os.path.join(base, hooks)) if base else hooks
+                if os.path.basename(target) == "_":
+                    # husky 9: core.hooksPath = .husky/_, whose stubs run .husky/<hook>, the files
+                    # the user writes: the whole .husky runs at the next commit
+                    target = os.path.dirname(target)
                 if self.under_roots(target, roots):
                     explicit.setdefault(target, f"protected: core.hooksPath of {config} (hooks run outside)")
         for target in includes:

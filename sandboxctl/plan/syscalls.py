@@ -116,7 +116,7 @@ def _personality_rules() -> list[SeccompRule]:
 # under writable host grants the supervisor performs them (supervise/mediate.py).
 MEDIATED_CALLS = ("mkdir", "mkdirat", "mknod", "mknodat", "unlink", "unlinkat", "rmdir", "rename", "renameat",
                   "renameat2", "link", "linkat", "symlink", "symlinkat", "truncate", "chmod", "fchmod",
-                  "fchmodat", "fchmodat2", "umask")
+                  "fchmodat", "fchmodat2", "umask", "bind")
 OPEN_CALLS = ("open", "openat", "openat2", "creat")
 
 # What each relaxing `syscalls.allow` entry takes out of the baseline, so related calls go together.

@@ -8,9 +8,11 @@ from sandboxctl import units
 from sandboxctl.policy.schema import (
     Boolean,
     Choice,
+    FlagOrList,
     Integer,
     ListOf,
     MapOf,
+    Nullable,
     OneOrMany,
     Record,
     SizeValue,
@@ -77,6 +79,25 @@ def check_secret_source(text: str) -> str:
     return text
 
 
+def check_request_rule(text: str) -> str:
+    from sandboxctl.network.rules import parse_rule  # pure: a regex per rule
+
+    parse_rule(text)
+    return text
+
+
+def check_secret(spec: dict) -> list[tuple[str, str | None]]:
+    """as: proxy and hosts go together, in the same file (one place says where a secret may go)."""
+    problems: list[tuple[str, str | None]] = []
+    if spec.get("as") == "proxy" and not spec.get("hosts"):
+        problems.append(("as: proxy needs hosts: the hosts whose requests get the real value",
+                         "e.g. hosts: [api.anthropic.com]"))
+    if "hosts" in spec and spec.get("as") != "proxy":
+        problems.append(("hosts is only for as: proxy (the value never enters the sandbox)",
+                         "add as: proxy, or remove hosts"))
+    return problems
+
+
 FORWARD_SCHEMES = ("syslog+udp", "syslog+tcp")
 
 
@@ -108,6 +129,20 @@ def split_host_port(text: str) -> tuple[str, int | None]:
     return host, int(port_text)
 
 
+_JSON_KEY = re.compile(r"(?:\*|[A-Za-z0-9_@.-]+)")
+
+
+def check_json_key(text: str) -> str:
+    """'~/.claude.json#mcpServers' or '~/.claude.json#projects.*.mcpServers'."""
+    path, sep, keys = text.partition("#")
+    if not sep or not keys:
+        raise ValueError(f"{text!r}: write it as PATH#KEY (e.g. ~/.claude.json#mcpServers)")
+    check_path(path)
+    if any(not part or not _JSON_KEY.fullmatch(part) or "." in part for part in keys.split(".")):
+        raise ValueError(f"{text!r}: KEY is names (or *) joined by dots")
+    return text
+
+
 def check_extends(text: str) -> str:
     if not text or "\0" in text or "\n" in text:
         raise ValueError(f"{text!r}: not a policy name or relative path")
@@ -119,6 +154,8 @@ def check_extends(text: str) -> str:
 _path = Text(parse=check_path, description="A path: absolute, ~/…, {home}/… or {workspace}/…")
 _path_glob = Text(parse=lambda t: check_path(t, allow_glob=True),
                   description="A path as above; * ? [ ] wildcards allowed")
+_unix_path = Text(parse=check_path, max_length=4000,
+                  description="A socket path (or a directory of sockets): absolute, ~/…, {home}/… or {workspace}/…")
 _duration = Text(parse=units.parse_duration, pattern=r"(?:\d+(?:ms|s|m|h|d))+",
                  description="A duration such as 90s, 30m, 2h")
 _host = Text(parse=units.parse_host_pattern,
@@ -133,7 +170,9 @@ POLICY_SCHEMA = Record(
         "description": Text(max_length=500, description="One sentence: what the policy grants."),
         "extends": OneOrMany(Text(parse=check_extends, max_length=1024),
                              description="Built-in policy names or paths relative to this file."),
-        "workspace": Choice(("rw", "ro", "none"), "How the --workspace directory is mounted."),
+        "workspace": Choice(("rw", "ro", "none", "overlay"),
+                            "How the --workspace directory is mounted; overlay: writes are held in a layer of "
+                            "their own until `sandboxctl apply`."),
         "backend": Choice(("bwrap", "gvisor"), "Isolation backend: bwrap, or gvisor (the same plan under runsc)."),
         "filesystem": Record(description="File-system grants.", fields={
             "read": ListOf(_path, description="Visible, read-only."),
@@ -141,6 +180,9 @@ POLICY_SCHEMA = Record(
             "tmpfs": ListOf(_path, description="Fresh empty writable directories, gone at exit."),
             "deny": ListOf(_path_glob, description="Hidden even under a granted parent."),
             "protect": ListOf(_path_glob, description="Read-only even under a writable parent."),
+            "protect_json": ListOf(Text(parse=check_json_key),
+                                   description="PATH#KEY.PATH: keys of a writable JSON file that are put back at "
+                                               "the end of the run (* matches any key at its level)."),
             "create": ListOf(Record(required=("path",), fields={
                 "path": _path,
                 "kind": Choice(("dir", "file"), "What to make (default dir)."),
@@ -158,16 +200,34 @@ POLICY_SCHEMA = Record(
             "allow": ListOf(_host),
             "deny": ListOf(_host, description="Wins over allow."),
             "allow_private": Boolean(description="Allow loopback, private and metadata addresses."),
+            "listen": FlagOrList(Integer(0, 65535), max_items=64, description=(
+                "Servers inside: true (any port on the sandbox's own loopback; none/proxy modes), false, or only "
+                "these TCP ports (0: a port the kernel picks). Under network: host only listed ports may bind.")),
+            "unix": ListOf(_unix_path, max_items=64, description=(
+                "Pathname UNIX sockets (or directories of them) the command may connect to; a read grant never "
+                "implies it.")),
+            "upstream_ca": ListOf(_path, max_items=32,
+                                  description="Extra CA files the proxy trusts when it dials out."),
+            "inspect": MapOf(
+                Nullable(Record(fields={
+                    "allow": ListOf(Text(parse=check_request_rule, max_length=8200), max_items=256,
+                                    description="METHOD PATH-GLOB ('*' any method; * within a segment, ** across)"),
+                }, description="Request rules; without allow, every request is allowed (and logged).")),
+                key_pattern=r"[A-Za-z0-9*.:\[\]_-]{1,260}", key_meaning="a host pattern",
+                key_parse=units.parse_host_pattern, max_items=128,
+                description="Hosts read request by request (HTTPS terminated with a per-run CA)."),
         }),
         "env": Record(description="Environment of the command.", fields={
             "pass": ListOf(Text(parse=check_env_pattern), description="Copied from the caller when set."),
             "set": MapOf(Text(max_length=32768), description="Set to these values."),
         }),
         "secrets": MapOf(
-            Record(required=("from",), fields={
+            Record(required=("from",), consistency=check_secret, fields={
                 "from": Text(parse=check_secret_source, max_length=4096,
                              description="env:NAME, file:PATH or command:CMD"),
-                "as": Choice(("file", "env"), "file: /run/secrets/NAME (0400); env: the variable."),
+                "as": Choice(("file", "env", "proxy"), "file: /run/secrets/NAME (0400); env: the variable; "
+                             "proxy: a placeholder inside, the real value put into requests to hosts by the proxy."),
+                "hosts": ListOf(_host, max_items=64, description="as: proxy: the hosts whose requests get the value."),
                 "ttl": _duration,
             }),
             description="Secrets injected for this run only; values never logged.",

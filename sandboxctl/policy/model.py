@@ -14,6 +14,7 @@ class Filesystem(NamedTuple):
     tmpfs: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
     protect: tuple[str, ...] = ()
+    protect_json: tuple[str, ...] = ()  # PATH#KEY.PATH: keys of a writable JSON file put back at the end
     create: tuple[dict, ...] = ()  # {path, kind, mode, content}: absent writable grants made before the run
 
 
@@ -22,6 +23,11 @@ class Network(NamedTuple):
     allow: tuple[HostPattern, ...] = ()
     deny: tuple[HostPattern, ...] = ()
     allow_private: bool = False
+    listen: bool | tuple[int, ...] = True  # servers inside: any port (none/proxy), none, or these ports
+    unix: tuple[str, ...] = ()  # pathname UNIX sockets (or directories of them) the command may connect to
+    upstream_ca: tuple[str, ...] = ()
+    # host pattern -> request rules ("GET /repos/**"); None: every request allowed (read and logged)
+    inspect: tuple[tuple[str, tuple[str, ...] | None], ...] = ()
 
 
 class Env(NamedTuple):
@@ -32,8 +38,9 @@ class Env(NamedTuple):
 class Secret(NamedTuple):
     name: str
     source: str  # "env:NAME" | "file:PATH" | "command:CMD" — a reference, never a value
-    deliver_as: str = "file"
+    deliver_as: str = "file"  # file | env | proxy
     ttl: float | None = None
+    hosts: tuple[str, ...] = ()  # as: proxy: the host patterns whose requests get the value
 
     @property
     def source_kind(self) -> str:
@@ -117,17 +124,22 @@ def policy_from_data(data: dict[str, Any], *, source: str, chain: tuple[str, ...
         workspace=data.get("workspace", "none"),
         backend=data.get("backend", "bwrap"),
         filesystem=Filesystem(**{k: tuple(fs.get(k, ())) for k in ("read", "write", "tmpfs", "deny", "protect",
-                                                                    "create")}),
+                                                                    "protect_json", "create")}),
         exec_allow=None if exec_allow is None else tuple(exec_allow),
         network=Network(
             mode=net.get("mode", "none"),
             allow=tuple(units.parse_host_pattern(h) for h in net.get("allow", ())),
             deny=tuple(units.parse_host_pattern(h) for h in net.get("deny", ())),
             allow_private=net.get("allow_private", False),
+            listen=_listen(net.get("listen", True)),
+            unix=tuple(net.get("unix", ())),
+            upstream_ca=tuple(net.get("upstream_ca", ())),
+            inspect=_inspect_entries(net.get("inspect", {})),
         ),
         env=Env(passthrough=tuple(env.get("pass", ())), set=tuple(sorted(env.get("set", {}).items()))),
         secrets=tuple(
-            Secret(name, spec["from"], spec.get("as", "file"), duration(spec.get("ttl")))
+            Secret(name, spec["from"], spec.get("as", "file"), duration(spec.get("ttl")),
+                   tuple(spec.get("hosts", ())) if spec.get("as") == "proxy" else ())
             for name, spec in sorted(data.get("secrets", {}).items())
         ),
         syscalls_deny=tuple(syscalls.get("deny", ())),
@@ -150,3 +162,21 @@ def policy_from_data(data: dict[str, Any], *, source: str, chain: tuple[str, ...
                         forward=tuple(log.get("forward", ()))),
         ci=CiSettings(fail_on_denial=data.get("ci", {}).get("fail_on_denial", False)),
     )
+
+
+def _listen(value: Any) -> bool | tuple[int, ...]:
+    """true/false stay flags; a list is the sorted set of ports (duplicates from `extends` dropped)."""
+    return value if isinstance(value, bool) else tuple(sorted(set(value)))
+def _inspect_entries(raw: dict[str, Any]) -> tuple[tuple[str, tuple[str, ...] | None], ...]:
+    """network.inspect by normalized host pattern; two spellings of one host (API.x and api.x, from
+    different files) join their rules."""
+    merged: dict[str, tuple[str, ...] | None] = {}
+    for host, spec in raw.items():
+        key = str(units.parse_host_pattern(host))
+        rules = None if not spec or "allow" not in spec else tuple(spec["allow"])
+        if key in merged:
+            before = merged[key]
+            rules = before if rules is None else rules if before is None else (
+                *before, *(r for r in rules if r not in before))
+        merged[key] = rules
+    return tuple(sorted(merged.items()))

@@ -194,6 +194,7 @@ class MapOf(Node):
     key_meaning: str = "an environment variable name"
     max_items: int = 512
     description: str = ""
+    key_parse: Callable[[str], Any] | None = None  # raises ValueError with the reason, after the pattern
 
     def check(self, value: Any, key: Key, report: Report) -> Any:
         if not isinstance(value, dict):
@@ -204,10 +205,18 @@ class MapOf(Node):
             return _INVALID
         result = {}
         for name, item in value.items():
-            if not re.fullmatch(self.key_pattern, name):
-                report.add((*key, name), f"{name!r}: not {self.key_meaning}")
+            if not isinstance(name, str) or not re.fullmatch(self.key_pattern, name):
+                report.add((*key, str(name)), f"{name!r}: not {self.key_meaning}")
                 continue
-            result[name] = self.value.check(item, (*key, name), report)
+            if self.key_parse is not None:
+                try:
+                    self.key_parse(name)
+                except ValueError as exc:
+                    report.add((*key, name), str(exc))
+                    continue
+            checked = self.value.check(item, (*key, name), report)
+            if checked is not _INVALID:
+                result[name] = checked
         return result
 
     def json_schema(self) -> dict[str, Any]:
@@ -226,6 +235,8 @@ class Record(Node):
     fields: dict[str, Node] = field(default_factory=dict)
     required: tuple[str, ...] = ()
     description: str = ""
+    # checks between keys: (checked map) -> [(message, hint)]; the JSON Schema does not carry them
+    consistency: Callable[[dict[str, Any]], list[tuple[str, str | None]]] | None = None
 
     def check(self, value: Any, key: Key, report: Report) -> Any:
         if not isinstance(value, dict):
@@ -245,6 +256,8 @@ class Record(Node):
         for name in self.required:
             if name not in value:
                 report.add(key, f"missing required key '{name}'")
+        for problem in self.consistency(result) if self.consistency else ():
+            report.add(key, *problem)
         return result
 
     def json_schema(self) -> dict[str, Any]:
@@ -256,6 +269,20 @@ class Record(Node):
         if self.required:
             schema["required"] = list(self.required)
         return self._described(schema)
+
+
+@dataclass
+class Nullable(Node):
+    """A value that may also be left empty (YAML `key:` with nothing after it): None then."""
+
+    item: Node = field(default_factory=Text)
+    description: str = ""
+
+    def check(self, value: Any, key: Key, report: Report) -> Any:
+        return None if value is None else self.item.check(value, key, report)
+
+    def json_schema(self) -> dict[str, Any]:
+        return self._described({"anyOf": [{"type": "null"}, self.item.json_schema()]})
 
 
 @dataclass
@@ -277,6 +304,27 @@ class OneOrMany(Node):
 
     def json_schema(self) -> dict[str, Any]:
         return self._described({"anyOf": [self.item.json_schema(),
+                                           ListOf(self.item, max_items=self.max_items).json_schema()]})
+
+
+@dataclass
+class FlagOrList(Node):
+    """true, false, or a list (network.listen: any port, none, or only these)."""
+
+    item: Node = field(default_factory=Text)
+    max_items: int = 512
+    description: str = ""
+
+    def check(self, value: Any, key: Key, report: Report) -> Any:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, list):
+            return ListOf(self.item, max_items=self.max_items).check(value, key, report)
+        report.add(key, f"expected true, false or a list, got {_type_name(value)}")
+        return _INVALID
+
+    def json_schema(self) -> dict[str, Any]:
+        return self._described({"anyOf": [{"type": "boolean"},
                                            ListOf(self.item, max_items=self.max_items).json_schema()]})
 
 

@@ -163,6 +163,14 @@ def _net_grant(record: dict[str, Any], label: str, result: Suggestion) -> None:
     from sandboxctl.units import parse_host_pattern
 
     host, port, rule = record.get("host"), record.get("port"), str(record.get("rule", ""))
+    if str(host).startswith("unix:"):  # network/sockets.py: a host UNIX socket can be a takeover
+        result.refused[label] = (f"a UNIX socket: add {str(host)[5:]} to network.unix by hand, only if the command "
+                                 "must reach that service (Docker, an agent, a bus: each can act as you)")
+        return
+    if rule.startswith("direct connection"):
+        result.refused[label] = ("a direct connection: the program ignored the proxy variables (HTTP_PROXY, "
+                                 "ALL_PROXY); no grant lets it through without them")
+        return
     if not host or not isinstance(port, int):
         result.refused[label] = "not a destination (a malformed request): nothing to grant"
         return

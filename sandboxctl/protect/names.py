@@ -17,6 +17,8 @@ run by the host's git (or an editor's git integration scanning sub-folders) late
 
 from __future__ import annotations
 
+import functools
+
 GIT = ".git"
 
 # Names at the root of every writable grant. Multi-part names protect that sub-path.
@@ -42,6 +44,7 @@ ROOT_NAMES: dict[str, str] = {
     ".tcshrc": "run by tcsh",
     ".config/fish": "fish's config.fish and functions run in every fish",
     ".inputrc": "readline key bindings can type commands",
+    ".bash_aliases": "sourced by Debian's and Ubuntu's .bashrc",
     ".envrc": "direnv runs it on entering the directory",
     # tools that read project config and run programs from it
     ".npmrc": "npm config can set script-shell, node-options and git",
@@ -78,6 +81,33 @@ ROOT_NAMES: dict[str, str] = {
     ".windsurfrules": "Windsurf rules",
 }
 
+# At the root of a writable *home* only (they are ordinary names in a project): what the user's
+# shell, session and tools run from their home directory.
+HOME_NAMES: dict[str, str] = {
+    "bin": "first in PATH where it exists (Debian's .profile)",
+    ".local/bin": "first in PATH where it exists (Debian's .profile); pip --user installs scripts there",
+    ".local/lib": "Python's user site-packages: its .pth files run in every python",
+    ".local/share/direnv": "direnv's allow list (which .envrc files run)",
+    ".config/systemd": "systemd user units run at login",
+    ".config/autostart": "XDG autostart entries run at login",
+    ".config/environment.d": "the session environment (PATH, LD_PRELOAD)",
+    ".config/Code/User": "VS Code user settings and tasks",
+    ".config/zed": "Zed user settings and tasks",
+    ".config/emacs": "Emacs' init directory",
+    ".vim": "vim plugins run at start",
+    ".tmux.conf": "tmux runs commands from it",
+    ".gdbinit": "gdb runs it at start",
+    ".pdbrc": "pdb runs it at start",
+    ".psqlrc": "psql runs it at start",
+    ".hgrc": "Mercurial hooks and aliases",
+    ".cargo/config.toml": "cargo aliases, runners and build settings",
+    ".cargo/config": "cargo aliases, runners and build settings",
+    ".gradle/init.d": "Gradle init scripts run in every build",
+    ".gradle/init.gradle": "a Gradle init script run in every build",
+    ".claude/settings.json": "Claude Code user hooks and permissions",
+    ".claude/settings.local.json": "Claude Code user hooks and permissions",
+}
+
 # Inside a git directory: entries that make git run programs or look elsewhere.
 GITDIR_NAMES: dict[str, str] = {
     "config": "git config: core.fsmonitor, core.hooksPath, aliases and filters run programs",
@@ -98,13 +128,29 @@ GITDIR_DEEP: dict[tuple[str, ...], str] = {
 }
 
 
-def root_name_reason(parts: tuple[str, ...]) -> str | None:
-    """Why parts (relative to the root of a writable grant) fall under a protected root name."""
-    for length in (2, 1):
+def root_name_reason(parts: tuple[str, ...], home: bool = False) -> str | None:
+    """Why parts (relative to the root of a writable grant) fall under a protected root name
+    (and, at the root of a writable home, under a home name)."""
+    for length in (3, 2, 1):
         name = "/".join(parts[:length])
-        if len(parts) >= length and name in ROOT_NAMES and name != GIT:
+        if len(parts) < length:
+            continue
+        if name in ROOT_NAMES and name != GIT:
             return f"{name}: {ROOT_NAMES[name]}"
+        if home and name in HOME_NAMES:
+            return f"~/{name}: {HOME_NAMES[name]}"
     return None
+
+
+@functools.cache
+def prefixes_of_names(home: bool = False) -> frozenset[tuple[str, ...]]:
+    """The proper prefixes of multi-part names (.config for .config/git): a directory moved to
+    such a place would bring the protected name in with it."""
+    found: set[tuple[str, ...]] = set()
+    for name in (*ROOT_NAMES, *(HOME_NAMES if home else ())):
+        parts = tuple(name.split("/"))
+        found.update(parts[:i] for i in range(1, len(parts)))
+    return frozenset(found)
 
 
 def gitdir_reason(parts: tuple[str, ...]) -> str | None:

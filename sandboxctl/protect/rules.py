@@ -42,13 +42,14 @@ def _parts(path: str, root: str) -> tuple[str, ...]:
 class Protection:
     def __init__(self, roots: Iterable[str], gitdirs: Iterable[str] = (),
                  explicit: Mapping[str, str] | None = None, masked: Iterable[str] = (),
-                 anchors: Iterable[str] = ()):
+                 anchors: Iterable[str] = (), homes: Iterable[str] = ()):
         # looked up by each ancestor of a path (a dict probe per level, not a scan per entry)
         self.roots = set(roots)
         self.gitdirs = set(gitdirs)
         self.explicit = {p.rstrip("/") or "/": why for p, why in (explicit or {}).items()}
         self.masked = {m.rstrip("/") or "/" for m in masked}  # filesystem.deny paths under a writable grant
         self.anchors = set(anchors)  # directories the sandbox's mounts hang from (never moved or removed)
+        self.homes = set(homes)  # roots that are a home: its start-up names (bin, .local/bin, …) too
 
     def root_of(self, path: str) -> str | None:
         """The deepest writable root holding path."""
@@ -68,7 +69,7 @@ class Protection:
         if root is None:
             return None
         parts = _parts(path, root)
-        why = names.root_name_reason(parts)
+        why = names.root_name_reason(parts, root in self.homes)
         if why:
             return f"protected: {why}"
         gitdir = self._gitdir_of(path, root, chain)
@@ -89,6 +90,29 @@ class Protection:
                 return None
             if level in self.gitdirs or level.rsplit("/", 1)[-1] == names.GIT:
                 return level
+        return None
+
+    def holds_names(self, path: str) -> str | None:
+        """Why a directory moved (or renamed) to `path` could bring a protected name in beneath it:
+        path is a proper prefix of a multi-part protected name (.config of .config/git), a git
+        directory's objects, objects/info or refs (alternates, replace refs), a directory that
+        holds an explicit protected path, or a git directory itself."""
+        chain = ancestors(path)
+        root = next((a for a in chain if a in self.roots), None)
+        if root is not None:
+            parts = _parts(path, root)
+            if parts in names.prefixes_of_names(root in self.homes):
+                return f"protected: names beneath {'/'.join(parts)} (it would bring one in)"
+            gitdir = self._gitdir_of(path, root, chain)
+            if gitdir is not None and path != gitdir:
+                inner = _parts(path, gitdir)
+                for deep in names.GITDIR_DEEP:
+                    if len(inner) < len(deep) and deep[:len(inner)] == inner:
+                        return f"protected: {'/'.join(deep)} lies beneath it"
+        prefix = path.rstrip("/") + "/"
+        for held, why in self.explicit.items():
+            if held.startswith(prefix):
+                return f"holds {held} ({why})"
         return None
 
     def blocks_move(self, path: str) -> str | None:

@@ -18,6 +18,7 @@ import json
 import marshal
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -139,18 +140,34 @@ class Snapshot:
         self.run_id = run_id
         self.journal = _pending(state) / f"{os.getpid()}-{run_id}.json"
         self.entries: dict[str, dict[str, Any]] = {}
+        self.wall_whole = False  # until the supervisor knows the layers: assume the sandbox could write
+        self.json_patterns: dict[str, list[str]] = {}
+        self.json_values: dict[str, dict[str, Any]] = {}
 
-    def take(self, existing: tuple[str, ...], absent: tuple[str, ...]) -> None:
+    def take(self, existing: tuple[str, ...], absent: tuple[str, ...],
+             json_keys: tuple[tuple[str, str], ...] = ()) -> None:
+        from sandboxctl.protect import jsonkeys
+
         store = Store(self.state)
         budget = [MAX_ENTRIES]
         self.entries = {path: _record(path, store, budget) for path in existing}
         self.entries.update({path: {"kind": "missing"} for path in absent if path not in self.entries})
+        self.json_patterns = {}
+        for path, keys in json_keys:
+            self.json_patterns.setdefault(path, []).append(keys)
+        self.json_values = jsonkeys.record(json_keys)
+        for path, entry in self.entries.items():
+            entry["parent"] = os.path.realpath(os.path.dirname(path))  # checked again at the end
         store.save()
+        self._write()
+
+    def _write(self) -> None:
         self.journal.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = self.journal.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w") as handle:
-            json.dump({"run": self.run_id, "entries": self.entries}, handle)
+            json.dump({"run": self.run_id, "entries": self.entries, "wall_whole": self.wall_whole,
+                       "json_patterns": self.json_patterns, "json_values": self.json_values}, handle)
         os.replace(tmp, self.journal)
 
     def inodes(self) -> dict[tuple[int, int], str]:
@@ -168,19 +185,48 @@ class Snapshot:
             walk(path, entry)
         return found
 
+    @property
+    def active(self) -> bool:
+        return bool(self.entries or self.json_patterns)
+
+    def mark(self, wall_whole: bool) -> None:
+        """Once the layers are known: whether the sandbox could write protected paths at all
+        (read by the next run if this supervisor is killed)."""
+        self.wall_whole = wall_whole
+        self._write()
+
+    def beat(self) -> None:
+        """The supervisor is alive (the journal's mtime): a change newer than the last beat of a
+        killed run is not the sandbox's, which died with it."""
+        with contextlib.suppress(OSError):
+            os.utime(self.journal)
+
     def check(self) -> list[Change]:
-        """Compare, put back, keep aside; then forget the journal."""
-        changes = compare_and_restore(self.state, self.run_id, self.entries)
+        """Compare; where the sandbox could have made a change (the kernel wall was not whole:
+        gVisor, no Landlock), put it back and keep it aside; else report it and leave it (an IDE's
+        or the user's own work while the run went on). Then forget the journal."""
+        whole = self.wall_whole
+        changes = compare_and_restore(self.state, self.run_id, self.entries, lambda path: not whole)
+        changes += restore_json_keys(self.state, self.run_id, self.json_patterns, self.json_values)
         with contextlib.suppress(FileNotFoundError):
             self.journal.unlink()
         return changes
 
 
-def compare_and_restore(state: Path, run_id: str, entries: dict[str, dict[str, Any]]) -> list[Change]:
+def compare_and_restore(state: Path, run_id: str, entries: dict[str, dict[str, Any]],
+                        restore: Callable[[str], bool] = lambda path: True) -> list[Change]:
+    """restore(path): whether a change found at path is put back (else only reported): a change
+    the sandbox could not have made (the kernel wall was whole; it came later than the run) is
+    somebody else's work — an IDE's, the user's own git — and is left as it is."""
     store = Store(state)
     changes: list[Change] = []
     for path, before in entries.items():
-        _compare(path, before, store, state, run_id, changes, top=True)
+        if "parent" in before and os.path.realpath(os.path.dirname(path)) != before["parent"]:
+            # a parent was replaced (by a symlink, say .config -> ~/.config): comparing and restoring
+            # through it would write where the path now leads, outside the grant
+            changes.append(Change(path, "replaced", "reported", None, run_id))
+            continue
+        _compare(path, before, store, state, run_id, changes, restore)
     store.save()
     return changes
 
@@ -199,25 +245,27 @@ def _same(before: dict[str, Any], now: dict[str, Any]) -> bool:
 
 
 def _compare(path: str, before: dict[str, Any], store: Store, state: Path, run_id: str,
-             changes: list[Change], top: bool = False) -> None:
+             changes: list[Change], restore: Callable[[str], bool]) -> None:
     now = _record(path, store, [0])  # children are compared one by one below
     if before.get("kind") in ("unreadable", "other"):
         return
     if before.get("kind") == "dir" and now.get("kind") == "dir":
         if before.get("mode") != now.get("mode"):
-            with contextlib.suppress(OSError):
-                os.chmod(path, before["mode"])
-            changes.append(Change(path, "modified", "restored", None, run_id))
+            act = restore(path)
+            if act:
+                with contextlib.suppress(OSError):
+                    os.chmod(path, before["mode"])
+            changes.append(Change(path, "modified", "restored" if act else "reported", None, run_id))
         old = before.get("children") or {}
         try:
             current = set(os.listdir(path))
         except OSError:
             current = set()
         for name, child in old.items():
-            _compare(f"{path}/{name}", child, store, state, run_id, changes)
+            _compare(f"{path}/{name}", child, store, state, run_id, changes, restore)
         for name in sorted(current - set(old)) if before.get("complete", True) else ():
             added = f"{path}/{name}"
-            kept = _keep_aside(added, state, run_id)
+            kept = _keep_aside(added, state, run_id) if restore(added) else None
             changes.append(Change(added, "created", "removed" if kept else "reported", kept, run_id))
         return
     if _same(before, now):
@@ -230,6 +278,9 @@ def _compare(path: str, before: dict[str, Any], store: Store, state: Path, run_i
         change = "replaced"
     else:
         change = "modified"
+    if not restore(path):
+        changes.append(Change(path, change, "reported", None, run_id))
+        return
     kept = _keep_aside(path, state, run_id) if now.get("kind") != "missing" else None
     if now.get("kind") != "missing" and kept is None:
         changes.append(Change(path, change, "reported", None, run_id))
@@ -294,8 +345,50 @@ def _restore(path: str, before: dict[str, Any], store: Store) -> bool:
     return False
 
 
+HEARTBEAT_S = 2.0
+
+
+def _changed_before(path: str, last_beat: int) -> bool:
+    try:
+        return os.lstat(path).st_ctime_ns <= last_beat
+    except OSError:
+        return True
+
+
+def restore_json_keys(state: Path, run_id: str, patterns: dict[str, list[str]], before: dict[str, dict[str, Any]],
+                      restore: Callable[[str], bool] = lambda path: True) -> list[Change]:
+    """Keys of writable JSON files (filesystem.protect_json) the sandbox could change: put back,
+    with the changed file kept aside (its other contents, the agent's state, stay)."""
+    from sandboxctl.protect import jsonkeys
+
+    changes: list[Change] = []
+    for path, keys in patterns.items():
+        differ = jsonkeys.changed(path, before.get(path, {}), keys)
+        if not differ:
+            continue
+        label = f"{path}#{','.join(differ)}"
+        if not restore(path):
+            changes.append(Change(label, "modified", "reported", None, run_id))
+            continue
+        kept = state / "protect" / "kept" / run_id / path.lstrip("/")
+        try:
+            import shutil  # only when a protected JSON file changed: not imported by every run
+
+            kept.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            shutil.copy2(path, kept)
+            kept_path: str | None = str(kept)
+        except OSError:
+            kept_path = None
+        done = jsonkeys.put_back(path, before.get(path, {}), differ)
+        changes.append(Change(label, "modified", "restored" if done else "reported", kept_path, run_id))
+    return changes
+
+
 def recover(state: Path, alive) -> list[Change]:
-    """Finish the end-of-run check of supervisors that were killed (their journal remains)."""
+    """Finish the end-of-run check of supervisors that were killed (their journal remains). Only
+    a change the sandbox could have made is put back: none where its kernel wall was whole, and
+    none newer than the supervisor's last heartbeat (the sandbox died with it; what changed since
+    is the user's own work). The rest is reported."""
     changes: list[Change] = []
     with contextlib.suppress(OSError):
         for journal in sorted(_pending(state).glob("*.json")):
@@ -304,10 +397,24 @@ def recover(state: Path, alive) -> list[Change]:
                 continue
             try:
                 data = json.loads(journal.read_text())
+                last_beat = journal.stat().st_mtime_ns + int(HEARTBEAT_S * 1.5 * 1e9)
             except (OSError, ValueError):
                 journal.unlink(missing_ok=True)
                 continue
-            changes += compare_and_restore(state, str(data.get("run", "")), data.get("entries") or {})
+            whole = bool(data.get("wall_whole"))
+
+            def before_death(path: str, last_beat: int = last_beat, whole: bool = whole) -> bool:
+                if whole:
+                    return False
+                try:
+                    return os.lstat(path).st_ctime_ns <= last_beat
+                except OSError:
+                    return True  # removed: when is not known; the sandbox could have done it
+
+            run = str(data.get("run", ""))
+            changes += compare_and_restore(state, run, data.get("entries") or {}, before_death)
+            changes += restore_json_keys(state, run, data.get("json_patterns") or {}, data.get("json_values") or {},
+                                         lambda path, last_beat=last_beat: _changed_before(path, last_beat))
             journal.unlink(missing_ok=True)
     return changes
 

@@ -28,3 +28,70 @@ def collapse(denials: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 def total(denials: Iterable[dict[str, Any]]) -> int:
     """How many denials the entries stand for (a collapsed proxy burst counts each connection)."""
     return sum(int(d.get("count", 1)) for d in denials)
+
+
+KEEP = 20  # identical denials kept (and logged) one by one before they are only counted
+MAX_KEYS = 4096  # distinct denials kept apart before the rest are counted by kind and rule
+
+
+def _key(denial: dict[str, Any]) -> tuple[str, str, str]:
+    return (str(denial.get("kind")), str(denial.get("target")), str(denial.get("rule")))
+
+
+class DenialList(list):
+    """The run's denials, bounded: the first KEEP of each distinct denial one by one, then one
+    entry that counts the rest (a loop refusing thousands of calls a second must not grow the
+    supervisor without bound). `total()` of it is still every denial."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: dict[tuple[str, str, str], int] = {}
+        self.repeats: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+    def append(self, denial: dict[str, Any]) -> None:  # type: ignore[override]
+        key = _key(denial)
+        if key not in self.seen and len(self.seen) >= MAX_KEYS:
+            key = (key[0], "… (many more targets)", key[2])
+            denial = {"kind": key[0], "target": key[1], "rule": key[2], "count": int(denial.get("count", 1))}
+        seen = self.seen.get(key, 0)
+        self.seen[key] = seen + 1
+        if seen < KEEP:
+            super().append(denial)
+            return
+        repeat = self.repeats.get(key)
+        if repeat is None:
+            repeat = self.repeats[key] = {"kind": key[0], "target": key[1], "rule": key[2], "count": 0,
+                                          "repeated": True}
+            super().append(repeat)
+        repeat["count"] += int(denial.get("count", 1))
+
+
+class LogThrottle:
+    """Identical denial records after the first KEEP are counted, not written; `pending()` gives
+    one summary record per such denial (written before run.end), so the log stays bounded and
+    still says how many there were."""
+
+    def __init__(self) -> None:
+        self.seen: dict[tuple, int] = {}
+        self.suppressed: dict[tuple, tuple[str, dict[str, Any], int]] = {}
+
+    def admit(self, event: str, fields: dict[str, Any]) -> bool:
+        if fields.get("decision") != "deny":
+            return True
+        key = (event, fields.get("path") or fields.get("host") or fields.get("name") or fields.get("target"),
+               fields.get("op"), fields.get("port"), fields.get("rule"))
+        if key not in self.seen and len(self.seen) >= MAX_KEYS:
+            key = (event, "…", None, None, fields.get("rule"))
+        count = self.seen.get(key, 0)
+        self.seen[key] = count + 1
+        if count < KEEP:
+            return True
+        first = self.suppressed.get(key)
+        self.suppressed[key] = (event, first[1] if first else dict(fields), (first[2] if first else 0) + 1)
+        return False
+
+    def pending(self) -> list[tuple[str, dict[str, Any]]]:
+        out = [(event, {**fields, "repeated": count, "note": f"{count} more identical denials, not written one by one"})
+               for event, fields, count in self.suppressed.values()]
+        self.suppressed.clear()
+        return out

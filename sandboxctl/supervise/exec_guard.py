@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,8 @@ from sandboxctl.supervise.notify import Notification, ProcessMemory, respond
 
 MFD_CLOEXEC, MFD_ALLOW_SEALING, MFD_HUGETLB, MFD_NOEXEC_SEAL, MFD_EXEC = 0x1, 0x2, 0x4, 0x8, 0x10
 NAME_MAX = 249  # memfd names are at most 249 bytes (the kernel adds "memfd:")
+# /proc/self/fd/N, /proc/self/exe and /dev/fd/N: magic links that name one file directly
+_DIRECT_MAGIC = re.compile(r"^/(?:proc/(self|thread-self|\d+)|dev)/(exe|fd/\d+)$")
 
 
 class ExecGuard:
@@ -51,12 +54,30 @@ class ExecGuard:
                 self.root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             fd = fdops.openat2(self.root, path, os.O_PATH | os.O_CLOEXEC, 0,
                                fdops.RESOLVE_IN_ROOT | fdops.RESOLVE_NO_MAGICLINKS)
-        except OSError:
-            return False
+        except OSError as exc:
+            # /proc/self means nothing from out here (ENOENT), a magic link is refused (ELOOP)
+            if exc.errno == errno.ELOOP or path.startswith(("/proc/", "/dev/")):
+                return self._through_magic_link(pid, path)
+            return False  # ENOENT, ENOTDIR, EACCES…: the kernel fails this exec too
         try:
             st = os.fstat(fd)
         finally:
             os.close(fd)
+        return (st.st_dev, st.st_ino) in self.loaders
+
+    def _through_magic_link(self, pid: int, path: str) -> bool:
+        """A path through a /proc magic link, which the kernel follows: /proc/self/fd/N and
+        /proc/self/exe name the file itself (fstat it through the caller's own entry); any other
+        (/proc/self/root/…, /proc/self/cwd/…, another pid) cannot be resolved here as the kernel
+        will, so it counts as the loader: refused, never let through unexamined."""
+        match = _DIRECT_MAGIC.match(path)
+        if match is None or (match.group(1) not in ("self", "thread-self", None)
+                             and match.group(1) != _own_pid(pid)):
+            return True
+        try:
+            st = os.stat(f"/proc/{pid}/{match.group(2)}")
+        except OSError:
+            return False  # the descriptor is not open: the kernel fails the exec too
         return (st.st_dev, st.st_ino) in self.loaders
 
     def refuse_loader(self, n: Notification, path: str) -> None:
@@ -105,6 +126,18 @@ class ExecGuard:
         self.denied.append({"kind": "syscall", "target": f"memfd_create {name}", "rule": why})
         self.log("syscall", pid=n.pid, name="memfd_create", decision="deny", rule=why,
                  errno=errno.errorcode.get(error, str(error)))
+
+
+def _own_pid(pid: int) -> str | None:
+    """The caller's pid in its own PID namespace (the last NSpid field), as a string."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("NSpid:"):
+                    return line.split()[-1]
+    except OSError:
+        pass
+    return None
 
 
 def _kernel() -> tuple[int, int]:

@@ -29,8 +29,11 @@ from typing import Any
 
 from sandboxctl.errors import EXIT_SANDBOX_FAILED, EXIT_TIMEOUT, SandboxError
 from sandboxctl.launch import oci, runsc, seccomp
+from sandboxctl.launch.gvisor_init import FORWARDER_UID
 from sandboxctl.log.writer import LogWriteError
 from sandboxctl.plan.build import PROXY_PORT
+from sandboxctl.plan.network import describe_listen
+from sandboxctl.protect.snapshot import HEARTBEAT_S
 from sandboxctl.supervise.runner import FORWARDED, TERM_GRACE_S, RunResult, Supervisor
 
 TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
@@ -52,6 +55,9 @@ class GvisorSupervisor(Supervisor):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.relays: dict[int, int] = {}  # pipe read end -> the regular file it is copied to
+        self.lifeline_listener: socket.socket | None = None  # the proxy forwarder's lifeline (see _wait)
+        self.lifeline: socket.socket | None = None
+        self.forwarder_lost_at: float | None = None
 
     # ------------------------------------------------------------------ launch
     def launch(self) -> RunResult:
@@ -68,14 +74,17 @@ class GvisorSupervisor(Supervisor):
         started = time.monotonic()
         try:
             self._start_broker()  # after the watchdog's fork: a front end may run threads
+            data_files = self._prepare_inspection()
             env = dict(plan.env)
             env.update({s.name: self.secret_values[s.name] for s in plan.secrets if s.deliver_as == "env"})
+            if self.inspection is not None:
+                env.update(self.inspection.placeholders)  # never the values
             default_signals = [int(s) for s in TERMINAL_SIGNALS if originals.get(s) is not signal.SIG_IGN]
             launch = oci.launch_config(plan, program, env, default_signals,
                                        seccomp.SECCOMP_SYSCALL.get(os.uname().machine, 317))
             files = {s.name: self.secret_values[s.name] for s in plan.secrets if s.deliver_as == "file"}
             try:
-                paths = self.run_dir.create(plan, launch, files, runsc.one_terminal())
+                paths = self.run_dir.create(plan, launch, files, runsc.one_terminal(), data_files)
             except OSError as exc:
                 raise SandboxError(f"cannot prepare the gVisor bundle in {self.run_dir.path}: {exc.strerror}",
                                    "check the runtime directory (XDG_RUNTIME_DIR, /dev/shm) and run sandboxctl "
@@ -86,6 +95,11 @@ class GvisorSupervisor(Supervisor):
                 listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 listener.bind(f"{paths.proxy}/{oci.PROXY_SOCKET_NAME}")
                 listener.listen(256)
+                self.lifeline_listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.lifeline_listener.bind(f"{paths.proxy}/{oci.ALIVE_SOCKET_NAME}")
+                self.lifeline_listener.listen(4)
+                for name in (oci.PROXY_SOCKET_NAME, oci.ALIVE_SOCKET_NAME):  # the forwarder is another user
+                    os.chmod(f"{paths.proxy}/{name}", 0o666)
             argv = oci.runsc_argv(plan, paths, runsc=self.runsc_path, platform=self.platform)
             stdio = self._relay_regular_files() if self.io.inherit else {}
             started = time.monotonic()
@@ -103,6 +117,9 @@ class GvisorSupervisor(Supervisor):
             if self.forward_signals:
                 self._install_signal_handlers()
             self.layers = self._layers({})
+            if self.snapshot is not None and self.snapshot.active:  # gVisor: the wall is never whole
+                self.snapshot.mark(False)
+                self.next_beat = time.monotonic() + HEARTBEAT_S
             try:
                 self.log.write("run.start", argv=self.argv_for_log, workspace=plan.workspace, policy=plan.policy,
                                policy_source=plan.policy_source, policy_sha256=plan.policy_sha256, backend="gvisor",
@@ -132,6 +149,9 @@ class GvisorSupervisor(Supervisor):
             if self.secrets_dir_fd is not None:
                 os.close(self.secrets_dir_fd)
                 self.secrets_dir_fd = None
+            for held in (self.lifeline_listener, self.lifeline):
+                if held is not None:
+                    held.close()
             for fd in self.relays:
                 os.close(fd)
             if self.runsc_pid and self.returncode_unknown():
@@ -215,10 +235,15 @@ class GvisorSupervisor(Supervisor):
         for fd in self.relays:
             sel.register(fd, selectors.EVENT_READ, "relay")
         self.io.register(sel)
+        if self.lifeline_listener is not None:
+            sel.register(self.lifeline_listener, selectors.EVENT_READ, "forwarder")
         deadline = started + self.plan.limits.timeout if self.plan.limits.timeout else None
         try:
             while True:
-                for key, _ in sel.select(self._until_next_timer(deadline)):
+                wait = self._until_next_timer(deadline)
+                if self.forwarder_lost_at is not None:
+                    wait = max(0.0, min(wait if wait is not None else 1.0, self.forwarder_lost_at - time.monotonic()))
+                for key, _ in sel.select(wait):
                     if key.data == "exit":
                         _, status = os.waitpid(pid, 0)
                         code = os.waitstatus_to_exitcode(status)
@@ -227,6 +252,9 @@ class GvisorSupervisor(Supervisor):
                         return 128 - code if code < 0 else code
                     if key.data == "relay":
                         self._pass_on(key.fd, sel)
+                        continue
+                    if key.data in ("forwarder", "lifeline"):
+                        self._on_forwarder(key.data, sel)
                         continue
                     if key.data == "io":
                         self.io.handle(key.fd, sel)
@@ -240,12 +268,46 @@ class GvisorSupervisor(Supervisor):
                         os.read(wake_r, 512)
                     self._on_signals()
                 self._on_timers(deadline)
+                if self.forwarder_lost_at is not None and time.monotonic() >= self.forwarder_lost_at:
+                    self.forwarder_lost_at = None
+                    self.setup_error = SandboxError(
+                        "the network proxy's forwarder inside gVisor stopped while the command ran; the run was "
+                        "ended (nothing else may hold 127.0.0.1:3128)", "run it again; report it if it recurs")
+                    self._write_log("limit", kind="forwarder", action="kill")
+                    self._kill()
         finally:
             if old_wakeup is not None:
                 signal.set_wakeup_fd(old_wakeup)
             sel.close()
             for fd in (pidfd, wake_r, wake_w):
                 os.close(fd)
+
+    def _on_forwarder(self, what: str, sel: selectors.BaseSelector) -> None:
+        """The forwarder's lifeline: the first connection to alive.sock is the forwarder's (the
+        command starts only after it connected), and no other is accepted. When it closes while
+        the sandbox still runs, the forwarder is gone and 127.0.0.1:3128 could be taken: the run
+        ends. (It also closes when the sandbox ends: a second's grace tells the two apart.)"""
+        if what == "forwarder" and self.lifeline_listener is not None:
+            connection, _ = self.lifeline_listener.accept()
+            sel.unregister(self.lifeline_listener)
+            self.lifeline_listener.close()
+            self.lifeline_listener = None
+            if self.run_dir and self.run_dir.paths and self.run_dir.paths.proxy:
+                with contextlib.suppress(OSError):
+                    os.unlink(f"{self.run_dir.paths.proxy}/{oci.ALIVE_SOCKET_NAME}")
+            self.lifeline = connection
+            sel.register(connection, selectors.EVENT_READ, "lifeline")
+            return
+        if self.lifeline is not None:
+            try:
+                data = self.lifeline.recv(4096)
+            except OSError:
+                data = b""
+            if not data:
+                sel.unregister(self.lifeline)
+                self.lifeline.close()
+                self.lifeline = None
+                self.forwarder_lost_at = time.monotonic() + 1.0
 
     def _runsc_kill(self, signum: int, everyone: bool = False) -> None:
         """`runsc kill`: the command is a process of gVisor's kernel, not of the host's."""
@@ -306,8 +368,17 @@ class GvisorSupervisor(Supervisor):
                         "denials_trapped": False, "exec_events": False, "file_events": False,
                         "why": "gVisor has no seccomp user notification"},
             "network": {"mode": plan.network.mode,
-                        "proxy": f"127.0.0.1:{PROXY_PORT} inside, relayed over a host UNIX socket to the "
-                                 "supervisor" if proxy else None},
+                        "proxy": f"127.0.0.1:{PROXY_PORT} inside, held by a forwarder running as uid "
+                                 f"{FORWARDER_UID} (out of the command's signal reach; the run ends if it stops), "
+                                 "relayed over a host UNIX socket to the supervisor" if proxy else None,
+                        "listen": describe_listen(plan.network.mode, plan.network.listen)
+                        + ("" if plan.network.listen is True else " (not enforced: no Landlock under gVisor)"),
+                        "unix_sockets": {"enforced_by": None,
+                                         "why": "runsc opens every host socket a granted path shows, or none"},
+                        "direct_connections": "no route (gVisor's own network stack, --network=none); not logged",
+                        "inspected": [str(p) for p in self.inspection.patterns] if self.inspection else None},
+            "capabilities": "none for the command (the launcher's, used to start the forwarder, are dropped "
+                            "before it)" if proxy else "none",
             "approvals": {"mode": plan.approval_mode,
                           "via": plan.approval_via if plan.approval_mode == "ask" else None,
                           "file_writes": None,

@@ -56,6 +56,7 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
     snapshot = Snapshot(state, plan.run_id)
     changes: list[Change] = recover(state, alive)  # supervisors killed before their own check
     result: RunResult | None = None
+    layer = None
     supervisor = None
     try:
         lim = plan.limits
@@ -83,8 +84,12 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
                 notice("sandboxctl: made before the run (filesystem.create): " + ", ".join(
                     f"{inert(c.path)} ({c.kind}{' ' + format(c.mode, '04o') if c.mode is not None else ''})"
                     for c in made))
-        if plan.protect.record or plan.protect.absent:
-            snapshot.take(plan.protect.record, plan.protect.absent)
+        if plan.protect.record or plan.protect.absent or plan.protect.json_keys:
+            snapshot.take(plan.protect.record, plan.protect.absent, plan.protect.json_keys)
+        if plan.overlay is not None:  # the run's own layer, before anything can write to it
+            from sandboxctl.workspace import layer as overlay_layer
+
+            layer = overlay_layer.create(plan, state)
         if supervisor_class is None:
             supervisor_class = Supervisor
             if plan.backend == "gvisor":  # the same plan under runsc (supervise/gvisor.py)
@@ -95,6 +100,7 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
         if forwarder is not None:  # an unreachable collector is a record of the local log, once per outage
             forwarder.on_state = lambda **fields: supervisor._write_log("log.forward", **fields)
         supervisor.protected_inodes = snapshot.inodes()
+        supervisor.snapshot = snapshot
         if started is not None:
             started(supervisor)
         if not seccomp.is_cached(plan.seccomp, state / "cache"):
@@ -107,7 +113,13 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
             changes += new_repositories(plan.protect.roots, plan.protect.repositories, plan.workspace, state,
                                         plan.run_id)
         gated = plan.fail_on_denial and bool(result.denials) and result.exit_code == 0 and result.error is None
+        held = None
+        if layer is not None:
+            held = _hold(layer, supervisor.ready)
+            layer = None
+            result = result._replace(held=held)
         with contextlib.suppress(LogWriteError):
+            supervisor.flush_throttled()
             _log_changes(log, changes)
             if forwarder is not None:
                 forwarder.flush(FORWARD_FLUSH_S)
@@ -118,11 +130,15 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
                           signal=result.exit_code - 128 if result.exit_code > 128 else None,
                           duration_s=round(result.duration_s, 6), denied=denial_total(result.denials),
                           timed_out=result.timed_out, protect_changes=len(changes) or None, head=log.head,
-                          **({"failed_on_denial": True} if gated else {}), **supervisor.end_fields())
+                          changes=_logged(held), **({"failed_on_denial": True} if gated else {}),
+                          **supervisor.end_fields())
+                if held and held.get("layer"):
+                    _remember_seq(held["layer"], log.seq)
         result = result._replace(protected=tuple(c._asdict() for c in changes))
         if log.scrubber is not None:  # what the caller shows (stderr, --summary-json) holds no secret value
             result = result._replace(denials=[log.scrubber.value(d) for d in result.denials],
-                                     tampered=[log.scrubber.value(d) for d in result.tampered])
+                                     tampered=[log.scrubber.value(d) for d in result.tampered],
+                                     held=log.scrubber.value(result.held) if result.held else None)
         if gated:  # the CI gate: a successful command that was denied something fails the step
             return result._replace(exit_code=EXIT_DENIED, command_exit_code=result.exit_code)
         return result
@@ -130,11 +146,13 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
         early = supervisor_options.get("head_start")
         if early is not None:  # launch never adopted it (a failure before): kill it, nothing ran in it
             early.abort()
+        if layer is not None:  # the launch failed: nothing ran, so nothing is held
+            _hold(layer, supervisor is not None and supervisor.ready)
         if supervisor is not None:
             supervisor.release()
         if result is None:  # launch failed or was interrupted: still compare (nothing ran, or it is gone)
             with contextlib.suppress(Exception):
-                _log_changes(log, snapshot.check() if snapshot.entries else [])
+                _log_changes(log, snapshot.check() if snapshot.active else [])
         if cgroup:
             with contextlib.suppress(Exception):  # a move still under way (the launch failed before "ready")
                 cgroup.moved()
@@ -142,6 +160,43 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
         if forwarder is not None:
             forwarder.close(FORWARD_FLUSH_S)  # run.end too, if the collector takes it in time
         log.close()
+
+
+def _hold(layer, started: bool) -> dict | None:
+    """Seal an overlay run's layer once its sandbox is gone: what it holds, for run.end, the
+    summary and the message on stderr (None: nothing ran, the layer is removed)."""
+    if not started:
+        from sandboxctl.workspace.layer import remove_tree
+
+        remove_tree(layer.path)
+        return None
+    try:
+        if layer.seal_if_empty():  # `run --overlay -- true`: nothing to compare, nothing to import
+            summary, found = layer.meta["summary"], []
+        else:
+            from sandboxctl.workspace import seal
+
+            summary, found = seal.seal_at_end(layer)
+    except (OSError, SandboxError) as exc:
+        why = exc.message if isinstance(exc, SandboxError) else (exc.strerror or str(exc))
+        return {"run": layer.run_id, "layer": str(layer.path), "state": "held", "sealed": False, "error": why}
+    return {"run": layer.run_id, "layer": str(layer.path), "state": "held", "sealed": True, **summary,
+            "list": [{"path": c.path, "change": c.change, "conflict": c.conflict, "protected": c.protected}
+                     for c in found]}
+
+
+def _logged(held: dict | None) -> dict | None:
+    if held is None:
+        return None
+    return {k: v for k, v in held.items() if k != "list"}
+
+
+def _remember_seq(layer_dir: str, seq: int) -> None:
+    """apply/discard/undo continue the run's seq in the log: the next one is kept in the layer."""
+    from sandboxctl.workspace.layer import Layer
+
+    with contextlib.suppress(OSError, SandboxError):
+        Layer(Path(layer_dir)).update(log_seq=seq)
 
 
 def _log_changes(log: ActionLog, changes: list[Change]) -> None:

@@ -46,6 +46,13 @@ MAX_WAITING = 32
 BUSY = "a mount point"  # a sentinel reason: answered EBUSY, as the kernel would
 
 
+def _is_dir(entry: Entry) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(entry.name, dir_fd=entry.parent).st_mode)
+    except OSError:
+        return False
+
+
 def _exists(dirfd: int, name: str) -> bool:
     try:
         os.lstat(name, dir_fd=dirfd)
@@ -172,6 +179,11 @@ class Mediator:
         if call is None:
             respond(self.listener, notification.id, allow=True)
             return
+        empty_allowed = call.op in ("chmod", "link") and call.flags & AT_EMPTY_PATH
+        if not empty_allowed and any(not path for _dirfd, path in call.paths):
+            # the kernel's answer to an empty path; never the cwd or the dirfd itself
+            respond(self.listener, notification.id, error=errno.ENOENT)
+            return
         opened: list[int] = []
         try:
             with self.as_caller:
@@ -201,6 +213,8 @@ class Mediator:
                 memory.close()
         if name == "fchmod":
             return Call("fchmod", (), mode=low[1], extra=low[0])
+        if name == "bind":
+            return self._read_bind(n, a, low)
         memory = ProcessMemory(n.pid)
         try:
             text = memory.path
@@ -242,6 +256,21 @@ class Mediator:
         finally:
             memory.close()
         return None
+
+    def _read_bind(self, n: Notification, a: list[int], low: list[int]) -> Call | None:
+        """bind(2) of a pathname UNIX socket creates an entry; anything else is the kernel's."""
+        length = min(low[2], 110)
+        if length <= 2 or not a[1]:
+            return None
+        memory = ProcessMemory(n.pid)
+        try:
+            raw = os.pread(memory.fd, length, a[1])
+        finally:
+            memory.close()
+        if len(raw) < 3 or int.from_bytes(raw[:2], "little") != 1 or raw[2] == 0:  # not AF_UNIX, or abstract
+            return None
+        path = raw[2:].split(b"\0", 1)[0]
+        return Call("bind", ((AT_FDCWD, os.fsdecode(path)),), extra=low[0])
 
     # ------------------------------------------------------------------ resolution
     def _root(self, pid: int) -> int:
@@ -431,7 +460,7 @@ class Mediator:
         if not self._mediated(path):
             self.outside(n, path, op, flags, call.mode)
             return
-        mode = call.mode & 0o7777 & ~self._umask(n.pid) if flags & O_CREAT else 0
+        mode = call.mode & NO_SETID & ~self._umask(n.pid) if flags & O_CREAT else 0
         open_flags = (flags & fdops.VALID_OPEN_FLAGS & ~os.O_PATH) | O_NOFOLLOW | os.O_CLOEXEC
         if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
             self._open_waiting(n, op, path, entry, open_flags)  # a FIFO or a device may block: not in the loop
@@ -476,7 +505,7 @@ class Mediator:
             return
         try:
             fd = fdops.openat2(self._root(n.pid), full, (call.flags & fdops.VALID_OPEN_FLAGS) | os.O_CLOEXEC,
-                               call.mode & 0o7777 & ~self._umask(n.pid),
+                               call.mode & NO_SETID & ~self._umask(n.pid),
                                fdops.RESOLVE_IN_ROOT | fdops.RESOLVE_NO_MAGICLINKS)
         except OSError as exc:
             self._done(n, "create", full, exc)
@@ -543,8 +572,41 @@ class Mediator:
     def _mkdir(self, n: Notification, call: Call, opened: list[int]) -> None:
         entry = self._single(n, call, opened, follow=False, creates=True)
         if entry is not None:
-            self._done(n, "mkdir", entry.path, _attempt(os.mkdir, entry.name, call.mode & 0o7777
+            self._done(n, "mkdir", entry.path, _attempt(os.mkdir, entry.name, call.mode & 0o3777
                                                         & ~self._umask(n.pid), dir_fd=entry.parent))
+
+    def _bind(self, n: Notification, call: Call, opened: list[int]) -> None:
+        """A pathname UNIX socket bound beneath a writable grant: the supervisor binds the caller's
+        own socket (pidfd_getfd) at the entry it resolved, with the caller's umask."""
+        entry = self._single(n, call, opened, follow=False, creates=True)
+        if entry is None:
+            return
+        from sandboxctl.network.native import pidfd_getfd, pidfd_of_thread
+
+        target = f"/proc/self/fd/{entry.parent}/{entry.name}"
+        if len(os.fsencode(target)) > 107:
+            respond(self.listener, n.id, error=errno.ENAMETOOLONG)
+            return
+        try:
+            pidfd = pidfd_of_thread(n.pid)
+            opened.append(pidfd)
+            theirs = pidfd_getfd(pidfd, call.extra)
+        except OSError as exc:
+            respond(self.listener, n.id, error=exc.errno or errno.EBADF)
+            return
+        import socket
+
+        sock = socket.socket(fileno=theirs)
+        mask = os.umask(self._umask(n.pid))
+        try:
+            sock.bind(target)
+            result: int | OSError = 0
+        except OSError as exc:
+            result = exc
+        finally:
+            os.umask(mask)
+            sock.close()  # our duplicate; the caller's socket stays bound
+        self._done(n, "bind", entry.path, result)
 
     def _mknod(self, n: Notification, call: Call, opened: list[int]) -> None:
         kind = stat.S_IFMT(call.mode)
@@ -557,7 +619,7 @@ class Mediator:
             return
         entry = self._single(n, call, opened, follow=False, creates=True)
         if entry is not None:
-            mode = (kind or stat.S_IFREG) | (call.mode & 0o7777 & ~self._umask(n.pid))
+            mode = (kind or stat.S_IFREG) | (call.mode & NO_SETID & ~self._umask(n.pid))
             self._done(n, "mknod", entry.path, _attempt(os.mknod, entry.name, mode, 0, dir_fd=entry.parent))
 
     def _busy(self, path: str) -> str | None:
@@ -584,6 +646,12 @@ class Mediator:
         entry = self._single(n, call, opened, follow=True)
         if entry is None:
             return
+        if call.extra >= 1 << 63:  # a negative length
+            respond(self.listener, n.id, error=errno.EINVAL)
+            return
+        if call.extra > _file_size_limit(n.pid):  # ours would be the supervisor's limit, not the caller's
+            respond(self.listener, n.id, error=errno.EFBIG)
+            return
         try:
             fd = os.open(entry.name, os.O_WRONLY | O_NOFOLLOW | os.O_CLOEXEC, dir_fd=entry.parent)
             opened.append(fd)
@@ -599,8 +667,9 @@ class Mediator:
             return
         entry = self._single(n, call, opened, follow=not call.flags & AT_SYMLINK_NOFOLLOW)
         if entry is not None:
-            self._done(n, "chmod", entry.path, _attempt(os.chmod, entry.name, call.mode & 0o7777,
-                                                        dir_fd=entry.parent), mode=oct(call.mode & 0o7777))
+            mode = _chmod_mode(call.mode, self._lstat(entry))
+            self._done(n, "chmod", entry.path, _attempt(os.chmod, entry.name, mode, dir_fd=entry.parent),
+                       mode=oct(mode))
 
     def _fchmod(self, n: Notification, call: Call, opened: list[int]) -> None:
         try:
@@ -625,8 +694,8 @@ class Mediator:
         if why:
             self._refuse(n, "chmod", real, why)
             return
-        self._done(n, "chmod", real, _attempt(os.chmod, f"/proc/self/fd/{fd}", call.mode & 0o7777),
-                   mode=oct(call.mode & 0o7777))
+        mode = _chmod_mode(call.mode, st)
+        self._done(n, "chmod", real, _attempt(os.chmod, f"/proc/self/fd/{fd}", mode), mode=oct(mode))
 
     def _rename(self, n: Notification, call: Call, opened: list[int]) -> None:
         src_full, src = self._resolve(n, call, 0, opened, follow=False)
@@ -652,6 +721,10 @@ class Mediator:
             or (self._makes_repository(dst) if src.parent_path != dst.parent_path or src.name != dst.name else None)
         if not why and (exchange or os.path.lexists(f"/proc/self/fd/{dst.parent}/{dst.name}")):
             why = self.protection.blocks_move(dst.path)  # what is replaced (or swapped) goes away
+        if not why and _is_dir(src):  # a directory moved in brings its whole tree: .config/git, objects/info/…
+            why = self.protection.holds_names(dst.path)
+        if not why and exchange and _is_dir(dst):
+            why = self.protection.holds_names(src.path)
         if why:
             self._refuse(n, "rename", f"{src.path} -> {dst.path}", why)
             return
@@ -710,9 +783,32 @@ class Mediator:
         return entry.path, (entry.parent, entry.name, False), st
 
 
+# No setuid/setgid file is made beneath a writable host grant: inside the mounts are nosuid, but on the
+# host a setuid file the sandbox left (setuid-root, when sandboxctl runs as root) would run with its
+# owner's rights for every local user. A directory keeps its setgid bit (group inheritance only).
+NO_SETID = 0o1777
+
+
+def _chmod_mode(mode: int, st: os.stat_result | None) -> int:
+    keep = 0o3777 if st is not None and stat.S_ISDIR(st.st_mode) else NO_SETID
+    return mode & keep
+
+
 def _attempt(function: Callable[..., Any], *args: Any, **kwargs: Any) -> int | OSError:
     try:
         function(*args, **kwargs)
     except OSError as exc:
         return exc
     return 0
+
+
+def _file_size_limit(pid: int) -> int:
+    """The caller's RLIMIT_FSIZE (limits.file_size): a length past it fails with EFBIG, as the
+    kernel answers the caller itself (which also sends SIGXFSZ; the error is enough here)."""
+    import resource
+
+    try:
+        soft, _hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
+    except OSError:
+        return -1  # the caller is gone (or unreadable): nothing is truncated for it
+    return soft if soft != resource.RLIM_INFINITY else 1 << 63

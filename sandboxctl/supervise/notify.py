@@ -26,6 +26,8 @@ MEDIATED = frozenset(OPEN_CALLS + MEDIATED_CALLS)  # the calls supervise/mediate
 NOTIF_RECV = 0xC0502100
 NOTIF_SEND = 0xC0182101
 NOTIF_ID_VALID = 0x40082102
+NOTIF_SET_FLAGS = 0x40082104  # _IOW('!', 4, __u64): its argument is the flags value itself
+FD_SYNC_WAKE_UP = 1
 FLAG_CONTINUE = 1
 _NOTIF = struct.Struct("<QIIiIQ6Q")  # id, pid, flags, data.nr, data.arch, data.ip, data.args[6]
 _RESP = struct.Struct("<QqiI")  # id, val, error, flags
@@ -170,7 +172,8 @@ class Dispatcher:
                  log_allowed: bool = True, mediator: Any = None,
                  is_denial: Callable[[Notification], bool] = lambda notification: False,
                  exec_guard: Any = None, tasks: Callable[[], list[int]] | None = None,
-                 tampered: list[dict[str, Any]] | None = None, memory_writes_trapped: bool = True):
+                 tampered: list[dict[str, Any]] | None = None, memory_writes_trapped: bool = True,
+                 routes: dict[str, Callable[[Notification, str], bool]] | None = None):
         self.fd = fd
         self.names = names  # syscall number -> name, for the calls we trap
         self.deny = deny  # notification -> (syscall name, errno, rule)
@@ -186,6 +189,9 @@ class Dispatcher:
         self.execs = ExecEvents(fd, log, self.denied, judge_write, tasks or (lambda: []), tampered,
                                 memory_writes_trapped)
         self.exec_guard = exec_guard  # supervise.exec_guard.ExecGuard under exec.allow
+        # syscall name -> a handler of its own (network/sockets.py: connect, sendto, …); it returns
+        # False to leave a call to the default path (a baseline denial)
+        self.routes = routes or {}
 
     def handle(self) -> bool:
         """Answer one notification; False once no sandboxed process can send any more (the
@@ -207,6 +213,9 @@ class Dispatcher:
     def _answer(self, notification: Notification) -> bool:
         name = self.names.get(notification.nr)
         self.execs.observe(notification.pid)  # did an earlier exec of this process run what its record says?
+        route = self.routes.get(name)
+        if route is not None and not self.is_denial(notification) and route(notification, name):
+            return True
         if name == "umask" and self.mediator is not None:  # only to keep the mediator's umask cache true
             self.mediator.forget(notification.pid)
             respond(self.fd, notification.id, allow=True)

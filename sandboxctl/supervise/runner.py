@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import marshal
 import os
 import selectors
@@ -25,9 +26,11 @@ from sandboxctl.launch import bwrap, headstart, landlock_rights, seccomp, shim_c
 from sandboxctl.log.writer import ActionLog, LogWriteError
 from sandboxctl.plan.build import PROXY_PORT
 from sandboxctl.plan.model import Plan
+from sandboxctl.protect.snapshot import HEARTBEAT_S
 from sandboxctl.supervise import fd_budget, fdops, notify, processes, spawn
 from sandboxctl.supervise import secrets as secret_store
 from sandboxctl.supervise.cgroups import RunCgroup
+from sandboxctl.supervise.denials import DenialList, LogThrottle
 from sandboxctl.supervise.stdio import CommandIO
 
 TERM_GRACE_S = 2.0
@@ -44,6 +47,7 @@ class RunResult(NamedTuple):
     protected: tuple[dict[str, Any], ...] = ()  # protect.snapshot.Change records: put back at the end
     tampered: tuple[dict[str, Any], ...] | list[dict[str, Any]] = ()  # exec records contradicted by what ran
     command_exit_code: int | None = None  # set when exit_code is not the command's own (the denial gate: 123)
+    held: dict[str, Any] | None = None  # workspace: overlay — what the run's layer holds (lifecycle)
 
 
 class Supervisor:
@@ -76,10 +80,13 @@ class Supervisor:
         self.proxy = None
         self.notify_fd: int | None = None
         self.dispatcher: notify.Dispatcher | None = None
+        self.socket_checks = None  # network.checks.SocketChecks: connect/sendto answered here
+        self.sock_diag_fd: int | None = None  # the sandbox's own netlink socket (none/proxy)
         self.log_lock = threading.Lock()
         self.log_failed = False
         self.setup_error: SandboxError | None = None
-        self.denials: list[dict[str, Any]] = []
+        self.denials: list[dict[str, Any]] = DenialList()  # bounded: identical ones past a few are counted
+        self.throttle = LogThrottle()  # and so are their log records
         self.tampered: list[dict[str, Any]] = []  # exec records contradicted by what ran
         self.expiries: list[tuple[float, str]] = []
         self.cgroup = cgroup
@@ -97,10 +104,13 @@ class Supervisor:
         self.kill_at: float | None = None
         self.timed_out = False
         self.broker = None
+        self.inspection = None  # network/inspection.py, when the proxy reads some hosts request by request
         self.nofile = fd_budget.raise_nofile()  # before anything is opened: see fd_budget
         self.mediator = None
         self.protected_inodes: dict[tuple[int, int], str] = {}  # from the launch record (lifecycle)
         self._proxy_listener: int | None = None  # the proxy's port until its first connection
+        self.snapshot = None  # protect.snapshot.Snapshot of this run (lifecycle): marked, and beaten
+        self.next_beat: float | None = None
 
     # ------------------------------------------------------------------ approvals
     def _start_broker(self) -> None:
@@ -143,6 +153,47 @@ class Supervisor:
                                      command_line(pid) if pid else "")
         return request.approved
 
+    def _ask_request(self, method: str, host: str, port: int, path: str, peer: int | None) -> bool:
+        """An inspected request its host's rules do not list: asked like a destination (kind http)."""
+        from sandboxctl.network.addresses import format_destination
+        from sandboxctl.supervise.file_escape import command_line
+
+        pid = None
+        init = self._init_pid()
+        if peer and init and self.broker.asks_human:
+            pid = processes.socket_owner(init, peer)
+        target = f"{method} {format_destination(host, None if port in (80, 443) else port)}{path}"
+        request = self.broker.decide("http", target, "not in network.inspect allow rules", pid,
+                                     command_line(pid) if pid else "")
+        return request.approved
+
+    def _prepare_inspection(self) -> dict[str, bytes]:
+        """The run's CA and phantom secrets (network.inspect, as: proxy): made before the sandbox exists,
+        because the sandbox starts out trusting the CA. Returns the content of each data-file mount."""
+        plan = self.plan
+        if not plan.inspecting:
+            return {}
+        import ssl
+
+        from sandboxctl.network.certs import combined_bundle, system_bundle
+        from sandboxctl.network.inspection import Inspection, PhantomSpec
+
+        specs = [PhantomSpec(s.name, self.secret_values[s.name], s.hosts, s.ttl)
+                 for s in plan.secrets if s.deliver_as == "proxy"]
+        try:
+            inspection = Inspection(dict(plan.network.inspect), specs, plan.network.upstream_ca,
+                                    label=f"sandboxctl {plan.run_id}")
+            inspection.check()
+        except (OSError, ssl.SSLError) as exc:
+            raise SandboxError(f"network.upstream_ca: cannot load the CA certificates: {exc}",
+                               "name PEM files of CA certificates the proxy should trust upstream") from None
+        except ValueError as exc:  # a proxy secret's value that cannot go into a header
+            raise SandboxError(str(exc), "a proxy secret is one line of text (a token)") from None
+        self.inspection = inspection
+        ca = inspection.ca_pem
+        bundle = combined_bundle(ca, system_bundle())
+        return {m.target: ca if m.source == "tls:ca" else bundle for m in plan.mounts if m.kind == "data-file"}
+
     # ------------------------------------------------------------------ launch
     def launch(self) -> RunResult:
         plan = self.plan
@@ -152,7 +203,7 @@ class Supervisor:
         empty = spawn.empty_file(self.state)
         shim_code.ensure_for(plan)
         launched = self._head_start(plan, bwrap_path, empty, notify_program) \
-            or self._spawn(plan, bwrap_path, empty, program, notify_program)
+            or self._spawn_fresh(plan, bwrap_path, empty, program, notify_program)
         control, err_r, started, originals = launched
         try:
             self._prepare_while_it_starts()
@@ -187,8 +238,12 @@ class Supervisor:
                 self.dispatcher.execs.close()
                 if self.dispatcher.exec_guard is not None:
                     self.dispatcher.exec_guard.close()
+            if self.socket_checks is not None:
+                self.socket_checks.close()  # its waiter answers through the listener: stop it first
             if self.notify_fd is not None:
                 os.close(self.notify_fd)
+            if self.sock_diag_fd is not None:
+                os.close(self.sock_diag_fd)
             os.close(err_r)
             self.io.close()
         return self._result(returncode, time.monotonic() - started)
@@ -198,16 +253,20 @@ class Supervisor:
         config = spawn.shim_config(plan, originals)
         config["env"].update({s.name: self.secret_values[s.name] for s in plan.secrets
                               if s.deliver_as == "env"})
+        if self.inspection is not None:
+            config["env"].update(self.inspection.placeholders)  # never the values
         config["secrets_dir"] = any(s.ttl and s.deliver_as == "file" for s in plan.secrets)
         config["proxy_port"] = PROXY_PORT if plan.network.mode == "proxy" else None
         config["notify_program"] = notify_program
+        # the sandbox's own network namespace lists the UNIX sockets bound inside (network/unixwall.py)
+        config["sock_diag"] = bool(plan.seccomp.net_rules) and plan.network.mode != "host"
         config["seccomp_nr"] = seccomp.SECCOMP_SYSCALL.get(os.uname().machine, 317)
         config["cwd"] = self.command_cwd
         config.update(self._extra_config())
         return config
 
-    def _spawn(self, plan: Plan, bwrap_path: str, empty: str, program: bytes,
-               notify_program: bytes) -> tuple[socket.socket, int, float, dict[int, Any]]:
+    def _spawn_fresh(self, plan: Plan, bwrap_path: str, empty: str, program: bytes,
+                     notify_program: bytes) -> tuple[socket.socket, int, float, dict[int, Any]]:
         """Start bubblewrap from this plan and send the shim its configuration."""
         control, shim_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         err_r, err_w = os.pipe()
@@ -216,19 +275,23 @@ class Supervisor:
         stderr_copy = os.dup(stderr)
         secret_fds = {s.name: secret_store.memfd_with(self.secret_values[s.name], s.name)
                       for s in plan.secrets if s.deliver_as == "file"}
-        fds = bwrap.LaunchFds(seccomp=seccomp_fd, control=shim_end.fileno(),
-                              stderr=stderr_copy, empty_file=empty, secrets=secret_fds)
-        numbers = (seccomp_fd, shim_end.fileno(), stderr_copy)
-        argv = bwrap.render(plan, fds, bwrap_path)
+        data_fds: dict[str, int] = {}
         try:
+            data_fds = {target: spawn.memfd(content, "sandboxctl-tls")
+                        for target, content in self._prepare_inspection().items()}
             self._start_broker()
         except SandboxError:
-            for fd in (seccomp_fd, err_w, err_r, stderr_copy, *secret_fds.values()):
+            for fd in (seccomp_fd, err_w, err_r, stderr_copy, *secret_fds.values(), *data_fds.values()):
                 os.close(fd)
             control.close()
             shim_end.close()
             self.io.close()
             raise
+        fds = bwrap.LaunchFds(seccomp=seccomp_fd, control=shim_end.fileno(),
+                              stderr=stderr_copy, empty_file=empty, secrets=secret_fds, data=data_fds)
+        numbers = (seccomp_fd, shim_end.fileno(), stderr_copy)
+        argv = bwrap.render(plan, fds, bwrap_path)
+        passed = (seccomp_fd, shim_end.fileno(), stderr_copy, *secret_fds.values(), *data_fds.values())
         started = time.monotonic()
         # bubblewrap is started with the terminal's SIGINT/SIGQUIT ignored: Ctrl-C must reach the
         # command (the shim restores its dispositions), not kill bwrap and the sandbox under it.
@@ -238,13 +301,11 @@ class Supervisor:
                 signal.signal(signum, signal.SIG_IGN)
         try:
             try:
-                self.bwrap_pid = spawn.spawn(argv, stderr=err_w, stdin=stdin, stdout=stdout,
-                                             pass_fds=(seccomp_fd, shim_end.fileno(), stderr_copy,
-                                                       *secret_fds.values()))
+                self.bwrap_pid = self._spawn(argv, stderr=err_w, stdin=stdin, stdout=stdout, pass_fds=passed)
             except OSError as exc:
                 raise SandboxError(f"cannot start bubblewrap: {exc.strerror}", "run sandboxctl doctor") from None
             finally:
-                for fd in (seccomp_fd, err_w, stderr_copy, *secret_fds.values()):
+                for fd in (seccomp_fd, err_w, stderr_copy, *secret_fds.values(), *data_fds.values()):
                     os.close(fd)
                 shim_end.close()
                 self.io.close_child_ends()
@@ -257,8 +318,8 @@ class Supervisor:
             self.broker.stop()
             self.io.close()
             raise
-        if self.head_start_key and headstart.eligible(plan, inherited_stdio=self.io.inherit,
-                                                      forwards_signals=self.forward_signals):
+        if self.head_start_key and not data_fds and headstart.eligible(
+                plan, inherited_stdio=self.io.inherit, forwards_signals=self.forward_signals):
             headstart.remember(self.head_start_key, plan, argv, numbers, config, program)
         return control, err_r, started, originals
 
@@ -276,7 +337,8 @@ class Supervisor:
                               secrets={})
         try:
             argv, config = bwrap.render(plan, fds, bwrap_path), self._config(plan, originals, notify_program)
-            same = (self.io.inherit and self.forward_signals and not plan.secrets and early.matches(argv, config)
+            same = (self.io.inherit and self.forward_signals and not plan.secrets and not plan.inspecting
+                    and plan.overlay is None and early.matches(argv, config)
                     and os.waitpid(early.pid, os.WNOHANG) == (0, 0))
         except ChildProcessError:
             same = False
@@ -309,6 +371,20 @@ class Supervisor:
                 signal.signal(signum, handler)
         control.close()
         os.close(err_r)
+
+    def _spawn(self, argv: list[str], *, stderr: int, stdin: int, stdout: int, pass_fds: tuple[int, ...]) -> int:
+        """bubblewrap, in a mount namespace of its own holding the overlay for workspace: overlay."""
+        overlay = self.plan.overlay
+        if overlay is None:
+            return spawn.spawn(argv, stderr=stderr, stdin=stdin, stdout=stdout, pass_fds=pass_fds)
+        from sandboxctl.workspace import mount
+
+        try:
+            return mount.spawn(argv, mount.OverlayLayers(overlay.lower, overlay.upper, overlay.work),
+                               stderr=stderr, stdin=stdin, stdout=stdout, pass_fds=pass_fds)
+        except mount.OverlayError as exc:
+            message, hint = mount.remedy(exc.failure, mount.filesystem_type(overlay.upper))
+            raise SandboxError(message, hint) from None
 
     def _await_namespace_end(self, limit: float = 5.0) -> None:
         """After a kill, bubblewrap is reaped at once, but the kernel empties the PID namespace as
@@ -437,7 +513,7 @@ class Supervisor:
     def _until_next_timer(self, deadline: float | None) -> float | None:
         """Seconds the loop may sleep: until the run's timeout, the kill after the grace, or the
         next secret's expiry (None: nothing is due)."""
-        wakeups = [t for t in (deadline if not self.timed_out else None, self.kill_at) if t]
+        wakeups = [t for t in (deadline if not self.timed_out else None, self.kill_at, self.next_beat) if t]
         wakeups += [t for t, _ in self.expiries]
         return max(0.0, min(wakeups) - time.monotonic()) if wakeups else None
 
@@ -450,6 +526,9 @@ class Supervisor:
         if self.kill_at and now >= self.kill_at:
             self._kill()
             self.kill_at = None
+        if self.next_beat and now >= self.next_beat and self.snapshot is not None:
+            self.snapshot.beat()  # a killed supervisor's last beat bounds what its sandbox could change
+            self.next_beat = now + HEARTBEAT_S
 
     def _on_control(self, control: socket.socket, sel: selectors.BaseSelector) -> None:
         try:
@@ -464,11 +543,13 @@ class Supervisor:
         for fd in fds[len(received):]:
             os.close(fd)
         self.secrets_dir_fd = received.pop("secrets_dir", None)
+        self.sock_diag_fd = received.pop("sockdiag", None)
+        landlock = landlock_rights.report(message["ready"]["landlock"]) if "ready" in message else {}
         if "proxy" in received:  # served from the first connection on (launch/shim.py made it listen)
             self._proxy_listener = received.pop("proxy")
             sel.register(self._proxy_listener, selectors.EVENT_READ, "proxy")
         if "notify" in received:
-            self._start_notify(received.pop("notify"), sel)
+            self._start_notify(received.pop("notify"), sel, landlock)
         if self.setup_error:
             control.sendall(marshal.dumps({"go": False}))
             return
@@ -486,7 +567,11 @@ class Supervisor:
                 control.sendall(marshal.dumps({"go": False}))
                 return
         if "ready" in message:
-            self.layers = self._layers(landlock_rights.report(message["ready"]["landlock"]))
+            self.layers = self._layers(landlock)
+            if self.snapshot is not None and self.snapshot.active:
+                protect = self.layers.get("protect") or {}
+                self.snapshot.mark(bool(protect.get("wall_whole")))
+                self.next_beat = time.monotonic() + HEARTBEAT_S
             degraded = self.layers["landlock"].get("degraded")
             if degraded:
                 self.notice(f"sandboxctl: warning: {degraded}; running with `landlock: best-effort`")
@@ -518,7 +603,7 @@ class Supervisor:
         elif "exec_error" in message:
             self.exec_error = message
 
-    def _start_notify(self, fd: int, sel: selectors.BaseSelector) -> None:
+    def _start_notify(self, fd: int, sel: selectors.BaseSelector, landlock: dict[str, Any]) -> None:
         """Watch the sandbox's notification listener from the loop (exec and denial events)."""
         self.notify_fd = fd
         import functools
@@ -526,6 +611,21 @@ class Supervisor:
         from sandboxctl.supervise.file_escape import FileEscapes
         from sandboxctl.supervise.mediate import Mediator
 
+        with contextlib.suppress(OSError):  # Linux 6.6: the caller and we switch CPUs less per call
+            fcntl.ioctl(fd, notify.NOTIF_SET_FLAGS, notify.FD_SYNC_WAKE_UP)
+        routes = {}
+        if self.plan.seccomp.net_rules:  # connect/sendto answered here (network/checks.py)
+            from sandboxctl.network.checks import SocketChecks
+
+            try:
+                self.socket_checks = SocketChecks(
+                    self.plan, fd, landlock, sock_diag_fd=self.sock_diag_fd, root_pid=self._init_pid() or 0,
+                    sandbox_pids=lambda: processes.descendants(self._init_pid() or 0), log=self._write_log,
+                    denied=self.denials)
+                routes = self.socket_checks.routes()
+            except OSError as exc:
+                self.setup_error = SandboxError(f"cannot set up the checks of socket calls: {exc}",
+                                                "run sandboxctl doctor")
         plan = self.plan
         verdicts = functools.lru_cache(maxsize=4096)(plan.write_verdict)  # the plan never changes
         log_allowed = plan.file_events != "none"
@@ -534,7 +634,8 @@ class Supervisor:
                                             escalate=FileEscapes(fd, self.broker, self._write_log, self.denials),
                                             log_allowed=log_allowed, is_denial=self._is_denial,
                                             tasks=self._sandbox_processes, tampered=self.tampered,
-                                            memory_writes_trapped=plan.seccomp.file_events != "none")
+                                            memory_writes_trapped=plan.seccomp.file_events != "none",
+                                            routes=routes)
         self.mediator = Mediator(fd, plan, plan.protection(), self._write_log, self.denials,
                                  outside=self.dispatcher.outside, protected_inodes=self.protected_inodes,
                                  log_allowed=log_allowed)
@@ -584,6 +685,7 @@ class Supervisor:
         listener.setblocking(True)
         self.proxy = ProxyServer(listener, NetPolicy(net.allow, net.deny, net.allow_private),
                                  log=lambda record: self._on_net(record), ask=self._ask_network,
+                                 inspection=self.inspection, log_http=self._on_http, ask_request=self._ask_request,
                                  max_connections=fd_budget.connection_cap(self.nofile))
         self.proxy.start()
         if not self.proxy.serving:
@@ -597,28 +699,49 @@ class Supervisor:
                                  "count": int(record.get("count", 1))})
         self._write_log("net", **record)
 
+    def _on_http(self, record: dict[str, Any]) -> None:
+        if record.get("decision") == "deny":
+            port = record.get("port")
+            host = f"{record.get('host')}" + ("" if port in (80, 443, None) else f":{port}")
+            target = f"{record.get('method')} {host}{record.get('path', '')}"
+            self.denials.append({"kind": "http", "target": target, "rule": record.get("rule")})
+        self._write_log("http", **record)
+
     def _write_log(self, event: str, **fields: Any) -> None:
         """Proxy threads and the loop share the log; one lock keeps seq and the chain in order.
         A write failure stops the sandbox rather than letting it go on unobserved."""
         try:
             with self.log_lock:
-                self.log.write(event, **fields)
+                if self.throttle.admit(event, fields):
+                    self.log.write(event, **fields)
         except LogWriteError:
             self.log_failed = True
             self._kill()
+
+    def flush_throttled(self) -> None:
+        """One record per denial that repeated past what is written one by one (before run.end)."""
+        for event, fields in self.throttle.pending():
+            self.log.write(event, **fields)
 
     def _log_secrets(self) -> None:
         now = time.monotonic()
         for secret in self.plan.secrets:
             note = "an env secret cannot expire" if secret.deliver_as == "env" and secret.ttl else None
             self.log.write("secret", name=secret.name, **{"as": secret.deliver_as}, action="inject",
-                           ttl_s=secret.ttl, note=note)
-            if secret.ttl and secret.deliver_as == "file":
+                           ttl_s=secret.ttl, note=note, hosts=list(secret.hosts) or None)
+            if secret.ttl and secret.deliver_as in ("file", "proxy"):
                 self.expiries.append((now + secret.ttl, secret.name))
         self.expiries.sort()
 
     def _expire(self, name: str) -> None:
-        """Delete an expired file secret through the handle the shim gave us into the sandbox."""
+        """Delete an expired file secret through the handle the shim gave us into the sandbox; a proxy
+        secret is no longer put into requests."""
+        secret = next((s for s in self.plan.secrets if s.name == name), None)
+        if secret is not None and secret.deliver_as == "proxy":
+            if self.inspection is not None:
+                self.inspection.phantoms.expire(name)
+            self._write_log("secret", name=name, **{"as": "proxy"}, action="expire")
+            return
         if self.secrets_dir_fd is None:
             return
         with contextlib.suppress(FileNotFoundError):
@@ -704,6 +827,8 @@ class Supervisor:
 
     # ------------------------------------------------------------------ result
     def _layers(self, landlock: dict[str, Any]) -> dict[str, Any]:
+        from sandboxctl.network import checks
+
         plan = self.plan
         return {
             "bubblewrap": {
@@ -717,9 +842,10 @@ class Supervisor:
                         "foreign_arch": plan.seccomp.bad_arch_action,
                         "denials_trapped": plan.seccomp.trap_denials and self.notify_fd is not None,
                         "exec_events": plan.seccomp.notify_exec and self.notify_fd is not None},
-            "network": {"mode": plan.network.mode,
-                        "proxy": f"127.0.0.1:{PROXY_PORT} inside, served by the supervisor"
-                        if plan.network.mode == "proxy" else None},
+            "network": {**checks.network_layer(plan, landlock, self.socket_checks,
+                                     f"127.0.0.1:{PROXY_PORT} inside, served by the supervisor"
+                                     if plan.network.mode == "proxy" else None),
+                        "inspected": [str(p) for p in self.inspection.patterns] if self.inspection else None},
             "approvals": {"mode": plan.approval_mode,
                           "via": plan.approval_via if plan.approval_mode == "ask" else None,
                           "file_writes": "approved opens are made by the supervisor (seccomp ADDFD)"
@@ -731,6 +857,9 @@ class Supervisor:
                            "elf_loader": "refused as a command"} if plan.exec_loaders else None,
             "memory": plan.limits.memory_method,
             "pids": plan.limits.pids_method,
+            **({"workspace": {"mode": "overlay", "layer": plan.overlay.layer_dir,
+                              "mount": "overlayfs (userxattr) in bubblewrap's own mount namespace; "
+                                       "the host's workspace is not written"}} if plan.overlay else {}),
         }
 
     def _protect_layer(self, landlock: dict[str, Any]) -> dict[str, Any] | None:
@@ -740,7 +869,7 @@ class Supervisor:
             return None
         enforced = protect.mediated and self.notify_fd is not None and bool(landlock.get("enforced"))
         return {"writable_roots": list(protect.roots), "git_directories": len(protect.gitdirs),
-                "recorded": len(protect.record),
+                "recorded": len(protect.record), "wall_whole": enforced,
                 "enforced_by": "Landlock (writable roots read-only to the kernel) + the supervisor performing "
                                "each change" if enforced else "read-only binds and the supervisor's checks only",
                 "end_of_run_check": True}

@@ -74,8 +74,8 @@ class SessionSupervisor(Supervisor):
     def _extra_config(self) -> dict[str, Any]:
         return {"session": self.plan.session}
 
-    def _start_notify(self, fd: int, sel: selectors.BaseSelector) -> None:
-        super()._start_notify(fd, sel)
+    def _start_notify(self, fd: int, sel: selectors.BaseSelector, landlock: dict) -> None:
+        super()._start_notify(fd, sel, landlock)
         self.dispatcher.attribute = self.attribution.command_of
 
     def _register_sources(self, sel: selectors.BaseSelector) -> None:

@@ -72,7 +72,9 @@ def denial(event: str, fields: dict[str, Any]) -> dict[str, Any] | None:
     if event == "syscall":
         return {"kind": "syscall", "target": fields.get("name"), "rule": fields.get("rule")}
     if event == "net":
-        target = f"{fields['host']}:{fields.get('port')}" if fields.get("host") else "unparsable request"
+        from sandboxctl.network.sockaddr import destination
+
+        target = destination(fields["host"], fields.get("port")) if fields.get("host") else "unparsable request"
         return {"kind": "net", "target": target, "rule": fields.get("rule")}
     return None
 

@@ -86,17 +86,29 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def web(tmp_path):
-    """A static HTTP server on 127.0.0.1 serving tmp_path/www."""
+def _static_server(tmp_path, address: str):
     root = tmp_path / "www"
     root.mkdir()
     (root / "hello.txt").write_text("hello from the host\n")
     handler = functools.partial(_Quiet, directory=str(root))
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
+    server = socketserver.ThreadingTCPServer((address, 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server.server_address[1], root
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def web(tmp_path):
+    """A static HTTP server on 127.0.0.1 serving tmp_path/www (policies that reach it name the host's
+    loopback, so 127.0.0.1 goes to the proxy)."""
+    yield from _static_server(tmp_path, "127.0.0.1")
+
+
+@pytest.fixture
+def web_elsewhere(tmp_path):
+    """The same server on the host's 127.0.0.2: a stand-in for a remote host under policies that do
+    not name it (127.0.0.1 inside is then the sandbox's own loopback, and NO_PROXY names it)."""
+    yield from _static_server(tmp_path, "127.0.0.2")

@@ -24,7 +24,7 @@ BAD_MOVES = {  # the row's title -> what happens without the sandbox
     "read ~/.ssh/id_ed25519": "fake SSH key READ",
     "write a file outside the workspace": "file CHANGED",
     "plant a git hook (.git/hooks/pre-commit)": "hook PLANTED",
-    "reach a server (127.0.0.1, standing in for the internet)": "REACHED (1 request)",
+    "reach a server (127.0.0.2, standing in for the internet)": "REACHED (1 request)",
 }
 HARMLESS = ("read the workspace", "write into the workspace", "use a scratch file in /tmp",
             "run a tool (git --version)")
@@ -55,7 +55,7 @@ def _check(sandbox, tmp: Path, out: str) -> None:
     run = next(r["run"] for r in records if r["event"] == "run.start")
     assert f"sandboxctl log --run {run}" in out
     net = [r for r in records if r["event"] == "net"]
-    assert [(r["host"], r["decision"]) for r in net] == [("127.0.0.1", "deny")], net  # the connection's trace
+    assert [(r["host"], r["decision"]) for r in net] == [("127.0.0.2", "deny")], net  # the connection's trace
     files = {r["path"].rsplit("/", 1)[-1] for r in records if r["event"] == "file" and r["decision"] == "deny"}
     assert {"notes.txt", "pre-commit"} <= files
     assert not [p for p in tmp.iterdir()], "the demo removes its temporary world"
@@ -103,7 +103,7 @@ def test_demo_on_a_terminal_asks_and_d_denies(sandbox, tmp_path: Path) -> None:
     prompts = screen.split(b"approval needed")[1:]
     assert answered == len(prompts) >= 2
     seen = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", b"".join(prompts).replace(b"\r\n", b"\n"))  # styles off
-    assert b"notes.txt" in seen and b"connect  127.0.0.1" in seen, seen.decode(errors="replace")[-2500:]
+    assert b"notes.txt" in seen and b"connect  127.0.0.2" in seen, seen.decode(errors="replace")[-2500:]
     text = screen.decode(errors="replace").replace("\r\n", "\n")
     _check(sandbox, tmp, text)
     answers = [(r["kind"], r["answer"], r["via"]) for r in sandbox.records() if r["event"] == "approval"]

@@ -262,6 +262,79 @@ def test_proxy_allows_the_allowlist_and_logs_every_connection(gv, web_port):
 
 
 
+FORWARDER_ATTACK = r"""
+import os, signal, socket, sys, time, urllib.request
+url = f"http://127.0.0.1:{sys.argv[1]}/hello.txt"
+print(urllib.request.urlopen(url, timeout=10).read().decode().strip())
+signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+for target, signum in ((0, signal.SIGUSR1), (-1, signal.SIGUSR1), (-1, signal.SIGKILL)):
+    try:
+        os.kill(target, signum)
+        print("signalled", target)
+    except OSError as e:
+        print("kill", target, e.errno)
+time.sleep(0.5)
+for host in ("127.0.0.1", "0.0.0.0", "::ffff:127.0.0.1"):
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        s.bind((host, 3128))
+        s.listen()
+        print("BOUND", host)
+    except OSError as e:
+        print("bind", e.errno)
+print(urllib.request.urlopen(url, timeout=10).read().decode().strip())
+status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+print(*(status[k].strip() for k in ("CapInh", "CapPrm", "CapEff", "CapBnd")))
+"""
+
+
+def test_the_proxy_forwarder_is_out_of_the_commands_reach(gv, web_port):
+    """kill(0) and kill(-1) from the command reach no forwarder, 127.0.0.1:3128 cannot be bound
+    beside it, and requests still arrive at the supervisor's proxy afterwards (judged by its log)."""
+    policy = gv.write_policy("net.yaml", "version: 1\nextends: default\nnetwork:\n  mode: proxy\n"
+                             f"  allow: ['127.0.0.1:{web_port}']\n  allow_private: true\n")
+    result = gv.run("--", "python3", "-c", FORWARDER_ATTACK, str(web_port), policy=str(policy), timeout=120)
+    lines = result.stdout.splitlines()
+    assert len(lines) == 9 and lines[0] == "hello from the host", result.stdout + result.stderr
+    assert lines[1:4] == ["signalled 0", "kill -1 3", "kill -1 3"]  # ESRCH: nobody else it may signal
+    assert lines[4:7] == ["bind 98"] * 3  # EADDRINUSE, whatever the address or option
+    assert lines[7] == "hello from the host"
+    assert lines[8].split() == ["0000000000000000"] * 4  # the command has no capability at all
+    assert [e["decision"] for e in gv.records() if e["event"] == "net"] == ["allow", "allow"]
+    assert "uid 65534" in gv.start()["layers"]["network"]["proxy"]
+
+
+FORWARDER_PID = r"""
+import os, sys, time
+for pid in os.listdir("/proc"):
+    if pid.isdigit() and os.stat(f"/proc/{pid}").st_uid == 65534:
+        print(pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_run_ends_if_the_forwarder_stops(gv):
+    """Whatever stops the forwarder (here runsc, from outside), the port must not be left free for
+    the command: the supervisor sees its lifeline close and ends the run."""
+    proc = subprocess.Popen(gv.argv("--", "python3", "-c", FORWARDER_PID, policy="ci"), cwd=gv.workspace,
+                            env=gv.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        forwarder = proc.stdout.readline().strip()
+        assert forwarder.isdigit(), proc.stderr.read()
+        run_id = gv.start()["run"]
+        state = next((gv.runtime / "sandboxctl").glob("g-*")) / "state"
+        subprocess.run([shutil.which("runsc"), f"--root={state}", "kill", "--pid", forwarder,
+                        f"sandboxctl-{run_id}", "9"], check=True, capture_output=True, timeout=30)
+        assert proc.wait(30) == 125
+        assert "forwarder inside gVisor stopped" in proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert [r["kind"] for r in gv.records() if r["event"] == "limit"] == ["forwarder"]
+
+
 def _approval_policy(gv, via: str = "tty") -> str:
     return str(gv.write_policy("approvals.yaml", "version: 1\nextends: default\nnetwork:\n  mode: proxy\n"
                                f"  allow_private: true\napproval: {{mode: ask, via: {via}, timeout: 20s}}\n"))

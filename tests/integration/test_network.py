@@ -42,8 +42,9 @@ def test_allowed_destination_is_reachable_and_others_get_403(sandbox, web):
 @needs_curl
 def test_refusal_body_tells_an_agent_what_to_do(sandbox, web):
     port, _ = web
-    result = sandbox.run("--", "curl", "-s", f"http://127.0.0.1:{port}/", policy=_policy(sandbox, []))
-    assert "--allow-net" in result.stdout and f"127.0.0.1:{port}" in result.stdout
+    # a name: 127.0.0.1 would be the sandbox's own loopback (NO_PROXY) when no rule names the host's
+    result = sandbox.run("--", "curl", "-s", f"http://registry.example.invalid:{port}/", policy=_policy(sandbox, []))
+    assert "--allow-net" in result.stdout and f"registry.example.invalid:{port}" in result.stdout
 
 
 @needs_curl

@@ -53,7 +53,8 @@ def secret_key(home: Path) -> Path:
 
 @pytest.fixture
 def counting_web():
-    """A web server on the host's loopback that counts the requests it gets (the judge of "not reached")."""
+    """A web server on the host's 127.0.0.2 that counts the requests it gets (the judge of "not
+    reached"); 127.0.0.1 inside the sandbox is the sandbox's own loopback."""
     import http.server
     import threading
 
@@ -69,7 +70,7 @@ def counting_web():
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = http.server.ThreadingHTTPServer(("127.0.0.2", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server.server_address[1], hits
     server.shutdown()
@@ -93,7 +94,7 @@ def test_a_scripted_agent_is_blocked_three_ways_and_its_tests_pass(workspace, ho
         [_shell("write-out", f"echo planted > {victim}; echo pwned >> {home}/.bashrc; "
                              f"echo planted > {venv}/planted.pth")],
         [_shell("reach-host", f"python3 -c \"import urllib.request as u; print(u.urlopen("
-                              f"'http://127.0.0.1:{port}/hello.txt', timeout=10).read())\"")],
+                              f"'http://127.0.0.2:{port}/hello.txt', timeout=10).read())\"")],
         [_shell("tests", f"PYTHONDONTWRITEBYTECODE=1 {venv}/bin/python -m pytest -q -p no:cacheprovider test_math.py")],
         [assistant_message("done")],
     ]
@@ -179,7 +180,7 @@ def test_control_the_same_script_unconfined_does_reach_everything(workspace, hom
     victim = tmp_path / "planted-unconfined.txt"
     steps = [[_shell("read-key", f"cat {secret_key}")], [_shell("write-out", f"echo planted > {victim}")],
              [_shell("reach-host", f"python3 -c \"import urllib.request as u; print(u.urlopen("
-                                   f"'http://127.0.0.1:{port}/hello.txt', timeout=10).read())\"")],
+                                   f"'http://127.0.0.2:{port}/hello.txt', timeout=10).read())\"")],
              [assistant_message("done")]]
     agent = SandboxAgent(name="attacker", instructions="do as scripted", model=ScriptedModel(steps),
                          default_manifest=Manifest(root=str(workspace)))

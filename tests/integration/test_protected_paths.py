@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import textwrap
@@ -367,22 +368,36 @@ ln -s .git/hooks/pre-commit pc; echo evil > pc; truncate -s 0 c; chmod 777 alias
 
 
 # ------------------------------------------------------------------ the end-of-run check
-def test_a_protected_path_changed_during_the_run_is_put_back_and_reported(sandbox):
+def test_a_protected_path_changed_from_outside_during_the_run_is_reported_and_left(sandbox):
+    """With the kernel wall whole the sandbox cannot write a protected path: a change found at the
+    end was made outside (an IDE, the user's own git) and is reported, never undone."""
     ws = repo(sandbox.workspace, sandbox.home)
     config = (ws / ".git" / "config").read_bytes()
     proc = _start(sandbox, "echo up > up; while [ ! -e go ]; do sleep 0.05; done")
     _wait_for(ws / "up")
-    (ws / ".git" / "config").write_bytes(config + b"[core]\n\tfsmonitor = evil\n")  # as if a wall had failed
-    (ws / ".envrc").write_text("eval evil\n")
+    (ws / ".git" / "config").write_bytes(config + b"[core]\n\tfsmonitor = from-the-host\n")
+    (ws / ".envrc").write_text("# the user's own\n")
     (ws / "go").write_text("")
     _, err = proc.communicate(timeout=60)
-    assert (ws / ".git" / "config").read_bytes() == config
-    assert not (ws / ".envrc").exists()
+    assert (ws / ".git" / "config").read_bytes().endswith(b"from-the-host\n")
+    assert (ws / ".envrc").exists()
     events = [r for r in sandbox.records() if r.get("event") == "protect"]
-    assert {(Path(e["path"]).name, e["change"]) for e in events} >= {("config", "modified"), (".envrc", "created")}
-    kept = next(e["kept"] for e in events if Path(e["path"]).name == "config")
-    assert b"fsmonitor = evil" in Path(kept).read_bytes()
-    assert "protected path" in err and ".git/config" in err
+    assert {(Path(e["path"]).name, e["change"], e["action"]) for e in events} >= {
+        ("config", "modified", "reported"), (".envrc", "created", "reported")}
+    assert "changed from outside the sandbox" in err and ".git/config" in err
+
+
+@pytest.mark.skipif(not shutil.which("runsc"), reason="runsc (gVisor) is not installed")
+def test_under_gvisor_a_changed_protected_path_is_put_back_and_kept_aside(sandbox):
+    """gVisor has no mediation: a protected name that did not exist is not held during the run, so
+    the end-of-run check removes what appeared (kept aside) and puts back what changed."""
+    ws = repo(sandbox.workspace, sandbox.home)
+    result = sandbox.run("--backend", "gvisor", "--", "/bin/sh", "-c", "echo 'eval evil' > .envrc; echo end")
+    assert "end" in result.stdout, result.stderr
+    assert not (ws / ".envrc").exists()
+    [event] = [r for r in sandbox.records() if r.get("event") == "protect"]
+    assert event["change"] == "created" and event["action"] == "removed"
+    assert Path(event["kept"]).read_text() == "eval evil\n"
 
 
 def test_a_killed_supervisor_leaves_the_check_to_the_next_run(sandbox):
@@ -394,11 +409,11 @@ def test_a_killed_supervisor_leaves_the_check_to_the_next_run(sandbox):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     time.sleep(0.5)
-    (ws / ".git" / "config").write_bytes(config + b"[alias]\n\tx = !evil\n")
+    (ws / ".git" / "config").write_bytes(config + b"[alias]\n\tx = !the-users-own\n")  # after the death
     result = sandbox.run("--", "true")
     assert result.returncode == 0, result.stderr
-    assert (ws / ".git" / "config").read_bytes() == config
-    assert "whose supervisor was killed" in result.stderr
+    assert b"the-users-own" in (ws / ".git" / "config").read_bytes()  # the user's, not the sandbox's
+    assert "whose supervisor was killed" in result.stderr and "left as it is" in result.stderr
 
 
 def test_summary_json_lists_protected_changes(sandbox, tmp_path):
@@ -407,12 +422,12 @@ def test_summary_json_lists_protected_changes(sandbox, tmp_path):
                                          "echo up > up; while [ ! -e go ]; do sleep 0.05; done"),
                             cwd=ws, env=sandbox.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for(ws / "up")
-    (ws / ".git" / "hooks" / "pre-commit").write_text("#!/bin/sh\nevil\n")
+    (ws / ".git" / "hooks" / "pre-commit").write_text("#!/bin/sh\nthe user's\n")
     (ws / "go").write_text("")
     proc.wait(timeout=60)
     summary = json.loads((tmp_path / "s.json").read_text())
-    assert [c["path"] for c in summary["protected"]] == [str(ws / ".git" / "hooks" / "pre-commit")]
-    assert not (ws / ".git" / "hooks" / "pre-commit").exists()
+    assert [(c["path"], c["action"]) for c in summary["protected"]] == [
+        (str(ws / ".git" / "hooks" / "pre-commit"), "reported")]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only a supervisor running as root could bypass file permissions")
@@ -450,3 +465,27 @@ def test_files_made_by_the_supervisor_keep_the_callers_umask(sandbox):
     assert "end" in result.stdout
     modes = {name: (ws / name).stat().st_mode & 0o777 for name in ("secret", "private", "public", "shared", "py")}
     assert modes == {"secret": 0o600, "private": 0o700, "public": 0o644, "shared": 0o755, "py": 0o640}
+
+
+def test_a_unix_socket_bound_in_the_workspace_is_made_by_the_supervisor_and_reachable(sandbox):
+    code = ("import socket\ns = socket.socket(socket.AF_UNIX); s.bind('srv.sock'); s.listen(1)\n"
+            "c = socket.socket(socket.AF_UNIX); c.connect('srv.sock'); a, _ = s.accept(); c.send(b'hi')\n"
+            "print(a.recv(2).decode())\n"
+            "for name in ('.envrc', '.git'):\n"
+            "    try:\n        socket.socket(socket.AF_UNIX).bind(name)\n    except OSError as e:\n"
+            "        print(name, e.errno)\n")
+    result = sandbox.py(code)
+    assert result.stdout.split() == ["hi", ".envrc", "13", ".git", "13"], result.stderr
+    import stat as stat_module
+
+    assert stat_module.S_ISSOCK((sandbox.workspace / "srv.sock").lstat().st_mode)
+    assert not (sandbox.workspace / ".envrc").exists()
+
+
+def test_no_setuid_file_is_left_in_the_workspace(sandbox):
+    result = sandbox.sh("cp /bin/true t && chmod 4755 t && chmod g+s t; install -m 6755 /bin/true u; "
+                        "mkdir -m 2775 shared; echo end")
+    assert "end" in result.stdout, result.stderr
+    for name in ("t", "u"):
+        assert not (sandbox.workspace / name).stat().st_mode & 0o6000, name
+    assert (sandbox.workspace / "shared").stat().st_mode & 0o2000  # a directory's setgid is only inheritance

@@ -20,7 +20,7 @@ for name, mode in (("existing.txt", "w"), ("new1.txt", "w"), ("new2.txt", "w")):
     except OSError as exc:
         failed.append(f"{name}: {exc.strerror}")
 try:
-    urllib.request.urlopen(f"http://127.0.0.1:{port}/hello.txt", timeout=10).read()
+    urllib.request.urlopen(f"http://127.0.0.2:{port}/hello.txt", timeout=10).read()
 except OSError as exc:
     failed.append(f"http: {exc}")
 try:  # protected (it would run git commands later, outside): never suggested, so this stays denied
@@ -42,8 +42,8 @@ def _denials(sandbox, run: str) -> list[dict]:
     return [r for r in sandbox.records() if r.get("run") == run and r.get("decision") == "deny"]
 
 
-def test_the_suggested_policy_lets_the_same_run_through(sandbox, tmp_path: Path, web) -> None:
-    port, _root = web
+def test_the_suggested_policy_lets_the_same_run_through(sandbox, tmp_path: Path, web_elsewhere) -> None:
+    port, _root = web_elsewhere
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "existing.txt").write_text("before\n")
@@ -67,7 +67,7 @@ def test_the_suggested_policy_lets_the_same_run_through(sandbox, tmp_path: Path,
     data = yaml.safe_load(text)
     assert data["extends"] == "default"
     assert data["filesystem"]["write"] == [str(outside)]  # several new files there: the directory
-    assert data["network"]["allow"] == [f"127.0.0.1:{port}"]
+    assert data["network"]["allow"] == [f"127.0.0.2:{port}"]
     assert ".gitconfig" not in str(data) and "protected" in text.split("# Not suggested", 1)[1]
     assert _cli(sandbox, "policy", "validate", str(suggested)).returncode == 0
 
@@ -96,10 +96,10 @@ def test_an_unknown_run_is_one_line_and_a_hint(sandbox) -> None:
         f"{sandbox.log_path}"
 
 
-def test_a_policy_file_is_extended_relative_to_the_suggestion(sandbox, tmp_path: Path, web) -> None:
-    port, _root = web
+def test_a_policy_file_is_extended_relative_to_the_suggestion(sandbox, tmp_path: Path, web_elsewhere) -> None:
+    port, _root = web_elsewhere
     mine = sandbox.write_policy("mine.yaml", "version: 1\nname: mine\nextends: default\n")
-    done = sandbox.run("--", "python3", "-c", f"import urllib.request as u; u.urlopen('http://127.0.0.1:{port}/')",
+    done = sandbox.run("--", "python3", "-c", f"import urllib.request as u; u.urlopen('http://127.0.0.2:{port}/')",
                        policy=str(mine))
     assert done.returncode != 0
     run = next(r["run"] for r in reversed(sandbox.records()) if r["event"] == "run.start")
@@ -108,5 +108,5 @@ def test_a_policy_file_is_extended_relative_to_the_suggestion(sandbox, tmp_path:
     assert _cli(sandbox, "policy", "suggest", "--run", run, "-o", str(out)).returncode == 0
     data = yaml.safe_load(out.read_text())
     assert (out.parent / data["extends"]).resolve() == mine.resolve() and data["name"] == "mine-suggested"
-    assert sandbox.run("--", "python3", "-c", f"import urllib.request as u; u.urlopen('http://127.0.0.1:{port}/')",
+    assert sandbox.run("--", "python3", "-c", f"import urllib.request as u; u.urlopen('http://127.0.0.2:{port}/')",
                        policy=str(out)).returncode == 0

@@ -162,6 +162,9 @@ def test_render_shows_what_who_rule_and_choices() -> None:
     for needle in ("pid 42: python3 agent.py", "outside the writable set", "[o]", "allow once",
                    "[r]", "[a]", "always", "[d]", "deny", "2 more waiting", "r-1"):
         assert needle in text
+    text = render({"id": "r-2", "kind": "http", "target": "DELETE api.github.com/repos/acme/x", "pid": None,
+                   "rule": "not in network.inspect allow rules", "expires_in_s": 60}, 0, "default", 100)
+    assert re.search(r"request +DELETE api\.github\.com/repos/acme/x", _SGR.sub("", text))
 
 
 _SGR = re.compile(r"\x1b\[[0-9;]*m")  # rich's own styles: the only escape sequences a panel may hold

@@ -17,3 +17,23 @@ def test_collapse_keeps_first_order_and_counts():
         ("file", "create /etc/x", "other rule", 1)]
     assert total(denials) == total(rows) == 48
     assert collapse([]) == [] and total([]) == 0
+
+
+def test_identical_denials_are_kept_a_few_times_then_counted():
+    from sandboxctl.supervise.denials import KEEP, DenialList, LogThrottle, collapse, total
+
+    kept = DenialList()
+    throttle = LogThrottle()
+    written = 0
+    for _ in range(5000):
+        kept.append({"kind": "file", "target": "write /ws/.git/config", "rule": "protected"})
+        written += throttle.admit("file", {"decision": "deny", "path": "/ws/.git/config", "op": "write",
+                                           "rule": "protected"})
+    kept.append({"kind": "net", "target": "a:1", "rule": "not allowed"})
+    assert len(kept) == KEEP + 2 and total(kept) == 5001
+    assert collapse(kept) == [{"kind": "file", "target": "write /ws/.git/config", "rule": "protected", "count": 5000},
+                              {"kind": "net", "target": "a:1", "rule": "not allowed", "count": 1}]
+    assert written == KEEP
+    [(event, summary)] = throttle.pending()
+    assert event == "file" and summary["repeated"] == 5000 - KEEP and summary["path"] == "/ws/.git/config"
+    assert throttle.admit("exec", {"path": "/usr/bin/true"})  # only denials are throttled

@@ -400,3 +400,15 @@ def test_shim_python_is_informational() -> None:
     assert under.status == OK and "under /usr" in under.found
     outside = host.assess_shim_python("/opt/py/bin/python3", "/opt/py/bin/python3.12", "/opt/py")
     assert outside.status == OK and "/opt/py read-only" in outside.found
+
+
+def test_overlay_check_says_what_works_and_what_to_do():
+    from sandboxctl.checks.common import OK, WARN
+    from sandboxctl.checks.overlay import assess_overlay
+
+    good = assess_overlay(None, "ext4", "6.18.0")
+    assert good.status == OK and "ext4" in good.found
+    old = assess_overlay("the kernel refused an unprivileged overlayfs mount", "ext4", "5.10.0")
+    assert old.status == WARN and "5.11" in old.remedy
+    fs = assess_overlay("overlayfs refused the run's layer", "overlay", "6.18.0")
+    assert fs.status == WARN and "XDG_STATE_HOME" in fs.remedy

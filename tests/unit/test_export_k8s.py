@@ -570,3 +570,18 @@ def test_export_k8s_policy_option_completes_policy_names() -> None:
     params = {p.name: p for p in command.params}
     assert params["policy"]._custom_shell_complete is not None
     assert params["runtime_class"]._custom_shell_complete is not None
+
+
+def test_a_phantom_secret_and_request_rules_are_not_exported_as_if_enforced(tmp_path: Path) -> None:
+    """The value of an as: proxy secret must never reach the pod; request rules need the proxy."""
+    path = tmp_path / "phantom.yaml"
+    path.write_text("version: 1\nextends: default\nnetwork:\n  mode: proxy\n  allow: [api.github.com]\n"
+                    "  inspect:\n    api.github.com: {allow: ['GET /repos/**']}\n"
+                    "secrets:\n  GH:\n    from: env:GH\n    as: proxy\n    hosts: [api.github.com]\n")
+    result = export(load_named(str(path)).policy, secret_name="keys")
+    env = {e["name"] for e in container(result)["env"]}
+    assert "GH" not in env and "GH_FILE" not in env
+    assert not [v for v in pod(result)["volumes"] if "secret" in v]
+    text = render(result)
+    assert "secrets.GH (as: proxy)" in text and "not exported" in text
+    assert "network.inspect (api.github.com)" in text and "request rules" in text

@@ -30,7 +30,8 @@ def test_rights_are_landlockpys() -> None:
 
 def test_shim_config_and_report_name_what_the_plan_grants() -> None:
     plan = LandlockPlan(required=True, minimum_abi=1, paths=(LandlockPathRule("/usr", ("read", "execute")),),
-                        restrict_tcp=True, connect_tcp_ports=(3128,), bind_tcp_ports=(), scopes=("signal",))
+                        restrict_tcp_bind=True, restrict_tcp_connect=True, connect_tcp_ports=(3128,),
+                        bind_tcp_ports=(), scopes=("signal",))
     config = landlock_rights.shim_config(plan)
     assert config["paths"] == [["/usr", int(flags.AccessFS.READ_FILE | flags.AccessFS.READ_DIR
                                             | flags.AccessFS.EXECUTE)]]

@@ -426,6 +426,13 @@ def test_summaries_never_show_secret_values_and_escape_control_characters():
     assert render.summarize({"event": "file", "op": "write", "path": "/w/x"}) == "write /w/x"
     assert render.summarize({"event": "approval", "kind": "net", "target": "a.b:443"}) == "net a.b:443"
     assert render.summarize({"event": "syscall", "name": "ptrace"}) == "ptrace"
+    assert render.summarize({"event": "http", "method": "GET", "host": "api.github.com", "port": 443,
+                             "path": "/repos/acme/x", "status": 200, "secrets": ["GITHUB_TOKEN"]}) == \
+        "GET api.github.com/repos/acme/x -> 200 (secrets: GITHUB_TOKEN)"
+    assert render.summarize({"event": "http", "method": "POST", "host": "h", "port": 8443, "path": "/p",
+                             "status": 403, "leak": "T"}) == "POST h:8443/p -> 403 (leak: T)"
+    assert render.summarize({"event": "http", "method": "GET", "host": "h", "port": 443,
+                             "path": "/\x1b[2J"}) == "GET h/\\x1b[2J"
     assert render.summarize({"event": "limit", "kind": "memory", "action": "kill"}) == "memory (kill)"
     assert render.summarize({"event": "run.start", "argv": ["ls", "a b"], "policy": "ci"}) == "ls 'a b' (policy ci)"
     assert render.summarize({"event": "run.end", "exit_code": 137, "signal": 9, "duration_s": 75}) == \

@@ -138,12 +138,26 @@ def test_secrets_come_from_the_private_directory_never_the_config(tmp_path):
 
 
 def test_process_runs_the_launcher_as_mapped_root_without_capabilities():
-    plan = gv_plan()
+    plan = gv_plan("offline")
     process = oci.config(plan, PATHS)["process"]
     assert process["args"] == [plan.shim_python, "-I", "-S", "-B", GVISOR_INIT, oci.LAUNCH_FILE]
     assert process["user"] == {"uid": 0, "gid": 0} and process["cwd"] == WS
     assert all(caps == [] for caps in process["capabilities"].values())
     assert process["noNewPrivileges"] is True and process["terminal"] is False
+    assert oci.launch_config(plan, None, {}, [], 317)["drop_capabilities"] is False
+
+
+def test_under_proxy_the_launcher_may_only_change_ids_and_must_drop_everything():
+    """The forwarder becomes another user (out of the command's kill(-1) reach): the launcher gets
+    exactly what that takes, never inheritable or ambient, and is told to drop it all before exec."""
+    plan = gv_plan("default")
+    caps = oci.config(plan, PATHS)["process"]["capabilities"]
+    for kind in ("bounding", "effective", "permitted"):
+        assert caps[kind] == ["CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"]
+    assert caps["inheritable"] == [] and caps["ambient"] == []
+    launch = oci.launch_config(plan, None, {}, [], 317)
+    assert launch["drop_capabilities"] is True
+    assert launch["proxy"]["alive"] == f"{oci.PROXY_DIR}/{oci.ALIVE_SOCKET_NAME}"
 
 
 def test_limits_become_rlimits():
@@ -179,7 +193,8 @@ def test_launch_config_carries_what_the_launcher_needs():
     plan = gv_plan()
     launch = oci.launch_config(plan, b"\0" * 8, {"A": "1"}, [2], 317)
     assert launch["argv"] == ["true"] and launch["env"] == {"A": "1"} and launch["seccomp"] == b"\0" * 8
-    assert launch["proxy"] == {"port": 3128, "socket": f"{oci.PROXY_DIR}/{oci.PROXY_SOCKET_NAME}"}
+    assert launch["proxy"] == {"port": 3128, "socket": f"{oci.PROXY_DIR}/{oci.PROXY_SOCKET_NAME}",
+                               "alive": f"{oci.PROXY_DIR}/{oci.ALIVE_SOCKET_NAME}"}
     assert oci.launch_config(gv_plan(net="none"), None, {}, [], 317)["proxy"] is None
 
 

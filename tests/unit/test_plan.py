@@ -210,12 +210,17 @@ def test_landlock_mirrors_the_mounts():
     assert rules["/tmp"] == ("read", "write", "execute")
     assert rules["/usr"] == ("read", "execute")
     assert "write" not in rules["/etc"]
-    assert plan.landlock.restrict_tcp and plan.landlock.minimum_abi == 1
+    # servers inside by default: the private loopback is the namespace's business, not Landlock's
+    assert not plan.landlock.restrict_tcp_bind and not plan.landlock.restrict_tcp_connect
+    assert plan.landlock.minimum_abi == 1
 
 
 def test_network_host_needs_landlock_scopes():
     plan = plan_for(net="host")
-    assert not plan.landlock.restrict_tcp and plan.landlock.minimum_abi == 6
+    assert plan.landlock.minimum_abi == 6
+    # the host's interfaces: no port binds unless listed; connecting is what host mode allows
+    assert plan.landlock.restrict_tcp_bind and plan.landlock.bind_tcp_ports == ()
+    assert not plan.landlock.restrict_tcp_connect
 
 
 def test_approval_mode_defaults_to_deny_without_a_terminal():

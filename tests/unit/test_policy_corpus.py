@@ -98,7 +98,7 @@ EXPECT: dict[str, tuple[int | None, str, str]] = {
     "env_set_number.yaml": (4, "env.set.PIP_NO_INPUT", "expected a string, got a number"),
     "pids_string.yaml": (3, "limits.pids", "expected a whole number, got a string"),
     "pids_float.yaml": (3, "limits.pids", "expected a whole number"),
-    "workspace_bool.yaml": (2, "workspace", "expected one of rw, ro, none, got a boolean"),
+    "workspace_bool.yaml": (2, "workspace", "expected one of rw, ro, none, overlay, got a boolean"),
     "choice_wrong.yaml": (3, "network.mode", "'maybe': must be one of none, proxy, host"),
     "landlock_wrong.yaml": (2, "landlock", "'optional': must be one of required, best-effort"),
     "backend_wrong.yaml": (2, "backend", "'docker': must be one of bwrap, gvisor"),

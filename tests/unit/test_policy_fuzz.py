@@ -20,9 +20,11 @@ from sandboxctl.policy.load import SourceFile, load_source, validate_source
 from sandboxctl.policy.schema import (
     Boolean,
     Choice,
+    FlagOrList,
     Integer,
     ListOf,
     MapOf,
+    Nullable,
     OneOrMany,
     Record,
     Report,
@@ -104,6 +106,8 @@ def _schema_keys(node, out: set[str]) -> set[str]:
         _schema_keys(node.item, out)
     elif isinstance(node, MapOf):
         _schema_keys(node.value, out)
+    elif isinstance(node, Nullable):
+        _schema_keys(node.item, out)
     return out
 
 
@@ -120,7 +124,9 @@ PLAUSIBLE = [
     "rw", "ro", "none", "proxy", "host", "ask", "deny", "allow", "tty", "socket", "file", "env",
     "required", "best-effort", "write", "all", "bwrap", "gvisor", "ptrace", "PTRACE",
     "base", "default", "ci", "offline", "nosuch", "./parent.yaml", "/abs.yaml", "",
+    "GET /repos/acme/**", "* /**", "POST /a/*/b", "get /x", "GET /a?b", "GET /../x", "GET /a/**b",
     "syslog", "syslog+udp://127.0.0.1:514", "syslog+tcp://[::1]:6514", "udp://x:1", "syslog+tcp://h",
+    "~/.claude.json#mcpServers", "~/.x.json#projects.*.allowedTools", "/x.json#", "rel.json#a", "~/y#a..b",
 ]
 SCALARS = (
     st.sampled_from(PLAUSIBLE)
@@ -171,13 +177,20 @@ def from_schema(node, key: str = "") -> st.SearchStrategy:
                          st.integers(0, 9).flatmap(lambda roll: junk if roll == 0 else st.just({})),
                          ).map(lambda pair: pair[0] | pair[1])
     if isinstance(node, MapOf):
-        names = st.sampled_from(["TOKEN", "LANG", "A_1", "_x", "PIP_NO_INPUT"])
+        if node.key_parse is not None:  # network.inspect: host patterns
+            names = st.sampled_from(["api.github.com", "*.example.com", "[::1]:443", "bad host", "x:0"])
+        else:
+            names = st.sampled_from(["TOKEN", "LANG", "A_1", "_x", "PIP_NO_INPUT"])
         return st.dictionaries(names, _mostly(from_schema(node.value)), max_size=3)
+    if isinstance(node, Nullable):
+        return st.none() | from_schema(node.item)
     if isinstance(node, ListOf):
         return st.lists(_mostly(from_schema(node.item)), max_size=4)
     if isinstance(node, OneOrMany):
         one = st.sampled_from(["base", "default", "ci", "offline"]) if key == "extends" else from_schema(node.item)
         return one | st.lists(one, max_size=3)
+    if isinstance(node, FlagOrList):
+        return st.booleans() | st.lists(_mostly(from_schema(node.item)), max_size=4)
     if isinstance(node, Choice):
         return st.sampled_from(node.options)
     if isinstance(node, Integer):

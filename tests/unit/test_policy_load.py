@@ -248,12 +248,12 @@ def test_validate_source_collects_all_problems_in_order(tmp_path: Path) -> None:
     with pytest.raises(PolicyError) as info:
         validate_source(read_source(path, "p.yaml"))
     assert [str(p) for p in info.value.problems] == [
-        "p.yaml:2: workspace: 'x': must be one of rw, ro, none",
+        "p.yaml:2: workspace: 'x': must be one of rw, ro, none, overlay",
         "p.yaml:4: limits.pids: 0: must be between 1 and 4194304",
         "p.yaml:5: limits.memory: 'lots': not a size (use e.g. 512M, 4G)",
         "p.yaml:6: bogus: unknown key",
     ]
-    assert str(info.value) == "p.yaml:2: workspace: 'x': must be one of rw, ro, none"
+    assert str(info.value) == "p.yaml:2: workspace: 'x': must be one of rw, ro, none, overlay"
 
 
 def test_read_source_of_missing_file_is_one_line(tmp_path: Path) -> None:

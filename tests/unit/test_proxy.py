@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import os
+import re
 import socket
 import threading
 import time
@@ -22,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sandboxctl.network import addresses, connection
+from sandboxctl.network import addresses, messages, relay
 from sandboxctl.network.addresses import NetPolicy
 from sandboxctl.network.proxy import (
     HEAD_LIMIT,
@@ -288,31 +289,38 @@ def test_parse_absolute_uri_and_rewrite() -> None:
     )
     assert isinstance(request, ProxyRequest)
     assert (request.host, request.port, request.target, request.protocol) == ("example.com", 8080, "/a/b?c=d", "http")
-    head = request.upstream_head().decode()
-    assert head.startswith("POST /a/b?c=d HTTP/1.1\r\nHost: example.com:8080\r\n")
-    assert head.endswith("\r\nConnection: close\r\n\r\n")
-    for gone in ("Proxy-", "keep-alive", "X-Hop", "Keep-Alive", "other.example"):
+    head = forwarded(request).decode()
+    assert head.startswith("Host: example.com:8080\r\n")
+    for gone in ("Proxy-", "keep-alive", "X-Hop", "Keep-Alive", "other.example", "Connection"):
         assert gone not in head
     assert "Content-Length: 3\r\n" in head and "X-Kept: yes\r\n" in head
+
+
+def forwarded(request: ProxyRequest) -> bytes:
+    """The headers the proxy sends upstream for this request (network/messages.py)."""
+    headers = [(n.encode(), v.encode("latin-1")) for n, v in request.headers]
+    upgrade = messages.upgrade_requested(headers)
+    out = messages.upstream_request_headers(headers, request.host, request.port, 80, upgrade[0] if upgrade else None)
+    return b"".join(name + b": " + value + b"\r\n" for name, value in out)
 
 
 def test_parse_default_port_empty_path_and_upgrade() -> None:
     request = parse_request_head(b"GET http://example.com HTTP/1.1\r\n\r\n")
     assert isinstance(request, ProxyRequest) and (request.port, request.target) == (80, "/")
-    assert b"Host: example.com\r\n" in request.upstream_head()
+    assert b"Host: example.com\r\n" in forwarded(request)
     request = parse_request_head(b"GET http://example.com?q HTTP/1.1\r\n\r\n")
     assert isinstance(request, ProxyRequest) and request.target == "/?q"
     request = parse_request_head(
         b"GET http://[::1]:81/ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
     )
     assert isinstance(request, ProxyRequest)
-    head = request.upstream_head()
+    head = forwarded(request)
     assert b"Host: [::1]:81\r\n" in head and b"Upgrade: websocket\r\n" in head and b"Connection: upgrade\r\n" in head
     # A Connection header cannot strip the message framing.
     request = parse_request_head(
         b"PUT http://e.com/ HTTP/1.1\r\nConnection: content-length\r\nContent-Length: 1\r\n\r\n"
     )
-    assert isinstance(request, ProxyRequest) and b"Content-Length: 1\r\n" in request.upstream_head()
+    assert isinstance(request, ProxyRequest) and b"Content-Length: 1\r\n" in forwarded(request)
 
 
 MALFORMED = [
@@ -445,12 +453,12 @@ def test_fuzz_parser_structured(data: bytes) -> None:
     elif result.protocol == "connect":
         assert result.port and addresses.normalize_host(result.host) == result.host
     else:
-        head = result.upstream_head()
-        assert head.endswith(b"\r\n\r\n") and b"\r\n\r\n" not in head[:-4]
-        lines = head.decode("latin-1").lower().split("\r\n")[:-2]
-        assert lines[0].split(" ")[1].startswith("/") and lines[1].startswith("host: ")
+        head = forwarded(result)
+        assert b"\r\n\r\n" not in head and result.target.startswith("/")
+        lines = head.decode("latin-1").lower().split("\r\n")[:-1]
+        assert lines[0].startswith("host: ")
         assert sum(line.startswith("host:") for line in lines) == 1
-        assert sum(line.startswith("connection:") for line in lines) == 1
+        assert sum(line.startswith("connection:") for line in lines) <= 1
         assert not any(line.startswith(("proxy-", "keep-alive:", "te:")) for line in lines)
 
 
@@ -675,28 +683,39 @@ def test_connect_forwards_bytes_sent_with_the_request(make_proxy: Callable[..., 
 def test_absolute_uri_get(make_proxy: Callable[..., Proxy], http_port: int) -> None:
     proxy = make_proxy(allow=(f"localhost:{http_port}",))
     sock = proxy.connect()
-    sock.sendall(
-        f"GET http://localhost:{http_port}/some/path?q=1 HTTP/1.1\r\nHost: spoofed.example\r\n"
-        "Proxy-Authorization: Basic c2VjcmV0\r\nProxy-Connection: keep-alive\r\nX-Test: kept\r\n\r\n".encode()
-    )
-    response = recv_all(sock)
+    request = (f"GET http://localhost:{http_port}/some/path?q=1 HTTP/1.1\r\nHost: spoofed.example\r\n"
+               "Proxy-Authorization: Basic c2VjcmV0\r\nProxy-Connection: keep-alive\r\nX-Test: kept\r\n\r\n")
+    sock.sendall(request.encode())
+    first = read_response(sock)
+    # keep-alive: a second request on the same connection, then the client says it is done
+    sock.sendall(request.replace("X-Test: kept", "Connection: close").encode())
+    second = recv_all(sock)
     sock.close()
-    assert response.startswith(b"HTTP/1.1 200 ")
-    body = response.partition(b"\r\n\r\n")[2].decode()
+    assert first.startswith(b"HTTP/1.1 200 ") and second.startswith(b"HTTP/1.1 200 ")
+    body = first.partition(b"\r\n\r\n")[2].decode()
     assert "path=/some/path?q=1\n" in body
     assert f"host=localhost:{http_port}\n" in body
-    assert "x-test=kept\n" in body and "connection=close\n" in body
+    assert "x-test=kept\n" in body and "connection=" not in body
     assert "proxy-" not in body and "spoofed" not in body
     (record,) = proxy.wait_records(1)
     assert (record["protocol"], record["decision"], record["address"]) == ("http", "allow", "127.0.0.1")
-    assert record["bytes_in"] == len(response)
+    assert record["bytes_in"] == len(first) + len(second)
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """One response with a Content-Length body (the connection stays open)."""
+    head = recv_until(sock, b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+    head, _, body = head.partition(b"\r\n\r\n")
+    return head + b"\r\n\r\n" + body + recv_exact(sock, length - len(body))
 
 
 def test_absolute_uri_post_with_body(make_proxy: Callable[..., Proxy], http_port: int) -> None:
     proxy = make_proxy(allow=("127.0.0.1",))
     sock = proxy.connect()
-    sock.sendall(f"POST http://127.0.0.1:{http_port}/ HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello".encode())
-    response = recv_all(sock)
+    sock.sendall(f"POST http://127.0.0.1:{http_port}/ HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+                 .encode())
+    response = read_response(sock)
     assert response.startswith(b"HTTP/1.1 200 ") and response.endswith(b"HELLO")
 
 
@@ -1074,9 +1093,9 @@ def test_bulk_transfer_both_ways_is_intact(
     make_proxy: Callable[..., Proxy], echo: EchoServer, monkeypatch: pytest.MonkeyPatch, splice: bool
 ) -> None:
     pipes: list[object] = []
-    real_open_pipe = connection._open_pipe
-    monkeypatch.setattr(connection, "_open_pipe", lambda: pipes.append(real_open_pipe()) or pipes[-1])
-    monkeypatch.setattr(connection, "_splice_ok", splice and hasattr(os, "splice"))
+    real_open_pipe = relay._open_pipe
+    monkeypatch.setattr(relay, "_open_pipe", lambda: pipes.append(real_open_pipe()) or pipes[-1])
+    monkeypatch.setattr(relay, "_splice_ok", splice and hasattr(os, "splice"))
     proxy = make_proxy(allow=("127.0.0.1",))
     sock, reply = connect_tunnel(proxy, f"127.0.0.1:{echo.port}")
     assert reply.startswith(b"HTTP/1.1 200 ")
@@ -1107,12 +1126,14 @@ def test_client_vanishing_mid_transfer(make_proxy: Callable[..., Proxy], http_po
     assert reply.startswith(b"HTTP/1.1 200 ")
 
 
-def test_plain_http_connection_ends_after_the_response(make_proxy: Callable[..., Proxy], http_port: int) -> None:
+def test_plain_http_connection_ends_when_the_client_is_done(make_proxy: Callable[..., Proxy], http_port: int) -> None:
     proxy = make_proxy(allow=("127.0.0.1",))
-    sock = proxy.connect()
-    sock.sendall(f"GET http://127.0.0.1:{http_port}/x HTTP/1.1\r\n\r\n".encode())
-    assert recv_all(sock).startswith(b"HTTP/1.1 200 ")  # EOF arrives although the client never closed
-    proxy.wait_records(1)
+    for request in (f"GET http://127.0.0.1:{http_port}/x HTTP/1.0\r\n\r\n",  # 1.0: no keep-alive
+                    f"GET http://127.0.0.1:{http_port}/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"):
+        sock = proxy.connect()
+        sock.sendall(request.encode())
+        assert recv_all(sock).startswith(b"HTTP/1.1 200 ")  # EOF arrives although the client never closed
+    proxy.wait_records(2)
     assert proxy.server.active_connections == 0
 
 
@@ -1230,7 +1251,7 @@ def test_stop_closes_everything(
     echo: EchoServer, http_port: int, monkeypatch: pytest.MonkeyPatch, splice: bool
 ) -> None:
     if not splice:
-        monkeypatch.setattr(connection, "_splice_ok", False)
+        monkeypatch.setattr(relay, "_splice_ok", False)
     before = fd_count()
     gate = threading.Event()
 
