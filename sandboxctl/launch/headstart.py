@@ -70,7 +70,7 @@ class HeadStart:
     """A bubblewrap started early; the supervisor adopts it (adopt) or kills it (abort)."""
 
     def __init__(self, pid: int, control, err_r: int, argv: list[str], config: dict[str, Any], run_id: str,
-                 started: float, originals: dict[int, Any], fds: tuple[int, int, int]):
+                 started: float, originals: dict[int, Any], fds: tuple[int, int, int], program: bytes = b""):
         self.pid = pid
         self.control = control  # our end of the shim's socket
         self.err_r = err_r
@@ -80,12 +80,14 @@ class HeadStart:
         self.started = started
         self.originals = originals  # the signal dispositions before we ignored SIGINT/SIGQUIT
         self.fds = fds  # the numbers argv names (seccomp, the shim's end, stderr), closed in us after the spawn
+        self.program = program  # the static seccomp program bubblewrap was given (argv names only its fd)
         self.settled = False
 
-    def matches(self, argv: list[str], config: dict[str, Any]) -> bool:
-        """Exactly what was started: the same words, and the same configuration down to its types
-        (repr: plain data only, lists in order; marshal's bytes differ with object identity)."""
-        return argv == self.argv and repr(config) == repr(self.config)
+    def matches(self, argv: list[str], config: dict[str, Any], program: bytes) -> bool:
+        """Exactly what was started: the same words, the same seccomp program bubblewrap loaded,
+        and the same configuration down to its types (repr: plain data only, lists in order;
+        marshal's bytes differ with object identity)."""
+        return argv == self.argv and program == self.program and repr(config) == repr(self.config)
 
     def adopt(self) -> None:
         self.settled = True
@@ -121,12 +123,18 @@ def try_start(run_args: list[str]) -> tuple[str, HeadStart | None]:
 
 
 def _start(this: str) -> HeadStart | None:
-    path = os.path.join(cache_dir(), f"{PREFIX}{this}.marshal")
+    directory = cache_dir()
+    path = os.path.join(directory, f"{PREFIX}{this}.marshal")
     try:
         st = os.lstat(path)
+        held = os.lstat(directory)
     except OSError:
         return None
-    if st.st_uid != os.getuid() or st.st_mode & 0o077 or not os.path.isfile(path):
+    # the entry is executed before any check (its argv[0] is run): only ours, in a directory of
+    # ours that nobody else may write to (the state dir is never visible inside a sandbox)
+    uid = os.getuid()
+    if st.st_uid != uid or st.st_mode & 0o077 or not os.path.isfile(path) or held.st_uid != uid \
+            or held.st_mode & 0o022 or os.path.islink(directory):
         return None
     with open(path, "rb") as handle:
         entry = marshal.loads(handle.read())
@@ -169,7 +177,7 @@ def _start(this: str) -> HeadStart | None:
     import socket  # the supervisor's loop speaks to a socket.socket
 
     return HeadStart(pid, socket.socket(fileno=control.detach()), err_r, argv, config, run_id, started,
-                     originals, (seccomp_fd, int(numbers[FD_MARKS[1]]), stderr_copy))
+                     originals, (seccomp_fd, int(numbers[FD_MARKS[1]]), stderr_copy), entry["seccomp"])
 
 
 def _run_id() -> str:

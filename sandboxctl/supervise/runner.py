@@ -202,7 +202,7 @@ class Supervisor:
         notify_program, self.syscall_names = seccomp.load_or_compile_notify(plan.seccomp, self.state / "cache")
         empty = spawn.empty_file(self.state)
         shim_code.ensure_for(plan)
-        launched = self._head_start(plan, bwrap_path, empty, notify_program) \
+        launched = self._head_start(plan, bwrap_path, empty, program, notify_program) \
             or self._spawn_fresh(plan, bwrap_path, empty, program, notify_program)
         control, err_r, started, originals = launched
         try:
@@ -323,10 +323,11 @@ class Supervisor:
             headstart.remember(self.head_start_key, plan, argv, numbers, config, program)
         return control, err_r, started, originals
 
-    def _head_start(self, plan: Plan, bwrap_path: str, empty: str,
+    def _head_start(self, plan: Plan, bwrap_path: str, empty: str, program: bytes,
                     notify_program: bytes) -> tuple[socket.socket, int, float, dict[int, Any]] | None:
-        """Adopt the bubblewrap the CLI started early (launch/headstart.py) if, and only if, it was
-        started with exactly the argv and the shim configuration this plan gives; else kill it."""
+        """Adopt the bubblewrap the CLI started early (launch/headstart.py) if, and only if, this
+        plan is one whose launch could have been remembered and it gives exactly the argv, the
+        seccomp program and the shim configuration the sandbox was started with; else kill it."""
         early = self.head_start
         if early is None:
             return None
@@ -337,8 +338,8 @@ class Supervisor:
                               secrets={})
         try:
             argv, config = bwrap.render(plan, fds, bwrap_path), self._config(plan, originals, notify_program)
-            same = (self.io.inherit and self.forward_signals and not plan.secrets and not plan.inspecting
-                    and plan.overlay is None and early.matches(argv, config)
+            same = (headstart.eligible(plan, inherited_stdio=self.io.inherit, forwards_signals=self.forward_signals)
+                    and early.matches(argv, config, program)
                     and os.waitpid(early.pid, os.WNOHANG) == (0, 0))
         except ChildProcessError:
             same = False

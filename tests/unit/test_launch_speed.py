@@ -121,8 +121,11 @@ def test_head_start_remembers_only_what_it_can_replay(tmp_path: Path, monkeypatc
 def test_head_start_matches_only_exactly_what_it_started() -> None:
     from sandboxctl.launch.headstart import HeadStart
 
-    early = HeadStart(1, None, -1, ["bwrap", "--", "x"], {"env": {"A": "1"}, "n": 1}, "r", 0.0, {}, (3, 4, 5))
-    assert early.matches(["bwrap", "--", "x"], {"env": {"A": "1"}, "n": 1})
-    assert not early.matches(["bwrap", "--", "y"], {"env": {"A": "1"}, "n": 1})
-    assert not early.matches(["bwrap", "--", "x"], {"env": {"A": "2"}, "n": 1})
-    assert not early.matches(["bwrap", "--", "x"], {"env": {"A": "1"}, "n": True})  # types count too
+    early = HeadStart(1, None, -1, ["bwrap", "--", "x"], {"env": {"A": "1"}, "n": 1}, "r", 0.0, {}, (3, 4, 5),
+                      b"bpf-1")
+    assert early.matches(["bwrap", "--", "x"], {"env": {"A": "1"}, "n": 1}, b"bpf-1")
+    assert not early.matches(["bwrap", "--", "y"], {"env": {"A": "1"}, "n": 1}, b"bpf-1")
+    assert not early.matches(["bwrap", "--", "x"], {"env": {"A": "2"}, "n": 1}, b"bpf-1")
+    assert not early.matches(["bwrap", "--", "x"], {"env": {"A": "1"}, "n": True}, b"bpf-1")  # types count too
+    # bubblewrap's static seccomp program is named in argv only by its fd: its bytes are compared
+    assert not early.matches(["bwrap", "--", "x"], {"env": {"A": "1"}, "n": 1}, b"bpf-2")
