@@ -16,8 +16,11 @@ Nothing of it may touch the host: bubblewrap creates a missing mount point, and 
 writable bind that would be on the host, so a remembered launch is used only when every mount
 point beneath a writable bind still exists with the kind it had. Runs with secrets, host-side
 creations, sessions, launch-time confirmations, TLS inspection, an overlay workspace, a
-workspace policy or the gvisor backend are never remembered, nor a launch naming its run id. Entries live in the state dir's cache (which no sandbox can see or write),
-named by the SHA-256 of everything the key holds; at most MAX_ENTRIES are kept.
+workspace policy or the gvisor backend are never remembered (nor adopted: the fresh plan must be
+one that could be), nor a launch naming its run id. The argv of an entry is executed before
+any check, so entries are used only from the state dir's cache (which no sandbox can see or
+write) when that directory and the entry are the user's and nobody else may write them; they
+are named by the SHA-256 of everything the key holds; at most MAX_ENTRIES are kept.
 """
 
 from __future__ import annotations
