@@ -37,6 +37,7 @@ FORMAT = "1"
 MAX_ENTRIES = 64
 FD_MARKS = ("@@fd-seccomp", "@@fd-control", "@@fd-stderr")  # where argv holds descriptor numbers
 RUN_MARK = "@@run-id"
+CALLER_MARK = "@@caller-env"  # a value the sandbox got from the caller's environment: never written to disk
 PREFIX = "headstart-"
 
 TYPE_CHECKING = False
@@ -156,7 +157,9 @@ def _start(this: str) -> HeadStart | None:
     numbers = {FD_MARKS[0]: str(seccomp_fd), FD_MARKS[1]: str(shim_end.fileno()), FD_MARKS[2]: str(stderr_copy)}
     argv = [numbers.get(word, word) for word in entry["argv"]]
     config = entry["config"]
-    config["env"] = {name: run_id if value == RUN_MARK else value for name, value in config["env"].items()}
+    environ = os.environ  # the key holds all of it: the same values as the remembered run's
+    config["env"] = {name: run_id if value == RUN_MARK else environ[name] if value == CALLER_MARK else value
+                     for name, value in config["env"].items()}
     originals = {s: _signal.getsignal(s) for s in (_signal.SIGINT, _signal.SIGQUIT)}
     for signum in originals:  # as Supervisor.launch does: Ctrl-C must reach the command, not bwrap
         _signal.signal(signum, _signal.SIG_IGN)
@@ -237,10 +240,13 @@ def mount_points(plan) -> list[tuple[str, str]]:
 
 def remember(this: str, plan, argv: list[str], fds: tuple[int, int, int], config: dict[str, Any],
              program: bytes) -> None:
-    """Keep this launch for the next identical command line (a cache: failures only cost time)."""
+    """Keep this launch for the next identical command line (a cache: failures only cost time).
+    Values the sandbox's environment took from the caller's (env.pass, --env NAME: a token, say)
+    are kept as a mark and taken from the caller again at the head start, never written here."""
     numbers = dict(zip(map(str, fds), FD_MARKS, strict=True))
     template = dict(config)
-    template["env"] = {name: RUN_MARK if name == "SANDBOXCTL_RUN" and value == plan.run_id else value
+    template["env"] = {name: RUN_MARK if name == "SANDBOXCTL_RUN" and value == plan.run_id
+                       else CALLER_MARK if os.environ.get(name) == value else value
                        for name, value in config["env"].items()}
     if plan.run_id in repr(template) or any(plan.run_id in word for word in argv):
         return  # the run id somewhere else (a path of the run's own): not a launch to replay

@@ -161,3 +161,19 @@ def test_a_tampered_cache_is_never_executed(sandbox, tmp_path):
         cache.chmod(0o700)
     assert not canary.exists()
     assert starts(sandbox)[-1].get("head_start") is None
+
+
+def test_a_passed_value_is_never_written_to_the_cache(sandbox):
+    """A token passed from the caller (--env NAME) reaches the sandbox on every run, head start
+    included, and is never written to the state dir (the remembered launch holds a mark)."""
+    token = "tok-" + "5e1f0b8a" * 4
+    command = ("--env", "API_TOKEN", "--", "/bin/sh", "-c", "printf %s \"$API_TOKEN\" > seen.txt")
+    for _ in range(2):
+        assert sandbox.run(*command, env={"API_TOKEN": token}).returncode == 0
+        assert (sandbox.workspace / "seen.txt").read_text() == token
+    assert [s.get("head_start") for s in starts(sandbox)] == [None, True]
+    cache = sandbox.state / "sandboxctl" / "cache"
+    assert list(cache.glob("headstart-*"))
+    for path in cache.rglob("*"):
+        if path.is_file():
+            assert token.encode() not in path.read_bytes(), path
