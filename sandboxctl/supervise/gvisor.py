@@ -69,7 +69,7 @@ class GvisorSupervisor(Supervisor):
         base = runsc.runtime_base()
         runsc.sweep(base)
         self.run_dir = runsc.RunDir(base, plan.run_id)
-        watchdog = runsc.Watchdog(self.run_dir.path)  # before any thread, before anything is on disk
+        watchdog = runsc.watchdog(self.run_dir.path)  # before any thread, before anything is on disk
         listener: socket.socket | None = None
         originals = {s: signal.getsignal(s) for s in (*FORWARDED, signal.SIGWINCH)}
         started = time.monotonic()
