@@ -55,6 +55,10 @@ class ClientFiles:
         except FileExistsError:
             if not self.directory.is_dir() or self.directory.is_symlink():
                 raise NotADirectoryError(20, "not a directory", str(self.directory)) from None
+            # a `ready` left by a proxy killed before it could remove it (a sidecar restarted after
+            # SIGKILL) must not vouch for this one before it serves
+            with contextlib.suppress(FileNotFoundError):
+                (self.directory / READY_FILE).unlink()
 
     def write(self, name: str, data: bytes, mode: int) -> Path:
         target = self.directory / name
