@@ -251,7 +251,8 @@ def _notes(policy: Policy, options: K8sOptions, image: str, config_map: str, age
             "(downward API), which the sidecar replaces with the values toward each secret's hosts only")
         timed = [f"{s.name} ({units.format_duration(s.ttl)})" for s in phantoms if s.ttl is not None]
         if timed:
-            notes.mapped.append(f"proxy secrets ttl: {', '.join(timed)}: counted from the sidecar's start")
+            notes.mapped.append(f"proxy secrets ttl: {', '.join(timed)}: counted from the sidecar's start (a "
+                                 "restarted sidecar starts them again)")
     notes.mapped.append(f"net and http events: the sidecar's action log on its stdout (kubectl logs POD -c "
                         f"{PROXY_CONTAINER}) and in {LOG_FILE}, chained; unmatched destinations and requests are "
                         "refused (approval deny), and it goes with the pod unless the cluster keeps container logs")
