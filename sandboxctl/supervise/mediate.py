@@ -449,7 +449,7 @@ class Mediator:
         if not self._mediated(path):
             self.outside(n, path, op, flags, call.mode)
             return
-        mode = call.mode & 0o7777 & ~self._umask(n.pid) if flags & O_CREAT else 0
+        mode = call.mode & NO_SETID & ~self._umask(n.pid) if flags & O_CREAT else 0
         open_flags = (flags & fdops.VALID_OPEN_FLAGS & ~os.O_PATH) | O_NOFOLLOW | os.O_CLOEXEC
         if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
             self._open_waiting(n, op, path, entry, open_flags)  # a FIFO or a device may block: not in the loop
@@ -494,7 +494,7 @@ class Mediator:
             return
         try:
             fd = fdops.openat2(self._root(n.pid), full, (call.flags & fdops.VALID_OPEN_FLAGS) | os.O_CLOEXEC,
-                               call.mode & 0o7777 & ~self._umask(n.pid),
+                               call.mode & NO_SETID & ~self._umask(n.pid),
                                fdops.RESOLVE_IN_ROOT | fdops.RESOLVE_NO_MAGICLINKS)
         except OSError as exc:
             self._done(n, "create", full, exc)
@@ -561,7 +561,7 @@ class Mediator:
     def _mkdir(self, n: Notification, call: Call, opened: list[int]) -> None:
         entry = self._single(n, call, opened, follow=False, creates=True)
         if entry is not None:
-            self._done(n, "mkdir", entry.path, _attempt(os.mkdir, entry.name, call.mode & 0o7777
+            self._done(n, "mkdir", entry.path, _attempt(os.mkdir, entry.name, call.mode & 0o3777
                                                         & ~self._umask(n.pid), dir_fd=entry.parent))
 
     def _bind(self, n: Notification, call: Call, opened: list[int]) -> None:
@@ -608,7 +608,7 @@ class Mediator:
             return
         entry = self._single(n, call, opened, follow=False, creates=True)
         if entry is not None:
-            mode = (kind or stat.S_IFREG) | (call.mode & 0o7777 & ~self._umask(n.pid))
+            mode = (kind or stat.S_IFREG) | (call.mode & NO_SETID & ~self._umask(n.pid))
             self._done(n, "mknod", entry.path, _attempt(os.mknod, entry.name, mode, 0, dir_fd=entry.parent))
 
     def _busy(self, path: str) -> str | None:
@@ -656,8 +656,9 @@ class Mediator:
             return
         entry = self._single(n, call, opened, follow=not call.flags & AT_SYMLINK_NOFOLLOW)
         if entry is not None:
-            self._done(n, "chmod", entry.path, _attempt(os.chmod, entry.name, call.mode & 0o7777,
-                                                        dir_fd=entry.parent), mode=oct(call.mode & 0o7777))
+            mode = _chmod_mode(call.mode, self._lstat(entry))
+            self._done(n, "chmod", entry.path, _attempt(os.chmod, entry.name, mode, dir_fd=entry.parent),
+                       mode=oct(mode))
 
     def _fchmod(self, n: Notification, call: Call, opened: list[int]) -> None:
         try:
@@ -682,8 +683,8 @@ class Mediator:
         if why:
             self._refuse(n, "chmod", real, why)
             return
-        self._done(n, "chmod", real, _attempt(os.chmod, f"/proc/self/fd/{fd}", call.mode & 0o7777),
-                   mode=oct(call.mode & 0o7777))
+        mode = _chmod_mode(call.mode, st)
+        self._done(n, "chmod", real, _attempt(os.chmod, f"/proc/self/fd/{fd}", mode), mode=oct(mode))
 
     def _rename(self, n: Notification, call: Call, opened: list[int]) -> None:
         src_full, src = self._resolve(n, call, 0, opened, follow=False)
@@ -769,6 +770,17 @@ class Mediator:
         except OSError:
             return None
         return entry.path, (entry.parent, entry.name, False), st
+
+
+# No setuid/setgid file is made beneath a writable host grant: inside the mounts are nosuid, but on the
+# host a setuid file the sandbox left (setuid-root, when sandboxctl runs as root) would run with its
+# owner's rights for every local user. A directory keeps its setgid bit (group inheritance only).
+NO_SETID = 0o1777
+
+
+def _chmod_mode(mode: int, st: os.stat_result | None) -> int:
+    keep = 0o3777 if st is not None and stat.S_ISDIR(st.st_mode) else NO_SETID
+    return mode & keep
 
 
 def _attempt(function: Callable[..., Any], *args: Any, **kwargs: Any) -> int | OSError:

@@ -302,9 +302,10 @@ class Supervisor:
             raise SandboxError(message, hint) from None
 
     def _await_namespace_end(self, limit: float = 5.0) -> None:
-        """After a kill, bubblewrap is reaped at once, but the kernel empties the PID namespace as
-        its init exits: wait for that (the init's pidfd turns readable only once every process
-        in the namespace is gone), so that nothing of the sandbox is left when the run returns."""
+        """bubblewrap is reaped at once, but the kernel empties the PID namespace as its init
+        exits (after a kill, or when the command's own exit ends the init): wait for that (the
+        init's pidfd turns readable only once every process in the namespace is gone), so that
+        nothing of the sandbox is left when the run returns."""
         if self.init_pidfd is None:
             return
         import select
@@ -461,6 +462,7 @@ class Supervisor:
                 control.sendall(marshal.dumps({"go": False}))
                 return
         if "ready" in message:
+            self._init_pid()  # found (and its pidfd held) while it surely lives
             self.layers = self._layers(message["ready"]["landlock"])
             if self.snapshot is not None and self.snapshot.active:
                 protect = self.layers.get("protect") or {}
@@ -695,6 +697,9 @@ class Supervisor:
         if self.init_pid is None and self.bwrap_pid:
             children = processes.command_pids(self.bwrap_pid)
             self.init_pid = children[0] if children else None
+            if self.init_pid and self.init_pidfd is None:  # to see the namespace empty at the end, however it ends
+                with contextlib.suppress(OSError):
+                    self.init_pidfd = os.pidfd_open(self.init_pid)
         return self.init_pid
 
     def _kill(self) -> None:

@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 
+from sandboxctl import unixpath
 from sandboxctl.errors import SandboxError
 
 ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
@@ -66,7 +67,7 @@ def path_of(name: str, suffix: str) -> str:
 def _connectable(path: str) -> bool:
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     try:
-        probe.connect(path)
+        unixpath.connect(probe, path)
         return True
     except OSError:
         return False
@@ -82,7 +83,7 @@ def claim(name: str) -> socket.socket:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         old = os.umask(0o177)
         try:
-            listener.bind(path)
+            unixpath.bind(listener, path)
             listener.listen(16)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path_of(name, "ended"))
@@ -90,7 +91,7 @@ def claim(name: str) -> socket.socket:
         except OSError as exc:
             listener.close()
             if exc.errno != 98:  # EADDRINUSE
-                raise SandboxError(f"cannot create the session's socket {path}: {exc.strerror}",
+                raise SandboxError(f"cannot create the session's socket {path}: {exc.strerror or exc}",
                                    "check XDG_RUNTIME_DIR") from None
             if _connectable(path):
                 raise SandboxError(f"a session named {name!r} is already running",
@@ -188,7 +189,7 @@ def connect(name: str) -> socket.socket:
     path = path_of(name, "sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     try:
-        sock.connect(path)
+        unixpath.connect(sock, path)
         return sock
     except OSError:
         sock.close()

@@ -480,3 +480,12 @@ def test_a_unix_socket_bound_in_the_workspace_is_made_by_the_supervisor_and_reac
 
     assert stat_module.S_ISSOCK((sandbox.workspace / "srv.sock").lstat().st_mode)
     assert not (sandbox.workspace / ".envrc").exists()
+
+
+def test_no_setuid_file_is_left_in_the_workspace(sandbox):
+    result = sandbox.sh("cp /bin/true t && chmod 4755 t && chmod g+s t; install -m 6755 /bin/true u; "
+                        "mkdir -m 2775 shared; echo end")
+    assert "end" in result.stdout, result.stderr
+    for name in ("t", "u"):
+        assert not (sandbox.workspace / name).stat().st_mode & 0o6000, name
+    assert (sandbox.workspace / "shared").stat().st_mode & 0o2000  # a directory's setgid is only inheritance
