@@ -165,17 +165,22 @@ def inert_argv(argv: Sequence[Any] | Any, limit: int | None = None) -> str:
 
 
 def _fold(pieces: list[tuple[str, int]], width: int) -> list[str]:
+    """Fold into lines of `width` columns, breaking after a "/" in the line's second half when
+    there is one, so that a path's last components (the file name) stay whole on a line."""
     lines: list[str] = []
-    line: list[str] = []
+    line: list[tuple[str, int]] = []
     used = 0
-    for shown, columns in pieces:
-        if line and used + columns > width:
-            lines.append("".join(line))
-            line, used = [], 0
-        line.append(shown)
-        used += columns
+    for piece in pieces:
+        if line and used + piece[1] > width:
+            slash = max((i for i, (shown, _) in enumerate(line) if shown == "/"), default=-1)
+            carry = line[slash + 1:] if slash >= len(line) // 2 else []
+            kept = line[: len(line) - len(carry)]
+            lines.append("".join(shown for shown, _ in kept))
+            line, used = carry, sum(columns for _, columns in carry)
+        line.append(piece)
+        used += piece[1]
     if line or not lines:
-        lines.append("".join(line))
+        lines.append("".join(shown for shown, _ in line))
     return lines
 
 

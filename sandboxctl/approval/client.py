@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from sandboxctl import unixpath
 from sandboxctl.paths import runtime_dir
 
 
@@ -18,7 +19,7 @@ class RunConnection:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self.sock.settimeout(timeout)
-        self.sock.connect(str(path))
+        unixpath.connect(self.sock, str(path))
         self.buffer = b""
         first = self.read()
         if first is None:

@@ -20,6 +20,7 @@ import socket
 import struct
 from pathlib import Path
 
+from sandboxctl import unixpath
 from sandboxctl.approval.frontend import ThreadedFrontEnd
 from sandboxctl.errors import SandboxError
 from sandboxctl.paths import ensure_private_dir, runtime_dir
@@ -61,12 +62,12 @@ class SocketFrontEnd(ThreadedFrontEnd):
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             old = os.umask(0o177)
             try:
-                listener.bind(str(self.path))
+                unixpath.bind(listener, str(self.path))
             finally:
                 os.umask(old)
             listener.listen(8)
         except OSError as exc:
-            raise SandboxError(f"approval via socket: cannot listen on {self.path}: {exc.strerror}",
+            raise SandboxError(f"approval via socket: cannot listen on {self.path}: {exc.strerror or exc}",
                                "check XDG_RUNTIME_DIR, or set approval.via: tty") from None
         self.listener = listener
 

@@ -115,7 +115,7 @@ def _session_process(box, plan, listener, report_w: int, idle: float | None) -> 
         for fd in (0, 1, 2):
             os.dup2(null, fd)
         os.close(null)
-        watchdog = registry.Watchdog(plan.session, plan.run_id)  # before any thread exists
+        watchdog = registry.watchdog(plan.session, plan.run_id)  # before any thread exists
         from sandboxctl.supervise.session import SessionSupervisor
 
         def ready(supervisor) -> None:

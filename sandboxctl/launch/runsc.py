@@ -26,6 +26,7 @@ from typing import Any
 from sandboxctl.errors import SandboxError
 from sandboxctl.launch import oci
 from sandboxctl.plan.model import Plan
+from sandboxctl.watchdog import Watchdog
 
 PLATFORMS = ("kvm", "ptrace")  # preference order when both work; ptrace needs nothing but ptrace(2)
 PROBE_TIMEOUT_S = 5.0  # a working platform answers in well under a second; kvm may hang
@@ -293,52 +294,10 @@ def spawn(argv: list[str], stdio: dict[int, int] | None = None) -> int:
     return pid
 
 
-class Watchdog:
-    """A process that outlives a killed supervisor just long enough to clean the run up.
-
-    It holds the read end of a pipe; the supervisor says "done" when it cleaned up itself. End of
-    file without it means the supervisor died: kill the sandbox, remove the run directory.
-    Forked before any thread exists; in a session of its own, so a terminal's signals miss it.
-    """
-
-    def __init__(self, run_dir: Path):
-        read, self.write_fd = os.pipe()
-        self.pid = os.fork()
-        if self.pid == 0:
-            try:
-                os.close(self.write_fd)
-                os.setsid()
-                for signum in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE,
-                               signal.SIGUSR1, signal.SIGUSR2):
-                    signal.signal(signum, signal.SIG_IGN)
-                null = os.open("/dev/null", os.O_RDWR)
-                for fd in (0, 1, 2):
-                    os.dup2(null, fd)
-                os.closerange(3, read)
-                os.closerange(read + 1, 65536)
-                message = b""
-                while True:
-                    try:
-                        chunk = os.read(read, 16)
-                    except InterruptedError:
-                        continue
-                    if not chunk:
-                        break
-                    message += chunk
-                if message != b"done":
-                    destroy(run_dir)
-            except BaseException:
-                pass
-            os._exit(0)
-        os.close(read)
-
-    def done(self) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self.write_fd, b"done")
-        with contextlib.suppress(OSError):
-            os.close(self.write_fd)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.pid, 0)
+def watchdog(run_dir: Path) -> Watchdog:
+    """Kills the sandbox and removes the run directory if the supervisor dies. Forked before any
+    thread exists, before anything is on disk."""
+    return Watchdog(lambda: destroy(run_dir))
 
 
 # ------------------------------------------------------------------ the platform probe

@@ -27,6 +27,7 @@ import socket
 import time
 from typing import Any
 
+from sandboxctl import unixpath
 from sandboxctl.errors import EXIT_SANDBOX_FAILED, EXIT_TIMEOUT, SandboxError
 from sandboxctl.launch import oci, runsc, seccomp
 from sandboxctl.launch.gvisor_init import FORWARDER_UID
@@ -68,7 +69,7 @@ class GvisorSupervisor(Supervisor):
         base = runsc.runtime_base()
         runsc.sweep(base)
         self.run_dir = runsc.RunDir(base, plan.run_id)
-        watchdog = runsc.Watchdog(self.run_dir.path)  # before any thread, before anything is on disk
+        watchdog = runsc.watchdog(self.run_dir.path)  # before any thread, before anything is on disk
         listener: socket.socket | None = None
         originals = {s: signal.getsignal(s) for s in (*FORWARDED, signal.SIGWINCH)}
         started = time.monotonic()
@@ -93,10 +94,10 @@ class GvisorSupervisor(Supervisor):
                 self.secrets_dir_fd = os.open(paths.secrets, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             if paths.proxy:
                 listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                listener.bind(f"{paths.proxy}/{oci.PROXY_SOCKET_NAME}")
+                unixpath.bind(listener, f"{paths.proxy}/{oci.PROXY_SOCKET_NAME}")
                 listener.listen(256)
                 self.lifeline_listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.lifeline_listener.bind(f"{paths.proxy}/{oci.ALIVE_SOCKET_NAME}")
+                unixpath.bind(self.lifeline_listener, f"{paths.proxy}/{oci.ALIVE_SOCKET_NAME}")
                 self.lifeline_listener.listen(4)
                 for name in (oci.PROXY_SOCKET_NAME, oci.ALIVE_SOCKET_NAME):  # the forwarder is another user
                     os.chmod(f"{paths.proxy}/{name}", 0o666)

@@ -17,10 +17,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 
+from sandboxctl import unixpath
 from sandboxctl.errors import SandboxError
+from sandboxctl.supervise.processes import alive
+from sandboxctl.watchdog import Watchdog
 
 ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 NAME_CHARS = ALNUM | frozenset("._-")
@@ -66,7 +68,7 @@ def path_of(name: str, suffix: str) -> str:
 def _connectable(path: str) -> bool:
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     try:
-        probe.connect(path)
+        unixpath.connect(probe, path)
         return True
     except OSError:
         return False
@@ -82,7 +84,7 @@ def claim(name: str) -> socket.socket:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         old = os.umask(0o177)
         try:
-            listener.bind(path)
+            unixpath.bind(listener, path)
             listener.listen(16)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path_of(name, "ended"))
@@ -90,7 +92,7 @@ def claim(name: str) -> socket.socket:
         except OSError as exc:
             listener.close()
             if exc.errno != 98:  # EADDRINUSE
-                raise SandboxError(f"cannot create the session's socket {path}: {exc.strerror}",
+                raise SandboxError(f"cannot create the session's socket {path}: {exc.strerror or exc}",
                                    "check XDG_RUNTIME_DIR") from None
             if _connectable(path):
                 raise SandboxError(f"a session named {name!r} is already running",
@@ -150,15 +152,7 @@ def take_ended(name: str) -> dict | None:
 
 
 def _alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return isinstance(pid, int) and pid > 0 and alive(pid)
 
 
 def running() -> list[dict]:
@@ -188,7 +182,7 @@ def connect(name: str) -> socket.socket:
     path = path_of(name, "sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     try:
-        sock.connect(path)
+        unixpath.connect(sock, path)
         return sock
     except OSError:
         sock.close()
@@ -201,42 +195,7 @@ def connect(name: str) -> socket.socket:
                        "start one with sandboxctl session start --name NAME; see sandboxctl session list")
 
 
-class Watchdog:
-    """A process that removes the session's files if the session's process is killed.
-
-    It holds the read end of a pipe; the session says "done" after removing its files itself.
-    End of file without it: the session died (SIGKILL); bubblewrap's --die-with-parent takes the
-    sandbox down, and this removes what is left on disk. Forked before any thread exists.
-    """
-
-    def __init__(self, name: str, run_id: str):
-        read, self.write_fd = os.pipe()
-        self.pid = os.fork()
-        if self.pid == 0:
-            try:
-                os.close(self.write_fd)
-                os.setsid()
-                for signum in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
-                    signal.signal(signum, signal.SIG_IGN)
-                null = os.open(os.devnull, os.O_RDWR)
-                for fd in (0, 1, 2):
-                    os.dup2(null, fd)
-                os.closerange(3, read)
-                os.closerange(read + 1, 65536)
-                message = b""
-                while chunk := os.read(read, 16):
-                    message += chunk
-                if message != b"done":
-                    remove(name, run_id)
-            except BaseException:
-                pass
-            os._exit(0)
-        os.close(read)
-
-    def done(self) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self.write_fd, b"done")
-        with contextlib.suppress(OSError):
-            os.close(self.write_fd)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.pid, 0)
+def watchdog(name: str, run_id: str) -> Watchdog:
+    """Removes the session's files if the session's process is killed (bubblewrap's
+    --die-with-parent takes the sandbox down). Forked before any thread exists."""
+    return Watchdog(lambda: remove(name, run_id))

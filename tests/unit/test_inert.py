@@ -210,3 +210,11 @@ def test_property_lines(text: str, width: int, max_lines: int):
     lines = inert_lines(text * 3, width=width, max_lines=max_lines)
     assert len(lines) <= max_lines
     assert all(visible_only(line) and display_width(line) <= width for line in lines)
+
+
+def test_a_long_path_folds_after_a_slash_so_the_file_name_stays_whole():
+    path = "/tmp/pytest-of-sandboxctl-ci/pytest-3/test_live_approve_marks_a_requ0/outside/elsewhere.txt"
+    lines = inert_lines(path, width=87)
+    assert lines == [path[: path.rindex("/") + 1], "elsewhere.txt"]
+    assert inert_lines("x" * 50, width=24, max_lines=3)[0] == "x" * 24  # no slash: a plain fold
+    assert "".join(inert_lines("/a" + "/" * 60 + "b", width=24, max_lines=5)) == "/a" + "/" * 60 + "b"

@@ -1,0 +1,48 @@
+"""UNIX socket paths longer than a socket address holds (deep CI runtime directories)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+
+import pytest
+
+from sandboxctl import unixpath
+
+
+def test_a_path_past_107_bytes_is_bound_and_reached_at_that_very_path(tmp_path):
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    path = str(deep / "s.sock")
+    assert len(path) > unixpath.MAX_PATH
+    with pytest.raises(OSError):
+        socket.socket(socket.AF_UNIX).bind(path)  # what the kernel alone says
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    unixpath.bind(listener, path)
+    listener.listen(1)
+    assert stat.S_ISSOCK(os.lstat(path).st_mode)  # the socket is where it was asked for, not in /proc
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    unixpath.connect(client, path)
+    peer, _ = listener.accept()
+    client.sendall(b"hi")
+    assert peer.recv(2) == b"hi"
+    for sock in (peer, client, listener):
+        sock.close()
+
+
+def test_a_short_path_is_used_as_it_is_and_no_descriptor_is_left_open(tmp_path):
+    before = len(os.listdir("/proc/self/fd"))
+    with unixpath.address(str(tmp_path / "s")) as where:
+        assert where == str(tmp_path / "s")
+    deep = tmp_path / ("x" * 120)
+    deep.mkdir()
+    with unixpath.address(str(deep / "s")) as where:
+        assert where.startswith("/proc/self/fd/") and where.endswith("/s")
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_name_too_long_on_its_own_is_an_error_not_a_truncated_path(tmp_path):
+    with pytest.raises(OSError) as caught, unixpath.address(str(tmp_path / ("n" * 120))):
+        pass
+    assert caught.value.errno == 36
