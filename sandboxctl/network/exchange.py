@@ -316,20 +316,17 @@ class Exchange:
             answer = self.upstream.next_event()
             if isinstance(answer, h11.InformationalResponse):
                 if answer.status_code == 101:
-                    return self._switch(answer, event)
+                    return self._switch(answer, event, masker)
                 if answer.status_code != 100:  # 100 was sent already, if the client waited for it
-                    self._send_client(h11.InformationalResponse(status_code=answer.status_code,
-                                                                headers=messages.response_headers(
-                                                                    list(answer.headers.raw_items())),
-                                                                reason=answer.reason), event)
+                    self._send_client(h11.InformationalResponse(
+                        status_code=answer.status_code, reason=answer.reason,
+                        headers=_masked(masker, messages.response_headers(list(answer.headers.raw_items())))), event)
                 continue
             if isinstance(answer, h11.Response):
                 event["status"] = answer.status_code
-                headers = messages.response_headers(list(answer.headers.raw_items()))
-                if masker is not None:
-                    headers = [(name, masker.apply(value)) for name, value in headers]
-                    if any(name.lower() == b"content-encoding" for name, _ in headers):
-                        masker = None  # compressed: the value cannot be seen in it (README: limits)
+                headers = _masked(masker, messages.response_headers(list(answer.headers.raw_items())))
+                if masker is not None and any(name.lower() == b"content-encoding" for name, _ in headers):
+                    masker = None  # compressed: the value cannot be seen in it (README: limits)
                 self._send_client(h11.Response(status_code=answer.status_code, headers=headers,
                                                reason=answer.reason), event)
                 break
@@ -358,13 +355,14 @@ class Exchange:
         self.upstream.finished()
         return True
 
-    def _switch(self, answer: h11.InformationalResponse, event: dict[str, Any]) -> bool:
-        """101: from now on the connection carries the upgraded protocol, relayed as it is."""
+    def _switch(self, answer: h11.InformationalResponse, event: dict[str, Any], masker: Any) -> bool:
+        """101: from now on the connection carries the upgraded protocol, relayed as it is. Its
+        headers are masked (a WebSocket server names the Sec-WebSocket-Protocol it accepted)."""
         event["status"] = 101
         event["upgrade"] = next((v.decode("latin-1") for n, v in answer.headers.raw_items() if n.lower() == b"upgrade"),
                                 None)
-        self._send_client(h11.InformationalResponse(status_code=101, headers=messages.response_headers(
-            list(answer.headers.raw_items()), switching=True), reason=answer.reason), event)
+        headers = _masked(masker, messages.response_headers(list(answer.headers.raw_items()), switching=True))
+        self._send_client(h11.InformationalResponse(status_code=101, headers=headers, reason=answer.reason), event)
         upstream = self.upstream
         assert upstream.stream is not None and upstream.h11 is not None
         client_rest, up_rest = self.cl.trailing_data[0], upstream.h11.trailing_data[0]
@@ -406,3 +404,10 @@ class Exchange:
             return
         if close:
             self.client.shutdown_write()
+
+
+def _masked(masker: Any, headers: messages.Headers) -> messages.Headers:
+    """Answer headers with the injected secrets' values masked (none injected: as they are)."""
+    if masker is None:
+        return headers
+    return [(name, masker.apply(value)) for name, value in headers]
