@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.integration.test_inspection import REAL
 from tests.tlsfixtures import RecordingServer, UpstreamCA, _Recorder
+from tests.unit.workspace_helpers import snapshot, write
 
 
 def _cli(sandbox, *args: str) -> subprocess.CompletedProcess[str]:
@@ -147,3 +150,127 @@ def test_the_placeholder_in_the_url_or_body_of_its_own_host_stays_a_placeholder(
     assert result.returncode == 0, result.stderr
     assert len(echo.seen) == 3 and REAL not in json.dumps(echo.seen)
     assert not _learned(result.stdout)
+
+
+# ====================================================================== overlay workspaces
+EXOTIC_LAYER = r"""
+import os, socket, stat
+def tried(what, call):
+    try:
+        call()
+        print(what, "made")
+    except OSError as exc:
+        print(what, "refused", exc.errno)
+# overlayfs' own xattrs set through the overlay (they are escaped into user.overlay.overlay.*)
+tried("opaque", lambda: os.setxattr("keep", "user.overlay.opaque", b"y"))
+tried("whiteout", lambda: os.setxattr("victim", "user.overlay.whiteout", b""))
+open("empty", "w").close()
+tried("whiteout-empty", lambda: os.setxattr("empty", "user.overlay.whiteout", b""))
+tried("metacopy", lambda: os.setxattr("meta", "user.overlay.metacopy", b""))
+tried("redirect", lambda: os.setxattr("keep", "user.overlay.redirect", b"/outside"))
+tried("device", lambda: os.mknod("dev", stat.S_IFCHR | 0o666, os.makedev(1, 3)))
+tried("whiteout-node", lambda: os.mknod("wh", stat.S_IFCHR | 0o666, 0))
+tried("fifo", lambda: os.mkfifo("fifo"))
+tried("socket", lambda: socket.socket(socket.AF_UNIX).bind("sock"))
+tried("setuid", lambda: os.chmod("tool", 0o6755))
+tried("escape-link", lambda: os.symlink(OUTSIDE, "esc"))
+# the host's symlink to a directory outside becomes a real directory holding a file
+os.remove("linkd"); os.mkdir("linkd"); open("linkd/planted", "w").write("p\n")
+tried("newline-name", lambda: open("nl\n{\"event\": \"x\"}\x1b[2J", "w").write("x\n"))
+tried("hardlink", lambda: os.link("d/f", "hard"))
+open("d/f", "a").write("more\n")
+"""
+
+
+def test_an_exotic_layer_applies_only_inside_the_workspace_and_undo_puts_back_exactly(sandbox, tmp_path):
+    """Every odd thing a layer can hold, made by the command: overlayfs' own xattrs, devices,
+    fifos, sockets, setuid bits, a link out, a host symlink to a directory outside replaced by a
+    real directory. apply writes only inside the workspace (the outside directory and a canary
+    untouched), never a special file or a setuid bit, and undo gives back the exact start."""
+    ws = sandbox.workspace
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    canary = write(outside / "canary", "canary\n")
+    os.chmod(outside, 0o777)
+    write(ws / "keep/a", "a\n")
+    write(ws / "keep/b", "b\n")
+    write(ws / "victim", "v\n")
+    write(ws / "meta", "m\n")
+    write(ws / "tool", "#!/bin/sh\n", 0o755)
+    write(ws / "d/f", "f\n")
+    os.symlink(outside, ws / "linkd")
+    start = snapshot(ws)
+    outside_start = snapshot(outside)
+    result = sandbox.run("--overlay", "--", "python3", "-c", f"OUTSIDE = {str(outside)!r}\n" + EXOTIC_LAYER)
+    assert result.returncode == 0, result.stderr
+    said = {line.split()[0]: line.split()[1] for line in result.stdout.splitlines()}
+    assert said["device"] == "refused" and said["whiteout-node"] == "refused"
+    assert snapshot(ws) == start  # nothing landed yet
+
+    shown = _cli(sandbox, "changes")
+    assert shown.returncode == 0 and "\x1b" not in shown.stdout
+    assert all(not line or line.startswith(("run ", "  ")) or line.endswith("changes")
+               for line in shown.stdout.splitlines()), shown.stdout  # a newline in a name makes no line
+    applied = _cli(sandbox, "apply")
+    assert applied.returncode in (0, 1), applied.stderr
+    assert "\x1b" not in applied.stdout + applied.stderr
+    after = snapshot(ws)
+    assert snapshot(outside) == outside_start and canary.read_text() == "canary\n"
+    assert (ws / "keep/a").read_text() == "a\n" and (ws / "keep/b").read_text() == "b\n"  # no opaque dir
+    assert (ws / "victim").read_text() == "v\n" and (ws / "meta").read_text() == "m\n"   # no whiteout
+    assert (ws / "empty").is_file() and os.stat(ws / "empty").st_size == 0
+    assert os.stat(ws / "tool").st_mode & 0o6000 == 0
+    assert not (ws / "linkd").is_symlink() and (ws / "linkd/planted").read_text() == "p\n"
+    assert os.readlink(ws / "esc") == str(outside)
+    assert not any(p in after for p in ("fifo", "sock", "dev", "wh"))
+    assert (ws / 'nl\n{"event": "x"}\x1b[2J').read_text() == "x\n"  # the name as it is, one file
+    assert (ws / "hard").read_text() == (ws / "d/f").read_text() == "f\nmore\n"
+    assert os.stat(ws / "hard").st_ino != os.stat(ws / "d/f").st_ino  # two files, as the README says
+
+    undone = _cli(sandbox, "undo")
+    assert undone.returncode == 0, undone.stderr
+    assert snapshot(ws) == start and snapshot(outside) == outside_start
+
+
+PREFIX_LINK = ("import os\nos.makedirs('cfg/git')\n"
+               "open('cfg/git/config', 'w').write('[core]\\n\\tpager = touch PWNED\\n')\n"
+               "try:\n    os.symlink('cfg', '.config')\nexcept OSError as exc:\n    print('refused', exc.errno)\n")
+
+
+def _host_git_pager(ws: Path) -> str:
+    """core.pager as the host's own git reads it, with this workspace as its home."""
+    return subprocess.run(["git", "-C", str(ws / "proj"), "config", "--get", "core.pager"], capture_output=True,
+                          text=True, env={"HOME": str(ws), "PATH": os.environ["PATH"]}).stdout
+
+
+@pytest.mark.parametrize("mode", ["rw", "overlay"])
+def test_a_symlink_at_a_protected_names_parent_cannot_plant_the_name(sandbox, mode):
+    """`.config/git` is protected at the root of every writable grant, and a directory renamed to
+    `.config` is refused; a *symlink* `.config -> cfg`, with cfg/git/config beside it, brings the
+    same name in. Where the workspace is a home, the host's git then runs what it says."""
+    ws = sandbox.workspace
+    subprocess.run(["git", "init", "-q", str(ws / "proj")], check=True)
+    result = sandbox.run(*(["--overlay"] if mode == "overlay" else []), "--", "python3", "-c", PREFIX_LINK)
+    assert result.returncode == 0, result.stderr
+    if mode == "overlay":
+        _cli(sandbox, "apply")
+    assert "PWNED" not in _host_git_pager(ws), "a symlink at .config planted .config/git/config"
+
+
+def test_apply_holds_back_a_layers_symlink_at_a_protected_names_parent(sandbox):
+    """apply's own wall (for a layer that holds one anyway): a symlink at `.config` is protected."""
+    ws = sandbox.workspace
+    subprocess.run(["git", "init", "-q", str(ws / "proj")], check=True)
+    assert sandbox.run("--overlay", "--", "true").returncode == 0
+    (layer,) = (sandbox.state / "sandboxctl" / "workspaces").glob("*")
+    meta = json.loads((layer / "meta.json").read_text())
+    write(layer / "upper/cfg/git/config", "[core]\n\tpager = touch PWNED\n")
+    os.symlink("cfg", layer / "upper/.config")
+    manifest = json.loads((layer / "manifest.json").read_text())
+    manifest["entries"] = {}  # re-seal it as the run's own, so that only the protected check stands
+    (layer / "manifest.json").write_text(json.dumps(manifest))
+    meta.pop("sealed", None)
+    (layer / "meta.json").write_text(json.dumps(meta))
+    applied = _cli(sandbox, "apply")
+    assert "PWNED" not in _host_git_pager(ws), applied.stdout + applied.stderr
+    assert ".config" in applied.stdout + applied.stderr
