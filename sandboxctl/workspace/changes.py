@@ -9,7 +9,8 @@ Each change carries two verdicts that `apply` honours:
   which every write, chmod, rename or link updates and nobody can set back) is at or after the
   instant the run's layer was made; for a directory the run deletes or replaces, anything in it.
 - protected: the path (or, for a deleted directory, something in it) is a protected path
-  (SPEC principle 3), applied only when named with `--include-protected`.
+  (SPEC principle 3) — or a symlink where a directory would bring one in (`.config` of
+  `.config/git`) — applied only when named with `--include-protected`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from sandboxctl.protect.names import protected_reason
+from sandboxctl.protect.names import protected_link_reason, protected_reason
 from sandboxctl.workspace import tree
 from sandboxctl.workspace.tree import Node
 
@@ -160,7 +161,8 @@ def _removal(host_fd: int, name: str, path: str, old: Node, new: Node | None, th
 def _annotate(change: Change, workspace: str) -> Change:
     notes = list(change.notes)
     new = change.new
-    protected = change.protected or protected_reason(change.path)
+    protected = change.protected or (protected_link_reason(change.path) if new is not None and new.kind == "symlink"
+                                     else protected_reason(change.path))
     if new is not None and new.special:
         notes.append(f"a {new.kind}: never applied")
     if new is not None and new.kind in ("file", "dir") and new.mode & SETID:
