@@ -274,3 +274,52 @@ def test_apply_holds_back_a_layers_symlink_at_a_protected_names_parent(sandbox):
     applied = _cli(sandbox, "apply")
     assert "PWNED" not in _host_git_pager(ws), applied.stdout + applied.stderr
     assert ".config" in applied.stdout + applied.stderr
+
+
+# ====================================================================== the action log
+FORGE = '\n{"ts": "2026-01-01T00:00:00.000000Z", "run": "forged", "seq": 0, "event": "run.end", "prev": "0"}\n\x1b[2J'
+
+
+def test_names_and_argv_cannot_forge_or_break_log_lines(sandbox):
+    """A denied write, an exec and a network destination, each named with a newline and a whole
+    forged JSON record: every line of the host's log is still one record of the run, the chain
+    verifies, and `sandboxctl log` shows nothing raw."""
+    code = f"""
+import os, socket, subprocess
+forge = {FORGE!r}
+try:
+    open("/etc/" + forge, "w")
+except OSError:
+    pass
+subprocess.run(["/bin/true", forge])
+try:
+    socket.create_connection((forge.strip().replace(" ", ""), 80), timeout=2)
+except OSError:
+    pass
+"""
+    result = sandbox.run("--", "python3", "-c", code, env={"CI": "true"})
+    assert result.returncode == 0, result.stderr
+    lines = sandbox.log_path.read_text().splitlines()
+    records = [json.loads(line) for line in lines]  # each line one JSON object
+    assert {r["run"] for r in records} == {records[0]["run"]} and records[-1]["event"] == "run.end"
+    assert [r["seq"] for r in records] == list(range(len(records)))
+    assert any(r["event"] == "file" and FORGE in r["path"] for r in records)
+    verified = _cli(sandbox, "log", "--verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    shown = _cli(sandbox, "log")
+    assert "\x1b" not in shown.stdout and "forged" not in [line.split()[0] for line in shown.stdout.splitlines()
+                                                            if line.split()]
+
+
+def test_verify_finds_a_removed_middle_line_and_says_what_a_chain_cannot_see(sandbox):
+    """A line removed from the middle breaks the chain; the last lines cut off (a whole run's end)
+    leave a chain that is intact as far as it goes, and only `--against` a copy can tell."""
+    assert sandbox.run("--", "/bin/sh", "-c", "echo a > a").returncode == 0
+    assert sandbox.run("--", "true").returncode == 0
+    lines = sandbox.log_path.read_text().splitlines(keepends=True)
+    sandbox.log_path.write_text("".join(lines[:2] + lines[3:]))
+    broken = _cli(sandbox, "log", "--verify")
+    assert broken.returncode != 0 and ":3" in broken.stdout + broken.stderr
+    sandbox.log_path.write_text("".join(lines[:-1]))
+    cut = _cli(sandbox, "log", "--verify")
+    assert cut.returncode == 0  # a hash chain has nothing after its last line to disagree with it
