@@ -8,8 +8,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -323,3 +325,54 @@ def test_verify_finds_a_removed_middle_line_and_says_what_a_chain_cannot_see(san
     sandbox.log_path.write_text("".join(lines[:-1]))
     cut = _cli(sandbox, "log", "--verify")
     assert cut.returncode == 0  # a hash chain has nothing after its last line to disagree with it
+
+
+# ====================================================================== sessions
+SQUATTER = r"""
+import json, os, socket, sys
+base, record = sys.argv[1], sys.argv[2]
+os.setgid(65534)
+os.setuid(65534)  # another user, who made the victim's runtime dir in /tmp before the victim did
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+sock.bind(os.path.join(base, "sessions", "build.sock"))
+sock.listen(1)
+print("ready", flush=True)
+conn, _ = sock.accept()
+data, fds, _, _ = socket.recv_fds(conn, 1 << 20, 8)
+if data or fds:
+    with open(record, "w") as out:
+        json.dump({"message": data.decode(), "fds": len(fds)}, out)
+for fd in fds[1:2]:
+    os.write(fd, b"the other user's output\n")
+conn.send(json.dumps({"started": 1}).encode())
+conn.send(json.dumps({"exited": 1, "exit_code": 0, "timed_out": False, "denials": []}).encode())
+"""
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="a second user's socket needs root to make that user's process")
+def test_exec_never_talks_to_another_users_socket_in_a_squatted_runtime_dir(tmp_path, request):
+    """Without a runtime dir of one's own, sessions live in /tmp/sandboxctl-UID, a name anybody can
+    make first. Another user who did serves build.sock there: `sandboxctl exec build` must not send
+    it the command (nor its stdin/stdout/stderr) nor report that user's answer as the command's."""
+    tmp = Path(tempfile.mkdtemp(prefix="sandboxctl-rt-"))  # a /tmp of its own, that the other user reaches
+    os.chmod(tmp, 0o1777)
+    request.addfinalizer(lambda: shutil.rmtree(tmp, ignore_errors=True))
+    base = tmp / f"sandboxctl-{os.getuid()}"
+    (base / "sessions").mkdir(parents=True)
+    for path in (base, base / "sessions"):
+        os.chown(path, 65534, 65534)
+    record = tmp / "record.json"
+    squatter = subprocess.Popen([sys.executable, "-c", SQUATTER, str(base), str(record)], stdout=subprocess.PIPE,
+                                text=True)
+    try:
+        assert squatter.stdout.readline().strip() == "ready"
+        env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "TMPDIR": str(tmp), "LANG": "C.UTF-8"}
+        result = subprocess.run([sys.executable, "-m", "sandboxctl", "exec", "build", "--", "sh", "-c",
+                                 "echo deploying"], env=env, capture_output=True, text=True, timeout=30)
+    finally:
+        squatter.kill()
+        squatter.wait(10)
+    told = json.loads(record.read_text()) if record.exists() else None
+    assert told is None, f"another user's process got {told}"
+    assert "the other user's output" not in result.stdout
+    assert result.returncode == 125 and "another user" in result.stderr, result.stderr
