@@ -32,6 +32,15 @@ class _EchoingRecorder(_Recorder):
     names it in its 101 answer."""
 
     def _answer(self) -> None:
+        if self.path == "/trailer":  # the request's Authorization echoed in a trailer of a chunked answer
+            self.server.seen.append({"path": self.path, "headers": [[k, v] for k, v in self.headers.items()]})
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Trailer", "X-Echo")
+            self.end_headers()
+            self.wfile.write(b"2\r\nok\r\n0\r\nX-Echo: " + self.headers.get("Authorization", "").encode()
+                             + b"\r\n\r\n")
+            return None
         if self.headers.get("Upgrade", "").lower() != "websocket":
             return super()._answer()
         self.server.seen.append({"path": self.path, "headers": [[k, v] for k, v in self.headers.items()]})
@@ -139,6 +148,32 @@ print(head.decode("latin-1"))
     assert "101" in result.stdout.split("\n")[0], result.stdout + result.stderr
     assert echo.headers_of()["sec-websocket-protocol"] == REAL  # the upstream got the real value
     assert not _learned(result.stdout), "the 101 answer handed the real value back"
+
+
+RAW_TUNNEL = """
+import os, socket, ssl
+sock = socket.create_connection(("127.0.0.1", 3128))
+sock.sendall(b"CONNECT localhost:{port} HTTP/1.1\\r\\nHost: localhost:{port}\\r\\n\\r\\n")
+assert sock.recv(1000).startswith(b"HTTP/1.1 200")
+tls = ssl.create_default_context().wrap_socket(sock, server_hostname="localhost")
+tls.sendall(b"GET /trailer HTTP/1.1\\r\\nHost: localhost:{port}\\r\\nConnection: close\\r\\n"
+            b"Authorization: Bearer " + os.environ["TOKEN"].encode() + b"\\r\\n\\r\\n")
+data = b""
+while chunk := tls.recv(65536):
+    data += chunk
+print(data.decode("latin-1"))
+"""
+
+
+def test_a_trailer_of_the_answer_does_not_hand_back_the_value(sandbox, upstream_ca, echo):
+    """A chunked answer's trailer fields are passed on to the client: they are masked like headers."""
+    policy = _phantom_policy(sandbox, upstream_ca, echo)
+    result = sandbox.run("--", "python3", "-c", RAW_TUNNEL.format(port=echo.port), policy=policy,
+                         env={"REAL_TOKEN": REAL})
+    assert result.returncode == 0, result.stderr
+    assert echo.headers_of()["authorization"] == f"Bearer {REAL}"
+    assert "x-echo" in result.stdout.lower(), result.stdout  # the trailer itself did come through
+    assert not _learned(result.stdout), "a trailer handed the real value back"
 
 
 def test_the_placeholder_in_the_url_or_body_of_its_own_host_stays_a_placeholder(sandbox, upstream_ca, echo):
