@@ -325,6 +325,7 @@ class Exchange:
             if isinstance(answer, h11.Response):
                 event["status"] = answer.status_code
                 headers = _masked(masker, messages.response_headers(list(answer.headers.raw_items())))
+                fields_masker = masker  # header-like fields (trailers) are masked, compressed or not
                 if masker is not None and any(name.lower() == b"content-encoding" for name, _ in headers):
                     masker = None  # compressed: the value cannot be seen in it (README: limits)
                 self._send_client(h11.Response(status_code=answer.status_code, headers=headers,
@@ -348,7 +349,8 @@ class Exchange:
             if isinstance(part, h11.EndOfMessage):
                 if masker is not None and (rest := masker.finish()):
                     self._send_client(h11.Data(data=rest), event)
-                self._send_client(h11.EndOfMessage(headers=part.headers), event)
+                trailers = _masked(fields_masker, list(part.headers.raw_items()))  # a trailer echoes like a header
+                self._send_client(h11.EndOfMessage(headers=trailers), event)
                 break
             self.conn.abort(reset=True)  # a truncated answer must look truncated to the client
             raise Broken("the upstream closed the connection in the middle of its answer")

@@ -9,7 +9,7 @@ it toward another host (in a header, the URL or, when the proxy reads it, the bo
 and logged with `leak: NAME`. Each secret is gated by its own hosts: the placeholder of A sent
 to a host of B is a leak of A, not an injection.
 
-Answers from a host that got the real value are searched for it too (headers — a 101's as well —
+Answers from a host that got the real value are searched for it too (headers — a 101's and trailers too —
 and bodies that are not compressed), as it is and in base64 (the form the proxy itself puts into
 `Authorization: Basic`), and it is masked there, so an endpoint that echoes the request back does
 not hand the value to the sandbox.
