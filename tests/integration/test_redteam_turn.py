@@ -375,10 +375,9 @@ def test_hooks_deleted_or_hidden_in_a_hand_made_layer_stay(tmp_path):
     assert {c.path for c in outcome.protected} >= {".git/hooks"}  # (HEAD is git's everyday work: it may go)
 
 
-@pytest.mark.xfail(strict=True, reason="apply's second wall is by names only: a bare repository (HEAD, objects/, "
-                   "refs/, config) in a hand-made layer is applied; during a run the supervisor refuses to let one "
-                   "be assembled, so a real run's layer never holds one")
 def test_a_bare_repository_in_a_hand_made_layer_is_held_back(tmp_path):
+    """Names alone cannot see a repository made of ordinary names (HEAD, objects/, refs/): apply
+    holds back the parts that would complete one, as the supervisor refuses them during a run."""
     from sandboxctl.workspace import seal
     from sandboxctl.workspace.apply import apply
 
