@@ -6,6 +6,7 @@ the log. A test marked xfail(strict) proves a hole that is still open (its reaso
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import os
 import shutil
@@ -32,6 +33,18 @@ class _EchoingRecorder(_Recorder):
     names it in its 101 answer."""
 
     def _answer(self) -> None:
+        if self.path == "/gzip":  # an echo that compresses when the client accepts it (as most servers do)
+            self.server.seen.append({"path": self.path, "headers": [[k, v] for k, v in self.headers.items()]})
+            body = json.dumps(dict(self.headers.items())).encode()
+            gzipped = "gzip" in self.headers.get("Accept-Encoding", "")
+            body = gzip.compress(body) if gzipped else body
+            self.send_response(200)
+            if gzipped:
+                self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return None
         if self.path == "/trailer":  # the request's Authorization echoed in a trailer of a chunked answer
             self.server.seen.append({"path": self.path, "headers": [[k, v] for k, v in self.headers.items()]})
             self.send_response(200)
@@ -174,6 +187,23 @@ def test_a_trailer_of_the_answer_does_not_hand_back_the_value(sandbox, upstream_
     assert echo.headers_of()["authorization"] == f"Bearer {REAL}"
     assert "x-echo" in result.stdout.lower(), result.stdout  # the trailer itself did come through
     assert not _learned(result.stdout), "a trailer handed the real value back"
+
+
+def test_a_compressed_echo_does_not_hand_back_the_value(sandbox, upstream_ca, echo):
+    """The command asks for gzip; an echo of its headers then comes back compressed, where the
+    masking cannot see the value: the command decompresses it."""
+    policy = _phantom_policy(sandbox, upstream_ca, echo)
+    code = f"""
+import gzip, os, urllib.request as u
+asked = {{"Authorization": "Bearer " + os.environ["TOKEN"], "Accept-Encoding": "gzip"}}
+r = u.urlopen(u.Request("https://localhost:{echo.port}/gzip", headers=asked))
+body = r.read()
+print(gzip.decompress(body).decode() if r.headers.get("Content-Encoding") == "gzip" else body.decode())
+"""
+    result = sandbox.run("--", "python3", "-c", code, policy=policy, env={"REAL_TOKEN": REAL})
+    assert result.returncode == 0, result.stderr
+    assert echo.headers_of()["authorization"] == f"Bearer {REAL}"
+    assert not _learned(result.stdout), "a compressed echo handed the real value back"
 
 
 def test_the_placeholder_in_the_url_or_body_of_its_own_host_stays_a_placeholder(sandbox, upstream_ca, echo):
