@@ -141,6 +141,9 @@ class Exchange:
                     logged = True
                     return self._refuse_request(request, refusal, event)
                 send_headers, injected = outcome.headers, outcome.injected
+                if injected:  # an answer must come back where the masking can read it: uncompressed
+                    send_headers = [(name, value) for name, value in send_headers
+                                    if name.lower() != b"accept-encoding"] + [(b"Accept-Encoding", b"identity")]
                 event["secrets"] = injected or None
                 logged = logged or bool(injected)
             upgrade = self._upgrade(headers, rules is not None)

@@ -10,9 +10,9 @@ and logged with `leak: NAME`. Each secret is gated by its own hosts: the placeho
 to a host of B is a leak of A, not an injection.
 
 Answers from a host that got the real value are searched for it too (headers — a 101's and trailers too —
-and bodies that are not compressed), as it is and in base64 (the form the proxy itself puts into
-`Authorization: Basic`), and it is masked there, so an endpoint that echoes the request back does
-not hand the value to the sandbox.
+and bodies that are not compressed: such a request asks for `Accept-Encoding: identity`), as it is
+and in base64 (the form the proxy itself puts into `Authorization: Basic`), and it is masked
+there, so an endpoint that echoes the request back does not hand the value to the sandbox.
 
 Expiry: a secret with a `ttl` stops being injected when it expires; requests that still carry
 its placeholder are refused.
