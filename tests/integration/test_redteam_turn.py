@@ -524,3 +524,33 @@ def test_exec_never_talks_to_another_users_socket_in_a_squatted_runtime_dir(tmp_
     assert told is None, f"another user's process got {told}"
     assert "the other user's output" not in result.stdout
     assert result.returncode == 125 and "another user" in result.stderr, result.stderr
+
+
+def test_a_flood_of_distinct_denials_cannot_pass_off_the_rest_as_copies_of_one(sandbox):
+    """Past 4096 distinct denials the log only counts (the supervisor must stay bounded): the
+    command floods it with junk, then makes the denial it wants unseen. Its path may go unwritten,
+    but then the record that counts it must not say it was one more copy of some other path."""
+    code = """
+import os
+for i in range(4200):
+    try:
+        os.mkdir(f"/usr/junk-{i}")
+    except OSError:
+        pass
+try:
+    os.mkdir("/usr/the-one-that-matters")
+except OSError:
+    pass
+"""
+    result = sandbox.run("--", "python3", "-c", code, env={"CI": "true"}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    records = sandbox.records()
+    denied = [r for r in records if r["event"] == "file" and r.get("decision") == "deny"]
+    end = records[-1]
+    assert end["event"] == "run.end" and end["denied"] == 4201
+    assert sum(r.get("repeated") or 1 for r in denied) == 4201  # every denial is written or counted
+    if any(r["path"] == "/usr/the-one-that-matters" for r in denied):
+        return
+    counted = [r for r in denied if r.get("repeated")]
+    assert counted and all(not r["path"].startswith("/usr/junk-") for r in counted), \
+        f"counted as copies of {[r['path'] for r in counted]}: {[r.get('note') for r in counted]}"
