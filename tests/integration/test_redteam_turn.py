@@ -554,3 +554,22 @@ except OSError:
     counted = [r for r in denied if r.get("repeated")]
     assert counted and all(not r["path"].startswith("/usr/junk-") for r in counted), \
         f"counted as copies of {[r['path'] for r in counted]}: {[r.get('note') for r in counted]}"
+
+
+def test_a_flood_of_denied_opens_does_not_grow_the_log_without_bound(sandbox):
+    """The log rotates by size and keeps five files: a command that can write records at will can
+    push every earlier record — its own, and other runs' — out of the log. A denied open writes an
+    `approval` record (mode: deny) besides its `file` record; identical ones must be counted past
+    the first few, as the file records are, not written one by one."""
+    code = """
+for i in range(5000):
+    try:
+        open("/etc/x", "w")
+    except OSError:
+        pass
+"""
+    result = sandbox.run("--", "python3", "-c", code, env={"CI": "true"}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    approvals = [r for r in sandbox.records() if r["event"] == "approval"]
+    assert sum(r.get("repeated") or 1 for r in approvals) == 5000  # each one counted
+    assert len(approvals) <= 50, f"{len(approvals)} approval records for one denial repeated"
