@@ -76,7 +76,10 @@ class LogThrottle:
         self.suppressed: dict[tuple, tuple[str, dict[str, Any], int]] = {}
 
     def admit(self, event: str, fields: dict[str, Any]) -> bool:
-        if fields.get("decision") != "deny":
+        # an approval answered deny (mode: deny, or a timeout) is a denial too: unthrottled, a loop
+        # of denied opens wrote one record each and could rotate every earlier record out of the log
+        refused = fields.get("decision") == "deny" or (event == "approval" and fields.get("answer") in DENYING)
+        if not refused:
             return True
         key = (event, fields.get("path") or fields.get("host") or fields.get("name") or fields.get("target"),
                fields.get("op"), fields.get("port"), fields.get("rule"))
@@ -112,5 +115,6 @@ class LogThrottle:
         return out
 
 
+DENYING = ("deny", "timeout")  # approval answers that refuse
 TARGET_FIELDS = ("path", "host", "name", "target")
 OVERFLOW = ("", "… (many more targets)", None, None, "")  # the key, and the target shown, past MAX_KEYS
