@@ -9,7 +9,7 @@ click's completion code walks the same command tree that parses real command lin
 arguments, such a call never takes main.py's `run` fast path (`args[0] == "run"`) and always reaches
 typer, also while completing `sandboxctl run -p …`.
 
-Policy names complete for `run -p`, `selftest -p`, `export k8s -p` and `policy show`: the built-ins, and
+Policy names complete for `run -p`, `selftest -p`, `export k8s -p`, `proxy -p` and `policy show`: the built-ins, and
 `.sandboxctl.yaml` when the current directory has one. `run`'s options are generated from the
 RUN_OPTIONS table (cli/runopts.py, registered by cli/run.py), so `attach_policy_completion` finds the
 parameters in the typer app after registration and gives them an `autocompletion` callback, before
@@ -40,6 +40,7 @@ POLICY_PARAMS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("selftest",), "policy"),
     (("policy", "show"), "spec"),
     (("export", "k8s"), "policy"),
+    (("proxy",), "policy"),
 )
 
 # One line each, run in that shell (README). bash and zsh run `sandboxctl completion` at every start

@@ -12,7 +12,15 @@ from pathlib import Path
 import typer
 
 from sandboxctl.errors import SandboxError
-from sandboxctl.export.k8s_options import DEFAULT_RUNTIME_CLASS, DEFAULT_SECRET_NAME, FQDN_POLICIES, RUNTIME_CLASSES
+from sandboxctl.export.k8s_options import (
+    DEFAULT_PROXY_IMAGE,
+    DEFAULT_RUNTIME_CLASS,
+    DEFAULT_SECRET_NAME,
+    EGRESS_LOCKS,
+    FQDN_POLICIES,
+    PROXY_MODES,
+    RUNTIME_CLASSES,
+)
 
 app = typer.Typer(help="Express a policy for other systems: Kubernetes agent-sandbox manifests.",
                   no_args_is_help=True)
@@ -49,20 +57,34 @@ def k8s(
                                          "(a Kubernetes NetworkPolicy matches addresses only)."),
     image: str = typer.Option(None, "--image", metavar="IMAGE",
                               help="The container image (default: debian:stable-slim, idling)."),
+    proxy: str = typer.Option("sidecar", "--proxy", metavar="sidecar|none", autocompletion=_complete(PROXY_MODES),
+                              help="network: proxy policies: sandboxctl's proxy as a sidecar, so host names, "
+                                   "request rules and phantom secrets hold (default), or none (a NetworkPolicy "
+                                   "of addresses only)."),
+    proxy_image: str = typer.Option(None, "--proxy-image", metavar="IMAGE",
+                                    help="The sidecar's image; it must contain sandboxctl (and iptables for the "
+                                         "egress lock). Default: "
+                                         + DEFAULT_PROXY_IMAGE.format(version="VERSION")
+                                         + ", built from examples/proxy.Containerfile."),
+    egress_lock: str = typer.Option("iptables", "--egress-lock", metavar="iptables|none",
+                                    autocompletion=_complete(EGRESS_LOCKS),
+                                    help="How the agent's container is kept from going around the sidecar: an "
+                                         "init container's iptables rule on its uid (default; needs NET_ADMIN), "
+                                         "or none."),
     output_file: str = typer.Option(None, "-o", "--output", metavar="FILE",
                                     help="Write the manifests here instead of stdout."),
 ) -> None:
     """Print the policy as kubernetes-sigs agent-sandbox manifests: a SandboxTemplate, a SandboxWarmPool
-    and an example SandboxClaim (plus a CiliumNetworkPolicy with --fqdn-policy cilium). What Kubernetes
-    cannot express (approvals, the action log, Landlock, masks, host names in a NetworkPolicy, ...) is
-    listed in the header comment."""
+    and an example SandboxClaim (plus a CiliumNetworkPolicy with --fqdn-policy cilium). A network: proxy
+    policy gets sandboxctl's proxy as a sidecar (its policy in a ConfigMap). What a pod cannot express
+    (approvals, Landlock, masks, ...) is listed in the header comment."""
     from sandboxctl.cli.output import warn
     from sandboxctl.export.k8s import K8sOptions, export_k8s, render
     from sandboxctl.policy.discover import load_named
 
     options = K8sOptions(runtime_class=runtime_class, warm_pool=warm_pool, namespace=namespace,
                          workspace_claim=workspace_claim, secret_name=secret_name, fqdn_policy=fqdn_policy,
-                         image=image)
+                         image=image, proxy=proxy, proxy_image=proxy_image, egress_lock=egress_lock)
     result = export_k8s(load_named(policy).policy, options)
     text = render(result)
     if output_file is None:

@@ -24,6 +24,7 @@ def build_app():
         exportcmd,
         logcmd,
         policycmd,
+        proxycmd,
         run,
         selftest,
         session,
@@ -70,6 +71,7 @@ def build_app():
     session.register(app)
     execcmd.register(app)
     workspacecmd.register(app)
+    proxycmd.register(app)
     completion.register(app)  # after the commands whose -p/--policy it completes
     shellinit.register(app)
     return app

@@ -17,9 +17,10 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from sandboxctl.export import k8s_sidecar
 from sandboxctl.export.k8s_network import cilium_policy, export_network
-from sandboxctl.export.k8s_options import RUNTIME_CLASSES, K8sOptions, check_options
-from sandboxctl.export.k8s_pod import SECURITY, Notes, lost_locally_enforced, pod_spec
+from sandboxctl.export.k8s_options import RUNTIME_CLASSES, K8sOptions, check_options, proxy_image
+from sandboxctl.export.k8s_pod import SANDBOX_UID, SECURITY, Notes, lost_locally_enforced, pod_spec
 
 if TYPE_CHECKING:
     from sandboxctl.policy.model import Policy
@@ -63,6 +64,8 @@ def _header(policy: Policy, options: K8sOptions, notes: Notes, kinds: list[str])
     chain = " <- ".join(policy.chain) if policy.chain else policy.source or policy.name
     runtime_class = RUNTIME_CLASSES[options.runtime_class]
     needs = ["the agent-sandbox controller and its CRDs", f"the RuntimeClass {runtime_class}"]
+    if "ConfigMap" in kinds:
+        needs.append(f"the proxy image {proxy_image(options)} (see Relies on)")
     if "CiliumNetworkPolicy" in kinds:
         needs.append("Cilium as the CNI")
     lines = wrap(f"sandboxctl export k8s: policy {policy.name} ({chain})", rest="  ")
@@ -73,6 +76,10 @@ def _header(policy: Policy, options: K8sOptions, notes: Notes, kinds: list[str])
     lines += ["", "Mapped:"]
     for item in (f"runtimeClassName {runtime_class}; {SECURITY}", *notes.mapped):
         lines += wrap(item, "  - ", "    ")
+    if notes.relies:
+        lines += ["", "Relies on (without these, the pod does not start or reaches nothing by name):"]
+        for item in notes.relies:
+            lines += wrap(item, "  - ", "    ")
     lines += ["", "NOT expressed (`sandboxctl run` enforces these; this cluster will not):"]
     for item in notes.lost:
         lines += wrap(item, "  - ", "    ")
@@ -95,11 +102,16 @@ def export_k8s(policy: Policy, options: K8sOptions = K8sOptions()) -> K8sExport:
             meta["annotations"] = annotations
         return meta
 
-    lost_locally_enforced(policy, notes)
-    pod, claims = pod_spec(policy, options, RUNTIME_CLASSES[options.runtime_class], notes)
-    network = export_network(policy.network, options.fqdn_policy)
+    sidecar = None
+    config_map = f"{name}-proxy-policy"
+    if k8s_sidecar.wanted(policy, options):
+        sidecar = k8s_sidecar.sidecar(policy, options, config_map, SANDBOX_UID, notes)
+    lost_locally_enforced(policy, notes, proxy_logs=sidecar is not None)
+    pod, claims = pod_spec(policy, options, RUNTIME_CLASSES[options.runtime_class], notes, sidecar)
+    network = export_network(policy.network, options.fqdn_policy, options.egress_lock if sidecar else None)
     notes.mapped += network.mapped
     notes.lost += network.lost
+    notes.relies += network.relies
     notes.warnings += network.warnings
 
     spec: dict[str, Any] = {
@@ -124,7 +136,15 @@ def export_k8s(policy: Policy, options: K8sOptions = K8sOptions()) -> K8sExport:
     else:
         pool_comment = ("replicas: 0: no sandbox waits; each claim starts its own (pass --warm-pool N to keep N",
                         "ready). v1beta1 claims always name a pool, so the pool is here even without one.")
-    documents = [
+    documents = []
+    if sidecar is not None:
+        documents.append(Manifest(
+            {"apiVersion": "v1", "kind": "ConfigMap",
+             "metadata": metadata(config_map, {SHA_ANNOTATION: policy.sha256} if policy.sha256 else None),
+             "data": {k8s_sidecar.POLICY_FILE: sidecar.policy_text}},
+            ("The sandboxctl-proxy sidecar's policy: the network section and the proxy secrets (read from the",
+             "Secret's files); no value.")))
+    documents += [
         Manifest(template, ("The policy as a template: pod, volumes and network policy.",)),
         Manifest(pool, pool_comment),
         Manifest(claim, ("An example claim: one sandbox from the pool, deleted as soon as it finishes",
@@ -153,6 +173,12 @@ def render(export: K8sExport) -> str:
     class Dumper(yaml.SafeDumper):
         def ignore_aliases(self, data: Any) -> bool:  # no &id001 anchors for dicts used twice
             return True
+
+    def text(dumper: yaml.SafeDumper, data: str) -> yaml.Node:  # a script or a file: as a block, readable
+        style = "|" if "\n" in data.rstrip("\n") else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+    Dumper.add_representer(str, text)
 
     out = [f"# {line}".rstrip() + "\n" for line in export.header]
     for manifest in export.manifests:

@@ -25,6 +25,12 @@ ROUTER_INGRESS = {"from": [{"podSelector": {"matchLabels": {"app": "sandbox-rout
 # Cilium's toFQDNs learns addresses from the DNS answers its proxy sees: DNS must go through it.
 KUBE_DNS = {"k8s:io.kubernetes.pod.namespace": "kube-system", "k8s:k8s-app": "kube-dns"}
 CILIUM_API_VERSION = "cilium.io/v2"
+# A NetworkPolicy's way to the cluster's DNS (the sidecar resolves allowed names itself).
+KUBE_DNS_EGRESS = {
+    "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+    "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+}
 
 
 class NetworkExport(NamedTuple):
@@ -34,6 +40,7 @@ class NetworkExport(NamedTuple):
     mapped: tuple[str, ...]  # header lines: what became what
     lost: tuple[str, ...]  # header lines: what could not be expressed
     warnings: tuple[str, ...]  # stderr
+    relies: tuple[str, ...] = ()  # header lines: what the cluster must provide for the mapped to hold
 
 
 def is_address(pattern: HostPattern) -> bool:
@@ -97,7 +104,108 @@ def _joined(patterns: tuple[HostPattern, ...] | list[HostPattern]) -> str:
     return ", ".join(str(p) for p in patterns)
 
 
-def export_network(network: Network, fqdn_policy: str | None) -> NetworkExport:
+def _kept(network: Network) -> tuple[list[HostPattern], list[HostPattern], list[str]]:
+    """(allow entries kept, those a deny entry covers entirely, 'deny within allow' overlaps)."""
+    kept: list[HostPattern] = []
+    dropped: list[HostPattern] = []
+    narrowed: list[str] = []
+    for allow in network.allow:
+        if any(_covers(deny, allow) for deny in network.deny):
+            dropped.append(allow)
+            continue
+        if allow not in kept:
+            kept.append(allow)
+            narrowed += [f"{deny} within {allow}" for deny in network.deny if _overlaps(deny, allow)]
+    return kept, dropped, narrowed
+
+
+def _public_rules(names: tuple[HostPattern, ...], allow_private: bool) -> list[dict[str, Any]]:
+    """TCP to every address the names might resolve to (a NetworkPolicy cannot know which): the public
+    internet, or everything with allow_private; on the ports the names are allowed on."""
+    from sandboxctl.network.addresses import non_public_networks
+
+    blocks = []
+    for version, everything in ((4, "0.0.0.0/0"), (6, "::/0")):
+        block: dict[str, Any] = {"cidr": everything}
+        if not allow_private:
+            block["except"] = [str(net) for net in non_public_networks(version)]
+        blocks.append({"ipBlock": block})
+    rule: dict[str, Any] = {"to": blocks}
+    if all(p.port is not None for p in names):
+        rule["ports"] = [{"protocol": "TCP", "port": port} for port in sorted({p.port for p in names})]
+    else:
+        rule["ports"] = [{"protocol": "TCP"}]
+    return [rule]
+
+
+def _ports(names: tuple[HostPattern, ...]) -> str:
+    ports = {p.port for p in names}
+    return "any port" if None in ports else "ports " + ", ".join(str(p) for p in sorted(ports))
+
+
+def _sidecar_network(network: Network, fqdn_policy: str | None, lock: str, mapped: list[str],
+                     ingress: list[dict[str, Any]]) -> NetworkExport:
+    """The pod's egress when sandboxctl's proxy runs beside the agent (export/k8s_sidecar.py): what the
+    sidecar must reach. Names are decided by the sidecar; the NetworkPolicy is a second wall around it."""
+    lost: list[str] = []
+    warnings: list[str] = []
+    kept, dropped, _narrowed = _kept(network)
+    addresses = tuple(p for p in kept if is_address(p))
+    names = tuple(p for p in kept if not is_address(p))
+    egress: list[dict[str, Any]] = []
+    rules: tuple[dict[str, Any], ...] = ()
+    if not network.allow:
+        mapped.append("network: proxy with an empty allow list -> the sidecar refuses every destination (locally "
+                      "each would ask) and the pod's egress is []")
+    if names:
+        egress.append(KUBE_DNS_EGRESS)
+    egress += [_address_rule(p) for p in addresses]
+    if addresses:
+        mapped.append(f"network.allow addresses -> also ipBlock egress rules (TCP) for the sidecar's dials: "
+                      f"{_joined(addresses)}")
+    if names and fqdn_policy == "cilium":
+        rules = _fqdn_rules(names)
+        mapped.append(f"network.allow host names ({_joined(names)}) -> decided by the sidecar; and the "
+                      "CiliumNetworkPolicy lets the pod reach only their addresses (toFQDNs), with DNS through "
+                      "kube-dns")
+        if any(p.wildcard for p in names):
+            lost.append("Cilium's '*' matches one label: *.example.com lets the pod reach a.example.com, not "
+                        "a.b.example.com, which the sidecar would allow")
+    elif names:
+        egress += _public_rules(names, network.allow_private)
+        scope = ("any address, cluster-internal ones included (allow_private: true)" if network.allow_private
+                 else "public addresses (private, loopback, link-local, CGNAT and metadata ranges left out)")
+        mapped.append(f"network.allow host names ({_joined(names)}) -> decided by the sidecar, which resolves "
+                      f"them itself; the pod's egress: DNS to kube-dns, and TCP to {scope} on {_ports(names)}, "
+                      "because a NetworkPolicy cannot know what the names resolve to (--fqdn-policy cilium "
+                      "narrows it to their addresses)")
+    relies = []
+    if names:
+        relies.append("DNS at kube-dns (k8s-app: kube-dns in kube-system), which the pod's egress allows for the "
+                      "sidecar's look-ups; another resolver (NodeLocal DNSCache) is not allowed, and then nothing "
+                      "by name is reachable")
+    if network.deny:
+        text = f"network.deny ({_joined(network.deny)}) -> refused by the sidecar"
+        if dropped:
+            text += f"; allow entries it covers entirely are left out of the egress: {_joined(dropped)}"
+        mapped.append(text)
+    if network.allow_private:
+        mapped.append("allow_private: true -> the sidecar dials private addresses the names resolve to")
+    else:
+        mapped.append("allow_private: false -> the sidecar refuses private, loopback, link-local and metadata "
+                      "addresses a name resolves to (addresses listed literally excepted), as locally")
+    if lock == "none" and egress:
+        lost.append("with --egress-lock none the pod's egress above is the agent's too: it may reach those "
+                    "destinations directly")
+    lost.append("approvals of other destinations at run time: none; what is not listed is refused (and logged "
+                "by the sidecar)")
+    return NetworkExport({"ingress": ingress, "egress": egress}, rules, names, tuple(mapped), tuple(lost),
+                         tuple(warnings), tuple(relies))
+
+
+def export_network(network: Network, fqdn_policy: str | None, sidecar: str | None = None) -> NetworkExport:
+    """The template's networkPolicy; `sidecar`: the egress lock (iptables | none) when sandboxctl's proxy
+    runs beside the agent, None when it does not (the NetworkPolicy is then all there is)."""
     mapped: list[str] = []
     lost: list[str] = []
     warnings: list[str] = []
@@ -114,16 +222,9 @@ def export_network(network: Network, fqdn_policy: str | None) -> NetworkExport:
         return NetworkExport({"ingress": ingress, "egress": [{}]}, (), (), tuple(mapped), tuple(lost),
                              tuple(warnings))
 
-    kept: list[HostPattern] = []
-    dropped: list[HostPattern] = []
-    narrowed: list[str] = []
-    for allow in network.allow:
-        if any(_covers(deny, allow) for deny in network.deny):
-            dropped.append(allow)
-            continue
-        if allow not in kept:
-            kept.append(allow)
-            narrowed += [f"{deny} within {allow}" for deny in network.deny if _overlaps(deny, allow)]
+    if sidecar is not None:
+        return _sidecar_network(network, fqdn_policy, sidecar, mapped, ingress)
+    kept, dropped, narrowed = _kept(network)
     addresses = tuple(p for p in kept if is_address(p))
     names = tuple(p for p in kept if not is_address(p))
     egress = [_address_rule(p) for p in addresses]

@@ -15,6 +15,11 @@ RUNTIME_CLASSES = {"gvisor": "gvisor", "kata": "kata"}  # --runtime-class -> Run
 DEFAULT_RUNTIME_CLASS = "gvisor"  # the point of moving to a cluster is not to share the node's kernel
 FQDN_POLICIES = ("cilium",)
 DEFAULT_SECRET_NAME = "sandboxctl-secrets"
+PROXY_MODES = ("sidecar", "none")  # --proxy: network: proxy policies get sandboxctl's proxy beside the agent, or not
+EGRESS_LOCKS = ("iptables", "none")  # --egress-lock: how the agent container is kept from going around it
+# No registry that someone else could publish under: the image is built from examples/proxy.Containerfile and
+# loaded or pushed by whoever deploys (a pull of this name can only reach a registry on the node itself).
+DEFAULT_PROXY_IMAGE = "localhost/sandboxctl-proxy:{version}"
 
 _LABEL = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
 DNS_LABEL = re.compile(_LABEL)
@@ -29,6 +34,15 @@ class K8sOptions(NamedTuple):
     secret_name: str = DEFAULT_SECRET_NAME
     fqdn_policy: str | None = None
     image: str | None = None  # None: the default image, idling
+    proxy: str = "sidecar"  # network: proxy policies: sandboxctl's proxy as a sidecar (export/k8s_sidecar.py)
+    proxy_image: str | None = None  # None: DEFAULT_PROXY_IMAGE
+    egress_lock: str = "iptables"
+
+
+def proxy_image(options: K8sOptions) -> str:
+    from sandboxctl import __version__
+
+    return options.proxy_image or DEFAULT_PROXY_IMAGE.format(version=__version__)
 
 
 def check_options(options: K8sOptions) -> None:
@@ -48,5 +62,10 @@ def check_options(options: K8sOptions) -> None:
         if value is not None and (len(value) > limit or not pattern.fullmatch(value)):
             raise SandboxError(f"{option} {value!r}: not a valid Kubernetes name",
                                "lower-case letters, digits and '-' (and '.' between parts), e.g. my-agent")
-    if options.image is not None and (not options.image or any(c.isspace() for c in options.image)):
-        raise SandboxError(f"--image {options.image!r}: not an image reference", "e.g. ghcr.io/org/agent:1.2")
+    for option, image in (("--image", options.image), ("--proxy-image", options.proxy_image)):
+        if image is not None and (not image or any(c.isspace() for c in image)):
+            raise SandboxError(f"{option} {image!r}: not an image reference", "e.g. ghcr.io/org/agent:1.2")
+    for option, value, choices in (("--proxy", options.proxy, PROXY_MODES),
+                                   ("--egress-lock", options.egress_lock, EGRESS_LOCKS)):
+        if value not in choices:
+            raise SandboxError(f"{option} {value!r}: unknown", f"choose one of: {', '.join(choices)}")

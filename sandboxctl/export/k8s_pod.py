@@ -15,6 +15,7 @@ from sandboxctl import paths, units
 
 if TYPE_CHECKING:
     from sandboxctl.export.k8s_options import K8sOptions
+    from sandboxctl.export.k8s_sidecar import Sidecar
     from sandboxctl.policy.model import Policy
 
 DEFAULT_IMAGE = "docker.io/library/debian:stable-slim"
@@ -34,6 +35,7 @@ class Notes:
     def __init__(self) -> None:
         self.mapped: list[str] = []
         self.lost: list[str] = []
+        self.relies: list[str] = []  # what must hold on the cluster for what is mapped to hold
         self.warnings: list[str] = []
 
 
@@ -124,8 +126,9 @@ def _volumes(policy: Policy, options: K8sOptions, notes: Notes) -> tuple[list, l
     return volumes, mounts, claims
 
 
-def _environment(policy: Policy, options: K8sOptions, notes: Notes) -> list[dict[str, Any]]:
-    """HOME, env.set, and secrets by reference (secretKeyRef) or by file path: never a value."""
+def _environment(policy: Policy, options: K8sOptions, notes: Notes, sidecar: Sidecar | None) -> list[dict[str, Any]]:
+    """HOME, env.set, and secrets by reference (secretKeyRef) or by file path: never a value. With the
+    proxy's sidecar, its variables (they win over env.set, as locally) and the phantoms' placeholders."""
     entries: dict[str, dict[str, Any]] = {
         "HOME": {"name": "HOME", "value": HOME},
         "SANDBOXCTL": {"name": "SANDBOXCTL", "value": "1"},
@@ -135,9 +138,10 @@ def _environment(policy: Policy, options: K8sOptions, notes: Notes) -> list[dict
         notes.mapped.append(f"env.set -> env: {', '.join(name for name, _ in policy.env.set)}")
     for secret in policy.secrets:
         entries.pop(secret.name, None)
-        if secret.deliver_as == "proxy":  # the value must never reach the pod: it is left out
-            notes.lost.append(f"secrets.{secret.name} (as: proxy): needs sandboxctl's proxy to put the value "
-                              "into requests; not exported (the pod gets neither the value nor a placeholder)")
+        if secret.deliver_as == "proxy":  # the value must never reach the agent's container
+            if sidecar is None:
+                notes.lost.append(f"secrets.{secret.name} (as: proxy): needs sandboxctl's proxy to put the value "
+                                  "into requests; not exported (the pod gets neither the value nor a placeholder)")
             continue
         if secret.deliver_as == "env":
             entries[secret.name] = {"name": secret.name, "valueFrom": {"secretKeyRef": {
@@ -158,7 +162,13 @@ def _environment(policy: Policy, options: K8sOptions, notes: Notes) -> list[dict
                           "values in env.set or the image")
     notes.lost.append("an empty environment: the container also has the image's ENV and KUBERNETES_SERVICE_* "
                       "(service links are off)")
-    return [entries[name] for name in sorted(entries)]
+    first: list[dict[str, Any]] = []
+    if sidecar is not None:
+        for entry in sidecar.agent_env:
+            entries.pop(entry["name"], None)
+        first = [e for e in sidecar.agent_env if "valueFrom" in e]  # referred to by $(NAME): defined before
+        entries.update({e["name"]: e for e in sidecar.agent_env if "valueFrom" not in e})
+    return first + [entries[name] for name in sorted(entries)]
 
 
 def _limits(policy: Policy, options: K8sOptions, notes: Notes) -> tuple[dict[str, Any], int | None]:
@@ -192,11 +202,16 @@ SECURITY = ("uid/gid 1000 (runAsNonRoot), allowPrivilegeEscalation: false, capab
             "service links")
 
 
-def pod_spec(policy: Policy, options: K8sOptions, runtime_class: str, notes: Notes) -> tuple[dict[str, Any], list]:
+def pod_spec(policy: Policy, options: K8sOptions, runtime_class: str, notes: Notes,
+             sidecar: Sidecar | None = None) -> tuple[dict[str, Any], list]:
     """(the podTemplate's spec, volumeClaimTemplates): non-root, nothing to escalate with, a read-only
-    root, and only the volumes the policy's workspace, tmpfs and file secrets call for."""
+    root, and only the volumes the policy's workspace, tmpfs and file secrets call for; with the proxy's
+    sidecar (export/k8s_sidecar.py), its init containers and volumes too."""
     volumes, mounts, claims = _volumes(policy, options, notes)
-    env = _environment(policy, options, notes)
+    if sidecar is not None:
+        volumes += sidecar.volumes
+        mounts = sorted(mounts + sidecar.agent_mounts, key=lambda m: (m["mountPath"].count("/"), m["mountPath"]))
+    env = _environment(policy, options, notes, sidecar)
     resources, deadline = _limits(policy, options, notes)
     seccomp = {"type": "RuntimeDefault"}
     container: dict[str, Any] = {"name": CONTAINER, "image": options.image or DEFAULT_IMAGE}
@@ -230,22 +245,31 @@ def pod_spec(policy: Policy, options: K8sOptions, runtime_class: str, notes: Not
     }
     if deadline is not None:
         spec["activeDeadlineSeconds"] = deadline
+    if sidecar is not None:
+        spec["shareProcessNamespace"] = False  # the agent sees neither the sidecar's processes nor its memory
+        spec["initContainers"] = sidecar.init_containers
     spec["containers"] = [container]
     if volumes:
         spec["volumes"] = volumes
     return spec, claims
 
 
-def lost_locally_enforced(policy: Policy, notes: Notes) -> None:
-    """The layers and guards of `sandboxctl run` that have no pod equivalent, as this policy sets them."""
+def lost_locally_enforced(policy: Policy, notes: Notes, proxy_logs: bool = False) -> None:
+    """The layers and guards of `sandboxctl run` that have no pod equivalent, as this policy sets them
+    (proxy_logs: the proxy's sidecar logs the network events)."""
     approval = policy.approval
     notes.lost.append(f"approvals (approval: {approval.mode}, via {approval.via}): nothing asks a human; what "
                       "is not allowed here is refused")
     log = policy.log
     log_path = log.path.replace("{state}", "~/.local/state/sandboxctl")
+    what = ("file events or executed programs" if proxy_logs
+            else "denials, connections, executed programs or injected secrets")
     notes.lost.append(f"the action log ({log_path}; file events: {log.file_events}, exec events: "
-                      f"{'on' if log.exec_events else 'off'}): no local JSONL log of denials, connections, "
-                      "executed programs or injected secrets; use the cluster's audit log and the runtime's logs")
+                      f"{'on' if log.exec_events else 'off'}): no JSONL log of {what}"
+                      + (" (the sidecar logs connections, requests and secrets)" if proxy_logs else "")
+                      + "; use the cluster's audit log and the runtime's logs")
+    if log.forward:
+        notes.lost.append(f"log.forward ({', '.join(log.forward)}): not set up in the pod")
     notes.lost.append(f"Landlock (landlock: {policy.landlock}): not applied; the pod's file access is its "
                       "volumes and a read-only root")
     if policy.exec_allow is not None:

@@ -79,6 +79,15 @@ _NAT64 = IPv6Network("64:ff9b::/96")
 _SIX_TO_FOUR = IPv6Network("2002::/16")
 _TEREDO = IPv6Network("2001::/32")
 
+def non_public_networks(version: int) -> list[IPv4Network | IPv6Network]:
+    """What the proxy refuses without allow_private, as collapsed networks of one IP version (the
+    Kubernetes export leaves them out of a pod's egress too). IPv6 forms that carry an IPv4 address
+    are left out whole: the proxy judges them by that address, a network policy cannot."""
+    if version == 4:
+        return list(ipaddress.collapse_addresses(net for net, _ in _V4_CLASSES))
+    return list(ipaddress.collapse_addresses([*(net for net, _ in _V6_CLASSES), _MAPPED, _TRANSLATED, _COMPATIBLE]))
+
+
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 _LOCAL_TTL_S = 2.0
 

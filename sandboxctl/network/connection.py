@@ -135,6 +135,7 @@ class _Connection:
         self.bytes_in = 0
         self.bytes_out = 0
         self.inspected = False
+        self.peer: str | None = None  # the client's address, when the server logs it (a standalone proxy)
 
     # -------------------------------------------------------------- lifecycle
     def run(self) -> None:
@@ -173,6 +174,8 @@ class _Connection:
         }
         if self.inspected:
             out["inspected"] = True
+        if self.peer is not None:
+            out["client"] = self.peer
         if self.error:
             out["error"] = self.error
         return out

@@ -17,6 +17,13 @@ there, so an endpoint that echoes the request back does not hand the value to th
 Expiry: a secret with a `ttl` stops being injected when it expires; requests that still carry
 its placeholder are refused.
 
+Derived placeholders (`derived_placeholder`): a standalone proxy whose clients get their
+environment before it starts (a Kubernetes sidecar: the pod spec sets the agent's variables)
+cannot hand out random ones. Then each placeholder is `sbx-phantom-ID-` and 8 hex digits of the
+name's SHA-256, ID being something both sides know and nobody else reaches the proxy with (the
+pod's UID, through the downward API): still distinct per pod and never the value, but
+predictable to whoever knows ID, so the standalone proxy allows it only on a loopback address.
+
 Pure apart from the clock; nothing here touches a socket.
 """
 
@@ -24,6 +31,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -36,9 +45,21 @@ PREFIX = "sbx-phantom-"
 _PREFIX_BYTES = PREFIX.encode()
 
 
+# What a derived placeholder's ID may be: lower case (host names are compared in lower case, so a
+# placeholder in one must be found there), inert in headers, URLs, JSON and shells, and long enough.
+PHANTOM_ID = re.compile(r"[0-9a-z][0-9a-z-]{15,99}")
+
+
 def new_placeholder() -> str:
     """Unguessable and inert in headers, URLs, JSON and shells: lower-case hex after a fixed prefix."""
     return PREFIX + secrets.token_hex(20)
+
+
+def derived_placeholder(phantom_id: str, name: str) -> str:
+    """The placeholder of secret NAME under a shared ID (see the module docstring). Every one has the
+    same length and the prefix once, so none is found inside another; the export calls this with
+    the text `$(VAR)`, which Kubernetes replaces with the same ID the proxy is given."""
+    return f"{PREFIX}{phantom_id}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 @dataclass
@@ -67,6 +88,7 @@ class PhantomSpec:
     value: str
     hosts: Sequence[str]
     ttl: float | None = None
+    placeholder: str | None = None  # None: a new random one (derived_placeholder for a shared ID)
 
     def __repr__(self) -> str:
         return f"PhantomSpec({self.name!r}, hosts={list(self.hosts)!r}, ttl={self.ttl!r})"
@@ -98,8 +120,14 @@ class PhantomSecrets:
             if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in spec.value):
                 raise ValueError(f"secret {spec.name}: the value has a line break or a control character, and "
                                  "as: proxy puts it into a request header")
+            placeholder = spec.placeholder or new_placeholder()
+            if not _usable_placeholder(placeholder):
+                raise ValueError(f"secret {spec.name}: unusable placeholder")
             self.items.append(Phantom(spec.name, spec.value, tuple(parse_host_pattern(h) for h in spec.hosts),
-                                      expires_at=None if spec.ttl is None else start + spec.ttl))
+                                      placeholder, None if spec.ttl is None else start + spec.ttl))
+        for phantom in self.items:  # one found inside another would be replaced inside it
+            if any(other is not phantom and phantom.placeholder in other.placeholder for other in self.items):
+                raise ValueError(f"secret {phantom.name}: its placeholder is not distinct from another's")
         self._by_placeholder = {p.placeholder.encode(): p for p in self.items}
 
     def __bool__(self) -> bool:
@@ -191,6 +219,12 @@ class PhantomSecrets:
         """A masker for the answer to a request that carried these secrets' real values."""
         chosen = [p for p in self.items if p.name in set(names)]
         return Masker(chosen) if chosen else None
+
+
+def _usable_placeholder(text: str) -> bool:
+    """The prefix once, then lower-case letters, digits and '-' (at least 16: never guessable by luck)."""
+    rest = text.removeprefix(PREFIX)
+    return rest != text and PREFIX not in rest and len(rest) >= 16 and re.fullmatch(r"[0-9a-z-]+", rest) is not None
 
 
 def _add(names: list[str], name: str) -> None:

@@ -79,6 +79,8 @@ class ProxyServer:
     marked `"event": "http"`), and `ask_request(method, host, port, path, client_port)` is asked about
     requests their rules do not list (None: deny).
     `resolver` has socket.getaddrinfo's signature (a seam for tests); it is called once per dial.
+    `log_peers`: each `net` record names the client's address (`client`): a standalone proxy's clients
+    are whoever can connect, a sandbox's are always the sandbox.
     """
 
     def __init__(
@@ -95,6 +97,7 @@ class ProxyServer:
         head_timeout: float = HEAD_TIMEOUT_S,
         connect_timeout: float = CONNECT_TIMEOUT_S,
         resolver: Callable[..., list[Any]] = socket.getaddrinfo,
+        log_peers: bool = False,
     ) -> None:
         self.listener = listener
         self.policy = policy
@@ -107,6 +110,7 @@ class ProxyServer:
         self.head_timeout = head_timeout
         self.connect_timeout = connect_timeout
         self.resolver = resolver
+        self.log_peers = log_peers
         self.log_failures = 0
         self._lock = threading.Lock()
         self._log_lock = threading.Lock()
@@ -221,7 +225,7 @@ class ProxyServer:
         """Accept every pending connection; False if the listener is unusable."""
         while not self._stopping:
             try:
-                client, _peer = self.listener.accept()
+                client, peer = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return True
             except OSError as exc:
@@ -231,15 +235,17 @@ class ProxyServer:
                     time.sleep(0.05)  # out of descriptors: back off instead of spinning on poll()
                     return True
                 return False
-            self._admit(client)
+            self._admit(client, peer)
         return True
 
-    def _admit(self, client: socket.socket) -> None:
+    def _admit(self, client: socket.socket, peer: Any = None) -> None:
         with self._lock:
             busy = len(self._conns) >= self.max_connections
             conn = None if busy else _Connection(self, client)
             if conn is not None:
                 self._conns.add(conn)
+        if conn is not None and self.log_peers:
+            conn.peer = _peer_text(peer)
         if conn is None:
             self._refuse_busy(client)
             return
@@ -333,3 +339,11 @@ class ProxyServer:
     def _report(message: str) -> None:
         with contextlib.suppress(Exception):
             print(message, file=sys.stderr)
+
+
+def _peer_text(peer: Any) -> str | None:
+    """host:port of an accepted client (IPv6 in brackets), or None for a socket without one."""
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host, port = str(peer[0]), peer[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return None

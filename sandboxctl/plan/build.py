@@ -9,6 +9,12 @@ import re
 
 from sandboxctl import paths, units
 from sandboxctl.errors import SandboxError
+from sandboxctl.network.clientenv import (  # noqa: F401 - CA_BUNDLE_VARIABLES, LOOPBACK_NAMES: named here too
+    CA_BUNDLE_VARIABLES,
+    LOOPBACK_NAMES,
+    ca_variables,
+    proxy_variables,
+)
 from sandboxctl.plan import network as netwalls
 from sandboxctl.plan import syscalls
 from sandboxctl.plan.create import creations_for, overlay_kind
@@ -31,16 +37,11 @@ SESSION_SERVER = f"{SHIM_DIR}/session_server.py"  # a session's in-sandbox serve
 GVISOR_INIT = f"{SHIM_DIR}/init.py"  # the gvisor backend's in-sandbox launcher
 SECRETS_DIR = "/run/secrets"
 PROXY_PORT = 3128
-LOOPBACK_NAMES = "localhost,127.0.0.1,::1"
 TLS_DIR = f"{SHIM_DIR}/tls"  # the run's CA and the combined bundle, made at launch (network/certs.py)
 TLS_BUNDLE = f"{TLS_DIR}/ca-bundle.pem"  # the run's CA followed by the system's
 TLS_CA = f"{TLS_DIR}/run-ca.pem"  # the run's CA alone
 # The system bundles the combined one replaces inside (where the host has them).
 SYSTEM_CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem")
-# What common tools read to find their CA bundle (Python ssl, requests, curl, git, pip, AWS, cargo, Deno);
-# Node adds NODE_EXTRA_CA_CERTS to its own store.
-CA_BUNDLE_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO", "PIP_CERT",
-                       "AWS_CA_BUNDLE", "CARGO_HTTP_CAINFO", "DENO_CERT")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # Looks like a credential: never passed by a glob, only when named exactly.
@@ -479,13 +480,8 @@ class _Planner:
                                   f"puts the real value into requests to {', '.join(secret.hosts)} only")
             env.pop(secret.name, None)  # the value (or placeholder) arrives at launch, never through the plan
         if self.inspecting:
-            env.update({name: TLS_BUNDLE for name in CA_BUNDLE_VARIABLES})
-            env["NODE_EXTRA_CA_CERTS"] = TLS_CA
+            env.update(ca_variables(TLS_BUNDLE, TLS_CA))
         if self.network_mode() == "proxy":
-            proxy = f"http://127.0.0.1:{PROXY_PORT}"
-            for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
-                env[name] = proxy
-            env["ALL_PROXY"] = env["all_proxy"] = f"socks5h://127.0.0.1:{PROXY_PORT}"
             # the loopback inside is the sandbox's own (servers of a test suite: network.listen), and
             # the proxy would refuse it anyway (loopback is private on the host) — unless the policy
             # names the host's loopback: then 127.0.0.1 goes to the proxy, which may reach it
@@ -495,7 +491,7 @@ class _Planner:
                 self.notes.append("network.allow names the host's loopback: HTTP clients send 127.0.0.1 and localhost "
                                   "to the proxy (NO_PROXY is empty), so servers inside the sandbox are reached only "
                                   "by programs that ignore the proxy variables")
-            env["NO_PROXY"] = env["no_proxy"] = "" if host_loopback else LOOPBACK_NAMES
+            env.update(proxy_variables("127.0.0.1", PROXY_PORT, "" if host_loopback else LOOPBACK_NAMES))
         env["SANDBOXCTL"] = "1"
         env["SANDBOXCTL_RUN"] = self.inv.run_id
         return tuple(sorted(env.items()))

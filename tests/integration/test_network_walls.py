@@ -447,7 +447,8 @@ int main(int argc, char **argv) {
     memcpy(addr.raw, listed, sizeof addr);
     pthread_t thread;
     pthread_create(&thread, NULL, flip, NULL);
-    for (int i = 0; i < rounds; i++) {
+    /* on a loaded machine the flipping thread may not run for a while: go on until it has */
+    for (int i = 0; i < rounds || (refused == 0 && i < rounds * 30); i++) {
         int s = FD;
         if (!fd_mode) {
             s = socket(AF_UNIX, SOCK_STREAM, 0);

@@ -44,7 +44,11 @@ OPTION_SETS = {
     "cilium": K8sOptions(fqdn_policy="cilium"),
     "workspace-claim": K8sOptions(workspace_claim="team-work", namespace="agents"),
     "everything": K8sOptions(runtime_class="kata", warm_pool=2, namespace="agents", workspace_claim="ws.data",
-                             secret_name="agent-keys", fqdn_policy="cilium", image="ghcr.io/example/agent:1.0"),
+                             secret_name="agent-keys", fqdn_policy="cilium", image="ghcr.io/example/agent:1.0",
+                             proxy_image="ghcr.io/example/sandboxctl-proxy:1.0"),
+    "no-sidecar": K8sOptions(proxy="none"),
+    "no-sidecar-cilium": K8sOptions(proxy="none", fqdn_policy="cilium"),
+    "no-egress-lock": K8sOptions(egress_lock="none"),
 }
 
 # A policy that uses every section the export maps: literal addresses and names, a wildcard, a deny,
@@ -166,8 +170,27 @@ def check_cilium(document: dict[str, Any], pod_labels: dict[str, str]) -> None:
                 assert isinstance(port["port"], str) and port["port"].isdigit() and port["protocol"] == "TCP"
 
 
-def check_all(documents: list[dict[str, Any]]) -> None:
-    """Every document: agent-sandbox kinds against their CRD schema, Cilium by shape, nothing else."""
+CONFIG_MAP_KEY = re.compile(r"[-._a-zA-Z0-9]+")
+
+
+def check_config_map(document: dict[str, Any], pod: dict[str, Any], tmp: Path) -> None:
+    """No CRD here for a core ConfigMap: its shape by hand; the sidecar's policy in it must load, and the
+    pod must mount it by this name."""
+    assert document["apiVersion"] == "v1" and document["kind"] == "ConfigMap"
+    assert set(document) == {"apiVersion", "kind", "metadata", "data"} and not metadata_problems(document)
+    data = document["data"]
+    assert data and all(CONFIG_MAP_KEY.fullmatch(k) and isinstance(v, str) for k, v in data.items())
+    (policy_file := tmp / "sidecar-policy.yaml").write_text(data["policy.yaml"])
+    loaded = load_named(str(policy_file)).policy
+    assert loaded.network.mode == "proxy" and loaded.approval.mode == "deny"
+    assert {v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v} == {document["metadata"]["name"]}
+
+
+def check_all(documents: list[dict[str, Any]], tmp: Path | None = None) -> None:
+    """Every document: agent-sandbox kinds against their CRD schema, Cilium and ConfigMaps by shape,
+    nothing else."""
+    import tempfile
+
     template = next(d for d in documents if d["kind"] == "SandboxTemplate")
     pod_labels = template["spec"]["podTemplate"]["metadata"]["labels"]
     for document in documents:
@@ -175,6 +198,9 @@ def check_all(documents: list[dict[str, Any]]) -> None:
         if group in AGENT_SANDBOX_GROUPS:
             assert not schema_errors(document), (document["kind"], schema_errors(document))
             assert not metadata_problems(document), metadata_problems(document)
+        elif document["kind"] == "ConfigMap":
+            with tempfile.TemporaryDirectory() as directory:
+                check_config_map(document, template["spec"]["podTemplate"]["spec"], tmp or Path(directory))
         else:
             check_cilium(document, pod_labels)
 
@@ -235,8 +261,10 @@ def test_the_crds_are_here_and_v1beta1_is_their_storage_version() -> None:
 def test_every_builtin_policy_exports_valid_manifests(name: str, options: K8sOptions) -> None:
     result = export_k8s(builtin(name), options)
     kinds = [d["kind"] for d in result.documents]
-    assert kinds[:3] == ["SandboxTemplate", "SandboxWarmPool", "SandboxClaim"]
-    assert all(d["apiVersion"] == k8s.API_VERSION for d in result.documents[:3])
+    sidecar = builtin(name).network.mode == "proxy" and options.proxy == "sidecar"
+    assert [k for k in kinds if k != "CiliumNetworkPolicy"] == \
+        ["ConfigMap"] * sidecar + ["SandboxTemplate", "SandboxWarmPool", "SandboxClaim"]
+    assert all(d["apiVersion"] == k8s.API_VERSION for d in result.documents if d["kind"].startswith("Sandbox"))
     check_all(result.documents)
     # what is printed is what was validated, and it parses back the same
     parsed = list(yaml.safe_load_all(render(result)))
@@ -310,7 +338,7 @@ def test_a_cilium_policy_without_the_dns_rule_is_caught() -> None:
     broken = copy.deepcopy(kind(result, "CiliumNetworkPolicy"))
     del broken["spec"]["egress"][0]
     with pytest.raises(AssertionError):
-        check_all([*result.documents[:3], broken])
+        check_all([*(d for d in result.documents if d["kind"] != "CiliumNetworkPolicy"), broken])
 
 
 # --- what the manifests say ----------------------------------------------------------------------------
@@ -422,7 +450,7 @@ def test_no_secret_value_anywhere_in_the_cli_output(tmp_path: Path) -> None:
 
 
 def test_egress_rules_for_literal_addresses_and_what_deny_removes(full_policy) -> None:
-    result = export(full_policy)
+    result = export(full_policy, proxy="none")
     network = kind(result, "SandboxTemplate")["spec"]["networkPolicy"]
     assert network["egress"] == [
         {"to": [{"ipBlock": {"cidr": "203.0.113.7/32"}}], "ports": [{"protocol": "TCP", "port": 443}]},
@@ -448,12 +476,12 @@ def test_network_none_and_host() -> None:
 
 
 def test_host_names_go_to_cilium_only_when_asked(full_policy) -> None:
-    plain = export(full_policy)
+    plain = export(full_policy, proxy="none")
     assert [d["kind"] for d in plain.documents] == ["SandboxTemplate", "SandboxWarmPool", "SandboxClaim"]
     assert any("cannot match host names" in w and "pypi.org:443" in w for w in plain.warnings)
     assert "pypi.org" not in str(kind(plain, "SandboxTemplate"))
 
-    result = export(full_policy, fqdn_policy="cilium", namespace="agents")
+    result = export(full_policy, fqdn_policy="cilium", namespace="agents", proxy="none")
     policy = kind(result, "CiliumNetworkPolicy")
     assert policy["metadata"]["namespace"] == "agents"
     template_labels = kind(result, "SandboxTemplate")["spec"]["podTemplate"]["metadata"]["labels"]
@@ -500,7 +528,8 @@ def test_object_names_and_option_checks() -> None:
     assert len(k8s.object_name("a" * 64)) == k8s.MAX_NAME
     for options in (K8sOptions(runtime_class="runc"), K8sOptions(fqdn_policy="calico"), K8sOptions(warm_pool=-1),
                     K8sOptions(namespace="Agents"), K8sOptions(workspace_claim="a_b"), K8sOptions(secret_name=""),
-                    K8sOptions(image="has space:1")):
+                    K8sOptions(image="has space:1"), K8sOptions(proxy_image=""), K8sOptions(proxy="envoy"),
+                    K8sOptions(egress_lock="nft")):
         with pytest.raises(SandboxError):
             k8s.check_options(options)
 
@@ -518,12 +547,15 @@ def test_output_is_deterministic(tmp_path: Path, full_policy) -> None:
 
 
 def test_cli_prints_manifests_and_warns_about_host_names(tmp_path: Path) -> None:
-    result = cli("export", "k8s", "-p", "claude-code")
+    result = cli("export", "k8s", "-p", "claude-code", "--proxy", "none")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("# sandboxctl export k8s: policy claude-code")
     check_all(list(yaml.safe_load_all(result.stdout)))
     assert "sandboxctl: warning: Kubernetes NetworkPolicy cannot match host names" in result.stderr
     assert "api.anthropic.com:443" in result.stderr
+    result = cli("export", "k8s", "-p", "claude-code")  # the sidecar allows them by name: no such warning
+    assert result.returncode == 0 and "cannot match host names" not in result.stderr
+    assert "sandboxctl: warning: the sidecar's image localhost/sandboxctl-proxy:" in result.stderr
     out = tmp_path / "agent.yaml"
     written = cli("export", "k8s", "-p", "claude-code", "-o", str(out))
     assert written.returncode == 0 and written.stdout == ""
@@ -536,10 +568,21 @@ def test_cli_options_reach_the_manifests() -> None:
     assert result.returncode == 0, result.stderr
     documents = list(yaml.safe_load_all(result.stdout))
     check_all(documents)
-    spec = documents[0]["spec"]["podTemplate"]["spec"]
+    by_kind = {d["kind"]: d for d in documents}
+    spec = by_kind["SandboxTemplate"]["spec"]["podTemplate"]["spec"]
     assert spec["runtimeClassName"] == "kata" and spec["containers"][0]["image"] == "ghcr.io/x/agent:1"
     assert "command" not in spec["containers"][0]  # the image's own entrypoint
-    assert documents[1]["spec"]["replicas"] == 2
+    assert by_kind["SandboxWarmPool"]["spec"]["replicas"] == 2
+    assert [c["image"] for c in spec["initContainers"]] == ["localhost/sandboxctl-proxy:0.1.0"] * 2
+    result = cli("export", "k8s", "-p", "default", "--proxy-image", "registry.example/proxy:2", "--egress-lock",
+                 "none")
+    spec = {d["kind"]: d for d in yaml.safe_load_all(result.stdout)}["SandboxTemplate"]["spec"]["podTemplate"]["spec"]
+    assert [(c["name"], c["image"]) for c in spec["initContainers"]] == \
+        [("sandboxctl-proxy", "registry.example/proxy:2")]
+    assert "--egress-lock none: the agent's container can reach" in result.stderr
+    result = cli("export", "k8s", "-p", "default", "--proxy", "none")
+    spec = {d["kind"]: d for d in yaml.safe_load_all(result.stdout)}["SandboxTemplate"]["spec"]["podTemplate"]["spec"]
+    assert "initContainers" not in spec and "ConfigMap" not in result.stdout
 
 
 @pytest.mark.parametrize("args", [
@@ -549,6 +592,9 @@ def test_cli_options_reach_the_manifests() -> None:
     ["-p", "default", "--namespace", "Not_A_Name"],
     ["-p", "default", "--fqdn-policy", "calico"],
     ["-p", "default", "-o", "/nonexistent-dir/out.yaml"],
+    ["-p", "default", "--proxy", "envoy"],
+    ["-p", "default", "--egress-lock", "nftables"],
+    ["-p", "default", "--proxy-image", "has space"],
     [],
 ])
 def test_cli_user_errors_are_one_line_and_125(args: list[str]) -> None:
@@ -578,7 +624,7 @@ def test_a_phantom_secret_and_request_rules_are_not_exported_as_if_enforced(tmp_
     path.write_text("version: 1\nextends: default\nnetwork:\n  mode: proxy\n  allow: [api.github.com]\n"
                     "  inspect:\n    api.github.com: {allow: ['GET /repos/**']}\n"
                     "secrets:\n  GH:\n    from: env:GH\n    as: proxy\n    hosts: [api.github.com]\n")
-    result = export(load_named(str(path)).policy, secret_name="keys")
+    result = export(load_named(str(path)).policy, secret_name="keys", proxy="none")
     env = {e["name"] for e in container(result)["env"]}
     assert "GH" not in env and "GH_FILE" not in env
     assert not [v for v in pod(result)["volumes"] if "secret" in v]

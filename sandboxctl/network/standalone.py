@@ -1,0 +1,407 @@
+"""`sandboxctl proxy`: a policy's network proxy on its own, without a sandbox (containers, sidecars).
+
+The same ProxyServer a run's supervisor serves the sandbox with, built from the same policy
+fields: `network.allow`/`deny`, the refusal of private addresses, `network.inspect` request rules
+and `secrets.*.as: proxy` phantom secrets, with its own run id in the same chained action log
+(`run.start` with `standalone: proxy`, `net`, `http`, `approval`, `secret`, and `run.end` when it is
+stopped by SIGTERM, SIGINT or SIGHUP).
+
+What it cannot be is a wall: no sandbox holds the clients, so a client that ignores the proxy
+variables goes around it. It limits what goes *through* it; something else (a network namespace,
+a firewall rule on the client's uid, a Kubernetes NetworkPolicy; see export/k8s_sidecar.py) must
+keep the clients from going around. And whoever can connect to it is a client: on a loopback
+address every local user, on another address the network (a launch-time confirmation).
+
+Approvals: deny (the default: nobody is there to ask in a container), allow (every destination,
+logged), or ask through the approval socket (`sandboxctl approve` in another terminal of the same
+user); never a prompt on the proxy's own terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from sandboxctl.errors import SandboxError
+from sandboxctl.network.clientfiles import BUNDLE_FILE, CA_FILE, ENV_FILE, ClientFiles, env_text
+from sandboxctl.network.standalone_setup import (
+    ProxyOptions,
+    check,
+    client_environment,
+    format_address,
+    parse_listen,
+)
+
+if TYPE_CHECKING:
+    from sandboxctl.policy.model import Policy
+
+THROTTLE_FLUSH_S = 60.0  # identical denials counted past the first few: their summary at least this often
+
+
+class StandaloneProxy:
+    """One standalone proxy from start to stop. `start()` raises SandboxError (nothing is left then);
+    `serve()` blocks until `request_stop()` (a signal handler may call it) or a failed log write."""
+
+    def __init__(self, policy: Policy, options: ProxyOptions, argv_for_log: list[str], *,
+                 environ: dict[str, str] | None = None, notice: Callable[[str], None] | None = None,
+                 out: Callable[[str], None] | None = None, confirmed: tuple[str, ...] = ()) -> None:
+        from sandboxctl.api.options import new_run_id
+
+        self.policy = policy
+        self.options = options
+        self.argv_for_log = argv_for_log
+        self.environ = dict(os.environ if environ is None else environ)
+        self.notice = notice or (lambda message: None)
+        self.out = out  # where the clients' environment goes without --client-dir (stdout)
+        self.confirmed = confirmed
+        self.run_id = new_run_id()
+        self.log = None
+        self.server = None
+        self.broker = None
+        self.inspection = None
+        self.files: ClientFiles | None = None
+        self.forwarder = None
+        self.started = 0.0
+        self.address: tuple[str, int] | None = None
+        self.stop_reason: str | None = None
+        self.failed: SandboxError | None = None
+        self.denied = 0
+        self.connections = 0
+        self._log_lock = threading.Lock()
+        self._throttle = None
+        self._expiries: list[tuple[float, str]] = []
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    # ------------------------------------------------------------------ start
+    def start(self) -> None:
+        confirmations = check(self.policy, self.options)
+        missing = [item for item in confirmations if item not in self.confirmed]
+        if missing:
+            raise SandboxError("this proxy needs confirming: " + "; ".join(missing),
+                               "pass --yes to accept (nothing widens silently)")
+        try:
+            self._start()
+        except BaseException as exc:
+            self._release(error=exc.message if isinstance(exc, SandboxError) else f"{type(exc).__name__}: {exc}")
+            raise
+
+    def _start(self) -> None:
+        from sandboxctl import paths
+        from sandboxctl.network.addresses import NetPolicy
+        from sandboxctl.network.proxy import ProxyServer
+        from sandboxctl.supervise import fd_budget
+        from sandboxctl.supervise.denials import LogThrottle
+
+        policy, options = self.policy, self.options
+        host, port = parse_listen(options.listen)
+        state = paths.ensure_private_dir(paths.state_dir())
+        values = self._secret_values()
+        self._prepare_inspection(values)
+        self._open_log(state, values)
+        self._throttle = LogThrottle()
+        self._start_broker(state)
+        nofile = fd_budget.raise_nofile()
+        listener = self._listen(host, port)
+        self.address = listener.getsockname()[:2]
+        net = policy.network
+        self.server = ProxyServer(listener, NetPolicy(tuple(str(p) for p in net.allow), tuple(str(p) for p in net.deny),
+                                                      net.allow_private),
+                                  log=self._on_net, ask=self._ask_network, inspection=self.inspection,
+                                  log_http=self._on_http, ask_request=self._ask_request,
+                                  max_connections=fd_budget.connection_cap(nofile), log_peers=True)
+        self.server.start()
+        if not self.server.serving:
+            raise SandboxError("the network proxy could not start", "run sandboxctl doctor")
+        self.started = time.monotonic()
+        self._write("run.start", argv=self.argv_for_log, workspace=None, policy=policy.name,
+                    policy_source=policy.source or None, policy_sha256=policy.sha256 or None,
+                    standalone="proxy", listen=format_address(*self.address), layers=self._layers(), limits=None,
+                    confirmed=list(self.confirmed) or None)
+        now = time.monotonic()
+        for secret in policy.secrets:
+            if secret.deliver_as != "proxy":
+                continue
+            self._write("secret", name=secret.name, **{"as": "proxy"}, action="inject", ttl_s=secret.ttl,
+                        hosts=list(secret.hosts), placeholder="derived" if options.phantom_id else "random")
+            if secret.ttl:
+                self._expiries.append((now + secret.ttl, secret.name))
+        self._expiries.sort()
+        self._write_client_files()
+
+    def _secret_values(self) -> dict[str, str]:
+        from sandboxctl import paths
+        from sandboxctl.plan.model import SecretPlan
+        from sandboxctl.supervise.secrets import resolve
+
+        others = [s.name for s in self.policy.secrets if s.deliver_as != "proxy"]
+        if others:
+            self.notice(f"not the proxy's (as: file/env, for a sandbox's command): {', '.join(others)}; not read")
+        home = str(paths.home_dir())
+        return {s.name: resolve(SecretPlan(s.name, s.source, s.deliver_as, s.ttl, s.hosts), self.environ, home)
+                for s in self.policy.secrets if s.deliver_as == "proxy"}
+
+    def _prepare_inspection(self, values: dict[str, str]) -> None:
+        import ssl
+
+        from sandboxctl import paths
+        from sandboxctl.network.inspection import Inspection, PhantomSpec
+        from sandboxctl.network.phantoms import derived_placeholder
+
+        net = self.policy.network
+        phantom_id = self.options.phantom_id
+        specs = [PhantomSpec(s.name, values[s.name], s.hosts, s.ttl,
+                             derived_placeholder(phantom_id, s.name) if phantom_id else None)
+                 for s in self.policy.secrets if s.deliver_as == "proxy"]
+        if not net.inspect and not specs:
+            return
+        home = str(paths.home_dir())
+        upstream_ca = [paths.expand(p, workspace=os.getcwd(), home=home) for p in net.upstream_ca]
+        for path in upstream_ca:
+            if not os.path.isfile(path):
+                raise SandboxError(f"network.upstream_ca: {path} is not a file",
+                                   "name a PEM file of CA certificates the proxy should trust upstream")
+        try:
+            inspection = Inspection(dict(net.inspect), specs, upstream_ca, label=f"sandboxctl proxy {self.run_id}")
+            inspection.check()
+        except (OSError, ssl.SSLError) as exc:
+            raise SandboxError(f"network.upstream_ca: cannot load the CA certificates: {exc}",
+                               "name PEM files of CA certificates the proxy should trust upstream") from None
+        except ValueError as exc:  # a proxy secret's value that cannot go into a header
+            raise SandboxError(str(exc), "a proxy secret is one line of text (a token)") from None
+        self.inspection = inspection
+
+    def _open_log(self, state: Any, values: dict[str, str]) -> None:
+        from sandboxctl import paths
+        from sandboxctl.log.writer import ActionLog
+
+        if self.options.log_path:
+            log_path = os.path.abspath(os.path.expanduser(self.options.log_path))
+        else:
+            log_path = paths.expand(self.policy.log.path, workspace=os.getcwd(), home=str(paths.home_dir()),
+                                    state=str(state))
+        self.log = ActionLog(log_path, self.run_id, redact=tuple(values.values()))
+        copies: list[Any] = []
+        if self.policy.log.forward:
+            from sandboxctl.log.forward import Forwarder
+
+            self.forwarder = Forwarder(self.policy.log.forward)
+            self.forwarder.on_state = lambda **fields: self._write("log.forward", **fields)
+            copies.append(self.forwarder)
+        if self.options.log_stdout:
+            copies.append(_StdoutCopy())
+        if copies:
+            self.log.forward = copies[0] if len(copies) == 1 else _Copies(copies)
+
+    def _start_broker(self, state: Any) -> None:
+        from sandboxctl.approval.broker import Broker
+        from sandboxctl.approval.grants import GrantStore, Scope
+
+        policy = self.policy
+        self.broker = Broker(
+            self.options.approve, policy.approval.timeout, self._write, run_id=self.run_id,
+            scope=Scope(policy.name, policy.sha256, ""), store=GrantStore(state),
+            describe={"run": self.run_id, "policy": policy.name, "command": list(self.argv_for_log),
+                      "workspace": None, "supervisor_pid": os.getpid()},
+            scrub=self.log.scrubber.text if self.log.scrubber is not None else None)
+        if self.options.approve == "ask":
+            from sandboxctl.approval.socket_server import SocketFrontEnd
+
+            self.broker.attach(SocketFrontEnd(self.run_id))
+            self.notice(f"approvals for proxy run {self.run_id}: answer with `sandboxctl approve` in another terminal")
+
+    @staticmethod
+    def _listen(host: str, port: int) -> socket.socket:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            return socket.create_server((host, port), family=family, backlog=128)
+        except OSError as exc:
+            raise SandboxError(f"cannot listen on {format_address(host, port)}: {exc.strerror or exc}",
+                               "stop what holds that address, or pass --listen ADDR:PORT") from None
+
+    def _layers(self) -> dict[str, Any]:
+        inspected = [str(p) for p in self.inspection.patterns] if self.inspection else None
+        return {
+            "sandbox": None,  # nothing here holds the clients: see the module docstring
+            "network": {"mode": "proxy",
+                        "proxy": f"{format_address(*self.address)}, standalone: its clients are whoever connects, "
+                                 "and nothing keeps them from going around it",
+                        "allow": [str(p) for p in self.policy.network.allow],
+                        "deny": [str(p) for p in self.policy.network.deny],
+                        "allow_private": self.policy.network.allow_private, "inspected": inspected},
+            "approvals": {"mode": self.options.approve, "via": "socket" if self.options.approve == "ask" else None},
+        }
+
+    def _write_client_files(self) -> None:
+        from sandboxctl import paths
+        from sandboxctl.network.certs import combined_bundle, system_bundle
+
+        directory = self.options.client_dir or str(paths.runtime_dir() / f"proxy-{self.run_id}")
+        if self.options.client_dir is None:
+            paths.ensure_private_dir(paths.runtime_dir())
+        self.files = ClientFiles(os.path.abspath(directory))
+        try:
+            self.files.prepare()
+            bundle = ca = None
+            if self.inspection is not None:
+                ca_pem = self.inspection.ca_pem
+                bundle = str(self.files.write(BUNDLE_FILE, combined_bundle(ca_pem, system_bundle()), 0o644))
+                ca = str(self.files.write(CA_FILE, ca_pem, 0o644))
+            placeholders = self.inspection.placeholders if self.inspection is not None else {}
+            env = client_environment(*self.address, self.policy, bundle, ca, placeholders)
+            text = env_text(env, f"sandboxctl proxy {self.run_id} (policy {self.policy.name}): the environment of "
+                                 "its clients; placeholders, never a secret's value")
+            self.files.write(ENV_FILE, text.encode(), 0o640)
+            self.files.write_ready(os.getpid(), self.run_id, format_address(*self.address))
+        except OSError as exc:
+            raise SandboxError(f"cannot write the clients' files in {directory}: {exc.strerror or exc}",
+                               "pass --client-dir DIR with a directory you may write") from None
+        if self.options.client_dir is None and self.out is not None:
+            self.out(text)
+
+    # ------------------------------------------------------------------ the proxy's callbacks
+    def _write(self, event: str, **fields: Any) -> None:
+        """Proxy threads, the broker and the loop share the log; a failed write stops the proxy (it
+        must not go on unobserved)."""
+        from sandboxctl.log.writer import LogWriteError
+
+        if self.log is None or self.failed is not None:
+            return
+        try:
+            with self._log_lock:
+                if self._throttle is None or self._throttle.admit(event, fields):
+                    self.log.write(event, **fields)
+        except LogWriteError as exc:
+            self.failed = exc
+            self._wake()
+
+    def _on_net(self, record: dict[str, Any]) -> None:
+        self.connections += int(record.get("count", 1))
+        if record.get("decision") == "deny":
+            self.denied += int(record.get("count", 1))
+        self._write("net", **record)
+
+    def _on_http(self, record: dict[str, Any]) -> None:
+        if record.get("decision") == "deny":
+            self.denied += 1
+        self._write("http", **record)
+
+    def _ask_network(self, host: str, port: int, _peer: int | None) -> bool:
+        return self.broker.decide("network", f"{host}:{port}", "not in network.allow").approved
+
+    def _ask_request(self, method: str, host: str, port: int, path: str, _peer: int | None) -> bool:
+        from sandboxctl.network.addresses import format_destination
+
+        target = f"{method} {format_destination(host, None if port in (80, 443) else port)}{path}"
+        return self.broker.decide("http", target, "not in network.inspect allow rules").approved
+
+    # ------------------------------------------------------------------ serving, stopping
+    def request_stop(self, reason: str) -> None:
+        """Stop serving (async-signal-safe enough for a Python signal handler: a flag and a pipe write)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    def serve(self) -> None:
+        """Until a stop is requested or a log write fails: expire proxy secrets and write the summary of
+        repeated denials on time. Raises the log's SandboxError after stopping cleanly."""
+        next_flush = time.monotonic() + THROTTLE_FLUSH_S
+        try:
+            while self.stop_reason is None and self.failed is None:
+                now = time.monotonic()
+                due = min([next_flush, *(t for t, _ in self._expiries)])
+                with contextlib.suppress(InterruptedError):
+                    select.select([self._wake_r], [], [], max(0.0, due - now))
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 512)
+                now = time.monotonic()
+                while self._expiries and now >= self._expiries[0][0]:
+                    self._expire(self._expiries.pop(0)[1])
+                if now >= next_flush:
+                    self._flush_throttled()
+                    next_flush = now + THROTTLE_FLUSH_S
+        finally:
+            self.stop()
+        if self.failed is not None:
+            raise self.failed
+
+    def _expire(self, name: str) -> None:
+        if self.inspection is not None:
+            self.inspection.phantoms.expire(name)
+        self._write("secret", name=name, **{"as": "proxy"}, action="expire")
+
+    def _flush_throttled(self) -> None:
+        if self._throttle is None or self.log is None:
+            return
+        with self._log_lock:
+            pending = self._throttle.pending()
+        for event, fields in pending:
+            with contextlib.suppress(SandboxError), self._log_lock:
+                self.log.write(event, **fields)
+
+    def stop(self) -> None:
+        """Deny what waits for an answer, close every connection, write run.end, remove the client files."""
+        self._release(error=self.failed.message if self.failed is not None else None)
+
+    def _release(self, error: str | None) -> None:
+        """Everything the proxy holds, in an order that never leaves a client half-served; run.end
+        once run.start was written (exit_code 0 when stopped, 125 with the error otherwise)."""
+        from sandboxctl.log.writer import LogWriteError
+
+        if self.files is not None:
+            self.files.remove()  # first: no client should start on a proxy that is going away
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        if self.log is not None:
+            with contextlib.suppress(LogWriteError):
+                self._flush_throttled()
+                if self.started and self.failed is None:
+                    if self.forwarder is not None:
+                        self.forwarder.flush(2.0)
+                        for loss in self.forwarder.losses():
+                            self.log.write("log.forward", **loss)
+                    self.log.write("run.end", exit_code=125 if error else 0, signal=None,
+                                   duration_s=round(time.monotonic() - self.started, 6), denied=self.denied,
+                                   timed_out=False, stopped_by=self.stop_reason, error=error,
+                                   connections=self.connections, head=self.log.head)
+            if self.forwarder is not None:
+                self.forwarder.close(2.0)
+                self.forwarder = None
+            self.log.close()
+            self.log = None
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+
+class _StdoutCopy:
+    """The log's lines on stdout as they are written (`--log-stdout`: a container's log)."""
+
+    def send(self, line: bytes, event: str, notice: bool = False) -> None:
+        with contextlib.suppress(OSError):
+            data = memoryview(line + b"\n")
+            while data:
+                data = data[os.write(1, data):]
+
+
+class _Copies:
+    def __init__(self, copies: list[Any]) -> None:
+        self.copies = copies
+
+    def send(self, line: bytes, event: str, notice: bool = False) -> None:
+        for copy in self.copies:
+            copy.send(line, event, notice)
