@@ -15,6 +15,7 @@ on its fast path (pathlib alone costs more than the whole request).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -182,8 +183,14 @@ def connect(name: str) -> socket.socket:
     path = path_of(name, "sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     try:
-        unixpath.connect(sock, path)
+        unixpath.connect_own(sock, path)
         return sock
+    except PermissionError as exc:
+        sock.close()
+        if exc.errno == errno.EPERM:  # served by another user: never send it the command or our stdio
+            raise SandboxError(f"session {name}: {exc.strerror}; refusing to send it anything",
+                               f"another user made {runtime_dir()} first: remove it, or set XDG_RUNTIME_DIR to "
+                               "a directory of your own") from None
     except OSError:
         sock.close()
     ended = take_ended(name)
