@@ -152,6 +152,17 @@ def take_ended(name: str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+def _ours(path: str) -> bool:
+    """A real directory of ours that no one else may write."""
+    import stat
+
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
 def _alive(pid: object) -> bool:
     return isinstance(pid, int) and pid > 0 and alive(pid)
 
@@ -159,6 +170,8 @@ def _alive(pid: object) -> bool:
 def running() -> list[dict]:
     """Every live session's info; files of a session whose process is gone are swept."""
     found = []
+    if not (_ours(runtime_dir()) and _ours(sessions_dir())):
+        return []  # another user's directory (a squatted /tmp/sandboxctl-UID): nothing in it is ours
     try:
         names = sorted(os.listdir(sessions_dir()))
     except OSError:

@@ -517,6 +517,13 @@ def test_exec_never_talks_to_another_users_socket_in_a_squatted_runtime_dir(tmp_
         env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "TMPDIR": str(tmp), "LANG": "C.UTF-8"}
         result = subprocess.run([sys.executable, "-m", "sandboxctl", "exec", "build", "--", "sh", "-c",
                                  "echo deploying"], env=env, capture_output=True, text=True, timeout=30)
+        fake = base / "sessions" / "build.json"
+        fake.write_text(json.dumps({"name": "build", "run": "fake", "pid": squatter.pid, "policy": "theirs"}))
+        os.chown(fake, 65534, 65534)
+        listed = subprocess.run([sys.executable, "-m", "sandboxctl", "session", "list", "--json"], env=env,
+                                capture_output=True, text=True, timeout=30)
+        started = subprocess.run([sys.executable, "-m", "sandboxctl", "session", "start", "--name", "mine"],
+                                 env=env, capture_output=True, text=True, timeout=30, cwd=tmp_path)
     finally:
         squatter.kill()
         squatter.wait(10)
@@ -524,6 +531,9 @@ def test_exec_never_talks_to_another_users_socket_in_a_squatted_runtime_dir(tmp_
     assert told is None, f"another user's process got {told}"
     assert "the other user's output" not in result.stdout
     assert result.returncode == 125 and "another user" in result.stderr, result.stderr
+    assert listed.returncode == 0 and listed.stdout == "", listed.stdout  # their entries are not shown as ours
+    assert started.returncode == 125 and "another user" in started.stderr, started.stderr
+    assert not (base / "sessions" / "mine.sock").exists()
 
 
 def test_a_flood_of_distinct_denials_cannot_pass_off_the_rest_as_copies_of_one(sandbox):
