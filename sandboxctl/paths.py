@@ -42,10 +42,14 @@ def ensure_private_dir(path: Path) -> Path:
     """Create a 0700 directory we own, refusing one another user could tamper with."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     st = path.stat()
-    if st.st_uid != os.getuid():
+    # in a directory anyone may write (/tmp), a symlink is someone else's choice of where we go
+    planted = path.is_symlink() and path.parent.stat().st_mode & 0o002
+    if st.st_uid != os.getuid() or planted:
         from sandboxctl.errors import SandboxError
 
-        raise SandboxError(f"{path} belongs to another user", "remove it or set XDG_STATE_HOME")
+        whose = "is a symlink in a directory anyone may write" if planted else "belongs to another user"
+        raise SandboxError(f"{path} {whose}", "remove it, or set XDG_RUNTIME_DIR / XDG_STATE_HOME to a "
+                           "directory of your own")
     if st.st_mode & 0o077:
         path.chmod(0o700)
     return path

@@ -10,8 +10,10 @@ would race the supervisor's other threads).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
+import struct
 from collections.abc import Iterator
 
 MAX_PATH = 107  # sun_path's 108 bytes, less the terminating NUL
@@ -42,3 +44,18 @@ def bind(sock: socket.socket, path: str) -> None:
 def connect(sock: socket.socket, path: str) -> None:
     with address(path) as where:
         sock.connect(where)
+
+
+def peer_uid(sock: socket.socket) -> int:
+    _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    return uid
+
+
+def connect_own(sock: socket.socket, path: str) -> None:
+    """connect(), then make sure our own user serves the socket (SO_PEERCRED): a path another user
+    could have made first (the runtime dir in /tmp, when XDG_RUNTIME_DIR is not ours) must not get
+    a request from us, let alone our descriptors. PermissionError when it is someone else's."""
+    connect(sock, path)
+    uid = peer_uid(sock)
+    if uid != os.getuid():
+        raise PermissionError(errno.EPERM, f"the socket is served by another user (uid {uid})", path)

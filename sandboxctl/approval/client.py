@@ -19,7 +19,7 @@ class RunConnection:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self.sock.settimeout(timeout)
-        unixpath.connect(self.sock, str(path))
+        unixpath.connect_own(self.sock, str(path))  # another user's socket is never listed nor answered
         self.buffer = b""
         first = self.read()
         if first is None:

@@ -182,6 +182,7 @@ def _records(path: Path, *, run: str | None, event: str | None, denied: bool, si
             _print_raw(selected)
         else:
             _table(selected, path, scope)
+            _say_what_was_rotated_out(in_scope)
         return
     # Following: what is there now in the selected scope, then every new record that matches the
     # filters (with no --run, new runs too). One Follower reads both, so nothing is missed or doubled.
@@ -195,6 +196,22 @@ def _records(path: Path, *, run: str | None, event: str | None, denied: bool, si
                 printer([record])
     finally:
         follower.close()
+
+
+def _say_what_was_rotated_out(records) -> None:
+    """A run whose first kept record is not its seq 0 lost its beginning to rotation (a long or
+    flooding run can push it out): say so, rather than show a part as the whole."""
+    from sandboxctl.log.render import clean
+
+    first: dict[str, int] = {}
+    for record in records:
+        seq = record.data.get("seq")
+        if isinstance(seq, int) and not isinstance(seq, bool):
+            first[record.run] = min(seq, first.get(record.run, seq))
+    for run, seq in sorted(first.items()):
+        if seq > 0:
+            print(f"note: the first {seq} records of run {clean(run, 40)} were rotated out of the local log "
+                  "(log.forward keeps a copy elsewhere)", file=sys.stderr)
 
 
 def _unknown_run(run: str, path: Path) -> None:

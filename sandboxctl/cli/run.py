@@ -173,7 +173,9 @@ def _print_held(held: dict) -> None:
         from sandboxctl.inert import inert
 
         print(f"sandboxctl: run {run} holds its changes, but could not record them: {inert(held.get('error'))}; "
-              f"`sandboxctl changes {run}` records them once there is room", file=sys.stderr)
+              f"nothing landed. Once the cause is gone (a full disk, a directory the run made unreadable in "
+              f"its layer), `sandboxctl changes {run}` records them; `sandboxctl discard {run}` drops them",
+              file=sys.stderr)
         return
     counts = held.get("counts") or {}
     if not counts:

@@ -168,7 +168,8 @@ def register(app: typer.Typer) -> None:
                            lambda item: f"{_describe(item[0])}: {inert(item[1])}")
             if outcome.applied:
                 print(f"undo with: sandboxctl undo {outcome.run}", file=sys.stderr)
-        raise typer.Exit(EXIT_HELD_BACK if outcome.conflicts or outcome.failed else 0)
+        raise typer.Exit(EXIT_HELD_BACK if outcome.conflicts or outcome.protected or outcome.skipped or outcome.failed
+                         else 0)
 
     @app.command("discard")
     def discard(

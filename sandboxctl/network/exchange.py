@@ -141,6 +141,9 @@ class Exchange:
                     logged = True
                     return self._refuse_request(request, refusal, event)
                 send_headers, injected = outcome.headers, outcome.injected
+                if injected:  # an answer must come back where the masking can read it: uncompressed
+                    send_headers = [(name, value) for name, value in send_headers
+                                    if name.lower() != b"accept-encoding"] + [(b"Accept-Encoding", b"identity")]
                 event["secrets"] = injected or None
                 logged = logged or bool(injected)
             upgrade = self._upgrade(headers, rules is not None)
@@ -316,20 +319,18 @@ class Exchange:
             answer = self.upstream.next_event()
             if isinstance(answer, h11.InformationalResponse):
                 if answer.status_code == 101:
-                    return self._switch(answer, event)
+                    return self._switch(answer, event, masker)
                 if answer.status_code != 100:  # 100 was sent already, if the client waited for it
-                    self._send_client(h11.InformationalResponse(status_code=answer.status_code,
-                                                                headers=messages.response_headers(
-                                                                    list(answer.headers.raw_items())),
-                                                                reason=answer.reason), event)
+                    self._send_client(h11.InformationalResponse(
+                        status_code=answer.status_code, reason=answer.reason,
+                        headers=_masked(masker, messages.response_headers(list(answer.headers.raw_items())))), event)
                 continue
             if isinstance(answer, h11.Response):
                 event["status"] = answer.status_code
-                headers = messages.response_headers(list(answer.headers.raw_items()))
-                if masker is not None:
-                    headers = [(name, masker.apply(value)) for name, value in headers]
-                    if any(name.lower() == b"content-encoding" for name, _ in headers):
-                        masker = None  # compressed: the value cannot be seen in it (README: limits)
+                headers = _masked(masker, messages.response_headers(list(answer.headers.raw_items())))
+                fields_masker = masker  # header-like fields (trailers) are masked, compressed or not
+                if masker is not None and any(name.lower() == b"content-encoding" for name, _ in headers):
+                    masker = None  # compressed: the value cannot be seen in it (README: limits)
                 self._send_client(h11.Response(status_code=answer.status_code, headers=headers,
                                                reason=answer.reason), event)
                 break
@@ -351,20 +352,22 @@ class Exchange:
             if isinstance(part, h11.EndOfMessage):
                 if masker is not None and (rest := masker.finish()):
                     self._send_client(h11.Data(data=rest), event)
-                self._send_client(h11.EndOfMessage(headers=part.headers), event)
+                trailers = _masked(fields_masker, list(part.headers.raw_items()))  # a trailer echoes like a header
+                self._send_client(h11.EndOfMessage(headers=trailers), event)
                 break
             self.conn.abort(reset=True)  # a truncated answer must look truncated to the client
             raise Broken("the upstream closed the connection in the middle of its answer")
         self.upstream.finished()
         return True
 
-    def _switch(self, answer: h11.InformationalResponse, event: dict[str, Any]) -> bool:
-        """101: from now on the connection carries the upgraded protocol, relayed as it is."""
+    def _switch(self, answer: h11.InformationalResponse, event: dict[str, Any], masker: Any) -> bool:
+        """101: from now on the connection carries the upgraded protocol, relayed as it is. Its
+        headers are masked (a WebSocket server names the Sec-WebSocket-Protocol it accepted)."""
         event["status"] = 101
         event["upgrade"] = next((v.decode("latin-1") for n, v in answer.headers.raw_items() if n.lower() == b"upgrade"),
                                 None)
-        self._send_client(h11.InformationalResponse(status_code=101, headers=messages.response_headers(
-            list(answer.headers.raw_items()), switching=True), reason=answer.reason), event)
+        headers = _masked(masker, messages.response_headers(list(answer.headers.raw_items()), switching=True))
+        self._send_client(h11.InformationalResponse(status_code=101, headers=headers, reason=answer.reason), event)
         upstream = self.upstream
         assert upstream.stream is not None and upstream.h11 is not None
         client_rest, up_rest = self.cl.trailing_data[0], upstream.h11.trailing_data[0]
@@ -406,3 +409,10 @@ class Exchange:
             return
         if close:
             self.client.shutdown_write()
+
+
+def _masked(masker: Any, headers: messages.Headers) -> messages.Headers:
+    """Answer headers with the injected secrets' values masked (none injected: as they are)."""
+    if masker is None:
+        return headers
+    return [(name, masker.apply(value)) for name, value in headers]

@@ -9,9 +9,10 @@ it toward another host (in a header, the URL or, when the proxy reads it, the bo
 and logged with `leak: NAME`. Each secret is gated by its own hosts: the placeholder of A sent
 to a host of B is a leak of A, not an injection.
 
-Answers from a host that got the real value are searched for it too (headers, and bodies that
-are not compressed) and it is masked there, so an endpoint that echoes the request back does not
-hand the value to the sandbox.
+Answers from a host that got the real value are searched for it too (headers — a 101's and trailers too —
+and bodies that are not compressed: such a request asks for `Accept-Encoding: identity`), as it is
+and in base64 (the form the proxy itself puts into `Authorization: Basic`), and it is masked
+there, so an endpoint that echoes the request back does not hand the value to the sandbox.
 
 Expiry: a secret with a `ttl` stops being injected when it expires; requests that still carry
 its placeholder are refused.
@@ -282,11 +283,29 @@ class BodyScanner:
         return tail
 
 
+def base64_cores(value: bytes) -> list[bytes]:
+    """What any base64 text holding `value` holds, wherever the value starts in the encoded bytes:
+    for each of the three alignments, the characters made of the value's bits alone (standard and
+    URL-safe alphabets). The proxy itself base64-encodes a value into `Authorization: Basic`, so an
+    echo of that header carries the value in this form; cores shorter than 8 are not worth masking."""
+    found: list[bytes] = []
+    for shift in range(3):
+        encoded = base64.b64encode(b"\0" * shift + value)
+        core = encoded[-(-8 * shift // 6): 8 * (shift + len(value)) // 6]
+        for variant in (core, core.translate(bytes.maketrans(b"+/", b"-_"))):
+            if len(variant) >= 8 and variant not in found:
+                found.append(variant)
+    return found
+
+
 class Masker:
-    """Masks real values in an answer that arrives in pieces (same length, so the framing holds)."""
+    """Masks real values in an answer that arrives in pieces (same length, so the framing holds):
+    as they are, and in base64 (base64_cores)."""
 
     def __init__(self, phantoms: Sequence[Phantom]) -> None:
-        self.pairs = [(p.value.encode(), b"*" * len(p.value.encode())) for p in phantoms]
+        values = [p.value.encode() for p in phantoms]
+        forms = values + [core for value in values for core in base64_cores(value) if core not in values]
+        self.pairs = [(form, b"*" * len(form)) for form in forms]
         self.tail = b""
         self.masked = 0
 

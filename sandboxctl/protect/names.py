@@ -182,3 +182,17 @@ def protected_reason(relative_path: str) -> str | None:
     if not parts:
         return None
     return Protection(roots=("/",)).reason("/" + "/".join(parts))
+
+
+def protected_link_reason(relative_path: str) -> str | None:
+    """Why a *symlink* at a path relative to the root of a writable grant is protected, or None: a
+    link to a directory brings that tree in as a moved directory would (.config -> a directory
+    holding git/config), so it is refused wherever such a directory is (rules.Protection.holds_names)."""
+    from sandboxctl.protect.rules import Protection
+
+    parts = [p for p in relative_path.strip("/").split("/") if p and p != "."]
+    if not parts:
+        return None
+    protection = Protection(roots=("/",))
+    path = "/" + "/".join(parts)
+    return protection.reason(path) or protection.holds_names(path)

@@ -76,22 +76,45 @@ class LogThrottle:
         self.suppressed: dict[tuple, tuple[str, dict[str, Any], int]] = {}
 
     def admit(self, event: str, fields: dict[str, Any]) -> bool:
-        if fields.get("decision") != "deny":
+        # an approval answered deny (mode: deny, or a timeout) is a denial too: unthrottled, a loop
+        # of denied opens wrote one record each and could rotate every earlier record out of the log
+        refused = fields.get("decision") == "deny" or (event == "approval" and fields.get("answer") in DENYING)
+        if not refused:
             return True
         key = (event, fields.get("path") or fields.get("host") or fields.get("name") or fields.get("target"),
                fields.get("op"), fields.get("port"), fields.get("rule"))
         if key not in self.seen and len(self.seen) >= MAX_KEYS:
-            key = (event, "…", None, None, fields.get("rule"))
+            key = (event, *OVERFLOW[1:-1], fields.get("rule"))
         count = self.seen.get(key, 0)
         self.seen[key] = count + 1
         if count < KEEP:
             return True
         first = self.suppressed.get(key)
-        self.suppressed[key] = (event, first[1] if first else dict(fields), (first[2] if first else 0) + 1)
+        if first is None:  # what the summary record will say: past MAX_KEYS, not whose target it is
+            kept = dict(fields)
+            if key[1] == OVERFLOW[1]:
+                for name in TARGET_FIELDS:
+                    if name in kept:
+                        kept[name] = OVERFLOW[1]
+                kept.pop("op", None)
+                kept.pop("port", None)
+            first = (event, kept, 0)
+        self.suppressed[key] = (event, first[1], first[2] + 1)
         return False
 
     def pending(self) -> list[tuple[str, dict[str, Any]]]:
-        out = [(event, {**fields, "repeated": count, "note": f"{count} more identical denials, not written one by one"})
-               for event, fields, count in self.suppressed.values()]
+        out = []
+        for event, fields, count in self.suppressed.values():
+            if any(fields.get(name) == OVERFLOW[1] for name in TARGET_FIELDS):
+                note = (f"{count} more denials of other targets (past {MAX_KEYS} distinct ones the targets are not "
+                        "kept), not written one by one")
+            else:
+                note = f"{count} more identical denials, not written one by one"
+            out.append((event, {**fields, "repeated": count, "note": note}))
         self.suppressed.clear()
         return out
+
+
+DENYING = ("deny", "timeout")  # approval answers that refuse
+TARGET_FIELDS = ("path", "host", "name", "target")
+OVERFLOW = ("", "… (many more targets)", None, None, "")  # the key, and the target shown, past MAX_KEYS

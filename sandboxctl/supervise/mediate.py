@@ -534,8 +534,10 @@ class Mediator:
                      rule="writable grant; opened by the supervisor")
 
     def _single(self, n: Notification, call: Call, opened: list[int], *, follow: bool,
-                guard: Callable[[str], str | None] | None = None, creates: bool = False) -> Entry | None:
-        """Resolve a one-path call; answer it here unless it is ours to perform (then return it)."""
+                guard: Callable[[str], str | None] | None = None, creates: bool = False,
+                also: Callable[[str], str | None] | None = None) -> Entry | None:
+        """Resolve a one-path call; answer it here unless it is ours to perform (then return it).
+        `also`: one more reason to refuse, checked after the usual ones."""
         full, entry = self._resolve(n, call, 0, opened, follow=follow)
         if not isinstance(entry, Entry):
             if full and entry is not None and self._mediated(full):
@@ -547,6 +549,8 @@ class Mediator:
         why = guard(entry.path) if guard else self._why_not(entry.path, st)
         if not why and creates and st is None:
             why = self._makes_repository(entry)
+        if not why and also is not None:
+            why = also(entry.path)
         if why is BUSY:
             respond(self.listener, n.id, error=errno.EBUSY)
             return None
@@ -637,7 +641,9 @@ class Mediator:
             self._done(n, "rmdir", entry.path, _attempt(os.rmdir, entry.name, dir_fd=entry.parent))
 
     def _symlink(self, n: Notification, call: Call, opened: list[int]) -> None:
-        entry = self._single(n, call, opened, follow=False, creates=True)
+        # a link to a directory brings that directory's tree in as a rename would: refused where a
+        # directory moved in is (.config of .config/git, a git directory's objects/)
+        entry = self._single(n, call, opened, follow=False, creates=True, also=self.protection.holds_names)
         if entry is not None:
             self._done(n, "symlink", entry.path, _attempt(os.symlink, call.link_target, entry.name,
                                                           dir_fd=entry.parent), target=call.link_target)

@@ -15,6 +15,7 @@ on its fast path (pathlib alone costs more than the whole request).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -151,6 +152,17 @@ def take_ended(name: str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+def _ours(path: str) -> bool:
+    """A real directory of ours that no one else may write."""
+    import stat
+
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
 def _alive(pid: object) -> bool:
     return isinstance(pid, int) and pid > 0 and alive(pid)
 
@@ -158,6 +170,8 @@ def _alive(pid: object) -> bool:
 def running() -> list[dict]:
     """Every live session's info; files of a session whose process is gone are swept."""
     found = []
+    if not (_ours(runtime_dir()) and _ours(sessions_dir())):
+        return []  # another user's directory (a squatted /tmp/sandboxctl-UID): nothing in it is ours
     try:
         names = sorted(os.listdir(sessions_dir()))
     except OSError:
@@ -182,8 +196,14 @@ def connect(name: str) -> socket.socket:
     path = path_of(name, "sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     try:
-        unixpath.connect(sock, path)
+        unixpath.connect_own(sock, path)
         return sock
+    except PermissionError as exc:
+        sock.close()
+        if exc.errno == errno.EPERM:  # served by another user: never send it the command or our stdio
+            raise SandboxError(f"session {name}: {exc.strerror}; refusing to send it anything",
+                               f"another user made {runtime_dir()} first: remove it, or set XDG_RUNTIME_DIR to "
+                               "a directory of your own") from None
     except OSError:
         sock.close()
     ended = take_ended(name)

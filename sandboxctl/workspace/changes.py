@@ -9,7 +9,8 @@ Each change carries two verdicts that `apply` honours:
   which every write, chmod, rename or link updates and nobody can set back) is at or after the
   instant the run's layer was made; for a directory the run deletes or replaces, anything in it.
 - protected: the path (or, for a deleted directory, something in it) is a protected path
-  (SPEC principle 3), applied only when named with `--include-protected`.
+  (SPEC principle 3) — or a symlink where a directory would bring one in (`.config` of
+  `.config/git`) — applied only when named with `--include-protected`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from sandboxctl.protect.names import protected_reason
+from sandboxctl.protect.names import protected_link_reason, protected_reason
 from sandboxctl.workspace import tree
 from sandboxctl.workspace.tree import Node
 
@@ -79,7 +80,37 @@ def compare(upper: str, workspace: str, thresholds: Thresholds,
     finally:
         os.close(upper_fd)
     changes.sort(key=lambda change: change.path.split("/"))
-    return [_annotate(change, workspace) for change in changes]
+    return _repositories([_annotate(change, workspace) for change in changes], workspace)
+
+
+GITDIR_MARKERS = ("HEAD", "objects", "refs", "commondir")  # what makes git take a directory for a repository
+MAKES_REPOSITORY = ("protected: with it the directory would be a git repository (HEAD with objects/ and refs/): "
+                    "its config would run on the host's next git command there")
+
+
+def _repositories(changes: list[Change], workspace: str) -> list[Change]:
+    """Added HEAD, objects/, refs/ or commondir that would make their directory a repository once
+    applied (the entries have ordinary names, so the name rules cannot see it; the supervisor
+    refuses the same during the run): protected."""
+    by_path = {c.path: c for c in changes}
+    parents = {c.path.rpartition("/")[0] for c in changes
+               if c.old is None and c.new is not None and c.path.rpartition("/")[2] in GITDIR_MARKERS}
+    flagged: set[str] = set()
+    for parent in parents:
+        if ".git" in parent.split("/"):
+            continue  # inside a git directory: git's own work (and protected by name where it matters)
+        after = set()
+        for marker in GITDIR_MARKERS:
+            path = f"{parent}/{marker}" if parent else marker
+            change = by_path.get(path)  # changed by the run, or as the host has it
+            if change.new is not None if change is not None else os.path.lexists(os.path.join(workspace, path)):
+                after.add(marker)
+        if "HEAD" in after and ({"objects", "refs"} <= after or "commondir" in after):
+            flagged.update(f"{parent}/{m}" if parent else m for m in GITDIR_MARKERS)
+    if not flagged:
+        return changes
+    return [c._replace(protected=c.protected or MAKES_REPOSITORY)
+            if c.path in flagged and c.old is None and c.new is not None else c for c in changes]
 
 
 def _compare_dir(upper_fd: int, host_fd: int | None, prefix: str, opaque: bool, thresholds: Thresholds,
@@ -160,7 +191,8 @@ def _removal(host_fd: int, name: str, path: str, old: Node, new: Node | None, th
 def _annotate(change: Change, workspace: str) -> Change:
     notes = list(change.notes)
     new = change.new
-    protected = change.protected or protected_reason(change.path)
+    protected = change.protected or (protected_link_reason(change.path) if new is not None and new.kind == "symlink"
+                                     else protected_reason(change.path))
     if new is not None and new.special:
         notes.append(f"a {new.kind}: never applied")
     if new is not None and new.kind in ("file", "dir") and new.mode & SETID:

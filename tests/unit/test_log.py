@@ -605,3 +605,20 @@ def test_cli_follow(tmp_path: Path, cli_log: Path):
         watchdog.cancel()
     assert proc.returncode == 130 and "Traceback" not in err
     assert Path(f"{cli_log}.1").exists()
+
+
+def test_log_of_a_run_whose_beginning_was_rotated_out_says_so(tmp_path: Path):
+    """A long (or flooding) run can push its own first records out of the kept files: the view of
+    the run must say that it is a part, not the whole."""
+    path = tmp_path / "xdg" / "sandboxctl" / "actions.jsonl"
+    with ActionLog(str(path), RUN_A, max_bytes=2000, keep=2) as log:
+        log.write("run.start", argv=["true"], workspace="/w", policy="default")
+        for i in range(60):
+            log.write("exec", pid=1, path="/bin/true", argv=["true", str(i)])
+    result = sbx(tmp_path, "--run", RUN_A)
+    assert result.returncode == 0, result.stderr
+    first = min(r.data["seq"] for r in logfiles.iter_records(path))
+    assert first > 0 and f"the first {first} records of run {RUN_A} were rotated out" in result.stderr
+    whole = tmp_path / "whole.jsonl"
+    write_run(whole, RUN_B).close()
+    assert "rotated out" not in sbx(tmp_path, "--log", str(whole), "--run", RUN_B).stderr

@@ -135,3 +135,19 @@ def test_a_stream_is_held_back_only_while_a_match_is_possible() -> None:
     assert masker.feed(b"tail s") == b"tail "
     assert masker.finish() == b"s"
     assert masker.masked == 1
+
+
+def test_the_value_is_masked_in_base64_too_wherever_it_starts():
+    """An echo of `Authorization: Basic base64(user:VALUE)` (the proxy put VALUE there) must not hand
+    the value back: every base64 text that holds it, at any alignment, either alphabet, is masked."""
+    value = "secret-value-xyz-0123456789"
+    phantoms = PhantomSecrets([PhantomSpec("T", value, ["api.example.com"])])
+    for prefix in (b"", b"x:", b"ab:", b"user:"):
+        for suffix in (b"", b"!", b"!!"):
+            for encode in (base64.b64encode, base64.urlsafe_b64encode):
+                masker = phantoms.masker(["T"])
+                shown = masker.feed(b'{"auth": "Basic ' + encode(prefix + value.encode() + suffix) + b'"}')
+                shown += masker.finish()
+                decoded = base64.b64decode(shown.split(b"Basic ")[1].split(b'"')[0].replace(b"*", b"A") + b"==",
+                                           altchars=b"-_" if encode is base64.urlsafe_b64encode else None)
+                assert value.encode()[2:-2] not in decoded

@@ -46,3 +46,21 @@ def test_a_name_too_long_on_its_own_is_an_error_not_a_truncated_path(tmp_path):
     with pytest.raises(OSError) as caught, unixpath.address(str(tmp_path / ("n" * 120))):
         pass
     assert caught.value.errno == 36
+
+
+def test_a_symlink_planted_in_a_world_writable_dir_is_not_taken_for_our_private_dir(tmp_path):
+    from sandboxctl.errors import SandboxError
+    from sandboxctl.paths import ensure_private_dir
+
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    mine = tmp_path / "workspace-rt"
+    mine.mkdir(mode=0o700)
+    (shared / "sandboxctl-1000").symlink_to(mine)  # someone's choice of where our sockets go
+    with pytest.raises(SandboxError, match="symlink"):
+        ensure_private_dir(shared / "sandboxctl-1000")
+    home = tmp_path / "home"
+    home.mkdir(mode=0o755)
+    (home / "state").symlink_to(mine)  # a user's own symlink, in a directory only they write: fine
+    assert ensure_private_dir(home / "state") == home / "state"
