@@ -128,20 +128,28 @@ def try_start(run_args: list[str]) -> tuple[str, HeadStart | None]:
 
 def _start(this: str) -> HeadStart | None:
     directory = cache_dir()
-    path = os.path.join(directory, f"{PREFIX}{this}.marshal")
     try:
-        st = os.lstat(path)
         held = os.lstat(directory)
     except OSError:
         return None
     # the entry is executed before any check (its argv[0] is run): only ours, in a directory of
-    # ours that nobody else may write to (the state dir is never visible inside a sandbox)
+    # ours that nobody else may write to (the state dir is never visible inside a sandbox); the
+    # file is judged by the descriptor it is read from (no symlink, no swap after the check)
     uid = os.getuid()
-    if st.st_uid != uid or st.st_mode & 0o077 or not os.path.isfile(path) or held.st_uid != uid \
-            or held.st_mode & 0o022 or os.path.islink(directory):
+    if held.st_uid != uid or held.st_mode & 0o022 or not os.path.isdir(directory) or os.path.islink(directory):
         return None
-    with open(path, "rb") as handle:
-        entry = marshal.loads(handle.read())
+    try:
+        fd = os.open(os.path.join(directory, f"{PREFIX}{this}.marshal"), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != uid or st.st_mode & 0o077 or (st.st_mode & 0o170000) != 0o100000:  # a regular file
+            return None
+        data = b"".join(iter(lambda: os.read(fd, 1 << 16), b""))
+    finally:
+        os.close(fd)
+    entry = marshal.loads(data)
     if entry.get("format") != FORMAT or not _mount_points_hold(entry["mount_points"]):
         return None
     import _signal

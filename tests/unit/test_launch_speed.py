@@ -129,3 +129,37 @@ def test_head_start_matches_only_exactly_what_it_started() -> None:
     assert not early.matches(["bwrap", "--", "x"], {"env": {"A": "1"}, "n": True}, b"bpf-1")  # types count too
     # bubblewrap's static seccomp program is named in argv only by its fd: its bytes are compared
     assert not early.matches(["bwrap", "--", "x"], {"env": {"A": "1"}, "n": 1}, b"bpf-2")
+
+
+def test_head_start_uses_only_a_private_regular_entry(monkeypatch, tmp_path: Path) -> None:
+    """The entry's argv runs before any check: a symlink to it, one others may read or write, or one
+    in a cache directory others may write, is never read (so nothing is spawned from it)."""
+    import marshal as marshal_module
+
+    from sandboxctl.launch import headstart
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    cache = Path(headstart.cache_dir())
+    cache.mkdir(parents=True, mode=0o700)
+    elsewhere = tmp_path / "elsewhere.marshal"
+    elsewhere.write_bytes(marshal_module.dumps({"format": "not-this"}))  # never a launch: "not used" is None
+    entry = cache / f"{headstart.PREFIX}k.marshal"
+    read: list[str] = []
+    real_loads = headstart.marshal.loads
+
+    def spy(data):
+        read.append("read")
+        return real_loads(data)
+
+    monkeypatch.setattr(headstart.marshal, "loads", spy)
+    entry.symlink_to(elsewhere)
+    assert headstart._start("k") is None and read == []
+    entry.unlink()
+    entry.write_bytes(elsewhere.read_bytes())
+    entry.chmod(0o644)
+    assert headstart._start("k") is None and read == []
+    entry.chmod(0o600)
+    cache.chmod(0o770)
+    assert headstart._start("k") is None and read == []
+    cache.chmod(0o700)
+    assert headstart._start("k") is None and read == ["read"]  # ours and private: read (wrong format: unused)
