@@ -13,12 +13,7 @@ from typing import Any, NamedTuple
 
 from sandboxctl.cli.runopts import RUN_OPTIONS, defaults
 from sandboxctl.errors import SandboxError
-
-
-def new_run_id() -> str:
-    import time
-
-    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + os.urandom(3).hex()
+from sandboxctl.runid import new_run_id
 
 
 def workspace_dir(path: str | None) -> Path:
@@ -101,7 +96,7 @@ def settle(opts: dict[str, Any], accept=None) -> Settings:
 
 def plan_run(settings: Settings, command: list[str] | tuple[str, ...], *, env: tuple[str, ...] = (),
              timeout: float | None = None, approve: str | None = None, session: str | None = None,
-             facts=None):
+             facts=None, run_id: str | None = None):
     """The Plan of one run (or one session) of these settings; env and timeout add to the options."""
     from sandboxctl.plan.build import build_plan
     from sandboxctl.plan.facts import gather
@@ -111,7 +106,7 @@ def plan_run(settings: Settings, command: list[str] | tuple[str, ...], *, env: t
     invocation = Invocation(
         command=tuple(command),
         workspace=str(settings.workspace),
-        run_id=new_run_id(),
+        run_id=run_id or new_run_id(),
         allow_read=tuple(absolute(p) for p in opts["allow_read"]),
         allow_write=tuple(absolute(p) for p in opts["allow_write"]),
         allow_net=tuple(opts["allow_net"]),

@@ -105,8 +105,9 @@ class Sandbox:
     # ------------------------------------------------------------------ plans
     def plan(self, argv: Iterable[str | os.PathLike[str]], *, env: Mapping[str, str] | Iterable[str] = (),
              timeout: str | float | None = None, session: str | None = None, interactive: bool | None = None,
-             approve: str | None = None) -> Plan:
-        """The Plan of one run (what `--dry-run` prints); `plan(...).to_dict()` is JSON-ready."""
+             approve: str | None = None, run_id: str | None = None) -> Plan:
+        """The Plan of one run (what `--dry-run` prints); `plan(...).to_dict()` is JSON-ready.
+        run_id: the run's id when it is already chosen (the CLI's head start); else a new one."""
         from sandboxctl import units
         from sandboxctl.api.options import check_env_items, parse_option
         from sandboxctl.plan.facts import gather
@@ -119,7 +120,7 @@ class Sandbox:
         if interactive is not None:
             facts = facts._replace(interactive=interactive)
         return plan_run(self.settings, command, env=tuple(extra_env), timeout=seconds,
-                        approve=approve or self._approve_mode(), session=session, facts=facts)
+                        approve=approve or self._approve_mode(), session=session, facts=facts, run_id=run_id)
 
     def _approve_mode(self) -> str | None:
         """With on_approval, a policy that asks asks the function (the library has no prompt)."""

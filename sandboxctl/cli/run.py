@@ -55,9 +55,19 @@ def _accept_untrusted(loaded, why: str, yes: bool) -> bool:
     return True
 
 
-def execute_run(opts: dict[str, Any], command: list[str]) -> int:
+def execute_run(opts: dict[str, Any], command: list[str], head_start=None, head_start_key: str = "") -> int:
     """`run` as a client of the library: the same Sandbox, plan and supervisor; the terminal's
-    part (plan view, warnings, confirmation, denial table, CI annotations) stays here."""
+    part (plan view, warnings, confirmation, denial table, CI annotations) stays here.
+    head_start: a bubblewrap cli.main started early (launch/headstart.py): the supervisor adopts
+    it only if this run's fresh plan launches exactly that; in every other case it is killed."""
+    try:
+        return _execute_run(opts, command, head_start, head_start_key)
+    finally:
+        if head_start is not None:
+            head_start.abort()  # nothing once it was adopted
+
+
+def _execute_run(opts: dict[str, Any], command: list[str], head_start, head_start_key: str) -> int:
     from sandboxctl import units
     from sandboxctl.api.sandbox import Sandbox
     from sandboxctl.cli import output
@@ -68,7 +78,7 @@ def execute_run(opts: dict[str, Any], command: list[str]) -> int:
     if not command:
         raise SandboxError("no command given", "usage: sandboxctl run [OPTIONS] -- COMMAND [ARG...]")
     box = Sandbox.from_options(opts, accept=lambda candidate, why: _accept_untrusted(candidate, why, opts["yes"]))
-    plan = box.plan(command)
+    plan = box.plan(command, run_id=head_start.run_id if head_start is not None else None)
     if opts["dry_run"]:
         from sandboxctl.cli import planview
 
@@ -86,8 +96,9 @@ def execute_run(opts: dict[str, Any], command: list[str]) -> int:
     from sandboxctl.cli.output import progress
 
     interactive = sys.stderr.isatty() and not opts["quiet"] and os.environ.get("CI", "").lower() not in ("true", "1")
+    early = {"head_start": head_start, "head_start_key": head_start_key} if head_start_key else {}
     result = box.execute(plan, status=progress(interactive),
-                         notice=None if opts["quiet"] else lambda message: print(message, file=sys.stderr))
+                         notice=None if opts["quiet"] else lambda message: print(message, file=sys.stderr), **early)
     if opts["summary_json"]:
         _write_summary(opts["summary_json"], plan, result)
     if result.error:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from sandboxctl.plan.build import SHIM_DIR
 from sandboxctl.plan.model import Mount, Plan
 
 
@@ -63,6 +62,5 @@ def render(plan: Plan, fds: LaunchFds, bwrap: str = "bwrap") -> list[str]:
     for mount in plan.mounts:
         argv += mount_args(mount, fds.empty_file, fds.secrets, fds.data)
     argv += ["--chdir", plan.cwd, "--seccomp", str(fds.seccomp)]
-    argv += ["--", plan.shim_python, "-I", "-S", "-B", f"{SHIM_DIR}/shim.py",
-             str(fds.control), str(fds.stderr)]
+    argv += ["--", plan.shim_python, "-I", "-S", "-B", plan.shim_entry, str(fds.control), str(fds.stderr)]
     return argv

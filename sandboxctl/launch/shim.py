@@ -3,29 +3,22 @@
 In order: take the real stderr back, read the configuration from the control socket, set
 rlimits, apply Landlock (which needs the mount tree bubblewrap just built, so it cannot happen
 outside), report what was really enforced, wait for the supervisor's go, exec the command.
-bubblewrap has already loaded the seccomp program. Kept tiny: every import here is start-up time,
-so messages are marshal (built in) rather than json. Any failure exits 125 (or 126/127 for the
+bubblewrap has already loaded the seccomp program. Kept tiny: this interpreter starts on every
+run, so it imports only C modules and ctypes (no socket, signal or enum: their Python layers cost
+more than everything else here), messages are marshal (built in) rather than json, and the
+supervisor runs it precompiled (launch/shim_code.py). Any failure exits 125 (or 126/127 for the
 command itself) and never execs the command.
 """
 
 import marshal
 import os
+import stat
 import sys
 
 SHIM_LIB = "/run/sandboxctl/lib"
-FILE_ONLY = ("EXECUTE", "WRITE_FILE", "READ_FILE", "TRUNCATE", "IOCTL_DEV", "RESOLVE_UNIX")
-GROUPS = {
-    "read": ("READ_FILE", "READ_DIR"),
-    # no RESOLVE_UNIX: a grant never lets the command connect to the host's sockets in it
-    "write": ("WRITE_FILE", "REMOVE_DIR", "REMOVE_FILE", "MAKE_DIR", "MAKE_REG", "MAKE_SOCK",
-              "MAKE_FIFO", "MAKE_SYM", "REFER", "TRUNCATE"),
-    "unix": ("RESOLVE_UNIX",),  # network.unix (ABI 9; below it the supervisor answers each connect)
-    "write_file": ("WRITE_FILE", "TRUNCATE"),
-    "execute": ("EXECUTE",),
-    "ioctl_dev": ("IOCTL_DEV",),
-}
 RLIMITS = {"pids": "RLIMIT_NPROC", "file_size": "RLIMIT_FSIZE", "open_files": "RLIMIT_NOFILE",
            "memory": "RLIMIT_AS"}
+SOL_SOCKET, SCM_RIGHTS = 1, 1
 
 
 def send(fd, message):
@@ -34,11 +27,13 @@ def send(fd, message):
 
 def send_with_fds(fd, message, handles):
     """Hand descriptors made inside the sandbox to the supervisor (SCM_RIGHTS), then drop ours."""
-    import socket
+    import _socket
+    import struct
 
-    sock = socket.socket(fileno=fd)
+    sock = _socket.socket(fileno=fd)
     try:
-        socket.send_fds(sock, [marshal.dumps(message)], list(handles.values()))
+        fds = list(handles.values())
+        sock.sendmsg([marshal.dumps(message)], [(SOL_SOCKET, SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))])
     finally:
         sock.detach()
         for handle in handles.values():
@@ -75,10 +70,10 @@ def proxy_listener(port):
     host side and dials out from the host: no forwarder process, and no route out for anything
     that ignores the proxy variables.
     """
-    import socket
+    import _socket
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+    sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     sock.listen(256)
     return sock.detach()
@@ -88,9 +83,9 @@ def sock_diag_socket():
     """A NETLINK_SOCK_DIAG socket in the sandbox's own network namespace: the supervisor asks it
     which UNIX sockets were bound inside (those may be connected to without being listed). Made
     before the notify filter, whose baseline refuses netlink families other than route."""
-    import socket
+    import _socket
 
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 4)  # NETLINK_SOCK_DIAG
+    sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC, 4)  # NETLINK_SOCK_DIAG
     return sock.detach()
 
 
@@ -108,32 +103,17 @@ def set_rlimits(limits):
             resource.setrlimit(getattr(resource, name), (value, value))
 
 
-def import_landlockpy():
-    """Import only the landlockpy modules the shim uses, with libc handed over directly.
+def import_landlock_calls():
+    """landlockpy's syscall layer alone, with libc handed over directly.
 
     - ctypes.util.find_library runs ldconfig (a process, ~20 ms, often absent in a sandbox) and
       imports subprocess; the running interpreter already has libc, so CDLL(None) is exact.
-    - the package's __init__ also imports its test helpers (dataclasses, pathlib, inspect: ~40 ms).
-    - its flags module imports typing only to declare a TypeVar for annotations (~5 ms with re and
-      collections); a stand-in answers TypeVar and loads the real typing for anything else.
+    - the package's __init__ imports its flags (enum, typing) and test helpers (dataclasses,
+      pathlib, inspect: ~40 ms); the rights arrive as numbers (launch/landlock_rights.py).
     All are start-up cost only; the Landlock calls are landlockpy's own.
     """
     import ctypes
     import types
-
-    class LazyTyping(types.ModuleType):
-        @staticmethod
-        def TypeVar(name, *constraints, **options):  # typing's own name
-            return name
-
-        def __getattr__(self, attribute):
-            del sys.modules["typing"]
-            import typing
-
-            return getattr(typing, attribute)
-
-    if "typing" not in sys.modules:
-        sys.modules["typing"] = LazyTyping("typing")
 
     finder = types.ModuleType("ctypes.util")
     finder.find_library = lambda name: None
@@ -142,13 +122,13 @@ def import_landlockpy():
     package = types.ModuleType("landlockpy")
     package.__path__ = [SHIM_LIB + "/landlockpy"]
     sys.modules["landlockpy"] = package
-    from landlockpy import _syscall, flags, ruleset
+    from landlockpy import _syscall
 
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
     libc.prctl.restype = ctypes.c_int
     _syscall._libc = libc
-    return _syscall, flags, ruleset
+    return _syscall
 
 
 def abi_version(_syscall):
@@ -162,9 +142,18 @@ def abi_version(_syscall):
         raise
 
 
+def for_abi(pairs, abi):
+    value = 0
+    for bit, first in pairs:
+        if abi >= first:
+            value |= bit
+    return value
+
+
 def apply_landlock(plan):
-    _syscall, flags, ruleset = import_landlockpy()
-    AccessFS, AccessNet, Scope, Ruleset = flags.AccessFS, flags.AccessNet, flags.Scope, ruleset.Ruleset
+    """The ruleset of the plan (rights as numbers: launch/landlock_rights.shim_config), for the
+    ABI this kernel has; what was enforced comes back as numbers too."""
+    _syscall = import_landlock_calls()
     abi = abi_version(_syscall)
     report = {"abi": abi, "required": plan["required"], "minimum_abi": plan["minimum_abi"]}
     if abi < plan["minimum_abi"]:
@@ -175,53 +164,54 @@ def apply_landlock(plan):
         if abi == 0:
             report["enforced"] = False
             return report
-    handled_fs = flags.fs_for_abi(abi)
-    handled_net = AccessNet.NONE
-    if abi >= 4:
-        if plan["restrict_tcp_bind"]:
-            handled_net |= AccessNet.BIND_TCP
-        if plan["restrict_tcp_connect"]:
-            handled_net |= AccessNet.CONNECT_TCP
-    scoped = Scope.NONE
-    if abi >= 6:
-        for name in plan["scopes"]:
-            scoped |= Scope[name.upper()]
-    file_mask = AccessFS.NONE
-    for name in FILE_ONLY:
-        file_mask |= AccessFS[name]
+    handled_fs = for_abi(plan["fs"], abi)
+    handled_net = 0
+    for wanted, (bit, first) in ((plan["restrict_tcp_bind"], plan["bind"]),
+                                 (plan["restrict_tcp_connect"], plan["connect"])):
+        if wanted and abi >= first:
+            handled_net |= bit
+    scoped = for_abi(plan["scopes"], abi)
+    fd = _syscall.create_ruleset(_syscall.RulesetAttr(handled_access_fs=handled_fs, handled_access_net=handled_net,
+                                                      scoped=scoped))
     skipped = []
     applied = 0
-    with Ruleset(handled_fs=handled_fs, handled_net=handled_net, scoped=scoped, best_effort=False) as rs:
-        for path, groups in plan["paths"]:
-            access = AccessFS.NONE
-            for group in groups:
-                for name in GROUPS[group]:
-                    access |= AccessFS[name]
-            access &= handled_fs
-            if access == AccessFS.NONE:
+    try:
+        os.set_inheritable(fd, False)
+        for path, wanted in plan["paths"]:
+            access = wanted & handled_fs
+            if not access:
                 continue  # a right this kernel does not have (RESOLVE_UNIX below ABI 9)
             try:
-                if not os.path.isdir(path):
-                    access &= file_mask
-                rs.allow_path(path, access)
-                applied += 1
+                parent = os.open(path, os.O_PATH | os.O_CLOEXEC)
             except FileNotFoundError:
                 skipped.append(path)
-        if AccessNet.CONNECT_TCP in handled_net:
-            for port in plan["connect_tcp_ports"]:
-                rs.allow_port(port, AccessNet.CONNECT_TCP)
-        if AccessNet.BIND_TCP in handled_net:
-            for port in plan["bind_tcp_ports"]:
-                rs.allow_port(port, AccessNet.BIND_TCP)
-        rs.restrict()
+                continue
+            try:
+                if not stat.S_ISDIR(os.fstat(parent).st_mode):
+                    access &= plan["file_only"]
+                if access:
+                    _syscall.add_path_beneath(fd, _syscall.PathBeneathAttr(allowed_access=access, parent_fd=parent))
+                applied += 1
+            finally:
+                os.close(parent)
+        for ports, (bit, _first) in ((plan["connect_tcp_ports"], plan["connect"]),
+                                     (plan["bind_tcp_ports"], plan["bind"])):
+            if handled_net & bit:
+                for port in ports:
+                    _syscall.add_net_port(fd, _syscall.NetPortAttr(allowed_access=bit, port=port))
+        flags = 0
+        if abi >= plan["no_new_privs"][1]:
+            flags = plan["no_new_privs"][0]
+        else:
+            _syscall.set_no_new_privs()
+        _syscall.restrict_self(fd, flags)
+    finally:
+        os.close(fd)
     report.update(
-        enforced=True,
-        fs_rights=sorted(f.name for f in AccessFS if f and f in handled_fs),
-        net_rights=sorted(f.name for f in AccessNet if f and f in handled_net),
-        scopes=sorted(f.name for f in Scope if f and f in scoped),
+        enforced=True, handled_fs=handled_fs, handled_net=handled_net, scoped=scoped,
         path_rules=applied,
-        tcp_connect_ports=list(plan["connect_tcp_ports"]) if AccessNet.CONNECT_TCP in handled_net else None,
-        tcp_bind_ports=list(plan["bind_tcp_ports"]) if AccessNet.BIND_TCP in handled_net else None,
+        tcp_connect_ports=list(plan["connect_tcp_ports"]) if handled_net & plan["connect"][0] else None,
+        tcp_bind_ports=list(plan["bind_tcp_ports"]) if handled_net & plan["bind"][0] else None,
         skipped=skipped,
     )
     return report
@@ -283,12 +273,12 @@ def main():
     except Exception as exc:  # any failure here must stop the run, never skip the layer
         fail(control, f"cannot apply Landlock: {exc}",
              "run `sandboxctl doctor`; on an older kernel set `landlock: best-effort` to run without it")
-    import signal
+    import _signal
 
     # Python ignores SIGPIPE and SIGXFSZ for itself, and exec keeps ignored signals: give the
     # command the defaults (as subprocess does), plus the caller's own SIGINT/SIGQUIT
-    for signum in (signal.SIGPIPE, signal.SIGXFSZ, *config.get("default_signals", ())):
-        signal.signal(signum, signal.SIG_DFL)
+    for signum in (_signal.SIGPIPE, _signal.SIGXFSZ, *config.get("default_signals", ())):
+        _signal.signal(signum, _signal.SIG_DFL)
     if config.get("notify_program"):
         try:
             handles["notify"] = load_notify_filter(config["notify_program"], config["seccomp_nr"])
@@ -298,11 +288,14 @@ def main():
     if config.get("secrets_dir"):
         handles["secrets_dir"] = os.open("/run/secrets", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     ready = {"ready": {"landlock": landlock, "pid": os.getpid()}, "fds": list(handles)}
-    if handles:
-        send_with_fds(control, ready, handles)
-    else:
-        send(control, ready)
-    answer = os.read(control, 4096)
+    try:
+        if handles:
+            send_with_fds(control, ready, handles)
+        else:
+            send(control, ready)
+        answer = os.read(control, 4096)
+    except OSError:  # the supervisor is gone, or dropped this sandbox (launch/headstart.py): no go
+        os._exit(125)
     if not answer or marshal.loads(answer).get("go") is not True:
         os._exit(125)
     if config.get("session"):  # a session: a small server starts each command from here

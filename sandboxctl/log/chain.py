@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterator
 from typing import NamedTuple
 
+from sandboxctl.digest import sha256
+
 GENESIS = "0" * 64
 
 
 def line_hash(line: bytes) -> str:
-    return hashlib.sha256(line.rstrip(b"\n")).hexdigest()
+    return sha256(line.rstrip(b"\n")).hexdigest()
 
 
 def last_line(fd: int) -> bytes | None:

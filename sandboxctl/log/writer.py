@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import threading
 import time
 from pathlib import Path
 
+from sandboxctl.digest import sha256
 from sandboxctl.errors import SandboxError
 from sandboxctl.log.chain import GENESIS, last_line, line_hash
 
@@ -58,10 +58,11 @@ def timestamp() -> str:
     return f"{_second[1]}.{micros:06d}Z"
 
 
-def run_head(head: str, line: bytes) -> str:
-    """One step of a run's own chain: SHA-256 of the previous head and the line's hash (hex text).
-    run.end's `head` is this over every line the run wrote before it, from 64 zeros."""
-    return hashlib.sha256((head + line_hash(line)).encode()).hexdigest()
+def run_head(head: str, line: bytes, hashed: str | None = None) -> str:
+    """One step of a run's own chain: SHA-256 of the previous head and the line's hash (hex text;
+    `hashed`: that hash, already computed). run.end's `head` is this over every line the run wrote
+    before it, from 64 zeros."""
+    return sha256((head + (hashed or line_hash(line))).encode()).hexdigest()
 
 
 def rotated_name(path: str, n: int) -> str:
@@ -181,7 +182,8 @@ class ActionLog:
                                 "free some space or pass --log PATH; the run was stopped") from None
         self.seq += 1
         line = data.strip(b"\n")
-        self.head = run_head(self.head, line)
+        own = self._known[1] if not torn and self._known and self._known[0] == st.st_size + len(data) else None
+        self.head = run_head(self.head, line, own)
         if self.forward is not None:  # a queue put: a collector never slows or fails the run
             self.forward.send(line, event, fields.get("decision") == "deny" or event == "tamper")
 

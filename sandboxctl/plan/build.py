@@ -33,6 +33,7 @@ from sandboxctl.plan.model import (
 from sandboxctl.policy.model import Policy
 
 SHIM_DIR = "/run/sandboxctl"
+SHIM_ENTRY = f"{SHIM_DIR}/shim.pyc"  # launch/shim_code.py: the shim as the bubblewrap backend runs it
 SESSION_SERVER = f"{SHIM_DIR}/session_server.py"  # a session's in-sandbox server (launch/session_server.py)
 GVISOR_INIT = f"{SHIM_DIR}/init.py"  # the gvisor backend's in-sandbox launcher
 SECRETS_DIR = "/run/secrets"
@@ -279,6 +280,8 @@ class _Planner:
         else:
             mounts = [
                 Mount("ro", f"{SHIM_DIR}/shim.py", self.facts.shim_file, "sandboxctl's launcher (applies Landlock)"),
+                *([Mount("ro", SHIM_ENTRY, self.facts.shim_code, "the launcher, compiled (the state dir's cache)")]
+                  if self.facts.shim_code else []),
                 Mount("ro", f"{SHIM_DIR}/lib/landlockpy", self.facts.landlock_lib, "the launcher's Landlock library"),
             ]
             if self.inv.session:
@@ -673,6 +676,7 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
         log_forward=tuple(dict.fromkeys(policy.log.forward)),
         file_events="none" if planner.gvisor else policy.log.file_events,
         shim_python=facts.shim_python,
+        shim_entry=SHIM_ENTRY if facts.shim_code and not planner.gvisor else f"{SHIM_DIR}/shim.py",
         warnings=tuple(planner.warnings),
         notes=tuple(planner.notes),
         confirmations=tuple(dict.fromkeys(planner.confirmations)),

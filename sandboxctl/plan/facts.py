@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob as globlib
 import importlib.machinery
 import os
@@ -11,11 +12,33 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from sandboxctl.launch.shim_code import cached_path
 from sandboxctl.paths import home_dir, runtime_dir, state_dir
 from sandboxctl.plan.inputs import HostFacts
 
 _LOADER_PATTERNS = ("/lib64/ld-linux*.so*", "/lib/ld-linux*.so*", "/lib/ld-musl-*.so*",
                     "/lib/*-linux-gnu/ld-linux*.so*")
+
+
+def _elf_loaders() -> tuple[str, ...]:
+    """The ELF loaders _LOADER_PATTERNS name (what glob would find, realpath'd), in one listing per
+    directory: glob's fnmatch over /lib/*-linux-gnu (thousands of names) cost ~1 ms of every run."""
+    def names(directory: str, prefix: str) -> list[str]:
+        try:
+            entries = os.listdir(directory)
+        except OSError:
+            return []
+        return [f"{directory}/{n}" for n in entries if n.startswith(prefix) and ".so" in n[len(prefix):]]
+
+    found = names("/lib64", "ld-linux") + names("/lib", "ld-linux") + names("/lib", "ld-musl-")
+    try:
+        arches = [n for n in os.listdir("/lib") if n.endswith("-linux-gnu") and not n.startswith(".")]
+    except OSError:
+        arches = []
+    for arch in arches:
+        if os.path.isdir(f"/lib/{arch}"):
+            found += names(f"/lib/{arch}", "ld-linux")
+    return tuple(sorted({os.path.realpath(path) for path in found}))
 
 
 def path_kind(path: str) -> str:
@@ -78,15 +101,18 @@ def _cgroup_version() -> str | None:
 
 def _runtime_dirs(env: Mapping[str, str]) -> tuple[str, ...]:
     """Where gvisor runs keep their bundles and file secrets (launch/runsc.runtime_base's choices),
-    if they exist: masked in every sandbox, like the state dir."""
-    import tempfile
-
+    if they exist: masked in every sandbox, like the state dir. runsc takes tempfile.gettempdir();
+    this looks in every directory gettempdir may choose (tempfile costs start-up time)."""
     uid = os.getuid()
-    candidates = [f"/dev/shm/sandboxctl-{uid}", os.path.join(tempfile.gettempdir(), f"sandboxctl-{uid}")]
+    temporary = [env.get(name) for name in ("TMPDIR", "TEMP", "TMP")] + ["/tmp", "/var/tmp", "/usr/tmp"]
+    with contextlib.suppress(OSError):
+        temporary.append(os.getcwd())
+    candidates = [f"/dev/shm/sandboxctl-{uid}"]
+    candidates += [os.path.join(base, f"sandboxctl-{uid}") for base in temporary if base]
     xdg = env.get("XDG_RUNTIME_DIR")
     if xdg and os.path.isabs(xdg):
         candidates.insert(0, os.path.join(xdg, "sandboxctl"))
-    return tuple(os.path.realpath(c) for c in candidates if os.path.isdir(c))
+    return tuple(dict.fromkeys(os.path.realpath(c) for c in candidates if os.path.isdir(c)))
 
 
 def gather(environ: Mapping[str, str] | None = None) -> HostFacts:
@@ -96,7 +122,7 @@ def gather(environ: Mapping[str, str] | None = None) -> HostFacts:
 
     python, prefix = _shim_python()
     home = os.path.realpath(home_dir())
-    loaders = sorted({os.path.realpath(p) for pattern in _LOADER_PATTERNS for p in globlib.glob(pattern)})
+    loaders = _elf_loaders()
     try:
         user = pwd.getpwuid(os.getuid()).pw_name
     except KeyError:
@@ -112,6 +138,7 @@ def gather(environ: Mapping[str, str] | None = None) -> HostFacts:
         shim_python=python,
         shim_python_prefix=prefix,
         shim_file=str(package / "launch" / "shim.py"),
+        shim_code=cached_path(str(package / "launch" / "shim.py"), str(state_dir() / "cache")),
         gvisor_init_file=str(package / "launch" / "gvisor_init.py"),
         runtime_dirs=_runtime_dirs(env),
         landlock_lib=_landlock_lib(),

@@ -56,6 +56,7 @@ class HostFacts(NamedTuple):
     runtime_dir: str = ""  # where approval sockets live (masked inside like the state dir)
     gvisor_init_file: str = ""  # the in-sandbox launcher of the gvisor backend (launch/gvisor_init.py)
     runtime_dirs: tuple[str, ...] = ()  # existing gvisor run-dir bases: bundles and file secrets of live runs
+    shim_code: str = ""  # the shim compiled for this interpreter, in the state cache (launch/shim_code.py)
     # protect.index.scan: repositories and names matching patterns beneath a root (deep: the whole
     # tree, else only the root's own entries); an empty index where the tests give none
     tree: Callable[[str, tuple[str, ...], bool], Any] = lambda root, patterns, deep: _no_tree(root)

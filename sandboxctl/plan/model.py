@@ -188,6 +188,7 @@ class Plan(NamedTuple):
     log_path: str
     file_events: str
     shim_python: str
+    shim_entry: str = "/run/sandboxctl/shim.py"  # what shim_python runs: the compiled shim when there is one
     warnings: tuple[str, ...] = ()  # shown on every run
     notes: tuple[str, ...] = ()  # shown by --dry-run and --verbose
     confirmations: tuple[str, ...] = ()

@@ -8,10 +8,11 @@ dir, which no sandbox can see, and are marshal data (plain dicts and lists), nev
 
 from __future__ import annotations
 
-import hashlib
 import marshal
 import os
 from pathlib import Path
+
+from sandboxctl.digest import sha256
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
 if TYPE_CHECKING:
@@ -30,11 +31,11 @@ def _engine_stamp() -> str:
             parts.append(f"{name}:{st.st_size}:{st.st_mtime_ns}")
         except OSError:
             parts.append(f"{name}:-")
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    return sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def _entry_path(cache_dir: Path, label: str, content: bytes) -> Path:
-    key = hashlib.sha256(f"{_engine_stamp()}\0{label}\0".encode() + content).hexdigest()[:40]
+    key = sha256(f"{_engine_stamp()}\0{label}\0".encode() + content).hexdigest()[:40]
     return cache_dir / f"policy-{key}.marshal"
 
 
@@ -55,7 +56,7 @@ def lookup(cache_dir: Path, label: str, content: bytes) -> dict[str, Any] | None
         try:
             with open(item["path"], "rb") as handle:
                 content = handle.read()
-            if hashlib.sha256(content).hexdigest() != item["sha256"]:
+            if sha256(content).hexdigest() != item["sha256"]:
                 return None
             item["content"] = content
         except (OSError, KeyError, TypeError):

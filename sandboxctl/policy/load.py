@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from sandboxctl.digest import sha256
 from sandboxctl.policy.errors import PolicyError, Problem, format_key
 from sandboxctl.policy.model import Policy, policy_from_data
 
@@ -41,7 +41,7 @@ class SourceFile(NamedTuple):
 
     @property
     def sha256(self) -> str:
-        return hashlib.sha256(self.content).hexdigest()
+        return sha256(self.content).hexdigest()
 
 
 def read_source(path: Path, label: str | None = None) -> SourceFile:
@@ -153,12 +153,12 @@ def resolve(source: SourceFile) -> tuple[dict[str, Any], list[SourceFile]]:
 def canonical_digest(data: dict[str, Any]) -> str:
     import json
 
-    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def chain_digest(files: list[SourceFile]) -> str:
     """What trust pins: the exact bytes of every non-built-in file the policy is made of."""
-    digest = hashlib.sha256()
+    digest = sha256()
     for item in sorted((f for f in files if not f.builtin), key=lambda f: str(f.path)):
         digest.update(f"{item.path.resolve()}\0{item.sha256}\n".encode())
     return digest.hexdigest()

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import hashlib
 import marshal
 import os
 import stat
 from pathlib import Path
 from typing import NamedTuple
 
+from sandboxctl.digest import sha256
 from sandboxctl.protect.names import GIT
 
 CACHE_VERSION = 1
@@ -111,7 +111,7 @@ def _gitfile_target(path: str) -> str | None:
 
 
 def _cache_file(cache_dir: Path, root: str, patterns: tuple[str, ...]) -> Path:
-    key = hashlib.sha256(f"{CACHE_VERSION}\0{root}\0{chr(0).join(patterns)}".encode()).hexdigest()[:24]
+    key = sha256(f"{CACHE_VERSION}\0{root}\0{chr(0).join(patterns)}".encode()).hexdigest()[:24]
     return cache_dir / f"tree-{key}.marshal"
 
 

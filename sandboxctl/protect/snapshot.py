@@ -14,15 +14,15 @@ Hashes are cached by (device, inode, size, mtime, ctime), so a warm launch only 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import marshal
 import os
-import shutil
 import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from sandboxctl.digest import sha256
 
 MAX_BLOB = 4 << 20  # larger protected files are compared by hash but cannot be put back
 MAX_ENTRIES = 20_000  # a protected directory larger than this is recorded down to this many entries
@@ -58,7 +58,7 @@ class Store:
         known = self.cache.get(key)
         if known and (st.st_size > MAX_BLOB or (self.blobs / known).exists()):
             return known
-        digest = hashlib.sha256()
+        digest = sha256()
         keep = st.st_size <= MAX_BLOB
         chunks: list[bytes] = []
         with open(path, "rb", buffering=0) as handle:
@@ -303,6 +303,8 @@ def _keep_aside(path: str, state: Path, run_id: str) -> str | None:
         try:
             os.rename(path, target)
         except OSError:
+            import shutil  # rarely needed (another file system): not imported by every run
+
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.copytree(path, target, symlinks=True)
                 shutil.rmtree(path)
@@ -370,6 +372,8 @@ def restore_json_keys(state: Path, run_id: str, patterns: dict[str, list[str]], 
             continue
         kept = state / "protect" / "kept" / run_id / path.lstrip("/")
         try:
+            import shutil  # only when a protected JSON file changed: not imported by every run
+
             kept.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             shutil.copy2(path, kept)
             kept_path: str | None = str(kept)

@@ -64,6 +64,9 @@ class RunCgroup:
     def __init__(self, layout: CgroupLayout, run_id: str, pids: int | None, memory: int | None):
         self.layout = layout
         self.dirs: list[str] = []
+        self._mover = None  # move_soon's thread
+        self._move_error: Exception | None = None
+        self._switch_interval = 0.005
         name = f"{PREFIX}{os.getpid()}-{run_id}"  # the pid tells a later sweep whether we are gone
         _sweep_stale(layout)
         if layout.version == "v2":
@@ -107,6 +110,45 @@ class RunCgroup:
                                            "the pids/memory limits could not be applied; run sandboxctl doctor"
                                            ) from None
 
+    def move_soon(self, pid: int) -> None:
+        """Start moving `pid` on a thread of its own: the kernel makes the first cgroup.procs write
+        of a while wait for an RCU grace period (5-15 ms on cgroup v1 here), which then overlaps
+        the sandbox's start; moved() waits for it. A later add() finds the lock warm."""
+        if self._mover is not None:
+            return
+        import sys
+        import threading
+
+        def move() -> None:
+            try:
+                self.add([pid])
+            except Exception as exc:  # SandboxError: reported by moved()
+                self._move_error = exc
+
+        # after each system call the thread needs the GIL back while the main thread imports:
+        # within 0.5 ms instead of the default 5 (restored by moved())
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch_interval, 0.0005))
+        self._mover = threading.Thread(target=move, name="sandboxctl-cgroup", daemon=True)
+        self._mover.start()
+
+    def moved(self) -> None:
+        """Wait for move_soon; its failure is raised here."""
+        if self._mover is None:
+            return
+        import sys
+
+        self._mover.join()
+        self._mover = None
+        sys.setswitchinterval(self._switch_interval)
+        error, self._move_error = self._move_error, None
+        if error is not None:
+            raise error
+
+    @property
+    def moving(self) -> bool:
+        return self._mover is not None
+
     def processes(self) -> list[int]:
         """Every process of the run, in one read (the kernel keeps the list: children join at fork)."""
         fd = os.open(f"{self.dirs[0]}/cgroup.procs", os.O_RDONLY | os.O_CLOEXEC)
@@ -139,8 +181,13 @@ class RunCgroup:
 
 
 def _write(path: str, value: str) -> None:
-    with open(path, "w") as handle:
-        handle.write(value)
+    """One write(2) of the value, as the kernel wants for cgroup files (no buffered file object:
+    each system call is a point where a thread must win the GIL back, see runner's cgroup thread)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
 
 
 def _sweep_stale(layout: CgroupLayout) -> None:

@@ -78,6 +78,21 @@ class ExecEvents:
         self.claims: OrderedDict[int, ExecTarget] = OrderedDict()
         machine = os.uname().machine
         self._kcmp_nr, self._vfork_calls = _MACHINE.get(machine, (None, {}))
+        self.root: int | None = None  # the sandbox's root, opened at the first exec (see sandbox_paths)
+        self.formats = facts.Formats()
+
+    def close(self) -> None:
+        if self.root is not None:
+            os.close(self.root)
+            self.root = None
+
+    def _root(self, pid: int) -> int | None:
+        if self.root is None:
+            try:
+                self.root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                return None  # the caller is gone: open_target opens (and fails) on its own
+        return self.root
 
     # ------------------------------------------------------------------ the call
     def handle(self, notification: notify.Notification, name: str, guard: Any = None) -> None:
@@ -120,8 +135,8 @@ class ExecEvents:
             guard.refuse_loader(notification, absolute)
             return
         why = unsure or self._unverifiable(pid, caller, path, dirfd, flags, ranges)
-        if not notify.still_valid(self.listener, notification.id):
-            return  # read before the answer; a dead caller (or a reused pid) is skipped
+        # the kernel takes the answer only while the call is pending: the caller was alive (its
+        # pid its own) throughout our reads, or nothing is continued and nothing is logged
         if not notify.respond(self.listener, notification.id, allow=True):
             return
         fields: dict[str, Any] = {"pid": pid, "path": absolute, "argv": argv, "result": "continued",
@@ -147,7 +162,7 @@ class ExecEvents:
                  flags: int) -> tuple[ExecTarget | None, int | None, str | None]:
         """(target, errno to answer with, why the target is unsure): the file as the sandbox sees it."""
         try:
-            fd = facts.open_target(pid, caller.tgid, dirfd, path, absolute, flags)
+            fd = facts.open_target(pid, caller.tgid, dirfd, path, absolute, flags, self._root(pid))
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR):  # openat2 is sure of neither through /proc
                 walked = sandbox_paths.walk(pid, caller.tgid, absolute)
@@ -160,10 +175,10 @@ class ExecEvents:
                 return None, errno.EACCES, None
             if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o111:
                 return None, errno.EACCES, None
-            kind, interpreter = facts.file_format(fd)
+            kind, interpreter = self.formats.of(fd, st)
             expect: tuple[int, int] | None = (st.st_dev, st.st_ino) if kind == "elf" else None
             if kind == "script" and interpreter:
-                expect = facts.interpreter_ident(pid, caller.tgid, interpreter.split()[0])
+                expect = facts.interpreter_ident(pid, caller.tgid, interpreter.split()[0], self.root, self.formats)
         finally:
             os.close(fd)
         target = ExecTarget(absolute, (st.st_dev, st.st_ino), kind, expect, interpreter, facts.exe_ident(pid),
@@ -184,12 +199,12 @@ class ExecEvents:
             kinds.append(KCMP_FS if dirfd == notify.AT_FDCWD else KCMP_FILES)
         elif flags & AT_EMPTY_PATH and not path:
             kinds.append(KCMP_FILES)
-        sharer = self._sharer(pid, caller.tgid, kinds)
+        sharer = self._sharer(pid, caller.tgid, kinds, caller.parent)
         if sharer:
             return sharer
         return facts.shared_pages(pid, ranges, self.judge_write)
 
-    def _sharer(self, pid: int, own: int, kinds: list[int]) -> str | None:
+    def _sharer(self, pid: int, own: int, kinds: list[int], parent: int = 0) -> str | None:
         try:
             others = [p for p in self.tasks() if p != own]
         except OSError as exc:
@@ -199,7 +214,7 @@ class ExecEvents:
             for kind in kinds:
                 result = kcmp(self._kcmp_nr, pid, other, kind)
                 if result == 0:
-                    if kind == KCMP_VM and self._waits_for_vfork(other, pid):
+                    if kind == KCMP_VM and self._waits_for_vfork(other, pid, parent):
                         continue
                     what = {KCMP_VM: "memory", KCMP_FS: "working directory", KCMP_FILES: "descriptor table"}[kind]
                     return f"process {other} shares the caller's {what}"
@@ -207,10 +222,11 @@ class ExecEvents:
                     return f"kcmp against process {other} failed"
         return None
 
-    def _waits_for_vfork(self, parent: int, child: int) -> bool:
+    def _waits_for_vfork(self, parent: int, child: int, child_parent: int = 0) -> bool:
         """Every thread of `parent` is either the one that vfork()ed `child` and now waits for its
         exec (the kernel holds it until the exec has copied the arguments) — or there is none
-        other. Any other thread could run and write the shared memory."""
+        other. Any other thread could run and write the shared memory. `child_parent`: the
+        child's ppid as its stat said (its parent's only thread then lists it as its child)."""
         try:
             threads = os.listdir(f"/proc/{parent}/task")
         except OSError:
@@ -219,9 +235,10 @@ class ExecEvents:
             return False
         thread = threads[0]
         try:
-            if str(child).encode() not in facts.read_proc(f"/proc/{parent}/task/{thread}/children").split():
+            if child_parent != parent and str(child).encode() not in facts.read_proc(
+                    f"/proc/{parent}/task/{thread}/children").split():
                 return False
-            fields = facts.read_proc(f"/proc/{parent}/task/{thread}/syscall").decode().split()
+            fields = facts.read_proc(f"/proc/{parent}/task/{thread}/syscall", one_line=True).decode().split()
         except OSError:
             return False
         if not fields or not fields[0].isdigit() or int(fields[0]) not in self._vfork_calls:

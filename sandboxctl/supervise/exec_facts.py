@@ -21,15 +21,19 @@ MAX_ARG_BYTES = 4096  # per argv string read for the record (longer ones are cut
 # ---------------------------------------------------------------------- reading the caller
 
 def read_argv(memory: notify.ProcessMemory, address: int) -> tuple[list[str], bool, list[tuple[int, int]]]:
-    """argv (raw, undecodable bytes kept by surrogateescape), whether it was cut, the ranges read."""
+    """argv (raw, undecodable bytes kept by surrogateescape), whether it was cut, the ranges read.
+    The pointer array is read a page at a time (one pread, not one per pointer)."""
     argv: list[str] = []
     ranges: list[tuple[int, int]] = []
     truncated = False
+    pointers: list[int] = []
     while address:
         if len(argv) >= notify.MAX_ARGS:
             truncated = True
             break
-        pointer = memory.word(address)
+        if not pointers:  # the rest of this page, at most what MAX_ARGS still allows (with the NULL)
+            pointers = memory.words(address, min(notify.MAX_ARGS - len(argv) + 1, (4096 - address % 4096) // 8 or 1))
+        pointer = pointers.pop(0)
         ranges.append((address, 8))
         if not pointer:
             break
@@ -41,13 +45,19 @@ def read_argv(memory: notify.ProcessMemory, address: int) -> tuple[list[str], bo
     return argv, truncated, ranges
 
 
-def read_proc(path: str, size: int = 8192) -> bytes:
-    """A small /proc file in as few system calls as possible (no buffered file object)."""
+def read_proc(path: str, size: int = 8192, one_line: bool = False) -> bytes:
+    """A small /proc file in as few system calls as possible (no buffered file object).
+
+    /proc files are seq_files: a read may stop short of the end, only b"" means the end. A
+    one-line file (stat, syscall) is produced whole by one show() and handed over whole to a read
+    larger than it, so one_line stops at its newline instead of asking for the end."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:  # /proc files are seq_files: a read may stop short of the end, only b"" means the end
+    try:
         chunks = []
         while chunk := os.read(fd, size):
             chunks.append(chunk)
+            if one_line and len(chunks) == 1 and len(chunk) < size and chunk.endswith(b"\n"):
+                break
         return b"".join(chunks)
     finally:
         os.close(fd)
@@ -57,14 +67,15 @@ class Caller(NamedTuple):
     threads: int  # 0: unknown
     tgid: int
     started: str  # starttime: with the pid, which process this is
+    parent: int = 0  # ppid (0: unknown)
 
 
 def caller_of(pid: int) -> Caller:
     """Threads and start time from one read of /proc/PID/stat; the thread group id from status
     only for a multi-threaded caller (a single thread is its own group)."""
     try:
-        fields = read_proc(f"/proc/{pid}/stat").rsplit(b")", 1)[1].split()
-        threads, started = int(fields[17]), fields[19].decode()
+        fields = read_proc(f"/proc/{pid}/stat", one_line=True).rsplit(b")", 1)[1].split()
+        threads, started, parent = int(fields[17]), fields[19].decode(), int(fields[1])
     except (OSError, IndexError, ValueError):
         return Caller(0, pid, "")
     tgid = pid
@@ -75,7 +86,7 @@ def caller_of(pid: int) -> Caller:
             tgid = int(text[start:text.index(b"\n", start)])
         except (OSError, ValueError):
             pass
-    return Caller(threads, tgid, started)
+    return Caller(threads, tgid, started, parent)
 
 
 def start_time(pid: int) -> str:
@@ -106,8 +117,10 @@ def absolute(pid: int, dirfd: int, path: str, flags: int) -> str:
 
 # ---------------------------------------------------------------------- resolving in the sandbox
 
-def open_target(pid: int, tgid: int, dirfd: int, path: str, absolute: str, flags: int) -> int:
-    """An O_PATH descriptor of the file the exec names, resolved in the caller's root."""
+def open_target(pid: int, tgid: int, dirfd: int, path: str, absolute: str, flags: int,
+                root: int | None = None) -> int:
+    """An O_PATH descriptor of the file the exec names, resolved in the caller's root (`root`:
+    the sandbox's, held open by the caller of this; see sandbox_paths.openat2_in_root)."""
     if not path and flags & AT_EMPTY_PATH:
         return os.open(f"/proc/{pid}/fd/{dirfd}", os.O_PATH | os.O_CLOEXEC)
     proc = through_proc_self(pid, tgid, absolute)
@@ -116,7 +129,7 @@ def open_target(pid: int, tgid: int, dirfd: int, path: str, absolute: str, flags
     if not absolute.startswith("/"):
         raise OSError(errno.ENOENT, "the caller's working directory is unknown")
     nofollow = os.O_NOFOLLOW if flags & AT_SYMLINK_NOFOLLOW else 0
-    return sandbox_paths.openat2_in_root(pid, absolute, os.O_PATH | nofollow)
+    return sandbox_paths.openat2_in_root(pid, absolute, os.O_PATH | nofollow, root)
 
 
 def through_proc_self(pid: int, tgid: int, absolute: str) -> str | None:
@@ -125,6 +138,28 @@ def through_proc_self(pid: int, tgid: int, absolute: str) -> str | None:
         if absolute.startswith(prefix):
             return host + absolute[len(prefix):]
     return None
+
+
+class Formats:
+    """file_format, remembered per file version: (device, inode, size, mtime, ctime) — a write
+    changes the mtime and any change the ctime, which nobody can set back — so an exec of a
+    program already seen reads nothing. Bounded: forgotten all at once past MAX_FORMATS."""
+
+    MAX_FORMATS = 4096
+
+    def __init__(self) -> None:
+        self.known: dict[tuple[int, int, int, int, int], tuple[str, str | None]] = {}
+
+    def of(self, fd: int, st: os.stat_result) -> tuple[str, str | None]:
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        found = self.known.get(key)
+        if found is None:
+            found = file_format(fd)
+            if found[0] != "unknown":  # unreadable now is no answer for later
+                if len(self.known) >= self.MAX_FORMATS:
+                    self.known.clear()
+                self.known[key] = found
+        return found
 
 
 def file_format(fd: int) -> tuple[str, str | None]:
@@ -147,15 +182,16 @@ def file_format(fd: int) -> tuple[str, str | None]:
     return "other", None
 
 
-def interpreter_ident(pid: int, tgid: int, interpreter: str) -> tuple[int, int] | None:
+def interpreter_ident(pid: int, tgid: int, interpreter: str, root: int | None = None,
+                      formats: Formats | None = None) -> tuple[int, int] | None:
     absolute = notify.Dispatcher._absolute(pid, notify.AT_FDCWD, interpreter)
     try:
-        fd = open_target(pid, tgid, notify.AT_FDCWD, interpreter, absolute, 0)
+        fd = open_target(pid, tgid, notify.AT_FDCWD, interpreter, absolute, 0, root)
     except OSError:
         return None
     try:
         st = os.fstat(fd)
-        if file_format(fd)[0] != "elf":
+        if (formats.of(fd, st) if formats is not None else file_format(fd))[0] != "elf":
             return None  # an interpreter that is itself a script: exe names its own interpreter
         return st.st_dev, st.st_ino
     finally:
@@ -169,7 +205,7 @@ def shared_pages(pid: int, ranges: list[tuple[int, int]], judge_write: Callable[
 
     One pass over /proc/PID/maps (sorted by address), parsing only the areas the ranges touch."""
     try:
-        maps = read_proc(f"/proc/{pid}/maps", 1 << 20)
+        maps = read_proc(f"/proc/{pid}/maps", 1 << 16)  # 64 KiB reads: a 1 MiB buffer per exec costs more
     except OSError as exc:
         return f"the caller's memory map could not be read ({exc.strerror})"
     spans: list[list[int]] = []

@@ -91,11 +91,18 @@ def _cap_structs():
 
 
 class CallerPermissions:
-    """with CallerPermissions(): … — file operations as the sandboxed caller would be allowed them."""
+    """with CallerPermissions(): … — file operations as the sandboxed caller would be allowed them.
+
+    Capabilities are per thread, and blocks may nest or run on several threads at once (the
+    mediator's FIFO opens): each thread keeps its own stack of what it had before. Entering is a
+    capget and a capset; leaving one capset of the sets read at the entry (this runs around every
+    change the mediator performs as root)."""
 
     def __init__(self) -> None:
         self.active = os.geteuid() == 0
-        self.saved = None
+        import threading
+
+        self._local = threading.local()
 
     @staticmethod
     def _caps():
@@ -108,20 +115,23 @@ class CallerPermissions:
         header, data = Header(_CAP_VERSION_3, 0), (Data * 2)()
         if libc.capget(ctypes.byref(header), data) != 0:
             raise OSError(ctypes.get_errno(), "capget")
-        self.saved = (data[0].effective, data[1].effective)
+        saved = (data[0].effective, data[1].effective)
         data[0].effective &= ~_FILE_CAPS & 0xFFFFFFFF
         data[1].effective &= ~(_FILE_CAPS >> 32) & 0xFFFFFFFF
         if libc.capset(ctypes.byref(header), data) != 0:
             raise OSError(ctypes.get_errno(), "capset")
+        stack = getattr(self._local, "stack", None)
+        if stack is None:
+            stack = self._local.stack = []
+        stack.append((header, data, saved))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if not self.active or self.saved is None:
+        stack = getattr(self._local, "stack", None) if self.active else None
+        if not stack:
             return
-        ctypes, libc, Header, Data = self._caps()
-        header, data = Header(_CAP_VERSION_3, 0), (Data * 2)()
-        libc.capget(ctypes.byref(header), data)
-        data[0].effective, data[1].effective = self.saved
+        ctypes, libc, _Header, _Data = self._caps()
+        header, data, saved = stack.pop()
+        data[0].effective, data[1].effective = saved  # permitted and inheritable: as read at the entry
         if libc.capset(ctypes.byref(header), data) != 0:
             raise OSError(ctypes.get_errno(), "capset (restoring the supervisor's capabilities)")
-        self.saved = None

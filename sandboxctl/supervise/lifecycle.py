@@ -59,6 +59,22 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
     layer = None
     supervisor = None
     try:
+        lim = plan.limits
+        if "cgroup" in (lim.memory_method, lim.pids_method):
+            layout = detect_cgroups()
+            if layout is None:
+                raise SandboxError("the cgroup tree this plan relies on is no longer writable",
+                                   "run sandboxctl doctor")
+            try:
+                cgroup = RunCgroup(layout, plan.run_id,
+                                   lim.pids + 2 if lim.pids_method == "cgroup" and lim.pids else None,
+                                   lim.memory if lim.memory_method == "cgroup" else None)
+            except OSError as exc:
+                raise SandboxError(f"cannot create the run's cgroup for its limits: {exc.strerror}",
+                                   "run sandboxctl doctor") from None
+            early = supervisor_options.get("head_start")
+            if early is not None:  # bubblewrap runs already: its first move (the slow one) starts now
+                cgroup.move_soon(early.pid)
         if plan.creations:
             made = make_all(plan.creations, plan.home, log.write)
             notice = supervisor_options.get("notice")
@@ -74,19 +90,6 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
             from sandboxctl.workspace import layer as overlay_layer
 
             layer = overlay_layer.create(plan, state)
-        lim = plan.limits
-        if "cgroup" in (lim.memory_method, lim.pids_method):
-            layout = detect_cgroups()
-            if layout is None:
-                raise SandboxError("the cgroup tree this plan relies on is no longer writable",
-                                   "run sandboxctl doctor")
-            try:
-                cgroup = RunCgroup(layout, plan.run_id,
-                                   lim.pids + 2 if lim.pids_method == "cgroup" and lim.pids else None,
-                                   lim.memory if lim.memory_method == "cgroup" else None)
-            except OSError as exc:
-                raise SandboxError(f"cannot create the run's cgroup for its limits: {exc.strerror}",
-                                   "run sandboxctl doctor") from None
         if supervisor_class is None:
             supervisor_class = Supervisor
             if plan.backend == "gvisor":  # the same plan under runsc (supervise/gvisor.py)
@@ -140,6 +143,9 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
             return result._replace(exit_code=EXIT_DENIED, command_exit_code=result.exit_code)
         return result
     finally:
+        early = supervisor_options.get("head_start")
+        if early is not None:  # launch never adopted it (a failure before): kill it, nothing ran in it
+            early.abort()
         if layer is not None:  # the launch failed: nothing ran, so nothing is held
             _hold(layer, supervisor is not None and supervisor.ready)
         if supervisor is not None:
@@ -148,6 +154,8 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
             with contextlib.suppress(Exception):
                 _log_changes(log, snapshot.check() if snapshot.active else [])
         if cgroup:
+            with contextlib.suppress(Exception):  # a move still under way (the launch failed before "ready")
+                cgroup.moved()
             cgroup.remove()
         if forwarder is not None:
             forwarder.close(FORWARD_FLUSH_S)  # run.end too, if the collector takes it in time

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import re
 import stat
@@ -62,11 +63,14 @@ def _exists(dirfd: int, name: str) -> bool:
 
 class Entry(NamedTuple):
     """A resolved directory entry: our O_PATH descriptor of its parent, the parent's path as the
-    kernel names it inside the sandbox, and the entry's name in it."""
+    kernel names it inside the sandbox, and the entry's name in it (and, when resolution already
+    looked at it, its lstat: None for no such entry)."""
 
     parent: int
     parent_path: str
     name: str
+    looked: bool = False
+    st: os.stat_result | None = None
 
     @property
     def path(self) -> str:
@@ -150,6 +154,11 @@ class Mediator:
                              key=lambda item: len(item[0]), reverse=True)
         self.mediated_roots = set(protection.roots) | set(plan.protect.ephemeral)
         self.mount_points = {m.target for m in plan.mounts}
+        # pure functions of the path for the whole run (the plan and its Protection never change):
+        # asked for every call, answered once per path
+        self._reason = functools.lru_cache(maxsize=8192)(protection.reason)
+        self._root_of = functools.lru_cache(maxsize=8192)(protection.root_of)
+        self._mediated = functools.lru_cache(maxsize=8192)(self._mediated_uncached)
         self.as_caller = fdops.CallerPermissions()  # a root supervisor acts with the caller's permissions
         self.umasks: dict[int, int] = {}
         self.waiting = threading.BoundedSemaphore(MAX_WAITING)  # FIFO opens waiting on threads of their own
@@ -300,11 +309,11 @@ class Mediator:
             try:
                 st = os.lstat(name, dir_fd=parent)
             except FileNotFoundError:
-                return entry
+                return entry._replace(looked=True)
             except OSError:
                 return None
             if not stat.S_ISLNK(st.st_mode):
-                return entry
+                return entry._replace(looked=True, st=st)
             try:
                 target = os.readlink(name, dir_fd=parent)
             except OSError:
@@ -315,13 +324,15 @@ class Mediator:
     def _holder(self, path: str) -> tuple[str, str] | None:
         return next(((t, k) for t, k in self.mounts if within(path, t)), None)
 
-    def _mediated(self, path: str) -> bool:
+    def _mediated_uncached(self, path: str) -> bool:
         """Under a writable host grant (read-only to Landlock): ours to perform or refuse."""
         holder = self._holder(path)
         return holder is not None and holder[1] in ("rw", "tmpfs") and holder[0] in self.mediated_roots
 
     @staticmethod
     def _lstat(entry: Entry) -> os.stat_result | None:
+        if entry.looked:  # resolution has just looked (an open that follows a final symlink)
+            return entry.st
         try:
             return os.lstat(entry.name, dir_fd=entry.parent)
         except OSError:
@@ -330,9 +341,9 @@ class Mediator:
     def _why_not(self, path: str, st: os.stat_result | None = None) -> str | None:
         """Why the sandbox may not change this entry: the rules (by path) or the launch record
         (by identity: a hardlink made before the run is another name for the same file)."""
-        if self.protection.root_of(path) is None:
+        if self._root_of(path) is None:
             return None  # not beneath a writable grant: the mounts and Landlock decide there
-        why = self.protection.reason(path)
+        why = self._reason(path)
         if why is None and st is not None:
             why = self.protected_inodes.get((st.st_dev, st.st_ino))
             if why:
@@ -343,9 +354,9 @@ class Mediator:
         """git takes any directory holding HEAD with objects/ and refs/ (or a commondir) for a
         repository and runs what its config says; a directory under a writable grant must not
         become one during the run (name rules cannot see it: the entries have ordinary names)."""
-        if entry.name not in GITDIR_MARKERS or self.protection.root_of(entry.path) is None:
+        if entry.name not in GITDIR_MARKERS or self._root_of(entry.path) is None:
             return None
-        root = self.protection.root_of(entry.path)
+        root = self._root_of(entry.path)
         if self.protection._gitdir_of(entry.parent_path, root, ancestors(entry.parent_path)):
             return None  # inside a git directory: git's own work
         present = {name for name in GITDIR_MARKERS if name != entry.name and _exists(entry.parent, name)}
@@ -712,7 +723,7 @@ class Mediator:
             respond(self.listener, n.id, error=errno.EBUSY)  # as the kernel answers: callers fall back on it
             return
         exchange = call.flags & RENAME_EXCHANGE
-        why = self.protection.blocks_move(src.path) or self.protection.reason(dst.path) \
+        why = self.protection.blocks_move(src.path) or self._reason(dst.path) \
             or (self._makes_repository(dst) if src.parent_path != dst.parent_path or src.name != dst.name else None)
         if not why and (exchange or os.path.lexists(f"/proc/self/fd/{dst.parent}/{dst.name}")):
             why = self.protection.blocks_move(dst.path)  # what is replaced (or swapped) goes away
@@ -737,7 +748,7 @@ class Mediator:
         if call.flags & AT_EMPTY_PATH:  # needs CAP_DAC_READ_SEARCH, which the sandbox does not have
             respond(self.listener, n.id, error=errno.ENOENT)
             return
-        why = self.protection.reason(dst.path) or self._makes_repository(dst)
+        why = self._reason(dst.path) or self._makes_repository(dst)
         if why:
             self._refuse(n, "link", dst.path, why)
             return

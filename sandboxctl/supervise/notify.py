@@ -138,6 +138,14 @@ class ProcessMemory:
             raise OSError(errno.EFAULT, "short read from the caller's memory")
         return struct.unpack("<Q", data)[0]
 
+    def words(self, address: int, count: int) -> list[int]:
+        """`count` consecutive 64-bit values in one read (the caller keeps them within a page);
+        a short read is an OSError, as for word()."""
+        data = os.pread(self.fd, 8 * count, address)
+        if len(data) != 8 * count:
+            raise OSError(errno.EFAULT, "short read from the caller's memory")
+        return list(struct.unpack(f"<{count}Q", data))
+
     def string_array(self, address: int) -> list[str]:
         items: list[str] = []
         while address and len(items) < MAX_ARGS:

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from sandboxctl.errors import EXIT_SANDBOX_FAILED, EXIT_TIMEOUT, SandboxError
-from sandboxctl.launch import bwrap, seccomp
+from sandboxctl.launch import bwrap, headstart, landlock_rights, seccomp, shim_code
 from sandboxctl.log.writer import ActionLog, LogWriteError
 from sandboxctl.plan.build import PROXY_PORT
 from sandboxctl.plan.model import Plan
 from sandboxctl.protect.snapshot import HEARTBEAT_S
-from sandboxctl.supervise import fd_budget, notify, processes, spawn
+from sandboxctl.supervise import fd_budget, fdops, notify, processes, spawn
 from sandboxctl.supervise import secrets as secret_store
 from sandboxctl.supervise.cgroups import RunCgroup
 from sandboxctl.supervise.denials import DenialList, LogThrottle
@@ -62,8 +62,11 @@ class Supervisor:
     def __init__(self, plan: Plan, state: Path, log: ActionLog, argv_for_log: list[str],
                  cgroup: RunCgroup | None = None, secret_values: dict[str, str] | None = None, *,
                  io: CommandIO | None = None, forward_signals: bool = True, approver: Any = None,
-                 notice: Any = None, cwd: str | None = None):
+                 notice: Any = None, cwd: str | None = None, head_start: Any = None, head_start_key: str = ""):
         self.plan = plan
+        self.head_start = head_start  # launch.headstart.HeadStart: a bubblewrap the CLI started early
+        self.head_start_key = head_start_key  # where this run's launch is remembered for the next one
+        self.head_started = False
         self.io = io or CommandIO(inherit=True)
         self.forward_signals = forward_signals
         self.approver = approver  # an approval front end of the caller's (the library's callback)
@@ -105,6 +108,7 @@ class Supervisor:
         self.nofile = fd_budget.raise_nofile()  # before anything is opened: see fd_budget
         self.mediator = None
         self.protected_inodes: dict[tuple[int, int], str] = {}  # from the launch record (lifecycle)
+        self._proxy_listener: int | None = None  # the proxy's port until its first connection
         self.snapshot = None  # protect.snapshot.Snapshot of this run (lifecycle): marked, and beaten
         self.next_beat: float | None = None
 
@@ -197,6 +201,73 @@ class Supervisor:
         program = seccomp.load_or_compile(plan.seccomp, self.state / "cache")
         notify_program, self.syscall_names = seccomp.load_or_compile_notify(plan.seccomp, self.state / "cache")
         empty = spawn.empty_file(self.state)
+        shim_code.ensure_for(plan)
+        launched = self._head_start(plan, bwrap_path, empty, program, notify_program) \
+            or self._spawn_fresh(plan, bwrap_path, empty, program, notify_program)
+        control, err_r, started, originals = launched
+        try:
+            self._prepare_while_it_starts()
+            returncode = self._loop(self.bwrap_pid, control, err_r, started)
+            self._await_namespace_end()
+        except BaseException:
+            # the library's caller goes on living: nothing of the sandbox may outlive this frame
+            if self.bwrap_pid:
+                self._kill()
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(self.bwrap_pid, 0)
+                self._await_namespace_end()
+            raise
+        finally:
+            if self.forward_signals:
+                for signum, handler in originals.items():
+                    signal.signal(signum, handler)
+            with contextlib.suppress(SandboxError):  # a launch that ended before "ready"
+                self._cgroup_joined()
+            control.close()
+            self.broker.stop()  # waiting requests are denied, so proxy threads can finish
+            if self.secrets_dir_fd is not None:
+                os.close(self.secrets_dir_fd)
+            if self.proxy is not None:
+                self.proxy.stop()
+            if self._proxy_listener is not None:  # nobody connected: the proxy never had to start
+                os.close(self._proxy_listener)
+                self._proxy_listener = None
+            if self.mediator is not None:
+                self.mediator.close()
+            if self.dispatcher is not None:
+                self.dispatcher.execs.close()
+                if self.dispatcher.exec_guard is not None:
+                    self.dispatcher.exec_guard.close()
+            if self.socket_checks is not None:
+                self.socket_checks.close()  # its waiter answers through the listener: stop it first
+            if self.notify_fd is not None:
+                os.close(self.notify_fd)
+            if self.sock_diag_fd is not None:
+                os.close(self.sock_diag_fd)
+            os.close(err_r)
+            self.io.close()
+        return self._result(returncode, time.monotonic() - started)
+
+    def _config(self, plan: Plan, originals: dict[int, Any], notify_program: bytes) -> dict[str, Any]:
+        """What the shim is sent: everything it applies inside, from the plan."""
+        config = spawn.shim_config(plan, originals)
+        config["env"].update({s.name: self.secret_values[s.name] for s in plan.secrets
+                              if s.deliver_as == "env"})
+        if self.inspection is not None:
+            config["env"].update(self.inspection.placeholders)  # never the values
+        config["secrets_dir"] = any(s.ttl and s.deliver_as == "file" for s in plan.secrets)
+        config["proxy_port"] = PROXY_PORT if plan.network.mode == "proxy" else None
+        config["notify_program"] = notify_program
+        # the sandbox's own network namespace lists the UNIX sockets bound inside (network/unixwall.py)
+        config["sock_diag"] = bool(plan.seccomp.net_rules) and plan.network.mode != "host"
+        config["seccomp_nr"] = seccomp.SECCOMP_SYSCALL.get(os.uname().machine, 317)
+        config["cwd"] = self.command_cwd
+        config.update(self._extra_config())
+        return config
+
+    def _spawn_fresh(self, plan: Plan, bwrap_path: str, empty: str, program: bytes,
+                     notify_program: bytes) -> tuple[socket.socket, int, float, dict[int, Any]]:
+        """Start bubblewrap from this plan and send the shim its configuration."""
         control, shim_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         err_r, err_w = os.pipe()
         seccomp_fd = spawn.memfd(program, "sandboxctl-seccomp")
@@ -218,6 +289,7 @@ class Supervisor:
             raise
         fds = bwrap.LaunchFds(seccomp=seccomp_fd, control=shim_end.fileno(),
                               stderr=stderr_copy, empty_file=empty, secrets=secret_fds, data=data_fds)
+        numbers = (seccomp_fd, shim_end.fileno(), stderr_copy)
         argv = bwrap.render(plan, fds, bwrap_path)
         passed = (seccomp_fd, shim_end.fileno(), stderr_copy, *secret_fds.values(), *data_fds.values())
         started = time.monotonic()
@@ -239,53 +311,67 @@ class Supervisor:
                 self.io.close_child_ends()
             if self.forward_signals:
                 self._install_signal_handlers()
-            config = spawn.shim_config(plan, originals)
-            config["env"].update({s.name: self.secret_values[s.name] for s in plan.secrets
-                                  if s.deliver_as == "env"})
-            if self.inspection is not None:
-                config["env"].update(self.inspection.placeholders)  # never the values
-            config["secrets_dir"] = any(s.ttl and s.deliver_as == "file" for s in plan.secrets)
-            config["proxy_port"] = PROXY_PORT if plan.network.mode == "proxy" else None
-            config["notify_program"] = notify_program
-            # the sandbox's own network namespace lists the UNIX sockets bound inside (network/unixwall.py)
-            config["sock_diag"] = bool(plan.seccomp.net_rules) and plan.network.mode != "host"
-            config["seccomp_nr"] = seccomp.SECCOMP_SYSCALL.get(os.uname().machine, 317)
-            config["cwd"] = self.command_cwd
-            config.update(self._extra_config())
+            config = self._config(plan, originals, notify_program)
             control.sendall(marshal.dumps(config))
-            returncode = self._loop(self.bwrap_pid, control, err_r, started)
-            self._await_namespace_end()
         except BaseException:
-            # the library's caller goes on living: nothing of the sandbox may outlive this frame
-            if self.bwrap_pid:
-                self._kill()
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(self.bwrap_pid, 0)
-                self._await_namespace_end()
-            raise
-        finally:
-            if self.forward_signals:
-                for signum, handler in originals.items():
-                    signal.signal(signum, handler)
-            control.close()
-            self.broker.stop()  # waiting requests are denied, so proxy threads can finish
-            if self.secrets_dir_fd is not None:
-                os.close(self.secrets_dir_fd)
-            if self.proxy is not None:
-                self.proxy.stop()
-            if self.mediator is not None:
-                self.mediator.close()
-            if self.dispatcher is not None and self.dispatcher.exec_guard is not None:
-                self.dispatcher.exec_guard.close()
-            if self.socket_checks is not None:
-                self.socket_checks.close()  # its waiter answers through the listener: stop it first
-            if self.notify_fd is not None:
-                os.close(self.notify_fd)
-            if self.sock_diag_fd is not None:
-                os.close(self.sock_diag_fd)
-            os.close(err_r)
+            self._abandon(control, err_r, originals)
+            self.broker.stop()
             self.io.close()
-        return self._result(returncode, time.monotonic() - started)
+            raise
+        if self.head_start_key and not data_fds and headstart.eligible(
+                plan, inherited_stdio=self.io.inherit, forwards_signals=self.forward_signals):
+            headstart.remember(self.head_start_key, plan, argv, numbers, config, program)
+        return control, err_r, started, originals
+
+    def _head_start(self, plan: Plan, bwrap_path: str, empty: str, program: bytes,
+                    notify_program: bytes) -> tuple[socket.socket, int, float, dict[int, Any]] | None:
+        """Adopt the bubblewrap the CLI started early (launch/headstart.py) if, and only if, this
+        plan is one whose launch could have been remembered and it gives exactly the argv, the
+        seccomp program and the shim configuration the sandbox was started with; else kill it."""
+        early = self.head_start
+        if early is None:
+            return None
+        self.head_start = None
+        originals = {s: signal.getsignal(s) for s in FORWARDED}
+        originals.update(early.originals)  # what the caller had, before the head start ignored them
+        fds = bwrap.LaunchFds(seccomp=early.fds[0], control=early.fds[1], stderr=early.fds[2], empty_file=empty,
+                              secrets={})
+        try:
+            argv, config = bwrap.render(plan, fds, bwrap_path), self._config(plan, originals, notify_program)
+            same = (headstart.eligible(plan, inherited_stdio=self.io.inherit, forwards_signals=self.forward_signals)
+                    and early.matches(argv, config, program)
+                    and os.waitpid(early.pid, os.WNOHANG) == (0, 0))
+        except ChildProcessError:
+            same = False
+        if not same:
+            early.abort()
+            return None
+        early.adopt()
+        self.bwrap_pid = early.pid
+        self.head_started = True
+        try:
+            self._start_broker()
+        except SandboxError:
+            self._abandon(early.control, early.err_r, originals)
+            self.io.close()
+            raise
+        if self.forward_signals:
+            self._install_signal_handlers()
+        return early.control, early.err_r, early.started, originals
+
+    def _abandon(self, control: socket.socket, err_r: int, originals: dict[int, Any]) -> None:
+        """A launch that failed after bubblewrap started: nothing of it may outlive this frame."""
+        if self.bwrap_pid:
+            self._kill()
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.bwrap_pid, 0)
+            self._await_namespace_end()
+            self.bwrap_pid = None
+        if self.forward_signals:
+            for signum, handler in originals.items():
+                signal.signal(signum, handler)
+        control.close()
+        os.close(err_r)
 
     def _spawn(self, argv: list[str], *, stderr: int, stdin: int, stdout: int, pass_fds: tuple[int, ...]) -> int:
         """bubblewrap, in a mount namespace of its own holding the overlay for workspace: overlay."""
@@ -381,6 +467,8 @@ class Supervisor:
                         self._on_control(control, sel)
                     elif what == "stderr":
                         self._on_stderr(err_r, sel)
+                    elif what == "proxy":
+                        self._first_connection(sel)
                     elif what == "notify":
                         if not self.dispatcher.handle():
                             sel.unregister(key.fd)
@@ -400,6 +488,23 @@ class Supervisor:
 
     def _on_ready(self) -> None:
         """The command may run now (a session's server is up)."""
+
+    def _prepare_while_it_starts(self) -> None:
+        """What needs no descriptor of the sandbox's, done while bubblewrap and the shim start (on
+        another core): the modules the handshake uses, and the first move into the run's cgroup.
+
+        The first move into the cgroup waits for the kernel (RunCgroup.move_soon): bwrap's is
+        started here (or already by lifecycle, for a head start), and the move of everything
+        alive at "ready" (which stays the rule) finds the lock warm."""
+        if self.cgroup is not None and self.bwrap_pid and not self.cgroup.moving:
+            self.cgroup.move_soon(self.bwrap_pid)
+        # for _start_notify, at "ready" (there is always a listener), and the first call it answers
+        from sandboxctl.supervise import exec_events, file_escape, mediate  # noqa: F401
+        fdops._libc()
+
+    def _cgroup_joined(self) -> None:
+        if self.cgroup is not None:
+            self.cgroup.moved()
 
     def _register_sources(self, sel: selectors.BaseSelector) -> None:
         """More descriptors for the loop (a session's clients); their events go to _on_source."""
@@ -441,10 +546,12 @@ class Supervisor:
             os.close(fd)
         self.secrets_dir_fd = received.pop("secrets_dir", None)
         self.sock_diag_fd = received.pop("sockdiag", None)
-        if "proxy" in received:
-            self._start_proxy(received.pop("proxy"))
+        landlock = landlock_rights.report(message["ready"]["landlock"]) if "ready" in message else {}
+        if "proxy" in received:  # served from the first connection on (launch/shim.py made it listen)
+            self._proxy_listener = received.pop("proxy")
+            sel.register(self._proxy_listener, selectors.EVENT_READ, "proxy")
         if "notify" in received:
-            self._start_notify(received.pop("notify"), sel, message["ready"]["landlock"])
+            self._start_notify(received.pop("notify"), sel, landlock)
         if self.setup_error:
             control.sendall(marshal.dumps({"go": False}))
             return
@@ -463,7 +570,7 @@ class Supervisor:
                 return
         if "ready" in message:
             self._init_pid()  # found (and its pidfd held) while it surely lives
-            self.layers = self._layers(message["ready"]["landlock"])
+            self.layers = self._layers(landlock)
             if self.snapshot is not None and self.snapshot.active:
                 protect = self.layers.get("protect") or {}
                 self.snapshot.mark(bool(protect.get("wall_whole")))
@@ -474,6 +581,7 @@ class Supervisor:
             if self.cgroup and self.bwrap_pid:
                 # everything alive now (bwrap, its init, the shim) joins before the command may fork
                 try:
+                    self._cgroup_joined()
                     self.cgroup.add([self.bwrap_pid, *processes.descendants(self.bwrap_pid)])
                 except SandboxError as exc:
                     self.setup_error = exc
@@ -484,7 +592,8 @@ class Supervisor:
                                policy=self.plan.policy, policy_source=self.plan.policy_source,
                                policy_sha256=self.plan.policy_sha256,
                                layers=self.layers, limits=self._limits_for_log(),
-                               confirmed=list(self.plan.confirmations) or None, **self.start_fields())
+                               confirmed=list(self.plan.confirmations) or None,
+                               head_start=True if self.head_started else None, **self.start_fields())
             except LogWriteError:
                 control.sendall(marshal.dumps({"go": False}))
                 raise
@@ -560,6 +669,15 @@ class Supervisor:
         if rule is None:
             return name, errno.EPERM, "seccomp baseline"
         return name, getattr(errno, rule.action.split(":", 1)[1]), rule.why
+
+    def _first_connection(self, sel: selectors.BaseSelector) -> None:
+        """A connection waits on the proxy's port: start the proxy (its import and threads are
+        paid by runs that use the network, and never before the command may start)."""
+        fd, self._proxy_listener = self._proxy_listener, None
+        sel.unregister(fd)
+        self._start_proxy(fd)
+        if self.setup_error:
+            self._kill()  # fail closed: the sandbox would wait on a proxy that cannot serve
 
     def _start_proxy(self, fd: int) -> None:
         """Serve the sandbox's proxy port from here; every connection becomes a `net` event."""

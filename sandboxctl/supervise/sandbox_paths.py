@@ -29,12 +29,17 @@ class Walked(NamedTuple):
     text: str = ""  # exists: where it leads, as text in the sandbox's view ("" for a pipe, socket, …)
 
 
-def openat2_in_root(pid: int, path: str, flags: int) -> int:
-    root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
+def openat2_in_root(pid: int, path: str, flags: int, root: int | None = None) -> int:
+    """`root`: a descriptor of the sandbox's root held by the caller (every process of a sandbox has
+    the same one: chroot, pivot_root and new mount namespaces are refused inside); else the
+    caller's /proc/PID/root is opened for this one lookup."""
+    if root is not None:
         return fdops.openat2(root, path, flags | os.O_CLOEXEC, 0, fdops.RESOLVE_IN_ROOT)
+    own = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return fdops.openat2(own, path, flags | os.O_CLOEXEC, 0, fdops.RESOLVE_IN_ROOT)
     finally:
-        os.close(root)
+        os.close(own)
 
 
 def process_memory_open(pid: int, tgid: int, path: str) -> str | None:

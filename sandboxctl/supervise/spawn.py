@@ -6,42 +6,54 @@ Everything here happens once per run, before the sandbox exists; the supervisor'
 
 from __future__ import annotations
 
+import _signal  # signal's enum layer costs start-up time; the numbers are the same
 import os
-import shutil
-import signal
-from pathlib import Path
 
 from sandboxctl.errors import SandboxError
-from sandboxctl.plan.model import Plan
+from sandboxctl.launch import landlock_rights
 
-TERMINAL_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
+TERMINAL_SIGNALS = (_signal.SIGINT, _signal.SIGQUIT)
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
 if TYPE_CHECKING:
+    from pathlib import Path
     from typing import Any
+
+    from sandboxctl.plan.model import Plan
+
+
+def which(name: str) -> str | None:
+    """shutil.which for the one lookup of every run (shutil imports bz2, lzma and fnmatch)."""
+    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = os.path.join(directory or ".", name)
+        if os.path.exists(path) and os.access(path, os.X_OK) and not os.path.isdir(path):
+            return path
+    return None
 
 
 def find_bwrap() -> str:
-    path = shutil.which("bwrap")
+    path = which("bwrap")
     if not path:
         raise SandboxError("bubblewrap (bwrap) is not installed",
                            "Debian/Ubuntu: sudo apt-get install bubblewrap; then run sandboxctl doctor")
     return path
 
 
-def empty_file(state: Path) -> str:
+def empty_file(state: str | Path) -> str:
     """An empty read-only file that masks denied files; it lives where no sandbox can reach."""
-    path = state / "empty"
+    import stat
+
+    path = os.path.join(os.fspath(state), "empty")
     try:
-        st = path.lstat()
-        if st.st_size == 0 and st.st_uid == os.getuid() and path.is_file() and not path.is_symlink():
-            return str(path)
-        path.unlink()
+        st = os.lstat(path)
+        if st.st_size == 0 and st.st_uid == os.getuid() and stat.S_ISREG(st.st_mode):
+            return path
+        os.unlink(path)
     except FileNotFoundError:
         pass
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
     os.close(fd)
-    return str(path)
+    return path
 
 
 def memfd(data: bytes, name: str) -> int:
@@ -76,7 +88,7 @@ def spawn(argv: list[str], *, stderr: int, pass_fds: tuple[int, ...], stdin: int
         # Python ignores SIGPIPE and SIGXFSZ for itself; the sandbox gets the defaults back (as
         # Popen's restore_signals does), or `yes | head` and the file-size limit behave oddly
         return os.posix_spawn(argv[0], argv, dict(os.environ), file_actions=actions,
-                              setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
+                              setsigdef=(_signal.SIGPIPE, _signal.SIGXFSZ))
     finally:
         for fd in pass_fds:
             os.set_inheritable(fd, False)
@@ -87,18 +99,9 @@ def shim_config(plan: Plan, caller_dispositions: dict[int, Any]) -> dict[str, An
     return {
         "argv": list(plan.command),
         # the command gets the caller's own SIGINT/SIGQUIT disposition back (ignored stays ignored)
-        "default_signals": [int(s) for s in TERMINAL_SIGNALS if caller_dispositions.get(s) is not signal.SIG_IGN],
+        "default_signals": [int(s) for s in TERMINAL_SIGNALS if caller_dispositions.get(s) is not _signal.SIG_IGN],
         "env": dict(plan.env),
-        "landlock": {
-            "required": plan.landlock.required,
-            "minimum_abi": plan.landlock.minimum_abi,
-            "paths": [[rule.path, list(rule.access)] for rule in plan.landlock.paths],
-            "restrict_tcp_bind": plan.landlock.restrict_tcp_bind,
-            "restrict_tcp_connect": plan.landlock.restrict_tcp_connect,
-            "connect_tcp_ports": list(plan.landlock.connect_tcp_ports),
-            "bind_tcp_ports": list(plan.landlock.bind_tcp_ports),
-            "scopes": list(plan.landlock.scopes),
-        },
+        "landlock": landlock_rights.shim_config(plan.landlock),
         "limits": {
             "pids": limits.pids if limits.pids_method == "rlimit" else None,
             "file_size": limits.file_size,

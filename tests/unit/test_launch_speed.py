@@ -1,0 +1,165 @@
+"""The launcher's shortcuts hold what they replace: the Landlock rights as numbers equal
+landlockpy's flags, and the compiled shim is the shim (keyed by its source and interpreter)."""
+
+from __future__ import annotations
+
+import marshal
+import os
+from pathlib import Path
+
+import landlockpy.flags as flags
+
+from sandboxctl.launch import landlock_rights, shim_code
+from sandboxctl.plan.model import LandlockPathRule, LandlockPlan
+
+SHIM = Path(shim_code.__file__).with_name("shim.py")
+
+
+def test_rights_are_landlockpys() -> None:
+    for table, kind, for_abi in ((landlock_rights.FS, flags.AccessFS, flags.fs_for_abi),
+                                 (landlock_rights.NET, flags.AccessNet, flags.net_for_abi),
+                                 (landlock_rights.SCOPE, flags.Scope, flags.scope_for_abi)):
+        assert {name: bit for name, (bit, _abi) in table.items()} == \
+            {f.name: int(f) for f in kind if f and f.name}
+        for abi in range(flags.LATEST_ABI + 1):
+            assert landlock_rights.for_abi(table, abi) == int(for_abi(abi)), (kind, abi)
+    bit, abi = landlock_rights.RESTRICT_NO_NEW_PRIVS
+    assert bit == int(flags.RestrictFlag.NO_NEW_PRIVS) and int(flags.restrict_for_abi(abi)) & bit
+    assert not int(flags.restrict_for_abi(abi - 1)) & bit
+
+
+def test_shim_config_and_report_name_what_the_plan_grants() -> None:
+    plan = LandlockPlan(required=True, minimum_abi=1, paths=(LandlockPathRule("/usr", ("read", "execute")),),
+                        restrict_tcp_bind=True, restrict_tcp_connect=True, connect_tcp_ports=(3128,),
+                        bind_tcp_ports=(), scopes=("signal",))
+    config = landlock_rights.shim_config(plan)
+    assert config["paths"] == [["/usr", int(flags.AccessFS.READ_FILE | flags.AccessFS.READ_DIR
+                                            | flags.AccessFS.EXECUTE)]]
+    assert [list(pair) for pair in config["scopes"]] == [[int(flags.Scope.SIGNAL), 6]]
+    report = landlock_rights.report({"abi": 7, "enforced": True, "handled_fs": int(flags.fs_for_abi(7)),
+                                     "handled_net": int(flags.net_for_abi(4)), "scoped": int(flags.Scope.SIGNAL)})
+    assert report["fs_rights"] == sorted(f.name for f in flags.AccessFS if f and f in flags.fs_for_abi(7))
+    assert report["net_rights"] == ["BIND_TCP", "CONNECT_TCP"] and report["scopes"] == ["SIGNAL"]
+    assert "handled_fs" not in report
+
+
+def test_compiled_shim_is_keyed_by_source_and_runs_it(tmp_path: Path) -> None:
+    source = tmp_path / "shim.py"
+    source.write_text("print('one')\n")
+    first = shim_code.cached_path(str(source), str(tmp_path / "cache"))
+    shim_code.ensure(str(source), first)
+    assert marshal.loads(Path(first).read_bytes()[16:]).co_filename == shim_code.SOURCE_INSIDE
+    assert os.stat(first).st_mode & 0o077 == 0
+    source.write_text("print('two')\n")
+    second = shim_code.cached_path(str(source), str(tmp_path / "cache"))
+    assert second != first  # an edited shim is another file: never the old code
+    shim_code.ensure(str(source), second)
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-I", "-S", second], capture_output=True, text=True, check=True)
+    assert out.stdout == "two\n"
+
+
+def test_the_real_shim_compiles_where_it_is_mounted() -> None:
+    path = shim_code.cached_path(str(SHIM), "/nonexistent")
+    assert path.startswith("/nonexistent/shim-") and path.endswith(".pyc")
+
+
+def test_elf_loaders_are_what_glob_finds() -> None:
+    import glob
+
+    from sandboxctl.plan.facts import _LOADER_PATTERNS, _elf_loaders
+
+    expected = tuple(sorted({os.path.realpath(p) for pattern in _LOADER_PATTERNS for p in glob.glob(pattern)}))
+    assert _elf_loaders() == expected
+
+
+def test_head_start_cache_is_the_state_dirs(monkeypatch, tmp_path: Path) -> None:
+    from sandboxctl.launch import headstart
+    from sandboxctl.paths import state_dir
+
+    for env in ({"XDG_STATE_HOME": str(tmp_path / "s"), "HOME": str(tmp_path)}, {"HOME": str(tmp_path / "h")}):
+        monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        assert headstart.cache_dir() == str(state_dir() / "cache")
+
+
+def test_head_start_key_holds_what_a_launch_depends_on(monkeypatch, tmp_path: Path) -> None:
+    from sandboxctl.launch import headstart
+
+    base = headstart.key(["-q", "--", "true"])
+    assert headstart.key(["-q", "--", "true"]) == base
+    assert headstart.key(["--", "true"]) != base
+    monkeypatch.setenv("SOME_VARIABLE", "x")
+    assert headstart.key(["-q", "--", "true"]) != base
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SOME_VARIABLE")
+    assert headstart.key(["-q", "--", "true"]) != base
+
+
+def test_head_start_remembers_only_what_it_can_replay(tmp_path: Path, monkeypatch) -> None:
+    from sandboxctl.launch import headstart
+    from sandboxctl.plan.model import SecretPlan
+
+    class FakePlan:
+        backend, secrets, creations, session, confirmations = "bwrap", (), (), None, ()
+        policy_source = "builtin:default"
+
+    plan = FakePlan()
+    assert headstart.eligible(plan, inherited_stdio=True, forwards_signals=True)
+    assert not headstart.eligible(plan, inherited_stdio=False, forwards_signals=True)  # the library's pipes
+    plan.secrets = (SecretPlan("TOKEN", "env:TOKEN", "env", None),)
+    assert not headstart.eligible(plan, inherited_stdio=True, forwards_signals=True)
+    plan.secrets, plan.backend = (), "gvisor"
+    assert not headstart.eligible(plan, inherited_stdio=True, forwards_signals=True)
+    plan.backend, plan.policy_source = "bwrap", "/ws/.sandboxctl.yaml"
+    assert not headstart.eligible(plan, inherited_stdio=True, forwards_signals=True)
+
+
+def test_head_start_matches_only_exactly_what_it_started() -> None:
+    from sandboxctl.launch.headstart import HeadStart
+
+    early = HeadStart(1, None, -1, ["bwrap", "--", "x"], {"env": {"A": "1"}, "n": 1}, "r", 0.0, {}, (3, 4, 5),
+                      b"bpf-1")
+    assert early.matches(["bwrap", "--", "x"], {"env": {"A": "1"}, "n": 1}, b"bpf-1")
+    assert not early.matches(["bwrap", "--", "y"], {"env": {"A": "1"}, "n": 1}, b"bpf-1")
+    assert not early.matches(["bwrap", "--", "x"], {"env": {"A": "2"}, "n": 1}, b"bpf-1")
+    assert not early.matches(["bwrap", "--", "x"], {"env": {"A": "1"}, "n": True}, b"bpf-1")  # types count too
+    # bubblewrap's static seccomp program is named in argv only by its fd: its bytes are compared
+    assert not early.matches(["bwrap", "--", "x"], {"env": {"A": "1"}, "n": 1}, b"bpf-2")
+
+
+def test_head_start_uses_only_a_private_regular_entry(monkeypatch, tmp_path: Path) -> None:
+    """The entry's argv runs before any check: a symlink to it, one others may read or write, or one
+    in a cache directory others may write, is never read (so nothing is spawned from it)."""
+    import marshal as marshal_module
+
+    from sandboxctl.launch import headstart
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    cache = Path(headstart.cache_dir())
+    cache.mkdir(parents=True, mode=0o700)
+    elsewhere = tmp_path / "elsewhere.marshal"
+    elsewhere.write_bytes(marshal_module.dumps({"format": "not-this"}))  # never a launch: "not used" is None
+    entry = cache / f"{headstart.PREFIX}k.marshal"
+    read: list[str] = []
+    real_loads = headstart.marshal.loads
+
+    def spy(data):
+        read.append("read")
+        return real_loads(data)
+
+    monkeypatch.setattr(headstart.marshal, "loads", spy)
+    entry.symlink_to(elsewhere)
+    assert headstart._start("k") is None and read == []
+    entry.unlink()
+    entry.write_bytes(elsewhere.read_bytes())
+    entry.chmod(0o644)
+    assert headstart._start("k") is None and read == []
+    entry.chmod(0o600)
+    cache.chmod(0o770)
+    assert headstart._start("k") is None and read == []
+    cache.chmod(0o700)
+    assert headstart._start("k") is None and read == ["read"]  # ours and private: read (wrong format: unused)
