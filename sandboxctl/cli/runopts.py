@@ -98,10 +98,10 @@ def parse_fast(args: list[str]) -> tuple[dict[str, object], list[str]]:
                     values[option.dest] = True
                     rest = rest[1:]
                     continue
-                value = rest[1:]
-                if not value:
-                    value, i = _value(options, i, option)
-                _store(values, option, value.removeprefix("="))
+                value = rest[1:].removeprefix("=")  # argparse: -pX and -p=X, attached, are X
+                if not rest[1:]:
+                    value, i = _value(options, i, option)  # the next token as it is ('=' included)
+                _store(values, option, value)
                 rest = ""
         else:
             _usage(f"unrecognized arguments: {' '.join(options[i - 1:])}")

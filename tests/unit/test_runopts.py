@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sandboxctl.cli.runopts import RUN_OPTIONS, _command_after_options, parse_fast
@@ -71,5 +71,8 @@ TOKENS = st.sampled_from(["-p", "ci", "-q", "-y", "-qy", "--net", "none", "proxy
 
 @settings(max_examples=400, deadline=None)
 @given(st.lists(TOKENS, max_size=8))
+@example(["-p", "="])  # found by CI: a separate value is taken as it is, '=' and all
+@example(["-p", "=x"])
+@example(["-p="])
 def test_parses_as_argparse_whatever_the_tokens(args: list[str]) -> None:
     assert outcome(parse_fast, args) == outcome(reference, args)
