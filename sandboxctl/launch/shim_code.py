@@ -9,6 +9,7 @@ so a traceback inside still shows the lines.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from sandboxctl.digest import sha256
@@ -40,15 +41,20 @@ def ensure(source_file: str, compiled: str) -> None:
         code = compile(handle.read(), SOURCE_INSIDE, "exec", dont_inherit=True)
     directory = os.path.dirname(compiled)
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    temporary = f"{compiled}.{os.getpid()}.tmp"
     # a .pyc header: magic, flags (0b01: hash-based, not checked against a source), 8 bytes unused here
     data = _magic() + (1).to_bytes(4, "little") + bytes(8) + marshal.dumps(code)
+    # a name of this call's own: two threads of one process (the library's arun) may both get here,
+    # and a killed writer's leftover must not make every later run fail
+    temporary = f"{compiled}.{os.getpid()}.{os.urandom(6).hex()}.tmp"
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(temporary, compiled)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, compiled)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def ensure_for(plan) -> None:

@@ -1,0 +1,41 @@
+"""The compiled shim's cache file: written once, atomically, by any number of threads at once."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from sandboxctl.launch import shim_code
+
+
+def test_threads_of_one_process_write_the_compiled_shim_at_once(tmp_path):
+    source = tmp_path / "shim.py"
+    source.write_text("print('shim')\n")
+    compiled = str(tmp_path / "cache" / "shim-x.pyc")
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def write() -> None:
+        barrier.wait()
+        try:
+            shim_code.ensure(str(source), compiled)
+        except BaseException as exc:  # the test reports any
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert os.listdir(tmp_path / "cache") == ["shim-x.pyc"]  # no temporary left behind
+
+
+def test_a_killed_writers_leftover_does_not_stop_the_next(tmp_path):
+    source = tmp_path / "shim.py"
+    source.write_text("print('shim')\n")
+    compiled = tmp_path / "cache" / "shim-x.pyc"
+    compiled.parent.mkdir()
+    (compiled.parent / f"shim-x.pyc.{os.getpid()}.tmp").write_bytes(b"half")  # the old fixed name
+    shim_code.ensure(str(source), str(compiled))
+    assert compiled.read_bytes().startswith(shim_code._magic())
