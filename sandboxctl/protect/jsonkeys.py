@@ -98,7 +98,7 @@ def put_back(path: str, before: dict[str, Any], keys: list[str]) -> bool:
         document = {}
     for dotted in keys:
         _set(document, dotted, before.get(dotted, MISSING))
-    tmp = f"{path}.sandboxctl-restore.{os.getpid()}"
+    tmp = f"{path}.sandboxctl-restore.{os.getpid()}.{os.urandom(4).hex()}"
     try:
         mode = os.stat(path).st_mode & 0o7777
     except OSError:

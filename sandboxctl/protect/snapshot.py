@@ -78,7 +78,7 @@ class Store:
         if target.exists():
             return
         self.blobs.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = target.with_name(f".{digest}.{os.getpid()}")
+        tmp = target.with_name(f".{digest}.{os.getpid()}.{os.urandom(4).hex()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -95,7 +95,7 @@ class Store:
             return
         with contextlib.suppress(OSError):
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            tmp = self.cache_path.with_name(f".hashes.{os.getpid()}")
+            tmp = self.cache_path.with_name(f".hashes.{os.getpid()}.{os.urandom(4).hex()}")
             tmp.write_bytes(marshal.dumps(self.cache))
             os.replace(tmp, self.cache_path)
         self.dirty = False
@@ -333,7 +333,7 @@ def _restore(path: str, before: dict[str, Any], store: Store) -> bool:
             data = store.blob(before.get("sha256", ""))
             if data is None:
                 return False
-            tmp = f"{path}.sandboxctl-restore.{os.getpid()}"
+            tmp = f"{path}.sandboxctl-restore.{os.getpid()}.{os.urandom(4).hex()}"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, before.get("mode", 0o644))
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
