@@ -15,6 +15,8 @@ opens, mkdir, mknod, unlink, rmdir, rename, link, symlink, truncate and chmod. F
    descriptor with SECCOMP_IOCTL_NOTIF_ADDFD — or refused; elsewhere the kernel runs the call
    ("continue"): Landlock and the mounts decide there, so a buffer rewritten after step 1 can
    only land on a denial.
+
+Steps 1 to 3 (reading a call, resolving its paths) live in supervise/mediate_calls.py.
 """
 
 from __future__ import annotations
@@ -27,112 +29,22 @@ import re
 import stat
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 from sandboxctl.plan.model import Plan
-from sandboxctl.plan.syscalls import OPEN_CALLS
 from sandboxctl.protect.rules import Protection, ancestors, within
 from sandboxctl.supervise import fdops
-from sandboxctl.supervise.notify import AT_FDCWD, Notification, ProcessMemory, respond
+from sandboxctl.supervise.mediate_calls import Call, Entry, Resolver, exists_at, is_dir, read_call, sandbox_path
+from sandboxctl.supervise.notify import Notification, respond
 
 O_ACCMODE, O_CREAT, O_EXCL, O_TRUNC, O_NOFOLLOW = os.O_ACCMODE, os.O_CREAT, os.O_EXCL, os.O_TRUNC, os.O_NOFOLLOW
 O_TMPFILE = getattr(os, "O_TMPFILE", 0o20200000)
 AT_SYMLINK_NOFOLLOW, AT_REMOVEDIR, AT_SYMLINK_FOLLOW, AT_EMPTY_PATH = 0x100, 0x200, 0x400, 0x1000
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
-MAX_SYMLINKS = 40
 _MAGIC_FD = re.compile(r"^/proc/(self|\d+)/fd/(\d+)$")
 GITDIR_MARKERS = ("HEAD", "objects", "refs", "commondir")
 MAX_WAITING = 32
 BUSY = "a mount point"  # a sentinel reason: answered EBUSY, as the kernel would
-
-
-def _is_dir(entry: Entry) -> bool:
-    try:
-        return stat.S_ISDIR(os.lstat(entry.name, dir_fd=entry.parent).st_mode)
-    except OSError:
-        return False
-
-
-def _exists(dirfd: int, name: str) -> bool:
-    try:
-        os.lstat(name, dir_fd=dirfd)
-    except OSError:
-        return False
-    return True
-
-
-class Entry(NamedTuple):
-    """A resolved directory entry: our O_PATH descriptor of its parent, the parent's path as the
-    kernel names it inside the sandbox, and the entry's name in it (and, when resolution already
-    looked at it, its lstat: None for no such entry)."""
-
-    parent: int
-    parent_path: str
-    name: str
-    looked: bool = False
-    st: os.stat_result | None = None
-
-    @property
-    def path(self) -> str:
-        return f"{self.parent_path.rstrip('/')}/{self.name}"
-
-
-class Call(NamedTuple):
-    op: str  # open | mkdir | mknod | unlink | rmdir | rename | link | symlink | truncate | chmod | fchmod
-    paths: tuple[tuple[int, str], ...]  # (dirfd, path) as the caller gave them
-    flags: int = 0
-    mode: int = 0
-    extra: int = 0  # dev for mknod, length for truncate, resolve for openat2, fd for fchmod
-    link_target: str = ""  # symlink's contents
-
-
-def _sandbox_path(pid: int, dirfd: int, path: str) -> str | None:
-    """The caller's path made absolute in its own view (None: its base is not a directory path)."""
-    if path.startswith("/"):
-        return path
-    base = "cwd" if dirfd == AT_FDCWD else f"fd/{dirfd}"
-    try:
-        where = os.readlink(f"/proc/{pid}/{base}")
-    except OSError:
-        return None
-    if not where.startswith("/") or where.endswith(" (deleted)"):
-        return None
-    return f"{where.rstrip('/')}/{path}" if path else where
-
-
-_MAGIC = re.compile(r"^/(?:proc/(?:self|thread-self)/(fd/\d+|cwd|root)|dev/(fd/\d+|stdin|stdout|stderr))(/.*)?$")
-_STDIO = {"stdin": "fd/0", "stdout": "fd/1", "stderr": "fd/2"}
-
-
-def _unmagic(pid: int, path: str) -> str | None:
-    """A path through the caller's own magic links (/proc/self/fd/N, /dev/stdout, /proc/self/cwd)
-    made into the plain path the kernel names for it, in the sandbox's view. The same path when it
-    has none; None when the link does not lead to a path (a pipe, a deleted file)."""
-    match = _MAGIC.match(path)
-    if not match:
-        return path
-    link = match.group(1) or match.group(2)
-    link = _STDIO.get(link, link)
-    rest = match.group(3) or ""
-    if link == "root":
-        return rest or "/"
-    try:
-        where = os.readlink(f"/proc/{pid}/{link}")
-    except OSError:
-        return None
-    if not where.startswith("/") or where.endswith(" (deleted)"):
-        return None
-    return where + rest
-
-
-def _split(path: str) -> tuple[str, str] | None:
-    trimmed = path.rstrip("/")
-    if not trimmed:
-        return None
-    parent, _, name = trimmed.rpartition("/")
-    if name in ("", ".", ".."):
-        return None
-    return (parent or "/"), name
 
 
 class Mediator:
@@ -149,7 +61,7 @@ class Mediator:
         self.outside = outside  # a write-intent open outside the grants: approvals (file_escape)
         self.protected_inodes = dict(protected_inodes or {})
         self.log_allowed = log_allowed
-        self.root: int | None = None  # the sandbox's root directory, opened once
+        self.resolver = Resolver()
         self.mounts = sorted(((m.target, m.kind) for m in plan.mounts if m.kind != "symlink"),
                              key=lambda item: len(item[0]), reverse=True)
         self.mediated_roots = set(protection.roots) | set(plan.protect.ephemeral)
@@ -164,15 +76,12 @@ class Mediator:
         self.waiting = threading.BoundedSemaphore(MAX_WAITING)  # FIFO opens waiting on threads of their own
 
     def close(self) -> None:
-        if self.root is not None:
-            with contextlib.suppress(OSError):
-                os.close(self.root)
-            self.root = None
+        self.resolver.close()
 
     # ------------------------------------------------------------------ entry point
     def handle(self, notification: Notification, name: str) -> None:
         try:
-            call = self._read(notification, name)
+            call = read_call(notification, name)
         except OSError as exc:
             self._unreadable(notification, name, exc)
             return
@@ -193,134 +102,7 @@ class Mediator:
                 with contextlib.suppress(OSError):
                     os.close(fd)
 
-    def _read(self, n: Notification, name: str) -> Call | None:
-        a = n.args
-        low = [x & 0xFFFFFFFF for x in a]
-        dirfd = low[0]
-        if name in OPEN_CALLS:
-            memory = ProcessMemory(n.pid)
-            try:
-                if name == "creat":
-                    return Call("open", ((AT_FDCWD, memory.path(a[0])),), O_CREAT | O_TRUNC | os.O_WRONLY, low[1])
-                if name == "open":
-                    return Call("open", ((AT_FDCWD, memory.path(a[0])),), low[1], low[2])
-                if name == "openat":
-                    return Call("open", ((dirfd, memory.path(a[1])),), low[2], low[3])
-                flags = memory.word(a[2]) if a[2] else 0  # openat2: struct open_how {flags, mode, resolve}
-                return Call("open", ((dirfd, memory.path(a[1])),), flags & 0xFFFFFFFF,
-                            memory.word(a[2] + 8) if a[2] else 0, memory.word(a[2] + 16) if a[2] else 0)
-            finally:
-                memory.close()
-        if name == "fchmod":
-            return Call("fchmod", (), mode=low[1], extra=low[0])
-        if name == "bind":
-            return self._read_bind(n, a, low)
-        memory = ProcessMemory(n.pid)
-        try:
-            text = memory.path
-            if name == "mkdir":
-                return Call("mkdir", ((AT_FDCWD, text(a[0])),), mode=low[1])
-            if name == "mkdirat":
-                return Call("mkdir", ((dirfd, text(a[1])),), mode=low[2])
-            if name == "mknod":
-                return Call("mknod", ((AT_FDCWD, text(a[0])),), mode=low[1], extra=a[2])
-            if name == "mknodat":
-                return Call("mknod", ((dirfd, text(a[1])),), mode=low[2], extra=a[3])
-            if name == "unlink":
-                return Call("unlink", ((AT_FDCWD, text(a[0])),))
-            if name == "rmdir":
-                return Call("rmdir", ((AT_FDCWD, text(a[0])),))
-            if name == "unlinkat":
-                return Call("rmdir" if low[2] & AT_REMOVEDIR else "unlink", ((dirfd, text(a[1])),))
-            if name == "rename":
-                return Call("rename", ((AT_FDCWD, text(a[0])), (AT_FDCWD, text(a[1]))))
-            if name in ("renameat", "renameat2"):
-                return Call("rename", ((dirfd, text(a[1])), (low[2], text(a[3]))),
-                            flags=low[4] if name == "renameat2" else 0)
-            if name == "link":
-                return Call("link", ((AT_FDCWD, text(a[0])), (AT_FDCWD, text(a[1]))))
-            if name == "linkat":
-                return Call("link", ((dirfd, text(a[1])), (low[2], text(a[3]))), flags=low[4])
-            if name == "symlink":  # the target is text, not a path to resolve, but kept byte for byte too
-                return Call("symlink", ((AT_FDCWD, text(a[1])),), link_target=text(a[0]))
-            if name == "symlinkat":
-                return Call("symlink", ((low[1], text(a[2])),), link_target=text(a[0]))
-            if name == "truncate":
-                return Call("truncate", ((AT_FDCWD, text(a[0])),), extra=a[1])
-            if name == "chmod":
-                return Call("chmod", ((AT_FDCWD, text(a[0])),), mode=low[1])
-            if name == "fchmodat":
-                return Call("chmod", ((dirfd, text(a[1])),), mode=low[2])
-            if name == "fchmodat2":
-                return Call("chmod", ((dirfd, text(a[1])),), mode=low[2], flags=low[3])
-        finally:
-            memory.close()
-        return None
-
-    def _read_bind(self, n: Notification, a: list[int], low: list[int]) -> Call | None:
-        """bind(2) of a pathname UNIX socket creates an entry; anything else is the kernel's."""
-        length = min(low[2], 110)
-        if length <= 2 or not a[1]:
-            return None
-        memory = ProcessMemory(n.pid)
-        try:
-            raw = os.pread(memory.fd, length, a[1])
-        finally:
-            memory.close()
-        if len(raw) < 3 or int.from_bytes(raw[:2], "little") != 1 or raw[2] == 0:  # not AF_UNIX, or abstract
-            return None
-        path = raw[2:].split(b"\0", 1)[0]
-        return Call("bind", ((AT_FDCWD, os.fsdecode(path)),), extra=low[0])
-
     # ------------------------------------------------------------------ resolution
-    def _root(self, pid: int) -> int:
-        if self.root is None:
-            self.root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        return self.root
-
-    def _entry(self, pid: int, path: str, opened: list[int], *, follow: bool) -> Entry | str | None:
-        """Resolve path (absolute, in the sandbox's view) to its parent directory and name;
-        with follow, a final symlink is followed (inside the sandbox's root). An errno name
-        string when the kernel would fail the lookup itself; None when we cannot resolve it."""
-        for _hop in range(MAX_SYMLINKS):
-            plain = _unmagic(pid, path)
-            if plain is None:
-                return None
-            path = plain
-            split = _split(path)
-            if split is None:
-                return None
-            parent_path, name = split
-            try:
-                parent = fdops.openat2(self._root(pid), parent_path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0,
-                                       fdops.RESOLVE_IN_ROOT | fdops.RESOLVE_NO_MAGICLINKS)
-            except OSError as exc:
-                return errno.errorcode.get(exc.errno or 0) if exc.errno in (errno.ENOENT, errno.ENOTDIR) else None
-            opened.append(parent)
-            try:
-                real = os.readlink(f"/proc/self/fd/{parent}")
-            except OSError:
-                return None
-            if not real.startswith("/"):
-                return None
-            entry = Entry(parent, real, name)
-            if not follow:
-                return entry
-            try:
-                st = os.lstat(name, dir_fd=parent)
-            except FileNotFoundError:
-                return entry._replace(looked=True)
-            except OSError:
-                return None
-            if not stat.S_ISLNK(st.st_mode):
-                return entry._replace(looked=True, st=st)
-            try:
-                target = os.readlink(name, dir_fd=parent)
-            except OSError:
-                return None
-            path = target if target.startswith("/") else f"{real.rstrip('/')}/{target}"
-        return "ELOOP"
-
     def _holder(self, path: str) -> tuple[str, str] | None:
         return next(((t, k) for t, k in self.mounts if within(path, t)), None)
 
@@ -359,7 +141,7 @@ class Mediator:
         root = self._root_of(entry.path)
         if self.protection._gitdir_of(entry.parent_path, root, ancestors(entry.parent_path)):
             return None  # inside a git directory: git's own work
-        present = {name for name in GITDIR_MARKERS if name != entry.name and _exists(entry.parent, name)}
+        present = {name for name in GITDIR_MARKERS if name != entry.name and exists_at(entry.parent, name)}
         after = present | {entry.name}
         if "HEAD" in after and ({"objects", "refs"} <= after or "commondir" in after):
             return ("protected: this would make the directory a git repository (HEAD with objects/ and refs/): "
@@ -418,21 +200,21 @@ class Mediator:
     def _resolve(self, n: Notification, call: Call, index: int, opened: list[int], *,
                  follow: bool) -> tuple[str | None, Entry | str | None]:
         dirfd, raw = call.paths[index]
-        full = _sandbox_path(n.pid, dirfd, raw)
+        full = sandbox_path(n.pid, dirfd, raw)
         if full is None:
             return None, None
-        return full, self._entry(n.pid, full, opened, follow=follow)
+        return full, self.resolver.entry(n.pid, full, opened, follow=follow)
 
     # ------------------------------------------------------------------ the calls
     def _open(self, n: Notification, call: Call, opened: list[int]) -> None:
         flags = call.flags
         writes = bool(flags & O_ACCMODE) or bool(flags & (O_CREAT | O_TRUNC)) or flags & O_TMPFILE == O_TMPFILE
         if not writes:  # file_events: all, or openat2 for reading: nothing to mediate, only to log
-            self.outside(n, _sandbox_path(n.pid, *call.paths[0]) or call.paths[0][1], "read", flags, call.mode)
+            self.outside(n, sandbox_path(n.pid, *call.paths[0]) or call.paths[0][1], "read", flags, call.mode)
             return
         op = "create" if flags & O_CREAT else "truncate" if flags & O_TRUNC else "write"
         if call.extra:  # openat2 with the caller's own RESOLVE_* limits: honour them by letting the kernel judge
-            full = _sandbox_path(n.pid, *call.paths[0])
+            full = sandbox_path(n.pid, *call.paths[0])
             if full and self._mediated(full):
                 self._refuse(n, op, full, "openat2 with RESOLVE_* flags under a writable grant is not supported")
             else:
@@ -499,12 +281,12 @@ class Mediator:
         threading.Thread(target=wait, name="sandboxctl-fifo-open", daemon=True).start()
 
     def _open_tmpfile(self, n: Notification, call: Call, opened: list[int]) -> None:
-        full = _sandbox_path(n.pid, *call.paths[0])
+        full = sandbox_path(n.pid, *call.paths[0])
         if full is None or not self._mediated(full):
             self.outside(n, full or call.paths[0][1], "create", call.flags, call.mode)
             return
         try:
-            fd = fdops.openat2(self._root(n.pid), full, (call.flags & fdops.VALID_OPEN_FLAGS) | os.O_CLOEXEC,
+            fd = fdops.openat2(self.resolver.root_of(n.pid), full, (call.flags & fdops.VALID_OPEN_FLAGS) | os.O_CLOEXEC,
                                call.mode & NO_SETID & ~self._umask(n.pid),
                                fdops.RESOLVE_IN_ROOT | fdops.RESOLVE_NO_MAGICLINKS)
         except OSError as exc:
@@ -615,7 +397,7 @@ class Mediator:
     def _mknod(self, n: Notification, call: Call, opened: list[int]) -> None:
         kind = stat.S_IFMT(call.mode)
         if kind in (stat.S_IFCHR, stat.S_IFBLK):
-            full = _sandbox_path(n.pid, *call.paths[0]) or call.paths[0][1]
+            full = sandbox_path(n.pid, *call.paths[0]) or call.paths[0][1]
             if self._mediated(full):  # no device nodes: the sandbox has no CAP_MKNOD, the supervisor may
                 respond(self.listener, n.id, error=errno.EPERM)
             else:
@@ -727,9 +509,9 @@ class Mediator:
             or (self._makes_repository(dst) if src.parent_path != dst.parent_path or src.name != dst.name else None)
         if not why and (exchange or os.path.lexists(f"/proc/self/fd/{dst.parent}/{dst.name}")):
             why = self.protection.blocks_move(dst.path)  # what is replaced (or swapped) goes away
-        if not why and _is_dir(src):  # a directory moved in brings its whole tree: .config/git, objects/info/…
+        if not why and is_dir(src):  # a directory moved in brings its whole tree: .config/git, objects/info/…
             why = self.protection.holds_names(dst.path)
-        if not why and exchange and _is_dir(dst):
+        if not why and exchange and is_dir(dst):
             why = self.protection.holds_names(src.path)
         if why:
             self._refuse(n, "rename", f"{src.path} -> {dst.path}", why)
