@@ -264,7 +264,7 @@ def remember(this: str, plan, argv: list[str], fds: tuple[int, int, int], config
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         path = os.path.join(directory, f"{PREFIX}{this}.marshal")
-        temporary = f"{path}.{os.getpid()}.tmp"
+        temporary = f"{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"  # threads of one process too
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, marshal.dumps(entry))

@@ -175,7 +175,7 @@ def load_or_compile(plan: SeccompPlan, cache_dir: Path, which: str = "static") -
     program = compile_bpf(plan, which)
     try:
         cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
         tmp.write_bytes(program)
         tmp.chmod(0o600)
         os.replace(tmp, path)
@@ -205,7 +205,7 @@ def load_or_compile_notify(plan: SeccompPlan, cache_dir: Path) -> tuple[bytes, d
     numbers = syscall_numbers(names)
     try:
         cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
         tmp.write_bytes(marshal.dumps({"program": program, "numbers": numbers}))
         tmp.chmod(0o600)
         os.replace(tmp, path)

@@ -69,7 +69,7 @@ def store(cache_dir: Path, label: str, content: bytes, data: dict[str, Any], sha
     path = _entry_path(cache_dir, label, content)
     try:
         cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
         tmp.write_bytes(marshal.dumps({"data": data, "sha256": sha256, "files": files}))
         tmp.chmod(0o600)
         os.replace(tmp, path)

@@ -44,16 +44,20 @@ def empty_file(state: str | Path) -> str:
     import stat
 
     path = os.path.join(os.fspath(state), "empty")
-    try:
-        st = os.lstat(path)
-        if st.st_size == 0 and st.st_uid == os.getuid() and stat.S_ISREG(st.st_mode):
+    for _attempt in range(3):  # runs starting at once (library threads, parallel CLIs) may race to make it
+        try:
+            st = os.lstat(path)
+            if st.st_size == 0 and st.st_uid == os.getuid() and stat.S_ISREG(st.st_mode):
+                return path
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400))
             return path
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
-    os.close(fd)
-    return path
+        except FileExistsError:
+            continue  # another run made it meanwhile: judge that one
+    raise FileExistsError(17, "the mask file keeps being replaced", path)
 
 
 def memfd(data: bytes, name: str) -> int:

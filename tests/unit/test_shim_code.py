@@ -39,3 +39,29 @@ def test_a_killed_writers_leftover_does_not_stop_the_next(tmp_path):
     (compiled.parent / f"shim-x.pyc.{os.getpid()}.tmp").write_bytes(b"half")  # the old fixed name
     shim_code.ensure(str(source), str(compiled))
     assert compiled.read_bytes().startswith(shim_code._magic())
+
+
+def test_runs_starting_at_once_all_get_the_mask_file(tmp_path):
+    """spawn.empty_file: the first runs of a fresh state dir race to make it; none may fail."""
+    from sandboxctl.supervise import spawn
+
+    for round_ in range(20):
+        state = tmp_path / f"state{round_}"
+        state.mkdir()
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(6)
+
+        def make(state=state, barrier=barrier, errors=errors) -> None:
+            barrier.wait()
+            try:
+                assert spawn.empty_file(state) == str(state / "empty")
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=make) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert (state / "empty").stat().st_size == 0
