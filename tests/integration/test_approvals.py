@@ -397,15 +397,13 @@ def test_prompt_spoofing_argv_is_shown_inert_on_a_real_pty(sandbox, outside):
     assert sum(str(decoy) in line for line in frame) <= 1 and str(decoy) not in frame[1]
 
 
-def test_live_approve_answers_from_another_terminal(sandbox, outside, runtime):
-    """`sandboxctl approve` on its own terminal follows the run and answers with one key."""
+def _live_approver(sandbox, runtime):
+    """`sandboxctl approve` on a terminal of its own (40 rows, 120 columns): (process, pty master)."""
     import fcntl
     import termios
 
-    target = outside / "live.txt"
-    run = _start_asking_run(sandbox, outside, runtime, WRITE, str(target))
     master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, b"\x28\x00\x78\x00\x00\x00\x00\x00")  # 40 rows, 120 columns
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, b"\x28\x00\x78\x00\x00\x00\x00\x00")
 
     def own_terminal() -> None:
         os.setsid()
@@ -415,6 +413,14 @@ def test_live_approve_answers_from_another_terminal(sandbox, outside, runtime):
                                 stderr=slave, preexec_fn=own_terminal,
                                 env={**sandbox.env(), "XDG_RUNTIME_DIR": str(runtime), "TERM": "xterm"})
     os.close(slave)
+    return approver, master
+
+
+def test_live_approve_answers_from_another_terminal(sandbox, outside, runtime):
+    """`sandboxctl approve` on its own terminal follows the run and answers with one key."""
+    target = outside / "live.txt"
+    run = _start_asking_run(sandbox, outside, runtime, WRITE, str(target))
+    approver, master = _live_approver(sandbox, runtime)
     try:
         screen = _read_until(master, b"without an answer", 30)
         assert b"approval needed" in screen and b"live.txt" in screen, screen[-1500:]
@@ -434,22 +440,9 @@ def test_live_approve_answers_from_another_terminal(sandbox, outside, runtime):
 def test_live_approve_marks_a_request_answered_from_another_window(sandbox, outside, runtime):
     """The live view shows a request; `sandboxctl approve ID deny` from a script answers it: the live
     view says so (and how), instead of leaving a stale question on screen."""
-    import fcntl
-    import termios
-
     target = outside / "elsewhere.txt"
     run = _start_asking_run(sandbox, outside, runtime, WRITE, str(target))
-    master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, b"\x28\x00\x78\x00\x00\x00\x00\x00")
-
-    def own_terminal() -> None:
-        os.setsid()
-        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-    approver = subprocess.Popen([sys.executable, "-m", "sandboxctl", "approve"], stdin=slave, stdout=slave,
-                                stderr=slave, preexec_fn=own_terminal,
-                                env={**sandbox.env(), "XDG_RUNTIME_DIR": str(runtime), "TERM": "xterm"})
-    os.close(slave)
+    approver, master = _live_approver(sandbox, runtime)
     try:
         screen = _read_until(master, b"without an answer", 30)
         assert b"elsewhere.txt" in screen, screen.decode(errors="replace")[-3000:]  # the name whole
