@@ -61,3 +61,48 @@ def test_a_session_record_is_never_written_through_a_planted_symlink(tmp_runtime
     session_registry.write_info("demo", {"run": "r", "pid": os.getpid()})
     assert canary.read_text() == "ORIGINAL"
     assert json.loads((sessions / "demo.json").read_text())["run"] == "r"
+
+
+# ------------------------------------------------------------------ mediate.py + mediate_calls.py, after the split
+FLIP = r"""
+import ctypes, os, threading
+libc = ctypes.CDLL(None, use_errno=True)
+buf = ctypes.create_string_buffer(64)
+ok, bad = b"ok.txt\0", b".git/hooks/pre-commit\0"
+stop = False
+def flip():
+    while not stop:
+        ctypes.memmove(buf, bad, len(bad)); ctypes.memmove(buf, ok, len(ok))
+threading.Thread(target=flip, daemon=True).start()
+for _ in range(3000):
+    fd = libc.open(buf, os.O_WRONLY | os.O_CREAT, 0o755)
+    if fd >= 0:
+        os.write(fd, b"#!/bin/sh\necho PWNED\n"); os.close(fd)
+stop = True
+print("end")
+"""
+
+
+def test_mediated_renames_links_and_races_keep_protected_paths(sandbox):
+    """Under the default policy: a rename onto .envrc, a symlinked .claude, a hardlink of
+    .git/config, and a racing thread flipping an open()'s path onto .git/hooks/pre-commit. Judged
+    by the host's own files after the run."""
+    from tests.integration.test_protected_paths import repo
+
+    ws = repo(sandbox.workspace, sandbox.home)
+    config = (ws / ".git" / "config").read_bytes()
+    (ws / "flip.py").write_text(FLIP)
+    script = ("echo 'echo PWNED' > t; mv t .envrc; mkdir decoy; ln -s decoy .claude; "
+              "echo '{\"hooks\":1}' > .claude/settings.json; ln .git/config hl; echo '[core] x = 1' >> hl; "
+              "mkdir d2; echo '{\"hooks\":1}' > d2/settings.json; mv d2 .claude; "
+              "ln -s .git/hooks h; printf '#!/bin/sh\\necho PWNED\\n' > h/post-checkout; "
+              "python3 flip.py; echo done")
+    result = sandbox.sh(script, timeout=120)
+    assert "done" in result.stdout, result.stderr
+    assert not (ws / ".envrc").exists()
+    assert not (ws / "decoy" / "settings.json").exists() and not (ws / ".claude" / "settings.json").exists()
+    assert (ws / ".git" / "config").read_bytes() == config
+    for name in ("pre-commit", "post-checkout"):
+        hook = ws / ".git" / "hooks" / name
+        assert not hook.exists() or b"PWNED" not in hook.read_bytes()
+    assert (ws / "ok.txt").exists()  # the race really ran: its harmless side was written
