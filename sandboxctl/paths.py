@@ -44,10 +44,15 @@ def ensure_private_dir(path: Path) -> Path:
     st = path.stat()
     # in a directory anyone may write (/tmp), a symlink is someone else's choice of where we go
     planted = path.is_symlink() and path.parent.stat().st_mode & 0o002
-    if st.st_uid != os.getuid() or planted:
+    # one others could write may already hold what they put there (a symlink at the name of our
+    # next temporary file, a forged record): chmod would close it and keep all of that
+    shared = st.st_mode & 0o022
+    if st.st_uid != os.getuid() or planted or shared:
         from sandboxctl.errors import SandboxError
 
-        whose = "is a symlink in a directory anyone may write" if planted else "belongs to another user"
+        whose = ("is a symlink in a directory anyone may write" if planted
+                 else "belongs to another user" if st.st_uid != os.getuid()
+                 else "is writable by others (what they left in it stays)")
         raise SandboxError(f"{path} {whose}", "remove it, or set XDG_RUNTIME_DIR / XDG_STATE_HOME to a "
                            "directory of your own")
     if st.st_mode & 0o077:

@@ -107,8 +107,8 @@ def claim(name: str) -> socket.socket:
 
 
 def _write_private(path: str, data: dict) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    tmp = f"{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"  # created afresh, never through a link
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w") as handle:
         json.dump(data, handle)
     os.replace(tmp, path)
