@@ -23,9 +23,12 @@ MAX_ARG_BYTES = 4096  # per argv string read for the record (longer ones are cut
 
 # ---------------------------------------------------------------------- reading the caller
 
-def read_argv(memory: notify.ProcessMemory, address: int) -> tuple[list[str], bool, list[tuple[int, int]]]:
+def read_argv(memory: notify.ProcessMemory, address: int,
+              known: tuple[int, bytes, bool] | None = None) -> tuple[list[str], bool, list[tuple[int, int]]]:
     """argv (raw, undecodable bytes kept by surrogateescape), whether it was cut, the ranges read.
-    The pointer array is read a page at a time (one pread, not one per pointer)."""
+    The pointer array is read a page at a time (one pread, not one per pointer). `known`: a string
+    already read in this notification (the path: address, bytes, complete), taken as it was read
+    when argv points at it too (`execve(path, [path, ...])`, as shells call it), not read twice."""
     argv: list[str] = []
     ranges: list[tuple[int, int]] = []
     truncated = False
@@ -40,7 +43,10 @@ def read_argv(memory: notify.ProcessMemory, address: int) -> tuple[list[str], bo
         ranges.append((address, 8))
         if not pointer:
             break
-        data, complete = memory.cstring(pointer, MAX_ARG_BYTES)
+        if known is not None and pointer == known[0]:
+            data, complete = known[1], known[2]
+        else:
+            data, complete = memory.cstring(pointer, MAX_ARG_BYTES)
         ranges.append((pointer, len(data) + 1 if complete else len(data)))
         truncated = truncated or not complete
         argv.append(os.fsdecode(data))
