@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import os
 import struct
 import threading
@@ -330,12 +331,14 @@ def _risk(private: bool, inode: int, name: str, judge_write: Callable[[str], Any
     return None
 
 
+@functools.cache
 def kcmp() -> Callable[[int, int, int, int], int]:
-    """kcmp(2) through libc's syscall(); -1 on error."""
+    """kcmp(2) through libc's syscall(), its argument types declared once; -1 on error."""
     ctypes, libc, _ = fdops._libc()
+    call = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_long,
+                            ctypes.c_long, ctypes.c_long, use_errno=True)(("syscall", libc))
 
     def kcmp(number: int, pid1: int, pid2: int, kind: int) -> int:
-        return libc.syscall(ctypes.c_long(number), ctypes.c_long(pid1), ctypes.c_long(pid2), ctypes.c_long(kind),
-                            ctypes.c_long(0), ctypes.c_long(0))
+        return call(number, pid1, pid2, kind, 0, 0)
 
     return kcmp
