@@ -94,3 +94,57 @@ def test_argv_pointing_at_the_path_is_taken_as_the_path_was_read():
         assert argv == ["/usr/bin/true", "--version"]
     finally:
         memory.close()
+
+
+def _kernel() -> tuple[int, ...]:
+    return tuple(int(part) for part in os.uname().release.split("-")[0].split(".")[:2])
+
+
+def _slice(tid: int) -> int:
+    """A thread's slice as the kernel reports it (sched_getattr's sched_runtime) — only for the calling one."""
+    from sandboxctl.supervise import latency
+
+    assert tid == threading.get_native_id()
+    return latency._get(latency._CALLS[os.uname().machine][1])[5]
+
+
+def _in_a_thread(function):
+    """Run function in a thread of its own (the scheduler's attributes are per thread)."""
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(function()))
+    thread.start()
+    thread.join(10)
+    return result[0]
+
+
+@pytest.mark.skipif(_kernel() < (6, 12), reason="a fair task's own slice (sched_runtime) is Linux 6.12")
+def test_the_notification_thread_gets_a_short_slice_and_gives_it_back():
+    from sandboxctl.supervise import latency
+
+    def run() -> tuple[int, int, int, int, int]:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, 5)  # this thread's nice: never changed by the slice
+        before = _slice(tid)
+        short = latency.ShortSlice()
+        assert short.start()
+        during, nice_during = _slice(tid), os.getpriority(os.PRIO_PROCESS, tid)
+        short.restore()
+        return before, during, nice_during, _slice(tid), os.sched_getscheduler(0)
+
+    before, during, nice, after, policy = _in_a_thread(run)
+    assert during == latency.SLICE_NS and during < before
+    assert after == before and nice == 5 and policy == os.SCHED_OTHER
+    assert _slice(threading.get_native_id()) != latency.SLICE_NS  # the test's own thread never changed
+
+
+def test_an_idle_or_real_time_thread_is_left_as_it_is():
+    from sandboxctl.supervise import latency
+
+    def run() -> tuple[bool, int, int]:
+        tid = threading.get_native_id()
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        before = _slice(tid)
+        return latency.ShortSlice().start(), before, _slice(tid)
+
+    started, before, after = _in_a_thread(run)
+    assert not started and after == before
