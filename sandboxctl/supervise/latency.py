@@ -9,10 +9,12 @@ CPU (its weight, the nice value) is unchanged; only when it runs within it. Olde
 the field for normal tasks; any refusal leaves the thread as it was (best effort, never a wall).
 
 Only a thread with a normal or batch policy is changed, and only its slice: policy, nice and
-flags are written back as read. The library runs the supervisor in its caller's thread, so
-`restore` puts the slice read at the start back (a slice left at the default is then a fixed one
-of the same length). Threads and processes this thread starts meanwhile inherit the short slice
-(the proxy's threads: latency-bound too); the sandbox was started before, and keeps its own.
+flags are written back as read. It lasts while the loop answers: `restore` puts the slice read at
+the start back when the loop ends (tear-down and the end-of-run checks are CPU work that a short
+slice would only cut up; and the library runs the supervisor in its caller's thread). A slice left
+at the default comes back as a fixed one of the same length. Threads and processes this thread
+starts meanwhile inherit the short slice (the proxy's threads: latency-bound too); the sandbox
+was started before, and keeps its own.
 """
 
 from __future__ import annotations

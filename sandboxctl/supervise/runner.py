@@ -243,7 +243,6 @@ class Supervisor:
                 self.socket_checks.close()  # its waiter answers through the listener: stop it first
             if self.notify_fd is not None:
                 os.close(self.notify_fd)
-            self.short_slice.restore()
             if self.sock_diag_fd is not None:
                 os.close(self.sock_diag_fd)
             os.close(err_r)
@@ -482,6 +481,7 @@ class Supervisor:
                         self._on_source(key, sel)
                 self._on_timers(deadline)
         finally:
+            self.short_slice.restore()  # tear-down and the end-of-run checks run with the thread's own slice
             if old_wakeup is not None:
                 signal.set_wakeup_fd(old_wakeup)
             sel.close()
