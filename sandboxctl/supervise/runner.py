@@ -27,7 +27,7 @@ from sandboxctl.log.writer import ActionLog, LogWriteError
 from sandboxctl.plan.build import PROXY_PORT
 from sandboxctl.plan.model import Plan
 from sandboxctl.protect.snapshot import HEARTBEAT_S
-from sandboxctl.supervise import fd_budget, fdops, latency, notify, processes, spawn
+from sandboxctl.supervise import fd_budget, fdops, notify, processes, spawn
 from sandboxctl.supervise import secrets as secret_store
 from sandboxctl.supervise.cgroups import RunCgroup
 from sandboxctl.supervise.denials import DenialList, LogThrottle
@@ -80,7 +80,6 @@ class Supervisor:
         self.proxy = None
         self.notify_fd: int | None = None
         self.dispatcher: notify.Dispatcher | None = None
-        self.short_slice = latency.ShortSlice()  # the loop thread's while it answers notifications
         self.socket_checks = None  # network.checks.SocketChecks: connect/sendto answered here
         self.sock_diag_fd: int | None = None  # the sandbox's own netlink socket (none/proxy)
         self.log_lock = threading.Lock()
@@ -481,7 +480,6 @@ class Supervisor:
                         self._on_source(key, sel)
                 self._on_timers(deadline)
         finally:
-            self.short_slice.restore()  # tear-down and the end-of-run checks run with the thread's own slice
             if old_wakeup is not None:
                 signal.set_wakeup_fd(old_wakeup)
             sel.close()
@@ -618,7 +616,6 @@ class Supervisor:
 
         with contextlib.suppress(OSError):  # Linux 6.6: the caller and we switch CPUs less per call
             fcntl.ioctl(fd, notify.NOTIF_SET_FLAGS, notify.FD_SYNC_WAKE_UP)
-        self.short_slice.start()  # a woken supervisor answers before a busy CPU's slice ends (latency.py)
         routes = {}
         if self.plan.seccomp.net_rules:  # connect/sendto answered here (network/checks.py)
             from sandboxctl.network.checks import SocketChecks
