@@ -257,8 +257,12 @@ def _queried_risk(fd: int, spans: list[list[int]], judge_write: Callable[[str], 
 
         names = _query_buffers.names = ctypes.create_string_buffer(NAME_BUFFER)
         _query_buffers.address = ctypes.addressof(names)
+    area_start = area_stop = 0  # the last area asked about: judged safe (a risky one returned)
     for low, high in spans:
         while low < high:
+            if area_start <= low < area_stop:  # in the area just asked about (argv and its strings
+                low = area_stop                # mostly share one): the same answer, asked once
+                continue
             query = bytearray(_QUERY.pack(_QUERY.size, 0, low, 0, 0, 0, 0, 0, 0, 0, 0, NAME_BUFFER, 0,
                                           _query_buffers.address, 0))
             try:
@@ -277,6 +281,7 @@ def _queried_risk(fd: int, spans: list[list[int]], judge_write: Callable[[str], 
             why = _risk(not vma_flags & QUERY_VMA_SHARED, inode, name, judge_write)
             if why:
                 return why
+            area_start, area_stop = start, stop
             low = stop  # the rest of this span must lie in the next area
     return None
 

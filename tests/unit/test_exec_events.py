@@ -77,7 +77,10 @@ def test_the_kernel_query_and_the_maps_text_judge_alike(tmp_path):
     shared = mmap.mmap(-1, 4096, flags=mmap.MAP_SHARED)
     shared_at = ctypes.addressof(ctypes.c_char.from_buffer(shared))
     cases = [[(ctypes.addressof(heap), 14)], [(shared_at, 14)], [(8, 4)], [(start, 14)], [(start + 4090, 20)],
-             [(start, 14), (ctypes.addressof(heap), 5)], [(ctypes.addressof(heap), 5), (shared_at, 3)]]
+             [(start, 14), (ctypes.addressof(heap), 5)], [(ctypes.addressof(heap), 5), (shared_at, 3)],
+             # two ranges in one area (asked once), then one in shared memory: still found
+             [(ctypes.addressof(heap), 3), (ctypes.addressof(heap) + 8, 3), (shared_at, 3)],
+             [(start, 3), (start + 64, 3), (start + 4096, 3), (shared_at, 3)]]
     try:
         for writable in ("/nowhere", str(tmp_path)):
             for ranges in cases:
