@@ -156,8 +156,8 @@ def forward(listener, path):
 def start_forwarder(proxy):
     """Fork the forwarder before the command starts, as another user (see the module docstring);
     the command starts only once it holds the port and the supervisor's heartbeat connection."""
+    import _signal as signal  # the C module: `signal` imports enum, functools and collections
     import select
-    import signal
     import socket
     import threading  # the forwarder's imports, while this launcher can still read anything
 
@@ -234,7 +234,9 @@ def main():
             config = marshal.loads(handle.read())
     except (OSError, IndexError, ValueError, EOFError) as exc:
         fail(f"cannot read the launch configuration: {exc}")
-    import signal
+    # the C module: `import signal` imports enum, functools and collections, files gVisor's gofer must
+    # find and read in a cold sandbox (measured: ~40 ms of a run's start, platform ptrace)
+    import _signal as signal
 
     # Python ignores SIGPIPE and SIGXFSZ for itself, and exec keeps ignored signals
     for signum in (signal.SIGPIPE, signal.SIGXFSZ, *config.get("default_signals", ())):
