@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import marshal
 import os
 import shutil
 import signal
@@ -200,7 +199,8 @@ class RunDir:
                     os.close(fd)
         for target, content in (data_files or {}).items() if paths.data else ():
             _write_private(os.path.join(paths.data, oci.data_file_name(target)), content)
-        _write_private(paths.launch, marshal.dumps(launch))
+        content = oci.launch_file(plan, launch)
+        _write_private(paths.launch, content, 0o500 if content.startswith(b"\x7fELF") else 0o600)
         _write_private(os.path.join(paths.bundle, "config.json"),
                        json.dumps(oci.config(plan, paths, self.skipped_masks, terminal), indent=1).encode())
         self.paths = paths
@@ -240,8 +240,8 @@ def first_error(text: str) -> str | None:
     return None
 
 
-def _write_private(path: str, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+def _write_private(path: str, data: bytes, mode: int = 0o600) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         os.write(fd, data)
     finally:

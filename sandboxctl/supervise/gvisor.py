@@ -356,6 +356,8 @@ class GvisorSupervisor(Supervisor):
             "gvisor": {
                 "runsc": self.runsc_path, "version": self.version, "platform": self.platform, "rootless": True,
                 "mounts": len(plan.mounts), "capabilities": "none",
+                "launcher": "native (a static program: loads seccomp, executes the command)"
+                if oci.native_launcher(plan) else "python3 (gvisor_init.py)",
                 "user": "uid 0 inside gVisor, mapped to the calling user",
                 "host_unix_sockets": "open (the proxy's socket; also any other visible in the granted paths)"
                 if proxy else "none",
