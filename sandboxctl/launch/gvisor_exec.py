@@ -39,11 +39,6 @@ CODE = bytes.fromhex(
 )
 
 
-def available() -> bool:
-    """The native launcher exists for this machine (x86-64); elsewhere gvisor_init.py runs."""
-    return os.uname().machine == "x86_64"
-
-
 def candidates(argv: list[str], env: dict[str, str]) -> tuple[list[str], bool]:
     """The paths to try, in order, and whether they come from a PATH search (gvisor_init.exec_command)."""
     name = argv[0]

@@ -196,10 +196,11 @@ def runsc_argv(plan: Plan, paths: BundlePaths, *, runsc: str = "runsc", platform
 
 
 def native_launcher(plan: Plan) -> bool:
-    """The command is started by gvisor_exec's static program, not by python3 running
-    gvisor_init.py: on x86-64, when there is no proxy forwarder to start (nor capabilities to
-    drop). Saves the interpreter's start inside gVisor (~80 ms on platform ptrace)."""
-    return plan.network.mode != "proxy" and gvisor_exec.available()
+    """The plan chose gvisor_exec's static program to start the command, not python3 running
+    gvisor_init.py (plan.build.gvisor_native_launcher: x86-64, no proxy forwarder to start nor
+    capabilities to drop), so it binds no gvisor_init.py. Saves the interpreter's start inside
+    gVisor (~80 ms on platform ptrace)."""
+    return plan.network.mode != "proxy" and not any(m.target == GVISOR_INIT for m in plan.mounts)
 
 
 def launch_file(plan: Plan, launch: dict[str, Any]) -> bytes:

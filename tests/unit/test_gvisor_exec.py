@@ -16,6 +16,7 @@ import pytest
 
 from sandboxctl.errors import SandboxError
 from sandboxctl.launch import gvisor_exec, gvisor_init, oci
+from sandboxctl.plan.build import GVISOR_INIT
 from tests.unit.test_oci import gv_plan
 
 SOURCE = Path(gvisor_exec.__file__).with_name("gvisor_exec_x86_64.S")
@@ -132,18 +133,32 @@ def test_it_finds_and_fails_exactly_as_the_python_launcher(tmp_path, case):
     assert native_result.returncode in (0, 126, 127)
 
 
-def test_the_bundle_runs_the_native_launcher_only_without_a_forwarder():
-    none, proxy = gv_plan(net="none"), gv_plan(net="proxy")
-    assert oci.native_launcher(none) is gvisor_exec.available() and oci.native_launcher(proxy) is False
-    paths = oci.dry_paths(none)
-    config = oci.config(none, paths)
-    launch_mount = next(m for m in config["mounts"] if m["destination"] == oci.LAUNCH_FILE)
-    if gvisor_exec.available():
-        assert config["process"]["args"] == [oci.LAUNCH_FILE] and "noexec" not in launch_mount["options"]
-        assert oci.launch_file(none, oci.launch_config(none, ALLOW_ALL, {}, [], 317)).startswith(b"\x7fELF")
-        with pytest.raises(SandboxError):  # no seccomp program: refused, never a launcher without one
-            oci.launch_file(none, oci.launch_config(none, None, {}, [], 317))
-    proxy_config = oci.config(proxy, oci.dry_paths(proxy))
-    assert proxy_config["process"]["args"][-2:] == [oci.GVISOR_INIT, oci.LAUNCH_FILE]
-    assert "noexec" in next(m for m in proxy_config["mounts"] if m["destination"] == oci.LAUNCH_FILE)["options"]
-    assert oci.launch_file(proxy, oci.launch_config(proxy, ALLOW_ALL, {}, [], 317))[:4] != b"\x7fELF"
+def plan_on(machine: str, net: str):
+    from sandboxctl.plan.build import build_plan
+    from sandboxctl.plan.inputs import Invocation
+    from sandboxctl.policy.discover import load_named
+    from tests.unit.test_plan import BASE_FILES, WS, fake_facts
+
+    facts = fake_facts(dict(BASE_FILES))._replace(machine=machine)
+    return build_plan(load_named("default").policy, Invocation(command=("true",), workspace=WS, run_id="r1",
+                                                               backend="gvisor", net=net), facts)
+
+
+def test_the_plan_picks_the_native_launcher_only_on_x86_64_without_a_forwarder():
+    paths = oci.dry_paths(plan_on("x86_64", "none"))
+    for machine, net, native_expected in (("x86_64", "none", True), ("x86_64", "proxy", False),
+                                          ("aarch64", "none", False), ("", "none", False)):
+        plan = plan_on(machine, net)
+        assert oci.native_launcher(plan) is native_expected
+        assert any(m.target == GVISOR_INIT for m in plan.mounts) is not native_expected  # python3's file
+        config = oci.config(plan, paths)
+        launch_mount = next(m for m in config["mounts"] if m["destination"] == oci.LAUNCH_FILE)
+        content = oci.launch_file(plan, oci.launch_config(plan, ALLOW_ALL, {}, [], 317))
+        if native_expected:
+            assert config["process"]["args"] == [oci.LAUNCH_FILE] and "noexec" not in launch_mount["options"]
+            assert content.startswith(b"\x7fELF")
+            with pytest.raises(SandboxError):  # no seccomp program: refused, never a launcher without one
+                oci.launch_file(plan, oci.launch_config(plan, None, {}, [], 317))
+        else:
+            assert config["process"]["args"][-2:] == [GVISOR_INIT, oci.LAUNCH_FILE]
+            assert "noexec" in launch_mount["options"] and not content.startswith(b"\x7fELF")
