@@ -74,7 +74,8 @@ class GvisorSupervisor(Supervisor):
         originals = {s: signal.getsignal(s) for s in (*FORWARDED, signal.SIGWINCH)}
         started = time.monotonic()
         try:
-            self._start_broker()  # after the watchdog's fork: a front end may run threads
+            if plan.network.mode == "proxy":  # the only way anything reaches a broker under gVisor
+                self._start_broker()  # after the watchdog's fork: a front end may run threads
             data_files = self._prepare_inspection()
             env = dict(plan.env)
             env.update({s.name: self.secret_values[s.name] for s in plan.secrets if s.deliver_as == "env"})
