@@ -119,6 +119,7 @@ def test_seccomp_baseline_is_enforced_inside_gvisor(gv, policy, launcher):
     result = gv.py(code, policy=policy)
     assert result.stdout.splitlines() == ["2", "-1 EPERM", "-1 EPERM", "EAFNOSUPPORT", "threads work"], result.stderr
     assert gv.start()["layers"]["gvisor"]["launcher"].startswith(launcher)
+    assert gv.processes() == [] and gv.run_dirs() == []
 
 
 # ------------------------------------------------------------------ file system
@@ -444,9 +445,10 @@ def test_command_not_found_is_127_and_not_executable_is_126(gv, policy):
         assert gv.run("--", "./script.sh").returncode == 126
 
 
-def test_timeout_gives_124_and_leaves_no_process(gv):
+@pytest.mark.parametrize("policy", ["default", "base"])  # python3 launcher, native launcher (x86-64)
+def test_timeout_gives_124_and_leaves_no_process(gv, policy):
     started = time.monotonic()
-    result = gv.run("--timeout", "1s", "--", "/bin/sh", "-c", "trap '' TERM; sleep 7.3 & sleep 7.3")
+    result = gv.run("--timeout", "1s", "--", "/bin/sh", "-c", "trap '' TERM; sleep 7.3 & sleep 7.3", policy=policy)
     assert result.returncode == 124
     assert time.monotonic() - started < 8
     assert gv.processes() == [] and gv.run_dirs() == []
@@ -454,8 +456,9 @@ def test_timeout_gives_124_and_leaves_no_process(gv):
     assert [r["exit_code"] for r in gv.records() if r["event"] == "run.end"] == [124]
 
 
-def test_killing_the_supervisor_leaves_nothing(gv):
-    proc = subprocess.Popen(gv.argv("--", "/bin/sh", "-c", "sleep 9.2 & sleep 9.2"), cwd=gv.workspace,
+@pytest.mark.parametrize("policy", ["default", "base"])  # python3 launcher, native launcher (x86-64)
+def test_killing_the_supervisor_leaves_nothing(gv, policy):
+    proc = subprocess.Popen(gv.argv("--", "/bin/sh", "-c", "sleep 9.2 & sleep 9.2", policy=policy), cwd=gv.workspace,
                             env=gv.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert wait_for(lambda: len(gv.processes()) >= 3 and gv.run_dirs(), 15)  # runsc, gofer, sandbox
