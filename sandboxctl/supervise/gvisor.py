@@ -29,7 +29,7 @@ from typing import Any
 
 from sandboxctl import unixpath
 from sandboxctl.errors import EXIT_SANDBOX_FAILED, EXIT_TIMEOUT, SandboxError
-from sandboxctl.launch import oci, runsc, seccomp
+from sandboxctl.launch import oci, runsc, runsc_probe, seccomp
 from sandboxctl.launch.gvisor_init import FORWARDER_UID
 from sandboxctl.log.writer import LogWriteError
 from sandboxctl.plan.build import PROXY_PORT
@@ -64,7 +64,7 @@ class GvisorSupervisor(Supervisor):
     def launch(self) -> RunResult:
         plan = self.plan
         self.runsc_path = runsc.require()
-        self.platform, self.version = runsc.platform_for_run(self.runsc_path)
+        self.platform, self.version = runsc_probe.platform_for_run(self.runsc_path)
         program = seccomp.load_or_compile(plan.seccomp, self.state / "cache")
         base = runsc.runtime_base()
         runsc.sweep(base)
