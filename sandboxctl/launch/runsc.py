@@ -82,33 +82,73 @@ def runtime_base() -> Path:
                        "set XDG_RUNTIME_DIR to a directory of yours (a tmpfs, e.g. /run/user/UID)")
 
 
+KILL_DEADLINE_S = 2.0  # SIGKILLed processes are gone in milliseconds; one stuck in the kernel is left
+
+
+def _names(pid: int, needle: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return needle in handle.read()
+    except OSError:
+        return False
+
+
 def pids_using(path: str) -> list[int]:
     """Processes whose command line names this directory: runsc, its gofer and its sandbox."""
-    found = []
     needle = path.encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                if needle in handle.read():
-                    found.append(int(entry))
-        except OSError:
-            continue
-    return found
+    return [int(entry) for entry in os.listdir("/proc")
+            if entry.isdigit() and int(entry) != os.getpid() and _names(int(entry), needle)]
 
 
 def destroy(path: Path) -> None:
-    """Kill every process of the run (by the directory on its command line), then remove it all."""
-    for _ in range(50):
-        pids = pids_using(str(path))
-        if not pids:
+    """Kill every process of the run (by the directory on its command line), wait until each is
+    gone (on pidfds: no polling), look again (one may have started another meanwhile), then
+    remove it all."""
+    deadline = time.monotonic() + KILL_DEADLINE_S
+    while time.monotonic() < deadline:
+        pidfds = _kill_naming(str(path))
+        if not pidfds:
             break
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.02)
+        _wait_gone(pidfds, deadline)
     remove_tree(path)
+
+
+def _kill_naming(path: str) -> list[int]:
+    """SIGKILL through a pidfd each process naming path: the pidfd is opened first and the name
+    checked after, so a pid reused since the listing is never signalled."""
+    needle, pidfds = path.encode(), []
+    for pid in pids_using(path):
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            continue
+        try:
+            if not _names(pid, needle):
+                raise ProcessLookupError
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        except OSError:  # gone already, or not ours to kill
+            os.close(pidfd)
+            continue
+        pidfds.append(pidfd)
+    return pidfds
+
+
+def _wait_gone(pidfds: list[int], deadline: float) -> None:
+    """Until every process is gone (its pidfd becomes readable when it exits) or the deadline."""
+    import select
+
+    poller = select.poll()
+    for pidfd in pidfds:
+        poller.register(pidfd, select.POLLIN)
+    waiting = set(pidfds)
+    try:
+        while waiting and (left := deadline - time.monotonic()) > 0:
+            for pidfd, _ in poller.poll(left * 1000):
+                poller.unregister(pidfd)
+                waiting.discard(pidfd)
+    finally:
+        for pidfd in pidfds:
+            os.close(pidfd)
 
 
 def remove_tree(path: Path) -> None:

@@ -47,3 +47,31 @@ def test_find_is_shutil_which(tmp_path, monkeypatch):
     assert runsc.find() == str(bin_dir / "runsc") == shutil.which("runsc")
     monkeypatch.setenv("PATH", str(other))
     assert runsc.find() is None and shutil.which("runsc") is None
+
+
+def test_destroy_kills_every_process_naming_the_run_and_waits_for_them(tmp_path):
+    """Judged from /proc: every process naming the run (and the one each forked, as runsc's do)
+    is gone when destroy returns, and the directory with it; one naming another is left alone."""
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "g-1-r"
+    (run / "state").mkdir(parents=True)
+    code = "import os, signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nos.fork()\ntime.sleep(60)\n"
+    ours = [subprocess.Popen([sys.executable, "-c", code, str(run)]) for _ in range(2)]
+    bystander = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "other")])
+    try:
+        deadline = time.monotonic() + 10
+        while len(runsc.pids_using(str(run))) < 4 and time.monotonic() < deadline:  # two and their forks
+            time.sleep(0.01)
+        assert len(runsc.pids_using(str(run))) == 4
+        runsc.destroy(run)
+        assert runsc.pids_using(str(run)) == [] and not run.exists()
+        assert [proc.wait(timeout=5) for proc in ours] == [-9, -9]
+        assert bystander.poll() is None and len(runsc.pids_using(str(tmp_path / "other"))) == 2
+    finally:
+        for proc in [*ours, bystander]:
+            proc.kill()
+            proc.wait()
+        runsc.destroy(tmp_path / "other")  # the bystander's fork
