@@ -572,12 +572,13 @@ def test_no_exec_or_file_events_are_claimed(gv):
 
 
 # ------------------------------------------------------------------ a terminal
-def test_terminal_size_resize_and_ctrl_c_reach_the_command(gv):
+@pytest.mark.parametrize("policy", ["default", "base"])  # python3 launcher, native launcher (x86-64)
+def test_terminal_size_resize_and_ctrl_c_reach_the_command(gv, policy):
     """The command is not in the terminal's process group: the supervisor forwards Ctrl-C and
     SIGWINCH, and the terminal itself is the caller's (ioctls pass through gVisor)."""
     from tests.integration.test_terminal import RESIZE_PROBE, _read_until, _set_size, _spawn_on_pty
 
-    proc, master = _spawn_on_pty(gv, ["--", "python3", "-c", RESIZE_PROBE])
+    proc, master = _spawn_on_pty(gv, ["--", "python3", "-c", RESIZE_PROBE], policy=policy)
     try:
         out = _read_until(master, b"tty True")
         assert b"columns=111, lines=33" in out and b"xterm" in out, out
