@@ -21,7 +21,7 @@ import struct
 from sandboxctl.errors import SandboxError
 
 BASE = 0x400000  # where the one segment is mapped (ET_EXEC, no relocation)
-CODE_OFFSET = 64 + 56  # after the ELF header and the one program header
+CODE_OFFSET = 64 + 2 * 56  # after the ELF header and the two program headers
 TABLE_OFFSET = 0x400  # TABLE in the assembly
 TABLE_SLOTS = 13  # u64 slots: FPROG .. ERRNO_COUNT
 ERRNO_MAX = 134  # strerror texts for 1..133 (Linux's errno range), 0 for anything else
@@ -116,8 +116,10 @@ def build(seccomp_program: bytes, argv: list[str], env: dict[str, str]) -> bytes
 
 
 def _headers(size: int) -> bytes:
-    """ELF header and one PT_LOAD (read + execute) mapping the whole file at BASE."""
+    """ELF header, one PT_LOAD (read + execute) mapping the whole file at BASE, and PT_GNU_STACK
+    (read + write: without it the stack would be executable)."""
     ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)  # 64-bit, little-endian, version 1, System V
-    header = ident + struct.pack("<HHIQQQIHHHHHH", 2, 62, 1, BASE + CODE_OFFSET, 64, 0, 0, 64, 56, 1, 64, 0, 0)
+    header = ident + struct.pack("<HHIQQQIHHHHHH", 2, 62, 1, BASE + CODE_OFFSET, 64, 0, 0, 64, 56, 2, 64, 0, 0)
     segment = struct.pack("<IIQQQQQQ", 1, 5, 0, BASE, BASE, size, size, 0x1000)
-    return header + segment
+    stack = struct.pack("<IIQQQQQQ", 0x6474E551, 6, 0, 0, 0, 0, 0, 16)
+    return header + segment + stack

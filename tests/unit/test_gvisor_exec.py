@@ -54,9 +54,12 @@ def test_the_image_is_one_read_execute_segment_at_the_base():
     assert image[:4] == b"\x7fELF" and image[4] == 2  # 64-bit
     e_type, machine, _, entry, phoff = struct.unpack_from("<HHIQQ", image, 16)
     assert (e_type, machine, entry, phoff) == (2, 62, gvisor_exec.BASE + gvisor_exec.CODE_OFFSET, 64)
+    assert struct.unpack_from("<H", image, 56)[0] == 2  # e_phnum
     p_type, flags, offset, vaddr, _, filesz, memsz, _ = struct.unpack_from("<IIQQQQQQ", image, 64)
     assert (p_type, flags, offset, vaddr) == (1, 5, 0, gvisor_exec.BASE)  # PT_LOAD, R+X: nothing writable
     assert filesz == memsz == len(image)
+    p_type, flags = struct.unpack_from("<II", image, 64 + 56)
+    assert (p_type, flags) == (0x6474E551, 6)  # PT_GNU_STACK, read + write: the stack is not executable
 
 
 def test_a_nul_byte_is_refused_not_truncated():
