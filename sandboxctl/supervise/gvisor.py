@@ -404,9 +404,8 @@ class GvisorSupervisor(Supervisor):
             error = SandboxError(f"gVisor (runsc) could not run the sandbox: {self.runsc_error}",
                                  "run `sandboxctl doctor` to see whether the gvisor backend works here")
             code = EXIT_SANDBOX_FAILED
-        if self.log_failed:
-            error = SandboxError("the action log could not be written; the sandbox was stopped",
-                                 "free some space or pass --log PATH")
-            code = EXIT_SANDBOX_FAILED
+        stopped = self.log_stop_error()
+        if stopped is not None:
+            error, code = stopped, EXIT_SANDBOX_FAILED
         return RunResult(code, duration, self.timed_out, error, self.layers, self.denials)
 
