@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import NamedTuple
+
+from sandboxctl.record import Record
 
 _DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d)")
 _DURATION_FULL = re.compile(r"(?:\d+(?:ms|s|m|h|d))+")
@@ -66,7 +67,7 @@ def format_size(size: int) -> str:
     return str(size)
 
 
-class HostPattern(NamedTuple):
+class HostPattern(Record):
     """One network destination rule: an exact name, a '*.' wildcard, or an IP literal; any port if None."""
 
     host: str

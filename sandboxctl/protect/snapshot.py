@@ -20,15 +20,19 @@ import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
 
 from sandboxctl.digest import sha256
+from sandboxctl.record import Record
+
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
+if TYPE_CHECKING:
+    from typing import Any
 
 MAX_BLOB = 4 << 20  # larger protected files are compared by hash but cannot be put back
 MAX_ENTRIES = 20_000  # a protected directory larger than this is recorded down to this many entries
 
 
-class Change(NamedTuple):
+class Change(Record):
     path: str
     change: str  # created | modified | removed | replaced
     action: str  # restored | kept aside | removed | reported

@@ -11,15 +11,15 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from typing import NamedTuple
 
+from sandboxctl.record import Record
 from sandboxctl.supervise.processes import alive
 
 ROOT = "/sys/fs/cgroup"
 PREFIX = "sandboxctl-"
 
 
-class CgroupLayout(NamedTuple):
+class CgroupLayout(Record):
     """Where a run's cgroup directories go, per controller (v1) or once (v2)."""
 
     version: str  # v1 | v2

@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
 
 from sandboxctl.errors import EXIT_SANDBOX_FAILED, EXIT_TIMEOUT, SandboxError
 from sandboxctl.launch import bwrap, headstart, landlock_rights, seccomp, shim_code
@@ -27,17 +26,22 @@ from sandboxctl.log.writer import ActionLog, LogWriteError
 from sandboxctl.plan.build import PROXY_PORT
 from sandboxctl.plan.model import Plan
 from sandboxctl.protect.snapshot import HEARTBEAT_S
+from sandboxctl.record import Record
 from sandboxctl.supervise import fd_budget, fdops, notify, processes, spawn
 from sandboxctl.supervise import secrets as secret_store
 from sandboxctl.supervise.cgroups import RunCgroup
 from sandboxctl.supervise.denials import DenialList, LogThrottle
 from sandboxctl.supervise.stdio import CommandIO
 
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
+if TYPE_CHECKING:
+    from typing import Any
+
 TERM_GRACE_S = 2.0
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
-class RunResult(NamedTuple):
+class RunResult(Record):
     exit_code: int
     duration_s: float
     timed_out: bool = False
