@@ -283,7 +283,6 @@ class Supervisor:
         try:
             data_fds = {target: spawn.memfd(content, "sandboxctl-tls")
                         for target, content in self._prepare_inspection().items()}
-            self._start_broker()
         except SandboxError:
             for fd in (seccomp_fd, err_w, err_r, stderr_copy, *secret_fds.values(), *data_fds.values()):
                 os.close(fd)
@@ -313,13 +312,18 @@ class Supervisor:
                     os.close(fd)
                 shim_end.close()
                 self.io.close_child_ends()
+            self._move_into_cgroup_soon()  # the kernel's slow first move overlaps all that follows
             if self.forward_signals:
                 self._install_signal_handlers()
             config = self._config(plan, originals, notify_program)
             control.sendall(marshal.dumps(config))
+            # while the sandbox builds itself (as for a head start): the shim runs nothing before
+            # the go, and a front end that cannot serve fails the launch here (bubblewrap killed)
+            self._start_broker()
         except BaseException:
             self._abandon(control, err_r, originals)
-            self.broker.stop()
+            if self.broker is not None:
+                self.broker.stop()
             self.io.close()
             raise
         if self.head_start_key and not data_fds and headstart.eligible(
@@ -497,14 +501,19 @@ class Supervisor:
         """What needs no descriptor of the sandbox's, done while bubblewrap and the shim start (on
         another core): the modules the handshake uses, and the first move into the run's cgroup.
 
-        The first move into the cgroup waits for the kernel (RunCgroup.move_soon): bwrap's is
-        started here (or already by lifecycle, for a head start), and the move of everything
-        alive at "ready" (which stays the rule) finds the lock warm."""
-        if self.cgroup is not None and self.bwrap_pid and not self.cgroup.moving:
-            self.cgroup.move_soon(self.bwrap_pid)
+        The first move into the cgroup waits for the kernel (RunCgroup.move_soon): it is under
+        way already (_move_into_cgroup_soon), and the move of everything alive at "ready"
+        (which stays the rule) finds the lock warm."""
+        self._move_into_cgroup_soon()
         # for _start_notify, at "ready" (there is always a listener), and the first call it answers
         from sandboxctl.supervise import exec_events, file_escape, mediate  # noqa: F401
         fdops._libc()
+
+    def _move_into_cgroup_soon(self) -> None:
+        """Start bubblewrap's first move into the run's cgroup, unless one is under way (a head
+        start's: launch/headstart.py and lifecycle start it as soon as bubblewrap runs)."""
+        if self.cgroup is not None and self.bwrap_pid and not self.cgroup.moving:
+            self.cgroup.move_soon(self.bwrap_pid)
 
     def _cgroup_joined(self) -> None:
         if self.cgroup is not None:
