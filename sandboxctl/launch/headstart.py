@@ -104,12 +104,15 @@ class HeadStart:
         return argv == self.argv and program == self.program and repr(config) == repr(self.config)
 
     def take_cgroup(self, layout: CgroupLayout) -> RunCgroup | None:
-        """The cgroup made early, now the caller's to limit and remove, if it has this layout."""
+        """The cgroup made early, now the caller's to limit and remove. If the cgroup tree is laid
+        out otherwise by now, the head start is dropped (killed, its cgroup removed): bubblewrap
+        must never be left in a cgroup that will not get the run's limits."""
         cgroup, self.cgroup = self.cgroup, None
-        if cgroup is not None and cgroup.layout != layout:
-            self.cgroup = cgroup  # removed by abort
-            return None
-        return cgroup
+        if cgroup is None or cgroup.layout == layout:
+            return cgroup
+        self.cgroup = cgroup
+        self.abort()
+        return None
 
     def adopt(self) -> None:
         self.settled = True

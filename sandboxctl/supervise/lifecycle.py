@@ -75,7 +75,7 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
                     cgroup.limit(pids, memory)  # this plan's, before anything may run in it
                 else:
                     cgroup = RunCgroup(layout, plan.run_id, pids, memory)
-                    if early is not None:  # bubblewrap runs already: its first move (the slow one) starts now
+                    if early is not None and not early.settled:  # bubblewrap runs: its first (slow) move starts now
                         cgroup.move_soon(early.pid)
             except OSError as exc:
                 raise SandboxError(f"cannot create the run's cgroup for its limits: {exc.strerror}",
