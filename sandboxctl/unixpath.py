@@ -52,10 +52,17 @@ def peer_uid(sock: socket.socket) -> int:
 
 
 def connect_own(sock: socket.socket, path: str) -> None:
-    """connect(), then make sure our own user serves the socket (SO_PEERCRED): a path another user
-    could have made first (the runtime dir in /tmp, when XDG_RUNTIME_DIR is not ours) must not get
-    a request from us, let alone our descriptors. PermissionError when it is someone else's."""
-    connect(sock, path)
+    """connect() to a socket of our own user: a path another user could have made first (the
+    runtime dir in /tmp, when XDG_RUNTIME_DIR is not ours) must not get a request from us, let
+    alone our descriptors — nor even a connection, whose SO_PEERCRED would tell its server our pid
+    and uid. So the socket file must be ours before connect(), and its server ours after (the file
+    could be swapped in between only by someone who may write its directory).
+    PermissionError when it is someone else's."""
+    with address(path) as where:
+        owner = os.lstat(where).st_uid
+        if owner != os.getuid():
+            raise PermissionError(errno.EPERM, f"the socket belongs to another user (uid {owner})", path)
+        sock.connect(where)
     uid = peer_uid(sock)
     if uid != os.getuid():
         raise PermissionError(errno.EPERM, f"the socket is served by another user (uid {uid})", path)

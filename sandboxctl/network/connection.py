@@ -10,28 +10,25 @@ Each destination it reached or was refused becomes one `net` record.
 from __future__ import annotations
 
 import contextlib
-import errno
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import TYPE_CHECKING, Any
 
 from sandboxctl.network import addresses
 from sandboxctl.network.addresses import IPAddress, Verdict
+from sandboxctl.network.client_reader import ClientReader, HeadTooLarge
+from sandboxctl.network.refusal import Refusal, dial_failure, policy_refusal, stopped
 from sandboxctl.network.relay import _errno_name, relay
 from sandboxctl.network.wire import (
-    _HEAD_END,
     HEAD_LIMIT,
     SOCKS_BAD_ADDRESS_TYPE,
     SOCKS_BAD_COMMAND,
     SOCKS_FAILURE,
     SOCKS_HOST_UNREACHABLE,
-    SOCKS_NET_UNREACHABLE,
     SOCKS_NOT_ALLOWED,
     SOCKS_OK,
-    SOCKS_REFUSED,
     HttpError,
     bad_request,
     parse_request_head,
@@ -48,68 +45,7 @@ _DRAIN_S = 1.0
 _DRAIN_IDLE_S = 0.25
 
 
-class _TooLarge(Exception):
-    pass
-
-
-class _Reader:
-    """Buffered reads from the client, all under one deadline (the head timeout)."""
-
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        self.sock = sock
-        self.deadline = deadline
-        self.buf = bytearray()
-        self._scanned = 0
-
-    def fill(self) -> bool:
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        self.sock.settimeout(remaining)
-        data = self.sock.recv(65536)
-        if not data:
-            return False
-        self.buf += data
-        return True
-
-    def exact(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            if not self.fill():
-                raise EOFError
-        out = bytes(self.buf[:n])
-        del self.buf[:n]
-        return out
-
-    def head(self, limit: int) -> bytes:
-        """Up to and including the blank line that ends an HTTP head; the rest stays in buf."""
-        while True:
-            match = _HEAD_END.search(self.buf, max(0, self._scanned - 3))
-            if match is not None and match.end() <= limit:
-                out = bytes(self.buf[: match.end()])
-                del self.buf[: match.end()]
-                return out
-            if match is not None or len(self.buf) > limit:
-                raise _TooLarge
-            self._scanned = len(self.buf)
-            if not self.fill():
-                raise EOFError
-
-
 # ------------------------------------------------------------------ one connection
-@dataclass
-class _Refusal:
-    """Why a connection was not relayed, in every form it is reported."""
-
-    status: int
-    socks: int
-    message: str
-    proxy_status: str
-    error: str | None = None
-
-    def http(self) -> bytes:
-        return HttpError(self.status, self.message, self.proxy_status).to_bytes()
-
-
 class _Connection:
     """One client connection: the request, the decision, the dial, the relay, and its log record."""
 
@@ -225,7 +161,7 @@ class _Connection:
 
     # -------------------------------------------------------------- protocol dispatch
     def _serve(self) -> None:
-        reader = _Reader(self.client, self.started + self.server.head_timeout)
+        reader = ClientReader(self.client, self.started + self.server.head_timeout)
         try:
             if not reader.fill():
                 return  # connected and left without a word: nothing to decide, nothing to log
@@ -244,11 +180,11 @@ class _Connection:
         else:
             self._http(reader)
 
-    def _http(self, reader: _Reader) -> None:
+    def _http(self, reader: ClientReader) -> None:
         self.protocol = "http"
         try:
             head = reader.head(HEAD_LIMIT)
-        except _TooLarge:
+        except HeadTooLarge:
             self._bad(bad_request("request head larger than 64 KiB", 431))
             return
         except TimeoutError:
@@ -274,7 +210,7 @@ class _Connection:
             return
         self.host, self.port = request.host, request.port
         outcome = self._open(request.host, request.port)
-        if isinstance(outcome, _Refusal):
+        if isinstance(outcome, Refusal):
             self._refuse_raw(outcome.http())
             return
         if self._reply(b"HTTP/1.1 200 Connection established\r\n\r\n"):
@@ -292,7 +228,7 @@ class _Connection:
         self.inspected = True
         inspect_tunnel(self, first)
 
-    def _socks5(self, reader: _Reader) -> None:
+    def _socks5(self, reader: ClientReader) -> None:
         self.protocol = "socks5"
         try:
             _version, count = reader.exact(2)
@@ -332,19 +268,19 @@ class _Connection:
             return
         self.host, self.port = host, port
         outcome = self._open(host, port)
-        if isinstance(outcome, _Refusal):
+        if isinstance(outcome, Refusal):
             self._refuse_raw(socks_reply(outcome.socks))
             return
         if self._reply(socks_reply(SOCKS_OK)):
             self._tunnel(bytes(reader.buf))
 
     # -------------------------------------------------------------- decision and dial
-    def _open(self, host: str, port: int) -> socket.socket | _Refusal:
+    def _open(self, host: str, port: int) -> socket.socket | Refusal:
         """Decide, resolve once, screen the addresses and dial the first that passed and answers."""
         refusal = self.decide(host, port)
         return refusal if refusal is not None else self.connect(host, port)
 
-    def decide(self, host: str, port: int) -> _Refusal | None:
+    def decide(self, host: str, port: int) -> Refusal | None:
         """The policy's (or a human's) answer for host:port; None: allowed. Sets rule and decision."""
         server = self.server
         dest = addresses.format_destination(host, port)
@@ -352,7 +288,7 @@ class _Connection:
         if leaked:  # the placeholder as a host name would reach a DNS server
             self.rule = f"leak: {leaked[0]}"
             self.decision = "deny"
-            return _Refusal(403, SOCKS_NOT_ALLOWED, f"sandboxctl: the host name carries the placeholder of the "
+            return Refusal(403, SOCKS_NOT_ALLOWED, f"sandboxctl: the host name carries the placeholder of the "
                             f"secret {leaked[0]}; refused.", "http_request_denied")
         verdict = addresses.match_destination(server.policy, host, port)
         self.rule = verdict.rule
@@ -366,7 +302,7 @@ class _Connection:
             self.rule = "not in network.allow (approved)"
         return None
 
-    def connect(self, host: str, port: int) -> socket.socket | _Refusal:
+    def connect(self, host: str, port: int) -> socket.socket | Refusal:
         """Resolve once, screen the addresses and dial the first that passed (host:port is allowed)."""
         server = self.server
         dest = addresses.format_destination(host, port)
@@ -379,7 +315,7 @@ class _Connection:
         except (OSError, UnicodeError) as exc:
             self.decision = "allow"
             self.error = f"could not resolve {host}: {_errno_name(exc) if isinstance(exc, OSError) else exc}"
-            return _Refusal(502, SOCKS_HOST_UNREACHABLE, f"sandboxctl: {self.error}.", "dns_error", self.error)
+            return Refusal(502, SOCKS_HOST_UNREACHABLE, f"sandboxctl: {self.error}.", "dns_error", self.error)
         sockaddrs: dict[IPAddress, tuple[Any, ...]] = {}
         order: list[IPAddress] = []
         for family, _type, _proto, _name, sockaddr in infos:
@@ -395,14 +331,14 @@ class _Connection:
             if refusal is None:
                 self.decision = "allow"
                 self.error = f"could not resolve {host}: no IPv4 or IPv6 address"
-                return _Refusal(502, SOCKS_HOST_UNREACHABLE, f"sandboxctl: {self.error}.", "dns_error", self.error)
+                return Refusal(502, SOCKS_HOST_UNREACHABLE, f"sandboxctl: {self.error}.", "dns_error", self.error)
             self.rule = refusal.rule
             return self._policy_refusal(refusal, host, dest)
         self.decision = "allow"
         return self._dial(passed, sockaddrs, port, dest)
 
     def _dial(self, passed: list[IPAddress], sockaddrs: dict[IPAddress, tuple[Any, ...]], port: int,
-              dest: str) -> socket.socket | _Refusal:
+              dest: str) -> socket.socket | Refusal:
         deadline = time.monotonic() + 2 * self.server.connect_timeout
         failure: tuple[IPAddress, OSError] | None = None
         for addr in passed:
@@ -435,18 +371,11 @@ class _Connection:
             return sock
         if failure is None:
             self.error = f"could not connect to {dest}: timed out"
-            return _Refusal(504, SOCKS_HOST_UNREACHABLE, f"sandboxctl: {self.error}.", "connection_timeout",
+            return Refusal(504, SOCKS_HOST_UNREACHABLE, f"sandboxctl: {self.error}.", "connection_timeout",
                             self.error)
-        addr, exc = failure
-        if isinstance(exc, TimeoutError):
-            self.error = f"could not connect to {dest} ({addr}): no answer within {self.server.connect_timeout:g} s"
-            return _Refusal(504, SOCKS_HOST_UNREACHABLE, f"sandboxctl: {self.error}.", "connection_timeout",
-                            self.error)
-        self.error = f"could not connect to {dest} ({addr}): {_errno_name(exc)}"
-        code = {errno.ECONNREFUSED: SOCKS_REFUSED, errno.ENETUNREACH: SOCKS_NET_UNREACHABLE}.get(
-            exc.errno or 0, SOCKS_HOST_UNREACHABLE)
-        status = "connection_refused" if code == SOCKS_REFUSED else "destination_unavailable"
-        return _Refusal(502, code, f"sandboxctl: {self.error}.", status, self.error)
+        refusal = dial_failure(dest, *failure, self.server.connect_timeout)
+        self.error = refusal.error
+        return refusal
 
     def _ask(self, host: str, port: int) -> bool:
         """The approval hook's answer; only a literal True approves (fail closed)."""
@@ -466,37 +395,14 @@ class _Connection:
         except (OSError, IndexError, TypeError):
             return None
 
-    def _stopped(self) -> _Refusal:
+    def _stopped(self) -> Refusal:
         self.decision = "deny"
         self.error = self.error or "the proxy was stopped"
-        return _Refusal(503, SOCKS_FAILURE, "sandboxctl: the sandbox's proxy is shutting down.",
-                        "proxy_internal_error", self.error)
+        return stopped(self.error)
 
-    def _policy_refusal(self, verdict: Verdict, host: str, dest: str, declined: bool = False) -> _Refusal:
-        """The one sentence an agent gets back: the rule that refused, and how a human would allow it."""
+    def _policy_refusal(self, verdict: Verdict, host: str, dest: str, declined: bool = False) -> Refusal:
         self.decision = "deny"
-        if verdict.kind == "deny" and verdict.address is None:
-            message = (f"sandboxctl: {dest} is blocked by this sandbox's network.deny rule {verdict.pattern}; "
-                       "only a human can change that, by editing the policy.")
-            kind = "http_request_denied"
-        elif verdict.kind == "deny":
-            message = (f"sandboxctl: {host} resolves to {verdict.address}, which this sandbox's network.deny rule "
-                       f"{verdict.pattern} blocks; only a human can change that, by editing the policy.")
-            kind = "destination_ip_prohibited"
-        elif verdict.kind == "private":
-            listed = addresses.format_destination(str(verdict.address), self.port)
-            subject = (f"{host} resolves to {verdict.address} ({verdict.address_label}),"
-                       if str(verdict.address) != host else f"{host} ({verdict.address_label}) is")
-            message = (f"sandboxctl: {subject} an address this sandbox does not dial (network.allow_private: false); "
-                       f"a human can allow it with --allow-net {listed} or with network.allow_private: true "
-                       "in the policy.")
-            kind = "destination_ip_prohibited"
-        else:
-            approval = " and the request to reach it was not approved" if declined else ""
-            message = (f"sandboxctl: {dest} is not in this sandbox's network.allow{approval}; "
-                       f"a human can allow it with --allow-net {dest} or in the policy.")
-            kind = "http_request_denied"
-        return _Refusal(403, SOCKS_NOT_ALLOWED, message, kind)
+        return policy_refusal(verdict, host, dest, self.port, declined)
 
     # -------------------------------------------------------------- replies
     def _reply(self, data: bytes) -> bool:

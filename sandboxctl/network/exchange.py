@@ -38,6 +38,7 @@ from sandboxctl.network.terminate import StreamRelay
 from sandboxctl.network.tls import StreamClosed
 from sandboxctl.network.upstream import Broken, Upstream
 from sandboxctl.network.wire import HEAD_LIMIT, parse_absolute_target
+from sandboxctl.network.wsmask import EXTENSION_HEADER, WebSocketMasker
 
 if TYPE_CHECKING:
     from sandboxctl.network.connection import _Connection
@@ -142,8 +143,10 @@ class Exchange:
                     return self._refuse_request(request, refusal, event)
                 send_headers, injected = outcome.headers, outcome.injected
                 if injected:  # an answer must come back where the masking can read it: uncompressed
+                    # (for a WebSocket: no permessage-deflate, no extension at all: wsmask.py)
                     send_headers = [(name, value) for name, value in send_headers
-                                    if name.lower() != b"accept-encoding"] + [(b"Accept-Encoding", b"identity")]
+                                    if name.lower() not in (b"accept-encoding", EXTENSION_HEADER)]
+                    send_headers.append((b"Accept-Encoding", b"identity"))
                 event["secrets"] = injected or None
                 logged = logged or bool(injected)
             upgrade = self._upgrade(headers, rules is not None)
@@ -367,11 +370,19 @@ class Exchange:
         event["upgrade"] = next((v.decode("latin-1") for n, v in answer.headers.raw_items() if n.lower() == b"upgrade"),
                                 None)
         headers = _masked(masker, messages.response_headers(list(answer.headers.raw_items()), switching=True))
+        inbound = None
+        if masker is not None:  # the server got a real value: its frames are read and masked (wsmask.py)
+            if event["upgrade"] is None or event["upgrade"].strip().lower() != "websocket" or any(
+                    name.lower() == EXTENSION_HEADER for name, _ in headers):
+                self.conn.abort(reset=True)
+                raise Broken("the server switched to a protocol (or a WebSocket extension) the proxy did not offer, "
+                             "on a connection that carries a secret")
+            inbound = WebSocketMasker(masker)
         self._send_client(h11.InformationalResponse(status_code=101, headers=headers, reason=answer.reason), event)
         upstream = self.upstream
         assert upstream.stream is not None and upstream.h11 is not None
         client_rest, up_rest = self.cl.trailing_data[0], upstream.h11.trailing_data[0]
-        StreamRelay(self.conn, event).run(self.client, upstream.stream, client_rest, up_rest)
+        StreamRelay(self.conn, event, inbound).run(self.client, upstream.stream, client_rest, up_rest)
         return False
 
     # ------------------------------------------------------------------ refusals

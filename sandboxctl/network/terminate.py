@@ -18,6 +18,7 @@ from sandboxctl.network.tls import PlainStream, StreamClosed, TlsStream, describ
 if TYPE_CHECKING:
     from sandboxctl.network.connection import _Connection
     from sandboxctl.network.tls import Stream
+    from sandboxctl.network.wsmask import WebSocketMasker
 
 HANDSHAKE_TIMEOUT_S = 15.0
 
@@ -57,11 +58,14 @@ def inspect_tunnel(conn: _Connection, first: bytes) -> None:
 
 class StreamRelay:
     """After a 101: both directions as they are, one thread each, until both sides are done; the
-    bytes are counted in `event` (the request's http record) and on the connection."""
+    bytes are counted in `event` (the request's http record) and on the connection. `inbound`,
+    when given, rewrites what the server sends before the client gets it (wsmask.WebSocketMasker:
+    a secret the server got is masked in its frames)."""
 
-    def __init__(self, conn: _Connection, event: dict[str, Any]) -> None:
+    def __init__(self, conn: _Connection, event: dict[str, Any], inbound: WebSocketMasker | None = None) -> None:
         self.conn = conn
         self.event = event
+        self.inbound = inbound
 
     def run(self, client: Stream, upstream: Stream, client_rest: bytes, up_rest: bytes) -> None:
         helper = threading.Thread(target=self._pump, args=(upstream, client, up_rest, False),
@@ -75,18 +79,29 @@ class StreamRelay:
         helper.join()
 
     def _pump(self, src: Stream, dst: Stream, first: bytes, outbound: bool) -> None:
+        from sandboxctl.network.wsmask import FrameError
+
         key = "bytes_out" if outbound else "bytes_in"
+        rewrite = None if outbound or self.inbound is None else self.inbound
         try:
             data = first
             src.settimeout(None)
             while True:
+                if rewrite is not None:
+                    data = rewrite.feed(data)
                 if data:
                     dst.sendall(data)
                     self.event[key] += len(data)
                     setattr(self.conn, key, getattr(self.conn, key) + len(data))
                 data = src.recv()
                 if not data:
+                    if rewrite is not None:
+                        rewrite.finish()
                     break
+        except FrameError as exc:
+            self.conn.error = self.conn.error or f"WebSocket frames not passed on: {exc}"
+            self.conn.abort(reset=True)
+            return
         except (StreamClosed, OSError):
             self.conn.abort(reset=True)
             return

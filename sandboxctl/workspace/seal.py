@@ -41,6 +41,12 @@ def _compare(layer: Layer) -> tuple[list[Change], dict[str, Node]]:
         missing = "the workspace" if exc.filename in (None, layer.workspace) else "its layer"
         raise SandboxError(f"run {layer.run_id}: {missing} is missing ({exc.filename or layer.workspace})",
                            f"`sandboxctl discard {layer.run_id}` drops the run") from None
+    except PermissionError as exc:
+        # the command may chmod 000 what it made, and the layer is read as you, without privilege
+        raise SandboxError(f"run {layer.run_id}: cannot read its layer or the workspace: {exc}",
+                           f"an entry the command made unreadable to you stops the review; `chmod -R u+rwX "
+                           f"{layer.upper}` makes it reviewable (its changes then carry those modes), or "
+                           f"`sandboxctl discard {layer.run_id}` drops the run") from None
     except OSError as exc:
         raise SandboxError(f"run {layer.run_id}: cannot read its layer or the workspace: {exc}",
                            "check the permissions of both") from None

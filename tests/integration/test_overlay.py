@@ -380,3 +380,29 @@ def test_the_library_holds_an_overlay_run_too(sandbox, monkeypatch):
     layer = find(state_dir(), result.run_id, None)
     assert [c.path for c in apply(layer).applied] == ["a.txt", "c"]
     assert (sandbox.workspace / "a.txt").read_text() == "b\n"
+
+
+def test_entries_the_command_made_unreadable_stop_the_review_with_a_way_on(sandbox):
+    """A command can chmod 000 what it made (or copied up): the layer is read as you, without
+    privilege, so the review cannot read it. It must say so in one line with a way on — never
+    apply what it could not read — and the way on must work."""
+    ws = sandbox.workspace
+    write(ws / "a.txt", "a\n")
+    result = sandbox.run("--overlay", "--", "/bin/sh", "-c", "echo secret > locked.txt && chmod 000 locked.txt "
+                         "&& mkdir -p box/in && echo x > box/in/f && chmod 000 box && chmod 000 a.txt")
+    assert result.returncode == 0, result.stderr
+    listed = _cli(sandbox, "changes")
+    if os.getuid() != 0:  # root reads the layer whatever its modes
+        assert listed.returncode == 125 and "Permission denied" in listed.stderr, listed.stderr
+        assert "Traceback" not in listed.stderr and "chmod -R u+rwX " in listed.stderr
+        refused = _cli(sandbox, "apply")
+        assert refused.returncode == 125 and not (ws / "locked.txt").exists()  # nothing applied unread
+        upper = listed.stderr.split("chmod -R u+rwX ")[1].split("`")[0]
+        subprocess.run(["chmod", "-R", "u+rwX", upper], check=True)
+        listed = _cli(sandbox, "changes")
+    assert listed.returncode == 0, listed.stderr
+    assert "locked.txt" in listed.stdout and "box/in/f" in listed.stdout
+    applied = _cli(sandbox, "apply")
+    assert applied.returncode == 0, applied.stderr
+    os.chmod(ws / "locked.txt", 0o600)
+    assert (ws / "locked.txt").read_text() == "secret\n" and (ws / "a.txt").read_text() == "a\n"

@@ -61,7 +61,14 @@ class _EchoingRecorder(_Recorder):
         self.send_header("Upgrade", "websocket")
         self.send_header("Connection", "Upgrade")
         self.send_header("Sec-WebSocket-Protocol", self.headers.get("Sec-WebSocket-Protocol", ""))
+        if self.path == "/ws-deflate":  # negotiates compression whether or not it was offered
+            self.send_header("Sec-WebSocket-Extensions", "permessage-deflate")
         self.end_headers()
+        if self.path == "/ws-echo":  # echoes the Authorization it got, the value split over two fragments
+            echoed = self.headers.get("Authorization", "").encode()
+            cut = len(echoed) // 2
+            self.wfile.write(bytes((0x01, cut)) + echoed[:cut] + bytes((0x89, 2)) + b"hi"
+                             + bytes((0x80, len(echoed) - cut)) + echoed[cut:] + bytes((0x88, 2)) + b"\x03\xe8")
         self.wfile.flush()
         self.close_connection = True
         return None
@@ -161,6 +168,60 @@ print(head.decode("latin-1"))
     assert "101" in result.stdout.split("\n")[0], result.stdout + result.stderr
     assert echo.headers_of()["sec-websocket-protocol"] == REAL  # the upstream got the real value
     assert not _learned(result.stdout), "the 101 answer handed the real value back"
+
+
+WS_CLIENT = """
+import os, socket, ssl, struct
+sock = socket.create_connection(("127.0.0.1", 3128))
+sock.sendall(b"CONNECT localhost:{port} HTTP/1.1\\r\\nHost: localhost:{port}\\r\\n\\r\\n")
+assert sock.recv(1000).startswith(b"HTTP/1.1 200")
+tls = ssl.create_default_context().wrap_socket(sock, server_hostname="localhost")
+tls.sendall(b"GET {path} HTTP/1.1\\r\\nHost: localhost:{port}\\r\\nConnection: Upgrade\\r\\nUpgrade: websocket\\r\\n"
+            b"Sec-WebSocket-Extensions: permessage-deflate\\r\\n"
+            b"Authorization: Bearer " + os.environ["TOKEN"].encode() + b"\\r\\n\\r\\n")
+data = b""
+try:
+    while chunk := tls.recv(65536):
+        data += chunk
+except (ConnectionResetError, ssl.SSLError) as exc:
+    print("reset:", type(exc).__name__)
+head, _, frames = data.partition(b"\\r\\n\\r\\n")
+print(head.split(b"\\r\\n")[0].decode("latin-1"))
+message, pos = b"", 0
+while pos + 2 <= len(frames):  # the client's view: a text message assembled from its fragments
+    first, n = frames[pos], frames[pos + 1] & 0x7F
+    payload, pos = frames[pos + 2:pos + 2 + n], pos + 2 + n
+    if first & 0x0F in (0, 1):
+        message += payload
+        if first & 0x80:
+            print("message:", message.decode("latin-1"))
+"""
+
+
+def test_a_websocket_server_echoing_the_value_in_its_frames_does_not_hand_it_back(sandbox, upstream_ca, echo):
+    """After a 101 the connection is a WebSocket; a server that got the real value may echo it in a
+    message, here split over two fragments with a ping in between. The client must assemble the
+    message with the value masked (and the proxy must not have offered compression upstream)."""
+    policy = _phantom_policy(sandbox, upstream_ca, echo)
+    result = sandbox.run("--", "python3", "-c", WS_CLIENT.format(port=echo.port, path="/ws-echo"), policy=policy,
+                         env={"REAL_TOKEN": REAL})
+    assert result.returncode == 0, result.stderr
+    assert "101" in result.stdout.split("\n")[0], result.stdout + result.stderr
+    assert echo.headers_of()["authorization"] == f"Bearer {REAL}"  # the upstream got the real value
+    assert "sec-websocket-extensions" not in echo.headers_of()  # no compression that would hide it
+    assert f"message: Bearer {'*' * len(REAL)}" in result.stdout, result.stdout
+    assert not _learned(result.stdout), "the WebSocket frames handed the real value back"
+
+
+def test_a_websocket_extension_the_proxy_did_not_offer_ends_the_connection(sandbox, upstream_ca, echo):
+    """permessage-deflate would hide the value from the masking: a server that answers with an
+    extension anyway gets no relay, and the client no frame."""
+    policy = _phantom_policy(sandbox, upstream_ca, echo)
+    result = sandbox.run("--", "python3", "-c", WS_CLIENT.format(port=echo.port, path="/ws-deflate"), policy=policy,
+                         env={"REAL_TOKEN": REAL})
+    assert result.returncode == 0, result.stderr
+    assert "101" not in result.stdout and "message:" not in result.stdout, result.stdout
+    assert not _learned(result.stdout)
 
 
 RAW_TUNNEL = """

@@ -64,3 +64,29 @@ def test_a_symlink_planted_in_a_world_writable_dir_is_not_taken_for_our_private_
     home.mkdir(mode=0o755)
     (home / "state").symlink_to(mine)  # a user's own symlink, in a directory only they write: fine
     assert ensure_private_dir(home / "state") == home / "state"
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="a socket file of another user needs root to chown it")
+@pytest.mark.parametrize("deep", [False, True])
+def test_another_users_socket_is_refused_before_it_gets_a_connection(tmp_path, deep):
+    """SO_PEERCRED would tell the other user's server our pid and uid the moment we connect: the
+    socket file's owner is checked first, and its server never sees us."""
+    directory = tmp_path / ("d" * 120 if deep else "s")
+    directory.mkdir()
+    path = str(directory / "theirs.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    unixpath.bind(server, path)
+    server.listen(1)
+    os.lchown(path, 65534, 65534)
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with pytest.raises(PermissionError, match="another user"):
+            unixpath.connect_own(client, path)
+        server.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            server.accept()  # no connection ever reached it
+        os.lchown(path, 0, 0)
+        unixpath.connect_own(client, path)  # ours again: connected
+    finally:
+        client.close()
+        server.close()
