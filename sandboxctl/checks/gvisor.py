@@ -67,12 +67,12 @@ def assess_gvisor(path: str | None, probe: dict | None) -> CheckResult:
 def check_gvisor() -> CheckResult:
     """`--backend gvisor` runs the plan under runsc; optional: the default backend does not need it."""
     from sandboxctl.errors import SandboxError
-    from sandboxctl.launch import runsc
+    from sandboxctl.launch import runsc, runsc_probe
 
     path = runsc.find()
     if not path:
         return assess_gvisor(None, None)
     try:
-        return assess_gvisor(path, runsc.probe(path))
+        return assess_gvisor(path, runsc_probe.probe(path))
     except SandboxError as exc:
         return CheckResult("gvisor", WARN, f"{path}: cannot probe gVisor: {exc.message}", exc.hint or "")

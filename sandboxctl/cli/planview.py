@@ -23,14 +23,14 @@ def redacted_env(plan: Plan) -> list[tuple[str, str]]:
 def gvisor_bundle(plan: Plan) -> dict:
     """What the gvisor backend would hand runsc: config.json, the runsc command line, and the
     symlinks made in the private root ({run} stands for the run's private directory)."""
-    from sandboxctl.launch import oci, runsc
+    from sandboxctl.launch import oci, runsc, runsc_probe
 
     paths = oci.dry_paths(plan)
     path = runsc.find()
     return {
         "oci_config": oci.config(plan, paths, runsc.unmaskable(plan), runsc.one_terminal()),
         "runsc_argv": oci.runsc_argv(plan, paths, runsc=path or "runsc",
-                                     platform=runsc.cached_platform(path)),
+                                     platform=runsc_probe.cached_platform(path)),
         "rootfs_symlinks": [{"path": target, "to": text} for target, text in oci.rootfs_symlinks(plan)],
     }
 

@@ -52,9 +52,9 @@ def proxy_listener(port):
     and no option with which the command could bind the same port next to it and be handed
     some of the connections meant for 127.0.0.1:3128 (gVisor, measured: with the listener on
     127.0.0.1 and SO_REUSEADDR, the command could bind 0.0.0.0:3128)."""
-    import socket
+    import _socket
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
     sock.bind(("0.0.0.0", port))
     sock.listen(256)
     return sock
@@ -109,9 +109,13 @@ def drop_capabilities():
 
 def forward(listener, path):
     """Relay each connection to the supervisor's proxy socket (a host UNIX socket runsc lets the
-    sandbox open): the supervisor decides every destination, exactly as under bubblewrap."""
-    import socket
-    import threading
+    sandbox open): the supervisor decides every destination, exactly as under bubblewrap.
+
+    On the C modules _socket and _thread: socket.py and threading.py import enum, functools,
+    collections, selectors..., files gVisor's gofer must find and read in a cold sandbox
+    (measured: ~30 ms of a network: proxy run's start, platform ptrace)."""
+    import _socket
+    import _thread
 
     def relay(source, sink):
         try:
@@ -122,46 +126,55 @@ def forward(listener, path):
                 sink.sendall(data)
         except OSError:
             pass
-        for sock, how in ((sink, socket.SHUT_WR), (source, socket.SHUT_RD)):
+        for sock, how in ((sink, _socket.SHUT_WR), (source, _socket.SHUT_RD)):
             try:
                 sock.shutdown(how)
             except OSError:
                 continue
 
+    def relay_back(source, sink, done):
+        try:
+            relay(source, sink)
+        finally:
+            done.release()
+
     def serve(client):
-        upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        upstream = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             upstream.connect(path)
         except OSError:
             client.close()
             upstream.close()
             return
-        back = threading.Thread(target=relay, args=(upstream, client), daemon=True)
-        back.start()
+        back_done = _thread.allocate_lock()
+        back_done.acquire()
+        _thread.start_new_thread(relay_back, (upstream, client, back_done))
         relay(client, upstream)
-        back.join()
+        back_done.acquire()  # the other direction has ended too
         client.close()
         upstream.close()
 
-    while True:
+    while True:  # threads of _thread end with this process (os._exit), as daemon threads
         try:
-            client, _addr = listener.accept()
+            fd, _addr = listener._accept()
         except OSError as exc:
             if exc.errno in (9, 22):  # EBADF, EINVAL: the listener is gone
                 return
             continue
-        threading.Thread(target=serve, args=(client,), daemon=True).start()
+        try:
+            client = _socket.socket(fileno=fd)
+        except OSError:
+            os.close(fd)
+            continue
+        _thread.start_new_thread(serve, (client,))
 
 
 def start_forwarder(proxy):
     """Fork the forwarder before the command starts, as another user (see the module docstring);
     the command starts only once it holds the port and the supervisor's heartbeat connection."""
+    import _signal as signal  # the C modules (see forward): `signal` imports enum, functools, collections
+    import _socket  # the forwarder's imports, while this launcher can still read anything
     import select
-    import signal
-    import socket
-    import threading  # the forwarder's imports, while this launcher can still read anything
-
-    del threading
     try:
         listener = proxy_listener(proxy["port"])
     except OSError as exc:
@@ -175,7 +188,7 @@ def start_forwarder(proxy):
             become(FORWARDER_UID)
             _libc().prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
             # its lifeline: the supervisor ends the run when this connection closes
-            heartbeat = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            heartbeat = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
             heartbeat.connect(proxy["alive"])
             # it lives as long as the sandbox: a dead peer or a signal meant for the command must not end it
             for signum in (signal.SIGPIPE, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP,
@@ -234,7 +247,9 @@ def main():
             config = marshal.loads(handle.read())
     except (OSError, IndexError, ValueError, EOFError) as exc:
         fail(f"cannot read the launch configuration: {exc}")
-    import signal
+    # the C module: `import signal` imports enum, functools and collections, files gVisor's gofer must
+    # find and read in a cold sandbox (measured: ~40 ms of a run's start, platform ptrace)
+    import _signal as signal
 
     # Python ignores SIGPIPE and SIGXFSZ for itself, and exec keeps ignored signals
     for signum in (signal.SIGPIPE, signal.SIGXFSZ, *config.get("default_signals", ())):

@@ -6,18 +6,14 @@ user's runtime dir, else /dev/shm). It is removed when the run ends; if the supe
 a watchdog process removes it (and kills what is left of the sandbox), and the next run sweeps
 what a killed watchdog could not.
 
-The platform probe starts a real (tiny) sandbox per candidate platform, so it is cached in the
-runtime dir (per user, gone at reboot, when /dev/kvm may change too), keyed by the runsc binary,
-the user, the kernel and whether /dev/kvm is usable.
+Which platform runs use, and runsc's version, are runsc_probe.py's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import marshal
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -28,17 +24,17 @@ from sandboxctl.launch import oci
 from sandboxctl.plan.model import Plan
 from sandboxctl.watchdog import Watchdog
 
-PLATFORMS = ("kvm", "ptrace")  # preference order when both work; ptrace needs nothing but ptrace(2)
-PROBE_TIMEOUT_S = 5.0  # a working platform answers in well under a second; kvm may hang
-CACHE_FILE = "gvisor-probe.json"
-VERSION_FILE = "runsc-version.json"
-CACHE_VERSION = 2
 RUN_DIR_PREFIX = "g-"
 UNIX_PATH_MAX = 107
 
 
 def find() -> str | None:
-    return shutil.which("runsc")
+    """runsc on PATH (shutil.which, without importing shutil: it loads bz2 and lzma, ~5 ms a run)."""
+    for directory in os.get_exec_path():
+        path = os.path.join(directory or ".", "runsc")
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
 
 
 def require() -> str:
@@ -47,22 +43,6 @@ def require() -> str:
         raise SandboxError("the gvisor backend needs runsc (gVisor), which is not installed",
                            "Debian/Ubuntu: sudo apt-get install runsc; then run sandboxctl doctor")
     return path
-
-
-def version(runsc: str) -> str:
-    import subprocess
-
-    try:
-        out = subprocess.run([runsc, "--version"], capture_output=True, text=True, timeout=10,
-                             stdin=subprocess.DEVNULL, check=False).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    first = out.strip().splitlines()[0] if out.strip() else "unknown"
-    return first.removeprefix("runsc version ").strip()
-
-
-def kvm_usable() -> bool:
-    return os.access("/dev/kvm", os.R_OK | os.W_OK)
 
 
 # ------------------------------------------------------------------ the run's private directory
@@ -84,48 +64,111 @@ def _private_dir(path: Path) -> Path | None:
 
 def runtime_base() -> Path:
     """Where run directories go: the user's runtime dir (a tmpfs), else /dev/shm, else the temp dir."""
-    import tempfile
-
     uid = os.getuid()
-    candidates = []
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg and os.path.isabs(xdg) and os.path.isdir(xdg):
-        candidates.append(Path(xdg) / "sandboxctl")
-    candidates += [Path("/dev/shm") / f"sandboxctl-{uid}", Path(tempfile.gettempdir()) / f"sandboxctl-{uid}"]
-    for candidate in candidates:
+
+    def candidates():
+        xdg = os.environ.get("XDG_RUNTIME_DIR")
+        if xdg and os.path.isabs(xdg) and os.path.isdir(xdg):
+            yield Path(xdg) / "sandboxctl"
+        yield Path("/dev/shm") / f"sandboxctl-{uid}"
+        import tempfile  # only when needed: gettempdir() imports a lot and writes a probe file
+
+        yield Path(tempfile.gettempdir()) / f"sandboxctl-{uid}"
+
+    for candidate in candidates():
         if candidate.parent.is_dir() and _private_dir(candidate):
             return candidate
     raise SandboxError("no private runtime directory for the gvisor backend",
                        "set XDG_RUNTIME_DIR to a directory of yours (a tmpfs, e.g. /run/user/UID)")
 
 
+KILL_DEADLINE_S = 2.0  # SIGKILLed processes are gone in milliseconds; one stuck in the kernel is left
+
+
+def _names(pid: int, needle: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return needle in handle.read()
+    except OSError:
+        return False
+
+
 def pids_using(path: str) -> list[int]:
     """Processes whose command line names this directory: runsc, its gofer and its sandbox."""
-    found = []
     needle = path.encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                if needle in handle.read():
-                    found.append(int(entry))
-        except OSError:
-            continue
-    return found
+    return [int(entry) for entry in os.listdir("/proc")
+            if entry.isdigit() and int(entry) != os.getpid() and _names(int(entry), needle)]
 
 
 def destroy(path: Path) -> None:
-    """Kill every process of the run (by the directory on its command line), then remove it all."""
-    for _ in range(50):
-        pids = pids_using(str(path))
-        if not pids:
+    """Kill every process of the run (by the directory on its command line), wait until each is
+    gone (on pidfds: no polling), look again (one may have started another meanwhile), then
+    remove it all."""
+    deadline = time.monotonic() + KILL_DEADLINE_S
+    while time.monotonic() < deadline:
+        pidfds = _kill_naming(str(path))
+        if not pidfds:
             break
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.02)
-    shutil.rmtree(path, ignore_errors=True)
+        _wait_gone(pidfds, deadline)
+    remove_tree(path)
+
+
+def _kill_naming(path: str) -> list[int]:
+    """SIGKILL through a pidfd each process naming path: the pidfd is opened first and the name
+    checked after, so a pid reused since the listing is never signalled."""
+    needle, pidfds = path.encode(), []
+    for pid in pids_using(path):
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            continue
+        try:
+            if not _names(pid, needle):
+                raise ProcessLookupError
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        except OSError:  # gone already, or not ours to kill
+            os.close(pidfd)
+            continue
+        pidfds.append(pidfd)
+    return pidfds
+
+
+def _wait_gone(pidfds: list[int], deadline: float) -> None:
+    """Until every process is gone (its pidfd becomes readable when it exits) or the deadline."""
+    import select
+
+    poller = select.poll()
+    for pidfd in pidfds:
+        poller.register(pidfd, select.POLLIN)
+    waiting = set(pidfds)
+    try:
+        while waiting and (left := deadline - time.monotonic()) > 0:
+            for pidfd, _ in poller.poll(left * 1000):
+                poller.unregister(pidfd)
+                waiting.discard(pidfd)
+    finally:
+        for pidfd in pidfds:
+            os.close(pidfd)
+
+
+def remove_tree(path: Path) -> None:
+    """shutil.rmtree(path, ignore_errors=True) without shutil (see find): through directory
+    descriptors, never following a symbolic link (one is removed, not what it points at)."""
+    with contextlib.suppress(OSError):
+        for _root, dirs, files, root_fd in os.fwalk(path, topdown=False):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=root_fd)
+            for name in dirs:  # a symbolic link to a directory is listed here, and never entered
+                try:
+                    os.rmdir(name, dir_fd=root_fd)
+                except NotADirectoryError:
+                    with contextlib.suppress(OSError):
+                        os.unlink(name, dir_fd=root_fd)
+                except OSError:
+                    continue
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
 
 
 def sweep(base: Path) -> None:
@@ -200,7 +243,8 @@ class RunDir:
                     os.close(fd)
         for target, content in (data_files or {}).items() if paths.data else ():
             _write_private(os.path.join(paths.data, oci.data_file_name(target)), content)
-        _write_private(paths.launch, marshal.dumps(launch))
+        content = oci.launch_file(plan, launch)
+        _write_private(paths.launch, content, 0o500 if content.startswith(b"\x7fELF") else 0o600)
         _write_private(os.path.join(paths.bundle, "config.json"),
                        json.dumps(oci.config(plan, paths, self.skipped_masks, terminal), indent=1).encode())
         self.paths = paths
@@ -240,8 +284,8 @@ def first_error(text: str) -> str | None:
     return None
 
 
-def _write_private(path: str, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+def _write_private(path: str, data: bytes, mode: int = 0o600) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         os.write(fd, data)
     finally:
@@ -298,157 +342,3 @@ def watchdog(run_dir: Path) -> Watchdog:
     """Kills the sandbox and removes the run directory if the supervisor dies. Forked before any
     thread exists, before anything is on disk."""
     return Watchdog(lambda: destroy(run_dir))
-
-
-# ------------------------------------------------------------------ the platform probe
-PROBE_CODE = r"""
-import ctypes, errno, json, os, struct
-libc = ctypes.CDLL(None, use_errno=True)
-libc.syscall.restype = ctypes.c_long
-NR = {"x86_64": {"seccomp": 317, "newfstatat": 262}, "aarch64": {"seccomp": 277, "newfstatat": 79}}
-nr = NR.get(os.uname().machine, {})
-def call(*args):
-    return "ok" if libc.syscall(*args) >= 0 else errno.errorcode.get(ctypes.get_errno(), str(ctypes.get_errno()))
-out = {"landlock": call(444, None, 0, 1)}
-status = open("/proc/self/status").read()
-out["seccomp_mode"] = next((l.split(":")[1].strip() for l in status.splitlines() if l.startswith("Seccomp:")), "?")
-class Prog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-allow = ctypes.create_string_buffer(struct.pack("HBBI", 6, 0, 0, 0x7FFF0000), 8)
-prog = Prog(1, ctypes.cast(allow, ctypes.c_void_p))
-if nr:
-    out["seccomp_listener"] = call(nr["seccomp"], 1, 8, ctypes.byref(prog))
-    out["stat_no_automount"] = call(nr["newfstatat"], -100, b"/", ctypes.create_string_buffer(256), 0x800)
-print(json.dumps(out))
-"""
-
-
-def _probe_key(runsc: str) -> dict[str, Any]:
-    real = os.path.realpath(runsc)
-    try:
-        st = os.stat(real)
-        stamp = [st.st_size, st.st_mtime_ns]
-    except OSError:
-        stamp = []
-    return {"version": CACHE_VERSION, "runsc": real, "stamp": stamp, "uid": os.getuid(), "kvm": kvm_usable(),
-            "kernel": os.uname().release}
-
-
-def _cache_dir() -> Path:
-    return runtime_base() / "cache"
-
-
-def cached_probe(runsc: str) -> dict[str, Any] | None:
-    """The last probe of this runsc for this user, if nothing it depends on changed."""
-    try:
-        data = json.loads((_cache_dir() / CACHE_FILE).read_text())
-    except (OSError, ValueError, SandboxError):
-        return None
-    return data if isinstance(data, dict) and data.get("key") == _probe_key(runsc) else None
-
-
-def probe_platform(runsc: str, platform: str, timeout: float = PROBE_TIMEOUT_S) -> dict[str, Any]:
-    """Start a real sandbox (the `base` policy, the gvisor launcher and seccomp filter) on one
-    platform, and ask gVisor from inside which kernel features it offers."""
-    import subprocess
-    import sys
-
-    from sandboxctl.launch import seccomp
-    from sandboxctl.plan.build import build_plan
-    from sandboxctl.plan.facts import gather
-    from sandboxctl.plan.inputs import Invocation
-    from sandboxctl.policy.discover import load_named
-
-    facts = gather()
-    base = runtime_base()
-    run_id = f"probe{platform}-{os.urandom(3).hex()}"
-    plan = build_plan(load_named("base").policy,
-                      Invocation(command=(facts.shim_python, "-I", "-S", "-c", PROBE_CODE), workspace=str(base),
-                                 run_id=run_id, backend="gvisor"), facts)
-    run_dir = RunDir(base, run_id)
-    started = time.monotonic()
-    result: dict[str, Any] = {"platform": platform}
-    try:
-        program = seccomp.compile_bpf(plan.seccomp)
-        nr = seccomp.SECCOMP_SYSCALL.get(os.uname().machine, 317)
-        paths = run_dir.create(plan, oci.launch_config(plan, program, dict(plan.env), [], nr), {})
-        argv = oci.runsc_argv(plan, paths, runsc=runsc, platform=platform)
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=True)
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            result.update(ok=False, error=f"no answer within {timeout:g}s")
-            return result
-        result["ms"] = round((time.monotonic() - started) * 1000)
-        try:
-            facts_inside = json.loads(out.decode(errors="replace").strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            detail = run_dir.runsc_error() or " ".join(err.decode(errors="replace").split())[:300]
-            result.update(ok=False, error=detail or f"exit status {proc.returncode}")
-            return result
-        result.update(ok=proc.returncode == 0, inside=facts_inside)
-        return result
-    except (OSError, SandboxError) as exc:
-        result.update(ok=False, error=str(exc))
-        return result
-    finally:
-        run_dir.destroy()
-        sys.stdout.flush()
-
-
-def probe(runsc: str, refresh: bool = False) -> dict[str, Any]:
-    """Which platforms work here (ptrace always tried; kvm when /dev/kvm is usable), cached."""
-    if not refresh:
-        cached = cached_probe(runsc)
-        if cached:
-            return cached
-    key = _probe_key(runsc)
-    results = {}
-    for platform in PLATFORMS:
-        if platform == "kvm" and not key["kvm"]:
-            results[platform] = {"platform": platform, "ok": False, "error": "/dev/kvm is absent or not usable "
-                                 "by this user"}
-            continue
-        results[platform] = probe_platform(runsc, platform)
-    working = [p for p in PLATFORMS if results[p].get("ok")]
-    data = {"key": key, "version": version(runsc), "platforms": results,
-            "platform": working[0] if working else None, "probed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                                     time.gmtime())}
-    with contextlib.suppress(OSError, SandboxError):
-        cache = _cache_dir()
-        cache.mkdir(mode=0o700, exist_ok=True)
-        tmp = cache / f".{CACHE_FILE}.{os.getpid()}"
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, cache / CACHE_FILE)
-    return data
-
-
-def cached_platform(runsc: str | None) -> str:
-    """The probed platform without starting anything (for --dry-run); ptrace when not probed."""
-    cached = cached_probe(runsc) if runsc else None
-    return (cached or {}).get("platform") or "ptrace"
-
-
-def platform_for_run(runsc: str) -> tuple[str, str]:
-    """The platform a run uses (the probe's choice, else ptrace, which needs nothing) and runsc's
-    version (asked once per binary: starting runsc just for that costs ~30 ms a run)."""
-    cached = cached_probe(runsc)
-    if cached and cached.get("platform"):
-        return cached["platform"], cached.get("version") or "unknown"
-    path = _cache_dir() / VERSION_FILE
-    key = _probe_key(runsc)
-    with contextlib.suppress(OSError, ValueError, KeyError, AttributeError):
-        data = json.loads(path.read_text())
-        if data.get("key", {}).get("stamp") == key["stamp"] and data["key"].get("runsc") == key["runsc"]:
-            return "ptrace", str(data["version"])
-    found = version(runsc)
-    with contextlib.suppress(OSError):
-        path.parent.mkdir(mode=0o700, exist_ok=True)
-        tmp = path.with_name(f".{VERSION_FILE}.{os.getpid()}")
-        tmp.write_text(json.dumps({"key": key, "version": found}))
-        os.replace(tmp, path)
-    return "ptrace", found

@@ -84,6 +84,7 @@ class ActionLog:
         self._real = os.path.realpath(self.path)  # a symlinked log rotates where it really lives
         self.run_id = run_id
         self.seq = 0
+        self.written = 0  # bytes of this run's records (supervise/flood.py bounds it)
         self.redact = tuple(v for v in redact if v)
         self.scrubber = None
         if self.redact:  # only runs with secrets pay for it (import included)
@@ -181,6 +182,7 @@ class ActionLog:
             raise LogWriteError(f"cannot write the action log {self.path}: {_why(exc)}",
                                 "free some space or pass --log PATH; the run was stopped") from None
         self.seq += 1
+        self.written += len(data)
         line = data.strip(b"\n")
         own = self._known[1] if not torn and self._known and self._known[0] == st.st_size + len(data) else None
         self.head = run_head(self.head, line, own)

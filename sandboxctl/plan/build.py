@@ -36,6 +36,7 @@ SHIM_DIR = "/run/sandboxctl"
 SHIM_ENTRY = f"{SHIM_DIR}/shim.pyc"  # launch/shim_code.py: the shim as the bubblewrap backend runs it
 SESSION_SERVER = f"{SHIM_DIR}/session_server.py"  # a session's in-sandbox server (launch/session_server.py)
 GVISOR_INIT = f"{SHIM_DIR}/init.py"  # the gvisor backend's in-sandbox launcher
+GVISOR_NATIVE_MACHINES = ("x86_64",)  # launch/gvisor_exec.py: the launcher without python3 inside gVisor
 SECRETS_DIR = "/run/secrets"
 PROXY_PORT = 3128
 TLS_DIR = f"{SHIM_DIR}/tls"  # the run's CA and the combined bundle, made at launch (network/certs.py)
@@ -274,8 +275,11 @@ class _Planner:
 
     def runtime_mounts(self, visible: dict[str, str]) -> list[Mount]:
         if self.gvisor:
-            init = self.facts.gvisor_init_file or os.path.join(os.path.dirname(self.facts.shim_file), "gvisor_init.py")
-            mounts = [Mount("ro", GVISOR_INIT, init, "sandboxctl's launcher inside gVisor (loads seccomp)")]
+            mounts = []  # the native launcher is the run directory's launch file (launch/gvisor_exec.py)
+            if not gvisor_native_launcher(self.network_mode(), self.facts.machine):
+                init = self.facts.gvisor_init_file or os.path.join(os.path.dirname(self.facts.shim_file),
+                                                                   "gvisor_init.py")
+                mounts = [Mount("ro", GVISOR_INIT, init, "sandboxctl's launcher inside gVisor (loads seccomp)")]
         else:
             mounts = [
                 Mount("ro", f"{SHIM_DIR}/shim.py", self.facts.shim_file, "sandboxctl's launcher (applies Landlock)"),
@@ -623,6 +627,13 @@ def _anchor(protect, mounts: list[Mount]):
 GVISOR_WARNING = ("gvisor backend: Landlock is not applied (gVisor does not implement it; the file-system grants "
                   "rest on gVisor's kernel and its file proxy), and there are no exec, file or syscall events and "
                   "no file-write approvals (gVisor has no seccomp user notification)")
+
+
+def gvisor_native_launcher(network_mode: str, machine: str) -> bool:
+    """Under gVisor the command is started by a static program in the run directory
+    (launch/gvisor_exec.py), not by python3 + gvisor_init.py, unless the proxy's forwarder must
+    be started first or the machine has no such program."""
+    return network_mode != "proxy" and machine in GVISOR_NATIVE_MACHINES
 
 
 def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan:

@@ -140,6 +140,7 @@ def gather(environ: Mapping[str, str] | None = None) -> HostFacts:
         shim_file=str(package / "launch" / "shim.py"),
         shim_code=cached_path(str(package / "launch" / "shim.py"), str(state_dir() / "cache")),
         gvisor_init_file=str(package / "launch" / "gvisor_init.py"),
+        machine=os.uname().machine,
         runtime_dirs=_runtime_dirs(env),
         landlock_lib=_landlock_lib(),
         protected_code=_supervisor_code(package, builtin_dir().resolve()),

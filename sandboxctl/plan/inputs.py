@@ -60,6 +60,7 @@ class HostFacts(Record):
     glob: Callable[[str], list[str]] = lambda pattern: []
     runtime_dir: str = ""  # where approval sockets live (masked inside like the state dir)
     gvisor_init_file: str = ""  # the in-sandbox launcher of the gvisor backend (launch/gvisor_init.py)
+    machine: str = ""  # os.uname().machine: the gvisor backend's native launcher is x86-64 code
     runtime_dirs: tuple[str, ...] = ()  # existing gvisor run-dir bases: bundles and file secrets of live runs
     shim_code: str = ""  # the shim compiled for this interpreter, in the state cache (launch/shim_code.py)
     # protect.index.scan: repositories and names matching patterns beneath a root (deep: the whole

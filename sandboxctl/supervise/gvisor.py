@@ -29,7 +29,7 @@ from typing import Any
 
 from sandboxctl import unixpath
 from sandboxctl.errors import EXIT_SANDBOX_FAILED, EXIT_TIMEOUT, SandboxError
-from sandboxctl.launch import oci, runsc, seccomp
+from sandboxctl.launch import oci, runsc, runsc_probe, seccomp
 from sandboxctl.launch.gvisor_init import FORWARDER_UID
 from sandboxctl.log.writer import LogWriteError
 from sandboxctl.plan.build import PROXY_PORT
@@ -64,7 +64,7 @@ class GvisorSupervisor(Supervisor):
     def launch(self) -> RunResult:
         plan = self.plan
         self.runsc_path = runsc.require()
-        self.platform, self.version = runsc.platform_for_run(self.runsc_path)
+        self.platform, self.version = runsc_probe.platform_for_run(self.runsc_path)
         program = seccomp.load_or_compile(plan.seccomp, self.state / "cache")
         base = runsc.runtime_base()
         runsc.sweep(base)
@@ -74,7 +74,8 @@ class GvisorSupervisor(Supervisor):
         originals = {s: signal.getsignal(s) for s in (*FORWARDED, signal.SIGWINCH)}
         started = time.monotonic()
         try:
-            self._start_broker()  # after the watchdog's fork: a front end may run threads
+            if plan.network.mode == "proxy":  # the only way anything reaches a broker under gVisor
+                self._start_broker()  # after the watchdog's fork: a front end may run threads
             data_files = self._prepare_inspection()
             env = dict(plan.env)
             env.update({s.name: self.secret_values[s.name] for s in plan.secrets if s.deliver_as == "env"})
@@ -356,6 +357,8 @@ class GvisorSupervisor(Supervisor):
             "gvisor": {
                 "runsc": self.runsc_path, "version": self.version, "platform": self.platform, "rootless": True,
                 "mounts": len(plan.mounts), "capabilities": "none",
+                "launcher": "native (a static program: loads seccomp, executes the command)"
+                if oci.native_launcher(plan) else "python3 (gvisor_init.py)",
                 "user": "uid 0 inside gVisor, mapped to the calling user",
                 "host_unix_sockets": "open (the proxy's socket; also any other visible in the granted paths)"
                 if proxy else "none",
@@ -401,9 +404,8 @@ class GvisorSupervisor(Supervisor):
             error = SandboxError(f"gVisor (runsc) could not run the sandbox: {self.runsc_error}",
                                  "run `sandboxctl doctor` to see whether the gvisor backend works here")
             code = EXIT_SANDBOX_FAILED
-        if self.log_failed:
-            error = SandboxError("the action log could not be written; the sandbox was stopped",
-                                 "free some space or pass --log PATH")
-            code = EXIT_SANDBOX_FAILED
+        stopped = self.log_stop_error()
+        if stopped is not None:
+            error, code = stopped, EXIT_SANDBOX_FAILED
         return RunResult(code, duration, self.timed_out, error, self.layers, self.denials)
 

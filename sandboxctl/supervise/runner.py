@@ -27,7 +27,7 @@ from sandboxctl.plan.build import PROXY_PORT
 from sandboxctl.plan.model import Plan
 from sandboxctl.protect.snapshot import HEARTBEAT_S
 from sandboxctl.record import Record
-from sandboxctl.supervise import fd_budget, fdops, notify, processes, spawn
+from sandboxctl.supervise import fd_budget, fdops, flood, notify, processes, spawn
 from sandboxctl.supervise import secrets as secret_store
 from sandboxctl.supervise.cgroups import RunCgroup
 from sandboxctl.supervise.denials import DenialList, LogThrottle
@@ -88,6 +88,8 @@ class Supervisor:
         self.sock_diag_fd: int | None = None  # the sandbox's own netlink socket (none/proxy)
         self.log_lock = threading.Lock()
         self.log_failed = False
+        self.log_budget = flood.budget(log)
+        self.log_flooded = False  # the run's records reached the budget: it was stopped
         self.setup_error: SandboxError | None = None
         self.denials: list[dict[str, Any]] = DenialList()  # bounded: identical ones past a few are counted
         self.throttle = LogThrottle()  # and so are their log records
@@ -730,6 +732,11 @@ class Supervisor:
             with self.log_lock:
                 if self.throttle.admit(event, fields):
                     self.log.write(event, **fields)
+                if self.log_budget is not None and not self.log_flooded and self.log.written > self.log_budget:
+                    self.log_flooded = True  # before more records push its first ones out: flood.py
+                    self.log.write("limit", kind="log", action="kill", limit_bytes=self.log_budget,
+                                   written_bytes=self.log.written)
+                    self._kill()
         except LogWriteError:
             self.log_failed = True
             self._kill()
@@ -845,6 +852,21 @@ class Supervisor:
             processes.kill_sandbox(self.bwrap_pid)  # --die-with-parent takes the rest down
 
     # ------------------------------------------------------------------ result
+    def log_stop_error(self) -> SandboxError | None:
+        """Why the log stopped the run, if it did: a record could not be written, or the run's
+        records reached its budget (flood.py)."""
+        if self.log_failed:
+            return SandboxError("the action log could not be written; the sandbox was stopped",
+                                "free some space or pass --log PATH")
+        if self.log_flooded:
+            from sandboxctl.units import format_size
+
+            return SandboxError(f"the run wrote {format_size(self.log_budget or 0)} of action-log records, half of "
+                                "what the log keeps; it was stopped before its first records were rotated out",
+                                "with log.forward in the policy every record is kept outside too and a run may "
+                                "write more; or split the work into several runs")
+        return None
+
     def _layers(self, landlock: dict[str, Any]) -> dict[str, Any]:
         from sandboxctl.network import checks
 
@@ -925,10 +947,9 @@ class Supervisor:
             hint = self.exec_error.get("hint") or hint_for_exec_error(self.plan, code, self.plan.command[0],
                                                                       os.environ.get("PATH", ""))
             error = SandboxError(self.exec_error["exec_error"], hint, code)
-        if self.log_failed:
-            error = SandboxError("the action log could not be written; the sandbox was stopped",
-                                 "free some space or pass --log PATH")
-            code = EXIT_SANDBOX_FAILED
+        stopped = self.log_stop_error()
+        if stopped is not None:
+            error, code = stopped, EXIT_SANDBOX_FAILED
         return RunResult(code, duration, self.timed_out, error, self.layers, self.denials, tampered=self.tampered)
 
 

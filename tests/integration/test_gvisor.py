@@ -104,15 +104,22 @@ def test_every_run_warns_what_gvisor_does_not_provide(gv):
     assert "Landlock is not applied" in result.stderr and "no exec, file or syscall events" in result.stderr
 
 
-def test_seccomp_baseline_is_enforced_inside_gvisor(gv):
+@pytest.mark.parametrize("policy,launcher", [("default", "python3"), ("base", "native")])
+def test_seccomp_baseline_is_enforced_inside_gvisor(gv, policy, launcher):
+    """With either launcher: python3 + gvisor_init.py (network: proxy starts a forwarder) or the
+    native program (network: none, x86-64), which loads the same BPF program without an interpreter."""
+    if launcher == "native" and os.uname().machine != "x86_64":
+        pytest.skip("the native launcher exists for x86-64 only; elsewhere python3 starts every command")
     code = ("import ctypes, errno, socket\nlibc = ctypes.CDLL(None, use_errno=True)\n"
             "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('Seccomp:')][0])\n"
             "print(libc.ptrace(0, 0, 0, 0), errno.errorcode[ctypes.get_errno()])\n"
             "print(libc.unshare(0x10000000), errno.errorcode[ctypes.get_errno()])\n"
             "try:\n    socket.socket(17, socket.SOCK_RAW)\nexcept OSError as e:\n    print(errno.errorcode[e.errno])\n"
             "import threading\nt = threading.Thread(target=print, args=('threads work',)); t.start(); t.join()\n")
-    result = gv.py(code)
+    result = gv.py(code, policy=policy)
     assert result.stdout.splitlines() == ["2", "-1 EPERM", "-1 EPERM", "EAFNOSUPPORT", "threads work"], result.stderr
+    assert gv.start()["layers"]["gvisor"]["launcher"].startswith(launcher)
+    assert gv.processes() == [] and gv.run_dirs() == []
 
 
 # ------------------------------------------------------------------ file system
@@ -382,13 +389,14 @@ def test_network_escape_waits_for_sandboxctl_approve(gv, web_port):
 
 
 # ------------------------------------------------------------------ environment and secrets
-def test_environment_is_cleared(gv):
+@pytest.mark.parametrize("policy", ["default", "base"])  # python3 launcher, native launcher (x86-64)
+def test_environment_is_cleared(gv, policy):
     result = gv.run("--", "/bin/sh", "-c", "env; cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n'",
-                    env={"SECRET_CANARY": CANARY, "AWS_SECRET_ACCESS_KEY": CANARY})
+                    env={"SECRET_CANARY": CANARY, "AWS_SECRET_ACCESS_KEY": CANARY}, policy=policy)
     assert result.returncode == 0, result.stderr
     assert CANARY not in result.stdout
     names = {line.split("=", 1)[0] for line in result.stdout.splitlines() if "=" in line}
-    assert {"PATH", "HOME", "SANDBOXCTL", "HTTPS_PROXY"} <= names
+    assert {"PATH", "HOME", "SANDBOXCTL"} | ({"HTTPS_PROXY"} if policy == "default" else set()) <= names
     assert not names & {"XDG_STATE_HOME", "XDG_RUNTIME_DIR", "SECRET_CANARY", "PYTHONPATH"}
 
 
@@ -423,16 +431,24 @@ def test_exit_codes_follow_the_command(gv, script, code):
     assert gv.sh(script).returncode == code
 
 
-def test_command_not_found_is_127_and_not_executable_is_126(gv):
-    missing = gv.run("--", "no-such-command-xyz")
-    assert missing.returncode == 127 and "not found" in missing.stderr and "Traceback" not in missing.stderr
-    (gv.workspace / "script.sh").write_text("#!/bin/sh\necho hi\n")
-    assert gv.run("--", "./script.sh").returncode == 126
+@pytest.mark.parametrize("policy", ["default", "base"])  # python3 launcher, native launcher (x86-64)
+def test_command_not_found_is_127_and_not_executable_is_126(gv, policy):
+    missing = gv.run("--", "no-such-command-xyz", policy=policy)
+    assert missing.returncode == 127 and "Traceback" not in missing.stderr
+    assert "sandboxctl: error: no-such-command-xyz: command not found inside the sandbox" in missing.stderr
+    assert gv.run("--", "/nonexistent/cmd", policy=policy).returncode == 127
+    denied = gv.run("--", "/etc/passwd", policy=policy)  # a regular file without an execute bit
+    assert denied.returncode == 126 and "/etc/passwd: permission denied" in denied.stderr
+    assert gv.run("--", "sh", "-c", "exit 3", policy=policy).returncode == 3  # found on PATH
+    if policy == "default":
+        (gv.workspace / "script.sh").write_text("#!/bin/sh\necho hi\n")
+        assert gv.run("--", "./script.sh").returncode == 126
 
 
-def test_timeout_gives_124_and_leaves_no_process(gv):
+@pytest.mark.parametrize("policy", ["default", "base"])  # python3 launcher, native launcher (x86-64)
+def test_timeout_gives_124_and_leaves_no_process(gv, policy):
     started = time.monotonic()
-    result = gv.run("--timeout", "1s", "--", "/bin/sh", "-c", "trap '' TERM; sleep 7.3 & sleep 7.3")
+    result = gv.run("--timeout", "1s", "--", "/bin/sh", "-c", "trap '' TERM; sleep 7.3 & sleep 7.3", policy=policy)
     assert result.returncode == 124
     assert time.monotonic() - started < 8
     assert gv.processes() == [] and gv.run_dirs() == []
@@ -440,8 +456,9 @@ def test_timeout_gives_124_and_leaves_no_process(gv):
     assert [r["exit_code"] for r in gv.records() if r["event"] == "run.end"] == [124]
 
 
-def test_killing_the_supervisor_leaves_nothing(gv):
-    proc = subprocess.Popen(gv.argv("--", "/bin/sh", "-c", "sleep 9.2 & sleep 9.2"), cwd=gv.workspace,
+@pytest.mark.parametrize("policy", ["default", "base"])  # python3 launcher, native launcher (x86-64)
+def test_killing_the_supervisor_leaves_nothing(gv, policy):
+    proc = subprocess.Popen(gv.argv("--", "/bin/sh", "-c", "sleep 9.2 & sleep 9.2", policy=policy), cwd=gv.workspace,
                             env=gv.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert wait_for(lambda: len(gv.processes()) >= 3 and gv.run_dirs(), 15)  # runsc, gofer, sandbox
@@ -555,12 +572,13 @@ def test_no_exec_or_file_events_are_claimed(gv):
 
 
 # ------------------------------------------------------------------ a terminal
-def test_terminal_size_resize_and_ctrl_c_reach_the_command(gv):
+@pytest.mark.parametrize("policy", ["default", "base"])  # python3 launcher, native launcher (x86-64)
+def test_terminal_size_resize_and_ctrl_c_reach_the_command(gv, policy):
     """The command is not in the terminal's process group: the supervisor forwards Ctrl-C and
     SIGWINCH, and the terminal itself is the caller's (ioctls pass through gVisor)."""
     from tests.integration.test_terminal import RESIZE_PROBE, _read_until, _set_size, _spawn_on_pty
 
-    proc, master = _spawn_on_pty(gv, ["--", "python3", "-c", RESIZE_PROBE])
+    proc, master = _spawn_on_pty(gv, ["--", "python3", "-c", RESIZE_PROBE], policy=policy)
     try:
         out = _read_until(master, b"tty True")
         assert b"columns=111, lines=33" in out and b"xterm" in out, out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +107,44 @@ def test_mediated_renames_links_and_races_keep_protected_paths(sandbox):
         hook = ws / ".git" / "hooks" / name
         assert not hook.exists() or b"PWNED" not in hook.read_bytes()
     assert (ws / "ok.txt").exists()  # the race really ran: its harmless side was written
+
+
+# ====================================================================== the log, flooded
+FLOOD = ("/bin/echo evidence > first.txt; i=0; while [ $i -lt 3000 ]; do /bin/true; i=$((i+1)); done; "
+         "/bin/echo done > last.txt")
+
+
+@pytest.mark.parametrize("forwarded", [False, True])
+def test_a_run_cannot_flood_its_own_first_records_out_of_the_log(sandbox, monkeypatch, forwarded):
+    """A command does something, then execs /bin/true in a loop: allowed records are not
+    throttled, so enough of them would rotate the record of what it did first (and run.start)
+    out of the kept files. The run is stopped when its records reach half of what the log keeps;
+    judged from outside: the loop never finished, and the kept files still hold the run's first
+    records. With log.forward every record is kept outside too, and the run goes on."""
+    from sandboxctl import Sandbox
+    from sandboxctl.log import files as logfiles
+    from sandboxctl.log.writer import ActionLog
+
+    for name, value in sandbox.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(ActionLog.__init__, "__defaults__", ((), 40_000, 2))  # keeps 3 x 40 kB
+    policy = "default"
+    if forwarded:
+        policy = str(sandbox.write_policy("fwd.yaml", "version: 1\nextends: default\n"
+                                                      "log:\n  forward: ['syslog+udp://127.0.0.1:9']\n"))
+    box = Sandbox(policy, sandbox.workspace)
+    if forwarded:
+        result = box.run(["/bin/sh", "-c", FLOOD])
+        assert result.exit_code == 0 and (sandbox.workspace / "last.txt").exists()
+        return
+    with pytest.raises(SandboxError) as raised:
+        box.run(["/bin/sh", "-c", FLOOD])
+    assert raised.value.exit_code == 125 and "rotated out" in raised.value.message
+    assert (sandbox.workspace / "first.txt").exists() and not (sandbox.workspace / "last.txt").exists()
+    records = [r.data for r in logfiles.iter_records(sandbox.log_path)]
+    run = next(r["run"] for r in records if r["event"] == "limit" and r.get("kind") == "log")
+    mine = [r for r in records if r["run"] == run]
+    assert mine[0]["event"] == "run.start" and mine[0]["seq"] == 0  # nothing of the run was rotated out
+    assert any(r["event"] == "exec" and "evidence" in r.get("argv", []) for r in mine)
+    assert mine[-1]["event"] == "run.end"
+    assert Path(f"{sandbox.log_path}.1").exists()  # the log did rotate meanwhile

@@ -140,7 +140,9 @@ def test_secrets_come_from_the_private_directory_never_the_config(tmp_path):
 def test_process_runs_the_launcher_as_mapped_root_without_capabilities():
     plan = gv_plan("offline")
     process = oci.config(plan, PATHS)["process"]
-    assert process["args"] == [plan.shim_python, "-I", "-S", "-B", GVISOR_INIT, oci.LAUNCH_FILE]
+    python = [plan.shim_python, "-I", "-S", "-B", GVISOR_INIT, oci.LAUNCH_FILE]
+    assert process["args"] == ([oci.LAUNCH_FILE] if oci.native_launcher(plan) else python)  # no forwarder
+    assert oci.config(gv_plan("default"), PATHS)["process"]["args"] == python  # the forwarder needs python
     assert process["user"] == {"uid": 0, "gid": 0} and process["cwd"] == WS
     assert all(caps == [] for caps in process["capabilities"].values())
     assert process["noNewPrivileges"] is True and process["terminal"] is False
