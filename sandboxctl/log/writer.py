@@ -45,6 +45,8 @@ class LogWriteError(SandboxError):
     pass
 
 
+# json.dumps with these options builds a new encoder per call; this one is made once (same output)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
 _second: list = [None, ""]  # the last second formatted: one strftime per second, not per record
 
 
@@ -157,7 +159,7 @@ class ActionLog:
         if self.scrubber is not None:
             record = self.scrubber.record(record)
         record["prev"] = prev
-        return (self._scrub(json.dumps(record, separators=(",", ":"), default=str)) + "\n").encode()
+        return (self._scrub(_ENCODER.encode(record)) + "\n").encode()
 
     def write(self, event: str, **fields: Any) -> None:
         with self._mutex:

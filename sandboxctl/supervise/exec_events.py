@@ -111,9 +111,10 @@ class ExecEvents:
             self.unexaminable(notification, name, exc)
             return
         try:
-            raw_path, path_done = memory.cstring(notification.args[path_arg], 4096)
+            raw_path, path_done = memory.cstring(notification.args[path_arg], facts.MAX_ARG_BYTES)
             ranges = [(notification.args[path_arg], len(raw_path) + 1)]
-            argv, truncated, argv_ranges = facts.read_argv(memory, notification.args[argv_arg])
+            argv, truncated, argv_ranges = facts.read_argv(memory, notification.args[argv_arg],
+                                                           (notification.args[path_arg], raw_path, path_done))
             ranges += argv_ranges
         except OSError as exc:
             memory.close()

@@ -43,11 +43,24 @@ def _check(result: int) -> int:
     return result
 
 
-def openat2(dirfd: int, path: str, flags: int, mode: int, resolve: int) -> int:
+@functools.cache
+def _openat2_call():
+    """syscall(2) with openat2's argument types declared once: the per-call conversions of five
+    ctypes objects were a third of the call (it runs for every mediated call and every exec)."""
     ctypes, libc, OpenHow = _libc()
+    call = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_char_p, ctypes.c_void_p,
+                            ctypes.c_size_t, use_errno=True)(("syscall", libc))
+    return ctypes, call, OpenHow, ctypes.sizeof(OpenHow)
+
+
+def openat2(dirfd: int, path: str, flags: int, mode: int, resolve: int) -> int:
+    ctypes, call, OpenHow, size = _openat2_call()
     how = OpenHow(flags, mode, resolve)
-    return _check(libc.syscall(ctypes.c_long(NR_OPENAT2), ctypes.c_long(dirfd), ctypes.c_char_p(os.fsencode(path)),
-                               ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))))
+    result = call(NR_OPENAT2, dirfd, os.fsencode(path), ctypes.addressof(how), size)
+    if result < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return result
 
 
 def renameat2(old_dirfd: int, old: str, new_dirfd: int, new: str, flags: int) -> None:
@@ -94,9 +107,12 @@ class CallerPermissions:
     """with CallerPermissions(): … — file operations as the sandboxed caller would be allowed them.
 
     Capabilities are per thread, and blocks may nest or run on several threads at once (the
-    mediator's FIFO opens): each thread keeps its own stack of what it had before. Entering is a
-    capget and a capset; leaving one capset of the sets read at the entry (this runs around every
-    change the mediator performs as root)."""
+    mediator's FIFO opens): each thread keeps its own stack of what it had before. The outermost
+    entry of a thread is one capset: its sets are read (capget) at its first entry only and kept
+    with the lowered copy, since nothing but this class changes the supervisor's capabilities and
+    no other thread can change this thread's (capset acts on the calling thread alone). Leaving is
+    one capset of the sets as they were at the entry (this runs around every change the mediator
+    performs as root)."""
 
     def __init__(self) -> None:
         self.active = os.geteuid() == 0
@@ -112,17 +128,25 @@ class CallerPermissions:
         if not self.active:
             return self
         ctypes, libc, Header, Data = self._caps()
-        header, data = Header(_CAP_VERSION_3, 0), (Data * 2)()
-        if libc.capget(ctypes.byref(header), data) != 0:
-            raise OSError(ctypes.get_errno(), "capget")
-        saved = (data[0].effective, data[1].effective)
-        data[0].effective &= ~_FILE_CAPS & 0xFFFFFFFF
-        data[1].effective &= ~(_FILE_CAPS >> 32) & 0xFFFFFFFF
-        if libc.capset(ctypes.byref(header), data) != 0:
-            raise OSError(ctypes.get_errno(), "capset")
         stack = getattr(self._local, "stack", None)
         if stack is None:
             stack = self._local.stack = []
+        known = getattr(self._local, "known", None) if not stack else None
+        if known is not None:  # this thread's own sets, as its last outermost entry read them
+            header, data, saved, lowered = known
+            data[0].effective, data[1].effective = lowered
+        else:
+            header, data = Header(_CAP_VERSION_3, 0), (Data * 2)()
+            if libc.capget(ctypes.byref(header), data) != 0:
+                raise OSError(ctypes.get_errno(), "capget")
+            saved = (data[0].effective, data[1].effective)
+            lowered = (data[0].effective & ~_FILE_CAPS & 0xFFFFFFFF,
+                       data[1].effective & ~(_FILE_CAPS >> 32) & 0xFFFFFFFF)
+            data[0].effective, data[1].effective = lowered
+            if not stack:
+                self._local.known = (header, data, saved, lowered)
+        if libc.capset(ctypes.byref(header), data) != 0:
+            raise OSError(ctypes.get_errno(), "capset")
         stack.append((header, data, saved))
         return self
 

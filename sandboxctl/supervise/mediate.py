@@ -47,6 +47,8 @@ RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
 _MAGIC_FD = re.compile(r"^/proc/(self|\d+)/fd/(\d+)$")
 GITDIR_MARKERS = ("HEAD", "objects", "refs", "commondir")
 MAX_WAITING = 32
+CALL_OPS = ("open", "mkdir", "bind", "mknod", "unlink", "rmdir", "symlink", "truncate", "chmod", "fchmod", "rename",
+            "link")
 BUSY = "a mount point"  # a sentinel reason: answered EBUSY, as the kernel would
 
 
@@ -77,6 +79,7 @@ class Mediator:
         self.as_caller = fdops.CallerPermissions()  # a root supervisor acts with the caller's permissions
         self.umasks: dict[int, int] = {}
         self.waiting = threading.BoundedSemaphore(MAX_WAITING)  # FIFO opens waiting on threads of their own
+        self._calls = {op: getattr(self, f"_{op}") for op in CALL_OPS}  # Call.op -> its method, bound once
 
     def close(self) -> None:
         self.resolver.close()
@@ -99,7 +102,7 @@ class Mediator:
         opened: list[int] = []
         try:
             with self.as_caller:
-                getattr(self, f"_{call.op}")(notification, call, opened)
+                self._calls[call.op](notification, call, opened)
         finally:
             for fd in opened:
                 with contextlib.suppress(OSError):

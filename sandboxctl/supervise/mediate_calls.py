@@ -86,7 +86,7 @@ def _unmagic(pid: int, path: str) -> str | None:
     """A path through the caller's own magic links (/proc/self/fd/N, /dev/stdout, /proc/self/cwd)
     made into the plain path the kernel names for it, in the sandbox's view. The same path when it
     has none; None when the link does not lead to a path (a pipe, a deleted file)."""
-    match = _MAGIC.match(path)
+    match = _MAGIC.match(path) if path.startswith(("/proc/", "/dev/")) else None
     if not match:
         return path
     link = match.group(1) or match.group(2)

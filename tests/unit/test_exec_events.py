@@ -26,6 +26,74 @@ def _judge(writable: str):
     return lambda path: _Verdict(path.startswith(writable))
 
 
+@pytest.fixture(params=["query", "text"], autouse=True)
+def maps_reading(request, monkeypatch):
+    """Every memory-map test runs twice: PROCMAP_QUERY (Linux 6.11) and the text of /proc/PID/maps."""
+    monkeypatch.setitem(exec_facts._query_state, "works", request.param == "query")
+    return request.param
+
+
+def _libc_mmap():
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+    libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+    return libc
+
+
+def test_a_string_straddling_a_private_and_a_shared_page_is_not_trusted(maps_reading):
+    """Two adjacent areas: the first private, the second MAP_SHARED (mapped over it, MAP_FIXED).
+    A path that starts in the private page and ends in the shared one could be rewritten there."""
+    libc = _libc_mmap()
+    prot, private, shared, anonymous, fixed = mmap.PROT_READ | mmap.PROT_WRITE, 0x02, 0x01, 0x20, 0x10
+    base = libc.mmap(None, 8192, prot, private | anonymous, -1, 0)
+    assert base not in (None, ctypes.c_void_p(-1).value)
+    try:
+        assert exec_facts.shared_pages(os.getpid(), [(base + 4090, 20)], _judge("/nowhere")) is None
+        assert libc.mmap(base + 4096, 4096, prot, shared | anonymous | fixed, -1, 0) == base + 4096
+        why = exec_facts.shared_pages(os.getpid(), [(base + 4090, 20)], _judge("/nowhere"))
+        assert why and "shared memory" in why, (maps_reading, why)
+        assert exec_facts.shared_pages(os.getpid(), [(base + 100, 20)], _judge("/nowhere")) is None
+        libc.munmap(base + 4096, 4096)  # a hole after the private page: the rest is not mapped at all
+        why = exec_facts.shared_pages(os.getpid(), [(base + 4090, 20)], _judge("/nowhere"))
+        assert why and "not in mapped memory" in why, (maps_reading, why)
+    finally:
+        libc.munmap(base, 8192)
+
+
+def test_the_kernel_query_and_the_maps_text_judge_alike(tmp_path):
+    """PROCMAP_QUERY and the text parser on the same ranges of this process: the same answers."""
+    if not exec_facts._query_state["works"]:
+        pytest.skip("only once")
+    if tuple(int(part) for part in os.uname().release.split(".")[:2] if part.isdigit()) < (6, 11):
+        pytest.skip("PROCMAP_QUERY needs Linux 6.11")
+    path = tmp_path / "strings.bin"
+    path.write_bytes(b"/usr/bin/true\0" + b"\0" * 8178)
+    with open(path, "rb") as handle:
+        mapped = mmap.mmap(handle.fileno(), 8192, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
+    start = int(next(line for line in Path(f"/proc/{os.getpid()}/maps").read_text().splitlines()
+                     if line.endswith(str(path))).split("-")[0], 16)
+    heap = ctypes.create_string_buffer(b"/usr/bin/true")
+    shared = mmap.mmap(-1, 4096, flags=mmap.MAP_SHARED)
+    shared_at = ctypes.addressof(ctypes.c_char.from_buffer(shared))
+    cases = [[(ctypes.addressof(heap), 14)], [(shared_at, 14)], [(8, 4)], [(start, 14)], [(start + 4090, 20)],
+             [(start, 14), (ctypes.addressof(heap), 5)], [(ctypes.addressof(heap), 5), (shared_at, 3)],
+             # two ranges in one area (asked once), then one in shared memory: still found
+             [(ctypes.addressof(heap), 3), (ctypes.addressof(heap) + 8, 3), (shared_at, 3)],
+             [(start, 3), (start + 64, 3), (start + 4096, 3), (shared_at, 3)]]
+    try:
+        for writable in ("/nowhere", str(tmp_path)):
+            for ranges in cases:
+                spans = [[low, low + max(length, 1)] for low, length in sorted(ranges)]
+                queried = exec_facts.shared_pages(os.getpid(), ranges, _judge(writable))
+                assert queried == exec_facts._text_risk(os.getpid(), spans, _judge(writable)), (ranges, writable)
+        assert exec_facts._query_state["works"], "PROCMAP_QUERY is in this kernel (6.11+)"
+    finally:
+        del heap
+        shared.close()
+        mapped.close()
+
+
 def test_bytes_on_the_heap_are_private_but_shared_memory_is_not():
     private = ctypes.create_string_buffer(b"/usr/bin/true")
     assert exec_facts.shared_pages(os.getpid(), [(ctypes.addressof(private), 14)], _judge("/nowhere")) is None

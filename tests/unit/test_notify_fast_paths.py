@@ -1,0 +1,96 @@
+"""The shortcuts taken on the notification path (issue 20) hold what the long way held.
+
+Judged on real processes and the supervisor's own thread: the capabilities a root supervisor acts
+with (kept per thread after the first read), and an exec's argv read once where it points at the path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import stat
+import threading
+
+import pytest
+
+from sandboxctl.supervise import exec_facts, fdops
+from sandboxctl.supervise.notify import ProcessMemory
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="capabilities are dropped only by a root supervisor")
+
+
+def _can_read(path: str) -> bool:
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+    except PermissionError:
+        return False
+    return True
+
+
+@root_only
+def test_a_root_supervisor_acts_without_its_file_capabilities_at_every_entry(tmp_path):
+    """The first entry reads the thread's sets; later entries reuse them: every one still drops
+    CAP_DAC_OVERRIDE (a mode-000 file of another user stays closed), and leaving gives it back."""
+    secret = tmp_path / "secret"
+    secret.write_text("x")
+    os.chown(secret, 65534, 65534)
+    os.chmod(secret, 0)
+    permissions = fdops.CallerPermissions()
+    assert _can_read(str(secret))
+    for _ in range(3):
+        with permissions:
+            assert not _can_read(str(secret))
+            with permissions:  # nested: the inner exit keeps the outer's lowered set
+                assert not _can_read(str(secret))
+            assert not _can_read(str(secret))
+        assert _can_read(str(secret))
+
+
+@root_only
+def test_each_thread_keeps_its_own_capabilities(tmp_path):
+    """Capabilities are per thread: one thread inside the block never lowers (or restores) another's."""
+    secret = tmp_path / "secret"
+    secret.write_text("x")
+    os.chown(secret, 65534, 65534)
+    os.chmod(secret, 0)
+    permissions = fdops.CallerPermissions()
+    inside, outside_seen, done = threading.Event(), [], threading.Event()
+
+    def other() -> None:
+        with permissions:
+            inside.set()
+            done.wait(10)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    assert inside.wait(10)
+    outside_seen.append(_can_read(str(secret)))  # this thread never entered: still root's
+    with permissions:
+        outside_seen.append(_can_read(str(secret)))
+    outside_seen.append(_can_read(str(secret)))
+    done.set()
+    thread.join()
+    assert outside_seen == [True, False, True]
+    assert stat.S_IMODE(secret.stat().st_mode) == 0
+
+
+def test_argv_pointing_at_the_path_is_taken_as_the_path_was_read():
+    path = ctypes.create_string_buffer(b"/usr/bin/true")
+    array = (ctypes.c_uint64 * 3)(ctypes.addressof(path), 0, 0)
+    other = ctypes.create_string_buffer(b"--version")
+    array[1] = ctypes.addressof(other)
+    memory = ProcessMemory(os.getpid())
+    try:
+        raw, complete = memory.cstring(ctypes.addressof(path), exec_facts.MAX_ARG_BYTES)
+        argv, truncated, ranges = exec_facts.read_argv(memory, ctypes.addressof(array),
+                                                       (ctypes.addressof(path), raw, complete))
+        assert argv == ["/usr/bin/true", "--version"] and not truncated
+        # every byte the record rests on is still in the ranges the memory-map check looks at
+        assert (ctypes.addressof(path), len(raw) + 1) in ranges
+        assert (ctypes.addressof(other), len(b"--version") + 1) in ranges
+        # a pointer elsewhere is read from memory, never taken from what was known
+        argv, _truncated, _ranges = exec_facts.read_argv(memory, ctypes.addressof(array),
+                                                         (ctypes.addressof(other) + 2, b"forged", True))
+        assert argv == ["/usr/bin/true", "--version"]
+    finally:
+        memory.close()
