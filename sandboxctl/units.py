@@ -7,24 +7,26 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import NamedTuple
 
-_DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d)")
-_DURATION_FULL = re.compile(r"(?:\d+(?:ms|s|m|h|d))+")
+from sandboxctl.record import Record
+
+# Patterns as text: `re` compiles (and caches) one on its first use, not every run at import.
+_DURATION_PART = r"(\d+)(ms|s|m|h|d)"
+_DURATION_FULL = r"(?:\d+(?:ms|s|m|h|d))+"
 _DURATION_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
-_SIZE = re.compile(r"(\d+)\s*([KMGT]?)(i?B)?", re.IGNORECASE)
+_SIZE = r"(?i)(\d+)\s*([KMGT]?)(i?B)?"
 _SIZE_FACTOR = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
-_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 
 
 def parse_duration(text: str) -> float:
     """'90s', '30m', '2h', '1h30m', '500ms' -> seconds. Bare numbers are refused as ambiguous."""
     value = text.strip().lower()
-    if not _DURATION_FULL.fullmatch(value):
+    if not re.fullmatch(_DURATION_FULL, value):
         raise ValueError(f"{text!r}: not a duration (use e.g. 90s, 30m, 2h)")
-    seconds = sum(int(n) * _DURATION_UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(value))
+    seconds = sum(int(n) * _DURATION_UNIT_SECONDS[u] for n, u in re.findall(_DURATION_PART, value))
     if seconds <= 0:
         raise ValueError(f"{text!r}: a duration must be longer than zero")
     return seconds
@@ -36,7 +38,7 @@ def parse_size(text: str | int) -> int:
         if text <= 0:
             raise ValueError(f"{text!r}: a size must be larger than zero")
         return text
-    match = _SIZE.fullmatch(str(text).strip())
+    match = re.fullmatch(_SIZE, str(text).strip())
     if not match:
         raise ValueError(f"{text!r}: not a size (use e.g. 512M, 4G)")
     number, unit, _suffix = match.groups()
@@ -66,7 +68,7 @@ def format_size(size: int) -> str:
     return str(size)
 
 
-class HostPattern(NamedTuple):
+class HostPattern(Record):
     """One network destination rule: an exact name, a '*.' wildcard, or an IP literal; any port if None."""
 
     host: str
@@ -168,7 +170,7 @@ def parse_host_pattern(text: str) -> HostPattern:
     if (
         not name
         or len(name) > 253
-        or not all(_LABEL.fullmatch(label) for label in labels)
+        or not all(re.fullmatch(_LABEL, label) for label in labels)
         or (host.startswith("*.") and not labels[-1])
     ):
         raise ValueError(f"{original!r}: not a host pattern (use host, host:port or *.domain[:port])")

@@ -9,9 +9,12 @@ from __future__ import annotations
 import codecs
 import os
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
 
 from sandboxctl.errors import SandboxError
+
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _type_error(what: str, expected: str, value: Any) -> SandboxError:

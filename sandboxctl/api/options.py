@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, NamedTuple
 
 from sandboxctl.cli.runopts import RUN_OPTIONS, defaults
 from sandboxctl.errors import SandboxError
+from sandboxctl.record import Record
 from sandboxctl.runid import new_run_id
+
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def workspace_dir(path: str | None) -> Path:
@@ -67,7 +71,7 @@ def absolute(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
-class Settings(NamedTuple):
+class Settings(Record):
     """Checked options, the workspace and the loaded policy: what every plan of a Sandbox shares."""
 
     opts: dict[str, Any]

@@ -15,21 +15,24 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sandboxctl.api import checks
 from sandboxctl.api.options import Settings, plan_run, settle
 from sandboxctl.errors import SandboxError
+from sandboxctl.record import Record
 
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
 if TYPE_CHECKING:
+    from typing import Any
+
     from sandboxctl.api.session import Session
     from sandboxctl.approval.callback import ApprovalRequest
     from sandboxctl.plan.model import Plan
 
-Output = Callable[[Any], None]
+    Output = Callable[[Any], None]
 
 
-class Result(NamedTuple):
+class Result(Record):
     """One finished command. stdout/stderr are str (text=True, UTF-8, errors replaced) or bytes;
     denials are {kind, target, rule} of every escape refused during the run; the run's records
     are in the action log under run_id (`sandboxctl log --run RUN_ID`)."""

@@ -12,9 +12,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
 
 from sandboxctl.approval.grants import GrantStore, Scope
+
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
+if TYPE_CHECKING:
+    from typing import Any
 
 CHOICES = ("once", "run", "always", "deny")
 MAX_PENDING = 64  # a sandbox flooding the human with questions gets denials, not a longer queue
@@ -52,14 +55,17 @@ class Request:
                 "expires_in_s": round(max(0.0, self.deadline - time.monotonic()), 1)}
 
 
-class FrontEnd(Protocol):
-    name: str
+if TYPE_CHECKING:  # what a front end is (approval/tty.py, socket_server.py, callback.py), for type checkers
+    from typing import Protocol
 
-    def start(self, broker: Broker) -> None: ...  # raises SandboxError when it cannot serve
+    class FrontEnd(Protocol):
+        name: str
 
-    def changed(self) -> None: ...
+        def start(self, broker: Broker) -> None: ...  # raises SandboxError when it cannot serve
 
-    def stop(self) -> None: ...
+        def changed(self) -> None: ...
+
+        def stop(self) -> None: ...
 
 
 class Broker:

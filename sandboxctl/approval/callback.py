@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import select
 from collections.abc import Callable
-from typing import NamedTuple
 
 from sandboxctl.approval.frontend import ThreadedFrontEnd
+from sandboxctl.record import Record
 
 ANSWERS = ("once", "run", "always", "deny")
 
 
-class ApprovalRequest(NamedTuple):
+class ApprovalRequest(Record):
     """What the command tried: `kind` is "file" (target: the path as the sandbox sees it) or
     "network" (target: host:port); `rule` is why the policy does not allow it."""
 

@@ -13,20 +13,24 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
 
 from sandboxctl.paths import ensure_private_dir, state_dir
+from sandboxctl.record import Record
+
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
+if TYPE_CHECKING:
+    from typing import Any
 
 FILE_NAME = "approvals.json"
 
 
-class Scope(NamedTuple):
+class Scope(Record):
     policy: str
     policy_sha256: str
     workspace: str
 
 
-class Grant(NamedTuple):
+class Grant(Record):
     scope: Scope
     kind: str  # network | file
     target: str

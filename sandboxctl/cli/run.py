@@ -84,7 +84,7 @@ def _execute_run(opts: dict[str, Any], command: list[str], head_start, head_star
 
         planview.show(plan, as_json=opts["json"])
         return 0
-    if not opts["quiet"]:
+    if not opts["quiet"] and (plan.warnings or (opts["verbose"] and plan.notes)):
         from sandboxctl.inert import inert
 
         for warning in plan.warnings:  # they name paths from the policy

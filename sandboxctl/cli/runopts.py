@@ -8,10 +8,10 @@ parse_fast parses as argparse does.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from sandboxctl.record import Record
 
 
-class RunOption(NamedTuple):
+class RunOption(Record):
     dest: str
     flags: tuple[str, ...]
     help: str

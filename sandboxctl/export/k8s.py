@@ -15,12 +15,13 @@ sets its replicas, and 0 (the default) means every claim starts its sandbox cold
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from sandboxctl.export import k8s_sidecar
 from sandboxctl.export.k8s_network import cilium_policy, export_network
 from sandboxctl.export.k8s_options import RUNTIME_CLASSES, K8sOptions, check_options, proxy_image
 from sandboxctl.export.k8s_pod import SANDBOX_UID, SECURITY, Notes, lost_locally_enforced, pod_spec
+from sandboxctl.record import Record
 
 if TYPE_CHECKING:
     from sandboxctl.policy.model import Policy
@@ -33,12 +34,12 @@ SHA_ANNOTATION = "sandboxctl.dev/policy-sha256"
 MAX_NAME = 50  # room for the controller's suffixes (-network-policy, pod name suffixes)
 
 
-class Manifest(NamedTuple):
+class Manifest(Record):
     body: dict[str, Any]
     comment: tuple[str, ...] = ()  # comment lines printed above the document
 
 
-class K8sExport(NamedTuple):
+class K8sExport(Record):
     header: tuple[str, ...]
     manifests: tuple[Manifest, ...]
     warnings: tuple[str, ...]

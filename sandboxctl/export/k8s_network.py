@@ -14,9 +14,10 @@ ingress (extensions/controllers/sandboxtemplate_controller.go).
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, NamedTuple
+from typing import Any
 
 from sandboxctl.policy.model import Network
+from sandboxctl.record import Record
 from sandboxctl.units import HostPattern
 
 # The controller's own default lets the sandbox router reach the pods; keep that one door open, or
@@ -33,7 +34,7 @@ KUBE_DNS_EGRESS = {
 }
 
 
-class NetworkExport(NamedTuple):
+class NetworkExport(Record):
     network_policy: dict[str, Any]  # the SandboxTemplate's spec.networkPolicy
     fqdn_rules: tuple[dict[str, Any], ...]  # CiliumNetworkPolicy egress rules; () when nothing is by name
     names: tuple[HostPattern, ...]  # allowed by name: no NetworkPolicy can say them

@@ -7,9 +7,9 @@ Apart from k8s.py so that the CLI can name its defaults and choices without impo
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
 
 from sandboxctl.errors import SandboxError
+from sandboxctl.record import Record
 
 RUNTIME_CLASSES = {"gvisor": "gvisor", "kata": "kata"}  # --runtime-class -> RuntimeClass name
 DEFAULT_RUNTIME_CLASS = "gvisor"  # the point of moving to a cluster is not to share the node's kernel
@@ -26,7 +26,7 @@ DNS_LABEL = re.compile(_LABEL)
 DNS_SUBDOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 
 
-class K8sOptions(NamedTuple):
+class K8sOptions(Record):
     runtime_class: str = DEFAULT_RUNTIME_CLASS
     warm_pool: int = 0  # replicas of the SandboxWarmPool; 0: every claim starts its sandbox cold
     namespace: str | None = None

@@ -27,13 +27,14 @@ Pure, like the rest of the export: the manifests name a Secret's keys, never rea
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from sandboxctl import units
 from sandboxctl.export.k8s_options import proxy_image
 from sandboxctl.network.clientenv import LOOPBACK_NAMES, ca_variables, proxy_variables
 from sandboxctl.network.clientfiles import BUNDLE_FILE, CA_FILE
 from sandboxctl.network.phantoms import derived_placeholder
+from sandboxctl.record import Record
 
 if TYPE_CHECKING:
     from sandboxctl.export.k8s_options import K8sOptions
@@ -56,7 +57,7 @@ VOLUMES = {"policy": "proxy-policy", "secrets": "proxy-secrets", "client": "prox
 STARTUP_SECONDS = 120  # the probe's patience: a slow node pulling the image, a slow first start
 
 
-class Sidecar(NamedTuple):
+class Sidecar(Record):
     init_containers: list[dict[str, Any]]
     volumes: list[dict[str, Any]]
     agent_env: list[dict[str, Any]]  # added to the agent's env; the pod UID first, it is referred to

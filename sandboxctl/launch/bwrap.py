@@ -6,12 +6,11 @@ its control socket, so no variable — and no secret — shows up in `ps`.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from sandboxctl.plan.model import Mount, Plan
+from sandboxctl.record import Record
 
 
-class LaunchFds(NamedTuple):
+class LaunchFds(Record):
     seccomp: int
     control: int
     stderr: int

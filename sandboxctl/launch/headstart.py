@@ -21,6 +21,12 @@ one that could be), nor a launch naming its run id. The argv of an entry is exec
 any check, so entries are used only from the state dir's cache (which no sandbox can see or
 write) when that directory and the entry are the user's and nobody else may write them; they
 are named by the SHA-256 of everything the key holds; at most MAX_ENTRIES are kept.
+
+When the remembered run had a cgroup (its limits), the run's cgroup is made as bubblewrap starts
+and bubblewrap's first move into it begins at once: the kernel makes that move wait for an RCU
+grace period (~10 ms), which then passes while the supervisor plans instead of after the shim is
+ready. It holds no limit until the supervisor writes the fresh plan's (supervise/lifecycle.py),
+before the command may start; a run that does not adopt it removes it.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import time
 
 from sandboxctl.digest import sha256
 
-FORMAT = "1"
+FORMAT = "2"
 MAX_ENTRIES = 64
 FD_MARKS = ("@@fd-seccomp", "@@fd-control", "@@fd-stderr")  # where argv holds descriptor numbers
 RUN_MARK = "@@run-id"
@@ -43,6 +49,8 @@ PREFIX = "headstart-"
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
+
+    from sandboxctl.supervise.cgroups import CgroupLayout, RunCgroup
 
 
 def cache_dir(environ=os.environ) -> str:
@@ -74,7 +82,8 @@ class HeadStart:
     """A bubblewrap started early; the supervisor adopts it (adopt) or kills it (abort)."""
 
     def __init__(self, pid: int, control, err_r: int, argv: list[str], config: dict[str, Any], run_id: str,
-                 started: float, originals: dict[int, Any], fds: tuple[int, int, int], program: bytes = b""):
+                 started: float, originals: dict[int, Any], fds: tuple[int, int, int], program: bytes = b"",
+                 cgroup: RunCgroup | None = None):
         self.pid = pid
         self.control = control  # our end of the shim's socket
         self.err_r = err_r
@@ -85,6 +94,7 @@ class HeadStart:
         self.originals = originals  # the signal dispositions before we ignored SIGINT/SIGQUIT
         self.fds = fds  # the numbers argv names (seccomp, the shim's end, stderr), closed in us after the spawn
         self.program = program  # the static seccomp program bubblewrap was given (argv names only its fd)
+        self.cgroup = cgroup  # the run's cgroup, bubblewrap moving into it, no limits yet (take_cgroup)
         self.settled = False
 
     def matches(self, argv: list[str], config: dict[str, Any], program: bytes) -> bool:
@@ -92,6 +102,17 @@ class HeadStart:
         and the same configuration down to its types (repr: plain data only, lists in order;
         marshal's bytes differ with object identity)."""
         return argv == self.argv and program == self.program and repr(config) == repr(self.config)
+
+    def take_cgroup(self, layout: CgroupLayout) -> RunCgroup | None:
+        """The cgroup made early, now the caller's to limit and remove. If the cgroup tree is laid
+        out otherwise by now, the head start is dropped (killed, its cgroup removed): bubblewrap
+        must never be left in a cgroup that will not get the run's limits."""
+        cgroup, self.cgroup = self.cgroup, None
+        if cgroup is None or cgroup.layout == layout:
+            return cgroup
+        self.cgroup = cgroup
+        self.abort()
+        return None
 
     def adopt(self) -> None:
         self.settled = True
@@ -112,6 +133,11 @@ class HeadStart:
         os.close(self.err_r)
         for signum, handler in self.originals.items():
             signal.signal(signum, handler)
+        if self.cgroup is not None:  # nobody took it: it held only the killed sandbox
+            cgroup, self.cgroup = self.cgroup, None
+            with contextlib.suppress(Exception):
+                cgroup.moved()
+            cgroup.remove()
 
 
 def try_start(run_args: list[str]) -> tuple[str, HeadStart | None]:
@@ -191,7 +217,24 @@ def _start(this: str) -> HeadStart | None:
     import socket  # the supervisor's loop speaks to a socket.socket
 
     return HeadStart(pid, socket.socket(fileno=control.detach()), err_r, argv, config, run_id, started,
-                     originals, (seccomp_fd, int(numbers[FD_MARKS[1]]), stderr_copy), entry["seccomp"])
+                     originals, (seccomp_fd, int(numbers[FD_MARKS[1]]), stderr_copy), entry["seccomp"],
+                     _early_cgroup(run_id, pid) if entry["cgroup"] else None)
+
+
+def _early_cgroup(run_id: str, pid: int) -> RunCgroup | None:
+    """The run's cgroup (no limits yet) with bubblewrap's slow first move into it under way; None
+    when it cannot be made here (lifecycle then makes it, and says why if it cannot either)."""
+    from sandboxctl.supervise import cgroups
+
+    layout = cgroups.detect()
+    if layout is None:
+        return None
+    try:
+        cgroup = cgroups.RunCgroup(layout, run_id, None, None)
+    except OSError:
+        return None
+    cgroup.move_soon(pid)
+    return cgroup
 
 
 def _run_id() -> str:
@@ -259,7 +302,8 @@ def remember(this: str, plan, argv: list[str], fds: tuple[int, int, int], config
     if plan.run_id in repr(template) or any(plan.run_id in word for word in argv):
         return  # the run id somewhere else (a path of the run's own): not a launch to replay
     entry = {"format": FORMAT, "argv": [numbers.get(word, word) for word in argv], "config": template,
-             "seccomp": program, "mount_points": mount_points(plan)}
+             "seccomp": program, "mount_points": mount_points(plan),
+             "cgroup": "cgroup" in (plan.limits.memory_method, plan.limits.pids_method)}
     directory = cache_dir()
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from typing import NamedTuple
 
 from sandboxctl.digest import sha256
+from sandboxctl.record import Record
 
 GENESIS = "0" * 64
 
@@ -35,7 +35,7 @@ def last_line(fd: int) -> bytes | None:
     return tail.rstrip(b"\n")
 
 
-class Break(NamedTuple):
+class Break(Record):
     line: int
     reason: str
 

@@ -12,13 +12,15 @@ import contextlib
 import os
 import socket
 from collections.abc import Callable
-from typing import Any
 
 from sandboxctl.plan.model import Plan
 from sandboxctl.plan.network import describe_listen
 
 TYPE_CHECKING = False
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
 if TYPE_CHECKING:
+    from typing import Any
+
     from sandboxctl.network.sockets import SocketCalls
     from sandboxctl.network.unixwall import UnixWall
 

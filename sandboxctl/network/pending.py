@@ -18,9 +18,9 @@ import socket
 import struct
 import threading
 import time
-from typing import NamedTuple
 
 from sandboxctl.network import native
+from sandboxctl.record import Record
 from sandboxctl.supervise import notify
 
 MAX_PENDING = 256  # blocking connects in progress at once; beyond, EAGAIN
@@ -48,7 +48,7 @@ def _getsockopt(fd: int, option: int, size: int) -> bytes:
         holder.close()
 
 
-class _Pending(NamedTuple):
+class _Pending(Record):
     notification_id: int
     sock: int
     raw: bytes

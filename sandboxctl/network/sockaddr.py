@@ -7,14 +7,15 @@ does uses the same bytes, so a second thread rewriting the buffer changes nothin
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
+
+from sandboxctl.record import Record
 
 AF_UNSPEC, AF_UNIX, AF_INET, AF_INET6 = 0, 1, 2, 10
 MAX_SOCKADDR = 128  # sizeof(struct sockaddr_storage): the kernel refuses longer ones (EINVAL)
 MAX_UNIX = 110  # sizeof(struct sockaddr_un): a longer AF_UNIX address is EINVAL
 
 
-class Address(NamedTuple):
+class Address(Record):
     family: int
     host: str | None = None  # inet: the address as text
     port: int | None = None

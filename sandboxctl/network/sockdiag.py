@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from typing import NamedTuple
+
+from sandboxctl.record import Record
 
 SOCK_DIAG_BY_FAMILY = 20
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -26,7 +27,7 @@ _ATTR = struct.Struct("<HH")
 MAX_REPLY = 1 << 20  # a namespace with more sockets than fit here is answered in several datagrams
 
 
-class UnixSocket(NamedTuple):
+class UnixSocket(Record):
     inode: int  # the socket's own inode (socket:[N] in /proc/PID/fd)
     name: bytes | None  # the bound name (a leading NUL: abstract), None if unbound
     vfs: tuple[int, int, int] | None  # (major, minor, inode) of the bound file, pathname sockets only

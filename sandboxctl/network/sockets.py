@@ -35,12 +35,13 @@ import os
 import socket
 import struct
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from sandboxctl.network import native, sockaddr
 from sandboxctl.network.pending import PendingConnects, connect_now
 from sandboxctl.network.unixwall import UnixWall
 from sandboxctl.plan.network import AF_UNIX, SOCK_DGRAM, SOCK_RAW, SOCK_TYPE_MASK
+from sandboxctl.record import Record
 from sandboxctl.supervise import notify
 
 LOW32 = 0xFFFFFFFF
@@ -59,7 +60,7 @@ def _unix_sockaddr(fd: int) -> bytes:
     return struct.pack("<H", AF_UNIX) + f"/proc/self/fd/{fd}".encode() + b"\0"
 
 
-class Decision(NamedTuple):
+class Decision(Record):
     allowed: bool
     rule: str
     errno: int = errno.EACCES

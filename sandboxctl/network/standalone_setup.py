@@ -7,10 +7,11 @@ Kubernetes export (export/k8s_sidecar.py) writes manifests that these checks acc
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from sandboxctl.errors import SandboxError
 from sandboxctl.network.clientenv import LOOPBACK_NAMES, ca_variables, proxy_variables
+from sandboxctl.record import Record
 
 if TYPE_CHECKING:
     from sandboxctl.policy.model import Policy
@@ -19,7 +20,7 @@ DEFAULT_LISTEN = "127.0.0.1:3128"
 APPROVE_MODES = ("deny", "allow", "ask")
 
 
-class ProxyOptions(NamedTuple):
+class ProxyOptions(Record):
     listen: str = DEFAULT_LISTEN
     approve: str = "deny"  # deny | allow | ask (through the approval socket, never a terminal prompt)
     log_path: str | None = None  # None: the policy's log.path

@@ -46,11 +46,10 @@ TLS_CA = f"{TLS_DIR}/run-ca.pem"  # the run's CA alone
 SYSTEM_CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-# Looks like a credential: never passed by a glob, only when named exactly.
-CREDENTIAL_LIKE = re.compile(
-    r".*(_TOKEN|_SECRET|_KEY|PASSWORD|PASSWD|_CREDENTIALS?|_AUTH)$|^(AWS|GITHUB|GH|AZURE|GOOGLE|GCP)_.*",
-    re.IGNORECASE,
-)
+# Looks like a credential: never passed by a glob, only when named exactly. (Text: `re` compiles
+# it on first use, when a glob matches a variable, rather than every run at import.)
+CREDENTIAL_LIKE = (r"(?i).*(_TOKEN|_SECRET|_KEY|PASSWORD|PASSWD|_CREDENTIALS?|_AUTH)$"
+                   r"|^(AWS|GITHUB|GH|AZURE|GOOGLE|GCP)_.*")
 
 _STRENGTH = {"ro": 0, "tmpfs": 1, "rw": 2}
 LAYERS_DIR = "workspaces"  # state/workspaces/RUN: an overlay run's layer (workspace/layer.py)
@@ -460,7 +459,7 @@ class _Planner:
             if pattern.endswith("*"):
                 for name in sorted(caller):
                     if fnmatch.fnmatchcase(name, pattern):
-                        if CREDENTIAL_LIKE.match(name):
+                        if re.match(CREDENTIAL_LIKE, name):
                             skipped.append(name)
                         else:
                             env[name] = caller[name]

@@ -6,7 +6,12 @@ Facts are gathered once at the edge (facts.gather); tests hand the planner inven
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+
+from sandboxctl.record import Record
+
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _no_tree(root: str) -> Any:
@@ -15,7 +20,7 @@ def _no_tree(root: str) -> Any:
     return TreeIndex(root, (), (), (), 0)
 
 
-class Invocation(NamedTuple):
+class Invocation(Record):
     command: tuple[str, ...]
     workspace: str
     run_id: str
@@ -34,7 +39,7 @@ class Invocation(NamedTuple):
     workspace_mode: str | None = None  # --overlay: overrides the policy's `workspace`
 
 
-class HostFacts(NamedTuple):
+class HostFacts(Record):
     home: str
     user: str
     uid: int

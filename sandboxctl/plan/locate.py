@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import NamedTuple
+
+from sandboxctl.record import Record
 
 
-class Location(NamedTuple):
+class Location(Record):
     command: str  # the path PATH found (may be a symlink)
     real: str  # what it resolves to
     roots: tuple[str, ...]  # directories a read grant needs, the command's own first, its interpreter's next

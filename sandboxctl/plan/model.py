@@ -6,10 +6,14 @@ configuration; unit tests check it without launching anything. Secret *values* n
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from sandboxctl.record import Record
+
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
+if TYPE_CHECKING:
+    from typing import Any
 
 
-class Mount(NamedTuple):
+class Mount(Record):
     """One mount-tree directive, applied in order (parents before children).
 
     kind: ro | rw | tmpfs | mask-dir (empty read-only tmpfs) | mask-file (empty read-only file)
@@ -23,14 +27,14 @@ class Mount(NamedTuple):
     reason: str = ""
 
 
-class LandlockPathRule(NamedTuple):
+class LandlockPathRule(Record):
     """Rights granted beneath a path: groups read/write/execute/ioctl_dev, mapped to the kernel's ABI."""
 
     path: str
     access: tuple[str, ...]
 
 
-class LandlockPlan(NamedTuple):
+class LandlockPlan(Record):
     required: bool
     minimum_abi: int
     paths: tuple[LandlockPathRule, ...]
@@ -41,7 +45,7 @@ class LandlockPlan(NamedTuple):
     scopes: tuple[str, ...]  # signal, abstract_unix_socket
 
 
-class SeccompCondition(NamedTuple):
+class SeccompCondition(Record):
     arg: int
     op: str  # eq | ne | lt | le | gt | ge | masked_eq
     value: int
@@ -56,14 +60,14 @@ class SeccompCondition(NamedTuple):
                 "le": value <= self.value, "gt": value > self.value, "ge": value >= self.value}[self.op]
 
 
-class SeccompRule(NamedTuple):
+class SeccompRule(Record):
     syscall: str
     action: str  # errno:NAME | kill_process
     why: str
     conditions: tuple[SeccompCondition, ...] = ()
 
 
-class SeccompPlan(NamedTuple):
+class SeccompPlan(Record):
     default_action: str
     bad_arch_action: str
     rules: tuple[SeccompRule, ...]
@@ -91,7 +95,7 @@ class SeccompPlan(NamedTuple):
         return self.trap_denials and rule.action.startswith("errno:") and rule.action != "errno:ENOSYS"
 
 
-class ProtectPlan(NamedTuple):
+class ProtectPlan(Record):
     """Protected paths (SPEC principle 3), judged by protect.rules.Protection.
 
     Under the bubblewrap backend (mediated) the roots are read-only to Landlock and the
@@ -113,7 +117,7 @@ class ProtectPlan(NamedTuple):
     anchors: tuple[str, ...] = ()  # directories mounts hang from, in mediated areas: never moved or removed
 
 
-class NetworkPlan(NamedTuple):
+class NetworkPlan(Record):
     mode: str
     allow: tuple[str, ...]
     deny: tuple[str, ...]
@@ -125,7 +129,7 @@ class NetworkPlan(NamedTuple):
     upstream_ca: tuple[str, ...] = ()  # extra CA files the proxy trusts upstream (host paths)
 
 
-class LimitsPlan(NamedTuple):
+class LimitsPlan(Record):
     timeout: float | None
     memory: int | None
     memory_method: str | None  # cgroup | rlimit-as
@@ -135,7 +139,7 @@ class LimitsPlan(NamedTuple):
     open_files: int | None
 
 
-class SecretPlan(NamedTuple):
+class SecretPlan(Record):
     name: str
     source: str  # env:NAME / file:PATH / command:... (a reference, never the value)
     deliver_as: str  # file | env | proxy
@@ -143,7 +147,7 @@ class SecretPlan(NamedTuple):
     hosts: tuple[str, ...] = ()  # proxy: the hosts whose requests get the value (the sandbox: a placeholder)
 
 
-class OverlayPlan(NamedTuple):
+class OverlayPlan(Record):
     """`workspace: overlay`: the workspace (the lower layer, never written) seen through overlayfs,
     whose upper layer (every write, deletion and rename of the run) lives in the user's state dir.
     The supervisor mounts it over the workspace's own path in a private mount namespace made for
@@ -156,7 +160,7 @@ class OverlayPlan(NamedTuple):
     work: str  # overlayfs' scratch dir, on the upper's file system
 
 
-class Creation(NamedTuple):
+class Creation(Record):
     """An absent writable grant (or a parent of one) the supervisor makes before the launch."""
 
     path: str
@@ -166,7 +170,7 @@ class Creation(NamedTuple):
     reason: str = ""  # filesystem.create, or "parent of …"
 
 
-class Plan(NamedTuple):
+class Plan(Record):
     run_id: str
     policy: str
     policy_source: str
@@ -254,7 +258,7 @@ class Plan(NamedTuple):
         return WriteVerdict(False, rule, source, relative)
 
 
-class WriteVerdict(NamedTuple):
+class WriteVerdict(Record):
     inside: bool  # in the writable set: the kernel may go on (mounts and Landlock still decide)
     rule: str
     host_source: str | None = None  # an approvable escape: the host path of the read-only bind...

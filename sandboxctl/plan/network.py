@@ -13,11 +13,10 @@ Who enforces what (README, "Network walls"):
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from sandboxctl.errors import SandboxError
 from sandboxctl.plan.inputs import HostFacts
 from sandboxctl.plan.model import Mount, SeccompCondition, SeccompRule
+from sandboxctl.record import Record
 
 AF_UNIX = 1
 SOCK_DGRAM, SOCK_RAW = 2, 3  # AF_UNIX turns SOCK_RAW into SOCK_DGRAM
@@ -25,7 +24,7 @@ SOCK_TYPE_MASK = 0xF
 LOW32 = 0xFFFFFFFF
 
 
-class TcpRules(NamedTuple):
+class TcpRules(Record):
     """What Landlock's TCP rules (ABI 4) are asked to do."""
 
     restrict_bind: bool

@@ -14,11 +14,14 @@ says so.
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from sandboxctl.plan.model import Mount, ProtectPlan
 from sandboxctl.protect import names
 from sandboxctl.protect.rules import Protection, within
+
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
+if TYPE_CHECKING:
+    from typing import Any
 
 GLOBAL_GIT_CONFIGS = ("{home}/.gitconfig", "{home}/.config/git/config", "/etc/gitconfig")
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from sandboxctl.errors import SandboxError
+from sandboxctl.record import Record
 
 
-class Problem(NamedTuple):
+class Problem(Record):
     source: str
     line: int | None
     key: str

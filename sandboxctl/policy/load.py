@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sandboxctl.digest import sha256
 from sandboxctl.policy.errors import PolicyError, Problem, format_key
 from sandboxctl.policy.model import Policy, policy_from_data
+from sandboxctl.record import Record
 
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
 if TYPE_CHECKING:
+    from typing import Any
+
     from sandboxctl.policy.yamlpos import Document
 
 BUILTIN_PREFIX = "builtin:"
@@ -28,7 +31,7 @@ def builtin_names() -> list[str]:
     return sorted(p.stem for p in builtin_dir().glob("*.yaml"))
 
 
-class SourceFile(NamedTuple):
+class SourceFile(Record):
     """One policy file as read: its bytes are hashed and parsed from the same read (no TOCTOU)."""
 
     label: str  # what messages call it: a path, or builtin:NAME
@@ -164,7 +167,7 @@ def chain_digest(files: list[SourceFile]) -> str:
     return digest.hexdigest()
 
 
-class LoadedPolicy(NamedTuple):
+class LoadedPolicy(Record):
     policy: Policy
     data: dict[str, Any]
     files: tuple[SourceFile, ...]

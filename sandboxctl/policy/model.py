@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
-
 from sandboxctl import units
+from sandboxctl.record import Record
 from sandboxctl.units import HostPattern
 
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
+if TYPE_CHECKING:
+    from typing import Any
 
-class Filesystem(NamedTuple):
+
+class Filesystem(Record):
     read: tuple[str, ...] = ()
     write: tuple[str, ...] = ()
     tmpfs: tuple[str, ...] = ()
@@ -18,7 +21,7 @@ class Filesystem(NamedTuple):
     create: tuple[dict, ...] = ()  # {path, kind, mode, content}: absent writable grants made before the run
 
 
-class Network(NamedTuple):
+class Network(Record):
     mode: str = "none"
     allow: tuple[HostPattern, ...] = ()
     deny: tuple[HostPattern, ...] = ()
@@ -30,12 +33,12 @@ class Network(NamedTuple):
     inspect: tuple[tuple[str, tuple[str, ...] | None], ...] = ()
 
 
-class Env(NamedTuple):
+class Env(Record):
     passthrough: tuple[str, ...] = ()
     set: tuple[tuple[str, str], ...] = ()
 
 
-class Secret(NamedTuple):
+class Secret(Record):
     name: str
     source: str  # "env:NAME" | "file:PATH" | "command:CMD" — a reference, never a value
     deliver_as: str = "file"  # file | env | proxy
@@ -51,7 +54,7 @@ class Secret(NamedTuple):
         return self.source.partition(":")[2]
 
 
-class Limits(NamedTuple):
+class Limits(Record):
     timeout: float | None = None
     memory: int | None = None
     pids: int | None = None
@@ -59,24 +62,24 @@ class Limits(NamedTuple):
     open_files: int | None = None
 
 
-class Approval(NamedTuple):
+class Approval(Record):
     mode: str = "ask"
     via: str = "tty"
     timeout: float = 60.0
 
 
-class CiSettings(NamedTuple):
+class CiSettings(Record):
     fail_on_denial: bool = False  # a successful command with denials exits 123 (errors.EXIT_DENIED)
 
 
-class LogSettings(NamedTuple):
+class LogSettings(Record):
     path: str = "{state}/actions.jsonl"
     file_events: str = "write"
     exec_events: bool = True
     forward: tuple[str, ...] = ()  # syslog | syslog+udp://HOST:PORT | syslog+tcp://HOST:PORT
 
 
-class Policy(NamedTuple):
+class Policy(Record):
     name: str
     description: str = ""
     source: str = ""

@@ -12,12 +12,13 @@ files a human wrote; it errs towards reporting more paths, never fewer.
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
+
+from sandboxctl.record import Record
 
 MAX_DEPTH = 10  # git's own include depth limit
 
 
-class GitConfigRefs(NamedTuple):
+class GitConfigRefs(Record):
     hooks_path: str | None  # the last core.hooksPath, as written
     includes: tuple[str, ...]  # include.path and includeIf.*.path values, as written, in order
 

@@ -21,16 +21,16 @@ import marshal
 import os
 import stat
 from pathlib import Path
-from typing import NamedTuple
 
 from sandboxctl.digest import sha256
 from sandboxctl.protect.names import GIT
+from sandboxctl.record import Record
 
 CACHE_VERSION = 1
 MAX_DIRS = 500_000  # beyond this the walk stops and says so: a mask at depth must not be skipped silently
 
 
-class TreeIndex(NamedTuple):
+class TreeIndex(Record):
     root: str
     repositories: tuple[str, ...]  # paths of `.git` entries and bare repositories found
     gitdirs: tuple[str, ...]  # git directories they lead to (real paths), nested ones included
@@ -39,7 +39,7 @@ class TreeIndex(NamedTuple):
     complete: bool = True
 
 
-class _Dir(NamedTuple):
+class _Dir(Record):
     ctime: int
     ino: int
     subdirs: list[str]

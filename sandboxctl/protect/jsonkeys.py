@@ -14,7 +14,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from typing import Any
+
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
+if TYPE_CHECKING:
+    from typing import Any
 
 MAX_BYTES = 16 << 20
 MISSING = {"$sandboxctl": "missing"}  # a value JSON cannot hold: the key was not there

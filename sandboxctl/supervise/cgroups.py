@@ -11,15 +11,15 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from typing import NamedTuple
 
+from sandboxctl.record import Record
 from sandboxctl.supervise.processes import alive
 
 ROOT = "/sys/fs/cgroup"
 PREFIX = "sandboxctl-"
 
 
-class CgroupLayout(NamedTuple):
+class CgroupLayout(Record):
     """Where a run's cgroup directories go, per controller (v1) or once (v2)."""
 
     version: str  # v1 | v2
@@ -67,14 +67,25 @@ class RunCgroup:
         self._mover = None  # move_soon's thread
         self._move_error: Exception | None = None
         self._switch_interval = 0.005
-        name = f"{PREFIX}{os.getpid()}-{run_id}"  # the pid tells a later sweep whether we are gone
+        self.name = f"{PREFIX}{os.getpid()}-{run_id}"  # the pid tells a later sweep whether we are gone
         _sweep_stale(layout)
         if layout.version == "v2":
             parent = layout.parents["pids"]
             _write(f"{parent}/cgroup.subtree_control", "+pids +memory")
-            path = f"{parent}/{name}"
-            os.mkdir(path, 0o755)
-            self.dirs.append(path)
+            os.mkdir(f"{parent}/{self.name}", 0o755)
+            self.dirs.append(f"{parent}/{self.name}")
+        else:
+            for parent in layout.parents.values():
+                os.mkdir(f"{parent}/{self.name}", 0o755)
+                self.dirs.append(f"{parent}/{self.name}")
+        self.limit(pids, memory)
+
+    def limit(self, pids: int | None, memory: int | None) -> None:
+        """Write the run's limits (at creation, or into the cgroup a head start made: before its
+        command may start, which is all that the early sandbox ever holds)."""
+        layout, name = self.layout, self.name
+        if layout.version == "v2":
+            path = f"{layout.parents['pids']}/{name}"
             if pids:
                 _write(f"{path}/pids.max", str(pids))
             if memory:
@@ -82,10 +93,6 @@ class RunCgroup:
                 with contextlib.suppress(OSError):
                     _write(f"{path}/memory.swap.max", "0")
         else:
-            for parent in layout.parents.values():
-                path = f"{parent}/{name}"
-                os.mkdir(path, 0o755)
-                self.dirs.append(path)
             if pids:
                 _write(f"{layout.parents['pids']}/{name}/pids.max", str(pids))
             if memory:

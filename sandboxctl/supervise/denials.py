@@ -8,7 +8,10 @@ each distinct (kind, target, rule) once, with how many times it happened.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def collapse(denials: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

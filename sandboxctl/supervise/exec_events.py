@@ -37,10 +37,14 @@ import os
 import stat
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, NamedTuple
 
+from sandboxctl.record import Record
 from sandboxctl.supervise import exec_facts as facts
 from sandboxctl.supervise import notify, sandbox_paths
+
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
+if TYPE_CHECKING:
+    from typing import Any
 
 AT_EMPTY_PATH = facts.AT_EMPTY_PATH
 CLONE_VM, CLONE_VFORK = 0x100, 0x4000
@@ -50,7 +54,7 @@ _MACHINE = {"x86_64": (312, {56: "clone", 58: "vfork"}), "aarch64": (272, {220: 
 MAX_CLAIMS = 4096
 
 
-class ExecTarget(NamedTuple):
+class ExecTarget(Record):
     """What the supervisor resolved, to compare with /proc/PID/exe after the exec."""
 
     path: str  # as the caller asked (absolute)

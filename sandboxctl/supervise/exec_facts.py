@@ -14,9 +14,13 @@ import os
 import struct
 import threading
 from collections.abc import Callable
-from typing import Any, NamedTuple
 
+from sandboxctl.record import Record
 from sandboxctl.supervise import fdops, notify, sandbox_paths
+
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
+if TYPE_CHECKING:
+    from typing import Any
 
 AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW = 0x1000, 0x100
 MAX_ARG_BYTES = 4096  # per argv string read for the record (longer ones are cut and marked)
@@ -73,7 +77,7 @@ def read_proc(path: str, size: int = 8192, one_line: bool = False) -> bytes:
         os.close(fd)
 
 
-class Caller(NamedTuple):
+class Caller(Record):
     threads: int  # 0: unknown
     tgid: int
     started: str  # starttime: with the pid, which process this is

@@ -14,13 +14,17 @@ import errno
 import os
 import threading
 from collections.abc import Callable
-from typing import Any, NamedTuple
 
 from sandboxctl.plan.model import WriteVerdict
+from sandboxctl.record import Record
 from sandboxctl.supervise import fdops, notify
 
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
+if TYPE_CHECKING:
+    from typing import Any
 
-class FileEscape(NamedTuple):
+
+class FileEscape(Record):
     notification_id: int
     pid: int
     path: str  # as the sandbox sees it

@@ -65,16 +65,21 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
             if layout is None:
                 raise SandboxError("the cgroup tree this plan relies on is no longer writable",
                                    "run sandboxctl doctor")
+            pids = lim.pids + 2 if lim.pids_method == "cgroup" and lim.pids else None
+            memory = lim.memory if lim.memory_method == "cgroup" else None
+            early = supervisor_options.get("head_start")
+            # a head start made the run's cgroup as bubblewrap started, its first (slow) move under way
+            cgroup = early.take_cgroup(layout) if early is not None else None
             try:
-                cgroup = RunCgroup(layout, plan.run_id,
-                                   lim.pids + 2 if lim.pids_method == "cgroup" and lim.pids else None,
-                                   lim.memory if lim.memory_method == "cgroup" else None)
+                if cgroup is not None:
+                    cgroup.limit(pids, memory)  # this plan's, before anything may run in it
+                else:
+                    cgroup = RunCgroup(layout, plan.run_id, pids, memory)
+                    if early is not None and not early.settled:  # bubblewrap runs: its first (slow) move starts now
+                        cgroup.move_soon(early.pid)
             except OSError as exc:
                 raise SandboxError(f"cannot create the run's cgroup for its limits: {exc.strerror}",
                                    "run sandboxctl doctor") from None
-            early = supervisor_options.get("head_start")
-            if early is not None:  # bubblewrap runs already: its first move (the slow one) starts now
-                cgroup.move_soon(early.pid)
         if plan.creations:
             made = make_all(plan.creations, plan.home, log.write)
             notice = supervisor_options.get("notice")

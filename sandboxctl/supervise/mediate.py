@@ -29,13 +29,16 @@ import re
 import stat
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from sandboxctl.plan.model import Plan
 from sandboxctl.protect.rules import Protection, ancestors, within
 from sandboxctl.supervise import fdops
 from sandboxctl.supervise.mediate_calls import Call, Entry, Resolver, exists_at, is_dir, read_call, sandbox_path
 from sandboxctl.supervise.notify import Notification, respond
+
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
+if TYPE_CHECKING:
+    from typing import Any
 
 O_ACCMODE, O_CREAT, O_EXCL, O_TRUNC, O_NOFOLLOW = os.O_ACCMODE, os.O_CREAT, os.O_EXCL, os.O_TRUNC, os.O_NOFOLLOW
 O_TMPFILE = getattr(os, "O_TMPFILE", 0o20200000)

@@ -13,9 +13,9 @@ import errno
 import os
 import re
 import stat
-from typing import NamedTuple
 
 from sandboxctl.plan.syscalls import OPEN_CALLS
+from sandboxctl.record import Record
 from sandboxctl.supervise import fdops
 from sandboxctl.supervise.notify import AT_FDCWD, Notification, ProcessMemory
 
@@ -39,7 +39,7 @@ def exists_at(dirfd: int, name: str) -> bool:
     return True
 
 
-class Entry(NamedTuple):
+class Entry(Record):
     """A resolved directory entry: our O_PATH descriptor of its parent, the parent's path as the
     kernel names it inside the sandbox, and the entry's name in it (and, when resolution already
     looked at it, its lstat: None for no such entry)."""
@@ -55,7 +55,7 @@ class Entry(NamedTuple):
         return f"{self.parent_path.rstrip('/')}/{self.name}"
 
 
-class Call(NamedTuple):
+class Call(Record):
     op: str  # open | mkdir | mknod | unlink | rmdir | rename | link | symlink | truncate | chmod | fchmod
     paths: tuple[tuple[int, str], ...]  # (dirfd, path) as the caller gave them
     flags: int = 0

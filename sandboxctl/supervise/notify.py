@@ -16,9 +16,12 @@ import fcntl
 import os
 import struct
 from collections.abc import Callable
-from typing import Any
 
 from sandboxctl.plan.syscalls import MEDIATED_CALLS, OPEN_CALLS
+
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
+if TYPE_CHECKING:
+    from typing import Any
 
 MEDIATED = frozenset(OPEN_CALLS + MEDIATED_CALLS)  # the calls supervise/mediate.py answers
 

@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
 
 from sandboxctl.errors import EXIT_SANDBOX_FAILED, EXIT_TIMEOUT, SandboxError
 from sandboxctl.launch import bwrap, headstart, landlock_rights, seccomp, shim_code
@@ -27,17 +26,22 @@ from sandboxctl.log.writer import ActionLog, LogWriteError
 from sandboxctl.plan.build import PROXY_PORT
 from sandboxctl.plan.model import Plan
 from sandboxctl.protect.snapshot import HEARTBEAT_S
+from sandboxctl.record import Record
 from sandboxctl.supervise import fd_budget, fdops, flood, notify, processes, spawn
 from sandboxctl.supervise import secrets as secret_store
 from sandboxctl.supervise.cgroups import RunCgroup
 from sandboxctl.supervise.denials import DenialList, LogThrottle
 from sandboxctl.supervise.stdio import CommandIO
 
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
+if TYPE_CHECKING:
+    from typing import Any
+
 TERM_GRACE_S = 2.0
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
-class RunResult(NamedTuple):
+class RunResult(Record):
     exit_code: int
     duration_s: float
     timed_out: bool = False
@@ -281,7 +285,6 @@ class Supervisor:
         try:
             data_fds = {target: spawn.memfd(content, "sandboxctl-tls")
                         for target, content in self._prepare_inspection().items()}
-            self._start_broker()
         except SandboxError:
             for fd in (seccomp_fd, err_w, err_r, stderr_copy, *secret_fds.values(), *data_fds.values()):
                 os.close(fd)
@@ -311,13 +314,18 @@ class Supervisor:
                     os.close(fd)
                 shim_end.close()
                 self.io.close_child_ends()
+            self._move_into_cgroup_soon()  # the kernel's slow first move overlaps all that follows
             if self.forward_signals:
                 self._install_signal_handlers()
             config = self._config(plan, originals, notify_program)
             control.sendall(marshal.dumps(config))
+            # while the sandbox builds itself (as for a head start): the shim runs nothing before
+            # the go, and a front end that cannot serve fails the launch here (bubblewrap killed)
+            self._start_broker()
         except BaseException:
             self._abandon(control, err_r, originals)
-            self.broker.stop()
+            if self.broker is not None:
+                self.broker.stop()
             self.io.close()
             raise
         if self.head_start_key and not data_fds and headstart.eligible(
@@ -495,14 +503,19 @@ class Supervisor:
         """What needs no descriptor of the sandbox's, done while bubblewrap and the shim start (on
         another core): the modules the handshake uses, and the first move into the run's cgroup.
 
-        The first move into the cgroup waits for the kernel (RunCgroup.move_soon): bwrap's is
-        started here (or already by lifecycle, for a head start), and the move of everything
-        alive at "ready" (which stays the rule) finds the lock warm."""
-        if self.cgroup is not None and self.bwrap_pid and not self.cgroup.moving:
-            self.cgroup.move_soon(self.bwrap_pid)
+        The first move into the cgroup waits for the kernel (RunCgroup.move_soon): it is under
+        way already (_move_into_cgroup_soon), and the move of everything alive at "ready"
+        (which stays the rule) finds the lock warm."""
+        self._move_into_cgroup_soon()
         # for _start_notify, at "ready" (there is always a listener), and the first call it answers
         from sandboxctl.supervise import exec_events, file_escape, mediate  # noqa: F401
         fdops._libc()
+
+    def _move_into_cgroup_soon(self) -> None:
+        """Start bubblewrap's first move into the run's cgroup, unless one is under way (a head
+        start's: launch/headstart.py and lifecycle start it as soon as bubblewrap runs)."""
+        if self.cgroup is not None and self.bwrap_pid and not self.cgroup.moving:
+            self.cgroup.move_soon(self.bwrap_pid)
 
     def _cgroup_joined(self) -> None:
         if self.cgroup is not None:

@@ -14,8 +14,8 @@ import errno
 import os
 import re
 import stat
-from typing import NamedTuple
 
+from sandboxctl.record import Record
 from sandboxctl.supervise import fdops
 
 MAX_LINKS = 40
@@ -23,7 +23,7 @@ PROC_MEMORY = re.compile(r"^/proc/(self|thread-self|\d+)(/task/(\d+))?/mem$")
 _MAGIC = ("fd", "cwd", "root", "exe", "map_files")
 
 
-class Walked(NamedTuple):
+class Walked(Record):
     state: str  # absent | exists | unsure
     error: int = 0  # absent: ENOENT or ENOTDIR
     text: str = ""  # exists: where it leads, as text in the sandbox's view ("" for a pipe, socket, …)

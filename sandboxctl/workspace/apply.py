@@ -13,10 +13,10 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from typing import NamedTuple
 
 from sandboxctl.errors import SandboxError
 from sandboxctl.inert import inert
+from sandboxctl.record import Record
 from sandboxctl.workspace import fileops, journal, seal, tree
 from sandboxctl.workspace.changes import Change
 from sandboxctl.workspace.layer import Layer, coarse_now_ns
@@ -24,7 +24,7 @@ from sandboxctl.workspace.layer import Layer, coarse_now_ns
 APPLICABLE_STATES = ("held", "partly applied", "undone")
 
 
-class Outcome(NamedTuple):
+class Outcome(Record):
     run: str
     applied: list[Change]
     conflicts: list[Change]

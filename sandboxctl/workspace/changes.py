@@ -18,9 +18,9 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from typing import NamedTuple
 
 from sandboxctl.protect.names import protected_link_reason, protected_reason
+from sandboxctl.record import Record
 from sandboxctl.workspace import tree
 from sandboxctl.workspace.tree import Node
 
@@ -28,7 +28,7 @@ KINDS = ("added", "modified", "deleted", "type-changed", "mode-changed")
 SETID = 0o6000
 
 
-class Change(NamedTuple):
+class Change(Record):
     path: str  # relative to the workspace, '/'-separated
     change: str  # one of KINDS
     old: Node | None  # on the host now (None: absent)

@@ -17,10 +17,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
+
+from sandboxctl.record import Record
 
 
-class Op(NamedTuple):
+class Op(Record):
     index: int
     path: str
     before: dict[str, Any] | None
@@ -28,7 +30,7 @@ class Op(NamedTuple):
     backup: str | None
 
 
-class Journal(NamedTuple):
+class Journal(Record):
     ops: list[Op]  # the changes of the applies since the last undo, in order
     own_writes: dict[str, int]  # path (or directory) -> when sandboxctl's last write to it ended
     next_index: int  # backup names are never reused

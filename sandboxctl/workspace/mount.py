@@ -21,7 +21,8 @@ import ctypes
 import errno
 import os
 import signal
-from typing import NamedTuple
+
+from sandboxctl.record import Record
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
@@ -29,13 +30,13 @@ MS_NOSUID, MS_NODEV, MS_REC, MS_SLAVE = 0x2, 0x4, 0x4000, 1 << 19
 OVERLAYFS_MAGIC = 0x794C7630
 
 
-class OverlayLayers(NamedTuple):
+class OverlayLayers(Record):
     lower: str  # the workspace
     upper: str
     work: str
 
 
-class MountFailure(NamedTuple):
+class MountFailure(Record):
     step: str
     errno: int
 
@@ -43,7 +44,7 @@ class MountFailure(NamedTuple):
         return f"{self.step}: {os.strerror(self.errno)}"
 
 
-class _Prepared(NamedTuple):
+class _Prepared(Record):
     """Everything the child needs, built before fork: after it, only system calls."""
 
     libc: ctypes.CDLL

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 from sandboxctl.errors import SandboxError
+from sandboxctl.record import Record
 from sandboxctl.workspace import changes as changes_mod
 from sandboxctl.workspace import journal
 from sandboxctl.workspace.changes import Change, Thresholds
@@ -69,7 +70,7 @@ def seal(layer: Layer, *, late: bool = False) -> tuple[dict[str, Any], list[Chan
     return result, found
 
 
-class Review(NamedTuple):
+class Review(Record):
     layer: Layer
     changes: list[Change]
     tampered: list[str]  # how the layer differs from its seal (empty: intact)

@@ -15,7 +15,8 @@ import hashlib
 import os
 import stat
 from collections.abc import Iterator
-from typing import NamedTuple
+
+from sandboxctl.record import Record
 
 OPAQUE_XATTRS = ("user.overlay.opaque", "trusted.overlay.opaque")
 WHITEOUT_XATTRS = ("user.overlay.whiteout", "trusted.overlay.whiteout")
@@ -27,7 +28,7 @@ READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 CHUNK = 1 << 20
 
 
-class Node(NamedTuple):
+class Node(Record):
     """One entry of a tree, as far as the workspace is concerned (owner and times are not)."""
 
     kind: str  # file | dir | symlink | whiteout | fifo | socket | device | metacopy (a layer's, see above)

@@ -13,15 +13,15 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from typing import NamedTuple
 
 from sandboxctl.errors import SandboxError
+from sandboxctl.record import Record
 from sandboxctl.workspace import fileops, journal, tree
 from sandboxctl.workspace.journal import Op
 from sandboxctl.workspace.layer import Layer, remove_tree
 
 
-class UndoOutcome(NamedTuple):
+class UndoOutcome(Record):
     run: str
     restored: list[str]
     refused: list[tuple[str, str]]  # path, why (the host changed it again since apply)
@@ -50,7 +50,7 @@ def _matches(fd: int, name: str, wanted: dict | None) -> bool:
     return True
 
 
-class _Check(NamedTuple):
+class _Check(Record):
     todo: list[Op]
     refused: list[tuple[str, str]]
 

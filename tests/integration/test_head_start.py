@@ -5,9 +5,12 @@ log's run.start, the host's files, stderr."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
+
+import pytest
 
 
 def starts(sandbox) -> list[dict]:
@@ -177,3 +180,64 @@ def test_a_passed_value_is_never_written_to_the_cache(sandbox):
     for path in cache.rglob("*"):
         if path.is_file():
             assert token.encode() not in path.read_bytes(), path
+
+
+FORK_BOMB = ("import os, time\nkids = 0\ntry:\n    while kids < 500:\n        if os.fork() == 0:\n"
+             "            time.sleep(3); os._exit(0)\n        kids += 1\nexcept OSError as e:\n"
+             "    print('stopped at', kids, e.errno)\n")
+
+
+def _cgroups_of_dead_supervisors() -> set[str]:
+    from sandboxctl.supervise.cgroups import PREFIX, detect
+    from sandboxctl.supervise.processes import alive
+
+    layout = detect()
+    found = set()
+    for parent in layout.parents.values():
+        for entry in os.listdir(parent):
+            owner = entry.removeprefix(PREFIX).split("-", 1)[0]
+            if entry.startswith(PREFIX) and owner.isdigit() and not alive(int(owner)):
+                found.add(f"{parent}/{entry}")
+    return found
+
+
+def test_the_cgroup_a_head_start_makes_early_gets_the_fresh_plans_limits(sandbox):
+    """The head start makes the run's cgroup as bubblewrap starts (its first move is slow), with no
+    limit in it: the supervisor writes the fresh plan's before the command may start. A pids limit
+    lowered between two identical command lines binds the adopted sandbox; no cgroup is left."""
+    from sandboxctl.supervise.cgroups import detect
+
+    if detect() is None:
+        pytest.skip("no writable cgroup tree: limits use rlimits here")
+    before = _cgroups_of_dead_supervisors()
+    policy = sandbox.write_policy("pids.yaml", "version: 1\nextends: default\nlimits:\n  pids: 200\n")
+    first = sandbox.run("--", "python3", "-c", FORK_BOMB, policy=str(policy), timeout=60)
+    assert "stopped at" in first.stdout, first.stdout + first.stderr
+    assert 30 < int(first.stdout.split()[2]) < 200
+    policy.write_text("version: 1\nextends: default\nlimits:\n  pids: 30\n")
+    second = sandbox.run("--", "python3", "-c", FORK_BOMB, policy=str(policy), timeout=60)
+    assert [s.get("head_start") for s in starts(sandbox)] == [None, True]  # the same launch: adopted
+    assert [s["limits"]["pids_method"] for s in starts(sandbox)] == ["cgroup", "cgroup"]
+    assert "stopped at" in second.stdout, second.stdout + second.stderr
+    assert int(second.stdout.split()[2]) < 30
+    assert _cgroups_of_dead_supervisors() <= before
+
+
+def test_a_head_start_that_is_not_adopted_leaves_no_cgroup(sandbox):
+    """Its early cgroup held only the killed sandbox: removed, whether the run goes on from a fresh
+    launch (a changed grant) or never starts (a policy that no longer parses)."""
+    from sandboxctl.supervise.cgroups import detect
+
+    if detect() is None:
+        pytest.skip("no writable cgroup tree: limits use rlimits here")
+    before = _cgroups_of_dead_supervisors()
+    policy = sandbox.write_policy("p.yaml", "version: 1\nextends: default\n")
+    command = ("--", "/bin/true")
+    assert sandbox.run(*command, policy=str(policy)).returncode == 0
+    policy.write_text(f"version: 1\nextends: default\nfilesystem:\n  read: [{sandbox.home}]\n")
+    assert sandbox.run(*command, policy=str(policy)).returncode == 0
+    policy.write_text("version: 1\nextends: [default\n")
+    broken = sandbox.run(*command, policy=str(policy))
+    assert broken.returncode == 125 and "Traceback" not in broken.stderr
+    assert [s.get("head_start") for s in starts(sandbox)] == [None, None]
+    assert _cgroups_of_dead_supervisors() <= before

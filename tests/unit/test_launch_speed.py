@@ -163,3 +163,60 @@ def test_head_start_uses_only_a_private_regular_entry(monkeypatch, tmp_path: Pat
     assert headstart._start("k") is None and read == []
     cache.chmod(0o700)
     assert headstart._start("k") is None and read == ["read"]  # ours and private: read (wrong format: unused)
+
+
+class _EarlyCgroup:
+    """Stands in for the RunCgroup a head start makes (its layout, and what was done to it)."""
+
+    def __init__(self, layout: str):
+        self.layout = layout
+        self.calls: list[str] = []
+
+    def moved(self) -> None:
+        self.calls.append("moved")
+
+    def remove(self) -> None:
+        self.calls.append("remove")
+
+
+def _gone(pid: int) -> bool:
+    """Killed and reaped (abort waits for it): no such process any more."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def _early_sandbox(cgroup: _EarlyCgroup):
+    import socket
+    import subprocess
+
+    from sandboxctl.launch.headstart import HeadStart
+
+    child = subprocess.Popen(["sleep", "30"])
+    ours, _theirs = socket.socketpair()
+    err_r, err_w = os.pipe()
+    os.close(err_w)
+    return child, HeadStart(child.pid, ours, err_r, [], {}, "r", 0.0, {}, (0, 0, 0), b"", cgroup)
+
+
+def test_head_start_cgroup_is_the_runs_only_with_the_same_layout() -> None:
+    """Taken with the layout lifecycle finds: the caller's (limited, removed by it). Another
+    layout: the early sandbox is killed and its cgroup removed at once — bubblewrap is never
+    left in a cgroup that will not get the run's limits."""
+    same = _EarlyCgroup("v1")
+    child, early = _early_sandbox(same)
+    try:
+        assert early.take_cgroup("v1") is same and early.cgroup is None
+        early.abort()
+        assert same.calls == [] and _gone(child.pid)  # the caller removes it, not the head start
+    finally:
+        child.kill()
+    other = _EarlyCgroup("v1")
+    child, early = _early_sandbox(other)
+    try:
+        assert early.take_cgroup("v2") is None
+        assert early.settled and _gone(child.pid) and other.calls == ["moved", "remove"]
+    finally:
+        child.kill()

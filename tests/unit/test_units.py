@@ -201,7 +201,12 @@ def test_units_has_no_heavy_imports() -> None:
     """The shim-side planner imports units: it must stay dependency-free."""
     source = units.__loader__.get_source(units.__name__)
     imports = {line.split()[1] for line in source.splitlines() if line.startswith(("import ", "from "))}
-    assert imports <= {"__future__", "ipaddress", "re", "typing"}
+    assert imports <= {"__future__", "ipaddress", "re", "typing", "sandboxctl.record"}
+    from sandboxctl import record
+
+    source = record.__loader__.get_source(record.__name__)
+    assert {line.split()[1] for line in source.splitlines() if line.startswith(("import ", "from "))} <= {
+        "__future__", "collections"}
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(1.5, "1500ms"), (10**6, "1000000s"), (0.0004, "0s")])

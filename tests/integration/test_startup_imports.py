@@ -1,0 +1,73 @@
+"""What `sandboxctl run -- /bin/true` imports: an import budget, so that start-up regressions fail.
+
+Every module imported before bubblewrap is spawned is start-up time on the critical path of
+every run (interpreter and imports are most of it: README, Performance). Recorded in a real
+run (the CLI's own entry point, its second run: the policy cache and the head start as a
+user has them) by snapshotting sys.modules at the first posix_spawn and at the exit.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+RECORD = r"""
+import json, os, sys
+seen, record = {}, sys.argv.pop(1)
+real_spawn, real_exit = os.posix_spawn, os._exit
+def posix_spawn(*args, **kwargs):
+    seen.setdefault("spawn", sorted(sys.modules))
+    return real_spawn(*args, **kwargs)
+def _exit(code):
+    seen["exit"] = sorted(sys.modules)
+    with open(record, "w") as out:
+        json.dump(seen, out)
+    real_exit(code)
+os.posix_spawn, os._exit = posix_spawn, _exit
+sys.argv = ["sandboxctl", *sys.argv[1:]]
+from sandboxctl.cli.main import main
+main()
+"""
+
+# Never in such a run: the typer CLI (~100 ms), rich, argparse, YAML (the policy cache has it),
+# the proxy (started by the first connection), typing (~2 ms: sandboxctl.record, TYPE_CHECKING).
+NEVER = ("typer", "click", "rich", "argparse", "yaml", "typing", "sandboxctl.network.proxy",
+         "sandboxctl.policy.yamlpos", "sandboxctl.cli.planview", "subprocess", "dataclasses", "inspect")
+# What a run imports before bubblewrap may start, with a little room. Measured (`run -q`):
+# without a head start 63 of sandboxctl's modules and 151 in all (before perf-b: 64 and 156,
+# typing among them); with one, bubblewrap is spawned after 14 and 75; 75 and 166 by the exit.
+COLD = {"sandboxctl": 64, "all": 153}
+HEAD_START = {"sandboxctl": 15, "all": 77}
+WHOLE_RUN = {"sandboxctl": 77, "all": 168}
+
+
+def _imports(sandbox, tmp_path, name: str, variant: str) -> dict[str, list[str]]:
+    """One run through the CLI's entry point; `variant` is an environment variable (which is
+    part of the head start's key: a new value is a first run, like hyperfine's runs)."""
+    out = tmp_path / name
+    result = subprocess.run([sys.executable, "-c", RECORD, str(out), "run", "-q", "-p", "default", "--", "/bin/true"],
+                            cwd=sandbox.workspace, env=sandbox.env({"VARIANT": variant}), capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(out.read_text())
+
+
+def _within(modules: list[str], budget: dict[str, int]) -> None:
+    ours = [m for m in modules if m.split(".")[0] == "sandboxctl"]
+    assert len(ours) <= budget["sandboxctl"], ours
+    assert len(modules) <= budget["all"], modules
+    for name in NEVER:
+        assert name not in modules, f"{name} is imported before bubblewrap is spawned"
+
+
+def test_a_run_imports_within_its_budget(sandbox, tmp_path):
+    _imports(sandbox, tmp_path, "warm.json", "a")  # fills the policy cache (YAML is parsed once)
+    cold, head_start = _imports(sandbox, tmp_path, "cold.json", "b"), _imports(sandbox, tmp_path, "again.json", "b")
+    assert [r.get("head_start") for r in sandbox.records() if r["event"] == "run.start"] == [None, None, True]
+    _within(cold["spawn"], COLD)
+    _within(head_start["spawn"], HEAD_START)
+    for seen in (cold, head_start):
+        assert not [m for m in seen["exit"] if m.split(".")[0] in NEVER or m in NEVER]  # nor after it
+        assert len([m for m in seen["exit"] if m.split(".")[0] == "sandboxctl"]) <= WHOLE_RUN["sandboxctl"]
+        assert len(seen["exit"]) <= WHOLE_RUN["all"], seen["exit"]
