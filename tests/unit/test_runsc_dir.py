@@ -63,13 +63,15 @@ def test_destroy_kills_every_process_naming_the_run_and_waits_for_them(tmp_path)
     bystander = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "other")])
     try:
         deadline = time.monotonic() + 10
-        while len(runsc.pids_using(str(run))) < 4 and time.monotonic() < deadline:  # two and their forks
+        other = str(tmp_path / "other")
+        while (len(runsc.pids_using(str(run))) < 4 or len(runsc.pids_using(other)) < 2) \
+                and time.monotonic() < deadline:  # two and their forks, and the bystander and its fork
             time.sleep(0.01)
-        assert len(runsc.pids_using(str(run))) == 4
+        assert len(runsc.pids_using(str(run))) == 4 and len(runsc.pids_using(other)) == 2
         runsc.destroy(run)
         assert runsc.pids_using(str(run)) == [] and not run.exists()
         assert [proc.wait(timeout=5) for proc in ours] == [-9, -9]
-        assert bystander.poll() is None and len(runsc.pids_using(str(tmp_path / "other"))) == 2
+        assert bystander.poll() is None and len(runsc.pids_using(other)) == 2
     finally:
         for proc in [*ours, bystander]:
             proc.kill()
