@@ -93,6 +93,10 @@ class SocketFrontEnd(ThreadedFrontEnd):
                         self._broadcast(sel)
                     else:
                         self._on_client(key.fileobj, sel)
+            # the run is ending: an answer settled since the last wake-up is still told, so a live
+            # view says how its request ended ("answered in another window") and not just "ended"
+            self.drain_wakeups()
+            self._broadcast(sel)
         finally:
             sel.close()
 
