@@ -170,12 +170,15 @@ print(head.decode("latin-1"))
     assert not _learned(result.stdout), "the 101 answer handed the real value back"
 
 
-WS_CLIENT = """
-import os, socket, ssl, struct
+TUNNEL_OPEN = """
+import os, socket, ssl
 sock = socket.create_connection(("127.0.0.1", 3128))
 sock.sendall(b"CONNECT localhost:{port} HTTP/1.1\\r\\nHost: localhost:{port}\\r\\n\\r\\n")
 assert sock.recv(1000).startswith(b"HTTP/1.1 200")
 tls = ssl.create_default_context().wrap_socket(sock, server_hostname="localhost")
+"""  # a CONNECT tunnel to the echo server, TLS inside (the run's CA)
+
+WS_CLIENT = TUNNEL_OPEN + """
 tls.sendall(b"GET {path} HTTP/1.1\\r\\nHost: localhost:{port}\\r\\nConnection: Upgrade\\r\\nUpgrade: websocket\\r\\n"
             b"Sec-WebSocket-Extensions: permessage-deflate\\r\\n"
             b"Authorization: Bearer " + os.environ["TOKEN"].encode() + b"\\r\\n\\r\\n")
@@ -224,12 +227,7 @@ def test_a_websocket_extension_the_proxy_did_not_offer_ends_the_connection(sandb
     assert not _learned(result.stdout)
 
 
-RAW_TUNNEL = """
-import os, socket, ssl
-sock = socket.create_connection(("127.0.0.1", 3128))
-sock.sendall(b"CONNECT localhost:{port} HTTP/1.1\\r\\nHost: localhost:{port}\\r\\n\\r\\n")
-assert sock.recv(1000).startswith(b"HTTP/1.1 200")
-tls = ssl.create_default_context().wrap_socket(sock, server_hostname="localhost")
+RAW_TUNNEL = TUNNEL_OPEN + """
 tls.sendall(b"GET /trailer HTTP/1.1\\r\\nHost: localhost:{port}\\r\\nConnection: close\\r\\n"
             b"Authorization: Bearer " + os.environ["TOKEN"].encode() + b"\\r\\n\\r\\n")
 data = b""
