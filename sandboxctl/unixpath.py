@@ -59,7 +59,7 @@ def connect_own(sock: socket.socket, path: str) -> None:
     could be swapped in between only by someone who may write its directory).
     PermissionError when it is someone else's."""
     with address(path) as where:
-        owner = os.lstat(where).st_uid
+        owner = os.stat(where).st_uid  # what connect() reaches: a link of ours to theirs is theirs
         if owner != os.getuid():
             raise PermissionError(errno.EPERM, f"the socket belongs to another user (uid {owner})", path)
         sock.connect(where)

@@ -86,7 +86,8 @@ class ActionLog:
         self._real = os.path.realpath(self.path)  # a symlinked log rotates where it really lives
         self.run_id = run_id
         self.seq = 0
-        self.written = 0  # bytes of this run's records (supervise/flood.py bounds it)
+        self.first_file: tuple[int, int] | None = None  # (dev, ino) of the file holding our first record
+        self.rotations = 0  # rotations this writer made or saw (supervise/flood.py then asks where it is)
         self.redact = tuple(v for v in redact if v)
         self.scrubber = None
         if self.redact:  # only runs with secrets pay for it (import included)
@@ -136,6 +137,7 @@ class ActionLog:
             fd = self._open()
             os.close(self.fd)
             self.fd, self._known = fd, None
+            self.rotations += 1  # another writer rotated (or the file was replaced)
         raise LogWriteError(f"the action log {self.path} keeps being replaced", "pass --log PATH")
 
     def _prev(self, size: int) -> tuple[str, bool]:
@@ -184,7 +186,9 @@ class ActionLog:
             raise LogWriteError(f"cannot write the action log {self.path}: {_why(exc)}",
                                 "free some space or pass --log PATH; the run was stopped") from None
         self.seq += 1
-        self.written += len(data)
+        if self.first_file is None:
+            mine = os.fstat(self.fd)  # after a rotation, the fresh file
+            self.first_file = (mine.st_dev, mine.st_ino)
         line = data.strip(b"\n")
         own = self._known[1] if not torn and self._known and self._known[0] == st.st_size + len(data) else None
         self.head = run_head(self.head, line, own)
@@ -248,9 +252,24 @@ class ActionLog:
             raise
         old = self.fd
         self.fd, self._known = fd, (len(data), line_hash(data))
+        self.rotations += 1
         fcntl.flock(old, fcntl.LOCK_UN)
         os.close(old)
         # the caller unlocks self.fd (the new file), which we never locked: harmless
+
+    def first_record_age(self) -> int | None:
+        """How many rotations back the file holding this writer's first record is (0: the current
+        file, `keep`: the oldest kept), None when it is no longer kept (or nothing was written)."""
+        if self.first_file is None:
+            return None
+        for age in range(self.keep + 1):
+            try:
+                st = os.stat(rotated_name(self._real, age) if age else self._real)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == self.first_file:
+                return age
+        return None
 
     def close(self) -> None:
         with self._mutex:

@@ -88,8 +88,9 @@ class Supervisor:
         self.sock_diag_fd: int | None = None  # the sandbox's own netlink socket (none/proxy)
         self.log_lock = threading.Lock()
         self.log_failed = False
-        self.log_budget = flood.budget(log)
-        self.log_flooded = False  # the run's records reached the budget: it was stopped
+        self.log_guarded = flood.guarded(log)
+        self.log_rotations = 0  # the log's rotations we have looked at
+        self.log_flooded: int | None = None  # stopped: its first record was this many rotations back (-1: gone)
         self.setup_error: SandboxError | None = None
         self.denials: list[dict[str, Any]] = DenialList()  # bounded: identical ones past a few are counted
         self.throttle = LogThrottle()  # and so are their log records
@@ -732,11 +733,14 @@ class Supervisor:
             with self.log_lock:
                 if self.throttle.admit(event, fields):
                     self.log.write(event, **fields)
-                if self.log_budget is not None and not self.log_flooded and self.log.written > self.log_budget:
-                    self.log_flooded = True  # before more records push its first ones out: flood.py
-                    self.log.write("limit", kind="log", action="kill", limit_bytes=self.log_budget,
-                                   written_bytes=self.log.written)
-                    self._kill()
+                if self.log_guarded and self.log_flooded is None and self.log.rotations != self.log_rotations:
+                    self.log_rotations = self.log.rotations
+                    age = self.log.first_record_age()
+                    if flood.endangered(age, self.log.keep):  # before rotations push its first records out
+                        self.log_flooded = -1 if age is None else age
+                        self.log.write("limit", kind="log", action="kill", first_record_rotations=age,
+                                       kept_rotations=self.log.keep)
+                        self._kill()
         except LogWriteError:
             self.log_failed = True
             self._kill()
@@ -858,13 +862,12 @@ class Supervisor:
         if self.log_failed:
             return SandboxError("the action log could not be written; the sandbox was stopped",
                                 "free some space or pass --log PATH")
-        if self.log_flooded:
-            from sandboxctl.units import format_size
-
-            return SandboxError(f"the run wrote {format_size(self.log_budget or 0)} of action-log records, half of "
-                                "what the log keeps; it was stopped before its first records were rotated out",
+        if self.log_flooded is not None:
+            when = ("after its first records had already been rotated out (other runs write to the same log)"
+                    if self.log_flooded < 0 else "before the log's rotation could drop its first records")
+            return SandboxError(f"the run wrote so many action-log records that it was stopped {when}",
                                 "with log.forward in the policy every record is kept outside too and a run may "
-                                "write more; or split the work into several runs")
+                                "write more; or split the work into several runs, or give it --log PATH")
         return None
 
     def _layers(self, landlock: dict[str, Any]) -> dict[str, Any]:

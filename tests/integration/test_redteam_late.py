@@ -139,7 +139,7 @@ def test_a_run_cannot_flood_its_own_first_records_out_of_the_log(sandbox, monkey
         return
     with pytest.raises(SandboxError) as raised:
         box.run(["/bin/sh", "-c", FLOOD])
-    assert raised.value.exit_code == 125 and "rotated out" in raised.value.message
+    assert raised.value.exit_code == 125 and "before the log's rotation could drop" in raised.value.message
     assert (sandbox.workspace / "first.txt").exists() and not (sandbox.workspace / "last.txt").exists()
     records = [r.data for r in logfiles.iter_records(sandbox.log_path)]
     run = next(r["run"] for r in records if r["event"] == "limit" and r.get("kind") == "log")
@@ -148,3 +148,52 @@ def test_a_run_cannot_flood_its_own_first_records_out_of_the_log(sandbox, monkey
     assert any(r["event"] == "exec" and "evidence" in r.get("argv", []) for r in mine)
     assert mine[-1]["event"] == "run.end"
     assert Path(f"{sandbox.log_path}.1").exists()  # the log did rotate meanwhile
+
+
+TWO_RUNS = r"""
+import sys
+from sandboxctl.log.writer import ActionLog
+ActionLog.__init__.__defaults__ = ((), 40_000, 2)
+from sandboxctl import Sandbox
+tag, workspace, prefill = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if prefill:  # the current file already holds other runs' records
+    with ActionLog(sys.argv[4], "20240101T000000-ffffff") as other:
+        while other.fd >= 0 and __import__("os").fstat(other.fd).st_size < prefill:
+            other.write("exec", pid=1, path="/bin/true", argv=["x" * 500])
+big = " ".join(["y" * 3000] * 6) if prefill else ""
+script = (f"/bin/echo evidence-{tag} > first-{tag}.txt; i=0; while [ $i -lt 400 ]; do /bin/true {big}; "
+          f"i=$((i+1)); done; /bin/echo done > last-{tag}.txt")
+try:
+    result = Sandbox("default", workspace).run(["/bin/sh", "-c", script])
+    print(tag, "exit", result.exit_code)
+except Exception as exc:
+    print(tag, "error", exc)
+"""
+
+
+@pytest.mark.parametrize("case", ["two runs at once", "a log already full of others' records, big records"])
+def test_neither_concurrent_floods_nor_a_full_log_rotate_a_runs_first_records_out(sandbox, case):
+    """Red team: a byte budget per run let two flooding runs together, or one run on a log whose
+    current file other runs had filled (with records of half a file each), rotate its own first
+    records out while it said it had stopped in time. Judged from the kept files: every run that
+    was stopped still has its run.start and its first exec."""
+    import subprocess
+    import sys
+
+    from sandboxctl.log import files as logfiles
+
+    tags = "AB" if case == "two runs at once" else "C"
+    prefill = "0" if case == "two runs at once" else "30000"
+    procs = [subprocess.Popen([sys.executable, "-c", TWO_RUNS, tag, str(sandbox.workspace), prefill,
+                               str(sandbox.log_path)], env=sandbox.env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for tag in tags]
+    outs = [proc.communicate(timeout=300)[0] for proc in procs]
+    assert all("before the log's rotation could drop" in out for out in outs), outs
+    records = [r.data for r in logfiles.iter_records(sandbox.log_path)]
+    stopped = {r["run"] for r in records if r["event"] == "limit" and r.get("kind") == "log"}
+    assert len(stopped) == len(tags), outs
+    for run in stopped:
+        mine = [r for r in records if r["run"] == run]
+        assert mine[0]["event"] == "run.start" and mine[0]["seq"] == 0, (case, mine[0])
+        assert any(r["event"] == "exec" and any("evidence" in a for a in r.get("argv", [])) for r in mine)
+    assert not any((sandbox.workspace / f"last-{tag}.txt").exists() for tag in tags)

@@ -90,3 +90,25 @@ def test_another_users_socket_is_refused_before_it_gets_a_connection(tmp_path, d
     finally:
         client.close()
         server.close()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="a socket file of another user needs root to chown it")
+def test_a_link_of_ours_to_another_users_socket_is_refused_before_connecting(tmp_path):
+    """connect() follows a symlink: the owner checked is the socket's, not the link's (red team)."""
+    path = str(tmp_path / "theirs.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    unixpath.bind(server, path)
+    server.listen(1)
+    os.lchown(path, 65534, 65534)
+    link = tmp_path / "ours.sock"
+    link.symlink_to(path)
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with pytest.raises(PermissionError, match="another user"):
+            unixpath.connect_own(client, str(link))
+        server.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            server.accept()
+    finally:
+        client.close()
+        server.close()
