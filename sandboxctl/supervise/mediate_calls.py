@@ -68,14 +68,21 @@ def sandbox_path(pid: int, dirfd: int, path: str) -> str | None:
     """The caller's path made absolute in its own view (None: its base is not a directory path)."""
     if path.startswith("/"):
         return path
-    base = "cwd" if dirfd == AT_FDCWD else f"fd/{dirfd}"
+    where = _linked_path(pid, "cwd" if dirfd == AT_FDCWD else f"fd/{dirfd}")
+    if where is None:
+        return None
+    return f"{where.rstrip('/')}/{path}" if path else where
+
+
+def _linked_path(pid: int, link: str) -> str | None:
+    """The path /proc/PID/LINK names (cwd, fd/N), None when it is not a path (a pipe, a deleted file)."""
     try:
-        where = os.readlink(f"/proc/{pid}/{base}")
+        where = os.readlink(f"/proc/{pid}/{link}")
     except OSError:
         return None
     if not where.startswith("/") or where.endswith(" (deleted)"):
         return None
-    return f"{where.rstrip('/')}/{path}" if path else where
+    return where
 
 
 _MAGIC = re.compile(r"^/(?:proc/(?:self|thread-self)/(fd/\d+|cwd|root)|dev/(fd/\d+|stdin|stdout|stderr))(/.*)?$")
@@ -94,13 +101,8 @@ def _unmagic(pid: int, path: str) -> str | None:
     rest = match.group(3) or ""
     if link == "root":
         return rest or "/"
-    try:
-        where = os.readlink(f"/proc/{pid}/{link}")
-    except OSError:
-        return None
-    if not where.startswith("/") or where.endswith(" (deleted)"):
-        return None
-    return where + rest
+    where = _linked_path(pid, link)
+    return None if where is None else where + rest
 
 
 def _split(path: str) -> tuple[str, str] | None:

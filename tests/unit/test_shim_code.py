@@ -12,22 +12,7 @@ def test_threads_of_one_process_write_the_compiled_shim_at_once(tmp_path):
     source = tmp_path / "shim.py"
     source.write_text("print('shim')\n")
     compiled = str(tmp_path / "cache" / "shim-x.pyc")
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(8)
-
-    def write() -> None:
-        barrier.wait()
-        try:
-            shim_code.ensure(str(source), compiled)
-        except BaseException as exc:  # the test reports any
-            errors.append(exc)
-
-    threads = [threading.Thread(target=write) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert _all_at_once(8, lambda: shim_code.ensure(str(source), compiled)) == []
     assert os.listdir(tmp_path / "cache") == ["shim-x.pyc"]  # no temporary left behind
 
 
@@ -48,20 +33,28 @@ def test_runs_starting_at_once_all_get_the_mask_file(tmp_path):
     for round_ in range(20):
         state = tmp_path / f"state{round_}"
         state.mkdir()
-        errors: list[BaseException] = []
-        barrier = threading.Barrier(6)
+        def make(state=state) -> None:
+            assert spawn.empty_file(state) == str(state / "empty")
 
-        def make(state=state, barrier=barrier, errors=errors) -> None:
-            barrier.wait()
-            try:
-                assert spawn.empty_file(state) == str(state / "empty")
-            except BaseException as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=make) for _ in range(6)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert errors == []
+        assert _all_at_once(6, make) == []
         assert (state / "empty").stat().st_size == 0
+
+
+def _all_at_once(n: int, work) -> list[BaseException]:
+    """Run `work` in n threads released together by a barrier; what any of them raised."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(n)
+
+    def one() -> None:
+        barrier.wait()
+        try:
+            work()
+        except BaseException as exc:  # the test reports any
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
