@@ -103,6 +103,18 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
+def _stdout_gone() -> bool:
+    """True when standard output is a pipe whose reader has closed it (poll says POLLERR)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _fd, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; usage errors and sandbox failures exit 125 with one line, never a traceback."""
     from sandboxctl.cli import output
@@ -146,11 +158,16 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print(file=sys.stderr)
         code = 130
-    except BrokenPipeError:  # `sandboxctl run --dry-run | head`: the reader went away, not an error
-        import os
+    except BrokenPipeError as exc:
+        if not _stdout_gone():  # a pipe of ours broke, not the reader's: never a success
+            error(f"internal error: {type(exc).__name__}: {exc}",
+                  "re-run with --debug for a traceback, and please report it")
+            code = EXIT_SANDBOX_FAILED
+        else:  # `sandboxctl run --dry-run | head`: the reader went away, not an error
+            import os
 
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        code = 0
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            code = 0
     except Exception as exc:
         if type(exc).__name__ == "Exit" and hasattr(exc, "exit_code"):  # typer.Exit
             sys.exit(exc.exit_code)

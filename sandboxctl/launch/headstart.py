@@ -38,6 +38,7 @@ import sys
 import time
 
 from sandboxctl.digest import sha256
+from sandboxctl.launch.config_frames import send_config
 
 FORMAT = "2"
 MAX_ENTRIES = 64
@@ -213,7 +214,7 @@ def _start(this: str) -> HeadStart | None:
     for fd in (err_w, seccomp_fd, stderr_copy):
         os.close(fd)
     shim_end.close()
-    control.sendall(marshal.dumps(config))
+    send_config(control, config)
     import socket  # the supervisor's loop speaks to a socket.socket
 
     return HeadStart(pid, socket.socket(fileno=control.detach()), err_r, argv, config, run_id, started,

@@ -19,10 +19,25 @@ SHIM_LIB = "/run/sandboxctl/lib"
 RLIMITS = {"pids": "RLIMIT_NPROC", "file_size": "RLIMIT_FSIZE", "open_files": "RLIMIT_NOFILE",
            "memory": "RLIMIT_AS"}
 SOL_SOCKET, SCM_RIGHTS = 1, 1
+FRAME = 64 * 1024  # launch/config_frames.py's
 
 
 def send(fd, message):
     os.write(fd, marshal.dumps(message))
+
+
+def read_config(control):
+    """The configuration's frames joined (launch/config_frames.py: MORE or LAST, then a part)."""
+    parts = []
+    while True:
+        frame = os.read(control, FRAME + 1)
+        if not frame:
+            os._exit(125)  # the supervisor is gone before the whole configuration came
+        parts.append(frame[1:])
+        if frame[:1] == b".":
+            return b"".join(parts)
+        if frame[:1] != b"+":
+            os._exit(125)
 
 
 def send_with_fds(fd, message, handles):
@@ -251,7 +266,7 @@ def main():
     os.dup2(real_stderr, 2)
     os.close(real_stderr)
     os.set_inheritable(control, False)
-    config = marshal.loads(os.read(control, 1 << 20))
+    config = marshal.loads(read_config(control))
     server = read_session_server() if config.get("session") else None  # before Landlock hides it
     try:
         set_rlimits(config["limits"])

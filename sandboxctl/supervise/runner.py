@@ -22,6 +22,7 @@ from pathlib import Path
 
 from sandboxctl.errors import EXIT_SANDBOX_FAILED, EXIT_TIMEOUT, SandboxError
 from sandboxctl.launch import bwrap, headstart, landlock_rights, seccomp, shim_code
+from sandboxctl.launch.config_frames import send_config
 from sandboxctl.log.writer import ActionLog, LogWriteError
 from sandboxctl.plan.build import PROXY_PORT
 from sandboxctl.plan.model import Plan
@@ -319,7 +320,7 @@ class Supervisor:
             if self.forward_signals:
                 self._install_signal_handlers()
             config = self._config(plan, originals, notify_program)
-            control.sendall(marshal.dumps(config))
+            send_config(control, config)
             # while the sandbox builds itself (as for a head start): the shim runs nothing before
             # the go, and a front end that cannot serve fails the launch here (bubblewrap killed)
             self._start_broker()
