@@ -153,7 +153,38 @@ def gather(environ: Mapping[str, str] | None = None) -> HostFacts:
         runtime_dir=str(runtime_dir()),
         tree=_tree,
         git_refs=lambda config, worktree: _git_refs(config, worktree, home),
+        closed_to_sandbox=_closed_to_sandbox(),
     )
+
+
+def _closed_to_sandbox():
+    """path -> whether a directory above it is closed to the sandbox's user. Its user namespace
+    maps our uid and gid alone, so no capability reaches an inode with another owner: as root
+    we may enter another user's private directory, but bubblewrap and the command cannot."""
+    uid, gids = os.getuid(), {os.getgid(), *os.getgroups()}
+    searchable: dict[str, bool] = {}
+
+    def search(directory: str) -> bool:
+        if directory not in searchable:
+            try:
+                st = os.stat(directory)
+            except OSError:
+                searchable[directory] = True  # missing: nothing beneath it to reach
+            else:
+                mapped = st.st_uid == uid and st.st_gid == os.getgid()
+                bit = 0o100 if st.st_uid == uid else 0o010 if st.st_gid in gids else 0o001
+                searchable[directory] = mapped or bool(st.st_mode & bit)
+        return searchable[directory]
+
+    def closed(path: str) -> bool:
+        parent = os.path.dirname(path)
+        chain = []
+        while parent not in ("/", ""):
+            chain.append(parent)
+            parent = os.path.dirname(parent)
+        return not all(search(d) for d in reversed(chain))
+
+    return closed
 
 
 def _tree(root: str, patterns: tuple[str, ...], deep: bool):

@@ -68,3 +68,5 @@ class HostFacts(Record):
     tree: Callable[[str, tuple[str, ...], bool], Any] = lambda root, patterns, deep: _no_tree(root)
     # protect.gitconfig.references: (core.hooksPath, included files) that a git config file leads to
     git_refs: Callable[[str, str | None], tuple[str | None, list[str]]] = lambda config, worktree: (None, [])
+    # a directory above path that the sandbox's user cannot search, though we could (plan/facts.py)
+    closed_to_sandbox: Callable[[str], bool] = lambda path: False
