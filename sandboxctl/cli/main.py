@@ -103,6 +103,25 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
+def _pause_garbage_collector():
+    """No cycle collection while a run starts: its ~170 imports allocate enough objects for ~20
+    collections (~2 ms of a start-up on the critical path), and none of them is garbage. Returns
+    what turns it back on, once the command is let go (the supervisor may then run for hours):
+    what start-up made is frozen first (it lives as long as the process), so later collections
+    need not walk it."""
+    import gc
+
+    if not gc.isenabled():  # somebody wanted it off (python -X ... or a wrapper): leave it so
+        return None
+    gc.disable()
+
+    def resume() -> None:
+        gc.freeze()
+        gc.enable()
+
+    return resume
+
+
 def _stdout_gone() -> bool:
     """True when standard output is a pipe whose reader has closed it (poll says POLLERR)."""
     import select
@@ -130,7 +149,9 @@ def main(argv: list[str] | None = None) -> None:
 
             if not wants_slow_path(args[1:]):
                 early = None, ""
+                on_go = None
                 if argv is None:  # the process's own command line: bubblewrap may start before the plan
+                    on_go = _pause_garbage_collector()
                     from sandboxctl.launch.headstart import try_start
 
                     key, head_start = try_start(args[1:])
@@ -143,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
                     if early[0] is not None:
                         early[0].abort()
                     raise
-                code = execute_run(options, command, *early)
+                code = execute_run(options, command, *early, on_go=on_go)
                 if argv is None:  # nothing is left to do but exit
                     _exit_now(code)
                 sys.exit(code)

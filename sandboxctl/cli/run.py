@@ -55,19 +55,21 @@ def _accept_untrusted(loaded, why: str, yes: bool) -> bool:
     return True
 
 
-def execute_run(opts: dict[str, Any], command: list[str], head_start=None, head_start_key: str = "") -> int:
+def execute_run(opts: dict[str, Any], command: list[str], head_start=None, head_start_key: str = "",
+                on_go=None) -> int:
     """`run` as a client of the library: the same Sandbox, plan and supervisor; the terminal's
     part (plan view, warnings, confirmation, denial table, CI annotations) stays here.
     head_start: a bubblewrap cli.main started early (launch/headstart.py): the supervisor adopts
-    it only if this run's fresh plan launches exactly that; in every other case it is killed."""
+    it only if this run's fresh plan launches exactly that; in every other case it is killed.
+    on_go: called once the command is let go (cli.main's garbage collector)."""
     try:
-        return _execute_run(opts, command, head_start, head_start_key)
+        return _execute_run(opts, command, head_start, head_start_key, on_go)
     finally:
         if head_start is not None:
             head_start.abort()  # nothing once it was adopted
 
 
-def _execute_run(opts: dict[str, Any], command: list[str], head_start, head_start_key: str) -> int:
+def _execute_run(opts: dict[str, Any], command: list[str], head_start, head_start_key: str, on_go) -> int:
     from sandboxctl import units
     from sandboxctl.api.sandbox import Sandbox
     from sandboxctl.cli import output
@@ -97,6 +99,8 @@ def _execute_run(opts: dict[str, Any], command: list[str], head_start, head_star
 
     interactive = sys.stderr.isatty() and not opts["quiet"] and os.environ.get("CI", "").lower() not in ("true", "1")
     early = {"head_start": head_start, "head_start_key": head_start_key} if head_start_key else {}
+    if on_go is not None:
+        early["on_go"] = on_go
     result = box.execute(plan, status=progress(interactive),
                          notice=None if opts["quiet"] else lambda message: print(message, file=sys.stderr), **early)
     if opts["summary_json"]:

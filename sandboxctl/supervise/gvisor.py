@@ -132,6 +132,7 @@ class GvisorSupervisor(Supervisor):
                 self._kill()
                 raise
             self.ready = True
+            self._went()
             if listener is not None:
                 self._start_proxy(listener.detach())
                 listener = None

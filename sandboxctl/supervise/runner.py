@@ -67,8 +67,10 @@ class Supervisor:
     def __init__(self, plan: Plan, state: Path, log: ActionLog, argv_for_log: list[str],
                  cgroup: RunCgroup | None = None, secret_values: dict[str, str] | None = None, *,
                  io: CommandIO | None = None, forward_signals: bool = True, approver: Any = None,
-                 notice: Any = None, cwd: str | None = None, head_start: Any = None, head_start_key: str = ""):
+                 notice: Any = None, cwd: str | None = None, head_start: Any = None, head_start_key: str = "",
+                 on_go: Any = None):
         self.plan = plan
+        self.on_go = on_go  # called once, as the command is let go (the CLI turns its garbage collector back on)
         self.head_start = head_start  # launch.headstart.HeadStart: a bubblewrap the CLI started early
         self.head_start_key = head_start_key  # where this run's launch is remembered for the next one
         self.head_started = False
@@ -501,6 +503,12 @@ class Supervisor:
     def _on_ready(self) -> None:
         """The command may run now (a session's server is up)."""
 
+    def _went(self) -> None:
+        """The command was let go: tell the caller (once)."""
+        on_go, self.on_go = self.on_go, None
+        if on_go is not None:
+            on_go()
+
     def _prepare_while_it_starts(self) -> None:
         """What needs no descriptor of the sandbox's, done while bubblewrap and the shim start (on
         another core): the modules the handshake uses, and the first move into the run's cgroup.
@@ -617,6 +625,7 @@ class Supervisor:
             self._log_secrets()
             self.ready = True
             control.sendall(marshal.dumps({"go": True}))
+            self._went()
             self._on_ready()
         elif "error" in message:
             self.shim_error = message

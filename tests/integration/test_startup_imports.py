@@ -13,14 +13,16 @@ import subprocess
 import sys
 
 RECORD = r"""
-import json, os, sys
+import gc, json, os, sys
 seen, record = {}, sys.argv.pop(1)
 real_spawn, real_exit = os.posix_spawn, os._exit
 def posix_spawn(*args, **kwargs):
     seen.setdefault("spawn", sorted(sys.modules))
+    seen.setdefault("gc_at_spawn", gc.isenabled())
     return real_spawn(*args, **kwargs)
 def _exit(code):
     seen["exit"] = sorted(sys.modules)
+    seen["gc_at_exit"], seen["gc_frozen"] = gc.isenabled(), gc.get_freeze_count()
     with open(record, "w") as out:
         json.dump(seen, out)
     real_exit(code)
@@ -71,3 +73,13 @@ def test_a_run_imports_within_its_budget(sandbox, tmp_path):
         assert not [m for m in seen["exit"] if m.split(".")[0] in NEVER or m in NEVER]  # nor after it
         assert len([m for m in seen["exit"] if m.split(".")[0] == "sandboxctl"]) <= WHOLE_RUN["sandboxctl"]
         assert len(seen["exit"]) <= WHOLE_RUN["all"], seen["exit"]
+
+
+def test_the_garbage_collector_pauses_for_the_start_up_only(sandbox, tmp_path):
+    """cli.main turns cycle collection off while a run starts and back on once the command is let
+    go (the supervisor may run for hours): off when bubblewrap is spawned, on again at the exit,
+    with what start-up made frozen."""
+    for variant in ("first", "first"):  # a first run, then a head start
+        seen = _imports(sandbox, tmp_path, f"gc-{variant}.json", variant)
+        assert seen["gc_at_spawn"] is False
+        assert seen["gc_at_exit"] is True and seen["gc_frozen"] > 10_000

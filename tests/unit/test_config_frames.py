@@ -66,7 +66,7 @@ def test_a_configuration_cut_short_stops_the_shim_with_125():
 
 
 BROKEN_RUN = ("import sandboxctl.cli.run as run\n"
-              "def broken(*args): raise BrokenPipeError(32, 'Broken pipe')\n"
+              "def broken(*args, **kwargs): raise BrokenPipeError(32, 'Broken pipe')\n"
               "run.execute_run = broken\n"
               "from sandboxctl.cli.main import main\n"
               "main(['run', '--', 'true'])\n")
