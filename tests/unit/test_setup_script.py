@@ -77,7 +77,8 @@ def test_everything_present_needs_no_root_at_all(machine) -> None:
     assert done.returncode == 0, done.stderr
     assert not [c for c in calls if c.startswith(("apt-get", "sudo"))]
     assert calls == ["python3 -m venv .venv", "venv-python -m pip install -q --disable-pip-version-check -e .",
-                     "venv-python -m compileall -q sandboxctl"]
+                     "venv-python -m compileall -q sandboxctl",
+                     "venv-python -m sandboxctl.console_script .venv/bin/sandboxctl"]  # pip's script replaced
 
 
 def test_root_installs_directly_without_sudo(machine) -> None:
@@ -95,7 +96,8 @@ def test_a_user_with_sudo_installs_through_it(machine) -> None:
     assert done.returncode == 0, done.stderr
     assert "sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq git" in calls
     assert "apt-get -o DPkg::Lock::Timeout=600 install -y -qq git (uid 0)" in calls
-    assert calls[-2].startswith("venv-python -m pip install") and calls[-1].startswith("venv-python -m compileall")
+    assert calls[-3].startswith("venv-python -m pip install") and calls[-2].startswith("venv-python -m compileall")
+    assert calls[-1] == "venv-python -m sandboxctl.console_script .venv/bin/sandboxctl"
 
 
 @pytest.mark.parametrize(("sudo", "why"), [(None, "there is no sudo here"),
