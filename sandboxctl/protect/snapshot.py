@@ -160,8 +160,9 @@ class Snapshot:
         for path, keys in json_keys:
             self.json_patterns.setdefault(path, []).append(keys)
         self.json_values = jsonkeys.record(json_keys)
+        real_parent = _RealParents()
         for path, entry in self.entries.items():
-            entry["parent"] = os.path.realpath(os.path.dirname(path))  # checked again at the end
+            entry["parent"] = real_parent(path)  # checked again at the end
         store.save()
         self._write()
 
@@ -224,15 +225,34 @@ def compare_and_restore(state: Path, run_id: str, entries: dict[str, dict[str, A
     somebody else's work — an IDE's, the user's own git — and is left as it is."""
     store = Store(state)
     changes: list[Change] = []
+    real_parent = _RealParents()
     for path, before in entries.items():
-        if "parent" in before and os.path.realpath(os.path.dirname(path)) != before["parent"]:
+        if "parent" in before and real_parent(path) != before["parent"]:
             # a parent was replaced (by a symlink, say .config -> ~/.config): comparing and restoring
             # through it would write where the path now leads, outside the grant
             changes.append(Change(path, "replaced", "reported", None, run_id))
             continue
+        found = len(changes)
         _compare(path, before, store, state, run_id, changes, restore)
+        if len(changes) != found:  # something was put back or moved aside: directories may differ now
+            real_parent.resolved.clear()
     store.save()
     return changes
+
+
+class _RealParents:
+    """os.path.realpath of a path's directory, resolved once per directory: the protected names
+    of a workspace mostly share a few (52 absent names in one workspace: one resolution, not 52)."""
+
+    def __init__(self) -> None:
+        self.resolved: dict[str, str] = {}
+
+    def __call__(self, path: str) -> str:
+        directory = os.path.dirname(path)
+        real = self.resolved.get(directory)
+        if real is None:
+            real = self.resolved[directory] = os.path.realpath(directory)
+        return real
 
 
 def _same(before: dict[str, Any], now: dict[str, Any]) -> bool:
