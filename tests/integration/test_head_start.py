@@ -241,3 +241,26 @@ def test_a_head_start_that_is_not_adopted_leaves_no_cgroup(sandbox):
     assert broken.returncode == 125 and "Traceback" not in broken.stderr
     assert [s.get("head_start") for s in starts(sandbox)] == [None, None]
     assert _cgroups_of_dead_supervisors() <= before
+
+
+def test_protected_names_that_appear_between_two_runs_are_protected_in_the_next(sandbox):
+    """The remembered launch knew a workspace without .git or .envrc; then the host's own git makes
+    a repository and the user writes an .envrc. The same command line (its sandbox possibly started
+    early from the old launch) must guard the new files: judged by the host's files afterwards."""
+    attack = ("echo evil >> .envrc; echo '[core] hooksPath = /tmp' >> .git/config; "
+              "mkdir -p .git/hooks; echo evil > .git/hooks/pre-commit; echo end")
+    for _ in range(2):
+        assert "end" in sandbox.sh(attack).stdout
+    assert not (sandbox.workspace / ".envrc").exists() and not (sandbox.workspace / ".git").exists()
+    envrc = sandbox.workspace / ".envrc"
+    envrc.write_text("export FROM_HOST=1\n")
+    subprocess.run(["git", "init", "-q", str(sandbox.workspace)], check=True, env=sandbox.env())
+    config = (sandbox.workspace / ".git" / "config").read_text()
+    third = sandbox.sh(attack)
+    assert "end" in third.stdout
+    assert envrc.read_text() == "export FROM_HOST=1\n"
+    assert (sandbox.workspace / ".git" / "config").read_text() == config
+    assert not (sandbox.workspace / ".git" / "hooks" / "pre-commit").exists()
+    assert [s.get("head_start") for s in starts(sandbox)][:2] == [None, True]
+    protect = starts(sandbox)[-1]["layers"]["protect"]
+    assert protect["wall_whole"] is True and protect["git_directories"] == 1
