@@ -306,9 +306,17 @@ class _Planner:
         # so are the writable mounts above them (a Landlock right covers everything beneath its
         # directory, across mount points: a writable /tmp would make a workspace under it writable)
         mediated = set(self.protect.roots) | set(self.protect.ephemeral) if self.protect.mediated else set()
+        # A read-only mount refuses truncation itself (EROFS), so Landlock's TRUNCATE costs nothing
+        # there, and it shortens every open: the kernel asks for TRUNCATE on each one (hook_file_open)
+        # and walks up the tree until a rule grants all it asks, else to the root. Never above a
+        # writable mount that Landlock keeps read-only (the right would reach everything beneath).
+        kept_from_truncate = [m.target for m in mounts if m.target in mediated or (
+            m.kind in ("rw", "tmpfs", "secret-file") and m.target.startswith((SHIM_DIR, SECRETS_DIR)))]
         for mount in mounts:
             if mount.kind in ("ro", "rw", "tmpfs") and not mount.target.startswith((SHIM_DIR, SECRETS_DIR)):
                 access = ["read"] if mount.kind == "ro" or mount.target in mediated else ["read", "write"]
+                if mount.kind == "ro" and not any(_within(t, mount.target) for t in kept_from_truncate):
+                    access.append("truncate")
                 if exec_anywhere:
                     access.append("execute")
                 rules.append(LandlockPathRule(mount.target, tuple(access)))
