@@ -18,6 +18,7 @@ import json
 import marshal
 import os
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 MAX_BLOB = 4 << 20  # larger protected files are compared by hash but cannot be put back
 MAX_ENTRIES = 20_000  # a protected directory larger than this is recorded down to this many entries
 MAX_CACHED = 8192  # hashes kept for the next runs (oldest first out): every run loads them all
+BLOB_GRACE_S = 24 * 3600  # a blob used or made this recently is never collected (a launch in flight)
 
 
 class Change(Record):
@@ -63,7 +65,7 @@ class Store:
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         self.used.add(key)
         known = self.cache.get(key)
-        if known and (st.st_size > MAX_BLOB or (self.blobs / known).exists()):
+        if known and (st.st_size > MAX_BLOB or self._fresh(known)):
             return known
         digest = sha256()
         keep = st.st_size <= MAX_BLOB
@@ -82,7 +84,7 @@ class Store:
 
     def _put(self, digest: str, data: bytes) -> None:
         target = self.blobs / digest
-        if target.exists():
+        if self._fresh(digest):
             return
         self.blobs.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = target.with_name(f".{digest}.{os.getpid()}.{os.urandom(4).hex()}")
@@ -97,13 +99,26 @@ class Store:
         except OSError:
             return None
 
+    def _fresh(self, digest: str) -> bool:
+        """The blob is there, and marked as used lately (collect() leaves it alone)."""
+        try:
+            mtime = os.stat(self.blobs / digest).st_mtime
+        except OSError:
+            return False
+        if mtime < time.time() - BLOB_GRACE_S / 2:
+            with contextlib.suppress(OSError):
+                os.utime(self.blobs / digest)
+        return True
+
     def save(self) -> None:
-        """Write the cache back, keeping at most MAX_CACHED hashes: the oldest go first, never
-        one this run used (it stays cheap to load; a dropped hash is only computed again)."""
+        """Write the cache back. Past MAX_CACHED hashes it is cut to three quarters of that, the
+        oldest first and never one this run used (it stays cheap to load; a dropped hash is only
+        computed again), and the blobs nothing names any more are collected."""
         if not self.dirty:
             return
-        if len(self.cache) > MAX_CACHED:
-            spare = max(0, MAX_CACHED - len(self.used))
+        trimmed = len(self.cache) > MAX_CACHED
+        if trimmed:
+            spare = max(0, MAX_CACHED * 3 // 4 - len(self.used))
             others = [key for key in self.cache if key not in self.used]
             keep = set(others[len(others) - spare:] if spare else ()) | self.used
             self.cache = {key: value for key, value in self.cache.items() if key in keep}
@@ -113,6 +128,39 @@ class Store:
             tmp.write_bytes(marshal.dumps(self.cache))
             os.replace(tmp, self.cache_path)
         self.dirty = False
+        if trimmed:
+            self.collect()
+
+    def collect(self) -> None:
+        """Remove the blobs that neither the cache nor a pending journal (a run still going, or a
+        killed one's) names and nobody used for BLOB_GRACE_S: contents of protected files as they
+        were long ago. The grace covers a launch between writing its blobs and its journal."""
+        needed = set(self.cache.values())
+        with contextlib.suppress(OSError):
+            for journal in (self.root / "pending").glob("*.json"):
+                with contextlib.suppress(OSError, ValueError):
+                    needed |= _digests(json.loads(journal.read_text()).get("entries") or {})
+        cutoff = time.time() - BLOB_GRACE_S
+        with contextlib.suppress(OSError), os.scandir(self.blobs) as listing:
+            for entry in listing:
+                if entry.name in needed:
+                    continue
+                with contextlib.suppress(OSError):
+                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        os.unlink(entry.path)
+
+
+def _digests(entries: dict[str, Any]) -> set[str]:
+    """Every sha256 a journal's entries name, nested directories included."""
+    found: set[str] = set()
+    stack = list(entries.values())
+    while stack:
+        entry = stack.pop()
+        if isinstance(entry, dict):
+            if isinstance(entry.get("sha256"), str):
+                found.add(entry["sha256"])
+            stack += (entry.get("children") or {}).values()
+    return found
 
 
 def _record(path: str, store: Store, budget: list[int]) -> dict[str, Any]:
