@@ -41,9 +41,10 @@ NEVER = ("typer", "click", "rich", "argparse", "yaml", "typing", "sandboxctl.net
 # typing among them; plan/mount_limits.py is a split of plan/build.py, cachedir.py the cache's
 # pruning); with one, bubblewrap is spawned after 15 and 75 (launch/config_frames.py); 78 and 166
 # by the exit.
-COLD = {"sandboxctl": 66, "all": 154}  # + time (cachedir)
-HEAD_START = {"sandboxctl": 16, "all": 77}
-WHOLE_RUN = {"sandboxctl": 79, "all": 169}
+# + gc, built in: cli.main pauses the collector while a run starts
+COLD = {"sandboxctl": 66, "all": 155}  # + time (cachedir)
+HEAD_START = {"sandboxctl": 16, "all": 78}
+WHOLE_RUN = {"sandboxctl": 79, "all": 170}
 
 
 def _imports(sandbox, tmp_path, name: str, variant: str) -> dict[str, list[str]]:
