@@ -8,7 +8,9 @@ changed content is kept aside (`<state>/protect/kept/<run>/…`), each reported 
 event. The record is a journal in the state dir: if the supervisor is killed, the next run (or
 `sandboxctl doctor`) finishes the check for it.
 
-Hashes are cached by (device, inode, size, mtime, ctime), so a warm launch only stats.
+Hashes are cached by (device, inode, size, mtime, ctime), so a warm launch only stats; the cache
+is read only once a file must be hashed (a workspace whose protected names are all absent reads
+nothing).
 """
 
 from __future__ import annotations
@@ -54,12 +56,24 @@ class Store:
         self.root = state / "protect"
         self.blobs = self.root / "blobs"
         self.cache_path = self.root / "hashes.marshal"
-        try:
-            self.cache: dict[tuple, str] = marshal.loads(self.cache_path.read_bytes())
-        except (OSError, ValueError, EOFError, TypeError):
-            self.cache = {}
-        self.dirty = len(self.cache) > MAX_CACHED  # a cache of an older version, unbounded: trim it
+        self._cache: dict[tuple, str] | None = None  # read at the first file to hash (none: no read)
+        self.dirty = False
         self.used: set[tuple] = set()
+
+    @property
+    def cache(self) -> dict[tuple, str]:
+        if self._cache is None:
+            try:
+                loaded = marshal.loads(self.cache_path.read_bytes())
+            except (OSError, ValueError, EOFError, TypeError):
+                loaded = {}
+            self._cache = loaded if isinstance(loaded, dict) else {}
+            self.dirty = self.dirty or len(self._cache) > MAX_CACHED  # a cache of an older version, unbounded: trim it
+        return self._cache
+
+    @cache.setter
+    def cache(self, value: dict[tuple, str]) -> None:
+        self._cache = value
 
     def digest(self, path: str, st: os.stat_result) -> str:
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

@@ -129,3 +129,32 @@ def test_the_end_of_run_check_puts_back_only_what_the_sandbox_could_have_changed
                         (".envrc", "created", "removed")}
     assert (ws / "config").read_text() == "[core]\n" and not (ws / ".envrc").exists()
     assert os.listdir(ws / "hooks") == []
+
+
+def test_a_launch_whose_protected_names_are_all_absent_never_reads_the_hash_cache(tmp_path: Path, monkeypatch):
+    """The cache is read at the first file to hash: none here, so neither launch nor end reads it
+    (a protected file that appears is hashed, so read, at the end); a launch with a file reads it
+    once for both (the Store is shared)."""
+    import marshal
+
+    from sandboxctl.protect import snapshot
+
+    ws, state = tmp_path / "ws", tmp_path / "state"
+    ws.mkdir()
+    cache = state / "protect" / "hashes.marshal"
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(marshal.dumps({(0, 1, 1, 1, 1): "0" * 64}))
+    reads = []
+    real_loads = marshal.loads
+    monkeypatch.setattr(snapshot.marshal, "loads", lambda data: reads.append(len(data)) or real_loads(data))
+    absent_only = Snapshot(state, "r0")
+    absent_only.take((), (str(ws / ".envrc"),))
+    absent_only.mark(False)
+    assert absent_only.check() == [] and reads == []  # nothing appeared: nothing to hash
+    (ws / "config").write_text("[core]\n")
+    shot = Snapshot(state, "r1")
+    shot.take((str(ws / "config"),), ())
+    (ws / "config").write_text("[core]\n\thooksPath = /tmp/evil\n")
+    shot.mark(False)
+    assert [(c.change, c.action) for c in shot.check()] == [("modified", "restored")]
+    assert (ws / "config").read_text() == "[core]\n" and len(reads) == 1

@@ -77,7 +77,9 @@ def test_blobs_no_cache_entry_or_pending_journal_names_are_collected_after_their
     (state / "protect" / "pending" / "1-r.json").write_text(json.dumps(
         {"run": "r", "entries": {"/w/.git/hooks": {"kind": "dir", "children": {
             "pre-commit": {"kind": "file", "sha256": names["journal"]}}}}}))
-    snapshot.Store(state).save()  # over the bound: trimmed, then collected
+    store = snapshot.Store(state)
+    assert len(store.cache) > snapshot.MAX_CACHED  # read (by a run that hashes a file): over the bound
+    store.save()  # trimmed, then collected
     assert not (blobs / names["orphan"]).exists()
     assert all((blobs / names[label]).exists() for label in ("young", "journal", "cached"))
 
