@@ -215,9 +215,7 @@ def _start(this: str) -> HeadStart | None:
         os.close(fd)
     shim_end.close()
     send_config(control, config)
-    import socket  # the supervisor's loop speaks to a socket.socket
-
-    return HeadStart(pid, socket.socket(fileno=control.detach()), err_r, argv, config, run_id, started,
+    return HeadStart(pid, control, err_r, argv, config, run_id, started,
                      originals, (seccomp_fd, int(numbers[FD_MARKS[1]]), stderr_copy), entry["seccomp"],
                      _early_cgroup(run_id, pid) if entry["cgroup"] else None)
 

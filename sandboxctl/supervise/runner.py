@@ -7,6 +7,8 @@ of its own, and it is stopped before the run ends.
 
 from __future__ import annotations
 
+import _socket  # the control socket needs none of socket.py, whose enums cost ~2 ms of every start-up
+import array
 import contextlib
 import errno
 import fcntl
@@ -14,7 +16,6 @@ import marshal
 import os
 import selectors
 import signal
-import socket
 import sys
 import threading
 import time
@@ -36,6 +37,7 @@ from sandboxctl.supervise.stdio import CommandIO
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
 if TYPE_CHECKING:
+    import socket
     from typing import Any
 
 TERM_GRACE_S = 2.0
@@ -278,7 +280,7 @@ class Supervisor:
     def _spawn_fresh(self, plan: Plan, bwrap_path: str, empty: str, program: bytes,
                      notify_program: bytes) -> tuple[socket.socket, int, float, dict[int, Any]]:
         """Start bubblewrap from this plan and send the shim its configuration."""
-        control, shim_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        control, shim_end = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
         err_r, err_w = os.pipe()
         seccomp_fd = spawn.memfd(program, "sandboxctl-seccomp")
         stdin, stdout, stderr = self.io.child_fds()
@@ -559,7 +561,7 @@ class Supervisor:
 
     def _on_control(self, control: socket.socket, sel: selectors.BaseSelector) -> None:
         try:
-            data, fds, _flags, _addr = socket.recv_fds(control, 1 << 20, 4)
+            data, fds = _recv_fds(control, 1 << 20, 4)
         except ConnectionError:
             data, fds = b"", []
         if not data:
@@ -707,6 +709,8 @@ class Supervisor:
 
     def _start_proxy(self, fd: int) -> None:
         """Serve the sandbox's proxy port from here; every connection becomes a `net` event."""
+        import socket  # the proxy's sockets are socket.socket (accept, makefile): paid by runs that use it
+
         from sandboxctl.network.proxy import NetPolicy, ProxyServer
 
         net = self.plan.network
@@ -964,6 +968,16 @@ class Supervisor:
         if stopped is not None:
             error, code = stopped, EXIT_SANDBOX_FAILED
         return RunResult(code, duration, self.timed_out, error, self.layers, self.denials, tampered=self.tampered)
+
+
+def _recv_fds(sock: socket.socket, bufsize: int, maxfds: int) -> tuple[bytes, list[int]]:
+    """socket.recv_fds without socket.py: the message and the descriptors passed with it."""
+    fds = array.array("i")
+    data, ancillary, _flags, _addr = sock.recvmsg(bufsize, _socket.CMSG_LEN(maxfds * fds.itemsize))
+    for level, kind, payload in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
+    return data, list(fds)
 
 
 def _terminal_delivered() -> bool:
