@@ -102,8 +102,9 @@ def shim_config(plan: Plan, caller_dispositions: dict[int, Any]) -> dict[str, An
     limits = plan.limits
     return {
         "argv": list(plan.command),
-        # the command gets the caller's own SIGINT/SIGQUIT disposition back (ignored stays ignored)
-        "default_signals": [int(s) for s in TERMINAL_SIGNALS if caller_dispositions.get(s) is not _signal.SIG_IGN],
+        # the command gets the caller's own SIGINT/SIGQUIT disposition back (ignored stays ignored);
+        # `!=`, not `is not`: signal.getsignal's answer is a Handlers member, _signal's a plain int
+        "default_signals": [int(s) for s in TERMINAL_SIGNALS if caller_dispositions.get(s) != _signal.SIG_IGN],
         "env": dict(plan.env),
         "landlock": landlock_rights.shim_config(plan.landlock),
         "limits": {

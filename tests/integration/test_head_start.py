@@ -264,3 +264,22 @@ def test_protected_names_that_appear_between_two_runs_are_protected_in_the_next(
     assert [s.get("head_start") for s in starts(sandbox)][:2] == [None, True]
     protect = starts(sandbox)[-1]["layers"]["protect"]
     assert protect["wall_whole"] is True and protect["git_directories"] == 1
+
+
+def test_a_signal_the_caller_ignores_stays_ignored_first_run_and_head_start(sandbox):
+    """A caller that ignores SIGINT (a background job of a script, nohup-like wrappers): the command
+    keeps it ignored, in a first run as in a head start (whose launch must then be the fresh one)."""
+    import signal
+
+    def ignore_sigint():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    masks = []
+    for _ in range(2):
+        done = subprocess.run(sandbox.argv("--", "/bin/sh", "-c", "grep SigIgn /proc/self/status"),
+                              cwd=sandbox.workspace, env=sandbox.env(), capture_output=True, text=True,
+                              timeout=60, preexec_fn=ignore_sigint)
+        assert done.returncode == 0, done.stderr
+        masks.append(int(done.stdout.split()[1], 16))
+    assert all(mask & (1 << (signal.SIGINT - 1)) for mask in masks), [hex(m) for m in masks]
+    assert [s.get("head_start") for s in starts(sandbox)] == [None, True]
