@@ -123,17 +123,17 @@ class HeadStart:
         if self.settled:
             return
         self.settled = True
-        import signal
+        import _signal
 
         try:
-            os.kill(self.pid, signal.SIGKILL)  # --die-with-parent takes its children down with it
+            os.kill(self.pid, _signal.SIGKILL)  # --die-with-parent takes its children down with it
             os.waitpid(self.pid, 0)
         except (ProcessLookupError, ChildProcessError):
             pass
         self.control.close()
         os.close(self.err_r)
         for signum, handler in self.originals.items():
-            signal.signal(signum, handler)
+            _signal.signal(signum, handler)
         if self.cgroup is not None:  # nobody took it: it held only the killed sandbox
             cgroup, self.cgroup = self.cgroup, None
             with contextlib.suppress(Exception):

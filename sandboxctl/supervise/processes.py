@@ -7,9 +7,9 @@ makes the kernel kill everything else in the namespace.
 
 from __future__ import annotations
 
+import _signal  # signal.py's enums cost start-up time
 import contextlib
 import os
-import signal
 
 
 def descendants(pid: int) -> list[int]:
@@ -57,7 +57,7 @@ def signal_all(init_pid: int, signum: int) -> None:
 
 def kill_sandbox(init_pid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(init_pid, signal.SIGKILL)
+        os.kill(init_pid, _signal.SIGKILL)
 
 
 def alive(pid: int) -> bool:
