@@ -337,6 +337,11 @@ class _Planner:
         # abstract-socket scope is the only wall between the sandbox and the host's sockets, and
         # the bind rule the only one between a server inside and the host's interfaces.
         minimum = 6 if mode == "host" else 1
+        if self.protect.binds_left_out:
+            # without the protected binds Landlock alone makes the kernel refuse a call the supervisor
+            # let through (continued with a path a racing thread then rewrites): truncate(2) and
+            # O_TRUNC are Landlock's from ABI 3 only
+            minimum = max(minimum, 3)
         return LandlockPlan(
             required=self.policy.landlock == "required",
             minimum_abi=minimum,
@@ -742,8 +747,9 @@ def _within_bwrap_limit(planner: _Planner, mounts: list[Mount]) -> list[Mount]:
             and _bwrap_words(kept) <= BWRAP_MAX_ARGS):
         planner.notes.append(
             f"protected paths: their {len(protected)} read-only binds are left out (bubblewrap takes at most "
-            f"{BWRAP_MAX_ARGS} arguments); Landlock keeps the workspace read-only to the kernel and the "
-            "supervisor performs and checks every change")
+            f"{BWRAP_MAX_ARGS} arguments); Landlock (ABI 3 at least: truncation) keeps the workspace read-only "
+            "to the kernel and the supervisor performs and checks every change")
+        planner.protect = planner.protect._replace(binds_left_out=True)
         return kept
     raise SandboxError(
         f"this sandbox needs {_bwrap_words(mounts)} bubblewrap arguments ({len(mounts)} mounts, {len(protected)} "
