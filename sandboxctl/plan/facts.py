@@ -162,7 +162,9 @@ def _closed_to_sandbox():
     maps our uid and gid alone, so no capability reaches an inode with another owner: as root
     we may enter another user's private directory, but bubblewrap and the command cannot. The
     kernel judges by the directory's ACL where it has one (a named entry for our uid or one of
-    our groups opens a 0700 directory): so does this."""
+    our groups opens a 0700 directory): so does this. A directory of our own is never closed,
+    whatever its mode: the sandbox may chmod it open (its masks are kept; where bubblewrap cannot
+    reach them to mount, the launch fails: never a secret left bare)."""
     uid, gids = os.getuid(), {os.getgid(), *os.getgroups()}
     searchable: dict[str, bool] = {}
 
@@ -173,10 +175,12 @@ def _closed_to_sandbox():
             except OSError:
                 searchable[directory] = True  # missing: nothing beneath it to reach
             else:
-                mapped = st.st_uid == uid and st.st_gid == os.getgid()
-                by_acl = _acl_searches(directory, st, uid, gids)
-                bit = 0o100 if st.st_uid == uid else 0o010 if st.st_gid in gids else 0o001
-                searchable[directory] = mapped or (by_acl if by_acl is not None else bool(st.st_mode & bit))
+                if st.st_uid == uid:  # ours: the sandbox may chmod it open
+                    searchable[directory] = True
+                else:
+                    by_acl = _acl_searches(directory, st, uid, gids)
+                    bit = 0o010 if st.st_gid in gids else 0o001
+                    searchable[directory] = by_acl if by_acl is not None else bool(st.st_mode & bit)
         return searchable[directory]
 
     def closed(path: str) -> bool:

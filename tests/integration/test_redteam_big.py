@@ -308,3 +308,20 @@ def test_a_private_directory_opened_by_an_acl_keeps_its_masks(sandbox, entry):
     result = sandbox.sh("cat theirs/private/proj/.env; echo status $?")
     assert result.returncode == 0, result.stderr
     assert "SECRET" not in result.stdout and "status" in result.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: a directory of ours with another group (chgrp to it)")
+def test_a_directory_of_our_own_is_never_judged_closed(sandbox):
+    """Our own 0600 directory (with another group, so not 'mapped') was judged closed and its
+    .env mask left out: the sandbox, its owner, chmodded it open and read the secret. Its masks
+    are kept now; bubblewrap cannot reach them to mount (no capability over an inode whose group
+    is not mapped), so the launch fails closed."""
+    ws = sandbox.workspace
+    (ws / "d").mkdir()
+    (ws / "d" / ".env").write_text("SECRET=1\n")
+    os.chown(ws / "d", 0, 65534)
+    (ws / "d").chmod(0o600)
+    result = sandbox.sh("chmod 700 d; cat d/.env; echo status $?")
+    assert "SECRET" not in result.stdout, result.stdout
+    assert result.returncode in (0, 125), result.stderr
+    assert mode(ws / "d") in (0o600, 0o700)

@@ -95,6 +95,18 @@ def test_acls_decide_whether_a_directory_is_closed(tmp_path):
     assert _acl_searches(str(directory), st, 4243, {78}) is True  # others may
 
 
+def test_a_directory_of_our_own_is_never_closed(tmp_path):
+    """Whatever its mode: the sandbox, its owner, may chmod it open, so what lies below keeps its masks."""
+    from sandboxctl.plan.facts import _closed_to_sandbox
+
+    shut = tmp_path / "shut"
+    shut.mkdir(mode=0o000)
+    try:
+        assert not _closed_to_sandbox()(f"{shut}/.env")
+    finally:
+        shut.chmod(0o700)
+
+
 def test_xattr_calls_are_refused_and_the_newest_are_known_by_number():
     from sandboxctl.launch import seccomp
     from sandboxctl.plan.syscalls import baseline_rules
