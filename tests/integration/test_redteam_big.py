@@ -325,3 +325,52 @@ def test_a_directory_of_our_own_is_never_judged_closed(sandbox):
     assert "SECRET" not in result.stdout, result.stdout
     assert result.returncode in (0, 125), result.stderr
     assert mode(ws / "d") in (0o600, 0o700)
+
+
+# ------------------------------------------------------------------ the CLI's own output and broken pipes
+def _on_a_terminal_with_stdout_piped(sandbox, args: list[str], answer: bytes, reader_gone: bool):
+    """sandboxctl with stdin and stderr on a terminal (a pty) and stdout a pipe, as in
+    `sandboxctl run ... | tee log` (reader_gone: `| true`, the reader has already closed it)."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    read_end, write_end = os.pipe()
+    if reader_gone:
+        os.close(read_end)
+    proc = subprocess.Popen(sandbox.argv(*args), cwd=sandbox.workspace, env=sandbox.env(), stdin=slave,
+                            stdout=write_end, stderr=slave)
+    os.close(write_end)
+    os.close(slave)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 60
+        while b"[y/N]" not in seen and time.monotonic() < deadline and proc.poll() is None:
+            if select.select([master], [], [], 0.2)[0]:
+                seen += os.read(master, 65536)
+        if b"[y/N]" in seen:
+            os.write(master, answer)
+        code = proc.wait(timeout=60)
+        with __import__("contextlib").suppress(OSError):
+            while select.select([master], [], [], 0.2)[0]:
+                seen += os.read(master, 65536)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+    piped = b""
+    if not reader_gone:
+        with os.fdopen(read_end, "rb") as handle:
+            piped = handle.read()
+    return code, seen, piped
+
+
+@pytest.mark.parametrize("reader_gone", [False, True])
+def test_a_confirmation_asks_on_the_terminal_not_into_the_pipe(sandbox, reader_gone):
+    """input() put "Run anyway? [y/N]" on stdout: with stdout piped the question was out of sight
+    (and in the command's output); the answer "n" must still end the run unrun, exit 125."""
+    code, seen, piped = _on_a_terminal_with_stdout_piped(
+        sandbox, ["--net", "host", "--approve", "deny", "--", "sh", "-c", "touch ran"], b"n\n", reader_gone)
+    assert b"Run anyway? [y/N]" in seen, seen
+    assert b"[y/N]" not in piped
+    assert code == 125 and not (sandbox.workspace / "ran").exists()
