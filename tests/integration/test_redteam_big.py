@@ -374,3 +374,46 @@ def test_a_confirmation_asks_on_the_terminal_not_into_the_pipe(sandbox, reader_g
     assert b"Run anyway? [y/N]" in seen, seen
     assert b"[y/N]" not in piped
     assert code == 125 and not (sandbox.workspace / "ran").exists()
+
+
+# ------------------------------------------------------------------ Landlock's TRUNCATE on read-only binds
+RACE_TRUNC = """
+    import ctypes, os, threading, time
+    libc = ctypes.CDLL(None, use_errno=True)
+    bad = (os.getcwd() + "/hardlink").encode()
+    good = b"/var/tmp/" + b"x" * (len(bad) - 9)  # an O_TRUNC open there is continued to the kernel
+    open(good, "w").close()
+    buf = ctypes.create_string_buffer(len(bad) + 1)
+    stop = False
+    def flip():
+        while not stop:
+            ctypes.memmove(buf, good, len(good) + 1)
+            ctypes.memmove(buf, bad, len(bad) + 1)
+    thread = threading.Thread(target=flip)
+    thread.start()
+    end = time.monotonic() + 15
+    while time.monotonic() < end and os.stat("hardlink").st_size:
+        fd = libc.open(buf, os.O_RDONLY | os.O_TRUNC)
+        if fd >= 0:
+            os.close(fd)
+    stop = True
+    thread.join()
+"""
+
+
+def test_a_hardlink_of_a_bound_protected_file_cannot_be_truncated_by_a_race(sandbox):
+    """A read-only bind's Landlock rule is its inode's: with TRUNCATE granted on the bind of
+    .git/config (main 738847e), the same inode under another name in the workspace (a hardlink
+    made before the run) was truncatable by the kernel, and an O_TRUNC open continued for a path
+    in /var/tmp, rewritten to the hardlink by a second thread, emptied the repository's config."""
+    ws = repo(sandbox.workspace / "r", sandbox.home).parent
+    config = ws / "r" / ".git" / "config"
+    os.link(config, ws / "hardlink")
+    before = config.read_bytes()
+
+    def judge(ws: Path) -> None:
+        assert config.read_bytes() == before
+
+    result = run_while_judging(sandbox, RACE_TRUNC, judge)
+    assert result.returncode == 0, result.stderr
+    judge(ws)

@@ -95,6 +95,17 @@ def test_acls_decide_whether_a_directory_is_closed(tmp_path):
     assert _acl_searches(str(directory), st, 4243, {78}) is True  # others may
 
 
+def test_truncate_is_granted_only_on_read_only_directories_outside_the_mediated_area():
+    """Landlock's rule is the inode's: on a bound file (a protected .git/config, a granted
+    ~/.gitconfig) a hardlink of it on a writable mount would be truncatable by the kernel."""
+    plan = plan_for(files={**repositories(1), "/home/ann/.gitconfig": "file"})
+    rights = {r.path: r.access for r in plan.landlock.paths}
+    assert "truncate" in rights["/usr"]
+    assert "truncate" not in rights["/home/ann/.gitconfig"]  # the default policy reads it
+    assert f"{WS}/r0/.git/config" in rights and "truncate" not in rights[f"{WS}/r0/.git/config"]
+    assert "truncate" not in rights[f"{WS}/r0/.git/hooks"]
+
+
 def test_a_directory_of_our_own_is_never_closed(tmp_path):
     """Whatever its mode: the sandbox, its owner, may chmod it open, so what lies below keeps its masks."""
     from sandboxctl.plan.facts import _closed_to_sandbox
