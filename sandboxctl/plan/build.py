@@ -310,17 +310,17 @@ class _Planner:
         # there, and it shortens every open: the kernel asks for TRUNCATE on each one (hook_file_open)
         # and walks up the tree until a rule grants all it asks, else to the root. Never above a
         # writable mount that Landlock keeps read-only (the right would reach everything beneath).
-        # Nor on a read-only bind of a *file*, or of anything in a mediated area (the protected binds):
-        # the rule is the inode's, and a hardlink of it on a writable mount (the workspace) is the same
-        # inode there, where no mount refuses truncation: an O_TRUNC open the supervisor continued, its
-        # path rewritten by a racing thread to the hardlink, would empty a protected .git/config.
+        # Nor on a read-only bind of a *file*, nor on the protected binds: the rule is the inode's, and
+        # a hardlink of it on a writable mount (the workspace) is the same inode there, where no mount
+        # refuses truncation: an O_TRUNC open the supervisor continued, its path rewritten by a racing
+        # thread to the hardlink, would empty a protected .git/config. (A directory has no other name.)
         kept_from_truncate = [m.target for m in mounts if m.target in mediated or (
             m.kind in ("rw", "tmpfs", "secret-file") and m.target.startswith((SHIM_DIR, SECRETS_DIR)))]
         for mount in mounts:
             if mount.kind in ("ro", "rw", "tmpfs") and not mount.target.startswith((SHIM_DIR, SECRETS_DIR)):
                 access = ["read"] if mount.kind == "ro" or mount.target in mediated else ["read", "write"]
                 if (mount.kind == "ro" and self.facts.kind(mount.source or mount.target) == "dir"
-                        and not any(_within(mount.target, z) for z in mediated)
+                        and mount.reason != "protected"
                         and not any(_within(t, mount.target) for t in kept_from_truncate)):
                     access.append("truncate")
                 if exec_anywhere:
