@@ -253,11 +253,17 @@ class Mediator:
         if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
             self._open_waiting(n, op, path, entry, open_flags)  # a FIFO or a device may block: not in the loop
             return
-        try:
-            fd = os.open(entry.name, open_flags, mode, dir_fd=entry.parent)
+        try:  # O_NONBLOCK: should it have become a FIFO since the lstat (another run can swap one in),
+            # the loop must not wait for its reader
+            fd = os.open(entry.name, open_flags | os.O_NONBLOCK, mode, dir_fd=entry.parent)
         except OSError as exc:
-            self._done(n, op, path, exc)
+            if exc.errno == errno.ENXIO and not flags & os.O_NONBLOCK:  # a FIFO without a reader yet
+                self._open_waiting(n, op, path, entry, open_flags)
+            else:
+                self._done(n, op, path, exc)
             return
+        if not flags & os.O_NONBLOCK:
+            os.set_blocking(fd, True)
         opened.append(fd)
         self._hand_over(n, op, path, fd, bool(flags & os.O_CLOEXEC))
 
@@ -468,12 +474,18 @@ class Mediator:
         if call.extra > _file_size_limit(n.pid):  # ours would be the supervisor's limit, not the caller's
             respond(self.listener, n.id, error=errno.EFBIG)
             return
-        try:
-            fd = os.open(entry.name, os.O_WRONLY | O_NOFOLLOW | os.O_CLOEXEC, dir_fd=entry.parent)
+        st = self._lstat(entry)
+        if st is not None and not stat.S_ISREG(st.st_mode):  # what the kernel answers (and a FIFO would block us)
+            respond(self.listener, n.id, error=errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.EINVAL)
+            return
+        try:  # O_NONBLOCK: a FIFO swapped in since the lstat never makes the loop wait for a reader
+            fd = os.open(entry.name, os.O_WRONLY | O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=entry.parent)
             opened.append(fd)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
             os.ftruncate(fd, call.extra)
         except OSError as exc:
-            self._done(n, "truncate", entry.path, exc)
+            self._done(n, "truncate", entry.path, OSError(errno.EINVAL, "") if exc.errno == errno.ENXIO else exc)
             return
         self._done(n, "truncate", entry.path, 0)
 

@@ -417,3 +417,63 @@ def test_a_hardlink_of_a_bound_protected_file_cannot_be_truncated_by_a_race(sand
     result = run_while_judging(sandbox, RACE_TRUNC, judge)
     assert result.returncode == 0, result.stderr
     judge(ws)
+
+
+# ------------------------------------------------------------------ FIFOs: the supervisor's loop must never wait
+def test_truncating_a_fifo_does_not_stall_the_supervisor(sandbox):
+    """truncate(2) of a FIFO: the supervisor opened it for writing in its own loop, which waited
+    for a reader forever (the run's --timeout never fired, SIGTERM was only noted)."""
+    script = ("mkfifo p /var/tmp/p; for f in p /var/tmp/p; do python3 -c 'import os, sys\n"
+              "try: os.truncate(sys.argv[1], 0)\nexcept OSError as e: print(e.errno)' $f; done; exit 7")
+    started = time.monotonic()
+    result = sandbox.run("--timeout", "30s", "--", "/bin/sh", "-c", script, timeout=90)
+    assert result.returncode == 7, result.stderr
+    assert result.stdout == "22\n22\n" and time.monotonic() - started < 30
+
+
+SWAP_FIFO = """
+    import os, time
+    end = time.monotonic() + 12
+    while time.monotonic() < end and not os.path.exists("stop"):
+        os.mkfifo("f"); os.rename("f", "x")
+        open("r", "w").close(); os.rename("r", "x")
+"""
+OPEN_LOOP = """
+    import os, threading, time
+    end = time.monotonic() + 12
+    def opens():  # blocking opens: those that meet a real FIFO wait (the first 32 on threads of the
+        while time.monotonic() < end and not os.path.exists("stop"):  # supervisor, the rest get EAGAIN)
+            try:
+                os.close(os.open("x", os.O_WRONLY))
+            except OSError:
+                pass
+    for _ in range(40):
+        threading.Thread(target=opens, daemon=True).start()
+    time.sleep(13)
+    print("done", flush=True)
+    os._exit(0)
+"""
+
+
+def test_a_second_run_swapping_in_a_fifo_does_not_stall_the_supervisor(sandbox):
+    """Run A opens a workspace file for writing over and over; run B keeps replacing it with a
+    FIFO. A's supervisor checked the entry (a regular file), then opened it in its own loop as B's
+    FIFO, and waited there for a reader: A's timeout never fired. Now only A's own open waits (a
+    FIFO without a reader, as the kernel would have it), and its --timeout ends it (124)."""
+    ws = sandbox.workspace
+    (ws / "x").write_text("x\n")
+    (ws / "swap.py").write_text(textwrap.dedent(SWAP_FIFO))
+    (ws / "open.py").write_text(textwrap.dedent(OPEN_LOOP))
+    runs = [subprocess.Popen(sandbox.argv("--timeout", "20s", "--", "python3", name), cwd=ws, env=sandbox.env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for name in ("open.py", "swap.py")]
+    try:
+        results = [run.communicate(timeout=90) for run in runs]
+    finally:
+        (ws / "stop").touch()
+        for run in runs:
+            if run.poll() is None:
+                run.kill()
+                run.communicate()
+    assert runs[0].returncode in (0, 124) and runs[1].returncode == 0, results
+    assert runs[0].returncode == 124 or results[0][0] == "done\n"
