@@ -306,23 +306,15 @@ class _Planner:
         # so are the writable mounts above them (a Landlock right covers everything beneath its
         # directory, across mount points: a writable /tmp would make a workspace under it writable)
         mediated = set(self.protect.roots) | set(self.protect.ephemeral) if self.protect.mediated else set()
-        # A read-only mount refuses truncation itself (EROFS), so Landlock's TRUNCATE costs nothing
-        # there, and it shortens every open: the kernel asks for TRUNCATE on each one (hook_file_open)
-        # and walks up the tree until a rule grants all it asks, else to the root. Never above a
-        # writable mount that Landlock keeps read-only (the right would reach everything beneath).
-        # Nor on a read-only bind of a *file*, nor on the protected binds: the rule is the inode's, and
-        # a hardlink of it on a writable mount (the workspace) is the same inode there, where no mount
-        # refuses truncation: an O_TRUNC open the supervisor continued, its path rewritten by a racing
-        # thread to the hardlink, would empty a protected .git/config. (A directory has no other name.)
-        kept_from_truncate = [m.target for m in mounts if m.target in mediated or (
-            m.kind in ("rw", "tmpfs", "secret-file") and m.target.startswith((SHIM_DIR, SECRETS_DIR)))]
+        # No TRUNCATE on read-only mounts, though it would shorten every open there (hook_file_open
+        # asks for it and walks up until a rule grants all it asks, else to the root: ~75 ns an open
+        # in /usr): a rule is the inode's, so a hardlink of a bound file on a writable mount, or the
+        # same directory reached through another mount of its file system (a bind on the host), would
+        # be truncatable by the kernel where the supervisor continued an O_TRUNC open whose path a
+        # racing thread rewrote. Tried and withdrawn (red team, 2026-12-01).
         for mount in mounts:
             if mount.kind in ("ro", "rw", "tmpfs") and not mount.target.startswith((SHIM_DIR, SECRETS_DIR)):
                 access = ["read"] if mount.kind == "ro" or mount.target in mediated else ["read", "write"]
-                if (mount.kind == "ro" and self.facts.kind(mount.source or mount.target) == "dir"
-                        and mount.reason != "protected"
-                        and not any(_within(t, mount.target) for t in kept_from_truncate)):
-                    access.append("truncate")
                 if exec_anywhere:
                     access.append("execute")
                 rules.append(LandlockPathRule(mount.target, tuple(access)))
