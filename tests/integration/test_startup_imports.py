@@ -33,18 +33,19 @@ main()
 """
 
 # Never in such a run: the typer CLI (~100 ms), rich, argparse, YAML (the policy cache has it),
-# the proxy (started by the first connection), typing (~2 ms: sandboxctl.record, TYPE_CHECKING).
-NEVER = ("typer", "click", "rich", "argparse", "yaml", "typing", "sandboxctl.network.proxy",
+# the proxy (started by the first connection), typing (~2 ms: sandboxctl.record, TYPE_CHECKING),
+# socket and signal (their enums, ~2.5 ms: the runner uses _socket and _signal).
+NEVER = ("typer", "click", "rich", "argparse", "yaml", "typing", "socket", "signal", "sandboxctl.network.proxy",
          "sandboxctl.policy.yamlpos", "sandboxctl.cli.planview", "subprocess", "dataclasses", "inspect")
 # What a run imports before bubblewrap may start, with a little room. Measured (`run -q`):
 # without a head start 65 of sandboxctl's modules and 151 in all (before perf-b: 64 and 156,
 # typing among them; plan/mount_limits.py is a split of plan/build.py, cachedir.py the cache's
 # pruning); with one, bubblewrap is spawned after 15 and 75 (launch/config_frames.py); 78 and 166
-# by the exit.
-# + gc, built in: cli.main pauses the collector while a run starts
-COLD = {"sandboxctl": 66, "all": 155}  # + time (cachedir)
+# by the exit. perf-start: + gc (built in: cli.main pauses the collector while a run starts), and
+# neither socket nor signal any more (the runner uses _socket and _signal): 153, 77 and 168 now.
+COLD = {"sandboxctl": 66, "all": 154}  # + time (cachedir)
 HEAD_START = {"sandboxctl": 16, "all": 78}
-WHOLE_RUN = {"sandboxctl": 79, "all": 170}
+WHOLE_RUN = {"sandboxctl": 79, "all": 169}
 
 
 def _imports(sandbox, tmp_path, name: str, variant: str) -> dict[str, list[str]]:
