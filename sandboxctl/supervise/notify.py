@@ -176,7 +176,8 @@ class Dispatcher:
                  is_denial: Callable[[Notification], bool] = lambda notification: False,
                  exec_guard: Any = None, tasks: Callable[[], list[int]] | None = None,
                  tampered: list[dict[str, Any]] | None = None, memory_writes_trapped: bool = True,
-                 routes: dict[str, Callable[[Notification, str], bool]] | None = None):
+                 routes: dict[str, Callable[[Notification, str], bool]] | None = None,
+                 log_soon: Callable[..., None] | None = None):
         self.fd = fd
         self.names = names  # syscall number -> name, for the calls we trap
         self.deny = deny  # notification -> (syscall name, errno, rule)
@@ -190,7 +191,7 @@ class Dispatcher:
         from sandboxctl.supervise.exec_events import ExecEvents
 
         self.execs = ExecEvents(fd, log, self.denied, judge_write, tasks or (lambda: []), tampered,
-                                memory_writes_trapped)
+                                memory_writes_trapped, log_soon)
         self.exec_guard = exec_guard  # supervise.exec_guard.ExecGuard under exec.allow
         # syscall name -> a handler of its own (network/sockets.py: connect, sendto, …); it returns
         # False to leave a call to the default path (a baseline denial)

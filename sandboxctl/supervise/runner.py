@@ -92,6 +92,8 @@ class Supervisor:
         self.log_guarded = flood.guarded(log)
         self.log_rotations = 0  # the log's rotations we have looked at
         self.log_flooded: int | None = None  # stopped: its first record was this many rotations back (-1: gone)
+        log.on_error = lambda exc: self._log_failed()  # the log's thread, writing queued exec records
+        log.after_queued = self._after_queued
         self.setup_error: SandboxError | None = None
         self.denials: list[dict[str, Any]] = DenialList()  # bounded: identical ones past a few are counted
         self.throttle = LogThrottle()  # and so are their log records
@@ -655,7 +657,7 @@ class Supervisor:
                                             log_allowed=log_allowed, is_denial=self._is_denial,
                                             tasks=self._sandbox_processes, tampered=self.tampered,
                                             memory_writes_trapped=plan.seccomp.file_events != "none",
-                                            routes=routes)
+                                            routes=routes, log_soon=self._write_log_soon)
         self.mediator = Mediator(fd, plan, plan.protection(), self._write_log, self.denials,
                                  outside=self.dispatcher.outside, protected_inodes=self.protected_inodes,
                                  log_allowed=log_allowed)
@@ -730,21 +732,48 @@ class Supervisor:
     def _write_log(self, event: str, **fields: Any) -> None:
         """Proxy threads and the loop share the log; one lock keeps seq and the chain in order.
         A write failure stops the sandbox rather than letting it go on unobserved."""
+        self._annotate(event, fields)
         try:
             with self.log_lock:
                 if self.throttle.admit(event, fields):
                     self.log.write(event, **fields)
-                if self.log_guarded and self.log_flooded is None and self.log.rotations != self.log_rotations:
-                    self.log_rotations = self.log.rotations
-                    age = self.log.first_record_age()
-                    if flood.endangered(age, self.log.keep):  # before rotations push its first records out
-                        self.log_flooded = -1 if age is None else age
-                        self.log.write("limit", kind="log", action="kill", first_record_rotations=age,
-                                       kept_rotations=self.log.keep)
-                        self._kill()
+                self._check_flood()
         except LogWriteError:
-            self.log_failed = True
-            self._kill()
+            self._log_failed()
+
+    def _write_log_soon(self, event: str, **fields: Any) -> None:
+        """The exec path's records: queued for the log's thread (ActionLog.write_soon), so the
+        kernel's next call is not kept waiting for the disk; order and chain are the log's care."""
+        self._annotate(event, fields)
+        with self.log_lock:
+            if self.throttle.admit(event, fields):
+                self.log.write_soon(event, **fields)
+
+    def _annotate(self, event: str, fields: dict[str, Any]) -> None:
+        """Fields a record gets while what it names is still there (a session: the command)."""
+
+    def _after_queued(self) -> None:
+        """The log's thread wrote a queued record that rotated the log (see flood.py)."""
+        try:
+            with self.log_lock:
+                self._check_flood()
+        except LogWriteError:
+            self._log_failed()
+
+    def _check_flood(self) -> None:
+        """With log_lock held, after a write."""
+        if self.log_guarded and self.log_flooded is None and self.log.rotations != self.log_rotations:
+            self.log_rotations = self.log.rotations
+            age = self.log.first_record_age()
+            if flood.endangered(age, self.log.keep):  # before rotations push its first records out
+                self.log_flooded = -1 if age is None else age
+                self.log.write("limit", kind="log", action="kill", first_record_rotations=age,
+                               kept_rotations=self.log.keep)
+                self._kill()
+
+    def _log_failed(self) -> None:
+        self.log_failed = True
+        self._kill()
 
     def flush_throttled(self) -> None:
         """One record per denial that repeated past what is written one by one (before run.end)."""

@@ -330,7 +330,7 @@ class SessionSupervisor(Supervisor):
                 self._take_stderr(data)
 
     # ------------------------------------------------------------------ attribution
-    def _write_log(self, event: str, **fields: Any) -> None:
+    def _annotate(self, event: str, fields: dict[str, Any]) -> None:
         if self.ready and "command_id" not in fields and event not in ("run.start", "run.end", "limit", "secret"):
             number = self.attribution.command_of(fields.get("pid"))
             if number is None and event == "net":
@@ -342,7 +342,6 @@ class SessionSupervisor(Supervisor):
                 command = self.commands.get(number)
                 if row is not None and command is not None:
                     command.denials.append(row)
-        super()._write_log(event, **fields)
 
     def _ask_network(self, host: str, port: int, peer: int | None) -> bool:
         init = self._init_pid()
