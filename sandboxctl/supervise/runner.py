@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 TERM_GRACE_S = 2.0
+NOTIFY_JOIN_S = 5.0  # the notification thread, once the sandbox is gone (its listener hangs up at once)
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
@@ -85,6 +86,8 @@ class Supervisor:
         self.proxy = None
         self.notify_fd: int | None = None
         self.dispatcher: notify.Dispatcher | None = None
+        self.notify_thread: threading.Thread | None = None  # blocked in NOTIF_RECV (_serve_notifications)
+        self.notify_error: BaseException | None = None  # why that thread stopped answering
         self.socket_checks = None  # network.checks.SocketChecks: connect/sendto answered here
         self.sock_diag_fd: int | None = None  # the sandbox's own netlink socket (none/proxy)
         self.log_lock = threading.Lock()
@@ -242,15 +245,16 @@ class Supervisor:
             if self._proxy_listener is not None:  # nobody connected: the proxy never had to start
                 os.close(self._proxy_listener)
                 self._proxy_listener = None
-            if self.mediator is not None:
+            answered = self._stop_notify_thread()  # nothing of the sandbox is left to call
+            if self.mediator is not None and answered:
                 self.mediator.close()
-            if self.dispatcher is not None:
+            if self.dispatcher is not None and answered:
                 self.dispatcher.execs.close()
                 if self.dispatcher.exec_guard is not None:
                     self.dispatcher.exec_guard.close()
             if self.socket_checks is not None:
                 self.socket_checks.close()  # its waiter answers through the listener: stop it first
-            if self.notify_fd is not None:
+            if self.notify_fd is not None and answered:
                 os.close(self.notify_fd)
             if self.sock_diag_fd is not None:
                 os.close(self.sock_diag_fd)
@@ -479,13 +483,12 @@ class Supervisor:
                         self._kill()
                     elif what == "control":
                         self._on_control(control, sel)
+                        if self.dispatcher is not None and self.notify_thread is None:
+                            self._start_notify_thread()
                     elif what == "stderr":
                         self._on_stderr(err_r, sel)
                     elif what == "proxy":
                         self._first_connection(sel)
-                    elif what == "notify":
-                        if not self.dispatcher.handle():
-                            sel.unregister(key.fd)
                     elif what == "signal":
                         with contextlib.suppress(BlockingIOError):
                             os.read(wake_r, 512)
@@ -666,7 +669,48 @@ class Supervisor:
             from sandboxctl.supervise.exec_guard import ExecGuard
 
             self.dispatcher.exec_guard = ExecGuard(fd, self._write_log, self.denials, plan.exec_loaders)
-        sel.register(fd, selectors.EVENT_READ, "notify")
+
+    def _start_notify_thread(self) -> None:
+        """Once the control message that brought the listener is handled (as the loop would
+        have taken its first notification then): the listener gets a thread of its own."""
+        self.notify_thread = threading.Thread(target=self._serve_notifications, name="sandboxctl-notify",
+                                              daemon=True)
+        self.notify_thread.start()
+
+    def _serve_notifications(self) -> None:
+        """Every notification is answered here, the thread blocked in NOTIF_RECV in between.
+
+        Why a thread and not the loop's selector: FD_SYNC_WAKE_UP makes the kernel wake the
+        receiver on the trapping caller's CPU, and the caller on ours when we answer — but only
+        a task blocked in NOTIF_RECV itself (or in poll) gets that wake-up; through epoll it
+        becomes an ordinary one, which on a small VM lands on the other, halted vCPU (a cross-CPU
+        wake-up: tens of µs each way, measured in bench/exec-floor). And right after its answer
+        the thread is back in the kernel, so the caller, woken on this CPU, runs at once instead
+        of waiting for the loop's bookkeeping. It stops when the listener hangs up (every
+        sandboxed process is gone); if the listener itself fails, the sandbox is killed: nothing
+        it calls could be answered any more."""
+        dispatcher = self.dispatcher
+        try:
+            while dispatcher.handle():
+                pass
+        except BaseException as exc:
+            self.notify_error = exc
+            self._kill()
+
+    def _stop_notify_thread(self) -> bool:
+        """After the sandbox is gone: the thread ends with the listener's hang-up. False if it
+        still runs (a process still holds the filter), so its descriptors must stay open."""
+        thread = self.notify_thread
+        if thread is None:
+            return True
+        thread.join(NOTIFY_JOIN_S)
+        if thread.is_alive():
+            self._kill()
+            thread.join(NOTIFY_JOIN_S)
+        if thread.is_alive():
+            return False
+        self.notify_thread = None
+        return True
 
     def _is_denial(self, notification: notify.Notification) -> bool:
         name = self.syscall_names.get(notification.nr, "")
