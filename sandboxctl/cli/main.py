@@ -104,13 +104,14 @@ def _exit_now(code: int) -> None:
 
 
 def _stdout_gone() -> bool:
-    """True when standard output is a pipe whose reader has closed it (poll says POLLERR)."""
+    """True when standard output's reader has gone: a pipe with no reader left (POLLERR), a
+    socket whose peer hung up (POLLHUP)."""
     import select
 
     try:
         poller = select.poll()
         poller.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(events & select.POLLERR for _fd, events in poller.poll(0))
+        return any(events & (select.POLLERR | select.POLLHUP) for _fd, events in poller.poll(0))
     except (OSError, ValueError):
         return False
 

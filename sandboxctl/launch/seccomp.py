@@ -12,6 +12,7 @@ import errno
 import os
 from pathlib import Path
 
+from sandboxctl import cachedir
 from sandboxctl.digest import sha256
 from sandboxctl.errors import SandboxError
 from sandboxctl.plan.model import SeccompCondition, SeccompPlan, SeccompRule
@@ -169,6 +170,7 @@ def load_or_compile(plan: SeccompPlan, cache_dir: Path, which: str = "static") -
     try:
         st = path.lstat()
         if st.st_uid == os.getuid() and not st.st_mode & 0o022 and st.st_size % 8 == 0 and st.st_size:
+            cachedir.mark_used(path, st.st_mtime)
             return path.read_bytes()
     except OSError:
         pass
@@ -179,6 +181,7 @@ def load_or_compile(plan: SeccompPlan, cache_dir: Path, which: str = "static") -
         tmp.write_bytes(program)
         tmp.chmod(0o600)
         os.replace(tmp, path)
+        cachedir.prune_daily(cache_dir)
     except OSError:
         pass  # a cache we cannot write only costs time
     return program
@@ -194,6 +197,7 @@ def load_or_compile_notify(plan: SeccompPlan, cache_dir: Path) -> tuple[bytes, d
         st = path.lstat()
         if st.st_uid == os.getuid() and not st.st_mode & 0o022:
             entry = marshal.loads(path.read_bytes())
+            cachedir.mark_used(path, st.st_mtime)
             return entry["program"], entry["numbers"]
     except (OSError, ValueError, EOFError, KeyError, TypeError):
         pass
@@ -209,6 +213,7 @@ def load_or_compile_notify(plan: SeccompPlan, cache_dir: Path) -> tuple[bytes, d
         tmp.write_bytes(marshal.dumps({"program": program, "numbers": numbers}))
         tmp.chmod(0o600)
         os.replace(tmp, path)
+        cachedir.prune_daily(cache_dir)
     except OSError:
         pass
     return program, numbers

@@ -15,8 +15,8 @@ from sandboxctl.network.clientenv import (  # noqa: F401 - CA_BUNDLE_VARIABLES, 
     ca_variables,
     proxy_variables,
 )
+from sandboxctl.plan import mount_limits, syscalls
 from sandboxctl.plan import network as netwalls
-from sandboxctl.plan import syscalls
 from sandboxctl.plan.create import creations_for, overlay_kind
 from sandboxctl.plan.inputs import HostFacts, Invocation
 from sandboxctl.plan.model import (
@@ -306,9 +306,17 @@ class _Planner:
         # so are the writable mounts above them (a Landlock right covers everything beneath its
         # directory, across mount points: a writable /tmp would make a workspace under it writable)
         mediated = set(self.protect.roots) | set(self.protect.ephemeral) if self.protect.mediated else set()
+        # A read-only mount refuses truncation itself (EROFS), so Landlock's TRUNCATE costs nothing
+        # there, and it shortens every open: the kernel asks for TRUNCATE on each one (hook_file_open)
+        # and walks up the tree until a rule grants all it asks, else to the root. Never above a
+        # writable mount that Landlock keeps read-only (the right would reach everything beneath).
+        kept_from_truncate = [m.target for m in mounts if m.target in mediated or (
+            m.kind in ("rw", "tmpfs", "secret-file") and m.target.startswith((SHIM_DIR, SECRETS_DIR)))]
         for mount in mounts:
             if mount.kind in ("ro", "rw", "tmpfs") and not mount.target.startswith((SHIM_DIR, SECRETS_DIR)):
                 access = ["read"] if mount.kind == "ro" or mount.target in mediated else ["read", "write"]
+                if mount.kind == "ro" and not any(_within(t, mount.target) for t in kept_from_truncate):
+                    access.append("truncate")
                 if exec_anywhere:
                     access.append("execute")
                 rules.append(LandlockPathRule(mount.target, tuple(access)))
@@ -629,12 +637,6 @@ GVISOR_WARNING = ("gvisor backend: Landlock is not applied (gVisor does not impl
                   "no file-write approvals (gVisor has no seccomp user notification)")
 
 
-BWRAP_MAX_ARGS = 9000  # bubblewrap's own limit on its options (MAX_ARGS in bubblewrap.c)
-BWRAP_FIXED_WORDS = 64  # more than launch/bwrap.render puts around the mounts
-BWRAP_WORDS = {"proc": 2, "dev": 2, "tmpfs": 2, "ro": 3, "rw": 3, "symlink": 3, "mask-dir": 6,
-               "mask-file": 3, "data-file": 5, "secret-file": 5}  # launch/bwrap.mount_args, per kind
-
-
 def gvisor_native_launcher(network_mode: str, machine: str) -> bool:
     """Under gVisor the command is started by a static program in the run directory
     (launch/gvisor_exec.py), not by python3 + gvisor_init.py, unless the proxy's forwarder must
@@ -663,9 +665,9 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
                            "put the log in a directory of its own, e.g. --log ~/.local/state/sandboxctl/actions.jsonl")
     overlay = planner.overlay()
     mounts = planner.build_mounts()
-    mounts = _reachable_guards(planner, mounts)
+    mounts = mount_limits.reachable_guards(mounts, facts.closed_to_sandbox, planner.notes)
     if not planner.gvisor:
-        mounts = _within_bwrap_limit(planner, mounts)
+        mounts = mount_limits.within_bwrap_limit(mounts, planner.protect, planner.policy.landlock, planner.notes)
     network = planner.network()
     landlock = planner.landlock(mounts)
     seccomp = planner.seccomp()
@@ -709,48 +711,6 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
         noexec_mounts=planner.noexec_mounts(mounts),
         session=invocation.session,
     )
-
-
-def _reachable_guards(planner: _Planner, mounts: list[Mount]) -> list[Mount]:
-    """Masks and protected binds below a directory closed to the sandbox are left out: they hide
-    or hold nothing it could reach, and the mount itself would fail to reach its target (root
-    running in a /tmp that holds other users' private directories)."""
-    closed = [m for m in mounts if (m.kind in ("mask-file", "mask-dir") or m.reason == "protected")
-              and planner.facts.closed_to_sandbox(m.target)]
-    if not closed:
-        return mounts
-    planner.notes.append(f"{len(closed)} masks and protected binds are left out: they lie below directories "
-                         "the sandbox's user cannot enter (another user's private directories)")
-    left_out = set(closed)
-    return [m for m in mounts if m not in left_out]
-
-
-def _bwrap_words(mounts: list[Mount]) -> int:
-    return BWRAP_FIXED_WORDS + sum(BWRAP_WORDS[m.kind] for m in mounts)
-
-
-def _within_bwrap_limit(planner: _Planner, mounts: list[Mount]) -> list[Mount]:
-    """bubblewrap refuses more than BWRAP_MAX_ARGS options, and a workspace holding thousands
-    of repositories plans three protected binds for each. Where Landlock is required and the
-    supervisor performs every change, those binds are a third wall and may be left out (said in
-    the plan); otherwise the run cannot be built, and says so before anything starts."""
-    if _bwrap_words(mounts) <= BWRAP_MAX_ARGS:
-        return mounts
-    protected = [m for m in mounts if m.reason == "protected"]
-    kept = [m for m in mounts if m.reason != "protected"]
-    if (protected and planner.protect.mediated and planner.policy.landlock == "required"
-            and _bwrap_words(kept) <= BWRAP_MAX_ARGS):
-        planner.notes.append(
-            f"protected paths: their {len(protected)} read-only binds are left out (bubblewrap takes at most "
-            f"{BWRAP_MAX_ARGS} arguments); Landlock keeps the workspace read-only to the kernel and the "
-            "supervisor performs and checks every change")
-        return kept
-    raise SandboxError(
-        f"this sandbox needs {_bwrap_words(mounts)} bubblewrap arguments ({len(mounts)} mounts, {len(protected)} "
-        f"of them for the protected paths of {len(planner.protect.gitdirs)} git directories), more than "
-        f"bubblewrap's limit of {BWRAP_MAX_ARGS}",
-        "run in a narrower workspace (-w DIR)" + ("" if planner.policy.landlock == "required" else
-                                                  ", or with `landlock: required` so the binds can be left out"))
 
 
 def _listed(pattern: units.HostPattern, allow: list[units.HostPattern]) -> bool:

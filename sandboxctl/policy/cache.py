@@ -12,6 +12,7 @@ import marshal
 import os
 from pathlib import Path
 
+from sandboxctl import cachedir
 from sandboxctl.digest import sha256
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
@@ -47,6 +48,7 @@ def lookup(cache_dir: Path, label: str, content: bytes) -> dict[str, Any] | None
         st = path.lstat()
         if st.st_uid != os.getuid() or st.st_mode & 0o022 or not path.is_file():
             return None
+        cachedir.mark_used(path, st.st_mtime)
         entry = marshal.loads(path.read_bytes())
     except (OSError, ValueError, EOFError, TypeError):
         return None
@@ -73,5 +75,6 @@ def store(cache_dir: Path, label: str, content: bytes, data: dict[str, Any], sha
         tmp.write_bytes(marshal.dumps({"data": data, "sha256": sha256, "files": files}))
         tmp.chmod(0o600)
         os.replace(tmp, path)
+        cachedir.prune_daily(cache_dir)
     except (OSError, ValueError):
         pass  # a cache we cannot write only costs time

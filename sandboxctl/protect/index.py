@@ -22,6 +22,7 @@ import os
 import stat
 from pathlib import Path
 
+from sandboxctl import cachedir
 from sandboxctl.digest import sha256
 from sandboxctl.protect.names import GIT
 from sandboxctl.record import Record
@@ -120,6 +121,7 @@ def _load(path: Path) -> dict[str, tuple]:
         st = path.lstat()
         if st.st_uid != os.getuid() or st.st_mode & 0o022 or not stat.S_ISREG(st.st_mode):
             return {}
+        cachedir.mark_used(path, st.st_mtime)
         return marshal.loads(path.read_bytes())  # plain tuples in _Dir's field order
     except (OSError, ValueError, EOFError, TypeError):
         return {}
@@ -133,6 +135,7 @@ def _save(path: Path, dirs: dict[str, tuple]) -> None:
         with os.fdopen(fd, "wb") as handle:
             handle.write(marshal.dumps(dirs))
         os.replace(tmp, path)
+        cachedir.prune_daily(path.parent)
 
 
 def scan(root: str, patterns: tuple[str, ...] = (), cache_dir: Path | None = None, deep: bool = True) -> TreeIndex:

@@ -18,6 +18,7 @@ import json
 import marshal
 import os
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 
 MAX_BLOB = 4 << 20  # larger protected files are compared by hash but cannot be put back
 MAX_ENTRIES = 20_000  # a protected directory larger than this is recorded down to this many entries
+MAX_CACHED = 8192  # hashes kept for the next runs (oldest first out): every run loads them all
+BLOB_GRACE_S = 24 * 3600  # a blob used or made this recently is never collected (a launch in flight)
 
 
 class Change(Record):
@@ -55,12 +58,14 @@ class Store:
             self.cache: dict[tuple, str] = marshal.loads(self.cache_path.read_bytes())
         except (OSError, ValueError, EOFError, TypeError):
             self.cache = {}
-        self.dirty = False
+        self.dirty = len(self.cache) > MAX_CACHED  # a cache of an older version, unbounded: trim it
+        self.used: set[tuple] = set()
 
     def digest(self, path: str, st: os.stat_result) -> str:
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        self.used.add(key)
         known = self.cache.get(key)
-        if known and (st.st_size > MAX_BLOB or (self.blobs / known).exists()):
+        if known and (st.st_size > MAX_BLOB or self._fresh(known)):
             return known
         digest = sha256()
         keep = st.st_size <= MAX_BLOB
@@ -79,7 +84,7 @@ class Store:
 
     def _put(self, digest: str, data: bytes) -> None:
         target = self.blobs / digest
-        if target.exists():
+        if self._fresh(digest):
             return
         self.blobs.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = target.with_name(f".{digest}.{os.getpid()}.{os.urandom(4).hex()}")
@@ -94,15 +99,68 @@ class Store:
         except OSError:
             return None
 
+    def _fresh(self, digest: str) -> bool:
+        """The blob is there, and marked as used lately (collect() leaves it alone)."""
+        try:
+            mtime = os.stat(self.blobs / digest).st_mtime
+        except OSError:
+            return False
+        if mtime < time.time() - BLOB_GRACE_S / 2:
+            with contextlib.suppress(OSError):
+                os.utime(self.blobs / digest)
+        return True
+
     def save(self) -> None:
+        """Write the cache back. Past MAX_CACHED hashes it is cut to three quarters of that, the
+        oldest first and never one this run used (it stays cheap to load; a dropped hash is only
+        computed again), and the blobs nothing names any more are collected."""
         if not self.dirty:
             return
+        trimmed = len(self.cache) > MAX_CACHED
+        if trimmed:
+            spare = max(0, MAX_CACHED * 3 // 4 - len(self.used))
+            others = [key for key in self.cache if key not in self.used]
+            keep = set(others[len(others) - spare:] if spare else ()) | self.used
+            self.cache = {key: value for key, value in self.cache.items() if key in keep}
         with contextlib.suppress(OSError):
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
             tmp = self.cache_path.with_name(f".hashes.{os.getpid()}.{os.urandom(4).hex()}")
             tmp.write_bytes(marshal.dumps(self.cache))
             os.replace(tmp, self.cache_path)
         self.dirty = False
+        if trimmed:
+            self.collect()
+
+    def collect(self) -> None:
+        """Remove the blobs that neither the cache nor a pending journal (a run still going, or a
+        killed one's) names and nobody used for BLOB_GRACE_S: contents of protected files as they
+        were long ago. The grace covers a launch between writing its blobs and its journal."""
+        needed = set(self.cache.values())
+        with contextlib.suppress(OSError):
+            for journal in (self.root / "pending").glob("*.json"):
+                with contextlib.suppress(OSError, ValueError):
+                    needed |= _digests(json.loads(journal.read_text()).get("entries") or {})
+        cutoff = time.time() - BLOB_GRACE_S
+        with contextlib.suppress(OSError), os.scandir(self.blobs) as listing:
+            for entry in listing:
+                if entry.name in needed:
+                    continue
+                with contextlib.suppress(OSError):
+                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        os.unlink(entry.path)
+
+
+def _digests(entries: dict[str, Any]) -> set[str]:
+    """Every sha256 a journal's entries name, nested directories included."""
+    found: set[str] = set()
+    stack = list(entries.values())
+    while stack:
+        entry = stack.pop()
+        if isinstance(entry, dict):
+            if isinstance(entry.get("sha256"), str):
+                found.add(entry["sha256"])
+            stack += (entry.get("children") or {}).values()
+    return found
 
 
 def _record(path: str, store: Store, budget: list[int]) -> dict[str, Any]:
@@ -147,12 +205,13 @@ class Snapshot:
         self.wall_whole = False  # until the supervisor knows the layers: assume the sandbox could write
         self.json_patterns: dict[str, list[str]] = {}
         self.json_values: dict[str, dict[str, Any]] = {}
+        self.store: Store | None = None
 
     def take(self, existing: tuple[str, ...], absent: tuple[str, ...],
              json_keys: tuple[tuple[str, str], ...] = ()) -> None:
         from sandboxctl.protect import jsonkeys
 
-        store = Store(self.state)
+        store = self.store = Store(self.state)
         budget = [MAX_ENTRIES]
         self.entries = {path: _record(path, store, budget) for path in existing}
         self.entries.update({path: {"kind": "missing"} for path in absent if path not in self.entries})
@@ -210,7 +269,7 @@ class Snapshot:
         gVisor, no Landlock), put it back and keep it aside; else report it and leave it (an IDE's
         or the user's own work while the run went on). Then forget the journal."""
         whole = self.wall_whole
-        changes = compare_and_restore(self.state, self.run_id, self.entries, lambda path: not whole)
+        changes = compare_and_restore(self.state, self.run_id, self.entries, lambda path: not whole, self.store)
         changes += restore_json_keys(self.state, self.run_id, self.json_patterns, self.json_values)
         with contextlib.suppress(FileNotFoundError):
             self.journal.unlink()
@@ -218,11 +277,13 @@ class Snapshot:
 
 
 def compare_and_restore(state: Path, run_id: str, entries: dict[str, dict[str, Any]],
-                        restore: Callable[[str], bool] = lambda path: True) -> list[Change]:
+                        restore: Callable[[str], bool] = lambda path: True,
+                        store: Store | None = None) -> list[Change]:
     """restore(path): whether a change found at path is put back (else only reported): a change
     the sandbox could not have made (the kernel wall was whole; it came later than the run) is
-    somebody else's work — an IDE's, the user's own git — and is left as it is."""
-    store = Store(state)
+    somebody else's work — an IDE's, the user's own git — and is left as it is. store: the
+    launch's own, when there is one (the hash cache is loaded once a run)."""
+    store = store or Store(state)
     changes: list[Change] = []
     for path, before in entries.items():
         if "parent" in before and os.path.realpath(os.path.dirname(path)) != before["parent"]:

@@ -229,3 +229,35 @@ def test_file_events_record_writes_and_reads_cost_nothing(sandbox):
     files = [(r["path"], r["op"], r["decision"]) for r in sandbox.records() if r["event"] == "file"]
     assert (str(sandbox.workspace / "made.txt"), "create", "allow") in files
     assert not [f for f in files if f[1] == "read"]  # file_events: write never traps a read
+
+
+TRUNCATE_ATTEMPTS = """
+import os, sys
+path = sys.argv[1]
+for name, attempt in [
+        ("truncate", lambda: os.truncate(path, 0)),
+        ("truncate longer", lambda: os.truncate(path, 1 << 20)),
+        ("open O_RDONLY|O_TRUNC", lambda: os.close(os.open(path, os.O_RDONLY | os.O_TRUNC))),
+        ("open O_WRONLY|O_TRUNC", lambda: os.close(os.open(path, os.O_WRONLY | os.O_TRUNC))),
+        ("ftruncate of a read-only descriptor", lambda: os.ftruncate(os.open(path, os.O_RDONLY), 0))]:
+    try:
+        attempt()
+        print(name, "succeeded")
+    except OSError as exc:
+        print(name, "refused", exc.errno)
+"""
+
+
+def test_truncate_granted_to_landlock_on_read_only_mounts_truncates_nothing(sandbox, tmp_path):
+    """plan/build.py grants Landlock's TRUNCATE on read-only mounts (their walk per open stops there):
+    the mount itself must still refuse every way to truncate; judged by the host file's bytes."""
+    data = tmp_path / "ro" / "data.txt"
+    data.parent.mkdir()
+    data.write_text("keep me\n")
+    policy = sandbox.write_policy("ro.yaml", f"version: 1\nextends: default\nfilesystem:\n  read: [{data.parent}]\n")
+    plan = sandbox.run("--dry-run", "--", "true", policy=str(policy))
+    assert f"{data.parent}: read, truncate, execute" in plan.stdout
+    result = sandbox.run("--", "python3", "-c", TRUNCATE_ATTEMPTS, str(data), policy=str(policy))
+    assert result.returncode == 0, result.stderr
+    assert "succeeded" not in result.stdout and result.stdout.count("refused") == 5, result.stdout
+    assert data.read_text() == "keep me\n"

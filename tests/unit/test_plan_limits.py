@@ -8,7 +8,7 @@ import pytest
 
 from sandboxctl.errors import SandboxError
 from sandboxctl.launch import bwrap
-from sandboxctl.plan import build
+from sandboxctl.plan import mount_limits as build
 from sandboxctl.plan.model import Mount
 from tests.unit.test_plan import BASE_FILES, WS, fake_facts, plan_for, policy_from_text
 
@@ -52,7 +52,7 @@ def test_thousands_of_repositories_leave_the_binds_out_and_say_so():
     assert plan.protect.mediated and len(plan.protect.gitdirs) == 3000
     assert len(plan.protect.record) >= 9000  # the end-of-run check still covers every entry
     assert any("9000 read-only binds are left out" in note for note in plan.notes)
-    assert build._bwrap_words(list(plan.mounts)) <= build.BWRAP_MAX_ARGS
+    assert build.bwrap_words(list(plan.mounts)) <= build.BWRAP_MAX_ARGS
 
 
 def test_without_required_landlock_the_binds_are_the_kernel_wall_and_the_plan_fails(tmp_path):
