@@ -31,7 +31,6 @@ import contextlib
 import fcntl
 import json
 import os
-import queue
 import threading
 import time
 from collections import deque
@@ -112,7 +111,9 @@ class ActionLog:
         self.fd = -1
         self._mutex = threading.Lock()  # flock does not exclude threads sharing one descriptor
         self._pending: deque[tuple[str, str, dict[str, Any]]] = deque()  # (ts, event, fields) queued by write_soon
-        self._wake: queue.SimpleQueue[bool] = queue.SimpleQueue()  # one True per queued record; False: stop
+        self._wake = threading.Lock()  # released: something is queued (or _stopping); the thread acquires it
+        self._wake.acquire()
+        self._stopping = False
         self._writer: threading.Thread | None = None
         self.on_error: Callable[[LogWriteError], None] | None = None  # a queued record could not be written
         self.after_queued: Callable[[], None] | None = None  # the thread's write of a queued record rotated
@@ -190,7 +191,15 @@ class ActionLog:
         if self._writer is None:
             self._writer = threading.Thread(target=self._write_queued, name="sandboxctl-log", daemon=True)
             self._writer.start()
-        self._wake.put(True)
+        self._signal()
+
+    def _signal(self) -> None:
+        """Wake the thread: a binary semaphore (a released lock is a wake-up not yet taken, and
+        the thread takes everything queued when it takes one), a C call on the exec path."""
+        try:  # noqa: SIM105 -- contextlib.suppress costs a Python context manager on every exec
+            self._wake.release()
+        except RuntimeError:  # released already: the thread will see this record too
+            pass
 
     def flush(self) -> None:
         """Write what is queued now (LogWriteError if that fails); before reading seq or head."""
@@ -207,13 +216,8 @@ class ActionLog:
     def _write_queued(self) -> None:
         """The log's thread: one record at a time under the mutex, and `after_queued` after each
         one that rotated the log (the flood guard looks at every rotation, as after a write())."""
-        running = True
-        while running and self._wake.get():
-            while True:  # one pass for every record queued meanwhile (False among them: stop after it)
-                try:
-                    running = self._wake.get_nowait() and running
-                except queue.Empty:
-                    break
+        while True:
+            self._wake.acquire()
             while True:
                 try:
                     with self._mutex:
@@ -228,6 +232,8 @@ class ActionLog:
                     break
                 if self.rotations != rotations and self.after_queued is not None:
                     self.after_queued()
+            if self._stopping:  # close() writes whatever came after, itself
+                return
 
     def _write(self, event: str, fields: dict[str, Any], ts: str | None = None) -> None:
         record = {"ts": ts or timestamp(), "run": self.run_id, "seq": self.seq, "event": event, **fields}
@@ -335,7 +341,8 @@ class ActionLog:
 
     def close(self) -> None:
         if self._writer is not None:
-            self._wake.put(False)
+            self._stopping = True
+            self._signal()
             self._writer.join()
             self._writer = None
         with self._mutex:
