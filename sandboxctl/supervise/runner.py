@@ -1027,6 +1027,11 @@ class Supervisor:
         stopped = self.log_stop_error()
         if stopped is not None:
             error, code = stopped, EXIT_SANDBOX_FAILED
+        if self.notify_error is not None:  # _serve_notifications killed the sandbox
+            why = type(self.notify_error).__name__
+            error = SandboxError(f"the supervisor could no longer answer the sandbox's system calls ({why}); "
+                                 "the sandbox was stopped", "re-run with --debug and please report it")
+            code = EXIT_SANDBOX_FAILED
         return RunResult(code, duration, self.timed_out, error, self.layers, self.denials, tampered=self.tampered)
 
 

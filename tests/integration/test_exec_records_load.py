@@ -89,3 +89,33 @@ def test_a_run_stopped_in_the_middle_of_a_storm_loses_no_record(sandbox):
     logged = len([r for r in records if r["event"] == "exec" and r["path"] == "/bin/true"])
     assert logged >= counted  # the one killed between its exec and its count is logged, not counted
     assert any(r["event"] == "limit" and r.get("kind") == "timeout" for r in records)
+
+
+FAILING_LISTENER = r"""
+import errno, sys
+from sandboxctl.supervise import notify
+real, calls = notify.Dispatcher.handle, []
+def handle(self):
+    calls.append(1)
+    if len(calls) == 3:  # the listener itself breaks (not one call: the next NOTIF_RECV)
+        raise OSError(errno.EBADF, "Bad file descriptor")
+    return real(self)
+notify.Dispatcher.handle = handle
+sys.argv = ["sandboxctl", *sys.argv[1:]]
+from sandboxctl.cli.main import main
+main()
+"""
+
+
+def test_a_broken_listener_stops_the_run_and_says_so(sandbox):
+    """Nothing the sandbox calls could be answered any more: it is killed, not left hanging, and
+    the run fails as sandboxctl's own failure (125) with one line, run.end still last."""
+    result = subprocess.run([sys.executable, "-c", FAILING_LISTENER, "run", "-q", "-p", "default", "--timeout", "60s",
+                             "--", "/bin/sh", "-c", 'while :; do /bin/true; done'], cwd=sandbox.workspace,
+                            env=sandbox.env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 125, (result.returncode, result.stderr)
+    assert "could no longer answer the sandbox's system calls (OSError)" in result.stderr
+    assert "Traceback" not in result.stderr
+    _verify(sandbox)
+    (records,) = [_whole(lines) for lines in _runs(sandbox.log_path).values()]
+    assert not any(r["event"] == "limit" for r in records)  # it was not the timeout
