@@ -17,6 +17,18 @@ if TYPE_CHECKING:
     from typing import Any
 
 
+def _ask(prompt: str) -> str:
+    """A question before the run, on the terminal: the prompt goes to stderr with the lines it
+    asks about (stdout may be a pipe, `sandboxctl run ... | tee log`, where input() would put the
+    prompt out of sight and into the command's output). EOF: EOFError, as input() raises."""
+    sys.stderr.write(prompt)
+    sys.stderr.flush()
+    line = sys.stdin.readline()
+    if not line:
+        raise EOFError
+    return line.rstrip("\n")
+
+
 def _confirm(confirmations: tuple[str, ...], yes: bool) -> None:
     """Launch-time confirmations: --yes accepts; a terminal asks; otherwise refuse."""
     if not confirmations or yes:
@@ -28,7 +40,7 @@ def _confirm(confirmations: tuple[str, ...], yes: bool) -> None:
 
     for item in confirmations:  # they name paths and rules from the policy file (maybe the workspace's)
         print(f"sandboxctl: {inert(item)}", file=sys.stderr)
-    answer = input("Run anyway? [y/N] ").strip().lower()
+    answer = _ask("Run anyway? [y/N] ").strip().lower()
     if answer not in ("y", "yes"):
         raise SandboxError("not confirmed; nothing was run")
 
@@ -47,7 +59,7 @@ def _accept_untrusted(loaded, why: str, yes: bool) -> bool:
     print(f"  policy {inert(repr(loaded.policy.name), 80)} ({description}), "
           f"merged from {inert(' <- '.join(loaded.policy.chain), 400)}", file=sys.stderr)
     print("  review it with: sandboxctl policy show " + inert(loaded.policy.chain[0]), file=sys.stderr)
-    if input("Trust this exact content and run? [y/N] ").strip().lower() not in ("y", "yes"):
+    if _ask("Trust this exact content and run? [y/N] ").strip().lower() not in ("y", "yes"):
         raise SandboxError("not confirmed; nothing was run")
     from sandboxctl.policy.discover import trust
 

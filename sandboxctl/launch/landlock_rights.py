@@ -30,7 +30,6 @@ GROUPS = {
               "MAKE_FIFO", "MAKE_SYM", "REFER", "TRUNCATE"),
     "unix": ("RESOLVE_UNIX",),  # network.unix (ABI 9; below it the supervisor answers each connect)
     "write_file": ("WRITE_FILE", "TRUNCATE"),
-    "truncate": ("TRUNCATE",),  # on read-only mounts only, which refuse it themselves (plan/build.py)
     "execute": ("EXECUTE",),
     "ioctl_dev": ("IOCTL_DEV",),
 }

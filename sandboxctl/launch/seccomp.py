@@ -17,9 +17,20 @@ from sandboxctl.digest import sha256
 from sandboxctl.errors import SandboxError
 from sandboxctl.plan.model import SeccompCondition, SeccompPlan, SeccompRule
 
-CACHE_VERSION = "6"
+CACHE_VERSION = "7"
 # __NR_seccomp per machine: the shim makes the raw call (libseccomp is not reachable inside)
 SECCOMP_SYSCALL = {"x86_64": 317, "aarch64": 277, "riscv64": 277, "ppc64le": 358, "s390x": 348}
+
+
+# Calls newer than some libseccomp releases know (resolve_syscall: -1). Since Linux 5.1 a new call
+# has the same number on every architecture sandboxctl supports.
+NEWER_CALLS = {"setxattrat": 463, "removexattrat": 466}
+
+
+def syscall_number(pyseccomp, name: str) -> int:
+    """The native number of a call: libseccomp's, or NEWER_CALLS' when it has never heard of it."""
+    number = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)
+    return NEWER_CALLS.get(name, number) if number == -1 else number
 
 
 def syscall_numbers(names: list[str]) -> dict[int, str]:
@@ -28,7 +39,7 @@ def syscall_numbers(names: list[str]) -> dict[int, str]:
 
     numbers = {}
     for name in names:
-        number = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)
+        number = syscall_number(pyseccomp, name)
         if number >= 0:
             numbers[number] = name
     return numbers
@@ -92,7 +103,7 @@ def build_filter(plan: SeccompPlan, which: str = "static"):
     else:
         rules = [r for r in plan.rules if not plan.trapped(r)]
     for rule in rules:
-        number = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, rule.syscall)
+        number = syscall_number(pyseccomp, rule.syscall)
         if number < 0 and rule.why == MEDIATED_WHY:
             continue  # not on this architecture (aarch64 has only the *at calls)
         if number == -1:  # __NR_SCMP_ERROR: libseccomp has never heard of it

@@ -306,17 +306,15 @@ class _Planner:
         # so are the writable mounts above them (a Landlock right covers everything beneath its
         # directory, across mount points: a writable /tmp would make a workspace under it writable)
         mediated = set(self.protect.roots) | set(self.protect.ephemeral) if self.protect.mediated else set()
-        # A read-only mount refuses truncation itself (EROFS), so Landlock's TRUNCATE costs nothing
-        # there, and it shortens every open: the kernel asks for TRUNCATE on each one (hook_file_open)
-        # and walks up the tree until a rule grants all it asks, else to the root. Never above a
-        # writable mount that Landlock keeps read-only (the right would reach everything beneath).
-        kept_from_truncate = [m.target for m in mounts if m.target in mediated or (
-            m.kind in ("rw", "tmpfs", "secret-file") and m.target.startswith((SHIM_DIR, SECRETS_DIR)))]
+        # No TRUNCATE on read-only mounts, though it would shorten every open there (hook_file_open
+        # asks for it and walks up until a rule grants all it asks, else to the root: ~75 ns an open
+        # in /usr): a rule is the inode's, so a hardlink of a bound file on a writable mount, or the
+        # same directory reached through another mount of its file system (a bind on the host), would
+        # be truncatable by the kernel where the supervisor continued an O_TRUNC open whose path a
+        # racing thread rewrote. Tried and withdrawn (red team, 2026-12-01).
         for mount in mounts:
             if mount.kind in ("ro", "rw", "tmpfs") and not mount.target.startswith((SHIM_DIR, SECRETS_DIR)):
                 access = ["read"] if mount.kind == "ro" or mount.target in mediated else ["read", "write"]
-                if mount.kind == "ro" and not any(_within(t, mount.target) for t in kept_from_truncate):
-                    access.append("truncate")
                 if exec_anywhere:
                     access.append("execute")
                 rules.append(LandlockPathRule(mount.target, tuple(access)))
@@ -345,6 +343,11 @@ class _Planner:
         # abstract-socket scope is the only wall between the sandbox and the host's sockets, and
         # the bind rule the only one between a server inside and the host's interfaces.
         minimum = 6 if mode == "host" else 1
+        if self.protect.binds_left_out:
+            # without the protected binds Landlock alone makes the kernel refuse a call the supervisor
+            # let through (continued with a path a racing thread then rewrites): truncate(2) and
+            # O_TRUNC are Landlock's from ABI 3 only
+            minimum = max(minimum, 3)
         return LandlockPlan(
             required=self.policy.landlock == "required",
             minimum_abi=minimum,
@@ -667,7 +670,10 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
     mounts = planner.build_mounts()
     mounts = mount_limits.reachable_guards(mounts, facts.closed_to_sandbox, planner.notes)
     if not planner.gvisor:
-        mounts = mount_limits.within_bwrap_limit(mounts, planner.protect, planner.policy.landlock, planner.notes)
+        kept = mount_limits.within_bwrap_limit(mounts, planner.protect, planner.policy.landlock, planner.notes)
+        if len(kept) < len(mounts):  # the protected binds were left out: Landlock must refuse truncation
+            planner.protect = planner.protect._replace(binds_left_out=True)
+        mounts = kept
     network = planner.network()
     landlock = planner.landlock(mounts)
     seccomp = planner.seccomp()

@@ -160,7 +160,11 @@ def gather(environ: Mapping[str, str] | None = None) -> HostFacts:
 def _closed_to_sandbox():
     """path -> whether a directory above it is closed to the sandbox's user. Its user namespace
     maps our uid and gid alone, so no capability reaches an inode with another owner: as root
-    we may enter another user's private directory, but bubblewrap and the command cannot."""
+    we may enter another user's private directory, but bubblewrap and the command cannot. The
+    kernel judges by the directory's ACL where it has one (a named entry for our uid or one of
+    our groups opens a 0700 directory): so does this. A directory of our own is never closed,
+    whatever its mode: the sandbox may chmod it open (its masks are kept; where bubblewrap cannot
+    reach them to mount, the launch fails: never a secret left bare)."""
     uid, gids = os.getuid(), {os.getgid(), *os.getgroups()}
     searchable: dict[str, bool] = {}
 
@@ -171,9 +175,12 @@ def _closed_to_sandbox():
             except OSError:
                 searchable[directory] = True  # missing: nothing beneath it to reach
             else:
-                mapped = st.st_uid == uid and st.st_gid == os.getgid()
-                bit = 0o100 if st.st_uid == uid else 0o010 if st.st_gid in gids else 0o001
-                searchable[directory] = mapped or bool(st.st_mode & bit)
+                if st.st_uid == uid:  # ours: the sandbox may chmod it open
+                    searchable[directory] = True
+                else:
+                    by_acl = _acl_searches(directory, st, uid, gids)
+                    bit = 0o010 if st.st_gid in gids else 0o001
+                    searchable[directory] = by_acl if by_acl is not None else bool(st.st_mode & bit)
         return searchable[directory]
 
     def closed(path: str) -> bool:
@@ -185,6 +192,35 @@ def _closed_to_sandbox():
         return not all(search(d) for d in reversed(chain))
 
     return closed
+
+
+ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_GROUP, ACL_MASK, ACL_OTHER = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+
+
+def _acl_searches(directory: str, st: os.stat_result, uid: int, gids: set[int]) -> bool | None:
+    """Whether the directory's POSIX access ACL lets uid (with gids) search it, as the kernel's
+    acl_permission_check decides; None when it has no ACL (the mode bits say). An ACL that cannot
+    be read or parsed counts as searchable: masks are kept (bubblewrap then fails, never leaks)."""
+    import struct
+
+    try:
+        blob = os.getxattr(directory, "system.posix_acl_access")
+    except OSError:
+        return None  # no ACL (ENODATA), or a file system without them
+    if len(blob) < 4 or (len(blob) - 4) % 8 or struct.unpack_from("<I", blob)[0] != 2:
+        return True
+    entries = [struct.unpack_from("<HHI", blob, at) for at in range(4, len(blob), 8)]
+    mask = next((perm for tag, perm, _id in entries if tag == ACL_MASK), 7)
+    if st.st_uid == uid:
+        return any(tag == ACL_USER_OBJ and perm & 1 for tag, perm, _id in entries)
+    named = [perm for tag, perm, who in entries if tag == ACL_USER and who == uid]
+    if named:
+        return bool(named[0] & mask & 1)
+    groups = [perm for tag, perm, who in entries
+              if (tag == ACL_GROUP_OBJ and st.st_gid in gids) or (tag == ACL_GROUP and who in gids)]
+    if groups:
+        return any(perm & mask & 1 for perm in groups)
+    return any(tag == ACL_OTHER and perm & 1 for tag, perm, _id in entries)
 
 
 def _tree(root: str, patterns: tuple[str, ...], deep: bool):

@@ -115,6 +115,7 @@ class ProtectPlan(Record):
     json_keys: tuple[tuple[str, str], ...] = ()  # (file, key path): put back at the end (protect_json)
     ephemeral: tuple[str, ...] = ()  # writable sandbox mounts above a root (tmpfs HOME, /tmp): mediated too
     anchors: tuple[str, ...] = ()  # directories mounts hang from, in mediated areas: never moved or removed
+    binds_left_out: bool = False  # past bubblewrap's option limit: Landlock and the supervisor alone hold them
 
 
 class NetworkPlan(Record):

@@ -46,8 +46,8 @@ def within_bwrap_limit(mounts: list[Mount], protect: ProtectPlan, landlock: str,
     kept = [m for m in mounts if m.reason != "protected"]
     if protected and protect.mediated and landlock == "required" and bwrap_words(kept) <= BWRAP_MAX_ARGS:
         notes.append(f"protected paths: their {len(protected)} read-only binds are left out (bubblewrap takes at "
-                     f"most {BWRAP_MAX_ARGS} arguments); Landlock keeps the workspace read-only to the kernel and "
-                     "the supervisor performs and checks every change")
+                     f"most {BWRAP_MAX_ARGS} arguments); Landlock (ABI 3 at least: truncation) keeps the workspace "
+                     "read-only to the kernel and the supervisor performs and checks every change")
         return kept
     raise SandboxError(
         f"this sandbox needs {bwrap_words(mounts)} bubblewrap arguments ({len(mounts)} mounts, {len(protected)} "

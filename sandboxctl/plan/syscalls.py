@@ -54,6 +54,9 @@ _SIMPLE: list[tuple[tuple[str, ...], str, str]] = [
     (("iopl", "ioperm"), EPERM, "raw hardware port I/O"),
     (("vhangup",), EPERM, "hangs up the controlling terminal of others"),
     (("fanotify_init",), EPERM, "watches the whole file system"),
+    (("setxattr", "lsetxattr", "fsetxattr", "setxattrat", "removexattr", "lremovexattr", "fremovexattr",
+      "removexattrat"), "errno:EOPNOTSUPP",
+     "an ACL re-modes a file as chmod does, unseen by Landlock and the supervisor"),
     (("lookup_dcookie", "uselib", "ustat", "sysfs", "_sysctl", "nfsservctl"), EPERM,
      "obsolete interfaces nobody needs; attack surface only"),
 ]

@@ -253,11 +253,17 @@ class Mediator:
         if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
             self._open_waiting(n, op, path, entry, open_flags)  # a FIFO or a device may block: not in the loop
             return
-        try:
-            fd = os.open(entry.name, open_flags, mode, dir_fd=entry.parent)
+        try:  # O_NONBLOCK: should it have become a FIFO since the lstat (another run can swap one in),
+            # the loop must not wait for its reader
+            fd = os.open(entry.name, open_flags | os.O_NONBLOCK, mode, dir_fd=entry.parent)
         except OSError as exc:
-            self._done(n, op, path, exc)
+            if exc.errno == errno.ENXIO and not flags & os.O_NONBLOCK:  # a FIFO without a reader yet
+                self._open_waiting(n, op, path, entry, open_flags)
+            else:
+                self._done(n, op, path, exc)
             return
+        if not flags & os.O_NONBLOCK:
+            os.set_blocking(fd, True)
         opened.append(fd)
         self._hand_over(n, op, path, fd, bool(flags & os.O_CLOEXEC))
 
@@ -323,13 +329,18 @@ class Mediator:
 
     def _single(self, n: Notification, call: Call, opened: list[int], *, follow: bool,
                 guard: Callable[[str], str | None] | None = None, creates: bool = False,
-                also: Callable[[str], str | None] | None = None) -> Entry | None:
+                also: Callable[[str], str | None] | None = None, here: bool = False) -> Entry | None:
         """Resolve a one-path call; answer it here unless it is ours to perform (then return it).
-        `also`: one more reason to refuse, checked after the usual ones."""
+        `also`: one more reason to refuse, checked after the usual ones. `here`: a call Landlock
+        does not check (chmod; truncate below ABI 3) is never continued to the kernel, which reads
+        the path again (a racing thread may have rewritten it onto a protected path by then): it
+        is performed here in the sandbox's own writable mounts too, and refused elsewhere."""
         full, entry = self._resolve(n, call, 0, opened, follow=follow)
         if not isinstance(entry, Entry):
-            if full and entry is not None and self._mediated(full):
+            if full and entry is not None and (here or self._mediated(full)):
                 respond(self.listener, n.id, error=getattr(errno, entry, errno.ENOENT))
+            elif here:
+                self._refuse(n, call.op, full or call.paths[0][1], "the path could not be resolved in the sandbox")
             else:
                 self._continue(n)
             return None
@@ -346,9 +357,26 @@ class Mediator:
             self._refuse(n, call.op, entry.path, why)
             return None
         if not self._mediated(entry.path):
+            if here:
+                return entry if self._performed_here(n, call.op, entry.path) else None
             self._elsewhere(n, call.op, entry.path)
             return None
         return entry
+
+    def _performed_here(self, n: Notification, op: str, path: str) -> bool:
+        """A call Landlock cannot judge, outside the writable host grants: performed here where
+        the path lies in one of the sandbox's own writable mounts (a tmpfs); refused on read-only
+        mounts (EROFS, as the kernel answers) and on /dev and /proc, whose nodes are the host's
+        (root in the sandbox owns them: the kernel would let it re-mode the host's /dev/null)."""
+        verdict = self.plan.write_verdict(path)
+        if not verdict.inside:
+            self._refuse(n, op, path, verdict.rule, errno.EROFS)
+            return False
+        holder = self._holder(path)
+        if holder is None or holder[1] not in ("rw", "tmpfs"):
+            self._refuse(n, op, path, f"{op} of the host's device nodes and /proc is not allowed", errno.EPERM)
+            return False
+        return True
 
     def _elsewhere(self, n: Notification, op: str, *paths: str) -> None:
         """Not beneath a writable host grant: in the sandbox's own tmpfs, /proc or /dev the kernel
@@ -437,7 +465,7 @@ class Mediator:
                                                           dir_fd=entry.parent), target=call.link_target)
 
     def _truncate(self, n: Notification, call: Call, opened: list[int]) -> None:
-        entry = self._single(n, call, opened, follow=True)
+        entry = self._single(n, call, opened, follow=True, here=True)
         if entry is None:
             return
         if call.extra >= 1 << 63:  # a negative length
@@ -446,12 +474,18 @@ class Mediator:
         if call.extra > _file_size_limit(n.pid):  # ours would be the supervisor's limit, not the caller's
             respond(self.listener, n.id, error=errno.EFBIG)
             return
-        try:
-            fd = os.open(entry.name, os.O_WRONLY | O_NOFOLLOW | os.O_CLOEXEC, dir_fd=entry.parent)
+        st = self._lstat(entry)
+        if st is not None and not stat.S_ISREG(st.st_mode):  # what the kernel answers (and a FIFO would block us)
+            respond(self.listener, n.id, error=errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.EINVAL)
+            return
+        try:  # O_NONBLOCK: a FIFO swapped in since the lstat never makes the loop wait for a reader
+            fd = os.open(entry.name, os.O_WRONLY | O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=entry.parent)
             opened.append(fd)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
             os.ftruncate(fd, call.extra)
         except OSError as exc:
-            self._done(n, "truncate", entry.path, exc)
+            self._done(n, "truncate", entry.path, OSError(errno.EINVAL, "") if exc.errno == errno.ENXIO else exc)
             return
         self._done(n, "truncate", entry.path, 0)
 
@@ -459,37 +493,49 @@ class Mediator:
         if call.flags & AT_EMPTY_PATH and not call.paths[0][1]:
             self._fchmod(n, call._replace(extra=call.paths[0][0]), opened)
             return
-        entry = self._single(n, call, opened, follow=not call.flags & AT_SYMLINK_NOFOLLOW)
-        if entry is not None:
-            mode = _chmod_mode(call.mode, self._lstat(entry))
-            self._done(n, "chmod", entry.path, _attempt(os.chmod, entry.name, mode, dir_fd=entry.parent),
-                       mode=oct(mode))
+        entry = self._single(n, call, opened, follow=not call.flags & AT_SYMLINK_NOFOLLOW, here=True)
+        if entry is None:
+            return
+        # the entry itself, never a symlink put there since it was resolved (another run in the same
+        # workspace can swap one in): os.chmod by name would follow it in the supervisor's own view
+        try:
+            fd = os.open(entry.name, os.O_PATH | O_NOFOLLOW | os.O_CLOEXEC, dir_fd=entry.parent)
+            opened.append(fd)
+            st = os.fstat(fd)
+        except OSError as exc:
+            self._done(n, "chmod", entry.path, exc)
+            return
+        if stat.S_ISLNK(st.st_mode):  # what the kernel answers for a symlink's own mode
+            respond(self.listener, n.id, error=errno.EOPNOTSUPP)
+            return
+        why = self._why_not(entry.path, st)
+        if why:
+            self._refuse(n, "chmod", entry.path, why)
+            return
+        mode = _chmod_mode(call.mode, st)
+        self._done(n, "chmod", entry.path, _attempt(os.chmod, f"/proc/self/fd/{fd}", mode), mode=oct(mode))
 
     def _fchmod(self, n: Notification, call: Call, opened: list[int]) -> None:
+        """Performed on our own descriptor of the caller's file, never continued: the caller's
+        other threads may dup2 a protected file onto that number before the kernel looks again."""
         try:
             fd = os.open(f"/proc/{n.pid}/fd/{call.extra}", os.O_PATH | os.O_CLOEXEC)
-        except OSError:
-            self._continue(n)
-            return
-        opened.append(fd)
-        try:
+            opened.append(fd)
             real = os.readlink(f"/proc/self/fd/{fd}")
             st = os.fstat(fd)
         except OSError:
-            self._continue(n)
+            respond(self.listener, n.id, error=errno.EBADF)
             return
-        if not real.startswith("/"):
-            self._continue(n)
-            return
-        if not self._mediated(real):
-            self._elsewhere(n, "chmod", real)
-            return
-        why = self._why_not(real, st)
-        if why:
-            self._refuse(n, "chmod", real, why)
-            return
+        path = real.removesuffix(" (deleted)")
+        if real.startswith("/"):  # else a pipe or a socket: its own inode, changed below all the same
+            if not self._mediated(path) and not self._performed_here(n, "chmod", path):
+                return
+            why = self._why_not(path, st)
+            if why:
+                self._refuse(n, "chmod", path, why)
+                return
         mode = _chmod_mode(call.mode, st)
-        self._done(n, "chmod", real, _attempt(os.chmod, f"/proc/self/fd/{fd}", mode), mode=oct(mode))
+        self._done(n, "chmod", path, _attempt(os.chmod, f"/proc/self/fd/{fd}", mode), mode=oct(mode))
 
     def _rename(self, n: Notification, call: Call, opened: list[int]) -> None:
         src_full, src = self._resolve(n, call, 0, opened, follow=False)

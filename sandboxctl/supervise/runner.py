@@ -986,10 +986,13 @@ class Supervisor:
         if not protect.roots:
             return None
         enforced = protect.mediated and self.notify_fd is not None and bool(landlock.get("enforced"))
+        binds = sum(m.reason == "protected" for m in self.plan.mounts)
         return {"writable_roots": list(protect.roots), "git_directories": len(protect.gitdirs),
                 "recorded": len(protect.record), "wall_whole": enforced,
                 "enforced_by": "Landlock (writable roots read-only to the kernel) + the supervisor performing "
                                "each change" if enforced else "read-only binds and the supervisor's checks only",
+                "read_only_binds": binds,
+                "binds_left_out": "past bubblewrap's option limit" if protect.binds_left_out else None,
                 "end_of_run_check": True}
 
     def _limits_for_log(self) -> dict[str, Any]:

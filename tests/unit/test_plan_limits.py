@@ -55,6 +55,85 @@ def test_thousands_of_repositories_leave_the_binds_out_and_say_so():
     assert build.bwrap_words(list(plan.mounts)) <= build.BWRAP_MAX_ARGS
 
 
+def test_binds_left_out_need_landlock_to_refuse_truncation(tmp_path):
+    """Without the binds, a truncate(2) or O_TRUNC open the supervisor continued (a racing thread
+    rewrites its path) is refused by Landlock alone, which handles truncation from ABI 3."""
+    plan = plan_for(files=repositories(3000))
+    assert plan.protect.binds_left_out and plan.landlock.minimum_abi >= 3
+    small = plan_for(files=repositories(10))
+    assert not small.protect.binds_left_out and small.landlock.minimum_abi == 1
+
+
+def test_acls_decide_whether_a_directory_is_closed(tmp_path):
+    """A 0700 directory of another user is open to us when its ACL names our uid or group; one
+    naming another uid, or denying our group, stays closed (facts._acl_searches, the kernel's order)."""
+    import os
+    import struct
+
+    from sandboxctl.plan.facts import _acl_searches
+
+    directory = tmp_path / "d"
+    directory.mkdir(mode=0o700)
+    st = os.stat(directory)
+
+    def acl(*entries):
+        os.setxattr(directory, "system.posix_acl_access", struct.pack("<I", 2) + b"".join(
+            struct.pack("<HHI", tag, perm, who) for tag, perm, who in sorted(entries)))
+
+    none = 0xFFFFFFFF
+    base = ((1, 7, none), (4, 0, none), (0x20, 0, none))
+    assert _acl_searches(str(directory), st, 4242, {4242}) is None  # no ACL: the mode bits say
+    acl(*base, (2, 5, 4242), (0x10, 5, none))
+    assert _acl_searches(str(directory), st, 4242, {1}) is True
+    assert _acl_searches(str(directory), st, 4243, {1}) is False
+    acl(*base, (2, 5, 4242), (0x10, 4, none))  # the mask takes the search bit away
+    assert _acl_searches(str(directory), st, 4242, {1}) is False
+    acl(*base, (8, 1, 77), (0x10, 7, none))
+    assert _acl_searches(str(directory), st, 4243, {77}) is True
+    acl((1, 7, none), (4, 0, none), (8, 0, 77), (0x10, 7, none), (0x20, 1, none))  # a group entry denies
+    assert _acl_searches(str(directory), st, 4243, {77}) is False
+    assert _acl_searches(str(directory), st, 4243, {78}) is True  # others may
+
+
+def test_truncate_is_granted_with_write_only():
+    """Landlock's rule is the inode's: TRUNCATE on a read-only bind would reach a hardlink of a bound
+    file on a writable mount, or the same directory through a host bind, where no mount refuses it."""
+    plan = plan_for(files={**repositories(1), "/home/ann/.gitconfig": "file"})
+    from sandboxctl.launch import landlock_rights
+
+    rights = {r.path: r.access for r in plan.landlock.paths}
+    assert rights["/usr"] == ("read", "execute")
+    assert f"{WS}/r0/.git/config" in rights
+    truncate, write = landlock_rights.FS["TRUNCATE"][0], landlock_rights.FS["WRITE_FILE"][0]
+    for path, mask in landlock_rights.shim_config(plan.landlock)["paths"]:
+        assert not mask & truncate or mask & write, path
+
+
+def test_a_directory_of_our_own_is_never_closed(tmp_path):
+    """Whatever its mode: the sandbox, its owner, may chmod it open, so what lies below keeps its masks."""
+    from sandboxctl.plan.facts import _closed_to_sandbox
+
+    shut = tmp_path / "shut"
+    shut.mkdir(mode=0o000)
+    try:
+        assert not _closed_to_sandbox()(f"{shut}/.env")
+    finally:
+        shut.chmod(0o700)
+
+
+def test_xattr_calls_are_refused_and_the_newest_are_known_by_number():
+    from sandboxctl.launch import seccomp
+    from sandboxctl.plan.syscalls import baseline_rules
+
+    refused = {r.syscall for r in baseline_rules() if r.action == "errno:EOPNOTSUPP"}
+    assert {"setxattr", "lsetxattr", "fsetxattr", "setxattrat", "removexattr", "lremovexattr", "fremovexattr",
+            "removexattrat"} <= refused
+    pyseccomp = pytest.importorskip("pyseccomp")
+    assert seccomp.syscall_number(pyseccomp, "setxattrat") == 463
+    assert seccomp.syscall_number(pyseccomp, "removexattrat") == 466
+    assert seccomp.syscall_number(pyseccomp, "setxattr") == pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, "setxattr")
+
+
 def test_without_required_landlock_the_binds_are_the_kernel_wall_and_the_plan_fails(tmp_path):
     policy = policy_from_text("version: 1\nextends: default\nlandlock: best-effort\n", tmp_path)
     with pytest.raises(SandboxError) as caught:
