@@ -261,6 +261,8 @@ class SessionSupervisor(Supervisor):
                 wire.send(self.control, {"kill": number, "signal": int(signum)})
 
     def _finish(self, number: int, report: dict[str, Any]) -> None:
+        if self.dispatcher is not None:  # its last calls' records and denials first
+            self.dispatcher.settled()
         command = self.commands.pop(number, None)
         if command is None:
             return
