@@ -16,6 +16,13 @@ Every writer checks, while it holds the lock, that its descriptor is still the f
 names; a writer whose file was rotated away (by another process or another ActionLog) re-opens
 the path before appending. The lock is per open file description, so an ActionLog must not be
 shared across fork(): each process opens its own.
+
+`write_soon` is for a caller that must not wait for the disk: the exec path answers the kernel,
+queues the record and goes back to the kernel for the next call (on a 2-CPU machine the
+sandboxed process was woken on the supervisor's CPU and would otherwise wait there while the
+record is encoded, hashed and written). The log's own thread writes what is queued, in order;
+every write() and flush() first writes whatever is still queued, so no record is ever reordered
+and nothing is left behind a later one (run.end). A record's `ts` is when it was queued.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import json
 import os
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 from sandboxctl.digest import sha256
@@ -34,6 +42,7 @@ from sandboxctl.log.chain import GENESIS, last_line, line_hash
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 DEFAULT_MAX_BYTES = 64 << 20
@@ -101,6 +110,13 @@ class ActionLog:
         self.forward = None  # log.forward.Forwarder: copies of every line, sent as it is written
         self.fd = -1
         self._mutex = threading.Lock()  # flock does not exclude threads sharing one descriptor
+        self._pending: deque[tuple[str, str, dict[str, Any]]] = deque()  # (ts, event, fields) queued by write_soon
+        self._wake = threading.Lock()  # released: something is queued (or _stopping); the thread acquires it
+        self._wake.acquire()
+        self._stopping = False
+        self._writer: threading.Thread | None = None
+        self.on_error: Callable[[LogWriteError], None] | None = None  # a queued record could not be written
+        self.after_queued: Callable[[], None] | None = None  # the thread's write of a queued record rotated
         try:
             Path(self._real).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
@@ -165,10 +181,62 @@ class ActionLog:
 
     def write(self, event: str, **fields: Any) -> None:
         with self._mutex:
+            self._drain()
             self._write(event, fields)
 
-    def _write(self, event: str, fields: dict[str, Any]) -> None:
-        record = {"ts": timestamp(), "run": self.run_id, "seq": self.seq, "event": event, **fields}
+    def write_soon(self, event: str, **fields: Any) -> None:
+        """Queue a record for the log's thread (see the module docstring); `fields` must not be
+        changed after. A record the thread cannot write goes to `on_error` (the run is stopped)."""
+        self._pending.append((timestamp(), event, fields))
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write_queued, name="sandboxctl-log", daemon=True)
+            self._writer.start()
+        self._signal()
+
+    def _signal(self) -> None:
+        """Wake the thread: a binary semaphore (a released lock is a wake-up not yet taken, and
+        the thread takes everything queued when it takes one), a C call on the exec path."""
+        try:  # noqa: SIM105 -- contextlib.suppress costs a Python context manager on every exec
+            self._wake.release()
+        except RuntimeError:  # released already: the thread will see this record too
+            pass
+
+    def flush(self) -> None:
+        """Write what is queued now (LogWriteError if that fails); before reading seq or head."""
+        with self._mutex:
+            self._drain()
+
+    def _drain(self) -> None:
+        """With the mutex held: the queued records, oldest first (popped only under the mutex, so
+        a write() from another thread never slips in between two of them)."""
+        while self._pending:
+            ts, event, fields = self._pending.popleft()
+            self._write(event, fields, ts)
+
+    def _write_queued(self) -> None:
+        """The log's thread: one record at a time under the mutex, and `after_queued` after each
+        one that rotated the log (the flood guard looks at every rotation, as after a write())."""
+        while True:
+            self._wake.acquire()
+            while True:
+                try:
+                    with self._mutex:
+                        if not self._pending:
+                            break
+                        rotations = self.rotations
+                        ts, event, fields = self._pending.popleft()
+                        self._write(event, fields, ts)
+                except LogWriteError as exc:
+                    if self.on_error is not None:
+                        self.on_error(exc)
+                    break
+                if self.rotations != rotations and self.after_queued is not None:
+                    self.after_queued()
+            if self._stopping:  # close() writes whatever came after, itself
+                return
+
+    def _write(self, event: str, fields: dict[str, Any], ts: str | None = None) -> None:
+        record = {"ts": ts or timestamp(), "run": self.run_id, "seq": self.seq, "event": event, **fields}
         try:
             st = self._lock_current()
             try:
@@ -272,7 +340,14 @@ class ActionLog:
         return None
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._stopping = True
+            self._signal()
+            self._writer.join()
+            self._writer = None
         with self._mutex:
+            with contextlib.suppress(LogWriteError):  # normally flushed before run.end already
+                self._drain()
             if self.fd >= 0:
                 os.close(self.fd)
                 self.fd = -1

@@ -71,9 +71,11 @@ class ExecEvents:
 
     def __init__(self, listener: int, log: Callable[..., None], denied: list[dict[str, Any]],
                  judge_write: Callable[[str], Any], tasks: Callable[[], list[int]],
-                 tampered: list[dict[str, Any]] | None = None, memory_writes_trapped: bool = True):
+                 tampered: list[dict[str, Any]] | None = None, memory_writes_trapped: bool = True,
+                 log_soon: Callable[..., None] | None = None):
         self.listener = listener
         self.log = log
+        self.log_soon = log_soon or log  # the exec record, once the kernel has its answer (queued)
         self.denied = denied
         self.judge_write = judge_write  # sandbox path -> WriteVerdict (inside: writable in the sandbox)
         self.tasks = tasks  # host pids of every process of the sandbox
@@ -152,7 +154,7 @@ class ExecEvents:
             fields["argv_truncated"] = True
         if target is not None:
             self._remember(caller.tgid, target)
-        self.log("exec", **fields)
+        self.log_soon("exec", **fields)
 
     def unexaminable(self, notification: notify.Notification, name: str, exc: OSError) -> None:
         """Refuse a call the supervisor cannot read (never let it run with a guessed record)."""

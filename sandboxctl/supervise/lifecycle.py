@@ -124,6 +124,7 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
             layer = None
             result = result._replace(held=held)
         with contextlib.suppress(LogWriteError):
+            log.flush()  # exec records still queued (ActionLog.write_soon), before seq and head are read
             supervisor.flush_throttled()
             _log_changes(log, changes)
             if forwarder is not None:

@@ -15,6 +15,7 @@ import errno
 import fcntl
 import os
 import struct
+import threading
 from collections.abc import Callable
 
 from sandboxctl.plan.syscalls import MEDIATED_CALLS, OPEN_CALLS
@@ -176,7 +177,8 @@ class Dispatcher:
                  is_denial: Callable[[Notification], bool] = lambda notification: False,
                  exec_guard: Any = None, tasks: Callable[[], list[int]] | None = None,
                  tampered: list[dict[str, Any]] | None = None, memory_writes_trapped: bool = True,
-                 routes: dict[str, Callable[[Notification, str], bool]] | None = None):
+                 routes: dict[str, Callable[[Notification, str], bool]] | None = None,
+                 log_soon: Callable[..., None] | None = None):
         self.fd = fd
         self.names = names  # syscall number -> name, for the calls we trap
         self.deny = deny  # notification -> (syscall name, errno, rule)
@@ -190,11 +192,12 @@ class Dispatcher:
         from sandboxctl.supervise.exec_events import ExecEvents
 
         self.execs = ExecEvents(fd, log, self.denied, judge_write, tasks or (lambda: []), tampered,
-                                memory_writes_trapped)
+                                memory_writes_trapped, log_soon)
         self.exec_guard = exec_guard  # supervise.exec_guard.ExecGuard under exec.allow
         # syscall name -> a handler of its own (network/sockets.py: connect, sendto, …); it returns
         # False to leave a call to the default path (a baseline denial)
         self.routes = routes or {}
+        self.busy = threading.Lock()  # held while one notification is handled (settled())
 
     def handle(self) -> bool:
         """Answer one notification; False once no sandboxed process can send any more (the
@@ -202,16 +205,24 @@ class Dispatcher:
         notification = receive(self.fd)
         if notification is None:
             return not hung_up(self.fd)
-        try:
-            return self._answer(notification)
-        except Exception as exc:  # never crash the supervisor over one call: refuse it instead
-            respond(self.fd, notification.id, error=errno.EPERM)
-            self.denied.append({"kind": "syscall", "target": self.names.get(notification.nr, "?"),
-                                "rule": f"sandboxctl could not examine the call ({type(exc).__name__})"})
-            self.log("syscall", pid=notification.pid, name=self.names.get(notification.nr, "?"),
-                     decision="deny", rule=f"sandboxctl could not examine the call ({type(exc).__name__})",
-                     errno="EPERM")
-            return True
+        with self.busy:
+            try:
+                return self._answer(notification)
+            except Exception as exc:  # never crash the supervisor over one call: refuse it instead
+                respond(self.fd, notification.id, error=errno.EPERM)
+                self.denied.append({"kind": "syscall", "target": self.names.get(notification.nr, "?"),
+                                    "rule": f"sandboxctl could not examine the call ({type(exc).__name__})"})
+                self.log("syscall", pid=notification.pid, name=self.names.get(notification.nr, "?"),
+                         decision="deny", rule=f"sandboxctl could not examine the call ({type(exc).__name__})",
+                         errno="EPERM")
+                return True
+
+    def settled(self) -> None:
+        """Wait until the call being answered (if any) is answered and its records and denials
+        are in: handle() runs on the listener's own thread, and a caller woken by our answer can
+        exit — and its session command end — before the rest of handle() has run."""
+        with self.busy:
+            pass
 
     def _answer(self, notification: Notification) -> bool:
         name = self.names.get(notification.nr)

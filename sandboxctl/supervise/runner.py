@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 TERM_GRACE_S = 2.0
+NOTIFY_JOIN_S = 5.0  # the notification thread, once the sandbox is gone (its listener hangs up at once)
 FORWARDED = (_signal.SIGTERM, _signal.SIGHUP, _signal.SIGINT, _signal.SIGQUIT, _signal.SIGUSR1, _signal.SIGUSR2)
 
 
@@ -89,6 +90,8 @@ class Supervisor:
         self.proxy = None
         self.notify_fd: int | None = None
         self.dispatcher: notify.Dispatcher | None = None
+        self.notify_thread: threading.Thread | None = None  # blocked in NOTIF_RECV (_serve_notifications)
+        self.notify_error: BaseException | None = None  # why that thread stopped answering
         self.socket_checks = None  # network.checks.SocketChecks: connect/sendto answered here
         self.sock_diag_fd: int | None = None  # the sandbox's own netlink socket (none/proxy)
         self.log_lock = threading.Lock()
@@ -96,6 +99,8 @@ class Supervisor:
         self.log_guarded = flood.guarded(log)
         self.log_rotations = 0  # the log's rotations we have looked at
         self.log_flooded: int | None = None  # stopped: its first record was this many rotations back (-1: gone)
+        log.on_error = lambda exc: self._log_failed()  # the log's thread, writing queued exec records
+        log.after_queued = self._after_queued
         self.setup_error: SandboxError | None = None
         self.denials: list[dict[str, Any]] = DenialList()  # bounded: identical ones past a few are counted
         self.throttle = LogThrottle()  # and so are their log records
@@ -244,15 +249,16 @@ class Supervisor:
             if self._proxy_listener is not None:  # nobody connected: the proxy never had to start
                 os.close(self._proxy_listener)
                 self._proxy_listener = None
-            if self.mediator is not None:
+            answered = self._stop_notify_thread()  # nothing of the sandbox is left to call
+            if self.mediator is not None and answered:
                 self.mediator.close()
-            if self.dispatcher is not None:
+            if self.dispatcher is not None and answered:
                 self.dispatcher.execs.close()
                 if self.dispatcher.exec_guard is not None:
                     self.dispatcher.exec_guard.close()
             if self.socket_checks is not None:
                 self.socket_checks.close()  # its waiter answers through the listener: stop it first
-            if self.notify_fd is not None:
+            if self.notify_fd is not None and answered:
                 os.close(self.notify_fd)
             if self.sock_diag_fd is not None:
                 os.close(self.sock_diag_fd)
@@ -481,13 +487,12 @@ class Supervisor:
                         self._kill()
                     elif what == "control":
                         self._on_control(control, sel)
+                        if self.dispatcher is not None and self.notify_thread is None:
+                            self._start_notify_thread()
                     elif what == "stderr":
                         self._on_stderr(err_r, sel)
                     elif what == "proxy":
                         self._first_connection(sel)
-                    elif what == "notify":
-                        if not self.dispatcher.handle():
-                            sel.unregister(key.fd)
                     elif what == "signal":
                         with contextlib.suppress(BlockingIOError):
                             os.read(wake_r, 512)
@@ -666,7 +671,7 @@ class Supervisor:
                                             log_allowed=log_allowed, is_denial=self._is_denial,
                                             tasks=self._sandbox_processes, tampered=self.tampered,
                                             memory_writes_trapped=plan.seccomp.file_events != "none",
-                                            routes=routes)
+                                            routes=routes, log_soon=self._write_log_soon)
         self.mediator = Mediator(fd, plan, plan.protection(), self._write_log, self.denials,
                                  outside=self.dispatcher.outside, protected_inodes=self.protected_inodes,
                                  log_allowed=log_allowed)
@@ -675,7 +680,48 @@ class Supervisor:
             from sandboxctl.supervise.exec_guard import ExecGuard
 
             self.dispatcher.exec_guard = ExecGuard(fd, self._write_log, self.denials, plan.exec_loaders)
-        sel.register(fd, selectors.EVENT_READ, "notify")
+
+    def _start_notify_thread(self) -> None:
+        """Once the control message that brought the listener is handled (as the loop would
+        have taken its first notification then): the listener gets a thread of its own."""
+        self.notify_thread = threading.Thread(target=self._serve_notifications, name="sandboxctl-notify",
+                                              daemon=True)
+        self.notify_thread.start()
+
+    def _serve_notifications(self) -> None:
+        """Every notification is answered here, the thread blocked in NOTIF_RECV in between.
+
+        Why a thread and not the loop's selector: FD_SYNC_WAKE_UP makes the kernel wake the
+        receiver on the trapping caller's CPU, and the caller on ours when we answer — but only
+        a task blocked in NOTIF_RECV itself (or in poll) gets that wake-up; through epoll it
+        becomes an ordinary one, which on a small VM lands on the other, halted vCPU (a cross-CPU
+        wake-up: tens of µs each way, measured in bench/exec-floor). And right after its answer
+        the thread is back in the kernel, so the caller, woken on this CPU, runs at once instead
+        of waiting for the loop's bookkeeping. It stops when the listener hangs up (every
+        sandboxed process is gone); if the listener itself fails, the sandbox is killed: nothing
+        it calls could be answered any more."""
+        dispatcher = self.dispatcher
+        try:
+            while dispatcher.handle():
+                pass
+        except BaseException as exc:
+            self.notify_error = exc
+            self._kill()
+
+    def _stop_notify_thread(self) -> bool:
+        """After the sandbox is gone: the thread ends with the listener's hang-up. False if it
+        still runs (a process still holds the filter), so its descriptors must stay open."""
+        thread = self.notify_thread
+        if thread is None:
+            return True
+        thread.join(NOTIFY_JOIN_S)
+        if thread.is_alive():
+            self._kill()
+            thread.join(NOTIFY_JOIN_S)
+        if thread.is_alive():
+            return False
+        self.notify_thread = None
+        return True
 
     def _is_denial(self, notification: notify.Notification) -> bool:
         name = self.syscall_names.get(notification.nr, "")
@@ -743,21 +789,48 @@ class Supervisor:
     def _write_log(self, event: str, **fields: Any) -> None:
         """Proxy threads and the loop share the log; one lock keeps seq and the chain in order.
         A write failure stops the sandbox rather than letting it go on unobserved."""
+        self._annotate(event, fields)
         try:
             with self.log_lock:
                 if self.throttle.admit(event, fields):
                     self.log.write(event, **fields)
-                if self.log_guarded and self.log_flooded is None and self.log.rotations != self.log_rotations:
-                    self.log_rotations = self.log.rotations
-                    age = self.log.first_record_age()
-                    if flood.endangered(age, self.log.keep):  # before rotations push its first records out
-                        self.log_flooded = -1 if age is None else age
-                        self.log.write("limit", kind="log", action="kill", first_record_rotations=age,
-                                       kept_rotations=self.log.keep)
-                        self._kill()
+                self._check_flood()
         except LogWriteError:
-            self.log_failed = True
-            self._kill()
+            self._log_failed()
+
+    def _write_log_soon(self, event: str, **fields: Any) -> None:
+        """The exec path's records: queued for the log's thread (ActionLog.write_soon), so the
+        kernel's next call is not kept waiting for the disk; order and chain are the log's care."""
+        self._annotate(event, fields)
+        with self.log_lock:
+            if self.throttle.admit(event, fields):
+                self.log.write_soon(event, **fields)
+
+    def _annotate(self, event: str, fields: dict[str, Any]) -> None:
+        """Fields a record gets while what it names is still there (a session: the command)."""
+
+    def _after_queued(self) -> None:
+        """The log's thread wrote a queued record that rotated the log (see flood.py)."""
+        try:
+            with self.log_lock:
+                self._check_flood()
+        except LogWriteError:
+            self._log_failed()
+
+    def _check_flood(self) -> None:
+        """With log_lock held, after a write."""
+        if self.log_guarded and self.log_flooded is None and self.log.rotations != self.log_rotations:
+            self.log_rotations = self.log.rotations
+            age = self.log.first_record_age()
+            if flood.endangered(age, self.log.keep):  # before rotations push its first records out
+                self.log_flooded = -1 if age is None else age
+                self.log.write("limit", kind="log", action="kill", first_record_rotations=age,
+                               kept_rotations=self.log.keep)
+                self._kill()
+
+    def _log_failed(self) -> None:
+        self.log_failed = True
+        self._kill()
 
     def flush_throttled(self) -> None:
         """One record per denial that repeated past what is written one by one (before run.end)."""
@@ -970,6 +1043,11 @@ class Supervisor:
         stopped = self.log_stop_error()
         if stopped is not None:
             error, code = stopped, EXIT_SANDBOX_FAILED
+        if self.notify_error is not None:  # _serve_notifications killed the sandbox
+            why = type(self.notify_error).__name__
+            error = SandboxError(f"the supervisor could no longer answer the sandbox's system calls ({why}); "
+                                 "the sandbox was stopped", "re-run with --debug and please report it")
+            code = EXIT_SANDBOX_FAILED
         return RunResult(code, duration, self.timed_out, error, self.layers, self.denials, tampered=self.tampered)
 
 

@@ -261,6 +261,8 @@ class SessionSupervisor(Supervisor):
                 wire.send(self.control, {"kill": number, "signal": int(signum)})
 
     def _finish(self, number: int, report: dict[str, Any]) -> None:
+        if self.dispatcher is not None:  # its last calls' records and denials first
+            self.dispatcher.settled()
         command = self.commands.pop(number, None)
         if command is None:
             return
@@ -330,7 +332,7 @@ class SessionSupervisor(Supervisor):
                 self._take_stderr(data)
 
     # ------------------------------------------------------------------ attribution
-    def _write_log(self, event: str, **fields: Any) -> None:
+    def _annotate(self, event: str, fields: dict[str, Any]) -> None:
         if self.ready and "command_id" not in fields and event not in ("run.start", "run.end", "limit", "secret"):
             number = self.attribution.command_of(fields.get("pid"))
             if number is None and event == "net":
@@ -342,7 +344,6 @@ class SessionSupervisor(Supervisor):
                 command = self.commands.get(number)
                 if row is not None and command is not None:
                     command.denials.append(row)
-        super()._write_log(event, **fields)
 
     def _ask_network(self, host: str, port: int, peer: int | None) -> bool:
         init = self._init_pid()

@@ -125,6 +125,22 @@ def test_each_command_has_its_own_records_and_denials(cli):
     assert {r["command_id"] for r in execs} == {1, 2}
 
 
+def test_a_command_whose_last_call_is_denied_always_counts_it(cli):
+    """Calls are answered on the listener's own thread: the command can exit as soon as its last
+    call is refused, before that thread has logged it. Its end waits for the thread (settled()):
+    every command's summary counts its denial, and command.end follows its own records."""
+    name = cli.start("t-last-call")
+    for i in range(25):
+        denied = cli("exec", name, "--", "sh", "-c", f"exec touch /etc/sandboxctl-last-call-{i}")
+        assert denied.returncode == 1 and "1 denied" in denied.stderr, (i, denied.stderr)
+    run = cli.info(name)["run"]
+    mine = [r for r in cli.sandbox.records() if r["run"] == run]
+    for number in range(1, 26):
+        own = [r["event"] for r in mine if r.get("command_id") == number]
+        assert own[0] == "command.start" and own[-1] == "command.end" and "file" in own, (number, own)
+    assert [e["denied"] for e in mine if e["event"] == "command.end"] == [1] * 25
+
+
 def test_a_command_timeout_kills_that_command_only(cli):
     name = cli.start("t-timeout")
     marker = "60.11235"
