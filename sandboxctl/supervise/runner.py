@@ -585,7 +585,7 @@ class Supervisor:
         if "notify" in received:
             self._start_notify(received.pop("notify"), sel, landlock)
         if self.setup_error:
-            control.sendall(marshal.dumps({"go": False}))
+            _send_go(control, False)
             return
         for fd in received.values():
             os.close(fd)
@@ -598,7 +598,7 @@ class Supervisor:
                 self.setup_error = SandboxError(
                     f"exec.allow: cannot make the writable mounts noexec ({exc.strerror or exc})",
                     "run `sandboxctl doctor`; without it an allowed program could map a written file as code")
-                control.sendall(marshal.dumps({"go": False}))
+                _send_go(control, False)
                 return
         if "ready" in message:
             self._init_pid()  # found (and its pidfd held) while it surely lives
@@ -617,7 +617,7 @@ class Supervisor:
                     self.cgroup.add([self.bwrap_pid, *processes.descendants(self.bwrap_pid)])
                 except SandboxError as exc:
                     self.setup_error = exc
-                    control.sendall(marshal.dumps({"go": False}))
+                    _send_go(control, False)
                     return
             try:
                 self.log.write("run.start", argv=self.argv_for_log, workspace=self.plan.workspace,
@@ -627,11 +627,11 @@ class Supervisor:
                                confirmed=list(self.plan.confirmations) or None,
                                head_start=True if self.head_started else None, **self.start_fields())
             except LogWriteError:
-                control.sendall(marshal.dumps({"go": False}))
+                _send_go(control, False)
                 raise
             self._log_secrets()
             self.ready = True
-            control.sendall(marshal.dumps({"go": True}))
+            _send_go(control, True)
             self._went()
             self._on_ready()
         elif "error" in message:
@@ -1049,6 +1049,14 @@ class Supervisor:
                                  "the sandbox was stopped", "re-run with --debug and please report it")
             code = EXIT_SANDBOX_FAILED
         return RunResult(code, duration, self.timed_out, error, self.layers, self.denials, tampered=self.tampered)
+
+
+def _send_go(control: socket.socket, go: bool) -> None:
+    """The shim's answer. A shim that died meanwhile is not an error here: bubblewrap's exit, which
+    the loop reads next, says what became of the run (a BrokenPipeError reaching the CLI could be
+    taken for its reader going away, and a run that never ran would exit 0)."""
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        control.sendall(marshal.dumps({"go": go}))
 
 
 def _recv_fds(sock: socket.socket, bufsize: int, maxfds: int) -> tuple[bytes, list[int]]:
