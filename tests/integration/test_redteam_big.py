@@ -113,11 +113,15 @@ def test_an_acl_cannot_re_mode_protected_paths_when_their_binds_are_left_out(san
     assert not (ws.parent / "CANARY").exists()
 
 
-RACE_CHMOD = """
+def flipping_path(bad: str) -> str:
+    """The start of a race script: `buf` flips between a path in the sandbox's own /var/tmp (a
+    call there used to be continued to the kernel, which reads the path again) and `bad`, a path
+    relative to the workspace, in a second thread until `stop`."""
+    return f"""
     import ctypes, os, threading, time
     libc = ctypes.CDLL(None, use_errno=True)
-    bad = (os.getcwd() + "/r10/.git/hooks").encode()
-    good = b"/var/tmp/" + b"x" * (len(bad) - 9)  # the sandbox's own tmpfs: once continued to the kernel
+    bad = (os.getcwd() + "/{bad}").encode()
+    good = b"/var/tmp/" + b"x" * (len(bad) - 9)
     open(good, "w").close()
     buf = ctypes.create_string_buffer(len(bad) + 1)
     stop = False
@@ -127,6 +131,10 @@ RACE_CHMOD = """
             ctypes.memmove(buf, bad, len(bad) + 1)
     thread = threading.Thread(target=flip)
     thread.start()
+"""
+
+
+RACE_CHMOD = flipping_path("r10/.git/hooks") + """
     end = time.monotonic() + 20
     for _ in range(20000):
         libc.chmod(buf, 0o777)
@@ -377,20 +385,7 @@ def test_a_confirmation_asks_on_the_terminal_not_into_the_pipe(sandbox, reader_g
 
 
 # ------------------------------------------------------------------ Landlock's TRUNCATE on read-only binds
-RACE_TRUNC = """
-    import ctypes, os, threading, time
-    libc = ctypes.CDLL(None, use_errno=True)
-    bad = (os.getcwd() + "/hardlink").encode()
-    good = b"/var/tmp/" + b"x" * (len(bad) - 9)  # an O_TRUNC open there is continued to the kernel
-    open(good, "w").close()
-    buf = ctypes.create_string_buffer(len(bad) + 1)
-    stop = False
-    def flip():
-        while not stop:
-            ctypes.memmove(buf, good, len(good) + 1)
-            ctypes.memmove(buf, bad, len(bad) + 1)
-    thread = threading.Thread(target=flip)
-    thread.start()
+RACE_TRUNC = flipping_path("hardlink") + """
     end = time.monotonic() + 15
     while time.monotonic() < end and os.stat("hardlink").st_size:
         fd = libc.open(buf, os.O_RDONLY | os.O_TRUNC)

@@ -73,17 +73,24 @@ def test_a_queued_record_carries_the_time_it_was_queued(logfile: Path):
         seconds == time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(queued - 1))
 
 
+def queue_while_held(log: ActionLog, count: int):
+    """Queue count exec records while holding the log's mutex, so its thread writes none yet;
+    the thread that will write them."""
+    log._mutex.acquire()
+    try:
+        for i in range(count):
+            log.write_soon("exec", pid=i, path="/bin/true", argv=["true"])
+        return log._writer
+    finally:
+        log._mutex.release()
+
+
 def test_run_end_after_flush_has_the_head_of_every_queued_record(logfile: Path):
     """lifecycle flushes before it reads head: run.end's head covers the queued exec records."""
     from sandboxctl.log.writer import run_head
 
     log = ActionLog(str(logfile), RUN)
-    log._mutex.acquire()
-    try:
-        for i in range(50):
-            log.write_soon("exec", pid=i, path="/bin/true", argv=["true"])
-    finally:
-        log._mutex.release()
+    queue_while_held(log, 50)
     log.flush()
     log.write("run.end", exit_code=0, head=log.head)
     log.close()
@@ -96,13 +103,7 @@ def test_run_end_after_flush_has_the_head_of_every_queued_record(logfile: Path):
 
 def test_close_writes_what_is_still_queued_and_stops_the_thread(logfile: Path):
     log = ActionLog(str(logfile), RUN)
-    log._mutex.acquire()
-    try:
-        for i in range(20):
-            log.write_soon("exec", pid=i, path="/bin/true", argv=["true"])
-        thread = log._writer
-    finally:
-        log._mutex.release()
+    thread = queue_while_held(log, 20)
     log.close()
     assert thread is not None and not thread.is_alive()
     assert [r["pid"] for r in records(logfile)] == list(range(20))
