@@ -26,7 +26,7 @@ PERSONALITY_FREE_BITS = (3, 17)
 _SIMPLE: list[tuple[tuple[str, ...], str, str]] = [
     (("mount", "umount2", "pivot_root", "chroot"), EPERM,
      "changing the mount tree could uncover what the sandbox masks"),
-    (("move_mount", "open_tree", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr"), EPERM,
+    (("move_mount", "open_tree", "open_tree_attr", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr"), EPERM,
      "the new mount API: same power as mount"),
     (("kexec_load", "kexec_file_load"), EPERM, "would replace the running kernel"),
     (("init_module", "finit_module", "delete_module"), EPERM, "loads or removes kernel code"),

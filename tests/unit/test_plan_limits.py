@@ -131,6 +131,8 @@ def test_xattr_calls_are_refused_and_the_newest_are_known_by_number():
     pyseccomp = pytest.importorskip("pyseccomp")
     assert seccomp.syscall_number(pyseccomp, "setxattrat") == 463
     assert seccomp.syscall_number(pyseccomp, "removexattrat") == 466
+    assert seccomp.syscall_number(pyseccomp, "open_tree_attr") == 467
+    assert "open_tree_attr" in {r.syscall for r in baseline_rules() if r.action == "errno:EPERM"}
     assert seccomp.syscall_number(pyseccomp, "setxattr") == pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, "setxattr")
 
 
