@@ -135,7 +135,7 @@ def flipping_path(bad: str) -> str:
 
 
 RACE_CHMOD = flipping_path("r10/.git/hooks") + """
-    end = time.monotonic() + 20
+    end = time.monotonic() + 8
     for _ in range(20000):
         libc.chmod(buf, 0o777)
         if os.stat("r10/.git/hooks").st_mode & 0o777 == 0o777 or time.monotonic() > end:
@@ -167,7 +167,7 @@ RACE_FCHMOD = """
             os.dup2(decoy, spare)
     thread = threading.Thread(target=swap)
     thread.start()
-    end = time.monotonic() + 20
+    end = time.monotonic() + 8
     for _ in range(20000):
         try:
             os.fchmod(spare, 0o666)
@@ -386,7 +386,7 @@ def test_a_confirmation_asks_on_the_terminal_not_into_the_pipe(sandbox, reader_g
 
 # ------------------------------------------------------------------ Landlock's TRUNCATE on read-only binds
 RACE_TRUNC = flipping_path("hardlink") + """
-    end = time.monotonic() + 15
+    end = time.monotonic() + 8
     while time.monotonic() < end and os.stat("hardlink").st_size:
         fd = libc.open(buf, os.O_RDONLY | os.O_TRUNC)
         if fd >= 0:
