@@ -1,3 +1,3 @@
-from sandboxctl.cli.main import main
+from sandboxctl.cli.main import entry
 
-main()
+entry()

@@ -24,14 +24,23 @@ TEMPLATE = """#!{python} -IS
 import sys
 sys.prefix, sys.exec_prefix = {prefixes!r}
 sys.path += {paths!r}
-from sandboxctl.cli.main import main
+{finder}from sandboxctl.cli.main import main
 main()
+"""
+# an editable install: `sandboxctl` from the clone, and no other name (the clone's other files are
+# a workspace's, which a sandbox may write)
+FINDER = """from importlib.machinery import PathFinder
+class OnlySandboxctl:
+    find_spec = staticmethod(lambda name, path=None, target=None:
+                             PathFinder.find_spec(name, [{clone!r}]) if name == "sandboxctl" else None)
+sys.meta_path.insert(0, OnlySandboxctl)
 """
 
 
-def module_paths() -> list[str]:
-    """Where this interpreter's `site` finds sandboxctl's dependencies, and sandboxctl itself
-    (an editable install: the clone, which the .pth file names; a wheel: site-packages)."""
+def module_paths() -> tuple[list[str], str | None]:
+    """Where this interpreter's `site` finds sandboxctl's dependencies, and the directory that
+    holds sandboxctl itself when it is not one of those (an editable install: the clone, which
+    the .pth file names; a wheel: None, it is in site-packages)."""
     import sysconfig
 
     paths = []
@@ -40,20 +49,20 @@ def module_paths() -> list[str]:
         if directory not in paths:
             paths.append(directory)
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if package_parent not in paths:
-        paths.append(package_parent)
-    return paths
+    return paths, None if package_parent in paths else package_parent
 
 
-def render(python: str, paths: list[str], prefixes: tuple[str, str]) -> str:
+def render(python: str, paths: list[str], prefixes: tuple[str, str], clone: str | None = None) -> str:
     if any(c in python for c in " \t\n") or not os.path.isabs(python):
         raise ValueError(f"cannot name {python!r} on a #! line")
-    return TEMPLATE.format(python=python, paths=paths, prefixes=prefixes)
+    finder = FINDER.format(clone=clone) if clone else ""
+    return TEMPLATE.format(python=python, paths=paths, prefixes=prefixes, finder=finder)
 
 
 def write(target: str, python: str | None = None) -> None:
     """Write the script at target, replacing what is there (pip's) in one rename."""
-    text = render(python or sys.executable, module_paths(), (sys.prefix, sys.exec_prefix))
+    paths, clone = module_paths()
+    text = render(python or sys.executable, paths, (sys.prefix, sys.exec_prefix), clone)
     temporary = f"{target}.{os.getpid()}.tmp"
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o755)
     try:

@@ -7,12 +7,16 @@ SHA-256 module is the same function; hashlib is the fallback where a build lacks
 
 from __future__ import annotations
 
+import sys
+
+# by version, not by trying: a name the interpreter lacks is looked for on every sys.path entry
+# (`_sha2` on 3.11), where a module planted in a sandbox-writable one would be found
 try:
-    from _sha2 import sha256  # Python 3.12+
-except ImportError:
-    try:
-        from _sha256 import sha256  # Python 3.11
-    except ImportError:  # pragma: no cover - a build without the built-in module
-        from hashlib import sha256
+    if sys.version_info >= (3, 12):
+        from _sha2 import sha256
+    else:
+        from _sha256 import sha256
+except ImportError:  # pragma: no cover - a build without the built-in module
+    from hashlib import sha256
 
 __all__ = ["sha256"]

@@ -141,7 +141,8 @@ class Bed:
 
 
 def run_argv(spec: str, workspace: Path, *tail: str) -> list[str]:
-    return [sys.executable, "-m", "sandboxctl", "run", "-q", "-p", spec, "-w", str(workspace), *tail]
+    # isolated (-I): run from the bed's workspace, which the probes' sandboxes write
+    return [sys.executable, "-I", "-m", "sandboxctl", "run", "-q", "-p", spec, "-w", str(workspace), *tail]
 
 
 def timeout_args(plan: dict[str, Any]) -> list[str]:

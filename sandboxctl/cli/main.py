@@ -135,6 +135,21 @@ def _stdout_gone() -> bool:
         return False
 
 
+def entry() -> None:
+    """The program (pip's script, `python -m sandboxctl`): main(), importing nothing more from
+    the directory that holds the package when that is a clone (an editable install), not
+    site-packages. The clone is often a workspace, which a sandbox may write: a `nt.py` left
+    at its root would be imported by pathlib's first import in the next supervisor. Its
+    `sandboxctl` is imported already; the package's own __path__ finds the rest."""
+    import os
+
+    clone = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if os.path.basename(clone) not in ("site-packages", "dist-packages"):
+        real = os.path.realpath(clone)
+        sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != real]
+    main()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; usage errors and sandbox failures exit 125 with one line, never a traceback."""
     from sandboxctl.cli import output

@@ -47,13 +47,15 @@ def agents() -> list[tuple[str, str]]:
 
 def launcher() -> list[str]:
     """How the functions call sandboxctl: by name when it is on PATH (an upgrade or a moved venv keeps
-    working), else the program running now (its absolute path, or this Python with -m sandboxctl)."""
+    working), else the program running now (its absolute path, or this Python with -m sandboxctl,
+    isolated: `python -m` would search the caller's current directory — the agent's workspace —
+    for modules first, and import what a sandbox left there)."""
     if shutil.which("sandboxctl"):
         return ["sandboxctl"]
     argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
     if argv0 is not None and argv0.name != "__main__.py" and argv0.is_file() and os.access(argv0, os.X_OK):
         return [str(argv0.resolve())]
-    return [str(Path(sys.executable).absolute()), "-m", "sandboxctl"]
+    return [str(Path(sys.executable).absolute()), "-I", "-m", "sandboxctl"]
 
 
 def fish_quote(text: str) -> str:

@@ -72,12 +72,19 @@ def _landlock_lib() -> str:
 
 
 SUPERVISOR_DEPENDENCIES = ("landlockpy", "pyseccomp", "yaml", "typer", "rich", "psutil")
+STARTUP_MODULES = ("sitecustomize", "usercustomize")  # what `site` imports from sys.path itself
 
 
 def _supervisor_code(package: Path, policies: Path) -> tuple[str, ...]:
     """Everything the next run's supervisor will import or read: never writable inside a sandbox
     (say, a .venv inside the workspace), or a sandbox could rewrite the code that confines the next."""
     places = {str(package), str(policies), os.path.realpath(sys.prefix)}
+    clone = str(package.parent)
+    if not clone.startswith(os.path.realpath(sys.prefix) + "/"):
+        # an editable install: the clone is on sys.path (its .pth file), and `site` imports these
+        # from any sys.path entry before sandboxctl runs (cli/main.entry forgets the clone after)
+        for name in STARTUP_MODULES:
+            places.update(f"{clone}/{name}{suffix}" for suffix in ("", *importlib.machinery.all_suffixes()))
     for name in SUPERVISOR_DEPENDENCIES:
         spec = _find_spec(name)
         origin = spec.origin if spec else None

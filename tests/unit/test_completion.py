@@ -292,7 +292,7 @@ def test_launcher_falls_back_to_the_running_program(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(sys, "argv", [str(link), "shell-init", "bash"])
     assert shellinit.launcher() == [str(program)]
     monkeypatch.setattr(sys, "argv", [str(ROOT / "sandboxctl" / "__main__.py"), "shell-init", "bash"])
-    assert shellinit.launcher() == [str(Path(sys.executable).absolute()), "-m", "sandboxctl"]
+    assert shellinit.launcher() == [str(Path(sys.executable).absolute()), "-I", "-m", "sandboxctl"]
 
 
 def test_shell_init_quotes_the_launcher() -> None:

@@ -1,0 +1,144 @@
+"""Red team of the exec listener thread, the queued exec log and the `python -I -S` console script.
+
+Every attack is judged from outside the sandbox: a canary file on the host, the log file read
+here, `sandboxctl log --verify`, the supervisor's own threads and descriptors as /proc shows them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import sandboxctl
+
+PACKAGE = Path(sandboxctl.__file__).resolve().parent
+# what a module planted next to sandboxctl's package would run: a canary outside every grant
+PLANTED = ("_sha2", "nt", "_winapi")  # top-level imports the supervisor makes that no earlier entry has
+
+
+@pytest.fixture(scope="module")
+def editable(tmp_path_factory) -> tuple[Path, Path]:
+    """An editable install of its own (`pip install -e CLONE`, as the README's "Install elsewhere"
+    and scripts/setup make it): a venv whose .pth files name the clone — a copy of this package —
+    and this venv's site-packages (the dependencies). Returns (venv, clone)."""
+    import shutil
+    import sysconfig
+
+    base = tmp_path_factory.mktemp("editable")
+    os.chmod(base, 0o755)
+    clone, venv = base / "clone", base / "venv"
+    shutil.copytree(PACKAGE, clone / "sandboxctl", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(PACKAGE.parent / "policies", clone / "policies")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    site_packages = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; "
+                                         "print(sysconfig.get_paths()['purelib'])"], check=True, timeout=60,
+                                        capture_output=True, text=True).stdout.strip())
+    for dependency in Path(sysconfig.get_paths()["purelib"]).iterdir():  # this venv's, installed there too
+        if not dependency.name.endswith(".pth") and not dependency.name.startswith(("sandboxctl", "agent_sandboxctl")):
+            (site_packages / dependency.name).symlink_to(dependency)
+    (site_packages / "_editable_impl_agent_sandboxctl.pth").write_text(f"{clone}\n")  # what pip -e writes
+    subprocess.run(["chmod", "-R", "a+rX", str(base)], check=True)
+    return venv, clone
+
+
+def _console_script(editable: tuple[Path, Path]) -> list[str]:
+    """The script scripts/setup writes in place of pip's (python -m sandboxctl.console_script)."""
+    venv, clone = editable
+    target = venv / "bin" / "sandboxctl-isolated"
+    if not target.exists():  # in the clone, as scripts/setup runs it
+        subprocess.run([str(venv / "bin" / "python"), "-m", "sandboxctl.console_script", str(target)], check=True,
+                       timeout=60, cwd=clone)
+    assert str(clone) in target.read_text()
+    return [str(target)]
+
+
+def _pips_script(editable: tuple[Path, Path]) -> list[str]:
+    """pip's own console script for the install, exactly as pip writes it (its entry point)."""
+    from importlib.metadata import entry_points
+
+    venv, _clone = editable
+    (entry,) = [e for e in entry_points(group="console_scripts") if e.name == "sandboxctl"]
+    module, function = entry.value.split(":")
+    target = venv / "bin" / "sandboxctl"
+    target.write_text(f"#!{venv}/bin/python\nimport re\nimport sys\nfrom {module} import {function}\n"
+                      f"if __name__ == '__main__':\n    sys.exit({function}())\n")
+    target.chmod(0o755)
+    return [str(target)]
+
+
+def _plant(names: tuple[str, ...], canary: Path) -> str:
+    """A shell script run inside the sandbox: a module file for each name, in its cwd."""
+    body = f"open({str(canary)!r}, 'a').write(__name__ + chr(10))"
+    return "; ".join(f"printf '%s\\n' \"{body}\" > {name}.py" for name in names) + "; ls"
+
+
+def _attack(script: list[str], clone: Path, sandbox, canary: Path, names: tuple[str, ...]) -> None:
+    env = sandbox.env()
+    first = subprocess.run([*script, "run", "-q", "-p", "default", "-w", str(clone), "--", "/bin/sh", "-c",
+                            _plant(names, canary)], cwd=clone, env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert not canary.exists(), f"the supervisor imported {canary.read_text().split()}"
+    second = subprocess.run([*script, "run", "-q", "-p", "default", "-w", str(clone), "--", "/bin/true"],
+                            cwd=clone, env=env, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 0, second.stderr
+    assert not canary.exists(), f"the supervisor imported {canary.read_text().split()}"
+
+
+@pytest.fixture
+def clean_clone(editable):
+    _venv, clone = editable
+    yield editable
+    for entry in clone.iterdir():
+        if entry.name not in ("sandboxctl", "policies"):
+            subprocess.run(["rm", "-rf", str(entry)], check=True)
+
+
+def test_a_module_planted_in_an_editable_clone_never_runs_in_the_next_supervisor(sandbox, tmp_path, clean_clone):
+    """A developer runs an agent in their sandboxctl clone (the workspace is the clone): the
+    sandbox writes `_sha2.py`, `nt.py`, `_winapi.py` at its root — names the supervisor imports
+    (digest.py on Python 3.11; pathlib's ntpath) and finds nowhere earlier on sys.path. The next
+    run's supervisor (the console script) must not import them: it puts only the package itself
+    on the import path, never the clone's other files."""
+    _attack(_console_script(clean_clone), clean_clone[1], sandbox, tmp_path / "canary", PLANTED)
+
+
+def test_pips_script_of_an_editable_clone_imports_nothing_a_sandbox_left_there(sandbox, tmp_path, clean_clone):
+    """The same attack on pip's own script (what a later `pip install -e` writes again): site
+    imports `sitecustomize` from any sys.path entry, the clone's included, before sandboxctl runs;
+    so the plan protects those names at the clone's root, and the program (cli/main.entry)
+    forgets the clone as an import path once sandboxctl is imported."""
+    clone = clean_clone[1]
+    _attack(_pips_script(clean_clone), clone, sandbox, tmp_path / "canary",
+            (*PLANTED, "sitecustomize", "usercustomize"))
+    assert not (clone / "sitecustomize.py").exists() and not (clone / "usercustomize.py").exists()
+
+
+def test_the_shell_functions_never_import_from_the_workspace(sandbox, tmp_path):
+    """`sandboxctl shell-init` without sandboxctl on PATH writes functions that start
+    `python -m sandboxctl` — from the user's current directory, the project the agent works in.
+    `python -m` puts that directory first on sys.path: a `contextlib.py` the sandboxed agent left
+    there would run, outside any sandbox, in the next `claude`. The functions start it isolated."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "claude").write_text("#!/bin/sh\nexit 0\n")
+    (fake_bin / "claude").chmod(0o755)
+    env = sandbox.env({"PATH": f"{fake_bin}:/usr/bin:/bin"})
+    init = subprocess.run([sys.executable, "-I", "-m", "sandboxctl", "shell-init", "bash"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert init.returncode == 0, init.stderr
+    (line,) = [line for line in init.stdout.splitlines() if "function claude" in line]
+    launcher = line.split("command ", 1)[1].split(" run ", 1)[0].split()
+    assert launcher[0] == sys.executable or os.path.realpath(launcher[0]) == os.path.realpath(sys.executable)
+    canary = tmp_path / "canary"
+    names = ("contextlib", "selectors", "json", "_sha2", "nt")
+    first = subprocess.run([*launcher, "run", "-q", "-p", "default", "--", "/bin/sh", "-c", _plant(names, canary)],
+                           cwd=sandbox.workspace, env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert (sandbox.workspace / "contextlib.py").exists()
+    subprocess.run([*launcher, "run", "-q", "-p", "default", "--", "/bin/true"], cwd=sandbox.workspace, env=env,
+                   capture_output=True, text=True, timeout=60)
+    assert not canary.exists(), f"the supervisor imported {canary.read_text().split()}"
