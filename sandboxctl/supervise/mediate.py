@@ -28,6 +28,7 @@ import os
 import re
 import stat
 import threading
+import time
 from collections.abc import Callable, Mapping
 
 from sandboxctl.plan.model import Plan
@@ -79,9 +80,17 @@ class Mediator:
         self.as_caller = fdops.CallerPermissions()  # a root supervisor acts with the caller's permissions
         self.umasks: dict[int, int] = {}
         self.waiting = threading.BoundedSemaphore(MAX_WAITING)  # FIFO opens waiting on threads of their own
+        self.waiters: list[threading.Thread] = []  # those threads (joined by close)
+        self.closed = False
         self._calls = {op: getattr(self, f"_{op}") for op in CALL_OPS}  # Call.op -> its method, bound once
 
     def close(self) -> None:
+        """The sandbox is gone: FIFO opens still waiting stop (they poll), and are over before
+        the listener closes and run.end is written."""
+        self.closed = True
+        deadline = time.monotonic() + 1.0
+        for thread in self.waiters:
+            thread.join(max(0.0, deadline - time.monotonic()))
         self.resolver.close()
 
     # ------------------------------------------------------------------ entry point
@@ -278,19 +287,50 @@ class Mediator:
         def wait() -> None:
             try:
                 with self.as_caller:
-                    fd = os.open(entry.name, flags, 0, dir_fd=parent)
+                    fd = self._open_when_read(n, entry.name, flags, parent)
             except OSError as exc:
                 respond(self.listener, n.id, error=exc.errno or errno.EIO)
                 return
             finally:
                 os.close(parent)
                 self.waiting.release()
+            if fd is None:  # the caller is gone, or the run is over
+                return
             try:
                 self._hand_over(n, op, path, fd, bool(flags & os.O_CLOEXEC))
             finally:
                 os.close(fd)
 
-        threading.Thread(target=wait, name="sandboxctl-fifo-open", daemon=True).start()
+        self.waiters = [t for t in self.waiters if t.is_alive()]
+        thread = threading.Thread(target=wait, name="sandboxctl-fifo-open", daemon=True)
+        self.waiters.append(thread)
+        thread.start()
+
+    def _open_when_read(self, n: Notification, name: str, flags: int, parent: int) -> int | None:
+        """A FIFO is opened non-blocking, again until a reader has come (ENXIO: none yet), so the
+        wait ends with its caller — killed, or the run over. A blocking open outlived the run: it
+        held a thread and the directory in the supervisor (the library's caller), and opened
+        the FIFO whenever a reader came, to hand it to a call long gone. None: nobody waits now."""
+        from sandboxctl.supervise.notify import still_valid
+
+        if not stat.S_ISFIFO(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
+            return os.open(name, flags, 0, dir_fd=parent)  # a device: as the kernel would open it
+        delay = 0.001
+        while True:
+            try:
+                fd = os.open(name, flags | os.O_NONBLOCK, 0, dir_fd=parent)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO or not stat.S_ISFIFO(os.stat(name, dir_fd=parent,
+                                                                         follow_symlinks=False).st_mode):
+                    raise
+            else:
+                if not flags & os.O_NONBLOCK:
+                    os.set_blocking(fd, True)
+                return fd
+            if self.closed or not still_valid(self.listener, n.id):
+                return None
+            time.sleep(delay)
+            delay = min(2 * delay, 0.05)
 
     def _open_tmpfile(self, n: Notification, call: Call, opened: list[int]) -> None:
         full = sandbox_path(n.pid, *call.paths[0])

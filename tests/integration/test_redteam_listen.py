@@ -142,3 +142,59 @@ def test_the_shell_functions_never_import_from_the_workspace(sandbox, tmp_path):
     subprocess.run([*launcher, "run", "-q", "-p", "default", "--", "/bin/true"], cwd=sandbox.workspace, env=env,
                    capture_output=True, text=True, timeout=60)
     assert not canary.exists(), f"the supervisor imported {canary.read_text().split()}"
+
+
+# ------------------------------------------------------------------ threads that answer for the listener
+def _records(log: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def _verify(log: Path, env: dict[str, str]) -> None:
+    done = subprocess.run([sys.executable, "-I", "-m", "sandboxctl", "log", "--verify", "--log", str(log)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _threads(name: str) -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name == name and t.is_alive()]
+
+
+def test_a_fifo_open_waiting_at_the_end_of_the_run_does_not_outlive_it(workspace, home, tmp_path):
+    """The supervisor opens a FIFO for writing itself, on a thread of its own, and that open waits
+    for a reader. The command leaves such a writer behind and exits: the sandbox is gone, but the
+    library's caller (a long-lived agent) kept a supervisor thread blocked in open(), holding a
+    descriptor of the workspace — and when someone opened the FIFO for reading later, that thread
+    woke, opened the host's FIFO, and tried to hand it over and write the (closed) log: a traceback
+    in the caller. Judged from outside: the caller's own threads, descriptors and exceptions."""
+    import threading
+    import time
+
+    from sandboxctl import Sandbox
+
+    failures: list[BaseException] = []
+    previous = threading.excepthook
+    threading.excepthook = lambda hook: failures.append(hook.exc_value)
+    try:
+        log = tmp_path / "state" / "sandboxctl" / "actions.jsonl"  # the default, under XDG_STATE_HOME
+        box = Sandbox(policy="default", workspace=str(workspace))
+        result = box.run(["/bin/sh", "-c", "mkfifo f; (echo x > f &); sleep 0.3"], timeout="30s")
+        assert result.exit_code == 0, result.stderr
+        deadline = time.monotonic() + 2
+        while _threads("sandboxctl-fifo-open") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _threads("sandboxctl-fifo-open"), "a supervisor thread still waits on the sandbox's FIFO"
+        held = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+                if os.path.exists(f"/proc/self/fd/{fd}")]
+        assert str(workspace) not in held
+        reader = os.open(workspace / "f", os.O_RDONLY | os.O_NONBLOCK)  # a reader, long after
+        time.sleep(0.5)
+        os.close(reader)
+        assert failures == []
+        assert _records(log)[-1]["event"] == "run.end"
+        _verify(log, dict(os.environ))
+    finally:
+        threading.excepthook = previous
