@@ -23,6 +23,11 @@ sandboxed process was woken on the supervisor's CPU and would otherwise wait the
 record is encoded, hashed and written). The log's own thread writes what is queued, in order;
 every write() and flush() first writes whatever is still queued, so no record is ever reordered
 and nothing is left behind a later one (run.end). A record's `ts` is when it was queued.
+
+The queue is bounded: past `soon_limit` (estimated) bytes waiting, write_soon writes the record
+itself, as write() would — the exec path then waits for the disk. Unbounded, a storm of execs with
+1 MB argvs outran the thread: the supervisor's memory grew, and what was still queued when the
+flood guard stopped the run was written after, rotating the run's first records out of the log.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 DEFAULT_MAX_BYTES = 64 << 20
+SOON_BYTES = 1 << 20  # at most this much (estimated) waits for the log's thread, and never 1/16 of a file
 DEFAULT_KEEP = 5
 _OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 
@@ -80,6 +86,21 @@ def rotated_name(path: str, n: int) -> str:
     return f"{path}.{n}"
 
 
+def _estimate(fields: dict[str, Any]) -> int:
+    """About how many bytes a record's line takes (strings and lists of strings: an exec's path
+    and argv), cheaply: what bounds the queue of write_soon."""
+    size = 128
+    for value in fields.values():
+        if isinstance(value, str):
+            size += len(value)
+        elif isinstance(value, list):
+            try:
+                size += sum(map(len, value)) + 4 * len(value)
+            except TypeError:
+                size += 64 * len(value)
+    return size
+
+
 def _why(exc: OSError) -> str:
     if exc.strerror:
         return exc.strerror
@@ -110,7 +131,11 @@ class ActionLog:
         self.forward = None  # log.forward.Forwarder: copies of every line, sent as it is written
         self.fd = -1
         self._mutex = threading.Lock()  # flock does not exclude threads sharing one descriptor
-        self._pending: deque[tuple[str, str, dict[str, Any]]] = deque()  # (ts, event, fields) queued by write_soon
+        self._pending: deque[tuple[str, str, dict[str, Any], int]] = deque()  # (ts, event, fields, size): write_soon's
+        self.soon_limit = min(SOON_BYTES, self.max_bytes // 16) if self.max_bytes else SOON_BYTES
+        self._queued_bytes = 0  # estimated sizes ever queued (write_soon's callers are serialized)
+        self._taken_bytes = 0  # ... and of those written (under the mutex)
+        self._rotated_unchecked = False  # write_soon rotated the log itself: the thread calls after_queued
         self._wake = threading.Lock()  # released: something is queued (or _stopping); the thread acquires it
         self._wake.acquire()
         self._stopping = False
@@ -186,12 +211,39 @@ class ActionLog:
 
     def write_soon(self, event: str, **fields: Any) -> None:
         """Queue a record for the log's thread (see the module docstring); `fields` must not be
-        changed after. A record the thread cannot write goes to `on_error` (the run is stopped)."""
-        self._pending.append((timestamp(), event, fields))
+        changed after. A record the thread cannot write goes to `on_error` (the run is stopped).
+        Past `soon_limit` bytes waiting, the record is written here and now (the queue is bounded)."""
+        size = _estimate(fields)
+        if self._queued_bytes - self._taken_bytes + size > self.soon_limit:
+            self._write_now(event, fields)
+            return
+        self._queued_bytes += size
+        self._pending.append((timestamp(), event, fields, size))
         if self._writer is None:
             self._writer = threading.Thread(target=self._write_queued, name="sandboxctl-log", daemon=True)
             self._writer.start()
         self._signal()
+
+    def _write_now(self, event: str, fields: dict[str, Any]) -> None:
+        """write_soon's record when the thread is behind. A rotation is left for the thread to
+        report (after_queued takes the caller's own lock: the supervisor's log_lock)."""
+        try:
+            with self._mutex:
+                rotations = self.rotations
+                self._drain()
+                self._write(event, fields)
+                rotated = self.rotations != rotations
+        except LogWriteError as exc:
+            if self.on_error is None:
+                raise
+            self.on_error(exc)
+            return
+        if rotated and self.after_queued is not None:
+            self._rotated_unchecked = True
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_queued, name="sandboxctl-log", daemon=True)
+                self._writer.start()
+            self._signal()
 
     def _signal(self) -> None:
         """Wake the thread: a binary semaphore (a released lock is a wake-up not yet taken, and
@@ -210,7 +262,8 @@ class ActionLog:
         """With the mutex held: the queued records, oldest first (popped only under the mutex, so
         a write() from another thread never slips in between two of them)."""
         while self._pending:
-            ts, event, fields = self._pending.popleft()
+            ts, event, fields, size = self._pending.popleft()
+            self._taken_bytes += size
             self._write(event, fields, ts)
 
     def _write_queued(self) -> None:
@@ -224,7 +277,8 @@ class ActionLog:
                         if not self._pending:
                             break
                         rotations = self.rotations
-                        ts, event, fields = self._pending.popleft()
+                        ts, event, fields, size = self._pending.popleft()
+                        self._taken_bytes += size
                         self._write(event, fields, ts)
                 except LogWriteError as exc:
                     if self.on_error is not None:
@@ -232,6 +286,9 @@ class ActionLog:
                     break
                 if self.rotations != rotations and self.after_queued is not None:
                     self.after_queued()
+            if self._rotated_unchecked and self.after_queued is not None:
+                self._rotated_unchecked = False
+                self.after_queued()
             if self._stopping:  # close() writes whatever came after, itself
                 return
 

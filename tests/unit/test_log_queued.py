@@ -147,6 +147,7 @@ def test_threads_queueing_and_writing_at_once_lose_nothing(logfile: Path):
 def test_the_thread_reports_every_rotation_it_makes(logfile: Path):
     """The flood guard (supervise/flood.py) looks at every rotation, also the thread's."""
     log = ActionLog(str(logfile), RUN, max_bytes=1200, keep=50)
+    log.soon_limit = 1 << 20  # all 40 wait in the queue (the bound would have write_soon write them)
     seen = []
     log.after_queued = lambda: seen.append(log.rotations)
     log._mutex.acquire()
@@ -182,3 +183,36 @@ def test_a_failed_queued_write_reaches_on_error_and_later_records_still_chain(lo
     log.close()
     assert [r["event"] for r in records(logfile)] == ["run.start", "run.end"]
     assert verify.verify(logfile).ok
+
+
+def test_the_queue_is_bounded_and_rotations_made_past_it_still_reach_the_flood_guard(logfile: Path):
+    """With the thread held back (a slow disk), write_soon queues at most soon_limit bytes and
+    writes the rest itself, in order; a rotation it makes so is still reported (after_queued),
+    by the thread, since the caller holds the supervisor's lock that after_queued takes."""
+    log = ActionLog(str(logfile), RUN, max_bytes=200_000, keep=50)
+    seen = []
+    log.after_queued = lambda: seen.append(log.rotations)
+    big = ["x" * 4000] * 20  # 80 kB of argv
+    blocked = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with log._mutex:
+            blocked.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    blocked.wait(5)
+    writer = threading.Thread(target=lambda: [log.write_soon("exec", pid=i, path="/bin/true", argv=["true", *big])
+                                              for i in range(12)])
+    writer.start()
+    time.sleep(0.3)
+    assert len(log._pending) * 80_000 <= log.soon_limit + 80_000  # it waits for the disk, not memory
+    release.set()
+    holder.join()
+    writer.join()
+    log.close()
+    data = [r.data for r in logfiles.iter_records(logfile)]
+    assert [r["pid"] for r in data] == list(range(12)) and verify.verify(logfile).ok
+    assert log.rotations > 2 and seen and seen[-1] == log.rotations
