@@ -48,10 +48,16 @@ def open_beneath(verdict: WriteVerdict, flags: int, mode: int) -> int:
     creates = bool(flags & os.O_CREAT) or (tmpfile and flags & tmpfile == tmpfile)
     dirfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        return fdops.openat2(dirfd, relative, flags, mode & 0o7777 if creates else 0,
-                             fdops.RESOLVE_BENEATH | fdops.RESOLVE_NO_MAGICLINKS)
+        # non-blocking: a FIFO there waits for a reader, and this runs on the listener's thread
+        # (modes allow and deny) — every call of the sandbox waited with it; without a reader
+        # the caller gets ENXIO, as from a non-blocking open
+        fd = fdops.openat2(dirfd, relative, flags | os.O_NONBLOCK, mode & 0o7777 if creates else 0,
+                           fdops.RESOLVE_BENEATH | fdops.RESOLVE_NO_MAGICLINKS)
     finally:
         os.close(dirfd)
+    if not flags & os.O_NONBLOCK:
+        os.set_blocking(fd, True)
+    return fd
 
 
 def caller_umask(pid: int) -> int:

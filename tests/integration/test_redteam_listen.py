@@ -198,3 +198,27 @@ def test_a_fifo_open_waiting_at_the_end_of_the_run_does_not_outlive_it(workspace
         _verify(log, dict(os.environ))
     finally:
         threading.excepthook = previous
+
+
+def test_an_approved_open_of_a_fifo_outside_the_grants_never_stalls_the_listener(sandbox, tmp_path):
+    """An open for writing outside the writable set is performed by the supervisor once allowed
+    (--approve allow: on the listener's own thread). A FIFO there (a host directory granted
+    read-only) made that open wait for a reader: every trapped call of the sandbox (mkdir, exec)
+    waited with it until the timeout, and the listener thread stayed blocked after the run.
+    Judged from outside: the run's duration, the directory made on the host, the exec record."""
+    import time
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.mkfifo(shared / "fifo")
+    os.chmod(tmp_path, 0o755)
+    os.chmod(shared, 0o755)
+    started = time.monotonic()
+    result = sandbox.run("--approve", "allow", "--allow-read", str(shared), "--timeout", "8s", "--", "/bin/sh", "-c",
+                         f"(echo x > {shared}/fifo &); sleep 0.3; mkdir made && /bin/true", timeout=90)
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 15
+    assert (sandbox.workspace / "made").is_dir()
+    records = sandbox.records()
+    assert any(r["event"] == "exec" and r["path"] == "/bin/true" for r in records)
+    assert records[-1]["event"] == "run.end"
