@@ -31,7 +31,9 @@ UNIX_PATH_MAX = 107
 def find() -> str | None:
     """runsc on PATH (shutil.which, without importing shutil: it loads bz2 and lzma, ~5 ms a run)."""
     for directory in os.get_exec_path():
-        path = os.path.join(directory or ".", "runsc")
+        if not os.path.isabs(directory):  # the current directory: a workspace (supervise/spawn.which)
+            continue
+        path = os.path.join(directory, "runsc")
         if os.path.isfile(path) and os.access(path, os.X_OK):
             return path
     return None

@@ -13,6 +13,7 @@ says so.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from sandboxctl.plan.model import Mount, ProtectPlan
@@ -98,6 +99,8 @@ class ProtectionPlanner:
                 explicit.setdefault(match, "filesystem.protect")
         for path in self.facts.protected_code:
             explicit.setdefault(path, "sandboxctl's own code and policies")
+        for path in self._programs_on_path(roots):
+            explicit.setdefault(path, "a program the supervisor runs from your PATH (bwrap, runsc, a secret's command)")
         owned = [self.facts.state_dir, os.path.dirname(self.p.log_path()), *self.facts.runtime_dirs,
                  *([self.facts.runtime_dir] if self.facts.runtime_dir else [])]
         for path in owned:
@@ -155,6 +158,29 @@ class ProtectionPlanner:
         for target in includes:
             if self.under_roots(target, roots):
                 explicit.setdefault(target, f"protected: included by {config} (git config)")
+
+    def _programs_on_path(self, roots: list[str]) -> list[str]:
+        """Where the supervisor — this run's and the next — looks for bwrap, runsc and the secrets'
+        commands on the caller's PATH, in directories under a writable grant: an activated project
+        venv puts WORKSPACE/.venv/bin first, and a `bwrap` a sandbox left there ran outside it.
+        (Relative entries are never searched: supervise/spawn.which.)"""
+        import shlex
+
+        names = {"bwrap", "runsc"}
+        for secret in self.p.policy.secrets:
+            if secret.source_kind == "command":
+                with contextlib.suppress(ValueError, IndexError):
+                    program = shlex.split(secret.source_ref)[0]
+                    if "/" not in program:
+                        names.add(program)
+        found: list[str] = []
+        for directory in self.facts.caller_env.get("PATH", "").split(os.pathsep):
+            if not os.path.isabs(directory):
+                continue
+            real = self.facts.realpath(os.path.normpath(directory))
+            if self.under_roots(real, roots):
+                found += [f"{real}/{name}" for name in sorted(names)]
+        return found
 
     def _release_granted(self, explicit: dict[str, str], roots: list[str]) -> dict[str, str]:
         """Granting a protected path by name releases it, never silently (a confirmation)."""

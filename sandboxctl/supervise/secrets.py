@@ -52,6 +52,14 @@ def _from_command(name: str, command: str, caller_env: Mapping[str, str]) -> str
         argv = shlex.split(command)
     except ValueError as exc:
         raise SandboxError(f"secret {name}: cannot parse the command: {exc}") from None
+    if argv and "/" not in argv[0]:  # found as bwrap is: never in a relative PATH entry (the workspace)
+        from sandboxctl.supervise.spawn import which
+
+        found = which(argv[0], caller_env.get("PATH", os.defpath))
+        if not found:
+            raise SandboxError(f"secret {name}: command not found: {argv[0]}",
+                               f"install it or change secrets.{name}.from")
+        argv = [found, *argv[1:]]
     try:
         result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                 timeout=COMMAND_TIMEOUT_S, env=dict(caller_env))

@@ -22,10 +22,15 @@ if TYPE_CHECKING:
     from sandboxctl.plan.model import Plan
 
 
-def which(name: str) -> str | None:
-    """shutil.which for the one lookup of every run (shutil imports bz2, lzma and fnmatch)."""
-    for directory in os.environ.get("PATH", os.defpath).split(os.pathsep):
-        path = os.path.join(directory or ".", name)
+def which(name: str, search: str | None = None) -> str | None:
+    """shutil.which for the one lookup of every run (shutil imports bz2, lzma and fnmatch); only
+    absolute PATH entries: an empty or relative one names the current directory, usually the
+    workspace, where a sandbox may have left a `bwrap` (plan/protections.py holds the absolute
+    ones that lie under writable grants)."""
+    for directory in (os.environ.get("PATH", os.defpath) if search is None else search).split(os.pathsep):
+        if not os.path.isabs(directory):
+            continue
+        path = os.path.join(directory, name)
         if os.path.exists(path) and os.access(path, os.X_OK) and not os.path.isdir(path):
             return path
     return None

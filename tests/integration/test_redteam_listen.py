@@ -257,3 +257,52 @@ def test_a_storm_of_trapped_calls_from_many_threads_still_lets_the_timeout_fire(
     assert len(denials) > 20 and any(r.get("repeated") for r in denials)  # the rest counted, not written
     assert records[-1]["event"] == "run.end" and records[-1]["denied"] > len(denials)
     _verify(sandbox.log_path, sandbox.env())
+
+
+# ------------------------------------------------------------------ programs the supervisor runs from PATH
+FAKE_BWRAP = """#!/bin/sh
+echo ran >> {canary}
+exec {real} "$@"
+"""
+
+
+@pytest.mark.parametrize("entry", ["activated venv", "relative"])
+def test_a_bwrap_planted_on_the_callers_path_is_never_run(sandbox, tmp_path, entry):
+    """The supervisor runs `bwrap` from the caller's PATH. A developer who activated the project's
+    venv has `WORKSPACE/.venv/bin` first on PATH (or a relative entry, which names the current
+    directory: the workspace); the sandbox writes `bwrap` there, and the next run's supervisor
+    ran it, outside any sandbox. Judged from outside: the canary the planted bwrap writes."""
+    import shutil
+
+    real = shutil.which("bwrap")
+    bindir = sandbox.workspace / ".venv" / "bin"
+    bindir.mkdir(parents=True)
+    canary = tmp_path / "canary"
+    path = f"{bindir}:/usr/local/bin:/usr/bin:/bin" if entry == "activated venv" else ".venv/bin:/usr/bin:/bin"
+    env = {"PATH": path}
+    plant = FAKE_BWRAP.format(canary=canary, real=real)
+    sandbox.run("--", "/bin/sh", "-c", f"printf '%s' '{plant}' > .venv/bin/bwrap; chmod 755 .venv/bin/bwrap",
+                env=env)
+    if entry == "activated venv":  # under a writable grant, on PATH: the name is protected
+        assert not (bindir / "bwrap").exists()
+    second = sandbox.run("--", "/bin/true", env=env)
+    assert second.returncode == 0, second.stderr
+    assert not canary.exists(), "the supervisor ran the bwrap a sandbox planted"
+
+
+def test_a_secrets_command_planted_on_the_callers_path_is_never_run(sandbox, tmp_path):
+    """`secrets.X.from: command:printf …` runs on the host, from the caller's PATH, before each
+    run: the same plant (WORKSPACE/.venv/bin/printf) would run outside the sandbox."""
+    bindir = sandbox.workspace / ".venv" / "bin"
+    bindir.mkdir(parents=True)
+    canary = tmp_path / "canary"
+    env = {"PATH": f"{bindir}:/usr/bin:/bin"}
+    policy = sandbox.write_policy("secret.yaml", "version: 1\nextends: default\nsecrets:\n"
+                                  "  TOKEN:\n    from: 'command:printf token'\n    as: env\n")
+    plant = f"#!/bin/sh\\necho ran >> {canary}\\n"
+    sandbox.run("--", "/bin/sh", "-c", f"printf '{plant}' > .venv/bin/printf; chmod 755 .venv/bin/printf",
+                policy=str(policy), env=env)
+    assert not (bindir / "printf").exists()
+    second = sandbox.run("--", "/bin/true", policy=str(policy), env=env)
+    assert second.returncode == 0, second.stderr
+    assert not canary.exists(), "the supervisor ran the secret's command a sandbox planted"
