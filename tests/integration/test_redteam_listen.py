@@ -306,3 +306,21 @@ def test_a_secrets_command_planted_on_the_callers_path_is_never_run(sandbox, tmp
     second = sandbox.run("--", "/bin/true", policy=str(policy), env=env)
     assert second.returncode == 0, second.stderr
     assert not canary.exists(), "the supervisor ran the secret's command a sandbox planted"
+
+
+def test_exec_records_and_denials_with_escape_sequences_reach_a_human_inert(sandbox):
+    """An exec whose path and argv hold escape sequences (colour, OSC title, clear screen, a
+    right-to-left override) and a refused write to such a path: the run's stderr and
+    `sandboxctl log` show them inert. Judged from the bytes a terminal would get."""
+    evil = "\\033]0;pwned\\007\\033[2J\\342\\200\\256x"
+    script = (f'p="/tmp/$(printf "{evil}")"; cp /bin/true "$p"; "$p" "$(printf "{evil}")"; '
+              f'{{ echo x > "/etc/$(printf "{evil}")"; }} 2>/dev/null; exit 0')  # the command's own stderr: its own
+    result = sandbox.run("--approve", "deny", "--", "/bin/sh", "-c", script)
+    assert result.returncode == 0, result.stderr
+    assert any(r["event"] == "exec" and "\x1b]0;pwned" in r["path"] for r in sandbox.records())  # it was recorded
+    shown = subprocess.run([sys.executable, "-I", "-m", "sandboxctl", "log"], env=sandbox.env(), capture_output=True,
+                           timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    for output in (result.stderr.encode(), shown.stdout, shown.stderr):
+        assert b"\x1b" not in output and b"\x07" not in output and "\u202e".encode() not in output, output[-400:]
+    assert b"pwned" in shown.stdout
