@@ -90,7 +90,7 @@ def test_a_reader_that_went_away_is_still_not_an_error():
 def test_a_go_to_a_shim_that_died_is_not_a_broken_pipe():
     """The red team's case: the shim dies between ready and go while stdout is a broken pipe too;
     a BrokenPipeError from the go would have been taken for the reader going away (exit 0)."""
-    from sandboxctl.supervise.runner import _send_go
+    from sandboxctl.supervise.handshake import _send_go
 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     theirs.close()
