@@ -18,6 +18,7 @@ import time
 
 from sandboxctl.errors import SandboxError
 from sandboxctl.launch import landlock_rights
+from sandboxctl.launch.config_frames import send_to_shim
 from sandboxctl.log.writer import LogWriteError
 from sandboxctl.protect.snapshot import HEARTBEAT_S
 from sandboxctl.supervise import processes
@@ -142,11 +143,8 @@ class Handshake:
 
 
 def _send_go(control: socket.socket, go: bool) -> None:
-    """The shim's answer. A shim that died meanwhile is not an error here: bubblewrap's exit, which
-    the loop reads next, says what became of the run (a BrokenPipeError reaching the CLI could be
-    taken for its reader going away, and a run that never ran would exit 0)."""
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        control.sendall(marshal.dumps({"go": go}))
+    """The shim's answer. A shim that died meanwhile is not an error here (send_to_shim)."""
+    send_to_shim(control, marshal.dumps({"go": go}))
 
 
 def _recv_fds(sock: socket.socket, bufsize: int, maxfds: int) -> tuple[bytes, list[int]]:
