@@ -36,7 +36,7 @@ from sandboxctl.supervise.cgroups import RunCgroup
 from sandboxctl.supervise.denials import DenialList, LogThrottle
 from sandboxctl.supervise.escapes import Escapes
 from sandboxctl.supervise.handshake import Handshake
-from sandboxctl.supervise.listener import NOTIFY_JOIN_S, Listener  # noqa: F401 - NOTIFY_JOIN_S: named here too
+from sandboxctl.supervise.listener import Listener
 from sandboxctl.supervise.loop import FORWARDED, TERM_GRACE_S, Loop  # noqa: F401 - imported from here (gvisor, session)
 from sandboxctl.supervise.result import Outcome, RunResult
 from sandboxctl.supervise.run_log import RunLog
