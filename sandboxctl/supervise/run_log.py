@@ -34,11 +34,17 @@ class RunLog:
 
     def _write_log_soon(self, event: str, **fields: Any) -> None:
         """The exec path's records: queued for the log's thread (ActionLog.write_soon), so the
-        kernel's next call is not kept waiting for the disk; order and chain are the log's care."""
+        kernel's next call is not kept waiting for the disk; order and chain are the log's care.
+        When the log's thread is behind, write_soon writes the record here (its queue is bounded):
+        a rotation that made is looked at at once, as after a write()."""
         self._annotate(event, fields)
-        with self.log_lock:
-            if self.throttle.admit(event, fields):
-                self.log.write_soon(event, **fields)
+        try:
+            with self.log_lock:
+                if self.throttle.admit(event, fields):
+                    self.log.write_soon(event, **fields)
+                self._check_flood()
+        except LogWriteError:
+            self._log_failed()
 
     def _annotate(self, event: str, fields: dict[str, Any]) -> None:
         """Fields a record gets while what it names is still there (a session: the command)."""

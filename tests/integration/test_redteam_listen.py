@@ -200,6 +200,43 @@ def test_a_fifo_open_waiting_at_the_end_of_the_run_does_not_outlive_it(workspace
         threading.excepthook = previous
 
 
+# ------------------------------------------------------------------ the queued exec records
+STORM = r"""
+import os, sys, time
+args = ["/bin/true"] + ["\x1b" * 4000] * 255  # 1 MB of argv, 6 MB as JSON (\u001b): the biggest record
+end = time.time() + 6
+while time.time() < end:
+    os.waitpid(os.posix_spawn("/bin/true", args, {}), 0)
+"""
+
+
+def test_an_exec_storm_of_big_records_cannot_outrun_the_flood_guard(sandbox, monkeypatch):
+    """Exec records are queued for the log's thread; a storm of execs with 1 MB argvs (two
+    processes; control characters, 6 bytes each in JSON) made them faster than the thread wrote
+    them, so the queue grew without bound (the supervisor's memory), and when the flood guard
+    stopped the run, what was still queued was written after, rotating the run's own first
+    records (run.start) out of the kept files — the guard's whole point. Judged from the kept
+    files: the stopped run still has its seq 0."""
+    from sandboxctl import Sandbox
+    from sandboxctl.log import files as logfiles
+    from sandboxctl.log.writer import ActionLog
+
+    for name, value in sandbox.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(ActionLog.__init__, "__defaults__", ((), 32 << 20, 3))  # keeps 4 x 32 MB (a record: 6)
+    (sandbox.workspace / "storm.py").write_text(STORM)
+    box = Sandbox("default", sandbox.workspace)
+    with pytest.raises(sandboxctl.SandboxError) as raised:
+        box.run(["/bin/sh", "-c", "python3 storm.py & python3 storm.py; wait"], timeout="60s")
+    assert "before the log's rotation could drop" in raised.value.message
+    records = [r.data for r in logfiles.iter_records(sandbox.log_path)]
+    run = next(r["run"] for r in records if r["event"] == "limit" and r.get("kind") == "log")
+    mine = [r for r in records if r["run"] == run]
+    assert mine[0]["seq"] == 0 and mine[0]["event"] == "run.start", f"the kept files begin at seq {mine[0]['seq']}"
+    assert mine[-1]["event"] == "run.end"
+    _verify(sandbox.log_path, sandbox.env())
+
+
 def test_an_approved_open_of_a_fifo_outside_the_grants_never_stalls_the_listener(sandbox, tmp_path):
     """An open for writing outside the writable set is performed by the supervisor once allowed
     (--approve allow: on the listener's own thread). A FIFO there (a host directory granted
