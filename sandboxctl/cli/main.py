@@ -137,16 +137,18 @@ def _stdout_gone() -> bool:
 
 def entry() -> None:
     """The program (pip's script, `python -m sandboxctl`): main(), importing nothing more from
-    the directory that holds the package when that is a clone (an editable install), not
-    site-packages. The clone is often a workspace, which a sandbox may write: a `nt.py` left
-    at its root would be imported by pathlib's first import in the next supervisor. Its
-    `sandboxctl` is imported already; the package's own __path__ finds the rest."""
+    the current directory (`python -m` puts it first; an empty PYTHONPATH entry names it) or
+    from the directory that holds the package when that is a clone (an editable install), not
+    site-packages. Both are often a workspace, which a sandbox may write: a `nt.py` left there
+    would be imported by pathlib's first import in the next supervisor. `sandboxctl` is
+    imported already; the package's own __path__ finds the rest."""
     import os
 
+    drop = {os.path.realpath(".")}
     clone = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if os.path.basename(clone) not in ("site-packages", "dist-packages"):
-        real = os.path.realpath(clone)
-        sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != real]
+        drop.add(os.path.realpath(clone))
+    sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") not in drop]
     main()
 
 

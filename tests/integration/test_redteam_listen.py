@@ -117,6 +117,22 @@ def test_pips_script_of_an_editable_clone_imports_nothing_a_sandbox_left_there(s
     assert not (clone / "sitecustomize.py").exists() and not (clone / "usercustomize.py").exists()
 
 
+def test_pips_script_never_imports_from_the_workspace_named_by_an_empty_pythonpath_entry(sandbox, tmp_path,
+                                                                                     clean_clone):
+    """`export PYTHONPATH=$PYTHONPATH:/x` with PYTHONPATH unset leaves an empty entry, which names
+    the current directory — the workspace — for pip's script (site, not -I): a `nt.py` the
+    sandbox left there ran in the next supervisor. cli/main.entry drops the current directory."""
+    canary = tmp_path / "canary"
+    script = _pips_script(clean_clone)
+    env = sandbox.env({"PYTHONPATH": ":/nonexistent"})
+    for argv in (["/bin/sh", "-c", _plant(PLANTED, canary)], ["/bin/true"]):
+        done = subprocess.run([*script, "run", "-q", "-p", "default", "--", *argv], cwd=sandbox.workspace, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    assert (sandbox.workspace / "nt.py").exists()
+    assert not canary.exists(), f"the supervisor imported {canary.read_text().split()}"
+
+
 def test_the_shell_functions_never_import_from_the_workspace(sandbox, tmp_path):
     """`sandboxctl shell-init` without sandboxctl on PATH writes functions that start
     `python -m sandboxctl` — from the user's current directory, the project the agent works in.
