@@ -31,7 +31,8 @@ import threading
 from collections.abc import Callable, Mapping
 
 from sandboxctl.plan.model import Plan
-from sandboxctl.protect.rules import Protection, ancestors, within
+from sandboxctl.protect.names import GITDIR_MARKERS, gitdir_marker
+from sandboxctl.protect.rules import Protection, within
 from sandboxctl.supervise import fdops
 from sandboxctl.supervise.mediate_calls import Call, Entry, Resolver, exists_at, is_dir, read_call, sandbox_path
 from sandboxctl.supervise.notify import Notification, respond
@@ -45,7 +46,6 @@ O_TMPFILE = getattr(os, "O_TMPFILE", 0o20200000)
 AT_SYMLINK_NOFOLLOW, AT_REMOVEDIR, AT_SYMLINK_FOLLOW, AT_EMPTY_PATH = 0x100, 0x200, 0x400, 0x1000
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
 _MAGIC_FD = re.compile(r"^/proc/(self|\d+)/fd/(\d+)$")
-GITDIR_MARKERS = ("HEAD", "objects", "refs", "commondir")
 MAX_WAITING = 32
 CALL_OPS = ("open", "mkdir", "bind", "mknod", "unlink", "rmdir", "symlink", "truncate", "chmod", "fchmod", "rename",
             "link")
@@ -142,13 +142,13 @@ class Mediator:
         """git takes any directory holding HEAD with objects/ and refs/ (or a commondir) for a
         repository and runs what its config says; a directory under a writable grant must not
         become one during the run (name rules cannot see it: the entries have ordinary names)."""
-        if entry.name not in GITDIR_MARKERS or self._root_of(entry.path) is None:
+        marker = gitdir_marker(entry.name)  # folded: `head` is HEAD on a case-insensitive directory
+        if marker is None or self._root_of(entry.path) is None:
             return None
-        root = self._root_of(entry.path)
-        if self.protection._gitdir_of(entry.parent_path, root, ancestors(entry.parent_path)):
+        if self.protection.gitdir_of(entry.parent_path):
             return None  # inside a git directory: git's own work
-        present = {name for name in GITDIR_MARKERS if name != entry.name and exists_at(entry.parent, name)}
-        after = present | {entry.name}
+        present = {name for name in GITDIR_MARKERS if name != marker and exists_at(entry.parent, name)}
+        after = present | {marker}
         if "HEAD" in after and ({"objects", "refs"} <= after or "commondir" in after):
             return ("protected: this would make the directory a git repository (HEAD with objects/ and refs/): "
                     "its config would run on the host's next git command there")

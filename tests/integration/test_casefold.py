@@ -1,0 +1,183 @@
+"""Protected paths on case-insensitive file systems, judged from outside: the host's own git (a
+planted core.fsmonitor or hook leaves a canary when it runs), the host files' content.
+
+On a case-insensitive directory the kernel (or the FUSE server) resolves `.GIT/config` and
+`.git/CONFIG` to the real `.git/config`, and an 8.3 short name (`GIT~1`) to `.git`. Under FUSE
+each spelling is a dentry of its own, so the read-only binds of protected entries do not hold for
+another spelling: Landlock's read-only workspace and the supervisor's rules are the walls there,
+which is what these attacks test. The images are mounted by the test (root: a loop device;
+FUSE's exFAT and NTFS drivers, since this kernel has neither vfat/exfat nor CONFIG_UNICODE).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Sandbox
+from tests.integration.test_protected_paths import denials, git, hostile_config
+
+IMAGE_TOOLS = {
+    "exfat": (("mkfs.exfat",), "mount.exfat-fuse", "apt-get install exfatprogs exfat-fuse"),
+    "ntfs": (("mkntfs", "-q", "-F", "-f"), "lowntfs-3g", "apt-get install ntfs-3g"),
+}
+
+
+def _mounted_image(tmp_path: Path, kind: str) -> Iterator[Path]:
+    """A 64 MiB image of `kind`, on a loop device, mounted case-insensitively by its FUSE driver."""
+    mkfs, driver, remedy = IMAGE_TOOLS[kind]
+    if os.geteuid() != 0:
+        pytest.skip(f"needs root: {driver} mounts a block device (a loop device), and an unprivileged FUSE "
+                    "mount of it needs user_allow_other in /etc/fuse.conf")
+    if not all(shutil.which(tool) for tool in (mkfs[0], driver, "losetup", "fusermount3")):
+        pytest.skip(f"{kind} tools are not installed ({remedy} fuse3)")
+    image = tmp_path / f"{kind}.img"
+    with open(image, "wb") as handle:
+        handle.truncate(64 << 20)
+    subprocess.run([*mkfs, str(image)], check=True, capture_output=True)
+    loop = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True)
+    if loop.returncode:
+        pytest.skip(f"no loop device: {loop.stderr.strip()}")
+    device = loop.stdout.strip()
+    mountpoint = tmp_path / kind
+    mountpoint.mkdir()
+    try:
+        options = ["-o", "ignore_case"] if kind == "ntfs" else []
+        mounted = subprocess.run([driver, *options, device, str(mountpoint)], capture_output=True, text=True)
+        assert mounted.returncode == 0, mounted.stderr
+        try:
+            os.chmod(mountpoint, 0o755)
+            yield mountpoint
+        finally:
+            _unmount(mountpoint)
+    finally:
+        subprocess.run(["losetup", "-d", device], capture_output=True)
+
+
+def _unmount(mountpoint: Path) -> None:
+    """A FUSE file system may be busy for a moment after the last run (its server flushing):
+    retry, then detach it lazily, so no mount outlives the test."""
+    for _attempt in range(50):
+        if subprocess.run(["umount", str(mountpoint)], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.1)
+    subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
+
+
+def _sandbox_on(mountpoint: Path, tmp_path: Path, home: Path) -> Sandbox:
+    workspace = mountpoint / "ws"
+    workspace.mkdir()
+    return Sandbox(workspace, home, tmp_path / "state")
+
+
+@pytest.fixture
+def exfat(tmp_path: Path, home: Path) -> Iterator[Sandbox]:
+    for mountpoint in _mounted_image(tmp_path, "exfat"):
+        yield _sandbox_on(mountpoint, tmp_path, home)
+
+
+@pytest.fixture
+def ntfs(tmp_path: Path, home: Path) -> Iterator[Sandbox]:
+    for mountpoint in _mounted_image(tmp_path, "ntfs"):
+        yield _sandbox_on(mountpoint, tmp_path, home)
+
+
+def repo(path: Path, home: Path) -> Path:
+    """A repository with one commit, its names in lower case (lowntfs-3g's ignore_case lists every
+    name in lower case, which git would take for another file)."""
+    path.mkdir(parents=True, exist_ok=True)
+    git(path, "init", "-q", home=home)
+    (path / "readme").write_text("hello\n")
+    git(path, "add", "readme", home=home)
+    git(path, "commit", "-qm", "init", home=home)
+    return path
+
+
+def _hook(canary: Path) -> str:
+    return f"#!/bin/sh\ntouch {canary}\n"
+
+
+def _host_git_runs_nothing(ws: Path, home: Path, canary: Path) -> None:
+    """The host's git, in the workspace: status (core.fsmonitor runs) and a commit (pre-commit runs)."""
+    git(ws, "status", home=home, check=False)
+    git(ws, "commit", "-q", "--allow-empty", "-m", "after", home=home, check=False)
+    assert not canary.exists(), "a program planted inside ran on the host's git"
+
+
+@pytest.mark.parametrize("fs", ["exfat", "ntfs"])
+def test_another_spelling_of_git_metadata_cannot_be_written(request, fs, tmp_path):
+    """.GIT/config, .git/CONFIG, .Git/hooks/pre-commit, .GIT/Commondir and a hook spelt with a
+    KELVIN SIGN name the repository's real files on a case-insensitive file system: refused."""
+    sandbox: Sandbox = request.getfixturevalue(fs)
+    ws = repo(sandbox.workspace, sandbox.home)
+    canary = tmp_path / "CANARY"
+    config_before = (ws / ".git" / "config").read_bytes()
+    evil = hostile_config(canary)
+    script = f"""printf '%s' '{evil}' >> .GIT/config; printf '%s' '{evil}' >> .git/CONFIG
+printf '%s' '{_hook(canary)}' > .Git/hooks/pre-commit; chmod +x .Git/hooks/pre-commit
+printf '%s' '{_hook(canary)}' > .git/hoo\u212as/pre-commit
+cp -r .git evil && printf '%s' '{evil}' > evil/config; echo ../evil > .GIT/Commondir
+mv .GIT gone; echo ok > normal.txt; echo end"""
+    result = sandbox.sh(script)
+    assert "end" in result.stdout, result.stderr
+    assert (ws / "normal.txt").read_text() == "ok\n"  # the workspace itself stays writable
+    assert (ws / ".git" / "config").read_bytes() == config_before
+    assert not os.path.lexists(ws / ".git" / "hooks" / "pre-commit")
+    assert not os.path.lexists(ws / ".git" / "commondir") and not (ws / "gone").exists()
+    _host_git_runs_nothing(ws, sandbox.home, canary)
+    refused = {d["path"].rsplit("/ws/", 1)[-1] for d in denials(sandbox)}
+    assert {".GIT/config", ".git/CONFIG", ".Git/hooks/pre-commit", ".GIT/Commondir"} <= refused
+
+
+@pytest.mark.parametrize("fs", ["exfat", "ntfs"])
+def test_a_nested_repository_cannot_be_made_under_another_spelling(request, fs, tmp_path):
+    """`sub/.GIT` is `sub/.git` to the host's git, and `head`, `Objects`, `Refs` are HEAD, objects
+    and refs: neither makes a repository whose config the host's git would run."""
+    sandbox: Sandbox = request.getfixturevalue(fs)
+    ws = repo(sandbox.workspace, sandbox.home)
+    canary = tmp_path / "CANARY"
+    evil = hostile_config(canary)
+    script = f"""git init -q /tmp/r && printf '%s' '{evil}' >> /tmp/r/config
+mkdir -p sub && cp -r /tmp/r sub/.GIT; mkdir -p sub2 && cd sub2 && mkdir Objects Refs
+cp -r /tmp/r/objects/. Objects/; cp -r /tmp/r/refs/. Refs/; cp /tmp/r/config Config
+cp /tmp/r/HEAD head; cd ..; echo end"""
+    result = sandbox.sh(script)
+    assert "end" in result.stdout, result.stderr
+    assert not os.path.lexists(ws / "sub" / ".git")
+    for sub in ("sub", "sub2"):
+        if (ws / sub).is_dir():
+            top = git(ws / sub, "rev-parse", "--show-toplevel", home=sandbox.home, check=False)
+            assert top.stdout.strip() == str(ws), (sub, top.stdout, top.stderr)  # the outer repository
+            git(ws / sub, "status", home=sandbox.home, check=False)
+    assert not canary.exists()
+
+
+def test_git_work_inside_still_works_on_a_case_insensitive_file_system(exfat):
+    """What git writes in normal work stays writable there: add, commit, branch, stash."""
+    ws = repo(exfat.workspace, exfat.home)
+    script = """export GIT_AUTHOR_NAME=t GIT_AUTHOR_EMAIL=t@t GIT_COMMITTER_NAME=t GIT_COMMITTER_EMAIL=t@t
+echo two > b.txt && git add b.txt && git commit -qm two && git checkout -qb topic && echo three > c.txt \
+&& git add c.txt && git stash -q && git stash pop -q && echo end"""
+    result = exfat.sh(script)
+    assert "end" in result.stdout, result.stderr
+    assert git(ws, "log", "--format=%s", "-1", home=exfat.home).stdout == "two\n"
+    assert git(ws, "branch", "--show-current", home=exfat.home).stdout == "topic\n"
+    assert (ws / "c.txt").read_text() == "three\n"
+
+
+def test_names_spelt_otherwise_are_refused_on_case_sensitive_file_systems_too(sandbox, tmp_path):
+    """Fail closed: `.GIT`, `.git/CONFIG` and `.Git/Hooks` are refused wherever they are made,
+    since the rules cannot know which directories fold (and nothing real names them so)."""
+    ws = repo(sandbox.workspace, sandbox.home)
+    result = sandbox.sh("mkdir sub && mkdir sub/.GIT; echo x > .git/CONFIG; mkdir .git/Hooks; "
+                        "echo x > .ENVRC; echo ok > fine.txt; echo end")
+    assert "end" in result.stdout, result.stderr
+    assert (ws / "fine.txt").read_text() == "ok\n"
+    for name in ("sub/.GIT", ".git/CONFIG", ".git/Hooks", ".ENVRC"):
+        assert not os.path.lexists(ws / name), name

@@ -1,0 +1,82 @@
+"""Protected names on case-insensitive file systems: every spelling some folding makes equal to a
+protected name is that name (`.GIT/config`, `.git/CONFIG`, `config.`, a Kelvin sign for a `k`),
+judged by the pure rules; the attacks themselves run in tests/integration/test_casefold.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sandboxctl.protect import names
+from sandboxctl.protect.index import scan
+from sandboxctl.protect.rules import Protection
+
+WS = "/ws"
+
+
+@pytest.mark.parametrize(("name", "folded"), [
+    (".GIT", ".git"), (".Git", ".git"), ("CONFIG", "config"), ("config.", "config"), ("config. .", "config"),
+    ("hooks ", "hooks"), ("hoo\u212as", "hooks"),  # KELVIN SIGN folds to k
+    ("hook\u017f", "hooks"),  # LATIN SMALL LETTER LONG S folds to s
+    (".g\u0131t", ".git"),  # dotless i: its upper case is I (exFAT's and NTFS's up-case tables)
+    (".g\u200cit", ".git"), (".gi\ufefft", ".git"),  # code points older casefolding and HFS+ ignore
+    ("\uff0e\uff27\uff29\uff34", ".git"),  # fullwidth: compatibility-decomposed
+    (".", "."), ("..", ".."), ("...", "..."),
+])
+def test_fold_name(name, folded):
+    assert names.fold_name(name) == folded
+
+
+@pytest.mark.parametrize("name", [".g\u00eet", ".gi", ".gits", "con fig", ".git~1", "git", ".g\u0130t"])
+def test_names_that_no_folding_makes_git(name):
+    assert not names.is_git_name(name)
+
+
+@pytest.mark.parametrize("path", [
+    ".GIT", ".Git/config", ".GIT/HOOKS/pre-commit", ".git/CONFIG", ".git/Config.Lock", ".git/hooks./x",
+    ".git/COMMONDIR", ".git/Objects/Info/Alternates", ".git/REFS/REPLACE/x", "sub/.GIT", "sub/.gIT/Hooks/x",
+    ".ENVRC", ".VSCode/tasks.json", ".Claude/settings.json", ".MCP.json", ".Config/Git/config", ".BASHRC",
+    ".envrc.", ".envrc ", ".GITMODULES", ".git\u200c/config", "a/b/.G\u0131T/config", ".git/hoo\u212as/x",
+])
+def test_every_spelling_of_a_protected_name_is_protected(path):
+    assert names.protected_reason(path), path
+
+
+@pytest.mark.parametrize("path", [
+    ".GIT/objects/ab/cd", ".Git/refs/heads/main", ".GIT/HEAD", ".git/INDEX", ".git/logs/HEAD", "src/Config",
+    "SUB/.ENVRC", "Hooks/x", ".config/Other",
+])
+def test_what_git_writes_in_normal_work_stays_writable_whatever_the_case(path):
+    assert not names.protected_reason(path), path
+
+
+def test_explicit_gitdirs_masks_and_homes_are_matched_folded():
+    rules = Protection(roots=(WS, "/home/Ann"), gitdirs=(f"{WS}/repo.git",),
+                       explicit={f"{WS}/Makefile": "filesystem.protect"}, masked=(f"{WS}/.env",),
+                       homes=("/home/Ann",))
+    assert rules.reason(f"{WS}/MAKEFILE") == "filesystem.protect"
+    assert rules.reason(f"{WS}/REPO.GIT/hooks/post-receive")
+    assert rules.reason(f"{WS}/.ENV")
+    assert rules.reason("/home/ann/BIN/git") and rules.reason("/HOME/ANN/.Local/Bin/x")
+    assert rules.root_of(f"{WS}/x") == WS and rules.root_of("/home/ann/x") == "/home/Ann"  # as the plan names it
+    assert rules.blocks_move(f"{WS}/.GIT") and rules.blocks_move(f"{WS}/Repo.Git")
+    assert rules.holds_names(WS) == f"holds {WS}/Makefile (filesystem.protect)"  # named as the plan has it
+    assert rules.holds_names(f"{WS}/.CONFIG")  # it would bring .config/git in
+    assert rules.gitdir_of(f"{WS}/sub/.GIT/objects") == f"{WS}/sub/.git"
+    assert not rules.reason(f"{WS}/src/makefile.txt")
+
+
+def test_the_index_finds_a_git_directory_spelt_otherwise(tmp_path: Path):
+    """On a case-insensitive directory git takes `.GIT` for `.git`: the planner must find it (and
+    bind and record what it holds) as it would `.git`."""
+    (tmp_path / "sub" / ".GIT" / "hooks").mkdir(parents=True)
+    (tmp_path / "sub" / ".GIT" / "HEAD").write_text("ref: refs/heads/main\n")
+    found = scan(str(tmp_path))
+    assert found.repositories == (f"{tmp_path}/sub/.GIT",)
+    assert f"{tmp_path}/sub/.GIT" in found.gitdirs
+
+
+def test_a_marker_in_another_case_still_makes_a_repository():
+    assert names.gitdir_marker("head") == "HEAD" and names.gitdir_marker("OBJECTS") == "objects"
+    assert names.gitdir_marker("Refs.") == "refs" and names.gitdir_marker("heads") is None
