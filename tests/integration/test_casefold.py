@@ -158,6 +158,28 @@ cp /tmp/r/HEAD head; cd ..; echo end"""
     assert not canary.exists()
 
 
+def test_an_8_3_short_name_of_git_cannot_be_written(ntfs, tmp_path):
+    """NTFS keeps DOS (8.3) names for Windows; lowntfs-3g resolves `GIT~1` to `.git` (Windows gives
+    `.git` one such name when it makes it). Through it: the config, a hook, and a commondir that
+    does not exist yet (no identity to compare: the short name itself is refused)."""
+    ws = repo(ntfs.workspace, ntfs.home)
+    subprocess.run(["setfattr", "-n", "system.ntfs_dos_name", "-v", "GIT~1", str(ws / ".git")], check=True)
+    assert (ws / "GIT~1" / "config").exists()  # the alias works on this file system
+    canary = tmp_path / "CANARY"
+    config_before = (ws / ".git" / "config").read_bytes()
+    evil = hostile_config(canary)
+    script = f"""printf '%s' '{evil}' >> GIT~1/config; printf '%s' '{_hook(canary)}' > GIT~1/hooks/pre-commit
+chmod +x GIT~1/hooks/pre-commit; cp -r .git evil && printf '%s' '{evil}' > evil/config
+echo ../evil > git~1/commondir; mkdir GIT~1/worktrees; echo ok > plain~1.txt; echo end"""
+    result = ntfs.sh(script)
+    assert "end" in result.stdout, result.stderr
+    assert (ws / "plain~1.txt").read_text() == "ok\n"  # a long name shaped like a short one is its own
+    assert (ws / ".git" / "config").read_bytes() == config_before
+    assert not os.path.lexists(ws / ".git" / "hooks" / "pre-commit")
+    assert not os.path.lexists(ws / ".git" / "commondir") and not os.path.lexists(ws / ".git" / "worktrees")
+    _host_git_runs_nothing(ws, ntfs.home, canary)
+
+
 def test_git_work_inside_still_works_on_a_case_insensitive_file_system(exfat):
     """What git writes in normal work stays writable there: add, commit, branch, stash."""
     ws = repo(exfat.workspace, exfat.home)
@@ -181,3 +203,32 @@ def test_names_spelt_otherwise_are_refused_on_case_sensitive_file_systems_too(sa
     assert (ws / "fine.txt").read_text() == "ok\n"
     for name in ("sub/.GIT", ".git/CONFIG", ".git/Hooks", ".ENVRC"):
         assert not os.path.lexists(ws / name), name
+
+
+def test_with_the_binds_left_out_the_rules_alone_still_hold(ntfs, tmp_path):
+    """3000 repositories: their read-only binds are left out (bubblewrap's option limit), so no
+    mount holds `hooks/` whatever its spelling; the supervisor's rules (folded names, the parent's
+    identity, short names) are all that stands between, and they hold."""
+    from tests.integration.test_big_workspace import fake_repositories
+
+    ws = ntfs.workspace
+    fake_repositories(ws, 3000)
+    real = repo(ws / "real", ntfs.home)
+    subprocess.run(["setfattr", "-n", "system.ntfs_dos_name", "-v", "GIT~1", str(real / ".git")], check=True)
+    plan = ntfs.run("--dry-run", "--", "true")
+    assert plan.returncode == 0, plan.stderr
+    assert "read-only binds are left out" in plan.stdout
+    canary = tmp_path / "CANARY"
+    evil = hostile_config(canary)
+    script = f"""cd real; printf '%s' '{_hook(canary)}' > GIT~1/hooks/pre-commit; chmod +x GIT~1/hooks/pre-commit
+printf '%s' '{_hook(canary)}' > .Git/hooks/post-commit; printf '%s' '{evil}' >> GIT~1/config
+printf '%s' '{evil}' >> .GIT/Config; mkdir .GIT/info/x; cd ..; printf '%s' '{evil}' >> r7/.GIT/config
+printf '%s' '{_hook(canary)}' > r7/.git/HOOKS/pre-commit; echo end"""
+    result = ntfs.sh(script, timeout=300)
+    assert "end" in result.stdout, result.stderr
+    for hook in ("pre-commit", "post-commit"):
+        assert not os.path.lexists(real / ".git" / "hooks" / hook)
+    assert not os.path.lexists(real / ".git" / "info" / "x")
+    assert not os.path.lexists(ws / "r7" / ".git" / "hooks" / "pre-commit")
+    assert b"fsmonitor" not in (real / ".git" / "config").read_bytes() + (ws / "r7" / ".git" / "config").read_bytes()
+    _host_git_runs_nothing(real, ntfs.home, canary)

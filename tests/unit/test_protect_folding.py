@@ -4,6 +4,7 @@ judged by the pure rules; the attacks themselves run in tests/integration/test_c
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from sandboxctl.protect import names
 from sandboxctl.protect.index import scan
 from sandboxctl.protect.rules import Protection
+from sandboxctl.supervise import aliases
 
 WS = "/ws"
 
@@ -80,3 +82,23 @@ def test_the_index_finds_a_git_directory_spelt_otherwise(tmp_path: Path):
 def test_a_marker_in_another_case_still_makes_a_repository():
     assert names.gitdir_marker("head") == "HEAD" and names.gitdir_marker("OBJECTS") == "objects"
     assert names.gitdir_marker("Refs.") == "refs" and names.gitdir_marker("heads") is None
+
+
+@pytest.mark.parametrize(("name", "short"), [
+    ("GIT~1", True), ("git~1", True), ("PRE-CO~1.YAM", True), ("GITMOD~12", True), ("A~1.TXT", True),
+    ("file~", False), ("foo.c.~1~", False), ("a-long-name~1", False), ("x~y", False), ("GIT~1.YAML", False),
+])
+def test_what_looks_like_an_8_3_short_name(name, short):
+    assert bool(aliases.SHORT_NAME.match(name)) is short
+
+
+def test_a_long_name_shaped_like_a_short_one_is_its_own(tmp_path: Path):
+    """Listed by its directory: it is its own name (a short alias never is: readdir gives long names)."""
+    (tmp_path / "DOC~1").mkdir()
+    (tmp_path / "DOC~1" / "A~1.TXT").write_text("x")
+    root = os.open("/", os.O_PATH | os.O_DIRECTORY)
+    try:
+        assert aliases.short_alias(root, f"{tmp_path}/DOC~1/A~1.TXT", str(tmp_path)) is None
+        assert aliases.short_alias(root, f"{tmp_path}/DOC~1/NEW~1.TXT", str(tmp_path)) is None  # being created
+    finally:
+        os.close(root)
