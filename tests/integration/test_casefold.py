@@ -11,8 +11,10 @@ FUSE's exFAT and NTFS drivers, since this kernel has neither vfat/exfat nor CONF
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -232,3 +234,102 @@ printf '%s' '{_hook(canary)}' > r7/.git/HOOKS/pre-commit; echo end"""
     assert not os.path.lexists(ws / "r7" / ".git" / "hooks" / "pre-commit")
     assert b"fsmonitor" not in (real / ".git" / "config").read_bytes() + (ws / "r7" / ".git" / "config").read_bytes()
     _host_git_runs_nothing(real, ntfs.home, canary)
+
+
+FS_IOC_GETFLAGS = 0x80086601  # x86_64/aarch64 encoding: the test runs where CI does
+FS_NODUMP_FL, FS_CASEFOLD_FL = 0x40, 0x40000000
+SET_ATTRIBUTES = r"""
+import ctypes, errno, fcntl, os, struct
+FS_IOC_SETFLAGS, FS_IOC_FSGETXATTR, FS_IOC_FSSETXATTR = 0x40086602, 0x801c581f, 0x401c5820
+FS_NODUMP_FL, FS_XFLAG_NODUMP = 0x40, 0x80
+libc = ctypes.CDLL(None, use_errno=True)
+
+def setflags(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("l", FS_NODUMP_FL))
+    finally:
+        os.close(fd)
+
+def fssetxattr(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.ioctl(fd, FS_IOC_FSSETXATTR, struct.pack("I", FS_XFLAG_NODUMP) + bytes(24))
+    finally:
+        os.close(fd)
+
+def file_setattr(path):  # Linux 6.17: file_setattr(dirfd, path, struct file_attr *, size, flags)
+    attr = struct.pack("QIIII", FS_XFLAG_NODUMP, 0, 0, 0, 0)
+    if libc.syscall(469, -100, path.encode(), attr, len(attr), 0):
+        raise OSError(ctypes.get_errno(), "")
+
+for how in (setflags, fssetxattr, file_setattr):
+    for kind in ("f", "d"):
+        try:
+            how(f"{kind}-{how.__name__}")
+            print(kind, how.__name__, "done")
+        except OSError as exc:
+            print(kind, how.__name__, "EOPNOTSUPP" if exc.errno == errno.EOPNOTSUPP else exc.errno)
+"""
+CALLS = ("setflags", "fssetxattr", "file_setattr")
+
+
+def _inode_flags(path: Path) -> int:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return struct.unpack("l", fcntl.ioctl(fd, FS_IOC_GETFLAGS, bytes(8)))[0]
+    finally:
+        os.close(fd)
+
+
+def test_inode_flags_cannot_be_set_inside(sandbox):
+    """chattr (FS_IOC_SETFLAGS, FS_IOC_FSSETXATTR and file_setattr, a call newer than this
+    libseccomp) is answered as a file system without flags: inside a workspace on a casefold-capable
+    file system, `chattr +F` on an empty directory would make `.GIT` name `.git` there. Judged by
+    the flags the host reads back (nodump here: this kernel has no casefold to set)."""
+    if os.uname().machine not in ("x86_64", "aarch64", "riscv64", "s390x"):
+        pytest.skip("the test's ioctl numbers are the generic encoding")
+    ws = sandbox.workspace
+    for call in CALLS:
+        (ws / f"f-{call}").write_text("x")
+        (ws / f"d-{call}").mkdir()
+    result = sandbox.run("--", "python3", "-c", SET_ATTRIBUTES)
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == sorted(f"{k} {c} EOPNOTSUPP" for k in "fd" for c in CALLS)
+    for call in CALLS:
+        for kind in "fd":
+            assert not _inode_flags(ws / f"{kind}-{call}") & FS_NODUMP_FL, (kind, call)
+
+
+def _casefold_tmpfs(where: Path) -> bool:
+    """Mount a casefolding tmpfs at `where` (root), or say why not."""
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "casefold", "tmpfs", str(where)], capture_output=True,
+                             text=True)
+    return mounted.returncode == 0
+
+
+def test_a_directory_cannot_be_made_case_insensitive_inside(tmp_path, home):
+    """On a casefold-capable tmpfs the sandbox's `chattr +F` on an empty directory of its own is
+    refused: the host reads no casefold flag back, and its git sees no repository spelt `.GIT`."""
+    where = tmp_path / "cf"
+    where.mkdir()
+    if os.geteuid() != 0:
+        probe = subprocess.run(["unshare", "-Urm", "mount", "-t", "tmpfs", "-o", "casefold", "tmpfs", str(where)],
+                               capture_output=True, text=True)
+        if probe.returncode:
+            pytest.skip(f"no casefold tmpfs even in a user namespace: {probe.stderr.strip()[-120:]}")
+        pytest.skip("casefold tmpfs mounts only in a user namespace of its own here, which the judge cannot see")
+    if not _casefold_tmpfs(where):
+        pytest.skip("this kernel has no casefold tmpfs (built without CONFIG_UNICODE)")
+    try:
+        ws = where / "ws"
+        ws.mkdir()
+        subprocess.run(["chattr", "-F", str(ws)], check=False, capture_output=True)  # a case-sensitive workspace
+        sandbox = Sandbox(ws, home, tmp_path / "state")
+        repo(ws, home)
+        result = sandbox.sh("mkdir d && chattr +F d; mkdir d/.GIT; echo end")
+        assert "end" in result.stdout, result.stderr
+        assert not _inode_flags(ws / "d") & FS_CASEFOLD_FL
+        assert not os.path.lexists(ws / "d" / ".GIT") and not os.path.lexists(ws / "d" / ".git")
+    finally:
+        _unmount(where)

@@ -136,6 +136,25 @@ def test_xattr_calls_are_refused_and_the_newest_are_known_by_number():
     assert seccomp.syscall_number(pyseccomp, "setxattr") == pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, "setxattr")
 
 
+def test_inode_flags_are_refused_by_request_and_file_setattr_by_number():
+    """chattr's requests (FS_IOC_SETFLAGS in both sizes, FS_IOC_FSSETXATTR) and file_setattr: +F
+    would make a directory case-insensitive, where .GIT names .git."""
+    import os
+
+    from sandboxctl.launch import seccomp
+    from sandboxctl.plan.syscalls import LOW32, baseline_rules, file_attribute_requests
+
+    assert set(file_attribute_requests("x86_64")) == {0x40086602, 0x40046602, 0x401C5820}
+    assert set(file_attribute_requests("ppc64le")) == {0x80086602, 0x80046602, 0x801C5820}
+    rules = baseline_rules()
+    refused = {r.conditions[0].value for r in rules if r.syscall == "ioctl" and r.action == "errno:EOPNOTSUPP"
+               and r.conditions[0].arg == 1 and r.conditions[0].mask == LOW32}
+    assert refused == set(file_attribute_requests(os.uname().machine))
+    assert "file_setattr" in {r.syscall for r in rules if r.action == "errno:EOPNOTSUPP"}
+    pyseccomp = pytest.importorskip("pyseccomp")
+    assert seccomp.syscall_number(pyseccomp, "file_setattr") == 469
+
+
 def test_without_required_landlock_the_binds_are_the_kernel_wall_and_the_plan_fails(tmp_path):
     policy = policy_from_text("version: 1\nextends: default\nlandlock: best-effort\n", tmp_path)
     with pytest.raises(SandboxError) as caught:
