@@ -182,6 +182,28 @@ echo ../evil > git~1/commondir; mkdir GIT~1/worktrees; echo ok > plain~1.txt; ec
     _host_git_runs_nothing(ws, ntfs.home, canary)
 
 
+def test_a_git_directory_spelt_GIT_on_disk_is_found_bound_and_held(exfat, tmp_path):
+    """A repository whose git directory is `.GIT` on disk (made on a case-insensitive system) is a
+    repository to the host's git: the planner finds it, binds and records its config, hooks and
+    info, and every spelling of them is refused."""
+    ws = repo(exfat.workspace, exfat.home)
+    os.rename(ws / ".git", ws / "moving")
+    os.rename(ws / "moving", ws / ".GIT")
+    assert ".GIT" in os.listdir(ws)
+    plan = exfat.run("--dry-run", "--", "true")
+    assert plan.returncode == 0, plan.stderr
+    for entry in ("config", "hooks", "info"):
+        assert f"{ws}/.GIT/{entry}: protected" in plan.stdout, plan.stdout
+    canary = tmp_path / "CANARY"
+    evil = hostile_config(canary)
+    script = f"""printf '%s' '{evil}' >> .git/config; printf '%s' '{evil}' >> .GIT/config
+printf '%s' '{_hook(canary)}' > .git/hooks/pre-commit; echo end"""
+    result = exfat.sh(script)
+    assert "end" in result.stdout, result.stderr
+    assert b"fsmonitor" not in (ws / ".GIT" / "config").read_bytes()
+    _host_git_runs_nothing(ws, exfat.home, canary)
+
+
 def test_git_work_inside_still_works_on_a_case_insensitive_file_system(exfat):
     """What git writes in normal work stays writable there: add, commit, branch, stash."""
     ws = repo(exfat.workspace, exfat.home)
