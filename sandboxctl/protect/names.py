@@ -40,9 +40,12 @@ def fold_name(name: str) -> str:
     """One directory entry's name as a case-insensitive file system may take it: lower case (full
     Unicode case folding, and a character whose upper case is ASCII taken as that: exFAT's and
     NTFS's up-case tables map dotless i to I), compatibility-decomposed, without the code points
-    some foldings ignore, and without trailing dots and spaces (FAT and exFAT drop them:
+    some foldings ignore, without an NTFS stream name (`config::$DATA` is the file's content
+    where streams are named so) and without trailing dots and spaces (FAT and exFAT drop them:
     `config.` is `config`). Conservative: a name any of those foldings makes protected is."""
     folded = name.lower() if name.isascii() else _fold_unicode(name)
+    if ":" in folded and folded[0] != ":":  # NTFS streams (ntfs-3g streams_interface=windows): config::$DATA
+        folded = folded.split(":", 1)[0]
     trimmed = folded.rstrip(". ")
     return trimmed or folded  # "." and ".." stay themselves
 

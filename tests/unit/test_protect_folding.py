@@ -24,6 +24,7 @@ WS = "/ws"
     (".g\u0131t", ".git"),  # dotless i: its upper case is I (exFAT's and NTFS's up-case tables)
     (".g\u200cit", ".git"), (".gi\ufefft", ".git"),  # code points older casefolding and HFS+ ignore
     ("\uff0e\uff27\uff29\uff34", ".git"),  # fullwidth: compatibility-decomposed
+    ("config::$DATA", "config"), ("config:x", "config"), (":x", ":x"),
     (".", "."), ("..", ".."), ("...", "..."),
 ])
 def test_fold_name(name, folded):
