@@ -51,7 +51,8 @@ class Protection:
         # looked up by each ancestor of a path (a dict probe per level, not a scan per entry), folded
         self.roots = set(roots)  # as given: the mediator compares them with its mount targets
         self._roots = {fold_path(r): r for r in self.roots}
-        self.gitdirs = {fold_path(g) for g in gitdirs}
+        self._gitdirs = {fold_path(g): g for g in gitdirs}
+        self.gitdirs = set(self._gitdirs)
         explicit = {p.rstrip("/") or "/": why for p, why in (explicit or {}).items()}
         self.explicit = {fold_path(p): why for p, why in explicit.items()}
         self._named = {fold_path(p): p for p in explicit}  # as given, for messages
@@ -148,5 +149,5 @@ class Protection:
                 return f"holds {self._named[held]} ({why})"
         for gitdir in self.gitdirs:
             if gitdir.startswith(prefix) and not gitdir.endswith("/" + names.GIT):
-                return f"holds the repository {gitdir}"
+                return f"holds the repository {self._gitdirs[gitdir]}"
         return None
