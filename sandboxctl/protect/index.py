@@ -70,7 +70,7 @@ def _scan_dir(path: str, patterns: tuple[str, ...], st: os.stat_result) -> _Dir:
             if is_git_name(name):  # `.GIT` is `.git` on a case-insensitive directory
                 hits.append((name, "symlink" if is_link else "dir" if is_dir else "file"))
                 continue
-            if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            if patterns and any(fnmatch.fnmatchcase(fold_name(name), p) for p in patterns):  # folded: .ENV too
                 hits.append((name, "symlink" if is_link else "dir" if is_dir else "file"))
             if is_dir:
                 subdirs.append(name)
@@ -141,7 +141,7 @@ def _save(path: Path, dirs: dict[str, tuple]) -> None:
 def scan(root: str, patterns: tuple[str, ...] = (), cache_dir: Path | None = None, deep: bool = True) -> TreeIndex:
     """Walk root (never following symlinks), reusing the cached records of unchanged directories.
     Not deep: only root's own entries (a writable grant other than the workspace)."""
-    patterns = tuple(sorted(set(patterns)))
+    patterns = tuple(sorted({fold_name(p) for p in patterns}))  # names are matched folded (.ENV is .env)
     cache_path = _cache_file(cache_dir, root, patterns) if cache_dir and deep else None
     cached = _load(cache_path) if cache_path else {}
     fresh: dict[str, tuple] = {}

@@ -355,3 +355,26 @@ def test_a_directory_cannot_be_made_case_insensitive_inside(tmp_path, home):
         assert not os.path.lexists(ws / "d" / ".GIT") and not os.path.lexists(ws / "d" / ".git")
     finally:
         _unmount(where)
+
+
+def test_a_mask_that_another_spelling_would_pass_fails_the_run_before_it_starts(exfat, tmp_path):
+    """A masked `.env` (filesystem.deny) is a mount over its dentry; on a case-insensitive FUSE
+    file system `.ENV` is a dentry of its own that the mount does not cover, so the secret would
+    be read through it. The run fails with 125 before anything starts, naming the path."""
+    ws = exfat.workspace
+    (ws / ".env").write_text("SECRET=hunter2\n")
+    result = exfat.sh("cat .ENV .Env > leaked; touch ran")
+    assert result.returncode == 125, (result.returncode, result.stdout, result.stderr)
+    assert "case-insensitive file system" in result.stderr and f"{ws}/.env" in result.stderr
+    assert not (ws / "ran").exists() and not (ws / "leaked").exists()
+    (ws / ".env").unlink()
+    result = exfat.sh("touch ran")  # without a secret to hide, the same workspace runs
+    assert result.returncode == 0, result.stderr
+    assert (ws / "ran").exists()
+
+
+def test_a_mask_on_a_case_sensitive_file_system_runs(sandbox):
+    """The same workspace on a case-sensitive file system: `.ENV` is nothing there, the run goes."""
+    (sandbox.workspace / ".env").write_text("SECRET=hunter2\n")
+    result = sandbox.sh("cat .env 2>/dev/null; cat .ENV 2>/dev/null; echo end")
+    assert result.returncode == 0 and result.stdout == "end\n", (result.stdout, result.stderr)

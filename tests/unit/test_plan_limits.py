@@ -136,6 +136,16 @@ def test_xattr_calls_are_refused_and_the_newest_are_known_by_number():
     assert seccomp.syscall_number(pyseccomp, "setxattr") == pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, "setxattr")
 
 
+def test_a_mask_another_spelling_passes_fails_the_plan():
+    masks = [Mount("mask-file", "/ws/.env", reason="filesystem.deny"), Mount("rw", "/ws", "/ws", "workspace")]
+    build.masks_cover_every_spelling(masks, lambda path: None)
+    seen = []
+    build.masks_cover_every_spelling(masks[1:], lambda path: seen.append(path) or "/ws/.ENV")
+    assert seen == []  # only masks are asked about
+    with pytest.raises(SandboxError, match=r"case-insensitive file system where /ws/\.ENV reaches it"):
+        build.masks_cover_every_spelling(masks, lambda path: "/ws/.ENV" if path == "/ws/.env" else None)
+
+
 def test_inode_flags_are_refused_by_request_and_file_setattr_by_number():
     """chattr's requests (FS_IOC_SETFLAGS in both sizes, FS_IOC_FSSETXATTR) and file_setattr: +F
     would make a directory case-insensitive, where .GIT names .git."""

@@ -103,3 +103,21 @@ def test_a_long_name_shaped_like_a_short_one_is_its_own(tmp_path: Path):
         assert aliases.short_alias(root, f"{tmp_path}/DOC~1/NEW~1.TXT", str(tmp_path)) is None  # being created
     finally:
         os.close(root)
+
+
+def test_masked_names_are_matched_folded(tmp_path: Path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / ".ENV.local").write_text("x")
+    (tmp_path / ".env").write_text("x")
+    assert scan(str(tmp_path), (".env*",)).matches == (f"{tmp_path}/.env", f"{tmp_path}/a/.ENV.local")
+
+
+def test_no_other_spelling_on_a_case_sensitive_file_system(tmp_path: Path):
+    from sandboxctl.plan.facts import _spelt_otherwise
+
+    (tmp_path / "Dir").mkdir()
+    (tmp_path / "Dir" / ".env").write_text("x")
+    (tmp_path / "Dir" / ".ENV").write_text("another file, really spelt so")
+    spelt_otherwise = _spelt_otherwise()
+    assert spelt_otherwise(f"{tmp_path}/Dir/.env") is None
+    assert spelt_otherwise(f"{tmp_path}/missing/.env") is None
