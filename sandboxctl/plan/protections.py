@@ -164,11 +164,11 @@ class ProtectionPlanner:
         commands on the caller's PATH, in directories under a writable grant: an activated project
         venv puts WORKSPACE/.venv/bin first, and a `bwrap` a sandbox left there ran outside it.
         (Relative entries are never searched: supervise/spawn.which.)"""
-        import shlex
-
         names = {"bwrap", "runsc"}
         for secret in self.p.policy.secrets:
             if secret.source_kind == "command":
+                import shlex  # only then: every run's start-up imports are counted (test_startup_imports)
+
                 with contextlib.suppress(ValueError, IndexError):
                     program = shlex.split(secret.source_ref)[0]
                     if "/" not in program:
