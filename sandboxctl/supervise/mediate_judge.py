@@ -11,8 +11,8 @@ from __future__ import annotations
 import errno
 import os
 
+from sandboxctl.paths import within
 from sandboxctl.protect.names import GITDIR_MARKERS, gitdir_marker
-from sandboxctl.protect.rules import within
 from sandboxctl.supervise import aliases
 from sandboxctl.supervise.mediate_calls import Entry, exists_at
 from sandboxctl.supervise.notify import respond
