@@ -52,6 +52,7 @@ KCMP_VM, KCMP_FILES, KCMP_FS = 1, 2, 3  # include/uapi/linux/kcmp.h
 # per machine: kcmp, and the calls a vfork() parent waits in (clone3 is ENOSYS in the baseline)
 _MACHINE = {"x86_64": (312, {56: "clone", 58: "vfork"}), "aarch64": (272, {220: "clone"})}
 MAX_CLAIMS = 4096
+MAX_PARENTS = 8  # vfork parents whose stat and syscall files are held open (two descriptors each)
 
 
 class ExecTarget(Record):
@@ -86,11 +87,15 @@ class ExecEvents:
         self._kcmp_nr, self._vfork_calls = _MACHINE.get(machine, (None, {}))
         self.root: int | None = None  # the sandbox's root, opened at the first exec (see sandbox_paths)
         self.formats = facts.Formats()
+        # pid -> descriptors of its /proc/PID/stat and /proc/PID/task/PID/syscall (_parent_files)
+        self.parents: OrderedDict[int, tuple[int, int]] = OrderedDict()
 
     def close(self) -> None:
         if self.root is not None:
             os.close(self.root)
             self.root = None
+        while self.parents:
+            self._forget_parent(next(iter(self.parents)))
 
     def _root(self, pid: int) -> int | None:
         if self.root is None:
@@ -233,27 +238,68 @@ class ExecEvents:
         """Every thread of `parent` is either the one that vfork()ed `child` and now waits for its
         exec (the kernel holds it until the exec has copied the arguments) — or there is none
         other. Any other thread could run and write the shared memory. `child_parent`: the
-        child's ppid as its stat said (its parent's only thread then lists it as its child)."""
+        child's ppid as its stat said (its parent's only thread then lists it as its child).
+
+        The threads are counted from /proc/PID/stat (one read, not a directory listing): a count
+        of 1 is the thread group leader itself, as a leader that exits before its other threads
+        stays a zombie and counted until the last of them is gone."""
+        lines = self._parent_files(parent)
+        if lines is None:
+            return False
+        stat_line, syscall_line = lines
         try:
-            threads = os.listdir(f"/proc/{parent}/task")
-        except OSError:
+            if int(stat_line.rsplit(b")", 1)[1].split()[17]) != 1:
+                return False
+        except (IndexError, ValueError):
             return False
-        if len(threads) != 1:
-            return False
-        thread = threads[0]
         try:
             if child_parent != parent and str(child).encode() not in facts.read_proc(
-                    f"/proc/{parent}/task/{thread}/children").split():
+                    f"/proc/{parent}/task/{parent}/children").split():
                 return False
-            fields = facts.read_proc(f"/proc/{parent}/task/{thread}/syscall", one_line=True).decode().split()
         except OSError:
             return False
+        fields = syscall_line.decode().split()
         if not fields or not fields[0].isdigit() or int(fields[0]) not in self._vfork_calls:
             return False
         if self._vfork_calls[int(fields[0])] == "vfork":
             return True
         clone_flags = int(fields[1], 16) if len(fields) > 1 else 0
         return clone_flags & (CLONE_VM | CLONE_VFORK) == CLONE_VM | CLONE_VFORK
+
+    def _parent_files(self, parent: int) -> tuple[bytes, bytes] | None:
+        """`parent`'s /proc/PID/stat and /proc/PID/task/PID/syscall, now, or None if unreadable.
+
+        A shell vforks every command it runs, so the same parent is looked at exec after exec:
+        its two files stay open (at most MAX_PARENTS parents), and each look is one pread of
+        each from offset 0, which makes the kernel show the file afresh. A held descriptor names
+        that very process, never a later one given its pid: once the process is gone its reads
+        fail (ESRCH), and the files are opened again by number, as on a first look."""
+        for _attempt in (0, 1):
+            held = self.parents.get(parent)
+            if held is None:
+                try:
+                    stat_fd = os.open(f"/proc/{parent}/stat", os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    return None
+                try:
+                    syscall_fd = os.open(f"/proc/{parent}/task/{parent}/syscall", os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    os.close(stat_fd)
+                    return None
+                held = self.parents[parent] = (stat_fd, syscall_fd)
+                while len(self.parents) > MAX_PARENTS:
+                    self._forget_parent(next(iter(self.parents)))
+            else:
+                self.parents.move_to_end(parent)
+            try:
+                return facts.pread_line(held[0]), facts.pread_line(held[1])
+            except OSError:
+                self._forget_parent(parent)  # gone (or its pid now another's): open by number again
+        return None
+
+    def _forget_parent(self, parent: int) -> None:
+        for fd in self.parents.pop(parent, ()):
+            os.close(fd)
 
     # ------------------------------------------------------------------ after the fact
     def _remember(self, tgid: int, target: ExecTarget) -> None:
