@@ -218,13 +218,15 @@ class ExecEvents:
 
     def _sharer(self, pid: int, own: int, kinds: list[int], parent: int = 0) -> str | None:
         try:
-            others = [p for p in self.tasks() if p != own]
+            others = self.tasks()
         except OSError as exc:
             return f"the sandbox's processes could not be listed ({exc.strerror})"
         kcmp = facts.kcmp()
         for other in others:
+            if other == own:
+                continue
             for kind in kinds:
-                result = kcmp(self._kcmp_nr, pid, other, kind)
+                result = kcmp(self._kcmp_nr, pid, other, kind, 0, 0)
                 if result == 0:
                     if kind == KCMP_VM and self._waits_for_vfork(other, pid, parent):
                         continue

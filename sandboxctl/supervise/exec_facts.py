@@ -310,11 +310,13 @@ def _queried_risk(fd: int, spans: list[list[int]], judge_write: Callable[[str], 
                 *_rest = _QUERY.unpack(query)
             if start > low:
                 return "the exec's arguments are not in mapped memory"
-            # the name's bytes alone (`names.raw` would copy the whole 8 KiB buffer first)
-            name = os.fsdecode(string_at(_query_buffers.address, name_size - 1)) if name_size > 1 else ""
-            why = _risk(not vma_flags & QUERY_VMA_SHARED, inode, name, judge_write)
-            if why:
-                return why
+            private = not vma_flags & QUERY_VMA_SHARED
+            if not private or inode:  # a private anonymous area is safe whatever its name says
+                # the name's bytes alone (`names.raw` would copy the whole 8 KiB buffer first)
+                name = os.fsdecode(string_at(_query_buffers.address, name_size - 1)) if name_size > 1 else ""
+                why = _risk(private, inode, name, judge_write)
+                if why:
+                    return why
             area_start, area_stop = start, stop
             low = stop  # the rest of this span must lie in the next area
     return None
@@ -371,13 +373,10 @@ def _risk(private: bool, inode: int, name: str, judge_write: Callable[[str], Any
 
 
 @functools.cache
-def kcmp() -> Callable[[int, int, int, int], int]:
-    """kcmp(2) through libc's syscall(), its argument types declared once; -1 on error."""
+def kcmp() -> Callable[[int, int, int, int, int, int], int]:
+    """kcmp(2) through libc's syscall(): call it as kcmp()(number, pid1, pid2, kind, 0, 0), its
+    argument types declared once (no Python wrapper: it runs once per process of the sandbox at
+    every exec); -1 on error."""
     ctypes, libc, _ = fdops._libc()
-    call = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_long,
+    return ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_long,
                             ctypes.c_long, ctypes.c_long, use_errno=True)(("syscall", libc))
-
-    def kcmp(number: int, pid1: int, pid2: int, kind: int) -> int:
-        return call(number, pid1, pid2, kind, 0, 0)
-
-    return kcmp
