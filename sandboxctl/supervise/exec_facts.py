@@ -45,8 +45,12 @@ def read_argv(memory: notify.ProcessMemory, address: int,
             break
         if not pointers:  # the rest of this page, at most what MAX_ARGS still allows (with the NULL),
             # ARGV_BATCH at a time (its words come from the same read: unpacking a page's 512 cost more)
-            pointers = memory.words(address, min(notify.MAX_ARGS - len(argv) + 1, (4096 - address % 4096) // 8 or 1,
-                                                 ARGV_BATCH) or 1)
+            count = min(notify.MAX_ARGS - len(argv) + 1, (4096 - address % 4096) // 8 or 1, ARGV_BATCH) or 1
+            seen = memory.first_chunk  # the path's first read: a shell's argv array is a few bytes on
+            if seen is not None and 0 <= address - seen[0] <= len(seen[1]) - 8 * count:
+                pointers = list(struct.unpack_from(f"<{count}Q", seen[1], address - seen[0]))
+            else:
+                pointers = memory.words(address, count)
         pointer = pointers.pop(0)
         ranges.append((address, 8))
         if not pointer:

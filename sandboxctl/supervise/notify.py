@@ -88,6 +88,8 @@ def respond(fd: int, notification_id: int, *, error: int = 0, allow: bool = Fals
 class ProcessMemory:
     """Reads strings and pointer arrays from a stopped caller through /proc/PID/mem."""
 
+    first_chunk: tuple[int, bytes] | None = None  # (address, bytes) of cstring's first read
+
     def __init__(self, pid: int):
         self.fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
 
@@ -111,6 +113,8 @@ class ProcessMemory:
             chunk = os.pread(self.fd, min(page_left, limit - len(data)), address + len(data))
             if not chunk:
                 raise OSError(errno.EFAULT, "unreadable memory")
+            if self.first_chunk is None:  # an exec's argv array is mostly on its path's page
+                self.first_chunk = (address, chunk)
             end = chunk.find(b"\0")
             if end >= 0:
                 return data + chunk[:end], True
