@@ -23,10 +23,17 @@ def frames(data: bytes) -> list[bytes]:
 
 
 def send_config(sock: _socket.socket, config: dict) -> None:
-    """Send it all, unless bubblewrap has died already (its stderr and exit status, which the
-    supervisor's loop reads next, say why: this must not end the run as a broken pipe would)."""
+    """Send it all, in frames (send_to_shim: unless bubblewrap has died already)."""
+    send_to_shim(sock, *frames(marshal.dumps(config)))
+
+
+def send_to_shim(sock: _socket.socket, *messages: bytes) -> None:
+    """Send each message, unless the shim (or bubblewrap) has died already: its stderr and exit
+    status, which the supervisor's loop reads next, say what became of the run. Its EPIPE must
+    not end the run as a broken pipe: reaching the CLI it could be taken for the CLI's own reader
+    going away, and a run that never ran would exit 0. Any other error is raised."""
     try:
-        for frame in frames(marshal.dumps(config)):
-            sock.sendall(frame)
+        for message in messages:
+            sock.sendall(message)
     except (BrokenPipeError, ConnectionResetError):
         pass

@@ -314,16 +314,8 @@ def remember(this: str, plan, argv: list[str], fds: tuple[int, int, int], config
         finally:
             os.close(fd)
         os.replace(temporary, path)
-        _prune(directory)
     except (OSError, ValueError):
-        pass
-
-
-def _prune(directory: str) -> None:
-    entries = [e for e in os.scandir(directory) if e.name.startswith(PREFIX)]
-    if len(entries) <= MAX_ENTRIES:
         return
-    entries.sort(key=lambda e: e.stat().st_mtime)
-    for entry in entries[: len(entries) - MAX_ENTRIES]:
-        with contextlib.suppress(OSError):
-            os.unlink(entry.path)
+    from sandboxctl import cachedir  # imported by then (launch/seccomp.py), never on the head start's own path
+
+    cachedir.prune(directory, (PREFIX,), keep=MAX_ENTRIES)

@@ -58,3 +58,48 @@ def test_the_tree_index_marks_its_cache_entry_used(tmp_path):
     aged(entry, 20)
     scan(str(root), (), cache)
     assert entry.stat().st_mtime > time.time() - 60
+
+
+def test_by_count_the_least_recently_used_go_and_nothing_else(tmp_path):
+    """The head start's rule (launch/headstart.py): at most MAX_ENTRIES remembered launches."""
+    from sandboxctl.launch import headstart
+
+    keep = headstart.MAX_ENTRIES
+    for number in range(keep + 3):
+        entry = tmp_path / f"{headstart.PREFIX}{number:03}.marshal"
+        entry.write_bytes(b"x")
+        aged(entry, 100 - number)  # 000 is the oldest
+    for name in ("tree-old.marshal", "policy-old.marshal", "other"):
+        (tmp_path / name).write_bytes(b"x")
+        aged(tmp_path / name, 200)
+    cachedir.prune(tmp_path, (headstart.PREFIX,), keep=keep)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    launches = [name for name in left if name.startswith(headstart.PREFIX)]
+    assert launches == [f"{headstart.PREFIX}{number:03}.marshal" for number in range(3, keep + 3)]
+    assert {"tree-old.marshal", "policy-old.marshal", "other"} <= set(left)  # not the head start's to prune
+    cachedir.prune(tmp_path, (headstart.PREFIX,), keep=keep)  # at the limit: nothing goes
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith(headstart.PREFIX)]) == keep
+
+
+def test_both_rules_at_once_and_a_link_is_judged_by_itself(tmp_path):
+    """A symlink in the cache is removed by its own age, never followed: its target stays."""
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"precious")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for name, days in {"tree-a": 1, "tree-b": 2, "tree-c": 3, "tree-d": 40}.items():
+        (cache / name).write_bytes(b"x")
+        aged(cache / name, days)
+    link = cache / "tree-link"
+    link.symlink_to(outside)
+    when = time.time() - 50 * 86400
+    os.utime(link, (when, when), follow_symlinks=False)
+    aged(outside, 0)  # fresh: a prune that followed the link would keep it
+    cachedir.prune(cache, ("tree-",), keep=4, unused_before=time.time() - 30 * 86400)  # count: the link; age: d
+    assert sorted(p.name for p in cache.iterdir()) == ["tree-a", "tree-b", "tree-c"]
+    assert outside.read_bytes() == b"precious"
+
+
+def test_a_cache_dir_that_is_not_there_is_no_error(tmp_path):
+    cachedir.prune(tmp_path / "absent", ("tree-",), keep=1)
+    cachedir.prune_daily(tmp_path / "absent")

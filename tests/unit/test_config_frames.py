@@ -90,10 +90,27 @@ def test_a_reader_that_went_away_is_still_not_an_error():
 def test_a_go_to_a_shim_that_died_is_not_a_broken_pipe():
     """The red team's case: the shim dies between ready and go while stdout is a broken pipe too;
     a BrokenPipeError from the go would have been taken for the reader going away (exit 0)."""
-    from sandboxctl.supervise.runner import _send_go
+    from sandboxctl.supervise.handshake import _send_go
 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     theirs.close()
     _send_go(ours, True)
     _send_go(ours, False)
     ours.close()
+
+
+def test_send_to_shim_swallows_a_dead_peer_only():
+    """The one helper both the configuration and the go use: a dead shim is not an error, every
+    other failure is (a closed descriptor of ours must not pass for a sent message)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    config_frames.send_to_shim(ours, b"one", b"two")
+    assert [theirs.recv(16), theirs.recv(16)] == [b"one", b"two"]
+    theirs.close()
+    config_frames.send_to_shim(ours, b"three", b"four")  # EPIPE: swallowed
+    ours.close()
+    try:
+        config_frames.send_to_shim(ours, b"five")
+    except OSError as exc:
+        assert not isinstance(exc, BrokenPipeError | ConnectionResetError)
+    else:
+        raise AssertionError("a send on a closed socket of ours passed silently")
