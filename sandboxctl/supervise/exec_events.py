@@ -10,8 +10,9 @@ each record says whether the read is provably what the kernel will use:
   memory (kcmp KCMP_VM; its cwd/fd table too when the path depends on them) except the parent
   that vfork()ed it and waits, blocked, for this exec; every byte read (path, argv array and
   strings) lies in a private mapping that nobody else can change (anonymous, or a read-only
-  mapping of a file outside the writable set); and opening /proc/PID/mem for writing is denied
-  inside the sandbox (Dispatcher asks `refuses_open`);
+  mapping of a file outside the writable set); opening /proc/PID/mem for writing is denied
+  inside the sandbox (Dispatcher asks `refuses_open`); and ptrace and process_vm_writev are
+  refused (the baseline's rule, unless the policy's `syscalls.allow` takes them out);
 - otherwise `verified: false` with `unverified` saying why.
 
 After the fact, where possible: at the next trapped call of the same process the supervisor
@@ -67,13 +68,21 @@ class ExecTarget(Record):
     started: str  # /proc/PID/stat starttime: a reused pid is another process
 
 
+def memory_writers(rules: Any) -> tuple[str, ...]:
+    """The calls that write another process's memory which the seccomp rules do not refuse
+    outright (`syscalls.allow: [ptrace]` gives back ptrace and process_vm_writev): while any is
+    allowed, no read of a caller's memory is provably what the kernel will read."""
+    refused = {rule.syscall for rule in rules if not rule.conditions}
+    return tuple(name for name in ("ptrace", "process_vm_writev") if name not in refused)
+
+
 class ExecEvents:
     """Handles execve/execveat notifications for the Dispatcher and checks them afterwards."""
 
     def __init__(self, listener: int, log: Callable[..., None], denied: list[dict[str, Any]],
                  judge_write: Callable[[str], Any], tasks: Callable[[], list[int]],
                  tampered: list[dict[str, Any]] | None = None, memory_writes_trapped: bool = True,
-                 log_soon: Callable[..., None] | None = None):
+                 log_soon: Callable[..., None] | None = None, memory_writers: tuple[str, ...] = ()):
         self.listener = listener
         self.log = log
         self.log_soon = log_soon or log  # the exec record, once the kernel has its answer (queued)
@@ -82,6 +91,7 @@ class ExecEvents:
         self.tasks = tasks  # host pids of every process of the sandbox
         self.tampered = tampered if tampered is not None else []
         self.memory_writes_trapped = memory_writes_trapped  # write-intent opens reach refuses_open
+        self.memory_writers = memory_writers  # calls the policy lets write another's memory (memory_writers())
         self.claims: OrderedDict[int, ExecTarget] = OrderedDict()
         machine = os.uname().machine
         self._kcmp_nr, self._vfork_calls = _MACHINE.get(machine, (None, {}))
@@ -204,6 +214,8 @@ class ExecEvents:
             return f"{caller.threads or 'an unknown number of'} threads share the caller's memory"
         if not self.memory_writes_trapped:
             return "write opens are not trapped in this run, so /proc/PID/mem stays writable"
+        if self.memory_writers:
+            return f"the policy allows {' and '.join(self.memory_writers)}, which write another process's memory"
         if self._kcmp_nr is None:
             return f"no kcmp check on {os.uname().machine}"
         kinds = [KCMP_VM]

@@ -91,3 +91,15 @@ def test_a_path_and_argv_in_shared_memory_are_not_verified(sandbox):
     assert len(shared) == 1 and shared[0]["path"] == "/usr/bin/true", shared
     assert shared[0]["verified"] is False and "shared memory" in shared[0]["unverified"], shared
     assert len(private) == 1 and private[0]["verified"] is True, private
+
+
+def test_with_ptrace_allowed_no_record_is_verified(sandbox):
+    """`syscalls.allow: [ptrace]` also gives back process_vm_writev (RELEASE_GROUPS): any process
+    of the sandbox can then rewrite another's pending exec path, thread or not."""
+    policy = sandbox.write_policy("ptrace.yaml", "version: 1\nextends: default\nsyscalls:\n  allow: [ptrace]\n")
+    result = sandbox.run("--yes", "--", "python3", "-c", SPAWN + "\nspawn(b'calm')\nos.system('/usr/bin/true')",
+                         policy=str(policy))
+    assert result.returncode == 0, result.stderr
+    execs = [r for r in sandbox.records() if r["event"] == "exec"]
+    assert len(execs) >= 3 and _execs(sandbox, "calm"), execs
+    assert all(r["verified"] is False and "process_vm_writev" in r["unverified"] for r in execs), execs

@@ -95,3 +95,15 @@ def test_pread_line_reads_a_file_whole_however_long(tmp_path, size):
         assert exec_facts.pread_line(fd) == path.read_bytes()  # from offset 0 again
     finally:
         os.close(fd)
+
+
+def test_memory_writers_are_what_the_policy_gives_back():
+    from sandboxctl.plan.syscalls import apply_policy, baseline_rules
+
+    def writers(deny: tuple[str, ...], allow: tuple[str, ...]) -> tuple[str, ...]:
+        return exec_events.memory_writers(apply_policy(baseline_rules(), deny, allow))
+
+    assert writers((), ()) == ()
+    assert writers((), ("ptrace",)) == ("ptrace", "process_vm_writev")
+    assert writers((), ("process_vm_writev",)) == ("process_vm_writev",)
+    assert writers(("ptrace", "process_vm_writev"), ("ptrace",)) == ()  # a deny of its own puts them back
