@@ -122,8 +122,10 @@ class Listener:
         """Host pids of every process in the sandbox (for exec records: who could share memory):
         the run's cgroup lists them in one read; without one, the process tree is walked."""
         if self.cgroup is not None and self.cgroup.dirs and self.ready:
-            with contextlib.suppress(OSError):
+            try:  # not contextlib.suppress: a Python context manager at every exec
                 return self.cgroup.processes()
+            except OSError:
+                pass
         init = self._init_pid()
         return processes.descendants(init) if init else []
 
