@@ -49,6 +49,8 @@ DEFAULT_MAX_BYTES = 64 << 20
 DEFAULT_KEEP = 5
 _OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 BATCH_PAUSE_S = 0.01  # the log's thread pauses this long after writing what was queued
+MAX_BATCH = 8  # records queued during a pause that cut it short
+PAUSE_RECORD_BYTES = (256 + 1) * 4096 * 2  # the largest exec record, argv escaped (see _may_pause)
 
 
 class LogWriteError(SandboxError):
@@ -197,6 +199,8 @@ class ActionLog:
             self._writer.start()
         if self._idle:  # else the thread is writing or pausing, and looks at the queue next
             self._signal()
+        elif len(self._pending) >= MAX_BATCH:  # a pause never holds back more than a batch
+            self._end_pause()
 
     def _signal(self) -> None:
         """Wake the thread: a binary semaphore (a released lock is a wake-up not yet taken, and
@@ -244,7 +248,22 @@ class ActionLog:
                 return
             # a pause, so the records of the next BATCH_PAUSE_S come in one wake-up: waking this
             # thread for each one cost the exec path a futex wake-up of the other CPU per exec
-            self._nap.acquire(timeout=BATCH_PAUSE_S)
+            if self._may_pause():
+                self._nap.acquire(timeout=BATCH_PAUSE_S)
+
+    def _may_pause(self) -> bool:
+        """A pause holds back at most MAX_BATCH records, all written past whatever the flood guard
+        decides at a rotation among them (supervise/flood.py keeps one rotation of margin, shared
+        with other runs' rotations): so only a log whose files take two batches of the largest
+        records (256 arguments of 4 KiB, escaped) pauses — the default 64 MiB does; a smaller
+        max_bytes writes every record as it comes, as without the pause."""
+        return self.max_bytes is None or self.max_bytes >= 2 * MAX_BATCH * PAUSE_RECORD_BYTES
+
+    def _end_pause(self) -> None:
+        try:  # noqa: SIM105 -- contextlib.suppress costs a Python context manager on the exec path
+            self._nap.release()
+        except RuntimeError:  # not pausing, or cut short already: its next look sees the queue
+            pass
 
     def _write(self, event: str, fields: dict[str, Any], ts: str | None = None) -> None:
         record = {"ts": ts or timestamp(), "run": self.run_id, "seq": self.seq, "event": event, **fields}
@@ -354,8 +373,7 @@ class ActionLog:
         if self._writer is not None:
             self._stopping = True
             self._signal()
-            with contextlib.suppress(RuntimeError):  # the pause, cut short (released already: fine)
-                self._nap.release()
+            self._end_pause()
             self._writer.join()
             self._writer = None
         with self._mutex:

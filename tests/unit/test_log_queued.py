@@ -221,3 +221,28 @@ def test_close_does_not_wait_out_the_threads_pause(logfile: Path, monkeypatch):
     log.close()
     assert time.monotonic() - started < 10  # the pause is cut short, not waited out
     assert [r["pid"] for r in records(logfile)] == [1, 2]
+
+
+def test_a_pause_holds_back_at_most_a_batch_and_only_where_a_batch_cannot_rotate_twice(logfile: Path, monkeypatch):
+    """The flood guard decides at a rotation; what a pause held back is written after that
+    decision. So a pause ends once MAX_BATCH records wait, and a log whose files could not take
+    two batches of the largest records never pauses (every record is written as it comes)."""
+    from sandboxctl.log import writer
+
+    assert ActionLog(str(logfile), RUN)._may_pause()  # the default 64 MiB files
+    small = ActionLog(str(logfile.with_name("small.jsonl")), RUN, max_bytes=40_000, keep=2)
+    assert not small._may_pause()
+    small.close()
+    monkeypatch.setattr(writer, "BATCH_PAUSE_S", 30.0)
+    log = ActionLog(str(logfile), RUN)
+    log.write_soon("exec", pid=0, path="/bin/true", argv=["true"])
+    deadline = time.monotonic() + 30
+    while log._pending and time.monotonic() < deadline:  # written: the thread now pauses for 30 s
+        time.sleep(0.001)
+    for i in range(1, writer.MAX_BATCH + 1):
+        log.write_soon("exec", pid=i, path="/bin/true", argv=["true"])
+    while log._pending and time.monotonic() < deadline:  # the batch ended the pause: no flush needed
+        time.sleep(0.005)
+    assert time.monotonic() < deadline - 20 and not log._pending
+    log.close()
+    assert [r["pid"] for r in records(logfile)] == list(range(writer.MAX_BATCH + 1))
