@@ -24,7 +24,7 @@ SECCOMP_SYSCALL = {"x86_64": 317, "aarch64": 277, "riscv64": 277, "ppc64le": 358
 
 # Calls newer than some libseccomp releases know (resolve_syscall: -1). Since Linux 5.1 a new call
 # has the same number on every architecture sandboxctl supports.
-NEWER_CALLS = {"setxattrat": 463, "removexattrat": 466, "open_tree_attr": 467}
+NEWER_CALLS = {"setxattrat": 463, "removexattrat": 466, "open_tree_attr": 467, "file_setattr": 469}
 
 
 def syscall_number(pyseccomp, name: str) -> int:

@@ -341,6 +341,7 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
     overlay = planner.overlay()
     mounts = planner.build_mounts()
     mounts = mount_limits.reachable_guards(mounts, facts.closed_to_sandbox, planner.notes)
+    mount_limits.masks_cover_every_spelling(mounts, facts.spelt_otherwise)
     if not planner.gvisor:
         kept = mount_limits.within_bwrap_limit(mounts, planner.protect, planner.policy.landlock, planner.notes)
         if len(kept) < len(mounts):  # the protected binds were left out: Landlock must refuse truncation

@@ -154,6 +154,7 @@ def gather(environ: Mapping[str, str] | None = None) -> HostFacts:
         tree=_tree,
         git_refs=lambda config, worktree: _git_refs(config, worktree, home),
         closed_to_sandbox=_closed_to_sandbox(),
+        spelt_otherwise=_spelt_otherwise(),
     )
 
 
@@ -192,6 +193,93 @@ def _closed_to_sandbox():
         return not all(search(d) for d in reversed(chain))
 
     return closed
+
+
+# File systems whose names are case-sensitive, or folded by the kernel itself (one dentry per
+# entry, so a mount over it holds for every spelling): not probed. FUSE, NFS, SMB, 9p, ZFS… are.
+ONE_DENTRY_PER_ENTRY = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "ramfs", "f2fs", "vfat", "msdos",
+                                  "exfat", "ntfs3", "hfs", "hfsplus", "iso9660", "udf", "jfs", "squashfs", "erofs",
+                                  "bcachefs", "devtmpfs", "proc", "sysfs"})
+
+
+def _spelt_otherwise():
+    """path -> a spelling of one of its components (its case swapped) that reaches the same entry
+    through a dentry of its own, or None. A case-insensitive directory whose folding the kernel
+    knows (ext4/tmpfs casefold, vfat, exfat) has one dentry per entry, so a mount over it holds
+    for every spelling. Under FUSE (or NFS, SMB to a case-insensitive server) each spelling is a
+    dentry of its own, and a file, or a directory given an inode of its own per spelling, escapes
+    a mask mounted over the entry. Only paths on such file systems are probed (one stat each
+    otherwise)."""
+    listings: dict[str, set[str]] = {}
+    types: dict[int, str] = {}
+
+    def listed(directory: str) -> set[str]:
+        if directory not in listings:
+            try:
+                listings[directory] = set(os.listdir(directory))
+            except OSError:
+                listings[directory] = set()
+        return listings[directory]
+
+    def fstype(device: int) -> str:
+        if not types:
+            types.update(_mounted_types())
+        return types.get(device, "")
+
+    def other(path: str) -> str | None:
+        try:
+            device = os.stat(os.path.dirname(path) or "/").st_dev
+        except OSError:
+            return None
+        if fstype(device) in ONE_DENTRY_PER_ENTRY:
+            return None
+        parent = "/"
+        for name in path.strip("/").split("/"):
+            alias = name.swapcase()
+            if alias != name:
+                found = _alias_of(parent, name, alias, listed)
+                if found:
+                    return os.path.join(parent, found)
+            parent = os.path.join(parent, name)
+        return None
+
+    return other
+
+
+def _mounted_types() -> dict[int, str]:
+    """device number -> file system type, from /proc/self/mountinfo (field 3 is major:minor)."""
+    found: dict[int, str] = {-1: ""}
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            fields = line.split()
+            if " - " not in line or len(fields) < 3:
+                continue
+            major, minor = fields[2].split(":")
+            found.setdefault(os.makedev(int(major), int(minor)), line.split(" - ", 1)[1].split()[0])
+    return found
+
+
+def _alias_of(parent: str, name: str, alias: str, listed) -> str | None:
+    try:
+        st = os.lstat(os.path.join(parent, name))  # looks the entry up first: its dentry is cached
+    except OSError:
+        return None
+    try:
+        fd = os.open(os.path.join(parent, alias), os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None  # case-sensitive here (the usual answer: one failed lookup)
+    try:
+        named = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        other = os.fstat(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if named == name or alias in listed(parent):
+        return None  # the kernel's own folding (one dentry), or another entry really spelt so
+    if stat.S_ISDIR(st.st_mode) and (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+        return None  # one directory inode has one dentry: a mount over it holds whatever the spelling
+    return alias
 
 
 ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_GROUP, ACL_MASK, ACL_OTHER = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20

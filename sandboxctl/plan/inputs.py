@@ -70,3 +70,6 @@ class HostFacts(Record):
     git_refs: Callable[[str, str | None], tuple[str | None, list[str]]] = lambda config, worktree: (None, [])
     # a directory above path that the sandbox's user cannot search, though we could (plan/facts.py)
     closed_to_sandbox: Callable[[str], bool] = lambda path: False
+    # another spelling of path (`.ENV` for `.env`) that reaches it through a dentry of its own, as on a
+    # case-insensitive FUSE file system: a mount over path does not cover that spelling (plan/facts.py)
+    spelt_otherwise: Callable[[str], str | None] = lambda path: None

@@ -31,6 +31,22 @@ def reachable_guards(mounts: list[Mount], closed_to_sandbox: Callable[[str], boo
     return [m for m in mounts if m not in closed]
 
 
+def masks_cover_every_spelling(mounts: list[Mount], spelt_otherwise: Callable[[str], str | None]) -> None:
+    """A mask hides an entry by mounting over its dentry; where another spelling of it has a
+    dentry of its own (a case-insensitive FUSE file system: `.ENV` for a masked `.env`), the
+    sandbox would read it through that spelling. No mount can cover every spelling, so such a
+    plan fails before anything starts (fail closed: never a secret left readable)."""
+    for mount in mounts:
+        if mount.kind not in ("mask-file", "mask-dir"):
+            continue
+        other = spelt_otherwise(mount.target)
+        if other:
+            raise SandboxError(
+                f"{mount.target} is hidden inside ({mount.reason}), but it lies on a case-insensitive file system "
+                f"where {other} reaches it past any mount",
+                "move it out of the granted directories, or grant less (a narrower workspace, -w DIR)")
+
+
 def bwrap_words(mounts: list[Mount]) -> int:
     return BWRAP_FIXED_WORDS + sum(BWRAP_WORDS[m.kind] for m in mounts)
 

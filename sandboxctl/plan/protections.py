@@ -50,7 +50,7 @@ class ProtectionPlanner:
             gitdirs += index.gitdirs
             repositories += index.repositories
             for repository in index.repositories:
-                worktree = os.path.dirname(repository) if repository.endswith("/" + names.GIT) else None
+                worktree = os.path.dirname(repository) if names.is_git_name(os.path.basename(repository)) else None
                 if worktree:
                     worktrees.append(worktree)
                     if worktree != root:
@@ -86,7 +86,7 @@ class ProtectionPlanner:
                     record.append(path)
                 elif not entry.endswith(".lock"):
                     absent.append(path)
-            worktree = os.path.dirname(gitdir) if gitdir.endswith("/" + names.GIT) else None
+            worktree = os.path.dirname(gitdir) if names.is_git_name(os.path.basename(gitdir)) else None
             for config in ("config", "config.worktree"):
                 self._git_refs(f"{gitdir}/{config}", worktree, roots, explicit, [worktree] if worktree else [])
         for template in GLOBAL_GIT_CONFIGS:  # the host's own git reads these in every repository

@@ -8,9 +8,15 @@ in it.
 
 from __future__ import annotations
 
+import os
+
 from sandboxctl.plan.model import SeccompCondition, SeccompRule
 
 EPERM = "errno:EPERM"
+# chattr +F makes an empty directory case-insensitive (casefold), where `.GIT` names `.git` and
+# `.git/CONFIG` its config; the other flags (append-only, nodump, project ids) have no use inside
+FILE_ATTRIBUTES_WHY = ("inode flags (chattr): +F would make a directory case-insensitive, where .GIT is .git; "
+                       "answered as a file system without them")
 LOW32 = 0xFFFFFFFF
 
 CLONE_NEWUSER = 0x10000000
@@ -57,9 +63,24 @@ _SIMPLE: list[tuple[tuple[str, ...], str, str]] = [
     (("setxattr", "lsetxattr", "fsetxattr", "setxattrat", "removexattr", "lremovexattr", "fremovexattr",
       "removexattrat"), "errno:EOPNOTSUPP",
      "an ACL re-modes a file as chmod does, unseen by Landlock and the supervisor"),
+    (("file_setattr",), "errno:EOPNOTSUPP", FILE_ATTRIBUTES_WHY),
     (("lookup_dcookie", "uselib", "ustat", "sysfs", "_sysctl", "nfsservctl"), EPERM,
      "obsolete interfaces nobody needs; attack surface only"),
 ]
+
+
+def _iow(kind: str, number: int, size: int, machine: str) -> int:
+    """_IOW(kind, number, size) as the machine encodes ioctl requests (powerpc: 3 direction bits,
+    write = 4; the others sandboxctl runs on: 2 bits, write = 1)."""
+    direction = 4 << 29 if machine.startswith(("ppc", "powerpc")) else 1 << 30
+    return direction | size << 16 | ord(kind) << 8 | number
+
+
+def file_attribute_requests(machine: str) -> dict[int, str]:
+    """The ioctl requests that set inode flags or fsxattr flags (chattr): FS_IOC_SETFLAGS (the
+    long and the int-sized encoding) and FS_IOC_FSSETXATTR (struct fsxattr, 28 bytes)."""
+    return {_iow("f", 2, 8, machine): "FS_IOC_SETFLAGS", _iow("f", 2, 4, machine): "FS_IOC32_SETFLAGS",
+            _iow("X", 32, 28, machine): "FS_IOC_FSSETXATTR"}
 
 
 def _low32(arg: int, value: int) -> SeccompCondition:
@@ -78,6 +99,8 @@ def baseline_rules() -> list[SeccompRule]:
             "ioctl", EPERM, f"{what} types keystrokes into the user's terminal (runs commands outside)",
             (_low32(1, request),),
         ))
+    for request, what in file_attribute_requests(os.uname().machine).items():
+        rules.append(SeccompRule("ioctl", "errno:EOPNOTSUPP", f"{what}: {FILE_ATTRIBUTES_WHY}", (_low32(1, request),)))
     allowed_families = {AF_UNIX, AF_INET, AF_INET6, AF_NETLINK}
     for family in range(64):
         if family not in allowed_families:

@@ -24,10 +24,10 @@ from pathlib import Path
 
 from sandboxctl import cachedir
 from sandboxctl.digest import sha256
-from sandboxctl.protect.names import GIT
+from sandboxctl.protect.names import fold_name, is_git_name
 from sandboxctl.record import Record
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: names compared folded (.GIT on a case-insensitive directory)
 MAX_DIRS = 500_000  # beyond this the walk stops and says so: a mask at depth must not be skipped silently
 
 
@@ -66,15 +66,15 @@ def _scan_dir(path: str, patterns: tuple[str, ...], st: os.stat_result) -> _Dir:
                 is_link = entry.is_symlink()
             except OSError:
                 continue
-            names[name] = is_dir
-            if name == GIT:
+            names[fold_name(name)] = is_dir
+            if is_git_name(name):  # `.GIT` is `.git` on a case-insensitive directory
                 hits.append((name, "symlink" if is_link else "dir" if is_dir else "file"))
                 continue
-            if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            if patterns and any(fnmatch.fnmatchcase(fold_name(name), p) for p in patterns):  # folded: .ENV too
                 hits.append((name, "symlink" if is_link else "dir" if is_dir else "file"))
             if is_dir:
                 subdirs.append(name)
-    bare = names.get("HEAD") is False and names.get("objects") is True and names.get("refs") is True
+    bare = names.get("head") is False and names.get("objects") is True and names.get("refs") is True
     return _Dir(st.st_ctime_ns, st.st_ino, [] if bare else subdirs, hits, bare)
 
 
@@ -141,7 +141,7 @@ def _save(path: Path, dirs: dict[str, tuple]) -> None:
 def scan(root: str, patterns: tuple[str, ...] = (), cache_dir: Path | None = None, deep: bool = True) -> TreeIndex:
     """Walk root (never following symlinks), reusing the cached records of unchanged directories.
     Not deep: only root's own entries (a writable grant other than the workspace)."""
-    patterns = tuple(sorted(set(patterns)))
+    patterns = tuple(sorted({fold_name(p) for p in patterns}))  # names are matched folded (.ENV is .env)
     cache_path = _cache_file(cache_dir, root, patterns) if cache_dir and deep else None
     cached = _load(cache_path) if cache_path else {}
     fresh: dict[str, tuple] = {}
@@ -180,7 +180,7 @@ def scan(root: str, patterns: tuple[str, ...] = (), cache_dir: Path | None = Non
             gitdirs += _gitdirs_within(path)
         for name, kind in hits:
             entry = f"{path}/{name}"
-            if name == GIT:
+            if is_git_name(name):
                 repositories.append(entry)
                 target = entry if kind == "dir" else (
                     os.path.realpath(entry) if kind == "symlink" else _gitfile_target(entry))

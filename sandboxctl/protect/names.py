@@ -13,13 +13,72 @@ Two kinds of names:
 
 A new `.git` is refused anywhere: a repository created inside would have its config and hooks
 run by the host's git (or an editor's git integration scanning sub-folders) later.
+
+Names are compared folded (`fold_name`): on a case-insensitive directory or file system (casefold
+directories of ext4, tmpfs and f2fs; exFAT, FAT, NTFS mounted so; FUSE ones) the kernel resolves
+`.GIT/config` or `.git/CONFIG` to the real `.git/config`, so every spelling that some folding
+makes equal to a protected name is that name, on case-sensitive file systems too (fail closed:
+nobody names a directory `.Git` there for real work).
 """
 
 from __future__ import annotations
 
 import functools
+import re
 
 GIT = ".git"
+
+# Default_Ignorable_Code_Point (Unicode's DerivedCoreProperties): Linux's casefolding before 6.13
+# and HFS+ drop them, so `.g\u200cit` was `.git` there.
+_IGNORABLE = (r"[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+              r"\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3"
+              r"\U0001d173-\U0001d17a\U000e0000-\U000e0fff]")
+_ignorable: re.Pattern[str] | None = None
+
+
+def fold_name(name: str) -> str:
+    """One directory entry's name as a case-insensitive file system may take it: lower case (full
+    Unicode case folding, and a character whose upper case is ASCII taken as that: exFAT's and
+    NTFS's up-case tables map dotless i to I), compatibility-decomposed, without the code points
+    some foldings ignore, without an NTFS stream name (`config::$DATA` is the file's content
+    where streams are named so) and without trailing dots and spaces (FAT and exFAT drop them:
+    `config.` is `config`). Conservative: a name any of those foldings makes protected is."""
+    folded = name.lower() if name.isascii() else _fold_unicode(name)
+    if ":" in folded and folded[0] != ":":  # NTFS streams (ntfs-3g streams_interface=windows): config::$DATA
+        folded = folded.split(":", 1)[0]
+    trimmed = folded.rstrip(". ")
+    return trimmed or folded  # "." and ".." stay themselves
+
+
+@functools.lru_cache(maxsize=4096)
+def _fold_unicode(name: str) -> str:
+    global _ignorable
+    import unicodedata  # only for names that are not ASCII
+
+    if _ignorable is None:
+        _ignorable = re.compile(_IGNORABLE)
+    out = []
+    for char in unicodedata.normalize("NFKD", _ignorable.sub("", name)):
+        if char.isascii():
+            out.append(char.lower())
+            continue
+        ascii_form = next((c for c in (char.casefold(), char.upper().casefold(), char.lower()) if c.isascii()), None)
+        out.append(ascii_form.lower() if ascii_form is not None else char.casefold())
+    return "".join(out)
+
+
+def fold_path(path: str) -> str:
+    """fold_name of each component (so a folded path is still a path: prefixes are kept)."""
+    if path.isascii():
+        low = path.lower()
+        if not (low.endswith((".", " ")) or "./" in low or " /" in low or ":" in low):
+            return low
+    return "/".join(fold_name(part) if part else part for part in path.split("/"))
+
+
+def is_git_name(name: str) -> bool:
+    """A directory entry git may take for `.git` (on a case-insensitive directory it is one)."""
+    return fold_name(name) == GIT
 
 # Names at the root of every writable grant. Multi-part names protect that sub-path.
 ROOT_NAMES: dict[str, str] = {
@@ -128,16 +187,31 @@ GITDIR_DEEP: dict[tuple[str, ...], str] = {
 }
 
 
+# the tables by folded name (all of them are ASCII): folded name -> the name as written above
+_ROOT_FOLDED = {fold_path(name): name for name in ROOT_NAMES}
+_HOME_FOLDED = {fold_path(name): name for name in HOME_NAMES}
+_GITDIR_FOLDED = {fold_name(name): name for name in GITDIR_NAMES}
+GITDIR_MARKERS = ("HEAD", "objects", "refs", "commondir")  # what makes git take a directory for a repository
+_MARKERS_FOLDED = {fold_name(name): name for name in GITDIR_MARKERS}
+
+
+def gitdir_marker(name: str) -> str | None:
+    """The marker (HEAD, objects, refs, commondir) a directory entry's name is, folded."""
+    return _MARKERS_FOLDED.get(fold_name(name))
+
+
 def root_name_reason(parts: tuple[str, ...], home: bool = False) -> str | None:
     """Why parts (relative to the root of a writable grant) fall under a protected root name
-    (and, at the root of a writable home, under a home name)."""
+    (and, at the root of a writable home, under a home name); compared folded."""
     for length in (3, 2, 1):
-        name = "/".join(parts[:length])
         if len(parts) < length:
             continue
-        if name in ROOT_NAMES and name != GIT:
+        folded = fold_path("/".join(parts[:length]))
+        name = _ROOT_FOLDED.get(folded)
+        if name is not None and name != GIT:
             return f"{name}: {ROOT_NAMES[name]}"
-        if home and name in HOME_NAMES:
+        name = _HOME_FOLDED.get(folded) if home else None
+        if name is not None:
             return f"~/{name}: {HOME_NAMES[name]}"
     return None
 
@@ -148,24 +222,26 @@ def prefixes_of_names(home: bool = False) -> frozenset[tuple[str, ...]]:
     such a place would bring the protected name in with it."""
     found: set[tuple[str, ...]] = set()
     for name in (*ROOT_NAMES, *(HOME_NAMES if home else ())):
-        parts = tuple(name.split("/"))
+        parts = tuple(fold_path(name).split("/"))
         found.update(parts[:i] for i in range(1, len(parts)))
     return frozenset(found)
 
 
 def gitdir_reason(parts: tuple[str, ...]) -> str | None:
-    """Why a path inside a git directory (parts relative to it) is protected, if it is.
+    """Why a path inside a git directory (parts relative to it) is protected, if it is (compared
+    folded: `CONFIG` is `config` on a case-insensitive directory).
 
     modules/ and worktrees/ hold other git directories: the ones the index found are judged on
     their own (rules.Protection picks the innermost git directory); anything else there is
     protected, so a new submodule or worktree repository cannot be made."""
     if not parts:
         return None
+    folded = tuple(fold_name(part) for part in parts[:3])
     for deep, why in GITDIR_DEEP.items():
-        if parts[:len(deep)] == deep:
+        if folded[:len(deep)] == deep:
             return f"{'/'.join(deep)}: {why}"
-    head = parts[0]
-    if head in GITDIR_NAMES:
+    head = _GITDIR_FOLDED.get(folded[0])
+    if head is not None:
         return f"{head}: {GITDIR_NAMES[head]}"
     return None
 

@@ -12,6 +12,10 @@ sources of protection, checked in this order:
 
 `blocks_move(path)` also refuses moving a directory that holds an explicit protected path or a
 discovered git directory, so the explicit list stays true for the whole run.
+
+Every comparison is made on folded paths (names.fold_path): on a case-insensitive directory the
+kernel names an entry as the caller spelt it (`/ws/.GIT/hooks` when nothing had looked it up
+before), and `.git/CONFIG` opens `.git/config`.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from sandboxctl.protect import names
+from sandboxctl.protect.names import fold_path
 
 
 def within(path: str, root: str) -> bool:
@@ -43,21 +48,34 @@ class Protection:
     def __init__(self, roots: Iterable[str], gitdirs: Iterable[str] = (),
                  explicit: Mapping[str, str] | None = None, masked: Iterable[str] = (),
                  anchors: Iterable[str] = (), homes: Iterable[str] = ()):
-        # looked up by each ancestor of a path (a dict probe per level, not a scan per entry)
-        self.roots = set(roots)
-        self.gitdirs = set(gitdirs)
-        self.explicit = {p.rstrip("/") or "/": why for p, why in (explicit or {}).items()}
-        self.masked = {m.rstrip("/") or "/" for m in masked}  # filesystem.deny paths under a writable grant
-        self.anchors = set(anchors)  # directories the sandbox's mounts hang from (never moved or removed)
-        self.homes = set(homes)  # roots that are a home: its start-up names (bin, .local/bin, …) too
+        # looked up by each ancestor of a path (a dict probe per level, not a scan per entry), folded
+        self.roots = set(roots)  # as given: the mediator compares them with its mount targets
+        self._roots = {fold_path(r): r for r in self.roots}
+        self._gitdirs = {fold_path(g): g for g in gitdirs}
+        self.gitdirs = set(self._gitdirs)
+        explicit = {p.rstrip("/") or "/": why for p, why in (explicit or {}).items()}
+        self.explicit = {fold_path(p): why for p, why in explicit.items()}
+        self._named = {fold_path(p): p for p in explicit}  # as given, for messages
+        self.masked = {fold_path(m.rstrip("/") or "/") for m in masked}  # filesystem.deny paths under a writable grant
+        self.anchors = {fold_path(a) for a in anchors}  # directories the sandbox's mounts hang from (never moved)
+        self.homes = {fold_path(h) for h in homes}  # roots that are a home: its start-up names (bin, …) too
 
     def root_of(self, path: str) -> str | None:
-        """The deepest writable root holding path."""
-        return next((a for a in ancestors(path) if a in self.roots), None)
+        """The deepest writable root holding path (as the plan names it)."""
+        root = next((a for a in ancestors(fold_path(path)) if a in self._roots), None)
+        return None if root is None else self._roots[root]
+
+    def gitdir_of(self, path: str) -> str | None:
+        """The innermost git directory holding path (or being it) within its root, folded."""
+        path = fold_path(path)
+        chain = ancestors(path)
+        root = next((a for a in chain if a in self._roots), None)
+        return None if root is None else self._gitdir_of(path, root, chain)
 
     def reason(self, path: str) -> str | None:
         """Why the entry at `path` (and whatever lies beneath it) may not be created, written,
         removed, renamed or re-moded by the sandbox; None if it may."""
+        path = fold_path(path)
         chain = ancestors(path)
         for level in chain:
             why = self.explicit.get(level)
@@ -65,7 +83,7 @@ class Protection:
                 return why
         if any(level in self.masked for level in chain):
             return "filesystem.deny: masked inside the sandbox"
-        root = next((a for a in chain if a in self.roots), None)
+        root = next((a for a in chain if a in self._roots), None)
         if root is None:
             return None
         parts = _parts(path, root)
@@ -88,7 +106,7 @@ class Protection:
         for level in chain:  # deepest first
             if level == root or not within(level, root):
                 return None
-            if level in self.gitdirs or level.rsplit("/", 1)[-1] == names.GIT:
+            if level in self.gitdirs or level.rsplit("/", 1)[-1] == names.GIT:  # folded: .GIT too
                 return level
         return None
 
@@ -97,8 +115,9 @@ class Protection:
         path is a proper prefix of a multi-part protected name (.config of .config/git), a git
         directory's objects, objects/info or refs (alternates, replace refs), a directory that
         holds an explicit protected path, or a git directory itself."""
+        path = fold_path(path)
         chain = ancestors(path)
-        root = next((a for a in chain if a in self.roots), None)
+        root = next((a for a in chain if a in self._roots), None)
         if root is not None:
             parts = _parts(path, root)
             if parts in names.prefixes_of_names(root in self.homes):
@@ -112,7 +131,7 @@ class Protection:
         prefix = path.rstrip("/") + "/"
         for held, why in self.explicit.items():
             if held.startswith(prefix):
-                return f"holds {held} ({why})"
+                return f"holds {self._named[held]} ({why})"
         return None
 
     def blocks_move(self, path: str) -> str | None:
@@ -121,13 +140,14 @@ class Protection:
         why = self.reason(path)
         if why:
             return why
+        path = fold_path(path)
         if path in self.anchors:
             return "a mount of the sandbox hangs from it (the plan's paths must stay where they are)"
         prefix = path.rstrip("/") + "/"
         for held, why in self.explicit.items():
             if held.startswith(prefix):
-                return f"holds {held} ({why})"
+                return f"holds {self._named[held]} ({why})"
         for gitdir in self.gitdirs:
             if gitdir.startswith(prefix) and not gitdir.endswith("/" + names.GIT):
-                return f"holds the repository {gitdir}"
+                return f"holds the repository {self._gitdirs[gitdir]}"
         return None

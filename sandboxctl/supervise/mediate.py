@@ -31,8 +31,9 @@ import threading
 from collections.abc import Callable, Mapping
 
 from sandboxctl.plan.model import Plan
-from sandboxctl.protect.rules import Protection, ancestors, within
-from sandboxctl.supervise import fdops
+from sandboxctl.protect.names import GITDIR_MARKERS, gitdir_marker
+from sandboxctl.protect.rules import Protection, within
+from sandboxctl.supervise import aliases, fdops
 from sandboxctl.supervise.mediate_calls import Call, Entry, Resolver, exists_at, is_dir, read_call, sandbox_path
 from sandboxctl.supervise.notify import Notification, respond
 
@@ -45,7 +46,6 @@ O_TMPFILE = getattr(os, "O_TMPFILE", 0o20200000)
 AT_SYMLINK_NOFOLLOW, AT_REMOVEDIR, AT_SYMLINK_FOLLOW, AT_EMPTY_PATH = 0x100, 0x200, 0x400, 0x1000
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
 _MAGIC_FD = re.compile(r"^/proc/(self|\d+)/fd/(\d+)$")
-GITDIR_MARKERS = ("HEAD", "objects", "refs", "commondir")
 MAX_WAITING = 32
 CALL_OPS = ("open", "mkdir", "bind", "mknod", "unlink", "rmdir", "symlink", "truncate", "chmod", "fchmod", "rename",
             "link")
@@ -138,17 +138,38 @@ class Mediator:
                 why = f"{why} (another name for a protected file)"
         return why
 
+    def _other_name(self, n: Notification, entry: Entry) -> str | None:
+        """Why an entry reached by another name than its own may not be changed (the rules judged
+        the spelling, folded; supervise/aliases.py): its parent is a protected directory by
+        identity, or a component of its path is an 8.3 short name of another entry."""
+        root = self._root_of(entry.path)
+        if root is None:
+            return None
+        if self.protected_inodes:
+            try:
+                st = os.fstat(entry.parent)
+            except OSError:
+                return "the resolved directory could not be examined"
+            why = self.protected_inodes.get((st.st_dev, st.st_ino))
+            if why:
+                return f"{why} (a directory reached by another name)"
+        alias = aliases.short_alias(self.resolver.root_of(n.pid), entry.path, root)
+        if alias:
+            return (f"protected: {alias} is a short (8.3) name of another entry, which the rules cannot judge "
+                    "by it: use the entry's long name")
+        return None
+
     def _makes_repository(self, entry: Entry) -> str | None:
         """git takes any directory holding HEAD with objects/ and refs/ (or a commondir) for a
         repository and runs what its config says; a directory under a writable grant must not
         become one during the run (name rules cannot see it: the entries have ordinary names)."""
-        if entry.name not in GITDIR_MARKERS or self._root_of(entry.path) is None:
+        marker = gitdir_marker(entry.name)  # folded: `head` is HEAD on a case-insensitive directory
+        if marker is None or self._root_of(entry.path) is None:
             return None
-        root = self._root_of(entry.path)
-        if self.protection._gitdir_of(entry.parent_path, root, ancestors(entry.parent_path)):
+        if self.protection.gitdir_of(entry.parent_path):
             return None  # inside a git directory: git's own work
-        present = {name for name in GITDIR_MARKERS if name != entry.name and exists_at(entry.parent, name)}
-        after = present | {entry.name}
+        present = {name for name in GITDIR_MARKERS if name != marker and exists_at(entry.parent, name)}
+        after = present | {marker}
         if "HEAD" in after and ({"objects", "refs"} <= after or "commondir" in after):
             return ("protected: this would make the directory a git repository (HEAD with objects/ and refs/): "
                     "its config would run on the host's next git command there")
@@ -239,7 +260,7 @@ class Mediator:
             return
         path = entry.path
         st = self._lstat(entry)
-        why = self._why_not(path, st)
+        why = self._why_not(path, st) or self._other_name(n, entry)
         if not why and st is None and flags & O_CREAT:
             why = self._makes_repository(entry)
         if why:
@@ -345,7 +366,7 @@ class Mediator:
                 self._continue(n)
             return None
         st = self._lstat(entry)
-        why = guard(entry.path) if guard else self._why_not(entry.path, st)
+        why = (guard(entry.path) if guard else self._why_not(entry.path, st)) or self._other_name(n, entry)
         if not why and creates and st is None:
             why = self._makes_repository(entry)
         if not why and also is not None:
@@ -508,7 +529,7 @@ class Mediator:
         if stat.S_ISLNK(st.st_mode):  # what the kernel answers for a symlink's own mode
             respond(self.listener, n.id, error=errno.EOPNOTSUPP)
             return
-        why = self._why_not(entry.path, st)
+        why = self._why_not(entry.path, st) or self._other_name(n, entry)
         if why:
             self._refuse(n, "chmod", entry.path, why)
             return
@@ -558,6 +579,7 @@ class Mediator:
             return
         exchange = call.flags & RENAME_EXCHANGE
         why = self.protection.blocks_move(src.path) or self._reason(dst.path) \
+            or self._other_name(n, src) or self._other_name(n, dst) \
             or (self._makes_repository(dst) if src.parent_path != dst.parent_path or src.name != dst.name else None)
         if not why and (exchange or os.path.lexists(f"/proc/self/fd/{dst.parent}/{dst.name}")):
             why = self.protection.blocks_move(dst.path)  # what is replaced (or swapped) goes away
@@ -582,7 +604,7 @@ class Mediator:
         if call.flags & AT_EMPTY_PATH:  # needs CAP_DAC_READ_SEARCH, which the sandbox does not have
             respond(self.listener, n.id, error=errno.ENOENT)
             return
-        why = self._reason(dst.path) or self._makes_repository(dst)
+        why = self._reason(dst.path) or self._other_name(n, dst) or self._makes_repository(dst)
         if why:
             self._refuse(n, "link", dst.path, why)
             return

@@ -19,7 +19,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from sandboxctl.protect.names import protected_link_reason, protected_reason
+from sandboxctl.protect.names import GITDIR_MARKERS, gitdir_marker, is_git_name, protected_link_reason, protected_reason
 from sandboxctl.record import Record
 from sandboxctl.workspace import tree
 from sandboxctl.workspace.tree import Node
@@ -83,7 +83,6 @@ def compare(upper: str, workspace: str, thresholds: Thresholds,
     return _repositories([_annotate(change, workspace) for change in changes], workspace)
 
 
-GITDIR_MARKERS = ("HEAD", "objects", "refs", "commondir")  # what makes git take a directory for a repository
 MAKES_REPOSITORY = ("protected: with it the directory would be a git repository (HEAD with objects/ and refs/): "
                     "its config would run on the host's next git command there")
 
@@ -93,20 +92,26 @@ def _repositories(changes: list[Change], workspace: str) -> list[Change]:
     applied (the entries have ordinary names, so the name rules cannot see it; the supervisor
     refuses the same during the run): protected."""
     by_path = {c.path: c for c in changes}
-    parents = {c.path.rpartition("/")[0] for c in changes
-               if c.old is None and c.new is not None and c.path.rpartition("/")[2] in GITDIR_MARKERS}
+    added: dict[str, dict[str, Change]] = {}  # parent -> marker -> the change adding it (names folded)
+    for c in changes:
+        parent, _, name = c.path.rpartition("/")
+        marker = gitdir_marker(name)
+        if marker is not None and c.old is None and c.new is not None:
+            added.setdefault(parent, {})[marker] = c
     flagged: set[str] = set()
-    for parent in parents:
-        if ".git" in parent.split("/"):
+    for parent, markers in added.items():
+        if any(is_git_name(part) for part in parent.split("/")):
             continue  # inside a git directory: git's own work (and protected by name where it matters)
-        after = set()
+        after = set(markers)
         for marker in GITDIR_MARKERS:
+            if marker in after:
+                continue
             path = f"{parent}/{marker}" if parent else marker
             change = by_path.get(path)  # changed by the run, or as the host has it
             if change.new is not None if change is not None else os.path.lexists(os.path.join(workspace, path)):
                 after.add(marker)
         if "HEAD" in after and ({"objects", "refs"} <= after or "commondir" in after):
-            flagged.update(f"{parent}/{m}" if parent else m for m in GITDIR_MARKERS)
+            flagged.update(c.path for c in markers.values())
     if not flagged:
         return changes
     return [c._replace(protected=c.protected or MAKES_REPOSITORY)

@@ -136,6 +136,35 @@ def test_xattr_calls_are_refused_and_the_newest_are_known_by_number():
     assert seccomp.syscall_number(pyseccomp, "setxattr") == pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, "setxattr")
 
 
+def test_a_mask_another_spelling_passes_fails_the_plan():
+    masks = [Mount("mask-file", "/ws/.env", reason="filesystem.deny"), Mount("rw", "/ws", "/ws", "workspace")]
+    build.masks_cover_every_spelling(masks, lambda path: None)
+    seen = []
+    build.masks_cover_every_spelling(masks[1:], lambda path: seen.append(path) or "/ws/.ENV")
+    assert seen == []  # only masks are asked about
+    with pytest.raises(SandboxError, match=r"case-insensitive file system where /ws/\.ENV reaches it"):
+        build.masks_cover_every_spelling(masks, lambda path: "/ws/.ENV" if path == "/ws/.env" else None)
+
+
+def test_inode_flags_are_refused_by_request_and_file_setattr_by_number():
+    """chattr's requests (FS_IOC_SETFLAGS in both sizes, FS_IOC_FSSETXATTR) and file_setattr: +F
+    would make a directory case-insensitive, where .GIT names .git."""
+    import os
+
+    from sandboxctl.launch import seccomp
+    from sandboxctl.plan.syscalls import LOW32, baseline_rules, file_attribute_requests
+
+    assert set(file_attribute_requests("x86_64")) == {0x40086602, 0x40046602, 0x401C5820}
+    assert set(file_attribute_requests("ppc64le")) == {0x80086602, 0x80046602, 0x801C5820}
+    rules = baseline_rules()
+    refused = {r.conditions[0].value for r in rules if r.syscall == "ioctl" and r.action == "errno:EOPNOTSUPP"
+               and r.conditions[0].arg == 1 and r.conditions[0].mask == LOW32}
+    assert refused == set(file_attribute_requests(os.uname().machine))
+    assert "file_setattr" in {r.syscall for r in rules if r.action == "errno:EOPNOTSUPP"}
+    pyseccomp = pytest.importorskip("pyseccomp")
+    assert seccomp.syscall_number(pyseccomp, "file_setattr") == 469
+
+
 def test_without_required_landlock_the_binds_are_the_kernel_wall_and_the_plan_fails(tmp_path):
     policy = policy_from_text("version: 1\nextends: default\nlandlock: best-effort\n", tmp_path)
     with pytest.raises(SandboxError) as caught:
