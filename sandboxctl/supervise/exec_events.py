@@ -53,6 +53,8 @@ KCMP_VM, KCMP_FILES, KCMP_FS = 1, 2, 3  # include/uapi/linux/kcmp.h
 # per machine: kcmp, and the calls a vfork() parent waits in (clone3 is ENOSYS in the baseline)
 _MACHINE = {"x86_64": (312, {56: "clone", 58: "vfork"}), "aarch64": (272, {220: "clone"})}
 MAX_CLAIMS = 4096
+VFORK_BLOCK_LOOKS = 3  # looks at a vfork parent's state before it counts as running
+MAX_LISTINGS = 4  # listings of the sandbox's processes per exec while a vfork parent is excused
 MAX_PARENTS = 8  # vfork parents whose stat and syscall files are held open (two descriptors each)
 
 
@@ -229,24 +231,45 @@ class ExecEvents:
         return facts.shared_pages(pid, ranges, self.judge_write)
 
     def _sharer(self, pid: int, own: int, kinds: list[int], parent: int = 0) -> str | None:
+        """Another process sharing what the call's read depends on, or None.
+
+        A sharer is excused only while it waits, blocked, in a vfork. But a process it vforked
+        is a sharer that runs: one made after our listing (the excused process may have vforked
+        it while we looked, and be waiting for it rather than for the caller) would be missed. So
+        once anything is excused the sandbox's processes are listed again, and every new one is
+        judged too, until a listing brings nothing new (a blocked vfork parent's child exists
+        before it blocks, so a stable listing after the checks holds every such child)."""
         try:
             others = self.tasks()
         except OSError as exc:
             return f"the sandbox's processes could not be listed ({exc.strerror})"
         kcmp = facts.kcmp()
-        for other in others:
-            if other == own:
-                continue
-            for kind in kinds:
-                result = kcmp(self._kcmp_nr, pid, other, kind, 0, 0)
-                if result == 0:
-                    if kind == KCMP_VM and self._waits_for_vfork(other, pid, parent):
-                        continue
-                    what = {KCMP_VM: "memory", KCMP_FS: "working directory", KCMP_FILES: "descriptor table"}[kind]
-                    return f"process {other} shares the caller's {what}"
-                if result < 0 and os.path.exists(f"/proc/{other}"):
-                    return f"kcmp against process {other} failed"
-        return None
+        seen: set[int] = set()
+        for _listing in range(MAX_LISTINGS):
+            excused = False
+            for other in others:
+                if other == own or other in seen:
+                    continue
+                seen.add(other)
+                for kind in kinds:
+                    result = kcmp(self._kcmp_nr, pid, other, kind, 0, 0)
+                    if result == 0:
+                        if kind == KCMP_VM and self._waits_for_vfork(other, pid, parent):
+                            excused = True
+                            continue
+                        what = {KCMP_VM: "memory", KCMP_FS: "working directory", KCMP_FILES: "descriptor table"}[kind]
+                        return f"process {other} shares the caller's {what}"
+                    if result < 0 and os.path.exists(f"/proc/{other}"):
+                        return f"kcmp against process {other} failed"
+            if not excused:
+                return None
+            try:
+                others = [other for other in self.tasks() if other not in seen and other != own]
+            except OSError as exc:
+                return f"the sandbox's processes could not be listed ({exc.strerror})"
+            if not others:
+                return None
+        return "the processes sharing the caller's memory kept changing while they were examined"
 
     def _waits_for_vfork(self, parent: int, child: int, child_parent: int = 0) -> bool:
         """Every thread of `parent` is either the one that vfork()ed `child` and now waits for its
@@ -257,15 +280,26 @@ class ExecEvents:
         The threads are counted from /proc/PID/stat (one read, not a directory listing): a count
         of 1 is the thread group leader itself, as a leader that exits before its other threads
         stays a zombie and counted until the last of them is gone."""
-        lines = self._parent_files(parent)
-        if lines is None:
-            return False
-        stat_line, syscall_line = lines
-        try:
-            if int(stat_line.rsplit(b")", 1)[1].split()[17]) != 1:
+        for attempt in range(VFORK_BLOCK_LOOKS):
+            lines = self._parent_files(parent)
+            if lines is None:
                 return False
-        except (IndexError, ValueError):
-            return False
+            stat_line, syscall_line = lines
+            try:
+                fields_after_name = stat_line.rsplit(b")", 1)[1].split()
+                threads = int(fields_after_name[17])
+            except (IndexError, ValueError):
+                return False
+            if threads != 1:
+                return False
+            # blocked ('D': wait_for_vfork_done is a killable, uninterruptible wait), so past
+            # making its child: one still running in clone() may not have made it yet. A real
+            # vfork parent blocks a moment after its child starts: look again, yielding
+            if fields_after_name[0] == b"D":
+                break
+            if attempt + 1 == VFORK_BLOCK_LOOKS:
+                return False
+            os.sched_yield()
         try:
             if child_parent != parent and str(child).encode() not in facts.read_proc(
                     f"/proc/{parent}/task/{parent}/children").split():

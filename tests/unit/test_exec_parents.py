@@ -107,3 +107,38 @@ def test_memory_writers_are_what_the_policy_gives_back():
     assert writers((), ("ptrace",)) == ("ptrace", "process_vm_writev")
     assert writers((), ("process_vm_writev",)) == ("process_vm_writev",)
     assert writers(("ptrace", "process_vm_writev"), ("ptrace",)) == ()  # a deny of its own puts them back
+
+
+def test_a_sharer_made_while_the_processes_were_looked_at_is_judged_too(monkeypatch):
+    """The excused vfork parent may have vforked another child after the listing, and wait for
+    it rather than for the caller: that child runs in the caller's memory. The processes are
+    listed again, and the new one is judged (here it shares the memory and is not blocked)."""
+    caller, parent, late = 1000, 1001, 1002
+    listings = iter([[caller, parent], [caller, parent, late], [caller, parent, late]])
+    events = ExecEvents(-1, lambda event, **fields: None, [], lambda path: None, lambda: next(listings))
+    events._kcmp_nr = 312
+    monkeypatch.setattr(exec_events.facts, "kcmp", lambda: lambda nr, a, b, kind, x, y: 0)  # everyone shares
+    monkeypatch.setattr(events, "_waits_for_vfork", lambda other, child, child_parent=0: other == parent)
+    why = events._sharer(caller, caller, [exec_events.KCMP_VM], parent)
+    assert why == f"process {late} shares the caller's memory"
+
+
+def test_an_excused_parent_with_nothing_new_leaves_the_call_verified(monkeypatch):
+    caller, parent = 1000, 1001
+    events = ExecEvents(-1, lambda event, **fields: None, [], lambda path: None, lambda: [caller, parent])
+    events._kcmp_nr = 312
+    monkeypatch.setattr(exec_events.facts, "kcmp", lambda: lambda nr, a, b, kind, x, y: 0)
+    monkeypatch.setattr(events, "_waits_for_vfork", lambda other, child, child_parent=0: other == parent)
+    assert events._sharer(caller, caller, [exec_events.KCMP_VM], parent) is None
+
+
+@pytest.mark.parametrize(("state", "excused"), [(b"D", True), (b"R", False), (b"S", False)])
+def test_only_a_blocked_vfork_parent_is_excused(monkeypatch, state, excused):
+    """In clone() but still running ('R'), a parent may not have made its child yet: a child made
+    after the checks would run unseen in the shared memory."""
+    events = _events()
+    events._vfork_calls = {58: "vfork"}
+    stat_line = b"1001 (sh) " + state + b" " + b" ".join([b"0"] * 16) + b" 1 0 0"
+    monkeypatch.setattr(events, "_parent_files", lambda parent: (stat_line, b"58 0x0 0x0"))
+    monkeypatch.setattr(exec_events.os, "sched_yield", lambda: None)
+    assert events._waits_for_vfork(1001, 1000, 1001) is excused
