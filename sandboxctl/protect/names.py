@@ -71,7 +71,7 @@ def fold_path(path: str) -> str:
     """fold_name of each component (so a folded path is still a path: prefixes are kept)."""
     if path.isascii():
         low = path.lower()
-        if not (low.endswith((".", " ")) or "./" in low or " /" in low):
+        if not (low.endswith((".", " ")) or "./" in low or " /" in low or ":" in low):
             return low
     return "/".join(fold_name(part) if part else part for part in path.split("/"))
 

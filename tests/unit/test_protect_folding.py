@@ -121,3 +121,14 @@ def test_no_other_spelling_on_a_case_sensitive_file_system(tmp_path: Path):
     spelt_otherwise = _spelt_otherwise()
     assert spelt_otherwise(f"{tmp_path}/Dir/.env") is None
     assert spelt_otherwise(f"{tmp_path}/missing/.env") is None
+
+
+@pytest.mark.parametrize("path", ["/w/.git/config::$DATA", "/w/.envrc:x", "/w/.GIT/Config.", "/w/a b /c",
+                                  "/w/.git/hooks/pre-commit", "/w/.g\u0131t/config"])
+def test_a_folded_path_is_its_folded_names(path):
+    # the ASCII fast path of fold_path must fold as fold_name does (an NTFS stream name included)
+    assert names.fold_path(path) == "/".join(names.fold_name(part) if part else part for part in path.split("/"))
+
+
+def test_a_stream_of_a_protected_file_is_protected():
+    assert names.root_name_reason((".envrc::$DATA",)) is not None
