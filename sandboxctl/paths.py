@@ -68,3 +68,9 @@ def expand(path: str, *, workspace: str, home: str, state: str | None = None) ->
     if state is not None:
         path = path.replace("{state}", state)
     return os.path.normpath(path) if path.startswith("/") else path
+
+
+def within(path: str, root: str) -> bool:
+    """path is root or lies beneath it, compared by components (/a/bc is not within /a/b): the
+    one test of containment the planner, the protections, the mediator and the exports share."""
+    return path == root or path.startswith(root.rstrip("/") + "/")

@@ -12,6 +12,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from sandboxctl import paths, units
+from sandboxctl.paths import within
 
 if TYPE_CHECKING:
     from sandboxctl.export.k8s_options import K8sOptions
@@ -37,10 +38,6 @@ class Notes:
         self.lost: list[str] = []
         self.relies: list[str] = []  # what must hold on the cluster for what is mapped to hold
         self.warnings: list[str] = []
-
-
-def _within(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def _quantity(size: int) -> str:
@@ -72,7 +69,7 @@ def _scratch_dirs(policy: Policy, notes: Notes) -> list[str]:
         if path == "/" or (policy.workspace != "none" and path == WORKSPACE):
             notes.lost.append(f"filesystem.tmpfs {path}: not mounted (it would hide "
                               f"{'the root' if path == '/' else 'the workspace'})")
-        elif not any(_within(path, parent) for parent in kept):
+        elif not any(within(path, parent) for parent in kept):
             kept.append(path)
     return kept
 

@@ -270,12 +270,12 @@ def eligible(plan, *, inherited_stdio: bool, forwards_signals: bool) -> bool:
 
 def mount_points(plan) -> list[tuple[str, str]]:
     """The plan's mount points that lie beneath a writable bind (bwrap would create them on the host)."""
-    from sandboxctl.plan.build import _within
+    from sandboxctl.paths import within
 
     writable = [m.target for m in plan.mounts if m.kind == "rw"]
     points = []
     for mount in plan.mounts:
-        if any(mount.target != root and _within(mount.target, root) for root in writable):
+        if any(mount.target != root and within(mount.target, root) for root in writable):
             try:
                 mode = os.lstat(mount.target).st_mode
             except OSError:

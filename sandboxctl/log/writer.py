@@ -54,6 +54,9 @@ DEFAULT_MAX_BYTES = 64 << 20
 SOON_BYTES = 1 << 20  # at most this much (estimated) waits for the log's thread, and never 1/16 of a file
 DEFAULT_KEEP = 5
 _OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+BATCH_PAUSE_S = 0.01  # the log's thread pauses this long after writing what was queued
+MAX_BATCH = 8  # records queued during a pause that cut it short
+PAUSE_RECORD_BYTES = (256 + 1) * 4096 * 2  # the largest exec record, argv escaped (see _may_pause)
 
 
 class LogWriteError(SandboxError):
@@ -138,6 +141,9 @@ class ActionLog:
         self._rotated_unchecked = False  # write_soon rotated the log itself: the thread calls after_queued
         self._wake = threading.Lock()  # released: something is queued (or _stopping); the thread acquires it
         self._wake.acquire()
+        self._idle = False  # the thread waits on _wake: the next write_soon must wake it
+        self._nap = threading.Lock()  # the thread's pause between batches; close() cuts it short
+        self._nap.acquire()
         self._stopping = False
         self._writer: threading.Thread | None = None
         self.on_error: Callable[[LogWriteError], None] | None = None  # a queued record could not be written
@@ -222,7 +228,10 @@ class ActionLog:
         if self._writer is None:
             self._writer = threading.Thread(target=self._write_queued, name="sandboxctl-log", daemon=True)
             self._writer.start()
-        self._signal()
+        if self._idle:  # else the thread is writing or pausing, and looks at the queue next
+            self._signal()
+        elif len(self._pending) >= MAX_BATCH:  # a pause never holds back more than a batch
+            self._end_pause()
 
     def _write_now(self, event: str, fields: dict[str, Any]) -> None:
         """write_soon's record when the thread is behind. A rotation is left for the thread to
@@ -270,7 +279,10 @@ class ActionLog:
         """The log's thread: one record at a time under the mutex, and `after_queued` after each
         one that rotated the log (the flood guard looks at every rotation, as after a write())."""
         while True:
-            self._wake.acquire()
+            self._idle = True  # before looking at the queue: a record queued after that look wakes us
+            if not self._pending and not self._stopping:
+                self._wake.acquire()
+            self._idle = False
             while True:
                 try:
                     with self._mutex:
@@ -291,6 +303,24 @@ class ActionLog:
                 self.after_queued()
             if self._stopping:  # close() writes whatever came after, itself
                 return
+            # a pause, so the records of the next BATCH_PAUSE_S come in one wake-up: waking this
+            # thread for each one cost the exec path a futex wake-up of the other CPU per exec
+            if self._may_pause():
+                self._nap.acquire(timeout=BATCH_PAUSE_S)
+
+    def _may_pause(self) -> bool:
+        """A pause holds back at most MAX_BATCH records, all written past whatever the flood guard
+        decides at a rotation among them (supervise/flood.py keeps one rotation of margin, shared
+        with other runs' rotations): so only a log whose files take two batches of the largest
+        records (256 arguments of 4 KiB, escaped) pauses — the default 64 MiB does; a smaller
+        max_bytes writes every record as it comes, as without the pause."""
+        return self.max_bytes is None or self.max_bytes >= 2 * MAX_BATCH * PAUSE_RECORD_BYTES
+
+    def _end_pause(self) -> None:
+        try:  # noqa: SIM105 -- contextlib.suppress costs a Python context manager on the exec path
+            self._nap.release()
+        except RuntimeError:  # not pausing, or cut short already: its next look sees the queue
+            pass
 
     def _write(self, event: str, fields: dict[str, Any], ts: str | None = None) -> None:
         record = {"ts": ts or timestamp(), "run": self.run_id, "seq": self.seq, "event": event, **fields}
@@ -400,6 +430,7 @@ class ActionLog:
         if self._writer is not None:
             self._stopping = True
             self._signal()
+            self._end_pause()
             self._writer.join()
             self._writer = None
         with self._mutex:

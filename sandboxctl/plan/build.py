@@ -14,6 +14,7 @@ from sandboxctl.network.clientenv import (  # noqa: F401 - CA_BUNDLE_VARIABLES, 
     ca_variables,
     proxy_variables,
 )
+from sandboxctl.paths import within
 from sandboxctl.plan import mount_limits, syscalls
 from sandboxctl.plan import network as netwalls
 from sandboxctl.plan.create import creations_for, overlay_kind
@@ -42,7 +43,7 @@ from sandboxctl.plan.model import (
     SeccompPlan,
     SecretPlan,
 )
-from sandboxctl.plan.mounts import MountPlanner, _within
+from sandboxctl.plan.mounts import MountPlanner
 from sandboxctl.policy.model import Policy
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -101,7 +102,7 @@ class _Planner(MountPlanner, LandlockPlanner):
         if self.policy.workspace == "none":
             self.confirmations.append("--overlay shows the workspace, which the policy keeps out (workspace: none)")
         state = self.facts.realpath(self.facts.state_dir)
-        if _within(state, self.workspace) or _within(self.workspace, state):
+        if within(state, self.workspace) or within(self.workspace, state):
             raise SandboxError(f"the workspace {self.workspace} and sandboxctl's state dir {state} overlap: an "
                                "overlay's layer cannot lie inside the directory it covers",
                                "run from a project directory, or set XDG_STATE_HOME outside the workspace")
@@ -304,7 +305,7 @@ class _Planner(MountPlanner, LandlockPlanner):
         targets = [m.target for m in mounts if m.kind in ("tmpfs", "rw", "dev")]
 
         def deepest(path: str) -> str | None:
-            holders = [t for t in targets if _within(path, t)]
+            holders = [t for t in targets if within(path, t)]
             return max(holders, key=len) if holders else None
 
         keep = {deepest(path) for path in allowed}
@@ -334,7 +335,7 @@ def build_plan(policy: Policy, invocation: Invocation, facts: HostFacts) -> Plan
     if planner.workspace == "/":
         raise SandboxError("refusing to use / as the workspace", "run from a project directory or pass -w DIR")
     log_dir = os.path.dirname(planner.log_path())
-    if planner.workspace and _within(planner.workspace, log_dir):
+    if planner.workspace and within(planner.workspace, log_dir):
         # the log's directory is hidden inside the sandbox: it would hide the whole workspace
         raise SandboxError(f"the action log's directory {log_dir} holds the workspace, and is hidden in the sandbox",
                            "put the log in a directory of its own, e.g. --log ~/.local/state/sandboxctl/actions.jsonl")

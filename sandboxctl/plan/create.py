@@ -20,12 +20,9 @@ from collections.abc import Callable
 
 from sandboxctl import paths
 from sandboxctl.errors import SandboxError
+from sandboxctl.paths import within
 from sandboxctl.plan.model import Creation
 from sandboxctl.protect.names import protected_reason
-
-
-def _within(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def parse_mode(text: str | None) -> int | None:
@@ -56,7 +53,7 @@ def plan_creations(entries: tuple[dict, ...], write_grants: list[str], denied: l
             continue
         parent = os.path.dirname(path)
         chain = []
-        while parent != home and _within(parent, home) and kind(parent) == "missing":
+        while parent != home and within(parent, home) and kind(parent) == "missing":
             chain.append(parent)
             parent = os.path.dirname(parent)
         if kind(parent) not in ("dir", "symlink"):
@@ -75,12 +72,12 @@ def plan_creations(entries: tuple[dict, ...], write_grants: list[str], denied: l
 
 def _refusal(path: str, write_grants: list[str], denied: list[str], protected: Callable[[str], str | None],
              home: str) -> str | None:
-    if not _within(path, home) or path == home:
+    if not within(path, home) or path == home:
         return f"outside your home ({home}): sandboxctl creates nothing else"
-    if not any(_within(path, grant) for grant in write_grants):
+    if not any(within(path, grant) for grant in write_grants):
         return "not granted by filesystem.write (only writable grants, or paths beneath them, are made)"
     for deny in denied:
-        if _within(path, deny) or fnmatch.fnmatchcase(path, deny):
+        if within(path, deny) or fnmatch.fnmatchcase(path, deny):
             return f"lies under the denied {deny}"
     why = protected(path)
     if why:

@@ -6,6 +6,7 @@ configuration; unit tests check it without launching anything. Secret *values* n
 
 from __future__ import annotations
 
+from sandboxctl.paths import within
 from sandboxctl.record import Record
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
@@ -239,7 +240,7 @@ class Plan(Record):
         files and whatever the supervisor relies on (never_writable) are refused outright."""
         holder = None
         for mount in self.mounts:
-            if mount.kind != "symlink" and _within(path, mount.target) and (
+            if mount.kind != "symlink" and within(path, mount.target) and (
                     holder is None or len(mount.target) >= len(holder.target)):
                 holder = mount
         if holder is not None and holder.kind in ("rw", "tmpfs", "dev", "proc"):
@@ -247,7 +248,7 @@ class Plan(Record):
         where = f"{holder.kind} {holder.target}: {holder.reason}" if holder else "not granted"
         rule = f"outside the writable set ({where})"
         for guarded, why in self.never_writable:
-            if _within(path, guarded) or (set("*?[") & set(guarded) and _matches(path, guarded)):
+            if within(path, guarded) or (set("*?[") & set(guarded) and _matches(path, guarded)):
                 return WriteVerdict(False, f"{rule}; never approvable: {why}")
         protected = self.guard().reason(path)
         if protected:
@@ -316,10 +317,6 @@ def _matches(path: str, pattern: str) -> bool:
     if "/**/" in pattern and _matches(path, pattern.replace("/**/", "/", 1)):
         return True  # DIR/**/NAME: NAME at any depth, DIR/NAME included
     return fnmatchcase(path, pattern) or fnmatchcase(path, pattern.rstrip("/") + "/*")
-
-
-def _within(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def _plain(value: Any) -> Any:

@@ -13,6 +13,7 @@ import functools
 import os
 
 from sandboxctl.errors import SandboxError
+from sandboxctl.paths import within
 from sandboxctl.plan import network as netwalls
 from sandboxctl.plan.layout import (
     GVISOR_INIT,
@@ -28,10 +29,6 @@ from sandboxctl.plan.layout import (
 from sandboxctl.plan.model import Mount
 
 _STRENGTH = {"ro": 0, "tmpfs": 1, "rw": 2}
-
-
-def _within(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def _depth(path: str) -> int:
@@ -62,13 +59,13 @@ class MountPlanner:
         absent: list[str] = []  # writable grants that do not exist: all named in one error
         for raw, kind, reason, from_cli in wanted:
             target = self.expand(raw)
-            under_deny = [d for d in denied if _within(target, d)]
+            under_deny = [d for d in denied if within(target, d)]
             if under_deny and not from_cli:
                 self.notes.append(f"{reason} {target}: not mounted, it lies under denied {under_deny[0]}")
                 continue
             if under_deny:
                 self.confirmations.append(f"{reason} {target} opens a path the policy denies ({under_deny[0]})")
-            if from_cli and kind == "rw" and not (self.workspace and _within(target, self.inv.workspace)):
+            if from_cli and kind == "rw" and not (self.workspace and within(target, self.inv.workspace)):
                 self.confirmations.append(f"--allow-write {target} is outside the workspace")
             present = self.facts.kind(target)
             if present == "missing" and kind in ("ro", "rw"):
@@ -101,11 +98,11 @@ class MountPlanner:
                 pattern = pattern[:-3]  # DIR/**: the directory and everything beneath it
             if "/**/" in pattern:
                 prefix, _, name = pattern.partition("/**/")
-                if self.workspace and _within(prefix, self.workspace):
+                if self.workspace and within(prefix, self.workspace):
                     index = self.tree(self.workspace)
                 else:
                     index = self.facts.tree(prefix, (name,), True)
-                matches = [m for m in index.matches if _within(m, prefix)
+                matches = [m for m in index.matches if within(m, prefix)
                            and fnmatch.fnmatchcase(os.path.basename(m), name)]
             else:
                 matches = self.facts.glob(pattern) if set("*?[") & set(pattern) else [pattern]
@@ -182,7 +179,7 @@ class MountPlanner:
             target = self.facts.realpath(path) if self.facts.kind(path) == "symlink" else path
             if target in done or self.facts.kind(target) != "file" or not self.covering(target, visible):
                 continue
-            if any(_within(target, d) for d in self.denied_paths):
+            if any(within(target, d) for d in self.denied_paths):
                 continue
             done.add(target)
             result.append(Mount("data-file", target, "tls:bundle",
@@ -190,7 +187,7 @@ class MountPlanner:
         return result
 
     def covering(self, path: str, grants: dict, strict: bool = False) -> str | None:
-        holders = [t for t in grants if _within(path, t) and not (strict and t == path)]
+        holders = [t for t in grants if within(path, t) and not (strict and t == path)]
         return max(holders, key=len) if holders else None
 
     def masks(self, visible: dict[str, str]) -> list[Mount]:
@@ -251,16 +248,16 @@ def _anchor(protect, mounts: list[Mount]):
     the sandbox may not move or remove (the plan's paths must stay true for the whole run)."""
     roots = set(protect.roots)
     ephemeral = sorted({m.target for m in mounts if m.kind in ("tmpfs", "rw") and m.target not in roots
-                        and any(_within(r, m.target) for r in roots)})
+                        and any(within(r, m.target) for r in roots)})
     zones = roots | set(ephemeral)
     anchors: set[str] = set()
     for mount in mounts:
         if mount.kind in ("proc", "dev"):
             continue
         parent = os.path.dirname(mount.target)
-        while parent not in ("/", "") and any(_within(parent, z) for z in zones):
+        while parent not in ("/", "") and any(within(parent, z) for z in zones):
             anchors.add(parent)
             parent = os.path.dirname(parent)
-        if any(_within(mount.target, z) and mount.target != z for z in zones):
+        if any(within(mount.target, z) and mount.target != z for z in zones):
             anchors.add(mount.target)
     return protect._replace(ephemeral=tuple(ephemeral), anchors=tuple(sorted(anchors)))

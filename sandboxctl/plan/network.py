@@ -14,6 +14,7 @@ Who enforces what (README, "Network walls"):
 from __future__ import annotations
 
 from sandboxctl.errors import SandboxError
+from sandboxctl.paths import within
 from sandboxctl.plan.inputs import HostFacts
 from sandboxctl.plan.model import Mount, SeccompCondition, SeccompRule
 from sandboxctl.record import Record
@@ -103,10 +104,6 @@ def trap_rules(mode: str) -> tuple[SeccompRule, ...]:
     return tuple(rules)
 
 
-def _within(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
-
 def unix_sockets(listed: list[str], denied: list[str], mounts: list[Mount], facts: HostFacts
                  ) -> tuple[list[Mount], list[str], list[str]]:
     """network.unix (expanded) -> (mounts to add, the paths the sandbox will see, notes).
@@ -118,7 +115,7 @@ def unix_sockets(listed: list[str], denied: list[str], mounts: list[Mount], fact
     paths: list[str] = []
     notes: list[str] = []
     for path in listed:
-        under_deny = [d for d in denied if _within(path, d)]
+        under_deny = [d for d in denied if within(path, d)]
         if under_deny:
             notes.append(f"network.unix {path}: not reachable, it lies under denied {under_deny[0]}")
             continue
@@ -135,7 +132,7 @@ def unix_sockets(listed: list[str], denied: list[str], mounts: list[Mount], fact
                                "list the socket itself, or the directory that holds it")
         holder = None
         for mount in (*mounts, *added):
-            if mount.kind != "symlink" and _within(path, mount.target) and (
+            if mount.kind != "symlink" and within(path, mount.target) and (
                     holder is None or len(mount.target) >= len(holder.target)):
                 holder = mount
         shown = (holder is not None and holder.kind in ("ro", "rw") and holder.source is not None

@@ -16,9 +16,10 @@ from __future__ import annotations
 import contextlib
 import os
 
+from sandboxctl.paths import within
 from sandboxctl.plan.model import Mount, ProtectPlan
 from sandboxctl.protect import names
-from sandboxctl.protect.rules import Protection, within
+from sandboxctl.protect.rules import Protection
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
 if TYPE_CHECKING:

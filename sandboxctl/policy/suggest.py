@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sandboxctl.paths import within
+
 # Directories too broad to make writable, and trees whose files run or configure the machine later.
 SYSTEM_DIRS = ("/", "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/boot", "/dev", "/proc", "/sys", "/run",
                "/var", "/opt", "/srv", "/home", "/root", "/tmp", "/mnt", "/media")
@@ -57,10 +59,6 @@ class Host:
     kind: Callable[[str], str]  # dir | file | symlink | missing | other
     denied: tuple[str, ...] = ()  # the policy's filesystem.deny, expanded (patterns allowed)
     protected: Callable[[str], str | None] = lambda path: None  # why a path is protected, or None
-
-
-def _within(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def _label(record: dict[str, Any]) -> str:
@@ -116,7 +114,7 @@ def _file_grant(record: dict[str, Any], path: str, label: str, host: Host, creat
     parent = os.path.dirname(path)
     if host.kind(parent) == "dir":
         siblings = created_in.get(parent, set())
-        if _within(path, host.home) and len(siblings) < 2:
+        if within(path, host.home) and len(siblings) < 2:
             # one new file in HOME: that file alone, made before the run (its directory stays read-only)
             result.write.setdefault(path, []).append(label)
             result.create.setdefault(path, ("file", []))[1].append(label)
@@ -129,7 +127,7 @@ def _file_grant(record: dict[str, Any], path: str, label: str, host: Host, creat
     missing = parent  # the first missing directory on the way, whose own parent exists
     while host.kind(os.path.dirname(missing)) == "missing" and os.path.dirname(missing) != missing:
         missing = os.path.dirname(missing)
-    if not _within(missing, host.home) or missing == host.home:
+    if not within(missing, host.home) or missing == host.home:
         result.refused[label] = (f"{missing} does not exist, and sandboxctl makes directories only in your home: "
                                  "create it first, then suggest again")
         return
@@ -144,11 +142,11 @@ def _never(path: str, rule: str, host: Host) -> str | None:
         return (f"a protected path ({protected or rule}): it configures or runs programs later, outside the sandbox; "
                 "never suggested")
     for deny in host.denied:
-        if _within(path, deny) or _matches(path, deny):
+        if within(path, deny) or _matches(path, deny):
             return f"masked by filesystem.deny {deny} (a credential store or secret): never suggested"
     if "never approvable" in rule:
         return f"{rule.split('never approvable: ', 1)[-1]}: never suggested"
-    if path in SYSTEM_DIRS or any(_within(path, tree) for tree in SYSTEM_TREES):
+    if path in SYSTEM_DIRS or any(within(path, tree) for tree in SYSTEM_TREES):
         return "in a system directory (what is there runs or configures the machine later): never suggested"
     return None
 
@@ -203,7 +201,7 @@ def _narrow(result: Suggestion) -> None:
     """A grant beneath another grant adds nothing: keep the outer one, with the denials of both."""
     for path in sorted(result.write, key=len):
         for other in list(result.write):
-            if other != path and _within(other, path) and path in result.write:
+            if other != path and within(other, path) and path in result.write:
                 result.write[path] += result.write.pop(other)
                 result.create.pop(other, None)
 
@@ -217,9 +215,9 @@ def _scalar(text: str) -> str:
 
 
 def _shown(path: str, host: Host) -> str:
-    if host.workspace and _within(path, host.workspace):
+    if host.workspace and within(path, host.workspace):
         return "{workspace}" + path[len(host.workspace.rstrip("/")):]
-    if _within(path, host.home):
+    if within(path, host.home):
         return "~" + path[len(host.home.rstrip("/")):]
     return path
 

@@ -22,12 +22,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from sandboxctl.paths import within
 from sandboxctl.protect import names
 from sandboxctl.protect.names import fold_path
-
-
-def within(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def ancestors(path: str) -> list[str]:

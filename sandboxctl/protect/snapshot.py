@@ -11,201 +11,38 @@ event. The record is a journal in the state dir: if the supervisor is killed, th
 Hashes are cached by (device, inode, size, mtime, ctime), so a warm launch only stats; the cache
 is read only once a file must be hashed (a workspace whose protected names are all absent reads
 nothing).
+
+  snapshot.py  the run's journal (Snapshot: take, mark, beat, check) and a killed run's recovery
+  store.py     one entry's record; the blobs by SHA-256 and the hash cache
+  restore.py   the comparison at the end, putting back and keeping aside; JSON keys; repositories
+               made where nothing mediated (gVisor)
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import marshal
 import os
-import stat
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-from sandboxctl.digest import sha256
-from sandboxctl.record import Record
+from sandboxctl.protect.restore import (  # noqa: F401 - imported from here
+    Change,
+    _RealParents,
+    compare_and_restore,
+    new_repositories,
+    restore_json_keys,
+)
+from sandboxctl.protect.store import BLOB_GRACE_S, MAX_BLOB, MAX_CACHED, Store, _record  # noqa: F401 - imported from here
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
 if TYPE_CHECKING:
     from typing import Any
 
-MAX_BLOB = 4 << 20  # larger protected files are compared by hash but cannot be put back
 MAX_ENTRIES = 20_000  # a protected directory larger than this is recorded down to this many entries
-MAX_CACHED = 8192  # hashes kept for the next runs (oldest first out): every run loads them all
-BLOB_GRACE_S = 24 * 3600  # a blob used or made this recently is never collected (a launch in flight)
-
-
-class Change(Record):
-    path: str
-    change: str  # created | modified | removed | replaced
-    action: str  # restored | kept aside | removed | reported
-    kept: str | None = None  # where the changed content was kept
-    run: str = ""  # the run whose launch record this compares against
 
 
 def _pending(state: Path) -> Path:
     return state / "protect" / "pending"
-
-
-class Store:
-    """Blobs by SHA-256 and the hash cache, in the private state dir."""
-
-    def __init__(self, state: Path):
-        self.root = state / "protect"
-        self.blobs = self.root / "blobs"
-        self.cache_path = self.root / "hashes.marshal"
-        self._cache: dict[tuple, str] | None = None  # read at the first file to hash (none: no read)
-        self.dirty = False
-        self.used: set[tuple] = set()
-
-    @property
-    def cache(self) -> dict[tuple, str]:
-        if self._cache is None:
-            try:
-                loaded = marshal.loads(self.cache_path.read_bytes())
-            except (OSError, ValueError, EOFError, TypeError):
-                loaded = {}
-            self._cache = loaded if isinstance(loaded, dict) else {}
-            self.dirty = self.dirty or len(self._cache) > MAX_CACHED  # a cache of an older version, unbounded: trim it
-        return self._cache
-
-    @cache.setter
-    def cache(self, value: dict[tuple, str]) -> None:
-        self._cache = value
-
-    def digest(self, path: str, st: os.stat_result) -> str:
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        self.used.add(key)
-        known = self.cache.get(key)
-        if known and (st.st_size > MAX_BLOB or self._fresh(known)):
-            return known
-        digest = sha256()
-        keep = st.st_size <= MAX_BLOB
-        chunks: list[bytes] = []
-        with open(path, "rb", buffering=0) as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-                if keep:
-                    chunks.append(chunk)
-        value = digest.hexdigest()
-        if keep:
-            self._put(value, b"".join(chunks))
-        self.cache[key] = value
-        self.dirty = True
-        return value
-
-    def _put(self, digest: str, data: bytes) -> None:
-        target = self.blobs / digest
-        if self._fresh(digest):
-            return
-        self.blobs.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = target.with_name(f".{digest}.{os.getpid()}.{os.urandom(4).hex()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, target)
-
-    def blob(self, digest: str) -> bytes | None:
-        try:
-            return (self.blobs / digest).read_bytes()
-        except OSError:
-            return None
-
-    def _fresh(self, digest: str) -> bool:
-        """The blob is there, and marked as used lately (collect() leaves it alone)."""
-        try:
-            mtime = os.stat(self.blobs / digest).st_mtime
-        except OSError:
-            return False
-        if mtime < time.time() - BLOB_GRACE_S / 2:
-            with contextlib.suppress(OSError):
-                os.utime(self.blobs / digest)
-        return True
-
-    def save(self) -> None:
-        """Write the cache back. Past MAX_CACHED hashes it is cut to three quarters of that, the
-        oldest first and never one this run used (it stays cheap to load; a dropped hash is only
-        computed again), and the blobs nothing names any more are collected."""
-        if not self.dirty:
-            return
-        trimmed = len(self.cache) > MAX_CACHED
-        if trimmed:
-            spare = max(0, MAX_CACHED * 3 // 4 - len(self.used))
-            others = [key for key in self.cache if key not in self.used]
-            keep = set(others[len(others) - spare:] if spare else ()) | self.used
-            self.cache = {key: value for key, value in self.cache.items() if key in keep}
-        with contextlib.suppress(OSError):
-            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            tmp = self.cache_path.with_name(f".hashes.{os.getpid()}.{os.urandom(4).hex()}")
-            tmp.write_bytes(marshal.dumps(self.cache))
-            os.replace(tmp, self.cache_path)
-        self.dirty = False
-        if trimmed:
-            self.collect()
-
-    def collect(self) -> None:
-        """Remove the blobs that neither the cache nor a pending journal (a run still going, or a
-        killed one's) names and nobody used for BLOB_GRACE_S: contents of protected files as they
-        were long ago. The grace covers a launch between writing its blobs and its journal."""
-        needed = set(self.cache.values())
-        with contextlib.suppress(OSError):
-            for journal in (self.root / "pending").glob("*.json"):
-                with contextlib.suppress(OSError, ValueError):
-                    needed |= _digests(json.loads(journal.read_text()).get("entries") or {})
-        cutoff = time.time() - BLOB_GRACE_S
-        with contextlib.suppress(OSError), os.scandir(self.blobs) as listing:
-            for entry in listing:
-                if entry.name in needed:
-                    continue
-                with contextlib.suppress(OSError):
-                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
-                        os.unlink(entry.path)
-
-
-def _digests(entries: dict[str, Any]) -> set[str]:
-    """Every sha256 a journal's entries name, nested directories included."""
-    found: set[str] = set()
-    stack = list(entries.values())
-    while stack:
-        entry = stack.pop()
-        if isinstance(entry, dict):
-            if isinstance(entry.get("sha256"), str):
-                found.add(entry["sha256"])
-            stack += (entry.get("children") or {}).values()
-    return found
-
-
-def _record(path: str, store: Store, budget: list[int]) -> dict[str, Any]:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return {"kind": "missing"}
-    except OSError:
-        return {"kind": "unreadable"}
-    entry: dict[str, Any] = {"mode": stat.S_IMODE(st.st_mode), "dev": st.st_dev, "ino": st.st_ino}
-    if stat.S_ISLNK(st.st_mode):
-        entry.update(kind="symlink", target=os.readlink(path))
-    elif stat.S_ISDIR(st.st_mode):
-        children: dict[str, Any] = {}
-        complete = True
-        with contextlib.suppress(OSError), os.scandir(path) as listing:
-            for child in sorted(listing, key=lambda e: e.name):
-                if budget[0] <= 0:
-                    complete = False  # what was not recorded is neither compared nor removed
-                    break
-                budget[0] -= 1
-                children[child.name] = _record(child.path, store, budget)
-        entry.update(kind="dir", children=children, complete=complete)
-    elif stat.S_ISREG(st.st_mode):
-        try:
-            entry.update(kind="file", size=st.st_size, sha256=store.digest(path, st))
-        except OSError:
-            entry.update(kind="unreadable")
-    else:
-        entry.update(kind="other")
-    return entry
 
 
 class Snapshot:
@@ -291,159 +128,6 @@ class Snapshot:
         return changes
 
 
-def compare_and_restore(state: Path, run_id: str, entries: dict[str, dict[str, Any]],
-                        restore: Callable[[str], bool] = lambda path: True,
-                        store: Store | None = None) -> list[Change]:
-    """restore(path): whether a change found at path is put back (else only reported): a change
-    the sandbox could not have made (the kernel wall was whole; it came later than the run) is
-    somebody else's work — an IDE's, the user's own git — and is left as it is. store: the
-    launch's own, when there is one (the hash cache is loaded once a run)."""
-    store = store or Store(state)
-    changes: list[Change] = []
-    real_parent = _RealParents()
-    for path, before in entries.items():
-        if "parent" in before and real_parent(path) != before["parent"]:
-            # a parent was replaced (by a symlink, say .config -> ~/.config): comparing and restoring
-            # through it would write where the path now leads, outside the grant
-            changes.append(Change(path, "replaced", "reported", None, run_id))
-            continue
-        found = len(changes)
-        _compare(path, before, store, state, run_id, changes, restore)
-        if len(changes) != found:  # something was put back or moved aside: directories may differ now
-            real_parent.resolved.clear()
-    store.save()
-    return changes
-
-
-class _RealParents:
-    """os.path.realpath of a path's directory, resolved once per directory: the protected names
-    of a workspace mostly share a few (52 absent names in one workspace: one resolution, not 52)."""
-
-    def __init__(self) -> None:
-        self.resolved: dict[str, str] = {}
-
-    def __call__(self, path: str) -> str:
-        directory = os.path.dirname(path)
-        real = self.resolved.get(directory)
-        if real is None:
-            real = self.resolved[directory] = os.path.realpath(directory)
-        return real
-
-
-def _same(before: dict[str, Any], now: dict[str, Any]) -> bool:
-    if before.get("kind") != now.get("kind"):
-        return False
-    kind = before.get("kind")
-    if kind == "file":
-        return before.get("sha256") == now.get("sha256") and before.get("mode") == now.get("mode")
-    if kind == "symlink":
-        return before.get("target") == now.get("target")
-    if kind == "dir":
-        return before.get("mode") == now.get("mode")
-    return True
-
-
-def _compare(path: str, before: dict[str, Any], store: Store, state: Path, run_id: str,
-             changes: list[Change], restore: Callable[[str], bool]) -> None:
-    now = _record(path, store, [0])  # children are compared one by one below
-    if before.get("kind") in ("unreadable", "other"):
-        return
-    if before.get("kind") == "dir" and now.get("kind") == "dir":
-        if before.get("mode") != now.get("mode"):
-            act = restore(path)
-            if act:
-                with contextlib.suppress(OSError):
-                    os.chmod(path, before["mode"])
-            changes.append(Change(path, "modified", "restored" if act else "reported", None, run_id))
-        old = before.get("children") or {}
-        try:
-            current = set(os.listdir(path))
-        except OSError:
-            current = set()
-        for name, child in old.items():
-            _compare(f"{path}/{name}", child, store, state, run_id, changes, restore)
-        for name in sorted(current - set(old)) if before.get("complete", True) else ():
-            added = f"{path}/{name}"
-            kept = _keep_aside(added, state, run_id) if restore(added) else None
-            changes.append(Change(added, "created", "removed" if kept else "reported", kept, run_id))
-        return
-    if _same(before, now):
-        return
-    if now.get("kind") == "missing":
-        change = "removed"
-    elif before.get("kind") == "missing":
-        change = "created"
-    elif before.get("kind") != now.get("kind"):
-        change = "replaced"
-    else:
-        change = "modified"
-    if not restore(path):
-        changes.append(Change(path, change, "reported", None, run_id))
-        return
-    kept = _keep_aside(path, state, run_id) if now.get("kind") != "missing" else None
-    if now.get("kind") != "missing" and kept is None:
-        changes.append(Change(path, change, "reported", None, run_id))
-        return
-    restored = _restore(path, before, store)
-    action = "removed" if before.get("kind") == "missing" else "restored" if restored else "kept aside"
-    changes.append(Change(path, change, action, kept, run_id))
-
-
-def _keep_aside(path: str, state: Path, run_id: str) -> str | None:
-    """Move what a run left at a protected path into <state>/protect/kept/<run>/ (a copy when the
-    state dir is on another file system); None if it could not be moved."""
-    target = state / "protect" / "kept" / run_id / path.lstrip("/")
-    try:
-        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        n = 1
-        while os.path.lexists(target):
-            target = target.with_name(f"{target.name}.{n}")
-            n += 1
-        try:
-            os.rename(path, target)
-        except OSError:
-            import shutil  # rarely needed (another file system): not imported by every run
-
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.copytree(path, target, symlinks=True)
-                shutil.rmtree(path)
-            else:
-                shutil.copy2(path, target, follow_symlinks=False)
-                os.unlink(path)
-    except OSError:
-        return None
-    return str(target)
-
-
-def _restore(path: str, before: dict[str, Any], store: Store) -> bool:
-    kind = before.get("kind")
-    try:
-        if kind == "missing":
-            return True
-        if kind == "symlink":
-            os.symlink(before["target"], path)
-            return True
-        if kind == "dir":
-            os.mkdir(path, before.get("mode", 0o755))
-            for name, child in (before.get("children") or {}).items():
-                _restore(f"{path}/{name}", child, store)
-            return True
-        if kind == "file":
-            data = store.blob(before.get("sha256", ""))
-            if data is None:
-                return False
-            tmp = f"{path}.sandboxctl-restore.{os.getpid()}.{os.urandom(4).hex()}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, before.get("mode", 0o644))
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.chmod(tmp, before.get("mode", 0o644))
-            os.replace(tmp, path)
-            return True
-    except OSError:
-        return False
-    return False
-
-
 HEARTBEAT_S = 2.0
 
 
@@ -452,35 +136,6 @@ def _changed_before(path: str, last_beat: int) -> bool:
         return os.lstat(path).st_ctime_ns <= last_beat
     except OSError:
         return True
-
-
-def restore_json_keys(state: Path, run_id: str, patterns: dict[str, list[str]], before: dict[str, dict[str, Any]],
-                      restore: Callable[[str], bool] = lambda path: True) -> list[Change]:
-    """Keys of writable JSON files (filesystem.protect_json) the sandbox could change: put back,
-    with the changed file kept aside (its other contents, the agent's state, stay)."""
-    from sandboxctl.protect import jsonkeys
-
-    changes: list[Change] = []
-    for path, keys in patterns.items():
-        differ = jsonkeys.changed(path, before.get(path, {}), keys)
-        if not differ:
-            continue
-        label = f"{path}#{','.join(differ)}"
-        if not restore(path):
-            changes.append(Change(label, "modified", "reported", None, run_id))
-            continue
-        kept = state / "protect" / "kept" / run_id / path.lstrip("/")
-        try:
-            import shutil  # only when a protected JSON file changed: not imported by every run
-
-            kept.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            shutil.copy2(path, kept)
-            kept_path: str | None = str(kept)
-        except OSError:
-            kept_path = None
-        done = jsonkeys.put_back(path, before.get(path, {}), differ)
-        changes.append(Change(label, "modified", "restored" if done else "reported", kept_path, run_id))
-    return changes
 
 
 def recover(state: Path, alive) -> list[Change]:
@@ -515,35 +170,4 @@ def recover(state: Path, alive) -> list[Change]:
             changes += restore_json_keys(state, run, data.get("json_patterns") or {}, data.get("json_values") or {},
                                          lambda path, last_beat=last_beat: _changed_before(path, last_beat))
             journal.unlink(missing_ok=True)
-    return changes
-
-
-def new_repositories(roots: tuple[str, ...], known: tuple[str, ...], workspace: str | None, state: Path,
-                     run_id: str) -> list[Change]:
-    """Where nothing stopped a repository being made during the run (gVisor has no mediation):
-    find the ones that were not there at launch and keep aside what of them runs code or looks
-    elsewhere (config, hooks, commondir, info, alternates, or a `gitdir:` file itself). What is
-    left (objects, refs, HEAD) is still a repository, one that runs nothing of its own."""
-    from sandboxctl.protect import names
-    from sandboxctl.protect.index import scan
-
-    changes: list[Change] = []
-    seen = set(known)
-    for root in roots:
-        index = scan(root, (), state / "cache", deep=root == workspace)
-        for repository in index.repositories:
-            if repository in seen:
-                continue
-            gitdir = repository
-            if os.path.islink(repository) or os.path.isfile(repository):
-                kept = _keep_aside(repository, state, run_id)
-                changes.append(Change(repository, "created", "removed" if kept else "reported", kept, run_id))
-                continue
-            for name in (*names.GITDIR_NAMES, "objects/info/alternates", "objects/info/http-alternates"):
-                if name in ("modules", "worktrees", "config.lock", "config.worktree.lock"):
-                    continue
-                path = f"{gitdir}/{name}"
-                if os.path.lexists(path):
-                    kept = _keep_aside(path, state, run_id)
-                    changes.append(Change(path, "created", "removed" if kept else "reported", kept, run_id))
     return changes

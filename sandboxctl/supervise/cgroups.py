@@ -159,11 +159,13 @@ class RunCgroup:
     def processes(self) -> list[int]:
         """Every process of the run, in one read (the kernel keeps the list: children join at fork)."""
         fd = os.open(f"{self.dirs[0]}/cgroup.procs", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            data = b"".join(iter(lambda: os.read(fd, 65536), b""))
+        try:  # read to the end (a seq_file may stop short of it), with no per-read Python call
+            data = os.read(fd, 65536)
+            while chunk := os.read(fd, 65536):
+                data += chunk
         finally:
             os.close(fd)
-        return [int(pid) for pid in data.split()]
+        return list(map(int, data.split()))  # this runs at every exec (supervise/exec_events.py)
 
     def oom_killed(self) -> bool:
         for path in self.dirs:

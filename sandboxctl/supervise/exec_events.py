@@ -10,8 +10,9 @@ each record says whether the read is provably what the kernel will use:
   memory (kcmp KCMP_VM; its cwd/fd table too when the path depends on them) except the parent
   that vfork()ed it and waits, blocked, for this exec; every byte read (path, argv array and
   strings) lies in a private mapping that nobody else can change (anonymous, or a read-only
-  mapping of a file outside the writable set); and opening /proc/PID/mem for writing is denied
-  inside the sandbox (Dispatcher asks `refuses_open`);
+  mapping of a file outside the writable set); opening /proc/PID/mem for writing is denied
+  inside the sandbox (Dispatcher asks `refuses_open`); and ptrace and process_vm_writev are
+  refused (the baseline's rule, unless the policy's `syscalls.allow` takes them out);
 - otherwise `verified: false` with `unverified` saying why.
 
 After the fact, where possible: at the next trapped call of the same process the supervisor
@@ -52,6 +53,9 @@ KCMP_VM, KCMP_FILES, KCMP_FS = 1, 2, 3  # include/uapi/linux/kcmp.h
 # per machine: kcmp, and the calls a vfork() parent waits in (clone3 is ENOSYS in the baseline)
 _MACHINE = {"x86_64": (312, {56: "clone", 58: "vfork"}), "aarch64": (272, {220: "clone"})}
 MAX_CLAIMS = 4096
+VFORK_BLOCK_LOOKS = 3  # looks at a vfork parent's state before it counts as running
+MAX_LISTINGS = 4  # listings of the sandbox's processes per exec while a vfork parent is excused
+MAX_PARENTS = 8  # vfork parents whose stat and syscall files are held open (two descriptors each)
 
 
 class ExecTarget(Record):
@@ -66,13 +70,21 @@ class ExecTarget(Record):
     started: str  # /proc/PID/stat starttime: a reused pid is another process
 
 
+def memory_writers(rules: Any) -> tuple[str, ...]:
+    """The calls that write another process's memory which the seccomp rules do not refuse
+    outright (`syscalls.allow: [ptrace]` gives back ptrace and process_vm_writev): while any is
+    allowed, no read of a caller's memory is provably what the kernel will read."""
+    refused = {rule.syscall for rule in rules if not rule.conditions}
+    return tuple(name for name in ("ptrace", "process_vm_writev") if name not in refused)
+
+
 class ExecEvents:
     """Handles execve/execveat notifications for the Dispatcher and checks them afterwards."""
 
     def __init__(self, listener: int, log: Callable[..., None], denied: list[dict[str, Any]],
                  judge_write: Callable[[str], Any], tasks: Callable[[], list[int]],
                  tampered: list[dict[str, Any]] | None = None, memory_writes_trapped: bool = True,
-                 log_soon: Callable[..., None] | None = None):
+                 log_soon: Callable[..., None] | None = None, memory_writers: tuple[str, ...] = ()):
         self.listener = listener
         self.log = log
         self.log_soon = log_soon or log  # the exec record, once the kernel has its answer (queued)
@@ -81,16 +93,21 @@ class ExecEvents:
         self.tasks = tasks  # host pids of every process of the sandbox
         self.tampered = tampered if tampered is not None else []
         self.memory_writes_trapped = memory_writes_trapped  # write-intent opens reach refuses_open
+        self.memory_writers = memory_writers  # calls the policy lets write another's memory (memory_writers())
         self.claims: OrderedDict[int, ExecTarget] = OrderedDict()
         machine = os.uname().machine
         self._kcmp_nr, self._vfork_calls = _MACHINE.get(machine, (None, {}))
         self.root: int | None = None  # the sandbox's root, opened at the first exec (see sandbox_paths)
         self.formats = facts.Formats()
+        # pid -> descriptors of its /proc/PID/stat and /proc/PID/task/PID/syscall (_parent_files)
+        self.parents: OrderedDict[int, tuple[int, int]] = OrderedDict()
 
     def close(self) -> None:
         if self.root is not None:
             os.close(self.root)
             self.root = None
+        while self.parents:
+            self._forget_parent(next(iter(self.parents)))
 
     def _root(self, pid: int) -> int | None:
         if self.root is None:
@@ -199,6 +216,8 @@ class ExecEvents:
             return f"{caller.threads or 'an unknown number of'} threads share the caller's memory"
         if not self.memory_writes_trapped:
             return "write opens are not trapped in this run, so /proc/PID/mem stays writable"
+        if self.memory_writers:
+            return f"the policy allows {' and '.join(self.memory_writers)}, which write another process's memory"
         if self._kcmp_nr is None:
             return f"no kcmp check on {os.uname().machine}"
         kinds = [KCMP_VM]
@@ -212,48 +231,123 @@ class ExecEvents:
         return facts.shared_pages(pid, ranges, self.judge_write)
 
     def _sharer(self, pid: int, own: int, kinds: list[int], parent: int = 0) -> str | None:
+        """Another process sharing what the call's read depends on, or None.
+
+        A sharer is excused only while it waits, blocked, in a vfork. But a process it vforked
+        is a sharer that runs: one made after our listing (the excused process may have vforked
+        it while we looked, and be waiting for it rather than for the caller) would be missed. So
+        once anything is excused the sandbox's processes are listed again, and every new one is
+        judged too, until a listing brings nothing new (a blocked vfork parent's child exists
+        before it blocks, so a stable listing after the checks holds every such child)."""
         try:
-            others = [p for p in self.tasks() if p != own]
+            others = self.tasks()
         except OSError as exc:
             return f"the sandbox's processes could not be listed ({exc.strerror})"
         kcmp = facts.kcmp()
-        for other in others:
-            for kind in kinds:
-                result = kcmp(self._kcmp_nr, pid, other, kind)
-                if result == 0:
-                    if kind == KCMP_VM and self._waits_for_vfork(other, pid, parent):
-                        continue
-                    what = {KCMP_VM: "memory", KCMP_FS: "working directory", KCMP_FILES: "descriptor table"}[kind]
-                    return f"process {other} shares the caller's {what}"
-                if result < 0 and os.path.exists(f"/proc/{other}"):
-                    return f"kcmp against process {other} failed"
-        return None
+        seen: set[int] = set()
+        for _listing in range(MAX_LISTINGS):
+            excused = False
+            for other in others:
+                if other == own or other in seen:
+                    continue
+                seen.add(other)
+                for kind in kinds:
+                    result = kcmp(self._kcmp_nr, pid, other, kind, 0, 0)
+                    if result == 0:
+                        if kind == KCMP_VM and self._waits_for_vfork(other, pid, parent):
+                            excused = True
+                            continue
+                        what = {KCMP_VM: "memory", KCMP_FS: "working directory", KCMP_FILES: "descriptor table"}[kind]
+                        return f"process {other} shares the caller's {what}"
+                    if result < 0 and os.path.exists(f"/proc/{other}"):
+                        return f"kcmp against process {other} failed"
+            if not excused:
+                return None
+            try:
+                others = [other for other in self.tasks() if other not in seen and other != own]
+            except OSError as exc:
+                return f"the sandbox's processes could not be listed ({exc.strerror})"
+            if not others:
+                return None
+        return "the processes sharing the caller's memory kept changing while they were examined"
 
     def _waits_for_vfork(self, parent: int, child: int, child_parent: int = 0) -> bool:
         """Every thread of `parent` is either the one that vfork()ed `child` and now waits for its
         exec (the kernel holds it until the exec has copied the arguments) — or there is none
         other. Any other thread could run and write the shared memory. `child_parent`: the
-        child's ppid as its stat said (its parent's only thread then lists it as its child)."""
-        try:
-            threads = os.listdir(f"/proc/{parent}/task")
-        except OSError:
-            return False
-        if len(threads) != 1:
-            return False
-        thread = threads[0]
+        child's ppid as its stat said (its parent's only thread then lists it as its child).
+
+        The threads are counted from /proc/PID/stat (one read, not a directory listing): a count
+        of 1 is the thread group leader itself, as a leader that exits before its other threads
+        stays a zombie and counted until the last of them is gone."""
+        for attempt in range(VFORK_BLOCK_LOOKS):
+            lines = self._parent_files(parent)
+            if lines is None:
+                return False
+            stat_line, syscall_line = lines
+            try:
+                fields_after_name = stat_line.rsplit(b")", 1)[1].split()
+                threads = int(fields_after_name[17])
+            except (IndexError, ValueError):
+                return False
+            if threads != 1:
+                return False
+            # blocked ('D': wait_for_vfork_done is a killable, uninterruptible wait), so past
+            # making its child: one still running in clone() may not have made it yet. A real
+            # vfork parent blocks a moment after its child starts: look again, yielding
+            if fields_after_name[0] == b"D":
+                break
+            if attempt + 1 == VFORK_BLOCK_LOOKS:
+                return False
+            os.sched_yield()
         try:
             if child_parent != parent and str(child).encode() not in facts.read_proc(
-                    f"/proc/{parent}/task/{thread}/children").split():
+                    f"/proc/{parent}/task/{parent}/children").split():
                 return False
-            fields = facts.read_proc(f"/proc/{parent}/task/{thread}/syscall", one_line=True).decode().split()
         except OSError:
             return False
+        fields = syscall_line.decode().split()
         if not fields or not fields[0].isdigit() or int(fields[0]) not in self._vfork_calls:
             return False
         if self._vfork_calls[int(fields[0])] == "vfork":
             return True
         clone_flags = int(fields[1], 16) if len(fields) > 1 else 0
         return clone_flags & (CLONE_VM | CLONE_VFORK) == CLONE_VM | CLONE_VFORK
+
+    def _parent_files(self, parent: int) -> tuple[bytes, bytes] | None:
+        """`parent`'s /proc/PID/stat and /proc/PID/task/PID/syscall, now, or None if unreadable.
+
+        A shell vforks every command it runs, so the same parent is looked at exec after exec:
+        its two files stay open (at most MAX_PARENTS parents), and each look is one pread of
+        each from offset 0, which makes the kernel show the file afresh. A held descriptor names
+        that very process, never a later one given its pid: once the process is gone its reads
+        fail (ESRCH), and the files are opened again by number, as on a first look."""
+        for _attempt in (0, 1):
+            held = self.parents.get(parent)
+            if held is None:
+                try:
+                    stat_fd = os.open(f"/proc/{parent}/stat", os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    return None
+                try:
+                    syscall_fd = os.open(f"/proc/{parent}/task/{parent}/syscall", os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    os.close(stat_fd)
+                    return None
+                held = self.parents[parent] = (stat_fd, syscall_fd)
+                while len(self.parents) > MAX_PARENTS:
+                    self._forget_parent(next(iter(self.parents)))
+            else:
+                self.parents.move_to_end(parent)
+            try:
+                return facts.pread_line(held[0]), facts.pread_line(held[1])
+            except OSError:
+                self._forget_parent(parent)  # gone (or its pid now another's): open by number again
+        return None
+
+    def _forget_parent(self, parent: int) -> None:
+        for fd in self.parents.pop(parent, ()):
+            os.close(fd)
 
     # ------------------------------------------------------------------ after the fact
     def _remember(self, tgid: int, target: ExecTarget) -> None:

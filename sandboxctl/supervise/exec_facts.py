@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW = 0x1000, 0x100
 MAX_ARG_BYTES = 4096  # per argv string read for the record (longer ones are cut and marked)
+ARGV_BATCH = 32  # argv pointers unpacked at a time
 
 
 # ---------------------------------------------------------------------- reading the caller
@@ -42,8 +43,14 @@ def read_argv(memory: notify.ProcessMemory, address: int,
         if len(argv) >= notify.MAX_ARGS:
             truncated = True
             break
-        if not pointers:  # the rest of this page, at most what MAX_ARGS still allows (with the NULL)
-            pointers = memory.words(address, min(notify.MAX_ARGS - len(argv) + 1, (4096 - address % 4096) // 8 or 1))
+        if not pointers:  # the rest of this page, at most what MAX_ARGS still allows (with the NULL),
+            # ARGV_BATCH at a time (its words come from the same read: unpacking a page's 512 cost more)
+            count = min(notify.MAX_ARGS - len(argv) + 1, (4096 - address % 4096) // 8 or 1, ARGV_BATCH) or 1
+            seen = memory.first_chunk  # the path's first read: a shell's argv array is a few bytes on
+            if seen is not None and 0 <= address - seen[0] <= len(seen[1]) - 8 * count:
+                pointers = list(struct.unpack_from(f"<{count}Q", seen[1], address - seen[0]))
+            else:
+                pointers = memory.words(address, count)
         pointer = pointers.pop(0)
         ranges.append((address, 8))
         if not pointer:
@@ -77,6 +84,19 @@ def read_proc(path: str, size: int = 8192, one_line: bool = False) -> bytes:
         os.close(fd)
 
 
+def pread_line(fd: int) -> bytes:
+    """A one-line /proc file (stat, syscall) read afresh through a descriptor held open: a read
+    from offset 0 makes the kernel show the file again (seq_file), and a line shorter than the
+    read is whole (see read_proc)."""
+    data = os.pread(fd, 8192, 0)
+    if len(data) < 8192 and data.endswith(b"\n"):
+        return data
+    chunks = [data]
+    while chunk := os.pread(fd, 8192, sum(len(c) for c in chunks)):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class Caller(Record):
     threads: int  # 0: unknown
     tgid: int
@@ -88,7 +108,14 @@ def caller_of(pid: int) -> Caller:
     """Threads and start time from one read of /proc/PID/stat; the thread group id from status
     only for a multi-threaded caller (a single thread is its own group)."""
     try:
-        fields = read_proc(f"/proc/{pid}/stat", one_line=True).rsplit(b")", 1)[1].split()
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)  # read_proc, inlined: every exec
+        try:
+            line = os.read(fd, 8192)
+            if len(line) == 8192 or not line.endswith(b"\n"):  # not one whole line: to the end
+                line += b"".join(iter(lambda: os.read(fd, 8192), b""))
+        finally:
+            os.close(fd)
+        fields = line.rsplit(b")", 1)[1].split()
         threads, started, parent = int(fields[17]), fields[19].decode(), int(fields[1])
     except (OSError, IndexError, ValueError):
         return Caller(0, pid, "")
@@ -126,6 +153,8 @@ def absolute(pid: int, dirfd: int, path: str, flags: int) -> str:
     """The path as the sandbox sees it (what the record names)."""
     if not path and flags & AT_EMPTY_PATH:
         return readlink(f"/proc/{pid}/fd/{dirfd}")
+    if path[:1] == "/" and "//" not in path and "/." not in path and (path[-1] != "/" or path == "/"):
+        return path  # no empty, "." or ".." component and no trailing slash: normpath gives it back
     return notify.Dispatcher._absolute(pid, dirfd, path)
 
 
@@ -147,6 +176,8 @@ def open_target(pid: int, tgid: int, dirfd: int, path: str, absolute: str, flags
 
 
 def through_proc_self(pid: int, tgid: int, absolute: str) -> str | None:
+    if not absolute.startswith(("/proc/", "/dev/fd/")):
+        return None
     for prefix, host in (("/proc/self/", f"/proc/{tgid}/"), ("/proc/thread-self/", f"/proc/{tgid}/task/{pid}/"),
                          ("/dev/fd/", f"/proc/{tgid}/fd/")):
         if absolute.startswith(prefix):
@@ -261,6 +292,8 @@ def _queried_risk(fd: int, spans: list[list[int]], judge_write: Callable[[str], 
 
         names = _query_buffers.names = ctypes.create_string_buffer(NAME_BUFFER)
         _query_buffers.address = ctypes.addressof(names)
+        _query_buffers.string_at = ctypes.string_at
+    string_at = _query_buffers.string_at
     area_start = area_stop = 0  # the last area asked about: judged safe (a risky one returned)
     for low, high in spans:
         while low < high:
@@ -281,10 +314,13 @@ def _queried_risk(fd: int, spans: list[list[int]], judge_write: Callable[[str], 
                 *_rest = _QUERY.unpack(query)
             if start > low:
                 return "the exec's arguments are not in mapped memory"
-            name = os.fsdecode(names.raw[:max(name_size - 1, 0)]) if name_size else ""
-            why = _risk(not vma_flags & QUERY_VMA_SHARED, inode, name, judge_write)
-            if why:
-                return why
+            private = not vma_flags & QUERY_VMA_SHARED
+            if not private or inode:  # a private anonymous area is safe whatever its name says
+                # the name's bytes alone (`names.raw` would copy the whole 8 KiB buffer first)
+                name = os.fsdecode(string_at(_query_buffers.address, name_size - 1)) if name_size > 1 else ""
+                why = _risk(private, inode, name, judge_write)
+                if why:
+                    return why
             area_start, area_stop = start, stop
             low = stop  # the rest of this span must lie in the next area
     return None
@@ -341,13 +377,10 @@ def _risk(private: bool, inode: int, name: str, judge_write: Callable[[str], Any
 
 
 @functools.cache
-def kcmp() -> Callable[[int, int, int, int], int]:
-    """kcmp(2) through libc's syscall(), its argument types declared once; -1 on error."""
+def kcmp() -> Callable[[int, int, int, int, int, int], int]:
+    """kcmp(2) through libc's syscall(): call it as kcmp()(number, pid1, pid2, kind, 0, 0), its
+    argument types declared once (no Python wrapper: it runs once per process of the sandbox at
+    every exec); -1 on error."""
     ctypes, libc, _ = fdops._libc()
-    call = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_long,
+    return ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_long,
                             ctypes.c_long, ctypes.c_long, use_errno=True)(("syscall", libc))
-
-    def kcmp(number: int, pid1: int, pid2: int, kind: int) -> int:
-        return call(number, pid1, pid2, kind, 0, 0)
-
-    return kcmp

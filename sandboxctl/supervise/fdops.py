@@ -53,10 +53,21 @@ def _openat2_call():
     return ctypes, call, OpenHow, ctypes.sizeof(OpenHow)
 
 
+_HOWS: dict[tuple[int, int, int], int] = {}  # (flags, mode, resolve) -> address of a struct open_how made once
+_HOW_KEEP: list = []  # the structs themselves (read-only once made; shared by every thread)
+MAX_HOWS = 64
+
+
 def openat2(dirfd: int, path: str, flags: int, mode: int, resolve: int) -> int:
     ctypes, call, OpenHow, size = _openat2_call()
-    how = OpenHow(flags, mode, resolve)
-    result = call(NR_OPENAT2, dirfd, os.fsencode(path), ctypes.addressof(how), size)
+    address = _HOWS.get((flags, mode, resolve))
+    if address is None:  # the exec path asks the same few; a ctypes struct made per call was a third of it
+        how = OpenHow(flags, mode, resolve)
+        address = ctypes.addressof(how)
+        if len(_HOWS) < MAX_HOWS:
+            _HOW_KEEP.append(how)
+            _HOWS[(flags, mode, resolve)] = address
+    result = call(NR_OPENAT2, dirfd, os.fsencode(path), address, size)
     if result < 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))

@@ -33,6 +33,7 @@ class Listener:
         self.notify_fd = fd
         import functools
 
+        from sandboxctl.supervise.exec_events import memory_writers
         from sandboxctl.supervise.file_escape import FileEscapes
         from sandboxctl.supervise.mediate import Mediator
 
@@ -60,7 +61,8 @@ class Listener:
                                             log_allowed=log_allowed, is_denial=self._is_denial,
                                             tasks=self._sandbox_processes, tampered=self.tampered,
                                             memory_writes_trapped=plan.seccomp.file_events != "none",
-                                            routes=routes, log_soon=self._write_log_soon)
+                                            routes=routes, log_soon=self._write_log_soon,
+                                            memory_writers=memory_writers(plan.seccomp.rules))
         self.mediator = Mediator(fd, plan, plan.protection(), self._write_log, self.denials,
                                  outside=self.dispatcher.outside, protected_inodes=self.protected_inodes,
                                  log_allowed=log_allowed)
@@ -120,8 +122,10 @@ class Listener:
         """Host pids of every process in the sandbox (for exec records: who could share memory):
         the run's cgroup lists them in one read; without one, the process tree is walked."""
         if self.cgroup is not None and self.cgroup.dirs and self.ready:
-            with contextlib.suppress(OSError):
+            try:  # not contextlib.suppress: a Python context manager at every exec
                 return self.cgroup.processes()
+            except OSError:
+                pass
         init = self._init_pid()
         return processes.descendants(init) if init else []
 

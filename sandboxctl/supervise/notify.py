@@ -88,6 +88,8 @@ def respond(fd: int, notification_id: int, *, error: int = 0, allow: bool = Fals
 class ProcessMemory:
     """Reads strings and pointer arrays from a stopped caller through /proc/PID/mem."""
 
+    first_chunk: tuple[int, bytes] | None = None  # (address, bytes) of cstring's first read
+
     def __init__(self, pid: int):
         self.fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
 
@@ -111,6 +113,8 @@ class ProcessMemory:
             chunk = os.pread(self.fd, min(page_left, limit - len(data)), address + len(data))
             if not chunk:
                 raise OSError(errno.EFAULT, "unreadable memory")
+            if self.first_chunk is None:  # an exec's argv array is mostly on its path's page
+                self.first_chunk = (address, chunk)
             end = chunk.find(b"\0")
             if end >= 0:
                 return data + chunk[:end], True
@@ -178,7 +182,7 @@ class Dispatcher:
                  exec_guard: Any = None, tasks: Callable[[], list[int]] | None = None,
                  tampered: list[dict[str, Any]] | None = None, memory_writes_trapped: bool = True,
                  routes: dict[str, Callable[[Notification, str], bool]] | None = None,
-                 log_soon: Callable[..., None] | None = None):
+                 log_soon: Callable[..., None] | None = None, memory_writers: tuple[str, ...] = ()):
         self.fd = fd
         self.names = names  # syscall number -> name, for the calls we trap
         self.deny = deny  # notification -> (syscall name, errno, rule)
@@ -192,7 +196,7 @@ class Dispatcher:
         from sandboxctl.supervise.exec_events import ExecEvents
 
         self.execs = ExecEvents(fd, log, self.denied, judge_write, tasks or (lambda: []), tampered,
-                                memory_writes_trapped, log_soon)
+                                memory_writes_trapped, log_soon, memory_writers)
         self.exec_guard = exec_guard  # supervise.exec_guard.ExecGuard under exec.allow
         # syscall name -> a handler of its own (network/sockets.py: connect, sendto, …); it returns
         # False to leave a call to the default path (a baseline denial)

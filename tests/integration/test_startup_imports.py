@@ -46,9 +46,13 @@ NEVER = ("typer", "click", "rich", "argparse", "yaml", "typing", "socket", "sign
 # tidy: runner.py's Supervisor split into one module per step (startup, handshake, loop, listener,
 # escapes, run_log, result) and plan/build.py into layout, mounts and landlock: the same code in 10
 # more files (+0.37 ms to import the run path, measured interleaved): 163, 77 and 178 now.
-COLD = {"sandboxctl": 76, "all": 164}  # + time (cachedir)
+# tidy2: supervise/mediate.py split into judge, opens, changes and answers: 4 more modules by the
+# exit (imported with mediate, after bubblewrap is spawned; none before it). protect/snapshot.py
+# split into store and restore: 2 more before bubblewrap without a head start (handshake.py and
+# loop.py import snapshot), none with one: 165, 77 and 185 now.
+COLD = {"sandboxctl": 78, "all": 166}  # + time (cachedir)
 HEAD_START = {"sandboxctl": 16, "all": 78}
-WHOLE_RUN = {"sandboxctl": 89, "all": 179}
+WHOLE_RUN = {"sandboxctl": 95, "all": 185}
 
 
 def _imports(sandbox, tmp_path, name: str, variant: str) -> dict[str, list[str]]:

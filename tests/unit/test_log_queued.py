@@ -216,3 +216,67 @@ def test_the_queue_is_bounded_and_rotations_made_past_it_still_reach_the_flood_g
     data = [r.data for r in logfiles.iter_records(logfile)]
     assert [r["pid"] for r in data] == list(range(12)) and verify.verify(logfile).ok
     assert log.rotations > 2 and seen and seen[-1] == log.rotations
+
+
+def test_records_queued_while_the_thread_pauses_are_written_without_another_wake_up(logfile: Path):
+    """write_soon wakes the thread only when it waits for work (_idle): records queued while it
+    writes or pauses between batches are found by its next look at the queue, never left behind."""
+    log = ActionLog(str(logfile), RUN)
+    log.write_soon("exec", pid=0, path="/bin/true", argv=["true"])  # starts the thread, which then pauses
+    deadline = time.monotonic() + 30
+    while log._pending and time.monotonic() < deadline:
+        time.sleep(0.001)
+    queued_while_busy = 0
+    for i in range(1, 200):
+        queued_while_busy += not log._idle
+        log.write_soon("exec", pid=i, path="/bin/true", argv=["true"])
+    assert queued_while_busy, "the thread was never busy or pausing: nothing here tested the pause"
+    while log._pending and time.monotonic() < deadline:  # no flush: the thread alone must get them out
+        time.sleep(0.005)
+    assert not log._pending
+    with log._mutex:  # the last one popped is written under the mutex
+        pass
+    assert [r["pid"] for r in records(logfile)] == list(range(200))
+    log.close()
+    assert verify.verify(logfile).ok
+
+
+def test_close_does_not_wait_out_the_threads_pause(logfile: Path, monkeypatch):
+    from sandboxctl.log import writer
+
+    monkeypatch.setattr(writer, "BATCH_PAUSE_S", 30.0)
+    log = ActionLog(str(logfile), RUN)
+    log.write_soon("exec", pid=1, path="/bin/true", argv=["true"])
+    deadline = time.monotonic() + 30
+    while log._pending and time.monotonic() < deadline:  # written: the thread now pauses for 30 s
+        time.sleep(0.001)
+    log.write_soon("exec", pid=2, path="/bin/true", argv=["true"])
+    started = time.monotonic()
+    log.close()
+    assert time.monotonic() - started < 10  # the pause is cut short, not waited out
+    assert [r["pid"] for r in records(logfile)] == [1, 2]
+
+
+def test_a_pause_holds_back_at_most_a_batch_and_only_where_a_batch_cannot_rotate_twice(logfile: Path, monkeypatch):
+    """The flood guard decides at a rotation; what a pause held back is written after that
+    decision. So a pause ends once MAX_BATCH records wait, and a log whose files could not take
+    two batches of the largest records never pauses (every record is written as it comes)."""
+    from sandboxctl.log import writer
+
+    assert ActionLog(str(logfile), RUN)._may_pause()  # the default 64 MiB files
+    small = ActionLog(str(logfile.with_name("small.jsonl")), RUN, max_bytes=40_000, keep=2)
+    assert not small._may_pause()
+    small.close()
+    monkeypatch.setattr(writer, "BATCH_PAUSE_S", 30.0)
+    log = ActionLog(str(logfile), RUN)
+    log.write_soon("exec", pid=0, path="/bin/true", argv=["true"])
+    deadline = time.monotonic() + 30
+    while log._pending and time.monotonic() < deadline:  # written: the thread now pauses for 30 s
+        time.sleep(0.001)
+    for i in range(1, writer.MAX_BATCH + 1):
+        log.write_soon("exec", pid=i, path="/bin/true", argv=["true"])
+    while log._pending and time.monotonic() < deadline:  # the batch ended the pause: no flush needed
+        time.sleep(0.005)
+    assert time.monotonic() < deadline - 20 and not log._pending
+    log.close()
+    assert [r["pid"] for r in records(logfile)] == list(range(writer.MAX_BATCH + 1))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 import stat
+import struct
 import threading
 
 import pytest
@@ -92,5 +93,38 @@ def test_argv_pointing_at_the_path_is_taken_as_the_path_was_read():
         argv, _truncated, _ranges = exec_facts.read_argv(memory, ctypes.addressof(array),
                                                          (ctypes.addressof(other) + 2, b"forged", True))
         assert argv == ["/usr/bin/true", "--version"]
+    finally:
+        memory.close()
+
+
+def test_an_argv_array_on_the_paths_page_comes_from_the_paths_read():
+    """A shell's execve(path, argv): the array a few bytes after the path is unpacked from the
+    path's first read (one pread less), and is the same as a read of its own would give; an
+    array beyond that read is read as before."""
+    block = ctypes.create_string_buffer(4096 * 3)
+    base = (ctypes.addressof(block) + 4095) & ~4095  # a page of our own inside the buffer
+    path_at, argv_at, other_at = base + 16, base + 64, base + 128
+    ctypes.memmove(path_at, b"/usr/bin/true\0", 14)
+    ctypes.memmove(other_at, b"--help\0", 7)
+    ctypes.memmove(argv_at, struct.pack("<3Q", path_at, other_at, 0), 24)
+    memory = ProcessMemory(os.getpid())
+    try:
+        raw, complete = memory.cstring(path_at, exec_facts.MAX_ARG_BYTES)
+        assert memory.first_chunk[0] == path_at and len(memory.first_chunk[1]) == 4096 - 16
+        own_read = memory.words(argv_at, 3)
+        memory.words = None  # a separate read of the array now fails the test
+        argv, truncated, ranges = exec_facts.read_argv(memory, argv_at, (path_at, raw, complete))
+        assert argv == ["/usr/bin/true", "--help"] and not truncated
+        assert own_read == [path_at, other_at, 0]
+        assert (argv_at, 8) in ranges and (argv_at + 16, 8) in ranges and (other_at, 7) in ranges
+    finally:
+        memory.close()
+    memory = ProcessMemory(os.getpid())
+    try:  # the array on another page than the path: read on its own
+        raw, complete = memory.cstring(path_at, exec_facts.MAX_ARG_BYTES)
+        far = base + 4096 + 8
+        ctypes.memmove(far, struct.pack("<2Q", other_at, 0), 16)
+        argv, _truncated, _ranges = exec_facts.read_argv(memory, far, (path_at, raw, complete))
+        assert argv == ["--help"]
     finally:
         memory.close()

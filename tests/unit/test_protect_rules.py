@@ -137,7 +137,7 @@ def test_a_launch_whose_protected_names_are_all_absent_never_reads_the_hash_cach
     once for both (the Store is shared)."""
     import marshal
 
-    from sandboxctl.protect import snapshot
+    from sandboxctl.protect import store
 
     ws, state = tmp_path / "ws", tmp_path / "state"
     ws.mkdir()
@@ -146,7 +146,7 @@ def test_a_launch_whose_protected_names_are_all_absent_never_reads_the_hash_cach
     cache.write_bytes(marshal.dumps({(0, 1, 1, 1, 1): "0" * 64}))
     reads = []
     real_loads = marshal.loads
-    monkeypatch.setattr(snapshot.marshal, "loads", lambda data: reads.append(len(data)) or real_loads(data))
+    monkeypatch.setattr(store.marshal, "loads", lambda data: reads.append(len(data)) or real_loads(data))
     absent_only = Snapshot(state, "r0")
     absent_only.take((), (str(ws / ".envrc"),))
     absent_only.mark(False)

@@ -1,0 +1,187 @@
+"""What a launch record is made of: one entry's record, and the store of contents and hashes.
+
+Part of the end-of-run check (snapshot.py). An entry is recorded as its kind, mode and identity,
+and for a file the SHA-256 of its content, whose bytes are kept in a content-addressed store in
+the private state dir (so a change can be put back). Hashes are cached by (device, inode, size,
+mtime, ctime), so a warm launch only stats; the cache is read only once a file must be hashed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import marshal
+import os
+import stat
+import time
+from pathlib import Path
+
+from sandboxctl.digest import sha256
+
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
+if TYPE_CHECKING:
+    from typing import Any
+
+MAX_BLOB = 4 << 20  # larger protected files are compared by hash but cannot be put back
+MAX_CACHED = 8192  # hashes kept for the next runs (oldest first out): every run loads them all
+
+BLOB_GRACE_S = 24 * 3600  # a blob used or made this recently is never collected (a launch in flight)
+
+
+class Store:
+    """Blobs by SHA-256 and the hash cache, in the private state dir."""
+
+    def __init__(self, state: Path):
+        self.root = state / "protect"
+        self.blobs = self.root / "blobs"
+        self.cache_path = self.root / "hashes.marshal"
+        self._cache: dict[tuple, str] | None = None  # read at the first file to hash (none: no read)
+        self.dirty = False
+        self.used: set[tuple] = set()
+
+    @property
+    def cache(self) -> dict[tuple, str]:
+        if self._cache is None:
+            try:
+                loaded = marshal.loads(self.cache_path.read_bytes())
+            except (OSError, ValueError, EOFError, TypeError):
+                loaded = {}
+            self._cache = loaded if isinstance(loaded, dict) else {}
+            self.dirty = self.dirty or len(self._cache) > MAX_CACHED  # a cache of an older version, unbounded: trim it
+        return self._cache
+
+    @cache.setter
+    def cache(self, value: dict[tuple, str]) -> None:
+        self._cache = value
+
+    def digest(self, path: str, st: os.stat_result) -> str:
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        self.used.add(key)
+        known = self.cache.get(key)
+        if known and (st.st_size > MAX_BLOB or self._fresh(known)):
+            return known
+        digest = sha256()
+        keep = st.st_size <= MAX_BLOB
+        chunks: list[bytes] = []
+        with open(path, "rb", buffering=0) as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+                if keep:
+                    chunks.append(chunk)
+        value = digest.hexdigest()
+        if keep:
+            self._put(value, b"".join(chunks))
+        self.cache[key] = value
+        self.dirty = True
+        return value
+
+    def _put(self, digest: str, data: bytes) -> None:
+        target = self.blobs / digest
+        if self._fresh(digest):
+            return
+        self.blobs.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = target.with_name(f".{digest}.{os.getpid()}.{os.urandom(4).hex()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, target)
+
+    def blob(self, digest: str) -> bytes | None:
+        try:
+            return (self.blobs / digest).read_bytes()
+        except OSError:
+            return None
+
+    def _fresh(self, digest: str) -> bool:
+        """The blob is there, and marked as used lately (collect() leaves it alone)."""
+        try:
+            mtime = os.stat(self.blobs / digest).st_mtime
+        except OSError:
+            return False
+        if mtime < time.time() - BLOB_GRACE_S / 2:
+            with contextlib.suppress(OSError):
+                os.utime(self.blobs / digest)
+        return True
+
+    def save(self) -> None:
+        """Write the cache back. Past MAX_CACHED hashes it is cut to three quarters of that, the
+        oldest first and never one this run used (it stays cheap to load; a dropped hash is only
+        computed again), and the blobs nothing names any more are collected."""
+        if not self.dirty:
+            return
+        trimmed = len(self.cache) > MAX_CACHED
+        if trimmed:
+            spare = max(0, MAX_CACHED * 3 // 4 - len(self.used))
+            others = [key for key in self.cache if key not in self.used]
+            keep = set(others[len(others) - spare:] if spare else ()) | self.used
+            self.cache = {key: value for key, value in self.cache.items() if key in keep}
+        with contextlib.suppress(OSError):
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            tmp = self.cache_path.with_name(f".hashes.{os.getpid()}.{os.urandom(4).hex()}")
+            tmp.write_bytes(marshal.dumps(self.cache))
+            os.replace(tmp, self.cache_path)
+        self.dirty = False
+        if trimmed:
+            self.collect()
+
+    def collect(self) -> None:
+        """Remove the blobs that neither the cache nor a pending journal (a run still going, or a
+        killed one's) names and nobody used for BLOB_GRACE_S: contents of protected files as they
+        were long ago. The grace covers a launch between writing its blobs and its journal."""
+        needed = set(self.cache.values())
+        with contextlib.suppress(OSError):
+            for journal in (self.root / "pending").glob("*.json"):
+                with contextlib.suppress(OSError, ValueError):
+                    needed |= _digests(json.loads(journal.read_text()).get("entries") or {})
+        cutoff = time.time() - BLOB_GRACE_S
+        with contextlib.suppress(OSError), os.scandir(self.blobs) as listing:
+            for entry in listing:
+                if entry.name in needed:
+                    continue
+                with contextlib.suppress(OSError):
+                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        os.unlink(entry.path)
+
+
+def _digests(entries: dict[str, Any]) -> set[str]:
+    """Every sha256 a journal's entries name, nested directories included."""
+    found: set[str] = set()
+    stack = list(entries.values())
+    while stack:
+        entry = stack.pop()
+        if isinstance(entry, dict):
+            if isinstance(entry.get("sha256"), str):
+                found.add(entry["sha256"])
+            stack += (entry.get("children") or {}).values()
+    return found
+
+
+def _record(path: str, store: Store, budget: list[int]) -> dict[str, Any]:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return {"kind": "missing"}
+    except OSError:
+        return {"kind": "unreadable"}
+    entry: dict[str, Any] = {"mode": stat.S_IMODE(st.st_mode), "dev": st.st_dev, "ino": st.st_ino}
+    if stat.S_ISLNK(st.st_mode):
+        entry.update(kind="symlink", target=os.readlink(path))
+    elif stat.S_ISDIR(st.st_mode):
+        children: dict[str, Any] = {}
+        complete = True
+        with contextlib.suppress(OSError), os.scandir(path) as listing:
+            for child in sorted(listing, key=lambda e: e.name):
+                if budget[0] <= 0:
+                    complete = False  # what was not recorded is neither compared nor removed
+                    break
+                budget[0] -= 1
+                children[child.name] = _record(child.path, store, budget)
+        entry.update(kind="dir", children=children, complete=complete)
+    elif stat.S_ISREG(st.st_mode):
+        try:
+            entry.update(kind="file", size=st.st_size, sha256=store.digest(path, st))
+        except OSError:
+            entry.update(kind="unreadable")
+    else:
+        entry.update(kind="other")
+    return entry

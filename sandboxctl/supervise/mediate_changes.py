@@ -1,0 +1,293 @@
+"""The other file-changing calls under writable host grants, performed by the supervisor.
+
+Part of the Mediator (mediate.py). mkdir, bind, mknod, unlink, rmdir, symlink, truncate,
+chmod/fchmod, rename and link: each is resolved and judged (mediate_judge.py), then performed
+here on the resolved parent's descriptor and the final name, with the caller's permissions and
+umask, and never with a setuid or setgid bit on a file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import stat
+
+from sandboxctl.supervise import fdops
+from sandboxctl.supervise.mediate_calls import Entry, is_dir, sandbox_path
+from sandboxctl.supervise.notify import respond
+
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from sandboxctl.supervise.mediate_calls import Call
+    from sandboxctl.supervise.notify import Notification
+
+O_NOFOLLOW = os.O_NOFOLLOW
+AT_SYMLINK_NOFOLLOW, AT_REMOVEDIR, AT_SYMLINK_FOLLOW, AT_EMPTY_PATH = 0x100, 0x200, 0x400, 0x1000
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+_MAGIC_FD = re.compile(r"^/proc/(self|\d+)/fd/(\d+)$")
+
+
+class Changes:
+    """mkdir to link (a mixin of mediate.Mediator)."""
+
+    def _mkdir(self, n: Notification, call: Call, opened: list[int]) -> None:
+        entry = self._single(n, call, opened, follow=False, creates=True)
+        if entry is not None:
+            self._done(n, "mkdir", entry.path, _attempt(os.mkdir, entry.name, call.mode & 0o3777
+                                                        & ~self._umask(n.pid), dir_fd=entry.parent))
+
+    def _bind(self, n: Notification, call: Call, opened: list[int]) -> None:
+        """A pathname UNIX socket bound beneath a writable grant: the supervisor binds the caller's
+        own socket (pidfd_getfd) at the entry it resolved, with the caller's umask."""
+        entry = self._single(n, call, opened, follow=False, creates=True)
+        if entry is None:
+            return
+        from sandboxctl.network.native import pidfd_getfd, pidfd_of_thread
+
+        target = f"/proc/self/fd/{entry.parent}/{entry.name}"
+        if len(os.fsencode(target)) > 107:
+            respond(self.listener, n.id, error=errno.ENAMETOOLONG)
+            return
+        try:
+            pidfd = pidfd_of_thread(n.pid)
+            opened.append(pidfd)
+            theirs = pidfd_getfd(pidfd, call.extra)
+        except OSError as exc:
+            respond(self.listener, n.id, error=exc.errno or errno.EBADF)
+            return
+        import socket
+
+        sock = socket.socket(fileno=theirs)
+        mask = os.umask(self._umask(n.pid))
+        try:
+            sock.bind(target)
+            result: int | OSError = 0
+        except OSError as exc:
+            result = exc
+        finally:
+            os.umask(mask)
+            sock.close()  # our duplicate; the caller's socket stays bound
+        self._done(n, "bind", entry.path, result)
+
+    def _mknod(self, n: Notification, call: Call, opened: list[int]) -> None:
+        kind = stat.S_IFMT(call.mode)
+        if kind in (stat.S_IFCHR, stat.S_IFBLK):
+            full = sandbox_path(n.pid, *call.paths[0]) or call.paths[0][1]
+            if self._mediated(full):  # no device nodes: the sandbox has no CAP_MKNOD, the supervisor may
+                respond(self.listener, n.id, error=errno.EPERM)
+            else:
+                self._continue(n)
+            return
+        entry = self._single(n, call, opened, follow=False, creates=True)
+        if entry is not None:
+            mode = (kind or stat.S_IFREG) | (call.mode & NO_SETID & ~self._umask(n.pid))
+            self._done(n, "mknod", entry.path, _attempt(os.mknod, entry.name, mode, 0, dir_fd=entry.parent))
+
+    def _unlink(self, n: Notification, call: Call, opened: list[int]) -> None:
+        entry = self._single(n, call, opened, follow=False, guard=self._busy)
+        if entry is not None:
+            self._done(n, "unlink", entry.path, _attempt(os.unlink, entry.name, dir_fd=entry.parent))
+
+    def _rmdir(self, n: Notification, call: Call, opened: list[int]) -> None:
+        entry = self._single(n, call, opened, follow=False, guard=self._busy)
+        if entry is not None:
+            self._done(n, "rmdir", entry.path, _attempt(os.rmdir, entry.name, dir_fd=entry.parent))
+
+    def _symlink(self, n: Notification, call: Call, opened: list[int]) -> None:
+        # a link to a directory brings that directory's tree in as a rename would: refused where a
+        # directory moved in is (.config of .config/git, a git directory's objects/)
+        entry = self._single(n, call, opened, follow=False, creates=True, also=self.protection.holds_names)
+        if entry is not None:
+            self._done(n, "symlink", entry.path, _attempt(os.symlink, call.link_target, entry.name,
+                                                          dir_fd=entry.parent), target=call.link_target)
+
+    def _truncate(self, n: Notification, call: Call, opened: list[int]) -> None:
+        entry = self._single(n, call, opened, follow=True, here=True)
+        if entry is None:
+            return
+        if call.extra >= 1 << 63:  # a negative length
+            respond(self.listener, n.id, error=errno.EINVAL)
+            return
+        if call.extra > _file_size_limit(n.pid):  # ours would be the supervisor's limit, not the caller's
+            respond(self.listener, n.id, error=errno.EFBIG)
+            return
+        st = self._lstat(entry)
+        if st is not None and not stat.S_ISREG(st.st_mode):  # what the kernel answers (and a FIFO would block us)
+            respond(self.listener, n.id, error=errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.EINVAL)
+            return
+        try:  # O_NONBLOCK: a FIFO swapped in since the lstat never makes the loop wait for a reader
+            fd = os.open(entry.name, os.O_WRONLY | O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=entry.parent)
+            opened.append(fd)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+            os.ftruncate(fd, call.extra)
+        except OSError as exc:
+            self._done(n, "truncate", entry.path, OSError(errno.EINVAL, "") if exc.errno == errno.ENXIO else exc)
+            return
+        self._done(n, "truncate", entry.path, 0)
+
+    def _chmod(self, n: Notification, call: Call, opened: list[int]) -> None:
+        if call.flags & AT_EMPTY_PATH and not call.paths[0][1]:
+            self._fchmod(n, call._replace(extra=call.paths[0][0]), opened)
+            return
+        entry = self._single(n, call, opened, follow=not call.flags & AT_SYMLINK_NOFOLLOW, here=True)
+        if entry is None:
+            return
+        # the entry itself, never a symlink put there since it was resolved (another run in the same
+        # workspace can swap one in): os.chmod by name would follow it in the supervisor's own view
+        try:
+            fd = os.open(entry.name, os.O_PATH | O_NOFOLLOW | os.O_CLOEXEC, dir_fd=entry.parent)
+            opened.append(fd)
+            st = os.fstat(fd)
+        except OSError as exc:
+            self._done(n, "chmod", entry.path, exc)
+            return
+        if stat.S_ISLNK(st.st_mode):  # what the kernel answers for a symlink's own mode
+            respond(self.listener, n.id, error=errno.EOPNOTSUPP)
+            return
+        why = self._why_not(entry.path, st) or self._other_name(n, entry)
+        if why:
+            self._refuse(n, "chmod", entry.path, why)
+            return
+        mode = _chmod_mode(call.mode, st)
+        self._done(n, "chmod", entry.path, _attempt(os.chmod, f"/proc/self/fd/{fd}", mode), mode=oct(mode))
+
+    def _fchmod(self, n: Notification, call: Call, opened: list[int]) -> None:
+        """Performed on our own descriptor of the caller's file, never continued: the caller's
+        other threads may dup2 a protected file onto that number before the kernel looks again."""
+        try:
+            fd = os.open(f"/proc/{n.pid}/fd/{call.extra}", os.O_PATH | os.O_CLOEXEC)
+            opened.append(fd)
+            real = os.readlink(f"/proc/self/fd/{fd}")
+            st = os.fstat(fd)
+        except OSError:
+            respond(self.listener, n.id, error=errno.EBADF)
+            return
+        path = real.removesuffix(" (deleted)")
+        if real.startswith("/"):  # else a pipe or a socket: its own inode, changed below all the same
+            if not self._mediated(path) and not self._performed_here(n, "chmod", path):
+                return
+            why = self._why_not(path, st)
+            if why:
+                self._refuse(n, "chmod", path, why)
+                return
+        mode = _chmod_mode(call.mode, st)
+        self._done(n, "chmod", path, _attempt(os.chmod, f"/proc/self/fd/{fd}", mode), mode=oct(mode))
+
+    def _rename(self, n: Notification, call: Call, opened: list[int]) -> None:
+        src_full, src = self._resolve(n, call, 0, opened, follow=False)
+        dst_full, dst = self._resolve(n, call, 1, opened, follow=False)
+        if not isinstance(src, Entry) or not isinstance(dst, Entry):
+            mediated = any(p and self._mediated(p) for p in (src_full, dst_full))
+            failed = next((e for e in (src, dst) if isinstance(e, str)), None)
+            if mediated and failed:
+                respond(self.listener, n.id, error=getattr(errno, failed, errno.ENOENT))
+            elif mediated:
+                self._refuse(n, "rename", src_full or "?", "the path could not be resolved in the sandbox")
+            else:
+                self._continue(n)
+            return
+        if not (self._mediated(src.path) or self._mediated(dst.path)):
+            self._elsewhere(n, "rename", src.path, dst.path)
+            return
+        if src.path in self.mount_points or dst.path in self.mount_points:
+            respond(self.listener, n.id, error=errno.EBUSY)  # as the kernel answers: callers fall back on it
+            return
+        exchange = call.flags & RENAME_EXCHANGE
+        why = self.protection.blocks_move(src.path) or self._reason(dst.path) \
+            or self._other_name(n, src) or self._other_name(n, dst) \
+            or (self._makes_repository(dst) if src.parent_path != dst.parent_path or src.name != dst.name else None)
+        if not why and (exchange or os.path.lexists(f"/proc/self/fd/{dst.parent}/{dst.name}")):
+            why = self.protection.blocks_move(dst.path)  # what is replaced (or swapped) goes away
+        if not why and is_dir(src):  # a directory moved in brings its whole tree: .config/git, objects/info/…
+            why = self.protection.holds_names(dst.path)
+        if not why and exchange and is_dir(dst):
+            why = self.protection.holds_names(src.path)
+        if why:
+            self._refuse(n, "rename", f"{src.path} -> {dst.path}", why)
+            return
+        self._done(n, "rename", src.path, _attempt(fdops.renameat2, src.parent, src.name, dst.parent, dst.name,
+                                                   call.flags), to=dst.path)
+
+    def _link(self, n: Notification, call: Call, opened: list[int]) -> None:
+        dst_full, dst = self._resolve(n, call, 1, opened, follow=False)
+        if not isinstance(dst, Entry) or not self._mediated(dst.path):
+            if dst_full and isinstance(dst, str) and self._mediated(dst_full):
+                respond(self.listener, n.id, error=getattr(errno, dst, errno.ENOENT))
+            else:
+                self._continue(n)
+            return
+        if call.flags & AT_EMPTY_PATH:  # needs CAP_DAC_READ_SEARCH, which the sandbox does not have
+            respond(self.listener, n.id, error=errno.ENOENT)
+            return
+        why = self._reason(dst.path) or self._other_name(n, dst) or self._makes_repository(dst)
+        if why:
+            self._refuse(n, "link", dst.path, why)
+            return
+        source = self._link_source(n, call, opened)
+        if source is None:
+            self._refuse(n, "link", dst.path, "the link's source could not be resolved in the sandbox")
+            return
+        src_path, src_ref, st = source
+        why = self._why_not(src_path, st)
+        if why:
+            self._refuse(n, "link", f"{src_path} -> {dst.path}", why)
+            return
+        self._done(n, "link", dst.path, _attempt(os.link, src_ref[1], dst.name, src_dir_fd=src_ref[0],
+                                                 dst_dir_fd=dst.parent, follow_symlinks=src_ref[2]), source=src_path)
+
+    def _link_source(self, n: Notification, call: Call, opened: list[int]):
+        """(path, (dirfd, name, follow), stat) of a link's source; a /proc/…/fd/N source with
+        AT_SYMLINK_FOLLOW (how an O_TMPFILE file gets its name) is taken from the caller's fd."""
+        raw = call.paths[0][1]
+        follow = bool(call.flags & AT_SYMLINK_FOLLOW)
+        magic = _MAGIC_FD.match(raw)
+        if magic and follow:
+            owner = n.pid if magic.group(1) == "self" else int(magic.group(1))
+            try:
+                fd = os.open(f"/proc/{owner}/fd/{magic.group(2)}", os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                return None
+            opened.append(fd)
+            real = os.readlink(f"/proc/self/fd/{fd}").removesuffix(" (deleted)")
+            return real, (None, f"/proc/self/fd/{fd}", True), os.fstat(fd)
+        _full, entry = self._resolve(n, call, 0, opened, follow=follow)
+        if not isinstance(entry, Entry):
+            return None
+        try:
+            st = os.lstat(entry.name, dir_fd=entry.parent)
+        except OSError:
+            return None
+        return entry.path, (entry.parent, entry.name, False), st
+
+
+# No setuid/setgid file is made beneath a writable host grant: inside the mounts are nosuid, but on the
+# host a setuid file the sandbox left (setuid-root, when sandboxctl runs as root) would run with its
+# owner's rights for every local user. A directory keeps its setgid bit (group inheritance only).
+NO_SETID = 0o1777
+
+def _chmod_mode(mode: int, st: os.stat_result | None) -> int:
+    keep = 0o3777 if st is not None and stat.S_ISDIR(st.st_mode) else NO_SETID
+    return mode & keep
+
+def _attempt(function: Callable[..., Any], *args: Any, **kwargs: Any) -> int | OSError:
+    try:
+        function(*args, **kwargs)
+    except OSError as exc:
+        return exc
+    return 0
+
+def _file_size_limit(pid: int) -> int:
+    """The caller's RLIMIT_FSIZE (limits.file_size): a length past it fails with EFBIG, as the
+    kernel answers the caller itself (which also sends SIGXFSZ; the error is enough here)."""
+    import resource
+
+    try:
+        soft, _hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
+    except OSError:
+        return -1  # the caller is gone (or unreadable): nothing is truncated for it
+    return soft if soft != resource.RLIM_INFINITY else 1 << 63

@@ -1,0 +1,163 @@
+"""Whether the mediator may make a change: the rules, identities, repositories and mounts.
+
+Part of the Mediator (mediate.py). A path is judged as resolved in the sandbox's own view
+(mediate_calls.py): by protect.rules (its spelling), by the launch record (its identity: a
+hardlink or a directory reached by another name), by what it would make (a git repository),
+and by where it lies (a writable host grant, the sandbox's own mounts, or a mount point).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from sandboxctl.paths import within
+from sandboxctl.protect.names import GITDIR_MARKERS, gitdir_marker
+from sandboxctl.supervise import aliases
+from sandboxctl.supervise.mediate_calls import Entry, exists_at
+from sandboxctl.supervise.notify import respond
+
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from sandboxctl.supervise.mediate_calls import Call
+    from sandboxctl.supervise.notify import Notification
+
+BUSY = "a mount point"  # a sentinel reason: answered EBUSY, as the kernel would
+
+
+class Judgement:
+    """Where a path lies and why it may not change (a mixin of mediate.Mediator)."""
+
+    def _holder(self, path: str) -> tuple[str, str] | None:
+        return next(((t, k) for t, k in self.mounts if within(path, t)), None)
+
+    def _mediated_uncached(self, path: str) -> bool:
+        """Under a writable host grant (read-only to Landlock): ours to perform or refuse."""
+        holder = self._holder(path)
+        return holder is not None and holder[1] in ("rw", "tmpfs") and holder[0] in self.mediated_roots
+
+    @staticmethod
+    def _lstat(entry: Entry) -> os.stat_result | None:
+        if entry.looked:  # resolution has just looked (an open that follows a final symlink)
+            return entry.st
+        try:
+            return os.lstat(entry.name, dir_fd=entry.parent)
+        except OSError:
+            return None
+
+    def _why_not(self, path: str, st: os.stat_result | None = None) -> str | None:
+        """Why the sandbox may not change this entry: the rules (by path) or the launch record
+        (by identity: a hardlink made before the run is another name for the same file)."""
+        if self._root_of(path) is None:
+            return None  # not beneath a writable grant: the mounts and Landlock decide there
+        why = self._reason(path)
+        if why is None and st is not None:
+            why = self.protected_inodes.get((st.st_dev, st.st_ino))
+            if why:
+                why = f"{why} (another name for a protected file)"
+        return why
+
+    def _other_name(self, n: Notification, entry: Entry) -> str | None:
+        """Why an entry reached by another name than its own may not be changed (the rules judged
+        the spelling, folded; supervise/aliases.py): its parent is a protected directory by
+        identity, or a component of its path is an 8.3 short name of another entry."""
+        root = self._root_of(entry.path)
+        if root is None:
+            return None
+        if self.protected_inodes:
+            try:
+                st = os.fstat(entry.parent)
+            except OSError:
+                return "the resolved directory could not be examined"
+            why = self.protected_inodes.get((st.st_dev, st.st_ino))
+            if why:
+                return f"{why} (a directory reached by another name)"
+        alias = aliases.short_alias(self.resolver.root_of(n.pid), entry.path, root)
+        if alias:
+            return (f"protected: {alias} is a short (8.3) name of another entry, which the rules cannot judge "
+                    "by it: use the entry's long name")
+        return None
+
+    def _makes_repository(self, entry: Entry) -> str | None:
+        """git takes any directory holding HEAD with objects/ and refs/ (or a commondir) for a
+        repository and runs what its config says; a directory under a writable grant must not
+        become one during the run (name rules cannot see it: the entries have ordinary names)."""
+        marker = gitdir_marker(entry.name)  # folded: `head` is HEAD on a case-insensitive directory
+        if marker is None or self._root_of(entry.path) is None:
+            return None
+        if self.protection.gitdir_of(entry.parent_path):
+            return None  # inside a git directory: git's own work
+        present = {name for name in GITDIR_MARKERS if name != marker and exists_at(entry.parent, name)}
+        after = present | {marker}
+        if "HEAD" in after and ({"objects", "refs"} <= after or "commondir" in after):
+            return ("protected: this would make the directory a git repository (HEAD with objects/ and refs/): "
+                    "its config would run on the host's next git command there")
+        return None
+
+    def _busy(self, path: str) -> str | None:
+        """A mount point cannot be removed or renamed over: the kernel's EBUSY, not a denial."""
+        return BUSY if path in self.mount_points else self.protection.blocks_move(path)
+
+    def _single(self, n: Notification, call: Call, opened: list[int], *, follow: bool,
+                guard: Callable[[str], str | None] | None = None, creates: bool = False,
+                also: Callable[[str], str | None] | None = None, here: bool = False) -> Entry | None:
+        """Resolve a one-path call; answer it here unless it is ours to perform (then return it).
+        `also`: one more reason to refuse, checked after the usual ones. `here`: a call Landlock
+        does not check (chmod; truncate below ABI 3) is never continued to the kernel, which reads
+        the path again (a racing thread may have rewritten it onto a protected path by then): it
+        is performed here in the sandbox's own writable mounts too, and refused elsewhere."""
+        full, entry = self._resolve(n, call, 0, opened, follow=follow)
+        if not isinstance(entry, Entry):
+            if full and entry is not None and (here or self._mediated(full)):
+                respond(self.listener, n.id, error=getattr(errno, entry, errno.ENOENT))
+            elif here:
+                self._refuse(n, call.op, full or call.paths[0][1], "the path could not be resolved in the sandbox")
+            else:
+                self._continue(n)
+            return None
+        st = self._lstat(entry)
+        why = (guard(entry.path) if guard else self._why_not(entry.path, st)) or self._other_name(n, entry)
+        if not why and creates and st is None:
+            why = self._makes_repository(entry)
+        if not why and also is not None:
+            why = also(entry.path)
+        if why is BUSY:
+            respond(self.listener, n.id, error=errno.EBUSY)
+            return None
+        if why:
+            self._refuse(n, call.op, entry.path, why)
+            return None
+        if not self._mediated(entry.path):
+            if here:
+                return entry if self._performed_here(n, call.op, entry.path) else None
+            self._elsewhere(n, call.op, entry.path)
+            return None
+        return entry
+
+    def _performed_here(self, n: Notification, op: str, path: str) -> bool:
+        """A call Landlock cannot judge, outside the writable host grants: performed here where
+        the path lies in one of the sandbox's own writable mounts (a tmpfs); refused on read-only
+        mounts (EROFS, as the kernel answers) and on /dev and /proc, whose nodes are the host's
+        (root in the sandbox owns them: the kernel would let it re-mode the host's /dev/null)."""
+        verdict = self.plan.write_verdict(path)
+        if not verdict.inside:
+            self._refuse(n, op, path, verdict.rule, errno.EROFS)
+            return False
+        holder = self._holder(path)
+        if holder is None or holder[1] not in ("rw", "tmpfs"):
+            self._refuse(n, op, path, f"{op} of the host's device nodes and /proc is not allowed", errno.EPERM)
+            return False
+        return True
+
+    def _elsewhere(self, n: Notification, op: str, *paths: str) -> None:
+        """Not beneath a writable host grant: in the sandbox's own tmpfs, /proc or /dev the kernel
+        goes on; outside the writable set the call fails anyway (read-only), so it is refused here
+        and logged as the denial it is (never asked about: only opens are approvable)."""
+        for path in paths:
+            verdict = self.plan.write_verdict(path)
+            if not verdict.inside:
+                self._refuse(n, op, path, verdict.rule, errno.EROFS)
+                return
+        self._continue(n)
