@@ -345,10 +345,17 @@ class GvisorSupervisor(Supervisor):
 
     def _kill(self) -> None:
         """SIGKILL runsc's process group: the sandbox is attached to `runsc run` and dies with it;
-        destroy() at the end kills anything still naming the run directory."""
-        if self.runsc_pid:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.runsc_pid, signal.SIGKILL)
+        destroy() at the end kills anything still naming the run directory. Only while runsc is
+        our unreaped child (waitid WNOWAIT reaps nothing): its pid, and so its group's id, is then
+        surely its own; once reaped, both may be another process's."""
+        if not self.runsc_pid:
+            return
+        try:
+            os.waitid(os.P_PID, self.runsc_pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.runsc_pid, signal.SIGKILL)
 
     # ------------------------------------------------------------------ result
     def _layers(self, landlock: dict[str, Any]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ class Loop:
     def _loop(self, pid: int, control: socket.socket, err_r: int, started: float) -> int:
         """Run until bubblewrap exits; returns its exit code as a shell reports it."""
         sel = selectors.DefaultSelector()
-        pidfd = os.pidfd_open(pid)
+        pidfd = os.dup(self.bwrap_pidfd) if self.bwrap_pidfd is not None else os.pidfd_open(pid)  # unreaped: ours
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         old_wakeup = _signal.set_wakeup_fd(wake_w) if self.forward_signals else None
         sel.register(pidfd, selectors.EVENT_READ, "exit")
@@ -141,9 +141,7 @@ class Loop:
                 continue  # the terminal sent it to the whole foreground group, command included
             init = self._init_pid()
             if init:
-                for pid in processes.command_pids(init):
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.kill(pid, signum)
+                processes.signal_members(processes.command_pids(init), self.sandbox_pidns, signum)
             if signum in (_signal.SIGTERM, _signal.SIGHUP) and self.kill_at is None:
                 self.kill_at = time.monotonic() + 10.0
 
@@ -152,29 +150,55 @@ class Loop:
         self._write_log("limit", kind="timeout", action="kill", limit_s=self.plan.limits.timeout)
         init = self._init_pid()
         if init:
-            processes.signal_all(init, _signal.SIGTERM)
+            processes.signal_members(processes.descendants(init), self.sandbox_pidns, _signal.SIGTERM)
         self.kill_at = time.monotonic() + TERM_GRACE_S
 
     def _init_pid(self) -> int | None:
-        """bubblewrap's PID-namespace init: the outer bwrap's only child."""
-        if self.init_pid is None and self.bwrap_pid:
-            children = processes.command_pids(self.bwrap_pid)
-            self.init_pid = children[0] if children else None
-            if self.init_pid and self.init_pidfd is None:  # to see the namespace empty at the end, however it ends
-                with contextlib.suppress(OSError):
-                    self.init_pidfd = os.pidfd_open(self.init_pid)
+        """bubblewrap's PID-namespace init: the outer bwrap's only child, found while bwrap lives
+        (unreaped, its pid is its own) and held from then on by a pidfd: every signal to it goes
+        through that pidfd, its namespace is the sandbox's (signal_members), its root the sandbox's
+        root (_sandbox_root). Never looked up once bwrap has exited: its pid may be another's."""
+        if self.init_pid is None and self.bwrap_pidfd is not None:
+            with self.pidfds_lock:
+                found = processes.first_child(self.bwrap_pid, self.bwrap_pidfd) if self.bwrap_pidfd is not None \
+                    else None
+                if found is not None:
+                    self.init_pid, self.init_pidfd = found
+                    self.sandbox_pidns = processes.pid_namespace(*found)
         return self.init_pid
 
-    def _kill(self) -> None:
-        """SIGKILL the namespace init (the kernel then kills every process in it) and bwrap."""
+    def _sandbox_root(self) -> int | None:
+        """A descriptor of the sandbox's root, opened from its init (proved alive after the open),
+        for resolving paths in the sandbox's view (supervise/mediate_calls.Resolver, exec records)."""
         init = self._init_pid()
-        if init:
-            if self.init_pidfd is None:
-                with contextlib.suppress(OSError):
-                    self.init_pidfd = os.pidfd_open(init)
-            processes.kill_sandbox(init)
-        if self.bwrap_pid:
-            processes.kill_sandbox(self.bwrap_pid)  # --die-with-parent takes the rest down
+        with self.pidfds_lock:
+            if not init or self.init_pidfd is None:
+                return None
+            try:
+                root = os.open(f"/proc/{init}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                return None
+            if processes.exited(self.init_pidfd):
+                os.close(root)
+                return None
+            return root
+
+    def _kill(self) -> None:
+        """SIGKILL the namespace init (the kernel then kills every process in it) and bwrap, each
+        through the pidfd held since it was known to be ours (none held: nothing is signalled,
+        never a pid that may be another process's by now). From any thread."""
+        self._init_pid()
+        with self.pidfds_lock:
+            processes.send(self.init_pidfd, _signal.SIGKILL)
+            processes.send(self.bwrap_pidfd, _signal.SIGKILL)  # --die-with-parent takes the rest down
+
+    def _close_pidfd(self, name: str) -> None:
+        """Close init_pidfd or bwrap_pidfd (a thread may be signalling through it)."""
+        with self.pidfds_lock:
+            fd = getattr(self, name)
+            setattr(self, name, None)
+            if fd is not None:
+                os.close(fd)
 
 
 def _terminal_delivered() -> bool:

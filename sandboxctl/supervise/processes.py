@@ -67,15 +67,77 @@ def command_pids(init_pid: int) -> list[int]:
         return []
 
 
-def signal_all(init_pid: int, signum: int) -> None:
-    for pid in descendants(init_pid):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signum)
+def exited(pidfd: int) -> bool:
+    """Whether the process a pidfd names has exited (its pidfd polls readable from then on)."""
+    import select
+
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
-def kill_sandbox(init_pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(init_pid, _signal.SIGKILL)
+def send(pidfd: int | None, signum: int) -> None:
+    """Signal the process a pidfd holds, never a number: a process the supervisor found by its pid
+    may have exited and been reaped since, and its pid taken by another (a host process: the
+    supervisor sees host pids, and may be root). None (no pidfd held): nothing is signalled."""
+    if pidfd is None:
+        return
+    with contextlib.suppress(OSError):  # ESRCH: it has exited (and may be reaped) meanwhile
+        _signal.pidfd_send_signal(pidfd, signum)
+
+
+def first_child(parent: int, parent_pidfd: int) -> tuple[int, int] | None:
+    """(pid, pidfd) of `parent`'s first child, proved its own: `parent` (one of ours, held by
+    parent_pidfd) had not exited when its children were read, and the child opened is still
+    among them after the pidfd was taken (else it exited meanwhile and its pid may be another's)."""
+    children = command_pids(parent)
+    if not children or exited(parent_pidfd):
+        return None
+    try:
+        pidfd = os.pidfd_open(children[0])
+    except OSError:
+        return None
+    if children[0] not in command_pids(parent) or exited(parent_pidfd):
+        os.close(pidfd)
+        return None
+    return children[0], pidfd
+
+
+def pid_namespace(pid: int, pidfd: int) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the PID namespace of the process `pidfd` holds, read while it lived."""
+    try:
+        st = os.stat(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+    return None if exited(pidfd) else (st.st_dev, st.st_ino)
+
+
+def open_member(pid: int, namespace: tuple[int, int]) -> int | None:
+    """A pidfd of `pid` only if the process it holds is in the sandbox's PID namespace: the pidfd
+    first, then its namespace, then proof that it has not exited (so /proc/PID was its own)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    if pid_namespace(pid, pidfd) != namespace:
+        os.close(pidfd)
+        return None
+    return pidfd
+
+
+def signal_members(pids: list[int], namespace: tuple[int, int] | None, signum: int) -> None:
+    """Signal each of `pids` that is a process of the sandbox's PID namespace (through a pidfd:
+    a pid read from /proc a moment ago may be another process's by now). A process in a PID
+    namespace of its own nested inside is left out (the init's SIGKILL ends it)."""
+    if namespace is None:
+        return
+    for pid in pids:
+        pidfd = open_member(pid, namespace)
+        if pidfd is not None:
+            try:
+                send(pidfd, signum)
+            finally:
+                os.close(pidfd)
 
 
 def alive(pid: int) -> bool:

@@ -74,7 +74,10 @@ class Supervisor(Startup, Handshake, Loop, Listener, Escapes, RunLog, Outcome):
         self.cancel_r, self.cancel_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.cancelled = False
         self.command_cwd = cwd  # inside the sandbox; None: the plan's (the workspace)
-        self.init_pidfd: int | None = None  # opened when the sandbox is killed, to see it empty
+        self.init_pidfd: int | None = None  # the namespace init's, from when it was found (loop._init_pid)
+        self.bwrap_pidfd: int | None = None  # bubblewrap's, from its spawn: signals go through these two
+        self.pidfds_lock = threading.Lock()  # the notification thread may kill while the run closes them
+        self.sandbox_pidns: tuple[int, int] | None = None  # the init's PID namespace (loop.signal_members)
         self.secret_values = secret_values or {}
         self.secrets_dir_fd: int | None = None
         self.proxy = None
@@ -190,15 +193,13 @@ class Supervisor(Startup, Handshake, Loop, Listener, Escapes, RunLog, Outcome):
         try:
             select.select([self.init_pidfd], [], [], limit)
         finally:
-            os.close(self.init_pidfd)
-            self.init_pidfd = None
+            self._close_pidfd("init_pidfd")
 
     def release(self) -> None:
         """Close what the supervisor holds beyond launch (called once the run is over)."""
         self.io.close()
-        if self.init_pidfd is not None:
-            os.close(self.init_pidfd)
-            self.init_pidfd = None
+        self._close_pidfd("init_pidfd")
+        self._close_pidfd("bwrap_pidfd")
         for fd in (self.cancel_r, self.cancel_w):
             with contextlib.suppress(OSError):
                 os.close(fd)

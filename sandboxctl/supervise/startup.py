@@ -83,6 +83,7 @@ class Startup:
         try:
             try:
                 self.bwrap_pid = self._spawn(argv, stderr=err_w, stdin=stdin, stdout=stdout, pass_fds=passed)
+                self._hold_bwrap()
             except OSError as exc:
                 raise SandboxError(f"cannot start bubblewrap: {exc.strerror}", "run sandboxctl doctor") from None
             finally:
@@ -134,6 +135,7 @@ class Startup:
             return None
         early.adopt()
         self.bwrap_pid = early.pid
+        self._hold_bwrap()  # unreaped (waitpid WNOHANG said so above)
         self.head_started = True
         try:
             self._start_broker()
@@ -145,6 +147,18 @@ class Startup:
             self._install_signal_handlers()
         return early.control, early.err_r, early.started, originals
 
+    def _hold_bwrap(self) -> None:
+        """bubblewrap's pidfd, taken while it is our unreaped child (its pid surely its own): every
+        later signal goes through it (loop._kill). Without one it is killed now, by that pid."""
+        try:
+            self.bwrap_pidfd = os.pidfd_open(self.bwrap_pid)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.kill(self.bwrap_pid, _signal.SIGKILL)
+                os.waitpid(self.bwrap_pid, 0)
+            self.bwrap_pid = None
+            raise SandboxError(f"cannot hold bubblewrap's pidfd: {exc.strerror}", "run sandboxctl doctor") from None
+
     def _abandon(self, control: socket.socket, err_r: int, originals: dict[int, Any]) -> None:
         """A launch that failed after bubblewrap started: nothing of it may outlive this frame."""
         if self.bwrap_pid:
@@ -153,6 +167,7 @@ class Startup:
                 os.waitpid(self.bwrap_pid, 0)
             self._await_namespace_end()
             self.bwrap_pid = None
+            self._close_pidfd("bwrap_pidfd")
         if self.forward_signals:
             for signum, handler in originals.items():
                 _signal.signal(signum, handler)

@@ -1,0 +1,141 @@
+"""The supervisor signals sandbox processes through pidfds, never by a pid that may be reused.
+
+bubblewrap is reaped by the supervisor and its namespace init by bubblewrap; after that their pids
+may be any process's — a host process's, and the supervisor may be root. Real processes stand in:
+a shell ("bubblewrap") whose child ("the init") sleeps; reuse is played by pointing the numbers at
+other live processes once the originals are gone, as a reused pid would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+
+from sandboxctl.supervise import processes
+from sandboxctl.supervise.loop import Loop
+
+
+class Supervisor(Loop):
+    """The attributes of runner.Supervisor that Loop's signalling uses."""
+
+    def __init__(self, bwrap: subprocess.Popen):
+        self.bwrap_pid = bwrap.pid
+        self.bwrap_pidfd = os.pidfd_open(bwrap.pid)
+        self.init_pid: int | None = None
+        self.init_pidfd: int | None = None
+        self.sandbox_pidns: tuple[int, int] | None = None
+        self.pidfds_lock = threading.Lock()
+
+
+def _sandbox() -> tuple[subprocess.Popen, int]:
+    """A 'bubblewrap' and the pid of its only child."""
+    bwrap = subprocess.Popen(["sh", "-c", "sleep 60 & wait; exec sleep 60"])
+    assert processes.wait_for(lambda: processes.command_pids(bwrap.pid), timeout=10)
+    return bwrap, processes.command_pids(bwrap.pid)[0]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def test_the_kill_goes_through_pidfds_and_ends_init_and_bwrap(monkeypatch):
+    bwrap, init = _sandbox()
+    supervisor = Supervisor(bwrap)
+    assert supervisor._init_pid() == init and supervisor.init_pidfd is not None
+    assert supervisor.sandbox_pidns == processes.pid_namespace(init, supervisor.init_pidfd)
+
+    def by_number(*args):
+        raise AssertionError("a signal by pid number")
+
+    monkeypatch.setattr(os, "kill", by_number)
+    monkeypatch.setattr(os, "killpg", by_number)
+    supervisor._kill()
+    assert bwrap.wait(10) == -signal.SIGKILL
+    assert processes.wait_for(lambda: _gone(init), timeout=10)
+    supervisor._close_pidfd("init_pidfd")
+    supervisor._close_pidfd("bwrap_pidfd")
+
+
+def test_no_signal_reaches_a_process_that_took_a_reaped_pid():
+    """bwrap reaped, the init gone: their numbers now name two live host processes (and one of them
+    has a child, as bwrap had). The kill reaches neither, and no init is looked up under bwrap's
+    number — the old code SIGKILLed both by number."""
+    bwrap, init = _sandbox()
+    supervisor = Supervisor(bwrap)
+    bwrap.kill()
+    bwrap.wait(10)  # reaped: its pidfd stays, naming the gone process
+    os.kill(init, signal.SIGKILL)
+    assert processes.wait_for(lambda: _gone(init), timeout=10)
+    host, host_child = _sandbox()  # "took" bwrap's pid: a process with a child
+    try:
+        supervisor.bwrap_pid = host.pid
+        assert supervisor._init_pid() is None, "a child of bwrap's pid once bwrap is gone is not its init"
+        supervisor.init_pid, supervisor.init_pidfd = host_child, None  # found before, its pidfd since closed
+        supervisor._kill()
+        time.sleep(0.2)
+        assert host.poll() is None and not _gone(host_child)
+    finally:
+        host.kill()
+        host.wait(10)
+        supervisor._close_pidfd("bwrap_pidfd")
+
+
+def test_an_init_found_before_it_exited_is_signalled_only_through_its_pidfd():
+    bwrap, init = _sandbox()
+    supervisor = Supervisor(bwrap)
+    assert supervisor._init_pid() == init
+    os.kill(init, signal.SIGKILL)  # it dies, bwrap's shell reaps it: its number is free
+    assert processes.wait_for(lambda: _gone(init), timeout=10)
+    host, _child = _sandbox()
+    try:
+        supervisor.init_pid = host.pid  # as if the number were reused by a host process
+        supervisor._kill()
+        assert bwrap.wait(10) == -signal.SIGKILL
+        time.sleep(0.2)
+        assert host.poll() is None
+    finally:
+        host.kill()
+        host.wait(10)
+        supervisor._close_pidfd("init_pidfd")
+        supervisor._close_pidfd("bwrap_pidfd")
+
+
+def test_only_processes_of_the_sandboxs_pid_namespace_are_signalled():
+    target = subprocess.Popen(["sleep", "60"])
+    try:
+        pidfd = os.pidfd_open(target.pid)
+        ours = processes.pid_namespace(target.pid, pidfd)
+        os.close(pidfd)
+        assert ours is not None
+        processes.signal_members([target.pid], (ours[0], ours[1] + 1), signal.SIGTERM)  # another namespace
+        processes.signal_members([target.pid], None, signal.SIGTERM)  # none known: nothing is signalled
+        time.sleep(0.2)
+        assert target.poll() is None
+        processes.signal_members([target.pid], ours, signal.SIGTERM)
+        assert target.wait(10) == -signal.SIGTERM
+    finally:
+        target.kill()
+        target.wait()
+
+
+def test_the_gvisor_kill_never_signals_the_group_of_a_reaped_runsc(monkeypatch):
+    """runsc leads its own process group: killpg by its pid is sound only until it is reaped."""
+    from types import SimpleNamespace
+
+    from sandboxctl.supervise.gvisor import GvisorSupervisor
+
+    runsc = subprocess.Popen(["sleep", "60"], process_group=0)
+    sent: list[int] = []
+    real_killpg = os.killpg
+    monkeypatch.setattr(os, "killpg", lambda pgid, signum: (sent.append(pgid), real_killpg(pgid, signum)))
+    GvisorSupervisor._kill(SimpleNamespace(runsc_pid=runsc.pid))
+    assert runsc.wait(10) == -signal.SIGKILL and sent == [runsc.pid]
+    GvisorSupervisor._kill(SimpleNamespace(runsc_pid=runsc.pid))  # reaped: its pid may be anyone's now
+    assert sent == [runsc.pid]
