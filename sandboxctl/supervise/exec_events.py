@@ -84,7 +84,8 @@ class ExecEvents:
     def __init__(self, listener: int, log: Callable[..., None], denied: list[dict[str, Any]],
                  judge_write: Callable[[str], Any], tasks: Callable[[], list[int]],
                  tampered: list[dict[str, Any]] | None = None, memory_writes_trapped: bool = True,
-                 log_soon: Callable[..., None] | None = None, memory_writers: tuple[str, ...] = ()):
+                 log_soon: Callable[..., None] | None = None, memory_writers: tuple[str, ...] = (),
+                 root: int | None = None):
         self.listener = listener
         self.log = log
         self.log_soon = log_soon or log  # the exec record, once the kernel has its answer (queued)
@@ -97,7 +98,9 @@ class ExecEvents:
         self.claims: OrderedDict[int, ExecTarget] = OrderedDict()
         machine = os.uname().machine
         self._kcmp_nr, self._vfork_calls = _MACHINE.get(machine, (None, {}))
-        self.root: int | None = None  # the sandbox's root, opened at the first exec (see sandbox_paths)
+        # the sandbox's root (owned), opened from its init by the supervisor (loop._sandbox_root); never
+        # cached from a caller, whose pid may be another process's by the time /proc is read
+        self.root: int | None = root
         self.formats = facts.Formats()
         # pid -> descriptors of its /proc/PID/stat and /proc/PID/task/PID/syscall (_parent_files)
         self.parents: OrderedDict[int, tuple[int, int]] = OrderedDict()
@@ -110,11 +113,8 @@ class ExecEvents:
             self._forget_parent(next(iter(self.parents)))
 
     def _root(self, pid: int) -> int | None:
-        if self.root is None:
-            try:
-                self.root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            except OSError:
-                return None  # the caller is gone: open_target opens (and fails) on its own
+        """The sandbox's root, or None: each lookup then opens the caller's own (sandbox_paths),
+        which the answer to the call proves was the caller's (a record is logged only then)."""
         return self.root
 
     # ------------------------------------------------------------------ the call

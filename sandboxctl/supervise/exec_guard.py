@@ -32,7 +32,7 @@ _DIRECT_MAGIC = re.compile(r"^/(?:proc/(self|thread-self|\d+)|dev)/(exe|fd/\d+)$
 
 class ExecGuard:
     def __init__(self, listener: int, log: Callable[..., None], denied: list[dict[str, Any]],
-                 loaders: tuple[str, ...] = ()):
+                 loaders: tuple[str, ...] = (), root: int | None = None):
         self.listener = listener
         self.log = log
         self.denied = denied
@@ -43,22 +43,26 @@ class ExecGuard:
             except OSError:
                 continue
             self.loaders.add((st.st_dev, st.st_ino))
-        self.root: int | None = None
+        self.root = root  # the sandbox's (owned), opened from its init: never cached from a caller's pid
 
     def runs_the_loader(self, pid: int, path: str) -> bool:
         """Is path (absolute, as the caller sees it) the ELF loader? Resolved in the sandbox's view."""
         if not self.loaders or not path.startswith("/"):
             return False
+        own = -1
         try:
-            if self.root is None:
-                self.root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            fd = fdops.openat2(self.root, path, os.O_PATH | os.O_CLOEXEC, 0,
+            if self.root is None:  # this lookup only: the exec's answer proves the pid was the caller's
+                own = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            fd = fdops.openat2(self.root if self.root is not None else own, path, os.O_PATH | os.O_CLOEXEC, 0,
                                fdops.RESOLVE_IN_ROOT | fdops.RESOLVE_NO_MAGICLINKS)
         except OSError as exc:
             # /proc/self means nothing from out here (ENOENT), a magic link is refused (ELOOP)
             if exc.errno == errno.ELOOP or path.startswith(("/proc/", "/dev/")):
                 return self._through_magic_link(pid, path)
             return False  # ENOENT, ENOTDIR, EACCES…: the kernel fails this exec too
+        finally:
+            if own >= 0:
+                os.close(own)
         try:
             st = os.fstat(fd)
         finally:
@@ -83,7 +87,8 @@ class ExecGuard:
     def refuse_loader(self, n: Notification, path: str) -> None:
         why = ("exec.allow: the ELF loader run as a command would map any file as a program "
                "(it stays allowed as every dynamic program's interpreter)")
-        respond(self.listener, n.id, error=errno.EACCES)
+        if not respond(self.listener, n.id, error=errno.EACCES):
+            return  # the caller is gone: what was read may be its pid's next owner's, no denial of the run's
         self.denied.append({"kind": "exec", "target": path, "rule": why})
         self.log("exec", pid=n.pid, path=path, decision="deny", rule=why)
 
@@ -122,7 +127,8 @@ class ExecGuard:
             os.close(fd)
 
     def _deny(self, n: Notification, name: str, why: str, error: int = errno.EACCES) -> None:
-        respond(self.listener, n.id, error=error)
+        if not respond(self.listener, n.id, error=error):
+            return
         self.denied.append({"kind": "syscall", "target": f"memfd_create {name}", "rule": why})
         self.log("syscall", pid=n.pid, name="memfd_create", decision="deny", rule=why,
                  errno=errno.errorcode.get(error, str(error)))

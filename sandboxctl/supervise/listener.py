@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import os
 import threading
 
 from sandboxctl.errors import SandboxError
@@ -53,6 +54,10 @@ class Listener:
                 self.setup_error = SandboxError(f"cannot set up the checks of socket calls: {exc}",
                                                 "run sandboxctl doctor")
         plan = self.plan
+        root = self._sandbox_root()
+        if root is None:  # nothing could be resolved in the sandbox's view: the run fails (no go)
+            self.setup_error = self.setup_error or SandboxError(
+                "cannot open the sandbox's root from its init process", "run sandboxctl doctor")
         verdicts = functools.lru_cache(maxsize=4096)(plan.write_verdict)  # the plan never changes
         log_allowed = plan.file_events != "none"
         self.dispatcher = self.dispatcher_class(fd, self.syscall_names, self._which_rule, verdicts,
@@ -62,15 +67,17 @@ class Listener:
                                             tasks=self._sandbox_processes, tampered=self.tampered,
                                             memory_writes_trapped=plan.seccomp.file_events != "none",
                                             routes=routes, log_soon=self._write_log_soon,
-                                            memory_writers=memory_writers(plan.seccomp.rules))
+                                            memory_writers=memory_writers(plan.seccomp.rules),
+                                            sandbox_root=None if root is None else os.dup(root))
         self.mediator = Mediator(fd, plan, plan.protection(), self._write_log, self.denials,
                                  outside=self.dispatcher.outside, protected_inodes=self.protected_inodes,
-                                 log_allowed=log_allowed)
+                                 log_allowed=log_allowed, root=root)
         self.dispatcher.mediator = self.mediator
         if plan.seccomp.exec_guard:
             from sandboxctl.supervise.exec_guard import ExecGuard
 
-            self.dispatcher.exec_guard = ExecGuard(fd, self._write_log, self.denials, plan.exec_loaders)
+            self.dispatcher.exec_guard = ExecGuard(fd, self._write_log, self.denials, plan.exec_loaders,
+                                                   root=None if root is None else os.dup(root))
 
     def _start_notify_thread(self) -> None:
         """Once the control message that brought the listener is handled (as the loop would

@@ -24,8 +24,12 @@ The Mediator is split by step, one mixin per module (its state stays one object'
   mediate_changes.py  the other calls (mkdir to link), performed on the resolved descriptors
   mediate_answers.py  the answers to the kernel, and the denial and allow records of each
 
-This module keeps the entry point (handle: read, dispatch by call family), the caller's umask
-and the resolution of one path argument.
+This module keeps the entry point (handle: read, dispatch by call family), the caller's umask,
+the resolution of one path argument, and the check that the call is still asked (`_still_asked`):
+everything read of the caller (its memory, /proc/PID/cwd, fd/N, status, limits, a pidfd) names
+the caller only while its notification is pending — once it is killed its pid may be another
+process's, a host process's too — so every change is made only after SECCOMP_IOCTL_NOTIF_ID_VALID
+has said, after the last of those reads, that the call still waits for its answer.
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ from sandboxctl.supervise.mediate_opens import (  # noqa: F401 - imported from h
     O_TRUNC,
     Opens,
 )
-from sandboxctl.supervise.notify import Notification, respond
+from sandboxctl.supervise.notify import Notification, respond, still_valid
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
 if TYPE_CHECKING:
@@ -74,12 +78,20 @@ CALL_OPS = ("open", "mkdir", "bind", "mknod", "unlink", "rmdir", "symlink", "tru
             "link")
 
 
+class CallerGone(Exception):
+    """The call is no longer pending (its caller was killed): what was read of it may be another
+    process's, so nothing is done for it and nothing is answered."""
+
+
 class Mediator(Judgement, Opens, Changes, Answers):
     """Answers write-class calls: performs, refuses, or lets the kernel decide (outside the grants)."""
 
     def __init__(self, listener: int, plan: Plan, protection: Protection, log: Callable[..., None],
                  denied: list[dict[str, Any]], outside: Callable[[Notification, str, str, int, int], None],
-                 protected_inodes: Mapping[tuple[int, int], str] | None = None, log_allowed: bool = True):
+                 protected_inodes: Mapping[tuple[int, int], str] | None = None, log_allowed: bool = True, *,
+                 root: int | None):
+        """root: a descriptor of the sandbox's root, now the Mediator's (mediate_calls.Resolver);
+        None: nothing is resolved (the run is failing: the sandbox's root could not be opened)."""
         self.listener = listener
         self.plan = plan
         self.protection = protection
@@ -88,7 +100,7 @@ class Mediator(Judgement, Opens, Changes, Answers):
         self.outside = outside  # a write-intent open outside the grants: approvals (file_escape)
         self.protected_inodes = dict(protected_inodes or {})
         self.log_allowed = log_allowed
-        self.resolver = Resolver()
+        self.resolver = Resolver(root)
         self.mounts = sorted(((m.target, m.kind) for m in plan.mounts if m.kind != "symlink"),
                              key=lambda item: len(item[0]), reverse=True)
         self.mediated_roots = set(protection.roots) | set(plan.protect.ephemeral)
@@ -132,6 +144,8 @@ class Mediator(Judgement, Opens, Changes, Answers):
         try:
             with self.as_caller:
                 self._calls[call.op](notification, call, opened)
+        except CallerGone:
+            self.umasks.pop(notification.pid, None)  # it may have been read from the pid's next owner
         finally:
             for fd in opened:
                 with contextlib.suppress(OSError):
@@ -148,6 +162,12 @@ class Mediator(Judgement, Opens, Changes, Answers):
                 self.umasks.clear()
             known = self.umasks[pid] = caller_umask(pid)
         return known
+
+    def _still_asked(self, n: Notification) -> None:
+        """Called after the last read of the caller's state and right before the change made for
+        it (one ioctl per performed call): raises CallerGone once the call is no longer pending."""
+        if not still_valid(self.listener, n.id):
+            raise CallerGone
 
     def forget(self, pid: int) -> None:
         self.umasks.pop(pid, None)

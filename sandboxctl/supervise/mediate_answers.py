@@ -40,7 +40,10 @@ class Answers:
         self.log("syscall", pid=n.pid, name=name, decision="deny", rule=rule, errno="EPERM")
 
     def _refuse(self, n: Notification, op: str, path: str, why: str, error: int = errno.EACCES) -> None:
-        respond(self.listener, n.id, error=error)
+        """A refusal is recorded only once the kernel took it: the answer itself proves the call
+        was pending, so what was read to refuse it was the caller's (no extra ioctl)."""
+        if not respond(self.listener, n.id, error=error):
+            return
         self.denied.append({"kind": "file", "target": f"{op} {path}", "rule": why})
         self.log("file", pid=n.pid, path=path, op=op, decision="deny", rule=why)
 

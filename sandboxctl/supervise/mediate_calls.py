@@ -198,11 +198,15 @@ def _read_bind(n: Notification, a: list[int], low: list[int]) -> Call | None:
 
 
 class Resolver:
-    """Resolves the caller's paths in the sandbox's own view, from its root (opened once: every
-    process of a sandbox has the same one, since chroot and new mount namespaces are refused)."""
+    """Resolves the caller's paths in the sandbox's own view, from its root: one descriptor for the
+    run, opened by the supervisor from the sandbox's PID-namespace init while its pidfd proved it
+    alive (supervise/loop.py). Never from a caller's /proc/PID/root: a caller may be killed and
+    its pid reused (by a host process: the supervisor sees host pids) before the open, and a root
+    cached from it would resolve every later call in the host's view. Every process of a sandbox
+    has the init's root (chroot, pivot_root and new mount namespaces are refused inside)."""
 
-    def __init__(self) -> None:
-        self.root: int | None = None
+    def __init__(self, root: int | None) -> None:
+        self.root: int | None = root  # owned: closed by close()
 
     def close(self) -> None:
         if self.root is not None:
@@ -210,9 +214,9 @@ class Resolver:
                 os.close(self.root)
             self.root = None
 
-    def root_of(self, pid: int) -> int:
-        if self.root is None:
-            self.root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    def root_fd(self) -> int:
+        if self.root is None:  # closed (the run is over) or never opened: nothing is resolved
+            raise OSError(errno.EBADF, "the sandbox's root is closed")
         return self.root
 
     def entry(self, pid: int, path: str, opened: list[int], *, follow: bool) -> Entry | str | None:
@@ -229,7 +233,7 @@ class Resolver:
                 return None
             parent_path, name = split
             try:
-                parent = fdops.openat2(self.root_of(pid), parent_path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0,
+                parent = fdops.openat2(self.root_fd(), parent_path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0,
                                        fdops.RESOLVE_IN_ROOT | fdops.RESOLVE_NO_MAGICLINKS)
             except OSError as exc:
                 return errno.errorcode.get(exc.errno or 0) if exc.errno in (errno.ENOENT, errno.ENOTDIR) else None

@@ -34,11 +34,17 @@ _MAGIC_FD = re.compile(r"^/proc/(self|\d+)/fd/(\d+)$")
 class Changes:
     """mkdir to link (a mixin of mediate.Mediator)."""
 
+    def _perform(self, n: Notification, function: Callable[..., Any], *args: Any, **kwargs: Any) -> int | OSError:
+        """The change itself, once the call is proved still pending: its arguments (the caller's
+        umask among them) are read by then, and nothing of the caller is read after."""
+        self._still_asked(n)
+        return _attempt(function, *args, **kwargs)
+
     def _mkdir(self, n: Notification, call: Call, opened: list[int]) -> None:
         entry = self._single(n, call, opened, follow=False, creates=True)
         if entry is not None:
-            self._done(n, "mkdir", entry.path, _attempt(os.mkdir, entry.name, call.mode & 0o3777
-                                                        & ~self._umask(n.pid), dir_fd=entry.parent))
+            self._done(n, "mkdir", entry.path, self._perform(n, os.mkdir, entry.name, call.mode & 0o3777
+                                                             & ~self._umask(n.pid), dir_fd=entry.parent))
 
     def _bind(self, n: Notification, call: Call, opened: list[int]) -> None:
         """A pathname UNIX socket bound beneath a writable grant: the supervisor binds the caller's
@@ -55,6 +61,12 @@ class Changes:
         try:
             pidfd = pidfd_of_thread(n.pid)
             opened.append(pidfd)
+        except OSError as exc:
+            respond(self.listener, n.id, error=exc.errno or errno.EBADF)
+            return
+        umask = self._umask(n.pid)
+        self._still_asked(n)  # the pidfd is the caller's (not a host process's that took its pid)
+        try:
             theirs = pidfd_getfd(pidfd, call.extra)
         except OSError as exc:
             respond(self.listener, n.id, error=exc.errno or errno.EBADF)
@@ -62,7 +74,7 @@ class Changes:
         import socket
 
         sock = socket.socket(fileno=theirs)
-        mask = os.umask(self._umask(n.pid))
+        mask = os.umask(umask)
         try:
             sock.bind(target)
             result: int | OSError = 0
@@ -85,25 +97,25 @@ class Changes:
         entry = self._single(n, call, opened, follow=False, creates=True)
         if entry is not None:
             mode = (kind or stat.S_IFREG) | (call.mode & NO_SETID & ~self._umask(n.pid))
-            self._done(n, "mknod", entry.path, _attempt(os.mknod, entry.name, mode, 0, dir_fd=entry.parent))
+            self._done(n, "mknod", entry.path, self._perform(n, os.mknod, entry.name, mode, 0, dir_fd=entry.parent))
 
     def _unlink(self, n: Notification, call: Call, opened: list[int]) -> None:
         entry = self._single(n, call, opened, follow=False, guard=self._busy)
         if entry is not None:
-            self._done(n, "unlink", entry.path, _attempt(os.unlink, entry.name, dir_fd=entry.parent))
+            self._done(n, "unlink", entry.path, self._perform(n, os.unlink, entry.name, dir_fd=entry.parent))
 
     def _rmdir(self, n: Notification, call: Call, opened: list[int]) -> None:
         entry = self._single(n, call, opened, follow=False, guard=self._busy)
         if entry is not None:
-            self._done(n, "rmdir", entry.path, _attempt(os.rmdir, entry.name, dir_fd=entry.parent))
+            self._done(n, "rmdir", entry.path, self._perform(n, os.rmdir, entry.name, dir_fd=entry.parent))
 
     def _symlink(self, n: Notification, call: Call, opened: list[int]) -> None:
         # a link to a directory brings that directory's tree in as a rename would: refused where a
         # directory moved in is (.config of .config/git, a git directory's objects/)
         entry = self._single(n, call, opened, follow=False, creates=True, also=self.protection.holds_names)
         if entry is not None:
-            self._done(n, "symlink", entry.path, _attempt(os.symlink, call.link_target, entry.name,
-                                                          dir_fd=entry.parent), target=call.link_target)
+            self._done(n, "symlink", entry.path, self._perform(n, os.symlink, call.link_target, entry.name,
+                                                               dir_fd=entry.parent), target=call.link_target)
 
     def _truncate(self, n: Notification, call: Call, opened: list[int]) -> None:
         entry = self._single(n, call, opened, follow=True, here=True)
@@ -119,6 +131,7 @@ class Changes:
         if st is not None and not stat.S_ISREG(st.st_mode):  # what the kernel answers (and a FIFO would block us)
             respond(self.listener, n.id, error=errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.EINVAL)
             return
+        self._still_asked(n)  # the limit just read was the caller's
         try:  # O_NONBLOCK: a FIFO swapped in since the lstat never makes the loop wait for a reader
             fd = os.open(entry.name, os.O_WRONLY | O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=entry.parent)
             opened.append(fd)
@@ -154,7 +167,7 @@ class Changes:
             self._refuse(n, "chmod", entry.path, why)
             return
         mode = _chmod_mode(call.mode, st)
-        self._done(n, "chmod", entry.path, _attempt(os.chmod, f"/proc/self/fd/{fd}", mode), mode=oct(mode))
+        self._done(n, "chmod", entry.path, self._perform(n, os.chmod, f"/proc/self/fd/{fd}", mode), mode=oct(mode))
 
     def _fchmod(self, n: Notification, call: Call, opened: list[int]) -> None:
         """Performed on our own descriptor of the caller's file, never continued: the caller's
@@ -175,8 +188,8 @@ class Changes:
             if why:
                 self._refuse(n, "chmod", path, why)
                 return
-        mode = _chmod_mode(call.mode, st)
-        self._done(n, "chmod", path, _attempt(os.chmod, f"/proc/self/fd/{fd}", mode), mode=oct(mode))
+        mode = _chmod_mode(call.mode, st)  # the file is the caller's own only if the call is still pending
+        self._done(n, "chmod", path, self._perform(n, os.chmod, f"/proc/self/fd/{fd}", mode), mode=oct(mode))
 
     def _rename(self, n: Notification, call: Call, opened: list[int]) -> None:
         src_full, src = self._resolve(n, call, 0, opened, follow=False)
@@ -210,8 +223,8 @@ class Changes:
         if why:
             self._refuse(n, "rename", f"{src.path} -> {dst.path}", why)
             return
-        self._done(n, "rename", src.path, _attempt(fdops.renameat2, src.parent, src.name, dst.parent, dst.name,
-                                                   call.flags), to=dst.path)
+        self._done(n, "rename", src.path, self._perform(n, fdops.renameat2, src.parent, src.name, dst.parent,
+                                                        dst.name, call.flags), to=dst.path)
 
     def _link(self, n: Notification, call: Call, opened: list[int]) -> None:
         dst_full, dst = self._resolve(n, call, 1, opened, follow=False)
@@ -237,8 +250,9 @@ class Changes:
         if why:
             self._refuse(n, "link", f"{src_path} -> {dst.path}", why)
             return
-        self._done(n, "link", dst.path, _attempt(os.link, src_ref[1], dst.name, src_dir_fd=src_ref[0],
-                                                 dst_dir_fd=dst.parent, follow_symlinks=src_ref[2]), source=src_path)
+        self._done(n, "link", dst.path, self._perform(n, os.link, src_ref[1], dst.name, src_dir_fd=src_ref[0],
+                                                      dst_dir_fd=dst.parent, follow_symlinks=src_ref[2]),
+                   source=src_path)
 
     def _link_source(self, n: Notification, call: Call, opened: list[int]):
         """(path, (dirfd, name, follow), stat) of a link's source; a /proc/…/fd/N source with
@@ -247,9 +261,14 @@ class Changes:
         follow = bool(call.flags & AT_SYMLINK_FOLLOW)
         magic = _MAGIC_FD.match(raw)
         if magic and follow:
-            owner = n.pid if magic.group(1) == "self" else int(magic.group(1))
+            from sandboxctl.supervise.exec_guard import _own_pid
+
+            # a number is a pid of the sandbox's namespace, never the host's /proc/NUMBER: only the
+            # caller's own is known here (another process's descriptor is refused)
+            if magic.group(1) != "self" and magic.group(1) != _own_pid(n.pid):
+                return None
             try:
-                fd = os.open(f"/proc/{owner}/fd/{magic.group(2)}", os.O_PATH | os.O_CLOEXEC)
+                fd = os.open(f"/proc/{n.pid}/fd/{magic.group(2)}", os.O_PATH | os.O_CLOEXEC)
             except OSError:
                 return None
             opened.append(fd)

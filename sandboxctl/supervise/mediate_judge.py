@@ -74,7 +74,7 @@ class Judgement:
             why = self.protected_inodes.get((st.st_dev, st.st_ino))
             if why:
                 return f"{why} (a directory reached by another name)"
-        alias = aliases.short_alias(self.resolver.root_of(n.pid), entry.path, root)
+        alias = aliases.short_alias(self.resolver.root_fd(), entry.path, root)
         if alias:
             return (f"protected: {alias} is a short (8.3) name of another entry, which the rules cannot judge "
                     "by it: use the entry's long name")

@@ -71,6 +71,7 @@ class Opens:
             return
         mode = call.mode & NO_SETID & ~self._umask(n.pid) if flags & O_CREAT else 0
         open_flags = (flags & fdops.VALID_OPEN_FLAGS & ~os.O_PATH) | O_NOFOLLOW | os.O_CLOEXEC
+        self._still_asked(n)  # all that was read (path, cwd, umask) was the caller's
         if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
             self._open_waiting(n, op, path, entry, open_flags)  # a FIFO or a device may block: not in the loop
             return
@@ -149,10 +150,11 @@ class Opens:
         if full is None or not self._mediated(full):
             self.outside(n, full or call.paths[0][1], "create", call.flags, call.mode)
             return
+        mode = call.mode & NO_SETID & ~self._umask(n.pid)
+        self._still_asked(n)
         try:
-            fd = fdops.openat2(self.resolver.root_of(n.pid), full, (call.flags & fdops.VALID_OPEN_FLAGS) | os.O_CLOEXEC,
-                               call.mode & NO_SETID & ~self._umask(n.pid),
-                               fdops.RESOLVE_IN_ROOT | fdops.RESOLVE_NO_MAGICLINKS)
+            fd = fdops.openat2(self.resolver.root_fd(), full, (call.flags & fdops.VALID_OPEN_FLAGS) | os.O_CLOEXEC,
+                               mode, fdops.RESOLVE_IN_ROOT | fdops.RESOLVE_NO_MAGICLINKS)
         except OSError as exc:
             self._done(n, "create", full, exc)
             return

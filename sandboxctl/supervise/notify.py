@@ -182,7 +182,8 @@ class Dispatcher:
                  exec_guard: Any = None, tasks: Callable[[], list[int]] | None = None,
                  tampered: list[dict[str, Any]] | None = None, memory_writes_trapped: bool = True,
                  routes: dict[str, Callable[[Notification, str], bool]] | None = None,
-                 log_soon: Callable[..., None] | None = None, memory_writers: tuple[str, ...] = ()):
+                 log_soon: Callable[..., None] | None = None, memory_writers: tuple[str, ...] = (),
+                 sandbox_root: int | None = None):
         self.fd = fd
         self.names = names  # syscall number -> name, for the calls we trap
         self.deny = deny  # notification -> (syscall name, errno, rule)
@@ -196,7 +197,7 @@ class Dispatcher:
         from sandboxctl.supervise.exec_events import ExecEvents
 
         self.execs = ExecEvents(fd, log, self.denied, judge_write, tasks or (lambda: []), tampered,
-                                memory_writes_trapped, log_soon, memory_writers)
+                                memory_writes_trapped, log_soon, memory_writers, root=sandbox_root)
         self.exec_guard = exec_guard  # supervise.exec_guard.ExecGuard under exec.allow
         # syscall name -> a handler of its own (network/sockets.py: connect, sendto, …); it returns
         # False to leave a call to the default path (a baseline denial)
