@@ -127,7 +127,9 @@ def _execute_run(opts: dict[str, Any], command: list[str], head_start, head_star
         _print_denials(result.denials, plan.run_id)
         print(f"sandboxctl: the least grants for these denials: {suggest_command(plan)}", file=sys.stderr)
     if result.tampered and not opts["quiet"]:
-        print(f"sandboxctl: warning: {len(result.tampered)} exec records were contradicted by what ran (a path "
+        from sandboxctl.supervise.denials import total
+
+        print(f"sandboxctl: warning: {total(result.tampered)} exec records were contradicted by what ran (a path "
               f"swapped during the exec); see: sandboxctl log --run {plan.run_id} --event tamper", file=sys.stderr)
     if result.command_exit_code is not None:  # the denial gate (errors.EXIT_DENIED), never silent
         from sandboxctl.cli.output import error

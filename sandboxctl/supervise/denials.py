@@ -7,6 +7,7 @@ each distinct (kind, target, rule) once, with how many times it happened.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
@@ -44,14 +45,21 @@ def _key(denial: dict[str, Any]) -> tuple[str, str, str]:
 class DenialList(list):
     """The run's denials, bounded: the first KEEP of each distinct denial one by one, then one
     entry that counts the rest (a loop refusing thousands of calls a second must not grow the
-    supervisor without bound). `total()` of it is still every denial."""
+    supervisor without bound). `total()` of it is still every denial. Appended from several
+    threads at once (the notification thread, file-escape and proxy threads, FIFO waiters): each
+    append is one step under a lock, or two could count one denial, or both add the repeat row."""
 
     def __init__(self) -> None:
         super().__init__()
         self.seen: dict[tuple[str, str, str], int] = {}
         self.repeats: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.lock = threading.Lock()
 
     def append(self, denial: dict[str, Any]) -> None:  # type: ignore[override]
+        with self.lock:
+            self._append(denial)
+
+    def _append(self, denial: dict[str, Any]) -> None:
         key = _key(denial)
         if key not in self.seen and len(self.seen) >= MAX_KEYS:
             key = (key[0], "… (many more targets)", key[2])

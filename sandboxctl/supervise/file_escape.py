@@ -82,21 +82,64 @@ def command_line(pid: int) -> str:
     return " ".join(os.fsdecode(p) for p in parts)
 
 
+JOIN_S = 2.0  # the workers, once the broker has denied what waited (they only answer and record then)
+
+
 class FileEscapes:
     """Takes escapes from the notification loop; a human's answer is awaited on a worker thread
-    so the loop (exec events, signals, timeouts) never waits for a person."""
+    so the loop (exec events, signals, timeouts) never waits for a person. The workers' records
+    all come before run.end: close() joins them (the broker's stop has answered them), and once
+    it has begun no worker is started (an escape is settled on the caller's thread, which the
+    run joins too); one still running past the deadline records nothing more."""
 
     def __init__(self, listener: int, broker, log: Callable[..., None], denied: list[dict[str, Any]]):
         self.listener = listener
         self.broker = broker
-        self.log = log
+        self._write = log
         self.denied = denied
+        self.lock = threading.Lock()
+        self.workers: list[threading.Thread] = []
+        self.closing = False  # no worker is started any more
+        self.sealed = False  # no worker records anything any more (run.end may follow)
+        self.on_worker = threading.local()
 
     def __call__(self, escape: FileEscape) -> None:
-        if self.broker.asks_human:
-            threading.Thread(target=self._settle, args=(escape,), name="sandboxctl-file-escape", daemon=True).start()
-        else:
-            self._settle(escape)
+        with self.lock:
+            if self.broker.asks_human and not self.closing:
+                worker = threading.Thread(target=self._work, args=(escape,), name="sandboxctl-file-escape",
+                                          daemon=True)
+                self.workers = [w for w in self.workers if w.is_alive()]
+                self.workers.append(worker)
+                worker.start()
+                return
+        self._settle(escape)
+
+    def close(self, timeout: float = JOIN_S) -> None:
+        """After the broker's stop (every waiting request denied): the workers finish first."""
+        import time
+
+        with self.lock:
+            self.closing = True
+            workers = list(self.workers)
+        deadline = time.monotonic() + timeout
+        for worker in workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        with self.lock:
+            self.sealed = True
+
+    def _work(self, escape: FileEscape) -> None:
+        self.on_worker.yes = True
+        self._settle(escape)
+
+    def _recording(self) -> bool:
+        """With the lock held: a worker past close()'s deadline records nothing (run.end may be
+        written); the caller's thread (joined before run.end) always does."""
+        return not (self.sealed and getattr(self.on_worker, "yes", False))
+
+    def log(self, event: str, **fields: Any) -> None:
+        with self.lock:
+            if self._recording():
+                self._write(event, **fields)
 
     def _settle(self, escape: FileEscape) -> None:
         try:
@@ -142,5 +185,8 @@ class FileEscapes:
                  host_path=escape.verdict.host_path)
 
     def _deny(self, escape: FileEscape, rule: str) -> None:
-        self.denied.append({"kind": "file", "target": f"{escape.op} {escape.path}", "rule": rule})
-        self.log("file", pid=escape.pid, path=escape.path, op=escape.op, decision="deny", rule=rule)
+        with self.lock:
+            if not self._recording():
+                return
+            self.denied.append({"kind": "file", "target": f"{escape.op} {escape.path}", "rule": rule})
+            self._write("file", pid=escape.pid, path=escape.path, op=escape.op, decision="deny", rule=rule)

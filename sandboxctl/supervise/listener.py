@@ -40,6 +40,7 @@ class Listener:
 
         with contextlib.suppress(OSError):  # Linux 6.6: the caller and we switch CPUs less per call
             fcntl.ioctl(fd, notify.NOTIF_SET_FLAGS, notify.FD_SYNC_WAKE_UP)
+        self.file_escapes = FileEscapes(fd, self.broker, self._write_log, self.denials)  # closed by tear-down
         routes = {}
         if self.plan.seccomp.net_rules:  # connect/sendto answered here (network/checks.py)
             from sandboxctl.network.checks import SocketChecks
@@ -62,7 +63,7 @@ class Listener:
         log_allowed = plan.file_events != "none"
         self.dispatcher = self.dispatcher_class(fd, self.syscall_names, self._which_rule, verdicts,
                                             self._write_log, self.denials,
-                                            escalate=FileEscapes(fd, self.broker, self._write_log, self.denials),
+                                            escalate=self.file_escapes,
                                             log_allowed=log_allowed, is_denial=self._is_denial,
                                             tasks=self._sandbox_processes, tampered=self.tampered,
                                             memory_writes_trapped=plan.seccomp.file_events != "none",

@@ -83,6 +83,7 @@ class Supervisor(Startup, Handshake, Loop, Listener, Escapes, RunLog, Outcome):
         self.proxy = None
         self.notify_fd: int | None = None
         self.dispatcher: notify.Dispatcher | None = None
+        self.file_escapes = None  # supervise.file_escape.FileEscapes: approvals of writes, on workers
         self.notify_thread: threading.Thread | None = None  # blocked in NOTIF_RECV (_serve_notifications)
         self.notify_error: BaseException | None = None  # why that thread stopped answering
         self.socket_checks = None  # network.checks.SocketChecks: connect/sendto answered here
@@ -97,7 +98,7 @@ class Supervisor(Startup, Handshake, Loop, Listener, Escapes, RunLog, Outcome):
         self.setup_error: SandboxError | None = None
         self.denials: list[dict[str, Any]] = DenialList()  # bounded: identical ones past a few are counted
         self.throttle = LogThrottle()  # and so are their log records
-        self.tampered: list[dict[str, Any]] = []  # exec records contradicted by what ran
+        self.tampered: list[dict[str, Any]] = DenialList()  # exec records contradicted by what ran: bounded too
         self.expiries: list[tuple[float, str]] = []
         self.cgroup = cgroup
         self.bwrap_pid: int | None = None
@@ -158,6 +159,8 @@ class Supervisor(Startup, Handshake, Loop, Listener, Escapes, RunLog, Outcome):
             self._cgroup_joined()
         control.close()
         self.broker.stop()  # waiting requests are denied, so proxy threads can finish
+        if self.file_escapes is not None:
+            self.file_escapes.close()  # and so can the file escapes' workers: their records come before run.end
         if self.secrets_dir_fd is not None:
             os.close(self.secrets_dir_fd)
         if self.proxy is not None:
