@@ -68,6 +68,7 @@ class SessionSupervisor(Supervisor):
         self.net_owner = threading.local()
         self.sel: selectors.BaseSelector | None = None
         self.server_pid: int | None = None  # the server's host pid (the shim's process)
+        self.server_pidfd: int | None = None  # held from "ready": signals go through it, never the pid
         self.next_server_check = 0.0
 
     # ------------------------------------------------------------------ set-up
@@ -91,6 +92,9 @@ class SessionSupervisor(Supervisor):
         init = self._init_pid()
         children = processes.command_pids(init) if init else []
         self.server_pid = children[0] if children else None  # nothing else runs yet
+        if self.server_pid is not None:
+            self.server_pidfd = processes.open_member(self.server_pid, self.sandbox_pidns) \
+                if self.sandbox_pidns else None
         self.attribution.stop_at = (init, self.bwrap_pid)
         if self.ready_callback is not None:
             self.ready_callback(self)
@@ -105,6 +109,10 @@ class SessionSupervisor(Supervisor):
 
     def start_fields(self) -> dict[str, Any]:
         return {"session": self.plan.session}
+
+    def release(self) -> None:
+        super().release()
+        self._close_pidfd("server_pidfd")
 
     def end_fields(self) -> dict[str, Any]:
         return {"session": self.plan.session, "commands": self.count, "reason": self.end_reason or "server stopped"}
@@ -244,16 +252,15 @@ class SessionSupervisor(Supervisor):
 
     def _wake_server(self) -> None:
         """A command may have stopped the server (SIGSTOP: it shares the sandbox); continue it."""
-        if self.server_pid is None:
+        if self.server_pid is None or self.server_pidfd is None:
             return
         try:
             with open(f"/proc/{self.server_pid}/stat", "rb") as handle:
                 state = handle.read().rsplit(b")", 1)[1].split()[0]
         except (OSError, IndexError):
             return
-        if state in (b"T", b"t"):
-            with contextlib.suppress(OSError):
-                os.kill(self.server_pid, signal.SIGCONT)
+        if state in (b"T", b"t") and not processes.exited(self.server_pidfd):  # that stat was the server's
+            processes.send(self.server_pidfd, signal.SIGCONT)
 
     def _signal(self, number: int, signum: int) -> None:
         if self.control is not None:
