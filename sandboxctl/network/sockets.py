@@ -157,6 +157,8 @@ class SocketCalls:
                 if not _is_socket(target):
                     notify.respond(self.listener, notification.id, error=errno.ECONNREFUSED)
                     return False
+                if not notify.still_valid(self.listener, notification.id):  # cwd and root just read: the caller's
+                    return False
                 allowed, rule = self.wall.pathname_verdict(target)
                 decision = Decision(allowed, rule, log_allowed=allowed and rule.startswith("network.unix"))
                 raw = _unix_sockaddr(target)

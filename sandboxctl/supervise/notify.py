@@ -265,7 +265,8 @@ class Dispatcher:
         verdict = self.judge_write(full) if op != "read" else None
         refused = self.execs.refuses_open(notification.pid, AT_FDCWD, full, op != "read")
         if refused:  # /proc/PID/mem (/proc is in the writable set): exec records rely on this
-            respond(self.fd, notification.id, error=errno.EACCES)
+            if not respond(self.fd, notification.id, error=errno.EACCES):
+                return  # the caller is gone: its cwd read for this may have been another process's
             self.denied.append({"kind": "file", "target": f"{op} {full}", "rule": refused})
             self.log("file", pid=notification.pid, path=full, op=op, decision="deny", rule=refused)
             return

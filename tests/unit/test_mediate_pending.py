@@ -219,3 +219,18 @@ def test_a_link_source_named_by_another_pid_is_never_the_hosts(harness, tmp_path
         other.kill()
         other.wait()
         os.close(fd)
+
+
+def test_a_memory_open_refused_to_a_gone_caller_is_no_denial_of_the_runs(monkeypatch):
+    """refuses_open read the caller's cwd: answered to nobody, the refusal is not recorded."""
+    from sandboxctl.plan.model import WriteVerdict
+    from sandboxctl.supervise import notify
+
+    dispatcher = notify.Dispatcher(-1, {}, lambda n: ("x", 1, "x"), lambda path: WriteVerdict(True, "tmpfs"),
+                                   lambda *a, **k: None)
+    monkeypatch.setattr(dispatcher.execs, "refuses_open", lambda *args: "writing process memory is refused")
+    notification = Notification(_NOTIF.pack(7, os.getpid(), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+    for pending, expected in ((False, 0), (True, 1)):
+        monkeypatch.setattr(notify, "respond", lambda fd, notification_id, pending=pending, **kwargs: pending)
+        dispatcher.outside(notification, "/proc/1/mem", "write", os.O_WRONLY, 0)
+        assert len(dispatcher.denied) == expected

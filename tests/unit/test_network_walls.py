@@ -321,3 +321,50 @@ def test_the_log_viewer_names_destinations_as_the_events_do():
     assert summarize({"event": "net", "host": "1.1.1.1", "port": 443}) == "1.1.1.1:443"
     assert summarize({"event": "net", "host": "2606:4700::1111", "port": 443}) == "[2606:4700::1111]:443"
     assert summarize({"event": "net", "host": "unix:/run/docker.sock", "port": None}) == "unix:/run/docker.sock"
+
+
+def test_a_unix_connect_is_made_only_while_the_call_is_pending(tmp_path, monkeypatch):
+    """The socket path is resolved from the caller's /proc/PID/cwd and root: once the caller is gone
+    (its pid perhaps a host process's) nothing is connected for it."""
+    from sandboxctl.network import sockets
+    from sandboxctl.supervise import notify
+    from sandboxctl.supervise.notify import _NOTIF, Notification
+
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tmp_path / "app.sock"))
+    server.listen(4)
+    server.setblocking(False)
+    wall = UnixWall((str(tmp_path / "app.sock"),), private_netns=True, diag_fd=None, sandbox_pids=lambda: [])
+    wall.pin(os.getpid())
+    calls = sockets.SocketCalls(-1, private_netns=True, wall=wall, connect_ports=None, log=lambda *a, **k: None,
+                                denied=[])
+    pending = [True]
+    monkeypatch.setattr(notify, "still_valid", lambda fd, notification_id: pending[0])
+    monkeypatch.setattr(notify, "respond", lambda fd, notification_id, **kwargs: pending[0])
+    raw = sockaddr_unix(str(tmp_path / "app.sock"))
+    notification = Notification(_NOTIF.pack(7, os.getpid(), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+    try:
+        for still in (False, True):
+            pending[0] = still
+            client = socket.socket(socket.AF_UNIX)
+            try:
+                ours = os.dup(client.fileno())
+                if not calls._connect_for(notification, ours, raw):  # not handed to the waiter: ours to close
+                    os.close(ours)
+                try:
+                    server.accept()[0].close()
+                    connected = True
+                except BlockingIOError:
+                    connected = False
+            finally:
+                client.close()
+            assert connected is still
+    finally:
+        calls.close()
+        server.close()
+
+
+def sockaddr_unix(path: str) -> bytes:
+    import struct
+
+    return struct.pack("<H", socket.AF_UNIX) + path.encode() + b"\0"
