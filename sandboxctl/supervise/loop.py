@@ -159,9 +159,9 @@ class Loop:
         through that pidfd, its namespace is the sandbox's (signal_members), its root the sandbox's
         root (_sandbox_root). Never looked up once bwrap has exited: its pid may be another's."""
         if self.init_pid is None and self.bwrap_pidfd is not None:
-            with self.pidfds_lock:
-                found = processes.first_child(self.bwrap_pid, self.bwrap_pidfd) if self.bwrap_pidfd is not None \
-                    else None
+            with self.pidfds_lock:  # looked again under the lock: another thread may have found it, or closed bwrap's
+                found = processes.first_child(self.bwrap_pid, self.bwrap_pidfd) \
+                    if self.init_pid is None and self.bwrap_pidfd is not None else None
                 if found is not None:
                     self.init_pid, self.init_pidfd = found
                     self.sandbox_pidns = processes.pid_namespace(*found)
