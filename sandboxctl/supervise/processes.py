@@ -67,6 +67,16 @@ def command_pids(init_pid: int) -> list[int]:
         return []
 
 
+def running_child(pid: int) -> bool:
+    """Whether our child `pid` still runs, without reaping it if it has exited (WNOWAIT): a reaped
+    child's pid may be reused at once, and whoever signals it next by that number (HeadStart.abort)
+    would signal another process."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+    except ChildProcessError:
+        return False
+
+
 def exited(pidfd: int) -> bool:
     """Whether the process a pidfd names has exited (its pidfd polls readable from then on)."""
     import select

@@ -15,7 +15,7 @@ from sandboxctl.errors import SandboxError
 from sandboxctl.launch import bwrap, headstart, seccomp
 from sandboxctl.launch.config_frames import send_config
 from sandboxctl.plan.build import PROXY_PORT
-from sandboxctl.supervise import fdops, spawn
+from sandboxctl.supervise import fdops, processes, spawn
 from sandboxctl.supervise import secrets as secret_store
 from sandboxctl.supervise.loop import FORWARDED
 
@@ -127,7 +127,7 @@ class Startup:
             argv, config = bwrap.render(plan, fds, bwrap_path), self._config(plan, originals, notify_program)
             same = (headstart.eligible(plan, inherited_stdio=self.io.inherit, forwards_signals=self.forward_signals)
                     and early.matches(argv, config, program)
-                    and os.waitpid(early.pid, os.WNOHANG) == (0, 0))
+                    and processes.running_child(early.pid))  # not reaped: abort() kills it by that pid
         except ChildProcessError:
             same = False
         if not same:
@@ -135,7 +135,7 @@ class Startup:
             return None
         early.adopt()
         self.bwrap_pid = early.pid
-        self._hold_bwrap()  # unreaped (waitpid WNOHANG said so above)
+        self._hold_bwrap()  # unreaped (running_child said so above)
         self.head_started = True
         try:
             self._start_broker()

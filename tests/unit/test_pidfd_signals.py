@@ -139,3 +139,18 @@ def test_the_gvisor_kill_never_signals_the_group_of_a_reaped_runsc(monkeypatch):
     assert runsc.wait(10) == -signal.SIGKILL and sent == [runsc.pid]
     GvisorSupervisor._kill(SimpleNamespace(runsc_pid=runsc.pid))  # reaped: its pid may be anyone's now
     assert sent == [runsc.pid]
+
+
+def test_whether_an_early_bubblewrap_still_runs_is_asked_without_reaping_it():
+    """The head start's check (supervise/startup.py) must not reap: HeadStart.abort() then kills
+    and waits for that pid, which a reaped child may already have left to another process."""
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        assert processes.running_child(child.pid)
+    finally:
+        child.kill()
+    assert processes.wait_for(lambda: not processes.running_child(child.pid), timeout=10)
+    pid, status = os.waitpid(child.pid, 0)  # still ours to reap: nothing reaped it
+    assert pid == child.pid and os.waitstatus_to_exitcode(status) == -signal.SIGKILL
+    child.returncode = -signal.SIGKILL
+    assert not processes.running_child(child.pid)  # reaped: not a child of ours any more
