@@ -135,7 +135,7 @@ def _changed_before(path: str, last_beat: int) -> bool:
     try:
         return os.lstat(path).st_ctime_ns <= last_beat
     except OSError:
-        return True
+        return True  # removed: when is not known; the sandbox could have done it
 
 
 def recover(state: Path, alive) -> list[Change]:
@@ -158,12 +158,9 @@ def recover(state: Path, alive) -> list[Change]:
             whole = bool(data.get("wall_whole"))
 
             def before_death(path: str, last_beat: int = last_beat, whole: bool = whole) -> bool:
-                if whole:
-                    return False
-                try:
-                    return os.lstat(path).st_ctime_ns <= last_beat
-                except OSError:
-                    return True  # removed: when is not known; the sandbox could have done it
+                # a protected entry changed where the kernel wall was whole was not the sandbox's doing;
+                # JSON keys (below) have no kernel wall: only the heartbeat decides for them
+                return not whole and _changed_before(path, last_beat)
 
             run = str(data.get("run", ""))
             changes += compare_and_restore(state, run, data.get("entries") or {}, before_death)
