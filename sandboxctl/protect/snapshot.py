@@ -57,12 +57,14 @@ class Snapshot:
         self.json_patterns: dict[str, list[str]] = {}
         self.json_values: dict[str, dict[str, Any]] = {}
         self.store: Store | None = None
+        self._entries_json: str | None = None  # the entries as the journal holds them (encoded once)
 
     def take(self, existing: tuple[str, ...], absent: tuple[str, ...],
              json_keys: tuple[tuple[str, str], ...] = ()) -> None:
         from sandboxctl.protect import jsonkeys
 
-        store = self.store = Store(self.state)
+        store = self.store = Store(self.state, self._claim)
+        self._entries_json = None
         budget = [MAX_ENTRIES]
         self.entries = {path: _record(path, store, budget) for path in existing}
         self.entries.update({path: {"kind": "missing"} for path in absent if path not in self.entries})
@@ -76,13 +78,27 @@ class Snapshot:
         store.save()
         self._write()
 
+    def _claim(self) -> None:
+        """Before the hash cache is read: a journal that says this launch is taking its record, so
+        that no other run collects a blob this one found in the cache (store.collect)."""
+        with contextlib.suppress(OSError):
+            self.journal.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.journal, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(json.dumps({"run": self.run_id, "taking": True, "entries": {}}))
+
     def _write(self) -> None:
+        """The journal: the entries are encoded once a run (a venv's record is megabytes of JSON)
+        and spliced into each version of it (take, then mark)."""
+        if self._entries_json is None:
+            self._entries_json = json.dumps(self.entries)  # json.dumps: C's encoder (json.dump is Python's)
+        head = json.dumps({"run": self.run_id, "wall_whole": self.wall_whole, "json_patterns": self.json_patterns,
+                           "json_values": self.json_values})
         self.journal.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = self.journal.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as handle:  # json.dumps: C's encoder (json.dump is Python's, ~1 ms here)
-            handle.write(json.dumps({"run": self.run_id, "entries": self.entries, "wall_whole": self.wall_whole,
-                                     "json_patterns": self.json_patterns, "json_values": self.json_values}))
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f'{head[:-1]}, "entries": {self._entries_json}}}')
         os.replace(tmp, self.journal)
 
     def inodes(self) -> dict[tuple[int, int], str]:

@@ -14,6 +14,7 @@ import marshal
 import os
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sandboxctl.digest import sha256
@@ -25,29 +26,32 @@ if TYPE_CHECKING:
 MAX_BLOB = 4 << 20  # larger protected files are compared by hash but cannot be put back
 MAX_CACHED = 8192  # hashes kept for the next runs (oldest first out): every run loads them all
 
-BLOB_GRACE_S = 24 * 3600  # a blob used or made this recently is never collected (a launch in flight)
+BLOB_GRACE_S = 24 * 3600  # a blob made this recently is never collected (a launch in flight)
+TAKING_S = 3600  # a launch's claim older than this is a stale one (its pid reused): collection goes on
 
 
 class Store:
     """Blobs by SHA-256 and the hash cache, in the private state dir."""
 
-    def __init__(self, state: Path):
+    def __init__(self, state: Path, claim: Callable[[], None] | None = None):
         self.root = state / "protect"
         self.blobs = self.root / "blobs"
         self.cache_path = self.root / "hashes.marshal"
         self._cache: dict[tuple, str] | None = None  # read at the first file to hash (none: no read)
         self.dirty = False
         self.used: set[tuple] = set()
+        self.claim = claim  # called before the cache is read: says "a launch takes hashes from it"
 
     @property
     def cache(self) -> dict[tuple, str]:
         if self._cache is None:
+            if self.claim is not None:
+                self.claim()
             try:
                 loaded = marshal.loads(self.cache_path.read_bytes())
             except (OSError, ValueError, EOFError, TypeError):
                 loaded = {}
             self._cache = loaded if isinstance(loaded, dict) else {}
-            self.dirty = self.dirty or len(self._cache) > MAX_CACHED  # a cache of an older version, unbounded: trim it
         return self._cache
 
     @cache.setter
@@ -55,10 +59,12 @@ class Store:
         self._cache = value
 
     def digest(self, path: str, st: os.stat_result) -> str:
+        """The file's SHA-256, from the cache when its identity and times are the ones hashed (a
+        hit stats nothing more: the blob of a cached hash is never collected, see collect)."""
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         self.used.add(key)
         known = self.cache.get(key)
-        if known and (st.st_size > MAX_BLOB or self._fresh(known)):
+        if known:
             return known
         digest = sha256()
         keep = st.st_size <= MAX_BLOB
@@ -103,15 +109,22 @@ class Store:
                 os.utime(self.blobs / digest)
         return True
 
+    def bound(self) -> int:
+        """How many hashes the cache keeps: MAX_CACHED, or twice what this run used when that is
+        more (a venv of 10 000 files inside the workspace must fit whole, with room for the other
+        workspaces of this user, or every run hashes it again)."""
+        return max(MAX_CACHED, 2 * len(self.used))
+
     def save(self) -> None:
-        """Write the cache back. Past MAX_CACHED hashes it is cut to three quarters of that, the
-        oldest first and never one this run used (it stays cheap to load; a dropped hash is only
+        """Write the cache back. Past its bound it is cut to three quarters of that, the oldest
+        first and never one this run used (it stays cheap to load; a dropped hash is only
         computed again), and the blobs nothing names any more are collected."""
-        if not self.dirty:
+        if not self.dirty and len(self.cache if self._cache is not None else ()) <= self.bound():
             return
-        trimmed = len(self.cache) > MAX_CACHED
+        bound = self.bound()
+        trimmed = len(self.cache) > bound
         if trimmed:
-            spare = max(0, MAX_CACHED * 3 // 4 - len(self.used))
+            spare = max(0, bound * 3 // 4 - len(self.used))
             others = [key for key in self.cache if key not in self.used]
             keep = set(others[len(others) - spare:] if spare else ()) | self.used
             self.cache = {key: value for key, value in self.cache.items() if key in keep}
@@ -127,12 +140,17 @@ class Store:
     def collect(self) -> None:
         """Remove the blobs that neither the cache nor a pending journal (a run still going, or a
         killed one's) names and nobody used for BLOB_GRACE_S: contents of protected files as they
-        were long ago. The grace covers a launch between writing its blobs and its journal."""
+        were long ago. The grace covers a launch between writing its blobs and its journal; a
+        launch reading hashes from the cache has claimed a journal (`taking`) before it read it,
+        and while one has, nothing is collected (its hits name blobs no journal names yet)."""
         needed = set(self.cache.values())
         with contextlib.suppress(OSError):
             for journal in (self.root / "pending").glob("*.json"):
                 with contextlib.suppress(OSError, ValueError):
-                    needed |= _digests(json.loads(journal.read_text()).get("entries") or {})
+                    data = json.loads(journal.read_text())
+                    if data.get("taking") and journal.stat().st_mtime > time.time() - TAKING_S:
+                        return
+                    needed |= _digests(data.get("entries") or {})
         cutoff = time.time() - BLOB_GRACE_S
         with contextlib.suppress(OSError), os.scandir(self.blobs) as listing:
             for entry in listing:
@@ -163,10 +181,23 @@ def _record(path: str, store: Store, budget: list[int]) -> dict[str, Any]:
         return {"kind": "missing"}
     except OSError:
         return {"kind": "unreadable"}
-    entry: dict[str, Any] = {"mode": stat.S_IMODE(st.st_mode), "dev": st.st_dev, "ino": st.st_ino}
-    if stat.S_ISLNK(st.st_mode):
-        entry.update(kind="symlink", target=os.readlink(path))
-    elif stat.S_ISDIR(st.st_mode):
+    return _entry(path, st, store, budget)
+
+
+def _entry(path: str, st: os.stat_result, store: Store, budget: list[int]) -> dict[str, Any]:
+    """An entry's record from its lstat. ctime (ns) is kept for the end-of-run check: an entry
+    whose identity, size, mtime and ctime are unchanged was not changed (no unprivileged process
+    sets a ctime; a write, chmod, link, rename or utimensat makes it now), so neither its hash nor
+    a directory's listing is needed again. A directory's children are statted through its listing
+    (fstatat: no path walk from / for each of a venv's 10 000 files)."""
+    mode = st.st_mode
+    entry: dict[str, Any] = {"mode": stat.S_IMODE(mode), "dev": st.st_dev, "ino": st.st_ino, "ctime": st.st_ctime_ns}
+    if stat.S_ISLNK(mode):
+        try:
+            entry.update(kind="symlink", target=os.readlink(path))
+        except OSError:
+            return {"kind": "unreadable"}
+    elif stat.S_ISDIR(mode):
         children: dict[str, Any] = {}
         complete = True
         with contextlib.suppress(OSError), os.scandir(path) as listing:
@@ -175,13 +206,39 @@ def _record(path: str, store: Store, budget: list[int]) -> dict[str, Any]:
                     complete = False  # what was not recorded is neither compared nor removed
                     break
                 budget[0] -= 1
-                children[child.name] = _record(child.path, store, budget)
+                try:
+                    child_st = child.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    children[child.name] = {"kind": "missing"}
+                    continue
+                except OSError:
+                    children[child.name] = {"kind": "unreadable"}
+                    continue
+                children[child.name] = _entry(child.path, child_st, store, budget)
         entry.update(kind="dir", children=children, complete=complete)
-    elif stat.S_ISREG(st.st_mode):
+    elif stat.S_ISREG(mode):
         try:
-            entry.update(kind="file", size=st.st_size, sha256=store.digest(path, st))
+            entry.update(kind="file", size=st.st_size, mtime=st.st_mtime_ns, sha256=store.digest(path, st))
         except OSError:
             entry.update(kind="unreadable")
     else:
         entry.update(kind="other")
     return entry
+
+
+def unchanged(before: dict[str, Any], st: os.stat_result) -> bool:
+    """The entry is the one recorded, by identity and times alone (see _entry): for a file,
+    same inode, mode, size, mtime and ctime; for a directory, same inode, mode and ctime (no name
+    in it was added, removed or renamed). A record without ctime (a journal of an older
+    version) never is."""
+    ctime = before.get("ctime")
+    if ctime is None or ctime != st.st_ctime_ns or before.get("ino") != st.st_ino or before.get("dev") != st.st_dev:
+        return False
+    if before.get("mode") != stat.S_IMODE(st.st_mode):
+        return False
+    kind = before.get("kind")
+    if kind == "file":
+        return stat.S_ISREG(st.st_mode) and before.get("size") == st.st_size and before.get("mtime") == st.st_mtime_ns
+    if kind == "dir":
+        return stat.S_ISDIR(st.st_mode)
+    return False
