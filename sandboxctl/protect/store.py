@@ -9,7 +9,6 @@ mtime, ctime), so a warm launch only stats; the cache is read only once a file m
 from __future__ import annotations
 
 import contextlib
-import json
 import marshal
 import os
 import stat
@@ -138,19 +137,24 @@ class Store:
             self.collect()
 
     def collect(self) -> None:
-        """Remove the blobs that neither the cache nor a pending journal (a run still going, or a
-        killed one's) names and nobody used for BLOB_GRACE_S: contents of protected files as they
-        were long ago. The grace covers a launch between writing its blobs and its journal; a
-        launch reading hashes from the cache has claimed a journal (`taking`) before it read it,
-        and while one has, nothing is collected (its hits name blobs no journal names yet)."""
+        """Remove the blobs that neither the cache, a kept record (records.py) nor a pending
+        journal (a run still going, or a killed one's) names and nobody used for BLOB_GRACE_S:
+        contents of protected files as they were long ago. The grace covers a launch between
+        writing its blobs and its journal; a launch reading hashes from the cache or a kept record
+        has claimed a journal (`taking`) before it read them, and while one has, nothing is
+        collected (its hits name blobs no journal names yet)."""
+        from sandboxctl.protect import records
+        from sandboxctl.protect.snapshot import journals, read_journal
+
         needed = set(self.cache.values())
-        with contextlib.suppress(OSError):
-            for journal in (self.root / "pending").glob("*.json"):
-                with contextlib.suppress(OSError, ValueError):
-                    data = json.loads(journal.read_text())
-                    if data.get("taking") and journal.stat().st_mtime > time.time() - TAKING_S:
-                        return
-                    needed |= _digests(data.get("entries") or {})
+        for journal in journals(self.root.parent):
+            with contextlib.suppress(OSError, ValueError):
+                data = read_journal(journal)
+                if data.get("taking") and journal.stat().st_mtime > time.time() - TAKING_S:
+                    return
+                needed |= _digests(data.get("entries") or {})
+        for kept in records.kept(self.root):  # the next launch reuses their hashes
+            needed |= _digests(kept)
         cutoff = time.time() - BLOB_GRACE_S
         with contextlib.suppress(OSError), os.scandir(self.blobs) as listing:
             for entry in listing:
@@ -174,22 +178,28 @@ def _digests(entries: dict[str, Any]) -> set[str]:
     return found
 
 
-def _record(path: str, store: Store, budget: list[int]) -> dict[str, Any]:
+def _record(path: str, store: Store, budget: list[int], previous: dict[str, Any] | None = None) -> dict[str, Any]:
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return {"kind": "missing"}
     except OSError:
         return {"kind": "unreadable"}
-    return _entry(path, st, store, budget)
+    return _entry(path, st, store, budget, previous)
 
 
-def _entry(path: str, st: os.stat_result, store: Store, budget: list[int]) -> dict[str, Any]:
+def _entry(path: str, st: os.stat_result, store: Store, budget: list[int],
+           previous: dict[str, Any] | None = None) -> dict[str, Any]:
     """An entry's record from its lstat. ctime (ns) is kept for the end-of-run check: an entry
     whose identity, size, mtime and ctime are unchanged was not changed (no unprivileged process
     sets a ctime; a write, chmod, link, rename or utimensat makes it now), so neither its hash nor
     a directory's listing is needed again. A directory's children are statted through its listing
-    (fstatat: no path walk from / for each of a venv's 10 000 files)."""
+    (fstatat: no path walk from / for each of a venv's 10 000 files). previous: the last launch's
+    record of this entry (protect/records.py), reused wherever it is unchanged."""
+    if previous is not None and unchanged(previous, st):
+        reused = _reuse(path, st, store, budget, previous)
+        if reused is not None:
+            return reused
     mode = st.st_mode
     entry: dict[str, Any] = {"mode": stat.S_IMODE(mode), "dev": st.st_dev, "ino": st.st_ino, "ctime": st.st_ctime_ns}
     if stat.S_ISLNK(mode):
@@ -226,6 +236,53 @@ def _entry(path: str, st: os.stat_result, store: Store, budget: list[int]) -> di
     return entry
 
 
+def _reuse(path: str, st: os.stat_result, store: Store, budget: list[int],
+           previous: dict[str, Any]) -> dict[str, Any] | None:
+    """The previous record of an unchanged entry, refreshed: a file's is itself (its hash holds);
+    a directory's names are the same (its ctime would have moved), so its children are statted by
+    name and each refreshed in turn. None: record it afresh (a listing that cannot be read, or
+    the budget would cut it)."""
+    kind = previous.get("kind")
+    if kind == "file":
+        store.used.add((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        return previous
+    if kind == "symlink":
+        return previous
+    children = previous.get("children")
+    if not isinstance(children, dict) or not previous.get("complete", True) or budget[0] < len(children):
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    fresh: dict[str, Any] = {}
+    same = True
+    start = budget[0]
+    try:
+        budget[0] -= len(children)
+        used = store.used
+        for name, before in children.items():
+            try:
+                child_st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                budget[0] = start  # it was there (the directory is unchanged): a race, record it afresh
+                return None
+            if (before.get("kind") == "file" and before.get("ctime") == child_st.st_ctime_ns  # unchanged(), inlined:
+                    and before.get("mtime") == child_st.st_mtime_ns and before.get("ino") == child_st.st_ino
+                    and before.get("size") == child_st.st_size and before.get("dev") == child_st.st_dev
+                    and before.get("mode") == child_st.st_mode & 0o7777 and stat.S_ISREG(child_st.st_mode)):
+                used.add((child_st.st_dev, child_st.st_ino, child_st.st_size, child_st.st_mtime_ns,
+                          child_st.st_ctime_ns))
+                fresh[name] = before  # most of a venv's entries: one stat and this
+                continue
+            now = _entry(f"{path}/{name}", child_st, store, budget, before)
+            same = same and now is before
+            fresh[name] = now
+    finally:
+        os.close(fd)
+    return previous if same else {**previous, "children": fresh}
+
+
 def unchanged(before: dict[str, Any], st: os.stat_result) -> bool:
     """The entry is the one recorded, by identity and times alone (see _entry): for a file,
     same inode, mode, size, mtime and ctime; for a directory, same inode, mode and ctime (no name
@@ -241,4 +298,6 @@ def unchanged(before: dict[str, Any], st: os.stat_result) -> bool:
         return stat.S_ISREG(st.st_mode) and before.get("size") == st.st_size and before.get("mtime") == st.st_mtime_ns
     if kind == "dir":
         return stat.S_ISDIR(st.st_mode)
+    if kind == "symlink":  # a symlink's target is never changed in place: only replaced (a new inode)
+        return stat.S_ISLNK(st.st_mode)
     return False

@@ -10,7 +10,6 @@ planted code would write when the next supervisor starts.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 
 import sandboxctl
+from sandboxctl.protect import snapshot
 
 PACKAGE_ROOT = Path(sandboxctl.__file__).resolve().parent.parent
 
@@ -175,24 +175,32 @@ def test_under_gvisor_a_venv_file_changed_by_its_other_name_is_put_back(venv, tm
 
 
 def test_a_killed_supervisor_leaves_a_journal_the_next_run_checks(venv):
-    """The journal is written once and marked in place: a killed supervisor's is read by the next
-    run, which compares the venv against it (here nothing changed, so nothing is reported)."""
+    """The journal (marshal, written once and marked in place) of a killed supervisor is read by
+    the next run, which compares the venv against it: a same-size rewrite with the mtime put back
+    is found by its ctime (and reported: that run's wall was whole)."""
     ws = venv.sandbox.workspace
+    victim = venv.site / "victim.pth"
     run = subprocess.Popen(venv.argv("--", "/bin/sh", "-c", "touch started; sleep 30"), cwd=ws,
                            env=venv.sandbox.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    pending = venv.sandbox.state / "sandboxctl" / "protect" / "pending"
+    state = venv.sandbox.state / "sandboxctl"
     try:
         deadline = time.monotonic() + 30
         while not (ws / "started").exists():
             assert run.poll() is None and time.monotonic() < deadline
             time.sleep(0.02)
-        (journal,) = pending.glob("*.json")
-        data = json.loads(journal.read_text())
+        (journal,) = snapshot.journals(state)
+        data = snapshot.read_journal(journal)
         assert data["wall_whole"] is True and "taking" not in data
-        assert str(venv.root) in data["entries"]
         assert data["entries"][str(venv.root)]["kind"] == "dir"
+        st = victim.stat()
+        victim.write_text("#" + "y" * (st.st_size - 2) + "\n")
+        os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
     finally:
         run.kill()
         run.wait(timeout=30)
-    venv.assert_next_supervisor_imports_nothing()
-    assert not list(pending.glob("*.json"))  # checked and forgotten
+    second = venv.run("--", "/bin/true")
+    assert second.returncode == 0, second.stderr
+    events = [(e["path"], e["change"], e["action"]) for e in venv.protect_events()]
+    assert events == [(str(victim), "modified", "reported")]
+    assert not snapshot.journals(state)  # checked and forgotten
+    assert not venv.canary.exists()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import marshal
 import os
+import shutil
 
 from sandboxctl.protect import snapshot
 
@@ -104,13 +105,16 @@ def test_a_launch_reading_the_cache_holds_off_collection_until_its_journal_names
     launch.store = snapshot.Store(state, launch._claim)
     st = os.stat(hooks / "pre-commit")
     assert launch.store.digest(str(hooks / "pre-commit"), st) == digest  # a hit, from the cache on disk
-    assert json.loads(launch.journal.read_text())["taking"] is True
+    assert snapshot.read_journal(launch.journal)["taking"] is True
     other = snapshot.Store(state)
     other.cache = {(1, n, 10, n, n): f"{n:064x}" for n in range(snapshot.MAX_CACHED + 1)}  # not this hash
     other.dirty = True
     other.save()  # trimmed: would collect
     assert blob.exists()
     launch.journal.unlink()
+    other.collect()
+    assert blob.exists()  # the record kept for the next launch of these paths names it
+    shutil.rmtree(state / "protect" / "records")
     other.collect()
     assert not blob.exists()  # nothing names it any more: collected (the test's control)
 
@@ -148,9 +152,64 @@ def test_the_journal_is_encoded_once_and_marked_in_place(tmp_path):
     (hooks / "pre-commit").write_text("#!/bin/sh\n")
     snap = snapshot.Snapshot(state, "r1")
     snap.take((str(hooks),), (str(tmp_path / ".envrc"),))
-    taken = json.loads(snap.journal.read_text())
+    taken = snapshot.read_journal(snap.journal)
     snap.mark(True)
-    marked = json.loads(snap.journal.read_text())
+    marked = snapshot.read_journal(snap.journal)
     assert taken["wall_whole"] is False and marked["wall_whole"] is True
-    assert marked["entries"] == taken["entries"] == json.loads(json.dumps(snap.entries))
-    assert marked["run"] == "r1" and "taking" not in marked
+    assert marked["entries"] == taken["entries"] == snap.entries
+    assert marked["run"] == "r1" and "taking" not in marked and marked["version"] == snapshot.JOURNAL_VERSION
+
+
+def test_a_journal_of_the_previous_version_is_still_recovered(tmp_path):
+    """A supervisor of the previous version killed mid-run left JSON: the next run still puts back
+    what its sandbox changed."""
+    state = tmp_path / "state"
+    hook = tmp_path / "hooks" / "pre-commit"
+    hook.parent.mkdir()
+    hook.write_text("#!/bin/sh\n")
+    snap = snapshot.Snapshot(state, "r1")
+    snap.take((str(hook.parent),), ())
+    old = {"run": "r1", "entries": {p: {k: v for k, v in e.items() if k != "ctime"} for p, e in snap.entries.items()},
+           "wall_whole": False, "json_patterns": {}, "json_values": {}}
+    for child in old["entries"][str(hook.parent)]["children"].values():
+        child.pop("ctime", None)
+        child.pop("mtime", None)
+    snap.journal.unlink()
+    (state / "protect" / "pending" / "999999999-r1.json").write_text(json.dumps(old))
+    hook.write_text("#!/bin/sh\nevil\n")
+    changes = snapshot.recover(state, lambda pid: False)
+    assert [(c.path, c.change, c.action) for c in changes] == [(str(hook), "modified", "restored")]
+    assert hook.read_text() == "#!/bin/sh\n"
+
+
+def test_a_kept_record_is_reused_where_unchanged_and_redone_where_not(tmp_path, monkeypatch):
+    """The next launch of the same paths reuses the last record entry by entry (one stat each):
+    an unchanged file is not hashed, a changed one is, and the record kept is the new one."""
+    from sandboxctl.protect import records
+
+    state = tmp_path / "state"
+    venv = tmp_path / "venv"
+    (venv / "pkg").mkdir(parents=True)
+    for n in range(5):
+        (venv / "pkg" / f"m{n}.py").write_text(f"x = {n}\n")
+    first = snapshot.Snapshot(state, "r0")
+    first.take((str(venv),), ())
+    first.check()
+    (venv / "pkg" / "m3.py").write_text("x = 'changed'\n")
+    hashed = []
+    real = snapshot.Store.digest
+
+    def counting(self, path, st):
+        hashed.append(os.path.basename(path))
+        return real(self, path, st)
+
+    monkeypatch.setattr(snapshot.Store, "digest", counting)
+    second = snapshot.Snapshot(state, "r1")
+    second.take((str(venv),), ())
+    assert hashed == ["m3.py"]
+    kept = records.load(state / "protect", (str(venv),))
+    assert kept[str(venv)]["children"]["pkg"]["children"]["m3.py"]["sha256"] == \
+        second.entries[str(venv)]["children"]["pkg"]["children"]["m3.py"]["sha256"]
+    (venv / "pkg" / "m1.py").write_text("x = 'evil'\n")
+    assert [(c.path, c.change) for c in second.check()] == [(str(venv / "pkg" / "m1.py"), "modified")]
+    assert (venv / "pkg" / "m1.py").read_text() == "x = 1\n"

@@ -26,9 +26,18 @@ def venv(tmp_path: Path) -> Path:
     return tmp_path / "ws" / ".venv"
 
 
-def _take(tmp_path: Path, venv: Path) -> snapshot.Snapshot:
-    snap = snapshot.Snapshot(tmp_path / "state", "r1")
-    snap.take((str(venv),), ())
+@pytest.fixture(params=["fresh", "reused"])
+def launches(request) -> int:
+    """A first launch records everything; a later one reuses the kept record (records.py)."""
+    return 1 if request.param == "fresh" else 2
+
+
+def _take(tmp_path: Path, venv: Path, launches: int = 2) -> snapshot.Snapshot:
+    for n in range(launches):
+        snap = snapshot.Snapshot(tmp_path / "state", f"r{n}")
+        snap.take((str(venv),), ())
+        if n < launches - 1:
+            assert snap.check() == []
     return snap
 
 
@@ -94,11 +103,11 @@ def chmod_only(mod: Path) -> None:
 
 @pytest.mark.parametrize("attack", [rewrite_in_place, rename_over, replace_reusing_the_inode, hardlink_swap,
                                     write_through_a_hardlink, symlink_in_place, chmod_only])
-def test_a_changed_file_is_found_and_put_back(tmp_path, venv, attack):
+def test_a_changed_file_is_found_and_put_back(tmp_path, venv, attack, launches):
     mod = venv / "lib" / "site-packages" / "mod.py"
     os.link(mod, tmp_path / "ws" / "cache-link.py")
     mod.chmod(0o644)
-    snap = _take(tmp_path, venv)
+    snap = _take(tmp_path, venv, launches)
     attack(mod)
     kind = "replaced" if attack is symlink_in_place else "modified"
     assert _check(snap, mod) == [(str(mod), kind, "restored")]
@@ -106,8 +115,9 @@ def test_a_changed_file_is_found_and_put_back(tmp_path, venv, attack):
     assert mod.stat().st_mode & 0o777 == 0o644
 
 
-def test_a_file_planted_in_a_directory_is_found_even_if_the_directory_times_are_touched_back(tmp_path, venv):
-    snap = _take(tmp_path, venv)
+def test_a_file_planted_in_a_directory_is_found_even_if_the_directory_times_are_touched_back(tmp_path, venv,
+                                                                                            launches):
+    snap = _take(tmp_path, venv, launches)
     pkg = venv / "lib" / "site-packages" / "pkg"
     st = pkg.stat()
     (pkg / "planted.py").write_text("print('owned')\n")
@@ -117,8 +127,8 @@ def test_a_file_planted_in_a_directory_is_found_even_if_the_directory_times_are_
     assert not (pkg / "planted.py").exists()
 
 
-def test_a_directory_renamed_away_and_made_again_is_found(tmp_path, venv):
-    snap = _take(tmp_path, venv)
+def test_a_directory_renamed_away_and_made_again_is_found(tmp_path, venv, launches):
+    snap = _take(tmp_path, venv, launches)
     pkg = venv / "lib" / "site-packages" / "pkg"
     pkg.rename(tmp_path / "away")
     pkg.mkdir()
@@ -128,8 +138,8 @@ def test_a_directory_renamed_away_and_made_again_is_found(tmp_path, venv):
     assert (pkg / "__init__.py").read_text() == ""
 
 
-def test_nothing_changed_is_nothing_reported_and_nothing_hashed(tmp_path, venv, monkeypatch):
-    snap = _take(tmp_path, venv)
+def test_nothing_changed_is_nothing_reported_and_nothing_hashed(tmp_path, venv, monkeypatch, launches):
+    snap = _take(tmp_path, venv, launches)
     hashed = []
     monkeypatch.setattr(snap.store, "digest", lambda path, st: hashed.append(path))
     assert snap.check() == []
@@ -145,3 +155,23 @@ def test_unchanged_needs_every_field_and_a_record_of_this_version():
                        ("kind", "dir"), ("kind", "symlink")):
         assert not unchanged({**record, key: value}, st), key
     assert not unchanged({k: v for k, v in record.items() if k != "ctime"}, st)  # an older journal: compared
+
+
+@pytest.mark.parametrize("attack", [rewrite_in_place, replace_reusing_the_inode, write_through_a_hardlink,
+                                    symlink_in_place])
+def test_a_change_between_launches_is_recorded_afresh_not_taken_from_the_kept_record(tmp_path, venv, attack):
+    """The user changes the venv between two runs (pip install): the next launch records the new
+    content (it is what the run must find again), and its check puts back no stale one."""
+    mod = venv / "lib" / "site-packages" / "mod.py"
+    os.link(mod, tmp_path / "ws" / "cache-link.py")
+    _take(tmp_path, venv, 1).check()
+    attack(mod)
+    now = mod.read_text()
+    snap = _take(tmp_path, venv, 1)
+    assert snapshot.Snapshot(tmp_path / "state", "r9").check() == []  # (nothing recorded: nothing to find)
+    st = mod.stat()
+    mod.unlink()
+    mod.write_text("#" * (st.st_size - 1) + "\n")  # the run changes it (same size, same times)
+    _same_times(mod, st)
+    assert [c.path for c in snap.check()] == [str(mod)]
+    assert mod.read_text() == now  # what the user had made before the run, not the older kept record
