@@ -33,7 +33,15 @@ from sandboxctl.protect.restore import (  # noqa: F401 - imported from here
     new_repositories,
     restore_json_keys,
 )
-from sandboxctl.protect.store import BLOB_GRACE_S, MAX_BLOB, MAX_CACHED, Store, _record  # noqa: F401 - imported from here
+from sandboxctl.protect.store import (  # noqa: F401 - imported from here
+    BLOB_GRACE_S,
+    MAX_BLOB,
+    MAX_CACHED,
+    Store,
+    _record,
+    load_kept,
+    save_kept,
+)
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
 if TYPE_CHECKING:
@@ -89,13 +97,13 @@ class Snapshot:
 
     def take(self, existing: tuple[str, ...], absent: tuple[str, ...],
              json_keys: tuple[tuple[str, str], ...] = ()) -> None:
-        from sandboxctl.protect import jsonkeys, records
+        from sandboxctl.protect import jsonkeys
 
         store = self.store = Store(self.state, self._claim)
         self._entries_encoded = None
         budget = [MAX_ENTRIES]
         paths = tuple(existing)
-        previous = records.load(store.root, paths) if paths else {}
+        previous = load_kept(store.root, paths) if paths else {}
         if previous:
             self._claim()  # its hashes name blobs, as the cache's do
         self.entries = {path: _record(path, store, budget, previous.get(path)) for path in paths}
@@ -111,7 +119,7 @@ class Snapshot:
             reused = reused and (path not in previous or entry.get("parent") == parent)
             entry["parent"] = parent
         if paths and not reused:
-            records.save(store.root, paths, {path: self.entries[path] for path in paths})
+            save_kept(store.root, paths, {path: self.entries[path] for path in paths})
         store.save()
         self._write()
 

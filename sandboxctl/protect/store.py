@@ -1,9 +1,18 @@
-"""What a launch record is made of: one entry's record, and the store of contents and hashes.
+"""What a launch record is made of: one entry's record, the store of contents and hashes, and
+the last launch record of each set of paths.
 
 Part of the end-of-run check (snapshot.py). An entry is recorded as its kind, mode and identity,
 and for a file the SHA-256 of its content, whose bytes are kept in a content-addressed store in
 the private state dir (so a change can be put back). Hashes are cached by (device, inode, size,
 mtime, ctime), so a warm launch only stats; the cache is read only once a file must be hashed.
+
+A venv inside the workspace is thousands of entries; a launch that built each one's record anew
+(listing, sorting, a dict per entry, a hash-cache lookup per file) spent ~20 ms on it. So the
+record of a set of paths is kept (`protect/records/`), and the next launch of the same paths
+reuses it entry by entry where identity and times are unchanged (_reuse: one stat per entry, no
+listing), sound for the reason the hash cache is: no unprivileged process sets a ctime back.
+Blobs a kept record names are never collected; a kept record nobody used for a month is removed
+when another is written.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from sandboxctl import cachedir
 from sandboxctl.digest import sha256
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
@@ -137,13 +147,12 @@ class Store:
             self.collect()
 
     def collect(self) -> None:
-        """Remove the blobs that neither the cache, a kept record (records.py) nor a pending
+        """Remove the blobs that neither the cache, a kept record (load_kept) nor a pending
         journal (a run still going, or a killed one's) names and nobody used for BLOB_GRACE_S:
         contents of protected files as they were long ago. The grace covers a launch between
         writing its blobs and its journal; a launch reading hashes from the cache or a kept record
         has claimed a journal (`taking`) before it read them, and while one has, nothing is
         collected (its hits name blobs no journal names yet)."""
-        from sandboxctl.protect import records
         from sandboxctl.protect.snapshot import journals, read_journal
 
         needed = set(self.cache.values())
@@ -153,7 +162,7 @@ class Store:
                 if data.get("taking") and journal.stat().st_mtime > time.time() - TAKING_S:
                     return
                 needed |= _digests(data.get("entries") or {})
-        for kept in records.kept(self.root):  # the next launch reuses their hashes
+        for kept in all_kept(self.root):  # the next launch reuses their hashes
             needed |= _digests(kept)
         cutoff = time.time() - BLOB_GRACE_S
         with contextlib.suppress(OSError), os.scandir(self.blobs) as listing:
@@ -195,7 +204,7 @@ def _entry(path: str, st: os.stat_result, store: Store, budget: list[int],
     sets a ctime; a write, chmod, link, rename or utimensat makes it now), so neither its hash nor
     a directory's listing is needed again. A directory's children are statted through its listing
     (fstatat: no path walk from / for each of a venv's 10 000 files). previous: the last launch's
-    record of this entry (protect/records.py), reused wherever it is unchanged."""
+    record of this entry (load_kept), reused wherever it is unchanged."""
     if previous is not None and unchanged(previous, st):
         reused = _reuse(path, st, store, budget, previous)
         if reused is not None:
@@ -301,3 +310,62 @@ def unchanged(before: dict[str, Any], st: os.stat_result) -> bool:
     if kind == "symlink":  # a symlink's target is never changed in place: only replaced (a new inode)
         return stat.S_ISLNK(st.st_mode)
     return False
+
+
+RECORD_VERSION = 1  # the format of an entry's record (store._entry): bumped, older records are not read
+
+
+def _record_file(root: Path, paths: tuple[str, ...]) -> Path:
+    key = sha256("\0".join((str(RECORD_VERSION), *paths)).encode()).hexdigest()[:24]
+    return root / "records" / f"{key}.marshal"
+
+
+def load_kept(root: Path, paths: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """The kept record of exactly these paths, or {} (none, another version, not ours)."""
+    path = _record_file(root, paths)
+    try:
+        st = path.lstat()
+        if st.st_uid != os.getuid() or st.st_mode & 0o022 or not stat.S_ISREG(st.st_mode):
+            return {}
+        version, kept_paths, entries = marshal.loads(path.read_bytes())
+    except (OSError, ValueError, EOFError, TypeError):
+        return {}
+    if version != RECORD_VERSION or kept_paths != paths or not isinstance(entries, dict):
+        return {}
+    cachedir.mark_used(path, st.st_mtime)
+    return entries
+
+
+def save_kept(root: Path, paths: tuple[str, ...], entries: dict[str, dict[str, Any]]) -> None:
+    path = _record_file(root, paths)
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(marshal.dumps((RECORD_VERSION, paths, entries)))
+        os.replace(tmp, path)
+        _prune_kept(path.parent)
+
+
+def _prune_kept(directory: Path) -> None:
+    cutoff = time.time() - cachedir.UNUSED_S
+    with contextlib.suppress(OSError), os.scandir(directory) as listing:
+        for entry in listing:
+            with contextlib.suppress(OSError):
+                if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(entry.path)
+
+
+def all_kept(root: Path) -> list[dict[str, dict[str, Any]]]:
+    """Every kept record's entries (what store.collect must not take the blobs of)."""
+    found = []
+    with contextlib.suppress(OSError), os.scandir(root / "records") as listing:
+        for entry in listing:
+            if entry.name.startswith("."):
+                continue
+            with contextlib.suppress(OSError, ValueError, EOFError, TypeError):
+                _version, _paths, entries = marshal.loads(Path(entry.path).read_bytes())
+                if isinstance(entries, dict):
+                    found.append(entries)
+    return found

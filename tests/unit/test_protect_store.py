@@ -185,7 +185,7 @@ def test_a_journal_of_the_previous_version_is_still_recovered(tmp_path):
 def test_a_kept_record_is_reused_where_unchanged_and_redone_where_not(tmp_path, monkeypatch):
     """The next launch of the same paths reuses the last record entry by entry (one stat each):
     an unchanged file is not hashed, a changed one is, and the record kept is the new one."""
-    from sandboxctl.protect import records
+    from sandboxctl.protect import store as store_module
 
     state = tmp_path / "state"
     venv = tmp_path / "venv"
@@ -207,7 +207,7 @@ def test_a_kept_record_is_reused_where_unchanged_and_redone_where_not(tmp_path, 
     second = snapshot.Snapshot(state, "r1")
     second.take((str(venv),), ())
     assert hashed == ["m3.py"]
-    kept = records.load(state / "protect", (str(venv),))
+    kept = store_module.load_kept(state / "protect", (str(venv),))
     assert kept[str(venv)]["children"]["pkg"]["children"]["m3.py"]["sha256"] == \
         second.entries[str(venv)]["children"]["pkg"]["children"]["m3.py"]["sha256"]
     (venv / "pkg" / "m1.py").write_text("x = 'evil'\n")

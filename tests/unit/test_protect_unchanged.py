@@ -28,7 +28,7 @@ def venv(tmp_path: Path) -> Path:
 
 @pytest.fixture(params=["fresh", "reused"])
 def launches(request) -> int:
-    """A first launch records everything; a later one reuses the kept record (records.py)."""
+    """A first launch records everything; a later one reuses the kept record (store.load_kept)."""
     return 1 if request.param == "fresh" else 2
 
 
