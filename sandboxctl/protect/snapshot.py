@@ -10,10 +10,12 @@ event. The record is a journal in the state dir: if the supervisor is killed, th
 
 Hashes are cached by (device, inode, size, mtime, ctime), so a warm launch only stats; the cache
 is read only once a file must be hashed (a workspace whose protected names are all absent reads
-nothing).
+nothing). The last launch record of the same paths is reused entry by entry where those are
+unchanged (a venv inside the workspace: one stat per entry at launch, one at the end). The
+journal is marshal, its entries encoded once (version 2; a version-1 JSON journal is still read).
 
   snapshot.py  the run's journal (Snapshot: take, mark, beat, check) and a killed run's recovery
-  store.py     one entry's record; the blobs by SHA-256 and the hash cache
+  store.py     one entry's record; the blobs by SHA-256, the hash cache and the kept records
   restore.py   the comparison at the end, putting back and keeping aside; JSON keys; repositories
                made where nothing mediated (gVisor)
 """
