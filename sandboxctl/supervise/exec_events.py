@@ -6,8 +6,10 @@ memory in between (another thread, another process sharing it with CLONE_VM, a M
 mapping, a writer of /proc/PID/mem) could make the record name one file while another runs. So
 each record says whether the read is provably what the kernel will use:
 
-- `verified: true` when the caller is single-threaded, no other task of the sandbox shares its
-  memory (kcmp KCMP_VM; its cwd/fd table too when the path depends on them) except the parent
+- `verified: true` when the caller is single-threaded, no other thread of the sandbox shares its
+  memory (kcmp KCMP_VM against every thread, not only each process's leader: a leader that has
+  exited is a zombie with no memory, while its other threads still hold the caller's; its
+  cwd/fd table too when the path depends on them) except the parent
   that vfork()ed it and waits, blocked, for this exec; every byte read (path, argv array and
   strings) lies in a private mapping that nobody else can change (anonymous, or a read-only
   mapping of a file outside the writable set); opening /proc/PID/mem for writing is denied
@@ -90,7 +92,7 @@ class ExecEvents:
         self.log_soon = log_soon or log  # the exec record, once the kernel has its answer (queued)
         self.denied = denied
         self.judge_write = judge_write  # sandbox path -> WriteVerdict (inside: writable in the sandbox)
-        self.tasks = tasks  # host pids of every process of the sandbox
+        self.tasks = tasks  # host ids of every thread of the sandbox
         self.tampered = tampered if tampered is not None else []
         self.memory_writes_trapped = memory_writes_trapped  # write-intent opens reach refuses_open
         self.memory_writers = memory_writers  # calls the policy lets write another's memory (memory_writers())
@@ -130,13 +132,24 @@ class ExecEvents:
             self.unexaminable(notification, name, exc)
             return
         try:
+            self._handle_read(notification, name, guard, memory, path_arg, argv_arg, dirfd, flags)
+        finally:
+            memory.close()
+
+    def _handle_read(self, notification: notify.Notification, name: str, guard: Any,
+                     memory: notify.ProcessMemory, path_arg: int, argv_arg: int, dirfd: int, flags: int) -> None:
+        """handle(), with the caller's memory open: read once for the record, and again at the
+        end of the checks (facts.changed_since_read)."""
+        pid = notification.pid
+        try:
             raw_path, path_done = memory.cstring(notification.args[path_arg], facts.MAX_ARG_BYTES)
             ranges = [(notification.args[path_arg], len(raw_path) + 1)]
+            reads = [(notification.args[path_arg], raw_path + b"\0" if path_done else raw_path)]
             argv, truncated, argv_ranges = facts.read_argv(memory, notification.args[argv_arg],
-                                                           (notification.args[path_arg], raw_path, path_done))
+                                                           (notification.args[path_arg], raw_path, path_done),
+                                                           reads)
             ranges += argv_ranges
         except OSError as exc:
-            memory.close()
             if not notify.still_valid(self.listener, notification.id):
                 return  # the caller died meanwhile: nothing ran
             if exc.errno == errno.EFAULT or exc.errno == errno.EIO:  # the caller's own bad pointer
@@ -144,7 +157,6 @@ class ExecEvents:
                 return
             self.unexaminable(notification, name, exc)
             return
-        memory.close()
         if not path_done:  # no NUL within PATH_MAX: the kernel would say the same
             notify.respond(self.listener, notification.id, error=errno.ENAMETOOLONG)
             return
@@ -159,6 +171,8 @@ class ExecEvents:
             guard.refuse_loader(notification, absolute)
             return
         why = unsure or self._unverifiable(pid, caller, path, dirfd, flags, ranges)
+        if why is None and facts.changed_since_read(memory, reads):  # after every check: see there
+            why = "the exec's arguments changed while they were read (another thread or process wrote them)"
         # the kernel takes the answer only while the call is pending: the caller was alive (its
         # pid its own) throughout our reads, or nothing is continued and nothing is logged
         if not notify.respond(self.listener, notification.id, allow=True):

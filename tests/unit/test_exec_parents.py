@@ -15,6 +15,7 @@ import pytest
 
 from sandboxctl.supervise import exec_events
 from sandboxctl.supervise.exec_events import ExecEvents
+from sandboxctl.supervise.processes import descendants
 
 LATER_THREAD = """
 import sys, threading, time
@@ -142,3 +143,20 @@ def test_only_a_blocked_vfork_parent_is_excused(monkeypatch, state, excused):
     monkeypatch.setattr(events, "_parent_files", lambda parent: (stat_line, b"58 0x0 0x0"))
     monkeypatch.setattr(exec_events.os, "sched_yield", lambda: None)
     assert events._waits_for_vfork(1001, 1000, 1001) is excused
+
+
+def test_the_process_walk_names_every_thread_when_asked():
+    """Exec records judge threads, not processes: a thread of a process whose leader exited
+    still runs in the memory the zombie leader no longer names (supervise/listener.py)."""
+    child = subprocess.Popen([sys.executable, "-c", "import threading, time\n"
+                              "threading.Thread(target=time.sleep, args=(30,)).start()\nprint(flush=True)\n"
+                              "time.sleep(30)"], stdout=subprocess.PIPE)
+    try:
+        child.stdout.readline()
+        tasks = {int(t) for t in os.listdir(f"/proc/{child.pid}/task")}
+        assert len(tasks) == 2
+        assert child.pid in descendants(os.getpid()) and not tasks - {child.pid} & set(descendants(os.getpid()))
+        assert tasks <= set(descendants(os.getpid(), threads=True))
+    finally:
+        child.kill()
+        child.wait()

@@ -1,0 +1,166 @@
+"""A writer of the exec path that is gone, or hidden, by the time the supervisor looks for it.
+
+The checks that nobody else can write the caller's memory used to run after the read, against
+the sandbox's processes: a thread or a CLONE_VM process that rewrote the path just after the
+read and then exited was never seen, and neither was a live thread of a process whose leader had
+exited (kcmp compares the caller's memory with the zombie leader's, which has none). Each attempt
+here forks a caller whose path names `goodprog`, and a writer that puts `evilprog` there after a
+delay that grows from attempt to attempt. Judged from outside: the program that really ran writes
+its own /proc/self/exe (the kernel's word) to a canary on an inherited descriptor; the log says
+what the supervisor recorded. A record may name the wrong program only if it says it is not
+verified.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+PROGRAM_C = r"""
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    char exe[4096], line[4200];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    exe[n > 0 ? n : 0] = 0;
+    const char *name = strrchr(exe, '/');
+    int len = snprintf(line, sizeof line, "%s %s\n", argc > 1 ? argv[1] : "?", name ? name + 1 : exe);
+    return write(3, line, len) == len ? 0 : 1;
+}
+"""
+
+RACER_C = r"""
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static char *page;             /* private anonymous: the path, then argv[1] */
+static volatile long *shared;  /* same memory: go, start, delay, stay */
+static const char *evil;
+
+static long now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
+
+static int writer(void *arg) {
+    (void)arg;
+    while (!shared[0]) {}
+    while (now_ns() < shared[1] + shared[2]) {}
+    memcpy(page, evil, strlen(evil) + 1);
+    if (shared[3]) { struct timespec pause = {0, 50000000}; nanosleep(&pause, NULL); }
+    syscall(SYS_exit, 0);
+    return 0;
+}
+
+static void *stack(void) {
+    return (char *)mmap(NULL, 1 << 16, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) + (1 << 16);
+}
+
+static int hollow(void *arg) {  /* a CLONE_VM process whose leader leaves its one thread behind */
+    (void)arg;
+    if (clone(writer, stack(), CLONE_VM | CLONE_THREAD | CLONE_SIGHAND, NULL) < 0) _exit(3);
+    syscall(SYS_exit, 0);
+    return 0;
+}
+
+static char state_of(int pid) {
+    char name[64], buf[512];
+    snprintf(name, sizeof name, "/proc/%d/stat", pid);
+    int fd = open(name, O_RDONLY);
+    ssize_t n = fd < 0 ? -1 : read(fd, buf, sizeof buf - 1);
+    if (fd >= 0) close(fd);
+    if (n <= 0) return '?';
+    buf[n] = 0;
+    char *end = strrchr(buf, ')');
+    return end ? end[2] : '?';
+}
+
+int main(int argc, char **argv) {
+    const char *good = argv[1], *mode = argv[5];
+    evil = argv[2];
+    int attempts = atoi(argv[3]);
+    long step = atol(argv[4]);
+    for (int i = 0; i < attempts; i++) {
+        pid_t caller = fork();
+        if (caller == 0) {
+            page = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            shared = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            strcpy(page, good);
+            snprintf(page + 2048, 32, "%d", i);
+            char *args[3] = {page, page + 2048, NULL}, *envp[1] = {NULL};
+            shared[2] = (i % 64) * step;
+            int other;
+            if (!strcmp(mode, "thread")) {
+                other = clone(writer, stack(), CLONE_VM | CLONE_THREAD | CLONE_SIGHAND, NULL);
+            } else if (!strcmp(mode, "process")) {
+                other = clone(writer, stack(), CLONE_VM | SIGCHLD, NULL);
+            } else {
+                shared[3] = 1;  /* the hidden thread stays after its write */
+                other = clone(hollow, stack(), CLONE_VM | SIGCHLD, NULL);
+                for (int k = 0; k < 20000 && other > 0 && state_of(other) != 'Z'; k++) usleep(50);
+            }
+            if (other < 0) _exit(4);
+            shared[1] = now_ns();
+            shared[0] = 1;
+            execve(page, args, envp);
+            _exit(5);
+        }
+        int status;
+        waitpid(caller, &status, 0);
+    }
+    return 0;
+}
+"""
+
+ATTEMPTS = 128
+STEP_NS = 15000  # delays of 0 to ~1 ms: the supervisor's checks take ~0.1-0.5 ms between read and answer
+
+
+@pytest.fixture
+def racer(sandbox):
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        pytest.skip("no C compiler on this machine")
+    bin_dir = sandbox.workspace / "bin"
+    bin_dir.mkdir()
+    (sandbox.home.parent / "program.c").write_text(PROGRAM_C)
+    (sandbox.home.parent / "racer.c").write_text(RACER_C)
+    subprocess.run([cc, "-O2", "-o", str(bin_dir / "goodprog"), str(sandbox.home.parent / "program.c")], check=True)
+    shutil.copy(bin_dir / "goodprog", bin_dir / "evilprog")
+    subprocess.run([cc, "-O2", "-o", str(bin_dir / "racer"), str(sandbox.home.parent / "racer.c")], check=True)
+    return bin_dir
+
+
+@pytest.mark.parametrize("mode", ["thread", "process", "hidden-thread"])
+def test_a_record_naming_another_program_than_ran_is_never_verified(sandbox, racer, mode):
+    canary = sandbox.workspace / "ran"
+    good, evil = racer / "goodprog", racer / "evilprog"
+    result = sandbox.sh(f"exec 3>>{canary}; {racer / 'racer'} {good} {evil} {ATTEMPTS} {STEP_NS} {mode}")
+    assert result.returncode == 0, result.stderr
+    ran = dict(line.split() for line in canary.read_text().splitlines())
+    records = [json.loads(line) for line in sandbox.log_path.read_text().splitlines()]
+    execs = {r["argv"][1]: r for r in records
+             if r["event"] == "exec" and len(r.get("argv", ())) == 2 and r["argv"][1].isdigit()}
+    assert len(execs) == ATTEMPTS, sorted(execs)
+    lies = [(i, r) for i, r in execs.items() if os.path.basename(r["path"]) != ran.get(i) and r["verified"]]
+    assert not lies, lies[:3]
+    # the race was won: the supervisor read goodprog, and evilprog ran (so the check above proves something)
+    won = [r for i, r in execs.items() if r["path"] == str(good) and ran.get(i) == "evilprog"]
+    assert won, "the writer never won the race on this machine"
+    assert all(r["verified"] is False for r in won), won[:3]
