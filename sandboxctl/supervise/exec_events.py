@@ -73,11 +73,13 @@ class ExecTarget(Record):
 
 
 def memory_writers(rules: Any) -> tuple[str, ...]:
-    """The calls that write another process's memory which the seccomp rules do not refuse
-    outright (`syscalls.allow: [ptrace]` gives back ptrace and process_vm_writev): while any is
-    allowed, no read of a caller's memory is provably what the kernel will read."""
+    """The calls through which one process writes another's memory that the seccomp rules do
+    not refuse outright (`syscalls.allow: [ptrace]` gives back ptrace and process_vm_writev;
+    `[io_uring]` io_uring_setup, whose IORING_OP_OPENAT seccomp never sees, so /proc/PID/mem
+    opens for writing past refuses_open): while any is allowed, no read of a caller's memory is
+    provably what the kernel will read."""
     refused = {rule.syscall for rule in rules if not rule.conditions}
-    return tuple(name for name in ("ptrace", "process_vm_writev") if name not in refused)
+    return tuple(name for name in ("ptrace", "process_vm_writev", "io_uring_setup") if name not in refused)
 
 
 class ExecEvents:
@@ -231,7 +233,8 @@ class ExecEvents:
         if not self.memory_writes_trapped:
             return "write opens are not trapped in this run, so /proc/PID/mem stays writable"
         if self.memory_writers:
-            return f"the policy allows {' and '.join(self.memory_writers)}, which write another process's memory"
+            return (f"the policy allows {' and '.join(self.memory_writers)}, "
+                    "through which a process can write another's memory")
         if self._kcmp_nr is None:
             return f"no kcmp check on {os.uname().machine}"
         kinds = [KCMP_VM]

@@ -107,6 +107,7 @@ def test_memory_writers_are_what_the_policy_gives_back():
     assert writers((), ()) == ()
     assert writers((), ("ptrace",)) == ("ptrace", "process_vm_writev")
     assert writers((), ("process_vm_writev",)) == ("process_vm_writev",)
+    assert writers((), ("io_uring",)) == ("io_uring_setup",)  # IORING_OP_OPENAT opens /proc/PID/mem unseen
     assert writers(("ptrace", "process_vm_writev"), ("ptrace",)) == ()  # a deny of its own puts them back
 
 
