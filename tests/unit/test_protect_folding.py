@@ -41,6 +41,7 @@ def test_names_that_no_folding_makes_git(name):
     ".git/COMMONDIR", ".git/Objects/Info/Alternates", ".git/REFS/REPLACE/x", "sub/.GIT", "sub/.gIT/Hooks/x",
     ".ENVRC", ".VSCode/tasks.json", ".Claude/settings.json", ".MCP.json", ".Config/Git/config", ".BASHRC",
     ".envrc.", ".envrc ", ".GITMODULES", ".git\u200c/config", "a/b/.G\u0131T/config", ".git/hoo\u212as/x",
+    ".venv/bin/bwrap", "deep/down/BWRAP", "x/runsc", "x/runsc/y",  # run by the supervisor from a later PATH
 ])
 def test_every_spelling_of_a_protected_name_is_protected(path):
     assert names.protected_reason(path), path
