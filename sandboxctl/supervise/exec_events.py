@@ -57,7 +57,7 @@ _MACHINE = {"x86_64": (312, {56: "clone", 58: "vfork"}), "aarch64": (272, {220: 
 MAX_CLAIMS = 4096
 VFORK_BLOCK_LOOKS = 3  # looks at a vfork parent's state before it counts as running
 MAX_LISTINGS = 4  # listings of the sandbox's processes per exec while a vfork parent is excused
-MAX_PARENTS = 8  # vfork parents whose stat and syscall files are held open (two descriptors each)
+MAX_PARENTS = 8  # vfork parents whose stat, syscall and schedstat files are held open (three descriptors each)
 
 
 class ExecTarget(Record):
@@ -103,8 +103,9 @@ class ExecEvents:
         self._kcmp_nr, self._vfork_calls = _MACHINE.get(machine, (None, {}))
         self.root: int | None = None  # the sandbox's root, opened at the first exec (see sandbox_paths)
         self.formats = facts.Formats()
-        # pid -> descriptors of its /proc/PID/stat and /proc/PID/task/PID/syscall (_parent_files)
-        self.parents: OrderedDict[int, tuple[int, int]] = OrderedDict()
+        # pid -> descriptors of its /proc/PID/stat, /proc/PID/task/PID/syscall and schedstat (_parent_files)
+        self.parents: OrderedDict[int, tuple[int, int, int]] = OrderedDict()
+        self._blocked_since: dict[int, bytes] = {}  # excused in this exec's checks: its schedstat then
 
     def close(self) -> None:
         if self.root is not None:
@@ -255,7 +256,16 @@ class ExecEvents:
         it while we looked, and be waiting for it rather than for the caller) would be missed. So
         once anything is excused the sandbox's processes are listed again, and every new one is
         judged too, until a listing brings nothing new (a blocked vfork parent's child exists
-        before it blocks, so a stable listing after the checks holds every such child)."""
+        before it blocks, so a stable listing after the checks holds every such child).
+
+        Nor does a parent blocked in a vfork wait for this caller just because the caller is its
+        child: it may have made the caller with clone(CLONE_VM) and vforked another child since,
+        which exits while we look (its kcmp then finds no memory), and the parent wakes and
+        writes (proven). So an excused parent is looked at once more after the last listing
+        (_excused_still_blocked): still blocked, and not run at all since it was excused. Its
+        vforked child was then alive throughout, so in the last listing, and judged: unless it
+        is the caller, the caller is not verified. The caller's exec is what wakes the parent."""
+        self._blocked_since.clear()
         try:
             others = self.tasks()
         except OSError as exc:
@@ -278,15 +288,32 @@ class ExecEvents:
                         return f"process {other} shares the caller's {what}"
                     if result < 0 and os.path.exists(f"/proc/{other}"):
                         return f"kcmp against process {other} failed"
-            if not excused:
+            if not excused and not self._blocked_since:
                 return None
             try:
                 others = [other for other in self.tasks() if other not in seen and other != own]
             except OSError as exc:
                 return f"the sandbox's processes could not be listed ({exc.strerror})"
             if not others:
-                return None
+                return self._excused_still_blocked()
         return "the processes sharing the caller's memory kept changing while they were examined"
+
+    def _excused_still_blocked(self) -> str | None:
+        """Every parent excused in this exec's checks is still blocked and has not run since
+        (/proc/PID/schedstat: its run time and the times it was scheduled; read after its state,
+        so a run in between shows), or why not."""
+        for parent, since in self._blocked_since.items():
+            held = self.parents.get(parent)
+            try:
+                if held is None:
+                    raise OSError(errno.ESRCH, "gone")
+                stat_line = facts.pread_line(held[0])
+                sched_line = facts.pread_line(held[2])
+            except OSError:
+                return f"the vfork parent {parent} could not be looked at again"
+            if stat_line.rsplit(b")", 1)[1].split()[:1] != [b"D"] or sched_line != since:
+                return f"the vfork parent {parent} ran while the exec was examined (it may wait for another child)"
+        return None
 
     def _waits_for_vfork(self, parent: int, child: int, child_parent: int = 0) -> bool:
         """Every thread of `parent` is either the one that vfork()ed `child` and now waits for its
@@ -301,7 +328,7 @@ class ExecEvents:
             lines = self._parent_files(parent)
             if lines is None:
                 return False
-            stat_line, syscall_line = lines
+            stat_line, syscall_line, sched_line = lines
             try:
                 fields_after_name = stat_line.rsplit(b")", 1)[1].split()
                 threads = int(fields_after_name[17])
@@ -326,13 +353,17 @@ class ExecEvents:
         fields = syscall_line.decode().split()
         if not fields or not fields[0].isdigit() or int(fields[0]) not in self._vfork_calls:
             return False
-        if self._vfork_calls[int(fields[0])] == "vfork":
-            return True
-        clone_flags = int(fields[1], 16) if len(fields) > 1 else 0
-        return clone_flags & (CLONE_VM | CLONE_VFORK) == CLONE_VM | CLONE_VFORK
+        if self._vfork_calls[int(fields[0])] != "vfork":
+            clone_flags = int(fields[1], 16) if len(fields) > 1 else 0
+            if clone_flags & (CLONE_VM | CLONE_VFORK) != CLONE_VM | CLONE_VFORK:
+                return False
+        self._blocked_since[parent] = sched_line  # read before the 'D': looked at again at the end
+        return True
 
-    def _parent_files(self, parent: int) -> tuple[bytes, bytes] | None:
-        """`parent`'s /proc/PID/stat and /proc/PID/task/PID/syscall, now, or None if unreadable.
+    def _parent_files(self, parent: int) -> tuple[bytes, bytes, bytes] | None:
+        """`parent`'s /proc/PID/stat, /proc/PID/task/PID/syscall and /proc/PID/schedstat, now, or
+        None if unreadable (schedstat first: a run after it changes it; a kernel without
+        CONFIG_SCHED_INFO has none, and excuses nobody).
 
         A shell vforks every command it runs, so the same parent is looked at exec after exec:
         its two files stay open (at most MAX_PARENTS parents), and each look is one pread of
@@ -351,13 +382,20 @@ class ExecEvents:
                 except OSError:
                     os.close(stat_fd)
                     return None
-                held = self.parents[parent] = (stat_fd, syscall_fd)
+                try:
+                    sched_fd = os.open(f"/proc/{parent}/schedstat", os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    os.close(stat_fd)
+                    os.close(syscall_fd)
+                    return None
+                held = self.parents[parent] = (stat_fd, syscall_fd, sched_fd)
                 while len(self.parents) > MAX_PARENTS:
                     self._forget_parent(next(iter(self.parents)))
             else:
                 self.parents.move_to_end(parent)
             try:
-                return facts.pread_line(held[0]), facts.pread_line(held[1])
+                sched_line = facts.pread_line(held[2])
+                return facts.pread_line(held[0]), facts.pread_line(held[1]), sched_line
             except OSError:
                 self._forget_parent(parent)  # gone (or its pid now another's): open by number again
         return None
