@@ -165,30 +165,37 @@ class ExecEvents:
             return
         path = os.fsdecode(raw_path)
         caller = facts.caller_of(pid)
-        absolute = facts.absolute(pid, dirfd, path, flags)
-        target, refusal, unsure = self._resolve(pid, caller, dirfd, path, absolute, flags)
-        if refusal is not None:  # a failed lookup: the kernel runs nothing, and it is no exec event
-            notify.respond(self.listener, notification.id, error=refusal)
-            return
-        if guard is not None and guard.runs_the_loader(pid, absolute):
-            guard.refuse_loader(notification, absolute)
-            return
-        why = unsure or self._unverifiable(pid, caller, path, dirfd, flags, ranges)
-        if why is None and facts.changed_since_read(memory, reads):  # after every check: see there
-            why = "the exec's arguments changed while they were read (another thread or process wrote them)"
-        # the kernel takes the answer only while the call is pending: the caller was alive (its
-        # pid its own) throughout our reads, or nothing is continued and nothing is logged
-        if not notify.respond(self.listener, notification.id, allow=True):
-            return
-        fields: dict[str, Any] = {"pid": pid, "path": absolute, "argv": argv, "result": "continued",
-                                  "verified": why is None}
-        if why is not None:
-            fields["unverified"] = why
-        if truncated:
-            fields["argv_truncated"] = True
-        if target is not None:
-            self._remember(caller.tgid, target)
-        self.log_soon("exec", **fields)
+        anchor = facts.anchor(pid, dirfd, path, flags)  # a relative path's start, held (see facts.moved)
+        try:
+            absolute = facts.absolute(pid, dirfd, path, flags, anchor)
+            target, refusal, unsure = self._resolve(pid, caller, dirfd, path, absolute, flags)
+            if refusal is not None:  # a failed lookup: the kernel runs nothing, and it is no exec event
+                notify.respond(self.listener, notification.id, error=refusal)
+                return
+            if guard is not None and guard.runs_the_loader(pid, absolute):
+                guard.refuse_loader(notification, absolute)
+                return
+            why = unsure or self._unverifiable(pid, caller, path, dirfd, flags, ranges)
+            if why is None and facts.changed_since_read(memory, reads):  # after every check: see there
+                why = "the exec's arguments changed while they were read (another thread or process wrote them)"
+            if why is None and anchor is not None and facts.moved(pid, dirfd, path, anchor):
+                why = "what the path starts from (the working directory, or dirfd) changed while the exec was examined"
+            # the kernel takes the answer only while the call is pending: the caller was alive (its
+            # pid its own) throughout our reads, or nothing is continued and nothing is logged
+            if not notify.respond(self.listener, notification.id, allow=True):
+                return
+            fields: dict[str, Any] = {"pid": pid, "path": absolute, "argv": argv, "result": "continued",
+                                      "verified": why is None}
+            if why is not None:
+                fields["unverified"] = why
+            if truncated:
+                fields["argv_truncated"] = True
+            if target is not None:
+                self._remember(caller.tgid, target)
+            self.log_soon("exec", **fields)
+        finally:
+            if anchor is not None and anchor >= 0:
+                os.close(anchor)
 
     def unexaminable(self, notification: notify.Notification, name: str, exc: OSError) -> None:
         """Refuse a call the supervisor cannot read (never let it run with a guessed record)."""

@@ -181,13 +181,45 @@ def readlink(path: str) -> str:
         return "?"
 
 
-def absolute(pid: int, dirfd: int, path: str, flags: int) -> str:
-    """The path as the sandbox sees it (what the record names)."""
+def absolute(pid: int, dirfd: int, path: str, flags: int, anchor: int | None = None) -> str:
+    """The path as the sandbox sees it (what the record names); a relative one from `anchor`."""
+    if anchor is not None and anchor >= 0:
+        base = readlink(f"/proc/self/fd/{anchor}")  # the same text as /proc/PID/cwd or fd/N gives
+        return base if not path else os.path.normpath(os.path.join(base, path))
     if not path and flags & AT_EMPTY_PATH:
         return readlink(f"/proc/{pid}/fd/{dirfd}")
     if path[:1] == "/" and "//" not in path and "/." not in path and (path[-1] != "/" or path == "/"):
         return path  # no empty, "." or ".." component and no trailing slash: normpath gives it back
     return notify.Dispatcher._absolute(pid, dirfd, path)
+
+
+def _start_of(pid: int, dirfd: int, path: str) -> str:
+    return f"/proc/{pid}/cwd" if dirfd == notify.AT_FDCWD and path else f"/proc/{pid}/fd/{dirfd}"
+
+
+def anchor(pid: int, dirfd: int, path: str, flags: int) -> int | None:
+    """What a relative path starts from (the caller's working directory, or dirfd), or the file
+    AT_EMPTY_PATH names, held by an O_PATH descriptor: None for an absolute path (it depends on
+    neither), -1 when it cannot be held (see moved)."""
+    if path.startswith("/") or (not path and not flags & AT_EMPTY_PATH):
+        return None
+    try:
+        return os.open(_start_of(pid, dirfd, path), os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return -1
+
+
+def moved(pid: int, dirfd: int, path: str, held: int) -> bool:
+    """Whether the caller's working directory (or dirfd) is no longer the one `held` since the
+    record's path was made from it. A process sharing it (CLONE_FS, CLONE_FILES) may chdir or
+    dup2 just after and exit before kcmp looks; once the checks found nobody, it stays put."""
+    if held < 0:
+        return True
+    try:
+        now, then = os.stat(_start_of(pid, dirfd, path)), os.fstat(held)
+    except OSError:
+        return True
+    return (now.st_dev, now.st_ino) != (then.st_dev, then.st_ino)
 
 
 # ---------------------------------------------------------------------- resolving in the sandbox

@@ -5,8 +5,9 @@ the sandbox's processes: a thread or a CLONE_VM process that rewrote the path ju
 read and then exited was never seen, and neither was a live thread of a process whose leader had
 exited (kcmp compares the caller's memory with the zombie leader's, which has none). Each attempt
 here forks a caller whose path names `goodprog`, and a writer that puts `evilprog` there after a
-delay that grows from attempt to attempt; and a vfork parent excused as blocked that waits for
-another child than the caller. Judged from outside: the program that really ran writes
+delay that grows from attempt to attempt; a vfork parent excused as blocked that waits for
+another child than the caller; and a process that changes what a relative (or empty) path starts
+from. Judged from outside: the program that really ran writes
 its own /proc/self/exe (the kernel's word) to a canary on an inherited descriptor; the log says
 what the supervisor recorded. A record may name the wrong program only if it says it is not
 verified.
@@ -15,9 +16,9 @@ verified.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -29,8 +30,7 @@ int main(int argc, char **argv) {
     char exe[4096], line[4200];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     exe[n > 0 ? n : 0] = 0;
-    const char *name = strrchr(exe, '/');
-    int len = snprintf(line, sizeof line, "%s %s\n", argc > 1 ? argv[1] : "?", name ? name + 1 : exe);
+    int len = snprintf(line, sizeof line, "%s %s\n", argc > 1 ? argv[1] : "?", exe);
     return write(3, line, len) == len ? 0 : 1;
 }
 """
@@ -208,32 +208,121 @@ int main(int argc, char **argv) {
 }
 """
 
+START_RACER_C = r"""
+/* A CLONE_FILES sharer (not CLONE_VM) swaps the descriptor an execveat(AT_EMPTY_PATH) names, or
+ * (mode cwd) a CLONE_FS sharer changes the directory a relative path starts from, and exits. */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static volatile long *shared;
+static int good_fd, evil_fd;
+static const char *evil_dir;
+static int cwd_mode;
+
+static long now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
+
+static int swapper(void *arg) {
+    (void)arg;
+    while (!shared[0]) {}
+    while (now_ns() < shared[1] + shared[2]) {}
+    if (cwd_mode) { if (chdir(evil_dir)) _exit(7); }
+    else dup2(evil_fd, good_fd);
+    syscall(SYS_exit, 0);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    /* argv: gooddir evildir attempts step mode(fd|cwd); both dirs hold "prog" */
+    const char *good_dir = argv[1]; evil_dir = argv[2];
+    int attempts = atoi(argv[3]); long step = atol(argv[4]);
+    cwd_mode = !strcmp(argv[5], "cwd") || !strcmp(argv[5], "proccwd");
+    int proc_mode = !strcmp(argv[5], "procfd") || !strcmp(argv[5], "proccwd");
+    shared = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    char *stack = mmap(NULL, 1 << 16, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    stack += 1 << 16;
+    char gp[4096], ep[4096];
+    snprintf(gp, sizeof gp, "%s/prog", good_dir); snprintf(ep, sizeof ep, "%s/prog", evil_dir);
+    for (int i = 0; i < attempts; i++) {
+        shared[0] = 0;
+        pid_t a = fork();
+        if (a == 0) {
+            char number[32]; snprintf(number, sizeof number, "%d", i);
+            char name[8] = "prog", rel[8] = "./prog", empty[1] = "";
+            char *args[3] = {name, number, NULL}, *envp[1] = {NULL};
+            good_fd = open(gp, O_PATH); evil_fd = open(ep, O_PATH);
+            if (chdir(good_dir)) _exit(6);
+            shared[2] = (i % 64) * step;
+            int q = clone(swapper, stack, (cwd_mode ? CLONE_FS : CLONE_FILES) | SIGCHLD, NULL);
+            if (q < 0) _exit(4);
+            shared[1] = now_ns(); shared[0] = 1;
+            char procpath[64];
+            if (!strcmp(argv[5], "procfd")) snprintf(procpath, sizeof procpath, "/proc/self/fd/%d", good_fd);
+            else snprintf(procpath, sizeof procpath, "/proc/self/cwd/prog");
+            if (proc_mode) execve(procpath, args, envp);
+            else if (cwd_mode) execve(rel, args, envp);
+            else syscall(SYS_execveat, good_fd, empty, args, envp, AT_EMPTY_PATH);
+            _exit(5);
+        }
+        waitpid(a, NULL, 0);
+    }
+    return 0;
+}
+"""
+
 ATTEMPTS = 128
+START_ATTEMPTS = 256
 VFORK_ATTEMPTS = 640
 STEP_NS = 15000  # delays of 0 to ~1 ms: the supervisor's checks take ~0.1-0.5 ms between read and answer
 
 
-@pytest.fixture
-def racer(sandbox):
+@pytest.fixture(scope="module")
+def programs(tmp_path_factory) -> Path:
+    """The programs, compiled once for the module (each test copies them into its workspace)."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if not cc:
         pytest.skip("no C compiler on this machine")
+    built = tmp_path_factory.mktemp("racers")
+    for name, source in (("goodprog", PROGRAM_C), ("racer", RACER_C), ("start-racer", START_RACER_C),
+                         ("vfork-racer", VFORK_RACER_C)):
+        (built / f"{name}.c").write_text(source)
+        subprocess.run([cc, "-O2", "-o", str(built / name), str(built / f"{name}.c")], check=True)
+    return built
+
+
+@pytest.fixture
+def racer(sandbox, programs: Path) -> Path:
     bin_dir = sandbox.workspace / "bin"
     bin_dir.mkdir()
-    (sandbox.home.parent / "program.c").write_text(PROGRAM_C)
-    (sandbox.home.parent / "racer.c").write_text(RACER_C)
-    subprocess.run([cc, "-O2", "-o", str(bin_dir / "goodprog"), str(sandbox.home.parent / "program.c")], check=True)
-    shutil.copy(bin_dir / "goodprog", bin_dir / "evilprog")
-    subprocess.run([cc, "-O2", "-o", str(bin_dir / "racer"), str(sandbox.home.parent / "racer.c")], check=True)
-    (sandbox.home.parent / "vfork_racer.c").write_text(VFORK_RACER_C)
-    subprocess.run([cc, "-O2", "-o", str(bin_dir / "vfork-racer"), str(sandbox.home.parent / "vfork_racer.c")],
-                   check=True)
+    for name in ("racer", "start-racer", "vfork-racer", "goodprog"):
+        shutil.copy(programs / name, bin_dir / name)
+    shutil.copy(programs / "goodprog", bin_dir / "evilprog")
+    for directory in ("gd", "ed"):  # one program name in two directories (it writes its own exe's path)
+        (bin_dir / directory).mkdir()
+        shutil.copy(programs / "goodprog", bin_dir / directory / "prog")
     return bin_dir
 
 
-@pytest.mark.parametrize("mode", ["thread", "process", "hidden-thread", "vfork-parent-of-another"])
+@pytest.mark.parametrize("mode", ["thread", "process", "hidden-thread", "vfork-parent-of-another", "descriptor",
+                                  "working-directory"])
 def test_a_record_naming_another_program_than_ran_is_never_verified(sandbox, racer, mode):
-    """vfork-parent-of-another: the caller is the clone(CLONE_VM) child of a parent that then
+    """descriptor / working-directory: a process sharing the caller's descriptor table
+    (CLONE_FILES) or working directory (CLONE_FS), not its memory, dup2s another file onto the
+    descriptor of an execveat(AT_EMPTY_PATH), or chdirs under a relative path, and exits.
+    vfork-parent-of-another: the caller is the clone(CLONE_VM) child of a parent that then
     vforks another child, which exits while the supervisor looks, so the parent, excused as
     blocked, wakes and writes. Its race is narrow (~1 win in 500 attempts without the fix; 640
     attempts find it about 3 times in 4): a regression here shows as a failure most of the
@@ -244,6 +333,10 @@ def test_a_record_naming_another_program_than_ran_is_never_verified(sandbox, rac
     if mode == "vfork-parent-of-another":
         attempts = VFORK_ATTEMPTS
         command = f"{racer / 'vfork-racer'} {good} {evil} {attempts} {STEP_NS} {STEP_NS}"
+    elif mode in ("descriptor", "working-directory"):  # execveat(fd, "", AT_EMPTY_PATH) / execve("./prog")
+        attempts, good, evil = START_ATTEMPTS, racer / "gd" / "prog", racer / "ed" / "prog"
+        how = "fd" if mode == "descriptor" else "cwd"
+        command = f"{racer / 'start-racer'} {good.parent} {evil.parent} {attempts} {STEP_NS} {how}"
     else:
         command = f"{racer / 'racer'} {good} {evil} {attempts} {STEP_NS} {mode}"
     result = sandbox.sh(f"exec 3>>{canary}; {command}", timeout=120)
@@ -253,9 +346,9 @@ def test_a_record_naming_another_program_than_ran_is_never_verified(sandbox, rac
     execs = {r["argv"][1]: r for r in records
              if r["event"] == "exec" and len(r.get("argv", ())) == 2 and r["argv"][1].isdigit()}
     assert len(execs) == attempts, sorted(execs)
-    lies = [(i, r) for i, r in execs.items() if os.path.basename(r["path"]) != ran.get(i) and r["verified"]]
+    lies = [(i, r) for i, r in execs.items() if r["path"] != ran.get(i) and r["verified"]]
     assert not lies, lies[:3]
     # the race was won: the supervisor read goodprog, and evilprog ran (so the check above proves something)
-    won = [r for i, r in execs.items() if r["path"] == str(good) and ran.get(i) == "evilprog"]
+    won = [r for i, r in execs.items() if r["path"] == str(good) and ran.get(i) == str(evil)]
     assert won, "the writer never won the race on this machine"
     assert all(r["verified"] is False for r in won), won[:3]
