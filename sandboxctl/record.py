@@ -14,7 +14,8 @@ run` imports, plus importing typing (~2 ms). Type checkers are told it is typing
 collections.namedtuple itself compiles a `__new__` for every class (eval of its source, ~23 of
 its ~42 µs a class, ~1.2 ms of the ~50 classes a run makes): here the class is put together as
 namedtuple puts it together, and `__new__` is one compiled function per number of fields, its
-parameters renamed (CodeType.replace), so every class of an arity after the first compiles nothing.
+parameters renamed (CodeType.replace), taken from record_arity.py (written out, so cached as bytecode):
+no class compiles anything up to 40 fields.
 """
 
 from __future__ import annotations
@@ -54,12 +55,19 @@ else:
     def _new_code(names: tuple[str, ...]):
         """The code of namedtuple's `__new__` for these field names (compiled once per arity)."""
         template = _NEW_BY_ARITY.get(len(names))
+        if template is None and len(names) < len(_written_out()):
+            template = _NEW_BY_ARITY[len(names)] = _written_out()[len(names)].__code__
         if template is None:
             params = [f"f{i}" for i in range(len(names))]
             arguments = ", ".join(params) + ("," if len(params) == 1 else "")
             template = _NEW_BY_ARITY[len(names)] = compile(
                 f"lambda _cls, {arguments}: _tuple_new(_cls, ({arguments}))", "<record>", "eval").co_consts[0]
         return template.replace(co_varnames=("_cls", *names), co_name="__new__")
+
+    def _written_out() -> tuple:
+        from sandboxctl.record_arity import NEW
+
+        return NEW
 
     def _namedtuple(typename: str, field_names: tuple[str, ...], defaults: tuple, module: str) -> type:
         """collections.namedtuple(typename, field_names, defaults=defaults, module=module), but

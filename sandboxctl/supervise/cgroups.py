@@ -13,7 +13,7 @@ import os
 import time
 
 from sandboxctl.record import Record
-from sandboxctl.supervise.processes import alive
+from sandboxctl.supervise.processes import alive, descendants
 
 ROOT = "/sys/fs/cgroup"
 PREFIX = "sandboxctl-"
@@ -101,12 +101,21 @@ class RunCgroup:
                 with contextlib.suppress(OSError):
                     _write(f"{base}/memory.memsw.limit_in_bytes", str(memory))
 
-    def add(self, pids: list[int]) -> None:
-        """Move the sandbox's processes in; one that cannot join (and still lives) stops the run."""
+    def add(self, pids: list[int]) -> int:
+        """Move the sandbox's processes in; one that cannot join (and still lives) stops the run.
+        A process the kernel lists in the cgroup already is not written again: each write takes
+        the kernel's cgroup lock for writing, and the first one after a quiet while waits for an
+        RCU grace period (~10 ms here) — on the path to the command's start, at "ready". Returns
+        how many were written."""
         from sandboxctl.errors import SandboxError
 
+        written = 0
         for path in self.dirs:
+            inside = _members(path)
             for pid in pids:
+                if pid in inside:
+                    continue
+                written += 1
                 try:
                     _write(f"{path}/cgroup.procs", str(pid))
                 except ProcessLookupError:
@@ -116,6 +125,7 @@ class RunCgroup:
                         raise SandboxError(f"cannot move the sandbox into its cgroup ({path}): {exc.strerror}",
                                            "the pids/memory limits could not be applied; run sandboxctl doctor"
                                            ) from None
+        return written
 
     def move_soon(self, pid: int) -> None:
         """Start moving `pid` on a thread of its own: the kernel makes the first cgroup.procs write
@@ -129,6 +139,13 @@ class RunCgroup:
         def move() -> None:
             try:
                 self.add([pid])
+                # what bubblewrap forked while that first move waited was born outside: moved
+                # now, while the kernel's lock is warm (µs each), so that the move at "ready"
+                # finds every process in and writes nothing (handshake.py); what the moved
+                # processes fork from now on is born inside
+                for _ in range(3):
+                    if not self.add(descendants(pid)):
+                        break
             except Exception as exc:  # SandboxError: reported by moved()
                 self._move_error = exc
 
@@ -189,6 +206,23 @@ class RunCgroup:
                     break
                 except OSError:
                     time.sleep(0.01)
+
+
+def _members(path: str) -> set[int]:
+    """The processes the kernel lists in one cgroup directory (none when it cannot be read)."""
+    try:
+        fd = os.open(f"{path}/cgroup.procs", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return set()
+    try:
+        data = os.read(fd, 65536)
+        while chunk := os.read(fd, 65536):
+            data += chunk
+    except OSError:
+        return set()
+    finally:
+        os.close(fd)
+    return set(map(int, data.split()))
 
 
 def _write(path: str, value: str) -> None:

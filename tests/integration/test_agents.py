@@ -223,7 +223,7 @@ def test_codex_exec_stops_beyond_the_sandbox(sandbox):
     to OpenAI (this machine) it retries until the run's timeout ends it."""
     codex = _agent("codex")
     done = _run_agent(sandbox, "codex", codex, "exec", "--skip-git-repo-check", "say hi", timeout=150,
-                      options=("--timeout", "40s"))
+                      options=("--timeout", "15s"))
     assert "Not a directory" not in done.stderr, done.stderr
     assert done.returncode in (1, 124), done.stderr
     allowed = [r for r in sandbox.records() if r["event"] == "net" and r["host"] in ("api.openai.com", "chatgpt.com")]

@@ -291,7 +291,8 @@ def test_tty_prompt_each_answer_and_a_timeout(sandbox, outside):
     once, run, always, denied, late = (outside / f"{n}.txt" for n in ("once", "run", "always", "deny", "late"))
     policy = _policy(sandbox, outside, timeout="3s")
     proc, master = _spawn_on_pty(sandbox, ["--", "python3", "-c", WRITE, str(once), str(run), str(run),
-                                           str(always), str(denied), str(late)], policy=policy)
+                                           str(always), str(denied), str(late)], policy=policy,
+                                 columns=200)  # each path on one line of the frame, however deep pytest's tmp is
     try:
         screen = _prompted(master, 1)
         assert str(once).encode() in screen and b"pid " in screen and b"outside the writable set" in screen

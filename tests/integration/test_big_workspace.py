@@ -14,6 +14,9 @@ import pytest
 from tests.integration.test_protected_paths import _start, _wait_for, repo
 
 
+BIG = 1100  # three protected binds each (9900 words): past bubblewrap's 9000 options, the binds are left out
+
+
 def fake_repositories(ws: Path, count: int, name: str = "r") -> None:
     """count directories holding a .git with config, hooks/ and info/: what the planner protects."""
     for n in range(count):
@@ -24,21 +27,21 @@ def fake_repositories(ws: Path, count: int, name: str = "r") -> None:
 
 
 def test_thousands_of_repositories_run_with_their_hooks_still_held(sandbox):
-    """3000 repositories plan 9000 protected binds (27000 words, bubblewrap's limit is 9000): they
+    """BIG repositories plan 3300 protected binds (9900 words, bubblewrap's limit is 9000): they
     are left out, said in the plan, and Landlock with the supervisor still refuses every write."""
     ws = sandbox.workspace
-    fake_repositories(ws, 3000)
+    fake_repositories(ws, BIG)
     real = repo(ws / "real", sandbox.home)
     plan = sandbox.run("--dry-run", "--", "true")
     assert plan.returncode == 0, plan.stderr
     assert "read-only binds are left out (bubblewrap takes at most 9000 arguments)" in plan.stdout
-    attack = ("for d in r7 r2999 real; do echo evil > $d/.git/hooks/pre-commit; echo evil >> $d/.git/config;"
+    attack = ("for d in r7 r1099 real; do echo evil > $d/.git/hooks/pre-commit; echo evil >> $d/.git/config;"
               " mv $d/.git/hooks $d/.git/gone; ln -s /tmp $d/.git/info/x; done 2>/dev/null;"
               " echo ok > made; touch planted; while [ ! -e go ]; do sleep 0.05; done; exit 3")
     proc = _start(sandbox, attack)
     try:
         _wait_for(ws / "planted", timeout=120)
-        for d in (ws / "r7", ws / "r2999", real):  # while it runs: nothing for the end-of-run check to undo
+        for d in (ws / "r7", ws / "r1099", real):  # while it runs: nothing for the end-of-run check to undo
             assert not (d / ".git" / "hooks" / "pre-commit").exists()
             assert b"evil" not in (d / ".git" / "config").read_bytes()
             assert (d / ".git" / "hooks").is_dir() and not (d / ".git" / "gone").exists()

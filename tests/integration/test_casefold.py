@@ -239,13 +239,13 @@ def test_names_spelt_otherwise_are_refused_on_case_sensitive_file_systems_too(sa
 
 
 def test_with_the_binds_left_out_the_rules_alone_still_hold(ntfs, tmp_path):
-    """3000 repositories: their read-only binds are left out (bubblewrap's option limit), so no
+    """BIG (1100) repositories: their read-only binds are left out (bubblewrap's option limit), so no
     mount holds `hooks/` whatever its spelling; the supervisor's rules (folded names, the parent's
     identity, short names) are all that stands between, and they hold."""
-    from tests.integration.test_big_workspace import fake_repositories
+    from tests.integration.test_big_workspace import BIG, fake_repositories
 
     ws = ntfs.workspace
-    fake_repositories(ws, 3000)
+    fake_repositories(ws, BIG)
     real = repo(ws / "real", ntfs.home)
     subprocess.run(["setfattr", "-n", "system.ntfs_dos_name", "-v", "GIT~1", str(real / ".git")], check=True)
     plan = ntfs.run("--dry-run", "--", "true")

@@ -48,15 +48,16 @@ def _whole(lines: list[tuple[bytes, dict]]) -> list[dict]:
 
 
 def test_an_exec_storm_is_logged_whole(sandbox):
-    """10 000 execs as fast as a shell can make them: every one has its record, none twice."""
-    result = sandbox.sh(LOOP.format(n=10_000), timeout=300)
+    """4000 execs as fast as a shell can make them (hundreds of the log thread's batches): every one
+    has its record, none twice."""
+    result = sandbox.sh(LOOP.format(n=4000), timeout=300)
     assert result.returncode == 0, result.stderr
-    assert (sandbox.workspace / "done").read_text().strip() == "10000"
+    assert (sandbox.workspace / "done").read_text().strip() == "4000"
     _verify(sandbox)
     (records,) = [_whole(lines) for lines in _runs(sandbox.log_path).values()]
     execs = [r for r in records if r["event"] == "exec"]
-    assert len([r for r in execs if r["path"] == "/bin/true"]) == 10_000
-    assert len({r["pid"] for r in execs if r["path"] == "/bin/true"}) == 10_000
+    assert len([r for r in execs if r["path"] == "/bin/true"]) == 4000
+    assert len({r["pid"] for r in execs if r["path"] == "/bin/true"}) == 4000
     assert all(r["result"] == "continued" and r["argv"] == ["/bin/true"] for r in execs if r["path"] == "/bin/true")
 
 

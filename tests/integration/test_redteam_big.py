@@ -21,10 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_big_workspace import fake_repositories
+from tests.integration.test_big_workspace import BIG, fake_repositories
 from tests.integration.test_protected_paths import _start, _wait_for, git, repo
-
-BIG = 1100  # three protected binds each: past bubblewrap's 9000 options, the binds are left out
 
 
 def mode(path: Path) -> int:
@@ -209,14 +207,14 @@ def test_the_run_start_record_says_the_binds_were_left_out(sandbox):
 # ------------------------------------------------------------------ two runs in the same workspace
 SWAP = """
     import os, time
-    end = time.monotonic() + 15
+    end = time.monotonic() + 6
     while time.monotonic() < end and not os.path.exists("stop"):
         os.symlink(os.environ["TARGET"], "l"); os.rename("l", "x")
         open("r", "w").close(); os.rename("r", "x")
 """
 CHMOD = """
     import os, time
-    end = time.monotonic() + 15
+    end = time.monotonic() + 6
     while time.monotonic() < end and not os.path.exists("stop"):
         try:
             os.chmod("x", 0o666)
@@ -428,14 +426,14 @@ def test_truncating_a_fifo_does_not_stall_the_supervisor(sandbox):
 
 SWAP_FIFO = """
     import os, time
-    end = time.monotonic() + 12
+    end = time.monotonic() + 6
     while time.monotonic() < end and not os.path.exists("stop"):
         os.mkfifo("f"); os.rename("f", "x")
         open("r", "w").close(); os.rename("r", "x")
 """
 OPEN_LOOP = """
     import os, threading, time
-    end = time.monotonic() + 12
+    end = time.monotonic() + 6
     def opens():  # blocking opens: those that meet a real FIFO wait (the first 32 on threads of the
         while time.monotonic() < end and not os.path.exists("stop"):  # supervisor, the rest get EAGAIN)
             try:
@@ -444,7 +442,7 @@ OPEN_LOOP = """
                 pass
     for _ in range(40):
         threading.Thread(target=opens, daemon=True).start()
-    time.sleep(13)
+    time.sleep(7)
     print("done", flush=True)
     os._exit(0)
 """
@@ -459,7 +457,7 @@ def test_a_second_run_swapping_in_a_fifo_does_not_stall_the_supervisor(sandbox):
     (ws / "x").write_text("x\n")
     (ws / "swap.py").write_text(textwrap.dedent(SWAP_FIFO))
     (ws / "open.py").write_text(textwrap.dedent(OPEN_LOOP))
-    runs = [subprocess.Popen(sandbox.argv("--timeout", "20s", "--", "python3", name), cwd=ws, env=sandbox.env(),
+    runs = [subprocess.Popen(sandbox.argv("--timeout", "12s", "--", "python3", name), cwd=ws, env=sandbox.env(),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for name in ("open.py", "swap.py")]
     try:

@@ -133,3 +133,20 @@ def test_a_record_behaves_as_collections_namedtuple_does(ours, theirs):
     assert _outcome(lambda: ours._make([1] * 9)) == _outcome(lambda: theirs._make([1] * 9))
     assert pickle.loads(pickle.dumps(mine)) == mine and copy.copy(mine) == mine and copy.deepcopy(mine) == mine
     assert type(pickle.loads(pickle.dumps(mine))) is ours
+
+
+def test_every_written_out_new_takes_its_arity_in_order_and_beyond_it_one_is_compiled():
+    """record_arity.py is generated: each entry must build the tuple of exactly its own
+    parameters, in order (a slip there would swap the fields of every class of that arity)."""
+    from sandboxctl.record import _namedtuple
+    from sandboxctl.record_arity import NEW
+
+    assert NEW[0] is None
+    for arity in range(1, len(NEW) + 3):  # and a little past the table: compiled there
+        fields = tuple(f"field{i}" for i in range(arity))
+        made = _namedtuple(f"Wide{arity}", fields, (), __name__)
+        values = tuple(range(100, 100 + arity))
+        assert made(*values) == values and made(**dict(zip(fields, values, strict=True))) == values
+        assert made.__new__.__code__.co_varnames[: arity + 1] == ("_cls", *fields)
+        if arity < len(NEW):
+            assert NEW[arity].__code__.co_argcount == arity + 1
