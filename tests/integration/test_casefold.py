@@ -399,6 +399,22 @@ def test_a_mask_that_a_dos_name_would_pass_fails_the_run_before_it_starts(ntfs_p
     assert not (ws / "ran").exists() and not (ws / "leaked").exists()
 
 
+def test_a_masked_directory_that_a_dos_name_would_pass_fails_the_run(ntfs_posix, tmp_path):
+    """The same for a masked directory (filesystem.deny): ntfs-3g is path-based, so `SECRE~1` is
+    another inode to the kernel than `secrets`, and `SECRE~1/key` read the masked key (proven)."""
+    ws = ntfs_posix.workspace
+    (ws / "secrets").mkdir()
+    (ws / "secrets" / "key").write_text("TOKEN=abc\n")
+    subprocess.run(["setfattr", "-n", "system.ntfs_dos_name", "-v", "SECRE~1", str(ws / "secrets")], check=True)
+    assert (ws / "SECRE~1" / "key").read_text() == "TOKEN=abc\n"
+    policy = tmp_path / "deny.yaml"
+    policy.write_text(f"version: 1\nextends: default\nfilesystem:\n  deny: [{ws}/secrets]\n")
+    result = ntfs_posix.run("--", "/bin/sh", "-c", "cp SECRE~1/key leaked; touch ran", policy=str(policy))
+    assert result.returncode == 125, (result.returncode, result.stdout, result.stderr)
+    assert f"{ws}/SECRE~1 reaches it" in result.stderr, result.stderr
+    assert not (ws / "ran").exists() and not (ws / "leaked").exists()
+
+
 def test_a_mask_on_a_case_sensitive_file_system_runs(sandbox):
     """The same workspace on a case-sensitive file system: `.ENV` is nothing there, the run goes."""
     (sandbox.workspace / ".env").write_text("SECRET=hunter2\n")
