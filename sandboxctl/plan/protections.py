@@ -116,7 +116,7 @@ class ProtectionPlanner:
         masked = [d for d in self.p.denied_paths if self.under_roots(d, roots)]
         homes = [r for r in roots if r == facts.home]
         rules = Protection(roots, gitdirs, explicit, masked, homes=homes)
-        record = sorted({p for p in record if rules.reason(p)})  # what a grant released is the command's
+        record = self._outermost(sorted({p for p in record if rules.reason(p)}))  # released: the command's
         mediated = not self.p.gvisor
         binds = self._binds(record, roots)
         mounts = binds + ([] if mediated else self._pins(binds, visible))
@@ -196,6 +196,28 @@ class ProtectionPlanner:
                                             "(it could plant something that runs later outside the sandbox)")
                 explicit.pop(path, None)
         return explicit
+
+    def _outermost(self, record: list[str]) -> list[str]:
+        """Leave out an entry the record of a directory above it already walks (every component
+        between them a real directory, no symlink): the venv's site-packages is also a dependency's
+        place, and was recorded, hashed and compared twice a run."""
+        kept: list[str] = []
+        for path in record:  # sorted: a directory comes before what lies beneath it
+            holder = next((k for k in reversed(kept) if path != k and within(path, k)), None)
+            if holder is not None and self.facts.kind(holder) == "dir" and self._walked(holder, path):
+                continue
+            kept.append(path)
+        return kept
+
+    def _walked(self, holder: str, path: str) -> bool:
+        """The walk from holder reaches path: each directory between them is a directory (the walk
+        never follows a symlink)."""
+        current = os.path.dirname(path)
+        while current != holder:
+            if self.facts.kind(current) != "dir":
+                return False
+            current = os.path.dirname(current)
+        return True
 
     def _binds(self, record: list[str], roots: list[str]) -> list[Mount]:
         """Existing protected files and directories, read-only binds of themselves (symlinks are

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from sandboxctl.protect.store import Store, _record
+from sandboxctl.protect.store import Store, _entry, _record, unchanged
 from sandboxctl.record import Record
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
@@ -83,9 +83,19 @@ def _same(before: dict[str, Any], now: dict[str, Any]) -> bool:
 
 def _compare(path: str, before: dict[str, Any], store: Store, state: Path, run_id: str,
              changes: list[Change], restore: Callable[[str], bool]) -> None:
-    now = _record(path, store, [0])  # children are compared one by one below
     if before.get("kind") in ("unreadable", "other"):
         return
+    try:
+        st = os.lstat(path)
+    except OSError:
+        st = None
+    if st is not None and unchanged(before, st):
+        if before.get("kind") != "dir" or _entry(path, st, store, [1 << 20], before) is before:
+            return  # the whole tree is as recorded: one stat per entry (store._reuse)
+        for name, child in (before.get("children") or {}).items():  # no name added or removed here
+            _compare(f"{path}/{name}", child, store, state, run_id, changes, restore)
+        return
+    now = _record(path, store, [0])  # children are compared one by one below
     if before.get("kind") == "dir" and now.get("kind") == "dir":
         if before.get("mode") != now.get("mode"):
             act = restore(path)

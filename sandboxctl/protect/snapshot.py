@@ -10,10 +10,12 @@ event. The record is a journal in the state dir: if the supervisor is killed, th
 
 Hashes are cached by (device, inode, size, mtime, ctime), so a warm launch only stats; the cache
 is read only once a file must be hashed (a workspace whose protected names are all absent reads
-nothing).
+nothing). The last launch record of the same paths is reused entry by entry where those are
+unchanged (a venv inside the workspace: one stat per entry at launch, one at the end). The
+journal is marshal, its entries encoded once (version 2; a version-1 JSON journal is still read).
 
   snapshot.py  the run's journal (Snapshot: take, mark, beat, check) and a killed run's recovery
-  store.py     one entry's record; the blobs by SHA-256 and the hash cache
+  store.py     one entry's record; the blobs by SHA-256, the hash cache and the kept records
   restore.py   the comparison at the end, putting back and keeping aside; JSON keys; repositories
                made where nothing mediated (gVisor)
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import marshal
 import os
 from pathlib import Path
 
@@ -32,17 +35,51 @@ from sandboxctl.protect.restore import (  # noqa: F401 - imported from here
     new_repositories,
     restore_json_keys,
 )
-from sandboxctl.protect.store import BLOB_GRACE_S, MAX_BLOB, MAX_CACHED, Store, _record  # noqa: F401 - imported from here
+from sandboxctl.protect.store import (  # noqa: F401 - imported from here
+    BLOB_GRACE_S,
+    MAX_BLOB,
+    MAX_CACHED,
+    Store,
+    _record,
+    load_kept,
+    save_kept,
+)
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
 if TYPE_CHECKING:
     from typing import Any
 
 MAX_ENTRIES = 20_000  # a protected directory larger than this is recorded down to this many entries
+JOURNAL_VERSION = 2  # 2: marshal, entries encoded apart (1: JSON, `<pid>-<run>.json`, still read)
+JOURNAL_SUFFIXES = (".journal", ".json")
 
 
 def _pending(state: Path) -> Path:
     return state / "protect" / "pending"
+
+
+def read_journal(path: Path) -> dict[str, Any]:
+    """A journal of either version, entries decoded (ValueError if it is not one)."""
+    raw = path.read_bytes()
+    if path.suffix == ".json":
+        data = json.loads(raw)
+    else:
+        try:
+            data = marshal.loads(raw)
+            if not isinstance(data, dict) or data.get("version") != JOURNAL_VERSION:
+                raise ValueError("not a journal of this version")
+            data["entries"] = marshal.loads(data.get("entries") or marshal.dumps({}))
+        except (EOFError, TypeError) as exc:
+            raise ValueError(str(exc)) from None
+    if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
+        raise ValueError("not a journal")
+    return data
+
+
+def journals(state: Path) -> list[Path]:
+    with contextlib.suppress(OSError):
+        return sorted(p for p in _pending(state).iterdir() if p.suffix in JOURNAL_SUFFIXES)
+    return []
 
 
 class Snapshot:
@@ -51,20 +88,28 @@ class Snapshot:
     def __init__(self, state: Path, run_id: str):
         self.state = state
         self.run_id = run_id
-        self.journal = _pending(state) / f"{os.getpid()}-{run_id}.json"
+        self.journal = _pending(state) / f"{os.getpid()}-{run_id}.journal"
         self.entries: dict[str, dict[str, Any]] = {}
         self.wall_whole = False  # until the supervisor knows the layers: assume the sandbox could write
         self.json_patterns: dict[str, list[str]] = {}
         self.json_values: dict[str, dict[str, Any]] = {}
         self.store: Store | None = None
+        self._entries_encoded: bytes | None = None  # the entries as the journal holds them (encoded once)
+        self._claimed = False
 
     def take(self, existing: tuple[str, ...], absent: tuple[str, ...],
              json_keys: tuple[tuple[str, str], ...] = ()) -> None:
         from sandboxctl.protect import jsonkeys
 
-        store = self.store = Store(self.state)
+        store = self.store = Store(self.state, self._claim)
+        self._entries_encoded = None
         budget = [MAX_ENTRIES]
-        self.entries = {path: _record(path, store, budget) for path in existing}
+        paths = tuple(existing)
+        previous = load_kept(store.root, paths) if paths else {}
+        if previous:
+            self._claim()  # its hashes name blobs, as the cache's do
+        self.entries = {path: _record(path, store, budget, previous.get(path)) for path in paths}
+        reused = all(self.entries[path] is previous.get(path) for path in paths)
         self.entries.update({path: {"kind": "missing"} for path in absent if path not in self.entries})
         self.json_patterns = {}
         for path, keys in json_keys:
@@ -72,17 +117,40 @@ class Snapshot:
         self.json_values = jsonkeys.record(json_keys)
         real_parent = _RealParents()
         for path, entry in self.entries.items():
-            entry["parent"] = real_parent(path)  # checked again at the end
+            parent = real_parent(path)  # checked again at the end
+            reused = reused and (path not in previous or entry.get("parent") == parent)
+            entry["parent"] = parent
+        if paths and not reused:
+            save_kept(store.root, paths, {path: self.entries[path] for path in paths})
         store.save()
         self._write()
 
+    def _claim(self) -> None:
+        """Before the hash cache or a kept record is read: a journal that says this launch is taking
+        its record, so that no other run collects a blob this one found there (store.collect)."""
+        if self._claimed:
+            return
+        self._claimed = True
+        self._write_journal({"version": JOURNAL_VERSION, "run": self.run_id, "taking": True,
+                             "entries": marshal.dumps({})})
+
     def _write(self) -> None:
+        """The journal: the entries are encoded once a run (a venv's record is a megabyte) and
+        the same bytes go into each version of it (take, then mark). Once written it names every
+        blob this run needs: no claim may replace it (the check may read the cache too)."""
+        self._claimed = True
+        if self._entries_encoded is None:
+            self._entries_encoded = marshal.dumps(self.entries)
+        self._write_journal({"version": JOURNAL_VERSION, "run": self.run_id, "wall_whole": self.wall_whole,
+                             "json_patterns": self.json_patterns, "json_values": self.json_values,
+                             "entries": self._entries_encoded})
+
+    def _write_journal(self, data: dict[str, Any]) -> None:
         self.journal.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = self.journal.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as handle:  # json.dumps: C's encoder (json.dump is Python's, ~1 ms here)
-            handle.write(json.dumps({"run": self.run_id, "entries": self.entries, "wall_whole": self.wall_whole,
-                                     "json_patterns": self.json_patterns, "json_values": self.json_values}))
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(marshal.dumps(data))
         os.replace(tmp, self.journal)
 
     def inodes(self) -> dict[tuple[int, int], str]:
@@ -135,7 +203,7 @@ def _changed_before(path: str, last_beat: int) -> bool:
     try:
         return os.lstat(path).st_ctime_ns <= last_beat
     except OSError:
-        return True
+        return True  # removed: when is not known; the sandbox could have done it
 
 
 def recover(state: Path, alive) -> list[Change]:
@@ -145,12 +213,12 @@ def recover(state: Path, alive) -> list[Change]:
     is the user's own work). The rest is reported."""
     changes: list[Change] = []
     with contextlib.suppress(OSError):
-        for journal in sorted(_pending(state).glob("*.json")):
+        for journal in journals(state):
             owner = journal.name.split("-", 1)[0]
             if not owner.isdigit() or alive(int(owner)):
                 continue
             try:
-                data = json.loads(journal.read_text())
+                data = read_journal(journal)
                 last_beat = journal.stat().st_mtime_ns + int(HEARTBEAT_S * 1.5 * 1e9)
             except (OSError, ValueError):
                 journal.unlink(missing_ok=True)
@@ -158,12 +226,9 @@ def recover(state: Path, alive) -> list[Change]:
             whole = bool(data.get("wall_whole"))
 
             def before_death(path: str, last_beat: int = last_beat, whole: bool = whole) -> bool:
-                if whole:
-                    return False
-                try:
-                    return os.lstat(path).st_ctime_ns <= last_beat
-                except OSError:
-                    return True  # removed: when is not known; the sandbox could have done it
+                # a protected entry changed where the kernel wall was whole was not the sandbox's doing;
+                # JSON keys (below) have no kernel wall: only the heartbeat decides for them
+                return not whole and _changed_before(path, last_beat)
 
             run = str(data.get("run", ""))
             changes += compare_and_restore(state, run, data.get("entries") or {}, before_death)

@@ -1,21 +1,31 @@
-"""What a launch record is made of: one entry's record, and the store of contents and hashes.
+"""What a launch record is made of: one entry's record, the store of contents and hashes, and
+the last launch record of each set of paths.
 
 Part of the end-of-run check (snapshot.py). An entry is recorded as its kind, mode and identity,
 and for a file the SHA-256 of its content, whose bytes are kept in a content-addressed store in
 the private state dir (so a change can be put back). Hashes are cached by (device, inode, size,
 mtime, ctime), so a warm launch only stats; the cache is read only once a file must be hashed.
+
+A venv inside the workspace is thousands of entries; a launch that built each one's record anew
+(listing, sorting, a dict per entry, a hash-cache lookup per file) spent ~20 ms on it. So the
+record of a set of paths is kept (`protect/records/`), and the next launch of the same paths
+reuses it entry by entry where identity and times are unchanged (_reuse: one stat per entry, no
+listing), sound for the reason the hash cache is: no unprivileged process sets a ctime back.
+Blobs a kept record names are never collected; a kept record nobody used for a month is removed
+when another is written.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import marshal
 import os
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from sandboxctl import cachedir
 from sandboxctl.digest import sha256
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
@@ -25,29 +35,32 @@ if TYPE_CHECKING:
 MAX_BLOB = 4 << 20  # larger protected files are compared by hash but cannot be put back
 MAX_CACHED = 8192  # hashes kept for the next runs (oldest first out): every run loads them all
 
-BLOB_GRACE_S = 24 * 3600  # a blob used or made this recently is never collected (a launch in flight)
+BLOB_GRACE_S = 24 * 3600  # a blob made this recently is never collected (a launch in flight)
+TAKING_S = 3600  # a launch's claim older than this is a stale one (its pid reused): collection goes on
 
 
 class Store:
     """Blobs by SHA-256 and the hash cache, in the private state dir."""
 
-    def __init__(self, state: Path):
+    def __init__(self, state: Path, claim: Callable[[], None] | None = None):
         self.root = state / "protect"
         self.blobs = self.root / "blobs"
         self.cache_path = self.root / "hashes.marshal"
         self._cache: dict[tuple, str] | None = None  # read at the first file to hash (none: no read)
         self.dirty = False
         self.used: set[tuple] = set()
+        self.claim = claim  # called before the cache is read: says "a launch takes hashes from it"
 
     @property
     def cache(self) -> dict[tuple, str]:
         if self._cache is None:
+            if self.claim is not None:
+                self.claim()
             try:
                 loaded = marshal.loads(self.cache_path.read_bytes())
             except (OSError, ValueError, EOFError, TypeError):
                 loaded = {}
             self._cache = loaded if isinstance(loaded, dict) else {}
-            self.dirty = self.dirty or len(self._cache) > MAX_CACHED  # a cache of an older version, unbounded: trim it
         return self._cache
 
     @cache.setter
@@ -55,10 +68,12 @@ class Store:
         self._cache = value
 
     def digest(self, path: str, st: os.stat_result) -> str:
+        """The file's SHA-256, from the cache when its identity and times are the ones hashed (a
+        hit stats nothing more: the blob of a cached hash is never collected, see collect)."""
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         self.used.add(key)
         known = self.cache.get(key)
-        if known and (st.st_size > MAX_BLOB or self._fresh(known)):
+        if known:
             return known
         digest = sha256()
         keep = st.st_size <= MAX_BLOB
@@ -103,15 +118,22 @@ class Store:
                 os.utime(self.blobs / digest)
         return True
 
+    def bound(self) -> int:
+        """How many hashes the cache keeps: MAX_CACHED, or twice what this run used when that is
+        more (a venv of 10 000 files inside the workspace must fit whole, with room for the other
+        workspaces of this user, or every run hashes it again)."""
+        return max(MAX_CACHED, 2 * len(self.used))
+
     def save(self) -> None:
-        """Write the cache back. Past MAX_CACHED hashes it is cut to three quarters of that, the
-        oldest first and never one this run used (it stays cheap to load; a dropped hash is only
+        """Write the cache back. Past its bound it is cut to three quarters of that, the oldest
+        first and never one this run used (it stays cheap to load; a dropped hash is only
         computed again), and the blobs nothing names any more are collected."""
-        if not self.dirty:
+        if not self.dirty and len(self.cache if self._cache is not None else ()) <= self.bound():
             return
-        trimmed = len(self.cache) > MAX_CACHED
+        bound = self.bound()
+        trimmed = len(self.cache) > bound
         if trimmed:
-            spare = max(0, MAX_CACHED * 3 // 4 - len(self.used))
+            spare = max(0, bound * 3 // 4 - len(self.used))
             others = [key for key in self.cache if key not in self.used]
             keep = set(others[len(others) - spare:] if spare else ()) | self.used
             self.cache = {key: value for key, value in self.cache.items() if key in keep}
@@ -125,14 +147,23 @@ class Store:
             self.collect()
 
     def collect(self) -> None:
-        """Remove the blobs that neither the cache nor a pending journal (a run still going, or a
-        killed one's) names and nobody used for BLOB_GRACE_S: contents of protected files as they
-        were long ago. The grace covers a launch between writing its blobs and its journal."""
+        """Remove the blobs that neither the cache, a kept record (load_kept) nor a pending
+        journal (a run still going, or a killed one's) names and nobody used for BLOB_GRACE_S:
+        contents of protected files as they were long ago. The grace covers a launch between
+        writing its blobs and its journal; a launch reading hashes from the cache or a kept record
+        has claimed a journal (`taking`) before it read them, and while one has, nothing is
+        collected (its hits name blobs no journal names yet)."""
+        from sandboxctl.protect.snapshot import journals, read_journal
+
         needed = set(self.cache.values())
-        with contextlib.suppress(OSError):
-            for journal in (self.root / "pending").glob("*.json"):
-                with contextlib.suppress(OSError, ValueError):
-                    needed |= _digests(json.loads(journal.read_text()).get("entries") or {})
+        for journal in journals(self.root.parent):
+            with contextlib.suppress(OSError, ValueError):
+                data = read_journal(journal)
+                if data.get("taking") and journal.stat().st_mtime > time.time() - TAKING_S:
+                    return
+                needed |= _digests(data.get("entries") or {})
+        for kept in all_kept(self.root):  # the next launch reuses their hashes
+            needed |= _digests(kept)
         cutoff = time.time() - BLOB_GRACE_S
         with contextlib.suppress(OSError), os.scandir(self.blobs) as listing:
             for entry in listing:
@@ -156,17 +187,36 @@ def _digests(entries: dict[str, Any]) -> set[str]:
     return found
 
 
-def _record(path: str, store: Store, budget: list[int]) -> dict[str, Any]:
+def _record(path: str, store: Store, budget: list[int], previous: dict[str, Any] | None = None) -> dict[str, Any]:
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return {"kind": "missing"}
     except OSError:
         return {"kind": "unreadable"}
-    entry: dict[str, Any] = {"mode": stat.S_IMODE(st.st_mode), "dev": st.st_dev, "ino": st.st_ino}
-    if stat.S_ISLNK(st.st_mode):
-        entry.update(kind="symlink", target=os.readlink(path))
-    elif stat.S_ISDIR(st.st_mode):
+    return _entry(path, st, store, budget, previous)
+
+
+def _entry(path: str, st: os.stat_result, store: Store, budget: list[int],
+           previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An entry's record from its lstat. ctime (ns) is kept for the end-of-run check: an entry
+    whose identity, size, mtime and ctime are unchanged was not changed (no unprivileged process
+    sets a ctime; a write, chmod, link, rename or utimensat makes it now), so neither its hash nor
+    a directory's listing is needed again. A directory's children are statted through its listing
+    (fstatat: no path walk from / for each of a venv's 10 000 files). previous: the last launch's
+    record of this entry (load_kept), reused wherever it is unchanged."""
+    if previous is not None and unchanged(previous, st):
+        reused = _reuse(path, st, store, budget, previous)
+        if reused is not None:
+            return reused
+    mode = st.st_mode
+    entry: dict[str, Any] = {"mode": stat.S_IMODE(mode), "dev": st.st_dev, "ino": st.st_ino, "ctime": st.st_ctime_ns}
+    if stat.S_ISLNK(mode):
+        try:
+            entry.update(kind="symlink", target=os.readlink(path))
+        except OSError:
+            return {"kind": "unreadable"}
+    elif stat.S_ISDIR(mode):
         children: dict[str, Any] = {}
         complete = True
         with contextlib.suppress(OSError), os.scandir(path) as listing:
@@ -175,13 +225,147 @@ def _record(path: str, store: Store, budget: list[int]) -> dict[str, Any]:
                     complete = False  # what was not recorded is neither compared nor removed
                     break
                 budget[0] -= 1
-                children[child.name] = _record(child.path, store, budget)
+                try:
+                    child_st = child.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    children[child.name] = {"kind": "missing"}
+                    continue
+                except OSError:
+                    children[child.name] = {"kind": "unreadable"}
+                    continue
+                children[child.name] = _entry(child.path, child_st, store, budget)
         entry.update(kind="dir", children=children, complete=complete)
-    elif stat.S_ISREG(st.st_mode):
+    elif stat.S_ISREG(mode):
         try:
-            entry.update(kind="file", size=st.st_size, sha256=store.digest(path, st))
+            entry.update(kind="file", size=st.st_size, mtime=st.st_mtime_ns, sha256=store.digest(path, st))
         except OSError:
             entry.update(kind="unreadable")
     else:
         entry.update(kind="other")
     return entry
+
+
+def _reuse(path: str, st: os.stat_result, store: Store, budget: list[int],
+           previous: dict[str, Any]) -> dict[str, Any] | None:
+    """The previous record of an unchanged entry, refreshed: a file's is itself (its hash holds);
+    a directory's names are the same (its ctime would have moved), so its children are statted by
+    name and each refreshed in turn. None: record it afresh (a listing that cannot be read, or
+    the budget would cut it)."""
+    kind = previous.get("kind")
+    if kind == "file":
+        store.used.add((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        return previous
+    if kind == "symlink":
+        return previous
+    children = previous.get("children")
+    if not isinstance(children, dict) or not previous.get("complete", True) or budget[0] < len(children):
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    fresh: dict[str, Any] = {}
+    same = True
+    start = budget[0]
+    try:
+        budget[0] -= len(children)
+        used = store.used
+        for name, before in children.items():
+            try:
+                child_st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                budget[0] = start  # it was there (the directory is unchanged): a race, record it afresh
+                return None
+            if (before.get("kind") == "file" and before.get("ctime") == child_st.st_ctime_ns  # unchanged(), inlined:
+                    and before.get("mtime") == child_st.st_mtime_ns and before.get("ino") == child_st.st_ino
+                    and before.get("size") == child_st.st_size and before.get("dev") == child_st.st_dev
+                    and before.get("mode") == child_st.st_mode & 0o7777 and stat.S_ISREG(child_st.st_mode)):
+                used.add((child_st.st_dev, child_st.st_ino, child_st.st_size, child_st.st_mtime_ns,
+                          child_st.st_ctime_ns))
+                fresh[name] = before  # most of a venv's entries: one stat and this
+                continue
+            now = _entry(f"{path}/{name}", child_st, store, budget, before)
+            same = same and now is before
+            fresh[name] = now
+    finally:
+        os.close(fd)
+    return previous if same else {**previous, "children": fresh}
+
+
+def unchanged(before: dict[str, Any], st: os.stat_result) -> bool:
+    """The entry is the one recorded, by identity and times alone (see _entry): for a file,
+    same inode, mode, size, mtime and ctime; for a directory, same inode, mode and ctime (no name
+    in it was added, removed or renamed). A record without ctime (a journal of an older
+    version) never is."""
+    ctime = before.get("ctime")
+    if ctime is None or ctime != st.st_ctime_ns or before.get("ino") != st.st_ino or before.get("dev") != st.st_dev:
+        return False
+    if before.get("mode") != stat.S_IMODE(st.st_mode):
+        return False
+    kind = before.get("kind")
+    if kind == "file":
+        return stat.S_ISREG(st.st_mode) and before.get("size") == st.st_size and before.get("mtime") == st.st_mtime_ns
+    if kind == "dir":
+        return stat.S_ISDIR(st.st_mode)
+    if kind == "symlink":  # a symlink's target is never changed in place: only replaced (a new inode)
+        return stat.S_ISLNK(st.st_mode)
+    return False
+
+
+RECORD_VERSION = 1  # the format of an entry's record (store._entry): bumped, older records are not read
+
+
+def _record_file(root: Path, paths: tuple[str, ...]) -> Path:
+    key = sha256("\0".join((str(RECORD_VERSION), *paths)).encode()).hexdigest()[:24]
+    return root / "records" / f"{key}.marshal"
+
+
+def load_kept(root: Path, paths: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """The kept record of exactly these paths, or {} (none, another version, not ours)."""
+    path = _record_file(root, paths)
+    try:
+        st = path.lstat()
+        if st.st_uid != os.getuid() or st.st_mode & 0o022 or not stat.S_ISREG(st.st_mode):
+            return {}
+        version, kept_paths, entries = marshal.loads(path.read_bytes())
+    except (OSError, ValueError, EOFError, TypeError):
+        return {}
+    if version != RECORD_VERSION or kept_paths != paths or not isinstance(entries, dict):
+        return {}
+    cachedir.mark_used(path, st.st_mtime)
+    return entries
+
+
+def save_kept(root: Path, paths: tuple[str, ...], entries: dict[str, dict[str, Any]]) -> None:
+    path = _record_file(root, paths)
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(marshal.dumps((RECORD_VERSION, paths, entries)))
+        os.replace(tmp, path)
+        _prune_kept(path.parent)
+
+
+def _prune_kept(directory: Path) -> None:
+    cutoff = time.time() - cachedir.UNUSED_S
+    with contextlib.suppress(OSError), os.scandir(directory) as listing:
+        for entry in listing:
+            with contextlib.suppress(OSError):
+                if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(entry.path)
+
+
+def all_kept(root: Path) -> list[dict[str, dict[str, Any]]]:
+    """Every kept record's entries (what store.collect must not take the blobs of)."""
+    found = []
+    with contextlib.suppress(OSError), os.scandir(root / "records") as listing:
+        for entry in listing:
+            if entry.name.startswith("."):
+                continue
+            with contextlib.suppress(OSError, ValueError, EOFError, TypeError):
+                _version, _paths, entries = marshal.loads(Path(entry.path).read_bytes())
+                if isinstance(entries, dict):
+                    found.append(entries)
+    return found

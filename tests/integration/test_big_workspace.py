@@ -13,7 +13,6 @@ import pytest
 
 from tests.integration.test_protected_paths import _start, _wait_for, repo
 
-
 BIG = 1100  # three protected binds each (9900 words): past bubblewrap's 9000 options, the binds are left out
 
 

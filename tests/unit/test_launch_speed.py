@@ -220,3 +220,31 @@ def test_head_start_cgroup_is_the_runs_only_with_the_same_layout() -> None:
         assert early.settled and _gone(child.pid) and other.calls == ["moved", "remove"]
     finally:
         child.kill()
+
+
+def test_a_cgroup_move_writes_only_the_processes_not_listed_there(tmp_path, monkeypatch) -> None:
+    """Each cgroup.procs write takes the kernel's cgroup lock for writing (the first after a quiet
+    while waits ~10 ms for RCU): add() reads the list first and writes only the missing pids, and
+    the early mover follows bubblewrap's children once bubblewrap itself is in."""
+    from sandboxctl.supervise import cgroups
+
+    written: list[tuple[str, str]] = []
+    members = {str(tmp_path / "pids"): {10, 11}, str(tmp_path / "memory"): {10}}
+    monkeypatch.setattr(cgroups, "_members", lambda path: set(members[path]))
+
+    def write(path: str, value: str) -> None:
+        written.append((path, value))
+        members[path.rsplit("/", 1)[0]].add(int(value))
+
+    monkeypatch.setattr(cgroups, "_write", write)
+    cgroup = object.__new__(cgroups.RunCgroup)
+    cgroup.dirs = list(members)
+    assert cgroup.add([10, 11]) == 1 and written == [(f"{tmp_path}/memory/cgroup.procs", "11")]
+    assert cgroup.add([10, 11]) == 0 and len(written) == 1  # all in: nothing written
+    written.clear()
+    monkeypatch.setattr(cgroups, "descendants", lambda pid: [20, 21] if pid == 12 else [])
+    cgroup._mover, cgroup._move_error, cgroup._switch_interval = None, None, 0.005
+    cgroup.move_soon(12)
+    cgroup.moved()
+    assert [value for _path, value in written] == ["12", "12", "20", "21", "20", "21"]  # both dirs, once each
+    assert all(members[d] >= {12, 20, 21} for d in members)

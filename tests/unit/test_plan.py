@@ -302,6 +302,26 @@ def test_supervisor_code_and_venv_are_protected():
     assert ("ro", f"{WS}/.venv") in mounts(plan)
 
 
+def test_a_protected_path_beneath_a_recorded_directory_is_recorded_once():
+    """The venv is sandboxctl's prefix and holds its dependencies' places (site-packages, yaml/):
+    its record walks them already; recorded again they were hashed and compared twice a run."""
+    venv = f"{WS}/.venv"
+    site = f"{venv}/lib/python3.11/site-packages"
+    files = {venv: "dir", f"{venv}/lib": "dir", f"{venv}/lib/python3.11": "dir", site: "dir", f"{site}/yaml": "dir",
+             f"{WS}/.venv2": "dir"}
+    plan = plan_for(files=files, protected_code=(venv, site, f"{site}/yaml", f"{WS}/.venv2"))
+    assert plan.protect.record == (venv, f"{WS}/.venv2")  # (.venv2 is not beneath .venv)
+    assert [m.target for m in plan.mounts if m.kind == "ro" and m.target.startswith(WS)] == [venv, f"{WS}/.venv2"]
+
+
+def test_a_protected_path_beneath_a_recorded_symlinked_component_keeps_its_record():
+    venv = f"{WS}/.venv"
+    files = {venv: "dir", f"{venv}/lib": f"symlink:{WS}/elsewhere", f"{WS}/elsewhere": "dir",
+             f"{WS}/elsewhere/site": "dir", f"{venv}/lib/site": "dir"}  # (the fake kind does not follow the link)
+    plan = plan_for(files=files, protected_code=(venv, f"{venv}/lib/site"))
+    assert plan.protect.record == (venv, f"{venv}/lib/site")  # the walk of .venv never follows lib
+
+
 def test_granting_a_protected_path_by_name_releases_it_with_a_confirmation():
     hooks = f"{WS}/.git/hooks"
     files = {f"{WS}/.git": "dir", hooks: "dir", f"{WS}/.git/config": "file"}

@@ -1,0 +1,177 @@
+"""The end-of-run check trusts identity and times (inode, size, mtime, ctime) to skip hashing and
+listing what did not change (a venv inside the workspace is 5 000 entries twice a run). Every way
+of changing a recorded file that keeps some of those the same must still be found — and put back."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from sandboxctl.protect import snapshot
+from sandboxctl.protect.store import unchanged
+
+ORIGINAL = "import os\nVALUE = 1\n"
+EVIL = "import os\nVALUE = 2\n"  # the same size
+
+
+@pytest.fixture
+def venv(tmp_path: Path) -> Path:
+    site = tmp_path / "ws" / ".venv" / "lib" / "site-packages"
+    site.mkdir(parents=True)
+    (site / "mod.py").write_text(ORIGINAL)
+    (site / "pkg").mkdir()
+    (site / "pkg" / "__init__.py").write_text("")
+    return tmp_path / "ws" / ".venv"
+
+
+@pytest.fixture(params=["fresh", "reused"])
+def launches(request) -> int:
+    """A first launch records everything; a later one reuses the kept record (store.load_kept)."""
+    return 1 if request.param == "fresh" else 2
+
+
+def _take(tmp_path: Path, venv: Path, launches: int = 2) -> snapshot.Snapshot:
+    for n in range(launches):
+        snap = snapshot.Snapshot(tmp_path / "state", f"r{n}")
+        snap.take((str(venv),), ())
+        if n < launches - 1:
+            assert snap.check() == []
+    return snap
+
+
+def _same_times(path: Path, st: os.stat_result) -> None:
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # utimensat: mtime back; the ctime is now
+
+
+def _check(snap: snapshot.Snapshot, mod: Path) -> list[tuple[str, str, str]]:
+    changes = snap.check()
+    return [(c.path, c.change, c.action) for c in changes if c.path == str(mod)]
+
+
+def rewrite_in_place(mod: Path) -> None:
+    st = mod.stat()
+    with open(mod, "r+") as handle:
+        handle.write(EVIL)
+    _same_times(mod, st)
+
+
+def rename_over(mod: Path) -> None:
+    st = mod.stat()
+    other = mod.with_name("other.py")
+    other.write_text(EVIL)
+    _same_times(other, st)
+    os.replace(other, mod)
+
+
+def replace_reusing_the_inode(mod: Path) -> None:
+    """unlink, then a new file (ext4 and tmpfs hand the freed inode number out again)."""
+    st = mod.stat()
+    mod.unlink()
+    mod.write_text(EVIL)
+    _same_times(mod, st)
+
+
+def hardlink_swap(mod: Path) -> None:
+    st = mod.stat()
+    outside = mod.parent.parent.parent.parent / "evil.py"
+    outside.write_text(EVIL)
+    _same_times(outside, st)
+    mod.unlink()
+    os.link(outside, mod)
+
+
+def write_through_a_hardlink(mod: Path) -> None:
+    """A hardlink made before the run elsewhere (uv links venvs to its cache): written there."""
+    st = mod.stat()
+    with open(mod.parent.parent.parent.parent / "cache-link.py", "r+") as handle:
+        handle.write(EVIL)
+    _same_times(mod, st)
+
+
+def symlink_in_place(mod: Path) -> None:
+    outside = mod.parent.parent.parent.parent / "evil.py"
+    outside.write_text(EVIL)
+    mod.unlink()
+    mod.symlink_to(outside)
+
+
+def chmod_only(mod: Path) -> None:
+    mod.chmod(0o777)
+
+
+@pytest.mark.parametrize("attack", [rewrite_in_place, rename_over, replace_reusing_the_inode, hardlink_swap,
+                                    write_through_a_hardlink, symlink_in_place, chmod_only])
+def test_a_changed_file_is_found_and_put_back(tmp_path, venv, attack, launches):
+    mod = venv / "lib" / "site-packages" / "mod.py"
+    os.link(mod, tmp_path / "ws" / "cache-link.py")
+    mod.chmod(0o644)
+    snap = _take(tmp_path, venv, launches)
+    attack(mod)
+    kind = "replaced" if attack is symlink_in_place else "modified"
+    assert _check(snap, mod) == [(str(mod), kind, "restored")]
+    assert mod.read_text() == ORIGINAL and not mod.is_symlink()
+    assert mod.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_file_planted_in_a_directory_is_found_even_if_the_directory_times_are_touched_back(tmp_path, venv,
+                                                                                            launches):
+    snap = _take(tmp_path, venv, launches)
+    pkg = venv / "lib" / "site-packages" / "pkg"
+    st = pkg.stat()
+    (pkg / "planted.py").write_text("print('owned')\n")
+    _same_times(pkg, st)
+    changes = [(c.path, c.change, c.action) for c in snap.check()]
+    assert (str(pkg / "planted.py"), "created", "removed") in changes
+    assert not (pkg / "planted.py").exists()
+
+
+def test_a_directory_renamed_away_and_made_again_is_found(tmp_path, venv, launches):
+    snap = _take(tmp_path, venv, launches)
+    pkg = venv / "lib" / "site-packages" / "pkg"
+    pkg.rename(tmp_path / "away")
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("print('owned')\n")
+    changes = {(c.path, c.change) for c in snap.check()}
+    assert (str(pkg / "__init__.py"), "modified") in changes
+    assert (pkg / "__init__.py").read_text() == ""
+
+
+def test_nothing_changed_is_nothing_reported_and_nothing_hashed(tmp_path, venv, monkeypatch, launches):
+    snap = _take(tmp_path, venv, launches)
+    hashed = []
+    monkeypatch.setattr(snap.store, "digest", lambda path, st: hashed.append(path))
+    assert snap.check() == []
+    assert hashed == []
+
+
+def test_unchanged_needs_every_field_and_a_record_of_this_version():
+    st = os.stat(__file__)
+    record = {"kind": "file", "mode": st.st_mode & 0o7777, "dev": st.st_dev, "ino": st.st_ino,
+              "ctime": st.st_ctime_ns, "size": st.st_size, "mtime": st.st_mtime_ns}
+    assert unchanged(record, st)
+    for key, value in (("ctime", 1), ("size", 0), ("mtime", 1), ("ino", 1), ("dev", 1), ("mode", 0o777),
+                       ("kind", "dir"), ("kind", "symlink")):
+        assert not unchanged({**record, key: value}, st), key
+    assert not unchanged({k: v for k, v in record.items() if k != "ctime"}, st)  # an older journal: compared
+
+
+@pytest.mark.parametrize("attack", [rewrite_in_place, replace_reusing_the_inode, write_through_a_hardlink,
+                                    symlink_in_place])
+def test_a_change_between_launches_is_recorded_afresh_not_taken_from_the_kept_record(tmp_path, venv, attack):
+    """The user changes the venv between two runs (pip install): the next launch records the new
+    content (it is what the run must find again), and its check puts back no stale one."""
+    mod = venv / "lib" / "site-packages" / "mod.py"
+    os.link(mod, tmp_path / "ws" / "cache-link.py")
+    _take(tmp_path, venv, 1).check()
+    attack(mod)
+    now = mod.read_text()
+    snap = _take(tmp_path, venv, 1)
+    assert snapshot.Snapshot(tmp_path / "state", "r9").check() == []  # (nothing recorded: nothing to find)
+    st = mod.stat()
+    mod.unlink()
+    mod.write_text("#" * (st.st_size - 1) + "\n")  # the run changes it (same size, same times)
+    _same_times(mod, st)
+    assert [c.path for c in snap.check()] == [str(mod)]
+    assert mod.read_text() == now  # what the user had made before the run, not the older kept record
