@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import pwd
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass, field
 
@@ -75,4 +74,6 @@ def true_binary() -> str:
     for path in ("/bin/true", "/usr/bin/true"):
         if os.access(path, os.X_OK):
             return path
-    return shutil.which("true") or "/bin/true"
+    from sandboxctl.supervise.spawn import which  # absolute PATH entries only: never the workspace
+
+    return which("true") or "/bin/true"

@@ -8,7 +8,6 @@ would not start; a `warn` means it would, with something weaker or missing.
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import asdict
 
 from sandboxctl.checks.common import FAIL, CheckResult, current_user
@@ -18,6 +17,7 @@ from sandboxctl.checks.landlock import check_landlock
 from sandboxctl.checks.namespaces import check_bwrap, check_userns
 from sandboxctl.checks.overlay import check_overlay
 from sandboxctl.checks.seccomp import check_seccomp
+from sandboxctl.supervise.spawn import which  # absolute PATH entries only: never the workspace
 
 CHECK_NAMES = ("bubblewrap", "user-namespaces", "landlock", "seccomp", "cgroup", "state-dir", "shim-python", "gvisor",
                "overlay")
@@ -25,7 +25,7 @@ CHECK_NAMES = ("bubblewrap", "user-namespaces", "landlock", "seccomp", "cgroup",
 
 def run_checks() -> list[CheckResult]:
     bwrap = check_bwrap()
-    path = shutil.which("bwrap")
+    path = which("bwrap")
     userns = check_userns(path)
     return [
         bwrap,

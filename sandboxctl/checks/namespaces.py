@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import stat
 
 from sandboxctl.checks.common import FAIL, OK, WARN, CheckResult, current_user, read_int, run_probe, true_binary
+from sandboxctl.supervise.spawn import which  # absolute PATH entries only: never the workspace
 
 # Every bubblewrap option that launch/bwrap.py may put on a `default` policy's command line.
 REQUIRED_BWRAP_OPTIONS = (
@@ -49,7 +49,7 @@ def assess_bwrap(path: str | None, version_rc: int | None = 0, version_out: str 
 
 def check_bwrap() -> CheckResult:
     """bubblewrap builds the namespaces and the mount tree: without it nothing runs."""
-    path = shutil.which("bwrap")
+    path = which("bwrap")
     if not path:
         return assess_bwrap(None)
     rc, out, err = run_probe([path, "--version"])

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sandboxctl.errors import SandboxError
+from sandboxctl.supervise.spawn import which  # absolute PATH entries only: never the workspace
 
 ENV_CANARY = "SANDBOXCTL_SELFTEST_CANARY"
 RUN_TIMEOUT_S = 120  # a hung probe ends here (unless the policy's own timeout is shorter)
@@ -97,11 +98,11 @@ class Bed:
         probe = Path(__file__).with_name("selftest_probe.py")
         shutil.copyfile(probe, self.workspace / "probe.py")
         binary = self.workspace / "selftest-true"
-        shutil.copyfile(os.path.realpath(shutil.which("true") or "/bin/true"), binary)
+        shutil.copyfile(os.path.realpath(which("true") or "/bin/true"), binary)
         binary.chmod(0o755)
 
     def _git_init(self) -> None:
-        git = shutil.which("git")
+        git = which("git")
         done = None
         if git:
             done = subprocess.run([git, "init", "-q", str(self.workspace)], capture_output=True,

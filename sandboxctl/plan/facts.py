@@ -248,9 +248,34 @@ def _spelt_otherwise():
                 if found:
                     return os.path.join(parent, found)
             parent = os.path.join(parent, name)
-        return None
+        return _file_alias(path)
 
     return other
+
+
+def _file_alias(path: str) -> str | None:
+    """Another name of a file or directory that reaches it through a dentry of its own (a FUSE
+    server gives each name one, and a mount covers only the one it is on): NTFS keeps a DOS (8.3)
+    name for Windows (`ENV~1` for `.env`), which ntfs-3g resolves even mounted case-sensitively
+    and shows as `system.ntfs_dos_name`. ntfs-3g is a path-based FUSE server: each name is an
+    inode of its own to the kernel, a directory's too, though stat shows one number (proven:
+    `SECRE~1/key` read a masked `secrets/key`). A file's DOS name counts in its links, as any hard
+    link does."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+        return None
+    try:
+        dos = os.getxattr(path, "system.ntfs_dos_name", follow_symlinks=False).decode(errors="replace")
+    except OSError:
+        dos = ""
+    if dos and dos.lower() != os.path.basename(path).lower():
+        return os.path.join(os.path.dirname(path), dos)
+    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+        return f"another of its {st.st_nlink} names (a DOS name or a hard link)"
+    return None
 
 
 def _mounted_types() -> dict[int, str]:

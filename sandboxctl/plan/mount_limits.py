@@ -33,7 +33,8 @@ def reachable_guards(mounts: list[Mount], closed_to_sandbox: Callable[[str], boo
 
 def masks_cover_every_spelling(mounts: list[Mount], spelt_otherwise: Callable[[str], str | None]) -> None:
     """A mask hides an entry by mounting over its dentry; where another spelling of it has a
-    dentry of its own (a case-insensitive FUSE file system: `.ENV` for a masked `.env`), the
+    dentry of its own (a case-insensitive FUSE file system: `.ENV` for a masked `.env`; NTFS's
+    DOS name `ENV~1` under ntfs-3g, even mounted case-sensitively), the
     sandbox would read it through that spelling. No mount can cover every spelling, so such a
     plan fails before anything starts (fail closed: never a secret left readable)."""
     for mount in mounts:

@@ -167,6 +167,24 @@ HOME_NAMES: dict[str, str] = {
     ".claude/settings.local.json": "Claude Code user hooks and permissions",
 }
 
+# Anywhere beneath a writable grant: the programs the supervisor itself runs from the caller's
+# PATH, outside the sandbox. PATH may name a directory there only in a later run (a project venv
+# activated after this one: WORKSPACE/.venv/bin), so no directory of the grant may hold them.
+ANYWHERE_NAMES: dict[str, str] = {
+    "bwrap": "the supervisor runs bwrap from your PATH, outside the sandbox (a later PATH may lead here)",
+    "runsc": "the supervisor runs runsc from your PATH, outside the sandbox (a later PATH may lead here)",
+}
+
+
+def anywhere_reason(parts: tuple[str, ...]) -> str | None:
+    """Why parts (folded, relative to the root of a writable grant) hold an ANYWHERE_NAMES entry."""
+    for part in parts:
+        why = ANYWHERE_NAMES.get(part)
+        if why:
+            return f"{part}: {why}"
+    return None
+
+
 # Inside a git directory: entries that make git run programs or look elsewhere.
 GITDIR_NAMES: dict[str, str] = {
     "config": "git config: core.fsmonitor, core.hooksPath, aliases and filters run programs",

@@ -7,7 +7,8 @@ sources of protection, checked in this order:
 1. explicit paths: discovered git directories that are not named `.git` (bare repositories,
    `gitdir:` targets), core.hooksPath directories, config include targets, targets of protected
    names that are symlinks, filesystem.protect, the policy in use, sandboxctl's own code;
-2. names at the root of every writable grant (names.ROOT_NAMES);
+2. names at the root of every writable grant (names.ROOT_NAMES), and bwrap and runsc at any
+   depth (names.ANYWHERE_NAMES);
 3. git directories: any `.git` component, and the discovered ones, judged by names.gitdir_reason.
 
 `blocks_move(path)` also refuses moving a directory that holds an explicit protected path or a
@@ -84,7 +85,7 @@ class Protection:
         if root is None:
             return None
         parts = _parts(path, root)
-        why = names.root_name_reason(parts, root in self.homes)
+        why = names.root_name_reason(parts, root in self.homes) or names.anywhere_reason(parts)
         if why:
             return f"protected: {why}"
         gitdir = self._gitdir_of(path, root, chain)

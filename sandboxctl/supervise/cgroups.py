@@ -173,9 +173,11 @@ class RunCgroup:
     def moving(self) -> bool:
         return self._mover is not None
 
-    def processes(self) -> list[int]:
-        """Every process of the run, in one read (the kernel keeps the list: children join at fork)."""
-        fd = os.open(f"{self.dirs[0]}/cgroup.procs", os.O_RDONLY | os.O_CLOEXEC)
+    def threads(self) -> list[int]:
+        """Every thread of the run, in one read (the kernel keeps the list: children join at
+        fork; cgroup v2 names it cgroup.threads, v1 tasks)."""
+        name = "cgroup.threads" if self.layout.version == "v2" else "tasks"
+        fd = os.open(f"{self.dirs[0]}/{name}", os.O_RDONLY | os.O_CLOEXEC)
         try:  # read to the end (a seq_file may stop short of it), with no per-read Python call
             data = os.read(fd, 65536)
             while chunk := os.read(fd, 65536):

@@ -6,8 +6,10 @@ memory in between (another thread, another process sharing it with CLONE_VM, a M
 mapping, a writer of /proc/PID/mem) could make the record name one file while another runs. So
 each record says whether the read is provably what the kernel will use:
 
-- `verified: true` when the caller is single-threaded, no other task of the sandbox shares its
-  memory (kcmp KCMP_VM; its cwd/fd table too when the path depends on them) except the parent
+- `verified: true` when the caller is single-threaded, no other thread of the sandbox shares its
+  memory (kcmp KCMP_VM against every thread, not only each process's leader: a leader that has
+  exited is a zombie with no memory, while its other threads still hold the caller's; its
+  cwd/fd table too when the path depends on them) except the parent
   that vfork()ed it and waits, blocked, for this exec; every byte read (path, argv array and
   strings) lies in a private mapping that nobody else can change (anonymous, or a read-only
   mapping of a file outside the writable set); opening /proc/PID/mem for writing is denied
@@ -55,7 +57,7 @@ _MACHINE = {"x86_64": (312, {56: "clone", 58: "vfork"}), "aarch64": (272, {220: 
 MAX_CLAIMS = 4096
 VFORK_BLOCK_LOOKS = 3  # looks at a vfork parent's state before it counts as running
 MAX_LISTINGS = 4  # listings of the sandbox's processes per exec while a vfork parent is excused
-MAX_PARENTS = 8  # vfork parents whose stat and syscall files are held open (two descriptors each)
+MAX_PARENTS = 8  # vfork parents whose stat, syscall and schedstat files are held open (three descriptors each)
 
 
 class ExecTarget(Record):
@@ -71,11 +73,13 @@ class ExecTarget(Record):
 
 
 def memory_writers(rules: Any) -> tuple[str, ...]:
-    """The calls that write another process's memory which the seccomp rules do not refuse
-    outright (`syscalls.allow: [ptrace]` gives back ptrace and process_vm_writev): while any is
-    allowed, no read of a caller's memory is provably what the kernel will read."""
+    """The calls through which one process writes another's memory that the seccomp rules do
+    not refuse outright (`syscalls.allow: [ptrace]` gives back ptrace and process_vm_writev;
+    `[io_uring]` io_uring_setup, whose IORING_OP_OPENAT seccomp never sees, so /proc/PID/mem
+    opens for writing past refuses_open): while any is allowed, no read of a caller's memory is
+    provably what the kernel will read."""
     refused = {rule.syscall for rule in rules if not rule.conditions}
-    return tuple(name for name in ("ptrace", "process_vm_writev") if name not in refused)
+    return tuple(name for name in ("ptrace", "process_vm_writev", "io_uring_setup") if name not in refused)
 
 
 class ExecEvents:
@@ -91,7 +95,7 @@ class ExecEvents:
         self.log_soon = log_soon or log  # the exec record, once the kernel has its answer (queued)
         self.denied = denied
         self.judge_write = judge_write  # sandbox path -> WriteVerdict (inside: writable in the sandbox)
-        self.tasks = tasks  # host pids of every process of the sandbox
+        self.tasks = tasks  # host ids of every thread of the sandbox
         self.tampered = tampered if tampered is not None else []
         self.memory_writes_trapped = memory_writes_trapped  # write-intent opens reach refuses_open
         self.memory_writers = memory_writers  # calls the policy lets write another's memory (memory_writers())
@@ -102,8 +106,9 @@ class ExecEvents:
         # cached from a caller, whose pid may be another process's by the time /proc is read
         self.root: int | None = root
         self.formats = facts.Formats()
-        # pid -> descriptors of its /proc/PID/stat and /proc/PID/task/PID/syscall (_parent_files)
-        self.parents: OrderedDict[int, tuple[int, int]] = OrderedDict()
+        # pid -> descriptors of its /proc/PID/stat, /proc/PID/task/PID/syscall and schedstat (_parent_files)
+        self.parents: OrderedDict[int, tuple[int, int, int]] = OrderedDict()
+        self._blocked_since: dict[int, bytes] = {}  # excused in this exec's checks: its schedstat then
 
     def close(self) -> None:
         if self.root is not None:
@@ -130,13 +135,24 @@ class ExecEvents:
             self.unexaminable(notification, name, exc)
             return
         try:
+            self._handle_read(notification, name, guard, memory, path_arg, argv_arg, dirfd, flags)
+        finally:
+            memory.close()
+
+    def _handle_read(self, notification: notify.Notification, name: str, guard: Any,
+                     memory: notify.ProcessMemory, path_arg: int, argv_arg: int, dirfd: int, flags: int) -> None:
+        """handle(), with the caller's memory open: read once for the record, and again at the
+        end of the checks (facts.changed_since_read)."""
+        pid = notification.pid
+        try:
             raw_path, path_done = memory.cstring(notification.args[path_arg], facts.MAX_ARG_BYTES)
             ranges = [(notification.args[path_arg], len(raw_path) + 1)]
+            reads = [(notification.args[path_arg], raw_path + b"\0" if path_done else raw_path)]
             argv, truncated, argv_ranges = facts.read_argv(memory, notification.args[argv_arg],
-                                                           (notification.args[path_arg], raw_path, path_done))
+                                                           (notification.args[path_arg], raw_path, path_done),
+                                                           reads)
             ranges += argv_ranges
         except OSError as exc:
-            memory.close()
             if not notify.still_valid(self.listener, notification.id):
                 return  # the caller died meanwhile: nothing ran
             if exc.errno == errno.EFAULT or exc.errno == errno.EIO:  # the caller's own bad pointer
@@ -144,34 +160,42 @@ class ExecEvents:
                 return
             self.unexaminable(notification, name, exc)
             return
-        memory.close()
         if not path_done:  # no NUL within PATH_MAX: the kernel would say the same
             notify.respond(self.listener, notification.id, error=errno.ENAMETOOLONG)
             return
         path = os.fsdecode(raw_path)
         caller = facts.caller_of(pid)
-        absolute = facts.absolute(pid, dirfd, path, flags)
-        target, refusal, unsure = self._resolve(pid, caller, dirfd, path, absolute, flags)
-        if refusal is not None:  # a failed lookup: the kernel runs nothing, and it is no exec event
-            notify.respond(self.listener, notification.id, error=refusal)
-            return
-        if guard is not None and guard.runs_the_loader(pid, absolute):
-            guard.refuse_loader(notification, absolute)
-            return
-        why = unsure or self._unverifiable(pid, caller, path, dirfd, flags, ranges)
-        # the kernel takes the answer only while the call is pending: the caller was alive (its
-        # pid its own) throughout our reads, or nothing is continued and nothing is logged
-        if not notify.respond(self.listener, notification.id, allow=True):
-            return
-        fields: dict[str, Any] = {"pid": pid, "path": absolute, "argv": argv, "result": "continued",
-                                  "verified": why is None}
-        if why is not None:
-            fields["unverified"] = why
-        if truncated:
-            fields["argv_truncated"] = True
-        if target is not None:
-            self._remember(caller.tgid, target)
-        self.log_soon("exec", **fields)
+        anchor = facts.anchor(pid, dirfd, path, flags)  # a relative path's start, held (see facts.moved)
+        try:
+            absolute = facts.absolute(pid, dirfd, path, flags, anchor)
+            target, refusal, unsure = self._resolve(pid, caller, dirfd, path, absolute, flags)
+            if refusal is not None:  # a failed lookup: the kernel runs nothing, and it is no exec event
+                notify.respond(self.listener, notification.id, error=refusal)
+                return
+            if guard is not None and guard.runs_the_loader(pid, absolute):
+                guard.refuse_loader(notification, absolute)
+                return
+            why = unsure or self._unverifiable(pid, caller, path, dirfd, flags, ranges)
+            if why is None and facts.changed_since_read(memory, reads):  # after every check: see there
+                why = "the exec's arguments changed while they were read (another thread or process wrote them)"
+            if why is None and anchor is not None and facts.moved(pid, dirfd, path, anchor):
+                why = "what the path starts from (the working directory, or dirfd) changed while the exec was examined"
+            # the kernel takes the answer only while the call is pending: the caller was alive (its
+            # pid its own) throughout our reads, or nothing is continued and nothing is logged
+            if not notify.respond(self.listener, notification.id, allow=True):
+                return
+            fields: dict[str, Any] = {"pid": pid, "path": absolute, "argv": argv, "result": "continued",
+                                      "verified": why is None}
+            if why is not None:
+                fields["unverified"] = why
+            if truncated:
+                fields["argv_truncated"] = True
+            if target is not None:
+                self._remember(caller.tgid, target)
+            self.log_soon("exec", **fields)
+        finally:
+            if anchor is not None and anchor >= 0:
+                os.close(anchor)
 
     def unexaminable(self, notification: notify.Notification, name: str, exc: OSError) -> None:
         """Refuse a call the supervisor cannot read (never let it run with a guessed record)."""
@@ -217,7 +241,8 @@ class ExecEvents:
         if not self.memory_writes_trapped:
             return "write opens are not trapped in this run, so /proc/PID/mem stays writable"
         if self.memory_writers:
-            return f"the policy allows {' and '.join(self.memory_writers)}, which write another process's memory"
+            return (f"the policy allows {' and '.join(self.memory_writers)}, "
+                    "through which a process can write another's memory")
         if self._kcmp_nr is None:
             return f"no kcmp check on {os.uname().machine}"
         kinds = [KCMP_VM]
@@ -238,7 +263,16 @@ class ExecEvents:
         it while we looked, and be waiting for it rather than for the caller) would be missed. So
         once anything is excused the sandbox's processes are listed again, and every new one is
         judged too, until a listing brings nothing new (a blocked vfork parent's child exists
-        before it blocks, so a stable listing after the checks holds every such child)."""
+        before it blocks, so a stable listing after the checks holds every such child).
+
+        Nor does a parent blocked in a vfork wait for this caller just because the caller is its
+        child: it may have made the caller with clone(CLONE_VM) and vforked another child since,
+        which exits while we look (its kcmp then finds no memory), and the parent wakes and
+        writes (proven). So an excused parent is looked at once more after the last listing
+        (_excused_still_blocked): still blocked, and not run at all since it was excused. Its
+        vforked child was then alive throughout, so in the last listing, and judged: unless it
+        is the caller, the caller is not verified. The caller's exec is what wakes the parent."""
+        self._blocked_since.clear()
         try:
             others = self.tasks()
         except OSError as exc:
@@ -261,15 +295,32 @@ class ExecEvents:
                         return f"process {other} shares the caller's {what}"
                     if result < 0 and os.path.exists(f"/proc/{other}"):
                         return f"kcmp against process {other} failed"
-            if not excused:
+            if not excused and not self._blocked_since:
                 return None
             try:
                 others = [other for other in self.tasks() if other not in seen and other != own]
             except OSError as exc:
                 return f"the sandbox's processes could not be listed ({exc.strerror})"
             if not others:
-                return None
+                return self._excused_still_blocked()
         return "the processes sharing the caller's memory kept changing while they were examined"
+
+    def _excused_still_blocked(self) -> str | None:
+        """Every parent excused in this exec's checks is still blocked and has not run since
+        (/proc/PID/schedstat: its run time and the times it was scheduled; read after its state,
+        so a run in between shows), or why not."""
+        for parent, since in self._blocked_since.items():
+            held = self.parents.get(parent)
+            try:
+                if held is None:
+                    raise OSError(errno.ESRCH, "gone")
+                stat_line = facts.pread_line(held[0])
+                sched_line = facts.pread_line(held[2])
+            except OSError:
+                return f"the vfork parent {parent} could not be looked at again"
+            if stat_line.rsplit(b")", 1)[1].split()[:1] != [b"D"] or sched_line != since:
+                return f"the vfork parent {parent} ran while the exec was examined (it may wait for another child)"
+        return None
 
     def _waits_for_vfork(self, parent: int, child: int, child_parent: int = 0) -> bool:
         """Every thread of `parent` is either the one that vfork()ed `child` and now waits for its
@@ -284,7 +335,7 @@ class ExecEvents:
             lines = self._parent_files(parent)
             if lines is None:
                 return False
-            stat_line, syscall_line = lines
+            stat_line, syscall_line, sched_line = lines
             try:
                 fields_after_name = stat_line.rsplit(b")", 1)[1].split()
                 threads = int(fields_after_name[17])
@@ -309,13 +360,17 @@ class ExecEvents:
         fields = syscall_line.decode().split()
         if not fields or not fields[0].isdigit() or int(fields[0]) not in self._vfork_calls:
             return False
-        if self._vfork_calls[int(fields[0])] == "vfork":
-            return True
-        clone_flags = int(fields[1], 16) if len(fields) > 1 else 0
-        return clone_flags & (CLONE_VM | CLONE_VFORK) == CLONE_VM | CLONE_VFORK
+        if self._vfork_calls[int(fields[0])] != "vfork":
+            clone_flags = int(fields[1], 16) if len(fields) > 1 else 0
+            if clone_flags & (CLONE_VM | CLONE_VFORK) != CLONE_VM | CLONE_VFORK:
+                return False
+        self._blocked_since[parent] = sched_line  # read before the 'D': looked at again at the end
+        return True
 
-    def _parent_files(self, parent: int) -> tuple[bytes, bytes] | None:
-        """`parent`'s /proc/PID/stat and /proc/PID/task/PID/syscall, now, or None if unreadable.
+    def _parent_files(self, parent: int) -> tuple[bytes, bytes, bytes] | None:
+        """`parent`'s /proc/PID/stat, /proc/PID/task/PID/syscall and /proc/PID/schedstat, now, or
+        None if unreadable (schedstat first: a run after it changes it; a kernel without
+        CONFIG_SCHED_INFO has none, and excuses nobody).
 
         A shell vforks every command it runs, so the same parent is looked at exec after exec:
         its two files stay open (at most MAX_PARENTS parents), and each look is one pread of
@@ -334,13 +389,20 @@ class ExecEvents:
                 except OSError:
                     os.close(stat_fd)
                     return None
-                held = self.parents[parent] = (stat_fd, syscall_fd)
+                try:
+                    sched_fd = os.open(f"/proc/{parent}/schedstat", os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    os.close(stat_fd)
+                    os.close(syscall_fd)
+                    return None
+                held = self.parents[parent] = (stat_fd, syscall_fd, sched_fd)
                 while len(self.parents) > MAX_PARENTS:
                     self._forget_parent(next(iter(self.parents)))
             else:
                 self.parents.move_to_end(parent)
             try:
-                return facts.pread_line(held[0]), facts.pread_line(held[1])
+                sched_line = facts.pread_line(held[2])
+                return facts.pread_line(held[0]), facts.pread_line(held[1]), sched_line
             except OSError:
                 self._forget_parent(parent)  # gone (or its pid now another's): open by number again
         return None

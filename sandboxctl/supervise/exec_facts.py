@@ -30,11 +30,13 @@ ARGV_BATCH = 32  # argv pointers unpacked at a time
 # ---------------------------------------------------------------------- reading the caller
 
 def read_argv(memory: notify.ProcessMemory, address: int,
-              known: tuple[int, bytes, bool] | None = None) -> tuple[list[str], bool, list[tuple[int, int]]]:
+              known: tuple[int, bytes, bool] | None = None,
+              reads: list[tuple[int, bytes]] | None = None) -> tuple[list[str], bool, list[tuple[int, int]]]:
     """argv (raw, undecodable bytes kept by surrogateescape), whether it was cut, the ranges read.
     The pointer array is read a page at a time (one pread, not one per pointer). `known`: a string
     already read in this notification (the path: address, bytes, complete), taken as it was read
-    when argv points at it too (`execve(path, [path, ...])`, as shells call it), not read twice."""
+    when argv points at it too (`execve(path, [path, ...])`, as shells call it), not read twice.
+    `reads`: given, it gets every (address, bytes) the argv was made of (see changed_since_read)."""
     argv: list[str] = []
     ranges: list[tuple[int, int]] = []
     truncated = False
@@ -53,6 +55,8 @@ def read_argv(memory: notify.ProcessMemory, address: int,
                 pointers = memory.words(address, count)
         pointer = pointers.pop(0)
         ranges.append((address, 8))
+        if reads is not None:
+            reads.append((address, pointer.to_bytes(8, "little")))
         if not pointer:
             break
         if known is not None and pointer == known[0]:
@@ -60,10 +64,38 @@ def read_argv(memory: notify.ProcessMemory, address: int,
         else:
             data, complete = memory.cstring(pointer, MAX_ARG_BYTES)
         ranges.append((pointer, len(data) + 1 if complete else len(data)))
+        if reads is not None:
+            reads.append((pointer, data + b"\0" if complete else data))
         truncated = truncated or not complete
         argv.append(os.fsdecode(data))
         address += 8
     return argv, truncated, ranges
+
+
+def changed_since_read(memory: notify.ProcessMemory, reads: list[tuple[int, bytes]]) -> bool:
+    """Whether any byte a record was made of reads differently now (or cannot be read again).
+
+    The checks that nobody else can write the caller's memory come after the first read: a
+    thread or a CLONE_VM process that wrote the path just after it and then exited is gone by
+    the time the processes are listed. Once the checks found nobody, nothing can write the
+    memory any more (a new sharer is made only by one already there), so a second read after
+    them that matches the first proves the first is what the kernel will read. Overlapping reads
+    (argv[0] is often the path) are merged into spans, one pread each; two reads of the same
+    bytes that differ are a change."""
+    spans: list[tuple[int, bytearray]] = []
+    for address, data in sorted(reads):
+        if spans and address <= spans[-1][0] + len(spans[-1][1]):
+            start, held = spans[-1]
+            overlap = held[address - start:address - start + len(data)]
+            if overlap != data[:len(overlap)]:
+                return True
+            held += data[len(overlap):]
+        else:
+            spans.append((address, bytearray(data)))
+    try:
+        return any(os.pread(memory.fd, len(held), start) != held for start, held in spans)
+    except OSError:
+        return True
 
 
 def read_proc(path: str, size: int = 8192, one_line: bool = False) -> bytes:
@@ -149,13 +181,45 @@ def readlink(path: str) -> str:
         return "?"
 
 
-def absolute(pid: int, dirfd: int, path: str, flags: int) -> str:
-    """The path as the sandbox sees it (what the record names)."""
+def absolute(pid: int, dirfd: int, path: str, flags: int, anchor: int | None = None) -> str:
+    """The path as the sandbox sees it (what the record names); a relative one from `anchor`."""
+    if anchor is not None and anchor >= 0:
+        base = readlink(f"/proc/self/fd/{anchor}")  # the same text as /proc/PID/cwd or fd/N gives
+        return base if not path else os.path.normpath(os.path.join(base, path))
     if not path and flags & AT_EMPTY_PATH:
         return readlink(f"/proc/{pid}/fd/{dirfd}")
     if path[:1] == "/" and "//" not in path and "/." not in path and (path[-1] != "/" or path == "/"):
         return path  # no empty, "." or ".." component and no trailing slash: normpath gives it back
     return notify.Dispatcher._absolute(pid, dirfd, path)
+
+
+def _start_of(pid: int, dirfd: int, path: str) -> str:
+    return f"/proc/{pid}/cwd" if dirfd == notify.AT_FDCWD and path else f"/proc/{pid}/fd/{dirfd}"
+
+
+def anchor(pid: int, dirfd: int, path: str, flags: int) -> int | None:
+    """What a relative path starts from (the caller's working directory, or dirfd), or the file
+    AT_EMPTY_PATH names, held by an O_PATH descriptor: None for an absolute path (it depends on
+    neither), -1 when it cannot be held (see moved)."""
+    if path.startswith("/") or (not path and not flags & AT_EMPTY_PATH):
+        return None
+    try:
+        return os.open(_start_of(pid, dirfd, path), os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return -1
+
+
+def moved(pid: int, dirfd: int, path: str, held: int) -> bool:
+    """Whether the caller's working directory (or dirfd) is no longer the one `held` since the
+    record's path was made from it. A process sharing it (CLONE_FS, CLONE_FILES) may chdir or
+    dup2 just after and exit before kcmp looks; once the checks found nobody, it stays put."""
+    if held < 0:
+        return True
+    try:
+        now, then = os.stat(_start_of(pid, dirfd, path)), os.fstat(held)
+    except OSError:
+        return True
+    return (now.st_dev, now.st_ino) != (then.st_dev, then.st_ino)
 
 
 # ---------------------------------------------------------------------- resolving in the sandbox

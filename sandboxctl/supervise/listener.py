@@ -127,15 +127,19 @@ class Listener:
         return self.plan.seccomp.rule_for(name, notification.args) is not None
 
     def _sandbox_processes(self) -> list[int]:
-        """Host pids of every process in the sandbox (for exec records: who could share memory):
-        the run's cgroup lists them in one read; without one, the process tree is walked."""
+        """Host ids of every thread in the sandbox (for exec records: who could share memory):
+        the run's cgroup lists them in one read; without one, the process tree is walked.
+
+        Threads, not processes: kcmp(KCMP_VM) against a thread-group leader that has exited
+        compares the caller's memory with none (a zombie has no mm), while the leader's other
+        threads still run in the memory it shared with the caller by clone(CLONE_VM)."""
         if self.cgroup is not None and self.cgroup.dirs and self.ready:
             try:  # not contextlib.suppress: a Python context manager at every exec
-                return self.cgroup.processes()
+                return self.cgroup.threads()
             except OSError:
                 pass
         init = self._init_pid()
-        return processes.descendants(init) if init else []
+        return processes.descendants(init, threads=True) if init else []
 
     def _which_rule(self, notification: notify.Notification) -> tuple[str, int, str]:
         """The baseline rule that trapped this call, and the errno it prescribes."""

@@ -12,15 +12,21 @@ import contextlib
 import os
 
 
-def descendants(pid: int) -> list[int]:
-    """Children first-level to leaves, read from /proc (cheap), psutil as the fallback."""
+def descendants(pid: int, threads: bool = False) -> list[int]:
+    """Children first-level to leaves, read from /proc (cheap), psutil as the fallback.
+
+    `threads`: every thread of them too (exec records: a thread whose group leader has exited
+    still holds the memory its zombie leader no longer names; see supervise/exec_events.py)."""
     found: list[int] = []
     queue = [pid]
     while queue:
         current = queue.pop()
         try:
             children: list[int] = []
-            for task in _threads(current):
+            tasks = _threads(current)
+            if threads and current != pid and len(tasks) > 1:
+                found += [int(task) for task in tasks if int(task) != current]
+            for task in tasks:
                 fd = os.open(f"/proc/{current}/task/{task}/children", os.O_RDONLY | os.O_CLOEXEC)
                 try:  # os-level reads: this runs for every exec record (supervise/exec_events.py)
                     children += [int(c) for c in b"".join(iter(lambda fd=fd: os.read(fd, 65536), b"")).split()]

@@ -28,6 +28,7 @@ from tests.integration.test_protected_paths import denials, git, hostile_config
 IMAGE_TOOLS = {
     "exfat": (("mkfs.exfat",), "mount.exfat-fuse", "apt-get install exfatprogs exfat-fuse"),
     "ntfs": (("mkntfs", "-q", "-F", "-f"), "lowntfs-3g", "apt-get install ntfs-3g"),
+    "ntfs-posix": (("mkntfs", "-q", "-F", "-f"), "ntfs-3g", "apt-get install ntfs-3g"),  # case-sensitive
 }
 
 
@@ -89,6 +90,12 @@ def exfat(tmp_path: Path, home: Path) -> Iterator[Sandbox]:
 @pytest.fixture
 def ntfs(tmp_path: Path, home: Path) -> Iterator[Sandbox]:
     for mountpoint in _mounted_image(tmp_path, "ntfs"):
+        yield _sandbox_on(mountpoint, tmp_path, home)
+
+
+@pytest.fixture
+def ntfs_posix(tmp_path: Path, home: Path) -> Iterator[Sandbox]:
+    for mountpoint in _mounted_image(tmp_path, "ntfs-posix"):
         yield _sandbox_on(mountpoint, tmp_path, home)
 
 
@@ -373,6 +380,39 @@ def test_a_mask_that_another_spelling_would_pass_fails_the_run_before_it_starts(
     result = exfat.sh("touch ran")  # without a secret to hide, the same workspace runs
     assert result.returncode == 0, result.stderr
     assert (ws / "ran").exists()
+
+
+def test_a_mask_that_a_dos_name_would_pass_fails_the_run_before_it_starts(ntfs_posix):
+    """NTFS keeps a DOS (8.3) name for Windows (`ENV~1` for `.env`, made by Windows or set through
+    ntfs-3g's system.ntfs_dos_name), and ntfs-3g resolves it even mounted case-sensitively, where
+    `.ENV` is nothing: a dentry of its own that the mask over `.env` does not cover (proven: the
+    secret was read and copied out through it). The run fails with 125 before anything starts."""
+    ws = ntfs_posix.workspace
+    (ws / ".env").write_text("SECRET=hunter2\n")
+    result = ntfs_posix.sh("cat .ENV 2>/dev/null; echo end")  # case-sensitive here, and one name: it runs
+    assert result.returncode == 0 and result.stdout == "end\n", (result.stdout, result.stderr)
+    subprocess.run(["setfattr", "-n", "system.ntfs_dos_name", "-v", "ENV~1", str(ws / ".env")], check=True)
+    assert (ws / "ENV~1").read_text() == "SECRET=hunter2\n"  # the alias works on this file system
+    result = ntfs_posix.sh("cp ENV~1 leaked; touch ran")
+    assert result.returncode == 125, (result.returncode, result.stdout, result.stderr)
+    assert f"{ws}/ENV~1 reaches it" in result.stderr, result.stderr
+    assert not (ws / "ran").exists() and not (ws / "leaked").exists()
+
+
+def test_a_masked_directory_that_a_dos_name_would_pass_fails_the_run(ntfs_posix, tmp_path):
+    """The same for a masked directory (filesystem.deny): ntfs-3g is path-based, so `SECRE~1` is
+    another inode to the kernel than `secrets`, and `SECRE~1/key` read the masked key (proven)."""
+    ws = ntfs_posix.workspace
+    (ws / "secrets").mkdir()
+    (ws / "secrets" / "key").write_text("TOKEN=abc\n")
+    subprocess.run(["setfattr", "-n", "system.ntfs_dos_name", "-v", "SECRE~1", str(ws / "secrets")], check=True)
+    assert (ws / "SECRE~1" / "key").read_text() == "TOKEN=abc\n"
+    policy = tmp_path / "deny.yaml"
+    policy.write_text(f"version: 1\nextends: default\nfilesystem:\n  deny: [{ws}/secrets]\n")
+    result = ntfs_posix.run("--", "/bin/sh", "-c", "cp SECRE~1/key leaked; touch ran", policy=str(policy))
+    assert result.returncode == 125, (result.returncode, result.stdout, result.stderr)
+    assert f"{ws}/SECRE~1 reaches it" in result.stderr, result.stderr
+    assert not (ws / "ran").exists() and not (ws / "leaked").exists()
 
 
 def test_a_mask_on_a_case_sensitive_file_system_runs(sandbox):

@@ -103,3 +103,15 @@ def test_with_ptrace_allowed_no_record_is_verified(sandbox):
     execs = [r for r in sandbox.records() if r["event"] == "exec"]
     assert len(execs) >= 3 and _execs(sandbox, "calm"), execs
     assert all(r["verified"] is False and "process_vm_writev" in r["unverified"] for r in execs), execs
+
+
+def test_with_io_uring_allowed_no_record_is_verified(sandbox):
+    """`syscalls.allow: [io_uring]`: IORING_OP_OPENAT is an open seccomp never sees, so another
+    process of the sandbox opens /proc/PID/mem for writing past the supervisor's refusal and
+    rewrites a pending exec path (proven with a canary: the log named one program, another ran)."""
+    policy = sandbox.write_policy("uring.yaml", "version: 1\nextends: default\nsyscalls:\n  allow: [io_uring]\n")
+    result = sandbox.run("--yes", "--", "python3", "-c", SPAWN + "\nspawn(b'calm')", policy=str(policy))
+    assert result.returncode == 0, result.stderr
+    execs = [r for r in sandbox.records() if r["event"] == "exec"]
+    assert len(execs) >= 2 and _execs(sandbox, "calm"), execs
+    assert all(r["verified"] is False and "io_uring_setup" in r["unverified"] for r in execs), execs

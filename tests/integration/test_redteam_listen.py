@@ -377,3 +377,39 @@ def test_exec_records_and_denials_with_escape_sequences_reach_a_human_inert(sand
     for output in (result.stderr.encode(), shown.stdout, shown.stderr):
         assert b"\x1b" not in output and b"\x07" not in output and "\u202e".encode() not in output, output[-400:]
     assert b"pwned" in shown.stdout
+
+
+def test_a_bwrap_planted_before_its_directory_is_on_path_is_never_run(sandbox, tmp_path):
+    """The protection of PATH programs named only this run's PATH: a sandbox started before the
+    developer activated the project's venv wrote `.venv/bin/bwrap`, and the first run after the
+    activation ran it outside any sandbox (proven by its canary). bwrap and runsc are now
+    protected at any depth beneath a writable grant."""
+    import shutil
+
+    canary = tmp_path / "canary"
+    plant = FAKE_BWRAP.format(canary=canary, real=shutil.which("bwrap"))
+    first = sandbox.run("--", "/bin/sh", "-c", f"mkdir -p .venv/bin sub; printf '%s' '{plant}' > .venv/bin/bwrap; "
+                        f"printf x > sub/x; mv sub/x sub/runsc; ln -s /usr/bin/bwrap BWRAP; echo end",
+                        env={"PATH": "/usr/bin:/bin"})
+    assert "end" in first.stdout, first.stderr
+    for name in (".venv/bin/bwrap", "sub/runsc", "BWRAP"):
+        assert not os.path.lexists(sandbox.workspace / name), name
+    assert (sandbox.workspace / "sub").is_dir()  # the rest of the workspace stays writable
+    second = sandbox.run("--", "/bin/true", env={"PATH": f"{sandbox.workspace}/.venv/bin:/usr/bin:/bin"})
+    assert second.returncode == 0, second.stderr
+    assert not canary.exists(), "the supervisor ran the bwrap a sandbox planted"
+
+
+def test_doctor_never_runs_a_bwrap_from_a_relative_path_entry(sandbox, tmp_path):
+    """`sandboxctl doctor` looked bwrap up with shutil.which, relative PATH entries included: with
+    `.` on PATH, a `bwrap` in the workspace (a cloned repository's) ran on the host (proven by its
+    canary). It now looks as the run does (spawn.which: absolute entries only)."""
+    import shutil
+
+    canary = tmp_path / "canary"
+    planted = sandbox.workspace / "bwrap"
+    planted.write_text(FAKE_BWRAP.format(canary=canary, real=shutil.which("bwrap")))
+    planted.chmod(0o755)
+    subprocess.run([sys.executable, "-m", "sandboxctl", "doctor"], cwd=sandbox.workspace, capture_output=True,
+                   env=sandbox.env({"PATH": ".:/usr/bin:/bin"}), timeout=60)
+    assert not canary.exists(), "doctor ran the bwrap of the current directory"

@@ -15,6 +15,7 @@ import pytest
 
 from sandboxctl.supervise import exec_events
 from sandboxctl.supervise.exec_events import ExecEvents
+from sandboxctl.supervise.processes import descendants
 
 LATER_THREAD = """
 import sys, threading, time
@@ -43,13 +44,13 @@ def test_a_held_parent_is_seen_as_it_is_now_and_a_gone_one_is_not_seen():
     child = subprocess.Popen([sys.executable, "-c", LATER_THREAD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              text=True)
     try:
-        stat_line, syscall_line = events._parent_files(child.pid)
+        stat_line, syscall_line, _sched = events._parent_files(child.pid)
         assert _threads(stat_line) == 1 and syscall_line.split()
         held = events.parents[child.pid]
         child.stdin.write("go\n")
         child.stdin.flush()
         assert child.stdout.readline() == "two\n"
-        stat_line, _syscall = events._parent_files(child.pid)
+        stat_line, _syscall, _sched = events._parent_files(child.pid)
         assert events.parents[child.pid] == held  # the same descriptors, read afresh
         assert _threads(stat_line) == 2  # so a parent that started a thread is never taken for a lone waiter
         assert not events._waits_for_vfork(child.pid, 1, child.pid)
@@ -59,7 +60,7 @@ def test_a_held_parent_is_seen_as_it_is_now_and_a_gone_one_is_not_seen():
     assert events._parent_files(child.pid) is None  # gone: nothing shown, nothing held
     child.stdin.close()
     child.stdout.close()
-    assert child.pid not in events.parents and _open_fds() == before  # its two descriptors are closed
+    assert child.pid not in events.parents and _open_fds() == before  # its three descriptors are closed
     events.close()
 
 
@@ -72,7 +73,7 @@ def test_at_most_max_parents_are_held_and_close_lets_them_all_go():
             assert events._parent_files(sleeper.pid) is not None
         assert len(events.parents) == exec_events.MAX_PARENTS
         assert list(events.parents) == [s.pid for s in sleepers[3:]]  # the oldest looked at go first
-        assert _open_fds() == before + 2 * exec_events.MAX_PARENTS  # the evicted ones' are closed
+        assert _open_fds() == before + 3 * exec_events.MAX_PARENTS  # the evicted ones' are closed
         # a sleeping process is in no vfork: it is never taken for a waiting parent
         assert not events._waits_for_vfork(sleepers[-1].pid, 1, sleepers[-1].pid)
         events.close()
@@ -106,6 +107,7 @@ def test_memory_writers_are_what_the_policy_gives_back():
     assert writers((), ()) == ()
     assert writers((), ("ptrace",)) == ("ptrace", "process_vm_writev")
     assert writers((), ("process_vm_writev",)) == ("process_vm_writev",)
+    assert writers((), ("io_uring",)) == ("io_uring_setup",)  # IORING_OP_OPENAT opens /proc/PID/mem unseen
     assert writers(("ptrace", "process_vm_writev"), ("ptrace",)) == ()  # a deny of its own puts them back
 
 
@@ -139,6 +141,49 @@ def test_only_a_blocked_vfork_parent_is_excused(monkeypatch, state, excused):
     events = _events()
     events._vfork_calls = {58: "vfork"}
     stat_line = b"1001 (sh) " + state + b" " + b" ".join([b"0"] * 16) + b" 1 0 0"
-    monkeypatch.setattr(events, "_parent_files", lambda parent: (stat_line, b"58 0x0 0x0"))
+    monkeypatch.setattr(events, "_parent_files", lambda parent: (stat_line, b"58 0x0 0x0", b"1 2 3\n"))
     monkeypatch.setattr(exec_events.os, "sched_yield", lambda: None)
     assert events._waits_for_vfork(1001, 1000, 1001) is excused
+
+
+def test_the_process_walk_names_every_thread_when_asked():
+    """Exec records judge threads, not processes: a thread of a process whose leader exited
+    still runs in the memory the zombie leader no longer names (supervise/listener.py)."""
+    child = subprocess.Popen([sys.executable, "-c", "import threading, time\n"
+                              "threading.Thread(target=time.sleep, args=(30,)).start()\nprint(flush=True)\n"
+                              "time.sleep(30)"], stdout=subprocess.PIPE)
+    try:
+        child.stdout.readline()
+        tasks = {int(t) for t in os.listdir(f"/proc/{child.pid}/task")}
+        assert len(tasks) == 2
+        assert child.pid in descendants(os.getpid()) and not tasks - {child.pid} & set(descendants(os.getpid()))
+        assert tasks <= set(descendants(os.getpid(), threads=True))
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_an_excused_parent_that_ran_since_is_no_excuse(monkeypatch):
+    """The parent blocked in a vfork may wait for another child than the caller (the caller its
+    clone(CLONE_VM) child): that child exits while we look and the parent runs on. Looked at
+    once more after the last listing, a parent that is no longer blocked, or was scheduled at
+    all since it was excused (schedstat), leaves the call unverified."""
+    caller, parent = 1000, 1001
+    events = ExecEvents(-1, lambda event, **fields: None, [], lambda path: None, lambda: [caller, parent])
+    events._kcmp_nr, events._vfork_calls = 312, {58: "vfork"}
+    monkeypatch.setattr(exec_events.facts, "kcmp", lambda: lambda nr, a, b, kind, x, y: 0)
+    blocked = b"1001 (sh) D " + b" ".join([b"0"] * 16) + b" 1 0 0\n"
+    looks = {"stat": blocked, "sched": b"5 6 7\n"}
+    monkeypatch.setattr(events, "_parent_files", lambda p: (looks["stat"], b"58 0x0 0x0", looks["sched"]))
+    monkeypatch.setattr(exec_events.facts, "pread_line", lambda fd: looks["stat"] if fd == 10 else looks["sched"])
+    events.parents[parent] = (10, 11, 12)
+    try:
+        assert events._sharer(caller, caller, [exec_events.KCMP_VM], parent) is None  # blocked throughout
+        looks["sched"] = b"5 6 8\n"
+        monkeypatch.setattr(events, "_parent_files", lambda p: (looks["stat"], b"58 0x0 0x0", b"5 6 7\n"))
+        assert "ran while the exec was examined" in events._sharer(caller, caller, [exec_events.KCMP_VM], parent)
+        looks["sched"], looks["stat"] = b"5 6 7\n", blocked.replace(b" D ", b" R ")
+        monkeypatch.setattr(events, "_parent_files", lambda p: (blocked, b"58 0x0 0x0", b"5 6 7\n"))
+        assert "ran while the exec was examined" in events._sharer(caller, caller, [exec_events.KCMP_VM], parent)
+    finally:
+        events.parents.clear()

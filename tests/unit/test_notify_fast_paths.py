@@ -128,3 +128,31 @@ def test_an_argv_array_on_the_paths_page_comes_from_the_paths_read():
         assert argv == ["--help"]
     finally:
         memory.close()
+
+
+def test_a_second_read_tells_a_change_after_the_first():
+    """changed_since_read: the bytes a record was made of, read again after the checks. Reads
+    that overlap (argv[0] is the path) are one span, and two reads of it that differ are a change."""
+    path = ctypes.create_string_buffer(b"/usr/bin/true\0--help\0", 32)
+    address = ctypes.addressof(path)
+    memory = ProcessMemory(os.getpid())
+    try:
+        reads: list[tuple[int, bytes]] = [(address, b"/usr/bin/true\0")]
+        array = (ctypes.c_uint64 * 3)(address, address + 14, 0)
+        argv, _truncated, _ranges = exec_facts.read_argv(memory, ctypes.addressof(array),
+                                                         (address, b"/usr/bin/true", True), reads)
+        assert argv == ["/usr/bin/true", "--help"]
+        assert (address + 14, b"--help\0") in reads and (ctypes.addressof(array) + 16, bytes(8)) in reads
+        assert not exec_facts.changed_since_read(memory, reads)
+        ctypes.memmove(address + 5, b"X", 1)  # /usr/Xin/true: what the kernel would now read
+        assert exec_facts.changed_since_read(memory, reads)
+        ctypes.memmove(address + 5, b"b", 1)
+        array[1] = address + 15  # the pointer itself rewritten
+        assert exec_facts.changed_since_read(memory, reads)
+        array[1] = address + 14
+        assert not exec_facts.changed_since_read(memory, reads)
+        assert exec_facts.changed_since_read(memory, [(address, b"/usr/bin/true\0"), (address + 9, b"tree")])
+        assert exec_facts.changed_since_read(memory, [(8, b"x")])  # unreadable now: not the same
+    finally:
+        memory.close()
+
