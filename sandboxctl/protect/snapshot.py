@@ -153,6 +153,14 @@ class Snapshot:
             handle.write(marshal.dumps(data))
         os.replace(tmp, self.journal)
 
+    def incomplete(self) -> bool:
+        """Whether a protected directory was recorded only in part (past MAX_ENTRIES): what was
+        left out has no identity in inodes(), so another name for it cannot be told apart."""
+        def cut(entry: dict[str, Any]) -> bool:
+            return entry.get("complete") is False or any(cut(c) for c in (entry.get("children") or {}).values())
+
+        return any(cut(entry) for entry in self.entries.values())
+
     def inodes(self) -> dict[tuple[int, int], str]:
         """(device, inode) of every protected file at launch: another name for one (a hardlink
         made before the run) is just as protected."""

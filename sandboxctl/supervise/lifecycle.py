@@ -105,6 +105,7 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
         if forwarder is not None:  # an unreachable collector is a record of the local log, once per outage
             forwarder.on_state = lambda **fields: supervisor._write_log("log.forward", **fields)
         supervisor.protected_inodes = snapshot.inodes()
+        supervisor.protected_incomplete = snapshot.incomplete()
         supervisor.snapshot = snapshot
         if started is not None:
             started(supervisor)

@@ -72,6 +72,7 @@ class Listener:
                                             sandbox_root=None if root is None else os.dup(root))
         self.mediator = Mediator(fd, plan, plan.protection(), self._write_log, self.denials,
                                  outside=self.dispatcher.outside, protected_inodes=self.protected_inodes,
+                                 protected_incomplete=self.protected_incomplete,
                                  log_allowed=log_allowed, root=root)
         self.dispatcher.mediator = self.mediator
         if plan.seccomp.exec_guard:

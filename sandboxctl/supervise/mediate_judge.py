@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 
 from sandboxctl.paths import within
 from sandboxctl.protect.names import GITDIR_MARKERS, gitdir_marker
@@ -57,6 +58,12 @@ class Judgement:
             why = self.protected_inodes.get((st.st_dev, st.st_ino))
             if why:
                 why = f"{why} (another name for a protected file)"
+            elif self.protected_incomplete and st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
+                # a protected directory past the launch record's limit: its files left out have no
+                # identity above, so a hardlink of one made before the run (uv's cache into a venv)
+                # would be written through unseen; fail closed: no file with another name is written
+                why = ("protected: this file has another name, and the protected paths were too many to record "
+                       "whole (a hardlink of one left out cannot be told apart)")
         return why
 
     def _other_name(self, n: Notification, entry: Entry) -> str | None:

@@ -204,3 +204,25 @@ def test_a_killed_supervisor_leaves_a_journal_the_next_run_checks(venv):
     assert events == [(str(victim), "modified", "reported")]
     assert not snapshot.journals(state)  # checked and forgotten
     assert not venv.canary.exists()
+
+
+def test_a_venv_too_big_to_record_whole_still_refuses_its_other_names(venv):
+    """A venv past the launch record's MAX_ENTRIES (torch, scipy…) is recorded in part: the files
+    left out had no identity among the protected inodes, so cache/linked.pth (a hardlink made
+    before the run, sorted after 20 500 filler files) was rewritten through and the next
+    supervisor ran its .pth line (red team rt4). With the record cut short, the mediator writes
+    no file of more than one name. Judged by the venv's bytes and the canary."""
+    filler = venv.site / "aaa_filler"
+    filler.mkdir()
+    for n in range(snapshot.MAX_ENTRIES + 500):
+        (filler / str(n)).touch()
+    subprocess.run(["chmod", "-R", "a+rX", str(filler)], check=True)
+    times = _times(venv.site / "linked.pth")
+    code = (f"import os; open('cache/linked.pth', 'r+').write({venv.evil!r}); "
+            f"os.utime('cache/linked.pth', ns=({times})); print('written')")
+    result = venv.run("--", "python3", "-c", code, timeout=120)
+    assert "written" not in result.stdout, result.stderr
+    assert (venv.site / "linked.pth").read_text() == venv.original
+    refused = [r for r in venv.sandbox.records() if r["event"] == "file" and r.get("decision") == "deny"]
+    assert any("another name" in r.get("rule", "") for r in refused), refused
+    venv.assert_next_supervisor_imports_nothing()

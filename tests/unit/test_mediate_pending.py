@@ -234,3 +234,26 @@ def test_a_memory_open_refused_to_a_gone_caller_is_no_denial_of_the_runs(monkeyp
         monkeypatch.setattr(notify, "respond", lambda fd, notification_id, pending=pending, **kwargs: pending)
         dispatcher.outside(notification, "/proc/1/mem", "write", os.O_WRONLY, 0)
         assert len(dispatcher.denied) == expected
+
+
+def test_with_a_launch_record_cut_short_no_file_with_another_name_is_written(harness):
+    """Past MAX_ENTRIES a protected directory (a venv of torch and scipy) is recorded in part:
+    the files left out have no identity among the protected inodes, so a hardlink of one made
+    before the run (uv's cache links into the venv) was written through unseen (red team rt4).
+    With the record cut short, a file of more than one name is not written; one of one name is."""
+    ws = harness.ws
+    (ws / "venv-file").write_bytes(b"import os\n")
+    os.link(ws / "venv-file", ws / "cache-link")
+    (ws / "plain").write_bytes(b"mine\n")
+    truncating = os.O_WRONLY | os.O_TRUNC
+    harness.mediator.protected_incomplete = True
+    harness.call("open", harness.text(f"{ws}/cache-link"), truncating, 0)
+    assert (ws / "venv-file").read_bytes() == b"import os\n" and harness.answers[-1][1] != 0
+    assert "another name" in harness.mediator.denied[-1]["rule"]
+    harness.call("truncate", harness.text(f"{ws}/cache-link"), 0)
+    assert (ws / "venv-file").read_bytes() == b"import os\n"
+    harness.call("open", harness.text(f"{ws}/plain"), truncating, 0)
+    assert (ws / "plain").read_bytes() == b"" and len(harness.handed) == 1
+    harness.mediator.protected_incomplete = False  # a whole record: its inodes decide
+    harness.call("open", harness.text(f"{ws}/cache-link"), truncating, 0)
+    assert (ws / "venv-file").read_bytes() == b"" and len(harness.handed) == 2

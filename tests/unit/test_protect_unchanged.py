@@ -175,3 +175,17 @@ def test_a_change_between_launches_is_recorded_afresh_not_taken_from_the_kept_re
     _same_times(mod, st)
     assert [c.path for c in snap.check()] == [str(mod)]
     assert mod.read_text() == now  # what the user had made before the run, not the older kept record
+
+
+@pytest.mark.parametrize("launches", [1, 2])
+def test_a_record_cut_short_says_so_and_a_whole_one_does_not(tmp_path, venv, monkeypatch, launches):
+    """Past MAX_ENTRIES a protected tree is recorded in part; incomplete() tells the mediator,
+    which then writes no file of more than one name (mediate_judge: the left-out files have no
+    identity in inodes()). On a fresh and on a reused record."""
+    assert not _take(tmp_path / "whole", venv, launches).incomplete()
+    for n in range(8):
+        (venv / "lib" / "site-packages" / f"extra{n}.py").write_text("")
+    monkeypatch.setattr(snapshot, "MAX_ENTRIES", 5)
+    cut = _take(tmp_path / "cut", venv, launches)
+    assert cut.incomplete()
+    assert len(cut.inodes()) < 5 + 8 + 4
