@@ -96,6 +96,7 @@ class Snapshot:
         self.store: Store | None = None
         self._entries_encoded: bytes | None = None  # the entries as the journal holds them (encoded once)
         self._claimed = False
+        self.contested: set[str] = set()  # recorded otherwise by another live run: reported, never put back
 
     def take(self, existing: tuple[str, ...], absent: tuple[str, ...],
              json_keys: tuple[tuple[str, str], ...] = ()) -> None:
@@ -123,7 +124,26 @@ class Snapshot:
         if paths and not reused:
             save_kept(store.root, paths, {path: self.entries[path] for path in paths})
         store.save()
+        self.contested = self._contested()
         self._write()
+
+    def _contested(self) -> set[str]:
+        """The entries another live run (its journal pending, its supervisor alive) recorded
+        otherwise: changed while that run went on, by its sandbox or by the user. Putting this
+        run's record of them back would plant what the other sandbox wrote, once that run has put
+        its own back (red team rt4: two gVisor runs in one workspace, the second restored the
+        first's hostile .git/config): they are only reported; the run that saw them first decides."""
+        contested: set[str] = set()
+        for journal in journals(self.state):
+            owner = journal.name.split("-", 1)[0]
+            if journal.name == self.journal.name or not owner.isdigit() or not _alive(int(owner)):
+                continue
+            with contextlib.suppress(OSError, ValueError):
+                theirs = read_journal(journal).get("entries") or {}
+                for path, mine in self.entries.items():
+                    if path in theirs:
+                        _differing(path, mine, theirs[path], contested)
+        return contested
 
     def _claim(self) -> None:
         """Before the hash cache or a kept record is read: a journal that says this launch is taking
@@ -143,7 +163,7 @@ class Snapshot:
             self._entries_encoded = marshal.dumps(self.entries)
         self._write_journal({"version": JOURNAL_VERSION, "run": self.run_id, "wall_whole": self.wall_whole,
                              "json_patterns": self.json_patterns, "json_values": self.json_values,
-                             "entries": self._entries_encoded})
+                             "entries": self._entries_encoded, "contested": sorted(self.contested)})
 
     def _write_journal(self, data: dict[str, Any]) -> None:
         self.journal.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -196,8 +216,9 @@ class Snapshot:
         """Compare; where the sandbox could have made a change (the kernel wall was not whole:
         gVisor, no Landlock), put it back and keep it aside; else report it and leave it (an IDE's
         or the user's own work while the run went on). Then forget the journal."""
-        whole = self.wall_whole
-        changes = compare_and_restore(self.state, self.run_id, self.entries, lambda path: not whole, self.store)
+        whole, contested = self.wall_whole, self.contested
+        changes = compare_and_restore(self.state, self.run_id, self.entries,
+                                      lambda path: not whole and path not in contested, self.store)
         changes += restore_json_keys(self.state, self.run_id, self.json_patterns, self.json_values)
         with contextlib.suppress(FileNotFoundError):
             self.journal.unlink()
@@ -205,6 +226,39 @@ class Snapshot:
 
 
 HEARTBEAT_S = 2.0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _differing(path: str, mine: dict[str, Any], theirs: dict[str, Any], out: set[str]) -> None:
+    """Add to out every entry at or beneath path that two records hold otherwise (a name in one
+    of them only included: made or removed by the other run's sandbox)."""
+    kind = mine.get("kind")
+    if kind != theirs.get("kind"):
+        out.add(path)
+    elif kind == "file":
+        if mine.get("sha256") != theirs.get("sha256") or mine.get("mode") != theirs.get("mode"):
+            out.add(path)
+    elif kind == "symlink":
+        if mine.get("target") != theirs.get("target"):
+            out.add(path)
+    elif kind == "dir":
+        if mine.get("mode") != theirs.get("mode"):
+            out.add(path)
+        ours, others = mine.get("children") or {}, theirs.get("children") or {}
+        for name in ours.keys() | others.keys():
+            if name in ours and name in others:
+                _differing(f"{path}/{name}", ours[name], others[name], out)
+            else:
+                out.add(f"{path}/{name}")
 
 
 def _changed_before(path: str, last_beat: int) -> bool:
@@ -233,10 +287,13 @@ def recover(state: Path, alive) -> list[Change]:
                 continue
             whole = bool(data.get("wall_whole"))
 
-            def before_death(path: str, last_beat: int = last_beat, whole: bool = whole) -> bool:
+            contested = set(data.get("contested") or ())
+
+            def before_death(path: str, last_beat: int = last_beat, whole: bool = whole,
+                             contested: set[str] = contested) -> bool:
                 # a protected entry changed where the kernel wall was whole was not the sandbox's doing;
                 # JSON keys (below) have no kernel wall: only the heartbeat decides for them
-                return not whole and _changed_before(path, last_beat)
+                return not whole and path not in contested and _changed_before(path, last_beat)
 
             run = str(data.get("run", ""))
             changes += compare_and_restore(state, run, data.get("entries") or {}, before_death)

@@ -189,3 +189,47 @@ def test_a_record_cut_short_says_so_and_a_whole_one_does_not(tmp_path, venv, mon
     cut = _take(tmp_path / "cut", venv, launches)
     assert cut.incomplete()
     assert len(cut.inodes()) < 5 + 8 + 4
+
+
+def test_a_second_run_never_puts_back_what_it_recorded_while_another_run_had_changed_it(tmp_path):
+    """Red team rt4: run A (gVisor: the sandbox can write) changes .git/config; run B launches
+    then, so B's record holds A's change; A puts the original back at its end; B then found the
+    file "modified" and restored A's hostile bytes. What two live runs recorded otherwise is now
+    only reported by the later one, and the earlier one (which saw it first) decides."""
+    config = tmp_path / "ws" / ".git" / "config"
+    config.parent.mkdir(parents=True)
+    config.write_text("[core]\n")
+    hooks = config.parent / "hooks"
+    hooks.mkdir()
+    state = tmp_path / "state"
+    first = snapshot.Snapshot(state, "a")
+    first.take((str(config), str(hooks)), ())
+    config.write_text("[core]\n\tfsmonitor = touch /tmp/pwned\n")  # A's sandbox
+    (hooks / "pre-commit").write_text("#!/bin/sh\ntouch /tmp/pwned\n")
+    second = snapshot.Snapshot(state, "b")
+    second.take((str(config), str(hooks)), ())
+    assert second.contested == {str(config), str(hooks / "pre-commit")}
+    assert {(c.path, c.action) for c in first.check()} >= {(str(config), "restored"),
+                                                           (str(hooks / "pre-commit"), "removed")}
+    assert config.read_text() == "[core]\n"
+    changes = {(c.path, c.action) for c in second.check()}
+    assert changes == {(str(config), "reported"), (str(hooks / "pre-commit"), "reported")}
+    assert config.read_text() == "[core]\n" and not (hooks / "pre-commit").exists()
+
+
+def test_a_run_alone_still_puts_back_what_its_sandbox_changed(tmp_path):
+    """The rule above reads only live runs' journals: alone, or after the other run ended, a
+    change is put back as before."""
+    config = tmp_path / "ws" / ".git" / "config"
+    config.parent.mkdir(parents=True)
+    config.write_text("[core]\n")
+    state = tmp_path / "state"
+    done = snapshot.Snapshot(state, "a")
+    done.take((str(config),), ())
+    assert done.check() == []
+    run = snapshot.Snapshot(state, "b")
+    run.take((str(config),), ())
+    assert run.contested == set()
+    config.write_text("[core]\n\tfsmonitor = x\n")
+    assert [(c.path, c.action) for c in run.check()] == [(str(config), "restored")]
+    assert config.read_text() == "[core]\n"
