@@ -384,7 +384,7 @@ def test_a_protected_path_changed_from_outside_during_the_run_is_reported_and_le
     events = [r for r in sandbox.records() if r.get("event") == "protect"]
     assert {(Path(e["path"]).name, e["change"], e["action"]) for e in events} >= {
         ("config", "modified", "reported"), (".envrc", "created", "reported")}
-    assert "changed from outside the sandbox" in err and ".git/config" in err
+    assert "not put back, and left as it is" in err and ".git/config" in err
 
 
 @pytest.mark.skipif(not shutil.which("runsc"), reason="runsc (gVisor) is not installed")
