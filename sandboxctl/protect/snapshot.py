@@ -133,10 +133,12 @@ class Snapshot:
         run's record of them back would plant what the other sandbox wrote, once that run has put
         its own back (red team rt4: two gVisor runs in one workspace, the second restored the
         first's hostile .git/config): they are only reported; the run that saw them first decides."""
+        from sandboxctl.supervise.processes import alive
+
         contested: set[str] = set()
         for journal in journals(self.state):
             owner = journal.name.split("-", 1)[0]
-            if journal.name == self.journal.name or not owner.isdigit() or not _alive(int(owner)):
+            if journal.name == self.journal.name or not owner.isdigit() or not alive(int(owner)):
                 continue
             with contextlib.suppress(OSError, ValueError):
                 theirs = read_journal(journal).get("entries") or {}
@@ -226,16 +228,6 @@ class Snapshot:
 
 
 HEARTBEAT_S = 2.0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _differing(path: str, mine: dict[str, Any], theirs: dict[str, Any], out: set[str]) -> None:
