@@ -73,7 +73,7 @@ class Listener:
         self.mediator = Mediator(fd, plan, plan.protection(), self._write_log, self.denials,
                                  outside=self.dispatcher.outside, protected_inodes=self.protected_inodes,
                                  protected_incomplete=self.protected_incomplete,
-                                 log_allowed=log_allowed, root=root)
+                                 log_allowed=log_allowed, root=root, log_soon=self._write_log_soon)
         self.dispatcher.mediator = self.mediator
         if plan.seccomp.exec_guard:
             from sandboxctl.supervise.exec_guard import ExecGuard

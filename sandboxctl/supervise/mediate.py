@@ -89,13 +89,17 @@ class Mediator(Judgement, Opens, Changes, Answers):
     def __init__(self, listener: int, plan: Plan, protection: Protection, log: Callable[..., None],
                  denied: list[dict[str, Any]], outside: Callable[[Notification, str, str, int, int], None],
                  protected_inodes: Mapping[tuple[int, int], str] | None = None, log_allowed: bool = True, *,
-                 root: int | None, protected_incomplete: bool = False):
+                 root: int | None, protected_incomplete: bool = False, log_soon: Callable[..., None] | None = None):
         """root: a descriptor of the sandbox's root, now the Mediator's (mediate_calls.Resolver);
-        None: nothing is resolved (the run is failing: the sandbox's root could not be opened)."""
+        None: nothing is resolved (the run is failing: the sandbox's root could not be opened).
+        log_soon: where the records of performed calls go once the kernel has the answer (queued
+        for the log's thread, ActionLog.write_soon: in order, before any later record); denials
+        are written at once, with `log`."""
         self.listener = listener
         self.plan = plan
         self.protection = protection
         self.log = log
+        self.log_soon = log_soon or log
         self.denied = denied
         self.outside = outside  # a write-intent open outside the grants: approvals (file_escape)
         self.protected_inodes = dict(protected_inodes or {})

@@ -52,9 +52,9 @@ class Answers:
             respond(self.listener, n.id, error=result.errno or errno.EIO)
             return
         respond(self.listener, n.id)
-        if self.log_allowed:
-            self.log("file", pid=n.pid, path=path, op=op, decision="allow",
-                     rule="writable grant; carried out by the supervisor", **more)
+        if self.log_allowed:  # queued: the caller's next call is not kept waiting for the log
+            self.log_soon("file", pid=n.pid, path=path, op=op, decision="allow",
+                          rule="writable grant; carried out by the supervisor", **more)
 
     def _continue(self, n: Notification) -> None:
         respond(self.listener, n.id, allow=True)
@@ -72,5 +72,5 @@ class Answers:
             self.log("file", pid=n.pid, path=path, op=op, decision="deny", rule=why)
             return
         if self.log_allowed:
-            self.log("file", pid=n.pid, path=path, op=op, decision="allow",
-                     rule="writable grant; opened by the supervisor")
+            self.log_soon("file", pid=n.pid, path=path, op=op, decision="allow",
+                          rule="writable grant; opened by the supervisor")

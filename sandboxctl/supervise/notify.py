@@ -274,8 +274,8 @@ class Dispatcher:
             # a failed answer means the caller died, or its pid was reused while we read: then
             # nothing is logged
             if respond(self.fd, notification.id, allow=True) and (self.log_allowed or verdict is None):
-                self.log("file", pid=notification.pid, path=full, op=op, decision="allow",
-                         rule=verdict.rule if verdict else "read")
+                self.execs.log_soon("file", pid=notification.pid, path=full, op=op, decision="allow",
+                                    rule=verdict.rule if verdict else "read")  # queued, as the mediator's
             return
         if not still_valid(self.fd, notification.id):  # what we read must be the caller's own
             return
