@@ -22,6 +22,7 @@ from sandboxctl.supervise.notify import AT_FDCWD, Notification, ProcessMemory
 O_CREAT, O_TRUNC = os.O_CREAT, os.O_TRUNC
 AT_REMOVEDIR = 0x200
 MAX_SYMLINKS = 40
+MAX_HELD_DIRS = 16  # directories the Resolver keeps open between calls (within fd_budget.RESERVE)
 
 
 def is_dir(entry: Entry) -> bool:
@@ -49,6 +50,7 @@ class Entry(Record):
     name: str
     looked: bool = False
     st: os.stat_result | None = None
+    parent_id: tuple[int, int] | None = None  # the parent's (st_dev, st_ino), when already known
 
     @property
     def path(self) -> str:
@@ -207,12 +209,56 @@ class Resolver:
 
     def __init__(self, root: int | None) -> None:
         self.root: int | None = root  # owned: closed by close()
+        # directories resolved lately, kept open: path as the kernel named it -> (O_PATH descriptor,
+        # its (st_dev, st_ino)). Owned here, never in a call's `opened`; see _held.
+        self.held: dict[str, tuple[int, tuple[int, int]]] = {}
 
     def close(self) -> None:
+        for fd, _identity in self.held.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.held.clear()
         if self.root is not None:
             with contextlib.suppress(OSError):
                 os.close(self.root)
             self.root = None
+
+    def _held(self, parent_path: str, opened: list[int]) -> tuple[int, tuple[int, int]] | None:
+        """A directory resolved at `parent_path` by an earlier call, if the kernel still names it
+        so (readlink of our descriptor, as for a fresh one): then resolving the path again would
+        reach this same directory (every component a directory, no symlink — the key is what the
+        kernel read back — and no mount can be made inside). A directory moved, removed or
+        replaced since reads back otherwise and is dropped; the path is then resolved afresh.
+        Whatever is judged is still the path read back from the descriptor the call uses. A
+        dropped descriptor is closed with the call's own (`opened`): an entry this call resolved
+        before may still use it."""
+        held = self.held.get(parent_path)
+        if held is None:
+            return None
+        try:
+            real = os.readlink(f"/proc/self/fd/{held[0]}")
+        except OSError:
+            real = None
+        if real == parent_path:
+            return held
+        del self.held[parent_path]
+        opened.append(held[0])
+        return None
+
+    def _hold(self, parent_path: str, fd: int, opened: list[int]) -> tuple[int, int] | None:
+        """Keep a freshly resolved directory for the next calls (the oldest goes past
+        MAX_HELD_DIRS, closed with this call's descriptors: an entry it resolved may use it); its
+        identity is what _other_name compares with the launch record."""
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            return None
+        if len(self.held) >= MAX_HELD_DIRS:
+            opened.append(self.held.pop(next(iter(self.held)))[0])
+        opened.remove(fd)  # the cache owns it now
+        identity = (st.st_dev, st.st_ino)
+        self.held[parent_path] = (fd, identity)
+        return identity
 
     def root_fd(self) -> int:
         if self.root is None:  # closed (the run is over) or never opened: nothing is resolved
@@ -232,23 +278,28 @@ class Resolver:
             if split is None:
                 return None
             parent_path, name = split
-            try:
-                parent = fdops.openat2(self.root_fd(), parent_path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0,
-                                       fdops.RESOLVE_IN_ROOT | fdops.RESOLVE_NO_MAGICLINKS)
-            except OSError as exc:
-                return errno.errorcode.get(exc.errno or 0) if exc.errno in (errno.ENOENT, errno.ENOTDIR) else None
-            opened.append(parent)
-            try:
-                real = os.readlink(f"/proc/self/fd/{parent}")
-            except OSError:
-                return None
-            if not real.startswith("/"):
-                return None
-            entry = Entry(parent, real, name)
+            held = self._held(parent_path, opened)
+            if held is not None:
+                entry = Entry(held[0], parent_path, name, parent_id=held[1])
+            else:
+                try:
+                    parent = fdops.openat2(self.root_fd(), parent_path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC,
+                                           0, fdops.RESOLVE_IN_ROOT | fdops.RESOLVE_NO_MAGICLINKS)
+                except OSError as exc:
+                    return errno.errorcode.get(exc.errno or 0) if exc.errno in (errno.ENOENT, errno.ENOTDIR) else None
+                opened.append(parent)
+                try:
+                    real = os.readlink(f"/proc/self/fd/{parent}")
+                except OSError:
+                    return None
+                if not real.startswith("/"):
+                    return None
+                identity = self._hold(real, parent, opened) if real == parent_path else None
+                entry = Entry(parent, real, name, parent_id=identity)
             if not follow:
                 return entry
             try:
-                st = os.lstat(name, dir_fd=parent)
+                st = os.lstat(name, dir_fd=entry.parent)
             except FileNotFoundError:
                 return entry._replace(looked=True)
             except OSError:
@@ -256,8 +307,8 @@ class Resolver:
             if not stat.S_ISLNK(st.st_mode):
                 return entry._replace(looked=True, st=st)
             try:
-                target = os.readlink(name, dir_fd=parent)
+                target = os.readlink(name, dir_fd=entry.parent)
             except OSError:
                 return None
-            path = target if target.startswith("/") else f"{real.rstrip('/')}/{target}"
+            path = target if target.startswith("/") else f"{entry.parent_path.rstrip('/')}/{target}"
         return "ELOOP"

@@ -74,11 +74,14 @@ class Judgement:
         if root is None:
             return None
         if self.protected_inodes:
-            try:
-                st = os.fstat(entry.parent)
-            except OSError:
-                return "the resolved directory could not be examined"
-            why = self.protected_inodes.get((st.st_dev, st.st_ino))
+            identity = entry.parent_id  # the held directory's, read when it was resolved
+            if identity is None:
+                try:
+                    st = os.fstat(entry.parent)
+                except OSError:
+                    return "the resolved directory could not be examined"
+                identity = (st.st_dev, st.st_ino)
+            why = self.protected_inodes.get(identity)
             if why:
                 return f"{why} (a directory reached by another name)"
         alias = aliases.short_alias(self.resolver.root_fd(), entry.path, root)
