@@ -1,0 +1,122 @@
+"""Red team rt5: the protected paths' other names (hardlinks made before the run), across the
+time between the supervisor's judgement of a name and its open of it, and across two runs.
+
+A protected file with another name outside the protected places (a hook hardlinked into a cache
+directory; uv links a venv to its cache) is refused by identity (the launch record's inodes), or,
+with the record cut short, by its link count. Both judge the entry at the name when the call is
+judged, but the open goes by name afterwards: a FIFO open waits on a thread of its own while the
+sandbox renames the other name over the FIFO, and another run's sandbox renames it there between
+the judgement and the open. Judged from outside: the hook's bytes on the host.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import time
+
+import pytest
+
+HOOK = b"#!/bin/sh\nexit 0\n"
+
+
+@pytest.fixture
+def hooked(sandbox):
+    """A repository whose pre-commit hook has another name, cache/pc, made before the run."""
+    ws = sandbox.workspace
+    subprocess.run(["git", "init", "-q", str(ws)], check=True)
+    hook = ws / ".git" / "hooks" / "pre-commit"
+    hook.write_bytes(HOOK)
+    hook.chmod(0o755)
+    (ws / "cache").mkdir()
+    os.link(hook, ws / "cache" / "pc")
+    (ws / "cache" / "plain").write_text("plain\n")
+    subprocess.run(["chmod", "-R", "a+rX", str(ws)], check=True)
+    return hook
+
+
+FIFO_SWAP = """
+import os, threading, time
+os.mkfifo('cache/f')
+def opener():
+    try:
+        fd = os.open('cache/f', os.O_WRONLY)
+    except OSError as exc:
+        print('refused', exc.errno); return
+    os.pwrite(fd, b'#!/bin/sh\\necho EVIL\\n', 0); print('written')
+thread = threading.Thread(target=opener); thread.start()
+time.sleep(0.3)  # the open waits for a reader on the supervisor's thread
+os.rename('cache/pc', 'cache/f')
+thread.join(10)
+"""
+
+
+def test_a_fifo_open_waiting_while_the_name_is_renamed_to_a_protected_file_opens_nothing(sandbox, hooked):
+    """A write open of a FIFO waits for a reader on a thread of its own, which opened the name
+    again as soon as it was no FIFO: the hook's other name renamed over it was handed over
+    writable and the hook rewritten (the end-of-run check called it not the sandbox's doing).
+    What is opened is judged again when it is not the file judged."""
+    result = sandbox.py(FIFO_SWAP, timeout=60)
+    assert "written" not in result.stdout, result.stderr
+    assert hooked.read_bytes() == HOOK
+    refused = [r for r in sandbox.records() if r["event"] == "file" and r.get("decision") == "deny"]
+    assert any("another name for a protected file" in r.get("rule", "") for r in refused), refused
+
+
+SWAPPER = """
+import ctypes, time
+libc = ctypes.CDLL(None, use_errno=True)
+open('swapping', 'w').close()
+end = time.time() + {seconds}
+n = 0
+while time.time() < end:
+    if libc.renameat2(-100, b'cache/pc', -100, b'cache/plain', 2) < 0:
+        print('exchange failed', ctypes.get_errno()); break
+    n += 1
+print('swaps', n)
+"""
+
+OPENER = """
+import os, time
+end = time.time() + {seconds}
+n = hits = 0
+while time.time() < end:
+    n += 1
+    try:
+        if n % 2:
+            fd = os.open('cache/plain', os.O_WRONLY)
+            if os.fstat(fd).st_nlink == 2:
+                os.pwrite(fd, b'EVIL', 0); hits += 1
+            os.close(fd)
+        else:
+            os.truncate('cache/plain', 6)
+    except OSError:
+        pass
+print('tries', n, 'hits', hits)
+"""
+
+
+def test_another_runs_rename_between_judgement_and_open_reaches_no_protected_file(sandbox, hooked):
+    """Run B's sandbox swaps the hook's other name with a plain file (RENAME_EXCHANGE, in a loop)
+    while run A's sandbox opens and truncates the plain file's name: A's supervisor judged the
+    plain file and opened whatever the name led to a moment later — the hook (278 of 11 126 opens
+    landed on it in 3 s). Now the file opened (or truncated) is judged itself."""
+    swapper = subprocess.Popen(sandbox.argv("--", "python3", "-c", SWAPPER.format(seconds=4)),
+                               cwd=sandbox.workspace, env=sandbox.env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (sandbox.workspace / "swapping").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (sandbox.workspace / "swapping").exists(), "the swapping run started"
+        opener = sandbox.py(OPENER.format(seconds=2.5), timeout=60)
+        out, err = swapper.communicate(timeout=60)
+    finally:
+        if swapper.poll() is None:
+            swapper.kill()
+            swapper.wait()
+    assert "swaps" in out and "exchange failed" not in out, (out, err)
+    assert "tries" in opener.stdout, opener.stderr
+    assert hooked.read_bytes() == HOOK, (opener.stdout, out)
+    assert stat.S_IMODE(hooked.stat().st_mode) == 0o755
