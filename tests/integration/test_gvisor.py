@@ -610,3 +610,33 @@ def test_full_screen_program_runs_on_the_terminal(gv):
     finally:
         proc.kill()
         os.close(master)
+
+
+def test_a_record_cut_short_with_a_left_out_hardlink_refuses_to_start(gv):
+    """Red team rt5: past MAX_ENTRIES the protected tree (here filesystem.protect) is recorded in
+    part; gVisor mediates nothing, and the read-only binds hold the protected names only, so a
+    left-out file with another name made before the run (uv links venvs to its cache) was rewritten
+    through that name and the end-of-run check, which never recorded it, said nothing. Such a
+    launch now fails before anything runs (125, one line naming the file); without the hardlink
+    it runs. Judged by the file's bytes on the host."""
+    from sandboxctl.protect import snapshot
+
+    big = gv.workspace / "big"
+    big.mkdir()
+    for n in range(snapshot.MAX_ENTRIES + 100):
+        (big / f"f{n:05d}").touch()
+    (big / "zz.pth").write_text("original\n")
+    (gv.workspace / "cache").mkdir()
+    os.link(big / "zz.pth", gv.workspace / "cache" / "zz")
+    subprocess.run(["chmod", "-R", "a+rX", str(gv.workspace)], check=True)
+    policy = gv.write_policy("big.yaml", "version: 1\nname: big\nextends: default\n"
+                                         "filesystem:\n  protect: [\"{workspace}/big\"]\n")
+    result = gv.run("--", "sh", "-c", "echo evil > cache/zz", policy=str(policy), timeout=120)
+    assert result.returncode == 125, result.stderr
+    assert (big / "zz.pth").read_text() == "original\n"
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "zz.pth" in errors[0] and "another name" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    (gv.workspace / "cache" / "zz").unlink()
+    again = gv.run("--", "true", policy=str(policy), timeout=120)
+    assert again.returncode == 0, again.stderr

@@ -233,3 +233,23 @@ def test_a_run_alone_still_puts_back_what_its_sandbox_changed(tmp_path):
     config.write_text("[core]\n\tfsmonitor = x\n")
     assert [(c.path, c.action) for c in run.check()] == [(str(config), "restored")]
     assert config.read_text() == "[core]\n"
+
+
+def test_a_file_left_out_of_a_record_cut_short_with_another_name_is_found(tmp_path, venv, monkeypatch):
+    """gVisor mediates nothing: a left-out file with another name (a hardlink) beneath a writable
+    grant could be rewritten through it, unseen by a check that never recorded it (red team rt5),
+    so the launch refuses it (lifecycle). Found at any depth of what was left out; a left-out file
+    of one name, a recorded hardlink, or a whole record find nothing."""
+    site = venv / "lib" / "site-packages"
+    deep = site / "zzz" / "deeper"
+    deep.mkdir(parents=True)
+    for n in range(8):
+        (site / f"extra{n}.py").write_text("")
+    (deep / "linked.pth").write_text("")
+    monkeypatch.setattr(snapshot, "MAX_ENTRIES", 5)
+    assert _take(tmp_path / "none", venv, 1).left_out_linked() is None  # left out, but of one name each
+    os.link(deep / "linked.pth", tmp_path / "cache-link")
+    assert _take(tmp_path / "cut", venv, 1).left_out_linked() == str(deep / "linked.pth")
+    monkeypatch.setattr(snapshot, "MAX_ENTRIES", 20_000)
+    whole = _take(tmp_path / "whole", venv, 1)
+    assert not whole.incomplete() and whole.left_out_linked() is None
