@@ -90,14 +90,16 @@ class Snapshot:
         self.state = state
         self.run_id = run_id
         self.journal = _pending(state) / f"{os.getpid()}-{run_id}.journal"
-        self.entries: dict[str, dict[str, Any]] = {}
+        self.entries: dict[str, dict[str, Any]] = {}  # what this launch found (identities: inodes())
+        self.targets: dict[str, dict[str, Any]] = {}  # what the check puts back: earlier live runs' parts taken
         self.wall_whole = False  # until the supervisor knows the layers: assume the sandbox could write
         self.json_patterns: dict[str, list[str]] = {}
         self.json_values: dict[str, dict[str, Any]] = {}
         self.store: Store | None = None
         self._entries_encoded: bytes | None = None  # the entries as the journal holds them (encoded once)
         self._claimed = False
-        self.contested: set[str] = set()  # recorded otherwise by another live run: reported, never put back
+        self.contested: set[str] = set()  # recorded otherwise by an earlier live run: its record taken
+        self.taken_ns = 0
 
     def take(self, existing: tuple[str, ...], absent: tuple[str, ...],
              json_keys: tuple[tuple[str, str], ...] = ()) -> None:
@@ -125,28 +127,41 @@ class Snapshot:
         if paths and not reused:
             save_kept(store.root, paths, {path: self.entries[path] for path in paths})
         store.save()
-        self.contested = self._contested()
+        import time
+
+        self.taken_ns = time.time_ns()
+        self.targets = dict(self.entries)
+        self.contested = self._adopt_earlier()
         self._write()
 
-    def _contested(self) -> set[str]:
-        """The entries another live run (its journal pending, its supervisor alive) recorded
-        otherwise: changed while that run went on, by its sandbox or by the user. Putting this
-        run's record of them back would plant what the other sandbox wrote, once that run has put
-        its own back (red team rt4: two gVisor runs in one workspace, the second restored the
-        first's hostile .git/config): they are only reported; the run that saw them first decides."""
+    def _adopt_earlier(self) -> set[str]:
+        """Take from every other live run's journal (its supervisor alive) the parts it recorded
+        otherwise — the oldest run's win — as what this run's check puts back (protect/contest.py:
+        what another sandbox may have written is never planted again, nor left in place)."""
+        from sandboxctl.protect import contest
         from sandboxctl.supervise.processes import alive
 
-        contested: set[str] = set()
+        others = []
         for journal in journals(self.state):
             owner = journal.name.split("-", 1)[0]
             if journal.name == self.journal.name or not owner.isdigit() or not alive(int(owner)):
                 continue
             with contextlib.suppress(OSError, ValueError):
-                theirs = read_journal(journal).get("entries") or {}
-                for path, mine in self.entries.items():
-                    if path in theirs:
-                        _differing(path, mine, theirs[path], contested)
-        return contested
+                data = read_journal(journal)
+                if not data.get("taking"):
+                    others.append(data)
+        taken: set[str] = set()
+        for data in sorted(others, key=lambda d: d.get("taken_ns") or 0, reverse=True):  # the oldest last
+            theirs = data.get("entries") or {}
+            if not data.get("wall_whole"):  # a whole wall: what differs was changed outside it, not taken
+                for path, target in self.targets.items():
+                    if path in theirs and isinstance(theirs[path], dict):
+                        self.targets[path] = contest.adopt(path, target, theirs[path], taken)
+            values, patterns = data.get("json_values") or {}, data.get("json_patterns") or {}
+            if isinstance(values, dict) and values:
+                same = {path for path, keys in self.json_patterns.items() if patterns.get(path) == keys}
+                self.json_values = contest.adopt_keys(self.json_values, values, same, taken)
+        return taken
 
     def _claim(self) -> None:
         """Before the hash cache or a kept record is read: a journal that says this launch is taking
@@ -163,8 +178,9 @@ class Snapshot:
         blob this run needs: no claim may replace it (the check may read the cache too)."""
         self._claimed = True
         if self._entries_encoded is None:
-            self._entries_encoded = marshal.dumps(self.entries)
+            self._entries_encoded = marshal.dumps(self.targets)
         self._write_journal({"version": JOURNAL_VERSION, "run": self.run_id, "wall_whole": self.wall_whole,
+                             "taken_ns": self.taken_ns,
                              "json_patterns": self.json_patterns, "json_values": self.json_values,
                              "entries": self._entries_encoded, "contested": sorted(self.contested)})
 
@@ -258,9 +274,9 @@ class Snapshot:
         """Compare; where the sandbox could have made a change (the kernel wall was not whole:
         gVisor, no Landlock), put it back and keep it aside; else report it and leave it (an IDE's
         or the user's own work while the run went on). Then forget the journal."""
-        whole, contested = self.wall_whole, self.contested
-        changes = compare_and_restore(self.state, self.run_id, self.entries,
-                                      lambda path: not whole and path not in contested, self.store)
+        whole = self.wall_whole
+        changes = compare_and_restore(self.state, self.run_id, self.targets or self.entries,
+                                      lambda path: not whole, self.store)
         changes += restore_json_keys(self.state, self.run_id, self.json_patterns, self.json_values)
         with contextlib.suppress(FileNotFoundError):
             self.journal.unlink()
@@ -268,29 +284,6 @@ class Snapshot:
 
 
 HEARTBEAT_S = 2.0
-
-
-def _differing(path: str, mine: dict[str, Any], theirs: dict[str, Any], out: set[str]) -> None:
-    """Add to out every entry at or beneath path that two records hold otherwise (a name in one
-    of them only included: made or removed by the other run's sandbox)."""
-    kind = mine.get("kind")
-    if kind != theirs.get("kind"):
-        out.add(path)
-    elif kind == "file":
-        if mine.get("sha256") != theirs.get("sha256") or mine.get("mode") != theirs.get("mode"):
-            out.add(path)
-    elif kind == "symlink":
-        if mine.get("target") != theirs.get("target"):
-            out.add(path)
-    elif kind == "dir":
-        if mine.get("mode") != theirs.get("mode"):
-            out.add(path)
-        ours, others = mine.get("children") or {}, theirs.get("children") or {}
-        for name in ours.keys() | others.keys():
-            if name in ours and name in others:
-                _differing(f"{path}/{name}", ours[name], others[name], out)
-            else:
-                out.add(f"{path}/{name}")
 
 
 def _changed_before(path: str, last_beat: int) -> bool:
@@ -319,13 +312,10 @@ def recover(state: Path, alive) -> list[Change]:
                 continue
             whole = bool(data.get("wall_whole"))
 
-            contested = set(data.get("contested") or ())
-
-            def before_death(path: str, last_beat: int = last_beat, whole: bool = whole,
-                             contested: set[str] = contested) -> bool:
+            def before_death(path: str, last_beat: int = last_beat, whole: bool = whole) -> bool:
                 # a protected entry changed where the kernel wall was whole was not the sandbox's doing;
                 # JSON keys (below) have no kernel wall: only the heartbeat decides for them
-                return not whole and path not in contested and _changed_before(path, last_beat)
+                return not whole and _changed_before(path, last_beat)
 
             run = str(data.get("run", ""))
             changes += compare_and_restore(state, run, data.get("entries") or {}, before_death)

@@ -640,3 +640,62 @@ def test_a_record_cut_short_with_a_left_out_hardlink_refuses_to_start(gv):
     (gv.workspace / "cache" / "zz").unlink()
     again = gv.run("--", "true", policy=str(policy), timeout=120)
     assert again.returncode == 0, again.stderr
+
+
+COMMONDIR = """
+import os, time
+os.makedirs('evil/objects', exist_ok=True)
+os.makedirs('evil/refs', exist_ok=True)
+with open('evil/config', 'w') as f:
+    f.write('[core]\\n\\trepositoryformatversion = 0\\n\\tfsmonitor = "touch {canary}; false"\\n')
+def wait(name):
+    deadline = time.time() + 60
+    while not os.path.exists(name) and time.time() < deadline:
+        time.sleep(0.02)
+wait('{wait}')
+if not os.path.exists('.git/commondir'):
+    with open('.git/commondir', 'w') as f:
+        f.write('../evil\\n')
+open('{done}', 'w').close()
+wait('{hold}')
+"""
+
+
+def test_a_second_run_puts_back_what_the_first_run_put_away_and_its_own_sandbox_made_again(gv, tmp_path):
+    """Red team rt5 (two gVisor runs, as root and as a user): A's sandbox makes .git/commondir
+    (a name that did not exist: nothing holds it during a gVisor run) pointing at a config with
+    core.fsmonitor; B launches and records it; A removes it at its end; B's sandbox makes it again,
+    byte for byte. B's check only reported what A had recorded otherwise, and found nothing at
+    all here, so it stayed and the host's git ran the config. B now compares with A's record (the
+    state before the first run). Judged by the host's git and a canary."""
+    canary = tmp_path / "canary"
+    subprocess.run(["git", "init", "-q", str(gv.workspace)], check=True)
+    subprocess.run(["chmod", "-R", "a+rX", str(gv.workspace)], check=True)
+    ws = gv.workspace
+    runs = []
+    try:
+        runs.append(subprocess.Popen(gv.argv("--", "python3", "-c", COMMONDIR.format(
+            canary=canary, wait="go-a", done="a-planted", hold="b-started")), cwd=ws, env=gv.env(),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        (ws / "go-a").touch()
+        deadline = time.monotonic() + 60
+        while not (ws / "a-planted").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert (ws / ".git" / "commondir").exists(), runs[0].stderr
+        runs.append(subprocess.Popen(gv.argv("--", "python3", "-c", "open('b-started', 'w').close()\n" +
+                                             COMMONDIR.format(canary=canary, wait="a-ended", done="b-planted",
+                                                              hold="b-planted")),
+                                     cwd=ws, env=gv.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        runs[0].communicate(timeout=60)
+        assert not (ws / ".git" / "commondir").exists()  # A put it away
+        (ws / "a-ended").touch()
+        _out, err = runs[1].communicate(timeout=60)
+        assert (ws / "b-planted").exists(), err
+    finally:
+        for run in runs:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+    assert not (ws / ".git" / "commondir").exists()
+    subprocess.run(["git", "-C", str(ws), "status"], capture_output=True, timeout=30)
+    assert not canary.exists(), "the host's git ran a config the sandbox wrote"

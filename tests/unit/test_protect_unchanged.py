@@ -194,8 +194,8 @@ def test_a_record_cut_short_says_so_and_a_whole_one_does_not(tmp_path, venv, mon
 def test_a_second_run_never_puts_back_what_it_recorded_while_another_run_had_changed_it(tmp_path):
     """Red team rt4: run A (gVisor: the sandbox can write) changes .git/config; run B launches
     then, so B's record holds A's change; A puts the original back at its end; B then found the
-    file "modified" and restored A's hostile bytes. What two live runs recorded otherwise is now
-    only reported by the later one, and the earlier one (which saw it first) decides."""
+    file "modified" and restored A's hostile bytes. What an earlier live run recorded otherwise
+    is now taken from its record: B compares with the state before A, and finds nothing."""
     config = tmp_path / "ws" / ".git" / "config"
     config.parent.mkdir(parents=True)
     config.write_text("[core]\n")
@@ -212,8 +212,7 @@ def test_a_second_run_never_puts_back_what_it_recorded_while_another_run_had_cha
     assert {(c.path, c.action) for c in first.check()} >= {(str(config), "restored"),
                                                            (str(hooks / "pre-commit"), "removed")}
     assert config.read_text() == "[core]\n"
-    changes = {(c.path, c.action) for c in second.check()}
-    assert changes == {(str(config), "reported"), (str(hooks / "pre-commit"), "reported")}
+    assert second.check() == []  # the state before the first run: what B took from A's record
     assert config.read_text() == "[core]\n" and not (hooks / "pre-commit").exists()
 
 
@@ -253,3 +252,89 @@ def test_a_file_left_out_of_a_record_cut_short_with_another_name_is_found(tmp_pa
     monkeypatch.setattr(snapshot, "MAX_ENTRIES", 20_000)
     whole = _take(tmp_path / "whole", venv, 1)
     assert not whole.incomplete() and whole.left_out_linked() is None
+
+
+def _two_runs(tmp_path):
+    gitdir = tmp_path / "ws" / ".git"
+    gitdir.mkdir(parents=True)
+    (gitdir / "config").write_text("[core]\n")
+    state = tmp_path / "state"
+    paths = ((str(gitdir / "config"),), (str(gitdir / "commondir"),))
+    return gitdir, state, paths
+
+
+@pytest.mark.parametrize("again", ["same bytes", "other bytes"])
+def test_what_the_first_run_put_away_the_second_runs_sandbox_cannot_make_again(tmp_path, again):
+    """Red team rt5 (two gVisor runs, reproduced as root: the host's git ran the planted config):
+    A's sandbox makes .git/commondir (a name that did not exist: nothing holds it under gVisor);
+    B launches; A removes it at its end; B's sandbox makes it again. B's check only reported what
+    A had recorded otherwise — and found nothing at all when it was made byte for byte again — so
+    it stayed. B now puts back the state before A: commondir is removed."""
+    gitdir, state, (existing, absent) = _two_runs(tmp_path)
+    first = snapshot.Snapshot(state, "a")
+    first.take(existing, absent)
+    (gitdir / "commondir").write_text("../evil\n")  # A's sandbox
+    second = snapshot.Snapshot(state, "b")
+    second.take(existing + absent, ())  # B's plan found commondir: an existing entry to record
+    assert [(c.path, c.action) for c in first.check()] == [(str(gitdir / "commondir"), "removed")]
+    (gitdir / "commondir").write_text("../evil\n" if again == "same bytes" else "../other\n")  # B's sandbox
+    assert [(c.path, c.action) for c in second.check()] == [(str(gitdir / "commondir"), "removed")]
+    assert not (gitdir / "commondir").exists()
+
+
+def test_a_run_killed_takes_the_earlier_record_into_its_recovery(tmp_path):
+    """B's journal holds what it took from A: killed, B's recovery puts back the state before A."""
+    gitdir, state, (existing, absent) = _two_runs(tmp_path)
+    first = snapshot.Snapshot(state, "a")
+    first.take(existing, absent)
+    (gitdir / "commondir").write_text("../evil\n")
+    second = snapshot.Snapshot(state, "b")
+    second.take(existing + absent, ())
+    first.check()
+    (gitdir / "commondir").write_text("../evil\n")  # B's sandbox, then B's supervisor is killed
+    changes = snapshot.recover(state, lambda pid: False)
+    assert [(c.path, c.action, c.run) for c in changes] == [(str(gitdir / "commondir"), "removed", "b")]
+
+
+def test_what_changed_under_an_earlier_runs_whole_wall_is_not_taken_from_it(tmp_path):
+    """An earlier run whose kernel wall was whole (bubblewrap) could not change what it recorded:
+    what differs was changed outside (the user's own git config), and a later gVisor run keeps its
+    own record of it — puts back the user's version, not the older one."""
+    gitdir, state, (existing, absent) = _two_runs(tmp_path)
+    config = gitdir / "config"
+    first = snapshot.Snapshot(state, "a")
+    first.take(existing, absent)
+    first.mark(wall_whole=True)
+    config.write_text("[core]\n[remote \"origin\"]\n\turl = x\n")  # the user, outside
+    second = snapshot.Snapshot(state, "b")
+    second.take(existing, absent)
+    assert second.contested == set()
+    config.write_text("[core]\n\tfsmonitor = x\n")  # B's sandbox (gVisor)
+    assert [(c.path, c.action) for c in second.check()] == [(str(config), "restored")]
+    assert "origin" in config.read_text()
+    assert [(c.path, c.action) for c in first.check()] == [(str(config), "reported")]
+
+
+def test_two_runs_protected_json_keys_end_as_before_the_first(tmp_path):
+    """Red team rt5 (two claude-code runs under bubblewrap, reproduced as root): A's sandbox adds
+    an MCP server to ~/.claude.json (writable: no kernel wall holds the keys); B launches and
+    records it; A puts mcpServers back; B then "restored" A's server, which claude would start
+    outside. B now takes A's record of the keys: the server is gone, and the other keys stay."""
+    import json
+
+    claude = tmp_path / "home" / ".claude.json"
+    claude.parent.mkdir()
+    claude.write_text(json.dumps({"mcpServers": {}, "other": 1}))
+    state = tmp_path / "state"
+    keys = ((str(claude), "mcpServers"), (str(claude), "projects.*.mcpServers"))
+    first = snapshot.Snapshot(state, "a")
+    first.take((), (), keys)
+    first.mark(wall_whole=True)  # bubblewrap: the keys are still writable
+    evil = {"mcpServers": {"evil": {"command": "sh"}}, "projects": {"/w": {"mcpServers": {"x": {}}}}, "other": 2}
+    claude.write_text(json.dumps(evil))  # A's sandbox
+    second = snapshot.Snapshot(state, "b")
+    second.take((), (), keys)
+    second.mark(wall_whole=True)
+    assert first.check() and json.loads(claude.read_text())["mcpServers"] == {}
+    assert second.check() == []
+    assert json.loads(claude.read_text()) == {"mcpServers": {}, "projects": {"/w": {}}, "other": 2}
