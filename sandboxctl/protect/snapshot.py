@@ -195,10 +195,20 @@ class Snapshot:
     def incomplete(self) -> bool:
         """Whether a protected directory was recorded only in part (past MAX_ENTRIES): what was
         left out has no identity in inodes(), so another name for it cannot be told apart."""
-        def cut(entry: dict[str, Any]) -> bool:
-            return entry.get("complete") is False or any(cut(c) for c in (entry.get("children") or {}).values())
+        return self.cut_short() is not None
 
-        return any(cut(entry) for entry in self.entries.values())
+    def cut_short(self) -> str | None:
+        """The first protected directory recorded only in part (what the user is told), if any."""
+        def cut(path: str, entry: dict[str, Any]) -> str | None:
+            if entry.get("complete") is False:
+                return path
+            for name, child in (entry.get("children") or {}).items():
+                found = cut(f"{path}/{name}", child)
+                if found:
+                    return found
+            return None
+
+        return next((found for path, entry in self.entries.items() if (found := cut(path, entry))), None)
 
     def left_out_linked(self) -> str | None:
         """A regular file left out of a record cut short (past MAX_ENTRIES) that has another name

@@ -107,7 +107,14 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
         if forwarder is not None:  # an unreachable collector is a record of the local log, once per outage
             forwarder.on_state = lambda **fields: supervisor._write_log("log.forward", **fields)
         supervisor.protected_inodes = snapshot.inodes()
-        supervisor.protected_incomplete = snapshot.incomplete()
+        supervisor.protected_incomplete = cut = snapshot.cut_short()
+        if cut and plan.protect.mediated and supervisor_options.get("notice"):
+            from sandboxctl.inert import inert
+            from sandboxctl.protect.snapshot import MAX_ENTRIES
+
+            supervisor_options["notice"](
+                f"sandboxctl: {inert(cut)} holds more than {MAX_ENTRIES} entries, too many to record whole: files "
+                "with more than one name (hardlinks: uv, pnpm) cannot be written in place under the writable grants")
         supervisor.snapshot = snapshot
         if started is not None:
             started(supervisor)

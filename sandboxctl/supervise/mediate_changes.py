@@ -253,7 +253,7 @@ class Changes:
             self._refuse(n, "link", dst.path, "the link's source could not be resolved in the sandbox")
             return
         src_path, src_ref, st = source
-        why = self._why_not(src_path, st)
+        why = self._why_not(src_path, st, written=False)  # a pnpm or uv install links its store's files
         if why:
             self._refuse(n, "link", f"{src_path} -> {dst.path}", why)
             return

@@ -180,3 +180,45 @@ def test_two_claude_runs_end_with_the_mcp_servers_of_before_the_first(sandbox):
     document = json.loads(claude.read_text())
     assert document["mcpServers"] == {}, document
     assert document["other"] == 1
+
+
+STORE = """
+import os
+os.makedirs('proj2/node_modules/dep', exist_ok=True)
+os.link('store/f0.js', 'proj2/node_modules/dep/f0.js')  # pnpm/uv: the store's file, linked
+print('linked')
+try:
+    open('proj1/node_modules/dep/f0.js', 'w').write('patched\\n')
+    print('patched')
+except OSError as exc:
+    print('refused', exc.errno)
+"""
+
+
+def test_a_record_cut_short_lets_installs_link_and_says_why_a_write_is_refused(sandbox):
+    """The cost of the link-count rule (a protected tree past MAX_ENTRIES): with a pnpm-style
+    store in the workspace, every link of a store file (already of two names) was refused — an
+    install broke whole — and the user learnt why only from a wrapped denial table. Now linking
+    works, writing a file of two names in place is still refused (it cannot be told from a
+    left-out protected file), and one line at launch names the directory recorded in part."""
+    from sandboxctl.protect import snapshot
+
+    ws = sandbox.workspace
+    big = ws / "big"
+    big.mkdir()
+    for n in range(snapshot.MAX_ENTRIES + 100):
+        (big / f"f{n:05d}").touch()
+    (ws / "store").mkdir()
+    (ws / "store" / "f0.js").write_text("module.exports = 0\n")
+    (ws / "proj1" / "node_modules" / "dep").mkdir(parents=True)
+    os.link(ws / "store" / "f0.js", ws / "proj1" / "node_modules" / "dep" / "f0.js")
+    subprocess.run(["chmod", "-R", "a+rX", str(ws)], check=True)
+    policy = sandbox.write_policy("big.yaml", "version: 1\nname: big\nextends: default\n"
+                                              "filesystem:\n  protect: [\"{workspace}/big\"]\n")
+    argv = [a for a in sandbox.argv("-p", str(policy), "--", "python3", "-c", STORE, policy=None) if a != "-q"]
+    result = subprocess.run(argv, cwd=ws, env=sandbox.env(), capture_output=True, text=True, timeout=120)
+    assert "linked" in result.stdout and "refused 13" in result.stdout, (result.stdout, result.stderr)
+    assert (ws / "store" / "f0.js").read_text() == "module.exports = 0\n"
+    assert os.path.samefile(ws / "proj2" / "node_modules" / "dep" / "f0.js", ws / "store" / "f0.js")
+    notes = [line for line in result.stderr.splitlines() if "too many to record whole" in line]
+    assert len(notes) == 1 and str(big) in notes[0], result.stderr

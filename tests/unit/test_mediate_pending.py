@@ -303,3 +303,22 @@ def test_o_trunc_is_done_after_the_judgement_and_as_the_kernel_does_it(harness):
         harness.call("open", harness.text(f"{ws}/file"), flags, 0o644)
         assert (ws / "file").read_bytes() == left, oct(flags)
     assert len(harness.handed) == 4
+
+
+def test_with_a_record_cut_short_a_file_of_two_names_gets_a_third_but_is_never_written(harness):
+    """The link-count rule costs what it refuses: pnpm and uv install by linking their store's files
+    (each already of two names or more), and refusing the link broke every install (red team rt5:
+    2 000 of 2 000 links refused). A name more is no write: the protected name stays, so every
+    other name of a left-out protected file still counts two or more, and writing through the
+    new one is refused; the refusal names the directory recorded in part."""
+    ws = harness.ws
+    (ws / "venv-file").write_bytes(b"import os\n")
+    os.link(ws / "venv-file", ws / "cache-link")
+    harness.mediator.protected_incomplete = f"{ws}/venv"
+    harness.call("link", harness.text(f"{ws}/cache-link"), harness.text(f"{ws}/third-name"))
+    assert harness.answers[-1] == (7, 0, False) and os.path.samefile(ws / "third-name", ws / "venv-file")
+    harness.call("open", harness.text(f"{ws}/third-name"), os.O_WRONLY, 0)
+    assert (ws / "venv-file").read_bytes() == b"import os\n" and harness.handed == []
+    assert f"{ws}/venv is too big to record whole" in harness.mediator.denied[-1]["rule"]
+    harness.call("chmod", harness.text(f"{ws}/third-name"), 0o777)
+    assert harness.answers[-1][1] != 0
