@@ -77,6 +77,24 @@ def read_journal(path: Path) -> dict[str, Any]:
     return data
 
 
+def owner_alive(journal: Path, data: dict[str, Any] | None, alive) -> bool:
+    """Whether the supervisor that wrote this journal still runs: its pid is alive and, where
+    the journal says when it started, that pid is still the same process (a killed supervisor's
+    pid reused — by a host process, by a sandbox's — made its journal look live for as long as
+    that process ran: never recovered, and taken as an earlier run's record by every launch).
+    Alive when it cannot be told (the start cannot be read): a live run's journal is never recovered."""
+    owner = journal.name.split("-", 1)[0]
+    if not owner.isdigit() or not alive(int(owner)):
+        return False
+    started = (data or {}).get("owner_start")
+    if not isinstance(started, int):
+        return True
+    from sandboxctl.supervise.processes import start_time
+
+    now = start_time(int(owner))
+    return now is None or now == started
+
+
 def journals(state: Path) -> list[Path]:
     with contextlib.suppress(OSError):
         return sorted(p for p in _pending(state).iterdir() if p.suffix in JOURNAL_SUFFIXES)
@@ -100,6 +118,7 @@ class Snapshot:
         self._claimed = False
         self.contested: set[str] = set()  # recorded otherwise by an earlier live run: its record taken
         self.taken_ns = 0
+        self._owner_start: int | None = None
 
     def take(self, existing: tuple[str, ...], absent: tuple[str, ...],
              json_keys: tuple[tuple[str, str], ...] = ()) -> None:
@@ -143,12 +162,11 @@ class Snapshot:
 
         others = []
         for journal in journals(self.state):
-            owner = journal.name.split("-", 1)[0]
-            if journal.name == self.journal.name or not owner.isdigit() or not alive(int(owner)):
+            if journal.name == self.journal.name:
                 continue
             with contextlib.suppress(OSError, ValueError):
                 data = read_journal(journal)
-                if not data.get("taking"):
+                if not data.get("taking") and owner_alive(journal, data, alive):
                     others.append(data)
         taken: set[str] = set()
         for data in sorted(others, key=lambda d: d.get("taken_ns") or 0, reverse=True):  # the oldest last
@@ -185,6 +203,11 @@ class Snapshot:
                              "entries": self._entries_encoded, "contested": sorted(self.contested)})
 
     def _write_journal(self, data: dict[str, Any]) -> None:
+        if self._owner_start is None:
+            from sandboxctl.supervise.processes import start_time
+
+            self._owner_start = start_time(os.getpid()) or 0
+        data["owner_start"] = self._owner_start  # with the pid in its name, which process wrote it
         self.journal.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = self.journal.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -312,13 +335,19 @@ def recover(state: Path, alive) -> list[Change]:
     with contextlib.suppress(OSError):
         for journal in journals(state):
             owner = journal.name.split("-", 1)[0]
-            if not owner.isdigit() or alive(int(owner)):
+            if not owner.isdigit():
                 continue
             try:
                 data = read_journal(journal)
-                last_beat = journal.stat().st_mtime_ns + int(HEARTBEAT_S * 1.5 * 1e9)
             except (OSError, ValueError):
-                journal.unlink(missing_ok=True)
+                if not alive(int(owner)):
+                    journal.unlink(missing_ok=True)
+                continue
+            if owner_alive(journal, data, alive):
+                continue
+            try:
+                last_beat = journal.stat().st_mtime_ns + int(HEARTBEAT_S * 1.5 * 1e9)
+            except OSError:
                 continue
             whole = bool(data.get("wall_whole"))
 

@@ -338,3 +338,48 @@ def test_two_runs_protected_json_keys_end_as_before_the_first(tmp_path):
     assert first.check() and json.loads(claude.read_text())["mcpServers"] == {}
     assert second.check() == []
     assert json.loads(claude.read_text()) == {"mcpServers": {}, "projects": {"/w": {}}, "other": 2}
+
+
+def _reused(journal: Path) -> None:
+    """The journal's pid is another process now (a killed supervisor's pid reused: pid_max may be
+    32 768): this process stands in for the new owner, so the journal's start is made another."""
+    import marshal
+
+    data = marshal.loads(journal.read_bytes())
+    data["owner_start"] += 1
+    journal.write_bytes(marshal.dumps(data))
+
+
+def test_a_killed_runs_journal_whose_pid_was_reused_is_recovered_and_never_taken(tmp_path):
+    """Red team rt5 (as root, the pid taken with ns_last_pid): A's supervisor was killed while its
+    sandbox's change was in place, and its pid went to another process; processes.alive said A
+    lived, so no launch recovered A's journal, and every launch took A's old record as an earlier
+    run's (a claude-code run then removed an MCP server the user had added since). A journal's
+    owner is now its pid *and* that process's start time."""
+    from sandboxctl.supervise.processes import alive
+
+    gitdir, state, (existing, absent) = _two_runs(tmp_path)
+    first = snapshot.Snapshot(state, "a")
+    first.take(existing, absent)
+    (gitdir / "commondir").write_text("../evil\n")  # A's sandbox; then A's supervisor is killed
+    _reused(first.journal)
+    second = snapshot.Snapshot(state, "b")
+    second.take(existing + absent, ())
+    assert second.contested == set()  # a dead run's record is not an earlier live run's
+    changes = snapshot.recover(state, alive)
+    assert [(c.path, c.action, c.run) for c in changes] == [(str(gitdir / "commondir"), "removed", "a")]
+    assert not first.journal.exists()
+
+
+def test_a_live_runs_journal_is_neither_recovered_nor_left_untaken(tmp_path):
+    """The same start time: the owner is the run itself, alive; its journal stays pending."""
+    from sandboxctl.supervise.processes import alive
+
+    gitdir, state, (existing, absent) = _two_runs(tmp_path)
+    first = snapshot.Snapshot(state, "a")
+    first.take(existing, absent)
+    (gitdir / "commondir").write_text("../evil\n")
+    assert snapshot.recover(state, alive) == [] and first.journal.exists()
+    second = snapshot.Snapshot(state, "b")
+    second.take(existing + absent, ())
+    assert second.contested == {str(gitdir / "commondir")}
