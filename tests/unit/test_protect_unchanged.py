@@ -383,3 +383,30 @@ def test_a_live_runs_journal_is_neither_recovered_nor_left_untaken(tmp_path):
     second = snapshot.Snapshot(state, "b")
     second.take(existing + absent, ())
     assert second.contested == {str(gitdir / "commondir")}
+
+
+def test_a_supervisor_killed_during_its_own_check_is_finished_by_the_next(tmp_path, monkeypatch):
+    """Red team rt5: the supervisor killed inside its end-of-run check — here right after it moved
+    the changed config aside and before it wrote the original back (the path is missing then), with
+    a planted commondir still to remove. The journal stays (it is forgotten only after the check),
+    and the next launch's recovery puts back both: the config from its blob, commondir removed."""
+    from sandboxctl.protect import restore
+
+    gitdir, state, (existing, absent) = _two_runs(tmp_path)
+    run = snapshot.Snapshot(state, "a")
+    run.take(existing, absent)
+    (gitdir / "config").write_text("[core]\n\tfsmonitor = x\n")  # the sandbox (gVisor: the wall is not whole)
+    (gitdir / "commondir").write_text("../evil\n")
+
+    def killed(*args, **kwargs):
+        raise SystemExit("SIGKILL")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(restore, "_restore", killed)
+        with pytest.raises(SystemExit):
+            run.check()
+    assert not (gitdir / "config").exists() and run.journal.exists()  # moved aside, not yet written back
+    changes = snapshot.recover(state, lambda pid: False)
+    assert {(c.path, c.action) for c in changes} == {(str(gitdir / "config"), "restored"),
+                                                     (str(gitdir / "commondir"), "removed")}
+    assert (gitdir / "config").read_text() == "[core]\n" and not (gitdir / "commondir").exists()
