@@ -30,12 +30,6 @@ O_TMPFILE = getattr(os, "O_TMPFILE", 0o20200000)
 MAX_WAITING = 32
 
 
-def fcntl_accmode(fd: int) -> int:
-    import fcntl
-
-    return fcntl.fcntl(fd, fcntl.F_GETFL) & O_ACCMODE
-
-
 class Opens:
     """Opens, performed or passed on (a mixin of mediate.Mediator)."""
 
@@ -119,14 +113,7 @@ class Opens:
                 return False
         if truncating and stat.S_ISREG(st.st_mode):  # the kernel ignores O_TRUNC on FIFOs and devices
             try:
-                if fcntl_accmode(fd) == os.O_RDONLY:  # O_RDONLY|O_TRUNC truncates too, given write permission
-                    writer = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_CLOEXEC)
-                    try:
-                        os.ftruncate(writer, 0)
-                    finally:
-                        os.close(writer)
-                else:
-                    os.ftruncate(fd, 0)
+                fdops.truncate_opened(fd)
             except OSError as exc:
                 self._done(n, op, path, exc)
                 return False

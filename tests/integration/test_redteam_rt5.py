@@ -222,3 +222,23 @@ def test_a_record_cut_short_lets_installs_link_and_says_why_a_write_is_refused(s
     assert os.path.samefile(ws / "proj2" / "node_modules" / "dep" / "f0.js", ws / "store" / "f0.js")
     notes = [line for line in result.stderr.splitlines() if "too many to record whole" in line]
     assert len(notes) == 1 and str(big) in notes[0], result.stderr
+
+
+def test_an_approved_write_never_reaches_a_protected_file_through_its_other_name(sandbox, hooked, tmp_path):
+    """Red team rt5 (as root): the hook's other name lay in a read-only grant (made before the run;
+    uv's cache is one, read-only to the sandbox); with --approve allow (or a human approving what
+    looked like a cache file) the supervisor opened it for the sandbox and the hook was rewritten —
+    the end-of-run check then called it not the sandbox's doing. Protected paths are never
+    approvable, whatever name leads there. Judged by the hook's bytes; a plain file there is written."""
+    cache = tmp_path / "rocache"
+    cache.mkdir()
+    os.link(hooked, cache / "pc")
+    (cache / "plain").write_text("plain\n")
+    subprocess.run(["chmod", "-R", "a+rX", str(cache)], check=True)
+    script = f"echo 'echo EVIL' > {cache}/pc; echo rc=$?; echo mine > {cache}/plain; echo rc2=$?"
+    result = sandbox.run("--approve", "allow", "--allow-read", str(cache), "--", "/bin/sh", "-c", script)
+    assert "rc=2" in result.stdout and "rc2=0" in result.stdout, (result.stdout, result.stderr)
+    assert hooked.read_bytes() == HOOK
+    assert (cache / "plain").read_text() == "mine\n"
+    refused = [r for r in sandbox.records() if r["event"] == "file" and r.get("decision") == "deny"]
+    assert any("another name for a protected file" in r.get("rule", "") for r in refused), refused
