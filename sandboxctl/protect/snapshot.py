@@ -206,8 +206,9 @@ class Snapshot:
         if self._owner_start is None:
             from sandboxctl.supervise.processes import start_time
 
-            self._owner_start = start_time(os.getpid()) or 0
-        data["owner_start"] = self._owner_start  # with the pid in its name, which process wrote it
+            self._owner_start = start_time(os.getpid()) or -1  # -1: unknown (a live owner is never judged dead)
+        if self._owner_start >= 0:
+            data["owner_start"] = self._owner_start  # with the pid in its name, which process wrote it
         self.journal.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = self.journal.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)

@@ -111,6 +111,9 @@ class Opens:
             if why:
                 self._refuse(n, op, path, why)
                 return False
+        if truncating and stat.S_ISDIR(st.st_mode):  # O_TRUNC asks for write access: the kernel's answer
+            self._done(n, op, path, OSError(errno.EISDIR, "a directory"))
+            return False
         if truncating and stat.S_ISREG(st.st_mode):  # the kernel ignores O_TRUNC on FIFOs and devices
             try:
                 fdops.truncate_opened(fd)

@@ -12,6 +12,7 @@ workspace untouched and unanswered once not.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import socket
 import stat
@@ -297,12 +298,15 @@ def test_o_trunc_is_done_after_the_judgement_and_as_the_kernel_does_it(harness):
     """O_TRUNC is taken off the open and done on the descriptor once judged: a writable open and
     an O_RDONLY one (which Linux truncates too) empty the file; an open without it keeps it."""
     ws = harness.ws
+    (ws / "dir").mkdir()
     for flags, left in ((os.O_WRONLY | os.O_TRUNC, b""), (os.O_RDONLY | os.O_TRUNC, b""),
                         (os.O_RDWR, b"contents"), (os.O_WRONLY | os.O_CREAT | os.O_TRUNC, b"")):
         (ws / "file").write_bytes(b"contents")
         harness.call("open", harness.text(f"{ws}/file"), flags, 0o644)
         assert (ws / "file").read_bytes() == left, oct(flags)
     assert len(harness.handed) == 4
+    harness.call("open", harness.text(f"{ws}/dir"), os.O_RDONLY | os.O_TRUNC, 0)  # as the kernel: EISDIR
+    assert harness.answers[-1][1] == errno.EISDIR and len(harness.handed) == 4
 
 
 def test_with_a_record_cut_short_a_file_of_two_names_gets_a_third_but_is_never_written(harness):
