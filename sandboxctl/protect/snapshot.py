@@ -157,7 +157,6 @@ class Snapshot:
         """Take from every other live run's journal (its supervisor alive) the parts it recorded
         otherwise — the oldest run's win — as what this run's check puts back (protect/contest.py:
         what another sandbox may have written is never planted again, nor left in place)."""
-        from sandboxctl.protect import contest
         from sandboxctl.supervise.processes import alive
 
         others = []
@@ -169,6 +168,10 @@ class Snapshot:
                 if not data.get("taking") and owner_alive(journal, data, alive):
                     others.append(data)
         taken: set[str] = set()
+        if not others:
+            return taken  # a run alone: contest.py is not even imported
+        from sandboxctl.protect import contest
+
         for data in sorted(others, key=lambda d: d.get("taken_ns") or 0, reverse=True):  # the oldest last
             theirs = data.get("entries") or {}
             if not data.get("wall_whole"):  # a whole wall: what differs was changed outside it, not taken
