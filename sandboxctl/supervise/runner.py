@@ -86,6 +86,7 @@ class Supervisor(Startup, Handshake, Loop, Listener, Escapes, RunLog, Outcome):
         self.file_escapes = None  # supervise.file_escape.FileEscapes: approvals of writes, on workers
         self.notify_thread: threading.Thread | None = None  # blocked in NOTIF_RECV (_serve_notifications)
         self.notify_error: BaseException | None = None  # why that thread stopped answering
+        self.notify_abandoned = False  # it outlived the run: its listener was taken away (listener.py)
         self.socket_checks = None  # network.checks.SocketChecks: connect/sendto answered here
         self.sock_diag_fd: int | None = None  # the sandbox's own netlink socket (none/proxy)
         self.log_lock = threading.Lock()
@@ -215,6 +216,18 @@ class Supervisor(Startup, Handshake, Loop, Listener, Escapes, RunLog, Outcome):
         if self.cancel_w >= 0:
             with contextlib.suppress(OSError):
                 os.write(self.cancel_w, b"x")
+
+    def unfinished(self) -> dict[str, int]:
+        """What still runs after the tear-down and could still record: run.end names it, and the
+        sealed log refuses what it writes after (log/late.py)."""
+        found = {}
+        if self.notify_thread is not None and self.notify_thread.is_alive():
+            found["notification_thread"] = 1
+        if self.proxy is not None and (count := self.proxy.unfinished()):
+            found["proxy_connections"] = count
+        if self.file_escapes is not None and (count := self.file_escapes.unfinished()):
+            found["approval_workers"] = count
+        return found
 
     # ------------------------------------------------------------------ what a subclass fills in
     def start_fields(self) -> dict[str, Any]:
