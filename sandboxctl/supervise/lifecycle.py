@@ -104,6 +104,7 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
 
                 supervisor_class = GvisorSupervisor
         supervisor = supervisor_class(plan, state, log, argv_for_log, cgroup, values, **supervisor_options)
+        supervisor.defer_signals = True  # a SIGTERM as the run ends waits for run.end (restore_signals)
         if forwarder is not None:  # an unreachable collector is a record of the local log, once per outage
             forwarder.on_state = lambda **fields: supervisor._write_log("log.forward", **fields)
         supervisor.protected_inodes = snapshot.inodes()
@@ -177,6 +178,8 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
             close_forwarder(forwarder, FORWARD_FLUSH_S, late().say)
         log.close()
         late.returned()
+        if supervisor is not None:
+            supervisor.restore_signals()  # and a SIGTERM that came as it ended is raised now
 
 
 class _LateRecords:

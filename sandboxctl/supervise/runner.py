@@ -113,6 +113,8 @@ class Supervisor(Startup, Handshake, Loop, Listener, Escapes, RunLog, Outcome):
         self.bwrap_stderr = b""
         self.layers: dict[str, Any] = {}
         self.pending_signals: list[int] = []
+        self.defer_signals = False  # lifecycle: the handlers stay until run.end (restore_signals)
+        self.signal_originals: dict[int, Any] | None = None  # the caller's, while deferred
         self.kill_at: float | None = None
         self.timed_out = False
         self.broker = None
@@ -155,8 +157,9 @@ class Supervisor(Startup, Handshake, Loop, Listener, Escapes, RunLog, Outcome):
         """However the run ended: the caller's signal handlers back, and everything the run held
         closed or stopped, in an order where nothing still running needs what was closed."""
         if self.forward_signals:
-            for signum, handler in originals.items():
-                _signal.signal(signum, handler)
+            self.signal_originals = originals
+            if not self.defer_signals:
+                self.restore_signals()
         with contextlib.suppress(SandboxError):  # a launch that ended before "ready"
             self._cgroup_joined()
         control.close()
@@ -185,6 +188,21 @@ class Supervisor(Startup, Handshake, Loop, Listener, Escapes, RunLog, Outcome):
             os.close(self.sock_diag_fd)
         os.close(err_r)
         self.io.close()
+
+    def restore_signals(self) -> None:
+        """The caller's signal handlers back, once the run's end is written (lifecycle: after
+        run.end and the log's close, so a SIGTERM as the run ends cannot kill the supervisor between
+        the command's end and run.end); a SIGTERM, SIGHUP or SIGINT that came meanwhile is then
+        raised again, as if it had come now."""
+        originals, self.signal_originals = self.signal_originals, None
+        if originals is None:
+            return
+        for signum, handler in originals.items():
+            _signal.signal(signum, handler)
+        deferred, self.pending_signals = self.pending_signals, []
+        for signum in dict.fromkeys(deferred):
+            if signum in (_signal.SIGTERM, _signal.SIGHUP, _signal.SIGINT):
+                _signal.raise_signal(signum)
 
     def _await_namespace_end(self, limit: float = 5.0) -> None:
         """bubblewrap is reaped at once, but the kernel empties the PID namespace as its init

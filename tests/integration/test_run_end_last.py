@@ -5,6 +5,7 @@ the run's last record) and from what the user is told (run.end's `unfinished`, t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -177,8 +178,127 @@ def test_a_collector_that_comes_back_after_run_end_is_told_not_logged(sandbox):
     assert records[-1]["event"] == "run.end", [(r["event"], r.get("state")) for r in records]
     states = [r["state"] for r in records if r["event"] == "log.forward"]
     assert states == ["down", "unsent"], states
-    assert "came back and got its backlog after run.end" in result.stderr
+    assert "came back, its backlog sent, after run.end" in result.stderr
     assert b'"event":"run.end"' in b"".join(received), "the backlog, run.end included, reached it"
     check = subprocess.run([sys.executable, "-m", "sandboxctl", "log", "--verify"], env=sandbox.env(),
                            capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_a_session_ended_in_a_flood_of_execs_and_connections_ends_with_run_end(workspace, home, tmp_path):
+    """A session command floods trapped calls (execs) and proxy connections right up to the
+    session's stop: each command's records come before its command.end, and the session's run.end
+    is its last record."""
+    policy = tmp_path / "net.yaml"
+    policy.write_text("version: 1\nextends: default\nnetwork:\n  mode: proxy\n  allow: [127.0.0.1]\n")
+    flood = ("import socket, subprocess, threading\n"
+             "def connect():\n"
+             "    while True:\n"
+             "        try:\n"
+             "            s = socket.create_connection(('127.0.0.1', 3128))\n"
+             "            s.sendall(b'CONNECT 127.0.0.1:9 HTTP/1.1\\r\\n\\r\\n'); s.recv(64); s.close()\n"
+             "        except OSError:\n"
+             "            pass\n"
+             "for _ in range(4):\n"
+             "    threading.Thread(target=connect, daemon=True).start()\n"
+             "print('flooding', flush=True)\n"
+             "while True:\n"
+             "    subprocess.run(['/bin/true'])\n")
+    box = Sandbox(policy=str(policy), workspace=workspace)
+    with box.session() as session:
+        assert session.run(["sh", "-c", "/bin/true; echo first"]).stdout == "first\n"
+        started = threading.Event()
+        outcome: list = []
+
+        def run_flood() -> None:
+            try:
+                outcome.append(session.run(["python3", "-c", flood], on_stdout=lambda chunk: started.set()))
+            except Exception as exc:  # the session's end ends it
+                outcome.append(exc)
+
+        thread = threading.Thread(target=run_flood, daemon=True)
+        thread.start()
+        assert started.wait(30)
+        time.sleep(1.0)
+        run_id = session.run_id
+    thread.join(30)
+    records = _run_records(_log_path(home), run_id)
+    events = [r["event"] for r in records]
+    assert events[-1] == "run.end" and events.count("run.end") == 1, events[-5:]
+    assert events.count("exec") > 20 and events.count("net") > 5, "it flooded both"
+    first_end = next(i for i, r in enumerate(records) if r["event"] == "command.end" and r["command_id"] == 1)
+    assert all(i < first_end for i, r in enumerate(records) if r.get("command_id") == 1 and r["event"] != "command.end")
+    assert "unfinished" not in records[-1]
+    assert verify(_log_path(home)).ok
+
+
+def test_a_session_whose_notification_thread_outlives_its_end_ends_with_run_end(workspace, home, monkeypatch):
+    """The session is stopped while its notification thread is stuck in a call of a running command."""
+    go, attempted, entered = threading.Event(), threading.Event(), threading.Event()
+
+    class StuckDispatcher(notify.Dispatcher):
+        def _answer(self, notification: notify.Notification) -> bool:
+            if self.names.get(notification.nr) == "unshare" and not entered.is_set():
+                entered.set()
+                go.wait(20)
+                try:
+                    return super()._answer(notification)
+                finally:
+                    attempted.set()
+            return super()._answer(notification)
+
+    from sandboxctl.supervise.session import SessionSupervisor
+
+    monkeypatch.setattr(SessionSupervisor, "dispatcher_class", StuckDispatcher)
+    monkeypatch.setattr(listener, "NOTIFY_JOIN_S", 0.2)
+    _hold_close(monkeypatch, go, attempted)
+    box = Sandbox(workspace=workspace)
+    with box.session() as session:
+        def command() -> None:
+            with contextlib.suppress(Exception):  # the session's end ends it
+                session.run(["sh", "-c", "unshare -U true & sleep 30"])
+
+        thread = threading.Thread(target=command, daemon=True)
+        thread.start()
+        assert entered.wait(20)
+        run_id = session.run_id
+    assert attempted.wait(20)
+    thread.join(20)
+    records = _run_records(_log_path(home), run_id)
+    assert records[-1]["event"] == "run.end", [r["event"] for r in records]
+    assert records[-1]["unfinished"] == {"notification_thread": 1} and records[-1]["session"]
+    assert not [r for r in records if r["event"] == "syscall"]
+    assert verify(_log_path(home)).ok
+
+
+def test_a_sigterm_as_the_run_ends_waits_for_run_end(sandbox):
+    """SIGTERM to sandboxctl after the command has ended, while the end is written (held here by a
+    collector that takes nothing: the forwarder's flush waits): the supervisor is not killed before
+    run.end; it writes it, cleans up, and only then dies of the SIGTERM."""
+    import signal
+
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    held: list = []
+    threading.Thread(target=lambda: held.append(server.accept()), daemon=True).start()
+    policy = sandbox.write_policy("fwd.yaml", f'version: 1\nextends: default\nlog:\n  forward: '
+                                              f'["syslog+tcp://127.0.0.1:{server.getsockname()[1]}"]\n')
+    big = ("import subprocess\nfor _ in range(8):\n    subprocess.run(['/bin/true'] + ['x' * 4000] * 255)\n"
+           "print('done', flush=True)\n")  # 8 MB of exec records: more than the socket buffers take
+    proc = subprocess.Popen(sandbox.argv("--", "python3", "-c", big, policy=str(policy)), cwd=sandbox.workspace,
+                            env=sandbox.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "done\n"
+        time.sleep(0.5)  # the command has exited; the end is being written
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+        server.close()
+    assert proc.returncode == -signal.SIGTERM, stderr
+    records = sandbox.records()
+    assert records[-1]["event"] == "run.end" and records[-1]["exit_code"] == 0, [r["event"] for r in records][-4:]
+    assert verify(sandbox.log_path).ok

@@ -101,6 +101,6 @@ class _Forwarder:
 def test_a_collector_that_comes_back_or_fails_after_run_end_is_said_not_recorded():
     said: list[str] = []
     close_forwarder(_Forwarder(), 0.1, said.append)
-    assert said[0] == "sandboxctl: log.forward syslog+tcp://h:1: came back and got its backlog after run.end"
+    assert said[0] == "sandboxctl: log.forward syslog+tcp://h:1: came back, its backlog sent, after run.end"
     assert "\x1b" not in said[1] and "failed (refused) after run.end" in said[1]
     assert "3 records, the last ones of the run, had not reached it" in said[2]
