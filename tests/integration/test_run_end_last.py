@@ -302,3 +302,85 @@ def test_a_sigterm_as_the_run_ends_waits_for_run_end(sandbox):
     records = sandbox.records()
     assert records[-1]["event"] == "run.end" and records[-1]["exit_code"] == 0, [r["event"] for r in records][-4:]
     assert verify(sandbox.log_path).ok
+
+
+FLOOD_TO_THE_END = r"""
+import os, socket, threading, time
+def trapped():  # denied write-intent opens and mkdirs: each one a notification the supervisor answers
+    while True:
+        for call in (lambda: open("/etc/flood-x", "w"), lambda: os.mkdir("/etc/flood-d")):
+            try:
+                call()
+            except OSError:
+                pass
+def connect():
+    while True:
+        try:
+            s = socket.create_connection(("127.0.0.1", 3128))
+            s.sendall(b"CONNECT unlisted.example:443 HTTP/1.1\r\n\r\n")
+            s.recv(64)
+            s.close()
+        except OSError:
+            pass
+for target in [trapped] * 32 + [connect] * 8:
+    threading.Thread(target=target, daemon=True).start()
+time.sleep(1.0)
+print("exiting", flush=True)
+os._exit(3)  # while 32 threads are in (or entering) trapped calls and 8 connect
+"""
+
+
+def test_a_command_that_exits_while_32_threads_are_in_trapped_calls_ends_with_run_end(sandbox):
+    result = sandbox.run("--net", "proxy", "--", "python3", "-c", FLOOD_TO_THE_END)
+    assert result.returncode == 3 and "exiting" in result.stdout, result.stderr
+    records = sandbox.records()
+    events = [r["event"] for r in records]
+    assert events[-1] == "run.end" and events.count("run.end") == 1, events[-5:]
+    assert records[-1]["denied"] > 100, "the calls were trapped and answered up to the end"
+    assert events.count("net") >= 1 and "unfinished" not in records[-1]
+    assert records[-1]["exit_code"] == 3 and "after run.end" not in result.stderr
+    assert verify(sandbox.log_path).ok
+
+
+STUCK_CALL_THEN_EXIT = r"""
+import ctypes, os, threading, time
+libc = ctypes.CDLL(None, use_errno=True)
+threading.Thread(target=lambda: libc.unshare(0x10000000), daemon=True).start()  # trapped: stuck outside
+time.sleep(0.5)
+print("first", flush=True)
+os._exit(0)  # while that call waits for its answer: no other trapped call is needed to get here
+"""
+
+
+def test_a_session_command_that_ends_during_a_stuck_call_does_not_hang_the_session(workspace, home, monkeypatch):
+    """A command exits while the notification thread is stuck in one of its calls (a host call that
+    hangs): the command's end waits for that call at most SETTLE_S, so the session's loop goes on
+    (before, it waited as long as the call did: no stop, no timeout, no other client meanwhile)."""
+    release, entered = threading.Event(), threading.Event()
+
+    class StuckDispatcher(notify.Dispatcher):
+        def _answer(self, notification: notify.Notification) -> bool:
+            if self.names.get(notification.nr) == "unshare" and not entered.is_set():
+                entered.set()
+                release.wait(20)
+            return super()._answer(notification)
+
+    from sandboxctl.supervise.session import SessionSupervisor
+
+    monkeypatch.setattr(SessionSupervisor, "dispatcher_class", StuckDispatcher)
+    monkeypatch.setattr(notify, "SETTLE_S", 0.5, raising=False)
+    box = Sandbox(workspace=workspace)
+    try:
+        with box.session() as session:
+            started = time.monotonic()
+            first = session.run(["python3", "-c", STUCK_CALL_THEN_EXIT])
+            took = time.monotonic() - started
+            release.set()
+            second = session.run(["sh", "-c", "echo second"])
+            run_id = session.run_id
+    finally:
+        release.set()
+    assert entered.is_set() and first.stdout == "first\n" and second.stdout == "second\n"
+    assert took < 10, f"the command's end waited {took:.1f} s for a stuck call"
+    records = _run_records(_log_path(home), run_id)
+    assert records[-1]["event"] == "run.end" and verify(_log_path(home)).ok
