@@ -51,29 +51,27 @@ class Escapes:
             self.broker.attach(TtyFrontEnd())
 
     def _ask_network(self, host: str, port: int, peer: int | None) -> bool:
+        pid, command = self._socket_caller(peer)
+        return self.broker.decide("network", f"{host}:{port}", "not in network.allow", pid, command).approved
+
+    def _socket_caller(self, peer: int | None) -> tuple[int | None, str]:
+        """The sandbox process behind a proxy connection, and its command line, for the prompt
+        (looked up only when a human is asked: it walks the sandbox's sockets)."""
         from sandboxctl.supervise.file_escape import command_line
 
-        pid = None
         init = self._init_pid()
-        if peer and init and self.broker.asks_human:
-            pid = processes.socket_owner(init, peer)
-        request = self.broker.decide("network", f"{host}:{port}", "not in network.allow", pid,
-                                     command_line(pid) if pid else "")
-        return request.approved
+        if not (peer and init and self.broker.asks_human):
+            return None, ""
+        pid = processes.socket_owner(init, peer)
+        return pid, command_line(pid) if pid else ""
 
     def _ask_request(self, method: str, host: str, port: int, path: str, peer: int | None) -> bool:
         """An inspected request its host's rules do not list: asked like a destination (kind http)."""
         from sandboxctl.network.addresses import format_destination
-        from sandboxctl.supervise.file_escape import command_line
 
-        pid = None
-        init = self._init_pid()
-        if peer and init and self.broker.asks_human:
-            pid = processes.socket_owner(init, peer)
+        pid, command = self._socket_caller(peer)
         target = f"{method} {format_destination(host, None if port in (80, 443) else port)}{path}"
-        request = self.broker.decide("http", target, "not in network.inspect allow rules", pid,
-                                     command_line(pid) if pid else "")
-        return request.approved
+        return self.broker.decide("http", target, "not in network.inspect allow rules", pid, command).approved
 
     def _prepare_inspection(self) -> dict[str, bytes]:
         """The run's CA and phantom secrets (network.inspect, as: proxy): made before the sandbox exists,

@@ -144,10 +144,7 @@ class Supervisor(Startup, Handshake, Loop, Listener, Escapes, RunLog, Outcome):
         except BaseException:
             # the library's caller goes on living: nothing of the sandbox may outlive this frame
             if self.bwrap_pid:
-                self._kill()
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(self.bwrap_pid, 0)
-                self._await_namespace_end()
+                self._end_sandbox()
             raise
         finally:
             self._tear_down(control, err_r, originals)

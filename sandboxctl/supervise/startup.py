@@ -159,13 +159,17 @@ class Startup:
             self.bwrap_pid = None
             raise SandboxError(f"cannot hold bubblewrap's pidfd: {exc.strerror}", "run sandboxctl doctor") from None
 
+    def _end_sandbox(self) -> None:
+        """bubblewrap and everything in its namespace killed, reaped and gone."""
+        self._kill()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.bwrap_pid, 0)
+        self._await_namespace_end()
+
     def _abandon(self, control: socket.socket, err_r: int, originals: dict[int, Any]) -> None:
         """A launch that failed after bubblewrap started: nothing of it may outlive this frame."""
         if self.bwrap_pid:
-            self._kill()
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(self.bwrap_pid, 0)
-            self._await_namespace_end()
+            self._end_sandbox()
             self.bwrap_pid = None
             self._close_pidfd("bwrap_pidfd")
         if self.forward_signals:
