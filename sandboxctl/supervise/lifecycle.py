@@ -158,28 +158,30 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
             return result._replace(exit_code=EXIT_DENIED, command_exit_code=result.exit_code)
         return result
     finally:
-        early = supervisor_options.get("head_start")
-        if early is not None:  # launch never adopted it (a failure before): kill it, nothing ran in it
-            early.abort()
-        if layer is not None:  # the launch failed: nothing ran, so nothing is held
-            _hold(layer, supervisor is not None and supervisor.ready)
-        if supervisor is not None:
-            supervisor.release()
-        if result is None:  # launch failed or was interrupted: still compare (nothing ran, or it is gone)
-            with contextlib.suppress(Exception):
-                _log_changes(log, snapshot.check() if snapshot.active else [])
-        if cgroup:
-            with contextlib.suppress(Exception):  # a move still under way (the launch failed before "ready")
-                cgroup.moved()
-            cgroup.remove()
-        if forwarder is not None:  # run.end too, if the collector takes it in time; what it did not: said
-            from sandboxctl.log.late import close_forwarder
+        try:
+            early = supervisor_options.get("head_start")
+            if early is not None:  # launch never adopted it (a failure before): kill it, nothing ran in it
+                early.abort()
+            if layer is not None:  # the launch failed: nothing ran, so nothing is held
+                _hold(layer, supervisor is not None and supervisor.ready)
+            if supervisor is not None:
+                supervisor.release()
+            if result is None:  # launch failed or was interrupted: still compare (nothing ran, or it is gone)
+                with contextlib.suppress(Exception):
+                    _log_changes(log, snapshot.check() if snapshot.active else [])
+            if cgroup:
+                with contextlib.suppress(Exception):  # a move still under way (the launch failed before "ready")
+                    cgroup.moved()
+                cgroup.remove()
+            if forwarder is not None:  # run.end too, if the collector takes it in time; what it did not: said
+                from sandboxctl.log.late import close_forwarder
 
-            close_forwarder(forwarder, FORWARD_FLUSH_S, late().say)
-        log.close()
-        late.returned()
-        if supervisor is not None:
-            supervisor.restore_signals()  # and a SIGTERM that came as it ended is raised now
+                close_forwarder(forwarder, FORWARD_FLUSH_S, late().say)
+            log.close()
+            late.returned()
+        finally:  # whatever failed above: the caller's handlers come back
+            if supervisor is not None:
+                supervisor.restore_signals()  # and a SIGTERM that came as it ended is raised now
 
 
 class _LateRecords:
