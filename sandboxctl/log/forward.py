@@ -159,8 +159,9 @@ class Forwarder:
         found = []
         dropped, self.dropped = self.dropped, 0
         if pending:
-            dropped += sum(1 for item in list(self.queue.queue) if isinstance(item, tuple)
-                           and isinstance(item[0], bytes))
+            with self.queue.mutex:
+                waiting = list(self.queue.queue)
+            dropped += sum(1 for item in waiting if isinstance(item, tuple) and isinstance(item[0], bytes))
         for target in self.targets:
             lost = target.lost - target.reported_lost + len(target.backlog) + dropped
             if lost > 0:
