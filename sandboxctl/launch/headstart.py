@@ -31,7 +31,6 @@ before the command may start; a run that does not adopt it removes it.
 
 from __future__ import annotations
 
-import contextlib
 import marshal
 import os
 import sys
@@ -135,6 +134,8 @@ class HeadStart:
         for signum, handler in self.originals.items():
             _signal.signal(signum, handler)
         if self.cgroup is not None:  # nobody took it: it held only the killed sandbox
+            import contextlib  # not before bubblewrap is spawned: with collections and functools, ~3 ms
+
             cgroup, self.cgroup = self.cgroup, None
             with contextlib.suppress(Exception):
                 cgroup.moved()

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import _frozen_importlib_external  # importlib.machinery's own, loaded already: the importlib package is not
 import contextlib
-import glob as globlib
-import importlib.machinery
 import os
 import pwd
 import stat
@@ -59,7 +58,21 @@ def path_kind(path: str) -> str:
 
 def _find_spec(name: str):
     """Where a top-level package would be imported from, without importing it (or importlib.util)."""
-    return importlib.machinery.PathFinder.find_spec(name, sys.path)
+    return _frozen_importlib_external.PathFinder.find_spec(name, sys.path)
+
+
+def _all_suffixes() -> list[str]:
+    """importlib.machinery.all_suffixes(): every suffix a module file may have."""
+    machinery = _frozen_importlib_external
+    return machinery.SOURCE_SUFFIXES + machinery.BYTECODE_SUFFIXES + machinery.EXTENSION_SUFFIXES
+
+
+def _glob(pattern: str) -> list[str]:
+    """The planner's glob (filesystem grants with wildcards): glob compiles regular expressions at
+    import, ~1 ms that a run whose policy has no wildcard need not pay."""
+    import glob
+
+    return sorted(glob.glob(pattern, include_hidden=True))
 
 
 def _landlock_lib() -> str:
@@ -84,7 +97,7 @@ def _supervisor_code(package: Path, policies: Path) -> tuple[str, ...]:
         # an editable install: the clone is on sys.path (its .pth file), and `site` imports these
         # from any sys.path entry before sandboxctl runs (cli/main.entry forgets the clone after)
         for name in STARTUP_MODULES:
-            places.update(f"{clone}/{name}{suffix}" for suffix in ("", *importlib.machinery.all_suffixes()))
+            places.update(f"{clone}/{name}{suffix}" for suffix in ("", *_all_suffixes()))
     for name in SUPERVISOR_DEPENDENCIES:
         spec = _find_spec(name)
         origin = spec.origin if spec else None
@@ -156,7 +169,7 @@ def gather(environ: Mapping[str, str] | None = None) -> HostFacts:
         kind=path_kind,
         readlink=os.readlink,
         realpath=os.path.realpath,
-        glob=lambda pattern: sorted(globlib.glob(pattern, include_hidden=True)),
+        glob=_glob,
         runtime_dir=str(runtime_dir()),
         tree=_tree,
         git_refs=lambda config, worktree: _git_refs(config, worktree, home),

@@ -6,7 +6,6 @@ has pinned its exact bytes with `sandboxctl policy trust`; a changed file must b
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +29,8 @@ def _trust_file() -> Path:
 
 
 def trusted_digests() -> dict[str, str]:
+    import json  # not at import: the json package compiles regular expressions (~2 ms of every run)
+
     try:
         data = json.loads(_trust_file().read_text())
     except (FileNotFoundError, ValueError):
@@ -44,6 +45,8 @@ def is_trusted(loaded: LoadedPolicy) -> bool:
 
 def trust(loaded: LoadedPolicy) -> None:
     """Record the digest atomically in the private state dir (never in the workspace)."""
+    import json
+
     digests = trusted_digests()
     digests[str(loaded.files[0].path.resolve())] = loaded.chain_sha256
     ensure_private_dir(state_dir())

@@ -12,7 +12,6 @@ kept), the changed file is kept aside, and it is reported. A key path is names j
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
@@ -31,6 +30,8 @@ def _load(path: str) -> Any:
         return MISSING
     if len(data) > MAX_BYTES:
         return MISSING
+    import json  # only for a file that is there: the json package compiles regular expressions at import
+
     try:
         return json.loads(data)
     except ValueError:
@@ -107,6 +108,8 @@ def put_back(path: str, before: dict[str, Any], keys: list[str]) -> bool:
     except OSError:
         mode = 0o600
     try:
+        import json
+
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(document, handle, indent=2, ensure_ascii=False)

@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 RECORD = r"""
-import gc, json, os, sys
+import gc, os, sys
 seen, record = {}, sys.argv.pop(1)
 real_spawn, real_exit = os.posix_spawn, os._exit
 def posix_spawn(*args, **kwargs):
@@ -23,6 +23,7 @@ def posix_spawn(*args, **kwargs):
 def _exit(code):
     seen["exit"] = sorted(sys.modules)
     seen["gc_at_exit"], seen["gc_frozen"] = gc.isenabled(), gc.get_freeze_count()
+    import json  # only now: a run itself never imports json (log/writer.py calls its C encoder)
     with open(record, "w") as out:
         json.dump(seen, out)
     real_exit(code)
@@ -35,8 +36,11 @@ main()
 # Never in such a run: the typer CLI (~100 ms), rich, argparse, YAML (the policy cache has it),
 # the proxy (started by the first connection), typing (~2 ms: sandboxctl.record, TYPE_CHECKING),
 # socket and signal (their enums, ~2.5 ms: the runner uses _socket and _signal).
+# json and glob (regular expressions compiled at import, ~2 and ~1 ms: log/writer.py calls json's C
+# encoder, plan/facts.py imports glob for a grant with a wildcard).
 NEVER = ("typer", "click", "rich", "argparse", "yaml", "typing", "socket", "signal", "sandboxctl.network.proxy",
-         "sandboxctl.policy.yamlpos", "sandboxctl.cli.planview", "subprocess", "dataclasses", "inspect")
+         "sandboxctl.policy.yamlpos", "sandboxctl.cli.planview", "subprocess", "dataclasses", "inspect", "json",
+         "glob")
 # What a run imports before bubblewrap may start, with a little room. Measured (`run -q`):
 # without a head start 65 of sandboxctl's modules and 151 in all (before perf-b: 64 and 156,
 # typing among them; plan/mount_limits.py is a split of plan/build.py, cachedir.py the cache's
@@ -52,9 +56,13 @@ NEVER = ("typer", "click", "rich", "argparse", "yaml", "typing", "socket", "sign
 # loop.py import snapshot), none with one: 165, 77 and 185 now.
 # lead (stop 25): record_arity.py holds every Record arity's __new__ written out (a module of
 # bytecode instead of ~1.3 ms of compile() at start-up): one more everywhere.
-COLD = {"sandboxctl": 79, "all": 167}  # + time (cachedir)
-HEAD_START = {"sandboxctl": 17, "all": 79}
-WHOLE_RUN = {"sandboxctl": 96, "all": 186}
+# perf-start (2026-12-02): this recording imports json only at the exit now (it counted json and
+# its four modules as the run's; with it, main was 79/166, 16/65 and 96/186); the run no longer
+# imports json, glob, importlib and importlib.machinery; bubblewrap is spawned before contextlib
+# (and the collections, functools, operator, reprlib it imports): 79/157, 16/55 and 96/177 now.
+COLD = {"sandboxctl": 79, "all": 158}  # + time (cachedir)
+HEAD_START = {"sandboxctl": 16, "all": 56}
+WHOLE_RUN = {"sandboxctl": 96, "all": 178}
 
 
 def _imports(sandbox, tmp_path, name: str, variant: str) -> dict[str, list[str]]:

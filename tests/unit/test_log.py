@@ -20,7 +20,7 @@ from sandboxctl.errors import SandboxError
 from sandboxctl.log import files as logfiles
 from sandboxctl.log import follow, query, render, verify
 from sandboxctl.log.chain import GENESIS, line_hash, verify_lines
-from sandboxctl.log.writer import ActionLog, LogWriteError
+from sandboxctl.log.writer import ActionLog, LogWriteError, encode_record
 
 RUN_A = "20240101T000000-aaaaaa"
 RUN_B = "20240101T000100-bbbbbb"
@@ -67,6 +67,27 @@ def test_records_chain_and_permissions(logfile: Path):
     assert oct(logfile.stat().st_mode & 0o777) == oct(0o600)
     assert oct(logfile.parent.stat().st_mode & 0o777) == oct(0o700)
     assert verify_lines(iter(raw)) == (len(raw), None)
+
+
+def test_records_are_encoded_as_json_dumps_encodes_them():
+    """The writer calls json's C encoder itself (the json package stays off a run's imports): the
+    line is byte for byte what json.dumps(separators=(",", ":"), default=str) gives."""
+    class Odd:
+        def __str__(self) -> str:
+            return "odd \x1b[31m"
+
+    records = [{}, {"a": 1, "b": [1, 2.5, None, True, False], "c": {"d": "é\u2028\n\"\\"}},
+               {"path": "/tmp/\udcff", "nan": float("nan"), "inf": float("-inf"), 3: "int key", None: 1.0},
+               {"odd": Odd(), "nested": [{"x": (1, 2)}, []], "big": 10 ** 30, "neg": -0.0}]
+    for record in records:
+        assert encode_record(record) == json.dumps(record, separators=(",", ":"), default=str)
+    shared = [1]
+    assert encode_record({"a": shared, "b": shared}) == '{"a":[1],"b":[1]}'  # not a cycle
+    looped: dict = {}
+    looped["self"] = looped
+    with pytest.raises(ValueError, match="Circular"):
+        encode_record(looped)
+    assert encode_record({"again": 1}) == '{"again":1}'  # a failed record leaves nothing behind
 
 
 def test_redaction(logfile: Path):
