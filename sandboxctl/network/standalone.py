@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sandboxctl.errors import SandboxError
-from sandboxctl.log.late import LateRecords, close_forwarder
+from sandboxctl.log.late import LateRecords, close_forwarder, unfinished_text
 from sandboxctl.network.clientfiles import BUNDLE_FILE, CA_FILE, ENV_FILE, ClientFiles, env_text
 from sandboxctl.network.standalone_setup import (
     ProxyOptions,
@@ -366,8 +366,11 @@ class StandaloneProxy:
         if self.broker is not None:
             self.broker.stop()
             self.broker = None
+        unfinished = {}
         if self.server is not None:
             self.server.stop()
+            if stuck := self.server.unfinished():  # named in run.end; what they record after it is refused
+                unfinished["proxy_connections"] = stuck
             self.server = None
         if self.log is not None and not self.log_closed:
             with contextlib.suppress(LogWriteError):
@@ -377,10 +380,13 @@ class StandaloneProxy:
                         self.forwarder.flush(2.0)
                         for loss in self.forwarder.losses():
                             self.log.write("log.forward", **loss)
+                    if unfinished:
+                        self.late.say(unfinished_text(unfinished))
                     self.log.write_last("run.end", exit_code=125 if error else 0, signal=None,
-                                   duration_s=round(time.monotonic() - self.started, 6), denied=self.denied,
-                                   timed_out=False, stopped_by=self.stop_reason, error=error,
-                                   connections=self.connections, head=self.log.head)
+                                        duration_s=round(time.monotonic() - self.started, 6), denied=self.denied,
+                                        timed_out=False, stopped_by=self.stop_reason, error=error,
+                                        connections=self.connections, head=self.log.head,
+                                        **({"unfinished": unfinished} if unfinished else {}))
             if self.forwarder is not None:  # what reaches it, or not, after run.end is said, not recorded
                 close_forwarder(self.forwarder, 2.0, self.late.say)
                 self.forwarder = None
