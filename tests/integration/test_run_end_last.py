@@ -219,8 +219,15 @@ def test_a_session_ended_in_a_flood_of_execs_and_connections_ends_with_run_end(w
         thread = threading.Thread(target=run_flood, daemon=True)
         thread.start()
         assert started.wait(30)
-        time.sleep(1.0)
         run_id = session.run_id
+
+        def flooding() -> bool:  # both floods under way (a loaded machine starts them slowly)
+            events = [r["event"] for r in _run_records(_log_path(home), run_id)]
+            return events.count("exec") > 20 and events.count("net") > 5
+
+        end = time.monotonic() + 30
+        while not flooding() and time.monotonic() < end:
+            time.sleep(0.1)
     thread.join(30)
     records = _run_records(_log_path(home), run_id)
     events = [r["event"] for r in records]
