@@ -152,11 +152,16 @@ class Forwarder:
         for target in self.targets:
             target.close()
 
-    def losses(self) -> list[dict[str, Any]]:
+    def losses(self, pending: bool = False) -> list[dict[str, Any]]:
         """What each target has not received and was not reported yet: lost records, the backlog
-        still waiting, and lines the queue had no room for (for a last record before run.end)."""
+        still waiting, and lines the queue had no room for (for a last record before run.end);
+        `pending` (after close): also the lines still queued, which the thread will not send now."""
         found = []
         dropped, self.dropped = self.dropped, 0
+        if pending:
+            with self.queue.mutex:
+                waiting = list(self.queue.queue)
+            dropped += sum(1 for item in waiting if isinstance(item, tuple) and isinstance(item[0], bytes))
         for target in self.targets:
             lost = target.lost - target.reported_lost + len(target.backlog) + dropped
             if lost > 0:

@@ -24,6 +24,11 @@ record is encoded, hashed and written). The log's own thread writes what is queu
 every write() and flush() first writes whatever is still queued, so no record is ever reordered
 and nothing is left behind a later one (run.end). A record's `ts` is when it was queued.
 
+run.end is the run's last record: `write_last` writes what is queued, then it, and seals the log
+under the same mutex; from then on (and after close()) every record is refused and counted
+(`refused`, `on_refused`), never appended after it — a thread that outlived the run's end (a
+notification still being answered, a proxy connection, a collector coming back) cannot add to it.
+
 The queue is bounded: past `soon_limit` (estimated) bytes waiting, write_soon writes the record
 itself, as write() would — the exec path then waits for the disk. Unbounded, a storm of execs with
 1 MB argvs outran the thread: the supervisor's memory grew, and what was still queued when the
@@ -154,6 +159,9 @@ class ActionLog:
         self._stopping = False
         self._writer: threading.Thread | None = None
         self.on_error: Callable[[LogWriteError], None] | None = None  # a queued record could not be written
+        self.sealed = False  # run.end written (write_last) or closed: every later record is refused
+        self.refused: dict[str, int] = {}  # records refused after the seal, by event
+        self.on_refused: Callable[[str], None] | None = None  # told of each (with the mutex held)
         self.after_queued: Callable[[], None] | None = None  # the thread's write of a queued record rotated
         try:
             Path(self._real).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -222,10 +230,31 @@ class ActionLog:
             self._drain()
             self._write(event, fields)
 
+    def write_last(self, event: str, **fields: Any) -> None:
+        """The run's last record (run.end): what is queued first, then this one; then the log is
+        sealed (see the module docstring), also when this write fails."""
+        with self._mutex:
+            try:
+                self._drain()
+                self._write(event, fields)
+            finally:
+                self.sealed = True
+
+    def _refuse(self, event: str) -> None:
+        """With the mutex held: a record after the seal is counted and told, never written."""
+        self.refused[event] = self.refused.get(event, 0) + 1
+        if self.on_refused is not None:
+            with contextlib.suppress(Exception):
+                self.on_refused(event)
+
     def write_soon(self, event: str, **fields: Any) -> None:
         """Queue a record for the log's thread (see the module docstring); `fields` must not be
         changed after. A record the thread cannot write goes to `on_error` (the run is stopped).
         Past `soon_limit` bytes waiting, the record is written here and now (the queue is bounded)."""
+        if self.sealed:
+            with self._mutex:
+                self._refuse(event)
+            return
         size = _estimate(fields)
         if self._queued_bytes - self._taken_bytes + size > self.soon_limit:
             self._write_now(event, fields)
@@ -330,6 +359,9 @@ class ActionLog:
             pass
 
     def _write(self, event: str, fields: dict[str, Any], ts: str | None = None) -> None:
+        if self.sealed:
+            self._refuse(event)
+            return
         record = {"ts": ts or timestamp(), "run": self.run_id, "seq": self.seq, "event": event, **fields}
         try:
             st = self._lock_current()
@@ -443,6 +475,7 @@ class ActionLog:
         with self._mutex:
             with contextlib.suppress(LogWriteError):  # normally flushed before run.end already
                 self._drain()
+            self.sealed = True  # a write after close is refused and counted, as after run.end
             if self.fd >= 0:
                 os.close(self.fd)
                 self.fd = -1

@@ -119,7 +119,6 @@ class ProxyServer:
         self._wake: tuple[int, int] | None = None
         self._started = False
         self._stopping = False
-        self._stopped = False
         self._busy = 0  # connections refused at the limit since the last record of them
         self._busy_first = self._busy_last = 0.0
 
@@ -148,8 +147,6 @@ class ProxyServer:
             self._stop(timeout)
         except Exception as exc:  # stop() is called from clean-up paths: it must not raise
             self._report(f"sandboxctl: error while stopping the network proxy: {exc!r}")
-        finally:
-            self._stopped = True
 
     def _stop(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -181,6 +178,13 @@ class ProxyServer:
                     record = conn.record()                    # or it would be lost once stop() returns
                     record.setdefault("error", "still open when the proxy stopped")
                     self._emit(record)
+
+    def unfinished(self) -> int:
+        """Connection threads still running after stop() (stuck in a resolver): what they record
+        goes to the caller's log, which refuses it once the run has ended (log/late.py)."""
+        with self._lock:
+            conns = list(self._conns)
+        return sum(1 for conn in conns if conn.thread is not None and conn.thread.is_alive())
 
     @property
     def serving(self) -> bool:
@@ -311,8 +315,8 @@ class ProxyServer:
             self._conns.discard(conn)
 
     def _emit(self, record: dict[str, Any]) -> None:
-        if self._stopped:
-            return  # stop() has returned: the caller may have closed its log
+        """Also after stop(): the caller's log refuses (and counts, and says) a record after its run's
+        end; dropping it here would lose it silently."""
         with self._log_lock:
             try:
                 self.log(record)
@@ -324,8 +328,6 @@ class ProxyServer:
     def _emit_http(self, record: dict[str, Any]) -> None:
         if self.log_http is None:
             self._emit({"event": "http", **record})
-            return
-        if self._stopped:
             return
         with self._log_lock:
             try:

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sandboxctl.errors import SandboxError
+from sandboxctl.log.late import LateRecords, close_forwarder, unfinished_text
 from sandboxctl.network.clientfiles import BUNDLE_FILE, CA_FILE, ENV_FILE, ClientFiles, env_text
 from sandboxctl.network.standalone_setup import (
     ProxyOptions,
@@ -61,7 +62,9 @@ class StandaloneProxy:
         self.out = out  # where the clients' environment goes without --client-dir (stdout)
         self.confirmed = confirmed
         self.run_id = new_run_id()
+        self.late = LateRecords(self.run_id, notice)  # a record after run.end: refused, and said
         self.log = None
+        self.log_closed = False
         self.server = None
         self.broker = None
         self.inspection = None
@@ -186,6 +189,7 @@ class StandaloneProxy:
             log_path = paths.expand(self.policy.log.path, workspace=os.getcwd(), home=str(paths.home_dir()),
                                     state=str(state))
         self.log = ActionLog(log_path, self.run_id, redact=tuple(values.values()))
+        self.log.on_refused = self.late.refused
         copies: list[Any] = []
         if self.policy.log.forward:
             from sandboxctl.log.forward import Forwarder
@@ -362,10 +366,13 @@ class StandaloneProxy:
         if self.broker is not None:
             self.broker.stop()
             self.broker = None
+        unfinished = {}
         if self.server is not None:
             self.server.stop()
+            if stuck := self.server.unfinished():  # named in run.end; what they record after it is refused
+                unfinished["proxy_connections"] = stuck
             self.server = None
-        if self.log is not None:
+        if self.log is not None and not self.log_closed:
             with contextlib.suppress(LogWriteError):
                 self._flush_throttled()
                 if self.started and self.failed is None:
@@ -373,15 +380,19 @@ class StandaloneProxy:
                         self.forwarder.flush(2.0)
                         for loss in self.forwarder.losses():
                             self.log.write("log.forward", **loss)
-                    self.log.write("run.end", exit_code=125 if error else 0, signal=None,
-                                   duration_s=round(time.monotonic() - self.started, 6), denied=self.denied,
-                                   timed_out=False, stopped_by=self.stop_reason, error=error,
-                                   connections=self.connections, head=self.log.head)
-            if self.forwarder is not None:
-                self.forwarder.close(2.0)
+                    if unfinished:
+                        self.late.say(unfinished_text(unfinished))
+                    self.log.write_last("run.end", exit_code=125 if error else 0, signal=None,
+                                        duration_s=round(time.monotonic() - self.started, 6), denied=self.denied,
+                                        timed_out=False, stopped_by=self.stop_reason, error=error,
+                                        connections=self.connections, head=self.log.head,
+                                        **({"unfinished": unfinished} if unfinished else {}))
+            if self.forwarder is not None:  # what reaches it, or not, after run.end is said, not recorded
+                close_forwarder(self.forwarder, 2.0, self.late.say)
                 self.forwarder = None
-            self.log.close()
-            self.log = None
+            self.log.close()  # kept: a proxy thread's late record is refused by it, and said
+            self.log_closed = True
+            self.late.returned()
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)

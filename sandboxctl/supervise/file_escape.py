@@ -108,9 +108,10 @@ JOIN_S = 2.0  # the workers, once the broker has denied what waited (they only a
 class FileEscapes:
     """Takes escapes from the notification loop; a human's answer is awaited on a worker thread
     so the loop (exec events, signals, timeouts) never waits for a person. The workers' records
-    all come before run.end: close() joins them (the broker's stop has answered them), and once
-    it has begun no worker is started (an escape is settled on the caller's thread, which the
-    run joins too); one still running past the deadline records nothing more."""
+    come before run.end: close() joins them (the broker's stop has answered them), and once it
+    has begun no worker is started (an escape is settled on the caller's thread, which the run
+    joins too); one still running past the deadline is named in run.end (`unfinished`), and what
+    it records after run.end is refused by the sealed log, and said (log/late.py)."""
 
     def __init__(self, listener: int, broker, log: Callable[..., None], denied: list[dict[str, Any]]):
         self.listener = listener
@@ -123,13 +124,11 @@ class FileEscapes:
         self.lock = threading.Lock()
         self.workers: list[threading.Thread] = []
         self.closing = False  # no worker is started any more
-        self.sealed = False  # no worker records anything any more (run.end may follow)
-        self.on_worker = threading.local()
 
     def __call__(self, escape: FileEscape) -> None:
         with self.lock:
             if self.broker.asks_human and not self.closing:
-                worker = threading.Thread(target=self._work, args=(escape,), name="sandboxctl-file-escape",
+                worker = threading.Thread(target=self._settle, args=(escape,), name="sandboxctl-file-escape",
                                           daemon=True)
                 self.workers = [w for w in self.workers if w.is_alive()]
                 self.workers.append(worker)
@@ -147,22 +146,15 @@ class FileEscapes:
         deadline = time.monotonic() + timeout
         for worker in workers:
             worker.join(max(0.0, deadline - time.monotonic()))
+
+    def unfinished(self) -> int:
+        """Workers still running after close() (their records come after run.end: refused)."""
         with self.lock:
-            self.sealed = True
-
-    def _work(self, escape: FileEscape) -> None:
-        self.on_worker.yes = True
-        self._settle(escape)
-
-    def _recording(self) -> bool:
-        """With the lock held: a worker past close()'s deadline records nothing (run.end may be
-        written); the caller's thread (joined before run.end) always does."""
-        return not (self.sealed and getattr(self.on_worker, "yes", False))
+            return sum(1 for worker in self.workers if worker.is_alive())
 
     def log(self, event: str, **fields: Any) -> None:
         with self.lock:
-            if self._recording():
-                self._write(event, **fields)
+            self._write(event, **fields)
 
     def _settle(self, escape: FileEscape) -> None:
         try:
@@ -239,7 +231,5 @@ class FileEscapes:
 
     def _deny(self, escape: FileEscape, rule: str) -> None:
         with self.lock:
-            if not self._recording():
-                return
             self.denied.append({"kind": "file", "target": f"{escape.op} {escape.path}", "rule": rule})
             self._write("file", pid=escape.pid, path=escape.path, op=escape.op, decision="deny", rule=rule)

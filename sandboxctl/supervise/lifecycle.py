@@ -2,10 +2,10 @@
 
 Secrets are resolved, the log is proven writable, absent writable grants the policy says how to
 make (filesystem.create) are made, limits get their cgroup and the protected paths are recorded
-before anything is launched; whatever way the run ends, the cgroup is
-removed, the protected paths are compared with that record (a change is put back, kept aside
-and reported as a `protect` event) and run.end is written. A run also finishes the check of
-supervisors that were killed before they could.
+before anything is launched; whatever way the run ends, the cgroup is removed, the protected
+paths are compared with that record (a change is put back, kept aside and reported as a
+`protect` event) and run.end is written: the run's last record, whatever still runs then
+(log/late.py). A run also finishes the check of supervisors that were killed before they could.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
         with status(f"getting secret {secret.name}…") if slow else contextlib.nullcontext():
             values[secret.name] = secret_store.resolve(secret, os.environ, plan.home)
     log = ActionLog(plan.log_path, plan.run_id, redact=tuple(values.values()))
+    late = _LateRecords(plan.run_id, supervisor_options.get("notice"))
+    log.on_refused = lambda event: late().refused(event)  # a record after run.end (or the close): refused, said
     forwarder = None
     if plan.log_forward:  # copies outside the user's files (log/forward.py): never blocks the run
         from sandboxctl.log.forward import Forwarder
@@ -104,6 +106,7 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
 
                 supervisor_class = GvisorSupervisor
         supervisor = supervisor_class(plan, state, log, argv_for_log, cgroup, values, **supervisor_options)
+        supervisor.defer_signals = True  # a SIGTERM as the run ends waits for run.end (restore_signals)
         if forwarder is not None:  # an unreachable collector is a record of the local log, once per outage
             forwarder.on_state = lambda **fields: supervisor._write_log("log.forward", **fields)
         supervisor.protected_inodes = snapshot.inodes()
@@ -142,12 +145,17 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
                 for loss in forwarder.losses():  # what a collector will not have, said before run.end
                     log.write("log.forward", **loss)
             if supervisor.ready:
-                log.write("run.end", exit_code=result.exit_code,
+                unfinished = supervisor.unfinished()  # its later records are refused: run.end says so first
+                if unfinished:
+                    from sandboxctl.log.late import unfinished_text
+
+                    late().say(unfinished_text(unfinished))
+                log.write_last("run.end", exit_code=result.exit_code,
                           signal=result.exit_code - 128 if result.exit_code > 128 else None,
                           duration_s=round(result.duration_s, 6), denied=denial_total(result.denials),
                           timed_out=result.timed_out, protect_changes=len(changes) or None, head=log.head,
-                          changes=_logged(held), **({"failed_on_denial": True} if gated else {}),
-                          **supervisor.end_fields())
+                          changes=_logged(held), **({"unfinished": unfinished} if unfinished else {}),
+                          **({"failed_on_denial": True} if gated else {}), **supervisor.end_fields())
                 if held and held.get("layer"):
                     _remember_seq(held["layer"], log.seq)
         result = result._replace(protected=tuple(c._asdict() for c in changes))
@@ -159,23 +167,50 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
             return result._replace(exit_code=EXIT_DENIED, command_exit_code=result.exit_code)
         return result
     finally:
-        early = supervisor_options.get("head_start")
-        if early is not None:  # launch never adopted it (a failure before): kill it, nothing ran in it
-            early.abort()
-        if layer is not None:  # the launch failed: nothing ran, so nothing is held
-            _hold(layer, supervisor is not None and supervisor.ready)
-        if supervisor is not None:
-            supervisor.release()
-        if result is None:  # launch failed or was interrupted: still compare (nothing ran, or it is gone)
-            with contextlib.suppress(Exception):
-                _log_changes(log, snapshot.check() if snapshot.active else [])
-        if cgroup:
-            with contextlib.suppress(Exception):  # a move still under way (the launch failed before "ready")
-                cgroup.moved()
-            cgroup.remove()
-        if forwarder is not None:
-            forwarder.close(FORWARD_FLUSH_S)  # run.end too, if the collector takes it in time
-        log.close()
+        try:
+            early = supervisor_options.get("head_start")
+            if early is not None:  # launch never adopted it (a failure before): kill it, nothing ran in it
+                early.abort()
+            if layer is not None:  # the launch failed: nothing ran, so nothing is held
+                _hold(layer, supervisor is not None and supervisor.ready)
+            if supervisor is not None:
+                supervisor.release()
+            if result is None:  # launch failed or was interrupted: still compare (nothing ran, or it is gone)
+                with contextlib.suppress(Exception):
+                    _log_changes(log, snapshot.check() if snapshot.active else [])
+            if cgroup:
+                with contextlib.suppress(Exception):  # a move still under way (the launch failed before "ready")
+                    cgroup.moved()
+                cgroup.remove()
+            if forwarder is not None:  # run.end too, if the collector takes it in time; what it did not: said
+                from sandboxctl.log.late import close_forwarder
+
+                close_forwarder(forwarder, FORWARD_FLUSH_S, late().say)
+            log.close()
+            late.returned()
+        finally:  # whatever failed above: the caller's handlers come back
+            if supervisor is not None:
+                supervisor.restore_signals()  # and a SIGTERM that came as it ended is raised now
+
+
+class _LateRecords:
+    """The run's log/late.LateRecords, made (and imported) only once something comes late: the
+    start-up of every run does not pay for it."""
+
+    def __init__(self, run_id: str, notice) -> None:
+        self.run_id, self.notice, self.made = run_id, notice, None
+
+    def __call__(self):
+        if self.made is None:
+            from sandboxctl.log.late import LateRecords
+
+            self.made = LateRecords(self.run_id, self.notice)
+        return self.made
+
+    def returned(self) -> None:
+        self.notice = None
+        if self.made is not None:
+            self.made.returned()
 
 
 def _refuse_left_out_links(snapshot: Snapshot) -> None:

@@ -106,6 +106,8 @@ class Listener:
             while dispatcher.handle():
                 pass
         except BaseException as exc:
+            if self.notify_abandoned:  # the listener was taken away (_abandon_listener): the end
+                return
             self.notify_error = exc
             self._kill()
 
@@ -120,9 +122,25 @@ class Listener:
             self._kill()
             thread.join(NOTIFY_JOIN_S)
         if thread.is_alive():
+            self._abandon_listener()
             return False
         self.notify_thread = None
         return True
+
+    def _abandon_listener(self) -> None:
+        """The thread is still busy with a call long after the sandbox is gone (a host file system
+        that hangs): the listener's number is pointed at /dev/null, so the kernel fails any call
+        still waiting for an answer (ENOSYS once no listener is left) and the thread's next ioctl
+        fails, which ends it. The number stays taken: never reused while the thread may use it.
+        What the thread records meanwhile comes after run.end and is refused (log/late.py)."""
+        if self.notify_fd is None or self.notify_abandoned:
+            return
+        self.notify_abandoned = True
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.dup2(null, self.notify_fd, inheritable=False)
+        finally:
+            os.close(null)
 
     def _is_denial(self, notification: notify.Notification) -> bool:
         name = self.syscall_names.get(notification.nr, "")

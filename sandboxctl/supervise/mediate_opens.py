@@ -35,7 +35,10 @@ class Opens:
 
     def _open(self, n: Notification, call: Call, opened: list[int]) -> None:
         flags = call.flags
-        writes = bool(flags & O_ACCMODE) or bool(flags & (O_CREAT | O_TRUNC)) or flags & O_TMPFILE == O_TMPFILE
+        # O_PATH: the kernel ignores every other flag of open/openat (openat2 refuses them): nothing
+        # is written or truncated, so the kernel opens it (performed here, O_TRUNC truncated the file)
+        writes = not flags & os.O_PATH and (bool(flags & O_ACCMODE) or bool(flags & (O_CREAT | O_TRUNC))
+                                             or flags & O_TMPFILE == O_TMPFILE)
         if not writes:  # file_events: all, or openat2 for reading: nothing to mediate, only to log
             self.outside(n, sandbox_path(n.pid, *call.paths[0]) or call.paths[0][1], "read", flags, call.mode)
             return

@@ -35,6 +35,7 @@ FD_SYNC_WAKE_UP = 1
 FLAG_CONTINUE = 1
 _NOTIF = struct.Struct("<QIIiIQ6Q")  # id, pid, flags, data.nr, data.arch, data.ip, data.args[6]
 _RESP = struct.Struct("<QqiI")  # id, val, error, flags
+SETTLE_S = 5.0  # Dispatcher.settled(): how long a session's command end waits for the call being answered
 MAX_ARGS = 256
 MAX_STRING = 4096
 PATH_MAX = 4096  # bytes, with the terminating NUL
@@ -222,12 +223,16 @@ class Dispatcher:
                          errno="EPERM")
                 return True
 
-    def settled(self) -> None:
+    def settled(self, timeout: float | None = None) -> bool:
         """Wait until the call being answered (if any) is answered and its records and denials
         are in: handle() runs on the listener's own thread, and a caller woken by our answer can
-        exit — and its session command end — before the rest of handle() has run."""
-        with self.busy:
-            pass
+        exit — and its session command end — before the rest of handle() has run. At most
+        SETTLE_S: a call stuck in a host operation that hangs must not hang the session's loop
+        (False then; that call's record comes after the command's end, still before run.end)."""
+        if not self.busy.acquire(timeout=SETTLE_S if timeout is None else timeout):
+            return False
+        self.busy.release()
+        return True
 
     def _answer(self, notification: Notification) -> bool:
         name = self.names.get(notification.nr)

@@ -128,23 +128,57 @@ def pid_namespace(pid: int, pidfd: int) -> tuple[int, int] | None:
     return None if exited(pidfd) else (st.st_dev, st.st_ino)
 
 
+NS_GET_PARENT = 0xB702  # _IO(0xb7, 0x2): the parent of a PID (or user) namespace
+MAX_PID_NS_DEPTH = 33  # the kernel nests PID namespaces at most 32 deep
+
+
+def _within(pid: int, namespace: tuple[int, int]) -> bool:
+    """Whether the PID namespace `pid` is in is `namespace` or nested inside it (a sandboxed
+    process that unshared one: `syscalls.allow: [unshare, clone]`), walking its parents with
+    NS_GET_PARENT (EPERM past the top: the host's, or one outside ours)."""
+    import fcntl
+
+    try:
+        fd = os.open(f"/proc/{pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        for _ in range(MAX_PID_NS_DEPTH):
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) == namespace:
+                return True
+            try:
+                parent = fcntl.ioctl(fd, NS_GET_PARENT)
+            except OSError:
+                return False
+            os.close(fd)
+            fd = parent
+        return False
+    finally:
+        os.close(fd)
+
+
 def open_member(pid: int, namespace: tuple[int, int]) -> int | None:
-    """A pidfd of `pid` only if the process it holds is in the sandbox's PID namespace: the pidfd
-    first, then its namespace, then proof that it has not exited (so /proc/PID was its own)."""
+    """A pidfd of `pid` only if the process it holds is in the sandbox's PID namespace or one
+    nested inside it: the pidfd first, then its namespace, then proof that it has not exited (so
+    /proc/PID was its own). A reused pid now naming a host process, or another sandbox's, is
+    refused: neither namespace lies within this sandbox's."""
     try:
         pidfd = os.pidfd_open(pid)
     except OSError:
         return None
-    if pid_namespace(pid, pidfd) != namespace:
+    if pid_namespace(pid, pidfd) != namespace and not (_within(pid, namespace) and not exited(pidfd)):
         os.close(pidfd)
         return None
     return pidfd
 
 
 def signal_members(pids: list[int], namespace: tuple[int, int] | None, signum: int) -> None:
-    """Signal each of `pids` that is a process of the sandbox's PID namespace (through a pidfd:
-    a pid read from /proc a moment ago may be another process's by now). A process in a PID
-    namespace of its own nested inside is left out (the init's SIGKILL ends it)."""
+    """Signal each of `pids` that is a process of the sandbox (through a pidfd: a pid read from
+    /proc a moment ago may be another process's by now), those in PID namespaces nested inside it
+    included: a policy that allows unshare/clone lets the command make one, and its processes get
+    the forwarded SIGTERM and the timeout's as the others do (an init of such a namespace, like any
+    init, only takes the signals it handles)."""
     if namespace is None:
         return
     for pid in pids:

@@ -86,6 +86,7 @@ class Supervisor(Startup, Handshake, Loop, Listener, Escapes, RunLog, Outcome):
         self.file_escapes = None  # supervise.file_escape.FileEscapes: approvals of writes, on workers
         self.notify_thread: threading.Thread | None = None  # blocked in NOTIF_RECV (_serve_notifications)
         self.notify_error: BaseException | None = None  # why that thread stopped answering
+        self.notify_abandoned = False  # it outlived the run: its listener was taken away (listener.py)
         self.socket_checks = None  # network.checks.SocketChecks: connect/sendto answered here
         self.sock_diag_fd: int | None = None  # the sandbox's own netlink socket (none/proxy)
         self.log_lock = threading.Lock()
@@ -112,6 +113,8 @@ class Supervisor(Startup, Handshake, Loop, Listener, Escapes, RunLog, Outcome):
         self.bwrap_stderr = b""
         self.layers: dict[str, Any] = {}
         self.pending_signals: list[int] = []
+        self.defer_signals = False  # lifecycle: the handlers stay until run.end (restore_signals)
+        self.signal_originals: dict[int, Any] | None = None  # the caller's, while deferred
         self.kill_at: float | None = None
         self.timed_out = False
         self.broker = None
@@ -151,8 +154,9 @@ class Supervisor(Startup, Handshake, Loop, Listener, Escapes, RunLog, Outcome):
         """However the run ended: the caller's signal handlers back, and everything the run held
         closed or stopped, in an order where nothing still running needs what was closed."""
         if self.forward_signals:
-            for signum, handler in originals.items():
-                _signal.signal(signum, handler)
+            self.signal_originals = originals
+            if not self.defer_signals:
+                self.restore_signals()
         with contextlib.suppress(SandboxError):  # a launch that ended before "ready"
             self._cgroup_joined()
         control.close()
@@ -181,6 +185,21 @@ class Supervisor(Startup, Handshake, Loop, Listener, Escapes, RunLog, Outcome):
             os.close(self.sock_diag_fd)
         os.close(err_r)
         self.io.close()
+
+    def restore_signals(self) -> None:
+        """The caller's signal handlers back, once the run's end is written (lifecycle: after
+        run.end and the log's close, so a SIGTERM as the run ends cannot kill the supervisor between
+        the command's end and run.end); a SIGTERM, SIGHUP or SIGINT that came meanwhile is then
+        raised again, as if it had come now."""
+        originals, self.signal_originals = self.signal_originals, None
+        if originals is None:
+            return
+        for signum, handler in originals.items():
+            _signal.signal(signum, handler)
+        deferred, self.pending_signals = self.pending_signals, []
+        for signum in dict.fromkeys(deferred):
+            if signum in (_signal.SIGTERM, _signal.SIGHUP, _signal.SIGINT):
+                _signal.raise_signal(signum)
 
     def _await_namespace_end(self, limit: float = 5.0) -> None:
         """bubblewrap is reaped at once, but the kernel empties the PID namespace as its init
@@ -212,6 +231,18 @@ class Supervisor(Startup, Handshake, Loop, Listener, Escapes, RunLog, Outcome):
         if self.cancel_w >= 0:
             with contextlib.suppress(OSError):
                 os.write(self.cancel_w, b"x")
+
+    def unfinished(self) -> dict[str, int]:
+        """What still runs after the tear-down and could still record: run.end names it, and the
+        sealed log refuses what it writes after (log/late.py)."""
+        found = {}
+        if self.notify_thread is not None and self.notify_thread.is_alive():
+            found["notification_thread"] = 1
+        if self.proxy is not None and (count := self.proxy.unfinished()):
+            found["proxy_connections"] = count
+        if self.file_escapes is not None and (count := self.file_escapes.unfinished()):
+            found["approval_workers"] = count
+        return found
 
     # ------------------------------------------------------------------ what a subclass fills in
     def start_fields(self) -> dict[str, Any]:

@@ -238,3 +238,18 @@ def test_the_local_syslog_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     received = server.recv(70000)
     server.close()
     assert received.startswith(b"<86>1 ") and received.endswith((tmp_path / "log.jsonl").read_bytes().strip())
+
+
+def test_losses_after_close_count_the_lines_still_queued():
+    """At close, a thread that has not sent everything (a collector that takes nothing) leaves lines
+    queued: they are counted as not received (said after run.end), not forgotten."""
+    from sandboxctl.log.forward import Forwarder, Target
+
+    forwarder = Forwarder([])
+    forwarder.close(0.5)  # its thread has ended: what is queued now stays there
+    for number in range(3):
+        forwarder.queue.put_nowait((b'{"seq":%d}' % number, "exec", False))
+    forwarder.targets = [Target("syslog+udp://127.0.0.1:9")]
+    assert forwarder.losses() == []
+    assert forwarder.losses(pending=True) == [{"target": "syslog+udp://127.0.0.1:9", "state": "unsent",
+                                               "reason": None, "lost": 3}]

@@ -154,3 +154,49 @@ def test_whether_an_early_bubblewrap_still_runs_is_asked_without_reaping_it():
     assert pid == child.pid and os.waitstatus_to_exitcode(status) == -signal.SIGKILL
     child.returncode = -signal.SIGKILL
     assert not processes.running_child(child.pid)  # reaped: not a child of ours any more
+
+
+def _pid_ns(pid: int) -> tuple[int, int]:
+    st = os.stat(f"/proc/{pid}/ns/pid")
+    return st.st_dev, st.st_ino
+
+
+def _unshare(*argv: str) -> subprocess.Popen:
+    """`unshare -Upf ...`: a user and PID namespace of its own (unprivileged, as a sandbox's)."""
+    return subprocess.Popen(["unshare", "-Upf", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_a_process_in_a_pid_namespace_nested_in_the_sandboxs_is_signalled_but_no_outsider():
+    """A "sandbox" PID namespace (ns1) holding a nested one (ns2, as `unshare -Upf` inside makes when
+    the policy allows it): ns2's process is a member (it gets the SIGTERM); a sibling namespace's
+    process and a host process are not, though each is one of the pids handed in."""
+    sandbox = subprocess.Popen(["unshare", "-rpf", "sh", "-c", "unshare -Upf sh -c 'sleep 60 & wait' & exec sleep 60"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    sibling = _unshare("sleep", "60")
+    host = subprocess.Popen(["sleep", "60"])
+    try:
+        def nested_sleep() -> int | None:
+            for pid in processes.descendants(sandbox.pid):
+                with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                    is_sleep = handle.read().startswith(b"sleep")
+                if is_sleep and _pid_ns(pid) != _pid_ns(processes.command_pids(sandbox.pid)[0]):
+                    return pid
+            return None
+
+        assert processes.wait_for(lambda: nested_sleep() is not None, timeout=10), sandbox.stderr
+        init = processes.command_pids(sandbox.pid)[0]  # ns1's init: the "sandbox init"
+        inner = nested_sleep()
+        assert processes.wait_for(lambda: processes.command_pids(sibling.pid), timeout=10)
+        outsider = processes.command_pids(sibling.pid)[0]
+        ns1 = _pid_ns(init)
+        assert _pid_ns(inner) != ns1 and _pid_ns(outsider) not in (ns1, _pid_ns(inner))
+        processes.signal_members([outsider, host.pid], ns1, signal.SIGTERM)
+        time.sleep(0.2)
+        assert host.poll() is None and processes.alive(outsider)
+        assert processes.open_member(outsider, ns1) is None and processes.open_member(host.pid, ns1) is None
+        processes.signal_members([inner], ns1, signal.SIGTERM)
+        assert processes.wait_for(lambda: _gone(inner), timeout=10)  # ns2's (not its init): ended by it
+    finally:
+        for proc in (sandbox, sibling, host):
+            proc.kill()
+            proc.wait()

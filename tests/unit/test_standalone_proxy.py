@@ -366,3 +366,54 @@ def test_client_environment() -> None:
     assert env["ALL_PROXY"] == "socks5h://[::1]:8080" and env["SSL_CERT_FILE"] == "/b.pem"
     assert env["NODE_EXTRA_CA_CERTS"] == "/c.pem" and env["K"] == "sbx-phantom-x"
     assert parse_listen("[::1]:3128") == ("::1", 3128)
+
+
+def test_a_connection_stuck_past_the_stop_is_named_in_run_end_and_nothing_follows_it(home, tmp_path,
+                                                                                       monkeypatch) -> None:
+    """A client's destination whose name never resolves (a DNS server that does not answer) when
+    the proxy stops: run.end says a connection was still running, and is the run's last record."""
+    from sandboxctl.network import proxy as proxy_module
+
+    release = threading.Event()
+    original_init = proxy_module.ProxyServer.__init__
+
+    def hanging_resolver(*args: Any, **kwargs: Any) -> list:
+        release.wait(20)
+        raise OSError(110, "timed out")
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs, resolver=hanging_resolver)
+
+    monkeypatch.setattr(proxy_module.ProxyServer, "__init__", init)
+    monkeypatch.setattr(proxy_module.ProxyServer.stop, "__defaults__", (0.3,))
+    said: list[str] = []
+    log_path = tmp_path / "log.jsonl"
+    proxy = StandaloneProxy(_policy(tmp_path, "  mode: proxy\n  allow: [hangs.example:80]\n"),
+                            ProxyOptions(listen="127.0.0.1:0", log_path=str(log_path),
+                                         client_dir=str(tmp_path / "clients")),
+                            ["sandboxctl", "proxy"], notice=said.append)
+    proxy.start()
+    client = socket.create_connection(proxy.address, timeout=10)
+    client.sendall(b"CONNECT hangs.example:80 HTTP/1.1\r\nHost: hangs.example:80\r\n\r\n")
+    try:
+        assert _wait(lambda: proxy.server.active_connections == 1)
+        proxy.request_stop("SIGTERM")
+        proxy.serve()
+    finally:
+        release.set()
+        client.close()
+    records = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert records[-1]["event"] == "run.end" and records[-1]["unfinished"] == {"proxy_connections": 1}
+    assert [r.get("error") for r in records if r["event"] == "net"] == ["still open when the proxy stopped"]
+    assert any("proxy connection threads" in line for line in said) and verify(log_path).ok
+
+
+def _wait(predicate: Any, timeout: float = 10.0) -> bool:
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return bool(predicate())

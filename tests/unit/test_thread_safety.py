@@ -106,9 +106,14 @@ def notify_wait(predicate, timeout: float = 10.0) -> bool:
     return predicate()
 
 
-def test_a_worker_still_busy_past_the_deadline_records_nothing_after(tmp_path, monkeypatch):
-    records: list[str] = []
+def test_a_worker_still_busy_past_the_deadline_is_refused_after_run_end_and_counted(tmp_path, monkeypatch):
+    """A worker that outlives close() and the run's end: its record is not appended after run.end
+    (the sealed log refuses it) and is not lost silently either (counted, and told)."""
     release = threading.Event()
+    path = tmp_path / "actions.jsonl"
+    log = ActionLog(str(path), "run-1")
+    told: list[str] = []
+    log.on_refused = told.append
 
     def stuck_respond(fd, notification_id, **kwargs):
         release.wait(10)
@@ -117,13 +122,20 @@ def test_a_worker_still_busy_past_the_deadline_records_nothing_after(tmp_path, m
     monkeypatch.setattr(notify, "respond", stuck_respond)
     broker = Broker("ask", 60.0, lambda event, **fields: None, run_id="run-1")
     broker.attach(Silent())
-    escapes = file_escape.FileEscapes(-1, broker, lambda event, **fields: records.append(event), DenialList())
+    escapes = file_escape.FileEscapes(-1, broker, log.write, DenialList())
     verdict = WriteVerdict(False, "read-only", host_source=str(tmp_path), relative="x")
+    log.write("run.start", argv=["true"])
     escapes(file_escape.FileEscape(1, 999_999_999, "/ro/x", "create", 0, 0o644, verdict))
     assert notify_wait(lambda: len(broker.pending()) == 1)
     broker.stop()
     escapes.close(timeout=0.05)
+    assert escapes.unfinished() == 1  # run.end names it
+    log.write_last("run.end", exit_code=0, head=log.head)
     release.set()
     for worker in escapes.workers:
         worker.join(10)
-    assert records == [] and total(escapes.denied) == 0
+    log.close()
+    events = [json.loads(line)["event"] for line in path.read_text().splitlines()]
+    assert events == ["run.start", "run.end"]
+    assert log.refused == {"file": 1} and told == ["file"]
+    assert escapes.unfinished() == 0 and verify(path).ok
