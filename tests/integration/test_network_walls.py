@@ -516,12 +516,13 @@ def test_datagram_unix_sockets_are_refused_below_landlock_abi_9(sandbox):
 
 
 ABSTRACT = r"""
-import socket, threading
+import os, socket, sys, threading
+host_name, inside_name = (b"\0" + os.fsencode(arg) for arg in sys.argv[1:3])
 inside = socket.socket(socket.AF_UNIX)
-inside.bind(b"\0sandboxctl-test-inside")
+inside.bind(inside_name)
 inside.listen()
 threading.Thread(target=lambda: inside.accept()[0].recv(10), daemon=True).start()
-for name in (b"\0sandboxctl-test-host-abstract", b"\0sandboxctl-test-inside"):
+for name in (host_name, inside_name):
     s = socket.socket(socket.AF_UNIX)
     try:
         s.connect(name)
@@ -536,10 +537,13 @@ for name in (b"\0sandboxctl-test-host-abstract", b"\0sandboxctl-test-inside"):
 def test_a_host_abstract_socket_is_unreachable_and_the_sandboxs_own_is(sandbox, name):
     """Under none/proxy the sandbox has abstract names of its own; under host they are the host's,
     and only those of sockets held inside may be reached (what Landlock's scope says, ABI 6)."""
-    server = SocketServer(Path("unused"), abstract=b"\0sandboxctl-test-host-abstract")
+    # names of this test's own (pytest workers and other users' runs share the host's abstract names)
+    unique = f"sandboxctl-test-{os.getpid()}-{os.urandom(4).hex()}"
+    server = SocketServer(Path("unused"), abstract=f"\0{unique}-host".encode())
     try:
         args = ("--yes", "--net", "host") if name == "host" else ()
-        result = sandbox.run(*args, "--", "python3", "-c", ABSTRACT, policy="ci" if name == "host" else name)
+        result = sandbox.run(*args, "--", "python3", "-c", ABSTRACT, f"{unique}-host", f"{unique}-inside",
+                             policy="ci" if name == "host" else name)
         server.settle()
         assert server.connections == 0
         refused, own = result.stdout.split("\n")[:2]
