@@ -294,7 +294,10 @@ class Resolver:
                     return None
                 if not real.startswith("/"):
                     return None
-                identity = self._hold(real, parent, opened) if real == parent_path else None
+                # never a name ending " (deleted)": the kernel reads a removed directory back so, and
+                # one held under it would be used for the live directory of that name ever after
+                held_as = real == parent_path and not real.endswith(" (deleted)")
+                identity = self._hold(real, parent, opened) if held_as else None
                 entry = Entry(parent, real, name, parent_id=identity)
             if not follow:
                 return entry
