@@ -209,8 +209,8 @@ def _print_held(held: dict) -> None:
 
 def _print_protected(changes, run_id: str) -> None:
     """Always shown, even with -q: a protected path changed while a run went on. Put back where the
-    sandbox could have done it; otherwise (the kernel wall was whole, another live run had recorded
-    it otherwise, a killed run's change after its last beat) said, and left as it is."""
+    sandbox could have done it; otherwise (the kernel wall was whole, a killed run's change after
+    its last beat) said, and left as it is."""
     from sandboxctl.inert import inert
 
     for change in changes:
@@ -219,8 +219,7 @@ def _print_protected(changes, run_id: str) -> None:
         action = change["action"]
         if action == "reported":
             action = ("not put back, and left as it is: not the sandbox's doing as far as sandboxctl can tell "
-                      "(it could not write there, another run had changed it first, or it changed after the "
-                      "supervisor stopped)")
+                      "(it could not write there, or it changed after the supervisor stopped)")
         print(f"sandboxctl: protected path {inert(change['path'])} was {change['change']} during a run{run}: "
               f"{action}{where}", file=sys.stderr)
 

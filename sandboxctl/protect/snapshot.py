@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import marshal
 import os
+import stat
 from pathlib import Path
 
 from sandboxctl.protect.restore import (  # noqa: F401 - imported from here
@@ -77,6 +78,24 @@ def read_journal(path: Path) -> dict[str, Any]:
     return data
 
 
+def owner_alive(journal: Path, data: dict[str, Any] | None, alive) -> bool:
+    """Whether the supervisor that wrote this journal still runs: its pid is alive and, where
+    the journal says when it started, that pid is still the same process (a killed supervisor's
+    pid reused — by a host process, by a sandbox's — made its journal look live for as long as
+    that process ran: never recovered, and taken as an earlier run's record by every launch).
+    Alive when it cannot be told (the start cannot be read): a live run's journal is never recovered."""
+    owner = journal.name.split("-", 1)[0]
+    if not owner.isdigit() or not alive(int(owner)):
+        return False
+    started = (data or {}).get("owner_start")
+    if not isinstance(started, int):
+        return True
+    from sandboxctl.supervise.processes import start_time
+
+    now = start_time(int(owner))
+    return now is None or now == started
+
+
 def journals(state: Path) -> list[Path]:
     with contextlib.suppress(OSError):
         return sorted(p for p in _pending(state).iterdir() if p.suffix in JOURNAL_SUFFIXES)
@@ -90,14 +109,17 @@ class Snapshot:
         self.state = state
         self.run_id = run_id
         self.journal = _pending(state) / f"{os.getpid()}-{run_id}.journal"
-        self.entries: dict[str, dict[str, Any]] = {}
+        self.entries: dict[str, dict[str, Any]] = {}  # what this launch found (identities: inodes())
+        self.targets: dict[str, dict[str, Any]] = {}  # what the check puts back: earlier live runs' parts taken
         self.wall_whole = False  # until the supervisor knows the layers: assume the sandbox could write
         self.json_patterns: dict[str, list[str]] = {}
         self.json_values: dict[str, dict[str, Any]] = {}
         self.store: Store | None = None
         self._entries_encoded: bytes | None = None  # the entries as the journal holds them (encoded once)
         self._claimed = False
-        self.contested: set[str] = set()  # recorded otherwise by another live run: reported, never put back
+        self.contested: set[str] = set()  # recorded otherwise by an earlier live run: its record taken
+        self.taken_ns = 0
+        self._owner_start: int | None = None
 
     def take(self, existing: tuple[str, ...], absent: tuple[str, ...],
              json_keys: tuple[tuple[str, str], ...] = ()) -> None:
@@ -125,28 +147,43 @@ class Snapshot:
         if paths and not reused:
             save_kept(store.root, paths, {path: self.entries[path] for path in paths})
         store.save()
-        self.contested = self._contested()
+        import time
+
+        self.taken_ns = time.time_ns()
+        self.targets = dict(self.entries)
+        self.contested = self._adopt_earlier()
         self._write()
 
-    def _contested(self) -> set[str]:
-        """The entries another live run (its journal pending, its supervisor alive) recorded
-        otherwise: changed while that run went on, by its sandbox or by the user. Putting this
-        run's record of them back would plant what the other sandbox wrote, once that run has put
-        its own back (red team rt4: two gVisor runs in one workspace, the second restored the
-        first's hostile .git/config): they are only reported; the run that saw them first decides."""
+    def _adopt_earlier(self) -> set[str]:
+        """Take from every other live run's journal (its supervisor alive) the parts it recorded
+        otherwise — the oldest run's win — as what this run's check puts back (protect/contest.py:
+        what another sandbox may have written is never planted again, nor left in place)."""
         from sandboxctl.supervise.processes import alive
 
-        contested: set[str] = set()
+        others = []
         for journal in journals(self.state):
-            owner = journal.name.split("-", 1)[0]
-            if journal.name == self.journal.name or not owner.isdigit() or not alive(int(owner)):
+            if journal.name == self.journal.name:
                 continue
             with contextlib.suppress(OSError, ValueError):
-                theirs = read_journal(journal).get("entries") or {}
-                for path, mine in self.entries.items():
-                    if path in theirs:
-                        _differing(path, mine, theirs[path], contested)
-        return contested
+                data = read_journal(journal)
+                if not data.get("taking") and owner_alive(journal, data, alive):
+                    others.append(data)
+        taken: set[str] = set()
+        if not others:
+            return taken  # a run alone: contest.py is not even imported
+        from sandboxctl.protect import contest
+
+        for data in sorted(others, key=lambda d: d.get("taken_ns") or 0, reverse=True):  # the oldest last
+            theirs = data.get("entries") or {}
+            if not data.get("wall_whole"):  # a whole wall: what differs was changed outside it, not taken
+                for path, target in self.targets.items():
+                    if path in theirs and isinstance(theirs[path], dict):
+                        self.targets[path] = contest.adopt(path, target, theirs[path], taken)
+            values, patterns = data.get("json_values") or {}, data.get("json_patterns") or {}
+            if isinstance(values, dict) and values:
+                same = {path for path, keys in self.json_patterns.items() if patterns.get(path) == keys}
+                self.json_values = contest.adopt_keys(self.json_values, values, same, taken)
+        return taken
 
     def _claim(self) -> None:
         """Before the hash cache or a kept record is read: a journal that says this launch is taking
@@ -163,12 +200,19 @@ class Snapshot:
         blob this run needs: no claim may replace it (the check may read the cache too)."""
         self._claimed = True
         if self._entries_encoded is None:
-            self._entries_encoded = marshal.dumps(self.entries)
+            self._entries_encoded = marshal.dumps(self.targets)
         self._write_journal({"version": JOURNAL_VERSION, "run": self.run_id, "wall_whole": self.wall_whole,
+                             "taken_ns": self.taken_ns,
                              "json_patterns": self.json_patterns, "json_values": self.json_values,
                              "entries": self._entries_encoded, "contested": sorted(self.contested)})
 
     def _write_journal(self, data: dict[str, Any]) -> None:
+        if self._owner_start is None:
+            from sandboxctl.supervise.processes import start_time
+
+            self._owner_start = start_time(os.getpid()) or -1  # -1: unknown (a live owner is never judged dead)
+        if self._owner_start >= 0:
+            data["owner_start"] = self._owner_start  # with the pid in its name, which process wrote it
         self.journal.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = self.journal.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -179,10 +223,59 @@ class Snapshot:
     def incomplete(self) -> bool:
         """Whether a protected directory was recorded only in part (past MAX_ENTRIES): what was
         left out has no identity in inodes(), so another name for it cannot be told apart."""
-        def cut(entry: dict[str, Any]) -> bool:
-            return entry.get("complete") is False or any(cut(c) for c in (entry.get("children") or {}).values())
+        return self.cut_short() is not None
 
-        return any(cut(entry) for entry in self.entries.values())
+    def cut_short(self) -> str | None:
+        """The first protected directory recorded only in part (what the user is told), if any."""
+        def cut(path: str, entry: dict[str, Any]) -> str | None:
+            if entry.get("complete") is False:
+                return path
+            for name, child in (entry.get("children") or {}).items():
+                found = cut(f"{path}/{name}", child)
+                if found:
+                    return found
+            return None
+
+        return next((found for path, entry in self.entries.items() if (found := cut(path, entry))), None)
+
+    def left_out_linked(self) -> str | None:
+        """A regular file left out of a record cut short (past MAX_ENTRIES) that has another name
+        (a hardlink: uv links venvs to its cache), if there is one. Where nothing mediates the
+        sandbox's writes (gVisor) the read-only binds hold the protected names only, so such a
+        file could be rewritten through its other name, and the end-of-run check, which never
+        recorded it, would not see it (red team rt5). Walks only what the record left out (lstat,
+        no hashing) and stops at the first one found."""
+        def walk(path: str, entry: dict[str, Any]) -> str | None:
+            children = entry.get("children") or {}
+            for name, child in children.items():
+                if child.get("kind") == "dir":
+                    found = walk(f"{path}/{name}", child)
+                    if found:
+                        return found
+            if entry.get("complete") is not False:
+                return None
+            with contextlib.suppress(OSError), os.scandir(path) as listing:
+                for item in listing:
+                    if item.name in children:
+                        continue
+                    try:
+                        st = item.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                        return item.path
+                    if stat.S_ISDIR(st.st_mode):
+                        found = walk(item.path, {"complete": False})
+                        if found:
+                            return found
+            return None
+
+        for path, entry in self.entries.items():
+            if entry.get("kind") == "dir":
+                found = walk(path, entry)
+                if found:
+                    return found
+        return None
 
     def inodes(self) -> dict[tuple[int, int], str]:
         """(device, inode) of every protected file at launch: another name for one (a hardlink
@@ -219,9 +312,9 @@ class Snapshot:
         """Compare; where the sandbox could have made a change (the kernel wall was not whole:
         gVisor, no Landlock), put it back and keep it aside; else report it and leave it (an IDE's
         or the user's own work while the run went on). Then forget the journal."""
-        whole, contested = self.wall_whole, self.contested
-        changes = compare_and_restore(self.state, self.run_id, self.entries,
-                                      lambda path: not whole and path not in contested, self.store)
+        whole = self.wall_whole
+        changes = compare_and_restore(self.state, self.run_id, self.targets or self.entries,
+                                      lambda path: not whole, self.store)
         changes += restore_json_keys(self.state, self.run_id, self.json_patterns, self.json_values)
         with contextlib.suppress(FileNotFoundError):
             self.journal.unlink()
@@ -229,29 +322,6 @@ class Snapshot:
 
 
 HEARTBEAT_S = 2.0
-
-
-def _differing(path: str, mine: dict[str, Any], theirs: dict[str, Any], out: set[str]) -> None:
-    """Add to out every entry at or beneath path that two records hold otherwise (a name in one
-    of them only included: made or removed by the other run's sandbox)."""
-    kind = mine.get("kind")
-    if kind != theirs.get("kind"):
-        out.add(path)
-    elif kind == "file":
-        if mine.get("sha256") != theirs.get("sha256") or mine.get("mode") != theirs.get("mode"):
-            out.add(path)
-    elif kind == "symlink":
-        if mine.get("target") != theirs.get("target"):
-            out.add(path)
-    elif kind == "dir":
-        if mine.get("mode") != theirs.get("mode"):
-            out.add(path)
-        ours, others = mine.get("children") or {}, theirs.get("children") or {}
-        for name in ours.keys() | others.keys():
-            if name in ours and name in others:
-                _differing(f"{path}/{name}", ours[name], others[name], out)
-            else:
-                out.add(f"{path}/{name}")
 
 
 def _changed_before(path: str, last_beat: int) -> bool:
@@ -270,23 +340,26 @@ def recover(state: Path, alive) -> list[Change]:
     with contextlib.suppress(OSError):
         for journal in journals(state):
             owner = journal.name.split("-", 1)[0]
-            if not owner.isdigit() or alive(int(owner)):
+            if not owner.isdigit():
                 continue
             try:
                 data = read_journal(journal)
-                last_beat = journal.stat().st_mtime_ns + int(HEARTBEAT_S * 1.5 * 1e9)
             except (OSError, ValueError):
-                journal.unlink(missing_ok=True)
+                if not alive(int(owner)):
+                    journal.unlink(missing_ok=True)
+                continue
+            if owner_alive(journal, data, alive):
+                continue
+            try:
+                last_beat = journal.stat().st_mtime_ns + int(HEARTBEAT_S * 1.5 * 1e9)
+            except OSError:
                 continue
             whole = bool(data.get("wall_whole"))
 
-            contested = set(data.get("contested") or ())
-
-            def before_death(path: str, last_beat: int = last_beat, whole: bool = whole,
-                             contested: set[str] = contested) -> bool:
+            def before_death(path: str, last_beat: int = last_beat, whole: bool = whole) -> bool:
                 # a protected entry changed where the kernel wall was whole was not the sandbox's doing;
                 # JSON keys (below) have no kernel wall: only the heartbeat decides for them
-                return not whole and path not in contested and _changed_before(path, last_beat)
+                return not whole and _changed_before(path, last_beat)
 
             run = str(data.get("run", ""))
             changes += compare_and_restore(state, run, data.get("entries") or {}, before_death)

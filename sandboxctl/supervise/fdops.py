@@ -74,6 +74,22 @@ def openat2(dirfd: int, path: str, flags: int, mode: int, resolve: int) -> int:
     return result
 
 
+def truncate_opened(fd: int) -> None:
+    """O_TRUNC done on a descriptor once what it names is judged (the mediator, approved writes):
+    a read-only one (O_RDONLY|O_TRUNC, which Linux truncates given write permission) through a
+    write reopen of the file itself."""
+    import fcntl
+
+    if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY:
+        os.ftruncate(fd, 0)
+        return
+    writer = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.ftruncate(writer, 0)
+    finally:
+        os.close(writer)
+
+
 def renameat2(old_dirfd: int, old: str, new_dirfd: int, new: str, flags: int) -> None:
     if not flags:
         os.rename(old, new, src_dir_fd=old_dirfd, dst_dir_fd=new_dirfd)

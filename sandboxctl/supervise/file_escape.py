@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import threading
 from collections.abc import Callable
 
@@ -34,15 +35,34 @@ class FileEscape(Record):
     verdict: WriteVerdict
 
 
-def open_beneath(verdict: WriteVerdict, flags: int, mode: int) -> int:
-    """Open the host file behind an approved path, never leaving the bind's host directory."""
+def _beneath(verdict: WriteVerdict) -> tuple[str, str]:
+    """The host directory a bind came from, and the path beneath it."""
     source = os.path.realpath(verdict.host_source or "")
     if os.path.isdir(source):
-        root, relative = source, verdict.relative or "."
-    else:  # a single-file bind (~/.gitconfig): beneath its directory, that name only
-        if verdict.relative:
-            raise OSError(errno.ENOTDIR, "not a directory")
-        root, relative = os.path.dirname(source), os.path.basename(source)
+        return source, verdict.relative or "."
+    if verdict.relative:  # a single-file bind (~/.gitconfig): beneath its directory, that name only
+        raise OSError(errno.ENOTDIR, "not a directory")
+    return os.path.dirname(source), os.path.basename(source)
+
+
+def stat_beneath(verdict: WriteVerdict) -> os.stat_result:
+    """What an approved path names on the host (O_PATH: nothing is opened for reading or writing)."""
+    root, relative = _beneath(verdict)
+    dirfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = fdops.openat2(dirfd, relative, os.O_PATH | os.O_CLOEXEC, 0,
+                           fdops.RESOLVE_BENEATH | fdops.RESOLVE_NO_MAGICLINKS)
+    finally:
+        os.close(dirfd)
+    try:
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def open_beneath(verdict: WriteVerdict, flags: int, mode: int) -> int:
+    """Open the host file behind an approved path, never leaving the bind's host directory."""
+    root, relative = _beneath(verdict)
     flags = (flags & fdops.VALID_OPEN_FLAGS & ~os.O_PATH) | os.O_CLOEXEC
     tmpfile = getattr(os, "O_TMPFILE", 0)
     creates = bool(flags & os.O_CREAT) or (tmpfile and flags & tmpfile == tmpfile)
@@ -94,6 +114,9 @@ class FileEscapes:
 
     def __init__(self, listener: int, broker, log: Callable[..., None], denied: list[dict[str, Any]]):
         self.listener = listener
+        # why a file may not be written whatever its path (the mediator's identity_reason, set once
+        # it exists): a hardlink, in a read-only grant, of a protected file is never approvable
+        self.guard: Callable[[os.stat_result], str | None] = lambda st: None
         self.broker = broker
         self._write = log
         self.denied = denied
@@ -149,6 +172,11 @@ class FileEscapes:
             self._deny(escape, f"{escape.verdict.rule}; approval failed ({type(exc).__name__})")
 
     def _decide(self, escape: FileEscape) -> None:
+        why = self._protected(escape)
+        if why:  # never asked: protected paths are never approvable, whatever name leads there
+            notify.respond(self.listener, escape.notification_id, error=errno.EACCES)
+            self._deny(escape, why)
+            return
         detail = f"{escape.op}; on the host: {escape.verdict.host_path}"
         request = self.broker.decide("file", escape.path, escape.verdict.rule, escape.pid, command_line(escape.pid),
                                      detail)
@@ -161,13 +189,29 @@ class FileEscapes:
                      rule="approved, but the caller was gone")
             return
         mode = escape.mode & ~caller_umask(escape.pid)
-        try:
-            fd = open_beneath(escape.verdict, escape.flags, mode)
+        try:  # O_TRUNC once what was opened is judged: the name may lead elsewhere since it was asked
+            fd = open_beneath(escape.verdict, escape.flags & ~os.O_TRUNC, mode)
         except OSError as exc:
             notify.respond(self.listener, escape.notification_id, error=exc.errno or errno.EACCES)
             self.log("file", pid=escape.pid, path=escape.path, op=escape.op, decision="deny",
                      rule=f"approved ({request.answer}), but the host open failed: "
                           f"{errno.errorcode.get(exc.errno or 0, exc.errno)}")
+            return
+        try:
+            st = os.fstat(fd)
+            why = self.guard(st)  # what was opened: another name for a protected file is never approvable
+            if not why and escape.flags & os.O_TRUNC and stat.S_ISREG(st.st_mode):
+                fdops.truncate_opened(fd)
+        except BaseException as exc:
+            os.close(fd)
+            if not isinstance(exc, OSError):
+                raise
+            notify.respond(self.listener, escape.notification_id, error=exc.errno or errno.EACCES)
+            return
+        if why:
+            os.close(fd)
+            notify.respond(self.listener, escape.notification_id, error=errno.EACCES)
+            self._deny(escape, f"approved ({request.answer}), but {why}")
             return
         try:
             fdops.add_fd(self.listener, escape.notification_id, fd, bool(escape.flags & os.O_CLOEXEC))
@@ -183,6 +227,15 @@ class FileEscapes:
         self.log("file", pid=escape.pid, path=escape.path, op=escape.op, decision="allow",
                  rule=f"approved ({request.answer}, {request.via}); opened by the supervisor",
                  host_path=escape.verdict.host_path)
+
+    def _protected(self, escape: FileEscape) -> str | None:
+        """Why the file an escape names may not be written at all, looked at before anyone is
+        asked (the open after an approval is judged again, on its descriptor)."""
+        try:
+            st = stat_beneath(escape.verdict)
+        except OSError:
+            return None  # not there (a creation: a new file), or unreachable: the open will tell
+        return self.guard(st)
 
     def _deny(self, escape: FileEscape, rule: str) -> None:
         with self.lock:

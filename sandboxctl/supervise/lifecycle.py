@@ -91,6 +91,8 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
                     for c in made))
         if plan.protect.record or plan.protect.absent or plan.protect.json_keys:
             snapshot.take(plan.protect.record, plan.protect.absent, plan.protect.json_keys)
+            if plan.protect.roots and not plan.protect.mediated and snapshot.incomplete():
+                _refuse_left_out_links(snapshot)
         if plan.overlay is not None:  # the run's own layer, before anything can write to it
             from sandboxctl.workspace import layer as overlay_layer
 
@@ -105,7 +107,14 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
         if forwarder is not None:  # an unreachable collector is a record of the local log, once per outage
             forwarder.on_state = lambda **fields: supervisor._write_log("log.forward", **fields)
         supervisor.protected_inodes = snapshot.inodes()
-        supervisor.protected_incomplete = snapshot.incomplete()
+        supervisor.protected_incomplete = cut = snapshot.cut_short()
+        if cut and plan.protect.mediated and supervisor_options.get("notice"):
+            from sandboxctl.inert import inert
+            from sandboxctl.protect.snapshot import MAX_ENTRIES
+
+            supervisor_options["notice"](
+                f"sandboxctl: {inert(cut)} holds more than {MAX_ENTRIES} entries, too many to record whole: files "
+                "with more than one name (hardlinks: uv, pnpm) cannot be written in place under the writable grants")
         supervisor.snapshot = snapshot
         if started is not None:
             started(supervisor)
@@ -167,6 +176,21 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
         if forwarder is not None:
             forwarder.close(FORWARD_FLUSH_S)  # run.end too, if the collector takes it in time
         log.close()
+
+
+def _refuse_left_out_links(snapshot: Snapshot) -> None:
+    """gVisor mediates nothing: a protected file left out of a record cut short, with another
+    name beneath a writable grant, would be rewritten through that name unseen (fail closed)."""
+    linked = snapshot.left_out_linked()
+    if linked is None:
+        return
+    from sandboxctl.inert import inert
+    from sandboxctl.protect.snapshot import MAX_ENTRIES
+
+    raise SandboxError(f"the protected paths hold more than {MAX_ENTRIES} entries, and {inert(linked)}, left out "
+                       "of their record, has another name (a hardlink): under --backend gvisor it could be "
+                       "rewritten through that name unseen",
+                       "use --backend bwrap, or give such files one name (uv: UV_LINK_MODE=copy)")
 
 
 def _hold(layer, started: bool) -> dict | None:

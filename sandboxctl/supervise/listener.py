@@ -75,6 +75,7 @@ class Listener:
                                  protected_incomplete=self.protected_incomplete,
                                  log_allowed=log_allowed, root=root, log_soon=self._write_log_soon)
         self.dispatcher.mediator = self.mediator
+        self.file_escapes.guard = self.mediator.identity_reason  # another name for a protected file
         if plan.seccomp.exec_guard:
             from sandboxctl.supervise.exec_guard import ExecGuard
 

@@ -89,7 +89,8 @@ class Mediator(Judgement, Opens, Changes, Answers):
     def __init__(self, listener: int, plan: Plan, protection: Protection, log: Callable[..., None],
                  denied: list[dict[str, Any]], outside: Callable[[Notification, str, str, int, int], None],
                  protected_inodes: Mapping[tuple[int, int], str] | None = None, log_allowed: bool = True, *,
-                 root: int | None, protected_incomplete: bool = False, log_soon: Callable[..., None] | None = None):
+                 root: int | None, protected_incomplete: str | bool | None = None,
+                 log_soon: Callable[..., None] | None = None):
         """root: a descriptor of the sandbox's root, now the Mediator's (mediate_calls.Resolver);
         None: nothing is resolved (the run is failing: the sandbox's root could not be opened).
         log_soon: where the records of performed calls go once the kernel has the answer (queued
@@ -103,7 +104,8 @@ class Mediator(Judgement, Opens, Changes, Answers):
         self.denied = denied
         self.outside = outside  # a write-intent open outside the grants: approvals (file_escape)
         self.protected_inodes = dict(protected_inodes or {})
-        self.protected_incomplete = protected_incomplete  # some protected files have no identity in it
+        # where the launch record was cut short: some protected files have no identity in it
+        self.protected_incomplete = protected_incomplete
         self.log_allowed = log_allowed
         self.resolver = Resolver(root)
         self.mounts = sorted(((m.target, m.kind) for m in plan.mounts if m.kind != "symlink"),

@@ -135,8 +135,15 @@ class Changes:
         try:  # O_NONBLOCK: a FIFO swapped in since the lstat never makes the loop wait for a reader
             fd = os.open(entry.name, os.O_WRONLY | O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=entry.parent)
             opened.append(fd)
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            opened_st = os.fstat(fd)
+            if not stat.S_ISREG(opened_st.st_mode):
                 raise OSError(errno.EINVAL, "not a regular file")
+            # judged again on the file opened: the name may lead to another one since it was judged
+            # (another run's sandbox renames a hardlink of a protected file there; red team rt5)
+            why = self._why_not(entry.path, opened_st)
+            if why:
+                self._refuse(n, "truncate", entry.path, why)
+                return
             os.ftruncate(fd, call.extra)
         except OSError as exc:
             self._done(n, "truncate", entry.path, OSError(errno.EINVAL, "") if exc.errno == errno.ENXIO else exc)
@@ -246,7 +253,7 @@ class Changes:
             self._refuse(n, "link", dst.path, "the link's source could not be resolved in the sandbox")
             return
         src_path, src_ref, st = source
-        why = self._why_not(src_path, st)
+        why = self._why_not(src_path, st, written=False)  # a pnpm or uv install links its store's files
         if why:
             self._refuse(n, "link", f"{src_path} -> {dst.path}", why)
             return

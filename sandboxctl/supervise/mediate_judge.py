@@ -48,22 +48,36 @@ class Judgement:
         except OSError:
             return None
 
-    def _why_not(self, path: str, st: os.stat_result | None = None) -> str | None:
+    def _why_not(self, path: str, st: os.stat_result | None = None, *, written: bool = True) -> str | None:
         """Why the sandbox may not change this entry: the rules (by path) or the launch record
-        (by identity: a hardlink made before the run is another name for the same file)."""
+        (by identity: a hardlink made before the run is another name for the same file).
+        written=False: the file's content and mode stay (a link's source gets a name more)."""
         if self._root_of(path) is None:
             return None  # not beneath a writable grant: the mounts and Landlock decide there
         why = self._reason(path)
         if why is None and st is not None:
-            why = self.protected_inodes.get((st.st_dev, st.st_ino))
-            if why:
-                why = f"{why} (another name for a protected file)"
-            elif self.protected_incomplete and st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
-                # a protected directory past the launch record's limit: its files left out have no
-                # identity above, so a hardlink of one made before the run (uv's cache into a venv)
-                # would be written through unseen; fail closed: no file with another name is written
-                why = ("protected: this file has another name, and the protected paths were too many to record "
-                       "whole (a hardlink of one left out cannot be told apart)")
+            why = self.identity_reason(st, written=written)
+        return why
+
+    def identity_reason(self, st: os.stat_result, *, written: bool = True) -> str | None:
+        """Why this file may not be written whatever its path: another name for a protected file
+        (by the launch record's identities, or, with the record cut short, by its link count).
+        Also asked of an approved write outside the grants (file_escape): never approvable."""
+        why = self.protected_inodes.get((st.st_dev, st.st_ino))
+        if why:
+            why = f"{why} (another name for a protected file)"
+        elif written and self.protected_incomplete and st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
+            # a protected directory past the launch record's limit: its files left out have no
+            # identity above, so a hardlink of one made before the run (uv's cache into a venv)
+            # would be written through unseen; fail closed: no file with another name is written.
+            # A name more (link) is no write: the protected name stays, so every other name of
+            # such a file still counts two or more, and a write through it is refused here
+            from sandboxctl.protect.snapshot import MAX_ENTRIES
+
+            cut = self.protected_incomplete
+            where = f"{cut} is" if isinstance(cut, str) else "the protected paths are"
+            why = (f"protected: this file has another name, and {where} too big to record whole (past "
+                   f"{MAX_ENTRIES} entries): a hardlink of a file left out cannot be told apart from it")
         return why
 
     def _other_name(self, n: Notification, entry: Entry) -> str | None:

@@ -70,26 +70,60 @@ class Opens:
             self.outside(n, path, op, flags, call.mode)
             return
         mode = call.mode & NO_SETID & ~self._umask(n.pid) if flags & O_CREAT else 0
-        open_flags = (flags & fdops.VALID_OPEN_FLAGS & ~os.O_PATH) | O_NOFOLLOW | os.O_CLOEXEC
+        # O_TRUNC only once what was opened is judged (_settle): the name may lead elsewhere by then
+        open_flags = (flags & fdops.VALID_OPEN_FLAGS & ~(os.O_PATH | O_TRUNC)) | O_NOFOLLOW | os.O_CLOEXEC
+        truncating = bool(flags & O_TRUNC)
         self._still_asked(n)  # all that was read (path, cwd, umask) was the caller's
         if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-            self._open_waiting(n, op, path, entry, open_flags)  # a FIFO or a device may block: not in the loop
+            # a FIFO or a device may block: not in the loop
+            self._open_waiting(n, op, path, entry, open_flags, st, truncating)
             return
         try:  # O_NONBLOCK: should it have become a FIFO since the lstat (another run can swap one in),
             # the loop must not wait for its reader
             fd = os.open(entry.name, open_flags | os.O_NONBLOCK, mode, dir_fd=entry.parent)
         except OSError as exc:
             if exc.errno == errno.ENXIO and not flags & os.O_NONBLOCK:  # a FIFO without a reader yet
-                self._open_waiting(n, op, path, entry, open_flags)
+                self._open_waiting(n, op, path, entry, open_flags, st, truncating)
             else:
                 self._done(n, op, path, exc)
             return
+        opened.append(fd)
+        if not self._settle(n, op, path, fd, st, truncating):
+            return
         if not flags & os.O_NONBLOCK:
             os.set_blocking(fd, True)
-        opened.append(fd)
         self._hand_over(n, op, path, fd, bool(flags & os.O_CLOEXEC))
 
-    def _open_waiting(self, n: Notification, op: str, path: str, entry: Entry, flags: int) -> None:
+    def _settle(self, n: Notification, op: str, path: str, fd: int, judged: os.stat_result | None,
+                truncating: bool) -> bool:
+        """What was opened is what was judged, else it is judged now: the open goes by name, and
+        the name may lead to another file since it was looked at — another run's sandbox renames
+        a hardlink of a protected file there, or this sandbox does while a FIFO open waits on its
+        thread (red team rt5: a protected hook was written both ways). Only then O_TRUNC is done
+        (on a descriptor of the file itself). False: refused or failed, and answered."""
+        try:
+            st = os.fstat(fd)
+        except OSError as exc:
+            self._done(n, op, path, exc)
+            return False
+        if judged is None or (st.st_dev, st.st_ino) != (judged.st_dev, judged.st_ino):
+            why = self._why_not(path, st)
+            if why:
+                self._refuse(n, op, path, why)
+                return False
+        if truncating and stat.S_ISDIR(st.st_mode):  # O_TRUNC asks for write access: the kernel's answer
+            self._done(n, op, path, OSError(errno.EISDIR, "a directory"))
+            return False
+        if truncating and stat.S_ISREG(st.st_mode):  # the kernel ignores O_TRUNC on FIFOs and devices
+            try:
+                fdops.truncate_opened(fd)
+            except OSError as exc:
+                self._done(n, op, path, exc)
+                return False
+        return True
+
+    def _open_waiting(self, n: Notification, op: str, path: str, entry: Entry, flags: int,
+                      judged: os.stat_result | None, truncating: bool) -> None:
         """Opening a FIFO for writing waits for a reader: done on a thread of its own (at most
         MAX_WAITING at once), so the loop — exec events, timeouts, signals — never waits with it."""
         if not self.waiting.acquire(blocking=False):
@@ -110,7 +144,10 @@ class Opens:
             if fd is None:  # the caller is gone, or the run is over
                 return
             try:
-                self._hand_over(n, op, path, fd, bool(flags & os.O_CLOEXEC))
+                with self.as_caller:  # the name was looked up again while it waited: judged again
+                    settled = self._settle(n, op, path, fd, judged, truncating)
+                if settled:
+                    self._hand_over(n, op, path, fd, bool(flags & os.O_CLOEXEC))
             finally:
                 os.close(fd)
 

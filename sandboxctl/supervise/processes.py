@@ -167,6 +167,18 @@ def alive(pid: int) -> bool:
     return True
 
 
+def start_time(pid: int) -> int | None:
+    """When the process started (clock ticks after boot, /proc/PID/stat field 22): with its pid,
+    which process it is — a pid alone is another process's once it was reused (pid_max may be
+    32 768). None: it cannot be read (gone, or hidden)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            line = handle.read()
+        return int(line.rsplit(b")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def with_command_line(command_line: str) -> list[int]:
     """Host pids whose whole command line is exactly this (how tests and selftest judge that
     nothing survived a run)."""

@@ -119,7 +119,7 @@ class Supervisor(Startup, Handshake, Loop, Listener, Escapes, RunLog, Outcome):
         self.nofile = fd_budget.raise_nofile()  # before anything is opened: see fd_budget
         self.mediator = None
         self.protected_inodes: dict[tuple[int, int], str] = {}  # from the launch record (lifecycle)
-        self.protected_incomplete = False  # the launch record was cut short (lifecycle): see mediate_judge
+        self.protected_incomplete: str | None = None  # where the launch record was cut short (lifecycle)
         self._proxy_listener: int | None = None  # the proxy's port until its first connection
         self.snapshot = None  # protect.snapshot.Snapshot of this run (lifecycle): marked, and beaten
         self.next_beat: float | None = None

@@ -610,3 +610,92 @@ def test_full_screen_program_runs_on_the_terminal(gv):
     finally:
         proc.kill()
         os.close(master)
+
+
+def test_a_record_cut_short_with_a_left_out_hardlink_refuses_to_start(gv):
+    """Red team rt5: past MAX_ENTRIES the protected tree (here filesystem.protect) is recorded in
+    part; gVisor mediates nothing, and the read-only binds hold the protected names only, so a
+    left-out file with another name made before the run (uv links venvs to its cache) was rewritten
+    through that name and the end-of-run check, which never recorded it, said nothing. Such a
+    launch now fails before anything runs (125, one line naming the file); without the hardlink
+    it runs. Judged by the file's bytes on the host."""
+    from sandboxctl.protect import snapshot
+
+    big = gv.workspace / "big"
+    big.mkdir()
+    for n in range(snapshot.MAX_ENTRIES + 100):
+        (big / f"f{n:05d}").touch()
+    (big / "zz.pth").write_text("original\n")
+    (gv.workspace / "cache").mkdir()
+    os.link(big / "zz.pth", gv.workspace / "cache" / "zz")
+    subprocess.run(["chmod", "-R", "a+rX", str(gv.workspace)], check=True)
+    policy = gv.write_policy("big.yaml", "version: 1\nname: big\nextends: default\n"
+                                         "filesystem:\n  protect: [\"{workspace}/big\"]\n")
+    result = gv.run("--", "sh", "-c", "echo evil > cache/zz", policy=str(policy), timeout=120)
+    assert result.returncode == 125, result.stderr
+    assert (big / "zz.pth").read_text() == "original\n"
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "zz.pth" in errors[0] and "another name" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    (gv.workspace / "cache" / "zz").unlink()
+    again = gv.run("--", "true", policy=str(policy), timeout=120)
+    assert again.returncode == 0, again.stderr
+
+
+COMMONDIR = """
+import os, time
+os.makedirs('evil/objects', exist_ok=True)
+os.makedirs('evil/refs', exist_ok=True)
+with open('evil/config', 'w') as f:
+    f.write('[core]\\n\\trepositoryformatversion = 0\\n\\tfsmonitor = "touch {canary}; false"\\n')
+def wait(name):
+    deadline = time.time() + 60
+    while not os.path.exists(name) and time.time() < deadline:
+        time.sleep(0.02)
+wait('{wait}')
+if not os.path.exists('.git/commondir'):
+    with open('.git/commondir', 'w') as f:
+        f.write('../evil\\n')
+open('{done}', 'w').close()
+wait('{hold}')
+"""
+
+
+def test_a_second_run_puts_back_what_the_first_run_put_away_and_its_own_sandbox_made_again(gv, tmp_path):
+    """Red team rt5 (two gVisor runs, as root and as a user): A's sandbox makes .git/commondir
+    (a name that did not exist: nothing holds it during a gVisor run) pointing at a config with
+    core.fsmonitor; B launches and records it; A removes it at its end; B's sandbox makes it again,
+    byte for byte. B's check only reported what A had recorded otherwise, and found nothing at
+    all here, so it stayed and the host's git ran the config. B now compares with A's record (the
+    state before the first run). Judged by the host's git and a canary."""
+    canary = tmp_path / "canary"
+    subprocess.run(["git", "init", "-q", str(gv.workspace)], check=True)
+    subprocess.run(["chmod", "-R", "a+rX", str(gv.workspace)], check=True)
+    ws = gv.workspace
+    runs = []
+    try:
+        runs.append(subprocess.Popen(gv.argv("--", "python3", "-c", COMMONDIR.format(
+            canary=canary, wait="go-a", done="a-planted", hold="b-started")), cwd=ws, env=gv.env(),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        (ws / "go-a").touch()
+        deadline = time.monotonic() + 60
+        while not (ws / "a-planted").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert (ws / ".git" / "commondir").exists(), runs[0].stderr
+        runs.append(subprocess.Popen(gv.argv("--", "python3", "-c", "open('b-started', 'w').close()\n" +
+                                             COMMONDIR.format(canary=canary, wait="a-ended", done="b-planted",
+                                                              hold="b-planted")),
+                                     cwd=ws, env=gv.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        runs[0].communicate(timeout=60)
+        assert not (ws / ".git" / "commondir").exists()  # A put it away
+        (ws / "a-ended").touch()
+        _out, err = runs[1].communicate(timeout=60)
+        assert (ws / "b-planted").exists(), err
+    finally:
+        for run in runs:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+    assert not (ws / ".git" / "commondir").exists()
+    subprocess.run(["git", "-C", str(ws), "status"], capture_output=True, timeout=30)
+    assert not canary.exists(), "the host's git ran a config the sandbox wrote"

@@ -434,3 +434,57 @@ def test_a_flood_of_requests_is_denied_beyond_the_queue_limit(tmp_path: Path, mo
     for thread in threads:
         thread.join(5)
 
+
+
+def test_an_approved_write_to_another_name_of_a_protected_file_is_never_performed(tmp_path: Path, monkeypatch) -> None:
+    """Red team rt5 (as root, --approve allow): a hook hardlinked into a read-only grant before the
+    run was rewritten through an approved write there — the approval path judged no identity, and
+    protected paths are never approvable whatever name leads to them. Now such a file is refused
+    before anyone is asked; if the name leads there only after the question (swapped meanwhile),
+    the file opened is judged again, and O_TRUNC is done only after that. A plain file is written."""
+    from types import SimpleNamespace
+
+    from sandboxctl.plan.model import WriteVerdict
+    from sandboxctl.supervise import fdops, file_escape, notify
+
+    root = tmp_path / "ro"
+    root.mkdir()
+    hook = tmp_path / "hook"
+    hook.write_text("#!/bin/sh\n")
+    os.link(hook, root / "pc")
+    (root / "plain").write_text("plain\n")
+    answers: list[int] = []
+    handed: list[int] = []
+    monkeypatch.setattr(notify, "respond", lambda fd, nid, error=0, allow=False: answers.append(error) or True)
+    monkeypatch.setattr(notify, "still_valid", lambda fd, nid: True)
+    monkeypatch.setattr(fdops, "add_fd", lambda listener, nid, fd, cloexec: handed.append(os.fstat(fd).st_ino))
+    asked: list[str] = []
+
+    class Broker:
+        asks_human = False
+
+        def decide(self, kind, target, *rest):
+            asked.append(target)
+            return SimpleNamespace(approved=True, answer="once", via="test")
+
+    denied: list[dict] = []
+    escapes = file_escape.FileEscapes(-1, Broker(), lambda *a, **k: None, denied)
+    protected = (hook.stat().st_dev, hook.stat().st_ino)
+    escapes.guard = lambda st: "protected: hook" if (st.st_dev, st.st_ino) == protected else None
+
+    def escape(name: str) -> file_escape.FileEscape:
+        return file_escape.FileEscape(7, os.getpid(), f"/ro/{name}", "write", os.O_WRONLY | os.O_TRUNC, 0,
+                                      WriteVerdict(False, "read-only", str(root), name))
+
+    escapes(escape("pc"))
+    assert hook.read_text() == "#!/bin/sh\n" and handed == [] and asked == [] and answers[-1] != 0
+    monkeypatch.setattr(file_escape, "stat_beneath", lambda verdict: (root / "plain").stat())  # swapped after
+    escapes(escape("pc"))
+    assert asked == ["/ro/pc"] and hook.read_text() == "#!/bin/sh\n" and handed == [] and answers[-1] != 0
+    assert "another" not in denied[-1]["rule"] and "protected: hook" in denied[-1]["rule"]
+    monkeypatch.undo()
+    monkeypatch.setattr(notify, "respond", lambda fd, nid, error=0, allow=False: answers.append(error) or True)
+    monkeypatch.setattr(notify, "still_valid", lambda fd, nid: True)
+    monkeypatch.setattr(fdops, "add_fd", lambda listener, nid, fd, cloexec: handed.append(os.fstat(fd).st_ino))
+    escapes(escape("plain"))
+    assert (root / "plain").read_text() == "" and handed == [(root / "plain").stat().st_ino]

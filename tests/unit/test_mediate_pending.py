@@ -12,6 +12,7 @@ workspace untouched and unanswered once not.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import socket
 import stat
@@ -257,3 +258,71 @@ def test_with_a_launch_record_cut_short_no_file_with_another_name_is_written(har
     harness.mediator.protected_incomplete = False  # a whole record: its inodes decide
     harness.call("open", harness.text(f"{ws}/cache-link"), truncating, 0)
     assert (ws / "venv-file").read_bytes() == b"" and len(harness.handed) == 2
+
+
+@pytest.mark.parametrize("name", ["open", "truncate"])
+def test_the_file_opened_is_judged_not_only_the_name_looked_at_before(harness, monkeypatch, name):
+    """Between the judgement of a name and the open that follows it by name, another run's
+    sandbox can rename a hardlink of a protected file there (red team rt5: a hook written through
+    a plain file's name). The swap is made here right after the judgement: nothing is written
+    through it, and a plain file is still opened and truncated."""
+    ws = harness.ws
+    (ws / "hook").write_bytes(b"#!/bin/sh\n")
+    os.link(ws / "hook", ws / "other-name")
+    (ws / "plain").write_bytes(b"mine\n")
+    harness.mediator.protected_inodes = {(os.stat(ws / "hook").st_dev, os.stat(ws / "hook").st_ino): "protected: hook"}
+    judge = mediate_judge.Judgement._other_name
+    swapped = []
+
+    def swap_after_judging(self, n, entry):
+        why = judge(self, n, entry)
+        if entry.name == "plain" and not swapped:
+            fdops.renameat2(-100, str(ws / "other-name"), -100, str(ws / "plain"), mediate.RENAME_EXCHANGE)
+            swapped.append(True)
+        return why
+
+    monkeypatch.setattr(mediate_judge.Judgement, "_other_name", swap_after_judging)
+    if name == "open":
+        harness.call("open", harness.text(f"{ws}/plain"), os.O_WRONLY | os.O_TRUNC, 0)
+    else:
+        harness.call("truncate", harness.text(f"{ws}/plain"), 0)
+    assert swapped
+    assert (ws / "hook").read_bytes() == b"#!/bin/sh\n" and harness.handed == []
+    assert harness.answers[-1][1] != 0 and "another name" in harness.mediator.denied[-1]["rule"]
+    swapped.append(True)  # no more swaps: the plain file (now at other-name) is written as asked
+    harness.call("open", harness.text(f"{ws}/other-name"), os.O_WRONLY | os.O_TRUNC, 0)
+    assert (ws / "other-name").read_bytes() == b"" and len(harness.handed) == 1
+
+
+def test_o_trunc_is_done_after_the_judgement_and_as_the_kernel_does_it(harness):
+    """O_TRUNC is taken off the open and done on the descriptor once judged: a writable open and
+    an O_RDONLY one (which Linux truncates too) empty the file; an open without it keeps it."""
+    ws = harness.ws
+    (ws / "dir").mkdir()
+    for flags, left in ((os.O_WRONLY | os.O_TRUNC, b""), (os.O_RDONLY | os.O_TRUNC, b""),
+                        (os.O_RDWR, b"contents"), (os.O_WRONLY | os.O_CREAT | os.O_TRUNC, b"")):
+        (ws / "file").write_bytes(b"contents")
+        harness.call("open", harness.text(f"{ws}/file"), flags, 0o644)
+        assert (ws / "file").read_bytes() == left, oct(flags)
+    assert len(harness.handed) == 4
+    harness.call("open", harness.text(f"{ws}/dir"), os.O_RDONLY | os.O_TRUNC, 0)  # as the kernel: EISDIR
+    assert harness.answers[-1][1] == errno.EISDIR and len(harness.handed) == 4
+
+
+def test_with_a_record_cut_short_a_file_of_two_names_gets_a_third_but_is_never_written(harness):
+    """The link-count rule costs what it refuses: pnpm and uv install by linking their store's files
+    (each already of two names or more), and refusing the link broke every install (red team rt5:
+    2 000 of 2 000 links refused). A name more is no write: the protected name stays, so every
+    other name of a left-out protected file still counts two or more, and writing through the
+    new one is refused; the refusal names the directory recorded in part."""
+    ws = harness.ws
+    (ws / "venv-file").write_bytes(b"import os\n")
+    os.link(ws / "venv-file", ws / "cache-link")
+    harness.mediator.protected_incomplete = f"{ws}/venv"
+    harness.call("link", harness.text(f"{ws}/cache-link"), harness.text(f"{ws}/third-name"))
+    assert harness.answers[-1] == (7, 0, False) and os.path.samefile(ws / "third-name", ws / "venv-file")
+    harness.call("open", harness.text(f"{ws}/third-name"), os.O_WRONLY, 0)
+    assert (ws / "venv-file").read_bytes() == b"import os\n" and harness.handed == []
+    assert f"{ws}/venv is too big to record whole" in harness.mediator.denied[-1]["rule"]
+    harness.call("chmod", harness.text(f"{ws}/third-name"), 0o777)
+    assert harness.answers[-1][1] != 0

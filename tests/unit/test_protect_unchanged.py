@@ -194,8 +194,8 @@ def test_a_record_cut_short_says_so_and_a_whole_one_does_not(tmp_path, venv, mon
 def test_a_second_run_never_puts_back_what_it_recorded_while_another_run_had_changed_it(tmp_path):
     """Red team rt4: run A (gVisor: the sandbox can write) changes .git/config; run B launches
     then, so B's record holds A's change; A puts the original back at its end; B then found the
-    file "modified" and restored A's hostile bytes. What two live runs recorded otherwise is now
-    only reported by the later one, and the earlier one (which saw it first) decides."""
+    file "modified" and restored A's hostile bytes. What an earlier live run recorded otherwise
+    is now taken from its record: B compares with the state before A, and finds nothing."""
     config = tmp_path / "ws" / ".git" / "config"
     config.parent.mkdir(parents=True)
     config.write_text("[core]\n")
@@ -212,8 +212,7 @@ def test_a_second_run_never_puts_back_what_it_recorded_while_another_run_had_cha
     assert {(c.path, c.action) for c in first.check()} >= {(str(config), "restored"),
                                                            (str(hooks / "pre-commit"), "removed")}
     assert config.read_text() == "[core]\n"
-    changes = {(c.path, c.action) for c in second.check()}
-    assert changes == {(str(config), "reported"), (str(hooks / "pre-commit"), "reported")}
+    assert second.check() == []  # the state before the first run: what B took from A's record
     assert config.read_text() == "[core]\n" and not (hooks / "pre-commit").exists()
 
 
@@ -233,3 +232,181 @@ def test_a_run_alone_still_puts_back_what_its_sandbox_changed(tmp_path):
     config.write_text("[core]\n\tfsmonitor = x\n")
     assert [(c.path, c.action) for c in run.check()] == [(str(config), "restored")]
     assert config.read_text() == "[core]\n"
+
+
+def test_a_file_left_out_of_a_record_cut_short_with_another_name_is_found(tmp_path, venv, monkeypatch):
+    """gVisor mediates nothing: a left-out file with another name (a hardlink) beneath a writable
+    grant could be rewritten through it, unseen by a check that never recorded it (red team rt5),
+    so the launch refuses it (lifecycle). Found at any depth of what was left out; a left-out file
+    of one name, a recorded hardlink, or a whole record find nothing."""
+    site = venv / "lib" / "site-packages"
+    deep = site / "zzz" / "deeper"
+    deep.mkdir(parents=True)
+    for n in range(8):
+        (site / f"extra{n}.py").write_text("")
+    (deep / "linked.pth").write_text("")
+    monkeypatch.setattr(snapshot, "MAX_ENTRIES", 5)
+    assert _take(tmp_path / "none", venv, 1).left_out_linked() is None  # left out, but of one name each
+    os.link(deep / "linked.pth", tmp_path / "cache-link")
+    assert _take(tmp_path / "cut", venv, 1).left_out_linked() == str(deep / "linked.pth")
+    monkeypatch.setattr(snapshot, "MAX_ENTRIES", 20_000)
+    whole = _take(tmp_path / "whole", venv, 1)
+    assert not whole.incomplete() and whole.left_out_linked() is None
+
+
+def _two_runs(tmp_path):
+    gitdir = tmp_path / "ws" / ".git"
+    gitdir.mkdir(parents=True)
+    (gitdir / "config").write_text("[core]\n")
+    state = tmp_path / "state"
+    paths = ((str(gitdir / "config"),), (str(gitdir / "commondir"),))
+    return gitdir, state, paths
+
+
+@pytest.mark.parametrize("again", ["same bytes", "other bytes"])
+def test_what_the_first_run_put_away_the_second_runs_sandbox_cannot_make_again(tmp_path, again):
+    """Red team rt5 (two gVisor runs, reproduced as root: the host's git ran the planted config):
+    A's sandbox makes .git/commondir (a name that did not exist: nothing holds it under gVisor);
+    B launches; A removes it at its end; B's sandbox makes it again. B's check only reported what
+    A had recorded otherwise — and found nothing at all when it was made byte for byte again — so
+    it stayed. B now puts back the state before A: commondir is removed."""
+    gitdir, state, (existing, absent) = _two_runs(tmp_path)
+    first = snapshot.Snapshot(state, "a")
+    first.take(existing, absent)
+    (gitdir / "commondir").write_text("../evil\n")  # A's sandbox
+    second = snapshot.Snapshot(state, "b")
+    second.take(existing + absent, ())  # B's plan found commondir: an existing entry to record
+    assert [(c.path, c.action) for c in first.check()] == [(str(gitdir / "commondir"), "removed")]
+    (gitdir / "commondir").write_text("../evil\n" if again == "same bytes" else "../other\n")  # B's sandbox
+    assert [(c.path, c.action) for c in second.check()] == [(str(gitdir / "commondir"), "removed")]
+    assert not (gitdir / "commondir").exists()
+
+
+def test_a_run_killed_takes_the_earlier_record_into_its_recovery(tmp_path):
+    """B's journal holds what it took from A: killed, B's recovery puts back the state before A."""
+    gitdir, state, (existing, absent) = _two_runs(tmp_path)
+    first = snapshot.Snapshot(state, "a")
+    first.take(existing, absent)
+    (gitdir / "commondir").write_text("../evil\n")
+    second = snapshot.Snapshot(state, "b")
+    second.take(existing + absent, ())
+    first.check()
+    (gitdir / "commondir").write_text("../evil\n")  # B's sandbox, then B's supervisor is killed
+    changes = snapshot.recover(state, lambda pid: False)
+    assert [(c.path, c.action, c.run) for c in changes] == [(str(gitdir / "commondir"), "removed", "b")]
+
+
+def test_what_changed_under_an_earlier_runs_whole_wall_is_not_taken_from_it(tmp_path):
+    """An earlier run whose kernel wall was whole (bubblewrap) could not change what it recorded:
+    what differs was changed outside (the user's own git config), and a later gVisor run keeps its
+    own record of it — puts back the user's version, not the older one."""
+    gitdir, state, (existing, absent) = _two_runs(tmp_path)
+    config = gitdir / "config"
+    first = snapshot.Snapshot(state, "a")
+    first.take(existing, absent)
+    first.mark(wall_whole=True)
+    config.write_text("[core]\n[remote \"origin\"]\n\turl = x\n")  # the user, outside
+    second = snapshot.Snapshot(state, "b")
+    second.take(existing, absent)
+    assert second.contested == set()
+    config.write_text("[core]\n\tfsmonitor = x\n")  # B's sandbox (gVisor)
+    assert [(c.path, c.action) for c in second.check()] == [(str(config), "restored")]
+    assert "origin" in config.read_text()
+    assert [(c.path, c.action) for c in first.check()] == [(str(config), "reported")]
+
+
+def test_two_runs_protected_json_keys_end_as_before_the_first(tmp_path):
+    """Red team rt5 (two claude-code runs under bubblewrap, reproduced as root): A's sandbox adds
+    an MCP server to ~/.claude.json (writable: no kernel wall holds the keys); B launches and
+    records it; A puts mcpServers back; B then "restored" A's server, which claude would start
+    outside. B now takes A's record of the keys: the server is gone, and the other keys stay."""
+    import json
+
+    claude = tmp_path / "home" / ".claude.json"
+    claude.parent.mkdir()
+    claude.write_text(json.dumps({"mcpServers": {}, "other": 1}))
+    state = tmp_path / "state"
+    keys = ((str(claude), "mcpServers"), (str(claude), "projects.*.mcpServers"))
+    first = snapshot.Snapshot(state, "a")
+    first.take((), (), keys)
+    first.mark(wall_whole=True)  # bubblewrap: the keys are still writable
+    evil = {"mcpServers": {"evil": {"command": "sh"}}, "projects": {"/w": {"mcpServers": {"x": {}}}}, "other": 2}
+    claude.write_text(json.dumps(evil))  # A's sandbox
+    second = snapshot.Snapshot(state, "b")
+    second.take((), (), keys)
+    second.mark(wall_whole=True)
+    assert first.check() and json.loads(claude.read_text())["mcpServers"] == {}
+    assert second.check() == []
+    assert json.loads(claude.read_text()) == {"mcpServers": {}, "projects": {"/w": {}}, "other": 2}
+
+
+def _reused(journal: Path) -> None:
+    """The journal's pid is another process now (a killed supervisor's pid reused: pid_max may be
+    32 768): this process stands in for the new owner, so the journal's start is made another."""
+    import marshal
+
+    data = marshal.loads(journal.read_bytes())
+    data["owner_start"] += 1
+    journal.write_bytes(marshal.dumps(data))
+
+
+def test_a_killed_runs_journal_whose_pid_was_reused_is_recovered_and_never_taken(tmp_path):
+    """Red team rt5 (as root, the pid taken with ns_last_pid): A's supervisor was killed while its
+    sandbox's change was in place, and its pid went to another process; processes.alive said A
+    lived, so no launch recovered A's journal, and every launch took A's old record as an earlier
+    run's (a claude-code run then removed an MCP server the user had added since). A journal's
+    owner is now its pid *and* that process's start time."""
+    from sandboxctl.supervise.processes import alive
+
+    gitdir, state, (existing, absent) = _two_runs(tmp_path)
+    first = snapshot.Snapshot(state, "a")
+    first.take(existing, absent)
+    (gitdir / "commondir").write_text("../evil\n")  # A's sandbox; then A's supervisor is killed
+    _reused(first.journal)
+    second = snapshot.Snapshot(state, "b")
+    second.take(existing + absent, ())
+    assert second.contested == set()  # a dead run's record is not an earlier live run's
+    changes = snapshot.recover(state, alive)
+    assert [(c.path, c.action, c.run) for c in changes] == [(str(gitdir / "commondir"), "removed", "a")]
+    assert not first.journal.exists()
+
+
+def test_a_live_runs_journal_is_neither_recovered_nor_left_untaken(tmp_path):
+    """The same start time: the owner is the run itself, alive; its journal stays pending."""
+    from sandboxctl.supervise.processes import alive
+
+    gitdir, state, (existing, absent) = _two_runs(tmp_path)
+    first = snapshot.Snapshot(state, "a")
+    first.take(existing, absent)
+    (gitdir / "commondir").write_text("../evil\n")
+    assert snapshot.recover(state, alive) == [] and first.journal.exists()
+    second = snapshot.Snapshot(state, "b")
+    second.take(existing + absent, ())
+    assert second.contested == {str(gitdir / "commondir")}
+
+
+def test_a_supervisor_killed_during_its_own_check_is_finished_by_the_next(tmp_path, monkeypatch):
+    """Red team rt5: the supervisor killed inside its end-of-run check — here right after it moved
+    the changed config aside and before it wrote the original back (the path is missing then), with
+    a planted commondir still to remove. The journal stays (it is forgotten only after the check),
+    and the next launch's recovery puts back both: the config from its blob, commondir removed."""
+    from sandboxctl.protect import restore
+
+    gitdir, state, (existing, absent) = _two_runs(tmp_path)
+    run = snapshot.Snapshot(state, "a")
+    run.take(existing, absent)
+    (gitdir / "config").write_text("[core]\n\tfsmonitor = x\n")  # the sandbox (gVisor: the wall is not whole)
+    (gitdir / "commondir").write_text("../evil\n")
+
+    def killed(*args, **kwargs):
+        raise SystemExit("SIGKILL")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(restore, "_restore", killed)
+        with pytest.raises(SystemExit):
+            run.check()
+    assert not (gitdir / "config").exists() and run.journal.exists()  # moved aside, not yet written back
+    changes = snapshot.recover(state, lambda pid: False)
+    assert {(c.path, c.action) for c in changes} == {(str(gitdir / "config"), "restored"),
+                                                     (str(gitdir / "commondir"), "removed")}
+    assert (gitdir / "config").read_text() == "[core]\n" and not (gitdir / "commondir").exists()
