@@ -260,6 +260,13 @@ class Resolver:
         self.held[parent_path] = (fd, identity)
         return identity
 
+    def drop_held(self, opened: list[int]) -> None:
+        """A directory's mode changed: a held directory beneath it may no longer be reachable to
+        the caller (search permission is checked on every component of a fresh resolution, never
+        on a held descriptor). Every one is dropped, closed with the call's own descriptors."""
+        opened.extend(fd for fd, _identity in self.held.values())
+        self.held.clear()
+
     def root_fd(self) -> int:
         if self.root is None:  # closed (the run is over) or never opened: nothing is resolved
             raise OSError(errno.EBADF, "the sandbox's root is closed")
