@@ -260,6 +260,13 @@ class Resolver:
         self.held[parent_path] = (fd, identity)
         return identity
 
+    def drop_held(self, opened: list[int]) -> None:
+        """A directory's mode changed: a held directory beneath it may no longer be reachable to
+        the caller (search permission is checked on every component of a fresh resolution, never
+        on a held descriptor). Every one is dropped, closed with the call's own descriptors."""
+        opened.extend(fd for fd, _identity in self.held.values())
+        self.held.clear()
+
     def root_fd(self) -> int:
         if self.root is None:  # closed (the run is over) or never opened: nothing is resolved
             raise OSError(errno.EBADF, "the sandbox's root is closed")
@@ -294,7 +301,10 @@ class Resolver:
                     return None
                 if not real.startswith("/"):
                     return None
-                identity = self._hold(real, parent, opened) if real == parent_path else None
+                # never a name ending " (deleted)": the kernel reads a removed directory back so, and
+                # one held under it would be used for the live directory of that name ever after
+                held_as = real == parent_path and not real.endswith(" (deleted)")
+                identity = self._hold(real, parent, opened) if held_as else None
                 entry = Entry(parent, real, name, parent_id=identity)
             if not follow:
                 return entry

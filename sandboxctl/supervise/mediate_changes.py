@@ -174,6 +174,8 @@ class Changes:
             self._refuse(n, "chmod", entry.path, why)
             return
         mode = _chmod_mode(call.mode, st)
+        if stat.S_ISDIR(st.st_mode):  # the directories held beneath it are resolved afresh
+            self.resolver.drop_held(opened)
         self._done(n, "chmod", entry.path, self._perform(n, os.chmod, f"/proc/self/fd/{fd}", mode), mode=oct(mode))
 
     def _fchmod(self, n: Notification, call: Call, opened: list[int]) -> None:
@@ -196,6 +198,8 @@ class Changes:
                 self._refuse(n, "chmod", path, why)
                 return
         mode = _chmod_mode(call.mode, st)  # the file is the caller's own only if the call is still pending
+        if stat.S_ISDIR(st.st_mode):  # the directories held beneath it are resolved afresh
+            self.resolver.drop_held(opened)
         self._done(n, "chmod", path, self._perform(n, os.chmod, f"/proc/self/fd/{fd}", mode), mode=oct(mode))
 
     def _rename(self, n: Notification, call: Call, opened: list[int]) -> None:

@@ -123,3 +123,21 @@ def test_close_closes_every_held_directory(tree):
     assert resolver.held == {}
     with pytest.raises(OSError):
         os.fstat(entry.parent)
+
+
+def test_a_removed_directory_is_not_taken_for_a_live_one_named_as_the_kernel_reads_it_back(tree):
+    """Red team rt6: a directory held as `d (deleted)`, renamed to `d` and removed, reads back
+    `…/d (deleted)` — the name of the live directory made there afterwards: every call in the
+    live one went to the removed one (a creation answered ENOENT, for as long as it was held)."""
+    base, resolver = tree
+    (base / "d (deleted)").mkdir()
+    _, opened = resolve(resolver, f"{base}/d (deleted)/x")
+    close_all(opened)
+    os.rename(base / "d (deleted)", base / "d")
+    os.rmdir(base / "d")
+    (base / "d (deleted)").mkdir()
+    entry, opened = resolve(resolver, f"{base}/d (deleted)/x")
+    try:
+        assert identity(entry.parent) == identity(base / "d (deleted)")
+    finally:
+        close_all(opened)
