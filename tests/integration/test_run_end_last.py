@@ -42,24 +42,32 @@ def _hold_close(monkeypatch, go: threading.Event, attempted: threading.Event) ->
     monkeypatch.setattr(ActionLog, "close", close)
 
 
-def test_a_notification_thread_stuck_past_its_join_writes_nothing_after_run_end(workspace, home, monkeypatch):
-    go, attempted = threading.Event(), threading.Event()
-    stuck: list[threading.Thread] = []
+def _stuck_on_unshare(stuck: list[threading.Thread], go: threading.Event, attempted: threading.Event,
+                      entered: threading.Event | None = None) -> type[notify.Dispatcher]:
+    """A Dispatcher that answers the first trapped unshare only once `go` is set (a host call
+    that hangs past the run's end); its thread goes into `stuck`, `attempted` is set once it
+    has tried to answer (its `syscall` record: after run.end now)."""
 
     class StuckDispatcher(notify.Dispatcher):
-        """Answers the trapped unshare only after the run has ended (a host call that hangs)."""
-
         def _answer(self, notification: notify.Notification) -> bool:
             if self.names.get(notification.nr) == "unshare" and not stuck:
                 stuck.append(threading.current_thread())
+                if entered is not None:
+                    entered.set()
                 go.wait(20)
                 try:
-                    return super()._answer(notification)  # its `syscall` record: after run.end now
+                    return super()._answer(notification)
                 finally:
                     attempted.set()
             return super()._answer(notification)
 
-    monkeypatch.setattr(Supervisor, "dispatcher_class", StuckDispatcher)
+    return StuckDispatcher
+
+
+def test_a_notification_thread_stuck_past_its_join_writes_nothing_after_run_end(workspace, home, monkeypatch):
+    go, attempted = threading.Event(), threading.Event()
+    stuck: list[threading.Thread] = []
+    monkeypatch.setattr(Supervisor, "dispatcher_class", _stuck_on_unshare(stuck, go, attempted))
     monkeypatch.setattr(listener, "NOTIFY_JOIN_S", 0.2)
     _hold_close(monkeypatch, go, attempted)
     result = Sandbox(workspace=workspace).run(["sh", "-c", "unshare -U true & sleep 0.5; echo out"])
@@ -242,21 +250,11 @@ def test_a_session_ended_in_a_flood_of_execs_and_connections_ends_with_run_end(w
 def test_a_session_whose_notification_thread_outlives_its_end_ends_with_run_end(workspace, home, monkeypatch):
     """The session is stopped while its notification thread is stuck in a call of a running command."""
     go, attempted, entered = threading.Event(), threading.Event(), threading.Event()
-
-    class StuckDispatcher(notify.Dispatcher):
-        def _answer(self, notification: notify.Notification) -> bool:
-            if self.names.get(notification.nr) == "unshare" and not entered.is_set():
-                entered.set()
-                go.wait(20)
-                try:
-                    return super()._answer(notification)
-                finally:
-                    attempted.set()
-            return super()._answer(notification)
+    stuck: list[threading.Thread] = []
 
     from sandboxctl.supervise.session import SessionSupervisor
 
-    monkeypatch.setattr(SessionSupervisor, "dispatcher_class", StuckDispatcher)
+    monkeypatch.setattr(SessionSupervisor, "dispatcher_class", _stuck_on_unshare(stuck, go, attempted, entered))
     monkeypatch.setattr(listener, "NOTIFY_JOIN_S", 0.2)
     _hold_close(monkeypatch, go, attempted)
     box = Sandbox(workspace=workspace)
