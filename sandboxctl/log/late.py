@@ -69,7 +69,7 @@ def close_forwarder(forwarder: Any, timeout: float, say: Callable[[str], None]) 
     from sandboxctl.inert import inert
 
     def state(target: str, state: str, reason: str | None = None, lost: int | None = None) -> None:
-        said = "came back, its backlog sent," if state == "up" else f"failed ({reason})"
+        said = "came back, its backlog sent," if state == "up" else f"failed ({inert(reason or '')})"
         say(f"sandboxctl: log.forward {inert(target)}: {said} after run.end")
 
     forwarder.on_state = state
