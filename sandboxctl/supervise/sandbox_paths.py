@@ -25,7 +25,7 @@ _MAGIC = ("fd", "cwd", "root", "exe", "map_files")
 
 class Walked(Record):
     state: str  # absent | exists | unsure
-    error: int = 0  # absent: ENOENT or ENOTDIR
+    error: int = 0  # absent: ENOENT or ENOTDIR; unsure: the errno that stopped the walk, if one did
     text: str = ""  # exists: where it leads, as text in the sandbox's view ("" for a pipe, socket, …)
 
 
@@ -52,6 +52,8 @@ def process_memory_open(pid: int, tgid: int, path: str) -> str | None:
     except OSError:
         walked = walk(pid, tgid, path)
         if walked.state == "unsure":
+            if walked.error == errno.EACCES:  # refused all the same: a mode changed back races the kernel's walk
+                return "the supervisor may not search a directory on its way, so it might lead to /proc/PID/mem"
             return "where it leads through /proc could not be established"
         return "it leads to /proc/PID/mem" if PROC_MEMORY.match(walked.text) else None
     try:  # resolved without magic links or /proc/self: what the descriptor names is the target
@@ -88,8 +90,8 @@ def walk(pid: int, tgid: int, path: str) -> Walked:
                 return Walked("absent", errno.ENOENT)
             except NotADirectoryError:
                 return Walked("absent", errno.ENOTDIR)
-            except OSError:
-                return Walked("unsure")
+            except OSError as exc:
+                return Walked("unsure", exc.errno or 0)
             if st.st_dev == proc_dev and done == []:  # entering the sandbox's /proc
                 text = _in_proc(pid, tgid, parts)
                 if text is None:

@@ -4,6 +4,7 @@ the after-the-fact comparison of /proc/PID/exe with what a record claimed."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
 import os
 import subprocess
@@ -177,3 +178,28 @@ def test_after_the_fact_a_swapped_exec_is_tampering():
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+
+def test_a_directory_the_supervisor_may_not_search_is_refused_and_says_so(tmp_path, monkeypatch):
+    """A write open through a directory the supervisor may not search (EACCES): still refused
+    (its mode may be changed back before the kernel walks it), but the rule says why, not that
+    /proc was involved. (os.stat stands in for a mode 000 directory: root searches any.)"""
+    me = os.getpid()
+    (tmp_path / "locked").mkdir()
+    real_stat = os.stat
+
+    def stat(path, *args, **kwargs):
+        if path == "x":
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(sandbox_paths.os, "stat", stat)
+
+    def openat2_in_root(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(sandbox_paths, "openat2_in_root", openat2_in_root)
+    assert sandbox_paths.walk(me, me, f"{tmp_path}/locked/x/../../y") == ("unsure", errno.EACCES, "")
+    why = sandbox_paths.process_memory_open(me, me, f"{tmp_path}/locked/x/../../../proc/self/mem")
+    assert why and "may not search a directory" in why
