@@ -72,10 +72,13 @@ class _Connection:
         self.bytes_out = 0
         self.inspected = False
         self.peer: str | None = None  # the client's address, when the server logs it (a standalone proxy)
+        self.attributes: dict[str, Any] = {}  # ProxyServer.attribute's fields for its records
 
     # -------------------------------------------------------------- lifecycle
     def run(self) -> None:
         try:
+            if self.server.attribute is not None:
+                self._attribute()
             self._serve()
         except Exception as exc:  # a bug must cost one connection, never the supervisor
             self.error = self.error or f"internal error: {exc!r}"
@@ -112,6 +115,8 @@ class _Connection:
             out["inspected"] = True
         if self.peer is not None:
             out["client"] = self.peer
+        for key, value in self.attributes.items():
+            out.setdefault(key, value)
         if self.error:
             out["error"] = self.error
         return out
@@ -387,6 +392,12 @@ class _Connection:
         except Exception as exc:  # a failing approval channel denies, it does not crash
             self.error = f"approval failed: {exc!r}"
             return False
+
+    def _attribute(self) -> None:
+        try:
+            self.attributes = dict(self.server.attribute(self.peer_port()) or {})
+        except Exception:  # a record of fact, not a wall: the connection is served without it
+            self.attributes = {}
 
     def peer_port(self) -> int | None:
         """The client's TCP port (the approval prompt finds the process behind it), None over a UNIX socket."""

@@ -81,6 +81,8 @@ class ProxyServer:
     `resolver` has socket.getaddrinfo's signature (a seam for tests); it is called once per dial.
     `log_peers`: each `net` record names the client's address (`client`): a standalone proxy's clients
     are whoever can connect, a sandbox's are always the sandbox.
+    `attribute(client_port)`: fields added to every record of a connection (a session's `command_id`),
+    asked once in the connection's own thread as it starts, while its client is surely alive.
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class ProxyServer:
         connect_timeout: float = CONNECT_TIMEOUT_S,
         resolver: Callable[..., list[Any]] = socket.getaddrinfo,
         log_peers: bool = False,
+        attribute: Callable[[int | None], dict[str, Any]] | None = None,
     ) -> None:
         self.listener = listener
         self.policy = policy
@@ -111,6 +114,7 @@ class ProxyServer:
         self.connect_timeout = connect_timeout
         self.resolver = resolver
         self.log_peers = log_peers
+        self.attribute = attribute
         self.log_failures = 0
         self._lock = threading.Lock()
         self._log_lock = threading.Lock()

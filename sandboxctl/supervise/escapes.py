@@ -121,10 +121,15 @@ class Escapes:
         self.proxy = ProxyServer(listener, NetPolicy(net.allow, net.deny, net.allow_private),
                                  log=lambda record: self._on_net(record), ask=self._ask_network,
                                  inspection=self.inspection, log_http=self._on_http, ask_request=self._ask_request,
-                                 max_connections=fd_budget.connection_cap(self.nofile))
+                                 max_connections=fd_budget.connection_cap(self.nofile),
+                                 attribute=self._connection_fields())
         self.proxy.start()
         if not self.proxy.serving:
             self.setup_error = SandboxError("the network proxy could not start", "run sandboxctl doctor")
+
+    def _connection_fields(self) -> Any:
+        """ProxyServer's `attribute` hook: a run has one command, so its records need none (a session's do)."""
+        return None
 
     def _on_net(self, record: dict[str, Any]) -> None:
         if record.get("decision") == "deny":

@@ -19,7 +19,6 @@ import os
 import selectors
 import signal
 import socket
-import threading
 import time
 from typing import Any
 
@@ -65,7 +64,6 @@ class SessionSupervisor(Supervisor):
         self.count = 0
         self.last_activity = time.monotonic()
         self.end_reason: str | None = None
-        self.net_owner = threading.local()
         self.sel: selectors.BaseSelector | None = None
         self.server_pid: int | None = None  # the server's host pid (the shim's process)
         self.server_pidfd: int | None = None  # held from "ready": signals go through it, never the pid
@@ -340,11 +338,10 @@ class SessionSupervisor(Supervisor):
 
     # ------------------------------------------------------------------ attribution
     def _annotate(self, event: str, fields: dict[str, Any]) -> None:
-        if self.ready and "command_id" not in fields and event not in ("run.start", "run.end", "limit", "secret"):
-            number = self.attribution.command_of(fields.get("pid"))
-            if number is None and event == "net":
-                number = getattr(self.net_owner, "command", None)
-                self.net_owner.command = None
+        # a connection's records come with their command (_connection_fields), found as it began
+        if self.ready and (event == "net" or "command_id" not in fields) and event not in (
+                "run.start", "run.end", "limit", "secret"):
+            number = fields.get("command_id") if event == "net" else self.attribution.command_of(fields.get("pid"))
             if number is not None:
                 fields["command_id"] = number
                 row = denial(event, fields)
@@ -352,11 +349,14 @@ class SessionSupervisor(Supervisor):
                 if row is not None and command is not None:
                     command.denials.append(row)
 
-    def _ask_network(self, host: str, port: int, peer: int | None) -> bool:
-        init = self._init_pid()
-        pid = processes.socket_owner(init, peer) if peer and init else None
-        self.net_owner.command = self.attribution.command_of(pid)
-        return super()._ask_network(host, port, peer)
+    def _connection_fields(self) -> Any:
+        def command_of_client(client_port: int | None) -> dict[str, Any]:
+            init = self._init_pid()
+            pid = processes.socket_owner(init, client_port) if client_port and init else None
+            number = self.attribution.command_of(pid) if pid else None
+            return {} if number is None else {"command_id": number}
+
+        return command_of_client
 
     # ------------------------------------------------------------------ timers and the end
     def _until_next_timer(self, deadline: float | None) -> float | None:

@@ -125,6 +125,27 @@ def test_each_command_has_its_own_records_and_denials(cli):
     assert {r["command_id"] for r in execs} == {1, 2}
 
 
+@pytest.mark.skipif(not shutil.which("curl"), reason="curl is not installed")
+def test_each_connection_through_the_proxy_is_its_commands(cli, web):
+    """An allowed connection's record too (only asked-about ones were attributed before): it is
+    written when the connection ends, so its command is found as the connection begins."""
+    port, _ = web
+    policy = cli.sandbox.write_policy("net.yaml", "version: 1\nextends: default\nnetwork:\n  mode: proxy\n"
+                                      f"  allow: ['127.0.0.1:{port}']\n  allow_private: true\n")
+    name = cli.start("t-net", "-p", str(policy))
+    fetch = "curl -s -o /dev/null -w '%{http_code}\\n' http://127.0.0.1:PORT/hello.txt"
+    assert cli("exec", name, "--", "sh", "-c", "true").returncode == 0
+    assert cli("exec", name, "--", "sh", "-c", fetch.replace("PORT", str(port))).stdout == "200\n"
+    refused = cli("exec", name, "--", "sh", "-c", fetch.replace("PORT", str(port + 1)))
+    assert refused.stdout == "403\n" and "1 denied" in refused.stderr
+    run = cli.info(name)["run"]
+    mine = [r for r in cli.sandbox.records() if r["run"] == run]
+    net = [(r["decision"], r.get("command_id")) for r in mine if r["event"] == "net"]
+    assert net == [("allow", 2), ("deny", 3)]
+    ends = {r["command_id"]: r["denied"] for r in mine if r["event"] == "command.end"}
+    assert ends == {1: 0, 2: 0, 3: 1}
+
+
 def test_a_command_whose_last_call_is_denied_always_counts_it(cli):
     """Calls are answered on the listener's own thread: the command can exit as soon as its last
     call is refused, before that thread has logged it. Its end waits for the thread (settled()):

@@ -1313,3 +1313,29 @@ def test_start_and_stop_are_idempotent_and_stop_without_start_is_fine() -> None:
     assert not server.serving
     assert fd_count() == before
     assert proxy_threads() == []
+
+
+def test_attribute_fields_join_every_record_of_the_connection_and_a_failing_hook_costs_nothing(make_proxy, echo):
+    """A session's `command_id`: asked once per connection, with the client's port, as it begins;
+    the record's own fields win; a hook that raises leaves the connection served, unattributed."""
+    asked: list[int | None] = []
+
+    def attribute(client_port: int | None) -> dict[str, Any]:
+        asked.append(client_port)
+        if len(asked) == 2:
+            raise RuntimeError("the sandbox's sockets could not be read")
+        return {"command_id": 7, "decision": "forged"}
+
+    proxy = make_proxy(allow=(f"127.0.0.1:{echo.port}",), attribute=attribute)
+    clients = []
+    for done in range(2):
+        sock, head = connect_tunnel(proxy, f"127.0.0.1:{echo.port}")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        clients.append(sock.getsockname()[1])
+        sock.sendall(b"ping")
+        assert recv_exact(sock, 4) == b"ping"
+        sock.close()
+        assert len(proxy.wait_records(done + 1)) == done + 1  # one after the other: their order is known
+    records = proxy.records
+    assert asked == clients
+    assert [(r["decision"], r.get("command_id")) for r in records] == [("allow", 7), ("allow", None)]
