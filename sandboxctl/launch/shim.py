@@ -1,13 +1,18 @@
-"""Runs inside the sandbox, between bubblewrap and the command (python3 -I -S, stdlib + landlockpy).
+"""Runs inside the sandbox, between bubblewrap and the command (python3 -I -S, the stdlib only).
 
 In order: take the real stderr back, read the configuration from the control socket, set
 rlimits, apply Landlock (which needs the mount tree bubblewrap just built, so it cannot happen
 outside), report what was really enforced, wait for the supervisor's go, exec the command.
 bubblewrap has already loaded the seccomp program. Kept tiny: this interpreter starts on every
-run, so it imports only C modules and ctypes (no socket, signal or enum: their Python layers cost
+run, so it imports only C modules (no socket, signal, enum or ctypes: their Python layers cost
 more than everything else here), messages are marshal (built in) rather than json, and the
 supervisor runs it precompiled (launch/shim_code.py). Any failure exits 125 (or 126/127 for the
 command itself) and never execs the command.
+
+The system calls Python has no function for (Landlock's three, seccomp, prctl) go through libc's
+syscall(2) by _ctypes, ctypes' C core, alone: ctypes' Python layer (its __init__ and what that
+imports) cost ~2.7 ms of every run's start-up in here, measured inside bubblewrap, and landlockpy's
+bindings, which this used before, are built on it. The structures are the kernel's, packed as bytes.
 """
 
 import marshal
@@ -15,7 +20,7 @@ import os
 import stat
 import sys
 
-SHIM_LIB = "/run/sandboxctl/lib"
+SHIM_DIR = "/run/sandboxctl"
 RLIMITS = {"pids": "RLIMIT_NPROC", "file_size": "RLIMIT_FSIZE", "open_files": "RLIMIT_NOFILE",
            "memory": "RLIMIT_AS"}
 SOL_SOCKET, SCM_RIGHTS = 1, 1
@@ -55,25 +60,81 @@ def send_with_fds(fd, message, handles):
             os.close(handle)
 
 
-def load_notify_filter(program, seccomp_nr):
+class Libc:
+    """libc's syscall(2) and prctl(2), called through _ctypes (see the module docstring).
+
+    Arguments are Python ints (passed as C ints, which is what these calls take), None (NULL) or
+    bytes (a pointer to their contents, which the kernel only reads). A call that returns -1
+    raises OSError with its errno.
+    """
+
+    def __init__(self):
+        import _ctypes
+
+        class Long(_ctypes._SimpleCData):
+            _type_ = "l"
+
+        class Int(_ctypes._SimpleCData):
+            _type_ = "i"
+
+        class ReturnsLong(_ctypes.CFuncPtr):  # long syscall(long number, ...)
+            _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+            _restype_ = Long
+
+        class ReturnsInt(_ctypes.CFuncPtr):  # int prctl(int option, ...)
+            _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+            _restype_ = Int
+
+        class Process:  # what CFuncPtr looks a name up in: the running interpreter, which has libc
+            _handle = _ctypes.dlopen(None, _ctypes.RTLD_LOCAL)
+
+        self._ctypes = _ctypes
+        self._syscall = ReturnsLong(("syscall", Process))
+        self._prctl = ReturnsInt(("prctl", Process))
+
+    def syscall(self, number, *args):
+        return self._checked(self._syscall(number, *args))
+
+    def prctl(self, option, *args):
+        return self._checked(self._prctl(option, *args))
+
+    def _checked(self, result):
+        if result == -1:
+            err = self._ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        return result
+
+    def address_of_copy(self, data):
+        """A copy of `data` in memory of ours (kept alive by the caller) and its address, for a
+        structure that points at a buffer (struct sock_fprog)."""
+        _ctypes = self._ctypes
+
+        class Byte(_ctypes._SimpleCData):
+            _type_ = "B"
+
+        class Buffer(_ctypes.Array):
+            _type_ = Byte
+            _length_ = len(data)
+
+        copy = Buffer.from_buffer_copy(data)
+        return copy, _ctypes.addressof(copy)
+
+
+def u64(*values):
+    return b"".join(value.to_bytes(8, sys.byteorder) for value in values)
+
+
+def load_notify_filter(libc, program, seccomp_nr):
     """Load the notify filter with a listener (seccomp(2), SECCOMP_FILTER_FLAG_NEW_LISTENER).
 
     bubblewrap's --seccomp cannot return a listener and libseccomp is not reachable in here, so
     this is the raw call. no_new_privs is already set (bubblewrap, Landlock).
     """
-    import ctypes
-
-    class SockFprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-    buffer = ctypes.create_string_buffer(program, len(program))
-    prog = SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    fd = libc.syscall(seccomp_nr, 1, 8, ctypes.byref(prog))  # SET_MODE_FILTER, FLAG_NEW_LISTENER
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+    copy, address = libc.address_of_copy(program)
+    width = 8 if sys.maxsize > 2**32 else 4  # struct sock_fprog: unsigned short len, padding, a pointer
+    fprog = (len(program) // 8).to_bytes(2, sys.byteorder) + bytes(width - 2) + address.to_bytes(width, sys.byteorder)
+    fd = libc.syscall(seccomp_nr, 1, 8, fprog)  # SET_MODE_FILTER, FLAG_NEW_LISTENER
+    del copy  # the kernel has copied the program by now
     return fd
 
 
@@ -118,39 +179,18 @@ def set_rlimits(limits):
             resource.setrlimit(getattr(resource, name), (value, value))
 
 
-def import_landlock_calls():
-    """landlockpy's syscall layer alone, with libc handed over directly.
-
-    - ctypes.util.find_library runs ldconfig (a process, ~20 ms, often absent in a sandbox) and
-      imports subprocess; the running interpreter already has libc, so CDLL(None) is exact.
-    - the package's __init__ imports its flags (enum, typing) and test helpers (dataclasses,
-      pathlib, inspect: ~40 ms); the rights arrive as numbers (launch/landlock_rights.py).
-    All are start-up cost only; the Landlock calls are landlockpy's own.
-    """
-    import ctypes
-    import types
-
-    finder = types.ModuleType("ctypes.util")
-    finder.find_library = lambda name: None
-    sys.modules["ctypes.util"] = finder
-    ctypes.util = finder
-    package = types.ModuleType("landlockpy")
-    package.__path__ = [SHIM_LIB + "/landlockpy"]
-    sys.modules["landlockpy"] = package
-    from landlockpy import _syscall
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    libc.prctl.restype = ctypes.c_int
-    _syscall._libc = libc
-    return _syscall
+# Landlock's system calls (the same numbers on every architecture) and their structures
+SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
+CREATE_RULESET_VERSION = 1
+RULE_PATH_BENEATH, RULE_NET_PORT = 1, 2
+PR_SET_NO_NEW_PRIVS = 38
 
 
-def abi_version(_syscall):
+def abi_version(libc):
     import errno
 
     try:
-        return _syscall.abi_version()
+        return libc.syscall(SYS_LANDLOCK_CREATE_RULESET, None, 0, CREATE_RULESET_VERSION)
     except OSError as exc:
         if exc.errno in (errno.ENOSYS, errno.EOPNOTSUPP):
             return 0
@@ -165,11 +205,10 @@ def for_abi(pairs, abi):
     return value
 
 
-def apply_landlock(plan):
+def apply_landlock(libc, plan):
     """The ruleset of the plan (rights as numbers: launch/landlock_rights.shim_config), for the
     ABI this kernel has; what was enforced comes back as numbers too."""
-    _syscall = import_landlock_calls()
-    abi = abi_version(_syscall)
+    abi = abi_version(libc)
     report = {"abi": abi, "required": plan["required"], "minimum_abi": plan["minimum_abi"]}
     if abi < plan["minimum_abi"]:
         what = "not available" if abi == 0 else f"ABI {abi}, the policy needs ABI {plan['minimum_abi']}"
@@ -186,8 +225,10 @@ def apply_landlock(plan):
         if wanted and abi >= first:
             handled_net |= bit
     scoped = for_abi(plan["scopes"], abi)
-    fd = _syscall.create_ruleset(_syscall.RulesetAttr(handled_access_fs=handled_fs, handled_access_net=handled_net,
-                                                      scoped=scoped))
+    # struct landlock_ruleset_attr: the fields of ABI 6; an older kernel takes it while the fields
+    # it does not know are zero, as they are then (for_abi)
+    attr = u64(handled_fs, handled_net, scoped)
+    fd = libc.syscall(SYS_LANDLOCK_CREATE_RULESET, attr, len(attr), 0)
     skipped = []
     applied = 0
     try:
@@ -204,22 +245,23 @@ def apply_landlock(plan):
             try:
                 if not stat.S_ISDIR(os.fstat(parent).st_mode):
                     access &= plan["file_only"]
-                if access:
-                    _syscall.add_path_beneath(fd, _syscall.PathBeneathAttr(allowed_access=access, parent_fd=parent))
+                if access:  # struct landlock_path_beneath_attr, packed: __u64 allowed_access, __s32 parent_fd
+                    rule = u64(access) + parent.to_bytes(4, sys.byteorder, signed=True)
+                    libc.syscall(SYS_LANDLOCK_ADD_RULE, fd, RULE_PATH_BENEATH, rule, 0)
                 applied += 1
             finally:
                 os.close(parent)
         for ports, (bit, _first) in ((plan["connect_tcp_ports"], plan["connect"]),
                                      (plan["bind_tcp_ports"], plan["bind"])):
             if handled_net & bit:
-                for port in ports:
-                    _syscall.add_net_port(fd, _syscall.NetPortAttr(allowed_access=bit, port=port))
+                for port in ports:  # struct landlock_net_port_attr: __u64 allowed_access, __u64 port
+                    libc.syscall(SYS_LANDLOCK_ADD_RULE, fd, RULE_NET_PORT, u64(bit, port), 0)
         flags = 0
         if abi >= plan["no_new_privs"][1]:
             flags = plan["no_new_privs"][0]
         else:
-            _syscall.set_no_new_privs()
-        _syscall.restrict_self(fd, flags)
+            libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, fd, flags)
     finally:
         os.close(fd)
     report.update(
@@ -284,7 +326,8 @@ def main():
         except OSError as exc:
             fail(control, f"cannot open the socket-diagnostics socket the UNIX socket wall needs: {exc}")
     try:
-        landlock = apply_landlock(config["landlock"])
+        libc = Libc()
+        landlock = apply_landlock(libc, config["landlock"])
     except Exception as exc:  # any failure here must stop the run, never skip the layer
         fail(control, f"cannot apply Landlock: {exc}",
              "run `sandboxctl doctor`; on an older kernel set `landlock: best-effort` to run without it")
@@ -296,7 +339,7 @@ def main():
         _signal.signal(signum, _signal.SIG_DFL)
     if config.get("notify_program"):
         try:
-            handles["notify"] = load_notify_filter(config["notify_program"], config["seccomp_nr"])
+            handles["notify"] = load_notify_filter(libc, config["notify_program"], config["seccomp_nr"])
         except OSError as exc:
             fail(control, f"cannot load the seccomp notification filter: {exc}",
                  "kernel 5.0 or newer is needed (sandboxctl doctor)")
@@ -334,7 +377,7 @@ def change_directory(report, path):
 
 def read_session_server():
     """The session server's code, mounted beside this file (only sessions pay for it)."""
-    path = SHIM_LIB.rsplit("/", 1)[0] + "/session_server.py"
+    path = SHIM_DIR + "/session_server.py"
     with open(path, "rb") as handle:
         return compile(handle.read(), path, "exec")
 

@@ -75,15 +75,6 @@ def _glob(pattern: str) -> list[str]:
     return sorted(glob.glob(pattern, include_hidden=True))
 
 
-def _landlock_lib() -> str:
-    spec = _find_spec("landlockpy")
-    if spec is None or not spec.submodule_search_locations:
-        from sandboxctl.errors import SandboxError
-
-        raise SandboxError("the Python package landlockpy is not installed", "pip install landlockpy")
-    return os.path.realpath(next(iter(spec.submodule_search_locations)))
-
-
 SUPERVISOR_DEPENDENCIES = ("landlockpy", "pyseccomp", "yaml", "typer", "rich", "psutil")
 STARTUP_MODULES = ("sitecustomize", "usercustomize")  # what `site` imports from sys.path itself
 
@@ -162,7 +153,6 @@ def gather(environ: Mapping[str, str] | None = None) -> HostFacts:
         gvisor_init_file=str(package / "launch" / "gvisor_init.py"),
         machine=os.uname().machine,
         runtime_dirs=_runtime_dirs(env),
-        landlock_lib=_landlock_lib(),
         protected_code=_supervisor_code(package, builtin_dir().resolve()),
         elf_loaders=tuple(loaders),
         cgroup=_cgroup_version(),

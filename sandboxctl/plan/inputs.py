@@ -50,7 +50,6 @@ class HostFacts(Record):
     shim_python: str
     shim_python_prefix: str
     shim_file: str
-    landlock_lib: str
     protected_code: tuple[str, ...]  # sandboxctl's own code and policies: never writable inside
     elf_loaders: tuple[str, ...]
     cgroup: str | None  # v1 | v2: a writable cgroup tree for pids/memory limits; None: rlimits only

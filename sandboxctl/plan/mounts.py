@@ -230,7 +230,6 @@ class MountPlanner:
                 Mount("ro", f"{SHIM_DIR}/shim.py", self.facts.shim_file, "sandboxctl's launcher (applies Landlock)"),
                 *([Mount("ro", SHIM_ENTRY, self.facts.shim_code, "the launcher, compiled (the state dir's cache)")]
                   if self.facts.shim_code else []),
-                Mount("ro", f"{SHIM_DIR}/lib/landlockpy", self.facts.landlock_lib, "the launcher's Landlock library"),
             ]
             if self.inv.session:
                 mounts.append(Mount("ro", SESSION_SERVER,

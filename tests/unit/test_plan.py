@@ -52,7 +52,7 @@ def fake_facts(files: dict[str, str], *, uid: int = 1000, cgroup: str | None = N
         home=HOME, user="ann", uid=uid, state_dir=f"{HOME}/.local/state/sandboxctl",
         caller_env=caller_env or {}, interactive=interactive, ci=False,
         shim_python="/usr/bin/python3.11", shim_python_prefix="/usr", shim_file="/pkg/sandboxctl/launch/shim.py",
-        landlock_lib="/pkg/landlockpy", protected_code=protected_code,
+        protected_code=protected_code,
         elf_loaders=("/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",), cgroup=cgroup,
         kind=kind, readlink=readlink, realpath=realpath,
         glob=lambda pattern: sorted(p for p in files if fnmatch.fnmatch(p, pattern)),
