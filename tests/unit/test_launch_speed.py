@@ -248,3 +248,16 @@ def test_a_cgroup_move_writes_only_the_processes_not_listed_there(tmp_path, monk
     cgroup.moved()
     assert [value for _path, value in written] == ["12", "12", "20", "21", "20", "21"]  # both dirs, once each
     assert all(members[d] >= {12, 20, 21} for d in members)
+
+
+def test_the_shim_imports_no_python_layer_it_can_do_without() -> None:
+    """Every run's launcher interpreter pays for what the shim imports, on the critical path:
+    ctypes' Python layer alone was ~2.7 ms of it. Only these (C modules, and struct's thin layer)."""
+    import ast
+
+    allowed = {"marshal", "os", "stat", "sys", "errno", "resource", "struct", "_ctypes", "_socket", "_signal"}
+    tree = ast.parse(Path(shim_code.__file__).with_name("shim.py").read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert imported <= allowed, imported - allowed
+    assert "_ctypes" in imported  # the system calls go through it (Landlock, seccomp, prctl)
