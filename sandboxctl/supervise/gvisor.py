@@ -140,9 +140,10 @@ class GvisorSupervisor(Supervisor):
                     self._kill()
             returncode = self._wait(self.runsc_pid, started)
         finally:
-            if self.forward_signals:
-                for signum, handler in originals.items():
-                    signal.signal(signum, handler)
+            if self.forward_signals:  # as runner.Supervisor: kept until run.end (lifecycle)
+                self.signal_originals = originals
+                if not self.defer_signals:
+                    self.restore_signals()
             if listener is not None:
                 listener.close()
             if self.broker is not None:

@@ -195,7 +195,10 @@ class Supervisor(Startup, Handshake, Loop, Listener, Escapes, RunLog, Outcome):
         if originals is None:
             return
         for signum, handler in originals.items():
-            _signal.signal(signum, handler)
+            if handler is None:  # set outside Python: there is nothing to give back
+                continue
+            # signal.getsignal's Handlers members (gvisor.py) are not the C module's SIG_DFL/SIG_IGN
+            _signal.signal(signum, int(handler) if isinstance(handler, int) else handler)
         deferred, self.pending_signals = self.pending_signals, []
         for signum in dict.fromkeys(deferred):
             if signum in (_signal.SIGTERM, _signal.SIGHUP, _signal.SIGINT):

@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -699,3 +700,41 @@ def test_a_second_run_puts_back_what_the_first_run_put_away_and_its_own_sandbox_
     assert not (ws / ".git" / "commondir").exists()
     subprocess.run(["git", "-C", str(ws), "status"], capture_output=True, timeout=30)
     assert not canary.exists(), "the host's git ran a config the sandbox wrote"
+
+
+SLOW_END = r"""
+import os, sys, time
+from sandboxctl.log.writer import ActionLog
+marker, sys.argv = sys.argv[1], ["sandboxctl", *sys.argv[2:]]
+original = ActionLog.write_last
+def write_last(self, event, **fields):  # an end that takes its time (a slow disk, a collector)
+    open(marker, "w").close()
+    time.sleep(1.5)
+    original(self, event, **fields)
+ActionLog.write_last = write_last
+from sandboxctl.cli.main import main
+main()
+"""
+
+
+@pytest.mark.parametrize("backend", ["bwrap", "gvisor"])
+def test_a_sigterm_while_the_end_is_written_waits_for_run_end(gv, backend, tmp_path):
+    """SIGTERM to sandboxctl once the command has ended, before run.end is written: the supervisor
+    writes run.end, cleans up, and only then dies of it, under either backend (gVisor's gave the
+    caller's handlers back as the command ended: killed there, its run had no end)."""
+    marker = tmp_path / "ending"
+    argv = gv.argv("--", "/bin/true")[3:]  # after `python -m sandboxctl`
+    if backend == "bwrap":
+        argv = [a for a in argv if a not in ("--backend", "gvisor")]
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_END, str(marker), *argv], cwd=gv.workspace, env=gv.env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(marker.exists, 60), proc.communicate(timeout=5)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGTERM, stderr
+    records = gv.records()
+    assert records[-1]["event"] == "run.end" and records[-1]["exit_code"] == 0, [r["event"] for r in records][-4:]
