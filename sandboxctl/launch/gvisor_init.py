@@ -27,23 +27,77 @@ def fail(message, code=125):
     os._exit(code)
 
 
-def load_seccomp(program, seccomp_nr):
+# The same class as launch/shim.py's (a unit test holds them equal): each launcher is one file,
+# bound alone, and `import ctypes` (its Python layer) is ~35 ms of a cold gVisor sandbox's start.
+class Libc:
+    """libc's syscall(2) and prctl(2), called through _ctypes, ctypes' C core: ctypes' Python layer
+    is start-up time of every run (~2.7 ms inside bubblewrap, ~35 ms in a cold gVisor sandbox).
+
+    Arguments are Python ints (passed as C ints, which is what these calls take), None (NULL) or
+    bytes (a pointer to their contents, which the kernel only reads). A call that returns -1
+    raises OSError with its errno.
+    """
+
+    def __init__(self):
+        import _ctypes
+
+        class Long(_ctypes._SimpleCData):
+            _type_ = "l"
+
+        class Int(_ctypes._SimpleCData):
+            _type_ = "i"
+
+        class ReturnsLong(_ctypes.CFuncPtr):  # long syscall(long number, ...)
+            _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+            _restype_ = Long
+
+        class ReturnsInt(_ctypes.CFuncPtr):  # int prctl(int option, ...)
+            _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+            _restype_ = Int
+
+        class Process:  # what CFuncPtr looks a name up in: the running interpreter, which has libc
+            _handle = _ctypes.dlopen(None, _ctypes.RTLD_LOCAL)
+
+        self._ctypes = _ctypes
+        self._syscall = ReturnsLong(("syscall", Process))
+        self._prctl = ReturnsInt(("prctl", Process))
+
+    def syscall(self, number, *args):
+        return self._checked(self._syscall(number, *args))
+
+    def prctl(self, option, *args):
+        return self._checked(self._prctl(option, *args))
+
+    def _checked(self, result):
+        if result == -1:
+            err = self._ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        return result
+
+    def address_of_copy(self, data):
+        """A copy of `data` in memory of ours (kept alive by the caller) and its address, for a
+        structure that points at a buffer (struct sock_fprog)."""
+        _ctypes = self._ctypes
+
+        class Byte(_ctypes._SimpleCData):
+            _type_ = "B"
+
+        class Buffer(_ctypes.Array):
+            _type_ = Byte
+            _length_ = len(data)
+
+        copy = Buffer.from_buffer_copy(data)
+        return copy, _ctypes.addressof(copy)
+
+
+def load_seccomp(libc, program, seccomp_nr):
     """seccomp(SECCOMP_SET_MODE_FILTER, 0, prog) after no_new_privs, as bubblewrap does."""
-    import ctypes
-
-    class SockFprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    buffer = ctypes.create_string_buffer(program, len(program))
-    prog = SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
-    if libc.syscall(seccomp_nr, 1, 0, ctypes.byref(prog)) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+    libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+    copy, address = libc.address_of_copy(program)
+    width = 8 if sys.maxsize > 2**32 else 4  # struct sock_fprog: unsigned short len, padding, a pointer
+    fprog = (len(program) // 8).to_bytes(2, sys.byteorder) + bytes(width - 2) + address.to_bytes(width, sys.byteorder)
+    libc.syscall(seccomp_nr, 1, 0, fprog)
+    del copy  # the kernel has copied the program by now
 
 
 def proxy_listener(port):
@@ -67,14 +121,6 @@ _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 CAPGET_CAPSET = {"x86_64": (125, 126), "aarch64": (90, 91)}  # the machines runsc runs on
 
 
-def _libc():
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    return libc
-
-
 def become(uid):
     """Every id of this process set to uid; changing the uid from 0 clears its capabilities."""
     os.setgroups([])
@@ -84,27 +130,37 @@ def become(uid):
         raise OSError("the ids did not change")
 
 
-def drop_capabilities():
+def drop_capabilities(libc):
     """Empty the bounding set (CAP_SETPCAP last: it is what allows it), then every capability set,
     and check that none is left: the command must not start with any."""
-    import ctypes
     import errno
 
-    libc = _libc()
-    if libc.prctl(PR_CAPBSET_READ, CAP_SETPCAP, 0, 0, 0) == 1:
+    def in_bounding_set(cap):
+        try:
+            return libc.prctl(PR_CAPBSET_READ, cap, 0, 0, 0) == 1
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:  # past this kernel's last capability
+                return False
+            raise
+
+    if in_bounding_set(CAP_SETPCAP):
         for cap in [c for c in range(CAP_LAST + 1) if c != CAP_SETPCAP] + [CAP_SETPCAP]:
-            if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() != errno.EINVAL:
-                raise OSError(ctypes.get_errno(), f"cannot drop capability {cap} from the bounding set")
+            try:
+                libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:  # a capability this kernel does not have
+                    raise OSError(exc.errno, f"cannot drop capability {cap} from the bounding set") from None
     capget, capset = CAPGET_CAPSET[os.uname().machine]
-    header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (ctypes.c_uint32 * 6)()  # two of {effective, permitted, inheritable}, all zero
-    if libc.syscall(capset, header, data) != 0:
-        raise OSError(ctypes.get_errno(), "capset failed")
-    left = [c for c in range(CAP_LAST + 1) if libc.prctl(PR_CAPBSET_READ, c, 0, 0, 0) == 1]
-    if libc.syscall(capget, header, data) != 0:
-        raise OSError(ctypes.get_errno(), "capget failed")
-    if left or any(data):
-        raise OSError(f"capabilities left after dropping: bounding {left}, sets {list(data)}")
+    # struct __user_cap_header_struct {__u32 version; int pid}, then two __user_cap_data_struct of
+    # three __u32 (effective, permitted, inheritable): all zero
+    header = _LINUX_CAPABILITY_VERSION_3.to_bytes(4, sys.byteorder) + bytes(4)
+    libc.syscall(capset, header, bytes(24))
+    left = [c for c in range(CAP_LAST + 1) if in_bounding_set(c)]
+    header_copy, _ = libc.address_of_copy(header)  # capget writes both: memory of ours, not bytes
+    data, _ = libc.address_of_copy(bytes(24))
+    libc.syscall(capget, header_copy, data)
+    if left or any(bytes(data)):
+        raise OSError(f"capabilities left after dropping: bounding {left}, sets {list(bytes(data))}")
 
 
 def forward(listener, path):
@@ -169,7 +225,7 @@ def forward(listener, path):
         _thread.start_new_thread(serve, (client,))
 
 
-def start_forwarder(proxy):
+def start_forwarder(proxy, libc):
     """Fork the forwarder before the command starts, as another user (see the module docstring);
     the command starts only once it holds the port and the supervisor's heartbeat connection."""
     import _signal as signal  # the C modules (see forward): `signal` imports enum, functools, collections
@@ -186,7 +242,7 @@ def start_forwarder(proxy):
         try:
             os.setsid()
             become(FORWARDER_UID)
-            _libc().prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+            libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
             # its lifeline: the supervisor ends the run when this connection closes
             heartbeat = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
             heartbeat.connect(proxy["alive"])
@@ -254,16 +310,20 @@ def main():
     # Python ignores SIGPIPE and SIGXFSZ for itself, and exec keeps ignored signals
     for signum in (signal.SIGPIPE, signal.SIGXFSZ, *config.get("default_signals", ())):
         signal.signal(signum, signal.SIG_DFL)
+    try:
+        libc = Libc()
+    except (ImportError, OSError, AttributeError) as exc:
+        fail(f"cannot reach libc's system calls through _ctypes: {exc}")
     if config.get("seccomp"):
         try:
-            load_seccomp(config["seccomp"], config["seccomp_nr"])
+            load_seccomp(libc, config["seccomp"], config["seccomp_nr"])
         except OSError as exc:
             fail(f"cannot load the seccomp filter inside gVisor: {exc}")
     if config.get("proxy"):
-        start_forwarder(config["proxy"])  # after seccomp: the forwarder is filtered too
+        start_forwarder(config["proxy"], libc)  # after seccomp: the forwarder is filtered too
     if config.get("drop_capabilities"):
         try:
-            drop_capabilities()
+            drop_capabilities(libc)
         except OSError as exc:
             fail(f"cannot drop the launcher's capabilities before the command: {exc}")
     exec_command(config["argv"], config["env"])

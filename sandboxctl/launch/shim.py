@@ -61,7 +61,8 @@ def send_with_fds(fd, message, handles):
 
 
 class Libc:
-    """libc's syscall(2) and prctl(2), called through _ctypes (see the module docstring).
+    """libc's syscall(2) and prctl(2), called through _ctypes, ctypes' C core: ctypes' Python layer
+    is start-up time of every run (~2.7 ms inside bubblewrap, ~35 ms in a cold gVisor sandbox).
 
     Arguments are Python ints (passed as C ints, which is what these calls take), None (NULL) or
     bytes (a pointer to their contents, which the kernel only reads). A call that returns -1

@@ -261,3 +261,16 @@ def test_the_shim_imports_no_python_layer_it_can_do_without() -> None:
     imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     assert imported <= allowed, imported - allowed
     assert "_ctypes" in imported  # the system calls go through it (Landlock, seccomp, prctl)
+
+
+def test_both_launchers_call_libc_the_same_way() -> None:
+    """launch/shim.py and launch/gvisor_init.py are each one file bound alone into a sandbox, so
+    each holds the class that calls libc; they must not drift apart."""
+    import ast
+
+    def libc_class(name: str) -> str:
+        tree = ast.parse(Path(shim_code.__file__).with_name(name).read_text())
+        [node] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Libc"]
+        return ast.dump(node)
+
+    assert libc_class("shim.py") == libc_class("gvisor_init.py")
