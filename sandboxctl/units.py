@@ -5,10 +5,13 @@ Kept dependency-free because the policy validator, the CLI and the shim-side pla
 
 from __future__ import annotations
 
-import ipaddress
 import re
 
 from sandboxctl.record import Record
+
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
+if TYPE_CHECKING:
+    import ipaddress
 
 # Patterns as text: `re` compiles (and caches) one on its first use, not every run at import.
 _DURATION_PART = r"(\d+)(ms|s|m|h|d)"
@@ -95,8 +98,16 @@ class HostPattern(Record):
         return host if self.port is None else f"{host}:{self.port}"
 
 
+def may_be_address(text: str) -> bool:
+    """False where ipaddress.ip_address(text) must fail: an IPv6 literal has colons, an IPv4 one is
+    ASCII digits and dots only. So a plain name needs no ipaddress module (~1 ms of import)."""
+    return ":" in text or (text.isascii() and text.replace(".", "").isdigit())
+
+
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """The address a literal names (an IPv4-mapped IPv6 address is its IPv4 one), or None for a name."""
+    import ipaddress  # ~1 ms of import: only where an address is compared (the proxy)
+
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
@@ -152,6 +163,8 @@ def parse_host_pattern(text: str) -> HostPattern:
             if not rest.startswith(":"):
                 raise ValueError(f"{original!r}: expected ':PORT' after ']'")
             port = _parse_port(rest[1:], original)
+        import ipaddress  # ~1 ms of import: only for a pattern that names an address
+
         try:
             return HostPattern(str(ipaddress.IPv6Address(host)), port)
         except ValueError:
@@ -161,10 +174,13 @@ def parse_host_pattern(text: str) -> HostPattern:
     host, sep, port_text = text.partition(":")
     if sep:
         port = _parse_port(port_text, original)
-    try:
-        return HostPattern(str(ipaddress.IPv4Address(host)), port)
-    except ValueError:
-        pass
+    if may_be_address(host):  # host has no colon here: IPv4Address takes only digits and dots
+        import ipaddress
+
+        try:
+            return HostPattern(str(ipaddress.IPv4Address(host)), port)
+        except ValueError:
+            pass
     name = host[2:] if host.startswith("*.") else host
     labels = name.rstrip(".").split(".")
     if (
