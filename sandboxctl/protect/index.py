@@ -16,12 +16,11 @@ It reports:
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import marshal
 import os
 import stat
 
-from sandboxctl import cachedir
+from sandboxctl import cachedir, lazyre
 from sandboxctl.digest import sha256
 from sandboxctl.paths import join, make_dirs, parent
 from sandboxctl.protect.names import fold_name, is_git_name
@@ -74,7 +73,7 @@ def _scan_dir(path: str, patterns: tuple[str, ...], st: os.stat_result) -> _Dir:
             if is_git_name(name):  # `.GIT` is `.git` on a case-insensitive directory
                 hits.append((name, "symlink" if is_link else "dir" if is_dir else "file"))
                 continue
-            if patterns and any(fnmatch.fnmatchcase(fold_name(name), p) for p in patterns):  # folded: .ENV too
+            if patterns and any(lazyre.fnmatchcase(fold_name(name), p) for p in patterns):  # folded: .ENV too
                 hits.append((name, "symlink" if is_link else "dir" if is_dir else "file"))
             if is_dir:
                 subdirs.append(name)
