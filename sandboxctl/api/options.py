@@ -8,7 +8,6 @@ Options are the CLI's (cli/runopts.py RUN_OPTIONS names: policy, workspace, allo
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from sandboxctl.cli.runopts import RUN_OPTIONS, defaults
 from sandboxctl.errors import SandboxError
@@ -20,11 +19,13 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-def workspace_dir(path: str | None) -> Path:
-    candidate = Path(path or os.getcwd()).expanduser()
-    if not candidate.is_dir():
+def workspace_dir(path: str | None) -> str:
+    from sandboxctl.paths import expand_user, is_dir, resolve
+
+    candidate = expand_user(path or os.getcwd())
+    if not is_dir(candidate):
         raise SandboxError(f"workspace {candidate} is not a directory", "pass -w DIR with an existing directory")
-    return candidate.resolve()
+    return resolve(candidate)
 
 
 def parse_option(parse, value: str | None, option: str, example: str):
@@ -60,11 +61,11 @@ def check_options(opts: dict[str, Any]) -> None:
 
 def create_owned_dirs(log_path: str | None) -> None:
     """The state and log dirs exist before planning, so the plan masks what is really there."""
-    from sandboxctl.paths import ensure_private_dir, state_dir
+    from sandboxctl.paths import ensure_private_dir, make_dirs, parent, state_dir
 
     ensure_private_dir(state_dir())
     if log_path:
-        Path(log_path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_dirs(parent(log_path), 0o700)
 
 
 def absolute(path: str) -> str:
@@ -75,7 +76,7 @@ class Settings(Record):
     """Checked options, the workspace and the loaded policy: what every plan of a Sandbox shares."""
 
     opts: dict[str, Any]
-    workspace: Path
+    workspace: str  # resolved (paths.resolve)
     loaded: Any  # policy.load.LoadedPolicy
     timeout: float | None
     memory: int | None
@@ -84,7 +85,7 @@ class Settings(Record):
 def settle(opts: dict[str, Any], accept=None) -> Settings:
     """Options -> workspace -> owned dirs -> policy -> limits (accept: an untrusted workspace policy)."""
     from sandboxctl import units
-    from sandboxctl.paths import state_dir
+    from sandboxctl.paths import join, state_dir
     from sandboxctl.policy.discover import choose_policy
 
     opts = {**defaults(), **opts}
@@ -92,7 +93,7 @@ def settle(opts: dict[str, Any], accept=None) -> Settings:
     space = workspace_dir(opts["workspace"])
     if not opts["dry_run"]:
         create_owned_dirs(absolute(opts["log"]) if opts["log"] else None)
-    loaded, _how = choose_policy(opts["policy"], space, cache_dir=state_dir() / "cache", accept=accept)
+    loaded, _how = choose_policy(opts["policy"], space, cache_dir=join(state_dir(), "cache"), accept=accept)
     return Settings(opts, space, loaded,
                     parse_option(units.parse_duration, opts["timeout"], "--timeout", "30m"),
                     parse_option(units.parse_size, opts["memory"], "--memory", "4G"))

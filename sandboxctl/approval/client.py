@@ -66,7 +66,7 @@ class RunConnection:
 def connect_all(directory: Path | None = None) -> list[RunConnection]:
     """Every live run's socket; a stale one (its run was killed) is removed on the way."""
     found = []
-    base = directory or runtime_dir()
+    base = Path(directory or runtime_dir())
     try:
         paths = sorted(base.glob("*.sock"))
     except OSError:

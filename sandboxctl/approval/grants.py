@@ -11,13 +11,13 @@ import contextlib
 import fcntl
 import os
 import time
-from pathlib import Path
 
-from sandboxctl.paths import ensure_private_dir, state_dir
+from sandboxctl.paths import ensure_private_dir, join, state_dir
 from sandboxctl.record import Record
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
 if TYPE_CHECKING:
+    from os import PathLike
     from typing import Any
 
 FILE_NAME = "approvals.json"
@@ -52,15 +52,16 @@ def _from_dict(item: dict[str, Any]) -> Grant | None:
 class GrantStore:
     """One JSON file, rewritten atomically under an flock so parallel runs never lose a grant."""
 
-    def __init__(self, directory: Path | None = None):
+    def __init__(self, directory: str | PathLike[str] | None = None):
         self.directory = directory or state_dir()
-        self.path = self.directory / FILE_NAME
+        self.path = join(self.directory, FILE_NAME)
 
     def all(self) -> list[Grant]:
         import json  # not at import: the json package compiles regular expressions (~2 ms of every run)
 
         try:
-            data = json.loads(self.path.read_text())
+            with open(self.path) as handle:
+                data = json.loads(handle.read())
         except (OSError, ValueError):
             return []
         items = data.get("grants", []) if isinstance(data, dict) else []
@@ -101,11 +102,11 @@ class GrantStore:
 
     def _update(self, change) -> None:
         ensure_private_dir(self.directory)
-        lock_fd = os.open(self.directory / f".{FILE_NAME}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        lock_fd = os.open(join(self.directory, f".{FILE_NAME}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
             grants = change(self.all())
-            tmp = self.path.with_name(f".{FILE_NAME}.{os.getpid()}.tmp")
+            tmp = join(self.directory, f".{FILE_NAME}.{os.getpid()}.tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             import json
 

@@ -29,7 +29,7 @@ MAX_LINE = 1 << 16
 
 
 def socket_path(run_id: str, directory: Path | None = None) -> Path:
-    return (directory or runtime_dir()) / f"{run_id}.sock"
+    return Path(directory or runtime_dir()) / f"{run_id}.sock"
 
 
 def peer_is_outside(conn: socket.socket) -> bool:
@@ -49,7 +49,7 @@ class SocketFrontEnd(ThreadedFrontEnd):
 
     def __init__(self, run_id: str, directory: Path | None = None):
         super().__init__()
-        self.directory = directory or runtime_dir()
+        self.directory = Path(directory or runtime_dir())
         self.path = socket_path(run_id, self.directory)
         self.listener: socket.socket | None = None
         self.clients: dict[socket.socket, bytes] = {}

@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from sandboxctl import paths
 from sandboxctl.errors import SandboxError
 from sandboxctl.supervise.spawn import which  # absolute PATH entries only: never the workspace
 
@@ -74,8 +75,6 @@ class Bed:
             path.mkdir(mode=0o700)
 
     def expand(self, raw: str) -> str:
-        from sandboxctl import paths
-
         return paths.expand(raw, workspace=str(self.workspace), home=str(self.home),
                             state=str(self.state / "sandboxctl"))
 
@@ -165,7 +164,7 @@ def policy_spec(spec: str | None, cwd: Path) -> tuple[Any, str]:
 
     loaded, _how = choose_policy(spec, cwd)
     first = loaded.files[0]
-    return loaded, (first.label.removeprefix("builtin:") if first.builtin else str(first.path.resolve()))
+    return loaded, (first.label.removeprefix("builtin:") if first.builtin else paths.resolve(first.path))
 
 
 def dry_run(bed: Bed, spec: str) -> dict[str, Any]:

@@ -105,7 +105,7 @@ def policy_candidates(incomplete: str = "") -> list[tuple[str, str]]:
     with contextlib.suppress(Exception):
         from sandboxctl.policy.load import builtin_dir, builtin_names
 
-        items += [(name, _description(builtin_dir() / f"{name}.yaml") or "built-in policy")
+        items += [(name, _description(Path(builtin_dir()) / f"{name}.yaml") or "built-in policy")
                   for name in builtin_names()]
     with contextlib.suppress(Exception):
         from sandboxctl.policy.discover import WORKSPACE_POLICY

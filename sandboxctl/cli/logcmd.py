@@ -20,7 +20,7 @@ VIEWS = ("runs",)
 def default_log_path() -> Path:
     from sandboxctl.paths import state_dir
 
-    return state_dir() / "actions.jsonl"
+    return Path(state_dir()) / "actions.jsonl"
 
 
 def _log_path(option: str | None) -> Path:

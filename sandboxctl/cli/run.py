@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 from sandboxctl.cli.runopts import RUN_OPTIONS, defaults
 from sandboxctl.errors import SandboxError
@@ -155,7 +154,7 @@ def suggest_command(plan) -> str:
 
     from sandboxctl.paths import state_dir
 
-    default = os.path.join(str(state_dir()), "actions.jsonl")
+    default = os.path.join(state_dir(), "actions.jsonl")
     log = "" if os.path.abspath(plan.log_path) == os.path.abspath(default) else f" --log {shlex.quote(plan.log_path)}"
     return f"sandboxctl policy suggest --run {plan.run_id}{log}"
 
@@ -241,7 +240,10 @@ def _write_summary(path: str, plan, result) -> None:
     }
     if plan.overlay is not None:  # what a later pipeline step may show, apply or discard
         summary["changes"] = result.held
-    Path(path).write_text(json.dumps(summary, indent=2) + "\n")
+    from sandboxctl.paths import pure
+
+    with open(pure(path), "w") as handle:  # the file Path(path) named (a trailing slash dropped)
+        handle.write(json.dumps(summary, indent=2) + "\n")
 
 
 def register(app) -> None:

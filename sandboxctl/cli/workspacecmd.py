@@ -24,7 +24,7 @@ EXIT_HELD_BACK = 1  # something was not applied / put back: listed
 def _state_dir() -> Path:
     from sandboxctl.paths import state_dir
 
-    return state_dir()
+    return Path(state_dir())
 
 
 def _workspace(option: str | None) -> str:

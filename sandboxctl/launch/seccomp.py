@@ -10,12 +10,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from pathlib import Path
 
 from sandboxctl import cachedir
 from sandboxctl.digest import sha256
 from sandboxctl.errors import SandboxError
+from sandboxctl.paths import exists, join, make_dirs
 from sandboxctl.plan.model import SeccompCondition, SeccompPlan, SeccompRule
+
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
+if TYPE_CHECKING:
+    from os import PathLike
 
 CACHE_VERSION = "7"
 # __NR_seccomp per machine: the shim makes the raw call (libseccomp is not reachable inside)
@@ -169,45 +173,55 @@ def compile_bpf(plan: SeccompPlan, which: str = "static") -> bytes:
     return program
 
 
-def is_cached(plan: SeccompPlan, cache_dir: Path) -> bool:
+def is_cached(plan: SeccompPlan, cache_dir: str | PathLike[str]) -> bool:
     digest = plan_digest(plan)[:32]
-    return (cache_dir / f"seccomp-static-{digest}.bpf").exists() and \
-        (cache_dir / f"seccomp-notify-{digest}.marshal").exists()
+    return exists(join(cache_dir, f"seccomp-static-{digest}.bpf")) and \
+        exists(join(cache_dir, f"seccomp-notify-{digest}.marshal"))
 
 
-def load_or_compile(plan: SeccompPlan, cache_dir: Path, which: str = "static") -> bytes:
+def _write_entry(cache_dir: str | PathLike[str], name: str, data: bytes) -> None:
+    """A cache entry written whole under a temporary name, then renamed into place."""
+    make_dirs(cache_dir, 0o700)
+    tmp = join(cache_dir, f".{name}.{os.getpid()}.{os.urandom(4).hex()}")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, join(cache_dir, name))
+
+
+def load_or_compile(plan: SeccompPlan, cache_dir: str | PathLike[str], which: str = "static") -> bytes:
     """Cached BPF bytes for this rule set; the cache lives in the sandbox-invisible state dir."""
-    path = cache_dir / f"seccomp-{which}-{plan_digest(plan)[:32]}.bpf"
+    name = f"seccomp-{which}-{plan_digest(plan)[:32]}.bpf"
+    path = join(cache_dir, name)
     try:
-        st = path.lstat()
+        st = os.lstat(path)
         if st.st_uid == os.getuid() and not st.st_mode & 0o022 and st.st_size % 8 == 0 and st.st_size:
             cachedir.mark_used(path, st.st_mtime)
-            return path.read_bytes()
+            with open(path, "rb") as handle:
+                return handle.read()
     except OSError:
         pass
     program = compile_bpf(plan, which)
     try:
-        cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
-        tmp.write_bytes(program)
-        tmp.chmod(0o600)
-        os.replace(tmp, path)
+        _write_entry(cache_dir, name, program)
         cachedir.prune_daily(cache_dir)
     except OSError:
         pass  # a cache we cannot write only costs time
     return program
 
 
-def load_or_compile_notify(plan: SeccompPlan, cache_dir: Path) -> tuple[bytes, dict[int, str]]:
+def load_or_compile_notify(plan: SeccompPlan, cache_dir: str | PathLike[str]) -> tuple[bytes, dict[int, str]]:
     """The shim's notify program and the number -> name map to read its notifications, cached
     together so a run imports neither pyseccomp nor libseccomp when nothing changed."""
     import marshal
 
-    path = cache_dir / f"seccomp-notify-{plan_digest(plan)[:32]}.marshal"
+    name = f"seccomp-notify-{plan_digest(plan)[:32]}.marshal"
+    path = join(cache_dir, name)
     try:
-        st = path.lstat()
+        st = os.lstat(path)
         if st.st_uid == os.getuid() and not st.st_mode & 0o022:
-            entry = marshal.loads(path.read_bytes())
+            with open(path, "rb") as handle:
+                entry = marshal.loads(handle.read())
             cachedir.mark_used(path, st.st_mtime)
             return entry["program"], entry["numbers"]
     except (OSError, ValueError, EOFError, KeyError, TypeError):
@@ -219,11 +233,7 @@ def load_or_compile_notify(plan: SeccompPlan, cache_dir: Path) -> tuple[bytes, d
                    | ({"memfd_create"} if plan.exec_guard else set()) | {r.syscall for r in plan.net_rules})
     numbers = syscall_numbers(names)
     try:
-        cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
-        tmp.write_bytes(marshal.dumps({"program": program, "numbers": numbers}))
-        tmp.chmod(0o600)
-        os.replace(tmp, path)
+        _write_entry(cache_dir, name, marshal.dumps({"program": program, "numbers": numbers}))
         cachedir.prune_daily(cache_dir)
     except OSError:
         pass

@@ -44,11 +44,11 @@ import os
 import threading
 import time
 from collections import deque
-from pathlib import Path
 
 from sandboxctl.digest import sha256
 from sandboxctl.errors import SandboxError
 from sandboxctl.log.chain import GENESIS, last_line, line_hash
+from sandboxctl.paths import make_dirs, parent
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
 if TYPE_CHECKING:
@@ -164,7 +164,7 @@ class ActionLog:
         self.on_refused: Callable[[str], None] | None = None  # told of each (with the mutex held)
         self.after_queued: Callable[[], None] | None = None  # the thread's write of a queued record rotated
         try:
-            Path(self._real).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_dirs(parent(self._real), 0o700)
         except OSError as exc:
             raise LogWriteError(f"cannot open the action log {self.path}: {_why(exc)}",
                                 "pass --log PATH to a writable place") from None

@@ -245,7 +245,7 @@ class StandaloneProxy:
         from sandboxctl import paths
         from sandboxctl.network.certs import combined_bundle, system_bundle
 
-        directory = self.options.client_dir or str(paths.runtime_dir() / f"proxy-{self.run_id}")
+        directory = self.options.client_dir or paths.join(paths.runtime_dir(), f"proxy-{self.run_id}")
         if self.options.client_dir is None:
             paths.ensure_private_dir(paths.runtime_dir())
         self.files = ClientFiles(os.path.abspath(directory))

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import fnmatch
 import os
-import re
 
-from sandboxctl import paths, units
+from sandboxctl import lazyre, paths, units
 from sandboxctl.errors import SandboxError
 from sandboxctl.network.clientenv import (  # noqa: F401 - CA_BUNDLE_VARIABLES, LOOPBACK_NAMES: named here too
     CA_BUNDLE_VARIABLES,
@@ -52,6 +50,19 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # it on first use, when a glob matches a variable, rather than every run at import.)
 CREDENTIAL_LIKE = (r"(?i).*(_TOKEN|_SECRET|_KEY|PASSWORD|PASSWD|_CREDENTIALS?|_AUTH)$"
                    r"|^(AWS|GITHUB|GH|AZURE|GOOGLE|GCP)_.*")
+_CREDENTIAL_ENDS = ("_TOKEN", "_SECRET", "_KEY", "PASSWORD", "PASSWD", "_CREDENTIAL", "_CREDENTIALS", "_AUTH")
+_CREDENTIAL_STARTS = ("AWS_", "GITHUB_", "GH_", "AZURE_", "GOOGLE_", "GCP_")
+
+
+def credential_like(name: str) -> bool:
+    """re.match(CREDENTIAL_LIKE, name). An ASCII name without a newline by comparing its upper case
+    (IGNORECASE matches nothing but ASCII case there, `.` anything, `$` only the end); re for others."""
+    if name.isascii() and "\n" not in name:
+        upper = name.upper()
+        return upper.endswith(_CREDENTIAL_ENDS) or upper.startswith(_CREDENTIAL_STARTS)
+    import re
+
+    return re.match(CREDENTIAL_LIKE, name) is not None
 
 LAYERS_DIR = "workspaces"  # state/workspaces/RUN: an overlay run's layer (workspace/layer.py)
 
@@ -170,8 +181,8 @@ class _Planner(MountPlanner, LandlockPlanner):
         for pattern in self.policy.env.passthrough:
             if pattern.endswith("*"):
                 for name in sorted(caller):
-                    if fnmatch.fnmatchcase(name, pattern):
-                        if re.match(CREDENTIAL_LIKE, name):
+                    if lazyre.fnmatchcase(name, pattern):
+                        if credential_like(name):
                             skipped.append(name)
                         else:
                             env[name] = caller[name]

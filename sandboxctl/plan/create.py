@@ -14,11 +14,10 @@ decides, from the policy and the host facts, what would be made; supervise/creat
 
 from __future__ import annotations
 
-import fnmatch
 import os
 from collections.abc import Callable
 
-from sandboxctl import paths
+from sandboxctl import lazyre, paths
 from sandboxctl.errors import SandboxError
 from sandboxctl.paths import within
 from sandboxctl.plan.model import Creation
@@ -77,7 +76,7 @@ def _refusal(path: str, write_grants: list[str], denied: list[str], protected: C
     if not any(within(path, grant) for grant in write_grants):
         return "not granted by filesystem.write (only writable grants, or paths beneath them, are made)"
     for deny in denied:
-        if within(path, deny) or fnmatch.fnmatchcase(path, deny):
+        if within(path, deny) or lazyre.fnmatchcase(path, deny):
             return f"lies under the denied {deny}"
     why = protected(path)
     if why:
@@ -115,7 +114,7 @@ def creations_for(policy, inv, facts) -> tuple[Creation, ...]:
                 if why:
                     return why
         for pattern in patterns:
-            if path == pattern or path.startswith(pattern.rstrip("/") + "/") or fnmatch.fnmatchcase(path, pattern):
+            if path == pattern or path.startswith(pattern.rstrip("/") + "/") or lazyre.fnmatchcase(path, pattern):
                 return f"filesystem.protect {pattern}"
         return None
 

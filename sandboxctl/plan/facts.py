@@ -9,10 +9,9 @@ import pwd
 import stat
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 
 from sandboxctl.launch.shim_code import cached_path
-from sandboxctl.paths import home_dir, runtime_dir, state_dir
+from sandboxctl.paths import home_dir, join, parent, resolve, runtime_dir, state_dir
 from sandboxctl.plan.inputs import HostFacts
 
 _LOADER_PATTERNS = ("/lib64/ld-linux*.so*", "/lib/ld-linux*.so*", "/lib/ld-musl-*.so*",
@@ -79,11 +78,11 @@ SUPERVISOR_DEPENDENCIES = ("landlockpy", "pyseccomp", "yaml", "typer", "rich", "
 STARTUP_MODULES = ("sitecustomize", "usercustomize")  # what `site` imports from sys.path itself
 
 
-def _supervisor_code(package: Path, policies: Path) -> tuple[str, ...]:
+def _supervisor_code(package: str, policies: str) -> tuple[str, ...]:
     """Everything the next run's supervisor will import or read: never writable inside a sandbox
     (say, a .venv inside the workspace), or a sandbox could rewrite the code that confines the next."""
-    places = {str(package), str(policies), os.path.realpath(sys.prefix)}
-    clone = str(package.parent)
+    places = {package, policies, os.path.realpath(sys.prefix)}
+    clone = parent(package)
     if not clone.startswith(os.path.realpath(sys.prefix) + "/"):
         # an editable install: the clone is on sys.path (its .pth file), and `site` imports these
         # from any sys.path entry before sandboxctl runs (cli/main.entry forgets the clone after)
@@ -128,7 +127,7 @@ def _runtime_dirs(env: Mapping[str, str]) -> tuple[str, ...]:
 
 def gather(environ: Mapping[str, str] | None = None) -> HostFacts:
     env = dict(os.environ if environ is None else environ)
-    package = Path(__file__).resolve().parent.parent
+    package = parent(parent(resolve(__file__)))
     from sandboxctl.policy.load import builtin_dir
 
     python, prefix = _shim_python()
@@ -142,25 +141,25 @@ def gather(environ: Mapping[str, str] | None = None) -> HostFacts:
         home=home,
         user=user,
         uid=os.getuid(),
-        state_dir=str(state_dir()),
+        state_dir=state_dir(),
         caller_env=env,
         interactive=os.isatty(0) or os.isatty(1),
         ci=env.get("CI", "").lower() in ("true", "1", "yes"),
         shim_python=python,
         shim_python_prefix=prefix,
-        shim_file=str(package / "launch" / "shim.py"),
-        shim_code=cached_path(str(package / "launch" / "shim.py"), str(state_dir() / "cache")),
-        gvisor_init_file=str(package / "launch" / "gvisor_init.py"),
+        shim_file=join(package, "launch", "shim.py"),
+        shim_code=cached_path(join(package, "launch", "shim.py"), join(state_dir(), "cache")),
+        gvisor_init_file=join(package, "launch", "gvisor_init.py"),
         machine=os.uname().machine,
         runtime_dirs=_runtime_dirs(env),
-        protected_code=_supervisor_code(package, builtin_dir().resolve()),
+        protected_code=_supervisor_code(package, resolve(builtin_dir())),
         elf_loaders=tuple(loaders),
         cgroup=_cgroup_version(),
         kind=path_kind,
         readlink=os.readlink,
         realpath=os.path.realpath,
         glob=_glob,
-        runtime_dir=str(runtime_dir()),
+        runtime_dir=runtime_dir(),
         tree=_tree,
         git_refs=lambda config, worktree: _git_refs(config, worktree, home),
         closed_to_sandbox=_closed_to_sandbox(),
@@ -349,7 +348,7 @@ def _acl_searches(directory: str, st: os.stat_result, uid: int, gids: set[int]) 
 def _tree(root: str, patterns: tuple[str, ...], deep: bool):
     from sandboxctl.protect.index import scan
 
-    return scan(root, patterns, state_dir() / "cache", deep)
+    return scan(root, patterns, join(state_dir(), "cache"), deep)
 
 
 def _git_refs(config: str, worktree: str | None, home: str):

@@ -312,7 +312,7 @@ def _protection(protect: ProtectPlan, roots: tuple[str, ...]):
 
 def _matches(path: str, pattern: str) -> bool:
     """A glob deny entry covers what it matches and everything beneath."""
-    from fnmatch import fnmatchcase
+    from sandboxctl.lazyre import fnmatchcase
 
     if "/**/" in pattern and _matches(path, pattern.replace("/**/", "/", 1)):
         return True  # DIR/**/NAME: NAME at any depth, DIR/NAME included

@@ -8,10 +8,10 @@ the mounts hang from.
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import os
 
+from sandboxctl import lazyre
 from sandboxctl.errors import SandboxError
 from sandboxctl.paths import within
 from sandboxctl.plan import network as netwalls
@@ -103,7 +103,7 @@ class MountPlanner:
                 else:
                     index = self.facts.tree(prefix, (name,), True)
                 matches = [m for m in index.matches if within(m, prefix)
-                           and fnmatch.fnmatchcase(os.path.basename(m), name)]
+                           and lazyre.fnmatchcase(os.path.basename(m), name)]
             else:
                 matches = self.facts.glob(pattern) if set("*?[") & set(pattern) else [pattern]
             found += [m for m in matches if self.facts.kind(m) != "missing"]

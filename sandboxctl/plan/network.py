@@ -54,12 +54,16 @@ def tcp_rules(mode: str, listen: bool | tuple[int, ...], proxy_port: int) -> Tcp
 def names_host_loopback(hosts: list[str]) -> bool:
     """Does network.allow name the *host's* loopback (reached through the proxy, allow_private)?
     Then 127.0.0.1 inside goes to the proxy, as before servers inside existed."""
-    import ipaddress
+    from sandboxctl.units import may_be_address
 
     for host in hosts:
         name = host.lower().rstrip(".")
         if name == "localhost" or name.endswith(".localhost"):
             return True
+        if not may_be_address(name):
+            continue
+        import ipaddress  # only for a literal (~1 ms of import)
+
         try:
             address = ipaddress.ip_address(name)
         except ValueError:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import marshal
 import os
-from pathlib import Path
 
 from sandboxctl import cachedir
 from sandboxctl.digest import sha256
+from sandboxctl.paths import is_file, join, make_dirs
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
 if TYPE_CHECKING:
+    from os import PathLike
     from typing import Any
 
 ENGINE_FILES = ("definition.py", "schema.py", "model.py", "load.py", "yamlpos.py", "cache.py")
@@ -35,21 +36,22 @@ def _engine_stamp() -> str:
     return sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-def _entry_path(cache_dir: Path, label: str, content: bytes) -> Path:
+def _entry_name(label: str, content: bytes) -> str:
     key = sha256(f"{_engine_stamp()}\0{label}\0".encode() + content).hexdigest()[:40]
-    return cache_dir / f"policy-{key}.marshal"
+    return f"policy-{key}.marshal"
 
 
-def lookup(cache_dir: Path, label: str, content: bytes) -> dict[str, Any] | None:
+def lookup(cache_dir: str | PathLike[str], label: str, content: bytes) -> dict[str, Any] | None:
     """The cached {data, sha256, files} if every file of its chain is unchanged; each file entry
     also gets the `content` just read, so the caller re-hashes nothing."""
-    path = _entry_path(cache_dir, label, content)
+    path = join(cache_dir, _entry_name(label, content))
     try:
-        st = path.lstat()
-        if st.st_uid != os.getuid() or st.st_mode & 0o022 or not path.is_file():
+        st = os.lstat(path)
+        if st.st_uid != os.getuid() or st.st_mode & 0o022 or not is_file(path):
             return None
         cachedir.mark_used(path, st.st_mtime)
-        entry = marshal.loads(path.read_bytes())
+        with open(path, "rb") as handle:
+            entry = marshal.loads(handle.read())
     except (OSError, ValueError, EOFError, TypeError):
         return None
     if not isinstance(entry, dict) or not isinstance(entry.get("files"), list):
@@ -66,14 +68,16 @@ def lookup(cache_dir: Path, label: str, content: bytes) -> dict[str, Any] | None
     return entry if isinstance(entry.get("data"), dict) and isinstance(entry.get("sha256"), str) else None
 
 
-def store(cache_dir: Path, label: str, content: bytes, data: dict[str, Any], sha256: str,
+def store(cache_dir: str | PathLike[str], label: str, content: bytes, data: dict[str, Any], sha256: str,
           files: list[dict[str, str]]) -> None:
-    path = _entry_path(cache_dir, label, content)
+    name = _entry_name(label, content)
+    path = join(cache_dir, name)
     try:
-        cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
-        tmp.write_bytes(marshal.dumps({"data": data, "sha256": sha256, "files": files}))
-        tmp.chmod(0o600)
+        make_dirs(cache_dir, 0o700)
+        tmp = join(cache_dir, f".{name}.{os.getpid()}.{os.urandom(4).hex()}")
+        with open(tmp, "wb") as handle:
+            handle.write(marshal.dumps({"data": data, "sha256": sha256, "files": files}))
+        os.chmod(tmp, 0o600)
         os.replace(tmp, path)
         cachedir.prune_daily(cache_dir)
     except (OSError, ValueError):

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 from sandboxctl.errors import SandboxError
-from sandboxctl.paths import ensure_private_dir, state_dir
+from sandboxctl.paths import ensure_private_dir, is_file, join, resolve, state_dir
 from sandboxctl.policy.load import (
     LoadedPolicy,
     builtin_names,
@@ -24,22 +23,28 @@ WORKSPACE_POLICY = ".sandboxctl.yaml"
 DEFAULT_POLICY = "default"
 
 
-def _trust_file() -> Path:
-    return state_dir() / "trust.json"
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
+if TYPE_CHECKING:
+    from os import PathLike
+
+
+def _trust_file() -> str:
+    return join(state_dir(), "trust.json")
 
 
 def trusted_digests() -> dict[str, str]:
     import json  # not at import: the json package compiles regular expressions (~2 ms of every run)
 
     try:
-        data = json.loads(_trust_file().read_text())
+        with open(_trust_file()) as handle:
+            data = json.loads(handle.read())
     except (FileNotFoundError, ValueError):
         return {}
     return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
 def is_trusted(loaded: LoadedPolicy) -> bool:
-    path = str(loaded.files[0].path.resolve())
+    path = resolve(loaded.files[0].path)
     return trusted_digests().get(path) == loaded.chain_sha256
 
 
@@ -48,17 +53,17 @@ def trust(loaded: LoadedPolicy) -> None:
     import json
 
     digests = trusted_digests()
-    digests[str(loaded.files[0].path.resolve())] = loaded.chain_sha256
+    digests[resolve(loaded.files[0].path)] = loaded.chain_sha256
     ensure_private_dir(state_dir())
     target = _trust_file()
-    tmp = target.with_name(f".trust.{os.getpid()}.tmp")
+    tmp = join(state_dir(), f".trust.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         json.dump(digests, handle, indent=1, sort_keys=True)
     os.replace(tmp, target)
 
 
-def load_named(spec: str, cache_dir: Path | None = None) -> LoadedPolicy:
+def load_named(spec: str, cache_dir: str | PathLike[str] | None = None) -> LoadedPolicy:
     """A built-in name, or a path to a YAML file."""
     looks_like_path = "/" in spec or spec.endswith((".yaml", ".yml")) or os.path.exists(spec)
     if not looks_like_path:
@@ -66,21 +71,21 @@ def load_named(spec: str, cache_dir: Path | None = None) -> LoadedPolicy:
             return load_source(builtin_source(spec), cache_dir)
         raise SandboxError(f"no built-in policy named {spec!r}",
                            f"built-in policies: {', '.join(builtin_names())}; or give a path to a YAML file")
-    return load_source(read_source(Path(spec).resolve(), spec), cache_dir)
+    return load_source(read_source(resolve(spec), spec), cache_dir)
 
 
-def choose_policy(spec: str | None, workspace: Path, cache_dir: Path | None = None,
+def choose_policy(spec: str | None, workspace: str | PathLike[str], cache_dir: str | PathLike[str] | None = None,
                   accept: Callable[[LoadedPolicy, str], bool] | None = None) -> tuple[LoadedPolicy, str]:
     """Return the policy for a run and how it was chosen (cache_dir: reuse validated policies).
     An untrusted workspace policy is used only when `accept(loaded, why)` says so (the user on a
     terminal trusting it; never --yes)."""
     if spec:
         return load_named(spec, cache_dir), "--policy"
-    candidate = workspace / WORKSPACE_POLICY
-    if candidate.is_file():
-        loaded = load_source(read_source(candidate, str(candidate)), cache_dir)
+    candidate = join(workspace, WORKSPACE_POLICY)
+    if is_file(candidate):
+        loaded = load_source(read_source(candidate, candidate), cache_dir)
         if not is_trusted(loaded):
-            changed = str(candidate.resolve()) in trusted_digests()
+            changed = resolve(candidate) in trusted_digests()
             state = "has changed since it was trusted" if changed else "is not trusted yet"
             if accept is not None and accept(loaded, f"workspace policy {candidate} {state}"):
                 return loaded, "workspace"

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 from sandboxctl.digest import sha256
+from sandboxctl.paths import is_file, join, name, pure, stem
+from sandboxctl.paths import resolve as resolve_path
 from sandboxctl.policy.errors import PolicyError, Problem, format_key
 from sandboxctl.policy.model import Policy, policy_from_data
 from sandboxctl.record import Record
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
 if TYPE_CHECKING:
+    from os import PathLike
     from typing import Any
 
     from sandboxctl.policy.yamlpos import Document
@@ -18,24 +21,31 @@ if TYPE_CHECKING:
 BUILTIN_PREFIX = "builtin:"
 
 
-def builtin_dir() -> Path:
+def builtin_dir() -> str:
     """Built-ins ship inside the wheel as sandboxctl/policies; a source checkout has them at the root."""
-    here = Path(__file__).resolve().parent.parent
-    for candidate in (here / "policies", here.parent / "policies"):
-        if candidate.is_dir():
+    from sandboxctl.paths import is_dir, parent
+
+    here = parent(parent(resolve_path(__file__)))
+    for candidate in (join(here, "policies"), join(parent(here), "policies")):
+        if is_dir(candidate):
             return candidate
-    return here / "policies"
+    return join(here, "policies")
 
 
 def builtin_names() -> list[str]:
-    return sorted(p.stem for p in builtin_dir().glob("*.yaml"))
+    """Path.glob("*.yaml")'s names (hidden ones too, any kind of entry), without their suffix."""
+    try:
+        with os.scandir(builtin_dir()) as entries:
+            return sorted(stem(entry.name) for entry in entries if entry.name.endswith(".yaml"))
+    except OSError:  # pathlib's glob lists nothing of a directory it cannot read
+        return []
 
 
 class SourceFile(Record):
     """One policy file as read: its bytes are hashed and parsed from the same read (no TOCTOU)."""
 
     label: str  # what messages call it: a path, or builtin:NAME
-    path: Path
+    path: str  # as pathlib normalised it (paths.pure)
     content: bytes
 
     @property
@@ -47,9 +57,10 @@ class SourceFile(Record):
         return sha256(self.content).hexdigest()
 
 
-def read_source(path: Path, label: str | None = None) -> SourceFile:
+def read_source(path: str | PathLike[str], label: str | None = None) -> SourceFile:
     from sandboxctl.errors import SandboxError
 
+    path = pure(path)
     try:
         with open(path, "rb") as handle:
             content = handle.read(512 * 1024 + 1)
@@ -60,11 +71,11 @@ def read_source(path: Path, label: str | None = None) -> SourceFile:
         raise SandboxError(f"{label or path}: is a directory, not a policy file") from None
     except OSError as exc:
         raise SandboxError(f"{label or path}: cannot read: {exc.strerror}") from None
-    return SourceFile(label or str(path), path, content)
+    return SourceFile(label or path, path, content)
 
 
 def builtin_source(name: str) -> SourceFile:
-    return read_source(builtin_dir() / f"{name}.yaml", f"{BUILTIN_PREFIX}{name}")
+    return read_source(join(builtin_dir(), f"{name}.yaml"), f"{BUILTIN_PREFIX}{name}")
 
 
 def validate_source(source: SourceFile) -> dict[str, Any]:
@@ -113,9 +124,11 @@ def _resolve_parent(reference: str, child: SourceFile, where: tuple[int | None, 
                                        f"{reference!r}: no built-in policy of that name",
                                        f"built-in policies: {', '.join(builtin_names())}")])
         return builtin_source(reference)
-    target = (child.path.parent / reference).resolve()
-    label = f"{BUILTIN_PREFIX}{target.stem}" if child.builtin else str(target)
-    if not target.is_file():
+    from sandboxctl.paths import parent
+
+    target = resolve_path(join(parent(child.path), reference))
+    label = f"{BUILTIN_PREFIX}{stem(target)}" if child.builtin else target
+    if not is_file(target):
         raise PolicyError([Problem(child.label, line, key, f"{reference!r}: no such file ({target})")])
     try:
         return read_source(target, label)
@@ -130,11 +143,11 @@ def resolve(source: SourceFile) -> tuple[dict[str, Any], list[SourceFile]]:
     extends_line: dict[str, int | None] = {}
 
     def walk(current: SourceFile, stack: tuple[str, ...]) -> dict[str, Any]:
-        key = str(current.path.resolve())
+        key = resolve_path(current.path)
         if key in stack:
             names = [*stack[stack.index(key):], key]
             raise PolicyError([Problem(current.label, extends_line.get(key), "extends",
-                                       "extends cycle: " + " -> ".join(Path(n).name for n in names),
+                                       "extends cycle: " + " -> ".join(name(n) for n in names),
                                        "a policy may not extend itself, directly or through its parents")])
         if len(stack) >= 16:
             raise PolicyError([Problem(current.label, None, "extends", "extends chain deeper than 16 files")])
@@ -163,7 +176,7 @@ def chain_digest(files: list[SourceFile]) -> str:
     """What trust pins: the exact bytes of every non-built-in file the policy is made of."""
     digest = sha256()
     for item in sorted((f for f in files if not f.builtin), key=lambda f: str(f.path)):
-        digest.update(f"{item.path.resolve()}\0{item.sha256}\n".encode())
+        digest.update(f"{resolve_path(item.path)}\0{item.sha256}\n".encode())
     return digest.hexdigest()
 
 
@@ -177,17 +190,17 @@ class LoadedPolicy(Record):
         return chain_digest(list(self.files))
 
 
-def load_source(source: SourceFile, cache_dir: Path | None = None) -> LoadedPolicy:
+def load_source(source: SourceFile, cache_dir: str | PathLike[str] | None = None) -> LoadedPolicy:
     """Validate and merge; with cache_dir, reuse a validated result while every file is unchanged."""
     from sandboxctl.policy import cache
 
     entry = cache.lookup(cache_dir, source.label, source.content) if cache_dir else None
     if entry is not None:
-        files = [source] + [SourceFile(f["label"], Path(f["path"]), f["content"]) for f in entry["files"][1:]]
+        files = [source] + [SourceFile(f["label"], pure(f["path"]), f["content"]) for f in entry["files"][1:]]
         data, digest = entry["data"], entry["sha256"]
     else:
         data, files = resolve(source)
-        data.setdefault("name", source.path.stem)
+        data.setdefault("name", stem(source.path))
         digest = canonical_digest(data)
         if cache_dir:
             cache.store(cache_dir, source.label, source.content, data, digest,

@@ -16,16 +16,19 @@ It reports:
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import marshal
 import os
 import stat
-from pathlib import Path
 
-from sandboxctl import cachedir
+from sandboxctl import cachedir, lazyre
 from sandboxctl.digest import sha256
+from sandboxctl.paths import join, make_dirs, parent
 from sandboxctl.protect.names import fold_name, is_git_name
 from sandboxctl.record import Record
+
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
+if TYPE_CHECKING:
+    from os import PathLike
 
 CACHE_VERSION = 2  # 2: names compared folded (.GIT on a case-insensitive directory)
 MAX_DIRS = 500_000  # beyond this the walk stops and says so: a mask at depth must not be skipped silently
@@ -70,7 +73,7 @@ def _scan_dir(path: str, patterns: tuple[str, ...], st: os.stat_result) -> _Dir:
             if is_git_name(name):  # `.GIT` is `.git` on a case-insensitive directory
                 hits.append((name, "symlink" if is_link else "dir" if is_dir else "file"))
                 continue
-            if patterns and any(fnmatch.fnmatchcase(fold_name(name), p) for p in patterns):  # folded: .ENV too
+            if patterns and any(lazyre.fnmatchcase(fold_name(name), p) for p in patterns):  # folded: .ENV too
                 hits.append((name, "symlink" if is_link else "dir" if is_dir else "file"))
             if is_dir:
                 subdirs.append(name)
@@ -111,34 +114,37 @@ def _gitfile_target(path: str) -> str | None:
     return os.path.realpath(os.path.join(os.path.dirname(path), target)) if target else None
 
 
-def _cache_file(cache_dir: Path, root: str, patterns: tuple[str, ...]) -> Path:
+def _cache_file(cache_dir: str | PathLike[str], root: str, patterns: tuple[str, ...]) -> str:
     key = sha256(f"{CACHE_VERSION}\0{root}\0{chr(0).join(patterns)}".encode()).hexdigest()[:24]
-    return cache_dir / f"tree-{key}.marshal"
+    return join(cache_dir, f"tree-{key}.marshal")
 
 
-def _load(path: Path) -> dict[str, tuple]:
+def _load(path: str) -> dict[str, tuple]:
     try:
-        st = path.lstat()
+        st = os.lstat(path)
         if st.st_uid != os.getuid() or st.st_mode & 0o022 or not stat.S_ISREG(st.st_mode):
             return {}
         cachedir.mark_used(path, st.st_mtime)
-        return marshal.loads(path.read_bytes())  # plain tuples in _Dir's field order
+        with open(path, "rb") as handle:
+            return marshal.loads(handle.read())  # plain tuples in _Dir's field order
     except (OSError, ValueError, EOFError, TypeError):
         return {}
 
 
-def _save(path: Path, dirs: dict[str, tuple]) -> None:
+def _save(path: str, dirs: dict[str, tuple]) -> None:
+    directory, name = parent(path), path.rpartition("/")[2]
     with contextlib.suppress(OSError):
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
+        make_dirs(directory, 0o700)
+        tmp = join(directory, f".{name}.{os.getpid()}.{os.urandom(4).hex()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(marshal.dumps(dirs))
         os.replace(tmp, path)
-        cachedir.prune_daily(path.parent)
+        cachedir.prune_daily(directory)
 
 
-def scan(root: str, patterns: tuple[str, ...] = (), cache_dir: Path | None = None, deep: bool = True) -> TreeIndex:
+def scan(root: str, patterns: tuple[str, ...] = (), cache_dir: str | PathLike[str] | None = None,
+         deep: bool = True) -> TreeIndex:
     """Walk root (never following symlinks), reusing the cached records of unchanged directories.
     Not deep: only root's own entries (a writable grant other than the workspace)."""
     patterns = tuple(sorted({fold_name(p) for p in patterns}))  # names are matched folded (.ENV is .env)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
-from pathlib import Path
 
+from sandboxctl.paths import join, make_dirs, parent
 from sandboxctl.protect.store import Store, _entry, _record, unchanged
 from sandboxctl.record import Record
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
 if TYPE_CHECKING:
+    from os import PathLike
     from typing import Any
 
 
@@ -29,7 +30,7 @@ class Change(Record):
     run: str = ""  # the run whose launch record this compares against
 
 
-def compare_and_restore(state: Path, run_id: str, entries: dict[str, dict[str, Any]],
+def compare_and_restore(state: str | PathLike[str], run_id: str, entries: dict[str, dict[str, Any]],
                         restore: Callable[[str], bool] = lambda path: True,
                         store: Store | None = None) -> list[Change]:
     """restore(path): whether a change found at path is put back (else only reported): a change
@@ -81,7 +82,7 @@ def _same(before: dict[str, Any], now: dict[str, Any]) -> bool:
     return True
 
 
-def _compare(path: str, before: dict[str, Any], store: Store, state: Path, run_id: str,
+def _compare(path: str, before: dict[str, Any], store: Store, state: str | PathLike[str], run_id: str,
              changes: list[Change], restore: Callable[[str], bool]) -> None:
     if before.get("kind") in ("unreadable", "other"):
         return
@@ -137,15 +138,15 @@ def _compare(path: str, before: dict[str, Any], store: Store, state: Path, run_i
     changes.append(Change(path, change, action, kept, run_id))
 
 
-def _keep_aside(path: str, state: Path, run_id: str) -> str | None:
+def _keep_aside(path: str, state: str | PathLike[str], run_id: str) -> str | None:
     """Move what a run left at a protected path into <state>/protect/kept/<run>/ (a copy when the
     state dir is on another file system); None if it could not be moved."""
-    target = state / "protect" / "kept" / run_id / path.lstrip("/")
+    target = join(state, "protect", "kept", run_id, path.lstrip("/"))
     try:
-        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_dirs(parent(target), 0o700)
         n = 1
         while os.path.lexists(target):
-            target = target.with_name(f"{target.name}.{n}")
+            target = f"{target}.{n}"  # Path.with_name(name + ".n"): target is pure, its name not empty
             n += 1
         try:
             os.rename(path, target)
@@ -160,7 +161,7 @@ def _keep_aside(path: str, state: Path, run_id: str) -> str | None:
                 os.unlink(path)
     except OSError:
         return None
-    return str(target)
+    return target
 
 
 def _restore(path: str, before: dict[str, Any], store: Store) -> bool:
@@ -192,7 +193,8 @@ def _restore(path: str, before: dict[str, Any], store: Store) -> bool:
     return False
 
 
-def restore_json_keys(state: Path, run_id: str, patterns: dict[str, list[str]], before: dict[str, dict[str, Any]],
+def restore_json_keys(state: str | PathLike[str], run_id: str, patterns: dict[str, list[str]],
+                      before: dict[str, dict[str, Any]],
                       restore: Callable[[str], bool] = lambda path: True) -> list[Change]:
     """Keys of writable JSON files (filesystem.protect_json) the sandbox could change: put back,
     with the changed file kept aside (its other contents, the agent's state, stay)."""
@@ -207,13 +209,13 @@ def restore_json_keys(state: Path, run_id: str, patterns: dict[str, list[str]], 
         if not restore(path):
             changes.append(Change(label, "modified", "reported", None, run_id))
             continue
-        kept = state / "protect" / "kept" / run_id / path.lstrip("/")
+        kept = join(state, "protect", "kept", run_id, path.lstrip("/"))
         try:
             import shutil  # only when a protected JSON file changed: not imported by every run
 
-            kept.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_dirs(parent(kept), 0o700)
             shutil.copy2(path, kept)
-            kept_path: str | None = str(kept)
+            kept_path: str | None = kept
         except OSError:
             kept_path = None
         done = jsonkeys.put_back(path, before.get(path, {}), differ)
@@ -221,7 +223,7 @@ def restore_json_keys(state: Path, run_id: str, patterns: dict[str, list[str]], 
     return changes
 
 
-def new_repositories(roots: tuple[str, ...], known: tuple[str, ...], workspace: str | None, state: Path,
+def new_repositories(roots: tuple[str, ...], known: tuple[str, ...], workspace: str | None, state: str | PathLike[str],
                      run_id: str) -> list[Change]:
     """Where nothing stopped a repository being made during the run (gVisor has no mediation):
     find the ones that were not there at launch and keep aside what of them runs code or looks
@@ -233,7 +235,7 @@ def new_repositories(roots: tuple[str, ...], known: tuple[str, ...], workspace: 
     changes: list[Change] = []
     seen = set(known)
     for root in roots:
-        index = scan(root, (), state / "cache", deep=root == workspace)
+        index = scan(root, (), join(state, "cache"), deep=root == workspace)
         for repository in index.repositories:
             if repository in seen:
                 continue

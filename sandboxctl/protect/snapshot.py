@@ -26,8 +26,9 @@ import contextlib
 import marshal
 import os
 import stat
-from pathlib import Path
 
+from sandboxctl.paths import join, make_dirs, parent, suffix
+from sandboxctl.paths import name as file_name
 from sandboxctl.protect.restore import (  # noqa: F401 - imported from here
     Change,
     _RealParents,
@@ -47,6 +48,7 @@ from sandboxctl.protect.store import (  # noqa: F401 - imported from here
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
 if TYPE_CHECKING:
+    from os import PathLike
     from typing import Any
 
 MAX_ENTRIES = 20_000  # a protected directory larger than this is recorded down to this many entries
@@ -54,14 +56,15 @@ JOURNAL_VERSION = 2  # 2: marshal, entries encoded apart (1: JSON, `<pid>-<run>.
 JOURNAL_SUFFIXES = (".journal", ".json")
 
 
-def _pending(state: Path) -> Path:
-    return state / "protect" / "pending"
+def _pending(state: str | PathLike[str]) -> str:
+    return join(state, "protect", "pending")
 
 
-def read_journal(path: Path) -> dict[str, Any]:
+def read_journal(path: str | PathLike[str]) -> dict[str, Any]:
     """A journal of either version, entries decoded (ValueError if it is not one)."""
-    raw = path.read_bytes()
-    if path.suffix == ".json":  # the first version's (json is imported only for one: ~2 ms of every run)
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    if suffix(path) == ".json":  # the first version's (json is imported only for one: ~2 ms of every run)
         import json
 
         data = json.loads(raw)
@@ -78,13 +81,13 @@ def read_journal(path: Path) -> dict[str, Any]:
     return data
 
 
-def owner_alive(journal: Path, data: dict[str, Any] | None, alive) -> bool:
+def owner_alive(journal: str | PathLike[str], data: dict[str, Any] | None, alive) -> bool:
     """Whether the supervisor that wrote this journal still runs: its pid is alive and, where
     the journal says when it started, that pid is still the same process (a killed supervisor's
     pid reused — by a host process, by a sandbox's — made its journal look live for as long as
     that process ran: never recovered, and taken as an earlier run's record by every launch).
     Alive when it cannot be told (the start cannot be read): a live run's journal is never recovered."""
-    owner = journal.name.split("-", 1)[0]
+    owner = file_name(journal).split("-", 1)[0]
     if not owner.isdigit() or not alive(int(owner)):
         return False
     started = (data or {}).get("owner_start")
@@ -96,19 +99,21 @@ def owner_alive(journal: Path, data: dict[str, Any] | None, alive) -> bool:
     return now is None or now == started
 
 
-def journals(state: Path) -> list[Path]:
+def journals(state: str | PathLike[str]) -> list[str]:
+    pending = _pending(state)
     with contextlib.suppress(OSError):
-        return sorted(p for p in _pending(state).iterdir() if p.suffix in JOURNAL_SUFFIXES)
+        return sorted(path for path in (join(pending, entry) for entry in os.listdir(pending))
+                      if suffix(path) in JOURNAL_SUFFIXES)
     return []
 
 
 class Snapshot:
     """One run's launch record of its protected paths, and the check at its end."""
 
-    def __init__(self, state: Path, run_id: str):
+    def __init__(self, state: str | PathLike[str], run_id: str):
         self.state = state
         self.run_id = run_id
-        self.journal = _pending(state) / f"{os.getpid()}-{run_id}.journal"
+        self.journal = join(_pending(state), f"{os.getpid()}-{run_id}.journal")
         self.entries: dict[str, dict[str, Any]] = {}  # what this launch found (identities: inodes())
         self.targets: dict[str, dict[str, Any]] = {}  # what the check puts back: earlier live runs' parts taken
         self.wall_whole = False  # until the supervisor knows the layers: assume the sandbox could write
@@ -162,7 +167,7 @@ class Snapshot:
 
         others = []
         for journal in journals(self.state):
-            if journal.name == self.journal.name:
+            if file_name(journal) == file_name(self.journal):
                 continue
             with contextlib.suppress(OSError, ValueError):
                 data = read_journal(journal)
@@ -213,8 +218,8 @@ class Snapshot:
             self._owner_start = start_time(os.getpid()) or -1  # -1: unknown (a live owner is never judged dead)
         if self._owner_start >= 0:
             data["owner_start"] = self._owner_start  # with the pid in its name, which process wrote it
-        self.journal.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = self.journal.with_suffix(".tmp")
+        make_dirs(parent(self.journal), 0o700)
+        tmp = self.journal[:len(self.journal) - len(suffix(self.journal))] + ".tmp"  # Path.with_suffix
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(marshal.dumps(data))
@@ -317,7 +322,7 @@ class Snapshot:
                                       lambda path: not whole, self.store)
         changes += restore_json_keys(self.state, self.run_id, self.json_patterns, self.json_values)
         with contextlib.suppress(FileNotFoundError):
-            self.journal.unlink()
+            os.unlink(self.journal)
         return changes
 
 
@@ -331,7 +336,7 @@ def _changed_before(path: str, last_beat: int) -> bool:
         return True  # removed: when is not known; the sandbox could have done it
 
 
-def recover(state: Path, alive) -> list[Change]:
+def recover(state: str | PathLike[str], alive) -> list[Change]:
     """Finish the end-of-run check of supervisors that were killed (their journal remains). Only
     a change the sandbox could have made is put back: none where its kernel wall was whole, and
     none newer than the supervisor's last heartbeat (the sandbox died with it; what changed since
@@ -339,19 +344,20 @@ def recover(state: Path, alive) -> list[Change]:
     changes: list[Change] = []
     with contextlib.suppress(OSError):
         for journal in journals(state):
-            owner = journal.name.split("-", 1)[0]
+            owner = file_name(journal).split("-", 1)[0]
             if not owner.isdigit():
                 continue
             try:
                 data = read_journal(journal)
             except (OSError, ValueError):
                 if not alive(int(owner)):
-                    journal.unlink(missing_ok=True)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(journal)
                 continue
             if owner_alive(journal, data, alive):
                 continue
             try:
-                last_beat = journal.stat().st_mtime_ns + int(HEARTBEAT_S * 1.5 * 1e9)
+                last_beat = os.stat(journal).st_mtime_ns + int(HEARTBEAT_S * 1.5 * 1e9)
             except OSError:
                 continue
             whole = bool(data.get("wall_whole"))
@@ -365,5 +371,6 @@ def recover(state: Path, alive) -> list[Change]:
             changes += compare_and_restore(state, run, data.get("entries") or {}, before_death)
             changes += restore_json_keys(state, run, data.get("json_patterns") or {}, data.get("json_values") or {},
                                          lambda path, last_beat=last_beat: _changed_before(path, last_beat))
-            journal.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(journal)
     return changes

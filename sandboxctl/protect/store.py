@@ -23,13 +23,14 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from sandboxctl import cachedir
 from sandboxctl.digest import sha256
+from sandboxctl.paths import join, make_dirs, parent
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
 if TYPE_CHECKING:
+    from os import PathLike
     from typing import Any
 
 MAX_BLOB = 4 << 20  # larger protected files are compared by hash but cannot be put back
@@ -42,10 +43,10 @@ TAKING_S = 3600  # a launch's claim older than this is a stale one (its pid reus
 class Store:
     """Blobs by SHA-256 and the hash cache, in the private state dir."""
 
-    def __init__(self, state: Path, claim: Callable[[], None] | None = None):
-        self.root = state / "protect"
-        self.blobs = self.root / "blobs"
-        self.cache_path = self.root / "hashes.marshal"
+    def __init__(self, state: str | PathLike[str], claim: Callable[[], None] | None = None):
+        self.root = join(state, "protect")
+        self.blobs = join(self.root, "blobs")
+        self.cache_path = join(self.root, "hashes.marshal")
         self._cache: dict[tuple, str] | None = None  # read at the first file to hash (none: no read)
         self.dirty = False
         self.used: set[tuple] = set()
@@ -57,7 +58,8 @@ class Store:
             if self.claim is not None:
                 self.claim()
             try:
-                loaded = marshal.loads(self.cache_path.read_bytes())
+                with open(self.cache_path, "rb") as handle:
+                    loaded = marshal.loads(handle.read())
             except (OSError, ValueError, EOFError, TypeError):
                 loaded = {}
             self._cache = loaded if isinstance(loaded, dict) else {}
@@ -91,11 +93,11 @@ class Store:
         return value
 
     def _put(self, digest: str, data: bytes) -> None:
-        target = self.blobs / digest
+        target = join(self.blobs, digest)
         if self._fresh(digest):
             return
-        self.blobs.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = target.with_name(f".{digest}.{os.getpid()}.{os.urandom(4).hex()}")
+        make_dirs(self.blobs, 0o700)
+        tmp = join(parent(target), f".{digest}.{os.getpid()}.{os.urandom(4).hex()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -103,19 +105,20 @@ class Store:
 
     def blob(self, digest: str) -> bytes | None:
         try:
-            return (self.blobs / digest).read_bytes()
+            with open(join(self.blobs, digest), "rb") as handle:
+                return handle.read()
         except OSError:
             return None
 
     def _fresh(self, digest: str) -> bool:
         """The blob is there, and marked as used lately (collect() leaves it alone)."""
         try:
-            mtime = os.stat(self.blobs / digest).st_mtime
+            mtime = os.stat(join(self.blobs, digest)).st_mtime
         except OSError:
             return False
         if mtime < time.time() - BLOB_GRACE_S / 2:
             with contextlib.suppress(OSError):
-                os.utime(self.blobs / digest)
+                os.utime(join(self.blobs, digest))
         return True
 
     def bound(self) -> int:
@@ -138,9 +141,10 @@ class Store:
             keep = set(others[len(others) - spare:] if spare else ()) | self.used
             self.cache = {key: value for key, value in self.cache.items() if key in keep}
         with contextlib.suppress(OSError):
-            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            tmp = self.cache_path.with_name(f".hashes.{os.getpid()}.{os.urandom(4).hex()}")
-            tmp.write_bytes(marshal.dumps(self.cache))
+            make_dirs(self.root, 0o700)
+            tmp = join(self.root, f".hashes.{os.getpid()}.{os.urandom(4).hex()}")
+            with open(tmp, "wb") as handle:
+                handle.write(marshal.dumps(self.cache))
             os.replace(tmp, self.cache_path)
         self.dirty = False
         if trimmed:
@@ -156,10 +160,10 @@ class Store:
         from sandboxctl.protect.snapshot import journals, read_journal
 
         needed = set(self.cache.values())
-        for journal in journals(self.root.parent):
+        for journal in journals(parent(self.root)):
             with contextlib.suppress(OSError, ValueError):
                 data = read_journal(journal)
-                if data.get("taking") and journal.stat().st_mtime > time.time() - TAKING_S:
+                if data.get("taking") and os.stat(journal).st_mtime > time.time() - TAKING_S:
                     return
                 needed |= _digests(data.get("entries") or {})
         for kept in all_kept(self.root):  # the next launch reuses their hashes
@@ -315,19 +319,20 @@ def unchanged(before: dict[str, Any], st: os.stat_result) -> bool:
 RECORD_VERSION = 1  # the format of an entry's record (store._entry): bumped, older records are not read
 
 
-def _record_file(root: Path, paths: tuple[str, ...]) -> Path:
+def _record_file(root: str | PathLike[str], paths: tuple[str, ...]) -> str:
     key = sha256("\0".join((str(RECORD_VERSION), *paths)).encode()).hexdigest()[:24]
-    return root / "records" / f"{key}.marshal"
+    return join(root, "records", f"{key}.marshal")
 
 
-def load_kept(root: Path, paths: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+def load_kept(root: str | PathLike[str], paths: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """The kept record of exactly these paths, or {} (none, another version, not ours)."""
     path = _record_file(root, paths)
     try:
-        st = path.lstat()
+        st = os.lstat(path)
         if st.st_uid != os.getuid() or st.st_mode & 0o022 or not stat.S_ISREG(st.st_mode):
             return {}
-        version, kept_paths, entries = marshal.loads(path.read_bytes())
+        with open(path, "rb") as handle:
+            version, kept_paths, entries = marshal.loads(handle.read())
     except (OSError, ValueError, EOFError, TypeError):
         return {}
     if version != RECORD_VERSION or kept_paths != paths or not isinstance(entries, dict):
@@ -336,19 +341,20 @@ def load_kept(root: Path, paths: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     return entries
 
 
-def save_kept(root: Path, paths: tuple[str, ...], entries: dict[str, dict[str, Any]]) -> None:
+def save_kept(root: str | PathLike[str], paths: tuple[str, ...], entries: dict[str, dict[str, Any]]) -> None:
     path = _record_file(root, paths)
+    directory = parent(path)
     with contextlib.suppress(OSError):
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
+        make_dirs(directory, 0o700)
+        tmp = join(directory, f".{path.rpartition('/')[2]}.{os.getpid()}.{os.urandom(4).hex()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(marshal.dumps((RECORD_VERSION, paths, entries)))
         os.replace(tmp, path)
-        _prune_kept(path.parent)
+        _prune_kept(directory)
 
 
-def _prune_kept(directory: Path) -> None:
+def _prune_kept(directory: str) -> None:
     cutoff = time.time() - cachedir.UNUSED_S
     with contextlib.suppress(OSError), os.scandir(directory) as listing:
         for entry in listing:
@@ -357,15 +363,16 @@ def _prune_kept(directory: Path) -> None:
                     os.unlink(entry.path)
 
 
-def all_kept(root: Path) -> list[dict[str, dict[str, Any]]]:
+def all_kept(root: str | PathLike[str]) -> list[dict[str, dict[str, Any]]]:
     """Every kept record's entries (what store.collect must not take the blobs of)."""
     found = []
-    with contextlib.suppress(OSError), os.scandir(root / "records") as listing:
+    with contextlib.suppress(OSError), os.scandir(join(root, "records")) as listing:
         for entry in listing:
             if entry.name.startswith("."):
                 continue
             with contextlib.suppress(OSError, ValueError, EOFError, TypeError):
-                _version, _paths, entries = marshal.loads(Path(entry.path).read_bytes())
+                with open(entry.path, "rb") as handle:
+                    _version, _paths, entries = marshal.loads(handle.read())
                 if isinstance(entries, dict):
                     found.append(entries)
     return found

@@ -16,12 +16,12 @@ resolved (supervise/mediate.py):
 from __future__ import annotations
 
 import os
-import re
 
+from sandboxctl import lazyre
 from sandboxctl.protect.names import fold_name
 from sandboxctl.supervise import fdops
 
-SHORT_NAME = re.compile(r"^[^~/]{1,8}~[0-9]{1,7}(?:\.[^./]{0,3})?$")  # BASE~N.EXT, as FAT and NTFS make them
+SHORT_NAME = lazyre.Pattern(r"^[^~/]{1,8}~[0-9]{1,7}(?:\.[^./]{0,3})?$")  # BASE~N.EXT, as FAT and NTFS make them
 
 
 def short_alias(root_fd: int, path: str, root: str) -> str | None:

@@ -32,6 +32,7 @@ from sandboxctl.errors import EXIT_SANDBOX_FAILED, EXIT_TIMEOUT, SandboxError
 from sandboxctl.launch import oci, runsc, runsc_probe, seccomp
 from sandboxctl.launch.gvisor_init import FORWARDER_UID
 from sandboxctl.log.writer import LogWriteError
+from sandboxctl.paths import join
 from sandboxctl.plan.build import PROXY_PORT
 from sandboxctl.plan.network import describe_listen
 from sandboxctl.protect.snapshot import HEARTBEAT_S
@@ -65,7 +66,7 @@ class GvisorSupervisor(Supervisor):
         plan = self.plan
         self.runsc_path = runsc.require()
         self.platform, self.version = runsc_probe.platform_for_run(self.runsc_path)
-        program = seccomp.load_or_compile(plan.seccomp, self.state / "cache")
+        program = seccomp.load_or_compile(plan.seccomp, join(self.state, "cache"))
         base = runsc.runtime_base()
         runsc.sweep(base)
         self.run_dir = runsc.RunDir(base, plan.run_id)

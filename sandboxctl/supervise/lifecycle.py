@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-from pathlib import Path
 
 from sandboxctl.errors import EXIT_DENIED, SandboxError
 from sandboxctl.launch import seccomp
 from sandboxctl.log.writer import ActionLog, LogWriteError
-from sandboxctl.paths import ensure_private_dir
+from sandboxctl.paths import ensure_private_dir, join
 from sandboxctl.plan.model import Plan
 from sandboxctl.protect.snapshot import Change, Snapshot, new_repositories, recover
 from sandboxctl.supervise import secrets as secret_store
@@ -31,7 +30,7 @@ from sandboxctl.supervise.runner import RunResult, Supervisor
 FORWARD_FLUSH_S = 2.0
 
 
-def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, supervisor_class=None,
+def execute(plan: Plan, state: str, argv_for_log: list[str], status=None, *, supervisor_class=None,
             started=None, **supervisor_options) -> RunResult:
     """Everything that must hold before the command may start, then the run itself.
 
@@ -121,10 +120,11 @@ def execute(plan: Plan, state: Path, argv_for_log: list[str], status=None, *, su
         supervisor.snapshot = snapshot
         if started is not None:
             started(supervisor)
-        if not seccomp.is_cached(plan.seccomp, state / "cache"):
+        cache = join(state, "cache")
+        if not seccomp.is_cached(plan.seccomp, cache):
             with status("building the seccomp filters (first run with this policy)…"):
-                seccomp.load_or_compile(plan.seccomp, state / "cache")
-                seccomp.load_or_compile_notify(plan.seccomp, state / "cache")
+                seccomp.load_or_compile(plan.seccomp, cache)
+                seccomp.load_or_compile_notify(plan.seccomp, cache)
         result = supervisor.launch()
         changes += snapshot.check()  # every sandboxed process is gone: nothing can race this
         if plan.protect.roots and not plan.protect.mediated:  # gVisor: nothing refused a new repository
@@ -259,6 +259,8 @@ def _logged(held: dict | None) -> dict | None:
 
 def _remember_seq(layer_dir: str, seq: int) -> None:
     """apply/discard/undo continue the run's seq in the log: the next one is kept in the layer."""
+    from pathlib import Path  # an overlay run's: the layer module is pathlib's anyway
+
     from sandboxctl.workspace.layer import Layer
 
     with contextlib.suppress(OSError, SandboxError):

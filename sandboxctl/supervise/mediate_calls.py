@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
 import stat
 
+from sandboxctl import lazyre
 from sandboxctl.plan.syscalls import OPEN_CALLS
 from sandboxctl.record import Record
 from sandboxctl.supervise import fdops
@@ -87,7 +87,7 @@ def _linked_path(pid: int, link: str) -> str | None:
     return where
 
 
-_MAGIC = re.compile(r"^/(?:proc/(?:self|thread-self)/(fd/\d+|cwd|root)|dev/(fd/\d+|stdin|stdout|stderr))(/.*)?$")
+_MAGIC = lazyre.Pattern(r"^/(?:proc/(?:self|thread-self)/(fd/\d+|cwd|root)|dev/(fd/\d+|stdin|stdout|stderr))(/.*)?$")
 _STDIO = {"stdin": "fd/0", "stdout": "fd/1", "stderr": "fd/2"}
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import stat
 
+from sandboxctl import lazyre
 from sandboxctl.supervise import fdops
 from sandboxctl.supervise.mediate_calls import Entry, is_dir, sandbox_path
 from sandboxctl.supervise.notify import respond
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 O_NOFOLLOW = os.O_NOFOLLOW
 AT_SYMLINK_NOFOLLOW, AT_REMOVEDIR, AT_SYMLINK_FOLLOW, AT_EMPTY_PATH = 0x100, 0x200, 0x400, 0x1000
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
-_MAGIC_FD = re.compile(r"^/proc/(self|\d+)/fd/(\d+)$")
+_MAGIC_FD = lazyre.Pattern(r"^/proc/(self|\d+)/fd/(\d+)$")
 
 
 class Changes:

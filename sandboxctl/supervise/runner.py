@@ -25,11 +25,11 @@ import os
 import sys
 import threading
 import time
-from pathlib import Path
 
 from sandboxctl.errors import SandboxError
 from sandboxctl.launch import seccomp, shim_code
 from sandboxctl.log.writer import ActionLog
+from sandboxctl.paths import join
 from sandboxctl.plan.model import Plan
 from sandboxctl.supervise import fd_budget, flood, notify, spawn
 from sandboxctl.supervise.cgroups import RunCgroup
@@ -57,7 +57,7 @@ class Supervisor(Startup, Handshake, Loop, Listener, Escapes, RunLog, Outcome):
     command); the library runs it in any thread (forward_signals=False: no handler is touched),
     with pipes for stdio (io) and its own approval front end (approver)."""
 
-    def __init__(self, plan: Plan, state: Path, log: ActionLog, argv_for_log: list[str],
+    def __init__(self, plan: Plan, state: str, log: ActionLog, argv_for_log: list[str],
                  cgroup: RunCgroup | None = None, secret_values: dict[str, str] | None = None, *,
                  io: CommandIO | None = None, forward_signals: bool = True, approver: Any = None,
                  notice: Any = None, cwd: str | None = None, head_start: Any = None, head_start_key: str = "",
@@ -130,8 +130,9 @@ class Supervisor(Startup, Handshake, Loop, Listener, Escapes, RunLog, Outcome):
     def launch(self) -> RunResult:
         plan = self.plan
         bwrap_path = spawn.find_bwrap()
-        program = seccomp.load_or_compile(plan.seccomp, self.state / "cache")
-        notify_program, self.syscall_names = seccomp.load_or_compile_notify(plan.seccomp, self.state / "cache")
+        cache = join(self.state, "cache")
+        program = seccomp.load_or_compile(plan.seccomp, cache)
+        notify_program, self.syscall_names = seccomp.load_or_compile_notify(plan.seccomp, cache)
         empty = spawn.empty_file(self.state)
         shim_code.ensure_for(plan)
         launched = self._head_start(plan, bwrap_path, empty, program, notify_program) \

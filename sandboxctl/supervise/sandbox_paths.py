@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import stat
 
+from sandboxctl import lazyre
 from sandboxctl.record import Record
 from sandboxctl.supervise import fdops
 
 MAX_LINKS = 40
-PROC_MEMORY = re.compile(r"^/proc/(self|thread-self|\d+)(/task/(\d+))?/mem$")
+PROC_MEMORY = lazyre.Pattern(r"^/proc/(self|thread-self|\d+)(/task/(\d+))?/mem$")
 _MAGIC = ("fd", "cwd", "root", "exe", "map_files")
 
 

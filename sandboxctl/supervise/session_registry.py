@@ -45,12 +45,10 @@ def runtime_dir() -> str:
 def sessions_dir(create: bool = False) -> str:
     path = os.path.join(runtime_dir(), "sessions")
     if create:
-        from pathlib import Path
+        from sandboxctl.paths import ensure_private_dir  # as pathlib named them (paths.pure)
 
-        from sandboxctl.paths import ensure_private_dir
-
-        ensure_private_dir(Path(runtime_dir()))
-        ensure_private_dir(Path(path))
+        ensure_private_dir(runtime_dir())
+        ensure_private_dir(path)
     return path
 
 

@@ -16,7 +16,7 @@ TERMINAL_SIGNALS = (_signal.SIGINT, _signal.SIGQUIT)
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
 if TYPE_CHECKING:
-    from pathlib import Path
+    from os import PathLike
     from typing import Any
 
     from sandboxctl.plan.model import Plan
@@ -44,7 +44,7 @@ def find_bwrap() -> str:
     return path
 
 
-def empty_file(state: str | Path) -> str:
+def empty_file(state: str | PathLike[str]) -> str:
     """An empty read-only file that masks denied files; it lives where no sandbox can reach."""
     import stat
 

@@ -183,11 +183,11 @@ def write_json(path: Path, data: Any) -> None:
 
 
 # ---------------------------------------------------------------------- creating one
-def layers_dir(state: Path) -> Path:
-    return state / LAYERS_DIR
+def layers_dir(state: str | os.PathLike[str]) -> Path:
+    return Path(state) / LAYERS_DIR
 
 
-def create(plan, state: Path) -> Layer:
+def create(plan, state: str | os.PathLike[str]) -> Layer:
     """The run's layer, before launch: upper and work empty, the start instant recorded (conflicts
     are paths the host changed after it)."""
     from sandboxctl.paths import ensure_private_dir
@@ -253,7 +253,7 @@ def remove_empty_work(work: Path) -> bool:
 
 
 # ---------------------------------------------------------------------- finding one
-def all_layers(state: Path) -> list[Layer]:
+def all_layers(state: str | os.PathLike[str]) -> list[Layer]:
     """Every layer in the state dir, oldest first."""
     found = []
     with contextlib.suppress(OSError):
@@ -266,7 +266,7 @@ def all_layers(state: Path) -> list[Layer]:
     return sorted(found, key=lambda layer: (layer.started_ns, layer.run_id))
 
 
-def find(state: Path, run: str | None, workspace: str | None, prefer: tuple[str, ...] = ()) -> Layer:
+def find(state: str | os.PathLike[str], run: str | None, workspace: str | None, prefer: tuple[str, ...] = ()) -> Layer:
     """A run by id (a unique prefix is enough), else the latest overlay run of this workspace —
     the latest in one of the `prefer` states if there is one."""
     layers = all_layers(state)

@@ -38,9 +38,13 @@ main()
 # socket and signal (their enums, ~2.5 ms: the runner uses _socket and _signal).
 # json and glob (regular expressions compiled at import, ~2 and ~1 ms: log/writer.py calls json's C
 # encoder, plan/facts.py imports glob for a grant with a wildcard).
+# pathlib, and the urllib.parse, ipaddress and ntpath it imports (~4 ms of CPU: paths.py does what it
+# did with strings); ipaddress only for a host pattern that is an address literal (units.may_be_address).
+# re, and the enum it imports, and fnmatch (~2.5 ms of import and ~1 ms of compiles: sandboxctl/lazyre.py
+# compiles a pattern at its first use, and answers literal and PREFIX* globs; units.py parses by hand).
 NEVER = ("typer", "click", "rich", "argparse", "yaml", "typing", "socket", "signal", "sandboxctl.network.proxy",
          "sandboxctl.policy.yamlpos", "sandboxctl.cli.planview", "subprocess", "dataclasses", "inspect", "json",
-         "glob")
+         "glob", "pathlib", "urllib", "ipaddress", "ntpath", "re", "enum", "fnmatch")
 # What a run imports before bubblewrap may start, with a little room. Measured (`run -q`):
 # without a head start 65 of sandboxctl's modules and 151 in all (before perf-b: 64 and 156,
 # typing among them; plan/mount_limits.py is a split of plan/build.py, cachedir.py the cache's
@@ -60,9 +64,12 @@ NEVER = ("typer", "click", "rich", "argparse", "yaml", "typing", "socket", "sign
 # its four modules as the run's; with it, main was 79/166, 16/65 and 96/186); the run no longer
 # imports json, glob, importlib and importlib.machinery; bubblewrap is spawned before contextlib
 # (and the collections, functools, operator, reprlib it imports): 79/157, 16/55 and 96/177 now.
-COLD = {"sandboxctl": 79, "all": 158}  # + time (cachedir)
-HEAD_START = {"sandboxctl": 16, "all": 56}
-WHOLE_RUN = {"sandboxctl": 96, "all": 178}
+# perf-cold (2026-12-02): no pathlib on the run path, nor the urllib, urllib.parse, ipaddress, ntpath
+# and warnings it imported: 79/151, 16/55 and 96/171; nor re (its 5 modules, enum, copyreg) and fnmatch,
+# with sandboxctl.lazyre: 80/143, 16/55 and 97/163 now.
+COLD = {"sandboxctl": 80, "all": 143}
+HEAD_START = {"sandboxctl": 16, "all": 55}
+WHOLE_RUN = {"sandboxctl": 97, "all": 163}
 
 
 def _imports(sandbox, tmp_path, name: str, variant: str) -> dict[str, list[str]]:

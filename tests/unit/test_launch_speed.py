@@ -83,7 +83,7 @@ def test_head_start_cache_is_the_state_dirs(monkeypatch, tmp_path: Path) -> None
         monkeypatch.delenv("XDG_STATE_HOME", raising=False)
         for name, value in env.items():
             monkeypatch.setenv(name, value)
-        assert headstart.cache_dir() == str(state_dir() / "cache")
+        assert headstart.cache_dir() == os.path.join(state_dir(), "cache")
 
 
 def test_head_start_key_holds_what_a_launch_depends_on(monkeypatch, tmp_path: Path) -> None:

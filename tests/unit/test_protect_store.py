@@ -111,7 +111,7 @@ def test_a_launch_reading_the_cache_holds_off_collection_until_its_journal_names
     other.dirty = True
     other.save()  # trimmed: would collect
     assert blob.exists()
-    launch.journal.unlink()
+    os.unlink(launch.journal)
     other.collect()
     assert blob.exists()  # the record kept for the next launch of these paths names it
     shutil.rmtree(state / "protect" / "records")
@@ -174,7 +174,7 @@ def test_a_journal_of_the_previous_version_is_still_recovered(tmp_path):
     for child in old["entries"][str(hook.parent)]["children"].values():
         child.pop("ctime", None)
         child.pop("mtime", None)
-    snap.journal.unlink()
+    os.unlink(snap.journal)
     (state / "protect" / "pending" / "999999999-r1.json").write_text(json.dumps(old))
     hook.write_text("#!/bin/sh\nevil\n")
     changes = snapshot.recover(state, lambda pid: False)

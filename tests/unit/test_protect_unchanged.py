@@ -362,13 +362,13 @@ def test_a_killed_runs_journal_whose_pid_was_reused_is_recovered_and_never_taken
     first = snapshot.Snapshot(state, "a")
     first.take(existing, absent)
     (gitdir / "commondir").write_text("../evil\n")  # A's sandbox; then A's supervisor is killed
-    _reused(first.journal)
+    _reused(Path(first.journal))
     second = snapshot.Snapshot(state, "b")
     second.take(existing + absent, ())
     assert second.contested == set()  # a dead run's record is not an earlier live run's
     changes = snapshot.recover(state, alive)
     assert [(c.path, c.action, c.run) for c in changes] == [(str(gitdir / "commondir"), "removed", "a")]
-    assert not first.journal.exists()
+    assert not os.path.exists(first.journal)
 
 
 def test_a_live_runs_journal_is_neither_recovered_nor_left_untaken(tmp_path):
@@ -379,7 +379,7 @@ def test_a_live_runs_journal_is_neither_recovered_nor_left_untaken(tmp_path):
     first = snapshot.Snapshot(state, "a")
     first.take(existing, absent)
     (gitdir / "commondir").write_text("../evil\n")
-    assert snapshot.recover(state, alive) == [] and first.journal.exists()
+    assert snapshot.recover(state, alive) == [] and os.path.exists(first.journal)
     second = snapshot.Snapshot(state, "b")
     second.take(existing + absent, ())
     assert second.contested == {str(gitdir / "commondir")}
@@ -405,7 +405,7 @@ def test_a_supervisor_killed_during_its_own_check_is_finished_by_the_next(tmp_pa
         patch.setattr(restore, "_restore", killed)
         with pytest.raises(SystemExit):
             run.check()
-    assert not (gitdir / "config").exists() and run.journal.exists()  # moved aside, not yet written back
+    assert not (gitdir / "config").exists() and os.path.exists(run.journal)  # moved aside, not yet written back
     changes = snapshot.recover(state, lambda pid: False)
     assert {(c.path, c.action) for c in changes} == {(str(gitdir / "config"), "restored"),
                                                      (str(gitdir / "commondir"), "removed")}
