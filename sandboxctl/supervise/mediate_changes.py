@@ -253,6 +253,9 @@ class Changes:
             self._refuse(n, "link", dst.path, why)
             return
         source = self._link_source(n, call, opened)
+        if isinstance(source, str):  # no such source: the kernel's own answer, nothing refused
+            respond(self.listener, n.id, error=getattr(errno, source, errno.ENOENT))
+            return
         if source is None:
             self._refuse(n, "link", dst.path, "the link's source could not be resolved in the sandbox")
             return
@@ -267,7 +270,9 @@ class Changes:
 
     def _link_source(self, n: Notification, call: Call, opened: list[int]):
         """(path, (dirfd, name, follow), stat) of a link's source; a /proc/…/fd/N source with
-        AT_SYMLINK_FOLLOW (how an O_TMPFILE file gets its name) is taken from the caller's fd."""
+        AT_SYMLINK_FOLLOW (how an O_TMPFILE file gets its name) is taken from the caller's fd.
+        An errno name where the kernel's lookup fails too (ENOENT, ENOTDIR, ELOOP): answered so,
+        not refused; None where the supervisor cannot tell (refused)."""
         raw = call.paths[0][1]
         follow = bool(call.flags & AT_SYMLINK_FOLLOW)
         magic = _MAGIC_FD.match(raw)
@@ -287,9 +292,11 @@ class Changes:
             return real, (None, f"/proc/self/fd/{fd}", True), os.fstat(fd)
         _full, entry = self._resolve(n, call, 0, opened, follow=follow)
         if not isinstance(entry, Entry):
-            return None
+            return entry
         try:
             st = os.lstat(entry.name, dir_fd=entry.parent)
+        except FileNotFoundError:
+            return "ENOENT"
         except OSError:
             return None
         return entry.path, (entry.parent, entry.name, False), st
