@@ -8,6 +8,7 @@ umask, and never with a setuid or setgid bit on a file.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -264,9 +265,30 @@ class Changes:
         if why:
             self._refuse(n, "link", f"{src_path} -> {dst.path}", why)
             return
-        self._done(n, "link", dst.path, self._perform(n, os.link, src_ref[1], dst.name, src_dir_fd=src_ref[0],
-                                                      dst_dir_fd=dst.parent, follow_symlinks=src_ref[2]),
-                   source=src_path)
+        result = self._perform(n, os.link, src_ref[1], dst.name, src_dir_fd=src_ref[0], dst_dir_fd=dst.parent,
+                               follow_symlinks=src_ref[2])
+        if result == 0 and src_ref[0] is not None:
+            why = self._linked_otherwise(src_path, st, dst)
+            if why:
+                self._refuse(n, "link", f"{src_path} -> {dst.path}", why)
+                return
+        self._done(n, "link", dst.path, result, source=src_path)
+
+    def _linked_otherwise(self, src_path: str, judged: os.stat_result, dst: Entry) -> str | None:
+        """A source linked by name is what the name led to by then: another run's sandbox may have
+        swapped a hardlink of a protected file in (RENAME_EXCHANGE) since it was judged (red team
+        rt8: hundreds of new names of .git/config in 4 s). Judged again, and its new name removed."""
+        try:
+            linked = os.lstat(dst.name, dir_fd=dst.parent)
+        except OSError:
+            return None  # gone already (that other run, again): no name is left to take back
+        if (linked.st_dev, linked.st_ino) == (judged.st_dev, judged.st_ino):
+            return None
+        why = self._why_not(src_path, linked, written=False)
+        if why:
+            with contextlib.suppress(OSError):
+                os.unlink(dst.name, dir_fd=dst.parent)
+        return why
 
     def _link_source(self, n: Notification, call: Call, opened: list[int]):
         """(path, (dirfd, name, follow), stat) of a link's source; a /proc/…/fd/N source with

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 LINK_MISSING = r"""
 import ctypes, errno, os
 libc = ctypes.CDLL(None, use_errno=True)
@@ -23,3 +25,60 @@ def test_a_link_of_a_missing_source_is_enoent_not_a_denial(sandbox):
     denied = [r for r in sandbox.records() if r.get("event") == "file" and r.get("decision") == "deny"]
     assert [r for r in denied if r.get("op") == "link"] == [], denied
     assert not (sandbox.workspace / "new").exists()
+
+
+# ------------------------------------------------------------------ link(2) raced by another run
+LINKER = r"""
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+while not os.path.exists('go'):
+    time.sleep(0.01)
+end, i = time.monotonic() + 4, 0
+while time.monotonic() < end:
+    i += 1
+    name = f'l{i}'.encode()
+    if libc.link(b'src', name) == 0 and os.lstat(name).st_ino != os.stat('.git/config').st_ino:
+        os.unlink(name)  # a name of the plain file: dropped; one of .git/config's is left for the host
+print('linker', i)
+"""
+
+SWAPPER = r"""
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+open('go', 'w').close()
+end, swaps = time.monotonic() + 4, 0
+while time.monotonic() < end:
+    swaps += libc.renameat2(-100, b'hl', -100, b'src', 2) == 0  # RENAME_EXCHANGE: one atomic swap
+print('swapper', swaps)
+assert swaps
+"""
+
+
+def test_a_link_raced_by_another_runs_swap_never_names_a_protected_file(sandbox):
+    """Two runs in one workspace holding a hardlink of .git/config made before them (`hl`). One
+    links `src` (a plain file) again and again; the other swaps `hl` and `src` (RENAME_EXCHANGE:
+    neither name is protected). The supervisor looked at `src`, judged the plain file, then
+    linked by name what `src` was by then: .git/config got names the rules refuse (hundreds in
+    4 s). Judged on the host: .git/config keeps its two names, and the refusals are logged."""
+    import subprocess
+
+    from tests.integration.test_protected_paths import repo
+
+    ws = repo(sandbox.workspace, sandbox.home)
+    (ws / "src").write_text("plain\n")
+    os.link(ws / ".git" / "config", ws / "hl")
+    config = (ws / ".git" / "config").read_bytes()
+    procs = [subprocess.Popen(sandbox.argv("--", "python3", "-c", code), cwd=ws, env=sandbox.env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for code in (LINKER, SWAPPER)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert "linker" in outs[0][0] and "swapper" in outs[1][0], outs
+    names = sorted(p.name for p in ws.iterdir() if p.stat(follow_symlinks=False).st_ino
+                   == (ws / ".git" / "config").stat().st_ino)
+    assert names == ["hl"] or names == ["src"], names  # the swap may end either way
+    assert (ws / ".git" / "config").stat().st_nlink == 2
+    assert (ws / ".git" / "config").read_bytes() == config
+    refused = [r for r in sandbox.records() if r.get("event") == "file" and r.get("op") == "link"
+               and r.get("decision") == "deny" and "another name for a protected file" in r.get("rule", "")]
+    assert refused, "the runs never met: the linker never saw .git/config at src"
