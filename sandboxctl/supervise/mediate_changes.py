@@ -223,9 +223,10 @@ class Changes:
             respond(self.listener, n.id, error=errno.EBUSY)  # as the kernel answers: callers fall back on it
             return
         exchange = call.flags & RENAME_EXCHANGE
+        moved = src.parent_path != dst.parent_path or src.name != dst.name
         why = self.protection.blocks_move(src.path) or self._reason(dst.path) \
             or self._other_name(n, src) or self._other_name(n, dst) \
-            or (self._makes_repository(dst) if src.parent_path != dst.parent_path or src.name != dst.name else None)
+            or (self._makes_repository(dst, opened) if moved else None)
         if not why and (exchange or os.path.lexists(f"/proc/self/fd/{dst.parent}/{dst.name}")):
             why = self.protection.blocks_move(dst.path)  # what is replaced (or swapped) goes away
         if not why and is_dir(src):  # a directory moved in brings its whole tree: .config/git, objects/info/…
@@ -249,7 +250,7 @@ class Changes:
         if call.flags & AT_EMPTY_PATH:  # needs CAP_DAC_READ_SEARCH, which the sandbox does not have
             respond(self.listener, n.id, error=errno.ENOENT)
             return
-        why = self._reason(dst.path) or self._other_name(n, dst) or self._makes_repository(dst)
+        why = self._reason(dst.path) or self._other_name(n, dst) or self._makes_repository(dst, opened)
         if why:
             self._refuse(n, "link", dst.path, why)
             return

@@ -82,3 +82,54 @@ def test_a_link_raced_by_another_runs_swap_never_names_a_protected_file(sandbox)
     refused = [r for r in sandbox.records() if r.get("event") == "file" and r.get("op") == "link"
                and r.get("decision") == "deny" and "another name for a protected file" in r.get("rule", "")]
     assert refused, "the runs never met: the linker never saw .git/config at src"
+
+
+# ------------------------------------------------------------------ a repository made by two runs at once
+MARKER = r"""
+import os, sys, time
+make, undo, other = {
+    'refs': (lambda: os.mkdir('refs'), lambda: os.rmdir('refs'), 'HEAD'),
+    'HEAD': (lambda: os.write(os.open('HEAD', os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), b'ref: refs/heads/m\n'),
+             lambda: os.unlink('HEAD'), 'refs'),
+}[sys.argv[1]]
+os.chdir('docs')
+open(sys.argv[1] + '.ready', 'w').close()
+while not os.path.exists(other + '.ready'):
+    time.sleep(0.01)
+end, tries = time.monotonic() + 5, 0
+while time.monotonic() < end:
+    tries += 1
+    try:
+        make()
+    except OSError:
+        continue
+    if os.path.exists('HEAD') and os.path.isdir('refs'):
+        break  # both made: left for the host's git
+    undo()
+print('tries', tries)
+"""
+
+
+def test_two_runs_cannot_make_a_repository_between_them(sandbox):
+    """docs/ holds objects/ and a config; one run makes refs/ (HEAD absent: allowed), the other
+    HEAD (refs/ absent: allowed), again and again. Each supervisor looked at the other markers,
+    then made its own: both passed, and docs/ was a repository whose config the host's next git
+    command there reads (core.fsmonitor, gpg.program: commands). Judged by the host's git."""
+    import subprocess
+
+    from tests.integration.test_protected_paths import git, repo
+
+    ws = repo(sandbox.workspace, sandbox.home)
+    docs = ws / "docs"
+    (docs / "objects").mkdir(parents=True)
+    (docs / "config").write_text("[core]\n\tbare = true\n\tfsmonitor = false\n")
+    procs = [subprocess.Popen(sandbox.argv("--", "python3", "-c", MARKER, which), cwd=ws, env=sandbox.env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for which in ("refs", "HEAD")]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    inside = git(docs, "rev-parse", "--absolute-git-dir", home=sandbox.home, check=False)
+    assert inside.stdout.strip() != str(docs), (inside.stdout, outs)
+    assert not ((docs / "HEAD").exists() and (docs / "refs").is_dir())
+    met = [r for r in sandbox.records() if r.get("event") == "file" and r.get("decision") == "deny"
+           and "git repository" in r.get("rule", "")]
+    assert met, "the runs never met: neither saw the other's marker"
