@@ -159,10 +159,9 @@ def _report(message: dict, name: str, quiet: bool) -> int:
     code = int(message.get("exit_code", 125))
     if message.get("error"):  # words of the server inside the sandbox, which its commands share: inert
         from sandboxctl.cli.output import error
-        from sandboxctl.inert import inert
 
-        error(inert(message["error"], 500), inert(message.get("hint") or "check the command name and the "
-                                                  "policy's exec.allow", 300))
+        error(str(message["error"]), str(message.get("hint") or "check the command name and the policy's exec.allow"),
+              limit=500)
     denials = message.get("denials") or []
     if denials and not quiet:
         from sandboxctl.cli.run import _print_denials

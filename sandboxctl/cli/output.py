@@ -24,14 +24,15 @@ def take_global_flags(args: list[str]) -> list[str]:
     return args
 
 
-def error(message: str, hint: str | None = None) -> None:
+def error(message: str, hint: str | None = None, limit: int | None = None) -> None:
     """Messages name paths, commands and hosts that may come from a sandbox: shown inert, each on
-    one line (callers pass raw values and never escape them themselves)."""
+    one line (callers pass raw values and never escape them themselves: escaped twice, a name's
+    ESC would read as a backslash it never held). `limit`: columns of each, for words of a sandbox."""
     from sandboxctl.inert import inert
 
-    print(f"sandboxctl: error: {inert(message)}", file=sys.stderr)
+    print(f"sandboxctl: error: {inert(message, limit)}", file=sys.stderr)
     if hint:
-        print(f"  hint: {inert(hint)}", file=sys.stderr)
+        print(f"  hint: {inert(hint, limit)}", file=sys.stderr)
 
 
 def report(exc: SandboxError) -> int:

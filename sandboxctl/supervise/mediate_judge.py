@@ -104,15 +104,21 @@ class Judgement:
                     "by it: use the entry's long name")
         return None
 
-    def _makes_repository(self, entry: Entry) -> str | None:
+    def _makes_repository(self, entry: Entry, opened: list[int]) -> str | None:
         """git takes any directory holding HEAD with objects/ and refs/ (or a commondir) for a
         repository and runs what its config says; a directory under a writable grant must not
-        become one during the run (name rules cannot see it: the entries have ordinary names)."""
+        become one during the run (name rules cannot see it: the entries have ordinary names).
+        The look and the making are one step for every run: the directory is locked (flock) until
+        the call's descriptors close, after the change — two runs in one workspace each saw the
+        other's marker absent and made their own (red team rt8: a repository, half the time)."""
         marker = gitdir_marker(entry.name)  # folded: `head` is HEAD on a case-insensitive directory
         if marker is None or self._root_of(entry.path) is None:
             return None
         if self.protection.gitdir_of(entry.parent_path):
             return None  # inside a git directory: git's own work
+        why = _lock_markers(entry, opened)
+        if why:
+            return why
         present = {name for name in GITDIR_MARKERS if name != marker and exists_at(entry.parent, name)}
         after = present | {marker}
         if "HEAD" in after and ({"objects", "refs"} <= after or "commondir" in after):
@@ -144,7 +150,7 @@ class Judgement:
         st = self._lstat(entry)
         why = (guard(entry.path) if guard else self._why_not(entry.path, st)) or self._other_name(n, entry)
         if not why and creates and st is None:
-            why = self._makes_repository(entry)
+            why = self._makes_repository(entry, opened)
         if not why and also is not None:
             why = also(entry.path)
         if why is BUSY:
@@ -185,3 +191,36 @@ class Judgement:
                 self._refuse(n, op, path, verdict.rule, errno.EROFS)
                 return
         self._continue(n)
+
+
+MARKER_LOCK_S = 2.0  # how long a marker's directory lock is waited for (another supervisor holds it µs)
+
+
+def _lock_markers(entry: Entry, opened: list[int]) -> str | None:
+    """Lock the entry's directory for the rest of the call (its descriptor joins `opened`): every
+    supervisor takes this lock before looking at a directory's markers, so one run's look never
+    misses another's marker being made. Held past MARKER_LOCK_S (a sandbox may flock it too):
+    refused, as is a directory that cannot be opened to lock."""
+    import fcntl
+    import time
+
+    try:
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=entry.parent)
+    except OSError as exc:
+        return (f"protected: {entry.name} is a git directory's marker, and its directory could not be opened to "
+                f"lock it against another run making the others ({exc.strerror})")
+    opened.append(fd)
+    deadline, delay = time.monotonic() + MARKER_LOCK_S, 0.001
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return None
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return (f"protected: {entry.name} is a git directory's marker, and its directory stayed locked "
+                        f"(by another run, or a process holding flock on it) for {MARKER_LOCK_S:g} s")
+            time.sleep(delay)
+            delay = min(2 * delay, 0.05)
+        except OSError as exc:  # a file system without flock (some FUSE): fail closed
+            return (f"protected: {entry.name} is a git directory's marker, and its directory cannot be locked "
+                    f"against another run making the others ({exc.strerror})")

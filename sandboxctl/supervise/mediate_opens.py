@@ -65,7 +65,7 @@ class Opens:
         st = self._lstat(entry)
         why = self._why_not(path, st) or self._other_name(n, entry)
         if not why and st is None and flags & O_CREAT:
-            why = self._makes_repository(entry)
+            why = self._makes_repository(entry, opened)
         if why:
             self._refuse(n, op, path, why)
             return

@@ -95,7 +95,11 @@ def test_commands_share_the_sandbox_and_keep_their_own_exit_codes_and_stdio(cli)
     assert (second.returncode, second.stdout) == (0, "kept\n")
     piped = cli("exec", name, "--", "tr", "a-z", "A-Z", input="through stdin\n")
     assert piped.stdout == "THROUGH STDIN\n"
-    assert cli("exec", name, "--", "no-such-command-xyz").returncode == 127
+    missing = cli("exec", name, "--", "no-such-\x1b[31mcommand")
+    assert missing.returncode == 127
+    # the server's words are made inert once, by the client: an ESC reads \x1b, never \\x1b (a backslash)
+    assert missing.stderr.splitlines()[0] == \
+        "sandboxctl: error: no-such-\\x1b[31mcommand: command not found inside the sandbox", missing.stderr
     assert cli("exec", "--env", "GREETING=hi there", name, "--", "sh", "-c", 'echo "$GREETING"').stdout == "hi there\n"
     (cli.sandbox.workspace / "sub").mkdir()
     assert cli("exec", "--cwd", "sub", name, "--", "pwd").stdout.strip() == str(cli.sandbox.workspace / "sub")
