@@ -67,11 +67,13 @@ def test_a_storm_of_killed_callers_leaks_nothing_and_the_log_ends_with_run_end(s
     assert run.returncode == 0 and out.strip() == "storm over", err
     live = [s for s in samples if s[0] > 0]
     assert len(live) >= 3, samples
-    # flat, not growing: a leak per killed caller (hundreds of kills) would pass any small bound;
-    # the first third is left out (a loaded machine may still be starting the run, its listener
-    # and held directories, when sampling begins)
+    # not growing: a leak per killed caller (hundreds of kills) would pass any small bound, and it
+    # climbs, so the last third is held to the least seen after the first third (a loaded machine
+    # may still be starting the run, its listener and held directories, as sampling begins; a
+    # count that falls as it settles is no leak)
     settled = [fds for fds, _ in live[len(live) // 3:]]
-    assert max(settled) - min(settled) <= 6 and max(fds for fds, _ in live) < 64, samples
+    last = settled[len(settled) // 2:]
+    assert max(last) - min(settled) <= 6 and max(fds for fds, _ in live) < 64, samples
     assert max(threads for _, threads in live) <= 16, samples
     records = sandbox.records()
     assert records[-1]["event"] == "run.end" and sum(r["event"] == "run.end" for r in records) == 1
