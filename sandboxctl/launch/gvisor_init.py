@@ -76,7 +76,7 @@ class Libc:
 
     def address_of_copy(self, data):
         """A copy of `data` in memory of ours (kept alive by the caller) and its address, for a
-        structure that points at a buffer (struct sock_fprog)."""
+        structure that points at a buffer (seccomp_filter) or memory the kernel writes."""
         _ctypes = self._ctypes
 
         class Byte(_ctypes._SimpleCData):
@@ -89,15 +89,24 @@ class Libc:
         copy = Buffer.from_buffer_copy(data)
         return copy, _ctypes.addressof(copy)
 
+    def seccomp_filter(self, seccomp_nr, flags, program):
+        """seccomp(SECCOMP_SET_MODE_FILTER, flags, &prog), prog a struct sock_fprog (unsigned short
+        len, padding, a pointer) naming a copy of the program that lives until the call returns
+        (the kernel has copied it by then); returns what seccomp returns (a listener, or 0)."""
+        copy, address = self.address_of_copy(program)
+        width = 8 if sys.maxsize > 2**32 else 4
+        order = sys.byteorder
+        fprog = (len(program) // 8).to_bytes(2, order) + bytes(width - 2) + address.to_bytes(width, order)
+        try:
+            return self.syscall(seccomp_nr, 1, flags, fprog)
+        finally:
+            del copy
+
 
 def load_seccomp(libc, program, seccomp_nr):
     """seccomp(SECCOMP_SET_MODE_FILTER, 0, prog) after no_new_privs, as bubblewrap does."""
     libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
-    copy, address = libc.address_of_copy(program)
-    width = 8 if sys.maxsize > 2**32 else 4  # struct sock_fprog: unsigned short len, padding, a pointer
-    fprog = (len(program) // 8).to_bytes(2, sys.byteorder) + bytes(width - 2) + address.to_bytes(width, sys.byteorder)
-    libc.syscall(seccomp_nr, 1, 0, fprog)
-    del copy  # the kernel has copied the program by now
+    libc.seccomp_filter(seccomp_nr, 0, program)
 
 
 def proxy_listener(port):

@@ -107,7 +107,7 @@ class Libc:
 
     def address_of_copy(self, data):
         """A copy of `data` in memory of ours (kept alive by the caller) and its address, for a
-        structure that points at a buffer (struct sock_fprog)."""
+        structure that points at a buffer (seccomp_filter) or memory the kernel writes."""
         _ctypes = self._ctypes
 
         class Byte(_ctypes._SimpleCData):
@@ -120,6 +120,19 @@ class Libc:
         copy = Buffer.from_buffer_copy(data)
         return copy, _ctypes.addressof(copy)
 
+    def seccomp_filter(self, seccomp_nr, flags, program):
+        """seccomp(SECCOMP_SET_MODE_FILTER, flags, &prog), prog a struct sock_fprog (unsigned short
+        len, padding, a pointer) naming a copy of the program that lives until the call returns
+        (the kernel has copied it by then); returns what seccomp returns (a listener, or 0)."""
+        copy, address = self.address_of_copy(program)
+        width = 8 if sys.maxsize > 2**32 else 4
+        order = sys.byteorder
+        fprog = (len(program) // 8).to_bytes(2, order) + bytes(width - 2) + address.to_bytes(width, order)
+        try:
+            return self.syscall(seccomp_nr, 1, flags, fprog)
+        finally:
+            del copy
+
 
 def u64(*values):
     return b"".join(value.to_bytes(8, sys.byteorder) for value in values)
@@ -131,12 +144,7 @@ def load_notify_filter(libc, program, seccomp_nr):
     bubblewrap's --seccomp cannot return a listener and libseccomp is not reachable in here, so
     this is the raw call. no_new_privs is already set (bubblewrap, Landlock).
     """
-    copy, address = libc.address_of_copy(program)
-    width = 8 if sys.maxsize > 2**32 else 4  # struct sock_fprog: unsigned short len, padding, a pointer
-    fprog = (len(program) // 8).to_bytes(2, sys.byteorder) + bytes(width - 2) + address.to_bytes(width, sys.byteorder)
-    fd = libc.syscall(seccomp_nr, 1, 8, fprog)  # SET_MODE_FILTER, FLAG_NEW_LISTENER
-    del copy  # the kernel has copied the program by now
-    return fd
+    return libc.seccomp_filter(seccomp_nr, 8, program)  # SECCOMP_FILTER_FLAG_NEW_LISTENER
 
 
 def proxy_listener(port):
