@@ -137,7 +137,7 @@ class Loop:
     def _on_signals(self) -> None:
         pending, self.pending_signals = self.pending_signals, []
         for signum in pending:
-            if signum in (_signal.SIGINT, _signal.SIGQUIT) and _terminal_delivered():
+            if signum in (_signal.SIGINT, _signal.SIGQUIT) and terminal_delivered():
                 continue  # the terminal sent it to the whole foreground group, command included
             init = self._init_pid()
             if init:
@@ -201,7 +201,7 @@ class Loop:
                 os.close(fd)
 
 
-def _terminal_delivered() -> bool:
+def terminal_delivered() -> bool:
     """True when we are in the terminal's foreground group: the kernel signalled the command too."""
     try:
         fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)

@@ -37,7 +37,7 @@ from sandboxctl.supervise.denials import DenialList, LogThrottle
 from sandboxctl.supervise.escapes import Escapes
 from sandboxctl.supervise.handshake import Handshake
 from sandboxctl.supervise.listener import Listener
-from sandboxctl.supervise.loop import FORWARDED, TERM_GRACE_S, Loop  # noqa: F401 - imported from here (gvisor, session)
+from sandboxctl.supervise.loop import FORWARDED, TERM_GRACE_S, Loop, terminal_delivered  # noqa: F401 - imported from here (gvisor, session)
 from sandboxctl.supervise.result import Outcome, RunResult
 from sandboxctl.supervise.run_log import RunLog
 from sandboxctl.supervise.startup import Startup
@@ -191,7 +191,8 @@ class Supervisor(Startup, Handshake, Loop, Listener, Escapes, RunLog, Outcome):
         """The caller's signal handlers back, once the run's end is written (lifecycle: after
         run.end and the log's close, so a SIGTERM as the run ends cannot kill the supervisor between
         the command's end and run.end); a SIGTERM, SIGHUP or SIGINT that came meanwhile is then
-        raised again, as if it had come now."""
+        raised again, as if it had come now. A terminal's Ctrl-C is not: the kernel gave it to the
+        command too, and the command's own exit status (which may be that it caught it) stands."""
         originals, self.signal_originals = self.signal_originals, None
         if originals is None:
             return
@@ -202,6 +203,8 @@ class Supervisor(Startup, Handshake, Loop, Listener, Escapes, RunLog, Outcome):
             _signal.signal(signum, int(handler) if isinstance(handler, int) else handler)
         deferred, self.pending_signals = self.pending_signals, []
         for signum in dict.fromkeys(deferred):
+            if signum == _signal.SIGINT and terminal_delivered():
+                continue
             if signum in (_signal.SIGTERM, _signal.SIGHUP, _signal.SIGINT):
                 _signal.raise_signal(signum)
 
