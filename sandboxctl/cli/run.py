@@ -186,6 +186,8 @@ def _print_denials(denials: list[dict], run_id: str) -> None:
 def _print_held(held: dict) -> None:
     """An overlay run ends by saying what it holds and how to decide about it."""
     run = held["run"]
+    if held.get("not_copied"):
+        _print_not_copied(held["not_copied"])
     if not held.get("sealed"):
         from sandboxctl.inert import inert
 
@@ -203,6 +205,24 @@ def _print_held(held: dict) -> None:
                                                            ("protected", "protected")) if held.get(k))
     print(f"sandboxctl: run {run} holds {held.get('changes')} changes ({what}{extra}); the workspace is untouched. "
           f"Review: sandboxctl changes {run} -p; then sandboxctl apply {run} or sandboxctl discard {run}",
+          file=sys.stderr)
+
+
+def _print_not_copied(not_copied: dict) -> None:
+    """The command saw only EOVERFLOW ("Value too large for defined data type"): say why, and
+    what to do, once per run. Paths come from the sandbox: each line is made inert whole."""
+    from sandboxctl.inert import inert
+
+    shown = (not_copied.get("paths") or [])[:3]
+    named = ", ".join(str(p.get("path")) + (f" (owner {p['uid']}, group {p['gid']})" if "uid" in p else "")
+                      for p in shown)
+    others = len(not_copied.get("paths") or []) - len(shown)
+    message = (f"the overlay could not change {named}{f' and {others} more' if others > 0 else ''} "
+               f"({not_copied.get('count')} call(s) failed with EOVERFLOW): overlayfs copies a file up with its "
+               f"owner and group, and the sandbox maps only uid {not_copied.get('uid')} and gid "
+               f"{not_copied.get('gid')}")
+    print(f"sandboxctl: note: {inert(message)}", file=sys.stderr)
+    print("  hint: give those files your own group (chgrp) and owner, or run without --overlay (workspace: rw)",
           file=sys.stderr)
 
 

@@ -135,6 +135,9 @@ def execute(plan: Plan, state: str, argv_for_log: list[str], status=None, *, sup
         if layer is not None:
             held = _hold(layer, supervisor.ready)
             layer = None
+            not_copied = getattr(getattr(supervisor, "mediator", None), "not_copied", None)
+            if held is not None and not_copied is not None and not_copied.count:
+                held["not_copied"] = _not_copied(not_copied)
             result = result._replace(held=held)
         with contextlib.suppress(LogWriteError):
             log.flush()  # exec records still queued (ActionLog.write_soon), before seq and head are read
@@ -249,6 +252,20 @@ def _hold(layer, started: bool) -> dict | None:
     return {"run": layer.run_id, "layer": str(layer.path), "state": "held", "sealed": True, **summary,
             "list": [{"path": c.path, "change": c.change, "conflict": c.conflict, "protected": c.protected}
                      for c in found]}
+
+
+def _not_copied(not_copied) -> dict:
+    """What overlayfs would not copy up, with the owner and group the host sees (the overlay is
+    mounted over the workspace's own path: a path in the sandbox's view is the host's)."""
+    paths = []
+    for path in not_copied.paths:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            paths.append({"path": path})
+            continue
+        paths.append({"path": path, "uid": st.st_uid, "gid": st.st_gid})
+    return {"count": not_copied.count, "paths": paths, "uid": os.getuid(), "gid": os.getgid()}
 
 
 def _logged(held: dict | None) -> dict | None:

@@ -78,6 +78,25 @@ CALL_OPS = ("open", "mkdir", "bind", "mknod", "unlink", "rmdir", "symlink", "tru
             "link")
 
 
+class NotCopied:
+    """`workspace: overlay`: the workspace files the kernel would not change (EOVERFLOW). overlayfs
+    copies a file up with its owner and group, and fails when either is not mapped in the
+    sandbox's user namespace (bubblewrap maps the caller's own uid and gid only: a file of a
+    secondary group, or another user's). The command sees only "Value too large for defined data
+    type"; the run's end says what it was (lifecycle). A few paths kept, every failed call counted."""
+
+    KEPT = 10
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        self.count = 0
+
+    def note(self, path: str) -> None:
+        self.count += 1
+        if len(self.paths) < self.KEPT and path not in self.paths:
+            self.paths.append(path)
+
+
 class CallerGone(Exception):
     """The call is no longer pending (its caller was killed): what was read of it may be another
     process's, so nothing is done for it and nothing is answered."""
@@ -123,6 +142,7 @@ class Mediator(Judgement, Opens, Changes, Answers):
         self.waiters: list[threading.Thread] = []  # those threads (joined by close)
         self.closed = False
         self._calls = {op: getattr(self, f"_{op}") for op in CALL_OPS}  # Call.op -> its method, bound once
+        self.not_copied = NotCopied()
 
     def close(self) -> None:
         """The sandbox is gone: FIFO opens still waiting stop (they poll), and are over before

@@ -50,6 +50,8 @@ class Answers:
     def _done(self, n: Notification, op: str, path: str, result: int | OSError, **more: Any) -> None:
         if isinstance(result, OSError):
             respond(self.listener, n.id, error=result.errno or errno.EIO)
+            if result.errno == errno.EOVERFLOW and self.plan.overlay is not None:
+                self.not_copied.note(path)  # overlayfs could not copy it up: said at the run's end
             return
         respond(self.listener, n.id)
         if self.log_allowed:  # queued: the caller's next call is not kept waiting for the log

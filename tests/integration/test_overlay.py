@@ -225,6 +225,49 @@ def test_the_run_says_what_it_holds(sandbox):
     assert "sandboxctl changes" in result.stderr and "sandboxctl apply" in result.stderr
 
 
+def test_root_overlay_copies_up_another_users_file(sandbox):
+    """As root the overlay is mounted in the host's user namespace: any owner is copied up."""
+    if os.getuid() != 0:
+        pytest.skip("as root only (a user's overlay is mounted in its own user namespace)")
+    (sandbox.workspace / "theirs.txt").write_text("lower\n")
+    os.chmod(sandbox.workspace / "theirs.txt", 0o666)
+    os.chown(sandbox.workspace / "theirs.txt", 12345, 12345)
+    argv = [a for a in sandbox.argv("--overlay", "--", "/bin/sh", "-c", "echo x > theirs.txt") if a != "-q"]
+    result = subprocess.run(argv, cwd=sandbox.workspace, env=sandbox.env(), capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and "note:" not in result.stderr, result.stderr
+    assert "holds 1 changes (1 modified)" in result.stderr
+    assert (sandbox.workspace / "theirs.txt").read_text() == "lower\n"
+
+
+def test_a_file_overlayfs_cannot_copy_up_is_explained(sandbox):
+    """A user's overlay lives in its user namespace, which maps its own uid and gid only: a file of
+    a secondary group cannot be copied up, and the run says why (the command sees EOVERFLOW)."""
+    others = [g for g in os.getgroups() if g != os.getgid()]
+    if os.getuid() == 0 or not others:
+        pytest.skip("an unprivileged user with a secondary group only (.ci/run gives its user one)")
+    name = "shared\x1b[2Jgroup.txt"
+    path = sandbox.workspace / name
+    path.write_text("lower\n")
+    os.chown(path, -1, others[0])
+    ids = f"group {others[0]}"
+    argv = [a for a in sandbox.argv("--overlay", "--", "/bin/sh", "-c",
+                                    f"echo more >> '{name}'; echo x > '{name}'; echo rc=$?") if a != "-q"]
+    result = subprocess.run(argv, cwd=sandbox.workspace, env=sandbox.env(), capture_output=True, text=True,
+                            timeout=60)
+    assert "rc=2" in result.stdout, result  # what the kernel answers: EOVERFLOW
+    assert "Value too large" in result.stderr
+    note = [line for line in result.stderr.splitlines() if line.startswith("sandboxctl: note: the overlay")]
+    ours = [line for line in result.stderr.splitlines() if line.startswith(("sandboxctl:", "  hint:"))]
+    assert len(note) == 1 and not any("\x1b" in line for line in ours), result.stderr  # the command's own may
+    assert "shared\\x1b[2Jgroup.txt" in note[0] and ids in note[0] and "(2 call(s) failed" in note[0], note
+    assert f"maps only uid {os.getuid()} and gid {os.getgid()}" in note[0]
+    assert (sandbox.workspace / name).read_text() == "lower\n"
+    end = [r for r in sandbox.records() if r["event"] == "run.end"][-1]
+    assert end["changes"]["not_copied"]["count"] == 2
+    assert [p["path"] for p in end["changes"]["not_copied"]["paths"]] == [str(sandbox.workspace / name)]
+
+
 def test_write_approvals_outside_the_workspace_are_unaffected(sandbox, tmp_path):
     outside = tmp_path / "granted"
     outside.mkdir()
