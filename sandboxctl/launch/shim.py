@@ -124,6 +124,8 @@ class Libc:
         """seccomp(SECCOMP_SET_MODE_FILTER, flags, &prog), prog a struct sock_fprog (unsigned short
         len, padding, a pointer) naming a copy of the program that lives until the call returns
         (the kernel has copied it by then); returns what seccomp returns (a listener, or 0)."""
+        if not program or len(program) % 8 or len(program) > 8 * 0xFFFF:  # len: instructions, an unsigned short
+            raise OSError(22, f"a seccomp program of {len(program)} bytes is not 1 to 65535 whole instructions")
         copy, address = self.address_of_copy(program)
         width = 8 if sys.maxsize > 2**32 else 4
         order = sys.byteorder

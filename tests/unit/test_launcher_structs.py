@@ -279,6 +279,18 @@ def test_sock_fprog_names_a_copy_of_the_program(launcher, monkeypatch) -> None:
     assert seen["bytes"] == bytes(SockFprog(3, ctypes.cast(seen["address"], ctypes.POINTER(SockFilter))))
 
 
+@pytest.mark.parametrize("launcher", LAUNCHERS, ids=["shim", "gvisor_init"])
+@pytest.mark.parametrize("program", [b"", b"\0" * 12, b"\0" * 8 * 65536], ids=["empty", "1.5", "65536"])
+def test_a_program_that_is_not_whole_instructions_is_never_loaded(launcher, monkeypatch, program) -> None:
+    """len is instructions in an unsigned short: a program of part of one, none, or more than fit
+    would be loaded cut short (or raise OverflowError, not an OSError the launchers answer)."""
+    libc = launcher.Libc()
+    monkeypatch.setattr(libc, "syscall", lambda *args: pytest.fail("loaded"))
+    with pytest.raises(OSError) as caught:
+        libc.seccomp_filter(317, 0, program)
+    assert caught.value.errno == 22  # EINVAL, as the kernel would answer
+
+
 def test_the_capability_structures_are_the_kernels() -> None:
     """gvisor_init's capset/capget: a v3 header (version, pid 0) and two data structures."""
     calls = []
