@@ -267,7 +267,7 @@ def start_forwarder(proxy, libc):
             os.close(null)
             os.write(ready_w, b"ok")
             os.close(ready_w)
-        except OSError as exc:
+        except Exception as exc:  # said on the pipe: one line from the launcher, not a traceback from here
             os.write(ready_w, f"{exc}".encode(errors="replace")[:500])
             os._exit(1)
         try:
@@ -309,6 +309,16 @@ def exec_command(argv, env):
 
 
 def main():
+    """Whatever goes wrong in here ends the run with 125 and one line: an unexpected exception (a
+    libc call raising TypeError or ctypes.ArgumentError) would otherwise be a traceback and exit 1,
+    which the supervisor cannot tell from the command's own exit status."""
+    try:
+        launch()
+    except BaseException as exc:
+        fail(f"the sandbox's launcher failed: {type(exc).__name__}: {exc}")
+
+
+def launch():
     try:
         with open(sys.argv[1], "rb") as handle:
             config = marshal.loads(handle.read())
@@ -323,19 +333,19 @@ def main():
         signal.signal(signum, signal.SIG_DFL)
     try:
         libc = Libc()
-    except (ImportError, OSError, AttributeError) as exc:
+    except Exception as exc:  # ImportError, OSError, AttributeError (a missing symbol), or worse
         fail(f"cannot reach libc's system calls through _ctypes: {exc}")
     if config.get("seccomp"):
         try:
             load_seccomp(libc, config["seccomp"], config["seccomp_nr"])
-        except OSError as exc:
+        except Exception as exc:  # OSError, or a call _ctypes could not make: never run without the filter
             fail(f"cannot load the seccomp filter inside gVisor: {exc}")
     if config.get("proxy"):
         start_forwarder(config["proxy"], libc)  # after seccomp: the forwarder is filtered too
     if config.get("drop_capabilities"):
         try:
             drop_capabilities(libc)
-        except OSError as exc:
+        except Exception as exc:
             fail(f"cannot drop the launcher's capabilities before the command: {exc}")
     exec_command(config["argv"], config["env"])
 

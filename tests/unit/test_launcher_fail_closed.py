@@ -1,0 +1,166 @@
+"""Both launchers, run for real in a child interpreter (python3 -I -S, as inside a sandbox) with
+their libc broken in the ways a sandbox's file tree or a Python build can break it: _ctypes that
+does not import, an empty _ctypes, a missing libc symbol, a dlopen that fails, a call that raises
+something other than OSError. Each must end the launch with exit 125 and one clear line (the shim:
+an error message to the supervisor), no traceback, and never run the command: a marker file the
+command would write must not exist. A control case with nothing broken runs the command, so the
+harness can tell."""
+
+from __future__ import annotations
+
+import _socket
+import marshal
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sandboxctl.launch import config_frames, landlock_rights
+from sandboxctl.plan.model import LandlockPathRule, LandlockPlan
+
+LAUNCH = Path(config_frames.__file__).parent
+SECCOMP_NR = {"x86_64": 317, "aarch64": 277}.get(os.uname().machine)
+ALLOW_ALL = (0x06).to_bytes(2, sys.byteorder) + bytes(2) + (0x7FFF0000).to_bytes(4, sys.byteorder)
+
+# Python run in the child before the launcher's main(): each breaks libc's reach one way
+BREAKAGES = {
+    "nothing": "",
+    "no _ctypes": "sys.modules['_ctypes'] = None",
+    "empty _ctypes": "import types; sys.modules['_ctypes'] = types.ModuleType('_ctypes')",
+    "dlopen fails": """
+import _ctypes as real, types
+fake = types.ModuleType('_ctypes'); fake.__dict__.update(vars(real))
+def dlopen(*args):
+    raise OSError('libc.so.6: cannot open shared object file')
+fake.dlopen = dlopen
+sys.modules['_ctypes'] = fake
+""",
+    "no syscall symbol": """
+import _ctypes as real, types
+fake = types.ModuleType('_ctypes'); fake.__dict__.update(vars(real))
+class CFuncPtr(real.CFuncPtr):
+    _flags_ = real.FUNCFLAG_CDECL
+    def __new__(cls, *args):
+        if args and isinstance(args[0], tuple) and args[0][0] == 'syscall':
+            raise AttributeError('python3: undefined symbol: syscall')
+        return super().__new__(cls, *args)
+fake.CFuncPtr = CFuncPtr
+sys.modules['_ctypes'] = fake
+""",
+    "a call raises TypeError": """
+def syscall(self, number, *args):
+    if number == SECCOMP_NR:
+        raise TypeError("Don't know how to convert parameter 3")
+    return REAL_SYSCALL(self, number, *args)
+REAL_SYSCALL = launcher['Libc'].syscall
+launcher['Libc'].syscall = syscall
+""",
+    "prctl raises ArgumentError": """
+import _ctypes
+def prctl(self, option, *args):
+    raise _ctypes.ArgumentError('argument 2: OverflowError: int too long to convert')
+launcher['Libc'].prctl = prctl
+""",
+}
+
+CHILD = r"""
+import sys
+source, breakage, SECCOMP_NR = sys.argv[1], sys.argv[2], int(sys.argv[3])
+launcher = {"__name__": "launcher_under_test"}
+with open(source) as handle:
+    exec(compile(handle.read(), source, "exec"), launcher)
+exec(breakage)
+sys.argv = ["launcher", *sys.argv[4:]]
+launcher["main"]()
+"""
+
+pytestmark = pytest.mark.skipif(SECCOMP_NR is None, reason="no seccomp number for this machine")
+
+
+def _command(marker: Path) -> list[str]:
+    return ["/bin/sh", "-c", f"echo ran > {marker}"]
+
+
+def _child(launcher: str, breakage: str, *args: str) -> list[str]:
+    return [sys.executable, "-I", "-S", "-c", CHILD, str(LAUNCH / launcher), BREAKAGES[breakage], str(SECCOMP_NR),
+            *args]
+
+
+def _assert_failed_closed(code: int, stderr: str, marker: Path) -> None:
+    assert "Traceback" not in stderr, stderr
+    assert code == 125, (code, stderr)
+    assert not marker.exists(), "the command ran"
+
+
+@pytest.mark.parametrize("breakage", BREAKAGES)
+def test_gvisor_init_fails_closed_with_one_line(tmp_path: Path, breakage: str) -> None:
+    marker = tmp_path / "marker"
+    config = tmp_path / "launch"
+    config.write_bytes(marshal.dumps({"argv": _command(marker), "env": {"PATH": "/usr/bin:/bin"},
+                                      "seccomp": ALLOW_ALL, "seccomp_nr": SECCOMP_NR, "default_signals": []}))
+    done = subprocess.run(_child("gvisor_init.py", breakage, str(config)), capture_output=True, text=True,
+                          timeout=60)
+    if breakage == "nothing":
+        assert (done.returncode, marker.read_text()) == (0, "ran\n"), done.stderr
+        return
+    _assert_failed_closed(done.returncode, done.stderr, marker)
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sandboxctl: error: "), lines
+
+
+def _shim_config(tmp_path: Path, marker: Path) -> dict:
+    plan = LandlockPlan(required=True, minimum_abi=1,
+                        paths=(LandlockPathRule("/", ("read", "execute")), LandlockPathRule(str(tmp_path), ("write",))),
+                        restrict_tcp_bind=False, restrict_tcp_connect=False, connect_tcp_ports=(), bind_tcp_ports=(),
+                        scopes=())
+    return {"limits": {}, "landlock": landlock_rights.shim_config(plan), "argv": _command(marker),
+            "env": {"PATH": "/usr/bin:/bin"}, "notify_program": ALLOW_ALL, "seccomp_nr": SECCOMP_NR,
+            "default_signals": []}
+
+
+def _run_shim(tmp_path: Path, breakage: str, marker: Path) -> tuple[int, str, list[dict]]:
+    """The shim with the test as its supervisor: the configuration in frames, go on ready."""
+    ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+    err_r, err_w = os.pipe()
+    process = subprocess.Popen(_child("shim.py", breakage, str(theirs.fileno()), str(err_w)),
+                               pass_fds=(theirs.fileno(), err_w), stderr=subprocess.PIPE, text=True)
+    theirs.close()
+    os.close(err_w)
+    messages = []
+    try:
+        config_frames.send_config(ours, _shim_config(tmp_path, marker))
+        ours.settimeout(60)
+        while True:
+            data, ancillary, _flags, _addr = ours.recvmsg(1 << 20, _socket.CMSG_SPACE(16))
+            for _level, _kind, payload in ancillary:
+                for at in range(0, len(payload) - len(payload) % 4, 4):
+                    os.close(int.from_bytes(payload[at:at + 4], sys.byteorder))
+            if not data:
+                break
+            message = marshal.loads(data)
+            messages.append(message)
+            if "ready" in message:
+                ours.sendall(marshal.dumps({"go": True}))
+    finally:
+        ours.close()
+        _stdout, stderr = process.communicate(timeout=60)
+        with os.fdopen(err_r, "rb") as real_stderr:
+            stderr += real_stderr.read().decode(errors="replace")
+    return process.returncode, stderr, messages
+
+
+@pytest.mark.parametrize("breakage", BREAKAGES)
+def test_the_shim_fails_closed_with_one_message(tmp_path: Path, breakage: str) -> None:
+    marker = tmp_path / "marker"
+    code, stderr, messages = _run_shim(tmp_path, breakage, marker)
+    if breakage == "nothing":
+        assert (code, marker.read_text()) == (0, "ran\n"), (stderr, messages)
+        assert next(m for m in messages if "ready" in m)["ready"]["landlock"]["enforced"]
+        return
+    _assert_failed_closed(code, stderr, marker)
+    assert stderr == ""  # the supervisor shows the error: nothing else
+    [error] = [m for m in messages if "error" in m]
+    assert error["code"] == 125 and "\n" not in error["error"] and error["error"].strip(), error
+    assert not [m for m in messages if "ready" in m]  # never reported as ready: the supervisor never says go
