@@ -23,8 +23,17 @@ import sys
 
 
 def fail(message, code=125):
-    os.write(2, f"sandboxctl: error: {message}\n".encode(errors="replace"))
+    os.write(2, f"sandboxctl: error: {inert(message)}\n".encode(errors="replace"))
     os._exit(code)
+
+
+def inert(text):
+    """The line goes straight to the caller's terminal (under bubblewrap the supervisor escapes the
+    shim's words; here nothing is in between), and it holds the command's name and the kernel's or
+    Python's words: printable ASCII stays, every other character becomes a visible escape (ESC as
+    \\x1b, U+202E as \\u202e, a backslash doubled), as sandboxctl.inert shows them."""
+    return "".join(c if " " <= c <= "~" and c != "\\" else "\\\\" if c == "\\" else c.encode("unicode_escape").decode()
+                   for c in str(text))
 
 
 # The same class as launch/shim.py's (a unit test holds them equal): each launcher is one file,

@@ -164,3 +164,17 @@ def test_the_shim_fails_closed_with_one_message(tmp_path: Path, breakage: str) -
     [error] = [m for m in messages if "error" in m]
     assert error["code"] == 125 and "\n" not in error["error"] and error["error"].strip(), error
     assert not [m for m in messages if "ready" in m]  # never reported as ready: the supervisor never says go
+
+
+def test_gvisor_inits_words_are_inert(tmp_path: Path) -> None:
+    """gvisor_init writes its line straight to the caller's terminal (no supervisor in between to
+    escape it, as under bubblewrap): a command name with ESC and BEL must not reach it raw."""
+    config = tmp_path / "launch"
+    name = "no-such-\x1b]0;owned\x07\x1b[31mRED\u202e\\x"
+    config.write_bytes(marshal.dumps({"argv": [name], "env": {"PATH": "/usr/bin"},
+                                      "seccomp": ALLOW_ALL, "seccomp_nr": SECCOMP_NR, "default_signals": []}))
+    done = subprocess.run(_child("gvisor_init.py", "nothing", str(config)), capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 127, done.stderr
+    assert done.stderr == ("sandboxctl: error: no-such-\\x1b]0;owned\\x07\\x1b[31mRED\\u202e\\\\x: "
+                           "command not found inside the sandbox\n")
