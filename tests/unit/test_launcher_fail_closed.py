@@ -178,3 +178,72 @@ def test_gvisor_inits_words_are_inert(tmp_path: Path) -> None:
     assert done.returncode == 127, done.stderr
     assert done.stderr == ("sandboxctl: error: no-such-\\x1b]0;owned\\x07\\x1b[31mRED\\u202e\\\\x: "
                            "command not found inside the sandbox\n")
+
+
+# ---------------------------------------------------------------- errno: only "no Landlock here" degrades
+class _AnswersVersion:
+    """A libc whose Landlock version query fails with one errno (and that records the rest)."""
+
+    def __init__(self, errno_value: int) -> None:
+        self.errno_value = errno_value
+        self.calls: list[int] = []
+
+    def syscall(self, number, *args):
+        self.calls.append(number)
+        if number == 444 and args[2] == 1:
+            raise OSError(self.errno_value, os.strerror(self.errno_value))
+        raise AssertionError("nothing but the version query may be made")
+
+    def prctl(self, *args):
+        raise AssertionError("no prctl without a ruleset")
+
+
+def _plan_config(required: bool) -> dict:
+    plan = LandlockPlan(required=required, minimum_abi=1, paths=(LandlockPathRule("/usr", ("read",)),),
+                        restrict_tcp_bind=False, restrict_tcp_connect=False, connect_tcp_ports=(), bind_tcp_ports=(),
+                        scopes=())
+    return landlock_rights.shim_config(plan)
+
+
+@pytest.mark.parametrize("errno_value", [38, 95], ids=["ENOSYS", "EOPNOTSUPP"])
+def test_a_kernel_without_landlock_stops_required_and_is_said_under_best_effort(errno_value: int) -> None:
+    from sandboxctl.launch import shim
+
+    with pytest.raises(RuntimeError, match="Landlock is not available"):
+        shim.apply_landlock(_AnswersVersion(errno_value), _plan_config(required=True))
+    report = shim.apply_landlock(_AnswersVersion(errno_value), _plan_config(required=False))
+    assert report["enforced"] is False and report["degraded"] == "Landlock is not available"
+
+
+@pytest.mark.parametrize("errno_value", [1, 13, 22, 14], ids=["EPERM", "EACCES", "EINVAL", "EFAULT"])
+def test_any_other_errno_of_the_version_query_fails_even_best_effort(errno_value: int) -> None:
+    """EPERM is what a container's seccomp profile answers for a call it refuses: Landlock may well
+    be there, so it is no 'kernel without Landlock' to degrade from — the run fails (125)."""
+    from sandboxctl.launch import shim
+
+    for required in (True, False):
+        with pytest.raises(OSError) as caught:
+            shim.apply_landlock(_AnswersVersion(errno_value), _plan_config(required))
+        assert caught.value.errno == errno_value
+
+
+@pytest.mark.parametrize("launcher", ["shim", "gvisor_init"])
+def test_a_failed_call_raises_the_kernels_errno(launcher: str) -> None:
+    """Libc reads errno where _ctypes kept it (FUNCFLAG_USE_ERRNO): the version query with flags the
+    kernel does not know is EINVAL, a prctl past the last capability EINVAL, and a bad syscall
+    number ENOSYS — the values the launchers' fallbacks are decided on."""
+    import importlib
+
+    libc = importlib.import_module(f"sandboxctl.launch.{launcher}").Libc()
+    for call, expected in ((lambda: libc.syscall(444, None, 0, 1 << 20), 22),
+                           (lambda: libc.prctl(23, 4096, 0, 0, 0), 22),
+                           (lambda: libc.syscall(100_000), 38)):
+        with pytest.raises(OSError) as caught:
+            call()
+        assert caught.value.errno == expected
+    try:
+        abi = libc.syscall(444, None, 0, 1)
+    except OSError as exc:  # a kernel without Landlock
+        assert exc.errno in (38, 95)
+    else:
+        assert abi >= 1  # a success is its value (the ABI), not an error
