@@ -453,3 +453,20 @@ def test_the_kernel_loads_the_packed_sock_fprog(launcher: str) -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["EXDEV", "2"]
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the native launcher is x86-64 code")
+def test_the_native_launchers_sock_fprog_is_the_kernels() -> None:
+    """gvisor_exec packs its sock_fprog into the image ('<H6xQ'): the table's first slot points at
+    it, and it must be the struct with the count and the address of the program in the image."""
+    from sandboxctl.launch import gvisor_exec
+
+    program = _program(5)
+    image = gvisor_exec.build(program, ["/bin/true"], {})
+    at = gvisor_exec.TABLE_OFFSET
+    fprog_address = int.from_bytes(image[at:at + 8], "little")
+    offset = fprog_address - gvisor_exec.BASE
+    fprog = SockFprog.from_buffer_copy(image[offset:offset + ctypes.sizeof(SockFprog)])
+    program_offset = ctypes.cast(fprog.filter, ctypes.c_void_p).value - gvisor_exec.BASE
+    assert fprog.len == 5 and image[program_offset:program_offset + len(program)] == program
+    assert image[offset:offset + ctypes.sizeof(SockFprog)] == bytes(SockFprog(5, fprog.filter))
