@@ -352,6 +352,11 @@ def launch(control, real_stderr):
             fail(control, f"cannot open the socket-diagnostics socket the UNIX socket wall needs: {exc}")
     try:
         libc = Libc()
+    except Exception as exc:  # ImportError, OSError, AttributeError (a missing symbol): no layer can be applied
+        fail(control, f"cannot reach libc's system calls through _ctypes: {exc}",
+             f"the launcher's Python ({sys.executable}) needs its _ctypes module; `landlock: best-effort` does not "
+             "help here")
+    try:
         landlock = apply_landlock(libc, config["landlock"])
     except Exception as exc:  # any failure here must stop the run, never skip the layer
         fail(control, f"cannot apply Landlock: {exc}",

@@ -163,6 +163,9 @@ def test_the_shim_fails_closed_with_one_message(tmp_path: Path, breakage: str) -
     assert stderr == ""  # the supervisor shows the error: nothing else
     [error] = [m for m in messages if "error" in m]
     assert error["code"] == 125 and "\n" not in error["error"] and error["error"].strip(), error
+    if breakage in ("no _ctypes", "empty _ctypes", "dlopen fails", "no syscall symbol"):  # said as what it is
+        assert error["error"].startswith("cannot reach libc's system calls through _ctypes: ")
+        assert "best-effort` does not help" in error["hint"]
     assert not [m for m in messages if "ready" in m]  # never reported as ready: the supervisor never says go
 
 
