@@ -250,3 +250,23 @@ def test_a_failed_call_raises_the_kernels_errno(launcher: str) -> None:
         assert exc.errno in (38, 95)
     else:
         assert abi >= 1  # a success is its value (the ABI), not an error
+
+
+def test_an_environment_with_a_nul_byte_is_refused_before_anything_starts() -> None:
+    """The library's env= (or a policy's env.set: YAML has "\\0") with a NUL byte reached the
+    launcher's execve: ValueError after the supervisor's go, a traceback and exit 1 reported as the
+    command's own status. The plan refuses it, as it refuses one in argv."""
+    from sandboxctl.errors import SandboxError
+    from sandboxctl.plan.build import build_plan
+    from sandboxctl.plan.inputs import Invocation
+    from sandboxctl.policy.discover import load_named
+    from tests.unit.test_plan import BASE_FILES, WS, fake_facts
+
+    policy = load_named("default").policy
+    for env in (("A=x\0y",), ("A\0B=x",)):
+        with pytest.raises(SandboxError, match="contains a NUL byte") as caught:
+            build_plan(policy, Invocation(command=("true",), workspace=WS, run_id="r1", env=env),
+                       fake_facts(dict(BASE_FILES)))
+        assert caught.value.exit_code == 125
+    build_plan(policy, Invocation(command=("true",), workspace=WS, run_id="r1", env=("A=x y",)),
+               fake_facts(dict(BASE_FILES)))
