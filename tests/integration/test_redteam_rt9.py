@@ -337,6 +337,72 @@ def test_the_launcher_is_deaf_to_loader_and_python_variables(sandbox, backend: s
     assert not (ws / "python-canary").exists()
 
 
+# ------------------------------------------------------------------ a notify filter of the command's own
+SELF_NOTIFY = r"""
+import ctypes, errno, os, socket, struct, sys, threading
+libc = ctypes.CDLL(None, use_errno=True)
+target = sys.argv[1]
+mode = sys.argv[2] if len(sys.argv) > 2 else "attack"
+def plain():
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(target); return "connected"
+    except OSError as e:
+        return errno.errorcode[e.errno]
+    finally:
+        s.close()
+if mode == "plain":
+    print("plain", plain()); sys.exit()
+def insn(code, jt, jf, k): return struct.pack("HBBI", code, jt, jf, k)
+NR_CONNECT = 42
+prog = (insn(0x20, 0, 0, 0) + insn(0x15, 0, 1, NR_CONNECT)
+        + insn(0x06, 0, 0, 0x7FC00000) + insn(0x06, 0, 0, 0x7FFF0000))  # USER_NOTIF, else ALLOW
+buf = ctypes.create_string_buffer(prog)
+fprog = struct.pack("HxxxxxxQ", len(prog) // 8, ctypes.addressof(buf))
+libc.prctl(38, 1, 0, 0, 0)
+fd = libc.syscall(317, 1, 8, fprog)  # SECCOMP_SET_MODE_FILTER, NEW_LISTENER
+if fd < 0:
+    print("own listener refused:", errno.errorcode[ctypes.get_errno()]); print("plain", plain()); sys.exit()
+def handler():
+    notif = ctypes.create_string_buffer(80)
+    while True:
+        ctypes.memset(notif, 0, 80)
+        if libc.ioctl(fd, 0xC0502100, notif) != 0:
+            return
+        nid = struct.unpack_from("Q", notif.raw, 0)[0]
+        resp = struct.pack("QqiI", nid, 0, 0, 1)  # SECCOMP_USER_NOTIF_FLAG_CONTINUE
+        libc.ioctl(fd, 0xC0182101, ctypes.create_string_buffer(resp))
+threading.Thread(target=handler, daemon=True).start()
+print("attack", plain())
+"""
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86-64 syscall numbers")
+def test_a_notify_filter_of_the_commands_own_cannot_take_the_supervisors_place(sandbox, tmp_path: Path) -> None:
+    """The newest filter's USER_NOTIF wins a tie, so a command that stacks its own notify filter on
+    connect and answers CONTINUE would keep the supervisor from ever seeing its connects; below
+    Landlock ABI 9 the supervisor's answer is the only wall before a host UNIX socket. The kernel
+    allows one listener per filter chain (EBUSY), and the host's socket sees no connection."""
+    (sandbox.workspace / "selfnotify.py").write_text(SELF_NOTIFY)
+    path = sandbox.workspace / "host.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen(4)
+    listener.setblocking(False)
+    try:
+        plain = sandbox.run("--", "python3", "selfnotify.py", str(path), "plain")
+        attack = sandbox.run("--", "python3", "selfnotify.py", str(path), "attack")
+        try:
+            accepted = listener.accept()
+        except BlockingIOError:
+            accepted = None
+    finally:
+        listener.close()
+    assert plain.stdout.split() == ["plain", "EACCES"], plain
+    assert "own listener refused: EBUSY" in attack.stdout and "connected" not in attack.stdout, attack
+    assert accepted is None
+
+
 # ------------------------------------------------------------------ sessions inherit the walls
 def test_a_sessions_commands_run_under_the_same_landlock_and_seccomp(sandbox, runtime: Path) -> None:  # noqa: F811
     """`sandboxctl exec` starts each command from the session's server, the shim's own process:
