@@ -258,6 +258,40 @@ def test_landlock_tcp_bind_rules_and_the_abstract_scope_hold_under_the_hosts_net
     assert not arrived
 
 
+CONNECTS = r"""
+import errno, socket
+held, out = [], []
+for port in (8000, 8001):
+    sock = socket.socket()
+    try:
+        sock.bind(("127.0.0.1", port))
+        sock.listen(1)
+        held.append(sock)
+        out.append("ok")
+    except OSError as exc:
+        out.append(errno.errorcode[exc.errno])
+for port in (8000, 3128, 9, 8001):
+    sock = socket.socket()
+    sock.settimeout(5)
+    try:
+        sock.connect(("127.0.0.1", port))
+        out.append("ok")
+    except OSError as exc:
+        out.append(errno.errorcode.get(exc.errno, str(exc)))
+print(" ".join(out))
+"""
+
+
+def test_landlock_tcp_connect_rules_name_only_the_listed_ports_and_the_proxy(sandbox) -> None:
+    """network: proxy with listen: [8000]: bind 8000 only, connect 8000 and the proxy's 3128 only —
+    port 9 (nothing listens) is EACCES, Landlock's answer, not ECONNREFUSED, the network's: the
+    connect rules (landlock_net_port_attr, CONNECT_TCP) were packed and taken."""
+    policy = _policy(sandbox, "listen-one", "network:\n  mode: proxy\n  listen: [8000]\n")
+    result = sandbox.py(CONNECTS, policy=str(policy))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["ok", "EACCES", "ok", "ok", "EACCES", "EACCES"], result.stdout
+
+
 def test_two_hundred_read_grants_are_each_a_rule_and_each_readable(sandbox, tmp_path: Path) -> None:
     """200 filesystem.read paths: 200 landlock_path_beneath_attr rules more than the default, every
     one readable, and the log's run.start says how many rules the kernel took."""
