@@ -55,7 +55,11 @@ def _encode(text: str, what: str) -> bytes:
 
 
 def _message(text: str) -> bytes:
-    return f"sandboxctl: error: {text}".encode(errors="replace")
+    """Written straight to the caller's terminal from inside: inert, byte for byte as gvisor_init.py's."""
+    from sandboxctl.launch.gvisor_init import inert
+
+    line, newline = (text[:-1], "\n") if text.endswith("\n") else (text, "")
+    return f"sandboxctl: error: {inert(line)}{newline}".encode(errors="replace")
 
 
 class _Image:

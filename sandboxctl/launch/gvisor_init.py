@@ -23,8 +23,17 @@ import sys
 
 
 def fail(message, code=125):
-    os.write(2, f"sandboxctl: error: {message}\n".encode(errors="replace"))
+    os.write(2, f"sandboxctl: error: {inert(message)}\n".encode(errors="replace"))
     os._exit(code)
+
+
+def inert(text):
+    """The line goes straight to the caller's terminal (under bubblewrap the supervisor escapes the
+    shim's words; here nothing is in between), and it holds the command's name and the kernel's or
+    Python's words: printable ASCII stays, every other character becomes a visible escape (ESC as
+    \\x1b, U+202E as \\u202e, a backslash doubled), as sandboxctl.inert shows them."""
+    return "".join(c if " " <= c <= "~" and c != "\\" else "\\\\" if c == "\\" else c.encode("unicode_escape").decode()
+                   for c in str(text))
 
 
 # The same class as launch/shim.py's (a unit test holds them equal): each launcher is one file,
@@ -93,6 +102,8 @@ class Libc:
         """seccomp(SECCOMP_SET_MODE_FILTER, flags, &prog), prog a struct sock_fprog (unsigned short
         len, padding, a pointer) naming a copy of the program that lives until the call returns
         (the kernel has copied it by then); returns what seccomp returns (a listener, or 0)."""
+        if not program or len(program) % 8 or len(program) > 8 * 0xFFFF:  # len: instructions, an unsigned short
+            raise OSError(22, f"a seccomp program of {len(program)} bytes is not 1 to 65535 whole instructions")
         copy, address = self.address_of_copy(program)
         width = 8 if sys.maxsize > 2**32 else 4
         order = sys.byteorder
@@ -265,7 +276,7 @@ def start_forwarder(proxy, libc):
             os.close(null)
             os.write(ready_w, b"ok")
             os.close(ready_w)
-        except OSError as exc:
+        except Exception as exc:  # said on the pipe: one line from the launcher, not a traceback from here
             os.write(ready_w, f"{exc}".encode(errors="replace")[:500])
             os._exit(1)
         try:
@@ -307,6 +318,16 @@ def exec_command(argv, env):
 
 
 def main():
+    """Whatever goes wrong in here ends the run with 125 and one line: an unexpected exception (a
+    libc call raising TypeError or ctypes.ArgumentError) would otherwise be a traceback and exit 1,
+    which the supervisor cannot tell from the command's own exit status."""
+    try:
+        launch()
+    except BaseException as exc:
+        fail(f"the sandbox's launcher failed: {type(exc).__name__}: {exc}")
+
+
+def launch():
     try:
         with open(sys.argv[1], "rb") as handle:
             config = marshal.loads(handle.read())
@@ -321,19 +342,19 @@ def main():
         signal.signal(signum, signal.SIG_DFL)
     try:
         libc = Libc()
-    except (ImportError, OSError, AttributeError) as exc:
+    except Exception as exc:  # ImportError, OSError, AttributeError (a missing symbol), or worse
         fail(f"cannot reach libc's system calls through _ctypes: {exc}")
     if config.get("seccomp"):
         try:
             load_seccomp(libc, config["seccomp"], config["seccomp_nr"])
-        except OSError as exc:
+        except Exception as exc:  # OSError, or a call _ctypes could not make: never run without the filter
             fail(f"cannot load the seccomp filter inside gVisor: {exc}")
     if config.get("proxy"):
         start_forwarder(config["proxy"], libc)  # after seccomp: the forwarder is filtered too
     if config.get("drop_capabilities"):
         try:
             drop_capabilities(libc)
-        except OSError as exc:
+        except Exception as exc:
             fail(f"cannot drop the launcher's capabilities before the command: {exc}")
     exec_command(config["argv"], config["env"])
 

@@ -124,6 +124,8 @@ class Libc:
         """seccomp(SECCOMP_SET_MODE_FILTER, flags, &prog), prog a struct sock_fprog (unsigned short
         len, padding, a pointer) naming a copy of the program that lives until the call returns
         (the kernel has copied it by then); returns what seccomp returns (a listener, or 0)."""
+        if not program or len(program) % 8 or len(program) > 8 * 0xFFFF:  # len: instructions, an unsigned short
+            raise OSError(22, f"a seccomp program of {len(program)} bytes is not 1 to 65535 whole instructions")
         copy, address = self.address_of_copy(program)
         width = 8 if sys.maxsize > 2**32 else 4
         order = sys.byteorder
@@ -175,7 +177,10 @@ def sock_diag_socket():
 
 
 def fail(fd, message, hint=None, code=125):
-    send(fd, {"error": message, "hint": hint, "code": code})
+    try:
+        send(fd, {"error": message, "hint": hint, "code": code})
+    except OSError:  # the supervisor is gone: bubblewrap's stderr is all that may still be read
+        os.write(2, f"sandboxctl: error: {message}\n".encode(errors="replace"))
     os._exit(code)
 
 
@@ -313,7 +318,18 @@ def exec_command(control, argv, env):
 
 
 def main():
+    """Whatever goes wrong in here ends the run as a sandbox that could not be built (125, one
+    message): an unexpected exception (a libc call raising TypeError, a broken interpreter) would
+    otherwise be a traceback and exit 1, which after the go reads as the command's own."""
     control, real_stderr = int(sys.argv[1]), int(sys.argv[2])
+    try:
+        launch(control, real_stderr)
+    except BaseException as exc:
+        fail(control, f"the sandbox's launcher failed: {type(exc).__name__}: {exc}",
+             "re-run with --debug and please report it")
+
+
+def launch(control, real_stderr):
     os.dup2(real_stderr, 2)
     os.close(real_stderr)
     os.set_inheritable(control, False)
@@ -336,6 +352,11 @@ def main():
             fail(control, f"cannot open the socket-diagnostics socket the UNIX socket wall needs: {exc}")
     try:
         libc = Libc()
+    except Exception as exc:  # ImportError, OSError, AttributeError (a missing symbol): no layer can be applied
+        fail(control, f"cannot reach libc's system calls through _ctypes: {exc}",
+             f"the launcher's Python ({sys.executable}) needs its _ctypes module; `landlock: best-effort` does not "
+             "help here")
+    try:
         landlock = apply_landlock(libc, config["landlock"])
     except Exception as exc:  # any failure here must stop the run, never skip the layer
         fail(control, f"cannot apply Landlock: {exc}",
@@ -349,7 +370,7 @@ def main():
     if config.get("notify_program"):
         try:
             handles["notify"] = load_notify_filter(libc, config["notify_program"], config["seccomp_nr"])
-        except OSError as exc:
+        except Exception as exc:  # OSError, or a call _ctypes could not make: never run without the filter
             fail(control, f"cannot load the seccomp notification filter: {exc}",
                  "kernel 5.0 or newer is needed (sandboxctl doctor)")
     if config.get("secrets_dir"):
@@ -394,8 +415,13 @@ def read_session_server():
 def serve_session(control, config, server):
     """Run the session server in this process (after Landlock and the go): it never returns."""
     namespace = {"__name__": "sandboxctl_session_server"}
-    exec(server, namespace)
-    namespace["serve"](control, config, exec_command, change_directory)
+    try:
+        exec(server, namespace)
+        namespace["serve"](control, config, exec_command, change_directory)
+    except BaseException as exc:  # the control socket speaks the server's JSON now: no marshal message on it
+        os.write(2, f"sandboxctl: error: the session's server failed: {type(exc).__name__}: {exc}\n"
+                 .encode(errors="replace"))
+        os._exit(125)
     os._exit(0)
 
 

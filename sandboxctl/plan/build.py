@@ -223,6 +223,10 @@ class _Planner(MountPlanner, LandlockPlanner):
             env.update(proxy_variables("127.0.0.1", PROXY_PORT, "" if host_loopback else LOOPBACK_NAMES))
         env["SANDBOXCTL"] = "1"
         env["SANDBOXCTL_RUN"] = self.inv.run_id
+        for name, value in env.items():  # execve cannot pass one: the launcher would fail after the go
+            if "\0" in name or "\0" in value:
+                raise SandboxError(f"environment variable {name.partition(chr(0))[0]!r} contains a NUL byte",
+                                   "remove it: no program can receive one (env.set, --env, the library's env=)")
         return tuple(sorted(env.items()))
 
     def log_path(self) -> str:

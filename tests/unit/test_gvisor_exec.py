@@ -108,7 +108,7 @@ def python_launcher(tmp_path: Path, argv: list[str], env: dict[str, str]):
 
 @native
 @pytest.mark.parametrize("case", ["missing", "missing-path", "on-path", "directory-first", "not-executable",
-                                  "not-executable-on-path", "only-a-directory", "bad-format"])
+                                  "not-executable-on-path", "only-a-directory", "bad-format", "terminal-escapes"])
 def test_it_finds_and_fails_exactly_as_the_python_launcher(tmp_path, case):
     first, second = tmp_path / "first", tmp_path / "second"
     (first / "tool").mkdir(parents=True)  # a directory named like the command: skipped on PATH
@@ -129,11 +129,13 @@ def test_it_finds_and_fails_exactly_as_the_python_launcher(tmp_path, case):
         "not-executable-on-path": (["plain"], {"PATH": path}),
         "only-a-directory": (["plain"], {"PATH": str(first)}),
         "bad-format": ([str(second / "junk")], {}),
+        "terminal-escapes": (["no-such-\x1b]0;owned\x07\x1b[2J"], {"PATH": f"{first}\x1b[31m:{second}"}),
     }[case]
     native_result, python_result = launch(tmp_path, argv, env), python_launcher(tmp_path, argv, env)
     assert (native_result.returncode, native_result.stdout, native_result.stderr) == \
         (python_result.returncode, python_result.stdout, python_result.stderr)
     assert native_result.returncode in (0, 126, 127)
+    assert not [c for c in native_result.stderr if c < " " and c != "\n"]  # straight to a terminal: inert
 
 
 def plan_on(machine: str, net: str):
