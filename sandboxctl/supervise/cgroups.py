@@ -67,6 +67,7 @@ class RunCgroup:
         self._mover = None  # move_soon's thread
         self._move_error: Exception | None = None
         self._switch_interval = 0.005
+        self._listing_dir: int | None = None  # threads(): an O_PATH descriptor of dirs[0], opened at its first use
         self.name = f"{PREFIX}{os.getpid()}-{run_id}"  # the pid tells a later sweep whether we are gone
         _sweep_stale(layout)
         if layout.version == "v2":
@@ -175,9 +176,19 @@ class RunCgroup:
 
     def threads(self) -> list[int]:
         """Every thread of the run, in one read (the kernel keeps the list: children join at
-        fork; cgroup v2 names it cgroup.threads, v1 tasks)."""
+        fork; cgroup v2 names it cgroup.threads, v1 tasks).
+
+        The list file is opened afresh each time (cgroup v1 keeps a loaded list for a second and
+        hands it to a reader of a descriptor held open, so only a fresh open is the list now),
+        but from a descriptor of the run's own directory, held from the first call to remove():
+        the walk of /sys/fs/cgroup/… was a third of the open, twice per exec. The directory is
+        the supervisor's own (made by it, not visible in the sandbox), so it names the same
+        cgroup the path does until remove()."""
         name = "cgroup.threads" if self.layout.version == "v2" else "tasks"
-        fd = os.open(f"{self.dirs[0]}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+        where = self._listing_dir
+        if where is None:
+            where = self._listing_dir = os.open(self.dirs[0], os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=where)
         try:  # read to the end (a seq_file may stop short of it), with no per-read Python call
             data = os.read(fd, 65536)
             while chunk := os.read(fd, 65536):
@@ -197,6 +208,9 @@ class RunCgroup:
         return False
 
     def remove(self) -> None:
+        where, self._listing_dir = self._listing_dir, None
+        if where is not None:
+            os.close(where)
         for path in self.dirs:
             for _ in range(50):  # tasks of a killed namespace take a moment to leave
                 try:

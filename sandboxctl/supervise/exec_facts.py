@@ -81,7 +81,23 @@ def changed_since_read(memory: notify.ProcessMemory, reads: list[tuple[int, byte
     memory any more (a new sharer is made only by one already there), so a second read after
     them that matches the first proves the first is what the kernel will read. Overlapping reads
     (argv[0] is often the path) are merged into spans, one pread each; two reads of the same
-    bytes that differ are a change."""
+    bytes that differ are a change.
+
+    When every read lies within the path's first chunk (a shell's exec: its path, argv array and
+    strings on one page) and each still matches that chunk, the whole stretch from the first to
+    the last byte read is read again at once and compared with the chunk: the bytes between the
+    reads are compared too, so nothing less is checked (one pread instead of one per span)."""
+    seen = memory.first_chunk
+    if seen is not None and reads:
+        base, chunk = seen
+        low = min(address for address, _data in reads)
+        high = max(address + len(data) for address, data in reads)
+        if base <= low and high <= base + len(chunk) and all(
+                chunk[address - base:address - base + len(data)] == data for address, data in reads):
+            try:
+                return os.pread(memory.fd, high - low, low) != chunk[low - base:high - base]
+            except OSError:
+                return True
     spans: list[tuple[int, bytearray]] = []
     for address, data in sorted(reads):
         if spans and address <= spans[-1][0] + len(spans[-1][1]):
