@@ -43,7 +43,7 @@ from collections.abc import Callable
 
 from sandboxctl.record import Record
 from sandboxctl.supervise import exec_facts as facts
-from sandboxctl.supervise import notify, sandbox_paths
+from sandboxctl.supervise import exec_sharing, notify, sandbox_paths
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
 if TYPE_CHECKING:
@@ -253,7 +253,7 @@ class ExecEvents:
         sharer = self._sharer(pid, caller.tgid, kinds, caller.parent)
         if sharer:
             return sharer
-        return facts.shared_pages(pid, ranges, self.judge_write)
+        return exec_sharing.shared_pages(pid, ranges, self.judge_write)
 
     def _sharer(self, pid: int, own: int, kinds: list[int], parent: int = 0) -> str | None:
         """Another process sharing what the call's read depends on, or None.
@@ -277,7 +277,7 @@ class ExecEvents:
             others = self.tasks()
         except OSError as exc:
             return f"the sandbox's processes could not be listed ({exc.strerror})"
-        kcmp = facts.kcmp()
+        kcmp = exec_sharing.kcmp()
         seen: set[int] = set()
         for _listing in range(MAX_LISTINGS):
             excused = False

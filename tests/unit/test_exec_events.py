@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxctl.supervise import exec_facts, sandbox_paths
+from sandboxctl.supervise import exec_facts, exec_sharing, sandbox_paths
 from sandboxctl.supervise.exec_events import ExecEvents, ExecTarget
 
 
@@ -30,7 +30,7 @@ def _judge(writable: str):
 @pytest.fixture(params=["query", "text"], autouse=True)
 def maps_reading(request, monkeypatch):
     """Every memory-map test runs twice: PROCMAP_QUERY (Linux 6.11) and the text of /proc/PID/maps."""
-    monkeypatch.setitem(exec_facts._query_state, "works", request.param == "query")
+    monkeypatch.setitem(exec_sharing._query_state, "works", request.param == "query")
     return request.param
 
 
@@ -50,13 +50,13 @@ def test_a_string_straddling_a_private_and_a_shared_page_is_not_trusted(maps_rea
     base = libc.mmap(None, 8192, prot, private | anonymous, -1, 0)
     assert base not in (None, ctypes.c_void_p(-1).value)
     try:
-        assert exec_facts.shared_pages(os.getpid(), [(base + 4090, 20)], _judge("/nowhere")) is None
+        assert exec_sharing.shared_pages(os.getpid(), [(base + 4090, 20)], _judge("/nowhere")) is None
         assert libc.mmap(base + 4096, 4096, prot, shared | anonymous | fixed, -1, 0) == base + 4096
-        why = exec_facts.shared_pages(os.getpid(), [(base + 4090, 20)], _judge("/nowhere"))
+        why = exec_sharing.shared_pages(os.getpid(), [(base + 4090, 20)], _judge("/nowhere"))
         assert why and "shared memory" in why, (maps_reading, why)
-        assert exec_facts.shared_pages(os.getpid(), [(base + 100, 20)], _judge("/nowhere")) is None
+        assert exec_sharing.shared_pages(os.getpid(), [(base + 100, 20)], _judge("/nowhere")) is None
         libc.munmap(base + 4096, 4096)  # a hole after the private page: the rest is not mapped at all
-        why = exec_facts.shared_pages(os.getpid(), [(base + 4090, 20)], _judge("/nowhere"))
+        why = exec_sharing.shared_pages(os.getpid(), [(base + 4090, 20)], _judge("/nowhere"))
         assert why and "not in mapped memory" in why, (maps_reading, why)
     finally:
         libc.munmap(base, 8192)
@@ -64,7 +64,7 @@ def test_a_string_straddling_a_private_and_a_shared_page_is_not_trusted(maps_rea
 
 def test_the_kernel_query_and_the_maps_text_judge_alike(tmp_path):
     """PROCMAP_QUERY and the text parser on the same ranges of this process: the same answers."""
-    if not exec_facts._query_state["works"]:
+    if not exec_sharing._query_state["works"]:
         pytest.skip("only once")
     if tuple(int(part) for part in os.uname().release.split(".")[:2] if part.isdigit()) < (6, 11):
         pytest.skip("PROCMAP_QUERY needs Linux 6.11")
@@ -86,9 +86,9 @@ def test_the_kernel_query_and_the_maps_text_judge_alike(tmp_path):
         for writable in ("/nowhere", str(tmp_path)):
             for ranges in cases:
                 spans = [[low, low + max(length, 1)] for low, length in sorted(ranges)]
-                queried = exec_facts.shared_pages(os.getpid(), ranges, _judge(writable))
-                assert queried == exec_facts._text_risk(os.getpid(), spans, _judge(writable)), (ranges, writable)
-        assert exec_facts._query_state["works"], "PROCMAP_QUERY is in this kernel (6.11+)"
+                queried = exec_sharing.shared_pages(os.getpid(), ranges, _judge(writable))
+                assert queried == exec_sharing._text_risk(os.getpid(), spans, _judge(writable)), (ranges, writable)
+        assert exec_sharing._query_state["works"], "PROCMAP_QUERY is in this kernel (6.11+)"
     finally:
         del heap
         shared.close()
@@ -97,13 +97,13 @@ def test_the_kernel_query_and_the_maps_text_judge_alike(tmp_path):
 
 def test_bytes_on_the_heap_are_private_but_shared_memory_is_not():
     private = ctypes.create_string_buffer(b"/usr/bin/true")
-    assert exec_facts.shared_pages(os.getpid(), [(ctypes.addressof(private), 14)], _judge("/nowhere")) is None
+    assert exec_sharing.shared_pages(os.getpid(), [(ctypes.addressof(private), 14)], _judge("/nowhere")) is None
     shared = mmap.mmap(-1, 4096, flags=mmap.MAP_SHARED)
     shared.write(b"/usr/bin/true\0")
     address = ctypes.addressof(ctypes.c_char.from_buffer(shared))
-    why = exec_facts.shared_pages(os.getpid(), [(address, 14)], _judge("/nowhere"))
+    why = exec_sharing.shared_pages(os.getpid(), [(address, 14)], _judge("/nowhere"))
     assert why and "shared memory" in why
-    assert "not in mapped memory" in exec_facts.shared_pages(os.getpid(), [(8, 4)], _judge("/nowhere"))
+    assert "not in mapped memory" in exec_sharing.shared_pages(os.getpid(), [(8, 4)], _judge("/nowhere"))
 
 
 def test_a_read_only_mapping_of_a_writable_file_is_not_trusted(tmp_path):
@@ -114,9 +114,9 @@ def test_a_read_only_mapping_of_a_writable_file_is_not_trusted(tmp_path):
     maps = Path(f"/proc/{os.getpid()}/maps").read_text()
     line = next(line for line in maps.splitlines() if line.endswith(str(path)))
     start = int(line.split("-")[0], 16)
-    why = exec_facts.shared_pages(os.getpid(), [(start, 14)], _judge(str(tmp_path)))
+    why = exec_sharing.shared_pages(os.getpid(), [(start, 14)], _judge(str(tmp_path)))
     assert why and "writable file" in why
-    assert exec_facts.shared_pages(os.getpid(), [(start, 14)], _judge("/nowhere")) is None
+    assert exec_sharing.shared_pages(os.getpid(), [(start, 14)], _judge("/nowhere")) is None
     mapped.close()
 
 

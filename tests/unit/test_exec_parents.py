@@ -119,7 +119,7 @@ def test_a_sharer_made_while_the_processes_were_looked_at_is_judged_too(monkeypa
     listings = iter([[caller, parent], [caller, parent, late], [caller, parent, late]])
     events = ExecEvents(-1, lambda event, **fields: None, [], lambda path: None, lambda: next(listings))
     events._kcmp_nr = 312
-    monkeypatch.setattr(exec_events.facts, "kcmp", lambda: lambda nr, a, b, kind, x, y: 0)  # everyone shares
+    monkeypatch.setattr(exec_events.exec_sharing, "kcmp", lambda: lambda nr, a, b, kind, x, y: 0)  # everyone shares
     monkeypatch.setattr(events, "_waits_for_vfork", lambda other, child, child_parent=0: other == parent)
     why = events._sharer(caller, caller, [exec_events.KCMP_VM], parent)
     assert why == f"process {late} shares the caller's memory"
@@ -129,7 +129,7 @@ def test_an_excused_parent_with_nothing_new_leaves_the_call_verified(monkeypatch
     caller, parent = 1000, 1001
     events = ExecEvents(-1, lambda event, **fields: None, [], lambda path: None, lambda: [caller, parent])
     events._kcmp_nr = 312
-    monkeypatch.setattr(exec_events.facts, "kcmp", lambda: lambda nr, a, b, kind, x, y: 0)
+    monkeypatch.setattr(exec_events.exec_sharing, "kcmp", lambda: lambda nr, a, b, kind, x, y: 0)
     monkeypatch.setattr(events, "_waits_for_vfork", lambda other, child, child_parent=0: other == parent)
     assert events._sharer(caller, caller, [exec_events.KCMP_VM], parent) is None
 
@@ -171,7 +171,7 @@ def test_an_excused_parent_that_ran_since_is_no_excuse(monkeypatch):
     caller, parent = 1000, 1001
     events = ExecEvents(-1, lambda event, **fields: None, [], lambda path: None, lambda: [caller, parent])
     events._kcmp_nr, events._vfork_calls = 312, {58: "vfork"}
-    monkeypatch.setattr(exec_events.facts, "kcmp", lambda: lambda nr, a, b, kind, x, y: 0)
+    monkeypatch.setattr(exec_events.exec_sharing, "kcmp", lambda: lambda nr, a, b, kind, x, y: 0)
     blocked = b"1001 (sh) D " + b" ".join([b"0"] * 16) + b" 1 0 0\n"
     looks = {"stat": blocked, "sched": b"5 6 7\n"}
     monkeypatch.setattr(events, "_parent_files", lambda p: (looks["stat"], b"58 0x0 0x0", looks["sched"]))
