@@ -34,7 +34,6 @@ has said, after the last of those reads, that the call still waits for its answe
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import os
@@ -162,11 +161,11 @@ class Mediator(Judgement, Opens, Changes, Answers):
         if call is None:
             respond(self.listener, notification.id, allow=True)
             return
-        empty_allowed = call.op in ("chmod", "link") and call.flags & AT_EMPTY_PATH
-        if not empty_allowed and any(not path for _dirfd, path in call.paths):
-            # the kernel's answer to an empty path; never the cwd or the dirfd itself
-            respond(self.listener, notification.id, error=errno.ENOENT)
-            return
+        for _dirfd, path in call.paths:
+            if not path and not (call.op in ("chmod", "link") and call.flags & AT_EMPTY_PATH):
+                # the kernel's answer to an empty path; never the cwd or the dirfd itself
+                respond(self.listener, notification.id, error=errno.ENOENT)
+                return
         opened: list[int] = []
         try:
             with self.as_caller:
@@ -175,8 +174,10 @@ class Mediator(Judgement, Opens, Changes, Answers):
             self.umasks.pop(notification.pid, None)  # it may have been read from the pid's next owner
         finally:
             for fd in opened:
-                with contextlib.suppress(OSError):
+                try:  # noqa: SIM105 -- contextlib.suppress costs a Python context manager per descriptor, every call
                     os.close(fd)
+                except OSError:
+                    pass
 
     def _umask(self, pid: int) -> int:
         """The caller's umask, read from /proc once per process: umask() is trapped too (it only

@@ -10,6 +10,7 @@ its own; O_TMPFILE is opened in the sandbox's root. Elsewhere (or for reading) t
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
 import threading
@@ -94,7 +95,9 @@ class Opens:
         if not self._settle(n, op, path, fd, st, truncating):
             return
         if not flags & os.O_NONBLOCK:
-            os.set_blocking(fd, True)
+            # blocking again, as asked: one F_SETFL of the flags it was opened with (they hold every bit
+            # F_SETFL changes: O_APPEND, O_DIRECT, O_NOATIME), where os.set_blocking asks F_GETFL first
+            fcntl.fcntl(fd, fcntl.F_SETFL, open_flags)
         self._hand_over(n, op, path, fd, bool(flags & os.O_CLOEXEC))
 
     def _settle(self, n: Notification, op: str, path: str, fd: int, judged: os.stat_result | None,
