@@ -77,17 +77,21 @@ def encode_record(record: dict) -> str:
                                       False, False, True)(record, 0))
 
 
-_second: list = [None, ""]  # the last second formatted: one strftime per second, not per record
+# the last second formatted, (seconds, text): one strftime per second, not per record. One tuple,
+# replaced whole: the log's thread and the supervisor's formatted records at once, and a reader of
+# the two halves of a list updated one after the other could pair a second with the next one's text
+_second: tuple[int, str] = (-1, "")
 
 
-def timestamp() -> str:
-    """RFC 3339, UTC, microseconds (time.strftime: datetime costs start-up time)."""
-    now = time.time_ns() // 1000
-    seconds, micros = divmod(now, 1_000_000)
-    if _second[0] != seconds:
-        _second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-        _second[0] = seconds
-    return f"{_second[1]}.{micros:06d}Z"
+def timestamp(now_ns: int | None = None) -> str:
+    """RFC 3339, UTC, microseconds (time.strftime: datetime costs start-up time); of `now_ns`
+    (time.time_ns() taken earlier: write_soon's records are formatted by the log's thread)."""
+    global _second
+    seconds, micros = divmod((time.time_ns() if now_ns is None else now_ns) // 1000, 1_000_000)
+    known = _second
+    if known[0] != seconds:
+        known = _second = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
+    return f"{known[1]}.{micros:06d}Z"
 
 
 def run_head(head: str, line: bytes, hashed: str | None = None) -> str:
@@ -146,7 +150,8 @@ class ActionLog:
         self.forward = None  # log.forward.Forwarder: copies of every line, sent as it is written
         self.fd = -1
         self._mutex = threading.Lock()  # flock does not exclude threads sharing one descriptor
-        self._pending: deque[tuple[str, str, dict[str, Any], int]] = deque()  # (ts, event, fields, size): write_soon's
+        # (time_ns, event, fields, size): write_soon's
+        self._pending: deque[tuple[int, str, dict[str, Any], int]] = deque()
         self.soon_limit = min(SOON_BYTES, self.max_bytes // 16) if self.max_bytes else SOON_BYTES
         self._queued_bytes = 0  # estimated sizes ever queued (write_soon's callers are serialized)
         self._taken_bytes = 0  # ... and of those written (under the mutex)
@@ -260,7 +265,7 @@ class ActionLog:
             self._write_now(event, fields)
             return
         self._queued_bytes += size
-        self._pending.append((timestamp(), event, fields, size))
+        self._pending.append((time.time_ns(), event, fields, size))  # formatted by the log's thread
         if self._writer is None:
             self._writer = threading.Thread(target=self._write_queued, name="sandboxctl-log", daemon=True)
             self._writer.start()
@@ -307,9 +312,9 @@ class ActionLog:
         """With the mutex held: the queued records, oldest first (popped only under the mutex, so
         a write() from another thread never slips in between two of them)."""
         while self._pending:
-            ts, event, fields, size = self._pending.popleft()
+            queued_ns, event, fields, size = self._pending.popleft()
             self._taken_bytes += size
-            self._write(event, fields, ts)
+            self._write(event, fields, queued_ns)
 
     def _write_queued(self) -> None:
         """The log's thread: one record at a time under the mutex, and `after_queued` after each
@@ -325,9 +330,9 @@ class ActionLog:
                         if not self._pending:
                             break
                         rotations = self.rotations
-                        ts, event, fields, size = self._pending.popleft()
+                        queued_ns, event, fields, size = self._pending.popleft()
                         self._taken_bytes += size
-                        self._write(event, fields, ts)
+                        self._write(event, fields, queued_ns)
                 except LogWriteError as exc:
                     if self.on_error is not None:
                         self.on_error(exc)
@@ -358,11 +363,11 @@ class ActionLog:
         except RuntimeError:  # not pausing, or cut short already: its next look sees the queue
             pass
 
-    def _write(self, event: str, fields: dict[str, Any], ts: str | None = None) -> None:
+    def _write(self, event: str, fields: dict[str, Any], queued_ns: int | None = None) -> None:
         if self.sealed:
             self._refuse(event)
             return
-        record = {"ts": ts or timestamp(), "run": self.run_id, "seq": self.seq, "event": event, **fields}
+        record = {"ts": timestamp(queued_ns), "run": self.run_id, "seq": self.seq, "event": event, **fields}
         try:
             st = self._lock_current()
             try:
