@@ -67,11 +67,12 @@ NEVER = ("typer", "click", "rich", "argparse", "yaml", "typing", "socket", "sign
 # perf-cold (2026-12-02): no pathlib on the run path, nor the urllib, urllib.parse, ipaddress, ntpath
 # and warnings it imported: 79/151, 16/55 and 96/171; nor re (its 5 modules, enum, copyreg) and fnmatch,
 # with sandboxctl.lazyre: 80/143, 16/55 and 97/163 now.
-# perf (2026-12-02): exec_facts.py split (exec_sharing.py: the memory map and kcmp), imported with the
-# listener at "ready", not before bubblewrap is spawned: 80/143, 16/55 and 98/164.
+# perf (2026-12-02): exec_facts.py and exec_events.py split (exec_sharing.py: the memory map and kcmp;
+# exec_sharers.py: the vfork parents), imported with the listener at "ready", not before bubblewrap
+# is spawned: 80/143, 16/55 and 99/165.
 COLD = {"sandboxctl": 80, "all": 143}
 HEAD_START = {"sandboxctl": 16, "all": 55}
-WHOLE_RUN = {"sandboxctl": 98, "all": 164}
+WHOLE_RUN = {"sandboxctl": 99, "all": 165}
 
 
 def _imports(sandbox, tmp_path, name: str, variant: str) -> dict[str, list[str]]:

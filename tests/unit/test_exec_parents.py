@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from sandboxctl.supervise import exec_events
+from sandboxctl.supervise import exec_events, exec_sharers
 from sandboxctl.supervise.exec_events import ExecEvents
 from sandboxctl.supervise.processes import descendants
 
@@ -119,7 +119,7 @@ def test_a_sharer_made_while_the_processes_were_looked_at_is_judged_too(monkeypa
     listings = iter([[caller, parent], [caller, parent, late], [caller, parent, late]])
     events = ExecEvents(-1, lambda event, **fields: None, [], lambda path: None, lambda: next(listings))
     events._kcmp_nr = 312
-    monkeypatch.setattr(exec_events.exec_sharing, "kcmp", lambda: lambda nr, a, b, kind, x, y: 0)  # everyone shares
+    monkeypatch.setattr(exec_sharers.exec_sharing, "kcmp", lambda: lambda nr, a, b, kind, x, y: 0)  # everyone shares
     monkeypatch.setattr(events, "_waits_for_vfork", lambda other, child, child_parent=0: other == parent)
     why = events._sharer(caller, caller, [exec_events.KCMP_VM], parent)
     assert why == f"process {late} shares the caller's memory"
@@ -129,7 +129,7 @@ def test_an_excused_parent_with_nothing_new_leaves_the_call_verified(monkeypatch
     caller, parent = 1000, 1001
     events = ExecEvents(-1, lambda event, **fields: None, [], lambda path: None, lambda: [caller, parent])
     events._kcmp_nr = 312
-    monkeypatch.setattr(exec_events.exec_sharing, "kcmp", lambda: lambda nr, a, b, kind, x, y: 0)
+    monkeypatch.setattr(exec_sharers.exec_sharing, "kcmp", lambda: lambda nr, a, b, kind, x, y: 0)
     monkeypatch.setattr(events, "_waits_for_vfork", lambda other, child, child_parent=0: other == parent)
     assert events._sharer(caller, caller, [exec_events.KCMP_VM], parent) is None
 
@@ -171,11 +171,11 @@ def test_an_excused_parent_that_ran_since_is_no_excuse(monkeypatch):
     caller, parent = 1000, 1001
     events = ExecEvents(-1, lambda event, **fields: None, [], lambda path: None, lambda: [caller, parent])
     events._kcmp_nr, events._vfork_calls = 312, {58: "vfork"}
-    monkeypatch.setattr(exec_events.exec_sharing, "kcmp", lambda: lambda nr, a, b, kind, x, y: 0)
+    monkeypatch.setattr(exec_sharers.exec_sharing, "kcmp", lambda: lambda nr, a, b, kind, x, y: 0)
     blocked = b"1001 (sh) D " + b" ".join([b"0"] * 16) + b" 1 0 0\n"
     looks = {"stat": blocked, "sched": b"5 6 7\n"}
     monkeypatch.setattr(events, "_parent_files", lambda p: (looks["stat"], b"58 0x0 0x0", looks["sched"]))
-    monkeypatch.setattr(exec_events.facts, "pread_line", lambda fd: looks["stat"] if fd == 10 else looks["sched"])
+    monkeypatch.setattr(exec_sharers.facts, "pread_line", lambda fd: looks["stat"] if fd == 10 else looks["sched"])
     events.parents[parent] = (10, 11, 12)
     try:
         assert events._sharer(caller, caller, [exec_events.KCMP_VM], parent) is None  # blocked throughout
