@@ -280,3 +280,19 @@ def test_a_pause_holds_back_at_most_a_batch_and_only_where_a_batch_cannot_rotate
     assert time.monotonic() < deadline - 20 and not log._pending
     log.close()
     assert [r["pid"] for r in records(logfile)] == list(range(writer.MAX_BATCH + 1))
+
+
+def test_a_timestamp_is_the_text_of_the_time_given_whichever_second_was_formatted_last():
+    """write_soon keeps time_ns and the log's thread makes it text; the second's text is cached
+    (one strftime a second) as one (seconds, text) pair, so a time of another second than the
+    cached one is never given that one's text."""
+    from sandboxctl.log.writer import timestamp
+
+    day = 1796256000  # 2026-12-03T00:00:00Z
+    for ns, text in [(day * 10**9 + 123_456_789, "2026-12-03T00:00:00.123456Z"),
+                     ((day - 1) * 10**9 + 999_999_999, "2026-12-02T23:59:59.999999Z"),
+                     (day * 10**9, "2026-12-03T00:00:00.000000Z"),
+                     ((day + 61) * 10**9 + 5_000, "2026-12-03T00:01:01.000005Z")]:
+        assert timestamp(ns) == text
+    now = timestamp()
+    assert now.endswith("Z") and now[:4].isdecimal()
