@@ -154,7 +154,11 @@ def test_folding_a_pathological_path_stays_cheap():
     import time
 
     path = "/".join(["\ufdfa" * 85] * 16)  # 255-byte names, PATH_MAX
-    names._fold_unicode.cache_clear()
-    start = time.perf_counter()
-    names.fold_path(path)
-    assert time.perf_counter() - start < 0.1
+    names.fold_path("/\u00e9")  # the first call's imports (unicodedata) are not the cost measured
+    spent = []
+    for _ in range(3):  # the least of three: a loaded machine's pauses are not the path's cost
+        names._fold_unicode.cache_clear()
+        start = time.perf_counter()
+        names.fold_path(path)
+        spent.append(time.perf_counter() - start)
+    assert min(spent) < 0.1, spent
