@@ -116,3 +116,74 @@ def test_the_same_names_below_the_root_stay_writable(sandbox) -> None:
                         "&& echo x > pkg/.opencode/x && echo end")
     assert "end" in result.stdout, result.stderr
     assert (ws / "pkg" / "mise.toml").exists() and (ws / "pkg" / ".opencode" / "x").exists()
+
+
+# ------------------------------------------------------------------ history that brings a protected name in
+COMMIT_PROTECTED = """set -e
+export GIT_INDEX_FILE=/tmp/idx GIT_AUTHOR_NAME=t GIT_AUTHOR_EMAIL=t@t GIT_COMMITTER_NAME=t GIT_COMMITTER_EMAIL=t@t
+hook=$(echo '{"hooks": {"SessionStart": [{"hooks": [{"type": "command", "command": "touch CANARY"}]}]}}' |
+       git hash-object -w --stdin)
+envrc=$(echo 'touch CANARY' | git hash-object -w --stdin)
+git read-tree HEAD
+git update-index --add --cacheinfo 100644,$hook,.claude/settings.json --cacheinfo 100644,$envrc,.envrc
+tree=$(git write-tree)
+commit=$(git commit-tree $tree -p HEAD -m 'fix a typo')
+"""
+
+
+def _protect_records(sandbox) -> list[dict]:
+    return [r for r in sandbox.records() if r.get("event") == "protect"]
+
+
+def test_a_commit_that_brings_protected_names_in_is_reported(sandbox, canary) -> None:
+    """The sandbox writes objects and moves main to a commit holding .claude/settings.json (a
+    SessionStart hook) and .envrc; the wall never sees a file, but the host's `git reset --hard`
+    (the user discarding the agent's work) writes both into the workspace. The run must say so."""
+    ws = repo(sandbox.workspace, sandbox.home)
+    result = sandbox.sh(COMMIT_PROTECTED.replace("CANARY", str(canary)) + "git update-ref refs/heads/master $commit\n"
+                        "echo end")
+    assert "end" in result.stdout, result.stderr
+    git(ws, "reset", "-q", "--hard", home=sandbox.home)  # what it would do: the host's git writes them
+    assert (ws / ".envrc").exists() and (ws / ".claude" / "settings.json").exists()
+    for name in (".envrc", ".claude/settings.json"):
+        assert f"{ws}/{name} (in refs/heads/master) was committed or staged" in result.stderr, result.stderr
+    recorded = {r["path"]: r["action"] for r in _protect_records(sandbox)}
+    assert recorded.get(f"{ws}/.envrc (in refs/heads/master)") == "left in git", recorded
+
+
+def test_a_replace_ref_planted_through_packed_refs_is_reported(sandbox, canary) -> None:
+    """refs/replace/ is protected, but a replace ref can be a line of packed-refs (which git
+    rewrites in normal work): the host's git log shows the commit unchanged by its id, and its
+    `git reset --hard` writes the replacement's .envrc."""
+    ws = repo(sandbox.workspace, sandbox.home)
+    plant = ('head=$(git rev-parse HEAD)\n'
+             'printf "# pack-refs with: peeled fully-peeled sorted \\n%s refs/heads/master\\n%s refs/replace/%s\\n" '
+             '$head $commit $head > .git/packed-refs.new && mv .git/packed-refs.new .git/packed-refs\necho end')
+    script = COMMIT_PROTECTED.replace("CANARY", str(canary)).replace("$tree -p HEAD", "$tree")
+    result = sandbox.sh(script + plant)
+    assert "end" in result.stdout, result.stderr
+    git(ws, "reset", "-q", "--hard", home=sandbox.home)
+    assert (ws / ".envrc").exists()  # the host's git honoured the replace ref
+    assert f"{ws}/.envrc (in refs/replace/" in result.stderr, result.stderr
+
+
+def test_an_index_entry_for_a_protected_name_is_reported(sandbox) -> None:
+    """Staged only: the host's `git status` shows it deleted, and `git checkout .` writes it."""
+    ws = repo(sandbox.workspace, sandbox.home)
+    result = sandbox.sh("blob=$(echo '{}' | git hash-object -w --stdin) && "
+                        "git update-index --add --cacheinfo 100644,$blob,.vscode/tasks.json && echo end")
+    assert "end" in result.stdout, result.stderr
+    git(ws, "checkout", "--", ".", home=sandbox.home)
+    assert (ws / ".vscode" / "tasks.json").exists()
+    assert f"{ws}/.vscode/tasks.json (in the index) was committed or staged" in result.stderr, result.stderr
+
+
+def test_ordinary_commits_and_gc_report_nothing(sandbox) -> None:
+    ws = repo(sandbox.workspace, sandbox.home)
+    script = ("export GIT_AUTHOR_NAME=t GIT_AUTHOR_EMAIL=t@t GIT_COMMITTER_NAME=t GIT_COMMITTER_EMAIL=t@t; "
+              "echo x > x && git add x && git commit -qm x && git checkout -qb topic && echo y > y && git add y && "
+              "git commit -qm y && git stash list && git gc -q && echo end")
+    result = sandbox.sh(script)
+    assert "end" in result.stdout, result.stderr
+    assert "committed or staged" not in result.stderr and not _protect_records(sandbox), result.stderr
+    assert git(ws, "log", "-1", "--format=%s", "topic", home=sandbox.home).stdout.strip() == "y"

@@ -1,0 +1,172 @@
+"""Commits and index entries the run left that bring a protected name in through the host's git.
+
+The sandbox may write a repository's objects, refs and index: that is git's normal work (add,
+commit, checkout -b, stash). A commit whose tree holds `.envrc` or `.claude/settings.json` at the
+root is content, which no wall on files sees; but the host's own `git reset --hard`, `checkout`,
+`restore`, `stash pop` or `pull` then writes that file into the workspace, where the sandbox itself
+could not (red team rt10: a commit moved onto main, or a replace ref planted through packed-refs,
+and the user's `git reset --hard` wrote a .claude/settings.json whose hook ran in the next
+session). So for each repository whose work tree is the root of a writable grant, the refs and the
+index are recorded at launch (a read of refs/, packed-refs and HEAD: no git process), and at the
+end of a run that changed them, the host's git lists the protected names each changed ref's
+commit holds that its launch commit did not, and the index entries for them that differ from the
+file on disk. Each is reported (a `protect` event and a line on stderr): the refs are the agent's
+work, so nothing is moved back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from sandboxctl.paths import within
+from sandboxctl.protect import names
+
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
+if TYPE_CHECKING:
+    from sandboxctl.protect.restore import Change
+
+MAX_REFS = 20_000  # past that (a repository with that many loose tags) the refs are not recorded
+INDEX = "\0index"  # the key of the index's identity among the refs
+ACTION = "left in git"  # Change.action of these: reported, never put back (the refs are the agent's work)
+
+
+def _read(path: str, limit: int = 1 << 16) -> str | None:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(limit).decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
+def gitdirs_of(repository: str) -> tuple[str, str] | None:
+    """(the git directory, its common directory) of a work tree's `.git` entry (a directory, or a
+    `gitdir:` file of a linked worktree)."""
+    gitdir = repository
+    if not os.path.isdir(repository):
+        text = _read(repository, 4096) or ""
+        if not text.startswith("gitdir:"):
+            return None
+        gitdir = os.path.normpath(os.path.join(os.path.dirname(repository), text[7:].strip()))
+    common = (_read(os.path.join(gitdir, "commondir"), 4096) or "").strip()
+    return gitdir, os.path.normpath(os.path.join(gitdir, common)) if common else gitdir
+
+
+def refs(gitdir: str, common: str) -> dict[str, str] | None:
+    """Every ref's value as written (a hex id or `ref: …`), HEAD's, and the index's identity."""
+    out: dict[str, str] = {}
+    for line in (_read(os.path.join(common, "packed-refs"), 64 << 20) or "").splitlines():
+        if line and line[0] not in "#^":
+            value, _, name = line.partition(" ")
+            out[name] = value
+    top = os.path.join(common, "refs")
+    for directory, _dirs, files in os.walk(top):
+        for name in files:
+            value = _read(os.path.join(directory, name), 512)
+            if value is not None:
+                out[os.path.relpath(os.path.join(directory, name), common)] = value.strip()
+        if len(out) > MAX_REFS:
+            return None
+    out["HEAD"] = (_read(os.path.join(gitdir, "HEAD"), 512) or "").strip()
+    with contextlib.suppress(OSError):
+        st = os.stat(os.path.join(gitdir, "index"))
+        out[INDEX] = f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+    return out
+
+
+def record(roots: tuple[str, ...], repositories: tuple[str, ...]) -> dict[str, tuple[str, str, dict[str, str]]]:
+    """{work tree: (git directory, common directory, refs)} of the repositories at a grant's root."""
+    out: dict[str, tuple[str, str, dict[str, str]]] = {}
+    for repository in repositories:
+        root = os.path.dirname(repository)
+        if root not in roots or not names.is_git_name(os.path.basename(repository)):
+            continue
+        dirs = gitdirs_of(repository)
+        found = refs(*dirs) if dirs else None
+        if dirs and found is not None:
+            out[root] = (dirs[0], dirs[1], found)
+    return out
+
+
+def _git_program(roots: tuple[str, ...]) -> str | None:
+    """The host's git from PATH, never from a directory the sandbox could write."""
+    for directory in os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep):
+        if not os.path.isabs(directory) or any(within(directory, root) for root in roots):
+            continue
+        candidate = os.path.join(directory, "git")
+        if os.access(candidate, os.X_OK) and os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def _git(program: str, root: str, gitdir: str, *args: str) -> list[str]:
+    import subprocess
+
+    env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/"), "LANG": "C", "GIT_DIR": gitdir,
+           "GIT_WORK_TREE": root, "GIT_OPTIONAL_LOCKS": "0", "GIT_TERMINAL_PROMPT": "0", "GIT_NO_REPLACE_OBJECTS": "1",
+           "GIT_LITERAL_PATHSPECS": "1"}
+    try:
+        done = subprocess.run([program, "-c", "core.fsmonitor=false", *args], cwd=root, env=env, capture_output=True,
+                              timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [item.decode("utf-8", "surrogateescape") for item in done.stdout.split(b"\0") if item]
+
+
+def _target(refs_now: dict[str, str], value: str | None) -> str | None:
+    """A ref's value as an object id (a symbolic ref followed, once)."""
+    if value and value.startswith("ref:"):
+        value = refs_now.get(value[4:].strip())
+    return value if value and all(c in "0123456789abcdef" for c in value) and len(value) in (40, 64) else None
+
+
+def _blob_id(path: str, length: int) -> str | None:
+    import hashlib
+
+    try:
+        if os.path.islink(path):
+            data = os.readlink(path).encode("utf-8", "surrogateescape")
+        else:
+            with open(path, "rb") as handle:
+                data = handle.read()
+    except OSError:
+        return None
+    digest = hashlib.sha1() if length == 40 else hashlib.sha256()
+    digest.update(b"blob %d\0" % len(data) + data)
+    return digest.hexdigest()
+
+
+def check(before: dict[str, tuple[str, str, dict[str, str]]], homes: tuple[str, ...], roots: tuple[str, ...],
+          run_id: str) -> list[Change]:
+    """The protected names a ref or the index changed during the run now brings in (see above)."""
+    from sandboxctl.protect.restore import Change
+
+    changes: list[Change] = []
+    program: str | None = None
+    for root, (gitdir, common, old) in before.items():
+        now = refs(gitdir, common)
+        if now is None or now == old:
+            continue
+        program = program or _git_program(roots)
+        if program is None:
+            return changes
+        held = [n for n in (*names.ROOT_NAMES, *(names.HOME_NAMES if root in homes else ())) if n != names.GIT]
+        found: dict[str, list[str]] = {}  # path -> where it is (refs, the index)
+        for ref in sorted(set(now) - {INDEX}):
+            new, was = _target(now, now.get(ref)), _target(old, old.get(ref))
+            if new is None or new == was or (ref == "HEAD" and now["HEAD"].startswith("ref:")):
+                continue  # a symbolic HEAD: its branch is compared as itself
+            listed = set(_git(program, root, gitdir, "ls-tree", "-r", "-z", "--full-tree", new, "--", *held))
+            if was:
+                listed -= set(_git(program, root, gitdir, "ls-tree", "-r", "-z", "--full-tree", was, "--", *held))
+            for line in sorted(listed):
+                found.setdefault(line.split("\t", 1)[-1], []).append(ref)
+        if now.get(INDEX) != old.get(INDEX):
+            for line in _git(program, root, gitdir, "ls-files", "-s", "-z", "--", *held):
+                meta, _, path = line.partition("\t")
+                parts = meta.split()
+                if len(parts) >= 2 and _blob_id(os.path.join(root, path), len(parts[1])) != parts[1]:
+                    found.setdefault(path, []).append("the index")
+        for path, where in sorted(found.items()):
+            changes.append(Change(f"{root}/{path} (in {', '.join(where)})", "created", ACTION, None, run_id))
+    return changes
