@@ -1,0 +1,50 @@
+"""protect/history.py's launch record: refs read without a git process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sandboxctl.protect import history
+
+A, B = "a" * 40, "b" * 40
+
+
+def _gitdir(tmp_path: Path) -> Path:
+    gitdir = tmp_path / "ws" / ".git"
+    (gitdir / "refs" / "heads").mkdir(parents=True)
+    (gitdir / "HEAD").write_text("ref: refs/heads/main\n")
+    (gitdir / "packed-refs").write_text(f"# pack-refs with: peeled\n{A} refs/heads/main\n^{B}\n{A} refs/replace/{B}\n")
+    return gitdir
+
+
+def test_loose_refs_win_over_packed_ones_and_head_is_kept_as_written(tmp_path: Path) -> None:
+    gitdir = _gitdir(tmp_path)
+    (gitdir / "refs" / "heads" / "main").write_text(B + "\n")
+    refs = history.refs(str(gitdir), str(gitdir))
+    assert refs is not None
+    assert refs["refs/heads/main"] == B and refs[f"refs/replace/{B}"] == A and refs["HEAD"] == "ref: refs/heads/main"
+    assert history._target(refs, refs["HEAD"]) == B
+    assert history._target(refs, "ref: refs/heads/gone") is None and history._target(refs, "not-an-id") is None
+
+
+def test_only_repositories_at_a_grant_root_are_recorded(tmp_path: Path) -> None:
+    gitdir = _gitdir(tmp_path)
+    nested = tmp_path / "ws" / "sub" / ".git"
+    nested.mkdir(parents=True)
+    out = history.record((str(tmp_path / "ws"),), (str(gitdir), str(nested)))
+    assert list(out) == [str(tmp_path / "ws")]
+
+
+def test_a_linked_worktree_reads_its_refs_from_the_common_directory(tmp_path: Path) -> None:
+    main = _gitdir(tmp_path)
+    admin = main / "worktrees" / "wt"
+    admin.mkdir(parents=True)
+    (admin / "HEAD").write_text(B + "\n")
+    (admin / "commondir").write_text("../..\n")
+    worktree = tmp_path / "wt"
+    worktree.mkdir()
+    (worktree / ".git").write_text(f"gitdir: {admin}\n")
+    gitdir, common = history.gitdirs_of(str(worktree / ".git")) or ("", "")
+    assert (gitdir, common) == (str(admin), str(main))
+    refs = history.refs(gitdir, common)
+    assert refs is not None and refs["HEAD"] == B and refs["refs/heads/main"] == A
