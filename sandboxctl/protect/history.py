@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from sandboxctl.protect.restore import Change
 
 MAX_REFS = 20_000  # past that (a repository with that many loose tags) the refs are not recorded
+PSEUDO_REFS = ("ORIG_HEAD", "FETCH_HEAD", "MERGE_HEAD", "CHERRY_PICK_HEAD", "REVERT_HEAD")
 INDEX = "\0index"  # the key of the index's identity among the refs
 ACTION = "left in git"  # Change.action of these: reported, never put back (the refs are the agent's work)
 
@@ -68,6 +69,10 @@ def refs(gitdir: str, common: str) -> dict[str, str] | None:
         if len(out) > MAX_REFS:
             return None
     out["HEAD"] = (_read(os.path.join(gitdir, "HEAD"), 512) or "").strip()
+    for pseudo in PSEUDO_REFS:  # what `git reset --hard ORIG_HEAD`, `git merge FETCH_HEAD` take
+        value = _read(os.path.join(gitdir, pseudo), 512)
+        if value:
+            out[pseudo] = value.split(None, 1)[0] if value.split() else ""
     with contextlib.suppress(OSError):
         st = os.stat(os.path.join(gitdir, "index"))
         out[INDEX] = f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
@@ -104,7 +109,8 @@ def _git(program: str, root: str, gitdir: str, *args: str) -> list[str]:
 
     env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/"), "LANG": "C", "GIT_DIR": gitdir,
            "GIT_WORK_TREE": root, "GIT_OPTIONAL_LOCKS": "0", "GIT_TERMINAL_PROMPT": "0", "GIT_NO_REPLACE_OBJECTS": "1",
-           "GIT_LITERAL_PATHSPECS": "1"}
+           "GIT_LITERAL_PATHSPECS": "1",
+           "GIT_NO_LAZY_FETCH": "1"}  # a partial clone's missing object is never fetched from here
     try:
         done = subprocess.run([program, "-c", "core.fsmonitor=false", *args], cwd=root, env=env, capture_output=True,
                               timeout=20, check=False)

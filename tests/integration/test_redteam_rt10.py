@@ -187,3 +187,13 @@ def test_ordinary_commits_and_gc_report_nothing(sandbox) -> None:
     assert "end" in result.stdout, result.stderr
     assert "committed or staged" not in result.stderr and not _protect_records(sandbox), result.stderr
     assert git(ws, "log", "-1", "--format=%s", "topic", home=sandbox.home).stdout.strip() == "y"
+
+
+def test_a_commit_left_in_orig_head_is_reported(sandbox, canary) -> None:
+    """`git reset --hard ORIG_HEAD` (undoing a reset or a merge) takes what .git/ORIG_HEAD names."""
+    ws = repo(sandbox.workspace, sandbox.home)
+    result = sandbox.sh(COMMIT_PROTECTED.replace("CANARY", str(canary)) + "echo $commit > .git/ORIG_HEAD\necho end")
+    assert "end" in result.stdout, result.stderr
+    git(ws, "reset", "-q", "--hard", "ORIG_HEAD", home=sandbox.home)
+    assert (ws / ".envrc").exists()
+    assert f"{ws}/.envrc (in ORIG_HEAD) was committed or staged" in result.stderr, result.stderr
