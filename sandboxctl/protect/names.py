@@ -274,9 +274,21 @@ def gitdir_marker(name: str) -> str | None:
     return _MARKERS_FOLDED.get(fold_name(name))
 
 
+# Names at the root of every writable grant by their ending (any stem): held by the rules only
+# (refused when written under bwrap), not recorded at launch like ROOT_NAMES.
+ROOT_SUFFIXES: dict[str, str] = {
+    ".code-workspace": "a VS Code workspace file: its tasks (runOn: folderOpen) and settings run programs",
+}
+
+
 def root_name_reason(parts: tuple[str, ...], home: bool = False) -> str | None:
     """Why parts (relative to the root of a writable grant) fall under a protected root name
     (and, at the root of a writable home, under a home name); compared folded."""
+    if parts:
+        first = fold_name(parts[0])
+        for suffix, why in ROOT_SUFFIXES.items():
+            if first.endswith(suffix):
+                return f"*{suffix}: {why}"
     for length in (3, 2, 1):
         if len(parts) < length:
             continue

@@ -94,7 +94,8 @@ def test_lefthook_local_config_does_not_run_at_the_hosts_commit(sandbox, canary)
 PLANTED = ["mise.toml", ".mise.toml", "mise.local.toml", ".mise.local.toml", "mise/config.toml", ".mise/config.toml",
            ".config/mise/config.toml", ".config/mise.toml", "opencode.json", "opencode.jsonc",
            ".opencode/plugin/evil.js", "crush.json", ".crush.json", ".kiro/hooks/evil.kiro.hook", ".roo/mcp.json",
-           ".amazonq/mcp.json", ".qwen/settings.json", ".clinerules/hooks/PreToolUse", ".junie/mcp/mcp.json"]
+           ".amazonq/mcp.json", ".qwen/settings.json", ".clinerules/hooks/PreToolUse", ".junie/mcp/mcp.json",
+           "project.code-workspace"]
 
 
 @pytest.mark.parametrize("name", PLANTED)
@@ -102,7 +103,8 @@ def test_tool_and_agent_project_config_cannot_be_planted(sandbox, name: str) -> 
     """mise runs a trusted config's hooks and sources its env files on entering the directory (its
     trust goes by path: a changed file is not asked about again); opencode loads .opencode/plugin/
     code and starts its config's MCP servers; Crush, Kiro, Roo, Amazon Q, Qwen Code, Cline and
-    Junie start the commands their project config names. Judged by the host's disk."""
+    Junie start the commands their project config names; VS Code offers to open a *.code-workspace
+    it finds at the root (its tasks and settings as .vscode's). Judged by the host's disk."""
     ws = sandbox.workspace
     result = sandbox.sh(f"mkdir -p $(dirname {name}); echo '{{\"mcpServers\": {{}}}}' > {name}; echo end")
     assert "end" in result.stdout, result.stderr
@@ -113,7 +115,7 @@ def test_the_same_names_below_the_root_stay_writable(sandbox) -> None:
     """As with .envrc: only at the root of a writable grant (dependency trees ship such files)."""
     ws = sandbox.workspace
     result = sandbox.sh("mkdir -p pkg/.opencode && echo x > pkg/mise.toml && echo x > pkg/lefthook-local.yml "
-                        "&& echo x > pkg/.opencode/x && echo end")
+                        "&& echo x > pkg/.opencode/x && echo x > pkg/p.code-workspace && echo end")
     assert "end" in result.stdout, result.stderr
     assert (ws / "pkg" / "mise.toml").exists() and (ws / "pkg" / ".opencode" / "x").exists()
 
@@ -197,3 +199,13 @@ def test_a_commit_left_in_orig_head_is_reported(sandbox, canary) -> None:
     git(ws, "reset", "-q", "--hard", "ORIG_HEAD", home=sandbox.home)
     assert (ws / ".envrc").exists()
     assert f"{ws}/.envrc (in ORIG_HEAD) was committed or staged" in result.stderr, result.stderr
+
+
+def test_an_existing_code_workspace_file_cannot_be_rewritten(sandbox) -> None:
+    ws = sandbox.workspace
+    (ws / "team.code-workspace").write_text('{"folders": [{"path": "."}]}\n')
+    before = (ws / "team.code-workspace").read_bytes()
+    tasks = '{"tasks": {"tasks": [{"label": "x", "command": "touch CANARY", "runOptions": {"runOn": "folderOpen"}}]}}'
+    result = sandbox.sh(f"echo '{tasks}' > team.code-workspace; echo x > new && mv new team.code-workspace; echo end")
+    assert "end" in result.stdout, result.stderr
+    assert (ws / "team.code-workspace").read_bytes() == before
