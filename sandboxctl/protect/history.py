@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from sandboxctl.protect.restore import Change
 
 MAX_REFS = 20_000  # past that (a repository with that many loose tags) the refs are not recorded
+MAX_PACKED = 64 << 20  # bytes of packed-refs read; past that, as past MAX_REFS
+MAX_CHANGED = 200  # refs whose commits are listed at the end; past that the run says so (git per ref)
 PSEUDO_REFS = ("ORIG_HEAD", "FETCH_HEAD", "MERGE_HEAD", "CHERRY_PICK_HEAD", "REVERT_HEAD")
 INDEX = "\0index"  # the key of the index's identity among the refs
 ACTION = "left in git"  # Change.action of these: reported, never put back (the refs are the agent's work)
@@ -56,10 +58,15 @@ def gitdirs_of(repository: str) -> tuple[str, str] | None:
 def refs(gitdir: str, common: str) -> dict[str, str] | None:
     """Every ref's value as written (a hex id or `ref: …`), HEAD's, and the index's identity."""
     out: dict[str, str] = {}
-    for line in (_read(os.path.join(common, "packed-refs"), 64 << 20) or "").splitlines():
+    packed = _read(os.path.join(common, "packed-refs"), MAX_PACKED + 1) or ""
+    if len(packed) > MAX_PACKED:
+        return None
+    for line in packed.splitlines():
         if line and line[0] not in "#^":
             value, _, name = line.partition(" ")
             out[name] = value
+    if len(out) > MAX_REFS:
+        return None
     top = os.path.join(common, "refs")
     for directory, _dirs, files in os.walk(top):
         for name in files:
@@ -113,7 +120,7 @@ def _git(program: str, root: str, gitdir: str, *args: str) -> list[str]:
            "GIT_NO_LAZY_FETCH": "1"}  # a partial clone's missing object is never fetched from here
     try:
         done = subprocess.run([program, "-c", "core.fsmonitor=false", *args], cwd=root, env=env, capture_output=True,
-                              timeout=20, check=False)
+                              timeout=5, check=False)
     except (OSError, subprocess.SubprocessError):
         return []
     return [item.decode("utf-8", "surrogateescape") for item in done.stdout.split(b"\0") if item]
@@ -151,17 +158,28 @@ def check(before: dict[str, tuple[str, str, dict[str, str]]], homes: tuple[str, 
     program: str | None = None
     for root, (gitdir, common, old) in before.items():
         now = refs(gitdir, common)
-        if now is None or now == old:
+        if now == old:
+            continue
+        if now is None:  # the sandbox made more refs than are read: said, never passed over in silence
+            changes.append(Change(f"{gitdir} (more than {MAX_REFS} refs or {MAX_PACKED >> 20} MiB of packed-refs: "
+                                  "not checked for commits bringing protected names in)", "modified", ACTION, None,
+                                  run_id))
             continue
         program = program or _git_program(roots)
         if program is None:
             return changes
         held = [n for n in (*names.ROOT_NAMES, *(names.HOME_NAMES if root in homes else ())) if n != names.GIT]
         found: dict[str, list[str]] = {}  # path -> where it is (refs, the index)
+        moved = []
         for ref in sorted(set(now) - {INDEX}):
             new, was = _target(now, now.get(ref)), _target(old, old.get(ref))
             if new is None or new == was or (ref == "HEAD" and now["HEAD"].startswith("ref:")):
                 continue  # a symbolic HEAD: its branch is compared as itself
+            moved.append((ref, new, was))
+        if len(moved) > MAX_CHANGED:
+            changes.append(Change(f"{gitdir} ({len(moved)} refs changed; the first {MAX_CHANGED} checked for commits "
+                                  "bringing protected names in)", "modified", ACTION, None, run_id))
+        for ref, new, was in moved[:MAX_CHANGED]:
             listed = set(_git(program, root, gitdir, "ls-tree", "-r", "-z", "--full-tree", new, "--", *held))
             if was:
                 listed -= set(_git(program, root, gitdir, "ls-tree", "-r", "-z", "--full-tree", was, "--", *held))

@@ -209,3 +209,15 @@ def test_an_existing_code_workspace_file_cannot_be_rewritten(sandbox) -> None:
     result = sandbox.sh(f"echo '{tasks}' > team.code-workspace; echo x > new && mv new team.code-workspace; echo end")
     assert "end" in result.stdout, result.stderr
     assert (ws / "team.code-workspace").read_bytes() == before
+
+
+def test_too_many_new_refs_are_said_not_passed_over(sandbox, canary) -> None:
+    """Past the refs a check reads, the run says the history was not checked (a sandbox making
+    20 001 refs must not switch the check off in silence)."""
+    ws = repo(sandbox.workspace, sandbox.home)
+    script = COMMIT_PROTECTED.replace("CANARY", str(canary)) + (
+        'python3 -c "import sys; c = sys.argv[1]; f = open(\'.git/packed-refs\', \'w\'); '
+        '[f.write(f\'{c} refs/tags/t{i:06d}\\n\') for i in range(20001)]" $commit; echo end')
+    result = sandbox.sh(script)
+    assert "end" in result.stdout, result.stderr
+    assert f"the git history of {ws}/.git (more than 20000 refs" in result.stderr, result.stderr
