@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 MAX_REFS = 20_000  # past that (a repository with that many loose tags) the refs are not recorded
 MAX_PACKED = 64 << 20  # bytes of packed-refs read; past that, as past MAX_REFS
 MAX_CHANGED = 200  # refs whose commits are listed at the end; past that the run says so (git per ref)
+BUDGET_S = 10.0  # every git call of one run's check together: a history made slow to read cannot hold the run's end
 PSEUDO_REFS = ("ORIG_HEAD", "FETCH_HEAD", "MERGE_HEAD", "CHERRY_PICK_HEAD", "REVERT_HEAD")
 INDEX = "\0index"  # the key of the index's identity among the refs
 ACTION = "left in git"  # Change.action of these: reported, never put back (the refs are the agent's work)
@@ -111,8 +112,17 @@ def _git_program(roots: tuple[str, ...]) -> str | None:
     return None
 
 
-def _git(program: str, root: str, gitdir: str, *args: str) -> list[str]:
+class OutOfTime(Exception):
+    """The check's time (BUDGET_S) is spent: what is left is said, not read."""
+
+
+def _git(program: str, root: str, gitdir: str, *args: str, deadline: float) -> list[str]:
     import subprocess
+    import time
+
+    left = min(5.0, deadline - time.monotonic())
+    if left <= 0:
+        raise OutOfTime
 
     env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/"), "LANG": "C", "GIT_DIR": gitdir,
            "GIT_WORK_TREE": root, "GIT_OPTIONAL_LOCKS": "0", "GIT_TERMINAL_PROMPT": "0", "GIT_NO_REPLACE_OBJECTS": "1",
@@ -120,7 +130,9 @@ def _git(program: str, root: str, gitdir: str, *args: str) -> list[str]:
            "GIT_NO_LAZY_FETCH": "1"}  # a partial clone's missing object is never fetched from here
     try:
         done = subprocess.run([program, "-c", "core.fsmonitor=false", *args], cwd=root, env=env, capture_output=True,
-                              timeout=5, check=False)
+                              timeout=left, check=False)
+    except subprocess.TimeoutExpired:
+        raise OutOfTime from None
     except (OSError, subprocess.SubprocessError):
         return []
     return [item.decode("utf-8", "surrogateescape") for item in done.stdout.split(b"\0") if item]
@@ -151,46 +163,70 @@ def _blob_id(path: str, length: int) -> str | None:
 
 def check(before: dict[str, tuple[str, str, dict[str, str]]], homes: tuple[str, ...], roots: tuple[str, ...],
           run_id: str) -> list[Change]:
-    """The protected names a ref or the index changed during the run now brings in (see above)."""
-    from sandboxctl.protect.restore import Change
+    """The protected names a ref or the index changed during the run now brings in (see above).
+    Every git call of the check shares BUDGET_S: what is left when it is spent is said, not read."""
+    import time
 
     changes: list[Change] = []
     program: str | None = None
+    deadline = time.monotonic() + BUDGET_S
     for root, (gitdir, common, old) in before.items():
         now = refs(gitdir, common)
         if now == old:
             continue
         if now is None:  # the sandbox made more refs than are read: said, never passed over in silence
-            changes.append(Change(f"{gitdir} (more than {MAX_REFS} refs or {MAX_PACKED >> 20} MiB of packed-refs: "
-                                  "not checked for commits bringing protected names in)", "modified", ACTION, None,
-                                  run_id))
+            changes.append(_unchecked(gitdir, f"more than {MAX_REFS} refs or {MAX_PACKED >> 20} MiB of packed-refs",
+                                      run_id))
             continue
         program = program or _git_program(roots)
         if program is None:
             return changes
-        held = [n for n in (*names.ROOT_NAMES, *(names.HOME_NAMES if root in homes else ())) if n != names.GIT]
         found: dict[str, list[str]] = {}  # path -> where it is (refs, the index)
-        moved = []
-        for ref in sorted(set(now) - {INDEX}):
-            new, was = _target(now, now.get(ref)), _target(old, old.get(ref))
-            if new is None or new == was or (ref == "HEAD" and now["HEAD"].startswith("ref:")):
-                continue  # a symbolic HEAD: its branch is compared as itself
-            moved.append((ref, new, was))
-        if len(moved) > MAX_CHANGED:
-            changes.append(Change(f"{gitdir} ({len(moved)} refs changed; the first {MAX_CHANGED} checked for commits "
-                                  "bringing protected names in)", "modified", ACTION, None, run_id))
-        for ref, new, was in moved[:MAX_CHANGED]:
-            listed = set(_git(program, root, gitdir, "ls-tree", "-r", "-z", "--full-tree", new, "--", *held))
-            if was:
-                listed -= set(_git(program, root, gitdir, "ls-tree", "-r", "-z", "--full-tree", was, "--", *held))
-            for line in sorted(listed):
-                found.setdefault(line.split("\t", 1)[-1], []).append(ref)
-        if now.get(INDEX) != old.get(INDEX):
-            for line in _git(program, root, gitdir, "ls-files", "-s", "-z", "--", *held):
-                meta, _, path = line.partition("\t")
-                parts = meta.split()
-                if len(parts) >= 2 and _blob_id(os.path.join(root, path), len(parts[1])) != parts[1]:
-                    found.setdefault(path, []).append("the index")
-        for path, where in sorted(found.items()):
-            changes.append(Change(f"{root}/{path} (in {', '.join(where)})", "created", ACTION, None, run_id))
+        try:
+            _brought_in(program, root, gitdir, old, now, root in homes, found, changes, run_id, deadline)
+        except OutOfTime:
+            changes.append(_unchecked(gitdir, f"its history took more than {BUDGET_S:g} s to read", run_id))
+        changes.extend(_brought_in_changes(root, found, run_id))
     return changes
+
+
+def _unchecked(gitdir: str, why: str, run_id: str) -> Change:
+    from sandboxctl.protect.restore import Change
+
+    return Change(f"{gitdir} ({why}: not all of it checked for commits bringing protected names in)", "modified",
+                  ACTION, None, run_id)
+
+
+def _brought_in(program: str, root: str, gitdir: str, old: dict[str, str], now: dict[str, str], home: bool,
+                found: dict[str, list[str]], changes: list[Change], run_id: str, deadline: float) -> None:
+    """Fill `found` with the held names each moved ref's commit and the index bring in."""
+    held = [n for n in (*names.ROOT_NAMES, *(names.HOME_NAMES if home else ())) if n != names.GIT]
+    moved = []
+    for ref in sorted(set(now) - {INDEX}):
+        new, was = _target(now, now.get(ref)), _target(old, old.get(ref))
+        if new is None or new == was or (ref == "HEAD" and now["HEAD"].startswith("ref:")):
+            continue  # a symbolic HEAD: its branch is compared as itself
+        moved.append((ref, new, was))
+    if len(moved) > MAX_CHANGED:
+        changes.append(_unchecked(gitdir, f"{len(moved)} refs changed; the first {MAX_CHANGED} checked", run_id))
+    if now.get(INDEX) != old.get(INDEX):  # the index first: one call, and the likeliest next checkout
+        for line in _git(program, root, gitdir, "ls-files", "-s", "-z", "--", *held, deadline=deadline):
+            meta, _, path = line.partition("\t")
+            parts = meta.split()
+            if len(parts) >= 2 and _blob_id(os.path.join(root, path), len(parts[1])) != parts[1]:
+                found.setdefault(path, []).append("the index")
+    for ref, new, was in moved[:MAX_CHANGED]:
+        listed = set(_git(program, root, gitdir, "ls-tree", "-r", "-z", "--full-tree", new, "--", *held,
+                          deadline=deadline))
+        if listed and was:
+            listed -= set(_git(program, root, gitdir, "ls-tree", "-r", "-z", "--full-tree", was, "--", *held,
+                               deadline=deadline))
+        for line in sorted(listed):
+            found.setdefault(line.split("\t", 1)[-1], []).append(ref)
+
+
+def _brought_in_changes(root: str, found: dict[str, list[str]], run_id: str) -> list[Change]:
+    from sandboxctl.protect.restore import Change
+
+    return [Change(f"{root}/{path} (in {', '.join(where)})", "created", ACTION, None, run_id)
+            for path, where in sorted(found.items())]

@@ -48,3 +48,25 @@ def test_a_linked_worktree_reads_its_refs_from_the_common_directory(tmp_path: Pa
     assert (gitdir, common) == (str(admin), str(main))
     refs = history.refs(gitdir, common)
     assert refs is not None and refs["HEAD"] == B and refs["refs/heads/main"] == A
+
+
+def test_a_history_made_slow_to_read_cannot_hold_the_runs_end(tmp_path: Path, monkeypatch) -> None:
+    """200 moved refs at 5 s a git call would hold the run's end for half an hour: every call of
+    one check shares BUDGET_S, and what is left unread is said."""
+    import time
+
+    gitdir = _gitdir(tmp_path)
+    root = str(tmp_path / "ws")
+    before = history.record((root,), (str(gitdir),))
+    for i in range(50):
+        (gitdir / "refs" / "heads" / f"b{i}").write_text(f"{i:040x}\n")
+    slow = tmp_path / "git"
+    slow.write_text("#!/bin/sh\nexec sleep 30\n")
+    slow.chmod(0o755)
+    monkeypatch.setattr(history, "_git_program", lambda roots: str(slow))
+    monkeypatch.setattr(history, "BUDGET_S", 0.5)
+    start = time.monotonic()
+    changes = history.check(before, (), (root,), "r1")
+    assert time.monotonic() - start < 3
+    assert [c.action for c in changes] == [history.ACTION]
+    assert "took more than 0.5 s to read: not all of it checked" in changes[0].path
