@@ -236,6 +236,15 @@ def _print_protected(changes, run_id: str) -> None:
         where = f"; what was there is kept at {inert(change['kept'])}" if change.get("kept") else ""
         run = f" (run {inert(change['run'])}, whose supervisor was killed)" if change.get("run") != run_id else ""
         action = change["action"]
+        if action == "left in git" and change["change"] != "created":  # protect/history.py: not all checked
+            print(f"sandboxctl: the git history of {inert(change['path'])}: review new commits before the host's "
+                  "git checkout, reset, restore, stash or pull", file=sys.stderr)
+            continue
+        if action == "left in git":  # protect/history.py: a commit or the index brings it in
+            print(f"sandboxctl: protected path {inert(change['path'])} was committed or staged during a run: the "
+                  "host's git checkout, reset, restore, stash or pull would write it into the workspace; review it "
+                  "(git show, git diff --cached) first", file=sys.stderr)
+            continue
         if action == "reported":
             action = ("not put back, and left as it is: not the sandbox's doing as far as sandboxctl can tell "
                       "(it could not write there, or it changed after the supervisor stopped)")

@@ -117,8 +117,46 @@ ROOT_NAMES: dict[str, str] = {
     ".pnpmfile.cjs": "pnpm runs its hooks on every install",
     ".ripgreprc": "ripgrep options (--pre runs a program)",
     ".pre-commit-config.yaml": "the pre-commit hook runs what it lists at the next commit",
-    "lefthook.yml": "the lefthook git hook runs what it lists",
-    ".lefthook.yml": "the lefthook git hook runs what it lists",
+    "lefthook.yml": "lefthook's git hook runs what it lists",
+    ".lefthook.yml": "lefthook's git hook runs what it lists",
+    ".config/lefthook.yml": "lefthook's git hook runs what it lists",
+    "lefthook.yaml": "lefthook's git hook runs what it lists",
+    ".lefthook.yaml": "lefthook's git hook runs what it lists",
+    ".config/lefthook.yaml": "lefthook's git hook runs what it lists",
+    "lefthook.toml": "lefthook's git hook runs what it lists",
+    ".lefthook.toml": "lefthook's git hook runs what it lists",
+    ".config/lefthook.toml": "lefthook's git hook runs what it lists",
+    "lefthook.json": "lefthook's git hook runs what it lists",
+    ".lefthook.json": "lefthook's git hook runs what it lists",
+    ".config/lefthook.json": "lefthook's git hook runs what it lists",
+    "lefthook.jsonc": "lefthook's git hook runs what it lists",
+    ".lefthook.jsonc": "lefthook's git hook runs what it lists",
+    ".config/lefthook.jsonc": "lefthook's git hook runs what it lists",
+    "lefthook-local.yml": "lefthook's local config, merged in (even without a main one)",
+    ".lefthook-local.yml": "lefthook's local config, merged in (even without a main one)",
+    ".config/lefthook-local.yml": "lefthook's local config, merged in (even without a main one)",
+    "lefthook-local.yaml": "lefthook's local config, merged in (even without a main one)",
+    ".lefthook-local.yaml": "lefthook's local config, merged in (even without a main one)",
+    ".config/lefthook-local.yaml": "lefthook's local config, merged in (even without a main one)",
+    "lefthook-local.toml": "lefthook's local config, merged in (even without a main one)",
+    ".lefthook-local.toml": "lefthook's local config, merged in (even without a main one)",
+    ".config/lefthook-local.toml": "lefthook's local config, merged in (even without a main one)",
+    "lefthook-local.json": "lefthook's local config, merged in (even without a main one)",
+    ".lefthook-local.json": "lefthook's local config, merged in (even without a main one)",
+    ".config/lefthook-local.json": "lefthook's local config, merged in (even without a main one)",
+    "lefthook-local.jsonc": "lefthook's local config, merged in (even without a main one)",
+    ".lefthook-local.jsonc": "lefthook's local config, merged in (even without a main one)",
+    ".config/lefthook-local.jsonc": "lefthook's local config, merged in (even without a main one)",
+    ".lefthook": "lefthook's source_dir: the scripts its git hooks run",
+    ".lefthook-local": "lefthook's source_dir_local: the scripts its git hooks run",
+    "mise.toml": "mise runs its hooks and tasks, and sources its env files, on entering the directory",
+    ".mise.toml": "mise config (hooks, env sourcing, tasks)",
+    "mise.local.toml": "mise config (hooks, env sourcing, tasks)",
+    ".mise.local.toml": "mise config (hooks, env sourcing, tasks)",
+    "mise/config.toml": "mise config (hooks, env sourcing, tasks)",
+    ".mise/config.toml": "mise config (hooks, env sourcing, tasks)",
+    ".config/mise": "mise config directory (config.toml, tasks)",
+    ".config/mise.toml": "mise config (hooks, env sourcing, tasks)",
     # editors
     ".vscode": "VS Code tasks (runOn: folderOpen), launch configs and settings that run programs",
     ".idea": "JetBrains run configurations and startup tasks",
@@ -143,6 +181,17 @@ ROOT_NAMES: dict[str, str] = {
     ".aider.conf.yml": "aider config: lint-cmd and test-cmd run commands",
     ".windsurf": "Windsurf rules and workflows",
     ".windsurfrules": "Windsurf rules",
+    "opencode.json": "opencode project config: MCP servers and commands it starts",
+    "opencode.jsonc": "opencode project config: MCP servers and commands it starts",
+    ".opencode": "opencode plugins (code it loads at start), commands and agents",
+    "crush.json": "Crush project config: MCP servers and language servers it starts",
+    ".crush.json": "Crush project config: MCP servers and language servers it starts",
+    ".kiro": "Kiro agent hooks (shell commands on file events) and MCP servers",
+    ".roo": "Roo Code project MCP servers",
+    ".amazonq": "Amazon Q Developer project MCP servers",
+    ".qwen": "Qwen Code settings: MCP servers, tool discovery and call commands",
+    ".clinerules": "Cline rules and hooks (hooks/ run commands)",
+    ".junie": "JetBrains Junie project MCP servers",
 }
 
 # At the root of a writable *home* only (they are ordinary names in a project): what the user's
@@ -202,6 +251,8 @@ GITDIR_NAMES: dict[str, str] = {
     "info": "attributes, excludes, grafts and sparse-checkout rules git applies",
     "modules": "submodules' own repositories",
     "worktrees": "linked worktrees' repositories",
+    "remotes": "legacy remote definitions: git fetch and pull take an unconfigured remote's URL from here",
+    "branches": "legacy remote definitions: git fetch and pull take an unconfigured remote's URL from here",
 }
 GITDIR_DEEP: dict[tuple[str, ...], str] = {
     ("objects", "info", "alternates"): "makes git read objects from another place",
@@ -223,9 +274,21 @@ def gitdir_marker(name: str) -> str | None:
     return _MARKERS_FOLDED.get(fold_name(name))
 
 
+# Names at the root of every writable grant by their ending (any stem): held by the rules only
+# (refused when written under bwrap), not recorded at launch like ROOT_NAMES.
+ROOT_SUFFIXES: dict[str, str] = {
+    ".code-workspace": "a VS Code workspace file: its tasks (runOn: folderOpen) and settings run programs",
+}
+
+
 def root_name_reason(parts: tuple[str, ...], home: bool = False) -> str | None:
     """Why parts (relative to the root of a writable grant) fall under a protected root name
     (and, at the root of a writable home, under a home name); compared folded."""
+    if parts:
+        first = fold_name(parts[0])
+        for suffix, why in ROOT_SUFFIXES.items():
+            if first.endswith(suffix):
+                return f"*{suffix}: {why}"
     for length in (3, 2, 1):
         if len(parts) < length:
             continue

@@ -125,8 +125,13 @@ def execute(plan: Plan, state: str, argv_for_log: list[str], status=None, *, sup
             with status("building the seccomp filters (first run with this policy)…"):
                 seccomp.load_or_compile(plan.seccomp, cache)
                 seccomp.load_or_compile_notify(plan.seccomp, cache)
+        history = _record_history(plan)
         result = supervisor.launch()
         changes += snapshot.check()  # every sandboxed process is gone: nothing can race this
+        if history:  # commits and index entries that bring a protected name in (protect/history.py)
+            from sandboxctl.protect import history as git_history
+
+            changes += git_history.check(history, plan.protect.homes, plan.protect.roots, plan.run_id)
         if plan.protect.roots and not plan.protect.mediated:  # gVisor: nothing refused a new repository
             changes += new_repositories(plan.protect.roots, plan.protect.repositories, plan.workspace, state,
                                         plan.run_id)
@@ -214,6 +219,16 @@ class _LateRecords:
         self.notice = None
         if self.made is not None:
             self.made.returned()
+
+
+def _record_history(plan: Plan) -> dict:
+    """The refs and index of each repository at a writable grant's root, read before the command
+    starts (an overlay run's writes land in its layer: nothing to record)."""
+    if not plan.protect.roots or not plan.protect.repositories or plan.overlay is not None:
+        return {}
+    from sandboxctl.protect import history as git_history
+
+    return git_history.record(plan.protect.roots, plan.protect.repositories)
 
 
 def _refuse_left_out_links(snapshot: Snapshot) -> None:

@@ -1,0 +1,232 @@
+"""Commits and index entries the run left that bring a protected name in through the host's git.
+
+The sandbox may write a repository's objects, refs and index: that is git's normal work (add,
+commit, checkout -b, stash). A commit whose tree holds `.envrc` or `.claude/settings.json` at the
+root is content, which no wall on files sees; but the host's own `git reset --hard`, `checkout`,
+`restore`, `stash pop` or `pull` then writes that file into the workspace, where the sandbox itself
+could not (red team rt10: a commit moved onto main, or a replace ref planted through packed-refs,
+and the user's `git reset --hard` wrote a .claude/settings.json whose hook ran in the next
+session). So for each repository whose work tree is the root of a writable grant, the refs and the
+index are recorded at launch (a read of refs/, packed-refs and HEAD: no git process), and at the
+end of a run that changed them, the host's git lists the protected names each changed ref's
+commit holds that its launch commit did not, and the index entries for them that differ from the
+file on disk. Each is reported (a `protect` event and a line on stderr): the refs are the agent's
+work, so nothing is moved back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from sandboxctl.paths import within
+from sandboxctl.protect import names
+
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
+if TYPE_CHECKING:
+    from sandboxctl.protect.restore import Change
+
+MAX_REFS = 20_000  # past that (a repository with that many loose tags) the refs are not recorded
+MAX_PACKED = 64 << 20  # bytes of packed-refs read; past that, as past MAX_REFS
+MAX_CHANGED = 200  # refs whose commits are listed at the end; past that the run says so (git per ref)
+BUDGET_S = 10.0  # every git call of one run's check together: a history made slow to read cannot hold the run's end
+PSEUDO_REFS = ("ORIG_HEAD", "FETCH_HEAD", "MERGE_HEAD", "CHERRY_PICK_HEAD", "REVERT_HEAD")
+INDEX = "\0index"  # the key of the index's identity among the refs
+ACTION = "left in git"  # Change.action of these: reported, never put back (the refs are the agent's work)
+
+
+def _read(path: str, limit: int = 1 << 16) -> str | None:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(limit).decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
+def gitdirs_of(repository: str) -> tuple[str, str] | None:
+    """(the git directory, its common directory) of a work tree's `.git` entry (a directory, or a
+    `gitdir:` file of a linked worktree)."""
+    gitdir = repository
+    if not os.path.isdir(repository):
+        text = _read(repository, 4096) or ""
+        if not text.startswith("gitdir:"):
+            return None
+        gitdir = os.path.normpath(os.path.join(os.path.dirname(repository), text[7:].strip()))
+    common = (_read(os.path.join(gitdir, "commondir"), 4096) or "").strip()
+    return gitdir, os.path.normpath(os.path.join(gitdir, common)) if common else gitdir
+
+
+def refs(gitdir: str, common: str) -> dict[str, str] | None:
+    """Every ref's value as written (a hex id or `ref: …`), HEAD's, and the index's identity."""
+    out: dict[str, str] = {}
+    packed = _read(os.path.join(common, "packed-refs"), MAX_PACKED + 1) or ""
+    if len(packed) > MAX_PACKED:
+        return None
+    for line in packed.splitlines():
+        if line and line[0] not in "#^":
+            value, _, name = line.partition(" ")
+            out[name] = value
+    if len(out) > MAX_REFS:
+        return None
+    top = os.path.join(common, "refs")
+    for directory, _dirs, files in os.walk(top):
+        for name in files:
+            value = _read(os.path.join(directory, name), 512)
+            if value is not None:
+                out[os.path.relpath(os.path.join(directory, name), common)] = value.strip()
+        if len(out) > MAX_REFS:
+            return None
+    out["HEAD"] = (_read(os.path.join(gitdir, "HEAD"), 512) or "").strip()
+    for pseudo in PSEUDO_REFS:  # what `git reset --hard ORIG_HEAD`, `git merge FETCH_HEAD` take
+        value = _read(os.path.join(gitdir, pseudo), 512)
+        if value:
+            out[pseudo] = value.split(None, 1)[0] if value.split() else ""
+    with contextlib.suppress(OSError):
+        st = os.stat(os.path.join(gitdir, "index"))
+        out[INDEX] = f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+    return out
+
+
+def record(roots: tuple[str, ...], repositories: tuple[str, ...]) -> dict[str, tuple[str, str, dict[str, str]]]:
+    """{work tree: (git directory, common directory, refs)} of the repositories at a grant's root."""
+    out: dict[str, tuple[str, str, dict[str, str]]] = {}
+    for repository in repositories:
+        root = os.path.dirname(repository)
+        if root not in roots or not names.is_git_name(os.path.basename(repository)):
+            continue
+        dirs = gitdirs_of(repository)
+        found = refs(*dirs) if dirs else None
+        if dirs and found is not None:
+            out[root] = (dirs[0], dirs[1], found)
+    return out
+
+
+def _git_program(roots: tuple[str, ...]) -> str | None:
+    """The host's git from PATH, never from a directory the sandbox could write."""
+    for directory in os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep):
+        if not os.path.isabs(directory) or any(within(directory, root) for root in roots):
+            continue
+        candidate = os.path.join(directory, "git")
+        if os.access(candidate, os.X_OK) and os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+class OutOfTime(Exception):
+    """The check's time (BUDGET_S) is spent: what is left is said, not read."""
+
+
+def _git(program: str, root: str, gitdir: str, *args: str, deadline: float) -> list[str]:
+    import subprocess
+    import time
+
+    left = min(5.0, deadline - time.monotonic())
+    if left <= 0:
+        raise OutOfTime
+
+    env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/"), "LANG": "C", "GIT_DIR": gitdir,
+           "GIT_WORK_TREE": root, "GIT_OPTIONAL_LOCKS": "0", "GIT_TERMINAL_PROMPT": "0", "GIT_NO_REPLACE_OBJECTS": "1",
+           "GIT_LITERAL_PATHSPECS": "1",
+           "GIT_NO_LAZY_FETCH": "1"}  # a partial clone's missing object is never fetched from here
+    try:
+        done = subprocess.run([program, "-c", "core.fsmonitor=false", *args], cwd=root, env=env, capture_output=True,
+                              timeout=left, check=False)
+    except subprocess.TimeoutExpired:
+        raise OutOfTime from None
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [item.decode("utf-8", "surrogateescape") for item in done.stdout.split(b"\0") if item]
+
+
+def _target(refs_now: dict[str, str], value: str | None) -> str | None:
+    """A ref's value as an object id (a symbolic ref followed, once)."""
+    if value and value.startswith("ref:"):
+        value = refs_now.get(value[4:].strip())
+    return value if value and all(c in "0123456789abcdef" for c in value) and len(value) in (40, 64) else None
+
+
+def _blob_id(path: str, length: int) -> str | None:
+    import hashlib
+
+    try:
+        if os.path.islink(path):
+            data = os.readlink(path).encode("utf-8", "surrogateescape")
+        else:
+            with open(path, "rb") as handle:
+                data = handle.read()
+    except OSError:
+        return None
+    digest = hashlib.sha1() if length == 40 else hashlib.sha256()
+    digest.update(b"blob %d\0" % len(data) + data)
+    return digest.hexdigest()
+
+
+def check(before: dict[str, tuple[str, str, dict[str, str]]], homes: tuple[str, ...], roots: tuple[str, ...],
+          run_id: str) -> list[Change]:
+    """The protected names a ref or the index changed during the run now brings in (see above).
+    Every git call of the check shares BUDGET_S: what is left when it is spent is said, not read."""
+    import time
+
+    changes: list[Change] = []
+    program: str | None = None
+    deadline = time.monotonic() + BUDGET_S
+    for root, (gitdir, common, old) in before.items():
+        now = refs(gitdir, common)
+        if now == old:
+            continue
+        if now is None:  # the sandbox made more refs than are read: said, never passed over in silence
+            changes.append(_unchecked(gitdir, f"more than {MAX_REFS} refs or {MAX_PACKED >> 20} MiB of packed-refs",
+                                      run_id))
+            continue
+        program = program or _git_program(roots)
+        if program is None:
+            return changes
+        found: dict[str, list[str]] = {}  # path -> where it is (refs, the index)
+        try:
+            _brought_in(program, root, gitdir, old, now, root in homes, found, changes, run_id, deadline)
+        except OutOfTime:
+            changes.append(_unchecked(gitdir, f"its history took more than {BUDGET_S:g} s to read", run_id))
+        changes.extend(_brought_in_changes(root, found, run_id))
+    return changes
+
+
+def _unchecked(gitdir: str, why: str, run_id: str) -> Change:
+    from sandboxctl.protect.restore import Change
+
+    return Change(f"{gitdir} ({why}: not all of it checked for commits bringing protected names in)", "modified",
+                  ACTION, None, run_id)
+
+
+def _brought_in(program: str, root: str, gitdir: str, old: dict[str, str], now: dict[str, str], home: bool,
+                found: dict[str, list[str]], changes: list[Change], run_id: str, deadline: float) -> None:
+    """Fill `found` with the held names each moved ref's commit and the index bring in."""
+    held = [n for n in (*names.ROOT_NAMES, *(names.HOME_NAMES if home else ())) if n != names.GIT]
+    moved = []
+    for ref in sorted(set(now) - {INDEX}):
+        new, was = _target(now, now.get(ref)), _target(old, old.get(ref))
+        if new is None or new == was or (ref == "HEAD" and now["HEAD"].startswith("ref:")):
+            continue  # a symbolic HEAD: its branch is compared as itself
+        moved.append((ref, new, was))
+    if len(moved) > MAX_CHANGED:
+        changes.append(_unchecked(gitdir, f"{len(moved)} refs changed; the first {MAX_CHANGED} checked", run_id))
+    if now.get(INDEX) != old.get(INDEX):  # the index first: one call, and the likeliest next checkout
+        for line in _git(program, root, gitdir, "ls-files", "-s", "-z", "--", *held, deadline=deadline):
+            meta, _, path = line.partition("\t")
+            parts = meta.split()
+            if len(parts) >= 2 and _blob_id(os.path.join(root, path), len(parts[1])) != parts[1]:
+                found.setdefault(path, []).append("the index")
+    for ref, new, was in moved[:MAX_CHANGED]:
+        listed = set(_git(program, root, gitdir, "ls-tree", "-r", "-z", "--full-tree", new, "--", *held,
+                          deadline=deadline))
+        if listed and was:
+            listed -= set(_git(program, root, gitdir, "ls-tree", "-r", "-z", "--full-tree", was, "--", *held,
+                               deadline=deadline))
+        for line in sorted(listed):
+            found.setdefault(line.split("\t", 1)[-1], []).append(ref)
+
+
+def _brought_in_changes(root: str, found: dict[str, list[str]], run_id: str) -> list[Change]:
+    from sandboxctl.protect.restore import Change
+
+    return [Change(f"{root}/{path} (in {', '.join(where)})", "created", ACTION, None, run_id)
+            for path, where in sorted(found.items())]
