@@ -25,7 +25,13 @@ from typing import Any
 from sandboxctl.supervise import processes
 from sandboxctl.supervise import session_wire as wire
 from sandboxctl.supervise.runner import TERM_GRACE_S, Supervisor
-from sandboxctl.supervise.session_attribution import Attribution, SessionDispatcher, denial
+from sandboxctl.supervise.session_attribution import (
+    Attribution,
+    SessionDispatcher,
+    denial,
+    namespace_level,
+    open_leader,
+)
 
 KILL_GRACE_S = 5.0  # after SIGKILL, a command the server does not report has a broken server
 MAX_CLIENTS = 64
@@ -75,7 +81,7 @@ class SessionSupervisor(Supervisor):
 
     def _start_notify(self, fd: int, sel: selectors.BaseSelector, landlock: dict) -> None:
         super()._start_notify(fd, sel, landlock)
-        self.dispatcher.attribute = self.attribution.command_of
+        self.dispatcher.attribute = self.attribution.begin
 
     def _register_sources(self, sel: selectors.BaseSelector) -> None:
         self.sel = sel
@@ -93,6 +99,7 @@ class SessionSupervisor(Supervisor):
         if self.server_pid is not None:
             self.server_pidfd = processes.open_member(self.server_pid, self.sandbox_pidns) \
                 if self.sandbox_pidns else None
+            self.attribution.level = namespace_level(self.server_pid)
         self.attribution.stop_at = (init, self.bwrap_pid)
         if self.ready_callback is not None:
             self.ready_callback(self)
@@ -111,6 +118,7 @@ class SessionSupervisor(Supervisor):
     def release(self) -> None:
         super().release()
         self._close_pidfd("server_pidfd")
+        self.attribution.close()
 
     def end_fields(self) -> dict[str, Any]:
         return {"session": self.plan.session, "commands": self.count, "reason": self.end_reason or "server stopped"}
@@ -268,6 +276,7 @@ class SessionSupervisor(Supervisor):
     def _finish(self, number: int, report: dict[str, Any]) -> None:
         if self.dispatcher is not None:  # its last calls' records and denials first
             self.dispatcher.settled()
+        self.attribution.finished(number)  # its session id may be another process's from now on
         command = self.commands.pop(number, None)
         if command is None:
             return
@@ -304,8 +313,10 @@ class SessionSupervisor(Supervisor):
             number = message["started"]
             command = self.commands.get(number)
             pid = message.get("pid")
-            if isinstance(pid, int):
-                self.attribution.started(pid, number)
+            leader = open_leader(self.server_pid, pid, self.sandbox_pidns) \
+                if isinstance(pid, int) and command is not None and self.server_pid is not None else None
+            if leader is not None:
+                self.attribution.started(pid, number, leader)
             if self.control is not None:  # the command waits for this: its pid is known before its exec
                 with contextlib.suppress(OSError):
                     wire.send(self.control, {"go": number})
