@@ -193,7 +193,8 @@ def others_control(path: str) -> str | None:
 
     Every directory the lookup passes through and every symlink it follows must be ours or
     root's, and a directory others may write must be sticky (/tmp: there only an entry's owner
-    may replace it, and the entry passed through is ours or root's). Otherwise another user may
+    may replace it, and the entry passed through is ours or root's); writable by our own private
+    group alone counts as ours. Otherwise another user may
     swap a component, or assemble directories of ours (a workspace a sandbox wrote) into the
     path. What does not exist yet is ours to make (ensure_private_dir checks what it makes)."""
     import stat
@@ -206,7 +207,7 @@ def others_control(path: str) -> str | None:
             st = os.lstat(here)  # a directory reached (real: every symlink on the way was followed)
             if st.st_uid not in owners:
                 return f"{here} belongs to another user"
-            if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX and not _own_group_only(st):
                 return f"{here} may be written by others"
             if not names:
                 return None
@@ -235,6 +236,23 @@ def others_control(path: str) -> str | None:
             here = entry
     except OSError as exc:
         return f"{here}: {exc.strerror or exc}"
+
+
+def _own_group_only(st: os.stat_result) -> bool:
+    """A directory writable by its group alone, that group being our own private one (a user
+    private group, as umask 002 leaves ~/.local on many systems): named as we are, no members
+    but us. Looked up only then (grp is not otherwise imported)."""
+    if st.st_mode & 0o002 or st.st_gid != os.getgid():
+        return False
+    import grp
+    import pwd
+
+    try:
+        name = pwd.getpwuid(os.getuid()).pw_name
+        group = grp.getgrgid(st.st_gid)
+    except KeyError:
+        return False
+    return group.gr_name == name and set(group.gr_mem) <= {name}
 
 
 def ensure_private_dir(path: str | PathLike[str]) -> str | PathLike[str]:

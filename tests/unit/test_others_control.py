@@ -36,6 +36,23 @@ def test_a_directory_others_may_write_anywhere_on_the_way_is_named(tmp_path):
         (tmp_path / "shared").chmod(0o755)
 
 
+def test_a_directory_writable_by_our_own_private_group_only_is_ours(tmp_path):
+    """umask 002 with a user private group leaves ~/.local group-writable: that group is us."""
+    import grp
+    import pwd
+
+    me = pwd.getpwuid(os.getuid()).pw_name
+    group = grp.getgrgid(os.getgid())
+    if group.gr_name != me or not set(group.gr_mem) <= {me}:
+        pytest.skip("this user's primary group is not a private one")
+    (tmp_path / "local" / "state").mkdir(parents=True)
+    (tmp_path / "local").chmod(0o775)
+    assert paths.others_control(str(tmp_path / "local" / "state")) is None
+    (tmp_path / "local").chmod(0o777)
+    assert paths.others_control(str(tmp_path / "local" / "state")) == f"{tmp_path}/local may be written by others"
+    (tmp_path / "local").chmod(0o755)
+
+
 @pytest.mark.skipif(os.getuid() != 0, reason="making another user's symlink needs root")
 def test_another_users_symlink_is_named(tmp_path):
     (tmp_path / "target").mkdir()
