@@ -12,14 +12,14 @@ fnmatch and ntpath it imports) is ~4 ms of every run's CPU. `pure`, `join`, `par
 
 from __future__ import annotations
 
-import errno
 import os
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
 if TYPE_CHECKING:
     from os import PathLike
 
-_IGNORED = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)  # pathlib's _IGNORED_ERRNOS
+# pathlib's _IGNORED_ERRNOS: ENOENT and ENOTDIR (their own exceptions), EBADF and ELOOP (errno is
+# imported only then: the head start imports this module before bubblewrap is spawned)
 
 
 def pure(path: str | PathLike[str]) -> str:
@@ -84,6 +84,8 @@ def resolve(path: str | PathLike[str]) -> str:
     try:
         os.stat(resolved)
     except OSError as exc:
+        import errno
+
         if exc.errno == errno.ELOOP:
             raise RuntimeError(f"Symlink loop from {exc.filename!r}") from None
     return resolved
@@ -94,8 +96,12 @@ def _mode(path: str | PathLike[str], follow: bool = True) -> int | None:
     raise. Of the path as pathlib spelt it: "file/" is "file", and "link/" no longer follows the link."""
     try:
         return os.stat(pure(path), follow_symlinks=follow).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        pass
     except OSError as exc:
-        if exc.errno not in _IGNORED:
+        import errno
+
+        if exc.errno not in (errno.EBADF, errno.ELOOP):
             raise
     except ValueError:
         pass
@@ -163,16 +169,90 @@ def state_dir() -> str:
 
 
 def runtime_dir() -> str:
-    """Approval sockets: the user's runtime dir when it is really theirs, else a per-user dir in /tmp."""
+    """Approval and session sockets: the user's runtime dir when it is really theirs — private, and
+    reached through nothing another user may change (others_control) — else a per-user dir in
+    TMPDIR (an absolute one nobody else controls; else /tmp), which ensure_private_dir checks as
+    it is made. Spelt resolved: a runtime dir written with "..", or through a symlink, is the
+    directory it names."""
     base = os.environ.get("XDG_RUNTIME_DIR")
-    if base and os.path.isabs(base):
+    if base and os.path.isabs(base) and others_control(base) is None:
         try:
             st = os.stat(base)
             if st.st_uid == os.getuid() and not st.st_mode & 0o077:
-                return join(base, "sandboxctl")
+                return join(os.path.realpath(base), "sandboxctl")
         except OSError:
             pass
-    return join(os.environ.get("TMPDIR") or "/tmp", f"sandboxctl-{os.getuid()}")
+    temporary = os.environ.get("TMPDIR")
+    if not (temporary and os.path.isabs(temporary) and others_control(temporary) is None):
+        temporary = "/tmp"  # a relative TMPDIR names the current directory: often the workspace
+    return join(temporary, f"sandboxctl-{os.getuid()}")
+
+
+def others_control(path: str) -> str | None:
+    """Why a user other than us and root could change what the absolute `path` names, or None.
+
+    Every directory the lookup passes through and every symlink it follows must be ours or
+    root's, and a directory others may write must be sticky (/tmp: there only an entry's owner
+    may replace it, and the entry passed through is ours or root's); writable by our own private
+    group alone counts as ours. Otherwise another user may
+    swap a component, or assemble directories of ours (a workspace a sandbox wrote) into the
+    path. What does not exist yet is ours to make (ensure_private_dir checks what it makes)."""
+    import stat
+
+    owners = (0, os.getuid())
+    names = [part for part in path.split("/") if part and part != "."]
+    here, links = "/", 0
+    try:
+        while True:
+            st = os.lstat(here)  # a directory reached (real: every symlink on the way was followed)
+            if st.st_uid not in owners:
+                return f"{here} belongs to another user"
+            if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX and not _own_group_only(st):
+                return f"{here} may be written by others"
+            if not names:
+                return None
+            name = names.pop(0)
+            if name == "..":
+                here = os.path.dirname(here)  # `here` is resolved: its parent is what ".." names
+                continue
+            entry = os.path.join(here, name)
+            try:
+                st = os.lstat(entry)
+            except FileNotFoundError:
+                return None
+            if stat.S_ISLNK(st.st_mode):
+                if st.st_uid not in owners:
+                    return f"{entry} is another user's symlink"
+                links += 1
+                if links > 40:
+                    return f"{path}: too many symlinks"
+                target = os.readlink(entry)
+                names = [part for part in target.split("/") if part and part != "."] + names
+                if target.startswith("/"):
+                    here = "/"
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                return f"{entry} is not a directory"
+            here = entry
+    except OSError as exc:
+        return f"{here}: {exc.strerror or exc}"
+
+
+def _own_group_only(st: os.stat_result) -> bool:
+    """A directory writable by its group alone, that group being our own private one (a user
+    private group, as umask 002 leaves ~/.local on many systems): named as we are, no members
+    but us. Looked up only then (grp is not otherwise imported)."""
+    if st.st_mode & 0o002 or st.st_gid != os.getgid():
+        return False
+    import grp
+    import pwd
+
+    try:
+        name = pwd.getpwuid(os.getuid()).pw_name
+        group = grp.getgrgid(st.st_gid)
+    except KeyError:
+        return False
+    return group.gr_name == name and set(group.gr_mem) <= {name}
 
 
 def ensure_private_dir(path: str | PathLike[str]) -> str | PathLike[str]:

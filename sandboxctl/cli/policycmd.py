@@ -195,7 +195,9 @@ def suggest_cmd(
     if text is None:
         return
     if output:
-        Path(output).write_text(text)
-        print(f"wrote {output}; review it, then: sandboxctl run -p {output} -- …", file=sys.stderr)
+        Path(output).write_text(text, encoding="utf-8")
+        from sandboxctl.inert import inert
+
+        print(f"wrote {inert(output)}; review it, then: sandboxctl run -p {inert(output)} -- …", file=sys.stderr)
     else:
         print(text, end="")

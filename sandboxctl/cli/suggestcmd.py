@@ -34,8 +34,15 @@ def _extends(source: str | None, name: str | None, output: str | None) -> tuple[
     if source and source.startswith(BUILTIN_PREFIX):
         return source.removeprefix(BUILTIN_PREFIX), None
     if source:
+        from sandboxctl.policy.suggest import is_text
+
         base = Path(output).resolve().parent if output else Path.cwd()
-        return os.path.relpath(source, base), source
+        relative = os.path.relpath(source, base)
+        if not is_text(relative):  # a byte that is not UTF-8, in the file's path or in the output's
+            raise SandboxError(f"the suggestion cannot extend {source}: the path is not UTF-8 text, and a policy "
+                               "file holds only text", "rename the policy file (or the output's directory) so its "
+                               "path is text, then run and suggest again")
+        return relative, source
     if name in builtin_names():  # a log written before run.start named its source
         return name, None
     raise SandboxError(f"the log does not say which policy file run used ({name!r})",
@@ -76,8 +83,10 @@ def suggest_for_run(run: str, log_option: str | None, output: str | None) -> str
     if start is None:
         raise SandboxError(f"run {run_id} has no run.start record (it never started)", "nothing to suggest")
     denials = [r for r in records if is_denial(r)]
-    if not denials:
-        print(f"sandboxctl: run {run_id} was denied nothing: no grant to suggest", file=sys.stderr)
+    from sandboxctl.inert import inert
+
+    if not denials:  # the run id is the log's, the policy's name the policy's: shown inert
+        print(f"sandboxctl: run {inert(run_id, 80)} was denied nothing: no grant to suggest", file=sys.stderr)
         return None
     extends, policy_file = _extends(start.get("policy_source"), start.get("policy"), output)
     home = str(Path(paths.home_dir()).resolve())
@@ -86,8 +95,8 @@ def suggest_for_run(run: str, log_option: str | None, output: str | None) -> str
 
     loaded = load_named(policy_file or extends)
     if loaded.policy.sha256 != start.get("policy_sha256"):
-        print(f"sandboxctl: note: policy {loaded.policy.name} changed since run {run_id}; the suggestion extends it "
-              "as it is now", file=sys.stderr)
+        print(f"sandboxctl: note: policy {inert(loaded.policy.name, 80)} changed since run {inert(run_id, 80)}; "
+              "the suggestion extends it as it is now", file=sys.stderr)
 
     def expand(path: str) -> str:
         return paths.expand(path, workspace=workspace or "/nonexistent", home=home, state=str(paths.state_dir()))

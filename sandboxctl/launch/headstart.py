@@ -53,17 +53,15 @@ if TYPE_CHECKING:
     from sandboxctl.supervise.cgroups import CgroupLayout, RunCgroup
 
 
-def cache_dir(environ=os.environ) -> str:
-    """paths.state_dir()'s cache, without pathlib (this runs before any import that is not needed)."""
-    base = environ.get("XDG_STATE_HOME")
-    if not (base and os.path.isabs(base)):
-        home = environ.get("HOME")
-        if not (home and os.path.isabs(home)):
-            import pwd
+def cache_dir() -> str | None:
+    """paths.state_dir()'s cache, or None when another user could change what that path names
+    (paths.others_control): an entry's argv is executed before any check, so a cache reached
+    through a directory others may write — where they could swap in a directory of ours that a
+    sandbox wrote — is neither read nor written."""
+    from sandboxctl import paths
 
-            home = pwd.getpwuid(os.getuid()).pw_dir
-        base = os.path.join(home, ".local", "state")
-    return os.path.join(base, "sandboxctl", "cache")
+    directory = paths.join(paths.state_dir(), "cache")
+    return None if paths.others_control(directory) else directory
 
 
 def key(run_args: list[str]) -> str:
@@ -156,6 +154,8 @@ def try_start(run_args: list[str]) -> tuple[str, HeadStart | None]:
 
 def _start(this: str) -> HeadStart | None:
     directory = cache_dir()
+    if directory is None:
+        return None
     try:
         held = os.lstat(directory)
     except OSError:
@@ -305,6 +305,8 @@ def remember(this: str, plan, argv: list[str], fds: tuple[int, int, int], config
              "seccomp": program, "mount_points": mount_points(plan),
              "cgroup": "cgroup" in (plan.limits.memory_method, plan.limits.pids_method)}
     directory = cache_dir()
+    if directory is None:
+        return
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         path = os.path.join(directory, f"{PREFIX}{this}.marshal")

@@ -8,7 +8,7 @@ cannot write; comparing the two shows what changed locally after it was written:
   is missing was removed, one that differs was edited (a copy that is only a prefix of the local
   line was truncated by the collector: said, not counted as tampering);
 - every run.end in the copy carries `head`, its run's own chain over the lines before it
-  (writer.run_head): the local records of that run must hash to it, so a record removed, edited
+  (chain.run_head): the local records of that run must hash to it, so a record removed, edited
   or inserted locally is found even if the copy lost the record itself (UDP);
 - a local record of such a run after its run.end was added afterwards.
 
@@ -23,9 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandboxctl.log.chain import GENESIS
+from sandboxctl.log.chain import GENESIS, run_head
 from sandboxctl.log.files import iter_lines, parse_line
-from sandboxctl.log.writer import run_head
 
 MAX_PROBLEMS = 20
 

@@ -4,13 +4,7 @@ The lock covers reading the previous line's hash and appending the new line, so 
 sharing a log never interleave and the chain stays intact. The file is 0600 in a 0700 dir and is
 masked inside every sandbox.
 
-Rotation by size happens under the same lock: the record that would push the file past
-`max_bytes` is written first into a fresh file (`<log>.new`), whose `prev` is the hash of the old
-file's last line; then `<log>.N` shift up (at most `keep` are kept), the old file is hard-linked to
-`<log>.1` and the fresh file is renamed over `<log>`. The path therefore always names a complete
-log, and the chain verifies across files (log.verify walks `<log>.N` ... `<log>.1`, `<log>`).
-Readers take a shared flock on `<log>` while they list and open the files, so they never see the
-names half-shifted.
+Rotation by size happens under the same lock (log/rotation.py, imported only when a file is full).
 
 Every writer checks, while it holds the lock, that its descriptor is still the file the path
 names; a writer whose file was rotated away (by another process or another ActionLog) re-opens
@@ -37,7 +31,7 @@ flood guard stopped the run was written after, rotating the run's first records 
 
 from __future__ import annotations
 
-import _json  # json's C encoder: the json package compiles regular expressions at import (~2 ms a run)
+import _json  # the secrets' last pass: json's C escaping (the json package compiles regexes at import)
 import contextlib
 import fcntl
 import os
@@ -45,9 +39,8 @@ import threading
 import time
 from collections import deque
 
-from sandboxctl.digest import sha256
 from sandboxctl.errors import SandboxError
-from sandboxctl.log.chain import GENESIS, last_line, line_hash
+from sandboxctl.log.chain import GENESIS, encode_record, last_line, line_hash, run_head, timestamp
 from sandboxctl.paths import make_dirs, parent
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
@@ -66,43 +59,6 @@ PAUSE_RECORD_BYTES = (256 + 1) * 4096 * 2  # the largest exec record, argv escap
 
 class LogWriteError(SandboxError):
     pass
-
-
-def encode_record(record: dict) -> str:
-    """One record as json.dumps(record, separators=(",", ":"), default=str) writes it: what
-    JSONEncoder.encode runs for a dict, the C encoder with the same arguments (a markers dict of
-    its own for the circular check: records are encoded on two threads; ensure_ascii, no indent,
-    no sorting or skipping, NaN allowed), its chunks joined as encode() joins them."""
-    return "".join(_json.make_encoder({}, str, _json.encode_basestring_ascii, None, ":", ",",
-                                      False, False, True)(record, 0))
-
-
-# the last second formatted, (seconds, text): one strftime per second, not per record. One tuple,
-# replaced whole: the log's thread and the supervisor's formatted records at once, and a reader of
-# the two halves of a list updated one after the other could pair a second with the next one's text
-_second: tuple[int, str] = (-1, "")
-
-
-def timestamp(now_ns: int | None = None) -> str:
-    """RFC 3339, UTC, microseconds (time.strftime: datetime costs start-up time); of `now_ns`
-    (time.time_ns() taken earlier: write_soon's records are formatted by the log's thread)."""
-    global _second
-    seconds, micros = divmod((time.time_ns() if now_ns is None else now_ns) // 1000, 1_000_000)
-    known = _second
-    if known[0] != seconds:
-        known = _second = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
-    return f"{known[1]}.{micros:06d}Z"
-
-
-def run_head(head: str, line: bytes, hashed: str | None = None) -> str:
-    """One step of a run's own chain: SHA-256 of the previous head and the line's hash (hex text;
-    `hashed`: that hash, already computed). run.end's `head` is this over every line the run wrote
-    before it, from 64 zeros."""
-    return sha256((head + (hashed or line_hash(line))).encode()).hexdigest()
-
-
-def rotated_name(path: str, n: int) -> str:
-    return f"{path}.{n}"
 
 
 def _estimate(fields: dict[str, Any]) -> int:
@@ -409,46 +365,9 @@ class ActionLog:
 
     def _rotate(self, data: bytes) -> None:
         """Called with the lock held on the current file; `data` chains onto its last line."""
-        path = self._real
-        fresh = f"{path}.new"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(fresh)  # left over from a writer that died mid-rotation
-        fd = os.open(fresh, _OPEN_FLAGS | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            written = os.write(fd, data)
-            if written != len(data):
-                raise OSError(28, "short write (disk full?)")
-            # shift .1 .. .m up by one, where .m+1 is free or the one dropped (.keep is overwritten)
-            top = 0
-            while top < self.keep - 1 and os.path.lexists(rotated_name(path, top + 1)):
-                top += 1
-            for n in range(top, 0, -1):
-                with contextlib.suppress(FileNotFoundError):
-                    os.rename(rotated_name(path, n), rotated_name(path, n + 1))
-            first = rotated_name(path, 1)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(first)  # only when keep == 1
-            try:
-                os.link(path, first)
-                linked = True
-            except OSError:
-                linked = False  # no hard links here (some FUSE/network filesystems)
-            try:
-                if not linked:  # then the path is briefly missing; writers opening it then lose a race
-                    os.rename(path, first)
-                os.rename(fresh, path)  # with the link first, this is atomic: the path never goes missing
-            except OSError:
-                with contextlib.suppress(OSError):
-                    if linked:
-                        os.unlink(first)
-                    elif not os.path.exists(path):
-                        os.rename(first, path)
-                raise
-        except OSError:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(fresh)
-            raise
+        from sandboxctl.log.rotation import rotate
+
+        fd = rotate(self._real, self.keep, data)
         old = self.fd
         self.fd, self._known = fd, (len(data), line_hash(data))
         self.rotations += 1
@@ -459,16 +378,9 @@ class ActionLog:
     def first_record_age(self) -> int | None:
         """How many rotations back the file holding this writer's first record is (0: the current
         file, `keep`: the oldest kept), None when it is no longer kept (or nothing was written)."""
-        if self.first_file is None:
-            return None
-        for age in range(self.keep + 1):
-            try:
-                st = os.stat(rotated_name(self._real, age) if age else self._real)
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) == self.first_file:
-                return age
-        return None
+        from sandboxctl.log.rotation import file_age
+
+        return None if self.first_file is None else file_age(self._real, self.keep, self.first_file)
 
     def close(self) -> None:
         if self._writer is not None:

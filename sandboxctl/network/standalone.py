@@ -14,7 +14,7 @@ address every local user, on another address the network (a launch-time confirma
 
 Approvals: deny (the default: nobody is there to ask in a container), allow (every destination,
 logged), or ask through the approval socket (`sandboxctl approve` in another terminal of the same
-user); never a prompt on the proxy's own terminal.
+user); never a prompt on the proxy's own terminal. The steps of its start are standalone_start.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -30,14 +29,14 @@ from typing import TYPE_CHECKING, Any
 
 from sandboxctl.errors import SandboxError
 from sandboxctl.log.late import LateRecords, close_forwarder, unfinished_text
-from sandboxctl.network.clientfiles import BUNDLE_FILE, CA_FILE, ENV_FILE, ClientFiles, env_text
+from sandboxctl.network.clientfiles import ClientFiles
 from sandboxctl.network.standalone_setup import (
     ProxyOptions,
     check,
-    client_environment,
     format_address,
     parse_listen,
 )
+from sandboxctl.network.standalone_start import StandaloneStart
 
 if TYPE_CHECKING:
     from sandboxctl.policy.model import Policy
@@ -45,7 +44,7 @@ if TYPE_CHECKING:
 THROTTLE_FLUSH_S = 60.0  # identical denials counted past the first few: their summary at least this often
 
 
-class StandaloneProxy:
+class StandaloneProxy(StandaloneStart):
     """One standalone proxy from start to stop. `start()` raises SandboxError (nothing is left then);
     `serve()` blocks until `request_stop()` (a signal handler may call it) or a failed log write."""
 
@@ -136,137 +135,6 @@ class StandaloneProxy:
                 self._expiries.append((now + secret.ttl, secret.name))
         self._expiries.sort()
         self._write_client_files()
-
-    def _secret_values(self) -> dict[str, str]:
-        from sandboxctl import paths
-        from sandboxctl.plan.model import SecretPlan
-        from sandboxctl.supervise.secrets import resolve
-
-        others = [s.name for s in self.policy.secrets if s.deliver_as != "proxy"]
-        if others:
-            self.notice(f"not the proxy's (as: file/env, for a sandbox's command): {', '.join(others)}; not read")
-        home = str(paths.home_dir())
-        return {s.name: resolve(SecretPlan(s.name, s.source, s.deliver_as, s.ttl, s.hosts), self.environ, home)
-                for s in self.policy.secrets if s.deliver_as == "proxy"}
-
-    def _prepare_inspection(self, values: dict[str, str]) -> None:
-        import ssl
-
-        from sandboxctl import paths
-        from sandboxctl.network.inspection import Inspection, PhantomSpec
-        from sandboxctl.network.phantoms import derived_placeholder
-
-        net = self.policy.network
-        phantom_id = self.options.phantom_id
-        specs = [PhantomSpec(s.name, values[s.name], s.hosts, s.ttl,
-                             derived_placeholder(phantom_id, s.name) if phantom_id else None)
-                 for s in self.policy.secrets if s.deliver_as == "proxy"]
-        if not net.inspect and not specs:
-            return
-        home = str(paths.home_dir())
-        upstream_ca = [paths.expand(p, workspace=os.getcwd(), home=home) for p in net.upstream_ca]
-        for path in upstream_ca:
-            if not os.path.isfile(path):
-                raise SandboxError(f"network.upstream_ca: {path} is not a file",
-                                   "name a PEM file of CA certificates the proxy should trust upstream")
-        try:
-            inspection = Inspection(dict(net.inspect), specs, upstream_ca, label=f"sandboxctl proxy {self.run_id}")
-            inspection.check()
-        except (OSError, ssl.SSLError) as exc:
-            raise SandboxError(f"network.upstream_ca: cannot load the CA certificates: {exc}",
-                               "name PEM files of CA certificates the proxy should trust upstream") from None
-        except ValueError as exc:  # a proxy secret's value that cannot go into a header
-            raise SandboxError(str(exc), "a proxy secret is one line of text (a token)") from None
-        self.inspection = inspection
-
-    def _open_log(self, state: Any, values: dict[str, str]) -> None:
-        from sandboxctl import paths
-        from sandboxctl.log.writer import ActionLog
-
-        if self.options.log_path:
-            log_path = os.path.abspath(os.path.expanduser(self.options.log_path))
-        else:
-            log_path = paths.expand(self.policy.log.path, workspace=os.getcwd(), home=str(paths.home_dir()),
-                                    state=str(state))
-        self.log = ActionLog(log_path, self.run_id, redact=tuple(values.values()))
-        self.log.on_refused = self.late.refused
-        copies: list[Any] = []
-        if self.policy.log.forward:
-            from sandboxctl.log.forward import Forwarder
-
-            self.forwarder = Forwarder(self.policy.log.forward)
-            self.forwarder.on_state = lambda **fields: self._write("log.forward", **fields)
-            copies.append(self.forwarder)
-        if self.options.log_stdout:
-            copies.append(_StdoutCopy())
-        if copies:
-            self.log.forward = copies[0] if len(copies) == 1 else _Copies(copies)
-
-    def _start_broker(self, state: Any) -> None:
-        from sandboxctl.approval.broker import Broker
-        from sandboxctl.approval.grants import GrantStore, Scope
-
-        policy = self.policy
-        self.broker = Broker(
-            self.options.approve, policy.approval.timeout, self._write, run_id=self.run_id,
-            scope=Scope(policy.name, policy.sha256, ""), store=GrantStore(state),
-            describe={"run": self.run_id, "policy": policy.name, "command": list(self.argv_for_log),
-                      "workspace": None, "supervisor_pid": os.getpid()},
-            scrub=self.log.scrubber.text if self.log.scrubber is not None else None)
-        if self.options.approve == "ask":
-            from sandboxctl.approval.socket_server import SocketFrontEnd
-
-            self.broker.attach(SocketFrontEnd(self.run_id))
-            self.notice(f"approvals for proxy run {self.run_id}: answer with `sandboxctl approve` in another terminal")
-
-    @staticmethod
-    def _listen(host: str, port: int) -> socket.socket:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        try:
-            return socket.create_server((host, port), family=family, backlog=128)
-        except OSError as exc:
-            raise SandboxError(f"cannot listen on {format_address(host, port)}: {exc.strerror or exc}",
-                               "stop what holds that address, or pass --listen ADDR:PORT") from None
-
-    def _layers(self) -> dict[str, Any]:
-        inspected = [str(p) for p in self.inspection.patterns] if self.inspection else None
-        return {
-            "sandbox": None,  # nothing here holds the clients: see the module docstring
-            "network": {"mode": "proxy",
-                        "proxy": f"{format_address(*self.address)}, standalone: its clients are whoever connects, "
-                                 "and nothing keeps them from going around it",
-                        "allow": [str(p) for p in self.policy.network.allow],
-                        "deny": [str(p) for p in self.policy.network.deny],
-                        "allow_private": self.policy.network.allow_private, "inspected": inspected},
-            "approvals": {"mode": self.options.approve, "via": "socket" if self.options.approve == "ask" else None},
-        }
-
-    def _write_client_files(self) -> None:
-        from sandboxctl import paths
-        from sandboxctl.network.certs import combined_bundle, system_bundle
-
-        directory = self.options.client_dir or paths.join(paths.runtime_dir(), f"proxy-{self.run_id}")
-        if self.options.client_dir is None:
-            paths.ensure_private_dir(paths.runtime_dir())
-        self.files = ClientFiles(os.path.abspath(directory))
-        try:
-            self.files.prepare()
-            bundle = ca = None
-            if self.inspection is not None:
-                ca_pem = self.inspection.ca_pem
-                bundle = str(self.files.write(BUNDLE_FILE, combined_bundle(ca_pem, system_bundle()), 0o644))
-                ca = str(self.files.write(CA_FILE, ca_pem, 0o644))
-            placeholders = self.inspection.placeholders if self.inspection is not None else {}
-            env = client_environment(*self.address, self.policy, bundle, ca, placeholders)
-            text = env_text(env, f"sandboxctl proxy {self.run_id} (policy {self.policy.name}): the environment of "
-                                 "its clients; placeholders, never a secret's value")
-            self.files.write(ENV_FILE, text.encode(), 0o640)
-            self.files.write_ready(os.getpid(), self.run_id, format_address(*self.address))
-        except OSError as exc:
-            raise SandboxError(f"cannot write the clients' files in {directory}: {exc.strerror or exc}",
-                               "pass --client-dir DIR with a directory you may write") from None
-        if self.options.client_dir is None and self.out is not None:
-            self.out(text)
 
     # ------------------------------------------------------------------ the proxy's callbacks
     def _write(self, event: str, **fields: Any) -> None:
@@ -398,21 +266,3 @@ class StandaloneProxy:
                 os.close(fd)
         self._wake_r = self._wake_w = -1
 
-
-class _StdoutCopy:
-    """The log's lines on stdout as they are written (`--log-stdout`: a container's log)."""
-
-    def send(self, line: bytes, event: str, notice: bool = False) -> None:
-        with contextlib.suppress(OSError):
-            data = memoryview(line + b"\n")
-            while data:
-                data = data[os.write(1, data):]
-
-
-class _Copies:
-    def __init__(self, copies: list[Any]) -> None:
-        self.copies = copies
-
-    def send(self, line: bytes, event: str, notice: bool = False) -> None:
-        for copy in self.copies:
-            copy.send(line, event, notice)

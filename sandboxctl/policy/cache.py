@@ -37,7 +37,8 @@ def _engine_stamp() -> str:
 
 
 def _entry_name(label: str, content: bytes) -> str:
-    key = sha256(f"{_engine_stamp()}\0{label}\0".encode() + content).hexdigest()[:40]
+    # a path os.fsdecode could not decode holds surrogate escapes: its own bytes go into the key
+    key = sha256(f"{_engine_stamp()}\0{label}\0".encode("utf-8", "surrogateescape") + content).hexdigest()[:40]
     return f"policy-{key}.marshal"
 
 

@@ -7,7 +7,11 @@ narrowest grant that would have let it through: the file itself, or the director
 Each grant carries a comment naming the denial it answers. Some denials are never turned into a
 grant, and are listed as refused with the reason: a protected path (it would run later outside the
 sandbox), a masked credential store or anything the policy denies outright, sandboxctl's own state,
-a system directory, a seccomp baseline call. Nothing here touches the host but to ask whether a path
+a system directory, a seccomp baseline call, a name no policy path can hold exactly (bytes that are not
+UTF-8 — os.fsdecode's surrogate escapes, which no YAML escape holds — a wildcard, a brace, a line
+break). Every value is written in printable ASCII with YAML's own escapes, every comment inert, so
+the text is YAML any reader takes (libyaml too) and loads to exactly the paths that were denied.
+Nothing here touches the host but to ask whether a path
 exists (the `kind` callable), so the judging is testable with invented hosts.
 
 Extension point: request rules (network inspection, issue 15) — `http` records go through
@@ -16,7 +20,6 @@ Extension point: request rules (network inspection, issue 15) — `http` records
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -85,7 +88,7 @@ def suggest(records: Iterable[dict[str, Any]], host: Host, policy: str, run: str
         label = _label(record)
         if event == "file" and isinstance(record.get("path"), str) and record["path"].startswith("/"):
             path = os.path.normpath(record["path"])
-            why = _never(path, str(record.get("rule", "")), host)
+            why = _forged(path) or _never(path, str(record.get("rule", "")), host)
             if why:
                 result.refused[label] = why
                 continue
@@ -109,20 +112,19 @@ def suggest(records: Iterable[dict[str, Any]], host: Host, policy: str, run: str
 def _file_grant(record: dict[str, Any], path: str, label: str, host: Host, created_in: dict[str, set[str]],
                 result: Suggestion) -> None:
     if host.kind(path) in ("file", "other"):  # written to or truncated: the file itself, nothing beside it
-        result.write.setdefault(path, []).append(label)
+        _grant(result, path, label, host)
         return
     parent = os.path.dirname(path)
     if host.kind(parent) == "dir":
         siblings = created_in.get(parent, set())
         if within(path, host.home) and len(siblings) < 2:
             # one new file in HOME: that file alone, made before the run (its directory stays read-only)
-            result.write.setdefault(path, []).append(label)
-            result.create.setdefault(path, ("file", []))[1].append(label)
+            _grant(result, path, label, host, create="file")
             return
         if parent in SYSTEM_DIRS or parent == host.home:
             result.refused[label] = f"new files directly in {parent}: that directory is too broad to make writable"
             return
-        result.write.setdefault(parent, []).append(label)  # several new files, or outside HOME: their directory
+        _grant(result, parent, label, host)  # several new files, or outside HOME: their directory
         return
     missing = parent  # the first missing directory on the way, whose own parent exists
     while host.kind(os.path.dirname(missing)) == "missing" and os.path.dirname(missing) != missing:
@@ -131,8 +133,49 @@ def _file_grant(record: dict[str, Any], path: str, label: str, host: Host, creat
         result.refused[label] = (f"{missing} does not exist, and sandboxctl makes directories only in your home: "
                                  "create it first, then suggest again")
         return
-    result.write.setdefault(missing, []).append(label)
-    result.create.setdefault(missing, ("dir", []))[1].append(label)
+    _grant(result, missing, label, host, create="dir")
+
+
+def _grant(result: Suggestion, path: str, label: str, host: Host, create: str | None = None) -> None:
+    """A write grant (and a `filesystem.create` entry) for `path`, if a policy path can name it."""
+    why = _unnameable(path, host)
+    if why:
+        result.refused[label] = why
+        return
+    result.write.setdefault(path, []).append(label)
+    if create:
+        result.create.setdefault(path, (create, []))[1].append(label)
+
+
+def _forged(path: str) -> str | None:
+    """A path no program could have used: the record did not come from a sandbox as it is."""
+    if "\0" in path:
+        return ("a path with a NUL byte, which no file name holds: the log was damaged or edited "
+                "(check it: sandboxctl log --verify)")
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError:  # a surrogate that is not an undecodable byte (those are U+DC80..U+DCFF)
+        return ("a path that encodes to no file name: the log was damaged or edited "
+                "(check it: sandboxctl log --verify)")
+    return None
+
+
+def _unnameable(path: str, host: Host) -> str | None:
+    """Why no policy path holds exactly `path` (written as the grant will be: ~, {workspace})."""
+    from sandboxctl.paths import expand
+    from sandboxctl.policy.definition import check_path
+
+    shown = _shown(path, host)
+    hint = "rename it, or write a grant for a directory above it by hand"
+    if not is_text(shown):
+        return f"its name is not UTF-8 text (its bytes are shown as \\xNN): a policy file cannot name it; {hint}"
+    try:
+        check_path(shown)
+    except ValueError as exc:
+        return f"a policy path cannot name it ({str(exc).removeprefix(repr(shown) + ': ')}); {hint}"
+    if expand(shown, workspace=host.workspace or "/nonexistent", home=host.home) != path:
+        return f"a policy path cannot name it exactly; {hint}"
+    return None
 
 
 def _never(path: str, rule: str, host: Host) -> str | None:
@@ -179,9 +222,13 @@ def _net_grant(record: dict[str, Any], label: str, result: Suggestion) -> None:
         result.refused[label] = "not a policy decision: nothing to grant"
         return
     try:
-        destination = str(parse_host_pattern(f"[{host}]:{port}" if ":" in host else f"{host}:{port}"))
+        pattern = parse_host_pattern(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     except ValueError:
         result.refused[label] = "not a host name or address sandboxctl can allow"
+        return
+    destination = str(pattern)
+    if pattern.host.startswith("*") or not is_text(destination):
+        result.refused[label] = "a pattern, not the host that was asked for: nothing to grant"
         return
     result.allow.setdefault(destination, []).append(label)
     private = _PRIVATE.search(rule)
@@ -209,9 +256,40 @@ def _narrow(result: Suggestion) -> None:
 # ------------------------------------------------------------------ rendering
 
 
+_YAML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
 def _scalar(text: str) -> str:
-    """A YAML double-quoted scalar: JSON's escapes are YAML's, so nothing in it is ever read as markup."""
-    return json.dumps(text, ensure_ascii=True)
+    """A YAML double-quoted scalar in printable ASCII: nothing in it is read as markup, nothing in
+    it acts on a terminal. Every other character is written with YAML's own escapes, not JSON's
+    (JSON writes a character past U+FFFF as two surrogate halves, which YAML reads as two invalid
+    characters). A lone surrogate is no character at all (is_text): ValueError."""
+    if not is_text(text):
+        raise ValueError(f"not text: {text!r}")
+    out = []
+    for char in text:
+        code = ord(char)
+        if char in _YAML_ESCAPES:
+            out.append(_YAML_ESCAPES[char])
+        elif 0x20 <= code < 0x7F:
+            out.append(char)
+        elif code <= 0xFF:
+            out.append(f"\\x{code:02x}")
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return '"' + "".join(out) + '"'
+
+
+def is_text(text: str) -> bool:
+    """Whether `text` is Unicode text, which a YAML file can hold: a lone surrogate (os.fsdecode's
+    form of a byte that is not UTF-8, U+DC80..U+DCFF, or any other) is not, and no escape holds it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _shown(path: str, host: Host) -> str:
@@ -232,7 +310,7 @@ def render(result: Suggestion, host: Host, extends: str, command: str) -> str:
         "# denial it answers. Review every one before you use this policy: each grant widens the sandbox.",
         "version: 1",
         f"name: {_scalar(_name(result.policy))}",
-        f"description: {_scalar(f'{result.policy} and the grants run {result.run} was denied')}",
+        f"description: {_scalar(clean(f'{result.policy} and the grants run {result.run} was denied', 200))}",
         f"extends: {_scalar(extends)}",
     ]
     if result.write or result.create:

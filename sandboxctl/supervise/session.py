@@ -9,7 +9,9 @@ caused (a `command` field: its number), `command.end`.
 
 The session ends on stop, on its own timeout (the plan's limits.timeout), after idle_timeout
 without a command, when the server inside dies, or when this process dies (bubblewrap's
---die-with-parent); whichever way, the whole sandbox goes with it.
+--die-with-parent); whichever way, the whole sandbox goes with it. The clients' side —
+accepting, requests, replies — is session_clients.py; which command a process belongs to,
+session_attribution.py.
 """
 
 from __future__ import annotations
@@ -25,13 +27,16 @@ from typing import Any
 from sandboxctl.supervise import processes
 from sandboxctl.supervise import session_wire as wire
 from sandboxctl.supervise.runner import TERM_GRACE_S, Supervisor
-from sandboxctl.supervise.session_attribution import Attribution, SessionDispatcher, denial
+from sandboxctl.supervise.session_attribution import (
+    Attribution,
+    SessionDispatcher,
+    denial,
+    namespace_level,
+    open_leader,
+)
+from sandboxctl.supervise.session_clients import KILL_GRACE_S, SessionClients
 
-KILL_GRACE_S = 5.0  # after SIGKILL, a command the server does not report has a broken server
-MAX_CLIENTS = 64
 SERVER_CHECK_S = 1.0  # while commands run: a server stopped by one of them is continued
-FORWARDABLE = frozenset(int(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
-                                         signal.SIGUSR1, signal.SIGUSR2))
 
 
 class Command:
@@ -47,7 +52,7 @@ class Command:
         self.denials: list[dict[str, Any]] = []
 
 
-class SessionSupervisor(Supervisor):
+class SessionSupervisor(SessionClients, Supervisor):
     dispatcher_class = SessionDispatcher
 
     def __init__(self, *args: Any, listener: socket.socket | None = None, connector: socket.socket | None = None,
@@ -75,7 +80,7 @@ class SessionSupervisor(Supervisor):
 
     def _start_notify(self, fd: int, sel: selectors.BaseSelector, landlock: dict) -> None:
         super()._start_notify(fd, sel, landlock)
-        self.dispatcher.attribute = self.attribution.command_of
+        self.dispatcher.attribute = self.attribution.begin
 
     def _register_sources(self, sel: selectors.BaseSelector) -> None:
         self.sel = sel
@@ -93,6 +98,7 @@ class SessionSupervisor(Supervisor):
         if self.server_pid is not None:
             self.server_pidfd = processes.open_member(self.server_pid, self.sandbox_pidns) \
                 if self.sandbox_pidns else None
+            self.attribution.level = namespace_level(self.server_pid)
         self.attribution.stop_at = (init, self.bwrap_pid)
         if self.ready_callback is not None:
             self.ready_callback(self)
@@ -111,6 +117,7 @@ class SessionSupervisor(Supervisor):
     def release(self) -> None:
         super().release()
         self._close_pidfd("server_pidfd")
+        self.attribution.close()
 
     def end_fields(self) -> dict[str, Any]:
         return {"session": self.plan.session, "commands": self.count, "reason": self.end_reason or "server stopped"}
@@ -120,90 +127,6 @@ class SessionSupervisor(Supervisor):
             return super().launch()
         finally:
             self._end_clients()
-
-    # ------------------------------------------------------------------ clients
-    def _on_source(self, key: selectors.SelectorKey, sel: selectors.BaseSelector) -> None:
-        if key.data == "accept":
-            self._accept(sel)
-        elif key.data == "connect":
-            self._connect(sel)
-        else:
-            self._on_client(key.fileobj, sel)
-
-    def _accept(self, sel: selectors.BaseSelector) -> None:
-        from sandboxctl.approval.socket_server import peer_is_outside
-
-        try:
-            conn, _ = self.listener.accept()
-        except OSError:
-            return
-        if not peer_is_outside(conn) or len(self.clients) >= MAX_CLIENTS:
-            conn.close()
-            return
-        self._add_client(conn, sel)
-
-    def _connect(self, sel: selectors.BaseSelector) -> None:
-        message, fds = wire.receive(self.connector)
-        if message is None:  # the library's Session is gone: so is the session
-            sel.unregister(self.connector)
-            self.connector = None
-            self._end("the library's session object was closed")
-            return
-        for fd in fds:
-            self._add_client(socket.socket(fileno=fd), sel)
-
-    def _add_client(self, conn: socket.socket, sel: selectors.BaseSelector) -> None:
-        conn.setblocking(True)
-        self.clients[conn] = None
-        sel.register(conn, selectors.EVENT_READ, "client")
-
-    def _on_client(self, conn: socket.socket, sel: selectors.BaseSelector) -> None:
-        message, fds = wire.receive(conn)
-        if message is None:
-            self._drop(conn, sel)
-            return
-        self.last_activity = time.monotonic()
-        if "exec" in message:
-            self._exec(conn, message["exec"], fds)
-            return
-        wire.close_all(fds)
-        if "signal" in message:  # the client's Ctrl-C or SIGTERM, for its running command
-            number = self.clients.get(conn)
-            if number is not None and message["signal"] in FORWARDABLE:
-                self._signal(number, int(message["signal"]))
-        elif "status" in message:
-            self._reply(conn, {"session": self.status()})
-        elif "stop" in message:
-            self._end("stopped")
-        else:
-            self._reply(conn, {"error": "unknown request", "exit_code": 125})
-
-    def _drop(self, conn: socket.socket, sel: selectors.BaseSelector | None) -> None:
-        """A client went away: its running command goes too (nobody is left to report it to)."""
-        number = self.clients.pop(conn, None)
-        if sel is not None:
-            with contextlib.suppress(KeyError, ValueError):
-                sel.unregister(conn)
-        conn.close()
-        if number is not None and number in self.commands:
-            command = self.commands[number]
-            command.client = None
-            self._signal(number, signal.SIGKILL)
-            command.escalation = (time.monotonic() + KILL_GRACE_S, None)
-
-    def _reply(self, conn: socket.socket | None, message: dict, fds: list[int] | tuple[int, ...] = ()) -> None:
-        if conn is None:
-            return
-        try:
-            wire.send(conn, message, fds)
-        except OSError:
-            self._drop(conn, self.sel)
-
-    def status(self) -> dict[str, Any]:
-        return {"name": self.plan.session, "run": self.plan.run_id, "policy": self.plan.policy,
-                "workspace": self.plan.workspace, "pid": os.getpid(), "commands": self.count,
-                "running": len(self.commands), "idle_s": round(time.monotonic() - self.last_activity, 1),
-                "log": self.plan.log_path}
 
     # ------------------------------------------------------------------ commands
     def _exec(self, conn: socket.socket, request: Any, fds: list[int]) -> None:
@@ -268,6 +191,7 @@ class SessionSupervisor(Supervisor):
     def _finish(self, number: int, report: dict[str, Any]) -> None:
         if self.dispatcher is not None:  # its last calls' records and denials first
             self.dispatcher.settled()
+        self.attribution.finished(number)  # its session id may be another process's from now on
         command = self.commands.pop(number, None)
         if command is None:
             return
@@ -304,8 +228,10 @@ class SessionSupervisor(Supervisor):
             number = message["started"]
             command = self.commands.get(number)
             pid = message.get("pid")
-            if isinstance(pid, int):
-                self.attribution.started(pid, number)
+            leader = open_leader(self.server_pid, pid, self.sandbox_pidns) \
+                if isinstance(pid, int) and command is not None and self.server_pid is not None else None
+            if leader is not None:
+                self.attribution.started(pid, number, leader)
             if self.control is not None:  # the command waits for this: its pid is known before its exec
                 with contextlib.suppress(OSError):
                     wire.send(self.control, {"go": number})
@@ -410,19 +336,3 @@ class SessionSupervisor(Supervisor):
         if self.end_reason is None:
             self.end_reason = reason
         self._kill()
-
-    def _end_clients(self) -> None:
-        """The sandbox is gone: every waiting client hears why, then every connection closes."""
-        reason = self.end_reason or "the session's server inside the sandbox stopped"
-        message = f"session {self.plan.session} ended: {reason}"
-        for number in list(self.commands):
-            command = self.commands.pop(number)
-            self._reply(command.client, {"error": message, "exit_code": 125,
-                                         "hint": f"its records: sandboxctl log --run {self.plan.run_id}"})
-        for conn in list(self.clients):
-            with contextlib.suppress(OSError):
-                conn.close()
-        self.clients.clear()
-        if self.connector is not None:
-            with contextlib.suppress(OSError):
-                self.connector.close()

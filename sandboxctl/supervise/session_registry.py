@@ -8,8 +8,9 @@
 The runtime dir (paths.runtime_dir) is masked inside every sandbox and never writable by an
 approval, so no sandbox can reach a session's socket or forge its files. A session's process
 removes its files when it ends; if it is killed, its watchdog does; `list` sweeps what is left
-of a session whose process is gone. Only os.path here: `sandboxctl exec` imports this module
-on its fast path (pathlib alone costs more than the whole request).
+of a session whose process is gone. No pathlib here (sandboxctl.paths does without it):
+`sandboxctl exec` imports this module on its fast path (pathlib alone costs more than the whole
+request).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import json
 import os
 import socket
 
-from sandboxctl import unixpath
+from sandboxctl import paths, unixpath
 from sandboxctl.errors import SandboxError
 from sandboxctl.supervise.processes import alive
 from sandboxctl.watchdog import Watchdog
@@ -30,25 +31,15 @@ NAME_CHARS = ALNUM | frozenset("._-")
 
 
 def runtime_dir() -> str:
-    """paths.runtime_dir() without pathlib (a unit test holds the two equal)."""
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    if base and os.path.isabs(base):
-        try:
-            st = os.stat(base)
-            if st.st_uid == os.getuid() and not st.st_mode & 0o077:
-                return os.path.join(base, "sandboxctl")
-        except OSError:
-            pass
-    return os.path.join(os.environ.get("TMPDIR") or "/tmp", f"sandboxctl-{os.getuid()}")
+    """paths.runtime_dir(): the one the planner masks (a unit test holds the two equal)."""
+    return paths.runtime_dir()
 
 
 def sessions_dir(create: bool = False) -> str:
     path = os.path.join(runtime_dir(), "sessions")
     if create:
-        from sandboxctl.paths import ensure_private_dir  # as pathlib named them (paths.pure)
-
-        ensure_private_dir(runtime_dir())
-        ensure_private_dir(path)
+        paths.ensure_private_dir(runtime_dir())
+        paths.ensure_private_dir(path)
     return path
 
 

@@ -10,7 +10,6 @@ import _signal  # signal's enum layer costs start-up time; the numbers are the s
 import os
 
 from sandboxctl.errors import SandboxError
-from sandboxctl.launch import landlock_rights
 
 TERMINAL_SIGNALS = (_signal.SIGINT, _signal.SIGQUIT)
 
@@ -104,6 +103,8 @@ def spawn(argv: list[str], *, stderr: int, pass_fds: tuple[int, ...], stdin: int
 
 
 def shim_config(plan: Plan, caller_dispositions: dict[int, Any]) -> dict[str, Any]:
+    from sandboxctl.launch import landlock_rights  # not on the head start's path: its config is remembered
+
     limits = plan.limits
     return {
         "argv": list(plan.command),

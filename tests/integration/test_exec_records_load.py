@@ -13,8 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sandboxctl.log.chain import GENESIS
-from sandboxctl.log.writer import run_head
+from sandboxctl.log.chain import GENESIS, run_head
 
 LOOP = 'i=0; while [ "$i" -lt {n} ]; do /bin/true; i=$((i+1)); done; echo "$i" > done'
 

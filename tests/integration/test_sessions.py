@@ -79,10 +79,13 @@ def server_pid(session_pid: int) -> int:
     for pid in descendants(session_pid):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                if b"/run/sandboxctl/shim.py" in handle.read():
-                    return pid
+                argv = handle.read().split(b"\0")
         except OSError:
             continue
+        # bubblewrap's own command lines name the shim too: the server is the interpreter running it
+        shim = any(arg.startswith(b"/run/sandboxctl/shim.py") for arg in argv)  # .py or .pyc
+        if shim and not os.path.basename(argv[0]).startswith(b"bwrap"):
+            return pid
     raise AssertionError("no session server found")
 
 

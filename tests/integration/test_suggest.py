@@ -3,6 +3,7 @@ except what is never granted (issue 19, item 7). Judged from the host: files, th
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +111,69 @@ def test_a_policy_file_is_extended_relative_to_the_suggestion(sandbox, tmp_path:
     assert (out.parent / data["extends"]).resolve() == mine.resolve() and data["name"] == "mine-suggested"
     assert sandbox.run("--", "python3", "-c", f"import urllib.request as u; u.urlopen('http://127.0.0.2:{port}/')",
                        policy=str(out)).returncode == 0
+
+
+NAMES = """
+import sys
+outside = sys.argv[1].encode()
+for name in sys.argv[2:]:
+    try:
+        with open(outside + b"/" + bytes.fromhex(name), "a") as handle:
+            handle.write("written in the sandbox\\n")
+        print("wrote", name)
+    except OSError:
+        print("denied", name)
+"""
+
+
+def _shown_safely(text: str) -> bool:
+    """Nothing a terminal acts on, or draws as nothing: controls, format characters, surrogates."""
+    import unicodedata
+
+    return all(c == "\n" or unicodedata.category(c) not in ("Cc", "Cf", "Cs", "Co", "Zl", "Zp") for c in text)
+
+
+def test_names_no_policy_can_hold_are_refused_and_the_rest_granted_exactly(sandbox, tmp_path: Path) -> None:
+    """A file named with a byte that is not UTF-8 (the log holds it as a surrogate escape), one with
+    a wildcard, one past U+FFFF: the suggestion is YAML any reader takes (libyaml refuses a
+    surrogate escape), the loader accepts it, and it grants the one a policy can name, exactly."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    names = [b"in\xff\x1b[2J.txt", b"report[1].txt", "note \U0001f600.txt".encode()]
+    for name in names:
+        (Path(os.fsdecode(bytes(outside))) / os.fsdecode(name)).write_text("before\n")
+    command = ["--allow-read", str(outside), "--", "python3", "-c", NAMES, str(outside), *[n.hex() for n in names]]
+    first = subprocess.run([sys.executable, "-m", "sandboxctl", "run", "-q", "-p", "default", *command],
+                           cwd=sandbox.workspace, env=sandbox.env(), capture_output=True, text=True, timeout=120)
+    assert first.stdout.count("denied") == 3, first.stdout + first.stderr
+    run = next(r["run"] for r in reversed(sandbox.records()) if r["event"] == "run.start")
+
+    shown = _cli(sandbox, "policy", "suggest", "--run", run)
+    assert shown.returncode == 0, shown.stderr
+    assert _shown_safely(shown.stdout) and _shown_safely(shown.stderr)
+    refused = shown.stdout.split("# Not suggested", 1)[1]
+    assert "in\\xff\\x1b[2J.txt" in refused and "not UTF-8" in refused and "report[1].txt" in refused
+    for loader in (yaml.SafeLoader, *([yaml.CSafeLoader] if yaml.__with_libyaml__ else [])):
+        data = yaml.load(shown.stdout, Loader=loader)
+        assert data["filesystem"]["write"] == [str(outside / "note \U0001f600.txt")]
+
+    suggested = tmp_path / "suggested.yaml"
+    assert _cli(sandbox, "policy", "suggest", "--run", run, "-o", str(suggested)).returncode == 0
+    assert _cli(sandbox, "policy", "validate", str(suggested)).returncode == 0
+    again = subprocess.run([sys.executable, "-m", "sandboxctl", "run", "-q", "-p", str(suggested), *command],
+                           cwd=sandbox.workspace, env=sandbox.env(), capture_output=True, text=True, timeout=120)
+    assert again.stdout.count("denied") == 2 and f"wrote {names[2].hex()}" in again.stdout, again.stdout
+    assert (outside / "note \U0001f600.txt").read_text() == "before\nwritten in the sandbox\n"
+    assert (Path(os.fsdecode(bytes(outside))) / os.fsdecode(names[0])).read_text() == "before\n"
+
+
+def test_a_policy_file_whose_path_is_not_text_cannot_be_extended(sandbox, tmp_path: Path) -> None:
+    mine = Path(os.fsdecode(bytes(tmp_path) + b"/mine\xff.yaml"))
+    mine.write_text("version: 1\nname: mine\nextends: default\n")
+    assert sandbox.run("--", "touch", "/etc/sandboxctl-suggest-probe", policy=str(mine)).returncode != 0
+    run = next(r["run"] for r in reversed(sandbox.records()) if r["event"] == "run.start")
+    done = _cli(sandbox, "policy", "suggest", "--run", run)
+    assert done.returncode == 125 and done.stdout == "", done.stdout
+    [error, hint] = done.stderr.splitlines()
+    assert error.startswith("sandboxctl: error: the suggestion cannot extend ") and "mine\\xff.yaml" in error
+    assert "not UTF-8 text" in error and hint.startswith("  hint: rename the policy file")

@@ -19,8 +19,8 @@ import pytest
 from sandboxctl.errors import SandboxError
 from sandboxctl.log import files as logfiles
 from sandboxctl.log import follow, query, render, verify
-from sandboxctl.log.chain import GENESIS, line_hash, verify_lines
-from sandboxctl.log.writer import ActionLog, LogWriteError, encode_record
+from sandboxctl.log.chain import GENESIS, encode_record, line_hash, verify_lines
+from sandboxctl.log.writer import ActionLog, LogWriteError
 
 RUN_A = "20240101T000000-aaaaaa"
 RUN_B = "20240101T000100-bbbbbb"

@@ -87,7 +87,7 @@ def queue_while_held(log: ActionLog, count: int):
 
 def test_run_end_after_flush_has_the_head_of_every_queued_record(logfile: Path):
     """lifecycle flushes before it reads head: run.end's head covers the queued exec records."""
-    from sandboxctl.log.writer import run_head
+    from sandboxctl.log.chain import run_head
 
     log = ActionLog(str(logfile), RUN)
     queue_while_held(log, 50)
@@ -286,7 +286,7 @@ def test_a_timestamp_is_the_text_of_the_time_given_whichever_second_was_formatte
     """write_soon keeps time_ns and the log's thread makes it text; the second's text is cached
     (one strftime a second) as one (seconds, text) pair, so a time of another second than the
     cached one is never given that one's text."""
-    from sandboxctl.log.writer import timestamp
+    from sandboxctl.log.chain import timestamp
 
     day = 1796256000  # 2026-12-03T00:00:00Z
     for ns, text in [(day * 10**9 + 123_456_789, "2026-12-03T00:00:00.123456Z"),

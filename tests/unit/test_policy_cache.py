@@ -56,3 +56,14 @@ def test_a_group_writable_entry_is_ignored(tmp_path):
     entry.write_bytes(marshal.dumps(forged))
     os.chmod(entry, 0o666)
     assert load_source(read_source(child), cache).policy.limits.pids == 7
+
+
+def test_a_policy_at_a_path_that_is_not_utf8_is_cached_by_its_bytes(tmp_path):
+    """A name os.fsdecode could not decode holds a surrogate escape; the key hashes the bytes."""
+    path = os.fsdecode(bytes(tmp_path) + b"/mine\xff.yaml")
+    _write(type(tmp_path)(path), "version: 1\nextends: default\nlimits:\n  pids: 9\n")
+    cache = tmp_path / "cache"
+    first = load_source(read_source(path), cache)
+    second = load_source(read_source(path), cache)
+    assert first.policy.limits.pids == second.policy.limits.pids == 9
+    assert len(list(cache.glob("policy-*.marshal"))) == 1

@@ -100,7 +100,12 @@ def test_comments_and_values_are_inert(tmp_path):
     _r, text, data = run(file("create", evil), net("a.example", 443, "rule\nnetwork:\n  allow_private: true"))
     assert "\x1b" not in text
     assert data["extends"] == "default" and "allow_private" not in data.get("network", {})
-    assert data["filesystem"]["write"] == ["~/.config/tool/x\nextends: evil\x1b[2J.json"]  # a value, quoted whole
+    # no policy path holds a line break (or a wildcard): refused, and shown inert
+    assert "filesystem" not in data and "x\\nextends: evil\\x1b[2J.json" in text.split("# Not suggested", 1)[1]
+    quoted = f"{HOME}/.config/tool/x\"\r\x1b]0;t\x07: evil.json"
+    _r, text, data = run(file("create", quoted))
+    assert "\x1b" not in text and "\r" not in text
+    assert data["filesystem"]["write"] == ["~/.config/tool/x\"\r\x1b]0;t\x07: evil.json"]  # a value, quoted whole
 
 
 def test_nothing_to_grant_still_validates(tmp_path):
