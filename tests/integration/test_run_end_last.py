@@ -43,10 +43,11 @@ def _hold_close(monkeypatch, go: threading.Event, attempted: threading.Event) ->
 
 
 def _stuck_on_unshare(stuck: list[threading.Thread], go: threading.Event, attempted: threading.Event,
-                      entered: threading.Event | None = None) -> type[notify.Dispatcher]:
+                      entered: threading.Event | None = None, mark: Path | None = None) -> type[notify.Dispatcher]:
     """A Dispatcher that answers the first trapped unshare only once `go` is set (a host call
     that hangs past the run's end); its thread goes into `stuck`, `attempted` is set once it
-    has tried to answer (its `syscall` record: after run.end now)."""
+    has tried to answer (its `syscall` record: after run.end now). `mark`: a file made (from the
+    host) once the call is held, for a command that waits for it."""
 
     class StuckDispatcher(notify.Dispatcher):
         def _answer(self, notification: notify.Notification) -> bool:
@@ -54,6 +55,8 @@ def _stuck_on_unshare(stuck: list[threading.Thread], go: threading.Event, attemp
                 stuck.append(threading.current_thread())
                 if entered is not None:
                     entered.set()
+                if mark is not None:
+                    mark.touch()
                 go.wait(20)
                 try:
                     return super()._answer(notification)
@@ -67,10 +70,14 @@ def _stuck_on_unshare(stuck: list[threading.Thread], go: threading.Event, attemp
 def test_a_notification_thread_stuck_past_its_join_writes_nothing_after_run_end(workspace, home, monkeypatch):
     go, attempted = threading.Event(), threading.Event()
     stuck: list[threading.Thread] = []
-    monkeypatch.setattr(Supervisor, "dispatcher_class", _stuck_on_unshare(stuck, go, attempted))
+    monkeypatch.setattr(Supervisor, "dispatcher_class", _stuck_on_unshare(stuck, go, attempted,
+                                                                        mark=workspace / "held"))
     monkeypatch.setattr(listener, "NOTIFY_JOIN_S", 0.2)
     _hold_close(monkeypatch, go, attempted)
-    result = Sandbox(workspace=workspace).run(["sh", "-c", "unshare -U true & sleep 0.5; echo out"])
+    # the command ends once its unshare is held (a fixed sleep lost that race on a loaded machine)
+    result = Sandbox(workspace=workspace).run(
+        ["sh", "-c", "unshare -U true & i=0; while [ ! -e held ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done; "
+                     "echo out"])
     assert result.exit_code == 0 and result.stdout == "out\n", result
     assert stuck and attempted.is_set()
     records = _run_records(_log_path(home), result.run_id)
