@@ -180,8 +180,15 @@ def fail(fd, message, hint=None, code=125):
     try:
         send(fd, {"error": message, "hint": hint, "code": code})
     except OSError:  # the supervisor is gone: bubblewrap's stderr is all that may still be read
-        os.write(2, f"sandboxctl: error: {message}\n".encode(errors="replace"))
+        os.write(2, f"sandboxctl: error: {inert(message)}\n".encode(errors="replace"))
     os._exit(code)
+
+
+def inert(text):
+    """A line written straight to the caller's stderr, with no supervisor to escape it: as
+    gvisor_init.py's inert (printable ASCII stays, every other character a visible escape)."""
+    return "".join(c if " " <= c <= "~" and c != "\\" else "\\\\" if c == "\\" else c.encode("unicode_escape").decode()
+                   for c in str(text))
 
 
 def set_rlimits(limits):
@@ -419,8 +426,8 @@ def serve_session(control, config, server):
         exec(server, namespace)
         namespace["serve"](control, config, exec_command, change_directory)
     except BaseException as exc:  # the control socket speaks the server's JSON now: no marshal message on it
-        os.write(2, f"sandboxctl: error: the session's server failed: {type(exc).__name__}: {exc}\n"
-                 .encode(errors="replace"))
+        said = inert(f"the session's server failed: {type(exc).__name__}: {exc}")  # straight to stderr, too
+        os.write(2, f"sandboxctl: error: {said}\n".encode(errors="replace"))
         os._exit(125)
     os._exit(0)
 

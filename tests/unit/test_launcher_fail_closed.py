@@ -270,3 +270,33 @@ def test_an_environment_with_a_nul_byte_is_refused_before_anything_starts() -> N
         assert caught.value.exit_code == 125
     build_plan(policy, Invocation(command=("true",), workspace=WS, run_id="r1", env=("A=x y",)),
                fake_facts(dict(BASE_FILES)))
+
+
+def test_the_shims_own_line_when_the_supervisor_is_gone_is_inert(tmp_path: Path) -> None:
+    """With the supervisor gone, fail() writes its line straight to the caller's stderr (no
+    supervisor in between to escape it): like gvisor_init's, ESC, BEL and U+202E must not reach
+    it raw, however they got into the failure's words."""
+    breakage = """
+import _ctypes as real, types
+fake = types.ModuleType('_ctypes'); fake.__dict__.update(vars(real))
+def dlopen(*args):
+    raise OSError('\\x1b]0;owned\\x07\\x1b[31mRED\\u202e\\\\x')
+fake.dlopen = dlopen
+sys.modules['_ctypes'] = fake
+"""
+    marker = tmp_path / "marker"
+    ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+    err_r, err_w = os.pipe()
+    command = [sys.executable, "-I", "-S", "-c", CHILD, str(LAUNCH / "shim.py"), breakage, str(SECCOMP_NR),
+               str(theirs.fileno()), str(err_w)]
+    process = subprocess.Popen(command, pass_fds=(theirs.fileno(), err_w), stderr=subprocess.PIPE, text=True)
+    theirs.close()
+    os.close(err_w)
+    config_frames.send_config(ours, _shim_config(tmp_path, marker))
+    ours.close()  # gone before the shim can say anything
+    _stdout, stderr = process.communicate(timeout=60)
+    with os.fdopen(err_r, "rb") as real_stderr:
+        stderr += real_stderr.read().decode(errors="replace")
+    _assert_failed_closed(process.returncode, stderr, marker)
+    assert stderr == ("sandboxctl: error: cannot reach libc's system calls through _ctypes: "
+                      "\\x1b]0;owned\\x07\\x1b[31mRED\\u202e\\\\x\n"), stderr

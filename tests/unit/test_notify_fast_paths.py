@@ -156,3 +156,33 @@ def test_a_second_read_tells_a_change_after_the_first():
     finally:
         memory.close()
 
+
+
+def test_the_one_pread_of_the_paths_chunk_tells_every_change_the_reads_would():
+    """A shell's exec: path, argv strings and array on one page, all within the path's first chunk,
+    so changed_since_read compares them in one pread of the whole stretch (memory.first_chunk).
+    Every byte the record was made of is still compared: a string, a pointer, the terminating NULL."""
+    page = (ctypes.c_char * 8192)()
+    base = (ctypes.addressof(page) + 4095) // 4096 * 4096  # a page of our own, the path at its start
+    ctypes.memmove(base, b"/usr/bin/true\0--help\0", 21)
+    array_at = base + 64
+    array = (ctypes.c_uint64 * 3).from_address(array_at)
+    array[0], array[1], array[2] = base, base + 14, 0
+    memory = ProcessMemory(os.getpid())
+    try:
+        raw, complete = memory.cstring(base, exec_facts.MAX_ARG_BYTES)
+        reads: list[tuple[int, bytes]] = [(base, raw + b"\0")]
+        argv, _truncated, _ranges = exec_facts.read_argv(memory, array_at, (base, raw, complete), reads)
+        assert argv == ["/usr/bin/true", "--help"]
+        first_base, first = memory.first_chunk
+        assert first_base == base and all(base <= a and a + len(d) <= base + len(first) for a, d in reads)
+        assert not exec_facts.changed_since_read(memory, reads)
+        for address, byte in ((base + 5, b"X"), (base + 16, b"X"), (array_at + 8, b"\x0f"), (array_at + 16, b"\x01"),
+                              (array_at + 23, b"\x80")):
+            saved = ctypes.string_at(address, 1)
+            ctypes.memmove(address, byte, 1)
+            assert exec_facts.changed_since_read(memory, reads), hex(address - base)
+            ctypes.memmove(address, saved, 1)
+            assert not exec_facts.changed_since_read(memory, reads)
+    finally:
+        memory.close()
