@@ -90,6 +90,21 @@ def _wants_help(args: list[str]) -> bool:
     return not args or any(a in ("-h", "--help") for a in head)
 
 
+def _note_interrupts() -> None:
+    """Ctrl-C raises KeyboardInterrupt as ever, and is noted: typer makes it a plain exit 130,
+    which must still end the process by SIGINT (output.die_of_sigint)."""
+    import signal
+
+    from sandboxctl.cli import output
+
+    def interrupted(_signum: int, _frame: object) -> None:
+        output.INTERRUPTED = True
+        raise KeyboardInterrupt
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # never a caller's SIG_IGN
+        signal.signal(signal.SIGINT, interrupted)
+
+
 def _exit_now(code: int) -> None:
     """Exit without the interpreter's finalization (~7 ms of tearing down the modules of a run):
     the run is over — log closed, cgroup removed, every thread of ours stopped (and daemonic) —
@@ -189,13 +204,17 @@ def main(argv: list[str] | None = None) -> None:
         from typer.main import get_command
 
         command = get_command(build_app())
+        _note_interrupts()
         code = command.main(args=args, prog_name="sandboxctl", standalone_mode=False)
+        if code == 130 and output.INTERRUPTED:  # typer turned the KeyboardInterrupt into Exit(130)
+            output.die_of_sigint()
     except SandboxError as exc:
         code = report(exc)
     except SystemExit:
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # everything above has cleaned up on its way out
         print(file=sys.stderr)
+        output.die_of_sigint()
         code = 130
     except BrokenPipeError as exc:
         if not _stdout_gone():  # a pipe of ours broke, not the reader's: never a success
@@ -213,7 +232,9 @@ def main(argv: list[str] | None = None) -> None:
         # click's own errors (bad option, missing argument): duck-typed, click is vendored by typer
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
             name = type(exc).__name__
-            if name == "Abort":
+            if name == "Abort":  # click's KeyboardInterrupt (or EOF at a prompt)
+                if isinstance(exc.__context__, KeyboardInterrupt):
+                    output.die_of_sigint()
                 code = 130
             elif name == "NoArgsIsHelpError":  # `sandboxctl policy`: one line and the commands, not the help
                 missing_command(getattr(exc, "ctx", None))

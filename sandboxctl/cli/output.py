@@ -35,6 +35,24 @@ def error(message: str, hint: str | None = None, limit: int | None = None) -> No
         print(f"  hint: {inert(hint, limit)}", file=sys.stderr)
 
 
+INTERRUPTED = False  # a Ctrl-C came (cli/main.py notes it where typer would hide it)
+
+
+def die_of_sigint() -> None:
+    """End as a program that Ctrl-C interrupted does: killed by SIGINT, not exit 130 — a calling
+    shell stops its script or loop only then (wait-and-cooperative-exit; Python itself ends so on
+    an uncaught KeyboardInterrupt). Called once everything is cleaned up and said."""
+    import contextlib
+    import os
+    import signal
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
 def report(exc: SandboxError) -> int:
     error(exc.message, exc.hint)
     return exc.exit_code

@@ -282,5 +282,6 @@ class GvisorSupervisor(GvisorLoop, Supervisor):
         stopped = self.log_stop_error()
         if stopped is not None:
             error, code = stopped, EXIT_SANDBOX_FAILED
-        return RunResult(code, duration, self.timed_out, error, self.layers, self.denials)
+        return RunResult(code, duration, self.timed_out, error, self.layers, self.denials,
+                         interrupted=error is None and self.interrupted(code))
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from sandboxctl.errors import SandboxError
 from sandboxctl.launch import oci
-from sandboxctl.supervise.runner import TERM_GRACE_S
+from sandboxctl.supervise.runner import TERM_GRACE_S, terminal_delivered
 
 if TYPE_CHECKING:
     from sandboxctl.launch.runsc import RunDir
@@ -146,6 +146,8 @@ class GvisorLoop:
         it only from here (to every process, as a terminal would); others go to the command."""
         pending, self.pending_signals = self.pending_signals, []
         for signum in pending:
+            if signum == signal.SIGINT and not self.terminal_interrupted:
+                self.terminal_interrupted = terminal_delivered()
             self._runsc_kill(signum, everyone=signum in TO_EVERYONE)
             if signum in (signal.SIGTERM, signal.SIGHUP) and self.kill_at is None:
                 self.kill_at = time.monotonic() + 10.0

@@ -138,6 +138,7 @@ class Loop:
         pending, self.pending_signals = self.pending_signals, []
         for signum in pending:
             if signum in (_signal.SIGINT, _signal.SIGQUIT) and terminal_delivered():
+                self.terminal_interrupted = self.terminal_interrupted or signum == _signal.SIGINT
                 continue  # the terminal sent it to the whole foreground group, command included
             init = self._init_pid()
             if init:

@@ -31,6 +31,7 @@ class RunResult(Record):
     tampered: tuple[dict[str, Any], ...] | list[dict[str, Any]] = ()  # exec records contradicted by what ran
     command_exit_code: int | None = None  # set when exit_code is not the command's own (the denial gate: 123)
     held: dict[str, Any] | None = None  # workspace: overlay — what the run's layer holds (lifecycle)
+    interrupted: bool = False  # the command died of the terminal's Ctrl-C (Supervisor.interrupted)
 
 
 class Outcome:
@@ -127,4 +128,5 @@ class Outcome:
             error = SandboxError(f"the supervisor could no longer answer the sandbox's system calls ({why}); "
                                  "the sandbox was stopped", "re-run with --debug and please report it")
             code = EXIT_SANDBOX_FAILED
-        return RunResult(code, duration, self.timed_out, error, self.layers, self.denials, tampered=self.tampered)
+        return RunResult(code, duration, self.timed_out, error, self.layers, self.denials, tampered=self.tampered,
+                         interrupted=error is None and self.interrupted(code))

@@ -113,6 +113,7 @@ class Supervisor(Startup, Handshake, Loop, Listener, Escapes, RunLog, Outcome):
         self.bwrap_stderr = b""
         self.layers: dict[str, Any] = {}
         self.pending_signals: list[int] = []
+        self.terminal_interrupted = False  # the terminal's Ctrl-C came while the command ran (interrupted)
         self.defer_signals = False  # lifecycle: the handlers stay until run.end (restore_signals)
         self.signal_originals: dict[int, Any] | None = None  # the caller's, while deferred
         self.kill_at: float | None = None
@@ -186,6 +187,16 @@ class Supervisor(Startup, Handshake, Loop, Listener, Escapes, RunLog, Outcome):
             os.close(self.sock_diag_fd)
         os.close(err_r)
         self.io.close()
+
+    def interrupted(self, code: int) -> bool:
+        """The command died of the terminal's Ctrl-C (128 + SIGINT, and the supervisor had its
+        copy: it is in the terminal's foreground group; a copy the loop had no time for counts).
+        The CLI then dies of SIGINT too, once its summary is out, so a calling shell stops as it
+        would for the command itself (wait-and-cooperative-exit); a command that caught it and
+        exited otherwise leaves the shell going on."""
+        if code != 128 + _signal.SIGINT:
+            return False
+        return self.terminal_interrupted or (_signal.SIGINT in self.pending_signals and terminal_delivered())
 
     def restore_signals(self) -> None:
         """The caller's signal handlers back, once the run's end is written (lifecycle: after

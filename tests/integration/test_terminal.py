@@ -102,3 +102,45 @@ def test_full_screen_program_runs_on_the_terminal(sandbox):
     finally:
         proc.kill()
         os.close(master)
+
+
+def _shell_on_pty(sandbox, script: str):
+    """bash running `script` on a terminal of its own (its foreground group, as a script is)."""
+    master, slave = os.openpty()
+    _set_size(slave, 24, 80)
+
+    def become_terminal_owner() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen(["bash", "-c", script], cwd=sandbox.workspace, env={**sandbox.env(), "TERM": "xterm"},
+                            stdin=slave, stdout=slave, stderr=slave, preexec_fn=become_terminal_owner)
+    os.close(slave)
+    return proc, master
+
+
+def test_ctrl_c_stops_the_calling_script_as_it_would_without_the_sandbox(sandbox):
+    """A shell goes on after a child that exited 130, and stops after one that died of SIGINT
+    (wait-and-cooperative-exit): `for f in *; do sandboxctl run -- job "$f"; done` must stop at
+    Ctrl-C as the bare loop would. A command that catches Ctrl-C and exits lets the script go on."""
+    import shlex
+
+    waits = ("import sys, time\ntry:\n    print('waiting', flush=True)\n    time.sleep(30)\n"
+             "except KeyboardInterrupt:\n    sys.exit(42)\n")
+    for command, catches in ((["python3", "-c", "import time; print('waiting', flush=True); time.sleep(30)"], False),
+                             (["python3", "-c", waits], True)):
+        script = f"{shlex.join(sandbox.argv('--', *command))}; echo went-on rc=$?"
+        proc, master = _shell_on_pty(sandbox, script)
+        try:
+            out = _read_until(master, b"waiting")
+            assert b"waiting" in out, out
+            os.write(master, b"\x03")
+            out = _read_until(master, b"went-on", timeout=5 if not catches else 15)
+            status = proc.wait(timeout=15)
+            if catches:
+                assert b"went-on rc=42" in out and status == 0, (out, status)
+            else:
+                assert b"went-on" not in out and status == -2, (out, status)  # bash died of SIGINT
+        finally:
+            proc.kill()
+            os.close(master)
