@@ -97,9 +97,12 @@ def run_exec(args: list[str]) -> int:
                            "the command may be too long for a session") from None
     relay = None
     pending: list[int] = []
+    interrupted = []  # a SIGINT came and was passed on
 
     def forward(signum: int, _frame) -> None:
         pending.append(signum)
+        if signum == signal.SIGINT:
+            interrupted.append(signum)
 
     wake_r = wake_w = -1
     if not tty:
@@ -133,7 +136,13 @@ def run_exec(args: list[str]) -> int:
             if "exited" in message:
                 if relay is not None:
                     relay.finish()
-                return _report(message, name, quiet)
+                code = _report(message, name, quiet)
+                if code == 128 + signal.SIGINT and interrupted:  # it died of our Ctrl-C: so do we (as `run`)
+                    from sandboxctl.cli.output import die_of_sigint
+
+                    sock.close()
+                    die_of_sigint()
+                return code
             if "error" in message:
                 raise SandboxError(str(message["error"]), message.get("hint"), int(message.get("exit_code", 125)))
     finally:

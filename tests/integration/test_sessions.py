@@ -327,6 +327,21 @@ def test_sigterm_to_exec_reaches_the_command(cli):
     assert proc.returncode == 42 and "got-term" in out
 
 
+def test_sigint_that_kills_the_command_ends_exec_by_sigint_too(cli):
+    """A shell stops its script only after a child that died of SIGINT (wait-and-cooperative-exit):
+    the exec client ends so when the Ctrl-C it passed on killed the command, and keeps the
+    command's own status when the command caught it."""
+    name = cli.start("t-sigint")
+    for sleep, script, expected in (("sleep 4.2345", "sleep 4.2345", -signal.SIGINT),
+                                    ("sleep 4.3456", "trap 'exit 42' INT; sleep 4.3456 & wait", 42)):
+        proc = subprocess.Popen([sys.executable, "-m", "sandboxctl", "exec", name, "--", "sh", "-c", script],
+                                cwd=cli.sandbox.workspace, env=cli.env(), stdout=subprocess.PIPE, text=True)
+        assert wait_for(lambda sleep=sleep: bool(processes_with(sleep)))
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=15)
+        assert proc.returncode == expected, (script, proc.returncode)
+
+
 def test_the_sessions_dir_is_hidden_in_every_sandbox_even_under_a_writable_grant(sandbox, monkeypatch):
     """The runtime dir inside the workspace (granted rw): masked, so no sandbox — not even the
     session's own — sees the socket, or can plant one."""
