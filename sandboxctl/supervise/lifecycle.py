@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
+import threading
 
 from sandboxctl.errors import EXIT_DENIED, SandboxError
 from sandboxctl.launch import seccomp
@@ -30,8 +32,39 @@ from sandboxctl.supervise.runner import RunResult, Supervisor
 FORWARD_FLUSH_S = 2.0
 
 
+class _NoBytecode:
+    """While any run is on, this process writes no bytecode: sandboxctl's own code is a protected
+    path, checked at the run's end, and a module the run imports late (a stale .pyc after a `git
+    pull` of an editable install) would be reported as changed during the run — under gVisor put
+    back to its stale self, so changed again by the next run. Nested for concurrent runs."""
+
+    lock = threading.Lock()
+    runs = 0
+    before = False
+
+    def __enter__(self) -> None:
+        with self.lock:
+            if _NoBytecode.runs == 0:
+                _NoBytecode.before, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+            _NoBytecode.runs += 1
+
+    def __exit__(self, *_exc: object) -> None:
+        with self.lock:
+            _NoBytecode.runs -= 1
+            if _NoBytecode.runs == 0:
+                sys.dont_write_bytecode = _NoBytecode.before
+
+
 def execute(plan: Plan, state: str, argv_for_log: list[str], status=None, *, supervisor_class=None,
             started=None, **supervisor_options) -> RunResult:
+    """Everything that must hold before the command may start, then the run itself (see _execute)."""
+    with _NoBytecode():
+        return _execute(plan, state, argv_for_log, status, supervisor_class=supervisor_class, started=started,
+                        **supervisor_options)
+
+
+def _execute(plan: Plan, state: str, argv_for_log: list[str], status=None, *, supervisor_class=None,
+             started=None, **supervisor_options) -> RunResult:
     """Everything that must hold before the command may start, then the run itself.
 
     status(message) gives a context manager around slow set-up steps (a status line on a TTY).

@@ -178,3 +178,26 @@ def test_the_command_gets_default_sigpipe_and_sigxfsz(sandbox):
     mask = int(result.stdout.split()[1], 16)
     assert not mask & (1 << (13 - 1)) and not mask & (1 << (25 - 1))
     assert "Broken pipe" not in result.stderr
+
+
+def test_the_run_writes_no_bytecode_into_sandboxctls_own_protected_code(workspace, monkeypatch):
+    """sandboxctl's code is a protected path checked at the run's end: a module imported late in
+    the run must not leave a fresh .pyc there (reported as changed during the run; under gVisor
+    put back to the stale one, so changed again by every run)."""
+    import sys
+
+    from sandboxctl import Sandbox
+    from sandboxctl.supervise.runner import Supervisor
+
+    seen = []
+    launch = Supervisor.launch
+
+    def watched(self):
+        seen.append(sys.dont_write_bytecode)
+        return launch(self)
+
+    monkeypatch.setattr(Supervisor, "launch", watched)
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    result = Sandbox(workspace=workspace).run(["true"])
+    assert result.exit_code == 0 and seen == [True]
+    assert sys.dont_write_bytecode is False  # the caller's own setting back once no run is on
