@@ -198,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
                         early[0].abort()
                     raise
                 code = execute_run(options, command, *early, on_go=on_go)
+                if code == 130 and output.INTERRUPTED:  # the terminal's Ctrl-C killed the command
+                    output.die_of_sigint()
                 if argv is None:  # nothing is left to do but exit
                     _exit_now(code)
                 sys.exit(code)

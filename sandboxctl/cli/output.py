@@ -35,7 +35,7 @@ def error(message: str, hint: str | None = None, limit: int | None = None) -> No
         print(f"  hint: {inert(hint, limit)}", file=sys.stderr)
 
 
-INTERRUPTED = False  # a Ctrl-C came (cli/main.py notes it where typer would hide it)
+INTERRUPTED = False  # a Ctrl-C came, or killed the command (cli/main.py, cli/run.py): end by SIGINT
 
 
 def die_of_sigint() -> None:

@@ -145,8 +145,8 @@ def _execute_run(opts: dict[str, Any], command: list[str], head_start, head_star
     if result.timed_out and not opts["quiet"]:
         print(f"sandboxctl: timeout: the run exceeded {units.format_duration(plan.limits.timeout or 0)};"
               " the whole sandbox was killed", file=sys.stderr)
-    if result.interrupted:  # the command died of the terminal's Ctrl-C: so do we, everything said
-        output.die_of_sigint()
+    if result.interrupted:  # the command died of the terminal's Ctrl-C: so do we, once all is done (cli/main.py)
+        output.INTERRUPTED = True
     return result.exit_code
 
 
