@@ -96,7 +96,7 @@ def _print_changes(review, patch: bool) -> None:
                 print(f"    {inert(line)}")
     conflicts = sum(1 for c in review.changes if c.conflict)
     protected = sum(1 for c in review.changes if c.protected)
-    tail = f"{len(review.changes)} changes"
+    tail = f"{len(review.changes)} change{'' if len(review.changes) == 1 else 's'}"
     if conflicts:
         tail += f"; {conflicts} in conflict (not applied without --force)"
     if protected:
