@@ -46,6 +46,20 @@ def _since(text: str | None):
         raise SandboxError(f"--since {exc}", "use a duration such as 90s, 30m, 1h or 2d") from None
 
 
+def _check_events(spec: str | None) -> None:
+    import difflib
+
+    from sandboxctl.log.query import EVENT_TYPES, unknown_events
+
+    unknown = unknown_events(spec)
+    if not unknown:
+        return
+    close = difflib.get_close_matches(unknown[0], list(EVENT_TYPES), n=1)
+    known = ", ".join(EVENT_TYPES)
+    raise SandboxError(f"--event {unknown[0]!r}: no such event type",
+                       (f"did you mean {close[0]!r}? " if close else "") + f"event types: {known}")
+
+
 def complete_events(incomplete: str) -> list[tuple[str, str]]:
     """--event values; after a comma, the list so far is kept and the next name completes."""
     from sandboxctl.log.query import EVENT_TYPES
@@ -68,7 +82,8 @@ def register(app: typer.Typer) -> None:
         denied: bool = typer.Option(False, "--denied", help="Only denied actions and denied/unanswered approvals."),
         event: str = typer.Option(None, "--event", metavar="TYPE", autocompletion=complete_events,
                                   help="Only these events: run, exec, file, net, http, syscall, approval, secret, "
-                                       "limit, protect, workspace (comma-separated)."),
+                                       "limit, protect, create, tamper, log.forward, workspace, command "
+                                       "(comma-separated)."),
         since: str = typer.Option(None, "--since", metavar="DURATION", help="Only the last DURATION, e.g. 1h."),
         all_runs: bool = typer.Option(False, "--all", help="Every run, not only the last one."),
         follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new records (Ctrl-C stops)."),
@@ -85,6 +100,7 @@ def register(app: typer.Typer) -> None:
                                "use `sandboxctl log` for records or `sandboxctl log runs` for runs")
         path = _log_path(log_path)
         cutoff = _since(since)
+        _check_events(event)
         if against and not verify:
             raise SandboxError("--against needs --verify", "sandboxctl log --verify --against FILE")
         try:

@@ -576,6 +576,16 @@ def test_cli_json_and_filters(tmp_path: Path, cli_log: Path):
     assert len(result.stdout.splitlines()) == 2
 
 
+def test_cli_unknown_event_type_is_an_error_not_an_empty_answer(tmp_path: Path, cli_log: Path):
+    result = sbx(tmp_path, "--all", "--event", "file,nett")
+    assert result.returncode == 125 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "sandboxctl: error: --event 'nett': no such event type",
+        "  hint: did you mean 'net'? event types: " + ", ".join(query.EVENT_TYPES)]
+    for known in ("net", "run.start", "command", "command.end", "log.forward", "file,net"):
+        assert sbx(tmp_path, "--all", "--json", "--event", known).returncode == 0, known
+
+
 def test_cli_table(tmp_path: Path, cli_log: Path):
     result = sbx(tmp_path)
     assert result.returncode == 0
