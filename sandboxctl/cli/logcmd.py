@@ -293,7 +293,7 @@ def _table(records, path: Path, scope: str | None) -> None:
 
 
 def _runs(path: Path, *, run: str | None, denied: bool, since, as_json: bool) -> None:
-    from sandboxctl.log import files, query, render
+    from sandboxctl.log import files, query
 
     runs = query.list_runs(files.iter_records(path, run=run))
     if run is not None and not runs:
@@ -309,6 +309,11 @@ def _runs(path: Path, *, run: str | None, denied: bool, since, as_json: bool) ->
     if not runs:
         print("no matching runs", file=sys.stderr)
         return
+    with_changes = any(s.changes for s in runs)
+    rows = [_run_cells(s, with_changes) for s in runs]
+    if not sys.stdout.isatty():
+        _print_run_lines(rows, with_changes)
+        return
     from rich import box
     from rich.table import Table
     from rich.text import Text
@@ -319,22 +324,45 @@ def _runs(path: Path, *, run: str | None, denied: bool, since, as_json: bool) ->
     table.add_column("run", no_wrap=True)
     table.add_column("started", no_wrap=True)
     table.add_column("command", overflow="fold", min_width=10, ratio=3)
-    table.add_column("policy", overflow="fold", min_width=6, ratio=1)
-    table.add_column("exit", overflow="fold", min_width=8)
+    table.add_column("policy", no_wrap=True)  # a name split in two ("defaul", "t") reads as two
+    table.add_column("exit", overflow="fold", min_width=4)
     table.add_column("duration", no_wrap=True, justify="right")
     table.add_column("denied", no_wrap=True, justify="right")
-    with_changes = any(s.changes for s in runs)
     if with_changes:  # overlay runs: what became of their held changes
-        table.add_column("changes", overflow="fold", min_width=8)
-    for s in runs:
-        exit_text = Text("running/crashed", style="yellow") if not s.finished else Text(
-            "timeout" if s.timed_out else str(s.exit_code), style="" if s.exit_code == 0 else "red")
-        cells = [Text(render.clean(s.run, 40)), Text(render.local_time(s.start, with_date=True)[5:16]),
-                 Text(render.format_argv(s.argv, 60) or "?"),
-                 Text(render.clean(s.policy or "?", 30)), exit_text,
-                 Text(render.format_seconds(s.duration_s) if s.finished else "-"),
-                 Text(str(s.denied), style="red" if s.denied else "")]
+        table.add_column("changes", no_wrap=True)
+    for cells in rows:
+        styles = [""] * len(cells)
+        styles[4] = "yellow" if cells[4] == "running/crashed" else "" if cells[4] == "0" else "red"
+        styles[6] = "" if cells[6] == "0" else "red"
         if with_changes:
-            cells.append(Text(render.clean(s.changes or "", 16), style="yellow" if s.changes == "held" else ""))
-        table.add_row(*cells)
+            styles[7] = "yellow" if cells[7] == "held" else ""
+        table.add_row(*(Text(cell, style=style) for cell, style in zip(cells, styles, strict=True)))
     console().print(table)
+
+
+RUN_COLUMNS = ("run", "started", "command", "policy", "exit", "duration", "denied", "changes")
+
+
+def _run_cells(s, with_changes: bool) -> list[str]:
+    """One run's cells, each already inert (log.render)."""
+    from sandboxctl.log import render
+
+    exit_text = "running/crashed" if not s.finished else ("timeout" if s.timed_out else str(s.exit_code))
+    cells = [render.clean(s.run, 40), render.local_time(s.start, with_date=True)[5:16],
+             render.format_argv(s.argv, 60) or "?", render.clean(s.policy or "?", 30), exit_text,
+             render.format_seconds(s.duration_s) if s.finished else "-", str(s.denied)]
+    if with_changes:
+        cells.append(render.clean(s.changes or "", 16))
+    return cells
+
+
+def _print_run_lines(rows: list[list[str]], with_changes: bool) -> None:
+    """Through a pipe: one whole run per line, columns aligned, never folded (a table squeezed into
+    80 columns split policy names and cut the last column)."""
+    headers = list(RUN_COLUMNS[:8 if with_changes else 7])
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
+    right = {"duration", "denied"}
+    for cells in [headers, *rows]:
+        line = "  ".join(cell.rjust(width) if name in right else cell.ljust(width)
+                         for name, cell, width in zip(headers, cells, widths, strict=True))
+        print(line.rstrip())

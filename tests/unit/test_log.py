@@ -604,6 +604,25 @@ def test_cli_runs(tmp_path: Path, cli_log: Path):
         [(RUN_A, 0, 3, "exit 0"), (RUN_B, None, 2, "running/crashed")]
 
 
+def test_cli_runs_through_a_pipe_is_one_whole_line_per_run(tmp_path: Path):
+    """Piped, `log runs` is not a table squeezed into 80 columns: nothing folded, nothing cut."""
+    path = tmp_path / "xdg" / "sandboxctl" / "actions.jsonl"
+    log = ActionLog(str(path), RUN_A)
+    log.write("run.start", argv=["python", "-c", "print('a fairly long command line that no table of 80 columns "
+                                 "holds')"], workspace="/w", policy="claude-code", policy_sha256="ab" * 32,
+              layers={}, limits={})
+    log.write("run.end", exit_code=0, signal=None, duration_s=1.25, denied=3, timed_out=False)
+    log.close()
+    write_run(path, RUN_B, end=False).close()
+    lines = sbx(tmp_path, "runs").stdout.splitlines()
+    assert len(lines) == 3 and lines[0].split() == ["run", "started", "command", "policy", "exit", "duration",
+                                                    "denied"]
+    assert lines[1].startswith(RUN_A) and "claude-code" in lines[1].split() and lines[1].endswith(" 3")
+    assert "a fairly long command" in lines[1] and len(lines[1]) > 80
+    assert lines[2].startswith(RUN_B) and "running/crashed" in lines[2].split()
+    assert lines[0].index("policy") == lines[1].index("claude-code") == lines[2].index("default")
+
+
 def test_cli_errors(tmp_path: Path, cli_log: Path):
     result = sbx(tmp_path, "--since", "soon")
     assert result.returncode == 125 and "Traceback" not in result.stderr
