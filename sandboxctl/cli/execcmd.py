@@ -168,9 +168,9 @@ def _report(message: dict, name: str, quiet: bool) -> int:
     code = int(message.get("exit_code", 125))
     if message.get("error"):  # words of the server inside the sandbox, which its commands share: inert
         from sandboxctl.cli.output import error
+        from sandboxctl.plan.locate import session_exec_hint
 
-        error(str(message["error"]), str(message.get("hint") or "check the command name and the policy's exec.allow"),
-              limit=500)
+        error(str(message["error"]), str(message.get("hint") or session_exec_hint(code)), limit=500)
     denials = message.get("denials") or []
     if denials and not quiet:
         from sandboxctl.cli.run import _print_denials
