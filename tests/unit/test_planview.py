@@ -42,3 +42,21 @@ def test_approvals_name_a_way_to_ask_only_when_the_mode_asks():
                          fake_facts(dict(BASE_FILES), interactive=False))
     assert plantext.approvals(asking) == "ask via tty (unanswered after 1m: deny)"
     assert plantext.approvals(denying) == "deny: every escape is denied at once, and logged"
+
+
+def test_policy_list_shows_a_workspace_policys_words_inert_never_as_markup(tmp_path):
+    """A workspace's .sandboxctl.yaml is anyone's text: '[/]' in it made `policy list` an internal
+    error, and an ESC in its description reached the terminal."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state"), "HOME": str(tmp_path), "COLUMNS": "200"}
+    for text, shown in (('version: 1\nname: "x[/]"\n', "name: 'x[/]'"),
+                        ('version: 1\nname: x\ndescription: "evil [bold]\\x1b[31mred[/]"\n',
+                         "evil [bold]\\x1b[31mred[/]")):
+        (tmp_path / ".sandboxctl.yaml").write_text(text)
+        result = subprocess.run([sys.executable, "-m", "sandboxctl", "policy", "list"], capture_output=True,
+                                text=True, env=env, cwd=tmp_path, timeout=60)
+        assert result.returncode == 0 and result.stderr == "", result.stderr
+        assert shown in result.stdout and "\x1b" not in result.stdout
