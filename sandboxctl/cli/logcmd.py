@@ -198,6 +198,8 @@ def _records(path: Path, *, run: str | None, event: str | None, denied: bool, si
             _print_raw(selected)
         else:
             _table(selected, path, scope)
+            if not selected and scope is not None and run is None:  # the last run, by default
+                print("  (the last run only: --all for every run, --run ID for another)", file=sys.stderr)
             _say_what_was_rotated_out(in_scope)
         return
     # Following: what is there now in the selected scope, then every new record that matches the

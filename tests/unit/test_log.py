@@ -586,6 +586,14 @@ def test_cli_unknown_event_type_is_an_error_not_an_empty_answer(tmp_path: Path, 
         assert sbx(tmp_path, "--all", "--json", "--event", known).returncode == 0, known
 
 
+def test_cli_nothing_in_the_last_run_says_it_looked_at_the_last_run_only(tmp_path: Path, cli_log: Path):
+    result = sbx(tmp_path, "--event", "protect")
+    assert result.returncode == 0 and result.stdout == ""
+    assert result.stderr.splitlines() == [f"no matching records in run {RUN_B}",
+                                          "  (the last run only: --all for every run, --run ID for another)"]
+    assert sbx(tmp_path, "--run", RUN_A, "--event", "protect").stderr == f"no matching records in run {RUN_A}\n"
+
+
 def test_cli_table(tmp_path: Path, cli_log: Path):
     result = sbx(tmp_path)
     assert result.returncode == 0
