@@ -64,7 +64,8 @@ def _request(opts: dict, command: list[str], tty: tuple[int, int] | None) -> dic
     for item in opts["env"]:
         name, sep, value = item.partition("=")
         if not name or not (name[0].isalpha() or name[0] == "_") or not name.replace("_", "a").isalnum():
-            raise SandboxError(f"--env {item!r}: not NAME or NAME=VALUE")
+            raise SandboxError(f"--env {item!r}: not NAME or NAME=VALUE",
+                               "a NAME is letters, digits and _, not starting with a digit: --env LANG, --env DEBUG=1")
         if sep:
             env[name] = value
         elif name in os.environ:
