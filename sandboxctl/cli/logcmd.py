@@ -279,6 +279,10 @@ def _table(records, path: Path, scope: str | None) -> None:
 
     runs = sorted({r.run for r in records})
     title = f"run {clean(runs[0], 40)}" if len(runs) == 1 else f"{len(runs)} runs"
+    if not sys.stdout.isatty():  # a pipe: one whole record per line (a table of 80 columns cut paths mid-name)
+        print(f"{title} — {clean(str(path), 200)}")
+        _print_lines(records)
+        return
     table = Table(title=Text(f"{title} — {clean(str(path), 200)}"), title_justify="left")
     for col in ("time", "event", "what", "decision", "rule"):
         table.add_column(col, overflow="fold")

@@ -594,6 +594,20 @@ def test_cli_nothing_in_the_last_run_says_it_looked_at_the_last_run_only(tmp_pat
     assert sbx(tmp_path, "--run", RUN_A, "--event", "protect").stderr == f"no matching records in run {RUN_A}\n"
 
 
+def test_cli_records_through_a_pipe_are_whole_lines(tmp_path: Path):
+    """Piped, `log` prints one whole record per line: a table of 80 columns folded paths mid-name."""
+    path = tmp_path / "xdg" / "sandboxctl" / "actions.jsonl"
+    log = ActionLog(str(path), RUN_A)
+    deep = "/home/ann/proj/node_modules/some-package/lib/a-rather-long-file-name.js"
+    log.write("run.start", argv=["npm", "install"], workspace="/w", policy="default", policy_sha256="ab" * 32,
+              layers={}, limits={})
+    log.write("file", pid=10, path=deep, op="create", decision="allow", rule="writable grant")
+    log.close()
+    lines = sbx(tmp_path).stdout.splitlines()
+    assert lines[0] == f"run {RUN_A} — {path}"
+    assert [line for line in lines if deep in line] == [lines[2]] and lines[2].endswith("rule: writable grant")
+
+
 def test_cli_table(tmp_path: Path, cli_log: Path):
     result = sbx(tmp_path)
     assert result.returncode == 0
