@@ -260,11 +260,22 @@ def demo() -> int:
             leaks.append(title)
     print(f"\n{stopped} of {len(ATTEMPTS)} moves worked without the sandbox and were stopped by it.")
     if run_id:
-        print(f"What the sandbox saw (the denials, the connection as a `net` event): sandboxctl log --run {run_id}")
+        print("What the sandbox saw (the denials, the connection as a `net` event): "
+              f"{_sandboxctl()} log --run {run_id}")
     if leaks:
         print(f"demo: NOT stopped by the sandbox: {', '.join(leaks)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _sandboxctl() -> str:
+    """How to call sandboxctl from here: right after `scripts/setup` it is .venv/bin/sandboxctl,
+    not on PATH, and a bare `sandboxctl log …` copied from the demo would be 'command not found'."""
+    beside = Path(sys.executable).parent / "sandboxctl"
+    if shutil.which("sandboxctl") or not beside.is_file():
+        return "sandboxctl"
+    shown = os.path.relpath(beside)
+    return shown if not shown.startswith("..") else str(beside)
 
 
 if __name__ == "__main__":

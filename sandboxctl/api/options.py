@@ -41,7 +41,8 @@ def check_env_items(items: list[str]) -> None:
     for item in items:
         name = item.partition("=")[0]
         if not name or not (name[0].isalpha() or name[0] == "_") or not name.replace("_", "a").isalnum():
-            raise SandboxError(f"--env {item!r}: not NAME or NAME=VALUE")
+            raise SandboxError(f"--env {item!r}: not NAME or NAME=VALUE",
+                               "a NAME is letters, digits and _, not starting with a digit: --env LANG, --env DEBUG=1")
 
 
 def check_options(opts: dict[str, Any]) -> None:
@@ -56,7 +57,8 @@ def check_options(opts: dict[str, Any]) -> None:
         parse_option(units.parse_host_pattern, host, "--allow-net", "pypi.org:443")
     for path in opts["allow_read"] + opts["allow_write"]:
         if not os.path.isabs(os.path.expanduser(path)):
-            raise SandboxError(f"{path}: extra paths must be absolute (or start with ~)")
+            raise SandboxError(f"{path}: extra paths must be absolute (or start with ~)",
+                               f"for example {os.path.abspath(path)}")
 
 
 def create_owned_dirs(log_path: str | None) -> None:

@@ -174,11 +174,19 @@ class Session:
         if "error" in reply and "exited" not in reply:
             raise SandboxError(str(reply["error"]), reply.get("hint"), int(reply.get("exit_code", 125)))
         if reply.get("error"):
-            raise SandboxError(str(reply["error"]), reply.get("hint") or "check the command name and the policy's "
-                               "exec.allow", int(reply.get("exit_code", 125)))
+            code = int(reply.get("exit_code", 125))
+            raise SandboxError(str(reply["error"]), reply.get("hint") or self._exec_hint(code, command[0]), code)
         return Result(int(reply["exit_code"]), decoders.whole(io.output(1)), decoders.whole(io.output(2)),
                       list(reply.get("denials") or []), self.run_id or "", round(reply.get("duration_s", 0.0), 6),
                       bool(reply.get("timed_out")), tuple(self.warnings), self.plan.log_path, reply.get("exited"))
+
+    def _exec_hint(self, code: int, name: str) -> str:
+        """Where the command is on the host and which grant would show it, as `run` says."""
+        from sandboxctl.plan.locate import hint_for_exec_error, session_exec_hint
+
+        if self.plan is None or code not in (126, 127):
+            return session_exec_hint(code)
+        return hint_for_exec_error(self.plan, code, name, os.environ.get("PATH", ""))
 
     async def arun(self, argv: Iterable[str | os.PathLike[str]], **options: Any) -> Result:
         """run() for asyncio: waits on a thread; callbacks are called on the event loop;

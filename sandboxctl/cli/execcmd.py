@@ -64,7 +64,8 @@ def _request(opts: dict, command: list[str], tty: tuple[int, int] | None) -> dic
     for item in opts["env"]:
         name, sep, value = item.partition("=")
         if not name or not (name[0].isalpha() or name[0] == "_") or not name.replace("_", "a").isalnum():
-            raise SandboxError(f"--env {item!r}: not NAME or NAME=VALUE")
+            raise SandboxError(f"--env {item!r}: not NAME or NAME=VALUE",
+                               "a NAME is letters, digits and _, not starting with a digit: --env LANG, --env DEBUG=1")
         if sep:
             env[name] = value
         elif name in os.environ:
@@ -168,9 +169,9 @@ def _report(message: dict, name: str, quiet: bool) -> int:
     code = int(message.get("exit_code", 125))
     if message.get("error"):  # words of the server inside the sandbox, which its commands share: inert
         from sandboxctl.cli.output import error
+        from sandboxctl.plan.locate import session_exec_hint
 
-        error(str(message["error"]), str(message.get("hint") or "check the command name and the policy's exec.allow"),
-              limit=500)
+        error(str(message["error"]), str(message.get("hint") or session_exec_hint(code)), limit=500)
     denials = message.get("denials") or []
     if denials and not quiet:
         from sandboxctl.cli.run import _print_denials

@@ -46,6 +46,20 @@ def _since(text: str | None):
         raise SandboxError(f"--since {exc}", "use a duration such as 90s, 30m, 1h or 2d") from None
 
 
+def _check_events(spec: str | None) -> None:
+    import difflib
+
+    from sandboxctl.log.query import EVENT_TYPES, unknown_events
+
+    unknown = unknown_events(spec)
+    if not unknown:
+        return
+    close = difflib.get_close_matches(unknown[0], list(EVENT_TYPES), n=1)
+    known = ", ".join(EVENT_TYPES)
+    raise SandboxError(f"--event {unknown[0]!r}: no such event type",
+                       (f"did you mean {close[0]!r}? " if close else "") + f"event types: {known}")
+
+
 def complete_events(incomplete: str) -> list[tuple[str, str]]:
     """--event values; after a comma, the list so far is kept and the next name completes."""
     from sandboxctl.log.query import EVENT_TYPES
@@ -68,7 +82,8 @@ def register(app: typer.Typer) -> None:
         denied: bool = typer.Option(False, "--denied", help="Only denied actions and denied/unanswered approvals."),
         event: str = typer.Option(None, "--event", metavar="TYPE", autocompletion=complete_events,
                                   help="Only these events: run, exec, file, net, http, syscall, approval, secret, "
-                                       "limit, protect, workspace (comma-separated)."),
+                                       "limit, protect, create, tamper, log.forward, workspace, command "
+                                       "(comma-separated)."),
         since: str = typer.Option(None, "--since", metavar="DURATION", help="Only the last DURATION, e.g. 1h."),
         all_runs: bool = typer.Option(False, "--all", help="Every run, not only the last one."),
         follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new records (Ctrl-C stops)."),
@@ -85,6 +100,7 @@ def register(app: typer.Typer) -> None:
                                "use `sandboxctl log` for records or `sandboxctl log runs` for runs")
         path = _log_path(log_path)
         cutoff = _since(since)
+        _check_events(event)
         if against and not verify:
             raise SandboxError("--against needs --verify", "sandboxctl log --verify --against FILE")
         try:
@@ -182,6 +198,8 @@ def _records(path: Path, *, run: str | None, event: str | None, denied: bool, si
             _print_raw(selected)
         else:
             _table(selected, path, scope)
+            if not selected and scope is not None and run is None:  # the last run, by default
+                print("  (the last run only: --all for every run, --run ID for another)", file=sys.stderr)
             _say_what_was_rotated_out(in_scope)
         return
     # Following: what is there now in the selected scope, then every new record that matches the
@@ -261,6 +279,10 @@ def _table(records, path: Path, scope: str | None) -> None:
 
     runs = sorted({r.run for r in records})
     title = f"run {clean(runs[0], 40)}" if len(runs) == 1 else f"{len(runs)} runs"
+    if not sys.stdout.isatty():  # a pipe: one whole record per line (a table of 80 columns cut paths mid-name)
+        print(f"{title} — {clean(str(path), 200)}")
+        _print_lines(records)
+        return
     table = Table(title=Text(f"{title} — {clean(str(path), 200)}"), title_justify="left")
     for col in ("time", "event", "what", "decision", "rule"):
         table.add_column(col, overflow="fold")
@@ -277,7 +299,7 @@ def _table(records, path: Path, scope: str | None) -> None:
 
 
 def _runs(path: Path, *, run: str | None, denied: bool, since, as_json: bool) -> None:
-    from sandboxctl.log import files, query, render
+    from sandboxctl.log import files, query
 
     runs = query.list_runs(files.iter_records(path, run=run))
     if run is not None and not runs:
@@ -293,6 +315,11 @@ def _runs(path: Path, *, run: str | None, denied: bool, since, as_json: bool) ->
     if not runs:
         print("no matching runs", file=sys.stderr)
         return
+    with_changes = any(s.changes for s in runs)
+    rows = [_run_cells(s, with_changes) for s in runs]
+    if not sys.stdout.isatty():
+        _print_run_lines(rows, with_changes)
+        return
     from rich import box
     from rich.table import Table
     from rich.text import Text
@@ -303,22 +330,45 @@ def _runs(path: Path, *, run: str | None, denied: bool, since, as_json: bool) ->
     table.add_column("run", no_wrap=True)
     table.add_column("started", no_wrap=True)
     table.add_column("command", overflow="fold", min_width=10, ratio=3)
-    table.add_column("policy", overflow="fold", min_width=6, ratio=1)
-    table.add_column("exit", overflow="fold", min_width=8)
+    table.add_column("policy", no_wrap=True)  # a name split in two ("defaul", "t") reads as two
+    table.add_column("exit", overflow="fold", min_width=4)
     table.add_column("duration", no_wrap=True, justify="right")
     table.add_column("denied", no_wrap=True, justify="right")
-    with_changes = any(s.changes for s in runs)
     if with_changes:  # overlay runs: what became of their held changes
-        table.add_column("changes", overflow="fold", min_width=8)
-    for s in runs:
-        exit_text = Text("running/crashed", style="yellow") if not s.finished else Text(
-            "timeout" if s.timed_out else str(s.exit_code), style="" if s.exit_code == 0 else "red")
-        cells = [Text(render.clean(s.run, 40)), Text(render.local_time(s.start, with_date=True)[5:16]),
-                 Text(render.format_argv(s.argv, 60) or "?"),
-                 Text(render.clean(s.policy or "?", 30)), exit_text,
-                 Text(render.format_seconds(s.duration_s) if s.finished else "-"),
-                 Text(str(s.denied), style="red" if s.denied else "")]
+        table.add_column("changes", no_wrap=True)
+    for cells in rows:
+        styles = [""] * len(cells)
+        styles[4] = "yellow" if cells[4] == "running/crashed" else "" if cells[4] == "0" else "red"
+        styles[6] = "" if cells[6] == "0" else "red"
         if with_changes:
-            cells.append(Text(render.clean(s.changes or "", 16), style="yellow" if s.changes == "held" else ""))
-        table.add_row(*cells)
+            styles[7] = "yellow" if cells[7] == "held" else ""
+        table.add_row(*(Text(cell, style=style) for cell, style in zip(cells, styles, strict=True)))
     console().print(table)
+
+
+RUN_COLUMNS = ("run", "started", "command", "policy", "exit", "duration", "denied", "changes")
+
+
+def _run_cells(s, with_changes: bool) -> list[str]:
+    """One run's cells, each already inert (log.render)."""
+    from sandboxctl.log import render
+
+    exit_text = "running/crashed" if not s.finished else ("timeout" if s.timed_out else str(s.exit_code))
+    cells = [render.clean(s.run, 40), render.local_time(s.start, with_date=True)[5:16],
+             render.format_argv(s.argv, 60) or "?", render.clean(s.policy or "?", 30), exit_text,
+             render.format_seconds(s.duration_s) if s.finished else "-", str(s.denied)]
+    if with_changes:
+        cells.append(render.clean(s.changes or "", 16))
+    return cells
+
+
+def _print_run_lines(rows: list[list[str]], with_changes: bool) -> None:
+    """Through a pipe: one whole run per line, columns aligned, never folded (a table squeezed into
+    80 columns split policy names and cut the last column)."""
+    headers = list(RUN_COLUMNS[:8 if with_changes else 7])
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
+    right = {"duration", "denied"}
+    for cells in [headers, *rows]:
+        line = "  ".join(cell.rjust(width) if name in right else cell.ljust(width)
+                         for name, cell, width in zip(headers, cells, widths, strict=True))
+        print(line.rstrip())

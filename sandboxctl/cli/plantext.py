@@ -107,14 +107,24 @@ def settings(plan: Plan) -> list[str]:
         f"{' via ' + str(lim.pids_method) if lim.pids else ''}, "
         f"file size {units.format_size(lim.file_size) if lim.file_size else 'none'}, "
         f"open files {lim.open_files or 'none'}",
-        f"approvals: {plan.approval_mode} via {plan.approval_via} "
-        f"(unanswered after {units.format_duration(plan.approval_timeout)}: deny)",
+        f"approvals: {approvals(plan)}",
         f"action log: {inert(plan.log_path)} (file events: {plan.file_events})",
         *protected_paths(plan),
         *[f"warning: {inert(w)}" for w in plan.warnings],
         *[f"note: {inert(n)}" for n in plan.notes],
         *[f"needs confirmation: {inert(c)}" for c in plan.confirmations],
     ]
+
+
+def approvals(plan: Plan) -> str:
+    """How escapes are answered. 'deny via tty' read as if a prompt would still come: only `ask`
+    has a way to ask and a timeout."""
+    if plan.approval_mode == "ask":
+        return (f"ask via {plan.approval_via} "
+                f"(unanswered after {units.format_duration(plan.approval_timeout)}: deny)")
+    if plan.approval_mode == "deny":
+        return "deny: every escape is denied at once, and logged"
+    return f"{plan.approval_mode}: every escape is allowed, and logged"
 
 
 def protected_paths(plan: Plan) -> list[str]:

@@ -60,9 +60,9 @@ def show(plan: Plan, as_json: bool = False, terminal: bool | None = None) -> Non
     from sandboxctl.cli.output import console
 
     out = console()
-    out.print(f"[bold]Plan[/bold] for run {plan.run_id} — policy [bold]{plan.policy}[/bold] "
-              f"({plan.policy_source}, sha256 {plan.policy_sha256[:12]}…)")
-    out.print(f"command: {' '.join(plan.command)}   cwd: {plan.cwd}   HOME: {plan.home}")
+    out.print(f"[bold]Plan[/bold] for run {plan.run_id} — policy [bold]{shown(plan.policy)}[/bold] "
+              f"({shown(plan.policy_source)}, sha256 {plan.policy_sha256[:12]}…)")
+    out.print(f"command: {shown(_joined(plan.command))}   cwd: {shown(plan.cwd)}   HOME: {shown(plan.home)}")
 
     from sandboxctl.cli import plantext
 
@@ -72,14 +72,14 @@ def show(plan: Plan, as_json: bool = False, terminal: bool | None = None) -> Non
     for col in ("kind", "target", "source", "why"):
         mounts.add_column(col, overflow="fold")  # a path is folded, never cut
     for m in plan.mounts:
-        mounts.add_row(m.kind, m.target, "" if m.source in (None, m.target) else m.source, m.reason)
+        mounts.add_row(*cells(m.kind, m.target, "" if m.source in (None, m.target) else m.source, m.reason))
     out.print(mounts)
     if plan.overlay is not None:
         from rich.text import Text
 
-        out.print(Text(f"Workspace overlay: {plan.overlay.lower} is overlayfs' lower layer (never written) "
-                       f"in bubblewrap's own mount namespace; every write lands in {plan.overlay.upper} "
-                       f"(work dir {plan.overlay.work}) until `sandboxctl apply {plan.run_id}`"))
+        out.print(Text(f"Workspace overlay: {inert(plan.overlay.lower)} is overlayfs' lower layer (never written) "
+                       f"in bubblewrap's own mount namespace; every write lands in {inert(plan.overlay.upper)} "
+                       f"(work dir {inert(plan.overlay.work)}) until `sandboxctl apply {plan.run_id}`"))
 
     ll = plan.landlock
     if plan.backend == "gvisor":
@@ -91,7 +91,7 @@ def show(plan: Plan, as_json: bool = False, terminal: bool | None = None) -> Non
         rules.add_column("path", overflow="fold")
         rules.add_column("access", overflow="fold")
         for rule in ll.paths:
-            rules.add_row(rule.path, ", ".join(rule.access))
+            rules.add_row(*cells(rule.path, ", ".join(rule.access)))
         out.print(rules)
         out.print(f"Landlock TCP (ABI ≥ 4): bind {tcp_ports(ll.restrict_tcp_bind, ll.bind_tcp_ports)}, connect "
                   f"{tcp_ports(ll.restrict_tcp_connect, ll.connect_tcp_ports)};  scopes (ABI ≥ 6): "
@@ -106,14 +106,14 @@ def show(plan: Plan, as_json: bool = False, terminal: bool | None = None) -> Non
     for col in ("syscall", "action", "why"):
         sc.add_column(col, overflow="fold")
     for (name, action, why), count in grouped.items():
-        sc.add_row(name + (f" ({count} argument rules)" if count > 1 else ""), action, why)
+        sc.add_row(*cells(name + (f" ({count} argument rules)" if count > 1 else ""), action, why))
     out.print(sc)
 
     env = Table(title="Environment (nothing else is inherited)")
     env.add_column("name", overflow="fold")
     env.add_column("value", overflow="fold")
     for name, value in redacted_env(plan):
-        env.add_row(name, value)
+        env.add_row(*cells(name, value))
     out.print(env)
     for secret in plan.secrets:
         ttl = units.format_duration(secret.ttl) if secret.ttl else "none"
@@ -124,8 +124,8 @@ def show(plan: Plan, as_json: bool = False, terminal: bool | None = None) -> Non
                   markup=False)
 
     net = plan.network
-    out.print(f"[bold]Network[/bold]: {net.mode}; allow: {', '.join(net.allow) or '-'}; "
-              f"deny: {', '.join(net.deny) or '-'}; private addresses: "
+    out.print(f"[bold]Network[/bold]: {net.mode}; allow: {shown(', '.join(net.allow) or '-')}; "
+              f"deny: {shown(', '.join(net.deny) or '-')}; private addresses: "
               f"{'allowed' if net.allow_private else 'blocked'}")
     for line in network_walls(plan):  # listed socket paths come from the policy: shown inert
         out.print(f"  {inert(line)}", markup=False)
@@ -140,9 +140,8 @@ def show(plan: Plan, as_json: bool = False, terminal: bool | None = None) -> Non
               f"memory {units.format_size(lim.memory) + ' via ' + str(lim.memory_method) if lim.memory else 'none'}, "
               f"pids {lim.pids or 'none'}, file size {units.format_size(lim.file_size) if lim.file_size else 'none'}, "
               f"open files {lim.open_files or 'none'}")
-    out.print(f"[bold]Approvals[/bold]: {plan.approval_mode} via {plan.approval_via} "
-              f"(unanswered after {units.format_duration(plan.approval_timeout)}: deny)")
-    out.print(f"[bold]Action log[/bold]: {plan.log_path} (file events: {plan.file_events})")
+    out.print(f"[bold]Approvals[/bold]: {plantext.approvals(plan)}")
+    out.print(f"[bold]Action log[/bold]: {shown(plan.log_path)} (file events: {plan.file_events})")
     if plan.log_forward:
         from rich.markup import escape
 
@@ -157,22 +156,22 @@ def show(plan: Plan, as_json: bool = False, terminal: bool | None = None) -> Non
                                 f"{how}; {len(protect.gitdirs)} git directories, {len(protect.explicit)} explicit "
                                 f"paths, {len(protect.record)} entries recorded for the end-of-run check"))
     for warning in plan.warnings:
-        out.print(f"[red]warning[/red]: {warning}")
+        out.print(f"[red]warning[/red]: {shown(warning)}")
     for note in plan.notes:
-        out.print(f"[yellow]note[/yellow]: {note}")
+        out.print(f"[yellow]note[/yellow]: {shown(note)}")
     for item in plan.confirmations:
-        out.print(f"[red]needs confirmation[/red]: {item}")
+        out.print(f"[red]needs confirmation[/red]: {shown(item)}")
     if plan.backend == "gvisor":
         bundle = gvisor_bundle(plan)
         out.print("[bold]gVisor[/bold] ({run} stands for the run's private directory, made at launch):")
-        out.print(" ".join(_quote(a) for a in bundle["runsc_argv"]), soft_wrap=True)
+        out.print(inert(_joined(bundle["runsc_argv"])), soft_wrap=True, markup=False, highlight=False)
         for link in bundle["rootfs_symlinks"]:
-            out.print(f"symlink in the private root: {link['path']} -> {link['to']}")
+            out.print(f"symlink in the private root: {inert(link['path'])} -> {inert(link['to'])}", markup=False)
         out.print("[bold]OCI config.json[/bold]:")
         out.print(json.dumps(bundle["oci_config"], indent=2), soft_wrap=True, markup=False)
         return
     out.print("[bold]bubblewrap[/bold] (fds 10-12 stand for the real descriptors):")
-    out.print(" ".join(_quote(a) for a in bwrap.render(plan, DRY_FDS)), soft_wrap=True)
+    out.print(inert(_joined(bwrap.render(plan, DRY_FDS))), soft_wrap=True, markup=False, highlight=False)
 
 
 def tcp_ports(restricted: bool, ports: tuple[int, ...]) -> str:
@@ -214,7 +213,22 @@ def plain_lines(plan: Plan) -> list[str]:
                            bwrap.render(plan, DRY_FDS))
 
 
-def _quote(arg: str) -> str:
+def _joined(argv) -> str:
     import shlex
 
-    return shlex.quote(arg)
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def shown(value: object) -> str:
+    """A value from a policy, the command line or the host, put into rich markup: inert, and its
+    brackets escaped ('[/]' in an argv raised MarkupError; '[red]' in a path coloured it)."""
+    from rich.markup import escape
+
+    return escape(inert(value))
+
+
+def cells(*values: str):
+    """Table cells as Text: rich reads markup in a plain string cell."""
+    from rich.text import Text
+
+    return tuple(Text(inert(v)) for v in values)

@@ -16,25 +16,32 @@ app = typer.Typer(help="List, show, validate, create and trust policies.", no_ar
 def list_policies() -> None:
     """Built-in policies, and the workspace policy if there is one."""
     from rich.table import Table
+    from rich.text import Text
 
     from sandboxctl.cli.output import console
+    from sandboxctl.inert import inert
     from sandboxctl.policy.discover import WORKSPACE_POLICY, is_trusted
     from sandboxctl.policy.load import builtin_names, builtin_source, load_source, read_source
+
+    def row(*values: str) -> None:
+        # a workspace's .sandboxctl.yaml is anyone's text (a cloned repository's): shown inert, and as
+        # Text, never as rich markup ('[/]' in it raised MarkupError)
+        table.add_row(*(Text(inert(v)) for v in values))
 
     table = Table()
     for col in ("name", "description", "source"):
         table.add_column(col)
     for name in builtin_names():
         loaded = load_source(builtin_source(name))
-        table.add_row(name, loaded.policy.description, "built-in")
+        row(name, loaded.policy.description, "built-in")
     local = Path.cwd() / WORKSPACE_POLICY
     if local.is_file():
         try:
             loaded = load_source(read_source(local, str(local)))
             state = "workspace, trusted" if is_trusted(loaded) else "workspace, NOT trusted"
-            table.add_row(loaded.policy.name, loaded.policy.description, state)
+            row(loaded.policy.name, loaded.policy.description or "", state)
         except SandboxError as exc:
-            table.add_row(WORKSPACE_POLICY, f"invalid: {exc.message}", "workspace")
+            row(WORKSPACE_POLICY, f"invalid: {exc.message}", "workspace")
     console().print(table)
 
 

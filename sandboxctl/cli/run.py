@@ -206,7 +206,9 @@ def _print_held(held: dict) -> None:
     what = ", ".join(f"{n} {kind}" for kind, n in counts.items())
     extra = "".join(f"; {held[k]} {label}" for k, label in (("conflicts", "in conflict"),
                                                            ("protected", "protected")) if held.get(k))
-    print(f"sandboxctl: run {run} holds {held.get('changes')} changes ({what}{extra}); the workspace is untouched. "
+    count = held.get("changes")
+    print(f"sandboxctl: run {run} holds {count} change{'' if count == 1 else 's'} ({what}{extra}); "
+          "the workspace is untouched. "
           f"Review: sandboxctl changes {run} -p; then sandboxctl apply {run} or sandboxctl discard {run}",
           file=sys.stderr)
 

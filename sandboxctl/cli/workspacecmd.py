@@ -1,8 +1,9 @@
 """`sandboxctl changes | apply | discard | undo`: decide what an overlay run's changes do.
 
 Thin clients of sandboxctl/workspace/. Without RUN, each picks the latest overlay run of the
-workspace (-w DIR, default the current directory): the latest held one for changes/apply/discard,
-the latest applied one for undo. Every path and link text shown comes from the run: inert.
+workspace (-w DIR, default the current directory): the latest held one for changes/apply, the
+latest held or undone one for discard, the latest applied one for undo. Every path and link text
+shown comes from the run: inert.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def _print_changes(review, patch: bool) -> None:
                 print(f"    {inert(line)}")
     conflicts = sum(1 for c in review.changes if c.conflict)
     protected = sum(1 for c in review.changes if c.protected)
-    tail = f"{len(review.changes)} changes"
+    tail = f"{len(review.changes)} change{'' if len(review.changes) == 1 else 's'}"
     if conflicts:
         tail += f"; {conflicts} in conflict (not applied without --force)"
     if protected:
@@ -173,7 +174,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command("discard")
     def discard(
-        run: str = typer.Argument(None, metavar="[RUN]", help="Run id (or a prefix); default: the latest held."),
+        run: str = typer.Argument(None, metavar="[RUN]",
+                                  help="Run id (or a prefix); default: the latest held or undone."),
         force: bool = typer.Option(False, "--force", help="Also for an applied run (undo is then impossible)."),
         workspace: str = typer.Option(None, "-w", "--workspace", metavar="DIR", help=WORKSPACE_HELP),
     ) -> None:

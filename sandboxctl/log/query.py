@@ -47,7 +47,15 @@ EVENT_TYPES: dict[str, str] = {
     "tamper": "exec records contradicted by what ran",
     "log.forward": "the syslog copy: outages and what a collector did not receive",
     "workspace": "an overlay run's changes applied, undone or discarded",
+    "command": "a session's commands: command.start and command.end",
 }
+
+
+def unknown_events(spec: str | None) -> list[str]:
+    """The names of an --event list that select nothing any sandboxctl writes: a typo there
+    (`--event nett`) would otherwise show "no matching records", as if the run had none."""
+    wanted = [w.strip() for w in (spec or "").split(",") if w.strip()]
+    return [w for w in wanted if w not in EVENT_TYPES and w.partition(".")[0] not in EVENT_TYPES]
 
 
 def event_matcher(spec: str | None) -> Callable[[str], bool]:

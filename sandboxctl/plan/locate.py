@@ -110,6 +110,17 @@ def exec_restricted(plan) -> bool:
                for rule in plan.landlock.paths)
 
 
+def session_exec_hint(code: int) -> str:
+    """The hint after a session command that could not start, where the session's plan is not at
+    hand (`sandboxctl exec`): what each code means, not a guess at exec.allow for both."""
+    if code == 126:
+        return "the file is not executable (chmod +x), or the policy's exec.allow does not list it"
+    if code != 127:
+        return "the session's records say more: sandboxctl log"
+    return ("check the name: the command must be on the sandbox's PATH, in a directory the session's policy shows "
+            "(start the session with --allow-read DIR to show one)")
+
+
 def hint_for_exec_error(plan, code: int, name: str, path_env: str) -> str:
     """The hint after `command not found` (127) or `cannot execute` (126): where the command lives
     on the host and which grant would show it, instead of guessing at exec.allow."""

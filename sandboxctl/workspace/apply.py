@@ -84,7 +84,8 @@ def apply(layer: Layer, paths: list[str] | None = None, *, force: bool = False,
             raise SandboxError(f"run {layer.run_id} is still running", "apply it once it has ended")
         if state not in APPLICABLE_STATES:
             raise SandboxError(f"run {layer.run_id} is {state}: nothing to apply",
-                               "`sandboxctl undo` puts back an applied run" if state == "applied" else None)
+                               "`sandboxctl undo` puts back an applied run" if state == "applied" else
+                               "`sandboxctl log runs` shows each run's changes; name one: sandboxctl apply RUN")
         review = seal.review(layer)  # under the lock: nobody applies or undoes in between
         if review.tampered:  # the layer's names are the run's: shown inert
             shown = "; ".join(inert(t) for t in review.tampered[:5]) + (

@@ -66,11 +66,16 @@ def _check(sandbox, tmp: Path, out: str) -> None:
 def test_demo_without_a_terminal_denies_and_shows_the_difference(sandbox, tmp_path: Path) -> None:
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    done = subprocess.run([sys.executable, str(DEMO)], env=_env(sandbox, tmp, CI="true"), cwd=tmp_path,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180)
+    # PATH as right after scripts/setup: sandboxctl is .venv/bin/sandboxctl, not on PATH
+    done = subprocess.run([sys.executable, str(DEMO)], env=_env(sandbox, tmp, CI="true", PATH="/usr/bin:/bin"),
+                          cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr
     _check(sandbox, tmp, done.stdout)
     assert "denied in run" in done.stderr  # sandboxctl's own end-of-run table
+    beside = Path(sys.executable).parent / "sandboxctl"
+    if beside.is_file():  # the demo names the sandboxctl that can be run from there
+        shown = done.stdout.splitlines()[-1].split(": ", 1)[1].split()[0]
+        assert Path(tmp_path, shown).resolve() == beside.resolve(), shown
 
 
 def test_demo_on_a_terminal_asks_and_d_denies(sandbox, tmp_path: Path) -> None:

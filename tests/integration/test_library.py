@@ -230,6 +230,10 @@ def test_a_session_keeps_state_and_gives_each_command_its_own_result(box, home, 
         with pytest.raises(SandboxError) as missing:
             s.run(["no-such-command-xyz"])
         assert missing.value.exit_code == 127
+        with pytest.raises(SandboxError) as missing_in_run:
+            box.run(["no-such-command-xyz"])
+        assert missing.value.hint == missing_in_run.value.hint  # run's own hint, not a guess at exec.allow
+        assert "exec.allow" not in missing.value.hint
         with pytest.raises(SandboxError, match="argv: expected a list"):
             s.run("ls")
         timed = s.run(["sleep", "5.4321"], timeout=1)

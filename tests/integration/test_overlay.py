@@ -221,8 +221,17 @@ def test_the_run_says_what_it_holds(sandbox):
     argv = [a for a in sandbox.argv("--overlay", "--", "/bin/sh", "-c", "echo x > x") if a != "-q"]
     result = subprocess.run(argv, cwd=sandbox.workspace, env=sandbox.env(), capture_output=True, text=True,
                             timeout=60)
-    assert "holds 1 changes (1 added); the workspace is untouched" in result.stderr
+    assert "holds 1 change (1 added); the workspace is untouched" in result.stderr
     assert "sandboxctl changes" in result.stderr and "sandboxctl apply" in result.stderr
+    assert _cli(sandbox, "changes").stdout.splitlines()[-1] == "1 change"
+
+
+def test_the_run_counts_its_changes_in_the_plural(sandbox):
+    argv = [a for a in sandbox.argv("--overlay", "--", "/bin/sh", "-c", "echo x > x; echo y > y") if a != "-q"]
+    result = subprocess.run(argv, cwd=sandbox.workspace, env=sandbox.env(), capture_output=True, text=True,
+                            timeout=60)
+    assert "holds 2 changes (2 added)" in result.stderr
+    assert _cli(sandbox, "changes").stdout.splitlines()[-1] == "2 changes"
 
 
 def test_root_overlay_copies_up_another_users_file(sandbox):
@@ -236,7 +245,7 @@ def test_root_overlay_copies_up_another_users_file(sandbox):
     result = subprocess.run(argv, cwd=sandbox.workspace, env=sandbox.env(), capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0 and "note:" not in result.stderr, result.stderr
-    assert "holds 1 changes (1 modified)" in result.stderr
+    assert "holds 1 change (1 modified)" in result.stderr
     assert (sandbox.workspace / "theirs.txt").read_text() == "lower\n"
 
 
@@ -291,7 +300,7 @@ def test_names_with_escapes_are_inert_in_changes(sandbox):
     assert result.returncode == 0, result.stderr
     shown = _cli(sandbox, "changes", "-p")
     assert "\x1b" not in shown.stdout and "\\x1b[2J" in shown.stdout
-    assert all(line.startswith(("run ", "  ", "1 changes")) for line in shown.stdout.splitlines())
+    assert all(line.startswith(("run ", "  ", "1 change")) for line in shown.stdout.splitlines())
     assert "\x1b" not in _cli(sandbox, "apply").stderr
 
 

@@ -103,6 +103,7 @@ def test_commands_share_the_sandbox_and_keep_their_own_exit_codes_and_stdio(cli)
     # the server's words are made inert once, by the client: an ESC reads \x1b, never \\x1b (a backslash)
     assert missing.stderr.splitlines()[0] == \
         "sandboxctl: error: no-such-\\x1b[31mcommand: command not found inside the sandbox", missing.stderr
+    assert "sandbox's PATH" in missing.stderr.splitlines()[1] and "exec.allow" not in missing.stderr
     assert cli("exec", "--env", "GREETING=hi there", name, "--", "sh", "-c", 'echo "$GREETING"').stdout == "hi there\n"
     (cli.sandbox.workspace / "sub").mkdir()
     assert cli("exec", "--cwd", "sub", name, "--", "pwd").stdout.strip() == str(cli.sandbox.workspace / "sub")

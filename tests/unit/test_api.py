@@ -84,6 +84,7 @@ def test_the_library_fails_with_the_clis_messages(workspace):
         cli = subprocess.run([sys.executable, "-m", "sandboxctl", "run", "-w", str(workspace),
                               *_as_flags(options), "--", "true"], capture_output=True, text=True, env=dict(os.environ))
         assert cli.returncode == 125 and f"sandboxctl: error: {failure.value}" in cli.stderr
+        assert failure.value.hint and f"  hint: {failure.value.hint}" in cli.stderr  # SPEC: one line + hint
 
 
 def _as_flags(options: dict) -> list[str]:

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from sandboxctl.plan.locate import exec_restricted, grantable, hint_for_exec_error, install_root, locate, shown
+from sandboxctl.plan.locate import (
+    exec_restricted,
+    grantable,
+    hint_for_exec_error,
+    install_root,
+    locate,
+    session_exec_hint,
+    shown,
+)
 
 from .test_plan import HOME, plan_for, policy_from_text
 
@@ -71,3 +79,9 @@ def test_126_blames_exec_allow_only_when_the_policy_sets_it(tmp_path: Path) -> N
     restricted = plan_for(policy)
     assert exec_restricted(restricted)
     assert "exec.allow" in hint_for_exec_error(restricted, 126, "x", "")
+
+
+def test_a_session_commands_hint_says_what_its_exit_code_means() -> None:
+    assert "exec.allow" not in session_exec_hint(127) and "PATH" in session_exec_hint(127)
+    assert "exec.allow" in session_exec_hint(126) and "chmod +x" in session_exec_hint(126)
+    assert "sandboxctl log" in session_exec_hint(125)

@@ -576,6 +576,38 @@ def test_cli_json_and_filters(tmp_path: Path, cli_log: Path):
     assert len(result.stdout.splitlines()) == 2
 
 
+def test_cli_unknown_event_type_is_an_error_not_an_empty_answer(tmp_path: Path, cli_log: Path):
+    result = sbx(tmp_path, "--all", "--event", "file,nett")
+    assert result.returncode == 125 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "sandboxctl: error: --event 'nett': no such event type",
+        "  hint: did you mean 'net'? event types: " + ", ".join(query.EVENT_TYPES)]
+    for known in ("net", "run.start", "command", "command.end", "log.forward", "file,net"):
+        assert sbx(tmp_path, "--all", "--json", "--event", known).returncode == 0, known
+
+
+def test_cli_nothing_in_the_last_run_says_it_looked_at_the_last_run_only(tmp_path: Path, cli_log: Path):
+    result = sbx(tmp_path, "--event", "protect")
+    assert result.returncode == 0 and result.stdout == ""
+    assert result.stderr.splitlines() == [f"no matching records in run {RUN_B}",
+                                          "  (the last run only: --all for every run, --run ID for another)"]
+    assert sbx(tmp_path, "--run", RUN_A, "--event", "protect").stderr == f"no matching records in run {RUN_A}\n"
+
+
+def test_cli_records_through_a_pipe_are_whole_lines(tmp_path: Path):
+    """Piped, `log` prints one whole record per line: a table of 80 columns folded paths mid-name."""
+    path = tmp_path / "xdg" / "sandboxctl" / "actions.jsonl"
+    log = ActionLog(str(path), RUN_A)
+    deep = "/home/ann/proj/node_modules/some-package/lib/a-rather-long-file-name.js"
+    log.write("run.start", argv=["npm", "install"], workspace="/w", policy="default", policy_sha256="ab" * 32,
+              layers={}, limits={})
+    log.write("file", pid=10, path=deep, op="create", decision="allow", rule="writable grant")
+    log.close()
+    lines = sbx(tmp_path).stdout.splitlines()
+    assert lines[0] == f"run {RUN_A} — {path}"
+    assert [line for line in lines if deep in line] == [lines[2]] and lines[2].endswith("rule: writable grant")
+
+
 def test_cli_table(tmp_path: Path, cli_log: Path):
     result = sbx(tmp_path)
     assert result.returncode == 0
@@ -592,6 +624,25 @@ def test_cli_runs(tmp_path: Path, cli_log: Path):
     runs = [json.loads(x) for x in result.stdout.splitlines()]
     assert [(r["run"], r["exit_code"], r["denied"], r["status"]) for r in runs] == \
         [(RUN_A, 0, 3, "exit 0"), (RUN_B, None, 2, "running/crashed")]
+
+
+def test_cli_runs_through_a_pipe_is_one_whole_line_per_run(tmp_path: Path):
+    """Piped, `log runs` is not a table squeezed into 80 columns: nothing folded, nothing cut."""
+    path = tmp_path / "xdg" / "sandboxctl" / "actions.jsonl"
+    log = ActionLog(str(path), RUN_A)
+    log.write("run.start", argv=["python", "-c", "print('a fairly long command line that no table of 80 columns "
+                                 "holds')"], workspace="/w", policy="claude-code", policy_sha256="ab" * 32,
+              layers={}, limits={})
+    log.write("run.end", exit_code=0, signal=None, duration_s=1.25, denied=3, timed_out=False)
+    log.close()
+    write_run(path, RUN_B, end=False).close()
+    lines = sbx(tmp_path, "runs").stdout.splitlines()
+    assert len(lines) == 3 and lines[0].split() == ["run", "started", "command", "policy", "exit", "duration",
+                                                    "denied"]
+    assert lines[1].startswith(RUN_A) and "claude-code" in lines[1].split() and lines[1].endswith(" 3")
+    assert "a fairly long command" in lines[1] and len(lines[1]) > 80
+    assert lines[2].startswith(RUN_B) and "running/crashed" in lines[2].split()
+    assert lines[0].index("policy") == lines[1].index("claude-code") == lines[2].index("default")
 
 
 def test_cli_errors(tmp_path: Path, cli_log: Path):
