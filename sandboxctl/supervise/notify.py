@@ -284,6 +284,10 @@ class Dispatcher:
             return
         if not still_valid(self.fd, notification.id):  # what we read must be the caller's own
             return
+        missing = self._missing(full, flags)
+        if missing:  # what the kernel itself answers: nothing was crossed, nothing to ask or log
+            respond(self.fd, notification.id, error=missing)
+            return
         if verdict.approvable and self.escalate is not None:
             from sandboxctl.supervise.file_escape import FileEscape
 
@@ -292,6 +296,33 @@ class Dispatcher:
             respond(self.fd, notification.id, error=errno.EACCES)
             self.denied.append({"kind": "file", "target": f"{op} {full}", "rule": verdict.rule})
             self.log("file", pid=notification.pid, path=full, op=op, decision="deny", rule=verdict.rule)
+
+    def _missing(self, full: str, flags: int) -> int | None:
+        """ENOENT/ENOTDIR when the open would fail so in the sandbox's own view before any
+        permission matters (a parent that is not there; the file itself, without O_CREAT):
+        `echo x > /no/such/dir/f`, Node's write of /sys/kernel/debug/tracing/trace_marker. The
+        sandbox cannot create anything outside the writable set, so the answer cannot go stale."""
+        root = self.execs.root
+        parent, _, name = full.rpartition("/")
+        if root is None or not name or not full.startswith("/"):
+            return None
+        from sandboxctl.supervise import fdops
+
+        try:
+            fd = fdops.openat2(root, parent or "/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0,
+                               fdops.RESOLVE_IN_ROOT | fdops.RESOLVE_NO_MAGICLINKS)
+        except OSError as exc:
+            return exc.errno if exc.errno in (errno.ENOENT, errno.ENOTDIR) else None
+        try:
+            if not flags & os.O_CREAT:
+                os.lstat(name, dir_fd=fd)
+        except FileNotFoundError:
+            return errno.ENOENT
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        return None
 
     @staticmethod
     def _absolute(pid: int, dirfd: int, path: str) -> str:

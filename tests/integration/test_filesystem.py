@@ -32,6 +32,25 @@ def test_write_outside_the_workspace_fails_and_leaves_nothing(sandbox, tmp_path)
     assert all("outside the writable set" in r["rule"] for r in denied)
 
 
+def test_a_write_where_nothing_exists_fails_as_the_kernel_says_and_is_no_denial(sandbox):
+    """A parent that is not there (or the file itself, without O_CREAT) fails before any
+    permission matters: ENOENT/ENOTDIR as without a sandbox, nothing to log or ask (Node writes
+    /sys/kernel/debug/tracing/trace_marker: every claude run had a denial table). A file that
+    could be made outside is still refused and logged."""
+    probe = ("import errno, os\n"
+             "w, c = os.O_WRONLY, os.O_WRONLY | os.O_CREAT\n"
+             "for path, flags in (('/no/such/dir/f', c), ('/etc/passwd/x', c), ('/usr/no-such-file', w),"
+             " ('/usr/pwned', c)):\n"
+             "    try:\n        os.open(path, flags, 0o644); print(path, 'opened')\n"
+             "    except OSError as e:\n        print(path, errno.errorcode[e.errno])\n")
+    result = sandbox.run("--approve", "deny", "--", "python3", "-c", probe)
+    assert result.stdout.splitlines() == ["/no/such/dir/f ENOENT", "/etc/passwd/x ENOTDIR",
+                                          "/usr/no-such-file ENOENT", "/usr/pwned EACCES"], result.stderr
+    denied = [r["path"] for r in sandbox.records() if r["event"] == "file" and r["decision"] == "deny"]
+    assert denied == ["/usr/pwned"]
+    assert not os.path.exists("/usr/pwned")
+
+
 def test_writes_outside_are_still_refused_by_the_kernel_without_file_events(sandbox, tmp_path):
     """With the supervisor out of the way (file_events: none, no exec events, which keep write opens
     trapped, and no writable host directory whose changes it would carry out), the mounts alone
