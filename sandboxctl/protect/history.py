@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 
 from sandboxctl.paths import within
 from sandboxctl.protect import names
@@ -36,11 +37,35 @@ ACTION = "left in git"  # Change.action of these: reported, never put back (the 
 
 
 def _read(path: str, limit: int = 1 << 16) -> str | None:
+    """A regular file's first bytes, never blocking: the sandbox may leave a FIFO, a device or a
+    link to one where a ref is (red team rt11: a FIFO in refs/heads held the run's end for ever)."""
+    fd = _open_regular(path)
+    if fd is None:
+        return None
     try:
-        with open(path, "rb") as handle:
-            return handle.read(limit).decode("utf-8", "replace")
+        return os.read(fd, limit).decode("utf-8", "replace")
     except OSError:
         return None
+    finally:
+        os.close(fd)
+
+
+def _open_regular(path: str) -> int | None:
+    """A descriptor of path if it is a regular file (links followed, as git does), opened so that
+    nothing waits for a writer or a device: stat first (no device is opened), then fstat."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return None
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):  # swapped between the two (another run in the workspace)
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
 
 
 def gitdirs_of(repository: str) -> tuple[str, str] | None:
@@ -68,14 +93,8 @@ def refs(gitdir: str, common: str) -> dict[str, str] | None:
             out[name] = value
     if len(out) > MAX_REFS:
         return None
-    top = os.path.join(common, "refs")
-    for directory, _dirs, files in os.walk(top):
-        for name in files:
-            value = _read(os.path.join(directory, name), 512)
-            if value is not None:
-                out[os.path.relpath(os.path.join(directory, name), common)] = value.strip()
-        if len(out) > MAX_REFS:
-            return None
+    if not _loose_refs(common, out):
+        return None
     out["HEAD"] = (_read(os.path.join(gitdir, "HEAD"), 512) or "").strip()
     for pseudo in PSEUDO_REFS:  # what `git reset --hard ORIG_HEAD`, `git merge FETCH_HEAD` take
         value = _read(os.path.join(gitdir, pseudo), 512)
@@ -85,6 +104,30 @@ def refs(gitdir: str, common: str) -> dict[str, str] | None:
         st = os.stat(os.path.join(gitdir, "index"))
         out[INDEX] = f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
     return out
+
+
+def _loose_refs(common: str, out: dict[str, str]) -> bool:
+    """Add the loose refs under refs/ to out; False past MAX_REFS entries. Directories count too
+    and the walk is a loop, not recursion: a tree of empty directories, or one nested deeper than
+    Python's recursion limit, is no way to hold the run's end or crash it (red team rt11)."""
+    stack, entries = [os.path.join(common, "refs")], 0
+    while stack:
+        directory = stack.pop()
+        try:
+            with os.scandir(directory) as listing:
+                for entry in listing:
+                    entries += 1
+                    if entries > MAX_REFS:
+                        return False
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                        continue
+                    value = _read(entry.path, 512)
+                    if value is not None:
+                        out[os.path.relpath(entry.path, common)] = value.strip()
+        except OSError:
+            continue
+    return True
 
 
 def record(roots: tuple[str, ...], repositories: tuple[str, ...]) -> dict[str, tuple[str, str, dict[str, str]]]:
@@ -142,23 +185,40 @@ def _target(refs_now: dict[str, str], value: str | None) -> str | None:
     """A ref's value as an object id (a symbolic ref followed, once)."""
     if value and value.startswith("ref:"):
         value = refs_now.get(value[4:].strip())
+    # as git reads one: the id's hex in either case, then anything after a space (red team rt11:
+    # an upper-case id, or one followed by " x", moved a branch past this check unseen)
+    value = value.split(None, 1)[0].lower() if value and value.split() else None
     return value if value and all(c in "0123456789abcdef" for c in value) and len(value) in (40, 64) else None
 
 
 def _blob_id(path: str, length: int) -> str | None:
+    """The git blob id of the file at path (a link's target text), or None. Read in chunks and
+    only a regular file: an index entry may name a FIFO or, through `..`, /dev/zero (red team rt11)."""
     import hashlib
 
+    digest = hashlib.sha1() if length == 40 else hashlib.sha256()
     try:
         if os.path.islink(path):
             data = os.readlink(path).encode("utf-8", "surrogateescape")
-        else:
-            with open(path, "rb") as handle:
-                data = handle.read()
+            digest.update(b"blob %d\0" % len(data) + data)
+            return digest.hexdigest()
     except OSError:
         return None
-    digest = hashlib.sha1() if length == 40 else hashlib.sha256()
-    digest.update(b"blob %d\0" % len(data) + data)
-    return digest.hexdigest()
+    fd = _open_regular(path)
+    if fd is None:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            size, done = os.fstat(fd).st_size, 0
+            digest.update(b"blob %d\0" % size)
+            while chunk := handle.read(1 << 20):
+                done += len(chunk)
+                if done > size:  # growing as it is read: not the file git would see
+                    return None
+                digest.update(chunk)
+        except OSError:
+            return None
+    return digest.hexdigest() if done == size else None
 
 
 def check(before: dict[str, tuple[str, str, dict[str, str]]], homes: tuple[str, ...], roots: tuple[str, ...],
@@ -213,7 +273,8 @@ def _brought_in(program: str, root: str, gitdir: str, old: dict[str, str], now: 
         for line in _git(program, root, gitdir, "ls-files", "-s", "-z", "--", *held, deadline=deadline):
             meta, _, path = line.partition("\t")
             parts = meta.split()
-            if len(parts) >= 2 and _blob_id(os.path.join(root, path), len(parts[1])) != parts[1]:
+            inside = not {"", ".", ".."} & set(path.split("/"))  # git writes no such path; nor is it read
+            if len(parts) >= 2 and (not inside or _blob_id(os.path.join(root, path), len(parts[1])) != parts[1]):
                 found.setdefault(path, []).append("the index")
     for ref, new, was in moved[:MAX_CHANGED]:
         listed = set(_git(program, root, gitdir, "ls-tree", "-r", "-z", "--full-tree", new, "--", *held,

@@ -1,0 +1,103 @@
+"""Red team rt11: the git history check (protect/history.py) reads refs, packed-refs and the index
+that the sandbox wrote, in the supervisor, and runs the host's git on them. A hostile command
+leaves there what holds the run's end, crashes it, or moves a branch past the check unseen.
+Judged from outside: the time `sandboxctl run` takes, its exit code, its stderr and the host's git.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_protected_paths import git, repo
+from tests.integration.test_redteam_rt10 import COMMIT_PROTECTED
+
+
+def _timed(sandbox, script: str, timeout: float = 40) -> tuple[subprocess.CompletedProcess[str], float]:
+    start = time.monotonic()
+    try:
+        result = sandbox.sh(script, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"sandboxctl run still had not ended after {timeout} s")
+    return result, time.monotonic() - start
+
+
+@pytest.mark.parametrize("place", [".git/refs/heads/evil", ".git/ORIG_HEAD", ".git/packed-refs"])
+def test_a_fifo_where_a_ref_is_does_not_hold_the_runs_end(sandbox, place: str) -> None:
+    """The check opened each ref for reading: a FIFO nobody writes to held the supervisor in open()
+    for ever, and a SIGTERM (deferred until run.end) did not end it either."""
+    repo(sandbox.workspace, sandbox.home)
+    result, took = _timed(sandbox, f"rm -f {place}; mkfifo {place} && echo end")
+    assert "end" in result.stdout, result.stderr
+    assert result.returncode == 0 and took < 20, (result.returncode, took, result.stderr)
+    assert "Traceback" not in result.stderr
+    # and the next run's launch reads the same FIFO
+    result, took = _timed(sandbox, "echo again")
+    assert "again" in result.stdout and result.returncode == 0 and took < 20, result.stderr
+
+
+def test_refs_nested_past_the_recursion_limit_do_not_crash_the_run(sandbox) -> None:
+    """os.walk recursed once per directory: refs/ nested 1100 deep raised RecursionError."""
+    repo(sandbox.workspace, sandbox.home)
+    deep = "/".join(["d"] * 1100)
+    result, _ = _timed(sandbox, f"mkdir -p .git/refs/{deep} && echo end")
+    assert "end" in result.stdout, result.stderr
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    result, _ = _timed(sandbox, "echo again")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("spelling", ["upper", "junk", "packed-upper"])
+def test_a_branch_moved_with_an_id_git_reads_differently_is_reported(sandbox, tmp_path: Path, spelling: str) -> None:
+    """git takes a ref's id in upper case, and ignores what follows it after a space: the check
+    took only 40 lower-case hex digits, so a branch moved so went unreported, and the host's
+    `git reset --hard` wrote the commit's .envrc."""
+    ws = repo(sandbox.workspace, sandbox.home)
+    move = {"upper": 'echo "$commit" | tr a-f A-F > .git/refs/heads/master',
+            "junk": 'echo "$commit fix" > .git/refs/heads/master',
+            "packed-upper": 'rm .git/refs/heads/master; printf "%s refs/heads/master\\n" '
+                            '"$(echo $commit | tr a-f A-F)" > .git/packed-refs'}[spelling]
+    script = COMMIT_PROTECTED.replace("CANARY", str(tmp_path / "CANARY")) + move + "\necho end"
+    result = sandbox.sh(script)
+    assert "end" in result.stdout, result.stderr
+    git(ws, "reset", "-q", "--hard", home=sandbox.home)
+    assert (ws / ".envrc").exists()  # the host's git took the id
+    assert f"{ws}/.envrc (in refs/heads/master) was committed or staged" in result.stderr, result.stderr
+
+
+RENAME_INDEX_ENTRY = r"""
+import hashlib, struct, sys
+data = open('.git/index', 'rb').read()[:-20]
+old, new = sys.argv[1].encode(), sys.argv[2].encode()
+out, at = bytearray(data[:12]), 12
+for _ in range(struct.unpack('>I', data[8:12])[0]):  # index v2 entries: 62 bytes, the name, 1-8 NULs
+    length = struct.unpack('>H', data[at + 60:at + 62])[0] & 0xFFF
+    name, size = data[at + 62:at + 62 + length], 62 + length + 8 - (62 + length) % 8
+    fixed = bytearray(data[at:at + 62])
+    if name == old:
+        name = new
+        fixed[60:62] = struct.pack('>H', (struct.unpack('>H', fixed[60:62])[0] & 0xF000) | len(new))
+    out += fixed + name + b'\0' * (8 - (62 + len(name)) % 8)
+    at += size
+out += data[at:]
+open('.git/index', 'wb').write(bytes(out) + hashlib.sha1(bytes(out)).digest())
+"""
+
+
+def test_an_index_entry_reaching_out_through_dotdot_is_not_read(sandbox, tmp_path: Path) -> None:
+    """An index entry `.vscode/../fifo` matches the pathspec `.vscode`: the check read the file it
+    names to hash it, a FIFO (held for ever) or, as well, /dev/zero (memory without end)."""
+    ws = repo(sandbox.workspace, sandbox.home)
+    (ws / ".vscode").mkdir()
+    (ws / ".vscode" / "a").write_text("x\n")
+    (ws / "rename.py").write_text(RENAME_INDEX_ENTRY)
+    git(ws, "add", ".vscode/a", home=sandbox.home)
+    git(ws, "commit", "-qm", "vscode", home=sandbox.home)
+    result, took = _timed(sandbox, "mkfifo fifo && python3 rename.py .vscode/a .vscode/../fifo && git ls-files && "
+                          "echo end")
+    assert "end" in result.stdout and ".vscode/../fifo" in result.stdout, result.stderr
+    assert result.returncode == 0 and took < 20, (took, result.stderr)
+    assert f"{ws}/.vscode/../fifo (in the index) was committed or staged" in result.stderr, result.stderr
