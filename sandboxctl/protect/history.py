@@ -32,6 +32,12 @@ MAX_PACKED = 64 << 20  # bytes of packed-refs read; past that, as past MAX_REFS
 MAX_CHANGED = 200  # refs whose commits are listed at the end; past that the run says so (git per ref)
 BUDGET_S = 10.0  # every git call of one run's check together: a history made slow to read cannot hold the run's end
 PSEUDO_REFS = ("ORIG_HEAD", "FETCH_HEAD", "MERGE_HEAD", "CHERRY_PICK_HEAD", "REVERT_HEAD")
+# what `git rebase --abort`, `git cherry-pick --abort` and `git bisect reset` check out (red team rt11)
+STATE_REFS = ("rebase-merge/orig-head", "rebase-merge/onto", "rebase-apply/orig-head", "sequencer/head",
+              "BISECT_START")
+# what `git rebase --continue` (and cherry-pick's) carries out: its picks, and its exec lines run on the host
+TODO_FILES = ("rebase-merge/git-rebase-todo", "sequencer/todo")
+TODO = "\0todo/"  # the key of a todo file's text among the refs
 INDEX = "\0index"  # the key of the index's identity among the refs
 ACTION = "left in git"  # Change.action of these: reported, never put back (the refs are the agent's work)
 
@@ -96,10 +102,14 @@ def refs(gitdir: str, common: str) -> dict[str, str] | None:
     if not _loose_refs(common, out):
         return None
     out["HEAD"] = (_read(os.path.join(gitdir, "HEAD"), 512) or "").strip()
-    for pseudo in PSEUDO_REFS:  # what `git reset --hard ORIG_HEAD`, `git merge FETCH_HEAD` take
+    for pseudo in (*PSEUDO_REFS, *STATE_REFS):  # what `git reset --hard ORIG_HEAD`, `git merge FETCH_HEAD` take
         value = _read(os.path.join(gitdir, pseudo), 512)
         if value:
             out[pseudo] = value.split(None, 1)[0] if value.split() else ""
+    for todo in TODO_FILES:
+        text = _read(os.path.join(gitdir, todo))
+        if text:
+            out[TODO + todo] = text
     with contextlib.suppress(OSError):
         st = os.stat(os.path.join(gitdir, "index"))
         out[INDEX] = f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
@@ -234,13 +244,16 @@ def check(before: dict[str, tuple[str, str, dict[str, str]]], homes: tuple[str, 
         now = refs(gitdir, common)
         if now == old:
             continue
+        if now is not None:
+            changes += _pending(gitdir, old, now, run_id)
         if now is None:  # the sandbox made more refs than are read: said, never passed over in silence
             changes.append(_unchecked(gitdir, f"more than {MAX_REFS} refs or {MAX_PACKED >> 20} MiB of packed-refs",
                                       run_id))
             continue
         program = program or _git_program(roots)
-        if program is None:
-            return changes
+        if program is None:  # said, as a history too big to read is (red team rt11: it was said of none)
+            changes.append(_unchecked(gitdir, "no git program outside the writable grants to read it with", run_id))
+            continue
         found: dict[str, list[str]] = {}  # path -> where it is (refs, the index)
         try:
             _brought_in(program, root, gitdir, old, now, root in homes, found, changes, run_id, deadline)
@@ -248,6 +261,33 @@ def check(before: dict[str, tuple[str, str, dict[str, str]]], homes: tuple[str, 
             changes.append(_unchecked(gitdir, f"its history took more than {BUDGET_S:g} s to read", run_id))
         changes.extend(_brought_in_changes(root, found, run_id))
     return changes
+
+
+def _todo_commands(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _todo_ids(text: str) -> list[str]:
+    ids = (_target({}, line.split()[1]) for line in _todo_commands(text) if len(line.split()) > 1)
+    return [i for i in ids if i]
+
+
+def _pending(gitdir: str, before: dict[str, str], now: dict[str, str], run_id: str) -> list[Change]:
+    """A rebase or cherry-pick left in progress with commands the run wrote: `git rebase --continue`
+    outside carries them out, and an exec line runs its program on the host (red team rt11)."""
+    from sandboxctl.protect.restore import Change
+
+    out = []
+    for todo in TODO_FILES:
+        text = now.get(TODO + todo)
+        if text is None or text == before.get(TODO + todo) or not _todo_commands(text):
+            continue
+        lines = _todo_commands(text)
+        runs = sum(1 for line in lines if line.split()[0] in ("exec", "x"))
+        out.append(Change(f"{gitdir} ({todo} was left holding {len(lines)} commands that `git rebase --continue` or "
+                          f"`git cherry-pick --continue` carries out, {runs} of them exec lines that run programs: "
+                          "read it first)", "modified", ACTION, None, run_id))
+    return out
 
 
 def _unchecked(gitdir: str, why: str, run_id: str) -> Change:
@@ -263,6 +303,10 @@ def _brought_in(program: str, root: str, gitdir: str, old: dict[str, str], now: 
     held = [n for n in (*names.ROOT_NAMES, *(names.HOME_NAMES if home else ())) if n != names.GIT]
     moved = []
     for ref in sorted(set(now) - {INDEX}):
+        if ref.startswith(TODO):  # each full id a pick names is checked as a ref would be
+            if now[ref] != old.get(ref):
+                moved += [(ref[len(TODO):], new, None) for new in _todo_ids(now[ref])]
+            continue
         new, was = _target(now, now.get(ref)), _target(old, old.get(ref))
         if new is None or new == was or (ref == "HEAD" and now["HEAD"].startswith("ref:")):
             continue  # a symbolic HEAD: its branch is compared as itself

@@ -43,11 +43,14 @@ def test_refs_nested_past_the_recursion_limit_do_not_crash_the_run(sandbox) -> N
     """os.walk recursed once per directory: refs/ nested 1100 deep raised RecursionError."""
     repo(sandbox.workspace, sandbox.home)
     deep = "/".join(["d"] * 1100)
-    result, _ = _timed(sandbox, f"mkdir -p .git/refs/{deep} && echo end")
-    assert "end" in result.stdout, result.stderr
-    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
-    result, _ = _timed(sandbox, "echo again")
-    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    try:
+        result, _ = _timed(sandbox, f"mkdir -p .git/refs/{deep} && echo end")
+        assert "end" in result.stdout, result.stderr
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+        result, _ = _timed(sandbox, "echo again")
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    finally:  # pytest's own rmtree of tmp_path recurses too
+        subprocess.run(["rm", "-rf", str(sandbox.workspace / ".git" / "refs" / "d")], check=True)
 
 
 @pytest.mark.parametrize("spelling", ["upper", "junk", "packed-upper"])
@@ -101,3 +104,57 @@ def test_an_index_entry_reaching_out_through_dotdot_is_not_read(sandbox, tmp_pat
     assert "end" in result.stdout and ".vscode/../fifo" in result.stdout, result.stderr
     assert result.returncode == 0 and took < 20, (took, result.stderr)
     assert f"{ws}/.vscode/../fifo (in the index) was committed or staged" in result.stderr, result.stderr
+
+
+def _rebase_state(todo: str) -> str:
+    return ("h=$(git rev-parse HEAD); mkdir .git/rebase-merge && echo $h > .git/rebase-merge/onto && "
+            "echo refs/heads/master > .git/rebase-merge/head-name && touch .git/rebase-merge/interactive && "
+            f"echo \"${{orig:-$h}}\" > .git/rebase-merge/orig-head && "
+            f"printf '{todo}' > .git/rebase-merge/git-rebase-todo")
+
+
+def test_a_rebase_todo_left_with_an_exec_line_is_reported(sandbox, tmp_path: Path) -> None:
+    """The rebase state is git's normal work, so writable: a todo the sandbox leaves with an exec
+    line runs its program on the host at the user's `git rebase --continue` (the prompt shows a
+    rebase in progress). The run must say so."""
+    ws = repo(sandbox.workspace, sandbox.home)
+    canary = tmp_path / "CANARY"
+    result = sandbox.sh(_rebase_state(f"exec touch {canary}\\n") + " && echo end")
+    assert "end" in result.stdout, result.stderr
+    git(ws, "rebase", "--continue", home=sandbox.home, check=False)
+    assert canary.exists()  # what the host's git does with it
+    assert f"the git history of {ws}/.git (rebase-merge/git-rebase-todo was left holding 1 commands" in result.stderr
+    assert "1 of them exec lines" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("where", ["orig-head", "todo"])
+def test_a_commit_left_in_a_rebase_state_is_reported(sandbox, tmp_path: Path, where: str) -> None:
+    """`git rebase --abort` checks out rebase-merge/orig-head, and `--continue` picks what the todo
+    names: a commit bringing .envrc in, left there, is written by the host's git."""
+    ws = repo(sandbox.workspace, sandbox.home)
+    state = _rebase_state("pick $commit x\\n" if where == "todo" else "")
+    state = state.replace("$commit", "'\"$commit\"'")
+    script = (COMMIT_PROTECTED.replace("CANARY", str(tmp_path / "CANARY")) +
+              ("orig=$commit\n" if where == "orig-head" else "") + state + "\necho end")
+    result = sandbox.sh(script)
+    assert "end" in result.stdout, result.stderr
+    git(ws, "rebase", "--abort" if where == "orig-head" else "--continue", home=sandbox.home, check=False)
+    assert (ws / ".envrc").exists()  # the host's git wrote it
+    name = "rebase-merge/orig-head" if where == "orig-head" else "rebase-merge/git-rebase-todo"
+    assert f"{ws}/.envrc (in {name}) was committed or staged" in result.stderr, result.stderr
+
+
+def test_no_git_on_the_supervisors_path_is_said(sandbox, tmp_path: Path) -> None:
+    """Without a git program to list what a moved branch brings in, the check said nothing at all."""
+    import shutil
+
+    ws = repo(sandbox.workspace, sandbox.home)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for program in ("bwrap", "python3"):
+        (bin_dir / program).symlink_to(shutil.which(program))
+    script = COMMIT_PROTECTED.replace("CANARY", str(tmp_path / "CANARY")) + (
+        "git update-ref refs/heads/master $commit\necho end")
+    result = sandbox.sh(script.replace("set -e\n", "set -e\nexport PATH=/usr/bin:/bin\n"), env={"PATH": str(bin_dir)})
+    assert "end" in result.stdout, result.stderr
+    assert f"the git history of {ws}/.git (no git program" in result.stderr, result.stderr
