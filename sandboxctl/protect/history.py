@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 MAX_REFS = 20_000  # past that (a repository with that many loose tags) the refs are not recorded
 MAX_PACKED = 64 << 20  # bytes of packed-refs read; past that, as past MAX_REFS
 MAX_CHANGED = 200  # refs whose commits are listed at the end; past that the run says so (git per ref)
+MAX_OUTPUT = 4 << 20  # bytes of one git call's output read; past that the rest is said, not read
+MAX_REPORTED = 100  # protected paths said one by one per repository; past that, how many more
 BUDGET_S = 10.0  # every git call of one run's check together: a history made slow to read cannot hold the run's end
 PSEUDO_REFS = ("ORIG_HEAD", "FETCH_HEAD", "MERGE_HEAD", "CHERRY_PICK_HEAD", "REVERT_HEAD")
 # what `git rebase --abort`, `git cherry-pick --abort` and `git bisect reset` check out (red team rt11)
@@ -170,11 +172,14 @@ class OutOfTime(Exception):
 
 
 def _git(program: str, root: str, gitdir: str, *args: str, deadline: float) -> list[str]:
+    """git's NUL-separated output; OutOfTime past the budget or past MAX_OUTPUT bytes (red team
+    rt11: a tree of 200 000 entries under .claude/ was read whole, and each was said on stderr)."""
+    import select
     import subprocess
     import time
 
-    left = min(5.0, deadline - time.monotonic())
-    if left <= 0:
+    end = min(time.monotonic() + 5.0, deadline)
+    if end <= time.monotonic():
         raise OutOfTime
 
     env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/"), "LANG": "C", "GIT_DIR": gitdir,
@@ -182,13 +187,28 @@ def _git(program: str, root: str, gitdir: str, *args: str, deadline: float) -> l
            "GIT_LITERAL_PATHSPECS": "1",
            "GIT_NO_LAZY_FETCH": "1"}  # a partial clone's missing object is never fetched from here
     try:
-        done = subprocess.run([program, "-c", "core.fsmonitor=false", *args], cwd=root, env=env, capture_output=True,
-                              timeout=left, check=False)
-    except subprocess.TimeoutExpired:
-        raise OutOfTime from None
+        process = subprocess.Popen([program, "-c", "core.fsmonitor=false", *args], cwd=root, env=env,
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     except (OSError, subprocess.SubprocessError):
         return []
-    return [item.decode("utf-8", "surrogateescape") for item in done.stdout.split(b"\0") if item]
+    chunks, size = [], 0
+    try:
+        while True:
+            wait = end - time.monotonic()
+            if wait <= 0 or not select.select([process.stdout], [], [], wait)[0]:
+                raise OutOfTime
+            chunk = os.read(process.stdout.fileno(), 1 << 16)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > MAX_OUTPUT:
+                raise OutOfTime(f"its history lists more than {MAX_OUTPUT >> 20} MiB of protected paths")
+            chunks.append(chunk)
+    finally:
+        process.kill()
+        process.wait()
+        process.stdout.close()
+    return [item.decode("utf-8", "surrogateescape") for item in b"".join(chunks).split(b"\0") if item]
 
 
 def _target(refs_now: dict[str, str], value: str | None) -> str | None:
@@ -257,8 +277,9 @@ def check(before: dict[str, tuple[str, str, dict[str, str]]], homes: tuple[str, 
         found: dict[str, list[str]] = {}  # path -> where it is (refs, the index)
         try:
             _brought_in(program, root, gitdir, old, now, root in homes, found, changes, run_id, deadline)
-        except OutOfTime:
-            changes.append(_unchecked(gitdir, f"its history took more than {BUDGET_S:g} s to read", run_id))
+        except OutOfTime as stop:
+            changes.append(_unchecked(gitdir, str(stop) or f"its history took more than {BUDGET_S:g} s to read",
+                                      run_id))
         changes.extend(_brought_in_changes(root, found, run_id))
     return changes
 
@@ -333,5 +354,10 @@ def _brought_in(program: str, root: str, gitdir: str, old: dict[str, str], now: 
 def _brought_in_changes(root: str, found: dict[str, list[str]], run_id: str) -> list[Change]:
     from sandboxctl.protect.restore import Change
 
-    return [Change(f"{root}/{path} (in {', '.join(where)})", "created", ACTION, None, run_id)
-            for path, where in sorted(found.items())]
+    listed = sorted(found.items())
+    out = [Change(f"{root}/{path} (in {', '.join(where)})", "created", ACTION, None, run_id)
+           for path, where in listed[:MAX_REPORTED]]
+    if len(listed) > MAX_REPORTED:  # one line each would flood stderr and the log (red team rt11)
+        out.append(Change(f"{root} ({len(listed) - MAX_REPORTED} more protected paths its commits or index bring "
+                          "in, not listed one by one)", "modified", ACTION, None, run_id))
+    return out

@@ -158,3 +158,31 @@ def test_no_git_on_the_supervisors_path_is_said(sandbox, tmp_path: Path) -> None
     result = sandbox.sh(script.replace("set -e\n", "set -e\nexport PATH=/usr/bin:/bin\n"), env={"PATH": str(bin_dir)})
     assert "end" in result.stdout, result.stderr
     assert f"the git history of {ws}/.git (no git program" in result.stderr, result.stderr
+
+
+def _many_under_claude(count: int) -> str:
+    return ("export GIT_AUTHOR_NAME=t GIT_AUTHOR_EMAIL=t@t GIT_COMMITTER_NAME=t GIT_COMMITTER_EMAIL=t@t\n"
+            "blob=$(echo x | git hash-object -w --stdin)\n"
+            f"sub=$(python3 -c \"import sys; [sys.stdout.write('100644 blob $blob\\tf%07d\\n' % i) "
+            f"for i in range({count})]\" | git mktree)\n"
+            "tree=$(printf '040000 tree %s\\t.claude\\n' $sub | git mktree)\n"
+            "git update-ref refs/heads/flood $(git commit-tree $tree -m x)\necho end")
+
+
+@pytest.mark.parametrize("count", [150, 120_000])
+def test_a_commit_with_very_many_protected_paths_does_not_flood_stderr_or_the_log(sandbox, count: int) -> None:
+    """One tree of 200 000 entries under .claude/ (six seconds of the sandbox's git) made 200 000
+    lines on stderr (53 MB) and as many protect records (63 MB of log), all held in memory first:
+    a hundred are said, then how many more; past 4 MiB of git's output, that the rest was not read."""
+    ws = repo(sandbox.workspace, sandbox.home)
+    result, _ = _timed(sandbox, _many_under_claude(count), timeout=120)
+    assert "end" in result.stdout, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) <= 101 and len(result.stderr) < 64 << 10, (len(lines), lines[-3:])
+    protect = [r for r in sandbox.records() if r.get("event") == "protect"]
+    assert len(protect) <= 101
+    if count == 150:
+        assert sum("was committed or staged" in line for line in lines) == 100
+        assert f"{ws} (50 more protected paths its commits or index bring in, not listed" in result.stderr
+    else:
+        assert f"the git history of {ws}/.git (its history lists more than 4 MiB" in result.stderr, lines
