@@ -32,6 +32,7 @@ MAX_PACKED = 64 << 20  # bytes of packed-refs read; past that, as past MAX_REFS
 MAX_CHANGED = 200  # refs whose commits are listed at the end; past that the run says so (git per ref)
 MAX_OUTPUT = 4 << 20  # bytes of one git call's output read; past that the rest is said, not read
 MAX_REPORTED = 100  # protected paths said one by one per repository; past that, how many more
+CALL_S = 5.0  # one git call's share of it
 BUDGET_S = 10.0  # every git call of one run's check together: a history made slow to read cannot hold the run's end
 PSEUDO_REFS = ("ORIG_HEAD", "FETCH_HEAD", "MERGE_HEAD", "CHERRY_PICK_HEAD", "REVERT_HEAD")
 # what `git rebase --abort`, `git cherry-pick --abort` and `git bisect reset` check out (red team rt11)
@@ -178,7 +179,7 @@ def _git(program: str, root: str, gitdir: str, *args: str, deadline: float) -> l
     import subprocess
     import time
 
-    end = min(time.monotonic() + 5.0, deadline)
+    end = min(time.monotonic() + CALL_S, deadline)
     if end <= time.monotonic():
         raise OutOfTime
 
@@ -196,7 +197,7 @@ def _git(program: str, root: str, gitdir: str, *args: str, deadline: float) -> l
         while True:
             wait = end - time.monotonic()
             if wait <= 0 or not select.select([process.stdout], [], [], wait)[0]:
-                raise OutOfTime
+                raise OutOfTime("" if end == deadline else f"one git call on it took more than {CALL_S:g} s")
             chunk = os.read(process.stdout.fileno(), 1 << 16)
             if not chunk:
                 break
@@ -335,7 +336,12 @@ def _brought_in(program: str, root: str, gitdir: str, old: dict[str, str], now: 
     if len(moved) > MAX_CHANGED:
         changes.append(_unchecked(gitdir, f"{len(moved)} refs changed; the first {MAX_CHANGED} checked", run_id))
     if now.get(INDEX) != old.get(INDEX):  # the index first: one call, and the likeliest next checkout
-        for line in _git(program, root, gitdir, "ls-files", "-s", "-z", "--", *held, deadline=deadline):
+        try:
+            staged = _git(program, root, gitdir, "ls-files", "-s", "-z", "--", *held, deadline=deadline)
+        except OutOfTime as stop:  # the refs are still read with what is left (red team rt11: a FIFO index)
+            changes.append(_unchecked(gitdir, f"its index: {stop or 'out of time'}", run_id))
+            staged = []
+        for line in staged:
             meta, _, path = line.partition("\t")
             parts = meta.split()
             inside = not {"", ".", ".."} & set(path.split("/"))  # git writes no such path; nor is it read

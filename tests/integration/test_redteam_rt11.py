@@ -186,3 +186,17 @@ def test_a_commit_with_very_many_protected_paths_does_not_flood_stderr_or_the_lo
         assert f"{ws} (50 more protected paths its commits or index bring in, not listed" in result.stderr
     else:
         assert f"the git history of {ws}/.git (its history lists more than 4 MiB" in result.stderr, lines
+
+
+def test_an_index_made_a_fifo_does_not_hide_a_moved_branch(sandbox, tmp_path: Path) -> None:
+    """git ls-files on an index that is a FIFO waits until its call's 5 s run out: that ended the
+    whole check, so the branch moved to a commit bringing .envrc in, with 5 s of the budget left,
+    was never read. The refs are read with what is left."""
+    ws = repo(sandbox.workspace, sandbox.home)
+    script = COMMIT_PROTECTED.replace("CANARY", str(tmp_path / "CANARY")) + (
+        "git update-ref refs/heads/master $commit\nrm .git/index && mkfifo .git/index\necho end")
+    result, took = _timed(sandbox, script)
+    assert "end" in result.stdout, result.stderr
+    assert took < 15, took
+    assert f"{ws}/.envrc (in refs/heads/master) was committed or staged" in result.stderr, result.stderr
+    assert f"the git history of {ws}/.git (its index: one git call on it took more than 5 s" in result.stderr
