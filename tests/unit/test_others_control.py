@@ -43,7 +43,8 @@ def test_a_directory_writable_by_our_own_private_group_only_is_ours(tmp_path):
 
     me = pwd.getpwuid(os.getuid()).pw_name
     group = grp.getgrgid(os.getgid())
-    if group.gr_name != me or not set(group.gr_mem) <= {me}:
+    others = [p.pw_name for p in pwd.getpwall() if p.pw_gid == group.gr_gid and p.pw_name != me]
+    if group.gr_name != me or not set(group.gr_mem) <= {me} or others:
         pytest.skip("this user's primary group is not a private one")
     (tmp_path / "local" / "state").mkdir(parents=True)
     (tmp_path / "local").chmod(0o775)
