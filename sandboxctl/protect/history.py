@@ -143,17 +143,16 @@ def _loose_refs(common: str, out: dict[str, str]) -> bool:
     return True
 
 
-def record(roots: tuple[str, ...], repositories: tuple[str, ...]) -> dict[str, tuple[str, str, dict[str, str]]]:
+def record(roots: tuple[str, ...], repositories: tuple[str, ...]) -> dict[str, tuple[str, str, dict[str, str] | None]]:
     """{work tree: (git directory, common directory, refs)} of the repositories at a grant's root."""
-    out: dict[str, tuple[str, str, dict[str, str]]] = {}
+    out: dict[str, tuple[str, str, dict[str, str] | None]] = {}
     for repository in repositories:
         root = os.path.dirname(repository)
         if root not in roots or not names.is_git_name(os.path.basename(repository)):
             continue
         dirs = gitdirs_of(repository)
-        found = refs(*dirs) if dirs else None
-        if dirs and found is not None:
-            out[root] = (dirs[0], dirs[1], found)
+        if dirs:  # refs None: too many to record, said at the end (red team rt11: a run after the one
+            out[root] = (dirs[0], dirs[1], refs(*dirs))  # that made 20 001 refs was not checked, silently)
     return out
 
 
@@ -252,7 +251,7 @@ def _blob_id(path: str, length: int) -> str | None:
     return digest.hexdigest() if done == size else None
 
 
-def check(before: dict[str, tuple[str, str, dict[str, str]]], homes: tuple[str, ...], roots: tuple[str, ...],
+def check(before: dict[str, tuple[str, str, dict[str, str] | None]], homes: tuple[str, ...], roots: tuple[str, ...],
           run_id: str) -> list[Change]:
     """The protected names a ref or the index changed during the run now brings in (see above).
     Every git call of the check shares BUDGET_S: what is left when it is spent is said, not read."""
@@ -262,6 +261,10 @@ def check(before: dict[str, tuple[str, str, dict[str, str]]], homes: tuple[str, 
     program: str | None = None
     deadline = time.monotonic() + BUDGET_S
     for root, (gitdir, common, old) in before.items():
+        if old is None:
+            changes.append(_unchecked(gitdir, f"more than {MAX_REFS} refs or {MAX_PACKED >> 20} MiB of packed-refs "
+                                      "as the run started", run_id))
+            continue
         now = refs(gitdir, common)
         if now == old:
             continue

@@ -200,3 +200,21 @@ def test_an_index_made_a_fifo_does_not_hide_a_moved_branch(sandbox, tmp_path: Pa
     assert took < 15, took
     assert f"{ws}/.envrc (in refs/heads/master) was committed or staged" in result.stderr, result.stderr
     assert f"the git history of {ws}/.git (its index: one git call on it took more than 5 s" in result.stderr
+
+
+def test_the_run_after_one_that_made_too_many_refs_is_not_passed_over(sandbox, tmp_path: Path) -> None:
+    """Too many refs at launch to record: the repository was left out of the check, silently, so
+    the run after the one that made 20 001 refs moved a branch to a commit bringing .envrc in unsaid."""
+    ws = repo(sandbox.workspace, sandbox.home)
+    many = ('python3 -c "import sys; c = sys.argv[1]; f = open(\'.git/packed-refs\', \'w\'); '
+            '[f.write(f\'{c} refs/tags/t{i:06d}\\n\') for i in range(20001)]" $(git rev-parse HEAD); echo end')
+    first = sandbox.sh(many)
+    assert "end" in first.stdout and "more than 20000 refs" in first.stderr, first.stderr
+    script = COMMIT_PROTECTED.replace("CANARY", str(tmp_path / "CANARY")) + (
+        "git update-ref refs/heads/master $commit\necho end")
+    result = sandbox.sh(script)
+    assert "end" in result.stdout, result.stderr
+    git(ws, "reset", "-q", "--hard", home=sandbox.home)
+    assert (ws / ".envrc").exists()
+    assert f"the git history of {ws}/.git (more than 20000 refs or 64 MiB of packed-refs as the run started" \
+        in result.stderr, result.stderr
