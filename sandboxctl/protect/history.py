@@ -184,8 +184,7 @@ def _git(program: str, root: str, gitdir: str, *args: str, deadline: float) -> l
 
     env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/"), "LANG": "C", "GIT_DIR": gitdir,
            "GIT_WORK_TREE": root, "GIT_OPTIONAL_LOCKS": "0", "GIT_TERMINAL_PROMPT": "0", "GIT_NO_REPLACE_OBJECTS": "1",
-           "GIT_LITERAL_PATHSPECS": "1",
-           "GIT_NO_LAZY_FETCH": "1"}  # a partial clone's missing object is never fetched from here
+           "GIT_NO_LAZY_FETCH": "1"}  # a partial clone's missing object is never fetched; pathspecs say :(literal)
     try:
         process = subprocess.Popen([program, "-c", "core.fsmonitor=false", *args], cwd=root, env=env,
                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -340,7 +339,8 @@ def _brought_in(program: str, root: str, gitdir: str, old: dict[str, str], now: 
         changes.append(_unchecked(gitdir, f"{len(moved)} refs changed; the first {MAX_CHANGED} checked", run_id))
     if now.get(INDEX) != old.get(INDEX):  # the index first: one call, and the likeliest next checkout
         try:
-            staged = _git(program, root, gitdir, "ls-files", "-s", "-z", "--", *held, deadline=deadline)
+            staged = _git(program, root, gitdir, "ls-files", "-s", "-z", "--",
+                          *(f":(icase,literal){name}" for name in held), deadline=deadline)
         except OutOfTime as stop:  # the refs are still read with what is left (red team rt11: a FIFO index)
             changes.append(_unchecked(gitdir, f"its index: {stop or 'out of time'}", run_id))
             staged = []
@@ -351,13 +351,30 @@ def _brought_in(program: str, root: str, gitdir: str, old: dict[str, str], now: 
             if len(parts) >= 2 and (not inside or _blob_id(os.path.join(root, path), len(parts[1])) != parts[1]):
                 found.setdefault(path, []).append("the index")
     for ref, new, was in moved[:MAX_CHANGED]:
-        listed = set(_git(program, root, gitdir, "ls-tree", "-r", "-z", "--full-tree", new, "--", *held,
-                          deadline=deadline))
+        listed = _held_in_tree(program, root, gitdir, new, home, deadline)
         if listed and was:
-            listed -= set(_git(program, root, gitdir, "ls-tree", "-r", "-z", "--full-tree", was, "--", *held,
-                               deadline=deadline))
+            listed -= _held_in_tree(program, root, gitdir, was, home, deadline)
         for line in sorted(listed):
             found.setdefault(line.split("\t", 1)[-1], []).append(ref)
+
+
+def _held_in_tree(program: str, root: str, gitdir: str, commit: str, home: bool, deadline: float) -> set[str]:
+    """ls-tree's lines for the protected names in a commit, in any spelling a folding makes one
+    (red team rt11: `.ENVRC` or `.Claude/settings.json`, which a case-insensitive directory makes
+    the protected file, went unlisted): the root's names are listed, and what they hold is judged
+    by names.root_name_reason as the wall judges it."""
+    tops = {fold for fold in (name.split("/", 1)[0] for name in (*names.ROOT_NAMES, *(names.HOME_NAMES if home
+                                                                                       else ())))}
+    tops.discard(names.GIT)
+    roots_listed = _git(program, root, gitdir, "ls-tree", "-z", "--full-tree", "--name-only", commit,
+                        deadline=deadline)
+    chosen = [name for name in roots_listed if names.fold_name(name) in tops and names.fold_name(name) != names.GIT]
+    if not chosen:
+        return set()
+    lines = _git(program, root, gitdir, "ls-tree", "-r", "-z", "--full-tree", commit, "--",
+                 *(f":(literal){name}" for name in chosen), deadline=deadline)
+    return {line for line in lines
+            if names.root_name_reason(tuple(line.split("\t", 1)[-1].split("/")), home) is not None}
 
 
 def _brought_in_changes(root: str, found: dict[str, list[str]], run_id: str) -> list[Change]:

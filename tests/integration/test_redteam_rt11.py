@@ -218,3 +218,18 @@ def test_the_run_after_one_that_made_too_many_refs_is_not_passed_over(sandbox, t
     assert (ws / ".envrc").exists()
     assert f"the git history of {ws}/.git (more than 20000 refs or 64 MiB of packed-refs as the run started" \
         in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("spelling", [".ENVRC", ".Claude/settings.json"])
+def test_a_protected_name_committed_in_another_case_is_reported(sandbox, tmp_path: Path, spelling: str) -> None:
+    """The wall takes every spelling a folding makes a protected name as that name (a case-insensitive
+    directory makes `.ENVRC` the file direnv runs); the history check listed the exact names only."""
+    ws = repo(sandbox.workspace, sandbox.home)
+    script = COMMIT_PROTECTED.replace("CANARY", str(tmp_path / "CANARY")).replace(
+        ",.envrc", f",{spelling}").replace(",.claude/settings.json", ",README2")
+    for where in ("the index", "refs/heads/master"):
+        run = script + ("git update-ref refs/heads/master $commit\n" if where != "the index" else
+                        f"unset GIT_INDEX_FILE; git update-index --add --cacheinfo 100644,$envrc,{spelling}\n")
+        result = sandbox.sh(run + "echo end")
+        assert "end" in result.stdout, result.stderr
+        assert f"{ws}/{spelling} (in {where}) was committed or staged" in result.stderr, result.stderr
