@@ -41,6 +41,7 @@ STATE_REFS = ("rebase-merge/orig-head", "rebase-merge/onto", "rebase-apply/orig-
 # what `git rebase --continue` (and cherry-pick's) carries out: its picks, and its exec lines run on the host
 TODO_FILES = ("rebase-merge/git-rebase-todo", "sequencer/todo")
 TODO = "\0todo/"  # the key of a todo file's text among the refs
+APPLY = "\0rebase-apply"  # the key of rebase-apply/'s identity: `git am --continue` applies the patches there
 INDEX = "\0index"  # the key of the index's identity among the refs
 ACTION = "left in git"  # Change.action of these: reported, never put back (the refs are the agent's work)
 
@@ -113,10 +114,30 @@ def refs(gitdir: str, common: str) -> dict[str, str] | None:
         text = _read(os.path.join(gitdir, todo))
         if text:
             out[TODO + todo] = text
+    patches = _identity_of_directory(os.path.join(gitdir, "rebase-apply"))
+    if patches:
+        out[APPLY] = patches
     with contextlib.suppress(OSError):
         st = os.stat(os.path.join(gitdir, "index"))
         out[INDEX] = f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
     return out
+
+
+def _identity_of_directory(path: str) -> str | None:
+    """Its entries' names, inodes, sizes and change times (a change time no file can be given
+    back), or None when it is not there; at most MAX_REFS entries, then a count."""
+    try:
+        with os.scandir(path) as listing:
+            seen = []
+            for count, entry in enumerate(listing):
+                if count >= MAX_REFS:
+                    seen.append("...")
+                    break
+                st = entry.stat(follow_symlinks=False)
+                seen.append(f"{entry.name}:{st.st_ino}:{st.st_size}:{st.st_ctime_ns}")
+    except OSError:
+        return None
+    return "\n".join(sorted(seen))
 
 
 def _loose_refs(common: str, out: dict[str, str]) -> bool:
@@ -311,6 +332,9 @@ def _pending(gitdir: str, before: dict[str, str], now: dict[str, str], run_id: s
         out.append(Change(f"{gitdir} ({todo} was left holding {len(lines)} commands that `git rebase --continue` or "
                           f"`git cherry-pick --continue` carries out, {runs} of them exec lines that run programs: "
                           "read it first)", "modified", ACTION, None, run_id))
+    if now.get(APPLY) and now.get(APPLY) != before.get(APPLY):  # red team rt11: git am --skip wrote .envrc
+        out.append(Change(f"{gitdir} (rebase-apply was left holding patches that `git am --continue` or `--skip`, "
+                          "or `git rebase --continue`, applies: read them first)", "modified", ACTION, None, run_id))
     return out
 
 
@@ -327,6 +351,8 @@ def _brought_in(program: str, root: str, gitdir: str, old: dict[str, str], now: 
     held = [n for n in (*names.ROOT_NAMES, *(names.HOME_NAMES if home else ())) if n != names.GIT]
     moved = []
     for ref in sorted(set(now) - {INDEX}):
+        if ref == APPLY:
+            continue
         if ref.startswith(TODO):  # each full id a pick names is checked as a ref would be
             if now[ref] != old.get(ref):
                 moved += [(ref[len(TODO):], new, None) for new in _todo_ids(now[ref])]

@@ -233,3 +233,21 @@ def test_a_protected_name_committed_in_another_case_is_reported(sandbox, tmp_pat
         result = sandbox.sh(run + "echo end")
         assert "end" in result.stdout, result.stderr
         assert f"{ws}/{spelling} (in {where}) was committed or staged" in result.stderr, result.stderr
+
+
+def test_an_am_session_left_with_patches_is_reported(sandbox) -> None:
+    """`git am --continue` or `--skip` applies what rebase-apply/ holds: a patch the sandbox left
+    there that adds .envrc is written by the host's git (seen with git 2.39: a second patch after a
+    conflicting one, `git am --skip`). The run must say so."""
+    ws = repo(sandbox.workspace, sandbox.home)
+    (ws / "b").write_text("b\n")
+    git(ws, "add", "b", home=sandbox.home)
+    git(ws, "commit", "-qm", "b", home=sandbox.home)
+    script = ("export GIT_AUTHOR_NAME=t GIT_AUTHOR_EMAIL=t@t GIT_COMMITTER_NAME=t GIT_COMMITTER_EMAIL=t@t\n"
+              "echo 'touch CANARY' > x.envrc && echo evil > b && git add x.envrc b && git commit -qm evil && "
+              "git format-patch -q -1 -o /tmp/p && sed -i 's/x\\.envrc/.envrc/g' /tmp/p/*.patch && "
+              "git reset -q --hard HEAD~1 && echo conflict > b && git commit -qam c && "
+              "(git am /tmp/p/*.patch >/dev/null 2>&1; ls .git/rebase-apply/0001) && echo end")
+    result = sandbox.sh(script)
+    assert "end" in result.stdout, result.stderr
+    assert f"the git history of {ws}/.git (rebase-apply was left holding patches" in result.stderr, result.stderr
