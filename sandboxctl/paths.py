@@ -241,7 +241,7 @@ def others_control(path: str) -> str | None:
 def _own_group_only(st: os.stat_result) -> bool:
     """A directory writable by its group alone, that group being our own private one (a user
     private group, as umask 002 leaves ~/.local on many systems): named as we are, no members
-    but us. Looked up only then (grp is not otherwise imported)."""
+    but us, nobody else's primary group. Looked up only then (grp is not otherwise imported)."""
     if st.st_mode & 0o002 or st.st_gid != os.getgid():
         return False
     import grp
@@ -252,7 +252,11 @@ def _own_group_only(st: os.stat_result) -> bool:
         group = grp.getgrgid(st.st_gid)
     except KeyError:
         return False
-    return group.gr_name == name and set(group.gr_mem) <= {name}
+    if group.gr_name != name or not set(group.gr_mem) <= {name}:
+        return False
+    # gr_mem lists supplementary members only: another user whose primary group it is (useradd -g)
+    # writes there as well (red team rt11: such a user renamed entries of a 0775 state dir judged ours)
+    return all(entry.pw_name == name for entry in pwd.getpwall() if entry.pw_gid == st.st_gid)
 
 
 def ensure_private_dir(path: str | PathLike[str]) -> str | PathLike[str]:

@@ -16,88 +16,44 @@ work, so nothing is moved back.
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 from sandboxctl.paths import within
 from sandboxctl.protect import names
+from sandboxctl.protect.history_refs import (  # re-exported: the check's callers and tests read them here
+    APPLY,
+    INDEX,
+    MAX_PACKED,
+    MAX_REFS,
+    TODO,
+    TODO_FILES,
+    _open_regular,
+    gitdirs_of,
+    refs,
+)
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
 if TYPE_CHECKING:
     from sandboxctl.protect.restore import Change
 
-MAX_REFS = 20_000  # past that (a repository with that many loose tags) the refs are not recorded
-MAX_PACKED = 64 << 20  # bytes of packed-refs read; past that, as past MAX_REFS
 MAX_CHANGED = 200  # refs whose commits are listed at the end; past that the run says so (git per ref)
+MAX_OUTPUT = 4 << 20  # bytes of one git call's output read; past that the rest is said, not read
+MAX_REPORTED = 100  # protected paths said one by one per repository; past that, how many more
+CALL_S = 5.0  # one git call's share of it
 BUDGET_S = 10.0  # every git call of one run's check together: a history made slow to read cannot hold the run's end
-PSEUDO_REFS = ("ORIG_HEAD", "FETCH_HEAD", "MERGE_HEAD", "CHERRY_PICK_HEAD", "REVERT_HEAD")
-INDEX = "\0index"  # the key of the index's identity among the refs
 ACTION = "left in git"  # Change.action of these: reported, never put back (the refs are the agent's work)
 
 
-def _read(path: str, limit: int = 1 << 16) -> str | None:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(limit).decode("utf-8", "replace")
-    except OSError:
-        return None
-
-
-def gitdirs_of(repository: str) -> tuple[str, str] | None:
-    """(the git directory, its common directory) of a work tree's `.git` entry (a directory, or a
-    `gitdir:` file of a linked worktree)."""
-    gitdir = repository
-    if not os.path.isdir(repository):
-        text = _read(repository, 4096) or ""
-        if not text.startswith("gitdir:"):
-            return None
-        gitdir = os.path.normpath(os.path.join(os.path.dirname(repository), text[7:].strip()))
-    common = (_read(os.path.join(gitdir, "commondir"), 4096) or "").strip()
-    return gitdir, os.path.normpath(os.path.join(gitdir, common)) if common else gitdir
-
-
-def refs(gitdir: str, common: str) -> dict[str, str] | None:
-    """Every ref's value as written (a hex id or `ref: …`), HEAD's, and the index's identity."""
-    out: dict[str, str] = {}
-    packed = _read(os.path.join(common, "packed-refs"), MAX_PACKED + 1) or ""
-    if len(packed) > MAX_PACKED:
-        return None
-    for line in packed.splitlines():
-        if line and line[0] not in "#^":
-            value, _, name = line.partition(" ")
-            out[name] = value
-    if len(out) > MAX_REFS:
-        return None
-    top = os.path.join(common, "refs")
-    for directory, _dirs, files in os.walk(top):
-        for name in files:
-            value = _read(os.path.join(directory, name), 512)
-            if value is not None:
-                out[os.path.relpath(os.path.join(directory, name), common)] = value.strip()
-        if len(out) > MAX_REFS:
-            return None
-    out["HEAD"] = (_read(os.path.join(gitdir, "HEAD"), 512) or "").strip()
-    for pseudo in PSEUDO_REFS:  # what `git reset --hard ORIG_HEAD`, `git merge FETCH_HEAD` take
-        value = _read(os.path.join(gitdir, pseudo), 512)
-        if value:
-            out[pseudo] = value.split(None, 1)[0] if value.split() else ""
-    with contextlib.suppress(OSError):
-        st = os.stat(os.path.join(gitdir, "index"))
-        out[INDEX] = f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
-    return out
-
-
-def record(roots: tuple[str, ...], repositories: tuple[str, ...]) -> dict[str, tuple[str, str, dict[str, str]]]:
+def record(roots: tuple[str, ...], repositories: tuple[str, ...]) -> dict[str, tuple[str, str, dict[str, str] | None]]:
     """{work tree: (git directory, common directory, refs)} of the repositories at a grant's root."""
-    out: dict[str, tuple[str, str, dict[str, str]]] = {}
+    out: dict[str, tuple[str, str, dict[str, str] | None]] = {}
     for repository in repositories:
         root = os.path.dirname(repository)
         if root not in roots or not names.is_git_name(os.path.basename(repository)):
             continue
         dirs = gitdirs_of(repository)
-        found = refs(*dirs) if dirs else None
-        if dirs and found is not None:
-            out[root] = (dirs[0], dirs[1], found)
+        if dirs:  # refs None: too many to record, said at the end (red team rt11: a run after the one
+            out[root] = (dirs[0], dirs[1], refs(*dirs))  # that made 20 001 refs was not checked, silently)
     return out
 
 
@@ -117,51 +73,85 @@ class OutOfTime(Exception):
 
 
 def _git(program: str, root: str, gitdir: str, *args: str, deadline: float) -> list[str]:
+    """git's NUL-separated output; OutOfTime past the budget or past MAX_OUTPUT bytes (red team
+    rt11: a tree of 200 000 entries under .claude/ was read whole, and each was said on stderr)."""
+    import select
     import subprocess
     import time
 
-    left = min(5.0, deadline - time.monotonic())
-    if left <= 0:
+    end = min(time.monotonic() + CALL_S, deadline)
+    if end <= time.monotonic():
         raise OutOfTime
 
     env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/"), "LANG": "C", "GIT_DIR": gitdir,
            "GIT_WORK_TREE": root, "GIT_OPTIONAL_LOCKS": "0", "GIT_TERMINAL_PROMPT": "0", "GIT_NO_REPLACE_OBJECTS": "1",
-           "GIT_LITERAL_PATHSPECS": "1",
-           "GIT_NO_LAZY_FETCH": "1"}  # a partial clone's missing object is never fetched from here
+           "GIT_NO_LAZY_FETCH": "1"}  # a partial clone's missing object is never fetched; pathspecs say :(literal)
     try:
-        done = subprocess.run([program, "-c", "core.fsmonitor=false", *args], cwd=root, env=env, capture_output=True,
-                              timeout=left, check=False)
-    except subprocess.TimeoutExpired:
-        raise OutOfTime from None
+        process = subprocess.Popen([program, "-c", "core.fsmonitor=false", *args], cwd=root, env=env,
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     except (OSError, subprocess.SubprocessError):
         return []
-    return [item.decode("utf-8", "surrogateescape") for item in done.stdout.split(b"\0") if item]
+    chunks, size = [], 0
+    try:
+        while True:
+            wait = end - time.monotonic()
+            if wait <= 0 or not select.select([process.stdout], [], [], wait)[0]:
+                raise OutOfTime("" if end == deadline else f"one git call on it took more than {CALL_S:g} s")
+            chunk = os.read(process.stdout.fileno(), 1 << 16)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > MAX_OUTPUT:
+                raise OutOfTime(f"its history lists more than {MAX_OUTPUT >> 20} MiB of protected paths")
+            chunks.append(chunk)
+    finally:
+        process.kill()
+        process.wait()
+        process.stdout.close()
+    return [item.decode("utf-8", "surrogateescape") for item in b"".join(chunks).split(b"\0") if item]
 
 
 def _target(refs_now: dict[str, str], value: str | None) -> str | None:
     """A ref's value as an object id (a symbolic ref followed, once)."""
     if value and value.startswith("ref:"):
         value = refs_now.get(value[4:].strip())
+    # as git reads one: the id's hex in either case, then anything after a space (red team rt11:
+    # an upper-case id, or one followed by " x", moved a branch past this check unseen)
+    value = value.split(None, 1)[0].lower() if value and value.split() else None
     return value if value and all(c in "0123456789abcdef" for c in value) and len(value) in (40, 64) else None
 
 
 def _blob_id(path: str, length: int) -> str | None:
+    """The git blob id of the file at path (a link's target text), or None. Read in chunks and
+    only a regular file: an index entry may name a FIFO or, through `..`, /dev/zero (red team rt11)."""
     import hashlib
 
+    digest = hashlib.sha1() if length == 40 else hashlib.sha256()
     try:
         if os.path.islink(path):
             data = os.readlink(path).encode("utf-8", "surrogateescape")
-        else:
-            with open(path, "rb") as handle:
-                data = handle.read()
+            digest.update(b"blob %d\0" % len(data) + data)
+            return digest.hexdigest()
     except OSError:
         return None
-    digest = hashlib.sha1() if length == 40 else hashlib.sha256()
-    digest.update(b"blob %d\0" % len(data) + data)
-    return digest.hexdigest()
+    fd = _open_regular(path)
+    if fd is None:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            size, done = os.fstat(fd).st_size, 0
+            digest.update(b"blob %d\0" % size)
+            while chunk := handle.read(1 << 20):
+                done += len(chunk)
+                if done > size:  # growing as it is read: not the file git would see
+                    return None
+                digest.update(chunk)
+        except OSError:
+            return None
+    return digest.hexdigest() if done == size else None
 
 
-def check(before: dict[str, tuple[str, str, dict[str, str]]], homes: tuple[str, ...], roots: tuple[str, ...],
+def check(before: dict[str, tuple[str, str, dict[str, str] | None]], homes: tuple[str, ...], roots: tuple[str, ...],
           run_id: str) -> list[Change]:
     """The protected names a ref or the index changed during the run now brings in (see above).
     Every git call of the check shares BUDGET_S: what is left when it is spent is said, not read."""
@@ -171,23 +161,61 @@ def check(before: dict[str, tuple[str, str, dict[str, str]]], homes: tuple[str, 
     program: str | None = None
     deadline = time.monotonic() + BUDGET_S
     for root, (gitdir, common, old) in before.items():
+        if old is None:
+            changes.append(_unchecked(gitdir, f"more than {MAX_REFS} refs or {MAX_PACKED >> 20} MiB of packed-refs "
+                                      "as the run started", run_id))
+            continue
         now = refs(gitdir, common)
         if now == old:
             continue
+        if now is not None:
+            changes += _pending(gitdir, old, now, run_id)
         if now is None:  # the sandbox made more refs than are read: said, never passed over in silence
             changes.append(_unchecked(gitdir, f"more than {MAX_REFS} refs or {MAX_PACKED >> 20} MiB of packed-refs",
                                       run_id))
             continue
         program = program or _git_program(roots)
-        if program is None:
-            return changes
+        if program is None:  # said, as a history too big to read is (red team rt11: it was said of none)
+            changes.append(_unchecked(gitdir, "no git program outside the writable grants to read it with", run_id))
+            continue
         found: dict[str, list[str]] = {}  # path -> where it is (refs, the index)
         try:
             _brought_in(program, root, gitdir, old, now, root in homes, found, changes, run_id, deadline)
-        except OutOfTime:
-            changes.append(_unchecked(gitdir, f"its history took more than {BUDGET_S:g} s to read", run_id))
+        except OutOfTime as stop:
+            changes.append(_unchecked(gitdir, str(stop) or f"its history took more than {BUDGET_S:g} s to read",
+                                      run_id))
         changes.extend(_brought_in_changes(root, found, run_id))
     return changes
+
+
+def _todo_commands(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _todo_ids(text: str) -> list[str]:
+    ids = (_target({}, line.split()[1]) for line in _todo_commands(text) if len(line.split()) > 1)
+    return [i for i in ids if i]
+
+
+def _pending(gitdir: str, before: dict[str, str], now: dict[str, str], run_id: str) -> list[Change]:
+    """A rebase or cherry-pick left in progress with commands the run wrote: `git rebase --continue`
+    outside carries them out, and an exec line runs its program on the host (red team rt11)."""
+    from sandboxctl.protect.restore import Change
+
+    out = []
+    for todo in TODO_FILES:
+        text = now.get(TODO + todo)
+        if text is None or text == before.get(TODO + todo) or not _todo_commands(text):
+            continue
+        lines = _todo_commands(text)
+        runs = sum(1 for line in lines if line.split()[0] in ("exec", "x"))
+        out.append(Change(f"{gitdir} ({todo} was left holding {len(lines)} commands that `git rebase --continue` or "
+                          f"`git cherry-pick --continue` carries out, {runs} of them exec lines that run programs: "
+                          "read it first)", "modified", ACTION, None, run_id))
+    if now.get(APPLY) and now.get(APPLY) != before.get(APPLY):  # red team rt11: git am --skip wrote .envrc
+        out.append(Change(f"{gitdir} (rebase-apply was left holding patches that `git am --continue` or `--skip`, "
+                          "or `git rebase --continue`, applies: read them first)", "modified", ACTION, None, run_id))
+    return out
 
 
 def _unchecked(gitdir: str, why: str, run_id: str) -> Change:
@@ -203,6 +231,12 @@ def _brought_in(program: str, root: str, gitdir: str, old: dict[str, str], now: 
     held = [n for n in (*names.ROOT_NAMES, *(names.HOME_NAMES if home else ())) if n != names.GIT]
     moved = []
     for ref in sorted(set(now) - {INDEX}):
+        if ref == APPLY:
+            continue
+        if ref.startswith(TODO):  # each full id a pick names is checked as a ref would be
+            if now[ref] != old.get(ref):
+                moved += [(ref[len(TODO):], new, None) for new in _todo_ids(now[ref])]
+            continue
         new, was = _target(now, now.get(ref)), _target(old, old.get(ref))
         if new is None or new == was or (ref == "HEAD" and now["HEAD"].startswith("ref:")):
             continue  # a symbolic HEAD: its branch is compared as itself
@@ -210,23 +244,52 @@ def _brought_in(program: str, root: str, gitdir: str, old: dict[str, str], now: 
     if len(moved) > MAX_CHANGED:
         changes.append(_unchecked(gitdir, f"{len(moved)} refs changed; the first {MAX_CHANGED} checked", run_id))
     if now.get(INDEX) != old.get(INDEX):  # the index first: one call, and the likeliest next checkout
-        for line in _git(program, root, gitdir, "ls-files", "-s", "-z", "--", *held, deadline=deadline):
+        try:
+            staged = _git(program, root, gitdir, "ls-files", "-s", "-z", "--",
+                          *(f":(icase,literal){name}" for name in held), deadline=deadline)
+        except OutOfTime as stop:  # the refs are still read with what is left (red team rt11: a FIFO index)
+            changes.append(_unchecked(gitdir, f"its index: {stop or 'out of time'}", run_id))
+            staged = []
+        for line in staged:
             meta, _, path = line.partition("\t")
             parts = meta.split()
-            if len(parts) >= 2 and _blob_id(os.path.join(root, path), len(parts[1])) != parts[1]:
+            inside = not {"", ".", ".."} & set(path.split("/"))  # git writes no such path; nor is it read
+            if len(parts) >= 2 and (not inside or _blob_id(os.path.join(root, path), len(parts[1])) != parts[1]):
                 found.setdefault(path, []).append("the index")
     for ref, new, was in moved[:MAX_CHANGED]:
-        listed = set(_git(program, root, gitdir, "ls-tree", "-r", "-z", "--full-tree", new, "--", *held,
-                          deadline=deadline))
+        listed = _held_in_tree(program, root, gitdir, new, home, deadline)
         if listed and was:
-            listed -= set(_git(program, root, gitdir, "ls-tree", "-r", "-z", "--full-tree", was, "--", *held,
-                               deadline=deadline))
+            listed -= _held_in_tree(program, root, gitdir, was, home, deadline)
         for line in sorted(listed):
             found.setdefault(line.split("\t", 1)[-1], []).append(ref)
+
+
+def _held_in_tree(program: str, root: str, gitdir: str, commit: str, home: bool, deadline: float) -> set[str]:
+    """ls-tree's lines for the protected names in a commit, in any spelling a folding makes one
+    (red team rt11: `.ENVRC` or `.Claude/settings.json`, which a case-insensitive directory makes
+    the protected file, went unlisted): the root's names are listed, and what they hold is judged
+    by names.root_name_reason as the wall judges it."""
+    tops = {fold for fold in (name.split("/", 1)[0] for name in (*names.ROOT_NAMES, *(names.HOME_NAMES if home
+                                                                                       else ())))}
+    tops.discard(names.GIT)
+    roots_listed = _git(program, root, gitdir, "ls-tree", "-z", "--full-tree", "--name-only", commit,
+                        deadline=deadline)
+    chosen = [name for name in roots_listed if names.fold_name(name) in tops and names.fold_name(name) != names.GIT]
+    if not chosen:
+        return set()
+    lines = _git(program, root, gitdir, "ls-tree", "-r", "-z", "--full-tree", commit, "--",
+                 *(f":(literal){name}" for name in chosen), deadline=deadline)
+    return {line for line in lines
+            if names.root_name_reason(tuple(line.split("\t", 1)[-1].split("/")), home) is not None}
 
 
 def _brought_in_changes(root: str, found: dict[str, list[str]], run_id: str) -> list[Change]:
     from sandboxctl.protect.restore import Change
 
-    return [Change(f"{root}/{path} (in {', '.join(where)})", "created", ACTION, None, run_id)
-            for path, where in sorted(found.items())]
+    listed = sorted(found.items())
+    out = [Change(f"{root}/{path} (in {', '.join(where)})", "created", ACTION, None, run_id)
+           for path, where in listed[:MAX_REPORTED]]
+    if len(listed) > MAX_REPORTED:  # one line each would flood stderr and the log (red team rt11)
+        out.append(Change(f"{root} ({len(listed) - MAX_REPORTED} more protected paths its commits or index bring "
+                          "in, not listed one by one)", "modified", ACTION, None, run_id))
+    return out

@@ -43,7 +43,8 @@ def test_a_directory_writable_by_our_own_private_group_only_is_ours(tmp_path):
 
     me = pwd.getpwuid(os.getuid()).pw_name
     group = grp.getgrgid(os.getgid())
-    if group.gr_name != me or not set(group.gr_mem) <= {me}:
+    others = [p.pw_name for p in pwd.getpwall() if p.pw_gid == group.gr_gid and p.pw_name != me]
+    if group.gr_name != me or not set(group.gr_mem) <= {me} or others:
         pytest.skip("this user's primary group is not a private one")
     (tmp_path / "local" / "state").mkdir(parents=True)
     (tmp_path / "local").chmod(0o775)
@@ -101,3 +102,24 @@ def test_the_head_start_cache_is_refused_behind_a_shared_directory(monkeypatch, 
         assert headstart.cache_dir() is None
     finally:
         shared.chmod(0o755)
+
+
+def test_a_group_another_user_has_as_primary_group_is_not_ours(tmp_path, monkeypatch):
+    """`useradd -g me mate`: mate's primary group is our private one, yet gr_mem lists only
+    supplementary members; a 0775 directory of ours was judged ours, and mate renamed its entries."""
+    import grp
+    import pwd
+
+    me = pwd.getpwuid(os.getuid())
+    private = grp.struct_group((me.pw_name, "x", os.getgid(), []))
+    monkeypatch.setattr(grp, "getgrgid", lambda gid: private)
+    mate = pwd.struct_passwd(("mate", "x", 4242, os.getgid(), "", "/nonexistent", "/bin/sh"))
+    (tmp_path / "local" / "state").mkdir(parents=True)
+    (tmp_path / "local").chmod(0o775)
+    try:
+        monkeypatch.setattr(pwd, "getpwall", lambda: [me])
+        assert paths.others_control(str(tmp_path / "local" / "state")) is None
+        monkeypatch.setattr(pwd, "getpwall", lambda: [me, mate])
+        assert paths.others_control(str(tmp_path / "local" / "state")) == f"{tmp_path}/local may be written by others"
+    finally:
+        (tmp_path / "local").chmod(0o755)
