@@ -301,7 +301,11 @@ class Dispatcher:
         """ENOENT/ENOTDIR when the open would fail so in the sandbox's own view before any
         permission matters (a parent that is not there; the file itself, without O_CREAT):
         `echo x > /no/such/dir/f`, Node's write of /sys/kernel/debug/tracing/trace_marker. The
-        sandbox cannot create anything outside the writable set, so the answer cannot go stale."""
+        sandbox cannot create anything outside the writable set, so the answer cannot go stale.
+        Only a walk that follows no symlink is trusted: ours resolves /proc/self and
+        /proc/thread-self as the supervisor, which has no pid in the sandbox's /proc, so RO/l/passwd
+        with a read-only host link RO/l -> /proc/self/root/etc would be "missing" where the
+        caller's kernel reaches /etc/passwd (a symlink on the way: refused and logged, as before)."""
         root = self.execs.root
         parent, _, name = full.rpartition("/")
         if root is None or not name or not full.startswith("/"):
@@ -310,7 +314,7 @@ class Dispatcher:
 
         try:
             fd = fdops.openat2(root, parent or "/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0,
-                               fdops.RESOLVE_IN_ROOT | fdops.RESOLVE_NO_MAGICLINKS)
+                               fdops.RESOLVE_IN_ROOT | fdops.RESOLVE_NO_SYMLINKS)
         except OSError as exc:
             return exc.errno if exc.errno in (errno.ENOENT, errno.ENOTDIR) else None
         try:

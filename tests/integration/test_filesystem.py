@@ -51,6 +51,27 @@ def test_a_write_where_nothing_exists_fails_as_the_kernel_says_and_is_no_denial(
     assert not os.path.exists("/usr/pwned")
 
 
+def test_a_write_through_a_symlink_to_proc_self_is_no_missing_parent(sandbox, tmp_path):
+    """/proc/self is the reader's own: the supervisor has no pid in the sandbox's /proc, so its
+    walk through a read-only host directory's link to /proc/self/root/etc found "nothing there"
+    and the write of /etc/passwd behind it was answered ENOENT with no denial (the caller's
+    kernel reaches /etc/passwd: EACCES). It is refused and logged."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "etc").symlink_to("/proc/self/root/etc")
+    (ro / "usr").symlink_to("/proc/thread-self/root/usr")
+    probe = ("import errno, os, sys\n"
+             "for path, flags in ((sys.argv[1] + '/etc/passwd', os.O_WRONLY),"
+             " (sys.argv[1] + '/usr/pwned', os.O_WRONLY | os.O_CREAT)):\n"
+             "    try:\n        os.open(path, flags, 0o644); print('opened')\n"
+             "    except OSError as e:\n        print(errno.errorcode[e.errno])\n")
+    result = sandbox.run("--approve", "deny", "--allow-read", str(ro), "--", "python3", "-c", probe, str(ro))
+    assert result.stdout.splitlines() == ["EACCES", "EACCES"], result.stderr
+    denied = [r["path"] for r in sandbox.records() if r["event"] == "file" and r["decision"] == "deny"]
+    assert denied == [f"{ro}/etc/passwd", f"{ro}/usr/pwned"]
+    assert not os.path.exists("/usr/pwned")
+
+
 def test_writes_outside_are_still_refused_by_the_kernel_without_file_events(sandbox, tmp_path):
     """With the supervisor out of the way (file_events: none, no exec events, which keep write opens
     trapped, and no writable host directory whose changes it would carry out), the mounts alone
