@@ -94,3 +94,20 @@ class Inspection:
         """Make the CA and load the upstream trust now (at launch): OSError / ssl.SSLError on a bad CA file."""
         self.authority  # noqa: B018 - made for its side effect
         self.upstream_context()
+
+
+def checked_inspection(inspect: Mapping[str, object], specs: list[PhantomSpec], upstream_ca: Sequence[str],
+                       label: str) -> Inspection:
+    """An Inspection made and checked at launch (a sandboxctl run's and a standalone proxy's): a
+    bad CA file or a secret that cannot go into a header is one line and a hint, never a traceback."""
+    from sandboxctl.errors import SandboxError
+
+    try:
+        inspection = Inspection(dict(inspect), specs, upstream_ca, label=label)
+        inspection.check()
+    except (OSError, ssl.SSLError) as exc:
+        raise SandboxError(f"network.upstream_ca: cannot load the CA certificates: {exc}",
+                           "name PEM files of CA certificates the proxy should trust upstream") from None
+    except ValueError as exc:  # a proxy secret's value that cannot go into a header
+        raise SandboxError(str(exc), "a proxy secret is one line of text (a token)") from None
+    return inspection

@@ -46,10 +46,8 @@ class StandaloneStart:
                 for s in self.policy.secrets if s.deliver_as == "proxy"}
 
     def _prepare_inspection(self, values: dict[str, str]) -> None:
-        import ssl
-
         from sandboxctl import paths
-        from sandboxctl.network.inspection import Inspection, PhantomSpec
+        from sandboxctl.network.inspection import PhantomSpec, checked_inspection
         from sandboxctl.network.phantoms import derived_placeholder
 
         net = self.policy.network
@@ -65,15 +63,7 @@ class StandaloneStart:
             if not os.path.isfile(path):
                 raise SandboxError(f"network.upstream_ca: {path} is not a file",
                                    "name a PEM file of CA certificates the proxy should trust upstream")
-        try:
-            inspection = Inspection(dict(net.inspect), specs, upstream_ca, label=f"sandboxctl proxy {self.run_id}")
-            inspection.check()
-        except (OSError, ssl.SSLError) as exc:
-            raise SandboxError(f"network.upstream_ca: cannot load the CA certificates: {exc}",
-                               "name PEM files of CA certificates the proxy should trust upstream") from None
-        except ValueError as exc:  # a proxy secret's value that cannot go into a header
-            raise SandboxError(str(exc), "a proxy secret is one line of text (a token)") from None
-        self.inspection = inspection
+        self.inspection = checked_inspection(net.inspect, specs, upstream_ca, f"sandboxctl proxy {self.run_id}")
 
     def _open_log(self, state: Any, values: dict[str, str]) -> None:
         from sandboxctl import paths

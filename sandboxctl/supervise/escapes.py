@@ -79,23 +79,13 @@ class Escapes:
         plan = self.plan
         if not plan.inspecting:
             return {}
-        import ssl
-
         from sandboxctl.network.certs import combined_bundle, system_bundle
-        from sandboxctl.network.inspection import Inspection, PhantomSpec
+        from sandboxctl.network.inspection import PhantomSpec, checked_inspection
 
         specs = [PhantomSpec(s.name, self.secret_values[s.name], s.hosts, s.ttl)
                  for s in plan.secrets if s.deliver_as == "proxy"]
-        try:
-            inspection = Inspection(dict(plan.network.inspect), specs, plan.network.upstream_ca,
-                                    label=f"sandboxctl {plan.run_id}")
-            inspection.check()
-        except (OSError, ssl.SSLError) as exc:
-            raise SandboxError(f"network.upstream_ca: cannot load the CA certificates: {exc}",
-                               "name PEM files of CA certificates the proxy should trust upstream") from None
-        except ValueError as exc:  # a proxy secret's value that cannot go into a header
-            raise SandboxError(str(exc), "a proxy secret is one line of text (a token)") from None
-        self.inspection = inspection
+        self.inspection = inspection = checked_inspection(plan.network.inspect, specs, plan.network.upstream_ca,
+                                                          f"sandboxctl {plan.run_id}")
         ca = inspection.ca_pem
         bundle = combined_bundle(ca, system_bundle())
         return {m.target: ca if m.source == "tls:ca" else bundle for m in plan.mounts if m.kind == "data-file"}
