@@ -68,13 +68,19 @@ def _git_program(roots: tuple[str, ...]) -> str | None:
     return None
 
 
-class OutOfTime(Exception):
+class NotRead(Exception):
+    """What the host's git was asked is not known: said as not checked, never taken as nothing."""
+
+
+class OutOfTime(NotRead):
     """The check's time (BUDGET_S) is spent: what is left is said, not read."""
 
 
 def _git(program: str, root: str, gitdir: str, *args: str, deadline: float) -> list[str]:
     """git's NUL-separated output; OutOfTime past the budget or past MAX_OUTPUT bytes (red team
-    rt11: a tree of 200 000 entries under .claude/ was read whole, and each was said on stderr)."""
+    rt11: a tree of 200 000 entries under .claude/ was read whole, and each was said on stderr);
+    NotRead when git fails: a commit whose tree is missing (a partial clone's, never fetched here,
+    that the host's next checkout fetches) or damaged listed nothing and passed as holding nothing."""
     import select
     import subprocess
     import time
@@ -85,7 +91,9 @@ def _git(program: str, root: str, gitdir: str, *args: str, deadline: float) -> l
 
     env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/"), "LANG": "C", "GIT_DIR": gitdir,
            "GIT_WORK_TREE": root, "GIT_OPTIONAL_LOCKS": "0", "GIT_TERMINAL_PROMPT": "0", "GIT_NO_REPLACE_OBJECTS": "1",
-           "GIT_NO_LAZY_FETCH": "1"}  # a partial clone's missing object is never fetched; pathspecs say :(literal)
+           # a partial clone's missing object is never fetched: GIT_NO_LAZY_FETCH from git 2.44 (and 2.39.4's
+           # security releases), and for a git older still no transport allowed (it fetched from the promisor)
+           "GIT_NO_LAZY_FETCH": "1", "GIT_ALLOW_PROTOCOL": ""}  # pathspecs say :(literal)
     try:
         process = subprocess.Popen([program, "-c", "core.fsmonitor=false", *args], cwd=root, env=env,
                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -104,10 +112,17 @@ def _git(program: str, root: str, gitdir: str, *args: str, deadline: float) -> l
             if size > MAX_OUTPUT:
                 raise OutOfTime(f"its history lists more than {MAX_OUTPUT >> 20} MiB of protected paths")
             chunks.append(chunk)
+        try:
+            code = process.wait(max(0.0, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise OutOfTime("" if end == deadline else f"one git call on it took more than {CALL_S:g} s") from None
     finally:
         process.kill()
         process.wait()
         process.stdout.close()
+    if code != 0:
+        raise NotRead(f"the host's git could not read it (`git {args[0]}` exited {code}: an object is missing or "
+                      "damaged, and a partial clone's is not fetched to check it)")
     return [item.decode("utf-8", "surrogateescape") for item in b"".join(chunks).split(b"\0") if item]
 
 
@@ -181,7 +196,7 @@ def check(before: dict[str, tuple[str, str, dict[str, str] | None]], homes: tupl
         found: dict[str, list[str]] = {}  # path -> where it is (refs, the index)
         try:
             _brought_in(program, root, gitdir, old, now, root in homes, found, changes, run_id, deadline)
-        except OutOfTime as stop:
+        except NotRead as stop:
             changes.append(_unchecked(gitdir, str(stop) or f"its history took more than {BUDGET_S:g} s to read",
                                       run_id))
         changes.extend(_brought_in_changes(root, found, run_id))
@@ -247,7 +262,7 @@ def _brought_in(program: str, root: str, gitdir: str, old: dict[str, str], now: 
         try:
             staged = _git(program, root, gitdir, "ls-files", "-s", "-z", "--",
                           *(f":(icase,literal){name}" for name in held), deadline=deadline)
-        except OutOfTime as stop:  # the refs are still read with what is left (red team rt11: a FIFO index)
+        except NotRead as stop:  # the refs are still read with what is left (red team rt11: a FIFO index)
             changes.append(_unchecked(gitdir, f"its index: {stop or 'out of time'}", run_id))
             staged = []
         for line in staged:

@@ -70,3 +70,67 @@ def test_a_history_made_slow_to_read_cannot_hold_the_runs_end(tmp_path: Path, mo
     assert time.monotonic() - start < 3
     assert [c.action for c in changes] == [history.ACTION]
     assert "took more than 0.5 s to read: not all of it checked" in changes[0].path
+
+
+def _git(*args: str, cwd: Path) -> str:
+    import subprocess
+
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(cwd), "GIT_CONFIG_NOSYSTEM": "1", "GIT_AUTHOR_NAME": "a",
+           "GIT_AUTHOR_EMAIL": "a@b", "GIT_COMMITTER_NAME": "a", "GIT_COMMITTER_EMAIL": "a@b"}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_a_commit_git_cannot_read_is_said_not_passed_as_holding_nothing(tmp_path: Path) -> None:
+    """A ref moved to an object the host's git cannot read made ls-tree fail with no output, which
+    read as "no protected names": the check passed in silence."""
+    root = tmp_path / "ws"
+    root.mkdir()
+    _git("init", "-q", cwd=root)
+    (root / "f").write_text("x\n")
+    _git("add", "f", cwd=root)
+    _git("commit", "-qm", "one", cwd=root)
+    gitdir = root / ".git"
+    before = history.record((str(root),), (str(gitdir),))
+    (gitdir / "refs" / "heads" / "elsewhere").write_text("c" * 40 + "\n")
+    changes = history.check(before, (), (str(root),), "r1")
+    assert [c.action for c in changes] == [history.ACTION]
+    assert "the host's git could not read it (`git ls-tree` exited 128" in changes[0].path
+    assert changes[0].path.endswith("not all of it checked for commits bringing protected names in)")
+
+
+def test_a_partial_clones_missing_tree_is_never_fetched_to_check_it(tmp_path: Path, monkeypatch) -> None:
+    """A git older than GIT_NO_LAZY_FETCH (2.44; 2.39.4 and the other security releases) ignores
+    it, played here by a git that never sees it: the check's ls-tree fetched a missing tree from
+    the promisor remote (a network call the host made for the sandbox). Now no transport is
+    allowed, the object stays missing, and the commit is said as not checked."""
+    old_git = tmp_path / "old-git"
+    old_git.write_text('#!/bin/sh\nunset GIT_NO_LAZY_FETCH\nexec /usr/bin/git "$@"\n')
+    old_git.chmod(0o755)
+    monkeypatch.setattr(history, "_git_program", lambda roots: str(old_git))
+    src = tmp_path / "src"
+    (src / ".claude").mkdir(parents=True)
+    (src / "f").write_text("x\n")
+    _git("init", "-q", cwd=src)
+    _git("add", "f", cwd=src)
+    _git("commit", "-qm", "one", cwd=src)
+    (src / ".claude" / "settings.json").write_text("{}\n")
+    _git("add", ".claude", cwd=src)
+    _git("commit", "-qm", "two", cwd=src)
+    _git("config", "uploadpack.allowFilter", "true", cwd=src)
+    _git("config", "uploadpack.allowAnySHA1InWant", "true", cwd=src)
+    second = _git("rev-parse", "HEAD", cwd=src)
+    _git("clone", "-q", "--no-checkout", "--filter=tree:0", f"file://{src}", "ws", cwd=tmp_path)
+    root, gitdir = tmp_path / "ws", tmp_path / "ws" / ".git"
+    _git("update-ref", "refs/heads/master", f"{second}~1", cwd=root)
+    _git("update-ref", "refs/heads/main", f"{second}~1", cwd=root)
+    before = history.record((str(root),), (str(gitdir),))
+    tree = _git("rev-parse", f"{second}^{{tree}}", cwd=src)
+    (gitdir / "refs" / "heads" / "main").write_text(second + "\n")
+    changes = history.check(before, (), (str(root),), "r1")
+    assert any("could not read it" in c.path for c in changes), [c.path for c in changes]
+    import subprocess
+
+    missing = subprocess.run(["git", "-C", str(root), "cat-file", "-e", tree],
+                             env={"PATH": "/usr/bin:/bin", "GIT_NO_LAZY_FETCH": "1", "GIT_ALLOW_PROTOCOL": ""},
+                             capture_output=True)
+    assert missing.returncode != 0, "the check fetched the missing tree from the promisor remote"
