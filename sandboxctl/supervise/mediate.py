@@ -142,6 +142,7 @@ class Mediator(Judgement, Opens, Changes, Answers):
         self.closed = False
         self._calls = {op: getattr(self, f"_{op}") for op in CALL_OPS}  # Call.op -> its method, bound once
         self.not_copied = NotCopied()
+        self._bases: dict[int, str | None] = {}  # the call's dirfds read so far -> where (new for each call)
 
     def close(self) -> None:
         """The sandbox is gone: FIFO opens still waiting stop (they poll), and are over before
@@ -167,6 +168,7 @@ class Mediator(Judgement, Opens, Changes, Answers):
                 respond(self.listener, notification.id, error=errno.ENOENT)
                 return
         opened: list[int] = []
+        self._bases = {}
         try:
             with self.as_caller:
                 self._calls[call.op](notification, call, opened)
@@ -203,7 +205,7 @@ class Mediator(Judgement, Opens, Changes, Answers):
     def _resolve(self, n: Notification, call: Call, index: int, opened: list[int], *,
                  follow: bool) -> tuple[str | None, Entry | str | None]:
         dirfd, raw = call.paths[index]
-        full = sandbox_path(n.pid, dirfd, raw)
+        full = sandbox_path(n.pid, dirfd, raw, self._bases)  # both paths of a rename on one reading of the cwd
         if full is None:
             return None, None
         return full, self.resolver.entry(n.pid, full, opened, follow=follow)

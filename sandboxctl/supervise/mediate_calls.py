@@ -66,11 +66,18 @@ class Call(Record):
     link_target: str = ""  # symlink's contents
 
 
-def sandbox_path(pid: int, dirfd: int, path: str) -> str | None:
-    """The caller's path made absolute in its own view (None: its base is not a directory path)."""
+def sandbox_path(pid: int, dirfd: int, path: str, bases: dict[int, str | None] | None = None) -> str | None:
+    """The caller's path made absolute in its own view (None: its base is not a directory path).
+    `bases`: the bases this call already read (dirfd -> where), so a rename or link of two
+    relative paths reads the caller's cwd once, as one snapshot (one readlink of /proc less)."""
     if path.startswith("/"):
         return path
-    where = _linked_path(pid, "cwd" if dirfd == AT_FDCWD else f"fd/{dirfd}")
+    if bases is None or dirfd not in bases:
+        where = _linked_path(pid, "cwd" if dirfd == AT_FDCWD else f"fd/{dirfd}")
+        if bases is not None:
+            bases[dirfd] = where
+    else:
+        where = bases[dirfd]
     if where is None:
         return None
     return f"{where.rstrip('/')}/{path}" if path else where
@@ -87,7 +94,9 @@ def _linked_path(pid: int, link: str) -> str | None:
     return where
 
 
-_MAGIC = lazyre.Pattern(r"^/(?:proc/(?:self|thread-self)/(fd/\d+|cwd|root)|dev/(fd/\d+|stdin|stdout|stderr))(/.*)?$")
+MAGIC_STARTS = ("/proc/self/", "/proc/thread-self/", "/dev/fd/", "/dev/std")  # what _MAGIC can match
+_MAGIC = lazyre.Pattern(r"^/(?:proc/(?:self|thread-self)/(fd/\d+|cwd|root)|dev/(fd/\d+|stdin|stdout|stderr))(/.*)?$",
+                       MAGIC_STARTS)
 _STDIO = {"stdin": "fd/0", "stdout": "fd/1", "stderr": "fd/2"}
 
 
@@ -95,7 +104,7 @@ def _unmagic(pid: int, path: str) -> str | None:
     """A path through the caller's own magic links (/proc/self/fd/N, /dev/stdout, /proc/self/cwd)
     made into the plain path the kernel names for it, in the sandbox's view. The same path when it
     has none; None when the link does not lead to a path (a pipe, a deleted file)."""
-    match = _MAGIC.match(path) if path.startswith(("/proc/", "/dev/")) else None
+    match = _MAGIC.match(path)
     if not match:
         return path
     link = match.group(1) or match.group(2)
@@ -240,13 +249,17 @@ class Resolver:
         except OSError:
             real = None
         if real == parent_path:
+            # the most recently used last: MAX_HELD_DIRS evicts the least recently used (a git commit
+            # makes a few objects/xx directories each time, which pushed .git itself out first)
+            del self.held[parent_path]
+            self.held[parent_path] = held
             return held
         del self.held[parent_path]
         opened.append(held[0])
         return None
 
     def _hold(self, parent_path: str, fd: int, opened: list[int]) -> tuple[int, int] | None:
-        """Keep a freshly resolved directory for the next calls (the oldest goes past
+        """Keep a freshly resolved directory for the next calls (the least recently used goes past
         MAX_HELD_DIRS, closed with this call's descriptors: an entry it resolved may use it); its
         identity is what _other_name compares with the launch record."""
         try:

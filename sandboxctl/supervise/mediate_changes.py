@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 O_NOFOLLOW = os.O_NOFOLLOW
 AT_SYMLINK_NOFOLLOW, AT_REMOVEDIR, AT_SYMLINK_FOLLOW, AT_EMPTY_PATH = 0x100, 0x200, 0x400, 0x1000
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
-_MAGIC_FD = lazyre.Pattern(r"^/proc/(self|\d+)/fd/(\d+)$")
+_MAGIC_FD = lazyre.Pattern(r"^/proc/(self|\d+)/fd/(\d+)$", ("/proc/",))
 
 
 class Changes:

@@ -19,7 +19,7 @@ from sandboxctl.record import Record
 from sandboxctl.supervise import fdops
 
 MAX_LINKS = 40
-PROC_MEMORY = lazyre.Pattern(r"^/proc/(self|thread-self|\d+)(/task/(\d+))?/mem$")
+PROC_MEMORY = lazyre.Pattern(r"^/proc/(self|thread-self|\d+)(/task/(\d+))?/mem$", ("/proc/",))
 _MAGIC = ("fd", "cwd", "root", "exe", "map_files")
 
 

@@ -131,3 +131,26 @@ def test_a_lazy_pattern_is_the_compiled_one(text):
             got, want = getattr(pattern, method)(subject), getattr(re.compile(text), method)(subject)
             assert (got and got.groups()) == (want and want.groups())
     assert pattern.compiled is re.compile(text)  # re's own cache: the same object
+
+
+def _path_subjects() -> list[str]:
+    """Paths made of the pieces the mediator's patterns look for, and near misses of them."""
+    heads = ["/proc/", "/proc", "//proc/", "/dev/", "/dev", "/de", "/", "", "x/proc/", "/PROC/"]
+    middles = ["self", "thread-self", "12", "1x", "self/task/3", "12/task/3", "selfish", "std", ""]
+    tails = ["/mem", "/fd/4", "/fd/", "/cwd", "/root", "/cwd/a/b", "/mem\n", "", "in", "out", "err", "null",
+             "fd/3", "fd/3/x", "stdout", "stdout/x", "/fd/4x"]
+    return [h + m + t for h in heads for m in middles for t in tails]
+
+
+def test_a_pattern_with_prefixes_answers_as_re_and_compiles_only_for_them():
+    from sandboxctl.supervise import mediate_calls, mediate_changes, sandbox_paths
+
+    for lazy in (mediate_calls._MAGIC, mediate_changes._MAGIC_FD, sandbox_paths.PROC_MEMORY):
+        compiled = re.compile(lazy.text)
+        for subject in _path_subjects():
+            for method in ("match", "fullmatch"):
+                got, want = getattr(lazy, method)(subject), getattr(compiled, method)(subject)
+                assert (got and got.groups()) == (want and want.groups()), (lazy.text, method, subject)
+        fresh = lazyre.Pattern(lazy.text, lazy.starts)
+        assert fresh.match("/dev/null") is None and fresh.match("/work/repo/.git/index.lock") is None
+        assert fresh._compiled is None  # git's /dev/null and an ordinary path never compile it

@@ -114,6 +114,20 @@ def test_a_descriptor_dropped_during_a_call_stays_open_until_the_call_ends(tree,
     close_all(opened)
 
 
+def test_the_least_recently_used_directory_goes_first(tree, monkeypatch):
+    """A directory used again stays held while newer ones come and go (git's .git between the
+    objects/xx directories each commit makes)."""
+    base, resolver = tree
+    monkeypatch.setattr(mediate_calls, "MAX_HELD_DIRS", 2)
+    for name in ("a", "b", "c"):
+        (base / name).mkdir()
+    for path in (f"{base}/a/x", f"{base}/b/x", f"{base}/a/y", f"{base}/c/x"):  # /a used again before /c comes
+        close_all(resolve(resolver, path)[1])
+    assert set(resolver.held) == {f"{base}/a", f"{base}/c"}
+    again, opened = resolve(resolver, f"{base}/a/z")
+    assert opened == [] and again.parent_path == f"{base}/a"
+
+
 def test_close_closes_every_held_directory(tree):
     base, resolver = tree
     (base / "a").mkdir()
