@@ -197,6 +197,8 @@ def test_a_symlink_swapped_by_a_racing_process_never_hides_a_call(sandbox, tmp_p
         seen = by_name.get(f"f{i}")
         assert seen in ([(f"{ws}/real", "allow")], [(str(ro), "deny")]), (i, seen)
         assert (ws / "real" / f"f{i}").exists() == (seen == [(f"{ws}/real", "allow")])
+    kinds = {seen[0][1] for seen in by_name.values()}
+    assert kinds == {"allow", "deny"}, kinds  # the link did flip under the writer
     assert sorted(p.name for p in ro.iterdir()) == ["dir", "existing"]
 
 
