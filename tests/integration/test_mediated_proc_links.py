@@ -255,3 +255,23 @@ def test_a_unix_socket_reached_through_proc_self_is_judged_and_logged(sandbox, t
     assert denied[0]["rule"] == denied[1]["rule"], denied  # the same socket file, judged the same
     assert accepted == []
     assert stat.S_ISSOCK(os.lstat(ro / "host.sock").st_mode)
+
+
+def test_process_memory_behind_dotdot_after_a_magic_link_is_refused_and_logged(sandbox):
+    """/proc/self/root/../proc/self/mem is the caller's memory. A write-intent open of it was judged
+    as text (normpath: /proc/self/proc/self/mem, "no process memory") and let through; through
+    openat2 with the caller's own RESOLVE_CACHED it reached the kernel with an "allow" record."""
+    probe = ("import ctypes, errno, os\n"
+             "libc = ctypes.CDLL(None, use_errno=True)\n"
+             "class How(ctypes.Structure):\n"
+             "    _fields_ = [('flags', ctypes.c_uint64), ('mode', ctypes.c_uint64), ('resolve', ctypes.c_uint64)]\n"
+             "path = b'/proc/self/root/../proc/self/mem'\n"
+             "for resolve in (0, 0x20):\n"
+             "    how = How(os.O_RDWR, 0, resolve)\n"
+             "    fd = libc.syscall(437, -100, path, ctypes.byref(how), ctypes.sizeof(how))\n"
+             "    print('opened' if fd >= 0 else errno.errorcode[ctypes.get_errno()])\n")
+    result = sandbox.run("--", "python3", "-c", probe)
+    assert result.stdout.split() == ["EACCES", "EACCES"], (result.stdout, result.stderr)
+    records = [(r["path"], r["decision"]) for r in sandbox.records() if r["event"] == "file"]
+    assert len(records) == 2 and all(d == "deny" for _p, d in records), records
+    assert all("/proc/PID/mem" in r["rule"] for r in sandbox.records() if r["event"] == "file")
