@@ -275,3 +275,23 @@ def test_process_memory_behind_dotdot_after_a_magic_link_is_refused_and_logged(s
     records = [(r["path"], r["decision"]) for r in sandbox.records() if r["event"] == "file"]
     assert len(records) == 2 and all(d == "deny" for _p, d in records), records
     assert all("/proc/PID/mem" in r["rule"] for r in sandbox.records() if r["event"] == "file")
+
+
+def test_a_final_symlink_into_proc_self_is_followed_as_the_kernel_follows_it(sandbox, tmp_path):
+    """The link is the last component: an open without O_NOFOLLOW (and truncate, chmod) follows it
+    to RO's file, refused and logged there; one that dangles into /proc is plain ENOENT, unlogged."""
+    ro = tmp_path / "ro"
+    _canaries(ro)
+    ws = sandbox.workspace
+    (ws / "to-new").symlink_to(f"/proc/./self/root{ro}/new")
+    (ws / "to-existing").symlink_to(f"/proc/thread-self/root{ro}/existing")
+    (ws / "dangles").symlink_to("/proc/self/root/no/such/dir/f")
+    answers = _run(sandbox, ro, [("open", f"{ws}/to-new"), ("write", f"{ws}/to-existing"),
+                                 ("truncate", f"{ws}/to-existing"), ("chmod", f"{ws}/to-existing"),
+                                 ("open", f"{ws}/dangles")])
+    assert answers == ["EACCES", "EACCES", "EROFS", "EROFS", "ENOENT"], answers
+    denied = [(r["op"], r["path"]) for r in sandbox.records() if r["event"] == "file" and r["decision"] == "deny"]
+    assert denied == [("create", f"{ro}/new"), ("write", f"{ro}/existing"), ("truncate", f"{ro}/existing"),
+                      ("chmod", f"{ro}/existing")], denied
+    assert sorted(p.name for p in ro.iterdir()) == ["dir", "existing"]
+    assert (ro / "existing").read_text() == "host\n" and stat.S_IMODE((ro / "existing").stat().st_mode) == 0o644
