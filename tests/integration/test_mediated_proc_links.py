@@ -295,3 +295,23 @@ def test_a_final_symlink_into_proc_self_is_followed_as_the_kernel_follows_it(san
                       ("chmod", f"{ro}/existing")], denied
     assert sorted(p.name for p in ro.iterdir()) == ["dir", "existing"]
     assert (ro / "existing").read_text() == "host\n" and stat.S_IMODE((ro / "existing").stat().st_mode) == 0o644
+
+
+def test_an_unnamed_file_in_the_workspace_still_gets_its_name(sandbox):
+    """O_TMPFILE's directory is resolved as entries are (through a link to /proc/self too), opened
+    by the supervisor, and named with linkat of /proc/self/fd/N: the bytes land on the host."""
+    ws = sandbox.workspace
+    (ws / "sub").mkdir()
+    (ws / "via").symlink_to(f"/proc/self/./root{ws}/sub")
+    probe = ("import os\n"
+             "for where, name in (('.', 'named'), ('via', 'via-named')):\n"
+             "    fd = os.open(where, os.O_TMPFILE | os.O_WRONLY, 0o640)\n"
+             "    os.write(fd, b'unnamed\\n')\n"
+             "    here = os.open('.', os.O_RDONLY)  # a dir_fd makes os.link call linkat(AT_SYMLINK_FOLLOW)\n"
+             "    os.link(f'/proc/self/fd/{fd}', name, dst_dir_fd=here, follow_symlinks=True)\n"
+             "print('ok')\n")
+    result = sandbox.run("--", "python3", "-c", probe)
+    assert result.stdout.strip() == "ok", result.stderr
+    assert (ws / "named").read_bytes() == b"unnamed\n" and (ws / "via-named").read_bytes() == b"unnamed\n"
+    creates = [r["path"] for r in sandbox.records() if r["event"] == "file" and r.get("op") == "create"]
+    assert creates == [str(ws), f"{ws}/sub"], creates
