@@ -24,6 +24,9 @@ import stat
 
 MAX_SYMLINKS = 40  # the kernel's MAXSYMLINKS: the 41st symlink of one lookup fails with ELOOP
 PROC_ROOT_INO = 1  # procfs' root directory
+# components looked up at most (each a system call from Python): 40 links of 4 KiB of `../` each
+# would be 80 000, a fifth of a second of the supervisor's time per call, asked again and again
+MAX_STEPS = 4096
 _DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -70,10 +73,14 @@ def walk(root: int, pid: int, path: str, links: int = 0) -> tuple[int, str] | st
     proc_dev: int | None = None
     retries = 0
     try:
+        steps = 0
         while parts:
             part = parts.pop()
             if part == ".":
                 continue
+            steps += 1
+            if steps > MAX_STEPS:
+                return Unresolved(f"the path takes more than {MAX_STEPS} lookups to walk")
             if part == "..":
                 if done:  # at the root `..` stays there, as it does for the caller
                     up = os.open("..", _DIR, dir_fd=cur)
