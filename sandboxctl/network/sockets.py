@@ -39,7 +39,7 @@ from typing import Any
 
 from sandboxctl.network import native, sockaddr
 from sandboxctl.network.pending import PendingConnects, connect_now
-from sandboxctl.network.unixwall import UnixWall
+from sandboxctl.network.unixwall import UnixWall, Unsure
 from sandboxctl.plan.network import AF_UNIX, SOCK_DGRAM, SOCK_RAW, SOCK_TYPE_MASK
 from sandboxctl.record import Record
 from sandboxctl.supervise import notify
@@ -153,6 +153,10 @@ class SocketCalls:
                     target = self.wall.resolve(notification.pid, address.path)
                 except OSError as exc:  # nothing there (ENOENT, ELOOP, ...): what the kernel would say
                     notify.respond(self.listener, notification.id, error=exc.errno or errno.ENOENT)
+                    return False
+                except Unsure as exc:  # where it leads is unknown: refused, and seen
+                    if notify.respond(self.listener, notification.id, error=errno.EACCES):
+                        self._record(notification.pid, address, Decision(False, str(exc)), "connect")
                     return False
                 if not _is_socket(target):
                     notify.respond(self.listener, notification.id, error=errno.ECONNREFUSED)

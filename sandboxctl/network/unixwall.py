@@ -17,6 +17,7 @@ rewriting the path afterwards changes nothing. The same rules as Landlock's RESO
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from collections.abc import Callable
@@ -78,6 +79,10 @@ class UnixWall:
         root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             return native.open_in_root(root, path)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                raise
+            return _walked(pid, root, os.fsdecode(path))
         finally:
             os.close(root)
 
@@ -128,3 +133,33 @@ class UnixWall:
                     if os.readlink(f"/proc/{pid}/fd/{name}") in links:
                         return True
         return False
+
+
+class Unsure(Exception):
+    """Where a socket path leads in the caller's view could not be established: refused and logged."""
+
+
+def _walked(pid: int, root: int, path: str) -> int:
+    """openat2 failed in our view, which is not the caller's through /proc/self or a magic link (a
+    symlink to /proc/self/root/run/... was "no such socket" and the connect was never logged): the
+    path is resolved again as the caller's kernel does (supervise/mediate_walk). OSError only
+    when its lookup certainly fails so; Unsure when that cannot be told."""
+    from sandboxctl.supervise.mediate_calls import Entry, Resolver
+
+    resolver = Resolver(os.dup(root))
+    opened: list[int] = []
+    try:
+        entry = resolver.entry(pid, path, opened, follow=True)
+        if isinstance(entry, str):
+            code = getattr(errno, entry, errno.ENOENT)
+            raise OSError(code, os.strerror(code))
+        if not isinstance(entry, Entry):
+            raise Unsure(getattr(entry, "why", "the socket's path could not be resolved in the caller's view"))
+        if entry.st is None:
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+        return os.open(entry.name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=entry.parent)
+    finally:
+        for fd in opened:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        resolver.close()

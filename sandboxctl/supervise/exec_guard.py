@@ -53,13 +53,16 @@ class ExecGuard:
         try:
             if self.root is None:  # this lookup only: the exec's answer proves the pid was the caller's
                 own = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            fd = fdops.openat2(self.root if self.root is not None else own, path, os.O_PATH | os.O_CLOEXEC, 0,
+            base = self.root if self.root is not None else own
+            fd = fdops.openat2(base, path, os.O_PATH | os.O_CLOEXEC, 0,
                                fdops.RESOLVE_IN_ROOT | fdops.RESOLVE_NO_MAGICLINKS)
         except OSError as exc:
             # /proc/self means nothing from out here (ENOENT), a magic link is refused (ELOOP)
             if exc.errno == errno.ELOOP or path.startswith(("/proc/", "/dev/")):
                 return self._through_magic_link(pid, path)
-            return False  # ENOENT, ENOTDIR, EACCES…: the kernel fails this exec too
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                return self._through_symlinks(pid, path, base)
+            return False  # EACCES…: the kernel fails this exec too
         finally:
             if own >= 0:
                 os.close(own)
@@ -68,6 +71,36 @@ class ExecGuard:
         finally:
             os.close(fd)
         return (st.st_dev, st.st_ino) in self.loaders
+
+    def _through_symlinks(self, pid: int, path: str, base: int) -> bool:
+        """Not found in our view: the caller's own only when no symlink lies on the way. One may
+        lead through /proc/self, which names nobody from out here: ws/l -> /proc/self/root/lib64
+        made l/ld-linux-x86-64.so.2 "no such file", and the loader ran a program from outside
+        exec.allow. Then the path is resolved as the caller's kernel resolves it (the mediator's
+        walk); what cannot be told counts as the loader (refused and logged)."""
+        from sandboxctl.supervise.mediate_calls import Entry, Resolver
+
+        try:
+            fd = fdops.openat2(base, path, os.O_PATH | os.O_CLOEXEC, 0,
+                               fdops.RESOLVE_IN_ROOT | fdops.RESOLVE_NO_SYMLINKS)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                return False  # no symlink on the way: the kernel fails this exec too
+        else:
+            os.close(fd)
+        resolver = Resolver(os.dup(base))
+        opened: list[int] = []
+        try:
+            entry = resolver.entry(pid, path, opened, follow=True)
+        finally:
+            for fd in opened:
+                os.close(fd)
+            resolver.close()
+        if isinstance(entry, str):
+            return False  # the caller's lookup certainly fails: so does its exec
+        if not isinstance(entry, Entry):
+            return True
+        return entry.st is not None and (entry.st.st_dev, entry.st.st_ino) in self.loaders
 
     def _through_magic_link(self, pid: int, path: str) -> bool:
         """A path through a /proc magic link, which the kernel follows: /proc/self/fd/N and

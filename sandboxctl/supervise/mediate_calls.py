@@ -16,7 +16,8 @@ import stat
 from sandboxctl import lazyre
 from sandboxctl.plan.syscalls import OPEN_CALLS
 from sandboxctl.record import Record
-from sandboxctl.supervise import fdops
+from sandboxctl.supervise import fdops, mediate_walk
+from sandboxctl.supervise.mediate_walk import Unresolved
 from sandboxctl.supervise.notify import AT_FDCWD, Notification, ProcessMemory
 
 O_CREAT, O_TRUNC = os.O_CREAT, os.O_TRUNC
@@ -285,11 +286,14 @@ class Resolver:
             raise OSError(errno.EBADF, "the sandbox's root is closed")
         return self.root
 
-    def entry(self, pid: int, path: str, opened: list[int], *, follow: bool) -> Entry | str | None:
+    def entry(self, pid: int, path: str, opened: list[int], *,
+              follow: bool) -> Entry | str | Unresolved | None:
         """Resolve path (absolute, in the sandbox's view) to its parent directory and name;
         with follow, a final symlink is followed (inside the sandbox's root). An errno name
-        string when the kernel would fail the lookup itself; None when we cannot resolve it."""
-        for _hop in range(MAX_SYMLINKS):
+        string only when the caller's own lookup certainly fails so (_walked); Unresolved when a
+        symlink on the way leads where we cannot follow it as the caller would (refused and
+        logged); None when we cannot resolve it for another reason (the kernel decides)."""
+        for hop in range(MAX_SYMLINKS):
             plain = _unmagic(pid, path)
             if plain is None:
                 return None
@@ -306,19 +310,27 @@ class Resolver:
                     parent = fdops.openat2(self.root_fd(), parent_path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC,
                                            0, fdops.RESOLVE_IN_ROOT | fdops.RESOLVE_NO_MAGICLINKS)
                 except OSError as exc:
-                    return errno.errorcode.get(exc.errno or 0) if exc.errno in (errno.ENOENT, errno.ENOTDIR) else None
-                opened.append(parent)
-                try:
-                    real = os.readlink(f"/proc/self/fd/{parent}")
-                except OSError:
-                    return None
-                if not real.startswith("/"):
-                    return None
-                # never a name ending " (deleted)": the kernel reads a removed directory back so, and
-                # one held under it would be used for the live directory of that name ever after
-                held_as = real == parent_path and not real.endswith(" (deleted)")
-                identity = self._hold(real, parent, opened) if held_as else None
-                entry = Entry(parent, real, name, parent_id=identity)
+                    if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                        return None
+                    walked = self._walked(pid, parent_path, exc.errno, hop)
+                    if not isinstance(walked, tuple):
+                        return walked
+                    parent, real = walked
+                    opened.append(parent)
+                    entry = Entry(parent, real, name)
+                else:
+                    opened.append(parent)
+                    try:
+                        real = os.readlink(f"/proc/self/fd/{parent}")
+                    except OSError:
+                        return None
+                    if not real.startswith("/"):
+                        return None
+                    # never a name ending " (deleted)": the kernel reads a removed directory back so, and
+                    # one held under it would be used for the live directory of that name ever after
+                    held_as = real == parent_path and not real.endswith(" (deleted)")
+                    identity = self._hold(real, parent, opened) if held_as else None
+                    entry = Entry(parent, real, name, parent_id=identity)
             if not follow:
                 return entry
             try:
@@ -335,3 +347,45 @@ class Resolver:
                 return None
             path = target if target.startswith("/") else f"{entry.parent_path.rstrip('/')}/{target}"
         return "ELOOP"
+
+    def directory(self, pid: int, path: str, opened: list[int]) -> tuple[int, str] | str | Unresolved | None:
+        """A directory path itself (O_TMPFILE's) in the caller's view: our O_PATH descriptor of it
+        and the path the kernel reads back, or what entry() answers instead (an errno name only
+        when certain)."""
+        plain = _unmagic(pid, path)
+        if plain is None:
+            return None
+        try:
+            fd = fdops.openat2(self.root_fd(), plain, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0,
+                               fdops.RESOLVE_IN_ROOT | fdops.RESOLVE_NO_MAGICLINKS)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                return None
+            walked = self._walked(pid, plain, exc.errno, 0)
+            if isinstance(walked, tuple):
+                opened.append(walked[0])
+            return walked
+        opened.append(fd)
+        try:
+            real = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            return None
+        return (fd, real) if real.startswith("/") else None
+
+    def _walked(self, pid: int, parent_path: str, error: int, hops: int) -> tuple[int, str] | str | Unresolved:
+        """openat2 failed in our view (ENOENT, ENOTDIR, ELOOP): is that the caller's answer too? A walk
+        that follows no symlink at all (RESOLVE_NO_SYMLINKS) failing so is the same walk as the
+        caller's: certain. A symlink on the way may lead through /proc/self (which names the reader:
+        "missing" for us) or a magic link (refused in our view): the path is walked again as the
+        caller's kernel walks it (mediate_walk). Never concluded from our view alone: a write reaching
+        /usr/share through ws/l -> /proc/self/root/usr/share was answered ENOENT and never logged."""
+        if error != errno.ELOOP:
+            try:
+                fd = fdops.openat2(self.root_fd(), parent_path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0,
+                                   fdops.RESOLVE_IN_ROOT | fdops.RESOLVE_NO_SYMLINKS)
+            except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                    return errno.errorcode[exc.errno]
+            else:
+                os.close(fd)  # there after all (it appeared meanwhile): walked below like any other
+        return mediate_walk.walk(self.root_fd(), pid, parent_path, hops)

@@ -16,6 +16,7 @@ import stat
 from sandboxctl import lazyre
 from sandboxctl.supervise import fdops
 from sandboxctl.supervise.mediate_calls import Entry, is_dir, sandbox_path
+from sandboxctl.supervise.mediate_walk import Unresolved
 from sandboxctl.supervise.notify import respond
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
@@ -209,7 +210,11 @@ class Changes:
         if not isinstance(src, Entry) or not isinstance(dst, Entry):
             mediated = any(p and self._mediated(p) for p in (src_full, dst_full))
             failed = next((e for e in (src, dst) if isinstance(e, str)), None)
-            if mediated and failed:
+            unsure = next((e for e in (src, dst) if isinstance(e, Unresolved)), None)
+            if unsure is not None:  # where one leads is unknown: never continued unseen
+                self._refuse(n, "rename", f"{src_full or call.paths[0][1]} -> {dst_full or call.paths[1][1]}",
+                             unsure.why)
+            elif mediated and failed:
                 respond(self.listener, n.id, error=getattr(errno, failed, errno.ENOENT))
             elif mediated:
                 self._refuse(n, "rename", src_full or "?", "the path could not be resolved in the sandbox")
@@ -241,11 +246,17 @@ class Changes:
 
     def _link(self, n: Notification, call: Call, opened: list[int]) -> None:
         dst_full, dst = self._resolve(n, call, 1, opened, follow=False)
-        if not isinstance(dst, Entry) or not self._mediated(dst.path):
+        if isinstance(dst, Unresolved):  # where it leads is unknown: never continued unseen
+            self._refuse(n, "link", dst_full or call.paths[1][1], dst.why)
+            return
+        if not isinstance(dst, Entry):
             if dst_full and isinstance(dst, str) and self._mediated(dst_full):
                 respond(self.listener, n.id, error=getattr(errno, dst, errno.ENOENT))
             else:
                 self._continue(n)
+            return
+        if not self._mediated(dst.path):  # refused and logged outside the writable set, as mkdir is
+            self._elsewhere(n, "link", dst.path)
             return
         if call.flags & AT_EMPTY_PATH:  # needs CAP_DAC_READ_SEARCH, which the sandbox does not have
             respond(self.listener, n.id, error=errno.ENOENT)
@@ -255,6 +266,10 @@ class Changes:
             self._refuse(n, "link", dst.path, why)
             return
         source = self._link_source(n, call, opened)
+        if isinstance(source, Unresolved):
+            self._refuse(n, "link", f"{sandbox_path(n.pid, *call.paths[0]) or call.paths[0][1]} -> {dst.path}",
+                         source.why)
+            return
         if isinstance(source, str):  # no such source: the kernel's own answer, nothing refused
             respond(self.listener, n.id, error=getattr(errno, source, errno.ENOENT))
             return

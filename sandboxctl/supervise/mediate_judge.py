@@ -16,6 +16,7 @@ from sandboxctl.paths import within
 from sandboxctl.protect.names import GITDIR_MARKERS, gitdir_marker
 from sandboxctl.supervise import aliases
 from sandboxctl.supervise.mediate_calls import Entry, exists_at
+from sandboxctl.supervise.mediate_walk import Unresolved
 from sandboxctl.supervise.notify import respond
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
@@ -140,7 +141,9 @@ class Judgement:
         is performed here in the sandbox's own writable mounts too, and refused elsewhere."""
         full, entry = self._resolve(n, call, 0, opened, follow=follow)
         if not isinstance(entry, Entry):
-            if full and entry is not None and (here or self._mediated(full)):
+            if isinstance(entry, Unresolved):  # where it leads is unknown: never continued unseen
+                self._refuse(n, call.op, full or call.paths[0][1], entry.why)
+            elif full and entry is not None and (here or self._mediated(full)):
                 respond(self.listener, n.id, error=getattr(errno, entry, errno.ENOENT))
             elif here:
                 self._refuse(n, call.op, full or call.paths[0][1], "the path could not be resolved in the sandbox")

@@ -19,6 +19,7 @@ import time
 from sandboxctl.supervise import fdops
 from sandboxctl.supervise.mediate_calls import Entry, sandbox_path
 from sandboxctl.supervise.mediate_changes import NO_SETID
+from sandboxctl.supervise.mediate_walk import Unresolved
 from sandboxctl.supervise.notify import respond
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
@@ -57,7 +58,9 @@ class Opens:
         follow = not (flags & O_NOFOLLOW) and not (flags & O_CREAT and flags & O_EXCL)
         full, entry = self._resolve(n, call, 0, opened, follow=follow)
         if not isinstance(entry, Entry):
-            if full and entry is not None and self._mediated(full):
+            if isinstance(entry, Unresolved):  # where it leads is unknown: never continued unseen
+                self._refuse(n, op, full or call.paths[0][1], entry.why)
+            elif isinstance(entry, str):  # the caller's own lookup fails so: nothing was crossed
                 respond(self.listener, n.id, error=getattr(errno, entry, errno.ENOENT))
             else:
                 self.outside(n, full or call.paths[0][1], op, flags, call.mode)
@@ -189,21 +192,34 @@ class Opens:
             delay = min(2 * delay, 0.05)
 
     def _open_tmpfile(self, n: Notification, call: Call, opened: list[int]) -> None:
+        """An unnamed file in the directory as the caller's kernel reaches it (a symlink on the
+        way may lead through /proc/self, which our own view cannot follow: mediate_walk)."""
         full = sandbox_path(n.pid, *call.paths[0])
-        if full is None or not self._mediated(full):
-            self.outside(n, full or call.paths[0][1], "create", call.flags, call.mode)
+        if full is None:
+            self.outside(n, call.paths[0][1], "create", call.flags, call.mode)
             return
+        found = self.resolver.directory(n.pid, full, opened)
+        if isinstance(found, Unresolved):
+            self._refuse(n, "create", full, found.why)
+            return
+        if isinstance(found, str):  # the caller's own lookup fails so: nothing was crossed
+            respond(self.listener, n.id, error=getattr(errno, found, errno.ENOENT))
+            return
+        if found is None or not self._mediated(found[1]):
+            self.outside(n, full if found is None else found[1], "create", call.flags, call.mode)
+            return
+        where, path = found
         mode = call.mode & NO_SETID & ~self._umask(n.pid)
         self._still_asked(n)
+        flags = call.flags & fdops.VALID_OPEN_FLAGS & ~os.O_NOFOLLOW
         try:
-            fd = fdops.openat2(self.resolver.root_fd(), full, (call.flags & fdops.VALID_OPEN_FLAGS) | os.O_CLOEXEC,
-                               mode, fdops.RESOLVE_IN_ROOT | fdops.RESOLVE_NO_MAGICLINKS)
+            fd = os.open(".", flags | os.O_CLOEXEC, mode, dir_fd=where)
         except OSError as exc:
-            self._done(n, "create", full, exc)
+            self._done(n, "create", path, exc)
             return
         opened.append(fd)
         real = os.readlink(f"/proc/self/fd/{fd}")
         if not self._mediated(real.removesuffix(" (deleted)").rsplit("/", 1)[0]):
             respond(self.listener, n.id, error=errno.EACCES)
             return
-        self._hand_over(n, "create", full, fd, bool(call.flags & os.O_CLOEXEC))
+        self._hand_over(n, "create", path, fd, bool(call.flags & os.O_CLOEXEC))

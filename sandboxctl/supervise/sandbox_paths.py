@@ -96,7 +96,8 @@ def walk(pid: int, tgid: int, path: str) -> Walked:
                 text = _in_proc(pid, tgid, parts)
                 if text is None:
                     return Walked("unsure")
-                if text.startswith("/") and not text.startswith("/proc/"):
+                # a magic link's target with `..` after it is walked on, never judged as text
+                if text.startswith("/") and (not text.startswith("/proc/") or "/.." in text):
                     links += 1
                     if links > MAX_LINKS:
                         return Walked("unsure")
@@ -152,7 +153,9 @@ def _in_proc(pid: int, tgid: int, parts: list[str]) -> str | None:
     else:
         rest_text = ""
     text = "/proc/" + "/".join(p for p in (who, rest_text, *rest) if p)
-    if rest and rest[0] in _MAGIC and ".." not in rest:
+    # `..` after a magic link applies to its target (/proc/self/root/../proc/self/mem is the caller's
+    # mem, which normpath made /proc/self/proc/self/mem: "no process memory"); fd/.. is /proc/PID
+    if rest and rest[0] in _MAGIC and not (rest[0] in ("fd", "map_files") and rest[1:2] in ([".."], ["."], [])):
         if host is None:
             return None  # another process's magic link: cannot follow it faithfully
         link = f"{host}/{rest[0]}" + (f"/{rest[1]}" if rest[0] in ("fd", "map_files") and len(rest) > 1 else "")

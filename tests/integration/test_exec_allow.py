@@ -118,3 +118,26 @@ def test_native_code_written_inside_is_never_mapped_as_code(sandbox, binary, how
     assert not canary.exists(), how
     [start] = [r for r in sandbox.records() if r["event"] == "run.start"]
     assert str(sandbox.workspace) in start["layers"]["exec_allow"]["noexec_mounts"]
+
+
+def test_the_loader_reached_through_a_link_to_proc_self_is_refused_and_logged(sandbox, binary, tmp_path):
+    """ws/l -> /proc/self/root/lib64: /proc/self names nobody in the supervisor's view, so the
+    loader's path was "no such file", the exec went on, and the loader ran a binary from outside
+    the list — one on a mount that lets it be mapped (a read grant), judged by its canary."""
+    import os
+
+    policy = sandbox.write_policy("exec.yaml", POLICY)
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    shutil.copy(binary, tools / "canary-bin")
+    os.chmod(tools, 0o755)
+    loader = next(p for p in ("/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1") if os.path.exists(p))
+    directory, name = os.path.split(loader)
+    canary = sandbox.workspace / "ran-through-link"
+    script = (f"ln -s /proc/self/root{directory} l && ln -s /proc/./self/root{directory} l2 && "
+              f"{{ l/{name} {tools}/canary-bin {canary}; l2/{name} {tools}/canary-bin {canary}; "
+              f"{loader} {tools}/canary-bin {canary}; }}")
+    result = sandbox.run("--allow-read", str(tools), "--", "/bin/sh", "-c", script, policy=str(policy))
+    assert not canary.exists(), result.stderr
+    denied = [r["path"] for r in sandbox.records() if r.get("event") == "exec" and r.get("decision") == "deny"]
+    assert denied == [f"{sandbox.workspace}/l/{name}", f"{sandbox.workspace}/l2/{name}", loader], denied

@@ -203,3 +203,14 @@ def test_a_directory_the_supervisor_may_not_search_is_refused_and_says_so(tmp_pa
     assert sandbox_paths.walk(me, me, f"{tmp_path}/locked/x/../../y") == ("unsure", errno.EACCES, "")
     why = sandbox_paths.process_memory_open(me, me, f"{tmp_path}/locked/x/../../../proc/self/mem")
     assert why and "may not search a directory" in why
+
+
+def test_dotdot_after_a_magic_link_is_walked_from_its_target(tmp_path):
+    """/proc/self/root/../proc/self/mem is the caller's own memory (root's `..` is the root): normpath
+    made it /proc/self/proc/self/mem and the write-intent open was let through as no process memory."""
+    me = os.getpid()
+    for path in ("/proc/self/root/../proc/self/mem", "/proc/self/root/../../proc/thread-self/mem",
+                 f"/proc/self/cwd/{'../' * 40}proc/self/mem"):
+        assert sandbox_paths.process_memory_open(me, me, path), path
+    assert sandbox_paths.walk(me, me, "/proc/self/root/../proc/self/mem").text == "/proc/self/mem"
+    assert sandbox_paths.process_memory_open(me, me, f"/proc/self/root/..{tmp_path}/x") is None

@@ -265,7 +265,8 @@ def test_connect_now_reports_a_full_unix_backlog(tmp_path):
 
 def test_the_unix_wall_judges_files_not_names(tmp_path):
     """Resolved in a process's own view (here ours), pinned at launch: renaming or linking a name
-    afterwards changes nothing, a directory covers what is in it, a magic link is not followed."""
+    afterwards changes nothing, a directory covers what is in it, the caller's magic links lead to
+    the file they name."""
     listed_dir = tmp_path / "listed"
     listed_dir.mkdir()
     servers = []
@@ -292,11 +293,16 @@ def test_the_unix_wall_judges_files_not_names(tmp_path):
     assert not verdict(tmp_path / "app.sock") and verdict(tmp_path / "docker.sock")
     os.symlink(tmp_path / "app.sock", tmp_path / "link")
     assert not verdict(tmp_path / "link")
+    # the caller's own magic link is followed as its kernel follows it (openat2 in our view refuses
+    # it: ELOOP, which was answered unseen), and the file it leads to is what is judged
     fd = os.open(tmp_path / "docker.sock", os.O_PATH)
-    with pytest.raises(OSError) as caught:
-        wall.resolve(os.getpid(), f"/proc/self/fd/{fd}".encode())
-    assert caught.value.errno in (errno.ELOOP, errno.EXDEV)
+    assert verdict(f"/proc/self/fd/{fd}") and verdict(f"/proc/thread-self/fd/{fd}")
     os.close(fd)
+    os.symlink(f"/proc/self/root{tmp_path}", tmp_path / "via-proc")  # /proc/self met on the way
+    assert verdict(tmp_path / "via-proc" / "docker.sock") and not verdict(tmp_path / "via-proc" / "app.sock")
+    with pytest.raises(OSError) as caught:  # truly nothing there: the kernel's answer, as before
+        wall.resolve(os.getpid(), os.fsencode(tmp_path / "via-proc" / "none.sock"))
+    assert caught.value.errno == errno.ENOENT
     for server in servers:
         server.close()
 

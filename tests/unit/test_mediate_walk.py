@@ -1,0 +1,119 @@
+"""The slow path of the mediator's resolution (supervise/mediate_walk.py), walked in this process's
+own view: here the "caller" is the test itself, so /proc/self names it as it names the caller in a
+sandbox, and every answer can be checked against the kernel's own lookup of the same path."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from sandboxctl.supervise import mediate_walk
+from sandboxctl.supervise.mediate_calls import Entry, Resolver
+from sandboxctl.supervise.mediate_walk import Unresolved
+
+
+@pytest.fixture
+def root():
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY)
+    yield fd
+    os.close(fd)
+
+
+def walked(root: int, path: str, links: int = 0):
+    found = mediate_walk.walk(root, os.getpid(), path, links)
+    if isinstance(found, tuple):
+        os.close(found[0])
+        return found[1]
+    return found
+
+
+def test_symlinks_through_proc_self_lead_where_the_kernel_goes(root, tmp_path):
+    real = tmp_path / "real"
+    (real / "sub").mkdir(parents=True)
+    (tmp_path / "abs").symlink_to(f"/proc/self/root{real}")
+    (tmp_path / "thread").symlink_to(f"/proc/thread-self/root{real}")
+    (tmp_path / "chain").symlink_to("abs")  # relative, then absolute
+    (tmp_path / "pid").symlink_to(f"/proc/{os.getpid()}/cwd")
+    (tmp_path / "devfd").symlink_to("/dev/fd")
+    fd = os.open(real, os.O_RDONLY)
+    try:
+        for path in ("abs", "thread", "chain", "chain/sub/..", "abs/./sub/../../real"):
+            assert walked(root, f"{tmp_path}/{path}") == os.path.realpath(f"{tmp_path}/{path}") == str(real), path
+        assert walked(root, f"{tmp_path}/pid") == os.getcwd()
+        assert walked(root, f"{tmp_path}/devfd/{fd}/sub") == str(real / "sub")
+        assert walked(root, f"/proc/self/root/../proc/self/fd/{fd}") == str(real)  # `..` after a magic link
+    finally:
+        os.close(fd)
+
+
+def test_certain_answers_only_where_the_kernel_fails_so(root, tmp_path):
+    (tmp_path / "file").write_text("")
+    (tmp_path / "dangling").symlink_to("/proc/self/root/no/such/dir")
+    (tmp_path / "to-file").symlink_to(f"/proc/self/root{tmp_path}/file")
+    assert walked(root, f"{tmp_path}/dangling") == "ENOENT"
+    assert walked(root, f"{tmp_path}/to-file") == "ENOTDIR"
+    assert walked(root, f"{tmp_path}/missing/deeper") == "ENOENT"
+    for path in ("dangling", "to-file", "missing/deeper"):
+        with pytest.raises((FileNotFoundError, NotADirectoryError)):
+            os.open(f"{tmp_path}/{path}", os.O_PATH | os.O_DIRECTORY)
+
+
+def test_forty_symlinks_are_followed_and_the_forty_first_is_eloop_as_in_the_kernel(root, tmp_path):
+    (tmp_path / "d").mkdir()
+    previous = f"/proc/self/root{tmp_path}/d"
+    for i in range(41):
+        (tmp_path / f"l{i}").symlink_to(previous)
+        previous = f"l{i}"
+    answers = {}
+    for i in range(34, 41):  # lI leads through I+1 symlinks, then /proc/self and its root: I+3 in all
+        path = f"{tmp_path}/l{i}"
+        try:
+            os.close(os.open(path, os.O_PATH | os.O_DIRECTORY))
+            kernel = str(tmp_path / "d")
+        except OSError as exc:
+            assert exc.errno == errno.ELOOP
+            kernel = "ELOOP"
+        answers[i] = kernel
+        assert walked(root, path) == kernel, i
+    assert answers[37] == str(tmp_path / "d") and answers[38] == "ELOOP"  # 40 followed, the 41st refused
+    assert walked(root, f"{tmp_path}/l36", links=1) == str(tmp_path / "d")
+    assert walked(root, f"{tmp_path}/l36", links=2) == "ELOOP"  # counted with what the lookup followed before
+
+
+def test_what_cannot_be_followed_faithfully_is_unresolved(root, tmp_path):
+    read, write = os.pipe()
+    try:
+        assert isinstance(walked(root, f"/proc/self/fd/{read}/x"), Unresolved)  # a pipe is no directory path
+        if os.getpid() != 1 and os.path.exists("/proc/1/cwd"):
+            found = walked(root, "/proc/1/cwd")
+            assert isinstance(found, Unresolved) and "another process" in found.why
+    finally:
+        os.close(read)
+        os.close(write)
+
+
+def test_the_resolver_confirms_a_missing_parent_without_symlinks_and_walks_one_with(tmp_path):
+    resolver = Resolver(os.open("/", os.O_PATH | os.O_DIRECTORY))
+    opened: list[int] = []
+    try:
+        (tmp_path / "l").symlink_to(f"/proc/self/./root{tmp_path}")  # not the textual /proc/self/root form
+        assert resolver.entry(os.getpid(), f"{tmp_path}/no/f", opened, follow=False) == "ENOENT"
+        entry = resolver.entry(os.getpid(), f"{tmp_path}/l/f", opened, follow=False)
+        assert isinstance(entry, Entry) and entry.path == f"{tmp_path}/f"
+    finally:
+        for fd in opened:
+            os.close(fd)
+        resolver.close()
+
+
+def test_a_walk_made_endless_by_its_links_is_cut_short(root, tmp_path):
+    """40 links of 2 000 `..` each: 80 000 lookups in Python for one call. Past MAX_STEPS, unresolved
+    (refused and logged) rather than a supervisor kept busy by the sandbox."""
+    previous = str(tmp_path)
+    for i in range(30):
+        (tmp_path / f"u{i}").symlink_to("../" * 1000 + previous.lstrip("/"))
+        previous = f"{tmp_path}/u{i}"
+    found = walked(root, previous)
+    assert isinstance(found, Unresolved) and "lookups" in found.why
