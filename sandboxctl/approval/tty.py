@@ -11,12 +11,14 @@ keeps the prompt off a terminal that a full-screen agent owns.)
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import termios
 import time
 
 from sandboxctl.approval.frontend import ThreadedFrontEnd
+from sandboxctl.approval.keys import QUIET_AFTER, QUIET_BEFORE, KeyReader
 from sandboxctl.approval.view import KEYS
 from sandboxctl.errors import SandboxError
 
@@ -74,19 +76,33 @@ class TtyFrontEnd(ThreadedFrontEnd):
             termios.tcsetattr(self.fd, termios.TCSANOW, quiet)
             termios.tcflush(self.fd, termios.TCIFLUSH)  # keys typed before the question are no answer
             self._show(request, others)
+            reader = KeyReader()
+            last_input = float("-inf")  # what came before the question was flushed
             while request.answer is None and not self.stopping:
                 left = request.deadline - time.monotonic()
                 if left <= 0:
                     break
                 if self.fd in self._wait(min(left, 0.5)):
-                    key = os.read(self.fd, 1).decode(errors="replace").lower()
-                    if key in KEYS:
-                        self.broker.answer(request.id, KEYS[key], "tty")
+                    chunk = os.read(self.fd, 4096)
+                    if not chunk:
+                        raise OSError(errno.EIO, "end of input")
+                    now, alone = time.monotonic(), len(chunk) == 1 and reader.idle
+                    quiet_before = now - last_input >= QUIET_BEFORE
+                    reader.feed(chunk)
+                    last_input = now
+                    key = KEYS.get(chunk.decode("latin-1").lower()) if alone and reader.idle else None
+                    if key and quiet_before and not self._more_input(QUIET_AFTER):
+                        self.broker.answer(request.id, key, "tty")
             if request.answer is None:  # the broker times it out; do not leave the screen waiting
                 request.done.wait(max(0.0, request.deadline - time.monotonic()) + 1.0)
             self._write(f"  -> {_outcome(request)}\r\n")
         finally:
             termios.tcsetattr(self.fd, termios.TCSANOW, saved)
+
+    def _more_input(self, timeout: float) -> bool:
+        """Whether more input arrives within `timeout` (it is left for the next read)."""
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        return bool(ready)
 
     def _show(self, request, others: int) -> None:
         from sandboxctl.approval.view import render

@@ -1,0 +1,208 @@
+"""Red team rt13: the terminal approval prompt, attacked by the command that shares its terminal.
+
+The sandboxed command owns stdout and stdin, the very terminal the prompt is drawn on and read
+from. Every test here is judged from outside: the bytes the pty's master side received (what a
+terminal would show), the bytes it was sent (what the human or the terminal typed), the action
+log, and the files on the host.
+
+The pty master in these tests plays the terminal emulator: like xterm, VTE, kitty or PuTTY it
+answers the queries the command writes (cursor position, mode reports, colours, answerback) by
+typing the reply into the terminal's input, where the prompt reads its keys.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from .test_approvals import _policy
+from .test_terminal import _spawn_on_pty
+
+BOTTOM_RIGHT = "╯".encode()
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A host directory the policy shows read-only: the place writes escape to."""
+    path = tmp_path / "outside"
+    path.mkdir()
+    os.chmod(tmp_path, 0o755)
+    return path
+
+# The command: a thread keeps writing QUERY to the terminal; the main thread writes outside the
+# writable set, so the prompt is up while the queries go on.
+QUERYING_WRITER = r"""
+import os, sys, threading, time
+query = bytes.fromhex(sys.argv[1])
+def ask():
+    while True:
+        os.write(1, query)
+        time.sleep(0.05)
+threading.Thread(target=ask, daemon=True).start()
+time.sleep(0.2)
+try:
+    with open(sys.argv[2], "w") as handle:
+        handle.write("written in the sandbox")
+    print("\r\nwrote", flush=True)
+except OSError as exc:
+    print("\r\nrefused", exc.errno, flush=True)
+"""
+
+
+class FakeTerminal:
+    """The master side of a pty, answering the command's queries as a terminal emulator does."""
+
+    def __init__(self, master: int, replies: dict[bytes, bytes]):
+        self.master = master
+        self.replies = replies
+        self.screen = b""
+        self.answering = True
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        seen = 0  # how far the replies have been made
+        while not self.stop.is_set():
+            ready, _, _ = select.select([self.master], [], [], 0.05)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(self.master, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            with self.lock:
+                self.screen += chunk
+                for query, reply in self.replies.items():
+                    start = seen
+                    while self.answering and (found := self.screen.find(query, start)) >= 0:
+                        os.write(self.master, reply)
+                        start = found + len(query)
+                seen = max(0, len(self.screen) - 16)
+
+    def wait_for(self, needle: bytes, timeout: float = 20.0, after: int = 0) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self.lock:
+                if self.screen.find(needle, after) >= 0:
+                    return True
+            time.sleep(0.05)
+        return False
+
+    def type(self, data: bytes) -> None:
+        os.write(self.master, data)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+def _approvals(sandbox) -> list[dict]:
+    return [r for r in sandbox.records() if r["event"] == "approval"]
+
+
+# What terminals answer, and the key each answer holds for a prompt that reads single bytes:
+# the cursor position report ends in "R" (run), a mode report in "y" (once), a colour report
+# holds "r" (rgb), PuTTY's default answerback to ENQ is "PuTTY" (y), and a terminal in 8-bit
+# mode (S8C1T, which the command can switch on) sends its reports with a C1 CSI.
+REPORTS = {
+    "cursor position report": (b"\x1b[6n", b"\x1b[12;40R"),
+    "mode report": (b"\x1b[?2004$p", b"\x1b[?2004;2$y"),
+    "colour report": (b"\x1b]11;?\x07", b"\x1b]11;rgb:0000/0000/0000\x1b\\"),
+    "answerback": (b"\x05", b"PuTTY"),
+    "8-bit report": (b"\x1b[6n", "\u009b12;40R".encode()),
+    "raw 8-bit report": (b"\x1b[6n", b"\x9b12;40R"),
+    "device attributes": (b"\x1b[>c", b"\x1b[>41;380;0c\x1b[?64;1;2;6;9;15;18;21;22c"),
+}
+
+
+@pytest.mark.parametrize("name", list(REPORTS))
+def test_terminal_reports_the_command_asks_for_are_no_answer(sandbox, outside, name):
+    """A report typed by the terminal is not the human's key: the request waits for a real one."""
+    query, reply = REPORTS[name]
+    target = outside / "bashrc"
+    proc, master = _spawn_on_pty(sandbox, ["--", "python3", "-c", QUERYING_WRITER, query.hex(), str(target)],
+                                 policy=_policy(sandbox, outside, timeout="8s"))
+    terminal = FakeTerminal(master, {query: reply})
+    try:
+        assert terminal.wait_for(BOTTOM_RIGHT), terminal.screen[-2000:]
+        time.sleep(1.5)  # the queries and their answers go on while the prompt waits
+        with terminal.lock:
+            terminal.answering = False
+        time.sleep(0.5)
+        terminal.type(b"d")  # the human's own answer still counts
+        assert terminal.wait_for(b"refused") or terminal.wait_for(b"wrote", 1), terminal.screen[-3000:]
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        terminal.close()
+        os.close(master)
+    assert not target.exists(), f"a {name} answered the prompt: {_approvals(sandbox)}"
+    answers = [(a["target"], a["answer"], a["via"]) for a in _approvals(sandbox)]
+    assert answers == [(str(target), "deny", "tty")], answers
+
+
+MOUSE_WRITER = r"""
+import os, sys
+os.write(1, b"\x1b[?1000h\x1b[?1003h")  # report every click and every motion, X10 style
+try:
+    with open(sys.argv[1], "w") as handle:
+        handle.write("written in the sandbox")
+    print("\r\nwrote", flush=True)
+except OSError as exc:
+    print("\r\nrefused", exc.errno, flush=True)
+"""
+
+
+def test_mouse_reports_are_no_answer(sandbox, outside):
+    """With X10 mouse reporting switched on by the command, moving the mouse over column 79 types
+    ESC [ M, then the button, column and row each as a byte plus 32: "o" for column 79, "y" for
+    column 89, "a" for row 65. None of it is a key."""
+    target = outside / "profile"
+    proc, master = _spawn_on_pty(sandbox, ["--", "python3", "-c", MOUSE_WRITER, str(target)],
+                                 policy=_policy(sandbox, outside, timeout="6s"))
+    terminal = FakeTerminal(master, {})
+    try:
+        assert terminal.wait_for(BOTTOM_RIGHT), terminal.screen[-2000:]
+        for column, row in ((79, 1), (89, 2), (82, 65), (68, 3)):  # o, y, r / a, d
+            terminal.type(b"\x1b[M" + bytes((32 + 3, 32 + column, 32 + row)))  # a motion, no button
+            time.sleep(0.2)
+        assert terminal.wait_for(b"refused", 15) or terminal.wait_for(b"wrote", 1), terminal.screen[-3000:]
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        terminal.close()
+        os.close(master)
+    assert not target.exists(), _approvals(sandbox)
+    assert [a["answer"] for a in _approvals(sandbox)] == ["timeout"]
+
+
+def test_a_paste_is_no_answer(sandbox, outside):
+    """Text pasted while the prompt waits (bracketed or not) arrives as one burst: not a key."""
+    target = outside / "pasted"
+    proc, master = _spawn_on_pty(sandbox, ["--", "python3", "-c", MOUSE_WRITER, str(target)],
+                                 policy=_policy(sandbox, outside, timeout="5s"))
+    terminal = FakeTerminal(master, {})
+    try:
+        assert terminal.wait_for(BOTTOM_RIGHT), terminal.screen[-2000:]
+        terminal.type(b"\x1b[200~yes, run it\x1b[201~")
+        time.sleep(0.3)
+        terminal.type(b"yarn add left-pad")
+        assert terminal.wait_for(b"refused", 15) or terminal.wait_for(b"wrote", 1), terminal.screen[-3000:]
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        terminal.close()
+        os.close(master)
+    assert not target.exists(), _approvals(sandbox)
+    assert [a["answer"] for a in _approvals(sandbox)] == ["timeout"]
+
+
