@@ -206,3 +206,94 @@ def test_a_paste_is_no_answer(sandbox, outside):
     assert [a["answer"] for a in _approvals(sandbox)] == ["timeout"]
 
 
+
+
+# The command reads the terminal too. It asks for a cursor report and reads all of it but the
+# last byte, so the prompt finds a lone "R" (allow for this run) after a quiet moment.
+PREFIX_STEALER = r"""
+import os, sys, termios, threading, time
+mode = termios.tcgetattr(0)
+mode[3] &= ~(termios.ICANON | termios.ECHO)
+termios.tcsetattr(0, termios.TCSANOW, mode)
+def steal():
+    while True:
+        os.write(1, b"\x1b[6n")
+        try:
+            os.read(0, 7)
+        except OSError:
+            pass
+        time.sleep(0.25)
+threading.Thread(target=steal, daemon=True).start()
+time.sleep(0.5)
+try:
+    with open(sys.argv[1], "w") as handle:
+        handle.write("written in the sandbox")
+    print("\r\nwrote", flush=True)
+except OSError as exc:
+    print("\r\nrefused", exc.errno, flush=True)
+"""
+
+
+def test_the_command_cannot_leave_the_last_byte_of_a_report_for_the_prompt(sandbox, outside):
+    target = outside / "gitconfig"
+    proc, master = _spawn_on_pty(sandbox, ["--", "python3", "-c", PREFIX_STEALER, str(target)],
+                                 policy=_policy(sandbox, outside, timeout="6s"))
+    terminal = FakeTerminal(master, {b"\x1b[6n": b"\x1b[12;40R"})
+    try:
+        assert terminal.wait_for(b"refused", 30) or terminal.wait_for(b"wrote", 1), terminal.screen[-3000:]
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        terminal.close()
+        os.close(master)
+    assert not target.exists(), _approvals(sandbox)
+    assert [a["answer"] for a in _approvals(sandbox)] == ["timeout"]
+
+
+# The command makes a process group of its own the terminal's foreground one (SIGTTOU ignored, as
+# a shell does), then reads every key typed.
+FOREGROUND_TAKER = r"""
+import os, signal, sys, threading, time
+signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+signal.signal(signal.SIGTTIN, signal.SIG_IGN)
+os.setpgid(0, 0)
+os.tcsetpgrp(0, os.getpgrp())
+stolen = []
+def steal():
+    import select
+    while True:
+        try:
+            os.tcsetpgrp(0, os.getpgrp())
+            if select.select([0], [], [], 0.05)[0]:
+                stolen.append(os.read(0, 64))
+        except OSError:
+            time.sleep(0.01)
+threading.Thread(target=steal, daemon=True).start()
+try:
+    with open(sys.argv[1], "w") as handle:
+        handle.write("written in the sandbox")
+    print("\r\nwrote", flush=True)
+except OSError as exc:
+    print("\r\nrefused", exc.errno, flush=True)
+print("stolen", repr(b"".join(stolen)), flush=True)
+"""
+
+
+def test_a_command_that_takes_the_foreground_is_denied_and_reads_no_key(sandbox, outside):
+    """The prompt takes the terminal back (the command could read nothing meanwhile), denies the
+    request at once and says why: no key read while the command fights for the terminal counts."""
+    target = outside / "zshrc"
+    proc, master = _spawn_on_pty(sandbox, ["--", "python3", "-c", FOREGROUND_TAKER, str(target)],
+                                 policy=_policy(sandbox, outside, timeout="20s"))
+    terminal = FakeTerminal(master, {})
+    try:
+        assert terminal.wait_for(b"stolen", 15), terminal.screen[-3000:]
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        terminal.close()
+        os.close(master)
+    assert not target.exists()
+    assert [(a["answer"], a["via"]) for a in _approvals(sandbox)] == [("deny", "tty: the command took the terminal")]
+    assert b"denied (the command took the terminal while it was asked)" in terminal.screen, terminal.screen[-2000:]
+    assert b"refused 13" in terminal.screen and b"Traceback" not in terminal.screen
