@@ -26,6 +26,7 @@ import time
 
 from sandboxctl.approval.frontend import ThreadedFrontEnd
 from sandboxctl.approval.keys import QUIET_AFTER, QUIET_BEFORE, KeyReader
+from sandboxctl.approval.screen import RESET
 from sandboxctl.approval.tty_keys import KeySource
 from sandboxctl.approval.view import KEYS
 from sandboxctl.errors import SandboxError
@@ -134,7 +135,7 @@ class TtyFrontEnd(ThreadedFrontEnd):
         from sandboxctl.approval.view import render
 
         text = render(request.to_dict(), others, self.broker.describe.get("policy", ""), _width(self.fd))
-        self._write("\r\n" + text.replace("\n", "\r\n"))
+        self._write(RESET + "\r\n" + text.replace("\n", "\r\n"))
 
     def _write(self, text: str) -> None:
         data = text.encode()

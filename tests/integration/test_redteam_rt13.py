@@ -297,3 +297,47 @@ def test_a_command_that_takes_the_foreground_is_denied_and_reads_no_key(sandbox,
     assert [(a["answer"], a["via"]) for a in _approvals(sandbox)] == [("deny", "tty: the command took the terminal")]
     assert b"denied (the command took the terminal while it was asked)" in terminal.screen, terminal.screen[-2000:]
     assert b"refused 13" in terminal.screen and b"Traceback" not in terminal.screen
+
+
+# Before it writes outside the writable set, the command leaves the terminal in modes that would
+# hide or deform what is drawn next: concealed text, white on white, the line-drawing set in G0
+# and G1 (shifted in), insert mode, reverse video, a one-line scroll region, mouse reports.
+SCREEN_SPOILER = r"""
+import os, sys
+os.write(1, b"\x1b[8m\x1b[37;47m\x1b(0\x1b)0\x0e\x1b[4h\x1b[?5h\x1b[5;5r\x1b]4;7;#000000\x1b\\\x1b[?1003h")
+try:
+    with open(sys.argv[1], "w") as handle:
+        handle.write("written in the sandbox")
+    print("\r\nwrote", flush=True)
+except OSError as exc:
+    print("\r\nrefused", exc.errno, flush=True)
+"""
+
+RESETS = {  # each mode the command set, and what must put it back before the panel is drawn
+    "concealed, white on white": b"\x1b[0m", "line drawing in G0": b"\x1b(B", "line drawing in G1": b"\x1b)B",
+    "shifted out": b"\x0f", "insert mode": b"\x1b[4l", "reverse video": b"\x1b[?5l",
+    "one-line scroll region": b"\x1b[r", "palette": b"\x1b]104", "mouse reports": b"\x1b[?1003l",
+}
+
+
+def test_modes_the_command_left_do_not_hide_or_deform_the_panel(sandbox, outside):
+    target = outside / "hidden"
+    proc, master = _spawn_on_pty(sandbox, ["--", "python3", "-c", SCREEN_SPOILER, str(target)],
+                                 policy=_policy(sandbox, outside, timeout="20s"))
+    terminal = FakeTerminal(master, {})
+    try:
+        assert terminal.wait_for(BOTTOM_RIGHT), terminal.screen[-2000:]
+        time.sleep(0.3)
+        terminal.type(b"d")
+        assert terminal.wait_for(b"refused", 15), terminal.screen[-3000:]
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        terminal.close()
+        os.close(master)
+    screen = terminal.screen
+    spoiled = screen.index(b"\x1b[?1003h") + len(b"\x1b[?1003h")  # the command's last mode
+    between = screen[spoiled:screen.index(b"approval needed")]
+    missing = [mode for mode, reset in RESETS.items() if reset not in between]
+    assert not missing, (missing, between)
+    assert not target.exists() and [a["answer"] for a in _approvals(sandbox)] == ["deny"]
