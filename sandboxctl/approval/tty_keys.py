@@ -16,6 +16,7 @@ terminal back, it throws away what is queued and starts a new epoch; whatever wa
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import signal
@@ -40,14 +41,20 @@ class KeySource:
         self.epoch = 0
         self.before = 0  # the foreground group before the prompt: handed back after it
         self.groups: set[int] = set()  # every foreground group seen: continued after the prompt
+        self.job_control = True  # the terminal is our controlling one (always, for /dev/tty)
         self.taken = 0  # how many times the command took the terminal while the prompt waited
 
     def open(self) -> None:
         # a thread of ours may change the terminal from a background group (SIGTTOU blocked: the
         # kernel lets it); the command's own tcsetpgrp does not stop this thread then
         signal.pthread_sigmask(signal.SIG_BLOCK, JOB_SIGNALS)
-        self.before = os.tcgetpgrp(self.tty)
-        self.groups.add(self.before)
+        try:
+            self.before = os.tcgetpgrp(self.tty)
+            self.groups.add(self.before)
+        except OSError as exc:  # not our controlling terminal (a device named for tests): no job control on it
+            if exc.errno != errno.ENOTTY:
+                raise
+            self.job_control = False
         frames_r, frames_w = os.pipe2(os.O_CLOEXEC)
         control_r, control_w = os.pipe2(os.O_CLOEXEC)
         try:
@@ -64,13 +71,16 @@ class KeySource:
 
     def take_back(self) -> None:
         """Make the helper's group the foreground one, drop what is queued, start a new epoch."""
-        os.tcsetpgrp(self.tty, self.pid)
+        if self.job_control:
+            os.tcsetpgrp(self.tty, self.pid)
         termios.tcflush(self.tty, termios.TCIFLUSH)
         self.epoch = (self.epoch + 1) % 256
         os.write(self.control, bytes((self.epoch,)))
 
     def ours(self) -> bool:
         """Whether the helper's group holds the terminal (else the command took it: taken back)."""
+        if not self.job_control:
+            return True
         group = os.tcgetpgrp(self.tty)
         if group == self.pid:
             return True
@@ -121,8 +131,9 @@ class KeySource:
     def close(self) -> None:
         """Hand the terminal back to the group that had it, and continue every group that held
         it meanwhile (a command stopped by SIGTTIN/SIGTTOU while the prompt waited goes on)."""
-        with contextlib.suppress(OSError):
-            os.tcsetpgrp(self.tty, self.before)
+        if self.job_control:
+            with contextlib.suppress(OSError):
+                os.tcsetpgrp(self.tty, self.before)
         if self.pid:
             with contextlib.suppress(OSError):
                 os.kill(self.pid, signal.SIGKILL)
