@@ -33,6 +33,7 @@ from sandboxctl.errors import SandboxError
 
 CTRL_C = 0x03  # with ISIG off during the prompt, Ctrl-C is a key: deny
 TAKEN = "tty: the command took the terminal"
+READ_TIME = 0.5  # s after a panel appears before a key answers it: nobody reads a panel faster
 
 
 class TtyFrontEnd(ThreadedFrontEnd):
@@ -91,7 +92,7 @@ class TtyFrontEnd(ThreadedFrontEnd):
             termios.tcsetattr(self.fd, termios.TCSANOW, quiet)
             termios.tcflush(self.fd, termios.TCIFLUSH)  # keys typed before the question are no answer
             self._show(request, others)
-            self._read_answer(request, keys, quiet)
+            self._read_answer(request, keys, quiet, time.monotonic())
             if request.answer is None:  # the broker times it out; do not leave the screen waiting
                 request.done.wait(max(0.0, request.deadline - time.monotonic()) + 1.0)
             why = " (the command took the terminal while it was asked)" if request.via == TAKEN else ""
@@ -101,9 +102,11 @@ class TtyFrontEnd(ThreadedFrontEnd):
                 termios.tcsetattr(self.fd, termios.TCSANOW, saved)
             keys.close()
 
-    def _read_answer(self, request, keys: KeySource, quiet: list) -> None:
+    def _read_answer(self, request, keys: KeySource, quiet: list, shown: float) -> None:
         """Until answered or due. A key counts when it is one byte read alone, outside every
-        sequence, with quiet before and after it, while our reader held the terminal throughout."""
+        sequence, with quiet before and after it, while our reader held the terminal throughout,
+        and not in the first READ_TIME after the panel appeared (it was meant for the one before:
+        a key pressed twice or held, or pressed just as the previous request timed out)."""
         reader = KeyReader()
         last_input = float("-inf")  # what came before the question was flushed
         while request.answer is None and not self.stopping:
@@ -125,7 +128,7 @@ class TtyFrontEnd(ThreadedFrontEnd):
             quiet_before = now - last_input >= QUIET_BEFORE
             reader.feed(chunk)
             last_input = now
-            if not (alone and reader.idle and quiet_before):
+            if not (alone and reader.idle and quiet_before and now - shown >= READ_TIME):
                 continue
             key = "deny" if chunk[0] == CTRL_C else KEYS.get(chunk.decode("latin-1").lower())
             if key and not keys.pending(QUIET_AFTER) and keys.ours():
