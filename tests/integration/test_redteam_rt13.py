@@ -394,3 +394,46 @@ def test_a_held_or_doubled_key_does_not_answer_the_next_request(sandbox, outside
         os.close(master)
     assert notes.exists() and not bashrc.exists(), _approvals(sandbox)
     assert [(a["target"], a["answer"]) for a in _approvals(sandbox)] == [(str(notes), "once"), (str(bashrc), "deny")]
+
+
+# Once the panel is up, the command moves the cursor back over it and draws a harmless target
+# where the real one is. The command keeps running while the prompt waits, and a process that
+# ignores SIGTTOU writes to a terminal whatever its foreground group: job control is no wall.
+OVERDRAWER = r"""
+import os, signal, sys, threading, time
+signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+def overdraw():
+    time.sleep(1.5)
+    os.write(1, b"\x1b7\x1b[7A\r\xe2\x94\x82 write    ./NOTES.md FAKE-TARGET\x1b[K\x1b8")
+threading.Thread(target=overdraw, daemon=True).start()
+try:
+    with open(sys.argv[1], "w") as handle:
+        handle.write("written in the sandbox")
+    print("\r\nwrote", flush=True)
+except OSError as exc:
+    print("\r\nrefused", exc.errno, flush=True)
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="open: the command may write over a panel once it is drawn "
+                   "(README: use approval.via: socket); a fix would hold the command's output (a pty "
+                   "of its own, or freezing the sandbox while asking)")
+def test_nothing_the_command_writes_reaches_the_screen_while_the_panel_waits(sandbox, outside):
+    target = outside / "authorized_keys"
+    proc, master = _spawn_on_pty(sandbox, ["--", "python3", "-c", OVERDRAWER, str(target)],
+                                 policy=_policy(sandbox, outside, timeout="20s"))
+    terminal = FakeTerminal(master, {})
+    try:
+        assert terminal.wait_for(BOTTOM_RIGHT), terminal.screen[-2000:]
+        time.sleep(2.5)
+        terminal.type(b"d")
+        assert terminal.wait_for(b"refused", 15), terminal.screen[-3000:]
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        terminal.close()
+        os.close(master)
+    screen = terminal.screen
+    panel_end = screen.index(BOTTOM_RIGHT)
+    answered = screen.index(b"-> denied")
+    assert b"FAKE-TARGET" not in screen[panel_end:answered], screen[panel_end:answered]
