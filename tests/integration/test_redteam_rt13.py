@@ -437,3 +437,52 @@ def test_nothing_the_command_writes_reaches_the_screen_while_the_panel_waits(san
     panel_end = screen.index(BOTTOM_RIGHT)
     answered = screen.index(b"-> denied")
     assert b"FAKE-TARGET" not in screen[panel_end:answered], screen[panel_end:answered]
+
+
+FLOOD = r"""
+import sys, threading
+results = []
+def write(path):
+    try:
+        open(path, "w").write("x")
+        results.append("wrote")
+    except OSError as exc:
+        results.append(exc.errno)
+threads = [threading.Thread(target=write, args=(f"{sys.argv[1]}/f{n}",)) for n in range(int(sys.argv[2]))]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print("\r\nflood done", results.count("wrote"), results.count(13), flush=True)
+"""
+
+
+def test_a_flood_of_requests_is_bounded_and_denied(sandbox, outside):
+    """300 writes outside at once, nobody answering: at most MAX_PENDING wait (the rest are denied
+    at once), the supervisor's threads stay bounded, nothing is written, and the run ends."""
+    from sandboxctl.approval.broker import MAX_PENDING
+
+    proc, master = _spawn_on_pty(sandbox, ["--", "python3", "-c", FLOOD, str(outside), "300"],
+                                 policy=_policy(sandbox, outside, timeout="3s"))
+    terminal = FakeTerminal(master, {})
+    peak = 0
+    try:
+        end = time.monotonic() + 60
+        while time.monotonic() < end and not terminal.wait_for(b"flood done", 0.2):
+            try:
+                status = Path(f"/proc/{proc.pid}/status").read_text()
+            except OSError:
+                break
+            peak = max(peak, int(status.split("Threads:")[1].split()[0]))
+        assert terminal.wait_for(b"flood done 0 300", 5), terminal.screen[-2000:]
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        terminal.close()
+        os.close(master)
+    answers = [a["answer"] for a in _approvals(sandbox)]
+    assert len(answers) == 300 and set(answers) <= {"timeout", "deny"}, set(answers)
+    assert answers.count("timeout") <= MAX_PENDING
+    assert not list(outside.iterdir())
+    assert peak < MAX_PENDING + 40, peak
+    assert terminal.screen.count(b"approval needed") <= MAX_PENDING
