@@ -486,3 +486,66 @@ def test_a_flood_of_requests_is_bounded_and_denied(sandbox, outside):
     assert not list(outside.iterdir())
     assert peak < MAX_PENDING + 40, peak
     assert terminal.screen.count(b"approval needed") <= MAX_PENDING
+
+
+# While the prompt waits, the command tries to type the answer itself: TIOCSTI on fd 0 and on a
+# fresh /dev/tty (this kernel still allows TIOCSTI: dev.tty.legacy_tiocsti), TIOCLINUX, and a new
+# session that steals the terminal as its controlling one (TIOCSCTTY with force).
+INJECTOR = r"""
+import fcntl, os, sys, threading, time
+TIOCSTI, TIOCLINUX, TIOCSCTTY = 0x5412, 0x541C, 0x540E
+tried = {}
+def inject():
+    time.sleep(1.0)
+    for name, fd_of in (("fd0", lambda: 0), ("devtty", lambda: os.open("/dev/tty", os.O_RDWR))):
+        try:
+            fd = fd_of()
+            for key in b"oooo":
+                fcntl.ioctl(fd, TIOCSTI, bytes((key,)))
+            tried[name] = "typed"
+        except OSError as exc:
+            tried[name] = exc.errno
+    try:
+        fcntl.ioctl(0, TIOCLINUX, b"\x02" + b"\0" * 16)
+        tried["tioclinux"] = "done"
+    except OSError as exc:
+        tried["tioclinux"] = exc.errno
+    read, write = os.pipe()
+    if os.fork() == 0:
+        os.setsid()
+        try:
+            fcntl.ioctl(0, TIOCSCTTY, 1)
+            fcntl.ioctl(0, TIOCSTI, b"o")
+            os.write(write, b"stolen")
+        except OSError as exc:
+            os.write(write, str(exc.errno).encode())
+        os._exit(0)
+    tried["sctty"] = os.read(read, 64).decode()
+threading.Thread(target=inject, daemon=True).start()
+try:
+    with open(sys.argv[1], "w") as handle:
+        handle.write("written in the sandbox")
+    print("\r\nwrote", flush=True)
+except OSError as exc:
+    print("\r\nrefused", exc.errno, flush=True)
+time.sleep(0.5)
+print("\r\ntried", sorted(tried.items()), flush=True)
+"""
+
+
+def test_the_command_cannot_type_the_answer_through_the_kernel(sandbox, outside):
+    target = outside / "bash_profile"
+    proc, master = _spawn_on_pty(sandbox, ["--", "python3", "-c", INJECTOR, str(target)],
+                                 policy=_policy(sandbox, outside, timeout="4s"))
+    terminal = FakeTerminal(master, {})
+    try:
+        assert terminal.wait_for(b"tried", 30), terminal.screen[-3000:]
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        terminal.close()
+        os.close(master)
+    assert not target.exists(), _approvals(sandbox)
+    assert [a["answer"] for a in _approvals(sandbox)] == ["timeout"]
+    tried = terminal.screen[terminal.screen.rindex(b"tried"):].decode(errors="replace")
+    assert "typed" not in tried and "stolen" not in tried and "'done'" not in tried, tried
