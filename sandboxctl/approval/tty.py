@@ -113,8 +113,7 @@ class TtyFrontEnd(ThreadedFrontEnd):
             left = request.deadline - time.monotonic()
             if left <= 0:
                 break
-            if self._wait(0):
-                continue  # the queue changed (answered elsewhere, the run ends): look again
+            self._wait(0)  # queue changes (answered elsewhere, the run ends) are seen at the loop's top
             chunk = keys.read(min(left, 0.25))
             if keys.taken:  # the command fights the prompt for the terminal: no answer is trustworthy
                 self.broker.answer(request.id, "deny", TAKEN)
