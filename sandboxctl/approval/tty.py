@@ -2,10 +2,18 @@
 
 One thread owns the terminal, so concurrent requests queue instead of garbling the screen. The
 terminal's mode is saved before each prompt and restored after it (a full-screen program's raw
-mode included). Keys come from the controlling terminal, which the supervisor reads itself: the
-sandboxed command shares the terminal but cannot answer on our behalf by writing to it — output
-never turns into our input. (It can read keys typed while a prompt waits: `approval.via: socket`
-keeps the prompt off a terminal that a full-screen agent owns.)
+mode included). The sandboxed command shares the terminal, so what counts as an answer is narrow:
+
+- keys are read only by a helper whose process group is the terminal's foreground one while the
+  prompt waits (approval/tty_keys.py): the command cannot read the human's key, nor read a
+  terminal report up to its last letter and leave that letter for us;
+- a key is one byte read alone, outside every escape sequence, with quiet before and after it
+  (approval/keys.py): a terminal's reports, mouse reports and pastes are never an answer;
+- before the panel is drawn, the terminal's rendering state and its input reports are reset
+  (approval/screen.py), so what the command wrote before cannot hide or restyle the panel.
+
+What stays open (the README says it): the command may write to the terminal while the prompt
+waits and draw over the panel; `approval.via: socket` keeps the prompt off a shared terminal.
 """
 
 from __future__ import annotations
@@ -17,8 +25,15 @@ import termios
 import time
 
 from sandboxctl.approval.frontend import ThreadedFrontEnd
+from sandboxctl.approval.keys import QUIET_AFTER, QUIET_BEFORE, KeyReader
+from sandboxctl.approval.screen import RESET
+from sandboxctl.approval.tty_keys import KeySource
 from sandboxctl.approval.view import KEYS
 from sandboxctl.errors import SandboxError
+
+CTRL_C = 0x03  # with ISIG off during the prompt, Ctrl-C is a key: deny
+TAKEN = "tty: the command took the terminal"
+READ_TIME = 0.5  # s after a panel appears before a key answers it: nobody reads a panel faster
 
 
 class TtyFrontEnd(ThreadedFrontEnd):
@@ -51,48 +66,78 @@ class TtyFrontEnd(ThreadedFrontEnd):
                 continue
             try:
                 self._prompt(pending[0], len(pending) - 1)
-            except OSError as exc:  # the terminal went away: nobody can answer any more
-                self.broker.unavailable = f"terminal lost ({exc.strerror})"
+            except (OSError, termios.error) as exc:  # the terminal went away: nobody can answer any more
+                reason = exc.strerror if isinstance(exc, OSError) else str(exc.args[-1])
+                self.broker.unavailable = f"terminal lost ({reason})"
                 for request in self.broker.pending():
                     self.broker.answer(request.id, "deny", f"tty: {self.broker.unavailable}")
                 return
 
     def _wait(self, timeout: float | None) -> list[int]:
-        ready, _, _ = select.select([self.wake_r, self.fd] if timeout is not None else [self.wake_r], [], [],
-                                    timeout)
+        ready, _, _ = select.select([self.wake_r], [], [], timeout)
         if self.wake_r in ready:
             self.drain_wakeups()
         return ready
 
     def _prompt(self, request, others: int) -> None:
         saved = termios.tcgetattr(self.fd)
+        keys = KeySource(self.fd)
         try:
             quiet = list(saved)
-            quiet[3] &= ~(termios.ICANON | termios.ECHO)
+            # no echo, no line editing, no signals: Ctrl-C is a key (deny), Ctrl-Z stops nothing
+            quiet[3] &= ~(termios.ICANON | termios.ECHO | termios.ISIG)
             quiet[6] = list(saved[6])
             quiet[6][termios.VMIN], quiet[6][termios.VTIME] = 1, 0
+            keys.open()  # our key reader holds the terminal: the command's reads stop or fail now
             termios.tcsetattr(self.fd, termios.TCSANOW, quiet)
             termios.tcflush(self.fd, termios.TCIFLUSH)  # keys typed before the question are no answer
             self._show(request, others)
-            while request.answer is None and not self.stopping:
-                left = request.deadline - time.monotonic()
-                if left <= 0:
-                    break
-                if self.fd in self._wait(min(left, 0.5)):
-                    key = os.read(self.fd, 1).decode(errors="replace").lower()
-                    if key in KEYS:
-                        self.broker.answer(request.id, KEYS[key], "tty")
+            self._read_answer(request, keys, quiet, time.monotonic())
             if request.answer is None:  # the broker times it out; do not leave the screen waiting
                 request.done.wait(max(0.0, request.deadline - time.monotonic()) + 1.0)
-            self._write(f"  -> {_outcome(request)}\r\n")
+            why = " (the command took the terminal while it was asked)" if request.via == TAKEN else ""
+            self._write(f"  -> {_outcome(request)}{why}\r\n")
         finally:
-            termios.tcsetattr(self.fd, termios.TCSANOW, saved)
+            with contextlib.suppress(OSError, termios.error):
+                termios.tcsetattr(self.fd, termios.TCSANOW, saved)
+            keys.close()
+
+    def _read_answer(self, request, keys: KeySource, quiet: list, shown: float) -> None:
+        """Until answered or due. A key counts when it is one byte read alone, outside every
+        sequence, with quiet before and after it, while our reader held the terminal throughout,
+        and not in the first READ_TIME after the panel appeared (it was meant for the one before:
+        a key pressed twice or held, or pressed just as the previous request timed out)."""
+        reader = KeyReader()
+        last_input = float("-inf")  # what came before the question was flushed
+        while request.answer is None and not self.stopping:
+            left = request.deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._wait(0)  # queue changes (answered elsewhere, the run ends) are seen at the loop's top
+            chunk = keys.read(min(left, 0.25))
+            if keys.taken:  # the command fights the prompt for the terminal: no answer is trustworthy
+                self.broker.answer(request.id, "deny", TAKEN)
+                return
+            if termios.tcgetattr(self.fd) != quiet:  # the command changed the mode under us
+                termios.tcsetattr(self.fd, termios.TCSANOW, quiet)
+            if chunk is None:
+                keys.ours()
+                continue
+            now, alone = time.monotonic(), len(chunk) == 1 and reader.idle
+            quiet_before = now - last_input >= QUIET_BEFORE
+            reader.feed(chunk)
+            last_input = now
+            if not (alone and reader.idle and quiet_before and now - shown >= READ_TIME):
+                continue
+            key = "deny" if chunk[0] == CTRL_C else KEYS.get(chunk.decode("latin-1").lower())
+            if key and not keys.pending(QUIET_AFTER) and keys.ours():
+                self.broker.answer(request.id, key, "tty")
 
     def _show(self, request, others: int) -> None:
         from sandboxctl.approval.view import render
 
         text = render(request.to_dict(), others, self.broker.describe.get("policy", ""), _width(self.fd))
-        self._write("\r\n" + text.replace("\n", "\r\n"))
+        self._write(RESET + "\r\n" + text.replace("\n", "\r\n"))
 
     def _write(self, text: str) -> None:
         data = text.encode()

@@ -293,6 +293,7 @@ def _prompted(master: int, request_no: int) -> bytes:
     if BOTTOM_RIGHT not in seen[title:]:
         seen += _read_until(master, BOTTOM_RIGHT, 10)
     assert b"allow once" in seen and BOTTOM_RIGHT in seen[title:], seen.decode(errors="replace")[-2000:]
+    time.sleep(0.6)  # a human reads it: a key in the panel's first half second is no answer
     return seen
 
 

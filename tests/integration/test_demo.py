@@ -99,6 +99,7 @@ def test_demo_on_a_terminal_asks_and_d_denies(sandbox, tmp_path: Path) -> None:
         while b"sandboxctl log --run" not in screen and time.monotonic() < deadline:
             screen += _read_until(master, b"\n", 1)
             while screen.count(b"without an answer") > answered:  # d to every prompt, as the README says
+                time.sleep(0.6)  # read first: a key in the panel's first half second is no answer
                 os.write(master, b"d")
                 answered += 1
         assert proc.wait(timeout=30) == 0, screen.decode(errors="replace")[-2500:]

@@ -405,6 +405,7 @@ def test_tty_front_end_queues_requests_and_restores_the_terminal(tmp_path: Path)
                 if select.select([master], [], [], 0.2)[0]:
                     screen += os.read(master, 4096)
             assert screen.count(b"approval needed") == 1, screen  # never two prompts at once
+            time.sleep(0.6)  # read, as a human does: a key in the panel's first half second is no answer
             os.write(master, key)
             screen = b""
         for thread in threads:
