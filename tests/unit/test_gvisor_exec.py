@@ -155,8 +155,9 @@ def test_without_hints_from_the_run_each_error_still_has_one(tmp_path):
     result = subprocess.run([sys.executable, "-I", "-S", "-B", gvisor_init.__file__, str(path)], env={},
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 127
-    assert result.stderr.splitlines() == ["sandboxctl: error: no-such-command-xyz: command not found inside the sandbox",
-                                          f"  hint: {gvisor_init.HINTS['not_found']}"]
+    assert result.stderr.splitlines() == [
+        "sandboxctl: error: no-such-command-xyz: command not found inside the sandbox",
+        f"  hint: {gvisor_init.HINTS['not_found']}"]
     result = subprocess.run([sys.executable, "-I", "-S", "-B", gvisor_init.__file__, str(tmp_path / "none")], env={},
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 125 and result.stderr.splitlines()[1] == f"  hint: {gvisor_init.DOCTOR}"
