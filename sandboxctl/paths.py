@@ -260,9 +260,13 @@ def _own_group_only(st: os.stat_result) -> bool:
 
 
 def ensure_private_dir(path: str | PathLike[str]) -> str | PathLike[str]:
-    """Create a 0700 directory we own, refusing one another user could tamper with (returns `path`,
-    a str or a Path as given)."""
+    """Create a 0700 directory we own, refusing one another user could tamper with, or reach
+    through a directory they may change (others_control, as for the runtime dir; the state dir has
+    no fallback: its trust store, log and approvals must persist). Returns `path`, a str or a Path
+    as given."""
     where = pure(path)  # as Path(path) named it: no trailing slash that would make lstat follow a link
+    if not os.path.isdir(where):  # nothing is made under a directory others may change
+        _refuse_others(where)
     make_dirs(where, 0o700)
     st = os.stat(where)
     # in a directory anyone may write (/tmp), a symlink is someone else's choice of where we go
@@ -278,9 +282,22 @@ def ensure_private_dir(path: str | PathLike[str]) -> str | PathLike[str]:
                  else "is writable by others (what they left in it stays)")
         raise SandboxError(f"{where} {whose}", "remove it, or set XDG_RUNTIME_DIR / XDG_STATE_HOME to a "
                            "directory of your own")
+    # the directory itself is ours; what leads to it must be too: another user who may rename a
+    # component (a group-writable ~/.local) could put a trust store or approvals of theirs in its place
+    _refuse_others(where)
     if st.st_mode & 0o077:
         os.chmod(where, 0o700)
     return path
+
+
+def _refuse_others(where: str) -> None:
+    why = others_control(os.path.abspath(where))
+    if why is not None:
+        from sandboxctl.errors import SandboxError
+
+        raise SandboxError(f"{where} is reached through a directory another user may change: {why}",
+                           "remove the others' write access on the way (chmod g-w,o-w), or set XDG_STATE_HOME / "
+                           "XDG_RUNTIME_DIR to a directory only you and root can change")
 
 
 def expand(path: str, *, workspace: str, home: str, state: str | None = None) -> str:
