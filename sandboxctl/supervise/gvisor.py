@@ -121,10 +121,11 @@ class GvisorSupervisor(GvisorLoop, Supervisor):
                 self.snapshot.mark(False)
                 self.next_beat = time.monotonic() + HEARTBEAT_S
             try:
-                self.log.write("run.start", argv=self.argv_for_log, workspace=plan.workspace, policy=plan.policy,
-                               policy_source=plan.policy_source, policy_sha256=plan.policy_sha256, backend="gvisor",
-                               layers=self.layers, limits=self._limits_for_log(),
-                               confirmed=list(plan.confirmations) or None)
+                self._write_record("run.start", argv=self.argv_for_log, workspace=plan.workspace,
+                                   policy=plan.policy, policy_source=plan.policy_source,
+                                   policy_sha256=plan.policy_sha256, backend="gvisor",
+                                   layers=self.layers, limits=self._limits_for_log(),
+                                   confirmed=list(plan.confirmations) or None)
                 self._log_secrets()
             except LogWriteError:
                 self._kill()
