@@ -188,7 +188,7 @@ def runtime_dir() -> str:
     return join(temporary, f"sandboxctl-{os.getuid()}")
 
 
-def others_control(path: str) -> str | None:
+def others_control(path: str, unmapped_as_root: bool = False) -> str | None:
     """Why a user other than us and root could change what the absolute `path` names, or None.
 
     Every directory the lookup passes through and every symlink it follows must be ours or
@@ -196,10 +196,15 @@ def others_control(path: str) -> str | None:
     may replace it, and the entry passed through is ours or root's); writable by our own private
     group alone counts as ours. Otherwise another user may
     swap a component, or assemble directories of ours (a workspace a sandbox wrote) into the
-    path. What does not exist yet is ours to make (ensure_private_dir checks what it makes)."""
+    path. What does not exist yet is ours to make (ensure_private_dir checks what it makes).
+
+    `unmapped_as_root`: in a user namespace that does not map root (unshare --user, a rootless
+    container), the host's root owns / and /home, and they show as the overflow uid; so does any
+    other unmapped user, whom nothing here can tell apart. Counted as root then (ensure_private_dir:
+    no worse than before it looked at the way at all; a directory others may write is still named)."""
     import stat
 
-    owners = (0, os.getuid())
+    owners = (0, os.getuid(), *((_overflow_uid(),) if unmapped_as_root and _root_unmapped() else ()))
     names = [part for part in path.split("/") if part and part != "."]
     here, links = "/", 0
     try:
@@ -236,6 +241,23 @@ def others_control(path: str) -> str | None:
             here = entry
     except OSError as exc:
         return f"{here}: {exc.strerror or exc}"
+
+
+def _overflow_uid() -> int:
+    try:
+        with open("/proc/sys/kernel/overflowuid") as handle:
+            return int(handle.read())
+    except (OSError, ValueError):
+        return 65534
+
+
+def _root_unmapped() -> bool:
+    """This user namespace maps no uid 0 (the initial one maps every uid from 0)."""
+    try:
+        with open("/proc/self/uid_map") as handle:
+            return not any(line.split()[:1] == ["0"] for line in handle)
+    except OSError:
+        return False
 
 
 def _own_group_only(st: os.stat_result) -> bool:
@@ -291,7 +313,7 @@ def ensure_private_dir(path: str | PathLike[str]) -> str | PathLike[str]:
 
 
 def _refuse_others(where: str) -> None:
-    why = others_control(os.path.abspath(where))
+    why = others_control(os.path.abspath(where), unmapped_as_root=True)
     if why is not None:
         from sandboxctl.errors import SandboxError
 

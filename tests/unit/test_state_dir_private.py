@@ -5,6 +5,7 @@ and a hint, exit 125, and nothing is made or written there."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +60,32 @@ def test_a_run_with_such_a_state_dir_does_not_start(tmp_path: Path) -> None:
         assert not (shared / "state").exists() and not canary.exists()
     finally:
         shared.chmod(0o755)
+
+
+@pytest.mark.skipif(os.getuid() == 0, reason="as root, unshare --map-current-user maps root: nothing is unmapped")
+def test_in_a_user_namespace_without_root_the_systems_directories_are_not_another_users(tmp_path: Path) -> None:
+    """unshare --user: / and /home are the overflow uid there (root unmapped). Counted as root's,
+    else no run could start in a rootless container; a directory others may write is still refused."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1)")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    code = ("import sys; from sandboxctl import paths; from sandboxctl.errors import SandboxError\n"
+            "assert paths._root_unmapped(), open('/proc/self/uid_map').read()\n"
+            f"paths.ensure_private_dir({str(tmp_path / 'mine' / 'sandboxctl')!r})\n"
+            "try:\n"
+            f"    paths.ensure_private_dir({str(shared / 'state')!r})\n"
+            "except SandboxError as exc:\n"
+            "    print(exc.message); sys.exit(3)\n")
+    map_option = "--map-current-user"
+    shared.chmod(0o777)
+    try:
+        probe = subprocess.run(["unshare", "--user", map_option, "true"], capture_output=True, timeout=30)
+        if probe.returncode:
+            pytest.skip(f"no user namespace here: {probe.stderr.decode(errors='replace').strip()}")
+        result = subprocess.run(["unshare", "--user", map_option, sys.executable, "-c", code],
+                                capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+    finally:
+        shared.chmod(0o755)
+    assert result.returncode == 3, result.stdout + result.stderr  # the private one made, the shared one refused
+    assert "may be written by others" in result.stdout and (tmp_path / "mine" / "sandboxctl").is_dir()
