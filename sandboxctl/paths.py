@@ -188,7 +188,7 @@ def runtime_dir() -> str:
     return join(temporary, f"sandboxctl-{os.getuid()}")
 
 
-def others_control(path: str) -> str | None:
+def others_control(path: str, unmapped_as_root: bool = False) -> str | None:
     """Why a user other than us and root could change what the absolute `path` names, or None.
 
     Every directory the lookup passes through and every symlink it follows must be ours or
@@ -196,10 +196,15 @@ def others_control(path: str) -> str | None:
     may replace it, and the entry passed through is ours or root's); writable by our own private
     group alone counts as ours. Otherwise another user may
     swap a component, or assemble directories of ours (a workspace a sandbox wrote) into the
-    path. What does not exist yet is ours to make (ensure_private_dir checks what it makes)."""
+    path. What does not exist yet is ours to make (ensure_private_dir checks what it makes).
+
+    `unmapped_as_root`: in a user namespace that does not map root (unshare --user, a rootless
+    container), the host's root owns / and /home, and they show as the overflow uid; so does any
+    other unmapped user, whom nothing here can tell apart. Counted as root then (ensure_private_dir:
+    no worse than before it looked at the way at all; a directory others may write is still named)."""
     import stat
 
-    owners = (0, os.getuid())
+    owners = (0, os.getuid(), *((_overflow_uid(),) if unmapped_as_root and _root_unmapped() else ()))
     names = [part for part in path.split("/") if part and part != "."]
     here, links = "/", 0
     try:
@@ -238,6 +243,23 @@ def others_control(path: str) -> str | None:
         return f"{here}: {exc.strerror or exc}"
 
 
+def _overflow_uid() -> int:
+    try:
+        with open("/proc/sys/kernel/overflowuid") as handle:
+            return int(handle.read())
+    except (OSError, ValueError):
+        return 65534
+
+
+def _root_unmapped() -> bool:
+    """This user namespace maps no uid 0 (the initial one maps every uid from 0)."""
+    try:
+        with open("/proc/self/uid_map") as handle:
+            return not any(line.split()[:1] == ["0"] for line in handle)
+    except OSError:
+        return False
+
+
 def _own_group_only(st: os.stat_result) -> bool:
     """A directory writable by its group alone, that group being our own private one (a user
     private group, as umask 002 leaves ~/.local on many systems): named as we are, no members
@@ -260,9 +282,13 @@ def _own_group_only(st: os.stat_result) -> bool:
 
 
 def ensure_private_dir(path: str | PathLike[str]) -> str | PathLike[str]:
-    """Create a 0700 directory we own, refusing one another user could tamper with (returns `path`,
-    a str or a Path as given)."""
+    """Create a 0700 directory we own, refusing one another user could tamper with, or reach
+    through a directory they may change (others_control, as for the runtime dir; the state dir has
+    no fallback: its trust store, log and approvals must persist). Returns `path`, a str or a Path
+    as given."""
     where = pure(path)  # as Path(path) named it: no trailing slash that would make lstat follow a link
+    if not os.path.isdir(where):  # nothing is made under a directory others may change
+        _refuse_others(where)
     make_dirs(where, 0o700)
     st = os.stat(where)
     # in a directory anyone may write (/tmp), a symlink is someone else's choice of where we go
@@ -278,9 +304,22 @@ def ensure_private_dir(path: str | PathLike[str]) -> str | PathLike[str]:
                  else "is writable by others (what they left in it stays)")
         raise SandboxError(f"{where} {whose}", "remove it, or set XDG_RUNTIME_DIR / XDG_STATE_HOME to a "
                            "directory of your own")
+    # the directory itself is ours; what leads to it must be too: another user who may rename a
+    # component (a group-writable ~/.local) could put a trust store or approvals of theirs in its place
+    _refuse_others(where)
     if st.st_mode & 0o077:
         os.chmod(where, 0o700)
     return path
+
+
+def _refuse_others(where: str) -> None:
+    why = others_control(os.path.abspath(where), unmapped_as_root=True)
+    if why is not None:
+        from sandboxctl.errors import SandboxError
+
+        raise SandboxError(f"{where} is reached through a directory another user may change: {why}",
+                           "remove the others' write access on the way (chmod g-w,o-w), or set XDG_STATE_HOME / "
+                           "XDG_RUNTIME_DIR to a directory only you and root can change")
 
 
 def expand(path: str, *, workspace: str, home: str, state: str | None = None) -> str:

@@ -316,9 +316,8 @@ def _runs(path: Path, *, run: str | None, denied: bool, since, as_json: bool) ->
         print("no matching runs", file=sys.stderr)
         return
     with_changes = any(s.changes for s in runs)
-    rows = [_run_cells(s, with_changes) for s in runs]
-    if not sys.stdout.isatty():
-        _print_run_lines(rows, with_changes)
+    if not sys.stdout.isatty():  # a pipe or a file: whole cells, nothing folded or cut
+        _print_run_lines([_run_cells(s, with_changes, None) for s in runs], with_changes)
         return
     from rich import box
     from rich.table import Table
@@ -326,12 +325,23 @@ def _runs(path: Path, *, run: str | None, denied: bool, since, as_json: bool) ->
 
     from sandboxctl.cli.output import console
 
+    screen = console()
+    rows = [_run_cells(s, with_changes, None) for s in runs]
+    headers = RUN_COLUMNS[:8 if with_changes else 7]
+    # every column but the command is never folded: what the command keeps of the terminal's real width
+    fixed = sum(max(len(cell) for cell in column) for i, column in enumerate(zip(headers, *rows, strict=True))
+                if i != 2) + len(headers) - 1
+    room = screen.width - fixed
+    if room < 10:  # no table fits (80 columns, overlay runs): whole lines the terminal wraps, never a cut column
+        _print_run_lines(rows, with_changes)
+        return
+    rows = [_run_cells(s, with_changes, max(room, 60)) for s in runs]  # a long command: one line, or a few
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0))
     table.add_column("run", no_wrap=True)
     table.add_column("started", no_wrap=True)
     table.add_column("command", overflow="fold", min_width=10, ratio=3)
     table.add_column("policy", no_wrap=True)  # a name split in two ("defaul", "t") reads as two
-    table.add_column("exit", overflow="fold", min_width=4)
+    table.add_column("exit", no_wrap=True)
     table.add_column("duration", no_wrap=True, justify="right")
     table.add_column("denied", no_wrap=True, justify="right")
     if with_changes:  # overlay runs: what became of their held changes
@@ -343,19 +353,20 @@ def _runs(path: Path, *, run: str | None, denied: bool, since, as_json: bool) ->
         if with_changes:
             styles[7] = "yellow" if cells[7] == "held" else ""
         table.add_row(*(Text(cell, style=style) for cell, style in zip(cells, styles, strict=True)))
-    console().print(table)
+    screen.print(table)
 
 
 RUN_COLUMNS = ("run", "started", "command", "policy", "exit", "duration", "denied", "changes")
 
 
-def _run_cells(s, with_changes: bool) -> list[str]:
-    """One run's cells, each already inert (log.render)."""
+def _run_cells(s, with_changes: bool, command_limit: int | None) -> list[str]:
+    """One run's cells, each already inert (log.render); the command cut to `command_limit`
+    columns (None: whole)."""
     from sandboxctl.log import render
 
     exit_text = "running/crashed" if not s.finished else ("timeout" if s.timed_out else str(s.exit_code))
     cells = [render.clean(s.run, 40), render.local_time(s.start, with_date=True)[5:16],
-             render.format_argv(s.argv, 60) or "?", render.clean(s.policy or "?", 30), exit_text,
+             render.format_argv(s.argv, command_limit) or "?", render.clean(s.policy or "?", 30), exit_text,
              render.format_seconds(s.duration_s) if s.finished else "-", str(s.denied)]
     if with_changes:
         cells.append(render.clean(s.changes or "", 16))

@@ -112,8 +112,10 @@ def _execute_run(opts: dict[str, Any], command: list[str], head_start, head_star
     early = {"head_start": head_start, "head_start_key": head_start_key} if head_start_key else {}
     if on_go is not None:
         early["on_go"] = on_go
-    result = box.execute(plan, status=progress(interactive),
-                         notice=None if opts["quiet"] else lambda message: print(message, file=sys.stderr), **early)
+    def notice(message: str) -> None:
+        print(output.named(message), file=sys.stderr)
+
+    result = box.execute(plan, status=progress(interactive), notice=None if opts["quiet"] else notice, **early)
     if opts["summary_json"]:
         _write_summary(opts["summary_json"], plan, result)
     if result.error:
@@ -155,11 +157,12 @@ def suggest_command(plan) -> str:
     """The command that turns this run's denials into a policy (named after the denial table)."""
     import shlex
 
+    from sandboxctl.cli.output import invoked_as
     from sandboxctl.paths import state_dir
 
     default = os.path.join(state_dir(), "actions.jsonl")
     log = "" if os.path.abspath(plan.log_path) == os.path.abspath(default) else f" --log {shlex.quote(plan.log_path)}"
-    return f"sandboxctl policy suggest --run {plan.run_id}{log}"
+    return f"{invoked_as()} policy suggest --run {plan.run_id}{log}"
 
 
 def _print_denials(denials: list[dict], run_id: str) -> None:
@@ -188,16 +191,18 @@ def _print_denials(denials: list[dict], run_id: str) -> None:
 
 def _print_held(held: dict) -> None:
     """An overlay run ends by saying what it holds and how to decide about it."""
+    from sandboxctl.cli.output import named
+
     run = held["run"]
     if held.get("not_copied"):
         _print_not_copied(held["not_copied"])
     if not held.get("sealed"):
         from sandboxctl.inert import inert
 
-        print(f"sandboxctl: run {run} holds its changes, but could not record them: {inert(held.get('error'))}; "
-              f"nothing landed. Once the cause is gone (a full disk, a directory the run made unreadable in "
-              f"its layer), `sandboxctl changes {run}` records them; `sandboxctl discard {run}` drops them",
-              file=sys.stderr)
+        print(named(f"sandboxctl: run {run} holds its changes, but could not record them: "
+                    f"{inert(held.get('error'))}; nothing landed. Once the cause is gone (a full disk, a directory "
+                    f"the run made unreadable in its layer), `sandboxctl changes {run}` records them; "
+                    f"`sandboxctl discard {run}` drops them"), file=sys.stderr)
         return
     counts = held.get("counts") or {}
     if not counts:
@@ -207,9 +212,9 @@ def _print_held(held: dict) -> None:
     extra = "".join(f"; {held[k]} {label}" for k, label in (("conflicts", "in conflict"),
                                                            ("protected", "protected")) if held.get(k))
     count = held.get("changes")
-    print(f"sandboxctl: run {run} holds {count} change{'' if count == 1 else 's'} ({what}{extra}); "
-          "the workspace is untouched. "
-          f"Review: sandboxctl changes {run} -p; then sandboxctl apply {run} or sandboxctl discard {run}",
+    print(named(f"sandboxctl: run {run} holds {count} change{'' if count == 1 else 's'} ({what}{extra}); "
+                "the workspace is untouched. "
+                f"Review: sandboxctl changes {run} -p; then sandboxctl apply {run} or sandboxctl discard {run}"),
           file=sys.stderr)
 
 

@@ -175,14 +175,19 @@ def register(app: typer.Typer) -> None:
     @app.command("discard")
     def discard(
         run: str = typer.Argument(None, metavar="[RUN]",
-                                  help="Run id (or a prefix); default: the latest held or undone."),
+                                  help="Run id (or a prefix); default: the latest run of the workspace."),
         force: bool = typer.Option(False, "--force", help="Also for an applied run (undo is then impossible)."),
         workspace: str = typer.Option(None, "-w", "--workspace", metavar="DIR", help=WORKSPACE_HELP),
     ) -> None:
         """Drop an overlay run's changes (the workspace is not touched)."""
         from sandboxctl.workspace.layer import discard as drop
 
-        layer = _layer(run, workspace, ("held", "partly applied", "undone"))
+        if run is None:  # the latest run only: a second bare discard must not drop an older one unseen
+            from sandboxctl.workspace.layer import newest
+
+            layer = newest(_state_dir(), _workspace(workspace))
+        else:
+            layer = _layer(run, workspace, ("held", "partly applied", "undone"))
         result = drop(layer, force=force)
         print(f"run {result['run']}: discarded ({result['previous']} before)", file=sys.stderr)
 

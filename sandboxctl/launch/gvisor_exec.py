@@ -23,19 +23,20 @@ from sandboxctl.errors import SandboxError
 BASE = 0x400000  # where the one segment is mapped (ET_EXEC, no relocation)
 CODE_OFFSET = 64 + 2 * 56  # after the ELF header and the two program headers
 TABLE_OFFSET = 0x400  # TABLE in the assembly
-TABLE_SLOTS = 13  # u64 slots: FPROG .. ERRNO_COUNT
+TABLE_SLOTS = 17  # u64 slots: FPROG .. ERRNO_COUNT, EXEC_HINT, SECCOMP_HINT
 ERRNO_MAX = 134  # strerror texts for 1..133 (Linux's errno range), 0 for anything else
 
 CODE = bytes.fromhex(
-    "4881ec00010000b89d000000bf26000000be0100000031d24531d24531c00f054885c00f8522010000b83d010000bf01"
-    "00000031f6488b1425000440000f054885c00f85030100004531e449c7c5ffffffff488b0425180440004e8b34e04d85"
+    "4881ec00010000b89d000000bf26000000be0100000031d24531d24531c00f054885c00f853a010000b83d010000bf01"
+    "00000031f6488b1425000440000f054885c00f851b0100004531e449c7c5ffffffff488b0425180440004e8b34e04d85"
     "f6747749ffc4b83b0000004c89f7488b342508044000488b1425100440000f054989c74983fffe74c94983ffec74c348"
     "833c252004400000742ab806010000bf9cffffff4c89f64889e24531d20f054885c0759e8b4424182500f000003d0080"
-    "0000758e4983fff375534983fdff75824d8d6c24ffe978ffffff4983fdff7421488b04252804400049c1e5044a8b3428"
-    "4a8b542808e87e000000bf7e000000eb6f488b342530044000488b142538044000e862000000bf7f000000eb53488b04"
-    "2540044000498d4c24ff48c1e104488b3408488b540808e83c0000004c89ffe841000000bf7e000000eb254989c7488b"
-    "342548044000488b142550044000e8150000004c89ffe81a000000bf7d000000b8e70000000f05f4b801000000bf0200"
-    "00000f05c348f7df483b3c2560044000720231ff488b04255804400048c1e704488b3438488b543808ebcd"
+    "0000758e4983fff375564983fdff75824d8d6c24ffe978ffffff4983fdff7424488b04252804400049c1e5044a8b3428"
+    "4a8b542808e8ab000000bf7e000000e999000000488b342530044000488b142538044000e88c000000bf7f000000eb7d"
+    "488b042540044000498d4c24ff48c1e104488b3408488b540808e8660000004c89ffe86b000000488b34256804400048"
+    "8b142570044000e849000000bf7e000000eb3a4989c7488b342548044000488b142550044000e82a0000004c89ffe82f"
+    "000000488b342578044000488b142580044000e80d000000bf7d000000b8e70000000f05f4b801000000bf020000000f"
+    "05c348f7df483b3c2560044000720231ff488b04255804400048c1e704488b3438488b543808ebcd"
 )
 
 
@@ -60,6 +61,13 @@ def _message(text: str) -> bytes:
 
     line, newline = (text[:-1], "\n") if text.endswith("\n") else (text, "")
     return f"sandboxctl: error: {inert(line)}{newline}".encode(errors="replace")
+
+
+def _hint(key: str, hints: dict[str, str] | None) -> bytes:
+    """The hint line after an error of the launcher's (SPEC: one line + hint), as gvisor_init.fail writes it."""
+    from sandboxctl.launch.gvisor_init import HINTS, inert
+
+    return f"  hint: {inert((hints or {}).get(key) or HINTS[key])}\n".encode(errors="replace")
 
 
 class _Image:
@@ -88,9 +96,9 @@ class _Image:
         return self.put(struct.pack(f"<{len(pairs)}Q", *pairs))
 
 
-def build(seccomp_program: bytes, argv: list[str], env: dict[str, str]) -> bytes:
+def build(seccomp_program: bytes, argv: list[str], env: dict[str, str], hints: dict[str, str] | None = None) -> bytes:
     """The launcher for one run: loads seccomp_program (classic BPF, as bubblewrap gets it), then
-    executes argv with exactly env."""
+    executes argv with exactly env. `hints`: the hint lines' words by gvisor_init.HINTS key."""
     if not seccomp_program or len(seccomp_program) % 8 or len(seccomp_program) // 8 > 0xFFFF:
         raise SandboxError("the seccomp program is not a valid BPF program", "run sandboxctl doctor")
     if not argv:
@@ -102,17 +110,22 @@ def build(seccomp_program: bytes, argv: list[str], env: dict[str, str]) -> bytes
     argv_at = image.pointers([image.string(_encode(a, "arguments")) for a in argv])
     envp_at = image.pointers([image.string(_encode(f"{k}={v}", "environment")) for k, v in env.items()])
     candidates_at = image.pointers([image.string(_encode(p, "path")) for p in paths])
-    denied = image.texts([_message(f"{p}: permission denied (the file is not executable)\n") for p in paths])
-    not_found = _message(f"{argv[0]}: command not found inside the sandbox\n")
+    exec_hint = _hint("exec", hints)
+    denied = image.texts([_message(f"{p}: permission denied (the file is not executable)\n") + exec_hint
+                          for p in paths])
+    not_found = _message(f"{argv[0]}: command not found inside the sandbox\n") + _hint("not_found", hints)
     not_found_at = image.put(not_found)
     exec_error = image.texts([_message(f"{p}: ") for p in paths])
     seccomp_error = _message("cannot load the seccomp filter inside gVisor: ")
     seccomp_error_at = image.put(seccomp_error)
+    exec_hint_at = image.put(exec_hint)
+    seccomp_hint = _hint("backend", hints)
+    seccomp_hint_at = image.put(seccomp_hint)
     errno_text = image.texts([b"unknown error\n"] + [f"{os.strerror(n)}\n".encode(errors="replace")
                                                         for n in range(1, ERRNO_MAX)])
     table = struct.pack(f"<{TABLE_SLOTS}Q", fprog, argv_at, envp_at, candidates_at, int(searching), denied,
                         not_found_at, len(not_found), exec_error, seccomp_error_at, len(seccomp_error), errno_text,
-                        ERRNO_MAX)
+                        ERRNO_MAX, exec_hint_at, len(exec_hint), seccomp_hint_at, len(seccomp_hint))
     body = bytearray(TABLE_OFFSET)
     body[CODE_OFFSET:CODE_OFFSET + len(CODE)] = CODE
     body[:CODE_OFFSET] = _headers(TABLE_OFFSET + len(table) + len(image.data))

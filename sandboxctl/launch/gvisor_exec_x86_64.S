@@ -24,6 +24,8 @@
         .set SECCOMP_ERROR, TABLE + 72 # ptr, then len at +80: "...: cannot load the seccomp filter ...: "
         .set ERRNO_TEXT, TABLE + 88    # (ptr, len) per errno: strerror + "\n" (0: unknown)
         .set ERRNO_COUNT, TABLE + 96
+        .set EXEC_HINT, TABLE + 104    # ptr, then len at +112: "  hint: ..." after an exec error's errno
+        .set SECCOMP_HINT, TABLE + 120 # ptr, then len at +128: "  hint: ..." after the seccomp error's errno
         .text
         .globl _start
 _start:
@@ -108,6 +110,9 @@ exec_failed:
         call say
         mov rdi, r15
         call say_errno
+        mov rsi, [EXEC_HINT]
+        mov rdx, [EXEC_HINT + 8]
+        call say
         mov edi, 126
         jmp leave
 seccomp_failed:
@@ -117,6 +122,9 @@ seccomp_failed:
         call say
         mov rdi, r15
         call say_errno
+        mov rsi, [SECCOMP_HINT]
+        mov rdx, [SECCOMP_HINT + 8]
+        call say
         mov edi, 125
 leave:
         mov eax, 231                    # exit_group(edi)

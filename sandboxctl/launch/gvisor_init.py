@@ -21,10 +21,25 @@ import marshal
 import os
 import sys
 
+DOCTOR = "run `sandboxctl doctor` to see whether the gvisor backend works here"
+HINTS = {  # when the configuration says none (supervise/gvisor.py's launch_hints: for this command, this host)
+    "backend": DOCTOR,
+    "launcher": "please report it, with the output of `sandboxctl doctor`",
+    "proxy": "run it again, or with --net none; run `sandboxctl doctor` if it recurs",
+    "exec": "the file is not executable (chmod +x), or its interpreter is not",
+    "not_found": "check the command's name, and that the policy shows its directory",
+}
 
-def fail(message, code=125):
-    os.write(2, f"sandboxctl: error: {inert(message)}\n".encode(errors="replace"))
+
+def fail(message, code=125, hint="backend"):
+    """One line and a hint (SPEC: every error of ours), in one write: `hint` is a key of HINTS,
+    or of the configuration's own "hints" once it is read."""
+    text = CONFIG_HINTS.get(hint) or HINTS.get(hint, DOCTOR)
+    os.write(2, f"sandboxctl: error: {inert(message)}\n  hint: {inert(text)}\n".encode(errors="replace"))
     os._exit(code)
+
+
+CONFIG_HINTS = {}
 
 
 def inert(text):
@@ -254,7 +269,7 @@ def start_forwarder(proxy, libc):
     try:
         listener = proxy_listener(proxy["port"])
     except OSError as exc:
-        fail(f"cannot open the network proxy's port inside the sandbox: {exc}")
+        fail(f"cannot open the network proxy's port inside the sandbox: {exc}", hint="proxy")
     ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -289,7 +304,7 @@ def start_forwarder(proxy, libc):
     answer = os.read(ready_r, 512) if readable else b"no answer within 20 s"
     os.close(ready_r)
     if answer != b"ok":
-        fail(f"the network proxy's forwarder could not start: {answer.decode(errors='replace')}")
+        fail(f"the network proxy's forwarder could not start: {answer.decode(errors='replace')}", hint="proxy")
 
 
 def exec_command(argv, env):
@@ -311,10 +326,10 @@ def exec_command(argv, env):
             if exc.errno == errno.EACCES:
                 denied = denied or path
                 continue
-            fail(f"{path}: {exc.strerror}", 126)
+            fail(f"{path}: {exc.strerror}", 126, "exec")
     if denied:
-        fail(f"{denied}: permission denied (the file is not executable)", 126)
-    fail(f"{name}: command not found inside the sandbox", 127)
+        fail(f"{denied}: permission denied (the file is not executable)", 126, "exec")
+    fail(f"{name}: command not found inside the sandbox", 127, "not_found")
 
 
 def main():
@@ -324,7 +339,7 @@ def main():
     try:
         launch()
     except BaseException as exc:
-        fail(f"the sandbox's launcher failed: {type(exc).__name__}: {exc}")
+        fail(f"the sandbox's launcher failed: {type(exc).__name__}: {exc}", hint="launcher")
 
 
 def launch():
@@ -333,6 +348,9 @@ def launch():
             config = marshal.loads(handle.read())
     except (OSError, IndexError, ValueError, EOFError) as exc:
         fail(f"cannot read the launch configuration: {exc}")
+    hints = config.get("hints")
+    if isinstance(hints, dict):
+        CONFIG_HINTS.update({k: v for k, v in hints.items() if isinstance(k, str) and isinstance(v, str)})
     # the C module: `import signal` imports enum, functools and collections, files gVisor's gofer must
     # find and read in a cold sandbox (measured: ~40 ms of a run's start, platform ptrace)
     import _signal as signal

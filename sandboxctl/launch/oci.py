@@ -206,14 +206,16 @@ def native_launcher(plan: Plan) -> bool:
 def launch_file(plan: Plan, launch: dict[str, Any]) -> bytes:
     """The content of LAUNCH_FILE: the native launcher for this run, or gvisor_init.py's configuration."""
     if native_launcher(plan):  # no seccomp program is an error there (fail closed), never a run without it
-        return gvisor_exec.build(launch["seccomp"] or b"", launch["argv"], launch["env"])
+        return gvisor_exec.build(launch["seccomp"] or b"", launch["argv"], launch["env"], launch.get("hints"))
     return marshal.dumps(launch)
 
 
 def launch_config(plan: Plan, seccomp_program: bytes | None, env: dict[str, str], default_signals: list[int],
-                  seccomp_nr: int) -> dict[str, Any]:
-    """What gvisor_init.py reads from LAUNCH_FILE (marshal): it runs with python -I -S, stdlib only."""
+                  seccomp_nr: int, hints: dict[str, str] | None = None) -> dict[str, Any]:
+    """What gvisor_init.py reads from LAUNCH_FILE (marshal): it runs with python -I -S, stdlib only.
+    `hints`: the hint lines of the launcher's errors, by gvisor_init.HINTS key."""
     return {
+        "hints": dict(hints or {}),
         "argv": list(plan.command),
         "env": env,
         "seccomp": seccomp_program,

@@ -317,6 +317,8 @@ def spawn(argv: list[str], stdio: dict[int, int] | None = None) -> int:
     """
     import ctypes
 
+    from sandboxctl.launch.gvisor_init import inert  # imported here: the child makes only system calls
+
     libc = ctypes.CDLL(None, use_errno=True)
     parent = os.getpid()
     pid = os.fork()
@@ -334,9 +336,13 @@ def spawn(argv: list[str], stdio: dict[int, int] | None = None) -> int:
                 os.dup2(source, target)
             os.closerange(3, 65536)
             os.execv(argv[0], argv)
-        except BaseException:
-            pass
-        os._exit(127)
+        except BaseException as exc:  # one line and a hint on the run's stderr, and 125: never the command's 127
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            with contextlib.suppress(BaseException):
+                os.write(2, f"sandboxctl: error: cannot start runsc ({inert(argv[0])}): {inert(why)}\n"
+                            "  hint: run `sandboxctl doctor` to see whether the gvisor backend works here\n"
+                            .encode(errors="replace"))
+        os._exit(125)
     return pid
 
 

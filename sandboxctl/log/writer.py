@@ -61,6 +61,19 @@ class LogWriteError(SandboxError):
     pass
 
 
+class _RunHead:
+    """write_last's `head=RUN_HEAD`: the run's head as it is when run.end is written, under the
+    mutex and after what is queued. Read by the caller before the call, it missed whatever another
+    thread wrote in between (a proxy connection, a queued exec record), and run.end then carried a
+    head that `log --verify --against` finds wrong: a false alarm of removed records."""
+
+    def __repr__(self) -> str:
+        return "RUN_HEAD"
+
+
+RUN_HEAD = _RunHead()
+
+
 def _estimate(fields: dict[str, Any]) -> int:
     """About how many bytes a record's line takes (strings and lists of strings: an exec's path
     and argv), cheaply: what bounds the queue of write_soon."""
@@ -197,6 +210,8 @@ class ActionLog:
         with self._mutex:
             try:
                 self._drain()
+                if fields.get("head") is RUN_HEAD:
+                    fields["head"] = self.head
                 self._write(event, fields)
             finally:
                 self.sealed = True

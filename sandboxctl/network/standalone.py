@@ -227,7 +227,7 @@ class StandaloneProxy(StandaloneStart):
     def _release(self, error: str | None) -> None:
         """Everything the proxy holds, in an order that never leaves a client half-served; run.end
         once run.start was written (exit_code 0 when stopped, 125 with the error otherwise)."""
-        from sandboxctl.log.writer import LogWriteError
+        from sandboxctl.log.writer import RUN_HEAD, LogWriteError
 
         if self.files is not None:
             self.files.remove()  # first: no client should start on a proxy that is going away
@@ -246,15 +246,16 @@ class StandaloneProxy(StandaloneStart):
                 if self.started and self.failed is None:
                     if self.forwarder is not None:
                         self.forwarder.flush(2.0)
-                        for loss in self.forwarder.losses():
+                    with self._log_lock:  # a stuck connection's record never slips in between these
+                        for loss in self.forwarder.losses() if self.forwarder is not None else ():
                             self.log.write("log.forward", **loss)
-                    if unfinished:
-                        self.late.say(unfinished_text(unfinished))
-                    self.log.write_last("run.end", exit_code=125 if error else 0, signal=None,
-                                        duration_s=round(time.monotonic() - self.started, 6), denied=self.denied,
-                                        timed_out=False, stopped_by=self.stop_reason, error=error,
-                                        connections=self.connections, head=self.log.head,
-                                        **({"unfinished": unfinished} if unfinished else {}))
+                        if unfinished:
+                            self.late.say(unfinished_text(unfinished))
+                        self.log.write_last("run.end", exit_code=125 if error else 0, signal=None,
+                                            duration_s=round(time.monotonic() - self.started, 6),
+                                            denied=self.denied, timed_out=False, stopped_by=self.stop_reason,
+                                            error=error, connections=self.connections, head=RUN_HEAD,
+                                            **({"unfinished": unfinished} if unfinished else {}))
             if self.forwarder is not None:  # what reaches it, or not, after run.end is said, not recorded
                 close_forwarder(self.forwarder, 2.0, self.late.say)
                 self.forwarder = None

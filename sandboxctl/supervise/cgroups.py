@@ -9,7 +9,9 @@ rlimits otherwise; the plan and the log say which.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import threading
 import time
 
 from sandboxctl.record import Record
@@ -68,6 +70,7 @@ class RunCgroup:
         self._move_error: Exception | None = None
         self._switch_interval = 0.005
         self._listing_dir: int | None = None  # threads(): an O_PATH descriptor of dirs[0], opened at its first use
+        self._listing_lock = threading.Lock()  # threads() and remove(): never an open through a closed number
         self.name = f"{PREFIX}{os.getpid()}-{run_id}"  # the pid tells a later sweep whether we are gone
         _sweep_stale(layout)
         if layout.version == "v2":
@@ -185,10 +188,13 @@ class RunCgroup:
         the supervisor's own (made by it, not visible in the sandbox), so it names the same
         cgroup the path does until remove()."""
         name = "cgroup.threads" if self.layout.version == "v2" else "tasks"
-        where = self._listing_dir
-        if where is None:
-            where = self._listing_dir = os.open(self.dirs[0], os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=where)
+        with self._listing_lock:  # remove() on another thread closes it: that number may name anything next
+            where = self._listing_dir
+            if where is None:
+                if self._removed:  # never opened again: the listener walks the process tree instead
+                    raise FileNotFoundError(errno.ENOENT, "the run's cgroup was removed", self.dirs[0])
+                where = self._listing_dir = os.open(self.dirs[0], os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=where)
         try:  # read to the end (a seq_file may stop short of it), with no per-read Python call
             data = os.read(fd, 65536)
             while chunk := os.read(fd, 65536):
@@ -207,10 +213,14 @@ class RunCgroup:
                             return True
         return False
 
+    _removed = False
+
     def remove(self) -> None:
-        where, self._listing_dir = self._listing_dir, None
-        if where is not None:
-            os.close(where)
+        with self._listing_lock:  # after a listing under way has its own descriptor of the list
+            where, self._listing_dir = self._listing_dir, None
+            self._removed = True
+            if where is not None:
+                os.close(where)
         for path in self.dirs:
             for _ in range(50):  # tasks of a killed namespace take a moment to leave
                 try:

@@ -81,7 +81,7 @@ class GvisorSupervisor(GvisorLoop, Supervisor):
                 env.update(self.inspection.placeholders)  # never the values
             default_signals = [int(s) for s in TERMINAL_SIGNALS if originals.get(s) is not signal.SIG_IGN]
             launch = oci.launch_config(plan, program, env, default_signals,
-                                       seccomp.SECCOMP_SYSCALL.get(os.uname().machine, 317))
+                                       seccomp.SECCOMP_SYSCALL.get(os.uname().machine, 317), launch_hints(plan))
             files = {s.name: self.secret_values[s.name] for s in plan.secrets if s.deliver_as == "file"}
             try:
                 paths = self.run_dir.create(plan, launch, files, runsc.one_terminal(), data_files)
@@ -121,10 +121,11 @@ class GvisorSupervisor(GvisorLoop, Supervisor):
                 self.snapshot.mark(False)
                 self.next_beat = time.monotonic() + HEARTBEAT_S
             try:
-                self.log.write("run.start", argv=self.argv_for_log, workspace=plan.workspace, policy=plan.policy,
-                               policy_source=plan.policy_source, policy_sha256=plan.policy_sha256, backend="gvisor",
-                               layers=self.layers, limits=self._limits_for_log(),
-                               confirmed=list(plan.confirmations) or None)
+                self._write_record("run.start", argv=self.argv_for_log, workspace=plan.workspace,
+                                   policy=plan.policy, policy_source=plan.policy_source,
+                                   policy_sha256=plan.policy_sha256, backend="gvisor",
+                                   layers=self.layers, limits=self._limits_for_log(),
+                                   confirmed=list(plan.confirmations) or None)
                 self._log_secrets()
             except LogWriteError:
                 self._kill()
@@ -285,3 +286,13 @@ class GvisorSupervisor(GvisorLoop, Supervisor):
         return RunResult(code, duration, self.timed_out, error, self.layers, self.denials,
                          interrupted=error is None and self.interrupted(code))
 
+
+def launch_hints(plan) -> dict[str, str]:
+    """The hints the launcher inside writes after its own errors, worked out here, before the run,
+    as bubblewrap's runs get them after (supervise/result.py): under gVisor the launcher's line goes
+    straight to the caller's stderr, and nothing outside can tell its 126/127 from the command's."""
+    from sandboxctl.plan.locate import hint_for_exec_error
+
+    path_env = os.environ.get("PATH", "")
+    return {"exec": hint_for_exec_error(plan, 126, plan.command[0], path_env),
+            "not_found": hint_for_exec_error(plan, 127, plan.command[0], path_env)}

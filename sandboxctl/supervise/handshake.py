@@ -87,12 +87,12 @@ class Handshake:
                     _send_go(control, False)
                     return
             try:
-                self.log.write("run.start", argv=self.argv_for_log, workspace=self.plan.workspace,
-                               policy=self.plan.policy, policy_source=self.plan.policy_source,
-                               policy_sha256=self.plan.policy_sha256,
-                               layers=self.layers, limits=self._limits_for_log(),
-                               confirmed=list(self.plan.confirmations) or None,
-                               head_start=True if self.head_started else None, **self.start_fields())
+                self._write_record("run.start", argv=self.argv_for_log, workspace=self.plan.workspace,
+                                   policy=self.plan.policy, policy_source=self.plan.policy_source,
+                                   policy_sha256=self.plan.policy_sha256,
+                                   layers=self.layers, limits=self._limits_for_log(),
+                                   confirmed=list(self.plan.confirmations) or None,
+                                   head_start=True if self.head_started else None, **self.start_fields())
             except LogWriteError:
                 _send_go(control, False)
                 raise

@@ -17,7 +17,7 @@ import threading
 
 from sandboxctl.errors import EXIT_DENIED, SandboxError
 from sandboxctl.launch import seccomp
-from sandboxctl.log.writer import ActionLog, LogWriteError
+from sandboxctl.log.writer import RUN_HEAD, ActionLog, LogWriteError
 from sandboxctl.paths import ensure_private_dir, join
 from sandboxctl.plan.model import Plan
 from sandboxctl.protect.snapshot import Change, Snapshot, new_repositories, recover
@@ -177,7 +177,13 @@ def _execute(plan: Plan, state: str, argv_for_log: list[str], status=None, *, su
             if held is not None and not_copied is not None and not_copied.count:
                 held["not_copied"] = _not_copied(not_copied)
             result = result._replace(held=held)
-        with contextlib.suppress(LogWriteError):
+        # What still runs, asked before the log is held: a worker that holds its own lock while it
+        # waits for log_lock to write would otherwise wait on us while we wait on it.
+        unfinished = supervisor.unfinished() if supervisor.ready else {}  # its later records are refused
+        end_fields = supervisor.end_fields() if supervisor.ready else {}
+        # the run's other writers (proxy connections, approvals still settling) wait while its last
+        # records are written, so none slips in between them (supervise/run_log.py)
+        with contextlib.suppress(LogWriteError), supervisor.log_lock:
             log.flush()  # exec records still queued (ActionLog.write_soon), before seq and head are read
             supervisor.flush_throttled()
             _log_changes(log, changes)
@@ -186,17 +192,16 @@ def _execute(plan: Plan, state: str, argv_for_log: list[str], status=None, *, su
                 for loss in forwarder.losses():  # what a collector will not have, said before run.end
                     log.write("log.forward", **loss)
             if supervisor.ready:
-                unfinished = supervisor.unfinished()  # its later records are refused: run.end says so first
-                if unfinished:
+                if unfinished:  # run.end says so first
                     from sandboxctl.log.late import unfinished_text
 
                     late().say(unfinished_text(unfinished))
                 log.write_last("run.end", exit_code=result.exit_code,
-                          signal=result.exit_code - 128 if result.exit_code > 128 else None,
-                          duration_s=round(result.duration_s, 6), denied=denial_total(result.denials),
-                          timed_out=result.timed_out, protect_changes=len(changes) or None, head=log.head,
-                          changes=_logged(held), **({"unfinished": unfinished} if unfinished else {}),
-                          **({"failed_on_denial": True} if gated else {}), **supervisor.end_fields())
+                               signal=result.exit_code - 128 if result.exit_code > 128 else None,
+                               duration_s=round(result.duration_s, 6), denied=denial_total(result.denials),
+                               timed_out=result.timed_out, protect_changes=len(changes) or None, head=RUN_HEAD,
+                               changes=_logged(held), **({"unfinished": unfinished} if unfinished else {}),
+                               **({"failed_on_denial": True} if gated else {}), **end_fields)
                 if held and held.get("layer"):
                     _remember_seq(held["layer"], log.seq)
         result = result._replace(protected=tuple(c._asdict() for c in changes))

@@ -105,8 +105,8 @@ class Loop:
         now = time.monotonic()
         for secret in self.plan.secrets:
             note = "an env secret cannot expire" if secret.deliver_as == "env" and secret.ttl else None
-            self.log.write("secret", name=secret.name, **{"as": secret.deliver_as}, action="inject",
-                           ttl_s=secret.ttl, note=note, hosts=list(secret.hosts) or None)
+            self._write_record("secret", name=secret.name, **{"as": secret.deliver_as}, action="inject",
+                               ttl_s=secret.ttl, note=note, hosts=list(secret.hosts) or None)
             if secret.ttl and secret.deliver_as in ("file", "proxy"):
                 self.expiries.append((now + secret.ttl, secret.name))
         self.expiries.sort()

@@ -98,7 +98,7 @@ class Outcome:
         error = None
         if self.cgroup and self.cgroup.oom_killed():
             with contextlib.suppress(LogWriteError):
-                self.log.write("limit", kind="memory", action="oom-kill", limit=self.plan.limits.memory)
+                self._write_record("limit", kind="memory", action="oom-kill", limit=self.plan.limits.memory)
             code = 137
         if self.timed_out:
             code = EXIT_TIMEOUT

@@ -32,6 +32,14 @@ class RunLog:
         except LogWriteError:
             self._log_failed()
 
+    def _write_record(self, event: str, **fields: Any) -> None:
+        """A record that must be written, not throttled (run.start, secret injections, the OOM
+        kill), under the same lock as every other writer of the run: between a record's `ts` and
+        its place in the file no other record comes (a queued exec record keeps the `ts` of when
+        it was queued, under this lock). LogWriteError is the caller's to handle."""
+        with self.log_lock:
+            self.log.write(event, **fields)
+
     def _write_log_soon(self, event: str, **fields: Any) -> None:
         """The exec path's records: queued for the log's thread (ActionLog.write_soon), so the
         kernel's next call is not kept waiting for the disk; order and chain are the log's care.
@@ -73,7 +81,8 @@ class RunLog:
         self._kill()
 
     def flush_throttled(self) -> None:
-        """One record per denial that repeated past what is written one by one (before run.end)."""
+        """One record per denial that repeated past what is written one by one (before run.end);
+        with log_lock held (supervise/lifecycle.py)."""
         for event, fields in self.throttle.pending():
             self.log.write(event, **fields)
 

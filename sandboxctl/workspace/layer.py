@@ -286,6 +286,28 @@ def find(state: str | os.PathLike[str], run: str | None, workspace: str | None, 
     return (preferred or mine)[-1]
 
 
+def newest(state: str | os.PathLike[str], workspace: str, verb: str = "discard") -> Layer:
+    """The newest overlay run of this workspace, unless it was discarded: for a bare `discard`,
+    which must never reach past it. Run twice, the second one would otherwise drop the next older
+    run, held and perhaps never reviewed, without a word; it is refused instead, and the hint names
+    the older runs that still hold changes, to be named on purpose. (An applied or running newest
+    run is discard's own refusal, with its own remedy.)"""
+    latest = find(state, None, workspace)
+    if latest.state != "discarded":
+        return latest
+    holding = [layer for layer in all_layers(state) if layer.workspace == workspace
+               and layer.run_id != latest.run_id and layer.state in ("held", "partly applied", "undone")]
+    if not holding:
+        hint = "no older run of this workspace holds changes: nothing is left to discard"
+    else:
+        listed = ", ".join(f"{layer.run_id} ({layer.state})" for layer in holding[-3:][::-1])
+        more = f" and {len(holding) - 3} more" if len(holding) > 3 else ""
+        hint = (f"older runs still hold changes: {listed}{more}; name one to {verb} it: "
+                f"sandboxctl {verb} {holding[-1].run_id}")
+    raise SandboxError(f"the latest overlay run of {workspace}, {latest.run_id}, was discarded already; "
+                       f"a bare `{verb}` acts on the latest run only", hint)
+
+
 def looks_like_run(text: str, state: Path) -> bool:
     """Is this argument a run id (or a prefix of one) rather than a path? (apply RUN PATH…)"""
     if RUN_ID.match(text):

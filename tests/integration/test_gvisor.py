@@ -437,9 +437,13 @@ def test_command_not_found_is_127_and_not_executable_is_126(gv, policy):
     missing = gv.run("--", "no-such-command-xyz", policy=policy)
     assert missing.returncode == 127 and "Traceback" not in missing.stderr
     assert "sandboxctl: error: no-such-command-xyz: command not found inside the sandbox" in missing.stderr
+    lines = missing.stderr.splitlines()  # SPEC: one line and a hint, as under bubblewrap
+    hint = lines[lines.index("sandboxctl: error: no-such-command-xyz: command not found inside the sandbox") + 1]
+    assert hint == "  hint: 'no-such-command-xyz' is not on your PATH outside the sandbox either: check the name"
     assert gv.run("--", "/nonexistent/cmd", policy=policy).returncode == 127
     denied = gv.run("--", "/etc/passwd", policy=policy)  # a regular file without an execute bit
     assert denied.returncode == 126 and "/etc/passwd: permission denied" in denied.stderr
+    assert "  hint: the file is not executable (chmod +x), or its interpreter is not" in denied.stderr.splitlines()
     assert gv.run("--", "sh", "-c", "exit 3", policy=policy).returncode == 3  # found on PATH
     if policy == "default":
         (gv.workspace / "script.sh").write_text("#!/bin/sh\necho hi\n")

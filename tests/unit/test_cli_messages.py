@@ -26,7 +26,7 @@ def test_run_without_a_command_is_one_line_and_a_hint(args: list[str], home: Pat
     assert result.returncode == 125
     lines = result.stderr.splitlines()
     assert lines == ["sandboxctl: error: no command given",
-                     "  hint: usage: sandboxctl run [OPTIONS] -- COMMAND [ARG...]"], result.stderr
+                     f"  hint: usage: {sys.executable} -m sandboxctl run [OPTIONS] -- COMMAND [ARG...]"], result.stderr
     assert result.stdout == ""
 
 

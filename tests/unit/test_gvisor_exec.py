@@ -30,9 +30,10 @@ def deny(nr: int, errno_value: int) -> bytes:
         (0x20, 0, 0, 0), (0x15, 0, 1, nr), (0x06, 0, 0, 0x00050000 | errno_value), (0x06, 0, 0, 0x7FFF0000)])
 
 
-def launch(tmp_path: Path, argv: list[str], env: dict[str, str], program: bytes = ALLOW_ALL):
+def launch(tmp_path: Path, argv: list[str], env: dict[str, str], program: bytes = ALLOW_ALL,
+           hints: dict[str, str] | None = None):
     path = tmp_path / "launch"
-    path.write_bytes(gvisor_exec.build(program, argv, env))
+    path.write_bytes(gvisor_exec.build(program, argv, env, hints))
     path.chmod(0o500)
     result = subprocess.run([str(path)], env={}, capture_output=True, text=True, timeout=30)
     path.unlink()
@@ -93,12 +94,13 @@ def test_a_program_that_does_not_load_never_runs_the_command(tmp_path):
     canary = tmp_path / "canary"
     result = launch(tmp_path, ["/bin/touch", str(canary)], {}, b"\0" * 8)  # BPF without a return: EINVAL
     assert result.returncode == 125 and not canary.exists()
-    assert result.stderr == "sandboxctl: error: cannot load the seccomp filter inside gVisor: Invalid argument\n"
+    assert result.stderr == ("sandboxctl: error: cannot load the seccomp filter inside gVisor: Invalid argument\n"
+                             f"  hint: {gvisor_init.DOCTOR}\n")
 
 
-def python_launcher(tmp_path: Path, argv: list[str], env: dict[str, str]):
+def python_launcher(tmp_path: Path, argv: list[str], env: dict[str, str], hints: dict[str, str] | None = None):
     """gvisor_init.py itself, on the host, with the same configuration."""
-    config = oci.launch_config(gv_plan(net="none"), ALLOW_ALL, env, [], 317)
+    config = oci.launch_config(gv_plan(net="none"), ALLOW_ALL, env, [], 317, hints)
     config["argv"] = argv
     path = tmp_path / "config"
     path.write_bytes(__import__("marshal").dumps(config))
@@ -131,11 +133,34 @@ def test_it_finds_and_fails_exactly_as_the_python_launcher(tmp_path, case):
         "bad-format": ([str(second / "junk")], {}),
         "terminal-escapes": (["no-such-\x1b]0;owned\x07\x1b[2J"], {"PATH": f"{first}\x1b[31m:{second}"}),
     }[case]
-    native_result, python_result = launch(tmp_path, argv, env), python_launcher(tmp_path, argv, env)
+    hints = {"exec": "exec hint \x1b[31m", "not_found": "not-found hint"} if case != "on-path" else None
+    native_result = launch(tmp_path, argv, env, hints=hints)
+    python_result = python_launcher(tmp_path, argv, env, hints)
     assert (native_result.returncode, native_result.stdout, native_result.stderr) == \
         (python_result.returncode, python_result.stdout, python_result.stderr)
     assert native_result.returncode in (0, 126, 127)
     assert not [c for c in native_result.stderr if c < " " and c != "\n"]  # straight to a terminal: inert
+    if native_result.returncode:  # SPEC: one line and a hint, the run's own hint for this command
+        lines = native_result.stderr.splitlines()
+        assert len(lines) == 2 and lines[0].startswith("sandboxctl: error: "), lines
+        wanted = "not-found hint" if native_result.returncode == 127 else "exec hint \\x1b[31m"
+        assert lines[1] == f"  hint: {wanted}", lines
+
+
+def test_without_hints_from_the_run_each_error_still_has_one(tmp_path):
+    """A configuration from an older supervisor, or one without the key: gvisor_init.HINTS."""
+    config = {"argv": ["no-such-command-xyz"], "env": {"PATH": str(tmp_path)}}
+    path = tmp_path / "config"
+    path.write_bytes(__import__("marshal").dumps(config))
+    result = subprocess.run([sys.executable, "-I", "-S", "-B", gvisor_init.__file__, str(path)], env={},
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 127
+    assert result.stderr.splitlines() == [
+        "sandboxctl: error: no-such-command-xyz: command not found inside the sandbox",
+        f"  hint: {gvisor_init.HINTS['not_found']}"]
+    result = subprocess.run([sys.executable, "-I", "-S", "-B", gvisor_init.__file__, str(tmp_path / "none")], env={},
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 125 and result.stderr.splitlines()[1] == f"  hint: {gvisor_init.DOCTOR}"
 
 
 def plan_on(machine: str, net: str):

@@ -106,8 +106,8 @@ def test_gvisor_init_fails_closed_with_one_line(tmp_path: Path, breakage: str) -
         assert (done.returncode, marker.read_text()) == (0, "ran\n"), done.stderr
         return
     _assert_failed_closed(done.returncode, done.stderr, marker)
-    lines = done.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("sandboxctl: error: "), lines
+    lines = done.stderr.splitlines()  # SPEC: one line and a hint
+    assert len(lines) == 2 and lines[0].startswith("sandboxctl: error: ") and lines[1].startswith("  hint: "), lines
 
 
 def _shim_config(tmp_path: Path, marker: Path) -> dict:
@@ -175,12 +175,14 @@ def test_gvisor_inits_words_are_inert(tmp_path: Path) -> None:
     config = tmp_path / "launch"
     name = "no-such-\x1b]0;owned\x07\x1b[31mRED\u202e\\x"
     config.write_bytes(marshal.dumps({"argv": [name], "env": {"PATH": "/usr/bin"},
-                                      "seccomp": ALLOW_ALL, "seccomp_nr": SECCOMP_NR, "default_signals": []}))
+                                      "seccomp": ALLOW_ALL, "seccomp_nr": SECCOMP_NR, "default_signals": [],
+                                      "hints": {"not_found": f"'{name}' is not on your PATH"}}))
     done = subprocess.run(_child("gvisor_init.py", "nothing", str(config)), capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 127, done.stderr
-    assert done.stderr == ("sandboxctl: error: no-such-\\x1b]0;owned\\x07\\x1b[31mRED\\u202e\\\\x: "
-                           "command not found inside the sandbox\n")
+    shown = "no-such-\\x1b]0;owned\\x07\\x1b[31mRED\\u202e\\\\x"
+    assert done.stderr == (f"sandboxctl: error: {shown}: command not found inside the sandbox\n"
+                           f"  hint: '{shown}' is not on your PATH\n")
 
 
 # ---------------------------------------------------------------- errno: only "no Landlock here" degrades
