@@ -246,7 +246,8 @@ def _brought_in(program: str, root: str, gitdir: str, old: dict[str, str], now: 
     if now.get(INDEX) != old.get(INDEX):  # the index first: one call, and the likeliest next checkout
         try:
             staged = _git(program, root, gitdir, "ls-files", "-s", "-z", "--",
-                          *(f":(icase,literal){name}" for name in held), deadline=deadline)
+                          *(f":(icase,literal){name}" for name in held),
+                          *(f":(icase,glob){glob}" for glob in names.ROOT_GLOBS), deadline=deadline)
         except OutOfTime as stop:  # the refs are still read with what is left (red team rt11: a FIFO index)
             changes.append(_unchecked(gitdir, f"its index: {stop or 'out of time'}", run_id))
             staged = []
@@ -269,12 +270,9 @@ def _held_in_tree(program: str, root: str, gitdir: str, commit: str, home: bool,
     (red team rt11: `.ENVRC` or `.Claude/settings.json`, which a case-insensitive directory makes
     the protected file, went unlisted): the root's names are listed, and what they hold is judged
     by names.root_name_reason as the wall judges it."""
-    tops = {fold for fold in (name.split("/", 1)[0] for name in (*names.ROOT_NAMES, *(names.HOME_NAMES if home
-                                                                                       else ())))}
-    tops.discard(names.GIT)
     roots_listed = _git(program, root, gitdir, "ls-tree", "-z", "--full-tree", "--name-only", commit,
                         deadline=deadline)
-    chosen = [name for name in roots_listed if names.fold_name(name) in tops and names.fold_name(name) != names.GIT]
+    chosen = [name for name in roots_listed if names.top_may_hold(name, home)]  # names.ROOT_GLOBS too (rt14)
     if not chosen:
         return set()
     lines = _git(program, root, gitdir, "ls-tree", "-r", "-z", "--full-tree", commit, "--",

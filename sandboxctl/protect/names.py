@@ -154,12 +154,25 @@ ROOT_NAMES: dict[str, str] = {
     "mise.local.toml": "mise config (hooks, env sourcing, tasks)",
     ".mise.local.toml": "mise config (hooks, env sourcing, tasks)",
     "mise/config.toml": "mise config (hooks, env sourcing, tasks)",
-    ".mise/config.toml": "mise config (hooks, env sourcing, tasks)",
+    ".mise": "mise's config directory (config.toml, config.<env>.toml, conf.d/, tasks)",
+    "mise/conf.d": "mise loads every *.toml there as config (hooks, env sourcing, tasks)",
     ".config/mise": "mise config directory (config.toml, tasks)",
     ".config/mise.toml": "mise config (hooks, env sourcing, tasks)",
+    ".tool-versions": "asdf's and mise's versions: a `path:` one puts a directory's programs behind their shims "
+                      "and on PATH (mise activate) when entering the directory",
+    # toolchains that run a program the project names, whatever the command
+    "rust-toolchain.toml": "rustup's toolchain file: `path` makes every cargo and rustc there run that toolchain",
+    "rust-toolchain": "rustup's toolchain file: `path` makes every cargo and rustc there run that toolchain",
+    ".cargo/config.toml": "cargo config read from the working directory up: rustc-wrapper, runners and "
+                          "credential providers run programs in any build or install there",
+    ".cargo/config": "cargo config read from the working directory up: rustc-wrapper, runners and "
+                     "credential providers run programs in any build or install there",
+    ".yarn/releases": "where yarnPath points (yarn set version): every yarn command there runs it",
+    ".yarn/plugins": "yarn plugins listed in .yarnrc.yml: loaded by every yarn command there",
     # editors
     ".vscode": "VS Code tasks (runOn: folderOpen), launch configs and settings that run programs",
     ".idea": "JetBrains run configurations and startup tasks",
+    ".run": "JetBrains run configurations stored as project files (a startup task runs one when the project opens)",
     ".zed": "Zed tasks and language-server commands",
     ".devcontainer": "devcontainer.json initializeCommand runs on the host",
     ".devcontainer.json": "initializeCommand runs on the host",
@@ -213,8 +226,6 @@ HOME_NAMES: dict[str, str] = {
     ".pdbrc": "pdb runs it at start",
     ".psqlrc": "psql runs it at start",
     ".hgrc": "Mercurial hooks and aliases",
-    ".cargo/config.toml": "cargo aliases, runners and build settings",
-    ".cargo/config": "cargo aliases, runners and build settings",
     ".gradle/init.d": "Gradle init scripts run in every build",
     ".gradle/init.gradle": "a Gradle init script run in every build",
     ".claude/settings.json": "Claude Code user hooks and permissions",
@@ -274,21 +285,64 @@ def gitdir_marker(name: str) -> str | None:
     return _MARKERS_FOLDED.get(fold_name(name))
 
 
-# Names at the root of every writable grant by their ending (any stem): held by the rules only
-# (refused when written under bwrap), not recorded at launch like ROOT_NAMES.
-ROOT_SUFFIXES: dict[str, str] = {
-    ".code-workspace": "a VS Code workspace file: its tasks (runOn: folderOpen) and settings run programs",
+# Names at the root of every writable grant by a pattern (git's glob: `*` never crosses a `/`),
+# compared folded: held by the rules only (refused when written under bwrap), not recorded at
+# launch like ROOT_NAMES.
+ROOT_GLOBS: dict[str, str] = {
+    "*.code-workspace": "a VS Code workspace file: its tasks (runOn: folderOpen) and settings run programs",
+    "mise.*.toml": "mise's config for an environment or a local one (mise.dev.toml, mise.dev.local.toml): "
+                   "hooks, env sourcing, tasks",
+    ".mise.*.toml": "mise's config for an environment or a local one: hooks, env sourcing, tasks",
+    "mise/config.*.toml": "mise's config for an environment or a local one: hooks, env sourcing, tasks",
+    ".config/mise.*.toml": "mise's config for an environment or a local one: hooks, env sourcing, tasks",
+    "*.iml": "a JetBrains module file, read when the project opens (its settings, as .idea/ holds the project's)",
+    "*.ipr": "a JetBrains project file (the file-based format of .idea/: run configurations and startup tasks)",
+    "*.iws": "a JetBrains workspace file (the file-based format of .idea/: run configurations and startup tasks)",
 }
+
+
+def _glob_regex(glob: str) -> re.Pattern[str]:
+    import re
+
+    return re.compile("".join("[^/]*" if char == "*" else re.escape(char) for char in glob))
+
+
+@functools.cache
+def _root_globs() -> tuple[tuple[int, re.Pattern[str], str], ...]:
+    """(components, regex, glob) for each ROOT_GLOBS entry (compiled once, when first needed)."""
+    return tuple((glob.count("/") + 1, _glob_regex(glob), glob) for glob in ROOT_GLOBS)
+
+
+def root_glob_reason(parts: tuple[str, ...]) -> str | None:
+    """Why parts (relative to the root of a writable grant) fall under a ROOT_GLOBS entry, folded."""
+    for length, regex, glob in _root_globs():
+        if len(parts) >= length and regex.fullmatch(fold_path("/".join(parts[:length]))):
+            return f"{glob}: {ROOT_GLOBS[glob]}"
+    return None
+
+
+def top_may_hold(name: str, home: bool = False) -> bool:
+    """Whether an entry at the root of a writable grant, by its name, is or holds a protected name
+    (for reading what a commit brings in: the root's entries first, then only these)."""
+    folded = fold_name(name)
+    if folded == GIT:
+        return False
+    return folded in _tops(home) or root_glob_reason((name,)) is not None
+
+
+@functools.cache
+def _tops(home: bool) -> frozenset[str]:
+    return frozenset(fold_name(name.split("/", 1)[0]) for name in (*ROOT_NAMES, *(HOME_NAMES if home else ()),
+                                                                   *ROOT_GLOBS) if "*" not in name.split("/", 1)[0])
 
 
 def root_name_reason(parts: tuple[str, ...], home: bool = False) -> str | None:
     """Why parts (relative to the root of a writable grant) fall under a protected root name
     (and, at the root of a writable home, under a home name); compared folded."""
     if parts:
-        first = fold_name(parts[0])
-        for suffix, why in ROOT_SUFFIXES.items():
-            if first.endswith(suffix):
-                return f"*{suffix}: {why}"
+        why = root_glob_reason(parts)
+        if why:
+            return why
     for length in (3, 2, 1):
         if len(parts) < length:
             continue
@@ -307,7 +361,7 @@ def prefixes_of_names(home: bool = False) -> frozenset[tuple[str, ...]]:
     """The proper prefixes of multi-part names (.config for .config/git): a directory moved to
     such a place would bring the protected name in with it."""
     found: set[tuple[str, ...]] = set()
-    for name in (*ROOT_NAMES, *(HOME_NAMES if home else ())):
+    for name in (*ROOT_NAMES, *(HOME_NAMES if home else ()), *ROOT_GLOBS):
         parts = tuple(fold_path(name).split("/"))
         found.update(parts[:i] for i in range(1, len(parts)))
     return frozenset(found)

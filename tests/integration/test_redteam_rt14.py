@@ -1,0 +1,155 @@
+"""Red team rt14: more project files that the host's tools read on their own and that make them
+run a program (mise's environment configs, asdf's and rustup's version files, cargo's config,
+yarn's release and plugins, JetBrains' file-based project), judged from outside: the host's own
+rustup and cargo where they are installed, the bytes on the host's disk, and what the git
+history check says about a commit bringing such a name in.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_protected_paths import git, repo
+
+
+@pytest.fixture
+def canary(tmp_path: Path) -> Path:
+    return tmp_path / "CANARY"
+
+
+def _user_home() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_dir  # the tests' HOME may be a private one
+
+
+def _rust_tool(name: str) -> str | None:
+    """The host's rustup proxy or cargo, if this user can run it."""
+    for directory in (*os.environ.get("PATH", "").split(os.pathsep), os.path.join(_user_home(), ".cargo", "bin")):
+        candidate = os.path.join(directory, name)
+        if directory and os.access(candidate, os.X_OK) and os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def _rust_env(cargo: str) -> dict[str, str]:
+    home = _user_home()
+    return {"PATH": f"{os.path.dirname(cargo)}:/usr/bin:/bin", "HOME": home,
+            "RUSTUP_HOME": os.environ.get("RUSTUP_HOME", os.path.join(home, ".rustup")),
+            "CARGO_HOME": os.environ.get("CARGO_HOME", os.path.join(home, ".cargo"))}
+
+
+PLANTED = ["mise.dev.toml", ".mise.ci.toml", "mise.dev.local.toml", "mise/config.dev.toml",
+           ".mise/config.dev.toml", ".mise/conf.d/x.toml", "mise/conf.d/x.toml", ".config/mise.dev.toml",
+           ".tool-versions", "rust-toolchain", "rust-toolchain.toml", ".cargo/config.toml", ".cargo/config",
+           ".yarn/releases/yarn-4.0.0.cjs", ".yarn/plugins/plugin.cjs", "app.iml", "app.ipr", "app.iws",
+           ".run/Dev.run.xml", "MISE.DEV.TOML"]
+
+
+@pytest.mark.parametrize("name", PLANTED)
+def test_tool_config_that_runs_programs_cannot_be_planted(sandbox, name: str) -> None:
+    """mise loads mise.<env>.toml (MISE_ENV) and every conf.d file, not only the names rt10
+    protected; a `path:` version in .tool-versions puts a directory's programs behind asdf's and
+    mise's shims; rustup's toolchain file `path` runs the project's cargo for `cargo --version`;
+    cargo's rustc-wrapper runs in a build; yarn runs yarnPath's release and loads its plugins for
+    any command; JetBrains' file-based project (.ipr, .iws, .iml) and .run/ hold run
+    configurations a startup task runs. Judged by the host's disk."""
+    ws = sandbox.workspace
+    result = sandbox.sh(f"mkdir -p \"$(dirname '{name}')\"; echo x > '{name}'; echo end")
+    assert "end" in result.stdout, result.stderr
+    assert not (ws / name).exists()
+
+
+def test_the_same_names_below_the_root_and_yarns_cache_stay_writable(sandbox) -> None:
+    """Only at the root (dependency trees ship such files); yarn install writes .yarn/cache."""
+    ws = sandbox.workspace
+    result = sandbox.sh("mkdir -p pkg .yarn/cache && echo x > pkg/mise.dev.toml && echo x > pkg/app.iml && "
+                        "echo x > pkg/rust-toolchain.toml && echo x > .yarn/cache/a.zip && echo x > mise.dev.txt && "
+                        "echo end")
+    assert "end" in result.stdout, result.stderr
+    assert (ws / "pkg" / "mise.dev.toml").exists() and (ws / ".yarn" / "cache" / "a.zip").exists()
+    assert (ws / "pkg" / "rust-toolchain.toml").exists() and (ws / "mise.dev.txt").exists()
+
+
+@pytest.mark.skipif(not _rust_tool("rustup"), reason="rustup is not installed for this user")
+def test_a_toolchain_file_cannot_make_the_hosts_cargo_run_the_sandboxs(sandbox, canary) -> None:
+    """rust-toolchain.toml's `path` makes rustup's cargo proxy exec PATH/bin/cargo: the host's
+    `cargo --version` in the workspace ran the sandbox's program (proven on the host's rustup)."""
+    ws = sandbox.workspace
+    fake = f"#!/bin/sh\\ntouch {canary}\\n"
+    result = sandbox.sh(f"mkdir -p tc/bin && printf '{fake}' > tc/bin/cargo && cp tc/bin/cargo tc/bin/rustc && "
+                        f"chmod +x tc/bin/* && printf '[toolchain]\\npath = \"{ws}/tc\"\\n' > rust-toolchain.toml; "
+                        "echo end")
+    assert "end" in result.stdout, result.stderr
+    cargo = _rust_tool("cargo") or "cargo"
+    env = _rust_env(cargo)
+    subprocess.run([cargo, "--version"], cwd=ws, env=env, capture_output=True, timeout=60)
+    assert not canary.exists()
+
+
+@pytest.mark.skipif(not _rust_tool("cargo"), reason="cargo is not installed for this user")
+def test_cargo_config_cannot_wrap_the_hosts_next_build(sandbox, canary) -> None:
+    """A crate without build scripts runs nothing of its own when built: cargo's rustc-wrapper
+    from the workspace's .cargo/config.toml made the host's `cargo build` run the sandbox's program."""
+    ws = sandbox.workspace
+    (ws / "src").mkdir()
+    (ws / "Cargo.toml").write_text('[package]\nname = "x"\nversion = "0.1.0"\nedition = "2021"\n')
+    (ws / "src" / "main.rs").write_text("fn main() {}\n")
+    wrapper = f"#!/bin/sh\\ntouch {canary}\\nexec \"$@\"\\n"
+    result = sandbox.sh(f"printf '{wrapper}' > w.sh && chmod +x w.sh && mkdir -p .cargo && "
+                        f"printf '[build]\\nrustc-wrapper = \"{ws}/w.sh\"\\n' > .cargo/config.toml; echo end")
+    assert "end" in result.stdout, result.stderr
+    cargo = _rust_tool("cargo") or "cargo"
+    env = {**_rust_env(cargo), "CARGO_TARGET_DIR": str(canary.parent / "target")}
+    built = subprocess.run([cargo, "build", "--offline", "-q"], cwd=ws, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert built.returncode == 0 or canary.exists(), built.stderr  # a build that never ran proves nothing
+    assert not canary.exists()
+
+
+COMMIT = """set -e
+export GIT_INDEX_FILE=/tmp/idx GIT_AUTHOR_NAME=t GIT_AUTHOR_EMAIL=t@t GIT_COMMITTER_NAME=t GIT_COMMITTER_EMAIL=t@t
+blob=$(echo '[hooks]' | git hash-object -w --stdin)
+git read-tree HEAD
+git update-index --add --cacheinfo 100644,$blob,mise.dev.toml --cacheinfo 100644,$blob,team.code-workspace
+git update-ref refs/heads/master $(git commit-tree $(git write-tree) -p HEAD -m 'fix a typo')
+echo end
+"""
+
+
+def test_a_commit_bringing_a_name_held_by_its_pattern_is_reported(sandbox) -> None:
+    """The history check listed only ROOT_NAMES: a commit holding team.code-workspace (VS Code
+    offers to open it, and runs its folderOpen tasks) or mise.dev.toml went unsaid, and the
+    host's `git reset --hard` wrote both into the workspace."""
+    ws = repo(sandbox.workspace, sandbox.home)
+    result = sandbox.sh(COMMIT)
+    assert "end" in result.stdout, result.stderr
+    for name in ("mise.dev.toml", "team.code-workspace"):
+        assert f"{ws}/{name} (in refs/heads/master) was committed or staged" in result.stderr, result.stderr
+    git(ws, "reset", "-q", "--hard", home=sandbox.home)
+    assert (ws / "mise.dev.toml").exists()  # what the report is for: the host's git writes it
+
+
+def test_an_index_entry_held_by_its_pattern_is_reported(sandbox) -> None:
+    ws = repo(sandbox.workspace, sandbox.home)
+    result = sandbox.sh("blob=$(echo '{}' | git hash-object -w --stdin) && "
+                        "git update-index --add --cacheinfo 100644,$blob,App.IML && echo end")
+    assert "end" in result.stdout, result.stderr
+    assert f"{ws}/App.IML (in the index) was committed or staged" in result.stderr, result.stderr
+
+
+@pytest.mark.skipif(not shutil.which("git"), reason="git is not installed")
+def test_an_overlay_run_cannot_apply_a_pattern_name(sandbox, tmp_path: Path) -> None:
+    """Under workspace: overlay the layer is the sandbox's own; `apply` must refuse to bring
+    mise.dev.toml onto the host (it judges by the same names)."""
+    ws = sandbox.workspace
+    result = sandbox.run("--overlay", "--", "/bin/sh", "-c", "echo x > mise.dev.toml; echo x > ok.txt; echo end")
+    assert "end" in result.stdout, result.stderr
+    applied = subprocess.run([*sandbox.argv()[:3], "apply"], cwd=ws, env=sandbox.env(), capture_output=True,
+                             text=True, timeout=60)
+    assert not (ws / "mise.dev.toml").exists(), applied.stderr
