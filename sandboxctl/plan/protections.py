@@ -19,13 +19,13 @@ import os
 from sandboxctl.paths import within
 from sandboxctl.plan.model import Mount, ProtectPlan
 from sandboxctl.protect import names
+from sandboxctl.protect.live import GLOBAL_GIT_CONFIGS
 from sandboxctl.protect.rules import Protection
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
 if TYPE_CHECKING:
     from typing import Any
 
-GLOBAL_GIT_CONFIGS = ("{home}/.gitconfig", "{home}/.config/git/config", "/etc/gitconfig")
 
 
 class ProtectionPlanner:
@@ -144,21 +144,12 @@ class ProtectionPlanner:
                   worktrees: list[str]) -> None:
         if self.facts.kind(config) == "missing":
             return
+        from sandboxctl.protect.gitconfig import held_targets
+
         hooks, includes = self.facts.git_refs(config, worktree)
-        if hooks:
-            raw_relative = not hooks.startswith("/")
-            bases = worktrees if raw_relative else [None]
-            for base in bases:
-                target = os.path.normpath(os.path.join(base, hooks)) if base else hooks
-                if os.path.basename(target) == "_":
-                    # husky 9: core.hooksPath = .husky/_, whose stubs run .husky/<hook>, the files
-                    # the user writes: the whole .husky runs at the next commit
-                    target = os.path.dirname(target)
-                if self.under_roots(target, roots):
-                    explicit.setdefault(target, f"protected: core.hooksPath of {config} (hooks run outside)")
-        for target in includes:
+        for target, why in held_targets(config, hooks, includes, worktrees):
             if self.under_roots(target, roots):
-                explicit.setdefault(target, f"protected: included by {config} (git config)")
+                explicit.setdefault(target, why)
 
     def _programs_on_path(self, roots: list[str]) -> list[str]:
         """Where the supervisor — this run's and the next — looks for bwrap, runsc and the secrets'

@@ -58,6 +58,17 @@ class Protection:
         self.anchors = {fold_path(a) for a in anchors}  # directories the sandbox's mounts hang from (never moved)
         self.homes = {fold_path(h) for h in homes}  # roots that are a home: its start-up names (bin, …) too
 
+    def hold(self, path: str, why: str) -> bool:
+        """Protect one more explicit path from now on (protect.live: the host's git config came to
+        point at it while the run went on); False if it was already held or lies under no root."""
+        path = path.rstrip("/") or "/"
+        folded = fold_path(path)
+        if folded in self.explicit or self.root_of(path) is None:
+            return False
+        self.explicit[folded] = why
+        self._named[folded] = path
+        return True
+
     def root_of(self, path: str) -> str | None:
         """The deepest writable root holding path (as the plan names it)."""
         root = next((a for a in ancestors(fold_path(path)) if a in self._roots), None)

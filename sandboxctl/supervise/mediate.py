@@ -73,6 +73,8 @@ TYPE_CHECKING = False  # typing costs start-up time; annotations are strings her
 if TYPE_CHECKING:
     from typing import Any
 
+    from sandboxctl.protect.live import LiveGitRefs
+
 CALL_OPS = ("open", "mkdir", "bind", "mknod", "unlink", "rmdir", "symlink", "truncate", "chmod", "fchmod", "rename",
             "link")
 
@@ -141,6 +143,7 @@ class Mediator(Judgement, Opens, Changes, Answers):
         self.waiters: list[threading.Thread] = []  # those threads (joined by close)
         self.closed = False
         self._calls = {op: getattr(self, f"_{op}") for op in CALL_OPS}  # Call.op -> its method, bound once
+        self.live = _live_refs(plan)  # the host's git config changed meanwhile: its new hooksPath is held too
         self.not_copied = NotCopied()
 
     def close(self) -> None:
@@ -166,6 +169,8 @@ class Mediator(Judgement, Opens, Changes, Answers):
                 # the kernel's answer to an empty path; never the cwd or the dirfd itself
                 respond(self.listener, notification.id, error=errno.ENOENT)
                 return
+        if self.live is not None:
+            self._follow_host_config()
         opened: list[int] = []
         try:
             with self.as_caller:
@@ -178,6 +183,14 @@ class Mediator(Judgement, Opens, Changes, Answers):
                     os.close(fd)
                 except OSError:
                     pass
+
+    def _follow_host_config(self) -> None:
+        """Hold what a git config file the host changed now points at (protect.live, red team
+        rt14: `npm install` on the host ran husky during a session, and the sandbox's
+        .husky/pre-commit then ran at the host's commit); the answers cached by path go."""
+        held = [self.protection.hold(path, why) for path, why in self.live.poll()]
+        if any(held):
+            self._reason.cache_clear()
 
     def _umask(self, pid: int) -> int:
         """The caller's umask, read from /proc once per process: umask() is trapped too (it only
@@ -207,3 +220,13 @@ class Mediator(Judgement, Opens, Changes, Answers):
         if full is None:
             return None, None
         return full, self.resolver.entry(n.pid, full, opened, follow=follow)
+
+
+def _live_refs(plan: Plan) -> LiveGitRefs | None:
+    """Only where the supervisor performs the changes (bwrap): elsewhere nothing asks it."""
+    if not plan.protect.mediated or not plan.protect.roots:
+        return None
+    from sandboxctl.paths import home_dir
+    from sandboxctl.protect.live import LiveGitRefs
+
+    return LiveGitRefs(plan.protect.gitdirs, plan.protect.repositories, os.path.realpath(home_dir()))

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -153,3 +155,63 @@ def test_an_overlay_run_cannot_apply_a_pattern_name(sandbox, tmp_path: Path) -> 
     applied = subprocess.run([*sandbox.argv()[:3], "apply"], cwd=ws, env=sandbox.env(), capture_output=True,
                              text=True, timeout=60)
     assert not (ws / "mise.dev.toml").exists(), applied.stderr
+
+
+# ------------------------------------------------------------------ git config the host changes meanwhile
+def _husky(ws: Path, home: Path) -> None:
+    """What `npm install` on the host does where package.json's prepare runs husky 9."""
+    (ws / ".husky" / "_").mkdir(parents=True)
+    (ws / ".husky" / "pre-commit").write_text("#!/bin/sh\ntrue\n")
+    (ws / ".husky" / "_" / "pre-commit").write_text('#!/bin/sh\n. "$(dirname "$0")/../pre-commit"\n')
+    for hook in (ws / ".husky" / "pre-commit", ws / ".husky" / "_" / "pre-commit"):
+        hook.chmod(0o755)
+    git(ws, "config", "core.hooksPath", ".husky/_", home=home)
+
+
+EVIL_HOOK = "printf '#!/bin/sh\\ntouch {canary}\\n' > .husky/pre-commit; echo rc=$?"
+
+
+def test_a_hooks_path_the_host_sets_during_a_run_is_held_from_then_on(sandbox, canary) -> None:
+    """The planner read core.hooksPath at launch only: the host set it while the command ran (the
+    user's `npm install` running husky), and the sandbox, watching its read-only view of
+    .git/config, rewrote .husky/pre-commit at once; the host's next commit ran it."""
+    ws = repo(sandbox.workspace, sandbox.home)
+    script = ("echo > ready; i=0; while ! grep -q hooksPath .git/config; do i=$((i+1)); [ $i -gt 400 ] && exit 3; "
+              f"sleep 0.05; done; {EVIL_HOOK.format(canary=canary)}")
+    process = subprocess.Popen(sandbox.argv("--", "/bin/sh", "-c", script), cwd=ws, env=sandbox.env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(400):
+        if (ws / "ready").exists() or process.poll() is not None:
+            break
+        time.sleep(0.05)
+    _husky(ws, sandbox.home)
+    out, err = process.communicate(timeout=60)
+    assert "rc=" in out, err  # the sandbox saw the change and tried
+    git(ws, "commit", "-q", "--allow-empty", "-m", "x", home=sandbox.home, check=False)
+    assert not canary.exists(), out + err
+    assert (ws / ".husky" / "pre-commit").read_text() == "#!/bin/sh\ntrue\n"
+
+
+def test_a_hooks_path_the_host_sets_during_a_session_is_held(sandbox, canary, tmp_path: Path) -> None:
+    """Judged by the host's git: a session outlives many host commands."""
+    runtime = Path(tempfile.mkdtemp(prefix="sbx-rt-"))
+    runtime.chmod(0o700)
+    env = {**sandbox.env(), "XDG_RUNTIME_DIR": str(runtime)}
+    ws = repo(sandbox.workspace, sandbox.home)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*sandbox.argv()[:3], *args], cwd=ws, env=env, capture_output=True, text=True,
+                              timeout=60)
+
+    started = cli("session", "start", "-p", "default", "--name", "rt14")
+    assert started.returncode == 0, started.stderr
+    try:
+        _husky(ws, sandbox.home)
+        result = cli("exec", "rt14", "--", "/bin/sh", "-c", EVIL_HOOK.format(canary=canary) + "; echo x > ok")
+        assert "rc=" in result.stdout, result.stderr
+        assert (ws / "ok").exists()  # the rest of the workspace stays the command's
+        git(ws, "commit", "-q", "--allow-empty", "-m", "x", home=sandbox.home, check=False)
+        assert not canary.exists(), result.stderr
+    finally:
+        cli("session", "stop", "rt14")
+        shutil.rmtree(runtime, ignore_errors=True)

@@ -1,0 +1,57 @@
+"""protect/live.py: a git config file the host changes during a run makes its new targets held."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sandboxctl.protect import live
+from sandboxctl.protect.rules import Protection
+
+
+def _repository(tmp_path: Path) -> tuple[Path, Path]:
+    ws = tmp_path / "ws"
+    (ws / ".git").mkdir(parents=True)
+    (ws / ".git" / "config").write_text("[core]\n\tbare = false\n")
+    return ws, ws / ".git"
+
+
+def test_a_hooks_path_set_after_launch_is_found_once(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(live, "POLL_S", 0.0)
+    ws, gitdir = _repository(tmp_path)
+    watch = live.LiveGitRefs((str(gitdir),), (str(gitdir),), str(tmp_path / "home"))
+    assert watch.poll() == []
+    (gitdir / "config").write_text("[core]\n\tbare = false\n\thooksPath = .husky/_\n")
+    found = watch.poll()
+    assert [path for path, _ in found] == [str(ws / ".husky")]  # husky 9: all of .husky runs
+    assert "core.hooksPath" in found[0][1]
+    assert watch.poll() == []  # unchanged since: not read again
+
+
+def test_polls_are_spaced(tmp_path: Path, monkeypatch) -> None:
+    """Asked before every mediated call: the files are statted at most once per POLL_S."""
+    monkeypatch.setattr(live, "POLL_S", 3600.0)
+    _, gitdir = _repository(tmp_path)
+    watch = live.LiveGitRefs((str(gitdir),), (str(gitdir),), str(tmp_path / "home"))
+    watch.next_poll = 0.0
+    assert watch.poll() == []
+    (gitdir / "config").write_text("[core]\n\thooksPath = hooks-elsewhere\n")
+    assert watch.poll() == []  # within POLL_S of the last look
+
+
+def test_a_global_config_include_is_found(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(live, "POLL_S", 0.0)
+    ws, gitdir = _repository(tmp_path)
+    home = tmp_path / "home"
+    home.mkdir()
+    watch = live.LiveGitRefs((str(gitdir),), (str(gitdir),), str(home))
+    (home / ".gitconfig").write_text(f"[include]\n\tpath = {ws}/team.gitconfig\n")
+    assert (str(ws / "team.gitconfig"), f"protected: included by {home}/.gitconfig (git config)") in watch.poll()
+
+
+def test_hold_protects_from_then_on_only_under_a_root(tmp_path: Path) -> None:
+    rules = Protection(roots=("/ws",))
+    assert rules.reason("/ws/.husky/pre-commit") is None
+    assert rules.hold("/ws/.husky", "protected: core.hooksPath")
+    assert rules.reason("/ws/.husky/pre-commit") == "protected: core.hooksPath"
+    assert rules.blocks_move("/ws") is not None  # it holds a protected path now
+    assert not rules.hold("/ws/.husky", "again") and not rules.hold("/elsewhere/hooks", "outside")
