@@ -215,3 +215,23 @@ def test_a_hooks_path_the_host_sets_during_a_session_is_held(sandbox, canary, tm
     finally:
         cli("session", "stop", "rt14")
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+def test_apply_holds_back_what_the_hosts_git_config_came_to_run(sandbox, canary) -> None:
+    """An overlay run wrote .husky/pre-commit while nothing ran it; the host's npm install then set
+    core.hooksPath (husky), and `apply` judged by names only: it wrote the sandbox's hook, which the
+    host's next commit ran. Judged by the host's git."""
+    ws = repo(sandbox.workspace, sandbox.home)
+    result = sandbox.run("--overlay", "--", "/bin/sh", "-c", "mkdir -p .husky && " + EVIL_HOOK.format(canary=canary)
+                         + " && chmod +x .husky/pre-commit && echo ok > fine.txt")
+    assert "rc=0" in result.stdout, result.stderr
+    (ws / ".husky" / "_").mkdir(parents=True)
+    (ws / ".husky" / "_" / "pre-commit").write_text('#!/bin/sh\n. "$(dirname "$0")/../pre-commit"\n')
+    (ws / ".husky" / "_" / "pre-commit").chmod(0o755)
+    git(ws, "config", "core.hooksPath", ".husky/_", home=sandbox.home)
+    applied = subprocess.run([*sandbox.argv()[:3], "apply"], cwd=ws, env=sandbox.env(), capture_output=True,
+                             text=True, timeout=60)
+    assert (ws / "fine.txt").exists(), applied.stderr + applied.stdout
+    assert "core.hooksPath" in applied.stdout + applied.stderr
+    git(ws, "commit", "-q", "--allow-empty", "-m", "x", home=sandbox.home, check=False)
+    assert not canary.exists()
