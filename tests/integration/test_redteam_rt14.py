@@ -235,3 +235,54 @@ def test_apply_holds_back_what_the_hosts_git_config_came_to_run(sandbox, canary)
     assert "core.hooksPath" in applied.stdout + applied.stderr
     git(ws, "commit", "-q", "--allow-empty", "-m", "x", home=sandbox.home, check=False)
     assert not canary.exists()
+
+
+# ------------------------------------------------------------------ a session's findings reach the user
+ENVRC_COMMIT = """set -e
+export GIT_INDEX_FILE=/tmp/idx GIT_AUTHOR_NAME=t GIT_AUTHOR_EMAIL=t@t GIT_COMMITTER_NAME=t GIT_COMMITTER_EMAIL=t@t
+envrc=$(echo 'touch CANARY' | git hash-object -w --stdin)
+git read-tree HEAD
+git update-index --add --cacheinfo 100644,$envrc,.envrc
+git update-ref refs/heads/master $(git commit-tree $(git write-tree) -p HEAD -m 'fix a typo')
+echo end
+"""
+
+
+def _session_cli(sandbox, runtime: Path):
+    env = {**sandbox.env(), "XDG_RUNTIME_DIR": str(runtime)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*sandbox.argv()[:3], *args], cwd=sandbox.workspace, env=env, capture_output=True,
+                              text=True, timeout=60)
+    return cli
+
+
+@pytest.mark.parametrize("ending", ["stop", "idle"])
+def test_a_sessions_git_history_finding_is_said_not_only_logged(sandbox, ending: str) -> None:
+    """A session's end-of-run check runs in its detached process: a commit bringing .envrc in was a
+    `protect` record in the log and nothing else — `session stop` said only "stopped", and the
+    user's next `git reset --hard` on the host wrote the sandbox's .envrc. Now `stop` says it (and
+    a session that ended by itself says it to the next command naming it)."""
+    runtime = Path(tempfile.mkdtemp(prefix="sbx-rt-"))
+    runtime.chmod(0o700)
+    cli = _session_cli(sandbox, runtime)
+    ws = repo(sandbox.workspace, sandbox.home)
+    idle = ["--idle-timeout", "2s"] if ending == "idle" else []
+    try:
+        assert cli("session", "start", "-p", "default", "--name", "rt14h", *idle).returncode == 0
+        result = cli("exec", "rt14h", "--", "/bin/sh", "-c", ENVRC_COMMIT)
+        assert "end" in result.stdout, result.stderr
+        if ending == "idle":
+            ended = runtime / "sandboxctl" / "sessions" / "rt14h.ended"
+            for _ in range(200):
+                if ended.exists():
+                    break
+                time.sleep(0.05)
+            late = cli("exec", "rt14h", "--", "true")
+            assert late.returncode == 125 and "1 protected path(s)" in late.stderr, late.stderr
+            return
+        stopped = cli("session", "stop", "rt14h")
+        assert f"{ws}/.envrc (in refs/heads/master) was committed or staged" in stopped.stderr, stopped.stderr
+    finally:
+        cli("session", "stop", "rt14h")
+        shutil.rmtree(runtime, ignore_errors=True)
