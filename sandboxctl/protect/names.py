@@ -290,6 +290,8 @@ def gitdir_marker(name: str) -> str | None:
 # launch like ROOT_NAMES.
 ROOT_GLOBS: dict[str, str] = {
     "*.code-workspace": "a VS Code workspace file: its tasks (runOn: folderOpen) and settings run programs",
+    ".envrc.*": "shell code an .envrc sources on entering the directory (source_env_if_exists .envrc.local): "
+                "direnv's allow covers the .envrc alone",
     "mise.*.toml": "mise's config for an environment or a local one (mise.dev.toml, mise.dev.local.toml): "
                    "hooks, env sourcing, tasks",
     ".mise.*.toml": "mise's config for an environment or a local one: hooks, env sourcing, tasks",

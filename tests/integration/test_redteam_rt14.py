@@ -50,7 +50,7 @@ PLANTED = ["mise.dev.toml", ".mise.ci.toml", "mise.dev.local.toml", "mise/config
            ".mise/config.dev.toml", ".mise/conf.d/x.toml", "mise/conf.d/x.toml", ".config/mise.dev.toml",
            ".tool-versions", "rust-toolchain", "rust-toolchain.toml", ".cargo/config.toml", ".cargo/config",
            ".yarn/releases/yarn-4.0.0.cjs", ".yarn/plugins/plugin.cjs", "app.iml", "app.ipr", "app.iws",
-           ".run/Dev.run.xml", "MISE.DEV.TOML"]
+           ".run/Dev.run.xml", "MISE.DEV.TOML", ".envrc.local", ".envrc.private"]
 
 
 @pytest.mark.parametrize("name", PLANTED)
@@ -65,6 +65,24 @@ def test_tool_config_that_runs_programs_cannot_be_planted(sandbox, name: str) ->
     result = sandbox.sh(f"mkdir -p \"$(dirname '{name}')\"; echo x > '{name}'; echo end")
     assert "end" in result.stdout, result.stderr
     assert not (ws / name).exists()
+
+
+@pytest.mark.skipif(not shutil.which("direnv"), reason="direnv is not installed (apt-get install direnv)")
+def test_an_envrcs_local_file_does_not_run_at_the_hosts_next_cd(sandbox, canary) -> None:
+    """direnv's allow is a hash of the .envrc alone: one that sources .envrc.local (a common local
+    override) ran what the sandbox wrote there at the host's next cd (proven with the host's direnv)."""
+    ws = sandbox.workspace
+    (ws / ".envrc").write_text("source_env_if_exists .envrc.local\n")
+    home = sandbox.home
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
+           "XDG_DATA_HOME": str(home / ".local" / "share"), "XDG_CACHE_HOME": str(home / ".cache")}
+    subprocess.run(["direnv", "allow", str(ws)], cwd=ws, env=env, capture_output=True, timeout=30, check=True)
+    result = sandbox.sh(f"echo 'touch {canary}' > .envrc.local; echo end")
+    assert "end" in result.stdout, result.stderr
+    loaded = subprocess.run(["direnv", "exec", str(ws), "true"], cwd=ws, env=env, capture_output=True, text=True,
+                            timeout=30)
+    assert loaded.returncode == 0, loaded.stderr  # the .envrc itself is allowed and ran
+    assert not canary.exists()
 
 
 def test_the_same_names_below_the_root_and_yarns_cache_stay_writable(sandbox) -> None:
