@@ -8,7 +8,8 @@ rewrite (red team rt14, judged by the host's git). The sandbox cannot write thes
 judges a call, and holds the new targets as the planner would have.
 
 Cost: one stat per config file, at most once per POLL_S (a run of 10 000 writes in a second stats
-them 100 times). A target becomes held within POLL_S of the host's change (never before it:
+them 100 times), and never more than 1/SPACING of the time (a workspace of thousands of nested
+repositories is looked at less often). A target becomes held within POLL_S of the host's change (never before it:
 what the sandbox wrote there until then is its, as any file of the workspace the user then
 chooses to run).
 """
@@ -21,6 +22,7 @@ import time
 from sandboxctl.protect import gitconfig, names
 
 POLL_S = 0.01
+SPACING = 50  # a poll costs at most 1/50 of the time between two (thousands of nested repositories)
 GLOBAL_GIT_CONFIGS = ("{home}/.gitconfig", "{home}/.config/git/config", "/etc/gitconfig")
 
 
@@ -54,7 +56,6 @@ class LiveGitRefs:
         now = time.monotonic()
         if now < self.next_poll:
             return []
-        self.next_poll = now + POLL_S
         found: list[tuple[str, str]] = []
         for path, worktree, worktrees in self.configs:
             signature = _signature(path)
@@ -63,4 +64,6 @@ class LiveGitRefs:
             self.seen[path] = signature
             hooks, includes = gitconfig.references(path, self.home, worktree)
             found += gitconfig.held_targets(path, hooks, includes, worktrees)
+        done = time.monotonic()
+        self.next_poll = done + max(POLL_S, (done - now) * SPACING)
         return found

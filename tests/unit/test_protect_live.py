@@ -17,6 +17,7 @@ def _repository(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_a_hooks_path_set_after_launch_is_found_once(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(live, "POLL_S", 0.0)
+    monkeypatch.setattr(live, "SPACING", 0)
     ws, gitdir = _repository(tmp_path)
     watch = live.LiveGitRefs((str(gitdir),), (str(gitdir),), str(tmp_path / "home"))
     assert watch.poll() == []
@@ -40,6 +41,7 @@ def test_polls_are_spaced(tmp_path: Path, monkeypatch) -> None:
 
 def test_a_global_config_include_is_found(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(live, "POLL_S", 0.0)
+    monkeypatch.setattr(live, "SPACING", 0)
     ws, gitdir = _repository(tmp_path)
     home = tmp_path / "home"
     home.mkdir()
@@ -55,3 +57,15 @@ def test_hold_protects_from_then_on_only_under_a_root(tmp_path: Path) -> None:
     assert rules.reason("/ws/.husky/pre-commit") == "protected: core.hooksPath"
     assert rules.blocks_move("/ws") is not None  # it holds a protected path now
     assert not rules.hold("/ws/.husky", "again") and not rules.hold("/elsewhere/hooks", "outside")
+
+
+def test_a_slow_poll_is_spaced_by_its_own_cost(tmp_path: Path, monkeypatch) -> None:
+    """Thousands of nested repositories: the stats of one poll must not take the supervisor's time."""
+    monkeypatch.setattr(live, "POLL_S", 0.0)
+    _, gitdir = _repository(tmp_path)
+    watch = live.LiveGitRefs((str(gitdir),), (str(gitdir),), str(tmp_path / "home"))
+    clock = iter([100.0, 100.5])  # the poll started at 100 s and took half a second
+    monkeypatch.setattr(live.time, "monotonic", lambda: next(clock))
+    watch.next_poll = 0.0
+    watch.poll()
+    assert watch.next_poll == 100.5 + 0.5 * live.SPACING
