@@ -62,6 +62,7 @@ class ProtectionPlanner:
                 else:
                     explicit.setdefault(repository, "protected: a bare repository (its hooks run on push)")
             is_home = root == facts.home
+            record += names.glob_matches(root, facts.listdir)  # *.code-workspace, mise.<env>.toml, …
             for name in (*names.ROOT_NAMES, *(names.HOME_NAMES if is_home else ())):
                 path = f"{root}/{name}"
                 kind = facts.kind(path)

@@ -304,3 +304,22 @@ def test_a_sessions_git_history_finding_is_said_not_only_logged(sandbox, ending:
     finally:
         cli("session", "stop", "rt14h")
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ gVisor: nothing mediates
+@pytest.mark.skipif(not shutil.which("runsc"), reason="runsc (gVisor) is not installed")
+def test_under_gvisor_pattern_names_are_held_and_new_ones_removed(sandbox) -> None:
+    """gVisor has no mediation: the end-of-run check removes protected names that appeared, but it
+    listed ROOT_NAMES only, so a new team.code-workspace or mise.dev.toml stayed on the host,
+    unsaid, and an existing one was not even read-only. Judged by the host's disk."""
+    ws = sandbox.workspace
+    (ws / "old.code-workspace").write_text("{}\n")
+    script = ("echo x > mise.dev.toml; echo x > team.code-workspace; echo evil > old.code-workspace; "
+              "mkdir -p .config && echo x > .config/mise.ci.toml; echo x > fine.txt; echo end")
+    result = sandbox.run("--backend", "gvisor", "--", "/bin/sh", "-c", script, timeout=120)
+    assert "end" in result.stdout, result.stderr
+    assert (ws / "fine.txt").exists()
+    assert (ws / "old.code-workspace").read_text() == "{}\n"
+    for name in ("mise.dev.toml", "team.code-workspace", ".config/mise.ci.toml"):
+        assert not (ws / name).exists(), name
+        assert f"{ws}/{name} was created during a run: removed" in result.stderr, result.stderr
