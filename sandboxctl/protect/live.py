@@ -21,6 +21,10 @@ import time
 
 from sandboxctl.protect import gitconfig, names
 
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
+if TYPE_CHECKING:
+    from sandboxctl.protect.restore import Change
+
 POLL_S = 0.01
 SPACING = 50  # a poll costs at most 1/50 of the time between two (thousands of nested repositories)
 GLOBAL_GIT_CONFIGS = ("{home}/.gitconfig", "{home}/.config/git/config", "/etc/gitconfig")
@@ -67,3 +71,51 @@ class LiveGitRefs:
         done = time.monotonic()
         self.next_poll = done + max(POLL_S, (done - now) * SPACING)
         return found
+
+
+LATE = ("left as it is: it became protected while the run went on (the host's git config came to name it), "
+        "and it changed during the run — review it before the host's next git command there")
+MAX_LATE = 100  # entries said per target; past that, one line says how many more
+
+
+def changed_during(paths: list[str], since_ns: int, run_id: str) -> list[Change]:
+    """What beneath each path held late (LiveGitRefs) changed during the run: the sandbox may have
+    written it before the host's config named it, or through a descriptor opened before (a write
+    on an open descriptor is no call the supervisor sees). Said, never put back (no launch record
+    of it exists). A change's ctime cannot be set back, so ctime since launch is a change since."""
+    from sandboxctl.protect.restore import Change
+
+    changes: list[Change] = []
+    for top in paths:
+        found = []
+        for path in _entries(top, MAX_LATE * 100):
+            try:
+                if os.lstat(path).st_ctime_ns >= since_ns:
+                    found.append(path)
+            except OSError:
+                continue
+        changes += [Change(path, "modified", LATE, None, run_id) for path in found[:MAX_LATE]]
+        if len(found) > MAX_LATE:
+            changes.append(Change(f"{top} ({len(found) - MAX_LATE} more entries)", "modified", LATE, None, run_id))
+    return changes
+
+
+def _entries(top: str, limit: int) -> list[str]:
+    """top and what lies beneath it, never through a symlink, at most limit entries."""
+    out, queue = [top], [top]
+    while queue and len(out) < limit:
+        directory = queue.pop()
+        fd = None
+        try:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            names = os.listdir(fd)
+        except OSError:
+            continue
+        finally:
+            if fd is not None:
+                os.close(fd)
+        for name in names[:max(0, limit - len(out))]:
+            path = f"{directory}/{name}"
+            out.append(path)
+            queue.append(path)  # a file fails the directory open above, and is left
+    return out

@@ -144,6 +144,7 @@ class Mediator(Judgement, Opens, Changes, Answers):
         self.closed = False
         self._calls = {op: getattr(self, f"_{op}") for op in CALL_OPS}  # Call.op -> its method, bound once
         self.live = _live_refs(plan)  # the host's git config changed meanwhile: its new hooksPath is held too
+        self.late_held: list[str] = []
         self.not_copied = NotCopied()
 
     def close(self) -> None:
@@ -188,9 +189,19 @@ class Mediator(Judgement, Opens, Changes, Answers):
         """Hold what a git config file the host changed now points at (protect.live, red team
         rt14: `npm install` on the host ran husky during a session, and the sandbox's
         .husky/pre-commit then ran at the host's commit); the answers cached by path go."""
-        held = [self.protection.hold(path, why) for path, why in self.live.poll()]
-        if any(held):
+        held = [path for path, why in self.live.poll() if self.protection.hold(path, why)]
+        if held:
             self._reason.cache_clear()
+            self.late_held += held  # the end-of-run check says what changed there (protect.live)
+
+    def held_late(self) -> list[str]:
+        """At the run's end: every path held since launch because the host's git config came to
+        name it — looked at once more now, for a change no call of the sandbox came after (a write
+        on a descriptor it opened before is no call)."""
+        if self.live is not None:
+            self.live.next_poll = 0.0
+            self._follow_host_config()
+        return list(self.late_held)
 
     def _umask(self, pid: int) -> int:
         """The caller's umask, read from /proc once per process: umask() is trapped too (it only

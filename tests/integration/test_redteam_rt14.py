@@ -323,3 +323,25 @@ def test_under_gvisor_pattern_names_are_held_and_new_ones_removed(sandbox) -> No
     for name in ("mise.dev.toml", "team.code-workspace", ".config/mise.ci.toml"):
         assert not (ws / name).exists(), name
         assert f"{ws}/{name} was created during a run: removed" in result.stderr, result.stderr
+
+
+def test_a_write_through_a_descriptor_opened_before_the_hooks_path_was_set_is_said(sandbox, canary) -> None:
+    """A write on a descriptor opened while .husky/ was an ordinary directory is no call the
+    supervisor sees: held from the config's change on, .husky/pre-commit was still rewritten
+    through it. That cannot be refused; the run must say it."""
+    ws = repo(sandbox.workspace, sandbox.home)
+    (ws / ".husky").mkdir()
+    (ws / ".husky" / "pre-commit").write_text("#!/bin/sh\ntrue\n")
+    script = ("exec 3>>.husky/pre-commit; echo > ready; i=0; while ! grep -q hooksPath .git/config; do "
+              "i=$((i+1)); [ $i -gt 400 ] && exit 3; sleep 0.05; done; "
+              f"echo 'touch {canary}' >&3; echo wrote")
+    process = subprocess.Popen(sandbox.argv("--", "/bin/sh", "-c", script), cwd=ws, env=sandbox.env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(400):
+        if (ws / "ready").exists() or process.poll() is not None:
+            break
+        time.sleep(0.05)
+    git(ws, "config", "core.hooksPath", ".husky", home=sandbox.home)
+    out, err = process.communicate(timeout=60)
+    assert "wrote" in out, err
+    assert f"{ws}/.husky/pre-commit was modified during a run: left as it is: it became protected" in err, err
