@@ -250,23 +250,49 @@ ROOT_GLOBS: dict[str, str] = {
 }
 
 
-def _glob_regex(glob: str) -> re.Pattern[str]:
+def _glob_source(glob: str) -> str:
     import re
 
-    return re.compile("".join("[^/]*" if char == "*" else re.escape(char) for char in glob))
+    return "".join("[^/]*" if char == "*" else re.escape(char) for char in glob)
+
+
+class _Globs:
+    """ROOT_GLOBS compiled once, when first needed: one regular expression for all the one-part
+    globs (asked of every mediated path's first component), and the two-part ones by their folded
+    directory (`mise`, `.config`), asked only beneath it."""
+
+    def __init__(self) -> None:
+        import re
+
+        single = [glob for glob in ROOT_GLOBS if "/" not in glob]
+        self.any_single = re.compile("|".join(f"(?:{_glob_source(glob)})" for glob in single))
+        self.single = [(re.compile(_glob_source(glob)), glob) for glob in single]
+        self.double: dict[str, list[tuple[re.Pattern[str], str]]] = {}
+        for glob in ROOT_GLOBS:
+            if "/" in glob:
+                head, rest = glob.split("/", 1)
+                self.double.setdefault(fold_name(head), []).append((re.compile(_glob_source(rest)), glob))
 
 
 @functools.cache
-def _root_globs() -> tuple[tuple[int, re.Pattern[str], str], ...]:
-    """(components, regex, glob) for each ROOT_GLOBS entry (compiled once, when first needed)."""
-    return tuple((glob.count("/") + 1, _glob_regex(glob), glob) for glob in ROOT_GLOBS)
+def _globs() -> _Globs:
+    return _Globs()
 
 
 def root_glob_reason(parts: tuple[str, ...]) -> str | None:
     """Why parts (relative to the root of a writable grant) fall under a ROOT_GLOBS entry, folded."""
-    for length, regex, glob in _root_globs():
-        if len(parts) >= length and regex.fullmatch(fold_path("/".join(parts[:length]))):
-            return f"{glob}: {ROOT_GLOBS[glob]}"
+    if not parts:
+        return None
+    globs = _globs()
+    first = fold_name(parts[0])
+    if globs.any_single.fullmatch(first):
+        glob = next(glob for regex, glob in globs.single if regex.fullmatch(first))
+        return f"{glob}: {ROOT_GLOBS[glob]}"
+    if len(parts) >= 2 and first in globs.double:
+        second = fold_name(parts[1])
+        for regex, glob in globs.double[first]:
+            if regex.fullmatch(second):
+                return f"{glob}: {ROOT_GLOBS[glob]}"
     return None
 
 
