@@ -67,7 +67,7 @@ def _all_suffixes() -> list[str]:
 
 
 def _listdir(path: str) -> list[str]:
-    from sandboxctl.protect.names import listdir
+    from sandboxctl.protect.index import listdir
 
     return listdir(path)
 

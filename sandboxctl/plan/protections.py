@@ -19,7 +19,6 @@ import os
 from sandboxctl.paths import within
 from sandboxctl.plan.model import Mount, ProtectPlan
 from sandboxctl.protect import names
-from sandboxctl.protect.live import GLOBAL_GIT_CONFIGS
 from sandboxctl.protect.rules import Protection
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
@@ -47,6 +46,8 @@ class ProtectionPlanner:
         gitdirs: list[str] = []
         worktrees: list[str] = []
         repositories: list[str] = []
+        from sandboxctl.protect.index import glob_matches  # the tree's scan imports it too
+
         for root in roots:
             index = self.p.tree(root)
             gitdirs += index.gitdirs
@@ -62,7 +63,7 @@ class ProtectionPlanner:
                 else:
                     explicit.setdefault(repository, "protected: a bare repository (its hooks run on push)")
             is_home = root == facts.home
-            record += names.glob_matches(root, facts.listdir)  # *.code-workspace, mise.<env>.toml, …
+            record += glob_matches(root, facts.listdir)  # *.code-workspace, mise.<env>.toml, …
             for name in (*names.ROOT_NAMES, *(names.HOME_NAMES if is_home else ())):
                 path = f"{root}/{name}"
                 kind = facts.kind(path)
@@ -92,7 +93,7 @@ class ProtectionPlanner:
             worktree = os.path.dirname(gitdir) if names.is_git_name(os.path.basename(gitdir)) else None
             for config in ("config", "config.worktree"):
                 self._git_refs(f"{gitdir}/{config}", worktree, roots, explicit, [worktree] if worktree else [])
-        for template in GLOBAL_GIT_CONFIGS:  # the host's own git reads these in every repository
+        for template in names.GLOBAL_GIT_CONFIGS:  # the host's own git reads these in every repository
             self._git_refs(template.replace("{home}", facts.home), None, roots, explicit, worktrees)
         for raw in self.p.policy.filesystem.protect:
             pattern = self.p.expand(raw)

@@ -16,6 +16,7 @@ work, so nothing is moved back.
 
 from __future__ import annotations
 
+import functools
 import os
 
 from sandboxctl.paths import within
@@ -272,7 +273,7 @@ def _held_in_tree(program: str, root: str, gitdir: str, commit: str, home: bool,
     by names.root_name_reason as the wall judges it."""
     roots_listed = _git(program, root, gitdir, "ls-tree", "-z", "--full-tree", "--name-only", commit,
                         deadline=deadline)
-    chosen = [name for name in roots_listed if names.top_may_hold(name, home)]  # names.ROOT_GLOBS too (rt14)
+    chosen = [name for name in roots_listed if _top_may_hold(name, home)]  # names.ROOT_GLOBS too (rt14)
     if not chosen:
         return set()
     lines = _git(program, root, gitdir, "ls-tree", "-r", "-z", "--full-tree", commit, "--",
@@ -291,3 +292,18 @@ def _brought_in_changes(root: str, found: dict[str, list[str]], run_id: str) -> 
         out.append(Change(f"{root} ({len(listed) - MAX_REPORTED} more protected paths its commits or index bring "
                           "in, not listed one by one)", "modified", ACTION, None, run_id))
     return out
+
+
+def _top_may_hold(name: str, home: bool = False) -> bool:
+    """Whether an entry at the root of a writable grant, by its name, is or holds a protected name
+    (for reading what a commit brings in: the root's entries first, then only these)."""
+    folded = names.fold_name(name)
+    if folded == names.GIT:
+        return False
+    return folded in _tops(home) or names.root_glob_reason((name,)) is not None
+
+
+@functools.cache
+def _tops(home: bool) -> frozenset[str]:
+    held = (*names.ROOT_NAMES, *(names.HOME_NAMES if home else ()), *names.ROOT_GLOBS)
+    return frozenset(names.fold_name(top) for top in (name.split("/", 1)[0] for name in held) if "*" not in top)

@@ -25,12 +25,65 @@ from __future__ import annotations
 
 import functools
 
-from sandboxctl.protect.fold import GIT, fold_name, fold_path, is_git_name  # noqa: F401 - imported from here
-
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
 if TYPE_CHECKING:
     import re
-    from collections.abc import Callable
+
+GIT = ".git"
+
+# Default_Ignorable_Code_Point (Unicode's DerivedCoreProperties): Linux's casefolding before 6.13
+# and HFS+ drop them, so `.g\u200cit` was `.git` there.
+_IGNORABLE = (r"[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+              r"\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3"
+              r"\U0001d173-\U0001d17a\U000e0000-\U000e0fff]")
+_ignorable: re.Pattern[str] | None = None
+
+
+def fold_name(name: str) -> str:
+    """One directory entry's name as a case-insensitive file system may take it: lower case (full
+    Unicode case folding, and a character whose upper case is ASCII taken as that: exFAT's and
+    NTFS's up-case tables map dotless i to I), compatibility-decomposed, without the code points
+    some foldings ignore, without an NTFS stream name (`config::$DATA` is the file's content
+    where streams are named so) and without trailing dots and spaces (FAT and exFAT drop them:
+    `config.` is `config`). Conservative: a name any of those foldings makes protected is."""
+    folded = name.lower() if name.isascii() else _fold_unicode(name)
+    if ":" in folded and folded[0] != ":":  # NTFS streams (ntfs-3g streams_interface=windows): config::$DATA
+        folded = folded.split(":", 1)[0]
+    trimmed = folded.rstrip(". ")
+    return trimmed or folded  # "." and ".." stay themselves
+
+
+@functools.lru_cache(maxsize=4096)
+def _fold_unicode(name: str) -> str:
+    global _ignorable
+    import unicodedata  # only for names that are not ASCII
+
+    if _ignorable is None:
+        import re  # as unicodedata: ~2.5 ms of import a run of ASCII names never needs
+
+        _ignorable = re.compile(_IGNORABLE)
+    out = []
+    for char in unicodedata.normalize("NFKD", _ignorable.sub("", name)):
+        if char.isascii():
+            out.append(char.lower())
+            continue
+        ascii_form = next((c for c in (char.casefold(), char.upper().casefold(), char.lower()) if c.isascii()), None)
+        out.append(ascii_form.lower() if ascii_form is not None else char.casefold())
+    return "".join(out)
+
+
+def fold_path(path: str) -> str:
+    """fold_name of each component (so a folded path is still a path: prefixes are kept)."""
+    if path.isascii():
+        low = path.lower()
+        if not (low.endswith((".", " ")) or "./" in low or " /" in low or ":" in low):
+            return low
+    return "/".join(fold_name(part) if part else part for part in path.split("/"))
+
+
+def is_git_name(name: str) -> bool:
+    """A directory entry git may take for `.git` (on a case-insensitive directory it is one)."""
+    return fold_name(name) == GIT
 
 # Names at the root of every writable grant. Multi-part names protect that sub-path.
 ROOT_NAMES: dict[str, str] = {
@@ -197,6 +250,9 @@ def anywhere_reason(parts: tuple[str, ...]) -> str | None:
     return None
 
 
+# The host's own git reads these in every repository (core.hooksPath and includes there count too).
+GLOBAL_GIT_CONFIGS = ("{home}/.gitconfig", "{home}/.config/git/config", "/etc/gitconfig")
+
 # Inside a git directory: entries that make git run programs or look elsewhere.
 GITDIR_NAMES: dict[str, str] = {
     "config": "git config: core.fsmonitor, core.hooksPath, aliases and filters run programs",
@@ -250,28 +306,27 @@ ROOT_GLOBS: dict[str, str] = {
 }
 
 
-def _glob_source(glob: str) -> str:
-    import re
-
-    return "".join("[^/]*" if char == "*" else re.escape(char) for char in glob)
+def _glob_match(name: str, head: str, tail: str) -> bool:
+    """fnmatch of one folded component against a glob with one `*` (head*tail, what ROOT_GLOBS
+    holds): string comparisons, not `re` (~4 ms a run's start-up need not pay, lazyre.py)."""
+    return len(name) >= len(head) + len(tail) and name.startswith(head) and name.endswith(tail)
 
 
 class _Globs:
-    """ROOT_GLOBS compiled once, when first needed: one regular expression for all the one-part
-    globs (asked of every mediated path's first component), and the two-part ones by their folded
-    directory (`mise`, `.config`), asked only beneath it."""
+    """ROOT_GLOBS split once: the one-part globs as (head, tail, glob), with the heads and tails
+    a match must start or end with (one str call each turns away every other name: this is asked
+    for every mediated path's first component), and the two-part ones by their folded directory."""
 
     def __init__(self) -> None:
-        import re
-
-        single = [glob for glob in ROOT_GLOBS if "/" not in glob]
-        self.any_single = re.compile("|".join(f"(?:{_glob_source(glob)})" for glob in single))
-        self.single = [(re.compile(_glob_source(glob)), glob) for glob in single]
-        self.double: dict[str, list[tuple[re.Pattern[str], str]]] = {}
+        self.single = tuple((*glob.split("*", 1), glob) for glob in ROOT_GLOBS if "/" not in glob)
+        self.heads = tuple(head for head, _, _ in self.single if head)
+        self.tails = tuple(tail for _, tail, _ in self.single if tail)
+        double: dict[str, list[tuple[str, str, str]]] = {}
         for glob in ROOT_GLOBS:
             if "/" in glob:
-                head, rest = glob.split("/", 1)
-                self.double.setdefault(fold_name(head), []).append((re.compile(_glob_source(rest)), glob))
+                first, rest = glob.split("/", 1)
+                double.setdefault(fold_name(first), []).append((*rest.split("*", 1), glob))
+        self.double = {first: tuple(rest) for first, rest in double.items()}
 
 
 @functools.cache
@@ -285,61 +340,13 @@ def root_glob_reason(parts: tuple[str, ...]) -> str | None:
         return None
     globs = _globs()
     first = fold_name(parts[0])
-    if globs.any_single.fullmatch(first):
-        glob = next(glob for regex, glob in globs.single if regex.fullmatch(first))
-        return f"{glob}: {ROOT_GLOBS[glob]}"
-    if len(parts) >= 2 and first in globs.double:
+    found = None
+    if first.endswith(globs.tails) or first.startswith(globs.heads):
+        found = next((glob for head, tail, glob in globs.single if _glob_match(first, head, tail)), None)
+    if found is None and len(parts) >= 2 and first in globs.double:
         second = fold_name(parts[1])
-        for regex, glob in globs.double[first]:
-            if regex.fullmatch(second):
-                return f"{glob}: {ROOT_GLOBS[glob]}"
-    return None
-
-
-def glob_matches(root: str, listdir: Callable[[str], list[str]]) -> list[str]:
-    """The entries beneath root that a ROOT_GLOBS entry holds, as spelt on disk (the root's own
-    entries, and those of the directories a glob names: `mise/`, `.config/`). For recording them
-    at launch, and where nothing mediated the run (gVisor) for finding new ones at its end."""
-    dirs = {fold_name(glob.split("/", 1)[0]) for glob in ROOT_GLOBS if "/" in glob}
-    out = []
-    for name in listdir(root):
-        if root_glob_reason((name,)):
-            out.append(f"{root}/{name}")
-        elif fold_name(name) in dirs:
-            out += [f"{root}/{name}/{sub}" for sub in listdir(f"{root}/{name}") if root_glob_reason((name, sub))]
-    return out
-
-
-def listdir(path: str) -> list[str]:
-    """A directory's names; none for what is not one (or cannot be read), never following a
-    symlink at path itself."""
-    import os
-
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return []
-    try:
-        return os.listdir(fd)
-    except OSError:
-        return []
-    finally:
-        os.close(fd)
-
-
-def top_may_hold(name: str, home: bool = False) -> bool:
-    """Whether an entry at the root of a writable grant, by its name, is or holds a protected name
-    (for reading what a commit brings in: the root's entries first, then only these)."""
-    folded = fold_name(name)
-    if folded == GIT:
-        return False
-    return folded in _tops(home) or root_glob_reason((name,)) is not None
-
-
-@functools.cache
-def _tops(home: bool) -> frozenset[str]:
-    return frozenset(fold_name(name.split("/", 1)[0]) for name in (*ROOT_NAMES, *(HOME_NAMES if home else ()),
-                                                                   *ROOT_GLOBS) if "*" not in name.split("/", 1)[0])
+        found = next((glob for head, tail, glob in globs.double[first] if _glob_match(second, head, tail)), None)
+    return None if found is None else f"{found}: {ROOT_GLOBS[found]}"
 
 
 def root_name_reason(parts: tuple[str, ...], home: bool = False) -> str | None:
@@ -390,31 +397,3 @@ def gitdir_reason(parts: tuple[str, ...]) -> str | None:
     if head is not None:
         return f"{head}: {GITDIR_NAMES[head]}"
     return None
-
-
-def protected_reason(relative_path: str) -> str | None:
-    """Why a path relative to the root of a writable grant is protected, or None.
-
-    Name rules only, without the index (which directories under .git/modules are submodule
-    repositories is not known here, so all of modules/ and worktrees/ counts as protected: this
-    errs on the side of the protection). For `sandboxctl apply` and other offline checks."""
-    from sandboxctl.protect.rules import Protection
-
-    parts = [p for p in relative_path.strip("/").split("/") if p and p != "."]
-    if not parts:
-        return None
-    return Protection(roots=("/",)).reason("/" + "/".join(parts))
-
-
-def protected_link_reason(relative_path: str) -> str | None:
-    """Why a *symlink* at a path relative to the root of a writable grant is protected, or None: a
-    link to a directory brings that tree in as a moved directory would (.config -> a directory
-    holding git/config), so it is refused wherever such a directory is (rules.Protection.holds_names)."""
-    from sandboxctl.protect.rules import Protection
-
-    parts = [p for p in relative_path.strip("/").split("/") if p and p != "."]
-    if not parts:
-        return None
-    protection = Protection(roots=("/",))
-    path = "/" + "/".join(parts)
-    return protection.reason(path) or protection.holds_names(path)

@@ -164,7 +164,7 @@ def _execute(plan: Plan, state: str, argv_for_log: list[str], status=None, *, su
         mediator = getattr(supervisor, "mediator", None)
         held_late = mediator.held_late() if mediator is not None else None
         if held_late:  # held once the host's git config named them: what changed there during the run
-            from sandboxctl.protect.live import changed_during
+            from sandboxctl.protect.restore import changed_during
 
             changes += changed_during(held_late, snapshot.taken_ns, plan.run_id)
         if history:  # commits and index entries that bring a protected name in (protect/history.py)

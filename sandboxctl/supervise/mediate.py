@@ -56,7 +56,7 @@ from sandboxctl.supervise.mediate_changes import (  # noqa: F401 - imported from
     RENAME_NOREPLACE,
     Changes,
 )
-from sandboxctl.supervise.mediate_judge import BUSY, Judgement  # noqa: F401 - imported from here
+from sandboxctl.supervise.mediate_judge import BUSY, Judgement, LiveGitRefs  # noqa: F401 - imported from here
 from sandboxctl.supervise.mediate_opens import (  # noqa: F401 - imported from here
     MAX_WAITING,
     O_ACCMODE,
@@ -73,7 +73,6 @@ TYPE_CHECKING = False  # typing costs start-up time; annotations are strings her
 if TYPE_CHECKING:
     from typing import Any
 
-    from sandboxctl.protect.live import LiveGitRefs
 
 CALL_OPS = ("open", "mkdir", "bind", "mknod", "unlink", "rmdir", "symlink", "truncate", "chmod", "fchmod", "rename",
             "link")
@@ -186,13 +185,13 @@ class Mediator(Judgement, Opens, Changes, Answers):
                     pass
 
     def _follow_host_config(self) -> None:
-        """Hold what a git config file the host changed now points at (protect.live, red team
+        """Hold what a git config file the host changed now points at (mediate_judge.LiveGitRefs, red team
         rt14: `npm install` on the host ran husky during a session, and the sandbox's
         .husky/pre-commit then ran at the host's commit); the answers cached by path go."""
         held = [path for path, why in self.live.poll() if self.protection.hold(path, why)]
         if held:
             self._reason.cache_clear()
-            self.late_held += held  # the end-of-run check says what changed there (protect.live)
+            self.late_held += held  # the end-of-run check says what changed there (restore.changed_during)
 
     def held_late(self) -> list[str]:
         """At the run's end: every path held since launch because the host's git config came to
@@ -238,6 +237,5 @@ def _live_refs(plan: Plan) -> LiveGitRefs | None:
     if not plan.protect.mediated or not plan.protect.roots:
         return None
     from sandboxctl.paths import home_dir
-    from sandboxctl.protect.live import LiveGitRefs
 
     return LiveGitRefs(plan.protect.gitdirs, plan.protect.repositories, os.path.realpath(home_dir()))

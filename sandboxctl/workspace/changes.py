@@ -19,7 +19,8 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from sandboxctl.protect.names import GITDIR_MARKERS, gitdir_marker, is_git_name, protected_link_reason, protected_reason
+from sandboxctl.protect.names import GITDIR_MARKERS, gitdir_marker, is_git_name
+from sandboxctl.protect.rules import protected_link_reason, protected_reason
 from sandboxctl.record import Record
 from sandboxctl.workspace import tree
 from sandboxctl.workspace.tree import Node
@@ -91,7 +92,7 @@ def config_targets(workspace: str) -> dict[str, str]:
     the host's next commit once applied (red team rt14): protected, as a name is."""
     from sandboxctl.paths import home_dir
     from sandboxctl.protect.gitconfig import held_targets, references
-    from sandboxctl.protect.live import GLOBAL_GIT_CONFIGS
+    from sandboxctl.protect.names import GLOBAL_GIT_CONFIGS
 
     home = os.path.realpath(home_dir())
     gitdir = os.path.join(workspace, ".git")

@@ -1,11 +1,11 @@
-"""protect/live.py: a git config file the host changes during a run makes its new targets held."""
+"""mediate_judge.LiveGitRefs: a git config file the host changes during a run makes its new targets held."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sandboxctl.protect import live
 from sandboxctl.protect.rules import Protection
+from sandboxctl.supervise import mediate_judge as live
 
 
 def _repository(tmp_path: Path) -> tuple[Path, Path]:
@@ -69,3 +69,13 @@ def test_a_slow_poll_is_spaced_by_its_own_cost(tmp_path: Path, monkeypatch) -> N
     watch.next_poll = 0.0
     watch.poll()
     assert watch.next_poll == 100.5 + 0.5 * live.SPACING
+
+
+def test_each_root_glob_has_one_star_in_its_last_part() -> None:
+    """names._glob_match compares strings: a glob it cannot answer must not slip in."""
+    from sandboxctl.protect import names
+
+    for glob in names.ROOT_GLOBS:
+        *dirs, last = glob.split("/")
+        assert last.count("*") == 1 and not any("*" in d for d in dirs) and len(dirs) <= 1, glob
+        assert glob == names.fold_path(glob), glob
