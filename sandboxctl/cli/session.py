@@ -135,6 +135,9 @@ def _session_process(box, plan, listener, report_w: int, idle: float | None) -> 
             ended = None  # a session that ended by itself says why to the next command naming it
             if was_ready and reason != "stopped":
                 ended = {"reason": reason or "its server inside the sandbox stopped", "run": plan.run_id}
+            if result.protected:  # the end-of-run check's findings: said by `stop` (or the next command)
+                ended = {**(ended or {"reason": "stopped", "run": plan.run_id}),
+                         "protected": [dict(change) for change in result.protected]}
             registry.remove(plan.session, plan.run_id, ended)
         except SandboxError as exc:
             report({"error": exc.message, "hint": exc.hint, "exit_code": exc.exit_code})
@@ -204,6 +207,7 @@ def stop(name: str) -> int:
     except SandboxError as exc:
         if exc.message.startswith(f"session {name} ended"):
             output.warn(f"{exc.message} (nothing to stop)")
+            _said_protected(exc.ended if isinstance(exc, registry.SessionEnded) else {})
             return 0
         raise
     try:
@@ -220,9 +224,21 @@ def stop(name: str) -> int:
     deadline = time.monotonic() + STOP_WAIT_S
     while isinstance(pid, int) and registry._alive(pid) and time.monotonic() < deadline:
         time.sleep(0.02)
-    registry.take_ended(name)
+    ended = registry.take_ended(name) or {}
     output.warn(f"session {name} stopped")
+    _said_protected(ended)
     return 0
+
+
+def _said_protected(ended: dict) -> None:
+    """A session's end-of-run check (protected paths put back, commits bringing one in) ran in its
+    detached process, whose stderr is gone: its findings were only in the log, where a user who
+    then runs `git reset --hard` would not look (red team rt14). `stop` says them as `run` does."""
+    from sandboxctl.cli.run import _print_protected
+
+    changes = ended.get("protected")
+    if isinstance(changes, list) and all(isinstance(c, dict) for c in changes):
+        _print_protected(changes, str(ended.get("run")))
 
 
 def register(app) -> None:

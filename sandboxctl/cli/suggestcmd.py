@@ -53,7 +53,7 @@ def _protected(patterns: list[str]):
     """Why a path is protected (protect/names.py), judged beneath each of its ancestors: a grant that
     answered the denial would make that ancestor a writable root, where the name rules apply. This
     errs towards refusing. The policy's own filesystem.protect patterns too."""
-    from sandboxctl.protect.names import protected_reason
+    from sandboxctl.protect.rules import protected_reason
 
     def why(path: str) -> str | None:
         parts = path.strip("/").split("/")

@@ -21,7 +21,7 @@ from sandboxctl import lazyre, paths
 from sandboxctl.errors import SandboxError
 from sandboxctl.paths import within
 from sandboxctl.plan.model import Creation
-from sandboxctl.protect.names import protected_reason
+from sandboxctl.protect.rules import protected_reason
 
 
 def parse_mode(text: str | None) -> int | None:

@@ -66,6 +66,12 @@ def _all_suffixes() -> list[str]:
     return machinery.SOURCE_SUFFIXES + machinery.BYTECODE_SUFFIXES + machinery.EXTENSION_SUFFIXES
 
 
+def _listdir(path: str) -> list[str]:
+    from sandboxctl.protect.index import listdir
+
+    return listdir(path)
+
+
 def _glob(pattern: str) -> list[str]:
     """The planner's glob (filesystem grants with wildcards): glob compiles regular expressions at
     import, ~1 ms that a run whose policy has no wildcard need not pay."""
@@ -159,6 +165,7 @@ def gather(environ: Mapping[str, str] | None = None) -> HostFacts:
         readlink=os.readlink,
         realpath=os.path.realpath,
         glob=_glob,
+        listdir=_listdir,
         runtime_dir=runtime_dir(),
         tree=_tree,
         git_refs=lambda config, worktree: _git_refs(config, worktree, home),

@@ -57,6 +57,7 @@ class HostFacts(Record):
     readlink: Callable[[str], str]
     realpath: Callable[[str], str]
     glob: Callable[[str], list[str]] = lambda pattern: []
+    listdir: Callable[[str], list[str]] = lambda path: []  # a directory's names (protect.names.listdir)
     runtime_dir: str = ""  # where approval sockets live (masked inside like the state dir)
     gvisor_init_file: str = ""  # the in-sandbox launcher of the gvisor backend (launch/gvisor_init.py)
     machine: str = ""  # os.uname().machine: the gvisor backend's native launcher is x86-64 code

@@ -25,7 +25,6 @@ TYPE_CHECKING = False  # typing costs start-up time; annotations are strings her
 if TYPE_CHECKING:
     from typing import Any
 
-GLOBAL_GIT_CONFIGS = ("{home}/.gitconfig", "{home}/.config/git/config", "/etc/gitconfig")
 
 
 class ProtectionPlanner:
@@ -47,6 +46,8 @@ class ProtectionPlanner:
         gitdirs: list[str] = []
         worktrees: list[str] = []
         repositories: list[str] = []
+        from sandboxctl.protect.index import glob_matches  # the tree's scan imports it too
+
         for root in roots:
             index = self.p.tree(root)
             gitdirs += index.gitdirs
@@ -62,6 +63,7 @@ class ProtectionPlanner:
                 else:
                     explicit.setdefault(repository, "protected: a bare repository (its hooks run on push)")
             is_home = root == facts.home
+            record += glob_matches(root, facts.listdir)  # *.code-workspace, mise.<env>.toml, …
             for name in (*names.ROOT_NAMES, *(names.HOME_NAMES if is_home else ())):
                 path = f"{root}/{name}"
                 kind = facts.kind(path)
@@ -91,7 +93,7 @@ class ProtectionPlanner:
             worktree = os.path.dirname(gitdir) if names.is_git_name(os.path.basename(gitdir)) else None
             for config in ("config", "config.worktree"):
                 self._git_refs(f"{gitdir}/{config}", worktree, roots, explicit, [worktree] if worktree else [])
-        for template in GLOBAL_GIT_CONFIGS:  # the host's own git reads these in every repository
+        for template in names.GLOBAL_GIT_CONFIGS:  # the host's own git reads these in every repository
             self._git_refs(template.replace("{home}", facts.home), None, roots, explicit, worktrees)
         for raw in self.p.policy.filesystem.protect:
             pattern = self.p.expand(raw)
@@ -144,21 +146,12 @@ class ProtectionPlanner:
                   worktrees: list[str]) -> None:
         if self.facts.kind(config) == "missing":
             return
+        from sandboxctl.protect.gitconfig import held_targets
+
         hooks, includes = self.facts.git_refs(config, worktree)
-        if hooks:
-            raw_relative = not hooks.startswith("/")
-            bases = worktrees if raw_relative else [None]
-            for base in bases:
-                target = os.path.normpath(os.path.join(base, hooks)) if base else hooks
-                if os.path.basename(target) == "_":
-                    # husky 9: core.hooksPath = .husky/_, whose stubs run .husky/<hook>, the files
-                    # the user writes: the whole .husky runs at the next commit
-                    target = os.path.dirname(target)
-                if self.under_roots(target, roots):
-                    explicit.setdefault(target, f"protected: core.hooksPath of {config} (hooks run outside)")
-        for target in includes:
+        for target, why in held_targets(config, hooks, includes, worktrees):
             if self.under_roots(target, roots):
-                explicit.setdefault(target, f"protected: included by {config} (git config)")
+                explicit.setdefault(target, why)
 
     def _programs_on_path(self, roots: list[str]) -> list[str]:
         """Where the supervisor — this run's and the next — looks for bwrap, runsc and the secrets'

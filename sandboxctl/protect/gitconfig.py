@@ -111,3 +111,20 @@ def references(config_file: str, home: str, worktree: str | None) -> tuple[str |
             included.append(target)
             queue.append((target, depth + 1))
     return hooks, included
+
+
+def held_targets(config_file: str, hooks: str | None, includes: list[str],
+                 worktrees: list[str]) -> list[tuple[str, str]]:
+    """(path, why) for what a config file's references make protected: its core.hooksPath (taken
+    from each worktree when relative, as git does; husky 9's `.husky/_` is all of `.husky`, whose
+    files its stubs run) and every file it includes. Shared by the planner and LiveGitRefs."""
+    out: list[tuple[str, str]] = []
+    if hooks:
+        bases: list[str | None] = list(worktrees) if not hooks.startswith("/") else [None]
+        for base in bases:
+            target = os.path.normpath(os.path.join(base, hooks)) if base else hooks
+            if os.path.basename(target) == "_":
+                target = os.path.dirname(target)
+            out.append((target, f"protected: core.hooksPath of {config_file} (hooks run outside)"))
+    out += [(target, f"protected: included by {config_file} (git config)") for target in includes]
+    return out

@@ -16,6 +16,7 @@ work, so nothing is moved back.
 
 from __future__ import annotations
 
+import functools
 import os
 
 from sandboxctl.paths import within
@@ -261,7 +262,8 @@ def _brought_in(program: str, root: str, gitdir: str, old: dict[str, str], now: 
     if now.get(INDEX) != old.get(INDEX):  # the index first: one call, and the likeliest next checkout
         try:
             staged = _git(program, root, gitdir, "ls-files", "-s", "-z", "--",
-                          *(f":(icase,literal){name}" for name in held), deadline=deadline)
+                          *(f":(icase,literal){name}" for name in held),
+                          *(f":(icase,glob){glob}" for glob in names.ROOT_GLOBS), deadline=deadline)
         except NotRead as stop:  # the refs are still read with what is left (red team rt11: a FIFO index)
             changes.append(_unchecked(gitdir, f"its index: {stop or 'out of time'}", run_id))
             staged = []
@@ -284,12 +286,9 @@ def _held_in_tree(program: str, root: str, gitdir: str, commit: str, home: bool,
     (red team rt11: `.ENVRC` or `.Claude/settings.json`, which a case-insensitive directory makes
     the protected file, went unlisted): the root's names are listed, and what they hold is judged
     by names.root_name_reason as the wall judges it."""
-    tops = {fold for fold in (name.split("/", 1)[0] for name in (*names.ROOT_NAMES, *(names.HOME_NAMES if home
-                                                                                       else ())))}
-    tops.discard(names.GIT)
     roots_listed = _git(program, root, gitdir, "ls-tree", "-z", "--full-tree", "--name-only", commit,
                         deadline=deadline)
-    chosen = [name for name in roots_listed if names.fold_name(name) in tops and names.fold_name(name) != names.GIT]
+    chosen = [name for name in roots_listed if _top_may_hold(name, home)]  # names.ROOT_GLOBS too (rt14)
     if not chosen:
         return set()
     lines = _git(program, root, gitdir, "ls-tree", "-r", "-z", "--full-tree", commit, "--",
@@ -308,3 +307,18 @@ def _brought_in_changes(root: str, found: dict[str, list[str]], run_id: str) -> 
         out.append(Change(f"{root} ({len(listed) - MAX_REPORTED} more protected paths its commits or index bring "
                           "in, not listed one by one)", "modified", ACTION, None, run_id))
     return out
+
+
+def _top_may_hold(name: str, home: bool = False) -> bool:
+    """Whether an entry at the root of a writable grant, by its name, is or holds a protected name
+    (for reading what a commit brings in: the root's entries first, then only these)."""
+    folded = names.fold_name(name)
+    if folded == names.GIT:
+        return False
+    return folded in _tops(home) or names.root_glob_reason((name,)) is not None
+
+
+@functools.cache
+def _tops(home: bool) -> frozenset[str]:
+    held = (*names.ROOT_NAMES, *(names.HOME_NAMES if home else ()), *names.ROOT_GLOBS)
+    return frozenset(names.fold_name(top) for top in (name.split("/", 1)[0] for name in held) if "*" not in top)

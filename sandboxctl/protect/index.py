@@ -23,11 +23,13 @@ import stat
 from sandboxctl import cachedir, lazyre
 from sandboxctl.digest import sha256
 from sandboxctl.paths import join, make_dirs, parent
+from sandboxctl.protect import names
 from sandboxctl.protect.names import fold_name, is_git_name
 from sandboxctl.record import Record
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from os import PathLike
 
 CACHE_VERSION = 2  # 2: names compared folded (.GIT on a case-insensitive directory)
@@ -201,3 +203,34 @@ def scan(root: str, patterns: tuple[str, ...] = (), cache_dir: str | PathLike[st
         _save(cache_path, fresh)
     return TreeIndex(root, tuple(sorted(repositories)), tuple(sorted(set(gitdirs))), tuple(sorted(matches)),
                      len(fresh), complete)
+
+
+def glob_matches(root: str, listdir: Callable[[str], list[str]]) -> list[str]:
+    """The entries beneath root that a names.ROOT_GLOBS entry holds, as spelt on disk (the root's own
+    entries, and those of the directories a glob names: `mise/`, `.config/`). For recording them
+    at launch, and where nothing mediated the run (gVisor) for finding new ones at its end."""
+    dirs = {fold_name(glob.split("/", 1)[0]) for glob in names.ROOT_GLOBS if "/" in glob}
+    out = []
+    for name in listdir(root):
+        if names.root_glob_reason((name,)):
+            out.append(f"{root}/{name}")
+        elif fold_name(name) in dirs:
+            out += [f"{root}/{name}/{sub}" for sub in listdir(f"{root}/{name}") if names.root_glob_reason((name, sub))]
+    return out
+
+
+def listdir(path: str) -> list[str]:
+    """A directory's names; none for what is not one (or cannot be read), never following a
+    symlink at path itself."""
+    import os
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return []
+    try:
+        return os.listdir(fd)
+    except OSError:
+        return []
+    finally:
+        os.close(fd)

@@ -154,12 +154,25 @@ ROOT_NAMES: dict[str, str] = {
     "mise.local.toml": "mise config (hooks, env sourcing, tasks)",
     ".mise.local.toml": "mise config (hooks, env sourcing, tasks)",
     "mise/config.toml": "mise config (hooks, env sourcing, tasks)",
-    ".mise/config.toml": "mise config (hooks, env sourcing, tasks)",
+    ".mise": "mise's config directory (config.toml, config.<env>.toml, conf.d/, tasks)",
+    "mise/conf.d": "mise loads every *.toml there as config (hooks, env sourcing, tasks)",
     ".config/mise": "mise config directory (config.toml, tasks)",
     ".config/mise.toml": "mise config (hooks, env sourcing, tasks)",
+    ".tool-versions": "asdf's and mise's versions: a `path:` one puts a directory's programs behind their shims "
+                      "and on PATH (mise activate) when entering the directory",
+    # toolchains that run a program the project names, whatever the command
+    "rust-toolchain.toml": "rustup's toolchain file: `path` makes every cargo and rustc there run that toolchain",
+    "rust-toolchain": "rustup's toolchain file: `path` makes every cargo and rustc there run that toolchain",
+    ".cargo/config.toml": "cargo config read from the working directory up: rustc-wrapper, runners and "
+                          "credential providers run programs in any build or install there",
+    ".cargo/config": "cargo config read from the working directory up: rustc-wrapper, runners and "
+                     "credential providers run programs in any build or install there",
+    ".yarn/releases": "where yarnPath points (yarn set version): every yarn command there runs it",
+    ".yarn/plugins": "yarn plugins listed in .yarnrc.yml: loaded by every yarn command there",
     # editors
     ".vscode": "VS Code tasks (runOn: folderOpen), launch configs and settings that run programs",
     ".idea": "JetBrains run configurations and startup tasks",
+    ".run": "JetBrains run configurations stored as project files (a startup task runs one when the project opens)",
     ".zed": "Zed tasks and language-server commands",
     ".devcontainer": "devcontainer.json initializeCommand runs on the host",
     ".devcontainer.json": "initializeCommand runs on the host",
@@ -213,8 +226,6 @@ HOME_NAMES: dict[str, str] = {
     ".pdbrc": "pdb runs it at start",
     ".psqlrc": "psql runs it at start",
     ".hgrc": "Mercurial hooks and aliases",
-    ".cargo/config.toml": "cargo aliases, runners and build settings",
-    ".cargo/config": "cargo aliases, runners and build settings",
     ".gradle/init.d": "Gradle init scripts run in every build",
     ".gradle/init.gradle": "a Gradle init script run in every build",
     ".claude/settings.json": "Claude Code user hooks and permissions",
@@ -238,6 +249,9 @@ def anywhere_reason(parts: tuple[str, ...]) -> str | None:
             return f"{part}: {why}"
     return None
 
+
+# The host's own git reads these in every repository (core.hooksPath and includes there count too).
+GLOBAL_GIT_CONFIGS = ("{home}/.gitconfig", "{home}/.config/git/config", "/etc/gitconfig")
 
 # Inside a git directory: entries that make git run programs or look elsewhere.
 GITDIR_NAMES: dict[str, str] = {
@@ -274,21 +288,74 @@ def gitdir_marker(name: str) -> str | None:
     return _MARKERS_FOLDED.get(fold_name(name))
 
 
-# Names at the root of every writable grant by their ending (any stem): held by the rules only
-# (refused when written under bwrap), not recorded at launch like ROOT_NAMES.
-ROOT_SUFFIXES: dict[str, str] = {
-    ".code-workspace": "a VS Code workspace file: its tasks (runOn: folderOpen) and settings run programs",
+# Names at the root of every writable grant by a pattern (git's glob: `*` never crosses a `/`),
+# compared folded: held by the rules only (refused when written under bwrap), not recorded at
+# launch like ROOT_NAMES.
+ROOT_GLOBS: dict[str, str] = {
+    "*.code-workspace": "a VS Code workspace file: its tasks (runOn: folderOpen) and settings run programs",
+    ".envrc.*": "shell code an .envrc sources on entering the directory (source_env_if_exists .envrc.local): "
+                "direnv's allow covers the .envrc alone",
+    "mise.*.toml": "mise's config for an environment or a local one (mise.dev.toml, mise.dev.local.toml): "
+                   "hooks, env sourcing, tasks",
+    ".mise.*.toml": "mise's config for an environment or a local one: hooks, env sourcing, tasks",
+    "mise/config.*.toml": "mise's config for an environment or a local one: hooks, env sourcing, tasks",
+    ".config/mise.*.toml": "mise's config for an environment or a local one: hooks, env sourcing, tasks",
+    "*.iml": "a JetBrains module file, read when the project opens (its settings, as .idea/ holds the project's)",
+    "*.ipr": "a JetBrains project file (the file-based format of .idea/: run configurations and startup tasks)",
+    "*.iws": "a JetBrains workspace file (the file-based format of .idea/: run configurations and startup tasks)",
 }
+
+
+def _glob_match(name: str, head: str, tail: str) -> bool:
+    """fnmatch of one folded component against a glob with one `*` (head*tail, what ROOT_GLOBS
+    holds): string comparisons, not `re` (~4 ms a run's start-up need not pay, lazyre.py)."""
+    return len(name) >= len(head) + len(tail) and name.startswith(head) and name.endswith(tail)
+
+
+class _Globs:
+    """ROOT_GLOBS split once: the one-part globs as (head, tail, glob), with the heads and tails
+    a match must start or end with (one str call each turns away every other name: this is asked
+    for every mediated path's first component), and the two-part ones by their folded directory."""
+
+    def __init__(self) -> None:
+        self.single = tuple((*glob.split("*", 1), glob) for glob in ROOT_GLOBS if "/" not in glob)
+        self.heads = tuple(head for head, _, _ in self.single if head)
+        self.tails = tuple(tail for _, tail, _ in self.single if tail)
+        double: dict[str, list[tuple[str, str, str]]] = {}
+        for glob in ROOT_GLOBS:
+            if "/" in glob:
+                first, rest = glob.split("/", 1)
+                double.setdefault(fold_name(first), []).append((*rest.split("*", 1), glob))
+        self.double = {first: tuple(rest) for first, rest in double.items()}
+
+
+@functools.cache
+def _globs() -> _Globs:
+    return _Globs()
+
+
+def root_glob_reason(parts: tuple[str, ...]) -> str | None:
+    """Why parts (relative to the root of a writable grant) fall under a ROOT_GLOBS entry, folded."""
+    if not parts:
+        return None
+    globs = _globs()
+    first = fold_name(parts[0])
+    found = None
+    if first.endswith(globs.tails) or first.startswith(globs.heads):
+        found = next((glob for head, tail, glob in globs.single if _glob_match(first, head, tail)), None)
+    if found is None and len(parts) >= 2 and first in globs.double:
+        second = fold_name(parts[1])
+        found = next((glob for head, tail, glob in globs.double[first] if _glob_match(second, head, tail)), None)
+    return None if found is None else f"{found}: {ROOT_GLOBS[found]}"
 
 
 def root_name_reason(parts: tuple[str, ...], home: bool = False) -> str | None:
     """Why parts (relative to the root of a writable grant) fall under a protected root name
     (and, at the root of a writable home, under a home name); compared folded."""
     if parts:
-        first = fold_name(parts[0])
-        for suffix, why in ROOT_SUFFIXES.items():
-            if first.endswith(suffix):
-                return f"*{suffix}: {why}"
+        why = root_glob_reason(parts)
+        if why:
+            return why
     for length in (3, 2, 1):
         if len(parts) < length:
             continue
@@ -307,7 +374,7 @@ def prefixes_of_names(home: bool = False) -> frozenset[tuple[str, ...]]:
     """The proper prefixes of multi-part names (.config for .config/git): a directory moved to
     such a place would bring the protected name in with it."""
     found: set[tuple[str, ...]] = set()
-    for name in (*ROOT_NAMES, *(HOME_NAMES if home else ())):
+    for name in (*ROOT_NAMES, *(HOME_NAMES if home else ()), *ROOT_GLOBS):
         parts = tuple(fold_path(name).split("/"))
         found.update(parts[:i] for i in range(1, len(parts)))
     return frozenset(found)
@@ -330,31 +397,3 @@ def gitdir_reason(parts: tuple[str, ...]) -> str | None:
     if head is not None:
         return f"{head}: {GITDIR_NAMES[head]}"
     return None
-
-
-def protected_reason(relative_path: str) -> str | None:
-    """Why a path relative to the root of a writable grant is protected, or None.
-
-    Name rules only, without the index (which directories under .git/modules are submodule
-    repositories is not known here, so all of modules/ and worktrees/ counts as protected: this
-    errs on the side of the protection). For `sandboxctl apply` and other offline checks."""
-    from sandboxctl.protect.rules import Protection
-
-    parts = [p for p in relative_path.strip("/").split("/") if p and p != "."]
-    if not parts:
-        return None
-    return Protection(roots=("/",)).reason("/" + "/".join(parts))
-
-
-def protected_link_reason(relative_path: str) -> str | None:
-    """Why a *symlink* at a path relative to the root of a writable grant is protected, or None: a
-    link to a directory brings that tree in as a moved directory would (.config -> a directory
-    holding git/config), so it is refused wherever such a directory is (rules.Protection.holds_names)."""
-    from sandboxctl.protect.rules import Protection
-
-    parts = [p for p in relative_path.strip("/").split("/") if p and p != "."]
-    if not parts:
-        return None
-    protection = Protection(roots=("/",))
-    path = "/" + "/".join(parts)
-    return protection.reason(path) or protection.holds_names(path)

@@ -252,3 +252,67 @@ def new_repositories(roots: tuple[str, ...], known: tuple[str, ...], workspace: 
                     kept = _keep_aside(path, state, run_id)
                     changes.append(Change(path, "created", "removed" if kept else "reported", kept, run_id))
     return changes
+
+
+def new_glob_names(roots: tuple[str, ...], known: tuple[str, ...], state: str | PathLike[str],
+                   run_id: str) -> list[Change]:
+    """Where nothing refused them during the run (gVisor has no mediation): the names held by a
+    pattern (names.ROOT_GLOBS: `team.code-workspace`, `mise.dev.toml`), which no launch record can
+    list before they exist, that were not there at launch: kept aside and reported, as a
+    protected name that appeared is (red team rt14: they stayed on the host, unsaid)."""
+    from sandboxctl.protect.index import glob_matches, listdir
+
+    seen = set(known)
+    changes: list[Change] = []
+    for root in roots:
+        for path in glob_matches(root, listdir):
+            if path not in seen and not any(path.startswith(k + "/") for k in seen):
+                kept = _keep_aside(path, state, run_id)
+                changes.append(Change(path, "created", "removed" if kept else "reported", kept, run_id))
+    return changes
+
+
+LATE = ("left as it is: it became protected while the run went on (the host's git config came to name it), "
+        "and it changed during the run — review it before the host's next git command there")
+MAX_LATE = 100  # entries said per target; past that, one line says how many more
+
+
+def changed_during(paths: list[str], since_ns: int, run_id: str) -> list[Change]:
+    """What beneath each path held late (mediate_judge.LiveGitRefs) changed during the run: the
+    sandbox may have written it before the host's config named it, or through a descriptor opened before (a write
+    on an open descriptor is no call the supervisor sees). Said, never put back (no launch record
+    of it exists). A change's ctime cannot be set back, so ctime since launch is a change since."""
+    changes: list[Change] = []
+    for top in paths:
+        found = []
+        for path in _entries(top, MAX_LATE * 100):
+            try:
+                if os.lstat(path).st_ctime_ns >= since_ns:
+                    found.append(path)
+            except OSError:
+                continue
+        changes += [Change(path, "modified", LATE, None, run_id) for path in found[:MAX_LATE]]
+        if len(found) > MAX_LATE:
+            changes.append(Change(f"{top} ({len(found) - MAX_LATE} more entries)", "modified", LATE, None, run_id))
+    return changes
+
+
+def _entries(top: str, limit: int) -> list[str]:
+    """top and what lies beneath it, never through a symlink, at most limit entries."""
+    out, queue = [top], [top]
+    while queue and len(out) < limit:
+        directory = queue.pop()
+        fd = None
+        try:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            names = os.listdir(fd)
+        except OSError:
+            continue
+        finally:
+            if fd is not None:
+                os.close(fd)
+        for name in names[:max(0, limit - len(out))]:
+            path = f"{directory}/{name}"
+            out.append(path)
+            queue.append(path)  # a file fails the directory open above, and is left
+    return out

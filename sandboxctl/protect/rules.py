@@ -58,6 +58,17 @@ class Protection:
         self.anchors = {fold_path(a) for a in anchors}  # directories the sandbox's mounts hang from (never moved)
         self.homes = {fold_path(h) for h in homes}  # roots that are a home: its start-up names (bin, …) too
 
+    def hold(self, path: str, why: str) -> bool:
+        """Protect one more explicit path from now on (mediate_judge.LiveGitRefs: the host's git config came to
+        point at it while the run went on); False if it was already held or lies under no root."""
+        path = path.rstrip("/") or "/"
+        folded = fold_path(path)
+        if folded in self.explicit or self.root_of(path) is None:
+            return False
+        self.explicit[folded] = why
+        self._named[folded] = path
+        return True
+
     def root_of(self, path: str) -> str | None:
         """The deepest writable root holding path (as the plan names it)."""
         root = next((a for a in ancestors(fold_path(path)) if a in self._roots), None)
@@ -149,3 +160,27 @@ class Protection:
             if gitdir.startswith(prefix) and not gitdir.endswith("/" + names.GIT):
                 return f"holds the repository {self._gitdirs[gitdir]}"
         return None
+
+
+def protected_reason(relative_path: str) -> str | None:
+    """Why a path relative to the root of a writable grant is protected, or None.
+
+    Name rules only, without the index (which directories under .git/modules are submodule
+    repositories is not known here, so all of modules/ and worktrees/ counts as protected: this
+    errs on the side of the protection). For `sandboxctl apply` and other offline checks."""
+    parts = [p for p in relative_path.strip("/").split("/") if p and p != "."]
+    if not parts:
+        return None
+    return Protection(roots=("/",)).reason("/" + "/".join(parts))
+
+
+def protected_link_reason(relative_path: str) -> str | None:
+    """Why a *symlink* at a path relative to the root of a writable grant is protected, or None: a
+    link to a directory brings that tree in as a moved directory would (.config -> a directory
+    holding git/config), so it is refused wherever such a directory is (Protection.holds_names)."""
+    parts = [p for p in relative_path.strip("/").split("/") if p and p != "."]
+    if not parts:
+        return None
+    protection = Protection(roots=("/",))
+    path = "/" + "/".join(parts)
+    return protection.reason(path) or protection.holds_names(path)

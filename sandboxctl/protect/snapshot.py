@@ -33,6 +33,7 @@ from sandboxctl.protect.restore import (  # noqa: F401 - imported from here
     Change,
     _RealParents,
     compare_and_restore,
+    new_glob_names,
     new_repositories,
     restore_json_keys,
 )

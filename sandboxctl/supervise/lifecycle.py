@@ -20,7 +20,7 @@ from sandboxctl.launch import seccomp
 from sandboxctl.log.writer import RUN_HEAD, ActionLog, LogWriteError
 from sandboxctl.paths import ensure_private_dir, join
 from sandboxctl.plan.model import Plan
-from sandboxctl.protect.snapshot import Change, Snapshot, new_repositories, recover
+from sandboxctl.protect.snapshot import Change, Snapshot, new_glob_names, new_repositories, recover
 from sandboxctl.supervise import secrets as secret_store
 from sandboxctl.supervise.cgroups import RunCgroup
 from sandboxctl.supervise.cgroups import detect as detect_cgroups
@@ -161,6 +161,12 @@ def _execute(plan: Plan, state: str, argv_for_log: list[str], status=None, *, su
         history = _record_history(plan)
         result = supervisor.launch()
         changes += snapshot.check()  # every sandboxed process is gone: nothing can race this
+        mediator = getattr(supervisor, "mediator", None)
+        held_late = mediator.held_late() if mediator is not None else None
+        if held_late:  # held once the host's git config named them: what changed there during the run
+            from sandboxctl.protect.restore import changed_during
+
+            changes += changed_during(held_late, snapshot.taken_ns, plan.run_id)
         if history:  # commits and index entries that bring a protected name in (protect/history.py)
             from sandboxctl.protect import history as git_history
 
@@ -168,6 +174,7 @@ def _execute(plan: Plan, state: str, argv_for_log: list[str], status=None, *, su
         if plan.protect.roots and not plan.protect.mediated:  # gVisor: nothing refused a new repository
             changes += new_repositories(plan.protect.roots, plan.protect.repositories, plan.workspace, state,
                                         plan.run_id)
+            changes += new_glob_names(plan.protect.roots, plan.protect.record, state, plan.run_id)
         gated = plan.fail_on_denial and bool(result.denials) and result.exit_code == 0 and result.error is None
         held = None
         if layer is not None:

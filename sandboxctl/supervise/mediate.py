@@ -56,7 +56,7 @@ from sandboxctl.supervise.mediate_changes import (  # noqa: F401 - imported from
     RENAME_NOREPLACE,
     Changes,
 )
-from sandboxctl.supervise.mediate_judge import BUSY, Judgement  # noqa: F401 - imported from here
+from sandboxctl.supervise.mediate_judge import BUSY, Judgement, LiveGitRefs  # noqa: F401 - imported from here
 from sandboxctl.supervise.mediate_opens import (  # noqa: F401 - imported from here
     MAX_WAITING,
     O_ACCMODE,
@@ -72,6 +72,7 @@ from sandboxctl.supervise.notify import Notification, respond, still_valid
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
 if TYPE_CHECKING:
     from typing import Any
+
 
 CALL_OPS = ("open", "mkdir", "bind", "mknod", "unlink", "rmdir", "symlink", "truncate", "chmod", "fchmod", "rename",
             "link")
@@ -141,6 +142,8 @@ class Mediator(Judgement, Opens, Changes, Answers):
         self.waiters: list[threading.Thread] = []  # those threads (joined by close)
         self.closed = False
         self._calls = {op: getattr(self, f"_{op}") for op in CALL_OPS}  # Call.op -> its method, bound once
+        self.live = _live_refs(plan)  # the host's git config changed meanwhile: its new hooksPath is held too
+        self.late_held: list[str] = []
         self.not_copied = NotCopied()
         self._bases: dict[int, str | None] = {}  # the call's dirfds read so far -> where (new for each call)
 
@@ -167,6 +170,8 @@ class Mediator(Judgement, Opens, Changes, Answers):
                 # the kernel's answer to an empty path; never the cwd or the dirfd itself
                 respond(self.listener, notification.id, error=errno.ENOENT)
                 return
+        if self.live is not None:
+            self._follow_host_config()
         opened: list[int] = []
         self._bases = {}
         try:
@@ -180,6 +185,24 @@ class Mediator(Judgement, Opens, Changes, Answers):
                     os.close(fd)
                 except OSError:
                     pass
+
+    def _follow_host_config(self) -> None:
+        """Hold what a git config file the host changed now points at (mediate_judge.LiveGitRefs, red team
+        rt14: `npm install` on the host ran husky during a session, and the sandbox's
+        .husky/pre-commit then ran at the host's commit); the answers cached by path go."""
+        held = [path for path, why in self.live.poll() if self.protection.hold(path, why)]
+        if held:
+            self._reason.cache_clear()
+            self.late_held += held  # the end-of-run check says what changed there (restore.changed_during)
+
+    def held_late(self) -> list[str]:
+        """At the run's end: every path held since launch because the host's git config came to
+        name it — looked at once more now, for a change no call of the sandbox came after (a write
+        on a descriptor it opened before is no call)."""
+        if self.live is not None:
+            self.live.next_poll = 0.0
+            self._follow_host_config()
+        return list(self.late_held)
 
     def _umask(self, pid: int) -> int:
         """The caller's umask, read from /proc once per process: umask() is trapped too (it only
@@ -209,3 +232,12 @@ class Mediator(Judgement, Opens, Changes, Answers):
         if full is None:
             return None, None
         return full, self.resolver.entry(n.pid, full, opened, follow=follow)
+
+
+def _live_refs(plan: Plan) -> LiveGitRefs | None:
+    """Only where the supervisor performs the changes (bwrap): elsewhere nothing asks it."""
+    if not plan.protect.mediated or not plan.protect.roots:
+        return None
+    from sandboxctl.paths import home_dir
+
+    return LiveGitRefs(plan.protect.gitdirs, plan.protect.repositories, os.path.realpath(home_dir()))

@@ -11,8 +11,10 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 
 from sandboxctl.paths import within
+from sandboxctl.protect import names
 from sandboxctl.protect.names import GITDIR_MARKERS, gitdir_marker
 from sandboxctl.supervise import aliases
 from sandboxctl.supervise.mediate_calls import Entry, exists_at
@@ -227,3 +229,68 @@ def _lock_markers(entry: Entry, opened: list[int]) -> str | None:
         except OSError as exc:  # a file system without flock (some FUSE): fail closed
             return (f"protected: {entry.name} is a git directory's marker, and its directory cannot be locked "
                     f"against another run making the others ({exc.strerror})")
+
+
+# ------------------------------------------------------------------ the host's git config, meanwhile
+POLL_S = 0.01
+SPACING = 50  # a poll costs at most 1/50 of the time between two (thousands of nested repositories)
+
+
+def _signature(path: str) -> tuple[int, ...] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+class LiveGitRefs:
+    """The git config files of the repositories found at launch, and the host's global ones: what
+    the host changes in one while a run goes on is held from then on.
+
+    The planner reads core.hooksPath and includes once, at launch. A session (or a long run) outlives
+    that: the user's `npm install` runs husky, which sets `core.hooksPath = .husky/_` in .git/config,
+    and from then on the host's next commit runs `.husky/pre-commit` — which the sandbox could still
+    rewrite (red team rt14, judged by the host's git). The sandbox cannot write these config files
+    (they are protected), so a change of one is the host's: the mediator asks `poll()` before it
+    judges a call, and holds the new targets as the planner would have.
+
+    Cost: one stat per config file, at most once per POLL_S (a run of 10 000 writes in a second stats
+    them 100 times), and never more than 1/SPACING of the time (a workspace of thousands of nested
+    repositories is looked at less often). A target becomes held within POLL_S of the host's change (never before it:
+    what the sandbox wrote there until then is its, as any file of the workspace the user then
+    chooses to run).
+    """
+
+    def __init__(self, gitdirs: tuple[str, ...], repositories: tuple[str, ...], home: str):
+        worktrees = sorted({os.path.dirname(r) for r in repositories if names.is_git_name(os.path.basename(r))})
+        self.configs: list[tuple[str, str | None, list[str]]] = []
+        for gitdir in gitdirs:
+            worktree = os.path.dirname(gitdir) if names.is_git_name(os.path.basename(gitdir)) else None
+            for name in ("config", "config.worktree"):
+                self.configs.append((f"{gitdir}/{name}", worktree, [worktree] if worktree else []))
+        for template in names.GLOBAL_GIT_CONFIGS:
+            self.configs.append((template.replace("{home}", home), None, worktrees))
+        self.home = home
+        self.seen = {path: _signature(path) for path, _, _ in self.configs}
+        self.next_poll = time.monotonic() + POLL_S
+
+    def poll(self) -> list[tuple[str, str]]:
+        """(path, why) for what a config file changed since the last poll now points at (all of
+        its references: the caller keeps what is new and under its roots)."""
+        now = time.monotonic()
+        if now < self.next_poll:
+            return []
+        found: list[tuple[str, str]] = []
+        for path, worktree, worktrees in self.configs:
+            signature = _signature(path)
+            if signature == self.seen[path]:
+                continue
+            self.seen[path] = signature
+            from sandboxctl.protect import gitconfig  # only once a config changed
+
+            hooks, includes = gitconfig.references(path, self.home, worktree)
+            found += gitconfig.held_targets(path, hooks, includes, worktrees)
+        done = time.monotonic()
+        self.next_poll = done + max(POLL_S, (done - now) * SPACING)
+        return found

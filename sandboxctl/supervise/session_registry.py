@@ -179,6 +179,14 @@ def running() -> list[dict]:
     return found
 
 
+class SessionEnded(SandboxError):
+    """A session that ended by itself, with its record (`session stop` says its findings whole)."""
+
+    def __init__(self, message: str, hint: str, *, ended: dict):
+        super().__init__(message, hint)
+        self.ended = ended
+
+
 def connect(name: str) -> socket.socket:
     """A connection to a running session (SandboxError naming why when there is none)."""
     check_name(name)
@@ -197,9 +205,12 @@ def connect(name: str) -> socket.socket:
         sock.close()
     ended = take_ended(name)
     if ended is not None:
-        raise SandboxError(f"session {name} ended: {ended.get('reason', 'unknown')}",
+        protected = ended.get("protected")
+        said = (f"; {len(protected)} protected path(s) changed or brought in by its git history: "
+                f"sandboxctl log --run {ended.get('run')} --event protect") if isinstance(protected, list) else ""
+        raise SessionEnded(f"session {name} ended: {ended.get('reason', 'unknown')}{said}",
                            f"its records: sandboxctl log --run {ended.get('run')}; start a new one with "
-                           f"sandboxctl session start --name {name}")
+                           f"sandboxctl session start --name {name}", ended=ended)
     raise SandboxError(f"no session named {name!r} is running",
                        "start one with sandboxctl session start --name NAME; see sandboxctl session list")
 

@@ -19,7 +19,8 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from sandboxctl.protect.names import GITDIR_MARKERS, gitdir_marker, is_git_name, protected_link_reason, protected_reason
+from sandboxctl.protect.names import GITDIR_MARKERS, gitdir_marker, is_git_name
+from sandboxctl.protect.rules import protected_link_reason, protected_reason
 from sandboxctl.record import Record
 from sandboxctl.workspace import tree
 from sandboxctl.workspace.tree import Node
@@ -80,7 +81,31 @@ def compare(upper: str, workspace: str, thresholds: Thresholds,
     finally:
         os.close(upper_fd)
     changes.sort(key=lambda change: change.path.split("/"))
-    return _repositories([_annotate(change, workspace) for change in changes], workspace)
+    held = config_targets(workspace) if changes else {}
+    return _repositories([_annotate(change, workspace, held) for change in changes], workspace)
+
+
+def config_targets(workspace: str) -> dict[str, str]:
+    """What the host's git config names now inside the workspace (core.hooksPath, included files),
+    relative to it -> why. The run held these as they were at its launch; the host may have set one
+    since (its `npm install` running husky), and a change the layer holds there would then run at
+    the host's next commit once applied (red team rt14): protected, as a name is."""
+    from sandboxctl.paths import home_dir
+    from sandboxctl.protect.gitconfig import held_targets, references
+    from sandboxctl.protect.names import GLOBAL_GIT_CONFIGS
+
+    home = os.path.realpath(home_dir())
+    gitdir = os.path.join(workspace, ".git")
+    configs = [os.path.join(gitdir, "config"), os.path.join(gitdir, "config.worktree"),
+               *(template.replace("{home}", home) for template in GLOBAL_GIT_CONFIGS)]
+    out: dict[str, str] = {}
+    for config in configs if os.path.isdir(gitdir) else []:
+        hooks, includes = references(config, home, workspace)
+        for target, why in held_targets(config, hooks, includes, [workspace]):
+            relative = os.path.relpath(target, workspace)
+            if relative != "." and not relative.startswith("../"):
+                out.setdefault(relative, why)
+    return out
 
 
 MAKES_REPOSITORY = ("protected: with it the directory would be a git repository (HEAD with objects/ and refs/): "
@@ -193,11 +218,18 @@ def _removal(host_fd: int, name: str, path: str, old: Node, new: Node | None, th
     return Change(path, kind, old, new, entries, conflict, protected)
 
 
-def _annotate(change: Change, workspace: str) -> Change:
+def _annotate(change: Change, workspace: str, held: dict[str, str]) -> Change:
     notes = list(change.notes)
     new = change.new
     protected = change.protected or (protected_link_reason(change.path) if new is not None and new.kind == "symlink"
                                      else protected_reason(change.path))
+    for target, why in held.items() if not protected else ():
+        if change.path == target or change.path.startswith(target + "/"):
+            protected = why
+        elif target.startswith(change.path + "/"):
+            protected = f"holds {target}: {why}"
+        if protected:
+            break
     if new is not None and new.special:
         notes.append(f"a {new.kind}: never applied")
     if new is not None and new.kind in ("file", "dir") and new.mode & SETID:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxctl.protect import names
+from sandboxctl.protect import names, rules
 from sandboxctl.protect.index import scan
 from sandboxctl.protect.rules import Protection
 from sandboxctl.supervise import aliases
@@ -44,7 +44,7 @@ def test_names_that_no_folding_makes_git(name):
     ".venv/bin/bwrap", "deep/down/BWRAP", "x/runsc", "x/runsc/y",  # run by the supervisor from a later PATH
 ])
 def test_every_spelling_of_a_protected_name_is_protected(path):
-    assert names.protected_reason(path), path
+    assert rules.protected_reason(path), path
 
 
 @pytest.mark.parametrize("path", [
@@ -52,7 +52,7 @@ def test_every_spelling_of_a_protected_name_is_protected(path):
     "SUB/.ENVRC", "Hooks/x", ".config/Other",
 ])
 def test_what_git_writes_in_normal_work_stays_writable_whatever_the_case(path):
-    assert not names.protected_reason(path), path
+    assert not rules.protected_reason(path), path
 
 
 def test_explicit_gitdirs_masks_and_homes_are_matched_folded():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sandboxctl.protect import gitconfig, jsonkeys, names
+from sandboxctl.protect import gitconfig, jsonkeys, rules
 from sandboxctl.protect.index import scan
 from sandboxctl.protect.rules import Protection
 from sandboxctl.protect.snapshot import Snapshot, compare_and_restore
@@ -31,7 +31,7 @@ WS = "/ws"
     (".gitmodules", True), ("x/.gitmodules", False), ("bin/tool", False), (".local/bin/x", False),
 ])
 def test_names_at_the_root_of_a_writable_grant(path, protected):
-    assert bool(names.protected_reason(path)) is protected, path
+    assert bool(rules.protected_reason(path)) is protected, path
 
 
 def test_a_home_protects_its_own_start_up_names_too():
