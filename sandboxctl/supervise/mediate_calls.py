@@ -16,8 +16,7 @@ import stat
 from sandboxctl import lazyre
 from sandboxctl.plan.syscalls import OPEN_CALLS
 from sandboxctl.record import Record
-from sandboxctl.supervise import fdops, mediate_walk
-from sandboxctl.supervise.mediate_walk import Unresolved
+from sandboxctl.supervise import fdops
 from sandboxctl.supervise.notify import AT_FDCWD, Notification, ProcessMemory
 
 O_CREAT, O_TRUNC = os.O_CREAT, os.O_TRUNC
@@ -209,6 +208,19 @@ def _read_bind(n: Notification, a: list[int], low: list[int]) -> Call | None:
     return Call("bind", ((AT_FDCWD, os.fsdecode(path)),), extra=low[0])
 
 
+class Unresolved:
+    """Where the path leads in the caller's view could not be established: refused and logged.
+    A plain object, never a tuple: the walk's answer is told from (descriptor, path) by type."""
+
+    __slots__ = ("why",)
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def __repr__(self) -> str:
+        return f"Unresolved({self.why!r})"
+
+
 class Resolver:
     """Resolves the caller's paths in the sandbox's own view, from its root: one descriptor for the
     run, opened by the supervisor from the sandbox's PID-namespace init while its pidfd proved it
@@ -388,4 +400,6 @@ class Resolver:
                     return errno.errorcode[exc.errno]
             else:
                 os.close(fd)  # there after all (it appeared meanwhile): walked below like any other
+        from sandboxctl.supervise import mediate_walk  # the slow path, rare: not imported with the listener
+
         return mediate_walk.walk(self.root_fd(), pid, parent_path, hops)

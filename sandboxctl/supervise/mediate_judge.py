@@ -17,8 +17,7 @@ from sandboxctl.paths import within
 from sandboxctl.protect import names
 from sandboxctl.protect.names import GITDIR_MARKERS, gitdir_marker
 from sandboxctl.supervise import aliases
-from sandboxctl.supervise.mediate_calls import Entry, exists_at
-from sandboxctl.supervise.mediate_walk import Unresolved
+from sandboxctl.supervise.mediate_calls import Entry, Unresolved, exists_at
 from sandboxctl.supervise.notify import respond
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here

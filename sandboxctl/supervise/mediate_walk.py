@@ -22,25 +22,14 @@ import errno
 import os
 import stat
 
+from sandboxctl.supervise.mediate_calls import Unresolved
+
 MAX_SYMLINKS = 40  # the kernel's MAXSYMLINKS: the 41st symlink of one lookup fails with ELOOP
 PROC_ROOT_INO = 1  # procfs' root directory
 # components looked up at most (each a system call from Python): 40 links of 4 KiB of `../` each
 # would be 80 000, a fifth of a second of the supervisor's time per call, asked again and again
 MAX_STEPS = 4096
 _DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-class Unresolved:
-    """Where the path leads in the caller's view could not be established: refused and logged.
-    A plain object, never a tuple: the walk's answer is told from (descriptor, path) by type."""
-
-    __slots__ = ("why",)
-
-    def __init__(self, why: str) -> None:
-        self.why = why
-
-    def __repr__(self) -> str:
-        return f"Unresolved({self.why!r})"
 
 
 def caller_ids(pid: int) -> tuple[str, str] | None:

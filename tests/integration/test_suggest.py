@@ -4,6 +4,7 @@ except what is never granted (issue 19, item 7). Judged from the host: files, th
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -57,7 +58,8 @@ def test_the_suggested_policy_lets_the_same_run_through(sandbox, tmp_path: Path,
     assert first.returncode == 1, first.stdout + first.stderr
     run = next(r["run"] for r in reversed(sandbox.records()) if r["event"] == "run.start")
     assert first.stderr.rstrip().splitlines()[-1] == \
-        f"sandboxctl: the least grants for these denials: sandboxctl policy suggest --run {run}"
+        f"sandboxctl: the least grants for these denials: {shlex.quote(sys.executable)} -m sandboxctl policy suggest " \
+        f"--run {run}"  # named as it was run (python -m sandboxctl), so the line can be pasted as it is
     assert (outside / "existing.txt").read_text() == "before\n"
 
     suggested = tmp_path / "policies" / "suggested.yaml"
