@@ -196,6 +196,10 @@ class ExecEvents(Sharers):
                 fields["unverified"] = why
             if truncated:
                 fields["argv_truncated"] = True
+            if target is not None and target.kind == "script" and target.interpreter:
+                # what the kernel runs for a script is its #! line's program, which no execve names:
+                # without it the record shows "./build.sh" while a workspace binary runs
+                fields["interpreter"] = target.interpreter
             if target is not None:
                 self._remember(caller.tgid, target)
             self.log_soon("exec", **fields)
