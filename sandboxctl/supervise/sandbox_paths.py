@@ -91,6 +91,8 @@ def walk(pid: int, tgid: int, path: str) -> Walked:
             except NotADirectoryError:
                 return Walked("absent", errno.ENOTDIR)
             except OSError as exc:
+                if exc.errno == errno.ENAMETOOLONG:  # a component past NAME_MAX: the kernel's walk fails there too
+                    return Walked("absent", errno.ENAMETOOLONG)
                 return Walked("unsure", exc.errno or 0)
             if st.st_dev == proc_dev and done == []:  # entering the sandbox's /proc
                 text = _in_proc(pid, tgid, parts)

@@ -6,6 +6,8 @@ and `sandboxctl log` say what the supervisor recorded.
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import stat
 import subprocess
@@ -32,3 +34,37 @@ def test_a_scripts_interpreter_is_in_its_exec_record(sandbox):
                            env=sandbox.env({"COLUMNS": "300"}), capture_output=True, text=True, timeout=60)
     line = next(text for text in shown.stdout.splitlines() if "build.sh" in text and "python3" not in text)
     assert str(payload) in line, shown.stdout
+
+
+LONG_NAMES = r"""
+import errno, sys
+for path in sys.argv[1:]:
+    try:
+        open(path, "w")
+        print(path[:8], "opened")
+    except OSError as exc:
+        print(path[:8], errno.errorcode[exc.errno])
+"""
+
+
+def test_a_name_too_long_is_the_kernels_error_and_no_false_record(sandbox):
+    """A path component past NAME_MAX was refused with EACCES and logged as a refused write of
+    /proc/PID/mem ("where it leads through /proc could not be established"), in the workspace
+    too: a false alarm in the log and the table, and a wrong errno for tools that probe name
+    lengths. The host's own answer (ENAMETOOLONG) is what the sandbox must see, with no denial."""
+    long = "N" * 300
+    paths = [f"/usr/{long}", f"/usr/{long}/x", f"{sandbox.workspace}/{long}", f"{sandbox.workspace}/{long}/x"]
+    host = []
+    for path in paths:
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        except OSError as exc:
+            host.append(exc.errno)
+    assert host == [errno.ENAMETOOLONG] * 4  # the host's own kernel, outside any sandbox
+    result = sandbox.run("--", "python3", "-c", LONG_NAMES, *paths)
+    assert result.returncode == 0, result.stderr
+    assert [line.split()[1] for line in result.stdout.splitlines()] == ["ENAMETOOLONG"] * 4, result.stdout
+    records = sandbox.records()
+    assert not [r for r in records if "/proc/PID/mem" in str(r.get("rule", ""))], records
+    assert not [r for r in records if r.get("decision") == "deny"], records
+    assert "denied" not in result.stderr
