@@ -25,7 +25,7 @@ _MAGIC = ("fd", "cwd", "root", "exe", "map_files")
 
 class Walked(Record):
     state: str  # absent | exists | unsure
-    error: int = 0  # absent: ENOENT or ENOTDIR; unsure: the errno that stopped the walk, if one did
+    error: int = 0  # absent: ENOENT, ENOTDIR, ENAMETOOLONG or ELOOP; unsure: the errno that stopped it, if any
     text: str = ""  # exists: where it leads, as text in the sandbox's view ("" for a pipe, socket, …)
 
 
@@ -113,8 +113,8 @@ def walk(pid: int, tgid: int, path: str) -> Walked:
                     target = os.readlink(part, dir_fd=stack[-1])
                 except OSError:
                     return Walked("unsure")
-                if links > MAX_LINKS:
-                    return Walked("unsure")
+                if links > MAX_LINKS:  # the kernel counts every link of a walk, magic ones too: ELOOP there
+                    return Walked("absent", errno.ELOOP)
                 if target.startswith("/"):
                     while len(stack) > 1:
                         os.close(stack.pop())

@@ -68,3 +68,26 @@ def test_a_name_too_long_is_the_kernels_error_and_no_false_record(sandbox):
     assert not [r for r in records if "/proc/PID/mem" in str(r.get("rule", ""))], records
     assert not [r for r in records if r.get("decision") == "deny"], records
     assert "denied" not in result.stderr
+
+
+def test_a_symlink_loop_is_eloop_and_no_false_record(sandbox):
+    """Two links naming each other in the workspace: the /proc/PID/mem walk gave up after 40
+    links as "unsure", so `open("loop/x", "w")` was EACCES and a logged refusal to write process
+    memory. The kernel's answer (ELOOP, judged on the host) is what the sandbox must get."""
+    ws = sandbox.workspace
+    os.symlink("loop-b", ws / "loop-a")
+    os.symlink("loop-a", ws / "loop-b")
+    paths = [f"{ws}/loop-a/x", f"{ws}/loop-a"]
+    for path in paths:
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        except OSError as exc:
+            assert exc.errno == errno.ELOOP  # the host's own kernel
+        else:
+            raise AssertionError(f"{path} opened on the host")
+    result = sandbox.run("--", "python3", "-c", LONG_NAMES, *paths)
+    assert result.returncode == 0, result.stderr
+    assert [line.split()[1] for line in result.stdout.splitlines()] == ["ELOOP"] * 2, result.stdout
+    records = sandbox.records()
+    assert not [r for r in records if "/proc/PID/mem" in str(r.get("rule", ""))], records
+    assert not [r for r in records if r.get("decision") == "deny"], records
