@@ -137,6 +137,15 @@ def walk(pid: int, tgid: int, path: str) -> Walked:
             os.close(fd)
 
 
+def proc_link_text(pid: int, tgid: int, path: str) -> str | None:
+    """What a `/proc/...` path of the caller's own leads to by its magic link, as text (a memory
+    file's "/memfd:NAME (deleted)" too, which no walk finds); None when it cannot be told."""
+    parts = _split(path)
+    if parts[:1] != ["proc"] or ".." in parts:
+        return None
+    return _in_proc(pid, tgid, parts[1:]) or None
+
+
 def _split(path: str) -> list[str]:
     return [p for p in path.split("/") if p not in ("", ".")]
 

@@ -91,3 +91,33 @@ def test_a_symlink_loop_is_eloop_and_no_false_record(sandbox):
     records = sandbox.records()
     assert not [r for r in records if "/proc/PID/mem" in str(r.get("rule", ""))], records
     assert not [r for r in records if r.get("decision") == "deny"], records
+
+
+PROC_FD_EXEC = r"""
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+pid = os.fork()
+if pid == 0:
+    os.execv(f"/proc/self/fd/{fd}", ["innocent", "-c", f"echo ran > {sys.argv[2]}"])
+os.waitpid(pid, 0)
+"""
+
+
+def test_an_exec_through_proc_self_fd_names_the_file_that_ran(sandbox):
+    """`execv("/proc/self/fd/3")` was logged as path /proc/self/fd/3 and nothing else: which
+    program ran was not in the log at all. The record must name what the magic link leads to."""
+    ws = sandbox.workspace
+    payload = ws / "payload"
+    shutil.copy("/bin/sh", payload)
+    payload.chmod(payload.stat().st_mode | stat.S_IXUSR)
+    canary = ws / "canary"
+    result = sandbox.run("--", "python3", "-c", PROC_FD_EXEC, str(payload), str(canary))
+    assert result.returncode == 0, result.stderr
+    assert canary.read_text() == "ran\n", "the payload ran (judged from outside)"
+    records = [r for r in sandbox.records() if r["event"] == "exec" and r["argv"][:1] == ["innocent"]]
+    assert len(records) == 1 and records[0]["path"].startswith("/proc/self/fd/"), records
+    assert records[0]["resolved"] == str(payload), records[0]
+    shown = subprocess.run([sys.executable, "-m", "sandboxctl", "log", "--event", "exec"],
+                           env=sandbox.env({"COLUMNS": "300"}), capture_output=True, text=True, timeout=60)
+    line = next(text for text in shown.stdout.splitlines() if "exec       innocent" in text)
+    assert str(payload) in line, shown.stdout
