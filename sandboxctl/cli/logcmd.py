@@ -144,6 +144,8 @@ def _verify(path: Path, as_json: bool, against: str | None = None) -> None:
             print(f"chain intact: {result.records} records in {result.files} {files}")
             if result.note:
                 print(f"note: {result.note}")
+            if result.unended:
+                print(_unended(result.unended))
         else:
             print(f"chain broken at {result.where}: {result.reason}")
             print(f"({result.records} records verified before it)")
@@ -151,6 +153,17 @@ def _verify(path: Path, as_json: bool, against: str | None = None) -> None:
             _print_against(compared, against)
     if not result.ok or (compared is not None and not compared.ok):
         raise typer.Exit(1)
+
+
+def _unended(runs: tuple[str, ...]) -> str:
+    """An intact chain says nothing of lines cut off at its end: a run without run.end is said."""
+    from sandboxctl.log.render import clean
+
+    shown = ", ".join(clean(run, 40) for run in runs[-5:])
+    more = f" and {len(runs) - 5} more" if len(runs) > 5 else ""
+    which = "run has" if len(runs) == 1 else "runs have"
+    return (f"note: {len(runs)} {which} no run.end: {shown}{more} (still running, its supervisor killed, "
+            "or the log cut after its last records; --against a forwarded copy tells which)")
 
 
 def _against(path: Path, copy: str):

@@ -43,6 +43,10 @@ def _exec(g) -> str:
     text = format_argv(argv) if argv else clean(path or "?", FIELD)
     if path and isinstance(argv, list) and argv and path != argv[0]:
         text += f"  [{clean(path, 80)}]"
+    if g("resolved"):
+        text += f"  (-> {clean(g('resolved'), 120)})"
+    if g("interpreter"):
+        text += f"  (#! {clean(g('interpreter'), 120)})"
     if g("result") not in (None, "ok"):
         text += f"  -> {clean(g('result'), 40)}"
     if g("verified") is False:

@@ -20,6 +20,9 @@ class VerifyResult:
     broken_line: int | None = None
     reason: str | None = None
     note: str | None = None  # e.g. the oldest kept file continues one that was rotated out
+    # runs with a run.start here and no run.end: still running, their supervisor killed, or the
+    # log cut after their last records (a chain intact as far as it goes cannot tell which)
+    unended: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -32,7 +35,7 @@ class VerifyResult:
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "records": self.records, "files": self.files,
                 "file": str(self.broken_file) if self.broken_file else None, "line": self.broken_line,
-                "reason": self.reason, "note": self.note}
+                "reason": self.reason, "note": self.note, "unended": list(self.unended)}
 
 
 def _find_hash(snaps: list[Snap], wanted: str) -> tuple[Path, int] | None:
@@ -75,9 +78,10 @@ def _verify(snaps: list[Snap], base: Path) -> VerifyResult:
     count = 0
     note = None
     recent: list[tuple[Path, int, str]] = []  # the last two lines: (file, number, hash)
+    open_runs: dict[str, None] = {}  # run.start seen, run.end not yet: in the order they started
 
     def broken(file: Path, number: int, reason: str) -> VerifyResult:
-        return VerifyResult(count, len(snaps), file, number, reason, note)
+        return VerifyResult(count, len(snaps), file, number, reason, note, tuple(open_runs))
 
     for index, snap in enumerate(snaps):
         file = snap.file
@@ -105,8 +109,13 @@ def _verify(snaps: list[Snap], base: Path) -> VerifyResult:
             elif claimed != prev:
                 return broken(file, number, _diagnose(snaps, str(claimed), recent))
             count += 1
+            event, run = data.get("event"), data.get("run")
+            if event == "run.start" and isinstance(run, str):
+                open_runs[run] = None
+            elif event == "run.end" and isinstance(run, str):
+                open_runs.pop(run, None)
             prev = line_hash(raw)
             recent = [*recent[-1:], (file, number, prev)]
         if empty and not newest:
             return broken(file, 0, "a rotated file is empty (the log was edited)")
-    return VerifyResult(count, len(snaps), note=note)
+    return VerifyResult(count, len(snaps), note=note, unended=tuple(open_runs))

@@ -181,6 +181,7 @@ class ExecEvents(Sharers):
             if guard is not None and guard.runs_the_loader(pid, absolute):
                 guard.refuse_loader(notification, absolute)
                 return
+            resolved = self._through_proc(pid, caller.tgid, absolute)
             why = unsure or self._unverifiable(pid, caller, path, dirfd, flags, ranges)
             if why is None and facts.changed_since_read(memory, reads):  # after every check: see there
                 why = "the exec's arguments changed while they were read (another thread or process wrote them)"
@@ -192,16 +193,33 @@ class ExecEvents(Sharers):
                 return
             fields: dict[str, Any] = {"pid": pid, "path": absolute, "argv": argv, "result": "continued",
                                       "verified": why is None}
+            if resolved:
+                fields["resolved"] = resolved
             if why is not None:
                 fields["unverified"] = why
             if truncated:
                 fields["argv_truncated"] = True
+            if target is not None and target.kind == "script" and target.interpreter:
+                # what the kernel runs for a script is its #! line's program, which no execve names:
+                # without it the record shows "./build.sh" while a workspace binary runs
+                fields["interpreter"] = target.interpreter
             if target is not None:
                 self._remember(caller.tgid, target)
             self.log_soon("exec", **fields)
         finally:
             if anchor is not None and anchor >= 0:
                 os.close(anchor)
+
+    @staticmethod
+    def _through_proc(pid: int, tgid: int, absolute: str) -> str | None:
+        """Where a path through the caller's /proc magic links leads (`/proc/self/fd/3` names no
+        program: the file behind descriptor 3 ran), read while the call waits: None when the
+        path is not under /proc or leads to nothing else that can be named."""
+        if not absolute.startswith("/proc/"):
+            return None
+        walked = sandbox_paths.walk(pid, tgid, absolute)
+        text = walked.text if walked.state == "exists" else sandbox_paths.proc_link_text(pid, tgid, absolute)
+        return text if text and text != absolute else None
 
     def unexaminable(self, notification: notify.Notification, name: str, exc: OSError) -> None:
         """Refuse a call the supervisor cannot read (never let it run with a guessed record)."""
@@ -256,6 +274,8 @@ class ExecEvents(Sharers):
             kinds.append(KCMP_FS if dirfd == notify.AT_FDCWD else KCMP_FILES)
         elif flags & AT_EMPTY_PATH and not path:
             kinds.append(KCMP_FILES)
+        elif path.startswith("/proc/"):  # /proc/self/fd/N, /proc/self/cwd/…: what they lead to is shared too
+            kinds += [KCMP_FILES, KCMP_FS]
         sharer = self._sharer(pid, caller.tgid, kinds, caller.parent)
         if sharer:
             return sharer

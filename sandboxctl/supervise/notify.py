@@ -298,8 +298,9 @@ class Dispatcher:
             self.log("file", pid=notification.pid, path=full, op=op, decision="deny", rule=verdict.rule)
 
     def _missing(self, full: str, flags: int) -> int | None:
-        """ENOENT/ENOTDIR when the open would fail so in the sandbox's own view before any
-        permission matters (a parent that is not there; the file itself, without O_CREAT):
+        """ENOENT/ENOTDIR/ENAMETOOLONG when the open would fail so in the sandbox's own view before
+        any permission matters (a parent that is not there; the file itself, without O_CREAT; a
+        name too long for the file system, which no permission could make right):
         `echo x > /no/such/dir/f`, Node's write of /sys/kernel/debug/tracing/trace_marker. The
         sandbox cannot create anything outside the writable set, so the answer cannot go stale.
         Only a walk that follows no symlink is trusted: ours resolves /proc/self and
@@ -316,14 +317,13 @@ class Dispatcher:
             fd = fdops.openat2(root, parent or "/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0,
                                fdops.RESOLVE_IN_ROOT | fdops.RESOLVE_NO_SYMLINKS)
         except OSError as exc:
-            return exc.errno if exc.errno in (errno.ENOENT, errno.ENOTDIR) else None
+            return exc.errno if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG) else None
         try:
-            if not flags & os.O_CREAT:
-                os.lstat(name, dir_fd=fd)
+            os.lstat(name, dir_fd=fd)  # with O_CREAT too: a name past the file system's NAME_MAX
         except FileNotFoundError:
-            return errno.ENOENT
-        except OSError:
-            return None
+            return None if flags & os.O_CREAT else errno.ENOENT
+        except OSError as exc:
+            return errno.ENAMETOOLONG if exc.errno == errno.ENAMETOOLONG else None
         finally:
             os.close(fd)
         return None

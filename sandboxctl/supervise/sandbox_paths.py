@@ -25,7 +25,7 @@ _MAGIC = ("fd", "cwd", "root", "exe", "map_files")
 
 class Walked(Record):
     state: str  # absent | exists | unsure
-    error: int = 0  # absent: ENOENT or ENOTDIR; unsure: the errno that stopped the walk, if one did
+    error: int = 0  # absent: ENOENT, ENOTDIR, ENAMETOOLONG or ELOOP; unsure: the errno that stopped it, if any
     text: str = ""  # exists: where it leads, as text in the sandbox's view ("" for a pipe, socket, …)
 
 
@@ -91,6 +91,8 @@ def walk(pid: int, tgid: int, path: str) -> Walked:
             except NotADirectoryError:
                 return Walked("absent", errno.ENOTDIR)
             except OSError as exc:
+                if exc.errno == errno.ENAMETOOLONG:  # a component past NAME_MAX: the kernel's walk fails there too
+                    return Walked("absent", errno.ENAMETOOLONG)
                 return Walked("unsure", exc.errno or 0)
             if st.st_dev == proc_dev and done == []:  # entering the sandbox's /proc
                 text = _in_proc(pid, tgid, parts)
@@ -112,8 +114,8 @@ def walk(pid: int, tgid: int, path: str) -> Walked:
                     target = os.readlink(part, dir_fd=stack[-1])
                 except OSError:
                     return Walked("unsure")
-                if links > MAX_LINKS:
-                    return Walked("unsure")
+                if links > MAX_LINKS:  # the kernel counts every link of a walk, magic ones too: ELOOP there
+                    return Walked("absent", errno.ELOOP)
                 if target.startswith("/"):
                     while len(stack) > 1:
                         os.close(stack.pop())
@@ -134,6 +136,15 @@ def walk(pid: int, tgid: int, path: str) -> Walked:
     finally:
         for fd in stack:
             os.close(fd)
+
+
+def proc_link_text(pid: int, tgid: int, path: str) -> str | None:
+    """What a `/proc/...` path of the caller's own leads to by its magic link, as text (a memory
+    file's "/memfd:NAME (deleted)" too, which no walk finds); None when it cannot be told."""
+    parts = _split(path)
+    if parts[:1] != ["proc"] or ".." in parts:
+        return None
+    return _in_proc(pid, tgid, parts[1:]) or None
 
 
 def _split(path: str) -> list[str]:

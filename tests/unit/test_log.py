@@ -694,3 +694,21 @@ def test_log_of_a_run_whose_beginning_was_rotated_out_says_so(tmp_path: Path):
     whole = tmp_path / "whole.jsonl"
     write_run(whole, RUN_B).close()
     assert "rotated out" not in sbx(tmp_path, "--log", str(whole), "--run", RUN_B).stderr
+
+
+def test_verify_says_which_runs_have_no_end(tmp_path: Path):
+    """Lines cut off at the end leave a chain intact as far as it goes: the last run's run.end
+    removed (with the records before it) must not read as a plain "chain intact"."""
+    path = tmp_path / "xdg" / "sandboxctl" / "actions.jsonl"
+    write_run(path, RUN_A, denials=2).close()
+    write_run(path, RUN_B).close()
+    raw = lines_of(path)
+    assert verify.verify(path).unended == ()
+    assert "no run.end" not in sbx(tmp_path, "--verify").stdout
+    put(path, raw[:-2])  # the last run's final record and its run.end gone
+    result = verify.verify(path)
+    assert result.ok and result.unended == (RUN_B,)
+    shown = sbx(tmp_path, "--verify")
+    assert shown.returncode == 0 and shown.stdout.startswith("chain intact")
+    assert f"note: 1 run has no run.end: {RUN_B}" in shown.stdout
+    assert json.loads(sbx(tmp_path, "--verify", "--json").stdout)["unended"] == [RUN_B]
