@@ -12,8 +12,13 @@ mode included). The sandboxed command shares the terminal, so what counts as an 
 - before the panel is drawn, the terminal's rendering state and its input reports are reset
   (approval/screen.py), so what the command wrote before cannot hide or restyle the panel.
 
-What stays open (the README says it): the command may write to the terminal while the prompt
-waits and draw over the panel; `approval.via: socket` keeps the prompt off a shared terminal.
+- while a panel is shown, every process of the sandbox is stopped (supervise/freeze.py, when the
+  kernel keeps a request pending through a stop): nothing it writes reaches the screen between the
+  panel and the answer, so it cannot draw over the panel. One freeze is held across queued panels.
+
+Without the freeze (a kernel before 5.19: run.start's layers say so) the command may write to the
+terminal while the prompt waits and draw over the panel; `approval.via: socket` keeps the prompt
+off a shared terminal.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from sandboxctl.errors import SandboxError
 
 CTRL_C = 0x03  # with ISIG off during the prompt, Ctrl-C is a key: deny
 TAKEN = "tty: the command took the terminal"
+UNFROZEN = "tty: the sandbox could not be stopped while it was asked"
 READ_TIME = 0.5  # s after a panel appears before a key answers it: nobody reads a panel faster
 
 
@@ -43,6 +49,8 @@ class TtyFrontEnd(ThreadedFrontEnd):
         super().__init__()
         self.device = device
         self.fd: int | None = None
+        self.freeze_with = None  # (init pid, PID namespace, listener): set by the supervisor once the sandbox runs
+        self.freezer = None  # supervise.freeze.Freeze, made at the first panel (a run without one pays nothing)
 
     def _open(self) -> None:
         try:
@@ -59,19 +67,47 @@ class TtyFrontEnd(ThreadedFrontEnd):
 
     # ------------------------------------------------------------------ the thread
     def _serve(self) -> None:
-        while not self.stopping:
-            pending = self.broker.pending()
-            if not pending:
-                self._wait(None)
-                continue
-            try:
-                self._prompt(pending[0], len(pending) - 1)
-            except (OSError, termios.error) as exc:  # the terminal went away: nobody can answer any more
-                reason = exc.strerror if isinstance(exc, OSError) else str(exc.args[-1])
-                self.broker.unavailable = f"terminal lost ({reason})"
-                for request in self.broker.pending():
-                    self.broker.answer(request.id, "deny", f"tty: {self.broker.unavailable}")
-                return
+        try:
+            while not self.stopping:
+                pending = self.broker.pending()
+                if not pending:
+                    self._thaw()  # the queue is empty: the sandbox goes on
+                    self._wait(None)
+                    continue
+                if not self._freeze(pending[0]):
+                    continue
+                try:
+                    self._prompt(pending[0], len(pending) - 1)
+                except (OSError, termios.error) as exc:  # the terminal went away: nobody can answer any more
+                    reason = exc.strerror if isinstance(exc, OSError) else str(exc.args[-1])
+                    self.broker.unavailable = f"terminal lost ({reason})"
+                    for request in self.broker.pending():
+                        self.broker.answer(request.id, "deny", f"tty: {self.broker.unavailable}")
+                    return
+        finally:
+            self._thaw()  # whatever ended the prompts, nothing stays stopped
+
+    def _freeze(self, request) -> bool:
+        """Stop the sandbox before a panel (kept stopped while requests queue). A sandbox that
+        cannot be stopped in time is not asked about: what it writes could cover the panel."""
+        if self.freezer is None and self.freeze_with is not None:
+            from sandboxctl.supervise.freeze import Freeze
+
+            self.freezer = Freeze(*self.freeze_with)
+        if self.freezer is None:
+            return True
+        if self.freezer.hold():
+            return True
+        self.broker.answer(request.id, "deny", UNFROZEN)
+        return False
+
+    def _thaw(self) -> None:
+        if self.freezer is not None:
+            self.freezer.release()
+
+    def stop(self) -> None:
+        super().stop()
+        self._thaw()  # the thread did already, unless it is stuck; continuing twice is harmless
 
     def _wait(self, timeout: float | None) -> list[int]:
         ready, _, _ = select.select([self.wake_r], [], [], timeout)
@@ -100,7 +136,7 @@ class TtyFrontEnd(ThreadedFrontEnd):
         finally:
             with contextlib.suppress(OSError, termios.error):
                 termios.tcsetattr(self.fd, termios.TCSANOW, saved)
-            keys.close()
+            keys.close(continue_groups=self.freezer is None)
 
     def _read_answer(self, request, keys: KeySource, quiet: list, shown: float) -> None:
         """Until answered or due. A key counts when it is one byte read alone, outside every

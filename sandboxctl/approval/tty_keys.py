@@ -128,9 +128,12 @@ class KeySource:
         self.buffer = self.buffer[4 + length:]
         return frame
 
-    def close(self) -> None:
+    def close(self, continue_groups: bool = True) -> None:
         """Hand the terminal back to the group that had it, and continue every group that held
-        it meanwhile (a command stopped by SIGTTIN/SIGTTOU while the prompt waited goes on)."""
+        it meanwhile (a command stopped by SIGTTIN/SIGTTOU while the prompt waited goes on).
+        `continue_groups` False: the sandbox was frozen throughout (supervise/freeze.py), so none
+        of it was stopped by the prompt; what is stopped stays so until the freeze ends, and a
+        process the command stopped itself is not continued."""
         if self.job_control:
             with contextlib.suppress(OSError):
                 os.tcsetpgrp(self.tty, self.before)
@@ -139,7 +142,7 @@ class KeySource:
                 os.kill(self.pid, signal.SIGKILL)
             with contextlib.suppress(OSError):
                 os.waitpid(self.pid, 0)
-        for group in self.groups | {os.getpgrp()}:
+        for group in self.groups | {os.getpgrp()} if continue_groups else ():
             if group > 0:
                 with contextlib.suppress(OSError):
                     os.killpg(group, signal.SIGCONT)

@@ -14,6 +14,8 @@ from sandboxctl.checks.namespaces import USERNS_PROBE
 SECCOMP_NOTIFY_API = 6
 SECCOMP_NOTIFY_KERNEL = (5, 0)
 SECCOMP_ADDFD_SEND_KERNEL = (5, 14)
+SECCOMP_WAIT_KILLABLE_KERNEL = (5, 19)  # SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (supervise/freeze.py)
+FREEZE_FEATURE = "freeze the sandbox while a terminal prompt waits (WAIT_KILLABLE_RECV)"
 PR_GET_SECCOMP = 21
 
 
@@ -46,6 +48,7 @@ def seccomp_table(facts: SeccompFacts) -> list[dict[str, str]]:
          api >= SECCOMP_NOTIFY_API and kernel >= SECCOMP_NOTIFY_KERNEL and has_notif),
         ("ADDFD with SEND (hand over an approved file)", "kernel ≥ 5.14",
          kernel >= SECCOMP_ADDFD_SEND_KERNEL and has_notif),
+        (FREEZE_FEATURE, "kernel ≥ 5.19", kernel >= SECCOMP_WAIT_KILLABLE_KERNEL and has_notif),
     ]
     return [{"feature": f, "needs": n, "here": "yes" if ok else "no"} for f, n, ok in rows]
 
@@ -81,7 +84,9 @@ def assess_seccomp(facts: SeccompFacts) -> CheckResult:
     if missing:
         return CheckResult("seccomp", WARN, f"{found}; unavailable: {'; '.join(missing)}",
                            f"runs with the `default` policy; approvals of file writes need libseccomp API "
-                           f"≥ {SECCOMP_NOTIFY_API} (libseccomp 2.5+) and a kernel ≥ 5.14", table)
+                           f"≥ {SECCOMP_NOTIFY_API} (libseccomp 2.5+) and a kernel ≥ 5.14; without a kernel ≥ "
+                           "5.19 the command runs while a terminal prompt waits and may draw over it "
+                           "(use approval.via: socket)", table)
     return CheckResult("seccomp", OK, found, details=table)
 
 

@@ -140,13 +140,27 @@ def u64(*values):
     return b"".join(value.to_bytes(8, sys.byteorder) for value in values)
 
 
-def load_notify_filter(libc, program, seccomp_nr):
-    """Load the notify filter with a listener (seccomp(2), SECCOMP_FILTER_FLAG_NEW_LISTENER).
+def load_notify_filter(libc, program, seccomp_nr, killable=False):
+    """Load the notify filter with a listener (seccomp(2), SECCOMP_FILTER_FLAG_NEW_LISTENER);
+    returns (listener, whether the wait is killable-only).
 
     bubblewrap's --seccomp cannot return a listener and libseccomp is not reachable in here, so
     this is the raw call. no_new_privs is already set (bubblewrap, Landlock).
+
+    `killable` (a terminal prompt may freeze the sandbox: approval/freeze.py) adds
+    SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (Linux 5.19): once the supervisor has received a
+    notification, the caller waits killable only, so the SIGSTOP of a freeze leaves the request
+    pending instead of interrupting it (without the flag the call is interrupted, its request
+    vanishes, and it is made again after SIGCONT). An older kernel refuses the flag (EINVAL):
+    loaded without it, and said so (the freeze is then not used).
     """
-    return libc.seccomp_filter(seccomp_nr, 8, program)  # SECCOMP_FILTER_FLAG_NEW_LISTENER
+    if killable:
+        try:
+            return libc.seccomp_filter(seccomp_nr, 8 | 32, program), True
+        except OSError as exc:
+            if exc.errno != 22:
+                raise
+    return libc.seccomp_filter(seccomp_nr, 8, program), False  # SECCOMP_FILTER_FLAG_NEW_LISTENER
 
 
 def proxy_listener(port):
@@ -374,15 +388,17 @@ def launch(control, real_stderr):
     # command the defaults (as subprocess does), plus the caller's own SIGINT/SIGQUIT
     for signum in (_signal.SIGPIPE, _signal.SIGXFSZ, *config.get("default_signals", ())):
         _signal.signal(signum, _signal.SIG_DFL)
+    killable = False
     if config.get("notify_program"):
         try:
-            handles["notify"] = load_notify_filter(libc, config["notify_program"], config["seccomp_nr"])
+            handles["notify"], killable = load_notify_filter(libc, config["notify_program"], config["seccomp_nr"],
+                                                             config.get("notify_killable", False))
         except Exception as exc:  # OSError, or a call _ctypes could not make: never run without the filter
             fail(control, f"cannot load the seccomp notification filter: {exc}",
                  "kernel 5.0 or newer is needed (sandboxctl doctor)")
     if config.get("secrets_dir"):
         handles["secrets_dir"] = os.open("/run/secrets", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    ready = {"ready": {"landlock": landlock, "pid": os.getpid()}, "fds": list(handles)}
+    ready = {"ready": {"landlock": landlock, "pid": os.getpid(), "notify_killable": killable}, "fds": list(handles)}
     try:
         if handles:
             send_with_fds(control, ready, handles)

@@ -48,7 +48,34 @@ class Escapes:
         else:
             from sandboxctl.approval.tty import TtyFrontEnd
 
-            self.broker.attach(TtyFrontEnd())
+            self.tty_front_end = TtyFrontEnd()
+            self.broker.attach(self.tty_front_end)
+
+    def _arm_freeze(self) -> None:
+        """Once the sandbox runs: the terminal prompt stops it while a panel waits, when the kernel
+        keeps a pending request through a stop (the shim's WAIT_KILLABLE_RECV). Costs nothing until
+        a panel is shown."""
+        front_end = getattr(self, "tty_front_end", None)
+        if front_end is None or not self.notify_killable or self.init_pid is None or self.sandbox_pidns is None:
+            return
+        front_end.freeze_with = (self.init_pid, self.sandbox_pidns, self.notify_fd)
+
+    def _end_prompts(self) -> None:
+        """The run is being ended (its timeout, a forwarded SIGTERM/SIGHUP): waiting requests are
+        denied and a frozen sandbox continues, so that it can take the signal it is sent."""
+        if getattr(self, "tty_front_end", None) is not None and self.broker is not None:
+            self.broker.stop()
+
+    def _terminal_freeze_layer(self) -> dict[str, Any] | None:
+        """Whether the sandbox is stopped while a terminal panel waits, as it really is."""
+        if getattr(self, "tty_front_end", None) is None:
+            return None
+        if getattr(self.tty_front_end, "freeze_with", None) is not None:
+            return {"enforced": True, "by": "SIGSTOP of every process of the sandbox while a panel waits (the asking "
+                                            "thread held in its call: SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV)"}
+        return {"enforced": False, "why": "the kernel refused SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (Linux 5.19): "
+                                          "the command runs, and may write to the terminal, while a panel waits"
+                if self.notify_fd is not None else "no seccomp notification listener"}
 
     def _ask_network(self, host: str, port: int, peer: int | None) -> bool:
         pid, command = self._socket_caller(peer)

@@ -263,7 +263,10 @@ class GvisorSupervisor(GvisorLoop, Supervisor):
                           "via": plan.approval_via if plan.approval_mode == "ask" else None,
                           "file_writes": None,
                           "why": "network escapes only: file writes need seccomp user notification, which "
-                                 "gVisor does not have"},
+                                 "gVisor does not have",
+                          "terminal_freeze": {"enforced": False, "why": "not under gVisor: the command runs, and may "
+                                              "write to the terminal, while a panel waits"}
+                          if plan.approval_mode == "ask" and plan.approval_via == "tty" else None},
             "memory": plan.limits.memory_method,
             "pids": plan.limits.pids_method,
         }

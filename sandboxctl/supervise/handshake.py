@@ -69,6 +69,8 @@ class Handshake:
                 return
         if "ready" in message:
             self._init_pid()  # found (and its pidfd held) while it surely lives
+            self.notify_killable = bool(message["ready"].get("notify_killable")) and "notify" in message.get("fds", ())
+            self._arm_freeze()
             self.layers = self._layers(landlock)
             if self.snapshot is not None and self.snapshot.active:
                 protect = self.layers.get("protect") or {}

@@ -140,6 +140,8 @@ class Loop:
             if signum in (_signal.SIGINT, _signal.SIGQUIT) and terminal_delivered():
                 self.terminal_interrupted = self.terminal_interrupted or signum == _signal.SIGINT
                 continue  # the terminal sent it to the whole foreground group, command included
+            if signum in (_signal.SIGTERM, _signal.SIGHUP):
+                self._end_prompts()  # a frozen sandbox could not take the signal
             init = self._init_pid()
             if init:
                 processes.signal_members(processes.command_pids(init), self.sandbox_pidns, signum)
@@ -149,6 +151,7 @@ class Loop:
     def _on_timeout(self) -> None:
         self.timed_out = True
         self._write_log("limit", kind="timeout", action="kill", limit_s=self.plan.limits.timeout)
+        self._end_prompts()  # a frozen sandbox would take its SIGTERM only when killed
         init = self._init_pid()
         if init:
             processes.signal_members(processes.descendants(init), self.sandbox_pidns, _signal.SIGTERM)

@@ -60,7 +60,8 @@ class Outcome:
             "approvals": {"mode": plan.approval_mode,
                           "via": plan.approval_via if plan.approval_mode == "ask" else None,
                           "file_writes": "approved opens are made by the supervisor (seccomp ADDFD)"
-                          if self.notify_fd is not None and plan.seccomp.file_events != "none" else None},
+                          if self.notify_fd is not None and plan.seccomp.file_events != "none" else None,
+                          "terminal_freeze": self._terminal_freeze_layer()},
             "protect": self._protect_layer(landlock),
             "exec_allow": {"landlock_execute": bool(landlock.get("enforced")),
                            "noexec_mounts": list(plan.noexec_mounts),

@@ -119,6 +119,8 @@ class Supervisor(Startup, Handshake, Loop, Listener, Escapes, RunLog, Outcome):
         self.kill_at: float | None = None
         self.timed_out = False
         self.broker = None
+        self.tty_front_end = None  # approval/tty.py's, when the terminal asks (escapes._arm_freeze)
+        self.notify_killable = False  # the shim's notify filter waits killable-only (launch/shim.py)
         self.inspection = None  # network/inspection.py, when the proxy reads some hosts request by request
         self.nofile = fd_budget.raise_nofile()  # before anything is opened: see fd_budget
         self.mediator = None

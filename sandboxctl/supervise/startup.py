@@ -40,12 +40,21 @@ class Startup:
         config["secrets_dir"] = any(s.ttl and s.deliver_as == "file" for s in plan.secrets)
         config["proxy_port"] = PROXY_PORT if plan.network.mode == "proxy" else None
         config["notify_program"] = notify_program
+        # a terminal prompt freezes the sandbox while it waits (approval/freeze.py): pending
+        # notifications must survive the stop; nothing else asks for the killable wait
+        config["notify_killable"] = self._freezes_for_prompts()
         # the sandbox's own network namespace lists the UNIX sockets bound inside (network/unixwall.py)
         config["sock_diag"] = bool(plan.seccomp.net_rules) and plan.network.mode != "host"
         config["seccomp_nr"] = seccomp.SECCOMP_SYSCALL.get(os.uname().machine, 317)
         config["cwd"] = self.command_cwd
         config.update(self._extra_config())
         return config
+
+    def _freezes_for_prompts(self) -> bool:
+        """Whether a terminal prompt may be shown (and so the sandbox frozen while it waits)."""
+        plan = self.plan
+        return (plan.approval_mode == "ask" and plan.approval_via == "tty"
+                and getattr(self, "approver", None) is None)
 
     def _spawn_fresh(self, plan: Plan, bwrap_path: str, empty: str, program: bytes,
                      notify_program: bytes) -> tuple[socket.socket, int, float, dict[int, Any]]:

@@ -279,14 +279,19 @@ print("stolen", repr(b"".join(stolen)), flush=True)
 """
 
 
-def test_a_command_that_takes_the_foreground_is_denied_and_reads_no_key(sandbox, outside):
-    """The prompt takes the terminal back (the command could read nothing meanwhile), denies the
-    request at once and says why: no key read while the command fights for the terminal counts."""
+def test_a_command_that_takes_the_foreground_reads_no_key(sandbox, outside):
+    """The command fights for the terminal until it asks; while the panel waits it is stopped
+    (supervise/freeze.py), so the prompt holds the terminal, reads the human's key, and the command
+    reads none of it. (Where the sandbox cannot be frozen, a command that takes the terminal back
+    has its request denied at once: `tty: the command took the terminal`.)"""
     target = outside / "zshrc"
     proc, master = _spawn_on_pty(sandbox, ["--", "python3", "-c", FOREGROUND_TAKER, str(target)],
                                  policy=_policy(sandbox, outside, timeout="20s"))
     terminal = FakeTerminal(master, {})
     try:
+        assert terminal.wait_for(BOTTOM_RIGHT), terminal.screen[-2000:]
+        time.sleep(1.0)
+        terminal.type(b"d")
         assert terminal.wait_for(b"stolen", 15), terminal.screen[-3000:]
         proc.wait(timeout=30)
     finally:
@@ -294,8 +299,8 @@ def test_a_command_that_takes_the_foreground_is_denied_and_reads_no_key(sandbox,
         terminal.close()
         os.close(master)
     assert not target.exists()
-    assert [(a["answer"], a["via"]) for a in _approvals(sandbox)] == [("deny", "tty: the command took the terminal")]
-    assert b"denied (the command took the terminal while it was asked)" in terminal.screen, terminal.screen[-2000:]
+    assert [(a["answer"], a["via"]) for a in _approvals(sandbox)] == [("deny", "tty")]
+    assert b"stolen b''" in terminal.screen, terminal.screen[-2000:]
     assert b"refused" in terminal.screen and b"Traceback" not in terminal.screen
 
 
@@ -397,8 +402,8 @@ def test_a_held_or_doubled_key_does_not_answer_the_next_request(sandbox, outside
 
 
 # Once the panel is up, the command moves the cursor back over it and draws a harmless target
-# where the real one is. The command keeps running while the prompt waits, and a process that
-# ignores SIGTTOU writes to a terminal whatever its foreground group: job control is no wall.
+# where the real one is: a process that ignores SIGTTOU writes to a terminal whatever its
+# foreground group (job control is no wall), so the sandbox is stopped while the panel waits.
 OVERDRAWER = r"""
 import os, signal, sys, threading, time
 signal.signal(signal.SIGTTOU, signal.SIG_IGN)
@@ -415,9 +420,6 @@ except OSError as exc:
 """
 
 
-@pytest.mark.xfail(strict=True, reason="open: the command may write over a panel once it is drawn "
-                   "(README: use approval.via: socket); a fix would hold the command's output (a pty "
-                   "of its own, or freezing the sandbox while asking)")
 def test_nothing_the_command_writes_reaches_the_screen_while_the_panel_waits(sandbox, outside):
     target = outside / "authorized_keys"
     proc, master = _spawn_on_pty(sandbox, ["--", "python3", "-c", OVERDRAWER, str(target)],
@@ -457,6 +459,25 @@ print("\r\nflood done", results.count("wrote"), results.count(13), flush=True)
 """
 
 
+def _most_waiting_at_once(approvals: list[dict]) -> int:
+    """How many requests waited out their timeout together at most: each waited from its record's
+    time less `waited_s` to its record's time, less 50 ms (the record is written a moment after the
+    request left the queue, and the next one may enter meanwhile)."""
+    from datetime import datetime
+
+    events = []
+    for record in approvals:
+        if record["answer"] != "timeout":
+            continue
+        settled = datetime.fromisoformat(record["ts"].replace("Z", "+00:00")).timestamp()
+        events += [(settled - record["waited_s"], 1), (settled - 0.05, -1)]
+    most = waiting = 0
+    for _, change in sorted(events, key=lambda event: (event[0], event[1])):
+        waiting += change
+        most = max(most, waiting)
+    return most
+
+
 def test_a_flood_of_requests_is_bounded_and_denied(sandbox, outside):
     """300 writes outside at once, nobody answering: at most MAX_PENDING wait (the rest are denied
     at once), the supervisor's threads stay bounded, nothing is written, and the run ends."""
@@ -482,7 +503,9 @@ def test_a_flood_of_requests_is_bounded_and_denied(sandbox, outside):
         os.close(master)
     answers = [a["answer"] for a in _approvals(sandbox)]
     assert len(answers) == 300 and set(answers) <= {"timeout", "deny"}, set(answers)
-    assert answers.count("timeout") <= MAX_PENDING
+    # never more than MAX_PENDING waiting at once (the log's settle time and wait of each); the
+    # sandbox is stopped while the panel waits, so threads that had not asked yet ask in a later round
+    assert _most_waiting_at_once(_approvals(sandbox)) <= MAX_PENDING
     assert not list(outside.iterdir())
     assert peak < MAX_PENDING + 40, peak
     assert terminal.screen.count(b"approval needed") <= MAX_PENDING

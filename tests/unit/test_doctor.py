@@ -314,6 +314,16 @@ def test_seccomp_old_kernel_has_no_addfd_send() -> None:
     here = {row["feature"]: row["here"] for row in result.details}
     assert here["user notification (approvals)"] == "yes"
     assert here["ADDFD with SEND (hand over an approved file)"] == "no"
+    assert here[seccomp_check.FREEZE_FEATURE] == "no"
+
+
+def test_seccomp_kernel_before_5_19_cannot_freeze_for_a_prompt() -> None:
+    result = seccomp_check.assess_seccomp(replace(GOOD_SECCOMP, kernel="5.15.0-91-generic"))
+    assert result.status == WARN and "approval.via: socket" in result.remedy
+    here = {row["feature"]: row["here"] for row in result.details}
+    assert here["ADDFD with SEND (hand over an approved file)"] == "yes"
+    assert here[seccomp_check.FREEZE_FEATURE] == "no"
+    assert seccomp_check.FREEZE_FEATURE in result.found
 
 
 def test_seccomp_nested_filters_are_mentioned() -> None:

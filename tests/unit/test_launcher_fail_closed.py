@@ -302,3 +302,28 @@ sys.modules['_ctypes'] = fake
     _assert_failed_closed(process.returncode, stderr, marker)
     assert stderr == ("sandboxctl: error: cannot reach libc's system calls through _ctypes: "
                       "\\x1b]0;owned\\x07\\x1b[31mRED\\u202e\\\\x\n"), stderr
+
+
+class _Seccomp:
+    """A libc whose seccomp refuses the flags it does not know, as a kernel before 5.19 does."""
+
+    def __init__(self, known: int):
+        self.known = known
+        self.calls: list[int] = []
+
+    def seccomp_filter(self, seccomp_nr, flags, program):
+        self.calls.append(flags)
+        if flags & ~self.known:
+            raise OSError(22, "Invalid argument")
+        return 7
+
+
+def test_notify_filter_asks_for_the_killable_wait_and_says_when_it_was_refused() -> None:
+    from sandboxctl.launch import shim as shim_module
+
+    new_kernel, old_kernel, not_asked = _Seccomp(8 | 32), _Seccomp(8), _Seccomp(8 | 32)
+    assert shim_module.load_notify_filter(new_kernel, b"x" * 8, 317, killable=True) == (7, True)
+    assert shim_module.load_notify_filter(old_kernel, b"x" * 8, 317, killable=True) == (7, False)
+    assert old_kernel.calls == [8 | 32, 8]
+    assert shim_module.load_notify_filter(not_asked, b"x" * 8, 317) == (7, False)
+    assert not_asked.calls == [8]
