@@ -12,6 +12,7 @@ files a human wrote; it errs towards reporting more paths, never fewer.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from sandboxctl.record import Record
 
@@ -114,10 +115,16 @@ def references(config_file: str, home: str, worktree: str | None) -> tuple[str |
 
 
 def held_targets(config_file: str, hooks: str | None, includes: list[str],
-                 worktrees: list[str]) -> list[tuple[str, str]]:
+                 worktrees: list[str], realpath: Callable[[str], str] = os.path.realpath) -> list[tuple[str, str]]:
     """(path, why) for what a config file's references make protected: its core.hooksPath (taken
     from each worktree when relative, as git does; husky 9's `.husky/_` is all of `.husky`, whose
-    files its stubs run) and every file it includes. Shared by the planner and LiveGitRefs."""
+    files its stubs run) and every file it includes. Shared by the planner and LiveGitRefs.
+
+    Each also where it leads now (`realpath`): the host's git follows a symlink on the way, and
+    the mediator judges a write by where it lands. `.husky -> hidden` (committed, or planted before
+    the host set core.hooksPath) held only the name `.husky`; the sandbox wrote hidden/pre-commit
+    and the host's next commit ran it (review rev). The name stays held as well: it and every
+    symlink on the way to it cannot then be removed or renamed (blocks_move: it holds a held path)."""
     out: list[tuple[str, str]] = []
     if hooks:
         bases: list[str | None] = list(worktrees) if not hooks.startswith("/") else [None]
@@ -127,4 +134,9 @@ def held_targets(config_file: str, hooks: str | None, includes: list[str],
                 target = os.path.dirname(target)
             out.append((target, f"protected: core.hooksPath of {config_file} (hooks run outside)"))
     out += [(target, f"protected: included by {config_file} (git config)") for target in includes]
-    return out
+    resolved = []
+    for target, why in out:
+        real = realpath(target)
+        if real != target:
+            resolved.append((real, f"{why}, through a symlink at {target}"))
+    return out + resolved

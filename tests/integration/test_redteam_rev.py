@@ -1,0 +1,59 @@
+"""Review rev (red team of rt14's live git-config watch and the mediator's walk), judged from
+outside: the host's own git running what the sandbox wrote, and the bytes on the host's disk."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from tests.integration.test_protected_paths import git, repo
+
+HOOK = "#!/bin/sh\ntrue\n"
+
+
+def _hidden_hooks(ws: Path) -> None:
+    (ws / "hidden").mkdir()
+    (ws / "hidden" / "pre-commit").write_text(HOOK)
+    (ws / "hidden" / "pre-commit").chmod(0o755)
+
+
+def test_a_hooks_path_through_a_symlink_is_held_where_it_leads(sandbox, tmp_path: Path) -> None:
+    """`.husky -> hidden` (a symlink a repository may carry) with core.hooksPath = .husky: only the
+    name .husky was held, the write landed in hidden/pre-commit (judged there, unprotected), and
+    the host's next commit ran it."""
+    canary = tmp_path / "CANARY"
+    ws = repo(sandbox.workspace, sandbox.home)
+    _hidden_hooks(ws)
+    (ws / ".husky").symlink_to("hidden")
+    git(ws, "config", "core.hooksPath", ".husky", home=sandbox.home)
+    result = sandbox.sh(f"printf '#!/bin/sh\\ntouch {canary}\\n' > .husky/pre-commit; "
+                        f"printf '#!/bin/sh\\ntouch {canary}\\n' > hidden/pre-commit; echo ok > fine; echo end")
+    assert "end" in result.stdout, result.stderr
+    git(ws, "commit", "-q", "--allow-empty", "-m", "x", home=sandbox.home, check=False)
+    assert not canary.exists(), result.stdout + result.stderr
+    assert (ws / "hidden" / "pre-commit").read_text() == HOOK
+    assert (ws / "fine").exists()  # the rest of the workspace stays the command's
+
+
+def test_a_hooks_path_the_host_sets_through_a_planted_symlink_is_held_where_it_leads(sandbox, tmp_path: Path) -> None:
+    """The sandbox planted `.husky -> hidden` while nothing ran it; the host then set
+    core.hooksPath = .husky during the run (LiveGitRefs): the symlink's target was not held."""
+    canary = tmp_path / "CANARY"
+    ws = repo(sandbox.workspace, sandbox.home)
+    _hidden_hooks(ws)
+    script = ("ln -s hidden .husky && echo > ready; i=0; while ! grep -q hooksPath .git/config; do i=$((i+1)); "
+              "[ $i -gt 400 ] && exit 3; sleep 0.05; done; "
+              f"printf '#!/bin/sh\\ntouch {canary}\\n' > hidden/pre-commit; echo rc=$?")
+    process = subprocess.Popen(sandbox.argv("--", "/bin/sh", "-c", script), cwd=ws, env=sandbox.env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(400):
+        if (ws / "ready").exists() or process.poll() is not None:
+            break
+        time.sleep(0.05)
+    git(ws, "config", "core.hooksPath", ".husky", home=sandbox.home)
+    out, err = process.communicate(timeout=60)
+    assert "rc=" in out, err  # the sandbox saw the change and tried
+    git(ws, "commit", "-q", "--allow-empty", "-m", "x", home=sandbox.home, check=False)
+    assert not canary.exists(), out + err
+    assert (ws / "hidden" / "pre-commit").read_text() == HOOK
