@@ -17,7 +17,7 @@ from sandboxctl import lazyre
 from sandboxctl.plan.syscalls import OPEN_CALLS
 from sandboxctl.record import Record
 from sandboxctl.supervise import fdops, mediate_walk
-from sandboxctl.supervise.mediate_walk import Unresolved
+from sandboxctl.supervise.mediate_walk import Budget, Unresolved
 from sandboxctl.supervise.notify import AT_FDCWD, Notification, ProcessMemory
 
 O_CREAT, O_TRUNC = os.O_CREAT, os.O_TRUNC
@@ -293,10 +293,15 @@ class Resolver:
         string only when the caller's own lookup certainly fails so (_walked); Unresolved when a
         symlink on the way leads where we cannot follow it as the caller would (refused and
         logged); None when we cannot resolve it for another reason (the kernel decides)."""
+        budget = Budget()  # one for the call: every walk its final symlinks lead to spends from it
         for hop in range(MAX_SYMLINKS):
             plain = _unmagic(pid, path)
             if plain is None:
                 return None
+            if plain != path:  # /proc/self + its magic link: two links to the kernel; /dev/fd/N three
+                budget.links += 2 if path.startswith("/proc/") else 3
+                if budget.links > MAX_SYMLINKS:
+                    return "ELOOP"
             path = plain
             split = _split(path)
             if split is None:
@@ -312,7 +317,7 @@ class Resolver:
                 except OSError as exc:
                     if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
                         return None
-                    walked = self._walked(pid, parent_path, exc.errno, hop)
+                    walked = self._walked(pid, parent_path, exc.errno, hop, budget)
                     if not isinstance(walked, tuple):
                         return walked
                     parent, real = walked
@@ -346,6 +351,9 @@ class Resolver:
             except OSError:
                 return None
             path = target if target.startswith("/") else f"{entry.parent_path.rstrip('/')}/{target}"
+            budget.links += 1  # this final link, counted by the kernel as by the hops
+            if budget.links > MAX_SYMLINKS:
+                return "ELOOP"
         return "ELOOP"
 
     def directory(self, pid: int, path: str, opened: list[int]) -> tuple[int, str] | str | Unresolved | None:
@@ -372,7 +380,8 @@ class Resolver:
             return None
         return (fd, real) if real.startswith("/") else None
 
-    def _walked(self, pid: int, parent_path: str, error: int, hops: int) -> tuple[int, str] | str | Unresolved:
+    def _walked(self, pid: int, parent_path: str, error: int, hops: int,
+                budget: Budget | None = None) -> tuple[int, str] | str | Unresolved:
         """openat2 failed in our view (ENOENT, ENOTDIR, ELOOP): is that the caller's answer too? A walk
         that follows no symlink at all (RESOLVE_NO_SYMLINKS) failing so is the same walk as the
         caller's: certain. A symlink on the way may lead through /proc/self (which names the reader:
@@ -388,4 +397,4 @@ class Resolver:
                     return errno.errorcode[exc.errno]
             else:
                 os.close(fd)  # there after all (it appeared meanwhile): walked below like any other
-        return mediate_walk.walk(self.root_fd(), pid, parent_path, hops)
+        return mediate_walk.walk(self.root_fd(), pid, parent_path, hops, budget)

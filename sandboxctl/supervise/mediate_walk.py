@@ -30,6 +30,23 @@ MAX_STEPS = 4096
 _DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+class Budget:
+    """What one call's resolution has spent, across every walk it makes: the Resolver follows a
+    final symlink itself and walks each new parent afresh, and each walk counted from zero (its
+    lookups) or from the final links alone (its symlinks). A chain of final links through
+    /proc/self cost 35 walks of up to MAX_STEPS each (a third of a second of the supervisor's time
+    per call), and was resolved where the kernel's 41st symlink fails with ELOOP (review rev)."""
+
+    __slots__ = ("links", "steps")
+
+    def __init__(self, links: int = 0) -> None:
+        self.steps = 0  # components looked up so far, by every walk of the call
+        self.links = links  # symlinks followed so far that the kernel counts too (a lower bound)
+
+    def __repr__(self) -> str:
+        return f"Budget(steps={self.steps}, links={self.links})"
+
+
 class Unresolved:
     """Where the path leads in the caller's view could not be established: refused and logged.
     A plain object, never a tuple: the walk's answer is told from (descriptor, path) by type."""
@@ -60,11 +77,15 @@ def caller_ids(pid: int) -> tuple[str, str] | None:
     return (tgid, tid) if tgid and tid else None
 
 
-def walk(root: int, pid: int, path: str, links: int = 0) -> tuple[int, str] | str | Unresolved:
+def walk(root: int, pid: int, path: str, links: int = 0,
+         budget: Budget | None = None) -> tuple[int, str] | str | Unresolved:
     """The directory `path` (absolute, in the sandbox's view) as the caller's kernel reaches it:
     (our O_PATH descriptor of it, the path the kernel reads back for it), or the errno name its
     lookup certainly fails with (ENOENT, ENOTDIR, ELOOP), or Unresolved. `links`: symlinks the
-    caller's lookup has already followed (a final one the Resolver followed before)."""
+    caller's lookup has already followed (a final one the Resolver followed before). `budget`: the
+    call's, shared by its walks (MAX_STEPS and MAX_SYMLINKS hold for the call, not each walk)."""
+    budget = budget if budget is not None else Budget()
+    links = max(links, budget.links)
     ids: tuple[str, str] | None = None
     parts = [p for p in path.split("/") if p and p != "."]
     parts.reverse()  # a stack: the next component last
@@ -73,13 +94,12 @@ def walk(root: int, pid: int, path: str, links: int = 0) -> tuple[int, str] | st
     proc_dev: int | None = None
     retries = 0
     try:
-        steps = 0
         while parts:
             part = parts.pop()
             if part == ".":
                 continue
-            steps += 1
-            if steps > MAX_STEPS:
+            budget.steps += 1
+            if budget.steps > MAX_STEPS:
                 return Unresolved(f"the path takes more than {MAX_STEPS} lookups to walk")
             if part == "..":
                 if done:  # at the root `..` stays there, as it does for the caller
@@ -112,6 +132,7 @@ def walk(root: int, pid: int, path: str, links: int = 0) -> tuple[int, str] | st
                 if not stat.S_ISLNK(st.st_mode):
                     return "ENOTDIR"
                 links += 1
+                budget.links = links
                 if links > MAX_SYMLINKS:
                     return "ELOOP"
                 in_proc = proc_dev is not None and done[:1] == ["proc"]
