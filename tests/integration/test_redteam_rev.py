@@ -3,6 +3,7 @@ outside: the host's own git running what the sandbox wrote, and the bytes on the
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -57,3 +58,59 @@ def test_a_hooks_path_the_host_sets_through_a_planted_symlink_is_held_where_it_l
     git(ws, "commit", "-q", "--allow-empty", "-m", "x", home=sandbox.home, check=False)
     assert not canary.exists(), out + err
     assert (ws / "hidden" / "pre-commit").read_text() == HOOK
+
+
+# ------------------------------------------------------------------ the prompt's terminal, the supervisor killed
+def test_a_supervisor_killed_during_a_prompt_leaves_the_terminal_as_it_was(sandbox, tmp_path: Path) -> None:
+    """The supervisor SIGKILLed while its tty prompt waited (the OOM killer, a `kill -9`): the
+    terminal stayed with no echo, no line editing and no Ctrl-C, and its foreground group was the
+    key helper's, dead — the program that ran sandboxctl (not a job-control shell, which takes the
+    terminal back itself) was then stopped at its next read. Judged from the pty's master side."""
+    import fcntl
+    import select
+    import signal
+    import termios
+
+    master, slave = os.openpty()
+    before = termios.tcgetattr(master)
+    pidfile = tmp_path / "supervisor.pid"
+    argv = sandbox.argv("--approve", "ask", "--", "/bin/sh", "-c", "echo x > /etc/rev-canary")
+    env = sandbox.env({"TERM": "xterm"})
+    child = os.fork()
+    if child == 0:  # a session of its own on the pty, running sandboxctl in its own process group
+        try:
+            os.close(master)
+            os.setsid()
+            fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+            for fd in (0, 1, 2):
+                os.dup2(slave, fd)
+            os.chdir(sandbox.workspace)
+            supervisor = os.fork()
+            if supervisor == 0:
+                os.execve(argv[0], argv, env)
+            pidfile.write_text(str(supervisor))
+            os.waitpid(supervisor, 0)
+            time.sleep(30)
+        finally:
+            os._exit(0)
+    os.close(slave)
+    try:
+        seen, deadline = b"", time.monotonic() + 30
+        while b"llow" not in seen and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.5)[0]:
+                seen += os.read(master, 4096)
+        assert b"llow" in seen, seen
+        time.sleep(0.3)
+        asked = termios.ICANON | termios.ECHO | termios.ISIG
+        assert termios.tcgetattr(master)[3] & asked != before[3] & asked  # the prompt's own mode
+        os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and (os.tcgetpgrp(master) != child
+                                                or termios.tcgetattr(master)[3] & asked != before[3] & asked):
+            time.sleep(0.05)
+        assert os.tcgetpgrp(master) == child  # the group that ran sandboxctl has its terminal back
+        assert termios.tcgetattr(master)[3] & asked == before[3] & asked
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        os.close(master)
