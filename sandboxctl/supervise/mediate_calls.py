@@ -113,8 +113,17 @@ def _unmagic(pid: int, path: str) -> str | None:
     rest = match.group(3) or ""
     if link == "root":
         return rest or "/"
+    if not path.startswith("/proc/thread-self/"):
+        # /proc/self (and /dev/fd -> /proc/self/fd) names the caller's process, whose cwd and
+        # descriptors are its leader's: a thread's own (unshare(CLONE_FS) or CLONE_FILES) are
+        # another place, where the supervisor created what the kernel creates in the leader's (review rev)
+        pid = mediate_walk.leader(pid)
+        if pid is None:
+            return None
     where = _linked_path(pid, link)
     return None if where is None else where + rest
+
+    return None
 
 
 def _split(path: str) -> tuple[str, str] | None:

@@ -77,6 +77,18 @@ def caller_ids(pid: int) -> tuple[str, str] | None:
     return (tgid, tid) if tgid and tid else None
 
 
+def leader(pid: int) -> int | None:
+    """The host pid of the thread `pid`'s process (the Tgid of its status)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def walk(root: int, pid: int, path: str, links: int = 0,
          budget: Budget | None = None) -> tuple[int, str] | str | Unresolved:
     """The directory `path` (absolute, in the sandbox's view) as the caller's kernel reaches it:

@@ -114,3 +114,32 @@ def test_a_supervisor_killed_during_a_prompt_leaves_the_terminal_as_it_was(sandb
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
         os.close(master)
+
+
+# ------------------------------------------------------------------ the mediator's magic links, a thread's own
+THREAD_CWD = """
+import ctypes, os, threading
+libc = ctypes.CDLL(None, use_errno=True)
+os.chdir("leader")
+def thread():
+    assert libc.unshare(0x200) == 0, ctypes.get_errno()  # CLONE_FS: a cwd of its own
+    os.chdir("../thread")
+    os.close(os.open("/proc/self/cwd/made", os.O_CREAT | os.O_WRONLY, 0o644))
+    print("made")
+worker = threading.Thread(target=thread)
+worker.start()
+worker.join()
+"""
+
+
+def test_proc_self_in_a_thread_with_a_cwd_of_its_own_is_the_processs(sandbox) -> None:
+    """/proc/self names the process, whose cwd is its leader's; the mediator read the calling
+    thread's own (/proc/TID/cwd) and created the file in the thread's cwd, where the kernel
+    creates it in the leader's (as it does outside any sandbox). Judged by the host's disk."""
+    ws = sandbox.workspace
+    (ws / "leader").mkdir()
+    (ws / "thread").mkdir()
+    result = sandbox.py(THREAD_CWD)
+    assert "made" in result.stdout, result.stderr
+    assert (ws / "leader" / "made").exists(), result.stderr
+    assert not (ws / "thread" / "made").exists()
