@@ -87,9 +87,30 @@ def _expand(path: str, relative_to: str, home: str) -> str:
     return os.path.normpath(os.path.join(relative_to, path))
 
 
+def _hooks_base(config_file: str, worktree: str | None) -> str | None:
+    """Where git takes a relative core.hooksPath from, for a config file: the worktree's top; a
+    linked worktree's (its admin directory's `gitdir` file names the top's .git); a bare
+    repository's git directory; None for a config of no repository (~/.gitconfig): from each
+    worktree's top, which held_targets joins (review rev: `git config --global core.hooksPath
+    .githooks` was held as ~/.githooks, and the sandbox wrote the workspace's .githooks/pre-commit)."""
+    if worktree:
+        return worktree
+    gitdir = os.path.dirname(config_file)
+    if not os.path.isfile(os.path.join(gitdir, "HEAD")):
+        return None
+    try:
+        with open(os.path.join(gitdir, "gitdir"), encoding="utf-8", errors="replace") as handle:
+            dot_git = handle.read(4096).strip()
+    except OSError:
+        return gitdir  # bare: hooks run in the git directory
+    return os.path.dirname(os.path.normpath(os.path.join(gitdir, dot_git))) if dot_git else gitdir
+
+
 def references(config_file: str, home: str, worktree: str | None) -> tuple[str | None, list[str]]:
-    """The hooks directory (absolute) and every included file (absolute, followed to MAX_DEPTH)
-    that config_file leads to. includeIf conditions are not evaluated: each candidate counts."""
+    """The hooks directory (absolute, or relative for a config of no repository: see _hooks_base)
+    and every included file (absolute, followed to MAX_DEPTH) that config_file leads to.
+    includeIf conditions are not evaluated: each candidate counts."""
+    base = _hooks_base(config_file, worktree)
     hooks: str | None = None
     included: list[str] = []
     seen: set[str] = set()
@@ -106,7 +127,9 @@ def references(config_file: str, home: str, worktree: str | None) -> tuple[str |
             continue
         if refs.hooks_path:
             # git: a relative core.hooksPath is taken from where hooks run (the worktree's top)
-            hooks = _expand(refs.hooks_path, worktree or os.path.dirname(path), home)
+            raw = refs.hooks_path
+            relative = not raw.startswith("/") and raw != "~" and not raw.startswith("~/")
+            hooks = os.path.normpath(raw) if relative and base is None else _expand(raw, base or "/", home)
         for item in refs.includes:
             target = _expand(item, os.path.dirname(path), home)
             included.append(target)

@@ -60,6 +60,41 @@ def test_a_hooks_path_the_host_sets_through_a_planted_symlink_is_held_where_it_l
     assert (ws / "hidden" / "pre-commit").read_text() == HOOK
 
 
+
+def test_a_relative_global_hooks_path_is_held_in_each_worktree(sandbox, tmp_path: Path) -> None:
+    """`git config --global core.hooksPath .githooks` (a team's convention): git takes it from
+    each repository's top; it was held as ~/.githooks, and the sandbox's .githooks/pre-commit ran at
+    the host's next commit."""
+    canary = tmp_path / "CANARY"
+    ws = repo(sandbox.workspace, sandbox.home)
+    git(ws, "config", "--global", "core.hooksPath", ".githooks", home=sandbox.home)
+    (ws / ".githooks").mkdir()
+    result = sandbox.sh(f"printf '#!/bin/sh\\ntouch {canary}\\n' > .githooks/pre-commit; "
+                        "chmod +x .githooks/pre-commit; echo ok > fine; echo end")
+    assert "end" in result.stdout, result.stderr
+    git(ws, "commit", "-q", "--allow-empty", "-m", "x", home=sandbox.home, check=False)
+    assert not canary.exists(), result.stderr
+    assert not (ws / ".githooks" / "pre-commit").exists()
+    assert (ws / "fine").exists()
+
+
+def test_a_linked_worktrees_own_hooks_path_is_held_in_that_worktree(sandbox, tmp_path: Path) -> None:
+    """A linked worktree's config.worktree (extensions.worktreeConfig) with a relative
+    core.hooksPath: git takes it from that worktree's top, it was held beneath
+    .git/worktrees/NAME, and the sandbox's wt/.husky/pre-commit ran at the host's next commit there."""
+    canary = tmp_path / "CANARY"
+    ws = repo(sandbox.workspace, sandbox.home)
+    git(ws, "worktree", "add", "-q", "wt", home=sandbox.home)
+    git(ws, "config", "extensions.worktreeConfig", "true", home=sandbox.home)
+    git(ws / "wt", "config", "--worktree", "core.hooksPath", ".husky", home=sandbox.home)
+    (ws / "wt" / ".husky").mkdir()
+    result = sandbox.sh(f"printf '#!/bin/sh\\ntouch {canary}\\n' > wt/.husky/pre-commit; "
+                        "chmod +x wt/.husky/pre-commit; echo end")
+    assert "end" in result.stdout, result.stderr
+    git(ws / "wt", "commit", "-q", "--allow-empty", "-m", "x", home=sandbox.home, check=False)
+    assert not canary.exists(), result.stderr
+    assert not (ws / "wt" / ".husky" / "pre-commit").exists()
+
 # ------------------------------------------------------------------ the prompt's terminal, the supervisor killed
 def test_a_supervisor_killed_during_a_prompt_leaves_the_terminal_as_it_was(sandbox, tmp_path: Path) -> None:
     """The supervisor SIGKILLed while its tty prompt waited (the OOM killer, a `kill -9`): the
