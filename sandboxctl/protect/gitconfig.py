@@ -12,6 +12,7 @@ files a human wrote; it errs towards reporting more paths, never fewer.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 
 from sandboxctl.record import Record
@@ -106,6 +107,25 @@ def _hooks_base(config_file: str, worktree: str | None) -> str | None:
     return os.path.dirname(os.path.normpath(os.path.join(gitdir, dot_git))) if dot_git else gitdir
 
 
+def _read_regular(path: str) -> str | None:
+    """A config file's first MiB, if it is a regular file. Opened without waiting: a FIFO named by
+    an include (one the sandbox made where the host's config came to include a file) held the
+    supervisor's open, and with it every mediated call of the run and its end (review rev)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with os.fdopen(fd, encoding="utf-8", errors="replace", closefd=False) as handle:
+            return handle.read(1 << 20)
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+
+
 def references(config_file: str, home: str, worktree: str | None) -> tuple[str | None, list[str]]:
     """The hooks directory (absolute, or relative for a config of no repository: see _hooks_base)
     and every included file (absolute, followed to MAX_DEPTH) that config_file leads to.
@@ -120,11 +140,10 @@ def references(config_file: str, home: str, worktree: str | None) -> tuple[str |
         if path in seen or depth > MAX_DEPTH:
             continue
         seen.add(path)
-        try:
-            with open(path, encoding="utf-8", errors="replace") as handle:
-                refs = parse(handle.read(1 << 20))
-        except OSError:
+        text = _read_regular(path)
+        if text is None:
             continue
+        refs = parse(text)
         if refs.hooks_path:
             # git: a relative core.hooksPath is taken from where hooks run (the worktree's top)
             raw = refs.hooks_path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from sandboxctl.protect.rules import Protection
@@ -79,3 +80,20 @@ def test_each_root_glob_has_one_star_in_its_last_part() -> None:
         *dirs, last = glob.split("/")
         assert last.count("*") == 1 and not any("*" in d for d in dirs) and len(dirs) <= 1, glob
         assert glob == names.fold_path(glob), glob
+
+
+def test_a_fifo_a_config_includes_is_passed_over_without_waiting(tmp_path: Path) -> None:
+    """Review rev: references() opened an included FIFO for reading and waited for a writer that
+    never came — the supervisor's poll, and with it every mediated call of the run and its end."""
+    import subprocess
+    import sys
+
+    os.mkfifo(tmp_path / "inc")
+    (tmp_path / "other").write_text("[core]\n\thooksPath = /elsewhere/hooks\n")
+    (tmp_path / "config").write_text(f"[include]\n\tpath = {tmp_path}/inc\n\tpath = {tmp_path}/other\n")
+    code = ("import sys; from sandboxctl.protect import gitconfig; "
+            "print(gitconfig.references(sys.argv[1], '/nowhere', None))")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "config")], capture_output=True, text=True,
+                          timeout=20)
+    assert done.returncode == 0, done.stderr
+    assert "/elsewhere/hooks" in done.stdout and f"{tmp_path}/inc" in done.stdout  # still held, never read
