@@ -95,6 +95,50 @@ def test_a_linked_worktrees_own_hooks_path_is_held_in_that_worktree(sandbox, tmp
     assert not canary.exists(), result.stderr
     assert not (ws / "wt" / ".husky" / "pre-commit").exists()
 
+
+RACE = """
+import os, time
+seen = os.stat('.git/config').st_mtime_ns
+open('ready', 'w').close()
+end = time.time() + 20
+while time.time() < end:
+    with open('junk', 'w'):  # a judged call all the time: the supervisor polled at most every 10 ms
+        pass
+    if os.stat('.git/config').st_mtime_ns != seen:
+        try:
+            with open('.husky/pre-commit', 'w') as hook:
+                hook.write('#!/bin/sh\\ntouch {canary}\\n')
+            print('WROTE')
+        except OSError as exc:
+            print('REFUSED', exc)
+        break
+"""
+
+
+def test_the_moment_after_the_host_sets_hooks_path_is_no_window(sandbox, tmp_path: Path) -> None:
+    """A sandbox making calls all the time and watching .git/config wrote .husky/pre-commit within
+    the 10 ms after the host set core.hooksPath (LiveGitRefs' spacing), 5 times in 5."""
+    for attempt in range(3):
+        canary = tmp_path / f"CANARY{attempt}"
+        ws = repo(sandbox.workspace / f"r{attempt}", sandbox.home)
+        (ws / ".husky").mkdir()
+        (ws / ".husky" / "pre-commit").write_text(HOOK)
+        (ws / ".husky" / "pre-commit").chmod(0o755)
+        process = subprocess.Popen(sandbox.argv("-w", str(ws), "--", "python3", "-c", RACE.format(canary=canary)),
+                                   cwd=ws, env=sandbox.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True)
+        for _ in range(400):
+            if (ws / "ready").exists() or process.poll() is not None:
+                break
+            time.sleep(0.02)
+        time.sleep(0.2)
+        git(ws, "config", "core.hooksPath", ".husky", home=sandbox.home)
+        out, err = process.communicate(timeout=60)
+        assert "REFUSED" in out, out + err
+        git(ws, "commit", "-q", "--allow-empty", "-m", "x", home=sandbox.home, check=False)
+        assert not canary.exists()
+        assert (ws / ".husky" / "pre-commit").read_text() == HOOK
+
 # ------------------------------------------------------------------ the prompt's terminal, the supervisor killed
 def test_a_supervisor_killed_during_a_prompt_leaves_the_terminal_as_it_was(sandbox, tmp_path: Path) -> None:
     """The supervisor SIGKILLed while its tty prompt waited (the OOM killer, a `kill -9`): the

@@ -30,14 +30,31 @@ def test_a_hooks_path_set_after_launch_is_found_once(tmp_path: Path, monkeypatch
 
 
 def test_polls_are_spaced(tmp_path: Path, monkeypatch) -> None:
-    """Asked before every mediated call: the files are statted at most once per POLL_S."""
+    """Asked before every mediated call: many files (nested repositories) are statted at most
+    once per POLL_S."""
     monkeypatch.setattr(live, "POLL_S", 3600.0)
-    _, gitdir = _repository(tmp_path)
+    gitdirs = []
+    for i in range(3):  # 3 x 2 config files and the 3 global ones: more than EVERY_CALL
+        _, gitdir = _repository(tmp_path / f"r{i}")
+        gitdirs.append(str(gitdir))
+    watch = live.LiveGitRefs(tuple(gitdirs), tuple(gitdirs), str(tmp_path / "home"))
+    assert len(watch.configs) > live.EVERY_CALL
+    watch.next_poll = 0.0
+    assert watch.poll() == []
+    Path(gitdirs[0], "config").write_text("[core]\n\thooksPath = hooks-elsewhere\n")
+    assert watch.poll() == []  # within POLL_S of the last look
+
+
+def test_a_few_config_files_are_looked_at_before_every_call(tmp_path: Path, monkeypatch) -> None:
+    """Review rev: spaced by POLL_S, a sandbox making calls all the time wrote the hook within the
+    10 ms after the host set core.hooksPath. A repository's files and the global ones are few."""
+    monkeypatch.setattr(live, "POLL_S", 3600.0)
+    ws, gitdir = _repository(tmp_path)
     watch = live.LiveGitRefs((str(gitdir),), (str(gitdir),), str(tmp_path / "home"))
     watch.next_poll = 0.0
     assert watch.poll() == []
-    (gitdir / "config").write_text("[core]\n\thooksPath = hooks-elsewhere\n")
-    assert watch.poll() == []  # within POLL_S of the last look
+    (gitdir / "config").write_text("[core]\n\thooksPath = .husky\n")
+    assert [path for path, _ in watch.poll()] == [str(ws / ".husky")]
 
 
 def test_a_global_config_include_is_found(tmp_path: Path, monkeypatch) -> None:
