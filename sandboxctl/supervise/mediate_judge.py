@@ -280,6 +280,9 @@ class LiveGitRefs:
             self.configs.append((template.replace("{home}", home), None, worktrees))
         self.home = home
         self.seen = {path: _signature(path) for path, _, _ in self.configs}
+        # read once at the first poll, for the files they include: a change of an included file
+        # (~/.gitconfig.local setting core.hooksPath) was never seen, only the including one's (review rev)
+        self.unread = {path for path, _, _ in self.configs if self.seen[path] is not None}
         self.next_poll = time.monotonic() + POLL_S
 
     def poll(self) -> list[tuple[str, str]]:
@@ -289,15 +292,22 @@ class LiveGitRefs:
         if now < self.next_poll and len(self.configs) > EVERY_CALL:
             return []
         found: list[tuple[str, str]] = []
-        for path, worktree, worktrees in self.configs:
+        for path, worktree, worktrees in list(self.configs):
             signature = _signature(path)
-            if signature == self.seen[path]:
+            changed = signature != self.seen[path]
+            if not changed and path not in self.unread:
                 continue
             self.seen[path] = signature
-            from sandboxctl.protect import gitconfig  # only once a config changed
+            self.unread.discard(path)
+            from sandboxctl.protect import gitconfig  # only once a config changed (or at the first poll)
 
             hooks, includes = gitconfig.references(path, self.home, worktree)
-            found += gitconfig.held_targets(path, hooks, includes, worktrees)
+            if changed:  # unchanged since launch: the planner held what it leads to (or released it)
+                found += gitconfig.held_targets(path, hooks, includes, worktrees)
+            for included in includes:  # watched from now on, as the file including it (read just now)
+                if included not in self.seen:
+                    self.seen[included] = _signature(included)
+                    self.configs.append((included, worktree, worktrees))
         done = time.monotonic()
         self.next_poll = done + max(POLL_S, (done - now) * SPACING)
         return found

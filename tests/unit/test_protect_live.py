@@ -114,3 +114,20 @@ def test_a_fifo_a_config_includes_is_passed_over_without_waiting(tmp_path: Path)
                           timeout=20)
     assert done.returncode == 0, done.stderr
     assert "/elsewhere/hooks" in done.stdout and f"{tmp_path}/inc" in done.stdout  # still held, never read
+
+
+def test_a_change_of_an_included_file_is_seen(tmp_path: Path, monkeypatch) -> None:
+    """Review rev: only the files named at launch were statted; ~/.gitconfig including
+    ~/.gitconfig.local, the host's change of the latter (core.hooksPath) was never seen."""
+    monkeypatch.setattr(live, "POLL_S", 0.0)
+    monkeypatch.setattr(live, "SPACING", 0)
+    ws, gitdir = _repository(tmp_path)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".gitconfig").write_text(f"[include]\n\tpath = {home}/.gitconfig.local\n")
+    (home / ".gitconfig.local").write_text("[user]\n\tname = x\n")
+    watch = live.LiveGitRefs((str(gitdir),), (str(gitdir),), str(home))
+    assert watch.poll() == []  # unchanged since launch: the planner's
+    (home / ".gitconfig.local").write_text("[core]\n\thooksPath = .githooks\n")
+    found = watch.poll()
+    assert [path for path, _ in found] == [str(ws / ".githooks")], found
