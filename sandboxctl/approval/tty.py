@@ -124,7 +124,7 @@ class TtyFrontEnd(ThreadedFrontEnd):
             quiet[3] &= ~(termios.ICANON | termios.ECHO | termios.ISIG)
             quiet[6] = list(saved[6])
             quiet[6][termios.VMIN], quiet[6][termios.VTIME] = 1, 0
-            keys.open()  # our key reader holds the terminal: the command's reads stop or fail now
+            keys.open(saved)  # our key reader holds the terminal: the command's reads stop or fail now
             termios.tcsetattr(self.fd, termios.TCSANOW, quiet)
             termios.tcflush(self.fd, termios.TCIFLUSH)  # keys typed before the question are no answer
             self._show(request, others)

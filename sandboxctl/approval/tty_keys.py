@@ -44,7 +44,9 @@ class KeySource:
         self.job_control = True  # the terminal is our controlling one (always, for /dev/tty)
         self.taken = 0  # how many times the command took the terminal while the prompt waited
 
-    def open(self) -> None:
+    def open(self, saved: list | None = None) -> None:
+        """`saved`: the terminal's mode before the prompt, which the helper puts back should we be
+        killed before close() (key_helper._restore)."""
         # a thread of ours may change the terminal from a background group (SIGTTOU blocked: the
         # kernel lets it); the command's own tcsetpgrp does not stop this thread then
         signal.pthread_sigmask(signal.SIG_BLOCK, JOB_SIGNALS)
@@ -55,11 +57,15 @@ class KeySource:
             if exc.errno != errno.ENOTTY:
                 raise
             self.job_control = False
+        restore: list[str] = []
+        if saved is not None:
+            cc = [c if isinstance(c, int) else ord(c) for c in (saved[6][termios.VMIN], saved[6][termios.VTIME])]
+            restore = [str(self.before), str(saved[3]), *map(str, cc), "job-control" if self.job_control else "none"]
         frames_r, frames_w = os.pipe2(os.O_CLOEXEC)
         control_r, control_w = os.pipe2(os.O_CLOEXEC)
         try:
             self.pid = os.posix_spawn(
-                sys.executable, [sys.executable, "-I", "-S", HELPER], {},
+                sys.executable, [sys.executable, "-I", "-S", HELPER, *restore], {},
                 file_actions=[(os.POSIX_SPAWN_DUP2, self.tty, 0), (os.POSIX_SPAWN_DUP2, frames_w, 1),
                               (os.POSIX_SPAWN_DUP2, control_r, 3)],
                 setpgroup=0, setsigmask=())

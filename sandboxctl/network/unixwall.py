@@ -144,7 +144,8 @@ def _walked(pid: int, root: int, path: str) -> int:
     symlink to /proc/self/root/run/... was "no such socket" and the connect was never logged): the
     path is resolved again as the caller's kernel does (supervise/mediate_walk). OSError only
     when its lookup certainly fails so; Unsure when that cannot be told."""
-    from sandboxctl.supervise.mediate_calls import Entry, Resolver
+    from sandboxctl.supervise.mediate_calls import Entry
+    from sandboxctl.supervise.mediate_resolve import Resolver
 
     resolver = Resolver(os.dup(root))
     opened: list[int] = []

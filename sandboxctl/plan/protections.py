@@ -149,7 +149,7 @@ class ProtectionPlanner:
         from sandboxctl.protect.gitconfig import held_targets
 
         hooks, includes = self.facts.git_refs(config, worktree)
-        for target, why in held_targets(config, hooks, includes, worktrees):
+        for target, why in held_targets(config, hooks, includes, worktrees, self.facts.realpath):
             if self.under_roots(target, roots):
                 explicit.setdefault(target, why)
 

@@ -12,6 +12,8 @@ files a human wrote; it errs towards reporting more paths, never fewer.
 from __future__ import annotations
 
 import os
+import stat
+from collections.abc import Callable
 
 from sandboxctl.record import Record
 
@@ -86,9 +88,49 @@ def _expand(path: str, relative_to: str, home: str) -> str:
     return os.path.normpath(os.path.join(relative_to, path))
 
 
+def _hooks_base(config_file: str, worktree: str | None) -> str | None:
+    """Where git takes a relative core.hooksPath from, for a config file: the worktree's top; a
+    linked worktree's (its admin directory's `gitdir` file names the top's .git); a bare
+    repository's git directory; None for a config of no repository (~/.gitconfig): from each
+    worktree's top, which held_targets joins (review rev: `git config --global core.hooksPath
+    .githooks` was held as ~/.githooks, and the sandbox wrote the workspace's .githooks/pre-commit)."""
+    if worktree:
+        return worktree
+    gitdir = os.path.dirname(config_file)
+    if not os.path.isfile(os.path.join(gitdir, "HEAD")):
+        return None
+    try:
+        with open(os.path.join(gitdir, "gitdir"), encoding="utf-8", errors="replace") as handle:
+            dot_git = handle.read(4096).strip()
+    except OSError:
+        return gitdir  # bare: hooks run in the git directory
+    return os.path.dirname(os.path.normpath(os.path.join(gitdir, dot_git))) if dot_git else gitdir
+
+
+def _read_regular(path: str) -> str | None:
+    """A config file's first MiB, if it is a regular file. Opened without waiting: a FIFO named by
+    an include (one the sandbox made where the host's config came to include a file) held the
+    supervisor's open, and with it every mediated call of the run and its end (review rev)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with os.fdopen(fd, encoding="utf-8", errors="replace", closefd=False) as handle:
+            return handle.read(1 << 20)
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+
+
 def references(config_file: str, home: str, worktree: str | None) -> tuple[str | None, list[str]]:
-    """The hooks directory (absolute) and every included file (absolute, followed to MAX_DEPTH)
-    that config_file leads to. includeIf conditions are not evaluated: each candidate counts."""
+    """The hooks directory (absolute, or relative for a config of no repository: see _hooks_base)
+    and every included file (absolute, followed to MAX_DEPTH) that config_file leads to.
+    includeIf conditions are not evaluated: each candidate counts."""
+    base = _hooks_base(config_file, worktree)
     hooks: str | None = None
     included: list[str] = []
     seen: set[str] = set()
@@ -98,14 +140,15 @@ def references(config_file: str, home: str, worktree: str | None) -> tuple[str |
         if path in seen or depth > MAX_DEPTH:
             continue
         seen.add(path)
-        try:
-            with open(path, encoding="utf-8", errors="replace") as handle:
-                refs = parse(handle.read(1 << 20))
-        except OSError:
+        text = _read_regular(path)
+        if text is None:
             continue
+        refs = parse(text)
         if refs.hooks_path:
             # git: a relative core.hooksPath is taken from where hooks run (the worktree's top)
-            hooks = _expand(refs.hooks_path, worktree or os.path.dirname(path), home)
+            raw = refs.hooks_path
+            relative = not raw.startswith("/") and raw != "~" and not raw.startswith("~/")
+            hooks = os.path.normpath(raw) if relative and base is None else _expand(raw, base or "/", home)
         for item in refs.includes:
             target = _expand(item, os.path.dirname(path), home)
             included.append(target)
@@ -114,10 +157,16 @@ def references(config_file: str, home: str, worktree: str | None) -> tuple[str |
 
 
 def held_targets(config_file: str, hooks: str | None, includes: list[str],
-                 worktrees: list[str]) -> list[tuple[str, str]]:
+                 worktrees: list[str], realpath: Callable[[str], str] = os.path.realpath) -> list[tuple[str, str]]:
     """(path, why) for what a config file's references make protected: its core.hooksPath (taken
     from each worktree when relative, as git does; husky 9's `.husky/_` is all of `.husky`, whose
-    files its stubs run) and every file it includes. Shared by the planner and LiveGitRefs."""
+    files its stubs run) and every file it includes. Shared by the planner and LiveGitRefs.
+
+    Each also where it leads now (`realpath`): the host's git follows a symlink on the way, and
+    the mediator judges a write by where it lands. `.husky -> hidden` (committed, or planted before
+    the host set core.hooksPath) held only the name `.husky`; the sandbox wrote hidden/pre-commit
+    and the host's next commit ran it (review rev). The name stays held as well: it and every
+    symlink on the way to it cannot then be removed or renamed (blocks_move: it holds a held path)."""
     out: list[tuple[str, str]] = []
     if hooks:
         bases: list[str | None] = list(worktrees) if not hooks.startswith("/") else [None]
@@ -127,4 +176,9 @@ def held_targets(config_file: str, hooks: str | None, includes: list[str],
                 target = os.path.dirname(target)
             out.append((target, f"protected: core.hooksPath of {config_file} (hooks run outside)"))
     out += [(target, f"protected: included by {config_file} (git config)") for target in includes]
-    return out
+    resolved = []
+    for target, why in out:
+        real = realpath(target)
+        if real != target:
+            resolved.append((real, f"{why}, through a symlink at {target}"))
+    return out + resolved

@@ -78,7 +78,8 @@ class ExecGuard:
         made l/ld-linux-x86-64.so.2 "no such file", and the loader ran a program from outside
         exec.allow. Then the path is resolved as the caller's kernel resolves it (the mediator's
         walk); what cannot be told counts as the loader (refused and logged)."""
-        from sandboxctl.supervise.mediate_calls import Entry, Resolver
+        from sandboxctl.supervise.mediate_calls import Entry
+        from sandboxctl.supervise.mediate_resolve import Resolver
 
         try:
             fd = fdops.openat2(base, path, os.O_PATH | os.O_CLOEXEC, 0,

@@ -173,7 +173,7 @@ class Loop:
 
     def _sandbox_root(self) -> int | None:
         """A descriptor of the sandbox's root, opened from its init (proved alive after the open),
-        for resolving paths in the sandbox's view (supervise/mediate_calls.Resolver, exec records)."""
+        for resolving paths in the sandbox's view (supervise/mediate_resolve.Resolver, exec records)."""
         init = self._init_pid()
         with self.pidfds_lock:
             if not init or self.init_pidfd is None:

@@ -45,7 +45,7 @@ from sandboxctl.plan.model import Plan
 from sandboxctl.protect.rules import Protection
 from sandboxctl.supervise import fdops
 from sandboxctl.supervise.mediate_answers import Answers
-from sandboxctl.supervise.mediate_calls import Call, Entry, Resolver, read_call, sandbox_path
+from sandboxctl.supervise.mediate_calls import Call, Entry, read_call, sandbox_path
 from sandboxctl.supervise.mediate_changes import (  # noqa: F401 - imported from here
     AT_EMPTY_PATH,
     AT_REMOVEDIR,
@@ -67,6 +67,7 @@ from sandboxctl.supervise.mediate_opens import (  # noqa: F401 - imported from h
     O_TRUNC,
     Opens,
 )
+from sandboxctl.supervise.mediate_resolve import Resolver
 from sandboxctl.supervise.notify import Notification, respond, still_valid
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
@@ -110,7 +111,7 @@ class Mediator(Judgement, Opens, Changes, Answers):
                  protected_inodes: Mapping[tuple[int, int], str] | None = None, log_allowed: bool = True, *,
                  root: int | None, protected_incomplete: str | bool | None = None,
                  log_soon: Callable[..., None] | None = None):
-        """root: a descriptor of the sandbox's root, now the Mediator's (mediate_calls.Resolver);
+        """root: a descriptor of the sandbox's root, now the Mediator's (mediate_resolve.Resolver);
         None: nothing is resolved (the run is failing: the sandbox's root could not be opened).
         log_soon: where the records of performed calls go once the kernel has the answer (queued
         for the log's thread, ActionLog.write_soon: in order, before any later record); denials

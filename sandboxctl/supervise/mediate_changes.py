@@ -15,7 +15,8 @@ import stat
 
 from sandboxctl import lazyre
 from sandboxctl.supervise import fdops
-from sandboxctl.supervise.mediate_calls import Entry, Unresolved, is_dir, sandbox_path
+from sandboxctl.supervise.mediate_calls import Entry, is_dir, sandbox_path
+from sandboxctl.supervise.mediate_resolve import Unresolved
 from sandboxctl.supervise.notify import respond
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here

@@ -17,7 +17,8 @@ from sandboxctl.paths import within
 from sandboxctl.protect import names
 from sandboxctl.protect.names import GITDIR_MARKERS, gitdir_marker
 from sandboxctl.supervise import aliases
-from sandboxctl.supervise.mediate_calls import Entry, Unresolved, exists_at
+from sandboxctl.supervise.mediate_calls import Entry, exists_at
+from sandboxctl.supervise.mediate_resolve import Unresolved
 from sandboxctl.supervise.notify import respond
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
@@ -233,6 +234,11 @@ def _lock_markers(entry: Entry, opened: list[int]) -> str | None:
 # ------------------------------------------------------------------ the host's git config, meanwhile
 POLL_S = 0.01
 SPACING = 50  # a poll costs at most 1/50 of the time between two (thousands of nested repositories)
+# up to this many config files (a repository and a nested one, with the host's global ones) are
+# statted before every judged call: spaced by POLL_S, a sandbox making calls all the time and
+# watching .git/config rewrote .husky/pre-commit within the 10 ms after the host set
+# core.hooksPath, 5 times in 5 (review rev); a few stats cost microseconds against a call's ~100
+EVERY_CALL = 8
 
 
 def _signature(path: str) -> tuple[int, ...] | None:
@@ -254,11 +260,13 @@ class LiveGitRefs:
     (they are protected), so a change of one is the host's: the mediator asks `poll()` before it
     judges a call, and holds the new targets as the planner would have.
 
-    Cost: one stat per config file, at most once per POLL_S (a run of 10 000 writes in a second stats
-    them 100 times), and never more than 1/SPACING of the time (a workspace of thousands of nested
-    repositories is looked at less often). A target becomes held within POLL_S of the host's change (never before it:
-    what the sandbox wrote there until then is its, as any file of the workspace the user then
-    chooses to run).
+    Cost: one stat per config file before every judged call where there are at most EVERY_CALL of
+    them (a target is then held from the host's change on: a call judged after it sees it); past
+    that, at most once per POLL_S (a run of 10 000 writes in a second stats them 100 times), and
+    never more than 1/SPACING of the time (a workspace of thousands of nested repositories is looked
+    at less often): a target becomes held within POLL_S of the host's change, a window a sandbox
+    watching the config can write in. Never before it: what the sandbox wrote there until then is
+    its, as any file of the workspace the user then chooses to run.
     """
 
     def __init__(self, gitdirs: tuple[str, ...], repositories: tuple[str, ...], home: str):
@@ -272,24 +280,34 @@ class LiveGitRefs:
             self.configs.append((template.replace("{home}", home), None, worktrees))
         self.home = home
         self.seen = {path: _signature(path) for path, _, _ in self.configs}
+        # read once at the first poll, for the files they include: a change of an included file
+        # (~/.gitconfig.local setting core.hooksPath) was never seen, only the including one's (review rev)
+        self.unread = {path for path, _, _ in self.configs if self.seen[path] is not None}
         self.next_poll = time.monotonic() + POLL_S
 
     def poll(self) -> list[tuple[str, str]]:
         """(path, why) for what a config file changed since the last poll now points at (all of
         its references: the caller keeps what is new and under its roots)."""
         now = time.monotonic()
-        if now < self.next_poll:
+        if now < self.next_poll and len(self.configs) > EVERY_CALL:
             return []
         found: list[tuple[str, str]] = []
-        for path, worktree, worktrees in self.configs:
+        for path, worktree, worktrees in list(self.configs):
             signature = _signature(path)
-            if signature == self.seen[path]:
+            changed = signature != self.seen[path]
+            if not changed and path not in self.unread:
                 continue
             self.seen[path] = signature
-            from sandboxctl.protect import gitconfig  # only once a config changed
+            self.unread.discard(path)
+            from sandboxctl.protect import gitconfig  # only once a config changed (or at the first poll)
 
             hooks, includes = gitconfig.references(path, self.home, worktree)
-            found += gitconfig.held_targets(path, hooks, includes, worktrees)
+            if changed:  # unchanged since launch: the planner held what it leads to (or released it)
+                found += gitconfig.held_targets(path, hooks, includes, worktrees)
+            for included in includes:  # watched from now on, as the file including it (read just now)
+                if included not in self.seen:
+                    self.seen[included] = _signature(included)
+                    self.configs.append((included, worktree, worktrees))
         done = time.monotonic()
         self.next_poll = done + max(POLL_S, (done - now) * SPACING)
         return found

@@ -17,8 +17,9 @@ import threading
 import time
 
 from sandboxctl.supervise import fdops
-from sandboxctl.supervise.mediate_calls import Entry, Unresolved, sandbox_path
+from sandboxctl.supervise.mediate_calls import Entry, sandbox_path
 from sandboxctl.supervise.mediate_changes import NO_SETID
+from sandboxctl.supervise.mediate_resolve import Unresolved
 from sandboxctl.supervise.notify import respond
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here

@@ -1,6 +1,6 @@
 """A directory path resolved as the caller's own kernel would, where openat2 in our view cannot.
 
-Part of the Mediator's resolution (mediate_calls.Resolver). openat2(RESOLVE_IN_ROOT) from the
+Part of the Mediator's resolution (mediate_resolve.Resolver). openat2(RESOLVE_IN_ROOT) from the
 sandbox's root walks as the caller does except where the walk depends on who walks: /proc/self
 and /proc/thread-self name the reader, and the supervisor has no pid in the sandbox's /proc (so
 they are "missing" for us: ENOENT), and magic links (/proc/PID/cwd, root, fd/N) are refused
@@ -22,7 +22,7 @@ import errno
 import os
 import stat
 
-from sandboxctl.supervise.mediate_calls import Unresolved
+from sandboxctl.supervise.mediate_resolve import Budget, Unresolved
 
 MAX_SYMLINKS = 40  # the kernel's MAXSYMLINKS: the 41st symlink of one lookup fails with ELOOP
 PROC_ROOT_INO = 1  # procfs' root directory
@@ -49,11 +49,15 @@ def caller_ids(pid: int) -> tuple[str, str] | None:
     return (tgid, tid) if tgid and tid else None
 
 
-def walk(root: int, pid: int, path: str, links: int = 0) -> tuple[int, str] | str | Unresolved:
+def walk(root: int, pid: int, path: str, links: int = 0,
+         budget: Budget | None = None) -> tuple[int, str] | str | Unresolved:
     """The directory `path` (absolute, in the sandbox's view) as the caller's kernel reaches it:
     (our O_PATH descriptor of it, the path the kernel reads back for it), or the errno name its
     lookup certainly fails with (ENOENT, ENOTDIR, ELOOP), or Unresolved. `links`: symlinks the
-    caller's lookup has already followed (a final one the Resolver followed before)."""
+    caller's lookup has already followed (a final one the Resolver followed before). `budget`: the
+    call's, shared by its walks (MAX_STEPS and MAX_SYMLINKS hold for the call, not each walk)."""
+    budget = budget if budget is not None else Budget()
+    links = max(links, budget.links)
     ids: tuple[str, str] | None = None
     parts = [p for p in path.split("/") if p and p != "."]
     parts.reverse()  # a stack: the next component last
@@ -62,13 +66,12 @@ def walk(root: int, pid: int, path: str, links: int = 0) -> tuple[int, str] | st
     proc_dev: int | None = None
     retries = 0
     try:
-        steps = 0
         while parts:
             part = parts.pop()
             if part == ".":
                 continue
-            steps += 1
-            if steps > MAX_STEPS:
+            budget.steps += 1
+            if budget.steps > MAX_STEPS:
                 return Unresolved(f"the path takes more than {MAX_STEPS} lookups to walk")
             if part == "..":
                 if done:  # at the root `..` stays there, as it does for the caller
@@ -101,6 +104,7 @@ def walk(root: int, pid: int, path: str, links: int = 0) -> tuple[int, str] | st
                 if not stat.S_ISLNK(st.st_mode):
                     return "ENOTDIR"
                 links += 1
+                budget.links = links
                 if links > MAX_SYMLINKS:
                     return "ELOOP"
                 in_proc = proc_dev is not None and done[:1] == ["proc"]

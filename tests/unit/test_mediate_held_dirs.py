@@ -8,8 +8,9 @@ import os
 
 import pytest
 
-from sandboxctl.supervise import mediate_calls
-from sandboxctl.supervise.mediate_calls import Entry, Resolver
+from sandboxctl.supervise import mediate_resolve
+from sandboxctl.supervise.mediate_calls import Entry
+from sandboxctl.supervise.mediate_resolve import Resolver
 
 
 @pytest.fixture
@@ -101,7 +102,7 @@ def test_a_directory_reached_through_a_symlink_is_not_held(tree):
 
 def test_a_descriptor_dropped_during_a_call_stays_open_until_the_call_ends(tree, monkeypatch):
     base, resolver = tree
-    monkeypatch.setattr(mediate_calls, "MAX_HELD_DIRS", 2)
+    monkeypatch.setattr(mediate_resolve, "MAX_HELD_DIRS", 2)
     for name in ("a", "b", "c"):
         (base / name).mkdir()
     opened: list[int] = []
@@ -118,7 +119,7 @@ def test_the_least_recently_used_directory_goes_first(tree, monkeypatch):
     """A directory used again stays held while newer ones come and go (git's .git between the
     objects/xx directories each commit makes)."""
     base, resolver = tree
-    monkeypatch.setattr(mediate_calls, "MAX_HELD_DIRS", 2)
+    monkeypatch.setattr(mediate_resolve, "MAX_HELD_DIRS", 2)
     for name in ("a", "b", "c"):
         (base / name).mkdir()
     for path in (f"{base}/a/x", f"{base}/b/x", f"{base}/a/y", f"{base}/c/x"):  # /a used again before /c comes

@@ -5,13 +5,14 @@ sandbox, and every answer can be checked against the kernel's own lookup of the 
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 
 import pytest
 
 from sandboxctl.supervise import mediate_walk
-from sandboxctl.supervise.mediate_calls import Entry, Resolver
-from sandboxctl.supervise.mediate_walk import Unresolved
+from sandboxctl.supervise.mediate_calls import Entry
+from sandboxctl.supervise.mediate_resolve import Resolver, Unresolved
 
 
 @pytest.fixture
@@ -117,3 +118,66 @@ def test_a_walk_made_endless_by_its_links_is_cut_short(root, tmp_path):
         previous = f"{tmp_path}/u{i}"
     found = walked(root, previous)
     assert isinstance(found, Unresolved) and "lookups" in found.why
+
+
+class _CountingOs:
+    """mediate_walk's `os`, counting the lookups its walks make (every other name is os's own)."""
+
+    def __init__(self) -> None:
+        self.opens = 0
+
+    def open(self, *args, **kwargs):
+        self.opens += 1
+        return os.open(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(os, name)
+
+
+def _entry(path: str):
+    resolver = Resolver(os.open("/", os.O_PATH | os.O_DIRECTORY))
+    opened: list[int] = []
+    try:
+        found = resolver.entry(os.getpid(), path, opened, follow=True)
+        return found.path if isinstance(found, Entry) else found
+    finally:
+        for fd in opened:
+            os.close(fd)
+        resolver.close()
+
+
+def test_the_lookup_cap_holds_for_the_call_not_for_each_of_its_walks(tmp_path, monkeypatch):
+    """Review rev: a final link leading to itself through /proc/self and two links of 1 600 `..`
+    each: the Resolver followed it 35 times, walking each parent afresh with a cap of its own —
+    115 000 lookups, a third of a second of the supervisor's time for one open."""
+    (tmp_path / "p").symlink_to(f"/proc/self/root{tmp_path}")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "b").symlink_to("d/.." + "/d/.." * 815)
+    (tmp_path / "f").symlink_to(f"{tmp_path}/p/b/b/f")
+    counting = _CountingOs()
+    monkeypatch.setattr(mediate_walk, "os", counting)
+    found = _entry(f"{tmp_path}/f")
+    assert isinstance(found, Unresolved) and "lookups" in found.why, found
+    assert counting.opens <= mediate_walk.MAX_STEPS + 16, counting.opens
+
+
+@pytest.mark.parametrize(("hops", "via", "per_hop"), [(10, "p/", 4), (11, "p/", 4), (13, "/proc/self/root", 3),
+                                                     (14, "/proc/self/root", 3)])
+def test_final_links_and_the_walks_between_them_count_as_the_kernels_forty(tmp_path, hops, via, per_hop):
+    """Each of g0 -> p/g1 -> … (p -> /proc/self/root/TMP) is four links to the kernel (g, p, self,
+    root), but each walk counted only the final links before it, and /proc/self/root/TMP/g1 (taken
+    apart before any walk) none at all: 11 and 14 of them were resolved, and the file created,
+    where the caller's own open fails with ELOOP."""
+    (tmp_path / "p").symlink_to(f"/proc/self/root{tmp_path}")
+    names = [f"g{i}" for i in range(hops)] + ["x"]
+    for name, nxt in itertools.pairwise(names):
+        (tmp_path / name).symlink_to(f"{via}{tmp_path}/{nxt}" if via.startswith("/") else f"{via}{nxt}")
+    found = _entry(f"{tmp_path}/g0")
+    try:
+        fd = os.open(tmp_path / "g0", os.O_WRONLY | os.O_CREAT, 0o600)
+    except OSError as exc:
+        assert exc.errno == errno.ELOOP and hops * per_hop > 40
+        assert found == "ELOOP"
+    else:
+        os.close(fd)
+        assert hops * per_hop <= 40 and found == str(tmp_path / "x")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from sandboxctl.protect.rules import Protection
@@ -29,14 +30,31 @@ def test_a_hooks_path_set_after_launch_is_found_once(tmp_path: Path, monkeypatch
 
 
 def test_polls_are_spaced(tmp_path: Path, monkeypatch) -> None:
-    """Asked before every mediated call: the files are statted at most once per POLL_S."""
+    """Asked before every mediated call: many files (nested repositories) are statted at most
+    once per POLL_S."""
     monkeypatch.setattr(live, "POLL_S", 3600.0)
-    _, gitdir = _repository(tmp_path)
+    gitdirs = []
+    for i in range(3):  # 3 x 2 config files and the 3 global ones: more than EVERY_CALL
+        _, gitdir = _repository(tmp_path / f"r{i}")
+        gitdirs.append(str(gitdir))
+    watch = live.LiveGitRefs(tuple(gitdirs), tuple(gitdirs), str(tmp_path / "home"))
+    assert len(watch.configs) > live.EVERY_CALL
+    watch.next_poll = 0.0
+    assert watch.poll() == []
+    Path(gitdirs[0], "config").write_text("[core]\n\thooksPath = hooks-elsewhere\n")
+    assert watch.poll() == []  # within POLL_S of the last look
+
+
+def test_a_few_config_files_are_looked_at_before_every_call(tmp_path: Path, monkeypatch) -> None:
+    """Review rev: spaced by POLL_S, a sandbox making calls all the time wrote the hook within the
+    10 ms after the host set core.hooksPath. A repository's files and the global ones are few."""
+    monkeypatch.setattr(live, "POLL_S", 3600.0)
+    ws, gitdir = _repository(tmp_path)
     watch = live.LiveGitRefs((str(gitdir),), (str(gitdir),), str(tmp_path / "home"))
     watch.next_poll = 0.0
     assert watch.poll() == []
-    (gitdir / "config").write_text("[core]\n\thooksPath = hooks-elsewhere\n")
-    assert watch.poll() == []  # within POLL_S of the last look
+    (gitdir / "config").write_text("[core]\n\thooksPath = .husky\n")
+    assert [path for path, _ in watch.poll()] == [str(ws / ".husky")]
 
 
 def test_a_global_config_include_is_found(tmp_path: Path, monkeypatch) -> None:
@@ -79,3 +97,37 @@ def test_each_root_glob_has_one_star_in_its_last_part() -> None:
         *dirs, last = glob.split("/")
         assert last.count("*") == 1 and not any("*" in d for d in dirs) and len(dirs) <= 1, glob
         assert glob == names.fold_path(glob), glob
+
+
+def test_a_fifo_a_config_includes_is_passed_over_without_waiting(tmp_path: Path) -> None:
+    """Review rev: references() opened an included FIFO for reading and waited for a writer that
+    never came — the supervisor's poll, and with it every mediated call of the run and its end."""
+    import subprocess
+    import sys
+
+    os.mkfifo(tmp_path / "inc")
+    (tmp_path / "other").write_text("[core]\n\thooksPath = /elsewhere/hooks\n")
+    (tmp_path / "config").write_text(f"[include]\n\tpath = {tmp_path}/inc\n\tpath = {tmp_path}/other\n")
+    code = ("import sys; from sandboxctl.protect import gitconfig; "
+            "print(gitconfig.references(sys.argv[1], '/nowhere', None))")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "config")], capture_output=True, text=True,
+                          timeout=20)
+    assert done.returncode == 0, done.stderr
+    assert "/elsewhere/hooks" in done.stdout and f"{tmp_path}/inc" in done.stdout  # still held, never read
+
+
+def test_a_change_of_an_included_file_is_seen(tmp_path: Path, monkeypatch) -> None:
+    """Review rev: only the files named at launch were statted; ~/.gitconfig including
+    ~/.gitconfig.local, the host's change of the latter (core.hooksPath) was never seen."""
+    monkeypatch.setattr(live, "POLL_S", 0.0)
+    monkeypatch.setattr(live, "SPACING", 0)
+    ws, gitdir = _repository(tmp_path)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".gitconfig").write_text(f"[include]\n\tpath = {home}/.gitconfig.local\n")
+    (home / ".gitconfig.local").write_text("[user]\n\tname = x\n")
+    watch = live.LiveGitRefs((str(gitdir),), (str(gitdir),), str(home))
+    assert watch.poll() == []  # unchanged since launch: the planner's
+    (home / ".gitconfig.local").write_text("[core]\n\thooksPath = .githooks\n")
+    found = watch.poll()
+    assert [path for path, _ in found] == [str(ws / ".githooks")], found
