@@ -23,6 +23,16 @@ if not shutil.which("bwrap"):
     pytest.skip("bubblewrap is not installed (apt-get install bubblewrap)", allow_module_level=True)
 
 
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A host directory outside the workspace (policies show it read-only, or not at all): the
+    place writes escape to. Its parent is made searchable for an unprivileged run's view."""
+    path = tmp_path / "outside"
+    path.mkdir()
+    os.chmod(tmp_path, 0o755)
+    return path
+
+
 class Sandbox:
     """Runs `sandboxctl run` in a subprocess with a private HOME/state/workspace."""
 

@@ -45,15 +45,6 @@ for target in sys.argv[1:]:
 
 
 @pytest.fixture
-def outside(tmp_path: Path) -> Path:
-    """A host directory the policy shows read-only: the place writes escape to."""
-    path = tmp_path / "outside"
-    path.mkdir()
-    os.chmod(tmp_path, 0o755)
-    return path
-
-
-@pytest.fixture
 def runtime(monkeypatch: pytest.MonkeyPatch):
     """A private runtime dir (short: socket paths are limited to 108 bytes)."""
     path = Path(tempfile.mkdtemp(prefix="sbx-rt-"))

@@ -18,14 +18,6 @@ from .test_redteam_rt13 import BOTTOM_RIGHT, FakeTerminal, _approvals
 from .test_terminal import _spawn_on_pty
 
 
-@pytest.fixture
-def outside(tmp_path: Path) -> Path:
-    path = tmp_path / "outside"
-    path.mkdir()
-    os.chmod(tmp_path, 0o755)
-    return path
-
-
 def _sandbox_threads(supervisor: int) -> dict[int, str]:
     """tid -> state of every thread of the sandbox's processes but its PID-namespace init (the
     host's view; the supervisor's own helpers are in the host's namespace and not counted)."""

@@ -34,13 +34,6 @@ def box(workspace):
     return Sandbox(workspace=workspace)
 
 
-@pytest.fixture
-def outside(tmp_path: Path) -> Path:
-    path = tmp_path / "outside"
-    path.mkdir()
-    return path
-
-
 def _policy(tmp_path: Path, outside: Path) -> str:
     path = tmp_path / "lib-policy.yaml"
     path.write_text(f"""

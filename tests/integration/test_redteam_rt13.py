@@ -26,14 +26,6 @@ from .test_terminal import _spawn_on_pty
 BOTTOM_RIGHT = "╯".encode()
 
 
-@pytest.fixture
-def outside(tmp_path: Path) -> Path:
-    """A host directory the policy shows read-only: the place writes escape to."""
-    path = tmp_path / "outside"
-    path.mkdir()
-    os.chmod(tmp_path, 0o755)
-    return path
-
 # The command: a thread keeps writing QUERY to the terminal; the main thread writes outside the
 # writable set, so the prompt is up while the queries go on.
 QUERYING_WRITER = r"""
