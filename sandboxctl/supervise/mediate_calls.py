@@ -12,6 +12,7 @@ import stat
 from sandboxctl import lazyre
 from sandboxctl.plan.syscalls import OPEN_CALLS
 from sandboxctl.record import Record
+from sandboxctl.supervise import processes
 from sandboxctl.supervise.notify import AT_FDCWD, Notification, ProcessMemory
 
 O_CREAT, O_TRUNC = os.O_CREAT, os.O_TRUNC
@@ -212,11 +213,5 @@ def _read_bind(n: Notification, a: list[int], low: list[int]) -> Call | None:
 
 def leader(pid: int) -> int | None:
     """The host pid of the thread `pid`'s process (the Tgid of its status)."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as handle:
-            for line in handle:
-                if line.startswith(b"Tgid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
+    tgid = processes.status_fields(pid, "Tgid").get("Tgid", "")
+    return int(tgid) if tgid.isdigit() else None

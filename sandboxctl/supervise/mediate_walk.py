@@ -22,6 +22,7 @@ import errno
 import os
 import stat
 
+from sandboxctl.supervise import processes
 from sandboxctl.supervise.mediate_resolve import Budget, Unresolved
 
 MAX_SYMLINKS = 40  # the kernel's MAXSYMLINKS: the 41st symlink of one lookup fails with ELOOP
@@ -35,18 +36,8 @@ _DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 def caller_ids(pid: int) -> tuple[str, str] | None:
     """The caller's thread-group id and thread id in the sandbox's PID namespace (the last
     NStgid and NSpid fields of its status), as text: what /proc/self and /proc/thread-self name."""
-    tgid = tid = None
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("NStgid:"):
-                    tgid = line.split()[-1]
-                elif line.startswith("NSpid:"):
-                    tid = line.split()[-1]
-                    break
-    except OSError:
-        return None
-    return (tgid, tid) if tgid and tid else None
+    ids = processes.status_fields(pid, "NStgid", "NSpid")
+    return (ids["NStgid"], ids["NSpid"]) if len(ids) == 2 else None
 
 
 def walk(root: int, pid: int, path: str, links: int = 0,

@@ -64,6 +64,25 @@ def _threads(pid: int) -> list[int] | list[str]:
     return os.listdir(f"/proc/{pid}/task")
 
 
+def status_fields(pid: int, *wanted: str) -> dict[str, str]:
+    """The last value of each wanted field of /proc/PID/status (the innermost PID namespace's, for
+    NStgid and NSpid), read up to the last one wanted; {} when it cannot be read. One reader for
+    the thread's leader (Tgid) and its ids in the sandbox's namespace (mediate_calls, mediate_walk,
+    sandbox_paths: /proc/self and /proc/thread-self name those)."""
+    found: dict[str, str] = {}
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key in wanted and value.split():
+                    found[key] = value.split()[-1]
+                    if len(found) == len(wanted):
+                        break
+    except OSError:
+        return {}
+    return found
+
+
 def command_pids(init_pid: int) -> list[int]:
     """The direct children of the sandbox init: the command (and anything it left at top level)."""
     try:

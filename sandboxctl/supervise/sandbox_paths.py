@@ -16,7 +16,7 @@ import stat
 
 from sandboxctl import lazyre
 from sandboxctl.record import Record
-from sandboxctl.supervise import fdops
+from sandboxctl.supervise import fdops, processes
 
 MAX_LINKS = 40
 PROC_MEMORY = lazyre.Pattern(r"^/proc/(self|thread-self|\d+)(/task/(\d+))?/mem$", ("/proc/",))
@@ -200,11 +200,4 @@ def _host_tid(tgid: int, tid: str) -> str:
 
 def _ns_pid(pid: int) -> str | None:
     """The caller's pid inside the sandbox (the last NSpid field)."""
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("NSpid:"):
-                    return line.split()[-1]
-    except OSError:
-        return None
-    return None
+    return processes.status_fields(pid, "NSpid").get("NSpid")
