@@ -13,6 +13,7 @@ fnmatch and ntpath it imports) is ~4 ms of every run's CPU. `pure`, `join`, `par
 from __future__ import annotations
 
 import os
+import stat
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings here
 if TYPE_CHECKING:
@@ -320,6 +321,26 @@ def _refuse_others(where: str) -> None:
         raise SandboxError(f"{where} is reached through a directory another user may change: {why}",
                            "remove the others' write access on the way (chmod g-w,o-w), or set XDG_STATE_HOME / "
                            "XDG_RUNTIME_DIR to a directory only you and root can change")
+
+
+def open_regular(path: str) -> int | None:
+    """A descriptor of path if it is a regular file (links followed, as git does), opened so that
+    nothing waits for a writer or a device: stat first (no device is opened), then fstat. For
+    files a sandbox may have made into a FIFO or a device: git's refs and index, the host's git
+    config and what it includes (protect/history_refs, protect/gitconfig)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return None
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):  # swapped between the two (another run in the workspace)
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
 
 
 def expand(path: str, *, workspace: str, home: str, state: str | None = None) -> str:

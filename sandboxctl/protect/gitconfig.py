@@ -12,9 +12,9 @@ files a human wrote; it errs towards reporting more paths, never fewer.
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Callable
 
+from sandboxctl.paths import open_regular
 from sandboxctl.record import Record
 
 MAX_DEPTH = 10  # git's own include depth limit
@@ -111,13 +111,10 @@ def _read_regular(path: str) -> str | None:
     """A config file's first MiB, if it is a regular file. Opened without waiting: a FIFO named by
     an include (one the sandbox made where the host's config came to include a file) held the
     supervisor's open, and with it every mediated call of the run and its end (review rev)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    except OSError:
+    fd = open_regular(path)
+    if fd is None:
         return None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
         with os.fdopen(fd, encoding="utf-8", errors="replace", closefd=False) as handle:
             return handle.read(1 << 20)
     except (OSError, ValueError):

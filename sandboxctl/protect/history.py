@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import os
 
-from sandboxctl.paths import within
+from sandboxctl.paths import open_regular, within
 from sandboxctl.protect import names
 from sandboxctl.protect.history_refs import (  # re-exported: the check's callers and tests read them here
     APPLY,
@@ -28,7 +28,6 @@ from sandboxctl.protect.history_refs import (  # re-exported: the check's caller
     MAX_REFS,
     TODO,
     TODO_FILES,
-    _open_regular,
     gitdirs_of,
     refs,
 )
@@ -150,7 +149,7 @@ def _blob_id(path: str, length: int) -> str | None:
             return digest.hexdigest()
     except OSError:
         return None
-    fd = _open_regular(path)
+    fd = open_regular(path)
     if fd is None:
         return None
     with os.fdopen(fd, "rb") as handle:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
+
+from sandboxctl.paths import open_regular
 
 MAX_REFS = 20_000  # past that (a repository with that many loose tags) the refs are not recorded
 MAX_PACKED = 64 << 20  # bytes of packed-refs read; past that, as past MAX_REFS
@@ -25,7 +26,7 @@ INDEX = "\0index"  # the key of the index's identity among the refs
 def _read(path: str, limit: int = 1 << 16) -> str | None:
     """A regular file's first bytes, never blocking: the sandbox may leave a FIFO, a device or a
     link to one where a ref is (red team rt11: a FIFO in refs/heads held the run's end for ever)."""
-    fd = _open_regular(path)
+    fd = open_regular(path)
     if fd is None:
         return None
     try:
@@ -34,24 +35,6 @@ def _read(path: str, limit: int = 1 << 16) -> str | None:
         return None
     finally:
         os.close(fd)
-
-
-def _open_regular(path: str) -> int | None:
-    """A descriptor of path if it is a regular file (links followed, as git does), opened so that
-    nothing waits for a writer or a device: stat first (no device is opened), then fstat."""
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return None
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except (OSError, ValueError):
-        return None
-    try:
-        if stat.S_ISREG(os.fstat(fd).st_mode):  # swapped between the two (another run in the workspace)
-            return fd
-    except OSError:
-        pass
-    os.close(fd)
-    return None
 
 
 def gitdirs_of(repository: str) -> tuple[str, str] | None:
