@@ -24,9 +24,10 @@ freeze is used only when the kernel granted it (launch/shim.py; run.start's laye
 
 A process found already stopped (by the command itself, or a tracer) is left alone and never
 continued, but looked at again every round: one continued by a process not stopped yet is stopped
-then like any other (rt16: it ticked through a whole panel); only what was stopped here is continued (children before parents), and `release`
-runs in a `finally` of the prompt's thread. If the supervisor dies, bubblewrap's --die-with-parent
-kills the sandbox, stopped processes included (SIGKILL needs no continue).
+then like any other (rt16: it ticked through a whole panel); only what was stopped here is
+continued (children before parents), and `release` runs in a `finally` of the prompt's thread.
+If the supervisor dies, bubblewrap's --die-with-parent kills the sandbox, stopped processes
+included (SIGKILL needs no continue).
 """
 
 from __future__ import annotations
