@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
+from pathlib import Path
+
+from tests.integration.test_protected_paths import git, repo
+from tests.integration.test_redteam_rev import HOOK, _hidden_hooks
 
 from .test_approvals import _policy
 from .test_freeze import _size
@@ -63,3 +68,27 @@ def test_a_process_found_stopped_and_continued_by_another_is_stopped_again(sandb
         os.close(master)
     assert during == 0, f"a process of the sandbox ticked {during} times while the panel waited"
     assert [a["answer"] for a in _approvals(sandbox)] == ["deny"]
+
+
+def test_a_hardlink_planted_before_the_host_sets_hooks_path_is_no_way_in(sandbox, tmp_path: Path) -> None:
+    """The sandbox made `alias`, a hardlink of hidden/pre-commit, while nothing ran it; the host then
+    set core.hooksPath = hidden (LiveGitRefs): hidden/ was held by name only, the write through
+    `alias` landed in the hook, and the host's next commit ran it."""
+    canary = tmp_path / "CANARY"
+    ws = repo(sandbox.workspace, sandbox.home)
+    _hidden_hooks(ws)
+    script = ("ln hidden/pre-commit alias && echo > ready; i=0; while ! grep -q hooksPath .git/config; do "
+              "i=$((i+1)); [ $i -gt 400 ] && exit 3; sleep 0.05; done; "
+              f"printf 'touch {canary}\\n' >> alias; echo rc=$?")
+    process = subprocess.Popen(sandbox.argv("--", "/bin/sh", "-c", script), cwd=ws, env=sandbox.env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(400):
+        if (ws / "ready").exists() or process.poll() is not None:
+            break
+        time.sleep(0.05)
+    git(ws, "config", "core.hooksPath", "hidden", home=sandbox.home)
+    out, err = process.communicate(timeout=60)
+    assert "rc=" in out, err  # the sandbox saw the change and tried
+    git(ws, "commit", "-q", "--allow-empty", "-m", "x", home=sandbox.home, check=False)
+    assert not canary.exists(), out + err
+    assert (ws / "hidden" / "pre-commit").read_text() == HOOK
