@@ -92,3 +92,47 @@ def test_a_hardlink_planted_before_the_host_sets_hooks_path_is_no_way_in(sandbox
     git(ws, "commit", "-q", "--allow-empty", "-m", "x", home=sandbox.home, check=False)
     assert not canary.exists(), out + err
     assert (ws / "hidden" / "pre-commit").read_text() == HOOK
+
+
+# The #! line's argument and a memfd's name carry terminal controls, bidi overrides, invalid UTF-8
+# and a long run; the exec records' `interpreter` and `resolved` hold them.
+HOSTILE = b"\x1b]0;owned\x07\x1b[2J\x1b[H\r\nFAKE approval\xe2\x80\xae\xff\xfe" + b"A" * 200
+MEMFD_EXEC = r"""
+import os, sys
+hostile = bytes.fromhex(sys.argv[1])
+fd = os.memfd_create(hostile.decode("utf-8", "surrogateescape")[:240], 0)  # 249 bytes at most
+os.write(fd, open("/bin/true", "rb").read())
+if os.fork() == 0:
+    os.execv(f"/proc/self/fd/{fd}", ["innocent"])
+os.wait()
+if os.fork() == 0:
+    os.execv("./hostile.sh", ["./hostile.sh"])
+os.wait()
+"""
+
+
+def test_hostile_interpreter_and_memfd_names_are_inert_in_the_log(sandbox):
+    import json
+    import subprocess as sp
+    import sys
+
+    script = sandbox.workspace / "hostile.sh"
+    script.write_bytes(b"#!/bin/true " + HOSTILE + b"\nexit 0\n")
+    script.chmod(0o755)
+    result = sandbox.run("--", "python3", "-c", MEMFD_EXEC, HOSTILE.hex())
+    assert result.returncode == 0, result.stderr
+    execs = [r for r in sandbox.records() if r["event"] == "exec"]
+    assert any("interpreter" in r for r in execs) and any("memfd" in r.get("resolved", "") for r in execs), execs
+    shown = sp.run([sys.executable, "-m", "sandboxctl", "log", "--event", "exec"],
+                   env=sandbox.env({"COLUMNS": "300"}), capture_output=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout
+    for bad in (b"\x1b", b"\x07", b"\r", "\u202e".encode(), b"\xff", b"FAKE approval\n"):
+        assert bad not in out, (bad, out[-3000:])
+    assert len(out.splitlines()) < 40, out[-3000:]
+    assert b"FAKE approval" in out and b"owned" in out, out[-3000:]  # shown, escaped
+    for line in sandbox.log_path.read_bytes().splitlines():  # every record is one JSON line
+        json.loads(line)
+    verify = sp.run([sys.executable, "-m", "sandboxctl", "log", "--verify"], env=sandbox.env(),
+                    capture_output=True, timeout=60)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
