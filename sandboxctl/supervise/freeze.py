@@ -122,15 +122,17 @@ class Freeze:
         self.holding = False
 
     def _stop_new(self) -> bool:
-        """SIGSTOP each process of the sandbox not met yet; whether any was met."""
+        """SIGSTOP each process of the sandbox not met yet; whether any was met (stopped or not)."""
         fresh = False
         for pid in processes.descendants(self.init_pid):
             if pid in self.stopped or pid in self.left:
                 continue
+            fresh = True
             pidfd = processes.open_member(pid, self.namespace)
             if pidfd is None:
+                # gone between the listing and here, maybe after a fork: its child is in no listing
+                # made so far, so list once more (rt16: chains of fork-and-exit ran through the panel)
                 continue
-            fresh = True
             if _stopped_already(pid):
                 self.left[pid] = pidfd
                 continue

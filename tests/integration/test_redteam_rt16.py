@@ -11,7 +11,7 @@ from tests.integration.test_protected_paths import git, repo
 from tests.integration.test_redteam_rev import HOOK, _hidden_hooks
 
 from .test_approvals import _policy
-from .test_freeze import _size
+from .test_freeze import _sandbox_threads, _size
 from .test_redteam_rt13 import BOTTOM_RIGHT, FakeTerminal, _approvals
 from .test_terminal import _spawn_on_pty
 
@@ -136,3 +136,53 @@ def test_hostile_interpreter_and_memfd_names_are_inert_in_the_log(sandbox):
     verify = sp.run([sys.executable, "-m", "sandboxctl", "log", "--verify"], env=sandbox.env(),
                     capture_output=True, timeout=60)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+# Six chains of fork-and-exit (each process forks and exits at once) and a ticker; then the ask.
+WALKERS = r"""
+import os, subprocess, sys, time
+ticker = subprocess.Popen([sys.executable, "-c",
+    "import time\nwhile True:\n    open('ticks', 'a').write('t')\n    time.sleep(0.02)"])
+walk = "import os, time\nend = time.time() + 6\nwhile time.time() < end:\n    if os.fork():\n        os._exit(0)\n"
+walkers = [subprocess.Popen([sys.executable, "-c", walk]) for _ in range(6)]
+time.sleep(0.5)
+try:
+    open(sys.argv[1], "w")
+except OSError as exc:
+    print("\r\nrefused", exc.errno, flush=True)
+time.sleep(0.5)
+print("\r\nafter", flush=True)
+time.sleep(7)
+ticker.kill()
+print("\r\nall done", flush=True)
+"""
+
+
+def test_fork_and_exit_chains_never_run_through_a_panel(sandbox, outside):
+    """A process listed by the freeze and gone before its pidfd was opened (it forked and exited)
+    counted as nothing new: its child was in no listing, and the panel was drawn with six
+    sandbox processes running. Either the panel shows over a still sandbox, or the ask is denied
+    within the freeze's bound; after it, nothing is left stopped."""
+    ticks = sandbox.workspace / "ticks"
+    proc, master = _spawn_on_pty(sandbox, ["--", "python3", "-c", WALKERS, str(outside / "x")],
+                                 policy=_policy(sandbox, outside, timeout="20s"))
+    terminal = FakeTerminal(master, {})
+    running: dict[int, str] = {}
+    try:
+        if terminal.wait_for(BOTTOM_RIGHT, 5):
+            running = {tid: s for tid, s in _sandbox_threads(proc.pid).items() if s not in "TDZX"}
+            terminal.type(b"d")
+        assert terminal.wait_for(b"after", 25), terminal.screen[-3000:]  # the prompt's own 20 s at most
+        states = _sandbox_threads(proc.pid)
+        before = _size(ticks)
+        time.sleep(0.5)
+        grew = _size(ticks) > before
+        assert terminal.wait_for(b"all done", 30), terminal.screen[-3000:]
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        terminal.close()
+        os.close(master)
+    assert not running, f"the panel was drawn while sandbox threads ran: {running}"
+    assert grew and "T" not in states.values(), states
+    assert [a["answer"] for a in _approvals(sandbox)] == ["deny"]
