@@ -23,9 +23,11 @@ nothing, the call is made again after SIGCONT). The shim asks for the flag (Linu
 freeze is used only when the kernel granted it (launch/shim.py; run.start's layers say which).
 
 A process found already stopped (by the command itself, or a tracer) is left alone and never
-continued; only what was stopped here is continued (children before parents), and `release`
-runs in a `finally` of the prompt's thread. If the supervisor dies, bubblewrap's --die-with-parent
-kills the sandbox, stopped processes included (SIGKILL needs no continue).
+continued, but looked at again every round: one continued by a process not stopped yet is stopped
+then like any other (rt16: it ticked through a whole panel); only what was stopped here is
+continued (children before parents), and `release` runs in a `finally` of the prompt's thread.
+If the supervisor dies, bubblewrap's --die-with-parent kills the sandbox, stopped processes
+included (SIGKILL needs no continue).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class Freeze:
         self.namespace = namespace
         self.listener = listener  # the seccomp listener: calls made but not yet received (drain)
         self.stopped: dict[int, int] = {}  # pid -> pidfd, in the order they were stopped
-        self.left: set[int] = set()  # found stopped already: not ours to continue
+        self.left: dict[int, int] = {}  # pid -> pidfd found stopped already: not ours to continue
         self.holding = False
         self.lock = threading.Lock()
         self.last_wait_s = 0.0  # how long the last hold took (the log's approval records)
@@ -113,22 +115,26 @@ class Freeze:
             with contextlib.suppress(OSError):
                 os.close(pidfd)
         self.stopped.clear()
+        for pidfd in self.left.values():
+            with contextlib.suppress(OSError):
+                os.close(pidfd)
         self.left.clear()
         self.holding = False
 
     def _stop_new(self) -> bool:
-        """SIGSTOP each process of the sandbox not met yet; whether any was met."""
+        """SIGSTOP each process of the sandbox not met yet; whether any was met (stopped or not)."""
         fresh = False
         for pid in processes.descendants(self.init_pid):
             if pid in self.stopped or pid in self.left:
                 continue
+            fresh = True
             pidfd = processes.open_member(pid, self.namespace)
             if pidfd is None:
+                # gone between the listing and here, maybe after a fork: its child is in no listing
+                # made so far, so list once more (rt16: chains of fork-and-exit ran through the panel)
                 continue
-            fresh = True
             if _stopped_already(pid):
-                self.left.add(pid)
-                os.close(pidfd)
+                self.left[pid] = pidfd
                 continue
             self.stopped[pid] = pidfd
             processes.send(pidfd, _signal.SIGSTOP)
@@ -140,6 +146,13 @@ class Freeze:
         it, and the main thread asleep in its notification (killable only) takes it only when it
         wakes, while the others go on (measured: the rt13 writer's second thread kept writing)."""
         still = True
+        for pid, pidfd in list(self.left.items()):
+            # found stopped, then continued by a process not stopped yet (rt16): ours to stop now
+            if not processes.exited(pidfd) and not _stopped_already(pid):
+                del self.left[pid]
+                self.stopped[pid] = pidfd
+                processes.send(pidfd, _signal.SIGSTOP)
+                still = False
         for pid, pidfd in self.stopped.items():
             moving = [tid for tid, state in _states(pid).items() if state not in STILL]
             if moving and not processes.exited(pidfd):  # pidfd held and not exited: pid (and its threads) are its own

@@ -37,6 +37,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -191,10 +192,38 @@ class Mediator(Judgement, Opens, Changes, Answers):
         """Hold what a git config file the host changed now points at (mediate_judge.LiveGitRefs, red team
         rt14: `npm install` on the host ran husky during a session, and the sandbox's
         .husky/pre-commit then ran at the host's commit); the answers cached by path go."""
-        held = [path for path, why in self.live.poll() if self.protection.hold(path, why)]
+        held = [(path, why) for path, why in self.live.poll() if self.protection.hold(path, why)]
         if held:
             self._reason.cache_clear()
-            self.late_held += held  # the end-of-run check says what changed there (restore.changed_during)
+            self.late_held += [path for path, _ in held]  # the end-of-run check says what changed there
+            for path, why in held:
+                self._hold_identities(path, why)
+
+    def _hold_identities(self, path: str, why: str) -> None:
+        """The files beneath a path held late, by identity as the launch record's are: a hardlink
+        the sandbox made of `hidden/pre-commit` before the host set `core.hooksPath = hidden` was
+        written through by that other name, and the host's next commit ran it (rt16). Past
+        MAX_ENTRIES the walk stops and every file with another name is refused (protected_incomplete)."""
+        from sandboxctl.protect.snapshot import MAX_ENTRIES
+
+        pending, seen = [path], 0
+        while pending:
+            current = pending.pop()
+            try:
+                st = os.lstat(current)
+            except OSError:
+                continue
+            seen += 1
+            if seen > MAX_ENTRIES:
+                self.protected_incomplete = self.protected_incomplete or path
+                return
+            if stat.S_ISREG(st.st_mode):
+                self.protected_inodes.setdefault((st.st_dev, st.st_ino), why)
+            elif stat.S_ISDIR(st.st_mode):
+                try:
+                    pending += [os.path.join(current, name) for name in os.listdir(current)]
+                except OSError:
+                    continue
 
     def held_late(self) -> list[str]:
         """At the run's end: every path held since launch because the host's git config came to
